@@ -1,0 +1,330 @@
+"""Typed run specs: YAML in, validated dataclasses out, errors that name the file and the line.
+
+A run spec (recipes/*.yaml) is the single source for a run: invoke, docker compose and k8s all
+read the same file. Every default is visible in the dataclasses below; `describe()` turns them
+into the `--help` text of each job.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .io import InputError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RECIPES_DIR = REPO_ROOT / "recipes"
+
+
+@dataclass
+class ModelSection:
+    name: str = "smollm2-135m"
+    """Registry name (jobs/core/models.py): smollm2-135m, tiny, llama3-8b, internlm-7b."""
+    checkpoint: Optional[str] = None
+    """A MindFormers .ckpt to start from; default: the registry's converted checkpoint in the cache."""
+    tokenizer: Optional[str] = None
+    """A tokenizer.json; default: the one converted with the model."""
+
+
+@dataclass
+class DataSection:
+    train_file: str = "../shared/data/math/contest-sample.jsonl"
+    """Contest JSONL ({"problem","solution"} per line). Relative paths resolve from the spec's folder."""
+    format: Literal["math", "mcq"] = "math"
+    heldout_rows: int = 60
+    """Rows kept out of training for evaluation (deterministic, by seed)."""
+    seq_length: int = 128
+    """Tokens per training sample; the model sees seq_length + 1 ids (inputs and shifted labels)."""
+    seed: int = 0
+    on_bad_row: Literal["error", "skip"] = "error"
+    """error: stop at the first bad row (file and line in the message); skip: write it to rejects.jsonl."""
+    on_too_long: Literal["truncate", "skip"] = "skip"
+    """What to do with a sample longer than seq_length + 1 tokens; either way it is counted."""
+    max_rows: Optional[int] = None
+    """Read only the first N rows of train_file (quick runs)."""
+    system_prompt: Optional[str] = None
+    """System message for the chat template; default: the model's own template default."""
+
+
+@dataclass
+class LoraSection:
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str = "wq|wv"
+    """Regex alternatives over MindFormers layer names (wq wk wv wo w1 w2 w3), as the contest's `.*wq|.*wv`."""
+
+
+@dataclass
+class TrainSection:
+    epochs: float = 1.0
+    batch_size: int = 8
+    """Samples per optimizer micro-step (all workers together)."""
+    grad_accum: int = 1
+    lr: float = 2e-4
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    num_checkpoints: int = 5
+    """Evenly spaced LoRA checkpoints over the run (the contest asks for 5)."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (overrides epochs)."""
+    seed: int = 0
+    device: Literal["CPU", "Ascend"] = "CPU"
+    mode: Literal["graph", "pynative"] = "graph"
+    workers: int = 1
+    """Data-parallel processes; > 1 launches msrun (4 per Ascend node)."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Compute dtype; CPU needs float32."""
+    save_state_every: int = 20
+    """Optimizer steps between resume snapshots (LoRA + optimizer state); a kill loses at most this many."""
+    master_port: int = 8118
+    """msrun scheduler port when workers > 1."""
+
+
+@dataclass
+class EvalSection:
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    backend: Literal["auto", "numpy", "mindformers"] = "auto"
+    """auto: the numpy KV-cache decoder on CPU, MindFormers generate() on Ascend."""
+    limit: Optional[int] = None
+    """Evaluate only the first N held-out rows."""
+    checkpoints: Literal["all", "last"] = "all"
+    base: bool = True
+    """Also evaluate the base model, for the before/after comparison."""
+
+
+@dataclass
+class RunSpec:
+    run_id: str = "local-smollm2"
+    runs_dir: str = "runs"
+    """Where runs/<run_id>/<job>/ go; relative to the current directory."""
+    stage: Literal[1, 2] = 1
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    # Not part of the YAML: where the spec came from, for resolving relative paths.
+    source_path: Optional[str] = field(default=None, metadata={"internal": True})
+
+    # ---- derived paths -------------------------------------------------------------------
+    def resolve(self, p: str | None) -> Path | None:
+        """Resolve a data path: absolute as is, else relative to the spec file's folder."""
+        if p is None:
+            return None
+        path = Path(p).expanduser()
+        if path.is_absolute():
+            return path
+        base = Path(self.source_path).parent if self.source_path else Path.cwd()
+        return (base / path).resolve()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir).expanduser().resolve() / self.run_id
+
+    def job_dir(self, job: str) -> Path:
+        return self.run_dir / job
+
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+    def spec_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---- loading with line numbers -------------------------------------------------------------
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping key."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False):
+    mapping = {}
+    lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+        lines[key] = key_node.start_mark.line + 1
+    return _LinedDict(mapping, lines, node.start_mark.line + 1)
+
+
+class _LinedDict(dict):
+    def __init__(self, data, lines, line):
+        super().__init__(data)
+        self.lines = lines
+        self.line = line
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check (and gently coerce) a YAML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return True, None
+        for a in args:
+            if a is type(None):
+                continue
+            ok, v = _type_ok(value, a)
+            if ok:
+                return True, v
+        return False, value
+    if origin is Literal:
+        return value in typing.get_args(tp), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    return True, value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls, data: dict, path: str, prefix: str):
+    if not isinstance(data, dict):
+        line = getattr(data, "line", None)
+        raise InputError(f"'{prefix or 'top level'}' must be a mapping", path, line)
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    lines = getattr(data, "lines", {})
+    kwargs = {}
+    for key, value in data.items():
+        line = lines.get(key)
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in known:
+            close = [k for k in known if k.startswith(str(key)[:3])]
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            raise InputError(f"unknown key '{dotted}'{hint}", path, line)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, path, dotted)
+            continue
+        ok, coerced = _type_ok(value, tp)
+        if not ok:
+            raise InputError(f"'{dotted}' must be {_type_name(tp)}, got {value!r}", path, line)
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def _validate(spec: RunSpec, path: str, lines_of) -> None:
+    def bad(msg: str, dotted: str):
+        raise InputError(msg, path, lines_of(dotted))
+
+    if spec.lora.rank <= 0:
+        bad("lora.rank must be > 0", "lora.rank")
+    if not 0.0 <= spec.lora.dropout < 1.0:
+        bad("lora.dropout must be in [0, 1)", "lora.dropout")
+    if spec.data.seq_length < 8:
+        bad("data.seq_length must be at least 8", "data.seq_length")
+    if spec.train.batch_size <= 0 or spec.train.grad_accum <= 0:
+        bad("train.batch_size and train.grad_accum must be > 0", "train.batch_size")
+    if spec.train.workers < 1 or spec.train.batch_size % spec.train.workers:
+        bad(f"train.batch_size ({spec.train.batch_size}) must be a multiple of train.workers "
+            f"({spec.train.workers})", "train.workers")
+    if spec.train.num_checkpoints < 1:
+        bad("train.num_checkpoints must be >= 1", "train.num_checkpoints")
+    if spec.train.device == "CPU" and spec.train.dtype != "float32":
+        bad("train.dtype must be float32 on CPU (MindSpore's CPU kernels need it)", "train.dtype")
+    if not all(c.isalnum() or c in "-_." for c in spec.run_id):
+        bad("run_id may use letters, digits, '-', '_' and '.' only", "run_id")
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
+    """Load and validate a run spec. `overrides` are `section.key=value` strings (YAML values)."""
+    path = Path(path)
+    if not path.exists():
+        candidate = RECIPES_DIR / (path.name if path.suffix else f"{path.name}.yaml")
+        if candidate.exists():
+            path = candidate
+        else:
+            raise InputError(f"no such run spec (also looked in {RECIPES_DIR})", path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.load(text, Loader=_LineLoader) or _LinedDict({}, {}, 1)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path,
+                         mark.line + 1 if mark else None) from None
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise InputError(f"override {ov!r} must look like section.key=value")
+        dotted, raw = ov.split("=", 1)
+        node = data
+        keys = dotted.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, _LinedDict({}, {}, None))
+        node[keys[-1]] = yaml.safe_load(raw)
+    spec = _build(RunSpec, data, str(path), "")
+    spec.source_path = str(path.resolve())
+
+    def lines_of(dotted: str):
+        node, line = data, None
+        for k in dotted.split("."):
+            if not isinstance(node, dict) or k not in node:
+                return line
+            line = getattr(node, "lines", {}).get(k, line)
+            node = node[k]
+        return line
+
+    _validate(spec, str(path), lines_of)
+    return spec
+
+
+def _to_plain(obj):
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.metadata.get("internal")}
+    return obj
+
+
+def dump_spec(spec: RunSpec) -> str:
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def describe(cls=RunSpec, prefix: str = "") -> str:
+    """Every key with its type and default, for --help."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        tp = hints[f.name]
+        dotted = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out.append(describe(tp, dotted + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out.append(f"  {dotted:<28} {_type_name(tp):<32} default: {default!r}")
+    return "\n".join(out)

@@ -1,0 +1,160 @@
+"""File helpers every job shares: atomic writes, checksums, located JSONL reading.
+
+Atomic means: write to a temporary name in the same directory, fsync, then rename. A crash leaves
+either the old file or the new one under the final name, never half of one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class InputError(Exception):
+    """Bad input from the user: a file, a line and what to do about it. Jobs exit 2 on it."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, line: int | None = None):
+        self.path = str(path) if path is not None else None
+        self.line = line
+        self.message = message
+        where = ""
+        if self.path:
+            where = f"{self.path}:{line}: " if line else f"{self.path}: "
+        super().__init__(where + message)
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to `final`; on success rename it over `final`.
+
+    Use for writers that want a file name (mindspore.save_checkpoint, numpy.save). `suffix` ends
+    the temporary name, for writers that insist on one (save_checkpoint appends .ckpt otherwise).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + suffix, dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the final file should look like any other
+    try:
+        yield tmp
+        with contextlib.suppress(OSError):
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory under a temporary name and rename it into place when complete.
+
+    An interrupted job leaves `.name.part-*` behind (removed by the next attempt), never a
+    directory under the final name that looks complete but is not.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.part-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.part-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one line and flush it to disk: logs that survive a kill -9 up to the last line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class JsonlRow:
+    line: int          # 1-based line number in the file
+    value: Any         # the decoded JSON value (not checked for shape here)
+
+
+def iter_jsonl(path: str | os.PathLike, max_line_bytes: int = 1 << 20) -> Iterator[JsonlRow | InputError]:
+    """Stream a JSONL file, yielding a JsonlRow per line or an InputError for a line that is not
+    valid UTF-8 JSON (the caller decides: raise it, or write it to a rejects file). Blank lines
+    are skipped. Never reads the whole file into memory.
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if len(raw) > max_line_bytes:
+                yield InputError(f"line is {len(raw):,} bytes, over the {max_line_bytes:,}-byte limit", path, lineno)
+                continue
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield InputError(f"not valid UTF-8 at byte {exc.start} ({exc.reason})", path, lineno)
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield InputError(f"broken JSON: {exc.msg} at column {exc.colno}", path, lineno)
+                continue
+            yield JsonlRow(lineno, value)

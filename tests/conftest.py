@@ -1,0 +1,59 @@
+"""Shared fixtures: a session cache for the tiny model, and one tiny end-to-end run of the job
+graph (prep -> train -> merge -> evaluate) through the same CLI users run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+MATH_SAMPLE = SHARED_DATA / "math" / "contest-sample.jsonl"
+TINY_RECIPE = REPO / "recipes" / "tiny.yaml"
+
+
+def job_env(cache: Path) -> dict:
+    env = dict(os.environ)
+    env["TUNEBOX_CACHE"] = str(cache)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TUNEBOX_LOG", "INFO")
+    return env
+
+
+def run_job(name: str, recipe: Path, cache: Path, cwd: Path, *overrides: str, check: bool = True,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", f"jobs.{name}", "--config", str(recipe)]
+    for ov in overrides:
+        cmd += ["--set", ov]
+    proc = subprocess.run(cmd, cwd=cwd, env=job_env(cache), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """A model cache with the tiny model built in it (random weights, byte tokenizer)."""
+    cache = tmp_path_factory.mktemp("cache")
+    env = job_env(cache)
+    subprocess.run([sys.executable, "-c", "from jobs.core.weights import ensure_model; ensure_model('tiny')"],
+                   check=True, env=env, cwd=tmp_path_factory.mktemp("w"), capture_output=True)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_cache) -> dict:
+    """prep -> train -> merge -> evaluate on the tiny recipe, once per test session."""
+    work = tmp_path_factory.mktemp("tinyrun")
+    runs = work / "runs"
+    for job in ("prep", "train", "merge", "evaluate"):
+        run_job(job, TINY_RECIPE, tiny_cache, work, f"runs_dir={runs}")
+    return {"run_dir": runs / "tiny", "cache": tiny_cache, "work": work, "runs": runs}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(l) for l in Path(path).read_text(encoding="utf-8").split("\n") if l.strip()]
