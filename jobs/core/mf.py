@@ -27,7 +27,15 @@ def setup_device(device: str = "CPU", mode: str = "graph", seed: Optional[int] =
     # MindFormers writes ./output/log at import; keep it inside the run, not wherever we were started.
     if output_dir is not None:
         os.environ.setdefault("LOCAL_DEFAULT_PATH", str(Path(output_dir) / "mindformers"))
+    os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only on the console (set GLOG_v=2 for more)
     import mindspore as ms
+    from mindformers.tools.logger import get_logger
+
+    # MindFormers logs INFO to the console by default: quiet its console handler, keep its file
+    # log (under the run's folder) as it is.
+    for handler in get_logger().handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(os.environ.get("TUNEBOX_MF_CONSOLE_LEVEL", "WARNING"))
 
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     ms.set_device(device)

@@ -1,0 +1,657 @@
+"""What is in a math JSONL file: `python -m jobs.profile FILE [--tokenizer DIR] [--out DIR]`.
+
+Streams FILE (or every *.jsonl in a directory, e.g. a jobs.generate output) one line at a time and
+reports, per problem family (jobs.core.mathgen.family_of): count, share, language, and length
+percentiles of problem, solution and both (tokens when a tokenizer is found, else characters);
+exact duplicates, problems repeated with a different solution, near-duplicates (same problem after
+normalising whitespace/case/sentence punctuation, and MinHash over character 5-grams for long
+problems); solutions with no number the contest scorer can read; and label checks: every
+computable row is recomputed with mathgen.solve and rows whose label differs, or whose label
+follows the contest formula for a question that has no such answer, are listed by line.
+
+Writes OUT/profile.json, OUT/profile.md, OUT/family_mix.png and OUT/lengths.png.
+Memory stays small: length histograms, 32 bytes per row for duplicate hashes, a capped sketch.
+Exit codes: 0 ok (findings are reported, not failures), 2 bad input (no such file), 1 failure.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import re
+import sys
+import time
+import unicodedata
+import zlib
+from array import array
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from jobs.core import mathgen
+from jobs.core.io import InputError, JsonlRow, atomic_path, atomic_write_json, atomic_write_text, iter_jsonl
+from jobs.core.scoring import extract_answer_number
+
+log = logging.getLogger("tunebox.profile")
+
+DEFAULT_TOKENIZER_MODEL = "smollm2-135m"
+BATCH_ROWS = 2048
+PERCENTILES = (50, 90, 99)
+FIELDS = ("problem", "solution", "total")
+
+# MinHash near-duplicates: 64 hash functions in 16 bands of 4 rows; rows sharing a band are
+# candidates, kept when their signatures agree on >= 80% of the functions (the estimated Jaccard
+# similarity of their character 5-gram sets). Only problems of >= 64 normalised characters: a
+# short template row that differs in one number is a different problem, not a near-copy.
+MINHASH_PERMUTATIONS = 64
+MINHASH_BANDS = 16
+MINHASH_THRESHOLD = 0.8
+MINHASH_MIN_CHARS = 64
+MINHASH_SHINGLE = 5
+MINHASH_MAX_SKETCH_ROWS = 50_000     # representatives kept; about 1.5 KB each
+_PRIME = (1 << 31) - 1
+
+
+# ---- near-duplicate keys --------------------------------------------------------------------------
+_SENTENCE_PUNCT = ",.;:!?，。；：！？、\"'“”‘’「」"
+# Sentence punctuation is dropped unless it sits between digits (a decimal point, 1,000) and
+# math operators are kept: "3 * 4" and "3 / 4" must stay different problems.
+_DROP_PUNCT = re.compile(rf"(?<!\d)[{re.escape(_SENTENCE_PUNCT)}]|[{re.escape(_SENTENCE_PUNCT)}](?!\d)")
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_problem(text: str) -> str:
+    """The text near-duplicates share: NFKC (full-width -> ASCII), case-folded, no whitespace,
+    no sentence punctuation."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _DROP_PUNCT.sub("", _SPACE.sub("", text))
+
+
+def hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class MinHashSketch:
+    """Streaming near-duplicate finder with a bounded table of representatives."""
+
+    def __init__(self, seed: int = 1, max_rows: int = MINHASH_MAX_SKETCH_ROWS):
+        rng = np.random.default_rng(seed)
+        self.a = rng.integers(1, _PRIME, size=MINHASH_PERMUTATIONS, dtype=np.uint64)
+        self.b = rng.integers(0, _PRIME, size=MINHASH_PERMUTATIONS, dtype=np.uint64)
+        self.rows_per_band = MINHASH_PERMUTATIONS // MINHASH_BANDS
+        self.bands: list[dict[bytes, int]] = [{} for _ in range(MINHASH_BANDS)]
+        self.signatures: list[np.ndarray] = []
+        self.locations: list[tuple[str, int]] = []
+        self.max_rows = max_rows
+        self.checked = 0
+        self.full = False
+
+    def signature(self, text: str) -> np.ndarray:
+        k = MINHASH_SHINGLE
+        grams = {text[i:i + k] for i in range(max(len(text) - k + 1, 1))}
+        h = np.fromiter((zlib.crc32(g.encode("utf-8")) for g in grams), dtype=np.uint64, count=len(grams))
+        # (a*h + b) mod p with h, a, b < p = 2^31 - 1: every product stays below 2^62.
+        h %= np.uint64(_PRIME)
+        return ((h[:, None] * self.a[None, :] + self.b[None, :]) % np.uint64(_PRIME)).min(axis=0)
+
+    def add(self, text: str, where: tuple[str, int]) -> Optional[tuple[tuple[str, int], float]]:
+        """Check `text` against earlier representatives; return (their location, similarity) for
+        the most similar candidate at or above the threshold, else keep it as a representative."""
+        self.checked += 1
+        sig = self.signature(text)
+        keys = [sig[i * self.rows_per_band:(i + 1) * self.rows_per_band].tobytes() for i in range(MINHASH_BANDS)]
+        best: Optional[tuple[int, float]] = None
+        seen = set()
+        for band, key in zip(self.bands, keys):
+            rep = band.get(key)
+            if rep is None or rep in seen:
+                continue
+            seen.add(rep)
+            similarity = float(np.mean(self.signatures[rep] == sig))
+            if similarity >= MINHASH_THRESHOLD and (best is None or similarity > best[1]):
+                best = (rep, similarity)
+        if best is not None:
+            return self.locations[best[0]], best[1]
+        if len(self.signatures) >= self.max_rows:
+            self.full = True
+            return None
+        rep = len(self.signatures)
+        self.signatures.append(sig)
+        self.locations.append(where)
+        for band, key in zip(self.bands, keys):
+            band.setdefault(key, rep)
+        return None
+
+
+# ---- lengths --------------------------------------------------------------------------------------
+class LengthHistogram:
+    """Exact percentiles of integer lengths in bounded memory (a count per length)."""
+
+    def __init__(self):
+        self.counts = np.zeros(256, dtype=np.int64)
+
+    def add(self, lengths: np.ndarray) -> None:
+        if lengths.size == 0:
+            return
+        top = int(lengths.max())
+        if top >= self.counts.size:
+            grown = np.zeros(max(top + 1, 2 * self.counts.size), dtype=np.int64)
+            grown[:self.counts.size] = self.counts
+            self.counts = grown
+        self.counts += np.bincount(lengths, minlength=self.counts.size)
+
+    def merge(self, other: "LengthHistogram") -> None:
+        if other.counts.size > self.counts.size:
+            self.counts, other_counts = other.counts.copy(), self.counts
+        else:
+            other_counts = other.counts
+        self.counts[:other_counts.size] += other_counts
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def percentile(self, q: float) -> int:
+        """The smallest length L with at least q% of rows <= L (numpy's 'inverted_cdf')."""
+        cumulative = np.cumsum(self.counts)
+        return int(np.searchsorted(cumulative, q / 100 * cumulative[-1]))
+
+    def summary(self) -> dict:
+        if self.n == 0:
+            return {}
+        nonzero = np.nonzero(self.counts)[0]
+        out = {f"p{q}": self.percentile(q) for q in PERCENTILES}
+        out["max"] = int(nonzero[-1])
+        out["min"] = int(nonzero[0])
+        out["mean"] = round(float((self.counts * np.arange(self.counts.size)).sum() / self.n), 2)
+        return out
+
+
+# ---- the profile ------------------------------------------------------------------------------------
+@dataclass
+class FamilyStats:
+    count: int = 0
+    languages: Counter = field(default_factory=Counter)
+    lengths: dict = field(default_factory=lambda: {f: LengthHistogram() for f in FIELDS})
+    computable: int = 0
+    wrong_labels: int = 0
+    unparsable: int = 0
+    near_duplicates: int = 0
+
+
+class Findings:
+    """A list of located examples capped at `limit`, with the full count."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+        self.rows: list[dict] = []
+
+    def add(self, **row) -> None:
+        self.count += 1
+        if len(self.rows) < self.limit:
+            self.rows.append(row)
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "rows": self.rows, "listed": len(self.rows)}
+
+
+def input_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise InputError("directory holds no *.jsonl file", path)
+        return files
+    if not path.exists():
+        raise InputError("no such file (give a JSONL file or a directory of them)", path)
+    return [path]
+
+
+def count_lines(path: Path) -> int:
+    lines = 0
+    last = b"\n"
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return lines + (last != b"\n")
+
+
+def load_tokenizer(spec: Optional[str]):
+    """(TextTokenizer or None, description). spec: a model dir, a tokenizer.json, 'none', or None
+    for the default model's tokenizer when it has been fetched."""
+    from jobs.core.tokenizer import TextTokenizer
+
+    if spec and spec.lower() == "none":
+        return None, "characters (--tokenizer none)"
+    if spec:
+        path = Path(spec)
+        if path.is_file():
+            return TextTokenizer.load(path.parent, path), f"tokens ({path})"
+        if not (path / "tokenizer.json").exists():
+            raise InputError("no tokenizer.json here; give a model directory or a tokenizer.json file", path)
+        return TextTokenizer.load(path), f"tokens ({path / 'tokenizer.json'})"
+    from jobs.core.models import model_dir
+
+    default = model_dir(DEFAULT_TOKENIZER_MODEL)
+    if (default / "tokenizer.json").exists():
+        return TextTokenizer.load(default), f"tokens ({default / 'tokenizer.json'})"
+    return None, (f"characters (no tokenizer given and {default / 'tokenizer.json'} does not exist; "
+                  f"fetch the model or pass --tokenizer)")
+
+
+def _iter_located(files: list[Path]) -> Iterator[tuple[int, Path, JsonlRow | InputError]]:
+    for index, path in enumerate(files):
+        for item in iter_jsonl(path):
+            yield index, path, item
+
+
+def _row_text(value) -> tuple[Optional[str], Optional[str], str]:
+    """(problem, solution, error): error is '' when the row has the contest's shape."""
+    if not isinstance(value, dict):
+        return None, None, f"expected a JSON object {{\"problem\", \"solution\"}}, got {type(value).__name__}"
+    for key in ("problem", "solution"):
+        if key not in value:
+            return None, None, f"missing field {key!r} (fields present: {', '.join(map(str, value)) or 'none'})"
+        if not isinstance(value[key], str):
+            return None, None, f"field {key!r} must be a string, got {type(value[key]).__name__}"
+    return value["problem"], value["solution"], ""
+
+
+def profile(path: str | os.PathLike, tokenizer=None, length_unit: str = "characters", max_examples: int = 50,
+            progress: bool = True) -> dict:
+    """Profile a JSONL file (or a directory of them); return the profile.json record."""
+    files = input_files(Path(path))
+    multi = len(files) > 1
+    families: dict[str, FamilyStats] = defaultdict(FamilyStats)
+    bad_lines = Findings(max_examples)
+    wrong_labels = Findings(max_examples)
+    off_template = Findings(max_examples)
+    unparsable = Findings(max_examples)
+    near_minhash = Findings(max_examples)
+    sketch = MinHashSketch()
+    pair_hashes, problem_hashes, norm_hashes, where_keys = array("Q"), array("Q"), array("Q"), array("Q")
+    files_by_index = [str(f) for f in files]
+    rows = 0
+    batch: list[tuple[str, int, str, str, str]] = []
+
+    def location(file_index: int, line: int) -> dict:
+        return {"file": files_by_index[file_index], "line": line} if multi else {"line": line}
+
+    def flush() -> None:
+        if not batch:
+            return
+        problems = [b[3] for b in batch]
+        solutions = [b[4] for b in batch]
+        if tokenizer is not None:
+            p_len = np.fromiter(map(len, tokenizer.encode_batch(problems)), dtype=np.int64, count=len(batch))
+            s_len = np.fromiter(map(len, tokenizer.encode_batch(solutions)), dtype=np.int64, count=len(batch))
+        else:
+            p_len = np.fromiter(map(len, problems), dtype=np.int64, count=len(batch))
+            s_len = np.fromiter(map(len, solutions), dtype=np.int64, count=len(batch))
+        names = np.array([b[0] for b in batch])
+        for name in np.unique(names):
+            mask = names == name
+            stats = families[str(name)]
+            stats.lengths["problem"].add(p_len[mask])
+            stats.lengths["solution"].add(s_len[mask])
+            stats.lengths["total"].add(p_len[mask] + s_len[mask])
+        batch.clear()
+
+    total_lines = sum(count_lines(f) for f in files)
+    bar = tqdm(total=total_lines, unit="line", unit_scale=True, desc="profile", disable=not progress)
+    last_line = {}
+    for file_index, file_path, item in _iter_located(files):
+        bar.update(item.line - last_line.get(file_index, 0))
+        last_line[file_index] = item.line
+        if isinstance(item, InputError):
+            bad_lines.add(**location(file_index, item.line), error=item.message)
+            continue
+        problem, solution, error = _row_text(item.value)
+        if error:
+            bad_lines.add(**location(file_index, item.line), error=error)
+            continue
+        rows += 1
+        name = mathgen.family_of(problem)
+        stats = families[name]
+        stats.count += 1
+        stats.languages[mathgen.language_of(problem)] += 1
+        where = location(file_index, item.line)
+
+        # labels
+        expected = mathgen.solve(problem, name)
+        if expected is not None:
+            stats.computable += 1
+            if expected != solution.strip():
+                stats.wrong_labels += 1
+                wrong_labels.add(**where, family=name, kind="mismatch", problem=problem, label=solution,
+                                 expected=expected)
+            else:
+                issue = mathgen.label_sanity_issue(problem, solution, name)
+                if issue:
+                    stats.wrong_labels += 1
+                    wrong_labels.add(**where, family=name, kind="ill_posed", problem=problem, label=solution,
+                                     reason=issue)
+        elif mathgen.FAMILIES.get(name) is not None and mathgen.FAMILIES[name].solve is not None:
+            off_template.add(**where, family=name, problem=problem[:200])
+        # A label equal to mathgen's output is in a template format whose answers the scorer is
+        # known to read (tests/test_generate.py checks every family); only other labels cost a parse.
+        if (expected is None or expected != solution.strip()) and extract_answer_number(solution) is None:
+            stats.unparsable += 1
+            unparsable.add(**where, family=name, solution=solution[:200])
+
+        # duplicates: hashes now, grouped after the pass
+        norm = normalize_problem(problem)
+        pair_hashes.append(hash64(problem + "\x00" + solution))
+        problem_hashes.append(hash64(problem))
+        norm_hashes.append(hash64(norm))
+        where_keys.append((file_index << 40) | item.line)
+        if len(norm) >= MINHASH_MIN_CHARS:
+            match = sketch.add(norm, (files_by_index[file_index], item.line))
+            if match is not None:
+                (first_file, first_line), similarity = match
+                stats.near_duplicates += 1
+                first = {"file": first_file, "line": first_line} if multi else {"line": first_line}
+                near_minhash.add(**where, family=name, similar_to=first, similarity=round(similarity, 3))
+
+        batch.append((name, file_index, item.line, problem, solution))
+        if len(batch) >= BATCH_ROWS:
+            flush()
+    flush()
+    bar.close()
+
+    groups = _duplicate_groups(pair_hashes, where_keys, files_by_index, multi, max_examples)
+    problem_groups = _duplicate_groups(problem_hashes, where_keys, files_by_index, multi, max_examples,
+                                       exclude=pair_hashes)
+    normalized_groups = _duplicate_groups(norm_hashes, where_keys, files_by_index, multi, max_examples,
+                                          exclude=problem_hashes)
+
+    overall = {f: LengthHistogram() for f in FIELDS}
+    for stats in families.values():
+        for f in FIELDS:
+            overall[f].merge(stats.lengths[f])
+    languages: Counter = Counter()
+    for stats in families.values():
+        languages.update(stats.languages)
+    order = sorted(families, key=lambda n: -families[n].count)
+    return {
+        "input": files_by_index,
+        "rows": rows,
+        "length_unit": length_unit,
+        "languages": dict(languages.most_common()),
+        "families": {name: {
+            "count": families[name].count,
+            "share": round(families[name].count / rows, 6) if rows else 0.0,
+            "languages": dict(families[name].languages),
+            "lengths": {f: families[name].lengths[f].summary() for f in FIELDS},
+            "computable": families[name].computable,
+            "wrong_labels": families[name].wrong_labels,
+            "unparsable_solutions": families[name].unparsable,
+            "near_duplicates_minhash": families[name].near_duplicates,
+        } for name in order},
+        "lengths": {f: overall[f].summary() for f in FIELDS},
+        "length_histogram": {f: _coarse_histogram(overall[f]) for f in FIELDS},
+        "wrong_labels": wrong_labels.to_dict(),
+        "off_template": off_template.to_dict(),
+        "unparsable_solutions": unparsable.to_dict(),
+        "bad_lines": bad_lines.to_dict(),
+        "duplicates": {
+            "exact": groups,
+            "same_problem_different_solution": problem_groups,
+        },
+        "near_duplicates": {
+            "normalized": normalized_groups,
+            "minhash": {**near_minhash.to_dict(), "checked_rows": sketch.checked,
+                        "representatives": len(sketch.signatures), "sketch_full": sketch.full,
+                        "permutations": MINHASH_PERMUTATIONS, "bands": MINHASH_BANDS,
+                        "threshold": MINHASH_THRESHOLD, "shingle_chars": MINHASH_SHINGLE,
+                        "min_chars": MINHASH_MIN_CHARS},
+        },
+    }
+
+
+def _duplicate_groups(hashes: array, where_keys: array, files: list[str], multi: bool, limit: int,
+                      exclude: Optional[array] = None) -> dict:
+    """Rows sharing a hash, as groups of locations (first occurrence first). With `exclude`, a group
+    counts only if its rows differ in that other hash (e.g. same problem, different solution)."""
+    if not hashes:
+        return {"rows": 0, "groups": 0, "examples": []}
+    h = np.frombuffer(hashes, dtype=np.uint64)
+    keys = np.frombuffer(where_keys, dtype=np.uint64)
+    other = np.frombuffer(exclude, dtype=np.uint64) if exclude is not None else None
+    order = np.lexsort((keys, h))
+    sorted_h = h[order]
+    starts = np.flatnonzero(np.r_[True, sorted_h[1:] != sorted_h[:-1]])
+    sizes = np.diff(np.r_[starts, sorted_h.size])
+    dup_rows = 0
+    n_groups = 0
+    examples = []
+    for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
+        members = order[start:start + size]
+        if other is not None and np.unique(other[members]).size < 2:
+            continue
+        n_groups += 1
+        dup_rows += int(size) - 1
+        if len(examples) < limit:
+            locs = []
+            for k in keys[members][:10]:
+                k = int(k)
+                line, file_index = k & ((1 << 40) - 1), k >> 40
+                locs.append({"file": files[file_index], "line": line} if multi else {"line": line})
+            examples.append({"size": int(size), "rows": locs})
+    examples.sort(key=lambda g: (g["rows"][0].get("file", ""), g["rows"][0]["line"]))
+    return {"rows": dup_rows, "groups": n_groups, "examples": examples}
+
+
+def _coarse_histogram(hist: LengthHistogram, bins: int = 40) -> dict:
+    """Counts in up to `bins` equal bins from the shortest length to a little past p99, plus the
+    rows beyond (`overflow`): a few 1000-token outliers must not squash the chart of the rest."""
+    if hist.n == 0:
+        return {"edges": [], "counts": [], "overflow": 0}
+    nonzero = np.nonzero(hist.counts)[0]
+    lo, top = int(nonzero[0]), int(nonzero[-1]) + 1
+    hi = min(top, max(int(hist.percentile(99) * 1.25) + 1, lo + 1))
+    edges = np.unique(np.linspace(lo, hi, bins + 1).round().astype(int))
+    counts = [int(hist.counts[a:b].sum()) for a, b in zip(edges[:-1], edges[1:])]
+    return {"edges": edges.tolist(), "counts": counts, "overflow": int(hist.counts[hi:].sum())}
+
+
+# ---- report: markdown and charts -----------------------------------------------------------------
+def render_markdown(record: dict) -> str:
+    unit = record["length_unit"]
+    short_unit = "tokens" if unit.startswith("tokens") else "chars"
+    out = [f"# Profile of {', '.join(record['input']) if len(record['input']) < 4 else record['input'][0] + ' ...'}",
+           "", f"{record['rows']:,} rows; lengths in {unit}.",
+           f"Languages: {', '.join(f'{k} {v:,}' for k, v in record['languages'].items())}.", "",
+           "![family mix](family_mix.png)", "![lengths](lengths.png)", "",
+           f"| family | rows | share | lang | problem p50/p90/p99/max ({short_unit}) | solution p50/p90/p99/max "
+           f"| checked | wrong labels | no number | near-dup |",
+           "|---|---:|---:|---|---|---|---:|---:|---:|---:|"]
+    for name, fam in record["families"].items():
+        lens = fam["lengths"]
+
+        def pct(f):
+            s = lens[f]
+            return f"{s['p50']}/{s['p90']}/{s['p99']}/{s['max']}" if s else "-"
+        out.append(f"| {name} | {fam['count']:,} | {100 * fam['share']:.2f}% | "
+                   f"{', '.join(fam['languages'])} | {pct('problem')} | {pct('solution')} | {fam['computable']:,} | "
+                   f"{fam['wrong_labels']:,} | {fam['unparsable_solutions']:,} | {fam['near_duplicates_minhash']:,} |")
+
+    def where(row):
+        return f"{row['file']}:{row['line']}" if "file" in row else f"line {row['line']}"
+
+    def snippet(text, limit=100):
+        text = " ".join(str(text).split()).replace("`", "'")
+        return text if len(text) <= limit else text[:limit] + "..."
+
+    wl = record["wrong_labels"]
+    out += ["", f"## Wrong labels: {wl['count']:,}", ""]
+    for row in wl["rows"]:
+        detail = f"expected `{row['expected']}`" if row["kind"] == "mismatch" else row["reason"]
+        out.append(f"- {where(row)} ({row['family']}, {row['kind']}): `{snippet(row['problem'])}` -> `{snippet(row['label'])}`; {detail}")
+    if wl["count"] > len(wl["rows"]):
+        out.append(f"- ... {wl['count'] - len(wl['rows']):,} more in profile.json's count (examples capped)")
+    sections = [
+        ("Off-template rows of a computable family (not checked)", record["off_template"],
+         lambda r: f"- {where(r)} ({r['family']}): `{snippet(r['problem'])}`"),
+        ("Solutions whose answer is not one number (the scorer compares them as text)", record["unparsable_solutions"],
+         lambda r: f"- {where(r)} ({r['family']}): `{snippet(r['solution'])}`"),
+        ("Bad lines (skipped)", record["bad_lines"], lambda r: f"- {where(r)}: {r['error']}"),
+    ]
+    for title, findings, fmt in sections:
+        out += ["", f"## {title}: {findings['count']:,}", ""]
+        out += [fmt(r) for r in findings["rows"]]
+    dup = record["duplicates"]
+    near = record["near_duplicates"]
+    out += ["", "## Duplicates", "",
+            f"- exact (same problem and solution): {dup['exact']['rows']:,} extra rows in {dup['exact']['groups']:,} groups",
+            f"- same problem, different solution: {dup['same_problem_different_solution']['rows']:,} extra rows in "
+            f"{dup['same_problem_different_solution']['groups']:,} groups",
+            f"- near (same after normalising whitespace, case, sentence punctuation): "
+            f"{near['normalized']['rows']:,} extra rows in {near['normalized']['groups']:,} groups",
+            f"- near (MinHash, estimated Jaccard >= {near['minhash']['threshold']} on character "
+            f"{near['minhash']['shingle_chars']}-grams, problems of >= {near['minhash']['min_chars']} chars; "
+            f"{near['minhash']['checked_rows']:,} rows checked): {near['minhash']['count']:,} rows"
+            + (" (sketch full: later rows were checked but not kept)" if near["minhash"]["sketch_full"] else "")]
+    for title, groups in (("exact", dup["exact"]), ("same problem, different solution", dup["same_problem_different_solution"]),
+                          ("normalised", near["normalized"])):
+        for g in groups["examples"][:10]:
+            out.append(f"  - {title}: " + ", ".join(where(r) for r in g["rows"]))
+    for r in near["minhash"]["rows"][:10]:
+        out.append(f"  - MinHash: {where(r)} ~ {where(r['similar_to'])} ({r['similarity']})")
+    return "\n".join(out) + "\n"
+
+
+def _font(size: int):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:                       # Pillow < 10.1: one fixed bitmap size
+        return ImageFont.load_default()
+
+
+def draw_family_mix(record: dict, path: Path) -> None:
+    """Horizontal bar chart: one bar per family, labelled with its count and share."""
+    from PIL import Image, ImageDraw
+
+    fams = list(record["families"].items())
+    font = _font(14)
+    row_h, left, right, top = 26, 170, 190, 40
+    width = 900
+    height = top + row_h * max(len(fams), 1) + 20
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 10), f"Family mix: {record['rows']:,} rows", fill="black", font=_font(16))
+    biggest = max((f["count"] for _, f in fams), default=1) or 1
+    for i, (name, fam) in enumerate(fams):
+        y = top + i * row_h
+        draw.text((10, y + 4), name, fill="black", font=font)
+        bar = int((width - left - right) * fam["count"] / biggest)
+        draw.rectangle([left, y + 3, left + max(bar, 1), y + row_h - 5],
+                       fill=(70, 120, 190) if "english" not in name else (220, 130, 50))
+        draw.text((left + bar + 8, y + 4), f"{fam['count']:,} ({100 * fam['share']:.1f}%)", fill="black", font=font)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def draw_lengths(record: dict, path: Path) -> None:
+    """Histograms of problem, solution and total lengths, with p50/p90/p99 marked."""
+    from PIL import Image, ImageDraw
+
+    font = _font(13)
+    panel_w, panel_h, pad = 420, 260, 50
+    image = Image.new("RGB", (panel_w * len(FIELDS) + 20, panel_h + 70), "white")
+    draw = ImageDraw.Draw(image)
+    unit = "tokens" if record["length_unit"].startswith("tokens") else "characters"
+    for k, f in enumerate(FIELDS):
+        x0 = 10 + k * panel_w
+        hist = record["length_histogram"][f]
+        draw.text((x0 + pad, 8), f"{f} length ({unit})", fill="black", font=_font(15))
+        if not hist["counts"]:
+            continue
+        edges, counts = hist["edges"], hist["counts"]
+        plot_x0, plot_x1, plot_y0, plot_y1 = x0 + pad, x0 + panel_w - 20, 35, panel_h
+        draw.line([plot_x0, plot_y1, plot_x1, plot_y1], fill="black")
+        draw.line([plot_x0, plot_y0, plot_x0, plot_y1], fill="black")
+        top = max(counts) or 1
+        span = edges[-1] - edges[0] or 1
+
+        def x_of(v):
+            return plot_x0 + (plot_x1 - plot_x0) * (v - edges[0]) / span
+        for a, b, c in zip(edges[:-1], edges[1:], counts):
+            if c:
+                draw.rectangle([x_of(a), plot_y1 - (plot_y1 - plot_y0) * c / top, max(x_of(b) - 1, x_of(a)), plot_y1],
+                               fill=(70, 120, 190))
+        stats = record["lengths"][f]
+        for q, colour in (("p50", (40, 160, 60)), ("p90", (230, 140, 0)), ("p99", (200, 40, 40))):
+            xq = x_of(min(max(stats[q], edges[0]), edges[-1]))
+            draw.line([xq, plot_y0, xq, plot_y1], fill=colour, width=1)
+        draw.text((plot_x0, plot_y1 + 6), str(edges[0]), fill="black", font=font)
+        right_label = str(edges[-1]) + (f"  (+{hist['overflow']:,} longer)" if hist["overflow"] else "")
+        draw.text((plot_x1 - 8 * len(right_label), plot_y1 + 6), right_label, fill="black", font=font)
+        draw.text((x0 + 4, plot_y0), f"{top:,}", fill="black", font=font)
+        draw.text((plot_x0, plot_y1 + 24),
+                  f"p50 {stats['p50']}  p90 {stats['p90']}  p99 {stats['p99']}  max {stats['max']}",
+                  fill="black", font=font)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def write_report(record: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record["charts"] = ["family_mix.png", "lengths.png"]
+    draw_family_mix(record, out_dir / "family_mix.png")
+    draw_lengths(record, out_dir / "lengths.png")
+    atomic_write_text(out_dir / "profile.md", render_markdown(record))
+    atomic_write_json(out_dir / "profile.json", record)
+
+
+# ---- command line -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jobs.profile", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Exit codes: 0 ok (findings are reported, not failures), 2 bad input, 1 failure.")
+    parser.add_argument("file", metavar="FILE", help="a JSONL file of {problem, solution} rows, or a directory of them")
+    parser.add_argument("--tokenizer", default=None, metavar="DIR_OR_TOKENIZER_JSON",
+                        help=f"count tokens with this tokenizer (default: the {DEFAULT_TOKENIZER_MODEL} model's "
+                             "tokenizer if fetched, else characters; 'none' for characters)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="report directory (default: runs/profile/<file name>)")
+    parser.add_argument("--max-examples", type=int, default=50, help="located examples listed per finding (default 50)")
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=os.environ.get("TUNEBOX_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    started = time.time()
+    try:
+        tokenizer, unit = load_tokenizer(args.tokenizer)
+        record = profile(args.file, tokenizer, unit, max_examples=args.max_examples)
+        out_dir = Path(args.out) if args.out else Path("runs") / "profile" / Path(args.file).name.removesuffix(".jsonl")
+        record["seconds"] = round(time.time() - started, 2)
+        write_report(record, out_dir)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nprofile: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        return 1
+    log.info("%s rows, %d families, %d wrong labels, %d bad lines, %d exact duplicates; lengths in %s; "
+             "report: %s", f"{record['rows']:,}", len(record["families"]), record["wrong_labels"]["count"],
+             record["bad_lines"]["count"], record["duplicates"]["exact"]["rows"], unit, out_dir / "profile.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
