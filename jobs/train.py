@@ -75,7 +75,7 @@ def batch_rows(micro_index: int, n_rows: int, batch_size: int, seed: int) -> np.
 
 # ---- the training step ---------------------------------------------------------------------
 
-def make_train_step(net, optimizer, grad_accum: int, max_grad_norm: float, distributed: bool):
+def make_train_step(net, optimizer, grad_accum: int, max_grad_norm: float, world: int = 1):
     """Graph-compiled cells: `step(ids, labels)` runs forward + backward and either applies the update
     (grad_accum == 1) or adds the gradients to accumulators; `apply()` finishes an accumulated step."""
     import mindspore as ms
@@ -89,7 +89,12 @@ def make_train_step(net, optimizer, grad_accum: int, max_grad_norm: float, distr
             self.optimizer = optimizer
             self.weights = optimizer.parameters
             self.grad = ops.GradOperation(get_by_list=True)
-            self.reducer = nn.DistributedGradReducer(self.weights) if distributed else ops.identity
+            # Data parallel by hand: each rank's gradients are averaged with an AllReduce. (MindSpore's
+            # DATA_PARALLEL auto-parallel mode fails to compile MindFormers' Llama on CPU in 2.9.)
+            self.distributed = world > 1
+            self.reducer = nn.DistributedGradReducer(self.weights, mean=True, degree=world) if world > 1 else ops.identity
+            self.loss_sum = ops.AllReduce() if world > 1 else ops.identity
+            self.world = float(world)
             self.accumulate = grad_accum > 1
             self.accum = self.weights.clone(prefix="accum", init="zeros") if self.accumulate else None
             self.hyper_map = ops.HyperMap()
@@ -98,6 +103,8 @@ def make_train_step(net, optimizer, grad_accum: int, max_grad_norm: float, distr
             loss = self.network(input_ids, labels)
             grads = self.grad(self.network, self.weights)(input_ids, labels)
             grads = self.reducer(grads)
+            if self.distributed:
+                loss = self.loss_sum(loss) / self.world  # the loss of the whole global batch
             if self.accumulate:
                 done = self.hyper_map(ops.assign_add, self.accum, grads)
                 return ops.depend(loss, done)
@@ -130,11 +137,9 @@ def make_train_step(net, optimizer, grad_accum: int, max_grad_norm: float, distr
 def _rank_world() -> tuple[int, int]:
     if "MS_WORKER_NUM" not in os.environ and "MS_ROLE" not in os.environ:
         return 0, 1
-    import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
 
     init()
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
     return get_rank(), get_group_size()
 
 
@@ -200,8 +205,7 @@ def train(spec: RunSpec) -> Path:
     lr_param = ms.Tensor(spec.train.lr, ms.float32)
     optimizer = nn.AdamWeightDecay(net.trainable_params(), learning_rate=lr_param,
                                    weight_decay=spec.train.weight_decay, eps=1e-8)
-    step_cell, apply_cell = make_train_step(net, optimizer, spec.train.grad_accum, spec.train.max_grad_norm,
-                                            distributed=world > 1)
+    step_cell, apply_cell = make_train_step(net, optimizer, spec.train.grad_accum, spec.train.max_grad_norm, world)
 
     # ---- resume ----
     state_dir, ckpt_dir = out / "state", out / "checkpoints"
@@ -262,6 +266,7 @@ def train(spec: RunSpec) -> Path:
             if done % spec.train.save_state_every == 0 or done in ckpt_steps or done == total:
                 _save_resume(state_dir, optimizer, done, spec)
     bar.close()
+    log.info("rank %d/%d finished steps %d-%d", rank, world, start + 1, total)
     if not is_main:
         return out
     run_s = time.time() - t_run

