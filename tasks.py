@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from invoke import Collection, task
+from invoke import Collection, Task, task
 
 DEFAULT_RECIPE = "recipes/local-smollm2.yaml"
 PY = shlex.quote(sys.executable)
@@ -51,19 +51,38 @@ def evaluate(c, recipe=DEFAULT_RECIPE, set=None):
     _job(c, "evaluate", recipe, set)
 
 
+@task(help=dict(_SET_HELP, out="submission folder (default runs/<run_id>/submission; same filesystem = hard links)"),
+      iterable=["set"])
+def bundle(c, recipe=DEFAULT_RECIPE, set=None, out=""):
+    """A finished run (same recipe and --set as its jobs) -> the contest submission folder, checksummed."""
+    _job(c, "bundle", recipe, set, extra=f"--out {shlex.quote(out)}" if out else "")
+
+
+@task(help={"submission": "the folder bundle wrote, e.g. runs/local-smollm2/submission",
+            "rerun": "also evaluate every checkpoint again from the folder alone",
+            "image": "also run the check (with the re-run) inside this Docker image",
+            "tolerance": "allowed absolute accuracy difference in the re-run (default 0)"})
+def verify(c, submission, rerun=False, image="", tolerance=""):
+    """Check a submission: files, checksums, no strays, 5 evenly spaced checkpoints, results vs logs."""
+    cmd = f"{PY} -m jobs.verify {shlex.quote(submission)}" + (" --rerun" if rerun else "")
+    cmd += (f" --image {shlex.quote(image)}" if image else "") + (f" --tolerance {float(tolerance)}" if tolerance else "")
+    c.run(cmd, pty=False, echo=True)
+
+
 @task(help=_SET_HELP, iterable=["set"])
 def pipeline(c, recipe=DEFAULT_RECIPE, set=None):
-    """prep -> train -> merge -> evaluate on one run spec; prints where the report is."""
+    """prep -> train -> merge -> evaluate -> bundle on one run spec; prints the report and where it is."""
     import time
     from jobs.core.config import load_spec
 
     spec = load_spec(recipe, set)  # fail on a bad spec before any job starts
     started = time.time()
-    for name in ("prep", "train", "merge", "evaluate"):
+    for name in ("prep", "train", "merge", "evaluate", "bundle"):
         _job(c, name, recipe, set)
     report = spec.job_dir("evaluate") / "report.md"
     print("\n" + report.read_text(encoding="utf-8"))
-    print(f"pipeline finished in {(time.time() - started) / 60:.1f} min; report: {report}")
+    print(f"pipeline finished in {(time.time() - started) / 60:.1f} min; report: {report}; "
+          f"submission: {spec.run_dir / 'submission'} (check it with: invoke verify {spec.run_dir / 'submission'})")
 
 
 @task(help={"url": "the file to download (http/https)", "out": "where to put it (with --url)",
@@ -104,10 +123,207 @@ def env(c, recipe="", out=""):
     c.run(cmd, pty=False)
 
 
-@task(help={"slow": "also run the slow tests (real SmolLM2, whole pipeline)",
+@task(help={"rows": "number of rows", "out": "output directory (part-*.jsonl + generate.json)",
+            "seed": "random seed", "mix": "family weights, e.g. add=2,sqrt=1 (default: the real sample's mix)",
+            "lang_mix": "language shares, e.g. zh=0.97,en=0.03", "shard_rows": "rows per part file"})
+def generate(c, rows=100_000, out="runs/data/generated", seed=0, mix="", lang_mix="", shard_rows=100_000):
+    """Synthetic contest math rows (every label recomputed exactly as the contest formats it)."""
+    cmd = f"{PY} -m jobs.generate --rows {int(rows)} --out {shlex.quote(out)} --seed {int(seed)} --shard-rows {int(shard_rows)}"
+    if mix:
+        cmd += f" --mix {shlex.quote(mix)}"
+    if lang_mix:
+        cmd += f" --lang-mix {shlex.quote(lang_mix)}"
+    c.run(cmd, pty=False, echo=True)
+
+
+@task(help={"file": "a JSONL file or a directory of them", "tokenizer": "model dir or tokenizer.json ('none': characters)",
+            "out": "report directory (default runs/profile/<name>)"})
+def profile(c, file, tokenizer="", out=""):
+    """Family mix, lengths, duplicates and wrong labels of a math JSONL file -> profile.json/.md + charts."""
+    cmd = f"{PY} -m jobs.profile {shlex.quote(file)}"
+    if tokenizer:
+        cmd += f" --tokenizer {shlex.quote(tokenizer)}"
+    if out:
+        cmd += f" --out {shlex.quote(out)}"
+    c.run(cmd, pty=False, echo=True)
+
+
+@task(help={"recipe": "take model, stage, LoRA and workload from this run spec", "model": "registry name",
+            "stage": "1 or 2 (which contest score)", "ranks": "candidate ranks, e.g. 1,2,4,8,16,32",
+            "cards": "NPUs", "rows": "training rows", "seq": "padded sequence length", "epochs": "epochs",
+            "batch": "global batch", "mfu": "assumed MFU, a fraction (default: calibrated on the contest's 6 h run)",
+            "measured_step_s": "a measured step time in seconds, used instead of the model",
+            "baseline_accuracy": "the baseline's accuracy (default: the contest's)", "json": "JSON output"})
+def plan(c, recipe="", model="", stage=0, ranks="", cards=0, rows=0, seq=0, epochs=0.0, batch=0, mfu=0.0,
+         measured_step_s=0.0, baseline_accuracy=-1.0, json=False):
+    """Before training: trainable params, ratio and break-even accuracy per LoRA rank/targets; Ascend step and wall time."""
+    args = []
+    for flag, value in (("--recipe", recipe), ("--model", model), ("--stage", stage), ("--ranks", ranks),
+                        ("--cards", cards), ("--rows", rows), ("--seq", seq), ("--epochs", epochs),
+                        ("--batch", batch), ("--mfu", mfu), ("--measured-step-s", measured_step_s)):
+        if value:
+            args += [flag, str(value)]
+    if baseline_accuracy >= 0:
+        args += ["--baseline-accuracy", str(baseline_accuracy)]
+    if json:
+        args.append("--json")
+    c.run(f"{PY} -m jobs.plan " + " ".join(shlex.quote(a) for a in args), pty=False)
+
+
+@task(help={"fast": "skip the slow tests (real SmolLM2 model, whole pipelines)",
             "k": "only tests matching this pytest -k expression"})
-def test(c, slow=False, k=""):
-    """Run the test suite (fast tests by default)."""
-    marker = "" if slow else "-m 'not slow'"
+def test(c, fast=False, k=""):
+    """Run the test suite (everything CI runs; --fast for the quick subset)."""
+    marker = "-m 'not slow'" if fast else ""
     sel = f"-k {shlex.quote(k)}" if k else ""
     c.run(f"{PY} -m pytest {marker} {sel} -q", pty=False)
+
+
+# ---- containers and Kubernetes: `invoke image.build`, `invoke k8s.render`, `invoke compose.up` ----
+# Namespaced, so these need an explicit `ns` (end of file). The logic lives in images/build.py,
+# images/compose_up.py and jobs/core/render.py; these tasks only build the command.
+
+_REPO_DIR = str(__import__("pathlib").Path(__file__).resolve().parent)
+
+
+def _in_repo(c, cmd: str):
+    with c.cd(_REPO_DIR):  # `python -m images.*` imports from the repository root
+        return c.run(cmd, pty=False, echo=True)
+
+
+@task(name="base", help={"suite": "Debian suite: bookworm (cpu and Ascend stacks) or bullseye (contest-2024)",
+                         "mirror": "Debian mirror (default: the host's, from /etc/apt/sources*)"})
+def image_base(c, suite="bookworm", mirror=""):
+    """debootstrap --variant=minbase SUITE + docker import -> tunebox/debian-SUITE:base (no registry needed)."""
+    _in_repo(c, f"{PY} -m images.build base --suite {shlex.quote(suite)}"
+                + (f" --mirror {shlex.quote(mirror)}" if mirror else ""))
+
+
+@task(name="build", help={"stack": "images/<stack>/: cpu-ms2.9, ascend-cann9.0-ms2.9, contest-2024",
+                          "ca_bundle": "CA bundle pip trusts in the builder (default /etc/ssl/certs/ca-certificates.crt)",
+                          "no_ca": "build without a CA bundle", "no_cache": "ignore the layer cache",
+                          "tag": "image tag (default tunebox:VERSION-STACK and tunebox:STACK)"})
+def image_build(c, stack="cpu-ms2.9", ca_bundle="", no_ca=False, no_cache=False, tag=""):
+    """Build one stack's image (docker SDK, classic builder), print its id, check the CA is not in it."""
+    cmd = f"{PY} -m images.build build --stack {shlex.quote(stack)}"
+    cmd += " --no-ca" if no_ca else (f" --ca-bundle {shlex.quote(ca_bundle)}" if ca_bundle else "")
+    cmd += " --no-cache" if no_cache else ""
+    cmd += f" --tag {shlex.quote(tag)}" if tag else ""
+    _in_repo(c, cmd)
+
+
+@task(name="lint", help={"stack": "only this stack (default: all)"})
+def image_lint(c, stack=""):
+    """Check the Dockerfile's rules for every stack (local FROMs, no # syntax, non-root, no CA in the final stage)."""
+    _in_repo(c, f"{PY} -m images.build lint" + (f" --stack {shlex.quote(stack)}" if stack else ""))
+
+
+@task(name="lock", help={"stack": "the stack whose built image is frozen"})
+def image_lock(c, stack="cpu-ms2.9"):
+    """pip freeze of the stack's built image -> images/<stack>/constraints.txt."""
+    _in_repo(c, f"{PY} -m images.build lock --stack {shlex.quote(stack)}")
+
+
+_K8S_HELP = {"spec": "run spec YAML (the single source: run_id, device, workers)",
+             "overlay": "local-cpu, ascend-4card or multi-node",
+             "image": "image reference (default tunebox:VERSION-STACK for the spec's device)",
+             "namespace": "Kubernetes namespace", "set": "extra spec override, also passed to the pods (repeatable)",
+             "out": "output file (default build/k8s/RUN_ID.OVERLAY.yaml)"}
+
+
+def _render_cmd(spec, overlay, image, namespace, set, out):
+    cmd = f"{PY} -m jobs.core.render --spec {shlex.quote(spec)} --overlay {shlex.quote(overlay)}"
+    cmd += f" --image {shlex.quote(image)}" if image else ""
+    cmd += f" --namespace {shlex.quote(namespace)}" if namespace else ""
+    cmd += "".join(f" --set {shlex.quote(o)}" for o in set or [])
+    return cmd + (f" -o {shlex.quote(out)}" if out else "")
+
+
+@task(name="render", help=_K8S_HELP, iterable=["set"])
+def k8s_render(c, spec=DEFAULT_RECIPE, overlay="local-cpu", image="", namespace="", set=None, out=""):
+    """Render the run's Kubernetes manifests from its spec with kubectl kustomize (k8s/overlays/OVERLAY)."""
+    _in_repo(c, _render_cmd(spec, overlay, image, namespace, set, out))
+
+
+@task(name="apply", help=dict(_K8S_HELP, dry_run="kubectl apply --dry-run=server (the cluster checks, nothing runs)"),
+      iterable=["set"])
+def k8s_apply(c, spec=DEFAULT_RECIPE, overlay="local-cpu", image="", namespace="", set=None, out="", dry_run=False):
+    """Render, then kubectl apply the run's manifests (the claims, the spec ConfigMap, the Job)."""
+    import json as _json
+
+    plan = _json.loads(_in_repo(c, _render_cmd(spec, overlay, image, namespace, set, out) + " --json").stdout
+                       .strip().splitlines()[-1])
+    ns_flag = f" -n {shlex.quote(namespace)}" if namespace else ""
+    c.run(f"kubectl apply{ns_flag} -f {shlex.quote(plan['output'])}" + (" --dry-run=server" if dry_run else ""),
+          pty=False, echo=True)
+    if not dry_run:
+        print(f"follow: kubectl{ns_flag} logs -f job/{plan['job']}    "
+              f"wait: kubectl{ns_flag} wait --for=condition=complete --timeout=24h job/{plan['job']}")
+
+
+@task(name="up", help={"recipe": "run spec YAML (default recipes/tiny.yaml)", "profile": "cpu or ascend",
+                       "until": "last step to run (prep, train, merge, evaluate, bundle)",
+                       "image": "image tag (default tunebox:VERSION-STACK for the spec's device)"})
+def compose_up(c, recipe="recipes/tiny.yaml", profile="cpu", until="bundle", image=""):
+    """docker-compose up the job graph for one spec, then report every service's exit code (exit 0 only if all 0)."""
+    _in_repo(c, f"{PY} -m images.compose_up --recipe {shlex.quote(recipe)} --profile {shlex.quote(profile)}"
+                f" --until {shlex.quote(until)}" + (f" --image {shlex.quote(image)}" if image else ""))
+
+
+@task(name="merge", help={"dir": "where the synthetic checkpoints go: the disk measured (default runs/bench-merge)",
+                          "sizes": "comma list of quarter, half, full (Llama3-8B shapes)",
+                          "budget_gb": "most disk used at once (default 40)", "no_doc": "do not append to docs/BENCHMARKS.md"})
+def bench_merge(c, dir="", sizes="", budget_gb="", no_doc=False):
+    """Streamed LoRA merge on Llama3-8B-shaped checkpoints: peak RSS and GB/s vs the disk's own speed."""
+    cmd = f"{PY} -m jobs.bench_merge" + (f" --dir {shlex.quote(dir)}" if dir else "")
+    cmd += (f" --sizes {shlex.quote(sizes)}" if sizes else "") + (f" --budget-gb {float(budget_gb)}" if budget_gb else "")
+    _in_repo(c, cmd + (" --no-doc" if no_doc else ""))
+
+
+@task(name="eval", help={"prompts": "prompts for the cached vs no-cache decoder comparison (default 40)",
+                         "max_new": "new tokens per prompt in that comparison (default 16)",
+                         "math_rows": "held-out math rows for the evaluate-job timing (default 100; 0 skips it)",
+                         "squad_rows": "SQuAD questions for the evaluate-job timing (default 100)",
+                         "out": "markdown file to append the section to (default docs/BENCHMARKS.md)"})
+def bench_eval(c, prompts=40, max_new=16, math_rows=100, squad_rows=100, out=""):
+    """SmolLM2 evaluation speed: KV-cache batched vs no-cache decoding (identical outputs), and the evaluate job on math + SQuAD."""
+    cmd = (f"{PY} -m jobs.bench_eval --prompts {int(prompts)} --max-new {int(max_new)} --math-rows {int(math_rows)}"
+           f" --squad-rows {int(squad_rows)}" + (f" --out {shlex.quote(out)}" if out else ""))
+    _in_repo(c, cmd)
+
+
+@task(name="prep", help={"rows": "generated contest rows to prepare (default 800000)", "workers": "prep's workers (default 2)",
+                         "keep": "keep the data and outputs under this directory", "no_doc": "do not append to docs/BENCHMARKS.md"})
+def bench_prep(c, rows=800_000, workers=2, keep="", no_doc=False):
+    """Prep at contest scale: generated rows -> MindRecord, a plain single-process loop vs jobs.prep (time, CPU, peak RSS)."""
+    cmd = f"{PY} -m jobs.bench_prep prep --rows {int(rows)} --workers {int(workers)}"
+    _in_repo(c, cmd + (f" --keep {shlex.quote(keep)}" if keep else "") + (" --no-doc" if no_doc else ""))
+
+
+@task(name="generate", help={"rows": "rows to generate (default 800000)", "no_doc": "do not append to docs/BENCHMARKS.md"})
+def bench_generate(c, rows=800_000, no_doc=False):
+    """jobs.generate speed at contest scale, with one worker and with one per core."""
+    _in_repo(c, f"{PY} -m jobs.bench_prep generate --rows {int(rows)}" + (" --no-doc" if no_doc else ""))
+
+
+@task(name="train", help={"recipe": "run spec both sides train (default: the local SmolLM2 recipe)",
+                          "steps": "measured steps per side, after 1 warm-up step (default 12)",
+                          "repeats": "run both sides this many times, alternating the order (default 1)",
+                          "keep": "work in this folder and keep it (logs, bench_train.json)",
+                          "no_doc": "do not append to docs/BENCHMARKS.md"})
+def bench_train(c, recipe=DEFAULT_RECIPE, steps=12, repeats=1, keep="", no_doc=False):
+    """LoRA training speed and memory: tunebox's train job vs PyTorch + transformers + PEFT on the same batches."""
+    cmd = f"{PY} -m jobs.bench_train --recipe {shlex.quote(recipe)} --steps {int(steps)} --repeats {int(repeats)}"
+    _in_repo(c, cmd + (f" --keep {shlex.quote(keep)}" if keep else "") + (" --no-append" if no_doc else ""))
+
+# An explicit namespace replaces invoke's automatic one, so it takes every top-level task defined
+# above (whoever added it) plus the collections. Keep this block at the end of the file.
+_NAMESPACED = {id(t) for t in (image_base, image_build, image_lint, image_lock, k8s_render, k8s_apply, compose_up,
+                               bench_merge, bench_eval, bench_prep, bench_generate, bench_train)}
+ns = Collection(
+    *[t for t in list(globals().values()) if isinstance(t, Task) and id(t) not in _NAMESPACED],
+    Collection("image", image_base, image_build, image_lint, image_lock),
+    Collection("k8s", k8s_render, k8s_apply),
+    Collection("compose", compose_up),
+    Collection("bench", bench_merge, bench_eval, bench_prep, bench_generate, bench_train),
+)

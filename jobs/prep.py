@@ -1,31 +1,64 @@
 """prep: raw contest JSONL -> chat-formatted, tokenized MindRecord (loss on the answer only) and
-a deterministic held-out split for evaluation.
+a deterministic held-out split for evaluation, with optional cleaning, at any size.
 
 Outputs, under runs/<run_id>/prep/ (built in a temp dir, renamed into place when complete):
   train.mindrecord(.db)  input_ids, labels: int32[seq_length + 1], labels -100 outside the answer
-  heldout.jsonl          held-out rows {line, prompt, reference, meta} for evaluate
-  rejects.jsonl          rows not used, each with its line and reason (bad input, too long)
-  stats.json             counts, token-length percentiles, what was dropped and why
+  heldout.jsonl          held-out rows {file, line, prompt, reference, meta} for evaluate
+  rejects.jsonl          rows not used, each with file, line, kind and reason (bad input, bad
+                         label, duplicate, too long); rows left out by data.sample_rows are only counted
+  fixed.jsonl            rows whose label data.bad_labels=fix replaced {file, line, old, new}
+  stats.json             counts, what was removed and why, token-length percentiles, families
   preview.txt            the first samples as the model sees them, answer tokens marked
   manifest.json          environment record
+
+How it stays bounded at 800k rows (never the whole file in memory):
+  pass 1  lines are read in blocks and parsed, checked, labelled and hashed by worker processes;
+          the job keeps, in source order, an 8-byte hash per kept problem (data.dedupe), a family
+          code per kept row, and spools the kept rows to a file in the temp output dir.
+  split   the held-out rows are a seeded permutation of the kept rows' ordinals (split_heldout:
+          exactly data.heldout_rows, the same rows as a load-everything prep would pick), then
+          data.sample_rows draws the training rows per family from what is left.
+  pass 2  the spool is read again; chunks of training rows are tokenized by the workers
+          (SampleEncoder, one encode_batch a chunk) and appended in order to the MindRecord.
+Output is the same whatever data.workers is: blocks and chunks are cut and written in source order.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import resource
+import signal
+import time
+from array import array
+from collections import Counter, deque
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from .core.cli import run_job
 from .core.config import RunSpec
-from .core.data import IGNORE, encode_example, load_tokenizer, read_examples, write_mindrecord
+from .core.data import (IGNORE, PARSERS, SampleEncoder, ShardedMindRecordWriter, bad_row_kind, decode_jsonl_line,
+                        iter_raw_lines, train_files)
 from .core.io import InputError, atomic_dir
 from .core.manifest import write_job_manifest
 from .core.tokenizer import TextTokenizer
 
 log = logging.getLogger("tunebox.prep")
+
+SCAN_BLOCK_LINES = 4096       # lines a worker parses per task
+TOKENIZE_CHUNK_ROWS = 2048    # rows a worker tokenizes per task (one encode_batch)
+TASKS_IN_FLIGHT = 3           # per worker: bounds what waits in pipes (memory), keeps workers busy
+POOL_MIN_BYTES = 512 * 1024   # smaller inputs run in the job's own process: a pool would only add start-up
+ROWS_PER_FILE = 100_000       # MindRecord rows per file (train.mindrecord, train.mindrecord-00001, ...)
+SNIPPET = 80                  # characters of a problem quoted in a reject reason
+
+TRAIN, HELDOUT, NOT_SAMPLED = 0, 1, 2
+KEEP, REJECT = 0, 1
 
 
 def split_heldout(n_rows: int, heldout: int, seed: int) -> np.ndarray:
@@ -38,6 +71,26 @@ def split_heldout(n_rows: int, heldout: int, seed: int) -> np.ndarray:
     return mask
 
 
+def stratified_sample(families: np.ndarray, names: list[str], k: int, seed: int) -> tuple[np.ndarray, dict]:
+    """Choose k of the rows, each family (code into `names`) getting its share of k: floor of
+    k * rows_f / rows, the k left over going to the largest remainders (ties: family name). Within a
+    family the rows are a seeded random choice. Returns (mask, {family: {available, sampled}})."""
+    counts = np.bincount(families, minlength=len(names))
+    quota = counts * k / counts.sum()
+    take = np.floor(quota).astype(np.int64)
+    order = sorted(range(len(names)), key=lambda f: (-(quota[f] - take[f]), names[f]))
+    for f in order[:k - int(take.sum())]:
+        take[f] += 1
+    rng = np.random.RandomState(seed)
+    mask = np.zeros(len(families), dtype=bool)
+    for f in sorted(range(len(names)), key=lambda f: names[f]):
+        rows = np.flatnonzero(families == f)
+        mask[rows[rng.permutation(len(rows))[:take[f]]]] = True
+    report = {names[f]: {"available": int(counts[f]), "sampled": int(take[f])}
+              for f in sorted(range(len(names)), key=lambda f: names[f]) if counts[f]}
+    return mask, report
+
+
 def preview(tok: TextTokenizer, input_ids: np.ndarray, labels: np.ndarray, k: int = 3) -> str:
     out = []
     for a, b in zip(input_ids[:k], labels[:k]):
@@ -47,66 +100,354 @@ def preview(tok: TextTokenizer, input_ids: np.ndarray, labels: np.ndarray, k: in
     return "\n".join(out)
 
 
+# ---- what runs in the workers (or in the job's process when there is no pool) -----------------
+
+_WORKER: dict = {}
+
+
+def worker_setup(model_dir: str, tokenizer_json: Optional[str], seq_length: int, system: Optional[str],
+                 in_pool: bool = False) -> None:
+    if in_pool:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # the job handles ^C and stops the pool
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker; the pool is the parallelism
+    tok = TextTokenizer.load(model_dir, tokenizer_json)
+    _WORKER["encoder"] = SampleEncoder(tok, seq_length, system)
+
+
+def _label_check(problem: str, reference: str, policy: str) -> tuple[str, Optional[str], str]:
+    """(verdict, new label, reason): verdict ok | unchecked (not computable) | fixed | drop."""
+    from .core import mathgen
+
+    family = mathgen.family_of(problem)
+    expected = mathgen.solve(problem, family)
+    if expected is None:
+        return "unchecked", None, ""
+    verdict, label = "ok", reference
+    if expected != reference:
+        if policy != "fix":
+            return "drop", None, f"bad label: {reference[:SNIPPET]!r}, recomputed {expected[:SNIPPET]!r}"
+        verdict, label = "fixed", expected
+    issue = mathgen.label_sanity_issue(problem, label, family)
+    if issue:
+        fixable = " (recomputing gives the same value: cannot be fixed)" if policy == "fix" else ""
+        return "drop", None, f"bad label: {issue}{fixable}"
+    return verdict, label, ""
+
+
+def scan_block(task: tuple) -> tuple[str, list[tuple]]:
+    """Pass 1 on a block of lines -> (file, events): one event per non-blank line, in line order,
+    (line, KEEP, hash, family, spool bytes, label verdict, old label) or (line, REJECT, kind, reason)."""
+    from .core.scoring import math_family
+
+    path_text, file_index, fmt, bad_labels, dedupe, lines = task
+    path, parse, events = Path(path_text), PARSERS[fmt], []
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    for lineno, raw in lines:
+        item = decode_jsonl_line(raw, path, lineno)
+        if item is None:
+            continue
+        try:
+            if isinstance(item, InputError):
+                raise item
+            ex = parse(item, path)
+        except InputError as err:
+            events.append((lineno, REJECT, bad_row_kind(err.message), err.message))
+            continue
+        verdict, old = "", None
+        if fmt == "math":
+            family = math_family(ex.prompt)
+            if bad_labels != "keep":
+                verdict, label, reason = _label_check(ex.prompt, ex.reference, bad_labels)
+                if verdict == "drop":
+                    events.append((lineno, REJECT, "bad_label", reason))
+                    continue
+                if verdict == "fixed":
+                    old, ex.answer, ex.reference = ex.reference, label, label
+        else:
+            family = str(ex.meta.get("subject") or "mcq")
+        key = int.from_bytes(hashlib.blake2b(ex.prompt.encode("utf-8"), digest_size=8).digest(), "little") if dedupe else 0
+        spool = encode([file_index, lineno, ex.prompt, ex.answer, ex.reference, ex.meta]) + "\n"
+        events.append((lineno, KEEP, key, family, spool.encode("utf-8"), verdict, old))
+    return path_text, events
+
+
+def tokenize_chunk(spool_lines: list[bytes]) -> dict:
+    """Pass 2 on a chunk of training rows (spool lines): padded ids/labels and per-row counts."""
+    encoder: SampleEncoder = _WORKER["encoder"]
+    rows = [json.loads(line) for line in spool_lines]
+    ids, labels, lengths, answer_tokens = encoder.encode([r[2] for r in rows], [r[3] for r in rows])
+    return {"ids": ids, "labels": labels, "lengths": lengths, "answer_tokens": answer_tokens,
+            "where": [(r[0], r[1]) for r in rows], "segmented": encoder.segmented}
+
+
+def ordered_map(pool, fn, tasks: Iterable, window: int) -> Iterator:
+    """fn over tasks, results in task order: in the pool with at most `window` tasks submitted and
+    not yet taken (Pool.imap reads every task ahead, i.e. the whole input), or in this process."""
+    if pool is None:
+        yield from map(fn, tasks)
+        return
+    pending: deque = deque()
+    for task in tasks:
+        pending.append(pool.apply_async(fn, (task,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+# ---- the job ----------------------------------------------------------------------------------
+
+def _scan_tasks(files: list[Path], spec: RunSpec) -> Iterator[tuple]:
+    d = spec.data
+    for index, path in enumerate(files):
+        block: list = []
+        for item in iter_raw_lines(path):
+            block.append(item)
+            if len(block) >= SCAN_BLOCK_LINES:
+                yield str(path), index, d.format, d.bad_labels, d.dedupe, block
+                block = []
+        if block:
+            yield str(path), index, d.format, d.bad_labels, d.dedupe, block
+
+
+class _Pass1:
+    """Validate, clean and spool the rows (in source order), counting every removal."""
+
+    def __init__(self, spec: RunSpec, tmp: Path):
+        self.spec, self.tmp = spec, tmp
+        self.removed: Counter = Counter()
+        self.labels: Counter = Counter()
+        self.rows_valid = self.rows_bad = 0
+        self.family_codes = array("H")         # 2 bytes per kept row
+        self.family_names: dict[str, int] = {}
+
+    def run(self, files: list[Path], pool, window: int) -> None:
+        d = self.spec.data
+        seen: set[int] = set()                  # 8-byte hashes of the problems kept so far (data.dedupe)
+        with open(self.tmp / ".spool.jsonl", "wb") as spool, \
+                open(self.tmp / "rejects.jsonl", "w", encoding="utf-8") as rejects, \
+                open(self.tmp / "fixed.jsonl", "w", encoding="utf-8") as fixed, \
+                tqdm(desc="read", unit=" rows", unit_scale=True, leave=False) as bar:
+            def reject(path: str, line: int, kind: str, reason: str) -> None:
+                rejects.write(json.dumps({"file": path, "line": line, "kind": kind, "reason": reason},
+                                         ensure_ascii=False) + "\n")
+                self.removed[kind] += 1
+
+            for path, events in ordered_map(pool, scan_block, _scan_tasks(files, self.spec), window):
+                bar.update(len(events))
+                for event in events:
+                    line, what = event[0], event[1]
+                    if what == REJECT and event[2] != "bad_label":
+                        if d.on_bad_row != "skip":
+                            raise InputError(event[3], path, line)
+                        self.rows_bad += 1
+                        reject(path, line, event[2], event[3])
+                        continue
+                    if d.max_rows is not None and self.rows_valid >= d.max_rows:
+                        return
+                    self.rows_valid += 1
+                    if what == REJECT:
+                        self.labels["dropped"] += 1
+                        reject(path, line, "bad_label", event[3])
+                        continue
+                    _, _, key, family, record, verdict, old = event
+                    if verdict:
+                        self.labels[verdict] += 1
+                    if d.dedupe:
+                        if key in seen:
+                            problem = json.loads(record)[2]
+                            reject(path, line, "duplicate",
+                                   f"duplicate: an earlier row has the same problem {problem[:SNIPPET]!r}")
+                            continue
+                        seen.add(key)
+                    if verdict == "fixed":
+                        fixed.write(json.dumps({"file": path, "line": line, "old": old, "new": json.loads(record)[4]},
+                                               ensure_ascii=False) + "\n")
+                    spool.write(record)
+                    self.family_codes.append(self.family_names.setdefault(family, len(self.family_names)))
+
+
+def _train_chunks(spool_path: Path, status: bytes, files: list[Path], heldout_path: Path) -> Iterator[list[bytes]]:
+    """Training rows of the spool in chunks; held-out rows go to heldout.jsonl on the way."""
+    chunk: list[bytes] = []
+    with open(spool_path, "rb") as spool, open(heldout_path, "w", encoding="utf-8") as heldout:
+        for ordinal, record in enumerate(spool):
+            state = status[ordinal]
+            if state == TRAIN:
+                chunk.append(record)
+                if len(chunk) >= TOKENIZE_CHUNK_ROWS:
+                    yield chunk
+                    chunk = []
+            elif state == HELDOUT:
+                file_index, line, prompt, _, reference, meta = json.loads(record)
+                heldout.write(json.dumps({"file": str(files[file_index]), "line": line, "prompt": prompt,
+                                          "reference": reference, "meta": meta}, ensure_ascii=False) + "\n")
+    if chunk:
+        yield chunk
+
+
+def _resource_use() -> dict:
+    """CPU seconds and peak RSS of this process and of its finished children (the workers)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"cpu_seconds": round(me.ru_utime + me.ru_stime, 1),
+            "cpu_seconds_children": round(children.ru_utime + children.ru_stime, 1),
+            "peak_rss_mb": round(me.ru_maxrss / 1024, 1),
+            "peak_rss_mb_largest_child": round(children.ru_maxrss / 1024, 1)}
+
+
+def _inputs_for_manifest(spec: RunSpec, files: list[Path]) -> dict:
+    target = spec.resolve(spec.data.train_file)
+    if target.is_dir() or len(files) == 1:
+        return {"train_file": target if target.is_dir() else files[0]}
+    return {f"train_file[{i}]": f for i, f in enumerate(files)}
+
+
 def prep(spec: RunSpec) -> Path:
-    src = spec.resolve(spec.data.train_file)
-    if not src.exists():
-        raise InputError(f"data.train_file not found: {src}", spec.source_path)
-    tok = load_tokenizer(spec)
-    rejects: list[dict] = []
-    examples = list(tqdm(read_examples(src, spec.data.format, spec.data.on_bad_row, rejects, spec.data.max_rows),
-                         desc="read", unit=" rows", leave=False))
-    if not examples:
-        raise InputError("no usable rows", src)
-    heldout_mask = split_heldout(len(examples), spec.data.heldout_rows, spec.data.seed)
+    from .core.weights import ensure_model
 
-    width = spec.data.seq_length + 1
-    train_ex = [e for e, h in zip(examples, heldout_mask) if not h]
-    ids = np.empty((len(train_ex), width), dtype=np.int32)
-    labels = np.empty((len(train_ex), width), dtype=np.int32)
-    lengths, kept, too_long = [], 0, 0
-    for ex in tqdm(train_ex, desc="tokenize", unit=" rows"):
-        a, b, n = encode_example(tok, ex, spec.data.seq_length, spec.data.system_prompt)
-        lengths.append(n)
-        if n > width:
-            too_long += 1
-            if spec.data.on_too_long == "skip":
-                rejects.append({"line": ex.line, "reason": f"too long: {n} tokens > seq_length + 1 = {width}"})
-                continue
-        ids[kept], labels[kept] = a, b
-        kept += 1
-    ids, labels = ids[:kept], labels[:kept]
-    if kept == 0:
-        raise InputError(f"every training row is longer than data.seq_length + 1 = {width} tokens; raise data.seq_length", src)
-
-    # Training order is fixed by the train job's seed; file order here is source order.
-    supervised = (labels != IGNORE).sum(axis=1)
-    stats = {
-        "source": str(src), "rows_read": len(examples) + len([r for r in rejects if "too long" not in r["reason"]]),
-        "rows_bad": len([r for r in rejects if "too long" not in r["reason"]]),
-        "rows_heldout": int(heldout_mask.sum()), "rows_train": kept,
-        "rows_too_long": too_long, "too_long_policy": spec.data.on_too_long,
-        "seq_length": spec.data.seq_length,
-        "tokens_per_row": {p: int(np.percentile(lengths, p)) for p in (50, 90, 99, 100)},
-        "answer_tokens_per_row_mean": float(supervised.mean()),
-        "padding_fraction": float(1 - (ids != tok.pad_id).sum() / ids.size),
-    }
+    started = time.time()
+    d = spec.data
+    files = train_files(spec)
+    model_dir = ensure_model(spec.model.name)
+    tokenizer_json = spec.resolve(spec.model.tokenizer)
+    tok = TextTokenizer.load(model_dir, tokenizer_json)
+    setup_args = (str(model_dir), str(tokenizer_json) if tokenizer_json else None, d.seq_length, d.system_prompt)
+    total_bytes = sum(f.stat().st_size for f in files)
+    workers = d.workers if total_bytes >= POOL_MIN_BYTES else 1
+    width = d.seq_length + 1
     out = spec.job_dir("prep")
+
     with atomic_dir(out) as tmp:
-        write_mindrecord(tmp / "train.mindrecord", ids, labels)
-        with open(tmp / "heldout.jsonl", "w", encoding="utf-8") as fh:
-            for ex, h in zip(examples, heldout_mask):
-                if h:
-                    fh.write(json.dumps({"line": ex.line, "prompt": ex.prompt, "reference": ex.reference,
-                                         "meta": ex.meta}, ensure_ascii=False) + "\n")
-        with open(tmp / "rejects.jsonl", "w", encoding="utf-8") as fh:
-            for r in sorted(rejects, key=lambda r: r["line"] or 0):
-                fh.write(json.dumps({"file": str(src), **r}, ensure_ascii=False) + "\n")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        (tmp / "preview.txt").write_text(preview(tok, ids, labels), encoding="utf-8")
-    write_job_manifest(out, "prep", spec, inputs={"train_file": src}, outputs={"train.mindrecord": out / "train.mindrecord"},
-                       seeds={"split": spec.data.seed}, extra=stats)
-    log.info("prep: %d train rows, %d held out, %d rejected (%d too long) -> %s",
-             kept, stats["rows_heldout"], len(rejects), too_long, out)
+        pool = None
+        try:
+            if workers > 1:
+                # spawn, not fork: the job's process has tokenizers (threads) and MindSpore loaded.
+                pool = get_context("spawn").Pool(workers, initializer=worker_setup, initargs=setup_args + (True,))
+            else:
+                worker_setup(*setup_args)
+            window = TASKS_IN_FLIGHT * workers
+            seconds = {"setup": time.time() - started}
+
+            # ---- pass 1: validate, clean, spool --------------------------------------------------
+            scan = _Pass1(spec, tmp)
+            scan.run(files, pool, window)
+            seconds["read_and_clean"] = time.time() - started - sum(seconds.values())
+            n_kept = len(scan.family_codes)
+            if n_kept == 0:
+                raise InputError("no usable rows (see rejects: every row was bad, a duplicate or wrongly labelled)",
+                                 files[0] if len(files) == 1 else spec.resolve(d.train_file))
+
+            # ---- split: held out (exactly heldout_rows), then the sample of training rows -----------
+            codes = np.frombuffer(scan.family_codes, dtype=np.uint16)
+            names = list(scan.family_names)
+            heldout_mask = split_heldout(n_kept, d.heldout_rows, d.seed)
+            status = np.where(heldout_mask, HELDOUT, TRAIN).astype(np.uint8)
+            candidates = np.flatnonzero(~heldout_mask)
+            sampling = None
+            if d.sample_rows is not None:
+                sampling = {"sample_rows": d.sample_rows, "available": int(len(candidates)), "seed": d.seed}
+                if d.sample_rows < len(candidates):
+                    chosen, sampling["families"] = stratified_sample(codes[candidates], names, d.sample_rows, d.seed)
+                    status[candidates[~chosen]] = NOT_SAMPLED
+                else:
+                    sampling["note"] = "sample_rows >= rows available: every row is used"
+            train_codes = codes[status == TRAIN]
+
+            # ---- pass 2: tokenize in the workers, write in order ----------------------------------
+            writer = ShardedMindRecordWriter(tmp / "train.mindrecord", ROWS_PER_FILE)
+            lengths = array("i")
+            kept = too_long = supervised = non_pad = cells = 0
+            answer_max = np.zeros(len(names), dtype=np.int64)
+            answer_rows = np.zeros(len(names), dtype=np.int64)
+            preview_ids, preview_labels = [], []
+            segmented = True
+            offset = 0
+            chunks = _train_chunks(tmp / ".spool.jsonl", status.tobytes(), files, tmp / "heldout.jsonl")
+            with open(tmp / "rejects.jsonl", "a", encoding="utf-8") as rejects, \
+                    tqdm(total=len(train_codes), desc="tokenize", unit=" rows", unit_scale=True, leave=False) as bar:
+                for res in ordered_map(pool, tokenize_chunk, chunks, window):
+                    n = len(res["lengths"])
+                    chunk_codes = train_codes[offset:offset + n]
+                    offset += n
+                    segmented &= res["segmented"]
+                    lengths.frombytes(res["lengths"].astype(np.int32).tobytes())
+                    over = res["lengths"] > width
+                    too_long += int(over.sum())
+                    keep = ~over if d.on_too_long == "skip" else np.ones(n, dtype=bool)
+                    if d.on_too_long == "skip":
+                        for i in np.flatnonzero(over):
+                            file_index, line = res["where"][i]
+                            rejects.write(json.dumps({
+                                "file": str(files[file_index]), "line": line, "kind": "too_long",
+                                "reason": f"too long: {int(res['lengths'][i])} tokens > seq_length + 1 = {width}"},
+                                ensure_ascii=False) + "\n")
+                            scan.removed["too_long"] += 1
+                    ids, labels = res["ids"][keep], res["labels"][keep]
+                    writer.write(ids, labels)
+                    kept += len(ids)
+                    answers = res["answer_tokens"][keep]
+                    supervised += int(answers.sum())
+                    non_pad += int((ids != tok.pad_id).sum())
+                    cells += ids.size
+                    np.maximum.at(answer_max, chunk_codes[keep], answers)
+                    answer_rows += np.bincount(chunk_codes[keep], minlength=len(names))
+                    if len(preview_ids) < 3:
+                        preview_ids += list(ids[:3 - len(preview_ids)])
+                        preview_labels += list(labels[:3 - len(preview_labels)])
+                    bar.update(n)
+            seconds["tokenize_and_write"] = time.time() - started - sum(seconds.values())
+            if pool is not None:
+                pool.close()    # let the workers exit on their own: their CPU time is then counted
+                pool.join()
+                pool = None
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        if kept == 0:
+            raise InputError(f"every training row is longer than data.seq_length + 1 = {width} tokens; "
+                             f"raise data.seq_length", files[0])
+        shards = writer.commit()
+        os.remove(tmp / ".spool.jsonl")
+        seconds["commit"] = time.time() - started - sum(seconds.values())
+
+        all_lengths = np.frombuffer(lengths, dtype=np.int32)
+        family_rows = np.bincount(codes, minlength=len(names))
+        stats = {
+            "source": str(spec.resolve(d.train_file)), "files": [str(f) for f in files],
+            "rows_read": scan.rows_valid + scan.rows_bad, "rows_bad": scan.rows_bad,
+            "rows_kept": n_kept, "rows_heldout": int(heldout_mask.sum()), "rows_train": kept,
+            "rows_not_sampled": int((status == NOT_SAMPLED).sum()),
+            "rows_too_long": too_long, "too_long_policy": d.on_too_long,
+            "removed": dict(sorted(scan.removed.items())),
+            "cleaning": {"on_bad_row": d.on_bad_row, "dedupe": d.dedupe, "bad_labels": d.bad_labels,
+                         "labels": {k: scan.labels.get(k, 0) for k in ("ok", "fixed", "dropped", "unchecked")}
+                         if d.bad_labels != "keep" and d.format == "math" else None},
+            "sampling": sampling,
+            "split": f"held out: a seeded permutation of the {n_kept} kept rows (data.seed={d.seed}); "
+                     f"training rows in source order",
+            "families": {names[f]: int(family_rows[f]) for f in sorted(range(len(names)), key=lambda f: names[f])},
+            "seq_length": d.seq_length,
+            "tokens_per_row": {p: int(np.percentile(all_lengths, p)) for p in (50, 90, 99, 100)},
+            "answer_tokens_per_row_mean": supervised / kept,
+            "answer_tokens_by_family": {names[f]: {"rows": int(answer_rows[f]), "max": int(answer_max[f])}
+                                        for f in sorted(range(len(names)), key=lambda f: names[f]) if answer_rows[f]},
+            "padding_fraction": 1 - non_pad / cells,
+            "mindrecord_files": [{"file": path.name, "rows": rows} for path, rows in shards],
+            "resources": {
+                "workers": workers, "seconds": round(time.time() - started, 2),
+                "seconds_by_phase": {k: round(v, 2) for k, v in seconds.items()},
+                "prompt_encoding": "segmented" if segmented else "full template per row",
+                **_resource_use(),
+            },
+        }
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "preview.txt").write_text(preview(tok, np.array(preview_ids), np.array(preview_labels)), encoding="utf-8")
+    write_job_manifest(out, "prep", spec, inputs=_inputs_for_manifest(spec, files),
+                       outputs={path.name: out / path.name for path, _ in shards}, seeds={"split": d.seed}, extra=stats)
+    log.info("prep: %d train rows, %d held out, %d not sampled, removed %s -> %s in %.1f s (%d workers)",
+             kept, stats["rows_heldout"], stats["rows_not_sampled"],
+             ", ".join(f"{k} {v}" for k, v in stats["removed"].items()) or "nothing", out, time.time() - started, workers)
     return out
 
 

@@ -16,7 +16,7 @@ LOCAL = REPO / "recipes" / "local-smollm2.yaml"
 def test_smollm2_short_pipeline(tmp_path):
     cache = os.environ.get("TUNEBOX_CACHE") or os.path.expanduser("~/.cache/tunebox")  # convert once, reuse
     runs = tmp_path / "runs"
-    args = [f"runs_dir={runs}", "train.max_steps=10", "data.heldout_rows=12", "eval.limit=12"]
+    args = [f"runs_dir={runs}", "train.max_steps=10", "data.heldout_rows=12", "eval.limit=12", "eval.squad_rows=8"]
     for job in ("prep", "train", "merge", "evaluate"):
         run_job(job, LOCAL, cache, tmp_path, *args, timeout=1800)
     run = runs / "local-smollm2"

@@ -223,7 +223,7 @@ def test_merged_logits_equal_lora_logits(tiny_run, tmp_path):
 
 
 def test_merge_math_on_arrays():
-    from jobs.merge import merge_lora_into_base
+    from jobs.core.lora_math import merge_lora_into_base
     rng = np.random.RandomState(0)
     w = rng.randn(6, 5).astype(np.float32)
     a, b = rng.randn(2, 5).astype(np.float32), rng.randn(6, 2).astype(np.float32)

@@ -36,7 +36,8 @@ class ModelSection:
 @dataclass
 class DataSection:
     train_file: str = "../shared/data/math/contest-sample.jsonl"
-    """Contest JSONL ({"problem","solution"} per line). Relative paths resolve from the spec's folder."""
+    """Contest JSONL ({"problem","solution"} per line): a file, a directory (its *.jsonl, e.g. the
+    generator's part-*.jsonl) or a glob ("data/part-*.jsonl"). Relative paths resolve from the spec's folder."""
     format: Literal["math", "mcq"] = "math"
     heldout_rows: int = 60
     """Rows kept out of training for evaluation (deterministic, by seed)."""
@@ -51,6 +52,17 @@ class DataSection:
     """Read only the first N rows of train_file (quick runs)."""
     system_prompt: Optional[str] = None
     """System message for the chat template; default: the model's own template default."""
+    dedupe: bool = False
+    """Drop rows whose problem (the prompt, stripped) repeats an earlier row's; the first is kept."""
+    bad_labels: Literal["keep", "drop", "fix"] = "keep"
+    """Math rows of a computable family get their label recomputed (jobs.core.mathgen.solve): drop a row
+    whose label differs or is wrong though formula-true (a "discount" to a higher price); fix: replace a
+    differing label with the recomputed one (formula-true wrong labels cannot be fixed and are dropped)."""
+    sample_rows: Optional[int] = None
+    """Train on this many rows, sampled per family (jobs.core.scoring.math_family) in proportion, with data.seed.
+    Applied after the held-out split, so the held-out rows do not depend on it; null: every row."""
+    workers: int = 2
+    """Processes that parse and tokenize (1: all in the job's own process; small inputs never start a pool)."""
 
 
 @dataclass
@@ -101,6 +113,13 @@ class EvalSection:
     checkpoints: Literal["all", "last"] = "all"
     base: bool = True
     """Also evaluate the base model, for the before/after comparison."""
+    squad_file: Optional[str] = None
+    """SQuAD v1.1 JSONL ({context, question, answers}) for the contest's retention check (tuned F1 and EM
+    >= 90% of the base model's); relative paths resolve from the spec's folder; null: not measured."""
+    squad_rows: int = 100
+    """Use the first N questions of squad_file (0: skip SQuAD)."""
+    scales: Optional[str] = None
+    """LoRA scale dial, e.g. '0.25,0.5,0.75,1.0': evaluate the chosen checkpoint at W + s*(alpha/r)*BA."""
 
 
 @dataclass
@@ -248,6 +267,10 @@ def _validate(spec: RunSpec, path: str, lines_of) -> None:
         bad("lora.dropout must be in [0, 1)", "lora.dropout")
     if spec.data.seq_length < 8:
         bad("data.seq_length must be at least 8", "data.seq_length")
+    if spec.data.sample_rows is not None and spec.data.sample_rows < 1:
+        bad("data.sample_rows must be >= 1 (or null for every row)", "data.sample_rows")
+    if spec.data.workers < 1:
+        bad("data.workers must be >= 1", "data.workers")
     if spec.train.batch_size <= 0 or spec.train.grad_accum <= 0:
         bad("train.batch_size and train.grad_accum must be > 0", "train.batch_size")
     if spec.train.workers < 1 or spec.train.batch_size % spec.train.workers:

@@ -179,3 +179,25 @@ def describe_model(spec: ModelSpec, rank: Optional[int] = None, target_modules: 
         t = spec.lora_params(rank, target_modules or "wq|wv")
         line += f"; LoRA r={rank} on {target_modules}: {t:,} trainable (ratio {t / total:.8f})"
     return line
+
+
+# The chat format the contest trained and scored InternLM-7B with (the contest's MindFormers copy,
+# research/internlm/alpaca_data_preprocess.py):  <s><|User|>:{instruction}\n{input}<eoh>\n<|Bot|>:{output}<eoa>\n</s>
+# with the loss on everything after "<|Bot|>:". These are tokenizer_config.json fields (read by
+# tokenizer.TextTokenizer): write them next to InternLM's tokenizer.json so prep and evaluate format
+# prompts exactly as the contest did. A system message, if a recipe sets one, is rendered the way
+# InternLM-Chat does (<|System|>:...); the contest used none.
+INTERNLM_CONTEST_TOKENIZER_CONFIG = {
+    # pad is <unk> (id 0, the registry's pad_token_id): MindFormers masks every position holding the
+    # pad id, so it must not be </s>, which ends every training sample.
+    "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<unk>",
+    "chat_template": (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}<|System|>:{{ message['content'] }}\n"
+        "{% else %}<|User|>:{{ message['content'] }}<eoh>\n{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|Bot|>:{% endif %}"),
+    "stop_tokens": ["<eoa>"],
+    "answer_suffix": "<eoa>\n</s>",
+}

@@ -1,0 +1,808 @@
+"""Build tunebox's images with the docker SDK (classic builder) and check the Dockerfile's rules.
+
+    python -m images.build base   [--suite bookworm] [--mirror URL]    # local Debian base image
+    python -m images.build build  --stack cpu-ms2.9 [--ca-bundle FILE | --no-ca] [--tag T]
+    python -m images.build lint   [--stack S ...]                      # parse the Dockerfile per stack
+    python -m images.build verify --stack S [--image T]                # the CA is nowhere in the image
+    python -m images.build lock   --stack S                            # freeze the image into constraints.txt
+
+Why each piece exists (see /work/shared/PLATFORM.md for the checked facts):
+- No registry is reachable, so every FROM is a local image: `base` makes one from the host's own
+  Debian mirror with debootstrap and `docker import`.
+- Outbound TLS goes through a proxy with its own CA, so pip in the builder stage needs the host's
+  CA bundle. It travels in the build context this module streams (never in the working tree) and
+  only the builder stage copies it; `verify` scans the final image's files for its certificates.
+- The lint parses the Dockerfile the way the engine does (ARG scoping, stages) so the rules are
+  checked for stacks that cannot be built here (Ascend).
+
+Exit codes: 0 ok, 2 bad input (unknown stack, lint problem, missing file), 1 build or engine failure.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fnmatch
+import hashlib
+import io
+import os
+import posixpath
+import re
+import shlex
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from jobs.core.io import InputError
+from jobs.core.render import image_tags, project_version
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IMAGES_DIR = REPO_ROOT / "images"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+CA_CONTEXT_DIR = "images/build-ca"          # where the CA bundle sits in the build context
+CA_CONTEXT_NAME = "ca-certificates.crt"
+DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+START_DOCKERD = "start the engine: dockerd > /tmp/dockerd.log 2>&1 &  (then `docker info`)"
+
+
+class BuildFailed(Exception):
+    """The engine refused or a build step failed. Exit 1."""
+
+
+# ---- stacks ----------------------------------------------------------------------------------
+
+@dataclass
+class Stack:
+    name: str
+    folder: Path
+    build_args: dict[str, str]
+
+    @property
+    def base_image(self) -> str:
+        return self.build_args["BASE_IMAGE"]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines (shell quoting allowed, # comments), as the builder's `sh` reads them."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = re.fullmatch(r"([A-Z_][A-Z0-9_]*)=(.*)", stripped)
+        if not match:
+            raise InputError(f"expected KEY=value, got {stripped!r}", path, number)
+        key, raw = match.groups()
+        try:
+            words = shlex.split(raw, comments=True)
+        except ValueError as exc:
+            raise InputError(f"{key}: {exc} (quote values with spaces: KEY=\"a b\")", path, number) from None
+        values[key] = " ".join(words)
+    return values
+
+
+def list_stacks() -> list[str]:
+    return sorted(p.parent.name for p in IMAGES_DIR.glob("*/stack.env"))
+
+
+def load_stack(name: str) -> Stack:
+    folder = IMAGES_DIR / name
+    env_file = folder / "stack.env"
+    if not env_file.exists():
+        raise InputError(f"unknown stack {name!r}; known: {', '.join(list_stacks())}", env_file)
+    args = read_env_file(env_file)
+    if args.get("STACK") != name:
+        raise InputError(f"STACK={args.get('STACK')!r} but the folder is {name!r}: make them equal", env_file)
+    for required in ("BASE_IMAGE", "PYTHON", "MINDSPORE_VERSION", "MINDFORMERS_VERSION", "CANN_VERSION"):
+        if not args.get(required):
+            raise InputError(f"{required} is missing", env_file)
+    if not (folder / "constraints.txt").exists():
+        raise InputError("constraints.txt is missing (the stack's lock file; an empty file is allowed "
+                         "before the first `python -m images.build lock`)", folder)
+    return Stack(name, folder, args)
+
+
+def git_revision() -> str:
+    """HEAD, with -dirty when the work tree differs; 'uncommitted' before the first commit."""
+    def git(*args: str) -> Optional[str]:
+        try:
+            out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+    head = git("rev-parse", "HEAD")
+    if not head:
+        return "uncommitted"
+    return head + ("-dirty" if git("status", "--porcelain") else "")
+
+
+def git_source() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "config", "--get", "remote.origin.url"],
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return f"file://{REPO_ROOT}"
+
+
+def build_args_for(stack: Stack, image_tag: str, revision: Optional[str] = None) -> dict[str, str]:
+    """stack.env plus what the image says about itself (labels, /etc/tunebox/image.json)."""
+    args = dict(stack.build_args)
+    args.update(VERSION=project_version(), REVISION=revision or git_revision(), SOURCE=git_source(),
+                IMAGE_TAG=image_tag)
+    return args
+
+
+# ---- Dockerfile parsing ----------------------------------------------------------------------
+
+@dataclass
+class Instruction:
+    keyword: str          # upper case: FROM, RUN, COPY, ...
+    value: str            # the rest, continuation lines joined
+    line: int             # where it starts (1-based)
+    resolved: str = ""    # value with the stage's ARG/ENV values substituted
+
+
+@dataclass
+class Stage:
+    index: int
+    name: Optional[str]
+    base_raw: str         # as written: ${BASE_IMAGE}, runtime, ...
+    base: str             # resolved with the build args
+    from_line: int
+    parent: Optional["Stage"]
+    instructions: list[Instruction] = field(default_factory=list)
+    scope: dict[str, str] = field(default_factory=dict)   # ARG and ENV values visible at the end
+    env: dict[str, str] = field(default_factory=dict)     # ENV only: what a child stage inherits
+
+    def lineage(self) -> list["Stage"]:
+        chain, stage = [], self
+        while stage is not None:
+            chain.append(stage)
+            stage = stage.parent
+        return chain
+
+
+@dataclass
+class Problem:
+    line: Optional[int]
+    message: str
+
+    def __str__(self) -> str:
+        return f"Dockerfile:{self.line}: {self.message}" if self.line else f"Dockerfile: {self.message}"
+
+
+@dataclass
+class ParsedDockerfile:
+    directives: dict[str, tuple[str, int]]
+    global_args: dict[str, Optional[str]]
+    stages: list[Stage]
+    declared_args: set[str]
+
+    @property
+    def final(self) -> Stage:
+        return self.stages[-1]
+
+    def labels(self, stage: Optional[Stage] = None) -> dict[str, str]:
+        """LABELs of a stage and the stages it is built on, resolved."""
+        stage = stage or self.final
+        labels: dict[str, str] = {}
+        for st in reversed(stage.lineage()):
+            for ins in st.instructions:
+                if ins.keyword == "LABEL":
+                    for word in shlex.split(ins.resolved):
+                        key, _, value = word.partition("=")
+                        labels[key] = value
+        return labels
+
+
+_DIRECTIVE = re.compile(r"#\s*([a-zA-Z]+)\s*=\s*(\S.*?)\s*$")
+_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<word>[^}]*))?\}"
+                  r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def split_instructions(text: str) -> tuple[dict[str, tuple[str, int]], list[Instruction]]:
+    """Parser directives and instructions, with `\\` continuations joined and comments dropped."""
+    directives: dict[str, tuple[str, int]] = {}
+    instructions: list[Instruction] = []
+    lines = text.splitlines()
+    in_header = True
+    i = 0
+    while i < len(lines):
+        raw = lines[i]
+        stripped = raw.strip()
+        if in_header:
+            match = _DIRECTIVE.fullmatch(stripped)
+            if match:
+                directives[match.group(1).lower()] = (match.group(2), i + 1)
+                i += 1
+                continue
+            in_header = False
+        if not stripped or stripped.startswith("#"):
+            i += 1
+            continue
+        start = i
+        parts = []
+        current = raw
+        while True:
+            body = current.rstrip()
+            if body.endswith("\\"):
+                parts.append(body[:-1])
+                i += 1
+                # Comment lines inside a continued instruction are dropped, as the engine does.
+                while i < len(lines) and lines[i].strip().startswith("#"):
+                    i += 1
+                if i >= len(lines):
+                    break
+                current = lines[i]
+                continue
+            parts.append(body)
+            i += 1
+            break
+        joined = " ".join(p.strip() for p in parts).strip()
+        keyword, _, value = joined.partition(" ")
+        instructions.append(Instruction(keyword.upper(), value.strip(), start + 1))
+    return directives, instructions
+
+
+def substitute(value: str, scope: dict[str, str], missing: Optional[set[str]] = None) -> str:
+    """Expand $VAR, ${VAR}, ${VAR:-word} and ${VAR:+word} the way the Dockerfile frontend does."""
+    def repl(match: re.Match) -> str:
+        name = match.group("braced") or match.group("bare")
+        op, word = match.group("op"), match.group("word")
+        value_ = scope.get(name)
+        if op == "-":
+            return value_ if value_ else substitute(word or "", scope, missing)
+        if op == "+":
+            return substitute(word or "", scope, missing) if value_ else ""
+        if value_ is None:
+            if missing is not None:
+                missing.add(name)
+            return ""
+        return value_
+    return _VAR.sub(repl, value)
+
+
+def parse_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDockerfile, list[Problem]]:
+    """Stages with their bases and ARG/ENV scopes resolved against `build_args`."""
+    directives, instructions = split_instructions(text)
+    problems: list[Problem] = []
+    global_args: dict[str, Optional[str]] = {}
+    declared: set[str] = set()
+    stages: list[Stage] = []
+    by_name: dict[str, Stage] = {}
+
+    def arg_decl(value: str) -> tuple[str, Optional[str]]:
+        name, eq, default = value.partition("=")
+        return name.strip(), (shlex.split(default)[0] if default.strip() else "") if eq else None
+
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            words = [w for w in ins.value.split() if not w.startswith("--")]
+            base_raw = words[0] if words else ""
+            name = words[2].lower() if len(words) >= 3 and words[1].upper() == "AS" else None
+            scope = {k: (build_args.get(k, v) if v is not None else build_args.get(k, ""))
+                     for k, v in global_args.items()}
+            missing: set[str] = set()
+            base = substitute(base_raw, scope, missing)
+            for var in sorted(missing):
+                problems.append(Problem(ins.line, f"FROM uses ${{{var}}}, which is not an ARG declared "
+                                                  f"before the first FROM"))
+            parent = by_name.get(base.lower())
+            stage = Stage(len(stages), name, base_raw, base, ins.line, parent)
+            # A stage built on an earlier one inherits its ENV (not its ARGs).
+            if parent is not None:
+                stage.scope.update(parent.env)
+                stage.env.update(parent.env)
+            stages.append(stage)
+            if name:
+                by_name[name] = stage
+            continue
+        if not stages:
+            if ins.keyword == "ARG":
+                key, default = arg_decl(ins.value)
+                global_args[key] = default
+                declared.add(key)
+            elif ins.keyword not in ("ARG",):
+                problems.append(Problem(ins.line, f"{ins.keyword} before the first FROM"))
+            continue
+        stage = stages[-1]
+        if ins.keyword == "ARG":
+            key, default = arg_decl(ins.value)
+            declared.add(key)
+            if key in build_args:
+                stage.scope[key] = build_args[key]
+            elif default is not None:
+                stage.scope[key] = substitute(default, stage.scope)
+            elif key in global_args:
+                stage.scope[key] = global_args[key] or ""
+            else:
+                stage.scope[key] = ""
+        ins.resolved = substitute(ins.value, stage.scope)
+        if ins.keyword == "ENV":
+            for key, value in _env_pairs(ins.value):
+                resolved = substitute(value, stage.scope)
+                stage.scope[key] = resolved
+                stage.env[key] = resolved
+        stage.instructions.append(ins)
+    if not stages:
+        problems.append(Problem(None, "no FROM instruction"))
+    return ParsedDockerfile(directives, global_args, stages, declared), problems
+
+
+def _env_pairs(value: str) -> list[tuple[str, str]]:
+    words = shlex.split(value, posix=True)
+    if words and "=" not in words[0]:       # legacy `ENV KEY value`
+        return [(words[0], " ".join(words[1:]))]
+    return [tuple(w.split("=", 1)) for w in words if "=" in w]  # type: ignore[misc]
+
+
+def _copy_parts(ins: Instruction) -> tuple[dict[str, str], list[str], str]:
+    """(--flags, sources, destination) of a resolved COPY/ADD."""
+    words = shlex.split(ins.resolved)
+    flags = {}
+    while words and words[0].startswith("--"):
+        key, _, value = words.pop(0)[2:].partition("=")
+        flags[key] = value
+    if len(words) < 2:
+        return flags, [], ""
+    return flags, words[:-1], words[-1]
+
+
+def _norm(path: str) -> str:
+    """A context or image path as an absolute, normalized one ('.' is '/')."""
+    return posixpath.normpath("/" + path.strip().lstrip("/"))  # normpath keeps a leading "//"
+
+
+def _covers(src: str, target: str) -> bool:
+    """Does copying `src` (a path or glob) bring `target` along (equal, inside, or a parent)?"""
+    s, t = _norm(src), _norm(target)
+    if any(ch in src for ch in "*?["):
+        return fnmatch.fnmatch(t, s) or any(fnmatch.fnmatch(p, s) for p in _parents(t))
+    return s == "/" or t == s or t.startswith(s.rstrip("/") + "/") or s.startswith(t.rstrip("/") + "/")
+
+
+def _parents(path: str) -> Iterator[str]:
+    p = posixpath.dirname(path)
+    while p and p != "/":
+        yield p
+        p = posixpath.dirname(p)
+
+
+def is_local_image(ref: str) -> bool:
+    """A name this machine's engine can have without a registry: tunebox/... and no registry host."""
+    first = ref.split("/", 1)[0]
+    has_registry = "/" in ref and ("." in first or ":" in first or first == "localhost")
+    return bool(ref) and not has_registry and ref.startswith("tunebox/")
+
+
+def lint_dockerfile(text: str, build_args: dict[str, str], ca_context_dir: str = CA_CONTEXT_DIR
+                    ) -> tuple[ParsedDockerfile, list[Problem]]:
+    """The rules a tunebox Dockerfile keeps, checked for one set of build args (one stack)."""
+    parsed, problems = parse_dockerfile(text, build_args)
+    if "syntax" in parsed.directives:
+        value, line = parsed.directives["syntax"]
+        problems.append(Problem(line, f"'# syntax={value}' makes BuildKit pull a frontend image from a "
+                                      f"registry (unreachable here): delete the line"))
+    if not parsed.stages:
+        return parsed, problems
+
+    names = {}
+    for stage in parsed.stages:
+        if stage.parent is not None:
+            pass  # an earlier stage
+        elif "$" in stage.base_raw:
+            if not is_local_image(stage.base):
+                problems.append(Problem(stage.from_line, f"FROM {stage.base_raw} resolves to {stage.base!r}, "
+                                                         f"not a local tunebox/ image: set BASE_IMAGE to one "
+                                                         f"`invoke image.base` makes"))
+        else:
+            problems.append(Problem(stage.from_line, f"FROM {stage.base_raw} is neither an earlier stage nor a "
+                                                     f"build arg: the engine would pull it from a registry; "
+                                                     f"use ARG BASE_IMAGE naming a local image"))
+        if stage.name:
+            names[stage.name] = stage
+
+    # Where each stage put the CA bundle (COPY from the context of images/build-ca/...).
+    ca_dests: dict[int, list[str]] = {}
+    for stage in parsed.stages:
+        for ins in stage.instructions:
+            if ins.keyword in ("COPY", "ADD"):
+                flags, sources, dest = _copy_parts(ins)
+                if "from" in flags:
+                    continue
+                if any(_covers(src, ca_context_dir) for src in sources):
+                    ca_dests.setdefault(stage.index, []).append(_norm(dest))
+
+    final = parsed.final
+    for stage in final.lineage():
+        if stage.index in ca_dests:
+            where = "the final stage" if stage is final else f"stage {stage.name or stage.index}, which the final stage is built on,"
+            problems.append(Problem(stage.from_line,
+                                    f"{where} copies {ca_context_dir}/ (the CA bundle) from the build context: "
+                                    f"only the builder stage may"))
+    for ins in final.instructions:
+        if ins.keyword in ("COPY", "ADD"):
+            flags, sources, _ = _copy_parts(ins)
+            if "from" not in flags:
+                continue
+            source_stage = names.get(flags["from"].lower())
+            if source_stage is None and flags["from"].isdigit() and int(flags["from"]) < len(parsed.stages):
+                source_stage = parsed.stages[int(flags["from"])]
+            if source_stage is None:
+                continue  # an image, not a stage; its FROM-less content cannot hold our CA
+            held = [d for st in source_stage.lineage() for d in ca_dests.get(st.index, [])]
+            for src in sources:
+                for dest in held:
+                    if _covers(src, dest):
+                        problems.append(Problem(ins.line, f"COPY --from={flags['from']} {src} brings {dest} "
+                                                          f"(where that stage keeps the CA bundle) into the "
+                                                          f"final image"))
+        mentions = [d for dests in ca_dests.values() for d in dests] + [ca_context_dir]
+        for marker in mentions:
+            if ins.keyword in ("ENV", "RUN", "ARG", "LABEL") and marker.rstrip("/") in ins.value:
+                problems.append(Problem(ins.line, f"the final stage mentions {marker} (the CA bundle's path)"))
+
+    users = [ins for ins in final.instructions if ins.keyword == "USER"]
+    if not users:
+        problems.append(Problem(final.from_line, "the final stage has no USER: it would run as root"))
+    else:
+        user = users[-1].resolved.split(":", 1)[0].strip()
+        if user in ("", "root", "0"):
+            problems.append(Problem(users[-1].line, f"USER {users[-1].value} resolves to {user or 'nothing'!r}: "
+                                                    f"the final stage must run as a non-root user"))
+
+    for key in sorted(build_args):
+        if key not in parsed.declared_args:
+            problems.append(Problem(None, f"build arg {key} (stack.env) is not declared by any ARG: "
+                                          f"declare it or drop it from stack.env"))
+    return parsed, problems
+
+
+def lint_stack(stack: Stack, dockerfile: Path = DOCKERFILE) -> tuple[ParsedDockerfile, list[Problem]]:
+    return lint_dockerfile(dockerfile.read_text(encoding="utf-8"),
+                           build_args_for(stack, image_tags(stack.name)[0], revision="lint"))
+
+
+# ---- the engine ------------------------------------------------------------------------------
+
+def docker_client():
+    import docker  # the SDK; imported here so `lint` works without it
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:  # docker.errors.DockerException and socket errors alike
+        raise BuildFailed(f"no Docker engine answers ({exc.__class__.__name__}: {exc}); {START_DOCKERD}") from None
+    return client
+
+
+def host_apt_sources() -> tuple[str, Optional[str]]:
+    """(Debian mirror, security mirror or None) from the host's apt configuration."""
+    uris: list[str] = []
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for match in re.finditer(r"^URIs:\s*(\S+)", path.read_text(encoding="utf-8"), re.M):
+            uris.append(match.group(1))
+    sources_list = Path("/etc/apt/sources.list")
+    if sources_list.exists():
+        for match in re.finditer(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)", sources_list.read_text(encoding="utf-8"), re.M):
+            uris.append(match.group(1))
+    main = next((u for u in uris if "security" not in u), None)
+    if main is None:
+        raise InputError("no Debian mirror found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list; "
+                         "pass --mirror http://deb.debian.org/debian")
+    security = next((u for u in uris if "security" in u), None)
+    return main.rstrip("/"), security.rstrip("/") if security else None
+
+
+def make_base_image(suite: str = "bookworm", tag: Optional[str] = None, mirror: Optional[str] = None) -> str:
+    """debootstrap --variant=minbase SUITE from the host's mirror, then import it as an image."""
+    if os.geteuid() != 0:
+        raise InputError("debootstrap needs root: run `invoke image.base` as root")
+    if not Path("/usr/sbin/debootstrap").exists():
+        raise InputError("debootstrap is not installed: apt-get install -y debootstrap")
+    client = docker_client()
+    tag = tag or f"tunebox/debian-{suite}:base"
+    repository, _, version = tag.rpartition(":")
+    main, security = host_apt_sources()
+    mirror = (mirror or main).rstrip("/")
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix=f"tunebox-{suite}-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        print(f"image.base: debootstrap --variant=minbase {suite} from {mirror} (about a minute)", flush=True)
+        code = subprocess.call(["debootstrap", "--variant=minbase", suite, str(rootfs), mirror])
+        if code != 0:
+            raise BuildFailed(f"debootstrap exited with {code}; its log is {rootfs}/debootstrap/debootstrap.log")
+        lines = [f"deb {mirror} {suite} main", f"deb {mirror} {suite}-updates main"]
+        if security:
+            lines.append(f"deb {security} {suite}-security main")
+        (rootfs / "etc/apt/sources.list").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # apt lists and .debs are ~80 MB the image does not need: every Dockerfile runs apt-get update.
+        for pattern in ("var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb",
+                        "var/log/*.log", "var/log/apt/*"):
+            for p in rootfs.glob(pattern):
+                if p.is_file() or p.is_symlink():
+                    p.unlink()
+        tarball = Path(tmp) / "rootfs.tar"
+        subprocess.check_call(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", str(tarball), "."])
+        created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        changes = ["ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]',
+                   f"LABEL tunebox.base.suite={suite} tunebox.base.mirror={mirror} tunebox.base.created={created}"]
+        client.api.import_image_from_file(str(tarball), repository=repository, tag=version or "base", changes=changes)
+    image = client.images.get(tag)
+    print(f"image.base: {tag} {image.short_id} {image.attrs['Size'] / 1e6:.0f} MB in {time.time() - started:.0f} s")
+    return image.id
+
+
+def build_context(stack: Stack, ca_bundle: Optional[Path]) -> tempfile.SpooledTemporaryFile:
+    """The repository as the engine should see it: .dockerignore applied, other stacks' folders
+    (Ascend .run files are GBs) left out, and the CA bundle added under images/build-ca/."""
+    from docker.utils import build as docker_build
+
+    patterns = []
+    ignore = REPO_ROOT / ".dockerignore"
+    if ignore.exists():
+        patterns = [ln.strip() for ln in ignore.read_text(encoding="utf-8").splitlines()
+                    if ln.strip() and not ln.strip().startswith("#")]
+    patterns += [f"images/{other}" for other in list_stacks() if other != stack.name]
+    patterns += [f"{CA_CONTEXT_DIR}/*.crt", f"{CA_CONTEXT_DIR}/*.pem"]  # only the bundle we add below
+    context = docker_build.tar(str(REPO_ROOT), exclude=patterns, dockerfile=("Dockerfile", None))
+    if ca_bundle is not None:
+        data = ca_bundle.read_bytes()
+        with tarfile.open(fileobj=context, mode="a") as tar:
+            info = tarfile.TarInfo(f"{CA_CONTEXT_DIR}/{CA_CONTEXT_NAME}")
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    return context
+
+
+def build_image(stack_name: str, tag: Optional[str] = None, ca_bundle: Optional[Path] = DEFAULT_CA_BUNDLE,
+                nocache: bool = False, verify: bool = True) -> str:
+    """Lint, build with the classic builder (log streamed), tag, and check the CA is not inside."""
+    stack = load_stack(stack_name)
+    tags = [tag] if tag else image_tags(stack.name)
+    args = build_args_for(stack, tags[0])
+    _, problems = lint_dockerfile(DOCKERFILE.read_text(encoding="utf-8"), args)
+    if problems:
+        raise InputError("the Dockerfile breaks the image rules:\n  " + "\n  ".join(map(str, problems)), DOCKERFILE)
+    if ca_bundle is not None and not ca_bundle.exists():
+        raise InputError("CA bundle not found: pass --ca-bundle FILE, or --no-ca where TLS is not intercepted", ca_bundle)
+    client = docker_client()
+    try:
+        client.images.get(stack.base_image)
+    except Exception:
+        suite = stack.base_image.split("debian-")[-1].split(":")[0]
+        raise InputError(f"base image {stack.base_image} is not in the engine: run `invoke image.base --suite {suite}`",
+                         stack.folder / "stack.env") from None
+
+    print(f"image.build: {stack.name} -> {', '.join(tags)} (classic builder; CA bundle: "
+          f"{ca_bundle or 'none'})", flush=True)
+    started = time.time()
+    context = build_context(stack, ca_bundle)
+    image_id = None
+    last_error = None
+    stream = client.api.build(fileobj=context, custom_context=True, dockerfile="Dockerfile", tag=tags[0],
+                              buildargs=args, decode=True, rm=True, forcerm=True, nocache=nocache)
+    for chunk in stream:
+        if "stream" in chunk:
+            sys.stdout.write(chunk["stream"])
+            sys.stdout.flush()
+        elif "error" in chunk:
+            last_error = chunk.get("error", "").strip()
+            sys.stdout.write(f"\nimage.build: ERROR {last_error}\n")
+        elif "aux" in chunk and "ID" in chunk["aux"]:
+            image_id = chunk["aux"]["ID"]
+        if "Successfully built " in chunk.get("stream", ""):
+            image_id = image_id or chunk["stream"].split("Successfully built ", 1)[1].strip()
+        elif "status" in chunk:
+            sys.stdout.write(chunk["status"] + "\n")
+    if last_error or not image_id:
+        raise BuildFailed(f"build of {stack.name} failed: {last_error or 'no image id in the build log'}")
+    image = client.images.get(image_id)
+    for extra in tags[1:]:
+        repo, _, t = extra.rpartition(":")
+        image.tag(repo, t)
+    seconds = time.time() - started
+    print(f"image.build: {image.id} {', '.join(tags)} size {image.attrs['Size'] / 1e9:.2f} GB, "
+          f"built in {seconds:.0f} s", flush=True)
+    if verify and ca_bundle is not None:
+        findings = find_ca_in_image(client, image.id, ca_bundle)
+        if findings:
+            for name in tags:  # an image that leaks the CA must not be usable by its tags
+                client.images.remove(name, noprune=True)
+            raise BuildFailed(f"the CA bundle leaked into the final image {image.id} (tags removed):\n  "
+                              + "\n  ".join(findings))
+        print("image.build: verified: no file of the final image holds the build's CA bundle or its "
+              "extra certificates", flush=True)
+    return image.id
+
+
+# ---- the CA is not in the image --------------------------------------------------------------
+
+_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.S)
+
+
+def pem_bodies(data: bytes) -> list[bytes]:
+    """The base64 bodies of the certificates in a PEM bundle, whitespace removed."""
+    return [re.sub(rb"\s+", b"", m.group(1)) for m in _PEM.finditer(data)]
+
+
+STOCK_CA_DIRS = (Path("/usr/share/ca-certificates"),)   # Debian's packaged (Mozilla) roots
+
+
+def extra_certificates(ca_bundle: Path) -> list[bytes]:
+    """Certificates in the bundle that no public trust store has: what a site adds locally, such
+    as an intercepting proxy's CA. Their presence anywhere in an image is the leak we look for.
+    Public = Debian's packaged roots plus certifi's (pip and requests vendor copies of those)."""
+    stock: set[bytes] = set()
+    for folder in STOCK_CA_DIRS:
+        for cert in folder.rglob("*.crt") if folder.is_dir() else ():
+            stock.update(pem_bodies(cert.read_bytes()))
+    try:
+        import certifi
+        stock.update(pem_bodies(Path(certifi.where()).read_bytes()))
+    except ImportError:
+        pass
+    return [body for body in pem_bodies(ca_bundle.read_bytes()) if body not in stock]
+
+
+class _StreamReader(io.RawIOBase):
+    """A file-like view of the engine's export stream, for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterable[bytes], progress=None):
+        self._chunks = iter(chunks)
+        self._buffer = b""
+        self._progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+            if self._progress is not None:
+                self._progress.update(len(self._buffer))
+        n = min(len(b), len(self._buffer))
+        b[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+def scan_tar_for_ca(tar_stream, ca_bundle: Path) -> list[str]:
+    """Files in a tar stream that hold the CA bundle (same bytes) or one of its extra certificates
+    (checked in certificate-like files: *.crt *.pem *.cer, and anything under a ssl/ or certs/ folder)."""
+    bundle = ca_bundle.read_bytes()
+    bundle_hash = hashlib.sha256(bundle).hexdigest()
+    extras = extra_certificates(ca_bundle)
+    # Match on a 64-character piece of each body: robust to line wrapping differences.
+    needles = [body[:64] for body in extras]
+    findings = []
+    with tarfile.open(fileobj=tar_stream, mode="r|") as tar:
+        for member in tar:
+            name = "/" + member.name.lstrip("./")
+            if CA_CONTEXT_DIR.split("/")[-1] in name or name.startswith("/build/ca"):
+                findings.append(f"{name}: a path of the builder's CA folder")
+            if not member.isfile():
+                continue
+            certish = name.endswith((".crt", ".pem", ".cer")) or "/ssl/" in name or "/certs/" in name
+            if member.size != len(bundle) and not (certish and needles and member.size < 8 << 20):
+                continue
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            if member.size == len(bundle) and hashlib.sha256(data).hexdigest() == bundle_hash:
+                findings.append(f"{name}: a byte-for-byte copy of {ca_bundle}")
+            elif certish and needles:
+                flat = re.sub(rb"\s+", b"", data)
+                hits = sum(1 for needle in needles if needle in flat)
+                if hits:
+                    findings.append(f"{name}: holds {hits} of the {len(needles)} certificate(s) that "
+                                    f"{ca_bundle} adds to the stock trust store")
+    return findings
+
+
+def find_ca_in_image(client, image: str, ca_bundle: Path) -> list[str]:
+    """Export the image's filesystem (a stopped container of it) and scan every file."""
+    from tqdm import tqdm
+
+    container = client.api.create_container(image)  # never started: only its filesystem is read
+    try:
+        size = client.images.get(image).attrs.get("Size") or None
+        with tqdm(total=size, unit="B", unit_scale=True, desc="verify: scanning the image", leave=False) as bar:
+            reader = io.BufferedReader(_StreamReader(client.api.export(container["Id"], chunk_size=1 << 20), bar),
+                                       buffer_size=1 << 20)
+            return scan_tar_for_ca(reader, ca_bundle)
+    finally:
+        client.api.remove_container(container["Id"], force=True)
+
+
+# ---- lock ------------------------------------------------------------------------------------
+
+def write_lock(stack_name: str, image: Optional[str] = None) -> Path:
+    """`pip freeze` of a built image becomes the stack's constraints.txt (the lock)."""
+    stack = load_stack(stack_name)
+    image = image or image_tags(stack.name)[0]
+    client = docker_client()
+    out = client.containers.run(image, ["python", "-m", "pip", "freeze", "--exclude", "tunebox"],
+                                remove=True, stdout=True, stderr=False)
+    pins = sorted((ln for ln in out.decode().splitlines() if ln.strip() and not ln.startswith("#")),
+                  key=str.lower)
+    header = (f"# Lock of the {stack.name} stack: `pip freeze` of {image} ({stack.build_args['PYTHON']}, "
+              f"{dt.date.today().isoformat()}).\n"
+              f"# Regenerate: invoke image.build --stack {stack.name} && python -m images.build lock --stack {stack.name}\n")
+    target = stack.folder / "constraints.txt"
+    target.write_text(header + "\n".join(pins) + "\n", encoding="utf-8")
+    print(f"image.lock: {len(pins)} pins -> {target.relative_to(REPO_ROOT)}")
+    return target
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m images.build", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("base", help="debootstrap a Debian suite into a local image")
+    p.add_argument("--suite", default="bookworm", help="bookworm (cpu, Ascend stacks) or bullseye (contest-2024)")
+    p.add_argument("--tag", help="default: tunebox/debian-SUITE:base")
+    p.add_argument("--mirror", help="default: the host's apt mirror")
+    p = sub.add_parser("build", help="build one stack's image")
+    p.add_argument("--stack", default="cpu-ms2.9", help=f"one of: {', '.join(list_stacks())}")
+    p.add_argument("--tag", help="default: tunebox:VERSION-STACK and tunebox:STACK")
+    p.add_argument("--ca-bundle", type=Path, default=DEFAULT_CA_BUNDLE, help="the CA bundle pip trusts in the builder")
+    p.add_argument("--no-ca", action="store_true", help="build without a CA bundle")
+    p.add_argument("--no-cache", action="store_true")
+    p = sub.add_parser("lint", help="check the Dockerfile's rules for each stack (no engine needed)")
+    p.add_argument("--stack", action="append", help="default: every stack")
+    p = sub.add_parser("verify", help="scan an image for the CA bundle's certificates")
+    p.add_argument("--stack", default="cpu-ms2.9")
+    p.add_argument("--image", help="default: the stack's versioned tag")
+    p.add_argument("--ca-bundle", type=Path, default=DEFAULT_CA_BUNDLE)
+    p = sub.add_parser("lock", help="write images/STACK/constraints.txt from the built image")
+    p.add_argument("--stack", default="cpu-ms2.9")
+    p.add_argument("--image")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "base":
+            make_base_image(args.suite, args.tag, args.mirror)
+        elif args.command == "build":
+            build_image(args.stack, args.tag, None if args.no_ca else args.ca_bundle, nocache=args.no_cache)
+        elif args.command == "lint":
+            bad = 0
+            for name in args.stack or list_stacks():
+                parsed, problems = lint_stack(load_stack(name))
+                stages = " -> ".join(f"{s.name or s.index}({s.base})" for s in parsed.stages)
+                print(f"{name}: {'ok' if not problems else f'{len(problems)} problem(s)'}: {stages}")
+                for problem in problems:
+                    print(f"  {problem}")
+                bad += bool(problems)
+            return 2 if bad else 0
+        elif args.command == "verify":
+            stack = load_stack(args.stack)
+            image = args.image or image_tags(stack.name)[0]
+            findings = find_ca_in_image(docker_client(), image, args.ca_bundle)
+            for finding in findings:
+                print(f"verify: {finding}")
+            print(f"verify: {image}: {'CA FOUND' if findings else 'no trace of ' + str(args.ca_bundle)}")
+            return 1 if findings else 0
+        elif args.command == "lock":
+            write_lock(args.stack, args.image)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BuildFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,641 @@
+"""verify: check a submission folder written by `python -m jobs.bundle`, and list every problem.
+
+    python -m jobs.verify SUBMISSION [--rerun] [--image IMAGE] [--tolerance T]
+
+Checks, all of them every time (a problem does not stop the others):
+  files        every expected file is there (the fixed set plus, per checkpoint, weights, predictions, scores)
+  checksums    every file listed in SHA256SUMS matches it; nothing on disk is missing from the list (no strays)
+  checkpoints  exactly five, at the evenly spaced steps train planned (logs/train/checkpoints/index.json),
+               each the file merge wrote and evaluate scored (sha256 in logs/merge/index.json and scores.json)
+  spec         hyperparams.yaml loads as a run spec and is the spec every job's manifest recorded
+  logs         the training log has one line per step, 1..total
+  results      results.json agrees with the logs: accuracies re-scored from the bundled predictions,
+               SQuAD F1/EM re-scored from the bundled SQuAD predictions (when evaluate measured them) and
+               the retention verdict re-derived, ratio and score recomputed from hyperparams.yaml, the
+               chosen checkpoint by the same rule
+  environment  environment.json and ENVIRONMENT.md are what the bundled manifests give
+  code         code.tar.gz is a readable archive of tunebox's sources
+With --rerun, each checkpoint is evaluated again from the folder alone (bundled tokenizer, held-out
+rows and weights; greedy decoding with jobs.core.decode as evaluate does on CPU) and the accuracies
+must match results.json. With --image, the same check (with --rerun) runs inside that Docker image,
+this tunebox's `jobs` package mounted read-only, no network; skipped with a message when Docker is
+not reachable.
+
+Exit codes: 0 every check holds, 1 a check failed, 2 bad input (no such folder, unknown image).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tarfile
+from pathlib import Path
+from typing import Optional
+
+from .core import bundle_lib as bl
+from .core.cli import setup_logging
+from .core.io import InputError
+
+log = logging.getLogger("tunebox.verify")
+
+FILE_PURPOSE = {
+    "ALGORITHM.md": "the method report", "hyperparams.yaml": "the run spec", "code.tar.gz": "the code",
+    "results.json": "the results", "ENVIRONMENT.md": "the environment report",
+    "environment.json": "the environment record", "tokenizer/tokenizer.json": "the tokenizer",
+    "logs/prep/heldout.jsonl": "the held-out rows", "logs/train/checkpoints/index.json": "train's checkpoint plan",
+}
+
+
+class Findings:
+    """What the checks found: problems (each one a failure), passes and notes, in order."""
+
+    def __init__(self):
+        self.lines: list[tuple[str, str, str]] = []
+
+    def fail(self, check: str, message: str) -> None:
+        self.lines.append(("FAIL", check, message))
+
+    def ok(self, check: str, message: str) -> None:
+        self.lines.append(("ok", check, message))
+
+    def note(self, check: str, message: str) -> None:
+        self.lines.append(("note", check, message))
+
+    def detail(self, check: str, message: str) -> None:
+        """A line of supporting output under the check (e.g. the run inside an image)."""
+        self.lines.append(("", check, message))
+
+    def failed(self, check: Optional[str] = None) -> list[str]:
+        return [m for kind, c, m in self.lines if kind == "FAIL" and (check is None or c == check)]
+
+    def print(self, out=None) -> None:
+        out = out or sys.stdout  # looked up now: a test (or caller) may have replaced sys.stdout
+        for kind, check, message in self.lines:
+            if kind:
+                print(f"  {kind:<4}  {check:<11} {message}", file=out)
+            else:
+                print(f"{'':20}| {message}", file=out)
+
+
+class Submission:
+    """Read access to a submission folder; a file that is missing or broken yields None (the
+    checks that need it report why) rather than an exception."""
+
+    def __init__(self, root: Path, findings: Findings):
+        self.root = root
+        self.findings = findings
+        self._cache: dict[str, object] = {}
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def json(self, rel: str):
+        if rel not in self._cache:
+            value = None
+            p = self.path(rel)
+            if p.is_file():
+                try:
+                    value = json.loads(p.read_text(encoding="utf-8"))
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    self.findings.fail("files", f"{rel} is not valid JSON ({exc})")
+            self._cache[rel] = value
+        return self._cache[rel]
+
+    def jsonl(self, rel: str) -> Optional[list[dict]]:
+        key = rel + "#lines"
+        if key not in self._cache:
+            value = None
+            p = self.path(rel)
+            if p.is_file():
+                value = []
+                for lineno, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        value.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        self.findings.fail("files", f"{rel}:{lineno}: not valid JSON ({exc.msg})")
+            self._cache[key] = value
+        return self._cache[key]
+
+
+# ---- the checks ------------------------------------------------------------------------------
+
+def check_checksums(sub: Submission, f: Findings) -> dict[str, str]:
+    """SHA256SUMS against the folder: every listed file present and matching, nothing unlisted.
+    Returns the actual sha256 of every file on disk (reused by the other checks)."""
+    on_disk = [r for r in bl.files_under(sub.root) if r != bl.SUMS_FILE]
+    for rel in on_disk:
+        if sub.path(rel).is_symlink():
+            f.fail("checksums", f"{rel} is a symbolic link; a submission holds the files themselves")
+    actual = bl.hash_files(sub.root, [r for r in on_disk if sub.path(r).is_file()], desc="verify sha256")
+    sums_file = sub.path(bl.SUMS_FILE)
+    if not sums_file.is_file():
+        f.fail("checksums", f"{bl.SUMS_FILE} is missing: no file can be checked, and strays cannot be told apart")
+        return actual
+    listed, problems = bl.parse_sha256sums(sums_file.read_text(encoding="utf-8", errors="replace"))
+    for p in problems:
+        f.fail("checksums", p)
+    before = len(f.failed("checksums"))
+    for rel, sha in listed.items():
+        if rel == bl.SUMS_FILE:
+            f.fail("checksums", f"{bl.SUMS_FILE} lists itself; it must list every other file")
+        elif rel not in actual:
+            f.fail("checksums", f"{rel} is listed in {bl.SUMS_FILE} but missing from the folder")
+        elif actual[rel] != sha:
+            f.fail("checksums", f"{rel}: sha256 is {actual[rel]}, {bl.SUMS_FILE} says {sha} (changed after bundling)")
+    for rel in on_disk:
+        if rel not in listed:
+            f.fail("checksums", f"stray file {rel}: not listed in {bl.SUMS_FILE} (added after bundling?)")
+    if len(f.failed("checksums")) == before and not problems:
+        f.ok("checksums", f"{len(listed)} files listed in {bl.SUMS_FILE}, every one matches, no stray files")
+    return actual
+
+
+def planned_steps(sub: Submission) -> Optional[list[int]]:
+    """The checkpoint steps train planned (logs/train/checkpoints/index.json), or None."""
+    index = sub.json("logs/train/checkpoints/index.json")
+    if not isinstance(index, dict) or not isinstance(index.get("planned"), list):
+        return None
+    return [int(s) for s in index["planned"]]
+
+
+def check_files(sub: Submission, f: Findings, steps: list[int]) -> None:
+    missing = [rel for rel in bl.expected_files(steps) if not sub.path(rel).is_file()]
+    for rel in missing:
+        purpose = FILE_PURPOSE.get(rel, "")
+        f.fail("files", f"missing {rel}" + (f" ({purpose})" if purpose else ""))
+    if not missing:
+        f.ok("files", f"all {len(bl.expected_files(steps))} expected files are present")
+
+
+def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]], actual: dict[str, str]) -> list[int]:
+    """Returns the steps of the checkpoint folders found."""
+    ckpt_root = sub.path("checkpoints")
+    found: list[int] = []
+    before = len(f.failed("checkpoints"))
+    if not ckpt_root.is_dir():
+        f.fail("checkpoints", "no checkpoints/ folder")
+    else:
+        for child in sorted(ckpt_root.iterdir()):
+            step = bl.step_of_dir(child.name)
+            if step is None or not child.is_dir():
+                f.fail("checkpoints", f"checkpoints/{child.name} is not a step-NNNNNN folder")
+                continue
+            found.append(step)
+            if not (child / "model.ckpt").is_file():
+                f.fail("checkpoints", f"checkpoints/{child.name}/model.ckpt is missing")
+    found.sort()
+    if len(found) != bl.NUM_CHECKPOINTS:
+        f.fail("checkpoints", f"{len(found)} checkpoints ({', '.join(map(str, found)) or 'none'}); the contest asks "
+                              f"for exactly {bl.NUM_CHECKPOINTS}")
+    index = sub.json("logs/train/checkpoints/index.json")
+    if planned is None:
+        f.fail("checkpoints", "logs/train/checkpoints/index.json has no 'planned' steps to check the checkpoints against")
+    else:
+        total = index.get("total_steps") if isinstance(index, dict) else None
+        if len(planned) != bl.NUM_CHECKPOINTS:
+            f.fail("checkpoints", f"train planned {len(planned)} checkpoints, not {bl.NUM_CHECKPOINTS}")
+        elif isinstance(total, int) and planned != bl.evenly_spaced_steps(total, len(planned)):
+            f.fail("checkpoints", f"planned steps {planned} are not evenly spaced over {total} steps "
+                                  f"(expected {bl.evenly_spaced_steps(total, len(planned))})")
+        if found != planned:
+            f.fail("checkpoints", f"checkpoint steps {found} differ from the planned steps {planned} "
+                                  f"(logs/train/checkpoints/index.json)")
+    merged = {e.get("step"): e for e in (sub.json("logs/merge/index.json") or {}).get("checkpoints", [])}
+    for step in found:
+        rel = bl.checkpoint_file(step)
+        name = bl.model_dir_name(step)
+        sha = actual.get(rel)
+        if sha is None:
+            continue
+        m = merged.get(step)
+        if m is None:
+            f.fail("checkpoints", f"{rel}: logs/merge/index.json has no entry for step {step}")
+        elif m.get("sha256") != sha:
+            f.fail("checkpoints", f"{rel}: sha256 {sha} is not the file merge wrote ({m.get('sha256')})")
+        scores = sub.json(f"logs/evaluate/{name}/scores.json")
+        if isinstance(scores, dict) and scores.get("checkpoint_sha256") != sha:
+            f.fail("checkpoints", f"{rel}: sha256 {sha} is not the file evaluate scored "
+                                  f"({scores.get('checkpoint_sha256')}, logs/evaluate/{name}/scores.json)")
+    if len(f.failed("checkpoints")) == before:
+        f.ok("checkpoints", f"{len(found)} checkpoints at steps {', '.join(map(str, found))}, evenly spaced as planned; "
+                            f"each is the file merge wrote and evaluate scored")
+    return found
+
+
+def load_bundled_spec(sub: Submission, f: Findings):
+    from .core.config import load_spec
+
+    p = sub.path("hyperparams.yaml")
+    if not p.is_file():
+        return None
+    try:
+        spec = load_spec(p)
+    except InputError as exc:
+        f.fail("spec", f"hyperparams.yaml does not load as a run spec: {exc}")
+        return None
+    except (KeyError, ValueError) as exc:
+        f.fail("spec", f"hyperparams.yaml: {exc}")
+        return None
+    mine = spec.spec_hash()
+    before = len(f.failed("spec"))
+    for job in bl.JOBS:
+        m = sub.json(f"logs/{job}/manifest.json")
+        if isinstance(m, dict) and m.get("spec_hash") != mine:
+            diff = bl.spec_differences(m.get("spec") or {}, spec)
+            if diff:
+                f.fail("spec", f"hyperparams.yaml (spec {mine}) is not the spec {job} ran with "
+                               f"({m.get('spec_hash')}): " + "; ".join(diff[:5]) + " (manifest != hyperparams.yaml)")
+    if len(f.failed("spec")) == before:
+        f.ok("spec", f"hyperparams.yaml is the spec every job recorded (hash {mine}; keys added to the schema "
+                     f"since a job ran count when at their defaults)")
+    return spec
+
+
+def check_logs(sub: Submission, f: Findings) -> None:
+    index = sub.json("logs/train/checkpoints/index.json") or {}
+    loss = sub.jsonl("logs/train/loss.jsonl")
+    total = index.get("total_steps")
+    if loss is None or not isinstance(total, int):
+        return
+    steps = [r.get("step") for r in loss]
+    if steps != list(range(1, total + 1)):
+        gaps = sorted(set(range(1, total + 1)) - set(steps))
+        extra = len(steps) - len(set(steps))
+        f.fail("logs", f"logs/train/loss.jsonl covers {len(set(steps))} of {total} steps"
+                       + (f"; missing {gaps[:10]}" if gaps else "") + (f"; {extra} repeated" if extra else ""))
+    else:
+        f.ok("logs", f"training log has one line for each of the {total} steps")
+
+
+def recompute_accuracies(sub: Submission, f: Findings, spec, names: list[str]) -> dict[str, dict]:
+    heldout = sub.jsonl("logs/prep/heldout.jsonl") or []
+    limit = spec.eval.limit
+    expected_lines = [r.get("line") for r in (heldout[:limit] if limit else heldout)]
+    out = {}
+    for name in names:
+        rel = f"logs/evaluate/{name}/predictions.jsonl"
+        rows = sub.jsonl(rel)
+        if rows is None:
+            continue
+        try:
+            acc = bl.accuracy_from_predictions(rows, spec.data.format)
+        except (KeyError, TypeError) as exc:
+            f.fail("results", f"{rel}: a row lacks {exc} (answer and reference are needed to re-score it)")
+            continue
+        out[name] = acc
+        if [r.get("line") for r in rows] != expected_lines:
+            f.fail("results", f"{rel} answers rows {[r.get('line') for r in rows][:8]}..., the held-out rows are "
+                              f"{expected_lines[:8]}... (logs/prep/heldout.jsonl)")
+        if acc["disagree"]:
+            f.fail("results", f"{rel}: the recorded verdict differs from the contest rule on line(s) "
+                              f"{acc['disagree'][:10]}")
+        scores = sub.json(f"logs/evaluate/{name}/scores.json")
+        if isinstance(scores, dict):
+            for key in ("accuracy_strict", "accuracy_tolerant", "n"):
+                if not bl.same_number(scores.get(key), acc[key]):
+                    f.fail("results", f"logs/evaluate/{name}/scores.json {key} = {scores.get(key)}, its predictions "
+                                      f"give {acc[key]}")
+    return out
+
+
+def check_results(sub: Submission, f: Findings, spec, steps: list[int], actual: dict[str, str]) -> Optional[dict]:
+    results = sub.json("results.json")
+    report = sub.json("logs/evaluate/report.json")
+    if not isinstance(results, dict) or spec is None or not isinstance(report, dict):
+        if sub.path("results.json").is_file() and spec is None:
+            f.fail("results", "results.json cannot be checked without a loadable hyperparams.yaml")
+        return results if isinstance(results, dict) else None
+    before = len(f.failed("results"))
+    names = ["base"] + [bl.model_dir_name(s) for s in steps]
+    names = [n for n in names if sub.path(f"logs/evaluate/{n}/predictions.jsonl").is_file()]
+    accuracies = recompute_accuracies(sub, f, spec, names)
+    merged = {e.get("step"): e for e in (sub.json("logs/merge/index.json") or {}).get("checkpoints", [])}
+    checkpoints = [{"step": s, "train_loss": (merged.get(s) or {}).get("train_loss"),
+                    "sha256": actual.get(bl.checkpoint_file(s))} for s in steps]
+    try:
+        expected = bl.build_results(run_id=spec.run_id, stage=spec.stage, fmt=spec.data.format,
+                                    model_name=spec.model.name, rank=spec.lora.rank,
+                                    target_modules=spec.lora.target_modules, report=report, accuracies=accuracies,
+                                    checkpoints=checkpoints, code=results.get("code") or {})
+    except (KeyError, ValueError) as exc:
+        f.fail("results", f"cannot recompute the results from hyperparams.yaml and the logs: {exc}")
+        return results
+
+    sources = {"accuracy_strict": "the bundled predictions", "accuracy_tolerant": "the bundled predictions",
+               "n": "the bundled predictions", "ratio": "hyperparams.yaml", "score": "accuracy and ratio",
+               "score_tolerant": "accuracy and ratio", "sha256": "the checkpoint file",
+               "train_loss": "logs/merge/index.json", "checkpoint": "the layout", "step": "the checkpoint folders"}
+    for key in ("run_id", "stage", "format", "model", "trainable_params", "total_params", "ratio",
+                "contest_total_params", "contest_ratio", "ratio_for_score"):
+        if not _same(results.get(key), expected[key]):
+            f.fail("results", f"results.json {key} = {results.get(key)!r}, hyperparams.yaml gives {expected[key]!r}")
+    got_rows = {r.get("model"): r for r in results.get("checkpoints") or [] if isinstance(r, dict)}
+    if sorted(got_rows) != sorted(r["model"] for r in expected["checkpoints"]):
+        f.fail("results", f"results.json lists checkpoints {sorted(got_rows)}, the folder has "
+                          f"{[r['model'] for r in expected['checkpoints']]}")
+    for row in expected["checkpoints"]:
+        got = got_rows.get(row["model"])
+        if got is None:
+            continue
+        for key, want in row.items():
+            if not _same(got.get(key), want):
+                src = sources.get(key, "logs/evaluate/report.json" if key.startswith(("squad", "retention", "passes"))
+                                  else "the logs")
+                f.fail("results", f"results.json {row['model']} {key} = {got.get(key)!r}, {src} give(s) {want!r}")
+    if expected["base"] is not None:
+        got_base = results.get("base") or {}
+        for key, want in expected["base"].items():
+            if not _same(got_base.get(key), want):
+                f.fail("results", f"results.json base {key} = {got_base.get(key)!r}, the logs give {want!r}")
+    squad_files = check_squad(sub, f, got_rows, results.get("base") or {}, names)
+    chosen = (results.get("chosen") or {}).get("model")
+    if chosen != expected["chosen"]["model"]:
+        f.fail("results", f"results.json chooses {chosen!r}; by its rule ({expected['chosen'].get('rule')}) the "
+                          f"logs choose {expected['chosen']['model']!r}")
+    if len(f.failed("results")) == before:
+        c = expected["chosen"]
+        f.ok("results", f"results.json matches the logs (accuracies re-scored from {len(accuracies)} prediction "
+                        f"files, SQuAD from {squad_files}, ratio {expected['ratio_for_score']:.8g} from "
+                        f"hyperparams.yaml); chosen {c['model']}")
+    return results
+
+
+def check_squad(sub: Submission, f: Findings, rows: dict[str, dict], base_row: dict, names: list[str]) -> int:
+    """SQuAD F1/EM in results.json re-scored from the bundled squad_predictions.jsonl, and the
+    retention verdict re-derived from them, wherever evaluate measured SQuAD."""
+    measured = {}
+    for name in names:
+        rel = f"logs/evaluate/{name}/squad_predictions.jsonl"
+        preds = sub.jsonl(rel)
+        if not preds:
+            continue
+        try:
+            measured[name] = bl.squad_from_predictions(preds)
+        except (KeyError, TypeError, ValueError) as exc:
+            f.fail("results", f"{rel}: cannot re-score SQuAD ({exc})")
+            continue
+        row = base_row if name == "base" else rows.get(name) or {}
+        for metric in ("f1", "em"):
+            got = row.get(f"squad_{metric}")
+            if not bl.same_number(got, measured[name][metric], 1e-9):
+                f.fail("results", f"results.json {name} squad_{metric} = {got!r}, {rel} gives {measured[name][metric]!r}")
+    if "base" not in measured:
+        return len(measured)
+    for name, tuned in measured.items():
+        if name == "base":
+            continue
+        want = bl.retention_passes(tuned, measured["base"])
+        got = (rows.get(name) or {}).get("passes_retention")
+        if got is not want:
+            f.fail("results", f"results.json {name} passes_retention = {got!r}; its SQuAD F1/EM "
+                              f"({tuned['f1']:.2f}/{tuned['em']:.2f}) against the base's ({measured['base']['f1']:.2f}/"
+                              f"{measured['base']['em']:.2f}) give {want}")
+    return len(measured)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return bl.same_number(a, b)
+    return a == b
+
+
+def check_environment(sub: Submission, f: Findings) -> None:
+    manifests = {job: sub.json(f"logs/{job}/manifest.json") for job in bl.JOBS}
+    if not all(isinstance(m, dict) for m in manifests.values()):
+        return
+    expected = bl.environment_record(manifests)
+    got = sub.json("environment.json")
+    before = len(f.failed("environment"))
+    if got is not None and got != json.loads(json.dumps(expected)):
+        diff = bl.dict_differences(got, json.loads(json.dumps(expected))) if isinstance(got, dict) else ["not an object"]
+        f.fail("environment", "environment.json is not what the bundled manifests give: " + "; ".join(diff[:5]))
+    md = sub.path("ENVIRONMENT.md")
+    if md.is_file() and md.read_text(encoding="utf-8") != bl.render_environment(expected):
+        f.fail("environment", "ENVIRONMENT.md is not what the bundled manifests give (edited by hand?)")
+    if len(f.failed("environment")) == before:
+        f.ok("environment", "environment.json and ENVIRONMENT.md are generated from the jobs' manifests")
+
+
+def check_code(sub: Submission, f: Findings, results: Optional[dict]) -> None:
+    p = sub.path("code.tar.gz")
+    if not p.is_file():
+        return
+    try:
+        with tarfile.open(p, "r:gz") as tar:
+            names = tar.getnames()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        f.fail("code", f"code.tar.gz is not a readable tar.gz archive ({exc})")
+        return
+    unsafe = [n for n in names if n.startswith("/") or ".." in Path(n).parts]
+    if unsafe:
+        f.fail("code", f"code.tar.gz has paths outside its folder: {unsafe[:5]}")
+    if not any(n.endswith("jobs/train.py") for n in names):
+        f.fail("code", f"code.tar.gz has no jobs/train.py ({len(names)} entries): not tunebox's sources")
+    code = (results or {}).get("code") or {}
+    if not f.failed("code"):
+        f.ok("code", f"code.tar.gz holds {len(names)} entries; {code.get('note', 'source not recorded')}")
+
+
+# ---- re-running the evaluation ---------------------------------------------------------------
+
+def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], results: Optional[dict],
+                     tolerance: float) -> None:
+    """Evaluate every bundled checkpoint again from the folder alone and compare accuracies."""
+    from .core.decode import NumpyLlama, greedy_generate
+    from .core.models import get_model_spec
+    from .core.tokenizer import TextTokenizer
+
+    if spec is None or not sub.path("tokenizer/tokenizer.json").is_file():
+        f.fail("rerun", "cannot re-run: hyperparams.yaml or tokenizer/ is missing or broken")
+        return
+    heldout = sub.jsonl("logs/prep/heldout.jsonl")
+    if not heldout:
+        f.fail("rerun", "cannot re-run: logs/prep/heldout.jsonl is missing or empty")
+        return
+    rows = heldout[:spec.eval.limit] if spec.eval.limit else heldout
+    tok = TextTokenizer.load(sub.path("tokenizer"))
+    prompts = [tok.encode(tok.chat_prompt(r["prompt"], spec.data.system_prompt)) for r in rows]
+    mspec = get_model_spec(spec.model.name)
+    recorded = {r.get("model"): r for r in (results or {}).get("checkpoints") or [] if isinstance(r, dict)}
+    before = len(f.failed("rerun"))
+    for step in steps:
+        name = bl.model_dir_name(step)
+        ckpt = sub.path(bl.checkpoint_file(step))
+        if not ckpt.is_file():
+            f.fail("rerun", f"{name}: no checkpoint to evaluate")
+            continue
+        limits = new_token_limits(sub, f, name, len(rows), spec.eval.max_new_tokens)
+        if limits is None:
+            continue
+        try:
+            model = NumpyLlama.from_checkpoint(ckpt, mspec)
+        except (InputError, RuntimeError, ValueError) as exc:
+            f.fail("rerun", f"{name}: the checkpoint does not load as {spec.model.name}: {exc}")
+            continue
+        outputs = greedy_generate(model, prompts, limits, tok.stop_ids, tok.pad_id,
+                                  batch_size=spec.eval.batch_size, progress=False)
+        del model
+        answers = [tok.decode(o) for o in outputs]
+        acc = bl.accuracy_from_predictions([{"answer": a, "reference": r["reference"]} for a, r in zip(answers, rows)],
+                                           spec.data.format)
+        want = recorded.get(name) or {}
+        for key in ("accuracy_strict", "accuracy_tolerant"):
+            if want.get(key) is None or abs(acc[key] - want[key]) > tolerance:
+                f.fail("rerun", f"{name}: re-run {key} {acc[key]:.4f}, results.json says {want.get(key)} "
+                                f"(tolerance {tolerance})")
+        bundled = sub.jsonl(f"logs/evaluate/{name}/predictions.jsonl") or []
+        differ = sum(1 for a, b in zip(answers, bundled) if a != b.get("answer"))
+        scores = sub.json(f"logs/evaluate/{name}/scores.json") or {}
+        if differ:
+            backend = scores.get("backend")
+            f.note("rerun", f"{name}: {differ} of {len(rows)} answers differ in text from the bundled predictions"
+                            + (f" (evaluate used the {backend} backend, the re-run the numpy decoder)"
+                               if backend and backend != "numpy" else ""))
+        log.info("re-run %s: strict %.4f tolerant %.4f", name, acc["accuracy_strict"], acc["accuracy_tolerant"])
+    if len(f.failed("rerun")) == before:
+        f.ok("rerun", f"re-evaluated {len(steps)} checkpoints on {len(rows)} held-out rows from the folder alone: "
+                      f"accuracies match results.json")
+
+
+def new_token_limits(sub: Submission, f: Findings, name: str, n_rows: int, cap: int) -> Optional[list[int]]:
+    """The new-token limit of each held-out row: what evaluate recorded per prediction (it sizes
+    them per problem family, logs/evaluate/limits.json), else eval.max_new_tokens for every row."""
+    preds = sub.jsonl(f"logs/evaluate/{name}/predictions.jsonl") or []
+    recorded = [r.get("max_new_tokens") for r in preds]
+    if len(recorded) != n_rows or any(v is None for v in recorded):
+        return [cap] * n_rows
+    bad = [r.get("line") for r, v in zip(preds, recorded) if not isinstance(v, int) or not 0 < v <= cap]
+    if bad:
+        f.fail("rerun", f"{name}: predictions.jsonl records max_new_tokens outside 1..eval.max_new_tokens ({cap}) "
+                        f"on line(s) {bad[:10]}")
+        return None
+    return recorded
+
+
+def docker_client():
+    """A Docker client, or (None, why not)."""
+    try:
+        import docker
+    except ImportError:
+        return None, "the docker Python package is not installed (pip install docker)"
+    try:
+        client = docker.from_env()
+        client.ping()
+        return client, None
+    except Exception as exc:  # no socket, permission denied, engine down: all mean "not available here"
+        return None, f"no Docker engine reachable ({type(exc).__name__}: {str(exc)[:160]})"
+
+
+def run_in_image(sub: Submission, f: Findings, client, image: str, tolerance: float, timeout: float) -> None:
+    """The same verification, --rerun included, inside IMAGE: the image's Python, MindSpore and
+    numpy run this tunebox's `jobs` package, mounted read-only and first on PYTHONPATH (the image's
+    own copy may predate verify; the contest-2024 image carries none). No network: the folder must be
+    enough. Runs as the calling user, so files only that user can read are readable."""
+    jobs_dir = Path(__file__).resolve().parent
+    cmd = ["python", "-m", "jobs.verify", "/submission", "--rerun", "--tolerance", str(tolerance)]
+    log.info("running %s in %s", " ".join(cmd), image)
+    container = client.containers.run(
+        image, cmd, detach=True, network_disabled=True, working_dir="/tmp",
+        user=f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None,
+        environment={"PYTHONPATH": "/opt/tunebox-verify", "HOME": "/tmp", "TUNEBOX_CACHE": "/tmp/tunebox-cache",
+                     "TUNEBOX_LOG": "WARNING"},
+        volumes={str(sub.root.resolve()): {"bind": "/submission", "mode": "ro"},
+                 str(jobs_dir): {"bind": "/opt/tunebox-verify/jobs", "mode": "ro"}})
+    try:
+        try:
+            status = container.wait(timeout=timeout).get("StatusCode")
+        except Exception as exc:  # requests' ReadTimeout and friends
+            f.fail("image", f"{image}: verification did not finish within {timeout:.0f} s ({type(exc).__name__})")
+            return
+        output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+    finally:
+        container.remove(force=True)
+    inner = [l for l in output.splitlines() if l.strip().startswith(("FAIL", "ok", "note", "verify:", "|"))]
+    where = f"{image} ({client.images.get(image).short_id})"
+    if status == 0:
+        f.ok("image", f"inside {where}: every check holds, re-run included")
+    else:
+        tail = "" if inner else ": " + " | ".join(output.strip().splitlines()[-5:])[-600:]
+        f.fail("image", f"inside {where}: verify exited {status}{tail}")
+    for line in inner:
+        f.detail("image", line.strip())
+
+
+# ---- the command -----------------------------------------------------------------------------
+
+def verify(root: Path, rerun: bool = False, image: Optional[str] = None, tolerance: float = 0.0,
+           image_timeout: float = 3600.0) -> Findings:
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("no such submission folder (make one with: python -m jobs.bundle --config SPEC)", root)
+    client = None
+    f = Findings()
+    if image:
+        client, why_not = docker_client()
+        if client is None:
+            f.note("image", f"skipped the check in {image}: {why_not}")
+        else:
+            import docker
+
+            try:
+                client.images.get(image)
+            except docker.errors.ImageNotFound:
+                raise InputError(f"no image {image!r} in the local Docker engine; build it (invoke image.build) "
+                                 f"or pull it first") from None
+    sub = Submission(root, f)
+    actual = check_checksums(sub, f)
+    planned = planned_steps(sub)
+    if planned is None:  # no plan to go by: expect the files of whatever checkpoint folders there are
+        folders = sub.path("checkpoints").glob("*") if sub.path("checkpoints").is_dir() else []
+        check_files(sub, f, sorted(s for s in (bl.step_of_dir(p.name) for p in folders) if s is not None))
+    else:
+        check_files(sub, f, planned)
+    found = check_checkpoints(sub, f, planned, actual)
+    spec = load_bundled_spec(sub, f)
+    check_logs(sub, f)
+    results = check_results(sub, f, spec, found, actual)
+    check_environment(sub, f)
+    check_code(sub, f, results)
+    if rerun:
+        rerun_evaluation(sub, f, spec, found, results, tolerance)
+    if client is not None:
+        run_in_image(sub, f, client, image, tolerance, image_timeout)
+    return f
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    setup_logging()
+    parser = argparse.ArgumentParser(prog="python -m jobs.verify", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("submission", help="the folder jobs.bundle wrote (runs/<run_id>/submission)")
+    parser.add_argument("--rerun", action="store_true", help="evaluate every checkpoint again from the folder alone")
+    parser.add_argument("--image", metavar="IMAGE", help="also run the check (with --rerun) inside this Docker image")
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="allowed absolute accuracy difference in the re-run (default 0: identical)")
+    parser.add_argument("--image-timeout", type=float, default=3600.0, help="seconds allowed for the run in the image")
+    args = parser.parse_args(argv)
+    try:
+        findings = verify(Path(args.submission), args.rerun, args.image, args.tolerance, args.image_timeout)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nverify: interrupted", file=sys.stderr)
+        return 130
+    print(f"verify: {args.submission}")
+    findings.print()
+    problems = findings.failed()
+    if problems:
+        print(f"verify: {len(problems)} problem(s); the submission does not check out")
+        return 1
+    print("verify: every check holds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

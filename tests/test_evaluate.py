@@ -1,0 +1,353 @@
+"""evaluate as the contest judges: SQuAD F1/EM and retention, ratio and stage score, the
+checkpoint choice (retention first, then score), the MCQ letter log-prob method, per-family
+new-token limits from the training answers, the LoRA scale dial, and the report's PNG charts.
+
+The checkpoint choice is tested on constructed report data with hand-computed scores (including a
+highest-accuracy checkpoint that fails retention and must lose) and on the tiny end-to-end run.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA, TINY_RECIPE, read_jsonl, run_job
+
+from jobs.core import scoring
+from jobs.core.config import load_spec
+from jobs.core.io import InputError
+from jobs.evaluate import (annotate, choice_letter_logprobs, choice_token_plan, choose_checkpoint, contest_figures,
+                           length_groups, load_squad, longest_answers_in_samples, parse_scales,
+                           retention_verdict)
+
+SQUAD = SHARED_DATA / "squad" / "dev-subset.jsonl"
+MMLU = SHARED_DATA / "mcq" / "mmlu-subset.jsonl"
+
+# Llama3-8B, LoRA r=8 on wq|wv: 32 layers x (8*(4096+4096) + 8*(4096+1024)) trainable; the contest
+# divided by its nominal 8.03e9 total (docs/CONTEST_RULES.md).
+LLAMA3_CONTEST_RATIO = 32 * (8 * (4096 + 4096) + 8 * (4096 + 1024)) / 8_030_000_000
+
+
+def _ckpt(step: int, acc: float, f1: float, em: float) -> dict:
+    return {"model": f"step-{step:06d}", "step": step, "accuracy_strict": acc, "accuracy_tolerant": acc,
+            "squad": {"f1": f1, "em": em}}
+
+
+@pytest.fixture
+def llama3_contest():
+    return contest_figures(load_spec(TINY_RECIPE, ["model.name=llama3-8b", "stage=1"]))
+
+
+# ---- the choice, on constructed report data -------------------------------------------------------
+
+def test_highest_accuracy_fails_retention_and_loses(llama3_contest):
+    base = {"model": "base", "squad": {"f1": 60.0, "em": 45.0}}
+    cps = [_ckpt(10, 0.50, 58.0, 44.0),    # keeps 0.967 / 0.978
+           _ckpt(20, 0.62, 55.0, 41.0),    # keeps 0.917 / 0.911: valid, the winner
+           _ckpt(30, 0.70, 50.0, 42.0),    # best accuracy, but F1 keeps only 0.833
+           _ckpt(40, 0.66, 54.5, 40.0),    # EM keeps 0.889
+           _ckpt(50, 0.55, 60.0, 45.0)]
+    for c in cps:
+        annotate(c, base, llama3_contest)
+    assert llama3_contest["ratio_for_score"] == pytest.approx(LLAMA3_CONTEST_RATIO, rel=1e-12)
+    # stage 1 by hand: (1 - ratio) * 0.3 + accuracy * 0.7
+    assert cps[1]["score"] == pytest.approx((1 - LLAMA3_CONTEST_RATIO) * 0.3 + 0.62 * 0.7, abs=1e-12)
+    assert [c["retention"]["passes"] for c in cps] == [True, True, False, False, True]
+    assert cps[2]["retention"]["failed"] == ["f1"] and cps[3]["retention"]["failed"] == ["em"]
+    assert cps[2]["retention"]["f1"] == pytest.approx(50 / 60)
+
+    choice = choose_checkpoint(cps, base)
+    assert choice["model"] == "step-000020" and choice["step"] == 20
+    assert choice["rule"] == "score among retention passes"
+    why = choice["verdicts"]
+    assert set(why) == {"step-000010", "step-000030", "step-000040", "step-000050"}
+    assert why["step-000030"].startswith("failed retention: F1 50.00 vs base 60.00 = 0.833 < 0.90")
+    assert "higher than the chosen" in why["step-000030"]
+    assert why["step-000040"].startswith("failed retention: EM 40.00 vs base 45.00 = 0.889 < 0.90")
+    assert why["step-000010"].startswith("lower score") and why["step-000050"].startswith("lower score")
+
+
+def test_ties_go_to_the_later_step_and_no_valid_checkpoint_means_no_choice(llama3_contest):
+    base = {"model": "base", "squad": {"f1": 60.0, "em": 45.0}}
+    cps = [annotate(_ckpt(s, 0.5, 59.0, 44.0), base, llama3_contest) for s in (10, 20)]
+    choice = choose_checkpoint(cps, base)
+    assert choice["model"] == "step-000020" and "ties go to the later step" in choice["verdicts"]["step-000010"]
+
+    bad = [annotate(_ckpt(s, 0.9, 30.0, 20.0), base, llama3_contest) for s in (10, 20)]
+    none = choose_checkpoint(bad, base)
+    assert none["model"] is None and "none is valid" in none["reason"]
+    assert all(v.startswith("failed retention") for v in none["verdicts"].values())
+
+
+def test_without_squad_the_choice_is_by_score_and_says_retention_is_unknown(llama3_contest):
+    cps = [annotate({k: v for k, v in _ckpt(s, a, 0, 0).items() if k != "squad"}, None, llama3_contest)
+           for s, a in ((10, 0.4), (20, 0.7), (30, 0.6))]
+    assert all(c["retention"]["passes"] is None for c in cps)
+    choice = choose_checkpoint(cps)
+    assert choice["model"] == "step-000020" and "not measured" in choice["reason"]
+
+
+def test_retention_verdict_edges():
+    at_threshold = retention_verdict({"f1": 54.0, "em": 36.0}, {"f1": 60.0, "em": 40.0})
+    assert at_threshold["passes"] and not at_threshold["failed"]       # exactly 90% keeps validity
+    below = retention_verdict({"f1": 53.9, "em": 36.0}, {"f1": 60.0, "em": 40.0})
+    assert not below["passes"] and below["failed"] == ["f1"]
+    zero_base = retention_verdict({"f1": 0.0, "em": 0.0}, {"f1": 0.0, "em": 0.0})
+    assert zero_base["passes"] and zero_base["f1"] is None             # 0 >= 0.9 * 0: the rule holds
+    assert retention_verdict(None, {"f1": 1.0, "em": 1.0})["passes"] is None
+
+
+def test_stage2_score_weighs_the_ratio_ten_times():
+    spec = load_spec(TINY_RECIPE, ["model.name=internlm-7b", "stage=2"])
+    contest = contest_figures(spec)
+    ratio = 32 * (8 * (4096 + 4096) * 2) / 7_321_000_000   # r=8 on wq and wv, both 4096x4096
+    assert contest["contest_ratio"] == pytest.approx(ratio, rel=1e-12)
+    c = annotate(_ckpt(5, 0.5, 1, 1), {"squad": {"f1": 1, "em": 1}}, contest)
+    assert c["score"] == pytest.approx((1 - 10 * ratio) * 0.3 + 0.5 * 0.7, abs=1e-12)
+
+
+# ---- small pieces --------------------------------------------------------------------------------------
+
+def test_length_groups_respect_rows_and_padded_token_budget():
+    lengths = [50, 10, 400, 30, 20, 2000, 60]
+    groups = length_groups(lengths, max_rows=3, token_budget=200)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert len(g) <= 3
+        assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 200
+    assert [lengths[i] for i in groups[0]] == [10, 20, 30]              # shortest first
+    assert [5] in groups                                                # too long for the budget: alone
+
+
+def test_parse_scales():
+    assert parse_scales("0.25, 0.5,1") == [0.25, 0.5, 1.0] and parse_scales(None) == []
+    with pytest.raises(InputError, match="not a number"):
+        parse_scales("0.5,half")
+
+
+def test_squad_rows_are_validated_with_file_and_line(tmp_path, tiny_cache):
+    from jobs.core.tokenizer import TextTokenizer
+
+    tok = TextTokenizer.load(tiny_cache / "models" / "tiny")
+    good = SQUAD.read_text(encoding="utf-8").splitlines()[:3]
+    bad_file = tmp_path / "squad.jsonl"
+    bad_file.write_text("\n".join(good[:2] + ['{"context": "c", "question": "q", "answers": []}']) + "\n")
+    spec = load_spec(TINY_RECIPE, [f"eval.squad_file={bad_file}", "eval.squad_rows=5"])
+    with pytest.raises(InputError) as err:
+        load_squad(spec, tok)
+    assert f"{bad_file}:3:" in str(err.value) and "answers" in str(err.value)
+    squad = load_squad(load_spec(TINY_RECIPE, [f"eval.squad_file={SQUAD}", "eval.squad_rows=2"]), tok)
+    assert len(squad.rows) == 2 and squad.prompts[0] == tok.encode(
+        scoring.squad_prompt(squad.rows[0]["context"], squad.rows[0]["question"]))
+    assert load_squad(load_spec(TINY_RECIPE, ["eval.squad_rows=0"]), tok) is None
+
+
+# ---- MCQ: letter log-probabilities -----------------------------------------------------------------------
+
+def _mcq_prompts(tok, n: int) -> list[list[int]]:
+    rows = [json.loads(l) for l in MMLU.read_text(encoding="utf-8").splitlines()[:n]]
+    return [tok.encode(tok.chat_prompt(scoring.mcq_prompt(r))) for r in rows]
+
+
+def _reference_logprobs(model, prompts, letter_ids) -> np.ndarray:
+    """One prompt at a time, unpadded, through NumpyLlama.logits: the plain definition."""
+    out = []
+    for p in prompts:
+        last = model.logits([p])[0, -1].astype(np.float64)
+        out.append(last[letter_ids] - (last.max() + np.log(np.exp(last - last.max()).sum())))
+    return np.array(out)
+
+
+def test_mcq_logprob_method_on_tiny(tiny_cache):
+    from jobs.core.decode import NumpyLlama
+    from jobs.core.models import get_model_spec
+    from jobs.core.tokenizer import TextTokenizer
+
+    model_dir = tiny_cache / "models" / "tiny"
+    tok = TextTokenizer.load(model_dir)
+    model = NumpyLlama.from_checkpoint(model_dir / "model.ckpt", get_model_spec("tiny"))
+    plan = choice_token_plan(tok)
+    # byte tokenizer: ' A' is two tokens, so the shared space joins the context
+    assert tok.decode(plan["context_ids"]) == "The right option is "
+    assert [tok.decode([i]) for i in plan["letter_ids"]] == list("ABCD")
+    prompts = [p + plan["context_ids"] for p in _mcq_prompts(tok, 5)]
+    assert len({len(p) for p in prompts}) > 1, "the test needs prompts of different lengths (left padding)"
+    got = choice_letter_logprobs(model, prompts, plan["letter_ids"], batch_size=3)
+    want = _reference_logprobs(model, prompts, plan["letter_ids"])
+    assert got.shape == (5, 4) and (got < 0).all()
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    assert (got.argmax(axis=1) == want.argmax(axis=1)).all()
+
+
+def test_mcq_evaluation_reports_both_methods(tiny_run, tmp_path):
+    """prep an MCQ file, reuse the tiny run's trained and merged checkpoints (the model does not
+    care which data it was trained on), and evaluate: both accuracies, per row and overall."""
+    runs = tmp_path / "runs"
+    sets = [f"runs_dir={runs}", "data.format=mcq", f"data.train_file={MMLU}", "data.max_rows=40",
+            "data.heldout_rows=6", "data.seq_length=512", "stage=2", "eval.squad_rows=0"]
+    run_job("prep", TINY_RECIPE, tiny_run["cache"], tmp_path, *sets)
+    for job in ("train", "merge"):
+        shutil.copytree(tiny_run["run_dir"] / job, runs / "tiny" / job)
+    run_job("evaluate", TINY_RECIPE, tiny_run["cache"], tmp_path, *sets)
+    ev = runs / "tiny" / "evaluate"
+    report = json.loads((ev / "report.json").read_text())
+    assert report["format"] == "mcq" and report["mcq_logprob"]["prefix"] == "The right option is"
+    limits = json.loads((ev / "limits.json").read_text())
+    # every answer is "The right option is X." (22 bytes): + 8 margin, capped at eval.max_new_tokens
+    assert limits["families"]["*"]["longest_answer_tokens"] == len("The right option is A.")
+    assert limits["families"]["*"]["max_new_tokens"] == min(load_spec(TINY_RECIPE).eval.max_new_tokens, 22 + 8)
+    for r in [report["base"], *report["checkpoints"]]:
+        preds = read_jsonl(ev / r["model"] / "predictions.jsonl")
+        for p in preds:
+            best = max(p["letter_logprobs"], key=p["letter_logprobs"].get)
+            assert p["logprob_letter"] == best and p["logprob"] == (best == p["reference"])
+        assert r["accuracy_logprob"] == sum(p["logprob"] for p in preds) / len(preds)
+        assert r["accuracy_strict"] == sum(p["extracted"] == p["reference"] for p in preds) / len(preds)
+    assert "acc log-prob" in (ev / "report.md").read_text()
+
+
+# ---- the tiny end-to-end run ---------------------------------------------------------------------------------
+
+def test_tiny_report_has_squad_retention_ratio_score_and_choice(tiny_run):
+    ev = tiny_run["run_dir"] / "evaluate"
+    spec = load_spec(TINY_RECIPE)
+    report = json.loads((ev / "report.json").read_text())
+    # tiny: 2 layers; LoRA r=8 on wq (64x64) and wv (32x64); total = 2 embeddings (384x64), per layer
+    # 2 norms + wq, wo (64x64) + wk, wv (32x64) + w1, w2, w3 (128x64), and the final norm
+    trainable = 2 * (8 * (64 + 64) + 8 * (32 + 64))
+    total = 2 * 384 * 64 + 2 * (2 * 64 + 2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64) + 64
+    assert (report["contest"]["trainable_params"], report["contest"]["total_params"]) == (trainable, total)
+    assert report["contest"]["contest_ratio"] is None and report["contest"]["ratio_for_score"] == trainable / total
+
+    for r in [report["base"], *report["checkpoints"]]:
+        rows = read_jsonl(ev / r["model"] / "squad_predictions.jsonl")
+        assert len(rows) == r["squad"]["n"] == spec.eval.squad_rows
+        for row in rows:
+            assert row["answer"] == scoring.squad_answer_from_generation(row["generated"])
+        again = scoring.squad_scores([row["answer"] for row in rows], [row["gold"] for row in rows])
+        assert (r["squad"]["f1"], r["squad"]["em"]) == pytest.approx((again["f1"], again["em"]))
+    base = report["base"]
+    for c in report["checkpoints"]:
+        assert c["score"] == pytest.approx((1 - trainable / total) * 0.3 + c["accuracy_strict"] * 0.7)
+        assert c["retention"] == retention_verdict(c["squad"], base["squad"])
+    again = choose_checkpoint(report["checkpoints"], base)
+    assert report["best_checkpoint"]["model"] == again["model"] and report["verdicts"] == again["verdicts"]
+    assert set(report["verdicts"]) | {report["best_checkpoint"]["model"]} == {c["model"] for c in report["checkpoints"]}
+    md = (ev / "report.md").read_text()
+    assert "| model | step |" in md and "SQuAD F1" in md and f"**Chosen: {again['model']}**" in md
+
+
+def test_new_token_limits_come_from_training_answers_only(tiny_run):
+    """Recompute the per-family limits from the raw file, skipping held-out and rejected rows,
+    with the tokenizer directly (evaluate reads them from prep's stats, or its token arrays)."""
+    from jobs.core.tokenizer import TextTokenizer
+
+    spec = load_spec(TINY_RECIPE)
+    prep = tiny_run["run_dir"] / "prep"
+    tok = TextTokenizer.load(tiny_run["cache"] / "models" / "tiny")
+    skip = {r["line"] for r in read_jsonl(prep / "heldout.jsonl")} | {r["line"] for r in read_jsonl(prep / "rejects.jsonl")}
+    longest: dict[str, int] = {}
+    source = spec.resolve(spec.data.train_file)
+    for line, text in enumerate(source.read_text(encoding="utf-8").splitlines()[:spec.data.max_rows], start=1):
+        if line in skip:
+            continue
+        row = json.loads(text)
+        fam = scoring.math_family(row["problem"].strip())
+        longest[fam] = max(longest.get(fam, 0), len(tok.encode(row["solution"].strip())))
+    limits = json.loads((tiny_run["run_dir"] / "evaluate" / "limits.json").read_text())
+    assert {f: v["longest_answer_tokens"] for f, v in limits["families"].items()} == longest
+    # the fallback for a prep that did not record answer_tokens_by_family: count in the samples
+    counted, _ = longest_answers_in_samples(load_spec(TINY_RECIPE, [f"runs_dir={tiny_run['runs']}"]), tok, 1)
+    assert counted == longest
+    cap = spec.eval.max_new_tokens
+    for f, v in limits["families"].items():
+        assert v["max_new_tokens"] == min(cap, longest[f] + 8)
+    for p in read_jsonl(tiny_run["run_dir"] / "evaluate" / "base" / "predictions.jsonl"):
+        assert p["max_new_tokens"] == limits["families"].get(p["family"], {}).get("max_new_tokens", cap)
+        assert p["new_tokens"] <= p["max_new_tokens"]
+
+
+def test_report_plots_are_valid_pngs(tiny_run):
+    from PIL import Image
+
+    ev = tiny_run["run_dir"] / "evaluate"
+    plots = json.loads((ev / "report.json").read_text())["plots"]
+    assert {"plots/accuracy_retention.png", "plots/loss.png", "plots/per_family.png"} <= set(plots)
+    for rel in plots:
+        assert (ev / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(ev / rel) as im:
+            im.verify()
+        with Image.open(ev / rel) as im:
+            assert im.format == "PNG" and im.width >= 600 and im.height >= 300
+            assert len(im.convert("RGB").getcolors(1 << 16) or []) > 10, f"{rel} looks blank"
+
+
+def test_plot_functions_draw_gaps_and_reject_bad_input(tmp_path):
+    from PIL import Image
+
+    from jobs.core import plots
+
+    p = plots.line_chart(tmp_path / "l.png", [plots.Series("a", [0, 1, 2, 3], [0.1, None, 0.5, 0.4])],
+                         title="t", xlabel="x", ylabel="y", hlines=[plots.HLine(0.9, "threshold")])
+    b = plots.bar_chart(tmp_path / "b.png", ["x", "y"], {"m1": [0.2, None], "m2": [1.0, 0.0]}, title="t", xlabel="v")
+    for f in (p, b):
+        with Image.open(f) as im:
+            assert im.format == "PNG"
+    with pytest.raises(ValueError, match="2 categories"):
+        plots.bar_chart(tmp_path / "c.png", ["x", "y"], {"m": [1.0]}, title="t", xlabel="v")
+    with pytest.raises(ValueError, match="no data"):
+        plots.line_chart(tmp_path / "d.png", [plots.Series("a", [0], [None])], title="t", xlabel="x", ylabel="y")
+    ticks = plots.nice_ticks(0.03, 0.97)
+    assert ticks[0] <= 0.03 and ticks[-1] >= 0.97 and len(set(np.round(np.diff(ticks), 9))) == 1
+    steps = plots.nice_ticks(1, 10, integer=True)       # training steps: no 2.5
+    assert steps[0] <= 1 and steps[-1] >= 10 and all(float(t).is_integer() for t in steps)
+
+
+def test_scale_dial_ends_are_the_base_model_and_the_merged_checkpoint(tiny_run, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run["run_dir"], runs / "tiny")
+    bad = run_job("evaluate", TINY_RECIPE, tiny_run["cache"], tmp_path, f"runs_dir={runs}", "eval.scales=0,x",
+                  check=False)
+    assert bad.returncode == 2 and "'x' is not a number" in bad.stderr
+    run_job("evaluate", TINY_RECIPE, tiny_run["cache"], tmp_path, f"runs_dir={runs}", "eval.scales=0,1")
+    ev = runs / "tiny" / "evaluate"
+    report = json.loads((ev / "report.json").read_text())
+    dial = report["scale_dial"]
+    chosen = report["best_checkpoint"]["model"] or report["checkpoints"][-1]["model"]
+    assert dial["checkpoint"] == chosen and [p["scale"] for p in dial["points"]] == [0.0, 1.0]
+
+    def answers(model_dir: Path, name: str, key: str) -> list:
+        return [r[key] for r in read_jsonl(model_dir / name)]
+
+    for scale, same_as in ((0, "base"), (1, chosen)):
+        d = ev / "scale-dial" / f"scale-{scale}"
+        assert answers(d, "predictions.jsonl", "answer") == answers(ev / same_as, "predictions.jsonl", "answer")
+        assert answers(d, "squad_predictions.jsonl", "generated") == answers(ev / same_as, "squad_predictions.jsonl",
+                                                                            "generated")
+    # the merged checkpoint really differs from the base model, so the two ends are not trivially equal
+    assert answers(ev / "base", "predictions.jsonl", "answer") != answers(ev / chosen, "predictions.jsonl", "answer")
+    assert "plots/scale_dial.png" in report["plots"] and "LoRA scale dial" in (ev / "report.md").read_text()
+
+
+# ---- SmolLM2 (slow) ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_smollm2_letters_are_single_tokens_and_logprobs_match_unpadded():
+    from jobs.core.decode import NumpyLlama
+    from jobs.core.models import get_model_spec
+    from jobs.core.tokenizer import TextTokenizer
+    from jobs.core.weights import ensure_model
+
+    model_dir = ensure_model("smollm2-135m")
+    tok = TextTokenizer.load(model_dir)
+    plan = choice_token_plan(tok)
+    assert plan["context_ids"] == tok.encode("The right option is")       # nothing shared: ' A' is one token
+    assert plan["letter_tokens"] == [" A", " B", " C", " D"]
+    assert [tok.encode(f" {L}") for L in "ABCD"] == [[i] for i in plan["letter_ids"]]
+    model = NumpyLlama.from_checkpoint(model_dir / "model.ckpt", get_model_spec("smollm2-135m"))
+    prompts = [p + plan["context_ids"] for p in _mcq_prompts(tok, 3)]
+    got = choice_letter_logprobs(model, prompts, plan["letter_ids"], batch_size=3)
+    np.testing.assert_allclose(got, _reference_logprobs(model, prompts, plan["letter_ids"]), atol=2e-3)

@@ -1,0 +1,306 @@
+"""The container images.
+
+Without an engine: the Dockerfile is parsed per stack with that stack's build args and must keep
+the rules (local FROMs, no `# syntax`, non-root final stage, CA bundle only in the builder); each
+rule is also broken on purpose to show the check catches it. The build context, the CA scan and
+the compose graph are checked on real files. With a Docker engine (mark `docker`): the built
+cpu image's labels, image.json, user and stack, and the CA scan against a deliberately leaky image.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from images import build as ib
+from images.compose_up import STEPS, compose_services, profile_overrides, service_name
+from jobs.core.config import load_spec
+from jobs.core.render import host_data_root, image_tags, project_version
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE_TEXT = (REPO / "Dockerfile").read_text(encoding="utf-8")
+STACKS = ib.list_stacks()
+
+
+def lint(text: str, stack: str = "cpu-ms2.9", **extra_args) -> list[str]:
+    args = ib.build_args_for(ib.load_stack(stack), "tunebox:test", revision="test")
+    args.update(extra_args)
+    _, problems = ib.lint_dockerfile(text, args)
+    return [str(p) for p in problems]
+
+
+# ---- stacks and the Dockerfile -------------------------------------------------------------
+
+def test_every_stack_has_readme_lock_and_pins_its_versions():
+    assert {"cpu-ms2.9", "ascend-cann9.0-ms2.9", "contest-2024"} <= set(STACKS)
+    for name in STACKS:
+        stack = ib.load_stack(name)
+        readme = (stack.folder / "README.md").read_text(encoding="utf-8")
+        for key in ("MINDSPORE_VERSION", "MINDFORMERS_VERSION", "BASE_IMAGE"):
+            assert stack.build_args[key] in readme, f"{name}/README.md does not mention {key}"
+        lock = (stack.folder / "constraints.txt").read_text(encoding="utf-8").lower()
+        assert f"mindspore=={stack.build_args['MINDSPORE_VERSION']}" in lock
+        assert f"mindformers=={stack.build_args['MINDFORMERS_VERSION']}" in lock
+
+
+def test_contest_stack_is_python39_on_bullseye_without_tunebox():
+    args = ib.load_stack("contest-2024").build_args
+    assert (args["PYTHON"], args["BASE_IMAGE"], args["INSTALL_TUNEBOX"]) == (
+        "python3.9", "tunebox/debian-bullseye:base", "0")
+    assert (args["MINDSPORE_VERSION"], args["MINDFORMERS_VERSION"], args["CANN_VERSION"]) == ("2.3.0", "1.2.0", "8.0.RC2")
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_dockerfile_keeps_the_rules_for_stack(name):
+    stack = ib.load_stack(name)
+    parsed, problems = ib.lint_stack(stack)
+    assert [str(p) for p in problems] == []
+    assert [s.name for s in parsed.stages] == ["runtime", "builder", "final"]
+    assert parsed.stages[0].base == stack.base_image          # FROM ${BASE_IMAGE} resolved per stack
+    assert [s.parent.name for s in parsed.stages[1:]] == ["runtime", "runtime"]
+    labels = parsed.labels()
+    assert labels["tunebox.stack"] == name
+    assert labels["tunebox.mindspore"] == stack.build_args["MINDSPORE_VERSION"]
+    assert labels["tunebox.mindformers"] == stack.build_args["MINDFORMERS_VERSION"]
+    assert labels["tunebox.cann"] == stack.build_args["CANN_VERSION"]
+    assert labels["org.opencontainers.image.version"] == project_version()
+    final_user = [i for i in parsed.final.instructions if i.keyword == "USER"][-1].resolved
+    assert final_user == "10001:10001"
+
+
+BROKEN = {
+    "syntax line": (lambda t: "# syntax=docker/dockerfile:1\n" + t, "syntax"),
+    "registry FROM": (lambda t: t.replace("FROM ${BASE_IMAGE} AS runtime", "FROM debian:bookworm AS runtime"),
+                      "registry"),
+    "undeclared arg": (lambda t: t.replace("FROM ${BASE_IMAGE} AS runtime", "FROM ${NO_SUCH_ARG} AS runtime"),
+                       "not an ARG"),
+    "final on builder": (lambda t: t.replace("FROM runtime AS final", "FROM builder AS final"), "CA bundle"),
+    "root user": (lambda t: t.replace("USER ${TUNEBOX_UID}:${TUNEBOX_UID}", "USER root"), "non-root"),
+    "no user": (lambda t: t.replace("USER ${TUNEBOX_UID}:${TUNEBOX_UID}\n", ""), "no USER"),
+    "whole context": (lambda t: t.replace("COPY jobs /app/jobs\nCOPY recipes", "COPY . /app/\nCOPY recipes"),
+                      "CA bundle"),
+    "builder's /build": (lambda t: t.replace("COPY --from=builder /opt/venv /opt/venv",
+                                             "COPY --from=builder /opt/venv /opt/venv\nCOPY --from=builder /build /build"),
+                         "/build/ca"),
+    "CA path in ENV": (lambda t: t.replace("    PYTHONUNBUFFERED=1 \\", "    PIP_CERT=/build/ca/ca.crt \\\n    PYTHONUNBUFFERED=1 \\"),
+                       "mentions"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_lint_catches_a_broken_rule(case):
+    mutate, expected = BROKEN[case]
+    broken = mutate(DOCKERFILE_TEXT)
+    assert broken != DOCKERFILE_TEXT, "the mutation no longer applies: update the test with the Dockerfile"
+    problems = lint(broken)
+    assert any(expected in p for p in problems), problems
+
+
+def test_lint_catches_a_registry_base_and_unconsumed_build_args():
+    assert any("not a local" in p for p in lint(DOCKERFILE_TEXT, BASE_IMAGE="docker.io/library/debian:bookworm"))
+    assert any("NOT_AN_ARG" in p and "not declared" in p for p in lint(DOCKERFILE_TEXT, NOT_AN_ARG="x"))
+
+
+def test_parser_joins_continuations_and_substitutes_like_the_engine():
+    text = textwrap.dedent("""\
+        ARG A=one
+        FROM tunebox/x:${A} AS first
+        ARG A
+        # a comment
+        ENV B=${A}-two \\
+        # comment lines inside a continuation are dropped
+            C=${MISSING:-fallback}
+        RUN echo $B ${C:+set}
+        FROM first AS second
+        RUN echo [$A] $C
+        """)
+    parsed, problems = ib.parse_dockerfile(text, {"A": "uno"})
+    assert problems == []
+    first, second = parsed.stages
+    assert first.base == "tunebox/x:uno" and second.parent is first
+    _, env, run = first.instructions
+    assert (env.line, run.line) == (5, 8)
+    assert run.resolved == "echo uno-two set"
+    # A stage sees a global ARG only if it declares it again; ENV is inherited from the parent stage.
+    assert second.instructions[0].resolved == "echo [] fallback"
+
+
+# ---- build context and the CA scan ---------------------------------------------------------
+
+def _fake_ca_bundle(path: Path) -> tuple[bytes, bytes]:
+    """A bundle of one stock root (from certifi) and one certificate no public store has."""
+    import certifi
+
+    stock = ib._PEM.search(Path(certifi.where()).read_bytes()).group(0) + b"\n"
+    body = base64.b64encode(os.urandom(600))
+    extra = b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(body[i:i + 64] for i in range(0, len(body), 64)) \
+        + b"\n-----END CERTIFICATE-----\n"
+    path.write_bytes(stock + extra)
+    return stock, extra
+
+
+def test_build_context_has_the_code_this_stack_and_the_ca(tmp_path):
+    ca = tmp_path / "bundle.pem"
+    _fake_ca_bundle(ca)
+    context = ib.build_context(ib.load_stack("cpu-ms2.9"), ca)
+    with tarfile.open(fileobj=context) as tar:
+        names = set(tar.getnames())
+        ca_member = tar.extractfile(f"{ib.CA_CONTEXT_DIR}/{ib.CA_CONTEXT_NAME}").read()
+    assert ca_member == ca.read_bytes()
+    for needed in ("Dockerfile", "pyproject.toml", "jobs/core/config.py", "images/cpu-ms2.9/stack.env",
+                   "images/build-venv.sh", "images/entrypoint.sh", "recipes/tiny.yaml"):
+        assert needed in names
+    assert not any(n.startswith(("images/ascend-cann9.0-ms2.9", "images/contest-2024", ".git/", "tests/"))
+                   for n in names)
+
+
+def test_ca_scan_finds_copies_and_extra_certificates(tmp_path):
+    import certifi
+
+    ca = tmp_path / "bundle.pem"
+    stock, extra = _fake_ca_bundle(ca)
+    rewrapped = b"-----BEGIN CERTIFICATE-----\n" + re_wrap(extra, 76) + b"\n-----END CERTIFICATE-----\n"
+    files = {
+        "etc/ssl/certs/ca-certificates.crt": stock,                       # a public root: fine
+        "opt/venv/lib/certifi/cacert.pem": Path(certifi.where()).read_bytes(),
+        "opt/app/renamed.bin": ca.read_bytes(),                           # the bundle under another name
+        "usr/local/share/ca-certificates/proxy.crt": rewrapped,           # the extra cert, re-wrapped
+        "data/notes.txt": b"nothing here",
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    findings = ib.scan_tar_for_ca(buffer, ca)
+    assert sorted(f.split(":")[0] for f in findings) == ["/opt/app/renamed.bin",
+                                                         "/usr/local/share/ca-certificates/proxy.crt"]
+
+
+def re_wrap(pem: bytes, width: int) -> bytes:
+    body = b"".join(ib.pem_bodies(pem))
+    return b"\n".join(body[i:i + width] for i in range(0, len(body), width))
+
+
+# ---- docker compose --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("profile", ["cpu", "ascend"])
+def test_compose_runs_the_steps_in_order_on_one_volume(profile):
+    services = compose_services()
+    for i, step in enumerate(STEPS):
+        service = services[service_name(step, profile)]
+        assert service["profiles"] == [profile]
+        assert service["command"][:5] == ["python", "-m", f"jobs.{step}", "--config", "/app/recipes/run.yaml"]
+        expected = {} if i == 0 else {service_name(STEPS[i - 1], profile): {"condition": "service_completed_successfully"}}
+        assert service.get("depends_on", {}) == expected
+        volumes = {v["target"]: v for v in service["volumes"]}
+        assert volumes["/data"] == {"type": "volume", "source": "tunebox-data", "target": "/data"}
+        assert volumes["/app/recipes/run.yaml"]["read_only"] and volumes["/shared/data"]["read_only"]
+        if profile == "ascend":
+            assert {f"/dev/davinci{n}" for n in range(4)} | {"/dev/davinci_manager", "/dev/devmm_svm",
+                                                            "/dev/hisi_hdc"} == set(service["devices"])
+            for host_path in ("/usr/local/Ascend/driver", "/usr/local/bin/npu-smi", "/etc/ascend_install.info"):
+                assert volumes[host_path]["source"] == host_path and volumes[host_path]["read_only"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))
+    assert list(compose["volumes"]) == ["tunebox-data"]
+
+
+def test_compose_profiles_pass_the_overlay_settings():
+    assert profile_overrides("cpu") == ["runs_dir=/data/runs"]
+    assert profile_overrides("ascend") == ["runs_dir=/data/runs", "train.device=Ascend", "train.workers=4"]
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
+@pytest.mark.parametrize("profile", ["cpu", "ascend"])
+def test_docker_compose_accepts_the_file(profile):
+    out = subprocess.run(["docker-compose", "-f", str(REPO / "docker-compose.yml"), "--profile", profile,
+                          "config", "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_tiny_recipe_data_maps_onto_the_shared_data_mount():
+    spec = load_spec(REPO / "recipes" / "tiny.yaml")
+    root = host_data_root(spec)
+    assert root is not None and root.resolve() == (REPO.parent / "shared" / "data").resolve()
+    assert (root / "math" / "contest-sample.jsonl").is_file()
+
+
+# ---- with a Docker engine ------------------------------------------------------------------
+
+def _engine():
+    try:
+        return ib.docker_client()
+    except ib.BuildFailed as exc:
+        pytest.skip(f"no Docker engine: {exc}")
+
+
+@pytest.fixture(scope="module")
+def cpu_image():
+    client = _engine()
+    tag = image_tags("cpu-ms2.9")[0]
+    try:
+        return client, client.images.get(tag)
+    except Exception:
+        pytest.skip(f"{tag} is not built: invoke image.build --stack cpu-ms2.9")
+
+
+def _run(client, image, command: list[str]) -> str:
+    container = client.containers.run(image.id, command, detach=True)
+    try:
+        assert container.wait(timeout=120)["StatusCode"] == 0, container.logs().decode()
+        return container.logs(stdout=True, stderr=False).decode()
+    finally:
+        container.remove(force=True)
+
+
+@pytest.mark.docker
+def test_cpu_image_describes_itself(cpu_image):
+    client, image = cpu_image
+    labels = image.labels
+    stack = ib.load_stack("cpu-ms2.9")
+    assert labels["tunebox.stack"] == "cpu-ms2.9"
+    assert labels["tunebox.mindspore"] == stack.build_args["MINDSPORE_VERSION"]
+    recorded = json.loads(_run(client, image, ["cat", "/etc/tunebox/image.json"]))
+    assert {k: v for k, v in recorded.items() if k != "tunebox.image"} == {k: labels[k] for k in recorded
+                                                                             if k != "tunebox.image"}
+    assert image.attrs["Config"]["User"] == "10001:10001"
+    out = _run(client, image, ["sh", "-c", "id -u; python -c \"from importlib.metadata import version as v; "
+                                           "print(v('mindspore'), v('mindformers'), v('tunebox'))\""])
+    assert out.split() == ["10001", stack.build_args["MINDSPORE_VERSION"], stack.build_args["MINDFORMERS_VERSION"],
+                           project_version()]
+
+
+@pytest.mark.docker
+def test_ca_scan_catches_a_leaky_image(tmp_path):
+    client = _engine()
+    try:
+        client.images.get("tunebox/debian-bookworm:base")
+    except Exception:
+        pytest.skip("tunebox/debian-bookworm:base is not built: invoke image.base")
+    ca = tmp_path / "bundle.pem"
+    _fake_ca_bundle(ca)
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = b"FROM tunebox/debian-bookworm:base\nCOPY leak.bin /opt/leak/innocent.bin\n"
+        for name, data in (("Dockerfile", dockerfile), ("leak.bin", ca.read_bytes())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    image, _ = client.images.build(fileobj=context, custom_context=True, rm=True, forcerm=True)
+    try:
+        findings = ib.find_ca_in_image(client, image.id, ca)
+    finally:
+        client.images.remove(image.id, force=True)
+    assert [f.split(":")[0] for f in findings] == ["/opt/leak/innocent.bin"]
