@@ -1,0 +1,196 @@
+"""`invoke plan`: LoRA budgets against the contest's baselines and the Ascend time model, checked
+against arithmetic written out by hand here (not against the code's own output)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from jobs import plan as plan_cli
+from jobs.core import budget
+from jobs.core.models import get_model_spec
+from jobs.core.scoring import stage1_score, stage2_score
+
+from conftest import REPO
+
+LLAMA3 = get_model_spec("llama3-8b")
+INTERNLM = get_model_spec("internlm-7b")
+
+
+def option(plan: budget.LoraPlan, rank: int, targets: str) -> budget.LoraOption:
+    return next(o for o in plan.options if o.rank == rank and o.targets == targets)
+
+
+def test_llama3_baseline_golden_figures():
+    p = budget.plan_lora(LLAMA3, 1, budget.BASELINES[1])
+    base = option(p, 8, "wq|wv")
+    # per layer: wq 8*(4096+4096) + wv 8*(4096+1024) = 65,536 + 40,960 = 106,496; x 32 layers
+    assert base.trainable == 106_496 * 32 == 3_407_872
+    assert p.total_exact == 8_030_261_248
+    assert base.ratio_exact == pytest.approx(3_407_872 / 8_030_261_248, abs=0)
+    assert round(base.ratio_contest, 9) == 0.000424393          # the contest's published figure
+    assert base.is_baseline and sum(o.is_baseline for o in p.options) == 1
+    assert base.break_even == pytest.approx(0.20, abs=1e-15)      # the baseline ties itself
+    # the published stage-1 ratios of other teams' layouts: r=4, 16, 32 on wq|wv
+    assert [round(option(p, r, "wq|wv").ratio_contest, 9) for r in (4, 16)] == [0.000212196, 0.000848785]
+    assert round(option(p, 32, "wq|wv").ratio_contest, 8) == 0.00169757
+
+
+def test_target_sets_and_ranks_scale_as_lora_should():
+    p = budget.plan_lora(INTERNLM, 2, budget.BASELINES[2])
+    assert {(o.rank, o.targets) for o in p.options} == {(r, t) for r in budget.CANDIDATE_RANKS for t in budget.TARGET_SETS}
+    # InternLM is MHA: q, k, v, o are all 4096 x 4096, so r * (4096 + 4096) each, x 32 layers
+    assert option(p, 1, "wq|wv").trainable == 1 * 8192 * 2 * 32 == 524_288
+    assert option(p, 1, "wq|wk|wv|wo").trainable == 1 * 8192 * 4 * 32
+    # all linear adds w1, w3 (11008 x 4096) and w2 (4096 x 11008): r * (4096 + 11008) each
+    assert option(p, 1, "all linear").trainable == (8192 * 4 + 15104 * 3) * 32 == 2_498_560
+    # the nju-websoft phase-2 report: r=8 on all seven projections = 19,988,480 ("19988480 / 7321000000")
+    assert option(p, 8, "all linear").trainable == 19_988_480
+    for t in budget.TARGET_SETS:
+        counts = [option(p, r, t).trainable for r in budget.CANDIDATE_RANKS]
+        assert counts == [counts[0] * r for r in budget.CANDIDATE_RANKS]
+
+
+def test_break_even_accuracy_by_hand_stage2():
+    p = budget.plan_lora(INTERNLM, 2, budget.BASELINES[2])
+    # baseline: r=8 on wq|wk|wv|wo = 8 * 8192 * 4 * 32 = 8,388,608; candidate r=4 on wq|wv = 2,097,152
+    r_b, r = 8_388_608 / 7_321_000_000, 2_097_152 / 7_321_000_000
+    # 0.3 (1 - 10 r) + 0.7 a = 0.3 (1 - 10 r_b) + 0.7 * 0.40  =>  a = 0.40 + (3 / 0.7)(r - r_b)
+    # = 0.40 - 4.2857142857 * 0.00085937713 = 0.40 - 0.00368304
+    by_hand = 0.40 - (3 / 0.7) * (6_291_456 / 7_321_000_000)
+    assert by_hand == pytest.approx(0.3963170, abs=1e-7)
+    got = option(p, 4, "wq|wv").break_even
+    assert got == pytest.approx(by_hand, abs=1e-15)
+    # and it really ties: the contest's own score function gives the same score at that accuracy
+    assert stage2_score(got, r) == pytest.approx(stage2_score(0.40, r_b), abs=1e-12)
+    assert p.baseline_score == pytest.approx(0.3 * (1 - 10 * r_b) + 0.7 * 0.40, abs=1e-15)
+    # more parameters than the baseline need more accuracy, fewer need less
+    assert option(p, 8, "all linear").break_even > 0.40 > option(p, 1, "wq|wv").break_even
+
+
+def test_break_even_accuracy_by_hand_stage1():
+    p = budget.plan_lora(LLAMA3, 1, budget.BASELINES[1])
+    # r=16 on wq|wv doubles the baseline's 3,407,872: a = 0.20 + (0.3 / 0.7) * 3,407,872 / 8.03e9
+    by_hand = 0.20 + (0.3 / 0.7) * (3_407_872 / 8_030_000_000)
+    assert by_hand == pytest.approx(0.2001819, abs=1e-7)
+    got = option(p, 16, "wq|wv").break_even
+    assert got == pytest.approx(by_hand, abs=1e-15)
+    assert stage1_score(got, 6_815_744 / 8_030_000_000) == pytest.approx(stage1_score(0.20, 3_407_872 / 8_030_000_000), abs=1e-12)
+
+
+def test_unknown_baseline_accuracy_gives_the_margin():
+    p = budget.plan_lora(LLAMA3, 1, replace(budget.BASELINES[1], accuracy=None))
+    assert p.break_even_is_margin and p.baseline_score is None
+    assert option(p, 8, "wq|wv").break_even == 0.0
+    assert option(p, 16, "wq|wv").break_even == pytest.approx((0.3 / 0.7) * 3_407_872 / 8_030_000_000, abs=1e-15)
+
+
+def test_models_without_a_contest_total_use_the_exact_one():
+    smol = get_model_spec("smollm2-135m")
+    p = budget.plan_lora(smol, 2, budget.BASELINES[2], ranks=[8])
+    o = option(p, 8, "wq|wv")
+    assert o.ratio_contest is None and p.total_contest is None
+    assert o.ratio_penalty == pytest.approx(3.0 * o.trainable / smol.total_params(), abs=1e-15)
+
+
+def test_flops_per_token_by_hand_for_the_reference_setting():
+    # weights in matmuls: 32 layers x (wq 4096^2 + wk, wv 1024 x 4096 + wo 4096^2 + 3 x 14336 x 4096)
+    # plus the LM head 128256 x 4096; equivalently the total minus the embedding and the 65 norms.
+    per_layer = 2 * 4096 * 4096 + 2 * 1024 * 4096 + 3 * 14336 * 4096
+    n = 32 * per_layer + 128256 * 4096
+    assert n == 8_030_261_248 - 128256 * 4096 - 65 * 4096 == 7_504_658_432
+    assert budget.matmul_weights(LLAMA3) == n
+    attention = 4 * 32 * 256 * 4096           # q.k and p.v, 2 FLOPs per multiply-add, per layer
+    lora = 3_407_872
+    forward = 2 * n + 2 * lora + attention
+    backward = 2 * n + 4 * lora + 2 * attention
+    f = budget.lora_flops_per_token(LLAMA3, 256, lora, recompute=True)
+    assert (f.forward, f.backward, f.recompute) == (forward, backward, forward)
+    assert f.total == 45_592_084_480
+    assert budget.lora_flops_per_token(LLAMA3, 256, lora, recompute=False).total == forward + backward
+
+
+def test_calibration_reproduces_the_contest_six_hours():
+    ref = budget.CONTEST_REFERENCE
+    assert ref.workload.steps == (90_000 // 64) * 5 == 7_030
+    assert ref.workload.tokens == 7_030 * 64 * 256
+    mfu = budget.calibrated_mfu()
+    # by hand: 45,592,084,480 FLOP/token x 115,179,520 tokens / (6 h x 4 cards x 320e12)
+    assert mfu == pytest.approx(45_592_084_480 * 115_179_520 / (6 * 3600 * 4 * 320e12), rel=1e-12)
+    assert 0.05 < mfu < 0.6          # a plausible utilisation, not a unit mistake
+    est = budget.estimate_time(LLAMA3, ref.workload, 3_407_872)
+    assert est.source == "model" and est.mfu == mfu
+    assert est.wall_hours == pytest.approx(6.0, rel=1e-9)
+    assert est.step_seconds == pytest.approx(6 * 3600 / 7_030, rel=1e-9)
+
+
+def test_peak_figure_cancels_out_of_calibrated_predictions():
+    work = budget.Workload(rows=27_604, seq_length=2048, epochs=10, global_batch=16, cards=4)
+    a = budget.estimate_time(INTERNLM, work, 8_388_608, peak_tflops=320.0)
+    b = budget.estimate_time(INTERNLM, work, 8_388_608, peak_tflops=256.0)
+    assert a.mfu != b.mfu
+    assert a.wall_seconds == pytest.approx(b.wall_seconds, rel=1e-12)
+    # twice the cards, half the time; twice the epochs, twice the time
+    assert budget.estimate_time(INTERNLM, replace(work, cards=8), 8_388_608).wall_seconds == pytest.approx(a.wall_seconds / 2)
+    assert budget.estimate_time(INTERNLM, replace(work, epochs=20), 8_388_608).wall_seconds == pytest.approx(2 * a.wall_seconds)
+
+
+def test_measured_step_time_replaces_the_model():
+    work = budget.CONTEST_REFERENCE.workload
+    est = budget.estimate_time(LLAMA3, work, 3_407_872, measured_step_s=2.5)
+    assert est.source == "measured"
+    assert est.wall_seconds == pytest.approx(7_030 * 2.5)
+    assert est.mfu == pytest.approx(45_592_084_480 * 64 * 256 / (4 * 320e12 * 2.5), rel=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [dict(mfu=20), dict(mfu=0), dict(measured_step_s=0), dict(peak_tflops=-1)])
+def test_impossible_time_inputs_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        budget.estimate_time(LLAMA3, budget.CONTEST_REFERENCE.workload, 1, **kwargs)
+
+
+def test_workload_needs_a_whole_batch():
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        budget.Workload(rows=10, seq_length=256, epochs=1, global_batch=64, cards=4)
+
+
+def test_cli_prints_both_tables(capsys):
+    assert plan_cli.main(["--model", "llama3-8b", "--ranks", "8,16"]) == 0
+    out = capsys.readouterr().out
+    assert "3,407,872" in out and "8,030,261,248" in out and "<- baseline" in out
+    assert "wall 6.00 h" in out                       # the stage-1 defaults are the reference run
+    assert "rows 90000 (stage 1 contest setting)" in out
+
+
+def test_cli_takes_values_from_a_recipe_and_the_command_line(capsys):
+    assert plan_cli.main(["--recipe", str(REPO / "recipes" / "stage2-internlm-7b.yaml"), "--rows", "27604",
+                          "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["inputs"]["seq"] == {"value": 2048, "from": "recipe"}
+    assert data["inputs"]["rows"] == {"value": 27604, "from": "command line"}
+    assert data["lora"]["stage"] == 2 and data["lora"]["model"] == "internlm-7b"
+    assert data["time"]["lora_trainable"] == 8_388_608      # the recipe's r=8 on wq|wk|wv|wo
+
+
+@pytest.mark.parametrize("argv", [["--model", "nope"], ["--ranks", "a,b"], ["--ranks", "0"],
+                                  ["--baseline-accuracy", "40"], ["--mfu", "20"], ["--rows", "3"],
+                                  ["--recipe", "no-such-recipe.yaml"], ["--baseline-targets", "wz"]])
+def test_cli_bad_input_exits_2(argv, capsys):
+    assert plan_cli.main(argv) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_invoke_plan_task():
+    proc = subprocess.run([sys.executable, "-m", "invoke", "plan", "--model", "internlm-7b", "--ranks", "8",
+                           "--measured-step-s", "4", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["time"]["source"] == "measured" and data["time"]["step_seconds"] == 4.0
+    assert option_dict(data, 8, "wq|wv")["trainable"] == 4_194_304
+
+
+def option_dict(data: dict, rank: int, targets: str) -> dict:
+    return next(o for o in data["lora"]["options"] if o["rank"] == rank and o["targets"] == targets)
