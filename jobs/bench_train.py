@@ -329,7 +329,7 @@ def render_section(r: dict) -> str:
               + " | ".join(f"reference, {k[10:-1]} thread{'s' if k[10:-1] != '1' else ''}" for k in names[1:]) + " |")
     busy = max(r["load_seen"]) > r["machine"]["cores"]
     lines = [
-        f"## bench.train: tunebox vs PyTorch + PEFT, LoRA training on CPU ({r['date']})",
+        f"## bench.train: tunebox vs PyTorch + PEFT, LoRA training on CPU ({r.get('started', r['date'])})",
         "",
         f"Command: `{r['command']}`",
         "",
@@ -414,6 +414,7 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
         raise InputError("bench.train compares single-process steps of one micro-batch: the recipe needs "
                          "train.grad_accum 1 and train.workers 1", spec.source_path)
     mspec = get_model_spec(spec.model.name)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     uptime_before = uptime_line()
     print(f"uptime before: {uptime_before}", flush=True)
     loads = [load_average()[0]]
@@ -473,7 +474,7 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
     info = reference_runs[threads[0]][0]["info"]
     cpu = cpu_info()
     result = {
-        "date": dt.date.today().isoformat(),
+        "date": dt.date.today().isoformat(), "started": started,
         "command": command or f"python -m jobs.bench_train --recipe {recipe} --steps {steps} --repeats {repeats}",
         "machine": {"cpu": cpu["model"], "cores": cpu["usable"] or cpu["count"],
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)},
