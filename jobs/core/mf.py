@@ -48,11 +48,95 @@ def build_llama(spec: ModelSpec, *, seq_length: int, batch_size: int = 1, dtype:
     """A MindFormers LlamaForCausalLM with the registry's shapes, optionally loaded from a checkpoint."""
     from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
 
+    import mindspore as ms
+
     config = LlamaConfig(**llama_config_kwargs(spec, seq_length=seq_length, batch_size=batch_size, dtype=dtype))
     net = LlamaForCausalLM(config)
+    if ms.get_context("device_target") == "CPU":
+        avoid_cpu_broadcast_tables(net)
     if checkpoint is not None:
         load_weights(net, checkpoint, strict=strict)
     return net
+
+
+def avoid_cpu_broadcast_tables(net) -> int:
+    """Route MindFormers Llama's broadcasting elementwise ops down MindSpore's same-shape CPU path.
+
+    MindSpore 2.9's CPU Add/Sub/Mul/RealDiv kernels, when the operand shapes differ and neither is a
+    scalar, build two index vectors of the output's size (16 bytes per output element) on first launch
+    and keep them for the life of the compiled graph, then gather through them (about 3x slower than the
+    same-shape loop). Llama broadcasts in RMSNorm, rotary, the attention-mask add, Softmax's backward and,
+    in the loss, over batch x seq x vocab: 6.9 of the 13 GB a SmolLM2 train step held (docs/CPU_MEMORY.md).
+    Broadcasting explicitly first (BroadcastTo, a pooled temporary) gives the same math without the
+    tables. Returns the number of cells patched; raises if MindFormers' attribute names changed, so a
+    MindFormers upgrade cannot silently drop the fix. Not used on Ascend, where the kernels differ."""
+    from mindspore import nn, ops
+    from mindspore.ops import operations as P
+
+    class SameShape(nn.Cell):
+        def __init__(self, op):
+            super().__init__()
+            self.op = op
+
+        def construct(self, a, b):
+            if a.shape == b.shape:
+                return self.op(a, b)
+            if a.size >= b.size:
+                return self.op(a, ops.broadcast_to(b, a.shape))
+            return self.op(ops.broadcast_to(a, b.shape), b)
+
+    class SoftmaxSameShapeGrad(nn.Cell):
+        """Softmax whose backward, dx = (dy - sum(dy * y)) * y, broadcasts explicitly."""
+        def __init__(self):
+            super().__init__()
+            self.softmax = P.Softmax()
+
+        def construct(self, x):
+            return self.softmax(x)
+
+        def bprop(self, x, out, dout):
+            s = (dout * out).sum(-1, keepdims=True)
+            return ((dout - ops.broadcast_to(s, out.shape)) * out,)
+
+    class MaskedLogSoftmaxLoss(nn.Cell):
+        """MindFormers' CrossEntropyLoss -- the masked mean of -log p[label] -- from LogSoftmax + GatherD.
+        Labels outside the mask (IGNORE = -100) are clamped to 0 before the gather; the mask drops them."""
+        def __init__(self):
+            super().__init__()
+            self.log_softmax = P.LogSoftmax(-1)
+            self.gather = P.GatherD()
+
+        def construct(self, logits, label, input_mask):
+            logp = self.log_softmax(logits)
+            safe = ops.maximum(label, 0).reshape(-1, 1)
+            per_token = -self.gather(logp, 1, safe).reshape(-1)
+            input_mask = input_mask.reshape(-1)
+            return (per_token * input_mask).sum() / (input_mask.sum() + 1e-8)
+
+    patches = {
+        "LlamaRMSNorm": lambda c: {"mul": SameShape(P.Mul()), "mul2": SameShape(P.Mul())}
+        if getattr(c, "self_define", False) else {},
+        "RotaryEmbedding": lambda c: {"mul": SameShape(P.Mul()), "mul_inc": SameShape(P.Mul()),
+                                      "mul_with_batch_freqs": SameShape(P.Mul())},
+        "LLamaAttention": lambda c: {"add": SameShape(P.Add()), "softmax": SoftmaxSameShapeGrad()}
+        if hasattr(c, "softmax") else {},
+        "LlamaForCausalLM": lambda c: {"loss": MaskedLogSoftmaxLoss()},
+    }
+    seen = {k: 0 for k in patches}
+    for _, cell in list(net.cells_and_names()):
+        kind = type(cell).__name__
+        if kind not in patches:
+            continue
+        seen[kind] += 1
+        for attr, new in patches[kind](cell).items():
+            if not hasattr(cell, attr):
+                raise RuntimeError(f"MindFormers {kind} has no attribute {attr!r}: "
+                                   "update avoid_cpu_broadcast_tables for this MindFormers version")
+            setattr(cell, attr, new)
+    missing = [k for k, n in seen.items() if n == 0]
+    if missing:
+        raise RuntimeError(f"avoid_cpu_broadcast_tables found no {missing} cells in the network")
+    return sum(seen.values())
 
 
 def load_weights(net, checkpoint: Path, strict: bool = True, allow_missing_lora: bool = True) -> None:

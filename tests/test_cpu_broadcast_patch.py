@@ -1,0 +1,55 @@
+"""mf.avoid_cpu_broadcast_tables changes how MindFormers' Llama computes on CPU, never what: the patched
+network's loss and every gradient equal the stock network's, with prompt/pad labels (-100) in the batch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jobs.core.models import get_model_spec, llama_config_kwargs, with_overrides
+from test_decode import mindformers_env, random_parameter  # noqa: F401  (fixture)
+
+TINY = get_model_spec("tiny")
+VARIANTS = {
+    "gqa-untied": TINY,
+    "internlm-biases-tied": with_overrides(TINY, n_kv_heads=TINY.num_heads, qkv_has_bias=True,
+                                           attn_proj_has_bias=True, tie_word_embeddings=True),
+}
+
+
+def loss_and_grads(ms, net, ids, labels):
+    params = net.trainable_params()
+    fn = ms.value_and_grad(lambda x, y: net(x, y), None, params)
+    loss, grads = fn(ms.Tensor(ids), ms.Tensor(labels))
+    return float(loss.asnumpy().reshape(-1)[0]), {p.name: g.asnumpy() for p, g in zip(params, grads)}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_patched_network_has_the_same_loss_and_gradients(mindformers_env, variant):
+    from jobs.core.mf import avoid_cpu_broadcast_tables
+
+    ms, LlamaConfig, LlamaForCausalLM = mindformers_env
+    spec = VARIANTS[variant]
+    seq, batch = 16, 3
+    rng = np.random.default_rng(7)
+    ids = rng.integers(1, spec.vocab_size, size=(batch, seq + 1)).astype(np.int32)
+    ids[0, 12:] = 0  # padding (pad id 0)
+    labels = ids.copy()
+    labels[:, :5] = -100  # prompt tokens: no loss
+    labels[0, 12:] = -100
+    results = []
+    for patch in (False, True):
+        net = LlamaForCausalLM(LlamaConfig(**llama_config_kwargs(spec, seq_length=seq, batch_size=batch)))
+        weights = np.random.default_rng(1)
+        for name, param in net.parameters_and_names():
+            param.set_data(ms.Tensor(random_parameter(name, tuple(param.shape), weights)))
+        if patch:
+            assert avoid_cpu_broadcast_tables(net) >= 2 * spec.num_layers + 2
+        net.set_train(True)
+        results.append(loss_and_grads(ms, net, ids, labels))
+    (loss0, grads0), (loss1, grads1) = results
+    assert np.isfinite(loss0) and loss0 > 1.0
+    assert abs(loss1 - loss0) < 1e-5 * loss0
+    assert grads0.keys() == grads1.keys() and len(grads0) > 0
+    for name in grads0:
+        scale = np.abs(grads0[name]).max() + 1e-12
+        assert np.abs(grads1[name] - grads0[name]).max() < 1e-4 * scale, name
