@@ -281,11 +281,11 @@ def bench_merge(c, dir="", sizes="", budget_gb="", no_doc=False):
 
 
 @task(name="eval", help={"prompts": "prompts for the cached vs no-cache decoder comparison (default 40)",
-                         "max_new": "new tokens per prompt in that comparison (default 16)",
+                         "max_new": "new tokens per prompt in that comparison (default 32)",
                          "math_rows": "held-out math rows for the evaluate-job timing (default 100; 0 skips it)",
                          "squad_rows": "SQuAD questions for the evaluate-job timing (default 100)",
                          "out": "markdown file to append the section to (default docs/BENCHMARKS.md)"})
-def bench_eval(c, prompts=40, max_new=16, math_rows=100, squad_rows=100, out=""):
+def bench_eval(c, prompts=40, max_new=32, math_rows=100, squad_rows=100, out=""):
     """SmolLM2 evaluation speed: KV-cache batched vs no-cache decoding (identical outputs), and the evaluate job on math + SQuAD."""
     cmd = (f"{PY} -m jobs.bench_eval --prompts {int(prompts)} --max-new {int(max_new)} --math-rows {int(math_rows)}"
            f" --squad-rows {int(squad_rows)}" + (f" --out {shlex.quote(out)}" if out else ""))
@@ -310,10 +310,12 @@ def bench_generate(c, rows=800_000, no_doc=False):
                           "steps": "measured steps per side, after 1 warm-up step (default 12)",
                           "repeats": "run both sides this many times, alternating the order (default 1)",
                           "keep": "work in this folder and keep it (logs, bench_train.json)",
+                          "packed": "also run tunebox with train.packing at SEQxBATCH (default 256x4; 'no' skips it)",
                           "no_doc": "do not append to docs/BENCHMARKS.md"})
-def bench_train(c, recipe=DEFAULT_RECIPE, steps=12, repeats=1, keep="", no_doc=False):
+def bench_train(c, recipe=DEFAULT_RECIPE, steps=12, repeats=1, keep="", packed="256x4", no_doc=False):
     """LoRA training speed and memory: tunebox's train job vs PyTorch + transformers + PEFT on the same batches."""
-    cmd = f"{PY} -m jobs.bench_train --recipe {shlex.quote(recipe)} --steps {int(steps)} --repeats {int(repeats)}"
+    cmd = (f"{PY} -m jobs.bench_train --recipe {shlex.quote(recipe)} --steps {int(steps)} --repeats {int(repeats)}"
+           f" --packed {shlex.quote(packed)}")
     _in_repo(c, cmd + (f" --keep {shlex.quote(keep)}" if keep else "") + (" --no-append" if no_doc else ""))
 
 # An explicit namespace replaces invoke's automatic one, so it takes every top-level task defined

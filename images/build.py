@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from jobs.core.cli import guarded
 from jobs.core.io import InputError
 from jobs.core.render import image_tags, project_version
 
@@ -770,7 +771,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--stack", default="cpu-ms2.9")
     p.add_argument("--image")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.command == "base":
             make_base_image(args.suite, args.tag, args.mirror)
         elif args.command == "build":
@@ -795,13 +797,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 1 if findings else 0
         elif args.command == "lock":
             write_lock(args.stack, args.image)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BuildFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return guarded(f"image.{args.command}", body, known=(BuildFailed,))
 
 
 if __name__ == "__main__":

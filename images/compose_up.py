@@ -29,6 +29,7 @@ from typing import Optional
 import yaml
 
 from jobs.core.config import load_spec
+from jobs.core.cli import guarded
 from jobs.core.io import InputError
 from jobs.core.render import STACK_FOR_DEVICE, host_data_root, image_tags
 
@@ -168,14 +169,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--image", help="image tag (default: tunebox:VERSION-STACK for the spec's device)")
     args = parser.parse_args(argv)
     from images.build import BuildFailed
-    try:
-        return compose_up(args.recipe, args.profile, args.until, args.image)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BuildFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return guarded("compose.up", lambda: compose_up(args.recipe, args.profile, args.until, args.image),
+                   known=(BuildFailed,), on_interrupt="containers already started keep running; see `docker compose ps`")
 
 
 if __name__ == "__main__":

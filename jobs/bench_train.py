@@ -20,6 +20,11 @@ One invocation:
      Peak RSS of each side is the kernel's high-water mark of the child (wait4's ru_maxrss), checked
      against psutil polling every 0.2 s (child and its children summed).
      With --repeats R the two sides alternate (a b, b a, ...) so drifting machine load hits both.
+     (c) with --packed SEQxBATCH (default 256x4: as many computed positions per step as the local
+     recipe's 128 x 8), tunebox again with train.packing on, its own prep at that seq_length: the same
+     samples, several to a row (jobs/core/packing.py), so fewer positions are padding. Its batches
+     differ from the reference's by design; its tokens/s counts the same kind of token (non-pad ids
+     of the training data), so it answers "how fast does each tool get through this data".
   4. `uptime` before and after, load averages around each side, a markdown section with the command,
      machine, date, figures and ratios, appended to docs/BENCHMARKS.md (unless --no-append).
 
@@ -291,7 +296,8 @@ def _combine(runs: list[dict]) -> dict:
             "load_during": [r["measured"]["load_after"][0] for r in runs]}
 
 
-def summarize(tunebox: dict, references: dict[int, dict], flops: dict, peak: dict) -> dict:
+def summarize(tunebox: dict, references: dict[int, dict], flops: dict, peak: dict,
+              packed: Optional[dict] = None, packed_flops: Optional[dict] = None) -> dict:
     """Both sides against the FLOP model and the CPU's peak. The reference may have run with several
     thread counts; the ratios use the fastest one (the reference as well tuned as it gets here)."""
     peak_gflops = max(peak["numpy"]["gflops"], peak.get("torch", {}).get("gflops", 0.0))
@@ -301,7 +307,14 @@ def summarize(tunebox: dict, references: dict[int, dict], flops: dict, peak: dic
         sides[name] = dict(side, achieved_gflops=round(achieved, 2), fraction_of_peak=achieved / peak_gflops)
     best_threads = max(references, key=lambda n: references[n]["tokens_per_s"])
     best = references[best_threads]
-    return {"sides": sides, "peak_gflops": peak_gflops, "best_reference": f"reference-{best_threads}t",
+    extra = {}
+    if packed is not None:
+        achieved = packed_flops["total"] / packed["seconds_per_step"] / 1e9
+        sides["tunebox-packed"] = dict(packed, achieved_gflops=round(achieved, 2),
+                                       fraction_of_peak=achieved / peak_gflops)
+        extra = {"packed_speedup": packed["tokens_per_s"] / best["tokens_per_s"],
+                 "packed_memory_ratio": packed["peak_rss_bytes"] / best["peak_rss_bytes"]}
+    return {**extra, "sides": sides, "peak_gflops": peak_gflops, "best_reference": f"reference-{best_threads}t",
             "speedup": tunebox["tokens_per_s"] / best["tokens_per_s"],
             "speedup_by_threads": {str(n): tunebox["tokens_per_s"] / ref["tokens_per_s"]
                                    for n, ref in references.items()},
@@ -318,7 +331,8 @@ def _gib(n: float) -> str:
 def render_section(r: dict) -> str:
     """The markdown section appended to docs/BENCHMARKS.md, from bench_train's result dict."""
     s, w, v, f = r["summary"], r["workload"], r["versions"], r["flops"]
-    names = ["tunebox"] + sorted((k for k in s["sides"] if k != "tunebox"), key=lambda k: -int(k[10:-1]))
+    refs = sorted((k for k in s["sides"] if k.startswith("reference-")), key=lambda k: -int(k[10:-1]))
+    names = ["tunebox"] + (["tunebox-packed"] if "tunebox-packed" in s["sides"] else []) + refs
     sides = [s["sides"][k] for k in names]
     t = s["sides"]["tunebox"]
 
@@ -326,8 +340,12 @@ def render_section(r: dict) -> str:
         return f"| {label} | " + " | ".join(cell(x) for x in sides) + " |"
 
     header = (f"| | tunebox (MindSpore {v['mindspore']}, MindFormers {v['mindformers']}, GRAPH mode) | "
-              + " | ".join(f"reference, {k[10:-1]} thread{'s' if k[10:-1] != '1' else ''}" for k in names[1:]) + " |")
-    busy = max(r["load_seen"]) > r["machine"]["cores"]
+              + ("" if "tunebox-packed" not in names else
+                 f"tunebox, packed ({w['packed']['seq_length']} x {w['packed']['batch']}, train.packing) | ")
+              + " | ".join(f"reference, {k[10:-1]} thread{'s' if k[10:-1] != '1' else ''}" for k in refs) + " |")
+    # The 1-minute load includes the benchmark's own threads (about the core count while a side runs),
+    # so only load clearly above that means other work shared the cores.
+    busy = max(r["load_seen"]) > r["machine"]["cores"] + 0.5
     lines = [
         f"## bench.train: tunebox vs PyTorch + PEFT, LoRA training on CPU ({r.get('started', r['date'])})",
         "",
@@ -337,7 +355,9 @@ def render_section(r: dict) -> str:
         f"`uptime` before: `{r['uptime_before']}`; after: `{r['uptime_after']}`."
         + (" The machine was shared with other work while measuring (load above the core count): the "
            "figures are pessimistic, for the reference's multi-threaded runs most of all (its OpenMP threads "
-           "wait on each other when the cores are taken)." if busy else ""),
+           "wait on each other when the cores are taken)." if busy else
+           f" Load averages seen during the run: {', '.join(f'{x:.2f}' for x in r['load_seen'])} (the "
+           "benchmark's own threads included): no other work shared the cores."),
         "",
         f"Workload: {w['model']}, LoRA r={w['lora_rank']} alpha={w['lora_alpha']} dropout {w['lora_dropout']} on "
         f"{w['targets']}, batch {w['batch']} x {w['seq_length']} tokens (+1 for the shifted labels), the same "
@@ -365,6 +385,14 @@ def render_section(r: dict) -> str:
             f"{n}: {x:.2f}x" for n, x in sorted(s["speedup_by_threads"].items(), reverse=True)) + ")") + ".",
         f"- **peak RSS ratio tunebox / reference: {s['memory_ratio']:.2f}x**; goal <= 1: "
         f"{'met' if s['memory_ratio'] <= 1.0 else 'not met'}.",
+        *([] if "packed_speedup" not in s else [
+            f"- **Packed: tunebox with train.packing at {w['packed']['seq_length']} x {w['packed']['batch']} gets "
+            f"through the same data at {s['packed_speedup']:.2f}x the reference's tokens/s** (goal >= {GOAL_SPEEDUP}x: "
+            f"{'met' if s['packed_speedup'] >= GOAL_SPEEDUP else 'not met'}), peak RSS {s['packed_memory_ratio']:.2f}x "
+            f"the reference's. Packing filled rows {w['packed']['fill_before']:.0%} -> {w['packed']['fill_after']:.0%} "
+            f"({w['packed']['samples']:,} samples in {w['packed']['rows']:,} rows); a packed step computes "
+            f"{w['packed']['flops'] / 1e9:.1f} GFLOP by the formula below, and its batches are its own (not the "
+            "reference's), so its first-step loss differs."]),
         f"- Loss at step 1 (before any update: LoRA's B starts at zero, so both sides run the base model): "
         f"tunebox {t['first_loss']:.4f}, reference {s['sides'][s['best_reference']]['first_loss']:.4f} "
         f"(difference {s['first_loss_difference']:.1e}). Later losses differ by the LoRA initialisation and "
@@ -392,7 +420,7 @@ def append_section(text: str, path: Path = BENCHMARKS_FILE) -> None:
 
 def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1, threads=(2, 1),
                 peak_sizes=PEAK_SIZES, out: Optional[Path] = BENCHMARKS_FILE, keep: Optional[Path] = None,
-                command: Optional[str] = None) -> dict:
+                command: Optional[str] = None, packed: Optional[tuple[int, int]] = (256, 4)) -> dict:
     from importlib import metadata
 
     try:
@@ -435,8 +463,17 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
 
         peaks = [measure_peak(max(threads), peak_sizes)]
 
-        tunebox_runs, reference_runs = [], {n: [] for n in threads}
-        sides = ["tunebox"] + [f"reference with {n} thread(s)" for n in threads]
+        packed_spec = packed_overrides = None
+        if packed:
+            seq, batch = packed
+            packed_overrides = overrides + ["run_id=packed", f"data.seq_length={seq}", f"train.batch_size={batch}",
+                                            "train.packing=true"]
+            packed_spec = load_spec(recipe, packed_overrides)
+            print(f"prep: the recipe's data at seq_length {seq} for the packed side", flush=True)
+            _check_ran(run_measured(job_command("prep", recipe, packed_overrides), work / "prep-packed.log"), "prep")
+
+        tunebox_runs, reference_runs, packed_runs = [], {n: [] for n in threads}, []
+        sides = ["tunebox"] + (["tunebox, packed"] if packed else []) + [f"reference with {n} thread(s)" for n in threads]
         for rep in range(repeats):
             for side in (sides if rep % 2 == 0 else sides[::-1]):   # alternate, so drifting load hits all sides
                 print(f"[{rep + 1}/{repeats}] {side}: {total_steps} steps...", flush=True)
@@ -447,6 +484,9 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
                         raise RuntimeError("the train job's batches differ from the ones the reference was given "
                                            "(batch_sha1 in loss.jsonl); bench_train's row selection is out of date")
                     tunebox_runs.append(run)
+                elif side == "tunebox, packed":
+                    run = run_tunebox(recipe, packed_overrides, packed_spec, work / f"tunebox-packed-{rep}.log")
+                    packed_runs.append(run)
                 else:
                     n = int(side.split()[2])
                     run = run_reference(ref_dir, n, work / f"reference-{n}t-{rep}.log")
@@ -471,6 +511,14 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
 
     flops = step_flops(mspec, spec.train.batch_size, spec.data.seq_length, spec.lora.rank, spec.lora.target_modules)
     tunebox, references = _combine(tunebox_runs), {n: _combine(runs) for n, runs in reference_runs.items()}
+    packed_info = packed_flops = packed_side = None
+    if packed_runs:
+        packed_flops = step_flops(mspec, packed_spec.train.batch_size, packed_spec.data.seq_length,
+                                  spec.lora.rank, spec.lora.target_modules)
+        packed_side = _combine(packed_runs)
+        stats = json.loads((packed_spec.job_dir("train") / "summary.json").read_text())["packing"]
+        packed_info = {"seq_length": packed_spec.data.seq_length, "batch": packed_spec.train.batch_size,
+                       "flops": packed_flops["total"], **stats}
     info = reference_runs[threads[0]][0]["info"]
     cpu = cpu_info()
     result = {
@@ -483,13 +531,15 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
                      "lora_dropout": spec.lora.dropout, "targets": spec.lora.target_modules,
                      "batch": spec.train.batch_size, "seq_length": spec.data.seq_length, "steps": steps,
                      "total_steps": total_steps, "repeats": repeats,
-                     "data": os.path.relpath(spec.resolve(spec.data.train_file), REPO_ROOT)},
+                     "data": os.path.relpath(spec.resolve(spec.data.train_file), REPO_ROOT),
+                     "packed": packed_info},
         "versions": {"mindspore": metadata.version("mindspore"), "mindformers": metadata.version("mindformers"),
                      "torch": info["torch"], "transformers": info["transformers"], "peft": info["peft"],
                      "torch_threads": list(threads), "attn_implementation": info["attn_implementation"]},
         "flops": flops, "peak": peak,
-        "summary": summarize(tunebox, references, flops, peak),
+        "summary": summarize(tunebox, references, flops, peak, packed_side, packed_flops),
         "runs": {"tunebox": [{k: r[k] for k in ("measured", "steps")} for r in tunebox_runs],
+                 "tunebox-packed": [{k: r[k] for k in ("measured", "steps")} for r in packed_runs],
                  **{f"reference-{n}t": [{k: r[k] for k in ("measured", "steps")} for r in runs]
                     for n, runs in reference_runs.items()}},
     }
@@ -518,12 +568,21 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=BENCHMARKS_FILE, help="markdown file to append to")
     parser.add_argument("--no-append", action="store_true", help="print the section only")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (logs, bench_train.json)")
+    parser.add_argument("--packed", default="256x4", metavar="SEQxBATCH",
+                        help="also run tunebox with train.packing at this shape (default: %(default)s); 'no' skips it")
     args = parser.parse_args(argv)
     command = "python -m jobs.bench_train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     try:
+        packed = None
+        if args.packed != "no":
+            try:
+                seq, batch = (int(x) for x in args.packed.lower().split("x"))
+            except ValueError:
+                raise InputError(f"--packed {args.packed!r}: expected SEQxBATCH such as 256x4, or no") from None
+            packed = (seq, batch)
         bench_train(args.recipe, args.steps, args.repeats, tuple(int(x) for x in args.threads.split(",")),
                     tuple(int(x) for x in args.peak_sizes.split(",")), None if args.no_append else args.out,
-                    args.keep, command.strip())
+                    args.keep, command.strip(), packed)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

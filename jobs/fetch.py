@@ -14,7 +14,7 @@ import logging
 import sys
 
 from jobs.core.fetch import FetchError, fetch_file, fetch_manifest
-from jobs.core.io import InputError
+from jobs.core.cli import guarded
 from jobs.core.models import cache_dir
 
 LIST_FORMAT = """\
@@ -71,27 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = dict(retries=args.retries, backoff=args.backoff, timeout=args.timeout,
                    progress=not args.no_progress)
-    try:
+
+    def body() -> None:
         if args.url:
-            path = fetch_file(args.url, args.out, args.sha256, **options)
-            print(path)
+            print(fetch_file(args.url, args.out, args.sha256, **options))
         else:
             for path in fetch_manifest(args.list_file, root=args.root, **options):
                 print(path)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except FetchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # disk full, permission denied on --out
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: the .part file is kept; run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    return 0
+
+    # OSError: disk full, permission denied on --out
+    return guarded("fetch", body, known=(FetchError, OSError),
+                   on_interrupt="the .part file is kept; run the same command again to resume")
 
 
 if __name__ == "__main__":

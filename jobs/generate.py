@@ -35,6 +35,7 @@ from typing import Optional
 from tqdm import tqdm
 
 from jobs.core import mathgen
+from jobs.core.cli import guarded
 from jobs.core.io import InputError, atomic_path, atomic_write_json
 
 log = logging.getLogger("tunebox.generate")
@@ -237,21 +238,17 @@ def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("TUNEBOX_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
-    try:
+    record = {}
+
+    def body() -> None:
         mix = parse_weights(args.mix, "mix", mathgen.GENERATABLE) if args.mix else None
         lang_mix = parse_weights(args.lang_mix, "lang-mix", (mathgen.ZH, mathgen.EN)) if args.lang_mix else None
-        record = generate(args.rows, args.out, seed=args.seed, mix=resolve_mix(mix, lang_mix),
-                          shard_rows=args.shard_rows, workers=args.workers, args=vars(args))
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ngenerate: interrupted; rerun the same command (it rewrites every shard)", file=sys.stderr)
-        return 130
-    except Exception:
-        import traceback
-        traceback.print_exc()
-        return 1
+        record.update(generate(args.rows, args.out, seed=args.seed, mix=resolve_mix(mix, lang_mix),
+                               shard_rows=args.shard_rows, workers=args.workers, args=vars(args)))
+
+    code = guarded("generate", body, on_interrupt="rerun the same command (it rewrites every shard)")
+    if code:
+        return code
     log.info("wrote %s rows in %d shards to %s in %.1f s: %s", f"{record['rows']:,}", len(record["shards"]),
              args.out, record["seconds"], ", ".join(f"{k} {v}" for k, v in record["families"].items()))
     return 0

@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jobs.core import mathgen
+from jobs.core.cli import guarded
 from jobs.core.io import InputError, JsonlRow, atomic_path, atomic_write_json, atomic_write_text, iter_jsonl
 from jobs.core.scoring import extract_answer_number
 
@@ -631,25 +632,21 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
     started = time.time()
-    try:
+    record = {}
+    out_dir = Path(args.out) if args.out else Path("runs") / "profile" / Path(args.file).name.removesuffix(".jsonl")
+
+    def body() -> None:
         tokenizer, unit = load_tokenizer(args.tokenizer)
-        record = profile(args.file, tokenizer, unit, max_examples=args.max_examples)
-        out_dir = Path(args.out) if args.out else Path("runs") / "profile" / Path(args.file).name.removesuffix(".jsonl")
+        record.update(profile(args.file, tokenizer, unit, max_examples=args.max_examples))
         record["seconds"] = round(time.time() - started, 2)
         write_report(record, out_dir)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nprofile: interrupted", file=sys.stderr)
-        return 130
-    except Exception:
-        import traceback
-        traceback.print_exc()
-        return 1
+
+    code = guarded("profile", body)
+    if code:
+        return code
     log.info("%s rows, %d families, %d wrong labels, %d bad lines, %d exact duplicates; lengths in %s; "
              "report: %s", f"{record['rows']:,}", len(record["families"]), record["wrong_labels"]["count"],
-             record["bad_lines"]["count"], record["duplicates"]["exact"]["rows"], unit, out_dir / "profile.md")
+             record["bad_lines"]["count"], record["duplicates"]["exact"]["rows"], record["length_unit"], out_dir / "profile.md")
     return 0
 
 

@@ -180,8 +180,19 @@ def train(spec: RunSpec) -> Path:
     is_main = rank == 0
 
     ids, labels = read_mindrecord(data_file)
+    pad_id = load_tokenizer(spec).pad_id
+    segments, packing = None, None
+    if spec.train.packing:
+        from .core.packing import pack_rows
+
+        samples = len(ids)
+        ids, labels, segments, packing = pack_rows(ids, labels, pad_id)
+        log.info("packing: %s samples into %s rows of %d tokens (filled %.0f%% -> %.0f%%, up to %d a row)",
+                 f"{samples:,}", f"{len(ids):,}", ids.shape[1], 100 * packing["fill_before"],
+                 100 * packing["fill_after"], packing["max_samples_per_row"])
     n_rows, width = ids.shape
     plan = plan_steps(n_rows, spec)
+    plan["packing"] = packing
     total, ckpt_steps = plan["total_steps"], plan["checkpoint_steps"]
 
     import mindspore as ms
@@ -195,6 +206,7 @@ def train(spec: RunSpec) -> Path:
                          checkpoint=base_ckpt)
     net = mf.add_lora(net, spec.lora.rank, spec.lora.alpha, spec.lora.dropout, spec.lora.target_modules,
                       dtype=spec.train.dtype)
+    segment_param = mf.use_segment_mask(net, per_rank, width - 1) if segments is not None else None
     trainable, base_total = mf.count_trainable(net), mf.count_total(net)
     expected = mspec.lora_params(spec.lora.rank, spec.lora.target_modules)
     if trainable != expected:
@@ -224,7 +236,6 @@ def train(spec: RunSpec) -> Path:
         _truncate_log(out / "loss.jsonl", start)
     index = _read_index(ckpt_dir) if is_main else []
 
-    pad_id = load_tokenizer(spec).pad_id
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not is_main, dynamic_ncols=True)
     compile_s = None
     t_run = time.time()
@@ -237,6 +248,8 @@ def train(spec: RunSpec) -> Path:
             rows = batch_rows(step * spec.train.grad_accum + micro, n_rows, spec.train.batch_size, spec.train.seed)
             hasher.update(rows.tobytes())
             mine = rows[rank * per_rank:(rank + 1) * per_rank]
+            if segment_param is not None:
+                segment_param.set_data(ms.Tensor(segments[mine, :-1]))
             loss = step_cell(ms.Tensor(ids[mine]), ms.Tensor(labels[mine]))
             losses.append(float(loss.asnumpy()))
             tokens += int((ids[rows] != pad_id).sum())
@@ -326,6 +339,7 @@ def _write_summary(out: Path, spec: RunSpec, plan: dict, trainable: int, total: 
                "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
                "first_step_seconds_incl_compile": compile_s, "this_session_seconds": run_s,
                "resumed_from_step": start,
+               "packing": plan.get("packing"),
                "tokens_per_s_steady": sum(r["tokens"] for r in steady) / max(1e-9, sum(r["seconds"] for r in steady))}
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Optional
 
 from .core import bundle_lib as bl
-from .core.cli import setup_logging
+from .core.cli import guarded, setup_logging
 from .core.io import InputError
 
 log = logging.getLogger("tunebox.verify")
@@ -619,14 +619,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="allowed absolute accuracy difference in the re-run (default 0: identical)")
     parser.add_argument("--image-timeout", type=float, default=3600.0, help="seconds allowed for the run in the image")
     args = parser.parse_args(argv)
-    try:
-        findings = verify(Path(args.submission), args.rerun, args.image, args.tolerance, args.image_timeout)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nverify: interrupted", file=sys.stderr)
-        return 130
+    found = []
+    code = guarded("verify", lambda: found.append(
+        verify(Path(args.submission), args.rerun, args.image, args.tolerance, args.image_timeout)))
+    if code:
+        return code
+    findings = found[0]
     print(f"verify: {args.submission}")
     findings.print()
     problems = findings.failed()

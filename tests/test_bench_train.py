@@ -139,6 +139,25 @@ def test_report_says_when_goals_are_missed_and_the_machine_was_busy():
     assert "shared with other work" in section
 
 
+def test_report_adds_the_packed_side_with_its_own_flops():
+    result = _result(_side(100.0, 6.0, 1.25), {2: _side(120.0, 4.0, 1.25)}, [1.0])
+    spec = get_model_spec("smollm2-135m")
+    packed_flops = step_flops(spec, 4, 256, 8, "wq|wv")
+    packed = _side(180.0, 6.5, 1.1)
+    result["summary"] = summarize(_side(100.0, 6.0, 1.25), {2: _side(120.0, 4.0, 1.25)}, result["flops"],
+                                  result["peak"], packed, packed_flops)
+    result["workload"]["packed"] = {"seq_length": 256, "batch": 4, "flops": packed_flops["total"], "samples": 896,
+                                    "rows": 321, "fill_before": 0.34, "fill_after": 0.95}
+    section = render_section(result)
+    assert "tunebox, packed (256 x 4, train.packing) |" in section
+    assert "| tokens/s (steady) | 100.0 | 180.0 | 120.0 |" in section
+    assert "same data at 1.50x the reference's tokens/s** (goal >= 1.3x: met), peak RSS 1.62x" in section
+    assert "filled rows 34% -> 95% (896 samples in 321 rows)" in section
+    sides = result["summary"]["sides"]
+    assert sides["tunebox-packed"]["achieved_gflops"] == pytest.approx(packed_flops["total"] / (600 / 180.0) / 1e9, rel=1e-3)
+    assert packed_flops["total"] > result["flops"]["total"]  # longer rows: more attention FLOPs
+
+
 # ---- a whole run, both sides, on the tiny model -------------------------------------------------
 
 HAVE_BENCH_EXTRA = all(importlib.util.find_spec(m) is not None for m in ("torch", "peft", "transformers", "psutil"))

@@ -38,6 +38,30 @@ def job_parser(name: str, summary: str) -> argparse.ArgumentParser:
     return parser
 
 
+def guarded(name: str, body: Callable[[], object], known: tuple = (), on_interrupt: str = "") -> int:
+    """Run `body` and turn what happened into the exit code every tunebox command uses: 0 ok (or the
+    int `body` returns), 2 bad input (InputError: its message names file and line), 1 failure (an
+    exception in `known` prints one line; anything else is a bug or the machine: full traceback),
+    130 interrupted (with `on_interrupt`, what rerunning does)."""
+    started = time.time()
+    try:
+        result = body()
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted" + (f"; {on_interrupt}" if on_interrupt else ""), file=sys.stderr)
+        return 130
+    except known as exc:  # an expected failure with its own clear message
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print(f"{name}: failed after {time.time() - started:.0f} s", file=sys.stderr)
+        return 1
+    return 0 if result is None else int(result)
+
+
 def run_job(name: str, summary: str, main: Callable[[RunSpec, argparse.Namespace], object],
             add_args: Callable[[argparse.ArgumentParser], None] | None = None, argv=None) -> int:
     """Parse arguments, load the spec, run `main`, and turn what happened into an exit code."""
@@ -47,18 +71,11 @@ def run_job(name: str, summary: str, main: Callable[[RunSpec, argparse.Namespace
         add_args(parser)
     args = parser.parse_args(argv)
     started = time.time()
-    try:
-        spec = load_spec(args.config, args.overrides)
-        main(spec, args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\n{name}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except Exception:  # a bug or the machine: full traceback, exit 1
-        traceback.print_exc()
-        print(f"{name}: failed after {time.time() - started:.0f} s", file=sys.stderr)
-        return 1
-    log.info("%s: done in %.0f s", name, time.time() - started)
-    return 0
+
+    def body() -> None:  # a job's main reports through its files; its return value is not an exit code
+        main(load_spec(args.config, args.overrides), args)
+
+    code = guarded(name, body, on_interrupt="rerun the same command to resume")
+    if code == 0:
+        log.info("%s: done in %.0f s", name, time.time() - started)
+    return code

@@ -80,6 +80,10 @@ class TrainSection:
     batch_size: int = 8
     """Samples per optimizer micro-step (all workers together)."""
     grad_accum: int = 1
+    packing: bool = False
+    """Pack several samples into each seq_length + 1 row (jobs/core/packing.py), each attending only to
+    itself: exact (rotary positions are relative), and no compute is spent on padding. batch_size then
+    counts packed rows. Pays off when samples are much shorter than seq_length (contest math at 256)."""
     lr: float = 2e-4
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.1

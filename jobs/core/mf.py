@@ -139,6 +139,54 @@ def avoid_cpu_broadcast_tables(net) -> int:
     return sum(seen.values())
 
 
+SEGMENTS_PARAM = "tunebox_packing_segments"
+
+
+def use_segment_mask(net, batch_size: int, seq_length: int):
+    """Swap MindFormers' causal mask for a block-diagonal one (sample packing, jobs/core/packing.py).
+
+    The mask is built in the graph from a non-trainable [batch, seq_length] int32 Parameter of
+    segment ids (0 = padding), which the caller sets before each step with `.set_data`: token i may
+    attend to token j when j <= i, both carry the same segment id and j is not padding. Returns that
+    Parameter. It is not a model weight: count_total and the checkpoints leave it out by name."""
+    import mindspore as ms
+    from mindspore import Parameter, Tensor, nn, ops
+
+    models = [c for _, c in net.cells_and_names() if type(c).__name__ == "LlamaModel"]
+    if len(models) != 1 or not hasattr(models[0], "casual_mask"):
+        raise RuntimeError("no MindFormers LlamaModel with a casual_mask in the network: "
+                           "update use_segment_mask for this MindFormers version")
+    model = models[0]
+    flash = bool(getattr(model, "use_flash_attention", False))
+    dtype = getattr(model, "dtype", ms.float32)
+
+    class SegmentCausalMask(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            # MindSpore names a cell's Parameter after the attribute holding it: keep the two equal.
+            setattr(self, SEGMENTS_PARAM, Parameter(Tensor(np.zeros((batch_size, seq_length), np.int32)),
+                                                    name=SEGMENTS_PARAM, requires_grad=False))
+            self.lower = Tensor(np.tril(np.ones((seq_length, seq_length), np.float32)))
+            self.shape3 = (batch_size, seq_length, seq_length)
+
+        def construct(self, tokens=None, masks=None, seq_chunk=None):
+            seg = getattr(self, SEGMENTS_PARAM)
+            rows = ops.broadcast_to(seg.reshape(batch_size, seq_length, 1), self.shape3)
+            cols = ops.broadcast_to(seg.reshape(batch_size, 1, seq_length), self.shape3)
+            allowed = ops.logical_and(ops.equal(rows, cols), ops.gt(cols, 0))
+            allowed = ops.cast(allowed, ms.float32) * ops.broadcast_to(self.lower, self.shape3)
+            masked = (1.0 - allowed).reshape(batch_size, 1, seq_length, seq_length)
+            if flash:  # flash attention takes 1 = masked as uint8
+                return ops.cast(masked, ms.uint8)
+            return ops.cast(masked * -10000.0, dtype)  # added to the scores, as MindFormers' own mask
+
+    cell = SegmentCausalMask()
+    model.casual_mask = cell
+    param = getattr(cell, SEGMENTS_PARAM)
+    assert SEGMENTS_PARAM in param.name, param.name
+    return param
+
+
 def load_weights(net, checkpoint: Path, strict: bool = True, allow_missing_lora: bool = True) -> None:
     import mindspore as ms
 
@@ -187,7 +235,8 @@ def count_trainable(net) -> int:
 
 def count_total(net) -> int:
     """Parameters of the base model (LoRA matrices not counted), as the contest's ratio counts them."""
-    return int(sum(np.prod(p.shape) for p in net.get_parameters() if LORA_A not in p.name and LORA_B not in p.name))
+    return int(sum(np.prod(p.shape) for p in net.get_parameters()
+                   if LORA_A not in p.name and LORA_B not in p.name and SEGMENTS_PARAM not in p.name))
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
