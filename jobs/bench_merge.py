@@ -461,7 +461,10 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_total'] / GB:.1f} GB RAM "
         f"({m['ram_available'] / GB:.1f} GB available at the start), disk {m['disk_device']} ({m['disk_fs']}, "
         f"{m['disk_size'] / GB:.0f} GB, {m['disk_free'] / GB:.0f} GB free), Linux {m['kernel']}, Python {m['python']}, "
-        f"numpy {m['numpy']}. The machine was shared with other work during the run: load average "
+        f"numpy {m['numpy']}. "
+        + ("The machine was shared with other work during the run: " if m["loadavg_start"][0] > 0.5 * m["cores"]
+           else "The machine was quiet at the start: ")
+        + "load average "
         f"{' / '.join(f'{x:.1f}' for x in m['loadavg_start'])} (1/5/15 min) at the start, "
         f"{' / '.join(f'{x:.1f}' for x in m['loadavg_end'])} at the end, on {m['cores']} cores.",
         "",

@@ -486,6 +486,7 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
                     tunebox_runs.append(run)
                 elif side == "tunebox, packed":
                     run = run_tunebox(recipe, packed_overrides, packed_spec, work / f"tunebox-packed-{rep}.log")
+                    run["packing"] = json.loads((packed_spec.job_dir("train") / "summary.json").read_text())["packing"]
                     packed_runs.append(run)
                 else:
                     n = int(side.split()[2])
@@ -516,7 +517,7 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
         packed_flops = step_flops(mspec, packed_spec.train.batch_size, packed_spec.data.seq_length,
                                   spec.lora.rank, spec.lora.target_modules)
         packed_side = _combine(packed_runs)
-        stats = json.loads((packed_spec.job_dir("train") / "summary.json").read_text())["packing"]
+        stats = packed_runs[0]["packing"]
         packed_info = {"seq_length": packed_spec.data.seq_length, "batch": packed_spec.train.batch_size,
                        "flops": packed_flops["total"], **stats}
     info = reference_runs[threads[0]][0]["info"]

@@ -70,16 +70,8 @@ def row_family(fmt: str, row: dict) -> str:
 
 
 def score_row(fmt: str, prediction: str, row: dict) -> dict:
-    """Verdicts for one answer. math: the contest rule (strict) and the documented tolerance;
-    mcq: the extracted letter equals the reference letter (both verdicts the same)."""
-    if fmt == "math":
-        # the base model does not stop where a tuned one does: score the answer, not what follows it
-        s = scoring.score_math(scoring.trim_generation(prediction), row["reference"])
-        return {"strict": bool(s["strict"]), "tolerant": bool(s["tolerant"]), "extracted": s.get("pred"),
-                "family": row_family(fmt, row)}
-    letter = scoring.extract_choice_letter(prediction)
-    ok = letter == row["reference"]
-    return {"strict": ok, "tolerant": ok, "extracted": letter, "family": row_family(fmt, row)}
+    """Verdicts for one answer (scoring.answer_verdict) and its family."""
+    return {**scoring.answer_verdict(fmt, prediction, row["reference"]), "family": row_family(fmt, row)}
 
 
 def summarize(scored: list[dict]) -> dict:

@@ -65,6 +65,23 @@ def lr_at(step: int, total: int, warmup: int, base: float, min_ratio: float) -> 
     return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def gather_capacity(counts: np.ndarray, plan: dict, spec: RunSpec, world: int) -> int:
+    """The most counted (answer) positions any rank's micro-batch of this run holds, rounded up to a
+    multiple of 8: the static size of the answer-only LM head (mf.answer_only_loss). The data order is
+    known in advance (batch_rows), so this is exact, and the same after a resume."""
+    batch, per_rank = spec.train.batch_size, spec.train.batch_size // world
+    n_rows = len(counts)
+    per_epoch = n_rows // batch
+    micro_total = plan["total_steps"] * spec.train.grad_accum
+    most = 1
+    for epoch in range(-(-micro_total // per_epoch)):
+        perm = np.random.RandomState(spec.train.seed + epoch).permutation(n_rows)[:per_epoch * batch]
+        take = min(per_epoch, micro_total - epoch * per_epoch)
+        per_rank_sums = counts[perm[:take * batch]].reshape(take * world, per_rank).sum(axis=1)
+        most = max(most, int(per_rank_sums.max()))
+    return -(-most // 8) * 8
+
+
 def batch_rows(micro_index: int, n_rows: int, batch_size: int, seed: int) -> np.ndarray:
     """Row indices of global micro-batch `micro_index`: a fresh seeded permutation each epoch."""
     per_epoch = n_rows // batch_size
@@ -99,9 +116,9 @@ def make_train_step(net, optimizer, grad_accum: int, max_grad_norm: float, world
             self.accum = self.weights.clone(prefix="accum", init="zeros") if self.accumulate else None
             self.hyper_map = ops.HyperMap()
 
-        def construct(self, input_ids, labels):
-            loss = self.network(input_ids, labels)
-            grads = self.grad(self.network, self.weights)(input_ids, labels)
+        def construct(self, *inputs):
+            loss = self.network(*inputs)
+            grads = self.grad(self.network, self.weights)(*inputs)
             grads = self.reducer(grads)
             if self.distributed:
                 loss = self.loss_sum(loss) / self.world  # the loss of the whole global batch
@@ -217,7 +234,17 @@ def train(spec: RunSpec) -> Path:
     lr_param = ms.Tensor(spec.train.lr, ms.float32)
     optimizer = nn.AdamWeightDecay(net.trainable_params(), learning_rate=lr_param,
                                    weight_decay=spec.train.weight_decay, eps=1e-8)
-    step_cell, apply_cell = make_train_step(net, optimizer, spec.train.grad_accum, spec.train.max_grad_norm, world)
+    capacity = None
+    if spec.train.lm_head_on_answers:
+        counted = mf.answer_positions(ids, labels, pad_id)
+        capacity = gather_capacity(counted.sum(axis=1), plan, spec, world)
+        log.info("LM head and loss on the answer positions only: at most %d of %d per step on this rank",
+                 capacity, per_rank * (width - 1))
+        loss_cell = mf.answer_only_loss(net)
+    else:
+        loss_cell = net
+    step_cell, apply_cell = make_train_step(loss_cell, optimizer, spec.train.grad_accum, spec.train.max_grad_norm,
+                                            world)
 
     # ---- resume ----
     state_dir, ckpt_dir = out / "state", out / "checkpoints"
@@ -250,7 +277,10 @@ def train(spec: RunSpec) -> Path:
             mine = rows[rank * per_rank:(rank + 1) * per_rank]
             if segment_param is not None:
                 segment_param.set_data(ms.Tensor(segments[mine, :-1]))
-            loss = step_cell(ms.Tensor(ids[mine]), ms.Tensor(labels[mine]))
+            inputs = [ms.Tensor(ids[mine]), ms.Tensor(labels[mine])]
+            if capacity is not None:
+                inputs += [ms.Tensor(x) for x in mf.gather_plan(counted[mine], capacity)]
+            loss = step_cell(*inputs)
             losses.append(float(loss.asnumpy()))
             tokens += int((ids[rows] != pad_id).sum())
         if apply_cell is not None:

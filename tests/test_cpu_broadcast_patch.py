@@ -53,3 +53,50 @@ def test_patched_network_has_the_same_loss_and_gradients(mindformers_env, varian
     for name in grads0:
         scale = np.abs(grads0[name]).max() + 1e-12
         assert np.abs(grads1[name] - grads0[name]).max() < 1e-4 * scale, name
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_answer_only_loss_equals_the_full_forward(mindformers_env, variant):
+    """mf.answer_only_loss runs the LM head on the counted positions only: same loss, same gradients
+    as MindFormers' forward over every position, LoRA included (its B set non-zero)."""
+    from jobs.core import mf
+
+    ms, LlamaConfig, LlamaForCausalLM = mindformers_env
+    spec = VARIANTS[variant]
+    seq, batch = 16, 3
+    rng = np.random.default_rng(11)
+    ids = rng.integers(1, spec.vocab_size, size=(batch, seq + 1)).astype(np.int32)
+    ids[1, 10:] = 0
+    labels = ids.copy()
+    labels[:, :6] = -100
+    labels[1, 10:] = -100
+    counted = mf.answer_positions(ids, labels, 0)
+    capacity = int(counted.sum()) + 5  # padded entries must weigh nothing
+    index, weight = mf.gather_plan(counted, capacity)
+    results = []
+    for answer_only in (False, True):
+        net = mf.build_llama(spec, seq_length=seq, batch_size=batch)
+        weights = np.random.default_rng(2)
+        for name, param in net.parameters_and_names():
+            param.set_data(ms.Tensor(random_parameter(name, tuple(param.shape), weights)))
+        net = mf.add_lora(net, 4, 8, 0.0, "wq|wv")
+        for param in net.trainable_params():
+            param.set_data(ms.Tensor(random_parameter(param.name, tuple(param.shape), weights) * 0.3))
+        net.set_train(True)
+        params = net.trainable_params()
+        if answer_only:
+            cell = mf.answer_only_loss(net)
+            fn = ms.value_and_grad(lambda x, y, i, w: cell(x, y, i, w), None, params)
+            loss, grads = fn(ms.Tensor(ids), ms.Tensor(labels), ms.Tensor(index), ms.Tensor(weight))
+        else:
+            fn = ms.value_and_grad(lambda x, y: net(x, y), None, params)
+            loss, grads = fn(ms.Tensor(ids), ms.Tensor(labels))
+        results.append((float(loss.asnumpy().reshape(-1)[0]), {p.name: g.asnumpy() for p, g in zip(params, grads)}))
+    (loss0, grads0), (loss1, grads1) = results
+    assert np.isfinite(loss0) and loss0 > 1.0
+    assert abs(loss1 - loss0) < 1e-5 * loss0, (loss1, loss0)
+    for name in grads0:
+        scale = np.abs(grads0[name]).max()
+        assert scale > 0 and np.abs(grads1[name] - grads0[name]).max() < 1e-4 * scale, name
+    with pytest.raises(ValueError, match="exceed the planned capacity"):
+        mf.gather_plan(counted, int(counted.sum()) - 1)

@@ -242,3 +242,12 @@ def test_cli_prints_json_and_rejects_bad_input(tmp_path, capsys):
     out = tmp_path / "env.json"
     assert main(["--out", str(out), "--no-freeze"]) == 0
     assert set(json.loads(out.read_text())) == EXPECTED_KEYS
+
+
+def test_spec_hash_names_what_runs_not_where():
+    from jobs.core.config import load_spec
+
+    here = load_spec("recipes/tiny.yaml", ["runs_dir=/tmp/a"])
+    assert load_spec("recipes/tiny.yaml", ["runs_dir=/runs"]).spec_hash() == here.spec_hash()
+    assert load_spec("recipes/tiny.yaml", ["runs_dir=/tmp/a", "train.lr=0.5"]).spec_hash() != here.spec_hash()
+    assert load_spec("recipes/tiny.yaml", ["runs_dir=/tmp/a", "train.packing=true"]).spec_hash() != here.spec_hash()

@@ -110,3 +110,20 @@ def test_train_job_packs_in_graph_mode(tmp_path, tiny_cache):
     assert min(s["tokens"] for s in steps) > 4 * 321 * packing["fill_before"] * 1.5
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["extra"]["packing"]["rows"] == packing["rows"]
+
+
+def test_gather_capacity_is_the_largest_planned_micro_batch():
+    from jobs.core.config import load_spec
+    from jobs.train import batch_rows, gather_capacity
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 50, size=37)
+    for world, accum, steps in ((1, 1, 9), (2, 2, 7), (1, 3, 25)):
+        spec = load_spec("recipes/tiny.yaml", [f"train.grad_accum={accum}", "train.batch_size=4", "train.seed=3"])
+        plan = {"total_steps": steps}
+        most = 0
+        for micro in range(steps * accum):
+            rows = batch_rows(micro, len(counts), 4, 3)
+            for r in range(world):
+                most = max(most, int(counts[rows[r * (4 // world):(r + 1) * (4 // world)]].sum()))
+        assert gather_capacity(counts, plan, spec, world) == -(-most // 8) * 8

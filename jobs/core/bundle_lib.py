@@ -146,13 +146,9 @@ def parse_sha256sums(text: str) -> tuple[dict[str, str], list[str]]:
 # ---- accuracy from predictions ---------------------------------------------------------------
 
 def rescore(fmt: str, answer: str, reference: str) -> tuple[bool, bool]:
-    """(strict, tolerant) for one generated answer, by the rule evaluate applies: math answers
-    are trimmed to the answer before the contest rule reads them; mcq compares the extracted letter."""
-    if fmt == "math":
-        s = scoring.score_math(scoring.trim_generation(answer), reference)
-        return bool(s["strict"]), bool(s["tolerant"])
-    ok = scoring.extract_choice_letter(answer) == reference
-    return ok, ok
+    """(strict, tolerant) for one generated answer, by evaluate's rule (scoring.answer_verdict)."""
+    v = scoring.answer_verdict(fmt, answer, reference)
+    return v["strict"], v["tolerant"]
 
 
 def accuracy_from_predictions(rows: list[dict], fmt: str) -> dict:

@@ -84,6 +84,10 @@ class TrainSection:
     """Pack several samples into each seq_length + 1 row (jobs/core/packing.py), each attending only to
     itself: exact (rotary positions are relative), and no compute is spent on padding. batch_size then
     counts packed rows. Pays off when samples are much shorter than seq_length (contest math at 256)."""
+    lm_head_on_answers: bool = True
+    """Run the LM head and the loss only at the positions the loss counts (mf.answer_only_loss): the same
+    loss and gradients as MindFormers' forward, without the logits of every prompt and pad position.
+    false: MindFormers' own forward."""
     lr: float = 2e-4
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.1
@@ -163,7 +167,10 @@ class RunSpec:
         return _to_plain(self)
 
     def spec_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """What the run computes, not where it writes: runs_dir is left out, so the same spec hashes
+        the same on the host, in a container (/runs) and in a Kubernetes pod."""
+        d = {k: v for k, v in self.to_dict().items() if k != "runs_dir"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---- loading with line numbers -------------------------------------------------------------

@@ -187,6 +187,67 @@ def use_segment_mask(net, batch_size: int, seq_length: int):
     return param
 
 
+def answer_positions(ids: np.ndarray, labels: np.ndarray, pad_id: int) -> np.ndarray:
+    """[rows, seq_length] bool: the positions whose prediction counts in the loss, as MindFormers
+    counts them (the input token is not padding and the shifted label is not IGNORE)."""
+    return (ids[:, :-1] != pad_id) & (labels[:, 1:] >= 0)
+
+
+def gather_plan(counted: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the counted positions of a batch, padded to `capacity` with index 0 at
+    weight 0: (indices int32 [capacity], weights float32 [capacity])."""
+    flat = np.flatnonzero(counted.reshape(-1))
+    if len(flat) > capacity:
+        raise ValueError(f"{len(flat)} counted positions exceed the planned capacity {capacity}")
+    index = np.zeros(capacity, np.int32)
+    weight = np.zeros(capacity, np.float32)
+    index[:len(flat)] = flat
+    weight[:len(flat)] = 1.0
+    return index, weight
+
+
+def answer_only_loss(net):
+    """A training forward that runs the LM head and the loss only where the loss counts.
+
+    MindFormers' LlamaForCausalLM computes logits for every position (batch x seq x vocab) and masks
+    the loss afterwards; with the loss on answers only, most of those logits are thrown away, and the
+    LM head is the largest matmul of a small model (SmolLM2: 28M of 135M weights). This cell runs the
+    decoder stack as MindFormers does (net.model, LoRA layers included), gathers the hidden states of
+    the counted positions (mf.answer_positions; fixed capacity K so the graph is static, padded
+    entries weigh 0), and applies lm_head + log-softmax + the masked mean there only: the same loss
+    and gradients (tests/test_cpu_broadcast_patch.py), a fraction of the LM-head work.
+    Call: cell(input_ids [B, S+1], labels [B, S+1], index [K] int32, weight [K] float32) -> loss."""
+    import mindspore as ms
+    from mindspore import nn, ops
+    from mindspore.ops import operations as P
+
+    llamas = [c for _, c in net.cells_and_names() if type(c).__name__ == "LlamaForCausalLM"]
+    if len(llamas) != 1 or not hasattr(llamas[0], "model") or not hasattr(llamas[0], "lm_head"):
+        raise RuntimeError("no MindFormers LlamaForCausalLM with model and lm_head: update answer_only_loss")
+    llama = llamas[0]
+
+    class AnswerOnlyLoss(nn.Cell):
+        def __init__(self):
+            super().__init__(auto_prefix=False)
+            self.llama = llama
+            self.log_softmax = P.LogSoftmax(-1)
+            self.gather_d = P.GatherD()
+
+        def construct(self, input_ids, labels, index, weight):
+            bsz, width = input_ids.shape
+            tokens = input_ids[:, :width - 1]
+            hidden = self.llama.model(tokens)                          # [B, S, H], final norm applied
+            hidden = hidden.reshape(bsz * (width - 1), -1)
+            picked = ops.gather(hidden, index, 0)                      # [K, H]
+            logits = ops.cast(self.llama.lm_head(picked), ms.float32)  # [K, V]
+            target = ops.gather(labels[:, 1:].reshape(-1), index, 0)
+            logp = self.log_softmax(logits)
+            per_token = -self.gather_d(logp, 1, ops.maximum(target, 0).reshape(-1, 1)).reshape(-1)
+            return (per_token * weight).sum() / (weight.sum() + 1e-8)
+
+    return AnswerOnlyLoss()
+
+
 def load_weights(net, checkpoint: Path, strict: bool = True, allow_missing_lora: bool = True) -> None:
     import mindspore as ms
 

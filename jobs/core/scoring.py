@@ -751,3 +751,15 @@ def passes_retention(tuned: Mapping[str, float], base: Mapping[str, float],
     """The contest's validity rule: the tuned model keeps at least `threshold` (90%) of the base
     model's SQuAD F1 and of its EM."""
     return retention_report(tuned, base, threshold)["passes"]
+
+
+def answer_verdict(fmt: str, answer: str, reference: str) -> dict:
+    """The one rule every place that scores a generated answer applies (evaluate, bundle, verify):
+    math: the answer trimmed to its first answer (a base model does not stop where a tuned one does),
+    then the contest rule (strict) and the documented tolerance; mcq: the extracted letter equals the
+    reference letter (both verdicts the same). Returns {strict, tolerant, extracted}."""
+    if fmt == "math":
+        s = score_math(trim_generation(answer), reference)
+        return {"strict": bool(s["strict"]), "tolerant": bool(s["tolerant"]), "extracted": s.get("pred")}
+    letter = extract_choice_letter(answer)
+    return {"strict": letter == reference, "tolerant": letter == reference, "extracted": letter}
