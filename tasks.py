@@ -263,11 +263,13 @@ def k8s_apply(c, spec=DEFAULT_RECIPE, overlay="local-cpu", image="", namespace="
 
 @task(name="up", help={"recipe": "run spec YAML (default recipes/tiny.yaml)", "profile": "cpu or ascend",
                        "until": "last step to run (prep, train, merge, evaluate, bundle)",
-                       "image": "image tag (default tunebox:VERSION-STACK for the spec's device)"})
-def compose_up(c, recipe="recipes/tiny.yaml", profile="cpu", until="bundle", image=""):
+                       "image": "image tag (default tunebox:VERSION-STACK for the spec's device)",
+                       "fresh": "delete this run's folder in the data volume first (default: resume what is there)"})
+def compose_up(c, recipe="recipes/tiny.yaml", profile="cpu", until="bundle", image="", fresh=False):
     """docker-compose up the job graph for one spec, then report every service's exit code (exit 0 only if all 0)."""
     _in_repo(c, f"{PY} -m images.compose_up --recipe {shlex.quote(recipe)} --profile {shlex.quote(profile)}"
-                f" --until {shlex.quote(until)}" + (f" --image {shlex.quote(image)}" if image else ""))
+                f" --until {shlex.quote(until)}" + (f" --image {shlex.quote(image)}" if image else "")
+                + (" --fresh" if fresh else ""))
 
 
 @task(name="merge", help={"dir": "where the synthetic checkpoints go: the disk measured (default runs/bench-merge)",

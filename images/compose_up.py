@@ -117,7 +117,7 @@ def service_results(client, services: list[str]) -> list[tuple[str, str, Optiona
 
 
 def compose_up(recipe: str = DEFAULT_RECIPE, profile: str = "cpu", until: str = "bundle",
-               image: Optional[str] = None) -> int:
+               image: Optional[str] = None, fresh: bool = False) -> int:
     from images.build import docker_client
 
     if until not in STEPS:
@@ -136,6 +136,10 @@ def compose_up(recipe: str = DEFAULT_RECIPE, profile: str = "cpu", until: str = 
     # could be read back: remove them first.
     subprocess.run(base + ["rm", "--force", "--stop", *services], env=env, cwd=REPO_ROOT,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if fresh:  # a clean run: this run's folder in the data volume goes first (the model cache stays)
+        print(f"compose.up: --fresh: removing /data/runs/{spec.run_id} from the volume tunebox-data", flush=True)
+        client.containers.run(env["TUNEBOX_IMAGE"], entrypoint=["rm", "-rf", f"/data/runs/{spec.run_id}"],
+                              volumes={"tunebox-data": {"bind": "/data", "mode": "rw"}}, remove=True)
     started = time.time()
     # Every step named, so every step's log is attached; depends_on orders them.
     up = subprocess.run(base + ["up", "--no-color", "--no-build", *services], env=env, cwd=REPO_ROOT)
@@ -167,9 +171,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--profile", default="cpu", choices=["cpu", "ascend"])
     parser.add_argument("--until", default="bundle", choices=STEPS, help="last step to run (default: bundle)")
     parser.add_argument("--image", help="image tag (default: tunebox:VERSION-STACK for the spec's device)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete this run's folder in the data volume first (default: resume what is there)")
     args = parser.parse_args(argv)
     from images.build import BuildFailed
-    return guarded("compose.up", lambda: compose_up(args.recipe, args.profile, args.until, args.image),
+    return guarded("compose.up", lambda: compose_up(args.recipe, args.profile, args.until, args.image, args.fresh),
                    known=(BuildFailed,), on_interrupt="containers already started keep running; see `docker compose ps`")
 
 
