@@ -16,11 +16,26 @@ VARIANTS = {
 }
 
 
-def loss_and_grads(ms, net, ids, labels):
-    params = net.trainable_params()
-    fn = ms.value_and_grad(lambda x, y: net(x, y), None, params)
-    loss, grads = fn(ms.Tensor(ids), ms.Tensor(labels))
+def loss_and_grads(ms, cell, params, *arrays):
+    """cell(*arrays) and its gradients with respect to `params`, as numpy, by parameter name."""
+    loss, grads = ms.value_and_grad(lambda *xs: cell(*xs), None, params)(*[ms.Tensor(a) for a in arrays])
     return float(loss.asnumpy().reshape(-1)[0]), {p.name: g.asnumpy() for p, g in zip(params, grads)}
+
+
+def tiny_lora_net(ms, spec, seq: int, batch: int, seed: int):
+    """build_llama (CPU patch applied) with random weights, LoRA r4 on wq|wv whose B is non-zero too
+    (at init it is zero, and a zero path checks nothing), in training mode."""
+    from jobs.core import mf
+
+    net = mf.build_llama(spec, seq_length=seq, batch_size=batch)
+    weights = np.random.default_rng(seed)
+    for name, param in net.parameters_and_names():
+        param.set_data(ms.Tensor(random_parameter(name, tuple(param.shape), weights)))
+    net = mf.add_lora(net, 4, 8, 0.0, "wq|wv")
+    for param in net.trainable_params():
+        param.set_data(ms.Tensor(random_parameter(param.name, tuple(param.shape), weights) * 0.3))
+    net.set_train(True)
+    return net
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -45,7 +60,7 @@ def test_patched_network_has_the_same_loss_and_gradients(mindformers_env, varian
         if patch:
             assert avoid_cpu_broadcast_tables(net) >= 2 * spec.num_layers + 2
         net.set_train(True)
-        results.append(loss_and_grads(ms, net, ids, labels))
+        results.append(loss_and_grads(ms, net, net.trainable_params(), ids, labels))
     (loss0, grads0), (loss1, grads1) = results
     assert np.isfinite(loss0) and loss0 > 1.0
     assert abs(loss1 - loss0) < 1e-5 * loss0
@@ -61,7 +76,7 @@ def test_answer_only_loss_equals_the_full_forward(mindformers_env, variant):
     as MindFormers' forward over every position, LoRA included (its B set non-zero)."""
     from jobs.core import mf
 
-    ms, LlamaConfig, LlamaForCausalLM = mindformers_env
+    ms = mindformers_env[0]
     spec = VARIANTS[variant]
     seq, batch = 16, 3
     rng = np.random.default_rng(11)
@@ -75,23 +90,12 @@ def test_answer_only_loss_equals_the_full_forward(mindformers_env, variant):
     index, weight = mf.gather_plan(counted, capacity)
     results = []
     for answer_only in (False, True):
-        net = mf.build_llama(spec, seq_length=seq, batch_size=batch)
-        weights = np.random.default_rng(2)
-        for name, param in net.parameters_and_names():
-            param.set_data(ms.Tensor(random_parameter(name, tuple(param.shape), weights)))
-        net = mf.add_lora(net, 4, 8, 0.0, "wq|wv")
-        for param in net.trainable_params():
-            param.set_data(ms.Tensor(random_parameter(param.name, tuple(param.shape), weights) * 0.3))
-        net.set_train(True)
-        params = net.trainable_params()
+        net = tiny_lora_net(ms, spec, seq, batch, seed=2)
         if answer_only:
-            cell = mf.answer_only_loss(net)
-            fn = ms.value_and_grad(lambda x, y, i, w: cell(x, y, i, w), None, params)
-            loss, grads = fn(ms.Tensor(ids), ms.Tensor(labels), ms.Tensor(index), ms.Tensor(weight))
+            results.append(loss_and_grads(ms, mf.answer_only_loss(net), net.trainable_params(),
+                                          ids, labels, index, weight))
         else:
-            fn = ms.value_and_grad(lambda x, y: net(x, y), None, params)
-            loss, grads = fn(ms.Tensor(ids), ms.Tensor(labels))
-        results.append((float(loss.asnumpy().reshape(-1)[0]), {p.name: g.asnumpy() for p, g in zip(params, grads)}))
+            results.append(loss_and_grads(ms, net, net.trainable_params(), ids, labels))
     (loss0, grads0), (loss1, grads1) = results
     assert np.isfinite(loss0) and loss0 > 1.0
     assert abs(loss1 - loss0) < 1e-5 * loss0, (loss1, loss0)

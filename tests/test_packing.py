@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from jobs.core.packing import first_fit_decreasing, pack_rows, sample_lengths
-from test_decode import mindformers_env, random_parameter  # noqa: F401  (fixture)
+from test_cpu_broadcast_patch import loss_and_grads, tiny_lora_net
+from test_decode import mindformers_env  # noqa: F401  (fixture)
 
 PAD, IGNORE = 0, -100
 
@@ -63,26 +64,15 @@ def test_packed_batch_trains_like_the_unpacked_samples(mindformers_env):
     pids, plabels, segs, stats = pack_rows(ids, labels, PAD)
     assert stats["rows"] <= 4 and stats["max_samples_per_row"] >= 2
 
-    def loss_and_grads(batch_ids, batch_labels, segments):
-        net = mf.build_llama(spec, seq_length=width - 1, batch_size=len(batch_ids))
-        weights = np.random.default_rng(1)
-        for name, param in net.parameters_and_names():
-            param.set_data(ms.Tensor(random_parameter(name, tuple(param.shape), weights)))
-        net = mf.add_lora(net, 4, 8, 0.0, "wq|wv")
-        for param in net.trainable_params():  # LoRA B is zero at init: give it values so its path counts
-            param.set_data(ms.Tensor(random_parameter(param.name, tuple(param.shape), weights) * 0.3))
+    def run(batch_ids, batch_labels, segments):
+        net = tiny_lora_net(ms, spec, width - 1, len(batch_ids), seed=1)
         if segments is not None:
             mf.use_segment_mask(net, len(batch_ids), width - 1).set_data(ms.Tensor(segments[:, :-1]))
-        net.set_train(True)
-        params = net.trainable_params()
-        loss, grads = ms.value_and_grad(lambda x, y: net(x, y), None, params)(ms.Tensor(batch_ids),
-                                                                              ms.Tensor(batch_labels))
-        names = [p.name for p in params]
         assert mf.count_total(net) == spec.total_params()
-        return float(loss.asnumpy().reshape(-1)[0]), {n: g.asnumpy() for n, g in zip(names, grads)}
+        return loss_and_grads(ms, net, net.trainable_params(), batch_ids, batch_labels)
 
-    loss_u, grads_u = loss_and_grads(ids, labels, None)
-    loss_p, grads_p = loss_and_grads(pids, plabels, segs)
+    loss_u, grads_u = run(ids, labels, None)
+    loss_p, grads_p = run(pids, plabels, segs)
     assert np.isfinite(loss_u) and loss_u > 1.0
     assert abs(loss_p - loss_u) < 1e-5 * loss_u, (loss_p, loss_u)
     assert grads_u.keys() == grads_p.keys() and len(grads_u) == 2 * 2 * spec.num_layers
