@@ -75,18 +75,23 @@ def gather_capacity(counts: np.ndarray, plan: dict, spec: RunSpec, world: int) -
     micro_total = plan["total_steps"] * spec.train.grad_accum
     most = 1
     for epoch in range(-(-micro_total // per_epoch)):
-        perm = np.random.RandomState(spec.train.seed + epoch).permutation(n_rows)[:per_epoch * batch]
+        perm = epoch_order(epoch, n_rows, spec.train.seed)
         take = min(per_epoch, micro_total - epoch * per_epoch)
         per_rank_sums = counts[perm[:take * batch]].reshape(take * world, per_rank).sum(axis=1)
         most = max(most, int(per_rank_sums.max()))
     return -(-most // 8) * 8
 
 
+def epoch_order(epoch: int, n_rows: int, seed: int) -> np.ndarray:
+    """The order rows are read in during `epoch`: a fresh seeded permutation each epoch."""
+    return np.random.RandomState(seed + epoch).permutation(n_rows)
+
+
 def batch_rows(micro_index: int, n_rows: int, batch_size: int, seed: int) -> np.ndarray:
-    """Row indices of global micro-batch `micro_index`: a fresh seeded permutation each epoch."""
+    """Row indices of global micro-batch `micro_index` (consecutive slices of epoch_order)."""
     per_epoch = n_rows // batch_size
     epoch, within = divmod(micro_index, per_epoch)
-    perm = np.random.RandomState(seed + epoch).permutation(n_rows)
+    perm = epoch_order(epoch, n_rows, seed)
     return perm[within * batch_size:(within + 1) * batch_size]
 
 

@@ -139,6 +139,16 @@ def avoid_cpu_broadcast_tables(net) -> int:
     return sum(seen.values())
 
 
+def _one_cell(net, kind: str, *attrs: str):
+    """The one cell of type `kind` (by class name) in the network, which must have `attrs`; raises
+    when MindFormers renamed or restructured it, so a patch cannot silently stop applying."""
+    found = [c for _, c in net.cells_and_names() if type(c).__name__ == kind]
+    if len(found) != 1 or not all(hasattr(found[0], a) for a in attrs):
+        raise RuntimeError(f"expected one MindFormers {kind} with {', '.join(attrs)} in the network, found "
+                           f"{len(found)}: update jobs/core/mf.py for this MindFormers version")
+    return found[0]
+
+
 SEGMENTS_PARAM = "tunebox_packing_segments"
 
 
@@ -152,11 +162,7 @@ def use_segment_mask(net, batch_size: int, seq_length: int):
     import mindspore as ms
     from mindspore import Parameter, Tensor, nn, ops
 
-    models = [c for _, c in net.cells_and_names() if type(c).__name__ == "LlamaModel"]
-    if len(models) != 1 or not hasattr(models[0], "casual_mask"):
-        raise RuntimeError("no MindFormers LlamaModel with a casual_mask in the network: "
-                           "update use_segment_mask for this MindFormers version")
-    model = models[0]
+    model = _one_cell(net, "LlamaModel", "casual_mask")
     flash = bool(getattr(model, "use_flash_attention", False))
     dtype = getattr(model, "dtype", ms.float32)
 
@@ -214,24 +220,18 @@ def answer_only_loss(net):
     LM head is the largest matmul of a small model (SmolLM2: 28M of 135M weights). This cell runs the
     decoder stack as MindFormers does (net.model, LoRA layers included), gathers the hidden states of
     the counted positions (mf.answer_positions; fixed capacity K so the graph is static, padded
-    entries weigh 0), and applies lm_head + log-softmax + the masked mean there only: the same loss
-    and gradients (tests/test_cpu_broadcast_patch.py), a fraction of the LM-head work.
+    entries weigh 0), and applies lm_head and the network's own loss (a masked mean) there only: the
+    same loss and gradients (tests/test_cpu_broadcast_patch.py), a fraction of the LM-head work.
     Call: cell(input_ids [B, S+1], labels [B, S+1], index [K] int32, weight [K] float32) -> loss."""
     import mindspore as ms
     from mindspore import nn, ops
-    from mindspore.ops import operations as P
 
-    llamas = [c for _, c in net.cells_and_names() if type(c).__name__ == "LlamaForCausalLM"]
-    if len(llamas) != 1 or not hasattr(llamas[0], "model") or not hasattr(llamas[0], "lm_head"):
-        raise RuntimeError("no MindFormers LlamaForCausalLM with model and lm_head: update answer_only_loss")
-    llama = llamas[0]
+    llama = _one_cell(net, "LlamaForCausalLM", "model", "lm_head", "loss")
 
     class AnswerOnlyLoss(nn.Cell):
         def __init__(self):
             super().__init__(auto_prefix=False)
             self.llama = llama
-            self.log_softmax = P.LogSoftmax(-1)
-            self.gather_d = P.GatherD()
 
         def construct(self, input_ids, labels, index, weight):
             bsz, width = input_ids.shape
@@ -241,9 +241,8 @@ def answer_only_loss(net):
             picked = ops.gather(hidden, index, 0)                      # [K, H]
             logits = ops.cast(self.llama.lm_head(picked), ms.float32)  # [K, V]
             target = ops.gather(labels[:, 1:].reshape(-1), index, 0)
-            logp = self.log_softmax(logits)
-            per_token = -self.gather_d(logp, 1, ops.maximum(target, 0).reshape(-1, 1)).reshape(-1)
-            return (per_token * weight).sum() / (weight.sum() + 1e-8)
+            # the network's own loss (masked mean; on CPU the patched one): padded entries weigh 0
+            return self.llama.loss(logits, target, weight)
 
     return AnswerOnlyLoss()
 
