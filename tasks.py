@@ -40,6 +40,16 @@ def train(c, recipe=DEFAULT_RECIPE, set=None):
 
 
 @task(help=_SET_HELP, iterable=["set"])
+def mindformers_yaml(c, recipe=DEFAULT_RECIPE, set=None):
+    """Render runs/<id>/train/mindformers.yaml (the MindFormers finetune config train runs) without training.
+
+    Needs prep's output (the data files and the answer-only head's size come from it). Run it with stock
+    MindFormers: REGISTER_PATH=jobs/core python run_mindformer.py --config runs/<id>/train/mindformers.yaml
+    (README, "MindFormers YAML")."""
+    _job(c, "train", recipe, set, extra="--render-only")
+
+
+@task(help=_SET_HELP, iterable=["set"])
 def merge(c, recipe=DEFAULT_RECIPE, set=None):
     """Each LoRA checkpoint -> a full merged MindFormers checkpoint (W + alpha/r * B A)."""
     _job(c, "merge", recipe, set)

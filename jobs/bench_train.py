@@ -8,12 +8,14 @@ One invocation:
   1. prep: the recipe's real data into a temporary runs dir (`python -m jobs.prep`);
   2. this CPU's FP32 matmul peak: numpy and torch sgemm on n x n (n = 2048, 3072, 4096), best of 5,
      measured before and again after the sides (the better counts: other work lowers it);
-  3. (a) tunebox: `python -m jobs.train --set train.max_steps=STEPS+1` as a subprocess; tokens and
-     seconds per step from its loss.jsonl; the first step (graph compile + one step) is reported
-     on its own and left out of the throughput;
-     (b) the reference: `python -m jobs.bench_ref_torch` as a subprocess, on the very rows the train
-     job used at each step (checked against loss.jsonl's batch_sha1), with the train job's learning
-     rate schedule, weight decay and gradient clipping; its first step is left out the same way. It runs
+  3. (a) tunebox: `python -m jobs.train --set train.max_steps=STEPS+1 --set train.shuffle=false` as a
+     subprocess (MindFormers' Trainer); seconds per step from its loss.jsonl, tokens per step counted
+     from the rows it read (unshuffled: step i reads prep's rows i*B .. i*B+B-1); the first step
+     (graph compile + one step) is reported on its own and left out of the throughput;
+     (b) the reference: `python -m jobs.bench_ref_torch` as a subprocess, on those same rows, with
+     MindFormers' learning rate schedule (CosineWithWarmUpLR, mindformers_lr below; checked against
+     the lr the train job logged), weight decay and gradient clipping; its first step is left out the
+     same way. It runs
      once per --threads value (default 2 and 1: torch's OpenMP threads spin-wait on each other when
      other work holds the cores, so on a shared machine one thread can beat two); the ratios use the
      faster.
@@ -48,8 +50,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
+import math
 import os
 import shlex
 import shutil
@@ -111,9 +113,20 @@ def steady_throughput(steps: list[dict], skip: int = 1) -> dict:
             "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"]}
 
 
-def rows_sha1(rows: np.ndarray) -> str:
-    """What train.py logs as batch_sha1 for a step (grad_accum 1): sha1 of the row indices' bytes."""
-    return hashlib.sha1(np.asarray(rows).tobytes()).hexdigest()
+def step_rows(step: int, batch: int) -> np.ndarray:
+    """The rows MindFormers' unshuffled MindDataset feeds step `step` (0-based, within the first epoch)."""
+    return np.arange(step * batch, (step + 1) * batch)
+
+
+def mindformers_lr(step: int, total: int, warmup: int, lr: float, lr_end: float) -> float:
+    """MindFormers' CosineWithWarmUpLR (core/lr/lr_schedule.py) at global step `step` (0-based), as
+    the train job's rendered config sets it up (warmup_steps, lr_end, total_steps, num_cycles 0.5)."""
+    if step >= total:
+        return lr_end
+    if warmup and step < warmup:
+        return lr * step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr_end + (lr - lr_end) * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 # ---- measuring -----------------------------------------------------------------------------
@@ -203,7 +216,7 @@ def _check_ran(result: dict, what: str) -> None:
 def bench_overrides(spec: RunSpec, runs_dir: Path, total_steps: int) -> list[str]:
     """--set overrides for prep/train: a private runs dir and a short run. The train job wants at
     least num_checkpoints steps; checkpoint writing is outside its timed step either way."""
-    sets = [f"runs_dir={runs_dir}", f"train.max_steps={total_steps}"]
+    sets = [f"runs_dir={runs_dir}", f"train.max_steps={total_steps}", "train.shuffle=false"]
     if spec.train.num_checkpoints > total_steps:
         sets.append(f"train.num_checkpoints={total_steps}")
     return sets
@@ -218,17 +231,19 @@ def job_command(name: str, recipe: str, overrides: list[str]) -> list[str]:
 
 def export_reference_inputs(work: Path, spec: RunSpec, mspec: ModelSpec, ids: np.ndarray, labels: np.ndarray,
                             total_steps: int, pad_id: int, base_ckpt: Path) -> list[str]:
-    """Write what bench_ref_torch reads (see its docstring); returns the per-step batch sha1s."""
+    """Write what bench_ref_torch reads (see its docstring); returns the tokens of each step."""
     from safetensors.numpy import save_file
 
     from .core.weights import load_checkpoint_arrays, mindformers_name_to_hf
-    # The train job's own schedule, so both sides see the same rows and learning rates.
-    from .train import batch_rows, lr_at, plan_steps
+    from .train import plan_steps
 
     plan = plan_steps(len(ids), spec)
-    rows = [batch_rows(step, len(ids), spec.train.batch_size, spec.train.seed) for step in range(total_steps)]
-    lrs = [lr_at(step, plan["total_steps"], plan["warmup_steps"], spec.train.lr, spec.train.min_lr_ratio)
-           for step in range(total_steps)]
+    if total_steps > plan["batches_per_epoch"]:
+        raise InputError(f"--steps {total_steps} is more than one epoch of the recipe's data "
+                         f"({plan['batches_per_epoch']} steps)", spec.source_path)
+    rows = [step_rows(step, spec.train.batch_size) for step in range(total_steps)]
+    lrs = [mindformers_lr(step, plan["total_steps"], plan["warmup_steps"], spec.train.lr,
+                          spec.train.lr * spec.train.min_lr_ratio) for step in range(total_steps)]
     work.mkdir(parents=True, exist_ok=True)
     np.savez(work / "batches.npz", ids=np.stack([ids[r] for r in rows]), labels=np.stack([labels[r] for r in rows]),
              lr=np.asarray(lrs, dtype=np.float64))
@@ -243,16 +258,34 @@ def export_reference_inputs(work: Path, spec: RunSpec, mspec: ModelSpec, ids: np
         "expected_trainable": mspec.lora_params(spec.lora.rank, spec.lora.target_modules),
         "weight_decay": spec.train.weight_decay, "max_grad_norm": spec.train.max_grad_norm,
         "pad_id": pad_id, "seed": spec.train.seed})
-    return [rows_sha1(r) for r in rows]
+    return [count_tokens(ids[r], pad_id) for r in rows], lrs
 
 
-def run_tunebox(recipe: str, overrides: list[str], spec: RunSpec, log_path: Path) -> dict:
+def run_tunebox(recipe: str, overrides: list[str], spec: RunSpec, log_path: Path,
+                tokens: Optional[list[int]] = None) -> dict:
+    """The train job as a subprocess; `tokens`: each step's token count (the rows it reads, unshuffled);
+    None for the packed side, whose rows are counted from its packed data."""
     shutil.rmtree(spec.job_dir("train"), ignore_errors=True)     # a fresh run, never a resume
     measured = run_measured(job_command("train", recipe, overrides), log_path)
     _check_ran(measured, "the tunebox train job")
     loss_file = spec.job_dir("train") / "loss.jsonl"
     steps = [json.loads(line) for line in loss_file.read_text().splitlines() if line.strip()]
+    if tokens is None:
+        from .core.data import load_tokenizer
+
+        pad_id = load_tokenizer(spec).pad_id
+        ids = _read_column(spec.job_dir("train") / "packed.mindrecord")
+        tokens = [count_tokens(ids[step_rows(i, spec.train.batch_size)], pad_id) for i in range(len(steps))]
+    for step, n in zip(steps, tokens):
+        step["tokens"] = n
     return {"measured": measured, "steps": steps, "steady": steady_throughput(steps)}
+
+
+def _read_column(path: Path) -> np.ndarray:
+    import mindspore.dataset as ds
+
+    data = ds.MindDataset(str(path), columns_list=["input_ids"], shuffle=False)
+    return np.stack([row[0] for row in data.create_tuple_iterator(output_numpy=True, num_epochs=1)])
 
 
 def run_reference(work: Path, threads: int, log_path: Path) -> dict:
@@ -458,7 +491,8 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
         pad_id = load_tokenizer(spec).pad_id
         base_ckpt = spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
         ref_dir = work / "reference"
-        expected_sha1 = export_reference_inputs(ref_dir, spec, mspec, ids, labels, total_steps, pad_id, base_ckpt)
+        expected_tokens, expected_lrs = export_reference_inputs(ref_dir, spec, mspec, ids, labels, total_steps,
+                                                                pad_id, base_ckpt)
         del ids, labels
 
         peaks = [measure_peak(max(threads), peak_sizes)]
@@ -478,11 +512,11 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
             for side in (sides if rep % 2 == 0 else sides[::-1]):   # alternate, so drifting load hits all sides
                 print(f"[{rep + 1}/{repeats}] {side}: {total_steps} steps...", flush=True)
                 if side == "tunebox":
-                    run = run_tunebox(recipe, overrides, spec, work / f"tunebox-{rep}.log")
-                    logged = [s["batch_sha1"] for s in run["steps"]]
-                    if logged != expected_sha1:
-                        raise RuntimeError("the train job's batches differ from the ones the reference was given "
-                                           "(batch_sha1 in loss.jsonl); bench_train's row selection is out of date")
+                    run = run_tunebox(recipe, overrides, spec, work / f"tunebox-{rep}.log", expected_tokens)
+                    logged = [s["lr"] for s in run["steps"]]
+                    if not np.allclose(logged, expected_lrs, rtol=1e-5, atol=1e-12):
+                        raise RuntimeError("the train job's learning rates differ from the ones the reference was "
+                                           f"given ({logged[:3]} vs {expected_lrs[:3]}); mindformers_lr is out of date")
                     tunebox_runs.append(run)
                 elif side == "tunebox, packed":
                     run = run_tunebox(recipe, packed_overrides, packed_spec, work / f"tunebox-packed-{rep}.log")

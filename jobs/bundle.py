@@ -9,6 +9,10 @@
   checkpoints/step-N/model.ckpt   the five merged full checkpoints: hard links to merge's files
                         (a copy, logged, only when the submission is on another filesystem)
   tokenizer/            the tokenizer the run used, so the checkpoints can be evaluated from the folder alone
+  mindformers/          what a judge with MindFormers needs: finetune.yaml (the config train ran, its
+                        machine paths made relative), predict.yaml (the chosen merged checkpoint with
+                        the tokenizer above), mf_extensions.py (the classes the YAML registers;
+                        REGISTER_PATH=mindformers/) and README.md (the commands)
   logs/                 mirrors runs/<run_id>/: every job's manifest.json, record.jsonl, prep's stats,
                         held-out rows and rejects, train's loss.jsonl/loss.csv/summary.json and
                         checkpoint index, merge's index, evaluate's predictions, scores and reports
@@ -110,6 +114,64 @@ def merged_checkpoints(spec: RunSpec, train_index: dict, merge_index: dict) -> l
             raise InputError(f"merged checkpoint of step {step} is missing: run merge again", path)
         out.append({"step": step, "train_loss": e.get("train_loss"), "path": path, "sha256": e.get("sha256")})
     return out
+
+
+# ---- the MindFormers files --------------------------------------------------------------------
+
+MF_README = """# Running this submission with MindFormers
+
+finetune.yaml is the MindFormers config the training ran (runs/<id>/train/mindformers.yaml), with
+its machine paths made relative to this folder's parent: point `load_checkpoint` at the base model's
+MindFormers checkpoint and `train_dataset.data_loader.dataset_dir` at the MindRecord before running it.
+The classes it names with `auto_register` are in mf_extensions.py, found through REGISTER_PATH.
+
+    cd mindformers
+    REGISTER_PATH=$PWD python /path/to/mindformers/run_mindformer.py --config finetune.yaml --run_mode finetune
+    python /path/to/mindformers/run_mindformer.py --config predict.yaml --run_mode predict \\
+        --predict_data "1 + 1 = ?"
+
+predict.yaml loads {checkpoint} (the chosen checkpoint) with ../tokenizer/tokenizer.json;
+set `load_checkpoint` to another checkpoints/step-N/model.ckpt to try the others.
+"""
+
+
+def portable_finetune_config(config: dict, run_dir: Path) -> dict:
+    """The as-run MindFormers config with every path under the run folder made relative to the
+    submission's mindformers/ folder (../run/...), the base checkpoint and data named by role."""
+    cfg = json.loads(json.dumps(config))
+    cfg["output_dir"] = "./output"
+    cfg["load_checkpoint"] = "../base/model.ckpt"
+    loader = cfg["train_dataset"]["data_loader"]
+    loader.pop("dataset_files", None)
+    loader["dataset_dir"] = "../data/train.mindrecord"
+    cfg["train_dataset_task"]["dataset_config"] = cfg["train_dataset"]
+    for cb in cfg.get("callbacks", []):
+        if "directory" in cb:
+            cb["directory"] = "./output"
+        if "path" in cb:
+            cb["path"] = "./output/loss.jsonl"
+    strategy = cfg.get("parallel", {}).get("strategy_ckpt_save_file")
+    if strategy:
+        cfg["parallel"]["strategy_ckpt_save_file"] = "./output/strategy/ckpt_strategy.ckpt"
+    text = json.dumps(cfg)
+    if str(run_dir) in text:
+        raise RuntimeError(f"the portable MindFormers config still names {run_dir}: update portable_finetune_config")
+    return cfg
+
+
+def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int) -> None:
+    import yaml
+
+    from .core.mf_config import EXTENSIONS_FILE, dump, render_predict_config
+
+    folder.mkdir()
+    as_run = yaml.safe_load((spec.job_dir("train") / "mindformers.yaml").read_text(encoding="utf-8"))
+    atomic_write_text(folder / "finetune.yaml", dump(portable_finetune_config(as_run, spec.run_dir)))
+    checkpoint = f"../{bl.checkpoint_file(chosen_step)}"
+    atomic_write_text(folder / "predict.yaml", dump(render_predict_config(
+        spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens)))
+    shutil.copy2(EXTENSIONS_FILE, folder / EXTENSIONS_FILE.name)
+    atomic_write_text(folder / "README.md", MF_README.format(checkpoint=checkpoint))
 
 
 # ---- putting files in place ------------------------------------------------------------------
@@ -495,6 +557,8 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
             log.warning("evaluate's report recommends %s, the submission rule chooses %s (%s)",
                         results["evaluate_best"], results["chosen"]["model"], results["chosen"]["reason"])
         atomic_write_json(tmp / "results.json", results)
+        chosen = bl.step_of_dir(results["chosen"]["model"] or "") or checkpoints[-1]["step"]
+        write_mindformers_files(spec, tmp / "mindformers", chosen)
         env = bl.environment_record(manifests)
         atomic_write_json(tmp / "environment.json", env)
         atomic_write_text(tmp / "ENVIRONMENT.md", bl.render_environment(env))

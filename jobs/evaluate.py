@@ -662,7 +662,7 @@ def scale_dial(spec: RunSpec, target: dict, scales: list[float], task: HeldoutTa
     base_ckpt = Path(merge_index["base_checkpoint"])
     if not target.get("lora_file"):
         raise InputError(f"merge/index.json names no LoRA file for {target['name']}: run merge again")
-    lora_file = spec.job_dir("train") / "checkpoints" / target["lora_file"]
+    lora_file = spec.job_dir("train") / target["lora_file"]
     lora_sha, base_sha = sha256_file(lora_file), sha256_file(base_ckpt)
     arrays: dict = {}
 

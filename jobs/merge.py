@@ -1,4 +1,5 @@
-"""merge: every LoRA checkpoint of the train job -> a full MindFormers checkpoint,
+"""merge: every LoRA checkpoint of the train job (MindFormers' checkpoint_trainable/rank_0/ files,
+listed in train/checkpoints/index.json) -> a full MindFormers checkpoint,
 W' = W + scale * (alpha / r) * B @ A for each adapted projection; other tensors copied.
 
 Outputs, under runs/<run_id>/merge/:
@@ -28,8 +29,8 @@ log = logging.getLogger("tunebox.merge")
 def merge(spec: RunSpec, scale: float = 1.0) -> Path:
     from .core.weights import ensure_model
 
-    ckpt_dir = spec.job_dir("train") / "checkpoints"
-    index_file = ckpt_dir / "index.json"
+    train_dir = spec.job_dir("train")
+    index_file = train_dir / "checkpoints" / "index.json"
     if not index_file.exists():
         raise InputError(f"{index_file} not found: run train first")
     train_index = json.loads(index_file.read_text())
@@ -42,18 +43,21 @@ def merge(spec: RunSpec, scale: float = 1.0) -> Path:
     out_index_file = out / "index.json"
     done = {e["step"]: e for e in json.loads(out_index_file.read_text())["checkpoints"]} if out_index_file.exists() else {}
 
+    out_type = {"float32": "Float32", "float16": "Float16", "bfloat16": "BFloat16"}.get(spec.merge.dtype)
     entries = []
     for entry in tqdm(train_index["checkpoints"], desc="merge", unit="ckpt"):
         step = entry["step"]
         target = out / f"step-{step:06d}" / "model.ckpt"
         prev = done.get(step)
-        if prev and target.exists() and prev.get("scale") == scale and sha256_file(target) == prev["sha256"]:
+        if prev and target.exists() and prev.get("scale") == scale and prev.get("dtype") == spec.merge.dtype \
+                and sha256_file(target) == prev["sha256"]:
             entries.append(prev)
             continue
         # tensor by tensor: memory stays flat whatever the model size (docs/BENCHMARKS.md, bench.merge)
-        stats = merge_streaming(base_ckpt, ckpt_dir / entry["file"], target, spec.lora.alpha, spec.lora.rank,
-                                scale, progress=False, sha256=True)
+        stats = merge_streaming(base_ckpt, train_dir / entry["file"], target, spec.lora.alpha, spec.lora.rank,
+                                scale, progress=False, sha256=True, out_type=out_type)
         entries.append({"step": step, "epoch": entry["epoch"], "train_loss": entry["loss"], "scale": scale,
+                        "dtype": spec.merge.dtype,
                         "file": str(target.relative_to(out)), "lora_file": entry["file"],
                         "sha256": stats.sha256, "bytes": stats.bytes_written})
         atomic_write_json(out_index_file, {"base_checkpoint": str(base_ckpt), "checkpoints": entries})

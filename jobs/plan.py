@@ -172,6 +172,26 @@ def render_time(est: budget.TimeEstimate, origins: dict, reference_mfu: float) -
     return "\n".join(lines)
 
 
+def render_memory(mspec, spec, origins: dict, lora_trainable: int) -> str:
+    """Per-card memory of the recipe's topology (train.parallel), by part."""
+    from .core.mf_config import topology
+
+    topo = topology(spec)
+    mem = budget.card_memory(mspec, seq_length=origins["seq"][0], global_batch=origins["batch"][0],
+                             data_parallel=topo.data_parallel, model_parallel=topo.model_parallel,
+                             pipeline_stage=topo.pipeline_stage, micro_batch_num=topo.micro_batch_num,
+                             dtype=spec.train.dtype, lora_trainable=lora_trainable,
+                             recompute=spec.train.parallel.recompute)
+    gib = lambda x: f"{x / 2 ** 30:.1f} GiB"
+    return "\n".join([
+        "", f"Per-card memory, {spec.train.workers} workers = data_parallel {topo.data_parallel} x model_parallel "
+            f"{topo.model_parallel} x pipeline_stage {topo.pipeline_stage}, micro-batch {mem.micro_batch}, "
+            f"{spec.train.dtype}, recompute {'on' if spec.train.parallel.recompute else 'off'}:",
+        f"  weights {gib(mem.weights)} + LoRA and AdamW state {gib(mem.lora_state)} + activations "
+        f"{gib(mem.activations)} + logits {gib(mem.logits)} = {gib(mem.total)} "
+        f"(estimate: budget.card_memory; framework workspace comes on top)"])
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -198,6 +218,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     print(render_lora_table(plan, (rank, targets) if s["lora"][2] == "recipe" else None))
     print(render_time(est, origins, reference_mfu))
+    if s["spec"] is not None:
+        print(render_memory(s["model"], s["spec"], origins, s["model"].lora_params(rank, targets)))
     return 0
 
 

@@ -1,22 +1,31 @@
-"""train: LoRA fine-tuning of a MindFormers Llama with mindpet LoRA, GRAPH mode, AdamW with
-warmup + cosine, gradient accumulation, data parallel through msrun when train.workers > 1.
+"""train: LoRA fine-tuning through MindFormers' own Trainer, from a MindFormers YAML rendered from the
+run spec. The same file runs on CPU here and on Ascend there, and with stock MindFormers.
 
-Outputs, under runs/<run_id>/train/:
-  checkpoints/lora-step{N}.ckpt   LoRA matrices at train.num_checkpoints evenly spaced steps
-  checkpoints/index.json          those checkpoints: step, epoch, loss
-  state/resume.ckpt + resume.json LoRA + optimizer state every train.save_state_every steps
-  loss.jsonl, loss.csv            one line per optimizer step (loss, lr, tokens/s, batch hash)
+Steps: read prep's MindRecord, plan the steps (epochs, the evenly spaced checkpoint steps), pack the
+rows into train/packed.mindrecord when train.packing is on, render runs/<id>/train/mindformers.yaml
+(jobs/core/mf_config.py), then run MindFormers' Trainer on it: in this process, or under msrun with
+train.workers processes (train_worker.py), or on a cluster whose operator starts the workers.
+
+Outputs, under runs/<run_id>/train/ (MindFormers' layout, output_dir = this folder):
+  mindformers.yaml                 the MindFormers config that ran (hand it to stock MindFormers)
+  checkpoint_trainable/rank_0/     the LoRA matrices at the train.num_checkpoints planned steps
+  checkpoint/rank_0/               full checkpoints (weights + optimizer state) for resume_training
+  checkpoints/index.json           the planned checkpoints: global step, epoch, loss, file
+  log/                             MindFormers' own logs (every rank), msrun/ the workers' consoles
+  loss.jsonl, loss.csv             one line per optimizer step (loss, lr, seconds)
   summary.json, manifest.json
 
-Killed (even with kill -9) and started again with the same command, it resumes from the last
-snapshot: the data order is a pure function of (seed, step), so no step is repeated or skipped.
+Killed (even with kill -9) and started again with the same command, it resumes through MindFormers'
+resume_training from the last full checkpoint (every train.save_state_every steps): the optimizer
+state, the step and the dataset position (MindFormers skips the batches already seen) come back,
+so the loss log continues as if nothing happened (tests/test_spine.py compares with a run that was
+never interrupted).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import subprocess
@@ -25,25 +34,26 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .core.cli import run_job
 from .core.config import RunSpec
-from .core.io import InputError, append_jsonl, atomic_write_json, atomic_write_text
+from .core.io import InputError, atomic_write_json, atomic_write_text
 from .core.manifest import write_job_manifest
 from .core.models import get_model_spec
 
 log = logging.getLogger("tunebox.train")
 
 
-# ---- the schedule: pure functions of the spec, so a restart recomputes the same plan ----------
+# ---- the plan: pure functions of the spec and the row count --------------------------------------
 
 def plan_steps(n_rows: int, spec: RunSpec) -> dict:
+    """Optimizer steps, steps per epoch (MindFormers drops the last partial batch of an epoch), warmup
+    and the evenly spaced checkpoint steps."""
     t = spec.train
     if n_rows < t.batch_size:
         raise InputError(f"{n_rows} training rows is fewer than one batch (train.batch_size={t.batch_size})")
-    batches_per_epoch = n_rows // t.batch_size           # the last partial batch of an epoch is dropped
-    total = t.max_steps if t.max_steps is not None else int(t.epochs * batches_per_epoch) // t.grad_accum
+    batches_per_epoch = n_rows // (t.batch_size * t.grad_accum)
+    total = t.max_steps if t.max_steps is not None else int(t.epochs * batches_per_epoch)
     if total < t.num_checkpoints:
         raise InputError(f"only {total} optimizer steps: fewer than train.num_checkpoints={t.num_checkpoints}; "
                          f"raise train.epochs or lower train.batch_size / train.grad_accum")
@@ -57,116 +67,124 @@ def checkpoint_steps(total: int, k: int) -> list[int]:
     return [int(round(total * i / k)) for i in range(1, k + 1)]
 
 
-def lr_at(step: int, total: int, warmup: int, base: float, min_ratio: float) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to base*min_ratio."""
-    if warmup and step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+def answer_capacity(ids: np.ndarray, labels: np.ndarray, pad_id: int) -> int:
+    """The most loss-counted positions in any row (MindFormers counts a position when its input token
+    is not padding and its shifted label is not IGNORE), rounded up to a multiple of 8: the static size
+    of the answer-only LM head (mf_extensions.TuneboxLlamaForCausalLM). Exact for this data, whatever
+    order MindFormers reads it in."""
+    counted = (ids[:, :-1] != pad_id) & (labels[:, 1:] >= 0)
+    most = int(counted.sum(axis=1).max()) if len(counted) else 1
+    return min(-(-max(most, 1) // 8) * 8, ids.shape[1] - 1)
 
 
-def gather_capacity(counts: np.ndarray, plan: dict, spec: RunSpec, world: int) -> int:
-    """The most counted (answer) positions any rank's micro-batch of this run holds, rounded up to a
-    multiple of 8: the static size of the answer-only LM head (mf.answer_only_loss). The data order is
-    known in advance (batch_rows), so this is exact, and the same after a resume."""
-    batch, per_rank = spec.train.batch_size, spec.train.batch_size // world
-    n_rows = len(counts)
-    per_epoch = n_rows // batch
-    micro_total = plan["total_steps"] * spec.train.grad_accum
-    most = 1
-    for epoch in range(-(-micro_total // per_epoch)):
-        perm = epoch_order(epoch, n_rows, spec.train.seed)
-        take = min(per_epoch, micro_total - epoch * per_epoch)
-        per_rank_sums = counts[perm[:take * batch]].reshape(take * world, per_rank).sum(axis=1)
-        most = max(most, int(per_rank_sums.max()))
-    return -(-most // 8) * 8
+def train_hash(spec: RunSpec) -> str:
+    """What must match for a resume to be valid: model, data, LoRA and train settings (not eval)."""
+    d = spec.to_dict()
+    keep = {k: d[k] for k in ("model", "data", "lora")}
+    keep["train"] = {k: v for k, v in d["train"].items() if k not in ("save_state_every", "master_port")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def epoch_order(epoch: int, n_rows: int, seed: int) -> np.ndarray:
-    """The order rows are read in during `epoch`: a fresh seeded permutation each epoch."""
-    return np.random.RandomState(seed + epoch).permutation(n_rows)
+# ---- the MindFormers config --------------------------------------------------------------------
+
+def prepare(spec: RunSpec, write: bool = True) -> dict:
+    """Everything the Trainer needs, from the spec and prep's output: the plan, the data files (packed
+    when train.packing), the answer capacity and the rendered MindFormers config. With write=False
+    nothing is written (a worker of a multi-node run, or `invoke train.render`)."""
+    from .core.data import load_tokenizer, mindrecord_shards, read_mindrecord
+    from .core.mf_config import render_train_config
+    from .core.weights import ensure_model
+
+    out = spec.job_dir("train")
+    data_file = spec.job_dir("prep") / "train.mindrecord"
+    if not data_file.exists():
+        raise InputError(f"{data_file} not found: run prep first (invoke prep --config {spec.source_path})")
+    ids, labels = read_mindrecord(data_file)
+    pad_id = load_tokenizer(spec).pad_id
+    files, packing = mindrecord_shards(data_file), None
+    if spec.train.packing:
+        from .core.packing import pack_rows, write_packed_mindrecord
+
+        samples = len(ids)
+        ids, labels, segments, packing = pack_rows(ids, labels, pad_id)
+        packed = out / "packed.mindrecord"
+        if write:
+            out.mkdir(parents=True, exist_ok=True)
+            write_packed_mindrecord(packed, ids, labels, segments)
+        files = [packed]
+        log.info("packing: %s samples into %s rows of %d tokens (filled %.0f%% -> %.0f%%, up to %d a row)",
+                 f"{samples:,}", f"{len(ids):,}", ids.shape[1], 100 * packing["fill_before"],
+                 100 * packing["fill_after"], packing["max_samples_per_row"])
+    plan = plan_steps(len(ids), spec)
+    plan["packing"] = packing
+    capacity = answer_capacity(ids, labels, pad_id) if spec.train.lm_head_on_answers else 0
+    base = spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
+    config = render_train_config(spec, data_files=files, out_dir=out, total_steps=plan["total_steps"],
+                                 steps_per_epoch=plan["batches_per_epoch"],
+                                 checkpoint_steps=plan["checkpoint_steps"], base_checkpoint=base,
+                                 answer_capacity=capacity, seq_length=ids.shape[1] - 1)
+    tokens = int((ids != pad_id).sum())
+    return {"plan": plan, "config": config, "capacity": capacity, "base_checkpoint": base,
+            "data_file": data_file, "rows": len(ids), "tokens_per_row": tokens / max(1, len(ids))}
 
 
-def batch_rows(micro_index: int, n_rows: int, batch_size: int, seed: int) -> np.ndarray:
-    """Row indices of global micro-batch `micro_index` (consecutive slices of epoch_order)."""
-    per_epoch = n_rows // batch_size
-    epoch, within = divmod(micro_index, per_epoch)
-    perm = epoch_order(epoch, n_rows, seed)
-    return perm[within * batch_size:(within + 1) * batch_size]
+def resume_point(out: Path, rank: int = 0) -> bool:
+    """Whether MindFormers left a full checkpoint to resume from (its meta.json names the last one)."""
+    return (out / "checkpoint" / f"rank_{rank}" / "meta.json").exists()
 
 
-# ---- the training step ---------------------------------------------------------------------
+def run_mindformers(yaml_path: Path, resume: bool) -> None:
+    """What MindFormers' run_mindformer.py does for run_mode finetune: MindFormerConfig(yaml),
+    build_context, Trainer(args=config).train(), with tunebox's extensions found through REGISTER_PATH."""
+    from .core.mf_config import EXTENSIONS_FILE
 
-def make_train_step(net, optimizer, grad_accum: int, max_grad_norm: float, world: int = 1):
-    """Graph-compiled cells: `step(ids, labels)` runs forward + backward and either applies the update
-    (grad_accum == 1) or adds the gradients to accumulators; `apply()` finishes an accumulated step."""
-    import mindspore as ms
-    from mindspore import nn, ops
+    os.environ["REGISTER_PATH"] = str(EXTENSIONS_FILE.parent)
+    # auto_register copies the module into a cache folder (./modules by default): keep it in the run
+    os.environ.setdefault("OM_MODULES_CACHE", str(Path(yaml_path).parent / "modules"))
+    os.environ.setdefault("GLOG_v", "3")
+    from .core.mf import quiet_mindformers_console
 
-    class LoraTrainStep(nn.Cell):
-        def __init__(self):
-            super().__init__(auto_prefix=False)
-            self.network = net
-            self.network.set_grad()
-            self.optimizer = optimizer
-            self.weights = optimizer.parameters
-            self.grad = ops.GradOperation(get_by_list=True)
-            # Data parallel by hand: each rank's gradients are averaged with an AllReduce. (MindSpore's
-            # DATA_PARALLEL auto-parallel mode fails to compile MindFormers' Llama on CPU in 2.9.)
-            self.distributed = world > 1
-            self.reducer = nn.DistributedGradReducer(self.weights, mean=True, degree=world) if world > 1 else ops.identity
-            self.loss_sum = ops.AllReduce() if world > 1 else ops.identity
-            self.world = float(world)
-            self.accumulate = grad_accum > 1
-            self.accum = self.weights.clone(prefix="accum", init="zeros") if self.accumulate else None
-            self.hyper_map = ops.HyperMap()
+    from mindformers import MindFormerConfig
+    from mindformers.core.context import build_context
+    from mindformers.trainer import Trainer
 
-        def construct(self, *inputs):
-            loss = self.network(*inputs)
-            grads = self.grad(self.network, self.weights)(*inputs)
-            grads = self.reducer(grads)
-            if self.distributed:
-                loss = self.loss_sum(loss) / self.world  # the loss of the whole global batch
-            if self.accumulate:
-                done = self.hyper_map(ops.assign_add, self.accum, grads)
-                return ops.depend(loss, done)
-            grads = ops.clip_by_global_norm(grads, max_grad_norm)
-            return ops.depend(loss, self.optimizer(grads))
-
-    step = LoraTrainStep()
-
-    class ApplyAccumulated(nn.Cell):
-        def __init__(self):
-            super().__init__(auto_prefix=False)
-            self.optimizer = optimizer
-            self.accum = step.accum
-            self.hyper_map = ops.HyperMap()
-            self.scale = ms.Tensor(1.0 / grad_accum, ms.float32)
-
-        def construct(self):
-            grads = self.hyper_map(ops.partial(ops.mul, self.scale), self.accum)
-            grads = ops.clip_by_global_norm(grads, max_grad_norm)
-            updated = self.optimizer(grads)
-            zeroed = self.hyper_map(ops.assign, self.accum, self.hyper_map(ops.zeros_like, self.accum))
-            return ops.depend(ops.depend(self.scale, updated), zeroed)
-
-    step.set_train(True)
-    return step, (ApplyAccumulated() if grad_accum > 1 else None)
+    quiet_mindformers_console()
+    cfg = MindFormerConfig(str(yaml_path))
+    if cfg.context.device_target == "CPU" and cfg.use_parallel:
+        _skip_preload_barrier_on_cpu()
+    if resume:
+        cfg.resume_training = True
+        cfg.load_checkpoint = str(Path(cfg.output_dir) / "checkpoint")
+    build_context(cfg)
+    Trainer(args=cfg).train()
 
 
-# ---- ranks (msrun) ---------------------------------------------------------------------------
+def _skip_preload_barrier_on_cpu() -> None:
+    """MindFormers' preload_ckpt (trainer/utils.py) ends with a communication barrier() whenever a
+    checkpoint is loaded with use_parallel on; MindSpore has no Barrier kernel on CPU, so a
+    data-parallel CPU run could neither start from the base checkpoint nor resume. The preload itself
+    (MindIO, absent here) is kept; only the barrier is skipped, on CPU only: each rank reads its own
+    files, and the first collective of the training step synchronizes the ranks anyway."""
+    import mindformers.trainer.base_trainer as base_trainer
+    from mindformers.trainer import utils
 
-def _rank_world() -> tuple[int, int]:
-    if "MS_WORKER_NUM" not in os.environ and "MS_ROLE" not in os.environ:
-        return 0, 1
-    from mindspore.communication import get_group_size, get_rank, init
+    original = utils.preload_ckpt
 
-    init()
-    return get_rank(), get_group_size()
+    def preload_without_barrier(config):
+        use_parallel = config.use_parallel
+        config.use_parallel = False
+        try:
+            return original(config)
+        finally:
+            config.use_parallel = use_parallel
 
+    base_trainer.preload_ckpt = preload_without_barrier
+
+
+# ---- msrun -----------------------------------------------------------------------------------
 
 def launch_msrun(spec: RunSpec, args) -> int:
-    """Re-run this job under msrun with train.workers local workers (data parallel)."""
+    """Re-run this job under msrun with train.workers local workers."""
     msrun = shutil.which("msrun")
     if not msrun:
         raise RuntimeError("train.workers > 1 needs msrun (installed with mindspore) on PATH")
@@ -186,208 +204,169 @@ def launch_msrun(spec: RunSpec, args) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def in_cluster() -> bool:
+    return "MS_WORKER_NUM" in os.environ or "MS_ROLE" in os.environ
+
+
 # ---- the job -------------------------------------------------------------------------------
 
-def train(spec: RunSpec) -> Path:
-    from .core import mf
-    from .core.data import load_tokenizer, read_mindrecord
+def check_resume(spec: RunSpec, out: Path) -> bool:
+    """True when a previous run of the same settings left a checkpoint to resume from; InputError when
+    the folder holds a run with other settings."""
+    state = out / "train_state.json"
+    if state.exists() and json.loads(state.read_text())["train_hash"] != train_hash(spec):
+        raise InputError(f"{out} holds a run with different training settings; use a new run_id or delete it")
+    return resume_point(out)
+
+
+def train(spec: RunSpec, args=None) -> Path:
+    from .core.mf import setup_device
+    from .core.mf_config import dump
 
     out = spec.job_dir("train")
-    prep_dir = spec.job_dir("prep")
-    data_file = prep_dir / "train.mindrecord"
-    if not data_file.exists():
-        raise InputError(f"{data_file} not found: run prep first (invoke prep --recipe {spec.source_path})")
-    mf.setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, output_dir=spec.run_dir)
-    rank, world = _rank_world()
-    is_main = rank == 0
-
-    ids, labels = read_mindrecord(data_file)
-    pad_id = load_tokenizer(spec).pad_id
-    segments, packing = None, None
-    if spec.train.packing:
-        from .core.packing import pack_rows
-
-        samples = len(ids)
-        ids, labels, segments, packing = pack_rows(ids, labels, pad_id)
-        log.info("packing: %s samples into %s rows of %d tokens (filled %.0f%% -> %.0f%%, up to %d a row)",
-                 f"{samples:,}", f"{len(ids):,}", ids.shape[1], 100 * packing["fill_before"],
-                 100 * packing["fill_after"], packing["max_samples_per_row"])
-    n_rows, width = ids.shape
-    plan = plan_steps(n_rows, spec)
-    plan["packing"] = packing
-    total, ckpt_steps = plan["total_steps"], plan["checkpoint_steps"]
-
-    import mindspore as ms
-    from mindspore import nn
-
+    setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=spec.job_dir("train"))
+    prepared = prepare(spec)
+    plan, config = prepared["plan"], prepared["config"]
+    resume = check_resume(spec, out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "mindformers.yaml", dump(config))
+    if not resume:
+        for stale in ("loss.jsonl", "sessions.jsonl", "checkpoints"):  # a run that died before its first checkpoint
+            p = out / stale
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    atomic_write_json(out / "train_state.json", {"train_hash": train_hash(spec)})
     mspec = get_model_spec(spec.model.name)
-    from .core.weights import ensure_model
-    base_ckpt = spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
-    per_rank = spec.train.batch_size // world
-    net = mf.build_llama(mspec, seq_length=width - 1, batch_size=per_rank, dtype=spec.train.dtype,
-                         checkpoint=base_ckpt)
-    net = mf.add_lora(net, spec.lora.rank, spec.lora.alpha, spec.lora.dropout, spec.lora.target_modules,
-                      dtype=spec.train.dtype)
-    segment_param = mf.use_segment_mask(net, per_rank, width - 1) if segments is not None else None
-    trainable, base_total = mf.count_trainable(net), mf.count_total(net)
-    expected = mspec.lora_params(spec.lora.rank, spec.lora.target_modules)
-    if trainable != expected:
-        raise RuntimeError(f"LoRA wrapped {trainable:,} trainable parameters, the registry predicts {expected:,}")
-    log.info("%s: %s trainable of %s (ratio %.8f); %d steps, checkpoints at %s",
-             spec.model.name, f"{trainable:,}", f"{base_total:,}", trainable / base_total, total, ckpt_steps)
+    trainable = mspec.lora_params(spec.lora.rank, spec.lora.target_modules)
+    total_params = mspec.total_params()
+    log.info("%s: %s trainable of %s (ratio %.8f); %d steps of %d rows, checkpoints at %s%s",
+             spec.model.name, f"{trainable:,}", f"{total_params:,}", trainable / total_params,
+             plan["total_steps"], spec.train.batch_size, plan["checkpoint_steps"],
+             f"; resuming from {out / 'checkpoint'}" if resume else "")
+    started = time.time()
+    if spec.train.workers > 1 and not in_cluster():
+        code = launch_msrun(spec, args)
+        if code != 0:
+            raise RuntimeError(f"msrun exited with {code}; worker logs in {out / 'msrun'} and {out / 'log'}")
+        if not (out / "checkpoints" / "index.json").exists():
+            raise RuntimeError(f"the workers ended without writing {out / 'checkpoints' / 'index.json'}; "
+                               f"see {out / 'msrun'}")
+        return out  # rank 0 wrote the index, summary and manifest
+    run_mindformers(out / "mindformers.yaml", resume)
+    return finish(spec, prepared, trainable, total_params, time.time() - started)
 
-    lr_param = ms.Tensor(spec.train.lr, ms.float32)
-    optimizer = nn.AdamWeightDecay(net.trainable_params(), learning_rate=lr_param,
-                                   weight_decay=spec.train.weight_decay, eps=1e-8)
-    capacity = None
-    if spec.train.lm_head_on_answers:
-        counted = mf.answer_positions(ids, labels, pad_id)
-        capacity = gather_capacity(counted.sum(axis=1), plan, spec, world)
-        log.info("LM head and loss on the answer positions only: at most %d of %d per step on this rank",
-                 capacity, per_rank * (width - 1))
-        loss_cell = mf.answer_only_loss(net)
-    else:
-        loss_cell = net
-    step_cell, apply_cell = make_train_step(loss_cell, optimizer, spec.train.grad_accum, spec.train.max_grad_norm,
-                                            world)
 
-    # ---- resume ----
-    state_dir, ckpt_dir = out / "state", out / "checkpoints"
-    start = 0
-    resume_json = state_dir / "resume.json"
-    if resume_json.exists():
-        state = json.loads(resume_json.read_text())
-        if state.get("spec_hash") != _train_hash(spec):
-            raise InputError(f"{out} holds a run with different training settings; use a new run_id or delete it")
-        ms.load_param_into_net(optimizer, ms.load_checkpoint(str(state_dir / state["file"])))
-        start = state["step"]
-        log.info("resuming at step %d of %d", start, total)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(exist_ok=True)
-        _truncate_log(out / "loss.jsonl", start)
-    index = _read_index(ckpt_dir) if is_main else []
+def _session_start(out: Path) -> int:
+    """The step this session started from (TuneboxLossLog's sessions.jsonl): 0, or where MindFormers'
+    resume_training restored the run."""
+    path = out / "sessions.jsonl"
+    rows = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()] if path.exists() else []
+    return rows[-1]["start_step"] if rows else 0
 
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not is_main, dynamic_ncols=True)
-    compile_s = None
-    t_run = time.time()
-    for step in range(start, total):
-        lr = lr_at(step, total, plan["warmup_steps"], spec.train.lr, spec.train.min_lr_ratio)
-        optimizer.learning_rate.set_data(ms.Tensor(lr, ms.float32))
-        t0 = time.time()
-        losses, tokens, hasher = [], 0, hashlib.sha1()
-        for micro in range(spec.train.grad_accum):
-            rows = batch_rows(step * spec.train.grad_accum + micro, n_rows, spec.train.batch_size, spec.train.seed)
-            hasher.update(rows.tobytes())
-            mine = rows[rank * per_rank:(rank + 1) * per_rank]
-            if segment_param is not None:
-                segment_param.set_data(ms.Tensor(segments[mine, :-1]))
-            inputs = [ms.Tensor(ids[mine]), ms.Tensor(labels[mine])]
-            if capacity is not None:
-                inputs += [ms.Tensor(x) for x in mf.gather_plan(counted[mine], capacity)]
-            loss = step_cell(*inputs)
-            losses.append(float(loss.asnumpy()))
-            tokens += int((ids[rows] != pad_id).sum())
-        if apply_cell is not None:
-            apply_cell()
-        dt = time.time() - t0
-        if compile_s is None:
-            compile_s = dt
-        loss = float(np.mean(losses))
-        if not math.isfinite(loss):
-            raise RuntimeError(f"loss is {loss} at step {step + 1}; lower train.lr")
-        done = step + 1
-        if is_main:
-            epoch = done * spec.train.grad_accum * spec.train.batch_size / n_rows
-            append_jsonl(out / "loss.jsonl", {"step": done, "epoch": round(epoch, 4), "loss": loss, "lr": lr,
-                                              "tokens": tokens, "seconds": round(dt, 4),
-                                              "tokens_per_s": round(tokens / dt, 1), "batch_sha1": hasher.hexdigest()})
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / dt:.0f}")
-            bar.update(1)
-            if done in ckpt_steps:
-                path = ckpt_dir / f"lora-step{done:06d}.ckpt"
-                mf.save_arrays(path, mf.lora_state(net))
-                index = [e for e in index if e["step"] != done] + [
-                    {"step": done, "epoch": round(epoch, 4), "loss": loss, "file": path.name}]
-                atomic_write_json(ckpt_dir / "index.json", {"checkpoints": sorted(index, key=lambda e: e["step"]),
-                                                            "total_steps": total, "planned": ckpt_steps})
-            if done % spec.train.save_state_every == 0 or done in ckpt_steps or done == total:
-                _save_resume(state_dir, optimizer, done, spec)
-    bar.close()
-    log.info("rank %d/%d finished steps %d-%d", rank, world, start + 1, total)
-    if not is_main:
-        return out
-    run_s = time.time() - t_run
-    summary = _write_summary(out, spec, plan, trainable, base_total, compile_s, run_s, start)
-    write_job_manifest(out, "train", spec, inputs={"train.mindrecord": data_file, "base_checkpoint": base_ckpt},
-                       outputs={"checkpoints": ckpt_dir / "index.json"}, seeds={"train": spec.train.seed}, extra=summary)
-    log.info("train: %d checkpoints in %s", len(index), ckpt_dir)
+
+def lora_files(out: Path, plan: dict, rank: int = 0) -> dict[int, Path]:
+    """The planned LoRA checkpoint of each step, by global step, in MindFormers' layout."""
+    from .core.mf_config import CHECKPOINT_PREFIX
+
+    per_epoch = plan["batches_per_epoch"]
+    found = {}
+    for step in plan["checkpoint_steps"]:
+        epoch, within = divmod(step - 1, per_epoch)
+        f = (out / "checkpoint_trainable" / f"rank_{rank}" /
+             f"{CHECKPOINT_PREFIX}_rank_{rank}-trainable_params-{epoch + 1}_{within + 1}.ckpt")
+        if f.exists():
+            found[step] = f
+    return found
+
+
+def finish(spec: RunSpec, prepared: dict, trainable: int, total_params: int, run_s: float) -> Path:
+    """After the Trainer: the checkpoint index, loss.csv, summary and manifest (rank 0's files)."""
+    out = spec.job_dir("train")
+    start_step = _session_start(out)
+    plan = prepared["plan"]
+    rows = [json.loads(l) for l in (out / "loss.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
+    if not rows or rows[-1]["step"] < plan["total_steps"]:
+        raise RuntimeError(f"MindFormers stopped at step {rows[-1]['step'] if rows else 0} of {plan['total_steps']}; "
+                           f"see {out / 'log'}")
+    loss_at = {r["step"]: r for r in rows}
+    found = lora_files(out, plan)
+    missing = [s for s in plan["checkpoint_steps"] if s not in found]
+    if missing:
+        raise RuntimeError(f"the LoRA checkpoints of steps {missing} are missing under {out / 'checkpoint_trainable'}")
+    index = [{"step": s, "epoch": round(s / plan["batches_per_epoch"], 4), "loss": loss_at[s]["loss"],
+              "file": str(found[s].relative_to(out))} for s in plan["checkpoint_steps"]]
+    atomic_write_json(out / "checkpoints" / "index.json", {"checkpoints": index, "total_steps": plan["total_steps"],
+                                                           "planned": plan["checkpoint_steps"],
+                                                           "files_relative_to": "train"})
+    csv = "step,epoch,loss,lr,seconds\n" + "".join(
+        f"{r['step']},{r['epoch']},{r['loss']:.6f},{(r['lr'] or 0):.6e},{r['seconds']}\n" for r in rows)
+    atomic_write_text(out / "loss.csv", csv)
+    steady = [r for r in rows if r["step"] > start_step + 1] or rows
+    seconds = sum(r["seconds"] for r in steady)
+    tokens = prepared["tokens_per_row"] * spec.train.batch_size * len(steady)
+    summary = {"steps": plan["total_steps"], "checkpoint_steps": plan["checkpoint_steps"],
+               "trainable_params": trainable, "total_params": total_params, "ratio": trainable / total_params,
+               "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
+               "first_step_seconds_incl_compile": rows[0]["seconds"] if start_step == 0 else None,
+               "this_session_seconds": run_s, "resumed_from_step": start_step,
+               "packing": plan.get("packing"), "answer_capacity": prepared["capacity"],
+               "tokens_per_s_steady": tokens / max(1e-9, seconds),
+               "trainer": "mindformers.Trainer", "mindformers_yaml": "mindformers.yaml"}
+    atomic_write_json(out / "summary.json", summary)
+    write_job_manifest(out, "train", spec, inputs={"train.mindrecord": prepared["data_file"],
+                                                   "base_checkpoint": prepared["base_checkpoint"]},
+                       outputs={"checkpoints": out / "checkpoints" / "index.json",
+                                "mindformers_yaml": out / "mindformers.yaml"},
+                       seeds={"train": spec.train.seed}, extra=summary)
+    log.info("train: %d LoRA checkpoints in %s", len(index), out / "checkpoint_trainable")
     return out
 
 
-def _train_hash(spec: RunSpec) -> str:
-    """What must match for a resume to be valid: model, data, LoRA and train settings (not eval)."""
-    d = spec.to_dict()
-    keep = {k: d[k] for k in ("model", "data", "lora")}
-    keep["train"] = {k: v for k, v in d["train"].items() if k not in ("save_state_every", "master_port")}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+def worker_main(spec: RunSpec, args) -> None:
+    """One worker of a multi-process run. Every rank takes the same resume decision (rank 0's
+    checkpoint folder) and renders the same config; rank 0 writes the run's index and summary."""
+    from .core.mf import setup_device
 
+    out = spec.job_dir("train")
+    setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=spec.job_dir("train"))
+    prepared = prepare(spec, write=False)
+    if spec.train.packing and not (out / "packed.mindrecord").exists():
+        raise InputError(f"{out / 'packed.mindrecord'} is missing: with train.packing, render the run first "
+                         f"(python -m jobs.train --config {spec.source_path} --render-only)")
+    resume = check_resume(spec, out)
+    started = time.time()
+    import tempfile
 
-def _save_resume(state_dir: Path, optimizer, step: int, spec: RunSpec) -> None:
-    import mindspore as ms
+    from .core.mf_config import dump
 
-    from .core.mf import save_params
+    with tempfile.TemporaryDirectory(prefix="tunebox-worker-") as tmp:  # this rank's copy of the config
+        path = Path(tmp) / "mindformers.yaml"
+        path.write_text(dump(prepared["config"]), encoding="utf-8")
+        run_mindformers(path, resume)
+    from mindspore.communication import get_rank
 
-    state_dir.mkdir(parents=True, exist_ok=True)
-    # Two files, each atomic; resume.json names the step its weights belong to, so it is written
-    # second: a kill between the two leaves the previous json, whose step the next snapshot repeats.
-    save_params(state_dir / f"resume-{step:06d}.ckpt", [{"name": p.name, "data": p} for p in optimizer.get_parameters()])
-    atomic_write_json(state_dir / "resume.json", {"step": step, "file": f"resume-{step:06d}.ckpt",
-                                                  "spec_hash": _train_hash(spec),
-                                                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    for old in state_dir.glob("resume-*.ckpt"):
-        if old.name != f"resume-{step:06d}.ckpt":
-            old.unlink()
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past the resume point (steps that will run again)."""
-    if not path.exists():
-        return
-    kept = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip() and json.loads(l)["step"] <= step]
-    atomic_write_text(path, "".join(l + "\n" for l in kept))
-
-
-def _read_index(ckpt_dir: Path) -> list[dict]:
-    f = ckpt_dir / "index.json"
-    return json.loads(f.read_text())["checkpoints"] if f.exists() else []
-
-
-def _write_summary(out: Path, spec: RunSpec, plan: dict, trainable: int, total: int, compile_s, run_s, start) -> dict:
-    rows = [json.loads(l) for l in (out / "loss.jsonl").read_text().splitlines() if l.strip()]
-    csv = "step,epoch,loss,lr,tokens_per_s\n" + "".join(
-        f"{r['step']},{r['epoch']},{r['loss']:.6f},{r['lr']:.6e},{r['tokens_per_s']}\n" for r in rows)
-    atomic_write_text(out / "loss.csv", csv)
-    steady = [r for r in rows[1:] if r["step"] > start + 1] or rows
-    summary = {"steps": plan["total_steps"], "checkpoint_steps": plan["checkpoint_steps"],
-               "trainable_params": trainable, "total_params": total, "ratio": trainable / total,
-               "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
-               "first_step_seconds_incl_compile": compile_s, "this_session_seconds": run_s,
-               "resumed_from_step": start,
-               "packing": plan.get("packing"),
-               "tokens_per_s_steady": sum(r["tokens"] for r in steady) / max(1e-9, sum(r["seconds"] for r in steady))}
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    if get_rank() == 0:
+        mspec = get_model_spec(spec.model.name)
+        finish(spec, prepared, mspec.lora_params(spec.lora.rank, spec.lora.target_modules), mspec.total_params(),
+               time.time() - started)
 
 
 def main(spec: RunSpec, args) -> None:
-    if spec.train.workers > 1 and "MS_WORKER_NUM" not in os.environ and "MS_ROLE" not in os.environ:
-        code = launch_msrun(spec, args)
-        if code != 0:
-            raise RuntimeError(f"msrun exited with {code}; worker logs in {spec.job_dir('train') / 'msrun'}")
+    if args.render_only:
+        from .core.mf_config import dump
+
+        prepared = prepare(spec)
+        path = spec.job_dir("train") / "mindformers.yaml"
+        atomic_write_text(path, dump(prepared["config"]))
+        print(path)
         return
-    train(spec)
+    train(spec, args)
+
+
+def _args(parser) -> None:
+    parser.add_argument("--render-only", action="store_true",
+                        help="write train/mindformers.yaml (and the packed data with train.packing) and stop: "
+                             "the file stock MindFormers runs; needs prep's output")
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_job("train", __doc__, main))
+    raise SystemExit(run_job("train", __doc__, main, _args))

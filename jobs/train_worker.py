@@ -1,11 +1,9 @@
-"""Entry point msrun starts once per worker (msrun runs a script file, not `-m jobs.train`)."""
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jobs.train import __doc__ as _doc, main  # noqa: E402
-from jobs.core.cli import run_job  # noqa: E402
+"""The process msrun (or a cluster operator's pod) starts once per worker: it renders the same
+MindFormers config as the train job (jobs/train.py) and runs MindFormers' Trainer on it. Rank 0
+writes the checkpoint index, summary and manifest when the run ends. msrun runs a script file, not
+`-m jobs.train`; the job puts this checkout on PYTHONPATH (an installed tunebox needs nothing)."""
+from jobs.core.cli import run_job
+from jobs.train import __doc__ as _doc, worker_main
 
 if __name__ == "__main__":
-    raise SystemExit(run_job("train", _doc, main))
+    raise SystemExit(run_job("train", _doc, worker_main))

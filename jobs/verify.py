@@ -255,6 +255,47 @@ def load_bundled_spec(sub: Submission, f: Findings):
     return spec
 
 
+def check_mindformers(sub: Submission, f: Findings) -> None:
+    """mindformers/: both YAMLs load with MindFormers' own MindFormerConfig; predict.yaml's checkpoint and
+    tokenizer are files of this submission; every class finetune.yaml registers is in mf_extensions.py."""
+    import ast
+    import os
+
+    folder = sub.path("mindformers")
+    if not folder.is_dir():
+        return  # check_files names the missing files
+    os.environ.setdefault("LOCAL_DEFAULT_PATH", str(Path(os.environ.get("TMPDIR", "/tmp")) / "tunebox-verify"))
+    from mindformers import MindFormerConfig
+
+    configs = {}
+    for name in ("finetune.yaml", "predict.yaml"):
+        try:
+            configs[name] = MindFormerConfig(str(folder / name))
+        except Exception as exc:  # MindFormers' own loader is the judge here, whatever it raises
+            f.fail("mindformers", f"mindformers/{name} does not load with MindFormerConfig: {exc}")
+    predict = configs.get("predict.yaml")
+    if predict is not None:
+        needed = {"load_checkpoint": predict.load_checkpoint,
+                  "tokenizer_file": (predict.processor or {}).get("tokenizer", {}).get("tokenizer_file")}
+        for key, rel in needed.items():
+            if not rel or not (folder / rel).resolve().is_file() or not (folder / rel).resolve().is_relative_to(sub.root.resolve()):
+                f.fail("mindformers", f"mindformers/predict.yaml: {key} {rel!r} is not a file of this submission")
+    finetune = configs.get("finetune.yaml")
+    if finetune is not None:
+        module = folder / "mf_extensions.py"
+        defined = {n.name for n in ast.walk(ast.parse(module.read_text(encoding="utf-8")))
+                   if isinstance(n, ast.ClassDef)} if module.is_file() else set()
+        nodes = [finetune.model.arch, finetune.runner_wrapper] + list(finetune.callbacks or [])
+        for node in nodes:
+            ref = (node or {}).get("auto_register")
+            if ref and ref.split(".")[-1] not in defined:
+                f.fail("mindformers", f"mindformers/finetune.yaml registers {ref}, which mindformers/mf_extensions.py "
+                                      f"does not define")
+    if not f.failed("mindformers"):
+        f.ok("mindformers", "finetune.yaml and predict.yaml load with MindFormerConfig; predict.yaml's checkpoint and "
+                            "tokenizer and finetune.yaml's registered classes are in the folder")
+
+
 def check_logs(sub: Submission, f: Findings) -> None:
     index = sub.json("logs/train/checkpoints/index.json") or {}
     loss = sub.jsonl("logs/train/loss.jsonl")
@@ -597,6 +638,7 @@ def verify(root: Path, rerun: bool = False, image: Optional[str] = None, toleran
     found = check_checkpoints(sub, f, planned, actual)
     spec = load_bundled_spec(sub, f)
     check_logs(sub, f)
+    check_mindformers(sub, f)
     results = check_results(sub, f, spec, found, actual)
     check_environment(sub, f)
     check_code(sub, f, results)

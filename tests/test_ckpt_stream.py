@@ -258,6 +258,29 @@ def test_bfloat16_merge_does_not_load_mindspore(tmp_path):
         assert {e.tensor_type for e in out.entries()} == {"BFloat16"}
 
 
+def test_merge_writes_bfloat16_from_a_float32_base(ms, tmp_path):
+    """merge.dtype bfloat16 (a Llama3-8B submission: 5 x 16 GB instead of 5 x 32 GB): every float tensor,
+    merged or only copied, comes out as MindSpore's bfloat16 of the float32 merge, as load_checkpoint
+    reads it; the merge itself stays float32."""
+    rng = np.random.default_rng(9)
+    base = dict(random_parameters(TINY, seed=9))
+    mf.save_arrays(tmp_path / "base.ckpt", base)
+    mf.save_arrays(tmp_path / "lora.ckpt", random_lora(TINY, rng))
+    for out_type, name in ((None, "f32.ckpt"), ("BFloat16", "bf16.ckpt")):
+        cs.merge_streaming(tmp_path / "base.ckpt", tmp_path / "lora.ckpt", tmp_path / name, alpha=16, rank=8,
+                           progress=False, out_type=out_type)
+    with cs.CheckpointReader(tmp_path / "bf16.ckpt") as out:
+        assert {e.tensor_type for e in out.entries()} == {"BFloat16"}
+    f32, bf16 = ms_load(ms, tmp_path / "f32.ckpt"), ms_load(ms, tmp_path / "bf16.ckpt")
+    assert f32.keys() == bf16.keys() == base.keys()
+    for k in f32:
+        np.testing.assert_array_equal(bf16[k].astype(np.float32),
+                                      f32[k].astype(cs.bfloat16()).astype(np.float32), err_msg=k)
+    assert (tmp_path / "bf16.ckpt").stat().st_size < 0.6 * (tmp_path / "f32.ckpt").stat().st_size
+    with pytest.raises(ValueError, match="out_type"):
+        cs.merge_streaming(tmp_path / "base.ckpt", tmp_path / "lora.ckpt", tmp_path / "x.ckpt", 16, 8, out_type="Int8")
+
+
 def test_merge_rejects_a_lora_that_does_not_fit_and_writes_nothing(tmp_path):
     rng = np.random.default_rng(5)
     mf.save_arrays(tmp_path / "base.ckpt", dict(random_parameters(TINY, seed=5)))

@@ -133,7 +133,7 @@ def test_image_and_namespace_options():
     ("multi-node", [], "train.workers must be nodes x 4"),
     ("multi-node", ["train.workers=6", "train.batch_size=6"], "train.workers must be nodes x 4"),
     ("local-cpu", ["train.device=Ascend", "train.dtype=bfloat16"], "--overlay ascend-4card"),
-    ("ascend-4card", ["train.batch_size=6"], "multiple of train.workers"),
+    ("ascend-4card", ["train.batch_size=6"], "multiple of data_parallel"),
 ])
 def test_render_refuses_a_spec_that_cannot_run_there(overlay, sets, message):
     with pytest.raises(InputError, match=message.replace(".", r"\.").replace("-", r"\-")):

@@ -52,8 +52,11 @@ def test_best_fit_is_tight_and_rejects_overlong():
         first_fit_decreasing(np.array([11]), 10)
 
 
-def test_packed_batch_trains_like_the_unpacked_samples(mindformers_env):
-    from jobs.core import mf
+@pytest.mark.parametrize("capacity", [0, 32])
+def test_packed_batch_trains_like_the_unpacked_samples(mindformers_env, capacity):
+    """MindFormers' LlamaForCausalLM on the samples one per row, against the registered
+    TuneboxLlamaForCausalLM (tunebox_packing, segment ids as the third input) on the packed rows, with
+    the full LM head and with the answer-only head: same loss, same gradients."""
     from jobs.core.models import get_model_spec
 
     ms = mindformers_env[0]
@@ -64,27 +67,31 @@ def test_packed_batch_trains_like_the_unpacked_samples(mindformers_env):
     pids, plabels, segs, stats = pack_rows(ids, labels, PAD)
     assert stats["rows"] <= 4 and stats["max_samples_per_row"] >= 2
 
-    def run(batch_ids, batch_labels, segments):
-        net = tiny_lora_net(ms, spec, width - 1, len(batch_ids), seed=1)
-        if segments is not None:
-            mf.use_segment_mask(net, len(batch_ids), width - 1).set_data(ms.Tensor(segments[:, :-1]))
-        assert mf.count_total(net) == spec.total_params()
-        return loss_and_grads(ms, net, net.trainable_params(), batch_ids, batch_labels)
-
-    loss_u, grads_u = run(ids, labels, None)
-    loss_p, grads_p = run(pids, plabels, segs)
+    unpacked = tiny_lora_net(ms, spec, width - 1, len(ids), seed=1)
+    loss_u, grads_u = loss_and_grads(ms, unpacked, unpacked.trainable_params(), ids, labels)
+    packed = tiny_lora_net(ms, spec, width - 1, len(pids), seed=1, tunebox_packing=True,
+                           tunebox_answer_capacity=capacity)
+    loss_p, grads_p = loss_and_grads(ms, packed, packed.trainable_params(), pids, plabels, segs)
     assert np.isfinite(loss_u) and loss_u > 1.0
     assert abs(loss_p - loss_u) < 1e-5 * loss_u, (loss_p, loss_u)
     assert grads_u.keys() == grads_p.keys() and len(grads_u) == 2 * 2 * spec.num_layers
     for name in grads_u:
         scale = np.abs(grads_u[name]).max()
         assert scale > 0 and np.abs(grads_p[name] - grads_u[name]).max() < 1e-4 * scale, name
+    # the negative control: the same packed rows under one causal mask (every segment id 1) see each other
+    leaky = tiny_lora_net(ms, spec, width - 1, len(pids), seed=1, tunebox_packing=True,
+                          tunebox_answer_capacity=capacity)
+    loss_leak, _ = loss_and_grads(ms, leaky, leaky.trainable_params(), pids, plabels, (segs > 0).astype(np.int32))
+    assert abs(loss_leak - loss_u) > 1e-4 * loss_u
 
 
 def test_train_job_packs_in_graph_mode(tmp_path, tiny_cache):
-    """The train job with train.packing on (GRAPH mode, the segment mask compiled into the step):
-    fewer rows than samples, fuller rows, more real tokens per step, a finite falling loss."""
+    """The train job with train.packing on (GRAPH mode, MindFormers' Trainer, the segment ids a third
+    MindRecord column): fewer rows than samples, fuller rows, a finite loss, and the rendered YAML
+    feeds the third column to the registered model."""
     import json
+
+    import yaml
 
     from conftest import TINY_RECIPE, read_jsonl, run_job
 
@@ -95,25 +102,10 @@ def test_train_job_packs_in_graph_mode(tmp_path, tiny_cache):
     packing = json.loads((out / "summary.json").read_text())["packing"]
     assert packing["rows"] < packing["samples"] and packing["fill_after"] > 2 * packing["fill_before"]
     steps = read_jsonl(out / "loss.jsonl")
-    assert len(steps) == 6 and all(np.isfinite(s["loss"]) for s in steps)
-    # 4 packed rows of 321 ids hold more answer-and-prompt tokens than 4 padded samples could
-    assert min(s["tokens"] for s in steps) > 4 * 321 * packing["fill_before"] * 1.5
+    assert [s["step"] for s in steps] == list(range(1, 7)) and all(np.isfinite(s["loss"]) for s in steps)
+    cfg = yaml.safe_load((out / "mindformers.yaml").read_text())
+    assert cfg["train_dataset"]["input_columns"] == ["input_ids", "labels", "segment_ids"]
+    assert cfg["model"]["model_config"]["tunebox_packing"] is True
+    assert cfg["model"]["arch"]["type"] == "TuneboxLlamaForCausalLM"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["extra"]["packing"]["rows"] == packing["rows"]
-
-
-def test_gather_capacity_is_the_largest_planned_micro_batch():
-    from jobs.core.config import load_spec
-    from jobs.train import batch_rows, gather_capacity
-
-    rng = np.random.default_rng(0)
-    counts = rng.integers(0, 50, size=37)
-    for world, accum, steps in ((1, 1, 9), (2, 2, 7), (1, 3, 25)):
-        spec = load_spec("recipes/tiny.yaml", [f"train.grad_accum={accum}", "train.batch_size=4", "train.seed=3"])
-        plan = {"total_steps": steps}
-        most = 0
-        for micro in range(steps * accum):
-            rows = batch_rows(micro, len(counts), 4, 3)
-            for r in range(world):
-                most = max(most, int(counts[rows[r * (4 // world):(r + 1) * (4 // world)]].sum()))
-        assert gather_capacity(counts, plan, spec, world) == -(-most // 8) * 8

@@ -90,7 +90,7 @@ def test_internlm_checkpoint_converts_loads_and_trains_with_lora(tmp_path, ms_cw
     from mindspore import nn
 
     from jobs.core import mf
-    from jobs.train import make_train_step
+    from jobs.core.mf_extensions import TuneboxTrainOneStepCell
 
     hf = weights.make_random_hf_checkpoint(tmp_path / "hf", TINY_INTERNLM, seed=1, shards=2)
     assert "model.layers.0.self_attn.o_proj.bias" in json.loads((hf / "model.safetensors.index.json").read_text())["weight_map"]
@@ -115,11 +115,16 @@ def test_internlm_checkpoint_converts_loads_and_trains_with_lora(tmp_path, ms_cw
     # LoRA B starts at zero: the wrapped network (bias included) computes what the base did
     np.testing.assert_allclose(net(ms.Tensor(ids[:, :seq]))[0].asnumpy(), base_logits, rtol=1e-5, atol=1e-5)
 
+    by_name = {p.name: p for p in net.get_parameters()}  # the wrapper below prefixes the names
     optimizer = nn.AdamWeightDecay(net.trainable_params(), learning_rate=1e-2, weight_decay=0.0)
-    step, _ = make_train_step(net, optimizer, grad_accum=1, max_grad_norm=1.0)
-    losses = [step(ms.Tensor(ids), ms.Tensor(ids)).asnumpy().item() for _ in range(3)]
+    # MindFormers' train-one-step cell, as the train job's rendered config builds it on CPU
+    step = TuneboxTrainOneStepCell(net, optimizer, use_clip_grad=True, max_grad_norm=1.0, scale_sense=1.0)
+    net.set_train(True)
+    outputs = [step(ms.Tensor(ids), ms.Tensor(ids)) for _ in range(3)]
+    losses = [o[0].asnumpy().item() for o in outputs]
+    assert not any(bool(o[1].asnumpy()) for o in outputs), "the CPU overflow check flagged finite gradients"
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-    after = {p.name: p.asnumpy() for p in net.get_parameters()}
+    after = {name: p.asnumpy() for name, p in by_name.items()}
     for name, value in biases_before.items():           # frozen: only the LoRA matrices move
         np.testing.assert_array_equal(after[name], value)
     assert any(np.abs(after[n]).max() > 0 for n in after if mf.LORA_B in n)

@@ -328,3 +328,51 @@ def format_duration(seconds: float) -> str:
     if seconds < 2 * 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.2f} h"
+
+
+# ---- device memory per card ---------------------------------------------------------------------
+
+BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class CardMemory:
+    """An estimate of one card's training memory (bytes), by part."""
+    weights: float          # the frozen base, split over model_parallel x pipeline_stage
+    lora_state: float       # LoRA weights, their gradients and AdamW's two float32 moments
+    activations: float      # what the backward keeps (the layer inputs with recompute) + one layer's full set
+    logits: float           # the LM head's float32 output and its gradient, per micro-batch
+    micro_batch: int
+    layers_here: int
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.lora_state + self.activations + self.logits
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+
+def card_memory(spec: ModelSpec, *, seq_length: int, global_batch: int, data_parallel: int, model_parallel: int,
+                pipeline_stage: int, micro_batch_num: int, dtype: str, lora_trainable: int,
+                recompute: bool) -> CardMemory:
+    """Per-card memory of a LoRA step. Activations per layer follow Korthikanti et al. 2022, "Reducing
+    Activation Recomputation in Large Transformer Models" (arXiv 2205.05198), eq. 2 with tensor parallel t
+    and no sequence parallel: s b h (10 + 24/t + 5 a s / (h t)) bytes (16-bit activations); with full
+    recompute a layer keeps only its input, 2 s b h bytes, plus one layer's full set while it is recomputed.
+    The LM head's logits are float32 and, as MindFormers' vocab_emb_dp keeps them, not split by t. Framework
+    workspace, communication buffers and fragmentation come on top."""
+    h, a, v = spec.hidden_size, spec.num_heads, spec.vocab_size
+    t, pp = model_parallel, pipeline_stage
+    b = max(1, global_batch // (data_parallel * (micro_batch_num if pp > 1 else 1)))
+    s = seq_length
+    layers = -(-spec.num_layers // pp)
+    per_layer_full = s * b * h * (10 + 24 / t + 5 * a * s / (h * t))
+    kept = 2 * s * b * h if recompute else per_layer_full
+    in_flight = min(pp, micro_batch_num) if pp > 1 else 1      # 1F1B: up to pp micro-batches in flight
+    activations = (layers * kept * in_flight) + (per_layer_full if recompute else 0)
+    logits = 2 * 4 * s * b * v                                 # the last stage holds them (the worst card)
+    weights = spec.total_params() * BYTES[dtype] / (t * pp)
+    lora_state = lora_trainable / (t * pp) * (BYTES[dtype] * 2 + 8)
+    return CardMemory(weights=weights, lora_state=lora_state, activations=activations, logits=logits,
+                      micro_batch=b, layers_here=layers)

@@ -34,13 +34,15 @@ FIXED_FILES = (
     "logs/train/checkpoints/index.json",
     "logs/merge/manifest.json", "logs/merge/index.json",
     "logs/evaluate/manifest.json", "logs/evaluate/report.json", "logs/evaluate/report.md",
-)
+    "logs/train/mindformers.yaml",
+) + ("mindformers/finetune.yaml", "mindformers/predict.yaml", "mindformers/mf_extensions.py", "mindformers/README.md")
 # What is copied from each job's folder into logs/<job>/ (never the MindRecord, LoRA or optimizer
 # state: the submission holds the merged checkpoints, and everything needed to check them).
 LOG_SOURCES = {
     "prep": ("manifest.json", "stats.json", "heldout.jsonl", "rejects.jsonl", "preview.txt", "profile.json",
              "profile.md"),
-    "train": ("manifest.json", "loss.jsonl", "loss.csv", "summary.json", "checkpoints/index.json"),
+    "train": ("manifest.json", "loss.jsonl", "loss.csv", "summary.json", "checkpoints/index.json", "mindformers.yaml",
+              "sessions.jsonl"),
     "merge": ("manifest.json", "index.json"),
     "evaluate": None,  # every file: predictions, scores and reports are small, and whatever evaluate adds belongs here
 }

@@ -75,11 +75,31 @@ class LoraSection:
 
 
 @dataclass
+class ParallelSection:
+    """How train.workers split the model and the data, in MindFormers' parallel_config terms."""
+    data_parallel: Optional[int] = None
+    """Replicas that each see a share of every batch; default: train.workers / (model_parallel x pipeline_stage)."""
+    model_parallel: int = 1
+    """Tensor (operator) parallel ways: each layer's weights split over this many cards. Ascend only
+    (MindSpore's CPU backend runs data parallel only). The 2024 contest baseline used 4."""
+    pipeline_stage: int = 1
+    """Pipeline stages (Ascend only)."""
+    micro_batch_num: int = 1
+    """Micro-batches per step when pipeline_stage > 1."""
+    recompute: bool = False
+    """Recompute activations in the backward pass (less device memory, more compute)."""
+    select_recompute: bool = False
+    """Recompute only the attention's cheap, memory-heavy parts."""
+
+
+@dataclass
 class TrainSection:
     epochs: float = 1.0
     batch_size: int = 8
     """Samples per optimizer micro-step (all workers together)."""
     grad_accum: int = 1
+    """Micro-batches summed into one optimizer step (MindFormers' gradient_accumulation_steps); MindFormers
+    applies it with model or pipeline parallel only, so with data parallel it must stay 1."""
     packing: bool = False
     """Pack several samples into each seq_length + 1 row (jobs/core/packing.py), each attending only to
     itself: exact (rotary positions are relative), and no compute is spent on padding. batch_size then
@@ -98,6 +118,9 @@ class TrainSection:
     max_steps: Optional[int] = None
     """Stop after this many optimizer steps (overrides epochs)."""
     seed: int = 0
+    shuffle: bool = True
+    """Shuffle the rows each epoch (MindFormers' MindDataset shuffle, seeded by train.seed); false reads them
+    in prep's order, which makes a data-parallel run comparable step by step with a single process."""
     device: Literal["CPU", "Ascend"] = "CPU"
     mode: Literal["graph", "pynative"] = "graph"
     workers: int = 1
@@ -108,6 +131,15 @@ class TrainSection:
     """Optimizer steps between resume snapshots (LoRA + optimizer state); a kill loses at most this many."""
     master_port: int = 8118
     """msrun scheduler port when workers > 1."""
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    """data_parallel x model_parallel x pipeline_stage must equal workers."""
+
+
+@dataclass
+class MergeSection:
+    dtype: Optional[Literal["float32", "float16", "bfloat16"]] = None
+    """dtype of the merged checkpoints' float tensors; null: the base checkpoint's. A Llama3-8B merged
+    checkpoint is 16 GB in bfloat16 and 32 GB in float32, and the submission holds five."""
 
 
 @dataclass
@@ -140,6 +172,7 @@ class RunSpec:
     data: DataSection = field(default_factory=DataSection)
     lora: LoraSection = field(default_factory=LoraSection)
     train: TrainSection = field(default_factory=TrainSection)
+    merge: MergeSection = field(default_factory=MergeSection)
     eval: EvalSection = field(default_factory=EvalSection)
 
     # Not part of the YAML: where the spec came from, for resolving relative paths.
@@ -284,9 +317,26 @@ def _validate(spec: RunSpec, path: str, lines_of) -> None:
         bad("data.workers must be >= 1", "data.workers")
     if spec.train.batch_size <= 0 or spec.train.grad_accum <= 0:
         bad("train.batch_size and train.grad_accum must be > 0", "train.batch_size")
-    if spec.train.workers < 1 or spec.train.batch_size % spec.train.workers:
-        bad(f"train.batch_size ({spec.train.batch_size}) must be a multiple of train.workers "
-            f"({spec.train.workers})", "train.workers")
+    if spec.train.workers < 1:
+        bad("train.workers must be >= 1", "train.workers")
+    par = spec.train.parallel
+    if par.model_parallel < 1 or par.pipeline_stage < 1 or par.micro_batch_num < 1:
+        bad("train.parallel.model_parallel, pipeline_stage and micro_batch_num must be >= 1", "train.parallel")
+    split = par.model_parallel * par.pipeline_stage
+    dp = par.data_parallel if par.data_parallel is not None else spec.train.workers // split
+    if dp < 1 or dp * split != spec.train.workers:
+        bad(f"train.parallel: data_parallel ({dp}) x model_parallel ({par.model_parallel}) x pipeline_stage "
+            f"({par.pipeline_stage}) must equal train.workers ({spec.train.workers})", "train.parallel")
+    if spec.train.batch_size % dp:
+        bad(f"train.batch_size ({spec.train.batch_size}) must be a multiple of data_parallel ({dp})",
+            "train.batch_size")
+    if spec.train.grad_accum > 1 and split == 1:
+        bad("train.grad_accum > 1: MindFormers accumulates gradients only in semi_auto_parallel (model_parallel or "
+            "pipeline_stage > 1) and silently resets it to 1 otherwise; raise train.batch_size instead",
+            "train.grad_accum")
+    if spec.train.device == "CPU" and split > 1:
+        bad("train.parallel: MindSpore's CPU backend runs data parallel only; model_parallel and pipeline_stage "
+            "need train.device: Ascend", "train.parallel")
     if spec.train.num_checkpoints < 1:
         bad("train.num_checkpoints must be >= 1", "train.num_checkpoints")
     if spec.train.device == "CPU" and spec.train.dtype != "float32":

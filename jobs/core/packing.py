@@ -89,3 +89,20 @@ def pack_rows(ids: np.ndarray, labels: np.ndarray, pad_id: int) -> tuple[np.ndar
              "fill_after": round(used / max(1, len(bins) * width), 4),
              "max_samples_per_row": max((len(b) for b in bins), default=0)}
     return out_ids, out_labels, segments, stats
+
+
+def write_packed_mindrecord(path, ids: np.ndarray, labels: np.ndarray, segments: np.ndarray) -> None:
+    """Packed rows as a MindRecord with three columns (input_ids, labels, segment_ids). The train job
+    writes it afresh at every start (packing is deterministic), so a file a crash cut short is never
+    read: MindRecord's .db index names its data file, which rules out writing under another name."""
+    from mindspore.mindrecord import FileWriter
+
+    writer = FileWriter(str(path), shard_num=1, overwrite=True)
+    writer.add_schema({name: {"type": "int32", "shape": [-1]} for name in ("input_ids", "labels", "segment_ids")},
+                      "tunebox packed samples")
+    for start in range(0, len(ids), 4096):
+        writer.write_raw_data([{"input_ids": a.astype(np.int32), "labels": b.astype(np.int32),
+                                "segment_ids": c.astype(np.int32)}
+                               for a, b, c in zip(ids[start:start + 4096], labels[start:start + 4096],
+                                                  segments[start:start + 4096])])
+    writer.commit()
