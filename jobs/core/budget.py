@@ -328,3 +328,41 @@ def format_duration(seconds: float) -> str:
     if seconds < 2 * 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.2f} h"
+
+
+# ---- disk -------------------------------------------------------------------------------------
+
+@dataclass
+class DiskEstimate:
+    """What a run keeps on the runs volume (runs/ and the model cache), in bytes."""
+    items: dict[str, int]
+    headroom: float = 0.2
+
+    @property
+    def total_bytes(self) -> int:
+        return int(sum(self.items.values()) * (1 + self.headroom))
+
+    @property
+    def gib(self) -> int:
+        """Whole GiB, rounded up, at least 1: the claim's size."""
+        return max(1, -(-self.total_bytes // 2**30))
+
+    def to_dict(self) -> dict:
+        return {"items_bytes": self.items, "headroom": self.headroom, "total_bytes": self.total_bytes, "gib": self.gib}
+
+
+def estimate_disk(run) -> DiskEstimate:
+    """The disk a run spec needs: the converted base (float32, jobs/core/weights.py), the Hugging Face
+    source it was converted from (bf16 safetensors, kept in the cache so a rebuild needs no download),
+    one full merged checkpoint per saved step (merge keeps the base dtype), the LoRA checkpoints with
+    their optimizer state, and 20% headroom for data, logs and a checkpoint being written."""
+    spec = get_model_spec(run.model.name)
+    params = spec.total_params()
+    lora = spec.lora_params(run.lora.rank, run.lora.target_modules)
+    n = run.train.num_checkpoints
+    return DiskEstimate({
+        "base_checkpoint_fp32": 4 * params,
+        "hf_source_bf16": 2 * params,
+        "merged_checkpoints_fp32": n * 4 * params,
+        "lora_checkpoints_and_state": (n + 1) * 3 * 4 * lora,
+    })

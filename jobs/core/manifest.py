@@ -173,14 +173,17 @@ def npu_info() -> Optional[dict]:
 
 
 def ascend_info(root: Path = ASCEND_ROOT) -> dict:
-    """Driver version (driver/version.info) and CANN version (ascend-toolkit install info or
-    version.cfg); null for whatever is not installed, which is every field on a CPU machine."""
+    """Driver version (driver/version.info), CANN version (toolkit install info or version.cfg) and
+    the set_env.sh the entrypoint sources; null for whatever is not installed (every field on a CPU
+    machine). CANN >= 8.5 installs under cann/ (hiascend.com, CANN 8.5.0 installation guide, "File
+    Paths": cann/<arch>-linux/ascend_toolkit_install.info); earlier versions under ascend-toolkit/latest/."""
     driver_file = root / "driver" / "version.info"
     driver = _key_values(_read_text(driver_file)) if driver_file.exists() else {}
     cann_version, cann_file = None, None
-    latest = root / "ascend-toolkit" / "latest"
-    candidates = sorted(glob.glob(str(latest / "*" / "ascend_toolkit_install.info"))) + \
-        [str(latest / "version.cfg")] + sorted(glob.glob(str(latest / "*" / "version.cfg")))
+    candidates = []
+    for home in (root / "cann", root / "ascend-toolkit" / "latest"):
+        candidates += sorted(glob.glob(str(home / "*" / "ascend_toolkit_install.info"))) + \
+            [str(home / "version.cfg")] + sorted(glob.glob(str(home / "*" / "version.cfg")))
     for candidate in candidates:
         values = _key_values(_read_text(Path(candidate)))
         # install.info says version=8.0.RC2; version.cfg has toolkit_installed_version=[...:8.0.RC2]
@@ -198,6 +201,8 @@ def ascend_info(root: Path = ASCEND_ROOT) -> dict:
     return {"driver_version": driver.get("Version") or driver.get("version"),
             "driver_file": str(driver_file) if driver else None,
             "cann_version": cann_version, "cann_file": cann_file,
+            "set_env": next((str(f) for f in (root / "cann" / "set_env.sh", root / "ascend-toolkit" / "set_env.sh")
+                             if f.exists()), None),
             "toolkit_home": os.environ.get("ASCEND_TOOLKIT_HOME") or os.environ.get("ASCEND_HOME_PATH")}
 
 
