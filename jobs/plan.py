@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Optional
 
 from .core import budget
+from .core.config import LoraSection, ModelSection, RunSpec
 from .core.io import InputError
 from .core.models import get_model_spec, lora_targets
 
@@ -172,6 +173,15 @@ def render_time(est: budget.TimeEstimate, origins: dict, reference_mfu: float) -
     return "\n".join(lines)
 
 
+def render_disk(disk: budget.DiskEstimate) -> str:
+    gb = lambda n: f"{n / 1e9:,.1f} GB"  # noqa: E731
+    lines = [f"Disk on the runs volume: {disk.gib} GiB (the k8s render sizes the tunebox-runs claim with it; "
+             f"cluster.disk_gib overrides)"]
+    lines += [f"  {name.replace('_', ' '):<28} {gb(size):>12}" for name, size in disk.items.items()]
+    lines.append(f"  {'+ headroom':<28} {int(disk.headroom * 100):>11}%")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -185,6 +195,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    peak_tflops=args.peak_tflops, recompute=not args.no_recompute,
                                    measured_step_s=args.measured_step_s)
         reference_mfu = budget.calibrated_mfu(args.peak_tflops)
+        run = s["spec"] or RunSpec(model=ModelSection(name=s["model"].name),
+                                   lora=LoraSection(rank=rank, target_modules=targets))
+        disk = budget.estimate_disk(run)
     except (InputError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
@@ -193,11 +206,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     if args.json:
         print(json.dumps({"lora": plan.to_dict(), "time": est.to_dict(), "reference_mfu": reference_mfu,
+                          "disk": disk.to_dict(),
                           "inputs": {k: {"value": v[0], "from": v[1]} for k, v in origins.items()}},
                          indent=2, ensure_ascii=False))
         return 0
     print(render_lora_table(plan, (rank, targets) if s["lora"][2] == "recipe" else None))
     print(render_time(est, origins, reference_mfu))
+    print(render_disk(disk))
     return 0
 
 

@@ -396,3 +396,18 @@ def test_stored_ascendjob_schema_keeps_the_crds_fields():
     spec = schema["properties"]["spec"]
     assert set(spec["properties"]) == {"replicaSpecs", "runPolicy", "schedulerName", "successPolicy"}
     assert schema["properties"]["apiVersion"] == {"const": "mindxdl.gitee.com/v1"}
+
+
+def test_plan_prints_the_disk_the_render_claims():
+    import re
+    import sys
+    recipe = REPO / "recipes" / "stage1-llama3-8b.yaml"
+    out = subprocess.run([sys.executable, "-m", "jobs.plan", "--recipe", str(recipe)], capture_output=True,
+                         text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    printed = int(re.search(r"Disk on the runs volume: (\d+) GiB", out.stdout).group(1))
+    text, _ = render(recipe, "ascend-4card")
+    claim = next(d for d in yaml.safe_load_all(text) if d["kind"] == "PersistentVolumeClaim"
+                 and d["metadata"]["name"] == "tunebox-runs")
+    assert claim["spec"]["resources"]["requests"]["storage"] == f"{printed}Gi"
+    assert printed == estimate_disk(load_spec(recipe)).gib > 100
