@@ -4,7 +4,7 @@
 #
 #   tunebox-pipeline --config /app/recipes/run.yaml [--set key=value ...]
 #
-# TUNEBOX_STEPS   the steps, in order (default: prep train merge evaluate bundle)
+# TUNEBOX_STEPS   the steps, in order (default: weights prep train merge evaluate bundle)
 #
 # Multi-node, two ways of being told the cluster (workers per pod = NPUs per pod):
 # - Huawei's Ascend operator (k8s/overlays/ascend-job): MS_ROLE, MS_SCHED_HOST, MS_SCHED_PORT,
@@ -18,7 +18,7 @@
 # Either way msrun waits up to TUNEBOX_CLUSTER_TIMEOUT seconds for the cluster to form.
 set -u
 
-steps=${TUNEBOX_STEPS:-prep train merge evaluate bundle}
+steps=${TUNEBOX_STEPS:-weights prep train merge evaluate bundle}
 mode=single
 rank=0
 local_workers=${TUNEBOX_LOCAL_WORKERS:-4}

@@ -210,7 +210,8 @@ def run_pipeline(tmp_path, env_extra=None):
 def test_pipeline_runs_the_steps_in_order(tmp_path):
     done, calls = run_pipeline(tmp_path)
     assert done.returncode == 0, done.stderr
-    assert [c.split()[2] for c in calls] == [f"jobs.{s}" for s in ("prep", "train", "merge", "evaluate", "bundle")]
+    assert [c.split()[2] for c in calls] == [f"jobs.{s}" for s in ("weights", "prep", "train", "merge", "evaluate",
+                                                                 "bundle")]
     assert all("--config /app/recipes/run.yaml --set runs_dir=/data/runs" in c for c in calls)
 
 

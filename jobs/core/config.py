@@ -31,6 +31,11 @@ class ModelSection:
     """A MindFormers .ckpt to start from; default: the registry's converted checkpoint in the cache."""
     tokenizer: Optional[str] = None
     """A tokenizer.json; default: the one converted with the model."""
+    source: Optional[str] = None
+    """Where the weights job gets the base model when the cache lacks it: a YAML/JSON list of {url, path,
+    sha256} (the Hugging Face checkpoint's files; paths relative to the cache's hf/<model>/), fetched and
+    converted once. Relative to the spec. Never put a credential here: the job sends the bearer token in
+    $TUNEBOX_WEIGHTS_TOKEN, or in the file $TUNEBOX_WEIGHTS_TOKEN_FILE names (a mounted Secret)."""
 
 
 @dataclass
@@ -196,9 +201,10 @@ class RunSpec:
         return _to_plain(self)
 
     def spec_hash(self) -> str:
-        """What the run computes, not where it writes: runs_dir and cluster (placement, HCCL) are left
-        out, so the same spec hashes the same on the host, in a container (/runs) and in a pod."""
+        """What the run computes, not where it writes: runs_dir, cluster (placement, HCCL) and
+        model.source (where the weights were downloaded from) are left out, so the same spec hashes the same on the host, in a container (/runs) and in a pod."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("runs_dir", "cluster")}
+        d["model"] = {k: v for k, v in d["model"].items() if k != "source"}   # where from, not what
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
