@@ -222,6 +222,17 @@ def make_code_archive(git: Optional[dict], dest: Path, root: Path = REPO_ROOT,
     """code.tar.gz: `git archive` of the commit train recorded when its tree was clean; otherwise
     the working tree's files now, with the reason (results.json and ALGORITHM.md repeat it)."""
     commit = (git or {}).get("commit")
+    from_image = str((git or {}).get("source", "")).startswith("image label")
+    if from_image and commit and git.get("dirty") is False and not (root / ".git").exists():
+        # Inside the image: its code was built from that clean commit (the revision label), so its
+        # files are what ran, though there is no .git to `git archive` from.
+        files, too_big = working_tree_files(root, exclude)
+        if not files:
+            raise RuntimeError(f"no source files found under {root} for code.tar.gz")
+        write_worktree_archive(root, files, dest)
+        return {"source": "image", "commit": commit, "dirty": False,
+                "note": f"the image's copy of the code ({len(files)} files under {root.name or root}/), built from "
+                        f"commit {commit} with a clean tree (the image's {git['source'].split()[-1]} label)"}
     if git and commit and git.get("dirty") is False:
         proc = _git(root, "archive", "--format=tar.gz", "--prefix=tunebox/", "-o", str(dest), commit)
         if proc is not None and proc.returncode == 0:

@@ -36,6 +36,7 @@ from .io import InputError, append_jsonl, atomic_write_json, sha256_file
 MANIFEST_SCHEMA = 1
 ASCEND_ROOT = Path("/usr/local/Ascend")
 IMAGE_LABELS_FILE = Path("/etc/tunebox/image.json")
+REVISION_LABEL = "org.opencontainers.image.revision"
 KEY_PACKAGES = ("mindspore", "mindformers", "mindpet", "numpy", "tokenizers", "safetensors", "gguf")
 
 
@@ -233,7 +234,25 @@ def pip_freeze() -> Optional[tuple[str, ...]]:
     return tuple(line for line in text.splitlines() if line.strip())
 
 
-def container_info(labels_file: Path = IMAGE_LABELS_FILE) -> Optional[dict]:
+def image_labels_file() -> Path:
+    """/etc/tunebox/image.json, or $TUNEBOX_IMAGE_LABELS (the entrypoint reads the same variable)."""
+    return Path(os.environ.get("TUNEBOX_IMAGE_LABELS") or IMAGE_LABELS_FILE)
+
+
+def code_revision(git: Optional[dict], labels: Optional[dict]) -> Optional[dict]:
+    """The commit that ran: git's when this is a checkout; else the image's revision label (an image
+    holds no .git, but `invoke image.build` records HEAD, with -dirty when the tree differed)."""
+    if git and git.get("commit"):
+        return {**git, "source": "git"}
+    revision = (labels or {}).get(REVISION_LABEL) if isinstance(labels, dict) else None
+    if not revision or revision in ("unknown", "uncommitted", "lint"):
+        return git
+    commit, dirty = (revision[:-len("-dirty")], True) if revision.endswith("-dirty") else (revision, False)
+    return {"root": None, "commit": commit, "dirty": dirty, "branch": None,
+            "source": f"image label {REVISION_LABEL}"}
+
+
+def container_info(labels_file: Optional[Path] = None) -> Optional[dict]:
     """Which container runtime we are in (docker, podman, kubernetes...) and the image, as the
     Dockerfile records it in TUNEBOX_IMAGE / TUNEBOX_IMAGE_ID and /etc/tunebox/image.json."""
     markers = []
@@ -248,6 +267,7 @@ def container_info(labels_file: Path = IMAGE_LABELS_FILE) -> Optional[dict]:
     if os.environ.get("KUBERNETES_SERVICE_HOST") and "kubernetes" not in markers:
         markers.append("kubernetes")
     labels = None
+    labels_file = labels_file or image_labels_file()
     if labels_file.exists():
         try:
             labels = json.loads(labels_file.read_text(encoding="utf-8"))
@@ -316,6 +336,7 @@ def environment_manifest(spec=None, inputs: Optional[dict[str, str | os.PathLike
                          seeds: Optional[dict] = None, *, include_pip_freeze: bool = True) -> dict:
     """Everything needed to say what ran where. `spec` is a RunSpec (or None)."""
     inputs = inputs or {}
+    container = container_info()
     return {
         "schema": MANIFEST_SCHEMA,
         "created_utc": utc_now(),
@@ -330,8 +351,8 @@ def environment_manifest(spec=None, inputs: Optional[dict[str, str | os.PathLike
         "python": python_info(),
         "packages": package_versions(),
         "pip_freeze": (list(pip_freeze() or []) or None) if include_pip_freeze else None,
-        "container": container_info(),
-        "git": git_state(),
+        "container": container,
+        "git": code_revision(git_state(), (container or {}).get("labels")),
         "spec_hash": spec.spec_hash() if spec is not None else None,
         "spec": spec.to_dict() if spec is not None else None,
         "inputs": {name: describe_file(path) for name, path in inputs.items()},
