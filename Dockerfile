@@ -75,6 +75,7 @@ COPY --from=builder /opt/stack-root/ /
 COPY --from=builder /opt/tunebox-root/ /
 COPY images/entrypoint.sh /usr/local/bin/tunebox-entrypoint
 COPY images/pipeline.sh /usr/local/bin/tunebox-pipeline
+COPY images/check_submission.py /usr/local/bin/tunebox-check-submission
 COPY pyproject.toml tasks.py /app/
 COPY jobs /app/jobs
 COPY recipes /app/recipes
@@ -83,7 +84,7 @@ RUN groupadd --gid ${TUNEBOX_UID} tunebox \
  && useradd --uid ${TUNEBOX_UID} --gid ${TUNEBOX_UID} --home-dir /data --no-create-home --shell /bin/sh tunebox \
  && mkdir -p /data/runs /data/cache /etc/tunebox \
  && chown -R tunebox:tunebox /data \
- && chmod 0755 /usr/local/bin/tunebox-entrypoint /usr/local/bin/tunebox-pipeline
+ && chmod 0755 /usr/local/bin/tunebox-entrypoint /usr/local/bin/tunebox-pipeline /usr/local/bin/tunebox-check-submission
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \

@@ -116,3 +116,86 @@ def test_code_archive_of_an_image_run_names_its_commit_without_the_warning(tmp_p
         assert sorted(tar.getnames()) == ["tunebox/jobs/train.py", "tunebox/pyproject.toml"]
     dirty = make_code_archive({**git, "dirty": True}, tmp_path / "code2.tar.gz", root=app)
     assert dirty["source"] == "working tree" and "may differ" in dirty["note"]
+
+
+# ---- the contest's own stack: what it can run of ours ----------------------------------------
+
+def fake_submission(folder: Path, names=("model.layers.0.attention.wq.weight", "model.norm_out.weight")) -> Path:
+    import hashlib
+
+    import numpy as np
+
+    from jobs.core.weights import CheckpointWriter
+    rng = np.random.default_rng(0)
+    for step in (10, 20):
+        path = folder / "checkpoints" / f"step-{step:06d}" / "model.ckpt"
+        path.parent.mkdir(parents=True)
+        with CheckpointWriter(path) as writer:
+            for name in names:
+                writer.add(name, rng.standard_normal((4, 4) if "wq" in name else (4,)).astype(np.float32))
+    (folder / "results.json").write_text("{}")
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(folder).as_posix()}"
+             for p in sorted(folder.rglob("*")) if p.is_file()]
+    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def check_submission(folder: Path, python: str = sys.executable, *extra: str):
+    return subprocess.run([python, str(REPO / "images" / "check_submission.py"), str(folder), *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_submission_check_loads_every_checkpoint_with_this_mindspore(tmp_path):
+    ok = check_submission(fake_submission(tmp_path / "ok"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.count("loaded checkpoints/step-") == 2 and "mindspore 2.9" in ok.stdout
+
+    tampered = fake_submission(tmp_path / "tampered")
+    (tampered / "results.json").write_text('{"edited": true}')
+    (tampered / "stray.txt").write_text("x")
+    bad = check_submission(tampered)
+    assert bad.returncode == 2
+    assert "results.json does not match its sha256" in bad.stdout and "stray.txt is not listed" in bad.stdout
+
+    lora = check_submission(fake_submission(tmp_path / "lora", names=(
+        "model.layers.0.attention.wq.mindpet_delta_lora_a", "model.norm_out.weight")))
+    assert lora.returncode == 2 and "LoRA parameters left" in lora.stdout
+
+
+def contest_python() -> tuple[str, dict] | None:
+    """A working python3.9 and the environment it needs (pyenv's shim needs PYENV_VERSION), or None."""
+    exe = shutil.which("python3.9")
+    if exe is None:
+        return None
+    variants = [{}]
+    if shutil.which("pyenv"):
+        bare = subprocess.run(["pyenv", "versions", "--bare"], capture_output=True, text=True).stdout.split()
+        variants += [{"PYENV_VERSION": v} for v in bare if v.startswith("3.9")]
+    import os
+    for extra in variants:
+        env = {**os.environ, **extra}
+        if subprocess.run([exe, "-c", "import sys; assert sys.version_info[:2] == (3, 9)"], env=env,
+                          capture_output=True).returncode == 0:
+            return exe, env
+    return None
+
+
+def test_submission_check_runs_on_the_contest_python(tmp_path):
+    found = contest_python()
+    if found is None:
+        pytest.skip("no Python 3.9 here (the contest stack's Python)")
+    exe, env = found
+    done = subprocess.run([exe, str(REPO / "images" / "check_submission.py"), str(fake_submission(tmp_path / "s")),
+                           "--no-load"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "python 3.9" in done.stdout
+
+
+def test_contest_image_carries_the_submission_check():
+    args = ib.load_stack("contest-2024").build_args
+    parsed, problems = ib.lint_dockerfile((REPO / "Dockerfile").read_text(),
+                                          ib.build_args_for(ib.load_stack("contest-2024"), "t", revision=REVISION))
+    assert problems == []
+    copies = [i.resolved.split() for i in parsed.final.instructions if i.keyword == "COPY"]
+    assert ["images/check_submission.py", "/usr/local/bin/tunebox-check-submission"] in copies
+    assert args["INSTALL_TUNEBOX"] == "0"      # tunebox's jobs need Python 3.11; the stack is 3.9
