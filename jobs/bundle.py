@@ -11,10 +11,13 @@
   tokenizer/            the tokenizer the run used, so the checkpoints can be evaluated from the folder alone
   logs/                 mirrors runs/<run_id>/: every job's manifest.json, record.jsonl, prep's stats,
                         held-out rows and rejects, train's loss.jsonl/loss.csv/summary.json and
-                        checkpoint index, merge's index, evaluate's predictions, scores and reports
+                        checkpoint index, every msrun worker's and MindFormers' *.log under train/,
+                        merge's index, evaluate's predictions, scores and reports
   results.json          per checkpoint: step, math accuracy (strict, tolerant), SQuAD F1/EM and
                         retention when evaluate measured them, ratio, contest score; the chosen checkpoint
   ENVIRONMENT.md, environment.json   what each job ran on, from the jobs' manifests
+  selfcheck.png         the self-check picture the contest asks for: run id, commit, the result table,
+                        the ratio computation, the retention verdict, the tail of the training log
   SHA256SUMS            sha256 of every other file (`sha256sum -c SHA256SUMS` works inside the folder)
 
 Give it the same --config and --set options the jobs ran with: it stops (exit 2) naming every key
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Optional
 
 from .core import bundle_lib as bl
+from .core import selfcheck
 from .core.cli import run_job
 from .core.config import REPO_ROOT, RunSpec, dump_spec
 from .core.io import InputError, atomic_dir, atomic_write_json, atomic_write_text
@@ -155,7 +159,27 @@ def copy_logs(run_dir: Path, logs: Path) -> list[str]:
         for name in names:
             if (job_dir / name).is_file():
                 put(job_dir / name, f"{job}/{name}")
+    for job, patterns in bl.LOG_PATTERNS.items():
+        job_dir = run_dir / job
+        for path in sorted({p for pat in patterns for p in job_dir.rglob(pat) if p.is_file()} if job_dir.is_dir() else []):
+            rel = f"{job}/{path.relative_to(job_dir).as_posix()}"
+            if rel not in copied:
+                put(path, rel)
     return copied
+
+
+def training_log_tail(run_dir: Path, lines: int = 40) -> tuple[str, list[str]]:
+    """(name, last lines) of the training's log: the first worker's MindSpore/MindFormers log when
+    there is one, else tunebox's own loss.jsonl (a single-process run logs to the console only)."""
+    train_dir = run_dir / "train"
+    candidates = bl.training_log_candidates(train_dir) if train_dir.is_dir() else []
+    source = candidates[0] if candidates else train_dir / "loss.jsonl"
+    if not source.is_file():
+        return "none", []
+    with open(source, "rb") as fh:
+        fh.seek(max(0, source.stat().st_size - 64 * 1024))
+        text = fh.read().decode("utf-8", "replace")
+    return f"logs/train/{source.relative_to(train_dir).as_posix()}", text.splitlines()[-lines:]
 
 
 def tokenizer_files(spec: RunSpec) -> tuple[Path, Path]:
@@ -506,6 +530,10 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
             log.warning("evaluate's report recommends %s, the submission rule chooses %s (%s)",
                         results["evaluate_best"], results["chosen"]["model"], results["chosen"]["reason"])
         atomic_write_json(tmp / "results.json", results)
+        log_name, log_tail = training_log_tail(run_dir)
+        selfcheck.render(tmp / selfcheck.FILE, results=results, results_bytes=(tmp / "results.json").read_bytes(),
+                         rank=spec.lora.rank, commit=code.get("commit"), code_note=code["note"],
+                         log_name=log_name, log_tail=log_tail)
         env = bl.environment_record(manifests)
         atomic_write_json(tmp / "environment.json", env)
         atomic_write_text(tmp / "ENVIRONMENT.md", bl.render_environment(env))
