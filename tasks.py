@@ -233,7 +233,7 @@ def image_lock(c, stack="cpu-ms2.9"):
 
 
 _K8S_HELP = {"spec": "run spec YAML (the single source: run_id, device, workers)",
-             "overlay": "local-cpu, ascend-4card or multi-node",
+             "overlay": "local-cpu, ascend-4card, multi-node (Indexed Job) or ascend-job (Huawei's AscendJob)",
              "image": "image reference (default tunebox:VERSION-STACK for the spec's device)",
              "namespace": "Kubernetes namespace", "set": "extra spec override, also passed to the pods (repeatable)",
              "out": "output file (default build/k8s/RUN_ID.OVERLAY.yaml)"}

@@ -411,3 +411,50 @@ def test_plan_prints_the_disk_the_render_claims():
                  and d["metadata"]["name"] == "tunebox-runs")
     assert claim["spec"]["resources"]["requests"]["storage"] == f"{printed}Gi"
     assert printed == estimate_disk(load_spec(recipe)).gib > 100
+
+
+def test_data_loader_helper_fills_the_claim_the_pods_read():
+    helper = yaml.safe_load((REPO / "k8s" / "helpers" / "data-loader.yaml").read_text())
+    validate(helper)
+    claim = helper["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    docs = docs_of("local-cpu")
+    assert claim in {c["metadata"]["name"] for c in docs["PersistentVolumeClaim"]}
+    pod = pods(docs)["pod"]["spec"]
+    data = next(v for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim)
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == data["name"])
+    assert helper["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] == mount["mountPath"] == "/shared/data"
+
+
+def test_render_only_keeps_the_claims():
+    import sys
+    out = subprocess.run([sys.executable, "-m", "jobs.core.render", "--spec", str(TINY), "--overlay", "ascend-4card",
+                          "--only", "PersistentVolumeClaim", "-o", "-"], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert sorted(d["metadata"]["name"] for d in docs) == ["tunebox-data", "tunebox-runs"]
+    assert {d["kind"] for d in docs} == {"PersistentVolumeClaim"}
+
+
+@pytest.mark.parametrize("heading", ["### Apply: one 4-card job", "### Apply: 2 nodes x 8 cards under the Ascend operator"])
+def test_the_documented_apply_sequences_render_and_validate(heading, tmp_path):
+    """docs/CONTAINERS.md's render commands, run as written (output redirected to tmp_path)."""
+    import shlex
+    import sys
+    doc = (REPO / "docs" / "CONTAINERS.md").read_text(encoding="utf-8")
+    section = doc[doc.index(heading):]
+    block = section[section.index("```sh") + 5:section.index("```", section.index("```sh") + 5)]
+    commands = [line[len("python -m jobs.core.render"):] for line in block.replace("\\\n", " ").splitlines()
+                if line.startswith("python -m jobs.core.render")]
+    assert commands, "no render command in the section"
+    for i, tail in enumerate(commands):
+        argv = shlex.split(tail.split("|")[0].replace("$IMAGE", "registry.example.com/t:1"))
+        if "-o" in argv:
+            argv[argv.index("-o") + 1] = str(tmp_path / f"r{i}.yaml")
+        out = subprocess.run([sys.executable, "-m", "jobs.core.render", *argv], capture_output=True, text=True,
+                             cwd=REPO, timeout=120)
+        assert out.returncode == 0, (argv, out.stderr)
+        text = out.stdout if "-" == argv[argv.index("-o") + 1] else (tmp_path / f"r{i}.yaml").read_text()
+        for doc_ in yaml.safe_load_all(text):
+            if doc_:
+                validate(doc_)

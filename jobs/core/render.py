@@ -3,8 +3,10 @@
 The run spec is the single source. From it come: the Job's name and labels (run_id, spec hash),
 the image (the stack train.device needs, tagged with this package's version), the number of pods
 of a multi-node run (train.workers / cards per pod), the CPU request of a local run, and the
-ConfigMap the pods read (the spec file itself, verbatim). The overlay in k8s/overlays/ decides
-the shape (one CPU pod, one 4-card pod, N 4-card pods); `kubectl kustomize` does the assembly.
+ConfigMap the pods read (the spec file itself, verbatim), the runs claim's size, and for Ascend
+pods the card labels, node selector, host mounts and HCCL settings (jobs/core/ascend.py, the spec's
+cluster section). The overlay in k8s/overlays/ decides the shape (one CPU pod, one 4-card pod, an
+Indexed Job of N 4-card pods, an AscendJob for Huawei's operator); `kubectl kustomize` does the assembly.
 
     python -m jobs.core.render --spec recipes/tiny.yaml --overlay local-cpu [-o out.yaml]
         [--image registry.example.com/tunebox:0.1.0-cpu-ms2.9] [--namespace NS] [--set k=v ...]
@@ -432,9 +434,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="extra spec override, passed to the pods as --set too (repeatable)")
     parser.add_argument("-o", "--output", help="file to write ('-' for stdout; default build/k8s/RUN.OVERLAY.yaml)")
     parser.add_argument("--json", action="store_true", help="print the plan (job, image, pods) as JSON on stdout")
+    parser.add_argument("--only", action="append", default=[], metavar="KIND",
+                        help="keep only objects of this kind, e.g. PersistentVolumeClaim to create the claims "
+                             "before the job (repeatable)")
     args = parser.parse_args(argv)
     try:
         text, plan = render(args.spec, args.overlay, args.image, args.namespace, args.overrides)
+        if args.only:
+            docs = [d for d in yaml.safe_load_all(text) if d and d.get("kind") in args.only]
+            if not docs:
+                raise InputError(f"the render has no object of kind {', '.join(args.only)}")
+            text = text.split("\n", 2)[0] + "\n" + yaml.safe_dump_all(docs, sort_keys=False)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
