@@ -458,3 +458,17 @@ def test_the_documented_apply_sequences_render_and_validate(heading, tmp_path):
         for doc_ in yaml.safe_load_all(text):
             if doc_:
                 validate(doc_)
+
+
+def test_manifest_records_a_missing_cann_on_an_ascend_image_only(tmp_path, monkeypatch, caplog):
+    from jobs.core import manifest as mf
+    labels = tmp_path / "image.json"
+    monkeypatch.setenv("TUNEBOX_IMAGE_LABELS", str(labels))
+    monkeypatch.setattr(mf, "ASCEND_ROOT", tmp_path / "no-ascend")
+    monkeypatch.setattr(mf, "ascend_info", lambda root=tmp_path / "no-ascend": ascend_info(root))
+    labels.write_text(json.dumps({"tunebox.cann": "9.0.0"}))
+    loud = mf.environment_manifest(include_pip_freeze=False)
+    assert "no set_env.sh was found" in loud["ascend"]["problem"]
+    assert any("no set_env.sh was found" in r.message for r in caplog.records)
+    labels.write_text(json.dumps({"tunebox.cann": "none"}))
+    assert "problem" not in mf.environment_manifest(include_pip_freeze=False)["ascend"]

@@ -20,6 +20,7 @@ import glob
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import re
@@ -337,6 +338,13 @@ def environment_manifest(spec=None, inputs: Optional[dict[str, str | os.PathLike
     """Everything needed to say what ran where. `spec` is a RunSpec (or None)."""
     inputs = inputs or {}
     container = container_info()
+    ascend = ascend_info()
+    labels = (container or {}).get("labels") or {}
+    if isinstance(labels, dict) and labels.get("tunebox.cann") not in (None, "none") and not ascend["set_env"]:
+        # An Ascend image whose CANN environment was not found: say it where the run is recorded.
+        ascend["problem"] = (f"this image was built with CANN {labels['tunebox.cann']} but no set_env.sh was found "
+                             f"(cann/ or ascend-toolkit/ under {ASCEND_ROOT}); Ascend jobs will fail")
+        logging.getLogger("tunebox.manifest").warning("%s", ascend["problem"])
     return {
         "schema": MANIFEST_SCHEMA,
         "created_utc": utc_now(),
@@ -347,7 +355,7 @@ def environment_manifest(spec=None, inputs: Optional[dict[str, str | os.PathLike
         "cpu": cpu_info(),
         "memory": memory_info(),
         "npu": npu_info(),
-        "ascend": ascend_info(),
+        "ascend": ascend,
         "python": python_info(),
         "packages": package_versions(),
         "pip_freeze": (list(pip_freeze() or []) or None) if include_pip_freeze else None,
