@@ -442,6 +442,8 @@ def render_algorithm(spec: RunSpec, *, stats: dict, profile: Optional[dict], rej
                  f"{_fmt(r['score'], 6)} |")
     chosen = results["chosen"]
     L += ["", f"**Chosen checkpoint: {chosen['model']}** — {chosen['reason']}.", ""]
+    retention, unknown = selfcheck.retention_line(results)
+    L += [f"**{retention}.**" if unknown else f"{retention}.", ""]
     if results.get("evaluate_best") not in (None, chosen["model"]):
         L += [f"Evaluate's report recommends {results['evaluate_best']} instead (its own rule; see "
               f"`logs/evaluate/report.md`).", ""]

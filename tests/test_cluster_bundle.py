@@ -152,3 +152,10 @@ def test_every_recipe_measures_retention(recipe):
     assert spec.eval.squad_file, f"{recipe} sets no eval.squad_file: its checkpoint choice would skip retention"
     assert spec.resolve(spec.eval.squad_file).is_file() and spec.eval.squad_rows > 0
     assert yaml.safe_load((REPO / "recipes" / recipe).read_text())["eval"]["squad_file"] == spec.eval.squad_file
+
+
+def test_algorithm_md_states_the_retention_verdict(bundled):
+    text = (bundled["sub"] / "ALGORITHM.md").read_text()
+    results = json.loads((bundled["sub"] / "results.json").read_text())
+    line, unknown = selfcheck.retention_line(results)
+    assert not unknown and f"{line}." in text.splitlines()
