@@ -75,6 +75,7 @@ COPY --from=builder /opt/stack-root/ /
 COPY --from=builder /opt/tunebox-root/ /
 COPY images/entrypoint.sh /usr/local/bin/tunebox-entrypoint
 COPY images/pipeline.sh /usr/local/bin/tunebox-pipeline
+COPY images/check_submission.py /usr/local/bin/tunebox-check-submission
 COPY pyproject.toml tasks.py /app/
 COPY jobs /app/jobs
 COPY recipes /app/recipes
@@ -83,7 +84,7 @@ RUN groupadd --gid ${TUNEBOX_UID} tunebox \
  && useradd --uid ${TUNEBOX_UID} --gid ${TUNEBOX_UID} --home-dir /data --no-create-home --shell /bin/sh tunebox \
  && mkdir -p /data/runs /data/cache /etc/tunebox \
  && chown -R tunebox:tunebox /data \
- && chmod 0755 /usr/local/bin/tunebox-entrypoint /usr/local/bin/tunebox-pipeline
+ && chmod 0755 /usr/local/bin/tunebox-entrypoint /usr/local/bin/tunebox-pipeline /usr/local/bin/tunebox-check-submission
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
@@ -95,7 +96,11 @@ ARG VERSION=0.0.0
 ARG REVISION=unknown
 ARG SOURCE=unknown
 ARG IMAGE_TAG=tunebox:cpu-ms2.9
+ARG CREATED=unknown
+ARG LICENSES=Apache-2.0
 LABEL org.opencontainers.image.title="tunebox" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="${LICENSES}" \
       org.opencontainers.image.description="LoRA fine-tuning jobs for MindSpore + MindFormers" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
@@ -108,7 +113,7 @@ LABEL org.opencontainers.image.title="tunebox" \
       tunebox.cann="${CANN_VERSION}"
 # The same facts as a file, for jobs/core/manifest.py (a process cannot read its image's labels).
 # Keys are the label names (plus tunebox.image, the tag it was built as); a test checks they agree.
-RUN python -c 'import json, os; e = os.environ; json.dump({"org.opencontainers.image.title": "tunebox", "org.opencontainers.image.version": e["VERSION"], "org.opencontainers.image.revision": e["REVISION"], "org.opencontainers.image.source": e["SOURCE"], "org.opencontainers.image.base.name": e["BASE_IMAGE"], "tunebox.stack": e["STACK"], "tunebox.python": e["PYTHON"], "tunebox.mindspore": e["MINDSPORE_VERSION"], "tunebox.mindformers": e["MINDFORMERS_VERSION"], "tunebox.cann": e["CANN_VERSION"], "tunebox.image": e["IMAGE_TAG"]}, open("/etc/tunebox/image.json", "w"), indent=1, sort_keys=True)'
+RUN python -c 'import json, os; e = os.environ; json.dump({"org.opencontainers.image.title": "tunebox", "org.opencontainers.image.created": e["CREATED"], "org.opencontainers.image.licenses": e["LICENSES"], "org.opencontainers.image.version": e["VERSION"], "org.opencontainers.image.revision": e["REVISION"], "org.opencontainers.image.source": e["SOURCE"], "org.opencontainers.image.base.name": e["BASE_IMAGE"], "tunebox.stack": e["STACK"], "tunebox.python": e["PYTHON"], "tunebox.mindspore": e["MINDSPORE_VERSION"], "tunebox.mindformers": e["MINDFORMERS_VERSION"], "tunebox.cann": e["CANN_VERSION"], "tunebox.image": e["IMAGE_TAG"]}, open("/etc/tunebox/image.json", "w"), indent=1, sort_keys=True)'
 ENV TUNEBOX_IMAGE=${IMAGE_TAG}
 
 USER ${TUNEBOX_UID}:${TUNEBOX_UID}

@@ -11,6 +11,8 @@ import sys
 from invoke import Collection, Task, task
 
 DEFAULT_RECIPE = "recipes/local-smollm2.yaml"
+# The job graph, in order: the same list compose runs (images/compose_up.py STEPS).
+PIPELINE_STEPS = ("weights", "prep", "train", "merge", "evaluate", "bundle")
 PY = shlex.quote(sys.executable)
 
 
@@ -25,6 +27,12 @@ def _job(c, name: str, recipe: str, overrides: list[str] | None = None, extra: s
 
 _SET_HELP = {"recipe": "run spec YAML (default: the local SmolLM2 recipe)",
              "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)"}
+
+
+@task(help=_SET_HELP, iterable=["set"])
+def weights(c, recipe=DEFAULT_RECIPE, set=None):
+    """The base model into the cache: fetch model.source (sha256-checked) and convert, or build; skipped when present."""
+    _job(c, "weights", recipe, set)
 
 
 @task(help=_SET_HELP, iterable=["set"])
@@ -81,13 +89,13 @@ def verify(c, submission, rerun=False, image="", tolerance=""):
 
 @task(help=_SET_HELP, iterable=["set"])
 def pipeline(c, recipe=DEFAULT_RECIPE, set=None):
-    """prep -> train -> merge -> evaluate -> bundle on one run spec; prints the report and where it is."""
+    """weights -> prep -> train -> merge -> evaluate -> bundle on one run spec; prints the report and where it is."""
     import time
     from jobs.core.config import load_spec
 
     spec = load_spec(recipe, set)  # fail on a bad spec before any job starts
     started = time.time()
-    for name in ("prep", "train", "merge", "evaluate", "bundle"):
+    for name in PIPELINE_STEPS:
         _job(c, name, recipe, set)
     report = spec.job_dir("evaluate") / "report.md"
     print("\n" + report.read_text(encoding="utf-8"))
@@ -235,7 +243,7 @@ def image_lock(c, stack="cpu-ms2.9"):
 
 
 _K8S_HELP = {"spec": "run spec YAML (the single source: run_id, device, workers)",
-             "overlay": "local-cpu, ascend-4card or multi-node",
+             "overlay": "local-cpu, ascend-4card, multi-node (Indexed Job) or ascend-job (Huawei's AscendJob)",
              "image": "image reference (default tunebox:VERSION-STACK for the spec's device)",
              "namespace": "Kubernetes namespace", "set": "extra spec override, also passed to the pods (repeatable)",
              "out": "output file (default build/k8s/RUN_ID.OVERLAY.yaml)"}

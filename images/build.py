@@ -6,7 +6,7 @@
     python -m images.build verify --stack S [--image T]                # the CA is nowhere in the image
     python -m images.build lock   --stack S                            # freeze the image into constraints.txt
 
-Why each piece exists (see /work/shared/PLATFORM.md for the checked facts):
+Why each piece exists (docs/CONTAINERS.md has the measurements and the platform facts):
 - No registry is reachable, so every FROM is a local image: `base` makes one from the host's own
   Debian mirror with debootstrap and `docker import`.
 - Outbound TLS goes through a proxy with its own CA, so pip in the builder stage needs the host's
@@ -121,6 +121,14 @@ def git_revision() -> str:
     return head + ("-dirty" if git("status", "--porcelain") else "")
 
 
+def project_license() -> str:
+    """pyproject.toml's license (an SPDX expression), for the org.opencontainers.image.licenses label."""
+    import tomllib
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    lic = project.get("license")
+    return (lic.get("text") if isinstance(lic, dict) else lic) or "NOASSERTION"
+
+
 def git_source() -> str:
     try:
         out = subprocess.run(["git", "-C", str(REPO_ROOT), "config", "--get", "remote.origin.url"],
@@ -136,7 +144,9 @@ def build_args_for(stack: Stack, image_tag: str, revision: Optional[str] = None)
     """stack.env plus what the image says about itself (labels, /etc/tunebox/image.json)."""
     args = dict(stack.build_args)
     args.update(VERSION=project_version(), REVISION=revision or git_revision(), SOURCE=git_source(),
-                IMAGE_TAG=image_tag)
+                IMAGE_TAG=image_tag, LICENSES=project_license(),
+                # RFC 3339, as the OCI annotation asks; late in the Dockerfile, so only the label layers rebuild.
+                CREATED=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"))
     return args
 
 

@@ -36,7 +36,7 @@ from jobs.core.render import STACK_FOR_DEVICE, host_data_root, image_tags
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 PROJECT = "tunebox"
-STEPS = ("prep", "train", "merge", "evaluate", "bundle")
+STEPS = ("weights", "prep", "train", "merge", "evaluate", "bundle")
 DEFAULT_RECIPE = "recipes/tiny.yaml"
 
 

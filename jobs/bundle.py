@@ -15,10 +15,13 @@
                         REGISTER_PATH=mindformers/) and README.md (the commands)
   logs/                 mirrors runs/<run_id>/: every job's manifest.json, record.jsonl, prep's stats,
                         held-out rows and rejects, train's loss.jsonl/loss.csv/summary.json and
-                        checkpoint index, merge's index, evaluate's predictions, scores and reports
+                        checkpoint index, every msrun worker's and MindFormers' *.log under train/,
+                        merge's index, evaluate's predictions, scores and reports
   results.json          per checkpoint: step, math accuracy (strict, tolerant), SQuAD F1/EM and
                         retention when evaluate measured them, ratio, contest score; the chosen checkpoint
   ENVIRONMENT.md, environment.json   what each job ran on, from the jobs' manifests
+  selfcheck.png         the self-check picture the contest asks for: run id, commit, the result table,
+                        the ratio computation, the retention verdict, the tail of the training log
   SHA256SUMS            sha256 of every other file (`sha256sum -c SHA256SUMS` works inside the folder)
 
 Give it the same --config and --set options the jobs ran with: it stops (exit 2) naming every key
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import Optional
 
 from .core import bundle_lib as bl
+from .core import selfcheck
 from .core.cli import run_job
 from .core.config import REPO_ROOT, RunSpec, dump_spec
 from .core.io import InputError, atomic_dir, atomic_write_json, atomic_write_text
@@ -217,7 +221,27 @@ def copy_logs(run_dir: Path, logs: Path) -> list[str]:
         for name in names:
             if (job_dir / name).is_file():
                 put(job_dir / name, f"{job}/{name}")
+    for job, patterns in bl.LOG_PATTERNS.items():
+        job_dir = run_dir / job
+        for path in sorted({p for pat in patterns for p in job_dir.rglob(pat) if p.is_file()} if job_dir.is_dir() else []):
+            rel = f"{job}/{path.relative_to(job_dir).as_posix()}"
+            if rel not in copied:
+                put(path, rel)
     return copied
+
+
+def training_log_tail(run_dir: Path, lines: int = 40) -> tuple[str, list[str]]:
+    """(name, last lines) of the training's log: the first worker's MindSpore/MindFormers log when
+    there is one, else tunebox's own loss.jsonl (a single-process run logs to the console only)."""
+    train_dir = run_dir / "train"
+    candidates = bl.training_log_candidates(train_dir) if train_dir.is_dir() else []
+    source = candidates[0] if candidates else train_dir / "loss.jsonl"
+    if not source.is_file():
+        return "none", []
+    with open(source, "rb") as fh:
+        fh.seek(max(0, source.stat().st_size - 64 * 1024))
+        text = fh.read().decode("utf-8", "replace")
+    return f"logs/train/{source.relative_to(train_dir).as_posix()}", text.splitlines()[-lines:]
 
 
 def tokenizer_files(spec: RunSpec) -> tuple[Path, Path]:
@@ -284,6 +308,17 @@ def make_code_archive(git: Optional[dict], dest: Path, root: Path = REPO_ROOT,
     """code.tar.gz: `git archive` of the commit train recorded when its tree was clean; otherwise
     the working tree's files now, with the reason (results.json and ALGORITHM.md repeat it)."""
     commit = (git or {}).get("commit")
+    from_image = str((git or {}).get("source", "")).startswith("image label")
+    if from_image and commit and git.get("dirty") is False and not (root / ".git").exists():
+        # Inside the image: its code was built from that clean commit (the revision label), so its
+        # files are what ran, though there is no .git to `git archive` from.
+        files, too_big = working_tree_files(root, exclude)
+        if not files:
+            raise RuntimeError(f"no source files found under {root} for code.tar.gz")
+        write_worktree_archive(root, files, dest)
+        return {"source": "image", "commit": commit, "dirty": False,
+                "note": f"the image's copy of the code ({len(files)} files under {root.name or root}/), built from "
+                        f"commit {commit} with a clean tree (the image's {git['source'].split()[-1]} label)"}
     if git and commit and git.get("dirty") is False:
         proc = _git(root, "archive", "--format=tar.gz", "--prefix=tunebox/", "-o", str(dest), commit)
         if proc is not None and proc.returncode == 0:
@@ -469,6 +504,8 @@ def render_algorithm(spec: RunSpec, *, stats: dict, profile: Optional[dict], rej
                  f"{_fmt(r['score'], 6)} |")
     chosen = results["chosen"]
     L += ["", f"**Chosen checkpoint: {chosen['model']}** — {chosen['reason']}.", ""]
+    retention, unknown = selfcheck.retention_line(results)
+    L += [f"**{retention}.**" if unknown else f"{retention}.", ""]
     if results.get("evaluate_best") not in (None, chosen["model"]):
         L += [f"Evaluate's report recommends {results['evaluate_best']} instead (its own rule; see "
               f"`logs/evaluate/report.md`).", ""]
@@ -559,6 +596,10 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         atomic_write_json(tmp / "results.json", results)
         chosen = bl.step_of_dir(results["chosen"]["model"] or "") or checkpoints[-1]["step"]
         write_mindformers_files(spec, tmp / "mindformers", chosen)
+        log_name, log_tail = training_log_tail(run_dir)
+        selfcheck.render(tmp / selfcheck.FILE, results=results, results_bytes=(tmp / "results.json").read_bytes(),
+                         rank=spec.lora.rank, commit=code.get("commit"), code_note=code["note"],
+                         log_name=log_name, log_tail=log_tail)
         env = bl.environment_record(manifests)
         atomic_write_json(tmp / "environment.json", env)
         atomic_write_text(tmp / "ENVIRONMENT.md", bl.render_environment(env))

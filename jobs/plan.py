@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Optional
 
 from .core import budget
+from .core.config import LoraSection, ModelSection, RunSpec
 from .core.io import InputError
 from .core.models import get_model_spec, lora_targets
 
@@ -191,6 +192,14 @@ def render_memory(mspec, spec, origins: dict, lora_trainable: int) -> str:
         f"{gib(mem.activations)} + logits {gib(mem.logits)} = {gib(mem.total)} "
         f"(estimate: budget.card_memory; framework workspace comes on top)"])
 
+def render_disk(disk: budget.DiskEstimate) -> str:
+    gb = lambda n: f"{n / 1e9:,.1f} GB"  # noqa: E731
+    lines = [f"Disk on the runs volume: {disk.gib} GiB (the k8s render sizes the tunebox-runs claim with it; "
+             f"cluster.disk_gib overrides)"]
+    lines += [f"  {name.replace('_', ' '):<28} {gb(size):>12}" for name, size in disk.items.items()]
+    lines.append(f"  {'+ headroom':<28} {int(disk.headroom * 100):>11}%")
+    return "\n".join(lines)
+
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
@@ -205,6 +214,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    peak_tflops=args.peak_tflops, recompute=not args.no_recompute,
                                    measured_step_s=args.measured_step_s)
         reference_mfu = budget.calibrated_mfu(args.peak_tflops)
+        run = s["spec"] or RunSpec(model=ModelSection(name=s["model"].name),
+                                   lora=LoraSection(rank=rank, target_modules=targets))
+        disk = budget.estimate_disk(run)
     except (InputError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
@@ -213,6 +225,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     if args.json:
         print(json.dumps({"lora": plan.to_dict(), "time": est.to_dict(), "reference_mfu": reference_mfu,
+                          "disk": disk.to_dict(),
                           "inputs": {k: {"value": v[0], "from": v[1]} for k, v in origins.items()}},
                          indent=2, ensure_ascii=False))
         return 0
@@ -220,6 +233,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(render_time(est, origins, reference_mfu))
     if s["spec"] is not None:
         print(render_memory(s["model"], s["spec"], origins, s["model"].lora_params(rank, targets)))
+    print(render_disk(disk))
     return 0
 
 

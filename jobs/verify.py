@@ -8,13 +8,14 @@ Checks, all of them every time (a problem does not stop the others):
   checkpoints  exactly five, at the evenly spaced steps train planned (logs/train/checkpoints/index.json),
                each the file merge wrote and evaluate scored (sha256 in logs/merge/index.json and scores.json)
   spec         hyperparams.yaml loads as a run spec and is the spec every job's manifest recorded
-  logs         the training log has one line per step, 1..total
+  logs         the training log has one line per step, 1..total; a run of N workers left N msrun logs
   results      results.json agrees with the logs: accuracies re-scored from the bundled predictions,
                SQuAD F1/EM re-scored from the bundled SQuAD predictions (when evaluate measured them) and
                the retention verdict re-derived, ratio and score recomputed from hyperparams.yaml, the
                chosen checkpoint by the same rule
   environment  environment.json and ENVIRONMENT.md are what the bundled manifests give
   code         code.tar.gz is a readable archive of tunebox's sources
+  selfcheck    selfcheck.png is the picture bundle drew of this run (run id, commit, results.json's sha256)
 With --rerun, each checkpoint is evaluated again from the folder alone (bundled tokenizer, held-out
 rows and weights; greedy decoding with jobs.core.decode as evaluate does on CPU) and the accuracies
 must match results.json. With --image, the same check (with --rerun) runs inside that Docker image,
@@ -45,6 +46,7 @@ FILE_PURPOSE = {
     "results.json": "the results", "ENVIRONMENT.md": "the environment report",
     "environment.json": "the environment record", "tokenizer/tokenizer.json": "the tokenizer",
     "logs/prep/heldout.jsonl": "the held-out rows", "logs/train/checkpoints/index.json": "train's checkpoint plan",
+    "selfcheck.png": "the self-check picture: results, ratio and training log (the contest asks for one)",
 }
 
 
@@ -294,6 +296,41 @@ def check_mindformers(sub: Submission, f: Findings) -> None:
     if not f.failed("mindformers"):
         f.ok("mindformers", "finetune.yaml and predict.yaml load with MindFormerConfig; predict.yaml's checkpoint and "
                             "tokenizer and finetune.yaml's registered classes are in the folder")
+def check_worker_logs(sub: Submission, f: Findings, spec) -> None:
+    """A data-parallel run leaves one msrun log per worker; the submission must hold every one."""
+    workers = getattr(getattr(spec, "train", None), "workers", 1) or 1
+    if workers <= 1:
+        return
+    found = sorted(p.relative_to(sub.root).as_posix() for p in sub.path("logs/train").rglob("worker_*.log"))
+    if len(found) < workers:
+        f.fail("logs", f"train ran {workers} workers but logs/train/ holds {len(found)} worker log(s) "
+                       f"({', '.join(found[:4]) or 'none'}): every worker's msrun log belongs in the submission")
+    else:
+        f.ok("logs", f"logs/train/ holds the msrun logs of all {workers} workers")
+
+
+def check_selfcheck(sub: Submission, f: Findings, results: Optional[dict]) -> None:
+    from .core import selfcheck
+    import hashlib
+
+    path = sub.path(selfcheck.FILE)
+    if not path.is_file():
+        return                                   # check_files names it
+    keys = selfcheck.read_keys(path)
+    if not keys:
+        f.fail("selfcheck", f"{selfcheck.FILE} is not a PNG written by bundle (no run id, commit and results "
+                            f"checksum in it)")
+        return
+    results_file = sub.path("results.json")
+    want = {"tunebox.run_id": (results or {}).get("run_id"),
+            "tunebox.commit": ((results or {}).get("code") or {}).get("commit") or "",
+            "tunebox.results_sha256": hashlib.sha256(results_file.read_bytes()).hexdigest()
+            if results_file.is_file() else None}
+    bad = [f"{k} = {keys.get(k)!r}, the folder gives {v!r}" for k, v in want.items() if keys.get(k) != v]
+    if bad:
+        f.fail("selfcheck", f"{selfcheck.FILE} shows another run or other results: " + "; ".join(bad))
+    else:
+        f.ok("selfcheck", f"{selfcheck.FILE} shows this run ({want['tunebox.run_id']}) and this results.json")
 
 
 def check_logs(sub: Submission, f: Findings) -> None:
@@ -639,7 +676,9 @@ def verify(root: Path, rerun: bool = False, image: Optional[str] = None, toleran
     spec = load_bundled_spec(sub, f)
     check_logs(sub, f)
     check_mindformers(sub, f)
+    check_worker_logs(sub, f, spec)
     results = check_results(sub, f, spec, found, actual)
+    check_selfcheck(sub, f, sub.json("results.json") if sub.path("results.json").is_file() else None)
     check_environment(sub, f)
     check_code(sub, f, results)
     if rerun:

@@ -253,6 +253,10 @@ def test_rerun_catches_answers_the_checkpoints_do_not_give(bundled, tmp_path, ca
                      score=scoring.stage1_score(1.0, r["ratio"]), score_tolerant=scoring.stage1_score(1.0, r["ratio"]))
     results["chosen"].update(model=NAME, step=STEP)
     (sub / "results.json").write_text(json.dumps(results, indent=2))
+    # ...and selfcheck.png redrawn from the forged results.json (verify ties the picture to that file)
+    from jobs.core import selfcheck
+    selfcheck.render(sub / selfcheck.FILE, results=results, results_bytes=(sub / "results.json").read_bytes(),
+                     rank=8, commit=results["code"]["commit"], code_note="", log_name="-", log_tail=[])
     rewrite_sums(sub)
 
     code, fails = verify_here(sub, capsys)

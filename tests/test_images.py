@@ -210,7 +210,7 @@ def test_compose_runs_the_steps_in_order_on_one_volume(profile):
         if profile == "ascend":
             assert {f"/dev/davinci{n}" for n in range(4)} | {"/dev/davinci_manager", "/dev/devmm_svm",
                                                             "/dev/hisi_hdc"} == set(service["devices"])
-            for host_path in ("/usr/local/Ascend/driver", "/usr/local/bin/npu-smi", "/etc/ascend_install.info"):
+            for host_path in ("/usr/local/Ascend/driver", "/usr/local/sbin/npu-smi", "/etc/ascend_install.info"):
                 assert volumes[host_path]["source"] == host_path and volumes[host_path]["read_only"]
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))
     assert list(compose["volumes"]) == ["tunebox-data"]

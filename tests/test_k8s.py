@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
 import kubernetes_validate  # noqa: E402  (the `test` extra of pyproject.toml)
 
 from jobs.core.config import load_spec  # noqa: E402
+from jobs.core.crd_schema import validate as validate_offline  # noqa: E402
 from jobs.core.io import InputError  # noqa: E402
 from jobs.core.render import list_overlays, overlay_shape, project_version, render  # noqa: E402
 
@@ -50,7 +51,8 @@ def pod_of(docs) -> tuple[dict, dict, dict]:
 
 
 def test_every_overlay_is_covered():
-    assert list_overlays() == sorted(OVERLAY_SETS)
+    # ascend-job (an AscendJob, no batch Job) is covered by tests/test_cluster_k8s.py.
+    assert list_overlays() == sorted([*OVERLAY_SETS, "ascend-job"])
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAY_SETS))
@@ -58,8 +60,7 @@ def test_overlay_renders_valid_manifests_from_the_spec(overlay):
     docs = rendered(overlay, OVERLAY_SETS[overlay])
     for kind_docs in docs.values():
         for doc in kind_docs:
-            for version in K8S_VERSIONS:
-                kubernetes_validate.validate(doc, version, strict=True)
+            validate_offline(doc, K8S_VERSIONS)   # custom kinds (PodGroup) against k8s/schemas/
     assert len(docs["Job"]) == 1 and len(docs["ConfigMap"]) == 1
     assert sorted(p["metadata"]["name"] for p in docs["PersistentVolumeClaim"]) == ["tunebox-data", "tunebox-runs"]
 
@@ -175,7 +176,7 @@ def test_render_cli_writes_the_file_and_exits_2_on_bad_input(tmp_path):
     assert out.read_text(encoding="utf-8").startswith("# Rendered by")
     bad = subprocess.run([sys.executable, "-m", "jobs.core.render", "--spec", str(TINY), "--overlay", "nope"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert bad.returncode == 2 and "known: ascend-4card, local-cpu, multi-node" in bad.stderr
+    assert bad.returncode == 2 and "known: ascend-4card, ascend-job, local-cpu, multi-node" in bad.stderr
 
 
 # ---- the Job's command: images/pipeline.sh --------------------------------------------------
@@ -209,7 +210,8 @@ def run_pipeline(tmp_path, env_extra=None):
 def test_pipeline_runs_the_steps_in_order(tmp_path):
     done, calls = run_pipeline(tmp_path)
     assert done.returncode == 0, done.stderr
-    assert [c.split()[2] for c in calls] == [f"jobs.{s}" for s in ("prep", "train", "merge", "evaluate", "bundle")]
+    assert [c.split()[2] for c in calls] == [f"jobs.{s}" for s in ("weights", "prep", "train", "merge", "evaluate",
+                                                                 "bundle")]
     assert all("--config /app/recipes/run.yaml --set runs_dir=/data/runs" in c for c in calls)
 
 

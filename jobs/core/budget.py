@@ -376,3 +376,44 @@ def card_memory(spec: ModelSpec, *, seq_length: int, global_batch: int, data_par
     lora_state = lora_trainable / (t * pp) * (BYTES[dtype] * 2 + 8)
     return CardMemory(weights=weights, lora_state=lora_state, activations=activations, logits=logits,
                       micro_batch=b, layers_here=layers)
+
+# ---- disk -------------------------------------------------------------------------------------
+
+@dataclass
+class DiskEstimate:
+    """What a run keeps on the runs volume (runs/ and the model cache), in bytes."""
+    items: dict[str, int]
+    headroom: float = 0.2
+
+    @property
+    def total_bytes(self) -> int:
+        return int(sum(self.items.values()) * (1 + self.headroom))
+
+    @property
+    def gib(self) -> int:
+        """Whole GiB, rounded up, at least 1: the claim's size."""
+        return max(1, -(-self.total_bytes // 2**30))
+
+    def to_dict(self) -> dict:
+        return {"items_bytes": self.items, "headroom": self.headroom, "total_bytes": self.total_bytes, "gib": self.gib}
+
+
+def estimate_disk(run) -> DiskEstimate:
+    """The disk a run spec needs: the converted base (float32, jobs/core/weights.py), the Hugging Face
+    source it was converted from (bf16 safetensors, kept in the cache so a rebuild needs no download),
+    one full merged checkpoint per saved step (merge.dtype, default the base's float32), MindFormers'
+    full resume checkpoints (weights in the training dtype + LoRA state; the train job keeps the last
+    2), the LoRA checkpoints, and 20% headroom for data, logs and a checkpoint being written."""
+    spec = get_model_spec(run.model.name)
+    params = spec.total_params()
+    lora = spec.lora_params(run.lora.rank, run.lora.target_modules)
+    n = run.train.num_checkpoints
+    merged = getattr(getattr(run, "merge", None), "dtype", None) or "float32"
+    train_dtype = run.train.dtype if run.train.device != "CPU" else "float32"
+    return DiskEstimate({
+        "base_checkpoint_fp32": 4 * params,
+        "hf_source_bf16": 2 * params,
+        f"merged_checkpoints_{merged}": n * BYTES[merged] * params,
+        f"resume_checkpoints_{train_dtype}": 2 * (BYTES[train_dtype] * params + 3 * 4 * lora),
+        "lora_checkpoints": n * 4 * lora,
+    })

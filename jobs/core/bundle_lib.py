@@ -27,6 +27,7 @@ JOBS = ("prep", "train", "merge", "evaluate")
 # Files every submission has, whatever the run (per-checkpoint files come from checkpoint_files()).
 FIXED_FILES = (
     "ALGORITHM.md", "hyperparams.yaml", "code.tar.gz", "results.json", "ENVIRONMENT.md", "environment.json",
+    "selfcheck.png",
     "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
     "logs/record.jsonl",
     "logs/prep/manifest.json", "logs/prep/stats.json", "logs/prep/heldout.jsonl", "logs/prep/rejects.jsonl",
@@ -46,6 +47,21 @@ LOG_SOURCES = {
     "merge": ("manifest.json", "index.json"),
     "evaluate": None,  # every file: predictions, scores and reports are small, and whatever evaluate adds belongs here
 }
+# Logs copied whole, wherever they are under a job's folder: every msrun worker's and the scheduler's
+# log (train/msrun/[node-K/]worker_N.log, scheduler.log) and MindFormers' log folder under the run.
+LOG_PATTERNS = {"train": ("*.log", "*.log.[0-9]*")}
+
+
+def training_log_candidates(train_dir: Path) -> list[Path]:
+    """The training's own log files, the first worker's first: what selfcheck.png shows the tail of."""
+    found = sorted({p for pat in LOG_PATTERNS["train"] for p in train_dir.rglob(pat) if p.is_file()})
+
+    def rank(p: Path) -> tuple:
+        # msrun's console of worker 0, then MindFormers' own rank-0 info.log (error.log holds errors only)
+        name = p.as_posix()
+        first = "worker_0." in name or "rank_0" in name
+        return (not first, "scheduler" in name, "error" in p.name, "msrun" not in name, name)
+    return sorted(found, key=rank)
 
 
 def model_dir_name(step: int) -> str:

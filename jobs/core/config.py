@@ -31,6 +31,11 @@ class ModelSection:
     """A MindFormers .ckpt to start from; default: the registry's converted checkpoint in the cache."""
     tokenizer: Optional[str] = None
     """A tokenizer.json; default: the one converted with the model."""
+    source: Optional[str] = None
+    """Where the weights job gets the base model when the cache lacks it: a YAML/JSON list of {url, path,
+    sha256} (the Hugging Face checkpoint's files; paths relative to the cache's hf/<model>/), fetched and
+    converted once. Relative to the spec. Never put a credential here: the job sends the bearer token in
+    $TUNEBOX_WEIGHTS_TOKEN, or in the file $TUNEBOX_WEIGHTS_TOKEN_FILE names (a mounted Secret)."""
 
 
 @dataclass
@@ -105,7 +110,7 @@ class TrainSection:
     itself: exact (rotary positions are relative), and no compute is spent on padding. batch_size then
     counts packed rows. Pays off when samples are much shorter than seq_length (contest math at 256)."""
     lm_head_on_answers: bool = True
-    """Run the LM head and the loss only at the positions the loss counts (mf.answer_only_loss): the same
+    """Run the LM head and the loss only at the positions the loss counts (TuneboxLlamaForCausalLM in jobs/core/mf_extensions.py): the same
     loss and gradients as MindFormers' forward, without the logits of every prompt and pad position.
     false: MindFormers' own forward."""
     lr: float = 2e-4
@@ -163,6 +168,34 @@ class EvalSection:
 
 
 @dataclass
+class ClusterSection:
+    """Where an Ascend run is placed and how its nodes talk (k8s render, compose); none of it changes
+    what the run computes, so it is left out of the spec hash. Sources: jobs/core/ascend.py."""
+    card: Literal["910", "910b"] = "910b"
+    """Card generation: pod label ring-controller.atlas ascend-910 / ascend-910b (Huawei's scheduler
+    and device plugin select on it) and the default accelerator-type node selector."""
+    host_arch: Literal["huawei-arm", "huawei-x86"] = "huawei-arm"
+    """Node label host-arch of the Ascend nodes (Atlas 800 training servers are arm)."""
+    accelerator_type: Optional[str] = None
+    """Node label accelerator-type; null: module (910) or module-910b-8 (910b); module-910b-16 for 16-card nodes."""
+    cards_per_node: int = 8
+    """NPUs per pod of the ascend-job overlay (ascend-4card and multi-node use 4)."""
+    gang_scheduler: Literal["volcano", "none"] = "volcano"
+    """multi-node overlay: volcano puts the pods in a PodGroup (all start or none); none: the default scheduler."""
+    hccl_connect_timeout: int = 1200
+    """HCCL_CONNECT_TIMEOUT seconds, [120, 7200] (CANN's default 120 is short when nodes start
+    minutes apart: image pull, prep on node 0)."""
+    hccl_exec_timeout: Optional[int] = None
+    """HCCL_EXEC_TIMEOUT seconds; null: CANN's default."""
+    hccl_buffsize: int = 200
+    """HCCL_BUFFSIZE, MB per communicator buffer (CANN's default 200)."""
+    hccl_socket_ifname: Optional[str] = None
+    """HCCL_SOCKET_IFNAME, e.g. eth0 or 'enp' (prefix): the NIC HCCL's host sockets use; null: HCCL chooses."""
+    disk_gib: Optional[int] = None
+    """Size of the runs claim (tunebox-runs); null: what `invoke plan` computes for this spec."""
+
+
+@dataclass
 class RunSpec:
     run_id: str = "local-smollm2"
     runs_dir: str = "runs"
@@ -174,6 +207,7 @@ class RunSpec:
     train: TrainSection = field(default_factory=TrainSection)
     merge: MergeSection = field(default_factory=MergeSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
 
     # Not part of the YAML: where the spec came from, for resolving relative paths.
     source_path: Optional[str] = field(default=None, metadata={"internal": True})
@@ -200,9 +234,10 @@ class RunSpec:
         return _to_plain(self)
 
     def spec_hash(self) -> str:
-        """What the run computes, not where it writes: runs_dir is left out, so the same spec hashes
-        the same on the host, in a container (/runs) and in a Kubernetes pod."""
-        d = {k: v for k, v in self.to_dict().items() if k != "runs_dir"}
+        """What the run computes, not where it writes: runs_dir, cluster (placement, HCCL) and
+        model.source (where the weights were downloaded from) are left out, so the same spec hashes the same on the host, in a container (/runs) and in a pod."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("runs_dir", "cluster")}
+        d["model"] = {k: v for k, v in d["model"].items() if k != "source"}   # where from, not what
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -247,7 +282,10 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
                 return True, v
         return False, value
     if origin is Literal:
-        return value in typing.get_args(tp), value
+        choices = typing.get_args(tp)
+        if value not in choices and isinstance(value, int) and str(value) in choices:
+            return True, str(value)      # `card: 910` in YAML is an int; the choice is the string "910"
+        return value in choices, value
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:
@@ -341,6 +379,12 @@ def _validate(spec: RunSpec, path: str, lines_of) -> None:
         bad("train.num_checkpoints must be >= 1", "train.num_checkpoints")
     if spec.train.device == "CPU" and spec.train.dtype != "float32":
         bad("train.dtype must be float32 on CPU (MindSpore's CPU kernels need it)", "train.dtype")
+    if not 120 <= spec.cluster.hccl_connect_timeout <= 7200:
+        bad("cluster.hccl_connect_timeout must be in [120, 7200] seconds (CANN's range)", "cluster.hccl_connect_timeout")
+    if spec.cluster.cards_per_node < 1:
+        bad("cluster.cards_per_node must be >= 1", "cluster.cards_per_node")
+    if spec.cluster.disk_gib is not None and spec.cluster.disk_gib < 1:
+        bad("cluster.disk_gib must be >= 1 (or null: computed from the spec)", "cluster.disk_gib")
     if not all(c.isalnum() or c in "-_." for c in spec.run_id):
         bad("run_id may use letters, digits, '-', '_' and '.' only", "run_id")
 

@@ -20,6 +20,7 @@ import glob
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import re
@@ -36,6 +37,7 @@ from .io import InputError, append_jsonl, atomic_write_json, sha256_file
 MANIFEST_SCHEMA = 1
 ASCEND_ROOT = Path("/usr/local/Ascend")
 IMAGE_LABELS_FILE = Path("/etc/tunebox/image.json")
+REVISION_LABEL = "org.opencontainers.image.revision"
 KEY_PACKAGES = ("mindspore", "mindformers", "mindpet", "numpy", "tokenizers", "safetensors", "gguf")
 
 
@@ -173,14 +175,17 @@ def npu_info() -> Optional[dict]:
 
 
 def ascend_info(root: Path = ASCEND_ROOT) -> dict:
-    """Driver version (driver/version.info) and CANN version (ascend-toolkit install info or
-    version.cfg); null for whatever is not installed, which is every field on a CPU machine."""
+    """Driver version (driver/version.info), CANN version (toolkit install info or version.cfg) and
+    the set_env.sh the entrypoint sources; null for whatever is not installed (every field on a CPU
+    machine). CANN >= 8.5 installs under cann/ (hiascend.com, CANN 8.5.0 installation guide, "File
+    Paths": cann/<arch>-linux/ascend_toolkit_install.info); earlier versions under ascend-toolkit/latest/."""
     driver_file = root / "driver" / "version.info"
     driver = _key_values(_read_text(driver_file)) if driver_file.exists() else {}
     cann_version, cann_file = None, None
-    latest = root / "ascend-toolkit" / "latest"
-    candidates = sorted(glob.glob(str(latest / "*" / "ascend_toolkit_install.info"))) + \
-        [str(latest / "version.cfg")] + sorted(glob.glob(str(latest / "*" / "version.cfg")))
+    candidates = []
+    for home in (root / "cann", root / "ascend-toolkit" / "latest"):
+        candidates += sorted(glob.glob(str(home / "*" / "ascend_toolkit_install.info"))) + \
+            [str(home / "version.cfg")] + sorted(glob.glob(str(home / "*" / "version.cfg")))
     for candidate in candidates:
         values = _key_values(_read_text(Path(candidate)))
         # install.info says version=8.0.RC2; version.cfg has toolkit_installed_version=[...:8.0.RC2]
@@ -198,6 +203,8 @@ def ascend_info(root: Path = ASCEND_ROOT) -> dict:
     return {"driver_version": driver.get("Version") or driver.get("version"),
             "driver_file": str(driver_file) if driver else None,
             "cann_version": cann_version, "cann_file": cann_file,
+            "set_env": next((str(f) for f in (root / "cann" / "set_env.sh", root / "ascend-toolkit" / "set_env.sh")
+                             if f.exists()), None),
             "toolkit_home": os.environ.get("ASCEND_TOOLKIT_HOME") or os.environ.get("ASCEND_HOME_PATH")}
 
 
@@ -228,7 +235,25 @@ def pip_freeze() -> Optional[tuple[str, ...]]:
     return tuple(line for line in text.splitlines() if line.strip())
 
 
-def container_info(labels_file: Path = IMAGE_LABELS_FILE) -> Optional[dict]:
+def image_labels_file() -> Path:
+    """/etc/tunebox/image.json, or $TUNEBOX_IMAGE_LABELS (the entrypoint reads the same variable)."""
+    return Path(os.environ.get("TUNEBOX_IMAGE_LABELS") or IMAGE_LABELS_FILE)
+
+
+def code_revision(git: Optional[dict], labels: Optional[dict]) -> Optional[dict]:
+    """The commit that ran: git's when this is a checkout; else the image's revision label (an image
+    holds no .git, but `invoke image.build` records HEAD, with -dirty when the tree differed)."""
+    if git and git.get("commit"):
+        return {**git, "source": "git"}
+    revision = (labels or {}).get(REVISION_LABEL) if isinstance(labels, dict) else None
+    if not revision or revision in ("unknown", "uncommitted", "lint"):
+        return git
+    commit, dirty = (revision[:-len("-dirty")], True) if revision.endswith("-dirty") else (revision, False)
+    return {"root": None, "commit": commit, "dirty": dirty, "branch": None,
+            "source": f"image label {REVISION_LABEL}"}
+
+
+def container_info(labels_file: Optional[Path] = None) -> Optional[dict]:
     """Which container runtime we are in (docker, podman, kubernetes...) and the image, as the
     Dockerfile records it in TUNEBOX_IMAGE / TUNEBOX_IMAGE_ID and /etc/tunebox/image.json."""
     markers = []
@@ -243,6 +268,7 @@ def container_info(labels_file: Path = IMAGE_LABELS_FILE) -> Optional[dict]:
     if os.environ.get("KUBERNETES_SERVICE_HOST") and "kubernetes" not in markers:
         markers.append("kubernetes")
     labels = None
+    labels_file = labels_file or image_labels_file()
     if labels_file.exists():
         try:
             labels = json.loads(labels_file.read_text(encoding="utf-8"))
@@ -311,6 +337,14 @@ def environment_manifest(spec=None, inputs: Optional[dict[str, str | os.PathLike
                          seeds: Optional[dict] = None, *, include_pip_freeze: bool = True) -> dict:
     """Everything needed to say what ran where. `spec` is a RunSpec (or None)."""
     inputs = inputs or {}
+    container = container_info()
+    ascend = ascend_info()
+    labels = (container or {}).get("labels") or {}
+    if isinstance(labels, dict) and labels.get("tunebox.cann") not in (None, "none") and not ascend["set_env"]:
+        # An Ascend image whose CANN environment was not found: say it where the run is recorded.
+        ascend["problem"] = (f"this image was built with CANN {labels['tunebox.cann']} but no set_env.sh was found "
+                             f"(cann/ or ascend-toolkit/ under {ASCEND_ROOT}); Ascend jobs will fail")
+        logging.getLogger("tunebox.manifest").warning("%s", ascend["problem"])
     return {
         "schema": MANIFEST_SCHEMA,
         "created_utc": utc_now(),
@@ -321,12 +355,12 @@ def environment_manifest(spec=None, inputs: Optional[dict[str, str | os.PathLike
         "cpu": cpu_info(),
         "memory": memory_info(),
         "npu": npu_info(),
-        "ascend": ascend_info(),
+        "ascend": ascend,
         "python": python_info(),
         "packages": package_versions(),
         "pip_freeze": (list(pip_freeze() or []) or None) if include_pip_freeze else None,
-        "container": container_info(),
-        "git": git_state(),
+        "container": container,
+        "git": code_revision(git_state(), (container or {}).get("labels")),
         "spec_hash": spec.spec_hash() if spec is not None else None,
         "spec": spec.to_dict() if spec is not None else None,
         "inputs": {name: describe_file(path) for name, path in inputs.items()},

@@ -33,6 +33,7 @@ from mindspore.common import dtype as mstype
 from mindspore.ops import functional as F
 from mindspore.ops import operations as P
 from mindspore.train.callback import Callback
+from mindspore.train.serialization import _get_merged_param_data
 
 from mindformers.models.llama import LlamaForCausalLM
 from mindformers.tools.register import MindFormerModuleType, MindFormerRegister
@@ -294,7 +295,9 @@ def _rank() -> int:
 class TuneboxLoraCheckpoints(Callback):
     """Save the trainable (LoRA) parameters at `planned_steps` (global optimizer steps), in MindFormers'
     layout: <directory>/checkpoint_trainable/rank_<r>/<prefix>_rank_<r>-trainable_params-<epoch>_<step>.ckpt
-    (epoch 1-based, step within the epoch, as MindFormers' CheckpointMonitor names them). Written to a
+    (epoch 1-based, step within the epoch, as MindFormers' CheckpointMonitor names them). With model
+    parallel the slices are gathered first, so every file holds whole LoRA matrices that merge can fold
+    into the base without a strategy file (not run here: this CPU has no model parallel). Written to a
     temporary name and renamed, so a file that exists is whole. MindFormers' own CheckpointMonitor keeps
     the full checkpoints for resume_training; it rotates them, and these must never be rotated away."""
 
@@ -315,7 +318,14 @@ class TuneboxLoraCheckpoints(Callback):
         if step not in self.planned_steps:
             return
         network = cb.train_network.network if hasattr(cb.train_network, "network") else cb.train_network
-        params = [{"name": p.name, "data": Tensor(p.data.asnumpy())} for p in network.trainable_params()]
+        layout = getattr(cb.train_network, "parameter_layout_dict", None) or {}
+        params = []
+        for p in network.trainable_params():
+            data = Tensor(p.data.asnumpy())
+            if p.name in layout:  # model parallel: gather the slices into the whole tensor, as MindFormers'
+                # CheckpointMonitor does with integrated_save (every rank then writes the whole LoRA)
+                data = _get_merged_param_data(cb.train_network, layout, p.name, data, True)
+            params.append({"name": p.name, "data": data})
         path = self.file_for(step, _rank())
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path[:-len(".ckpt")] + ".partial.ckpt"

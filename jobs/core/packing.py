@@ -5,7 +5,7 @@ padded row is two-thirds padding and two-thirds of every step's compute is spent
 whole samples side by side in a row (first-fit decreasing, computed once at train start, so the
 data order stays a pure function of the spec and resume keeps working), and the train job swaps
 MindFormers' causal mask for a block-diagonal one built from per-token segment ids
-(mf.use_segment_mask): a token attends only to earlier tokens of its own sample.
+(TuneboxLlamaForCausalLM, jobs/core/mf_extensions.py): a token attends only to earlier tokens of its own sample.
 
 Rotary position embedding makes this exact, not an approximation: the q.k score of two tokens
 depends only on the distance between their positions, so a sample placed at offset 90 of a row

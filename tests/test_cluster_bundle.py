@@ -1,0 +1,161 @@
+"""The submission as a judge sees it (issue 17), on a real tiny run: selfcheck.png (run id, commit,
+result table, ratio computation, retention verdict, tail of the training log) is written by bundle
+and required and checked by verify; every worker's msrun log and MindFormers' log folder under the
+run travel in logs/train/; and every stage recipe measures retention (the report says so loudly when
+a run does not)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import TINY_RECIPE, run_job
+
+from jobs import verify as verify_mod
+from jobs.bundle import training_log_tail
+from jobs.core import bundle_lib as bl
+from jobs.core import selfcheck
+from jobs.core.config import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER_LOGS = {"msrun/worker_0.log": "step 1 loss 2.5\nworker 0 last line\n",
+               "msrun/worker_1.log": "step 1 loss 2.6\nworker 1 last line\n",
+               "msrun/node-1/worker_2.log": "step 1 loss 2.7\nworker 2 (node 1) last line\n",
+               "msrun/scheduler.log": "Cluster is successfully initialized\n",
+               "output/log/rank_0/info.log": "[INFO] MindFormers rank 0\n"}
+
+
+@pytest.fixture(scope="module")
+def bundled(tiny_run, tmp_path_factory) -> dict:
+    """A copy of the shared tiny run with msrun-style worker logs and a MindFormers log folder added
+    under train/ (the tiny run is single-process), bundled through the CLI."""
+    work = tmp_path_factory.mktemp("clusterbundle")
+    runs = work / "runs"
+    shutil.copytree(tiny_run["run_dir"], runs / "tiny", ignore=shutil.ignore_patterns("mindformers", "submission"))
+    for rel, text in WORKER_LOGS.items():
+        path = runs / "tiny" / "train" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
+    return {"sub": runs / "tiny" / "submission", "run_dir": runs / "tiny", "cache": tiny_run["cache"]}
+
+
+def verify(sub: Path, capsys) -> tuple[int, list[str]]:
+    code = verify_mod.main([str(sub)])
+    out = capsys.readouterr().out
+    return code, [line.strip() for line in out.splitlines() if line.strip().startswith("FAIL")]
+
+
+def copy_of(bundled, tmp_path) -> Path:
+    dst = tmp_path / "submission"
+    shutil.copytree(bundled["sub"], dst)
+    return dst
+
+
+def rewrite_sums(sub: Path) -> None:
+    rels = [r for r in bl.files_under(sub) if r != bl.SUMS_FILE]
+    (sub / bl.SUMS_FILE).write_text(bl.format_sha256sums(bl.hash_files(sub, rels)))
+
+
+def test_selfcheck_png_shows_this_run_and_verify_accepts_it(bundled, capsys):
+    sub = bundled["sub"]
+    png = sub / selfcheck.FILE
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.width >= selfcheck.WIDTH and im.height > 300
+    results = json.loads((sub / "results.json").read_text())
+    keys = selfcheck.read_keys(png)
+    assert keys == {"tunebox.run_id": "tiny", "tunebox.commit": results["code"]["commit"] or "",
+                    "tunebox.results_sha256": hashlib.sha256((sub / "results.json").read_bytes()).hexdigest()}
+    assert selfcheck.FILE in (sub / bl.SUMS_FILE).read_text()
+    code, fails = verify(sub, capsys)
+    assert (code, fails) == (0, [])
+
+
+def test_selfcheck_table_and_ratio_come_from_results(bundled):
+    results = json.loads((bundled["sub"] / "results.json").read_text())
+    table = selfcheck.result_table(results)
+    assert [row[0] for row in table[2:]] == [r["model"] + (" *" if r["model"] == results["chosen"]["model"] else "")
+                                             for r in results["checkpoints"]]
+    assert table[1][0] == "base" and len(table) == 2 + len(results["checkpoints"])
+    ratio = "\n".join(selfcheck.ratio_lines(results, 8))
+    assert f"{results['trainable_params']:,} / {results['total_params']:,} = {results['ratio']:.9f}" in ratio
+
+
+def test_verify_requires_selfcheck_png(bundled, tmp_path, capsys):
+    sub = copy_of(bundled, tmp_path)
+    (sub / selfcheck.FILE).unlink()
+    rewrite_sums(sub)
+    code, fails = verify(sub, capsys)
+    assert code == 1 and any("missing selfcheck.png" in f for f in fails)
+
+
+def test_verify_refuses_a_selfcheck_of_other_results(bundled, tmp_path, capsys):
+    sub = copy_of(bundled, tmp_path)
+    other = tmp_path / "other.png"
+    Image.new("RGB", (50, 50), "white").save(other)
+    shutil.copyfile(other, sub / selfcheck.FILE)              # a picture, but not bundle's
+    rewrite_sums(sub)
+    code, fails = verify(sub, capsys)
+    assert code == 1 and any("not a PNG written by bundle" in f for f in fails)
+
+    sub2 = copy_of(bundled, tmp_path / "b")
+    results = json.loads((sub2 / "results.json").read_text())
+    shutil.copyfile(sub2 / selfcheck.FILE, tmp_path / "keep.png")
+    results["run_id"] = "someone-else"
+    (sub2 / "results.json").write_text(json.dumps(results))
+    rewrite_sums(sub2)
+    code, fails = verify(sub2, capsys)
+    assert code == 1 and any("shows another run or other results" in f for f in fails)
+
+
+def test_every_worker_log_and_mindformers_log_folder_is_in_the_bundle(bundled):
+    logs = bundled["sub"] / "logs" / "train"
+    for rel, text in WORKER_LOGS.items():
+        assert (logs / rel).read_text() == text
+    name, tail = training_log_tail(bundled["run_dir"])
+    assert name == "logs/train/msrun/worker_0.log" and tail[-1] == "worker 0 last line"
+
+
+def test_verify_wants_one_log_per_worker(bundled, tmp_path):
+    sub = copy_of(bundled, tmp_path)
+    spec = load_spec(TINY_RECIPE, ["train.workers=3", "train.batch_size=3"])
+    f = verify_mod.Findings()
+    verify_mod.check_worker_logs(verify_mod.Submission(sub, f), f, spec)
+    assert f.failed("logs") == []
+    (sub / "logs" / "train" / "msrun" / "worker_1.log").unlink()
+    f = verify_mod.Findings()
+    verify_mod.check_worker_logs(verify_mod.Submission(sub, f), f, spec)
+    assert any("holds 2 worker log" in m for m in f.failed("logs"))
+
+
+def test_single_process_run_shows_mindformers_own_log(tiny_run):
+    name, tail = training_log_tail(tiny_run["run_dir"])
+    assert name == "logs/train/log/rank_0/info.log" and any("Training Over" in line for line in tail)
+
+
+def test_report_says_loudly_when_retention_was_not_measured():
+    rows = [{"model": "step-000010", "step": 10, "passes_retention": None}]
+    text, warn = selfcheck.retention_line({"checkpoints": rows})
+    assert warn and "NOT measured" in text
+    text, warn = selfcheck.retention_line({"checkpoints": [{**rows[0], "passes_retention": True}]})
+    assert not warn and "1 of 1 checkpoints pass" in text
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "recipes").glob("*.yaml")))
+def test_every_recipe_measures_retention(recipe):
+    spec = load_spec(REPO / "recipes" / recipe)
+    assert spec.eval.squad_file, f"{recipe} sets no eval.squad_file: its checkpoint choice would skip retention"
+    assert spec.resolve(spec.eval.squad_file).is_file() and spec.eval.squad_rows > 0
+    assert yaml.safe_load((REPO / "recipes" / recipe).read_text())["eval"]["squad_file"] == spec.eval.squad_file
+
+
+def test_algorithm_md_states_the_retention_verdict(bundled):
+    text = (bundled["sub"] / "ALGORITHM.md").read_text()
+    results = json.loads((bundled["sub"] / "results.json").read_text())
+    line, unknown = selfcheck.retention_line(results)
+    assert not unknown and f"{line}." in text.splitlines()
