@@ -55,5 +55,15 @@ def tiny_run(tmp_path_factory, tiny_cache) -> dict:
     return {"run_dir": runs / "tiny", "cache": tiny_cache, "work": work, "runs": runs}
 
 
+def planned_checkpoint_steps(run_dir: Path, recipe: Path = TINY_RECIPE, *overrides: str) -> list[int]:
+    """The checkpoint steps train plans for this run, from prep's row count (jobs.train.plan_steps),
+    so no test copies a step number from an earlier run."""
+    from jobs.core.config import load_spec
+    from jobs.train import plan_steps
+
+    stats = json.loads((Path(run_dir) / "prep" / "stats.json").read_text())
+    return plan_steps(stats["rows_train"], load_spec(recipe, list(overrides)))["checkpoint_steps"]
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(l) for l in Path(path).read_text(encoding="utf-8").split("\n") if l.strip()]
