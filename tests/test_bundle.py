@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_RECIPE, job_env, planned_checkpoint_steps, read_jsonl, run_job
+from conftest import TINY_RECIPE, docker_engine, docker_image, job_env, planned_checkpoint_steps, read_jsonl, run_job
 
 from jobs import verify as verify_mod
 from jobs.bundle import link_or_copy, make_code_archive
@@ -499,13 +499,7 @@ IMAGE = os.environ.get("TUNEBOX_VERIFY_IMAGE", "tunebox:cpu-ms2.9")
 
 @pytest.mark.docker
 def test_verify_inside_image(bundled, capsys):
-    client, why_not = verify_mod.docker_client()
-    if client is None:
-        pytest.skip(why_not)
-    try:
-        client.images.get(IMAGE)
-    except Exception:
-        pytest.skip(f"image {IMAGE} not built (invoke image.build)")
+    docker_image(docker_engine(), IMAGE, "invoke image.build --stack cpu-ms2.9")
     code = verify_mod.main([str(bundled["sub"]), "--image", IMAGE])
     out = capsys.readouterr().out
     assert code == 0, out
