@@ -426,6 +426,87 @@ def test_verify_accepts_the_edited_run_and_catches_a_wrong_choice(decided, tmp_p
            f"{names[2]!r}" in text
 
 
+# ---- stage 2: a multiple-choice run, bundled and verified --------------------------------------
+# The tiny pipeline on 40 MMLU rows (6 held out), stage 2, no SQuAD. The last checkpoint's answers are
+# then edited as below (the tiny model names no letter on its own), evaluate redoes its report, and
+# bundle writes results.json with stage 2's score. Each answer's letter is read here by hand.
+MMLU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mcq" / "mmlu-subset.jsonl"
+MCQ_SETS = ["data.format=mcq", f"data.train_file={MMLU}", "data.max_rows=40", "data.heldout_rows=6",
+            "data.seq_length=512", "stage=2", "eval.squad_rows=0"]
+OTHER = {"A": "B", "B": "C", "C": "D", "D": "A"}
+# (answer text, is it the reference letter): the contest reads the first explicit phrase
+MCQ_ANSWERS = [("The right option is {ref}.", True),
+               ("答案是：{ref}", True),
+               ("The right option is {other}.", False),
+               ("({other})", False),
+               ("I am not sure.", False),
+               ("The answer is {other}, not {ref}", False)]
+
+
+@pytest.fixture(scope="module")
+def mcq_bundled(tiny_cache, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("stage2")
+    runs = work / "runs"
+    sets = [f"runs_dir={runs}", *MCQ_SETS]
+    for job in ("prep", "train", "merge", "evaluate"):
+        run_job(job, TINY_RECIPE, tiny_cache, work, *sets)
+    run = runs / "tiny"
+    steps = planned_checkpoint_steps(run, TINY_RECIPE, *MCQ_SETS)
+    last = bl.model_dir_name(steps[-1])
+    preds = read_jsonl(run / "evaluate" / last / "predictions.jsonl")
+    assert len(preds) == 6 and not any(p["strict"] for p in preds), "expected a model that names no right letter"
+    for p, (text, right) in zip(preds, MCQ_ANSWERS):
+        p.update(answer=text.format(ref=p["reference"], other=OTHER[p["reference"]]), strict=right, tolerant=right)
+    _rewrite_jsonl(run / "evaluate" / last / "predictions.jsonl", preds)
+    scores = json.loads((run / "evaluate" / last / "scores.json").read_text())
+    scores.update(accuracy_strict=2 / 6, accuracy_tolerant=2 / 6)
+    (run / "evaluate" / last / "scores.json").write_text(json.dumps(scores, indent=2))
+    run_job("evaluate", TINY_RECIPE, tiny_cache, work, *sets)
+    run_job("bundle", TINY_RECIPE, tiny_cache, work, *sets)
+    return {"run": run, "sub": run / "submission", "steps": steps, "last": last}
+
+
+def test_stage2_bundle_scores_by_the_stage2_rule(mcq_bundled):
+    results = json.loads((mcq_bundled["sub"] / "results.json").read_text())
+    assert (results["stage"], results["format"]) == (2, "mcq")
+    assert results["score_formula"].startswith("stage 2: (1 - 10 * ratio) * 0.3 + accuracy * 0.7")
+    assert results["ratio_for_score"] == pytest.approx(TINY_RATIO, rel=1e-12)
+    rows = {r["model"]: r for r in results["checkpoints"]}
+    assert list(rows) == [bl.model_dir_name(s) for s in mcq_bundled["steps"]]
+    for name, r in rows.items():
+        acc = 2 / 6 if name == mcq_bundled["last"] else 0.0
+        assert r["accuracy_strict"] == pytest.approx(acc, abs=1e-12)
+        # stage 2 by hand: the ratio weighs ten times
+        assert r["score"] == pytest.approx((1 - 10 * TINY_RATIO) * 0.3 + acc * 0.7, abs=1e-12)
+        assert r["passes_retention"] is None
+    # no SQuAD, so retention is unknown: the best accuracy is chosen
+    assert results["chosen"]["model"] == mcq_bundled["last"]
+    assert results["chosen"]["rule"] == "accuracy (retention unknown)"
+    report = json.loads((mcq_bundled["run"] / "evaluate" / "report.json").read_text())
+    assert report["checkpoints"][-1]["score"] == pytest.approx(rows[mcq_bundled["last"]]["score"], abs=1e-12)
+
+
+def test_verify_rescores_the_mcq_letters(mcq_bundled, tmp_path, capsys):
+    code, fails = verify_here(mcq_bundled["sub"], capsys)
+    assert code == 0, fails
+    sub = tmp_path / "submission"
+    shutil.copytree(mcq_bundled["sub"], sub)
+    name = mcq_bundled["last"]
+    f = sub / "logs" / "evaluate" / name / "predictions.jsonl"
+    preds = read_jsonl(f)
+    # the Chinese answer now names another letter; its recorded verdict (right) no longer holds
+    preds[1]["answer"] = f"答案是：{OTHER[preds[1]['reference']]}"
+    _rewrite_jsonl(f, preds)
+    rewrite_sums(sub)
+    code, fails = verify_here(sub, capsys)
+    assert code == 1
+    text = "\n".join(fails)
+    assert (f"logs/evaluate/{name}/predictions.jsonl: the recorded verdict differs from the contest rule on "
+            f"line(s) [{preds[1]['line']}]") in text
+    assert f"logs/evaluate/{name}/scores.json accuracy_strict = {2 / 6}, its predictions give {1 / 6}" in text
+    assert f"results.json {name} accuracy_strict = {2 / 6}, the bundled predictions give(s) {1 / 6}" in text
+
+
 # ---- code.tar.gz -----------------------------------------------------------------------------
 
 def _git(repo: Path, *args: str) -> str:
