@@ -42,6 +42,25 @@ def kubectl() -> str:
     return path
 
 
+def test_the_kubectl_installed_with_this_python_comes_first(tmp_path, monkeypatch):
+    """The test extra's kubectl lands in this interpreter's scripts folder, which need not be on PATH
+    (and another kubectl on PATH may be too old to render the overlays)."""
+    import sysconfig
+
+    scripts, elsewhere = tmp_path / "scripts", tmp_path / "path"
+    for d in (scripts, elsewhere):
+        d.mkdir()
+        (d / "kubectl").write_text("#!/bin/sh\n")
+        (d / "kubectl").chmod(0o755)
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, *a, **k: str(scripts) if name == "scripts" else None)
+    monkeypatch.setenv("PATH", str(elsewhere))
+    assert find_kubectl() == str(scripts / "kubectl")
+    (scripts / "kubectl").unlink()
+    assert find_kubectl() == str(elsewhere / "kubectl")
+    (elsewhere / "kubectl").unlink()
+    assert find_kubectl() is None
+
+
 def rendered(overlay: str, sets=(), **kw) -> dict[str, list[dict]]:
     text, _ = render(TINY, overlay, overrides=list(sets), **kw)
     docs: dict[str, list[dict]] = {}
