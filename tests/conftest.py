@@ -16,6 +16,41 @@ MATH_SAMPLE = SHARED_DATA / "math" / "contest-sample.jsonl"
 TINY_RECIPE = REPO / "recipes" / "tiny.yaml"
 
 
+def cannot_run(why: str) -> None:
+    """Skip a test this machine cannot run (pytest's summary lists the reason). CI (.ci/run, CI=true)
+    runs every test: there a test that cannot run fails instead."""
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"CI=true, and this test cannot run: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+def docker_engine():
+    """A Docker client whose engine answered a ping. Only "no engine here" (no socket, refused, no
+    permission: docker.errors.DockerException that is not an APIError) skips; an engine that answers
+    with an error (APIError) is a failure."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except docker.errors.APIError:
+        raise
+    except docker.errors.DockerException as exc:
+        cannot_run(f"no Docker engine here ({str(exc)[:200]}); start dockerd (docs/CONTAINERS.md)")
+    return client
+
+
+def docker_image(client, tag: str, how: str):
+    """The local image `tag`; a missing one skips (fails under CI=true) and says how to build it.
+    Any other Docker error propagates."""
+    import docker
+
+    try:
+        return client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        cannot_run(f"image {tag} is not built: {how}")
+
+
 def job_env(cache: Path) -> dict:
     env = dict(os.environ)
     env["TUNEBOX_CACHE"] = str(cache)
@@ -53,6 +88,16 @@ def tiny_run(tmp_path_factory, tiny_cache) -> dict:
     for job in ("prep", "train", "merge", "evaluate"):
         run_job(job, TINY_RECIPE, tiny_cache, work, f"runs_dir={runs}")
     return {"run_dir": runs / "tiny", "cache": tiny_cache, "work": work, "runs": runs}
+
+
+def planned_checkpoint_steps(run_dir: Path, recipe: Path = TINY_RECIPE, *overrides: str) -> list[int]:
+    """The checkpoint steps train plans for this run, from prep's row count (jobs.train.plan_steps),
+    so no test copies a step number from an earlier run."""
+    from jobs.core.config import load_spec
+    from jobs.train import plan_steps
+
+    stats = json.loads((Path(run_dir) / "prep" / "stats.json").read_text())
+    return plan_steps(stats["rows_train"], load_spec(recipe, list(overrides)))["checkpoint_steps"]
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -16,12 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_RECIPE, job_env, run_job
+from conftest import TINY_RECIPE, docker_engine, docker_image, job_env, planned_checkpoint_steps, read_jsonl, run_job
 
 from jobs import verify as verify_mod
 from jobs.bundle import link_or_copy, make_code_archive
 from jobs.core import bundle_lib as bl
 from jobs.core import scoring
+
+
+# tiny, worked by hand (as in tests/test_evaluate.py): LoRA r=8 on wq (64x64) and wv (32x64) in 2 layers;
+# 2 embeddings (384x64), per layer 2 norms + wq, wo (64x64) + wk, wv (32x64) + w1, w2, w3 (128x64), a final norm
+TINY_TRAINABLE = 2 * (8 * (64 + 64) + 8 * (32 + 64))
+TINY_TOTAL = 2 * 384 * 64 + 2 * (2 * 64 + 2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64) + 64
+TINY_RATIO = TINY_TRAINABLE / TINY_TOTAL
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +40,8 @@ def bundled(tiny_run, tmp_path_factory) -> dict:
     proc = run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
     sub = runs / "tiny" / "submission"
     assert proc.stdout.strip().splitlines()[-1] == str(sub)
-    return {"sub": sub, "run_dir": runs / "tiny", "cache": tiny_run["cache"], "work": work}
+    return {"sub": sub, "run_dir": runs / "tiny", "cache": tiny_run["cache"], "work": work,
+            "steps": planned_checkpoint_steps(runs / "tiny")}
 
 
 def verify_cli(sub: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
@@ -72,7 +80,7 @@ def test_fresh_bundle_verifies_with_rerun(bundled):
     listed, problems = bl.parse_sha256sums((sub / bl.SUMS_FILE).read_text())
     assert not problems
     assert sorted(listed) == [r for r in bl.files_under(sub) if r != bl.SUMS_FILE]
-    assert set(bl.expected_files(bl.evenly_spaced_steps(27))) <= set(listed)
+    assert set(bl.expected_files(bundled["steps"])) <= set(listed)
     if shutil.which("sha256sum"):  # the coreutils tool reads it as its own output
         check = subprocess.run(["sha256sum", "--check", "--strict", "--quiet", bl.SUMS_FILE], cwd=sub,
                                capture_output=True, text=True)
@@ -85,12 +93,17 @@ def test_bundle_contents_come_from_the_run(bundled):
     index = json.loads((run / "train" / "checkpoints" / "index.json").read_text())
     assert [r["step"] for r in results["checkpoints"]] == index["planned"]
     report = json.loads((run / "evaluate" / "report.json").read_text())
+    assert results["ratio_for_score"] == pytest.approx(TINY_RATIO, rel=1e-12)
     for row, ev in zip(results["checkpoints"], report["checkpoints"]):
         assert row["accuracy_strict"] == ev["accuracy_strict"]
-        assert row["score"] == pytest.approx(scoring.stage1_score(ev["accuracy_strict"], results["ratio_for_score"]))
+        assert row["score"] == pytest.approx((1 - TINY_RATIO) * 0.3 + ev["accuracy_strict"] * 0.7, abs=1e-12)
     summary = json.loads((run / "train" / "summary.json").read_text())
-    assert results["trainable_params"] == summary["trainable_params"]
-    assert results["chosen"]["model"] in {r["model"] for r in results["checkpoints"]}
+    assert results["trainable_params"] == summary["trainable_params"] == TINY_TRAINABLE
+    # the rule by hand: the best (score, step) among the checkpoints keeping 90% of the base's F1 and EM
+    base = results["base"]
+    keep = [r for r in results["checkpoints"]
+            if r["squad_f1"] >= 0.9 * base["squad_f1"] and r["squad_em"] >= 0.9 * base["squad_em"]]
+    assert results["chosen"]["model"] == max(keep, key=lambda r: (r["accuracy_strict"], r["step"]))["model"]
     algorithm = (sub / "ALGORITHM.md").read_text()
     stats = json.loads((run / "prep" / "stats.json").read_text())
     assert f"| trained on | {stats['rows_train']} |" in algorithm
@@ -107,7 +120,7 @@ def test_bundle_contents_come_from_the_run(bundled):
 
 
 def test_checkpoints_are_hard_links_to_merge(bundled):
-    for step in bl.evenly_spaced_steps(27):
+    for step in bundled["steps"]:
         mine = (bundled["sub"] / bl.checkpoint_file(step)).stat()
         merged = (bundled["run_dir"] / "merge" / bl.model_dir_name(step) / "model.ckpt").stat()
         assert (mine.st_dev, mine.st_ino) == (merged.st_dev, merged.st_ino)
@@ -137,33 +150,34 @@ def test_bundle_refuses_a_spec_the_run_did_not_use(bundled):
 
 
 # ---- tampered copies -------------------------------------------------------------------------
+# The tampered checkpoint is the plan's second, the dropped one its third (both read from the plan).
 
-STEP = bl.evenly_spaced_steps(27)[1]  # step 11
-NAME = bl.model_dir_name(STEP)
+def tampered_step(steps: list[int]) -> int:
+    return steps[1]
 
 
-def flip_byte(sub: Path) -> None:
-    ckpt = sub / bl.checkpoint_file(STEP)
+def flip_byte(sub: Path, steps: list[int]) -> None:
+    ckpt = sub / bl.checkpoint_file(tampered_step(steps))
     data = bytearray(ckpt.read_bytes())
     data[len(data) // 2] ^= 0x01
     ckpt.write_bytes(bytes(data))
 
 
-def drop_checkpoint(sub: Path) -> None:
-    shutil.rmtree(sub / "checkpoints" / bl.model_dir_name(bl.evenly_spaced_steps(27)[2]))
+def drop_checkpoint(sub: Path, steps: list[int]) -> None:
+    shutil.rmtree(sub / "checkpoints" / bl.model_dir_name(steps[2]))
 
 
-def add_stray(sub: Path) -> None:
+def add_stray(sub: Path, steps: list[int]) -> None:
     (sub / "logs" / "notes.txt").write_text("added by hand\n")
 
 
-def result_row(sub: Path, name: str = NAME) -> dict:
+def result_row(sub: Path, name: str) -> dict:
     return next(r for r in json.loads((sub / "results.json").read_text())["checkpoints"] if r["model"] == name)
 
 
-def edit_results(sub: Path) -> None:
+def edit_results(sub: Path, steps: list[int]) -> None:
     results = json.loads((sub / "results.json").read_text())
-    row = next(r for r in results["checkpoints"] if r["model"] == NAME)
+    row = next(r for r in results["checkpoints"] if r["model"] == bl.model_dir_name(tampered_step(steps)))
     row["accuracy_strict"] = EDITED_ACCURACY if row["accuracy_strict"] != EDITED_ACCURACY else 0.125
     (sub / "results.json").write_text(json.dumps(results, indent=2))
 
@@ -171,9 +185,9 @@ def edit_results(sub: Path) -> None:
 EDITED_ACCURACY = 0.875
 
 
-def edit_squad_answers(sub: Path) -> None:
+def edit_squad_answers(sub: Path, steps: list[int]) -> None:
     """Give one checkpoint the gold SQuAD answers: its F1/EM in results.json no longer follow."""
-    f = sub / "logs" / "evaluate" / NAME / "squad_predictions.jsonl"
+    f = sub / "logs" / "evaluate" / bl.model_dir_name(tampered_step(steps)) / "squad_predictions.jsonl"
     if not f.is_file():
         pytest.skip("evaluate wrote no SQuAD predictions for this run")
     rows = [json.loads(l) for l in f.read_text().splitlines()]
@@ -181,11 +195,10 @@ def edit_squad_answers(sub: Path) -> None:
 
 
 TAMPERING = {
-    "flipped byte": (flip_byte, [f"{bl.checkpoint_file(STEP)}: sha256 is", "SHA256SUMS says",
-                                 "is not the file merge wrote"]),
+    "flipped byte": (flip_byte, ["{ckpt}: sha256 is", "SHA256SUMS says", "is not the file merge wrote"]),
     "missing checkpoint": (drop_checkpoint, ["4 checkpoints", "the contest asks for exactly 5",
-                                             "missing checkpoints/step-000016/model.ckpt",
-                                             "checkpoints/step-000016/model.ckpt is listed in SHA256SUMS but missing"]),
+                                             "missing checkpoints/{dropped}/model.ckpt",
+                                             "checkpoints/{dropped}/model.ckpt is listed in SHA256SUMS but missing"]),
     "stray file": (add_stray, ["stray file logs/notes.txt: not listed in SHA256SUMS"]),
     # {acc} / {f1}: the figures the untouched bundle records for that checkpoint
     "edited results": (edit_results, ["results.json {name} accuracy_strict = {edited}, the bundled predictions "
@@ -195,10 +208,13 @@ TAMPERING = {
 }
 
 
-def expected_messages(messages: list[str], sub: Path) -> list[str]:
-    row = result_row(sub)
+def expected_messages(messages: list[str], sub: Path, steps: list[int]) -> list[str]:
+    name = bl.model_dir_name(tampered_step(steps))
+    row = result_row(sub, name)
     edited = EDITED_ACCURACY if row["accuracy_strict"] != EDITED_ACCURACY else 0.125
-    return [m.format(name=NAME, acc=row["accuracy_strict"], f1=row["squad_f1"], edited=edited) for m in messages]
+    return [m.format(name=name, acc=row["accuracy_strict"], f1=row["squad_f1"], edited=edited,
+                     ckpt=bl.checkpoint_file(tampered_step(steps)), dropped=bl.model_dir_name(steps[2]))
+            for m in messages]
 
 
 @pytest.mark.parametrize("case", list(TAMPERING))
@@ -206,8 +222,8 @@ def test_tampered_copy_fails_with_the_right_message(bundled, tmp_path, capsys, c
     tamper, messages = TAMPERING[case]
     sub = tampered_copy(bundled, tmp_path)
     assert verify_here(sub, capsys)[0] == 0  # the copy itself is sound
-    messages = expected_messages(messages, sub)
-    tamper(sub)
+    messages = expected_messages(messages, sub, bundled["steps"])
+    tamper(sub, bundled["steps"])
     code, fails = verify_here(sub, capsys)
     assert code == 1
     text = "\n".join(fails)
@@ -219,11 +235,12 @@ def test_tampered_copy_fails_with_the_right_message(bundled, tmp_path, capsys, c
 
 def test_every_problem_is_listed_not_just_the_first(bundled, tmp_path, capsys):
     sub = tampered_copy(bundled, tmp_path)
-    expected = {case: expected_messages(messages, sub) for case, (_, messages) in TAMPERING.items()}
-    if not (sub / "logs" / "evaluate" / NAME / "squad_predictions.jsonl").is_file():
+    steps = bundled["steps"]
+    expected = {case: expected_messages(messages, sub, steps) for case, (_, messages) in TAMPERING.items()}
+    if not (sub / "logs" / "evaluate" / bl.model_dir_name(tampered_step(steps)) / "squad_predictions.jsonl").is_file():
         expected.pop("edited SQuAD answers")
     for case in expected:
-        TAMPERING[case][0](sub)
+        TAMPERING[case][0](sub, steps)
     code, fails = verify_here(sub, capsys)
     text = "\n".join(fails)
     assert code == 1
@@ -235,23 +252,25 @@ def test_rerun_catches_answers_the_checkpoints_do_not_give(bundled, tmp_path, ca
     """Predictions, scores and results rewritten to agree with each other (and SHA256SUMS redone):
     every static check passes; only evaluating the checkpoints again shows the answers are not theirs."""
     sub = tampered_copy(bundled, tmp_path)
-    measured = result_row(sub)["accuracy_strict"]
+    step = tampered_step(bundled["steps"])
+    name = bl.model_dir_name(step)
+    measured = result_row(sub, name)["accuracy_strict"]
     assert measured < 1.0, "the tiny model is not expected to answer every held-out row"
-    pred_file = sub / "logs" / "evaluate" / NAME / "predictions.jsonl"
+    pred_file = sub / "logs" / "evaluate" / name / "predictions.jsonl"
     rows = [json.loads(l) for l in pred_file.read_text().splitlines()]
     for r in rows:
         r.update(answer=r["reference"], strict=True, tolerant=True)
     pred_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    scores_file = sub / "logs" / "evaluate" / NAME / "scores.json"
+    scores_file = sub / "logs" / "evaluate" / name / "scores.json"
     scores = json.loads(scores_file.read_text())
     scores.update(accuracy_strict=1.0, accuracy_tolerant=1.0)
     scores_file.write_text(json.dumps(scores))
     results = json.loads((sub / "results.json").read_text())
     for r in results["checkpoints"]:
-        if r["model"] == NAME:
+        if r["model"] == name:
             r.update(accuracy_strict=1.0, accuracy_tolerant=1.0,
                      score=scoring.stage1_score(1.0, r["ratio"]), score_tolerant=scoring.stage1_score(1.0, r["ratio"]))
-    results["chosen"].update(model=NAME, step=STEP)
+    results["chosen"].update(model=name, step=step)
     (sub / "results.json").write_text(json.dumps(results, indent=2))
     # ...and selfcheck.png redrawn from the forged results.json (verify ties the picture to that file)
     from jobs.core import selfcheck
@@ -263,12 +282,232 @@ def test_rerun_catches_answers_the_checkpoints_do_not_give(bundled, tmp_path, ca
     assert code == 0, fails
     code, fails = verify_here(sub, capsys, "--rerun")
     assert code == 1
-    assert any(f"{NAME}: re-run accuracy_strict {measured:.4f}, results.json says 1.0" in l for l in fails), fails
+    assert any(f"{name}: re-run accuracy_strict {measured:.4f}, results.json says 1.0" in l for l in fails), fails
 
 
 def test_verify_bad_input_exits_2(tmp_path, capsys):
     assert verify_mod.main([str(tmp_path / "nothing-here")]) == 2
     assert "no such submission folder" in capsys.readouterr().err
+
+
+# ---- a run where retention bites and the score decides ---------------------------------------
+# The tiny model answers nothing right (every accuracy, F1 and EM is 0), so on its own run retention
+# passes trivially and the choice is the tie-break. Here evaluate's per-model files are edited after
+# the fact (as if the models had answered so), evaluate is run again (it reuses the files and redoes
+# only its report step), then bundle and verify. Every expected figure is worked out below by hand.
+#
+# 8 held-out rows, 8 SQuAD questions; "k/8" = k answers set to the reference (math) or to the first
+# gold answer (SQuAD); the other answers stay the model's own, which score 0 (checked).
+#              base   1st   2nd   3rd   4th   5th checkpoint of the plan
+MATH_RIGHT = [0,     2,    4,    7,    3,    1]
+SQUAD_RIGHT = [5,    5,    6,    4,    5,    5]
+# base SQuAD: F1 = EM = 5/8 = 62.5, the bar is 0.9 * 62.5 = 56.25. The 3rd checkpoint has 4/8 = 50.0
+# (retention 50 / 62.5 = 0.8): it fails, although its accuracy 7/8 gives the highest score. The
+# others keep 62.5 or 75.0 and pass; among them the 2nd has the best accuracy (4/8) and wins. Score:
+# (1 - ratio) * 0.3 + accuracy * 0.7 (stage 1), ratio = TINY_RATIO.
+
+
+def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def make_model_answer(ev: Path, name: str, math_right: int, squad_right: int) -> None:
+    """The first math_right held-out answers become the references, the first squad_right SQuAD
+    answers the gold ones; scores.json and squad.json are rewritten with the figures by hand."""
+    preds = read_jsonl(ev / name / "predictions.jsonl")
+    assert len(preds) == 8 and not any(p["strict"] or p["tolerant"] for p in preds), "expected a model that knows nothing"
+    per_family: dict[str, list[int]] = {}
+    for i, p in enumerate(preds):
+        right = i < math_right
+        if right:
+            p.update(answer=p["reference"], strict=True, tolerant=True)
+        per_family.setdefault(p["family"], []).append(int(right))
+    _rewrite_jsonl(ev / name / "predictions.jsonl", preds)
+    scores = json.loads((ev / name / "scores.json").read_text())
+    scores.update(accuracy_strict=math_right / 8, accuracy_tolerant=math_right / 8,
+                  per_family={f: {"n": len(v), "strict": sum(v) / len(v), "tolerant": sum(v) / len(v)}
+                              for f, v in per_family.items()})
+    (ev / name / "scores.json").write_text(json.dumps(scores, indent=2))
+
+    squad = read_jsonl(ev / name / "squad_predictions.jsonl")
+    assert len(squad) == 8 and not any(r["f1"] for r in squad)
+    for i, r in enumerate(squad[:squad_right]):
+        r.update(answer=r["gold"][0], f1=1.0, em=True)
+    _rewrite_jsonl(ev / name / "squad_predictions.jsonl", squad)
+    figures = json.loads((ev / name / "squad.json").read_text())
+    figures.update(f1=100 * squad_right / 8, em=100 * squad_right / 8)
+    (ev / name / "squad.json").write_text(json.dumps(figures, indent=2))
+
+
+@pytest.fixture(scope="module")
+def decided(tiny_run, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("decided")
+    runs = work / "runs"
+    run = runs / "tiny"
+    shutil.copytree(tiny_run["run_dir"], run, ignore=shutil.ignore_patterns("mindformers", "submission"))
+    steps = planned_checkpoint_steps(run)
+    names = ["base"] + [bl.model_dir_name(s) for s in steps]
+    ev = run / "evaluate"
+    for name, m, q in zip(names, MATH_RIGHT, SQUAD_RIGHT):
+        make_model_answer(ev, name, m, q)
+    edited = {f: f.read_bytes() for name in names for f in sorted((ev / name).iterdir())}
+    run_job("evaluate", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
+    # evaluate reused every edited file (it generated nothing again)
+    assert {f: f.read_bytes() for f in edited} == edited
+    run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
+    return {"run": run, "sub": run / "submission", "steps": steps, "names": names, "work": work,
+            "cache": tiny_run["cache"]}
+
+
+def _hand_score(right: int) -> float:
+    return (1 - TINY_RATIO) * 0.3 + right / 8 * 0.7
+
+
+def test_evaluate_report_fails_the_third_and_chooses_the_second(decided):
+    names = decided["names"]
+    report = json.loads((decided["run"] / "evaluate" / "report.json").read_text())
+    assert report["base"]["squad"]["f1"] == report["base"]["squad"]["em"] == 62.5
+    cps = {c["model"]: c for c in report["checkpoints"]}
+    assert list(cps) == names[1:]
+    for name, right, squad in zip(names[1:], MATH_RIGHT[1:], SQUAD_RIGHT[1:]):
+        c = cps[name]
+        assert c["accuracy_strict"] == right / 8
+        assert c["score"] == pytest.approx(_hand_score(right), abs=1e-12)
+        assert c["retention"]["f1"] == pytest.approx(squad / 5) and c["retention"]["em"] == pytest.approx(squad / 5)
+        assert c["retention"]["passes"] is (squad >= 5)
+    second, third = names[2], names[3]
+    assert cps[third]["retention"]["failed"] == ["f1", "em"]
+    assert report["best_by_accuracy"] == third
+    assert report["best_checkpoint"]["model"] == second and report["best_checkpoint"]["step"] == decided["steps"][1]
+    assert report["best_checkpoint"]["rule"] == "score among retention passes"
+    assert "among the 4 of 5 checkpoints" in report["best_checkpoint"]["reason"]
+    why = report["verdicts"]
+    assert set(why) == set(names[1:]) - {second}
+    assert why[third] == ("failed retention: F1 50.00 vs base 62.50 = 0.800 < 0.90; EM 50.00 vs base 62.50 = 0.800 "
+                          f"< 0.90 (its score {_hand_score(7):.4f} is higher than the chosen one's)")
+    for name, right in ((names[1], 2), (names[4], 3), (names[5], 1)):
+        assert why[name].startswith(f"lower score: {_hand_score(right):.4f} < {_hand_score(4):.4f}")
+    md = (decided["run"] / "evaluate" / "report.md").read_text()
+    assert f"**Chosen: {second}**" in md and f"| {second} ✅ |" in md
+    row3 = next(l for l in md.splitlines() if l.startswith(f"| {third} |"))
+    assert row3.endswith("| 0.800 / 0.800 | %.4f | **fail** |" % _hand_score(7))
+
+
+def test_bundle_results_follow_the_edited_run(decided):
+    names = decided["names"]
+    results = json.loads((decided["sub"] / "results.json").read_text())
+    assert results["base"]["squad_f1"] == 62.5 and results["base"]["accuracy_strict"] == 0
+    rows = {r["model"]: r for r in results["checkpoints"]}
+    for name, right, squad in zip(names[1:], MATH_RIGHT[1:], SQUAD_RIGHT[1:]):
+        r = rows[name]
+        assert (r["accuracy_strict"], r["squad_f1"], r["squad_em"]) == (right / 8, 12.5 * squad, 12.5 * squad)
+        assert r["score"] == pytest.approx(_hand_score(right), abs=1e-12)
+        assert r["passes_retention"] is (squad >= 5)
+    assert results["chosen"]["model"] == names[2] and results["chosen"]["step"] == decided["steps"][1]
+    assert results["chosen"]["rule"] == "score among retention passes"
+    assert results["evaluate_best"] == names[2]
+
+
+def test_verify_accepts_the_edited_run_and_catches_a_wrong_choice(decided, tmp_path, capsys):
+    names = decided["names"]
+    code, fails = verify_here(decided["sub"], capsys)
+    assert code == 0, fails
+    sub = tmp_path / "submission"
+    shutil.copytree(decided["sub"], sub)
+    results = json.loads((sub / "results.json").read_text())
+    # the highest score wins if retention is ignored: submit the 3rd and say it passes
+    results["chosen"].update(model=names[3], step=decided["steps"][2])
+    next(r for r in results["checkpoints"] if r["model"] == names[3])["passes_retention"] = True
+    (sub / "results.json").write_text(json.dumps(results, indent=2))
+    rewrite_sums(sub)
+    code, fails = verify_here(sub, capsys)
+    assert code == 1
+    text = "\n".join(fails)
+    assert (f"results.json {names[3]} passes_retention = True; its SQuAD F1/EM (50.00/50.00) against the base's "
+            f"(62.50/62.50) give False") in text
+    assert f"results.json chooses {names[3]!r}; by its rule (score among retention passes) the logs choose " \
+           f"{names[2]!r}" in text
+
+
+# ---- stage 2: a multiple-choice run, bundled and verified --------------------------------------
+# The tiny pipeline on 40 MMLU rows (6 held out), stage 2, no SQuAD. The last checkpoint's answers are
+# then edited as below (the tiny model names no letter on its own), evaluate redoes its report, and
+# bundle writes results.json with stage 2's score. Each answer's letter is read here by hand.
+MMLU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mcq" / "mmlu-subset.jsonl"
+MCQ_SETS = ["data.format=mcq", f"data.train_file={MMLU}", "data.max_rows=40", "data.heldout_rows=6",
+            "data.seq_length=512", "stage=2", "eval.squad_rows=0"]
+OTHER = {"A": "B", "B": "C", "C": "D", "D": "A"}
+# (answer text, is it the reference letter): the contest reads the first explicit phrase
+MCQ_ANSWERS = [("The right option is {ref}.", True),
+               ("答案是：{ref}", True),
+               ("The right option is {other}.", False),
+               ("({other})", False),
+               ("I am not sure.", False),
+               ("The answer is {other}, not {ref}", False)]
+
+
+@pytest.fixture(scope="module")
+def mcq_bundled(tiny_cache, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("stage2")
+    runs = work / "runs"
+    sets = [f"runs_dir={runs}", *MCQ_SETS]
+    for job in ("prep", "train", "merge", "evaluate"):
+        run_job(job, TINY_RECIPE, tiny_cache, work, *sets)
+    run = runs / "tiny"
+    steps = planned_checkpoint_steps(run, TINY_RECIPE, *MCQ_SETS)
+    last = bl.model_dir_name(steps[-1])
+    preds = read_jsonl(run / "evaluate" / last / "predictions.jsonl")
+    assert len(preds) == 6 and not any(p["strict"] for p in preds), "expected a model that names no right letter"
+    for p, (text, right) in zip(preds, MCQ_ANSWERS):
+        p.update(answer=text.format(ref=p["reference"], other=OTHER[p["reference"]]), strict=right, tolerant=right)
+    _rewrite_jsonl(run / "evaluate" / last / "predictions.jsonl", preds)
+    scores = json.loads((run / "evaluate" / last / "scores.json").read_text())
+    scores.update(accuracy_strict=2 / 6, accuracy_tolerant=2 / 6)
+    (run / "evaluate" / last / "scores.json").write_text(json.dumps(scores, indent=2))
+    run_job("evaluate", TINY_RECIPE, tiny_cache, work, *sets)
+    run_job("bundle", TINY_RECIPE, tiny_cache, work, *sets)
+    return {"run": run, "sub": run / "submission", "steps": steps, "last": last}
+
+
+def test_stage2_bundle_scores_by_the_stage2_rule(mcq_bundled):
+    results = json.loads((mcq_bundled["sub"] / "results.json").read_text())
+    assert (results["stage"], results["format"]) == (2, "mcq")
+    assert results["score_formula"].startswith("stage 2: (1 - 10 * ratio) * 0.3 + accuracy * 0.7")
+    assert results["ratio_for_score"] == pytest.approx(TINY_RATIO, rel=1e-12)
+    rows = {r["model"]: r for r in results["checkpoints"]}
+    assert list(rows) == [bl.model_dir_name(s) for s in mcq_bundled["steps"]]
+    for name, r in rows.items():
+        acc = 2 / 6 if name == mcq_bundled["last"] else 0.0
+        assert r["accuracy_strict"] == pytest.approx(acc, abs=1e-12)
+        # stage 2 by hand: the ratio weighs ten times
+        assert r["score"] == pytest.approx((1 - 10 * TINY_RATIO) * 0.3 + acc * 0.7, abs=1e-12)
+        assert r["passes_retention"] is None
+    # no SQuAD, so retention is unknown: the best accuracy is chosen
+    assert results["chosen"]["model"] == mcq_bundled["last"]
+    assert results["chosen"]["rule"] == "accuracy (retention unknown)"
+    report = json.loads((mcq_bundled["run"] / "evaluate" / "report.json").read_text())
+    assert report["checkpoints"][-1]["score"] == pytest.approx(rows[mcq_bundled["last"]]["score"], abs=1e-12)
+
+
+def test_verify_rescores_the_mcq_letters(mcq_bundled, tmp_path, capsys):
+    code, fails = verify_here(mcq_bundled["sub"], capsys)
+    assert code == 0, fails
+    sub = tmp_path / "submission"
+    shutil.copytree(mcq_bundled["sub"], sub)
+    name = mcq_bundled["last"]
+    f = sub / "logs" / "evaluate" / name / "predictions.jsonl"
+    preds = read_jsonl(f)
+    # the Chinese answer now names another letter; its recorded verdict (right) no longer holds
+    preds[1]["answer"] = f"答案是：{OTHER[preds[1]['reference']]}"
+    _rewrite_jsonl(f, preds)
+    rewrite_sums(sub)
+    code, fails = verify_here(sub, capsys)
+    assert code == 1
+    text = "\n".join(fails)
+    assert (f"logs/evaluate/{name}/predictions.jsonl: the recorded verdict differs from the contest rule on "
+            f"line(s) [{preds[1]['line']}]") in text
+    assert f"logs/evaluate/{name}/scores.json accuracy_strict = {2 / 6}, its predictions give {1 / 6}" in text
+    assert f"results.json {name} accuracy_strict = {2 / 6}, the bundled predictions give(s) {1 / 6}" in text
 
 
 # ---- code.tar.gz -----------------------------------------------------------------------------
@@ -344,13 +583,7 @@ IMAGE = os.environ.get("TUNEBOX_VERIFY_IMAGE", "tunebox:cpu-ms2.9")
 
 @pytest.mark.docker
 def test_verify_inside_image(bundled, capsys):
-    client, why_not = verify_mod.docker_client()
-    if client is None:
-        pytest.skip(why_not)
-    try:
-        client.images.get(IMAGE)
-    except Exception:
-        pytest.skip(f"image {IMAGE} not built (invoke image.build)")
+    docker_image(docker_engine(), IMAGE, "invoke image.build --stack cpu-ms2.9")
     code = verify_mod.main([str(bundled["sub"]), "--image", IMAGE])
     out = capsys.readouterr().out
     assert code == 0, out

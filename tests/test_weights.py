@@ -362,3 +362,58 @@ def test_smollm2_answers_capital_of_france(smollm2_dir, mindformers_cwd):
     answer = greedy_answer(net, tok, tok.chat_prompt("What is the capital of France?"), 64, 12)
     print(f"\ngreedy answer: {answer!r}")
     assert "Paris" in answer
+
+
+# ---- the training loss, checked without torch --------------------------------------------------
+
+def reference_loss(hf: dict[str, np.ndarray], spec, ids: np.ndarray, labels: np.ndarray, shift: int = 1,
+                   counted: str = "labels") -> float:
+    """Cross-entropy in float64 over reference_logits: row r's token t predicts labels[r, t + shift];
+    the mean over the positions whose label is not -100 (counted="all": every position, -100 read
+    as token 0; a negative control)."""
+    losses = []
+    for row_ids, row_labels in zip(ids, labels):
+        tokens = [int(t) for t in row_ids[:-1]]
+        logits = reference_logits(hf, spec, tokens)
+        logp = logits - (logits.max(-1, keepdims=True)
+                         + np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)))
+        for t in range(len(tokens)):
+            target = int(row_labels[t + shift]) if t + shift < len(row_labels) else -100
+            if target != -100:
+                assert tokens[t] != spec.pad_token_id, "a counted position whose input is padding"
+                losses.append(-logp[t, target])
+            elif counted == "all":
+                losses.append(-logp[t, 0])
+    return float(np.mean(losses))
+
+
+def test_mindformers_loss_is_cross_entropy_on_the_answer_tokens(tiny_run, mindformers_cwd):
+    """MindFormers' training loss (mf.build_llama, as train builds it on CPU: its loss cell replaced by
+    mf.avoid_cpu_broadcast_tables) on 3 rows of the tiny run's own MindRecord equals a float64 numpy
+    cross-entropy over an independent forward, at the positions whose shifted label is not -100. The
+    trained, merged last checkpoint: real training output, not only the random init."""
+    import mindspore as ms
+
+    from jobs.core import mf
+    from jobs.core.data import read_mindrecord
+
+    ids, labels = read_mindrecord(tiny_run["run_dir"] / "prep" / "train.mindrecord")
+    ids, labels = ids[:3], labels[:3]
+    assert ((labels == -100).sum(axis=1) > 10).all() and ((labels != -100).sum(axis=1) > 5).all()
+    assert (ids == TINY.pad_token_id).any(), "the rows should end in padding"
+    counted = labels != -100
+    assert (labels[counted] == ids[counted]).all()     # answer-only labels: the ids, the prompt masked
+
+    merged = json.loads((tiny_run["run_dir"] / "merge" / "index.json").read_text())["checkpoints"][-1]
+    ckpt = tiny_run["run_dir"] / "merge" / merged["file"]
+    hf = {weights.mindformers_name_to_hf(n): a for n, a in weights.load_checkpoint_arrays(ckpt).items()}
+
+    ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
+    net = mf.build_llama(TINY, seq_length=ids.shape[1] - 1, batch_size=len(ids), checkpoint=ckpt)
+    net.set_train(True)
+    got = float(net(ms.Tensor(ids.astype(np.int32)), ms.Tensor(labels.astype(np.int32))).asnumpy())
+    want = reference_loss(hf, TINY, ids, labels)
+    assert abs(got - want) < 2e-6 * want, (got, want)     # float32 against float64
+    # negative controls: the check sees a one-token shift and a loss over every position
+    for wrong in (reference_loss(hf, TINY, ids, labels, shift=0), reference_loss(hf, TINY, ids, labels, counted="all")):
+        assert abs(wrong - want) > 100 * abs(got - want) + 1e-3, (wrong, want)

