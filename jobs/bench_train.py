@@ -372,7 +372,7 @@ def render_section(r: dict) -> str:
     def row(label: str, cell) -> str:
         return f"| {label} | " + " | ".join(cell(x) for x in sides) + " |"
 
-    header = (f"| | tunebox (MindSpore {v['mindspore']}, MindFormers {v['mindformers']}, GRAPH mode) | "
+    header = (f"| | tunebox (MindFormers {v['mindformers']} Trainer, MindSpore {v['mindspore']}, GRAPH mode) | "
               + ("" if "tunebox-packed" not in names else
                  f"tunebox, packed ({w['packed']['seq_length']} x {w['packed']['batch']}, train.packing) | ")
               + " | ".join(f"reference, {k[10:-1]} thread{'s' if k[10:-1] != '1' else ''}" for k in refs) + " |")
@@ -394,8 +394,8 @@ def render_section(r: dict) -> str:
         "",
         f"Workload: {w['model']}, LoRA r={w['lora_rank']} alpha={w['lora_alpha']} dropout {w['lora_dropout']} on "
         f"{w['targets']}, batch {w['batch']} x {w['seq_length']} tokens (+1 for the shifted labels), the same "
-        f"{w['total_steps']} batches of `{w['data']}` on both sides (checked by batch sha1), AdamW with the train "
-        f"job's schedule; {w['steps']} measured steps after 1 warm-up step, {w['repeats']} repeat(s)"
+        f"{w['total_steps']} batches of `{w['data']}` on both sides (prep's rows in order, unshuffled), AdamW with "
+        f"MindFormers' CosineWithWarmUpLR as the train job logged it; tunebox runs MindFormers' Trainer; {w['steps']} measured steps after 1 warm-up step, {w['repeats']} repeat(s)"
         + (" alternating the order" if w["repeats"] > 1 else "") + ". Reference: torch "
         f"{v['torch']}, transformers {v['transformers']} (attention: {v['attn_implementation']}), peft {v['peft']}, "
         "eager, float32.",

@@ -206,10 +206,13 @@ class _SegmentCausalMask(nn.Cell):
 
 @MindFormerRegister.register(MindFormerModuleType.MODELS)
 class TuneboxLlamaForCausalLM(LlamaForCausalLM):
-    """LlamaForCausalLM (same parameters, same checkpoints) with tunebox's training paths.
+    """LlamaForCausalLM (same parameters, same checkpoints) with tunebox's training forward: construct
+    takes (input_ids, labels[, segment_ids]) and returns the loss, as the Trainer calls it in training.
+    Inference (predict.yaml, evaluate) uses MindFormers' own LlamaForCausalLM on the same checkpoints.
 
-    model_config keys read here (all optional; absent = MindFormers' own forward):
-      tunebox_answer_capacity: K > 0 runs the LM head and the loss on at most K positions per row:
+    model_config keys read here (both optional):
+      tunebox_answer_capacity: 0 (default) runs the LM head on every position, as MindFormers does;
+        K > 0 runs the LM head and the loss on at most K positions per row:
         the positions the loss counts, found in the graph (a top-k over a position score, so shapes
         stay static); K is the most counted positions any training row has (the train job measures it
         from the data). Loss and gradients equal MindFormers' forward.
@@ -236,8 +239,7 @@ class TuneboxLlamaForCausalLM(LlamaForCausalLM):
         # counted positions score seq..1 by position (others 0): a top-k picks the first K of each row
         self.tunebox_position_score = Tensor(np.arange(seq, 0, -1, dtype=np.float32).reshape(1, seq))
         self.tunebox_row_offset = Tensor((np.arange(bsz, dtype=np.int32) * seq).reshape(bsz, 1))
-        # primitives, not functional ops: MindSpore's CPU data-parallel graph split cannot call a
-        # FuncGraph, and functional ops are Python functions
+        # primitive instances, as MindFormers' own cells hold them
         self.tunebox_topk = P.TopK(sorted=True)
         self.tunebox_gather = P.Gather()
         self.tunebox_cast = P.Cast()
@@ -342,10 +344,11 @@ class TuneboxLossLog(Callback):
     step each session started from. Stops the run after `total_steps`
     (0: MindFormers' own end), for runs whose length is not a whole number of epochs."""
 
-    def __init__(self, path: str = "loss.jsonl", total_steps: int = 0, steps_per_epoch: int = 0):
+    def __init__(self, path: str = "loss.jsonl", total_steps: int = 0, steps_per_epoch: int = 0,
+                 progress: bool = True):
         super().__init__()
         self.path, self.total_steps, self.steps_per_epoch = path, int(total_steps), int(steps_per_epoch)
-        self.t0 = None
+        self.progress, self.bar, self.t0 = progress, None, None
 
     def on_train_begin(self, run_context):
         self.is_main = _rank() == 0
@@ -357,6 +360,11 @@ class TuneboxLossLog(Callback):
             with open(tmp, "w", encoding="utf-8") as f:
                 f.writelines(kept)
             os.replace(tmp, self.path)
+        if self.is_main and self.progress:  # MindFormers' own per-step lines go to its log files
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total_steps or None, initial=start, desc="train", unit="step",
+                            dynamic_ncols=True)
         if self.is_main:  # one line per session: where it started (0, or the step resume_training restored)
             with open(os.path.join(os.path.dirname(self.path) or ".", "sessions.jsonl"), "a", encoding="utf-8") as f:
                 f.write(json.dumps({"start_step": start, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -381,7 +389,14 @@ class TuneboxLossLog(Callback):
                 f.write(json.dumps(line) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr or 0:.2e}", s_step=f"{dt:.1f}")
+                self.bar.update(step - self.bar.n)
         if not np.isfinite(loss):
             raise RuntimeError(f"loss is {loss} at step {step}; lower train.lr")
         if self.total_steps and step >= self.total_steps:
             run_context.request_stop()
+
+    def on_train_end(self, run_context):
+        if self.bar is not None:
+            self.bar.close()
