@@ -416,8 +416,8 @@ def render_algorithm(spec: RunSpec, *, stats: dict, profile: Optional[dict], rej
          "| figure | value |", "|---|---|",
          f"| trainable (LoRA A and B) | {results['trainable_params']:,} |",
          f"| total (base model, exact from the architecture) | {results['total_params']:,} |",
-         f"| ratio, exact (`scoring.param_ratio`) | {results['ratio']:.8f} |",
-         f"| ratio, contest's nominal total (`scoring.contest_param_ratio`) | "
+         f"| ratio, exact (`contest.param_ratio`) | {results['ratio']:.8f} |",
+         f"| ratio, contest's nominal total (`contest.contest_param_ratio`) | "
          + (f"{results['contest_ratio']:.8f} (over {results['contest_total_params']:,})" if results["contest_ratio"]
             is not None else f"- (no contest total for {spec.model.name})") + " |",
          f"| ratio used in the score | {results['ratio_for_score']:.8f} ({results['ratio_basis']}) |",
@@ -503,12 +503,12 @@ def render_algorithm(spec: RunSpec, *, stats: dict, profile: Optional[dict], rej
                  f"{_fmt(r['accuracy_tolerant'])} | {_fmt(r['squad_f1'], 2)} | {_fmt(r['squad_em'], 2)} | {passes} | "
                  f"{_fmt(r['score'], 6)} |")
     chosen = results["chosen"]
-    L += ["", f"**Chosen checkpoint: {chosen['model']}** — {chosen['reason']}.", ""]
+    L += ["", f"**Chosen checkpoint: {chosen['model'] or 'none'}** — {chosen['reason']}.", ""]
     retention, unknown = selfcheck.retention_line(results)
     L += [f"**{retention}.**" if unknown else f"{retention}.", ""]
-    if results.get("evaluate_best") not in (None, chosen["model"]):
-        L += [f"Evaluate's report recommends {results['evaluate_best']} instead (its own rule; see "
-              f"`logs/evaluate/report.md`).", ""]
+    if results.get("evaluate_best") != chosen["model"]:
+        L += [f"Evaluate's report chose {results['evaluate_best'] or 'none'} instead: it is older than the rule "
+              f"above (`logs/evaluate/report.md`); run evaluate again.", ""]
 
     # ---- code ----
     code = results["code"]
@@ -590,11 +590,17 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         if summary.get("trainable_params") not in (None, results["trainable_params"]):
             raise RuntimeError(f"train counted {summary['trainable_params']:,} trainable parameters, the registry "
                                f"gives {results['trainable_params']:,} for this spec")
-        if results["evaluate_best"] not in (None, results["chosen"]["model"]):
-            log.warning("evaluate's report recommends %s, the submission rule chooses %s (%s)",
-                        results["evaluate_best"], results["chosen"]["model"], results["chosen"]["reason"])
+        if results["evaluate_best"] != results["chosen"]["model"]:
+            log.warning("evaluate's report recommends %s, the contest rule chooses %s from the same figures (%s): "
+                        "the report is older than this code; run evaluate again", results["evaluate_best"],
+                        results["chosen"]["model"], results["chosen"]["reason"])
+        if results["chosen"]["valid"] is False:
+            log.warning("%s; the submission is bundled for inspection, and predict.yaml names the highest score",
+                        results["chosen"]["reason"])
         atomic_write_json(tmp / "results.json", results)
-        chosen = bl.step_of_dir(results["chosen"]["model"] or "") or checkpoints[-1]["step"]
+        # predict.yaml names a checkpoint even when none is valid: then the highest score, as the reason says
+        chosen = bl.step_of_dir(results["chosen"]["model"] or results["chosen"]["highest_score"] or "") \
+            or checkpoints[-1]["step"]
         write_mindformers_files(spec, tmp / "mindformers", chosen)
         log_name, log_tail = training_log_tail(run_dir)
         selfcheck.render(tmp / selfcheck.FILE, results=results, results_bytes=(tmp / "results.json").read_bytes(),

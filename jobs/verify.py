@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 from .core import bundle_lib as bl
+from .core import contest
 from .core.cli import guarded, setup_logging
 from .core.io import InputError
 
@@ -430,15 +431,20 @@ def check_results(sub: Submission, f: Findings, spec, steps: list[int], actual: 
             if not _same(got_base.get(key), want):
                 f.fail("results", f"results.json base {key} = {got_base.get(key)!r}, the logs give {want!r}")
     squad_files = check_squad(sub, f, got_rows, results.get("base") or {}, names)
-    chosen = (results.get("chosen") or {}).get("model")
-    if chosen != expected["chosen"]["model"]:
-        f.fail("results", f"results.json chooses {chosen!r}; by its rule ({expected['chosen'].get('rule')}) the "
-                          f"logs choose {expected['chosen']['model']!r}")
+    chosen = results.get("chosen") or {}
+    if chosen.get("model") != expected["chosen"]["model"]:
+        f.fail("results", f"results.json chooses {chosen.get('model')!r}; by its rule ({expected['chosen'].get('rule')}) "
+                          f"the logs choose {expected['chosen']['model']!r}")
+    elif (chosen.get("rule"), chosen.get("valid")) != (expected["chosen"]["rule"], expected["chosen"]["valid"]):
+        f.fail("results", f"results.json's choice says rule {chosen.get('rule')!r}, valid {chosen.get('valid')!r}; "
+                          f"the logs give rule {expected['chosen']['rule']!r}, valid {expected['chosen']['valid']!r}")
     if len(f.failed("results")) == before:
         c = expected["chosen"]
         f.ok("results", f"results.json matches the logs (accuracies re-scored from {len(accuracies)} prediction "
                         f"files, SQuAD from {squad_files}, ratio {expected['ratio_for_score']:.8g} from "
-                        f"hyperparams.yaml); chosen {c['model']}")
+                        f"hyperparams.yaml); chosen {c['model'] or 'none'} ({c['rule']}; valid: {c['valid']})")
+        if c["valid"] is False:
+            f.note("results", c["reason"])
     return results
 
 
@@ -466,7 +472,7 @@ def check_squad(sub: Submission, f: Findings, rows: dict[str, dict], base_row: d
     for name, tuned in measured.items():
         if name == "base":
             continue
-        want = bl.retention_passes(tuned, measured["base"])
+        want = contest.retention_verdict(tuned, measured["base"])["passes"]
         got = (rows.get(name) or {}).get("passes_retention")
         if got is not want:
             f.fail("results", f"results.json {name} passes_retention = {got!r}; its SQuAD F1/EM "
