@@ -363,6 +363,15 @@ def decided(tiny_run, tmp_path_factory) -> dict:
     return edited_run(tiny_run, tmp_path_factory.mktemp("decided"), SQUAD_RIGHT)
 
 
+# Every checkpoint answers 4 of 8 SQuAD questions: 50.0 < 0.9 * 62.5 = 56.25, so none is valid.
+SQUAD_RIGHT_NONE_PASS = [5, 4, 4, 4, 4, 4]
+
+
+@pytest.fixture(scope="module")
+def none_pass(tiny_run, tmp_path_factory) -> dict:
+    return edited_run(tiny_run, tmp_path_factory.mktemp("nonepass"), SQUAD_RIGHT_NONE_PASS)
+
+
 def _hand_score(right: int) -> float:
     return (1 - TINY_RATIO) * 0.3 + right / 8 * 0.7
 
@@ -515,6 +524,51 @@ def test_verify_rescores_the_mcq_letters(mcq_bundled, tmp_path, capsys):
 
 
 # ---- code.tar.gz -----------------------------------------------------------------------------
+
+# ---- evaluate, bundle and verify agree on the choice -----------------------------------------
+# For the same run, evaluate's report, bundle's results.json and verify's recomputation from the
+# bundled logs must name the same checkpoint, rule and validity. Expected values by hand (checkpoint
+# index in step order, or None), from MATH_RIGHT / SQUAD_RIGHT*, and MCQ_ANSWERS:
+AGREEMENT = {
+    # the 3rd keeps 50 / 62.5 = 0.8 and fails; of the rest the 2nd answers most math (4 of 8)
+    "one fails": ("decided", 1, "score among retention passes", True, 2),
+    # all keep 50 / 62.5: nothing is valid, nothing chosen; the 3rd (7 of 8) has the highest score
+    "none passes": ("none_pass", None, "none passes retention", False, 2),
+    # stage 2, no SQuAD: only the last checkpoint names right letters (2 of 6)
+    "retention unknown": ("mcq_bundled", -1, "score (retention not measured)", None, -1),
+}
+
+
+@pytest.mark.parametrize("case", list(AGREEMENT))
+def test_evaluate_bundle_and_verify_agree_on_the_choice(case, request, tmp_path, capsys):
+    fixture, pick, rule, valid, top = AGREEMENT[case]
+    run = request.getfixturevalue(fixture)
+    checkpoints = [bl.model_dir_name(s) for s in run["steps"]]
+    want = {"model": None if pick is None else checkpoints[pick], "step": None if pick is None else run["steps"][pick],
+            "rule": rule, "valid": valid, "highest_score": checkpoints[top]}
+    by_evaluate = json.loads((run["run"] / "evaluate" / "report.json").read_text())["best_checkpoint"]
+    by_bundle = json.loads((run["sub"] / "results.json").read_text())["chosen"]
+    assert {k: by_evaluate.get(k) for k in want} == want
+    assert {k: by_bundle.get(k) for k in want} == want
+    code = verify_mod.main([str(run["sub"])])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"chosen {want['model'] or 'none'} ({rule}; valid: {valid})" in out
+    if valid is False:
+        assert "note  results     NO VALID CHECKPOINT" in out
+
+    # verify recomputes the choice: results.json naming another checkpoint as a valid choice fails
+    sub = tmp_path / "submission"
+    shutil.copytree(run["sub"], sub)
+    results = json.loads((sub / "results.json").read_text())
+    other = checkpoints[top] if top != pick else checkpoints[0]
+    results["chosen"].update(model=other, step=bl.step_of_dir(other), valid=True)
+    (sub / "results.json").write_text(json.dumps(results, indent=2))
+    rewrite_sums(sub)
+    code, fails = verify_here(sub, capsys)
+    assert code == 1 and f"results.json chooses {other!r}; by its rule ({rule}) the logs choose {want['model']!r}" \
+        in "\n".join(fails)
+
 
 def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
