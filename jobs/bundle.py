@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Optional
 
 from .core import bundle_lib as bl
-from .core import selfcheck
+from .core import layout, selfcheck
 from .core.cli import run_job
 from .core.config import REPO_ROOT, RunSpec, dump_spec
 from .core.io import InputError, atomic_dir, atomic_write_json, atomic_write_text
@@ -104,12 +104,12 @@ def merged_checkpoints(spec: RunSpec, train_index: dict, merge_index: dict) -> l
     if len(planned) != bl.NUM_CHECKPOINTS:
         raise InputError(f"train planned {len(planned)} checkpoints; the contest asks for {bl.NUM_CHECKPOINTS} "
                          f"evenly spaced ones (train.num_checkpoints: {bl.NUM_CHECKPOINTS})",
-                         spec.job_dir("train") / "checkpoints" / "index.json")
+                         spec.run_dir / layout.TRAIN_INDEX)
     merged = {e["step"]: e for e in merge_index.get("checkpoints", [])}
     missing = [s for s in planned if s not in merged]
     if missing:
         raise InputError(f"merge has no checkpoint for step(s) {missing} of the planned {planned}: "
-                         f"finish train, then run merge again", spec.job_dir("merge") / "index.json")
+                         f"finish train, then run merge again", spec.run_dir / layout.MERGE_INDEX)
     out = []
     for step in planned:
         e = merged[step]
@@ -530,9 +530,9 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
     check_spec_matches_run(spec, manifests)
     if not (run_dir / "record.jsonl").is_file():
         raise InputError("record.jsonl not found: is this a run folder?", run_dir / "record.jsonl")
-    train_index = _read_json(spec.job_dir("train") / "checkpoints" / "index.json", "train's checkpoint index")
-    merge_index = _read_json(spec.job_dir("merge") / "index.json", "merge's index")
-    report = _read_json(spec.job_dir("evaluate") / "report.json", "evaluate's report")
+    train_index = _read_json(spec.run_dir / layout.TRAIN_INDEX, "train's checkpoint index")
+    merge_index = _read_json(spec.run_dir / layout.MERGE_INDEX, "merge's index")
+    report = _read_json(spec.run_dir / layout.EVALUATE_REPORT, "evaluate's report")
     summary = _read_json(spec.job_dir("train") / "summary.json", "train's summary")
     stats = _read_json(spec.job_dir("prep") / "stats.json", "prep's stats")
     profile_file = spec.job_dir("prep") / "profile.json"

@@ -15,13 +15,13 @@ from typing import Iterable, Mapping, Optional
 
 from tqdm import tqdm
 
-from . import contest, scoring
+from . import contest, layout, scoring
 from .models import lora_targets
 
 SUBMISSION_DIR = "submission"
 NUM_CHECKPOINTS = 5              # the contest asks for five evenly spaced merged checkpoints
 SUMS_FILE = "SHA256SUMS"
-JOBS = ("prep", "train", "merge", "evaluate")
+JOBS = layout.RUN_JOBS
 
 # Files every submission has, whatever the run (per-checkpoint files come from checkpoint_files()).
 FIXED_FILES = (
@@ -31,9 +31,9 @@ FIXED_FILES = (
     "logs/record.jsonl",
     "logs/prep/manifest.json", "logs/prep/stats.json", "logs/prep/heldout.jsonl", "logs/prep/rejects.jsonl",
     "logs/train/manifest.json", "logs/train/loss.jsonl", "logs/train/loss.csv", "logs/train/summary.json",
-    "logs/train/checkpoints/index.json",
-    "logs/merge/manifest.json", "logs/merge/index.json",
-    "logs/evaluate/manifest.json", "logs/evaluate/report.json", "logs/evaluate/report.md",
+    layout.in_logs(layout.TRAIN_INDEX),
+    "logs/merge/manifest.json", layout.in_logs(layout.MERGE_INDEX),
+    "logs/evaluate/manifest.json", layout.in_logs(layout.EVALUATE_REPORT), "logs/evaluate/report.md",
     "logs/train/mindformers.yaml",
 ) + ("mindformers/finetune.yaml", "mindformers/predict.yaml", "mindformers/mf_extensions.py", "mindformers/README.md")
 # What is copied from each job's folder into logs/<job>/ (never the MindRecord, LoRA or optimizer
