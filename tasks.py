@@ -10,9 +10,11 @@ import sys
 
 from invoke import Collection, Task, task
 
+from jobs.core.layout import PIPELINE
+
 DEFAULT_RECIPE = "recipes/local-smollm2.yaml"
-# The job graph, in order: the same list compose runs (images/compose_up.py STEPS).
-PIPELINE_STEPS = ("weights", "prep", "train", "merge", "evaluate", "bundle")
+# The job graph, in order, as compose and the Kubernetes Job run it: declared in jobs/core/layout.py.
+PIPELINE_STEPS = PIPELINE
 PY = shlex.quote(sys.executable)
 
 

@@ -31,12 +31,13 @@ import yaml
 from jobs.core.config import load_spec
 from jobs.core.cli import guarded
 from jobs.core.io import InputError
+from jobs.core.layout import PIPELINE
 from jobs.core.render import STACK_FOR_DEVICE, host_data_root, image_tags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 PROJECT = "tunebox"
-STEPS = ("weights", "prep", "train", "merge", "evaluate", "bundle")
+STEPS = PIPELINE  # the job order, declared in jobs/core/layout.py
 DEFAULT_RECIPE = "recipes/tiny.yaml"
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Optional
 
 from .core import bundle_lib as bl
-from .core import selfcheck
+from .core import layout, selfcheck
 from .core.cli import run_job
 from .core.config import REPO_ROOT, RunSpec, dump_spec
 from .core.io import InputError, atomic_dir, atomic_write_json, atomic_write_text
@@ -104,12 +104,12 @@ def merged_checkpoints(spec: RunSpec, train_index: dict, merge_index: dict) -> l
     if len(planned) != bl.NUM_CHECKPOINTS:
         raise InputError(f"train planned {len(planned)} checkpoints; the contest asks for {bl.NUM_CHECKPOINTS} "
                          f"evenly spaced ones (train.num_checkpoints: {bl.NUM_CHECKPOINTS})",
-                         spec.job_dir("train") / "checkpoints" / "index.json")
+                         spec.run_dir / layout.TRAIN_INDEX)
     merged = {e["step"]: e for e in merge_index.get("checkpoints", [])}
     missing = [s for s in planned if s not in merged]
     if missing:
         raise InputError(f"merge has no checkpoint for step(s) {missing} of the planned {planned}: "
-                         f"finish train, then run merge again", spec.job_dir("merge") / "index.json")
+                         f"finish train, then run merge again", spec.run_dir / layout.MERGE_INDEX)
     out = []
     for step in planned:
         e = merged[step]
@@ -416,8 +416,8 @@ def render_algorithm(spec: RunSpec, *, stats: dict, profile: Optional[dict], rej
          "| figure | value |", "|---|---|",
          f"| trainable (LoRA A and B) | {results['trainable_params']:,} |",
          f"| total (base model, exact from the architecture) | {results['total_params']:,} |",
-         f"| ratio, exact (`scoring.param_ratio`) | {results['ratio']:.8f} |",
-         f"| ratio, contest's nominal total (`scoring.contest_param_ratio`) | "
+         f"| ratio, exact (`contest.param_ratio`) | {results['ratio']:.8f} |",
+         f"| ratio, contest's nominal total (`contest.contest_param_ratio`) | "
          + (f"{results['contest_ratio']:.8f} (over {results['contest_total_params']:,})" if results["contest_ratio"]
             is not None else f"- (no contest total for {spec.model.name})") + " |",
          f"| ratio used in the score | {results['ratio_for_score']:.8f} ({results['ratio_basis']}) |",
@@ -503,12 +503,12 @@ def render_algorithm(spec: RunSpec, *, stats: dict, profile: Optional[dict], rej
                  f"{_fmt(r['accuracy_tolerant'])} | {_fmt(r['squad_f1'], 2)} | {_fmt(r['squad_em'], 2)} | {passes} | "
                  f"{_fmt(r['score'], 6)} |")
     chosen = results["chosen"]
-    L += ["", f"**Chosen checkpoint: {chosen['model']}** — {chosen['reason']}.", ""]
+    L += ["", f"**Chosen checkpoint: {chosen['model'] or 'none'}** — {chosen['reason']}.", ""]
     retention, unknown = selfcheck.retention_line(results)
     L += [f"**{retention}.**" if unknown else f"{retention}.", ""]
-    if results.get("evaluate_best") not in (None, chosen["model"]):
-        L += [f"Evaluate's report recommends {results['evaluate_best']} instead (its own rule; see "
-              f"`logs/evaluate/report.md`).", ""]
+    if results.get("evaluate_best") != chosen["model"]:
+        L += [f"Evaluate's report chose {results['evaluate_best'] or 'none'} instead: it is older than the rule "
+              f"above (`logs/evaluate/report.md`); run evaluate again.", ""]
 
     # ---- code ----
     code = results["code"]
@@ -530,9 +530,9 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
     check_spec_matches_run(spec, manifests)
     if not (run_dir / "record.jsonl").is_file():
         raise InputError("record.jsonl not found: is this a run folder?", run_dir / "record.jsonl")
-    train_index = _read_json(spec.job_dir("train") / "checkpoints" / "index.json", "train's checkpoint index")
-    merge_index = _read_json(spec.job_dir("merge") / "index.json", "merge's index")
-    report = _read_json(spec.job_dir("evaluate") / "report.json", "evaluate's report")
+    train_index = _read_json(spec.run_dir / layout.TRAIN_INDEX, "train's checkpoint index")
+    merge_index = _read_json(spec.run_dir / layout.MERGE_INDEX, "merge's index")
+    report = _read_json(spec.run_dir / layout.EVALUATE_REPORT, "evaluate's report")
     summary = _read_json(spec.job_dir("train") / "summary.json", "train's summary")
     stats = _read_json(spec.job_dir("prep") / "stats.json", "prep's stats")
     profile_file = spec.job_dir("prep") / "profile.json"
@@ -590,11 +590,17 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         if summary.get("trainable_params") not in (None, results["trainable_params"]):
             raise RuntimeError(f"train counted {summary['trainable_params']:,} trainable parameters, the registry "
                                f"gives {results['trainable_params']:,} for this spec")
-        if results["evaluate_best"] not in (None, results["chosen"]["model"]):
-            log.warning("evaluate's report recommends %s, the submission rule chooses %s (%s)",
-                        results["evaluate_best"], results["chosen"]["model"], results["chosen"]["reason"])
+        if results["evaluate_best"] != results["chosen"]["model"]:
+            log.warning("evaluate's report recommends %s, the contest rule chooses %s from the same figures (%s): "
+                        "the report is older than this code; run evaluate again", results["evaluate_best"],
+                        results["chosen"]["model"], results["chosen"]["reason"])
+        if results["chosen"]["valid"] is False:
+            log.warning("%s; the submission is bundled for inspection, and predict.yaml names the highest score",
+                        results["chosen"]["reason"])
         atomic_write_json(tmp / "results.json", results)
-        chosen = bl.step_of_dir(results["chosen"]["model"] or "") or checkpoints[-1]["step"]
+        # predict.yaml names a checkpoint even when none is valid: then the highest score, as the reason says
+        chosen = bl.step_of_dir(results["chosen"]["model"] or results["chosen"]["highest_score"] or "") \
+            or checkpoints[-1]["step"]
         write_mindformers_files(spec, tmp / "mindformers", chosen)
         log_name, log_tail = training_log_tail(run_dir)
         selfcheck.render(tmp / selfcheck.FILE, results=results, results_bytes=(tmp / "results.json").read_bytes(),

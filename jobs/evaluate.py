@@ -41,6 +41,8 @@ from tqdm import tqdm
 from .core import scoring
 from .core.cli import run_job
 from .core.config import RunSpec
+from .core.contest import (RETENTION_THRESHOLD, SCORE_FORMULAS, choose_checkpoint, param_figures, retention_verdict,
+                           stage_score)
 from .core.data import load_tokenizer
 from .core.io import InputError, atomic_write_json, atomic_write_text, iter_jsonl, sha256_file
 from .core.manifest import write_job_manifest
@@ -498,106 +500,20 @@ def evaluate_model(name: str, mdir: Path, identity: dict, load: Callable[[], obj
 # ---- contest figures and the choice ------------------------------------------------------------
 
 def contest_figures(spec: RunSpec) -> dict:
-    """Trainable/total parameters from the registry, the exact and the contest-comparable ratio,
-    and which one the score uses (the contest's, where it has a nominal total)."""
-    mspec = get_model_spec(spec.model.name)
-    trainable = mspec.lora_params(spec.lora.rank, spec.lora.target_modules)
-    total = mspec.total_params()
-    ratio = scoring.param_ratio(trainable, total)
-    nominal = scoring.CONTEST_NOMINAL_TOTAL_PARAMS.get(spec.model.name)
-    contest = scoring.contest_param_ratio(trainable, spec.model.name) if nominal else None
-    formula = ("(1 - ratio) * 0.3 + accuracy * 0.7" if spec.stage == 1 else "(1 - 10 * ratio) * 0.3 + accuracy * 0.7")
-    return {"stage": spec.stage, "trainable_params": trainable, "total_params": total, "ratio": ratio,
-            "contest_total_params": nominal, "contest_ratio": contest,
-            "ratio_for_score": contest if contest is not None else ratio,
-            "ratio_basis": (f"contest nominal total {nominal:,}" if nominal
-                            else f"exact parameter count {total:,} (the contest has no nominal total for {spec.model.name})"),
-            "score_formula": f"stage {spec.stage}: {formula}, accuracy = strict",
-            "retention_threshold": scoring.RETENTION_THRESHOLD}
+    """The run's parameter figures (contest.param_figures), its score formula and retention threshold."""
+    return {"stage": spec.stage, **param_figures(spec.model.name, spec.lora.rank, spec.lora.target_modules),
+            "score_formula": f"stage {spec.stage}: {SCORE_FORMULAS[spec.stage]}, accuracy = strict",
+            "retention_threshold": RETENTION_THRESHOLD}
 
 
-def stage_score(stage: int, accuracy: float, ratio: float) -> float:
-    return scoring.stage1_score(accuracy, ratio) if stage == 1 else scoring.stage2_score(accuracy, ratio)
-
-
-def retention_verdict(tuned: Optional[dict], base: Optional[dict],
-                      threshold: float = scoring.RETENTION_THRESHOLD) -> dict:
-    """{"f1", "em": tuned/base (None when base is 0), "passes", "failed": [metrics below]}.
-    passes is None when SQuAD was not measured. A base score of 0 makes the rule
-    (tuned >= threshold * base) hold trivially; scoring.passes_retention covers the rest."""
-    if tuned is None or base is None:
-        return {"measured": False, "f1": None, "em": None, "threshold": threshold, "passes": None, "failed": []}
-    metrics = ("f1", "em")
-    ratios = {m: (scoring.retention(tuned[m], base[m]) if base[m] > 0 else None) for m in metrics}
-    failed = [m for m in metrics if (ratios[m] < threshold if ratios[m] is not None else tuned[m] < threshold * base[m])]
-    if all(r is not None for r in ratios.values()):
-        passes = scoring.passes_retention(tuned, base, threshold)
-    else:
-        passes = not failed
-    return {"measured": True, "threshold": threshold, "passes": passes, "failed": failed, **ratios}
-
-
-def annotate(entry: dict, base: Optional[dict], contest: dict) -> dict:
+def annotate(entry: dict, base: Optional[dict], figures: dict) -> dict:
     """Add retention, ratio and stage score to one tuned model's summary."""
-    entry["retention"] = retention_verdict(entry.get("squad"), (base or {}).get("squad"), contest["retention_threshold"])
-    entry["ratio"] = contest["ratio_for_score"]
-    entry["score"] = stage_score(contest["stage"], entry["accuracy_strict"], contest["ratio_for_score"])
-    entry["score_tolerant"] = stage_score(contest["stage"], entry["accuracy_tolerant"], contest["ratio_for_score"])
-    entry["score_exact_ratio"] = stage_score(contest["stage"], entry["accuracy_strict"], contest["ratio"])
+    entry["retention"] = retention_verdict(entry.get("squad"), (base or {}).get("squad"), figures["retention_threshold"])
+    entry["ratio"] = figures["ratio_for_score"]
+    entry["score"] = stage_score(figures["stage"], entry["accuracy_strict"], figures["ratio_for_score"])
+    entry["score_tolerant"] = stage_score(figures["stage"], entry["accuracy_tolerant"], figures["ratio_for_score"])
+    entry["score_exact_ratio"] = stage_score(figures["stage"], entry["accuracy_strict"], figures["ratio"])
     return entry
-
-
-def _retention_figures(entry: dict, base: Optional[dict]) -> str:
-    ret, sq, bsq = entry["retention"], entry.get("squad") or {}, (base or {}).get("squad") or {}
-    parts = []
-    for m in ret["failed"]:
-        ratio = f" = {ret[m]:.3f}" if ret[m] is not None else ""
-        parts.append(f"{m.upper()} {sq[m]:.2f} vs base {bsq[m]:.2f}{ratio} < {ret['threshold']:.2f}")
-    return "; ".join(parts)
-
-
-def choose_checkpoint(checkpoints: list[dict], base: Optional[dict] = None) -> dict:
-    """The contest rule: the highest stage score among the checkpoints that pass retention (ties:
-    the later step, as bundle does). Entries need model, step, score, accuracy_strict and
-    retention (retention_verdict). Returns {model, step, rule, reason, verdicts: {model: why}}."""
-    if not checkpoints:
-        return {"model": None, "step": None, "rule": None, "reason": "no checkpoints were evaluated", "verdicts": {}}
-    measured = all(c["retention"]["passes"] is not None for c in checkpoints)
-    passing = [c for c in checkpoints if c["retention"]["passes"] or not measured]
-    key = (lambda c: (c["score"], c["step"]))
-    verdicts = {}
-    if not passing:
-        top = max(checkpoints, key=key)
-        for c in checkpoints:
-            verdicts[c["model"]] = f"failed retention: {_retention_figures(c, base)}"
-        return {"model": None, "step": None, "rule": "score among retention passes",
-                "reason": f"no checkpoint keeps {scoring.RETENTION_THRESHOLD:.0%} of the base model's SQuAD F1 and EM, "
-                          f"so none is valid under the contest rule (highest score: {top['model']}, {top['score']:.4f})",
-                "verdicts": verdicts}
-    best = max(passing, key=key)
-    for c in checkpoints:
-        if c is best:
-            continue
-        if measured and not c["retention"]["passes"]:
-            lost = f"failed retention: {_retention_figures(c, base)}"
-            if key(c) > key(best):
-                lost += f" (its score {c['score']:.4f} is higher than the chosen one's)"
-        elif c["score"] < best["score"]:
-            lost = (f"lower score: {c['score']:.4f} < {best['score']:.4f} (strict accuracy "
-                    f"{c['accuracy_strict']:.3f} vs {best['accuracy_strict']:.3f})")
-        else:
-            lost = f"same score {c['score']:.4f}; ties go to the later step ({best['step']} > {c['step']})"
-        verdicts[c["model"]] = lost
-    if measured:
-        rule = "score among retention passes"
-        reason = (f"highest stage score ({best['score']:.4f}, strict accuracy {best['accuracy_strict']:.3f}) among the "
-                  f"{len(passing)} of {len(checkpoints)} checkpoints keeping >= {scoring.RETENTION_THRESHOLD:.0%} of the "
-                  f"base model's SQuAD F1 and EM")
-    else:
-        rule = "score (retention not measured)"
-        reason = (f"highest stage score ({best['score']:.4f}, strict accuracy {best['accuracy_strict']:.3f}); SQuAD "
-                  f"retention was not measured (eval.squad_file), so validity under the contest rule is unknown")
-    return {"model": best["model"], "step": best["step"], "rule": rule, "reason": reason, "verdicts": verdicts}
 
 
 # ---- the job -------------------------------------------------------------------------------
@@ -715,7 +631,7 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
                                       task, squad, tok, backend, info))
     base = next((r for r in results if r["model"] == "base"), None)
     tuned = [annotate(r, base, contest) for r in results if r["model"] != "base"]
-    choice = choose_checkpoint(tuned, base)
+    choice = choose_checkpoint(tuned)
     dial = None
     if scales:
         target_name = choice["model"] or (tuned[-1]["model"] if tuned else None)
@@ -732,7 +648,7 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     write_job_manifest(out, "evaluate", spec, inputs=inputs, outputs={"report": out / "report.json"},
                        extra={"backend": backend, "rows": len(task.rows), "squad_rows": len(squad.rows) if squad else 0,
                               "chosen": choice["model"], "scales": scales})
-    log.info("chosen: %s (%s)", choice["model"], choice["reason"])
+    (log.warning if choice["valid"] is False else log.info)("chosen: %s (%s)", choice["model"], choice["reason"])
     log.info("report: %s", out / "report.md")
     return report
 
@@ -768,7 +684,7 @@ def write_plots(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dict
             series.append(plots.Series("SQuAD F1 retention", steps, ret))
             series.append(plots.Series("SQuAD EM retention", steps,
                                        [1.0 if m is base else m["retention"]["em"] for m in models], dashed=True))
-            hlines.append(plots.HLine(scoring.RETENTION_THRESHOLD, f"retention threshold {scoring.RETENTION_THRESHOLD:.2f}"))
+            hlines.append(plots.HLine(RETENTION_THRESHOLD, f"retention threshold {RETENTION_THRESHOLD:.2f}"))
         plots.line_chart(pdir / "accuracy_retention.png", series, hlines=hlines,
                          title=f"{spec.run_id}: accuracy and SQuAD retention per checkpoint"
                                + (f" (chosen: {choice['model']})" if choice.get("model") else ""),
@@ -806,7 +722,7 @@ def write_plots(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dict
         if any(p["retention"]["measured"] for p in pts):
             series += [plots.Series("SQuAD F1 retention", xs, [p["retention"]["f1"] for p in pts]),
                        plots.Series("SQuAD EM retention", xs, [p["retention"]["em"] for p in pts], dashed=True)]
-            hlines.append(plots.HLine(scoring.RETENTION_THRESHOLD, f"retention threshold {scoring.RETENTION_THRESHOLD:.2f}"))
+            hlines.append(plots.HLine(RETENTION_THRESHOLD, f"retention threshold {RETENTION_THRESHOLD:.2f}"))
         plots.line_chart(pdir / "scale_dial.png", series, hlines=hlines, x_ticks=xs,
                          title=f"LoRA scale dial on {dial['checkpoint']}: W + s*(alpha/r)*BA",
                          xlabel="LoRA scale s", ylabel="fraction")
@@ -822,7 +738,7 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
     report = {"run_id": spec.run_id, "model": spec.model.name, "format": spec.data.format, "stage": spec.stage,
               "heldout_rows": len(task.rows), "base": base, "checkpoints": tuned,
               "best_by_accuracy": best_acc["model"] if best_acc else None,
-              "best_checkpoint": {k: choice[k] for k in ("model", "step", "rule", "reason")},
+              "best_checkpoint": {k: choice[k] for k in ("model", "step", "rule", "valid", "reason", "highest_score")},
               "verdicts": choice["verdicts"], "contest": contest,
               "squad": ({"source": str(squad.source), "sha256": squad.source_sha256, "rows": len(squad.rows),
                          "max_new_tokens": squad.max_new_tokens, "prompt": "scoring.squad_prompt, no chat template"}
@@ -840,7 +756,7 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
                   + f". Score = {contest['score_formula']} (ratio {contest['ratio_for_score']:.8g}).")
     squad_line = (f"SQuAD: first {len(squad.rows)} questions of `{squad.source.name}`, contest prompt, greedy, "
                   f"<= {squad.max_new_tokens} new tokens; retention = tuned / base, valid when F1 and EM both >= "
-                  f"{scoring.RETENTION_THRESHOLD:.2f}." if squad else "SQuAD retention not measured (eval.squad_file unset).")
+                  f"{RETENTION_THRESHOLD:.2f}." if squad else "SQuAD retention not measured (eval.squad_file unset).")
     lines = [f"# Evaluation report: {spec.run_id}", "",
              f"Model `{spec.model.name}`, stage {spec.stage}, {len(task.rows)} held-out rows of `{spec.data.train_file}`, "
              f"greedy, new tokens per family = longest training answer + {task.limits_info['margin']} "

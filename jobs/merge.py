@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .core import layout
 from .core.cli import run_job
 from .core.config import RunSpec
 from .core.io import InputError, atomic_write_json, sha256_file
@@ -30,7 +31,7 @@ def merge(spec: RunSpec, scale: float = 1.0) -> Path:
     from .core.weights import ensure_model
 
     train_dir = spec.job_dir("train")
-    index_file = train_dir / "checkpoints" / "index.json"
+    index_file = spec.run_dir / layout.TRAIN_INDEX
     if not index_file.exists():
         raise InputError(f"{index_file} not found: run train first")
     train_index = json.loads(index_file.read_text())
@@ -40,7 +41,7 @@ def merge(spec: RunSpec, scale: float = 1.0) -> Path:
     base_ckpt = spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
     out = spec.job_dir("merge")
     out.mkdir(parents=True, exist_ok=True)
-    out_index_file = out / "index.json"
+    out_index_file = spec.run_dir / layout.MERGE_INDEX
     done = {e["step"]: e for e in json.loads(out_index_file.read_text())["checkpoints"]} if out_index_file.exists() else {}
 
     out_type = {"float32": "Float32", "float16": "Float16", "bfloat16": "BFloat16"}.get(spec.merge.dtype)

@@ -36,16 +36,22 @@ from pathlib import Path
 from typing import Optional
 
 from .core import bundle_lib as bl
+from .core import contest, layout
 from .core.cli import guarded, setup_logging
 from .core.io import InputError
 
 log = logging.getLogger("tunebox.verify")
 
+# The run's hand-over files, as a submission keeps them (jobs/core/layout.py)
+TRAIN_INDEX = layout.in_logs(layout.TRAIN_INDEX)
+MERGE_INDEX = layout.in_logs(layout.MERGE_INDEX)
+EVALUATE_REPORT = layout.in_logs(layout.EVALUATE_REPORT)
+
 FILE_PURPOSE = {
     "ALGORITHM.md": "the method report", "hyperparams.yaml": "the run spec", "code.tar.gz": "the code",
     "results.json": "the results", "ENVIRONMENT.md": "the environment report",
     "environment.json": "the environment record", "tokenizer/tokenizer.json": "the tokenizer",
-    "logs/prep/heldout.jsonl": "the held-out rows", "logs/train/checkpoints/index.json": "train's checkpoint plan",
+    "logs/prep/heldout.jsonl": "the held-out rows", TRAIN_INDEX: "train's checkpoint plan",
     "selfcheck.png": "the self-check picture: results, ratio and training log (the contest asks for one)",
 }
 
@@ -158,7 +164,7 @@ def check_checksums(sub: Submission, f: Findings) -> dict[str, str]:
 
 def planned_steps(sub: Submission) -> Optional[list[int]]:
     """The checkpoint steps train planned (logs/train/checkpoints/index.json), or None."""
-    index = sub.json("logs/train/checkpoints/index.json")
+    index = sub.json(TRAIN_INDEX)
     if not isinstance(index, dict) or not isinstance(index.get("planned"), list):
         return None
     return [int(s) for s in index["planned"]]
@@ -193,9 +199,9 @@ def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]]
     if len(found) != bl.NUM_CHECKPOINTS:
         f.fail("checkpoints", f"{len(found)} checkpoints ({', '.join(map(str, found)) or 'none'}); the contest asks "
                               f"for exactly {bl.NUM_CHECKPOINTS}")
-    index = sub.json("logs/train/checkpoints/index.json")
+    index = sub.json(TRAIN_INDEX)
     if planned is None:
-        f.fail("checkpoints", "logs/train/checkpoints/index.json has no 'planned' steps to check the checkpoints against")
+        f.fail("checkpoints", f"{TRAIN_INDEX} has no 'planned' steps to check the checkpoints against")
     else:
         total = index.get("total_steps") if isinstance(index, dict) else None
         if len(planned) != bl.NUM_CHECKPOINTS:
@@ -205,8 +211,8 @@ def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]]
                                   f"(expected {bl.evenly_spaced_steps(total, len(planned))})")
         if found != planned:
             f.fail("checkpoints", f"checkpoint steps {found} differ from the planned steps {planned} "
-                                  f"(logs/train/checkpoints/index.json)")
-    merged = {e.get("step"): e for e in (sub.json("logs/merge/index.json") or {}).get("checkpoints", [])}
+                                  f"({TRAIN_INDEX})")
+    merged = {e.get("step"): e for e in (sub.json(MERGE_INDEX) or {}).get("checkpoints", [])}
     for step in found:
         rel = bl.checkpoint_file(step)
         name = bl.model_dir_name(step)
@@ -215,7 +221,7 @@ def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]]
             continue
         m = merged.get(step)
         if m is None:
-            f.fail("checkpoints", f"{rel}: logs/merge/index.json has no entry for step {step}")
+            f.fail("checkpoints", f"{rel}: {MERGE_INDEX} has no entry for step {step}")
         elif m.get("sha256") != sha:
             f.fail("checkpoints", f"{rel}: sha256 {sha} is not the file merge wrote ({m.get('sha256')})")
         scores = sub.json(f"logs/evaluate/{name}/scores.json")
@@ -334,7 +340,7 @@ def check_selfcheck(sub: Submission, f: Findings, results: Optional[dict]) -> No
 
 
 def check_logs(sub: Submission, f: Findings) -> None:
-    index = sub.json("logs/train/checkpoints/index.json") or {}
+    index = sub.json(TRAIN_INDEX) or {}
     loss = sub.jsonl("logs/train/loss.jsonl")
     total = index.get("total_steps")
     if loss is None or not isinstance(total, int):
@@ -382,7 +388,7 @@ def recompute_accuracies(sub: Submission, f: Findings, spec, names: list[str]) -
 
 def check_results(sub: Submission, f: Findings, spec, steps: list[int], actual: dict[str, str]) -> Optional[dict]:
     results = sub.json("results.json")
-    report = sub.json("logs/evaluate/report.json")
+    report = sub.json(EVALUATE_REPORT)
     if not isinstance(results, dict) or spec is None or not isinstance(report, dict):
         if sub.path("results.json").is_file() and spec is None:
             f.fail("results", "results.json cannot be checked without a loadable hyperparams.yaml")
@@ -391,7 +397,7 @@ def check_results(sub: Submission, f: Findings, spec, steps: list[int], actual: 
     names = ["base"] + [bl.model_dir_name(s) for s in steps]
     names = [n for n in names if sub.path(f"logs/evaluate/{n}/predictions.jsonl").is_file()]
     accuracies = recompute_accuracies(sub, f, spec, names)
-    merged = {e.get("step"): e for e in (sub.json("logs/merge/index.json") or {}).get("checkpoints", [])}
+    merged = {e.get("step"): e for e in (sub.json(MERGE_INDEX) or {}).get("checkpoints", [])}
     checkpoints = [{"step": s, "train_loss": (merged.get(s) or {}).get("train_loss"),
                     "sha256": actual.get(bl.checkpoint_file(s))} for s in steps]
     try:
@@ -406,7 +412,7 @@ def check_results(sub: Submission, f: Findings, spec, steps: list[int], actual: 
     sources = {"accuracy_strict": "the bundled predictions", "accuracy_tolerant": "the bundled predictions",
                "n": "the bundled predictions", "ratio": "hyperparams.yaml", "score": "accuracy and ratio",
                "score_tolerant": "accuracy and ratio", "sha256": "the checkpoint file",
-               "train_loss": "logs/merge/index.json", "checkpoint": "the layout", "step": "the checkpoint folders"}
+               "train_loss": MERGE_INDEX, "checkpoint": "the layout", "step": "the checkpoint folders"}
     for key in ("run_id", "stage", "format", "model", "trainable_params", "total_params", "ratio",
                 "contest_total_params", "contest_ratio", "ratio_for_score"):
         if not _same(results.get(key), expected[key]):
@@ -421,7 +427,7 @@ def check_results(sub: Submission, f: Findings, spec, steps: list[int], actual: 
             continue
         for key, want in row.items():
             if not _same(got.get(key), want):
-                src = sources.get(key, "logs/evaluate/report.json" if key.startswith(("squad", "retention", "passes"))
+                src = sources.get(key, EVALUATE_REPORT if key.startswith(("squad", "retention", "passes"))
                                   else "the logs")
                 f.fail("results", f"results.json {row['model']} {key} = {got.get(key)!r}, {src} give(s) {want!r}")
     if expected["base"] is not None:
@@ -430,15 +436,20 @@ def check_results(sub: Submission, f: Findings, spec, steps: list[int], actual: 
             if not _same(got_base.get(key), want):
                 f.fail("results", f"results.json base {key} = {got_base.get(key)!r}, the logs give {want!r}")
     squad_files = check_squad(sub, f, got_rows, results.get("base") or {}, names)
-    chosen = (results.get("chosen") or {}).get("model")
-    if chosen != expected["chosen"]["model"]:
-        f.fail("results", f"results.json chooses {chosen!r}; by its rule ({expected['chosen'].get('rule')}) the "
-                          f"logs choose {expected['chosen']['model']!r}")
+    chosen = results.get("chosen") or {}
+    if chosen.get("model") != expected["chosen"]["model"]:
+        f.fail("results", f"results.json chooses {chosen.get('model')!r}; by its rule ({expected['chosen'].get('rule')}) "
+                          f"the logs choose {expected['chosen']['model']!r}")
+    elif (chosen.get("rule"), chosen.get("valid")) != (expected["chosen"]["rule"], expected["chosen"]["valid"]):
+        f.fail("results", f"results.json's choice says rule {chosen.get('rule')!r}, valid {chosen.get('valid')!r}; "
+                          f"the logs give rule {expected['chosen']['rule']!r}, valid {expected['chosen']['valid']!r}")
     if len(f.failed("results")) == before:
         c = expected["chosen"]
         f.ok("results", f"results.json matches the logs (accuracies re-scored from {len(accuracies)} prediction "
                         f"files, SQuAD from {squad_files}, ratio {expected['ratio_for_score']:.8g} from "
-                        f"hyperparams.yaml); chosen {c['model']}")
+                        f"hyperparams.yaml); chosen {c['model'] or 'none'} ({c['rule']}; valid: {c['valid']})")
+        if c["valid"] is False:
+            f.note("results", c["reason"])
     return results
 
 
@@ -466,7 +477,7 @@ def check_squad(sub: Submission, f: Findings, rows: dict[str, dict], base_row: d
     for name, tuned in measured.items():
         if name == "base":
             continue
-        want = bl.retention_passes(tuned, measured["base"])
+        want = contest.retention_verdict(tuned, measured["base"])["passes"]
         got = (rows.get(name) or {}).get("passes_retention")
         if got is not want:
             f.fail("results", f"results.json {name} passes_retention = {got!r}; its SQuAD F1/EM "

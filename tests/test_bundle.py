@@ -21,7 +21,7 @@ from conftest import TINY_RECIPE, docker_engine, docker_image, job_env, planned_
 from jobs import verify as verify_mod
 from jobs.bundle import link_or_copy, make_code_archive
 from jobs.core import bundle_lib as bl
-from jobs.core import scoring
+from jobs.core import contest
 
 
 # tiny, worked by hand (as in tests/test_evaluate.py): LoRA r=8 on wq (64x64) and wv (32x64) in 2 layers;
@@ -269,7 +269,7 @@ def test_rerun_catches_answers_the_checkpoints_do_not_give(bundled, tmp_path, ca
     for r in results["checkpoints"]:
         if r["model"] == name:
             r.update(accuracy_strict=1.0, accuracy_tolerant=1.0,
-                     score=scoring.stage1_score(1.0, r["ratio"]), score_tolerant=scoring.stage1_score(1.0, r["ratio"]))
+                     score=contest.stage1_score(1.0, r["ratio"]), score_tolerant=contest.stage1_score(1.0, r["ratio"]))
     results["chosen"].update(model=name, step=step)
     (sub / "results.json").write_text(json.dumps(results, indent=2))
     # ...and selfcheck.png redrawn from the forged results.json (verify ties the picture to that file)
@@ -339,16 +339,15 @@ def make_model_answer(ev: Path, name: str, math_right: int, squad_right: int) ->
     (ev / name / "squad.json").write_text(json.dumps(figures, indent=2))
 
 
-@pytest.fixture(scope="module")
-def decided(tiny_run, tmp_path_factory) -> dict:
-    work = tmp_path_factory.mktemp("decided")
+def edited_run(tiny_run, work: Path, squad_right: list[int]) -> dict:
+    """A copy of the tiny run whose models answer MATH_RIGHT / squad_right right, re-evaluated and bundled."""
     runs = work / "runs"
     run = runs / "tiny"
     shutil.copytree(tiny_run["run_dir"], run, ignore=shutil.ignore_patterns("mindformers", "submission"))
     steps = planned_checkpoint_steps(run)
     names = ["base"] + [bl.model_dir_name(s) for s in steps]
     ev = run / "evaluate"
-    for name, m, q in zip(names, MATH_RIGHT, SQUAD_RIGHT):
+    for name, m, q in zip(names, MATH_RIGHT, squad_right):
         make_model_answer(ev, name, m, q)
     edited = {f: f.read_bytes() for name in names for f in sorted((ev / name).iterdir())}
     run_job("evaluate", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
@@ -357,6 +356,20 @@ def decided(tiny_run, tmp_path_factory) -> dict:
     run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
     return {"run": run, "sub": run / "submission", "steps": steps, "names": names, "work": work,
             "cache": tiny_run["cache"]}
+
+
+@pytest.fixture(scope="module")
+def decided(tiny_run, tmp_path_factory) -> dict:
+    return edited_run(tiny_run, tmp_path_factory.mktemp("decided"), SQUAD_RIGHT)
+
+
+# Every checkpoint answers 4 of 8 SQuAD questions: 50.0 < 0.9 * 62.5 = 56.25, so none is valid.
+SQUAD_RIGHT_NONE_PASS = [5, 4, 4, 4, 4, 4]
+
+
+@pytest.fixture(scope="module")
+def none_pass(tiny_run, tmp_path_factory) -> dict:
+    return edited_run(tiny_run, tmp_path_factory.mktemp("nonepass"), SQUAD_RIGHT_NONE_PASS)
 
 
 def _hand_score(right: int) -> float:
@@ -482,9 +495,9 @@ def test_stage2_bundle_scores_by_the_stage2_rule(mcq_bundled):
         # stage 2 by hand: the ratio weighs ten times
         assert r["score"] == pytest.approx((1 - 10 * TINY_RATIO) * 0.3 + acc * 0.7, abs=1e-12)
         assert r["passes_retention"] is None
-    # no SQuAD, so retention is unknown: the best accuracy is chosen
+    # no SQuAD, so retention is unknown: the best score is chosen, its validity unknown
     assert results["chosen"]["model"] == mcq_bundled["last"]
-    assert results["chosen"]["rule"] == "accuracy (retention unknown)"
+    assert results["chosen"]["rule"] == "score (retention not measured)" and results["chosen"]["valid"] is None
     report = json.loads((mcq_bundled["run"] / "evaluate" / "report.json").read_text())
     assert report["checkpoints"][-1]["score"] == pytest.approx(rows[mcq_bundled["last"]]["score"], abs=1e-12)
 
@@ -511,6 +524,51 @@ def test_verify_rescores_the_mcq_letters(mcq_bundled, tmp_path, capsys):
 
 
 # ---- code.tar.gz -----------------------------------------------------------------------------
+
+# ---- evaluate, bundle and verify agree on the choice -----------------------------------------
+# For the same run, evaluate's report, bundle's results.json and verify's recomputation from the
+# bundled logs must name the same checkpoint, rule and validity. Expected values by hand (checkpoint
+# index in step order, or None), from MATH_RIGHT / SQUAD_RIGHT*, and MCQ_ANSWERS:
+AGREEMENT = {
+    # the 3rd keeps 50 / 62.5 = 0.8 and fails; of the rest the 2nd answers most math (4 of 8)
+    "one fails": ("decided", 1, "score among retention passes", True, 2),
+    # all keep 50 / 62.5: nothing is valid, nothing chosen; the 3rd (7 of 8) has the highest score
+    "none passes": ("none_pass", None, "none passes retention", False, 2),
+    # stage 2, no SQuAD: only the last checkpoint names right letters (2 of 6)
+    "retention unknown": ("mcq_bundled", -1, "score (retention not measured)", None, -1),
+}
+
+
+@pytest.mark.parametrize("case", list(AGREEMENT))
+def test_evaluate_bundle_and_verify_agree_on_the_choice(case, request, tmp_path, capsys):
+    fixture, pick, rule, valid, top = AGREEMENT[case]
+    run = request.getfixturevalue(fixture)
+    checkpoints = [bl.model_dir_name(s) for s in run["steps"]]
+    want = {"model": None if pick is None else checkpoints[pick], "step": None if pick is None else run["steps"][pick],
+            "rule": rule, "valid": valid, "highest_score": checkpoints[top]}
+    by_evaluate = json.loads((run["run"] / "evaluate" / "report.json").read_text())["best_checkpoint"]
+    by_bundle = json.loads((run["sub"] / "results.json").read_text())["chosen"]
+    assert {k: by_evaluate.get(k) for k in want} == want
+    assert {k: by_bundle.get(k) for k in want} == want
+    code = verify_mod.main([str(run["sub"])])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"chosen {want['model'] or 'none'} ({rule}; valid: {valid})" in out
+    if valid is False:
+        assert "note  results     NO VALID CHECKPOINT" in out
+
+    # verify recomputes the choice: results.json naming another checkpoint as a valid choice fails
+    sub = tmp_path / "submission"
+    shutil.copytree(run["sub"], sub)
+    results = json.loads((sub / "results.json").read_text())
+    other = checkpoints[top] if top != pick else checkpoints[0]
+    results["chosen"].update(model=other, step=bl.step_of_dir(other), valid=True)
+    (sub / "results.json").write_text(json.dumps(results, indent=2))
+    rewrite_sums(sub)
+    code, fails = verify_here(sub, capsys)
+    assert code == 1 and f"results.json chooses {other!r}; by its rule ({rule}) the logs choose {want['model']!r}" \
+        in "\n".join(fails)
+
 
 def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
@@ -552,20 +610,7 @@ def test_code_archive_clean_commit_dirty_tree_and_no_git(tmp_path):
     assert not any("runs/" in n for n in members(tmp_path / "nogit.tar.gz"))
 
 
-# ---- the rules results.json follows ---------------------------------------------------------
-
-def _row(model, step, acc, score, passes):
-    return {"model": model, "step": step, "accuracy_strict": acc, "score": score, "passes_retention": passes}
-
-
-def test_choice_prefers_retention_passes_then_falls_back_to_accuracy():
-    rows = [_row("a", 1, 0.9, 0.9, False), _row("b", 2, 0.6, 0.6, True), _row("c", 3, 0.5, 0.5, True)]
-    assert bl.choose_checkpoint(rows)["model"] == "b"  # the best score fails retention
-    unknown = [dict(r, passes_retention=None) for r in rows]
-    choice = bl.choose_checkpoint(unknown)
-    assert choice["model"] == "a" and "not measured" in choice["reason"]
-    assert bl.choose_checkpoint([_row("x", 1, 0.5, 0.5, None), _row("y", 2, 0.5, 0.5, None)])["model"] == "y"
-
+# ---- reading evaluate's report ------------------------------------------------------------
 
 def test_squad_fields_read_nested_and_flat_report_entries():
     nested = bl.squad_fields({"squad": {"f1": 55.0, "em": 40.0}, "retention": {"f1": 0.92, "em": 0.905, "passes": True}})

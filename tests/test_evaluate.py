@@ -20,9 +20,9 @@ from jobs.core import scoring
 from jobs.core.config import load_spec
 from jobs.core.io import InputError
 from jobs.core.models import get_model_spec, llama_config_kwargs
-from jobs.evaluate import (annotate, choice_letter_logprobs, choice_token_plan, choose_checkpoint, contest_figures,
-                           length_groups, load_squad, longest_answers_in_samples, parse_scales,
-                           retention_verdict)
+from jobs.core.contest import choose_checkpoint
+from jobs.evaluate import (annotate, choice_letter_logprobs, choice_token_plan, contest_figures,
+                           length_groups, load_squad, longest_answers_in_samples, parse_scales)
 
 SQUAD = SHARED_DATA / "squad" / "dev-subset.jsonl"
 MMLU = SHARED_DATA / "mcq" / "mmlu-subset.jsonl"
@@ -60,7 +60,7 @@ def test_highest_accuracy_fails_retention_and_loses(llama3_contest):
     assert cps[2]["retention"]["failed"] == ["f1"] and cps[3]["retention"]["failed"] == ["em"]
     assert cps[2]["retention"]["f1"] == pytest.approx(50 / 60)
 
-    choice = choose_checkpoint(cps, base)
+    choice = choose_checkpoint(cps)
     assert choice["model"] == "step-000020" and choice["step"] == 20
     assert choice["rule"] == "score among retention passes"
     why = choice["verdicts"]
@@ -74,11 +74,11 @@ def test_highest_accuracy_fails_retention_and_loses(llama3_contest):
 def test_ties_go_to_the_later_step_and_no_valid_checkpoint_means_no_choice(llama3_contest):
     base = {"model": "base", "squad": {"f1": 60.0, "em": 45.0}}
     cps = [annotate(_ckpt(s, 0.5, 59.0, 44.0), base, llama3_contest) for s in (10, 20)]
-    choice = choose_checkpoint(cps, base)
+    choice = choose_checkpoint(cps)
     assert choice["model"] == "step-000020" and "ties go to the later step" in choice["verdicts"]["step-000010"]
 
     bad = [annotate(_ckpt(s, 0.9, 30.0, 20.0), base, llama3_contest) for s in (10, 20)]
-    none = choose_checkpoint(bad, base)
+    none = choose_checkpoint(bad)
     assert none["model"] is None and "none is valid" in none["reason"]
     assert all(v.startswith("failed retention") for v in none["verdicts"].values())
 
@@ -89,16 +89,6 @@ def test_without_squad_the_choice_is_by_score_and_says_retention_is_unknown(llam
     assert all(c["retention"]["passes"] is None for c in cps)
     choice = choose_checkpoint(cps)
     assert choice["model"] == "step-000020" and "not measured" in choice["reason"]
-
-
-def test_retention_verdict_edges():
-    at_threshold = retention_verdict({"f1": 54.0, "em": 36.0}, {"f1": 60.0, "em": 40.0})
-    assert at_threshold["passes"] and not at_threshold["failed"]       # exactly 90% keeps validity
-    below = retention_verdict({"f1": 53.9, "em": 36.0}, {"f1": 60.0, "em": 40.0})
-    assert not below["passes"] and below["failed"] == ["f1"]
-    zero_base = retention_verdict({"f1": 0.0, "em": 0.0}, {"f1": 0.0, "em": 0.0})
-    assert zero_base["passes"] and zero_base["f1"] is None             # 0 >= 0.9 * 0: the rule holds
-    assert retention_verdict(None, {"f1": 1.0, "em": 1.0})["passes"] is None
 
 
 def test_stage2_score_weighs_the_ratio_ten_times():

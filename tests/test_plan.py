@@ -12,7 +12,7 @@ import pytest
 from jobs import plan as plan_cli
 from jobs.core import budget
 from jobs.core.models import get_model_spec
-from jobs.core.scoring import stage1_score, stage2_score
+from jobs.core.contest import stage1_score, stage2_score
 
 from conftest import REPO
 

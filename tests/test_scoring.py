@@ -1,7 +1,7 @@
 """Scoring against the real contest samples: every reference answer parses to the number it
 prints, hand-made model outputs score right and wrong as they should, SQuAD F1/EM match
-hand-computed values, every contest MCQ reference yields its letter, and the parameter ratio
-and score formulas reproduce the contest's published figures."""
+hand-computed values, and every contest MCQ reference yields its letter. The ratio, scores and
+retention are tests/test_contest.py."""
 from __future__ import annotations
 
 import json
@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.core.models import get_model_spec
 from jobs.core.scoring import (
-    MATH_FAMILIES, contest_param_ratio, extract_answer, extract_answer_number, extract_choice_letter,
+    MATH_FAMILIES, extract_answer, extract_answer_number, extract_choice_letter,
     math_accuracy, math_family, mcq_language, mcq_prompt, mcq_reference_output, numbers_equal,
-    param_ratio, passes_retention, retention, retention_report, score_math, squad_answer_from_generation,
-    squad_exact_match, squad_f1, squad_prompt, squad_scores, stage1_score, stage2_score, trim_generation,
+    score_math, squad_answer_from_generation,
+    squad_exact_match, squad_f1, squad_prompt, squad_scores, trim_generation,
 )
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -374,62 +373,6 @@ def test_subset_prompts_round_trip(name):
 ])
 def test_choice_letter_extraction(text, letter):
     assert extract_choice_letter(text) == letter
-
-
-# ---------------------------------------------------------------------------------------------
-# Parameter ratio, scores, retention
-# ---------------------------------------------------------------------------------------------
-
-def test_llama3_lora_ratio_golden():
-    spec = get_model_spec("llama3-8b")
-    trainable, total = spec.lora_params(8, "wq|wv"), spec.total_params()
-    assert (trainable, total) == (3_407_872, 8_030_261_248)
-    assert round(param_ratio(trainable, total), 8) == 0.00042438
-    # The contest divided by the guide's nominal "8030 M": that gives the figure it published.
-    assert round(contest_param_ratio(trainable, "llama3-8b"), 9) == 0.000424393
-
-
-@pytest.mark.parametrize("rank, published", [(4, 0.000212196), (8, 0.000424393), (12, 0.000636589),
-                                              (16, 0.000848785), (32, 0.00169757), (128, 0.00679028)])
-def test_published_stage1_ratios_come_from_the_nominal_total(rank, published):
-    trainable = get_model_spec("llama3-8b").lora_params(rank, "wq|wv")
-    digits = len(repr(published).split(".")[1])
-    assert round(contest_param_ratio(trainable, "llama3-8b"), digits) == published
-
-
-def test_internlm_ratio_matches_a_stage2_report():
-    trainable = get_model_spec("internlm-7b").lora_params(8, "wq|wv")
-    assert trainable == 4_194_304
-    assert contest_param_ratio(trainable, "internlm-7b") == pytest.approx(0.000572914082775577, rel=1e-12)
-
-
-@pytest.mark.parametrize("accuracy, ratio, published", [
-    (0.7161, 0.00679028, 0.799232916), (0.6400, 0.000424393, 0.747872682),
-    (0.4554, 0.000848785, 0.618525364), (0.2774, 0.000212196, 0.494116341)])
-def test_stage1_score_reproduces_the_published_table(accuracy, ratio, published):
-    assert stage1_score(accuracy, ratio) == pytest.approx(published, abs=1e-9)
-
-
-def test_score_formulas_on_hand_values():
-    assert stage1_score(0.5, 0.0) == pytest.approx(0.65)
-    assert stage1_score(1.0, 1.0) == pytest.approx(0.7)
-    assert stage2_score(0.5, 0.001) == pytest.approx(0.99 * 0.3 + 0.35)
-    assert stage2_score(0.4, 0.01) == pytest.approx(0.9 * 0.3 + 0.28)
-    with pytest.raises(ValueError):
-        stage1_score(64, 0.0004)       # accuracy in percent is a caller error
-    with pytest.raises(ValueError):
-        param_ratio(10, 0)
-
-
-def test_retention():
-    base = {"f1": 60.0, "em": 44.0}
-    assert retention(54.0, 60.0) == pytest.approx(0.9)
-    assert passes_retention({"f1": 54.0, "em": 39.6}, base)
-    assert not passes_retention({"f1": 70.0, "em": 39.5}, base)     # EM below 90% fails alone
-    report = retention_report({"f1": 30.0, "em": 44.0}, base, threshold=0.5)
-    assert report["passes"] and report["f1"] == pytest.approx(0.5) and report["em"] == pytest.approx(1.0)
-    with pytest.raises(ValueError):
-        retention(1.0, 0.0)
 
 
 def test_trim_generation_stops_at_a_new_problem():

@@ -38,8 +38,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Iterable, Optional
 
+from .contest import CONTEST_NOMINAL_TOTAL_PARAMS, param_ratio, stage1_score, stage2_score
 from .models import ModelSpec, get_model_spec, lora_targets
-from .scoring import CONTEST_NOMINAL_TOTAL_PARAMS, param_ratio, stage1_score, stage2_score
 
 CANDIDATE_RANKS = (1, 2, 4, 8, 16, 32)
 TARGET_SETS = {"wq|wv": "wq|wv", "wq|wk|wv|wo": "wq|wk|wv|wo", "all linear": "wq|wk|wv|wo|w1|w2|w3"}

@@ -1,10 +1,9 @@
 """What jobs/bundle.py writes and jobs/verify.py checks, in one place: the submission layout, the
-SHA256SUMS format, re-scoring bundled predictions, the parameter ratio and contest score of a run
-spec, the SQuAD/retention figures of an evaluate report, and how the submitted checkpoint is chosen.
+SHA256SUMS format, re-scoring bundled predictions, the SQuAD figures of an evaluate report, and
+results.json, whose ratio, scores, retention verdicts and choice come from jobs/core/contest.py.
 
-Both sides compute results.json's figures with the functions below, so "consistent" means the
-bundle's numbers are what these rules give from the bundled logs, not what some other copy of the
-rules would give.
+Both sides build results.json with build_results, so "consistent" means the bundle's numbers are
+what the contest's rules give from the bundled logs, not what some other copy of the rules would give.
 """
 from __future__ import annotations
 
@@ -16,13 +15,13 @@ from typing import Iterable, Mapping, Optional
 
 from tqdm import tqdm
 
-from . import scoring
-from .models import get_model_spec, lora_targets
+from . import contest, layout, scoring
+from .models import lora_targets
 
 SUBMISSION_DIR = "submission"
 NUM_CHECKPOINTS = 5              # the contest asks for five evenly spaced merged checkpoints
 SUMS_FILE = "SHA256SUMS"
-JOBS = ("prep", "train", "merge", "evaluate")
+JOBS = layout.RUN_JOBS
 
 # Files every submission has, whatever the run (per-checkpoint files come from checkpoint_files()).
 FIXED_FILES = (
@@ -32,9 +31,9 @@ FIXED_FILES = (
     "logs/record.jsonl",
     "logs/prep/manifest.json", "logs/prep/stats.json", "logs/prep/heldout.jsonl", "logs/prep/rejects.jsonl",
     "logs/train/manifest.json", "logs/train/loss.jsonl", "logs/train/loss.csv", "logs/train/summary.json",
-    "logs/train/checkpoints/index.json",
-    "logs/merge/manifest.json", "logs/merge/index.json",
-    "logs/evaluate/manifest.json", "logs/evaluate/report.json", "logs/evaluate/report.md",
+    layout.in_logs(layout.TRAIN_INDEX),
+    "logs/merge/manifest.json", layout.in_logs(layout.MERGE_INDEX),
+    "logs/evaluate/manifest.json", layout.in_logs(layout.EVALUATE_REPORT), "logs/evaluate/report.md",
     "logs/train/mindformers.yaml",
 ) + ("mindformers/finetune.yaml", "mindformers/predict.yaml", "mindformers/mf_extensions.py", "mindformers/README.md")
 # What is copied from each job's folder into logs/<job>/ (never the MindRecord, LoRA or optimizer
@@ -185,38 +184,6 @@ def accuracy_from_predictions(rows: list[dict], fmt: str) -> dict:
             "disagree": disagree}
 
 
-# ---- ratio and score -------------------------------------------------------------------------
-
-def param_figures(model_name: str, rank: int, target_modules: str) -> dict:
-    """Trainable and total parameters from the registry's exact shapes; the exact ratio, and the
-    contest's (its nominal total) for the models the contest used. The score uses the contest's
-    ratio when there is one, since that is the figure the contest ranked by."""
-    mspec = get_model_spec(model_name)
-    trainable = mspec.lora_params(rank, target_modules)
-    total = mspec.total_params()
-    ratio = scoring.param_ratio(trainable, total)
-    try:
-        contest = scoring.contest_param_ratio(trainable, model_name)
-        nominal = scoring.CONTEST_NOMINAL_TOTAL_PARAMS[model_name]
-    except KeyError:
-        contest, nominal = None, None
-    return {"trainable_params": trainable, "total_params": total, "ratio": ratio,
-            "contest_total_params": nominal, "contest_ratio": contest,
-            "ratio_for_score": contest if contest is not None else ratio,
-            "ratio_basis": (f"contest nominal total {nominal:,}" if contest is not None
-                            else f"exact parameter count {total:,}; the contest has no nominal total for {model_name}"),
-            "lora_targets": sorted(lora_targets(target_modules))}
-
-
-SCORE_FORMULAS = {1: "(1 - ratio) * 0.3 + accuracy * 0.7", 2: "(1 - 10 * ratio) * 0.3 + accuracy * 0.7"}
-
-
-def contest_score(stage: int, accuracy: Optional[float], ratio: float) -> Optional[float]:
-    if accuracy is None:
-        return None
-    return scoring.stage1_score(accuracy, ratio) if stage == 1 else scoring.stage2_score(accuracy, ratio)
-
-
 # ---- SQuAD / retention, read from an evaluate report entry -----------------------------------
 
 def _number(value) -> Optional[float]:
@@ -245,75 +212,55 @@ def squad_from_predictions(rows: list[dict]) -> dict:
     return {"n": len(rows), **scores}
 
 
-def retention_passes(tuned: Mapping, base: Mapping, threshold: float = scoring.RETENTION_THRESHOLD) -> bool:
-    """The contest rule on both metrics: tuned >= threshold * base (a base of 0 passes trivially)."""
-    return all(tuned[m] >= threshold * base[m] for m in ("f1", "em"))
-
-
 def evaluate_best(report: Mapping) -> Optional[str]:
-    """The checkpoint evaluate itself recommends, if its report names one."""
-    for key in ("best_checkpoint", "best", "best_by_score", "best_by_accuracy"):
-        value = report.get(key)
-        if isinstance(value, Mapping):
-            value = value.get("model") or value.get("name")
-        if isinstance(value, str):
-            return value
-    return None
+    """The checkpoint evaluate's report chose (its best_checkpoint), None when it chose none."""
+    best = report.get("best_checkpoint")
+    return best.get("model") if isinstance(best, Mapping) else None
 
 
 # ---- results -------------------------------------------------------------------------------
-
-def choose_checkpoint(rows: list[dict]) -> dict:
-    """The checkpoint to submit: the best score among those that pass retention when retention is
-    known for every checkpoint; else the best accuracy. Ties go to the later step."""
-    scored = [r for r in rows if r.get("accuracy_strict") is not None]
-    if not scored:
-        return {"model": None, "step": None, "reason": "no checkpoint has an accuracy"}
-    if all(r.get("passes_retention") is not None for r in scored):
-        passing = [r for r in scored if r["passes_retention"]]
-        if passing:
-            best = max(passing, key=lambda r: (r["score"], r["step"]))
-            return {"model": best["model"], "step": best["step"], "rule": "score among retention passes",
-                    "reason": f"highest contest score ({best['score']:.6f}) among the {len(passing)} of "
-                              f"{len(scored)} checkpoints that keep >= {scoring.RETENTION_THRESHOLD:.0%} of the "
-                              f"base model's SQuAD F1 and EM"}
-        best = max(scored, key=lambda r: (r["score"], r["step"]))
-        return {"model": best["model"], "step": best["step"], "rule": "score (none passes retention)",
-                "reason": f"no checkpoint keeps {scoring.RETENTION_THRESHOLD:.0%} of the base SQuAD F1 and EM, "
-                          f"so none is valid by the contest rule; highest score ({best['score']:.6f}) shown"}
-    best = max(scored, key=lambda r: (r["accuracy_strict"], r["step"]))
-    return {"model": best["model"], "step": best["step"], "rule": "accuracy (retention unknown)",
-            "reason": f"highest strict accuracy ({best['accuracy_strict']:.4f}; later step on ties); SQuAD "
-                      f"retention was not measured, so validity by the contest's retention rule is unknown"}
-
 
 def build_results(*, run_id: str, stage: int, fmt: str, model_name: str, rank: int, target_modules: str,
                   report: Mapping, accuracies: Mapping[str, Mapping], checkpoints: list[dict],
                   code: Mapping) -> dict:
     """results.json. `accuracies` maps model name (base, step-N) -> {accuracy_strict,
-    accuracy_tolerant, n}; `checkpoints` is [{step, train_loss, sha256}] in step order."""
-    params = param_figures(model_name, rank, target_modules)
+    accuracy_tolerant, n}; `checkpoints` is [{step, train_loss, sha256}] in step order. SQuAD F1/EM
+    come from evaluate's report; ratio, score, retention and the choice are contest.py's rules."""
+    params = contest.param_figures(model_name, rank, target_modules)
     ratio = params["ratio_for_score"]
     by_name = {e.get("model"): e for e in report.get("checkpoints") or []}
-    rows = []
+    base_squad = squad_fields(report.get("base"))
+    rows, candidates = [], []
     for ck in checkpoints:
         name = model_dir_name(ck["step"])
         acc = accuracies.get(name, {})
         strict, tolerant = acc.get("accuracy_strict"), acc.get("accuracy_tolerant")
-        rows.append({"model": name, "step": ck["step"], "checkpoint": checkpoint_file(ck["step"]),
-                     "sha256": ck["sha256"], "train_loss": ck.get("train_loss"), "n": acc.get("n"),
-                     "accuracy_strict": strict, "accuracy_tolerant": tolerant,
-                     **squad_fields(by_name.get(name)),
-                     "ratio": ratio, "score": contest_score(stage, strict, ratio),
-                     "score_tolerant": contest_score(stage, tolerant, ratio)})
+        squad = squad_fields(by_name.get(name))
+        verdict = contest.retention_verdict(_squad_pair(squad), _squad_pair(base_squad))
+        row = {"model": name, "step": ck["step"], "checkpoint": checkpoint_file(ck["step"]),
+               "sha256": ck["sha256"], "train_loss": ck.get("train_loss"), "n": acc.get("n"),
+               "accuracy_strict": strict, "accuracy_tolerant": tolerant,
+               "squad_f1": squad["squad_f1"], "squad_em": squad["squad_em"],
+               "retention_f1": verdict["f1"], "retention_em": verdict["em"], "passes_retention": verdict["passes"],
+               "ratio": ratio, "score": contest.stage_score(stage, strict, ratio),
+               "score_tolerant": contest.stage_score(stage, tolerant, ratio)}
+        rows.append(row)
+        candidates.append({**row, "retention": verdict})
     base = None
     if "base" in accuracies:
         base = {"model": "base", **{k: accuracies["base"].get(k) for k in ("n", "accuracy_strict", "accuracy_tolerant")},
-                **squad_fields(report.get("base"))}
+                **base_squad}
     return {"run_id": run_id, "stage": stage, "format": fmt, "model": model_name,
-            "score_formula": f"stage {stage}: {SCORE_FORMULAS[stage]}, accuracy = strict (the contest rule)",
-            **params, "base": base, "checkpoints": rows, "chosen": choose_checkpoint(rows),
-            "evaluate_best": evaluate_best(report), "code": dict(code)}
+            "score_formula": f"stage {stage}: {contest.SCORE_FORMULAS[stage]}, accuracy = strict (the contest rule)",
+            **params, "lora_targets": sorted(lora_targets(target_modules)), "base": base, "checkpoints": rows,
+            "chosen": contest.choose_checkpoint(candidates), "evaluate_best": evaluate_best(report), "code": dict(code)}
+
+
+def _squad_pair(fields: Mapping) -> Optional[dict]:
+    """{"f1", "em"} from squad_fields' output, or None when SQuAD was not measured."""
+    if fields["squad_f1"] is None or fields["squad_em"] is None:
+        return None
+    return {"f1": fields["squad_f1"], "em": fields["squad_em"]}
 
 
 def fence(text: str) -> str:

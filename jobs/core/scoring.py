@@ -1,6 +1,7 @@
-"""Contest scoring, exactly: math answers, SQuAD F1/EM, multiple-choice letters, the parameter
-ratio and the stage-1/stage-2 scores. Pure Python (no MindSpore), so evaluate, bundle and the
-tests all share one implementation. docs/CONTEST_RULES.md explains the rules as we read them.
+"""Contest scoring, exactly: math answers, SQuAD F1/EM, multiple-choice letters. Pure Python (no
+MindSpore), so evaluate, bundle and the tests all share one implementation. The ratio, the stage
+scores, retention and the checkpoint choice are jobs/core/contest.py. docs/CONTEST_RULES.md
+explains the rules as we read them.
 
 Math answers are compared as exact numbers (Decimal for written decimals, Fraction for
 fractions), never as floats, so "0.0" equals "0" and a 28-digit reference keeps all its digits.
@@ -677,80 +678,6 @@ def extract_choice_letter(text: str) -> Optional[str]:
     if len(letters) == 1:
         return letters.pop()
     return None
-
-
-# --------------------------------------------------------------------------------------------
-# Parameter ratio, contest scores, retention
-# --------------------------------------------------------------------------------------------
-
-# The totals the contest divided by: the guide tells teams to divide by "llama3-8B的总参数量
-# （8030 M）", and stage-2 teams divided by 7321000000 for InternLM-7B. Exact counts from the
-# architectures are in jobs/core/models.py; docs/CONTEST_RULES.md compares the two.
-CONTEST_NOMINAL_TOTAL_PARAMS = {"llama3-8b": 8_030_000_000, "internlm-7b": 7_321_000_000}
-
-
-def param_ratio(trainable: int, total: int) -> float:
-    """低参比例 = trainable parameters / total parameters."""
-    if total <= 0:
-        raise ValueError(f"total parameter count must be positive, got {total}")
-    if trainable < 0 or trainable > total:
-        raise ValueError(f"trainable count {trainable} must lie between 0 and the total {total}")
-    return trainable / total
-
-
-def contest_param_ratio(trainable: int, model_name: str) -> float:
-    """The ratio as the contest computed it, over its nominal total for `model_name`."""
-    try:
-        total = CONTEST_NOMINAL_TOTAL_PARAMS[model_name]
-    except KeyError:
-        raise KeyError(f"no contest total for {model_name!r}; known: {', '.join(CONTEST_NOMINAL_TOTAL_PARAMS)}") from None
-    return param_ratio(trainable, total)
-
-
-def _check_unit_interval(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a fraction in [0, 1], got {value} (pass 0.64, not 64)")
-
-
-def stage1_score(accuracy: float, ratio: float) -> float:
-    """Stage 1 (Llama3-8B, math): (1 - ratio) * 0.3 + accuracy * 0.7."""
-    _check_unit_interval("accuracy", accuracy)
-    _check_unit_interval("ratio", ratio)
-    return (1.0 - ratio) * 0.3 + accuracy * 0.7
-
-
-def stage2_score(accuracy: float, ratio: float) -> float:
-    """Stage 2 (InternLM-7B, multiple choice): (1 - 10 * ratio) * 0.3 + accuracy * 0.7."""
-    _check_unit_interval("accuracy", accuracy)
-    _check_unit_interval("ratio", ratio)
-    return (1.0 - 10.0 * ratio) * 0.3 + accuracy * 0.7
-
-
-def retention(tuned: float, base: float) -> float:
-    """How much of the base model's score the tuned model keeps: tuned / base."""
-    if base <= 0:
-        raise ValueError(f"base score must be positive to measure retention, got {base}")
-    return tuned / base
-
-
-RETENTION_THRESHOLD = 0.90
-
-
-def retention_report(tuned: Mapping[str, float], base: Mapping[str, float],
-                     threshold: float = RETENTION_THRESHOLD) -> dict:
-    """{"f1": tuned/base, "em": tuned/base, "threshold": t, "passes": both >= t} from two
-    squad_scores results."""
-    report = {metric: retention(tuned[metric], base[metric]) for metric in ("f1", "em")}
-    report["threshold"] = threshold
-    report["passes"] = all(report[metric] >= threshold for metric in ("f1", "em"))
-    return report
-
-
-def passes_retention(tuned: Mapping[str, float], base: Mapping[str, float],
-                     threshold: float = RETENTION_THRESHOLD) -> bool:
-    """The contest's validity rule: the tuned model keeps at least `threshold` (90%) of the base
-    model's SQuAD F1 and of its EM."""
-    return retention_report(tuned, base, threshold)["passes"]
 
 
 def answer_verdict(fmt: str, answer: str, reference: str) -> dict:
