@@ -140,7 +140,7 @@ def run_mindformers(yaml_path: Path, resume: bool) -> None:
 
     os.environ["REGISTER_PATH"] = str(EXTENSIONS_FILE.parent)
     # auto_register copies the module into a cache folder (./modules by default): keep it in the run
-    os.environ.setdefault("OM_MODULES_CACHE", str(Path(yaml_path).parent / "modules"))
+    os.environ["OM_MODULES_CACHE"] = str(Path(yaml_path).parent / "modules")
     os.environ.setdefault("GLOG_v", "3")
     from .core.mf import quiet_mindformers_console
 
