@@ -139,8 +139,13 @@ def run_mindformers(yaml_path: Path, resume: bool) -> None:
     from .core.mf_config import EXTENSIONS_FILE
 
     os.environ["REGISTER_PATH"] = str(EXTENSIONS_FILE.parent)
-    # auto_register copies the module into a cache folder (./modules by default): keep it in the run
-    os.environ["OM_MODULES_CACHE"] = str(Path(yaml_path).parent / "modules")
+    # auto_register copies the module into a cache folder, ./modules unless OM_MODULES_CACHE was set
+    # before MindFormers was imported (it reads it once, into HubConstants): keep it in the run
+    modules = str(Path(yaml_path).parent / "modules")
+    os.environ["OM_MODULES_CACHE"] = modules
+    from mindformers.tools.hub.hub import HubConstants
+
+    HubConstants.OM_MODULES_CACHE = modules
     os.environ.setdefault("GLOG_v", "3")
     from .core.mf import quiet_mindformers_console
 
