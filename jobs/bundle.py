@@ -278,13 +278,20 @@ def reject_reasons(rejects: list[dict], top: int = 10) -> list[tuple[str, int, O
 def render_prompt_example(spec: RunSpec, tok, row: dict) -> tuple[str, int, int]:
     """One held-out row formatted as a training sample is (prompt through the chat template, then
     the answer and the end-of-turn marker): (text, prompt tokens, answer tokens)."""
+    from .core import answers
     from .core.data import Example, encode_example
-    from .core.scoring import mcq_reference_output
+    from .core.prompts import spec_prompt
+    from .core.scoring import math_family, mcq_reference_output
 
-    answer = row["reference"] if spec.data.format == "math" else mcq_reference_output(row["reference"])
+    if spec.data.format == "math":
+        family = math_family(row["prompt"])
+        answer = answers.render_answer(row["prompt"], row["reference"],
+                                       answers.format_for(spec.data.answer_format, family), family)
+    else:
+        answer = mcq_reference_output(row["reference"])
     example = Example(row.get("line") or 0, row["prompt"], answer, row["reference"], row.get("meta") or {})
-    _, _, n_tokens = encode_example(tok, example, spec.data.seq_length, spec.data.system_prompt)
-    prompt_text = tok.chat_prompt(row["prompt"], spec.data.system_prompt)
+    _, _, n_tokens = encode_example(tok, example, spec.data.seq_length, spec.data.system_prompt, spec.data.template)
+    prompt_text = spec_prompt(tok, row["prompt"], spec.data)
     n_prompt = len(tok.encode(prompt_text))
     return prompt_text + answer + tok.answer_suffix, n_prompt, n_tokens - n_prompt
 
@@ -364,9 +371,12 @@ def render_algorithm(spec: RunSpec, *, stats: dict, profile: Optional[dict], rej
 
     # ---- prompt ----
     text, n_prompt, n_answer = prompt_example
+    template = (f"The model's chat template (`jobs.core.tokenizer`), system prompt "
+                f"{'`' + d.system_prompt + '`' if d.system_prompt else 'the template default'}" if d.template == "chat"
+                else f"data.template `{d.template}` (`jobs.core.prompts`)")
     L += ["## Prompt template", "",
-          f"The model's chat template (`jobs.core.tokenizer`), system prompt "
-          f"{'`' + d.system_prompt + '`' if d.system_prompt else 'the template default'}. One held-out row as a "
+          f"{template}; training answers in data.answer_format `{d.answer_format}` (`jobs.core.answers`). "
+          f"One held-out row as a "
           f"training sample: the first {n_prompt} tokens (through the assistant header) carry no loss; the "
           f"{n_answer} answer tokens after it, end-of-turn marker included, are the only ones trained on. "
           f"Evaluation sends the same prompt and decodes greedily.", "", bl.fence(text), ""]

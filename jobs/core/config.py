@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -63,6 +63,29 @@ class DataSection:
     Applied after the held-out split, so the held-out rows do not depend on it; null: every row."""
     workers: int = 2
     """Processes that parse and tokenize (1: all in the job's own process; small inputs never start a pool)."""
+    template: str = "chat"
+    """The prompt around a problem, the same in prep, evaluate and verify (jobs/core/prompts.py): chat (the
+    model's chat template, with data.system_prompt), alpaca ("{problem}\n\n### Response:", the 2024 winner's),
+    or any text holding {problem}."""
+    answer_format: Union[str, dict] = "direct"
+    """What the model learns to write (jobs/core/answers.py): direct (the row's solution), cot (Goat-style steps
+    for mul, div, average; other families direct), rounded:N (final value rounded to N decimals); or per family,
+    e.g. {mul: cot, div: cot, "*": direct}. Every cot/rounded number is recomputed from the operands."""
+    families: Optional[list[str]] = None
+    """Math families to keep (scoring.math_family names, e.g. [add, sub, mul, div]); null: all. Applied when
+    rows are read, before the held-out split, so held-out rows are of these families too."""
+    drop_families: list[str] = field(default_factory=list)
+    """Math families to leave out (e.g. [power, sqrt, function_value]), counted in stats.json."""
+    balance: Optional[dict] = None
+    """Per-family training rows, after the held-out split and data.sample_rows: {family: N} keeps at most N
+    rows of it (a seeded choice), {family: "x10"} repeats each of its rows 10 times (oversampling); "*"
+    stands for the families not named. stats.json lists rows per family before and after."""
+    heldout_file: Optional[str] = None
+    """A second held-out set: rows of this JSONL (data.families applied; none of its problems is trained on),
+    evaluated next to the split's held-out rows and reported separately (e.g. the real contest rows when
+    training on generated ones). Relative paths resolve from the spec's folder."""
+    heldout_file_rows: Optional[int] = None
+    """Use this many rows of data.heldout_file (a seeded choice, in file order); null: all."""
 
 
 @dataclass
@@ -126,6 +149,9 @@ class EvalSection:
     >= 90% of the base model's); relative paths resolve from the spec's folder; null: not measured."""
     squad_rows: int = 100
     """Use the first N questions of squad_file (0: skip SQuAD)."""
+    squad_min_new_tokens: int = 1
+    """SQuAD answers are at least this many tokens: the end-of-turn token is not allowed before (the 2024
+    winner's `min_new_tokens: 1`; without it a tuned model may answer nothing)."""
     scales: Optional[str] = None
     """LoRA scale dial, e.g. '0.25,0.5,0.75,1.0': evaluate the chosen checkpoint at W + s*(alpha/r)*BA."""
 
@@ -230,6 +256,11 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
         return False, value
     if tp is str:
         return isinstance(value, str), value
+    if tp is list or origin is list:
+        item = (typing.get_args(tp) or (Any,))[0]
+        return isinstance(value, list) and all(_type_ok(v, item)[0] for v in value), value
+    if tp is dict or origin is dict:
+        return isinstance(value, dict), value
     return True, value
 
 
@@ -238,7 +269,9 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)"
+        args = typing.get_args(tp)
+        return (" or ".join(_type_name(a) for a in args if a is not type(None))
+                + (" (or null)" if type(None) in args else ""))
     return getattr(tp, "__name__", str(tp))
 
 
@@ -291,8 +324,52 @@ def _validate(spec: RunSpec, path: str, lines_of) -> None:
         bad("train.num_checkpoints must be >= 1", "train.num_checkpoints")
     if spec.train.device == "CPU" and spec.train.dtype != "float32":
         bad("train.dtype must be float32 on CPU (MindSpore's CPU kernels need it)", "train.dtype")
+    _validate_data_policy(spec, bad)
+    if spec.eval.squad_min_new_tokens < 0:
+        bad("eval.squad_min_new_tokens must be >= 0", "eval.squad_min_new_tokens")
     if not all(c.isalnum() or c in "-_." for c in spec.run_id):
         bad("run_id may use letters, digits, '-', '_' and '.' only", "run_id")
+
+
+def _validate_data_policy(spec: RunSpec, bad) -> None:
+    """data.answer_format, data.template, data.families / drop_families / balance name real things."""
+    from . import answers, prompts
+    from .scoring import MATH_FAMILIES
+
+    d = spec.data
+    try:
+        answers.check_setting(d.answer_format)
+    except ValueError as exc:
+        bad(f"data.answer_format: {exc}", "data.answer_format")
+    try:
+        prompts.check_template(d.template)
+    except ValueError as exc:
+        bad(f"data.template: {exc}", "data.template")
+    if d.format == "math":
+        for key, names in (("families", d.families or []), ("drop_families", d.drop_families),
+                           ("balance", [k for k in (d.balance or {}) if k != "*"])):
+            unknown = [n for n in names if n not in MATH_FAMILIES]
+            if unknown:
+                bad(f"data.{key}: unknown famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; "
+                    f"known: {', '.join(MATH_FAMILIES)}", f"data.{key}")
+    if d.families is not None and not set(d.families) - set(d.drop_families):
+        bad("data.families and data.drop_families leave no family to train on", "data.families")
+    for family, rule in (d.balance or {}).items():
+        try:
+            balance_rule(rule)
+        except ValueError as exc:
+            bad(f"data.balance.{family}: {exc}", "data.balance")
+    if d.heldout_file_rows is not None and d.heldout_file_rows < 1:
+        bad("data.heldout_file_rows must be >= 1 (or null for every row)", "data.heldout_file_rows")
+
+
+def balance_rule(rule) -> tuple[str, int]:
+    """A data.balance value: an int N -> ("cap", N); "xK" -> ("repeat", K)."""
+    if isinstance(rule, int) and not isinstance(rule, bool) and rule >= 0:
+        return "cap", rule
+    if isinstance(rule, str) and rule.startswith("x") and rule[1:].isdigit() and int(rule[1:]) >= 1:
+        return "repeat", int(rule[1:])
+    raise ValueError(f"{rule!r} is neither a row cap (an integer >= 0) nor a repeat factor like \"x10\"")
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
