@@ -351,3 +351,20 @@ def test_smollm2_letters_are_single_tokens_and_logprobs_match_unpadded():
     prompts = [p + plan["context_ids"] for p in _mcq_prompts(tok, 3)]
     got = choice_letter_logprobs(model, prompts, plan["letter_ids"], batch_size=3)
     np.testing.assert_allclose(got, _reference_logprobs(model, prompts, plan["letter_ids"]), atol=2e-3)
+
+
+def test_summarize_reports_the_graded_measure_per_family_and_per_source():
+    from jobs.evaluate import score_row, summarize
+
+    ref = {"prompt": "计算 3963.85 * -5055.68 等于多少？", "reference": "3963.85 * -5055.68 = -20039957.1680"}
+    rows = [score_row("math", "3963.85 * -5055.68 = -20039957.1680", {**ref, "source": "split"}),
+            score_row("math", "3963.85 * -5055.68 = -20100000", {**ref, "source": "file"}),
+            score_row("math", "3963.85 * -5055.68 = -30000000", {**ref, "source": "file"}),
+            score_row("math", "nothing", {**ref, "source": "file"})]
+    s = summarize(rows)
+    assert (s["accuracy_strict"], s["accuracy_within_1pct"]) == (0.25, 0.5)
+    assert s["leading_digits_mean"] == (12 + 2 + 0 + 0) / 4
+    assert s["per_family"]["mul"]["within_1pct"] == 0.5
+    assert s["per_source"]["split"]["accuracy_within_1pct"] == 1.0
+    assert s["per_source"]["file"]["n"] == 3 and s["per_source"]["file"]["accuracy_within_1pct"] == 1 / 3
+    assert "per_source" not in summarize(rows[:1])
