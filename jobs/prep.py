@@ -45,7 +45,7 @@ from .core.config import RunSpec
 from .core.config import balance_rule
 from .core.data import (IGNORE, PARSERS, SampleEncoder, ShardedMindRecordWriter, bad_row_kind, decode_jsonl_line,
                         iter_raw_lines, read_examples, train_files)
-from .core.io import InputError, atomic_dir
+from .core.io import InputError, atomic_dir, atomic_write_json
 from .core.manifest import write_job_manifest
 from .core.tokenizer import TextTokenizer
 
@@ -393,6 +393,32 @@ def balance_training_rows(codes: np.ndarray, status: np.ndarray, names: list[str
     return repeats, applied
 
 
+def generate_rows(spec: RunSpec) -> Path:
+    """data.generate: run jobs.generate (its own process: a job does not import another) into
+    runs/<run_id>/generated/, unless a finished set with the same arguments is there already."""
+    import shlex
+    import subprocess
+    import sys
+
+    out = spec.training_source()
+    marker = out / "generate.json"
+    args = shlex.split(spec.data.generate)
+    if marker.exists() and json.loads(marker.read_text()).get("argv") == args:
+        log.info("generated rows already in %s", out)
+        return out
+    log.info("generating the training rows: python -m jobs.generate %s --out %s", spec.data.generate, out)
+    proc = subprocess.run([sys.executable, "-m", "jobs.generate", *args, "--out", str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise InputError(f"data.generate: jobs.generate failed (exit {proc.returncode}): "
+                         f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no message'}",
+                         spec.source_path)
+    record = json.loads(marker.read_text())
+    record["argv"] = args
+    atomic_write_json(marker, record)
+    return out
+
+
 def _resource_use() -> dict:
     """CPU seconds and peak RSS of this process and of its finished children (the workers)."""
     me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -403,7 +429,7 @@ def _resource_use() -> dict:
 
 
 def _inputs_for_manifest(spec: RunSpec, files: list[Path]) -> dict:
-    target = spec.resolve(spec.data.train_file)
+    target = spec.training_source()
     if target.is_dir() or len(files) == 1:
         return {"train_file": target if target.is_dir() else files[0]}
     return {f"train_file[{i}]": f for i, f in enumerate(files)}
@@ -414,6 +440,8 @@ def prep(spec: RunSpec) -> Path:
 
     started = time.time()
     d = spec.data
+    if d.generate:
+        generate_rows(spec)
     files = train_files(spec)
     model_dir = ensure_model(spec.model.name)
     tokenizer_json = spec.resolve(spec.model.tokenizer)
@@ -444,7 +472,7 @@ def prep(spec: RunSpec) -> Path:
             n_kept = len(scan.family_codes)
             if n_kept == 0:
                 raise InputError("no usable rows (see rejects: every row was bad, a duplicate or wrongly labelled)",
-                                 files[0] if len(files) == 1 else spec.resolve(d.train_file))
+                                 files[0] if len(files) == 1 else spec.training_source())
 
             # ---- split: held out (exactly heldout_rows), then the sample of training rows -----------
             codes = np.frombuffer(scan.family_codes, dtype=np.uint16)
@@ -529,7 +557,7 @@ def prep(spec: RunSpec) -> Path:
         heldout_by_family = np.bincount(codes[heldout_mask], minlength=len(names))
         train_by_family = np.bincount(train_codes, minlength=len(names))
         stats = {
-            "source": str(spec.resolve(d.train_file)), "files": [str(f) for f in files],
+            "source": str(spec.training_source()), "generate": d.generate, "files": [str(f) for f in files],
             "rows_read": scan.rows_valid + scan.rows_bad, "rows_bad": scan.rows_bad,
             "rows_kept": n_kept, "rows_heldout": int(heldout_mask.sum()), "rows_train": kept,
             "rows_not_sampled": int((status == NOT_SAMPLED).sum()),

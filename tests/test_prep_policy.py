@@ -124,3 +124,18 @@ def test_prompt_templates_and_spec_errors(tmp_path):
             load_spec(TINY_RECIPE, [override])
     spec = load_spec(TINY_RECIPE, ["data.answer_format={mul: cot, '*': rounded:2}", 'data.balance={"*": x3}'])
     assert spec.data.answer_format == {"mul": "cot", "*": "rounded:2"}
+
+
+def test_data_generate_writes_the_rows_once_under_the_run(tmp_path, tiny_cache, monkeypatch, capsys):
+    gen = "--rows 300 --mix add=1,mul=1 --seed 5 --workers 1"
+    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.generate={gen}",
+                               "data.max_rows=null", f"data.heldout_file={MATH_SAMPLE}", "data.families=[add, mul]")
+    assert code == 0, err
+    generated = tmp_path / "runs" / "tiny" / "generated"
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["source"] == str(generated) and stats["rows_kept"] == 300
+    assert set(stats["families"]) == {"add", "mul"}
+    stamp = (generated / "generate.json").stat().st_mtime_ns
+    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.generate={gen}",
+                               "data.max_rows=null", f"data.heldout_file={MATH_SAMPLE}", "data.families=[add, mul]")
+    assert code == 0 and (generated / "generate.json").stat().st_mtime_ns == stamp     # not generated again

@@ -80,6 +80,10 @@ class DataSection:
     """Per-family training rows, after the held-out split and data.sample_rows: {family: N} keeps at most N
     rows of it (a seeded choice), {family: "x10"} repeats each of its rows 10 times (oversampling); "*"
     stands for the families not named. stats.json lists rows per family before and after."""
+    generate: Optional[str] = None
+    """Train on generated rows instead of data.train_file: the arguments of jobs.generate (e.g. "--rows 8000
+    --mix add=1,sub=1,mul=1,div=1 --seed 14"). prep writes them once to runs/<run_id>/generated/ (jobs.generate
+    is deterministic; its generate.json marks a finished set, rows and arguments) and reads them from there."""
     heldout_file: Optional[str] = None
     """A second held-out set: rows of this JSONL (data.families applied; none of its problems is trained on),
     evaluated next to the split's held-out rows and reported separately (e.g. the real contest rows when
@@ -181,6 +185,10 @@ class RunSpec:
             return path
         base = Path(self.source_path).parent if self.source_path else Path.cwd()
         return (base / path).resolve()
+
+    def training_source(self) -> Path:
+        """Where prep reads its rows: the generated folder when data.generate is set, else data.train_file."""
+        return self.run_dir / "generated" if self.data.generate else self.resolve(self.data.train_file)
 
     @property
     def run_dir(self) -> Path:

@@ -170,7 +170,7 @@ def train_files(spec: "RunSpec") -> list[Path]:
     part-*.jsonl), or a glob such as data/part-*.jsonl (relative to the spec's folder)."""
     import glob
 
-    target = spec.resolve(spec.data.train_file)
+    target = spec.training_source()
     if glob.has_magic(str(target)):
         files = sorted(Path(p) for p in glob.glob(str(target)) if Path(p).is_file())
         if not files:
