@@ -4,6 +4,7 @@ and the prompt template that prep and evaluate share."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -139,3 +140,18 @@ def test_data_generate_writes_the_rows_once_under_the_run(tmp_path, tiny_cache, 
     code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.generate={gen}",
                                "data.max_rows=null", f"data.heldout_file={MATH_SAMPLE}", "data.families=[add, mul]")
     assert code == 0 and (generated / "generate.json").stat().st_mtime_ns == stamp     # not generated again
+
+
+def test_help_shows_each_new_key_with_its_docstring():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", "jobs.prep", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120).stdout
+    for key, words in (("data.answer_format", "Goat-style"), ("data.template", "alpaca"),
+                       ("data.balance", "oversampling"), ("data.heldout_file", "reported separately"),
+                       ("data.generate", "jobs.generate"), ("eval.squad_min_new_tokens", "min_new_tokens")):
+        block = re.split(r"\n  (?=\S)", out.split(f"  {key} ", 1)[1], maxsplit=1)[0]
+        assert words in " ".join(block.split()), (key, block)

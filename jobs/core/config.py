@@ -432,9 +432,31 @@ def dump_spec(spec: RunSpec) -> str:
     return yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True)
 
 
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a spec dataclass (the string literal right after it), by name."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
 def describe(cls=RunSpec, prefix: str = "") -> str:
-    """Every key with its type and default, for --help."""
+    """Every key with its type, default and docstring, for --help."""
+    import textwrap
+
     out = []
+    docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.metadata.get("internal"):
@@ -446,4 +468,6 @@ def describe(cls=RunSpec, prefix: str = "") -> str:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         out.append(f"  {dotted:<28} {_type_name(tp):<32} default: {default!r}")
+        if f.name in docs:
+            out.append(textwrap.fill(docs[f.name], width=110, initial_indent=" " * 6, subsequent_indent=" " * 6))
     return "\n".join(out)
