@@ -880,7 +880,12 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
                   f"<= {squad.max_new_tokens} new tokens; retention = tuned / base, valid when F1 and EM both >= "
                   f"{scoring.RETENTION_THRESHOLD:.2f}." if squad else "SQuAD retention not measured (eval.squad_file unset).")
     lines = [f"# Evaluation report: {spec.run_id}", "",
-             f"Model `{spec.model.name}`, stage {spec.stage}, {len(task.rows)} held-out rows of `{spec.data.train_file}`, "
+             f"Model `{spec.model.name}`, stage {spec.stage}, {len(task.rows)} held-out rows ("
+             + ", ".join(f"{sum(1 for r in task.rows if r.get('source', 'split') == src)} "
+                         + ("of the generated rows" if src == "split" and spec.data.generate
+                            else f"of `{spec.data.train_file}`" if src == "split" else f"of `{spec.data.heldout_file}`")
+                         for src in sorted({r.get("source", "split") for r in task.rows}))
+             + "), "
              f"greedy, new tokens per family = longest training answer + {task.limits_info['margin']} "
              f"(cap {task.limits_info['cap']}). " + (
                  f"Accuracy = the letter in the generated text (the contest's way; strict = tolerant); log-prob = the "
