@@ -47,6 +47,7 @@ from .core.data import load_tokenizer
 from .core.io import InputError, atomic_write_json, atomic_write_text, iter_jsonl, sha256_file
 from .core.manifest import write_job_manifest
 from .core.models import ModelSpec, get_model_spec
+from .core.prompts import spec_prompt
 from .core.tokenizer import TextTokenizer
 
 log = logging.getLogger("tunebox.evaluate")
@@ -73,36 +74,60 @@ def row_family(fmt: str, row: dict) -> str:
 
 def score_row(fmt: str, prediction: str, row: dict) -> dict:
     """Verdicts for one answer (scoring.answer_verdict) and its family."""
-    return {**scoring.answer_verdict(fmt, prediction, row["reference"]), "family": row_family(fmt, row)}
+    return {**scoring.answer_verdict(fmt, prediction, row["reference"]), "family": row_family(fmt, row),
+            "source": row.get("source", "split")}
+
+
+def _rate(rows: list[dict], key: str) -> float:
+    return sum(bool(r.get(key)) for r in rows) / len(rows) if rows else 0.0
+
+
+def _mean_digits(rows: list[dict]) -> Optional[float]:
+    digits = [r["leading_digits"] for r in rows if r.get("leading_digits") is not None]
+    return sum(digits) / len(digits) if digits else None
+
+
+def _by_family(rows: list[dict], with_logprob: bool) -> dict:
+    fam: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        fam[r["family"]].append(r)
+    return {f: {"n": len(rs), "strict": _rate(rs, "strict"), "tolerant": _rate(rs, "tolerant"),
+                "within_1pct": _rate(rs, "within_1pct"), "leading_digits": _mean_digits(rs),
+                **({"logprob": _rate(rs, "logprob")} if with_logprob else {})}
+            for f, rs in sorted(fam.items())}
 
 
 def summarize(scored: list[dict]) -> dict:
-    """Accuracy overall and per family; with MCQ log-prob verdicts (`logprob` per row) also
-    accuracy_logprob."""
+    """Accuracy overall and per family: strict and tolerant (the contest's rule and ours), and the graded
+    measure (scoring.closeness: the share within 1% of the reference, the mean count of leading significant
+    digits right); per held-out source too when there are two (the split and data.heldout_file); with MCQ
+    log-prob verdicts (`logprob` per row) also accuracy_logprob."""
     n = len(scored)
-    fam: dict[str, list[dict]] = defaultdict(list)
-    for r in scored:
-        fam[r["family"]].append(r)
     with_logprob = n > 0 and all("logprob" in r for r in scored)
-
-    def rate(rows, key):
-        return sum(bool(r[key]) for r in rows) / len(rows) if rows else 0.0
-
-    out = {"n": n, "accuracy_strict": rate(scored, "strict"), "accuracy_tolerant": rate(scored, "tolerant"),
-           "per_family": {f: {"n": len(rs), "strict": rate(rs, "strict"), "tolerant": rate(rs, "tolerant"),
-                              **({"logprob": rate(rs, "logprob")} if with_logprob else {})}
-                          for f, rs in sorted(fam.items())}}
+    out = {"n": n, "accuracy_strict": _rate(scored, "strict"), "accuracy_tolerant": _rate(scored, "tolerant"),
+           "accuracy_within_1pct": _rate(scored, "within_1pct"), "leading_digits_mean": _mean_digits(scored),
+           "per_family": _by_family(scored, with_logprob)}
+    sources = sorted({r.get("source", "split") for r in scored})
+    if len(sources) > 1:
+        out["per_source"] = {}
+        for src in sources:
+            rows = [r for r in scored if r.get("source", "split") == src]
+            out["per_source"][src] = {"n": len(rows), "accuracy_strict": _rate(rows, "strict"),
+                                      "accuracy_tolerant": _rate(rows, "tolerant"),
+                                      "accuracy_within_1pct": _rate(rows, "within_1pct"),
+                                      "leading_digits_mean": _mean_digits(rows),
+                                      "per_family": _by_family(rows, with_logprob)}
     if with_logprob:
-        out["accuracy_logprob"] = rate(scored, "logprob")
+        out["accuracy_logprob"] = _rate(scored, "logprob")
     return out
 
 
 # ---- new-token limits per family, from the training answers (prep's stats or samples) ----------
 
-def template_parts(tok: TextTokenizer, system: Optional[str]) -> tuple[str, str]:
-    """The chat template's text before and after the user message."""
+def template_parts(tok: TextTokenizer, data) -> tuple[str, str]:
+    """The prompt template's text before and after the problem (data.template, data.system_prompt)."""
     sentinel = "\u0000USER\u0000"
-    text = tok.chat_prompt(sentinel, system)
+    text = spec_prompt(tok, sentinel, data)
     before, _, after = text.partition(sentinel)
     return before, after
 
@@ -144,7 +169,7 @@ def longest_answers_in_samples(spec: RunSpec, tok: TextTokenizer, suffix_tokens:
     record = spec.job_dir("prep") / "train.mindrecord"
     if not record.exists():
         raise InputError(f"{record} not found: run prep first")
-    before, after = template_parts(tok, spec.data.system_prompt)
+    before, after = template_parts(tok, spec.data)
     longest: dict[str, int] = defaultdict(int)
     rows: dict[str, int] = defaultdict(int)
     samples = ds.MindDataset(str(record), columns_list=["input_ids", "labels"], shuffle=False)
@@ -196,6 +221,7 @@ class SquadTask:
     rows: list[dict]
     prompts: list[list[int]]
     max_new_tokens: int = SQUAD_MAX_NEW_TOKENS
+    min_new_tokens: int = 1
     settings: dict = field(default_factory=dict)
 
 
@@ -209,7 +235,7 @@ def load_heldout(spec: RunSpec, tok: TextTokenizer) -> HeldoutTask:
     if not rows:
         raise InputError("no held-out rows to evaluate: data.heldout_rows must be > 0", heldout_file)
     fmt = spec.data.format
-    prompts = [tok.encode(tok.chat_prompt(r["prompt"], spec.data.system_prompt)) for r in rows]
+    prompts = [tok.encode(spec_prompt(tok, r["prompt"], spec.data)) for r in rows]
     families = [row_family(fmt, r) for r in rows]
     limits_info = answer_token_limits(spec, tok)
     limits = [limit_for(limits_info, ALL_FAMILIES if fmt != "math" else f) for f in families]
@@ -246,8 +272,9 @@ def load_squad(spec: RunSpec, tok: TextTokenizer) -> Optional[SquadTask]:
         log.warning("%s has %d questions, eval.squad_rows asks for %d: using %d", path, len(rows),
                     spec.eval.squad_rows, len(rows))
     prompts = [tok.encode(scoring.squad_prompt(r["context"], r["question"])) for r in rows]
-    return SquadTask(path, sha256_file(path), rows, prompts,
-                     settings={"rows": len(rows), "max_new_tokens": SQUAD_MAX_NEW_TOKENS})
+    return SquadTask(path, sha256_file(path), rows, prompts, min_new_tokens=spec.eval.squad_min_new_tokens,
+                     settings={"rows": len(rows), "max_new_tokens": SQUAD_MAX_NEW_TOKENS,
+                               "min_new_tokens": spec.eval.squad_min_new_tokens})
 
 
 # ---- multiple choice by letter log-probabilities ---------------------------------------------
@@ -331,7 +358,7 @@ class NumpyRunner:
         return cls(NumpyLlama.from_checkpoint(ckpt, mspec), batch_size)
 
     def generate(self, prompts: list[list[int]], limits: Sequence[int], stop_ids: list[int], pad_id: int,
-                 desc: str = "generate") -> list[list[int]]:
+                 desc: str = "generate", min_new_tokens: int = 0) -> list[list[int]]:
         """greedy_generate over groups of similar length, each within PREFILL_TOKEN_BUDGET padded
         tokens, so one long prompt (a SQuAD passage) does not pad a whole batch to its length."""
         from .core.decode import greedy_generate
@@ -342,7 +369,8 @@ class NumpyRunner:
         with tqdm(total=len(prompts), unit="prompt", desc=desc) as bar:
             for group in length_groups([len(p) for p in prompts], self.batch_size, PREFILL_TOKEN_BUDGET):
                 outputs = greedy_generate(self.model, [prompts[i] for i in group], [limits[i] for i in group],
-                                          stop_ids, pad_id, batch_size=len(group), progress=False)
+                                          stop_ids, pad_id, batch_size=len(group), progress=False,
+                                          min_new_tokens=min_new_tokens)
                 for i, o in zip(group, outputs):
                     results[i] = o
                     produced += len(o)
@@ -372,13 +400,14 @@ class MindFormersRunner:
         self.net.set_train(False)
         self.batch_size = spec.eval.batch_size
 
-    def generate(self, prompts, limits, stop_ids, pad_id, desc: str = "generate"):
+    def generate(self, prompts, limits, stop_ids, pad_id, desc: str = "generate", min_new_tokens: int = 0):
         out = []
         for lo in range(0, len(prompts), self.batch_size):
             chunk, chunk_limits = prompts[lo:lo + self.batch_size], list(limits[lo:lo + self.batch_size])
             # greedy: a shorter limit gives a prefix of the longer one, so cut each row afterwards
             res = self.net.generate(chunk, max_new_tokens=max(chunk_limits), do_sample=False,
-                                    eos_token_id=stop_ids, pad_token_id=pad_id)
+                                    eos_token_id=stop_ids, pad_token_id=pad_id,
+                                    min_new_tokens=min_new_tokens or None)
             for p, r, limit in zip(chunk, res, chunk_limits):
                 new = list(np.asarray(r)[len(p):])
                 cut = next((i for i, t in enumerate(new) if t in stop_ids), len(new))
@@ -439,7 +468,7 @@ def run_heldout(runner, task: HeldoutTask, tok: TextTokenizer, mdir: Path, meta:
 def run_squad(runner, squad: SquadTask, tok: TextTokenizer, mdir: Path, meta: dict) -> dict:
     t0, cpu0 = time.time(), time.process_time()
     outputs = runner.generate(squad.prompts, [squad.max_new_tokens] * len(squad.prompts), tok.stop_ids, tok.pad_id,
-                              desc=f"{mdir.name}: SQuAD")
+                              desc=f"{mdir.name}: SQuAD", min_new_tokens=squad.min_new_tokens)
     seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
     answers, lines = [], []
     for r, ids in zip(squad.rows, outputs):
@@ -676,6 +705,8 @@ def write_plots(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dict
         steps = [m["step"] for m in models]
         series = [plots.Series("accuracy (strict)", steps, [m["accuracy_strict"] for m in models]),
                   plots.Series("accuracy (tolerant)", steps, [m["accuracy_tolerant"] for m in models], dashed=True)]
+        if spec.data.format == "math":
+            series.append(plots.Series("within 1% (graded)", steps, [m.get("accuracy_within_1pct") for m in models]))
         if any(m.get("accuracy_logprob") is not None for m in models):
             series.append(plots.Series("accuracy (letter log-prob)", steps, [m.get("accuracy_logprob") for m in models]))
         hlines = []
@@ -697,6 +728,13 @@ def write_plots(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dict
                             {m["model"]: [m["per_family"].get(f, {}).get("strict") for f in families] for m in models},
                             title="strict accuracy per family", xlabel="strict accuracy", x_range=(0.0, 1.0))
             made.append("plots/per_family.png")
+            if spec.data.format == "math":
+                plots.bar_chart(pdir / "per_family_graded.png", [f"{f} (n={counts[f]})" for f in families],
+                                {m["model"]: [m["per_family"].get(f, {}).get("within_1pct") for f in families]
+                                 for m in models},
+                                title="share within 1% of the reference, per family (graded)",
+                                xlabel="share within 1%", x_range=(0.0, 1.0))
+                made.append("plots/per_family_graded.png")
     loss_file = spec.job_dir("train") / "loss.jsonl"
     if loss_file.exists():
         rows = [json.loads(l) for l in loss_file.read_text().splitlines() if l.strip()]
@@ -758,23 +796,32 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
                   f"<= {squad.max_new_tokens} new tokens; retention = tuned / base, valid when F1 and EM both >= "
                   f"{RETENTION_THRESHOLD:.2f}." if squad else "SQuAD retention not measured (eval.squad_file unset).")
     lines = [f"# Evaluation report: {spec.run_id}", "",
-             f"Model `{spec.model.name}`, stage {spec.stage}, {len(task.rows)} held-out rows of `{spec.data.train_file}`, "
+             f"Model `{spec.model.name}`, stage {spec.stage}, {len(task.rows)} held-out rows ("
+             + ", ".join(f"{sum(1 for r in task.rows if r.get('source', 'split') == src)} "
+                         + ("of the generated rows" if src == "split" and spec.data.generate
+                            else f"of `{spec.data.train_file}`" if src == "split" else f"of `{spec.data.heldout_file}`")
+                         for src in sorted({r.get("source", "split") for r in task.rows}))
+             + "), "
              f"greedy, new tokens per family = longest training answer + {task.limits_info['margin']} "
              f"(cap {task.limits_info['cap']}). " + (
                  f"Accuracy = the letter in the generated text (the contest's way; strict = tolerant); log-prob = the "
                  f"letter whose token is most likely right after '{MCQ_ANSWER_PREFIX}' (one forward pass, reported "
-                 f"only). " if mcq else "Strict = the contest rule; tolerant = docs/CONTEST_RULES.md. ")
+                 f"only). " if mcq else "Strict = the contest rule; tolerant = docs/CONTEST_RULES.md; within 1% and digits (the mean "
+                                   "count of the reference's leading significant digits right) = the graded measure, "
+                                   "scoring.closeness. ")
              + squad_line, ratio_line, "",
-             "| model | step | loss | acc strict | acc tolerant |" + (" acc log-prob |" if mcq else "")
+             "| model | step | loss | acc strict | acc tolerant |" + (" acc log-prob |" if mcq else " within 1% | digits |")
              + " SQuAD F1 | SQuAD EM | retention F1 / EM | score | valid |",
-             "|---|---:|---:|---:|---:|" + ("---:|" if mcq else "") + "---:|---:|---:|---:|:---:|"]
+             "|---|---:|---:|---:|---:|" + ("---:|" if mcq else "---:|---:|") + "---:|---:|---:|---:|:---:|"]
     for r in results:
         sq = r.get("squad") or {}
         ret = r.get("retention") or {}
         valid = {True: "pass", False: "**fail**", None: "?"}[ret.get("passes")] if r is not base else ""
         mark = " ✅" if r["model"] == choice["model"] else ""
         lines.append(f"| {r['model']}{mark} | {r['step']} | {_f(r.get('train_loss'), '.4f')} | {r['accuracy_strict']:.3f} | "
-                     f"{r['accuracy_tolerant']:.3f} |" + (f" {_f(r.get('accuracy_logprob'))} |" if mcq else "")
+                     f"{r['accuracy_tolerant']:.3f} |" + (f" {_f(r.get('accuracy_logprob'))} |" if mcq else
+                                                          f" {_f(r.get('accuracy_within_1pct'))} |"
+                                                          f" {_f(r.get('leading_digits_mean'), '.2f')} |")
                      + f" {_f(sq.get('f1'), '.2f')} | {_f(sq.get('em'), '.2f')} | "
                      + (f"{_f(ret.get('f1'), none=na(ret))} / {_f(ret.get('em'), none=na(ret))}" if r is not base
                         else "1 / 1" if sq else "-")
@@ -792,7 +839,29 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
                          f"{_f(sq.get('f1'), '.2f')} | {_f(sq.get('em'), '.2f')} | "
                          f"{_f(ret['f1'], none=na(ret))} / {_f(ret['em'], none=na(ret))} | "
                          f"{p['score']:.4f} | {({True: 'pass', False: 'fail', None: '?'})[ret['passes']]} |")
+    sources = sorted({src for r in results for src in (r.get("per_source") or {})})
+    if sources:
+        lines += ["", "## Per held-out source (strict / within 1% / mean leading digits right)", "",
+                  "split: rows held out of data.train_file; file: data.heldout_file rows. Not tuned on either.", "",
+                  "| model | " + " | ".join(f"{src} (n={next(r['per_source'][src]['n'] for r in results if src in (r.get('per_source') or {}))})"
+                                          for src in sources) + " |",
+                  "|---|" + "---:|" * len(sources)]
+        for r in results:
+            cells = []
+            for src in sources:
+                ps = (r.get("per_source") or {}).get(src)
+                cells.append(f"{ps['accuracy_strict']:.3f} / {ps['accuracy_within_1pct']:.3f} / "
+                             f"{_f(ps['leading_digits_mean'], '.2f')}" if ps else "-")
+            lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     families = sorted({f for r in results for f in r["per_family"]})
+    if not mcq:
+        lines += ["", "## Per family (graded: share within 1% of the reference)", "",
+                  "| family | n | " + " | ".join(r["model"] for r in results) + " |",
+                  "|---|---:|" + "---:|" * len(results)]
+        for f in families:
+            n = next(r["per_family"][f]["n"] for r in results if f in r["per_family"])
+            cells = [_f(r["per_family"][f].get("within_1pct"), ".2f") if f in r["per_family"] else "-" for r in results]
+            lines.append(f"| {f} | {n} | " + " | ".join(cells) + " |")
     lines += ["", "## Per family (strict accuracy)", "",
               "| family | n | max new | " + " | ".join(r["model"] for r in results) + " |",
               "|---|---:|---:|" + "---:|" * len(results)]

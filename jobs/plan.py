@@ -103,9 +103,11 @@ def resolve(args) -> dict:
             return from_spec, "recipe"
         return defaults[name], f"stage {stage} contest setting"
 
+    if spec is not None and spec.lora.rank not in ranks:
+        ranks = sorted(ranks + [spec.lora.rank])     # the recipe's own rank gets its row in the table
     settings = {"model": mspec, "stage": stage, "ranks": ranks, "baseline": baseline, "spec": spec}
     settings["cards"] = pick("cards", spec.train.workers if spec and spec.train.device == "Ascend" else None)
-    settings["rows"] = pick("rows", None)
+    settings["rows"] = pick("rows", spec.data.sample_rows if spec else None)
     settings["seq"] = pick("seq", spec.data.seq_length if spec else None)
     settings["epochs"] = pick("epochs", spec.train.epochs if spec else None)
     settings["batch"] = pick("batch", spec.train.batch_size * spec.train.grad_accum if spec else None)
@@ -201,6 +203,42 @@ def render_disk(disk: budget.DiskEstimate) -> str:
     return "\n".join(lines)
 
 
+def compare_with_baseline(s: dict, est: budget.TimeEstimate, args) -> dict:
+    """The recipe next to the contest baseline: LoRA layout, trainable parameters, the ratio the contest
+    computes, its cost in score, and each one's Ascend time (the baseline on the stage's reference workload,
+    the recipe on its own), both from the same time model."""
+    mspec, stage, baseline = s["model"], s["stage"], s["baseline"]
+    defaults = STAGE_DEFAULTS[stage]
+    base_trainable = mspec.lora_params(baseline.rank, baseline.target_modules)
+    base_workload = budget.Workload(rows=defaults["rows"], seq_length=defaults["seq"], epochs=defaults["epochs"],
+                                    global_batch=defaults["batch"], cards=defaults["cards"])
+    base_est = budget.estimate_time(mspec, base_workload, base_trainable, mfu=args.mfu, peak_tflops=args.peak_tflops,
+                                    recompute=not args.no_recompute)
+    rank, targets, _ = s["lora"]
+    rows = []
+    for name, r, t, trainable, e in (("baseline", baseline.rank, baseline.target_modules, base_trainable, base_est),
+                                     ("recipe", rank, targets, est.lora_trainable, est)):
+        ratio = budget.score_ratio(trainable, mspec)
+        rows.append({"name": name, "rank": r, "target_modules": t, "trainable": trainable, "ratio": ratio,
+                     "ratio_cost": 0.3 * budget.RATIO_WEIGHT[stage] * ratio, "rows": e.workload.rows,
+                     "seq_length": e.workload.seq_length, "epochs": e.workload.epochs,
+                     "global_batch": e.workload.global_batch, "cards": e.workload.cards,
+                     "wall_hours": e.wall_hours, "time_source": e.source})
+    return {"stage": stage, "model": mspec.name, "rows": rows}
+
+
+def render_comparison(cmp: dict) -> str:
+    lines = ["", f"Recipe next to the stage-{cmp['stage']} baseline ({cmp['model']}; ratio over the contest's total):",
+             f"  {'':<9} {'LoRA':<22} {'trainable':>12} {'ratio':>12} {'score cost':>11} {'rows':>7} {'seq':>5} "
+             f"{'epochs':>6} {'batch':>5} {'cards':>5} {'Ascend time':>12}"]
+    for r in cmp["rows"]:
+        lora = f"r{r['rank']} on {r['target_modules']}"
+        lines.append(f"  {r['name']:<9} {lora:<22} {r['trainable']:>12,} {r['ratio']:>12.8f} {r['ratio_cost']:>11.6f} "
+                     f"{r['rows']:>7,} {r['seq_length']:>5} {r['epochs']:>6g} {r['global_batch']:>5} {r['cards']:>5} "
+                     f"{budget.format_duration(r['wall_hours'] * 3600):>12}")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -217,6 +255,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         run = s["spec"] or RunSpec(model=ModelSection(name=s["model"].name),
                                    lora=LoraSection(rank=rank, target_modules=targets))
         disk = budget.estimate_disk(run)
+        comparison = compare_with_baseline(s, est, args) if s["spec"] is not None else None
     except (InputError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
@@ -226,7 +265,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         print(json.dumps({"lora": plan.to_dict(), "time": est.to_dict(), "reference_mfu": reference_mfu,
                           "disk": disk.to_dict(),
-                          "inputs": {k: {"value": v[0], "from": v[1]} for k, v in origins.items()}},
+                          "inputs": {k: {"value": v[0], "from": v[1]} for k, v in origins.items()},
+                          "recipe_vs_baseline": comparison},
                          indent=2, ensure_ascii=False))
         return 0
     print(render_lora_table(plan, (rank, targets) if s["lora"][2] == "recipe" else None))
@@ -234,6 +274,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if s["spec"] is not None:
         print(render_memory(s["model"], s["spec"], origins, s["model"].lora_params(rank, targets)))
     print(render_disk(disk))
+    if comparison is not None:
+        print(render_comparison(comparison))
     return 0
 
 

@@ -42,9 +42,10 @@ from tqdm import tqdm
 
 from .core.cli import run_job
 from .core.config import RunSpec
+from .core.config import balance_rule
 from .core.data import (IGNORE, PARSERS, SampleEncoder, ShardedMindRecordWriter, bad_row_kind, decode_jsonl_line,
-                        iter_raw_lines, train_files)
-from .core.io import InputError, atomic_dir
+                        iter_raw_lines, read_examples, train_files)
+from .core.io import InputError, atomic_dir, atomic_write_json
 from .core.manifest import write_job_manifest
 from .core.tokenizer import TextTokenizer
 
@@ -57,8 +58,8 @@ POOL_MIN_BYTES = 512 * 1024   # smaller inputs run in the job's own process: a p
 ROWS_PER_FILE = 100_000       # MindRecord rows per file (train.mindrecord, train.mindrecord-00001, ...)
 SNIPPET = 80                  # characters of a problem quoted in a reject reason
 
-TRAIN, HELDOUT, NOT_SAMPLED = 0, 1, 2
-KEEP, REJECT = 0, 1
+TRAIN, HELDOUT, NOT_SAMPLED, BALANCED_OUT = 0, 1, 2, 3
+KEEP, REJECT, LEFT_OUT = 0, 1, 2
 
 
 def split_heldout(n_rows: int, heldout: int, seed: int) -> np.ndarray:
@@ -100,18 +101,45 @@ def preview(tok: TextTokenizer, input_ids: np.ndarray, labels: np.ndarray, k: in
     return "\n".join(out)
 
 
+def row_family_name(fmt: str, row: dict) -> str:
+    from .core.scoring import math_family
+
+    return math_family(row["prompt"]) if fmt == "math" else str((row.get("meta") or {}).get("subject") or "mcq")
+
+
+def format_preview(heldout_path: Path, spec: RunSpec) -> str:
+    """One held-out row per family in every answer format (what data.answer_format would train on),
+    the one in use marked."""
+    from .core import answers
+
+    if spec.data.format != "math" or not heldout_path.exists():
+        return ""
+    first: dict[str, dict] = {}
+    for line in heldout_path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        first.setdefault(row_family_name("math", row), row)
+    out = ["", "=== answer formats (data.answer_format), one held-out row per family ==="]
+    for family, row in sorted(first.items()):
+        used = str(answers.format_for(spec.data.answer_format, family))
+        out.append(f"\n--- {family}: {row['prompt']}")
+        for name, text in answers.examples(row["prompt"], row["reference"], family).items():
+            mark = "  <- in use" if name == used else ""
+            out.append(f"[{name}]{mark}\n{text}")
+    return "\n".join(out) + "\n"
+
+
 # ---- what runs in the workers (or in the job's process when there is no pool) -----------------
 
 _WORKER: dict = {}
 
 
 def worker_setup(model_dir: str, tokenizer_json: Optional[str], seq_length: int, system: Optional[str],
-                 in_pool: bool = False) -> None:
+                 template: str = "chat", in_pool: bool = False) -> None:
     if in_pool:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # the job handles ^C and stops the pool
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker; the pool is the parallelism
     tok = TextTokenizer.load(model_dir, tokenizer_json)
-    _WORKER["encoder"] = SampleEncoder(tok, seq_length, system)
+    _WORKER["encoder"] = SampleEncoder(tok, seq_length, system, template)
 
 
 def _label_check(problem: str, reference: str, policy: str) -> tuple[str, Optional[str], str]:
@@ -136,10 +164,14 @@ def _label_check(problem: str, reference: str, policy: str) -> tuple[str, Option
 
 def scan_block(task: tuple) -> tuple[str, list[tuple]]:
     """Pass 1 on a block of lines -> (file, events): one event per non-blank line, in line order,
-    (line, KEEP, hash, family, spool bytes, label verdict, old label) or (line, REJECT, kind, reason)."""
+    (line, KEEP, hash, family, spool bytes, label verdict, old label), (line, REJECT, kind, reason) or
+    (line, LEFT_OUT, family) for a family data.families / drop_families leaves out. The spooled answer is
+    the training answer in data.answer_format; the reference stays the row's (or the fixed) label."""
+    from .core import answers
     from .core.scoring import math_family
 
-    path_text, file_index, fmt, bad_labels, dedupe, lines = task
+    path_text, file_index, fmt, bad_labels, dedupe, policy, lines = task
+    keep, drop, answer_format = policy
     path, parse, events = Path(path_text), PARSERS[fmt], []
     encode = json.JSONEncoder(ensure_ascii=False).encode
     for lineno, raw in lines:
@@ -156,6 +188,9 @@ def scan_block(task: tuple) -> tuple[str, list[tuple]]:
         verdict, old = "", None
         if fmt == "math":
             family = math_family(ex.prompt)
+            if (keep is not None and family not in keep) or family in drop:
+                events.append((lineno, LEFT_OUT, family))
+                continue
             if bad_labels != "keep":
                 verdict, label, reason = _label_check(ex.prompt, ex.reference, bad_labels)
                 if verdict == "drop":
@@ -163,6 +198,7 @@ def scan_block(task: tuple) -> tuple[str, list[tuple]]:
                     continue
                 if verdict == "fixed":
                     old, ex.answer, ex.reference = ex.reference, label, label
+            ex.answer = answers.render_answer(ex.prompt, ex.answer, answers.format_for(answer_format, family), family)
         else:
             family = str(ex.meta.get("subject") or "mcq")
         key = int.from_bytes(hashlib.blake2b(ex.prompt.encode("utf-8"), digest_size=8).digest(), "little") if dedupe else 0
@@ -197,24 +233,33 @@ def ordered_map(pool, fn, tasks: Iterable, window: int) -> Iterator:
 
 # ---- the job ----------------------------------------------------------------------------------
 
+def family_policy(spec: RunSpec) -> tuple:
+    """(families kept or None for all, families dropped, data.answer_format) as the workers take them."""
+    d = spec.data
+    return (frozenset(d.families) if d.families is not None else None, frozenset(d.drop_families), d.answer_format)
+
+
 def _scan_tasks(files: list[Path], spec: RunSpec) -> Iterator[tuple]:
     d = spec.data
+    policy = family_policy(spec)
     for index, path in enumerate(files):
         block: list = []
         for item in iter_raw_lines(path):
             block.append(item)
             if len(block) >= SCAN_BLOCK_LINES:
-                yield str(path), index, d.format, d.bad_labels, d.dedupe, block
+                yield str(path), index, d.format, d.bad_labels, d.dedupe, policy, block
                 block = []
         if block:
-            yield str(path), index, d.format, d.bad_labels, d.dedupe, block
+            yield str(path), index, d.format, d.bad_labels, d.dedupe, policy, block
 
 
 class _Pass1:
     """Validate, clean and spool the rows (in source order), counting every removal."""
 
-    def __init__(self, spec: RunSpec, tmp: Path):
+    def __init__(self, spec: RunSpec, tmp: Path, exclude: frozenset = frozenset()):
         self.spec, self.tmp = spec, tmp
+        self.exclude = exclude                  # problems of data.heldout_file: never trained on
+        self.left_out: Counter = Counter()      # rows per family that data.families / drop_families leave out
         self.removed: Counter = Counter()
         self.labels: Counter = Counter()
         self.rows_valid = self.rows_bad = 0
@@ -237,6 +282,12 @@ class _Pass1:
                 bar.update(len(events))
                 for event in events:
                     line, what = event[0], event[1]
+                    if what == LEFT_OUT:
+                        if d.max_rows is not None and self.rows_valid >= d.max_rows:
+                            return
+                        self.rows_valid += 1
+                        self.left_out[event[2]] += 1
+                        continue
                     if what == REJECT and event[2] != "bad_label":
                         if d.on_bad_row != "skip":
                             raise InputError(event[3], path, line)
@@ -260,6 +311,9 @@ class _Pass1:
                                    f"duplicate: an earlier row has the same problem {problem[:SNIPPET]!r}")
                             continue
                         seen.add(key)
+                    if self.exclude and json.loads(record)[2] in self.exclude:
+                        reject(path, line, "in_heldout_file", "the same problem is in data.heldout_file (held out)")
+                        continue
                     if verdict == "fixed":
                         fixed.write(json.dumps({"file": path, "line": line, "old": old, "new": json.loads(record)[4]},
                                                ensure_ascii=False) + "\n")
@@ -267,23 +321,102 @@ class _Pass1:
                     self.family_codes.append(self.family_names.setdefault(family, len(self.family_names)))
 
 
-def _train_chunks(spool_path: Path, status: bytes, files: list[Path], heldout_path: Path) -> Iterator[list[bytes]]:
-    """Training rows of the spool in chunks; held-out rows go to heldout.jsonl on the way."""
+def _train_chunks(spool_path: Path, status: bytes, repeats: Optional[np.ndarray], files: list[Path],
+                  heldout_path: Path, file_rows: list[dict]) -> Iterator[list[bytes]]:
+    """Training rows of the spool in chunks (a row data.balance oversamples comes `repeats` times in a
+    row); held-out rows go to heldout.jsonl on the way ("split"), then the data.heldout_file rows ("file")."""
     chunk: list[bytes] = []
     with open(spool_path, "rb") as spool, open(heldout_path, "w", encoding="utf-8") as heldout:
         for ordinal, record in enumerate(spool):
             state = status[ordinal]
             if state == TRAIN:
-                chunk.append(record)
+                chunk.extend([record] * (int(repeats[ordinal]) if repeats is not None else 1))
                 if len(chunk) >= TOKENIZE_CHUNK_ROWS:
                     yield chunk
                     chunk = []
             elif state == HELDOUT:
                 file_index, line, prompt, _, reference, meta = json.loads(record)
                 heldout.write(json.dumps({"file": str(files[file_index]), "line": line, "prompt": prompt,
-                                          "reference": reference, "meta": meta}, ensure_ascii=False) + "\n")
+                                          "reference": reference, "meta": meta, "source": "split"},
+                                         ensure_ascii=False) + "\n")
+        for row in file_rows:
+            heldout.write(json.dumps(row, ensure_ascii=False) + "\n")
     if chunk:
         yield chunk
+
+
+def read_heldout_file(spec: RunSpec) -> list[dict]:
+    """data.heldout_file as held-out rows {file, line, prompt, reference, meta, source: "file"}: parsed like
+    training rows, data.families / drop_families applied, data.heldout_file_rows of them (seeded, file order)."""
+    from .core.scoring import math_family
+
+    d = spec.data
+    path = spec.resolve(d.heldout_file)
+    if not path.is_file():
+        raise InputError(f"data.heldout_file not found: {path}", spec.source_path)
+    keep, drop, _ = family_policy(spec)
+    rows = []
+    for ex in read_examples(path, d.format):
+        family = math_family(ex.prompt) if d.format == "math" else None
+        if family is not None and ((keep is not None and family not in keep) or family in drop):
+            continue
+        rows.append({"file": str(path), "line": ex.line, "prompt": ex.prompt, "reference": ex.reference,
+                     "meta": ex.meta, "source": "file"})
+    if d.heldout_file_rows is not None and d.heldout_file_rows < len(rows):
+        chosen = np.sort(np.random.RandomState(d.seed).permutation(len(rows))[:d.heldout_file_rows])
+        rows = [rows[i] for i in chosen]
+    if not rows:
+        raise InputError("data.heldout_file has no row of the families data.families keeps", path)
+    return rows
+
+
+def balance_training_rows(codes: np.ndarray, status: np.ndarray, names: list[str], balance: Optional[dict],
+                          seed: int) -> tuple[Optional[np.ndarray], dict]:
+    """data.balance on the training rows: caps (a seeded choice; the rest become BALANCED_OUT, in place)
+    and repeat factors. Returns (repeats per ordinal or None, {family: rule applied})."""
+    if not balance:
+        return None, {}
+    rng = np.random.RandomState(seed + 1)
+    repeats = np.ones(len(codes), dtype=np.uint16)
+    applied = {}
+    for code, name in sorted(enumerate(names), key=lambda t: t[1]):
+        rule = balance.get(name, balance.get("*"))
+        if rule is None:
+            continue
+        kind, n = balance_rule(rule)
+        rows = np.flatnonzero((codes == code) & (status == TRAIN))
+        if kind == "cap" and len(rows) > n:
+            status[rows[rng.permutation(len(rows))[n:]]] = BALANCED_OUT
+        elif kind == "repeat":
+            repeats[rows] = n
+        applied[name] = rule
+    return repeats, applied
+
+
+def generate_rows(spec: RunSpec) -> Path:
+    """data.generate: run jobs.generate (its own process: a job does not import another) into
+    runs/<run_id>/generated/, unless a finished set with the same arguments is there already."""
+    import shlex
+    import subprocess
+    import sys
+
+    out = spec.training_source()
+    marker = out / "generate.json"
+    args = shlex.split(spec.data.generate)
+    if marker.exists() and json.loads(marker.read_text()).get("argv") == args:
+        log.info("generated rows already in %s", out)
+        return out
+    log.info("generating the training rows: python -m jobs.generate %s --out %s", spec.data.generate, out)
+    proc = subprocess.run([sys.executable, "-m", "jobs.generate", *args, "--out", str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise InputError(f"data.generate: jobs.generate failed (exit {proc.returncode}): "
+                         f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no message'}",
+                         spec.source_path)
+    record = json.loads(marker.read_text())
+    record["argv"] = args
+    atomic_write_json(marker, record)
+    return out
 
 
 def _resource_use() -> dict:
@@ -296,7 +429,7 @@ def _resource_use() -> dict:
 
 
 def _inputs_for_manifest(spec: RunSpec, files: list[Path]) -> dict:
-    target = spec.resolve(spec.data.train_file)
+    target = spec.training_source()
     if target.is_dir() or len(files) == 1:
         return {"train_file": target if target.is_dir() else files[0]}
     return {f"train_file[{i}]": f for i, f in enumerate(files)}
@@ -307,11 +440,14 @@ def prep(spec: RunSpec) -> Path:
 
     started = time.time()
     d = spec.data
+    if d.generate:
+        generate_rows(spec)
     files = train_files(spec)
     model_dir = ensure_model(spec.model.name)
     tokenizer_json = spec.resolve(spec.model.tokenizer)
     tok = TextTokenizer.load(model_dir, tokenizer_json)
-    setup_args = (str(model_dir), str(tokenizer_json) if tokenizer_json else None, d.seq_length, d.system_prompt)
+    setup_args = (str(model_dir), str(tokenizer_json) if tokenizer_json else None, d.seq_length, d.system_prompt,
+                  d.template)
     total_bytes = sum(f.stat().st_size for f in files)
     workers = d.workers if total_bytes >= POOL_MIN_BYTES else 1
     width = d.seq_length + 1
@@ -329,13 +465,14 @@ def prep(spec: RunSpec) -> Path:
             seconds = {"setup": time.time() - started}
 
             # ---- pass 1: validate, clean, spool --------------------------------------------------
-            scan = _Pass1(spec, tmp)
+            file_rows = read_heldout_file(spec) if d.heldout_file else []
+            scan = _Pass1(spec, tmp, frozenset(r["prompt"] for r in file_rows))
             scan.run(files, pool, window)
             seconds["read_and_clean"] = time.time() - started - sum(seconds.values())
             n_kept = len(scan.family_codes)
             if n_kept == 0:
                 raise InputError("no usable rows (see rejects: every row was bad, a duplicate or wrongly labelled)",
-                                 files[0] if len(files) == 1 else spec.resolve(d.train_file))
+                                 files[0] if len(files) == 1 else spec.training_source())
 
             # ---- split: held out (exactly heldout_rows), then the sample of training rows -----------
             codes = np.frombuffer(scan.family_codes, dtype=np.uint16)
@@ -351,7 +488,10 @@ def prep(spec: RunSpec) -> Path:
                     status[candidates[~chosen]] = NOT_SAMPLED
                 else:
                     sampling["note"] = "sample_rows >= rows available: every row is used"
-            train_codes = codes[status == TRAIN]
+            before_balance = np.bincount(codes[status == TRAIN], minlength=len(names))
+            repeats, balanced = balance_training_rows(codes, status, names, d.balance, d.seed)
+            train_mask = status == TRAIN
+            train_codes = codes[train_mask] if repeats is None else np.repeat(codes[train_mask], repeats[train_mask])
 
             # ---- pass 2: tokenize in the workers, write in order ----------------------------------
             writer = ShardedMindRecordWriter(tmp / "train.mindrecord", ROWS_PER_FILE)
@@ -362,7 +502,8 @@ def prep(spec: RunSpec) -> Path:
             preview_ids, preview_labels = [], []
             segmented = True
             offset = 0
-            chunks = _train_chunks(tmp / ".spool.jsonl", status.tobytes(), files, tmp / "heldout.jsonl")
+            chunks = _train_chunks(tmp / ".spool.jsonl", status.tobytes(), repeats, files, tmp / "heldout.jsonl",
+                                   file_rows)
             with open(tmp / "rejects.jsonl", "a", encoding="utf-8") as rejects, \
                     tqdm(total=len(train_codes), desc="tokenize", unit=" rows", unit_scale=True, leave=False) as bar:
                 for res in ordered_map(pool, tokenize_chunk, chunks, window):
@@ -413,11 +554,15 @@ def prep(spec: RunSpec) -> Path:
 
         all_lengths = np.frombuffer(lengths, dtype=np.int32)
         family_rows = np.bincount(codes, minlength=len(names))
+        heldout_by_family = np.bincount(codes[heldout_mask], minlength=len(names))
+        train_by_family = np.bincount(train_codes, minlength=len(names))
         stats = {
-            "source": str(spec.resolve(d.train_file)), "files": [str(f) for f in files],
+            "source": str(spec.training_source()), "generate": d.generate, "files": [str(f) for f in files],
             "rows_read": scan.rows_valid + scan.rows_bad, "rows_bad": scan.rows_bad,
             "rows_kept": n_kept, "rows_heldout": int(heldout_mask.sum()), "rows_train": kept,
             "rows_not_sampled": int((status == NOT_SAMPLED).sum()),
+            "rows_balanced_out": int((status == BALANCED_OUT).sum()),
+            "rows_heldout_file": len(file_rows),
             "rows_too_long": too_long, "too_long_policy": d.on_too_long,
             "removed": dict(sorted(scan.removed.items())),
             "cleaning": {"on_bad_row": d.on_bad_row, "dedupe": d.dedupe, "bad_labels": d.bad_labels,
@@ -427,6 +572,20 @@ def prep(spec: RunSpec) -> Path:
             "split": f"held out: a seeded permutation of the {n_kept} kept rows (data.seed={d.seed}); "
                      f"training rows in source order",
             "families": {names[f]: int(family_rows[f]) for f in sorted(range(len(names)), key=lambda f: names[f])},
+            "family_policy": {
+                "families": d.families, "drop_families": d.drop_families, "balance": balanced or None,
+                "answer_format": d.answer_format, "template": d.template,
+                "left_out": dict(sorted(scan.left_out.items())),
+                # per family: rows read and kept, held out, training rows before data.balance and after it
+                # (repeats counted; rows later found too long are in rows_too_long, not subtracted here)
+                "rows": {names[f]: {"kept": int(family_rows[f]), "heldout": int(heldout_by_family[f]),
+                                    "train_before_balance": int(before_balance[f]), "train": int(train_by_family[f])}
+                         for f in sorted(range(len(names)), key=lambda f: names[f])},
+                "heldout_file": ({"file": str(spec.resolve(d.heldout_file)), "rows": len(file_rows),
+                                  "families": dict(sorted(Counter(
+                                      row_family_name(d.format, r) for r in file_rows).items()))}
+                                 if d.heldout_file else None),
+            },
             "seq_length": d.seq_length,
             "tokens_per_row": {p: int(np.percentile(all_lengths, p)) for p in (50, 90, 99, 100)},
             "answer_tokens_per_row_mean": supervised / kept,
@@ -442,7 +601,8 @@ def prep(spec: RunSpec) -> Path:
             },
         }
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (tmp / "preview.txt").write_text(preview(tok, np.array(preview_ids), np.array(preview_labels)), encoding="utf-8")
+        (tmp / "preview.txt").write_text(preview(tok, np.array(preview_ids), np.array(preview_labels))
+                                         + format_preview(tmp / "heldout.jsonl", spec), encoding="utf-8")
     write_job_manifest(out, "prep", spec, inputs=_inputs_for_manifest(spec, files),
                        outputs={path.name: out / path.name for path, _ in shards}, seeds={"split": d.seed}, extra=stats)
     log.info("prep: %d train rows, %d held out, %d not sampled, removed %s -> %s in %.1f s (%d workers)",

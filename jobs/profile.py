@@ -33,7 +33,7 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from jobs.core import mathgen
+from jobs.core import answers, mathgen
 from jobs.core.cli import guarded
 from jobs.core.io import InputError, JsonlRow, atomic_path, atomic_write_json, atomic_write_text, iter_jsonl
 from jobs.core.scoring import extract_answer_number
@@ -281,6 +281,8 @@ def profile(path: str | os.PathLike, tokenizer=None, length_unit: str = "charact
     rows = 0
     batch: list[tuple[str, int, str, str, str]] = []
 
+    first_rows: dict[str, tuple[str, str]] = {}     # per family: its first row, shown in every answer format
+
     def location(file_index: int, line: int) -> dict:
         return {"file": files_by_index[file_index], "line": line} if multi else {"line": line}
 
@@ -319,6 +321,7 @@ def profile(path: str | os.PathLike, tokenizer=None, length_unit: str = "charact
             continue
         rows += 1
         name = mathgen.family_of(problem)
+        first_rows.setdefault(name, (problem, solution))
         stats = families[name]
         stats.count += 1
         stats.languages[mathgen.language_of(problem)] += 1
@@ -396,6 +399,7 @@ def profile(path: str | os.PathLike, tokenizer=None, length_unit: str = "charact
             "near_duplicates_minhash": families[name].near_duplicates,
         } for name in order},
         "lengths": {f: overall[f].summary() for f in FIELDS},
+        "answer_formats": answer_format_examples(first_rows, order, tokenizer),
         "length_histogram": {f: _coarse_histogram(overall[f]) for f in FIELDS},
         "wrong_labels": wrong_labels.to_dict(),
         "off_template": off_template.to_dict(),
@@ -463,6 +467,20 @@ def _coarse_histogram(hist: LengthHistogram, bins: int = 40) -> dict:
 
 
 # ---- report: markdown and charts -----------------------------------------------------------------
+def answer_format_examples(first_rows: dict, order: list[str], tokenizer=None) -> dict:
+    """Each family's first row in every data.answer_format (jobs/core/answers.py), with its length
+    (tokens with a tokenizer, else characters): what a format costs before choosing it."""
+    out = {}
+    for name in order:
+        if name not in first_rows:
+            continue
+        problem, solution = first_rows[name]
+        formats = answers.examples(problem, solution, name)
+        lengths = {k: len(tokenizer.encode(v)) if tokenizer is not None else len(v) for k, v in formats.items()}
+        out[name] = {"problem": problem, "formats": formats, "lengths": lengths}
+    return out
+
+
 def render_markdown(record: dict) -> str:
     unit = record["length_unit"]
     short_unit = "tokens" if unit.startswith("tokens") else "chars"
@@ -525,6 +543,14 @@ def render_markdown(record: dict) -> str:
             out.append(f"  - {title}: " + ", ".join(where(r) for r in g["rows"]))
     for r in near["minhash"]["rows"][:10]:
         out.append(f"  - MinHash: {where(r)} ~ {where(r['similar_to'])} ({r['similarity']})")
+    formats = record.get("answer_formats") or {}
+    if formats:
+        out += ["", f"## Answer formats (data.answer_format): each family's first row, length in {short_unit}", ""]
+        for name, ex in formats.items():
+            out += [f"### {name}: `{snippet(ex['problem'])}`", ""]
+            for fmt, text in ex["formats"].items():
+                out += [f"{fmt} ({ex['lengths'][fmt]} {short_unit}):", "```", text, "```"]
+            out.append("")
     return "\n".join(out) + "\n"
 
 

@@ -536,6 +536,7 @@ def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], resul
     """Evaluate every bundled checkpoint again from the folder alone and compare accuracies."""
     from .core.decode import NumpyLlama, greedy_generate
     from .core.models import get_model_spec
+    from .core.prompts import spec_prompt
     from .core.tokenizer import TextTokenizer
 
     if spec is None or not sub.path("tokenizer/tokenizer.json").is_file():
@@ -547,7 +548,7 @@ def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], resul
         return
     rows = heldout[:spec.eval.limit] if spec.eval.limit else heldout
     tok = TextTokenizer.load(sub.path("tokenizer"))
-    prompts = [tok.encode(tok.chat_prompt(r["prompt"], spec.data.system_prompt)) for r in rows]
+    prompts = [tok.encode(spec_prompt(tok, r["prompt"], spec.data)) for r in rows]
     mspec = get_model_spec(spec.model.name)
     recorded = {r.get("model"): r for r in (results or {}).get("checkpoints") or [] if isinstance(r, dict)}
     before = len(f.failed("rerun"))

@@ -150,3 +150,23 @@ def test_bad_prompts_are_named():
         greedy_generate(model, [[]], 3, stop_ids=[2], pad_id=0, progress=False)
     with pytest.raises(ValueError, match="2 entries for 1 prompts"):
         greedy_generate(model, [[5]], [3, 3], stop_ids=[2], pad_id=0, progress=False)
+
+
+def test_min_new_tokens_holds_back_the_stop_token():
+    """A row whose greedy first token is the stop token answers nothing; with min_new_tokens=1 it writes
+    its best non-stop token first (the SQuAD fix, eval.squad_min_new_tokens)."""
+    spec = VARIANTS["gqa-untied"]
+    model = NumpyLlama(random_parameters(spec, seed=3), spec)
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(0, spec.vocab_size, size=n).tolist() for n in (4, 9, 13)]
+    free = greedy_generate(model, prompts, 6, stop_ids=[], pad_id=spec.pad_token_id, batch_size=3, progress=False)
+    stop = free[1][0]                       # row 1 would stop at once
+    plain = greedy_generate(model, prompts, 6, stop_ids=[stop], pad_id=spec.pad_token_id, batch_size=3, progress=False)
+    assert plain[1] == []
+    held = greedy_generate(model, prompts, 6, stop_ids=[stop], pad_id=spec.pad_token_id, batch_size=3,
+                           progress=False, min_new_tokens=1)
+    assert len(held[1]) >= 1 and held[1][0] != stop
+    # rows that never met the stop token early are unchanged
+    for i in (0, 2):
+        if stop not in free[i][:1]:
+            assert held[i] == plain[i]

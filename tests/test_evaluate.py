@@ -360,9 +360,10 @@ class _StubNet:
     def __init__(self, scripts: dict[tuple, list[int]]):
         self.scripts, self.calls = scripts, []
 
-    def generate(self, input_ids, max_new_tokens, do_sample, eos_token_id, pad_token_id):
+    def generate(self, input_ids, max_new_tokens, do_sample, eos_token_id, pad_token_id, min_new_tokens=None):
         self.calls.append({"rows": len(input_ids), "max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                           "eos_token_id": eos_token_id, "pad_token_id": pad_token_id})
+                           "eos_token_id": eos_token_id, "pad_token_id": pad_token_id,
+                           **({"min_new_tokens": min_new_tokens} if min_new_tokens else {})})
         out = []
         for prompt in input_ids:
             new = []
@@ -439,3 +440,18 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     cpu = mf_llama.LlamaConfig(**llama_config_kwargs(get_model_spec("tiny"), seq_length=96))
     assert str(cpu.compute_dtype) == "Float32" and not cpu.use_flash_attention and not cpu.fused_rms_norm
     assert cpu.use_rope_slice is True
+def test_summarize_reports_the_graded_measure_per_family_and_per_source():
+    from jobs.evaluate import score_row, summarize
+
+    ref = {"prompt": "计算 3963.85 * -5055.68 等于多少？", "reference": "3963.85 * -5055.68 = -20039957.1680"}
+    rows = [score_row("math", "3963.85 * -5055.68 = -20039957.1680", {**ref, "source": "split"}),
+            score_row("math", "3963.85 * -5055.68 = -20100000", {**ref, "source": "file"}),
+            score_row("math", "3963.85 * -5055.68 = -30000000", {**ref, "source": "file"}),
+            score_row("math", "nothing", {**ref, "source": "file"})]
+    s = summarize(rows)
+    assert (s["accuracy_strict"], s["accuracy_within_1pct"]) == (0.25, 0.5)
+    assert s["leading_digits_mean"] == (12 + 2 + 0 + 0) / 4
+    assert s["per_family"]["mul"]["within_1pct"] == 0.5
+    assert s["per_source"]["split"]["accuracy_within_1pct"] == 1.0
+    assert s["per_source"]["file"]["n"] == 3 and s["per_source"]["file"]["accuracy_within_1pct"] == 1 / 3
+    assert "per_source" not in summarize(rows[:1])

@@ -194,3 +194,21 @@ def test_invoke_plan_task():
 
 def option_dict(data: dict, rank: int, targets: str) -> dict:
     return next(o for o in data["lora"]["options"] if o["rank"] == rank and o["targets"] == targets)
+
+
+def test_winner_recipe_plans_its_published_ratio_next_to_the_baseline(capsys):
+    """recipes/stage1-llama3-8b-cot.yaml: the ratio comes out of the registry's Llama3-8B shapes and
+    equals what the contest published for the winner (0.00679028, topic2-finetune/README.md), and the
+    plan prints the recipe's Ascend time next to the baseline's reference run (6 h)."""
+    recipe = str(REPO / "recipes" / "stage1-llama3-8b-cot.yaml")
+    assert plan_cli.main(["--recipe", recipe, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    baseline, mine = data["recipe_vs_baseline"]["rows"]
+    assert mine["trainable"] == 54_525_952 and round(mine["ratio"], 8) == 0.00679028
+    assert (mine["rank"], mine["target_modules"], mine["seq_length"], mine["rows"]) == (64, "wq|wk|wv|wo", 768, 40960)
+    assert baseline["trainable"] == 3_407_872 and round(baseline["wall_hours"], 2) == 6.00
+    assert mine["wall_hours"] > baseline["wall_hours"]
+    assert option_dict(data, 64, "wq|wk|wv|wo")["trainable"] == 54_525_952
+    assert plan_cli.main(["--recipe", recipe]) == 0
+    out = capsys.readouterr().out
+    assert "0.00679028" in out and "r64 on wq|wk|wv|wo" in out and "<- recipe" in out

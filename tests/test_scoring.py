@@ -384,3 +384,32 @@ def test_trim_generation_stops_at_a_new_problem():
     assert score_math(trimmed, "-3828.45 - 756.08 = -4584.53")["strict"] is True
     assert trim_generation("The right option is C.<|eot_id|>The right option is A.") == "The right option is C."
     assert trim_generation("方程的解为：-15.0") == "方程的解为：-15.0"
+
+
+# ---- graded closeness (issue 14) ----------------------------------------------------------------
+
+def test_closeness_band_and_leading_digits():
+    from jobs.core.scoring import closeness
+
+    ref = "-6273.69 / -2956.06 = 2.122314837993816093042766385"
+    assert closeness("2.12231", ref) == {"within_1pct": True, "leading_digits": 6,
+                                         "relative_error": pytest.approx(2.28e-6, rel=1e-2)}
+    assert closeness("2.2", ref)["within_1pct"] is False          # 3.7% off
+    # the band's edge: 1% of 2.1223148... is 0.0212231..., so 2.1011 is in and 2.1010 out
+    assert closeness("2.1011", ref)["within_1pct"] is True and closeness("2.1010", ref)["within_1pct"] is False
+    assert closeness("14931.08", "= 14931.08")["leading_digits"] == 7
+    assert closeness("14900", "= 14931.08")["leading_digits"] == 3
+    assert closeness("9.99", "= 10.0")["leading_digits"] == 0       # another order of magnitude
+    assert closeness("-5", "= 5") == {"within_1pct": False, "leading_digits": 0, "relative_error": 2.0}
+    assert closeness("0.003124", "= 0.003125")["leading_digits"] == 3
+    assert closeness(None, "= 5")["within_1pct"] is False
+    assert closeness("0", "= 0")["within_1pct"] is True
+
+
+def test_answer_verdict_carries_the_graded_measure():
+    from jobs.core.scoring import answer_verdict
+
+    v = answer_verdict("math", "3963.85 * -5055.68 = -20039950", "3963.85 * -5055.68 = -20039957.1680")
+    assert (v["strict"], v["within_1pct"], v["leading_digits"]) == (False, True, 7)
+    v = answer_verdict("math", "no number here", "x = 5")
+    assert (v["within_1pct"], v["leading_digits"]) == (False, 0)

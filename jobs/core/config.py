@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -68,6 +68,33 @@ class DataSection:
     Applied after the held-out split, so the held-out rows do not depend on it; null: every row."""
     workers: int = 2
     """Processes that parse and tokenize (1: all in the job's own process; small inputs never start a pool)."""
+    template: str = "chat"
+    """The prompt around a problem, the same in prep, evaluate and verify (jobs/core/prompts.py): chat (the
+    model's chat template, with data.system_prompt), alpaca ("{problem}\n\n### Response:", the 2024 winner's),
+    or any text holding {problem}."""
+    answer_format: Union[str, dict] = "direct"
+    """What the model learns to write (jobs/core/answers.py): direct (the row's solution), cot (Goat-style steps
+    for mul, div, average; other families direct), rounded:N (final value rounded to N decimals); or per family,
+    e.g. {mul: cot, div: cot, "*": direct}. Every cot/rounded number is recomputed from the operands."""
+    families: Optional[list[str]] = None
+    """Math families to keep (scoring.math_family names, e.g. [add, sub, mul, div]); null: all. Applied when
+    rows are read, before the held-out split, so held-out rows are of these families too."""
+    drop_families: list[str] = field(default_factory=list)
+    """Math families to leave out (e.g. [power, sqrt, function_value]), counted in stats.json."""
+    balance: Optional[dict] = None
+    """Per-family training rows, after the held-out split and data.sample_rows: {family: N} keeps at most N
+    rows of it (a seeded choice), {family: "x10"} repeats each of its rows 10 times (oversampling); "*"
+    stands for the families not named. stats.json lists rows per family before and after."""
+    generate: Optional[str] = None
+    """Train on generated rows instead of data.train_file: the arguments of jobs.generate (e.g. "--rows 8000
+    --mix add=1,sub=1,mul=1,div=1 --seed 14"). prep writes them once to runs/<run_id>/generated/ (jobs.generate
+    is deterministic; its generate.json marks a finished set, rows and arguments) and reads them from there."""
+    heldout_file: Optional[str] = None
+    """A second held-out set: rows of this JSONL (data.families applied; none of its problems is trained on),
+    evaluated next to the split's held-out rows and reported separately (e.g. the real contest rows when
+    training on generated ones). Relative paths resolve from the spec's folder."""
+    heldout_file_rows: Optional[int] = None
+    """Use this many rows of data.heldout_file (a seeded choice, in file order); null: all."""
 
 
 @dataclass
@@ -163,6 +190,9 @@ class EvalSection:
     >= 90% of the base model's); relative paths resolve from the spec's folder; null: not measured."""
     squad_rows: int = 100
     """Use the first N questions of squad_file (0: skip SQuAD)."""
+    squad_min_new_tokens: int = 1
+    """SQuAD answers are at least this many tokens: the end-of-turn token is not allowed before (the 2024
+    winner's `min_new_tokens: 1`; without it a tuned model may answer nothing)."""
     scales: Optional[str] = None
     """LoRA scale dial, e.g. '0.25,0.5,0.75,1.0': evaluate the chosen checkpoint at W + s*(alpha/r)*BA."""
 
@@ -222,6 +252,10 @@ class RunSpec:
             return path
         base = Path(self.source_path).parent if self.source_path else Path.cwd()
         return (base / path).resolve()
+
+    def training_source(self) -> Path:
+        """Where prep reads its rows: the generated folder when data.generate is set, else data.train_file."""
+        return self.run_dir / "generated" if self.data.generate else self.resolve(self.data.train_file)
 
     @property
     def run_dir(self) -> Path:
@@ -301,6 +335,11 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
         return False, value
     if tp is str:
         return isinstance(value, str), value
+    if tp is list or origin is list:
+        item = (typing.get_args(tp) or (Any,))[0]
+        return isinstance(value, list) and all(_type_ok(v, item)[0] for v in value), value
+    if tp is dict or origin is dict:
+        return isinstance(value, dict), value
     return True, value
 
 
@@ -309,7 +348,9 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)"
+        args = typing.get_args(tp)
+        return (" or ".join(_type_name(a) for a in args if a is not type(None))
+                + (" (or null)" if type(None) in args else ""))
     return getattr(tp, "__name__", str(tp))
 
 
@@ -385,8 +426,52 @@ def _validate(spec: RunSpec, path: str, lines_of) -> None:
         bad("cluster.cards_per_node must be >= 1", "cluster.cards_per_node")
     if spec.cluster.disk_gib is not None and spec.cluster.disk_gib < 1:
         bad("cluster.disk_gib must be >= 1 (or null: computed from the spec)", "cluster.disk_gib")
+    _validate_data_policy(spec, bad)
+    if spec.eval.squad_min_new_tokens < 0:
+        bad("eval.squad_min_new_tokens must be >= 0", "eval.squad_min_new_tokens")
     if not all(c.isalnum() or c in "-_." for c in spec.run_id):
         bad("run_id may use letters, digits, '-', '_' and '.' only", "run_id")
+
+
+def _validate_data_policy(spec: RunSpec, bad) -> None:
+    """data.answer_format, data.template, data.families / drop_families / balance name real things."""
+    from . import answers, prompts
+    from .scoring import MATH_FAMILIES
+
+    d = spec.data
+    try:
+        answers.check_setting(d.answer_format)
+    except ValueError as exc:
+        bad(f"data.answer_format: {exc}", "data.answer_format")
+    try:
+        prompts.check_template(d.template)
+    except ValueError as exc:
+        bad(f"data.template: {exc}", "data.template")
+    if d.format == "math":
+        for key, names in (("families", d.families or []), ("drop_families", d.drop_families),
+                           ("balance", [k for k in (d.balance or {}) if k != "*"])):
+            unknown = [n for n in names if n not in MATH_FAMILIES]
+            if unknown:
+                bad(f"data.{key}: unknown famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; "
+                    f"known: {', '.join(MATH_FAMILIES)}", f"data.{key}")
+    if d.families is not None and not set(d.families) - set(d.drop_families):
+        bad("data.families and data.drop_families leave no family to train on", "data.families")
+    for family, rule in (d.balance or {}).items():
+        try:
+            balance_rule(rule)
+        except ValueError as exc:
+            bad(f"data.balance.{family}: {exc}", "data.balance")
+    if d.heldout_file_rows is not None and d.heldout_file_rows < 1:
+        bad("data.heldout_file_rows must be >= 1 (or null for every row)", "data.heldout_file_rows")
+
+
+def balance_rule(rule) -> tuple[str, int]:
+    """A data.balance value: an int N -> ("cap", N); "xK" -> ("repeat", K)."""
+    if isinstance(rule, int) and not isinstance(rule, bool) and rule >= 0:
+        return "cap", rule
+    if isinstance(rule, str) and rule.startswith("x") and rule[1:].isdigit() and int(rule[1:]) >= 1:
+        return "repeat", int(rule[1:])
+    raise ValueError(f"{rule!r} is neither a row cap (an integer >= 0) nor a repeat factor like \"x10\"")
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
@@ -441,9 +526,31 @@ def dump_spec(spec: RunSpec) -> str:
     return yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True)
 
 
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a spec dataclass (the string literal right after it), by name."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
 def describe(cls=RunSpec, prefix: str = "") -> str:
-    """Every key with its type and default, for --help."""
+    """Every key with its type, default and docstring, for --help."""
+    import textwrap
+
     out = []
+    docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.metadata.get("internal"):
@@ -455,4 +562,6 @@ def describe(cls=RunSpec, prefix: str = "") -> str:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         out.append(f"  {dotted:<28} {_type_name(tp):<32} default: {default!r}")
+        if f.name in docs:
+            out.append(textwrap.fill(docs[f.name], width=110, initial_indent=" " * 6, subsequent_indent=" " * 6))
     return "\n".join(out)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import numpy as np
 
 from .io import InputError, JsonlRow, iter_jsonl
+from .prompts import render_prompt
 from .tokenizer import TextTokenizer
 
 if TYPE_CHECKING:
@@ -106,10 +107,11 @@ def read_examples(path: Path, fmt: str, on_bad_row: str = "error", rejects: Opti
             return
 
 
-def encode_example(tok: TextTokenizer, ex: Example, seq_length: int, system: Optional[str] = None):
+def encode_example(tok: TextTokenizer, ex: Example, seq_length: int, system: Optional[str] = None,
+                   template: str = "chat"):
     """ids and labels of length seq_length + 1 (pad-filled), labels IGNORE on prompt and padding.
     Returns (input_ids, labels, n_tokens) where n_tokens is the unpadded length (may exceed the limit)."""
-    prompt_ids = tok.encode(tok.chat_prompt(ex.prompt, system))
+    prompt_ids = tok.encode(render_prompt(tok, ex.prompt, template, system))
     answer_ids = tok.encode(ex.answer + tok.answer_suffix)
     ids = prompt_ids + answer_ids
     n = len(ids)
@@ -168,7 +170,7 @@ def train_files(spec: "RunSpec") -> list[Path]:
     part-*.jsonl), or a glob such as data/part-*.jsonl (relative to the spec's folder)."""
     import glob
 
-    target = spec.resolve(spec.data.train_file)
+    target = spec.training_source()
     if glob.has_magic(str(target)):
         files = sorted(Path(p) for p in glob.glob(str(target)) if Path(p).is_file())
         if not files:
@@ -250,18 +252,21 @@ class SampleEncoder:
     PROBES = ("1 + 1", "  leading and trailing spaces  ", "\nnew\nlines\n", "计算 3 的平方根？", "<|im_end|> in text", "{{ x }}")
     CHECK_ROWS = 2
 
-    def __init__(self, tok: TextTokenizer, seq_length: int, system: Optional[str] = None):
-        self.tok, self.system, self.seq_length = tok, system, seq_length
+    def __init__(self, tok: TextTokenizer, seq_length: int, system: Optional[str] = None, template: str = "chat"):
+        self.tok, self.system, self.template, self.seq_length = tok, system, template, seq_length
         self.width = seq_length + 1
         sentinel = "\u0000tunebox-user-message\u0000"
-        before, found, after = tok.chat_prompt(sentinel, system).partition(sentinel)
-        self.segmented = bool(found) and all(tok.chat_prompt(p, system) == before + p + after for p in self.PROBES)
+        before, found, after = self.prompt(sentinel).partition(sentinel)
+        self.segmented = bool(found) and all(self.prompt(p) == before + p + after for p in self.PROBES)
         specials = [t.content for t in tok.tk.get_added_tokens_decoder().values() if t.special and t.content]
         head, self.user_lead = self._split_after_last_special(before, specials)
         self.user_tail, tail = self._split_before_first_special(after, specials)
         self.head_ids, self.tail_ids = tok.encode(head), tok.encode(tail)
         self.answer_lead, suffix_tail = self._split_before_first_special(tok.answer_suffix, specials)
         self.suffix_ids = tok.encode(suffix_tail)
+
+    def prompt(self, problem: str) -> str:
+        return render_prompt(self.tok, problem, self.template, self.system)
 
     @staticmethod
     def _split_after_last_special(text: str, specials: list[str]) -> tuple[str, str]:
@@ -276,7 +281,7 @@ class SampleEncoder:
     def _token_lists(self, prompts: list[str], answers: list[str]) -> tuple[list[list[int]], list[list[int]]]:
         tok = self.tok
         if not self.segmented:
-            return (tok.encode_batch([tok.chat_prompt(p, self.system) for p in prompts]),
+            return (tok.encode_batch([self.prompt(p) for p in prompts]),
                     tok.encode_batch([a + tok.answer_suffix for a in answers]))
         lead, tail = self.user_lead, self.user_tail
         middles = tok.encode_batch([lead + p + tail for p in prompts])
@@ -289,7 +294,7 @@ class SampleEncoder:
         prompt_ids, answer_ids = self._token_lists(prompts, answers)
         if self.segmented:
             for i in range(min(self.CHECK_ROWS, len(prompts))):
-                if prompt_ids[i] + answer_ids[i] != (self.tok.encode(self.tok.chat_prompt(prompts[i], self.system))
+                if prompt_ids[i] + answer_ids[i] != (self.tok.encode(self.prompt(prompts[i]))
                                                      + self.tok.encode(answers[i] + self.tok.answer_suffix)):
                     self.segmented = False
                     return self.encode(prompts, answers)

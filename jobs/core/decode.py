@@ -317,8 +317,9 @@ def _limits(max_new_tokens: Union[int, Sequence[int]], count: int) -> list[int]:
 
 
 def _generate_batch(model: NumpyLlama, prompts: list[list[int]], limits: list[int], stop: set[int],
-                    pad_id: int) -> list[list[int]]:
-    """One left-padded batch: prefill once, then one token per step from the KV cache."""
+                    pad_id: int, min_new_tokens: int = 0) -> list[list[int]]:
+    """One left-padded batch: prefill once, then one token per step from the KV cache. A row cannot
+    stop (its stop tokens are masked) before it has min_new_tokens tokens."""
     batch = len(prompts)
     lengths = np.array([len(p) for p in prompts])
     width = int(lengths.max())
@@ -336,7 +337,13 @@ def _generate_batch(model: NumpyLlama, prompts: list[list[int]], limits: list[in
     outputs: list[list[int]] = [[] for _ in range(batch)]
     live = np.arange(batch)     # original row of each cache row still decoding
     column = width
+    stop_list = np.array(sorted(stop), dtype=np.int64)
     while True:
+        if min_new_tokens > 0 and stop_list.size:
+            early = np.array([len(outputs[row]) < min_new_tokens for row in live])
+            if early.any():
+                logits = logits.copy()
+                logits[np.ix_(np.flatnonzero(early), stop_list)] = -np.inf
         next_ids = logits.argmax(axis=-1)
         keep = []
         for j, row in enumerate(live):
@@ -360,9 +367,10 @@ def _generate_batch(model: NumpyLlama, prompts: list[list[int]], limits: list[in
 
 def greedy_generate(model: NumpyLlama, prompts: Sequence[Sequence[int]],
                     max_new_tokens: Union[int, Sequence[int]], stop_ids: Sequence[int], pad_id: int,
-                    batch_size: int = 16, progress: bool = True) -> list[list[int]]:
+                    batch_size: int = 16, progress: bool = True, min_new_tokens: int = 0) -> list[list[int]]:
     """Greedy continuation of each prompt: the new tokens only, the stop token excluded, in the
-    caller's order. max_new_tokens is one limit for all or one per prompt."""
+    caller's order. max_new_tokens is one limit for all or one per prompt; no row stops before
+    min_new_tokens tokens (as MindFormers' and HF's min_new_tokens)."""
     prompts = [list(map(int, p)) for p in prompts]
     limits = _limits(max_new_tokens, len(prompts))
     if batch_size < 1:
@@ -377,7 +385,8 @@ def greedy_generate(model: NumpyLlama, prompts: Sequence[Sequence[int]],
         bar.update(len(prompts) - len(order))
         for lo in range(0, len(order), batch_size):
             chunk = order[lo:lo + batch_size]
-            outputs = _generate_batch(model, [prompts[i] for i in chunk], [limits[i] for i in chunk], stop, pad_id)
+            outputs = _generate_batch(model, [prompts[i] for i in chunk], [limits[i] for i in chunk], stop, pad_id,
+                                      min_new_tokens)
             for i, out in zip(chunk, outputs):
                 results[i] = out
                 produced += len(out)

@@ -101,8 +101,9 @@ def _posix_resolve(base: PurePosixPath, rel: str) -> PurePosixPath:
 def container_paths(spec: RunSpec) -> dict[str, tuple[Optional[Path], PurePosixPath]]:
     """Each file path the spec names: (where it is here, where a container will look for it)."""
     found = {}
-    for dotted, value in (("data.train_file", spec.data.train_file), ("model.checkpoint", spec.model.checkpoint),
-                          ("model.tokenizer", spec.model.tokenizer)):
+    for dotted, value in (("data.train_file", None if spec.data.generate else spec.data.train_file),
+                          ("data.heldout_file", spec.data.heldout_file), ("eval.squad_file", spec.eval.squad_file),
+                          ("model.checkpoint", spec.model.checkpoint), ("model.tokenizer", spec.model.tokenizer)):
         if not value:
             continue
         inside = (PurePosixPath(value) if value.startswith("/")

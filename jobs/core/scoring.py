@@ -454,6 +454,49 @@ def score_math(prediction_text: str, reference_solution: str) -> dict:
             "pred": pred_text, "ref": ref.text}
 
 
+GRADED_RELATIVE_ERROR = Fraction(1, 100)
+"""The graded measure's band: an answer within 1% of the reference (relative error) counts as close."""
+
+
+def _significant_digits(value: Fraction, count: int) -> tuple[int, str]:
+    """(decimal exponent, the first `count` significant digits) of a non-zero |value|, exactly (no rounding)."""
+    value = abs(value)
+    exponent = len(str(value.numerator // value.denominator)) - 1 if value >= 1 else 0
+    if value < 1:
+        while value * Fraction(10) ** (-exponent) < 1:
+            exponent -= 1
+    scaled = value * Fraction(10) ** (count - 1 - exponent)
+    return exponent, str(scaled.numerator // scaled.denominator).zfill(count)[:count]
+
+
+def closeness(pred: _Comparable, ref: _Comparable) -> dict:
+    """The graded measure of one answer, which moves before exact answers do:
+    within_1pct: |pred - ref| <= 1% of |ref| (ref 0 needs pred 0);
+    leading_digits: how many leading significant digits of the reference the prediction gets right
+    (same sign, same order of magnitude, then digit by digit; a shorter prediction reads as padded
+    with zeros), at most the reference's own significant digits;
+    relative_error: |pred - ref| / |ref| as a float (None without a number or when ref is 0).
+    No number, or a non-numeric answer: not close, 0 digits."""
+    p, r = _as_answer(pred), _as_answer(ref)
+    if p is None or r is None or p.value is None or r.value is None:
+        return {"within_1pct": False, "leading_digits": 0, "relative_error": None}
+    pv, rv = Fraction(p.value), Fraction(r.value)
+    if rv == 0:
+        return {"within_1pct": pv == 0, "leading_digits": int(pv == 0), "relative_error": None}
+    error = abs(pv - rv) / abs(rv)
+    digits = 0
+    if pv != 0 and (pv < 0) == (rv < 0):
+        ref_digits = len(str(r.value).lstrip("-").replace(".", "").lstrip("0").split("E")[0].split("e")[0]) \
+            if isinstance(r.value, Decimal) else 17
+        ref_digits = max(ref_digits, 1)
+        pe, ps = _significant_digits(pv, ref_digits)
+        re_, rs = _significant_digits(rv, ref_digits)
+        if pe == re_:
+            while digits < ref_digits and ps[digits] == rs[digits]:
+                digits += 1
+    return {"within_1pct": error <= GRADED_RELATIVE_ERROR, "leading_digits": digits, "relative_error": float(error)}
+
+
 def math_accuracy(scores: Iterable[Mapping]) -> dict:
     """Fraction correct under each mode, from score_math results: {"strict", "tolerant", "n"}."""
     scores = list(scores)
@@ -684,9 +727,14 @@ def answer_verdict(fmt: str, answer: str, reference: str) -> dict:
     """The one rule every place that scores a generated answer applies (evaluate, bundle, verify):
     math: the answer trimmed to its first answer (a base model does not stop where a tuned one does),
     then the contest rule (strict) and the documented tolerance; mcq: the extracted letter equals the
-    reference letter (both verdicts the same). Returns {strict, tolerant, extracted}."""
+    reference letter (both verdicts the same). Returns {strict, tolerant, extracted, within_1pct,
+    leading_digits}: the last two are `closeness`, the graded measure (mcq: the letter verdict, None)."""
     if fmt == "math":
-        s = score_math(trim_generation(answer), reference)
-        return {"strict": bool(s["strict"]), "tolerant": bool(s["tolerant"]), "extracted": s.get("pred")}
+        trimmed = trim_generation(answer)
+        s = score_math(trimmed, reference)
+        graded = closeness(trimmed, reference) if s["pred"] else closeness(None, reference)
+        return {"strict": bool(s["strict"]), "tolerant": bool(s["tolerant"]), "extracted": s.get("pred"),
+                "within_1pct": graded["within_1pct"], "leading_digits": graded["leading_digits"]}
     letter = extract_choice_letter(answer)
-    return {"strict": letter == reference, "tolerant": letter == reference, "extracted": letter}
+    return {"strict": letter == reference, "tolerant": letter == reference, "extracted": letter,
+            "within_1pct": letter == reference, "leading_digits": None}
