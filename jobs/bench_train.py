@@ -271,21 +271,14 @@ def run_tunebox(recipe: str, overrides: list[str], spec: RunSpec, log_path: Path
     loss_file = spec.job_dir("train") / "loss.jsonl"
     steps = [json.loads(line) for line in loss_file.read_text().splitlines() if line.strip()]
     if tokens is None:
-        from .core.data import load_tokenizer
+        from .core.data import load_tokenizer, read_mindrecord
 
         pad_id = load_tokenizer(spec).pad_id
-        ids = _read_column(spec.job_dir("train") / "packed.mindrecord")
+        ids, _ = read_mindrecord(spec.job_dir("train") / "packed.mindrecord")
         tokens = [count_tokens(ids[step_rows(i, spec.train.batch_size)], pad_id) for i in range(len(steps))]
     for step, n in zip(steps, tokens):
         step["tokens"] = n
     return {"measured": measured, "steps": steps, "steady": steady_throughput(steps)}
-
-
-def _read_column(path: Path) -> np.ndarray:
-    import mindspore.dataset as ds
-
-    data = ds.MindDataset(str(path), columns_list=["input_ids"], shuffle=False)
-    return np.stack([row[0] for row in data.create_tuple_iterator(output_numpy=True, num_epochs=1)])
 
 
 def run_reference(work: Path, threads: int, log_path: Path) -> dict:

@@ -90,7 +90,7 @@ def train_hash(spec: RunSpec) -> str:
 def prepare(spec: RunSpec, write: bool = True) -> dict:
     """Everything the Trainer needs, from the spec and prep's output: the plan, the data files (packed
     when train.packing), the answer capacity and the rendered MindFormers config. With write=False
-    nothing is written (a worker of a multi-node run, or `invoke train.render`)."""
+    nothing is written (a worker of a multi-node run)."""
     from .core.data import load_tokenizer, mindrecord_shards, read_mindrecord
     from .core.mf_config import render_train_config
     from .core.weights import ensure_model
@@ -119,13 +119,22 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     plan["packing"] = packing
     capacity = answer_capacity(ids, labels, pad_id) if spec.train.lm_head_on_answers else 0
     base = spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
-    config = render_train_config(spec, data_files=files, out_dir=out, total_steps=plan["total_steps"],
-                                 steps_per_epoch=plan["batches_per_epoch"],
-                                 checkpoint_steps=plan["checkpoint_steps"], base_checkpoint=base,
+    config = render_train_config(spec, data_files=files, out_dir=out, plan=plan, base_checkpoint=base,
                                  answer_capacity=capacity, seq_length=ids.shape[1] - 1)
     tokens = int((ids != pad_id).sum())
     return {"plan": plan, "config": config, "capacity": capacity, "base_checkpoint": base,
             "data_file": data_file, "rows": len(ids), "tokens_per_row": tokens / max(1, len(ids))}
+
+
+def render(spec: RunSpec) -> dict:
+    """prepare() and write the config to train/mindformers.yaml: what train runs, and all that
+    --render-only does."""
+    from .core.mf_config import dump
+
+    prepared = prepare(spec)
+    spec.job_dir("train").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(spec.job_dir("train") / "mindformers.yaml", dump(prepared["config"]))
+    return prepared
 
 
 def resume_point(out: Path, rank: int = 0) -> bool:
@@ -226,23 +235,18 @@ def check_resume(spec: RunSpec, out: Path) -> bool:
 
 def train(spec: RunSpec, args=None) -> Path:
     from .core.mf import setup_device
-    from .core.mf_config import dump
 
     out = spec.job_dir("train")
-    setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=spec.job_dir("train"))
-    prepared = prepare(spec)
-    plan, config = prepared["plan"], prepared["config"]
+    setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
     resume = check_resume(spec, out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "mindformers.yaml", dump(config))
+    prepared = render(spec)
+    plan = prepared["plan"]
     if not resume:
         for stale in ("loss.jsonl", "sessions.jsonl", "checkpoints"):  # a run that died before its first checkpoint
             p = out / stale
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     atomic_write_json(out / "train_state.json", {"train_hash": train_hash(spec)})
-    mspec = get_model_spec(spec.model.name)
-    trainable = mspec.lora_params(spec.lora.rank, spec.lora.target_modules)
-    total_params = mspec.total_params()
+    trainable, total_params = _param_counts(spec)
     log.info("%s: %s trainable of %s (ratio %.8f); %d steps of %d rows, checkpoints at %s%s",
              spec.model.name, f"{trainable:,}", f"{total_params:,}", trainable / total_params,
              plan["total_steps"], spec.train.batch_size, plan["checkpoint_steps"],
@@ -257,7 +261,7 @@ def train(spec: RunSpec, args=None) -> Path:
                                f"see {out / 'msrun'}")
         return out  # rank 0 wrote the index, summary and manifest
     run_mindformers(out / "mindformers.yaml", resume)
-    return finish(spec, prepared, trainable, total_params, time.time() - started)
+    return finish(spec, prepared, time.time() - started)
 
 
 def _session_start(out: Path) -> int:
@@ -269,23 +273,26 @@ def _session_start(out: Path) -> int:
 
 
 def lora_files(out: Path, plan: dict, rank: int = 0) -> dict[int, Path]:
-    """The planned LoRA checkpoint of each step, by global step, in MindFormers' layout."""
+    """The planned LoRA checkpoint of each step that exists, by global step, in MindFormers' layout
+    (named by the callback that writes them)."""
     from .core.mf_config import CHECKPOINT_PREFIX
+    from .core.mf_extensions import lora_checkpoint_path
 
-    per_epoch = plan["batches_per_epoch"]
-    found = {}
-    for step in plan["checkpoint_steps"]:
-        epoch, within = divmod(step - 1, per_epoch)
-        f = (out / "checkpoint_trainable" / f"rank_{rank}" /
-             f"{CHECKPOINT_PREFIX}_rank_{rank}-trainable_params-{epoch + 1}_{within + 1}.ckpt")
-        if f.exists():
-            found[step] = f
-    return found
+    paths = {step: Path(lora_checkpoint_path(str(out), CHECKPOINT_PREFIX, step, plan["batches_per_epoch"], rank))
+             for step in plan["checkpoint_steps"]}
+    return {step: f for step, f in paths.items() if f.exists()}
 
 
-def finish(spec: RunSpec, prepared: dict, trainable: int, total_params: int, run_s: float) -> Path:
+def _param_counts(spec: RunSpec) -> tuple[int, int]:
+    """(LoRA trainable, base total) parameters, from the registry."""
+    mspec = get_model_spec(spec.model.name)
+    return mspec.lora_params(spec.lora.rank, spec.lora.target_modules), mspec.total_params()
+
+
+def finish(spec: RunSpec, prepared: dict, run_s: float) -> Path:
     """After the Trainer: the checkpoint index, loss.csv, summary and manifest (rank 0's files)."""
     out = spec.job_dir("train")
+    trainable, total_params = _param_counts(spec)
     start_step = _session_start(out)
     plan = prepared["plan"]
     rows = [json.loads(l) for l in (out / "loss.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
@@ -332,7 +339,7 @@ def worker_main(spec: RunSpec, args) -> None:
     from .core.mf import setup_device
 
     out = spec.job_dir("train")
-    setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=spec.job_dir("train"))
+    setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
     prepared = prepare(spec, write=False)
     if spec.train.packing and not (out / "packed.mindrecord").exists():
         raise InputError(f"{out / 'packed.mindrecord'} is missing: with train.packing, render the run first "
@@ -350,19 +357,13 @@ def worker_main(spec: RunSpec, args) -> None:
     from mindspore.communication import get_rank
 
     if get_rank() == 0:
-        mspec = get_model_spec(spec.model.name)
-        finish(spec, prepared, mspec.lora_params(spec.lora.rank, spec.lora.target_modules), mspec.total_params(),
-               time.time() - started)
+        finish(spec, prepared, time.time() - started)
 
 
 def main(spec: RunSpec, args) -> None:
     if args.render_only:
-        from .core.mf_config import dump
-
-        prepared = prepare(spec)
-        path = spec.job_dir("train") / "mindformers.yaml"
-        atomic_write_text(path, dump(prepared["config"]))
-        print(path)
+        render(spec)
+        print(spec.job_dir("train") / "mindformers.yaml")
         return
     train(spec, args)
 

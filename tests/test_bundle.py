@@ -56,6 +56,15 @@ def verify_here(sub: Path, capsys, *args: str) -> tuple[int, list[str]]:
     return code, [l.strip() for l in out.splitlines() if l.strip().startswith("FAIL")]
 
 
+def forged_and_failing(sub: Path, capsys) -> str:
+    """List the edited files' new checksums (covering the tracks), run verify, which must fail (exit 1),
+    and return its FAIL lines."""
+    rewrite_sums(sub)
+    code, fails = verify_here(sub, capsys)
+    assert code == 1
+    return "\n".join(fails)
+
+
 def tampered_copy(bundled: dict, tmp_path: Path) -> Path:
     dst = tmp_path / "submission"
     shutil.copytree(bundled["sub"], dst)  # copies data: the original's hard links are never touched
@@ -432,10 +441,7 @@ def test_verify_accepts_the_edited_run_and_catches_a_wrong_choice(decided, tmp_p
     results["chosen"].update(model=names[3], step=decided["steps"][2])
     next(r for r in results["checkpoints"] if r["model"] == names[3])["passes_retention"] = True
     (sub / "results.json").write_text(json.dumps(results, indent=2))
-    rewrite_sums(sub)
-    code, fails = verify_here(sub, capsys)
-    assert code == 1
-    text = "\n".join(fails)
+    text = forged_and_failing(sub, capsys)
     assert (f"results.json {names[3]} passes_retention = True; its SQuAD F1/EM (50.00/50.00) against the base's "
             f"(62.50/62.50) give False") in text
     assert f"results.json chooses {names[3]!r}; by its rule (score among retention passes) the logs choose " \
@@ -513,10 +519,7 @@ def test_verify_rescores_the_mcq_letters(mcq_bundled, tmp_path, capsys):
     # the Chinese answer now names another letter; its recorded verdict (right) no longer holds
     preds[1]["answer"] = f"答案是：{OTHER[preds[1]['reference']]}"
     _rewrite_jsonl(f, preds)
-    rewrite_sums(sub)
-    code, fails = verify_here(sub, capsys)
-    assert code == 1
-    text = "\n".join(fails)
+    text = forged_and_failing(sub, capsys)
     assert (f"logs/evaluate/{name}/predictions.jsonl: the recorded verdict differs from the contest rule on "
             f"line(s) [{preds[1]['line']}]") in text
     assert f"logs/evaluate/{name}/scores.json accuracy_strict = {2 / 6}, its predictions give {1 / 6}" in text

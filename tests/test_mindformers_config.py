@@ -29,9 +29,7 @@ def rendered(recipe: str, tmp_path: Path, *overrides: str) -> tuple[object, dict
     rows = 40 * spec.train.batch_size
     plan = plan_steps(rows, spec)
     cfg = render_train_config(spec, data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
-                              total_steps=plan["total_steps"], steps_per_epoch=plan["batches_per_epoch"],
-                              checkpoint_steps=plan["checkpoint_steps"], base_checkpoint=tmp_path / "base.ckpt",
-                              answer_capacity=24)
+                              plan=plan, base_checkpoint=tmp_path / "base.ckpt", answer_capacity=24)
     return spec, plan, cfg
 
 
@@ -154,9 +152,9 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
     config for the chosen checkpoint; the registered classes. verify loads both with MindFormerConfig
     and fails a predict.yaml whose checkpoint is not in the submission."""
     from conftest import run_job
+    from test_bundle import rewrite_sums
 
     import jobs.verify as verify_mod
-    from jobs.core import bundle_lib as bl
 
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run["run_dir"], runs / "tiny", ignore=shutil.ignore_patterns("submission"))
@@ -177,8 +175,7 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
 
     predict["load_checkpoint"] = "../checkpoints/step-999999/model.ckpt"
     (sub / "mindformers" / "predict.yaml").write_text(dump(predict))
-    rels = [r for r in bl.files_under(sub) if r != bl.SUMS_FILE]
-    (sub / bl.SUMS_FILE).write_text(bl.format_sha256sums(bl.hash_files(sub, rels)))
+    rewrite_sums(sub)
     assert verify_mod.main([str(sub)]) == 1
     out = capsys.readouterr().out
     assert "predict.yaml: load_checkpoint '../checkpoints/step-999999/model.ckpt' is not a file" in out

@@ -59,16 +59,17 @@ def uses_extensions(spec) -> bool:
         and topo.pipeline_stage == 1
 
 
-def render_train_config(spec, *, data_files: list[Path], out_dir: Path, total_steps: int,
-                        steps_per_epoch: int, checkpoint_steps: list[int], base_checkpoint: Optional[Path],
-                        answer_capacity: int = 0, seq_length: Optional[int] = None) -> dict:
+def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: dict,
+                        base_checkpoint: Optional[Path], answer_capacity: int = 0,
+                        seq_length: Optional[int] = None) -> dict:
     """MindFormers' finetune config for this run.
 
     data_files: prep's MindRecord (or train's packed one); out_dir: the train job's folder (MindFormers'
-    output_dir: checkpoint/, checkpoint_trainable/, log/); total_steps / steps_per_epoch /
-    checkpoint_steps: the plan (train.plan_steps); answer_capacity: the most loss-counted positions in
+    output_dir: checkpoint/, checkpoint_trainable/, log/); plan: train.plan_steps (total_steps,
+    batches_per_epoch, warmup_steps, checkpoint_steps); answer_capacity: the most loss-counted positions in
     any row (0: LM head on every position)."""
     t, lora = spec.train, spec.lora
+    total_steps, steps_per_epoch = plan["total_steps"], plan["batches_per_epoch"]
     mspec = get_model_spec(spec.model.name)
     topo = topology(spec)
     seq = seq_length or spec.data.seq_length
@@ -102,7 +103,6 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, total_st
                "python_multiprocessing": False, "drop_remainder": True, "batch_size": per_worker_batch,
                "repeat": 1, "numa_enable": False, "prefetch_size": 1}
 
-    warmup = int(round(t.warmup_ratio * total_steps))
     wrapper = _registered("TuneboxTrainOneStepCell") if cpu else {"type": "MFTrainOneStepCell"}
     wrapper.update({"scale_sense": 1.0, "use_clip_grad": t.max_grad_norm > 0,
                     "max_grad_norm": float(t.max_grad_norm or 1.0)})
@@ -130,7 +130,7 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, total_st
         "runner_config": {"epochs": epochs, "batch_size": per_worker_batch, "sink_mode": False, "sink_size": 1,
                           "gradient_accumulation_steps": t.grad_accum},
         "optimizer": {"type": "AdamW", "betas": [0.9, 0.999], "eps": 1.0e-8, "weight_decay": t.weight_decay},
-        "lr_schedule": {"type": "CosineWithWarmUpLR", "learning_rate": t.lr, "warmup_steps": warmup,
+        "lr_schedule": {"type": "CosineWithWarmUpLR", "learning_rate": t.lr, "warmup_steps": plan["warmup_steps"],
                         "lr_end": t.lr * t.min_lr_ratio, "total_steps": total_steps},
         "train_dataset": dataset,
         "train_dataset_task": {"type": "CausalLanguageModelDataset", "dataset_config": dataset},
@@ -151,7 +151,7 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, total_st
              "save_checkpoint_steps": t.save_state_every, "keep_checkpoint_max": 2,
              "integrated_save": parallel_mode == 0, "async_save": False},
             {**_registered("TuneboxLoraCheckpoints"), "directory": str(out_dir), "prefix": CHECKPOINT_PREFIX,
-             "planned_steps": list(checkpoint_steps), "steps_per_epoch": steps_per_epoch},
+             "planned_steps": list(plan["checkpoint_steps"]), "steps_per_epoch": steps_per_epoch},
             {**_registered("TuneboxLossLog"), "path": str(out_dir / "loss.jsonl"), "total_steps": total_steps,
              "steps_per_epoch": steps_per_epoch},
         ],

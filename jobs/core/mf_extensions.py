@@ -285,6 +285,14 @@ def _global_step(cb) -> int:
     return int(np.asarray(optimizer.global_step.asnumpy()).reshape(-1)[0])
 
 
+def lora_checkpoint_path(directory: str, prefix: str, step: int, steps_per_epoch: int, rank: int = 0) -> str:
+    """Where the LoRA file of global step `step` goes, named as MindFormers' CheckpointMonitor names its
+    trainable-parameter files (epoch 1-based, step within the epoch)."""
+    epoch, within = divmod(step - 1, max(1, int(steps_per_epoch)))
+    return os.path.join(directory, "checkpoint_trainable", f"rank_{rank}",
+                        f"{prefix}_rank_{rank}-trainable_params-{epoch + 1}_{within + 1}.ckpt")
+
+
 def _rank() -> int:
     try:
         from mindspore.communication import get_rank
@@ -309,11 +317,6 @@ class TuneboxLoraCheckpoints(Callback):
         self.planned_steps = {int(s) for s in planned_steps}
         self.steps_per_epoch = max(1, int(steps_per_epoch))
 
-    def file_for(self, step: int, rank: int) -> str:
-        epoch, within = divmod(step - 1, self.steps_per_epoch)
-        return os.path.join(self.directory, "checkpoint_trainable", f"rank_{rank}",
-                            f"{self.prefix}_rank_{rank}-trainable_params-{epoch + 1}_{within + 1}.ckpt")
-
     def on_train_step_end(self, run_context):
         cb = run_context.original_args()
         step = _global_step(cb)
@@ -328,7 +331,7 @@ class TuneboxLoraCheckpoints(Callback):
                 # CheckpointMonitor does with integrated_save (every rank then writes the whole LoRA)
                 data = _get_merged_param_data(cb.train_network, layout, p.name, data, True)
             params.append({"name": p.name, "data": data})
-        path = self.file_for(step, _rank())
+        path = lora_checkpoint_path(self.directory, self.prefix, step, self.steps_per_epoch, _rank())
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path[:-len(".ckpt")] + ".partial.ckpt"
         ms.save_checkpoint(params, tmp)
