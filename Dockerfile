@@ -55,7 +55,7 @@ RUN mkdir -p /opt/stack-root/etc/tunebox \
  && cp /build/stack/stack.env /opt/stack-root/etc/tunebox/stack.env
 COPY pyproject.toml README* /build/src/
 RUN sh /build/build-venv.sh deps
-COPY jobs /build/src/jobs
+COPY tunebox /build/src/tunebox
 RUN sh /build/build-venv.sh tunebox
 
 # ---- final: runtime + venv + code, non-root ----------------------------------------------------
@@ -78,6 +78,7 @@ COPY images/pipeline.sh /usr/local/bin/tunebox-pipeline
 COPY images/check_submission.py /usr/local/bin/tunebox-check-submission
 COPY pyproject.toml tasks.py /app/
 COPY jobs /app/jobs
+COPY tunebox /app/tunebox
 COPY recipes /app/recipes
 # /data is the working directory and the volume: runs/, the model cache and MindFormers' ./output.
 RUN groupadd --gid ${TUNEBOX_UID} tunebox \
@@ -111,7 +112,7 @@ LABEL org.opencontainers.image.title="tunebox" \
       tunebox.mindspore="${MINDSPORE_VERSION}" \
       tunebox.mindformers="${MINDFORMERS_VERSION}" \
       tunebox.cann="${CANN_VERSION}"
-# The same facts as a file, for jobs/core/manifest.py (a process cannot read its image's labels).
+# The same facts as a file, for tunebox/manifest.py (a process cannot read its image's labels).
 # Keys are the label names (plus tunebox.image, the tag it was built as); a test checks they agree.
 RUN python -c 'import json, os; e = os.environ; json.dump({"org.opencontainers.image.title": "tunebox", "org.opencontainers.image.created": e["CREATED"], "org.opencontainers.image.licenses": e["LICENSES"], "org.opencontainers.image.version": e["VERSION"], "org.opencontainers.image.revision": e["REVISION"], "org.opencontainers.image.source": e["SOURCE"], "org.opencontainers.image.base.name": e["BASE_IMAGE"], "tunebox.stack": e["STACK"], "tunebox.python": e["PYTHON"], "tunebox.mindspore": e["MINDSPORE_VERSION"], "tunebox.mindformers": e["MINDFORMERS_VERSION"], "tunebox.cann": e["CANN_VERSION"], "tunebox.image": e["IMAGE_TAG"]}, open("/etc/tunebox/image.json", "w"), indent=1, sort_keys=True)'
 ENV TUNEBOX_IMAGE=${IMAGE_TAG}
@@ -119,4 +120,4 @@ ENV TUNEBOX_IMAGE=${IMAGE_TAG}
 USER ${TUNEBOX_UID}:${TUNEBOX_UID}
 WORKDIR /data
 ENTRYPOINT ["/usr/local/bin/tunebox-entrypoint"]
-CMD ["python", "-m", "jobs.core.manifest"]
+CMD ["python", "-m", "tunebox.manifest"]

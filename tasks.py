@@ -8,18 +8,26 @@ from __future__ import annotations
 import shlex
 import sys
 
-from invoke import Collection, Task, task
+import invoke
+from invoke import Collection, Task
 
-from jobs.core.layout import PIPELINE
+from tunebox.layout import PIPELINE
 
-DEFAULT_RECIPE = "recipes/local-smollm2.yaml"
-# The job graph, in order, as compose and the Kubernetes Job run it: declared in jobs/core/layout.py.
+DEFAULT_CONFIG = "recipes/local-smollm2.yaml"
+# The job graph, in order, as compose and the Kubernetes Job run it: declared in tunebox/layout.py.
 PIPELINE_STEPS = PIPELINE
 PY = shlex.quote(sys.executable)
 
 
-def _job(c, name: str, recipe: str, overrides: list[str] | None = None, extra: str = ""):
-    cmd = f"{PY} -m jobs.{name} --config {shlex.quote(recipe)}"
+def task(*args, **kwargs):
+    """invoke's @task without automatic short flags: they would make -s mean --set in one task and
+    --stage, --stack or --submission in others. Every task takes --config SPEC.yaml for a run spec."""
+    kwargs.setdefault("auto_shortflags", False)
+    return invoke.task(*args, **kwargs)
+
+
+def _job(c, name: str, config: str, overrides: list[str] | None = None, extra: str = ""):
+    cmd = f"{PY} -m jobs.{name} --config {shlex.quote(config)}"
     for ov in overrides or []:
         cmd += f" --set {shlex.quote(ov)}"
     if extra:
@@ -27,55 +35,55 @@ def _job(c, name: str, recipe: str, overrides: list[str] | None = None, extra: s
     return c.run(cmd, pty=False, echo=True)
 
 
-_SET_HELP = {"recipe": "run spec YAML (default: the local SmolLM2 recipe)",
+_SET_HELP = {"config": "run spec YAML (default: the local SmolLM2 recipe)",
              "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)"}
 
 
 @task(help=_SET_HELP, iterable=["set"])
-def weights(c, recipe=DEFAULT_RECIPE, set=None):
+def weights(c, config=DEFAULT_CONFIG, set=None):
     """The base model into the cache: fetch model.source (sha256-checked) and convert, or build; skipped when present."""
-    _job(c, "weights", recipe, set)
+    _job(c, "weights", config, set)
 
 
 @task(help=_SET_HELP, iterable=["set"])
-def prep(c, recipe=DEFAULT_RECIPE, set=None):
+def prep(c, config=DEFAULT_CONFIG, set=None):
     """Raw contest JSONL -> validated, tokenized MindRecord train/held-out split."""
-    _job(c, "prep", recipe, set)
+    _job(c, "prep", config, set)
 
 
 @task(help=_SET_HELP, iterable=["set"])
-def train(c, recipe=DEFAULT_RECIPE, set=None):
+def train(c, config=DEFAULT_CONFIG, set=None):
     """LoRA training with MindFormers (resumes from its last checkpoint); 5 evenly spaced checkpoints."""
-    _job(c, "train", recipe, set)
+    _job(c, "train", config, set)
 
 
 @task(help=_SET_HELP, iterable=["set"])
-def mindformers_yaml(c, recipe=DEFAULT_RECIPE, set=None):
+def mindformers_yaml(c, config=DEFAULT_CONFIG, set=None):
     """Render runs/<id>/train/mindformers.yaml (the MindFormers finetune config train runs) without training.
 
     Needs prep's output (the data files and the answer-only head's size come from it). Run it with stock
-    MindFormers: REGISTER_PATH=jobs/core python run_mindformer.py --config runs/<id>/train/mindformers.yaml
+    MindFormers: REGISTER_PATH=tunebox/model python run_mindformer.py --config runs/<id>/train/mindformers.yaml
     (README, "MindFormers YAML")."""
-    _job(c, "train", recipe, set, extra="--render-only")
+    _job(c, "train", config, set, extra="--render-only")
 
 
 @task(help=_SET_HELP, iterable=["set"])
-def merge(c, recipe=DEFAULT_RECIPE, set=None):
+def merge(c, config=DEFAULT_CONFIG, set=None):
     """Each LoRA checkpoint -> a full merged MindFormers checkpoint (W + alpha/r * B A)."""
-    _job(c, "merge", recipe, set)
+    _job(c, "merge", config, set)
 
 
-@task(name="eval", help=_SET_HELP, iterable=["set"])
-def evaluate(c, recipe=DEFAULT_RECIPE, set=None):
+@task(help=_SET_HELP, iterable=["set"])
+def evaluate(c, config=DEFAULT_CONFIG, set=None):
     """Greedy generation on the held-out rows; contest accuracy for the base model and every checkpoint."""
-    _job(c, "evaluate", recipe, set)
+    _job(c, "evaluate", config, set)
 
 
 @task(help=dict(_SET_HELP, out="submission folder (default runs/<run_id>/submission; same filesystem = hard links)"),
       iterable=["set"])
-def bundle(c, recipe=DEFAULT_RECIPE, set=None, out=""):
-    """A finished run (same recipe and --set as its jobs) -> the contest submission folder, checksummed."""
-    _job(c, "bundle", recipe, set, extra=f"--out {shlex.quote(out)}" if out else "")
+def bundle(c, config=DEFAULT_CONFIG, set=None, out=""):
+    """A finished run (same config and --set as its jobs) -> the contest submission folder, checksummed."""
+    _job(c, "bundle", config, set, extra=f"--out {shlex.quote(out)}" if out else "")
 
 
 @task(help={"submission": "the folder bundle wrote, e.g. runs/local-smollm2/submission",
@@ -90,15 +98,15 @@ def verify(c, submission, rerun=False, image="", tolerance=""):
 
 
 @task(help=_SET_HELP, iterable=["set"])
-def pipeline(c, recipe=DEFAULT_RECIPE, set=None):
+def pipeline(c, config=DEFAULT_CONFIG, set=None):
     """weights -> prep -> train -> merge -> evaluate -> bundle on one run spec; prints the report and where it is."""
     import time
-    from jobs.core.config import load_spec
+    from tunebox.config import load_spec
 
-    spec = load_spec(recipe, set)  # fail on a bad spec before any job starts
+    spec = load_spec(config, set)  # fail on a bad spec before any job starts
     started = time.time()
     for name in PIPELINE_STEPS:
-        _job(c, name, recipe, set)
+        _job(c, name, config, set)
     report = spec.job_dir("evaluate") / "report.md"
     print("\n" + report.read_text(encoding="utf-8"))
     print(f"pipeline finished in {(time.time() - started) / 60:.1f} min; report: {report}; "
@@ -123,7 +131,7 @@ def fetch(c, url="", out="", sha256="", files="", root=""):
             "out": "with --hf-dir: where to write (default: the model's cache dir)"})
 def convert(c, model, hf_dir="", out=""):
     """Make a model's cache dir (model.ckpt + tokenizer + model.json): build tiny/SmolLM2, or convert HF safetensors."""
-    cmd = f"{PY} -m jobs.core.weights --model {shlex.quote(model)}"
+    cmd = f"{PY} -m tunebox.model.weights --model {shlex.quote(model)}"
     if hf_dir:
         cmd += f" --hf-dir {shlex.quote(hf_dir)}"
     if out:
@@ -131,13 +139,13 @@ def convert(c, model, hf_dir="", out=""):
     c.run(cmd, pty=False, echo=True)
 
 
-@task(help={"recipe": "also record this run spec's hash and content",
+@task(help={"config": "also record this run spec's hash and content",
             "out": "write the JSON to this file instead of printing it"})
-def env(c, recipe="", out=""):
+def env(c, config="", out=""):
     """This machine's environment manifest as JSON: OS, CPU, NPUs, driver/CANN, packages, git, image."""
-    cmd = f"{PY} -m jobs.core.manifest"
-    if recipe:
-        cmd += f" --spec {shlex.quote(recipe)}"
+    cmd = f"{PY} -m tunebox.manifest"
+    if config:
+        cmd += f" --config {shlex.quote(config)}"
     if out:
         cmd += f" --out {shlex.quote(out)}"
     c.run(cmd, pty=False)
@@ -168,17 +176,17 @@ def profile(c, file, tokenizer="", out=""):
     c.run(cmd, pty=False, echo=True)
 
 
-@task(help={"recipe": "take model, stage, LoRA and workload from this run spec", "model": "registry name",
+@task(help={"config": "take model, stage, LoRA and workload from this run spec", "model": "registry name",
             "stage": "1 or 2 (which contest score)", "ranks": "candidate ranks, e.g. 1,2,4,8,16,32",
             "cards": "NPUs", "rows": "training rows", "seq": "padded sequence length", "epochs": "epochs",
             "batch": "global batch", "mfu": "assumed MFU, a fraction (default: calibrated on the contest's 6 h run)",
             "measured_step_s": "a measured step time in seconds, used instead of the model",
             "baseline_accuracy": "the baseline's accuracy (default: the contest's)", "json": "JSON output"})
-def plan(c, recipe="", model="", stage=0, ranks="", cards=0, rows=0, seq=0, epochs=0.0, batch=0, mfu=0.0,
+def plan(c, config="", model="", stage=0, ranks="", cards=0, rows=0, seq=0, epochs=0.0, batch=0, mfu=0.0,
          measured_step_s=0.0, baseline_accuracy=-1.0, json=False):
     """Before training: trainable params, ratio and break-even accuracy per LoRA rank/targets; Ascend step and wall time."""
     args = []
-    for flag, value in (("--recipe", recipe), ("--model", model), ("--stage", stage), ("--ranks", ranks),
+    for flag, value in (("--config", config), ("--model", model), ("--stage", stage), ("--ranks", ranks),
                         ("--cards", cards), ("--rows", rows), ("--seq", seq), ("--epochs", epochs),
                         ("--batch", batch), ("--mfu", mfu), ("--measured-step-s", measured_step_s)):
         if value:
@@ -201,7 +209,7 @@ def test(c, fast=False, k=""):
 
 # ---- containers and Kubernetes: `invoke image.build`, `invoke k8s.render`, `invoke compose.up` ----
 # Namespaced, so these need an explicit `ns` (end of file). The logic lives in images/build.py,
-# images/compose_up.py and jobs/core/render.py; these tasks only build the command.
+# images/compose_up.py and tunebox/deploy/k8s.py; these tasks only build the command.
 
 _REPO_DIR = str(__import__("pathlib").Path(__file__).resolve().parent)
 
@@ -244,15 +252,15 @@ def image_lock(c, stack="cpu-ms2.9"):
     _in_repo(c, f"{PY} -m images.build lock --stack {shlex.quote(stack)}")
 
 
-_K8S_HELP = {"spec": "run spec YAML (the single source: run_id, device, workers)",
+_K8S_HELP = {"config": "run spec YAML (the single source: run_id, device, workers)",
              "overlay": "local-cpu, ascend-4card, multi-node (Indexed Job) or ascend-job (Huawei's AscendJob)",
              "image": "image reference (default tunebox:VERSION-STACK for the spec's device)",
              "namespace": "Kubernetes namespace", "set": "extra spec override, also passed to the pods (repeatable)",
              "out": "output file (default build/k8s/RUN_ID.OVERLAY.yaml)"}
 
 
-def _render_cmd(spec, overlay, image, namespace, set, out):
-    cmd = f"{PY} -m jobs.core.render --spec {shlex.quote(spec)} --overlay {shlex.quote(overlay)}"
+def _render_cmd(config, overlay, image, namespace, set, out):
+    cmd = f"{PY} -m tunebox.deploy.k8s --config {shlex.quote(config)} --overlay {shlex.quote(overlay)}"
     cmd += f" --image {shlex.quote(image)}" if image else ""
     cmd += f" --namespace {shlex.quote(namespace)}" if namespace else ""
     cmd += "".join(f" --set {shlex.quote(o)}" for o in set or [])
@@ -260,18 +268,18 @@ def _render_cmd(spec, overlay, image, namespace, set, out):
 
 
 @task(name="render", help=_K8S_HELP, iterable=["set"])
-def k8s_render(c, spec=DEFAULT_RECIPE, overlay="local-cpu", image="", namespace="", set=None, out=""):
+def k8s_render(c, config=DEFAULT_CONFIG, overlay="local-cpu", image="", namespace="", set=None, out=""):
     """Render the run's Kubernetes manifests from its spec with kubectl kustomize (k8s/overlays/OVERLAY)."""
-    _in_repo(c, _render_cmd(spec, overlay, image, namespace, set, out))
+    _in_repo(c, _render_cmd(config, overlay, image, namespace, set, out))
 
 
 @task(name="apply", help=dict(_K8S_HELP, dry_run="kubectl apply --dry-run=server (the cluster checks, nothing runs)"),
       iterable=["set"])
-def k8s_apply(c, spec=DEFAULT_RECIPE, overlay="local-cpu", image="", namespace="", set=None, out="", dry_run=False):
+def k8s_apply(c, config=DEFAULT_CONFIG, overlay="local-cpu", image="", namespace="", set=None, out="", dry_run=False):
     """Render, then kubectl apply the run's manifests (the claims, the spec ConfigMap, the Job)."""
     import json as _json
 
-    plan = _json.loads(_in_repo(c, _render_cmd(spec, overlay, image, namespace, set, out) + " --json").stdout
+    plan = _json.loads(_in_repo(c, _render_cmd(config, overlay, image, namespace, set, out) + " --json").stdout
                        .strip().splitlines()[-1])
     ns_flag = f" -n {shlex.quote(namespace)}" if namespace else ""
     c.run(f"kubectl apply{ns_flag} -f {shlex.quote(plan['output'])}" + (" --dry-run=server" if dry_run else ""),
@@ -281,13 +289,13 @@ def k8s_apply(c, spec=DEFAULT_RECIPE, overlay="local-cpu", image="", namespace="
               f"wait: kubectl{ns_flag} wait --for=condition=complete --timeout=24h job/{plan['job']}")
 
 
-@task(name="up", help={"recipe": "run spec YAML (default recipes/tiny.yaml)", "profile": "cpu or ascend",
+@task(name="up", help={"config": "run spec YAML (default recipes/tiny.yaml)", "profile": "cpu or ascend",
                        "until": "last step to run (prep, train, merge, evaluate, bundle)",
                        "image": "image tag (default tunebox:VERSION-STACK for the spec's device)",
                        "fresh": "delete this run's folder in the data volume first (default: resume what is there)"})
-def compose_up(c, recipe="recipes/tiny.yaml", profile="cpu", until="bundle", image="", fresh=False):
+def compose_up(c, config="recipes/tiny.yaml", profile="cpu", until="bundle", image="", fresh=False):
     """docker-compose up the job graph for one spec, then report every service's exit code (exit 0 only if all 0)."""
-    _in_repo(c, f"{PY} -m images.compose_up --recipe {shlex.quote(recipe)} --profile {shlex.quote(profile)}"
+    _in_repo(c, f"{PY} -m images.compose_up --config {shlex.quote(config)} --profile {shlex.quote(profile)}"
                 f" --until {shlex.quote(until)}" + (f" --image {shlex.quote(image)}" if image else "")
                 + (" --fresh" if fresh else ""))
 
@@ -297,7 +305,7 @@ def compose_up(c, recipe="recipes/tiny.yaml", profile="cpu", until="bundle", ima
                           "budget_gb": "most disk used at once (default 40)", "no_doc": "do not append to docs/BENCHMARKS.md"})
 def bench_merge(c, dir="", sizes="", budget_gb="", no_doc=False):
     """Streamed LoRA merge on Llama3-8B-shaped checkpoints: peak RSS and GB/s vs the disk's own speed."""
-    cmd = f"{PY} -m jobs.bench_merge" + (f" --dir {shlex.quote(dir)}" if dir else "")
+    cmd = f"{PY} -m benches.bench_merge" + (f" --dir {shlex.quote(dir)}" if dir else "")
     cmd += (f" --sizes {shlex.quote(sizes)}" if sizes else "") + (f" --budget-gb {float(budget_gb)}" if budget_gb else "")
     _in_repo(c, cmd + (" --no-doc" if no_doc else ""))
 
@@ -309,7 +317,7 @@ def bench_merge(c, dir="", sizes="", budget_gb="", no_doc=False):
                          "out": "markdown file to append the section to (default docs/BENCHMARKS.md)"})
 def bench_eval(c, prompts=40, max_new=32, math_rows=100, squad_rows=100, out=""):
     """SmolLM2 evaluation speed: KV-cache batched vs no-cache decoding (identical outputs), and the evaluate job on math + SQuAD."""
-    cmd = (f"{PY} -m jobs.bench_eval --prompts {int(prompts)} --max-new {int(max_new)} --math-rows {int(math_rows)}"
+    cmd = (f"{PY} -m benches.bench_eval --prompts {int(prompts)} --max-new {int(max_new)} --math-rows {int(math_rows)}"
            f" --squad-rows {int(squad_rows)}" + (f" --out {shlex.quote(out)}" if out else ""))
     _in_repo(c, cmd)
 
@@ -318,25 +326,25 @@ def bench_eval(c, prompts=40, max_new=32, math_rows=100, squad_rows=100, out="")
                          "keep": "keep the data and outputs under this directory", "no_doc": "do not append to docs/BENCHMARKS.md"})
 def bench_prep(c, rows=800_000, workers=2, keep="", no_doc=False):
     """Prep at contest scale: generated rows -> MindRecord, a plain single-process loop vs jobs.prep (time, CPU, peak RSS)."""
-    cmd = f"{PY} -m jobs.bench_prep prep --rows {int(rows)} --workers {int(workers)}"
+    cmd = f"{PY} -m benches.bench_prep prep --rows {int(rows)} --workers {int(workers)}"
     _in_repo(c, cmd + (f" --keep {shlex.quote(keep)}" if keep else "") + (" --no-doc" if no_doc else ""))
 
 
 @task(name="generate", help={"rows": "rows to generate (default 800000)", "no_doc": "do not append to docs/BENCHMARKS.md"})
 def bench_generate(c, rows=800_000, no_doc=False):
     """jobs.generate speed at contest scale, with one worker and with one per core."""
-    _in_repo(c, f"{PY} -m jobs.bench_prep generate --rows {int(rows)}" + (" --no-doc" if no_doc else ""))
+    _in_repo(c, f"{PY} -m benches.bench_prep generate --rows {int(rows)}" + (" --no-doc" if no_doc else ""))
 
 
-@task(name="train", help={"recipe": "run spec both sides train (default: the local SmolLM2 recipe)",
+@task(name="train", help={"config": "run spec both sides train (default: the local SmolLM2 recipe)",
                           "steps": "measured steps per side, after 1 warm-up step (default 12)",
                           "repeats": "run both sides this many times, alternating the order (default 1)",
                           "keep": "work in this folder and keep it (logs, bench_train.json)",
                           "packed": "also run tunebox with train.packing at SEQxBATCH (default 256x4; 'no' skips it)",
                           "no_doc": "do not append to docs/BENCHMARKS.md"})
-def bench_train(c, recipe=DEFAULT_RECIPE, steps=12, repeats=1, keep="", packed="256x4", no_doc=False):
+def bench_train(c, config=DEFAULT_CONFIG, steps=12, repeats=1, keep="", packed="256x4", no_doc=False):
     """LoRA training speed and memory: tunebox's train job vs PyTorch + transformers + PEFT on the same batches."""
-    cmd = (f"{PY} -m jobs.bench_train --recipe {shlex.quote(recipe)} --steps {int(steps)} --repeats {int(repeats)}"
+    cmd = (f"{PY} -m benches.bench_train --config {shlex.quote(config)} --steps {int(steps)} --repeats {int(repeats)}"
            f" --packed {shlex.quote(packed)}")
     _in_repo(c, cmd + (f" --keep {shlex.quote(keep)}" if keep else "") + (" --no-append" if no_doc else ""))
 

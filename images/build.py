@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from jobs.core.cli import guarded
-from jobs.core.io import InputError
-from jobs.core.render import image_tags, project_version
+from tunebox.cli import guarded
+from tunebox.io import InputError
+from tunebox.deploy.k8s import image_tags, project_version
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO_ROOT / "images"

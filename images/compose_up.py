@@ -1,6 +1,6 @@
 """Run docker-compose.yml's job graph for one run spec and report every service's exit code.
 
-    python -m images.compose_up [--recipe recipes/tiny.yaml] [--profile cpu|ascend] [--until STEP]
+    python -m images.compose_up [--config recipes/tiny.yaml] [--profile cpu|ascend] [--until STEP]
                                 [--image TAG]
 
 Why this wrapper: `docker-compose up --abort-on-container-exit` (or --exit-code-from) stops the
@@ -28,16 +28,16 @@ from typing import Optional
 
 import yaml
 
-from jobs.core.config import load_spec
-from jobs.core.cli import guarded
-from jobs.core.io import InputError
-from jobs.core.layout import PIPELINE
-from jobs.core.render import STACK_FOR_DEVICE, host_data_root, image_tags
+from tunebox.config import load_spec
+from tunebox.cli import guarded
+from tunebox.io import InputError
+from tunebox.layout import PIPELINE
+from tunebox.deploy.k8s import STACK_FOR_DEVICE, host_data_root, image_tags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 PROJECT = "tunebox"
-STEPS = PIPELINE  # the job order, declared in jobs/core/layout.py
+STEPS = PIPELINE  # the job order, declared in tunebox/layout.py
 DEFAULT_RECIPE = "recipes/tiny.yaml"
 
 
@@ -168,7 +168,7 @@ def compose_up(recipe: str = DEFAULT_RECIPE, profile: str = "cpu", until: str = 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m images.compose_up", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", default=os.environ.get("TUNEBOX_RECIPE", DEFAULT_RECIPE), help="run spec YAML")
+    parser.add_argument("--config", "-c", metavar="SPEC.yaml", default=os.environ.get("TUNEBOX_RECIPE", DEFAULT_RECIPE), help="run spec YAML")
     parser.add_argument("--profile", default="cpu", choices=["cpu", "ascend"])
     parser.add_argument("--until", default="bundle", choices=STEPS, help="last step to run (default: bundle)")
     parser.add_argument("--image", help="image tag (default: tunebox:VERSION-STACK for the spec's device)")
@@ -176,7 +176,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="delete this run's folder in the data volume first (default: resume what is there)")
     args = parser.parse_args(argv)
     from images.build import BuildFailed
-    return guarded("compose.up", lambda: compose_up(args.recipe, args.profile, args.until, args.image, args.fresh),
+    return guarded("compose.up", lambda: compose_up(args.config, args.profile, args.until, args.image, args.fresh),
                    known=(BuildFailed,), on_interrupt="containers already started keep running; see `docker compose ps`")
 
 

@@ -36,7 +36,7 @@ job_dir() {
     # Where a step writes, from the spec itself (run_id, runs_dir and any --set).
     python - "$@" <<'PY'
 import argparse, sys
-from jobs.core.config import load_spec
+from tunebox.config import load_spec
 step, argv = sys.argv[1], sys.argv[2:]
 parser = argparse.ArgumentParser()
 parser.add_argument("--config", "-c", required=True)

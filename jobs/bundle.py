@@ -46,13 +46,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from .core import bundle_lib as bl
-from .core import layout, selfcheck
-from .core.cli import run_job
-from .core.config import REPO_ROOT, RunSpec, dump_spec
-from .core.io import InputError, atomic_dir, atomic_write_json, atomic_write_text
-from .core.manifest import write_job_manifest
-from .core.models import get_model_spec, mindformers_target_regex
+from tunebox.submission import contents
+from tunebox import layout
+from tunebox.submission import selfcheck
+from tunebox.cli import run_job
+from tunebox.config import REPO_ROOT, RunSpec, dump_spec
+from tunebox.io import InputError, atomic_dir, atomic_write_json, atomic_write_text
+from tunebox.manifest import write_job_manifest
+from tunebox.model.registry import get_model_spec, mindformers_target_regex
 
 log = logging.getLogger("tunebox.bundle")
 
@@ -86,7 +87,7 @@ def check_spec_matches_run(spec: RunSpec, manifests: dict[str, dict]) -> None:
     for job, manifest in manifests.items():
         if manifest.get("spec_hash") == mine:
             continue
-        diff = bl.spec_differences(manifest.get("spec") or {}, spec)
+        diff = contents.spec_differences(manifest.get("spec") or {}, spec)
         if diff:
             problems.append(f"{job} ran with spec {manifest.get('spec_hash')} (this one is {mine}): "
                             + "; ".join(diff[:6]) + " (as run != given)")
@@ -101,9 +102,9 @@ def check_spec_matches_run(spec: RunSpec, manifests: dict[str, dict]) -> None:
 def merged_checkpoints(spec: RunSpec, train_index: dict, merge_index: dict) -> list[dict]:
     """The planned checkpoints, each merged: [{step, train_loss, path, sha256}] in step order."""
     planned = train_index.get("planned") or []
-    if len(planned) != bl.NUM_CHECKPOINTS:
-        raise InputError(f"train planned {len(planned)} checkpoints; the contest asks for {bl.NUM_CHECKPOINTS} "
-                         f"evenly spaced ones (train.num_checkpoints: {bl.NUM_CHECKPOINTS})",
+    if len(planned) != contents.NUM_CHECKPOINTS:
+        raise InputError(f"train planned {len(planned)} checkpoints; the contest asks for {contents.NUM_CHECKPOINTS} "
+                         f"evenly spaced ones (train.num_checkpoints: {contents.NUM_CHECKPOINTS})",
                          spec.run_dir / layout.TRAIN_INDEX)
     merged = {e["step"]: e for e in merge_index.get("checkpoints", [])}
     missing = [s for s in planned if s not in merged]
@@ -166,12 +167,12 @@ def portable_finetune_config(config: dict, run_dir: Path) -> dict:
 def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int) -> None:
     import yaml
 
-    from .core.mf_config import EXTENSIONS_FILE, dump, render_predict_config
+    from tunebox.model.mf_config import EXTENSIONS_FILE, dump, render_predict_config
 
     folder.mkdir()
     as_run = yaml.safe_load((spec.job_dir("train") / "mindformers.yaml").read_text(encoding="utf-8"))
     atomic_write_text(folder / "finetune.yaml", dump(portable_finetune_config(as_run, spec.run_dir)))
-    checkpoint = f"../{bl.checkpoint_file(chosen_step)}"
+    checkpoint = f"../{contents.checkpoint_file(chosen_step)}"
     atomic_write_text(folder / "predict.yaml", dump(render_predict_config(
         spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens)))
     shutil.copy2(EXTENSIONS_FILE, folder / EXTENSIONS_FILE.name)
@@ -205,10 +206,10 @@ def copy_logs(run_dir: Path, logs: Path) -> list[str]:
         copied.append(rel)
 
     put(run_dir / "record.jsonl", "record.jsonl")
-    for job, names in bl.LOG_SOURCES.items():
+    for job, names in contents.LOG_SOURCES.items():
         job_dir = run_dir / job
         if names is None:
-            for rel in bl.files_under(job_dir):
+            for rel in contents.files_under(job_dir):
                 path = job_dir / rel
                 if Path(rel).name.startswith("."):
                     continue
@@ -221,7 +222,7 @@ def copy_logs(run_dir: Path, logs: Path) -> list[str]:
         for name in names:
             if (job_dir / name).is_file():
                 put(job_dir / name, f"{job}/{name}")
-    for job, patterns in bl.LOG_PATTERNS.items():
+    for job, patterns in contents.LOG_PATTERNS.items():
         job_dir = run_dir / job
         for path in sorted({p for pat in patterns for p in job_dir.rglob(pat) if p.is_file()} if job_dir.is_dir() else []):
             rel = f"{job}/{path.relative_to(job_dir).as_posix()}"
@@ -234,7 +235,7 @@ def training_log_tail(run_dir: Path, lines: int = 40) -> tuple[str, list[str]]:
     """(name, last lines) of the training's log: the first worker's MindSpore/MindFormers log when
     there is one, else tunebox's own loss.jsonl (a single-process run logs to the console only)."""
     train_dir = run_dir / "train"
-    candidates = bl.training_log_candidates(train_dir) if train_dir.is_dir() else []
+    candidates = contents.training_log_candidates(train_dir) if train_dir.is_dir() else []
     source = candidates[0] if candidates else train_dir / "loss.jsonl"
     if not source.is_file():
         return "none", []
@@ -245,8 +246,8 @@ def training_log_tail(run_dir: Path, lines: int = 40) -> tuple[str, list[str]]:
 
 
 def tokenizer_files(spec: RunSpec) -> tuple[Path, Path]:
-    """The tokenizer.json and tokenizer_config.json the jobs loaded (jobs.core.data.load_tokenizer)."""
-    from .core.weights import ensure_model
+    """The tokenizer.json and tokenizer_config.json the jobs loaded (tunebox.data.samples.load_tokenizer)."""
+    from tunebox.model.weights import ensure_model
 
     tj = spec.resolve(spec.model.tokenizer) or ensure_model(spec.model.name) / "tokenizer.json"
     cfg = tj.with_name("tokenizer_config.json")
@@ -375,10 +376,10 @@ def reject_reasons(rejects: list[dict], top: int = 10) -> list[tuple[str, int, O
 def render_prompt_example(spec: RunSpec, tok, row: dict) -> tuple[str, int, int]:
     """One held-out row formatted as a training sample is (prompt through the chat template, then
     the answer and the end-of-turn marker): (text, prompt tokens, answer tokens)."""
-    from .core import answers
-    from .core.data import Example, encode_example
-    from .core.prompts import spec_prompt
-    from .core.scoring import math_family, mcq_reference_output
+    from tunebox.data import answers
+    from tunebox.data.samples import Example, encode_example
+    from tunebox.data.prompts import spec_prompt
+    from tunebox.contest.scoring import math_family, mcq_reference_output
 
     if spec.data.format == "math":
         family = math_family(row["prompt"])
@@ -472,15 +473,15 @@ def render_algorithm(spec: RunSpec, *, stats: dict, profile: Optional[dict], rej
 
     # ---- prompt ----
     text, n_prompt, n_answer = prompt_example
-    template = (f"The model's chat template (`jobs.core.tokenizer`), system prompt "
+    template = (f"The model's chat template (`tunebox.data.tokenizer`), system prompt "
                 f"{'`' + d.system_prompt + '`' if d.system_prompt else 'the template default'}" if d.template == "chat"
-                else f"data.template `{d.template}` (`jobs.core.prompts`)")
+                else f"data.template `{d.template}` (`tunebox.data.prompts`)")
     L += ["## Prompt template", "",
-          f"{template}; training answers in data.answer_format `{d.answer_format}` (`jobs.core.answers`). "
+          f"{template}; training answers in data.answer_format `{d.answer_format}` (`tunebox.data.answers`). "
           f"One held-out row as a "
           f"training sample: the first {n_prompt} tokens (through the assistant header) carry no loss; the "
           f"{n_answer} answer tokens after it, end-of-turn marker included, are the only ones trained on. "
-          f"Evaluation sends the same prompt and decodes greedily.", "", bl.fence(text), ""]
+          f"Evaluation sends the same prompt and decodes greedily.", "", contents.fence(text), ""]
 
     # ---- schedule ----
     planned = train_index.get("planned") or summary.get("checkpoint_steps") or []
@@ -536,11 +537,11 @@ def render_algorithm(spec: RunSpec, *, stats: dict, profile: Optional[dict], rej
 # ---- the job -------------------------------------------------------------------------------
 
 def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
-    from .core.data import load_tokenizer
+    from tunebox.data.samples import load_tokenizer
 
     started = time.time()
     run_dir = spec.run_dir
-    manifests = {job: _read_json(spec.job_dir(job) / "manifest.json", f"{job}'s manifest") for job in bl.JOBS}
+    manifests = {job: _read_json(spec.job_dir(job) / "manifest.json", f"{job}'s manifest") for job in contents.JOBS}
     check_spec_matches_run(spec, manifests)
     if not (run_dir / "record.jsonl").is_file():
         raise InputError("record.jsonl not found: is this a run folder?", run_dir / "record.jsonl")
@@ -554,14 +555,14 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
     checkpoints = merged_checkpoints(spec, train_index, merge_index)
 
     scores = {}
-    for name in ["base"] + [bl.model_dir_name(c["step"]) for c in checkpoints]:
+    for name in ["base"] + [contents.model_dir_name(c["step"]) for c in checkpoints]:
         f = spec.job_dir("evaluate") / name / "scores.json"
         if f.exists():
             scores[name] = _read_json(f, f"evaluate's scores of {name}")
         elif name != "base":
             raise InputError(f"{name} was not evaluated: run evaluate with eval.checkpoints: all", f)
 
-    out = Path(out) if out else run_dir / bl.SUBMISSION_DIR
+    out = Path(out) if out else run_dir / contents.SUBMISSION_DIR
     tok = load_tokenizer(spec)
     heldout = _read_jsonl(spec.job_dir("prep") / "heldout.jsonl")
     if not heldout:
@@ -574,11 +575,11 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         # checkpoints first: hashing them is the long part, and a mismatch should stop us early
         modes = Counter()
         for c in checkpoints:
-            modes[link_or_copy(c["path"], tmp / bl.checkpoint_file(c["step"]))] += 1
-        hashes = bl.hash_files(tmp, [bl.checkpoint_file(c["step"]) for c in checkpoints], desc="hash checkpoints")
+            modes[link_or_copy(c["path"], tmp / contents.checkpoint_file(c["step"]))] += 1
+        hashes = contents.hash_files(tmp, [contents.checkpoint_file(c["step"]) for c in checkpoints], desc="hash checkpoints")
         for c in checkpoints:
-            name = bl.model_dir_name(c["step"])
-            actual = hashes[bl.checkpoint_file(c["step"])]
+            name = contents.model_dir_name(c["step"])
+            actual = hashes[contents.checkpoint_file(c["step"])]
             recorded = {"merge/index.json": c["sha256"], f"evaluate/{name}/scores.json": scores[name].get("checkpoint_sha256")}
             for where, sha in recorded.items():
                 if sha and sha != actual:
@@ -597,7 +598,7 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
 
         accuracies = {name: {k: s.get(k) for k in ("n", "accuracy_strict", "accuracy_tolerant")}
                       for name, s in scores.items()}
-        results = bl.build_results(run_id=spec.run_id, stage=spec.stage, fmt=spec.data.format,
+        results = contents.build_results(run_id=spec.run_id, stage=spec.stage, fmt=spec.data.format,
                                    model_name=spec.model.name, rank=spec.lora.rank,
                                    target_modules=spec.lora.target_modules, report=report, accuracies=accuracies,
                                    checkpoints=checkpoints, code=code)
@@ -613,30 +614,30 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
                         results["chosen"]["reason"])
         atomic_write_json(tmp / "results.json", results)
         # predict.yaml names a checkpoint even when none is valid: then the highest score, as the reason says
-        chosen = bl.step_of_dir(results["chosen"]["model"] or results["chosen"]["highest_score"] or "") \
+        chosen = contents.step_of_dir(results["chosen"]["model"] or results["chosen"]["highest_score"] or "") \
             or checkpoints[-1]["step"]
         write_mindformers_files(spec, tmp / "mindformers", chosen)
         log_name, log_tail = training_log_tail(run_dir)
         selfcheck.render(tmp / selfcheck.FILE, results=results, results_bytes=(tmp / "results.json").read_bytes(),
                          rank=spec.lora.rank, commit=code.get("commit"), code_note=code["note"],
                          log_name=log_name, log_tail=log_tail)
-        env = bl.environment_record(manifests)
+        env = contents.environment_record(manifests)
         atomic_write_json(tmp / "environment.json", env)
-        atomic_write_text(tmp / "ENVIRONMENT.md", bl.render_environment(env))
+        atomic_write_text(tmp / "ENVIRONMENT.md", contents.render_environment(env))
         atomic_write_text(tmp / "ALGORITHM.md", render_algorithm(
             spec, stats=stats, profile=profile, rejects=rejects,
             prompt_example=render_prompt_example(spec, tok, heldout[0]), summary=summary, train_index=train_index,
             merge_index=merge_index, train_manifest=manifests["train"], results=results))
 
-        rels = [r for r in bl.files_under(tmp) if r != bl.SUMS_FILE]
-        hashes.update(bl.hash_files(tmp, [r for r in rels if r not in hashes], desc="hash files"))
-        atomic_write_text(tmp / bl.SUMS_FILE, bl.format_sha256sums({r: hashes[r] for r in rels}))
+        rels = [r for r in contents.files_under(tmp) if r != contents.SUMS_FILE]
+        hashes.update(contents.hash_files(tmp, [r for r in rels if r not in hashes], desc="hash files"))
+        atomic_write_text(tmp / contents.SUMS_FILE, contents.format_sha256sums({r: hashes[r] for r in rels}))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it 0700; the submission is for others to read
     write_job_manifest(spec.job_dir("bundle"), "bundle", spec,
-                       inputs={job: spec.job_dir(job) / "manifest.json" for job in bl.JOBS},
-                       outputs={"SHA256SUMS": out / bl.SUMS_FILE},
+                       inputs={job: spec.job_dir(job) / "manifest.json" for job in contents.JOBS},
+                       outputs={"SHA256SUMS": out / contents.SUMS_FILE},
                        extra={"submission": str(out), "files": len(rels) + 1, "checkpoints": dict(modes),
                               "chosen": results["chosen"]["model"], "code": code["source"]}, started=started)
     log.info("submission: %s (%d files; chosen %s: %s)", out, len(rels) + 1, results["chosen"]["model"],

@@ -16,7 +16,7 @@ Outputs, under runs/<run_id>/evaluate/:
   manifest.json
 
 Generation backend (eval.backend): `numpy` is tunebox's batched greedy decoder with a KV cache
-(jobs/core/decode.py), used on CPU because MindFormers' generate() does not run there;
+(tunebox/evaluation/decode.py), used on CPU because MindFormers' generate() does not run there;
 `mindformers` is MindFormers' own generate() (the path on Ascend). `auto` picks by train.device.
 New tokens are capped per problem family at the longest training answer of that family plus a
 margin (never above eval.max_new_tokens), and at 20 for SQuAD as the contest did.
@@ -38,17 +38,17 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .core import scoring
-from .core.cli import run_job
-from .core.config import RunSpec
-from .core.contest import (RETENTION_THRESHOLD, SCORE_FORMULAS, choose_checkpoint, param_figures, retention_verdict,
+from tunebox.contest import scoring
+from tunebox.cli import run_job
+from tunebox.config import RunSpec
+from tunebox.contest.rules import (RETENTION_THRESHOLD, SCORE_FORMULAS, choose_checkpoint, param_figures, retention_verdict,
                            stage_score)
-from .core.data import load_tokenizer
-from .core.io import InputError, atomic_write_json, atomic_write_text, iter_jsonl, sha256_file
-from .core.manifest import write_job_manifest
-from .core.models import ModelSpec, get_model_spec
-from .core.prompts import spec_prompt
-from .core.tokenizer import TextTokenizer
+from tunebox.data.samples import load_tokenizer
+from tunebox.io import InputError, atomic_write_json, atomic_write_text, iter_jsonl, sha256_file
+from tunebox.manifest import write_job_manifest
+from tunebox.model.registry import ModelSpec, get_model_spec
+from tunebox.data.prompts import spec_prompt
+from tunebox.data.tokenizer import TextTokenizer
 
 log = logging.getLogger("tunebox.evaluate")
 
@@ -164,7 +164,7 @@ def longest_answers_in_samples(spec: RunSpec, tok: TextTokenizer, suffix_tokens:
     sample at a time: the answer is where the labels are, the family comes from the decoded prompt."""
     import mindspore.dataset as ds
 
-    from .core.data import IGNORE
+    from tunebox.data.samples import IGNORE
 
     record = spec.job_dir("prep") / "train.mindrecord"
     if not record.exists():
@@ -353,7 +353,7 @@ class NumpyRunner:
 
     @classmethod
     def from_checkpoint(cls, mspec: ModelSpec, ckpt: Path, batch_size: int) -> "NumpyRunner":
-        from .core.decode import NumpyLlama
+        from tunebox.evaluation.decode import NumpyLlama
 
         return cls(NumpyLlama.from_checkpoint(ckpt, mspec), batch_size)
 
@@ -361,7 +361,7 @@ class NumpyRunner:
                  desc: str = "generate", min_new_tokens: int = 0) -> list[list[int]]:
         """greedy_generate over groups of similar length, each within PREFILL_TOKEN_BUDGET padded
         tokens, so one long prompt (a SQuAD passage) does not pad a whole batch to its length."""
-        from .core.decode import greedy_generate
+        from tunebox.evaluation.decode import greedy_generate
 
         limits = list(limits)
         results: list[list[int]] = [[] for _ in prompts]
@@ -389,8 +389,8 @@ class MindFormersRunner:
     def __init__(self, mspec: ModelSpec, ckpt: Path, spec: RunSpec, seq_length: int):
         from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
 
-        from .core import mf
-        from .core.models import llama_config_kwargs
+        from tunebox.model import mf
+        from tunebox.model.registry import llama_config_kwargs
 
         mf.setup_device(spec.train.device, "graph", output_dir=spec.run_dir)
         kwargs = llama_config_kwargs(mspec, seq_length=seq_length, batch_size=spec.eval.batch_size,
@@ -548,7 +548,7 @@ def annotate(entry: dict, base: Optional[dict], figures: dict) -> dict:
 # ---- the job -------------------------------------------------------------------------------
 
 def models_to_evaluate(spec: RunSpec) -> list[dict]:
-    from .core.weights import ensure_model
+    from tunebox.model.weights import ensure_model
 
     models = []
     if spec.eval.base:
@@ -567,13 +567,13 @@ def models_to_evaluate(spec: RunSpec) -> list[dict]:
     return models
 
 
-def parse_scales(text: Optional[str]) -> list[float]:
-    """'0.25,0.5,1' -> [0.25, 0.5, 1.0]; empty/None -> []."""
+def parse_scales(text) -> list[float]:
+    """'0.25,0.5,1' or [0.25, 0.5, 1] -> [0.25, 0.5, 1.0]; empty/None -> []."""
     if not text:
         return []
     scales = []
-    for part in str(text).split(","):
-        part = part.strip()
+    for part in (text if isinstance(text, list) else str(text).split(",")):
+        part = str(part).strip()
         if not part:
             continue
         try:
@@ -588,8 +588,8 @@ def parse_scales(text: Optional[str]) -> list[float]:
 
 def merged_in_memory(spec: RunSpec, base_arrays: dict, lora_arrays: dict, scale: float):
     """The NumpyLlama of W + scale * (alpha / r) * B A, without writing a checkpoint."""
-    from .core.decode import NumpyLlama
-    from .core.lora_math import merge_lora_into_base
+    from tunebox.evaluation.decode import NumpyLlama
+    from tunebox.model.lora import merge_lora_into_base
 
     merged = merge_lora_into_base(base_arrays, lora_arrays, spec.lora.alpha, spec.lora.rank, scale)
     return NumpyLlama(merged, get_model_spec(spec.model.name), source=f"in-memory merge at scale {scale:g}")
@@ -599,7 +599,7 @@ def scale_dial(spec: RunSpec, target: dict, scales: list[float], task: HeldoutTa
                tok: TextTokenizer, backend: str, base: Optional[dict], contest: dict, out: Path) -> dict:
     """Evaluate `target` (a merged checkpoint's models_to_evaluate entry) at each LoRA scale,
     merging the trained LoRA into the base weights in memory."""
-    from .core import mf
+    from tunebox.model import mf
 
     if backend != "numpy":
         raise InputError(f"the LoRA scale dial merges in memory for the numpy backend; eval.backend is {backend}")
@@ -696,7 +696,7 @@ def na(retention: dict) -> str:
 def write_plots(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dict], choice: dict,
                 dial: Optional[dict]) -> list[str]:
     """The report's charts; returns their paths relative to `out`."""
-    from .core import plots
+    from tunebox.evaluation import plots
 
     made = []
     pdir = out / "plots"

@@ -13,9 +13,9 @@ import argparse
 import logging
 import sys
 
-from jobs.core.fetch import FetchError, fetch_file, fetch_manifest
-from jobs.core.cli import guarded
-from jobs.core.models import cache_dir
+from tunebox.fetch import FetchError, fetch_file, fetch_manifest
+from tunebox.cli import guarded
+from tunebox.model.registry import cache_dir
 
 LIST_FORMAT = """\
 list file format (YAML or JSON), relative paths land under --root:

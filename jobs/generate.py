@@ -2,7 +2,7 @@
 
 Writes DIR/part-00000.jsonl, part-00001.jsonl, ... ({"problem", "solution"} a line, serialised
 exactly like the contest's files) and DIR/generate.json (seed, arguments, rows per family and
-language, each shard's sha256). Every row comes from a template in jobs.core.mathgen, whose
+language, each shard's sha256). Every row comes from a template in tunebox.contest.mathgen, whose
 formatter reproduces the real contest labels byte for byte.
 
 Deterministic: rows are drawn in fixed blocks of BLOCK_ROWS, each block with its own generator
@@ -21,9 +21,7 @@ import json
 import logging
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from bisect import bisect
 from collections import Counter
@@ -34,9 +32,9 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from jobs.core import mathgen
-from jobs.core.cli import guarded
-from jobs.core.io import InputError, atomic_path, atomic_write_json
+from tunebox.contest import mathgen
+from tunebox.cli import guarded
+from tunebox.io import InputError, atomic_path, atomic_write_json
 
 log = logging.getLogger("tunebox.generate")
 
@@ -196,22 +194,6 @@ def generate(rows: int, out_dir: str | os.PathLike, seed: int = 0, mix: Optional
     record["small_families"] = saturated
     atomic_write_json(out_dir / "generate.json", record)
     return record
-
-
-def bench_generate(rows: int = 800_000, workers: Optional[int] = None, seed: int = 0) -> dict:
-    """Time a default-mix generation of `rows` rows into a temporary directory (removed after).
-    Called by `invoke bench.generate`; returns the figures for docs/BENCHMARKS.md."""
-    tmp = Path(tempfile.mkdtemp(prefix="tunebox-bench-generate-"))
-    try:
-        started = time.perf_counter()
-        record = generate(rows, tmp, seed=seed, workers=workers, progress=False)
-        seconds = time.perf_counter() - started
-        total_bytes = sum(s["bytes"] for s in record["shards"])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_second": round(rows / seconds),
-            "mb_written": round(total_bytes / 1e6, 1), "workers": record["workers"], "cpus": os.cpu_count(),
-            "command": f"python -m jobs.generate --rows {rows} --out DIR --seed {seed}"}
 
 
 # ---- command line -------------------------------------------------------------------------------

@@ -17,18 +17,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .core import layout
-from .core.cli import run_job
-from .core.config import RunSpec
-from .core.io import InputError, atomic_write_json, sha256_file
-from .core.manifest import write_job_manifest
-from .core.ckpt_stream import merge_streaming
+from tunebox import layout
+from tunebox.cli import run_job
+from tunebox.config import RunSpec
+from tunebox.io import InputError, atomic_write_json, sha256_file
+from tunebox.manifest import write_job_manifest
+from tunebox.model.checkpoint import merge_streaming
 
 log = logging.getLogger("tunebox.merge")
 
 
 def merge(spec: RunSpec, scale: float = 1.0) -> Path:
-    from .core.weights import ensure_model
+    from tunebox.model.weights import ensure_model
 
     train_dir = spec.job_dir("train")
     index_file = spec.run_dir / layout.TRAIN_INDEX

@@ -1,6 +1,6 @@
 """plan: what a LoRA configuration would score and cost, before any training.
 
-    python -m jobs.plan [--recipe SPEC.yaml] [--model NAME] [--stage 1|2]
+    python -m jobs.plan [--config SPEC.yaml] [--model NAME] [--stage 1|2]
                         [--cards N --rows R --seq S --epochs E --batch B] [--mfu M | --measured-step-s X]
 
 Prints two tables:
@@ -9,8 +9,8 @@ Prints two tables:
      accuracy each needs to score as much as the contest's baseline configuration;
   2. the Ascend time model: FLOPs per token, step time and wall time for the workload, from an MFU
      calibrated on the contest's reference run (or from a measured step time).
-The formulas and their assumptions are in jobs/core/budget.py and docs/STAGE2.md.
-Values not given come from --recipe when one is given, else from the stage's contest setting.
+The formulas and their assumptions are in tunebox/model/budget.py and docs/STAGE2.md.
+Values not given come from --config when one is given, else from the stage's contest setting.
 
 Exit codes: 0 ok, 2 bad arguments, 1 failure.
 """
@@ -22,10 +22,10 @@ import sys
 from dataclasses import replace
 from typing import Optional
 
-from .core import budget
-from .core.config import LoraSection, ModelSection, RunSpec
-from .core.io import InputError
-from .core.models import get_model_spec, lora_targets
+from tunebox.model import budget
+from tunebox.config import LoraSection, ModelSection, RunSpec
+from tunebox.io import InputError
+from tunebox.model.registry import get_model_spec, lora_targets
 
 # The contest's own setting per stage, used for whatever the command line and the recipe leave
 # open. Stage 1 is the reference run (90k rows). Stage 2: 27,604 rows offered (nju-websoft's
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.plan", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Exit codes: 0 ok, 2 bad arguments, 1 failure.")
-    p.add_argument("--recipe", help="take model, stage, LoRA, seq_length, batch, epochs and workers from this run spec")
+    p.add_argument("--config", "-c", metavar="SPEC.yaml", help="take model, stage, LoRA, seq_length, batch, epochs and workers from this run spec")
     p.add_argument("--model", help="registry name (default: the recipe's, else the stage's contest model)")
     p.add_argument("--stage", type=int, choices=(1, 2), help="which contest score (default: the recipe's, else by model)")
     p.add_argument("--ranks", default=",".join(map(str, budget.CANDIDATE_RANKS)), help="candidate LoRA ranks")
@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve(args) -> dict:
     """Merge command line, recipe and stage defaults into one settings dict (with where each came from)."""
     spec = None
-    if args.recipe:
-        from .core.config import load_spec
-        spec = load_spec(args.recipe)
+    if args.config:
+        from tunebox.config import load_spec
+        spec = load_spec(args.config)
     model = args.model or (spec.model.name if spec else None)
     stage = args.stage or (spec.stage if spec else None) or MODEL_STAGE.get(model or "", 1)
     defaults = STAGE_DEFAULTS[stage]
@@ -177,7 +177,7 @@ def render_time(est: budget.TimeEstimate, origins: dict, reference_mfu: float) -
 
 def render_memory(mspec, spec, origins: dict, lora_trainable: int) -> str:
     """Per-card memory of the recipe's topology (train.parallel), by part."""
-    from .core.mf_config import topology
+    from tunebox.model.mf_config import topology
 
     topo = topology(spec)
     mem = budget.card_memory(mspec, seq_length=origins["seq"][0], global_batch=origins["batch"][0],

@@ -40,14 +40,14 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from .core.cli import run_job
-from .core.config import RunSpec
-from .core.config import balance_rule
-from .core.data import (IGNORE, PARSERS, SampleEncoder, ShardedMindRecordWriter, bad_row_kind, decode_jsonl_line,
+from tunebox.cli import job_process_env, run_job
+from tunebox.config import RunSpec
+from tunebox.config import balance_rule
+from tunebox.data.samples import (IGNORE, PARSERS, SampleEncoder, ShardedMindRecordWriter, bad_row_kind, decode_jsonl_line,
                         iter_raw_lines, read_examples, train_files)
-from .core.io import InputError, atomic_dir, atomic_write_json
-from .core.manifest import write_job_manifest
-from .core.tokenizer import TextTokenizer
+from tunebox.io import InputError, atomic_dir, atomic_write_json
+from tunebox.manifest import write_job_manifest
+from tunebox.data.tokenizer import TextTokenizer
 
 log = logging.getLogger("tunebox.prep")
 
@@ -102,7 +102,7 @@ def preview(tok: TextTokenizer, input_ids: np.ndarray, labels: np.ndarray, k: in
 
 
 def row_family_name(fmt: str, row: dict) -> str:
-    from .core.scoring import math_family
+    from tunebox.contest.scoring import math_family
 
     return math_family(row["prompt"]) if fmt == "math" else str((row.get("meta") or {}).get("subject") or "mcq")
 
@@ -110,7 +110,7 @@ def row_family_name(fmt: str, row: dict) -> str:
 def format_preview(heldout_path: Path, spec: RunSpec) -> str:
     """One held-out row per family in every answer format (what data.answer_format would train on),
     the one in use marked."""
-    from .core import answers
+    from tunebox.data import answers
 
     if spec.data.format != "math" or not heldout_path.exists():
         return ""
@@ -144,7 +144,7 @@ def worker_setup(model_dir: str, tokenizer_json: Optional[str], seq_length: int,
 
 def _label_check(problem: str, reference: str, policy: str) -> tuple[str, Optional[str], str]:
     """(verdict, new label, reason): verdict ok | unchecked (not computable) | fixed | drop."""
-    from .core import mathgen
+    from tunebox.contest import mathgen
 
     family = mathgen.family_of(problem)
     expected = mathgen.solve(problem, family)
@@ -167,8 +167,8 @@ def scan_block(task: tuple) -> tuple[str, list[tuple]]:
     (line, KEEP, hash, family, spool bytes, label verdict, old label), (line, REJECT, kind, reason) or
     (line, LEFT_OUT, family) for a family data.families / drop_families leaves out. The spooled answer is
     the training answer in data.answer_format; the reference stays the row's (or the fixed) label."""
-    from .core import answers
-    from .core.scoring import math_family
+    from tunebox.data import answers
+    from tunebox.contest.scoring import math_family
 
     path_text, file_index, fmt, bad_labels, dedupe, policy, lines = task
     keep, drop, answer_format = policy
@@ -348,7 +348,7 @@ def _train_chunks(spool_path: Path, status: bytes, repeats: Optional[np.ndarray]
 def read_heldout_file(spec: RunSpec) -> list[dict]:
     """data.heldout_file as held-out rows {file, line, prompt, reference, meta, source: "file"}: parsed like
     training rows, data.families / drop_families applied, data.heldout_file_rows of them (seeded, file order)."""
-    from .core.scoring import math_family
+    from tunebox.contest.scoring import math_family
 
     d = spec.data
     path = spec.resolve(d.heldout_file)
@@ -408,7 +408,7 @@ def generate_rows(spec: RunSpec) -> Path:
         return out
     log.info("generating the training rows: python -m jobs.generate %s --out %s", spec.data.generate, out)
     proc = subprocess.run([sys.executable, "-m", "jobs.generate", *args, "--out", str(out)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=job_process_env(Path(__file__).parent))
     if proc.returncode != 0:
         raise InputError(f"data.generate: jobs.generate failed (exit {proc.returncode}): "
                          f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no message'}",
@@ -436,7 +436,7 @@ def _inputs_for_manifest(spec: RunSpec, files: list[Path]) -> dict:
 
 
 def prep(spec: RunSpec) -> Path:
-    from .core.weights import ensure_model
+    from tunebox.model.weights import ensure_model
 
     started = time.time()
     d = spec.data

@@ -1,7 +1,7 @@
 """What is in a math JSONL file: `python -m jobs.profile FILE [--tokenizer DIR] [--out DIR]`.
 
 Streams FILE (or every *.jsonl in a directory, e.g. a jobs.generate output) one line at a time and
-reports, per problem family (jobs.core.mathgen.family_of): count, share, language, and length
+reports, per problem family (tunebox.contest.mathgen.family_of): count, share, language, and length
 percentiles of problem, solution and both (tokens when a tokenizer is found, else characters);
 exact duplicates, problems repeated with a different solution, near-duplicates (same problem after
 normalising whitespace/case/sentence punctuation, and MinHash over character 5-grams for long
@@ -33,10 +33,11 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from jobs.core import answers, mathgen
-from jobs.core.cli import guarded
-from jobs.core.io import InputError, JsonlRow, atomic_path, atomic_write_json, atomic_write_text, iter_jsonl
-from jobs.core.scoring import extract_answer_number
+from tunebox.data import answers
+from tunebox.contest import mathgen
+from tunebox.cli import guarded
+from tunebox.io import InputError, JsonlRow, atomic_path, atomic_write_json, atomic_write_text, iter_jsonl
+from tunebox.contest.scoring import extract_answer_number
 
 log = logging.getLogger("tunebox.profile")
 
@@ -226,7 +227,7 @@ def count_lines(path: Path) -> int:
 def load_tokenizer(spec: Optional[str]):
     """(TextTokenizer or None, description). spec: a model dir, a tokenizer.json, 'none', or None
     for the default model's tokenizer when it has been fetched."""
-    from jobs.core.tokenizer import TextTokenizer
+    from tunebox.data.tokenizer import TextTokenizer
 
     if spec and spec.lower() == "none":
         return None, "characters (--tokenizer none)"
@@ -237,7 +238,7 @@ def load_tokenizer(spec: Optional[str]):
         if not (path / "tokenizer.json").exists():
             raise InputError("no tokenizer.json here; give a model directory or a tokenizer.json file", path)
         return TextTokenizer.load(path), f"tokens ({path / 'tokenizer.json'})"
-    from jobs.core.models import model_dir
+    from tunebox.model.registry import model_dir
 
     default = model_dir(DEFAULT_TOKENIZER_MODEL)
     if (default / "tokenizer.json").exists():
@@ -468,7 +469,7 @@ def _coarse_histogram(hist: LengthHistogram, bins: int = 40) -> dict:
 
 # ---- report: markdown and charts -----------------------------------------------------------------
 def answer_format_examples(first_rows: dict, order: list[str], tokenizer=None) -> dict:
-    """Each family's first row in every data.answer_format (jobs/core/answers.py), with its length
+    """Each family's first row in every data.answer_format (tunebox/data/answers.py), with its length
     (tokens with a tokenizer, else characters): what a format costs before choosing it."""
     out = {}
     for name in order:

@@ -3,7 +3,7 @@ run spec. The same file runs on CPU here and on Ascend there, and with stock Min
 
 Steps: read prep's MindRecord, plan the steps (epochs, the evenly spaced checkpoint steps), pack the
 rows into train/packed.mindrecord when train.packing is on, render runs/<id>/train/mindformers.yaml
-(jobs/core/mf_config.py), then run MindFormers' Trainer on it: in this process, or under msrun with
+(tunebox/model/mf_config.py), then run MindFormers' Trainer on it: in this process, or under msrun with
 train.workers processes (train_worker.py), or on a cluster whose operator starts the workers.
 
 Outputs, under runs/<run_id>/train/ (MindFormers' layout, output_dir = this folder):
@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.cli import run_job
-from .core.config import RunSpec
-from .core.io import InputError, atomic_write_json, atomic_write_text
-from .core.manifest import write_job_manifest
-from .core.models import get_model_spec
+from tunebox.cli import job_process_env, run_job
+from tunebox.config import RunSpec
+from tunebox.io import InputError, atomic_write_json, atomic_write_text
+from tunebox.manifest import write_job_manifest
+from tunebox.model.registry import get_model_spec
 
 log = logging.getLogger("tunebox.train")
 
@@ -91,9 +91,9 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     """Everything the Trainer needs, from the spec and prep's output: the plan, the data files (packed
     when train.packing), the answer capacity and the rendered MindFormers config. With write=False
     nothing is written (a worker of a multi-node run)."""
-    from .core.data import load_tokenizer, mindrecord_shards, read_mindrecord
-    from .core.mf_config import render_train_config
-    from .core.weights import ensure_model
+    from tunebox.data.samples import load_tokenizer, mindrecord_shards, read_mindrecord
+    from tunebox.model.mf_config import render_train_config
+    from tunebox.model.weights import ensure_model
 
     out = spec.job_dir("train")
     data_file = spec.job_dir("prep") / "train.mindrecord"
@@ -103,7 +103,7 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     pad_id = load_tokenizer(spec).pad_id
     files, packing = mindrecord_shards(data_file), None
     if spec.train.packing:
-        from .core.packing import pack_rows, write_packed_mindrecord
+        from tunebox.data.packing import pack_rows, write_packed_mindrecord
 
         samples = len(ids)
         ids, labels, segments, packing = pack_rows(ids, labels, pad_id)
@@ -129,7 +129,7 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
 def render(spec: RunSpec) -> dict:
     """prepare() and write the config to train/mindformers.yaml: what train runs, and all that
     --render-only does."""
-    from .core.mf_config import dump
+    from tunebox.model.mf_config import dump
 
     prepared = prepare(spec)
     spec.job_dir("train").mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,7 @@ def resume_point(out: Path, rank: int = 0) -> bool:
 def run_mindformers(yaml_path: Path, resume: bool) -> None:
     """What MindFormers' run_mindformer.py does for run_mode finetune: MindFormerConfig(yaml),
     build_context, Trainer(args=config).train(), with tunebox's extensions found through REGISTER_PATH."""
-    from .core.mf_config import EXTENSIONS_FILE
+    from tunebox.model.mf_config import EXTENSIONS_FILE
 
     os.environ["REGISTER_PATH"] = str(EXTENSIONS_FILE.parent)
     # auto_register copies the module into a cache folder, ./modules unless OM_MODULES_CACHE was set
@@ -156,7 +156,7 @@ def run_mindformers(yaml_path: Path, resume: bool) -> None:
 
     HubConstants.OM_MODULES_CACHE = modules
     os.environ.setdefault("GLOG_v", "3")
-    from .core.mf import quiet_mindformers_console
+    from tunebox.model.mf import quiet_mindformers_console
 
     from mindformers import MindFormerConfig
     from mindformers.core.context import build_context
@@ -204,14 +204,13 @@ def launch_msrun(spec: RunSpec, args) -> int:
         raise RuntimeError("train.workers > 1 needs msrun (installed with mindspore) on PATH")
     log_dir = spec.job_dir("train") / "msrun"
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    jobs_dir = Path(__file__).resolve().parent
+    env = job_process_env(jobs_dir)
     # msrun starts workers with the bare `python` on PATH: make it this interpreter.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    repo = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [msrun, f"--worker_num={spec.train.workers}", f"--local_worker_num={spec.train.workers}",
            f"--master_port={spec.train.master_port}", f"--log_dir={log_dir}", "--join=True",
-           str(repo / "jobs" / "train_worker.py"), "--config", args.config]
+           str(jobs_dir / "train_worker.py"), "--config", args.config]
     for ov in args.overrides:
         cmd += ["--set", ov]
     log.info("launching %d workers: %s", spec.train.workers, " ".join(cmd))
@@ -234,7 +233,7 @@ def check_resume(spec: RunSpec, out: Path) -> bool:
 
 
 def train(spec: RunSpec, args=None) -> Path:
-    from .core.mf import setup_device
+    from tunebox.model.mf import setup_device
 
     out = spec.job_dir("train")
     setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
@@ -275,8 +274,8 @@ def _session_start(out: Path) -> int:
 def lora_files(out: Path, plan: dict, rank: int = 0) -> dict[int, Path]:
     """The planned LoRA checkpoint of each step that exists, by global step, in MindFormers' layout
     (named by the callback that writes them)."""
-    from .core.mf_config import CHECKPOINT_PREFIX
-    from .core.mf_extensions import lora_checkpoint_path
+    from tunebox.model.mf_config import CHECKPOINT_PREFIX
+    from tunebox.model.mf_extensions import lora_checkpoint_path
 
     paths = {step: Path(lora_checkpoint_path(str(out), CHECKPOINT_PREFIX, step, plan["batches_per_epoch"], rank))
              for step in plan["checkpoint_steps"]}
@@ -336,7 +335,7 @@ def finish(spec: RunSpec, prepared: dict, run_s: float) -> Path:
 def worker_main(spec: RunSpec, args) -> None:
     """One worker of a multi-process run. Every rank takes the same resume decision (rank 0's
     checkpoint folder) and renders the same config; rank 0 writes the run's index and summary."""
-    from .core.mf import setup_device
+    from tunebox.model.mf import setup_device
 
     out = spec.job_dir("train")
     setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
@@ -348,7 +347,7 @@ def worker_main(spec: RunSpec, args) -> None:
     started = time.time()
     import tempfile
 
-    from .core.mf_config import dump
+    from tunebox.model.mf_config import dump
 
     with tempfile.TemporaryDirectory(prefix="tunebox-worker-") as tmp:  # this rank's copy of the config
         path = Path(tmp) / "mindformers.yaml"

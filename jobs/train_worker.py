@@ -1,8 +1,9 @@
 """The process msrun (or a cluster operator's pod) starts once per worker: it renders the same
 MindFormers config as the train job (jobs/train.py) and runs MindFormers' Trainer on it. Rank 0
 writes the checkpoint index, summary and manifest when the run ends. msrun runs a script file, not
-`-m jobs.train`; the job puts this checkout on PYTHONPATH (an installed tunebox needs nothing)."""
-from jobs.core.cli import run_job
+`-m jobs.train`; the job puts the folder holding jobs/ on PYTHONPATH (tunebox.cli.job_process_env;
+the image sets PYTHONPATH=/app)."""
+from tunebox.cli import run_job
 from jobs.train import __doc__ as _doc, worker_main
 
 if __name__ == "__main__":

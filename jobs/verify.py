@@ -17,7 +17,7 @@ Checks, all of them every time (a problem does not stop the others):
   code         code.tar.gz is a readable archive of tunebox's sources
   selfcheck    selfcheck.png is the picture bundle drew of this run (run id, commit, results.json's sha256)
 With --rerun, each checkpoint is evaluated again from the folder alone (bundled tokenizer, held-out
-rows and weights; greedy decoding with jobs.core.decode as evaluate does on CPU) and the accuracies
+rows and weights; greedy decoding with tunebox.evaluation.decode as evaluate does on CPU) and the accuracies
 must match results.json. With --image, the same check (with --rerun) runs inside that Docker image,
 this tunebox's `jobs` package mounted read-only, no network; skipped with a message when Docker is
 not reachable.
@@ -35,14 +35,16 @@ import tarfile
 from pathlib import Path
 from typing import Optional
 
-from .core import bundle_lib as bl
-from .core import contest, layout
-from .core.cli import guarded, setup_logging
-from .core.io import InputError
+import tunebox
+from tunebox.submission import contents
+from tunebox.contest import rules
+from tunebox import layout
+from tunebox.cli import guarded, setup_logging
+from tunebox.io import InputError
 
 log = logging.getLogger("tunebox.verify")
 
-# The run's hand-over files, as a submission keeps them (jobs/core/layout.py)
+# The run's hand-over files, as a submission keeps them (tunebox/layout.py)
 TRAIN_INDEX = layout.in_logs(layout.TRAIN_INDEX)
 MERGE_INDEX = layout.in_logs(layout.MERGE_INDEX)
 EVALUATE_REPORT = layout.in_logs(layout.EVALUATE_REPORT)
@@ -134,31 +136,31 @@ class Submission:
 def check_checksums(sub: Submission, f: Findings) -> dict[str, str]:
     """SHA256SUMS against the folder: every listed file present and matching, nothing unlisted.
     Returns the actual sha256 of every file on disk (reused by the other checks)."""
-    on_disk = [r for r in bl.files_under(sub.root) if r != bl.SUMS_FILE]
+    on_disk = [r for r in contents.files_under(sub.root) if r != contents.SUMS_FILE]
     for rel in on_disk:
         if sub.path(rel).is_symlink():
             f.fail("checksums", f"{rel} is a symbolic link; a submission holds the files themselves")
-    actual = bl.hash_files(sub.root, [r for r in on_disk if sub.path(r).is_file()], desc="verify sha256")
-    sums_file = sub.path(bl.SUMS_FILE)
+    actual = contents.hash_files(sub.root, [r for r in on_disk if sub.path(r).is_file()], desc="verify sha256")
+    sums_file = sub.path(contents.SUMS_FILE)
     if not sums_file.is_file():
-        f.fail("checksums", f"{bl.SUMS_FILE} is missing: no file can be checked, and strays cannot be told apart")
+        f.fail("checksums", f"{contents.SUMS_FILE} is missing: no file can be checked, and strays cannot be told apart")
         return actual
-    listed, problems = bl.parse_sha256sums(sums_file.read_text(encoding="utf-8", errors="replace"))
+    listed, problems = contents.parse_sha256sums(sums_file.read_text(encoding="utf-8", errors="replace"))
     for p in problems:
         f.fail("checksums", p)
     before = len(f.failed("checksums"))
     for rel, sha in listed.items():
-        if rel == bl.SUMS_FILE:
-            f.fail("checksums", f"{bl.SUMS_FILE} lists itself; it must list every other file")
+        if rel == contents.SUMS_FILE:
+            f.fail("checksums", f"{contents.SUMS_FILE} lists itself; it must list every other file")
         elif rel not in actual:
-            f.fail("checksums", f"{rel} is listed in {bl.SUMS_FILE} but missing from the folder")
+            f.fail("checksums", f"{rel} is listed in {contents.SUMS_FILE} but missing from the folder")
         elif actual[rel] != sha:
-            f.fail("checksums", f"{rel}: sha256 is {actual[rel]}, {bl.SUMS_FILE} says {sha} (changed after bundling)")
+            f.fail("checksums", f"{rel}: sha256 is {actual[rel]}, {contents.SUMS_FILE} says {sha} (changed after bundling)")
     for rel in on_disk:
         if rel not in listed:
-            f.fail("checksums", f"stray file {rel}: not listed in {bl.SUMS_FILE} (added after bundling?)")
+            f.fail("checksums", f"stray file {rel}: not listed in {contents.SUMS_FILE} (added after bundling?)")
     if len(f.failed("checksums")) == before and not problems:
-        f.ok("checksums", f"{len(listed)} files listed in {bl.SUMS_FILE}, every one matches, no stray files")
+        f.ok("checksums", f"{len(listed)} files listed in {contents.SUMS_FILE}, every one matches, no stray files")
     return actual
 
 
@@ -171,12 +173,12 @@ def planned_steps(sub: Submission) -> Optional[list[int]]:
 
 
 def check_files(sub: Submission, f: Findings, steps: list[int]) -> None:
-    missing = [rel for rel in bl.expected_files(steps) if not sub.path(rel).is_file()]
+    missing = [rel for rel in contents.expected_files(steps) if not sub.path(rel).is_file()]
     for rel in missing:
         purpose = FILE_PURPOSE.get(rel, "")
         f.fail("files", f"missing {rel}" + (f" ({purpose})" if purpose else ""))
     if not missing:
-        f.ok("files", f"all {len(bl.expected_files(steps))} expected files are present")
+        f.ok("files", f"all {len(contents.expected_files(steps))} expected files are present")
 
 
 def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]], actual: dict[str, str]) -> list[int]:
@@ -188,7 +190,7 @@ def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]]
         f.fail("checkpoints", "no checkpoints/ folder")
     else:
         for child in sorted(ckpt_root.iterdir()):
-            step = bl.step_of_dir(child.name)
+            step = contents.step_of_dir(child.name)
             if step is None or not child.is_dir():
                 f.fail("checkpoints", f"checkpoints/{child.name} is not a step-NNNNNN folder")
                 continue
@@ -196,26 +198,26 @@ def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]]
             if not (child / "model.ckpt").is_file():
                 f.fail("checkpoints", f"checkpoints/{child.name}/model.ckpt is missing")
     found.sort()
-    if len(found) != bl.NUM_CHECKPOINTS:
+    if len(found) != contents.NUM_CHECKPOINTS:
         f.fail("checkpoints", f"{len(found)} checkpoints ({', '.join(map(str, found)) or 'none'}); the contest asks "
-                              f"for exactly {bl.NUM_CHECKPOINTS}")
+                              f"for exactly {contents.NUM_CHECKPOINTS}")
     index = sub.json(TRAIN_INDEX)
     if planned is None:
         f.fail("checkpoints", f"{TRAIN_INDEX} has no 'planned' steps to check the checkpoints against")
     else:
         total = index.get("total_steps") if isinstance(index, dict) else None
-        if len(planned) != bl.NUM_CHECKPOINTS:
-            f.fail("checkpoints", f"train planned {len(planned)} checkpoints, not {bl.NUM_CHECKPOINTS}")
-        elif isinstance(total, int) and planned != bl.evenly_spaced_steps(total, len(planned)):
+        if len(planned) != contents.NUM_CHECKPOINTS:
+            f.fail("checkpoints", f"train planned {len(planned)} checkpoints, not {contents.NUM_CHECKPOINTS}")
+        elif isinstance(total, int) and planned != contents.evenly_spaced_steps(total, len(planned)):
             f.fail("checkpoints", f"planned steps {planned} are not evenly spaced over {total} steps "
-                                  f"(expected {bl.evenly_spaced_steps(total, len(planned))})")
+                                  f"(expected {contents.evenly_spaced_steps(total, len(planned))})")
         if found != planned:
             f.fail("checkpoints", f"checkpoint steps {found} differ from the planned steps {planned} "
                                   f"({TRAIN_INDEX})")
     merged = {e.get("step"): e for e in (sub.json(MERGE_INDEX) or {}).get("checkpoints", [])}
     for step in found:
-        rel = bl.checkpoint_file(step)
-        name = bl.model_dir_name(step)
+        rel = contents.checkpoint_file(step)
+        name = contents.model_dir_name(step)
         sha = actual.get(rel)
         if sha is None:
             continue
@@ -235,7 +237,7 @@ def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]]
 
 
 def load_bundled_spec(sub: Submission, f: Findings):
-    from .core.config import load_spec
+    from tunebox.config import load_spec
 
     p = sub.path("hyperparams.yaml")
     if not p.is_file():
@@ -250,10 +252,10 @@ def load_bundled_spec(sub: Submission, f: Findings):
         return None
     mine = spec.spec_hash()
     before = len(f.failed("spec"))
-    for job in bl.JOBS:
+    for job in contents.JOBS:
         m = sub.json(f"logs/{job}/manifest.json")
         if isinstance(m, dict) and m.get("spec_hash") != mine:
-            diff = bl.spec_differences(m.get("spec") or {}, spec)
+            diff = contents.spec_differences(m.get("spec") or {}, spec)
             if diff:
                 f.fail("spec", f"hyperparams.yaml (spec {mine}) is not the spec {job} ran with "
                                f"({m.get('spec_hash')}): " + "; ".join(diff[:5]) + " (manifest != hyperparams.yaml)")
@@ -316,7 +318,7 @@ def check_worker_logs(sub: Submission, f: Findings, spec) -> None:
 
 
 def check_selfcheck(sub: Submission, f: Findings, results: Optional[dict]) -> None:
-    from .core import selfcheck
+    from tunebox.submission import selfcheck
     import hashlib
 
     path = sub.path(selfcheck.FILE)
@@ -366,7 +368,7 @@ def recompute_accuracies(sub: Submission, f: Findings, spec, names: list[str]) -
         if rows is None:
             continue
         try:
-            acc = bl.accuracy_from_predictions(rows, spec.data.format)
+            acc = contents.accuracy_from_predictions(rows, spec.data.format)
         except (KeyError, TypeError) as exc:
             f.fail("results", f"{rel}: a row lacks {exc} (answer and reference are needed to re-score it)")
             continue
@@ -380,7 +382,7 @@ def recompute_accuracies(sub: Submission, f: Findings, spec, names: list[str]) -
         scores = sub.json(f"logs/evaluate/{name}/scores.json")
         if isinstance(scores, dict):
             for key in ("accuracy_strict", "accuracy_tolerant", "n"):
-                if not bl.same_number(scores.get(key), acc[key]):
+                if not contents.same_number(scores.get(key), acc[key]):
                     f.fail("results", f"logs/evaluate/{name}/scores.json {key} = {scores.get(key)}, its predictions "
                                       f"give {acc[key]}")
     return out
@@ -394,14 +396,14 @@ def check_results(sub: Submission, f: Findings, spec, steps: list[int], actual: 
             f.fail("results", "results.json cannot be checked without a loadable hyperparams.yaml")
         return results if isinstance(results, dict) else None
     before = len(f.failed("results"))
-    names = ["base"] + [bl.model_dir_name(s) for s in steps]
+    names = ["base"] + [contents.model_dir_name(s) for s in steps]
     names = [n for n in names if sub.path(f"logs/evaluate/{n}/predictions.jsonl").is_file()]
     accuracies = recompute_accuracies(sub, f, spec, names)
     merged = {e.get("step"): e for e in (sub.json(MERGE_INDEX) or {}).get("checkpoints", [])}
     checkpoints = [{"step": s, "train_loss": (merged.get(s) or {}).get("train_loss"),
-                    "sha256": actual.get(bl.checkpoint_file(s))} for s in steps]
+                    "sha256": actual.get(contents.checkpoint_file(s))} for s in steps]
     try:
-        expected = bl.build_results(run_id=spec.run_id, stage=spec.stage, fmt=spec.data.format,
+        expected = contents.build_results(run_id=spec.run_id, stage=spec.stage, fmt=spec.data.format,
                                     model_name=spec.model.name, rank=spec.lora.rank,
                                     target_modules=spec.lora.target_modules, report=report, accuracies=accuracies,
                                     checkpoints=checkpoints, code=results.get("code") or {})
@@ -463,21 +465,21 @@ def check_squad(sub: Submission, f: Findings, rows: dict[str, dict], base_row: d
         if not preds:
             continue
         try:
-            measured[name] = bl.squad_from_predictions(preds)
+            measured[name] = contents.squad_from_predictions(preds)
         except (KeyError, TypeError, ValueError) as exc:
             f.fail("results", f"{rel}: cannot re-score SQuAD ({exc})")
             continue
         row = base_row if name == "base" else rows.get(name) or {}
         for metric in ("f1", "em"):
             got = row.get(f"squad_{metric}")
-            if not bl.same_number(got, measured[name][metric], 1e-9):
+            if not contents.same_number(got, measured[name][metric], 1e-9):
                 f.fail("results", f"results.json {name} squad_{metric} = {got!r}, {rel} gives {measured[name][metric]!r}")
     if "base" not in measured:
         return len(measured)
     for name, tuned in measured.items():
         if name == "base":
             continue
-        want = contest.retention_verdict(tuned, measured["base"])["passes"]
+        want = rules.retention_verdict(tuned, measured["base"])["passes"]
         got = (rows.get(name) or {}).get("passes_retention")
         if got is not want:
             f.fail("results", f"results.json {name} passes_retention = {got!r}; its SQuAD F1/EM "
@@ -488,22 +490,22 @@ def check_squad(sub: Submission, f: Findings, rows: dict[str, dict], base_row: d
 
 def _same(a, b) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
-        return bl.same_number(a, b)
+        return contents.same_number(a, b)
     return a == b
 
 
 def check_environment(sub: Submission, f: Findings) -> None:
-    manifests = {job: sub.json(f"logs/{job}/manifest.json") for job in bl.JOBS}
+    manifests = {job: sub.json(f"logs/{job}/manifest.json") for job in contents.JOBS}
     if not all(isinstance(m, dict) for m in manifests.values()):
         return
-    expected = bl.environment_record(manifests)
+    expected = contents.environment_record(manifests)
     got = sub.json("environment.json")
     before = len(f.failed("environment"))
     if got is not None and got != json.loads(json.dumps(expected)):
-        diff = bl.dict_differences(got, json.loads(json.dumps(expected))) if isinstance(got, dict) else ["not an object"]
+        diff = contents.dict_differences(got, json.loads(json.dumps(expected))) if isinstance(got, dict) else ["not an object"]
         f.fail("environment", "environment.json is not what the bundled manifests give: " + "; ".join(diff[:5]))
     md = sub.path("ENVIRONMENT.md")
-    if md.is_file() and md.read_text(encoding="utf-8") != bl.render_environment(expected):
+    if md.is_file() and md.read_text(encoding="utf-8") != contents.render_environment(expected):
         f.fail("environment", "ENVIRONMENT.md is not what the bundled manifests give (edited by hand?)")
     if len(f.failed("environment")) == before:
         f.ok("environment", "environment.json and ENVIRONMENT.md are generated from the jobs' manifests")
@@ -534,10 +536,10 @@ def check_code(sub: Submission, f: Findings, results: Optional[dict]) -> None:
 def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], results: Optional[dict],
                      tolerance: float) -> None:
     """Evaluate every bundled checkpoint again from the folder alone and compare accuracies."""
-    from .core.decode import NumpyLlama, greedy_generate
-    from .core.models import get_model_spec
-    from .core.prompts import spec_prompt
-    from .core.tokenizer import TextTokenizer
+    from tunebox.evaluation.decode import NumpyLlama, greedy_generate
+    from tunebox.model.registry import get_model_spec
+    from tunebox.data.prompts import spec_prompt
+    from tunebox.data.tokenizer import TextTokenizer
 
     if spec is None or not sub.path("tokenizer/tokenizer.json").is_file():
         f.fail("rerun", "cannot re-run: hyperparams.yaml or tokenizer/ is missing or broken")
@@ -553,8 +555,8 @@ def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], resul
     recorded = {r.get("model"): r for r in (results or {}).get("checkpoints") or [] if isinstance(r, dict)}
     before = len(f.failed("rerun"))
     for step in steps:
-        name = bl.model_dir_name(step)
-        ckpt = sub.path(bl.checkpoint_file(step))
+        name = contents.model_dir_name(step)
+        ckpt = sub.path(contents.checkpoint_file(step))
         if not ckpt.is_file():
             f.fail("rerun", f"{name}: no checkpoint to evaluate")
             continue
@@ -570,7 +572,7 @@ def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], resul
                                   batch_size=spec.eval.batch_size, progress=False)
         del model
         answers = [tok.decode(o) for o in outputs]
-        acc = bl.accuracy_from_predictions([{"answer": a, "reference": r["reference"]} for a, r in zip(answers, rows)],
+        acc = contents.accuracy_from_predictions([{"answer": a, "reference": r["reference"]} for a, r in zip(answers, rows)],
                                            spec.data.format)
         want = recorded.get(name) or {}
         for key in ("accuracy_strict", "accuracy_tolerant"):
@@ -622,10 +624,11 @@ def docker_client():
 
 def run_in_image(sub: Submission, f: Findings, client, image: str, tolerance: float, timeout: float) -> None:
     """The same verification, --rerun included, inside IMAGE: the image's Python, MindSpore and
-    numpy run this tunebox's `jobs` package, mounted read-only and first on PYTHONPATH (the image's
+    numpy run this tunebox's `jobs` and `tunebox` packages, mounted read-only and first on PYTHONPATH (the image's
     own copy may predate verify; the contest-2024 image carries none). No network: the folder must be
     enough. Runs as the calling user, so files only that user can read are readable."""
     jobs_dir = Path(__file__).resolve().parent
+    package_dir = Path(tunebox.__file__).resolve().parent
     cmd = ["python", "-m", "jobs.verify", "/submission", "--rerun", "--tolerance", str(tolerance)]
     log.info("running %s in %s", " ".join(cmd), image)
     container = client.containers.run(
@@ -634,7 +637,8 @@ def run_in_image(sub: Submission, f: Findings, client, image: str, tolerance: fl
         environment={"PYTHONPATH": "/opt/tunebox-verify", "HOME": "/tmp", "TUNEBOX_CACHE": "/tmp/tunebox-cache",
                      "TUNEBOX_LOG": "WARNING"},
         volumes={str(sub.root.resolve()): {"bind": "/submission", "mode": "ro"},
-                 str(jobs_dir): {"bind": "/opt/tunebox-verify/jobs", "mode": "ro"}})
+                 str(jobs_dir): {"bind": "/opt/tunebox-verify/jobs", "mode": "ro"},
+                 str(package_dir): {"bind": "/opt/tunebox-verify/tunebox", "mode": "ro"}})
     try:
         try:
             status = container.wait(timeout=timeout).get("StatusCode")
@@ -681,7 +685,7 @@ def verify(root: Path, rerun: bool = False, image: Optional[str] = None, toleran
     planned = planned_steps(sub)
     if planned is None:  # no plan to go by: expect the files of whatever checkpoint folders there are
         folders = sub.path("checkpoints").glob("*") if sub.path("checkpoints").is_dir() else []
-        check_files(sub, f, sorted(s for s in (bl.step_of_dir(p.name) for p in folders) if s is not None))
+        check_files(sub, f, sorted(s for s in (contents.step_of_dir(p.name) for p in folders) if s is not None))
     else:
         check_files(sub, f, planned)
     found = check_checkpoints(sub, f, planned, actual)

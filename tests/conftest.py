@@ -75,7 +75,7 @@ def tiny_cache(tmp_path_factory) -> Path:
     """A model cache with the tiny model built in it (random weights, byte tokenizer)."""
     cache = tmp_path_factory.mktemp("cache")
     env = job_env(cache)
-    subprocess.run([sys.executable, "-c", "from jobs.core.weights import ensure_model; ensure_model('tiny')"],
+    subprocess.run([sys.executable, "-c", "from tunebox.model.weights import ensure_model; ensure_model('tiny')"],
                    check=True, env=env, cwd=tmp_path_factory.mktemp("w"), capture_output=True)
     return cache
 
@@ -93,7 +93,7 @@ def tiny_run(tmp_path_factory, tiny_cache) -> dict:
 def planned_checkpoint_steps(run_dir: Path, recipe: Path = TINY_RECIPE, *overrides: str) -> list[int]:
     """The checkpoint steps train plans for this run, from prep's row count (jobs.train.plan_steps),
     so no test copies a step number from an earlier run."""
-    from jobs.core.config import load_spec
+    from tunebox.config import load_spec
     from jobs.train import plan_steps
 
     stats = json.loads((Path(run_dir) / "prep" / "stats.json").read_text())

@@ -1,4 +1,4 @@
-"""Answer formats (jobs/core/answers.py): every cot step is exact arithmetic on the problem's operands,
+"""Answer formats (tunebox/data/answers.py): every cot step is exact arithmetic on the problem's operands,
 the final lines are the right values, and the judge reads the final number of every format."""
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from fractions import Fraction
 
 import pytest
 
-from jobs.core import answers, mathgen, scoring
+from tunebox.data import answers
+from tunebox.contest import mathgen
+from tunebox.contest import scoring
 
 ROWS_PER_FAMILY = 2000
 _NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?")

@@ -1,4 +1,4 @@
-"""bench.train: the FLOP formula, token counting, loss alignment and report of jobs/bench_train.py,
+"""bench.train: the FLOP formula, token counting, loss alignment and report of benches/bench_train.py,
 and (slow) a whole tiny-model run of both sides when torch + peft are installed (the bench extra)."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from jobs.bench_ref_torch import IGNORE, masked_targets
-from jobs.bench_train import (GOAL_SPEEDUP, count_tokens, render_section, step_flops, steady_throughput,
+from benches.bench_ref_torch import IGNORE, masked_targets
+from benches.bench_train import (GOAL_SPEEDUP, count_tokens, render_section, step_flops, steady_throughput,
                               summarize)
-from jobs.core.models import get_model_spec, with_overrides
+from tunebox.model.registry import get_model_spec, with_overrides
 
 from conftest import TINY_RECIPE, job_env
 
@@ -103,7 +103,7 @@ def _result(tunebox, references, load):
     spec = get_model_spec("smollm2-135m")
     flops = step_flops(spec, 8, 128, 8, "wq|wv")
     peak = {"numpy": {"gflops": 100.0, "gflops_by_size": {"2048": 95.0, "4096": 100.0}}, "torch": {"gflops": 120.0}}
-    return {"date": "2026-01-01", "command": "python -m jobs.bench_train --steps 12",
+    return {"date": "2026-01-01", "command": "python -m benches.bench_train --steps 12",
             "machine": {"cpu": "Test CPU", "cores": 2, "memory_gib": 24.0},
             "uptime_before": "load average: 1.00", "uptime_after": "load average: 1.00", "load_seen": load,
             "workload": {"model": "smollm2-135m", "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.05,
@@ -167,7 +167,7 @@ HAVE_BENCH_EXTRA = all(importlib.util.find_spec(m) is not None for m in ("torch"
 @pytest.mark.skipif(not HAVE_BENCH_EXTRA, reason="needs the bench extra: pip install -e '.[bench]'")
 def test_tiny_bench_runs_both_sides_on_the_same_batches(tmp_path, tiny_cache):
     keep = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, "-m", "jobs.bench_train", "--recipe", str(TINY_RECIPE), "--steps", "3",
+    proc = subprocess.run([sys.executable, "-m", "benches.bench_train", "--config", str(TINY_RECIPE), "--steps", "3",
                            "--peak-sizes", "256,512", "--threads", "1", "--no-append", "--keep", str(keep)],
                           cwd=tmp_path, env=job_env(tiny_cache), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

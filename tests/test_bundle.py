@@ -20,8 +20,8 @@ from conftest import TINY_RECIPE, docker_engine, docker_image, job_env, planned_
 
 from jobs import verify as verify_mod
 from jobs.bundle import link_or_copy, make_code_archive
-from jobs.core import bundle_lib as bl
-from jobs.core import contest
+from tunebox.submission import contents
+from tunebox.contest import rules
 
 
 # tiny, worked by hand (as in tests/test_evaluate.py): LoRA r=8 on wq (64x64) and wv (32x64) in 2 layers;
@@ -73,8 +73,8 @@ def tampered_copy(bundled: dict, tmp_path: Path) -> Path:
 
 def rewrite_sums(sub: Path) -> None:
     """What someone covering their tracks would do: list the edited files' new checksums."""
-    rels = [r for r in bl.files_under(sub) if r != bl.SUMS_FILE]
-    (sub / bl.SUMS_FILE).write_text(bl.format_sha256sums(bl.hash_files(sub, rels)))
+    rels = [r for r in contents.files_under(sub) if r != contents.SUMS_FILE]
+    (sub / contents.SUMS_FILE).write_text(contents.format_sha256sums(contents.hash_files(sub, rels)))
 
 
 # ---- a fresh bundle ----------------------------------------------------------------------------
@@ -86,12 +86,12 @@ def test_fresh_bundle_verifies_with_rerun(bundled):
     for check in ("checksums", "files", "checkpoints", "spec", "logs", "results", "environment", "code", "rerun"):
         assert f"ok    {check}" in proc.stdout, f"no passing {check} line:\n{proc.stdout}"
     # SHA256SUMS lists exactly the files in the folder, in sha256sum's format
-    listed, problems = bl.parse_sha256sums((sub / bl.SUMS_FILE).read_text())
+    listed, problems = contents.parse_sha256sums((sub / contents.SUMS_FILE).read_text())
     assert not problems
-    assert sorted(listed) == [r for r in bl.files_under(sub) if r != bl.SUMS_FILE]
-    assert set(bl.expected_files(bundled["steps"])) <= set(listed)
+    assert sorted(listed) == [r for r in contents.files_under(sub) if r != contents.SUMS_FILE]
+    assert set(contents.expected_files(bundled["steps"])) <= set(listed)
     if shutil.which("sha256sum"):  # the coreutils tool reads it as its own output
-        check = subprocess.run(["sha256sum", "--check", "--strict", "--quiet", bl.SUMS_FILE], cwd=sub,
+        check = subprocess.run(["sha256sum", "--check", "--strict", "--quiet", contents.SUMS_FILE], cwd=sub,
                                capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
 
@@ -130,8 +130,8 @@ def test_bundle_contents_come_from_the_run(bundled):
 
 def test_checkpoints_are_hard_links_to_merge(bundled):
     for step in bundled["steps"]:
-        mine = (bundled["sub"] / bl.checkpoint_file(step)).stat()
-        merged = (bundled["run_dir"] / "merge" / bl.model_dir_name(step) / "model.ckpt").stat()
+        mine = (bundled["sub"] / contents.checkpoint_file(step)).stat()
+        merged = (bundled["run_dir"] / "merge" / contents.model_dir_name(step) / "model.ckpt").stat()
         assert (mine.st_dev, mine.st_ino) == (merged.st_dev, merged.st_ino)
         assert mine.st_nlink >= 2
 
@@ -166,14 +166,14 @@ def tampered_step(steps: list[int]) -> int:
 
 
 def flip_byte(sub: Path, steps: list[int]) -> None:
-    ckpt = sub / bl.checkpoint_file(tampered_step(steps))
+    ckpt = sub / contents.checkpoint_file(tampered_step(steps))
     data = bytearray(ckpt.read_bytes())
     data[len(data) // 2] ^= 0x01
     ckpt.write_bytes(bytes(data))
 
 
 def drop_checkpoint(sub: Path, steps: list[int]) -> None:
-    shutil.rmtree(sub / "checkpoints" / bl.model_dir_name(steps[2]))
+    shutil.rmtree(sub / "checkpoints" / contents.model_dir_name(steps[2]))
 
 
 def add_stray(sub: Path, steps: list[int]) -> None:
@@ -186,7 +186,7 @@ def result_row(sub: Path, name: str) -> dict:
 
 def edit_results(sub: Path, steps: list[int]) -> None:
     results = json.loads((sub / "results.json").read_text())
-    row = next(r for r in results["checkpoints"] if r["model"] == bl.model_dir_name(tampered_step(steps)))
+    row = next(r for r in results["checkpoints"] if r["model"] == contents.model_dir_name(tampered_step(steps)))
     row["accuracy_strict"] = EDITED_ACCURACY if row["accuracy_strict"] != EDITED_ACCURACY else 0.125
     (sub / "results.json").write_text(json.dumps(results, indent=2))
 
@@ -196,7 +196,7 @@ EDITED_ACCURACY = 0.875
 
 def edit_squad_answers(sub: Path, steps: list[int]) -> None:
     """Give one checkpoint the gold SQuAD answers: its F1/EM in results.json no longer follow."""
-    f = sub / "logs" / "evaluate" / bl.model_dir_name(tampered_step(steps)) / "squad_predictions.jsonl"
+    f = sub / "logs" / "evaluate" / contents.model_dir_name(tampered_step(steps)) / "squad_predictions.jsonl"
     if not f.is_file():
         pytest.skip("evaluate wrote no SQuAD predictions for this run")
     rows = [json.loads(l) for l in f.read_text().splitlines()]
@@ -218,11 +218,11 @@ TAMPERING = {
 
 
 def expected_messages(messages: list[str], sub: Path, steps: list[int]) -> list[str]:
-    name = bl.model_dir_name(tampered_step(steps))
+    name = contents.model_dir_name(tampered_step(steps))
     row = result_row(sub, name)
     edited = EDITED_ACCURACY if row["accuracy_strict"] != EDITED_ACCURACY else 0.125
     return [m.format(name=name, acc=row["accuracy_strict"], f1=row["squad_f1"], edited=edited,
-                     ckpt=bl.checkpoint_file(tampered_step(steps)), dropped=bl.model_dir_name(steps[2]))
+                     ckpt=contents.checkpoint_file(tampered_step(steps)), dropped=contents.model_dir_name(steps[2]))
             for m in messages]
 
 
@@ -246,7 +246,7 @@ def test_every_problem_is_listed_not_just_the_first(bundled, tmp_path, capsys):
     sub = tampered_copy(bundled, tmp_path)
     steps = bundled["steps"]
     expected = {case: expected_messages(messages, sub, steps) for case, (_, messages) in TAMPERING.items()}
-    if not (sub / "logs" / "evaluate" / bl.model_dir_name(tampered_step(steps)) / "squad_predictions.jsonl").is_file():
+    if not (sub / "logs" / "evaluate" / contents.model_dir_name(tampered_step(steps)) / "squad_predictions.jsonl").is_file():
         expected.pop("edited SQuAD answers")
     for case in expected:
         TAMPERING[case][0](sub, steps)
@@ -262,7 +262,7 @@ def test_rerun_catches_answers_the_checkpoints_do_not_give(bundled, tmp_path, ca
     every static check passes; only evaluating the checkpoints again shows the answers are not theirs."""
     sub = tampered_copy(bundled, tmp_path)
     step = tampered_step(bundled["steps"])
-    name = bl.model_dir_name(step)
+    name = contents.model_dir_name(step)
     measured = result_row(sub, name)["accuracy_strict"]
     assert measured < 1.0, "the tiny model is not expected to answer every held-out row"
     pred_file = sub / "logs" / "evaluate" / name / "predictions.jsonl"
@@ -278,11 +278,11 @@ def test_rerun_catches_answers_the_checkpoints_do_not_give(bundled, tmp_path, ca
     for r in results["checkpoints"]:
         if r["model"] == name:
             r.update(accuracy_strict=1.0, accuracy_tolerant=1.0,
-                     score=contest.stage1_score(1.0, r["ratio"]), score_tolerant=contest.stage1_score(1.0, r["ratio"]))
+                     score=rules.stage1_score(1.0, r["ratio"]), score_tolerant=rules.stage1_score(1.0, r["ratio"]))
     results["chosen"].update(model=name, step=step)
     (sub / "results.json").write_text(json.dumps(results, indent=2))
     # ...and selfcheck.png redrawn from the forged results.json (verify ties the picture to that file)
-    from jobs.core import selfcheck
+    from tunebox.submission import selfcheck
     selfcheck.render(sub / selfcheck.FILE, results=results, results_bytes=(sub / "results.json").read_bytes(),
                      rank=8, commit=results["code"]["commit"], code_note="", log_name="-", log_tail=[])
     rewrite_sums(sub)
@@ -354,7 +354,7 @@ def edited_run(tiny_run, work: Path, squad_right: list[int]) -> dict:
     run = runs / "tiny"
     shutil.copytree(tiny_run["run_dir"], run, ignore=shutil.ignore_patterns("mindformers", "submission"))
     steps = planned_checkpoint_steps(run)
-    names = ["base"] + [bl.model_dir_name(s) for s in steps]
+    names = ["base"] + [contents.model_dir_name(s) for s in steps]
     ev = run / "evaluate"
     for name, m, q in zip(names, MATH_RIGHT, squad_right):
         make_model_answer(ev, name, m, q)
@@ -474,7 +474,7 @@ def mcq_bundled(tiny_cache, tmp_path_factory) -> dict:
         run_job(job, TINY_RECIPE, tiny_cache, work, *sets)
     run = runs / "tiny"
     steps = planned_checkpoint_steps(run, TINY_RECIPE, *MCQ_SETS)
-    last = bl.model_dir_name(steps[-1])
+    last = contents.model_dir_name(steps[-1])
     preds = read_jsonl(run / "evaluate" / last / "predictions.jsonl")
     assert len(preds) == 6 and not any(p["strict"] for p in preds), "expected a model that names no right letter"
     for p, (text, right) in zip(preds, MCQ_ANSWERS):
@@ -494,7 +494,7 @@ def test_stage2_bundle_scores_by_the_stage2_rule(mcq_bundled):
     assert results["score_formula"].startswith("stage 2: (1 - 10 * ratio) * 0.3 + accuracy * 0.7")
     assert results["ratio_for_score"] == pytest.approx(TINY_RATIO, rel=1e-12)
     rows = {r["model"]: r for r in results["checkpoints"]}
-    assert list(rows) == [bl.model_dir_name(s) for s in mcq_bundled["steps"]]
+    assert list(rows) == [contents.model_dir_name(s) for s in mcq_bundled["steps"]]
     for name, r in rows.items():
         acc = 2 / 6 if name == mcq_bundled["last"] else 0.0
         assert r["accuracy_strict"] == pytest.approx(acc, abs=1e-12)
@@ -546,7 +546,7 @@ AGREEMENT = {
 def test_evaluate_bundle_and_verify_agree_on_the_choice(case, request, tmp_path, capsys):
     fixture, pick, rule, valid, top = AGREEMENT[case]
     run = request.getfixturevalue(fixture)
-    checkpoints = [bl.model_dir_name(s) for s in run["steps"]]
+    checkpoints = [contents.model_dir_name(s) for s in run["steps"]]
     want = {"model": None if pick is None else checkpoints[pick], "step": None if pick is None else run["steps"][pick],
             "rule": rule, "valid": valid, "highest_score": checkpoints[top]}
     by_evaluate = json.loads((run["run"] / "evaluate" / "report.json").read_text())["best_checkpoint"]
@@ -565,7 +565,7 @@ def test_evaluate_bundle_and_verify_agree_on_the_choice(case, request, tmp_path,
     shutil.copytree(run["sub"], sub)
     results = json.loads((sub / "results.json").read_text())
     other = checkpoints[top] if top != pick else checkpoints[0]
-    results["chosen"].update(model=other, step=bl.step_of_dir(other), valid=True)
+    results["chosen"].update(model=other, step=contents.step_of_dir(other), valid=True)
     (sub / "results.json").write_text(json.dumps(results, indent=2))
     rewrite_sums(sub)
     code, fails = verify_here(sub, capsys)
@@ -616,12 +616,12 @@ def test_code_archive_clean_commit_dirty_tree_and_no_git(tmp_path):
 # ---- reading evaluate's report ------------------------------------------------------------
 
 def test_squad_fields_read_nested_and_flat_report_entries():
-    nested = bl.squad_fields({"squad": {"f1": 55.0, "em": 40.0}, "retention": {"f1": 0.92, "em": 0.905, "passes": True}})
-    flat = bl.squad_fields({"squad_f1": 55.0, "squad_em": 40.0, "retention_f1": 0.92, "retention_em": 0.905,
+    nested = contents.squad_fields({"squad": {"f1": 55.0, "em": 40.0}, "retention": {"f1": 0.92, "em": 0.905, "passes": True}})
+    flat = contents.squad_fields({"squad_f1": 55.0, "squad_em": 40.0, "retention_f1": 0.92, "retention_em": 0.905,
                             "passes_retention": True})
     assert nested == flat == {"squad_f1": 55.0, "squad_em": 40.0, "retention_f1": 0.92, "retention_em": 0.905,
                               "passes_retention": True}
-    assert set(bl.squad_fields({}).values()) == {None}
+    assert set(contents.squad_fields({}).values()) == {None}
 
 
 # ---- inside a container ----------------------------------------------------------------------

@@ -18,9 +18,9 @@ from conftest import TINY_RECIPE, run_job
 
 from jobs import verify as verify_mod
 from jobs.bundle import training_log_tail
-from jobs.core import bundle_lib as bl
-from jobs.core import selfcheck
-from jobs.core.config import load_spec
+from tunebox.submission import contents
+from tunebox.submission import selfcheck
+from tunebox.config import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_LOGS = {"msrun/worker_0.log": "step 1 loss 2.5\nworker 0 last line\n",
@@ -58,8 +58,8 @@ def copy_of(bundled, tmp_path) -> Path:
 
 
 def rewrite_sums(sub: Path) -> None:
-    rels = [r for r in bl.files_under(sub) if r != bl.SUMS_FILE]
-    (sub / bl.SUMS_FILE).write_text(bl.format_sha256sums(bl.hash_files(sub, rels)))
+    rels = [r for r in contents.files_under(sub) if r != contents.SUMS_FILE]
+    (sub / contents.SUMS_FILE).write_text(contents.format_sha256sums(contents.hash_files(sub, rels)))
 
 
 def test_selfcheck_png_shows_this_run_and_verify_accepts_it(bundled, capsys):
@@ -71,7 +71,7 @@ def test_selfcheck_png_shows_this_run_and_verify_accepts_it(bundled, capsys):
     keys = selfcheck.read_keys(png)
     assert keys == {"tunebox.run_id": "tiny", "tunebox.commit": results["code"]["commit"] or "",
                     "tunebox.results_sha256": hashlib.sha256((sub / "results.json").read_bytes()).hexdigest()}
-    assert selfcheck.FILE in (sub / bl.SUMS_FILE).read_text()
+    assert selfcheck.FILE in (sub / contents.SUMS_FILE).read_text()
     code, fails = verify(sub, capsys)
     assert (code, fails) == (0, [])
 

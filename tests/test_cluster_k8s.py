@@ -22,13 +22,13 @@ pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
                                 reason="kubectl is not installed: it renders the manifests (kubectl kustomize)")
 
 from images.compose_up import compose_services  # noqa: E402
-from jobs.core import ascend  # noqa: E402
-from jobs.core.budget import estimate_disk  # noqa: E402
-from jobs.core.config import load_spec  # noqa: E402
-from jobs.core.crd_schema import validate  # noqa: E402
-from jobs.core.io import InputError  # noqa: E402
-from jobs.core.manifest import ascend_info  # noqa: E402
-from jobs.core.render import list_overlays, render, template_paths  # noqa: E402
+from tunebox.deploy import ascend  # noqa: E402
+from tunebox.model.budget import estimate_disk  # noqa: E402
+from tunebox.config import load_spec  # noqa: E402
+from tunebox.deploy.crd_schema import validate  # noqa: E402
+from tunebox.io import InputError  # noqa: E402
+from tunebox.manifest import ascend_info  # noqa: E402
+from tunebox.deploy.k8s import list_overlays, render, template_paths  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny.yaml"
@@ -245,7 +245,7 @@ def test_runs_claim_is_sized_from_the_spec(overlay):
 def test_llama3_8b_disk_holds_base_source_and_five_merged_checkpoints():
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml")
     est = estimate_disk(spec)
-    params = 8_030_261_248                       # jobs/core/models.py, checked in tests/test_plan.py
+    params = 8_030_261_248                       # tunebox/model/registry.py, checked in tests/test_plan.py
     assert est.items["base_checkpoint_fp32"] == 4 * params
     assert est.items["merged_checkpoints_bfloat16"] == 5 * 2 * params     # the recipe's merge.dtype
     assert est.items["hf_source_bf16"] == 2 * params
@@ -375,7 +375,7 @@ def test_manifest_reads_the_cann_85_layout(tmp_path):
 
 
 def test_crd_derivation_reads_openapi_the_way_the_api_server_does():
-    from jobs.core.crd_schema import derive
+    from tunebox.deploy.crd_schema import derive
     crd = {"metadata": {"name": "things.example.com"},
            "spec": {"group": "example.com", "names": {"kind": "Thing"}, "versions": [{"name": "v1", "schema": {
                "openAPIV3Schema": {"type": "object", "properties": {
@@ -406,7 +406,7 @@ def test_plan_prints_the_disk_the_render_claims():
     import re
     import sys
     recipe = REPO / "recipes" / "stage1-llama3-8b.yaml"
-    out = subprocess.run([sys.executable, "-m", "jobs.plan", "--recipe", str(recipe)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "jobs.plan", "--config", str(recipe)], capture_output=True,
                          text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     printed = int(re.search(r"Disk on the runs volume: (\d+) GiB", out.stdout).group(1))
@@ -431,7 +431,7 @@ def test_data_loader_helper_fills_the_claim_the_pods_read():
 
 def test_render_only_keeps_the_claims():
     import sys
-    out = subprocess.run([sys.executable, "-m", "jobs.core.render", "--spec", str(TINY), "--overlay", "ascend-4card",
+    out = subprocess.run([sys.executable, "-m", "tunebox.deploy.k8s", "--config", str(TINY), "--overlay", "ascend-4card",
                           "--only", "PersistentVolumeClaim", "-o", "-"], capture_output=True, text=True, cwd=REPO,
                          timeout=120)
     assert out.returncode == 0, out.stderr
@@ -448,14 +448,14 @@ def test_the_documented_apply_sequences_render_and_validate(heading, tmp_path):
     doc = (REPO / "docs" / "CONTAINERS.md").read_text(encoding="utf-8")
     section = doc[doc.index(heading):]
     block = section[section.index("```sh") + 5:section.index("```", section.index("```sh") + 5)]
-    commands = [line[len("python -m jobs.core.render"):] for line in block.replace("\\\n", " ").splitlines()
-                if line.startswith("python -m jobs.core.render")]
+    commands = [line[len("python -m tunebox.deploy.k8s"):] for line in block.replace("\\\n", " ").splitlines()
+                if line.startswith("python -m tunebox.deploy.k8s")]
     assert commands, "no render command in the section"
     for i, tail in enumerate(commands):
         argv = shlex.split(tail.split("|")[0].replace("$IMAGE", "registry.example.com/t:1"))
         if "-o" in argv:
             argv[argv.index("-o") + 1] = str(tmp_path / f"r{i}.yaml")
-        out = subprocess.run([sys.executable, "-m", "jobs.core.render", *argv], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-m", "tunebox.deploy.k8s", *argv], capture_output=True, text=True,
                              cwd=REPO, timeout=120)
         assert out.returncode == 0, (argv, out.stderr)
         text = out.stdout if "-" == argv[argv.index("-o") + 1] else (tmp_path / f"r{i}.yaml").read_text()
@@ -465,7 +465,7 @@ def test_the_documented_apply_sequences_render_and_validate(heading, tmp_path):
 
 
 def test_manifest_records_a_missing_cann_on_an_ascend_image_only(tmp_path, monkeypatch, caplog):
-    from jobs.core import manifest as mf
+    from tunebox import manifest as mf
     labels = tmp_path / "image.json"
     monkeypatch.setenv("TUNEBOX_IMAGE_LABELS", str(labels))
     monkeypatch.setattr(mf, "ASCEND_ROOT", tmp_path / "no-ascend")

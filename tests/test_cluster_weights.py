@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from images.compose_up import STEPS, compose_services
-from jobs.core.models import get_model_spec
-from jobs.core.weights import make_random_hf_checkpoint
+from tunebox.model.registry import get_model_spec
+from tunebox.model.weights import make_random_hf_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny.yaml"
@@ -177,7 +177,7 @@ def test_compose_runs_weights_first_with_the_credential_passed_through():
 @pytest.mark.parametrize("overlay, sets", [("local-cpu", []), ("ascend-4card", []),
                                            ("ascend-job", ["train.workers=8", "train.batch_size=8"])])
 def test_k8s_pods_run_weights_first_and_read_the_credential_from_an_optional_secret(overlay, sets):
-    from jobs.core.render import render
+    from tunebox.deploy.k8s import render
     docs = list(yaml.safe_load_all(render(TINY, overlay, overrides=sets)[0]))
     job = next(d for d in docs if d["kind"] in ("Job", "AscendJob"))
     template = job["spec"]["replicaSpecs"]["Worker"]["template"] if job["kind"] == "AscendJob" else job["spec"]["template"]

@@ -1,4 +1,4 @@
-"""The contest's rules (jobs/core/contest.py) on hand-worked figures: the parameter ratio and the
+"""The contest's rules (tunebox/contest/rules.py) on hand-worked figures: the parameter ratio and the
 stage scores reproduce the contest's published numbers, retention is tuned >= 90% of base on F1 and
 EM (exactly, at the threshold too), and the checkpoint choice: best score among checkpoints that
 do not fail retention, later step on ties, none when every one fails."""
@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from jobs.core.contest import (choose_checkpoint, contest_param_ratio, param_ratio, retention, retention_verdict,
+from tunebox.contest.rules import (choose_checkpoint, contest_param_ratio, param_ratio, retention, retention_verdict,
                                stage1_score, stage2_score, stage_score)
-from jobs.core.models import get_model_spec
+from tunebox.model.registry import get_model_spec
 
 
 # ---------------------------------------------------------------------------------------------

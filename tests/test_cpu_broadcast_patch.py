@@ -1,4 +1,4 @@
-"""tunebox's registered MindFormers model (jobs/core/mf_extensions.py) changes how MindFormers' Llama
+"""tunebox's registered MindFormers model (tunebox/model/mf_extensions.py) changes how MindFormers' Llama
 computes, never what: the CPU broadcast patch and the answer-only LM head give the stock network's loss
 and every gradient, with prompt/pad labels (-100) in the batch."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jobs.core.models import get_model_spec, llama_config_kwargs, with_overrides
+from tunebox.model.registry import get_model_spec, llama_config_kwargs, with_overrides
 from test_decode import mindformers_env, random_parameter  # noqa: F401  (fixture)
 
 TINY = get_model_spec("tiny")
@@ -28,12 +28,12 @@ def tiny_lora_net(ms, spec, seq: int, batch: int, seed: int, **tunebox):
     a zero path checks nothing), in training mode. Without `tunebox` keys: MindFormers' own
     LlamaForCausalLM (build_llama, CPU patch applied); with them (tunebox_answer_capacity=K,
     tunebox_packing=True): the registered TuneboxLlamaForCausalLM the train job runs."""
-    from jobs.core import mf
+    from tunebox.model import mf
 
     if tunebox:
         from mindformers import LlamaConfig
 
-        from jobs.core.mf_extensions import TuneboxLlamaForCausalLM
+        from tunebox.model.mf_extensions import TuneboxLlamaForCausalLM
 
         net = TuneboxLlamaForCausalLM(LlamaConfig(**llama_config_kwargs(spec, seq_length=seq, batch_size=batch),
                                                   **tunebox))
@@ -53,7 +53,7 @@ def tiny_lora_net(ms, spec, seq: int, batch: int, seed: int, **tunebox):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_patched_network_has_the_same_loss_and_gradients(mindformers_env, variant):
-    from jobs.core.mf_extensions import avoid_cpu_broadcast_tables
+    from tunebox.model.mf_extensions import avoid_cpu_broadcast_tables
 
     ms, LlamaConfig, LlamaForCausalLM = mindformers_env
     spec = VARIANTS[variant]

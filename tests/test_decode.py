@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from jobs.core.decode import NumpyLlama, generate_no_cache, greedy_generate
-from jobs.core.io import InputError
-from jobs.core.models import get_model_spec, llama_config_kwargs, with_overrides
+from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
+from tunebox.io import InputError
+from tunebox.model.registry import get_model_spec, llama_config_kwargs, with_overrides
 
 TINY = get_model_spec("tiny")
 

@@ -16,11 +16,11 @@ import pytest
 
 from conftest import SHARED_DATA, TINY_RECIPE, read_jsonl, run_job
 
-from jobs.core import scoring
-from jobs.core.config import load_spec
-from jobs.core.io import InputError
-from jobs.core.models import get_model_spec, llama_config_kwargs
-from jobs.core.contest import choose_checkpoint
+from tunebox.contest import scoring
+from tunebox.config import load_spec
+from tunebox.io import InputError
+from tunebox.model.registry import get_model_spec, llama_config_kwargs
+from tunebox.contest.rules import choose_checkpoint
 from jobs.evaluate import (annotate, choice_letter_logprobs, choice_token_plan, contest_figures,
                            length_groups, load_squad, longest_answers_in_samples, parse_scales)
 
@@ -120,7 +120,7 @@ def test_parse_scales():
 
 
 def test_squad_rows_are_validated_with_file_and_line(tmp_path, tiny_cache):
-    from jobs.core.tokenizer import TextTokenizer
+    from tunebox.data.tokenizer import TextTokenizer
 
     tok = TextTokenizer.load(tiny_cache / "models" / "tiny")
     good = SQUAD.read_text(encoding="utf-8").splitlines()[:3]
@@ -153,9 +153,9 @@ def _reference_logprobs(model, prompts, letter_ids) -> np.ndarray:
 
 
 def test_mcq_logprob_method_on_tiny(tiny_cache):
-    from jobs.core.decode import NumpyLlama
-    from jobs.core.models import get_model_spec
-    from jobs.core.tokenizer import TextTokenizer
+    from tunebox.evaluation.decode import NumpyLlama
+    from tunebox.model.registry import get_model_spec
+    from tunebox.data.tokenizer import TextTokenizer
 
     model_dir = tiny_cache / "models" / "tiny"
     tok = TextTokenizer.load(model_dir)
@@ -241,7 +241,7 @@ def test_tiny_report_has_squad_retention_ratio_score_and_choice(tiny_run):
 def test_new_token_limits_come_from_training_answers_only(tiny_run):
     """Recompute the per-family limits from the raw file, skipping held-out and rejected rows,
     with the tokenizer directly (evaluate reads them from prep's stats, or its token arrays)."""
-    from jobs.core.tokenizer import TextTokenizer
+    from tunebox.data.tokenizer import TextTokenizer
 
     spec = load_spec(TINY_RECIPE)
     prep = tiny_run["run_dir"] / "prep"
@@ -286,7 +286,7 @@ def test_report_plots_are_valid_pngs(tiny_run):
 def test_plot_functions_draw_gaps_and_reject_bad_input(tmp_path):
     from PIL import Image
 
-    from jobs.core import plots
+    from tunebox.evaluation import plots
 
     p = plots.line_chart(tmp_path / "l.png", [plots.Series("a", [0, 1, 2, 3], [0.1, None, 0.5, 0.4])],
                          title="t", xlabel="x", ylabel="y", hlines=[plots.HLine(0.9, "threshold")])
@@ -334,10 +334,10 @@ def test_scale_dial_ends_are_the_base_model_and_the_merged_checkpoint(tiny_run, 
 
 @pytest.mark.slow
 def test_smollm2_letters_are_single_tokens_and_logprobs_match_unpadded():
-    from jobs.core.decode import NumpyLlama
-    from jobs.core.models import get_model_spec
-    from jobs.core.tokenizer import TextTokenizer
-    from jobs.core.weights import ensure_model
+    from tunebox.evaluation.decode import NumpyLlama
+    from tunebox.model.registry import get_model_spec
+    from tunebox.data.tokenizer import TextTokenizer
+    from tunebox.model.weights import ensure_model
 
     model_dir = ensure_model("smollm2-135m")
     tok = TextTokenizer.load(model_dir)
@@ -411,7 +411,7 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     parameters and rotary, float32 norms and softmax, the fused kernels, and the KV cache."""
     import mindformers.models.llama as mf_llama
 
-    from jobs.core import mf
+    from tunebox.model import mf
     from jobs.evaluate import MindFormersRunner
 
     built = {}

@@ -1,4 +1,4 @@
-"""jobs.core.fetch against a real HTTP server on 127.0.0.1 that can drop connections mid-body,
+"""tunebox.fetch against a real HTTP server on 127.0.0.1 that can drop connections mid-body,
 ignore Range, or answer 503: the download must still end with the right bytes, and a half file
 must never appear under the final name."""
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-import jobs.core.fetch as fetch_mod
-from jobs.core.fetch import ChecksumMismatch, FetchError, fetch_file, fetch_manifest, read_file_list
-from jobs.core.io import InputError
+import tunebox.fetch as fetch_mod
+from tunebox.fetch import ChecksumMismatch, FetchError, fetch_file, fetch_manifest, read_file_list
+from tunebox.io import InputError
 from jobs.fetch import main as fetch_main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,8 +24,8 @@ import yaml
 from conftest import cannot_run, docker_engine, docker_image
 from images import build as ib
 from images.compose_up import STEPS, compose_services, profile_overrides, service_name
-from jobs.core.config import load_spec
-from jobs.core.render import host_data_root, image_tags, project_version
+from tunebox.config import load_spec
+from tunebox.deploy.k8s import host_data_root, image_tags, project_version
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE_TEXT = (REPO / "Dockerfile").read_text(encoding="utf-8")
@@ -87,7 +87,7 @@ BROKEN = {
     "final on builder": (lambda t: t.replace("FROM runtime AS final", "FROM builder AS final"), "CA bundle"),
     "root user": (lambda t: t.replace("USER ${TUNEBOX_UID}:${TUNEBOX_UID}", "USER root"), "non-root"),
     "no user": (lambda t: t.replace("USER ${TUNEBOX_UID}:${TUNEBOX_UID}\n", ""), "no USER"),
-    "whole context": (lambda t: t.replace("COPY jobs /app/jobs\nCOPY recipes", "COPY . /app/\nCOPY recipes"),
+    "whole context": (lambda t: t.replace("COPY tunebox /app/tunebox\nCOPY recipes", "COPY . /app/\nCOPY recipes"),
                       "CA bundle"),
     "builder's /build": (lambda t: t.replace("COPY --from=builder /opt/venv /opt/venv",
                                              "COPY --from=builder /opt/venv /opt/venv\nCOPY --from=builder /build /build"),
@@ -157,7 +157,7 @@ def test_build_context_has_the_code_this_stack_and_the_ca(tmp_path):
         names = set(tar.getnames())
         ca_member = tar.extractfile(f"{ib.CA_CONTEXT_DIR}/{ib.CA_CONTEXT_NAME}").read()
     assert ca_member == ca.read_bytes()
-    for needed in ("Dockerfile", "pyproject.toml", "jobs/core/config.py", "images/cpu-ms2.9/stack.env",
+    for needed in ("Dockerfile", "pyproject.toml", "tunebox/config.py", "images/cpu-ms2.9/stack.env",
                    "images/build-venv.sh", "images/entrypoint.sh", "recipes/tiny.yaml"):
         assert needed in names
     assert not any(n.startswith(("images/ascend-cann9.0-ms2.9", "images/contest-2024", ".git/", "tests/"))

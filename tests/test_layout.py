@@ -1,4 +1,4 @@
-"""The run layout (jobs/core/layout.py) is what everything else does: the job order in
+"""The run layout (tunebox/layout.py) is what everything else does: the job order in
 docker-compose.yml, images/pipeline.sh and the Kubernetes manifests, and the hand-over files the
 real jobs write on the tiny run (train.py and evaluate.py still spell their own output paths)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.core import layout
+from tunebox import layout
 
 REPO = Path(__file__).resolve().parents[1]
 

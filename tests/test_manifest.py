@@ -1,4 +1,4 @@
-"""jobs.core.manifest: the environment manifest and the run record, on this machine, a temporary
+"""tunebox.manifest: the environment manifest and the run record, on this machine, a temporary
 git repository, and a fake Ascend install tree (the one thing that cannot exist here)."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import jobs.core.manifest as manifest_mod
-from jobs.core.config import RunSpec
-from jobs.core.manifest import (ascend_info, container_info, describe_file, environment_manifest,
+import tunebox.manifest as manifest_mod
+from tunebox.config import RunSpec
+from tunebox.manifest import (ascend_info, container_info, describe_file, environment_manifest,
                                 git_state, main, parse_npu_smi, pip_freeze, write_job_manifest)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_package_versions_agree_with_pip_freeze():
 
 def test_building_a_manifest_does_not_import_mindspore():
     # In a fresh interpreter: importing mindspore takes seconds and ~1 GB just to read a version.
-    probe = ("import sys, jobs.core.manifest as m; m.environment_manifest(include_pip_freeze=False); "
+    probe = ("import sys, tunebox.manifest as m; m.environment_manifest(include_pip_freeze=False); "
              "print(sorted(k for k in ('mindspore', 'mindformers') if k in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
                           timeout=60, check=True)
@@ -238,14 +238,14 @@ def test_cli_prints_json_and_rejects_bad_input(tmp_path, capsys):
     assert printed["pip_freeze"] is None
     assert main(["--input", "no-equals-sign"]) == 2
     assert main(["--input", f"x={tmp_path / 'missing'}"]) == 2
-    assert main(["--spec", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     out = tmp_path / "env.json"
     assert main(["--out", str(out), "--no-freeze"]) == 0
     assert set(json.loads(out.read_text())) == EXPECTED_KEYS
 
 
 def test_spec_hash_names_what_runs_not_where():
-    from jobs.core.config import load_spec
+    from tunebox.config import load_spec
 
     here = load_spec("recipes/tiny.yaml", ["runs_dir=/tmp/a"])
     assert load_spec("recipes/tiny.yaml", ["runs_dir=/runs"]).spec_hash() == here.spec_hash()

@@ -1,4 +1,4 @@
-"""The MindFormers configs tunebox renders (jobs/core/mf_config.py): every recipe's finetune YAML loads
+"""The MindFormers configs tunebox renders (tunebox/model/mf_config.py): every recipe's finetune YAML loads
 with MindFormers' own MindFormerConfig, says what the spec says in MindFormers' keys, and builds the
 model with its LoRA (at tiny dimensions where the real ones do not fit in a test); the submission
 carries finetune/predict YAMLs that verify checks."""
@@ -14,9 +14,9 @@ import yaml
 
 from conftest import REPO, TINY_RECIPE
 
-from jobs.core.config import load_spec
-from jobs.core.mf_config import dump, render_predict_config, render_train_config, topology
-from jobs.core.models import get_model_spec, mindformers_target_regex
+from tunebox.config import load_spec
+from tunebox.model.mf_config import dump, render_predict_config, render_train_config, topology
+from tunebox.model.registry import get_model_spec, mindformers_target_regex
 from jobs.train import plan_steps
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
@@ -92,7 +92,7 @@ def test_stage1_recipe_states_the_contests_topology(tmp_path):
     (["train.grad_accum=2"], "MindFormers accumulates gradients only in semi_auto_parallel"),
 ])
 def test_impossible_topologies_are_refused_at_load(overrides, message):
-    from jobs.core.io import InputError
+    from tunebox.io import InputError
 
     with pytest.raises(InputError, match=message):
         load_spec(TINY_RECIPE, ["train.workers=2"] + overrides if "train.workers=4" not in overrides else overrides)
@@ -108,8 +108,8 @@ def test_the_rendered_config_builds_the_model_with_its_lora(recipe, tmp_path, mf
     from mindformers.pet import LoraConfig, LoraModel
     from mindformers.tools.register import MindFormerModuleType, MindFormerRegister
 
-    import jobs.core.mf_extensions  # noqa: F401  (registers the tunebox classes, as auto_register would)
-    from jobs.core.models import with_overrides
+    import tunebox.model.mf_extensions  # noqa: F401  (registers the tunebox classes, as auto_register would)
+    from tunebox.model.registry import with_overrides
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device("CPU")
@@ -168,7 +168,7 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
     predict = yaml.safe_load((sub / "mindformers" / "predict.yaml").read_text())
     chosen = json.loads((sub / "results.json").read_text())["chosen"]["model"]
     assert predict["load_checkpoint"] == f"../checkpoints/{chosen}/model.ckpt"
-    assert (sub / "mindformers" / "mf_extensions.py").read_bytes() == (REPO / "jobs/core/mf_extensions.py").read_bytes()
+    assert (sub / "mindformers" / "mf_extensions.py").read_bytes() == (REPO / "tunebox/model/mf_extensions.py").read_bytes()
 
     assert verify_mod.main([str(sub)]) == 0
     assert "mindformers" in capsys.readouterr().out
@@ -184,7 +184,7 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
 def test_card_memory_of_the_contest_topology_worked_by_hand():
     """Llama3-8B, 4 cards model_parallel 4, 64 rows of 256 tokens, bf16, recompute on (the contest's
     setting), against figures worked here from the formula's terms."""
-    from jobs.core import budget
+    from tunebox.model import budget
 
     m = get_model_spec("llama3-8b")
     mem = budget.card_memory(m, seq_length=256, global_batch=64, data_parallel=1, model_parallel=4, pipeline_stage=1,

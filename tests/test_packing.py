@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jobs.core.packing import first_fit_decreasing, pack_rows, sample_lengths
+from tunebox.data.packing import first_fit_decreasing, pack_rows, sample_lengths
 from test_cpu_broadcast_patch import loss_and_grads, tiny_lora_net
 from test_decode import mindformers_env  # noqa: F401  (fixture)
 
@@ -57,7 +57,7 @@ def test_packed_batch_trains_like_the_unpacked_samples(mindformers_env, capacity
     """MindFormers' LlamaForCausalLM on the samples one per row, against the registered
     TuneboxLlamaForCausalLM (tunebox_packing, segment ids as the third input) on the packed rows, with
     the full LM head and with the answer-only head: same loss, same gradients."""
-    from jobs.core.models import get_model_spec
+    from tunebox.model.registry import get_model_spec
 
     ms = mindformers_env[0]
     spec = get_model_spec("tiny")

@@ -10,9 +10,9 @@ from dataclasses import replace
 import pytest
 
 from jobs import plan as plan_cli
-from jobs.core import budget
-from jobs.core.models import get_model_spec
-from jobs.core.contest import stage1_score, stage2_score
+from tunebox.model import budget
+from tunebox.model.registry import get_model_spec
+from tunebox.contest.rules import stage1_score, stage2_score
 
 from conftest import REPO
 
@@ -166,7 +166,7 @@ def test_cli_prints_both_tables(capsys):
 
 
 def test_cli_takes_values_from_a_recipe_and_the_command_line(capsys):
-    assert plan_cli.main(["--recipe", str(REPO / "recipes" / "stage2-internlm-7b.yaml"), "--rows", "27604",
+    assert plan_cli.main(["--config", str(REPO / "recipes" / "stage2-internlm-7b.yaml"), "--rows", "27604",
                           "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["inputs"]["seq"] == {"value": 2048, "from": "recipe"}
@@ -177,7 +177,7 @@ def test_cli_takes_values_from_a_recipe_and_the_command_line(capsys):
 
 @pytest.mark.parametrize("argv", [["--model", "nope"], ["--ranks", "a,b"], ["--ranks", "0"],
                                   ["--baseline-accuracy", "40"], ["--mfu", "20"], ["--rows", "3"],
-                                  ["--recipe", "no-such-recipe.yaml"], ["--baseline-targets", "wz"]])
+                                  ["--config", "no-such-recipe.yaml"], ["--baseline-targets", "wz"]])
 def test_cli_bad_input_exits_2(argv, capsys):
     assert plan_cli.main(argv) == 2
     assert capsys.readouterr().err.startswith("error: ")
@@ -201,7 +201,7 @@ def test_winner_recipe_plans_its_published_ratio_next_to_the_baseline(capsys):
     equals what the contest published for the winner (0.00679028, topic2-finetune/README.md), and the
     plan prints the recipe's Ascend time next to the baseline's reference run (6 h)."""
     recipe = str(REPO / "recipes" / "stage1-llama3-8b-cot.yaml")
-    assert plan_cli.main(["--recipe", recipe, "--json"]) == 0
+    assert plan_cli.main(["--config", recipe, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     baseline, mine = data["recipe_vs_baseline"]["rows"]
     assert mine["trainable"] == 54_525_952 and round(mine["ratio"], 8) == 0.00679028
@@ -209,6 +209,6 @@ def test_winner_recipe_plans_its_published_ratio_next_to_the_baseline(capsys):
     assert baseline["trainable"] == 3_407_872 and round(baseline["wall_hours"], 2) == 6.00
     assert mine["wall_hours"] > baseline["wall_hours"]
     assert option_dict(data, 64, "wq|wk|wv|wo")["trainable"] == 54_525_952
-    assert plan_cli.main(["--recipe", recipe]) == 0
+    assert plan_cli.main(["--config", recipe]) == 0
     out = capsys.readouterr().out
     assert "0.00679028" in out and "r64 on wq|wk|wv|wo" in out and "<- recipe" in out

@@ -14,13 +14,15 @@ import pytest
 from conftest import MATH_SAMPLE, TINY_RECIPE
 
 import jobs.prep
-from jobs.core import answers, mathgen, prompts
-from jobs.core.cli import run_job as run_job_inprocess
-from jobs.core.config import load_spec
-from jobs.core.data import IGNORE, read_mindrecord
-from jobs.core.io import InputError
-from jobs.core.scoring import math_family
-from jobs.core.tokenizer import build_byte_tokenizer
+from tunebox.data import answers
+from tunebox.contest import mathgen
+from tunebox.data import prompts
+from tunebox.cli import run_job as run_job_inprocess
+from tunebox.config import load_spec
+from tunebox.data.samples import IGNORE, read_mindrecord
+from tunebox.io import InputError
+from tunebox.contest.scoring import math_family
+from tunebox.data.tokenizer import build_byte_tokenizer
 
 
 def prep_here(tmp_path: Path, cache: Path, monkeypatch, capsys, *overrides: str) -> tuple[int, str, Path]:

@@ -13,8 +13,8 @@ from PIL import Image
 
 from jobs import generate as gen
 from jobs import profile as prof
-from jobs.core import mathgen
-from jobs.core.tokenizer import build_byte_tokenizer
+from tunebox.contest import mathgen
+from tunebox.data.tokenizer import build_byte_tokenizer
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math" / "contest-sample.jsonl"
 # Real rows whose published label is wrong: a "discount" to a higher price, labelled negative.
@@ -36,7 +36,7 @@ def real_profile():
     return prof.profile(REAL, progress=False)
 
 
-# The contest's families as they read, written here independently of jobs.core.scoring.math_family
+# The contest's families as they read, written here independently of tunebox.contest.scoring.math_family
 # (which the profiler uses): a few words of each Chinese template; English text is a competition row.
 NUM = r"-?\d+(?:\.\d+)?"
 FAMILY_PATTERNS = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.core.scoring import (
+from tunebox.contest.scoring import (
     MATH_FAMILIES, extract_answer, extract_answer_number, extract_choice_letter,
     math_accuracy, math_family, mcq_language, mcq_prompt, mcq_reference_output, numbers_equal,
     score_math, squad_answer_from_generation,
@@ -389,7 +389,7 @@ def test_trim_generation_stops_at_a_new_problem():
 # ---- graded closeness (issue 14) ----------------------------------------------------------------
 
 def test_closeness_band_and_leading_digits():
-    from jobs.core.scoring import closeness
+    from tunebox.contest.scoring import closeness
 
     ref = "-6273.69 / -2956.06 = 2.122314837993816093042766385"
     assert closeness("2.12231", ref) == {"within_1pct": True, "leading_digits": 6,
@@ -407,7 +407,7 @@ def test_closeness_band_and_leading_digits():
 
 
 def test_answer_verdict_carries_the_graded_measure():
-    from jobs.core.scoring import answer_verdict
+    from tunebox.contest.scoring import answer_verdict
 
     v = answer_verdict("math", "3963.85 * -5055.68 = -20039950", "3963.85 * -5055.68 = -20039957.1680")
     assert (v["strict"], v["within_1pct"], v["leading_digits"]) == (False, True, 7)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, read_jsonl, run_job
-from jobs.core.config import load_spec
+from tunebox.config import load_spec
 
 LOCAL = REPO / "recipes" / "local-smollm2.yaml"
 # SmolLM2-135M by hand: 30 layers of width 576, 9 heads of 64, 3 KV heads (192), MLP 1536, 49,152
@@ -23,8 +23,8 @@ SMOLLM2_TOTAL = 49152 * 576 + 30 * (2 * 576 * 576 + 2 * 192 * 576 + 3 * 576 * 15
 def heldout_answer_loss(ckpt: Path, spec, tok, rows: list[dict]) -> float:
     """Mean cross-entropy of the reference answers (and the end token) of the held-out rows, given
     their chat prompts: a plain float64 log-softmax over NumpyLlama's logits, one row at a time."""
-    from jobs.core.decode import NumpyLlama
-    from jobs.core.models import get_model_spec
+    from tunebox.evaluation.decode import NumpyLlama
+    from tunebox.model.registry import get_model_spec
 
     model = NumpyLlama.from_checkpoint(ckpt, get_model_spec(spec.model.name))
     nll = []
@@ -41,8 +41,8 @@ def heldout_answer_loss(ckpt: Path, spec, tok, rows: list[dict]) -> float:
 def check_training_lowers_the_heldout_loss(run: Path, spec) -> None:
     """On rows training never saw (the same rows for every model, so no batch-to-batch noise): the
     first and the last merged checkpoint are below the base model, and the last below the first."""
-    from jobs.core.tokenizer import TextTokenizer
-    from jobs.core.weights import ensure_model
+    from tunebox.data.tokenizer import TextTokenizer
+    from tunebox.model.weights import ensure_model
 
     tok = TextTokenizer.load(ensure_model(spec.model.name))
     rows = read_jsonl(run / "prep" / "heldout.jsonl")[:spec.eval.limit]

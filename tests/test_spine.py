@@ -15,7 +15,7 @@ import pytest
 
 from conftest import MATH_SAMPLE, REPO, TINY_RECIPE, job_env, planned_checkpoint_steps, read_jsonl, run_job
 
-from jobs.core.config import load_spec
+from tunebox.config import load_spec
 from jobs.train import checkpoint_steps, plan_steps
 
 
@@ -75,7 +75,7 @@ def test_prep_split_is_deterministic_and_answer_only_loss(tiny_run):
     from jobs.prep import split_heldout
     a, b = split_heldout(100, 8, 0), split_heldout(100, 8, 0)
     assert (a == b).all() and a.sum() == 8 and not (a == split_heldout(100, 8, 1)).all()
-    from jobs.core.data import read_mindrecord
+    from tunebox.data.samples import read_mindrecord
     ids, labels = read_mindrecord(prep / "train.mindrecord")
     assert ids.shape[1] == spec.data.seq_length + 1 and ids.dtype == np.int32
     # the loss covers the answer only: labels equal ids there, -100 on the prompt and padding
@@ -115,7 +115,7 @@ def test_train_writes_five_evenly_spaced_checkpoints(tiny_run):
     assert all(np.isfinite(r["loss"]) for r in log)
     assert (train / "loss.csv").read_text().startswith("step,epoch,loss")
     summary = json.loads((train / "summary.json").read_text())
-    from jobs.core.models import get_model_spec
+    from tunebox.model.registry import get_model_spec
     assert summary["trainable_params"] == get_model_spec("tiny").lora_params(8, "wq|wv")
     manifest = json.loads((train / "manifest.json").read_text())
     assert manifest["job"] == "train" and manifest["spec_hash"]
@@ -197,8 +197,8 @@ def test_resume_refuses_changed_settings(tmp_path, tiny_cache, tiny_run):
 
 MERGE_CHECK = r"""
 import sys, json, numpy as np, mindspore as ms
-from jobs.core import mf
-from jobs.core.models import get_model_spec
+from tunebox.model import mf
+from tunebox.model.registry import get_model_spec
 ms.set_context(mode=ms.PYNATIVE_MODE); ms.set_device("CPU")
 base_ckpt, lora_ckpt, merged_ckpt = sys.argv[1:4]
 spec = get_model_spec("tiny")
@@ -229,7 +229,7 @@ def test_merged_logits_equal_lora_logits(tiny_run, tmp_path):
 
 
 def test_merge_math_on_arrays():
-    from jobs.core.lora_math import merge_lora_into_base
+    from tunebox.model.lora import merge_lora_into_base
     rng = np.random.RandomState(0)
     w = rng.randn(6, 5).astype(np.float32)
     a, b = rng.randn(2, 5).astype(np.float32), rng.randn(6, 2).astype(np.float32)

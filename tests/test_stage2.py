@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from conftest import REPO, SHARED_DATA, run_job
-from jobs.core import weights
-from jobs.core.config import load_spec
-from jobs.core.data import IGNORE, encode_example, parse_mcq_row, read_examples, read_mindrecord
-from jobs.core.io import InputError, JsonlRow
-from jobs.core.models import INTERNLM_CONTEST_TOKENIZER_CONFIG, get_model_spec, with_overrides
-from jobs.core.scoring import extract_choice_letter, mcq_prompt
-from jobs.core.tokenizer import TextTokenizer, build_byte_tokenizer
+from tunebox.model import weights
+from tunebox.config import load_spec
+from tunebox.data.samples import IGNORE, encode_example, parse_mcq_row, read_examples, read_mindrecord
+from tunebox.io import InputError, JsonlRow
+from tunebox.model.registry import INTERNLM_CONTEST_TOKENIZER_CONFIG, get_model_spec, with_overrides
+from tunebox.contest.scoring import extract_choice_letter, mcq_prompt
+from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
 
 MCQ = SHARED_DATA / "mcq"
 MCQ_FILES = ["mmlu-subset.jsonl", "cmmlu-subset.jsonl", "contest-mcq-sample.jsonl"]
@@ -68,7 +68,7 @@ def ms_cwd(tmp_path_factory):
 
 
 def built_shapes(spec, seq_length: int = 16) -> dict:
-    from jobs.core import mf
+    from tunebox.model import mf
     net = mf.build_llama(spec, seq_length=seq_length)
     return {p.name: tuple(p.shape) for p in net.get_parameters()}
 
@@ -89,8 +89,8 @@ def test_internlm_checkpoint_converts_loads_and_trains_with_lora(tmp_path, ms_cw
     ms = ms_cwd
     from mindspore import nn
 
-    from jobs.core import mf
-    from jobs.core.mf_extensions import TuneboxTrainOneStepCell
+    from tunebox.model import mf
+    from tunebox.model.mf_extensions import TuneboxTrainOneStepCell
 
     hf = weights.make_random_hf_checkpoint(tmp_path / "hf", TINY_INTERNLM, seed=1, shards=2)
     assert "model.layers.0.self_attn.o_proj.bias" in json.loads((hf / "model.safetensors.index.json").read_text())["weight_map"]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from jobs.core import weights
-from jobs.core.io import InputError, sha256_file
-from jobs.core.models import get_model_spec, llama_config_kwargs, with_overrides
-from jobs.core.tokenizer import TextTokenizer
+from tunebox.model import weights
+from tunebox.io import InputError, sha256_file
+from tunebox.model.registry import get_model_spec, llama_config_kwargs, with_overrides
+from tunebox.data.tokenizer import TextTokenizer
 
 TINY = get_model_spec("tiny")
 # InternLM's layout (MHA, biases on q/k/v/o) at tiny size.
@@ -394,8 +394,8 @@ def test_mindformers_loss_is_cross_entropy_on_the_answer_tokens(tiny_run, mindfo
     trained, merged last checkpoint: real training output, not only the random init."""
     import mindspore as ms
 
-    from jobs.core import mf
-    from jobs.core.data import read_mindrecord
+    from tunebox.model import mf
+    from tunebox.data.samples import read_mindrecord
 
     ids, labels = read_mindrecord(tiny_run["run_dir"] / "prep" / "train.mindrecord")
     ids, labels = ids[:3], labels[:3]

@@ -1,0 +1,1 @@
+"""Benchmarks: each appends its figures to docs/BENCHMARKS.md; run with `invoke bench.<name>`."""

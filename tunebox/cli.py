@@ -1,0 +1,91 @@
+"""The one command-line shape every job shares: `python -m jobs.<name> --config SPEC [--set k=v ...]`.
+
+Exit codes mean something: 0 ok, 2 bad input (a spec or data error naming file and line),
+1 failure (a bug or the machine), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import traceback
+from typing import Callable
+
+from tunebox.config import RunSpec, describe, load_spec
+from tunebox.io import InputError
+
+log = logging.getLogger("tunebox")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=os.environ.get("TUNEBOX_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+
+
+def job_process_env(jobs_dir) -> dict:
+    """The environment for a child process that runs a job program (`python -m jobs.<name>`, or msrun's
+    workers): the folder holding jobs/ first on PYTHONPATH, since only the tunebox package is installed
+    and the job programs run from the checkout (or the image's /app)."""
+    root = str(os.path.dirname(os.path.abspath(jobs_dir)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def job_parser(name: str, summary: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m jobs.{name}", description=summary,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run spec keys (YAML sections; override any with --set section.key=value):\n" + describe()
+               + "\n\nExit codes: 0 ok, 2 bad input (file and line named), 1 failure, 130 interrupted.")
+    parser.add_argument("--config", "-c", required=True, metavar="SPEC.yaml",
+                        help="run spec (a path, or a recipe name from recipes/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec value, e.g. --set train.max_steps=10 (repeatable)")
+    return parser
+
+
+def guarded(name: str, body: Callable[[], object], known: tuple = (), on_interrupt: str = "") -> int:
+    """Run `body` and turn what happened into the exit code every tunebox command uses: 0 ok (or the
+    int `body` returns), 2 bad input (InputError: its message names file and line), 1 failure (an
+    exception in `known` prints one line; anything else is a bug or the machine: full traceback),
+    130 interrupted (with `on_interrupt`, what rerunning does)."""
+    started = time.time()
+    try:
+        result = body()
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted" + (f"; {on_interrupt}" if on_interrupt else ""), file=sys.stderr)
+        return 130
+    except known as exc:  # an expected failure with its own clear message
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print(f"{name}: failed after {time.time() - started:.0f} s", file=sys.stderr)
+        return 1
+    return 0 if result is None else int(result)
+
+
+def run_job(name: str, summary: str, main: Callable[[RunSpec, argparse.Namespace], object],
+            add_args: Callable[[argparse.ArgumentParser], None] | None = None, argv=None) -> int:
+    """Parse arguments, load the spec, run `main`, and turn what happened into an exit code."""
+    setup_logging()
+    parser = job_parser(name, summary)
+    if add_args:
+        add_args(parser)
+    args = parser.parse_args(argv)
+    started = time.time()
+
+    def body() -> None:  # a job's main reports through its files; its return value is not an exit code
+        main(load_spec(args.config, args.overrides), args)
+
+    code = guarded(name, body, on_interrupt="rerun the same command to resume")
+    if code == 0:
+        log.info("%s: done in %.0f s", name, time.time() - started)
+    return code

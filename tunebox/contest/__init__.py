@@ -1,0 +1,1 @@
+"""The contest's rules: how a run is scored and judged, and the problems it asks."""

@@ -1,0 +1,1 @@
+"""Training data: rows to samples, answer formats, prompts, packing, tokenizers."""

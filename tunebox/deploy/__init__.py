@@ -1,0 +1,1 @@
+"""Deployment renderers: Kubernetes manifests, Ascend device mounts, offline schema checks."""

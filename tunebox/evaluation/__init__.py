@@ -1,0 +1,1 @@
+"""Evaluation helpers: the CPU decoder and the charts."""

@@ -1,0 +1,145 @@
+"""MindSpore / MindFormers glue: device set-up, the Llama network, LoRA through MindFormers' pet
+adapter (mindpet LoRADense), checkpoints. Device is configuration: the same calls run on CPU
+here and on Ascend there; only dtypes and fused kernels differ (models.llama_config_kwargs).
+
+Imports of mindspore/mindformers stay inside functions: they take seconds, and jobs that do
+not need them (report, bundle, scoring) should not pay for them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from tunebox.model.registry import ModelSpec, llama_config_kwargs, mindformers_target_regex
+
+log = logging.getLogger("tunebox.mf")
+
+LORA_A = "mindpet_delta_lora_a"
+LORA_B = "mindpet_delta_lora_b"
+
+
+def setup_device(device: str = "CPU", mode: str = "graph", seed: Optional[int] = None,
+                 output_dir: Optional[Path] = None, log_root: Optional[Path] = None) -> None:
+    """log_root: the folder whose log/ MindFormers writes its logs to (the train job passes its own
+    folder, MindFormers' output_dir there, so the Trainer keeps the logger quieted here);
+    default output_dir/mindformers."""
+    # MindFormers writes ./output/log at import; keep it inside the run, not wherever we were started.
+    if log_root is not None:
+        os.environ["LOCAL_DEFAULT_PATH"] = str(log_root)
+    elif output_dir is not None:
+        os.environ.setdefault("LOCAL_DEFAULT_PATH", str(Path(output_dir) / "mindformers"))
+    os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only on the console (set GLOG_v=2 for more)
+    import mindspore as ms
+
+    quiet_mindformers_console()
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    ms.set_device(device)
+    if seed is not None:
+        ms.set_seed(seed)
+
+
+def quiet_mindformers_console() -> None:
+    """MindFormers logs INFO to the console by default: quiet its console handler (level from
+    TUNEBOX_MF_CONSOLE_LEVEL, default WARNING), keep its file log (under the run's folder) as it is."""
+    from mindformers.tools.logger import get_logger
+
+    for handler in get_logger().handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(os.environ.get("TUNEBOX_MF_CONSOLE_LEVEL", "WARNING"))
+
+
+def build_llama(spec: ModelSpec, *, seq_length: int, batch_size: int = 1, dtype: str = "float32",
+                checkpoint: Optional[Path] = None, strict: bool = True):
+    """A MindFormers LlamaForCausalLM with the registry's shapes, optionally loaded from a checkpoint."""
+    from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
+
+    import mindspore as ms
+
+    config = LlamaConfig(**llama_config_kwargs(spec, seq_length=seq_length, batch_size=batch_size, dtype=dtype))
+    net = LlamaForCausalLM(config)
+    if ms.get_context("device_target") == "CPU":
+        from tunebox.model.mf_extensions import avoid_cpu_broadcast_tables
+
+        avoid_cpu_broadcast_tables(net)
+    if checkpoint is not None:
+        load_weights(net, checkpoint, strict=strict)
+    return net
+
+
+def load_weights(net, checkpoint: Path, strict: bool = True, allow_missing_lora: bool = True) -> None:
+    import mindspore as ms
+
+    params = ms.load_checkpoint(str(checkpoint))
+    not_loaded, unexpected = ms.load_param_into_net(net, params, strict_load=strict)
+    missing = [n for n in not_loaded if not (allow_missing_lora and (LORA_A in n or LORA_B in n))]
+    if missing:
+        raise ValueError(f"{checkpoint}: parameters missing from the checkpoint: {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''}")
+    if strict and unexpected:
+        raise ValueError(f"{checkpoint}: unexpected parameters: {unexpected[:5]}")
+
+
+def load_lora(net, checkpoint: Path) -> None:
+    """Load LoRA matrices (a train checkpoint) into a LoRA-wrapped network; every one must be there."""
+    import mindspore as ms
+
+    params = ms.load_checkpoint(str(checkpoint))
+    wanted = {p.name for p in net.get_parameters() if LORA_A in p.name or LORA_B in p.name}
+    if wanted - set(params) or set(params) - wanted:
+        raise ValueError(f"{checkpoint}: LoRA matrices do not match the network "
+                         f"(missing {sorted(wanted - set(params))[:3]}, extra {sorted(set(params) - wanted)[:3]})")
+    ms.load_param_into_net(net, params)
+
+
+def add_lora(net, rank: int, alpha: int, dropout: float, target_modules: str, dtype: str = "float32"):
+    """Wrap a Llama network with MindFormers' LoRA adapter and freeze everything but the LoRA matrices."""
+    from mindformers.pet import LoraConfig, LoraModel
+
+    config = LoraConfig(lora_rank=rank, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=mindformers_target_regex(target_modules),
+                        param_init_type=dtype, compute_dtype=dtype)
+    model = LoraModel(config, net)
+    for p in model.get_parameters():
+        p.requires_grad = LORA_A in p.name or LORA_B in p.name
+    return model
+
+
+def lora_state(net) -> dict[str, np.ndarray]:
+    return {p.name: p.asnumpy() for p in net.get_parameters() if LORA_A in p.name or LORA_B in p.name}
+
+
+def count_trainable(net) -> int:
+    return int(sum(np.prod(p.shape) for p in net.trainable_params()))
+
+
+def count_total(net) -> int:
+    """Parameters of the base model (LoRA matrices not counted), as the contest's ratio counts them."""
+    return int(sum(np.prod(p.shape) for p in net.get_parameters()
+                   if LORA_A not in p.name and LORA_B not in p.name and "tunebox_" not in p.name))
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A MindSpore checkpoint from numpy arrays, written atomically."""
+    import mindspore as ms
+
+    save_params(path, [{"name": k, "data": ms.Tensor(v)} for k, v in arrays.items()])
+
+
+def save_params(path: Path, params) -> None:
+    """mindspore.save_checkpoint, atomically (it appends .ckpt to other names, and writes mode 0400)."""
+    import mindspore as ms
+    from tunebox.io import atomic_path
+
+    with atomic_path(path, suffix=".ckpt") as tmp:
+        ms.save_checkpoint(params, str(tmp))
+        os.chmod(tmp, 0o644)
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}

@@ -1,0 +1,1 @@
+"""The contest submission: its files, their checks, the self-check picture."""
