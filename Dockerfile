@@ -120,4 +120,4 @@ ENV TUNEBOX_IMAGE=${IMAGE_TAG}
 USER ${TUNEBOX_UID}:${TUNEBOX_UID}
 WORKDIR /data
 ENTRYPOINT ["/usr/local/bin/tunebox-entrypoint"]
-CMD ["python", "-m", "tunebox.manifest"]
+CMD ["python", "-m", "jobs.env"]

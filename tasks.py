@@ -131,7 +131,7 @@ def fetch(c, url="", out="", sha256="", files="", root=""):
             "out": "with --hf-dir: where to write (default: the model's cache dir)"})
 def convert(c, model, hf_dir="", out=""):
     """Make a model's cache dir (model.ckpt + tokenizer + model.json): build tiny/SmolLM2, or convert HF safetensors."""
-    cmd = f"{PY} -m tunebox.model.weights --model {shlex.quote(model)}"
+    cmd = f"{PY} -m jobs.convert --model {shlex.quote(model)}"
     if hf_dir:
         cmd += f" --hf-dir {shlex.quote(hf_dir)}"
     if out:
@@ -143,7 +143,7 @@ def convert(c, model, hf_dir="", out=""):
             "out": "write the JSON to this file instead of printing it"})
 def env(c, config="", out=""):
     """This machine's environment manifest as JSON: OS, CPU, NPUs, driver/CANN, packages, git, image."""
-    cmd = f"{PY} -m tunebox.manifest"
+    cmd = f"{PY} -m jobs.env"
     if config:
         cmd += f" --config {shlex.quote(config)}"
     if out:
@@ -260,7 +260,7 @@ _K8S_HELP = {"config": "run spec YAML (the single source: run_id, device, worker
 
 
 def _render_cmd(config, overlay, image, namespace, set, out):
-    cmd = f"{PY} -m tunebox.deploy.k8s --config {shlex.quote(config)} --overlay {shlex.quote(overlay)}"
+    cmd = f"{PY} -m jobs.k8s --config {shlex.quote(config)} --overlay {shlex.quote(overlay)}"
     cmd += f" --image {shlex.quote(image)}" if image else ""
     cmd += f" --namespace {shlex.quote(namespace)}" if namespace else ""
     cmd += "".join(f" --set {shlex.quote(o)}" for o in set or [])

@@ -9,7 +9,7 @@ memory flat and run at disk speed on a Llama3-8B-sized checkpoint?
    take the number of decoder layers that gives about half/a quarter of the parameters): writes
    a synthetic base checkpoint in pieces (values from a reused random pool: the content does not
    change the I/O), a random LoRA (r=8 on wq|wv, float32, as train writes it), then merges them in
-   a child process (`python -m tunebox.model.checkpoint merge`) whose peak RSS is the kernel's
+   a child process (`python -m jobs.checkpoint merge`) whose peak RSS is the kernel's
    (wait4 ru_maxrss), also sampled from /proc every 0.1 s. Checks a few merged tensors exactly.
 3. Prints a table, writes DIR/results.json and appends a section to docs/BENCHMARKS.md.
 
@@ -337,7 +337,7 @@ def child_env() -> dict:
 
 
 def merge_in_child(base: Path, lora: Path, out: Path, sha256: bool = False) -> tuple[Measured, dict]:
-    cmd = ["-m", "tunebox.model.checkpoint", "merge", str(base), str(lora), str(out),
+    cmd = ["-m", "jobs.checkpoint", "merge", str(base), str(lora), str(out),
            "--alpha", str(LORA_ALPHA), "--rank", str(LORA_RANK), "--no-progress"] + (["--sha256"] if sha256 else [])
     measured = run_measured(cmd, env=child_env(), cwd=base.parent)
     if measured.returncode != 0:
@@ -348,7 +348,7 @@ def merge_in_child(base: Path, lora: Path, out: Path, sha256: bool = False) -> t
 def baseline_rss() -> int:
     """Peak RSS of a child that imports what the merge imports and does nothing: the part of the
     merge's RSS that is not data."""
-    code = "import tunebox.model.checkpoint"
+    code = "import jobs.checkpoint"
     measured = run_measured(["-c", code], env=child_env(), cwd=REPO)
     if measured.returncode != 0:
         raise RuntimeError(measured.stderr[-2000:])
@@ -475,7 +475,7 @@ def markdown(result: dict) -> str:
         f"Base checkpoints: the registry's llama3-8b tensor shapes in {result['dtype']} (synthetic values), fewer "
         f"decoder layers for half/quarter; LoRA r={result['lora']['rank']} alpha={result['lora']['alpha']} on "
         f"{result['lora']['targets']} ({result['lora']['dtype']}). The merge runs in a child process "
-        f"(`python -m tunebox.model.checkpoint merge`); peak RSS is the child's own high-water mark (VmHWM, written "
+        f"(`python -m jobs.checkpoint merge`); peak RSS is the child's own high-water mark (VmHWM, written "
         f"at exit; wait4's ru_maxrss would also count the parent it was forked from), and RSS was sampled every "
         f"0.1 s as well. A child that only imports the merge's modules peaks at "
         f"{result['baseline_rss'] / MiB:.0f} MiB. Merge time is the merge's own (reading the LoRA, checking every "

@@ -236,7 +236,7 @@ def training_log_tail(run_dir: Path, lines: int = 40) -> tuple[str, list[str]]:
     there is one, else tunebox's own loss.jsonl (a single-process run logs to the console only)."""
     train_dir = run_dir / "train"
     candidates = contents.training_log_candidates(train_dir) if train_dir.is_dir() else []
-    source = candidates[0] if candidates else train_dir / "loss.jsonl"
+    source = candidates[0] if candidates else run_dir / layout.TRAIN_LOSS
     if not source.is_file():
         return "none", []
     with open(source, "rb") as fh:
@@ -548,8 +548,8 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
     train_index = _read_json(spec.run_dir / layout.TRAIN_INDEX, "train's checkpoint index")
     merge_index = _read_json(spec.run_dir / layout.MERGE_INDEX, "merge's index")
     report = _read_json(spec.run_dir / layout.EVALUATE_REPORT, "evaluate's report")
-    summary = _read_json(spec.job_dir("train") / "summary.json", "train's summary")
-    stats = _read_json(spec.job_dir("prep") / "stats.json", "prep's stats")
+    summary = _read_json(spec.run_dir / layout.TRAIN_SUMMARY, "train's summary")
+    stats = _read_json(spec.run_dir / layout.PREP_STATS, "prep's stats")
     profile_file = spec.job_dir("prep") / "profile.json"
     profile = _read_json(profile_file, "prep's data profile") if profile_file.exists() else None
     checkpoints = merged_checkpoints(spec, train_index, merge_index)
@@ -564,10 +564,10 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
 
     out = Path(out) if out else run_dir / contents.SUBMISSION_DIR
     tok = load_tokenizer(spec)
-    heldout = _read_jsonl(spec.job_dir("prep") / "heldout.jsonl")
+    heldout = _read_jsonl(spec.run_dir / layout.PREP_HELDOUT)
     if not heldout:
         raise InputError("no held-out rows: data.heldout_rows must be > 0 to evaluate",
-                         spec.job_dir("prep") / "heldout.jsonl")
+                         spec.run_dir / layout.PREP_HELDOUT)
     rejects_file = spec.job_dir("prep") / "rejects.jsonl"
     rejects = _read_jsonl(rejects_file) if rejects_file.exists() else []
 

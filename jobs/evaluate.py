@@ -38,6 +38,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from tunebox import layout
 from tunebox.contest import scoring
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
@@ -138,9 +139,8 @@ def answer_token_limits(spec: RunSpec, tok: TextTokenizer) -> dict:
     eval.max_new_tokens. Read from prep's stats.json (answer_tokens_by_family), or counted in
     train.mindrecord when an older prep did not record it. MCQ answers share one limit (every
     answer is 'The right option is X.')."""
-    prep = spec.job_dir("prep")
     suffix_tokens = len(tok.encode(tok.answer_suffix)) if tok.answer_suffix else 0
-    stats_file = prep / "stats.json"
+    stats_file = spec.run_dir / layout.PREP_STATS
     by_family = json.loads(stats_file.read_text()).get("answer_tokens_by_family") if stats_file.exists() else None
     if by_family:
         # prep counts the closing suffix (<|im_end|>) with the answer; generation stops at it and never counts it
@@ -151,7 +151,7 @@ def answer_token_limits(spec: RunSpec, tok: TextTokenizer) -> dict:
             longest, rows = {ALL_FAMILIES: max(longest.values())}, {ALL_FAMILIES: sum(rows.values())}
     else:
         longest, rows = longest_answers_in_samples(spec, tok, suffix_tokens)
-        source = str(prep / "train.mindrecord")
+        source = str(spec.run_dir / layout.PREP_TRAIN_RECORDS)
     cap = spec.eval.max_new_tokens
     families = {f: {"train_rows": rows[f], "longest_answer_tokens": longest[f],
                     "max_new_tokens": min(cap, longest[f] + ANSWER_MARGIN_TOKENS)} for f in sorted(longest)}
@@ -166,7 +166,7 @@ def longest_answers_in_samples(spec: RunSpec, tok: TextTokenizer, suffix_tokens:
 
     from tunebox.data.samples import IGNORE
 
-    record = spec.job_dir("prep") / "train.mindrecord"
+    record = spec.run_dir / layout.PREP_TRAIN_RECORDS
     if not record.exists():
         raise InputError(f"{record} not found: run prep first")
     before, after = template_parts(tok, spec.data)
@@ -226,7 +226,7 @@ class SquadTask:
 
 
 def load_heldout(spec: RunSpec, tok: TextTokenizer) -> HeldoutTask:
-    heldout_file = spec.job_dir("prep") / "heldout.jsonl"
+    heldout_file = spec.run_dir / layout.PREP_HELDOUT
     if not heldout_file.exists():
         raise InputError(f"{heldout_file} not found: run prep first")
     rows = [json.loads(l) for l in heldout_file.read_text(encoding="utf-8").splitlines() if l.strip()]
@@ -554,7 +554,7 @@ def models_to_evaluate(spec: RunSpec) -> list[dict]:
     if spec.eval.base:
         base = spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
         models.append({"name": "base", "step": 0, "checkpoint": base, "train_loss": None})
-    index_file = spec.job_dir("merge") / "index.json"
+    index_file = spec.run_dir / layout.MERGE_INDEX
     if not index_file.exists():
         raise InputError(f"{index_file} not found: run merge first")
     merged = json.loads(index_file.read_text())["checkpoints"]
@@ -603,7 +603,7 @@ def scale_dial(spec: RunSpec, target: dict, scales: list[float], task: HeldoutTa
 
     if backend != "numpy":
         raise InputError(f"the LoRA scale dial merges in memory for the numpy backend; eval.backend is {backend}")
-    merge_index = json.loads((spec.job_dir("merge") / "index.json").read_text())
+    merge_index = json.loads((spec.run_dir / layout.MERGE_INDEX).read_text())
     base_ckpt = Path(merge_index["base_checkpoint"])
     if not target.get("lora_file"):
         raise InputError(f"merge/index.json names no LoRA file for {target['name']}: run merge again")
@@ -671,10 +671,10 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
         dial = scale_dial(spec, target, scales, task, squad, tok, backend, base, contest, out)
     plots = write_plots(spec, out, base, tuned, choice, dial)
     report = write_report(spec, out, base, tuned, choice, contest, task, squad, dial, plots)
-    inputs = {"heldout": spec.job_dir("prep") / "heldout.jsonl", "train_samples": spec.job_dir("prep") / "train.mindrecord"}
+    inputs = {"heldout": spec.run_dir / layout.PREP_HELDOUT, "train_samples": spec.run_dir / layout.PREP_TRAIN_RECORDS}
     if squad:
         inputs["squad"] = squad.source
-    write_job_manifest(out, "evaluate", spec, inputs=inputs, outputs={"report": out / "report.json"},
+    write_job_manifest(out, "evaluate", spec, inputs=inputs, outputs={"report": spec.run_dir / layout.EVALUATE_REPORT},
                        extra={"backend": backend, "rows": len(task.rows), "squad_rows": len(squad.rows) if squad else 0,
                               "chosen": choice["model"], "scales": scales})
     (log.warning if choice["valid"] is False else log.info)("chosen: %s (%s)", choice["model"], choice["reason"])
@@ -735,7 +735,7 @@ def write_plots(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dict
                                 title="share within 1% of the reference, per family (graded)",
                                 xlabel="share within 1%", x_range=(0.0, 1.0))
                 made.append("plots/per_family_graded.png")
-    loss_file = spec.job_dir("train") / "loss.jsonl"
+    loss_file = spec.run_dir / layout.TRAIN_LOSS
     if loss_file.exists():
         rows = [json.loads(l) for l in loss_file.read_text().splitlines() if l.strip()]
         if rows:
@@ -786,7 +786,7 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
               "mcq_logprob": ({k: task.choice_plan[k] for k in ("prefix", "letter_ids", "letter_tokens")}
                               if task.choice_plan else None),
               "scale_dial": dial, "plots": plots}
-    atomic_write_json(out / "report.json", report)
+    atomic_write_json(spec.run_dir / layout.EVALUATE_REPORT, report)
 
     ratio_line = (f"Ratio {contest['ratio']:.8f} exact ({contest['trainable_params']:,} / {contest['total_params']:,})"
                   + (f", {contest['contest_ratio']:.9f} as the contest computed it (/ {contest['contest_total_params']:,})"
@@ -873,7 +873,7 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
     if plots:
         lines += ["", "Plots: " + ", ".join(f"[{Path(p).stem}]({p})" for p in plots)]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-    return out / "report.json"
+    return spec.run_dir / layout.EVALUATE_REPORT
 
 
 def main(spec: RunSpec, args) -> None:

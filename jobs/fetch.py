@@ -10,11 +10,10 @@ running the same command again resumes it.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from tunebox.fetch import FetchError, fetch_file, fetch_manifest
-from tunebox.cli import guarded
+from tunebox.cli import guarded, setup_logging
 from tunebox.model.registry import cache_dir
 
 LIST_FORMAT = """\
@@ -53,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s fetch %(levelname)s %(message)s")
+    setup_logging()
     if bool(args.url) == bool(args.list_file):
         parser.print_usage(sys.stderr)
         print("error: give either URL --out PATH, or --list FILE", file=sys.stderr)

@@ -33,7 +33,7 @@ from typing import Optional
 from tqdm import tqdm
 
 from tunebox.contest import mathgen
-from tunebox.cli import guarded
+from tunebox.cli import guarded, setup_logging
 from tunebox.io import InputError, atomic_path, atomic_write_json
 
 log = logging.getLogger("tunebox.generate")
@@ -217,8 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=os.environ.get("TUNEBOX_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     args = build_parser().parse_args(argv)
     record = {}
 

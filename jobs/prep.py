@@ -40,6 +40,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
+from tunebox import layout
 from tunebox.cli import job_process_env, run_job
 from tunebox.config import RunSpec
 from tunebox.config import balance_rule
@@ -494,7 +495,7 @@ def prep(spec: RunSpec) -> Path:
             train_codes = codes[train_mask] if repeats is None else np.repeat(codes[train_mask], repeats[train_mask])
 
             # ---- pass 2: tokenize in the workers, write in order ----------------------------------
-            writer = ShardedMindRecordWriter(tmp / "train.mindrecord", ROWS_PER_FILE)
+            writer = ShardedMindRecordWriter(tmp / layout.PREP_TRAIN_RECORDS.name, ROWS_PER_FILE)
             lengths = array("i")
             kept = too_long = supervised = non_pad = cells = 0
             answer_max = np.zeros(len(names), dtype=np.int64)
@@ -502,7 +503,7 @@ def prep(spec: RunSpec) -> Path:
             preview_ids, preview_labels = [], []
             segmented = True
             offset = 0
-            chunks = _train_chunks(tmp / ".spool.jsonl", status.tobytes(), repeats, files, tmp / "heldout.jsonl",
+            chunks = _train_chunks(tmp / ".spool.jsonl", status.tobytes(), repeats, files, tmp / layout.PREP_HELDOUT.name,
                                    file_rows)
             with open(tmp / "rejects.jsonl", "a", encoding="utf-8") as rejects, \
                     tqdm(total=len(train_codes), desc="tokenize", unit=" rows", unit_scale=True, leave=False) as bar:
@@ -600,9 +601,9 @@ def prep(spec: RunSpec) -> Path:
                 **_resource_use(),
             },
         }
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / layout.PREP_STATS.name).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "preview.txt").write_text(preview(tok, np.array(preview_ids), np.array(preview_labels))
-                                         + format_preview(tmp / "heldout.jsonl", spec), encoding="utf-8")
+                                         + format_preview(tmp / layout.PREP_HELDOUT.name, spec), encoding="utf-8")
     write_job_manifest(out, "prep", spec, inputs=_inputs_for_manifest(spec, files),
                        outputs={path.name: out / path.name for path, _ in shards}, seeds={"split": d.seed}, extra=stats)
     log.info("prep: %d train rows, %d held out, %d not sampled, removed %s -> %s in %.1f s (%d workers)",

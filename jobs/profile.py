@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from tunebox.data import answers
 from tunebox.contest import mathgen
-from tunebox.cli import guarded
+from tunebox.cli import guarded, setup_logging
 from tunebox.io import InputError, JsonlRow, atomic_path, atomic_write_json, atomic_write_text, iter_jsonl
 from tunebox.contest.scoring import extract_answer_number
 
@@ -655,8 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=os.environ.get("TUNEBOX_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     args = build_parser().parse_args(argv)
     started = time.time()
     record = {}

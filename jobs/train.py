@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tunebox import layout
 from tunebox.cli import job_process_env, run_job
 from tunebox.config import RunSpec
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
@@ -96,7 +97,7 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     from tunebox.model.weights import ensure_model
 
     out = spec.job_dir("train")
-    data_file = spec.job_dir("prep") / "train.mindrecord"
+    data_file = spec.run_dir / layout.PREP_TRAIN_RECORDS
     if not data_file.exists():
         raise InputError(f"{data_file} not found: run prep first (invoke prep --config {spec.source_path})")
     ids, labels = read_mindrecord(data_file)
@@ -255,8 +256,8 @@ def train(spec: RunSpec, args=None) -> Path:
         code = launch_msrun(spec, args)
         if code != 0:
             raise RuntimeError(f"msrun exited with {code}; worker logs in {out / 'msrun'} and {out / 'log'}")
-        if not (out / "checkpoints" / "index.json").exists():
-            raise RuntimeError(f"the workers ended without writing {out / 'checkpoints' / 'index.json'}; "
+        if not (spec.run_dir / layout.TRAIN_INDEX).exists():
+            raise RuntimeError(f"the workers ended without writing {spec.run_dir / layout.TRAIN_INDEX}; "
                                f"see {out / 'msrun'}")
         return out  # rank 0 wrote the index, summary and manifest
     run_mindformers(out / "mindformers.yaml", resume)
@@ -294,7 +295,7 @@ def finish(spec: RunSpec, prepared: dict, run_s: float) -> Path:
     trainable, total_params = _param_counts(spec)
     start_step = _session_start(out)
     plan = prepared["plan"]
-    rows = [json.loads(l) for l in (out / "loss.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
+    rows = [json.loads(l) for l in (spec.run_dir / layout.TRAIN_LOSS).read_text(encoding="utf-8").splitlines() if l.strip()]
     if not rows or rows[-1]["step"] < plan["total_steps"]:
         raise RuntimeError(f"MindFormers stopped at step {rows[-1]['step'] if rows else 0} of {plan['total_steps']}; "
                            f"see {out / 'log'}")
@@ -305,7 +306,7 @@ def finish(spec: RunSpec, prepared: dict, run_s: float) -> Path:
         raise RuntimeError(f"the LoRA checkpoints of steps {missing} are missing under {out / 'checkpoint_trainable'}")
     index = [{"step": s, "epoch": round(s / plan["batches_per_epoch"], 4), "loss": loss_at[s]["loss"],
               "file": str(found[s].relative_to(out))} for s in plan["checkpoint_steps"]]
-    atomic_write_json(out / "checkpoints" / "index.json", {"checkpoints": index, "total_steps": plan["total_steps"],
+    atomic_write_json(spec.run_dir / layout.TRAIN_INDEX, {"checkpoints": index, "total_steps": plan["total_steps"],
                                                            "planned": plan["checkpoint_steps"],
                                                            "files_relative_to": "train"})
     csv = "step,epoch,loss,lr,seconds\n" + "".join(
@@ -322,10 +323,10 @@ def finish(spec: RunSpec, prepared: dict, run_s: float) -> Path:
                "packing": plan.get("packing"), "answer_capacity": prepared["capacity"],
                "tokens_per_s_steady": tokens / max(1e-9, seconds),
                "trainer": "mindformers.Trainer", "mindformers_yaml": "mindformers.yaml"}
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(spec.run_dir / layout.TRAIN_SUMMARY, summary)
     write_job_manifest(out, "train", spec, inputs={"train.mindrecord": prepared["data_file"],
                                                    "base_checkpoint": prepared["base_checkpoint"]},
-                       outputs={"checkpoints": out / "checkpoints" / "index.json",
+                       outputs={"checkpoints": spec.run_dir / layout.TRAIN_INDEX,
                                 "mindformers_yaml": out / "mindformers.yaml"},
                        seeds={"train": spec.train.seed}, extra=summary)
     log.info("train: %d LoRA checkpoints in %s", len(index), out / "checkpoint_trainable")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jobs import checkpoint as checkpoint_cli
 from tunebox.model import checkpoint as cs
 from tunebox.model import mf
 from tunebox.io import InputError, sha256_file
@@ -188,7 +189,7 @@ def test_not_a_checkpoint_is_rejected_at_byte_0(tmp_path):
     path.write_bytes(b'{"__metadata__": {}}' + bytes(100))
     with pytest.raises(cs.CheckpointFormatError, match="at byte 0: expected a Checkpoint.value record"):
         list(cs.iter_checkpoint(path))
-    assert cs.main(["list", str(path)]) == 2
+    assert checkpoint_cli.main(["list", str(path)]) == 2
 
 
 # ---- merging ---------------------------------------------------------------------------------
@@ -330,7 +331,7 @@ def test_merge_memory_does_not_grow_with_the_checkpoint(tmp_path):
         writer.close()
 
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    streamed = run_measured(["-m", "tunebox.model.checkpoint", "merge", str(base),
+    streamed = run_measured(["-m", "jobs.checkpoint", "merge", str(base),
                              str(tmp_path / "lora.ckpt"), str(tmp_path / "out.ckpt"), "--alpha", "16", "--rank", "8",
                              "--no-progress"], env=env, cwd=tmp_path)
     assert streamed.returncode == 0, streamed.stderr

@@ -85,7 +85,7 @@ def manifest_in_an_image(tmp_path, revision: str) -> dict:
     # No git on PATH, as in the image.
     env = {"PATH": str(tmp_path / "no-bin"), "PYTHONPATH": str(REPO), "TUNEBOX_IMAGE_LABELS": str(labels),
            "HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "tunebox.manifest", "--no-freeze"], env=env, cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", "jobs.env", "--no-freeze"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

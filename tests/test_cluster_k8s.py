@@ -431,7 +431,7 @@ def test_data_loader_helper_fills_the_claim_the_pods_read():
 
 def test_render_only_keeps_the_claims():
     import sys
-    out = subprocess.run([sys.executable, "-m", "tunebox.deploy.k8s", "--config", str(TINY), "--overlay", "ascend-4card",
+    out = subprocess.run([sys.executable, "-m", "jobs.k8s", "--config", str(TINY), "--overlay", "ascend-4card",
                           "--only", "PersistentVolumeClaim", "-o", "-"], capture_output=True, text=True, cwd=REPO,
                          timeout=120)
     assert out.returncode == 0, out.stderr
@@ -448,14 +448,14 @@ def test_the_documented_apply_sequences_render_and_validate(heading, tmp_path):
     doc = (REPO / "docs" / "CONTAINERS.md").read_text(encoding="utf-8")
     section = doc[doc.index(heading):]
     block = section[section.index("```sh") + 5:section.index("```", section.index("```sh") + 5)]
-    commands = [line[len("python -m tunebox.deploy.k8s"):] for line in block.replace("\\\n", " ").splitlines()
-                if line.startswith("python -m tunebox.deploy.k8s")]
+    commands = [line[len("python -m jobs.k8s"):] for line in block.replace("\\\n", " ").splitlines()
+                if line.startswith("python -m jobs.k8s")]
     assert commands, "no render command in the section"
     for i, tail in enumerate(commands):
         argv = shlex.split(tail.split("|")[0].replace("$IMAGE", "registry.example.com/t:1"))
         if "-o" in argv:
             argv[argv.index("-o") + 1] = str(tmp_path / f"r{i}.yaml")
-        out = subprocess.run([sys.executable, "-m", "tunebox.deploy.k8s", *argv], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-m", "jobs.k8s", *argv], capture_output=True, text=True,
                              cwd=REPO, timeout=120)
         assert out.returncode == 0, (argv, out.stderr)
         text = out.stdout if "-" == argv[argv.index("-o") + 1] else (tmp_path / f"r{i}.yaml").read_text()

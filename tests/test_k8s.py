@@ -201,13 +201,13 @@ def test_base_placeholder_spec_stops_with_the_fix():
 @pytest.mark.usefixtures("kubectl")
 def test_render_cli_writes_the_file_and_exits_2_on_bad_input(tmp_path):
     out = tmp_path / "tiny.yaml"
-    done = subprocess.run([sys.executable, "-m", "tunebox.deploy.k8s", "--config", str(TINY), "--overlay", "ascend-4card",
+    done = subprocess.run([sys.executable, "-m", "jobs.k8s", "--config", str(TINY), "--overlay", "ascend-4card",
                            "-o", str(out), "--json"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout.strip().splitlines()[-1])
     assert plan["job"] == "tunebox-tiny" and plan["pods"] == 1 and Path(plan["output"]) == out
     assert out.read_text(encoding="utf-8").startswith("# Rendered by")
-    bad = subprocess.run([sys.executable, "-m", "tunebox.deploy.k8s", "--config", str(TINY), "--overlay", "nope"],
+    bad = subprocess.run([sys.executable, "-m", "jobs.k8s", "--config", str(TINY), "--overlay", "nope"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert bad.returncode == 2 and "known: ascend-4card, ascend-job, local-cpu, multi-node" in bad.stderr
 

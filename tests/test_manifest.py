@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 import tunebox.manifest as manifest_mod
+from jobs.env import main
 from tunebox.config import RunSpec
 from tunebox.manifest import (ascend_info, container_info, describe_file, environment_manifest,
-                                git_state, main, parse_npu_smi, pip_freeze, write_job_manifest)
+                                git_state, parse_npu_smi, pip_freeze, write_job_manifest)
 
 REPO = Path(__file__).resolve().parents[1]
 MATH_SAMPLE = REPO / "../shared/data/math/contest-sample.jsonl"

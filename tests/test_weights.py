@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from jobs import convert
 from tunebox.model import weights
 from tunebox.io import InputError, sha256_file
 from tunebox.model.registry import get_model_spec, llama_config_kwargs, with_overrides
@@ -260,14 +261,14 @@ def test_command_line_converts_and_exits_2_on_bad_input(tmp_path, monkeypatch, c
     monkeypatch.setenv("TUNEBOX_CACHE", str(tmp_path / "cache"))
     hf_dir = weights.make_random_hf_checkpoint(tmp_path / "hf", TINY, seed=0, shards=1)
     out = tmp_path / "out"
-    assert weights.main(["--model", "tiny", "--hf-dir", str(hf_dir), "--out", str(out), "--no-progress"]) == 0
+    assert convert.main(["--model", "tiny", "--hf-dir", str(hf_dir), "--out", str(out), "--no-progress"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     assert weights.read_model_info(out)["tokenizer"] == "absent"
-    assert weights.main(["--model", "llama3-8b", "--hf-dir", str(hf_dir), "--no-progress"]) == 2
+    assert convert.main(["--model", "llama3-8b", "--hf-dir", str(hf_dir), "--no-progress"]) == 2
     assert "hidden_size is 64, the llama3-8b spec" in capsys.readouterr().err
-    assert weights.main(["--model", "internlm-7b"]) == 2
+    assert convert.main(["--model", "internlm-7b"]) == 2
     assert "invoke convert --model internlm-7b --hf-dir" in capsys.readouterr().err
-    assert weights.main(["--model", "gpt-5"]) == 2
+    assert convert.main(["--model", "gpt-5"]) == 2
     assert "unknown model 'gpt-5'" in capsys.readouterr().err
 
 

@@ -19,7 +19,10 @@ RUN_JOBS = ("prep", "train", "merge", "evaluate")
 # What one job hands the next (relative to the run folder).
 PREP_HELDOUT = PurePosixPath("prep/heldout.jsonl")          # prep -> evaluate, bundle
 PREP_TRAIN_RECORDS = PurePosixPath("prep/train.mindrecord")  # prep -> train
+PREP_STATS = PurePosixPath("prep/stats.json")                # prep -> evaluate (answer lengths), bundle
 TRAIN_INDEX = PurePosixPath("train/checkpoints/index.json")  # train -> merge, bundle: the LoRA checkpoints
+TRAIN_LOSS = PurePosixPath("train/loss.jsonl")               # train -> evaluate (the loss plot), bundle
+TRAIN_SUMMARY = PurePosixPath("train/summary.json")          # train -> bundle
 MERGE_INDEX = PurePosixPath("merge/index.json")              # merge -> evaluate, bundle: the merged checkpoints
 EVALUATE_REPORT = PurePosixPath("evaluate/report.json")      # evaluate -> bundle: figures and the choice
 MANIFEST = "manifest.json"                                   # every job's record, written last

