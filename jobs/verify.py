@@ -536,7 +536,8 @@ def check_code(sub: Submission, f: Findings, results: Optional[dict]) -> None:
 def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], results: Optional[dict],
                      tolerance: float) -> None:
     """Evaluate every bundled checkpoint again from the folder alone and compare accuracies."""
-    from tunebox.evaluation.decode import NumpyLlama, greedy_generate
+    from tunebox.evaluation.loop import score_row, summarize
+    from tunebox.evaluation.runners import NumpyRunner
     from tunebox.model.registry import get_model_spec
     from tunebox.data.prompts import spec_prompt
     from tunebox.data.tokenizer import TextTokenizer
@@ -564,16 +565,15 @@ def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], resul
         if limits is None:
             continue
         try:
-            model = NumpyLlama.from_checkpoint(ckpt, mspec)
+            runner = NumpyRunner.from_checkpoint(mspec, ckpt, spec.eval.batch_size)
         except (InputError, RuntimeError, ValueError) as exc:
             f.fail("rerun", f"{name}: the checkpoint does not load as {spec.model.name}: {exc}")
             continue
-        outputs = greedy_generate(model, prompts, limits, tok.stop_ids, tok.pad_id,
-                                  batch_size=spec.eval.batch_size, progress=False)
-        del model
+        # evaluate's own loop: the same runner, batching and verdicts
+        outputs = runner.generate(prompts, limits, tok.stop_ids, tok.pad_id, desc=f"re-run {name}")
+        del runner
         answers = [tok.decode(o) for o in outputs]
-        acc = contents.accuracy_from_predictions([{"answer": a, "reference": r["reference"]} for a, r in zip(answers, rows)],
-                                           spec.data.format)
+        acc = summarize([score_row(spec.data.format, a, r) for a, r in zip(answers, rows)])
         want = recorded.get(name) or {}
         for key in ("accuracy_strict", "accuracy_tolerant"):
             if want.get(key) is None or abs(acc[key] - want[key]) > tolerance:

@@ -21,8 +21,9 @@ from tunebox.config import load_spec
 from tunebox.io import InputError
 from tunebox.model.registry import get_model_spec, llama_config_kwargs
 from tunebox.contest.rules import choose_checkpoint
-from jobs.evaluate import (annotate, choice_letter_logprobs, choice_token_plan, contest_figures,
-                           length_groups, load_squad, longest_answers_in_samples, parse_scales)
+from jobs.evaluate import annotate, contest_figures, parse_scales
+from tunebox.evaluation.loop import choice_token_plan, load_squad, longest_answers_in_samples
+from tunebox.evaluation.runners import choice_letter_logprobs, length_groups
 
 SQUAD = SHARED_DATA / "squad" / "dev-subset.jsonl"
 MMLU = SHARED_DATA / "mcq" / "mmlu-subset.jsonl"
@@ -376,7 +377,7 @@ class _StubNet:
 
 
 def _stub_runner(net, batch_size: int):
-    from jobs.evaluate import MindFormersRunner
+    from tunebox.evaluation.runners import MindFormersRunner
 
     runner = MindFormersRunner.__new__(MindFormersRunner)   # __init__ builds the real network
     runner.net, runner.batch_size = net, batch_size
@@ -412,7 +413,7 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     import mindformers.models.llama as mf_llama
 
     from tunebox.model import mf
-    from jobs.evaluate import MindFormersRunner
+    from tunebox.evaluation.runners import MindFormersRunner
 
     built = {}
 
@@ -441,7 +442,7 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     assert str(cpu.compute_dtype) == "Float32" and not cpu.use_flash_attention and not cpu.fused_rms_norm
     assert cpu.use_rope_slice is True
 def test_summarize_reports_the_graded_measure_per_family_and_per_source():
-    from jobs.evaluate import score_row, summarize
+    from tunebox.evaluation.loop import score_row, summarize
 
     ref = {"prompt": "计算 3963.85 * -5055.68 等于多少？", "reference": "3963.85 * -5055.68 = -20039957.1680"}
     rows = [score_row("math", "3963.85 * -5055.68 = -20039957.1680", {**ref, "source": "split"}),

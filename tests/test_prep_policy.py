@@ -83,9 +83,9 @@ def test_cot_alpaca_and_family_policy_reach_the_training_samples(tmp_path, tiny_
     preview = (out / "preview.txt").read_text()
     assert "[cot]  <- in use" in preview and "[rounded:2]" in preview
     # evaluate prompts the held-out rows with the same template
-    import jobs.evaluate
+    from tunebox.evaluation.loop import load_heldout
     spec = load_spec(TINY_RECIPE, [f"runs_dir={tmp_path / 'runs'}", "data.template=alpaca"])
-    task = jobs.evaluate.load_heldout(spec, build_byte_tokenizer())
+    task = load_heldout(spec, build_byte_tokenizer())
     tok = build_byte_tokenizer()
     assert [tok.decode(p, skip_special_tokens=False) for p in task.prompts] == \
         [r["prompt"] + "\n\n### Response:" for r in heldout]

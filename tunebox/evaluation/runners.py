@@ -1,0 +1,135 @@
+"""Generation backends for evaluation: tunebox's numpy decoder (CPU) and MindFormers' generate() (Ascend),
+one interface: generate(prompts, limits, stop_ids, pad_id) and choice_logprobs(prompts, letter_ids)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from tunebox.config import RunSpec
+from tunebox.model.registry import ModelSpec
+
+def choice_letter_logprobs(model, prompts: Sequence[Sequence[int]], letter_ids: Sequence[int],
+                           batch_size: int = 16) -> np.ndarray:
+    """log p(letter token | prompt) at the position after each prompt: [N, len(letter_ids)].
+    One forward pass per batch (left padding, similar lengths together), no generation."""
+    out = np.empty((len(prompts), len(letter_ids)), np.float64)
+    letter_ids = np.asarray(letter_ids)
+    for chunk in length_groups([len(p) for p in prompts], batch_size, PREFILL_TOKEN_BUDGET):
+        lengths = np.array([len(prompts[i]) for i in chunk])
+        width = int(lengths.max())
+        pads = width - lengths
+        tokens = np.zeros((len(chunk), width), np.int64)
+        for row, i in enumerate(chunk):
+            tokens[row, pads[row]:] = prompts[i]
+        positions = np.maximum(np.arange(width)[None, :] - pads[:, None], 0)
+        key_valid = np.arange(width)[None, :] >= pads[:, None]
+        logits = model.forward(tokens, positions, key_valid, last_only=True).astype(np.float64)
+        top = logits.max(axis=-1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=-1))
+        out[chunk] = logits[:, letter_ids] - log_norm[:, None]
+    return out
+
+
+PREFILL_TOKEN_BUDGET = 8192
+"""Padded prompt tokens per batch at most (rows x longest prompt): similar lengths share a batch."""
+
+
+def length_groups(lengths: Sequence[int], max_rows: int, token_budget: int) -> list[list[int]]:
+    """Indices grouped shortest first: at most max_rows per group, and rows x longest length
+    within token_budget (a prompt longer than the budget gets a group of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and (len(current) >= max_rows or (len(current) + 1) * lengths[i] > token_budget):
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
+class NumpyRunner:
+    """tunebox's numpy decoder: batched greedy generation with a KV cache, and plain forward passes."""
+    backend = "numpy"
+
+    def __init__(self, model, batch_size: int):
+        self.model = model
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(cls, mspec: ModelSpec, ckpt: Path, batch_size: int) -> "NumpyRunner":
+        from tunebox.evaluation.decode import NumpyLlama
+
+        return cls(NumpyLlama.from_checkpoint(ckpt, mspec), batch_size)
+
+    def generate(self, prompts: list[list[int]], limits: Sequence[int], stop_ids: list[int], pad_id: int,
+                 desc: str = "generate", min_new_tokens: int = 0) -> list[list[int]]:
+        """greedy_generate over groups of similar length, each within PREFILL_TOKEN_BUDGET padded
+        tokens, so one long prompt (a SQuAD passage) does not pad a whole batch to its length."""
+        from tunebox.evaluation.decode import greedy_generate
+
+        limits = list(limits)
+        results: list[list[int]] = [[] for _ in prompts]
+        started, produced = time.perf_counter(), 0
+        with tqdm(total=len(prompts), unit="prompt", desc=desc) as bar:
+            for group in length_groups([len(p) for p in prompts], self.batch_size, PREFILL_TOKEN_BUDGET):
+                outputs = greedy_generate(self.model, [prompts[i] for i in group], [limits[i] for i in group],
+                                          stop_ids, pad_id, batch_size=len(group), progress=False,
+                                          min_new_tokens=min_new_tokens)
+                for i, o in zip(group, outputs):
+                    results[i] = o
+                    produced += len(o)
+                bar.update(len(group))
+                bar.set_postfix(tok_per_s=f"{produced / max(time.perf_counter() - started, 1e-9):.1f}")
+        return results
+
+    def choice_logprobs(self, prompts: list[list[int]], letter_ids: Sequence[int]) -> Optional[np.ndarray]:
+        return choice_letter_logprobs(self.model, prompts, letter_ids, self.batch_size)
+
+
+class MindFormersRunner:
+    """MindFormers' generate() with its incremental (KV cache) inference: the Ascend path."""
+    backend = "mindformers"
+
+    def __init__(self, mspec: ModelSpec, ckpt: Path, spec: RunSpec, seq_length: int):
+        from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
+
+        from tunebox.model import mf
+        from tunebox.model.registry import llama_config_kwargs
+
+        mf.setup_device(spec.train.device, "graph", output_dir=spec.run_dir)
+        kwargs = llama_config_kwargs(mspec, seq_length=seq_length, batch_size=spec.eval.batch_size,
+                                     dtype=spec.train.dtype, use_past=True)
+        self.net = LlamaForCausalLM(LlamaConfig(**kwargs))
+        mf.load_weights(self.net, ckpt)
+        self.net.set_train(False)
+        self.batch_size = spec.eval.batch_size
+
+    def generate(self, prompts, limits, stop_ids, pad_id, desc: str = "generate", min_new_tokens: int = 0):
+        out = []
+        for lo in range(0, len(prompts), self.batch_size):
+            chunk, chunk_limits = prompts[lo:lo + self.batch_size], list(limits[lo:lo + self.batch_size])
+            # greedy: a shorter limit gives a prefix of the longer one, so cut each row afterwards
+            res = self.net.generate(chunk, max_new_tokens=max(chunk_limits), do_sample=False,
+                                    eos_token_id=stop_ids, pad_token_id=pad_id,
+                                    min_new_tokens=min_new_tokens or None)
+            for p, r, limit in zip(chunk, res, chunk_limits):
+                new = list(np.asarray(r)[len(p):])
+                cut = next((i for i, t in enumerate(new) if t in stop_ids), len(new))
+                out.append([int(t) for t in new[:min(cut, limit)]])
+        return out
+
+    def choice_logprobs(self, prompts, letter_ids) -> Optional[np.ndarray]:
+        return None   # only the generated-letter method on this backend
+
+
+def pick_backend(spec: RunSpec) -> str:
+    if spec.eval.backend != "auto":
+        return spec.eval.backend
+    return "numpy" if spec.train.device == "CPU" else "mindformers"
