@@ -12,8 +12,8 @@ Why each piece exists (docs/CONTAINERS.md has the measurements and the platform 
 - Outbound TLS goes through a proxy with its own CA, so pip in the builder stage needs the host's
   CA bundle. It travels in the build context this module streams (never in the working tree) and
   only the builder stage copies it; `verify` scans the final image's files for its certificates.
-- The lint parses the Dockerfile the way the engine does (ARG scoping, stages) so the rules are
-  checked for stacks that cannot be built here (Ascend).
+- The lint reads the Dockerfile with dockerfile-parse and resolves each stage's ARG/ENV scope the
+  way the engine does, so the rules are checked for stacks that cannot be built here (Ascend).
 
 Exit codes: 0 ok, 2 bad input (unknown stack, lint problem, missing file), 1 build or engine failure.
 """
@@ -36,6 +36,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
+
+from dockerfile_parse.constants import COMMENT_INSTRUCTION
+from dockerfile_parse.parser import DockerfileParser, image_from
+from dockerfile_parse.util import WordSplitter, extract_key_values
 
 from jobs.core.cli import guarded
 from jobs.core.io import InputError
@@ -151,6 +155,13 @@ def build_args_for(stack: Stack, image_tag: str, revision: Optional[str] = None)
 
 
 # ---- Dockerfile parsing ----------------------------------------------------------------------
+# dockerfile-parse reads the file: instructions with continuation lines joined and comments dropped
+# (structure), FROM's image and stage name (image_from), each stage's base resolved with the global
+# ARGs and the build args (parent_images), quoting, key=value pairs and $VAR / ${VAR} (WordSplitter,
+# extract_key_values). What it does not do the engine's way stays here, in parse_dockerfile: a stage
+# sees a global ARG only if it declares it again and its own default beats the global one (its
+# context_structure takes the global), a stage built on an earlier stage inherits that stage's ENV
+# (it resets ENV at every FROM), and ${VAR:-word} / ${VAR:+word} (it expands only $VAR and ${VAR}).
 
 @dataclass
 class Instruction:
@@ -158,6 +169,7 @@ class Instruction:
     value: str            # the rest, continuation lines joined
     line: int             # where it starts (1-based)
     resolved: str = ""    # value with the stage's ARG/ENV values substituted
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # ENV and LABEL: (key, resolved value)
 
 
 @dataclass
@@ -207,156 +219,121 @@ class ParsedDockerfile:
         for st in reversed(stage.lineage()):
             for ins in st.instructions:
                 if ins.keyword == "LABEL":
-                    for word in shlex.split(ins.resolved):
-                        key, _, value = word.partition("=")
-                        labels[key] = value
+                    labels.update(ins.pairs)
         return labels
 
 
-_DIRECTIVE = re.compile(r"#\s*([a-zA-Z]+)\s*=\s*(\S.*?)\s*$")
-_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<word>[^}]*))?\}"
-                  r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_MODIFIER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):([-+])([^}]*)\}")
+_DIRECTIVE = re.compile(r"([a-zA-Z]+)\s*=\s*(\S.*?)\s*")
+_VAR_NAME = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def split_instructions(text: str) -> tuple[dict[str, tuple[str, int]], list[Instruction]]:
-    """Parser directives and instructions, with `\\` continuations joined and comments dropped."""
-    directives: dict[str, tuple[str, int]] = {}
-    instructions: list[Instruction] = []
-    lines = text.splitlines()
-    in_header = True
-    i = 0
-    while i < len(lines):
-        raw = lines[i]
-        stripped = raw.strip()
-        if in_header:
-            match = _DIRECTIVE.fullmatch(stripped)
-            if match:
-                directives[match.group(1).lower()] = (match.group(2), i + 1)
-                i += 1
-                continue
-            in_header = False
-        if not stripped or stripped.startswith("#"):
-            i += 1
-            continue
-        start = i
-        parts = []
-        current = raw
-        while True:
-            body = current.rstrip()
-            if body.endswith("\\"):
-                parts.append(body[:-1])
-                i += 1
-                # Comment lines inside a continued instruction are dropped, as the engine does.
-                while i < len(lines) and lines[i].strip().startswith("#"):
-                    i += 1
-                if i >= len(lines):
-                    break
-                current = lines[i]
-                continue
-            parts.append(body)
-            i += 1
-            break
-        joined = " ".join(p.strip() for p in parts).strip()
-        keyword, _, value = joined.partition(" ")
-        instructions.append(Instruction(keyword.upper(), value.strip(), start + 1))
-    return directives, instructions
-
-
-def substitute(value: str, scope: dict[str, str], missing: Optional[set[str]] = None) -> str:
-    """Expand $VAR, ${VAR}, ${VAR:-word} and ${VAR:+word} the way the Dockerfile frontend does."""
+def _expand_modifiers(value: str, scope: dict[str, str]) -> str:
+    """${VAR:-word} -> ${VAR} or word, ${VAR:+word} -> word or nothing; WordSplitter does the rest."""
     def repl(match: re.Match) -> str:
-        name = match.group("braced") or match.group("bare")
-        op, word = match.group("op"), match.group("word")
-        value_ = scope.get(name)
+        name, op, word = match.groups()
         if op == "-":
-            return value_ if value_ else substitute(word or "", scope, missing)
-        if op == "+":
-            return substitute(word or "", scope, missing) if value_ else ""
-        if value_ is None:
-            if missing is not None:
-                missing.add(name)
-            return ""
-        return value_
-    return _VAR.sub(repl, value)
+            return f"${{{name}}}" if scope.get(name) else word
+        return word if scope.get(name) else ""
+    return _MODIFIER.sub(repl, value)
+
+
+def substitute(value: str, scope: dict[str, str]) -> str:
+    """The value with the scope's variables expanded, quotes kept (nothing expands inside '...')."""
+    return "".join(WordSplitter(_expand_modifiers(value, scope), envs=scope).split(maxsplit=0, dequote=False))
+
+
+def _arg_declarations(value: str) -> list[tuple[str, Optional[str]]]:
+    """ARG NAME[=default] ...: (name, default as written, or None when there is none)."""
+    declarations = []
+    for word in WordSplitter(value).split(dequote=False):
+        name, eq, default = word.partition("=")
+        declarations.append((name, default if eq else None))
+    return declarations
 
 
 def parse_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDockerfile, list[Problem]]:
     """Stages with their bases and ARG/ENV scopes resolved against `build_args`."""
-    directives, instructions = split_instructions(text)
+    parser = DockerfileParser(fileobj=io.BytesIO(text.encode("utf-8")), build_args=dict(build_args))
+    structure = parser.structure
+    bases = iter(parser.parent_images)
     problems: list[Problem] = []
+    directives: dict[str, tuple[str, int]] = {}
+    for number, item in enumerate(structure):   # directives: comment lines from line 1, no gap
+        match = _DIRECTIVE.fullmatch(item["value"]) if item["instruction"] == COMMENT_INSTRUCTION else None
+        if not match or item["startline"] != number:
+            break
+        directives[match.group(1).lower()] = (match.group(2), number + 1)
     global_args: dict[str, Optional[str]] = {}
     declared: set[str] = set()
     stages: list[Stage] = []
     by_name: dict[str, Stage] = {}
 
-    def arg_decl(value: str) -> tuple[str, Optional[str]]:
-        name, eq, default = value.partition("=")
-        return name.strip(), (shlex.split(default)[0] if default.strip() else "") if eq else None
+    def key_values(ins: Instruction, scope: dict[str, str]) -> list[tuple[str, str]]:
+        try:
+            return extract_key_values(env_replace=True, args={}, envs=scope,
+                                      instruction_value=_expand_modifiers(ins.value, scope))
+        except (ValueError, IndexError) as exc:
+            problems.append(Problem(ins.line, f"{ins.keyword} {ins.value}: {exc or 'no key=value'}"))
+            return []
 
-    for ins in instructions:
+    for item in structure:
+        if item["instruction"] == COMMENT_INSTRUCTION:
+            continue
+        ins = Instruction(item["instruction"], item["value"].strip(), item["startline"] + 1)
         if ins.keyword == "FROM":
-            words = [w for w in ins.value.split() if not w.startswith("--")]
-            base_raw = words[0] if words else ""
-            name = words[2].lower() if len(words) >= 3 and words[1].upper() == "AS" else None
-            scope = {k: (build_args.get(k, v) if v is not None else build_args.get(k, ""))
-                     for k, v in global_args.items()}
-            missing: set[str] = set()
-            base = substitute(base_raw, scope, missing)
-            for var in sorted(missing):
+            base_raw, name = image_from(ins.value)
+            if base_raw is None:    # parent_images skips it too
+                problems.append(Problem(ins.line, "FROM names no image"))
+                continue
+            for var in sorted({v for v in _VAR_NAME.findall(base_raw) if v not in global_args}):
                 problems.append(Problem(ins.line, f"FROM uses ${{{var}}}, which is not an ARG declared "
                                                   f"before the first FROM"))
+            base = next(bases)
             parent = by_name.get(base.lower())
-            stage = Stage(len(stages), name, base_raw, base, ins.line, parent)
+            stage = Stage(len(stages), name.lower() if name else None, base_raw, base, ins.line, parent)
             # A stage built on an earlier one inherits its ENV (not its ARGs).
             if parent is not None:
                 stage.scope.update(parent.env)
                 stage.env.update(parent.env)
             stages.append(stage)
-            if name:
-                by_name[name] = stage
+            if stage.name:
+                by_name[stage.name] = stage
             continue
         if not stages:
             if ins.keyword == "ARG":
-                key, default = arg_decl(ins.value)
-                global_args[key] = default
-                declared.add(key)
-            elif ins.keyword not in ("ARG",):
+                for key, default in _arg_declarations(ins.value):
+                    global_args[key] = None if default is None else WordSplitter(default).dequote()
+                    declared.add(key)
+            else:
                 problems.append(Problem(ins.line, f"{ins.keyword} before the first FROM"))
             continue
         stage = stages[-1]
         if ins.keyword == "ARG":
-            key, default = arg_decl(ins.value)
-            declared.add(key)
-            if key in build_args:
-                stage.scope[key] = build_args[key]
-            elif default is not None:
-                stage.scope[key] = substitute(default, stage.scope)
-            elif key in global_args:
-                stage.scope[key] = global_args[key] or ""
-            else:
-                stage.scope[key] = ""
+            for key, default in _arg_declarations(ins.value):
+                declared.add(key)
+                if key in build_args:
+                    stage.scope[key] = build_args[key]
+                elif default is not None:
+                    stage.scope[key] = WordSplitter(_expand_modifiers(default, stage.scope),
+                                                    envs=stage.scope).dequote()
+                else:
+                    stage.scope[key] = global_args.get(key) or ""
         ins.resolved = substitute(ins.value, stage.scope)
+        if ins.keyword in ("ENV", "LABEL"):
+            ins.pairs = key_values(ins, stage.scope)   # every pair sees the scope before this line
         if ins.keyword == "ENV":
-            for key, value in _env_pairs(ins.value):
-                resolved = substitute(value, stage.scope)
-                stage.scope[key] = resolved
-                stage.env[key] = resolved
+            stage.scope.update(ins.pairs)
+            stage.env.update(ins.pairs)
         stage.instructions.append(ins)
     if not stages:
         problems.append(Problem(None, "no FROM instruction"))
     return ParsedDockerfile(directives, global_args, stages, declared), problems
 
 
-def _env_pairs(value: str) -> list[tuple[str, str]]:
-    words = shlex.split(value, posix=True)
-    if words and "=" not in words[0]:       # legacy `ENV KEY value`
-        return [(words[0], " ".join(words[1:]))]
-    return [tuple(w.split("=", 1)) for w in words if "=" in w]  # type: ignore[misc]
-
-
 def _copy_parts(ins: Instruction) -> tuple[dict[str, str], list[str], str]:
     """(--flags, sources, destination) of a resolved COPY/ADD."""
-    words = shlex.split(ins.resolved)
+    words = list(WordSplitter(ins.resolved).split())
     flags = {}
     while words and words[0].startswith("--"):
         key, _, value = words.pop(0)[2:].partition("=")

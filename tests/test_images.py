@@ -135,6 +135,25 @@ def test_parser_joins_continuations_and_substitutes_like_the_engine():
     assert second.instructions[0].resolved == "echo [] fallback"
 
 
+def test_parser_scopes_args_and_env_like_the_engine():
+    """Where dockerfile-parse's own scoping differs from the engine's, ours must follow the engine."""
+    text = textwrap.dedent("""\
+        ARG D=global
+        FROM tunebox/x AS only
+        ARG D=own
+        ENV E=old
+        ENV E=new F=$E
+        LABEL a.b="$D and $E" c=${F}
+        """)
+    parsed, problems = ib.parse_dockerfile(text, {})
+    assert problems == []
+    stage = parsed.final
+    assert stage.scope["D"] == "own"             # a stage's own default beats the global one
+    assert stage.env == {"E": "new", "F": "old"}  # each pair of one ENV sees the scope before it
+    assert parsed.labels() == {"a.b": "own and new", "c": "old"}
+    assert ib.parse_dockerfile(text, {"D": "arg"})[0].final.scope["D"] == "arg"
+
+
 # ---- build context and the CA scan ---------------------------------------------------------
 
 def _fake_ca_bundle(path: Path) -> tuple[bytes, bytes]:
