@@ -1,4 +1,4 @@
-"""Build tunebox's images with the docker SDK (classic builder) and check the Dockerfile's rules.
+"""Build tunebox's images with BuildKit (a docker CLI that has it) and check the Dockerfile's rules.
 
     python -m images.build base   [--suite bookworm] [--mirror URL]    # local Debian base image
     python -m images.build build  --stack cpu-ms2.9 [--ca-bundle FILE | --no-ca] [--tag T]
@@ -10,8 +10,8 @@ Why each piece exists (docs/CONTAINERS.md has the measurements and the platform 
 - No registry is reachable, so every FROM is a local image: `base` makes one from the host's own
   Debian mirror with debootstrap and `docker import`.
 - Outbound TLS goes through a proxy with its own CA, so pip in the builder stage needs the host's
-  CA bundle. It travels in the build context this module streams (never in the working tree) and
-  only the builder stage copies it; `verify` scans the final image's files for its certificates.
+  CA bundle. It goes as the BuildKit secret `ca`, which a RUN sees while it runs and no layer keeps;
+  the docker SDK cannot pass secrets, hence the CLI. `verify` scans every layer of the image for it.
 - The lint reads the Dockerfile with dockerfile-parse and resolves each stage's ARG/ENV scope the
   way the engine does, so the rules are checked for stacks that cannot be built here (Ascend).
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fnmatch
 import hashlib
 import io
 import json
@@ -37,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
 from dockerfile_parse.constants import COMMENT_INSTRUCTION
 from dockerfile_parse.parser import DockerfileParser, image_from
@@ -50,8 +49,9 @@ from jobs.core.render import image_tags, project_version
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO_ROOT / "images"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-CA_CONTEXT_DIR = "images/build-ca"          # where the CA bundle sits in the build context
-CA_CONTEXT_NAME = "ca-certificates.crt"
+CA_SECRET_ID = "ca"                          # docker build --secret id=ca,src=BUNDLE
+CA_SECRET_TARGET = "/build/ca/ca-certificates.crt"   # where the builder's RUNs see it (build-venv.sh)
+CA_DIR = posixpath.dirname(CA_SECRET_TARGET)
 DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 HADOLINT_CONFIG = REPO_ROOT / ".hadolint.yaml"
 START_DOCKERD = "start the engine: dockerd > /tmp/dockerd.log 2>&1 &  (then `docker info`)"
@@ -334,36 +334,22 @@ def parse_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDocke
     return ParsedDockerfile(directives, global_args, stages, declared), problems
 
 
-def _copy_parts(ins: Instruction) -> tuple[dict[str, str], list[str], str]:
-    """(--flags, sources, destination) of a resolved COPY/ADD."""
-    words = list(WordSplitter(ins.resolved).split())
-    flags = {}
-    while words and words[0].startswith("--"):
-        key, _, value = words.pop(0)[2:].partition("=")
-        flags[key] = value
-    if len(words) < 2:
-        return flags, [], ""
-    return flags, words[:-1], words[-1]
+_RUN_FLAG = re.compile(r"\s*--([a-z-]+)=(\S+)")
 
 
-def _norm(path: str) -> str:
-    """A context or image path as an absolute, normalized one ('.' is '/')."""
-    return posixpath.normpath("/" + path.strip().lstrip("/"))  # normpath keeps a leading "//"
-
-
-def _covers(src: str, target: str) -> bool:
-    """Does copying `src` (a path or glob) bring `target` along (equal, inside, or a parent)?"""
-    s, t = _norm(src), _norm(target)
-    if any(ch in src for ch in "*?["):
-        return fnmatch.fnmatch(t, s) or any(fnmatch.fnmatch(p, s) for p in _parents(t))
-    return s == "/" or t == s or t.startswith(s.rstrip("/") + "/") or s.startswith(t.rstrip("/") + "/")
-
-
-def _parents(path: str) -> Iterator[str]:
-    p = posixpath.dirname(path)
-    while p and p != "/":
-        yield p
-        p = posixpath.dirname(p)
+def _run_mounts(value: str) -> tuple[list[dict[str, str]], str]:
+    """RUN's --mount specs (type=secret,id=ca,target=...) and the command after its flags."""
+    mounts = []
+    while match := _RUN_FLAG.match(value):
+        if match.group(1) == "mount":
+            spec = dict(kv.partition("=")[::2] for kv in match.group(2).split(","))
+            spec["target"] = spec.get("target") or spec.get("dst") or spec.get("destination") or ""
+            if spec.get("type") == "secret":   # BuildKit's defaults for a secret mount
+                spec["id"] = spec.get("id") or posixpath.basename(spec["target"])
+                spec["target"] = spec["target"] or f"/run/secrets/{spec['id']}"
+            mounts.append(spec)
+        value = value[match.end():]
+    return mounts, value.strip()
 
 
 def is_local_image(ref: str) -> bool:
@@ -373,8 +359,7 @@ def is_local_image(ref: str) -> bool:
     return bool(ref) and not has_registry and ref.startswith("tunebox/")
 
 
-def lint_dockerfile(text: str, build_args: dict[str, str], ca_context_dir: str = CA_CONTEXT_DIR
-                    ) -> tuple[ParsedDockerfile, list[Problem]]:
+def lint_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDockerfile, list[Problem]]:
     """The rules a tunebox Dockerfile keeps, checked for one set of build args (one stack)."""
     parsed, problems = parse_dockerfile(text, build_args)
     if "syntax" in parsed.directives:
@@ -384,7 +369,6 @@ def lint_dockerfile(text: str, build_args: dict[str, str], ca_context_dir: str =
     if not parsed.stages:
         return parsed, problems
 
-    names = {}
     for stage in parsed.stages:
         if stage.parent is not None:
             pass  # an earlier stage
@@ -397,48 +381,35 @@ def lint_dockerfile(text: str, build_args: dict[str, str], ca_context_dir: str =
             problems.append(Problem(stage.from_line, f"FROM {stage.base_raw} is neither an earlier stage nor a "
                                                      f"build arg: the engine would pull it from a registry; "
                                                      f"use ARG BASE_IMAGE naming a local image"))
-        if stage.name:
-            names[stage.name] = stage
 
-    # Where each stage put the CA bundle (COPY from the context of images/build-ca/...).
-    ca_dests: dict[int, list[str]] = {}
+    # The CA bundle reaches the build only as the BuildKit secret `ca`: mounted for one RUN, written to
+    # no layer. What could still put it into the image: a RUN that names the mount's path (cp, cat),
+    # or the final stage (or one it is built on) seeing it at all.
+    final = parsed.final
+    lineage = {stage.index for stage in final.lineage()}
     for stage in parsed.stages:
         for ins in stage.instructions:
-            if ins.keyword in ("COPY", "ADD"):
-                flags, sources, dest = _copy_parts(ins)
-                if "from" in flags:
-                    continue
-                if any(_covers(src, ca_context_dir) for src in sources):
-                    ca_dests.setdefault(stage.index, []).append(_norm(dest))
-
-    final = parsed.final
-    for stage in final.lineage():
-        if stage.index in ca_dests:
-            where = "the final stage" if stage is final else f"stage {stage.name or stage.index}, which the final stage is built on,"
-            problems.append(Problem(stage.from_line,
-                                    f"{where} copies {ca_context_dir}/ (the CA bundle) from the build context: "
-                                    f"only the builder stage may"))
-    for ins in final.instructions:
-        if ins.keyword in ("COPY", "ADD"):
-            flags, sources, _ = _copy_parts(ins)
-            if "from" not in flags:
+            if ins.keyword != "RUN":
                 continue
-            source_stage = names.get(flags["from"].lower())
-            if source_stage is None and flags["from"].isdigit() and int(flags["from"]) < len(parsed.stages):
-                source_stage = parsed.stages[int(flags["from"])]
-            if source_stage is None:
-                continue  # an image, not a stage; its FROM-less content cannot hold our CA
-            held = [d for st in source_stage.lineage() for d in ca_dests.get(st.index, [])]
-            for src in sources:
-                for dest in held:
-                    if _covers(src, dest):
-                        problems.append(Problem(ins.line, f"COPY --from={flags['from']} {src} brings {dest} "
-                                                          f"(where that stage keeps the CA bundle) into the "
-                                                          f"final image"))
-        mentions = [d for dests in ca_dests.values() for d in dests] + [ca_context_dir]
-        for marker in mentions:
-            if ins.keyword in ("ENV", "RUN", "ARG", "LABEL") and marker.rstrip("/") in ins.value:
-                problems.append(Problem(ins.line, f"the final stage mentions {marker} (the CA bundle's path)"))
+            mounts, command = _run_mounts(ins.resolved)
+            if not any(m.get("type") == "secret" and m["id"] == CA_SECRET_ID for m in mounts):
+                continue
+            for mount in mounts:
+                if mount.get("type") == "secret" and mount["id"] == CA_SECRET_ID and mount["target"] != CA_SECRET_TARGET:
+                    problems.append(Problem(ins.line, f"the CA secret is mounted at {mount['target']}, but "
+                                                      f"build-venv.sh reads {CA_SECRET_TARGET}: mount it there"))
+            if stage.index in lineage:
+                where = "the final stage" if stage is final else \
+                    f"stage {stage.name or stage.index}, which the final stage is built on,"
+                problems.append(Problem(ins.line, f"{where} mounts the CA secret: only the builder stage may"))
+            if CA_DIR in command:
+                problems.append(Problem(ins.line, f"this RUN names {CA_DIR}, where the CA secret is mounted: "
+                                                  f"copying it from there writes it into a layer; only "
+                                                  f"build-venv.sh may read it (as pip's PIP_CERT)"))
+    for ins in final.instructions:
+        text = _run_mounts(ins.value)[1] if ins.keyword == "RUN" else ins.value
+        if ins.keyword in ("ENV", "RUN", "ARG", "LABEL") and CA_DIR in text:
+            problems.append(Problem(ins.line, f"the final stage mentions {CA_DIR} (the CA bundle's path)"))
 
     users = [ins for ins in final.instructions if ins.keyword == "USER"]
     if not users:
@@ -550,9 +521,9 @@ def make_base_image(suite: str = "bookworm", tag: Optional[str] = None, mirror: 
     return image.id
 
 
-def build_context(stack: Stack, ca_bundle: Optional[Path]) -> tempfile.SpooledTemporaryFile:
-    """The repository as the engine should see it: .dockerignore applied, other stacks' folders
-    (Ascend .run files are GBs) left out, and the CA bundle added under images/build-ca/."""
+def build_context(stack: Stack) -> tempfile.SpooledTemporaryFile:
+    """The repository as the engine should see it: .dockerignore applied and other stacks' folders
+    (Ascend .run files are GBs) left out. The CA bundle is never in it: it goes as a secret."""
     from docker.utils import build as docker_build
 
     patterns = []
@@ -561,21 +532,46 @@ def build_context(stack: Stack, ca_bundle: Optional[Path]) -> tempfile.SpooledTe
         patterns = [ln.strip() for ln in ignore.read_text(encoding="utf-8").splitlines()
                     if ln.strip() and not ln.strip().startswith("#")]
     patterns += [f"images/{other}" for other in list_stacks() if other != stack.name]
-    patterns += [f"{CA_CONTEXT_DIR}/*.crt", f"{CA_CONTEXT_DIR}/*.pem"]  # only the bundle we add below
-    context = docker_build.tar(str(REPO_ROOT), exclude=patterns, dockerfile=("Dockerfile", None))
-    if ca_bundle is not None:
-        data = ca_bundle.read_bytes()
-        with tarfile.open(fileobj=context, mode="a") as tar:
-            info = tarfile.TarInfo(f"{CA_CONTEXT_DIR}/{CA_CONTEXT_NAME}")
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-            tar.addfile(info, io.BytesIO(data))
+    # gzip: the CLI takes stdin for a context only when it sees an archive's magic bytes, and the
+    # pax header Python's tarfile starts with is not one it recognises.
+    context = docker_build.tar(str(REPO_ROOT), exclude=patterns, dockerfile=("Dockerfile", None), gzip=True)
     context.seek(0)
     return context
 
 
+def buildkit_client() -> tuple[str, dict[str, str]]:
+    """A docker CLI that builds with BuildKit, and its environment. The docker SDK cannot: BuildKit
+    secrets need the CLI's session (docker/docker-py#2230, open since 2019). A CLI with the buildx
+    plugin does it; without buildx, a client older than 23.0 does with DOCKER_BUILDKIT=1 (Debian's
+    docker.io 20.10); a newer client without buildx refuses, so the next `docker` on PATH is tried."""
+    env = dict(os.environ, DOCKER_BUILDKIT="1")
+    seen = []
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        exe = os.path.realpath(os.path.join(folder or ".", "docker"))
+        if exe in seen or not os.access(exe, os.X_OK):
+            continue
+        seen.append(exe)
+        def run(*args: str) -> Optional[str]:
+            try:
+                out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60, env=env)
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+            return out.stdout.strip() if out.returncode == 0 else None
+        if run("buildx", "version") is not None:
+            return exe, env
+        version = run("version", "--format", "{{.Client.Version}}") or ""
+        major = re.match(r"(\d+)\.", version)
+        if major and int(major.group(1)) < 23:
+            return exe, env
+    raise InputError(f"no docker client here builds with BuildKit (tried: {', '.join(seen) or 'none on PATH'}): "
+                     "install the buildx plugin, or Debian's docker.io (20.10, BuildKit built in): "
+                     "apt-get install -y docker.io")
+
+
 def build_image(stack_name: str, tag: Optional[str] = None, ca_bundle: Optional[Path] = DEFAULT_CA_BUNDLE,
                 nocache: bool = False, verify: bool = True) -> str:
-    """Lint, build with the classic builder (log streamed), tag, and check the CA is not inside."""
+    """Lint, build with BuildKit (the CA bundle as the secret `ca`, log streamed), tag, and check no
+    layer of the image holds the CA."""
     stack = load_stack(stack_name)
     tags = [tag] if tag else image_tags(stack.name)
     args = build_args_for(stack, tags[0])
@@ -591,34 +587,28 @@ def build_image(stack_name: str, tag: Optional[str] = None, ca_bundle: Optional[
         suite = stack.base_image.split("debian-")[-1].split(":")[0]
         raise InputError(f"base image {stack.base_image} is not in the engine: run `invoke image.base --suite {suite}`",
                          stack.folder / "stack.env") from None
+    docker, env = buildkit_client()
 
-    print(f"image.build: {stack.name} -> {', '.join(tags)} (classic builder; CA bundle: "
+    print(f"image.build: {stack.name} -> {', '.join(tags)} (BuildKit, {docker}; CA bundle: "
           f"{ca_bundle or 'none'})", flush=True)
     started = time.time()
-    context = build_context(stack, ca_bundle)
-    image_id = None
-    last_error = None
-    stream = client.api.build(fileobj=context, custom_context=True, dockerfile="Dockerfile", tag=tags[0],
-                              buildargs=args, decode=True, rm=True, forcerm=True, nocache=nocache)
-    for chunk in stream:
-        if "stream" in chunk:
-            sys.stdout.write(chunk["stream"])
-            sys.stdout.flush()
-        elif "error" in chunk:
-            last_error = chunk.get("error", "").strip()
-            sys.stdout.write(f"\nimage.build: ERROR {last_error}\n")
-        elif "aux" in chunk and "ID" in chunk["aux"]:
-            image_id = chunk["aux"]["ID"]
-        if "Successfully built " in chunk.get("stream", ""):
-            image_id = image_id or chunk["stream"].split("Successfully built ", 1)[1].strip()
-        elif "status" in chunk:
-            sys.stdout.write(chunk["status"] + "\n")
-    if last_error or not image_id:
-        raise BuildFailed(f"build of {stack.name} failed: {last_error or 'no image id in the build log'}")
+    with tempfile.TemporaryDirectory(prefix="tunebox-build-") as tmp:
+        iidfile = Path(tmp) / "image-id"
+        cmd = [docker, "build", "--progress=plain", "--iidfile", str(iidfile)]   # the tar's Dockerfile
+        for name in tags:
+            cmd += ["--tag", name]
+        for key, value in args.items():
+            cmd += ["--build-arg", f"{key}={value}"]
+        if ca_bundle is not None:
+            cmd += ["--secret", f"id={CA_SECRET_ID},src={ca_bundle.resolve()}"]
+        if nocache:
+            cmd.append("--no-cache")
+        cmd.append("-")   # the context: our tar on stdin
+        code = subprocess.run(cmd, stdin=build_context(stack), env=env).returncode
+        image_id = iidfile.read_text().strip() if iidfile.exists() else ""
+    if code != 0 or not image_id:
+        raise BuildFailed(f"build of {stack.name} failed: {docker} build exited with {code} (log above)")
     image = client.images.get(image_id)
-    for extra in tags[1:]:
-        repo, _, t = extra.rpartition(":")
-        image.tag(repo, t)
     seconds = time.time() - started
     print(f"image.build: {image.id} {', '.join(tags)} size {image.attrs['Size'] / 1e9:.2f} GB, "
           f"built in {seconds:.0f} s", flush=True)
@@ -629,7 +619,7 @@ def build_image(stack_name: str, tag: Optional[str] = None, ca_bundle: Optional[
                 client.images.remove(name, noprune=True)
             raise BuildFailed(f"the CA bundle leaked into the final image {image.id} (tags removed):\n  "
                               + "\n  ".join(findings))
-        print("image.build: verified: no file of the final image holds the build's CA bundle or its "
+        print("image.build: verified: no layer of the final image holds the build's CA bundle or its "
               "extra certificates", flush=True)
     return image.id
 
@@ -700,7 +690,7 @@ def scan_tar_for_ca(tar_stream, ca_bundle: Path) -> list[str]:
     with tarfile.open(fileobj=tar_stream, mode="r|") as tar:
         for member in tar:
             name = "/" + member.name.lstrip("./")
-            if CA_CONTEXT_DIR.split("/")[-1] in name or name.startswith("/build/ca"):
+            if name.startswith(CA_DIR):
                 findings.append(f"{name}: a path of the builder's CA folder")
             if not member.isfile():
                 continue
@@ -720,18 +710,21 @@ def scan_tar_for_ca(tar_stream, ca_bundle: Path) -> list[str]:
 
 
 def find_ca_in_image(client, image: str, ca_bundle: Path) -> list[str]:
-    """Export the image's filesystem (a stopped container of it) and scan every file."""
+    """Scan every layer of the image (`docker save`), so a file that a later layer deletes is found too."""
     from tqdm import tqdm
 
-    container = client.api.create_container(image)  # never started: only its filesystem is read
-    try:
-        size = client.images.get(image).attrs.get("Size") or None
-        with tqdm(total=size, unit="B", unit_scale=True, desc="verify: scanning the image", leave=False) as bar:
-            reader = io.BufferedReader(_StreamReader(client.api.export(container["Id"], chunk_size=1 << 20), bar),
-                                       buffer_size=1 << 20)
-            return scan_tar_for_ca(reader, ca_bundle)
-    finally:
-        client.api.remove_container(container["Id"], force=True)
+    findings = []
+    saved = client.images.get(image)
+    with tqdm(total=saved.attrs.get("Size") or None, unit="B", unit_scale=True, desc="verify: scanning the layers",
+              leave=False) as bar:
+        reader = io.BufferedReader(_StreamReader(saved.save(chunk_size=1 << 20), bar), buffer_size=1 << 20)
+        with tarfile.open(fileobj=reader, mode="r|") as archive:
+            for member in archive:
+                if member.isfile() and member.name.endswith("layer.tar"):
+                    layer = member.name.split("/")[0][:12]
+                    findings += [f"{finding} (layer {layer})"
+                                 for finding in scan_tar_for_ca(archive.extractfile(member), ca_bundle)]
+    return findings
 
 
 # ---- lock ------------------------------------------------------------------------------------
