@@ -216,6 +216,32 @@ def test_build_context_has_the_code_and_this_stack_but_no_certificate():
                    for n in names)
 
 
+def _fake_docker(folder: Path, version: str, buildx: bool) -> Path:
+    """A `docker` that answers `version --format` and `buildx version` as a real client would."""
+    folder.mkdir()
+    exe = folder / "docker"
+    exe.write_text("#!/bin/sh\n"
+                   f'if [ "$1" = buildx ]; then {"echo buildx v0.20.0" if buildx else "exit 1"}; exit; fi\n'
+                   f'if [ "$1" = version ]; then echo {version}; exit; fi\nexit 1\n')
+    exe.chmod(0o755)
+    return exe
+
+
+def test_build_picks_a_docker_client_that_has_buildkit(tmp_path, monkeypatch):
+    new_no_buildx = _fake_docker(tmp_path / "new", "28.2.2", buildx=False)   # refuses BuildKit builds
+    debian = _fake_docker(tmp_path / "debian", "20.10.24+dfsg1", buildx=False)
+    with_buildx = _fake_docker(tmp_path / "buildx", "28.2.2", buildx=True)
+    def pick(*exes: Path) -> str:
+        monkeypatch.setenv("PATH", os.pathsep.join(str(e.parent) for e in exes))
+        exe, env = ib.buildkit_client()
+        assert env["DOCKER_BUILDKIT"] == "1"
+        return exe
+    assert pick(new_no_buildx, debian) == str(debian)
+    assert pick(with_buildx, debian) == str(with_buildx)
+    with pytest.raises(ib.InputError, match="docker.io"):
+        pick(new_no_buildx)
+
+
 def test_ca_scan_finds_copies_and_extra_certificates(tmp_path):
     import certifi
 
