@@ -3,13 +3,15 @@
 #   invoke image.base                         # the local Debian base image (no registry needed)
 #   invoke image.build --stack cpu-ms2.9      # passes images/cpu-ms2.9/stack.env as build args
 #
-# Written for the classic builder and for BuildKit alike. No syntax directive on purpose: it makes
-# BuildKit pull its frontend from a registry. Every FROM is a build arg naming a local image or an
-# earlier stage, so nothing is pulled.
+# Needs BuildKit (RUN --mount=type=secret): Docker >= 23 with buildx, or Debian's docker.io 20.10
+# with DOCKER_BUILDKIT=1; `invoke image.build` picks such a client. No syntax directive on purpose:
+# it makes BuildKit pull its frontend from a registry. Every FROM is a build arg naming a local image
+# or an earlier stage, so nothing is pulled.
 #
-# Stages: runtime (OS + Python, no compilers, no CA) -> builder (adds the CA bundle from the build
-# context, makes /opt/venv, installs CANN for Ascend stacks) -> final (runtime + the venv + the
-# code, non-root). The CA bundle only ever exists in the builder; `invoke image.build` checks the
+# Stages: runtime (OS + Python, no compilers) -> builder (makes /opt/venv, installs CANN for Ascend
+# stacks) -> final (runtime + the venv + the code, non-root). pip trusts the host's CA bundle,
+# which only the builder's install steps see, as the BuildKit secret `ca` (`--secret id=ca,src=FILE`):
+# it is mounted for those RUNs and written to no layer. `invoke image.build` scans every layer of the
 # final image for it after every build.
 
 ARG STACK=cpu-ms2.9
@@ -42,21 +44,22 @@ ARG PRUNE=
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ${PYTHON}-venv \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
-# images/build-ca/ holds the CA bundle only in the context `invoke image.build` sends (never in git).
-COPY images/build-ca/ /build/ca/
 COPY images/build-venv.sh images/install-cann.sh /build/
 # Only what the install reads (stack.env, the lock, your packages/): editing a README keeps the cache.
 COPY images/${STACK}/stack.env images/${STACK}/constraints.txt /build/stack/
 COPY images/${STACK}/packages/ /build/stack/packages/
 # The heavy layers (MindSpore ~2.5 GB, CANN) come before the code, so a code change rebuilds in seconds.
-RUN sh /build/build-venv.sh stack \
+RUN --mount=type=secret,id=ca,target=/build/ca/ca-certificates.crt \
+    sh /build/build-venv.sh stack \
  && sh /build/install-cann.sh
 RUN mkdir -p /opt/stack-root/etc/tunebox \
  && cp /build/stack/stack.env /opt/stack-root/etc/tunebox/stack.env
 COPY pyproject.toml README* /build/src/
-RUN sh /build/build-venv.sh deps
+RUN --mount=type=secret,id=ca,target=/build/ca/ca-certificates.crt \
+    sh /build/build-venv.sh deps
 COPY tunebox /build/src/tunebox
-RUN sh /build/build-venv.sh tunebox
+RUN --mount=type=secret,id=ca,target=/build/ca/ca-certificates.crt \
+    sh /build/build-venv.sh tunebox
 
 # ---- final: runtime + venv + code, non-root ----------------------------------------------------
 FROM runtime AS final

