@@ -394,7 +394,7 @@ def render_prompt_example(spec: RunSpec, tok, row: dict) -> tuple[str, int, int]
     return prompt_text + answer + tok.answer_suffix, n_prompt, n_tokens - n_prompt
 
 
-def render_algorithm(spec: RunSpec, *, stats: dict, profile: Optional[dict], rejects: list[dict],
+def render_algorithm(spec: RunSpec, *, stats: dict, rejects: list[dict],
                      prompt_example: tuple[str, int, int], summary: dict, train_index: dict,
                      merge_index: dict, train_manifest: dict, results: dict) -> str:
     mspec = get_model_spec(spec.model.name)
@@ -460,17 +460,6 @@ def render_algorithm(spec: RunSpec, *, stats: dict, profile: Optional[dict], rej
               f"p99 {tpr.get('99')}, max {tpr.get('100')}; answer tokens per row (the supervised part) "
               f"{_fmt(stats.get('answer_tokens_per_row_mean'), 1)} on average; padding "
               f"{_fmt((stats.get('padding_fraction') or 0) * 100, 1)}% of the training tensor.", ""]
-    if profile:
-        fams = profile.get("families") or {}
-        L += [f"Data profile (`logs/prep/profile.json`): {profile.get('rows', '-'):,} rows profiled; "
-              f"exact duplicates {((profile.get('duplicates') or {}).get('exact') or {}).get('rows', '-')}, "
-              f"wrong labels {(profile.get('wrong_labels') or {}).get('count', '-')}, "
-              f"unparsable solutions {(profile.get('unparsable_solutions') or {}).get('count', '-')}.", ""]
-        if fams:
-            L += ["| family | rows | share |", "|---|---:|---:|"]
-            L += [f"| {name} | {f.get('count', '-')} | {_fmt(f.get('share'), 3)} |" for name, f in fams.items()]
-            L.append("")
-
     # ---- prompt ----
     text, n_prompt, n_answer = prompt_example
     template = (f"The model's chat template (`tunebox.data.tokenizer`), system prompt "
@@ -550,8 +539,6 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
     report = _read_json(spec.run_dir / layout.EVALUATE_REPORT, "evaluate's report")
     summary = _read_json(spec.run_dir / layout.TRAIN_SUMMARY, "train's summary")
     stats = _read_json(spec.run_dir / layout.PREP_STATS, "prep's stats")
-    profile_file = spec.job_dir("prep") / "profile.json"
-    profile = _read_json(profile_file, "prep's data profile") if profile_file.exists() else None
     checkpoints = merged_checkpoints(spec, train_index, merge_index)
 
     scores = {}
@@ -625,7 +612,7 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         atomic_write_json(tmp / "environment.json", env)
         atomic_write_text(tmp / "ENVIRONMENT.md", contents.render_environment(env))
         atomic_write_text(tmp / "ALGORITHM.md", render_algorithm(
-            spec, stats=stats, profile=profile, rejects=rejects,
+            spec, stats=stats, rejects=rejects,
             prompt_example=render_prompt_example(spec, tok, heldout[0]), summary=summary, train_index=train_index,
             merge_index=merge_index, train_manifest=manifests["train"], results=results))
 

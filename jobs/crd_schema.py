@@ -1,15 +1,8 @@
-"""Offline validation of rendered manifests: built-in kinds against the Kubernetes schema
-(kubernetes-validate), custom resources against JSON schemas derived from their public CRDs and
-stored in k8s/schemas/ (k8s/schemas/README.md says where each CRD came from).
+"""crd_schema: derive the JSON schema of a custom resource from its CRD, or check a rendered file offline
+against k8s/schemas/ and the Kubernetes schema (tunebox/deploy/crd_schema.py).
 
     python -m jobs.crd_schema derive CRD.yaml --version v1 -o k8s/schemas/KIND.json
     python -m jobs.crd_schema check build/k8s/RUN.OVERLAY.yaml
-
-The derivation turns the CRD's openAPIV3Schema into JSON Schema the way the API server reads it:
-`x-kubernetes-int-or-string` accepts an integer or a string, `x-kubernetes-preserve-unknown-fields`
-keeps any field; every other object refuses fields it does not declare (the server would drop
-them silently, so a misspelt field would do nothing on the cluster: here it is an error).
-Descriptions are dropped to keep the files small.
 """
 from __future__ import annotations
 

@@ -1,25 +1,8 @@
-"""Kubernetes manifests for one run, rendered from its run spec with kustomize.
-
-The run spec is the single source. From it come: the Job's name and labels (run_id, spec hash),
-the image (the stack train.device needs, tagged with this package's version), the number of pods
-of a multi-node run (train.workers / cards per pod), the CPU request of a local run, and the
-ConfigMap the pods read (the spec file itself, verbatim), the runs claim's size, and for Ascend
-pods the card labels, node selector, host mounts and HCCL settings (tunebox/deploy/ascend.py, the spec's
-cluster section). The overlay in k8s/overlays/ decides the shape (one CPU pod, one 4-card pod, an
-Indexed Job of N 4-card pods, an AscendJob for Huawei's operator); `kubectl kustomize` does the assembly.
+"""k8s: render one run's Kubernetes manifests from its run spec (`invoke k8s.render`); how, and what comes
+from the spec, is in tunebox/deploy/k8s.py.
 
     python -m jobs.k8s --config recipes/tiny.yaml --overlay local-cpu [-o out.yaml]
         [--image registry.example.com/tunebox:0.1.0-cpu-ms2.9] [--namespace NS] [--set k=v ...]
-
-How it works: kustomize renders the overlay once to read what it runs (the container's --set
-arguments, its NPU request, whether the Job is Indexed); the spec is loaded with those same
---set values, so a spec that cannot run on that overlay fails here (exit 2), not on the cluster.
-Then a generated kustomization on top of the overlay adds the spec-derived parts.
-
-Paths inside the pods (the same in docker-compose.yml): the spec is /app/recipes/run.yaml, the
-contest data is mounted at /shared/data, runs and the model cache live on /data. A spec's
-relative data path (recipes/../../shared/data/...) therefore resolves the same on a laptop and in
-a pod; any path that would land elsewhere is refused with the fix.
 """
 from __future__ import annotations
 

@@ -132,13 +132,6 @@ def load_tokenizer(spec: "RunSpec") -> TextTokenizer:
     return TextTokenizer.load(model_dir, spec.resolve(spec.model.tokenizer))
 
 
-def write_mindrecord(path: Path, input_ids: np.ndarray, labels: np.ndarray, chunk: int = 4096) -> None:
-    writer = MindRecordWriter(path)
-    for start in range(0, len(input_ids), chunk):
-        writer.write(input_ids[start:start + chunk], labels[start:start + chunk])
-    writer.commit()
-
-
 def mindrecord_shards(path: Path) -> list[Path]:
     """The files of a sample set prep wrote: `path` itself, then `path`-00001, -00002, ... when prep
     split a large set (each file has its own .db index; MindSpore builds an index in memory, so

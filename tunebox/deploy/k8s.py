@@ -8,7 +8,7 @@ pods the card labels, node selector, host mounts and HCCL settings (tunebox/depl
 cluster section). The overlay in k8s/overlays/ decides the shape (one CPU pod, one 4-card pod, an
 Indexed Job of N 4-card pods, an AscendJob for Huawei's operator); `kubectl kustomize` does the assembly.
 
-    python -m jobs.k8s --config recipes/tiny.yaml --overlay local-cpu [-o out.yaml]
+    python -m jobs.k8s --config recipes/tiny.yaml --overlay local-cpu [-o out.yaml]   (jobs/k8s.py)
         [--image registry.example.com/tunebox:0.1.0-cpu-ms2.9] [--namespace NS] [--set k=v ...]
 
 How it works: kustomize renders the overlay once to read what it runs (the container's --set

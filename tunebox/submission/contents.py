@@ -41,8 +41,7 @@ FIXED_FILES = (
 # What is copied from each job's folder into logs/<job>/ (never the MindRecord, LoRA or optimizer
 # state: the submission holds the merged checkpoints, and everything needed to check them).
 LOG_SOURCES = {
-    "prep": ("manifest.json", "stats.json", "heldout.jsonl", "rejects.jsonl", "preview.txt", "profile.json",
-             "profile.md"),
+    "prep": ("manifest.json", "stats.json", "heldout.jsonl", "rejects.jsonl", "preview.txt"),
     "train": ("manifest.json", "loss.jsonl", "loss.csv", "summary.json", "checkpoints/index.json", "mindformers.yaml",
               "sessions.jsonl"),
     "merge": ("manifest.json", "index.json"),
