@@ -154,6 +154,8 @@ def portable_finetune_config(config: dict, run_dir: Path) -> dict:
             cb["directory"] = "./output"
         if "path" in cb:
             cb["path"] = "./output/loss.jsonl"
+    if cfg.get("tensorboard", {}).get("tensorboard_dir"):
+        cfg["tensorboard"]["tensorboard_dir"] = "./output/tensorboard"
     strategy = cfg.get("parallel", {}).get("strategy_ckpt_save_file")
     if strategy:
         cfg["parallel"]["strategy_ckpt_save_file"] = "./output/strategy/ckpt_strategy.ckpt"
