@@ -152,6 +152,19 @@ def test_every_worker_log_and_mindformers_log_folder_is_in_the_bundle(bundled):
     assert name == "logs/train/msrun/worker_0.log" and tail[-1] == "worker 0 last line"
 
 
+def test_bundle_carries_the_tensorboard_events_of_the_loss_log(bundled):
+    """logs/train/tensorboard/ holds train's event files: TensorBoard pointed at the submission shows the
+    curves logs/train/loss.jsonl lists."""
+    from test_tensorboard import assert_events_equal_loss_log
+
+    train, logs = bundled["run_dir"] / "train", bundled["sub"] / "logs" / "train"
+    events = bl.files_under(train / "tensorboard")
+    assert events and bl.files_under(logs / "tensorboard") == events
+    assert all((logs / "tensorboard" / e).read_bytes() == (train / "tensorboard" / e).read_bytes() for e in events)
+    assert_events_equal_loss_log(logs)
+    assert all(f"logs/train/tensorboard/{e}" in (bundled["sub"] / bl.SUMS_FILE).read_text() for e in events)
+
+
 def test_verify_wants_one_log_per_worker(bundled, tmp_path):
     sub = copy_of(bundled, tmp_path)
     spec = load_spec(TINY_RECIPE, ["train.workers=3", "train.batch_size=3"])
