@@ -16,7 +16,8 @@
   logs/                 mirrors runs/<run_id>/: every job's manifest.json, record.jsonl, prep's stats,
                         held-out rows and rejects, train's loss.jsonl/loss.csv/summary.json, its
                         TensorBoard events (tensorboard/rank_N/) and checkpoint index, every msrun
-                        worker's and MindFormers' *.log under train/, merge's index, evaluate's predictions, scores and reports
+                        worker's and MindFormers' *.log under train/, merge's index, evaluate's
+                        predictions, scores and reports
   results.json          per checkpoint: step, math accuracy (strict, tolerant), SQuAD F1/EM and
                         retention when evaluate measured them, ratio, contest score; the chosen checkpoint
   ENVIRONMENT.md, environment.json   what each job ran on, from the jobs' manifests
