@@ -53,10 +53,10 @@ def _new_axes(size: tuple[int, int]):
     return fig, ax
 
 
-def save(fig, path: Path, metadata: Optional[dict] = None) -> Path:
-    """The figure as a PNG at `path` (atomic); `metadata` becomes PNG text chunks."""
+def save(fig, path: Path) -> Path:
+    """The figure as a PNG at `path` (atomic)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata=metadata)
+    fig.savefig(buf, format="png", dpi=DPI)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 
