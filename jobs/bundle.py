@@ -14,9 +14,10 @@
                         the tokenizer above), mf_extensions.py (the classes the YAML registers;
                         REGISTER_PATH=mindformers/) and README.md (the commands)
   logs/                 mirrors runs/<run_id>/: every job's manifest.json, record.jsonl, prep's stats,
-                        held-out rows and rejects, train's loss.jsonl/loss.csv/summary.json and
-                        checkpoint index, every msrun worker's and MindFormers' *.log under train/,
-                        merge's index, evaluate's predictions, scores and reports
+                        held-out rows and rejects, train's loss.jsonl/loss.csv/summary.json, its
+                        TensorBoard events (tensorboard/rank_N/) and checkpoint index, every msrun
+                        worker's and MindFormers' *.log under train/, merge's index, evaluate's
+                        predictions, scores and reports
   results.json          per checkpoint: step, math accuracy (strict, tolerant), SQuAD F1/EM and
                         retention when evaluate measured them, ratio, contest score; the chosen checkpoint
   ENVIRONMENT.md, environment.json   what each job ran on, from the jobs' manifests
@@ -155,6 +156,8 @@ def portable_finetune_config(config: dict, run_dir: Path) -> dict:
             cb["directory"] = "./output"
         if "path" in cb:
             cb["path"] = "./output/loss.jsonl"
+    if cfg.get("tensorboard", {}).get("tensorboard_dir"):
+        cfg["tensorboard"]["tensorboard_dir"] = "./output/tensorboard"
     strategy = cfg.get("parallel", {}).get("strategy_ckpt_save_file")
     if strategy:
         cfg["parallel"]["strategy_ckpt_save_file"] = "./output/strategy/ckpt_strategy.ckpt"
@@ -222,6 +225,9 @@ def copy_logs(run_dir: Path, logs: Path) -> list[str]:
         for name in names:
             if (job_dir / name).is_file():
                 put(job_dir / name, f"{job}/{name}")
+            elif (job_dir / name).is_dir():
+                for rel in contents.files_under(job_dir / name):
+                    put(job_dir / name / rel, f"{job}/{name}/{rel}")
     for job, patterns in contents.LOG_PATTERNS.items():
         job_dir = run_dir / job
         for path in sorted({p for pat in patterns for p in job_dir.rglob(pat) if p.is_file()} if job_dir.is_dir() else []):

@@ -555,79 +555,57 @@ def render_markdown(record: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def _font(size: int):
-    from PIL import ImageFont
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:                       # Pillow < 10.1: one fixed bitmap size
-        return ImageFont.load_default()
+def family_mix_figure(record: dict):
+    """Horizontal bar chart (matplotlib): one bar per family, labelled with its count and share."""
+    from matplotlib.figure import Figure
+
+    fams = list(record["families"].items())
+    fig = Figure(figsize=(9, 0.9 + 0.26 * max(len(fams), 1)), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.barh([name for name, _ in fams], [fam["count"] for _, fam in fams],
+                   color=["#E69F00" if "english" in name else "#0072B2" for name, _ in fams])
+    ax.bar_label(bars, labels=[f"{fam['count']:,} ({100 * fam['share']:.1f}%)" for _, fam in fams], padding=4,
+                 fontsize="small")
+    ax.invert_yaxis()                         # the first family on top
+    ax.margins(x=0.18)                        # room for the labels past the longest bar
+    ax.set(title=f"Family mix: {record['rows']:,} rows", xlabel="rows")
+    ax.tick_params(axis="y", labelsize="small")
+    return fig
+
+
+def lengths_figure(record: dict):
+    """Histograms (matplotlib) of problem, solution and total lengths, with p50/p90/p99 marked."""
+    from matplotlib.figure import Figure
+
+    unit = "tokens" if record["length_unit"].startswith("tokens") else "characters"
+    fig = Figure(figsize=(4.2 * len(FIELDS), 3.4), dpi=100, layout="constrained")
+    for ax, f in zip(fig.subplots(1, len(FIELDS)), FIELDS):
+        hist, stats = record["length_histogram"][f], record["lengths"][f]
+        ax.set_title(f"{f} length ({unit})", fontsize="medium")
+        if not hist["counts"]:
+            continue
+        ax.stairs(hist["counts"], hist["edges"], fill=True, color="#0072B2")
+        for q, colour in (("p50", "#009E73"), ("p90", "#E69F00"), ("p99", "#D55E00")):
+            ax.axvline(min(max(stats[q], hist["edges"][0]), hist["edges"][-1]), color=colour, linewidth=1,
+                       label=f"{q} {stats[q]}")
+        ax.legend(fontsize="x-small")
+        ax.set_xlabel(f"max {stats['max']}" + (f"; {hist['overflow']:,} longer rows not shown" if hist["overflow"]
+                                                else ""), fontsize="small")
+        ax.set_ylabel("rows", fontsize="small")
+    return fig
+
+
+def _save_png(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def draw_family_mix(record: dict, path: Path) -> None:
-    """Horizontal bar chart: one bar per family, labelled with its count and share."""
-    from PIL import Image, ImageDraw
-
-    fams = list(record["families"].items())
-    font = _font(14)
-    row_h, left, right, top = 26, 170, 190, 40
-    width = 900
-    height = top + row_h * max(len(fams), 1) + 20
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((10, 10), f"Family mix: {record['rows']:,} rows", fill="black", font=_font(16))
-    biggest = max((f["count"] for _, f in fams), default=1) or 1
-    for i, (name, fam) in enumerate(fams):
-        y = top + i * row_h
-        draw.text((10, y + 4), name, fill="black", font=font)
-        bar = int((width - left - right) * fam["count"] / biggest)
-        draw.rectangle([left, y + 3, left + max(bar, 1), y + row_h - 5],
-                       fill=(70, 120, 190) if "english" not in name else (220, 130, 50))
-        draw.text((left + bar + 8, y + 4), f"{fam['count']:,} ({100 * fam['share']:.1f}%)", fill="black", font=font)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+    _save_png(family_mix_figure(record), path)
 
 
 def draw_lengths(record: dict, path: Path) -> None:
-    """Histograms of problem, solution and total lengths, with p50/p90/p99 marked."""
-    from PIL import Image, ImageDraw
-
-    font = _font(13)
-    panel_w, panel_h, pad = 420, 260, 50
-    image = Image.new("RGB", (panel_w * len(FIELDS) + 20, panel_h + 70), "white")
-    draw = ImageDraw.Draw(image)
-    unit = "tokens" if record["length_unit"].startswith("tokens") else "characters"
-    for k, f in enumerate(FIELDS):
-        x0 = 10 + k * panel_w
-        hist = record["length_histogram"][f]
-        draw.text((x0 + pad, 8), f"{f} length ({unit})", fill="black", font=_font(15))
-        if not hist["counts"]:
-            continue
-        edges, counts = hist["edges"], hist["counts"]
-        plot_x0, plot_x1, plot_y0, plot_y1 = x0 + pad, x0 + panel_w - 20, 35, panel_h
-        draw.line([plot_x0, plot_y1, plot_x1, plot_y1], fill="black")
-        draw.line([plot_x0, plot_y0, plot_x0, plot_y1], fill="black")
-        top = max(counts) or 1
-        span = edges[-1] - edges[0] or 1
-
-        def x_of(v):
-            return plot_x0 + (plot_x1 - plot_x0) * (v - edges[0]) / span
-        for a, b, c in zip(edges[:-1], edges[1:], counts):
-            if c:
-                draw.rectangle([x_of(a), plot_y1 - (plot_y1 - plot_y0) * c / top, max(x_of(b) - 1, x_of(a)), plot_y1],
-                               fill=(70, 120, 190))
-        stats = record["lengths"][f]
-        for q, colour in (("p50", (40, 160, 60)), ("p90", (230, 140, 0)), ("p99", (200, 40, 40))):
-            xq = x_of(min(max(stats[q], edges[0]), edges[-1]))
-            draw.line([xq, plot_y0, xq, plot_y1], fill=colour, width=1)
-        draw.text((plot_x0, plot_y1 + 6), str(edges[0]), fill="black", font=font)
-        right_label = str(edges[-1]) + (f"  (+{hist['overflow']:,} longer)" if hist["overflow"] else "")
-        draw.text((plot_x1 - 8 * len(right_label), plot_y1 + 6), right_label, fill="black", font=font)
-        draw.text((x0 + 4, plot_y0), f"{top:,}", fill="black", font=font)
-        draw.text((plot_x0, plot_y1 + 24),
-                  f"p50 {stats['p50']}  p90 {stats['p90']}  p99 {stats['p99']}  max {stats['max']}",
-                  fill="black", font=font)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+    _save_png(lengths_figure(record), path)
 
 
 def write_report(record: dict, out_dir: Path) -> None:

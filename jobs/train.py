@@ -13,6 +13,8 @@ Outputs, under runs/<run_id>/train/ (MindFormers' layout, output_dir = this fold
   checkpoints/index.json           the planned checkpoints: global step, epoch, loss, file
   log/                             MindFormers' own logs (every rank), msrun/ the workers' consoles
   loss.jsonl, loss.csv             one line per optimizer step (loss, lr, seconds)
+  tensorboard/rank_0/              MindFormers' TensorBoard events: loss, learning-rate, grad-norm per step
+                                   (`tensorboard --logdir runs/<run_id>/train/tensorboard`)
   summary.json, manifest.json
 
 Killed (even with kill -9) and started again with the same command, it resumes through MindFormers'
@@ -242,7 +244,8 @@ def train(spec: RunSpec, args=None) -> Path:
     prepared = render(spec)
     plan = prepared["plan"]
     if not resume:
-        for stale in ("loss.jsonl", "sessions.jsonl", "checkpoints"):  # a run that died before its first checkpoint
+        # a run that died before its first checkpoint; old event files would join the new curves
+        for stale in ("loss.jsonl", "sessions.jsonl", "checkpoints", "tensorboard"):
             p = out / stale
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     atomic_write_json(out / "train_state.json", {"train_hash": train_hash(spec)})

@@ -86,6 +86,37 @@ def test_selfcheck_table_and_ratio_come_from_results(bundled):
     assert f"{results['trainable_params']:,} / {results['total_params']:,} = {results['ratio']:.9f}" in ratio
 
 
+def test_selfcheck_png_shows_the_table_ratio_verdict_and_log_tail(bundled, tmp_path):
+    """What the picture shows, read from the matplotlib figure selfcheck draws (the text of every line and
+    table cell), and the bundle's PNG is that figure pixel for pixel."""
+    import numpy as np
+    from matplotlib.colors import to_hex
+
+    sub = bundled["sub"]
+    results = json.loads((sub / "results.json").read_text())
+    name, tail = training_log_tail(bundled["run_dir"])
+    kw = dict(results=results, rank=8, commit=results["code"]["commit"], code_note=results["code"]["note"],
+              log_name=name, log_tail=tail)
+    fig = selfcheck.figure(**kw)
+    ax = fig.axes[0]
+    lines = [t.get_text() for t in ax.texts]
+    assert lines[0] == "tunebox self-check: tiny"
+    cells = ax.tables[0].get_celld()
+    table = selfcheck.result_table(results)
+    assert [[cells[r, c].get_text().get_text() for c in range(len(table[0]))] for r in range(len(table))] == table
+    for line in selfcheck.ratio_lines(results, 8):                  # wrapped over lines: joined, the same text
+        assert line in " ".join(lines)
+    verdict, warn = selfcheck.retention_line(results)
+    shown = [t for t in ax.texts if t.get_text() and verdict.startswith(t.get_text())]
+    assert shown and to_hex(shown[0].get_color()) == (selfcheck.RED if warn else selfcheck.GREEN)
+    assert f"training log: {name} (last {len(tail[-selfcheck.TAIL_LINES:])} lines)" in lines
+    assert lines[-1] == tail[-1].rstrip()[:200] and "worker 0 last line" in lines
+    # the bundle's PNG is this figure
+    selfcheck.render(tmp_path / "again.png", results_bytes=(sub / "results.json").read_bytes(), **kw)
+    with Image.open(sub / selfcheck.FILE) as a, Image.open(tmp_path / "again.png") as b:
+        assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+
+
 def test_verify_requires_selfcheck_png(bundled, tmp_path, capsys):
     sub = copy_of(bundled, tmp_path)
     (sub / selfcheck.FILE).unlink()
@@ -119,6 +150,19 @@ def test_every_worker_log_and_mindformers_log_folder_is_in_the_bundle(bundled):
         assert (logs / rel).read_text() == text
     name, tail = training_log_tail(bundled["run_dir"])
     assert name == "logs/train/msrun/worker_0.log" and tail[-1] == "worker 0 last line"
+
+
+def test_bundle_carries_the_tensorboard_events_of_the_loss_log(bundled):
+    """logs/train/tensorboard/ holds train's event files: TensorBoard pointed at the submission shows the
+    curves logs/train/loss.jsonl lists."""
+    from test_tensorboard import assert_events_equal_loss_log
+
+    train, logs = bundled["run_dir"] / "train", bundled["sub"] / "logs" / "train"
+    events = contents.files_under(train / "tensorboard")
+    assert events and contents.files_under(logs / "tensorboard") == events
+    assert all((logs / "tensorboard" / e).read_bytes() == (train / "tensorboard" / e).read_bytes() for e in events)
+    assert_events_equal_loss_log(logs)
+    assert all(f"logs/train/tensorboard/{e}" in (bundled["sub"] / contents.SUMS_FILE).read_text() for e in events)
 
 
 def test_verify_wants_one_log_per_worker(bundled, tmp_path):

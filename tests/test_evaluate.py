@@ -284,25 +284,76 @@ def test_report_plots_are_valid_pngs(tiny_run):
             assert len(im.convert("RGB").getcolors(1 << 16) or []) > 10, f"{rel} looks blank"
 
 
-def test_plot_functions_draw_gaps_and_reject_bad_input(tmp_path):
+def _png_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB"))
+
+
+def _has_colour(rgb: np.ndarray, ax, x: float, y: float, colour: str, radius: int = 1) -> bool:
+    """Whether the PNG shows `colour` (within antialiasing) within `radius` pixels of data point (x, y)."""
+    from matplotlib.colors import to_rgb
+
+    px, py = ax.transData.transform((x, y))
+    row, col = int(round(rgb.shape[0] - py)), int(round(px))
+    patch = rgb[row - radius:row + radius + 1, col - radius:col + radius + 1].reshape(-1, 3).astype(int)
+    want = np.array([round(255 * c) for c in to_rgb(colour)])
+    return bool((np.abs(patch - want).max(axis=1) <= 12).any())
+
+
+def test_line_chart_shows_each_point_where_its_value_is_and_gaps_as_gaps(tmp_path):
+    """The PNG line_chart writes, read back pixel by pixel: every point of every series has its
+    series' colour where matplotlib's axes put that value, and a None leaves no line across it."""
     from tunebox.evaluation import plots
 
-    p = plots.line_chart(tmp_path / "l.png", [plots.Series("a", [0, 1, 2, 3], [0.1, None, 0.5, 0.4])],
-                         title="t", xlabel="x", ylabel="y", hlines=[plots.HLine(0.9, "threshold")])
-    b = plots.bar_chart(tmp_path / "b.png", ["x", "y"], {"m1": [0.2, None], "m2": [1.0, 0.0]}, title="t", xlabel="v")
-    for f in (p, b):
-        with Image.open(f) as im:
-            assert im.format == "PNG"
-    with pytest.raises(ValueError, match="2 categories"):
-        plots.bar_chart(tmp_path / "c.png", ["x", "y"], {"m": [1.0]}, title="t", xlabel="v")
+    xs = [0, 1, 2, 3, 4]
+    a, b = [0.1, None, 0.5, 0.4, 0.9], [0.8, 0.7, 0.6, 0.3, 0.2]
+    series = [plots.Series("a", xs, a), plots.Series("b", xs, b, dashed=True)]
+    kw = dict(title="t", xlabel="x", ylabel="y", hlines=[plots.HLine(0.95, "threshold")])
+    rgb = _png_rgb(plots.line_chart(tmp_path / "l.png", series, **kw))
+    fig = plots.line_figure(series, **kw)           # the same figure, to map data to pixels
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    assert rgb.shape[:2] == (round(fig.bbox.height), round(fig.bbox.width))
+    colours = [plots.PALETTE[0], plots.PALETTE[1]]
+    for ys, colour in zip((a, b), colours):
+        for x, y in zip(xs, ys):
+            if y is not None:
+                assert _has_colour(rgb, ax, x, y, colour), (x, y, colour)
+    assert not _has_colour(rgb, ax, 0.5, 0.2, colours[0], radius=3)    # a: no line from x=0 into the gap
+    assert not _has_colour(rgb, ax, 1.0, 0.3, colours[0], radius=3)    # ...nor across it to x=2
+    assert _has_colour(rgb, ax, 3.5, 0.65, colours[0])                 # but between 3 and 4, a line
+    assert any(_has_colour(rgb, ax, x, 0.95, "#999999") for x in np.linspace(1.5, 2.5, 11))   # the dashed threshold
+    steps = plots.line_figure([plots.Series("loss", list(range(1, 11)), [1.0] * 10)], title="t", xlabel="x",
+                              ylabel="y").axes[0].get_xticks()
+    assert all(float(t).is_integer() for t in steps)                    # training steps: no 2.5
     with pytest.raises(ValueError, match="no data"):
         plots.line_chart(tmp_path / "d.png", [plots.Series("a", [0], [None])], title="t", xlabel="x", ylabel="y")
-    ticks = plots.nice_ticks(0.03, 0.97)
-    assert ticks[0] <= 0.03 and ticks[-1] >= 0.97 and len(set(np.round(np.diff(ticks), 9))) == 1
-    steps = plots.nice_ticks(1, 10, integer=True)       # training steps: no 2.5
-    assert steps[0] <= 1 and steps[-1] >= 10 and all(float(t).is_integer() for t in steps)
+
+
+def test_bar_chart_draws_each_value_as_a_bar_of_that_length(tmp_path):
+    from tunebox.evaluation import plots
+
+    cats, series = ["x", "y"], {"m1": [0.2, None], "m2": [1.0, 0.6]}
+    kw = dict(title="t", xlabel="v", x_range=(0.0, 1.0))
+    rgb = _png_rgb(plots.bar_chart(tmp_path / "b.png", cats, series, **kw))
+    fig = plots.bar_figure(cats, series, **kw)
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    for i, (name, values) in enumerate(series.items()):
+        bars = ax.containers[i]
+        for ci, (bar, v) in enumerate(zip(bars, values)):
+            y = bar.get_y() + bar.get_height() / 2
+            assert bar.get_width() == (v or 0.0)
+            if v:
+                assert _has_colour(rgb, ax, v / 2, y, plots.PALETTE[i]), (name, cats[ci])
+                assert not _has_colour(rgb, ax, v / 2, y, plots.PALETTE[1 - i]), (name, cats[ci])
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["0.2", "n/a", "1", "0.6"]
+    with pytest.raises(ValueError, match="2 categories"):
+        plots.bar_chart(tmp_path / "c.png", ["x", "y"], {"m": [1.0]}, title="t", xlabel="v")
 
 
 def test_scale_dial_ends_are_the_base_model_and_the_merged_checkpoint(tiny_run, tmp_path):

@@ -54,6 +54,49 @@ def test_every_stack_has_readme_lock_and_pins_its_versions():
         assert f"mindformers=={stack.build_args['MINDFORMERS_VERSION']}" in lock
 
 
+def test_each_stack_that_installs_tunebox_pins_its_dependencies():
+    """build-venv.sh installs pyproject's dependencies with `-c constraints.txt`: a package the lock does
+    not pin would float to whatever PyPI serves on build day. Every dependency must be pinned, at a version
+    its specifier allows, and so must what it requires in turn (read from the installed package's metadata
+    wherever the installed version is the pinned one, so the metadata is the image's)."""
+    import tomllib
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    direct = [Requirement(d) for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    assert "matplotlib" in {r.name for r in direct}
+    for name in STACKS:
+        stack = ib.load_stack(name)
+        if stack.build_args["INSTALL_TUNEBOX"] != "1":
+            continue
+        pins = {}
+        for line in (stack.folder / "constraints.txt").read_text(encoding="utf-8").splitlines():
+            if line.strip() and not line.startswith("#"):
+                pkg, _, pinned = line.strip().partition("==")
+                pins[canonicalize_name(pkg)] = pinned
+        todo, seen, unpinned = [(r, "pyproject.toml") for r in direct], set(), []
+        while todo:
+            req, wanted_by = todo.pop()
+            key = canonicalize_name(req.name)
+            if key in seen or key in {"pip", "setuptools", "wheel"}:   # pip freeze leaves the installer out
+                continue
+            seen.add(key)
+            if req.marker and not req.marker.evaluate({"extra": ""}):
+                continue
+            if key not in pins:
+                unpinned.append(f"{req.name} (wanted by {wanted_by})")
+                continue
+            assert req.specifier.contains(pins[key], prereleases=True), (name, str(req), pins[key])
+            try:
+                if version(req.name) == pins[key]:
+                    todo += [(Requirement(r), req.name) for r in requires(req.name) or []]
+            except PackageNotFoundError:
+                pass
+        assert unpinned == [], f"images/{name}/constraints.txt pins none of {unpinned}"
+
+
 def test_contest_stack_is_python39_on_bullseye_without_tunebox():
     args = ib.load_stack("contest-2024").build_args
     assert (args["PYTHON"], args["BASE_IMAGE"], args["INSTALL_TUNEBOX"]) == (

@@ -165,6 +165,7 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
     finetune, as_run = yaml.safe_load(text), yaml.safe_load((runs / "tiny" / "train" / "mindformers.yaml").read_text())
     assert finetune["model"] == as_run["model"] and finetune["parallel_config"] == as_run["parallel_config"]
     assert finetune["load_checkpoint"] == "../base/model.ckpt"
+    assert finetune["tensorboard"]["tensorboard_dir"] == "./output/tensorboard"    # MindFormers adds rank_<r>/
     predict = yaml.safe_load((sub / "mindformers" / "predict.yaml").read_text())
     chosen = json.loads((sub / "results.json").read_text())["chosen"]["model"]
     assert predict["load_checkpoint"] == f"../checkpoints/{chosen}/model.ckpt"

@@ -2,6 +2,7 @@
 each kind of finding: families, wrong labels by line, bad lines, duplicates, token lengths, charts."""
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections import Counter
@@ -183,6 +184,23 @@ def test_report_files_and_charts(tmp_path, real_profile):
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(tmp_path / name) as image:
             assert image.size[0] > 400 and image.size[1] > 100
+    # what the charts show: a bar per family as long as its count, a histogram per field of its counts
+    mix = prof.family_mix_figure(record)
+    mix.draw_without_rendering()
+    ax = mix.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(record["families"])
+    assert [b.get_width() for b in ax.containers[0]] == [f["count"] for f in record["families"].values()]
+    lengths = prof.lengths_figure(record)
+    for ax, field in zip(lengths.axes, prof.FIELDS):
+        (stairs,) = [p for p in ax.patches if type(p).__name__ == "StepPatch"]
+        hist = record["length_histogram"][field]
+        assert list(stairs.get_data().values) == hist["counts"] and list(stairs.get_data().edges) == hist["edges"]
+    # ...and the PNGs are those figures, pixel for pixel
+    for name, fig in (("family_mix.png", mix), ("lengths.png", lengths)):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        with Image.open(tmp_path / name) as written, Image.open(buf) as drawn:
+            assert np.array_equal(np.asarray(written.convert("RGB")), np.asarray(drawn.convert("RGB"))), name
     saved = json.loads((tmp_path / "profile.json").read_text("utf-8"))
     assert saved["families"] == real_profile["families"]
     markdown = (tmp_path / "profile.md").read_text("utf-8")

@@ -11,6 +11,7 @@ tunebox and registered through MindFormers' `auto_register` (tunebox/model/mf_ex
   - model arch TuneboxLlamaForCausalLM when the answer-only LM head or packing is on (keys
     tunebox_answer_capacity / tunebox_packing in model_config);
   - callbacks TuneboxLoraCheckpoints (the planned LoRA checkpoints) and TuneboxLossLog (loss.jsonl).
+The TensorBoard event files (loss, learning rate) are MindFormers' own: its `tensorboard` key.
 To run a rendered file with stock MindFormers: REGISTER_PATH=<folder holding mf_extensions.py>.
 
 The functions here are pure: the spec and facts measured by the caller in, a dict out.
@@ -155,6 +156,10 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
             {**_registered("TuneboxLossLog"), "path": str(out_dir / "loss.jsonl"), "total_steps": total_steps,
              "steps_per_epoch": steps_per_epoch},
         ],
+        # MindFormers' own TensorBoard writer (tensorboardX): MFLossMonitor writes loss, learning-rate and
+        # grad-norm per step into <tensorboard_dir>/rank_<r>/events.out.tfevents.*, beside loss.jsonl.
+        # Keys as in https://www.mindspore.cn/mindformers/docs/en/r1.5.0/function/monitor.html
+        "tensorboard": {"tensorboard_dir": str(out_dir / "tensorboard"), "tensorboard_queue_size": 10},
         "context": context,
         "model": {"model_config": model_config, "arch": arch},
         "runner_wrapper": wrapper,

@@ -43,7 +43,7 @@ FIXED_FILES = (
 LOG_SOURCES = {
     "prep": ("manifest.json", "stats.json", "heldout.jsonl", "rejects.jsonl", "preview.txt"),
     "train": ("manifest.json", "loss.jsonl", "loss.csv", "summary.json", "checkpoints/index.json", "mindformers.yaml",
-              "sessions.jsonl"),
+              "sessions.jsonl", "tensorboard"),   # a folder: MindFormers' TensorBoard events, every file
     "merge": ("manifest.json", "index.json"),
     "evaluate": None,  # every file: predictions, scores and reports are small, and whatever evaluate adds belongs here
 }

@@ -3,8 +3,8 @@ picture: logs, accuracy, parameter ratio) drawn from the run's own files, so it 
 with them: the run id and commit, the result table of results.json, the ratio computation, the
 retention verdict and the last lines of the training log.
 
-Drawn with Pillow, the library tunebox/evaluation/plots.py already uses (matplotlib is in neither the
-project's dependencies nor the images' locks). The PNG also carries, as text chunks, the run id,
+Drawn with matplotlib (Agg, headless), in its monospace font (DejaVu Sans Mono, shipped with
+matplotlib), the result table as a matplotlib table. The PNG also carries, as text chunks, the run id,
 the commit and the sha256 of the results.json it shows; `verify` checks them against the folder.
 """
 from __future__ import annotations
@@ -23,20 +23,18 @@ KEYS = ("tunebox.run_id", "tunebox.commit", "tunebox.results_sha256")
 WIDTH = 1400
 MARGIN = 24
 TAIL_LINES = 25
+DPI = 100
+TITLE_PT, BODY_PT, SMALL_PT = 18, 12, 10
+RED, GREEN = "#b00020", "#1b5e20"
+MONO_ADVANCE = 0.602   # DejaVu Sans Mono's advance width per em: how many characters fit a line
 
 
-def _font(size: int):
-    from PIL import ImageFont
+def _line_px(pt: float) -> float:
+    return pt * DPI / 72 * 1.45
 
-    for name in ("DejaVuSansMono.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"):
-        try:
-            return ImageFont.truetype(name, size)
-        except OSError:
-            continue
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:
-        return ImageFont.load_default()
+
+def _char_px(pt: float) -> float:
+    return MONO_ADVANCE * pt * DPI / 72
 
 
 def _pct(v: Optional[float], digits: int = 1) -> str:
@@ -89,85 +87,91 @@ def retention_line(results: dict) -> tuple[str, bool]:
             not passing)
 
 
-def render(path: Path, *, results: dict, results_bytes: bytes, rank: int, commit: Optional[str], code_note: str,
-           log_name: str, log_tail: Sequence[str]) -> Path:
-    from PIL import Image, ImageDraw
-    from PIL.PngImagePlugin import PngInfo
+def figure(*, results: dict, rank: int, commit: Optional[str], code_note: str, log_name: str,
+           log_tail: Sequence[str]):
+    """The self-check as a matplotlib Figure: text lines top to bottom, the result table, the log tail."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
-    title, body, small = _font(26), _font(17), _font(14)
     table = result_table(results)
-    probe = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    col_chars = [max(len(row[i]) for row in table) + 2 for i in range(len(table[0]))]
+    width = max(WIDTH, int(sum(col_chars) * _char_px(BODY_PT) * 1.1) + 2 * MARGIN)
 
-    def size(text, fnt):
-        box = probe.textbbox((0, 0), text, font=fnt)
-        return box[2] - box[0], box[3] - box[1]
-
-    line_h = size("Ag", body)[1] + 8
-    small_h = size("Ag", small)[1] + 6
-    widths = [max(size(row[i], body)[0] for row in table) + 24 for i in range(len(table[0]))]
-    width = max(WIDTH, sum(widths) + 2 * MARGIN)
-
-    def wrap(text: str, fnt, indent: int = 0) -> list[str]:
-        per_char = max(1.0, size("M" * 20, fnt)[0] / 20)
-        chars = max(40, int((width - 2 * MARGIN - indent) / per_char * 0.96))
-        return textwrap.wrap(text, chars) or [""]
+    def wrap(text: str, pt: float, indent: int = 0) -> list[str]:
+        return textwrap.wrap(text, max(40, int((width - 2 * MARGIN - indent) / _char_px(pt)))) or [""]
 
     chosen = results.get("chosen") or {}
     ret_text, ret_warn = retention_line(results)
-    head = wrap(f"commit {commit or 'not recorded'} | model {results.get('model')} | stage {results.get('stage')} | "
-                f"format {results.get('format')}", body)
-    code_lines = wrap(f"code.tar.gz: {code_note}", small)
-    chosen_lines = wrap(f"chosen: {chosen.get('model') or 'none'} ({chosen.get('reason', '')})", body)
-    ratio = [w for line in ratio_lines(results, rank) for w in wrap(line, body, 20)]
     tail = [line.rstrip()[:200].encode("ascii", "replace").decode() for line in log_tail][-TAIL_LINES:]
-    tail = [w for line in tail for w in wrap(line, small)] or ["(empty)"]
-    height = (MARGIN * 2 + 44 + line_h * len(head) + small_h * len(code_lines) + 16 + line_h * len(table) + 20
-              + line_h * (len(chosen_lines) + 2 + len(ratio)) + 20 + line_h + small_h * len(tail) + 10)
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
+    # (kind, text or rows, point size, colour, indent); "gap" adds space, "table" the result table
+    items = [("text", f"tunebox self-check: {results['run_id']}", TITLE_PT, "black", 0), ("gap", 12)]
+    items += [("text", line, BODY_PT, "black", 0) for line in
+              wrap(f"commit {commit or 'not recorded'} | model {results.get('model')} | stage {results.get('stage')} | "
+                   f"format {results.get('format')}", BODY_PT)]
+    items += [("text", line, SMALL_PT, "#444444", 0) for line in wrap(f"code.tar.gz: {code_note}", SMALL_PT)]
+    items += [("gap", 16), ("table", table), ("gap", 20)]
+    items += [("text", line, BODY_PT, "black", 0) for line in
+              wrap(f"chosen: {chosen.get('model') or 'none'} ({chosen.get('reason', '')})", BODY_PT)]
+    items += [("text", line, BODY_PT, RED if ret_warn else GREEN, 0) for line in wrap(ret_text, BODY_PT)]
+    items += [("text", "parameter ratio:", BODY_PT, "black", 0)]
+    items += [("text", w, BODY_PT, "black", 20) for line in ratio_lines(results, rank) for w in wrap(line, BODY_PT, 20)]
+    items += [("gap", 20), ("text", f"training log: {log_name} (last {len(tail)} lines)", BODY_PT, "black", 0),
+              ("log", [w for line in tail for w in wrap(line, SMALL_PT)] or ["(empty)"])]
+
+    row_px = _line_px(BODY_PT) * 1.25
+
+    def height_of(item) -> float:
+        kind = item[0]
+        return {"gap": lambda: item[1], "text": lambda: _line_px(item[2]), "table": lambda: row_px * len(item[1]),
+                "log": lambda: _line_px(SMALL_PT) * len(item[1]) + 8}[kind]()
+
+    height = int(2 * MARGIN + sum(height_of(i) for i in items))
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)          # y in pixels from the top, as the page is read
+    ax.axis("off")
     y = MARGIN
-    draw.text((MARGIN, y), f"tunebox self-check: {results['run_id']}", font=title, fill="black")
-    y += 44
-    for line in head:
-        draw.text((MARGIN, y), line, font=body, fill="black")
-        y += line_h
-    for line in code_lines:
-        draw.text((MARGIN, y), line, font=small, fill="#444444")
-        y += small_h
-    y += 16
-    for i, row in enumerate(table):
-        x = MARGIN
-        if i == 0:
-            draw.rectangle([MARGIN - 4, y - 4, MARGIN + sum(widths), y + line_h - 6], fill="#e8eef7")
-        for cell, w in zip(row, widths):
-            colour = "#b00020" if cell in ("FAIL", "not measured") else "black"
-            draw.text((x, y), cell, font=body, fill=colour)
-            x += w
-        y += line_h
-    y += 20
-    for line in chosen_lines:
-        draw.text((MARGIN, y), line, font=body, fill="black")
-        y += line_h
-    draw.text((MARGIN, y), ret_text, font=body, fill="#b00020" if ret_warn else "#1b5e20")
-    y += line_h
-    draw.text((MARGIN, y), "parameter ratio:", font=body, fill="black")
-    y += line_h
-    for line in ratio:
-        draw.text((MARGIN + 20, y), line, font=body, fill="black")
-        y += line_h
-    y += 20
-    draw.text((MARGIN, y), f"training log: {log_name} (last {len(log_tail[-TAIL_LINES:])} lines)", font=body,
-              fill="black")
-    y += line_h
-    draw.rectangle([MARGIN - 4, y - 4, width - MARGIN, y + small_h * len(tail)], fill="#f4f4f4")
-    for line in tail:
-        draw.text((MARGIN, y), line, font=small, fill="#222222")
-        y += small_h
-    info = PngInfo()
-    for key, value in zip(KEYS, (results["run_id"], commit or "", hashlib.sha256(results_bytes).hexdigest())):
-        info.add_text(key, value)
+    for item in items:
+        h = height_of(item)
+        if item[0] == "text":
+            _, text, pt, colour, indent = item
+            ax.text(MARGIN + indent, y, text, fontsize=pt, family="monospace", color=colour, va="top",
+                    parse_math=False)     # a log line or a path with two '$' is text, not TeX
+        elif item[0] == "table":
+            rows = item[1]
+            tbl = ax.table(cellText=rows[1:], colLabels=rows[0], cellLoc="left", colLoc="left",
+                           bbox=((MARGIN - 4) / width, 1 - (y + h) / height, (width - 2 * MARGIN + 8) / width,
+                                 h / height))
+            tbl.auto_set_font_size(False)
+            tbl.set_fontsize(BODY_PT)
+            for (r, c), cell in tbl.get_celld().items():
+                cell.set_edgecolor("#cccccc")
+                cell.set_width(col_chars[c])     # relative: the bbox scales the columns to the page
+                cell.get_text().set_family("monospace")
+                cell.get_text().set_parse_math(False)
+                if r == 0:
+                    cell.set_facecolor("#e8eef7")
+                elif cell.get_text().get_text() in ("FAIL", "not measured"):
+                    cell.get_text().set_color(RED)
+        elif item[0] == "log":
+            ax.add_patch(Rectangle((MARGIN - 4, y - 4), width - 2 * MARGIN + 8, h, color="#f4f4f4"))
+            for i, line in enumerate(item[1]):
+                ax.text(MARGIN, y + i * _line_px(SMALL_PT), line, fontsize=SMALL_PT, family="monospace",
+                        color="#222222", va="top", parse_math=False)
+        y += h
+    return fig
+
+
+def render(path: Path, *, results: dict, results_bytes: bytes, rank: int, commit: Optional[str], code_note: str,
+           log_name: str, log_tail: Sequence[str]) -> Path:
+    """figure(...) as a PNG at `path` (atomic), with the run id, the commit and results.json's sha256 as
+    PNG text chunks (KEYS)."""
+    fig = figure(results=results, rank=rank, commit=commit, code_note=code_note, log_name=log_name,
+                 log_tail=log_tail)
+    metadata = dict(zip(KEYS, (results["run_id"], commit or "", hashlib.sha256(results_bytes).hexdigest())))
     buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=info, optimize=True)
+    fig.savefig(buf, format="png", dpi=DPI, metadata=metadata)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 
