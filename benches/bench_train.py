@@ -234,7 +234,8 @@ def export_reference_inputs(work: Path, spec: RunSpec, mspec: ModelSpec, ids: np
     """Write what bench_ref_torch reads (see its docstring); returns the tokens of each step."""
     from safetensors.numpy import save_file
 
-    from tunebox.model.weights import load_checkpoint_arrays, mindformers_name_to_hf
+    from tunebox.model.checkpoint import load_checkpoint_numpy
+    from tunebox.model.weights import mindformers_name_to_hf
     from jobs.train import plan_steps
 
     plan = plan_steps(len(ids), spec)
@@ -247,7 +248,7 @@ def export_reference_inputs(work: Path, spec: RunSpec, mspec: ModelSpec, ids: np
     work.mkdir(parents=True, exist_ok=True)
     np.savez(work / "batches.npz", ids=np.stack([ids[r] for r in rows]), labels=np.stack([labels[r] for r in rows]),
              lr=np.asarray(lrs, dtype=np.float64))
-    arrays = load_checkpoint_arrays(base_ckpt)
+    arrays = load_checkpoint_numpy(base_ckpt)
     save_file({mindformers_name_to_hf(k): np.ascontiguousarray(v) for k, v in arrays.items()},
               str(work / "weights.safetensors"))
     del arrays

@@ -123,7 +123,7 @@ def scale_dial(spec: RunSpec, target: dict, scales: list[float], task: HeldoutTa
                tok: TextTokenizer, backend: str, base: Optional[dict], contest: dict, out: Path) -> dict:
     """Evaluate `target` (a merged checkpoint's models_to_evaluate entry) at each LoRA scale,
     merging the trained LoRA into the base weights in memory."""
-    from tunebox.model import mf
+    from tunebox.model.checkpoint import load_checkpoint_numpy
 
     if backend != "numpy":
         raise InputError(f"the LoRA scale dial merges in memory for the numpy backend; eval.backend is {backend}")
@@ -138,8 +138,8 @@ def scale_dial(spec: RunSpec, target: dict, scales: list[float], task: HeldoutTa
     def load(scale):
         def build():
             if not arrays:
-                arrays["base"] = mf.load_arrays(base_ckpt)
-                arrays["lora"] = mf.load_arrays(lora_file)
+                arrays["base"] = load_checkpoint_numpy(base_ckpt)
+                arrays["lora"] = load_checkpoint_numpy(lora_file)
             return NumpyRunner(merged_in_memory(spec, arrays["base"], arrays["lora"], scale), spec.eval.batch_size)
         return build
 

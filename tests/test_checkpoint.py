@@ -17,7 +17,7 @@ from tunebox.model import mf
 from tunebox.io import InputError, sha256_file
 from tunebox.model.lora import merge_lora_into_base
 from tunebox.model.registry import get_model_spec, with_overrides
-from tunebox.model.weights import CheckpointWriter, random_parameters
+from tunebox.model.weights import random_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = get_model_spec("tiny")
@@ -101,16 +101,22 @@ def test_reader_returns_what_load_checkpoint_returns(ms, small_slices, tmp_path)
     assert got["note"] == "merged by tunebox" and got["w.bf16"].dtype.name == "bfloat16"
 
 
-def test_reader_reads_weights_checkpointwriter_files(ms, tmp_path):
-    path = tmp_path / "tiny.ckpt"
+def test_save_checkpoint_numpy_writes_save_checkpoints_bytes_atomically(ms, tmp_path):
     source = dict(random_parameters(TINY, seed=3))
-    with CheckpointWriter(path) as writer:
-        for name, array in source.items():
-            writer.add(name, array)
-        writer.close()
-    got = cs.load_checkpoint_numpy(path)
-    assert_same_tensors(got, ms_load(ms, path))
-    assert_same_tensors(got, source)
+    path = tmp_path / "new" / "tiny.ckpt"
+    digest = cs.save_checkpoint_numpy(path, iter(source.items()), sha256=True)
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in source.items()], str(tmp_path / "ms.ckpt"))
+    assert path.read_bytes() == (tmp_path / "ms.ckpt").read_bytes()
+    assert digest == sha256_file(path)
+    assert_same_tensors(ms_load(ms, path), source)
+    assert cs.save_checkpoint_numpy(tmp_path / "plain.ckpt", {"a": np.zeros(2, np.float32)}) is None
+
+    def failing():
+        yield "a", np.zeros(3, np.float32)
+        raise RuntimeError("the source failed")
+    with pytest.raises(RuntimeError, match="source failed"):
+        cs.save_checkpoint_numpy(tmp_path / "broken.ckpt", failing())
+    assert not (tmp_path / "broken.ckpt").exists() and not list(tmp_path.glob(".broken.ckpt.*"))
 
 
 def test_writer_writes_the_bytes_save_checkpoint_writes(ms, small_slices, tmp_path):
@@ -194,17 +200,34 @@ def test_not_a_checkpoint_is_rejected_at_byte_0(tmp_path):
 
 # ---- merging ---------------------------------------------------------------------------------
 
+def reference_merge(base: dict, lora: dict, alpha: float, rank: int, scale: float) -> dict:
+    """W + scale * (alpha / r) * B @ A written out here, apart from checkpoint.fold_lora: float32
+    product and sum, cast back with numpy's astype (MindSpore's numpy bfloat16 for bfloat16)."""
+    out = dict(base)
+    for key in lora:
+        if key.endswith(mf.LORA_A):
+            prefix = key[: -len(mf.LORA_A) - 1]
+            w, b = base[f"{prefix}.weight"], lora[f"{prefix}.{mf.LORA_B}"]
+            delta = (b.astype(np.float32) @ lora[key].astype(np.float32)) * np.float32(scale * alpha / rank)
+            out[f"{prefix}.weight"] = (w.astype(np.float32) + delta).astype(w.dtype)
+    return out
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_merge_streaming_equals_the_in_memory_merge(ms, tmp_path, dtype):
     rng = np.random.default_rng(4)
     base = dict(random_parameters(TINY, seed=4))
     base = {k: v.astype(cs.bfloat16() if dtype == "bfloat16" else dtype) for k, v in base.items()}
-    mf.save_arrays(tmp_path / "base.ckpt", base)
-    mf.save_arrays(tmp_path / "lora.ckpt", random_lora(TINY, rng))
-    # what merge.py does today: everything in memory, saved with save_checkpoint
-    in_memory = merge_lora_into_base(mf.load_arrays(tmp_path / "base.ckpt"), mf.load_arrays(tmp_path / "lora.ckpt"),
-                                     alpha=16, rank=8, scale=0.7)
-    mf.save_arrays(tmp_path / "in_memory.ckpt", in_memory)
+    lora = random_lora(TINY, rng)
+    cs.save_checkpoint_numpy(tmp_path / "base.ckpt", base)
+    cs.save_checkpoint_numpy(tmp_path / "lora.ckpt", lora)
+    in_memory = reference_merge(base, lora, alpha=16, rank=8, scale=0.7)
+    assert_same_tensors(merge_lora_into_base(cs.load_checkpoint_numpy(tmp_path / "base.ckpt"),
+                                             cs.load_checkpoint_numpy(tmp_path / "lora.ckpt"),
+                                             alpha=16, rank=8, scale=0.7), in_memory)
+    # what a merge all in memory would write: the merged arrays through MindSpore's save_checkpoint
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in in_memory.items()],
+                       str(tmp_path / "in_memory.ckpt"))
 
     stats = cs.merge_streaming(tmp_path / "base.ckpt", tmp_path / "lora.ckpt", tmp_path / "out" / "model.ckpt",
                                alpha=16, rank=8, scale=0.7, progress=False, sha256=True)
@@ -265,8 +288,8 @@ def test_merge_writes_bfloat16_from_a_float32_base(ms, tmp_path):
     reads it; the merge itself stays float32."""
     rng = np.random.default_rng(9)
     base = dict(random_parameters(TINY, seed=9))
-    mf.save_arrays(tmp_path / "base.ckpt", base)
-    mf.save_arrays(tmp_path / "lora.ckpt", random_lora(TINY, rng))
+    cs.save_checkpoint_numpy(tmp_path / "base.ckpt", base)
+    cs.save_checkpoint_numpy(tmp_path / "lora.ckpt", random_lora(TINY, rng))
     for out_type, name in ((None, "f32.ckpt"), ("BFloat16", "bf16.ckpt")):
         cs.merge_streaming(tmp_path / "base.ckpt", tmp_path / "lora.ckpt", tmp_path / name, alpha=16, rank=8,
                            progress=False, out_type=out_type)
@@ -284,12 +307,12 @@ def test_merge_writes_bfloat16_from_a_float32_base(ms, tmp_path):
 
 def test_merge_rejects_a_lora_that_does_not_fit_and_writes_nothing(tmp_path):
     rng = np.random.default_rng(5)
-    mf.save_arrays(tmp_path / "base.ckpt", dict(random_parameters(TINY, seed=5)))
-    mf.save_arrays(tmp_path / "wrong-model.ckpt", random_lora(with_overrides(TINY, hidden_size=32, num_heads=2), rng))
-    mf.save_arrays(tmp_path / "deep.ckpt", random_lora(with_overrides(TINY, num_layers=3), rng))
+    cs.save_checkpoint_numpy(tmp_path / "base.ckpt", dict(random_parameters(TINY, seed=5)))
+    cs.save_checkpoint_numpy(tmp_path / "wrong-model.ckpt", random_lora(with_overrides(TINY, hidden_size=32, num_heads=2), rng))
+    cs.save_checkpoint_numpy(tmp_path / "deep.ckpt", random_lora(with_overrides(TINY, num_layers=3), rng))
     half = random_lora(TINY, rng)
     del half[f"model.layers.1.attention.wv.{mf.LORA_B}"]
-    mf.save_arrays(tmp_path / "half.ckpt", half)
+    cs.save_checkpoint_numpy(tmp_path / "half.ckpt", half)
     out = tmp_path / "out.ckpt"
     for lora, match in (("wrong-model.ckpt", "does not make that shape"),
                         ("deep.ckpt", "model.layers.2.attention.wq.weight, which this base"),

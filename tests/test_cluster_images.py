@@ -125,14 +125,12 @@ def fake_submission(folder: Path, names=("model.layers.0.attention.wq.weight", "
 
     import numpy as np
 
-    from tunebox.model.weights import CheckpointWriter
+    from tunebox.model.checkpoint import save_checkpoint_numpy
     rng = np.random.default_rng(0)
     for step in (10, 20):
         path = folder / "checkpoints" / f"step-{step:06d}" / "model.ckpt"
-        path.parent.mkdir(parents=True)
-        with CheckpointWriter(path) as writer:
-            for name in names:
-                writer.add(name, rng.standard_normal((4, 4) if "wq" in name else (4,)).astype(np.float32))
+        save_checkpoint_numpy(path, {name: rng.standard_normal((4, 4) if "wq" in name else (4,)).astype(np.float32)
+                                     for name in names})
     (folder / "results.json").write_text("{}")
     lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(folder).as_posix()}"
              for p in sorted(folder.rglob("*")) if p.is_file()]

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file, save_file
 from jobs import convert
 from tunebox.model import weights
 from tunebox.io import InputError, sha256_file
+from tunebox.model.checkpoint import bfloat16_bits_to_float32, load_checkpoint_numpy
 from tunebox.model.registry import get_model_spec, llama_config_kwargs, with_overrides
 from tunebox.data.tokenizer import TextTokenizer
 
@@ -105,7 +106,7 @@ def test_tiny_model_has_spec_shapes_and_is_built_once(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEBOX_CACHE", str(tmp_path))
     d = weights.ensure_model("tiny", progress=False)
     assert d == tmp_path / "models" / "tiny"
-    arrays = weights.load_checkpoint_arrays(d / "model.ckpt")
+    arrays = load_checkpoint_numpy(d / "model.ckpt")
     assert {n: a.shape for n, a in arrays.items()} == TINY.parameter_shapes()
     assert all(a.dtype == np.float32 for a in arrays.values())
     assert np.all(arrays["model.norm_out.weight"] == 1.0)
@@ -188,7 +189,7 @@ def test_hf_checkpoint_converts_and_matches_numpy_forward(spec, shards, tmp_path
     hf = read_hf_dir(hf_dir)
     out = weights.convert_hf_checkpoint(hf_dir, tmp_path / "converted", spec, progress=False)
 
-    converted = weights.load_checkpoint_arrays(out / "model.ckpt")
+    converted = load_checkpoint_numpy(out / "model.ckpt")
     assert {n: a.shape for n, a in converted.items()} == spec.parameter_shapes()
     for name, array in converted.items():
         np.testing.assert_array_equal(array, hf[weights.mindformers_name_to_hf(name)], err_msg=name)
@@ -277,13 +278,13 @@ def test_half_precision_checkpoints_convert_to_float32(tmp_path):
     hf = read_hf_dir(hf_dir)
     assert hf["model.norm.weight"].dtype == np.float16
     out = weights.convert_hf_checkpoint(hf_dir, tmp_path / "out", TINY, progress=False)
-    converted = weights.load_checkpoint_arrays(out / "model.ckpt")
+    converted = load_checkpoint_numpy(out / "model.ckpt")
     for name, array in converted.items():
         assert array.dtype == np.float32
         np.testing.assert_array_equal(array, hf[weights.mindformers_name_to_hf(name)].astype(np.float32))
     # bfloat16 (what Llama 3 ships): 0x3F80 = 1.0, 0xC000 = -2.0, 0x3EAB ~ 0.333984375, 0x7F80 = inf
     bits = np.array([0x3F80, 0xC000, 0x3EAB, 0x7F80, 0x0000], dtype=np.uint16)
-    np.testing.assert_array_equal(weights.bfloat16_bits_to_float32(bits),
+    np.testing.assert_array_equal(bfloat16_bits_to_float32(bits),
                                   np.array([1.0, -2.0, 0.333984375, np.inf, 0.0], dtype=np.float32))
 
 
@@ -305,7 +306,7 @@ def test_smollm2_converts_with_spec_shapes(smollm2_dir):
     spec = get_model_spec("smollm2-135m")
     info = weights.read_model_info(smollm2_dir)
     assert info["source"] == spec.source and len(info["source_sha256"]) == 64
-    arrays = weights.load_checkpoint_arrays(smollm2_dir / "model.ckpt")
+    arrays = load_checkpoint_numpy(smollm2_dir / "model.ckpt")
     assert {n: a.shape for n, a in arrays.items()} == spec.parameter_shapes()
     assert "lm_head.weight" not in arrays     # tied to the embedding
     assert all(np.isfinite(a).all() for a in arrays.values())
@@ -407,7 +408,7 @@ def test_mindformers_loss_is_cross_entropy_on_the_answer_tokens(tiny_run, mindfo
 
     merged = json.loads((tiny_run["run_dir"] / "merge" / "index.json").read_text())["checkpoints"][-1]
     ckpt = tiny_run["run_dir"] / "merge" / merged["file"]
-    hf = {weights.mindformers_name_to_hf(n): a for n, a in weights.load_checkpoint_arrays(ckpt).items()}
+    hf = {weights.mindformers_name_to_hf(n): a for n, a in load_checkpoint_numpy(ckpt).items()}
 
     ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
     net = mf.build_llama(TINY, seq_length=ids.shape[1] - 1, batch_size=len(ids), checkpoint=ckpt)

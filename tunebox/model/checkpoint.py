@@ -100,6 +100,8 @@ def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
 
 
 def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32: bfloat16 is the top half of a float32, so the 16
+    bits shift up (exact, no rounding)."""
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
@@ -433,6 +435,7 @@ def load_checkpoint_numpy(path: str | os.PathLike) -> dict[str, Union[np.ndarray
     return dict(iter_checkpoint(path))
 
 
+
 # ---- writing --------------------------------------------------------------------------------
 
 class CheckpointStreamWriter:
@@ -590,6 +593,18 @@ class CheckpointStreamWriter:
             os.close(self.fd)
             self.fd = -1
 
+def save_checkpoint_numpy(path: str | os.PathLike,
+                          tensors: Union[dict[str, Union[np.ndarray, str]], Iterable[tuple[str, Union[np.ndarray, str]]]],
+                          *, sha256: bool = False) -> Optional[str]:
+    """Write name -> array (or str) pairs as a checkpoint, atomically, one tensor in memory at a time
+    when `tensors` is an iterator: the bytes mindspore.save_checkpoint writes for the same tensors,
+    without MindSpore. Returns the file's sha256 when asked."""
+    items = tensors.items() if isinstance(tensors, dict) else tensors
+    with atomic_path(path) as tmp, CheckpointStreamWriter(tmp, sha256=sha256) as writer:
+        for name, value in items:
+            writer.add(name, value)
+        return writer.close()
+
 
 # ---- the merge ------------------------------------------------------------------------------
 
@@ -664,8 +679,8 @@ def merge_streaming(base_ckpt: str | os.PathLike, lora_ckpt: str | os.PathLike, 
     """out = base with W + scale * (alpha / r) * B @ A folded into every adapted weight, written
     tensor by tensor (atomically: the final name appears only when the file is complete).
 
-    Same arithmetic as lora.merge_lora_into_base, same bytes as saving the in-memory merge
-    with save_checkpoint (both checked by tests/test_checkpoint.py). Tensors without an adapter are copied
+    The fold is fold_lora's; the file has the bytes save_checkpoint writes for the merged arrays
+    (tests/test_checkpoint.py checks both against a reference). Tensors without an adapter are copied
     verbatim; only one adapted weight and its merged copy are in memory at a time. The LoRA file
     is read whole (r * (in + out) per weight: MBs). `sha256=True` hashes the output while writing
     (then every byte passes through this process: slower than copy_file_range). `out_type` ("BFloat16",

@@ -1,5 +1,6 @@
 """MindSpore / MindFormers glue: device set-up, the Llama network, LoRA through MindFormers' pet
-adapter (mindpet LoRADense), checkpoints. Device is configuration: the same calls run on CPU
+adapter (mindpet LoRADense), checkpoints loaded into a network (the .ckpt format itself, read and
+written as numpy, is tunebox/model/checkpoint.py). Device is configuration: the same calls run on CPU
 here and on Ascend there; only dtypes and fused kernels differ (models.llama_config_kwargs).
 
 Imports of mindspore/mindformers stay inside functions: they take seconds, and jobs that do
@@ -120,26 +121,3 @@ def count_total(net) -> int:
     """Parameters of the base model (LoRA matrices not counted), as the contest's ratio counts them."""
     return int(sum(np.prod(p.shape) for p in net.get_parameters()
                    if LORA_A not in p.name and LORA_B not in p.name and "tunebox_" not in p.name))
-
-
-def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """A MindSpore checkpoint from numpy arrays, written atomically."""
-    import mindspore as ms
-
-    save_params(path, [{"name": k, "data": ms.Tensor(v)} for k, v in arrays.items()])
-
-
-def save_params(path: Path, params) -> None:
-    """mindspore.save_checkpoint, atomically (it appends .ckpt to other names, and writes mode 0400)."""
-    import mindspore as ms
-    from tunebox.io import atomic_path
-
-    with atomic_path(path, suffix=".ckpt") as tmp:
-        ms.save_checkpoint(params, str(tmp))
-        os.chmod(tmp, 0o644)
-
-
-def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    import mindspore as ms
-
-    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}

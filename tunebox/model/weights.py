@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tunebox.io import InputError, atomic_dir, atomic_write_json, sha256_file
+from tunebox.model.checkpoint import CheckpointStreamWriter, bfloat16_bits_to_float32, save_checkpoint_numpy
 from tunebox.model.registry import ModelSpec, cache_dir, get_model_spec, model_dir
 from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
 
@@ -162,67 +163,6 @@ def _check_special_ids(tokenizer: TextTokenizer, spec: ModelSpec, where: str) ->
                              f"fix the spec in tunebox/model/registry.py or the tokenizer", where)
 
 
-# ---- checkpoint writing and reading ---------------------------------------------------------
-
-class CheckpointWriter:
-    """Write a MindSpore .ckpt one tensor at a time, so no more than one tensor is in memory.
-
-    mindspore.save_checkpoint (2.9) has no append mode, but a .ckpt is a protobuf `Checkpoint`
-    whose only field is a repeated `value`; MindSpore itself writes each tensor (and each slice
-    of a large one) as its own serialized message, back to back, and protobuf parses
-    concatenated messages as one. So each tensor is saved with the public API into a scratch
-    file whose bytes are appended to the output; load_checkpoint reads the result as usual.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.scratch = self.path.with_name(f".{self.path.stem}.one-tensor.ckpt")
-        self.sha256 = hashlib.sha256()
-        self.names: list[str] = []
-        self._fh = open(self.path, "wb")
-
-    def add(self, name: str, array: np.ndarray) -> None:
-        import mindspore as ms
-        if name in self.names:
-            raise ValueError(f"{self.path}: tensor {name} written twice")
-        ms.save_checkpoint([{"name": name, "data": ms.Tensor(np.ascontiguousarray(array, dtype=np.float32))}],
-                           str(self.scratch))
-        with open(self.scratch, "rb") as src:
-            while block := src.read(1 << 24):
-                self.sha256.update(block)
-                self._fh.write(block)
-        os.chmod(self.scratch, 0o600)   # save_checkpoint leaves it read-only
-        self.scratch.unlink()
-        self.names.append(name)
-
-    def close(self) -> str:
-        """Flush, fsync and close; returns the file's sha256."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        return self.sha256.hexdigest()
-
-    def __enter__(self) -> "CheckpointWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-        if self.scratch.exists():
-            os.chmod(self.scratch, 0o600)
-            self.scratch.unlink()
-
-
-def load_checkpoint_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A MindSpore checkpoint as name -> numpy array (the whole file in memory: small models,
-    tests and tools only)."""
-    import mindspore as ms
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    return {name: param.asnumpy() for name, param in ms.load_checkpoint(str(path)).items()}
-
-
 # ---- tiny: random weights -------------------------------------------------------------------
 
 def random_parameters(spec: ModelSpec, seed: int = 0, std: float = 0.02) -> Iterator[tuple[str, np.ndarray]]:
@@ -238,10 +178,7 @@ def random_parameters(spec: ModelSpec, seed: int = 0, std: float = 0.02) -> Iter
 def _build_tiny(directory: Path, spec: ModelSpec, progress: bool) -> dict:
     tokenizer = build_byte_tokenizer(spec.vocab_size)
     _check_special_ids(tokenizer, spec, "build_byte_tokenizer")
-    with CheckpointWriter(directory / "model.ckpt") as writer:
-        for name, array in random_parameters(spec, seed=0):
-            writer.add(name, array)
-        ckpt_sha = writer.close()
+    ckpt_sha = save_checkpoint_numpy(directory / "model.ckpt", random_parameters(spec, seed=0), sha256=True)
     tokenizer.save(directory)
     return {"source": spec.source, "source_sha256": None, "ckpt_sha256": ckpt_sha}
 
@@ -346,7 +283,7 @@ def convert_gguf(gguf_path: Path, ckpt_path: Path, spec: ModelSpec, progress: bo
     _check_gguf_matches_spec(reader, spec, gguf_path)
     expected = spec.parameter_shapes()
     seen: set[str] = set()
-    with CheckpointWriter(ckpt_path) as writer:
+    with CheckpointStreamWriter(ckpt_path, sha256=True) as writer:
         for tensor in tqdm(reader.tensors, desc=f"dequantize {gguf_path.name}", unit="tensor", disable=not progress):
             name = gguf_name_to_mindformers(tensor.name)
             if name is None:
@@ -495,11 +432,6 @@ def read_safetensors_header(path: Path) -> list[SafetensorsEntry]:
             for name, meta in header.items() if name != "__metadata__"]
 
 
-def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 is the top half of a float32: shift the 16 bits up (exact, no rounding)."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
 def read_safetensors_tensor(entry: SafetensorsEntry) -> np.ndarray:
     """One tensor as float32 (memory-mapped read: only this tensor is brought into memory)."""
     if entry.dtype not in _SAFETENSORS_DTYPES:
@@ -594,7 +526,7 @@ def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     started = time.perf_counter()
     with _build_lock(out_dir), atomic_dir(out_dir) as tmp:
-        with CheckpointWriter(tmp / "model.ckpt") as writer:
+        with CheckpointStreamWriter(tmp / "model.ckpt", sha256=True) as writer:
             for name, entry in tqdm(plan, desc=f"convert {hf_dir.name}", unit="tensor", disable=not progress):
                 writer.add(name, read_safetensors_tensor(entry))
             ckpt_sha = writer.close()
