@@ -625,8 +625,9 @@ class MergeStats:
 def fold_lora(weight: np.ndarray, tensor_type: str, shape: tuple[int, ...], a: np.ndarray, b: np.ndarray,
               factor: float) -> np.ndarray:
     """W + factor * B @ A from W's raw bytes (flat uint8), returned in W's type (BFloat16 as its
-    uint16 bits). The arithmetic of lora.merge_lora_into_base — float32 product, scaled,
-    added to W in float32, cast back — done in place, so W and one float32 buffer are all it holds."""
+    uint16 bits): float32 product, scaled, added to W in float32, cast back, done in place so W and
+    one float32 buffer are all it holds. The one place the fold is computed: merge_streaming and
+    lora.merge_lora_into_base (the in-memory merge) both call it."""
     update = b.astype(np.float32, copy=False) @ a.astype(np.float32, copy=False)
     update *= np.float32(factor)
     flat = update.reshape(-1)

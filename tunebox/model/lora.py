@@ -1,5 +1,6 @@
-"""LoRA arithmetic on plain numpy state dicts, shared by merge (which writes merged checkpoints)
-and evaluate (whose scale dial merges in memory at several scales).
+"""LoRA folded into a numpy state dict in memory, for evaluate's scale dial (which merges at several
+scales) and the benches. The fold itself is checkpoint.fold_lora, which the streamed merge of
+.ckpt files (checkpoint.merge_streaming) uses too, so the arithmetic is written once.
 
 MindFormers' LoRA layer (mindpet LoRADense) computes y = W x + (alpha / r) * B (A x), so folding
 the adapter into the weight gives W' = W + (alpha / r) * B @ A; `scale` multiplies that update
@@ -9,28 +10,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from tunebox.model.mf import LORA_A, LORA_B
+from tunebox.model.checkpoint import fold_lora, lora_pairs, tensor_type_of
 
 
 def merge_lora_into_base(base: dict[str, np.ndarray], lora: dict[str, np.ndarray], alpha: float, rank: int,
                          scale: float = 1.0) -> dict[str, np.ndarray]:
-    """A new state dict: base weights with every LoRA pair folded in (float32 arithmetic).
-    Tensors without an adapter are shared with `base`, not copied."""
-    factor = scale * alpha / rank
+    """A new state dict: base weights with every LoRA pair folded in (float32 arithmetic, cast back to
+    each weight's dtype). Tensors without an adapter are shared with `base`, not copied."""
     merged = dict(base)
-    pairs = {k[: -len(LORA_A) - 1] for k in lora if k.endswith(LORA_A)}
-    if not pairs:
-        raise ValueError("no LoRA matrices found (names ending in mindpet_delta_lora_a)")
-    for prefix in sorted(pairs):
-        a, b = lora[f"{prefix}.{LORA_A}"], lora.get(f"{prefix}.{LORA_B}")
-        if b is None:
-            raise ValueError(f"{prefix}: lora_a without lora_b")
-        wname = f"{prefix}.weight"
+    for wname, (a_key, b_key) in lora_pairs(lora, None).items():
         if wname not in base:
             raise ValueError(f"LoRA targets {wname}, which the base checkpoint does not have")
-        w = base[wname]
-        delta = (b.astype(np.float32) @ a.astype(np.float32)) * np.float32(factor)
-        if delta.shape != w.shape:
-            raise ValueError(f"{wname}: LoRA delta {delta.shape} does not match weight {w.shape}")
-        merged[wname] = (w.astype(np.float32) + delta).astype(w.dtype)
+        w, a, b = base[wname], lora[a_key], lora[b_key]
+        if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0] or (b.shape[0], a.shape[1]) != w.shape:
+            raise ValueError(f"{wname}: LoRA B{list(b.shape)} @ A{list(a.shape)} does not match weight {list(w.shape)}")
+        raw = np.ascontiguousarray(w).reshape(-1).view(np.uint8)
+        merged[wname] = fold_lora(raw, tensor_type_of(w.dtype), w.shape, a, b, scale * alpha / rank).view(w.dtype)
     return merged
