@@ -1,6 +1,6 @@
 """MindSpore .ckpt files one tensor at a time: a streaming reader, a streaming writer, and a LoRA
 merge whose memory does not grow with the model (an 8B base is 16-32 GB; the merge holds one
-adapted weight and a float32 buffer of its size: 187 MiB peak RSS on Llama3-8B in bfloat16, see
+adapted weight and a float32 buffer of its size; the peak RSS measured on Llama3-8B is in
 docs/BENCHMARKS.md). `python -m jobs.checkpoint list|merge` is its command line.
 
 The format (mindspore/train/checkpoint.proto and serialization.py, MindSpore 2.9):
