@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Optional
 
 from tunebox.config import REPO_ROOT, load_spec
-from tunebox.io import atomic_write_json
 
 BENCHMARKS_FILE = REPO_ROOT / "docs" / "BENCHMARKS.md"
 BENCHMARKS_HEADER = ("# Benchmarks\n\nEvery figure here was measured by the command shown with it, on the machine it "
@@ -89,13 +88,11 @@ def decoder_comparison(prompts: int, max_new: int, batch_size: int) -> dict:
 
 
 def evaluate_job_timing(math_rows: int, squad_rows: int, workdir: Path) -> dict:
-    """The evaluate job on the base model: prep holds out `math_rows` rows, merge's index lists
-    no checkpoints (only the base model is evaluated), evaluate runs as users run it."""
-    from tunebox.model.weights import ensure_model
-
+    """The evaluate job on the base model: prep holds out `math_rows` rows, evaluate runs as users run
+    it with eval.checkpoints=none (the base model alone, no merge needed)."""
     runs = workdir / "runs"
     overrides = [f"runs_dir={runs}", "run_id=bench-eval", f"data.heldout_rows={math_rows}",
-                 f"eval.squad_rows={squad_rows}", "eval.scales=null"]
+                 f"eval.squad_rows={squad_rows}", "eval.scales=null", "eval.checkpoints=none"]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
     def job(name: str) -> float:
@@ -108,8 +105,6 @@ def evaluate_job_timing(math_rows: int, squad_rows: int, workdir: Path) -> dict:
 
     job("prep")
     spec = load_spec(RECIPE, overrides)
-    atomic_write_json(spec.job_dir("merge") / "index.json",
-                      {"base_checkpoint": str(ensure_model(MODEL) / "model.ckpt"), "checkpoints": []})
     wall = job("evaluate")
     base = spec.job_dir("evaluate") / "base"
     scores = json.loads((base / "scores.json").read_text())

@@ -78,6 +78,8 @@ def models_to_evaluate(spec: RunSpec) -> list[dict]:
     if spec.eval.base:
         base = spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
         models.append({"name": "base", "step": 0, "checkpoint": base, "train_loss": None})
+    if spec.eval.checkpoints == "none":
+        return models
     index_file = spec.run_dir / layout.MERGE_INDEX
     if not index_file.exists():
         raise InputError(f"{index_file} not found: run merge first")

@@ -507,3 +507,16 @@ def test_summarize_reports_the_graded_measure_per_family_and_per_source():
     assert s["per_source"]["split"]["accuracy_within_1pct"] == 1.0
     assert s["per_source"]["file"]["n"] == 3 and s["per_source"]["file"]["accuracy_within_1pct"] == 1 / 3
     assert "per_source" not in summarize(rows[:1])
+
+
+def test_base_model_alone_needs_no_merge(tiny_run, tmp_path):
+    """eval.checkpoints=none evaluates the base model without merge having run (what bench.eval times);
+    the base's verdicts are those of the tiny run, which evaluated the same base on the same rows."""
+    runs = tmp_path / "runs"
+    run_job("prep", TINY_RECIPE, tiny_run["cache"], tmp_path, f"runs_dir={runs}")
+    run_job("evaluate", TINY_RECIPE, tiny_run["cache"], tmp_path, f"runs_dir={runs}", "eval.checkpoints=none")
+    report = json.loads((runs / "tiny" / "evaluate" / "report.json").read_text())
+    assert report["checkpoints"] == [] and report["base"]["model"] == "base"
+    same = json.loads((tiny_run["run_dir"] / "evaluate" / "report.json").read_text())["base"]
+    assert report["base"]["accuracy_strict"] == same["accuracy_strict"] and report["base"]["n"] == same["n"]
+    assert not (runs / "tiny" / "merge").exists()

@@ -184,7 +184,9 @@ class EvalSection:
     """auto: the numpy KV-cache decoder on CPU, MindFormers generate() on Ascend."""
     limit: Optional[int] = None
     """Evaluate only the first N held-out rows."""
-    checkpoints: Literal["all", "last"] = "all"
+    checkpoints: Literal["all", "last", "none"] = "all"
+    """Which merged checkpoints to evaluate: all, the last, or none (the base model alone: a baseline
+    before any training, or timing the evaluation; merge need not have run)."""
     base: bool = True
     """Also evaluate the base model, for the before/after comparison."""
     squad_file: Optional[str] = None
