@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import TINY_RECIPE, run_job
 
 from jobs import verify as verify_mod
+from tunebox.submission import checks
 from jobs.bundle import training_log_tail
 from tunebox.submission import contents
 from tunebox.submission import selfcheck
@@ -168,12 +169,12 @@ def test_bundle_carries_the_tensorboard_events_of_the_loss_log(bundled):
 def test_verify_wants_one_log_per_worker(bundled, tmp_path):
     sub = copy_of(bundled, tmp_path)
     spec = load_spec(TINY_RECIPE, ["train.workers=3", "train.batch_size=3"])
-    f = verify_mod.Findings()
-    verify_mod.check_worker_logs(verify_mod.Submission(sub, f), f, spec)
+    f = checks.Findings()
+    checks.check_worker_logs(checks.Submission(sub, f), f, spec)
     assert f.failed("logs") == []
     (sub / "logs" / "train" / "msrun" / "worker_1.log").unlink()
-    f = verify_mod.Findings()
-    verify_mod.check_worker_logs(verify_mod.Submission(sub, f), f, spec)
+    f = checks.Findings()
+    checks.check_worker_logs(checks.Submission(sub, f), f, spec)
     assert any("holds 2 worker log" in m for m in f.failed("logs"))
 
 

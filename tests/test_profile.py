@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from jobs import generate as gen
-from jobs import profile as prof
+from jobs import profile as profile_cli
+from tunebox.data import profile as prof
 from tunebox.contest import mathgen
 from tunebox.data.tokenizer import build_byte_tokenizer
 
@@ -111,7 +112,7 @@ def test_bad_lines_are_reported_with_line_numbers_not_crashes(tmp_path):
     assert record["rows"] == 2
     assert record["duplicates"]["exact"]["examples"] == [{"size": 2, "rows": [{"line": 1}, {"line": 8}]}]
     # and the command line reports rather than fails
-    assert prof.main([str(path), "--out", str(tmp_path / "report"), "--tokenizer", "none"]) == 0
+    assert profile_cli.main([str(path), "--out", str(tmp_path / "report"), "--tokenizer", "none"]) == 0
     markdown = (tmp_path / "report" / "profile.md").read_text("utf-8")
     assert "line 3: not valid UTF-8" in markdown
 
@@ -219,8 +220,8 @@ def test_profile_of_a_generated_directory(tmp_path):
 
 
 def test_cli_missing_input_exits_2(tmp_path, capsys):
-    assert prof.main([str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "r")]) == 2
+    assert profile_cli.main([str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "r")]) == 2
     assert "no such file" in capsys.readouterr().err
     (tmp_path / "emptydir").mkdir()
-    assert prof.main([str(tmp_path / "emptydir"), "--out", str(tmp_path / "r")]) == 2
-    assert prof.main([str(REAL), "--tokenizer", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert profile_cli.main([str(tmp_path / "emptydir"), "--out", str(tmp_path / "r")]) == 2
+    assert profile_cli.main([str(REAL), "--tokenizer", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
