@@ -34,14 +34,10 @@ record goes to runs/<run_id>/bundle/manifest.json and record.jsonl. Check it wit
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
-import re
 import shutil
-import subprocess
-import tarfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -51,18 +47,16 @@ from tunebox.submission import contents
 from tunebox import layout
 from tunebox.submission import selfcheck
 from tunebox.cli import run_job
-from tunebox.config import REPO_ROOT, RunSpec, dump_spec
+from tunebox.config import RunSpec, dump_spec
 from tunebox.io import InputError, atomic_dir, atomic_write_json, atomic_write_text
 from tunebox.manifest import write_job_manifest
-from tunebox.model.registry import get_model_spec, mindformers_target_regex
+from tunebox.submission.algorithm import render_algorithm, render_prompt_example
+from tunebox.submission.code_archive import make_code_archive
 
 log = logging.getLogger("tunebox.bundle")
 
 MAX_LOG_FILE_BYTES = 200 << 20     # logs/ copies evaluate's whole folder: predictions, not weights
 WEIGHT_SUFFIXES = {".ckpt", ".safetensors", ".npy", ".npz", ".bin", ".gguf"}
-MAX_WORKTREE_FILE_BYTES = 20 << 20  # a working-tree archive skips bigger files (a stray checkpoint is not code)
-_WALK_SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", "runs", "output", "build", ".cache", "kernel_meta",
-                   "node_modules", ".venv", "venv"}
 
 
 # ---- reading the run -------------------------------------------------------------------------
@@ -262,271 +256,6 @@ def tokenizer_files(spec: RunSpec) -> tuple[Path, Path]:
             raise InputError("tokenizer file not found (convert the model again: invoke convert --model "
                              f"{spec.model.name})", f)
     return tj, cfg
-
-
-# ---- code.tar.gz -----------------------------------------------------------------------------
-
-def _git(root: Path, *args: str) -> Optional[subprocess.CompletedProcess]:
-    if shutil.which("git") is None:
-        return None
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True)
-
-
-def working_tree_files(root: Path, exclude: tuple[Path, ...] = ()) -> tuple[list[str], list[str]]:
-    """(files to archive, files skipped as too big): git's tracked and untracked-but-not-ignored
-    files when root is a repository (an untracked source file is part of what ran), else a walk that
-    leaves out caches, runs and outputs."""
-    listed = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
-    if listed is not None and listed.returncode == 0:
-        names = sorted({n for n in listed.stdout.decode("utf-8", "replace").split("\0") if n})
-    else:
-        names = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d not in _WALK_SKIP_DIRS and not d.endswith(".egg-info")
-                                 and not d.startswith("rank_"))
-            for f in filenames:
-                if not f.endswith(".pyc"):
-                    names.append((Path(dirpath) / f).relative_to(root).as_posix())
-        names.sort()
-    keep, too_big = [], []
-    excluded = [e.resolve() for e in exclude]
-    for rel in names:
-        path = root / rel
-        if not path.is_file() or any(path.resolve().is_relative_to(e) for e in excluded):
-            continue
-        (too_big if path.stat().st_size > MAX_WORKTREE_FILE_BYTES else keep).append(rel)
-    return keep, too_big
-
-
-def write_worktree_archive(root: Path, files: list[str], dest: Path, prefix: str = "tunebox/") -> None:
-    # gzip with mtime 0 and sorted names: the same files give the same archive bytes.
-    with open(dest, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in files:
-            info = tar.gettarinfo(str(root / rel), arcname=prefix + rel)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            with open(root / rel, "rb") as fh:
-                tar.addfile(info, fh)
-
-
-def make_code_archive(git: Optional[dict], dest: Path, root: Path = REPO_ROOT,
-                      exclude: tuple[Path, ...] = ()) -> dict:
-    """code.tar.gz: `git archive` of the commit train recorded when its tree was clean; otherwise
-    the working tree's files now, with the reason (results.json and ALGORITHM.md repeat it)."""
-    commit = (git or {}).get("commit")
-    from_image = str((git or {}).get("source", "")).startswith("image label")
-    if from_image and commit and git.get("dirty") is False and not (root / ".git").exists():
-        # Inside the image: its code was built from that clean commit (the revision label), so its
-        # files are what ran, though there is no .git to `git archive` from.
-        files, too_big = working_tree_files(root, exclude)
-        if not files:
-            raise RuntimeError(f"no source files found under {root} for code.tar.gz")
-        write_worktree_archive(root, files, dest)
-        return {"source": "image", "commit": commit, "dirty": False,
-                "note": f"the image's copy of the code ({len(files)} files under {root.name or root}/), built from "
-                        f"commit {commit} with a clean tree (the image's {git['source'].split()[-1]} label)"}
-    if git and commit and git.get("dirty") is False:
-        proc = _git(root, "archive", "--format=tar.gz", "--prefix=tunebox/", "-o", str(dest), commit)
-        if proc is not None and proc.returncode == 0:
-            return {"source": "git archive", "commit": commit, "dirty": False,
-                    "note": f"`git archive` of commit {commit}, the commit the train job recorded (clean tree)"}
-        reason = ("git is not installed where bundle runs" if proc is None else
-                  f"`git archive {commit}` failed ({proc.stderr.decode(errors='replace').strip()[:200]})")
-    elif not git:
-        reason = "git was not available when train ran, so no commit was recorded"
-    elif not commit:
-        reason = "the repository had no commit when train ran"
-    else:
-        reason = f"the work tree had uncommitted changes against commit {commit} when train ran"
-    files, too_big = working_tree_files(root, exclude)
-    if not files:
-        raise RuntimeError(f"no source files found under {root} for code.tar.gz")
-    write_worktree_archive(root, files, dest)
-    for rel in too_big:
-        log.warning("code.tar.gz: left out %s (%.0f MB, over %d MB)", rel, (root / rel).stat().st_size / 1e6,
-                    MAX_WORKTREE_FILE_BYTES >> 20)
-    note = (f"{reason}: code.tar.gz holds the working tree's files as they were when bundle ran "
-            f"({len(files)} files: git's tracked and untracked-but-not-ignored files), which may differ from "
-            f"what ran" + (f"; left out as too big: {', '.join(too_big)}" if too_big else ""))
-    log.warning("code.tar.gz: %s", note)
-    return {"source": "working tree", "commit": commit, "dirty": (git or {}).get("dirty"), "note": note}
-
-
-# ---- ALGORITHM.md ----------------------------------------------------------------------------
-
-def _cell(text: str) -> str:
-    """Text for a markdown table cell: a bare | would end the cell."""
-    return str(text).replace("|", "\\|")
-
-
-def _fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def reject_reasons(rejects: list[dict], top: int = 10) -> list[tuple[str, int, Optional[int]]]:
-    """(reason with numbers as N, count, first line) for the most common reasons."""
-    counts: Counter = Counter()
-    first: dict[str, Optional[int]] = {}
-    for r in rejects:
-        key = re.sub(r"\d+", "N", str(r.get("reason", "?")))[:120]
-        counts[key] += 1
-        first.setdefault(key, r.get("line"))
-    return [(k, n, first[k]) for k, n in counts.most_common(top)]
-
-
-def render_prompt_example(spec: RunSpec, tok, row: dict) -> tuple[str, int, int]:
-    """One held-out row formatted as a training sample is (prompt through the chat template, then
-    the answer and the end-of-turn marker): (text, prompt tokens, answer tokens)."""
-    from tunebox.data import answers
-    from tunebox.data.samples import Example, encode_example
-    from tunebox.data.prompts import spec_prompt
-    from tunebox.contest.scoring import math_family, mcq_reference_output
-
-    if spec.data.format == "math":
-        family = math_family(row["prompt"])
-        answer = answers.render_answer(row["prompt"], row["reference"],
-                                       answers.format_for(spec.data.answer_format, family), family)
-    else:
-        answer = mcq_reference_output(row["reference"])
-    example = Example(row.get("line") or 0, row["prompt"], answer, row["reference"], row.get("meta") or {})
-    _, _, n_tokens = encode_example(tok, example, spec.data.seq_length, spec.data.system_prompt, spec.data.template)
-    prompt_text = spec_prompt(tok, row["prompt"], spec.data)
-    n_prompt = len(tok.encode(prompt_text))
-    return prompt_text + answer + tok.answer_suffix, n_prompt, n_tokens - n_prompt
-
-
-def render_algorithm(spec: RunSpec, *, stats: dict, rejects: list[dict],
-                     prompt_example: tuple[str, int, int], summary: dict, train_index: dict,
-                     merge_index: dict, train_manifest: dict, results: dict) -> str:
-    mspec = get_model_spec(spec.model.name)
-    lora, t, d = spec.lora, spec.train, spec.data
-    steps = summary.get("steps") or train_index.get("total_steps")
-    warmup = int(round(t.warmup_ratio * steps)) if steps else None
-    scales = sorted({float(e.get("scale", 1.0)) for e in merge_index.get("checkpoints", [])}) or [1.0]
-    merge_rule = ("W' = W + (alpha/r)·B·A" if scales == [1.0] else
-                  f"W' = W + s·(alpha/r)·B·A with s = {', '.join(f'{x:g}' for x in scales)} (`merge --scale`)")
-    L = [f"# Algorithm: {spec.run_id}", "",
-         f"Generated by `python -m jobs.bundle` from the run's spec, logs and manifests; every figure below is "
-         f"read from `logs/` or computed from `hyperparams.yaml`.", "",
-         "## Method", "",
-         f"LoRA fine-tuning of `{spec.model.name}` ({mspec.num_layers} layers, hidden {mspec.hidden_size}, "
-         f"{mspec.num_heads} heads / {mspec.n_kv_heads} KV heads, vocabulary {mspec.vocab_size:,}) as a MindFormers "
-         f"`LlamaForCausalLM`, wrapped with MindFormers' LoRA adapter (`mindformers.pet.LoraModel`, the mindpet "
-         f"LoRA layers the contest's `pet_config` selects). Every base weight is frozen; each targeted projection "
-         f"W (out × in) gains trainable A (r × in) and B (out × r), B initialised to zero, and computes "
-         f"W·x + (alpha/r)·B·A·dropout(x).", "",
-         "| setting | value |", "|---|---|",
-         f"| target modules | `{_cell(lora.target_modules)}` (MindFormers regex "
-         f"`{_cell(mindformers_target_regex(lora.target_modules))}`: {', '.join(results['lora_targets'])} in every layer) |",
-         f"| rank r | {lora.rank} |", f"| alpha | {lora.alpha} (scale alpha/r = {lora.alpha / lora.rank:g}) |",
-         f"| dropout | {lora.dropout} |",
-         f"| merge | {merge_rule} per checkpoint, written as a full MindFormers checkpoint |", "",
-         "## Trainable parameters", "",
-         "| figure | value |", "|---|---|",
-         f"| trainable (LoRA A and B) | {results['trainable_params']:,} |",
-         f"| total (base model, exact from the architecture) | {results['total_params']:,} |",
-         f"| ratio, exact (`contest.param_ratio`) | {results['ratio']:.8f} |",
-         f"| ratio, contest's nominal total (`contest.contest_param_ratio`) | "
-         + (f"{results['contest_ratio']:.8f} (over {results['contest_total_params']:,})" if results["contest_ratio"]
-            is not None else f"- (no contest total for {spec.model.name})") + " |",
-         f"| ratio used in the score | {results['ratio_for_score']:.8f} ({results['ratio_basis']}) |",
-         f"| counted by train in the network | {summary.get('trainable_params', '-'):,} trainable of "
-         f"{summary.get('total_params', '-'):,} |" if isinstance(summary.get("trainable_params"), int) else
-         "| counted by train in the network | - |", ""]
-
-    # ---- data ----
-    L += ["## Data: selection and cleaning", "",
-          (f"Source: rows generated by `python -m jobs.generate {d.generate}` (`data.generate`)" if d.generate
-           else f"Source: `{d.train_file}` ({d.format} rows)")
-          + (f"; also held out: {stats.get('rows_heldout_file')} rows of `{d.heldout_file}` (`data.heldout_file`)"
-             if d.heldout_file else "")
-          + (f", the first {d.max_rows:,} rows only (`data.max_rows`)"
-                                                           if d.max_rows else "") + ".", "",
-          "| rows | count | |", "|---|---:|---|",
-          f"| read | {stats.get('rows_read', '-')} | |",
-          f"| bad (unreadable or missing fields) | {stats.get('rows_bad', '-')} | policy `data.on_bad_row: {d.on_bad_row}` |",
-          f"| held out for evaluation | {stats.get('rows_heldout', '-')} | seeded split, `data.seed: {d.seed}` |",
-          f"| longer than seq_length + 1 = {d.seq_length + 1} tokens | {stats.get('rows_too_long', '-')} | "
-          f"policy `data.on_too_long: {stats.get('too_long_policy', d.on_too_long)}` |",
-          f"| trained on | {stats.get('rows_train', '-')} | |", ""]
-    reasons = reject_reasons(rejects)
-    if reasons:
-        L += ["Rejected rows by reason (numbers shown as N; `logs/prep/rejects.jsonl` lists every one):", "",
-              "| reason | rows | first line |", "|---|---:|---:|"]
-        L += [f"| {k.replace('|', '/')} | {n} | {line if line is not None else '-'} |" for k, n, line in reasons]
-        L.append("")
-    tpr = stats.get("tokens_per_row") or {}
-    if tpr:
-        L += [f"Tokens per training row (prompt + answer): median {tpr.get('50')}, p90 {tpr.get('90')}, "
-              f"p99 {tpr.get('99')}, max {tpr.get('100')}; answer tokens per row (the supervised part) "
-              f"{_fmt(stats.get('answer_tokens_per_row_mean'), 1)} on average; padding "
-              f"{_fmt((stats.get('padding_fraction') or 0) * 100, 1)}% of the training tensor.", ""]
-    # ---- prompt ----
-    text, n_prompt, n_answer = prompt_example
-    template = (f"The model's chat template (`tunebox.data.tokenizer`), system prompt "
-                f"{'`' + d.system_prompt + '`' if d.system_prompt else 'the template default'}" if d.template == "chat"
-                else f"data.template `{d.template}` (`tunebox.data.prompts`)")
-    L += ["## Prompt template", "",
-          f"{template}; training answers in data.answer_format `{d.answer_format}` (`tunebox.data.answers`). "
-          f"One held-out row as a "
-          f"training sample: the first {n_prompt} tokens (through the assistant header) carry no loss; the "
-          f"{n_answer} answer tokens after it, end-of-turn marker included, are the only ones trained on. "
-          f"Evaluation sends the same prompt and decodes greedily.", "", contents.fence(text), ""]
-
-    # ---- schedule ----
-    planned = train_index.get("planned") or summary.get("checkpoint_steps") or []
-    L += ["## Training schedule", "",
-          "| setting | value |", "|---|---|",
-          f"| device | {t.device} ({t.mode} mode, {t.dtype}), {t.workers} worker(s) |",
-          f"| epochs | {t.epochs:g}" + (f" (capped at train.max_steps = {t.max_steps})" if t.max_steps else "") + " |",
-          f"| optimizer steps | {steps} |",
-          f"| batch | {t.batch_size} samples per micro-step × grad accumulation {t.grad_accum} = "
-          f"{t.batch_size * t.grad_accum} per optimizer step |",
-          f"| sequence length | {d.seq_length} (+1 for the shifted labels) |",
-          f"| optimizer | AdamW (weight decay {t.weight_decay:g}), gradient norm clipped at {t.max_grad_norm:g} |",
-          f"| learning rate | {t.lr:g}, linear warmup over {warmup} steps (warmup_ratio {t.warmup_ratio:g}), "
-          f"then cosine to {t.lr * t.min_lr_ratio:g} (min_lr_ratio {t.min_lr_ratio:g}) |",
-          f"| checkpoints | steps {', '.join(map(str, planned))} ({len(planned)} evenly spaced) |",
-          f"| seed | {t.seed} (data order is a function of seed and step) |",
-          f"| loss | first {_fmt(summary.get('first_loss'))}, last {_fmt(summary.get('last_loss'))} "
-          f"(`logs/train/loss.jsonl`, one line per step) |",
-          ""]
-
-    # ---- results ----
-    L += ["## Checkpoints and results", "",
-          f"Held-out accuracy on {results['checkpoints'][0]['n'] if results['checkpoints'] else '-'} rows; "
-          f"score = {results['score_formula']}.", "",
-          "| checkpoint | step | train loss | accuracy (strict) | accuracy (tolerant) | SQuAD F1 | SQuAD EM | "
-          "retention passes | score |", "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
-    if results.get("base"):
-        b = results["base"]
-        L.append(f"| base | 0 | - | {_fmt(b['accuracy_strict'])} | {_fmt(b['accuracy_tolerant'])} | "
-                 f"{_fmt(b['squad_f1'], 2)} | {_fmt(b['squad_em'], 2)} | - | - |")
-    for r in results["checkpoints"]:
-        passes = {True: "yes", False: "no", None: "-"}[r["passes_retention"]]
-        L.append(f"| {r['model']} | {r['step']} | {_fmt(r['train_loss'])} | {_fmt(r['accuracy_strict'])} | "
-                 f"{_fmt(r['accuracy_tolerant'])} | {_fmt(r['squad_f1'], 2)} | {_fmt(r['squad_em'], 2)} | {passes} | "
-                 f"{_fmt(r['score'], 6)} |")
-    chosen = results["chosen"]
-    L += ["", f"**Chosen checkpoint: {chosen['model'] or 'none'}** — {chosen['reason']}.", ""]
-    retention, unknown = selfcheck.retention_line(results)
-    L += [f"**{retention}.**" if unknown else f"{retention}.", ""]
-    if results.get("evaluate_best") != chosen["model"]:
-        L += [f"Evaluate's report chose {results['evaluate_best'] or 'none'} instead: it is older than the rule "
-              f"above (`logs/evaluate/report.md`); run evaluate again.", ""]
-
-    # ---- code ----
-    code = results["code"]
-    git = train_manifest.get("git") or {}
-    L += ["## Code", "", f"`code.tar.gz`: {code['note']}.",
-          f"Train ran on branch `{git.get('branch') or '-'}`, commit `{git.get('commit') or '-'}`"
-          f"{' with uncommitted changes' if git.get('dirty') else ''}.", ""]
-    return "\n".join(L)
 
 
 # ---- the job -------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import pytest
 from conftest import TINY_RECIPE, docker_engine, docker_image, job_env, planned_checkpoint_steps, read_jsonl, run_job
 
 from jobs import verify as verify_mod
-from jobs.bundle import link_or_copy, make_code_archive
+from jobs.bundle import link_or_copy
+from tunebox.submission.code_archive import make_code_archive
 from tunebox.submission import contents
 from tunebox.contest import rules
 

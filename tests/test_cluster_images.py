@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import images.build as ib
-from jobs.bundle import make_code_archive
+from tunebox.submission.code_archive import make_code_archive
 
 REPO = Path(__file__).resolve().parents[1]
 STACKS = sorted(p.parent.name for p in (REPO / "images").glob("*/stack.env"))
