@@ -201,3 +201,36 @@ def test_card_memory_of_the_contest_topology_worked_by_hand():
     dp = budget.card_memory(m, seq_length=256, global_batch=64, data_parallel=4, model_parallel=1, pipeline_stage=1,
                             micro_batch_num=1, dtype="bfloat16", lora_trainable=3_407_872, recompute=True)
     assert dp.weights == 4 * mem.weights and dp.micro_batch == 16 and dp.logits == mem.logits / 4
+
+
+def test_the_rendered_optimizer_updates_as_the_contests_adam_weight_decay(tmp_path, mf_cwd):
+    """The optimizer MindFormers builds from the rendered YAML applies the contest's update rule
+    (FP32StateAdamWeightDecay = MindSpore's AdamWeightDecay: m / (sqrt(v) + eps), no bias correction),
+    for which the recipes' learning rates were set. Worked by hand for three steps of given gradients:
+    the first update is lr * 0.1 g / (sqrt(0.001) |g|) = 3.16 lr per element, where a bias-corrected
+    AdamW moves lr."""
+    import mindspore as ms
+    from mindspore import Parameter, Tensor
+    from mindformers.core.optim import build_optim
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_device("CPU")
+    _, _, cfg = rendered("local-smollm2.yaml", tmp_path)
+    opt_cfg = dict(cfg["optimizer"])
+    lr = 1e-3
+    w0 = np.array([0.5, -0.25, 1.0, 0.0], np.float32)
+    grads = [np.array([0.2, -0.4, 1e-3, 3.0], np.float32), np.array([-0.1, -0.4, 2e-3, 1.0], np.float32),
+             np.array([0.3, 0.1, -1e-3, -2.0], np.float32)]
+    param = Parameter(Tensor(w0), name="lora_a")
+    optimizer = build_optim(opt_cfg, default_args={"params": [param], "learning_rate": lr})
+
+    b1, b2, eps = 0.9, 0.999, 1e-8   # the contest's rule, by hand (weight_decay 0 in the recipe)
+    w, m, v = w0.astype(np.float64), np.zeros(4), np.zeros(4)
+    for step, g in enumerate(grads, 1):
+        optimizer((Tensor(g),))
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g.astype(np.float64) ** 2
+        w = w - lr * m / (np.sqrt(v) + eps)
+        np.testing.assert_allclose(param.asnumpy(), w, rtol=1e-5, atol=1e-7, err_msg=f"step {step}")
+        if step == 1:  # the size the contest's rule gives the first step: 0.1 / sqrt(0.001) = 3.16 x lr
+            np.testing.assert_allclose(np.abs(param.asnumpy() - w0), lr * 0.1 / np.sqrt(0.001), rtol=1e-3)

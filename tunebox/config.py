@@ -143,6 +143,8 @@ class TrainSection:
     loss and gradients as MindFormers' forward, without the logits of every prompt and pad position.
     false: MindFormers' own forward."""
     lr: float = 2e-4
+    """Peak learning rate of MindSpore's AdamWeightDecay (no bias correction: the rule of the contest's
+    FP32StateAdamWeightDecay, so the contest's and the winners' rates carry over as they are)."""
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0

@@ -130,7 +130,13 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
         "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": spec.model.name},
         "runner_config": {"epochs": epochs, "batch_size": per_worker_batch, "sink_mode": False, "sink_size": 1,
                           "gradient_accumulation_steps": t.grad_accum},
-        "optimizer": {"type": "AdamW", "betas": [0.9, 0.999], "eps": 1.0e-8, "weight_decay": t.weight_decay},
+        # MindSpore's AdamWeightDecay (no bias correction): the update rule of the contest's
+        # FP32StateAdamWeightDecay, which 1.9 dropped, and of tunebox's own loop before MindFormers'
+        # Trainer. Recipes' learning rates (the contest's, the winners', the local twin's) were set
+        # for it; MindFormers 1.9's AdamW corrects the bias, which shrinks the first ~200 updates
+        # 2-6x at the same train.lr (docs/ACCURACY.md).
+        "optimizer": {"type": "AdamWeightDecay", "beta1": 0.9, "beta2": 0.999, "eps": 1.0e-8,
+                      "weight_decay": t.weight_decay},
         "lr_schedule": {"type": "CosineWithWarmUpLR", "learning_rate": t.lr, "warmup_steps": plan["warmup_steps"],
                         "lr_end": t.lr * t.min_lr_ratio, "total_steps": total_steps},
         "train_dataset": dataset,

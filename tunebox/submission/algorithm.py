@@ -146,7 +146,8 @@ def render_algorithm(spec: RunSpec, *, stats: dict, rejects: list[dict],
           f"| batch | {t.batch_size} samples per micro-step × grad accumulation {t.grad_accum} = "
           f"{t.batch_size * t.grad_accum} per optimizer step |",
           f"| sequence length | {d.seq_length} (+1 for the shifted labels) |",
-          f"| optimizer | AdamW (weight decay {t.weight_decay:g}), gradient norm clipped at {t.max_grad_norm:g} |",
+          f"| optimizer | AdamWeightDecay (MindSpore's, no bias correction; weight decay {t.weight_decay:g}), "
+          f"gradient norm clipped at {t.max_grad_norm:g} |",
           f"| learning rate | {t.lr:g}, linear warmup over {warmup} steps (warmup_ratio {t.warmup_ratio:g}), "
           f"then cosine to {t.lr * t.min_lr_ratio:g} (min_lr_ratio {t.min_lr_ratio:g}) |",
           f"| checkpoints | steps {', '.join(map(str, planned))} ({len(planned)} evenly spaced) |",
