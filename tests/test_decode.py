@@ -142,6 +142,28 @@ def test_cached_batches_equal_no_cache_reference(variant):
     assert per_prompt == [out[:m] for out, m in zip(reference, limits)]
 
 
+def test_batches_keep_within_the_padded_token_budget(monkeypatch):
+    """One long prompt gets a batch of its own instead of padding its neighbours to its length; the
+    outputs are the same as with one big batch."""
+    from tunebox.evaluation import decode
+
+    spec = VARIANTS["gqa-untied"]
+    model = NumpyLlama(random_parameters(spec, seed=3), spec)
+    rng = np.random.default_rng(7)
+    lengths = [3, 40, 5, 4, 6, 2]
+    prompts = [rng.integers(0, spec.vocab_size, size=n).tolist() for n in lengths]
+    whole = greedy_generate(model, prompts, 5, stop_ids=[], pad_id=spec.pad_token_id, batch_size=16,
+                            token_budget=10_000, progress=False)
+    seen = []
+    real = decode._generate_batch
+    monkeypatch.setattr(decode, "_generate_batch",
+                        lambda m, batch, *a: seen.append([len(p) for p in batch]) or real(m, batch, *a))
+    split = greedy_generate(model, prompts, 5, stop_ids=[], pad_id=spec.pad_token_id, batch_size=4,
+                            token_budget=24, progress=False)
+    assert split == whole
+    assert seen == [[2, 3, 4, 5], [6], [40]]
+
+
 def test_bad_prompts_are_named():
     model = NumpyLlama(random_parameters(TINY, seed=0), TINY)
     with pytest.raises(ValueError, match="prompt 1 has token id 384"):

@@ -23,7 +23,8 @@ from tunebox.model.registry import get_model_spec, llama_config_kwargs
 from tunebox.contest.rules import choose_checkpoint
 from jobs.evaluate import annotate, contest_figures, parse_scales
 from tunebox.evaluation.loop import choice_token_plan, load_squad, longest_answers_in_samples
-from tunebox.evaluation.runners import choice_letter_logprobs, length_groups
+from tunebox.evaluation.decode import length_groups
+from tunebox.evaluation.runners import choice_letter_logprobs
 
 SQUAD = SHARED_DATA / "squad" / "dev-subset.jsonl"
 MMLU = SHARED_DATA / "mcq" / "mmlu-subset.jsonl"

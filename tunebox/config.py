@@ -97,12 +97,17 @@ class DataSection:
     """Use this many rows of data.heldout_file (a seeded choice, in file order); null: all."""
 
 
+class Alternation(str):
+    """A regex of alternatives such as 'wq|wv', which YAML may also give as a list ([wq, wv]):
+    the list is joined with '|' when the spec is read."""
+
+
 @dataclass
 class LoraSection:
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: Union[str, list[str]] = "wq|wv"
+    target_modules: Alternation = "wq|wv"
     """MindFormers layer names to adapt (wq wk wv wo w1 w2 w3): a regex of alternatives as the contest's
     `.*wq|.*wv`, or a list ([wq, wv]). Every alternative must name a layer (checked at load; PEFT names such
     as q_proj are refused with their MindFormers names)."""
@@ -340,6 +345,10 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
             except ValueError:
                 return False, value
         return False, value
+    if tp is Alternation:
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return True, "|".join(value)
+        return isinstance(value, str), value
     if tp is str:
         return isinstance(value, str), value
     if tp is list or origin is list:
@@ -358,6 +367,8 @@ def _type_name(tp: Any) -> str:
         args = typing.get_args(tp)
         return (" or ".join(_type_name(a) for a in args if a is not type(None))
                 + (" (or null)" if type(None) in args else ""))
+    if tp is Alternation:
+        return "str or list of str"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -442,11 +453,9 @@ def _validate(spec: RunSpec, path: str, lines_of) -> None:
 
 
 def _validate_lora_targets(spec: RunSpec, bad) -> None:
-    """lora.target_modules: a list becomes the regex 'a|b'; every alternative must select a layer."""
+    """lora.target_modules: every alternative must select a layer."""
     from tunebox.model.registry import lora_targets
 
-    if isinstance(spec.lora.target_modules, list):
-        spec.lora.target_modules = "|".join(spec.lora.target_modules)
     try:
         lora_targets(spec.lora.target_modules)
     except ValueError as exc:

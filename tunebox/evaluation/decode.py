@@ -365,12 +365,35 @@ def _generate_batch(model: NumpyLlama, prompts: list[list[int]], limits: list[in
         column += 1
 
 
+PREFILL_TOKEN_BUDGET = 8192
+"""Padded prompt tokens per batch at most (rows x longest prompt): similar lengths share a batch."""
+
+
+def length_groups(lengths: Sequence[int], max_rows: int, token_budget: int) -> list[list[int]]:
+    """Indices grouped shortest first: at most max_rows per group, and rows x longest length
+    within token_budget (a prompt longer than the budget gets a group of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and (len(current) >= max_rows or (len(current) + 1) * lengths[i] > token_budget):
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
 def greedy_generate(model: NumpyLlama, prompts: Sequence[Sequence[int]],
                     max_new_tokens: Union[int, Sequence[int]], stop_ids: Sequence[int], pad_id: int,
-                    batch_size: int = 16, progress: bool = True, min_new_tokens: int = 0) -> list[list[int]]:
+                    batch_size: int = 16, progress: bool = True, min_new_tokens: int = 0,
+                    token_budget: int = PREFILL_TOKEN_BUDGET, desc: str = "greedy decode") -> list[list[int]]:
     """Greedy continuation of each prompt: the new tokens only, the stop token excluded, in the
     caller's order. max_new_tokens is one limit for all or one per prompt; no row stops before
-    min_new_tokens tokens (as MindFormers' and HF's min_new_tokens)."""
+    min_new_tokens tokens (as MindFormers' and HF's min_new_tokens). Prompts of similar length
+    share a batch of at most batch_size rows and token_budget padded prompt tokens, so one long
+    prompt (a SQuAD passage) does not pad a whole batch to its length."""
     prompts = [list(map(int, p)) for p in prompts]
     limits = _limits(max_new_tokens, len(prompts))
     if batch_size < 1:
@@ -378,13 +401,12 @@ def greedy_generate(model: NumpyLlama, prompts: Sequence[Sequence[int]],
     model.check_token_ids(prompts)
     stop = set(int(s) for s in stop_ids)
     results: list[list[int]] = [[] for _ in prompts]
-    # Similar lengths share a batch, so little of each batch is padding.
-    order = sorted((i for i in range(len(prompts)) if limits[i] > 0), key=lambda i: (len(prompts[i]), i))
+    todo = [i for i in range(len(prompts)) if limits[i] > 0]
     started, produced = time.perf_counter(), 0
-    with tqdm(total=len(prompts), unit="prompt", desc="greedy decode", disable=not progress) as bar:
-        bar.update(len(prompts) - len(order))
-        for lo in range(0, len(order), batch_size):
-            chunk = order[lo:lo + batch_size]
+    with tqdm(total=len(prompts), unit="prompt", desc=desc, disable=not progress) as bar:
+        bar.update(len(prompts) - len(todo))
+        for group in length_groups([len(prompts[i]) for i in todo], batch_size, token_budget):
+            chunk = [todo[g] for g in group]
             outputs = _generate_batch(model, [prompts[i] for i in chunk], [limits[i] for i in chunk], stop, pad_id,
                                       min_new_tokens)
             for i, out in zip(chunk, outputs):

@@ -2,14 +2,13 @@
 one interface: generate(prompts, limits, stop_ids, pad_id) and choice_logprobs(prompts, letter_ids)."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from tunebox.config import RunSpec
+from tunebox.evaluation.decode import PREFILL_TOKEN_BUDGET, length_groups
 from tunebox.model.registry import ModelSpec
 
 def choice_letter_logprobs(model, prompts: Sequence[Sequence[int]], letter_ids: Sequence[int],
@@ -34,26 +33,6 @@ def choice_letter_logprobs(model, prompts: Sequence[Sequence[int]], letter_ids: 
     return out
 
 
-PREFILL_TOKEN_BUDGET = 8192
-"""Padded prompt tokens per batch at most (rows x longest prompt): similar lengths share a batch."""
-
-
-def length_groups(lengths: Sequence[int], max_rows: int, token_budget: int) -> list[list[int]]:
-    """Indices grouped shortest first: at most max_rows per group, and rows x longest length
-    within token_budget (a prompt longer than the budget gets a group of its own)."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    groups: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        if current and (len(current) >= max_rows or (len(current) + 1) * lengths[i] > token_budget):
-            groups.append(current)
-            current = []
-        current.append(i)
-    if current:
-        groups.append(current)
-    return groups
-
-
 class NumpyRunner:
     """tunebox's numpy decoder: batched greedy generation with a KV cache, and plain forward passes."""
     backend = "numpy"
@@ -70,24 +49,10 @@ class NumpyRunner:
 
     def generate(self, prompts: list[list[int]], limits: Sequence[int], stop_ids: list[int], pad_id: int,
                  desc: str = "generate", min_new_tokens: int = 0) -> list[list[int]]:
-        """greedy_generate over groups of similar length, each within PREFILL_TOKEN_BUDGET padded
-        tokens, so one long prompt (a SQuAD passage) does not pad a whole batch to its length."""
         from tunebox.evaluation.decode import greedy_generate
 
-        limits = list(limits)
-        results: list[list[int]] = [[] for _ in prompts]
-        started, produced = time.perf_counter(), 0
-        with tqdm(total=len(prompts), unit="prompt", desc=desc) as bar:
-            for group in length_groups([len(p) for p in prompts], self.batch_size, PREFILL_TOKEN_BUDGET):
-                outputs = greedy_generate(self.model, [prompts[i] for i in group], [limits[i] for i in group],
-                                          stop_ids, pad_id, batch_size=len(group), progress=False,
-                                          min_new_tokens=min_new_tokens)
-                for i, o in zip(group, outputs):
-                    results[i] = o
-                    produced += len(o)
-                bar.update(len(group))
-                bar.set_postfix(tok_per_s=f"{produced / max(time.perf_counter() - started, 1e-9):.1f}")
-        return results
+        return greedy_generate(self.model, prompts, list(limits), stop_ids, pad_id, batch_size=self.batch_size,
+                               min_new_tokens=min_new_tokens, desc=desc)
 
     def choice_logprobs(self, prompts: list[list[int]], letter_ids: Sequence[int]) -> Optional[np.ndarray]:
         return choice_letter_logprobs(self.model, prompts, letter_ids, self.batch_size)
