@@ -2,6 +2,8 @@
 resume, merge equality, the evaluation report."""
 from __future__ import annotations
 
+import datetime as dt
+
 import json
 import os
 import signal
@@ -119,7 +121,12 @@ def test_train_writes_five_evenly_spaced_checkpoints(tiny_run):
     assert summary["trainable_params"] == get_model_spec("tiny").lora_params(8, "wq|wv")
     manifest = json.loads((train / "manifest.json").read_text())
     assert manifest["job"] == "train" and manifest["spec_hash"]
-    assert [r["job"] for r in read_jsonl(tiny_run["run_dir"] / "record.jsonl")] == ["prep", "train", "merge", "evaluate"]
+    record = read_jsonl(tiny_run["run_dir"] / "record.jsonl")
+    assert [r["job"] for r in record] == ["prep", "train", "merge", "evaluate"]
+    # every job's line says when it began and ended, in order (run_job marks the start)
+    times = [(dt.datetime.fromisoformat(r["started"]), dt.datetime.fromisoformat(r["finished"])) for r in record]
+    assert all(start <= end for start, end in times)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(times, times[1:]))
 
 
 def _lora_arrays(path: Path) -> dict:

@@ -15,6 +15,7 @@ from typing import Callable
 
 from tunebox.config import RunSpec, describe, load_spec
 from tunebox.io import InputError
+from tunebox.manifest import mark_job_started
 
 log = logging.getLogger("tunebox")
 
@@ -80,7 +81,7 @@ def run_job(name: str, summary: str, main: Callable[[RunSpec, argparse.Namespace
     if add_args:
         add_args(parser)
     args = parser.parse_args(argv)
-    started = time.time()
+    started = mark_job_started()
 
     def body() -> None:  # a job's main reports through its files; its return value is not an exit code
         main(load_spec(args.config, args.overrides), args)

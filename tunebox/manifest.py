@@ -27,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,6 +43,17 @@ KEY_PACKAGES = ("mindspore", "mindformers", "mindpet", "numpy", "tokenizers", "s
 
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+_JOB_STARTED: Optional[float] = None
+"""When this process's job began (set by tunebox.cli.run_job): the default `started` of its record line."""
+
+
+def mark_job_started(when: Optional[float] = None) -> float:
+    """Remember when the job in this process began; write_job_manifest uses it unless told otherwise."""
+    global _JOB_STARTED
+    _JOB_STARTED = time.time() if when is None else when
+    return _JOB_STARTED
 
 
 def _as_utc_iso(value: Any) -> Optional[str]:
@@ -382,13 +394,15 @@ def write_job_manifest(job_dir: str | os.PathLike, job: str, spec=None,
     """Write `job_dir/manifest.json` and append the job's line to `<run_dir>/record.jsonl`.
 
     status/started/finished may come as keywords or inside `extra` (keywords win); started and
-    finished take a datetime, an epoch float or an ISO string. finished defaults to now.
+    finished take a datetime, an epoch float or an ISO string. started defaults to when run_job began
+    this process's job (mark_job_started), finished to now.
     """
     job_dir = Path(job_dir)
     extra = dict(extra or {})
     from_extra = {key: extra.pop(key, None) for key in ("status", "started", "finished")}
     status = status or from_extra["status"] or "ok"
-    started = _as_utc_iso(started if started is not None else from_extra["started"])
+    started = started if started is not None else from_extra["started"]
+    started = _as_utc_iso(started if started is not None else _JOB_STARTED)
     finished = _as_utc_iso(finished if finished is not None else from_extra["finished"]) or utc_now()
 
     manifest = environment_manifest(spec, inputs, seeds)
