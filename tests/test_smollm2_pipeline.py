@@ -22,14 +22,16 @@ SMOLLM2_TOTAL = 49152 * 576 + 30 * (2 * 576 * 576 + 2 * 192 * 576 + 3 * 576 * 15
 
 def heldout_answer_loss(ckpt: Path, spec, tok, rows: list[dict]) -> float:
     """Mean cross-entropy of the reference answers (and the end token) of the held-out rows, given
-    their chat prompts: a plain float64 log-softmax over NumpyLlama's logits, one row at a time."""
+    prompts (the spec's template, as prep and evaluate render it): a plain float64 log-softmax over
+    NumpyLlama's logits, one row at a time."""
+    from tunebox.data.prompts import spec_prompt
     from tunebox.evaluation.decode import NumpyLlama
     from tunebox.model.registry import get_model_spec
 
     model = NumpyLlama.from_checkpoint(ckpt, get_model_spec(spec.model.name))
     nll = []
     for row in rows:
-        prompt = tok.encode(tok.chat_prompt(row["prompt"], spec.data.system_prompt))
+        prompt = tok.encode(spec_prompt(tok, row["prompt"], spec.data))
         seq = prompt + tok.encode(row["reference"] + tok.answer_suffix)
         logits = model.logits([seq[:-1]])[0].astype(np.float64)
         top = logits.max(-1, keepdims=True)
