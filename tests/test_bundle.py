@@ -637,3 +637,21 @@ def test_verify_inside_image(bundled, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert f"ok    image       inside {IMAGE}" in out and "| ok    rerun" in out
+
+
+def test_algorithm_writes_a_text_template_on_one_line_and_the_packed_fill():
+    """A template with newlines stays one code span (its newlines written \\n); with train.packing the
+    rows' fill is the packed one, not prep's unpacked padding."""
+    from types import SimpleNamespace
+
+    from tunebox.submission.algorithm import describe_rows, describe_template
+
+    text = describe_template(SimpleNamespace(template="<|im_start|>user\n{problem}<|im_end|>\n", system_prompt=None))
+    assert "\n" not in text and "`<|im_start|>user\\n{problem}<|im_end|>\\n`" in text
+    assert "`Be brief.`" in describe_template(SimpleNamespace(template="chat", system_prompt="Be brief."))
+    stats = {"tokens_per_row": {"50": 69, "90": 90, "99": 91, "100": 91}, "answer_tokens_per_row_mean": 33.4,
+             "padding_fraction": 0.711}
+    packed = describe_rows(stats, {"samples": 8000, "rows": 2650, "width": 257, "fill_before": 0.2886,
+                                   "fill_after": 0.8712, "max_samples_per_row": 4})
+    assert "8,000 rows into 2,650 rows of 257 tokens, 87.1% of them filled" in packed and "71.1" not in packed
+    assert "padding 71.1% of the training tensor" in describe_rows(stats, None)

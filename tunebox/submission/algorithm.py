@@ -58,6 +58,31 @@ def render_prompt_example(spec: RunSpec, tok, row: dict) -> tuple[str, int, int]
     return prompt_text + answer + tok.answer_suffix, n_prompt, n_tokens - n_prompt
 
 
+def describe_rows(stats: dict, packing: Optional[dict]) -> str:
+    """Tokens per training row from prep's stats; with train.packing, how full the packed rows were
+    (prep's padding figure is the unpacked tensor's)."""
+    tpr = stats.get("tokens_per_row") or {}
+    if not tpr:
+        return ""
+    text = (f"Tokens per training row (prompt + answer): median {tpr.get('50')}, p90 {tpr.get('90')}, "
+            f"p99 {tpr.get('99')}, max {tpr.get('100')}; answer tokens per row (the supervised part) "
+            f"{_fmt(stats.get('answer_tokens_per_row_mean'), 1)} on average; ")
+    if packing:
+        return text + (f"packed (train.packing) {packing['samples']:,} rows into {packing['rows']:,} rows of "
+                       f"{packing['width']} tokens, {_fmt(packing['fill_after'] * 100, 1)}% of them filled "
+                       f"({_fmt(packing['fill_before'] * 100, 1)}% unpacked).")
+    return text + f"padding {_fmt((stats.get('padding_fraction') or 0) * 100, 1)}% of the training tensor."
+
+
+def describe_template(d) -> str:
+    """data.template in one line: a text template's newlines written as \\n, so it stays one code span."""
+    if d.template == "chat":
+        return ("The model's chat template (`tunebox.data.tokenizer`), system prompt "
+                + (f"`{d.system_prompt}`" if d.system_prompt else "the template default"))
+    shown = d.template.replace("\n", "\\n")
+    return f"data.template `{shown}` (`tunebox.data.prompts`)"
+
+
 def render_algorithm(spec: RunSpec, *, stats: dict, rejects: list[dict],
                      prompt_example: tuple[str, int, int], summary: dict, train_index: dict,
                      merge_index: dict, train_manifest: dict, results: dict) -> str:
@@ -118,19 +143,13 @@ def render_algorithm(spec: RunSpec, *, stats: dict, rejects: list[dict],
               "| reason | rows | first line |", "|---|---:|---:|"]
         L += [f"| {k.replace('|', '/')} | {n} | {line if line is not None else '-'} |" for k, n, line in reasons]
         L.append("")
-    tpr = stats.get("tokens_per_row") or {}
-    if tpr:
-        L += [f"Tokens per training row (prompt + answer): median {tpr.get('50')}, p90 {tpr.get('90')}, "
-              f"p99 {tpr.get('99')}, max {tpr.get('100')}; answer tokens per row (the supervised part) "
-              f"{_fmt(stats.get('answer_tokens_per_row_mean'), 1)} on average; padding "
-              f"{_fmt((stats.get('padding_fraction') or 0) * 100, 1)}% of the training tensor.", ""]
+    rows_text = describe_rows(stats, summary.get("packing"))
+    if rows_text:
+        L += [rows_text, ""]
     # ---- prompt ----
     text, n_prompt, n_answer = prompt_example
-    template = (f"The model's chat template (`tunebox.data.tokenizer`), system prompt "
-                f"{'`' + d.system_prompt + '`' if d.system_prompt else 'the template default'}" if d.template == "chat"
-                else f"data.template `{d.template}` (`tunebox.data.prompts`)")
     L += ["## Prompt template", "",
-          f"{template}; training answers in data.answer_format `{d.answer_format}` (`tunebox.data.answers`). "
+          f"{describe_template(d)}; training answers in data.answer_format `{d.answer_format}` (`tunebox.data.answers`). "
           f"One held-out row as a "
           f"training sample: the first {n_prompt} tokens (through the assistant header) carry no loss; the "
           f"{n_answer} answer tokens after it, end-of-turn marker included, are the only ones trained on. "
