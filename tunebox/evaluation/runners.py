@@ -8,8 +8,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tunebox.config import RunSpec
-from tunebox.evaluation.decode import PREFILL_TOKEN_BUDGET, length_groups
+from tunebox.evaluation.decode import PREFILL_TOKEN_BUDGET, NumpyLlama, greedy_generate, length_groups
 from tunebox.model.registry import ModelSpec
+
 
 def choice_letter_logprobs(model, prompts: Sequence[Sequence[int]], letter_ids: Sequence[int],
                            batch_size: int = 16) -> np.ndarray:
@@ -43,14 +44,10 @@ class NumpyRunner:
 
     @classmethod
     def from_checkpoint(cls, mspec: ModelSpec, ckpt: Path, batch_size: int) -> "NumpyRunner":
-        from tunebox.evaluation.decode import NumpyLlama
-
         return cls(NumpyLlama.from_checkpoint(ckpt, mspec), batch_size)
 
     def generate(self, prompts: list[list[int]], limits: Sequence[int], stop_ids: list[int], pad_id: int,
                  desc: str = "generate", min_new_tokens: int = 0) -> list[list[int]]:
-        from tunebox.evaluation.decode import greedy_generate
-
         return greedy_generate(self.model, prompts, list(limits), stop_ids, pad_id, batch_size=self.batch_size,
                                min_new_tokens=min_new_tokens, desc=desc)
 
