@@ -35,6 +35,17 @@ def _job(c, name: str, config: str, overrides: list[str] | None = None, extra: s
     return c.run(cmd, pty=False, echo=True)
 
 
+def _load_spec(config: str, overrides: list[str] | None):
+    """The run spec, or the jobs' own answer to a bad one: `error: <file>:<line>: ...` and exit code 2."""
+    from tunebox.config import load_spec
+    from tunebox.io import InputError
+
+    try:
+        return load_spec(config, overrides)
+    except InputError as exc:
+        raise invoke.Exit(f"error: {exc}", code=2) from None
+
+
 _SET_HELP = {"config": "run spec YAML (default: the local SmolLM2 recipe)",
              "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)"}
 
@@ -101,9 +112,7 @@ def verify(c, submission, rerun=False, image="", tolerance=""):
 def pipeline(c, config=DEFAULT_CONFIG, set=None):
     """weights -> prep -> train -> merge -> evaluate -> bundle on one run spec; prints the report and where it is."""
     import time
-    from tunebox.config import load_spec
-
-    spec = load_spec(config, set)  # fail on a bad spec before any job starts
+    spec = _load_spec(config, set)  # fail on a bad spec before any job starts
     started = time.time()
     for name in PIPELINE_STEPS:
         _job(c, name, config, set)
@@ -181,14 +190,17 @@ def profile(c, file, tokenizer="", out=""):
             "cards": "NPUs", "rows": "training rows", "seq": "padded sequence length", "epochs": "epochs",
             "batch": "global batch", "mfu": "assumed MFU, a fraction (default: calibrated on the contest's 6 h run)",
             "measured_step_s": "a measured step time in seconds, used instead of the model",
-            "baseline_accuracy": "the baseline's accuracy (default: the contest's)", "json": "JSON output"})
+            "baseline_accuracy": "the baseline's accuracy (default: the contest's)",
+            "baseline_rank": "the baseline's LoRA rank (default: the contest's, 8)",
+            "baseline_targets": "the baseline's target modules (default: the contest's)", "json": "JSON output"})
 def plan(c, config="", model="", stage=0, ranks="", cards=0, rows=0, seq=0, epochs=0.0, batch=0, mfu=0.0,
-         measured_step_s=0.0, baseline_accuracy=-1.0, json=False):
+         measured_step_s=0.0, baseline_accuracy=-1.0, baseline_rank=0, baseline_targets="", json=False):
     """Before training: trainable params, ratio and break-even accuracy per LoRA rank/targets; Ascend step and wall time."""
     args = []
     for flag, value in (("--config", config), ("--model", model), ("--stage", stage), ("--ranks", ranks),
                         ("--cards", cards), ("--rows", rows), ("--seq", seq), ("--epochs", epochs),
-                        ("--batch", batch), ("--mfu", mfu), ("--measured-step-s", measured_step_s)):
+                        ("--batch", batch), ("--mfu", mfu), ("--measured-step-s", measured_step_s),
+                        ("--baseline-rank", baseline_rank), ("--baseline-targets", baseline_targets)):
         if value:
             args += [flag, str(value)]
     if baseline_accuracy >= 0:

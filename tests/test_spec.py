@@ -49,3 +49,27 @@ def test_eval_scales_accept_a_list_or_the_comma_text(tmp_path):
     assert parse_scales(spec.eval.scales) == [0.25, 1.0]
     with pytest.raises(InputError, match="must be str or list"):
         load_spec(write(tmp_path, ""), ["eval.scales={a: 1}"])
+
+
+@pytest.mark.parametrize("override, suggested", [
+    ("train.max_step=3", "max_steps"),            # the old prefix rule offered 'max_grad_norm'
+    ("lora.rnak=4", "rank"),
+    ("data.seq_lenght=64", "seq_length"),
+])
+def test_unknown_key_suggests_the_closest_key(tmp_path, override, suggested):
+    with pytest.raises(InputError, match=rf"did you mean '{suggested}'\?"):
+        load_spec(write(tmp_path, ""), [override])
+
+
+def test_invoke_with_a_missing_spec_says_error_and_exits_2(tmp_path):
+    """A bad spec given to an invoke task ends like a job's: one `error:` line naming it, exit 2, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "invoke", "pipeline", "--config", str(tmp_path / "nope.yaml")],
+                          cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert f"error: {tmp_path / 'nope.yaml'}: no such run spec" in proc.stderr

@@ -7,6 +7,7 @@ into the `--help` text of each job.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import types
@@ -384,7 +385,7 @@ def _build(cls, data: dict, path: str, prefix: str):
         line = lines.get(key)
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in known:
-            close = [k for k in known if k.startswith(str(key)[:3])]
+            close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
             raise InputError(f"unknown key '{dotted}'{hint}", path, line)
         tp = hints[key]
