@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_RECIPE, cannot_run, docker_engine, docker_image, job_env, planned_checkpoint_steps, read_jsonl, run_job
+from conftest import (TINY_RECIPE, cannot_run, docker_engine, docker_image, job_env, keeps_90_percent,
+                      planned_checkpoint_steps, read_jsonl, run_job)
 
 from jobs import verify as verify_mod
 from jobs.bundle import link_or_copy
@@ -112,7 +113,7 @@ def test_bundle_contents_come_from_the_run(bundled):
     # the rule by hand: the best (score, step) among the checkpoints keeping 90% of the base's F1 and EM
     base = results["base"]
     keep = [r for r in results["checkpoints"]
-            if r["squad_f1"] >= 0.9 * base["squad_f1"] and r["squad_em"] >= 0.9 * base["squad_em"]]
+            if keeps_90_percent(r["squad_f1"], base["squad_f1"]) and keeps_90_percent(r["squad_em"], base["squad_em"])]
     assert results["chosen"]["model"] == max(keep, key=lambda r: (r["accuracy_strict"], r["step"]))["model"]
     algorithm = (sub / "ALGORITHM.md").read_text()
     stats = json.loads((run / "prep" / "stats.json").read_text())
