@@ -8,8 +8,10 @@ Checks, all of them every time (a problem does not stop the others):
   checkpoints  exactly five, at the evenly spaced steps train planned (logs/train/checkpoints/index.json),
                each the file merge wrote and evaluate scored (sha256 in logs/merge/index.json and scores.json)
   spec         hyperparams.yaml loads as a run spec and is the spec every job's manifest recorded
-  logs         the training log has one line per step, 1..total; a run of N workers left N msrun logs
-  results      results.json agrees with the logs: accuracies re-scored from the bundled predictions,
+  logs         the training log has one line per step, 1..total, with the losses loss.csv and the checkpoint
+               indexes (train's, merge's) record; a run of N workers left N msrun logs
+  results      results.json agrees with the logs: accuracies re-scored from the bundled predictions (which
+               answer prep's held-out rows: same lines, prompts and references),
                SQuAD F1/EM re-scored from the bundled SQuAD predictions (when evaluate measured them) and
                the retention verdict re-derived, ratio and score recomputed from hyperparams.yaml, the
                chosen checkpoint by the same rule

@@ -100,5 +100,14 @@ def planned_checkpoint_steps(run_dir: Path, recipe: Path = TINY_RECIPE, *overrid
     return plan_steps(stats["rows_train"], load_spec(recipe, list(overrides)))["checkpoint_steps"]
 
 
+def keeps_90_percent(tuned: float, base: float) -> bool:
+    """The contest's retention bar worked independently of tunebox.contest.rules: tuned >= 90% of base on
+    the figures as report.json writes them (shortest repr), in decimal integers: 10 * tuned >= 9 * base.
+    Floats get it wrong both ways (11.7 < 0.9 * 13 although 11.7 is 90% of 13)."""
+    from decimal import Decimal
+
+    return Decimal(repr(float(tuned))) * 10 >= Decimal(repr(float(base))) * 9
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(l) for l in Path(path).read_text(encoding="utf-8").split("\n") if l.strip()]

@@ -15,7 +15,7 @@ from benches.bench_train import (GOAL_SPEEDUP, count_tokens, render_section, ste
                               summarize)
 from tunebox.model.registry import get_model_spec, with_overrides
 
-from conftest import TINY_RECIPE, job_env
+from conftest import TINY_RECIPE, cannot_run, job_env
 
 
 # ---- FLOPs -----------------------------------------------------------------------------------
@@ -164,8 +164,9 @@ HAVE_BENCH_EXTRA = all(importlib.util.find_spec(m) is not None for m in ("torch"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_BENCH_EXTRA, reason="needs the bench extra: pip install -e '.[bench]'")
 def test_tiny_bench_runs_both_sides_on_the_same_batches(tmp_path, tiny_cache):
+    if not HAVE_BENCH_EXTRA:
+        cannot_run("needs the bench extra (torch, peft, transformers, psutil): pip install -e '.[bench]'")
     keep = tmp_path / "bench"
     proc = subprocess.run([sys.executable, "-m", "benches.bench_train", "--config", str(TINY_RECIPE), "--steps", "3",
                            "--peak-sizes", "256,512", "--threads", "1", "--no-append", "--keep", str(keep)],

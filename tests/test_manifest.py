@@ -129,8 +129,11 @@ def _git(repo: Path, *args: str) -> str:
                           cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git binary")
 def test_git_commit_and_dirty_flag_in_a_temporary_repository(tmp_path):
+    from conftest import cannot_run
+
+    if shutil.which("git") is None:
+        cannot_run("needs the git binary")
     repo = tmp_path / "repo"
     repo.mkdir()
     _git(repo, "init", "-q", "-b", "main")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sysconfig
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import TINY_RECIPE, read_jsonl, run_job
+from conftest import TINY_RECIPE, cannot_run, read_jsonl, run_job
 
 
 def _lora(path) -> dict:
@@ -19,12 +21,23 @@ def _lora(path) -> dict:
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
 
 
-@pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun (from mindspore) is not on PATH")
-def test_two_msrun_workers_train_one_model(tmp_path, tiny_cache, tiny_run):
+def msrun_beside_python() -> str:
+    """The msrun mindspore installed next to this interpreter (venv/bin/msrun, not necessarily on PATH
+    when pytest runs as venv/bin/python -m pytest), else the first on PATH."""
+    mine = Path(sysconfig.get_path("scripts")) / "msrun"
+    return str(mine) if mine.is_file() and os.access(mine, os.X_OK) else shutil.which("msrun")
+
+
+def test_two_msrun_workers_train_one_model(tmp_path, tiny_cache, tiny_run, monkeypatch):
     """Each rank reads its own half of the data (MindFormers shards MindDataset by rank), so the ranks'
     step losses differ; the gradients are averaged, so the LoRA weights of the two ranks are bitwise
     equal at every planned checkpoint, and they moved. Without the gradient all-reduce each rank
     would follow its own half and the weights would part after the first step."""
+    msrun = msrun_beside_python()
+    if msrun is None:
+        cannot_run("no msrun next to this interpreter or on PATH (mindspore installs it)")
+    # train finds msrun on PATH, and msrun starts its workers with the bare `python` on PATH
+    monkeypatch.setenv("PATH", str(Path(msrun).parent) + os.pathsep + os.environ.get("PATH", ""))
     runs = tmp_path / "runs"
     (runs / "w2").mkdir(parents=True)
     os.symlink(tiny_run["run_dir"] / "prep", runs / "w2" / "prep")

@@ -121,10 +121,14 @@ def test_calibration_reproduces_the_contest_six_hours():
     # by hand: 45,592,084,480 FLOP/token x 115,179,520 tokens / (6 h x 4 cards x 320e12)
     assert mfu == pytest.approx(45_592_084_480 * 115_179_520 / (6 * 3600 * 4 * 320e12), rel=1e-12)
     assert 0.05 < mfu < 0.6          # a plausible utilisation, not a unit mistake
-    est = budget.estimate_time(LLAMA3, ref.workload, 3_407_872)
+    # a prediction for another workload, by hand: 45,000 rows, 2 epochs, batch 64 on 8 cards is
+    # (45,000 // 64) x 2 = 1,406 steps, 1,406 / 7,030 = 1/5 of the reference's tokens on twice the cards:
+    # 6 h x 1/5 x 4/8 = 0.6 h, 0.6 x 3600 / 1,406 s a step
+    other = budget.Workload(rows=45_000, seq_length=256, epochs=2, global_batch=64, cards=8)
+    est = budget.estimate_time(LLAMA3, other, 3_407_872)
     assert est.source == "model" and est.mfu == mfu
-    assert est.wall_hours == pytest.approx(6.0, rel=1e-9)
-    assert est.step_seconds == pytest.approx(6 * 3600 / 7_030, rel=1e-9)
+    assert est.wall_hours == pytest.approx(0.6, rel=1e-9)
+    assert est.step_seconds == pytest.approx(0.6 * 3600 / 1_406, rel=1e-9)
 
 
 def test_peak_figure_cancels_out_of_calibrated_predictions():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, read_jsonl, run_job
+from conftest import REPO, keeps_90_percent, read_jsonl, run_job
 from tunebox.config import load_spec
 
 LOCAL = REPO / "recipes" / "local-smollm2.yaml"
@@ -67,7 +67,7 @@ def check_retention_and_choice(report: dict) -> None:
     valid = {}
     for c in cps:
         assert c["score"] == pytest.approx((1 - ratio) * 0.3 + c["accuracy_strict"] * 0.7, abs=1e-12)
-        valid[c["model"]] = c["squad"]["f1"] >= 0.9 * base["f1"] and c["squad"]["em"] >= 0.9 * base["em"]
+        valid[c["model"]] = all(keeps_90_percent(c["squad"][m], base[m]) for m in ("f1", "em"))
         assert c["retention"]["passes"] is valid[c["model"]], c["model"]
         assert c["retention"]["f1"] == pytest.approx(c["squad"]["f1"] / base["f1"])
         assert c["retention"]["em"] == (pytest.approx(c["squad"]["em"] / base["em"]) if base["em"] else None)

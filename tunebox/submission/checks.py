@@ -328,6 +328,43 @@ def check_logs(sub: Submission, f: Findings) -> None:
                        + (f"; missing {gaps[:10]}" if gaps else "") + (f"; {extra} repeated" if extra else ""))
     else:
         f.ok("logs", f"training log has one line for each of the {total} steps")
+    check_loss_values(sub, f, loss, index)
+
+
+def check_loss_values(sub: Submission, f: Findings, loss: list[dict], index: dict) -> None:
+    """The losses in loss.jsonl are the ones train wrote: loss.csv (train writes both from the same rows,
+    the loss to 6 decimals) and, at each checkpoint step, train's index and merge's index (copied there
+    from loss.jsonl) must agree with them."""
+    before = len(f.failed("logs"))
+    at = {r.get("step"): r.get("loss") for r in loss}
+    csv_path = sub.path("logs/train/loss.csv")
+    if csv_path.is_file():
+        lines = csv_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        header = lines[0].split(",") if lines else []
+        if "step" not in header or "loss" not in header:
+            f.fail("logs", "logs/train/loss.csv has no step and loss columns")
+        else:
+            s_col, l_col = header.index("step"), header.index("loss")
+            csv_loss = {}
+            for line in lines[1:]:
+                cells = line.split(",")
+                if len(cells) == len(header) and cells[s_col].isdigit():
+                    csv_loss[int(cells[s_col])] = cells[l_col]
+            differ = [s for s in sorted(set(at) | set(csv_loss))
+                      if not isinstance(at.get(s), (int, float)) or f"{at[s]:.6f}" != csv_loss.get(s)]
+            if differ:
+                s = differ[0]
+                f.fail("logs", f"logs/train/loss.jsonl and loss.csv disagree at {len(differ)} step(s), first step {s}: "
+                               f"loss {at.get(s)!r} against {csv_loss.get(s)!r}")
+    recorded = [("logs/train/checkpoints/index.json", e.get("step"), e.get("loss"))
+                for e in index.get("checkpoints") or [] if isinstance(e, dict)]
+    recorded += [(MERGE_INDEX, e.get("step"), e.get("train_loss"))
+                 for e in (sub.json(MERGE_INDEX) or {}).get("checkpoints") or [] if isinstance(e, dict)]
+    for where, step, value in recorded:
+        if at.get(step) != value:
+            f.fail("logs", f"logs/train/loss.jsonl step {step} loss {at.get(step)!r}, {where} records {value!r}")
+    if len(f.failed("logs")) == before:
+        f.ok("logs", f"loss.jsonl's losses match loss.csv and the {len(recorded)} checkpoint records")
 
 
 def recompute_accuracies(sub: Submission, f: Findings, spec, names: list[str]) -> dict[str, dict]:
@@ -349,6 +386,13 @@ def recompute_accuracies(sub: Submission, f: Findings, spec, names: list[str]) -
         if [r.get("line") for r in rows] != expected_lines:
             f.fail("results", f"{rel} answers rows {[r.get('line') for r in rows][:8]}..., the held-out rows are "
                               f"{expected_lines[:8]}... (logs/prep/heldout.jsonl)")
+        held = {r.get("line"): r for r in heldout}
+        changed = [r.get("line") for r in rows if r.get("line") in held
+                   and (r.get("prompt"), r.get("reference")) != (held[r.get("line")].get("prompt"),
+                                                                  held[r.get("line")].get("reference"))]
+        if changed:
+            f.fail("results", f"{rel}: the prompt or reference of line(s) {changed[:10]} differs from "
+                              f"logs/prep/heldout.jsonl")
         if acc["disagree"]:
             f.fail("results", f"{rel}: the recorded verdict differs from the contest rule on line(s) "
                               f"{acc['disagree'][:10]}")
