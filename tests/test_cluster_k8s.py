@@ -77,7 +77,7 @@ def test_every_render_passes_offline_schema_validation(overlay):
         for doc in kind_docs:
             validate(doc)
     assert ("AscendJob" in kinds) == (overlay == "ascend-job")
-    assert ("PodGroup" in kinds) == (overlay == "multi-node")
+    assert ("PodGroup" in kinds) == (overlay in ("ascend-4card", "multi-node"))
 
 
 def test_custom_kind_schemas_refuse_misspelt_and_mistyped_fields():
@@ -111,15 +111,40 @@ def test_npu_pods_mount_the_host_driver_and_tools_at_huaweis_paths(overlay):
         container = pod["containers"][0]
         host_volumes = {v["name"]: v["hostPath"] for v in pod["volumes"] if "hostPath" in v}
         mounts = {m["name"]: m for m in container["volumeMounts"]}
-        if role == "Scheduler":                   # no NPU in the scheduler's pod: nothing of the host
-            assert host_volumes == {}
-            continue
+        # The AscendJob's Scheduler holds no NPU but runs train_worker.py with device_target Ascend:
+        # MindSpore's Ascend plugin loads CANN, which needs the driver's libraries. Huawei's multi-node
+        # sample mounts the driver into its Scheduler too (mindspore_multinodes_acjob_910b.yaml).
         assert host_volumes == {h.name: {"path": h.path, "type": h.kind} for h in ascend.HOST_PATHS}
         for h in ascend.HOST_PATHS:
             assert mounts[h.name]["mountPath"] == h.path and mounts[h.name]["readOnly"] is True
         paths = {v["path"] for v in host_volumes.values()}
         assert "/usr/local/sbin/npu-smi" in paths and "/usr/local/dcmi" in paths
         assert "/usr/local/bin/npu-smi" not in paths
+
+
+def test_ascend_4card_is_placed_by_volcano_with_a_podgroup():
+    """The Volcano build of Huawei's device plugin (-volcanoType=true) takes a partial node's cards
+    from the pod annotation Volcano writes, and fails the allocation of a pod Volcano did not place
+    (mind-cluster, component/ascend-device-plugin/pkg/server/plugin.go, Allocate -> useVolcano ->
+    doWithVolcanoSchedule: "not get valid pod"). 4 of 8 cards is a partial node."""
+    docs = docs_of("ascend-4card")
+    job, group = docs["Job"][0], docs["PodGroup"][0]
+    template = job["spec"]["template"]
+    validate(group)
+    assert template["spec"]["schedulerName"] == "volcano"
+    assert template["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == group["metadata"]["name"]
+    assert group["metadata"]["name"] == job["metadata"]["name"] == "tunebox-tiny"
+    assert group["spec"]["minMember"] == 1 and group["spec"]["queue"] == "default"
+    env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+    # What ascend-docker-runtime reads under Volcano's whole-card scheduling (Huawei's standalone sample)
+    assert env["ASCEND_VISIBLE_DEVICES"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['huawei.com/Ascend910']"
+    plain = docs_of("ascend-4card", ["cluster.gang_scheduler=none"])
+    assert "PodGroup" not in plain
+    template = plain["Job"][0]["spec"]["template"]
+    assert "schedulerName" not in template["spec"]
+    assert "scheduling.k8s.io/group-name" not in template["metadata"].get("annotations", {})
+    assert "ASCEND_VISIBLE_DEVICES" not in {e["name"] for e in template["spec"]["containers"][0]["env"]}
 
 
 def test_cpu_pods_get_nothing_of_ascend():

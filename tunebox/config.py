@@ -223,7 +223,9 @@ class ClusterSection:
     cards_per_node: int = 8
     """NPUs per pod of the ascend-job overlay (ascend-4card and multi-node use 4)."""
     gang_scheduler: Literal["volcano", "none"] = "volcano"
-    """multi-node overlay: volcano puts the pods in a PodGroup (all start or none); none: the default scheduler."""
+    """ascend-4card and multi-node overlays: volcano places the pods through a PodGroup (all start or none; the
+    Volcano build of Huawei's device plugin takes a partial node's cards only from a pod Volcano placed);
+    none: the default scheduler, no PodGroup (a device plugin without -volcanoType)."""
     hccl_connect_timeout: int = 1200
     """HCCL_CONNECT_TIMEOUT seconds, [120, 7200] (CANN's default 120 is short when nodes start
     minutes apart: image pull, prep on node 0)."""
