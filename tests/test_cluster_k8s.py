@@ -360,16 +360,28 @@ def test_operator_scheduler_waits_for_prep_then_runs_the_scheduler_process(tmp_p
 
 # ---- CANN's environment in either place ------------------------------------------------------
 
+# CANN's set_env.sh is written for bash (Huawei's guides `source` it from bash): the stand-in uses
+# bash-only syntax, which dash, Debian's /bin/sh, refuses ("Bad substitution").
+SET_ENV = 'here=$(dirname "${{BASH_SOURCE[0]}}")\n[[ -d "$here" ]] && export CANN_FROM={cann}\n'
+
+
+def entrypoint_argv() -> list[str]:
+    """How the image's ENTRYPOINT runs images/entrypoint.sh: through its #! line."""
+    first = (REPO / "images" / "entrypoint.sh").read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("#!")
+    return [*first[2:].split(), str(REPO / "images" / "entrypoint.sh")]
+
+
 def run_entrypoint(tmp_path, cann: str | None, labels: dict | None):
     root = tmp_path / "Ascend"
     if cann:
         (root / cann).mkdir(parents=True)
-        (root / cann / "set_env.sh").write_text(f"export CANN_FROM={cann}\n", encoding="utf-8")
+        (root / cann / "set_env.sh").write_text(SET_ENV.format(cann=cann), encoding="utf-8")
     labels_file = tmp_path / "image.json"
     if labels is not None:
         labels_file.write_text(json.dumps(labels, indent=1, sort_keys=True), encoding="utf-8")
     env = {"PATH": "/usr/bin:/bin", "TUNEBOX_ASCEND_ROOT": str(root), "TUNEBOX_IMAGE_LABELS": str(labels_file)}
-    return subprocess.run(["sh", str(REPO / "images" / "entrypoint.sh"), "sh", "-c",
+    return subprocess.run([*entrypoint_argv(), "sh", "-c",
                            'echo "${CANN_FROM:-none} ${TUNEBOX_CANN_SET_ENV:-}"'],
                           env=env, capture_output=True, text=True, timeout=30)
 
