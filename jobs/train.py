@@ -170,8 +170,10 @@ def run_mindformers(yaml_path: Path, resume: bool) -> None:
     if cfg.context.device_target == "CPU" and cfg.use_parallel:
         _skip_preload_barrier_on_cpu()
     if resume:
-        cfg.resume_training = True
-        cfg.load_checkpoint = str(Path(cfg.output_dir) / "checkpoint")
+        from tunebox.model.mf_config import resume_settings
+
+        for key, value in resume_settings(cfg).items():
+            cfg[key] = value
     build_context(cfg)
     Trainer(args=cfg).train()
 
