@@ -497,6 +497,55 @@ def test_the_documented_apply_sequences_render_and_validate(heading, tmp_path):
                 validate(doc_)
 
 
+def test_the_ascend_first_run_checklist_runs_as_written(tmp_path):
+    """docs/CONTAINERS.md's "Ascend first run": every step from the image to verify, each with its
+    commands and what success looks like; its renders and its sed run as written and validate, the
+    DryRun Job runs only weights, prep and dryrun, and the helper pod it uses reads the runs claim."""
+    import re
+    import shlex
+    import sys
+    doc = (REPO / "docs" / "CONTAINERS.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Ascend first run"):]
+    section = section[:section.index("\n## ", 5)]
+    steps = re.findall(r"^\*\*(\d)\. ([^*]+)\*\*", section, flags=re.M)
+    assert [int(n) for n, _ in steps] == list(range(1, 9))
+    titles = " ".join(t.lower() for _, t in steps)
+    for word in ("image", "dryrun", "4-card run", "kill", "resume", "evaluate", "bundle", "verify"):
+        assert word in titles
+    bodies = re.split(r"^\*\*\d\. ", section, flags=re.M)[1:]
+    assert all("Success:" in body for body in bodies)
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    assert any("invoke image.build --stack ascend-cann9.0-ms2.9" in l for l in lines)
+    assert any(l.startswith("kubectl -n ml delete pod -l job-name=") for l in lines)          # the kill
+    assert any("python -m jobs.verify /data/runs/stage1-llama3-8b/submission" in l for l in lines)
+    renders = [l for l in lines if l.startswith("python -m jobs.k8s")]
+    assert len(renders) == 1
+    argv = shlex.split(renders[0][len("python -m jobs.k8s"):].replace("$IMAGE", "registry.example.com/t:1"))
+    rendered = tmp_path / Path(argv[argv.index("-o") + 1]).name
+    argv[argv.index("-o") + 1] = str(rendered)
+    done = subprocess.run([sys.executable, "-m", "jobs.k8s", *argv], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    sed = next(l for l in lines if l.startswith("sed 's/value: weights prep"))
+    expression = shlex.split(sed)[1]
+    dry = subprocess.run(["sed", expression, str(rendered)], capture_output=True, text=True, timeout=30)
+    assert dry.returncode == 0
+    docs = [d for d in yaml.safe_load_all(dry.stdout) if d]
+    for d in docs:
+        validate(d)
+    job = next(d for d in docs if d["kind"] == "Job")
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TUNEBOX_STEPS"] == "weights prep dryrun"
+    assert job["spec"]["template"]["spec"]["schedulerName"] == "volcano"      # the MindCluster + Volcano setup
+    assert any(d["kind"] == "PodGroup" for d in docs)
+    reader = yaml.safe_load((REPO / "k8s" / "helpers" / "runs-reader.yaml").read_text())
+    validate(reader)
+    claim = reader["spec"]["volumes"][0]["persistentVolumeClaim"]
+    assert claim["claimName"] == "tunebox-runs" and reader["spec"]["containers"][0]["volumeMounts"][0] == {
+        "name": "runs", "mountPath": "/data", "readOnly": True}
+
+
 def test_manifest_records_a_missing_cann_on_an_ascend_image_only(tmp_path, monkeypatch, caplog):
     from tunebox import manifest as mf
     labels = tmp_path / "image.json"
