@@ -38,12 +38,19 @@ RANK_PROGRAM = ("import sys; from pathlib import Path; from jobs.train import ru
                 "run_mindformers(Path(sys.argv[1]), resume=False)")
 
 
-def rank_commands(spec: RunSpec, yaml_path: Path, base_env: dict) -> list[tuple[int, int, list[str], dict]]:
-    """(rank, stage, argv, env) of each simulated rank: the first rank of every pipeline stage."""
+def rank_commands(spec: RunSpec, yaml_path: Path, output_dir: Path,
+                  base_env: dict) -> list[tuple[int, int, list[str], dict]]:
+    """(rank, stage, argv, env) of each simulated rank: the first rank of every pipeline stage.
+    LOCAL_DEFAULT_PATH is the config's output_dir: MindFormers' build_context puts the strategy files
+    and its logs under that variable's folder before the Trainer reads output_dir (the train job sets
+    it the same way, tunebox.model.mf.setup_device)."""
     topo = topology(spec)
-    return [(rank, stage, [sys.executable, "-c", RANK_PROGRAM, str(yaml_path)],
-             rank_env(base_env, rank, stage, topo.workers))
-            for stage, rank in enumerate(simulated_ranks(topo.workers, topo.pipeline_stage))]
+    commands = []
+    for stage, rank in enumerate(simulated_ranks(topo.workers, topo.pipeline_stage)):
+        env = rank_env(base_env, rank, stage, topo.workers)
+        env["LOCAL_DEFAULT_PATH"] = str(output_dir)
+        commands.append((rank, stage, [sys.executable, "-c", RANK_PROGRAM, str(yaml_path)], env))
+    return commands
 
 
 def render_train_yaml(spec: RunSpec, args) -> dict:
@@ -70,7 +77,7 @@ def main(spec: RunSpec, args) -> None:
     else:
         cfg = dryrun_config(render_train_yaml(spec, args), out / "output", args.strategy_only)
         atomic_write_text(yaml_path, dump(cfg))
-    commands = rank_commands(spec, yaml_path, job_process_env(JOBS_DIR))
+    commands = rank_commands(spec, yaml_path, out / "output", job_process_env(JOBS_DIR))
     if not args.logs:
         running = []
         for rank, stage, argv, env in commands:
@@ -85,7 +92,7 @@ def main(spec: RunSpec, args) -> None:
             log.info("rank %d ended with exit code %d", rank, code)
     report: dict = {"strategy_only": bool(args.strategy_only), "ranks": []}
     if args.strategy_only:
-        strategy = Path((cfg or {}).get("output_dir") or out / "output") / "strategy"
+        strategy = out / "output" / "strategy"
         missing = [r for r, *_ in commands if not (strategy / f"ckpt_strategy_rank_{r}.ckpt").exists()]
         for rank, stage, *_ in commands:
             print(f"rank {rank:>4} (stage {stage}): strategy file "

@@ -50,7 +50,7 @@ def record(used: int, actual: int, ms: int = 59392, device: str = "MOC") -> str:
 def test_one_simulated_rank_per_pipeline_stage_with_mindformers_variables(tmp_path, sets, ranks):
     spec = load_spec(STAGE1, sets)
     base = {"PATH": "/usr/bin", "MS_WORKER_NUM": "8", "MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "x", "KEEP": "1"}
-    commands = rank_commands(spec, tmp_path / "mindformers.yaml", base)
+    commands = rank_commands(spec, tmp_path / "mindformers.yaml", tmp_path / "output", base)
     assert [c[0] for c in commands] == ranks
     for stage, (rank, stage_of, argv, env) in enumerate(commands):
         assert stage_of == stage
@@ -58,6 +58,7 @@ def test_one_simulated_rank_per_pipeline_stage_with_mindformers_variables(tmp_pa
         assert (env["MS_SIMULATION_LEVEL"], env["RANK_SIZE"], env["RANK_ID"], env["DEVICE_ID"], env["GLOG_v"]) == (
             "1", str(spec.train.workers), str(rank), str(stage), "1")
         assert env["KEEP"] == "1" and not {"MS_WORKER_NUM", "MS_ROLE", "MS_SCHED_HOST"} & set(env)
+        assert env["LOCAL_DEFAULT_PATH"] == str(tmp_path / "output")   # where build_context puts the strategy
     assert "from jobs.train import run_mindformers" in RANK_PROGRAM and "resume=False" in RANK_PROGRAM
 
 
@@ -145,3 +146,20 @@ def test_dryrun_refuses_a_cpu_spec():
     done = subprocess.run([sys.executable, "-m", "jobs.dryrun", "--config", str(REPO / "recipes" / "tiny.yaml"),
                            "--logs", "/nonexistent"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "train.device: Ascend" in done.stderr
+
+
+def test_strategy_only_checks_each_stages_strategy_file(tmp_path):
+    runs = tmp_path / "runs"
+    strategy = runs / "stage1-llama3-8b" / "dryrun" / "output" / "strategy"
+    strategy.mkdir(parents=True)
+    (strategy / "ckpt_strategy_rank_0.ckpt").write_bytes(b"s")
+    cmd = [sys.executable, "-m", "jobs.dryrun", "--config", str(STAGE1), "--set", f"runs_dir={runs}",
+           "--strategy-only", "--logs", str(tmp_path)]
+    for ov in PIPELINE:
+        cmd += ["--set", ov]
+    missing = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "rank    2 (stage 1): strategy file MISSING" in missing.stdout
+    (strategy / "ckpt_strategy_rank_2.ckpt").write_bytes(b"s")
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "VERDICT: the topology compiles" in done.stdout
