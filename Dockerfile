@@ -8,7 +8,7 @@
 # it makes BuildKit pull its frontend from a registry. Every FROM is a build arg naming a local image
 # or an earlier stage, so nothing is pulled.
 #
-# Stages: runtime (OS + Python, no compilers) -> builder (makes /opt/venv, installs CANN for Ascend
+# Stages: runtime (OS + Python; compilers only for Ascend stacks, whose CANN compiles operators) -> builder (makes /opt/venv, installs CANN for Ascend
 # stacks) -> final (runtime + the venv + the code, non-root). pip trusts the host's CA bundle,
 # which only the builder's install steps see, as the BuildKit secret `ca` (`--secret id=ca,src=FILE`):
 # it is mounted for those RUNs and written to no layer. `invoke image.build` scans every layer of the

@@ -78,6 +78,18 @@ def mindformers_yaml(c, config=DEFAULT_CONFIG, set=None):
     _job(c, "train", config, set, extra="--render-only")
 
 
+@task(help=dict(_SET_HELP, strategy_only="MindFormers' only_save_strategy: compile, write the strategy files, stop",
+                logs="read rank_<R>.log files from this folder (a recorded DryRun) instead of running"),
+      iterable=["set"])
+def dryrun(c, config=DEFAULT_CONFIG, set=None, strategy_only=False, logs=""):
+    """MindSpore's DryRun before booking cards: each pipeline stage's peak memory vs max_device_memory, and a verdict.
+
+    Runs in the Ascend image or on any host with CANN (a card is optional; not on a CPU-only machine). Needs
+    prep's output and the base model in the cache. docs/CONTAINERS.md, "Ascend first run"."""
+    extra = ("--strategy-only " if strategy_only else "") + (f"--logs {shlex.quote(logs)}" if logs else "")
+    _job(c, "dryrun", config, set, extra=extra.strip())
+
+
 @task(help=_SET_HELP, iterable=["set"])
 def merge(c, config=DEFAULT_CONFIG, set=None):
     """Each LoRA checkpoint -> a full merged MindFormers checkpoint (W + alpha/r * B A)."""

@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # The image's ENTRYPOINT: set up CANN's environment when this image has CANN and the host's NPU
 # driver is mounted, then run the command. On the cpu stack it only execs the command.
 #
@@ -19,8 +19,10 @@ for candidate in ${TUNEBOX_CANN_SET_ENV:-} "$ascend_root/cann/set_env.sh" "$asce
     fi
 done
 if [ -n "$set_env" ]; then
-    # set_env.sh reads unset variables; it must not run under `set -u`.
-    . "$set_env"
+    # set_env.sh is written for bash (Huawei's guides `source` it from bash; dash, Debian's /bin/sh,
+    # stops at bash-only syntax), hence this script's #!/bin/bash. It reads unset variables: no `set -u`.
+    # shellcheck disable=SC1090
+    source "$set_env"
     export TUNEBOX_CANN_SET_ENV="$set_env"
 elif [ -f "$labels" ] && ! grep -q '"tunebox.cann": "none"' "$labels"; then
     echo "tunebox-entrypoint: WARNING: this is an Ascend image but no CANN set_env.sh was found" \

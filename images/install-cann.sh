@@ -10,6 +10,21 @@ set -eu
 
 STAGE=/opt/stack-root
 PACKAGES=/build/stack/packages
+ASCEND_ROOT=${TUNEBOX_ASCEND_ROOT:-/usr/local/Ascend}
+
+installed_version() {
+    # The toolkit's install record: CANN >= 8.5 under cann/<arch>-linux/ (hiascend.com, CANN 8.5.0
+    # installation guide, "File Paths"), earlier CANN under ascend-toolkit/latest/<arch>-linux/.
+    cat "$ASCEND_ROOT"/cann/*-linux/ascend_toolkit_install.info \
+        "$ASCEND_ROOT"/ascend-toolkit/latest/*-linux/ascend_toolkit_install.info 2>/dev/null \
+        | sed -n 's/^version=//p' | head -1
+}
+
+if [ "${1:-}" = version ]; then
+    # `install-cann.sh version`: what is installed under $TUNEBOX_ASCEND_ROOT (tests/test_images.py).
+    installed_version
+    exit 0
+fi
 mkdir -p "$STAGE"
 
 if [ "${CANN_VERSION:-none}" = none ]; then
@@ -53,6 +68,13 @@ mkdir -p "$STAGE/usr/local" "$STAGE/etc"
 cp -a /usr/local/Ascend "$STAGE/usr/local/"
 [ -d /etc/Ascend ] && cp -a /etc/Ascend "$STAGE/etc/"
 # Install logs name the build host's paths and are of no use at run time.
-rm -rf "$STAGE/usr/local/Ascend/ascend-toolkit/latest/"*/ascend_install.log 2>/dev/null || true
-installed=$(cat /usr/local/Ascend/ascend-toolkit/latest/*-linux/ascend_toolkit_install.info 2>/dev/null | sed -n 's/^version=//p' | head -1)
+rm -rf "$STAGE/usr/local/Ascend/ascend-toolkit/latest/"*/ascend_install.log \
+       "$STAGE/usr/local/Ascend/cann/"*/ascend_install.log 2>/dev/null || true
+installed=$(installed_version)
+if [ -z "$installed" ]; then
+    echo "install-cann: WARNING: no ascend_toolkit_install.info under $ASCEND_ROOT/cann/*-linux/ or" \
+         "$ASCEND_ROOT/ascend-toolkit/latest/*-linux/ after installing $(basename "$toolkit")" >&2
+elif [ "$installed" != "$CANN_VERSION" ]; then
+    echo "install-cann: WARNING: the toolkit says version=$installed, the stack's CANN_VERSION is $CANN_VERSION" >&2
+fi
 echo "install-cann: CANN toolkit ${installed:-?} staged under $STAGE/usr/local/Ascend"

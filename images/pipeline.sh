@@ -15,7 +15,9 @@
 # - A plain Indexed Job (k8s/overlays/multi-node): MS_WORKER_NUM, MS_SCHED_HOST (pod 0's DNS name),
 #   MS_SCHED_PORT and JOB_COMPLETION_INDEX; TUNEBOX_LOCAL_WORKERS workers per pod. Pod 0 runs every
 #   step and hosts msrun's scheduler; the other pods only join the train step.
-# Either way msrun waits up to TUNEBOX_CLUSTER_TIMEOUT seconds for the cluster to form.
+# Either way every rank (train_worker.py) first waits for prep's manifest, up to cluster.prep_timeout
+# seconds (TUNEBOX_PREP_TIMEOUT overrides), then msrun waits up to TUNEBOX_CLUSTER_TIMEOUT seconds for
+# the cluster to form.
 set -u
 
 steps=${TUNEBOX_STEPS:-weights prep train merge evaluate bundle}
@@ -55,22 +57,12 @@ wait_for_dns() {
 
 run_scheduler() {
     # MindSpore's scheduler process: the train entry with MS_ROLE=MS_SCHED, as msrun starts it.
-    # It reads prep's output, which Worker 0 writes: wait for prep's manifest (written last).
-    prep_dir=$(job_dir prep "$@") || return 2
+    # Like every rank, it first waits for prep's manifest (Worker 0 runs prep), up to
+    # cluster.prep_timeout / TUNEBOX_PREP_TIMEOUT (jobs/train.py, wait_for_prep).
     train_dir=$(job_dir train "$@") || return 2
-    waited=0
-    until [ -f "$prep_dir/manifest.json" ]; do
-        if [ "$waited" -ge "$timeout" ]; then
-            echo "pipeline: prep did not finish within ${timeout}s (no $prep_dir/manifest.json)" >&2
-            return 1
-        fi
-        echo "pipeline: scheduler waiting for prep ($prep_dir/manifest.json)"
-        sleep 10
-        waited=$((waited + 10))
-    done
     mkdir -p "$train_dir/msrun"
     log="$train_dir/msrun/scheduler.log"
-    echo "pipeline: scheduler for $MS_WORKER_NUM workers on port ${MS_SCHED_PORT:-}; log $log"
+    echo "pipeline: scheduler for $MS_WORKER_NUM workers on port ${MS_SCHED_PORT:-}, once prep is done; log $log"
     python /app/jobs/train_worker.py "$@" --set "train.workers=$MS_WORKER_NUM" >"$log" 2>&1
     code=$?
     tail -n 50 "$log"

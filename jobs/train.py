@@ -170,8 +170,10 @@ def run_mindformers(yaml_path: Path, resume: bool) -> None:
     if cfg.context.device_target == "CPU" and cfg.use_parallel:
         _skip_preload_barrier_on_cpu()
     if resume:
-        cfg.resume_training = True
-        cfg.load_checkpoint = str(Path(cfg.output_dir) / "checkpoint")
+        from tunebox.model.mf_config import resume_settings
+
+        for key, value in resume_settings(cfg).items():
+            cfg[key] = value
     build_context(cfg)
     Trainer(args=cfg).train()
 
@@ -222,6 +224,25 @@ def launch_msrun(spec: RunSpec, args) -> int:
 
 def in_cluster() -> bool:
     return "MS_WORKER_NUM" in os.environ or "MS_ROLE" in os.environ
+
+
+def wait_for_prep(spec: RunSpec, poll_s: float = 2.0) -> None:
+    """A rank of a multi-node run may start before the first node has run weights and prep: wait for
+    prep's manifest (written last) up to cluster.prep_timeout seconds (TUNEBOX_PREP_TIMEOUT overrides),
+    a timeout of its own, before anything reads prep's output or joins the cluster."""
+    manifest = spec.run_dir / layout.manifest("prep")
+    timeout = float(os.environ.get("TUNEBOX_PREP_TIMEOUT") or spec.cluster.prep_timeout)
+    started, last_said = time.monotonic(), None
+    while not manifest.exists():
+        waited = time.monotonic() - started
+        if waited >= timeout:
+            raise RuntimeError(f"prep did not finish within {timeout:g} s: no {manifest}. The first node runs weights "
+                               f"and prep (see its log); raise cluster.prep_timeout or TUNEBOX_PREP_TIMEOUT when "
+                               f"the base model's download takes longer")
+        if last_said is None or time.monotonic() - last_said >= 60:
+            print(f"train: rank waiting for prep ({manifest}), {waited:.0f} of {timeout:g} s", flush=True)
+            last_said = time.monotonic()
+        time.sleep(poll_s)
 
 
 # ---- the job -------------------------------------------------------------------------------
@@ -342,6 +363,7 @@ def worker_main(spec: RunSpec, args) -> None:
     from tunebox.model.mf import setup_device
 
     out = spec.job_dir("train")
+    wait_for_prep(spec)
     setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
     prepared = prepare(spec, write=False)
     if spec.train.packing and not (out / "packed.mindrecord").exists():

@@ -85,7 +85,7 @@ def test_every_render_passes_offline_schema_validation(overlay):
         for doc in kind_docs:
             validate(doc)
     assert ("AscendJob" in kinds) == (overlay == "ascend-job")
-    assert ("PodGroup" in kinds) == (overlay == "multi-node")
+    assert ("PodGroup" in kinds) == (overlay in ("ascend-4card", "multi-node"))
 
 
 def test_custom_kind_schemas_refuse_misspelt_and_mistyped_fields():
@@ -119,15 +119,40 @@ def test_npu_pods_mount_the_host_driver_and_tools_at_huaweis_paths(overlay):
         container = pod["containers"][0]
         host_volumes = {v["name"]: v["hostPath"] for v in pod["volumes"] if "hostPath" in v}
         mounts = {m["name"]: m for m in container["volumeMounts"]}
-        if role == "Scheduler":                   # no NPU in the scheduler's pod: nothing of the host
-            assert host_volumes == {}
-            continue
+        # The AscendJob's Scheduler holds no NPU but runs train_worker.py with device_target Ascend:
+        # MindSpore's Ascend plugin loads CANN, which needs the driver's libraries. Huawei's multi-node
+        # sample mounts the driver into its Scheduler too (mindspore_multinodes_acjob_910b.yaml).
         assert host_volumes == {h.name: {"path": h.path, "type": h.kind} for h in ascend.HOST_PATHS}
         for h in ascend.HOST_PATHS:
             assert mounts[h.name]["mountPath"] == h.path and mounts[h.name]["readOnly"] is True
         paths = {v["path"] for v in host_volumes.values()}
         assert "/usr/local/sbin/npu-smi" in paths and "/usr/local/dcmi" in paths
         assert "/usr/local/bin/npu-smi" not in paths
+
+
+def test_ascend_4card_is_placed_by_volcano_with_a_podgroup():
+    """The Volcano build of Huawei's device plugin (-volcanoType=true) takes a partial node's cards
+    from the pod annotation Volcano writes, and fails the allocation of a pod Volcano did not place
+    (mind-cluster, component/ascend-device-plugin/pkg/server/plugin.go, Allocate -> useVolcano ->
+    doWithVolcanoSchedule: "not get valid pod"). 4 of 8 cards is a partial node."""
+    docs = docs_of("ascend-4card")
+    job, group = docs["Job"][0], docs["PodGroup"][0]
+    template = job["spec"]["template"]
+    validate(group)
+    assert template["spec"]["schedulerName"] == "volcano"
+    assert template["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == group["metadata"]["name"]
+    assert group["metadata"]["name"] == job["metadata"]["name"] == "tunebox-tiny"
+    assert group["spec"]["minMember"] == 1 and group["spec"]["queue"] == "default"
+    env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+    # What ascend-docker-runtime reads under Volcano's whole-card scheduling (Huawei's standalone sample)
+    assert env["ASCEND_VISIBLE_DEVICES"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['huawei.com/Ascend910']"
+    plain = docs_of("ascend-4card", ["cluster.gang_scheduler=none"])
+    assert "PodGroup" not in plain
+    template = plain["Job"][0]["spec"]["template"]
+    assert "schedulerName" not in template["spec"]
+    assert "scheduling.k8s.io/group-name" not in template["metadata"].get("annotations", {})
+    assert "ASCEND_VISIBLE_DEVICES" not in {e["name"] for e in template["spec"]["containers"][0]["env"]}
 
 
 def test_cpu_pods_get_nothing_of_ascend():
@@ -329,7 +354,7 @@ def test_operator_other_workers_only_train_without_an_indexed_job(tmp_path):
     assert "--node_rank=1 " in calls[1] and "--local_worker_num=8 " in calls[1]
 
 
-def test_operator_scheduler_waits_for_prep_then_runs_the_scheduler_process(tmp_path):
+def test_operator_scheduler_runs_the_scheduler_process(tmp_path):
     env = {**OPERATOR, "MS_ROLE": "MS_SCHED", "MS_NODE_RANK": "0"}
     done, calls, runs = run_pipeline(tmp_path, env)
     assert done.returncode == 0, done.stderr
@@ -339,25 +364,33 @@ def test_operator_scheduler_waits_for_prep_then_runs_the_scheduler_process(tmp_p
     assert run[0].endswith("MS_ROLE=MS_SCHED MS_WORKER_NUM=16")   # MindSpore's scheduler role, kept
     assert not any("-m jobs." in c for c in calls)                 # no prep, merge ... in the scheduler pod
     assert (runs / "train" / "msrun" / "scheduler.log").exists()
-
-    (runs / "prep" / "manifest.json").unlink()
-    waited, calls, _ = run_pipeline(tmp_path, {**env, "TUNEBOX_CLUSTER_TIMEOUT": "0"}, prep_done=False)
-    assert waited.returncode == 1 and "prep did not finish" in waited.stderr
-    assert not any("train_worker.py" in c for c in calls)
+    # The wait for prep is train_worker.py's, as on every rank (tests/test_cluster_prep_wait.py)
 
 
 # ---- CANN's environment in either place ------------------------------------------------------
+
+# CANN's set_env.sh is written for bash (Huawei's guides `source` it from bash): the stand-in uses
+# bash-only syntax, which dash, Debian's /bin/sh, refuses ("Bad substitution").
+SET_ENV = 'here=$(dirname "${{BASH_SOURCE[0]}}")\n[[ -d "$here" ]] && export CANN_FROM={cann}\n'
+
+
+def entrypoint_argv() -> list[str]:
+    """How the image's ENTRYPOINT runs images/entrypoint.sh: through its #! line."""
+    first = (REPO / "images" / "entrypoint.sh").read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("#!")
+    return [*first[2:].split(), str(REPO / "images" / "entrypoint.sh")]
+
 
 def run_entrypoint(tmp_path, cann: str | None, labels: dict | None):
     root = tmp_path / "Ascend"
     if cann:
         (root / cann).mkdir(parents=True)
-        (root / cann / "set_env.sh").write_text(f"export CANN_FROM={cann}\n", encoding="utf-8")
+        (root / cann / "set_env.sh").write_text(SET_ENV.format(cann=cann), encoding="utf-8")
     labels_file = tmp_path / "image.json"
     if labels is not None:
         labels_file.write_text(json.dumps(labels, indent=1, sort_keys=True), encoding="utf-8")
     env = {"PATH": "/usr/bin:/bin", "TUNEBOX_ASCEND_ROOT": str(root), "TUNEBOX_IMAGE_LABELS": str(labels_file)}
-    return subprocess.run(["sh", str(REPO / "images" / "entrypoint.sh"), "sh", "-c",
+    return subprocess.run([*entrypoint_argv(), "sh", "-c",
                            'echo "${CANN_FROM:-none} ${TUNEBOX_CANN_SET_ENV:-}"'],
                           env=env, capture_output=True, text=True, timeout=30)
 
@@ -475,6 +508,55 @@ def test_the_documented_apply_sequences_render_and_validate(heading, tmp_path):
         for doc_ in yaml.safe_load_all(text):
             if doc_:
                 validate(doc_)
+
+
+def test_the_ascend_first_run_checklist_runs_as_written(tmp_path):
+    """docs/CONTAINERS.md's "Ascend first run": every step from the image to verify, each with its
+    commands and what success looks like; its renders and its sed run as written and validate, the
+    DryRun Job runs only weights, prep and dryrun, and the helper pod it uses reads the runs claim."""
+    import re
+    import shlex
+    import sys
+    doc = (REPO / "docs" / "CONTAINERS.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Ascend first run"):]
+    section = section[:section.index("\n## ", 5)]
+    steps = re.findall(r"^\*\*(\d)\. ([^*]+)\*\*", section, flags=re.M)
+    assert [int(n) for n, _ in steps] == list(range(1, 9))
+    titles = " ".join(t.lower() for _, t in steps)
+    for word in ("image", "dryrun", "4-card run", "kill", "resume", "evaluate", "bundle", "verify"):
+        assert word in titles
+    bodies = re.split(r"^\*\*\d\. ", section, flags=re.M)[1:]
+    assert all("Success:" in body for body in bodies)
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    assert any("invoke image.build --stack ascend-cann9.0-ms2.9" in l for l in lines)
+    assert any(l.startswith("kubectl -n ml delete pod -l job-name=") for l in lines)          # the kill
+    assert any("python -m jobs.verify /data/runs/stage1-llama3-8b/submission" in l for l in lines)
+    renders = [l for l in lines if l.startswith("python -m jobs.k8s")]
+    assert len(renders) == 1
+    argv = shlex.split(renders[0][len("python -m jobs.k8s"):].replace("$IMAGE", "registry.example.com/t:1"))
+    rendered = tmp_path / Path(argv[argv.index("-o") + 1]).name
+    argv[argv.index("-o") + 1] = str(rendered)
+    done = subprocess.run([sys.executable, "-m", "jobs.k8s", *argv], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    sed = next(l for l in lines if l.startswith("sed 's/value: weights prep"))
+    expression = shlex.split(sed)[1]
+    dry = subprocess.run(["sed", expression, str(rendered)], capture_output=True, text=True, timeout=30)
+    assert dry.returncode == 0
+    docs = [d for d in yaml.safe_load_all(dry.stdout) if d]
+    for d in docs:
+        validate(d)
+    job = next(d for d in docs if d["kind"] == "Job")
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TUNEBOX_STEPS"] == "weights prep dryrun"
+    assert job["spec"]["template"]["spec"]["schedulerName"] == "volcano"      # the MindCluster + Volcano setup
+    assert any(d["kind"] == "PodGroup" for d in docs)
+    reader = yaml.safe_load((REPO / "k8s" / "helpers" / "runs-reader.yaml").read_text())
+    validate(reader)
+    claim = reader["spec"]["volumes"][0]["persistentVolumeClaim"]
+    assert claim["claimName"] == "tunebox-runs" and reader["spec"]["containers"][0]["volumeMounts"][0] == {
+        "name": "runs", "mountPath": "/data", "readOnly": True}
 
 
 def test_manifest_records_a_missing_cann_on_an_ascend_image_only(tmp_path, monkeypatch, caplog):

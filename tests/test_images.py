@@ -122,6 +122,51 @@ def test_dockerfile_keeps_the_rules_for_stack(name):
     assert final_user == "10001:10001"
 
 
+def _final_apt_packages(name: str) -> set[str]:
+    """The packages `apt-get install` puts into the final image's stages (final and what it is built on)."""
+    import shlex
+
+    parsed, _ = ib.lint_stack(ib.load_stack(name))
+    packages: set[str] = set()
+    for stage in parsed.final.lineage():
+        for ins in stage.instructions:
+            if ins.keyword == "RUN" and "apt-get install" in ins.resolved:
+                for command in ins.resolved.split("&&"):
+                    words = shlex.split(command.replace("\\\n", " "))
+                    if words[:2] == ["apt-get", "install"]:
+                        packages |= {w for w in words[2:] if not w.startswith("-")}
+    return packages
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_ascend_images_can_compile_operators_at_training_time(name):
+    """CANN compiles operators while training (TBE/AscendC kernels on first use); its install guide
+    lists gcc >= 7.3 (and g++) as a dependency (hiascend.com, CANN installation guide, "Installing
+    Dependencies"). The compiler must be in the final image, not only the builder."""
+    cann = ib.load_stack(name).build_args.get("CANN_VERSION", "none")
+    packages = _final_apt_packages(name)
+    assert "python3" in " ".join(packages)           # the parse found the runtime's install line
+    if cann == "none":
+        assert not {"gcc", "g++"} & packages         # the cpu image stays without compilers
+    else:
+        assert {"gcc", "g++"} <= packages
+
+
+@pytest.mark.parametrize("where, version", [("cann/aarch64-linux", "8.5.0"),
+                                            ("ascend-toolkit/latest/x86_64-linux", "8.0.RC2")])
+def test_install_cann_reads_the_toolkit_version_from_either_layout(tmp_path, where, version):
+    """CANN >= 8.5 writes its install record under cann/<arch>-linux/, earlier CANN under
+    ascend-toolkit/latest/<arch>-linux/ (hiascend.com, CANN 8.5.0 installation guide, "File Paths")."""
+    info = tmp_path / "Ascend" / where / "ascend_toolkit_install.info"
+    info.parent.mkdir(parents=True)
+    info.write_text(f"package_name=Ascend-cann-toolkit\nversion={version}\narch=aarch64\n", encoding="utf-8")
+    done = subprocess.run(["sh", str(REPO / "images" / "install-cann.sh"), "version"], capture_output=True,
+                          text=True, timeout=30, env={"PATH": "/usr/bin:/bin",
+                                                      "TUNEBOX_ASCEND_ROOT": str(tmp_path / "Ascend")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == version
+
+
 BROKEN = {
     "syntax line": (lambda t: "# syntax=docker/dockerfile:1\n" + t, "syntax"),
     "registry FROM": (lambda t: t.replace("FROM ${BASE_IMAGE} AS runtime", "FROM debian:bookworm AS runtime"),

@@ -224,10 +224,17 @@ class ClusterSection:
     cards_per_node: int = 8
     """NPUs per pod of the ascend-job overlay (ascend-4card and multi-node use 4)."""
     gang_scheduler: Literal["volcano", "none"] = "volcano"
-    """multi-node overlay: volcano puts the pods in a PodGroup (all start or none); none: the default scheduler."""
+    """ascend-4card and multi-node overlays: volcano places the pods through a PodGroup (all start or none; the
+    Volcano build of Huawei's device plugin takes a partial node's cards only from a pod Volcano placed);
+    none: the default scheduler, no PodGroup (a device plugin without -volcanoType)."""
     hccl_connect_timeout: int = 1200
     """HCCL_CONNECT_TIMEOUT seconds, [120, 7200] (CANN's default 120 is short when nodes start
     minutes apart: image pull, prep on node 0)."""
+    prep_timeout: int = 10800
+    """Seconds every rank of a multi-node run waits for prep's manifest (the first node runs weights
+    and prep while the others have started) before train reads prep's output; TUNEBOX_PREP_TIMEOUT
+    overrides it. Its own timeout, longer than hccl_connect_timeout and the cluster's
+    (TUNEBOX_CLUSTER_TIMEOUT): those only start counting once prep is there."""
     hccl_exec_timeout: Optional[int] = None
     """HCCL_EXEC_TIMEOUT seconds; null: CANN's default."""
     hccl_buffsize: int = 200
@@ -442,6 +449,10 @@ def _validate(spec: RunSpec, path: str, lines_of) -> None:
         bad("train.dtype must be float32 on CPU (MindSpore's CPU kernels need it)", "train.dtype")
     if not 120 <= spec.cluster.hccl_connect_timeout <= 7200:
         bad("cluster.hccl_connect_timeout must be in [120, 7200] seconds (CANN's range)", "cluster.hccl_connect_timeout")
+    if spec.cluster.prep_timeout <= spec.cluster.hccl_connect_timeout:
+        bad(f"cluster.prep_timeout ({spec.cluster.prep_timeout} s) must be longer than cluster.hccl_connect_timeout "
+            f"({spec.cluster.hccl_connect_timeout} s): the ranks wait for prep before HCCL starts counting",
+            "cluster.prep_timeout")
     if spec.cluster.cards_per_node < 1:
         bad("cluster.cards_per_node must be >= 1", "cluster.cards_per_node")
     if spec.cluster.disk_gib is not None and spec.cluster.disk_gib < 1:

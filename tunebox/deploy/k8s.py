@@ -283,18 +283,17 @@ def _ptr(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def ascend_pod_ops(plan: RenderPlan, template_path: str, container: int, npu_pod: bool) -> list[dict]:
+def ascend_pod_ops(plan: RenderPlan, template_path: str, container: int) -> list[dict]:
     """JSON patch operations that make a pod template an Ascend pod: the card generation's node
-    selector, the HCCL settings and, where the pod holds NPUs, the host's driver and tools."""
+    selector, the HCCL settings and the host's driver and tools."""
     cluster = plan.spec.cluster
     pod = f"{template_path}/spec"
     ops: list[dict] = [{"op": "add", "path": f"{pod}/nodeSelector", "value": ascend.node_selector(cluster)}]
     for name, value in ascend.hccl_env(cluster):
         ops.append({"op": "add", "path": f"{pod}/containers/{container}/env/-", "value": {"name": name, "value": value}})
-    if npu_pod:
-        volumes, mounts = ascend.pod_volumes()
-        ops += [{"op": "add", "path": f"{pod}/volumes/-", "value": v} for v in volumes]
-        ops += [{"op": "add", "path": f"{pod}/containers/{container}/volumeMounts/-", "value": m} for m in mounts]
+    volumes, mounts = ascend.pod_volumes()
+    ops += [{"op": "add", "path": f"{pod}/volumes/-", "value": v} for v in volumes]
+    ops += [{"op": "add", "path": f"{pod}/containers/{container}/volumeMounts/-", "value": m} for m in mounts]
     return ops
 
 
@@ -322,7 +321,9 @@ def run_kustomization(plan: RenderPlan, root: Path, namespace: Optional[str] = N
         for path in template_paths(ASCEND_JOB):
             ops += [{"op": "replace", "path": f"{path}/spec/containers/0/args", "value": plan.args},
                     {"op": "add", "path": f"{path}/spec/containers/0/env/-", "value": image_env}]
-            ops += ascend_pod_ops(plan, path, 0, npu_pod=path.endswith("/Worker/template"))
+            # The Scheduler too: it holds no NPU, but its train_worker.py loads MindSpore's Ascend plugin and
+            # CANN, which need the driver's libraries (Huawei's multi-node sample mounts them in its Scheduler).
+            ops += ascend_pod_ops(plan, path, 0)
         patches.append(_json_patch(ASCEND_JOB, JOB_NAME, ops))
     else:
         container: dict = {"name": CONTAINER_NAME, "args": plan.args, "env": [image_env]}
@@ -334,21 +335,27 @@ def run_kustomization(plan: RenderPlan, root: Path, namespace: Optional[str] = N
         elif spec.train.device == "CPU":
             # msrun on CPU: one core per worker, and never less than the base's 2.
             container["resources"] = {"requests": {"cpu": str(max(2, plan.workers))}}
-        if plan.indexed and spec.cluster.gang_scheduler == "volcano":
+        # Ascend Jobs (ascend-4card, multi-node) are placed by Volcano in a PodGroup (k8s/overlays/ascend-4card/
+        # podgroup.yaml says why); cluster.gang_scheduler: none leaves Volcano out.
+        volcano = on_ascend and spec.cluster.gang_scheduler == "volcano"
+        if volcano:
             template["metadata"] = {"annotations": {"scheduling.k8s.io/group-name": plan.job_name}}
+            # ascend-docker-runtime reads the cards Volcano chose (Huawei's standalone AscendJob sample)
+            container["env"].append({"name": "ASCEND_VISIBLE_DEVICES", "valueFrom": {"fieldRef": {
+                "fieldPath": f"metadata.annotations['{NPU_RESOURCE}']"}}})
             patches.append(_json_patch("PodGroup", JOB_NAME,
                                        [{"op": "replace", "path": "/spec/minMember", "value": plan.nodes}]))
-        elif plan.indexed:
+        elif on_ascend:
             patches.append({"patch": yaml.safe_dump({"$patch": "delete", "apiVersion": "scheduling.volcano.sh/v1beta1",
                                                      "kind": "PodGroup", "metadata": {"name": JOB_NAME}})})
         patch = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": JOB_NAME}, "spec": job_spec}
         patches.append({"target": {"kind": "Job", "name": JOB_NAME}, "patch": yaml.safe_dump(patch, sort_keys=False)})
-        if plan.indexed and spec.cluster.gang_scheduler != "volcano":
+        if on_ascend and not volcano:
             patches.append(_json_patch("Job", JOB_NAME, [
                 {"op": "remove", "path": "/spec/template/spec/schedulerName"},
                 {"op": "remove", "path": f"/spec/template/metadata/annotations/{_ptr('scheduling.k8s.io/group-name')}"}]))
         if on_ascend:
-            patches.append(_json_patch("Job", JOB_NAME, ascend_pod_ops(plan, "/spec/template", 0, npu_pod=True)))
+            patches.append(_json_patch("Job", JOB_NAME, ascend_pod_ops(plan, "/spec/template", 0)))
     # The runs claim holds the model cache and every checkpoint: sized from the spec (invoke plan).
     disk = spec.cluster.disk_gib or estimate_disk(spec).gib
     patches.append(_json_patch("PersistentVolumeClaim", RUNS_CLAIM, [

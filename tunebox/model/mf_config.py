@@ -172,6 +172,29 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
     }
 
 
+def resume_settings(config) -> dict:
+    """The keys that turn a rendered finetune config into the resume of its own run, from the full
+    checkpoints CheckpointMonitor wrote under output_dir/checkpoint/rank_N/ (`config`: the rendered
+    dict or MindFormers' MindFormerConfig of it).
+
+    Under model or pipeline parallel those are per-rank slices. MindFormers refuses to transform
+    sliced checkpoints without their strategy (tools/ckpt_transform/transform_checkpoint.py,
+    check_src_checkpoint_and_strategy). A resume keeps the topology (train_hash refuses a change), so
+    it transforms nothing: auto_trans_ckpt off, and each rank loads its own rank_N slice
+    (trainer/utils.py, get_load_checkpoint_result -> load_distributed_checkpoint). The source strategy
+    is handed over all the same (the folder MindFormers writes ckpt_strategy_rank_N.ckpt to; with a
+    pipeline the folder, which MindFormers merges, else any rank's file, as TransformCkpt's docstring
+    asks), so the resume config still passes if a user turns auto_trans_ckpt on to change the card count."""
+    out = Path(config["output_dir"])
+    settings = {"resume_training": True, "load_checkpoint": str(out / "checkpoint")}
+    if config["parallel"]["parallel_mode"] != 0:
+        strategy = out / "strategy"
+        settings["auto_trans_ckpt"] = False
+        settings["src_strategy_path_or_dir"] = str(
+            strategy if config["parallel_config"]["pipeline_stage"] > 1 else strategy / "ckpt_strategy_rank_0.ckpt")
+    return settings
+
+
 def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_tokens: int,
                           seq_length: Optional[int] = None) -> dict:
     """MindFormers' predict config for a merged (plain LlamaForCausalLM) checkpoint, with the
