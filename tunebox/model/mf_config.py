@@ -84,7 +84,14 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
                     "checkpoint_name_or_path": "",
                     "pet_config": {"pet_type": "lora", "lora_rank": lora.rank, "lora_alpha": lora.alpha,
                                    "lora_dropout": lora.dropout,
-                                   "target_modules": mindformers_target_regex(lora.target_modules)}}
+                                   "target_modules": mindformers_target_regex(lora.target_modules),
+                                   # float32 LoRA matrices in a bf16/fp16 network (mindpet's LoRADense casts
+                                   # them to the layer's compute dtype in the forward pass): the optimizer's
+                                   # moments are created like the parameters, so they stay float32, as the
+                                   # contest's FP32StateAdamWeightDecay kept them. Without the key the
+                                   # adapter inherits the layer's param_init_type (mindformers/pet/tuners/
+                                   # lora_adapter.py get_dtype).
+                                   "param_init_type": "float32"}}
     if cpu:
         # MindFormers turns on lazy_inline (cell reuse) outside stand-alone mode; MindSpore's CPU
         # data-parallel graph split cannot run a reused cell ("Input[0] must be a Primitive ValueNode")
