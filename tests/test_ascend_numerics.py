@@ -81,3 +81,27 @@ def test_lora_parameters_are_float32_in_the_ascend_dtype_network(recipe, tmp_pat
                                                                   "learning_rate": 1e-5})
     moments = {str(m.dtype) for m in list(optimizer.moments1) + list(optimizer.moments2)}
     assert moments == {"Float32"}, moments
+
+
+# ---- 2.2: stage 2 trains in fp16 with the contest's dynamic loss scale -------------------------
+
+@pytest.mark.parametrize("recipe", ASCEND_RECIPES)
+def test_fp16_training_gets_the_contests_dynamic_loss_scale(recipe, tmp_path, mf_cwd):
+    """The runner_wrapper's scale_sense as MindFormers' build_wrapper builds it: in fp16 the contest's
+    stage-2 DynamicLossScaleUpdateCell (loss_scale_value 16384, scale_factor 2, scale_window 1000; the
+    second-phase teams' finetune_internlm_7b_lora_mmlu_64G.yaml, mindspore-courses/competition commit
+    3ad8f5571cd3be6295e48757ae673b5fff7ac819), in bf16 the stage-1 configs' fixed 1.0 (bf16 has fp32's
+    exponent range: nothing to scale)."""
+    from mindspore.nn import DynamicLossScaleUpdateCell
+    from mindformers.wrapper import build_wrapper
+
+    spec, _, cfg = rendered(recipe, tmp_path)
+    mf = mindformers_config(cfg, tmp_path)
+    sense = mf.runner_wrapper.scale_sense
+    if spec.train.dtype == "float16":
+        cell = build_wrapper(sense)
+        assert isinstance(cell, DynamicLossScaleUpdateCell)
+        assert float(cell.get_loss_scale()) == 16384.0
+        assert (float(cell.scale_factor.asnumpy()), int(cell.scale_window.asnumpy())) == (2.0, 1000)
+    else:
+        assert sense == 1.0

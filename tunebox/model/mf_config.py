@@ -112,7 +112,12 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
                "repeat": 1, "numa_enable": False, "prefetch_size": 1}
 
     wrapper = _registered("TuneboxTrainOneStepCell") if cpu else {"type": "MFTrainOneStepCell"}
-    wrapper.update({"scale_sense": 1.0, "use_clip_grad": t.max_grad_norm > 0,
+    # fp16 (stage 2) needs loss scaling against gradient underflow: the contest's stage-2 configs'
+    # dynamic scale (second-phase/*/finetune_internlm_7b_lora_mmlu_64G.yaml, mindspore-courses/competition
+    # 3ad8f55). bf16 has float32's exponent range: the stage-1 configs' fixed 1.0.
+    scale_sense = ({"type": "DynamicLossScaleUpdateCell", "loss_scale_value": 16384, "scale_factor": 2,
+                    "scale_window": 1000} if t.dtype == "float16" else 1.0)
+    wrapper.update({"scale_sense": scale_sense, "use_clip_grad": t.max_grad_norm > 0,
                     "max_grad_norm": float(t.max_grad_norm or 1.0)})
     parallel_mode = 0 if topo.model_parallel == 1 and topo.pipeline_stage == 1 else 1
     parallel = {"parallel_mode": parallel_mode, "gradients_mean": parallel_mode == 0,
