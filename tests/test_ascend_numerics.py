@@ -105,3 +105,150 @@ def test_fp16_training_gets_the_contests_dynamic_loss_scale(recipe, tmp_path, mf
         assert (float(cell.scale_factor.asnumpy()), int(cell.scale_window.asnumpy())) == (2.0, 1000)
     else:
         assert sense == 1.0
+
+
+# ---- 1.1: the predicting network loads the base and every merged checkpoint, strictly ----------
+
+def tiny_model(spec):
+    from tunebox.model.registry import get_model_spec, with_overrides
+
+    return with_overrides(get_model_spec(spec.model.name), **TINY_DIMS)
+
+
+def tiny_base_and_lora(mspec, spec, folder: Path) -> tuple[Path, Path]:
+    """A float32 base checkpoint (what tunebox's converter writes) and a float32 LoRA checkpoint (what
+    MindFormers' trainer saves with pet_config.param_init_type float32) at tiny widths."""
+    from tunebox.model.checkpoint import save_checkpoint_numpy
+    from tunebox.model.registry import lora_targets
+
+    rng = np.random.default_rng(0)
+    base = {name: (np.ones(shape, np.float32) + rng.normal(0, 0.1, shape).astype(np.float32) if "norm" in name
+                   else rng.normal(0, 0.05, shape).astype(np.float32))
+            for name, shape in mspec.parameter_shapes().items()}
+    lora = {}
+    for i in range(mspec.num_layers):
+        for name in lora_targets(spec.lora.target_modules):
+            out, inp = mspec.linear_shapes()[name]
+            prefix = f"model.layers.{i}.attention.{name}"
+            lora[f"{prefix}.mindpet_delta_lora_a"] = rng.normal(0, 0.05, (spec.lora.rank, inp)).astype(np.float32)
+            lora[f"{prefix}.mindpet_delta_lora_b"] = rng.normal(0, 0.05, (out, spec.lora.rank)).astype(np.float32)
+    save_checkpoint_numpy(folder / "base.ckpt", base)
+    save_checkpoint_numpy(folder / "lora.ckpt", lora)
+    return folder / "base.ckpt", folder / "lora.ckpt"
+
+
+def merged_by_the_merge_job(spec, lora_ckpt: Path) -> Path:
+    """jobs.merge on a train index naming one LoRA checkpoint: the merged model.ckpt it writes."""
+    import json
+
+    from jobs.merge import merge
+    from tunebox import layout
+
+    train_dir = spec.job_dir("train")
+    (train_dir / "checkpoints").mkdir(parents=True)
+    (spec.run_dir / layout.TRAIN_INDEX).write_text(json.dumps(
+        {"planned": [10], "checkpoints": [{"step": 10, "epoch": 1, "loss": 1.0, "file": str(lora_ckpt)}]}))
+    out = merge(spec)
+    return out / "step-000010" / "model.ckpt"
+
+
+def runner_on_cpu(monkeypatch, mspec, ckpt: Path, spec):
+    """MindFormersRunner as evaluate builds it on Ascend (the spec's dtypes, use_past, its load path),
+    with only the device set to CPU: the one thing that cannot run here."""
+    from tunebox.evaluation.runners import MindFormersRunner
+    from tunebox.model import mf
+
+    real_setup = mf.setup_device
+    monkeypatch.setattr(mf, "setup_device", lambda device, mode, **kw: real_setup("CPU", "pynative", **kw))
+    return MindFormersRunner(mspec, ckpt, spec, seq_length=32)
+
+
+def bf16_or_fp16_of(values: np.ndarray, dtype) -> np.ndarray:
+    """MindSpore's own cast (its Tensor.astype), the reference for a float32 base in a narrower network."""
+    import mindspore as ms
+
+    return ms.Tensor(values).astype(dtype).astype(ms.float32).asnumpy()
+
+
+@pytest.mark.parametrize("recipe", ["stage1-llama3-8b.yaml", "stage2-internlm-7b.yaml"])
+def test_evaluate_loads_the_base_and_the_merged_checkpoint_strictly(recipe, tmp_path, mf_cwd, monkeypatch):
+    """The Ascend recipes' predicting network (bf16 weights for stage 1, fp16 for stage 2, float32 RMSNorm
+    weights, as MindFormers declares them) built by MindFormersRunner on CPU: the float32 base checkpoint
+    and the checkpoint jobs.merge writes both load through the runner's own load path, which loads
+    strictly (MindSpore converts dtypes only when strict_load is off). Every merged tensor already has the
+    dtype the network declares for that parameter, and every loaded value is the checkpoint's (the base's
+    rounded as MindSpore casts)."""
+    from tunebox.model.checkpoint import CheckpointReader, load_checkpoint_numpy
+
+    spec = load_spec(REPO / "recipes" / recipe, [f"runs_dir={tmp_path / 'runs'}"])
+    mspec = tiny_model(spec)
+    base_ckpt, lora_ckpt = tiny_base_and_lora(mspec, spec, tmp_path)
+    spec = load_spec(REPO / "recipes" / recipe, [f"runs_dir={tmp_path / 'runs'}", f"model.checkpoint={base_ckpt}"])
+    merged_ckpt = merged_by_the_merge_job(spec, lora_ckpt)
+
+    runner = runner_on_cpu(monkeypatch, mspec, merged_ckpt, spec)
+    declared = {p.name: str(p.dtype) for p in runner.net.get_parameters() if "_cache" not in p.name}
+    want = {"stage1-llama3-8b.yaml": "BFloat16", "stage2-internlm-7b.yaml": "Float16"}[recipe]
+    assert declared["model.layers.0.attention.wq.weight"] == want
+    assert declared["model.layers.0.attention_norm.weight"] == "Float32"
+    with CheckpointReader(merged_ckpt) as reader:
+        written = {e.name: e.tensor_type for e in reader.entries()}
+    assert written == declared
+    merged = load_checkpoint_numpy(merged_ckpt)
+    for p in runner.net.get_parameters():
+        if p.name in merged:
+            np.testing.assert_array_equal(p.astype("float32").asnumpy(), merged[p.name].astype(np.float32),
+                                          err_msg=p.name)
+
+    base_runner = runner_on_cpu(monkeypatch, mspec, base_ckpt, spec)
+    base = load_checkpoint_numpy(base_ckpt)
+    for p in base_runner.net.get_parameters():
+        if p.name in base:
+            np.testing.assert_array_equal(p.astype("float32").asnumpy(), bf16_or_fp16_of(base[p.name], p.dtype),
+                                          err_msg=p.name)
+
+
+def test_the_runner_refuses_a_checkpoint_whose_dtypes_disagree(tmp_path, mf_cwd, monkeypatch):
+    """A merged checkpoint with its RMSNorm weights in bf16 (what merge wrote when it cast every float
+    tensor to merge.dtype) is refused by name, not converted: the load is strict."""
+    from tunebox.model.checkpoint import load_checkpoint_numpy, save_checkpoint_numpy
+
+    spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", [f"runs_dir={tmp_path / 'runs'}"])
+    mspec = tiny_model(spec)
+    base_ckpt, lora_ckpt = tiny_base_and_lora(mspec, spec, tmp_path)
+    spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml",
+                     [f"runs_dir={tmp_path / 'runs'}", f"model.checkpoint={base_ckpt}"])
+    tensors = load_checkpoint_numpy(merged_by_the_merge_job(spec, lora_ckpt))
+    norm = "model.layers.1.ffn_norm.weight"
+    tensors[norm] = bf16_as_numpy(tensors[norm])
+    save_checkpoint_numpy(tmp_path / "bad.ckpt", tensors)
+    with pytest.raises(ValueError, match=norm.replace(".", r"\.")):
+        runner_on_cpu(monkeypatch, mspec, tmp_path / "bad.ckpt", spec)
+
+
+def bf16_as_numpy(values: np.ndarray) -> np.ndarray:
+    from tunebox.model.checkpoint import bfloat16
+
+    return values.astype(np.float32).astype(bfloat16())
+
+
+@pytest.mark.parametrize("recipe", ["stage1-llama3-8b.yaml", "stage2-internlm-7b.yaml"])
+def test_the_bundles_predict_yaml_loads_the_merged_checkpoint_strictly(recipe, tmp_path, mf_cwd):
+    """The submission's predict.yaml, read by MindFormerConfig and built by MindFormers' build_network
+    (tiny widths, the recipe's dtypes): MindSpore's strict load_param_into_net takes the merged checkpoint
+    as merge wrote it."""
+    import mindspore as ms
+    from mindformers.models.build_model import build_network
+
+    from tunebox.model.mf_config import render_predict_config
+
+    spec = load_spec(REPO / "recipes" / recipe, [f"runs_dir={tmp_path / 'runs'}"])
+    base_ckpt, lora_ckpt = tiny_base_and_lora(tiny_model(spec), spec, tmp_path)
+    spec = load_spec(REPO / "recipes" / recipe, [f"runs_dir={tmp_path / 'runs'}", f"model.checkpoint={base_ckpt}"])
+    merged_ckpt = merged_by_the_merge_job(spec, lora_ckpt)
+    cfg = render_predict_config(spec, checkpoint=str(merged_ckpt), tokenizer_dir="tok", max_new_tokens=8)
+    mf = mindformers_config(cfg, tmp_path)
+    mf.model.model_config.update({**TINY_DIMS, "seq_length": 32})
+    net = build_network(mf.model)
+    not_loaded, _ = ms.load_param_into_net(net, ms.load_checkpoint(str(merged_ckpt)), strict_load=True)
+    assert all(n.endswith(("key_cache", "value_cache")) for n in not_loaded), not_loaded

@@ -179,8 +179,10 @@ class TrainSection:
 @dataclass
 class MergeSection:
     dtype: Optional[Literal["float32", "float16", "bfloat16"]] = None
-    """dtype of the merged checkpoints' float tensors; null: the base checkpoint's. A Llama3-8B merged
-    checkpoint is 16 GB in bfloat16 and 32 GB in float32, and the submission holds five."""
+    """dtype of the merged checkpoints' weights, and so the predicting network's param_init_type (evaluate
+    on Ascend, the bundle's predict.yaml); RMSNorm weights stay float32, as the network declares them. null:
+    train.dtype. A Llama3-8B merged checkpoint is 16 GB in bfloat16 and 32 GB in float32, and the submission
+    holds five."""
 
 
 @dataclass

@@ -24,7 +24,8 @@ from typing import Optional
 
 import yaml
 
-from tunebox.model.registry import get_model_spec, llama_config_kwargs, mindformers_target_regex
+from tunebox.model.registry import (declared_checkpoint_types, get_model_spec, llama_config_kwargs,
+                                    mindformers_target_regex)
 
 EXTENSIONS_FILE = Path(__file__).with_name("mf_extensions.py")
 EXTENSIONS_MODULE = EXTENSIONS_FILE.stem
@@ -184,6 +185,27 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
     }
 
 
+def merged_weight_dtype(spec) -> str:
+    """The dtype of the merged checkpoints' weights, which is the predicting network's param_init_type:
+    merge.dtype, else the training dtype (float32 on CPU)."""
+    return spec.merge.dtype or spec.train.dtype
+
+
+def predict_model_kwargs(spec, mspec, *, seq_length: int, batch_size: int) -> dict:
+    """LlamaConfig kwargs of the network that predicts with a merged checkpoint (evaluate on Ascend, the
+    bundle's predict.yaml): the training compute dtype, weights in merged_weight_dtype, incremental decoding."""
+    return llama_config_kwargs(mspec, seq_length=seq_length, batch_size=batch_size, dtype=spec.train.dtype,
+                               param_dtype=merged_weight_dtype(spec), use_past=True)
+
+
+def merged_checkpoint_types(spec) -> dict[str, str]:
+    """Each merged tensor's checkpoint type: the one the predicting network declares for that parameter
+    (weights in merged_weight_dtype, RMSNorm weights float32), so the network loads it strictly (MindSpore
+    converts dtypes only with strict_load off: mindspore/train/serialization.py _type_convert)."""
+    mspec = get_model_spec(spec.model.name)
+    return declared_checkpoint_types(mspec, predict_model_kwargs(spec, mspec, seq_length=1, batch_size=1))
+
+
 def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_tokens: int,
                           seq_length: Optional[int] = None) -> dict:
     """MindFormers' predict config for a merged (plain LlamaForCausalLM) checkpoint, with the
@@ -192,8 +214,7 @@ def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_
     mspec = get_model_spec(spec.model.name)
     seq = seq_length or max(spec.data.seq_length, 512)
     t = spec.train
-    model_config = {"type": "LlamaConfig",
-                    **llama_config_kwargs(mspec, seq_length=seq, batch_size=1, dtype=t.dtype, use_past=True),
+    model_config = {"type": "LlamaConfig", **predict_model_kwargs(spec, mspec, seq_length=seq, batch_size=1),
                     "checkpoint_name_or_path": "", "do_sample": False, "top_k": 1, "top_p": 1.0,
                     "max_decode_length": seq, "max_new_tokens": max_new_tokens,
                     "repetition_penalty": 1.0}
