@@ -252,3 +252,34 @@ def test_the_bundles_predict_yaml_loads_the_merged_checkpoint_strictly(recipe, t
     net = build_network(mf.model)
     not_loaded, _ = ms.load_param_into_net(net, ms.load_checkpoint(str(merged_ckpt)), strict_load=True)
     assert all(n.endswith(("key_cache", "value_cache")) for n in not_loaded), not_loaded
+
+
+# ---- 1.6: paged-attention blocks for the whole batch at the longest sequence -------------------
+
+@pytest.mark.parametrize("seq_length", [200, 600, 2100])
+def test_paged_attention_blocks_hold_the_batch_at_the_longest_sequence(seq_length, tmp_path, mf_cwd, monkeypatch):
+    """MindFormersRunner's network (stage 1's eval batch of 16) and MindFormers' own block manager, as its
+    generate() sets it up (text_generator._set_block_mgr -> BlockTables.init_cache_engine): room for every
+    row of the batch at the runner's sequence length. MindFormers' defaults (512 blocks of 16 = 8,192
+    tokens) refuse a batch of 16 past 512 tokens."""
+    spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", [f"runs_dir={tmp_path / 'runs'}"])
+    mspec = tiny_model(spec)
+    base_ckpt, _ = tiny_base_and_lora(mspec, spec, tmp_path)
+    from tunebox.evaluation.runners import MindFormersRunner
+    from tunebox.model import mf
+
+    real_setup = mf.setup_device
+    monkeypatch.setattr(mf, "setup_device", lambda device, mode, **kw: real_setup("CPU", "pynative", **kw))
+    runner = MindFormersRunner(mspec, base_ckpt, spec, seq_length=seq_length)
+    net = runner.net
+    assert runner.batch_size == 16
+    net._set_block_mgr(runner.batch_size, net.config.seq_length)
+    # every row of the batch at the longest sequence the runner was built for: MindFormers' own
+    # allocation (its pool raises when it runs out) and a cache slot for every one of those tokens
+    lengths = np.full(16, seq_length, np.int32)
+    tables, slots = net.block_mgr.assemble_pa_full_inputs(seq_length, lengths, [False] * 16)
+    assert tables.shape == (16, net.block_mgr.max_num_blocks_per_seq)           # the width MindFormers declares
+    assert (slots.reshape(16, seq_length) >= 0).all()
+    assert len(set(slots.tolist())) == 16 * seq_length                          # no two tokens share a slot
+    cache = next(p for p in net.get_parameters() if p.name.endswith("key_cache"))
+    assert cache.shape[0] == net.config.num_blocks and cache.shape[1] == net.config.block_size

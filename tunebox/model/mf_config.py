@@ -191,11 +191,26 @@ def merged_weight_dtype(spec) -> str:
     return spec.merge.dtype or spec.train.dtype
 
 
+PAGED_BLOCK_SIZE = 16   # MindFormers' LlamaConfig default block_size
+
+
+def paged_attention_blocks(batch_size: int, seq_length: int, block_size: int = PAGED_BLOCK_SIZE) -> dict:
+    """The paged-attention KV cache for `batch_size` rows of up to `seq_length` tokens: seq_length rounded up
+    to whole blocks (MindFormers gives a row seq_length // block_size blocks: mindformers/modules/
+    block_tables.py BlockTables) and num_blocks for every row at that length. MindFormers' default (512
+    blocks of 16 = 8,192 tokens) runs out for a batch of 16 past 512 tokens ("block pool is out of memory")."""
+    per_row = -(-seq_length // block_size)
+    return {"seq_length": per_row * block_size, "block_size": block_size, "num_blocks": batch_size * per_row}
+
+
 def predict_model_kwargs(spec, mspec, *, seq_length: int, batch_size: int) -> dict:
     """LlamaConfig kwargs of the network that predicts with a merged checkpoint (evaluate on Ascend, the
-    bundle's predict.yaml): the training compute dtype, weights in merged_weight_dtype, incremental decoding."""
-    return llama_config_kwargs(mspec, seq_length=seq_length, batch_size=batch_size, dtype=spec.train.dtype,
-                               param_dtype=merged_weight_dtype(spec), use_past=True)
+    bundle's predict.yaml): the training compute dtype, weights in merged_weight_dtype, incremental decoding
+    with a paged-attention cache sized for the batch at seq_length."""
+    blocks = paged_attention_blocks(batch_size, seq_length)
+    kwargs = llama_config_kwargs(mspec, seq_length=blocks["seq_length"], batch_size=batch_size,
+                                 dtype=spec.train.dtype, param_dtype=merged_weight_dtype(spec), use_past=True)
+    return {**kwargs, "block_size": blocks["block_size"], "num_blocks": blocks["num_blocks"]}
 
 
 def merged_checkpoint_types(spec) -> dict[str, str]:
