@@ -150,6 +150,9 @@ class TrainSection:
     lr: float = 2e-4
     """Peak learning rate of MindSpore's AdamWeightDecay (no bias correction: the rule of the contest's
     FP32StateAdamWeightDecay, so the contest's and the winners' rates carry over as they are)."""
+    beta2: float = 0.999
+    """AdamWeightDecay's second-moment decay: MindSpore's default, the contest's stage 2 and the local recipes'
+    (docs/ACCURACY.md); the contest's stage-1 configs used 0.95."""
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0

@@ -148,7 +148,7 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
         # Trainer. Recipes' learning rates (the contest's, the winners', the local twin's) were set
         # for it; MindFormers 1.9's AdamW corrects the bias, which shrinks the first ~200 updates
         # 2-6x at the same train.lr (docs/ACCURACY.md).
-        "optimizer": {"type": "AdamWeightDecay", "beta1": 0.9, "beta2": 0.999, "eps": 1.0e-8,
+        "optimizer": {"type": "AdamWeightDecay", "beta1": 0.9, "beta2": t.beta2, "eps": 1.0e-8,
                       "weight_decay": t.weight_decay},
         "lr_schedule": {"type": "CosineWithWarmUpLR", "learning_rate": t.lr, "warmup_steps": plan["warmup_steps"],
                         "lr_end": t.lr * t.min_lr_ratio, "total_steps": total_steps},

@@ -181,7 +181,9 @@ def llama_config_kwargs(spec: ModelSpec, *, seq_length: int, batch_size: int = 1
         bos_token_id=spec.bos_token_id, eos_token_id=spec.eos_token_id, pad_token_id=spec.pad_token_id,
         ignore_token_id=-100,
         compute_dtype=dtype, layernorm_compute_type="float32", softmax_compute_type="float32",
-        rotary_dtype="float32" if on_cpu else dtype,
+        # rotary embedding in float32 beside bf16 (the contest's stage-1 configs, MindFormers' llama3 ones),
+        # in fp16 beside fp16 (the contest's stage-2 InternLM configs)
+        rotary_dtype="float16" if dtype == "float16" else "float32",
         param_init_type=param_dtype or ("float32" if on_cpu else dtype),
         qkv_has_bias=spec.qkv_has_bias, attn_proj_has_bias=spec.attn_proj_has_bias,
         tie_word_embeddings=spec.tie_word_embeddings,
