@@ -23,6 +23,7 @@ from tunebox.config import RunSpec
 from tunebox.io import InputError, atomic_write_json, sha256_file
 from tunebox.manifest import write_job_manifest
 from tunebox.model.checkpoint import merge_streaming
+from tunebox.model.mf_config import merged_checkpoint_types, merged_weight_dtype
 
 log = logging.getLogger("tunebox.merge")
 
@@ -44,21 +45,24 @@ def merge(spec: RunSpec, scale: float = 1.0) -> Path:
     out_index_file = spec.run_dir / layout.MERGE_INDEX
     done = {e["step"]: e for e in json.loads(out_index_file.read_text())["checkpoints"]} if out_index_file.exists() else {}
 
-    out_type = {"float32": "Float32", "float16": "Float16", "bfloat16": "BFloat16"}.get(spec.merge.dtype)
+    # each tensor in the dtype the predicting network declares for it (weights in merge.dtype, else the
+    # training dtype; RMSNorm weights float32): evaluate and stock MindFormers load it strictly
+    out_types = merged_checkpoint_types(spec)
+    dtype = merged_weight_dtype(spec)
     entries = []
     for entry in tqdm(train_index["checkpoints"], desc="merge", unit="ckpt"):
         step = entry["step"]
         target = out / f"step-{step:06d}" / "model.ckpt"
         prev = done.get(step)
-        if prev and target.exists() and prev.get("scale") == scale and prev.get("dtype") == spec.merge.dtype \
+        if prev and target.exists() and prev.get("scale") == scale and prev.get("dtype") == dtype \
                 and sha256_file(target) == prev["sha256"]:
             entries.append(prev)
             continue
         # tensor by tensor: memory stays flat whatever the model size (docs/BENCHMARKS.md, bench.merge)
         stats = merge_streaming(base_ckpt, train_dir / entry["file"], target, spec.lora.alpha, spec.lora.rank,
-                                scale, progress=False, sha256=True, out_type=out_type)
+                                scale, progress=False, sha256=True, out_types=out_types)
         entries.append({"step": step, "epoch": entry["epoch"], "train_loss": entry["loss"], "scale": scale,
-                        "dtype": spec.merge.dtype,
+                        "dtype": dtype,
                         "file": str(target.relative_to(out)), "lora_file": entry["file"],
                         "sha256": stats.sha256, "bytes": stats.bytes_written})
         atomic_write_json(out_index_file, {"base_checkpoint": str(base_ckpt), "checkpoints": entries})

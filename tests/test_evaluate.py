@@ -461,7 +461,7 @@ def test_mindformers_runner_strips_prompts_stops_and_limits_per_row():
 @pytest.mark.parametrize("dtype, ms_name", [("float16", "Float16"), ("bfloat16", "BFloat16")])
 def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtype, ms_name):
     """train.device Ascend + a half dtype: MindFormers' LlamaConfig gets that dtype for compute,
-    parameters and rotary, float32 norms and softmax, the fused kernels, and the KV cache."""
+    parameters (rotary float32 beside bf16), float32 norms and softmax, the fused kernels, and the KV cache."""
     import mindformers.models.llama as mf_llama
 
     from tunebox.model import mf
@@ -485,7 +485,9 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     c = built["config"]
     assert (built["device"], built["mode"], built["ckpt"], built["train"]) == ("Ascend", "graph", tmp_path / "model.ckpt",
                                                                                False)
-    assert [str(x) for x in (c.compute_dtype, c.param_init_type, c.rotary_dtype)] == [ms_name] * 3
+    assert [str(x) for x in (c.compute_dtype, c.param_init_type)] == [ms_name] * 2
+    # rotary in float32 beside bf16, in fp16 beside fp16: the contest's stage-1 and stage-2 configs
+    assert str(c.rotary_dtype) == {"float16": "Float16", "bfloat16": "Float32"}[dtype]
     assert [str(x) for x in (c.layernorm_compute_type, c.softmax_compute_type)] == ["Float32", "Float32"]
     assert c.use_flash_attention is True and c.fused_rms_norm is True and c.use_rope_slice is False
     assert c.use_past is True and c.seq_length == 96 and c.batch_size == 3 and runner.batch_size == 3

@@ -151,6 +151,9 @@ class TrainSection:
     lr: float = 2e-4
     """Peak learning rate of MindSpore's AdamWeightDecay (no bias correction: the rule of the contest's
     FP32StateAdamWeightDecay, so the contest's and the winners' rates carry over as they are)."""
+    beta2: float = 0.999
+    """AdamWeightDecay's second-moment decay: MindSpore's default, the contest's stage 2 and the local recipes'
+    (docs/ACCURACY.md); the contest's stage-1 configs used 0.95."""
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -180,8 +183,10 @@ class TrainSection:
 @dataclass
 class MergeSection:
     dtype: Optional[Literal["float32", "float16", "bfloat16"]] = None
-    """dtype of the merged checkpoints' float tensors; null: the base checkpoint's. A Llama3-8B merged
-    checkpoint is 16 GB in bfloat16 and 32 GB in float32, and the submission holds five."""
+    """dtype of the merged checkpoints' weights, and so the predicting network's param_init_type (evaluate
+    on Ascend, the bundle's predict.yaml); RMSNorm weights stay float32, as the network declares them. null:
+    train.dtype. A Llama3-8B merged checkpoint is 16 GB in bfloat16 and 32 GB in float32, and the submission
+    holds five."""
 
 
 @dataclass

@@ -63,11 +63,11 @@ class MindFormersRunner:
         from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
 
         from tunebox.model import mf
-        from tunebox.model.registry import llama_config_kwargs
+        from tunebox.model.mf_config import predict_model_kwargs
 
         mf.setup_device(spec.train.device, "graph", output_dir=spec.run_dir)
-        kwargs = llama_config_kwargs(mspec, seq_length=seq_length, batch_size=spec.eval.batch_size,
-                                     dtype=spec.train.dtype, use_past=True)
+        # the network merge wrote its checkpoints for (mf_config.merged_checkpoint_types): strict loads
+        kwargs = predict_model_kwargs(spec, mspec, seq_length=seq_length, batch_size=spec.eval.batch_size)
         self.net = LlamaForCausalLM(LlamaConfig(**kwargs))
         mf.load_weights(self.net, ckpt)
         self.net.set_train(False)

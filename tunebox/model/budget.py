@@ -401,14 +401,16 @@ class DiskEstimate:
 def estimate_disk(run) -> DiskEstimate:
     """The disk a run spec needs: the converted base (float32, tunebox/model/weights.py), the Hugging Face
     source it was converted from (bf16 safetensors, kept in the cache so a rebuild needs no download),
-    one full merged checkpoint per saved step (merge.dtype, default the base's float32), MindFormers'
+    one full merged checkpoint per saved step (merge.dtype, default the training dtype), MindFormers'
     full resume checkpoints (weights in the training dtype + LoRA state; the train job keeps the last
     2), the LoRA checkpoints, and 20% headroom for data, logs and a checkpoint being written."""
     spec = get_model_spec(run.model.name)
     params = spec.total_params()
     lora = spec.lora_params(run.lora.rank, run.lora.target_modules)
     n = run.train.num_checkpoints
-    merged = getattr(getattr(run, "merge", None), "dtype", None) or "float32"
+    from tunebox.model.mf_config import merged_weight_dtype
+
+    merged = merged_weight_dtype(run)
     train_dtype = run.train.dtype if run.train.device != "CPU" else "float32"
     return DiskEstimate({
         "base_checkpoint_fp32": 4 * params,

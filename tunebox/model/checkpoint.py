@@ -676,7 +676,7 @@ def lora_pairs(lora: dict, where) -> dict[str, tuple[str, str]]:
 def merge_streaming(base_ckpt: str | os.PathLike, lora_ckpt: str | os.PathLike, out_ckpt: str | os.PathLike,
                     alpha: float, rank: int, scale: float = 1.0, progress: bool = True, *,
                     sha256: bool = False, drop_cache: bool = True, copy_file_range: bool = True,
-                    out_type: Optional[str] = None) -> MergeStats:
+                    out_type: Optional[str] = None, out_types: Optional[dict[str, str]] = None) -> MergeStats:
     """out = base with W + scale * (alpha / r) * B @ A folded into every adapted weight, written
     tensor by tensor (atomically: the final name appears only when the file is complete).
 
@@ -686,10 +686,13 @@ def merge_streaming(base_ckpt: str | os.PathLike, lora_ckpt: str | os.PathLike, 
     is read whole (r * (in + out) per weight: MBs). `sha256=True` hashes the output while writing
     (then every byte passes through this process: slower than copy_file_range). `out_type` ("BFloat16",
     "Float16", "Float32"): write every float tensor in that type (a Llama3-8B merged checkpoint is 16 GB
-    in bfloat16, 32 GB in float32); the merge itself is done in float32 either way.
+    in bfloat16, 32 GB in float32); the merge itself is done in float32 either way. `out_types`: a type
+    per tensor name instead (what the predicting network declares for each parameter, jobs/merge.py);
+    a float tensor it does not name keeps out_type, or its own type.
     """
-    if out_type is not None and out_type not in FLOAT_TYPES:
-        raise ValueError(f"out_type must be one of {FLOAT_TYPES}, not {out_type!r}")
+    for t in [out_type, *(out_types or {}).values()]:
+        if t is not None and t not in FLOAT_TYPES:
+            raise ValueError(f"out_type must be one of {FLOAT_TYPES}, not {t!r}")
     base_ckpt, lora_ckpt, out_ckpt = Path(base_ckpt), Path(lora_ckpt), Path(out_ckpt)
     started = time.perf_counter()
     lora = load_checkpoint_numpy(lora_ckpt)
@@ -720,7 +723,8 @@ def merge_streaming(base_ckpt: str | os.PathLike, lora_ckpt: str | os.PathLike, 
                                             copy_file_range=copy_file_range)
             with writer:
                 for entry in entries:
-                    target = out_type if out_type and entry.tensor_type in FLOAT_TYPES else entry.tensor_type
+                    wanted = (out_types or {}).get(entry.name, out_type)
+                    target = wanted if wanted and entry.tensor_type in FLOAT_TYPES else entry.tensor_type
                     if entry.name in pairs:
                         a_key, b_key = pairs[entry.name]
                         merged = fold_lora(reader.read_raw(entry), entry.tensor_type, entry.shape,

@@ -72,10 +72,36 @@ def build_llama(spec: ModelSpec, *, seq_length: int, batch_size: int = 1, dtype:
 
 
 def load_weights(net, checkpoint: Path, strict: bool = True, allow_missing_lora: bool = True) -> None:
+    """Load a checkpoint into `net` strictly: names and dtypes must be the network's (MindSpore converts
+    dtypes only with strict_load off). One conversion is tunebox's own, and explicit: a float32 tensor
+    (the converted base checkpoint) where the network declares bf16/fp16 is rounded to it, to nearest
+    even as merge rounds (checkpoint.convert_float_bits). Any other dtype difference is refused by name:
+    merge writes what the predicting network declares (mf_config.merged_checkpoint_types)."""
     import mindspore as ms
 
+    from tunebox.model.checkpoint import convert_float_bits, numpy_dtype, bfloat16
+
+    declared = {p.name: p.dtype for p in net.get_parameters()}
     params = ms.load_checkpoint(str(checkpoint))
+    wrong = []
+    for name, param in params.items():
+        want = declared.get(name)
+        if want is None or param.dtype == want:
+            continue
+        if param.dtype == ms.float32 and want in (ms.bfloat16, ms.float16):
+            to = "BFloat16" if want == ms.bfloat16 else "Float16"
+            bits = convert_float_bits(param.asnumpy(), "Float32", to).reshape(param.shape)
+            params[name] = ms.Parameter(ms.Tensor(bits.view(bfloat16() if to == "BFloat16" else numpy_dtype(to))),
+                                        name=name, requires_grad=param.requires_grad)
+        else:
+            wrong.append(f"{name} is {param.dtype}, the network declares {want}")
+    if wrong:
+        raise ValueError(f"{checkpoint}: {len(wrong)} tensors in another dtype than the network's: {wrong[:3]}"
+                         f"{' ...' if len(wrong) > 3 else ''}; merge it again (jobs.merge writes each tensor in "
+                         f"the dtype the predicting network declares)")
     not_loaded, unexpected = ms.load_param_into_net(net, params, strict_load=strict)
+    # the paged-attention KV caches (use_past) are state, not weights: no checkpoint holds them
+    not_loaded = [n for n in not_loaded if not n.endswith(("key_cache", "value_cache"))]
     missing = [n for n in not_loaded if not (allow_missing_lora and (LORA_A in n or LORA_B in n))]
     if missing:
         raise ValueError(f"{checkpoint}: parameters missing from the checkpoint: {missing[:5]}"

@@ -24,7 +24,8 @@ from typing import Optional
 
 import yaml
 
-from tunebox.model.registry import get_model_spec, llama_config_kwargs, mindformers_target_regex
+from tunebox.model.registry import (declared_checkpoint_types, get_model_spec, llama_config_kwargs,
+                                    mindformers_target_regex)
 
 EXTENSIONS_FILE = Path(__file__).with_name("mf_extensions.py")
 EXTENSIONS_MODULE = EXTENSIONS_FILE.stem
@@ -84,7 +85,14 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
                     "checkpoint_name_or_path": "",
                     "pet_config": {"pet_type": "lora", "lora_rank": lora.rank, "lora_alpha": lora.alpha,
                                    "lora_dropout": lora.dropout,
-                                   "target_modules": mindformers_target_regex(lora.target_modules)}}
+                                   "target_modules": mindformers_target_regex(lora.target_modules),
+                                   # float32 LoRA matrices in a bf16/fp16 network (mindpet's LoRADense casts
+                                   # them to the layer's compute dtype in the forward pass): the optimizer's
+                                   # moments are created like the parameters, so they stay float32, as the
+                                   # contest's FP32StateAdamWeightDecay kept them. Without the key the
+                                   # adapter inherits the layer's param_init_type (mindformers/pet/tuners/
+                                   # lora_adapter.py get_dtype).
+                                   "param_init_type": "float32"}}
     if cpu:
         # MindFormers turns on lazy_inline (cell reuse) outside stand-alone mode; MindSpore's CPU
         # data-parallel graph split cannot run a reused cell ("Input[0] must be a Primitive ValueNode")
@@ -105,7 +113,12 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
                "repeat": 1, "numa_enable": False, "prefetch_size": 1}
 
     wrapper = _registered("TuneboxTrainOneStepCell") if cpu else {"type": "MFTrainOneStepCell"}
-    wrapper.update({"scale_sense": 1.0, "use_clip_grad": t.max_grad_norm > 0,
+    # fp16 (stage 2) needs loss scaling against gradient underflow: the contest's stage-2 configs'
+    # dynamic scale (second-phase/*/finetune_internlm_7b_lora_mmlu_64G.yaml, mindspore-courses/competition
+    # 3ad8f55). bf16 has float32's exponent range: the stage-1 configs' fixed 1.0.
+    scale_sense = ({"type": "DynamicLossScaleUpdateCell", "loss_scale_value": 16384, "scale_factor": 2,
+                    "scale_window": 1000} if t.dtype == "float16" else 1.0)
+    wrapper.update({"scale_sense": scale_sense, "use_clip_grad": t.max_grad_norm > 0,
                     "max_grad_norm": float(t.max_grad_norm or 1.0)})
     parallel_mode = 0 if topo.model_parallel == 1 and topo.pipeline_stage == 1 else 1
     parallel = {"parallel_mode": parallel_mode, "gradients_mean": parallel_mode == 0,
@@ -135,7 +148,7 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
         # Trainer. Recipes' learning rates (the contest's, the winners', the local twin's) were set
         # for it; MindFormers 1.9's AdamW corrects the bias, which shrinks the first ~200 updates
         # 2-6x at the same train.lr (docs/ACCURACY.md).
-        "optimizer": {"type": "AdamWeightDecay", "beta1": 0.9, "beta2": 0.999, "eps": 1.0e-8,
+        "optimizer": {"type": "AdamWeightDecay", "beta1": 0.9, "beta2": t.beta2, "eps": 1.0e-8,
                       "weight_decay": t.weight_decay},
         "lr_schedule": {"type": "CosineWithWarmUpLR", "learning_rate": t.lr, "warmup_steps": plan["warmup_steps"],
                         "lr_end": t.lr * t.min_lr_ratio, "total_steps": total_steps},
@@ -195,6 +208,42 @@ def resume_settings(config) -> dict:
     return settings
 
 
+def merged_weight_dtype(spec) -> str:
+    """The dtype of the merged checkpoints' weights, which is the predicting network's param_init_type:
+    merge.dtype, else the training dtype (float32 on CPU)."""
+    return spec.merge.dtype or spec.train.dtype
+
+
+PAGED_BLOCK_SIZE = 16   # MindFormers' LlamaConfig default block_size
+
+
+def paged_attention_blocks(batch_size: int, seq_length: int, block_size: int = PAGED_BLOCK_SIZE) -> dict:
+    """The paged-attention KV cache for `batch_size` rows of up to `seq_length` tokens: seq_length rounded up
+    to whole blocks (MindFormers gives a row seq_length // block_size blocks: mindformers/modules/
+    block_tables.py BlockTables) and num_blocks for every row at that length. MindFormers' default (512
+    blocks of 16 = 8,192 tokens) runs out for a batch of 16 past 512 tokens ("block pool is out of memory")."""
+    per_row = -(-seq_length // block_size)
+    return {"seq_length": per_row * block_size, "block_size": block_size, "num_blocks": batch_size * per_row}
+
+
+def predict_model_kwargs(spec, mspec, *, seq_length: int, batch_size: int) -> dict:
+    """LlamaConfig kwargs of the network that predicts with a merged checkpoint (evaluate on Ascend, the
+    bundle's predict.yaml): the training compute dtype, weights in merged_weight_dtype, incremental decoding
+    with a paged-attention cache sized for the batch at seq_length."""
+    blocks = paged_attention_blocks(batch_size, seq_length)
+    kwargs = llama_config_kwargs(mspec, seq_length=blocks["seq_length"], batch_size=batch_size,
+                                 dtype=spec.train.dtype, param_dtype=merged_weight_dtype(spec), use_past=True)
+    return {**kwargs, "block_size": blocks["block_size"], "num_blocks": blocks["num_blocks"]}
+
+
+def merged_checkpoint_types(spec) -> dict[str, str]:
+    """Each merged tensor's checkpoint type: the one the predicting network declares for that parameter
+    (weights in merged_weight_dtype, RMSNorm weights float32), so the network loads it strictly (MindSpore
+    converts dtypes only with strict_load off: mindspore/train/serialization.py _type_convert)."""
+    mspec = get_model_spec(spec.model.name)
+    return declared_checkpoint_types(mspec, predict_model_kwargs(spec, mspec, seq_length=1, batch_size=1))
+
+
 def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_tokens: int,
                           seq_length: Optional[int] = None) -> dict:
     """MindFormers' predict config for a merged (plain LlamaForCausalLM) checkpoint, with the
@@ -203,8 +252,7 @@ def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_
     mspec = get_model_spec(spec.model.name)
     seq = seq_length or max(spec.data.seq_length, 512)
     t = spec.train
-    model_config = {"type": "LlamaConfig",
-                    **llama_config_kwargs(mspec, seq_length=seq, batch_size=1, dtype=t.dtype, use_past=True),
+    model_config = {"type": "LlamaConfig", **predict_model_kwargs(spec, mspec, seq_length=seq, batch_size=1),
                     "checkpoint_name_or_path": "", "do_sample": False, "top_k": 1, "top_p": 1.0,
                     "max_decode_length": seq, "max_new_tokens": max_new_tokens,
                     "repetition_penalty": 1.0}

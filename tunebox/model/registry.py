@@ -166,9 +166,11 @@ def model_dir(name: str) -> Path:
 
 
 def llama_config_kwargs(spec: ModelSpec, *, seq_length: int, batch_size: int = 1, dtype: str = "float32",
-                        use_past: bool = False, is_dynamic: bool = False) -> dict:
+                        use_past: bool = False, is_dynamic: bool = False, param_dtype: Optional[str] = None) -> dict:
     """Keyword arguments for mindformers LlamaConfig. On CPU: float32 everywhere, no fused RMSNorm,
-    sliced rotary embedding (the combination that runs on MindSpore's CPU kernels)."""
+    sliced rotary embedding (the combination that runs on MindSpore's CPU kernels). param_dtype: the
+    weights' dtype (param_init_type) when it differs from the compute dtype (a predicting network
+    holding merged checkpoints of another dtype)."""
     on_cpu = dtype == "float32"
     return dict(
         batch_size=batch_size, seq_length=seq_length, hidden_size=spec.hidden_size,
@@ -179,12 +181,35 @@ def llama_config_kwargs(spec: ModelSpec, *, seq_length: int, batch_size: int = 1
         bos_token_id=spec.bos_token_id, eos_token_id=spec.eos_token_id, pad_token_id=spec.pad_token_id,
         ignore_token_id=-100,
         compute_dtype=dtype, layernorm_compute_type="float32", softmax_compute_type="float32",
-        rotary_dtype="float32" if on_cpu else dtype, param_init_type="float32" if on_cpu else dtype,
+        # rotary embedding in float32 beside bf16 (the contest's stage-1 configs, MindFormers' llama3 ones),
+        # in fp16 beside fp16 (the contest's stage-2 InternLM configs)
+        rotary_dtype="float16" if dtype == "float16" else "float32",
+        param_init_type=param_dtype or ("float32" if on_cpu else dtype),
         qkv_has_bias=spec.qkv_has_bias, attn_proj_has_bias=spec.attn_proj_has_bias,
         tie_word_embeddings=spec.tie_word_embeddings,
         fused_rms_norm=not on_cpu, use_rope_slice=on_cpu, use_flash_attention=not on_cpu,
         use_past=use_past, is_dynamic=is_dynamic,
     )
+
+
+CHECKPOINT_TYPES = {"float32": "Float32", "float16": "Float16", "bfloat16": "BFloat16"}
+
+
+def declared_checkpoint_types(spec: ModelSpec, config_kwargs: dict) -> dict[str, str]:
+    """The dtype, as a checkpoint names it ("BFloat16"), that MindFormers' LlamaForCausalLM built from
+    these LlamaConfig kwargs declares for each parameter: RMSNorm weights layernorm_compute_type
+    (mindformers/models/llama/llama_layer.py LlamaRMSNorm: its weight is created in compute_type), the
+    embedding embedding_init_type (default param_init_type: llama_config.py), every other weight and
+    bias param_init_type. tests/test_ascend_numerics.py compares it with the built network."""
+    weights = config_kwargs["param_init_type"]
+    embedding = config_kwargs.get("embedding_init_type") or weights
+    norms = config_kwargs["layernorm_compute_type"]
+    types = {}
+    for name in spec.parameter_shapes():
+        dtype = (norms if name.endswith(("_norm.weight", "norm_out.weight"))
+                 else embedding if name == "model.tok_embeddings.embedding_weight" else weights)
+        types[name] = CHECKPOINT_TYPES[dtype]
+    return types
 
 
 def with_overrides(spec: ModelSpec, **kw) -> ModelSpec:
