@@ -161,17 +161,18 @@ def portable_finetune_config(config: dict, run_dir: Path) -> dict:
     return cfg
 
 
-def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int) -> None:
+def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int, tok) -> None:
     import yaml
 
-    from tunebox.model.mf_config import EXTENSIONS_FILE, dump, render_predict_config
+    from tunebox.model.mf_config import EXTENSIONS_FILE, MF19_HEADER, dump, render_predict_config
 
     folder.mkdir()
     as_run = yaml.safe_load((spec.job_dir("train") / "mindformers.yaml").read_text(encoding="utf-8"))
-    atomic_write_text(folder / "finetune.yaml", dump(portable_finetune_config(as_run, spec.run_dir)))
+    atomic_write_text(folder / "finetune.yaml", dump(portable_finetune_config(as_run, spec.run_dir), MF19_HEADER))
     checkpoint = f"../{contents.checkpoint_file(chosen_step)}"
     atomic_write_text(folder / "predict.yaml", dump(render_predict_config(
-        spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens)))
+        spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens,
+        special_tokens=tok.config, stop_ids=tok.stop_ids), MF19_HEADER))
     shutil.copy2(EXTENSIONS_FILE, folder / EXTENSIONS_FILE.name)
     atomic_write_text(folder / "README.md", MF_README.format(checkpoint=checkpoint))
 
@@ -338,7 +339,7 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         # predict.yaml names a checkpoint even when none is valid: then the highest score, as the reason says
         chosen = contents.step_of_dir(results["chosen"]["model"] or results["chosen"]["highest_score"] or "") \
             or checkpoints[-1]["step"]
-        write_mindformers_files(spec, tmp / "mindformers", chosen)
+        write_mindformers_files(spec, tmp / "mindformers", chosen, tok)
         log_name, log_tail = training_log_tail(run_dir)
         selfcheck.render(tmp / selfcheck.FILE, results=results, results_bytes=(tmp / "results.json").read_bytes(),
                          rank=spec.lora.rank, commit=code.get("commit"), code_note=code["note"],

@@ -172,16 +172,34 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
     }
 
 
+# The tokenizer class MindFormers 1.9 registers for each model (mindformers/models/llama/: LlamaTokenizer
+# reads a sentencepiece tokenizer.model, LlamaTokenizerFast an HF tokenizer.json as `tokenizer_file`).
+# tunebox keeps every model's tokenizer as tokenizer.json (SmolLM2's and the tiny byte-level one have no
+# sentencepiece model), so the fast class serves them all. Not PreTrainedTokenizerFast: 1.9's
+# build_tokenizer does not find it ("Can't find class type tokenizer class name PreTrainedTokenizerFast").
+MF19_TOKENIZER = {"smollm2-135m": "LlamaTokenizerFast", "tiny": "LlamaTokenizerFast",
+                  "llama3-8b": "LlamaTokenizerFast", "internlm-7b": "LlamaTokenizerFast"}
+MF19_HEADER = ("MindFormers 1.9.0 on MindSpore 2.9.0 (the stack this run used); "
+               "the contest's MindFormers r1.1 takes the *_r1.1.yaml files next to this one")
+
+
 def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_tokens: int,
-                          seq_length: Optional[int] = None) -> dict:
-    """MindFormers' predict config for a merged (plain LlamaForCausalLM) checkpoint, with the
-    tokenizer files stock MindFormers loads for this model: incremental decoding (use_past), greedy,
-    the spec's device and dtype."""
+                          special_tokens: dict, stop_ids: list[int], seq_length: Optional[int] = None) -> dict:
+    """MindFormers 1.9's predict config for a merged (plain LlamaForCausalLM) checkpoint, with the
+    tokenizer class MindFormers registers for this model (MF19_TOKENIZER) on the bundled tokenizer.json:
+    greedy, the spec's device and dtype, stopping at the template's end-of-turn ids (stop_ids) as
+    tunebox's decoder does. special_tokens: tokenizer_config.json's bos/eos/pad/unk token strings.
+
+    No BOS is added by the tokenizer (add_bos_token False): the prompt text carries it where the
+    model's template wants one (InternLM's), exactly as prep and evaluate encode it. Incremental
+    decoding (use_past) off CPU only: MindSpore's CPU rotary kernel takes fp16/bf16 only under use_past."""
     mspec = get_model_spec(spec.model.name)
     seq = seq_length or max(spec.data.seq_length, 512)
     t = spec.train
     model_config = {"type": "LlamaConfig",
-                    **llama_config_kwargs(mspec, seq_length=seq, batch_size=1, dtype=t.dtype, use_past=True),
+                    **llama_config_kwargs(mspec, seq_length=seq, batch_size=1, dtype=t.dtype,
+                                          use_past=t.device != "CPU"),
+                    "eos_token_id": [int(i) for i in stop_ids],
                     "checkpoint_name_or_path": "", "do_sample": False, "top_k": 1, "top_p": 1.0,
                     "max_decode_length": seq, "max_new_tokens": max_new_tokens,
                     "repetition_penalty": 1.0}
@@ -193,10 +211,15 @@ def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_
         "parallel_config": {"data_parallel": 1, "model_parallel": 1, "pipeline_stage": 1},
         "model": {"model_config": model_config, "arch": {"type": "LlamaForCausalLM"}},
         "processor": {"return_tensors": "ms",
-                      "tokenizer": {"type": "PreTrainedTokenizerFast", "tokenizer_file": f"{tokenizer_dir}/tokenizer.json",
-                                    "unk_token": None, "pad_token": None}},
+                      "tokenizer": {"type": MF19_TOKENIZER[spec.model.name], "vocab_file": None,
+                                    "tokenizer_file": f"{tokenizer_dir}/tokenizer.json",
+                                    **{k: special_tokens.get(k) for k in ("bos_token", "eos_token", "pad_token",
+                                                                          "unk_token")},
+                                    "add_bos_token": False, "add_eos_token": False}},
     }
 
 
-def dump(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, default_flow_style=None)
+def dump(cfg: dict, header: Optional[str] = None) -> str:
+    """The YAML text; header: a comment for the first line (which MindFormers the file is for)."""
+    text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, default_flow_style=None)
+    return f"# {header}\n{text}" if header else text
