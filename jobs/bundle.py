@@ -11,8 +11,10 @@
   tokenizer/            the tokenizer the run used, so the checkpoints can be evaluated from the folder alone
   mindformers/          what a judge with MindFormers needs: finetune.yaml (the config train ran, its
                         machine paths made relative), predict.yaml (the chosen merged checkpoint with
-                        the tokenizer above), mf_extensions.py (the classes the YAML registers;
-                        REGISTER_PATH=mindformers/) and README.md (the commands)
+                        the tokenizer above; both for MindFormers 1.9, as run), predict_r1.1.yaml (the
+                        same for the contest's MindFormers r1.1, with the classes its teams used),
+                        mf_extensions.py (the classes finetune.yaml registers; REGISTER_PATH=mindformers/)
+                        and README.md (the commands)
   logs/                 mirrors runs/<run_id>/: every job's manifest.json, record.jsonl, prep's stats,
                         held-out rows and rejects, train's loss.jsonl/loss.csv/summary.json, its
                         TensorBoard events (tensorboard/rank_N/) and checkpoint index, every msrun
@@ -164,7 +166,8 @@ def portable_finetune_config(config: dict, run_dir: Path) -> dict:
 def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int, tok) -> None:
     import yaml
 
-    from tunebox.model.mf_config import EXTENSIONS_FILE, MF19_HEADER, dump, render_predict_config
+    from tunebox.model.mf_config import (EXTENSIONS_FILE, MF19_HEADER, R11_FILE, dump, r11_header,
+                                         render_contest_predict_config, render_predict_config)
 
     folder.mkdir()
     as_run = yaml.safe_load((spec.job_dir("train") / "mindformers.yaml").read_text(encoding="utf-8"))
@@ -173,6 +176,9 @@ def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int, tok) 
     atomic_write_text(folder / "predict.yaml", dump(render_predict_config(
         spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens,
         special_tokens=tok.config, stop_ids=tok.stop_ids), MF19_HEADER))
+    atomic_write_text(folder / R11_FILE, dump(render_contest_predict_config(
+        spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens,
+        special_tokens=tok.config, stop_ids=tok.stop_ids), r11_header(spec.model.name)))
     shutil.copy2(EXTENSIONS_FILE, folder / EXTENSIONS_FILE.name)
     atomic_write_text(folder / "README.md", MF_README.format(checkpoint=checkpoint))
 
@@ -316,6 +322,8 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         (tmp / "tokenizer").mkdir()
         shutil.copy2(tj, tmp / "tokenizer" / "tokenizer.json")
         shutil.copy2(cfg, tmp / "tokenizer" / "tokenizer_config.json")
+        if tj.with_name("tokenizer.model").is_file():  # the sentencepiece/tiktoken file r1.1's tokenizers read
+            shutil.copy2(tj.with_name("tokenizer.model"), tmp / "tokenizer" / "tokenizer.model")
         atomic_write_text(tmp / "hyperparams.yaml", dump_spec(spec))
         code = make_code_archive(manifests["train"].get("git"), tmp / "code.tar.gz", exclude=(run_dir, out))
 
