@@ -90,6 +90,24 @@ def test_predict_check_refuses_a_checkpoint_that_does_not_fit(judged, tmp_path):
         greedy_answer(sub / "mindformers", text, NEW_TOKENS, checkpoint=str(tmp_path / "cut.ckpt"))
 
 
+def test_predict_check_refuses_a_checkpoint_of_another_dtype(judged, tmp_path):
+    """A float16 weight where the YAML builds float32 (an Ascend checkpoint against a CPU config, or the
+    reverse): MindSpore would convert it without a word when loading is not strict; here it is an error."""
+    import mindspore as ms
+
+    from tunebox.submission.mf_predict import greedy_answer
+
+    sub = judged["sub"]
+    predict = yaml.safe_load((sub / "mindformers/predict.yaml").read_text(encoding="utf-8"))
+    params = ms.load_checkpoint(str((sub / "mindformers" / predict["load_checkpoint"]).resolve()))
+    halved = next(n for n in params if "w2.weight" in n)
+    ms.save_checkpoint([{"name": n, "data": ms.Tensor(p.asnumpy().astype("float16")) if n == halved else p}
+                        for n, p in params.items()], str(tmp_path / "half.ckpt"))
+    text, _ = heldout_prompt(sub)
+    with pytest.raises(ValueError, match=halved.replace(".", r"\.") + ": network Float32"):
+        greedy_answer(sub / "mindformers", text, NEW_TOKENS, checkpoint=str(tmp_path / "half.ckpt"))
+
+
 def test_verify_rerun_runs_predict_yaml_through_mindformers(judged, tmp_path, capsys):
     from test_bundle import rewrite_sums
 
