@@ -49,7 +49,7 @@ check_build_args() {
 }
 
 mindspore_requirement() {
-    # A wheel in images/<stack>/packages/ wins (MindSpore 2.3.0 is not on PyPI; Huawei's site has it).
+    # A wheel in images/<stack>/packages/ wins (MindSpore 2.3.0rc2 is not on PyPI; Huawei's site has it).
     for wheel in "$STACK_DIR"/packages/mindspore-"$MINDSPORE_VERSION"-*.whl; do
         if [ -f "$wheel" ]; then echo "$wheel"; return; fi
     done

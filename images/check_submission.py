@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Check a tunebox submission with whatever MindSpore this Python has: in the contest-2024 image,
-the contest's own stack (Python 3.9, MindSpore 2.3.0, MindFormers 1.2.0), which cannot run
+the contest's versions (Python 3.9, MindSpore 2.3.0rc2, MindFormers 1.1.0), which cannot run
 tunebox's jobs (they need Python 3.11) but can tell whether the contest's stack reads what we submit.
 
     python check_submission.py SUBMISSION_DIR [--no-load]

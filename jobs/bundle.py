@@ -11,8 +11,10 @@
   tokenizer/            the tokenizer the run used, so the checkpoints can be evaluated from the folder alone
   mindformers/          what a judge with MindFormers needs: finetune.yaml (the config train ran, its
                         machine paths made relative), predict.yaml (the chosen merged checkpoint with
-                        the tokenizer above), mf_extensions.py (the classes the YAML registers;
-                        REGISTER_PATH=mindformers/) and README.md (the commands)
+                        the tokenizer above; both for MindFormers 1.9, as run), predict_r1.1.yaml (the
+                        same for the contest's MindFormers r1.1, with the classes its teams used),
+                        mf_extensions.py (the classes finetune.yaml registers; REGISTER_PATH=mindformers/)
+                        and README.md (the commands)
   logs/                 mirrors runs/<run_id>/: every job's manifest.json, record.jsonl, prep's stats,
                         held-out rows and rejects, train's loss.jsonl/loss.csv/summary.json, its
                         TensorBoard events (tensorboard/rank_N/) and checkpoint index, every msrun
@@ -161,17 +163,22 @@ def portable_finetune_config(config: dict, run_dir: Path) -> dict:
     return cfg
 
 
-def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int) -> None:
+def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int, tok) -> None:
     import yaml
 
-    from tunebox.model.mf_config import EXTENSIONS_FILE, dump, render_predict_config
+    from tunebox.model.mf_config import (EXTENSIONS_FILE, MF19_HEADER, R11_FILE, dump, r11_header,
+                                         render_contest_predict_config, render_predict_config)
 
     folder.mkdir()
     as_run = yaml.safe_load((spec.job_dir("train") / "mindformers.yaml").read_text(encoding="utf-8"))
-    atomic_write_text(folder / "finetune.yaml", dump(portable_finetune_config(as_run, spec.run_dir)))
+    atomic_write_text(folder / "finetune.yaml", dump(portable_finetune_config(as_run, spec.run_dir), MF19_HEADER))
     checkpoint = f"../{contents.checkpoint_file(chosen_step)}"
     atomic_write_text(folder / "predict.yaml", dump(render_predict_config(
-        spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens)))
+        spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens,
+        special_tokens=tok.config, stop_ids=tok.stop_ids), MF19_HEADER))
+    atomic_write_text(folder / R11_FILE, dump(render_contest_predict_config(
+        spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens,
+        special_tokens=tok.config, stop_ids=tok.stop_ids), r11_header(spec.model.name)))
     shutil.copy2(EXTENSIONS_FILE, folder / EXTENSIONS_FILE.name)
     atomic_write_text(folder / "README.md", MF_README.format(checkpoint=checkpoint))
 
@@ -315,6 +322,8 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         (tmp / "tokenizer").mkdir()
         shutil.copy2(tj, tmp / "tokenizer" / "tokenizer.json")
         shutil.copy2(cfg, tmp / "tokenizer" / "tokenizer_config.json")
+        if tj.with_name("tokenizer.model").is_file():  # the sentencepiece/tiktoken file r1.1's tokenizers read
+            shutil.copy2(tj.with_name("tokenizer.model"), tmp / "tokenizer" / "tokenizer.model")
         atomic_write_text(tmp / "hyperparams.yaml", dump_spec(spec))
         code = make_code_archive(manifests["train"].get("git"), tmp / "code.tar.gz", exclude=(run_dir, out))
 
@@ -338,7 +347,7 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         # predict.yaml names a checkpoint even when none is valid: then the highest score, as the reason says
         chosen = contents.step_of_dir(results["chosen"]["model"] or results["chosen"]["highest_score"] or "") \
             or checkpoints[-1]["step"]
-        write_mindformers_files(spec, tmp / "mindformers", chosen)
+        write_mindformers_files(spec, tmp / "mindformers", chosen, tok)
         log_name, log_tail = training_log_tail(run_dir)
         selfcheck.render(tmp / selfcheck.FILE, results=results, results_bytes=(tmp / "results.json").read_bytes(),
                          rank=spec.lora.rank, commit=code.get("commit"), code_note=code["note"],

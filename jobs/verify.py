@@ -20,7 +20,10 @@ Checks, all of them every time (a problem does not stop the others):
   selfcheck    selfcheck.png is the picture bundle drew of this run (run id, commit, results.json's sha256)
 With --rerun, each checkpoint is evaluated again from the folder alone (bundled tokenizer, held-out
 rows and weights; greedy decoding with tunebox.evaluation.decode as evaluate does on CPU) and the accuracies
-must match results.json. With --image, the same check (with --rerun) runs inside that Docker image,
+must match results.json; and, where MindFormers is installed, the `predict` check runs
+mindformers/predict.yaml as a judge would: MindFormers' build_tokenizer and build_network on the file,
+its checkpoint loader (checked strictly), a few greedy tokens for the first held-out prompt from the
+network's forward pass, which must be tunebox's decoder's answer. With --image, the same check (with --rerun) runs inside that Docker image,
 this checkout's jobs/ and tunebox/ mounted read-only, no network; skipped with a message when Docker is
 not reachable.
 
@@ -41,8 +44,8 @@ from tunebox.cli import guarded, setup_logging
 from tunebox.io import InputError
 from tunebox.submission.checks import (Findings, Submission, check_checkpoints, check_checksums, check_code,
                                        check_environment, check_files, check_logs, check_mindformers,
-                                       check_results, check_selfcheck, check_worker_logs, load_bundled_spec,
-                                       planned_steps, rerun_evaluation)
+                                       check_predict, check_results, check_selfcheck, check_worker_logs,
+                                       load_bundled_spec, planned_steps, rerun_evaluation)
 
 log = logging.getLogger("tunebox.verify")
 
@@ -137,6 +140,7 @@ def verify(root: Path, rerun: bool = False, image: Optional[str] = None, toleran
     check_code(sub, f, results)
     if rerun:
         rerun_evaluation(sub, f, spec, found, results, tolerance)
+        check_predict(sub, f, spec)
     if client is not None:
         run_in_image(sub, f, client, image, tolerance, image_timeout)
     return f

@@ -101,7 +101,13 @@ def test_contest_stack_is_python39_on_bullseye_without_tunebox():
     args = ib.load_stack("contest-2024").build_args
     assert (args["PYTHON"], args["BASE_IMAGE"], args["INSTALL_TUNEBOX"]) == (
         "python3.9", "tunebox/debian-bullseye:base", "0")
-    assert (args["MINDSPORE_VERSION"], args["MINDFORMERS_VERSION"], args["CANN_VERSION"]) == ("2.3.0", "1.2.0", "8.0.RC2")
+    # the contest's versions, cited in tunebox/contest/rules.py (the winner's init_run.sh, MindFormers v1.1.0's README)
+    from tunebox.contest.rules import CONTEST_STACK
+
+    assert (args["MINDSPORE_VERSION"], args["MINDFORMERS_VERSION"], args["CANN_VERSION"]) == (
+        CONTEST_STACK["mindspore"], CONTEST_STACK["mindformers"], CONTEST_STACK["cann"]) == ("2.3.0rc2", "1.1.0", "8.0.RC1")
+    pins = (REPO / "images/contest-2024/constraints.txt").read_text()
+    assert "mindspore==2.3.0rc2" in pins and "mindformers==1.1.0" in pins and "mindpet==1.0.4" in pins
 
 
 @pytest.mark.parametrize("name", STACKS)

@@ -138,12 +138,15 @@ def test_predict_config_names_the_checkpoint_and_tokenizer(tmp_path, mf_cwd):
 
     spec = load_spec(TINY_RECIPE)
     cfg = render_predict_config(spec, checkpoint="../checkpoints/step-000027/model.ckpt", tokenizer_dir="../tokenizer",
-                                max_new_tokens=24)
+                                max_new_tokens=24, special_tokens={"bos_token": "<s>", "eos_token": "</s>"},
+                                stop_ids=[2, 4])
     path = tmp_path / "predict.yaml"
     path.write_text(dump(cfg), encoding="utf-8")
     mf = MindFormerConfig(str(path))
     assert mf.run_mode == "predict" and mf.load_checkpoint.endswith("step-000027/model.ckpt")
-    assert mf.model.model_config.use_past is True and mf.model.arch.type == "LlamaForCausalLM"
+    # the tiny recipe runs on CPU, where MindSpore's rotary kernel under use_past takes fp16/bf16 only
+    assert mf.model.model_config.use_past is False and mf.model.arch.type == "LlamaForCausalLM"
+    assert list(mf.model.model_config.eos_token_id) == [2, 4]
     assert mf.processor.tokenizer.tokenizer_file == "../tokenizer/tokenizer.json"
 
 

@@ -16,6 +16,16 @@ from tunebox.model.registry import get_model_spec
 # architectures are in tunebox/model/registry.py; docs/CONTEST_RULES.md compares the two.
 CONTEST_NOMINAL_TOTAL_PARAMS = {"llama3-8b": 8_030_000_000, "internlm-7b": 7_321_000_000}
 
+# The stack the contest ran (and judged submissions with). MindSpore: the stage-1 winner's init_run.sh
+# installs `mindspore==2.3.0RC2` (mindspore-courses/competition 0ad8b8713ad666be6f2a265250da5e90a82b7062,
+# 2024-ascend-innovation-contest/topic2-finetune/first-phase/debias_world1/init_run.sh, line 12; the
+# "ALL IN ONE" README says the same). MindFormers r1.1: MindFormers v1.1.0's README version table
+# (mindspore-lab/mindformers 598e154fc4dd2b26d7f4aabc714c8c291d13be10, README.md line 69) pairs r1.1.0
+# with MindSpore 2.3.0rc2, MindPet 1.0.4 and CANN 8.0.RC1. PyPI spells the versions 2.3.0rc2 and 1.1.0;
+# MindSpore 2.3.0rc2 is not on PyPI (Huawei's download site serves it).
+CONTEST_STACK = {"mindspore": "2.3.0rc2", "mindformers": "1.1.0", "mindpet": "1.0.4", "cann": "8.0.RC1",
+                 "python": "3.9"}
+
 RETENTION_THRESHOLD = 0.90
 SQUAD_METRICS = ("f1", "em")
 SCORE_FORMULAS = {1: "(1 - ratio) * 0.3 + accuracy * 0.7", 2: "(1 - 10 * ratio) * 0.3 + accuracy * 0.7"}

@@ -226,13 +226,13 @@ def paged_attention_blocks(batch_size: int, seq_length: int, block_size: int = P
     return {"seq_length": per_row * block_size, "block_size": block_size, "num_blocks": batch_size * per_row}
 
 
-def predict_model_kwargs(spec, mspec, *, seq_length: int, batch_size: int) -> dict:
+def predict_model_kwargs(spec, mspec, *, seq_length: int, batch_size: int, use_past: bool = True) -> dict:
     """LlamaConfig kwargs of the network that predicts with a merged checkpoint (evaluate on Ascend, the
     bundle's predict.yaml): the training compute dtype, weights in merged_weight_dtype, incremental decoding
     with a paged-attention cache sized for the batch at seq_length."""
     blocks = paged_attention_blocks(batch_size, seq_length)
     kwargs = llama_config_kwargs(mspec, seq_length=blocks["seq_length"], batch_size=batch_size,
-                                 dtype=spec.train.dtype, param_dtype=merged_weight_dtype(spec), use_past=True)
+                                 dtype=spec.train.dtype, param_dtype=merged_weight_dtype(spec), use_past=use_past)
     return {**kwargs, "block_size": blocks["block_size"], "num_blocks": blocks["num_blocks"]}
 
 
@@ -244,15 +244,33 @@ def merged_checkpoint_types(spec) -> dict[str, str]:
     return declared_checkpoint_types(mspec, predict_model_kwargs(spec, mspec, seq_length=1, batch_size=1))
 
 
+# The tokenizer class MindFormers 1.9 registers for each model (mindformers/models/llama/: LlamaTokenizer
+# reads a sentencepiece tokenizer.model, LlamaTokenizerFast an HF tokenizer.json as `tokenizer_file`).
+# tunebox keeps every model's tokenizer as tokenizer.json (SmolLM2's and the tiny byte-level one have no
+# sentencepiece model), so the fast class serves them all. Not PreTrainedTokenizerFast: 1.9's
+# build_tokenizer does not find it ("Can't find class type tokenizer class name PreTrainedTokenizerFast").
+MF19_TOKENIZER = {"smollm2-135m": "LlamaTokenizerFast", "tiny": "LlamaTokenizerFast",
+                  "llama3-8b": "LlamaTokenizerFast", "internlm-7b": "LlamaTokenizerFast"}
+MF19_HEADER = ("MindFormers 1.9.0 on MindSpore 2.9.0 (the stack this run used); "
+               "the contest's MindFormers r1.1 takes the *_r1.1.yaml files next to this one")
+
+
 def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_tokens: int,
-                          seq_length: Optional[int] = None) -> dict:
-    """MindFormers' predict config for a merged (plain LlamaForCausalLM) checkpoint, with the
-    tokenizer files stock MindFormers loads for this model: incremental decoding (use_past), greedy,
-    the spec's device and dtype."""
+                          special_tokens: dict, stop_ids: list[int], seq_length: Optional[int] = None) -> dict:
+    """MindFormers 1.9's predict config for a merged (plain LlamaForCausalLM) checkpoint, with the
+    tokenizer class MindFormers registers for this model (MF19_TOKENIZER) on the bundled tokenizer.json:
+    greedy, the spec's device and dtype, stopping at the template's end-of-turn ids (stop_ids) as
+    tunebox's decoder does. special_tokens: tokenizer_config.json's bos/eos/pad/unk token strings.
+
+    No BOS is added by the tokenizer (add_bos_token False): the prompt text carries it where the
+    model's template wants one (InternLM's), exactly as prep and evaluate encode it. Incremental
+    decoding (use_past) off CPU only: MindSpore's CPU rotary kernel takes fp16/bf16 only under use_past."""
     mspec = get_model_spec(spec.model.name)
     seq = seq_length or max(spec.data.seq_length, 512)
     t = spec.train
-    model_config = {"type": "LlamaConfig", **predict_model_kwargs(spec, mspec, seq_length=seq, batch_size=1),
+    model_config = {"type": "LlamaConfig",
+                    **predict_model_kwargs(spec, mspec, seq_length=seq, batch_size=1, use_past=t.device != "CPU"),
+                    "eos_token_id": [int(i) for i in stop_ids],
                     "checkpoint_name_or_path": "", "do_sample": False, "top_k": 1, "top_p": 1.0,
                     "max_decode_length": seq, "max_new_tokens": max_new_tokens,
                     "repetition_penalty": 1.0}
@@ -264,10 +282,94 @@ def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_
         "parallel_config": {"data_parallel": 1, "model_parallel": 1, "pipeline_stage": 1},
         "model": {"model_config": model_config, "arch": {"type": "LlamaForCausalLM"}},
         "processor": {"return_tensors": "ms",
-                      "tokenizer": {"type": "PreTrainedTokenizerFast", "tokenizer_file": f"{tokenizer_dir}/tokenizer.json",
-                                    "unk_token": None, "pad_token": None}},
+                      "tokenizer": {"type": MF19_TOKENIZER[spec.model.name], "vocab_file": None,
+                                    "tokenizer_file": f"{tokenizer_dir}/tokenizer.json",
+                                    **{k: special_tokens.get(k) for k in ("bos_token", "eos_token", "pad_token",
+                                                                          "unk_token")},
+                                    "add_bos_token": False, "add_eos_token": False}},
     }
 
 
-def dump(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, default_flow_style=None)
+def dump(cfg: dict, header: Optional[str] = None) -> str:
+    """The YAML text; header: a comment for the first line (which MindFormers the file is for)."""
+    text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, default_flow_style=None)
+    return f"# {header}\n{text}" if header else text
+
+
+# ---- the contest's MindFormers: r1.1 ------------------------------------------------------------
+# The contest ran MindFormers r1.1 (v1.1.0) on MindSpore 2.3.0RC2 (docs/CONTEST_RULES.md). Its classes and
+# config keys, read from its source at the commit in tunebox/contest/mindformers_r1.1.json, differ from
+# 1.9's: no auto_register (first in v1.3.0); LlamaConfig has no attn_proj_has_bias, tie_word_embeddings or
+# fused_rms_norm (unknown keys become attributes nobody reads: a bias would be dropped silently); the
+# stage-2 model is research/internlm's InternLMForCausalLM, whose InternLMConfig says `has_bias` for the
+# q/k/v and o projections together. The classes are those the contest's teams named in their predict
+# YAMLs (mindspore-courses/competition, 2024-ascend-innovation-contest/topic2-finetune: first-phase
+# "ALL IN ONE"/predict_llama3_8b_800T_A2_64G.yaml, second-phase/nju-websoft/predict_internlm_7b_mmlu.yaml,
+# commit 0ad8b8713ad666be6f2a265250da5e90a82b7062).
+R11_MODELS = {
+    # model: (config class, network class, tokenizer class, tokenizer file key and name, how r1.1 runs it)
+    "llama3-8b": ("LlamaConfig", "LlamaForCausalLM", "Llama3Tokenizer", ("vocab_file", "tokenizer.model"),
+                  "research/llama3/run_llama3.py (it imports research/llama3's Llama3Tokenizer)"),
+    "internlm-7b": ("InternLMConfig", "InternLMForCausalLM", "InternLMTokenizer", ("vocab_file", "tokenizer.model"),
+                    "research/internlm/run_internlm.py (it imports research/internlm's classes)"),
+    "smollm2-135m": ("LlamaConfig", "LlamaForCausalLM", "LlamaTokenizerFast", ("tokenizer_file", "tokenizer.json"),
+                     "run_mindformer.py"),
+    "tiny": ("LlamaConfig", "LlamaForCausalLM", "LlamaTokenizerFast", ("tokenizer_file", "tokenizer.json"),
+             "run_mindformer.py"),
+}
+R11_FILE = "predict_r1.1.yaml"
+# keys of llama_config_kwargs that r1.1's configs do not have (their facts are carried otherwise, or refused)
+R11_DROPPED_KEYS = ("attn_proj_has_bias", "tie_word_embeddings", "fused_rms_norm")
+
+
+def r11_header(model_name: str) -> str:
+    runner = R11_MODELS[model_name][4]
+    text = (f"MindFormers r1.1 (v1.1.0) on MindSpore 2.3.0RC2, the contest's stack: run with {runner} "
+            f"--config {R11_FILE} --run_mode predict; predict.yaml is the MindFormers 1.9 one")
+    if get_model_spec(model_name).tie_word_embeddings:
+        text += ("\n# r1.1's LlamaForCausalLM has no tied LM head: save the embedding as lm_head.weight in the "
+                 "checkpoint before loading it")
+    return text
+
+
+def render_contest_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_tokens: int,
+                                  special_tokens: dict, stop_ids: list[int],
+                                  seq_length: Optional[int] = None) -> dict:
+    """A predict config for the contest's MindFormers r1.1, with the classes the contest's teams used
+    (R11_MODELS). Refuses what r1.1 would silently get wrong: a bias on the attention output under
+    LlamaConfig, InternLM projections with and without bias mixed. A tied LM head (SmolLM2) has no r1.1
+    key either; r11_header says so for such a model."""
+    mspec = get_model_spec(spec.model.name)
+    config_cls, arch, tokenizer_cls, (file_key, file_name), _ = R11_MODELS[spec.model.name]
+    seq = seq_length or max(spec.data.seq_length, 512)
+    # the contest's stack is Ascend (CANN 8.0.RC1): incremental decoding on, whatever device this run used
+    # weights in the merged checkpoints' dtypes, so r1.1 loads them as they are
+    kwargs = predict_model_kwargs(spec, mspec, seq_length=seq, batch_size=1, use_past=True)
+    if config_cls == "InternLMConfig":
+        if mspec.qkv_has_bias != mspec.attn_proj_has_bias:
+            raise ValueError(f"{mspec.name}: InternLMConfig's has_bias covers q/k/v and o together; this model has "
+                             f"qkv bias {mspec.qkv_has_bias}, o bias {mspec.attn_proj_has_bias}")
+        kwargs["has_bias"] = kwargs.pop("qkv_has_bias")
+    elif mspec.attn_proj_has_bias:
+        raise ValueError(f"{mspec.name}: r1.1's LlamaConfig has no attn_proj_has_bias; every wo.bias would be dropped")
+    for key in R11_DROPPED_KEYS:
+        kwargs.pop(key, None)
+    # r1.1's generate compares each new token with one id (text_generator.py: target == eos_token_id):
+    # the template's end-of-turn marker, the last of the stop ids
+    model_config = {"type": config_cls, **kwargs, "eos_token_id": int(stop_ids[-1]), "checkpoint_name_or_path": "",
+                    "do_sample": False, "top_k": 1, "top_p": 1.0, "max_decode_length": seq,
+                    "max_new_tokens": max_new_tokens, "repetition_penalty": 1.0}
+    tokenizer = {"type": tokenizer_cls, file_key: f"{tokenizer_dir}/{file_name}",
+                 **{k: special_tokens[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+                    if special_tokens.get(k)},
+                 "add_bos_token": False, "add_eos_token": False}
+    return {
+        "seed": 0, "output_dir": "./output", "load_checkpoint": checkpoint, "auto_trans_ckpt": False,
+        "run_mode": "predict", "use_parallel": False,
+        "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": spec.model.name},
+        "context": {"mode": 0, "device_target": "Ascend", "max_call_depth": 10000, "device_id": 0},
+        "parallel_config": {"data_parallel": 1, "model_parallel": 1, "pipeline_stage": 1},
+        "model": {"model_config": model_config, "arch": {"type": arch}},
+        "processor": {"return_tensors": "ms", "tokenizer": tokenizer, "type": "LlamaProcessor"},
+    }
+

@@ -37,7 +37,8 @@ FIXED_FILES = (
     "logs/merge/manifest.json", layout.in_logs(layout.MERGE_INDEX),
     "logs/evaluate/manifest.json", layout.in_logs(layout.EVALUATE_REPORT), "logs/evaluate/report.md",
     "logs/train/mindformers.yaml",
-) + ("mindformers/finetune.yaml", "mindformers/predict.yaml", "mindformers/mf_extensions.py", "mindformers/README.md")
+) + ("mindformers/finetune.yaml", "mindformers/predict.yaml", "mindformers/predict_r1.1.yaml",
+   "mindformers/mf_extensions.py", "mindformers/README.md")
 # What is copied from each job's folder into logs/<job>/ (never the MindRecord, LoRA or optimizer
 # state: the submission holds the merged checkpoints, and everything needed to check them).
 LOG_SOURCES = {
