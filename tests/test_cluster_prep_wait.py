@@ -113,3 +113,19 @@ def test_prep_timeout_must_outlast_the_hccl_timeout():
     assert spec.cluster.prep_timeout > spec.cluster.hccl_connect_timeout
     with pytest.raises(InputError, match="cluster.prep_timeout"):
         load_spec(TINY_RECIPE, ["cluster.prep_timeout=600", "cluster.hccl_connect_timeout=1200"])
+
+
+@pytest.mark.parametrize("overlay, sets", [("multi-node", ["train.workers=8", "train.batch_size=8"]),
+                                           ("ascend-job", ["train.workers=16", "train.batch_size=16"])])
+def test_render_refuses_a_prep_wait_shorter_than_the_cluster_timeout(overlay, sets):
+    """The overlays give msrun TUNEBOX_CLUSTER_TIMEOUT=3600 s; the prep wait must outlast it."""
+    from conftest import cannot_run
+    from tunebox.deploy.k8s import find_kubectl, render
+
+    if find_kubectl() is None:
+        cannot_run("kubectl is not installed: it renders the manifests (pip install -e '.[test]')")
+    from tunebox.io import InputError
+
+    render(TINY_RECIPE, overlay, overrides=sets)                      # the default, 10800 s, renders
+    with pytest.raises(InputError, match=r"cluster\.prep_timeout \(3000 s\) must be longer than .*3600 s"):
+        render(TINY_RECIPE, overlay, overrides=sets + ["cluster.prep_timeout=3000"])

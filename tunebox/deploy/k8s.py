@@ -199,6 +199,7 @@ class OverlayShape:
     indexed: bool
     args: list[str]
     kind: str = "Job"
+    env: dict = None              # the container's plain env values
 
 
 def overlay_shape(overlay: str) -> OverlayShape:
@@ -212,8 +213,9 @@ def overlay_shape(overlay: str) -> OverlayShape:
     args = [str(a) for a in container.get("args", [])]
     overrides = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"]
     limits = (container.get("resources") or {}).get("limits") or {}
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
     return OverlayShape(overrides, int(limits.get(NPU_RESOURCE, 0)),
-                        jobs[0]["spec"].get("completionMode") == "Indexed", args, jobs[0]["kind"])
+                        jobs[0]["spec"].get("completionMode") == "Indexed", args, jobs[0]["kind"], env)
 
 
 @dataclass
@@ -264,6 +266,11 @@ def plan_render(spec_path: str | Path, overlay: str, image: Optional[str] = None
     elif shape.npus_per_pod and workers != shape.npus_per_pod:
         raise InputError(f"{where} gives the pod {shape.npus_per_pod} cards but train.workers is {workers}",
                          spec.source_path)
+    cluster_timeout = int((shape.env or {}).get("TUNEBOX_CLUSTER_TIMEOUT", 0))
+    if nodes > 1 and spec.cluster.prep_timeout <= cluster_timeout:
+        raise InputError(f"cluster.prep_timeout ({spec.cluster.prep_timeout} s) must be longer than {where}'s "
+                         f"TUNEBOX_CLUSTER_TIMEOUT ({cluster_timeout} s): every rank waits for prep first. Fix: "
+                         f"--set cluster.prep_timeout={2 * cluster_timeout}", spec.source_path)
     args = list(shape.args)
     for ov in overrides:
         args += ["--set", ov]
