@@ -24,6 +24,7 @@ from typing import Optional
 
 import yaml
 
+from tunebox.model.budget import RESUME_KEPT, resume_every
 from tunebox.model.registry import (declared_checkpoint_types, get_model_spec, llama_config_kwargs,
                                     mindformers_target_regex)
 
@@ -168,7 +169,7 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
             {"type": "MFLossMonitor"},
             # full checkpoints (weights + optimizer state) for resume_training, rotated
             {"type": "CheckpointMonitor", "prefix": CHECKPOINT_PREFIX, "directory": str(out_dir),
-             "save_checkpoint_steps": t.save_state_every, "keep_checkpoint_max": 2,
+             "save_checkpoint_steps": resume_every(total_steps, t.save_state_every), "keep_checkpoint_max": RESUME_KEPT,
              "integrated_save": parallel_mode == 0, "async_save": False},
             {**_registered("TuneboxLoraCheckpoints"), "directory": str(out_dir), "prefix": CHECKPOINT_PREFIX,
              "planned_steps": list(plan["checkpoint_steps"]), "steps_per_epoch": steps_per_epoch},
