@@ -206,11 +206,14 @@ def paged_attention_blocks(batch_size: int, seq_length: int, block_size: int = P
 
 def predict_model_kwargs(spec, mspec, *, seq_length: int, batch_size: int) -> dict:
     """LlamaConfig kwargs of the network that predicts with a merged checkpoint (evaluate on Ascend, the
-    bundle's predict.yaml): the training compute dtype, weights in merged_weight_dtype, incremental decoding
-    with a paged-attention cache sized for the batch at seq_length."""
+    bundle's predict.yaml): weights and compute in merged_weight_dtype (MindFormers' Linear multiplies with
+    its weight cast to the compute dtype, so a bf16 compute dtype would round a float16/float32 merged
+    update again: docs/ACCURACY.md), incremental decoding with a paged-attention cache sized for the batch
+    at seq_length."""
     blocks = paged_attention_blocks(batch_size, seq_length)
+    dtype = merged_weight_dtype(spec)
     kwargs = llama_config_kwargs(mspec, seq_length=blocks["seq_length"], batch_size=batch_size,
-                                 dtype=spec.train.dtype, param_dtype=merged_weight_dtype(spec), use_past=True)
+                                 dtype=dtype, param_dtype=dtype, use_past=True)
     return {**kwargs, "block_size": blocks["block_size"], "num_blocks": blocks["num_blocks"]}
 
 
