@@ -245,7 +245,7 @@ def test_plan_prints_the_checkpoint_io_of_stage1(capsys):
     """`invoke plan` on the stage-1 recipe at the contest's 90,000 rows: 7,030 steps (90,000 // 64 = 1,406 a
     epoch x 5), a resume snapshot every 703 steps = 10 snapshots of bf16 weights 8,030,261,248 x 2 B plus
     LoRA state 3,407,872 x 12 B (float32 parameter and two float32 moments) = 16.101 GB each, 161.0 GB
-    written in all, 2 kept on disk; 5 LoRA checkpoints of 3,407,872 x 4 B; 5 merged bf16 checkpoints."""
+    written in all, 2 kept on disk; 5 LoRA checkpoints of 3,407,872 x 4 B; 5 merged fp16 checkpoints (the recipe's merge.dtype)."""
     assert plan_cli.main(["--config", str(REPO / "recipes" / "stage1-llama3-8b.yaml"), "--rows", "90000"]) == 0
     out = capsys.readouterr().out
     snapshot = 8_030_261_248 * 2 + 3_407_872 * 12
@@ -254,7 +254,7 @@ def test_plan_prints_the_checkpoint_io_of_stage1(capsys):
     assert f"{10 * snapshot / 1e9:,.1f} GB written" in out and "161.0 GB written" in out
     assert "2 kept" in out
     assert f"LoRA checkpoints: 5 x {3_407_872 * 4 / 1e6:,.1f} MB" in out
-    assert f"merged checkpoints: 5 x {8_030_261_248 * 2 / 1e9:,.1f} GB (bfloat16)" in out
+    assert f"merged checkpoints: 5 x {8_030_261_248 * 2 / 1e9:,.1f} GB (float16)" in out
 
     data = json.loads(subprocess.run([sys.executable, "-m", "jobs.plan", "--config",
                                       str(REPO / "recipes" / "stage1-llama3-8b.yaml"), "--rows", "90000", "--json"],
