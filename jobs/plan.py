@@ -203,6 +203,18 @@ def render_disk(disk: budget.DiskEstimate) -> str:
     return "\n".join(lines)
 
 
+def render_checkpoint_io(io: budget.CheckpointIO) -> str:
+    gb = lambda n: f"{n / 1e9:,.1f} GB"  # noqa: E731
+    return "\n".join([
+        f"Checkpoint I/O over {io.total_steps:,} steps:",
+        f"  resume snapshots: every {io.resume_every_steps:,} steps, {io.resume_snapshots} in the run x "
+        f"{gb(io.resume_snapshot_bytes)} = {gb(io.resume_snapshots * io.resume_snapshot_bytes)} written, "
+        f"{io.resume_kept} kept (train.save_state_every)",
+        f"  LoRA checkpoints: {io.lora_checkpoints} x {io.lora_checkpoint_bytes / 1e6:,.1f} MB",
+        f"  merged checkpoints: {io.merged_checkpoints} x {gb(io.merged_checkpoint_bytes)} ({io.merged_dtype})",
+        f"  in all {gb(io.written_bytes)} written"])
+
+
 def compare_with_baseline(s: dict, est: budget.TimeEstimate, args) -> dict:
     """The recipe next to the contest baseline: LoRA layout, trainable parameters, the ratio the contest
     computes, its cost in score, and each one's Ascend time (the baseline on the stage's reference workload,
@@ -255,6 +267,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         run = s["spec"] or RunSpec(model=ModelSection(name=s["model"].name),
                                    lora=LoraSection(rank=rank, target_modules=targets))
         disk = budget.estimate_disk(run)
+        io = budget.checkpoint_io(run, workload.steps)
         comparison = compare_with_baseline(s, est, args) if s["spec"] is not None else None
     except (InputError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
@@ -264,7 +277,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     if args.json:
         print(json.dumps({"lora": plan.to_dict(), "time": est.to_dict(), "reference_mfu": reference_mfu,
-                          "disk": disk.to_dict(),
+                          "disk": disk.to_dict(), "checkpoint_io": io.to_dict(),
                           "inputs": {k: {"value": v[0], "from": v[1]} for k, v in origins.items()},
                           "recipe_vs_baseline": comparison},
                          indent=2, ensure_ascii=False))
@@ -274,6 +287,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if s["spec"] is not None:
         print(render_memory(s["model"], s["spec"], origins, s["model"].lora_params(rank, targets)))
     print(render_disk(disk))
+    print(render_checkpoint_io(io))
     if comparison is not None:
         print(render_comparison(comparison))
     return 0

@@ -281,7 +281,7 @@ def test_llama3_8b_disk_holds_base_source_and_five_merged_checkpoints():
     est = estimate_disk(spec)
     params = 8_030_261_248                       # tunebox/model/registry.py, checked in tests/test_plan.py
     assert est.items["base_checkpoint_fp32"] == 4 * params
-    assert est.items["merged_checkpoints_bfloat16"] == 5 * 2 * params     # the recipe's merge.dtype
+    assert est.items["merged_checkpoints_float16"] == 5 * 2 * params      # the recipe's merge.dtype
     assert est.items["hf_source_bf16"] == 2 * params
     lora = 3_407_872                              # r8 on wq|wv
     assert est.items["resume_checkpoints_bfloat16"] == 2 * (2 * params + 3 * 4 * lora)  # MindFormers keeps 2

@@ -216,3 +216,52 @@ def test_winner_recipe_plans_its_published_ratio_next_to_the_baseline(capsys):
     assert plan_cli.main(["--config", recipe]) == 0
     out = capsys.readouterr().out
     assert "0.00679028" in out and "r64 on wq|wk|wv|wo" in out and "<- recipe" in out
+
+
+# ---- checkpoint I/O: resume snapshots derived from the plan ------------------------------------
+
+@pytest.mark.parametrize("recipe, rows", [("stage1-llama3-8b.yaml", 90_000), ("stage1-llama3-8b-cot.yaml", 40_960),
+                                          ("stage2-internlm-7b.yaml", 27_604), ("local-smollm2.yaml", 8_000)])
+def test_resume_snapshots_are_a_handful_per_run(recipe, rows, tmp_path):
+    """The rendered CheckpointMonitor saves full resume snapshots (weights + optimizer state, ~16 GB each
+    on Llama3-8B) a handful of times a run: 5 to 12, not every 20 steps (351 times over stage 1's 7,030
+    steps). The contest's stage-1 config saved every 1,400 of its ~7,030 steps."""
+    from jobs.train import plan_steps
+    from tunebox.config import load_spec
+    from tunebox.model.mf_config import render_train_config
+
+    spec = load_spec(REPO / "recipes" / recipe)
+    plan = plan_steps(rows, spec)
+    cfg = render_train_config(spec, data_files=[tmp_path / "t.mindrecord"], out_dir=tmp_path, plan=plan,
+                              base_checkpoint=None)
+    every = next(c for c in cfg["callbacks"] if c["type"] == "CheckpointMonitor")["save_checkpoint_steps"]
+    assert 5 <= plan["total_steps"] // every <= 12, (plan["total_steps"], every)
+    # an explicit train.save_state_every still wins (tests/test_spine.py resumes every 3 steps)
+    fixed = render_train_config(load_spec(REPO / "recipes" / recipe, ["train.save_state_every=3"]),
+                                data_files=[tmp_path / "t.mindrecord"], out_dir=tmp_path,
+                                plan=plan_steps(rows, load_spec(REPO / "recipes" / recipe,
+                                                                ["train.save_state_every=3"])),
+                                base_checkpoint=None)
+    assert next(c for c in fixed["callbacks"] if c["type"] == "CheckpointMonitor")["save_checkpoint_steps"] == 3
+
+
+def test_plan_prints_the_checkpoint_io_of_stage1(capsys):
+    """`invoke plan` on the stage-1 recipe at the contest's 90,000 rows: 7,030 steps (90,000 // 64 = 1,406 a
+    epoch x 5), a resume snapshot every 703 steps = 10 snapshots of bf16 weights 8,030,261,248 x 2 B plus
+    LoRA state 3,407,872 x 12 B (float32 parameter and two float32 moments) = 16.101 GB each, 161.0 GB
+    written in all, 2 kept on disk; 5 LoRA checkpoints of 3,407,872 x 4 B; 5 merged fp16 checkpoints (the recipe's merge.dtype)."""
+    assert plan_cli.main(["--config", str(REPO / "recipes" / "stage1-llama3-8b.yaml"), "--rows", "90000"]) == 0
+    out = capsys.readouterr().out
+    snapshot = 8_030_261_248 * 2 + 3_407_872 * 12
+    assert f"{snapshot / 1e9:,.1f} GB" == "16.1 GB"
+    assert "resume snapshots: every 703 steps, 10 in the run" in out
+    assert f"{10 * snapshot / 1e9:,.1f} GB written" in out and "161.0 GB written" in out
+    assert "2 kept" in out
+    assert f"LoRA checkpoints: 5 x {3_407_872 * 4 / 1e6:,.1f} MB" in out
+    assert f"merged checkpoints: 5 x {8_030_261_248 * 2 / 1e9:,.1f} GB (float16)" in out
+
+    data = json.loads(subprocess.run([sys.executable, "-m", "jobs.plan", "--config",
+                                      str(REPO / "recipes" / "stage1-llama3-8b.yaml"), "--rows", "90000", "--json"],
+                                     capture_output=True, text=True, cwd=REPO, check=True).stdout)
+    io = data["checkpoint_io"]
+    assert (io["resume_every_steps"], io["resume_snapshots"], io["resume_snapshot_bytes"]) == (703, 10, snapshot)

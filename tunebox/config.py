@@ -172,8 +172,10 @@ class TrainSection:
     """Data-parallel processes; > 1 launches msrun (4 per Ascend node)."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """Compute dtype; CPU needs float32."""
-    save_state_every: int = 20
-    """Optimizer steps between resume snapshots (LoRA + optimizer state); a kill loses at most this many."""
+    save_state_every: Optional[int] = None
+    """Optimizer steps between full resume snapshots (weights + optimizer state); a kill loses at most this
+    many. null: a tenth of the run's steps (budget.resume_every), so a run writes about ten (`invoke plan`
+    shows the checkpoint I/O; a Llama3-8B snapshot is about 16 GB)."""
     master_port: int = 8118
     """msrun scheduler port when workers > 1."""
     parallel: ParallelSection = field(default_factory=ParallelSection)

@@ -398,6 +398,65 @@ class DiskEstimate:
         return {"items_bytes": self.items, "headroom": self.headroom, "total_bytes": self.total_bytes, "gib": self.gib}
 
 
+# ---- checkpoint I/O --------------------------------------------------------------------------
+
+RESUME_SNAPSHOTS = 10   # full resume snapshots a run saves when train.save_state_every is not set
+RESUME_KEPT = 2         # the newest ones MindFormers' CheckpointMonitor keeps (keep_checkpoint_max)
+
+
+def resume_every(total_steps: int, configured: Optional[int] = None) -> int:
+    """Steps between MindFormers' full resume snapshots (weights + optimizer state): train.save_state_every,
+    else total_steps / RESUME_SNAPSHOTS rounded up. A kill then loses at most a tenth of the run, and a
+    Llama3-8B run writes ten ~16 GB snapshots instead of one every few steps (the contest's stage-1
+    config saved every 1,400 of its ~7,030 steps)."""
+    return configured or max(1, -(-total_steps // RESUME_SNAPSHOTS))
+
+
+def resume_snapshot_bytes(run) -> int:
+    """One full resume snapshot: every weight in the training dtype, and the LoRA parameters with
+    AdamWeightDecay's two moments in float32 (pet_config.param_init_type float32)."""
+    spec = get_model_spec(run.model.name)
+    train_dtype = run.train.dtype if run.train.device != "CPU" else "float32"
+    return BYTES[train_dtype] * spec.total_params() + 3 * 4 * spec.lora_params(run.lora.rank, run.lora.target_modules)
+
+
+@dataclass
+class CheckpointIO:
+    """What a run writes as checkpoints, in bytes."""
+    total_steps: int
+    resume_every_steps: int
+    resume_snapshots: int
+    resume_snapshot_bytes: int
+    resume_kept: int
+    lora_checkpoints: int
+    lora_checkpoint_bytes: int
+    merged_checkpoints: int
+    merged_checkpoint_bytes: int
+    merged_dtype: str
+
+    @property
+    def written_bytes(self) -> int:
+        return (self.resume_snapshots * self.resume_snapshot_bytes + self.lora_checkpoints * self.lora_checkpoint_bytes
+                + self.merged_checkpoints * self.merged_checkpoint_bytes)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "written_bytes": self.written_bytes}
+
+
+def checkpoint_io(run, total_steps: int) -> CheckpointIO:
+    from tunebox.model.mf_config import merged_weight_dtype
+
+    spec = get_model_spec(run.model.name)
+    every = resume_every(total_steps, run.train.save_state_every)
+    merged = merged_weight_dtype(run)
+    return CheckpointIO(total_steps=total_steps, resume_every_steps=every, resume_snapshots=total_steps // every,
+                        resume_snapshot_bytes=resume_snapshot_bytes(run), resume_kept=RESUME_KEPT,
+                        lora_checkpoints=run.train.num_checkpoints,
+                        lora_checkpoint_bytes=4 * spec.lora_params(run.lora.rank, run.lora.target_modules),
+                        merged_checkpoints=run.train.num_checkpoints,
+                        merged_checkpoint_bytes=BYTES[merged] * spec.total_params(), merged_dtype=merged)
+
+
 def estimate_disk(run) -> DiskEstimate:
     """The disk a run spec needs: the converted base (float32, tunebox/model/weights.py), the Hugging Face
     source it was converted from (bf16 safetensors, kept in the cache so a rebuild needs no download),
@@ -416,6 +475,6 @@ def estimate_disk(run) -> DiskEstimate:
         "base_checkpoint_fp32": 4 * params,
         "hf_source_bf16": 2 * params,
         f"merged_checkpoints_{merged}": n * BYTES[merged] * params,
-        f"resume_checkpoints_{train_dtype}": 2 * (BYTES[train_dtype] * params + 3 * 4 * lora),
+        f"resume_checkpoints_{train_dtype}": RESUME_KEPT * resume_snapshot_bytes(run),
         "lora_checkpoints": n * 4 * lora,
     })

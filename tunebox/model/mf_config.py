@@ -24,6 +24,7 @@ from typing import Optional
 
 import yaml
 
+from tunebox.model.budget import RESUME_KEPT, resume_every
 from tunebox.model.registry import (declared_checkpoint_types, get_model_spec, llama_config_kwargs,
                                     mindformers_target_regex)
 
@@ -168,7 +169,7 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
             {"type": "MFLossMonitor"},
             # full checkpoints (weights + optimizer state) for resume_training, rotated
             {"type": "CheckpointMonitor", "prefix": CHECKPOINT_PREFIX, "directory": str(out_dir),
-             "save_checkpoint_steps": t.save_state_every, "keep_checkpoint_max": 2,
+             "save_checkpoint_steps": resume_every(total_steps, t.save_state_every), "keep_checkpoint_max": RESUME_KEPT,
              "integrated_save": parallel_mode == 0, "async_save": False},
             {**_registered("TuneboxLoraCheckpoints"), "directory": str(out_dir), "prefix": CHECKPOINT_PREFIX,
              "planned_steps": list(plan["checkpoint_steps"]), "steps_per_epoch": steps_per_epoch},
@@ -228,11 +229,14 @@ def paged_attention_blocks(batch_size: int, seq_length: int, block_size: int = P
 
 def predict_model_kwargs(spec, mspec, *, seq_length: int, batch_size: int, use_past: bool = True) -> dict:
     """LlamaConfig kwargs of the network that predicts with a merged checkpoint (evaluate on Ascend, the
-    bundle's predict.yaml): the training compute dtype, weights in merged_weight_dtype, incremental decoding
-    with a paged-attention cache sized for the batch at seq_length."""
+    bundle's predict.yaml): weights and compute in merged_weight_dtype (MindFormers' Linear multiplies with
+    its weight cast to the compute dtype, so a bf16 compute dtype would round a float16/float32 merged
+    update again: docs/ACCURACY.md), incremental decoding with a paged-attention cache sized for the batch
+    at seq_length."""
     blocks = paged_attention_blocks(batch_size, seq_length)
+    dtype = merged_weight_dtype(spec)
     kwargs = llama_config_kwargs(mspec, seq_length=blocks["seq_length"], batch_size=batch_size,
-                                 dtype=spec.train.dtype, param_dtype=merged_weight_dtype(spec), use_past=use_past)
+                                 dtype=dtype, param_dtype=dtype, use_past=use_past)
     return {**kwargs, "block_size": blocks["block_size"], "num_blocks": blocks["num_blocks"]}
 
 
