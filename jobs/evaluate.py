@@ -36,8 +36,8 @@ import numpy as np
 from tunebox import layout
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
-from tunebox.contest.rules import (RETENTION_THRESHOLD, SCORE_FORMULAS, choose_checkpoint, param_figures, retention_verdict,
-                           stage_score)
+from tunebox.contest.rules import (RETENTION_METRIC, RETENTION_THRESHOLD, SCORE_FORMULAS, choose_checkpoint,
+                                   param_figures, retention_verdict, stage_score)
 from tunebox.data.samples import load_tokenizer
 from tunebox.evaluation.loop import (ALL_FAMILIES, MCQ_ANSWER_PREFIX, SQUAD_MAX_NEW_TOKENS, HeldoutTask, SquadTask,
                                      evaluate_model, limit_for, load_heldout, load_squad)
@@ -62,6 +62,10 @@ def contest_figures(spec: RunSpec) -> dict:
 def annotate(entry: dict, base: Optional[dict], figures: dict) -> dict:
     """Add retention, ratio and stage score to one tuned model's summary."""
     entry["retention"] = retention_verdict(entry.get("squad"), (base or {}).get("squad"), figures["retention_threshold"])
+    # the same rule on MindFormers' EmF1Metric figures (the contest's metric): reported, not what the choice uses
+    entry["retention_emf1"] = retention_verdict((entry.get("squad") or {}).get("emf1"),
+                                                ((base or {}).get("squad") or {}).get("emf1"),
+                                                figures["retention_threshold"])
     entry["ratio"] = figures["ratio_for_score"]
     entry["score"] = stage_score(figures["stage"], entry["accuracy_strict"], figures["ratio_for_score"])
     entry["score_tolerant"] = stage_score(figures["stage"], entry["accuracy_tolerant"], figures["ratio_for_score"])
@@ -215,8 +219,9 @@ def _f(value, spec: str = ".3f", none: str = "-") -> str:
 
 
 def na(retention: dict) -> str:
-    """How a missing retention ratio reads: n/a when SQuAD was measured but the base scored 0."""
-    return "n/a" if retention.get("measured") else "-"
+    """How a missing retention ratio reads: when SQuAD was measured but the base scored 0, that
+    metric cannot pass or fail (tuned >= 0.9 x 0 always holds); '-' when it was not measured."""
+    return "cannot pass or fail (base 0)" if retention.get("measured") else "-"
 
 
 def write_plots(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dict], choice: dict,
@@ -320,7 +325,9 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
                   + f". Score = {contest['score_formula']} (ratio {contest['ratio_for_score']:.8g}).")
     squad_line = (f"SQuAD: first {len(squad.rows)} questions of `{squad.source.name}`, contest prompt, greedy, "
                   f"<= {squad.max_new_tokens} new tokens; retention = tuned / base, valid when F1 and EM both >= "
-                  f"{RETENTION_THRESHOLD:.2f}." if squad else "SQuAD retention not measured (eval.squad_file unset).")
+                  f"{RETENTION_THRESHOLD:.2f}; the checkpoint choice uses the {RETENTION_METRIC}, MindFormers' "
+                  f"EmF1Metric (the contest's metric) is shown beside it. A base score of 0 cannot pass or fail."
+                  if squad else "SQuAD retention not measured (eval.squad_file unset).")
     lines = [f"# Evaluation report: {spec.run_id}", "",
              f"Model `{spec.model.name}`, stage {spec.stage}, {len(task.rows)} held-out rows ("
              + ", ".join(f"{sum(1 for r in task.rows if r.get('source', 'split') == src)} "
@@ -337,8 +344,9 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
                                    "scoring.closeness. ")
              + squad_line, ratio_line, "",
              "| model | step | loss | acc strict | acc tolerant |" + (" acc log-prob |" if mcq else " within 1% | digits |")
-             + " SQuAD F1 | SQuAD EM | retention F1 / EM | score | valid |",
-             "|---|---:|---:|---:|---:|" + ("---:|" if mcq else "---:|---:|") + "---:|---:|---:|---:|:---:|"]
+             + " SQuAD F1 | SQuAD EM | retention F1 / EM | EmF1Metric F1 / EM | EmF1Metric retention F1 / EM"
+             " | score | valid |",
+             "|---|---:|---:|---:|---:|" + ("---:|" if mcq else "---:|---:|") + "---:|---:|---:|---:|---:|---:|:---:|"]
     for r in results:
         sq = r.get("squad") or {}
         ret = r.get("retention") or {}
@@ -351,6 +359,10 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
                      + f" {_f(sq.get('f1'), '.2f')} | {_f(sq.get('em'), '.2f')} | "
                      + (f"{_f(ret.get('f1'), none=na(ret))} / {_f(ret.get('em'), none=na(ret))}" if r is not base
                         else "1 / 1" if sq else "-")
+                     + f" | {_f((sq.get('emf1') or {}).get('f1'), '.2f')} / {_f((sq.get('emf1') or {}).get('em'), '.2f')} | "
+                     + (f"{_f(r['retention_emf1'].get('f1'), none=na(r['retention_emf1']))} / "
+                        f"{_f(r['retention_emf1'].get('em'), none=na(r['retention_emf1']))}"
+                        if r is not base and r.get("retention_emf1") else "1 / 1" if sq.get("emf1") else "-")
                      + f" | {_f(r.get('score'), '.4f')} | {valid} |")
     lines += ["", f"**Chosen: {choice['model'] or 'none'}**: {choice['reason']}."]
     for name, why in choice["verdicts"].items():

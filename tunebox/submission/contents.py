@@ -255,7 +255,8 @@ def build_results(*, run_id: str, stage: int, fmt: str, model_name: str, rank: i
     return {"run_id": run_id, "stage": stage, "format": fmt, "model": model_name,
             "score_formula": f"stage {stage}: {rules.SCORE_FORMULAS[stage]}, accuracy = strict (the contest rule)",
             **params, "lora_targets": sorted(lora_targets(target_modules)), "base": base, "checkpoints": rows,
-            "chosen": rules.choose_checkpoint(candidates), "evaluate_best": evaluate_best(report), "code": dict(code)}
+            "chosen": rules.choose_checkpoint(candidates), "retention_metric": rules.RETENTION_METRIC,
+            "evaluate_best": evaluate_best(report), "code": dict(code)}
 
 
 def _squad_pair(fields: Mapping) -> Optional[dict]:
