@@ -218,6 +218,21 @@ def _f(value, spec: str = ".3f", none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
 
+def valid_cell(retention: dict) -> str:
+    """The report's verdict: pass / **fail** / ?, and never a bare pass where a base score of 0 decided
+    nothing (tuned >= 0.9 x 0 holds whatever the checkpoint does)."""
+    passes = retention.get("passes")
+    if passes is not True:
+        return {False: "**fail**", None: "?"}[passes]
+    undecided = retention.get("undecided") or []
+    decided = [m.upper() for m in ("f1", "em") if m not in undecided]
+    if not undecided:
+        return "pass"
+    if not decided:
+        return "cannot pass or fail (base 0)"
+    return f"pass on {' and '.join(decided)}; {' and '.join(m.upper() for m in undecided)} cannot pass or fail (base 0)"
+
+
 def na(retention: dict) -> str:
     """How a missing retention ratio reads: when SQuAD was measured but the base scored 0, that
     metric cannot pass or fail (tuned >= 0.9 x 0 always holds); '-' when it was not measured."""
@@ -344,13 +359,12 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
                                    "scoring.closeness. ")
              + squad_line, ratio_line, "",
              "| model | step | loss | acc strict | acc tolerant |" + (" acc log-prob |" if mcq else " within 1% | digits |")
-             + " SQuAD F1 | SQuAD EM | retention F1 / EM | EmF1Metric F1 / EM | EmF1Metric retention F1 / EM"
-             " | score | valid |",
-             "|---|---:|---:|---:|---:|" + ("---:|" if mcq else "---:|---:|") + "---:|---:|---:|---:|---:|---:|:---:|"]
+             + " SQuAD F1 | SQuAD EM | retention F1 / EM | score | valid |",
+             "|---|---:|---:|---:|---:|" + ("---:|" if mcq else "---:|---:|") + "---:|---:|---:|---:|:---:|"]
     for r in results:
         sq = r.get("squad") or {}
         ret = r.get("retention") or {}
-        valid = {True: "pass", False: "**fail**", None: "?"}[ret.get("passes")] if r is not base else ""
+        valid = valid_cell(ret) if r is not base else ""
         mark = " ✅" if r["model"] == choice["model"] else ""
         lines.append(f"| {r['model']}{mark} | {r['step']} | {_f(r.get('train_loss'), '.4f')} | {r['accuracy_strict']:.3f} | "
                      f"{r['accuracy_tolerant']:.3f} |" + (f" {_f(r.get('accuracy_logprob'))} |" if mcq else
@@ -359,12 +373,23 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
                      + f" {_f(sq.get('f1'), '.2f')} | {_f(sq.get('em'), '.2f')} | "
                      + (f"{_f(ret.get('f1'), none=na(ret))} / {_f(ret.get('em'), none=na(ret))}" if r is not base
                         else "1 / 1" if sq else "-")
-                     + f" | {_f((sq.get('emf1') or {}).get('f1'), '.2f')} / {_f((sq.get('emf1') or {}).get('em'), '.2f')} | "
-                     + (f"{_f(r['retention_emf1'].get('f1'), none=na(r['retention_emf1']))} / "
-                        f"{_f(r['retention_emf1'].get('em'), none=na(r['retention_emf1']))}"
-                        if r is not base and r.get("retention_emf1") else "1 / 1" if sq.get("emf1") else "-")
                      + f" | {_f(r.get('score'), '.4f')} | {valid} |")
+    if any((r.get("squad") or {}).get("emf1") for r in results):
+        lines += ["", "SQuAD by MindFormers' EmF1Metric (the contest's metric; the same answers, each question's "
+                      "first gold answer; reported, not what the choice uses):", "",
+                  "| model | EmF1Metric F1 | EmF1Metric EM | EmF1Metric retention F1 / EM | verdict by EmF1Metric |",
+                  "|---|---:|---:|---:|:---:|"]
+        for r in results:
+            e, rr = (r.get("squad") or {}).get("emf1") or {}, r.get("retention_emf1") or {}
+            lines.append(f"| {r['model']} | {_f(e.get('f1'), '.2f')} | {_f(e.get('em'), '.2f')} | "
+                         + (f"{_f(rr.get('f1'), none=na(rr))} / {_f(rr.get('em'), none=na(rr))} | "
+                            f"{valid_cell(rr)} |" if r is not base
+                            else "1 / 1 | |"))
     lines += ["", f"**Chosen: {choice['model'] or 'none'}**: {choice['reason']}."]
+    zero = [m.upper() for m in ("f1", "em") if base and (base.get("squad") or {}).get(m) == 0]
+    if zero:
+        lines.append(f"The base model scores 0 on SQuAD {' and '.join(zero)}: the retention rule cannot pass or fail "
+                     f"on it (any checkpoint keeps 90% of 0), so it decided nothing there.")
     for name, why in choice["verdicts"].items():
         lines.append(f"- {name}: {why}")
     if dial:

@@ -272,6 +272,10 @@ def test_tiny_report_has_emf1_retention_beside_the_official_one(tiny_run, tmp_pa
     assert "the checkpoint choice uses the official SQuAD v1.1 script" in md
     if not base["Em"] > 0 or not report["base"]["squad"]["em"] > 0:
         assert "cannot pass or fail (base 0)" in md and "n/a" not in md
+    if not report["base"]["squad"]["f1"] > 0 and not report["base"]["squad"]["em"] > 0:
+        # nothing decided retention: no row of the main table may read a bare "pass"
+        assert not [l for l in md.splitlines() if l.startswith("| step-") and l.endswith("| pass |")]
+        assert "the retention rule cannot pass or fail on it" in md
 
 
 def test_new_token_limits_come_from_training_answers_only(tiny_run):

@@ -54,6 +54,17 @@ def test_report_says_cannot_pass_or_fail_not_na():
     assert "n/a" not in na(verdict)
 
 
+def test_report_never_shows_a_bare_pass_that_base_zero_decided():
+    from jobs.evaluate import valid_cell
+
+    assert valid_cell(rules.retention_verdict({"f1": 41.0, "em": 0.0}, {"f1": 40.0, "em": 0.0})) == \
+        "pass on F1; EM cannot pass or fail (base 0)"
+    assert valid_cell(rules.retention_verdict({"f1": 0.0, "em": 0.0}, {"f1": 0.0, "em": 0.0})) == \
+        "cannot pass or fail (base 0)"
+    assert valid_cell(rules.retention_verdict({"f1": 41.0, "em": 9.0}, {"f1": 40.0, "em": 10.0})) == "pass"
+    assert valid_cell(rules.retention_verdict({"f1": 30.0, "em": 0.0}, {"f1": 40.0, "em": 0.0})) == "**fail**"
+
+
 def test_the_checkpoint_choice_names_its_metric():
     assert rules.RETENTION_METRIC.startswith("official SQuAD v1.1")
     from tunebox.submission.contents import build_results

@@ -367,6 +367,11 @@ def evaluate_model(name: str, mdir: Path, identity: dict, load: Callable[[], obj
             log.info("%s: SQuAD F1 %.2f, EM %.2f (%.0f s)", name, squad_res["f1"], squad_res["em"], squad_res["seconds"])
         else:
             log.info("%s: SQuAD already evaluated (%s)", name, mdir / "squad.json")
+            if "emf1" not in squad_res:  # evaluated before EmF1Metric was reported: score the same answers
+                rows = [json.loads(l) for l in (mdir / "squad_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+                        if l.strip()]
+                squad_res["emf1"] = scoring.squad_scores_emf1([r["answer"] for r in rows], [r["gold"] for r in rows])
+                atomic_write_json(mdir / "squad.json", squad_res)
         result["squad"] = {k: squad_res.get(k) for k in ("n", "f1", "em", "emf1", "seconds", "cpu_seconds",
                                                           "new_tokens")}
     return result
