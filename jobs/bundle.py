@@ -22,7 +22,8 @@
                         predictions, scores and reports
   results.json          per checkpoint: step, math accuracy (strict, tolerant), SQuAD F1/EM and
                         retention when evaluate measured them, ratio, contest score; the chosen checkpoint
-  ENVIRONMENT.md, environment.json   what each job ran on, from the jobs' manifests
+  ENVIRONMENT.md, environment.json   what each job ran on, from the jobs' manifests, and what the run
+                        installs on top of the contest's base environment (rules.CONTEST_STACK)
   selfcheck.png         the self-check picture the contest asks for: run id, commit, the result table,
                         the ratio computation, the retention verdict, the tail of the training log
   SHA256SUMS            sha256 of every other file (`sha256sum -c SHA256SUMS` works inside the folder)
@@ -122,19 +123,49 @@ def merged_checkpoints(spec: RunSpec, train_index: dict, merge_index: dict) -> l
 
 MF_README = """# Running this submission with MindFormers
 
+Which MindFormers each file is for (each file says so on its first line):
+
+| file | MindFormers | MindSpore |
+|---|---|---|
+| finetune.yaml | 1.9.0 (the run's own stack) | 2.9.0 |
+| predict.yaml | 1.9.0 | 2.9.0 |
+| predict_r1.1.yaml | r1.1 (v1.1.0), the contest's | 2.3.0rc2 |
+
 finetune.yaml is the MindFormers config the training ran (runs/<id>/train/mindformers.yaml), with
 its machine paths made relative to this folder's parent: point `load_checkpoint` at the base model's
 MindFormers checkpoint and `train_dataset.data_loader.dataset_dir` at the MindRecord before running it.
-The classes it names with `auto_register` are in mf_extensions.py, found through REGISTER_PATH.
+The classes it names with `auto_register` are in mf_extensions.py, found through REGISTER_PATH
+(MindFormers 1.9; r1.1 has no auto_register).
 
-    cd mindformers
-    REGISTER_PATH=$PWD python /path/to/mindformers/run_mindformer.py --config finetune.yaml --run_mode finetune
-    python /path/to/mindformers/run_mindformer.py --config predict.yaml --run_mode predict \\
-        --predict_data "1 + 1 = ?"
+Below, MF is a MindFormers checkout (run_mindformer.py and scripts/ are there; the wheel does not ship
+them). The YAMLs' relative paths (../checkpoints, ../tokenizer, ../base, ../data) are relative to this
+folder, and MindFormers reads them from its working directory: run from here. One card:
 
-predict.yaml loads {checkpoint} (the chosen checkpoint) with ../tokenizer/tokenizer.json;
-set `load_checkpoint` to another checkpoints/step-N/model.ckpt to try the others.
+    cd <submission>/mindformers
+    REGISTER_PATH=$PWD python $MF/run_mindformer.py --config finetune.yaml --run_mode finetune
+
+Four cards, model parallel (the contest's layout): in finetune.yaml set `use_parallel: True`,
+`parallel.parallel_mode: 1` and `parallel_config: {{data_parallel: 1, model_parallel: 4, pipeline_stage: 1}}`
+(the Ascend recipes render it so: {topology}), then launch with MindFormers' msrun launcher:
+
+    REGISTER_PATH=$PWD bash $MF/scripts/msrun_launcher.sh \\
+        "$MF/run_mindformer.py --config finetune.yaml --run_mode finetune" 4
+
+Predict with the prompt the model was trained on (the training template, here the first held-out
+problem; $'...' keeps the newlines):
+
+    python $MF/run_mindformer.py --config predict.yaml --run_mode predict \\
+        --predict_data {prompt}
+
+predict.yaml loads {checkpoint} (the chosen checkpoint) with ../tokenizer/tokenizer.json; set
+`load_checkpoint` to another checkpoints/step-N/model.ckpt to try the others. On the contest's r1.1 use
+predict_r1.1.yaml the same way, through {r11_runner}.
 """
+
+
+def ansi_c_quoted(text: str) -> str:
+    """text as a bash $'...' word: the prompt's newlines survive a copy into a shell."""
+    return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
 def portable_finetune_config(config: dict, run_dir: Path) -> dict:
@@ -180,7 +211,16 @@ def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int, tok) 
         spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens,
         special_tokens=tok.config, stop_ids=tok.stop_ids), r11_header(spec.model.name)))
     shutil.copy2(EXTENSIONS_FILE, folder / EXTENSIONS_FILE.name)
-    atomic_write_text(folder / "README.md", MF_README.format(checkpoint=checkpoint))
+    from tunebox.data.prompts import spec_prompt
+    from tunebox.model.mf_config import R11_MODELS, topology
+
+    topo = topology(spec)
+    heldout = _read_jsonl(spec.run_dir / layout.PREP_HELDOUT)
+    atomic_write_text(folder / "README.md", MF_README.format(
+        checkpoint=checkpoint, prompt=ansi_c_quoted(spec_prompt(tok, heldout[0]["prompt"], spec.data)),
+        topology=f"this run: {topo.workers} worker(s), data {topo.data_parallel} x model {topo.model_parallel} "
+                 f"x pipeline {topo.pipeline_stage}",
+        r11_runner=R11_MODELS[spec.model.name][4]))
 
 
 # ---- putting files in place ------------------------------------------------------------------
@@ -352,7 +392,7 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         selfcheck.render(tmp / selfcheck.FILE, results=results, results_bytes=(tmp / "results.json").read_bytes(),
                          rank=spec.lora.rank, commit=code.get("commit"), code_note=code["note"],
                          log_name=log_name, log_tail=log_tail)
-        env = contents.environment_record(manifests)
+        env = contents.environment_record(manifests, contents.direct_requirements(tmp / "code.tar.gz"))
         atomic_write_json(tmp / "environment.json", env)
         atomic_write_text(tmp / "ENVIRONMENT.md", contents.render_environment(env))
         atomic_write_text(tmp / "ALGORITHM.md", render_algorithm(

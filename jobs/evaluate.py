@@ -36,8 +36,8 @@ import numpy as np
 from tunebox import layout
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
-from tunebox.contest.rules import (RETENTION_THRESHOLD, SCORE_FORMULAS, choose_checkpoint, param_figures, retention_verdict,
-                           stage_score)
+from tunebox.contest.rules import (RETENTION_METRIC, RETENTION_THRESHOLD, SCORE_FORMULAS, choose_checkpoint,
+                                   param_figures, retention_verdict, stage_score)
 from tunebox.data.samples import load_tokenizer
 from tunebox.evaluation.loop import (ALL_FAMILIES, MCQ_ANSWER_PREFIX, SQUAD_MAX_NEW_TOKENS, HeldoutTask, SquadTask,
                                      evaluate_model, limit_for, load_heldout, load_squad)
@@ -62,6 +62,10 @@ def contest_figures(spec: RunSpec) -> dict:
 def annotate(entry: dict, base: Optional[dict], figures: dict) -> dict:
     """Add retention, ratio and stage score to one tuned model's summary."""
     entry["retention"] = retention_verdict(entry.get("squad"), (base or {}).get("squad"), figures["retention_threshold"])
+    # the same rule on MindFormers' EmF1Metric figures (the contest's metric): reported, not what the choice uses
+    entry["retention_emf1"] = retention_verdict((entry.get("squad") or {}).get("emf1"),
+                                                ((base or {}).get("squad") or {}).get("emf1"),
+                                                figures["retention_threshold"])
     entry["ratio"] = figures["ratio_for_score"]
     entry["score"] = stage_score(figures["stage"], entry["accuracy_strict"], figures["ratio_for_score"])
     entry["score_tolerant"] = stage_score(figures["stage"], entry["accuracy_tolerant"], figures["ratio_for_score"])
@@ -214,9 +218,25 @@ def _f(value, spec: str = ".3f", none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
 
+def valid_cell(retention: dict) -> str:
+    """The report's verdict: pass / **fail** / ?, and never a bare pass where a base score of 0 decided
+    nothing (tuned >= 0.9 x 0 holds whatever the checkpoint does)."""
+    passes = retention.get("passes")
+    if passes is not True:
+        return {False: "**fail**", None: "?"}[passes]
+    undecided = retention.get("undecided") or []
+    decided = [m.upper() for m in ("f1", "em") if m not in undecided]
+    if not undecided:
+        return "pass"
+    if not decided:
+        return "cannot pass or fail (base 0)"
+    return f"pass on {' and '.join(decided)}; {' and '.join(m.upper() for m in undecided)} cannot pass or fail (base 0)"
+
+
 def na(retention: dict) -> str:
-    """How a missing retention ratio reads: n/a when SQuAD was measured but the base scored 0."""
-    return "n/a" if retention.get("measured") else "-"
+    """How a missing retention ratio reads: when SQuAD was measured but the base scored 0, that
+    metric cannot pass or fail (tuned >= 0.9 x 0 always holds); '-' when it was not measured."""
+    return "cannot pass or fail (base 0)" if retention.get("measured") else "-"
 
 
 def write_plots(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dict], choice: dict,
@@ -320,7 +340,9 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
                   + f". Score = {contest['score_formula']} (ratio {contest['ratio_for_score']:.8g}).")
     squad_line = (f"SQuAD: first {len(squad.rows)} questions of `{squad.source.name}`, contest prompt, greedy, "
                   f"<= {squad.max_new_tokens} new tokens; retention = tuned / base, valid when F1 and EM both >= "
-                  f"{RETENTION_THRESHOLD:.2f}." if squad else "SQuAD retention not measured (eval.squad_file unset).")
+                  f"{RETENTION_THRESHOLD:.2f}; the checkpoint choice uses the {RETENTION_METRIC}, MindFormers' "
+                  f"EmF1Metric (the contest's metric) is shown beside it. A base score of 0 cannot pass or fail."
+                  if squad else "SQuAD retention not measured (eval.squad_file unset).")
     lines = [f"# Evaluation report: {spec.run_id}", "",
              f"Model `{spec.model.name}`, stage {spec.stage}, {len(task.rows)} held-out rows ("
              + ", ".join(f"{sum(1 for r in task.rows if r.get('source', 'split') == src)} "
@@ -342,7 +364,7 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
     for r in results:
         sq = r.get("squad") or {}
         ret = r.get("retention") or {}
-        valid = {True: "pass", False: "**fail**", None: "?"}[ret.get("passes")] if r is not base else ""
+        valid = valid_cell(ret) if r is not base else ""
         mark = " ✅" if r["model"] == choice["model"] else ""
         lines.append(f"| {r['model']}{mark} | {r['step']} | {_f(r.get('train_loss'), '.4f')} | {r['accuracy_strict']:.3f} | "
                      f"{r['accuracy_tolerant']:.3f} |" + (f" {_f(r.get('accuracy_logprob'))} |" if mcq else
@@ -352,7 +374,22 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
                      + (f"{_f(ret.get('f1'), none=na(ret))} / {_f(ret.get('em'), none=na(ret))}" if r is not base
                         else "1 / 1" if sq else "-")
                      + f" | {_f(r.get('score'), '.4f')} | {valid} |")
+    if any((r.get("squad") or {}).get("emf1") for r in results):
+        lines += ["", "SQuAD by MindFormers' EmF1Metric (the contest's metric; the same answers, each question's "
+                      "first gold answer; reported, not what the choice uses):", "",
+                  "| model | EmF1Metric F1 | EmF1Metric EM | EmF1Metric retention F1 / EM | verdict by EmF1Metric |",
+                  "|---|---:|---:|---:|:---:|"]
+        for r in results:
+            e, rr = (r.get("squad") or {}).get("emf1") or {}, r.get("retention_emf1") or {}
+            lines.append(f"| {r['model']} | {_f(e.get('f1'), '.2f')} | {_f(e.get('em'), '.2f')} | "
+                         + (f"{_f(rr.get('f1'), none=na(rr))} / {_f(rr.get('em'), none=na(rr))} | "
+                            f"{valid_cell(rr)} |" if r is not base
+                            else "1 / 1 | |"))
     lines += ["", f"**Chosen: {choice['model'] or 'none'}**: {choice['reason']}."]
+    zero = [m.upper() for m in ("f1", "em") if base and (base.get("squad") or {}).get(m) == 0]
+    if zero:
+        lines.append(f"The base model scores 0 on SQuAD {' and '.join(zero)}: the retention rule cannot pass or fail "
+                     f"on it (any checkpoint keeps 90% of 0), so it decided nothing there.")
     for name, why in choice["verdicts"].items():
         lines.append(f"- {name}: {why}")
     if dial:

@@ -15,7 +15,8 @@ Checks, all of them every time (a problem does not stop the others):
                SQuAD F1/EM re-scored from the bundled SQuAD predictions (when evaluate measured them) and
                the retention verdict re-derived, ratio and score recomputed from hyperparams.yaml, the
                chosen checkpoint by the same rule
-  environment  environment.json and ENVIRONMENT.md are what the bundled manifests give
+  environment  environment.json and ENVIRONMENT.md are what the bundled manifests (and code.tar.gz's
+               pyproject.toml, for the dependencies on top of the contest's base) give
   code         code.tar.gz is a readable archive of tunebox's sources
   selfcheck    selfcheck.png is the picture bundle drew of this run (run id, commit, results.json's sha256)
 With --rerun, each checkpoint is evaluated again from the folder alone (bundled tokenizer, held-out

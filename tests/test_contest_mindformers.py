@@ -100,11 +100,17 @@ def test_stage1_predicts_with_the_contest_teams_llama3_classes():
     assert cfg["processor"]["tokenizer"]["type"] == "Llama3Tokenizer"
 
 
-def test_bundle_carries_both_and_each_says_which_mindformers(tiny_run, tmp_path):
-    runs = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def tiny_submission(tiny_run, tmp_path_factory):
+    work = tmp_path_factory.mktemp("contestmf")
+    runs = work / "runs"
     shutil.copytree(tiny_run["run_dir"], runs / "tiny", ignore=shutil.ignore_patterns("submission", "mindformers"))
-    run_job("bundle", TINY_RECIPE, tiny_run["cache"], tmp_path, f"runs_dir={runs}")
-    folder = runs / "tiny" / "submission" / "mindformers"
+    run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
+    return runs / "tiny" / "submission"
+
+
+def test_bundle_carries_both_and_each_says_which_mindformers(tiny_submission):
+    folder = tiny_submission / "mindformers"
     firsts = {name: (folder / name).read_text(encoding="utf-8").splitlines()[0]
               for name in ("finetune.yaml", "predict.yaml", R11_FILE)}
     assert firsts["finetune.yaml"].startswith("# MindFormers 1.9.0")
@@ -114,3 +120,81 @@ def test_bundle_carries_both_and_each_says_which_mindformers(tiny_run, tmp_path)
     assert r11_problems(r11) == []
     assert (folder / r11["load_checkpoint"]).resolve().is_file()
     assert (folder / r11["processor"]["tokenizer"]["tokenizer_file"]).resolve().is_file()
+
+
+def test_mindformers_readme_launches_4_cards_and_predicts_with_the_training_prompt(tiny_submission):
+    """README: the versions per YAML, the 4-card model-parallel msrun launch, and a predict example whose
+    prompt is the first held-out problem in the training template, rendered here from the bundled
+    tokenizer_config.json's Jinja chat template (jinja2 directly, not tunebox's prompt code)."""
+    import re
+
+    import jinja2
+
+    readme = (tiny_submission / "mindformers/README.md").read_text(encoding="utf-8")
+    assert "| predict_r1.1.yaml | r1.1 (v1.1.0), the contest's | 2.3.0rc2 |" in readme
+    assert "| finetune.yaml | 1.9.0" in readme and "| predict.yaml | 1.9.0" in readme
+    assert "model_parallel: 4" in readme
+    assert re.search(r"bash \$MF/scripts/msrun_launcher\.sh \\\n\s+\"\$MF/run_mindformer\.py --config finetune\.yaml "
+                     r"--run_mode finetune\" 4\n", readme), readme
+    m = re.search(r"--predict_data \$'((?:[^'\\]|\\.)*)'", readme)
+    assert m, readme
+    shown = re.sub(r"\\(.)", lambda e: {"n": "\n"}.get(e.group(1), e.group(1)), m.group(1))
+    config = json.loads((tiny_submission / "tokenizer/tokenizer_config.json").read_text(encoding="utf-8"))
+    row = json.loads((tiny_submission / "logs/prep/heldout.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    want = env.from_string(config["chat_template"]).render(
+        messages=[{"role": "user", "content": row["prompt"]}], add_generation_prompt=True,
+        bos_token=config["bos_token"], eos_token=config["eos_token"])
+    assert shown == want
+
+
+def test_environment_lists_what_the_run_installs_on_top_of_the_contests_base(tiny_submission):
+    """The contest asks for the dependencies installed on top of its base environment: ENVIRONMENT.md names
+    that base (MindSpore 2.3.0rc2, MindFormers 1.1.0 = r1.1, CANN 8.0.RC1) and lists every direct dependency
+    of tunebox's pyproject.toml at the version the train job's pip freeze recorded."""
+    import re
+    import tomllib
+
+    md = (tiny_submission / "ENVIRONMENT.md").read_text(encoding="utf-8")
+    assert "## Installed on top of the contest's base environment" in md
+    assert "Python 3.9, CANN 8.0.RC1, MindSpore 2.3.0rc2, MindFormers 1.1.0 (r1.1)" in md
+    freeze = json.loads((tiny_submission / "logs/train/manifest.json").read_text())["pip_freeze"]
+    version = {re.sub(r"[-_.]+", "-", l.split("==")[0]).lower(): l.split("==")[1] for l in freeze if "==" in l}
+    assert f"| mindspore | 2.3.0rc2 | {version['mindspore']} |" in md
+    assert f"| mindformers | 1.1.0 | {version['mindformers']} |" in md
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = re.match(r"[A-Za-z0-9_.-]+", dep).group(0).lower()
+        if name not in ("mindspore", "mindformers"):
+            assert f"| {name} | - | {version[re.sub(r'[-_.]+', '-', name)]} |" in md, name
+
+
+# The contest's list of what a submission carries (docs/CONTEST_RULES.md, "Submission contents": the README's
+# stage-2 item 6 and the guide's §1.5.7), written here, not read from the table under test.
+CONTEST_ITEMS = ("algorithm", "hyperparameters", "code", "five merged checkpoints", "training log", "retention log",
+                 "accuracy", "ratio", "self-check screenshots (log, accuracy, ratio)", "environment")
+
+
+def test_contest_rules_maps_every_submission_item_to_a_file_and_a_verify_check():
+    import re
+
+    from tunebox.submission import contents
+
+    text = (REPO / "docs/CONTEST_RULES.md").read_text(encoding="utf-8")
+    section = text[text.index("## Submission contents"):text.index("## Which checkpoint")]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] not in ("item", "---"):
+            rows[cells[0]] = (re.findall(r"`([^`]+)`", cells[1]), re.findall(r"`([^`]+)`", cells[2]))
+    assert set(CONTEST_ITEMS) <= set(rows), set(CONTEST_ITEMS) - set(rows)
+    expected = set(contents.expected_files([1]))
+    # the checks verify reports under, as its source names them (f.ok / f.fail / f.note)
+    source = "".join((REPO / p).read_text() for p in ("jobs/verify.py", "tunebox/submission/checks.py"))
+    checks = set(re.findall(r"f\.(?:ok|fail|note)\(\s*\"(\w+)\"", source))
+    for item, (files, names) in rows.items():
+        assert files and names, item
+        for f in files:
+            assert f.replace("step-N", contents.model_dir_name(1)) in expected, f"{item}: {f} is not a submission file"
+        for n in names:
+            assert n in checks, f"{item}: verify has no check {n!r} (it has {sorted(checks)})"

@@ -240,6 +240,44 @@ def test_tiny_report_has_squad_retention_ratio_score_and_choice(tiny_run):
     assert "| model | step |" in md and "SQuAD F1" in md and f"**Chosen: {chosen}**" in md
 
 
+def test_tiny_report_has_emf1_retention_beside_the_official_one(tiny_run, tmp_path, monkeypatch):
+    """The contest's metric, MindFormers' EmF1Metric run here directly on the bundled answers against each
+    question's first gold answer, is in squad.json and the report; the report names the metric the
+    checkpoint choice uses."""
+    import contextlib
+    import io
+
+    monkeypatch.setenv("LOCAL_DEFAULT_PATH", str(tmp_path))
+    from mindformers.core.metric.metric import EmF1Metric
+
+    ev = tiny_run["run_dir"] / "evaluate"
+    report = json.loads((ev / "report.json").read_text())
+    figures = {}
+    for r in [report["base"], *report["checkpoints"]]:
+        rows = read_jsonl(ev / r["model"] / "squad_predictions.jsonl")
+        metric = EmF1Metric()
+        metric.clear()
+        with contextlib.redirect_stdout(io.StringIO()):
+            metric.update([row["answer"] for row in rows], [row["gold"][0] for row in rows])
+            want = metric.eval()
+        assert (r["squad"]["emf1"]["f1"], r["squad"]["emf1"]["em"]) == pytest.approx((want["F1"], want["Em"]))
+        figures[r["model"]] = want
+    base = figures[report["base"]["model"]]
+    for c in report["checkpoints"]:
+        mine = figures[c["model"]]
+        assert c["retention_emf1"]["f1"] == (mine["F1"] / base["F1"] if base["F1"] else None)
+        assert c["retention_emf1"]["undecided"] == [m for m, k in (("f1", "F1"), ("em", "Em")) if not base[k] > 0]
+    md = (ev / "report.md").read_text()
+    assert "EmF1Metric retention F1 / EM" in md
+    assert "the checkpoint choice uses the official SQuAD v1.1 script" in md
+    if not base["Em"] > 0 or not report["base"]["squad"]["em"] > 0:
+        assert "cannot pass or fail (base 0)" in md and "n/a" not in md
+    if not report["base"]["squad"]["f1"] > 0 and not report["base"]["squad"]["em"] > 0:
+        # nothing decided retention: no row of the main table may read a bare "pass"
+        assert not [l for l in md.splitlines() if l.startswith("| step-") and l.endswith("| pass |")]
+        assert "the retention rule cannot pass or fail on it" in md
+
+
 def test_new_token_limits_come_from_training_answers_only(tiny_run):
     """Recompute the per-family limits from the raw file, skipping held-out and rejected rows,
     with the tokenizer directly (evaluate reads them from prep's stats, or its token arrays)."""

@@ -27,6 +27,14 @@ CONTEST_STACK = {"mindspore": "2.3.0rc2", "mindformers": "1.1.0", "mindpet": "1.
                  "python": "3.9"}
 
 RETENTION_THRESHOLD = 0.90
+# The retention rule's figures, the ones the checkpoint choice uses: the official SQuAD v1.1 definition
+# (scoring.squad_scores). The contest scored with MindFormers' EmF1Metric (scoring.squad_scores_emf1);
+# evaluate reports retention by both, side by side (docs/CONTEST_RULES.md says how they differ).
+RETENTION_METRIC = "official SQuAD v1.1 script (scoring.squad_scores)"
+# The contest's SQuAD set: SQuAD v1.1 dev, the first question of each of its 2,067 paragraphs with its first
+# answer; every team's EmF1Metric log ends "total_count: 2067" (mindspore-courses/competition
+# 0ad8b8713ad666be6f2a265250da5e90a82b7062, topic2-finetune/first-phase/debias_world1/README.md line 57).
+CONTEST_SQUAD_ROWS = 2067
 SQUAD_METRICS = ("f1", "em")
 SCORE_FORMULAS = {1: "(1 - ratio) * 0.3 + accuracy * 0.7", 2: "(1 - 10 * ratio) * 0.3 + accuracy * 0.7"}
 
@@ -118,19 +126,21 @@ def _keeps(tuned: float, base: float, threshold: float) -> bool:
 def retention_verdict(tuned: Optional[Mapping], base: Optional[Mapping], threshold: float = RETENTION_THRESHOLD) -> dict:
     """The contest's validity rule: tuned F1 >= threshold * base F1 and tuned EM >= threshold * base EM.
 
-    Returns {measured, threshold, passes, failed: [metrics below], f1, em: tuned/base (None when
-    the base scored 0, where the rule holds trivially), shortfall: what fell short, in words}.
-    passes is None when either side was not measured."""
+    Returns {measured, threshold, passes, failed: [metrics below], undecided: [metrics whose base
+    scored 0: tuned >= 0.9 x 0 holds whatever the checkpoint does, so that metric cannot pass or fail],
+    f1, em: tuned/base (None when the base scored 0), shortfall: what fell short, in words}.
+    passes is None when either side was not measured; it follows the rule's arithmetic otherwise, and
+    `undecided` says which half of it decided nothing."""
     if tuned is None or base is None:
-        return {"measured": False, "threshold": threshold, "passes": None, "failed": [], "f1": None, "em": None,
-                "shortfall": ""}
+        return {"measured": False, "threshold": threshold, "passes": None, "failed": [], "undecided": [],
+                "f1": None, "em": None, "shortfall": ""}
     ratios = {m: (retention(tuned[m], base[m]) if base[m] > 0 else None) for m in SQUAD_METRICS}
     failed = [m for m in SQUAD_METRICS if not _keeps(tuned[m], base[m], threshold)]
     shortfall = "; ".join(f"{m.upper()} {tuned[m]:.2f} vs base {base[m]:.2f}"
                           + (f" = {ratios[m]:.3f}" if ratios[m] is not None else "") + f" < {threshold:.2f}"
                           for m in failed)
-    return {"measured": True, "threshold": threshold, "passes": not failed, "failed": failed, **ratios,
-            "shortfall": shortfall}
+    return {"measured": True, "threshold": threshold, "passes": not failed, "failed": failed,
+            "undecided": [m for m in SQUAD_METRICS if not base[m] > 0], **ratios, "shortfall": shortfall}
 
 
 # ---- which checkpoint to submit ---------------------------------------------------------------

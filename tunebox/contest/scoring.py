@@ -593,6 +593,25 @@ def squad_scores(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> 
     return {"f1": 100.0 * f1_total / n, "em": 100.0 * em_total / n}
 
 
+def squad_scores_emf1(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict:
+    """{"f1": .., "em": ..} in percent by MindFormers' own EmF1Metric (mindformers/core/metric/metric.py),
+    the metric the contest scored SQuAD with, against each question's first gold answer (the contest's
+    squad_data_process.py keeps answers[0]). Its prints go nowhere."""
+    import contextlib
+    import io
+
+    from mindformers.core.metric.metric import EmF1Metric
+
+    if len(predictions) != len(golds) or not predictions:
+        raise ValueError(f"{len(predictions)} predictions for {len(golds)} questions; they must pair up, and not be none")
+    metric = EmF1Metric()
+    metric.clear()
+    with contextlib.redirect_stdout(io.StringIO()):
+        metric.update(list(predictions), [answers[0] for answers in golds])  # it edits the list it is given
+        result = metric.eval()
+    return {"f1": float(result["F1"]), "em": float(result["Em"])}
+
+
 SQUAD_PROMPT = ("Read the passage and answer the question below.\n\n### Instruction:\n{context}\n\n"
                 "### Input:\n{question}\n\n### Response:")
 

@@ -515,7 +515,7 @@ def check_environment(sub: Submission, f: Findings) -> None:
     manifests = {job: sub.json(f"logs/{job}/manifest.json") for job in contents.JOBS}
     if not all(isinstance(m, dict) for m in manifests.values()):
         return
-    expected = contents.environment_record(manifests)
+    expected = contents.environment_record(manifests, contents.direct_requirements(sub.path("code.tar.gz")))
     got = sub.json("environment.json")
     before = len(f.failed("environment"))
     if got is not None and got != json.loads(json.dumps(expected)):

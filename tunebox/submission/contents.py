@@ -255,7 +255,8 @@ def build_results(*, run_id: str, stage: int, fmt: str, model_name: str, rank: i
     return {"run_id": run_id, "stage": stage, "format": fmt, "model": model_name,
             "score_formula": f"stage {stage}: {rules.SCORE_FORMULAS[stage]}, accuracy = strict (the contest rule)",
             **params, "lora_targets": sorted(lora_targets(target_modules)), "base": base, "checkpoints": rows,
-            "chosen": rules.choose_checkpoint(candidates), "evaluate_best": evaluate_best(report), "code": dict(code)}
+            "chosen": rules.choose_checkpoint(candidates), "retention_metric": rules.RETENTION_METRIC,
+            "evaluate_best": evaluate_best(report), "code": dict(code)}
 
 
 def _squad_pair(fields: Mapping) -> Optional[dict]:
@@ -340,7 +341,43 @@ def environment_of(manifest: dict) -> dict:
     }
 
 
-def environment_record(manifests: dict[str, dict]) -> dict:
+def direct_requirements(code_archive: Path) -> list[str]:
+    """The package names tunebox's pyproject.toml (inside the bundled code.tar.gz) depends on directly."""
+    import tarfile
+    import tomllib
+
+    try:
+        with tarfile.open(code_archive) as tar:
+            member = next((m for m in tar.getmembers() if m.name.split("/")[-1] == "pyproject.toml"
+                           and m.name.count("/") <= 1), None)
+            data = tomllib.loads(tar.extractfile(member).read().decode("utf-8")) if member else {}
+    except (OSError, tarfile.TarError, tomllib.TOMLDecodeError):
+        return []
+    return [re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].strip().lower()
+            for d in data.get("project", {}).get("dependencies", [])]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def on_top_of_contest_base(freeze: list[str], requirements: list[str]) -> list[dict]:
+    """What this run installs on top of the contest's base environment (rules.CONTEST_STACK): the contest's
+    MindSpore/MindFormers/MindPet against this run's, then tunebox's other direct dependencies, with the
+    versions the train job's pip freeze recorded."""
+    installed = {}
+    for line in freeze:
+        if "==" in line:
+            name, version = line.split("==", 1)
+            installed[_canonical(name)] = version.strip()
+    rows = [{"package": p, "contest_base": rules.CONTEST_STACK[p], "this_run": installed.get(p)}
+            for p in ("mindspore", "mindformers", "mindpet")]
+    rows += [{"package": p, "contest_base": None, "this_run": installed.get(_canonical(p))}
+             for p in requirements if _canonical(p) not in ("mindspore", "mindformers", "mindpet")]
+    return rows
+
+
+def environment_record(manifests: dict[str, dict], requirements: Optional[list[str]] = None) -> dict:
     jobs = {job: environment_of(m) for job, m in manifests.items()}
     freeze = manifests["train"].get("pip_freeze") or []
     differs = {}
@@ -348,7 +385,9 @@ def environment_record(manifests: dict[str, dict]) -> dict:
         other = m.get("pip_freeze") or []
         if job != "train" and other and set(other) != set(freeze):
             differs[job] = {"only_here": sorted(set(other) - set(freeze)), "only_in_train": sorted(set(freeze) - set(other))}
-    return {"generated_from": [f"logs/{job}/manifest.json" for job in manifests], "jobs": jobs,
+    return {"generated_from": [f"logs/{job}/manifest.json" for job in manifests] + ["code.tar.gz: pyproject.toml"],
+            "jobs": jobs, "contest_base": dict(rules.CONTEST_STACK),
+            "on_top_of_contest_base": on_top_of_contest_base(freeze, requirements or []),
             "pip_freeze": freeze, "pip_freeze_source": "logs/train/manifest.json", "pip_freeze_differs": differs}
 
 
@@ -394,6 +433,17 @@ def render_environment(env: dict) -> str:
     L += [row("image", image),
           row("git commit", lambda e: ((e["git"] or {}).get("commit") or "")[:12] + (" (dirty)" if (e["git"] or {})
                                                                                      .get("dirty") else "")), ""]
+    base = env.get("contest_base") or {}
+    L += ["## Installed on top of the contest's base environment", "",
+          f"The contest's base environment: Python {base.get('python')}, CANN {base.get('cann')}, MindSpore "
+          f"{base.get('mindspore')}, MindFormers {base.get('mindformers')} (r1.1) with MindPet {base.get('mindpet')} "
+          f"(tunebox/contest/rules.py, CONTEST_STACK, with its sources). On top of it this run needs the packages "
+          f"below: the first rows replace the contest's own, the others are tunebox's direct dependencies "
+          f"(pyproject.toml in code.tar.gz), at the versions the train job ran with.", "",
+          "| package | contest base | this run |", "|---|---|---|"]
+    L += [f"| {r['package']} | {r['contest_base'] or '-'} | {r['this_run'] or 'not installed'} |"
+          for r in env.get("on_top_of_contest_base") or []]
+    L += [""]
     freeze = env["pip_freeze"]
     L += [f"## pip freeze (train job, {len(freeze)} packages)", ""]
     if env["pip_freeze_differs"]:
