@@ -133,6 +133,10 @@ def test_choose_checkpoint_when_retention_is_unknown():
     assert (mixed["model"], mixed["valid"], mixed["rule"]) == ("b", None, "score among checkpoints not failing retention")
     assert mixed["reason"] == ("highest stage score (0.6000, strict accuracy 0.300) among the 2 of 3 checkpoints not "
                                "known to fail retention; retention is unknown for b")
+    two = rules.choose_checkpoint([cand("a", 1, 0.5, 0.2, True), cand("b", 2, 0.6, 0.3, None),
+                                   cand("c", 3, 0.4, 0.1, None)])
+    assert two["reason"].endswith("among the 3 of 3 checkpoints not known to fail retention; retention is unknown "
+                                  "for b, c")
     partly = rules.choose_checkpoint([cand("a", 1, 0.7, 0.2, True), cand("b", 2, 0.6, 0.3, None)])
     assert (partly["model"], partly["valid"]) == ("a", True)
     assert partly["reason"].endswith("retention is unknown for b")
