@@ -231,6 +231,17 @@ def test(c, fast=False, k=""):
     c.run(f"{PY} -m pytest {marker} {sel} -q", pty=False)
 
 
+@task(name="mutants", help={"only": "comma-separated groups (contest, packing, checkpoint, checks, k8s, train); "
+                                    "default all",
+                            "out": "work folder, one copy of the checkout a group (default .mutants/)",
+                            "jobs": "mutants tested at once (default 1)"})
+def test_mutants(c, only="", out="", jobs=1):
+    """Mutation testing (mutmut, the `mutants` extra): per module group, the fast tests that cover it
+    against every mutant; docs/TESTING.md records the last run. Slow, so not part of `invoke test` or CI."""
+    args = [f"--jobs={int(jobs)}"] + ([f"--only={only}"] if only else []) + ([f"--out={out}"] if out else [])
+    c.run(f"{PY} tests/mutants.py " + " ".join(shlex.quote(a) for a in args), pty=False)
+
+
 # ---- containers and Kubernetes: `invoke image.build`, `invoke k8s.render`, `invoke compose.up` ----
 # Namespaced, so these need an explicit `ns` (end of file). The logic lives in images/build.py,
 # images/compose_up.py and tunebox/deploy/k8s.py; these tasks only build the command.
@@ -375,7 +386,7 @@ def bench_train(c, config=DEFAULT_CONFIG, steps=12, repeats=1, keep="", packed="
 # An explicit namespace replaces invoke's automatic one, so it takes every top-level task defined
 # above (whoever added it) plus the collections. Keep this block at the end of the file.
 _NAMESPACED = {id(t) for t in (image_base, image_build, image_lint, image_lock, k8s_render, k8s_apply, compose_up,
-                               bench_merge, bench_eval, bench_prep, bench_generate, bench_train)}
+                               bench_merge, bench_eval, bench_prep, bench_generate, bench_train, test, test_mutants)}
 ns = Collection(
     *[t for t in list(globals().values()) if isinstance(t, Task) and id(t) not in _NAMESPACED],
     Collection("image", image_base, image_build, image_lint, image_lock),
@@ -383,3 +394,8 @@ ns = Collection(
     Collection("compose", compose_up),
     Collection("bench", bench_merge, bench_eval, bench_prep, bench_generate, bench_train),
 )
+# `invoke test` runs the collection's default task (the suite); `invoke test.mutants` the mutation run
+_test_ns = Collection("test")
+_test_ns.add_task(test, default=True)
+_test_ns.add_task(test_mutants)
+ns.add_collection(_test_ns)

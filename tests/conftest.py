@@ -109,5 +109,38 @@ def keeps_90_percent(tuned: float, base: float) -> bool:
     return Decimal(repr(float(tuned))) * 10 >= Decimal(repr(float(base))) * 9
 
 
+def strict_by_hand(answer: str, reference: str) -> bool:
+    """The strict math rule, written independently of tunebox.contest.scoring for plain numeric answers:
+    the answer's first number equals the reference's last one as decimals ("0.50" == "0.5")."""
+    import re
+    from decimal import Decimal
+
+    number = r"-?\d+(?:\.\d+)?"
+    got, want = re.findall(number, answer), re.findall(number, reference)
+    return bool(got and want) and Decimal(got[0]) == Decimal(want[-1])
+
+
+def squad_v11(predictions: list[str], golds: list[list[str]]) -> dict:
+    """SQuAD v1.1's official evaluate script (normalize: lower-case, drop punctuation, drop a/an/the,
+    collapse whitespace; token-bag F1 and exact match, best over the gold answers, x 100), written out
+    again here so the tests do not score SQuAD with the code they test."""
+    import re
+    import string
+    from collections import Counter
+
+    def normalize(s: str) -> str:
+        s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+        return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+    def f1(p: str, g: str) -> float:
+        pt, gt = normalize(p).split(), normalize(g).split()
+        same = sum((Counter(pt) & Counter(gt)).values())
+        return 0.0 if same == 0 else 2 * (same / len(pt)) * (same / len(gt)) / (same / len(pt) + same / len(gt))
+
+    f1s = [max(f1(p, g) for g in gs) for p, gs in zip(predictions, golds)]
+    ems = [max(float(normalize(p) == normalize(g)) for g in gs) for p, gs in zip(predictions, golds)]
+    return {"f1": 100.0 * sum(f1s) / len(f1s), "em": 100.0 * sum(ems) / len(ems)}
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(l) for l in Path(path).read_text(encoding="utf-8").split("\n") if l.strip()]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, TINY_RECIPE, keeps_90_percent, read_jsonl, run_job
+from conftest import SHARED_DATA, TINY_RECIPE, keeps_90_percent, read_jsonl, run_job, squad_v11
 
 from tunebox.contest import scoring
 from tunebox.config import load_spec
@@ -220,7 +220,7 @@ def test_tiny_report_has_squad_retention_ratio_score_and_choice(tiny_run):
         assert len(rows) == r["squad"]["n"] == spec.eval.squad_rows
         for row in rows:
             assert row["answer"] == scoring.squad_answer_from_generation(row["generated"])
-        again = scoring.squad_scores([row["answer"] for row in rows], [row["gold"] for row in rows])
+        again = squad_v11([row["answer"] for row in rows], [row["gold"] for row in rows])
         assert (r["squad"]["f1"], r["squad"]["em"]) == pytest.approx((again["f1"], again["em"]))
     base = report["base"]
     for c in report["checkpoints"]:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MATH_SAMPLE, REPO, TINY_RECIPE, job_env, planned_checkpoint_steps, read_jsonl, run_job
+from conftest import (MATH_SAMPLE, REPO, TINY_RECIPE, job_env, planned_checkpoint_steps, read_jsonl, run_job,
+                      strict_by_hand)
 
 from tunebox.config import load_spec
 from jobs.train import checkpoint_steps, plan_steps
@@ -270,7 +271,7 @@ def test_evaluate_report_has_base_and_every_checkpoint(tiny_run):
     for r in [report["base"], *report["checkpoints"]]:
         preds = read_jsonl(ev / r["model"] / "predictions.jsonl")
         assert len(preds) == n == r["n"]
-        assert r["accuracy_strict"] == sum(p["strict"] for p in preds) / n
+        assert r["accuracy_strict"] == sum(strict_by_hand(p["answer"], p["reference"]) for p in preds) / n
     md = (ev / "report.md").read_text()
     assert "| base |" in md and all(f"\n| step-{s:06d} " in md for s in planned)
 

@@ -73,6 +73,29 @@ def test_answer_capacity_by_hand():
     assert answer_capacity(ids, np.full_like(labels, IGNORE), PAD) == 8
 
 
+def test_answer_capacity_edge_cases_by_hand():
+    width = 12
+    # row 0: inputs 1, 2 then padding; labels at 3..11, whose inputs (2..10) are padding: nothing counts
+    # row 1: 7 tokens, labels at 1..6, one of them token id 0 (a label >= 0 counts): 6 counted
+    # row 2: 4 tokens, labels at 1..3: 3 counted. The most in a row is 6 -> 8 (3 + 6 = 9 would be 16)
+    r0 = row([1, 2], [IGNORE, IGNORE, IGNORE] + [5] * 9, width)
+    r1 = row([4, 5, 3, 6, 7, 8, 9], [IGNORE, 5, 0, 6, 7, 8, 9], width)
+    r2 = row([3, 4, 5, 6], [IGNORE, 4, 5, 6], width)
+    ids, labels = np.array([r0[0], r1[0], r2[0]]), np.array([r0[1], r1[1], r2[1]])
+    assert answer_capacity(ids[:1], labels[:1], PAD) == 8   # 0 counted: still one block
+    assert answer_capacity(ids, labels, PAD) == 8
+    assert answer_capacity(ids[1:2], labels[1:2], PAD) == 8  # 6 counted, the 0 label among them
+    r1b = row([4, 5, 3, 6, 7, 8, 9, 9, 9, 9], [IGNORE, 5, 0, 6, 7, 8, 9, 9, 9, 9], width)
+    assert answer_capacity(np.array([r1b[0]]), np.array([r1b[1]]), PAD) == 11  # 9 -> 16, capped at 12 - 1
+    empty = np.zeros((0, width), dtype=np.int32)
+    assert answer_capacity(empty, empty.copy(), PAD) == 8  # no rows: one block
+
+
+def test_plan_steps_accepts_exactly_one_batch():
+    spec = load_spec(TINY_RECIPE, ["train.batch_size=4", "train.max_steps=5"])
+    assert plan_steps(4, spec)["batches_per_epoch"] == 1 and plan_steps(4, spec)["total_steps"] == 5
+
+
 def loss_positions(ids: np.ndarray, labels: np.ndarray, pad_id: int) -> list[int]:
     """MindFormers' rule, one position at a time: input token t is not padding and label t+1 is kept."""
     return [sum(1 for t in range(ids.shape[1] - 1) if ids[r, t] != pad_id and labels[r, t + 1] != IGNORE)

@@ -1,0 +1,194 @@
+"""Mutation testing with mutmut (`invoke test.mutants`): for each group of product modules, mutmut
+mutates a copy of the checkout and runs only the fast tests that cover that group; a surviving
+mutant is a change to the code that no test notices. docs/TESTING.md records the last run.
+
+Each group runs in its own copy (OUT/<group>/tree, mutmut's mutants/ inside it), so a run never
+touches the checkout and groups can run one after another or side by side. No PYTHONPATH is needed:
+mutmut puts its mutants/ folder first on sys.path, and the tests import jobs/ from it (pytest's
+pythonpath = ["."]).
+
+    python tests/mutants.py [--only contest,packing] [--out .mutants] [--jobs 1] [--summarize]
+
+--summarize prints the figures of the runs already in OUT (finished or not) without running anything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# group -> the files mutmut mutates, the fast tests that cover them, and (optionally) the functions
+# to mutate in a file that holds more than the group is about.
+GROUPS: dict[str, dict] = {
+    "contest": {"mutate": ["tunebox/contest/*.py"],
+                "tests": ["tests/test_contest.py", "tests/test_scoring.py", "tests/test_answers.py",
+                          "tests/test_mutants_contest.py"]},
+    "packing": {"mutate": ["tunebox/data/packing.py", "tunebox/data/answers.py"],
+                "tests": ["tests/test_packing.py", "tests/test_answers.py", "tests/test_mutants_packing.py"],
+                # test_packing's graph-mode training run takes ~20 s a mutant; the other tests cover packing.py
+                "deselect": ["tests/test_packing.py::test_train_job_packs_in_graph_mode"]},
+    "checkpoint": {"mutate": ["tunebox/model/checkpoint.py", "tunebox/model/lora.py"],
+                   "tests": ["tests/test_checkpoint.py", "tests/test_weights.py"]},
+    "checks": {"mutate": ["tunebox/submission/checks.py"],
+               "tests": ["tests/test_tamper.py"],
+               # the tamper tests verify copies of one tiny run's bundle, built once (tests/test_tamper.py)
+               "prebuilt_bundle": True},
+    "k8s": {"mutate": ["tunebox/deploy/k8s.py"],
+            "tests": ["tests/test_k8s.py", "tests/test_k8s_nodes.py"]},
+    "train": {"mutate": ["jobs/train.py"],
+              "tests": ["tests/test_train_plan.py"],
+              # prep in a subprocess, ~30 s a mutant; answer_capacity's own hand-worked test covers the rule
+              "deselect": ["tests/test_train_plan.py::test_packed_rows_fit_the_recorded_answer_capacity"],
+              # train's planning and hashing; the rest of jobs/train.py launches MindFormers (test_spine, slow)
+              "functions": ["jobs.train.x_plan_steps*", "jobs.train.x_checkpoint_steps*",
+                            "jobs.train.x_answer_capacity*", "jobs.train.x_train_hash*",
+                            "jobs.train.x_check_resume*"]},
+}
+
+SKIP_COPY = {".git", ".mutants", "mutants", "runs", "output", "build", ".pytest_cache", "__pycache__", "kernel_meta",
+             "modules", ".cache"}
+
+
+def copy_tree(dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(REPO, dst, ignore=lambda d, names: [n for n in names if n in SKIP_COPY or n.endswith(".egg-info")],
+                    symlinks=True)
+    shared = REPO.parent / "shared"
+    # tests read ../shared/data relative to the checkout; from mutants/ that is tree/shared
+    if shared.is_dir():
+        os.symlink(shared, dst / "shared")
+
+
+def mutmut_config(group: dict) -> str:
+    tests = [t for t in group["tests"] if (REPO / t).is_file()]
+    deselect = [a for d in group.get("deselect", []) for a in ("--deselect", d)]
+    top = [p.name for p in REPO.iterdir() if p.name not in SKIP_COPY and p.name not in ("tunebox", "jobs", "tests")
+           and not p.name.endswith(".egg-info")]
+    lines = ["", "[tool.mutmut]",
+             'source_paths = ["tunebox", "jobs"]',
+             f"only_mutate = {json.dumps(group['mutate'])}",
+             f"also_copy = {json.dumps(sorted(top))}",
+             f"pytest_add_cli_args_test_selection = {json.dumps(tests + deselect)}",
+             'pytest_add_cli_args = ["-m", "not slow and not docker", "-p", "no:cacheprovider"]',
+             "use_git_change_detection = false",
+             "timeout_multiplier = 5.0", "timeout_constant = 20.0", ""]
+    return "\n".join(lines)
+
+
+def summarize(tree: Path, functions: list[str]) -> dict:
+    """Counts by status from `mutmut results --all true` (one `name: status` line a mutant)."""
+    proc = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=tree,
+                          capture_output=True, text=True, env=_env())
+    statuses: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        if ":" in line:
+            name, status = line.strip().rsplit(":", 1)
+            statuses[name.strip()] = status.strip()
+    if functions:
+        import fnmatch
+        statuses = {n: s for n, s in statuses.items() if any(fnmatch.fnmatch(n, f) for f in functions)}
+    counts: dict[str, int] = {}
+    for s in statuses.values():
+        counts[s] = counts.get(s, 0) + 1
+    survivors = sorted(n for n, s in statuses.items() if s == "survived")
+    by_function: dict[str, int] = {}
+    for n in survivors:
+        f = n.rsplit("__mutmut_", 1)[0]
+        by_function[f] = by_function.get(f, 0) + 1
+    tested = sum(v for k, v in counts.items() if k in ("killed", "timeout", "survived"))
+    return {"counts": counts, "mutants": len(statuses), "tested": tested, "survived": survivors,
+            "survivors_by_function": dict(sorted(by_function.items(), key=lambda kv: -kv[1])),
+            "killed": counts.get("killed", 0) + counts.get("timeout", 0)}
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # the checkout must not shadow mutants/
+    env.setdefault("TUNEBOX_LOG", "WARNING")
+    return env
+
+
+def prebuild_bundle(out: Path) -> Path:
+    """One tiny run, bundled, for the tamper tests (TUNEBOX_TEST_BUNDLE): each mutant verifies copies of it."""
+    target = out / "prebuilt"
+    if (target / "runs" / "tiny" / "submission" / "SHA256SUMS").is_file():
+        return target
+    env = _env()
+    env["PYTHONPATH"] = str(REPO)
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                    "tests/test_tamper.py::test_fresh_bundle_verifies", f"--basetemp={out / 'prebuild-tmp'}"],
+                   cwd=REPO, env={**env, "TUNEBOX_TEST_BUNDLE_SAVE": str(target)}, check=True)
+    return target
+
+
+def run_group(name: str, out: Path, jobs: int, names: list[str]) -> dict:
+    group = dict(GROUPS[name])
+    if names:  # only these mutants (mutmut's names, globs allowed: tunebox.contest.rules*)
+        group["functions"] = names
+    tree = out / name / "tree"
+    copy_tree(tree)
+    with (tree / "pyproject.toml").open("a") as fh:
+        fh.write(mutmut_config(group))
+    env = _env()
+    if group.get("prebuilt_bundle"):
+        env["TUNEBOX_TEST_BUNDLE"] = str(prebuild_bundle(out))
+    started = time.time()
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *group.get("functions", [])]
+    with (out / name / "mutmut.log").open("w") as log:
+        proc = subprocess.run(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+    result = summarize(tree, group.get("functions", []))
+    result.update(group=name, exit_code=proc.returncode, minutes=round((time.time() - started) / 60, 1),
+                  mutate=group["mutate"], tests=group["tests"])
+    (out / name / "summary.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def line(name: str, r: dict) -> str:
+    c, tested = r["counts"], r["tested"]
+    share = f"{100 * r['killed'] / tested:.1f}%" if tested else "-"
+    return (f"{name}: {r['mutants']} mutants, {tested} tested: {r['killed']} killed ({share}), "
+            f"{len(r['survived'])} survived; {c.get('no tests', 0)} no covering test, "
+            f"{c.get('not checked', 0)} not yet run")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default="", help=f"comma-separated groups (default all: {', '.join(GROUPS)})")
+    ap.add_argument("--out", default=str(REPO / ".mutants"), help="work folder (one copy of the checkout a group)")
+    ap.add_argument("--jobs", type=int, default=1, help="mutants tested at once (mutmut --max-children)")
+    ap.add_argument("--names", default="", help="only these mutants, comma-separated mutmut names or globs "
+                                                "(e.g. 'tunebox.contest.rules*')")
+    ap.add_argument("--summarize", action="store_true", help="only print the figures of the runs already in --out")
+    args = ap.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(GROUPS)
+    unknown = [n for n in names if n not in GROUPS]
+    if unknown:
+        print(f"unknown group(s) {unknown}; the groups are {list(GROUPS)}", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if args.summarize:
+            tree = out / name / "tree"
+            if tree.is_dir():
+                names = [n for n in args.names.split(",") if n] or GROUPS[name].get("functions", [])
+                r = summarize(tree, names)
+                print(line(name, r))
+                for f, k in r["survivors_by_function"].items():
+                    print(f"    {k:4d} survived in {f}")
+            continue
+        r = run_group(name, out, args.jobs, [n for n in args.names.split(",") if n])
+        print(line(name, r) + f" in {r['minutes']} min (mutmut exit {r['exit_code']}; {out / name / 'summary.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
