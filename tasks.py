@@ -97,6 +97,17 @@ def bundle(c, config=DEFAULT_CONFIG, set=None, out=""):
     _job(c, "bundle", config, set, extra=f"--out {shlex.quote(out)}" if out else "")
 
 
+_STEP_HELP = "training step of the checkpoint (default: the one evaluate chose; 0: the base model)"
+
+
+@task(help=dict(_SET_HELP, format="hf: merged HF safetensors folder; peft: PEFT LoRA adapter", step=_STEP_HELP,
+                out="folder to write (default runs/<run_id>/export/<format>-step-<N>)"), iterable=["set"])
+def export(c, config=DEFAULT_CONFIG, set=None, format="hf", step="", out=""):
+    """One checkpoint of a run for vLLM/MindIE/transformers: merged HF safetensors (hf) or a PEFT adapter (peft)."""
+    extra = f"--format {shlex.quote(format)}" + (f" --step {shlex.quote(str(step))}" if step != "" else "")
+    _job(c, "export", config, set, extra=extra + (f" --out {shlex.quote(out)}" if out else ""))
+
+
 @task(help={"submission": "the folder bundle wrote, e.g. runs/local-smollm2/submission",
             "rerun": "also evaluate every checkpoint again from the folder alone",
             "image": "also run the check (with the re-run) inside this Docker image",
