@@ -108,6 +108,17 @@ def export(c, config=DEFAULT_CONFIG, set=None, format="hf", step="", out=""):
     _job(c, "export", config, set, extra=extra + (f" --out {shlex.quote(out)}" if out else ""))
 
 
+@task(help=dict(_SET_HELP, step=_STEP_HELP, prompt="one question: print its answer and exit (default: one per line)",
+                max_new_tokens="answer length cap (default eval.max_new_tokens)"), iterable=["set"])
+def chat(c, config=DEFAULT_CONFIG, set=None, step="", prompt="", max_new_tokens=0):
+    """Ask a checkpoint questions in the recipe's prompt: numpy decoder on CPU, MindFormers on Ascend."""
+    cmd = f"{PY} -m jobs.chat --config {shlex.quote(config)}" + "".join(f" --set {shlex.quote(o)}" for o in set or [])
+    cmd += f" --step {shlex.quote(str(step))}" if step != "" else ""
+    cmd += f" --prompt {shlex.quote(prompt)}" if prompt else ""
+    cmd += f" --max-new-tokens {int(max_new_tokens)}" if max_new_tokens else ""
+    c.run(cmd, pty=not prompt and sys.stdin.isatty())   # a terminal for the "> " prompt when interactive
+
+
 @task(help={"submission": "the folder bundle wrote, e.g. runs/local-smollm2/submission",
             "rerun": "also evaluate every checkpoint again from the folder alone",
             "image": "also run the check (with the re-run) inside this Docker image",
