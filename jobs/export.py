@@ -14,7 +14,9 @@ Each folder is written under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +35,15 @@ log = logging.getLogger("tunebox.export")
 FORMATS = ("hf", "peft")
 
 
+@contextlib.contextmanager
+def export_dir(final: Path):
+    """io.atomic_dir, readable by everyone as a plain mkdir would leave it (its mkdtemp makes 0700): the
+    server that loads the folder (a vLLM or MindIE container) often runs as another user."""
+    with atomic_dir(final) as tmp:
+        os.chmod(tmp, 0o755)
+        yield tmp
+
+
 
 def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Path] = None) -> Path:
     if fmt not in FORMATS:
@@ -49,7 +60,7 @@ def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Pa
         ckpt = base_checkpoint(spec) if ck.step == 0 else ck.merged_file
         if ck.merge_scale not in (None, 1.0):
             log.warning("merge folded the LoRA in at scale %g, not as trained: the export is that model", ck.merge_scale)
-        with atomic_dir(target) as tmp:
+        with export_dir(target) as tmp:
             extra.update(write_hf_model(tmp, ckpt, mspec, tok, template))
         inputs["checkpoint"] = ckpt
         extra["merge_scale"] = ck.merge_scale
@@ -63,11 +74,11 @@ def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Pa
             base = base_checkpoint(spec)
             base_dir = job_dir / "base-hf"
             if not (base_dir / "config.json").is_file():
-                with atomic_dir(base_dir) as tmp:
+                with export_dir(base_dir) as tmp:
                     write_hf_model(tmp, base, mspec, tok, template)
             base_ref, revision = str(base_dir.resolve()), None
             inputs["base_checkpoint"] = base
-        with atomic_dir(target) as tmp:
+        with export_dir(target) as tmp:
             extra.update(write_peft_adapter(tmp, ck.lora_file, rank=spec.lora.rank, alpha=spec.lora.alpha,
                                             dropout=spec.lora.dropout, base_model=base_ref, revision=revision))
             write_tokenizer(tmp, tok, template, mspec)

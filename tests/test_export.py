@@ -112,7 +112,7 @@ def test_export_base_and_a_text_template(tiny_run, tmp_path):
     """--step 0 exports the base model; a text template with quotes, Jinja's own braces, a backslash,
     newlines and non-ASCII comes back from transformers' apply_chat_template exactly as tunebox renders it.
     Mutants that fail: the text after the problem dropped; the recipe's text pasted into the Jinja
-    template unescaped. (repr() for the literals instead of JSON passes: Jinja reads both alike.)"""
+    template unescaped; the folder left 0700 (mkdtemp's mode). (repr() for the literals instead of JSON passes: Jinja reads both alike.)"""
     from tunebox.config import load_spec
     from tunebox.data.prompts import spec_prompt
     from tunebox.data.samples import load_tokenizer
@@ -128,6 +128,7 @@ def test_export_base_and_a_text_template(tiny_run, tmp_path):
     problem = "What is {a} + 'b'?\n第二行"
     rendered = tok.apply_chat_template([{"role": "user", "content": problem}], add_generation_prompt=True, tokenize=False)
     assert rendered == spec_prompt(load_tokenizer(spec), problem, spec.data)
+    assert out.stat().st_mode & 0o777 == 0o755      # a server running as another user can read it
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["num_hidden_layers"] == 2
 
