@@ -109,6 +109,28 @@ def bundle(c, config=DEFAULT_CONFIG, set=None, out=""):
     _job(c, "bundle", config, set, extra=f"--out {shlex.quote(out)}" if out else "")
 
 
+_STEP_HELP = "training step of the checkpoint (default: the one evaluate chose; 0: the base model)"
+
+
+@task(help=dict(_SET_HELP, format="hf: merged HF safetensors folder; peft: PEFT LoRA adapter", step=_STEP_HELP,
+                out="folder to write (default runs/<run_id>/export/<format>-step-<N>)"), iterable=["set"])
+def export(c, config=DEFAULT_CONFIG, set=None, format="hf", step="", out=""):
+    """One checkpoint of a run for vLLM/MindIE/transformers: merged HF safetensors (hf) or a PEFT adapter (peft)."""
+    extra = f"--format {shlex.quote(format)}" + (f" --step {shlex.quote(str(step))}" if step != "" else "")
+    _job(c, "export", config, set, extra=extra + (f" --out {shlex.quote(out)}" if out else ""))
+
+
+@task(help=dict(_SET_HELP, step=_STEP_HELP, prompt="one question: print its answer and exit (default: one per line)",
+                max_new_tokens="answer length cap (default eval.max_new_tokens)"), iterable=["set"])
+def chat(c, config=DEFAULT_CONFIG, set=None, step="", prompt="", max_new_tokens=0):
+    """Ask a checkpoint questions in the recipe's prompt: numpy decoder on CPU, MindFormers on Ascend."""
+    cmd = f"{PY} -m jobs.chat --config {shlex.quote(config)}" + "".join(f" --set {shlex.quote(o)}" for o in set or [])
+    cmd += f" --step {shlex.quote(str(step))}" if step != "" else ""
+    cmd += f" --prompt {shlex.quote(prompt)}" if prompt else ""
+    cmd += f" --max-new-tokens {int(max_new_tokens)}" if max_new_tokens else ""
+    c.run(cmd, pty=not prompt and sys.stdin.isatty())   # a terminal for the "> " prompt when interactive
+
+
 @task(help={"submission": "the folder bundle wrote, e.g. runs/local-smollm2/submission",
             "rerun": "also evaluate every checkpoint again from the folder alone",
             "image": "also run the check (with the re-run) inside this Docker image",

@@ -38,9 +38,10 @@ class NumpyRunner:
     """tunebox's numpy decoder: batched greedy generation with a KV cache, and plain forward passes."""
     backend = "numpy"
 
-    def __init__(self, model, batch_size: int):
+    def __init__(self, model, batch_size: int, progress: bool = True):
         self.model = model
         self.batch_size = batch_size
+        self.progress = progress
 
     @classmethod
     def from_checkpoint(cls, mspec: ModelSpec, ckpt: Path, batch_size: int) -> "NumpyRunner":
@@ -49,7 +50,7 @@ class NumpyRunner:
     def generate(self, prompts: list[list[int]], limits: Sequence[int], stop_ids: list[int], pad_id: int,
                  desc: str = "generate", min_new_tokens: int = 0) -> list[list[int]]:
         return greedy_generate(self.model, prompts, list(limits), stop_ids, pad_id, batch_size=self.batch_size,
-                               min_new_tokens=min_new_tokens, desc=desc)
+                               min_new_tokens=min_new_tokens, desc=desc, progress=self.progress)
 
     def choice_logprobs(self, prompts: list[list[int]], letter_ids: Sequence[int]) -> Optional[np.ndarray]:
         return choice_letter_logprobs(self.model, prompts, letter_ids, self.batch_size)
