@@ -41,3 +41,23 @@ def test_killed_after_the_last_step_the_rerun_trains_nothing_more(tmp_path, tiny
     third = run_job("train", TINY_RECIPE, tiny_cache, tmp_path, *args)
     assert "train: skipped: finished at" in third.stderr, third.stderr[-2000:]
     assert [r["step"] for r in read_jsonl(train / "loss.jsonl")] == list(range(1, steps + 1))
+
+
+def test_a_rerun_waits_for_workers_of_a_killed_run_then_refuses(tmp_path):
+    """A worker that still runs holds train/.workers.lock (shared); train waits for it and, past its
+    timeout, refuses to start beside it. The worker here is a plain process holding the lock as
+    jobs/train_worker.py does, not a trained one."""
+    from jobs.train import WORKERS_LOCK, wait_for_workers
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_SH); "
+        "print('held', flush=True); time.sleep(60)"), str(tmp_path / WORKERS_LOCK)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match="still hold"):
+            wait_for_workers(tmp_path, timeout=3)
+    finally:
+        holder.kill()
+        holder.wait()
+    wait_for_workers(tmp_path, timeout=3)  # gone: returns at once
