@@ -6,6 +6,7 @@ on a laptop is exactly what a container or a Kubernetes Job runs.
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 
 import invoke
@@ -32,7 +33,19 @@ def _job(c, name: str, config: str, overrides: list[str] | None = None, extra: s
         cmd += f" --set {shlex.quote(ov)}"
     if extra:
         cmd += " " + extra
-    return c.run(cmd, pty=False, echo=True)
+    print(cmd, flush=True)
+    # Not c.run: on Ctrl-C invoke forwards the interrupt through the job's stdin and fails (exit 1) when
+    # there is none. The job is in this process group and gets the same SIGINT: wait until it has
+    # stopped (after the step in progress, its state resumable) and exit with its code, 130.
+    proc = subprocess.Popen(shlex.split(cmd))
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:
+            continue
+    if code != 0:
+        raise invoke.Exit(code=code if code > 0 else 128 - code)  # killed by signal N: 128 + N, as a shell says
 
 
 def _load_spec(config: str, overrides: list[str] | None):
@@ -50,10 +63,11 @@ _SET_HELP = {"config": "run spec YAML (default: the local SmolLM2 recipe)",
              "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)"}
 
 
-@task(help=_SET_HELP, iterable=["set"])
-def weights(c, config=DEFAULT_CONFIG, set=None):
-    """The base model into the cache: fetch model.source (sha256-checked) and convert, or build; skipped when present."""
-    _job(c, "weights", config, set)
+@task(help=dict(_SET_HELP, refresh="delete the cached model and make it again (after a damaged file was found)"),
+      iterable=["set"])
+def weights(c, config=DEFAULT_CONFIG, set=None, refresh=False):
+    """The base model into the cache: fetch model.source (sha256-checked) and convert, or build; when present, every file is checked against model.json."""
+    _job(c, "weights", config, set, extra="--refresh" if refresh else "")
 
 
 @task(help=_SET_HELP, iterable=["set"])

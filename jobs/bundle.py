@@ -49,6 +49,7 @@ from typing import Optional
 from tunebox.submission import contents
 from tunebox import layout
 from tunebox.submission import selfcheck
+from tunebox.chaos import kill_point
 from tunebox.cli import run_job
 from tunebox.config import RunSpec, dump_spec
 from tunebox.io import InputError, atomic_dir, atomic_write_json, atomic_write_text
@@ -358,6 +359,7 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         log.info("checkpoints: %s", ", ".join(f"{n} {m}ed" for m, n in modes.items()))
 
         copy_logs(run_dir, tmp / "logs")
+        kill_point("bundle.writing")
         tj, cfg = tokenizer_files(spec)
         (tmp / "tokenizer").mkdir()
         shutil.copy2(tj, tmp / "tokenizer" / "tokenizer.json")

@@ -34,6 +34,7 @@ from typing import Optional
 import numpy as np
 
 from tunebox import layout
+from tunebox.chaos import kill_point
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
 from tunebox.contest.rules import (RETENTION_METRIC, RETENTION_THRESHOLD, SCORE_FORMULAS, choose_checkpoint,
@@ -188,6 +189,7 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
         info = {"step": m["step"], "train_loss": m["train_loss"], "checkpoint": str(m["checkpoint"])}
         results.append(evaluate_model(m["name"], out / m["name"], {"checkpoint_sha256": sha}, loader(m["checkpoint"]),
                                       task, squad, tok, backend, info))
+        kill_point("evaluate.between-models")
     base = next((r for r in results if r["model"] == "base"), None)
     tuned = [annotate(r, base, contest) for r in results if r["model"] != "base"]
     choice = choose_checkpoint(tuned)
@@ -204,7 +206,9 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     inputs = {"heldout": spec.run_dir / layout.PREP_HELDOUT, "train_samples": spec.run_dir / layout.PREP_TRAIN_RECORDS}
     if squad:
         inputs["squad"] = squad.source
-    write_job_manifest(out, "evaluate", spec, inputs=inputs, outputs={"report": spec.run_dir / layout.EVALUATE_REPORT},
+    # every model's folder too (predictions, scores): an edited or deleted one makes a rerun evaluate again
+    outputs = {"report": spec.run_dir / layout.EVALUATE_REPORT, **{r["model"]: out / r["model"] for r in results}}
+    write_job_manifest(out, "evaluate", spec, inputs=inputs, outputs=outputs,
                        extra={"backend": backend, "rows": len(task.rows), "squad_rows": len(squad.rows) if squad else 0,
                               "chosen": choice["model"], "scales": scales})
     (log.warning if choice["valid"] is False else log.info)("chosen: %s (%s)", choice["model"], choice["reason"])

@@ -46,6 +46,7 @@ from tunebox.config import RunSpec
 from tunebox.config import balance_rule
 from tunebox.data.samples import (IGNORE, PARSERS, SampleEncoder, ShardedMindRecordWriter, bad_row_kind, decode_jsonl_line,
                         iter_raw_lines, read_examples, train_files)
+from tunebox.chaos import kill_point
 from tunebox.io import InputError, atomic_dir, atomic_write_json
 from tunebox.manifest import write_job_manifest
 from tunebox.data.tokenizer import TextTokenizer
@@ -469,6 +470,7 @@ def prep(spec: RunSpec) -> Path:
             file_rows = read_heldout_file(spec) if d.heldout_file else []
             scan = _Pass1(spec, tmp, frozenset(r["prompt"] for r in file_rows))
             scan.run(files, pool, window)
+            kill_point("prep.writing")   # tests/test_chaos.py: the spool and rejects half way
             seconds["read_and_clean"] = time.time() - started - sum(seconds.values())
             n_kept = len(scan.family_codes)
             if n_kept == 0:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from tunebox import layout
+from tunebox.chaos import kill_point
 from tunebox.cli import job_process_env, run_job
 from tunebox.config import RunSpec
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
@@ -222,6 +223,57 @@ def launch_msrun(spec: RunSpec, args) -> int:
     return subprocess.call(cmd, env=env)
 
 
+WORKERS_LOCK = ".workers.lock"
+
+
+def die_with_launcher() -> None:
+    """In a worker msrun started: msrun puts each worker in a session of its own, so kill -9 on the
+    pipeline's process group left the workers training, and writing the run's files, with nothing to
+    watch them. Linux's parent-death signal kills this worker when msrun dies."""
+    import ctypes
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return
+    PR_SET_PDEATHSIG = 1
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the launcher died before the signal was armed
+        os._exit(1)
+
+
+def hold_workers_lock(out: Path):
+    """A worker holds a shared lock on train/.workers.lock while it lives (the open file is kept by the
+    caller); wait_for_workers takes it exclusively."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / WORKERS_LOCK, "a")
+    fcntl.flock(fh, fcntl.LOCK_SH)
+    return fh
+
+
+def wait_for_workers(out: Path, timeout: float = 120.0) -> None:
+    """Before a run starts training in `out`: wait until no worker of an earlier, killed run is alive
+    (they hold train/.workers.lock); refuse after `timeout` seconds rather than train beside them."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + timeout
+    with open(out / WORKERS_LOCK, "a") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"workers of an earlier run still hold {out / WORKERS_LOCK} after "
+                                       f"{timeout:.0f} s; stop them (fuser -v {out / WORKERS_LOCK}) and run again")
+                log.info("waiting for the workers of an earlier run to stop (%s)", out / WORKERS_LOCK)
+                time.sleep(2)
+
+
 def in_cluster() -> bool:
     return "MS_WORKER_NUM" in os.environ or "MS_ROLE" in os.environ
 
@@ -256,14 +308,32 @@ def check_resume(spec: RunSpec, out: Path) -> bool:
     return resume_point(out)
 
 
+def training_done(out: Path, plan: dict) -> bool:
+    """Whether an earlier session already ran every planned step: loss.jsonl reaches total_steps and
+    every planned LoRA checkpoint is there (the callbacks write a step's LoRA file, then its loss line,
+    then the full checkpoint). Checked before looking for a resume point: resuming from the final
+    step would train past it (a step past max_steps) or fail (MindSpore refuses initial_epoch == epoch
+    when the final step ends an epoch)."""
+    log_file = out / "loss.jsonl"
+    if not log_file.exists():
+        return False
+    steps = [json.loads(l)["step"] for l in log_file.read_text(encoding="utf-8").splitlines() if l.strip()]
+    return bool(steps) and steps[-1] >= plan["total_steps"] and len(lora_files(out, plan)) == len(plan["checkpoint_steps"])
+
+
 def train(spec: RunSpec, args=None) -> Path:
     from tunebox.model.mf import setup_device
 
     out = spec.job_dir("train")
+    wait_for_workers(out)
     setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
     resume = check_resume(spec, out)
     prepared = render(spec)
     plan = prepared["plan"]
+    if (out / "train_state.json").exists() and training_done(out, plan):
+        log.info("train: all %d steps ran and their LoRA checkpoints are written; writing the index, summary "
+                 "and manifest only", plan["total_steps"])
+        return finish(spec, prepared, 0.0)
     if not resume:
         # a run that died before its first checkpoint; old event files would join the new curves
         for stale in ("loss.jsonl", "sessions.jsonl", "checkpoints", "tensorboard"):
@@ -348,6 +418,7 @@ def finish(spec: RunSpec, prepared: dict, run_s: float) -> Path:
                "tokens_per_s_steady": tokens / max(1e-9, seconds),
                "trainer": "mindformers.Trainer", "mindformers_yaml": "mindformers.yaml"}
     atomic_write_json(spec.run_dir / layout.TRAIN_SUMMARY, summary)
+    kill_point("train.before-manifest")
     write_job_manifest(out, "train", spec, inputs={"train.mindrecord": prepared["data_file"],
                                                    "base_checkpoint": prepared["base_checkpoint"]},
                        outputs={"checkpoints": spec.run_dir / layout.TRAIN_INDEX,
@@ -364,6 +435,7 @@ def worker_main(spec: RunSpec, args) -> None:
 
     out = spec.job_dir("train")
     wait_for_prep(spec)
+    lock = hold_workers_lock(out)  # noqa: F841 (held until the process ends)
     setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
     prepared = prepare(spec, write=False)
     if spec.train.packing and not (out / "packed.mindrecord").exists():

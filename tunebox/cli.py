@@ -13,9 +13,10 @@ import time
 import traceback
 from typing import Callable
 
+from tunebox.chaos import kill_point
 from tunebox.config import RunSpec, describe, load_spec
-from tunebox.io import InputError
-from tunebox.manifest import mark_job_started
+from tunebox.io import InputError, remove_leftovers
+from tunebox.manifest import finished_job, mark_job_started
 
 log = logging.getLogger("tunebox")
 
@@ -74,19 +75,36 @@ def guarded(name: str, body: Callable[[], object], known: tuple = (), on_interru
 
 
 def run_job(name: str, summary: str, main: Callable[[RunSpec, argparse.Namespace], object],
-            add_args: Callable[[argparse.ArgumentParser], None] | None = None, argv=None) -> int:
-    """Parse arguments, load the spec, run `main`, and turn what happened into an exit code."""
+            add_args: Callable[[argparse.ArgumentParser], None] | None = None, argv=None,
+            skip_finished: bool = True) -> int:
+    """Parse arguments, load the spec, skip the job when it has finished already (manifest.finished_job:
+    the one rule for every job), else remove what an interrupted run left half-written in the job's folder
+    and run `main`; turn what happened into an exit code. skip_finished=False for a process that must not
+    do either (weights checks the model cache every time; a train worker leaves both to its launcher)."""
     setup_logging()
     parser = job_parser(name, summary)
     if add_args:
         add_args(parser)
     args = parser.parse_args(argv)
-    started = mark_job_started()
+    # the options besides the spec that differ from their defaults (merge --scale 0.5): recorded in the manifest
+    started = mark_job_started(job_args={k: v for k, v in sorted(vars(args).items())
+                                         if k not in ("config", "overrides") and v != parser.get_default(k)})
 
     def body() -> None:  # a job's main reports through its files; its return value is not an exit code
-        main(load_spec(args.config, args.overrides), args)
+        spec = load_spec(args.config, args.overrides)
+        if skip_finished:
+            done, why = finished_job(spec.job_dir(name), spec)
+            if done:
+                log.info("%s: skipped: %s", name, why)
+                return
+            if (spec.job_dir(name) / "manifest.json").exists():
+                log.info("%s: running again: %s", name, why)
+            for stale in remove_leftovers(spec.job_dir(name)):
+                log.info("%s: removed %s, left half-written by an interrupted run", name, stale)
+        main(spec, args)
 
     code = guarded(name, body, on_interrupt="rerun the same command to resume")
+    kill_point(f"{name}.finished")
     if code == 0:
         log.info("%s: done in %.0f s", name, time.time() - started)
     return code

@@ -106,6 +106,25 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Delete what a killed writer left half-written anywhere under `folder`: atomic_path's
+    `.<name>.<random>.part*` files, atomic_dir's `.<name>.part-*` folders, the train callbacks'
+    `*.partial.ckpt` and `*.tmp`, and MindSpore's `*.tmp` checkpoints. A job calls it (tunebox.cli.run_job)
+    before it works in its folder again, so no half file survives a kill and a rerun."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.rglob("*")
+             if (p.name.startswith(".") and ".part" in p.name) or p.name.endswith((".partial.ckpt", ".tmp"))]
+    removed = []
+    for p in sorted(found, key=lambda q: len(q.parts)):
+        if not p.exists() and not p.is_symlink():
+            continue  # inside a folder removed before it
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        removed.append(p)
+    return removed
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one line and flush it to disk: logs that survive a kill -9 up to the last line."""
     path = Path(path)

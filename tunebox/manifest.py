@@ -49,10 +49,17 @@ _JOB_STARTED: Optional[float] = None
 """When this process's job began (set by tunebox.cli.run_job): the default `started` of its record line."""
 
 
-def mark_job_started(when: Optional[float] = None) -> float:
-    """Remember when the job in this process began; write_job_manifest uses it unless told otherwise."""
-    global _JOB_STARTED
+_JOB_ARGS: dict = {}
+"""The job's own command-line options besides the spec (merge --scale, bundle --out): set by run_job,
+recorded in the manifest, and part of what makes a finished job the same job (finished_job)."""
+
+
+def mark_job_started(when: Optional[float] = None, job_args: Optional[dict] = None) -> float:
+    """Remember when the job in this process began (and its options besides the spec); write_job_manifest
+    uses them unless told otherwise."""
+    global _JOB_STARTED, _JOB_ARGS
     _JOB_STARTED = time.time() if when is None else when
+    _JOB_ARGS = dict(job_args or {})
     return _JOB_STARTED
 
 
@@ -324,14 +331,30 @@ def cached_sha256(path: Path) -> str:
     return _HASH_CACHE[key]
 
 
+def file_stamp(path: str | os.PathLike) -> Optional[str]:
+    """Size and modification time of a file, or of every file of a folder, as one string: when it is
+    unchanged since a manifest recorded it, the content is taken as unchanged too (finished_job), so a
+    rerun does not hash a multi-GB checkpoint again. None when the path is absent."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if path.is_file():
+        st = path.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    parts = [f"{p.relative_to(path).as_posix()}\0{p.stat().st_size}:{p.stat().st_mtime_ns}"
+             for p in sorted(q for q in path.rglob("*") if q.is_file())]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def describe_file(path: str | os.PathLike) -> dict:
-    """{path, size, sha256} of a file; for a folder (a MindRecord set, a model dir) every file's
+    """{path, size, sha256, stamp} of a file; for a folder (a MindRecord set, a model dir) every file's
     hash plus one digest over the sorted (relative path, hash) list."""
     path = Path(path).expanduser().absolute()
     if not path.exists():
         return {"path": str(path), "exists": False, "size": None, "sha256": None}
     if path.is_file():
-        return {"path": str(path), "exists": True, "size": path.stat().st_size, "sha256": cached_sha256(path)}
+        return {"path": str(path), "exists": True, "size": path.stat().st_size, "sha256": cached_sha256(path),
+                "stamp": file_stamp(path)}
     files = {}
     total = 0
     for child in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -339,7 +362,8 @@ def describe_file(path: str | os.PathLike) -> dict:
         files[rel] = cached_sha256(child)
         total += child.stat().st_size
     digest = hashlib.sha256("".join(f"{rel}\0{sha}\n" for rel, sha in files.items()).encode()).hexdigest()
-    return {"path": str(path), "exists": True, "size": total, "sha256": digest, "files": files}
+    return {"path": str(path), "exists": True, "size": total, "sha256": digest, "files": files,
+            "stamp": file_stamp(path)}
 
 
 # ---- the manifest --------------------------------------------------------------------------
@@ -407,7 +431,8 @@ def write_job_manifest(job_dir: str | os.PathLike, job: str, spec=None,
 
     manifest = environment_manifest(spec, inputs, seeds)
     manifest.update({
-        "job": job, "status": status, "started": started, "finished": finished,
+        "job": job, "status": status, "started": started, "finished": finished, "job_args": _JOB_ARGS,
+        "run_dir": str(job_dir.parent.absolute()),   # finished_job reads a moved or copied run's own files
         "outputs": {name: describe_file(path) for name, path in (outputs or {}).items()},
         "extra": extra,
     })
@@ -422,6 +447,52 @@ def write_job_manifest(job_dir: str | os.PathLike, job: str, spec=None,
         "job": job, "status": status, "started": started, "finished": finished,
         "manifest": shown, "spec_hash": manifest["spec_hash"]})
     return manifest_path
+
+
+# ---- has this job finished? ---------------------------------------------------------------
+
+def _still_the_same(recorded: dict, path: Path) -> bool:
+    """Whether a file (or folder) a manifest described, now at `path`, is still there with the same
+    content: the same size and modification time (file_stamp), or else the same sha256."""
+    if not recorded.get("exists"):
+        return not path.exists()
+    if not path.exists():
+        return False
+    if recorded.get("stamp") is not None and file_stamp(path) == recorded["stamp"]:
+        return True
+    return describe_file(path)["sha256"] == recorded.get("sha256")
+
+
+def finished_job(job_dir: str | os.PathLike, spec, job_args: Optional[dict] = None) -> tuple[bool, str]:
+    """The one rule, for every job, that says a job has already done this work and can be skipped:
+    its manifest.json (written last) exists with status ok, was written for a spec with the same hash
+    and the same job options, and every input and output it describes is still there, unchanged.
+    Returns (finished, why) where `why` is the line a person reads either way."""
+    path = Path(job_dir) / "manifest.json"
+    if not path.is_file():
+        return False, f"no {path.name} yet"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return False, f"{path} cannot be read ({exc})"
+    if manifest.get("status") != "ok":
+        return False, f"{path} says status {manifest.get('status')!r}"
+    if manifest.get("spec_hash") != spec.spec_hash():
+        return False, f"{path} is for spec {manifest.get('spec_hash')}, this one is {spec.spec_hash()}"
+    if (manifest.get("job_args") or {}) != dict(job_args if job_args is not None else _JOB_ARGS):
+        return False, f"{path} is for options {manifest.get('job_args')}"
+    # a path inside the run folder the manifest was written in is read inside this one (a run moved,
+    # copied, or mounted elsewhere); any other path (data, the base model) as recorded
+    written_in, run_dir = manifest.get("run_dir"), Path(job_dir).absolute().parent
+    for kind in ("inputs", "outputs"):
+        for name, recorded in (manifest.get(kind) or {}).items():
+            where = Path(recorded["path"])
+            if written_in and where.is_relative_to(written_in):
+                where = run_dir / where.relative_to(written_in)
+            if not _still_the_same(recorded, where):
+                return False, f"{kind[:-1]} {name} ({where}) changed since {path} was written"
+    shown = ", ".join(manifest.get("outputs") or {}) or "none"
+    return True, f"finished at {manifest.get('finished')} ({path}; outputs unchanged: {shown})"
 
 
 # ---- CLI (invoke env) ----------------------------------------------------------------------

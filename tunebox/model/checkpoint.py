@@ -38,6 +38,7 @@ from typing import Iterable, Iterator, Optional, Union
 import numpy as np
 from tqdm import tqdm
 
+from tunebox.chaos import kill_point
 from tunebox.io import InputError, atomic_path
 from tunebox.model.mf import LORA_A, LORA_B
 
@@ -741,6 +742,8 @@ def merge_streaming(base_ckpt: str | os.PathLike, lora_ckpt: str | os.PathLike, 
                         writer.copy(reader, entry)
                         reader.release(entry)
                     bar.update(entry.end - entry.start)
+                    if entry is entries[len(entries) // 2]:
+                        kill_point("merge.mid-checkpoint")
                 digest = writer.close()
                 written = writer.bytes_written
     stats = MergeStats(out=str(out_ckpt), tensors=len(entries), merged=len(pairs), bytes_read=total,

@@ -167,14 +167,15 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
                              "recompute_slice_activation": True},
         "callbacks": [
             {"type": "MFLossMonitor"},
-            # full checkpoints (weights + optimizer state) for resume_training, rotated
-            {"type": "CheckpointMonitor", "prefix": CHECKPOINT_PREFIX, "directory": str(out_dir),
-             "save_checkpoint_steps": resume_every(total_steps, t.save_state_every), "keep_checkpoint_max": RESUME_KEPT,
-             "integrated_save": parallel_mode == 0, "async_save": False},
             {**_registered("TuneboxLoraCheckpoints"), "directory": str(out_dir), "prefix": CHECKPOINT_PREFIX,
              "planned_steps": list(plan["checkpoint_steps"]), "steps_per_epoch": steps_per_epoch},
             {**_registered("TuneboxLossLog"), "path": str(out_dir / "loss.jsonl"), "total_steps": total_steps,
              "steps_per_epoch": steps_per_epoch},
+            # full checkpoints (weights + optimizer state) for resume_training, rotated. Last: a full
+            # checkpoint of step s means that step's LoRA file and loss line are written (train.training_done)
+            {"type": "CheckpointMonitor", "prefix": CHECKPOINT_PREFIX, "directory": str(out_dir),
+             "save_checkpoint_steps": resume_every(total_steps, t.save_state_every), "keep_checkpoint_max": RESUME_KEPT,
+             "integrated_save": parallel_mode == 0, "async_save": False},
         ],
         # MindFormers' own TensorBoard writer (tensorboardX): MFLossMonitor writes loss, learning-rate and
         # grad-norm per step into <tensorboard_dir>/rank_<r>/events.out.tfevents.*, beside loss.jsonl.

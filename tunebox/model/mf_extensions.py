@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 import numpy as np
@@ -278,6 +279,14 @@ class TuneboxLlamaForCausalLM(LlamaForCausalLM):
 
 # ---- callbacks ---------------------------------------------------------------------------------
 
+def _test_kill_point(name: str) -> None:
+    """tests/test_chaos.py's hook, a copy of tunebox.chaos.kill_point (this module is loaded on its own):
+    when $TUNEBOX_TEST_KILL_POINT names this point, signal this process group (SIGKILL, or
+    $TUNEBOX_TEST_KILL_SIGNAL) as a crash or Ctrl-C would. Never set outside the tests."""
+    if os.environ.get("TUNEBOX_TEST_KILL_POINT") == name:
+        os.killpg(os.getpgrp(), getattr(signal, "SIG" + os.environ.get("TUNEBOX_TEST_KILL_SIGNAL", "KILL")))
+
+
 def _global_step(cb) -> int:
     """Optimizer updates done so far, resume included. MindFormers restores the optimizer's global_step
     from the checkpoint but restarts cb_params.cur_step_num at 0 in a resumed session."""
@@ -355,6 +364,13 @@ class TuneboxLossLog(Callback):
 
     def on_train_begin(self, run_context):
         self.is_main = _rank() == 0
+        # Ctrl-C: MindSpore's runtime holds SIGINT while a step runs and answers it with SIGTERM to
+        # itself, so Python never saw a KeyboardInterrupt. Both signals are noted here instead; the
+        # step in progress ends, its line is written, then the run stops with KeyboardInterrupt (exit
+        # 130, tunebox.cli.guarded) and the same command resumes from the last full checkpoint.
+        self.interrupted = None
+        self.previous_handlers = {sig: signal.signal(sig, self._note_interrupt)
+                                  for sig in (signal.SIGINT, signal.SIGTERM)}
         start = _global_step(run_context.original_args())
         if self.is_main and os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as f:
@@ -397,9 +413,19 @@ class TuneboxLossLog(Callback):
                 self.bar.update(step - self.bar.n)
         if not np.isfinite(loss):
             raise RuntimeError(f"loss is {loss} at step {step}; lower train.lr")
+        _test_kill_point(f"train.step-{step}")
+        if self.interrupted:
+            if self.bar is not None:
+                self.bar.close()
+            raise KeyboardInterrupt(f"{self.interrupted} after step {step}")
         if self.total_steps and step >= self.total_steps:
             run_context.request_stop()
 
+    def _note_interrupt(self, signum, frame):
+        self.interrupted = signal.Signals(signum).name
+
     def on_train_end(self, run_context):
+        for sig, handler in self.previous_handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         if self.bar is not None:
             self.bar.close()

@@ -38,6 +38,7 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
+from tunebox.chaos import kill_point
 from tunebox.io import InputError, atomic_dir, atomic_write_json, sha256_file
 from tunebox.model.checkpoint import CheckpointStreamWriter, bfloat16_bits_to_float32, save_checkpoint_numpy
 from tunebox.model.registry import ModelSpec, cache_dir, get_model_spec, model_dir
@@ -60,7 +61,55 @@ class ModelNotAvailable(InputError):
     """The weights are not in the cache and cannot be made here without the user's help."""
 
 
+class DamagedModelFile(InputError):
+    """A cached model file whose sha256 is not the one its model.json records."""
+
+
 # ---- the model directory -------------------------------------------------------------------
+
+def verified_stamp_file(directory: str | os.PathLike) -> Path:
+    """Where verify_model_files remembers what it checked: beside the model folder, not in it (the
+    folder's content stays what model.json lists)."""
+    directory = Path(directory)
+    return directory.parent / f".{directory.name}.verified.json"
+
+
+def verify_model_files(directory: str | os.PathLike) -> list[str]:
+    """Check every file model.json lists against the sha256 it records; raise DamagedModelFile naming the
+    first file that differs. A file is hashed once: its size and modification time are then remembered
+    (verified_stamp_file), and while both stay the same it is taken as checked, so a 16 GB base is not
+    read again on every run. Returns the names it hashed this time."""
+    directory = Path(directory)
+    info = json.loads((directory / "model.json").read_text(encoding="utf-8"))
+    stamp_file = verified_stamp_file(directory)
+    try:
+        stamps = json.loads(stamp_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stamps = {}
+    hashed = []
+    for fname, entry in sorted(info["files"].items()):
+        path = directory / fname
+        if not path.is_file():
+            raise DamagedModelFile(f"missing, though {directory / 'model.json'} lists it; rebuild the model with "
+                                   f"`python -m jobs.weights --config <spec> --refresh`", path)
+        st = path.stat()
+        seen = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": entry.get("sha256")}
+        if stamps.get(fname) == seen:
+            continue
+        actual = sha256_file(path)
+        hashed.append(fname)
+        if actual != entry.get("sha256"):
+            stamps.pop(fname, None)
+            with contextlib.suppress(OSError):
+                atomic_write_json(stamp_file, stamps)
+            raise DamagedModelFile(f"sha256 {actual}, but {directory / 'model.json'} records {entry.get('sha256')}: "
+                                   f"the cached file is damaged. Rebuild it with `invoke weights --config <spec> "
+                                   f"--refresh` (python -m jobs.weights --config <spec> --refresh)", path)
+        stamps[fname] = seen
+    with contextlib.suppress(OSError):  # a read-only cache is still checked, only every time
+        atomic_write_json(stamp_file, stamps)
+    return hashed
+
 
 def read_model_info(directory: str | os.PathLike) -> Optional[dict]:
     """model.json of a complete model directory, or None when the directory is absent or partial
@@ -109,6 +158,7 @@ def ensure_model(name: str, progress: bool = True) -> Path:
         log.info("building %s in %s", name, final)
         with atomic_dir(final) as tmp:
             provenance = builders[name](tmp, spec, progress)
+            kill_point("weights.building")
             _write_model_json(tmp, spec, provenance, time.perf_counter() - started)
     return final
 
