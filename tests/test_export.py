@@ -1,10 +1,12 @@
 """invoke export: the exported folders, loaded by transformers and PEFT (the independent reference), are
 the model tunebox trained and judged. For the tiny run: the prompt ids, every position's logits (the
 numpy decoder's forward on the merged checkpoint, to 1e-4 where the LoRA moves them by ~1) and the greedy
-answers evaluate wrote."""
+answers evaluate wrote; for SmolLM2 (slow): a short real run's adapter answers contest prompts as the
+numpy decoder does."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_RECIPE, cannot_run, job_env, read_jsonl
+from conftest import REPO, TINY_RECIPE, cannot_run, job_env, read_jsonl, run_job
+
+LOCAL = REPO / "recipes" / "local-smollm2.yaml"
 
 
 def hf_stack():
@@ -112,7 +116,8 @@ def test_export_base_and_a_text_template(tiny_run, tmp_path):
     """--step 0 exports the base model; a text template with quotes, Jinja's own braces, a backslash,
     newlines and non-ASCII comes back from transformers' apply_chat_template exactly as tunebox renders it.
     Mutants that fail: the text after the problem dropped; the recipe's text pasted into the Jinja
-    template unescaped; the folder left 0700 (mkdtemp's mode). (repr() for the literals instead of JSON passes: Jinja reads both alike.)"""
+    template unescaped; the folder left 0700 (mkdtemp's mode). (repr() for the literals instead of JSON
+    passes: Jinja reads both alike.)"""
     from tunebox.config import load_spec
     from tunebox.data.prompts import spec_prompt
     from tunebox.data.samples import load_tokenizer
@@ -142,3 +147,28 @@ def test_export_refuses_what_is_not_there(tiny_run):
                   overrides=args, check=False)
     assert base.returncode == 2 and "--format hf" in base.stderr
 
+
+@pytest.mark.slow
+def test_smollm2_adapter_answers_as_the_decoder(tmp_path):
+    """A 5-step SmolLM2 run; its PEFT adapter on transformers gives the greedy answers tunebox's numpy decoder
+    gives (through `jobs.chat`, the LoRA folded into the base in memory) on a handful of contest prompts.
+    Mutant that fails: lora_alpha written as r."""
+    hf_stack()
+    cache = Path(os.environ.get("TUNEBOX_CACHE") or os.path.expanduser("~/.cache/tunebox"))
+    runs = tmp_path / "runs"
+    args = [f"runs_dir={runs}", "data.generate=--rows 600 --mix add=1,sub=1,mul=1,div=1 --seed 14",
+            "data.sample_rows=400", "data.heldout_rows=8", "data.heldout_file_rows=8", "train.max_steps=5",
+            "train.lr=2.0e-3"]
+    for job in ("prep", "train"):
+        run_job(job, LOCAL, cache, tmp_path, *args, timeout=1800)
+    step = json.loads((runs / "local-smollm2" / "train" / "checkpoints" / "index.json").read_text())["checkpoints"][-1]["step"]
+    export(LOCAL, cache, tmp_path, "--format", "peft", "--step", str(step), overrides=args)
+    rows = read_jsonl(REPO.parent / "shared" / "data" / "math" / "contest-sample.jsonl")[:6]
+    problems = [" ".join(r["problem"].split()) for r in rows]     # one line each, for chat's stdin
+    _, answers = hf_answers(runs / "local-smollm2" / "export" / f"peft-step-{step:06d}", problems, [24] * len(problems))
+    chat = subprocess.run([sys.executable, "-m", "jobs.chat", "--config", str(LOCAL), "--step", str(step),
+                           "--max-new-tokens", "24", *sum((["--set", a] for a in args), [])],
+                          input="".join(p + "\n" for p in problems), cwd=tmp_path,
+                          env=job_env(cache), capture_output=True, text=True, timeout=900)
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    assert chat.stdout == "".join(a + "\n" for a in answers)
