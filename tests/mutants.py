@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 GROUPS: dict[str, dict] = {
     "contest": {"mutate": ["tunebox/contest/*.py"],
                 "tests": ["tests/test_contest.py", "tests/test_scoring.py", "tests/test_answers.py",
-                          "tests/test_mutants_contest.py"]},
+                          "tests/test_generate.py", "tests/test_mutants_contest.py"]},
     "packing": {"mutate": ["tunebox/data/packing.py", "tunebox/data/answers.py"],
                 "tests": ["tests/test_packing.py", "tests/test_answers.py", "tests/test_mutants_packing.py"],
                 # test_packing's graph-mode training run takes ~20 s a mutant; the other tests cover packing.py

@@ -140,3 +140,49 @@ def test_choose_checkpoint_when_retention_is_unknown():
     partly = rules.choose_checkpoint([cand("a", 1, 0.7, 0.2, True), cand("b", 2, 0.6, 0.3, None)])
     assert (partly["model"], partly["valid"]) == ("a", True)
     assert partly["reason"].endswith("retention is unknown for b")
+
+
+# ---- the MCQ prompt (scoring.py), to the byte ---------------------------------------------------
+
+EN_ROW = {"id": "q1", "question": " What is 2+2? ", "choices": ["3", "4", "5", "6"], "subject": "high_school_math"}
+EN_PROMPT = ("Here is a question about high school math, the correct answer is one of the options A/B/C/D. "
+             "Please select the correct option and answer the question with 'The right option is'.\n"
+             "Question: What is 2+2? \nA.3\nB.4\nC.5\nD.6")
+
+
+def test_mcq_prompt_to_the_byte():
+    from tunebox.contest.scoring import mcq_prompt
+
+    assert mcq_prompt(EN_ROW) == mcq_prompt(EN_ROW, "en") == mcq_prompt(EN_ROW, "contest") == EN_PROMPT
+    no_subject = {k: v for k, v in EN_ROW.items() if k != "subject"}
+    assert mcq_prompt(no_subject).startswith("Here is a question about general knowledge, the correct")
+    zh = {"question": "一加一等于几？", "choices": ["1", "2", "3", "4"], "subject": "math"}
+    assert mcq_prompt(zh) == ("以下是关于math的单项选择题，正确答案是 A/B/C/D 中的一个。请选出正确选项，并以“The right option "
+                              "is”作答。\n问题：一加一等于几？ \nA.1\nB.2\nC.3\nD.4")
+    assert mcq_prompt(zh, "contest").startswith("Here is a question about math,")  # what the contest sent
+    assert mcq_prompt(EN_ROW, "zh").startswith("以下是关于high school math的单项选择题")
+
+
+def test_mcq_prompt_refusals():
+    from tunebox.contest.scoring import mcq_prompt
+
+    with pytest.raises(ValueError) as exc:
+        mcq_prompt({**EN_ROW, "choices": ["a", "b", "c"]})
+    assert str(exc.value) == "row q1: 'choices' must hold 4 options, got ['a', 'b', 'c']"
+    with pytest.raises(ValueError) as exc:
+        mcq_prompt({"question": "x", "choices": "abcd"})
+    assert str(exc.value) == "row ?: 'choices' must hold 4 options, got 'abcd'"
+    with pytest.raises(ValueError) as exc:
+        mcq_prompt(EN_ROW, "fr")
+    assert str(exc.value) == "lang must be auto, contest or one of en, zh; got 'fr'"
+
+
+def test_mcq_language_by_hand():
+    from tunebox.contest.scoring import mcq_language
+
+    assert mcq_language(EN_ROW) == "en"
+    assert mcq_language({"question": "Which?", "choices": ["a", "b", "中", "d"]}) == "zh"   # a choice decides too
+    assert mcq_language({"choices": ["\u3400"]}) == "zh" and mcq_language({"question": "\u9fff"}) == "zh"
+    assert mcq_language({"question": "\u4dbf"}) == "zh"
+    assert mcq_language({"question": "\u3042 (hiragana)", "choices": []}) == "en"   # not CJK ideographs
+    assert mcq_language({}) == "en"

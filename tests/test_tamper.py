@@ -290,3 +290,7 @@ def test_submission_reads_broken_files_as_none_and_says_why(tmp_path):
     assert sub.json("bad.json") is None and len(f.failed()) == 2  # read once: the failure is not repeated
     assert f.failed()[0].startswith("bad.json is not valid JSON (")
     assert f.failed()[1].startswith("rows.jsonl:3: not valid JSON (")
+    assert f.failed("files") == f.failed()  # both under the files check
+    # bytes that are not UTF-8 are a broken line, not a crash
+    (tmp_path / "bytes.jsonl").write_bytes(b'{"a": 1}\n\xff\xfe\n')
+    assert sub.jsonl("bytes.jsonl") == [{"a": 1}] and f.failed()[2].startswith("bytes.jsonl:2: not valid JSON (")
