@@ -72,16 +72,17 @@ def test_retention_by_hand():
 
 def test_retention_verdict_every_field():
     assert rules.retention_verdict(None, {"f1": 1, "em": 1}) == {
-        "measured": False, "threshold": 0.9, "passes": None, "failed": [], "f1": None, "em": None, "shortfall": ""}
+        "measured": False, "threshold": 0.9, "passes": None, "failed": [], "undecided": [], "f1": None, "em": None,
+        "shortfall": ""}
     assert rules.retention_verdict({"f1": 1, "em": 1}, None)["passes"] is None
     ok = rules.retention_verdict({"f1": 45.0, "em": 18.0}, {"f1": 50.0, "em": 20.0})
-    assert ok == {"measured": True, "threshold": 0.9, "passes": True, "failed": [], "f1": 0.9, "em": 0.9,
-                  "shortfall": ""}
+    assert ok == {"measured": True, "threshold": 0.9, "passes": True, "failed": [], "undecided": [], "f1": 0.9,
+                  "em": 0.9, "shortfall": ""}
     bad = rules.retention_verdict({"f1": 44.0, "em": 20.0}, {"f1": 50.0, "em": 0.0})
-    assert bad == {"measured": True, "threshold": 0.9, "passes": False, "failed": ["f1"], "f1": 0.88, "em": None,
-                   "shortfall": "F1 44.00 vs base 50.00 = 0.880 < 0.90"}
+    assert bad == {"measured": True, "threshold": 0.9, "passes": False, "failed": ["f1"], "undecided": ["em"],
+                   "f1": 0.88, "em": None, "shortfall": "F1 44.00 vs base 50.00 = 0.880 < 0.90"}
     both = rules.retention_verdict({"f1": 1.0, "em": 0.0}, {"f1": 2.0, "em": 1.0})
-    assert both["failed"] == ["f1", "em"]
+    assert both["failed"] == ["f1", "em"] and both["undecided"] == []
     assert both["shortfall"] == "F1 1.00 vs base 2.00 = 0.500 < 0.90; EM 0.00 vs base 1.00 = 0.000 < 0.90"
     assert rules.retention_verdict({"f1": 1.0, "em": 1.0}, {"f1": 2.0, "em": 2.0}, threshold=0.5)["passes"] is True
 
