@@ -97,7 +97,7 @@ def test_compose_after_a_killed_train_container_finishes_the_run():
     steps = loss_steps(run)
     assert steps == list(range(1, index["total_steps"] + 1)), steps       # no step repeated, skipped or added
     verify = client.containers.run(IMAGE, command=["python", "-m", "jobs.verify", f"/data/runs/{RUN_ID}/submission"],
-                                   detach=True, volumes={"tunebox-data": {"bind": "/data", "mode": "ro"}})
+                                   detach=True, volumes={"tunebox-data": {"bind": "/data", "mode": "rw"}})
     try:
         status = verify.wait(timeout=900)["StatusCode"]
         log = verify.logs().decode("utf-8", "replace")
