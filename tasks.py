@@ -270,11 +270,14 @@ def test(c, fast=False, k=""):
 @task(name="mutants", help={"only": "comma-separated groups (contest, packing, checkpoint, checks, k8s, train); "
                                     "default all",
                             "out": "work folder, one copy of the checkout a group (default .mutants/)",
-                            "jobs": "mutants tested at once (default 1)"})
-def test_mutants(c, only="", out="", jobs=1):
+                            "jobs": "mutants tested at once (default 1)",
+                            "names": "only these mutants, comma-separated mutmut names or globs",
+                            "summarize": "only print the figures of the runs already in the work folder"})
+def test_mutants(c, only="", out="", jobs=1, names="", summarize=False):
     """Mutation testing (mutmut, the `mutants` extra): per module group, the fast tests that cover it
     against every mutant; docs/TESTING.md records the last run. Slow, so not part of `invoke test` or CI."""
     args = [f"--jobs={int(jobs)}"] + ([f"--only={only}"] if only else []) + ([f"--out={out}"] if out else [])
+    args += ([f"--names={names}"] if names else []) + (["--summarize"] if summarize else [])
     c.run(f"{PY} tests/mutants.py " + " ".join(shlex.quote(a) for a in args), pty=False)
 
 
