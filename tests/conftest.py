@@ -90,6 +90,19 @@ def tiny_run(tmp_path_factory, tiny_cache) -> dict:
     return {"run_dir": runs / "tiny", "cache": tiny_cache, "work": work, "runs": runs}
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run, tmp_path_factory) -> dict:
+    """The shared tiny run, copied and bundled through the CLI once per session: {sub, work}. Read-only for
+    its users (a test that changes the submission copies it first)."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("tinybundle")
+    runs = work / "runs"
+    shutil.copytree(tiny_run["run_dir"], runs / "tiny", ignore=shutil.ignore_patterns("submission", "mindformers"))
+    run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
+    return {"sub": runs / "tiny" / "submission", "work": work}
+
+
 def planned_checkpoint_steps(run_dir: Path, recipe: Path = TINY_RECIPE, *overrides: str) -> list[int]:
     """The checkpoint steps train plans for this run, from prep's row count (jobs.train.plan_steps),
     so no test copies a step number from an earlier run."""

@@ -7,12 +7,11 @@ class's __init__ parameters and the keys r1.1's PretrainedConfig/GenerationConfi
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import yaml
 
-from conftest import REPO, TINY_RECIPE, run_job
+from conftest import REPO
 
 from tunebox.config import load_spec
 from tunebox.model.mf_config import R11_FILE, render_contest_predict_config, render_predict_config
@@ -101,12 +100,8 @@ def test_stage1_predicts_with_the_contest_teams_llama3_classes():
 
 
 @pytest.fixture(scope="module")
-def tiny_submission(tiny_run, tmp_path_factory):
-    work = tmp_path_factory.mktemp("contestmf")
-    runs = work / "runs"
-    shutil.copytree(tiny_run["run_dir"], runs / "tiny", ignore=shutil.ignore_patterns("submission", "mindformers"))
-    run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
-    return runs / "tiny" / "submission"
+def tiny_submission(tiny_bundle):
+    return tiny_bundle["sub"]
 
 
 def test_bundle_carries_both_and_each_says_which_mindformers(tiny_submission):

@@ -15,19 +15,14 @@ import shutil
 import pytest
 import yaml
 
-from conftest import TINY_RECIPE, run_job
 
 NEW_TOKENS = 6
 
 
 @pytest.fixture(scope="module")
-def judged(tiny_run, tmp_path_factory):
-    """A fresh bundle of the shared tiny run."""
-    work = tmp_path_factory.mktemp("judge")
-    runs = work / "runs"
-    shutil.copytree(tiny_run["run_dir"], runs / "tiny", ignore=shutil.ignore_patterns("submission", "mindformers"))
-    run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
-    return {"sub": runs / "tiny" / "submission", "work": work}
+def judged(tiny_bundle):
+    """A bundle of the shared tiny run (conftest.tiny_bundle)."""
+    return tiny_bundle
 
 
 def tunebox_answer(sub, checkpoint_rel: str, prompt_ids: list[int]) -> str:
