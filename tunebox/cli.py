@@ -13,6 +13,7 @@ import time
 import traceback
 from typing import Callable
 
+from tunebox import layout
 from tunebox.chaos import kill_point
 from tunebox.config import RunSpec, describe, load_spec
 from tunebox.io import InputError, remove_leftovers
@@ -97,7 +98,7 @@ def run_job(name: str, summary: str, main: Callable[[RunSpec, argparse.Namespace
             if done:
                 log.info("%s: skipped: %s", name, why)
                 return
-            if (spec.job_dir(name) / "manifest.json").exists():
+            if (spec.job_dir(name) / layout.MANIFEST).exists():
                 log.info("%s: running again: %s", name, why)
             for stale in remove_leftovers(spec.job_dir(name)):
                 log.info("%s: removed %s, left half-written by an interrupted run", name, stale)

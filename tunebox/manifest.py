@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from tunebox import layout
 from tunebox.config import REPO_ROOT
 from tunebox.io import append_jsonl, atomic_write_json, sha256_file
 
@@ -436,7 +437,7 @@ def write_job_manifest(job_dir: str | os.PathLike, job: str, spec=None,
         "outputs": {name: describe_file(path) for name, path in (outputs or {}).items()},
         "extra": extra,
     })
-    manifest_path = atomic_write_json(job_dir / "manifest.json", manifest)
+    manifest_path = atomic_write_json(job_dir / layout.MANIFEST, manifest)
 
     run_dir = job_dir.parent
     try:
@@ -468,7 +469,7 @@ def finished_job(job_dir: str | os.PathLike, spec, job_args: Optional[dict] = No
     its manifest.json (written last) exists with status ok, was written for a spec with the same hash
     and the same job options, and every input and output it describes is still there, unchanged.
     Returns (finished, why) where `why` is the line a person reads either way."""
-    path = Path(job_dir) / "manifest.json"
+    path = Path(job_dir) / layout.MANIFEST
     if not path.is_file():
         return False, f"no {path.name} yet"
     try:
