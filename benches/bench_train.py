@@ -479,11 +479,11 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
         _check_ran(prep, "prep")
 
         from tunebox.data.samples import load_tokenizer, read_mindrecord
-        from tunebox.model.weights import ensure_model
+        from tunebox.run_checkpoints import base_checkpoint
 
         ids, labels = read_mindrecord(spec.job_dir("prep") / "train.mindrecord")
         pad_id = load_tokenizer(spec).pad_id
-        base_ckpt = spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
+        base_ckpt = base_checkpoint(spec)
         ref_dir = work / "reference"
         expected_tokens, expected_lrs = export_reference_inputs(ref_dir, spec, mspec, ids, labels, total_steps,
                                                                 pad_id, base_ckpt)

@@ -77,11 +77,11 @@ def annotate(entry: dict, base: Optional[dict], figures: dict) -> dict:
 # ---- the job -------------------------------------------------------------------------------
 
 def models_to_evaluate(spec: RunSpec) -> list[dict]:
-    from tunebox.model.weights import ensure_model
+    from tunebox.run_checkpoints import base_checkpoint
 
     models = []
     if spec.eval.base:
-        base = spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
+        base = base_checkpoint(spec)
         models.append({"name": "base", "step": 0, "checkpoint": base, "train_loss": None})
     if spec.eval.checkpoints == "none":
         return models

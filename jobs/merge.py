@@ -29,7 +29,7 @@ log = logging.getLogger("tunebox.merge")
 
 
 def merge(spec: RunSpec, scale: float = 1.0) -> Path:
-    from tunebox.model.weights import ensure_model
+    from tunebox.run_checkpoints import base_checkpoint
 
     train_dir = spec.job_dir("train")
     index_file = spec.run_dir / layout.TRAIN_INDEX
@@ -39,7 +39,7 @@ def merge(spec: RunSpec, scale: float = 1.0) -> Path:
     if len(train_index["checkpoints"]) < len(train_index["planned"]):
         log.warning("train has %d of %d planned checkpoints (still running, or stopped early)",
                     len(train_index["checkpoints"]), len(train_index["planned"]))
-    base_ckpt = spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
+    base_ckpt = base_checkpoint(spec)
     out = spec.job_dir("merge")
     out.mkdir(parents=True, exist_ok=True)
     out_index_file = spec.run_dir / layout.MERGE_INDEX

@@ -97,7 +97,7 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     nothing is written (a worker of a multi-node run)."""
     from tunebox.data.samples import load_tokenizer, mindrecord_shards, read_mindrecord
     from tunebox.model.mf_config import render_train_config
-    from tunebox.model.weights import ensure_model
+    from tunebox.run_checkpoints import base_checkpoint
 
     out = spec.job_dir("train")
     data_file = spec.run_dir / layout.PREP_TRAIN_RECORDS
@@ -122,7 +122,7 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     plan = plan_steps(len(ids), spec)
     plan["packing"] = packing
     capacity = answer_capacity(ids, labels, pad_id) if spec.train.lm_head_on_answers else 0
-    base = spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
+    base = base_checkpoint(spec)
     config = render_train_config(spec, data_files=files, out_dir=out, plan=plan, base_checkpoint=base,
                                  answer_capacity=capacity, seq_length=ids.shape[1] - 1)
     tokens = int((ids != pad_id).sum())
