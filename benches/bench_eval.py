@@ -62,13 +62,13 @@ def math_prompts(n: int) -> tuple[list[str], str]:
 def decoder_comparison(prompts: int, max_new: int, batch_size: int) -> dict:
     """greedy_generate vs generate_no_cache on the same prompts: times, ratio, identical outputs."""
     from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
-    from tunebox.model.registry import get_model_spec
+    from tunebox.model.registry import get_model_shape
     from tunebox.data.tokenizer import TextTokenizer
     from tunebox.model.weights import ensure_model
 
     model_dir = ensure_model(MODEL)
     tok = TextTokenizer.load(model_dir)
-    model = NumpyLlama.from_checkpoint(model_dir / "model.ckpt", get_model_spec(MODEL))
+    model = NumpyLlama.from_checkpoint(model_dir / "model.ckpt", get_model_shape(MODEL))
     problems, system = math_prompts(prompts)
     ids = [tok.encode(tok.chat_prompt(p, system)) for p in problems]
     t0, c0 = time.perf_counter(), time.process_time()

@@ -383,13 +383,13 @@ def _fail(code: int, message: str) -> int:
 
 
 def run_bench(args) -> dict:
-    from tunebox.model.registry import get_model_spec, with_overrides
+    from tunebox.model.registry import get_model_shape, with_overrides
 
-    spec = get_model_spec("llama3-8b")
+    shape = get_model_shape("llama3-8b")
     directory = Path(args.dir).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     machine = machine_info(directory)
-    dtype_name, sizes, need = plan(args, spec, machine["disk_free"])
+    dtype_name, sizes, need = plan(args, shape, machine["disk_free"])
     print(f"{machine['cpu']}, {machine['cores']} cores, {machine['ram_total'] / GB:.1f} GB RAM "
           f"({machine['ram_available'] / GB:.1f} available), {machine['disk_device']} {machine['disk_fs']} "
           f"{machine['disk_free'] / GB:.0f} GB free; load average {machine['loadavg_start']}")
@@ -405,7 +405,7 @@ def run_bench(args) -> dict:
     pool = value_pool(ttype)
     runs = []
     for name, layers in sorted(sizes.items(), key=lambda kv: kv[1]):
-        model = with_overrides(spec, num_layers=layers)
+        model = with_overrides(shape, num_layers=layers)
         base, lora_path, out = directory / f"base-{name}.ckpt", directory / f"lora-{name}.ckpt", directory / f"merged-{name}.ckpt"
         try:
             t = time.perf_counter()

@@ -7,7 +7,7 @@ MindSpore: the weights and batches arrive as files that bench_train wrote).
     python -m benches.bench_ref_torch --matmul-peak [--threads 2]    # this CPU's FP32 sgemm peak
 
 DIR holds (from bench_train.export_reference_inputs):
-  model.json          the ModelSpec (registry shapes, possibly with overrides)
+  model.json          the ModelShape (registry shapes, possibly with overrides)
   weights.safetensors the base checkpoint with Hugging Face parameter names
   batches.npz         ids, labels: int32 (steps, batch, seq_length + 1), exactly the rows tunebox
                       trains on at those steps; lr: float (steps,), the learning rate per step
@@ -40,7 +40,7 @@ HF_PROJECTION = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj",
 
 
 def hf_llama_config(spec: dict):
-    """transformers LlamaConfig with the registry's shapes (a ModelSpec as a dict)."""
+    """transformers LlamaConfig with the registry's shapes (a ModelShape as a dict)."""
     from transformers import LlamaConfig
 
     return LlamaConfig(

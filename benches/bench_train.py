@@ -67,7 +67,7 @@ import numpy as np
 
 from tunebox.config import REPO_ROOT, RunSpec, load_spec
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
-from tunebox.model.registry import ModelSpec, get_model_spec, lora_targets
+from tunebox.model.registry import ModelShape, get_model_shape, lora_targets
 
 BENCHMARKS_FILE = REPO_ROOT / "docs" / "BENCHMARKS.md"
 DEFAULT_RECIPE = "recipes/local-smollm2.yaml"
@@ -77,13 +77,13 @@ GOAL_SPEEDUP = 1.3          # the issue's goal: tunebox >= 1.3x the reference to
 
 # ---- pure parts: FLOPs, tokens, throughput ------------------------------------------------
 
-def step_flops(spec: ModelSpec, batch: int, seq_length: int, lora_rank: int, target_modules: str) -> dict:
+def step_flops(shape: ModelShape, batch: int, seq_length: int, lora_rank: int, target_modules: str) -> dict:
     """FLOPs of one LoRA training step (forward + backward, frozen base), by the formula in the
     module docstring; returns the parts and the total."""
-    h, kv, f, L = spec.hidden_size, spec.kv_dim, spec.intermediate_size, spec.num_layers
+    h, kv, f, L = shape.hidden_size, shape.kv_dim, shape.intermediate_size, shape.num_layers
     T, S = batch * seq_length, seq_length
-    matmul_params = L * (2 * h * h + 2 * h * kv + 3 * h * f) + spec.vocab_size * h
-    lora_params = spec.lora_params(lora_rank, target_modules)
+    matmul_params = L * (2 * h * h + 2 * h * kv + 3 * h * f) + shape.vocab_size * h
+    lora_params = shape.lora_params(lora_rank, target_modules)
     parts = {
         "forward_matmul": 2 * matmul_params * T,
         "forward_attention": 4 * L * T * S * h,
@@ -229,7 +229,7 @@ def job_command(name: str, recipe: str, overrides: list[str]) -> list[str]:
     return cmd
 
 
-def export_reference_inputs(work: Path, spec: RunSpec, mspec: ModelSpec, ids: np.ndarray, labels: np.ndarray,
+def export_reference_inputs(work: Path, spec: RunSpec, mspec: ModelShape, ids: np.ndarray, labels: np.ndarray,
                             total_steps: int, pad_id: int, base_ckpt: Path) -> list[str]:
     """Write what bench_ref_torch reads (see its docstring); returns the tokens of each step."""
     from safetensors.numpy import save_file
@@ -468,7 +468,7 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
     if spec.train.grad_accum != 1 or spec.train.workers != 1:
         raise InputError("bench.train compares single-process steps of one micro-batch: the recipe needs "
                          "train.grad_accum 1 and train.workers 1", spec.source_path)
-    mspec = get_model_spec(spec.model.name)
+    mspec = get_model_shape(spec.model.name)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     uptime_before = uptime_line()
     print(f"uptime before: {uptime_before}", flush=True)

@@ -26,7 +26,7 @@ from tunebox.data.samples import load_tokenizer
 from tunebox.data.tokenizer import TextTokenizer
 from tunebox.evaluation.runners import MindFormersRunner, NumpyRunner, pick_backend
 from tunebox.io import InputError
-from tunebox.model.registry import get_model_spec
+from tunebox.model.registry import get_model_shape
 from tunebox.run_checkpoints import RunCheckpoint, base_checkpoint, pick_checkpoint
 
 log = logging.getLogger("tunebox.chat")
@@ -41,15 +41,15 @@ def numpy_model(spec: RunSpec, ck: RunCheckpoint):
     from tunebox.model.checkpoint import load_checkpoint_numpy
     from tunebox.model.lora import merge_lora_into_base
 
-    mspec = get_model_spec(spec.model.name)
-    wanted = mspec.parameter_shapes()
+    shape = get_model_shape(spec.model.name)
+    wanted = shape.parameter_shapes()
     if ck.step == 0 or ck.merged_file is not None:
         path = base_checkpoint(spec) if ck.step == 0 else ck.merged_file
         params = {k: v for k, v in load_checkpoint_numpy(path).items() if k in wanted}
-        return NumpyLlama(params, mspec, source=str(path), _consume=True)
+        return NumpyLlama(params, shape, source=str(path), _consume=True)
     base = {k: v for k, v in load_checkpoint_numpy(base_checkpoint(spec)).items() if k in wanted}
     merged = merge_lora_into_base(base, load_checkpoint_numpy(ck.lora_file), spec.lora.alpha, spec.lora.rank)
-    return NumpyLlama(merged, mspec, source=f"{ck.lora_file} folded into the base in memory", _consume=True)
+    return NumpyLlama(merged, shape, source=f"{ck.lora_file} folded into the base in memory", _consume=True)
 
 
 def load_runner(spec: RunSpec, ck: RunCheckpoint, max_new_tokens: int):
@@ -59,7 +59,7 @@ def load_runner(spec: RunSpec, ck: RunCheckpoint, max_new_tokens: int):
     if ck.step != 0 and ck.merged_file is None:
         raise InputError(f"the {backend} backend loads a merged checkpoint: run merge first")
     ckpt = base_checkpoint(spec) if ck.step == 0 else ck.merged_file
-    return MindFormersRunner(get_model_spec(spec.model.name), ckpt, spec, spec.data.seq_length + max_new_tokens)
+    return MindFormersRunner(get_model_shape(spec.model.name), ckpt, spec, spec.data.seq_length + max_new_tokens)
 
 
 def answer(runner, tok: TextTokenizer, spec: RunSpec, problem: str, max_new_tokens: int) -> str:

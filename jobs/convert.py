@@ -11,7 +11,7 @@ from typing import Optional
 
 from tunebox.cli import setup_logging
 from tunebox.io import InputError
-from tunebox.model.registry import get_model_spec, model_dir
+from tunebox.model.registry import get_model_shape, model_dir
 from tunebox.model.weights import convert_hf_checkpoint, ensure_model
 
 
@@ -30,14 +30,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        spec = get_model_spec(args.model)
+        shape = get_model_shape(args.model)
         if args.hf_dir:
-            path = convert_hf_checkpoint(args.hf_dir, args.out or model_dir(spec.name), spec,
+            path = convert_hf_checkpoint(args.hf_dir, args.out or model_dir(shape.name), shape,
                                          progress=not args.no_progress)
         elif args.out:
             raise InputError("--out goes with --hf-dir; registry models always live in the cache")
         else:
-            path = ensure_model(spec.name, progress=not args.no_progress)
+            path = ensure_model(shape.name, progress=not args.no_progress)
     except (InputError, KeyError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2

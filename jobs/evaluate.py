@@ -45,7 +45,7 @@ from tunebox.evaluation.loop import (ALL_FAMILIES, MCQ_ANSWER_PREFIX, SQUAD_MAX_
 from tunebox.evaluation.runners import MindFormersRunner, NumpyRunner, pick_backend
 from tunebox.io import InputError, atomic_write_json, atomic_write_text, sha256_file
 from tunebox.manifest import write_job_manifest
-from tunebox.model.registry import get_model_spec
+from tunebox.model.registry import get_model_shape
 from tunebox.data.tokenizer import TextTokenizer
 
 log = logging.getLogger("tunebox.evaluate")
@@ -123,7 +123,7 @@ def merged_in_memory(spec: RunSpec, base_arrays: dict, lora_arrays: dict, scale:
     from tunebox.model.lora import merge_lora_into_base
 
     merged = merge_lora_into_base(base_arrays, lora_arrays, spec.lora.alpha, spec.lora.rank, scale)
-    return NumpyLlama(merged, get_model_spec(spec.model.name), source=f"in-memory merge at scale {scale:g}")
+    return NumpyLlama(merged, get_model_shape(spec.model.name), source=f"in-memory merge at scale {scale:g}")
 
 
 def scale_dial(spec: RunSpec, target: dict, scales: list[float], task: HeldoutTask, squad: Optional[SquadTask],
@@ -167,7 +167,7 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     tok = load_tokenizer(spec)
     task = load_heldout(spec, tok)
     squad = load_squad(spec, tok)
-    mspec = get_model_spec(spec.model.name)
+    shape = get_model_shape(spec.model.name)
     backend = pick_backend(spec)
     contest = contest_figures(spec)
     out = spec.job_dir("evaluate")
@@ -179,8 +179,8 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
 
     def loader(ckpt: Path):
         if backend == "numpy":
-            return lambda: NumpyRunner.from_checkpoint(mspec, ckpt, spec.eval.batch_size)
-        return lambda: MindFormersRunner(mspec, ckpt, spec, seq_for_mf)
+            return lambda: NumpyRunner.from_checkpoint(shape, ckpt, spec.eval.batch_size)
+        return lambda: MindFormersRunner(shape, ckpt, spec, seq_for_mf)
 
     models = models_to_evaluate(spec)
     results = []

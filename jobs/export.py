@@ -27,7 +27,7 @@ from tunebox.io import InputError, atomic_dir
 from tunebox.manifest import write_job_manifest
 from tunebox.model.hf_export import (hub_reference, recipe_chat_template, write_hf_model, write_peft_adapter,
                                      write_tokenizer)
-from tunebox.model.registry import get_model_spec
+from tunebox.model.registry import get_model_shape
 from tunebox.run_checkpoints import base_checkpoint, pick_checkpoint
 
 log = logging.getLogger("tunebox.export")
@@ -48,7 +48,7 @@ def export_dir(final: Path):
 def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Path] = None) -> Path:
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: choose {' or '.join(FORMATS)}")
-    mspec = get_model_spec(spec.model.name)
+    shape = get_model_shape(spec.model.name)
     tok = load_tokenizer(spec)
     template = recipe_chat_template(tok, spec.data)
     ck = pick_checkpoint(spec.run_dir, step, need_merged=(fmt == "hf" and step != 0))
@@ -61,13 +61,13 @@ def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Pa
         if ck.merge_scale not in (None, 1.0):
             log.warning("merge folded the LoRA in at scale %g, not as trained: the export is that model", ck.merge_scale)
         with export_dir(target) as tmp:
-            extra.update(write_hf_model(tmp, ckpt, mspec, tok, template))
+            extra.update(write_hf_model(tmp, ckpt, shape, tok, template))
         inputs["checkpoint"] = ckpt
         extra["merge_scale"] = ck.merge_scale
     else:
         if ck.step == 0:
             raise InputError("--step 0 is the base model, which has no adapter: export it with --format hf")
-        hub = hub_reference(mspec.source) if spec.model.checkpoint is None else None
+        hub = hub_reference(shape.source) if spec.model.checkpoint is None else None
         if hub:
             base_ref, revision = hub
         else:   # tunebox built or converted these weights: the adapter needs exactly them
@@ -75,13 +75,13 @@ def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Pa
             base_dir = job_dir / "base-hf"
             if not (base_dir / "config.json").is_file():
                 with export_dir(base_dir) as tmp:
-                    write_hf_model(tmp, base, mspec, tok, template)
+                    write_hf_model(tmp, base, shape, tok, template)
             base_ref, revision = str(base_dir.resolve()), None
             inputs["base_checkpoint"] = base
         with export_dir(target) as tmp:
             extra.update(write_peft_adapter(tmp, ck.lora_file, rank=spec.lora.rank, alpha=spec.lora.alpha,
                                             dropout=spec.lora.dropout, base_model=base_ref, revision=revision))
-            write_tokenizer(tmp, tok, template, mspec)
+            write_tokenizer(tmp, tok, template, shape)
         inputs["lora_checkpoint"] = ck.lora_file
         extra["base_model"] = base_ref
     write_job_manifest(job_dir, "export", spec, inputs=inputs,

@@ -25,7 +25,7 @@ from typing import Optional
 from tunebox.model import budget
 from tunebox.config import LoraSection, ModelSection, RunSpec
 from tunebox.io import InputError
-from tunebox.model.registry import get_model_spec, lora_targets
+from tunebox.model.registry import get_model_shape, lora_targets
 
 # The contest's own setting per stage, used for whatever the command line and the recipe leave
 # open. Stage 1 is the reference run (90k rows). Stage 2: 27,604 rows offered (nju-websoft's
@@ -76,7 +76,7 @@ def resolve(args) -> dict:
     stage = args.stage or (spec.stage if spec else None) or MODEL_STAGE.get(model or "", 1)
     defaults = STAGE_DEFAULTS[stage]
     model = model or defaults["model"]
-    mspec = get_model_spec(model)
+    shape = get_model_shape(model)
     try:
         ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
     except ValueError:
@@ -105,7 +105,7 @@ def resolve(args) -> dict:
 
     if spec is not None and spec.lora.rank not in ranks:
         ranks = sorted(ranks + [spec.lora.rank])     # the recipe's own rank gets its row in the table
-    settings = {"model": mspec, "stage": stage, "ranks": ranks, "baseline": baseline, "spec": spec}
+    settings = {"model": shape, "stage": stage, "ranks": ranks, "baseline": baseline, "spec": spec}
     settings["cards"] = pick("cards", spec.train.workers if spec and spec.train.device == "Ascend" else None)
     settings["rows"] = pick("rows", spec.data.sample_rows if spec else None)
     settings["seq"] = pick("seq", spec.data.seq_length if spec else None)
@@ -175,12 +175,12 @@ def render_time(est: budget.TimeEstimate, origins: dict, reference_mfu: float) -
     return "\n".join(lines)
 
 
-def render_memory(mspec, spec, origins: dict, lora_trainable: int) -> str:
+def render_memory(shape, spec, origins: dict, lora_trainable: int) -> str:
     """Per-card memory of the recipe's topology (train.parallel), by part."""
     from tunebox.model.mf_config import topology
 
     topo = topology(spec)
-    mem = budget.card_memory(mspec, seq_length=origins["seq"][0], global_batch=origins["batch"][0],
+    mem = budget.card_memory(shape, seq_length=origins["seq"][0], global_batch=origins["batch"][0],
                              data_parallel=topo.data_parallel, model_parallel=topo.model_parallel,
                              pipeline_stage=topo.pipeline_stage, micro_batch_num=topo.micro_batch_num,
                              dtype=spec.train.dtype, lora_trainable=lora_trainable,
@@ -219,24 +219,24 @@ def compare_with_baseline(s: dict, est: budget.TimeEstimate, args) -> dict:
     """The recipe next to the contest baseline: LoRA layout, trainable parameters, the ratio the contest
     computes, its cost in score, and each one's Ascend time (the baseline on the stage's reference workload,
     the recipe on its own), both from the same time model."""
-    mspec, stage, baseline = s["model"], s["stage"], s["baseline"]
+    shape, stage, baseline = s["model"], s["stage"], s["baseline"]
     defaults = STAGE_DEFAULTS[stage]
-    base_trainable = mspec.lora_params(baseline.rank, baseline.target_modules)
+    base_trainable = shape.lora_params(baseline.rank, baseline.target_modules)
     base_workload = budget.Workload(rows=defaults["rows"], seq_length=defaults["seq"], epochs=defaults["epochs"],
                                     global_batch=defaults["batch"], cards=defaults["cards"])
-    base_est = budget.estimate_time(mspec, base_workload, base_trainable, mfu=args.mfu, peak_tflops=args.peak_tflops,
+    base_est = budget.estimate_time(shape, base_workload, base_trainable, mfu=args.mfu, peak_tflops=args.peak_tflops,
                                     recompute=not args.no_recompute)
     rank, targets, _ = s["lora"]
     rows = []
     for name, r, t, trainable, e in (("baseline", baseline.rank, baseline.target_modules, base_trainable, base_est),
                                      ("recipe", rank, targets, est.lora_trainable, est)):
-        ratio = budget.score_ratio(trainable, mspec)
+        ratio = budget.score_ratio(trainable, shape)
         rows.append({"name": name, "rank": r, "target_modules": t, "trainable": trainable, "ratio": ratio,
                      "ratio_cost": 0.3 * budget.RATIO_WEIGHT[stage] * ratio, "rows": e.workload.rows,
                      "seq_length": e.workload.seq_length, "epochs": e.workload.epochs,
                      "global_batch": e.workload.global_batch, "cards": e.workload.cards,
                      "wall_hours": e.wall_hours, "time_source": e.source})
-    return {"stage": stage, "model": mspec.name, "rows": rows}
+    return {"stage": stage, "model": shape.name, "rows": rows}
 
 
 def render_comparison(cmp: dict) -> str:

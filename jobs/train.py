@@ -43,7 +43,7 @@ from tunebox.cli import job_process_env, run_job
 from tunebox.config import RunSpec
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
 from tunebox.manifest import write_job_manifest
-from tunebox.model.registry import get_model_spec
+from tunebox.model.registry import get_model_shape
 
 log = logging.getLogger("tunebox.train")
 
@@ -379,7 +379,7 @@ def lora_files(out: Path, plan: dict, rank: int = 0) -> dict[int, Path]:
 
 def _param_counts(spec: RunSpec) -> tuple[int, int]:
     """(LoRA trainable, base total) parameters, from the registry."""
-    mspec = get_model_spec(spec.model.name)
+    mspec = get_model_shape(spec.model.name)
     return mspec.lora_params(spec.lora.rank, spec.lora.target_modules), mspec.total_params()
 
 

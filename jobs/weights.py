@@ -72,7 +72,7 @@ def _session(token: Optional[str]):
 
 def fetch_and_convert(spec: RunSpec, progress: bool = True) -> Path:
     from tunebox.fetch import fetch_manifest
-    from tunebox.model.registry import cache_dir, get_model_spec, model_dir
+    from tunebox.model.registry import cache_dir, get_model_shape, model_dir
     from tunebox.model.weights import convert_hf_checkpoint
 
     source = spec.resolve(spec.model.source)
@@ -82,7 +82,7 @@ def fetch_and_convert(spec: RunSpec, progress: bool = True) -> Path:
         fetch_manifest(source, root=hf_dir, progress=progress, session=session)
     finally:
         session.close()
-    return convert_hf_checkpoint(hf_dir, model_dir(spec.model.name), get_model_spec(spec.model.name),
+    return convert_hf_checkpoint(hf_dir, model_dir(spec.model.name), get_model_shape(spec.model.name),
                                  progress=progress)
 
 

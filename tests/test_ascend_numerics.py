@@ -110,9 +110,9 @@ def test_fp16_training_gets_the_contests_dynamic_loss_scale(recipe, tmp_path, mf
 # ---- 1.1: the predicting network loads the base and every merged checkpoint, strictly ----------
 
 def tiny_model(spec):
-    from tunebox.model.registry import get_model_spec, with_overrides
+    from tunebox.model.registry import get_model_shape, with_overrides
 
-    return with_overrides(get_model_spec(spec.model.name), **TINY_DIMS)
+    return with_overrides(get_model_shape(spec.model.name), **TINY_DIMS)
 
 
 def tiny_base_and_lora(mspec, spec, folder: Path) -> tuple[Path, Path]:

@@ -13,7 +13,7 @@ import pytest
 from benches.bench_ref_torch import IGNORE, masked_targets
 from benches.bench_train import (GOAL_SPEEDUP, count_tokens, render_section, step_flops, steady_throughput,
                               summarize)
-from tunebox.model.registry import get_model_spec, with_overrides
+from tunebox.model.registry import get_model_shape, with_overrides
 
 from conftest import TINY_RECIPE, cannot_run, job_env
 
@@ -23,29 +23,29 @@ from conftest import TINY_RECIPE, cannot_run, job_env
 def test_matmul_weights_are_all_parameters_but_the_embedding_lookup_and_norms():
     # llama3-8b (untied): every parameter is a matmul weight except the embedding table (a gather)
     # and the norm vectors; the registry's total (8,030,261,248) counts them all.
-    spec = get_model_spec("llama3-8b")
-    norms = (2 * spec.num_layers + 1) * spec.hidden_size
-    flops = step_flops(spec, batch=1, seq_length=1, lora_rank=8, target_modules="wq|wv")
-    assert flops["matmul_params"] == spec.total_params() - spec.vocab_size * spec.hidden_size - norms
+    shape = get_model_shape("llama3-8b")
+    norms = (2 * shape.num_layers + 1) * shape.hidden_size
+    flops = step_flops(shape, batch=1, seq_length=1, lora_rank=8, target_modules="wq|wv")
+    assert flops["matmul_params"] == shape.total_params() - shape.vocab_size * shape.hidden_size - norms
     # LoRA r=8 on wq|wv of llama3-8b: 3,407,872 trainable (README); 6 FLOPs per parameter per token.
     assert flops["lora_params"] == 3_407_872 and flops["lora"] == 6 * 3_407_872
 
 
 def test_tied_head_still_costs_a_matmul_and_the_parts_add_up():
-    spec = get_model_spec("smollm2-135m")          # tied: no lm_head.weight parameter, but the same matmul
+    shape = get_model_shape("smollm2-135m")          # tied: no lm_head.weight parameter, but the same matmul
     batch, seq = 8, 128
-    flops = step_flops(spec, batch, seq, 8, "wq|wv")
+    flops = step_flops(shape, batch, seq, 8, "wq|wv")
     T = batch * seq
-    per_token_forward = sum(2 * o * i for o, i in spec.linear_shapes().values()) * spec.num_layers \
-        + 2 * spec.vocab_size * spec.hidden_size
+    per_token_forward = sum(2 * o * i for o, i in shape.linear_shapes().values()) * shape.num_layers \
+        + 2 * shape.vocab_size * shape.hidden_size
     assert flops["forward_matmul"] == per_token_forward * T
     assert flops["backward_matmul"] == flops["forward_matmul"]          # activation gradients only
-    assert flops["backward_attention"] == 2 * flops["forward_attention"] == 8 * spec.num_layers * T * seq * 576
+    assert flops["backward_attention"] == 2 * flops["forward_attention"] == 8 * shape.num_layers * T * seq * 576
     assert flops["total"] == sum(flops[k] for k in ("forward_matmul", "forward_attention", "backward_matmul",
                                                     "backward_attention", "lora"))
     # Doubling the layers doubles everything but the head.
-    twice = step_flops(with_overrides(spec, num_layers=60), batch, seq, 8, "wq|wv")
-    head = 4 * spec.vocab_size * spec.hidden_size * T
+    twice = step_flops(with_overrides(shape, num_layers=60), batch, seq, 8, "wq|wv")
+    head = 4 * shape.vocab_size * shape.hidden_size * T
     assert twice["total"] - head == 2 * (flops["total"] - head)
 
 
@@ -100,8 +100,8 @@ def _side(tokens_per_s, rss_gib, first_loss):
 
 
 def _result(tunebox, references, load):
-    spec = get_model_spec("smollm2-135m")
-    flops = step_flops(spec, 8, 128, 8, "wq|wv")
+    shape = get_model_shape("smollm2-135m")
+    flops = step_flops(shape, 8, 128, 8, "wq|wv")
     peak = {"numpy": {"gflops": 100.0, "gflops_by_size": {"2048": 95.0, "4096": 100.0}}, "torch": {"gflops": 120.0}}
     return {"date": "2026-01-01", "command": "python -m benches.bench_train --steps 12",
             "machine": {"cpu": "Test CPU", "cores": 2, "memory_gib": 24.0},
@@ -141,8 +141,8 @@ def test_report_says_when_goals_are_missed_and_the_machine_was_busy():
 
 def test_report_adds_the_packed_side_with_its_own_flops():
     result = _result(_side(100.0, 6.0, 1.25), {2: _side(120.0, 4.0, 1.25)}, [1.0])
-    spec = get_model_spec("smollm2-135m")
-    packed_flops = step_flops(spec, 4, 256, 8, "wq|wv")
+    shape = get_model_shape("smollm2-135m")
+    packed_flops = step_flops(shape, 4, 256, 8, "wq|wv")
     packed = _side(180.0, 6.5, 1.1)
     result["summary"] = summarize(_side(100.0, 6.0, 1.25), {2: _side(120.0, 4.0, 1.25)}, result["flops"],
                                   result["peak"], packed, packed_flops)

@@ -16,11 +16,11 @@ from tunebox.model import checkpoint as cs
 from tunebox.model import mf
 from tunebox.io import InputError, sha256_file
 from tunebox.model.lora import merge_lora_into_base
-from tunebox.model.registry import get_model_spec, with_overrides
+from tunebox.model.registry import get_model_shape, with_overrides
 from tunebox.model.weights import random_parameters
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = get_model_spec("tiny")
+TINY = get_model_shape("tiny")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from images.compose_up import STEPS, compose_services
-from tunebox.model.registry import get_model_spec
+from tunebox.model.registry import get_model_shape
 from tunebox.model.weights import make_random_hf_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def hub(tmp_path_factory):
     """(base URL, file list path) of a served tiny checkpoint with its tokenizer."""
     root = tmp_path_factory.mktemp("hub")
     served = root / "served"
-    make_random_hf_checkpoint(served, get_model_spec("tiny"), shards=2)
+    make_random_hf_checkpoint(served, get_model_shape("tiny"), shards=2)
     # The tokenizer files of the tiny model, built once into a throwaway cache.
     cache0 = root / "cache0"
     built = run_job("weights", root / "runs0", cache0)

@@ -10,7 +10,7 @@ import pytest
 
 from tunebox.contest.rules import (choose_checkpoint, contest_param_ratio, param_ratio, retention, retention_verdict,
                                stage1_score, stage2_score, stage_score)
-from tunebox.model.registry import get_model_spec
+from tunebox.model.registry import get_model_shape
 
 
 # ---------------------------------------------------------------------------------------------
@@ -18,8 +18,8 @@ from tunebox.model.registry import get_model_spec
 # ---------------------------------------------------------------------------------------------
 
 def test_llama3_lora_ratio_golden():
-    spec = get_model_spec("llama3-8b")
-    trainable, total = spec.lora_params(8, "wq|wv"), spec.total_params()
+    shape = get_model_shape("llama3-8b")
+    trainable, total = shape.lora_params(8, "wq|wv"), shape.total_params()
     assert (trainable, total) == (3_407_872, 8_030_261_248)
     assert round(param_ratio(trainable, total), 8) == 0.00042438
     # The contest divided by the guide's nominal "8030 M": that gives the figure it published.
@@ -29,13 +29,13 @@ def test_llama3_lora_ratio_golden():
 @pytest.mark.parametrize("rank, published", [(4, 0.000212196), (8, 0.000424393), (12, 0.000636589),
                                               (16, 0.000848785), (32, 0.00169757), (128, 0.00679028)])
 def test_published_stage1_ratios_come_from_the_nominal_total(rank, published):
-    trainable = get_model_spec("llama3-8b").lora_params(rank, "wq|wv")
+    trainable = get_model_shape("llama3-8b").lora_params(rank, "wq|wv")
     digits = len(repr(published).split(".")[1])
     assert round(contest_param_ratio(trainable, "llama3-8b"), digits) == published
 
 
 def test_internlm_ratio_matches_a_stage2_report():
-    trainable = get_model_spec("internlm-7b").lora_params(8, "wq|wv")
+    trainable = get_model_shape("internlm-7b").lora_params(8, "wq|wv")
     assert trainable == 4_194_304
     assert contest_param_ratio(trainable, "internlm-7b") == pytest.approx(0.000572914082775577, rel=1e-12)
 

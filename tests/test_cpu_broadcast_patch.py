@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tunebox.model.registry import get_model_spec, llama_config_kwargs, with_overrides
+from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
 from test_decode import mindformers_env, random_parameter  # noqa: F401  (fixture)
 
-TINY = get_model_spec("tiny")
+TINY = get_model_shape("tiny")
 VARIANTS = {
     "gqa-untied": TINY,
     "internlm-biases-tied": with_overrides(TINY, n_kv_heads=TINY.num_heads, qkv_has_bias=True,

@@ -8,9 +8,9 @@ import pytest
 
 from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
 from tunebox.io import InputError
-from tunebox.model.registry import get_model_spec, llama_config_kwargs, with_overrides
+from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
 
-TINY = get_model_spec("tiny")
+TINY = get_model_shape("tiny")
 
 # Variants of the registry's tiny model covering every branch of the forward.
 VARIANTS = {

@@ -19,7 +19,7 @@ from conftest import SHARED_DATA, TINY_RECIPE, keeps_90_percent, read_jsonl, run
 from tunebox.contest import scoring
 from tunebox.config import load_spec
 from tunebox.io import InputError
-from tunebox.model.registry import get_model_spec, llama_config_kwargs
+from tunebox.model.registry import get_model_shape, llama_config_kwargs
 from tunebox.contest.rules import choose_checkpoint
 from jobs.evaluate import annotate, contest_figures, parse_scales
 from tunebox.evaluation.loop import choice_token_plan, load_squad, longest_answers_in_samples
@@ -156,12 +156,12 @@ def _reference_logprobs(model, prompts, letter_ids) -> np.ndarray:
 
 def test_mcq_logprob_method_on_tiny(tiny_cache):
     from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.registry import get_model_spec
+    from tunebox.model.registry import get_model_shape
     from tunebox.data.tokenizer import TextTokenizer
 
     model_dir = tiny_cache / "models" / "tiny"
     tok = TextTokenizer.load(model_dir)
-    model = NumpyLlama.from_checkpoint(model_dir / "model.ckpt", get_model_spec("tiny"))
+    model = NumpyLlama.from_checkpoint(model_dir / "model.ckpt", get_model_shape("tiny"))
     plan = choice_token_plan(tok)
     # byte tokenizer: ' A' is two tokens, so the shared space joins the context
     assert tok.decode(plan["context_ids"]) == "The right option is "
@@ -426,7 +426,7 @@ def test_scale_dial_ends_are_the_base_model_and_the_merged_checkpoint(tiny_run, 
 @pytest.mark.slow
 def test_smollm2_letters_are_single_tokens_and_logprobs_match_unpadded():
     from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.registry import get_model_spec
+    from tunebox.model.registry import get_model_shape
     from tunebox.data.tokenizer import TextTokenizer
     from tunebox.model.weights import ensure_model
 
@@ -436,7 +436,7 @@ def test_smollm2_letters_are_single_tokens_and_logprobs_match_unpadded():
     assert plan["context_ids"] == tok.encode("The right option is")       # nothing shared: ' A' is one token
     assert plan["letter_tokens"] == [" A", " B", " C", " D"]
     assert [tok.encode(f" {L}") for L in "ABCD"] == [[i] for i in plan["letter_ids"]]
-    model = NumpyLlama.from_checkpoint(model_dir / "model.ckpt", get_model_spec("smollm2-135m"))
+    model = NumpyLlama.from_checkpoint(model_dir / "model.ckpt", get_model_shape("smollm2-135m"))
     prompts = [p + plan["context_ids"] for p in _mcq_prompts(tok, 3)]
     got = choice_letter_logprobs(model, prompts, plan["letter_ids"], batch_size=3)
     np.testing.assert_allclose(got, _reference_logprobs(model, prompts, plan["letter_ids"]), atol=2e-3)
@@ -519,7 +519,7 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     monkeypatch.setattr(mf, "load_weights", lambda net, ckpt: built.update(ckpt=ckpt))
     spec = load_spec(TINY_RECIPE, [f"runs_dir={tmp_path}", "train.device=Ascend", f"train.dtype={dtype}",
                                    "eval.batch_size=3"])
-    runner = MindFormersRunner(get_model_spec("tiny"), tmp_path / "model.ckpt", spec, seq_length=96)
+    runner = MindFormersRunner(get_model_shape("tiny"), tmp_path / "model.ckpt", spec, seq_length=96)
     c = built["config"]
     assert (built["device"], built["mode"], built["ckpt"], built["train"]) == ("Ascend", "graph", tmp_path / "model.ckpt",
                                                                                False)
@@ -530,7 +530,7 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     assert c.use_flash_attention is True and c.fused_rms_norm is True and c.use_rope_slice is False
     assert c.use_past is True and c.seq_length == 96 and c.batch_size == 3 and runner.batch_size == 3
     # and the CPU settings, for contrast: float32 everywhere, no fused kernels, sliced rotary
-    cpu = mf_llama.LlamaConfig(**llama_config_kwargs(get_model_spec("tiny"), seq_length=96))
+    cpu = mf_llama.LlamaConfig(**llama_config_kwargs(get_model_shape("tiny"), seq_length=96))
     assert str(cpu.compute_dtype) == "Float32" and not cpu.use_flash_attention and not cpu.fused_rms_norm
     assert cpu.use_rope_slice is True
 def test_summarize_reports_the_graded_measure_per_family_and_per_source():

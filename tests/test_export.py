@@ -91,7 +91,7 @@ def test_tiny_export_is_the_judged_model(tiny_exports, fmt):
     B transposed (peft); gate_proj/up_proj swapped on the way to HF names (hf)."""
     from tunebox.config import load_spec
     from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.registry import get_model_spec
+    from tunebox.model.registry import get_model_shape
 
     torch, _, _ = hf_stack()
     run, step = tiny_exports["run"], tiny_exports["step"]
@@ -103,7 +103,7 @@ def test_tiny_export_is_the_judged_model(tiny_exports, fmt):
     assert answers == [p["answer"] for p in preds]
 
     model, _ = load_hf(tiny_exports[fmt])
-    merged = NumpyLlama.from_checkpoint(run / "merge" / f"step-{step:06d}" / "model.ckpt", get_model_spec("tiny"))
+    merged = NumpyLlama.from_checkpoint(run / "merge" / f"step-{step:06d}" / "model.ckpt", get_model_shape("tiny"))
     for seq in ids[:3]:
         tokens = np.asarray([seq])
         with torch.no_grad():

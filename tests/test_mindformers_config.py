@@ -16,7 +16,7 @@ from conftest import REPO, TINY_RECIPE
 
 from tunebox.config import load_spec
 from tunebox.model.mf_config import dump, render_predict_config, render_train_config, topology
-from tunebox.model.registry import get_model_spec, mindformers_target_regex
+from tunebox.model.registry import get_model_shape, mindformers_target_regex
 from jobs.train import plan_steps
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
@@ -53,7 +53,7 @@ def test_every_recipe_renders_a_config_mindformers_loads(recipe, tmp_path, mf_cw
     path.write_text(dump(cfg), encoding="utf-8")
     mf = MindFormerConfig(str(path))
     topo = topology(spec)
-    mspec = get_model_spec(spec.model.name)
+    mspec = get_model_shape(spec.model.name)
     mc = mf.model.model_config
     # the spec, in MindFormers' words
     assert mf.run_mode == "finetune" and mf.context.device_target == spec.train.device
@@ -117,7 +117,7 @@ def test_the_rendered_config_builds_the_model_with_its_lora(recipe, tmp_path, mf
     mc = dict(cfg["model"]["model_config"])
     pet = mc.pop("pet_config")
     mc.pop("type")
-    mspec = get_model_spec(spec.model.name)
+    mspec = get_model_shape(spec.model.name)
     if mspec.total_params() > 200_000_000:
         mc.update(TINY_DIMS)
         mspec = with_overrides(mspec, **TINY_DIMS)
@@ -190,7 +190,7 @@ def test_card_memory_of_the_contest_topology_worked_by_hand():
     setting), against figures worked here from the formula's terms."""
     from tunebox.model import budget
 
-    m = get_model_spec("llama3-8b")
+    m = get_model_shape("llama3-8b")
     mem = budget.card_memory(m, seq_length=256, global_batch=64, data_parallel=1, model_parallel=4, pipeline_stage=1,
                              micro_batch_num=1, dtype="bfloat16", lora_trainable=3_407_872, recompute=True)
     s, b, h = 256, 64, 4096

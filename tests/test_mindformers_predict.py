@@ -30,11 +30,11 @@ def tunebox_answer(sub, checkpoint_rel: str, prompt_ids: list[int]) -> str:
     from tunebox.config import load_spec
     from tunebox.data.tokenizer import TextTokenizer
     from tunebox.evaluation.decode import NumpyLlama, greedy_generate
-    from tunebox.model.registry import get_model_spec
+    from tunebox.model.registry import get_model_shape
 
     spec = load_spec(sub / "hyperparams.yaml")
     tok = TextTokenizer.load(sub / "tokenizer")
-    model = NumpyLlama.from_checkpoint(sub / checkpoint_rel, get_model_spec(spec.model.name))
+    model = NumpyLlama.from_checkpoint(sub / checkpoint_rel, get_model_shape(spec.model.name))
     out = greedy_generate(model, [prompt_ids], NEW_TOKENS, tok.stop_ids, tok.pad_id, progress=False)[0]
     return tok.decode(out)
 

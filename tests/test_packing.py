@@ -57,29 +57,29 @@ def test_packed_batch_trains_like_the_unpacked_samples(mindformers_env, capacity
     """MindFormers' LlamaForCausalLM on the samples one per row, against the registered
     TuneboxLlamaForCausalLM (tunebox_packing, segment ids as the third input) on the packed rows, with
     the full LM head and with the answer-only head: same loss, same gradients."""
-    from tunebox.model.registry import get_model_spec
+    from tunebox.model.registry import get_model_shape
 
     ms = mindformers_env[0]
-    spec = get_model_spec("tiny")
+    shape = get_model_shape("tiny")
     rng = np.random.default_rng(5)
     width = 33
-    ids, labels, _ = make_samples(rng, 9, width, 6, 14, spec.vocab_size)
+    ids, labels, _ = make_samples(rng, 9, width, 6, 14, shape.vocab_size)
     pids, plabels, segs, stats = pack_rows(ids, labels, PAD)
     assert stats["rows"] <= 4 and stats["max_samples_per_row"] >= 2
 
-    unpacked = tiny_lora_net(ms, spec, width - 1, len(ids), seed=1)
+    unpacked = tiny_lora_net(ms, shape, width - 1, len(ids), seed=1)
     loss_u, grads_u = loss_and_grads(ms, unpacked, unpacked.trainable_params(), ids, labels)
-    packed = tiny_lora_net(ms, spec, width - 1, len(pids), seed=1, tunebox_packing=True,
+    packed = tiny_lora_net(ms, shape, width - 1, len(pids), seed=1, tunebox_packing=True,
                            tunebox_answer_capacity=capacity)
     loss_p, grads_p = loss_and_grads(ms, packed, packed.trainable_params(), pids, plabels, segs)
     assert np.isfinite(loss_u) and loss_u > 1.0
     assert abs(loss_p - loss_u) < 1e-5 * loss_u, (loss_p, loss_u)
-    assert grads_u.keys() == grads_p.keys() and len(grads_u) == 2 * 2 * spec.num_layers
+    assert grads_u.keys() == grads_p.keys() and len(grads_u) == 2 * 2 * shape.num_layers
     for name in grads_u:
         scale = np.abs(grads_u[name]).max()
         assert scale > 0 and np.abs(grads_p[name] - grads_u[name]).max() < 1e-4 * scale, name
     # the negative control: the same packed rows under one causal mask (every segment id 1) see each other
-    leaky = tiny_lora_net(ms, spec, width - 1, len(pids), seed=1, tunebox_packing=True,
+    leaky = tiny_lora_net(ms, shape, width - 1, len(pids), seed=1, tunebox_packing=True,
                           tunebox_answer_capacity=capacity)
     loss_leak, _ = loss_and_grads(ms, leaky, leaky.trainable_params(), pids, plabels, (segs > 0).astype(np.int32))
     assert abs(loss_leak - loss_u) > 1e-4 * loss_u

@@ -11,13 +11,13 @@ import pytest
 
 from jobs import plan as plan_cli
 from tunebox.model import budget
-from tunebox.model.registry import get_model_spec
+from tunebox.model.registry import get_model_shape
 from tunebox.contest.rules import stage1_score, stage2_score
 
 from conftest import REPO
 
-LLAMA3 = get_model_spec("llama3-8b")
-INTERNLM = get_model_spec("internlm-7b")
+LLAMA3 = get_model_shape("llama3-8b")
+INTERNLM = get_model_shape("internlm-7b")
 
 
 def option(plan: budget.LoraPlan, rank: int, targets: str) -> budget.LoraOption:
@@ -89,7 +89,7 @@ def test_unknown_baseline_accuracy_gives_the_margin():
 
 
 def test_models_without_a_contest_total_use_the_exact_one():
-    smol = get_model_spec("smollm2-135m")
+    smol = get_model_shape("smollm2-135m")
     p = budget.plan_lora(smol, 2, budget.BASELINES[2], ranks=[8])
     o = option(p, 8, "wq|wv")
     assert o.ratio_contest is None and p.total_contest is None

@@ -26,9 +26,9 @@ def heldout_answer_loss(ckpt: Path, spec, tok, rows: list[dict]) -> float:
     NumpyLlama's logits, one row at a time."""
     from tunebox.data.prompts import spec_prompt
     from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.registry import get_model_spec
+    from tunebox.model.registry import get_model_shape
 
-    model = NumpyLlama.from_checkpoint(ckpt, get_model_spec(spec.model.name))
+    model = NumpyLlama.from_checkpoint(ckpt, get_model_shape(spec.model.name))
     nll = []
     for row in rows:
         prompt = tok.encode(spec_prompt(tok, row["prompt"], spec.data))

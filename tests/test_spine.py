@@ -118,8 +118,8 @@ def test_train_writes_five_evenly_spaced_checkpoints(tiny_run):
     assert all(np.isfinite(r["loss"]) for r in log)
     assert (train / "loss.csv").read_text().startswith("step,epoch,loss")
     summary = json.loads((train / "summary.json").read_text())
-    from tunebox.model.registry import get_model_spec
-    assert summary["trainable_params"] == get_model_spec("tiny").lora_params(8, "wq|wv")
+    from tunebox.model.registry import get_model_shape
+    assert summary["trainable_params"] == get_model_shape("tiny").lora_params(8, "wq|wv")
     manifest = json.loads((train / "manifest.json").read_text())
     assert manifest["job"] == "train" and manifest["spec_hash"]
     # the session's tiny run also serves export and chat tests, which add their own lines after these
@@ -207,10 +207,10 @@ def test_resume_refuses_changed_settings(tmp_path, tiny_cache, tiny_run):
 MERGE_CHECK = r"""
 import sys, json, numpy as np, mindspore as ms
 from tunebox.model import mf
-from tunebox.model.registry import get_model_spec
+from tunebox.model.registry import get_model_shape
 ms.set_context(mode=ms.PYNATIVE_MODE); ms.set_device("CPU")
 base_ckpt, lora_ckpt, merged_ckpt = sys.argv[1:4]
-spec = get_model_spec("tiny")
+spec = get_model_shape("tiny")
 ids = ms.Tensor(np.random.RandomState(0).randint(5, 300, (2, 24)).astype(np.int32))
 lora_net = mf.add_lora(mf.build_llama(spec, seq_length=24, batch_size=2, checkpoint=base_ckpt), 8, 16, 0.0, "wq|wv")
 mf.load_lora(lora_net, lora_ckpt)

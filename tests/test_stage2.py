@@ -17,14 +17,14 @@ from tunebox.model import weights
 from tunebox.config import load_spec
 from tunebox.data.samples import IGNORE, encode_example, parse_mcq_row, read_examples, read_mindrecord
 from tunebox.io import InputError, JsonlRow
-from tunebox.model.registry import INTERNLM_CONTEST_TOKENIZER_CONFIG, get_model_spec, with_overrides
+from tunebox.model.registry import INTERNLM_CONTEST_TOKENIZER_CONFIG, get_model_shape, with_overrides
 from tunebox.contest.scoring import extract_choice_letter, mcq_prompt
 from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
 
 MCQ = SHARED_DATA / "mcq"
 MCQ_FILES = ["mmlu-subset.jsonl", "cmmlu-subset.jsonl", "contest-mcq-sample.jsonl"]
-INTERNLM = get_model_spec("internlm-7b")
-TINY = get_model_spec("tiny")
+INTERNLM = get_model_shape("internlm-7b")
+TINY = get_model_shape("tiny")
 # InternLM's layout at tiny size: multi-head attention (kv heads = heads), biases on q, k, v and o.
 TINY_INTERNLM = with_overrides(TINY, name="tiny-internlm", n_kv_heads=TINY.num_heads,
                                qkv_has_bias=True, attn_proj_has_bias=True, rms_norm_eps=1e-6)
@@ -296,7 +296,7 @@ def test_stage1_recipe_is_the_contest_baseline():
     assert (spec.lora.rank, spec.lora.alpha, spec.lora.dropout, spec.lora.target_modules) == (8, 16, 0.05, "wq|wv")
     assert (spec.data.seq_length, spec.train.batch_size, spec.train.epochs, spec.train.workers) == (256, 64, 5, 4)
     assert spec.train.device == "Ascend"
-    assert get_model_spec("llama3-8b").lora_params(spec.lora.rank, spec.lora.target_modules) == 3_407_872
+    assert get_model_shape("llama3-8b").lora_params(spec.lora.rank, spec.lora.target_modules) == 3_407_872
 
 
 def test_local_mcq_recipe_runs_here():

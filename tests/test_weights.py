@@ -15,10 +15,10 @@ from jobs import convert
 from tunebox.model import weights
 from tunebox.io import InputError, sha256_file
 from tunebox.model.checkpoint import bfloat16_bits_to_float32, load_checkpoint_numpy
-from tunebox.model.registry import get_model_spec, llama_config_kwargs, with_overrides
+from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
 from tunebox.data.tokenizer import TextTokenizer
 
-TINY = get_model_spec("tiny")
+TINY = get_model_shape("tiny")
 # InternLM's layout (MHA, biases on q/k/v/o) at tiny size.
 TINY_INTERNLM = with_overrides(TINY, name="tiny-internlm", n_kv_heads=TINY.num_heads,
                                qkv_has_bias=True, attn_proj_has_bias=True, rms_norm_eps=1e-6)
@@ -266,7 +266,7 @@ def test_command_line_converts_and_exits_2_on_bad_input(tmp_path, monkeypatch, c
     assert capsys.readouterr().out.strip() == str(out)
     assert weights.read_model_info(out)["tokenizer"] == "absent"
     assert convert.main(["--model", "llama3-8b", "--hf-dir", str(hf_dir), "--no-progress"]) == 2
-    assert "hidden_size is 64, the llama3-8b spec" in capsys.readouterr().err
+    assert "hidden_size is 64, the llama3-8b shape" in capsys.readouterr().err
     assert convert.main(["--model", "internlm-7b"]) == 2
     assert "invoke convert --model internlm-7b --hf-dir" in capsys.readouterr().err
     assert convert.main(["--model", "gpt-5"]) == 2
@@ -303,11 +303,11 @@ def smollm2_dir():
 
 @pytest.mark.slow
 def test_smollm2_converts_with_spec_shapes(smollm2_dir):
-    spec = get_model_spec("smollm2-135m")
+    shape = get_model_shape("smollm2-135m")
     info = weights.read_model_info(smollm2_dir)
-    assert info["source"] == spec.source and len(info["source_sha256"]) == 64
+    assert info["source"] == shape.source and len(info["source_sha256"]) == 64
     arrays = load_checkpoint_numpy(smollm2_dir / "model.ckpt")
-    assert {n: a.shape for n, a in arrays.items()} == spec.parameter_shapes()
+    assert {n: a.shape for n, a in arrays.items()} == shape.parameter_shapes()
     assert "lm_head.weight" not in arrays     # tied to the embedding
     assert all(np.isfinite(a).all() for a in arrays.values())
     assert sha256_file(smollm2_dir / "model.ckpt") == info["files"]["model.ckpt"]["sha256"]
@@ -315,11 +315,11 @@ def test_smollm2_converts_with_spec_shapes(smollm2_dir):
 
 @pytest.mark.slow
 def test_smollm2_tokenizer_round_trips(smollm2_dir):
-    spec = get_model_spec("smollm2-135m")
+    shape = get_model_shape("smollm2-135m")
     tok = TextTokenizer.load(smollm2_dir)
-    assert tok.vocab_size == spec.vocab_size
-    assert tok.config["bos_token"] == "<|im_start|>" and tok.eos_id == spec.eos_token_id
-    assert tok.stop_ids == [spec.eos_token_id]          # <|im_end|> is the EOS
+    assert tok.vocab_size == shape.vocab_size
+    assert tok.config["bos_token"] == "<|im_start|>" and tok.eos_id == shape.eos_token_id
+    assert tok.stop_ids == [shape.eos_token_id]          # <|im_end|> is the EOS
     for text in ("The quick brown fox jumps over the lazy dog.\n  Indented line, tabs\tand émoji 🎉",
                  "机器学习是人工智能的一个分支。你好，世界！",
                  "def f(x):\n    return x ** 2  # 3.14159"):
@@ -356,9 +356,9 @@ def greedy_answer(net, tok: TextTokenizer, prompt: str, seq_length: int, max_new
 @pytest.mark.slow
 def test_smollm2_answers_capital_of_france(smollm2_dir, mindformers_cwd):
     ms = mindformers_cwd
-    spec = get_model_spec("smollm2-135m")
+    shape = get_model_shape("smollm2-135m")
     tok = TextTokenizer.load(smollm2_dir)
-    net = build_llama(spec, 64, "graph")      # one compile, then ~0.6 s per step on 2 cores
+    net = build_llama(shape, 64, "graph")      # one compile, then ~0.6 s per step on 2 cores
     not_loaded, unused = ms.load_param_into_net(net, ms.load_checkpoint(str(smollm2_dir / "model.ckpt")))
     assert not_loaded == [] and unused == []
     answer = greedy_answer(net, tok, tok.chat_prompt("What is the capital of France?"), 64, 12)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Mapping, Optional
 
-from tunebox.model.registry import get_model_spec
+from tunebox.model.registry import get_model_shape
 
 # The totals the contest divided by: the guide tells teams to divide by "llama3-8B的总参数量
 # （8030 M）", and stage-2 teams divided by 7321000000 for InternLM-7B. Exact counts from the
@@ -63,9 +63,9 @@ def param_figures(model_name: str, rank: int, target_modules: str) -> dict:
     """Trainable and total parameters from the registry's exact shapes; the exact ratio, and the
     contest's (over its nominal total) for the models the contest used. The score uses the
     contest's ratio when there is one, since that is the figure the contest ranked by."""
-    mspec = get_model_spec(model_name)
-    trainable = mspec.lora_params(rank, target_modules)
-    total = mspec.total_params()
+    shape = get_model_shape(model_name)
+    trainable = shape.lora_params(rank, target_modules)
+    total = shape.total_params()
     nominal = CONTEST_NOMINAL_TOTAL_PARAMS.get(model_name)
     contest = param_ratio(trainable, nominal) if nominal else None
     return {"trainable_params": trainable, "total_params": total, "ratio": param_ratio(trainable, total),

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tunebox.io import InputError
-from tunebox.model.registry import ModelSpec
+from tunebox.model.registry import ModelShape
 
 # Added to the scores of masked key columns. Finite (not -inf) so that a query row with every
 # column masked — the pad rows of a left-padded prompt, whose outputs are never read — yields a
@@ -118,20 +118,20 @@ def silu(x: np.ndarray) -> np.ndarray:
 class NumpyLlama:
     """A MindFormers LlamaForCausalLM in float32 numpy, built from its parameters by name."""
 
-    def __init__(self, params: dict[str, np.ndarray], spec: ModelSpec, *, source: str = "parameters",
+    def __init__(self, params: dict[str, np.ndarray], shape: ModelShape, *, source: str = "parameters",
                  _consume: bool = False):
-        self.spec = spec
-        self.num_layers = spec.num_layers
-        self.hidden = spec.hidden_size
-        self.num_heads = spec.num_heads
-        self.kv_heads = spec.n_kv_heads
-        self.head_dim = spec.head_dim
-        self.kv_dim = spec.kv_dim
-        self.eps = spec.rms_norm_eps
-        if spec.num_heads % spec.n_kv_heads:
-            raise ValueError(f"{spec.name}: num_heads {spec.num_heads} is not a multiple of n_kv_heads "
-                             f"{spec.n_kv_heads}")
-        self.group = spec.num_heads // spec.n_kv_heads
+        self.spec = shape
+        self.num_layers = shape.num_layers
+        self.hidden = shape.hidden_size
+        self.num_heads = shape.num_heads
+        self.kv_heads = shape.n_kv_heads
+        self.head_dim = shape.head_dim
+        self.kv_dim = shape.kv_dim
+        self.eps = shape.rms_norm_eps
+        if shape.num_heads % shape.n_kv_heads:
+            raise ValueError(f"{shape.name}: num_heads {shape.num_heads} is not a multiple of n_kv_heads "
+                             f"{shape.n_kv_heads}")
+        self.group = shape.num_heads // shape.n_kv_heads
         self._check_parameters(params, source)
         take = params.pop if _consume else params.__getitem__
 
@@ -140,12 +140,12 @@ class NumpyLlama:
 
         self.embedding = np.ascontiguousarray(f32("model.tok_embeddings.embedding_weight"))
         self.layers: list[LayerWeights] = []
-        for i in range(spec.num_layers):
+        for i in range(shape.num_layers):
             p = f"model.layers.{i}."
             wqkv = np.concatenate([f32(p + "attention.wq.weight"), f32(p + "attention.wk.weight"),
                                    f32(p + "attention.wv.weight")], axis=0)
             qkv_bias = None
-            if spec.qkv_has_bias:
+            if shape.qkv_has_bias:
                 qkv_bias = np.concatenate([f32(p + "attention.wq.bias"), f32(p + "attention.wk.bias"),
                                            f32(p + "attention.wv.bias")])
             w13 = np.concatenate([f32(p + "feed_forward.w1.weight"), f32(p + "feed_forward.w3.weight")], axis=0)
@@ -153,14 +153,14 @@ class NumpyLlama:
                 attention_norm=f32(p + "attention_norm.weight"),
                 wqkv=_matmul_ready(wqkv), qkv_bias=qkv_bias,
                 wo=_matmul_ready(f32(p + "attention.wo.weight")),
-                wo_bias=f32(p + "attention.wo.bias") if spec.attn_proj_has_bias else None,
+                wo_bias=f32(p + "attention.wo.bias") if shape.attn_proj_has_bias else None,
                 ffn_norm=f32(p + "ffn_norm.weight"),
                 w13=_matmul_ready(w13),
                 w2=_matmul_ready(f32(p + "feed_forward.w2.weight"))))
         self.norm_out = f32("model.norm_out.weight")
         # Tied: the embedding itself, no second copy of the largest matrix of a small model.
-        self.lm_head = self.embedding.T if spec.tie_word_embeddings else _matmul_ready(f32("lm_head.weight"))
-        self._cos, self._sin = rope_tables(self.head_dim, spec.rope_theta, spec.max_position)
+        self.lm_head = self.embedding.T if shape.tie_word_embeddings else _matmul_ready(f32("lm_head.weight"))
+        self._cos, self._sin = rope_tables(self.head_dim, shape.rope_theta, shape.max_position)
 
     def _check_parameters(self, params: dict, source: str) -> None:
         expected = self.spec.parameter_shapes()
@@ -176,7 +176,7 @@ class NumpyLlama:
                                  f"check that the checkpoint belongs to this model", source)
 
     @classmethod
-    def from_checkpoint(cls, path: Union[str, Path], spec: ModelSpec) -> "NumpyLlama":
+    def from_checkpoint(cls, path: Union[str, Path], shape: ModelShape) -> "NumpyLlama":
         """Load the model's parameters from a MindSpore .ckpt (optimizer state and other extras
         in the file are skipped at load)."""
         import mindspore as ms
@@ -184,7 +184,7 @@ class NumpyLlama:
         path = Path(path)
         if not path.is_file():
             raise InputError("checkpoint not found; point the run spec at a .ckpt file", path)
-        wanted = set(spec.parameter_shapes())
+        wanted = set(shape.parameter_shapes())
         loaded = ms.load_checkpoint(str(path), choice_func=lambda name: name in wanted)
         params = {}
         for name in list(loaded):
@@ -192,7 +192,7 @@ class NumpyLlama:
             if tensor.dtype != ms.float32:
                 tensor = tensor.astype(ms.float32)
             params[name] = tensor.asnumpy()
-        return cls(params, spec, source=str(path), _consume=True)
+        return cls(params, shape, source=str(path), _consume=True)
 
     # -- forward --------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from tunebox.config import RunSpec
 from tunebox.evaluation.decode import PREFILL_TOKEN_BUDGET, NumpyLlama, greedy_generate, length_groups
-from tunebox.model.registry import ModelSpec
+from tunebox.model.registry import ModelShape
 
 
 def choice_letter_logprobs(model, prompts: Sequence[Sequence[int]], letter_ids: Sequence[int],
@@ -44,8 +44,8 @@ class NumpyRunner:
         self.progress = progress
 
     @classmethod
-    def from_checkpoint(cls, mspec: ModelSpec, ckpt: Path, batch_size: int) -> "NumpyRunner":
-        return cls(NumpyLlama.from_checkpoint(ckpt, mspec), batch_size)
+    def from_checkpoint(cls, shape: ModelShape, ckpt: Path, batch_size: int) -> "NumpyRunner":
+        return cls(NumpyLlama.from_checkpoint(ckpt, shape), batch_size)
 
     def generate(self, prompts: list[list[int]], limits: Sequence[int], stop_ids: list[int], pad_id: int,
                  desc: str = "generate", min_new_tokens: int = 0) -> list[list[int]]:
@@ -60,7 +60,7 @@ class MindFormersRunner:
     """MindFormers' generate() with its incremental (KV cache) inference: the Ascend path."""
     backend = "mindformers"
 
-    def __init__(self, mspec: ModelSpec, ckpt: Path, spec: RunSpec, seq_length: int):
+    def __init__(self, shape: ModelShape, ckpt: Path, spec: RunSpec, seq_length: int):
         from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
 
         from tunebox.model import mf
@@ -68,7 +68,7 @@ class MindFormersRunner:
 
         mf.setup_device(spec.train.device, "graph", output_dir=spec.run_dir)
         # the network merge wrote its checkpoints for (mf_config.merged_checkpoint_types): strict loads
-        kwargs = predict_model_kwargs(spec, mspec, seq_length=seq_length, batch_size=spec.eval.batch_size)
+        kwargs = predict_model_kwargs(spec, shape, seq_length=seq_length, batch_size=spec.eval.batch_size)
         self.net = LlamaForCausalLM(LlamaConfig(**kwargs))
         mf.load_weights(self.net, ckpt)
         self.net.set_train(False)

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Optional
 
 from tunebox.contest.rules import CONTEST_NOMINAL_TOTAL_PARAMS, param_ratio, stage1_score, stage2_score
-from tunebox.model.registry import ModelSpec, get_model_spec, lora_targets
+from tunebox.model.registry import ModelShape, get_model_shape, lora_targets
 
 CANDIDATE_RANKS = (1, 2, 4, 8, 16, 32)
 TARGET_SETS = {"wq|wv": "wq|wv", "wq|wk|wv|wo": "wq|wk|wv|wo", "all linear": "wq|wk|wv|wo|w1|w2|w3"}
@@ -79,12 +79,12 @@ BASELINES = {
 
 # ---- the score side ---------------------------------------------------------------------------
 
-def score_ratio(trainable: int, spec: ModelSpec) -> float:
+def score_ratio(trainable: int, shape: ModelShape) -> float:
     """The ratio the contest would compute: over its nominal total when it published one for this
     model, else over the exact total."""
-    if spec.name in CONTEST_NOMINAL_TOTAL_PARAMS:
-        return param_ratio(trainable, CONTEST_NOMINAL_TOTAL_PARAMS[spec.name])
-    return param_ratio(trainable, spec.total_params())
+    if shape.name in CONTEST_NOMINAL_TOTAL_PARAMS:
+        return param_ratio(trainable, CONTEST_NOMINAL_TOTAL_PARAMS[shape.name])
+    return param_ratio(trainable, shape.total_params())
 
 
 def break_even_accuracy(stage: int, ratio: float, baseline_ratio: float, baseline_accuracy: float) -> float:
@@ -134,7 +134,7 @@ class LoraPlan:
         return d
 
 
-def plan_lora(spec: ModelSpec, stage: int, baseline: Baseline, ranks: Iterable[int] = CANDIDATE_RANKS,
+def plan_lora(shape: ModelShape, stage: int, baseline: Baseline, ranks: Iterable[int] = CANDIDATE_RANKS,
               target_sets: Optional[dict[str, str]] = None) -> LoraPlan:
     """Every (rank, target set) candidate with its trainable count, ratios and break-even accuracy
     against `baseline` (the baseline's LoRA layout is applied to `spec`, so a plan for another
@@ -142,10 +142,10 @@ def plan_lora(spec: ModelSpec, stage: int, baseline: Baseline, ranks: Iterable[i
     if stage not in RATIO_WEIGHT:
         raise ValueError(f"stage must be 1 or 2, got {stage!r}")
     target_sets = target_sets or TARGET_SETS
-    total = spec.total_params()
-    contest_total = CONTEST_NOMINAL_TOTAL_PARAMS.get(spec.name)
-    base_trainable = spec.lora_params(baseline.rank, baseline.target_modules)
-    base_ratio = score_ratio(base_trainable, spec)
+    total = shape.total_params()
+    contest_total = CONTEST_NOMINAL_TOTAL_PARAMS.get(shape.name)
+    base_trainable = shape.lora_params(baseline.rank, baseline.target_modules)
+    base_ratio = score_ratio(base_trainable, shape)
     a_b = baseline.accuracy if baseline.accuracy is not None else 0.0
     base_targets = lora_targets(baseline.target_modules)
     options = []
@@ -154,8 +154,8 @@ def plan_lora(spec: ModelSpec, stage: int, baseline: Baseline, ranks: Iterable[i
         for rank in ranks:
             if rank <= 0:
                 raise ValueError(f"LoRA rank must be positive, got {rank}")
-            trainable = spec.lora_params(rank, regex)
-            ratio = score_ratio(trainable, spec)
+            trainable = shape.lora_params(rank, regex)
+            ratio = score_ratio(trainable, shape)
             options.append(LoraOption(
                 rank=rank, targets=targets, target_modules=regex, trainable=trainable,
                 ratio_exact=param_ratio(trainable, total),
@@ -164,18 +164,18 @@ def plan_lora(spec: ModelSpec, stage: int, baseline: Baseline, ranks: Iterable[i
                 break_even=break_even_accuracy(stage, ratio, base_ratio, a_b),
                 is_baseline=rank == baseline.rank and chosen == base_targets))
     score = (SCORE_FUNCTIONS[stage](baseline.accuracy, base_ratio) if baseline.accuracy is not None else None)
-    return LoraPlan(model=spec.name, stage=stage, total_exact=total, total_contest=contest_total,
+    return LoraPlan(model=shape.name, stage=stage, total_exact=total, total_contest=contest_total,
                     baseline=baseline, baseline_trainable=base_trainable, baseline_ratio=base_ratio,
                     baseline_score=score, options=options)
 
 
 # ---- the time side ----------------------------------------------------------------------------
 
-def matmul_weights(spec: ModelSpec) -> int:
+def matmul_weights(shape: ModelShape) -> int:
     """Weights that take part in a matmul for every token: all projections of every layer plus the
     LM head (also when it shares the embedding). Not the embedding lookup, norms or biases."""
-    per_layer = sum(o * i for o, i in spec.linear_shapes().values())
-    return per_layer * spec.num_layers + spec.vocab_size * spec.hidden_size
+    per_layer = sum(o * i for o, i in shape.linear_shapes().values())
+    return per_layer * shape.num_layers + shape.vocab_size * shape.hidden_size
 
 
 @dataclass(frozen=True)
@@ -189,10 +189,10 @@ class FlopsPerToken:
         return self.forward + self.backward + self.recompute
 
 
-def lora_flops_per_token(spec: ModelSpec, seq_length: int, lora_trainable: int, recompute: bool = True) -> FlopsPerToken:
+def lora_flops_per_token(shape: ModelShape, seq_length: int, lora_trainable: int, recompute: bool = True) -> FlopsPerToken:
     """Training FLOPs per (padded) token of a LoRA run; the formula is in the module docstring."""
-    n = matmul_weights(spec)
-    attention = 4 * spec.num_layers * seq_length * spec.num_heads * spec.head_dim
+    n = matmul_weights(shape)
+    attention = 4 * shape.num_layers * seq_length * shape.num_heads * shape.head_dim
     forward = 2 * n + 2 * lora_trainable + attention
     backward = 2 * n + 4 * lora_trainable + 2 * attention
     return FlopsPerToken(float(forward), float(backward), float(forward) if recompute else 0.0)
@@ -250,7 +250,7 @@ class TimeEstimate:
         return d
 
 
-def estimate_time(spec: ModelSpec, workload: Workload, lora_trainable: int, *, mfu: Optional[float] = None,
+def estimate_time(shape: ModelShape, workload: Workload, lora_trainable: int, *, mfu: Optional[float] = None,
                   peak_tflops: float = ASCEND_910B_PEAK_FP16_TFLOPS, recompute: bool = True,
                   measured_step_s: Optional[float] = None) -> TimeEstimate:
     """Step and wall time of a LoRA run. With measured_step_s the wall time is steps x that, and
@@ -258,7 +258,7 @@ def estimate_time(spec: ModelSpec, workload: Workload, lora_trainable: int, *, m
     MFU), MFU defaulting to the calibrated one (calibrated_mfu())."""
     if peak_tflops <= 0:
         raise ValueError(f"peak TFLOPS must be positive, got {peak_tflops}")
-    per_token = lora_flops_per_token(spec, workload.seq_length, lora_trainable, recompute).total
+    per_token = lora_flops_per_token(shape, workload.seq_length, lora_trainable, recompute).total
     step_flops = per_token * workload.global_batch * workload.seq_length
     capacity = workload.cards * peak_tflops * 1e12
     if measured_step_s is not None:
@@ -271,7 +271,7 @@ def estimate_time(spec: ModelSpec, workload: Workload, lora_trainable: int, *, m
         if not 0 < mfu <= 1:
             raise ValueError(f"MFU must be in (0, 1], got {mfu} (pass 0.2, not 20)")
         step_s, source = step_flops / (capacity * mfu), "model"
-    return TimeEstimate(model=spec.name, workload=workload, lora_trainable=lora_trainable, recompute=recompute,
+    return TimeEstimate(model=shape.name, workload=workload, lora_trainable=lora_trainable, recompute=recompute,
                         flops_per_token=per_token, step_flops=step_flops, total_flops=step_flops * workload.steps,
                         peak_tflops=peak_tflops, mfu=mfu, step_seconds=step_s,
                         wall_seconds=step_s * workload.steps, source=source)
@@ -312,9 +312,9 @@ STAGE2_TEAM_REFERENCE = ReferenceRun(
 
 def calibrated_mfu(peak_tflops: float = ASCEND_910B_PEAK_FP16_TFLOPS, reference: ReferenceRun = CONTEST_REFERENCE) -> float:
     """The MFU at which the reference run takes its published time."""
-    spec = get_model_spec(reference.model)
-    per_token = lora_flops_per_token(spec, reference.workload.seq_length,
-                                     spec.lora_params(reference.rank, reference.target_modules),
+    shape = get_model_shape(reference.model)
+    per_token = lora_flops_per_token(shape, reference.workload.seq_length,
+                                     shape.lora_params(reference.rank, reference.target_modules),
                                      reference.recompute).total
     flops = per_token * reference.workload.tokens
     return flops / (reference.hours * 3600.0 * reference.workload.cards * peak_tflops * 1e12)
@@ -353,7 +353,7 @@ class CardMemory:
         return {**asdict(self), "total": self.total}
 
 
-def card_memory(spec: ModelSpec, *, seq_length: int, global_batch: int, data_parallel: int, model_parallel: int,
+def card_memory(shape: ModelShape, *, seq_length: int, global_batch: int, data_parallel: int, model_parallel: int,
                 pipeline_stage: int, micro_batch_num: int, dtype: str, lora_trainable: int,
                 recompute: bool) -> CardMemory:
     """Per-card memory of a LoRA step. Activations per layer follow Korthikanti et al. 2022, "Reducing
@@ -362,17 +362,17 @@ def card_memory(spec: ModelSpec, *, seq_length: int, global_batch: int, data_par
     recompute a layer keeps only its input, 2 s b h bytes, plus one layer's full set while it is recomputed.
     The LM head's logits are float32 and, as MindFormers' vocab_emb_dp keeps them, not split by t. Framework
     workspace, communication buffers and fragmentation come on top."""
-    h, a, v = spec.hidden_size, spec.num_heads, spec.vocab_size
+    h, a, v = shape.hidden_size, shape.num_heads, shape.vocab_size
     t, pp = model_parallel, pipeline_stage
     b = max(1, global_batch // (data_parallel * (micro_batch_num if pp > 1 else 1)))
     s = seq_length
-    layers = -(-spec.num_layers // pp)
+    layers = -(-shape.num_layers // pp)
     per_layer_full = s * b * h * (10 + 24 / t + 5 * a * s / (h * t))
     kept = 2 * s * b * h if recompute else per_layer_full
     in_flight = min(pp, micro_batch_num) if pp > 1 else 1      # 1F1B: up to pp micro-batches in flight
     activations = (layers * kept * in_flight) + (per_layer_full if recompute else 0)
     logits = 2 * 4 * s * b * v                                 # the last stage holds them (the worst card)
-    weights = spec.total_params() * BYTES[dtype] / (t * pp)
+    weights = shape.total_params() * BYTES[dtype] / (t * pp)
     lora_state = lora_trainable / (t * pp) * (BYTES[dtype] * 2 + 8)
     return CardMemory(weights=weights, lora_state=lora_state, activations=activations, logits=logits,
                       micro_batch=b, layers_here=layers)
@@ -415,9 +415,9 @@ def resume_every(total_steps: int, configured: Optional[int] = None) -> int:
 def resume_snapshot_bytes(run) -> int:
     """One full resume snapshot: every weight in the training dtype, and the LoRA parameters with
     AdamWeightDecay's two moments in float32 (pet_config.param_init_type float32)."""
-    spec = get_model_spec(run.model.name)
+    shape = get_model_shape(run.model.name)
     train_dtype = run.train.dtype if run.train.device != "CPU" else "float32"
-    return BYTES[train_dtype] * spec.total_params() + 3 * 4 * spec.lora_params(run.lora.rank, run.lora.target_modules)
+    return BYTES[train_dtype] * shape.total_params() + 3 * 4 * shape.lora_params(run.lora.rank, run.lora.target_modules)
 
 
 @dataclass
@@ -446,15 +446,15 @@ class CheckpointIO:
 def checkpoint_io(run, total_steps: int) -> CheckpointIO:
     from tunebox.model.mf_config import merged_weight_dtype
 
-    spec = get_model_spec(run.model.name)
+    shape = get_model_shape(run.model.name)
     every = resume_every(total_steps, run.train.save_state_every)
     merged = merged_weight_dtype(run)
     return CheckpointIO(total_steps=total_steps, resume_every_steps=every, resume_snapshots=total_steps // every,
                         resume_snapshot_bytes=resume_snapshot_bytes(run), resume_kept=RESUME_KEPT,
                         lora_checkpoints=run.train.num_checkpoints,
-                        lora_checkpoint_bytes=4 * spec.lora_params(run.lora.rank, run.lora.target_modules),
+                        lora_checkpoint_bytes=4 * shape.lora_params(run.lora.rank, run.lora.target_modules),
                         merged_checkpoints=run.train.num_checkpoints,
-                        merged_checkpoint_bytes=BYTES[merged] * spec.total_params(), merged_dtype=merged)
+                        merged_checkpoint_bytes=BYTES[merged] * shape.total_params(), merged_dtype=merged)
 
 
 def estimate_disk(run) -> DiskEstimate:
@@ -463,9 +463,9 @@ def estimate_disk(run) -> DiskEstimate:
     one full merged checkpoint per saved step (merge.dtype, default the training dtype), MindFormers'
     full resume checkpoints (weights in the training dtype + LoRA state; the train job keeps the last
     2), the LoRA checkpoints, and 20% headroom for data, logs and a checkpoint being written."""
-    spec = get_model_spec(run.model.name)
-    params = spec.total_params()
-    lora = spec.lora_params(run.lora.rank, run.lora.target_modules)
+    shape = get_model_shape(run.model.name)
+    params = shape.total_params()
+    lora = shape.lora_params(run.lora.rank, run.lora.target_modules)
     n = run.train.num_checkpoints
     from tunebox.model.mf_config import merged_weight_dtype
 

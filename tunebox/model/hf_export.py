@@ -21,7 +21,7 @@ import numpy as np
 from tunebox.data.tokenizer import CHATML_TEMPLATE, TextTokenizer
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
 from tunebox.model.checkpoint import CheckpointReader, TensorEntry, lora_pairs, load_checkpoint_numpy
-from tunebox.model.registry import PEFT_NAMES, ModelSpec
+from tunebox.model.registry import PEFT_NAMES, ModelShape
 from tunebox.model.weights import mindformers_name_to_hf
 
 # Largest safetensors shard: one shard is in memory while it is written.
@@ -30,7 +30,7 @@ MAX_SHARD_BYTES = 2 << 30
 _TORCH_DTYPES = {"Float32": "float32", "Float16": "float16", "BFloat16": "bfloat16"}
 
 
-def hf_llama_config(mspec: ModelSpec, torch_dtype: str) -> dict:
+def hf_llama_config(mspec: ModelShape, torch_dtype: str) -> dict:
     """config.json of the HF LlamaForCausalLM with the registry's figures."""
     if mspec.qkv_has_bias != mspec.attn_proj_has_bias:
         raise InputError(f"{mspec.name}: biases on q/k/v but not on o (or the reverse) have no HF Llama equivalent")
@@ -59,7 +59,7 @@ def recipe_chat_template(tok: TextTokenizer, data) -> str:
     return f"{{{{ {literal(before)} }}}}{{{{ messages[-1]['content'] }}}}{{{{ {literal(after)} }}}}"
 
 
-def write_tokenizer(out: Path, tok: TextTokenizer, chat_template: str, mspec: ModelSpec) -> list[str]:
+def write_tokenizer(out: Path, tok: TextTokenizer, chat_template: str, mspec: ModelShape) -> list[str]:
     """tokenizer.json (as the jobs use it), an HF tokenizer_config.json and generation_config.json
     (every stop token of the template as eos, so generate() stops where the jobs stop)."""
     atomic_write_text(out / "tokenizer.json", tok.tk.to_str())
@@ -87,7 +87,7 @@ def _shards(entries: list[TensorEntry], max_bytes: int) -> list[list[TensorEntry
     return shards
 
 
-def write_hf_model(out: Path, ckpt: Path, mspec: ModelSpec, tok: TextTokenizer, chat_template: str,
+def write_hf_model(out: Path, ckpt: Path, mspec: ModelShape, tok: TextTokenizer, chat_template: str,
                    max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
     """A full MindFormers checkpoint -> an HF Llama folder in `out`, an empty folder the caller renames
     into place when complete (io.atomic_dir)."""

