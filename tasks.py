@@ -198,12 +198,13 @@ def sweep(c, config=DEFAULT_CONFIG, grid="", seeds="", name="", set=None, collec
     _wait(f"{PY} -m tunebox.sweep {_sweep_args(config, grid, seeds, name, set)}" + (" --collect" if collect else ""))
 
 
-@task(help={"compare": "two run ids: their spec difference and results side by side (--compare A --compare B)",
+@task(help={"compare": "two run ids, A,B (or --compare A --compare B): spec difference and results side by side",
             "runs_dir": "the folder holding the runs (default runs)"}, iterable=["compare"])
 def runs(c, compare=None, runs_dir="runs"):
     """The runs in runs/: id, recipe, what differs from it, chosen step, score, date (tunebox/runs.py)."""
+    compare = [r for value in compare or [] for r in value.replace(",", " ").split()]
     if compare and len(compare) != 2:
-        raise invoke.Exit("error: --compare takes two runs: invoke runs --compare A --compare B", code=2)
+        raise invoke.Exit("error: --compare takes two runs: invoke runs --compare A,B", code=2)
     _wait(f"{PY} -m tunebox.runs --runs-dir {shlex.quote(runs_dir)}"
           + (" --compare " + " ".join(shlex.quote(r) for r in compare) if compare else ""))
 

@@ -131,7 +131,7 @@ class Point:
                 + [f"run_id={self.run_id}"])
 
     def label(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.values) or "(the recipe)"
+        return " ".join(f"{k}={v}" for k, v in self.values) or "the recipe"
 
 
 @dataclass
