@@ -55,7 +55,8 @@ log = logging.getLogger("tunebox.evaluate")
 
 def contest_figures(spec: RunSpec) -> dict:
     """The run's parameter figures (contest.param_figures), its score formula and retention threshold."""
-    return {"stage": spec.stage, **param_figures(spec.model.name, spec.lora.rank, spec.lora.target_modules),
+    return {"stage": spec.stage, **param_figures(get_model_shape(spec.model.name), spec.lora.rank,
+                                                   spec.lora.target_modules),
             "score_formula": f"stage {spec.stage}: {SCORE_FORMULAS[spec.stage]}, accuracy = strict",
             "retention_threshold": RETENTION_THRESHOLD}
 

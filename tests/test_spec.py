@@ -2,7 +2,7 @@
 import pytest
 
 from jobs.evaluate import parse_scales
-from tunebox.config import load_spec
+from tunebox.spec_checks import load_checked_spec
 from tunebox.io import InputError
 from tunebox.model.registry import LINEAR_NAMES, lora_targets, mindformers_target_regex
 
@@ -14,10 +14,10 @@ def write(tmp_path, body: str):
 
 
 def test_target_modules_as_a_list_is_the_same_as_the_regex(tmp_path):
-    as_list = load_spec(write(tmp_path, "lora:\n  target_modules: [wq, wk, wv, wo]\n"))
+    as_list = load_checked_spec(write(tmp_path, "lora:\n  target_modules: [wq, wk, wv, wo]\n"))
     assert as_list.lora.target_modules == "wq|wk|wv|wo"
     assert lora_targets(as_list.lora.target_modules) == {"wq", "wk", "wv", "wo"}
-    as_set = load_spec(write(tmp_path, ""), ["lora.target_modules=[w1, w3]"])
+    as_set = load_checked_spec(write(tmp_path, ""), ["lora.target_modules=[w1, w3]"])
     assert mindformers_target_regex(as_set.lora.target_modules) == ".*w1|.*w3"
 
 
@@ -30,7 +30,7 @@ def test_target_modules_as_a_list_is_the_same_as_the_regex(tmp_path):
 def test_bad_targets_fail_at_load_naming_line_and_layers(tmp_path, targets, named, peft_hint):
     path = write(tmp_path, "lora:\n  rank: 8\n  target_modules: " + targets + "\n")
     with pytest.raises(InputError) as err:
-        load_spec(path)
+        load_checked_spec(path)
     text = str(err.value)
     assert f"{path}:6:" in text and "lora.target_modules" in text and named in text
     assert ", ".join(LINEAR_NAMES) in text
@@ -39,16 +39,16 @@ def test_bad_targets_fail_at_load_naming_line_and_layers(tmp_path, targets, name
 
 def test_target_regex_that_does_not_compile_is_a_spec_error(tmp_path):
     with pytest.raises(InputError, match=r"lora.target_modules: 'wq\(' is not a regex"):
-        load_spec(write(tmp_path, "lora:\n  target_modules: wq(\n"))
+        load_checked_spec(write(tmp_path, "lora:\n  target_modules: wq(\n"))
 
 
 def test_eval_scales_accept_a_list_or_the_comma_text(tmp_path):
-    spec = load_spec(write(tmp_path, ""), ["eval.scales=[0.5, 1.0]"])
+    spec = load_checked_spec(write(tmp_path, ""), ["eval.scales=[0.5, 1.0]"])
     assert parse_scales(spec.eval.scales) == [0.5, 1.0]
-    spec = load_spec(write(tmp_path, "eval:\n  scales: '0.25,1'\n"))
+    spec = load_checked_spec(write(tmp_path, "eval:\n  scales: '0.25,1'\n"))
     assert parse_scales(spec.eval.scales) == [0.25, 1.0]
     with pytest.raises(InputError, match="must be str or list"):
-        load_spec(write(tmp_path, ""), ["eval.scales={a: 1}"])
+        load_checked_spec(write(tmp_path, ""), ["eval.scales={a: 1}"])
 
 
 @pytest.mark.parametrize("override, suggested", [
@@ -58,7 +58,7 @@ def test_eval_scales_accept_a_list_or_the_comma_text(tmp_path):
 ])
 def test_unknown_key_suggests_the_closest_key(tmp_path, override, suggested):
     with pytest.raises(InputError, match=rf"did you mean '{suggested}'\?"):
-        load_spec(write(tmp_path, ""), [override])
+        load_checked_spec(write(tmp_path, ""), [override])
 
 
 def test_invoke_with_a_missing_spec_says_error_and_exits_2(tmp_path):
