@@ -88,7 +88,7 @@ def run_job(name: str, summary: str, main: Callable[[RunSpec, argparse.Namespace
     if add_args:
         add_args(parser)
     args = parser.parse_args(argv)
-    # the options besides the spec that differ from their defaults (merge --scale 0.5): recorded in the manifest
+    # the options besides the spec that differ from their defaults (bundle --out): recorded in the manifest
     started = mark_job_started(job_args={k: v for k, v in sorted(vars(args).items())
                                          if k not in ("config", "overrides") and v != parser.get_default(k)})
 

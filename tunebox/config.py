@@ -189,6 +189,8 @@ class MergeSection:
     on Ascend, the bundle's predict.yaml); RMSNorm weights stay float32, as the network declares them. null:
     train.dtype. A Llama3-8B merged checkpoint is 16 GB in bfloat16 and 32 GB in float32, and the submission
     holds five."""
+    scale: float = field(default=1.0, metadata={"hashed_when_set": True})
+    """Multiply the LoRA update by this factor: W' = W + scale * (alpha/r) * B A (1.0: as trained)."""
 
 
 @dataclass
@@ -299,6 +301,12 @@ class RunSpec:
         model.source (where the weights were downloaded from) are left out, so the same spec hashes the same on the host, in a container (/runs) and in a pod."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("runs_dir", "cluster")}
         d["model"] = {k: v for k, v in d["model"].items() if k != "source"}   # where from, not what
+        # a key added after runs were recorded counts only when set, so their hashes stay what they were
+        for name in d:
+            section = getattr(self, name)
+            for f in dataclasses.fields(section) if dataclasses.is_dataclass(section) else ():
+                if f.metadata.get("hashed_when_set") and getattr(section, f.name) == f.default:
+                    del d[name][f.name]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
