@@ -115,10 +115,11 @@ def _job_task(name: str) -> Task:
 
 
 _JOB_TASKS = [_job_task(name) for name in JOB_TASKS]
+_SPEC_HELP = {"config": "run spec YAML (default: the local SmolLM2 recipe)",
+              "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)"}
 
 
-@task(help={"config": "run spec YAML (default: the local SmolLM2 recipe)",
-            "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)"}, iterable=["set"])
+@task(help=_SPEC_HELP, iterable=["set"])
 def mindformers_yaml(c, config=DEFAULT_CONFIG, set=None):
     """Render runs/<id>/train/mindformers.yaml (the MindFormers finetune config train runs) without training.
 
@@ -135,14 +136,12 @@ def mindformers_yaml(c, config=DEFAULT_CONFIG, set=None):
 def verify(c, submission, rerun=False, image="", tolerance=""):
     """Check a submission: files, checksums, no strays, 5 evenly spaced checkpoints, results vs logs."""
     cmd = f"{PY} -m jobs.verify {shlex.quote(submission)}" + (" --rerun" if rerun else "")
-    cmd += (f" --image {shlex.quote(image)}" if image else "") + (f" --tolerance {float(tolerance)}" if tolerance else "")
+    cmd += f" --image {shlex.quote(image)}" if image else ""
+    cmd += f" --tolerance {float(tolerance)}" if tolerance else ""
     c.run(cmd, pty=False, echo=True)
 
 
-@task(help={"config": "run spec YAML (default: the local SmolLM2 recipe)",
-            "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)"}, iterable=["set"])
 def pipeline(c, config=DEFAULT_CONFIG, set=None):
-    """Every job of tunebox/layout.py's PIPELINE, in order, on one run spec; prints the report and where it is."""
     spec = _load_spec(config, set)  # fail on a bad spec before any job starts
     started = time.time()
     for name in PIPELINE:
@@ -151,6 +150,10 @@ def pipeline(c, config=DEFAULT_CONFIG, set=None):
     print("\n" + report.read_text(encoding="utf-8"))
     print(f"pipeline finished in {(time.time() - started) / 60:.1f} min; report: {report}; "
           f"submission: {spec.run_dir / 'submission'} (check it with: invoke verify {spec.run_dir / 'submission'})")
+
+
+pipeline.__doc__ = f"{' -> '.join(PIPELINE)} on one run spec (tunebox/layout.py); prints the report and where it is."
+pipeline = task(help=_SPEC_HELP, iterable=["set"])(pipeline)
 
 
 @task(help={"url": "the file to download (http/https)", "out": "where to put it (with --url)",

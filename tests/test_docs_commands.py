@@ -18,7 +18,8 @@ from invoke.exceptions import ParseError
 from invoke.parser import Parser
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = [REPO / "README.md", REPO / "docker-compose.yml", REPO / "Dockerfile", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "recipes").glob("*.yaml")),
+SOURCES = [REPO / "README.md", REPO / "docker-compose.yml", REPO / "Dockerfile", *sorted((REPO / "docs").glob("*.md")),
+           *sorted((REPO / "recipes").glob("*.yaml")),
            *sorted((REPO / "k8s").rglob("*.yaml")), *sorted((REPO / "k8s").rglob("*.md")),
            *sorted((REPO / "images").rglob("*.md")), *sorted((REPO / "images").rglob("*.sh"))]
 

@@ -145,9 +145,9 @@ class TrainSection:
     itself: exact (rotary positions are relative), and no compute is spent on padding. batch_size then
     counts packed rows. Pays off when samples are much shorter than seq_length (contest math at 256)."""
     lm_head_on_answers: bool = True
-    """Run the LM head and the loss only at the positions the loss counts (TuneboxLlamaForCausalLM in tunebox/model/mf_extensions.py): the same
-    loss and gradients as MindFormers' forward, without the logits of every prompt and pad position.
-    false: MindFormers' own forward."""
+    """Run the LM head and the loss only at the positions the loss counts (TuneboxLlamaForCausalLM in
+    tunebox/model/mf_extensions.py): the same loss and gradients as MindFormers' forward, without the logits
+    of every prompt and pad position. false: MindFormers' own forward."""
     lr: float = 2e-4
     """Peak learning rate of MindSpore's AdamWeightDecay (no bias correction: the rule of the contest's
     FP32StateAdamWeightDecay, so the contest's and the winners' rates carry over as they are)."""
@@ -298,7 +298,8 @@ class RunSpec:
 
     def spec_hash(self) -> str:
         """What the run computes, not where it writes: runs_dir, cluster (placement, HCCL) and
-        model.source (where the weights were downloaded from) are left out, so the same spec hashes the same on the host, in a container (/runs) and in a pod."""
+        model.source (where the weights were downloaded from) are left out, so the same spec hashes the same
+        on the host, in a container (/runs) and in a pod."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("runs_dir", "cluster")}
         d["model"] = {k: v for k, v in d["model"].items() if k != "source"}   # where from, not what
         # a key added after runs were recorded counts only when set, so their hashes stay what they were
@@ -464,7 +465,8 @@ def _validate(spec: RunSpec, where: SpecLines) -> None:
     if spec.train.device == "CPU" and spec.train.dtype != "float32":
         bad("train.dtype must be float32 on CPU (MindSpore's CPU kernels need it)", "train.dtype")
     if not 120 <= spec.cluster.hccl_connect_timeout <= 7200:
-        bad("cluster.hccl_connect_timeout must be in [120, 7200] seconds (CANN's range)", "cluster.hccl_connect_timeout")
+        bad("cluster.hccl_connect_timeout must be in [120, 7200] seconds (CANN's range)",
+            "cluster.hccl_connect_timeout")
     if spec.cluster.prep_timeout <= spec.cluster.hccl_connect_timeout:
         bad(f"cluster.prep_timeout ({spec.cluster.prep_timeout} s) must be longer than cluster.hccl_connect_timeout "
             f"({spec.cluster.hccl_connect_timeout} s): the ranks wait for prep before HCCL starts counting",

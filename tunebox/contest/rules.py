@@ -53,7 +53,8 @@ def contest_param_ratio(trainable: int, model_name: str) -> float:
     try:
         total = CONTEST_NOMINAL_TOTAL_PARAMS[model_name]
     except KeyError:
-        raise KeyError(f"no contest total for {model_name!r}; known: {', '.join(CONTEST_NOMINAL_TOTAL_PARAMS)}") from None
+        known = ", ".join(CONTEST_NOMINAL_TOTAL_PARAMS)
+        raise KeyError(f"no contest total for {model_name!r}; known: {known}") from None
     return param_ratio(trainable, total)
 
 
@@ -131,7 +132,8 @@ def _keeps(tuned: float, base: float, threshold: float) -> bool:
     return exact(tuned) >= exact(threshold) * exact(base)
 
 
-def retention_verdict(tuned: Optional[Mapping], base: Optional[Mapping], threshold: float = RETENTION_THRESHOLD) -> dict:
+def retention_verdict(tuned: Optional[Mapping], base: Optional[Mapping],
+                      threshold: float = RETENTION_THRESHOLD) -> dict:
     """The contest's validity rule: tuned F1 >= threshold * base F1 and tuned EM >= threshold * base EM.
 
     Returns {measured, threshold, passes, failed: [metrics below], undecided: [metrics whose base
