@@ -6,7 +6,6 @@ on a laptop is exactly what a container or a Kubernetes Job runs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import re
 import shlex
@@ -17,6 +16,7 @@ import time
 import invoke
 from invoke import Collection, Task
 
+from jobs import bundle, chat, dryrun, evaluate, export, merge, prep, train, weights
 from tunebox.cli import job_parser
 from tunebox.io import InputError
 from tunebox.layout import PIPELINE
@@ -27,7 +27,8 @@ DEFAULT_CONFIG = "recipes/local-smollm2.yaml"
 PIPELINE_STEPS = PIPELINE
 # The jobs that run through tunebox.cli.run_job and get a task each, made from the job's own parser
 # (tunebox.cli.job_parser + the job's `_args`): their flags, help and defaults are declared there, once.
-JOB_TASKS = PIPELINE + ("dryrun", "export", "chat")
+_JOB_MODULES = (bundle, chat, dryrun, evaluate, export, merge, prep, train, weights)
+JOB_TASKS = tuple(module.__name__.removeprefix("jobs.") for module in _JOB_MODULES)
 PY = shlex.quote(sys.executable)
 
 
@@ -68,10 +69,10 @@ def _load_spec(config: str, overrides: list[str] | None):
         raise invoke.Exit(f"error: {exc}", code=2) from None
 
 
-def _job_task(name: str) -> Task:
-    """The invoke task of job `name`: one invoke option per option of `python -m jobs.<name>`, with its help
+def _job_task(module) -> Task:
+    """The invoke task of a job module: one invoke option per option of `python -m jobs.<name>`, with its help
     and default, passed through as given (the job parses and checks them: a bad value exits 2)."""
-    module = importlib.import_module(f"jobs.{name}")
+    name = module.__name__.removeprefix("jobs.")
     parser = job_parser(name, module.__doc__)
     if hasattr(module, "_args"):
         module._args(parser)
@@ -114,7 +115,7 @@ def _job_task(name: str) -> Task:
     return Task(body, name=name, help=helps, iterable=["set"], auto_shortflags=False)
 
 
-_JOB_TASKS = [_job_task(name) for name in JOB_TASKS]
+_JOB_TASKS = [_job_task(module) for module in _JOB_MODULES]
 _SPEC_HELP = {"config": "run spec YAML (default: the local SmolLM2 recipe)",
               "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)"}
 

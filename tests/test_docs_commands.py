@@ -110,7 +110,7 @@ def _job_parser(name: str):
 def test_every_job_task_takes_its_jobs_options_with_their_help():
     """tasks.py declares no job flag by hand: each job's task has exactly the job's options (less -h), each
     with the job's help, so `invoke <job> --help` explains what `python -m jobs.<job> --help` does. Tried
-    with _job_task skipping store_true options (train --render-only, weights --refresh): this fails."""
+    with tasks._job_task skipping store_true options (train --render-only, weights --refresh): this fails."""
     import tasks
 
     by_name = {t.name: t for t in tasks.ns.tasks.values()}
