@@ -9,7 +9,7 @@ Outputs, under runs/<run_id>/evaluate/:
   <model>/scores.json              accuracy (strict and tolerant), per family, timing
   <model>/squad_predictions.jsonl  one line per SQuAD question: generated text, answer span, F1, EM
   <model>/squad.json               SQuAD F1 and EM (percent), timing
-  scale-dial/scale-<s>/...         the same for the chosen checkpoint at LoRA scale s (--scales)
+  scale-dial/scale-<s>/...         the same for the chosen checkpoint at LoRA scale s (eval.scales)
   limits.json                      max new tokens per problem family, from the training answers
   report.json, report.md           every model side by side, the choice and the reasons
   plots/*.png                      accuracy and retention per checkpoint, loss curve, per family, scale dial
@@ -55,7 +55,8 @@ log = logging.getLogger("tunebox.evaluate")
 
 def contest_figures(spec: RunSpec) -> dict:
     """The run's parameter figures (contest.param_figures), its score formula and retention threshold."""
-    return {"stage": spec.stage, **param_figures(spec.model.name, spec.lora.rank, spec.lora.target_modules),
+    return {"stage": spec.stage, **param_figures(get_model_shape(spec.model.name), spec.lora.rank,
+                                                   spec.lora.target_modules),
             "score_formula": f"stage {spec.stage}: {SCORE_FORMULAS[spec.stage]}, accuracy = strict",
             "retention_threshold": RETENTION_THRESHOLD}
 
@@ -444,14 +445,8 @@ def write_report(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dic
 
 
 def main(spec: RunSpec, args) -> None:
-    evaluate(spec, parse_scales(args.scales) if args.scales else None)
-
-
-def _args(parser) -> None:
-    parser.add_argument("--scales", metavar="S1,S2,...",
-                        help="LoRA scale dial: also evaluate the chosen checkpoint (or the last) at "
-                             "W + s*(alpha/r)*BA for each s, merged in memory (overrides eval.scales)")
+    evaluate(spec)   # the LoRA scale dial, when eval.scales is set
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_job("evaluate", __doc__, main, _args))
+    raise SystemExit(run_job("evaluate", __doc__, main))

@@ -18,7 +18,7 @@ from tunebox.data import answers
 from tunebox.contest import mathgen
 from tunebox.data import prompts
 from tunebox.cli import run_job as run_job_inprocess
-from tunebox.config import load_spec
+from tunebox.spec_checks import load_checked_spec as load_spec  # with the checks across subjects
 from tunebox.data.samples import IGNORE, read_mindrecord
 from tunebox.io import InputError
 from tunebox.contest.scoring import math_family

@@ -39,7 +39,8 @@ import yaml
 
 from tunebox.deploy import ascend
 from tunebox.model.budget import estimate_disk
-from tunebox.config import REPO_ROOT, RunSpec, load_spec
+from tunebox.config import REPO_ROOT, RunSpec
+from tunebox.spec_checks import load_checked_spec
 from tunebox.io import InputError
 
 K8S_DIR = REPO_ROOT / "k8s"
@@ -237,7 +238,7 @@ def plan_render(spec_path: str | Path, overlay: str, image: Optional[str] = None
     """Load the spec the way the pods will (overlay's --set, then ours) and derive the run's shape."""
     shape = overlay_shape(overlay)
     overrides = list(overrides or [])
-    spec = load_spec(spec_path, shape.overrides + overrides)
+    spec = load_checked_spec(spec_path, shape.overrides + overrides)
     check_container_paths(spec)
     where = f"overlay {overlay}"
     if spec.train.device == "Ascend" and not shape.npus_per_pod:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from tunebox.contest import rules
 from tunebox import layout
 from tunebox.contest import scoring
-from tunebox.model.registry import lora_targets
+from tunebox.model.registry import get_model_shape, lora_targets
 
 SUBMISSION_DIR = "submission"
 NUM_CHECKPOINTS = 5              # the contest asks for five evenly spaced merged checkpoints
@@ -228,7 +228,7 @@ def build_results(*, run_id: str, stage: int, fmt: str, model_name: str, rank: i
     """results.json. `accuracies` maps model name (base, step-N) -> {accuracy_strict,
     accuracy_tolerant, n}; `checkpoints` is [{step, train_loss, sha256}] in step order. SQuAD F1/EM
     come from evaluate's report; ratio, score, retention and the choice are rules.py's."""
-    params = rules.param_figures(model_name, rank, target_modules)
+    params = rules.param_figures(get_model_shape(model_name), rank, target_modules)
     ratio = params["ratio_for_score"]
     by_name = {e.get("model"): e for e in report.get("checkpoints") or []}
     base_squad = squad_fields(report.get("base"))
