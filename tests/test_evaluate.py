@@ -20,8 +20,9 @@ from tunebox.contest import scoring
 from tunebox.config import load_spec
 from tunebox.io import InputError
 from tunebox.model.registry import get_model_shape, llama_config_kwargs
-from tunebox.contest.rules import choose_checkpoint
-from jobs.evaluate import annotate, contest_figures, parse_scales
+from tunebox.contest.rules import choose_checkpoint, param_figures
+from jobs.evaluate import parse_scales
+from tunebox.evaluation.scorecard import annotate, contest_figures
 from tunebox.evaluation.loop import choice_token_plan, load_squad, longest_answers_in_samples
 from tunebox.evaluation.decode import length_groups
 from tunebox.evaluation.runners import choice_letter_logprobs
@@ -39,9 +40,13 @@ def _ckpt(step: int, acc: float, f1: float, em: float) -> dict:
             "squad": {"f1": f1, "em": em}}
 
 
+def _figures(spec) -> dict:
+    return contest_figures(spec.stage, param_figures(spec.model.name, spec.lora.rank, spec.lora.target_modules))
+
+
 @pytest.fixture
 def llama3_contest():
-    return contest_figures(load_spec(TINY_RECIPE, ["model.name=llama3-8b", "stage=1"]))
+    return _figures(load_spec(TINY_RECIPE, ["model.name=llama3-8b", "stage=1"]))
 
 
 # ---- the choice, on constructed report data -------------------------------------------------------
@@ -95,7 +100,7 @@ def test_without_squad_the_choice_is_by_score_and_says_retention_is_unknown(llam
 
 def test_stage2_score_weighs_the_ratio_ten_times():
     spec = load_spec(TINY_RECIPE, ["model.name=internlm-7b", "stage=2"])
-    contest = contest_figures(spec)
+    contest = _figures(spec)
     ratio = 32 * (8 * (4096 + 4096) * 2) / 7_321_000_000   # r=8 on wq and wv, both 4096x4096
     assert contest["contest_ratio"] == pytest.approx(ratio, rel=1e-12)
     c = annotate(_ckpt(5, 0.5, 1, 1), {"squad": {"f1": 1, "em": 1}}, contest)

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from tunebox import layout
-from tunebox.config import RunSpec
+from tunebox.config import EvalSection, RunSpec
 from tunebox.contest import scoring
 from tunebox.data.prompts import spec_prompt
 from tunebox.data.tokenizer import TextTokenizer
@@ -375,3 +375,23 @@ def evaluate_model(name: str, mdir: Path, identity: dict, load: Callable[[], obj
         result["squad"] = {k: squad_res.get(k) for k in ("n", "f1", "em", "emf1", "seconds", "cpu_seconds",
                                                           "new_tokens")}
     return result
+
+
+def models_to_evaluate(eval_section: EvalSection, merge_index_file: Path, base_checkpoint: Optional[Path]) -> list[dict]:
+    """The base model (when eval.base; `base_checkpoint` is its file) and the merged checkpoints
+    eval.checkpoints asks for (all, last or none), from merge's index."""
+    models = []
+    if eval_section.base:
+        models.append({"name": "base", "step": 0, "checkpoint": base_checkpoint, "train_loss": None})
+    if eval_section.checkpoints == "none":
+        return models
+    if not merge_index_file.exists():
+        raise InputError(f"{merge_index_file} not found: run merge first")
+    merged = json.loads(merge_index_file.read_text())["checkpoints"]
+    if eval_section.checkpoints == "last":
+        merged = merged[-1:]
+    for e in merged:
+        models.append({"name": f"step-{e['step']:06d}", "step": e["step"], "train_loss": e.get("train_loss"),
+                       "checkpoint": merge_index_file.parent / e["file"], "sha256": e.get("sha256"),
+                       "lora_file": e.get("lora_file"), "merge_scale": e.get("scale", 1.0)})
+    return models
