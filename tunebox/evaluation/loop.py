@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from tunebox import layout
-from tunebox.config import EvalSection, RunSpec
+from tunebox.config import DataSection, EvalSection, RunSpec
 from tunebox.contest import scoring
 from tunebox.data.prompts import spec_prompt
 from tunebox.data.tokenizer import TextTokenizer
@@ -205,13 +205,18 @@ def load_heldout(spec: RunSpec, tok: TextTokenizer) -> HeldoutTask:
         rows = rows[:spec.eval.limit]
     if not rows:
         raise InputError("no held-out rows to evaluate: data.heldout_rows must be > 0", heldout_file)
-    fmt = spec.data.format
-    prompts = [tok.encode(spec_prompt(tok, r["prompt"], spec.data)) for r in rows]
+    plan = choice_token_plan(tok) if spec.data.format == "mcq" else None
+    return heldout_task(rows, spec.data, tok, answer_token_limits(spec, tok), plan)
+
+
+def heldout_task(rows: list[dict], data: DataSection, tok: TextTokenizer, limits_info: dict,
+                 choice_plan: Optional[dict] = None) -> HeldoutTask:
+    """The held-out rows as token prompts in the training template, each with its family's new-token limit."""
+    fmt = data.format
+    prompts = [tok.encode(spec_prompt(tok, r["prompt"], data)) for r in rows]
     families = [row_family(fmt, r) for r in rows]
-    limits_info = answer_token_limits(spec, tok)
     limits = [limit_for(limits_info, ALL_FAMILIES if fmt != "math" else f) for f in families]
-    plan = choice_token_plan(tok) if fmt == "mcq" else None
-    return HeldoutTask(fmt, rows, prompts, families, limits, limits_info, plan)
+    return HeldoutTask(fmt, rows, prompts, families, limits, limits_info, choice_plan)
 
 
 def load_squad(spec: RunSpec, tok: TextTokenizer) -> Optional[SquadTask]:
@@ -275,18 +280,25 @@ def _previous(path: Path, expect: dict) -> Optional[dict]:
     return prev if all(prev.get(k) == v for k, v in expect.items()) else None
 
 
-def run_heldout(runner, task: HeldoutTask, tok: TextTokenizer, mdir: Path, meta: dict) -> dict:
-    t0, cpu0 = time.time(), time.process_time()
-    outputs = runner.generate(task.prompts, task.limits, tok.stop_ids, tok.pad_id, desc=f"{mdir.name}: held-out")
+def answer_heldout(runner, task: HeldoutTask, tok: TextTokenizer, desc: str) -> tuple[list, list[str], list[dict],
+                                                                                     Optional[np.ndarray]]:
+    """Every held-out row answered greedily and scored: (generated ids, answers, verdicts, and for MCQ
+    the letters' log-probabilities when the runner gives them, else None). evaluate and verify's re-run."""
+    outputs = runner.generate(task.prompts, task.limits, tok.stop_ids, tok.pad_id, desc=desc)
     logprobs = None
     if task.choice_plan is not None:
         context = task.choice_plan["context_ids"]
         logprobs = runner.choice_logprobs([p + context for p in task.prompts], task.choice_plan["letter_ids"])
+    answers = [tok.decode(ids) for ids in outputs]
+    return outputs, answers, [score_row(task.fmt, a, r) for a, r in zip(answers, task.rows)], logprobs
+
+
+def run_heldout(runner, task: HeldoutTask, tok: TextTokenizer, mdir: Path, meta: dict) -> dict:
+    t0, cpu0 = time.time(), time.process_time()
+    outputs, answers, verdicts, logprobs = answer_heldout(runner, task, tok, desc=f"{mdir.name}: held-out")
     seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
     scored, lines = [], []
-    for i, (r, ids) in enumerate(zip(task.rows, outputs)):
-        text = tok.decode(ids)
-        verdict = score_row(task.fmt, text, r)
+    for i, (r, ids, text, verdict) in enumerate(zip(task.rows, outputs, answers, verdicts)):
         extra = {}
         if logprobs is not None:
             letter = scoring.CHOICE_LETTERS[int(np.argmax(logprobs[i]))]
