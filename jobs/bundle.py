@@ -99,15 +99,17 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         modes = Counter()
         for c in checkpoints:
             modes[link_or_copy(c["path"], tmp / contents.checkpoint_file(c["step"]))] += 1
-        hashes = contents.hash_files(tmp, [contents.checkpoint_file(c["step"]) for c in checkpoints], desc="hash checkpoints")
+        hashes = contents.hash_files(tmp, [contents.checkpoint_file(c["step"]) for c in checkpoints],
+                                     desc="hash checkpoints")
         for c in checkpoints:
             name = contents.model_dir_name(c["step"])
             actual = hashes[contents.checkpoint_file(c["step"])]
-            recorded = {"merge/index.json": c["sha256"], f"evaluate/{name}/scores.json": scores[name].get("checkpoint_sha256")}
+            recorded = {"merge/index.json": c["sha256"],
+                        f"evaluate/{name}/scores.json": scores[name].get("checkpoint_sha256")}
             for where, sha in recorded.items():
                 if sha and sha != actual:
-                    raise RuntimeError(f"{c['path']} has sha256 {actual}, {where} recorded {sha}: the checkpoint changed "
-                                       f"after that job ran; run merge and evaluate again")
+                    raise RuntimeError(f"{c['path']} has sha256 {actual}, {where} recorded {sha}: the checkpoint "
+                                       f"changed after that job ran; run merge and evaluate again")
             c["sha256"] = actual
         log.info("checkpoints: %s", ", ".join(f"{n} {m}ed" for m, n in modes.items()))
 

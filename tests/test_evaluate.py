@@ -135,12 +135,13 @@ def test_squad_rows_are_validated_with_file_and_line(tmp_path, tiny_cache):
     bad_file.write_text("\n".join(good[:2] + ['{"context": "c", "question": "q", "answers": []}']) + "\n")
     spec = load_spec(TINY_RECIPE, [f"eval.squad_file={bad_file}", "eval.squad_rows=5"])
     with pytest.raises(InputError) as err:
-        load_squad(spec, tok)
+        load_squad(spec.resolve(spec.eval.squad_file), spec.eval, tok)
     assert f"{bad_file}:3:" in str(err.value) and "answers" in str(err.value)
-    squad = load_squad(load_spec(TINY_RECIPE, [f"eval.squad_file={SQUAD}", "eval.squad_rows=2"]), tok)
+    two = load_spec(TINY_RECIPE, [f"eval.squad_file={SQUAD}", "eval.squad_rows=2"])
+    squad = load_squad(two.resolve(two.eval.squad_file), two.eval, tok)
     assert len(squad.rows) == 2 and squad.prompts[0] == tok.encode(
         scoring.squad_prompt(squad.rows[0]["context"], squad.rows[0]["question"]))
-    assert load_squad(load_spec(TINY_RECIPE, ["eval.squad_rows=0"]), tok) is None
+    assert load_squad(SQUAD, load_spec(TINY_RECIPE, ["eval.squad_rows=0"]).eval, tok) is None
 
 
 # ---- MCQ: letter log-probabilities -----------------------------------------------------------------------
@@ -303,7 +304,8 @@ def test_new_token_limits_come_from_training_answers_only(tiny_run):
     limits = json.loads((tiny_run["run_dir"] / "evaluate" / "limits.json").read_text())
     assert {f: v["longest_answer_tokens"] for f, v in limits["families"].items()} == longest
     # the fallback for a prep that did not record answer_tokens_by_family: count in the samples
-    counted, _ = longest_answers_in_samples(load_spec(TINY_RECIPE, [f"runs_dir={tiny_run['runs']}"]), tok, 1)
+    run = load_spec(TINY_RECIPE, [f"runs_dir={tiny_run['runs']}"])
+    counted, _ = longest_answers_in_samples(run.run_dir, run.data, tok, 1)
     assert counted == longest
     cap = spec.eval.max_new_tokens
     for f, v in limits["families"].items():

@@ -56,7 +56,8 @@ def write_plots(out: Path, *, run_id: str, data: DataSection, loss_file: Path, b
         if data.format == "math":
             series.append(charts.Series("within 1% (graded)", steps, [m.get("accuracy_within_1pct") for m in models]))
         if any(m.get("accuracy_logprob") is not None for m in models):
-            series.append(charts.Series("accuracy (letter log-prob)", steps, [m.get("accuracy_logprob") for m in models]))
+            series.append(charts.Series("accuracy (letter log-prob)", steps,
+                                        [m.get("accuracy_logprob") for m in models]))
         hlines = []
         if any(m.get("retention", {}).get("measured") for m in tuned):
             ret = [1.0 if m is base else m["retention"]["f1"] for m in models]
@@ -132,14 +133,17 @@ def write_report(out: Path, report_file: Path, *, run_id: str, model_name: str, 
                          "max_new_tokens": squad.max_new_tokens, "prompt": "scoring.squad_prompt, no chat template"}
                         if squad else None),
               "max_new_tokens": {"cap": task.limits_info["cap"], "margin": task.limits_info["margin"],
-                                 "by_family": {f: v["max_new_tokens"] for f, v in task.limits_info["families"].items()}},
+                                 "by_family": {f: v["max_new_tokens"]
+                                               for f, v in task.limits_info["families"].items()}},
               "mcq_logprob": ({k: task.choice_plan[k] for k in ("prefix", "letter_ids", "letter_tokens")}
                               if task.choice_plan else None),
               "scale_dial": dial, "plots": plots}
     atomic_write_json(report_file, report)
 
-    ratio_line = (f"Ratio {contest['ratio']:.8f} exact ({contest['trainable_params']:,} / {contest['total_params']:,})"
-                  + (f", {contest['contest_ratio']:.9f} as the contest computed it (/ {contest['contest_total_params']:,})"
+    ratio_line = (f"Ratio {contest['ratio']:.8f} exact "
+                  f"({contest['trainable_params']:,} / {contest['total_params']:,})"
+                  + (f", {contest['contest_ratio']:.9f} as the contest computed it "
+                     f"(/ {contest['contest_total_params']:,})"
                      if contest["contest_ratio"] is not None else "; the contest has no nominal total for this model")
                   + f". Score = {contest['score_formula']} (ratio {contest['ratio_for_score']:.8g}).")
     squad_line = (f"SQuAD: first {len(squad.rows)} questions of `{squad.source.name}`, contest prompt, greedy, "
@@ -158,11 +162,12 @@ def write_report(out: Path, report_file: Path, *, run_id: str, model_name: str, 
              f"(cap {task.limits_info['cap']}). " + (
                  f"Accuracy = the letter in the generated text (the contest's way; strict = tolerant); log-prob = the "
                  f"letter whose token is most likely right after '{MCQ_ANSWER_PREFIX}' (one forward pass, reported "
-                 f"only). " if mcq else "Strict = the contest rule; tolerant = docs/CONTEST_RULES.md; within 1% and digits (the mean "
-                                   "count of the reference's leading significant digits right) = the graded measure, "
-                                   "scoring.closeness. ")
+                 f"only). " if mcq else "Strict = the contest rule; tolerant = docs/CONTEST_RULES.md; within 1% and "
+                                        "digits (the mean count of the reference's leading significant digits right) "
+                                        "= the graded measure, scoring.closeness. ")
              + squad_line, ratio_line, "",
-             "| model | step | loss | acc strict | acc tolerant |" + (" acc log-prob |" if mcq else " within 1% | digits |")
+             "| model | step | loss | acc strict | acc tolerant |"
+             + (" acc log-prob |" if mcq else " within 1% | digits |")
              + " SQuAD F1 | SQuAD EM | retention F1 / EM | score | valid |",
              "|---|---:|---:|---:|---:|" + ("---:|" if mcq else "---:|---:|") + "---:|---:|---:|---:|:---:|"]
     for r in results:
@@ -170,10 +175,10 @@ def write_report(out: Path, report_file: Path, *, run_id: str, model_name: str, 
         ret = r.get("retention") or {}
         valid = valid_cell(ret) if r is not base else ""
         mark = " ✅" if r["model"] == choice["model"] else ""
-        lines.append(f"| {r['model']}{mark} | {r['step']} | {_f(r.get('train_loss'), '.4f')} | {r['accuracy_strict']:.3f} | "
-                     f"{r['accuracy_tolerant']:.3f} |" + (f" {_f(r.get('accuracy_logprob'))} |" if mcq else
-                                                          f" {_f(r.get('accuracy_within_1pct'))} |"
-                                                          f" {_f(r.get('leading_digits_mean'), '.2f')} |")
+        lines.append(f"| {r['model']}{mark} | {r['step']} | {_f(r.get('train_loss'), '.4f')} | "
+                     f"{r['accuracy_strict']:.3f} | {r['accuracy_tolerant']:.3f} |"
+                     + (f" {_f(r.get('accuracy_logprob'))} |" if mcq else
+                        f" {_f(r.get('accuracy_within_1pct'))} | {_f(r.get('leading_digits_mean'), '.2f')} |")
                      + f" {_f(sq.get('f1'), '.2f')} | {_f(sq.get('em'), '.2f')} | "
                      + (f"{_f(ret.get('f1'), none=na(ret))} / {_f(ret.get('em'), none=na(ret))}" if r is not base
                         else "1 / 1" if sq else "-")
@@ -207,11 +212,14 @@ def write_report(out: Path, report_file: Path, *, run_id: str, model_name: str, 
                          f"{_f(ret['f1'], none=na(ret))} / {_f(ret['em'], none=na(ret))} | "
                          f"{p['score']:.4f} | {({True: 'pass', False: 'fail', None: '?'})[ret['passes']]} |")
     sources = sorted({src for r in results for src in (r.get("per_source") or {})})
+
+    def source_rows(src: str) -> int:
+        return next(r["per_source"][src]["n"] for r in results if src in (r.get("per_source") or {}))
+
     if sources:
         lines += ["", "## Per held-out source (strict / within 1% / mean leading digits right)", "",
                   "split: rows held out of data.train_file; file: data.heldout_file rows. Not tuned on either.", "",
-                  "| model | " + " | ".join(f"{src} (n={next(r['per_source'][src]['n'] for r in results if src in (r.get('per_source') or {}))})"
-                                          for src in sources) + " |",
+                  "| model | " + " | ".join(f"{src} (n={source_rows(src)})" for src in sources) + " |",
                   "|---|" + "---:|" * len(sources)]
         for r in results:
             cells = []

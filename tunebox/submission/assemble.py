@@ -127,7 +127,8 @@ def copy_logs(run_dir: Path, logs: Path) -> list[str]:
                     put(job_dir / name / rel, f"{job}/{name}/{rel}")
     for job, patterns in contents.LOG_PATTERNS.items():
         job_dir = run_dir / job
-        for path in sorted({p for pat in patterns for p in job_dir.rglob(pat) if p.is_file()} if job_dir.is_dir() else []):
+        found = {p for pat in patterns for p in job_dir.rglob(pat) if p.is_file()} if job_dir.is_dir() else set()
+        for path in sorted(found):
             rel = f"{job}/{path.relative_to(job_dir).as_posix()}"
             if rel not in copied:
                 put(path, rel)
