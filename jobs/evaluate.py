@@ -74,12 +74,12 @@ def parse_scales(text) -> list[float]:
 def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     """The whole job; `scales` (or eval.scales) adds the LoRA scale dial."""
     scales = parse_scales(spec.eval.scales) if scales is None else scales
+    backend = pick_backend(spec)
+    shape = get_model_shape(spec.model.name)
     tok = load_tokenizer(spec)
     task = load_heldout(spec.run_dir, spec.data, spec.eval, tok)
     squad_file = spec.resolve(spec.eval.squad_file) if spec.eval.squad_file else None
     squad = load_squad(squad_file, spec.eval, tok, spec.source_path)
-    shape = get_model_shape(spec.model.name)
-    backend = pick_backend(spec)
     contest = contest_figures(spec.stage, param_figures(spec.model.name, spec.lora.rank, spec.lora.target_modules))
     out = spec.job_dir("evaluate")
     atomic_write_json(out / "limits.json", task.limits_info)

@@ -98,6 +98,28 @@ def test_without_squad_the_choice_is_by_score_and_says_retention_is_unknown(llam
     assert choice["model"] == "step-000020" and "not measured" in choice["reason"]
 
 
+def test_results_json_carries_evaluates_scorecard(llama3_contest):
+    """bundle's results.json rows (contents.build_results, which verify recomputes too) carry the scorecard
+    evaluate wrote into its report: one function computes both. Mutant tried: build_results scoring at the
+    exact ratio (params["ratio"]) instead of through scorecard() -> the scores differ and this fails."""
+    from tunebox.submission.contents import build_results
+
+    base = {"model": "base", "squad": {"f1": 60.0, "em": 45.0}}
+    tuned = [annotate(_ckpt(s, a, f1, em), base, llama3_contest)
+             for s, a, f1, em in ((10, 0.5, 58.0, 44.0), (20, 0.7, 50.0, 42.0))]
+    report = {"base": base, "checkpoints": tuned, "best_checkpoint": {"model": "step-000010"}}
+    accuracies = {t["model"]: {"n": 8, "accuracy_strict": t["accuracy_strict"],
+                               "accuracy_tolerant": t["accuracy_tolerant"]} for t in tuned}
+    results = build_results(run_id="x", stage=1, fmt="math", model_name="llama3-8b", rank=8, target_modules="wq|wv",
+                            report=report, accuracies=accuracies, code={},
+                            checkpoints=[{"step": 10, "sha256": "a"}, {"step": 20, "sha256": "b"}])
+    for row, t in zip(results["checkpoints"], tuned):
+        assert (row["score"], row["score_tolerant"], row["ratio"]) == (t["score"], t["score_tolerant"], t["ratio"])
+        assert (row["retention_f1"], row["retention_em"], row["passes_retention"]) == \
+            (t["retention"]["f1"], t["retention"]["em"], t["retention"]["passes"])
+    assert results["chosen"]["model"] == choose_checkpoint(tuned)["model"] == "step-000010"
+
+
 def test_stage2_score_weighs_the_ratio_ten_times():
     spec = load_spec(TINY_RECIPE, ["model.name=internlm-7b", "stage=2"])
     contest = _figures(spec)
