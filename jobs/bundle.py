@@ -154,7 +154,7 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         atomic_write_text(tmp / "ENVIRONMENT.md", contents.render_environment(env))
         atomic_write_text(tmp / "ALGORITHM.md", render_algorithm(
             spec, stats=stats, rejects=rejects,
-            prompt_example=render_prompt_example(spec, tok, heldout[0]), summary=summary, train_index=train_index,
+            prompt_example=render_prompt_example(spec.data, tok, heldout[0]), summary=summary, train_index=train_index,
             merge_index=merge_index, train_manifest=manifests["train"], results=results))
 
         rels = [r for r in contents.files_under(tmp) if r != contents.SUMS_FILE]
