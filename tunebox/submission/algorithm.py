@@ -7,7 +7,11 @@ import re
 from collections import Counter
 from typing import Optional
 
-from tunebox.config import RunSpec
+from tunebox.config import DataSection, RunSpec
+from tunebox.contest.scoring import math_family, mcq_reference_output
+from tunebox.data import answers
+from tunebox.data.prompts import spec_prompt
+from tunebox.data.samples import Example, encode_example
 from tunebox.model.registry import get_model_shape, mindformers_target_regex
 from tunebox.submission import contents, selfcheck
 
@@ -37,23 +41,18 @@ def reject_reasons(rejects: list[dict], top: int = 10) -> list[tuple[str, int, O
     return [(k, n, first[k]) for k, n in counts.most_common(top)]
 
 
-def render_prompt_example(spec: RunSpec, tok, row: dict) -> tuple[str, int, int]:
+def render_prompt_example(data: DataSection, tok, row: dict) -> tuple[str, int, int]:
     """One held-out row formatted as a training sample is (prompt through the chat template, then
     the answer and the end-of-turn marker): (text, prompt tokens, answer tokens)."""
-    from tunebox.data import answers
-    from tunebox.data.samples import Example, encode_example
-    from tunebox.data.prompts import spec_prompt
-    from tunebox.contest.scoring import math_family, mcq_reference_output
-
-    if spec.data.format == "math":
+    if data.format == "math":
         family = math_family(row["prompt"])
         answer = answers.render_answer(row["prompt"], row["reference"],
-                                       answers.format_for(spec.data.answer_format, family), family)
+                                       answers.format_for(data.answer_format, family), family)
     else:
         answer = mcq_reference_output(row["reference"])
     example = Example(row.get("line") or 0, row["prompt"], answer, row["reference"], row.get("meta") or {})
-    _, _, n_tokens = encode_example(tok, example, spec.data.seq_length, spec.data.system_prompt, spec.data.template)
-    prompt_text = spec_prompt(tok, row["prompt"], spec.data)
+    _, _, n_tokens = encode_example(tok, example, data.seq_length, data.system_prompt, data.template)
+    prompt_text = spec_prompt(tok, row["prompt"], data)
     n_prompt = len(tok.encode(prompt_text))
     return prompt_text + answer + tok.answer_suffix, n_prompt, n_tokens - n_prompt
 
