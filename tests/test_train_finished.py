@@ -47,7 +47,7 @@ def test_a_rerun_waits_for_workers_of_a_killed_run_then_refuses(tmp_path):
     """A worker that still runs holds train/.workers.lock (shared); train waits for it and, past its
     timeout, refuses to start beside it. The worker here is a plain process holding the lock as
     jobs/train_worker.py does, not a trained one."""
-    from jobs.train import WORKERS_LOCK, wait_for_workers
+    from tunebox.training.launch import WORKERS_LOCK, wait_for_workers
 
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_SH); "

@@ -443,9 +443,13 @@ class CheckpointIO:
         return {**asdict(self), "written_bytes": self.written_bytes}
 
 
-def checkpoint_io(run, total_steps: int) -> CheckpointIO:
-    from tunebox.model.mf_config import merged_weight_dtype
+def merged_weight_dtype(spec) -> str:
+    """The dtype of the merged checkpoints' weights, which is the predicting network's param_init_type:
+    merge.dtype, else the training dtype (float32 on CPU)."""
+    return spec.merge.dtype or spec.train.dtype
 
+
+def checkpoint_io(run, total_steps: int) -> CheckpointIO:
     shape = get_model_shape(run.model.name)
     every = resume_every(total_steps, run.train.save_state_every)
     merged = merged_weight_dtype(run)
@@ -467,8 +471,6 @@ def estimate_disk(run) -> DiskEstimate:
     params = shape.total_params()
     lora = shape.lora_params(run.lora.rank, run.lora.target_modules)
     n = run.train.num_checkpoints
-    from tunebox.model.mf_config import merged_weight_dtype
-
     merged = merged_weight_dtype(run)
     train_dtype = run.train.dtype if run.train.device != "CPU" else "float32"
     return DiskEstimate({

@@ -24,7 +24,7 @@ from typing import Optional
 
 import yaml
 
-from tunebox.model.budget import RESUME_KEPT, resume_every
+from tunebox.model.budget import RESUME_KEPT, merged_weight_dtype, resume_every
 from tunebox.model.registry import (declared_checkpoint_types, get_model_shape, llama_config_kwargs,
                                     mindformers_target_regex)
 
@@ -208,12 +208,6 @@ def resume_settings(config) -> dict:
         settings["src_strategy_path_or_dir"] = str(
             strategy if config["parallel_config"]["pipeline_stage"] > 1 else strategy / "ckpt_strategy_rank_0.ckpt")
     return settings
-
-
-def merged_weight_dtype(spec) -> str:
-    """The dtype of the merged checkpoints' weights, which is the predicting network's param_init_type:
-    merge.dtype, else the training dtype (float32 on CPU)."""
-    return spec.merge.dtype or spec.train.dtype
 
 
 PAGED_BLOCK_SIZE = 16   # MindFormers' LlamaConfig default block_size
