@@ -52,10 +52,10 @@ WORKER_PROGRAM = Path(__file__).resolve().with_name("train_worker.py")   # what 
 
 
 def train(spec: RunSpec, args=None) -> Path:
-    out = spec.job_dir("train")
+    out, settings = spec.job_dir("train"), train_hash(spec)
     wait_for_workers(out)
     setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
-    resume = check_resume(out, train_hash(spec))
+    resume = check_resume(out, settings)
     prepared = render(spec)
     plan = prepared["plan"]
     losses = read_loss_log(out) if (out / TRAIN_STATE).exists() else []
@@ -68,7 +68,7 @@ def train(spec: RunSpec, args=None) -> Path:
         for stale in ("loss.jsonl", "sessions.jsonl", "checkpoints", "tensorboard"):
             p = out / stale
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    atomic_write_json(out / TRAIN_STATE, {"train_hash": train_hash(spec)})
+    atomic_write_json(out / TRAIN_STATE, {"train_hash": settings})
     shape = get_model_shape(spec.model.name)
     trainable, total_params = shape.lora_params(spec.lora.rank, spec.lora.target_modules), shape.total_params()
     log.info("%s: %s trainable of %s (ratio %.8f); %d steps of %d rows, checkpoints at %s%s",

@@ -55,16 +55,18 @@ def quiet_mindformers_console() -> None:
 def build_llama(shape: ModelShape, *, seq_length: int = 0, batch_size: int = 1, dtype: str = "float32",
                 checkpoint: Optional[Path] = None, strict: bool = True, config: Optional[dict] = None):
     """A MindFormers LlamaForCausalLM with the registry's shapes, optionally loaded from a checkpoint.
-    config: LlamaConfig kwargs when the network is not a training one (mf_config.predict_model_kwargs,
-    the predicting network); else they come from the shape, seq_length, batch_size and dtype."""
+    config: the LlamaConfig kwargs of a predicting network (mf_config.predict_model_kwargs: incremental
+    decoding), built as it is; without it, the training network of shape, seq_length, batch_size and
+    dtype, which on CPU gets avoid_cpu_broadcast_tables (whose cells a predicting network does not have)."""
     from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
 
     import mindspore as ms
 
-    if config is None:
+    predicting = config is not None
+    if not predicting:
         config = llama_config_kwargs(shape, seq_length=seq_length, batch_size=batch_size, dtype=dtype)
     net = LlamaForCausalLM(LlamaConfig(**config))
-    if ms.get_context("device_target") == "CPU":
+    if not predicting and ms.get_context("device_target") == "CPU":
         from tunebox.model.mf_extensions import avoid_cpu_broadcast_tables
 
         avoid_cpu_broadcast_tables(net)

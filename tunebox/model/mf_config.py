@@ -68,7 +68,7 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
     """MindFormers' finetune config for this run.
 
     data_files: prep's MindRecord (or train's packed one); out_dir: the train job's folder (MindFormers'
-    output_dir: checkpoint/, checkpoint_trainable/, log/); plan: train.plan_steps (total_steps,
+    output_dir: checkpoint/, checkpoint_trainable/, log/); plan: training.plan.plan_steps (total_steps,
     batches_per_epoch, warmup_steps, checkpoint_steps); answer_capacity: the most loss-counted positions in
     any row (0: LM head on every position)."""
     t, lora = spec.train, spec.lora
@@ -172,7 +172,8 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
             {**_registered("TuneboxLossLog"), "path": str(out_dir / "loss.jsonl"), "total_steps": total_steps,
              "steps_per_epoch": steps_per_epoch},
             # full checkpoints (weights + optimizer state) for resume_training, rotated. Last: a full
-            # checkpoint of step s means that step's LoRA file and loss line are written (train.training_done)
+            # checkpoint of step s means that step's LoRA file and loss line are written
+            # (training.outputs.training_done)
             {"type": "CheckpointMonitor", "prefix": CHECKPOINT_PREFIX, "directory": str(out_dir),
              "save_checkpoint_steps": resume_every(total_steps, t.save_state_every), "keep_checkpoint_max": RESUME_KEPT,
              "integrated_save": parallel_mode == 0, "async_save": False},
