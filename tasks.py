@@ -33,6 +33,11 @@ def _job(c, name: str, config: str, overrides: list[str] | None = None, extra: s
         cmd += f" --set {shlex.quote(ov)}"
     if extra:
         cmd += " " + extra
+    _wait(cmd)
+
+
+def _wait(cmd: str) -> None:
+    """Run `cmd` in this process group and exit with its code when it fails."""
     print(cmd, flush=True)
     # Not c.run: on Ctrl-C invoke forwards the interrupt through the job's stdin and fails (exit 1) when
     # there is none. The job is in this process group and gets the same SIGINT: wait until it has
@@ -168,6 +173,40 @@ def pipeline(c, config=DEFAULT_CONFIG, set=None):
     print("\n" + report.read_text(encoding="utf-8"))
     print(f"pipeline finished in {(time.time() - started) / 60:.1f} min; report: {report}; "
           f"submission: {spec.run_dir / 'submission'} (check it with: invoke verify {spec.run_dir / 'submission'})")
+
+
+_SWEEP_HELP = {"config": "the recipe every point starts from (default: the local SmolLM2 recipe)",
+               "grid": "spec keys and values, every combination a point: 'lora.rank=8,16 train.lr=5e-4,1e-3'",
+               "seeds": "run each point at these train.seed values, e.g. 0,1,2 (train.seed: LoRA init, dropout, "
+                        "shuffle; data.seed, and so the rows and the held-out set, stays the recipe's)",
+               "name": "runs/sweeps/NAME/ and the runs' id prefix (default: recipe run_id + grid keys)",
+               "set": "override a spec key for every point (repeatable)",
+               "collect": "run nothing: build the table from the run folders there are (e.g. copied off a cluster)"}
+
+
+def _sweep_args(config, grid, seeds, name, set) -> str:
+    args = f"--config {shlex.quote(config)}" + (f" --grid {shlex.quote(grid)}" if grid else "")
+    args += f" --seeds {shlex.quote(str(seeds))}" if seeds != "" else ""
+    args += f" --name {shlex.quote(name)}" if name else ""
+    return args + "".join(f" --set {shlex.quote(o)}" for o in set or [])
+
+
+@task(help=_SWEEP_HELP, iterable=["set"])
+def sweep(c, config=DEFAULT_CONFIG, grid="", seeds="", name="", set=None, collect=False):
+    """A grid of spec settings x seeds, each point an isolated run of the pipeline (skipped when finished; rerun to
+    continue), then runs/sweeps/NAME/results.md, .csv and a plot (tunebox/sweep.py)."""
+    _wait(f"{PY} -m tunebox.sweep {_sweep_args(config, grid, seeds, name, set)}" + (" --collect" if collect else ""))
+
+
+@task(help={"compare": "two run ids, A,B (or --compare A --compare B): spec difference and results side by side",
+            "runs_dir": "the folder holding the runs (default runs)"}, iterable=["compare"])
+def runs(c, compare=None, runs_dir="runs"):
+    """The runs in runs/: id, recipe, what differs from it, chosen step, score, date (tunebox/runs.py)."""
+    compare = [r for value in compare or [] for r in value.replace(",", " ").split()]
+    if compare and len(compare) != 2:
+        raise invoke.Exit("error: --compare takes two runs: invoke runs --compare A,B", code=2)
+    _wait(f"{PY} -m tunebox.runs --runs-dir {shlex.quote(runs_dir)}"
+          + (" --compare " + " ".join(shlex.quote(r) for r in compare) if compare else ""))
 
 
 @task(help={"url": "the file to download (http/https)", "out": "where to put it (with --url)",
@@ -341,9 +380,18 @@ def _render_cmd(config, overlay, image, namespace, set, out):
     return cmd + (f" -o {shlex.quote(out)}" if out else "")
 
 
-@task(name="render", help=_K8S_HELP, iterable=["set"])
-def k8s_render(c, config=DEFAULT_CONFIG, overlay="local-cpu", image="", namespace="", set=None, out=""):
+@task(name="render", help=dict(_K8S_HELP, sweep="render a sweep instead, one Job per point: its grid, as "
+                                                  "`invoke sweep --grid`", seeds="with --sweep: as `invoke sweep`",
+                                name="with --sweep: as `invoke sweep`"), iterable=["set"])
+def k8s_render(c, config=DEFAULT_CONFIG, overlay="local-cpu", image="", namespace="", set=None, out="", sweep="",
+               seeds="", name=""):
     """Render the run's Kubernetes manifests from its spec with kubectl kustomize (k8s/overlays/OVERLAY)."""
+    if sweep or seeds != "":
+        _in_repo(c, f"{PY} -m tunebox.sweep {_sweep_args(config, sweep, seeds, name, set)} --render "
+                    f"{shlex.quote(overlay)}" + (f" --image {shlex.quote(image)}" if image else "")
+                    + (f" --namespace {shlex.quote(namespace)}" if namespace else "")
+                    + (f" -o {shlex.quote(out)}" if out else ""))
+        return
     _in_repo(c, _render_cmd(config, overlay, image, namespace, set, out))
 
 

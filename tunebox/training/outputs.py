@@ -3,6 +3,7 @@ already ran every planned step, and the checkpoint index, loss.csv and summary w
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 
 from tunebox import layout
@@ -106,6 +107,9 @@ def write_outputs(run_dir: Path, prepared: dict, losses: list[dict], shape: Mode
                "this_session_seconds": run_s, "resumed_from_step": start_step,
                "packing": plan.get("packing"), "answer_capacity": prepared["capacity"],
                "tokens_per_s_steady": tokens / max(1e-9, seconds),
+               # this session's peak resident memory: the train process or its largest msrun worker (Linux: KiB)
+               "peak_rss_mb": round(max(resource.getrusage(who).ru_maxrss
+                                        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024, 1),
                "trainer": "mindformers.Trainer", "mindformers_yaml": "mindformers.yaml"}
     atomic_write_json(run_dir / layout.TRAIN_SUMMARY, summary)
     return summary
