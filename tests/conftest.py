@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tunebox.images import NoDockerEngine, docker_client
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 MATH_SAMPLE = SHARED_DATA / "math" / "contest-sample.jsonl"
@@ -25,19 +27,13 @@ def cannot_run(why: str) -> None:
 
 
 def docker_engine():
-    """A Docker client whose engine answered a ping. Only "no engine here" (no socket, refused, no
-    permission: docker.errors.DockerException that is not an APIError) skips; an engine that answers
-    with an error (APIError) is a failure."""
-    import docker
-
+    """A Docker client whose engine answered a ping (tunebox.images.docker_client). Only "no engine
+    here" (no SDK, no socket, refused, no permission) skips; an engine that answers with an error
+    (docker.errors.APIError) is a failure."""
     try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except docker.errors.APIError:
-        raise
-    except docker.errors.DockerException as exc:
+        return docker_client()
+    except NoDockerEngine as exc:
         cannot_run(f"no Docker engine here ({str(exc)[:200]}); start dockerd (docs/CONTAINERS.md)")
-    return client
 
 
 def docker_image(client, tag: str, how: str):
