@@ -33,7 +33,7 @@ def docker_engine():
     try:
         return docker_client()
     except NoDockerEngine as exc:
-        cannot_run(f"no Docker engine here ({str(exc)[:200]}); start dockerd (docs/CONTAINERS.md)")
+        cannot_run(f"no Docker engine here: {exc} (docs/CONTAINERS.md)")
 
 
 def docker_image(client, tag: str, how: str):
