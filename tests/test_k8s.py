@@ -38,6 +38,7 @@ import yaml
 
 from conftest import cannot_run
 from images.compose_up import compose_services
+from tunebox import layout
 from tunebox.config import load_spec
 from tunebox.deploy import ascend
 from tunebox.deploy.crd_schema import validate as validate_offline
@@ -99,7 +100,7 @@ def pod_of(docs) -> tuple[dict, dict, dict]:
 
 
 def test_every_overlay_is_covered():
-    # ascend-job (an AscendJob, no batch Job) is covered by tests/test_cluster_k8s.py.
+    # ascend-job (an AscendJob, no batch Job) is covered below, with the Ascend cluster.
     assert list_overlays() == sorted([*OVERLAY_SETS, "ascend-job"])
 
 
@@ -246,13 +247,19 @@ exit "$code"
 """
 
 
-def run_pipeline(tmp_path, env_extra=None):
+def install_shims(tmp_path: Path, shim: str) -> Path:
+    """`python` and `msrun` stand-ins (shim, formatted with the name) in tmp_path/bin: the folder."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name in ("python", "msrun"):
-        shim = bin_dir / name
-        shim.write_text(SHIM.format(name=name), encoding="utf-8")
-        shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+        path = bin_dir / name
+        path.write_text(shim.format(name=name), encoding="utf-8")
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return bin_dir
+
+
+def run_pipeline(tmp_path, env_extra=None):
+    bin_dir = install_shims(tmp_path, SHIM)
     log = tmp_path / "calls.log"
     log.unlink(missing_ok=True)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SHIM_LOG": str(log), **(env_extra or {})}
@@ -634,16 +641,11 @@ exit 0
 
 
 def run_operator_pipeline(tmp_path, env_extra, prep_done=True):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    for name in ("python", "msrun"):
-        shim = bin_dir / name
-        shim.write_text(OPERATOR_SHIM.format(name=name), encoding="utf-8")
-        shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+    bin_dir = install_shims(tmp_path, OPERATOR_SHIM)
     runs = tmp_path / "runs"
     (runs / "prep").mkdir(parents=True, exist_ok=True)
     if prep_done:
-        (runs / "prep" / "manifest.json").write_text("{}", encoding="utf-8")
+        (runs / layout.manifest("prep")).write_text("{}", encoding="utf-8")
     log = tmp_path / "calls.log"
     log.unlink(missing_ok=True)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SHIM_LOG": str(log), "FAKE_RUNS": str(runs),
