@@ -10,7 +10,7 @@ tunebox's jobs (they need Python 3.11) but can tell whether the contest's stack 
    load_checkpoint, all with the same parameter names and shapes, and none is a LoRA parameter
    (the submission holds merged full checkpoints). --no-load skips this (no MindSpore here).
 
-Standard library plus MindSpore only, and Python 3.9 syntax (tests/test_cluster_images.py runs it
+Standard library plus MindSpore only, and Python 3.9 syntax (tests/test_images.py runs it
 under 3.9). Exit codes: 0 ok, 2 problems found or bad input, 1 crash.
 """
 import argparse

@@ -32,9 +32,10 @@ from tunebox.config import load_spec
 from tunebox.cli import guarded
 from tunebox.io import InputError
 from tunebox.layout import PIPELINE
-from tunebox.deploy.k8s import STACK_FOR_DEVICE, host_data_root, image_tags
+from tunebox.deploy.k8s import host_data_root
+from tunebox.images import STACK_FOR_DEVICE, NoDockerEngine, docker_client, image_for_device
+from tunebox.layout import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 PROJECT = "tunebox"
 STEPS = PIPELINE  # the job order, declared in tunebox/layout.py
@@ -78,7 +79,7 @@ def compose_env(recipe: str, profile: str, image: Optional[str], client) -> tupl
     data_root = host_data_root(spec)
     if data_root is not None and not data_root.is_dir():
         raise InputError(f"the spec's data would be mounted from {data_root}, which does not exist", spec.source_path)
-    image = image or image_tags(STACK_FOR_DEVICE[spec.train.device])[0]
+    image = image or image_for_device(spec.train.device)
     try:
         found = client.images.get(image)
     except Exception:
@@ -119,8 +120,6 @@ def service_results(client, services: list[str]) -> list[tuple[str, str, Optiona
 
 def compose_up(recipe: str = DEFAULT_RECIPE, profile: str = "cpu", until: str = "bundle",
                image: Optional[str] = None, fresh: bool = False) -> int:
-    from images.build import docker_client
-
     if until not in STEPS:
         raise InputError(f"--until must be one of {', '.join(STEPS)}, got {until!r}")
     compose = shutil.which("docker-compose")
@@ -168,16 +167,17 @@ def compose_up(recipe: str = DEFAULT_RECIPE, profile: str = "cpu", until: str = 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m images.compose_up", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", "-c", metavar="SPEC.yaml", default=os.environ.get("TUNEBOX_RECIPE", DEFAULT_RECIPE), help="run spec YAML")
+    parser.add_argument("--config", "-c", metavar="SPEC.yaml", default=os.environ.get("TUNEBOX_RECIPE", DEFAULT_RECIPE),
+                        help="run spec YAML")
     parser.add_argument("--profile", default="cpu", choices=["cpu", "ascend"])
     parser.add_argument("--until", default="bundle", choices=STEPS, help="last step to run (default: bundle)")
     parser.add_argument("--image", help="image tag (default: tunebox:VERSION-STACK for the spec's device)")
     parser.add_argument("--fresh", action="store_true",
                         help="delete this run's folder in the data volume first (default: resume what is there)")
     args = parser.parse_args(argv)
-    from images.build import BuildFailed
     return guarded("compose.up", lambda: compose_up(args.config, args.profile, args.until, args.image, args.fresh),
-                   known=(BuildFailed,), on_interrupt="containers already started keep running; see `docker compose ps`")
+                   known=(NoDockerEngine,),
+                   on_interrupt="containers already started keep running; see `docker compose ps`")
 
 
 if __name__ == "__main__":

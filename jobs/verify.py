@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Optional
 
 import tunebox
+from tunebox import images
 from tunebox.submission import contents
 from tunebox.cli import guarded, setup_logging
 from tunebox.io import InputError
@@ -53,15 +54,9 @@ log = logging.getLogger("tunebox.verify")
 def docker_client():
     """A Docker client, or (None, why not)."""
     try:
-        import docker
-    except ImportError:
-        return None, "the docker Python package is not installed (pip install docker)"
-    try:
-        client = docker.from_env()
-        client.ping()
-        return client, None
-    except Exception as exc:  # no socket, permission denied, engine down: all mean "not available here"
-        return None, f"no Docker engine reachable ({type(exc).__name__}: {str(exc)[:160]})"
+        return images.docker_client(timeout=60), None
+    except Exception as exc:  # no SDK, no socket, permission denied, engine down: all mean "not available here"
+        return None, str(exc)[:300]
 
 
 def run_in_image(sub: Submission, f: Findings, client, image: str, tolerance: float, timeout: float) -> None:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from jobs import verify
+from tunebox.images import NoDockerEngine, docker_client
+from tunebox.submission import contents
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
@@ -25,19 +32,13 @@ def cannot_run(why: str) -> None:
 
 
 def docker_engine():
-    """A Docker client whose engine answered a ping. Only "no engine here" (no socket, refused, no
-    permission: docker.errors.DockerException that is not an APIError) skips; an engine that answers
-    with an error (APIError) is a failure."""
-    import docker
-
+    """A Docker client whose engine answered a ping (tunebox.images.docker_client). Only "no engine
+    here" (no SDK, no socket, refused, no permission) skips; an engine that answers with an error
+    (docker.errors.APIError) is a failure."""
     try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except docker.errors.APIError:
-        raise
-    except docker.errors.DockerException as exc:
-        cannot_run(f"no Docker engine here ({str(exc)[:200]}); start dockerd (docs/CONTAINERS.md)")
-    return client
+        return docker_client()
+    except NoDockerEngine as exc:
+        cannot_run(f"no Docker engine here: {exc} (docs/CONTAINERS.md)")
 
 
 def docker_image(client, tag: str, how: str):
@@ -94,15 +95,65 @@ def tiny_run(tmp_path_factory, tiny_cache) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_run, tmp_path_factory) -> dict:
-    """The shared tiny run, copied and bundled through the CLI once per session: {sub, work}. Read-only for
-    its users (a test that changes the submission copies it first)."""
-    import shutil
-
+    """The shared tiny run, copied and bundled through the CLI once per session: {sub, work, run_dir,
+    cache, stdout (bundle's)}. Read-only for its users: a test that changes the submission or runs a job
+    in the run folder copies it first (copy_submission)."""
     work = tmp_path_factory.mktemp("tinybundle")
     runs = work / "runs"
     shutil.copytree(tiny_run["run_dir"], runs / "tiny", ignore=shutil.ignore_patterns("submission", "mindformers"))
-    run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
-    return {"sub": runs / "tiny" / "submission", "work": work}
+    proc = run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
+    return {"sub": runs / "tiny" / "submission", "work": work, "run_dir": runs / "tiny", "cache": tiny_run["cache"],
+            "stdout": proc.stdout}
+
+
+def copy_submission(sub: Path, tmp_path: Path) -> Path:
+    """A copy of a submission folder to edit: copies data, so the original's hard links are never touched."""
+    dst = tmp_path / "submission"
+    shutil.copytree(sub, dst)
+    return dst
+
+
+def rewrite_sums(sub: Path) -> None:
+    """What someone covering their tracks does: list the edited files' new checksums in SHA256SUMS."""
+    rels = [r for r in contents.files_under(sub) if r != contents.SUMS_FILE]
+    (sub / contents.SUMS_FILE).write_text(contents.format_sha256sums(contents.hash_files(sub, rels)))
+
+
+def verify_here(sub: Path, capsys, *args: str) -> tuple[int, list[str]]:
+    """Run verify's CLI in this process: (exit code, its FAIL lines)."""
+    code = verify.main([str(sub), *args])
+    out = capsys.readouterr().out
+    return code, [line.strip() for line in out.splitlines() if line.strip().startswith("FAIL")]
+
+
+@pytest.fixture(scope="module")
+def mf_cwd(tmp_path_factory):
+    """MindFormers writes ./output/log at import: import it from a scratch folder."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("mf"))
+    yield
+    os.chdir(previous)
+
+
+def start_until_lines(cmd: list[str], cwd: Path, env: dict, watched: Path, lines: int, timeout: float,
+                      poll: float = 0.1) -> subprocess.Popen:
+    """Start `cmd` in a session of its own (kill_session kills it and every process it started, as kill -9
+    on a terminal would) and return once `watched` holds `lines` lines, the process ended, or `timeout`
+    passed; the caller asserts which."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if watched.exists() and len(watched.read_text().splitlines()) >= lines:
+            break
+        time.sleep(poll)
+    return proc
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """kill -9 the process's whole session (start_until_lines started it in one) and reap it."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def planned_checkpoint_steps(run_dir: Path, recipe: Path = TINY_RECIPE, *overrides: str) -> list[int]:

@@ -41,7 +41,7 @@ GROUPS: dict[str, dict] = {
                # the tamper tests verify copies of one tiny run's bundle, built once (tests/test_tamper.py)
                "prebuilt_bundle": True},
     "k8s": {"mutate": ["tunebox/deploy/k8s.py"],
-            "tests": ["tests/test_k8s.py", "tests/test_k8s_nodes.py"]},
+            "tests": ["tests/test_k8s.py"]},
     "train": {"mutate": ["tunebox/training/plan.py", "tunebox/training/outputs.py"],
               "tests": ["tests/test_train_plan.py"],
               # prep in a subprocess, ~30 s a mutant; answer_capacity's own hand-worked test covers the rule

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_RECIPE, job_env, read_jsonl
+from conftest import REPO, TINY_RECIPE, job_env, kill_session, read_jsonl, start_until_lines
+from tunebox import layout
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +151,7 @@ def test_rerun_of_a_finished_pipeline_skips_every_job(reference):
     assert reference["rerun_seconds"] < 30, reference["rerun_seconds"]
     run_dir = reference["run_dir"]
     changed = [str(p) for p, t in reference["before"].items()
-               if not p.exists() or p.stat().st_mtime_ns != t and p.name != "record.jsonl"]
+               if not p.exists() or p.stat().st_mtime_ns != t and p.name != layout.RECORD.name]
     assert not changed, f"the rerun rewrote {changed}"
     assert [r["step"] for r in read_jsonl(run_dir / "train" / "loss.jsonl")] == list(range(1, TOTAL_STEPS + 1))
 
@@ -171,7 +172,7 @@ def test_kill_anywhere_then_the_same_command_finishes_the_same_run(tmp_path, tin
             assert killed.returncode == 130, (killed.returncode, killed.stdout[-4000:])
             steps = [r["step"] for r in read_jsonl(run_dir / "train" / "loss.jsonl")]
             assert 13 <= steps[-1] <= 15, steps[-1]
-        assert not (run_dir / "bundle" / "manifest.json").exists(), f"{point} was never reached"
+        assert not (run_dir / layout.manifest("bundle")).exists(), f"{point} was never reached"
 
     again, _ = pipeline(runs, cache, tmp_path)
     assert again.returncode == 0, again.stdout[-6000:]
@@ -231,24 +232,17 @@ def test_a_killed_launcher_takes_its_msrun_workers_along(tmp_path, tiny_cache):
     extra = ["train.workers=2", f"train.master_port={port}"]
     cmd = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "pipeline", "--config", str(TINY_RECIPE),
            "--set", f"runs_dir={runs}"] + sum((["--set", s] for s in RUN + extra), [])
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(tiny_cache), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     loss = runs / "tiny" / "train" / "loss.jsonl"
-    deadline = time.time() + 900
-    while time.time() < deadline and proc.poll() is None:
-        if loss.exists() and len(loss.read_text().splitlines()) >= 5:
-            break
-        time.sleep(0.1)
+    proc = start_until_lines(cmd, tmp_path, job_env(tiny_cache), loss, 5, timeout=900)
     assert proc.poll() is None, "the pipeline ended before it could be killed"
     assert _processes_naming("train_worker.py"), "no msrun worker was running"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_session(proc)
     time.sleep(5)
     assert not _processes_naming(str(runs)), "a worker outlived the killed launcher"
     steps_after_kill = len(loss.read_text().splitlines())
     time.sleep(5)
     assert len(loss.read_text().splitlines()) == steps_after_kill, "the workers went on training"
-    assert not (runs / "tiny" / "train" / "manifest.json").exists()
+    assert not (runs / "tiny" / layout.manifest("train")).exists()
 
     again, _ = pipeline(runs, tiny_cache, tmp_path, *extra)
     assert again.returncode == 0, again.stdout[-6000:]

@@ -4,12 +4,7 @@ reason; model_config keys are compared through MindFormers' LlamaConfig (a key o
 as LlamaConfig's default), so a spelling that means the same thing is not a difference."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from conftest import REPO
-
 from tunebox.config import load_spec
 from tunebox.model.mf_config import render_train_config
 from tunebox.training.plan import plan_steps
@@ -26,7 +21,7 @@ CONTEST_SOURCE = ("mindspore-courses/competition", "c50a755c427b68b52a815122cd5b
                   "2024-ascend-innovation-contest/topic2-finetune/first-phase/ALL IN ONE/"
                   "run_llama3_8b_8k_800T_A2_64G_lora_dis_256.yaml")
 # The contest's files sat in ModelArts' notebook folder, /home/ma-user/ then "work"; spelled in two
-# pieces so the repository's scan for development-machine paths (test_cluster_images) does not take it for one.
+# pieces so the repository's scan for development-machine paths (test_images) does not take it for one.
 MA_WORK = "/home/ma-user/" + "wo" "rk/"
 CONTEST_STAGE1 = {
     'seed': 0,
@@ -254,16 +249,6 @@ def flatten(d, prefix: str = "") -> dict:
     else:
         out[prefix[:-1]] = d
     return out
-
-
-@pytest.fixture(scope="module")
-def mf_cwd(tmp_path_factory):
-    import os
-
-    previous = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("mf"))
-    yield
-    os.chdir(previous)
 
 
 def model_config_value(model_config: dict, key: str):

@@ -6,37 +6,51 @@ rule is also broken on purpose to show the check catches it; hadolint runs with 
 its rules are broken on purpose too. The build context, the CA scan and
 the compose graph are checked on real files. With a Docker engine (mark `docker`): the built
 cpu image's labels, image.json, user and stack, and the CA scan against a deliberately leaky image.
+
+The OCI labels say when the image was made and under which licence, the
+same facts reach /etc/tunebox/image.json, no project file names a development machine's path,
+and a run inside an image (no .git) still records the commit it ran: the image's revision label.
+Checked without building an image: the Dockerfile is parsed per stack with its build args.
 """
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import cannot_run, docker_engine, docker_image
-from images import build as ib
+from images import build as image_cli, buildkit, ca_scan, dockerfile, lint as image_lint, stacks
 from images.compose_up import STEPS, compose_services, profile_overrides, service_name
 from tunebox.config import load_spec
-from tunebox.deploy.k8s import host_data_root, image_tags, project_version
+from tunebox.deploy.k8s import host_data_root
+from tunebox.images import image_tags, project_version
+from tunebox.io import InputError
+from tunebox.submission.code_archive import make_code_archive
+
+
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE_TEXT = (REPO / "Dockerfile").read_text(encoding="utf-8")
-STACKS = ib.list_stacks()
+STACKS = stacks.list_stacks()
 
 
 def lint(text: str, stack: str = "cpu-ms2.9", **extra_args) -> list[str]:
-    args = ib.build_args_for(ib.load_stack(stack), "tunebox:test", revision="test")
+    args = stacks.build_args_for(stacks.load_stack(stack), "tunebox:test", revision="test")
     args.update(extra_args)
-    _, problems = ib.lint_dockerfile(text, args)
+    _, problems = image_lint.lint_dockerfile(text, args)
     return [str(p) for p in problems]
 
 
@@ -45,7 +59,7 @@ def lint(text: str, stack: str = "cpu-ms2.9", **extra_args) -> list[str]:
 def test_every_stack_has_readme_lock_and_pins_its_versions():
     assert {"cpu-ms2.9", "ascend-cann9.0-ms2.9", "contest-2024"} <= set(STACKS)
     for name in STACKS:
-        stack = ib.load_stack(name)
+        stack = stacks.load_stack(name)
         readme = (stack.folder / "README.md").read_text(encoding="utf-8")
         for key in ("MINDSPORE_VERSION", "MINDFORMERS_VERSION", "BASE_IMAGE"):
             assert stack.build_args[key] in readme, f"{name}/README.md does not mention {key}"
@@ -68,7 +82,7 @@ def test_each_stack_that_installs_tunebox_pins_its_dependencies():
     direct = [Requirement(d) for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
     assert "matplotlib" in {r.name for r in direct}
     for name in STACKS:
-        stack = ib.load_stack(name)
+        stack = stacks.load_stack(name)
         if stack.build_args["INSTALL_TUNEBOX"] != "1":
             continue
         pins = {}
@@ -98,7 +112,7 @@ def test_each_stack_that_installs_tunebox_pins_its_dependencies():
 
 
 def test_contest_stack_is_python39_on_bullseye_without_tunebox():
-    args = ib.load_stack("contest-2024").build_args
+    args = stacks.load_stack("contest-2024").build_args
     assert (args["PYTHON"], args["BASE_IMAGE"], args["INSTALL_TUNEBOX"]) == (
         "python3.9", "tunebox/debian-bullseye:base", "0")
     # the contest's versions, cited in tunebox/contest/rules.py (the winner's init_run.sh, MindFormers v1.1.0's README)
@@ -112,8 +126,8 @@ def test_contest_stack_is_python39_on_bullseye_without_tunebox():
 
 @pytest.mark.parametrize("name", STACKS)
 def test_dockerfile_keeps_the_rules_for_stack(name):
-    stack = ib.load_stack(name)
-    parsed, problems = ib.lint_stack(stack)
+    stack = stacks.load_stack(name)
+    parsed, problems = image_lint.lint_stack(stack)
     assert [str(p) for p in problems] == []
     assert [s.name for s in parsed.stages] == ["runtime", "builder", "final"]
     assert parsed.stages[0].base == stack.base_image          # FROM ${BASE_IMAGE} resolved per stack
@@ -132,7 +146,7 @@ def _final_apt_packages(name: str) -> set[str]:
     """The packages `apt-get install` puts into the final image's stages (final and what it is built on)."""
     import shlex
 
-    parsed, _ = ib.lint_stack(ib.load_stack(name))
+    parsed, _ = image_lint.lint_stack(stacks.load_stack(name))
     packages: set[str] = set()
     for stage in parsed.final.lineage():
         for ins in stage.instructions:
@@ -149,7 +163,7 @@ def test_ascend_images_can_compile_operators_at_training_time(name):
     """CANN compiles operators while training (TBE/AscendC kernels on first use); its install guide
     lists gcc >= 7.3 (and g++) as a dependency (hiascend.com, CANN installation guide, "Installing
     Dependencies"). The compiler must be in the final image, not only the builder."""
-    cann = ib.load_stack(name).build_args.get("CANN_VERSION", "none")
+    cann = stacks.load_stack(name).build_args.get("CANN_VERSION", "none")
     packages = _final_apt_packages(name)
     assert "python3" in " ".join(packages)           # the parse found the runtime's install line
     if cann == "none":
@@ -204,7 +218,7 @@ def test_lint_catches_a_broken_rule(case):
 
 
 def test_hadolint_passes_the_dockerfile():
-    assert [str(p) for p in ib.hadolint(DOCKERFILE_TEXT)] == []
+    assert [str(p) for p in image_lint.hadolint(DOCKERFILE_TEXT)] == []
 
 
 INSTALL = "apt-get install -y --no-install-recommends ${PYTHON} ${RUNTIME_PACKAGES}"
@@ -223,16 +237,16 @@ def test_hadolint_catches_a_broken_rule(case):
     mutate, code = HADOLINT_BROKEN[case]
     broken = mutate(DOCKERFILE_TEXT)
     assert broken != DOCKERFILE_TEXT, "the mutation no longer applies: update the test with the Dockerfile"
-    findings = [str(p) for p in ib.hadolint(broken)]
+    findings = [str(p) for p in image_lint.hadolint(broken)]
     assert any(f"hadolint {code}" in f for f in findings), findings
 
 
 def test_image_lint_command_runs_hadolint(tmp_path, monkeypatch, capsys):
-    assert ib.main(["lint", "--stack", "cpu-ms2.9"]) == 0
+    assert image_cli.main(["lint", "--stack", "cpu-ms2.9"]) == 0
     broken = tmp_path / "Dockerfile"
     broken.write_text(HADOLINT_BROKEN["recommends pulled in"][0](DOCKERFILE_TEXT), encoding="utf-8")
-    monkeypatch.setattr(ib, "DOCKERFILE", broken)
-    assert ib.main(["lint", "--stack", "cpu-ms2.9"]) == 2
+    monkeypatch.setattr(image_lint, "DOCKERFILE", broken)
+    assert image_cli.main(["lint", "--stack", "cpu-ms2.9"]) == 2
     assert "hadolint DL3015" in capsys.readouterr().out
 
 
@@ -254,7 +268,7 @@ def test_parser_joins_continuations_and_substitutes_like_the_engine():
         FROM first AS second
         RUN echo [$A] $C
         """)
-    parsed, problems = ib.parse_dockerfile(text, {"A": "uno"})
+    parsed, problems = dockerfile.parse_dockerfile(text, {"A": "uno"})
     assert problems == []
     first, second = parsed.stages
     assert first.base == "tunebox/x:uno" and second.parent is first
@@ -275,13 +289,13 @@ def test_parser_scopes_args_and_env_like_the_engine():
         ENV E=new F=$E
         LABEL a.b="$D and $E" c=${F}
         """)
-    parsed, problems = ib.parse_dockerfile(text, {})
+    parsed, problems = dockerfile.parse_dockerfile(text, {})
     assert problems == []
     stage = parsed.final
     assert stage.scope["D"] == "own"             # a stage's own default beats the global one
     assert stage.env == {"E": "new", "F": "old"}  # each pair of one ENV sees the scope before it
     assert parsed.labels() == {"a.b": "own and new", "c": "old"}
-    assert ib.parse_dockerfile(text, {"D": "arg"})[0].final.scope["D"] == "arg"
+    assert dockerfile.parse_dockerfile(text, {"D": "arg"})[0].final.scope["D"] == "arg"
 
 
 # ---- build context and the CA scan ---------------------------------------------------------
@@ -290,7 +304,7 @@ def _fake_ca_bundle(path: Path) -> tuple[bytes, bytes]:
     """A bundle of one stock root (from certifi) and one certificate no public store has."""
     import certifi
 
-    stock = ib._PEM.search(Path(certifi.where()).read_bytes()).group(0) + b"\n"
+    stock = ca_scan._PEM.search(Path(certifi.where()).read_bytes()).group(0) + b"\n"
     body = base64.b64encode(os.urandom(600))
     extra = b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(body[i:i + 64] for i in range(0, len(body), 64)) \
         + b"\n-----END CERTIFICATE-----\n"
@@ -299,7 +313,7 @@ def _fake_ca_bundle(path: Path) -> tuple[bytes, bytes]:
 
 
 def test_build_context_has_the_code_and_this_stack_but_no_certificate():
-    context = ib.build_context(ib.load_stack("cpu-ms2.9"))
+    context = buildkit.build_context(stacks.load_stack("cpu-ms2.9"))
     with tarfile.open(fileobj=context) as tar:
         names = set(tar.getnames())
     assert not any(n.endswith((".crt", ".pem")) for n in names)   # the CA goes as a BuildKit secret
@@ -327,12 +341,12 @@ def test_build_picks_a_docker_client_that_has_buildkit(tmp_path, monkeypatch):
     with_buildx = _fake_docker(tmp_path / "buildx", "28.2.2", buildx=True)
     def pick(*exes: Path) -> str:
         monkeypatch.setenv("PATH", os.pathsep.join(str(e.parent) for e in exes))
-        exe, env = ib.buildkit_client()
+        exe, env = buildkit.buildkit_client()
         assert env["DOCKER_BUILDKIT"] == "1"
         return exe
     assert pick(new_no_buildx, debian) == str(debian)
     assert pick(with_buildx, debian) == str(with_buildx)
-    with pytest.raises(ib.InputError, match="docker.io"):
+    with pytest.raises(InputError, match="docker.io"):
         pick(new_no_buildx)
 
 
@@ -356,13 +370,13 @@ def test_ca_scan_finds_copies_and_extra_certificates(tmp_path):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     buffer.seek(0)
-    findings = ib.scan_tar_for_ca(buffer, ca)
+    findings = ca_scan.scan_tar_for_ca(buffer, ca)
     assert sorted(f.split(":")[0] for f in findings) == ["/opt/app/renamed.bin",
                                                          "/usr/local/share/ca-certificates/proxy.crt"]
 
 
 def re_wrap(pem: bytes, width: int) -> bytes:
-    body = b"".join(ib.pem_bodies(pem))
+    body = b"".join(ca_scan.pem_bodies(pem))
     return b"\n".join(body[i:i + width] for i in range(0, len(body), width))
 
 
@@ -488,7 +502,7 @@ def _run(client, image, command: list[str]) -> str:
 def test_cpu_image_describes_itself(cpu_image):
     client, image = cpu_image
     labels = image.labels
-    stack = ib.load_stack("cpu-ms2.9")
+    stack = stacks.load_stack("cpu-ms2.9")
     assert labels["tunebox.stack"] == "cpu-ms2.9"
     assert labels["tunebox.mindspore"] == stack.build_args["MINDSPORE_VERSION"]
     recorded = json.loads(_run(client, image, ["cat", "/etc/tunebox/image.json"]))
@@ -519,7 +533,187 @@ def test_ca_scan_catches_a_leaky_image(tmp_path):
     context.seek(0)
     image, _ = client.images.build(fileobj=context, custom_context=True, rm=True, forcerm=True)
     try:
-        findings = ib.find_ca_in_image(client, image.id, ca)
+        findings = ca_scan.find_ca_in_image(client, image.id, ca)
     finally:
         client.images.remove(image.id, force=True)
     assert sorted(f.split(":")[0] for f in findings) == ["/opt/leak/innocent.bin", "/tmp/deleted.bin"]
+
+
+# ---- what the image says about itself: labels, image.json, the revision ----------------------
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def build_args(stack_name: str) -> dict[str, str]:
+    stack = stacks.load_stack(stack_name)
+    return stacks.build_args_for(stack, image_tags(stack.name)[0], revision=REVISION)
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_labels_say_when_and_under_which_licence(name):
+    args = build_args(name)
+    created = dt.datetime.fromisoformat(args["CREATED"].replace("Z", "+00:00"))
+    assert created.tzinfo is not None and abs(dt.datetime.now(dt.timezone.utc) - created) < dt.timedelta(minutes=5)
+    licence = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"]["text"]
+    parsed, problems = image_lint.lint_dockerfile((REPO / "Dockerfile").read_text(), args)
+    assert [str(p) for p in problems] == []
+    labels = parsed.labels()
+    assert labels["org.opencontainers.image.created"] == args["CREATED"]
+    assert labels["org.opencontainers.image.licenses"] == licence == "Apache-2.0"
+    assert labels["org.opencontainers.image.revision"] == REVISION
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_image_json_records_the_labels(name, tmp_path):
+    """Runs the Dockerfile's own image.json step (its python -c) with the stack's build args."""
+    args = build_args(name)
+    parsed, _ = image_lint.lint_dockerfile((REPO / "Dockerfile").read_text(), args)
+    run = next(i for i in parsed.final.instructions if i.keyword == "RUN" and "/etc/tunebox/image.json" in i.value)
+    argv = shlex.split(run.value)
+    code = argv[argv.index("-c") + 1].replace("/etc/tunebox/image.json", str(tmp_path / "image.json"))
+    env = {k: v for k, v in args.items()}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    recorded = json.loads((tmp_path / "image.json").read_text())
+    labels = parsed.labels()
+    assert {k: v for k, v in recorded.items() if k != "tunebox.image"} == {
+        k: v for k, v in labels.items() if k in recorded}
+    assert {"org.opencontainers.image.created", "org.opencontainers.image.licenses",
+            "org.opencontainers.image.revision"} <= set(recorded)
+    # every label but the descriptive ones reaches the file a job can read
+    assert set(labels) - set(recorded) <= {"org.opencontainers.image.description"}
+
+
+def test_no_project_file_names_a_development_machines_path():
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        cannot_run("needs git and the git checkout (the list of project files)")
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
+    needles = ["/" + "work/", "/" + "root/"]          # split so this file does not match itself
+    found = []
+    for rel in filter(None, files.decode().split("\0")):
+        path = REPO / rel
+        if not path.is_file() or path.stat().st_size > 2_000_000:
+            continue
+        text = path.read_bytes().decode("utf-8", "replace")
+        found += [f"{rel}: {n}" for n in needles if n in text]
+    assert found == []
+
+
+def manifest_in_an_image(tmp_path, revision: str) -> dict:
+    labels = tmp_path / "image.json"
+    labels.write_text(json.dumps({"org.opencontainers.image.revision": revision, "tunebox.stack": "cpu-ms2.9"}))
+    # No git on PATH, as in the image.
+    env = {"PATH": str(tmp_path / "no-bin"), "PYTHONPATH": str(REPO), "TUNEBOX_IMAGE_LABELS": str(labels),
+           "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "jobs.env", "--no-freeze"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_run_inside_an_image_records_the_image_revision_as_its_commit(tmp_path):
+    clean = manifest_in_an_image(tmp_path, REVISION)
+    assert clean["git"]["commit"] == REVISION and clean["git"]["dirty"] is False
+    assert clean["git"]["source"] == "image label org.opencontainers.image.revision"
+    dirty = manifest_in_an_image(tmp_path, REVISION + "-dirty")
+    assert dirty["git"]["commit"] == REVISION and dirty["git"]["dirty"] is True
+    unknown = manifest_in_an_image(tmp_path, "unknown")
+    assert unknown["git"] is None
+
+
+def test_code_archive_of_an_image_run_names_its_commit_without_the_warning(tmp_path):
+    app = tmp_path / "app"                     # what the image holds: code, no .git
+    (app / "jobs").mkdir(parents=True)
+    (app / "jobs" / "train.py").write_text("print('train')\n")
+    (app / "pyproject.toml").write_text("[project]\nname = 'tunebox'\n")
+    git = {"root": None, "commit": REVISION, "dirty": False, "branch": None,
+           "source": "image label org.opencontainers.image.revision"}
+    info = make_code_archive(git, tmp_path / "code.tar.gz", root=app)
+    assert info["source"] == "image" and info["commit"] == REVISION and info["dirty"] is False
+    assert "may differ" not in info["note"] and REVISION in info["note"]
+    import tarfile
+    with tarfile.open(tmp_path / "code.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["tunebox/jobs/train.py", "tunebox/pyproject.toml"]
+    dirty = make_code_archive({**git, "dirty": True}, tmp_path / "code2.tar.gz", root=app)
+    assert dirty["source"] == "working tree" and "may differ" in dirty["note"]
+
+
+# ---- the contest's own stack: what it can run of ours ----------------------------------------
+
+def fake_submission(folder: Path, names=("model.layers.0.attention.wq.weight", "model.norm_out.weight")) -> Path:
+    import hashlib
+
+    import numpy as np
+
+    from tunebox.model.checkpoint import save_checkpoint_numpy
+    rng = np.random.default_rng(0)
+    for step in (10, 20):
+        path = folder / "checkpoints" / f"step-{step:06d}" / "model.ckpt"
+        save_checkpoint_numpy(path, {name: rng.standard_normal((4, 4) if "wq" in name else (4,)).astype(np.float32)
+                                     for name in names})
+    (folder / "results.json").write_text("{}")
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(folder).as_posix()}"
+             for p in sorted(folder.rglob("*")) if p.is_file()]
+    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def check_submission(folder: Path, python: str = sys.executable, *extra: str):
+    return subprocess.run([python, str(REPO / "images" / "check_submission.py"), str(folder), *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_submission_check_loads_every_checkpoint_with_this_mindspore(tmp_path):
+    ok = check_submission(fake_submission(tmp_path / "ok"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.count("loaded checkpoints/step-") == 2 and "mindspore 2.9" in ok.stdout
+
+    tampered = fake_submission(tmp_path / "tampered")
+    (tampered / "results.json").write_text('{"edited": true}')
+    (tampered / "stray.txt").write_text("x")
+    bad = check_submission(tampered)
+    assert bad.returncode == 2
+    assert "results.json does not match its sha256" in bad.stdout and "stray.txt is not listed" in bad.stdout
+
+    lora = check_submission(fake_submission(tmp_path / "lora", names=(
+        "model.layers.0.attention.wq.mindpet_delta_lora_a", "model.norm_out.weight")))
+    assert lora.returncode == 2 and "LoRA parameters left" in lora.stdout
+
+
+def contest_python() -> tuple[str, dict] | None:
+    """A working python3.9 and the environment it needs (pyenv's shim needs PYENV_VERSION), or None."""
+    exe = shutil.which("python3.9")
+    if exe is None:
+        return None
+    variants = [{}]
+    if shutil.which("pyenv"):
+        bare = subprocess.run(["pyenv", "versions", "--bare"], capture_output=True, text=True).stdout.split()
+        variants += [{"PYENV_VERSION": v} for v in bare if v.startswith("3.9")]
+    import os
+    for extra in variants:
+        env = {**os.environ, **extra}
+        if subprocess.run([exe, "-c", "import sys; assert sys.version_info[:2] == (3, 9)"], env=env,
+                          capture_output=True).returncode == 0:
+            return exe, env
+    return None
+
+
+def test_submission_check_runs_on_the_contest_python(tmp_path):
+    found = contest_python()
+    if found is None:
+        cannot_run("no Python 3.9 here (the contest stack's Python; e.g. pyenv install 3.9)")
+    exe, env = found
+    done = subprocess.run([exe, str(REPO / "images" / "check_submission.py"), str(fake_submission(tmp_path / "s")),
+                           "--no-load"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "python 3.9" in done.stdout
+
+
+def test_contest_image_carries_the_submission_check():
+    args = stacks.load_stack("contest-2024").build_args
+    parsed, problems = image_lint.lint_dockerfile((REPO / "Dockerfile").read_text(),
+                                          stacks.build_args_for(stacks.load_stack("contest-2024"), "t", revision=REVISION))
+    assert problems == []
+    copies = [i.resolved.split() for i in parsed.final.instructions if i.keyword == "COPY"]
+    assert ["images/check_submission.py", "/usr/local/bin/tunebox-check-submission"] in copies
+    assert args["INSTALL_TUNEBOX"] == "0"      # tunebox's jobs need Python 3.11; the stack is 3.9

@@ -6,25 +6,48 @@ the first failure, and splits a multi-node run between pod 0 and the others.
 
 No cluster is needed. Only `python` and `msrun` are stand-ins in the pipeline test: the real
 jobs are exercised elsewhere, and msrun across nodes cannot run here.
+
+The multi-node overlay's node count, without kubectl: train.workers is split into pods of one
+node's cards (4 on the overlay), and a multi-node run needs at least two of them.
+
+The Kubernetes Job against issue 29's promise (kill it anywhere, run the same command again): a pod
+that is killed is replaced by the Job (restartPolicy Never + backoffLimit >= 1) with the same command,
+and the new pod finds what the killed one wrote, because the run folder is on a PersistentVolumeClaim,
+not in the pod. The same command resuming is what tests/test_chaos.py proves.
+
+Ascend cluster readiness, checked on parsed renders: the host's driver and tools at
+Huawei's paths from one list (k8s and compose), the card generation's labels and node selector,
+HCCL settings, the AscendJob overlay and the Indexed Job's Volcano PodGroup, offline schema
+validation of every render (custom kinds against schemas derived from their public CRDs), the
+runs claim sized from the spec, and the job entry (images/pipeline.sh) starting from the variables
+Huawei's operator sets. No cluster, no card: `python` and `msrun` are stand-ins in the pipeline tests.
 """
 from __future__ import annotations
 
+import copy
 import json
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
+import kubernetes_validate  # the `test` extra of pyproject.toml
 import pytest
 import yaml
 
-import kubernetes_validate  # the `test` extra of pyproject.toml
-
 from conftest import cannot_run
+from images.compose_up import compose_services
+from tunebox import layout
 from tunebox.config import load_spec
+from tunebox.deploy import ascend
 from tunebox.deploy.crd_schema import validate as validate_offline
+from tunebox.deploy.k8s import find_kubectl, list_overlays, overlay_shape, plan_render, render, template_paths
+from tunebox.images import project_version
 from tunebox.io import InputError
-from tunebox.deploy.k8s import find_kubectl, list_overlays, overlay_shape, project_version, render
+from tunebox.manifest import ascend_info
+from tunebox.model.budget import estimate_disk
+
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny.yaml"
@@ -77,7 +100,7 @@ def pod_of(docs) -> tuple[dict, dict, dict]:
 
 
 def test_every_overlay_is_covered():
-    # ascend-job (an AscendJob, no batch Job) is covered by tests/test_cluster_k8s.py.
+    # ascend-job (an AscendJob, no batch Job) is covered below, with the Ascend cluster.
     assert list_overlays() == sorted([*OVERLAY_SETS, "ascend-job"])
 
 
@@ -224,13 +247,19 @@ exit "$code"
 """
 
 
-def run_pipeline(tmp_path, env_extra=None):
+def install_shims(tmp_path: Path, shim: str) -> Path:
+    """`python` and `msrun` stand-ins (shim, formatted with the name) in tmp_path/bin: the folder."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name in ("python", "msrun"):
-        shim = bin_dir / name
-        shim.write_text(SHIM.format(name=name), encoding="utf-8")
-        shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+        path = bin_dir / name
+        path.write_text(shim.format(name=name), encoding="utf-8")
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return bin_dir
+
+
+def run_pipeline(tmp_path, env_extra=None):
+    bin_dir = install_shims(tmp_path, SHIM)
     log = tmp_path / "calls.log"
     log.unlink(missing_ok=True)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SHIM_LOG": str(log), **(env_extra or {})}
@@ -275,3 +304,609 @@ def test_multi_node_other_pods_only_join_train(tmp_path):
     assert done.returncode == 0, done.stderr
     assert [c.split()[0] for c in calls] == ["python", "msrun"]       # the job_dir lookup, then msrun
     assert "--node_rank=2" in calls[1] and "--worker_num=12" in calls[1]
+
+
+# ---- the multi-node overlay's node count (no kubectl) ---------------------------------------
+
+
+
+def test_the_multi_node_overlay_has_four_cards_a_node():
+    assert overlay_shape("multi-node").npus_per_pod == 4  # the figures below are worked for 4
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 4, 6])
+def test_multi_node_refuses_fewer_than_two_nodes(workers):
+    """4 workers fit one node: the overlay would render a one-pod "multi-node" Job; refuse it."""
+    with pytest.raises(InputError, match=r"at least 2 nodes \(8, 12, \.\.\.\); the spec has " + str(workers)):
+        plan_render(TINY, "multi-node", overrides=[f"train.workers={workers}", f"train.batch_size={workers}"])
+
+
+@pytest.mark.parametrize("workers, nodes", [(8, 2), (12, 3), (16, 4)])
+def test_multi_node_pods_are_workers_over_four(workers, nodes):
+    plan = plan_render(TINY, "multi-node", overrides=[f"train.workers={workers}", f"train.batch_size={workers}"])
+    assert (plan.nodes, plan.workers) == (nodes, workers)
+
+
+# ---- a killed pod is replaced and finds its run (issue 29) -----------------------------------
+
+# One pod per Job: the Job replaces a killed pod. (multi-node keeps backoffLimit 0 on purpose: one lost pod
+# breaks the collective, so the whole Job is applied again, and it resumes the same way.)
+SINGLE_POD = ("local-cpu", "ascend-4card")
+
+
+@pytest.mark.usefixtures("kubectl")
+@pytest.mark.parametrize("overlay", SINGLE_POD)
+def test_a_killed_pod_is_replaced_and_finds_the_run_it_left(overlay):
+    docs = rendered(overlay, OVERLAY_SETS[overlay])
+    job, pod, container = pod_of(docs)
+    assert pod["restartPolicy"] == "Never"          # the Job makes a new pod; the killed one stays for its logs
+    assert job["spec"]["backoffLimit"] >= 1, "a killed pod would end the Job instead of running again"
+    runs_dir = next(container["args"][i + 1].split("=", 1)[1] for i, a in enumerate(container["args"][:-1])
+                    if a == "--set" and container["args"][i + 1].startswith("runs_dir="))
+    mount = max((m for m in container["volumeMounts"] if (runs_dir + "/").startswith(m["mountPath"].rstrip("/") + "/")),
+                key=lambda m: len(m["mountPath"]))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "persistentVolumeClaim" in volume, f"{runs_dir} is on {volume}: a new pod would start from nothing"
+    assert not mount.get("readOnly")
+
+
+# ---- Ascend cluster readiness: host paths, cards, HCCL, AscendJob, Volcano, claims, the operator's entry ---
+
+SETS = {"local-cpu": [], "ascend-4card": [], "multi-node": ["train.workers=8", "train.batch_size=8"],
+        "ascend-job": ["train.workers=16", "train.batch_size=16"]}
+ASCEND_OVERLAYS = ("ascend-4card", "multi-node", "ascend-job")
+
+
+def docs_of(overlay: str, extra=(), spec=TINY) -> dict[str, list[dict]]:
+    text, _ = render(spec, overlay, overrides=SETS[overlay] + list(extra))
+    out: dict[str, list[dict]] = {}
+    for doc in yaml.safe_load_all(text):
+        out.setdefault(doc["kind"], []).append(doc)
+    return out
+
+
+def workload(docs) -> dict:
+    found = docs.get("Job", []) + docs.get("AscendJob", [])
+    assert len(found) == 1
+    return found[0]
+
+
+def pointer(doc: dict, path: str):
+    node = doc
+    for part in path.strip("/").split("/"):
+        node = node[part]
+    return node
+
+
+def pods(docs) -> dict[str, dict]:
+    """Pod template per role: 'pod' for a Job, 'Scheduler' / 'Worker' for an AscendJob."""
+    w = workload(docs)
+    return {path.split("/")[-2] if w["kind"] == "AscendJob" else "pod": pointer(w, path)
+            for path in template_paths(w["kind"])}
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_every_overlay_is_exercised_here():
+    assert list_overlays() == sorted(SETS)
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.parametrize("overlay", sorted(SETS))
+def test_every_render_passes_offline_schema_validation(overlay):
+    docs = docs_of(overlay)
+    kinds = {kind for kind in docs}
+    for kind_docs in docs.values():
+        for doc in kind_docs:
+            validate_offline(doc)
+    assert ("AscendJob" in kinds) == (overlay == "ascend-job")
+    assert ("PodGroup" in kinds) == (overlay in ("ascend-4card", "multi-node"))
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_custom_kind_schemas_refuse_misspelt_and_mistyped_fields():
+    docs = docs_of("ascend-job")
+    job = docs["AscendJob"][0]
+    validate_offline(job)
+    typo = copy.deepcopy(job)
+    typo["spec"]["runPolicy"]["schedulingPolicy"]["minAvailble"] = 3
+    with pytest.raises(jsonschema.ValidationError, match="minAvailble"):
+        validate_offline(typo)
+    wrong_type = copy.deepcopy(job)
+    wrong_type["spec"]["replicaSpecs"]["Worker"]["replicas"] = "two"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_offline(wrong_type)
+    bad_container = copy.deepcopy(job)
+    bad_container["spec"]["replicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["volumeMount"] = []
+    with pytest.raises(jsonschema.ValidationError, match="volumeMount"):
+        validate_offline(bad_container)
+    group = copy.deepcopy(docs_of("multi-node")["PodGroup"][0])
+    group["spec"]["minMembers"] = 2
+    with pytest.raises(jsonschema.ValidationError, match="minMembers"):
+        validate_offline(group)
+    with pytest.raises(ValueError, match="no schema"):
+        validate_offline({"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "x"}})
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.parametrize("overlay", ASCEND_OVERLAYS)
+def test_npu_pods_mount_the_host_driver_and_tools_at_huaweis_paths(overlay):
+    for role, template in pods(docs_of(overlay)).items():
+        pod = template["spec"]
+        container = pod["containers"][0]
+        host_volumes = {v["name"]: v["hostPath"] for v in pod["volumes"] if "hostPath" in v}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        # The AscendJob's Scheduler holds no NPU but runs train_worker.py with device_target Ascend:
+        # MindSpore's Ascend plugin loads CANN, which needs the driver's libraries. Huawei's multi-node
+        # sample mounts the driver into its Scheduler too (mindspore_multinodes_acjob_910b.yaml).
+        assert host_volumes == {h.name: {"path": h.path, "type": h.kind} for h in ascend.HOST_PATHS}
+        for h in ascend.HOST_PATHS:
+            assert mounts[h.name]["mountPath"] == h.path and mounts[h.name]["readOnly"] is True
+        paths = {v["path"] for v in host_volumes.values()}
+        assert "/usr/local/sbin/npu-smi" in paths and "/usr/local/dcmi" in paths
+        assert "/usr/local/bin/npu-smi" not in paths
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_ascend_4card_is_placed_by_volcano_with_a_podgroup():
+    """The Volcano build of Huawei's device plugin (-volcanoType=true) takes a partial node's cards
+    from the pod annotation Volcano writes, and fails the allocation of a pod Volcano did not place
+    (mind-cluster, component/ascend-device-plugin/pkg/server/plugin.go, Allocate -> useVolcano ->
+    doWithVolcanoSchedule: "not get valid pod"). 4 of 8 cards is a partial node."""
+    docs = docs_of("ascend-4card")
+    job, group = docs["Job"][0], docs["PodGroup"][0]
+    template = job["spec"]["template"]
+    validate_offline(group)
+    assert template["spec"]["schedulerName"] == "volcano"
+    assert template["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == group["metadata"]["name"]
+    assert group["metadata"]["name"] == job["metadata"]["name"] == "tunebox-tiny"
+    assert group["spec"]["minMember"] == 1 and group["spec"]["queue"] == "default"
+    env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+    # What ascend-docker-runtime reads under Volcano's whole-card scheduling (Huawei's standalone sample)
+    assert env["ASCEND_VISIBLE_DEVICES"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['huawei.com/Ascend910']"
+    plain = docs_of("ascend-4card", ["cluster.gang_scheduler=none"])
+    assert "PodGroup" not in plain
+    template = plain["Job"][0]["spec"]["template"]
+    assert "schedulerName" not in template["spec"]
+    assert "scheduling.k8s.io/group-name" not in template["metadata"].get("annotations", {})
+    assert "ASCEND_VISIBLE_DEVICES" not in {e["name"] for e in template["spec"]["containers"][0]["env"]}
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_cpu_pods_get_nothing_of_ascend():
+    docs = docs_of("local-cpu")
+    pod = pods(docs)["pod"]
+    assert not any("hostPath" in v for v in pod["spec"]["volumes"])
+    assert "nodeSelector" not in pod["spec"] or "accelerator-type" not in pod["spec"]["nodeSelector"]
+    assert "ring-controller.atlas" not in workload(docs)["metadata"]["labels"]
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.parametrize("profile_service", ["prep-ascend", "train-ascend", "bundle-ascend"])
+def test_compose_ascend_services_use_the_same_host_paths_and_devices(profile_service):
+    service = compose_services()[profile_service]
+    binds = [v for v in service["volumes"] if v["type"] == "bind" and v["source"].startswith(("/usr/local", "/etc/asc"))]
+    assert binds == ascend.compose_binds()
+    assert service["devices"] == ascend.device_files(4)
+    cpu = compose_services()[profile_service.removesuffix("-ascend")]
+    assert "devices" not in cpu
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.parametrize("card, ring, accel", [("910", "ascend-910", "module"),
+                                               ("910b", "ascend-910b", "module-910b-8")])
+@pytest.mark.parametrize("overlay", ASCEND_OVERLAYS)
+def test_card_generation_sets_labels_and_node_selector(overlay, card, ring, accel):
+    docs = docs_of(overlay, [f"cluster.card={card}", "cluster.host_arch=huawei-x86"])
+    assert workload(docs)["metadata"]["labels"]["ring-controller.atlas"] == ring
+    for template in pods(docs).values():
+        assert template["metadata"]["labels"]["ring-controller.atlas"] == ring
+        assert template["spec"]["nodeSelector"] == {"host-arch": "huawei-x86", "accelerator-type": accel}
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_accelerator_type_can_name_a_16_card_node():
+    docs = docs_of("ascend-job", ["cluster.accelerator_type=module-910b-16"])
+    assert {t["spec"]["nodeSelector"]["accelerator-type"] for t in pods(docs).values()} == {"module-910b-16"}
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_an_unknown_card_generation_is_refused():
+    with pytest.raises(InputError, match="cluster.card"):
+        render(TINY, "ascend-4card", overrides=["cluster.card=310p"])
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.parametrize("overlay", ASCEND_OVERLAYS)
+def test_hccl_settings_reach_every_ascend_pod(overlay):
+    for template in pods(docs_of(overlay)).values():
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+        assert env["HCCL_CONNECT_TIMEOUT"] == "1200" and env["HCCL_BUFFSIZE"] == "200"
+        assert "HCCL_SOCKET_IFNAME" not in env and "HCCL_EXEC_TIMEOUT" not in env
+    changed = docs_of(overlay, ["cluster.hccl_socket_ifname=eth0", "cluster.hccl_connect_timeout=600",
+                                "cluster.hccl_exec_timeout=1800", "cluster.hccl_buffsize=400"])
+    for template in pods(changed).values():
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+        assert (env["HCCL_SOCKET_IFNAME"], env["HCCL_CONNECT_TIMEOUT"], env["HCCL_EXEC_TIMEOUT"],
+                env["HCCL_BUFFSIZE"]) == ("eth0", "600", "1800", "400")
+    with pytest.raises(InputError, match=r"\[120, 7200\]"):
+        render(TINY, overlay, overrides=SETS[overlay] + ["cluster.hccl_connect_timeout=60"])
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_compose_hccl_defaults_match_the_spec_defaults():
+    env = compose_services()["train-ascend"]["environment"]
+    cluster = load_spec(TINY).cluster
+    assert env["HCCL_CONNECT_TIMEOUT"] == f"${{HCCL_CONNECT_TIMEOUT:-{cluster.hccl_connect_timeout}}}"
+    assert env["HCCL_BUFFSIZE"] == f"${{HCCL_BUFFSIZE:-{cluster.hccl_buffsize}}}"
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.parametrize("workers, cards, nodes", [(16, 8, 2), (8, 8, 1), (32, 16, 2)])
+def test_ascend_job_shape_comes_from_the_spec(workers, cards, nodes):
+    text, plan = render(TINY, "ascend-job", overrides=[f"train.workers={workers}", f"train.batch_size={workers}",
+                                                        f"cluster.cards_per_node={cards}"])
+    docs = {d["kind"]: d for d in yaml.safe_load_all(text)}
+    job = docs["AscendJob"]
+    assert (job["apiVersion"], job["metadata"]["name"]) == ("mindxdl.gitee.com/v1", "tunebox-tiny")
+    assert job["metadata"]["labels"]["framework"] == "mindspore"
+    assert job["spec"]["schedulerName"] == "volcano"
+    assert job["spec"]["runPolicy"]["schedulingPolicy"]["minAvailable"] == nodes + 1
+    specs = job["spec"]["replicaSpecs"]
+    assert (specs["Scheduler"]["replicas"], specs["Worker"]["replicas"]) == (1, nodes)
+    for role, spec in specs.items():
+        container = spec["template"]["spec"]["containers"][0]
+        assert container["name"] == "ascend"
+        assert {"name": "ascendjob-port", "containerPort": 2222} in container["ports"]
+        assert container["args"][:3] == ["tunebox-pipeline", "--config", "/app/recipes/run.yaml"]
+        assert f"train.workers={workers}" in container["args"]
+        limits = container["resources"]["limits"]
+        assert limits.get(ascend.NPU_RESOURCE, 0) == (cards if role == "Worker" else 0)
+        assert container["resources"]["requests"].get(ascend.NPU_RESOURCE, 0) == limits.get(ascend.NPU_RESOURCE, 0)
+        spec_volume = next(v for v in spec["template"]["spec"]["volumes"] if v["name"] == "spec")
+        assert spec_volume["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"] != "tunebox-spec"
+    assert (plan.nodes, plan.workers) == (nodes, workers)
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_ascend_job_refuses_workers_that_do_not_fill_nodes():
+    with pytest.raises(InputError, match="multiple of 8"):
+        render(TINY, "ascend-job", overrides=["train.workers=12", "train.batch_size=12"])
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_indexed_job_is_gang_scheduled_by_volcano():
+    docs = docs_of("multi-node", ["train.workers=12", "train.batch_size=12"])
+    job, group = docs["Job"][0], docs["PodGroup"][0]
+    template = job["spec"]["template"]
+    assert template["spec"]["schedulerName"] == "volcano"
+    assert template["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == group["metadata"]["name"]
+    assert group["metadata"]["name"] == job["metadata"]["name"] == "tunebox-tiny"
+    assert group["spec"]["minMember"] == job["spec"]["parallelism"] == 3
+    plain = docs_of("multi-node", ["cluster.gang_scheduler=none"])
+    assert "PodGroup" not in plain
+    template = plain["Job"][0]["spec"]["template"]
+    assert "schedulerName" not in template["spec"]
+    assert "scheduling.k8s.io/group-name" not in template["metadata"].get("annotations", {})
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.parametrize("overlay", sorted(SETS))
+def test_runs_claim_is_sized_from_the_spec(overlay):
+    docs = docs_of(overlay)
+    claims = {c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"] for c in docs["PersistentVolumeClaim"]}
+    # tiny by hand: 123,200 parameters, 3,584 LoRA; 4P base + 2P source + 5 x 4P merged + 2 x (4P + 12 x LoRA)
+    # resume + 5 x 4 x LoRA = 4,346,496 bytes, x 1.2 headroom = 5 MB: the 1 GiB minimum
+    assert claims["tunebox-runs"] == "1Gi"
+    assert claims["tunebox-data"] == "5Gi"
+    fixed = docs_of(overlay, ["cluster.disk_gib=321"])
+    assert {c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"]
+            for c in fixed["PersistentVolumeClaim"]}["tunebox-runs"] == "321Gi"
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_llama3_8b_disk_holds_base_source_and_five_merged_checkpoints():
+    spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml")
+    est = estimate_disk(spec)
+    params = 8_030_261_248                       # tunebox/model/registry.py, checked in tests/test_plan.py
+    assert est.items["base_checkpoint_fp32"] == 4 * params
+    assert est.items["merged_checkpoints_float16"] == 5 * 2 * params      # the recipe's merge.dtype
+    assert est.items["hf_source_bf16"] == 2 * params
+    lora = 3_407_872                              # r8 on wq|wv
+    assert est.items["resume_checkpoints_bfloat16"] == 2 * (2 * params + 3 * 4 * lora)  # MindFormers keeps 2
+    fp32 = estimate_disk(load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", ["merge.dtype=float32"]))
+    assert fp32.items["merged_checkpoints_float32"] == 5 * 4 * params
+    assert est.gib > 100                          # the old fixed claim could not hold it
+    # by hand: 4P + 2P + 10P + 2 x (2P + 12 x LoRA) + 5 x 4 x LoRA = 20P + 44 LoRA = 160,755,171,328 bytes;
+    # x 1.2 = 192,906,205,593 bytes = 179.66 GiB, rounded up
+    assert est.gib == 180
+    claims = docs_of("ascend-4card", spec=REPO / "recipes" / "stage1-llama3-8b.yaml")["PersistentVolumeClaim"]
+    assert {c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"] for c in claims}["tunebox-runs"] == "180Gi"
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_spec_hash_ignores_the_cluster_section():
+    assert load_spec(TINY).spec_hash() == load_spec(TINY, ["cluster.card=910", "cluster.hccl_buffsize=300"]).spec_hash()
+    assert load_spec(TINY).spec_hash() != load_spec(TINY, ["lora.rank=4"]).spec_hash()
+
+
+# ---- the job entry under Huawei's operator: images/pipeline.sh ---------------------------------
+
+OPERATOR_SHIM = """#!/bin/sh
+# Stand-in for {name}: logs its arguments and the cluster variables it sees.
+echo "{name} $* | MS_ROLE=${{MS_ROLE:-}} MS_WORKER_NUM=${{MS_WORKER_NUM:-}}" >> "$SHIM_LOG"
+if [ "$1" = "-" ]; then cat >/dev/null; echo "$FAKE_RUNS/$2"; exit 0; fi
+exit 0
+"""
+
+
+def run_operator_pipeline(tmp_path, env_extra, prep_done=True):
+    bin_dir = install_shims(tmp_path, OPERATOR_SHIM)
+    runs = tmp_path / "runs"
+    (runs / "prep").mkdir(parents=True, exist_ok=True)
+    if prep_done:
+        (runs / layout.manifest("prep")).write_text("{}", encoding="utf-8")
+    log = tmp_path / "calls.log"
+    log.unlink(missing_ok=True)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SHIM_LOG": str(log), "FAKE_RUNS": str(runs),
+           "TUNEBOX_STEPS": "prep train merge", **env_extra}
+    done = subprocess.run(["sh", str(REPO / "images" / "pipeline.sh"), "--config", "/app/recipes/run.yaml"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    calls = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    return done, calls, runs
+
+
+# What ascend-operator sets (pkg/controllers/v1/env.go, setMindSporeEnv), for 2 nodes x 8 cards.
+OPERATOR = {"MS_SCHED_HOST": "localhost", "MS_SCHED_PORT": "2222", "MS_WORKER_NUM": "16", "MS_LOCAL_WORKER": "8",
+            "MS_SERVER_NUM": "0"}
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_operator_worker_0_runs_every_step_and_its_8_local_workers(tmp_path):
+    done, calls, runs = run_operator_pipeline(tmp_path, {**OPERATOR, "MS_ROLE": "MS_WORKER", "MS_NODE_RANK": "0"})
+    assert done.returncode == 0, done.stderr
+    prep, job_dir, train, merge = calls
+    assert prep.startswith("python -m jobs.prep") and prep.endswith("MS_ROLE= MS_WORKER_NUM=")
+    assert train.startswith("msrun --worker_num=16 --local_worker_num=8 --master_addr=localhost --master_port=2222 "
+                            f"--node_rank=0 --log_dir={runs}/train/msrun/node-0 --join=True")
+    assert train.split(" | ")[0].endswith("--set train.workers=16")
+    assert merge.startswith("python -m jobs.merge") and merge.endswith("MS_ROLE= MS_WORKER_NUM=")
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_operator_other_workers_only_train_without_an_indexed_job(tmp_path):
+    done, calls, _ = run_operator_pipeline(tmp_path, {**OPERATOR, "MS_ROLE": "MS_WORKER", "MS_NODE_RANK": "1"})
+    assert done.returncode == 0, done.stderr
+    assert [c.split()[0] for c in calls] == ["python", "msrun"]
+    assert "--node_rank=1 " in calls[1] and "--local_worker_num=8 " in calls[1]
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_operator_scheduler_runs_the_scheduler_process(tmp_path):
+    env = {**OPERATOR, "MS_ROLE": "MS_SCHED", "MS_NODE_RANK": "0"}
+    done, calls, runs = run_operator_pipeline(tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    run = [c for c in calls if "train_worker.py" in c]
+    assert len(run) == 1 and not any(c.startswith("msrun") for c in calls)
+    assert run[0].startswith("python /app/jobs/train_worker.py --config /app/recipes/run.yaml --set train.workers=16")
+    assert run[0].endswith("MS_ROLE=MS_SCHED MS_WORKER_NUM=16")   # MindSpore's scheduler role, kept
+    assert not any("-m jobs." in c for c in calls)                 # no prep, merge ... in the scheduler pod
+    assert (runs / "train" / "msrun" / "scheduler.log").exists()
+    # The wait for prep is train_worker.py's, as on every rank (tests/test_cluster_prep_wait.py)
+
+
+# ---- CANN's environment in either place ------------------------------------------------------
+
+# CANN's set_env.sh is written for bash (Huawei's guides `source` it from bash): the stand-in uses
+# bash-only syntax, which dash, Debian's /bin/sh, refuses ("Bad substitution").
+SET_ENV = 'here=$(dirname "${{BASH_SOURCE[0]}}")\n[[ -d "$here" ]] && export CANN_FROM={cann}\n'
+
+
+def entrypoint_argv() -> list[str]:
+    """How the image's ENTRYPOINT runs images/entrypoint.sh: through its #! line."""
+    first = (REPO / "images" / "entrypoint.sh").read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("#!")
+    return [*first[2:].split(), str(REPO / "images" / "entrypoint.sh")]
+
+
+def run_entrypoint(tmp_path, cann: str | None, labels: dict | None):
+    root = tmp_path / "Ascend"
+    if cann:
+        (root / cann).mkdir(parents=True)
+        (root / cann / "set_env.sh").write_text(SET_ENV.format(cann=cann), encoding="utf-8")
+    labels_file = tmp_path / "image.json"
+    if labels is not None:
+        labels_file.write_text(json.dumps(labels, indent=1, sort_keys=True), encoding="utf-8")
+    env = {"PATH": "/usr/bin:/bin", "TUNEBOX_ASCEND_ROOT": str(root), "TUNEBOX_IMAGE_LABELS": str(labels_file)}
+    return subprocess.run([*entrypoint_argv(), "sh", "-c",
+                           'echo "${CANN_FROM:-none} ${TUNEBOX_CANN_SET_ENV:-}"'],
+                          env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.parametrize("cann", ["cann", "ascend-toolkit"])
+def test_entrypoint_sources_set_env_from_either_cann_layout(tmp_path, cann):
+    done = run_entrypoint(tmp_path, cann, {"tunebox.cann": "9.0.0"})
+    assert done.returncode == 0
+    assert done.stdout.split() == [cann, str(tmp_path / "Ascend" / cann / "set_env.sh")]
+    assert "WARNING" not in done.stderr
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_entrypoint_warns_on_an_ascend_image_without_cann_only(tmp_path):
+    loud = run_entrypoint(tmp_path, None, {"tunebox.cann": "9.0.0"})
+    assert loud.returncode == 0 and "no CANN set_env.sh was found" in loud.stderr
+    quiet = run_entrypoint(tmp_path, None, {"tunebox.cann": "none"})
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_manifest_reads_the_cann_85_layout(tmp_path):
+    arch = tmp_path / "cann" / "aarch64-linux"
+    arch.mkdir(parents=True)
+    (arch / "ascend_toolkit_install.info").write_text("package_name=Ascend-cann-toolkit\nversion=8.5.0\n")
+    (tmp_path / "cann" / "set_env.sh").write_text("")
+    info = ascend_info(tmp_path)
+    assert info["cann_version"] == "8.5.0" and info["cann_file"].startswith(str(tmp_path / "cann"))
+    assert info["set_env"] == str(tmp_path / "cann" / "set_env.sh")
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_crd_derivation_reads_openapi_the_way_the_api_server_does():
+    from tunebox.deploy.crd_schema import derive
+    crd = {"metadata": {"name": "things.example.com"},
+           "spec": {"group": "example.com", "names": {"kind": "Thing"}, "versions": [{"name": "v1", "schema": {
+               "openAPIV3Schema": {"type": "object", "properties": {
+                   "metadata": {"type": "object"},
+                   "spec": {"type": "object", "description": "dropped", "properties": {
+                       "size": {"x-kubernetes-int-or-string": True},
+                       "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                                "properties": {"a": {"type": "string"}}}}}}}}}]}}
+    schema = derive(crd, "v1")
+    ok = {"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {},
+          "spec": {"size": "10Gi", "free": {"a": "x", "anything": 1}}}
+    jsonschema.validate(ok, schema)
+    jsonschema.validate({**ok, "spec": {"size": 3}}, schema)
+    for bad in ({**ok, "spec": {"sise": 3}}, {**ok, "kind": "Other"}, {**ok, "spec": {"size": [1]}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+    assert "description" not in json.dumps(schema)
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_stored_ascendjob_schema_keeps_the_crds_fields():
+    schema = json.loads((REPO / "k8s" / "schemas" / "ascendjob-mindxdl.gitee.com_v1.json").read_text())
+    spec = schema["properties"]["spec"]
+    assert set(spec["properties"]) == {"replicaSpecs", "runPolicy", "schedulerName", "successPolicy"}
+    assert schema["properties"]["apiVersion"] == {"const": "mindxdl.gitee.com/v1"}
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_plan_prints_the_disk_the_render_claims():
+    import re
+    import sys
+    recipe = REPO / "recipes" / "stage1-llama3-8b.yaml"
+    out = subprocess.run([sys.executable, "-m", "jobs.plan", "--config", str(recipe)], capture_output=True,
+                         text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    printed = int(re.search(r"Disk on the runs volume: (\d+) GiB", out.stdout).group(1))
+    text, _ = render(recipe, "ascend-4card")
+    claim = next(d for d in yaml.safe_load_all(text) if d["kind"] == "PersistentVolumeClaim"
+                 and d["metadata"]["name"] == "tunebox-runs")
+    assert claim["spec"]["resources"]["requests"]["storage"] == f"{printed}Gi"
+    assert printed == estimate_disk(load_spec(recipe)).gib > 100
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_data_loader_helper_fills_the_claim_the_pods_read():
+    helper = yaml.safe_load((REPO / "k8s" / "helpers" / "data-loader.yaml").read_text())
+    validate_offline(helper)
+    claim = helper["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    docs = docs_of("local-cpu")
+    assert claim in {c["metadata"]["name"] for c in docs["PersistentVolumeClaim"]}
+    pod = pods(docs)["pod"]["spec"]
+    data = next(v for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim)
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == data["name"])
+    assert helper["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] == mount["mountPath"] == "/shared/data"
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_render_only_keeps_the_claims():
+    import sys
+    out = subprocess.run([sys.executable, "-m", "jobs.k8s", "--config", str(TINY), "--overlay", "ascend-4card",
+                          "--only", "PersistentVolumeClaim", "-o", "-"], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert sorted(d["metadata"]["name"] for d in docs) == ["tunebox-data", "tunebox-runs"]
+    assert {d["kind"] for d in docs} == {"PersistentVolumeClaim"}
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.parametrize("heading", ["### Apply: one 4-card job", "### Apply: 2 nodes x 8 cards under the Ascend operator"])
+def test_the_documented_apply_sequences_render_and_validate(heading, tmp_path):
+    """docs/CONTAINERS.md's render commands, run as written (output redirected to tmp_path)."""
+    import shlex
+    import sys
+    doc = (REPO / "docs" / "CONTAINERS.md").read_text(encoding="utf-8")
+    section = doc[doc.index(heading):]
+    block = section[section.index("```sh") + 5:section.index("```", section.index("```sh") + 5)]
+    commands = [line[len("python -m jobs.k8s"):] for line in block.replace("\\\n", " ").splitlines()
+                if line.startswith("python -m jobs.k8s")]
+    assert commands, "no render command in the section"
+    for i, tail in enumerate(commands):
+        argv = shlex.split(tail.split("|")[0].replace("$IMAGE", "registry.example.com/t:1"))
+        if "-o" in argv:
+            argv[argv.index("-o") + 1] = str(tmp_path / f"r{i}.yaml")
+        out = subprocess.run([sys.executable, "-m", "jobs.k8s", *argv], capture_output=True, text=True,
+                             cwd=REPO, timeout=120)
+        assert out.returncode == 0, (argv, out.stderr)
+        text = out.stdout if "-" == argv[argv.index("-o") + 1] else (tmp_path / f"r{i}.yaml").read_text()
+        for doc_ in yaml.safe_load_all(text):
+            if doc_:
+                validate_offline(doc_)
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_the_ascend_first_run_checklist_runs_as_written(tmp_path):
+    """docs/CONTAINERS.md's "Ascend first run": every step from the image to verify, each with its
+    commands and what success looks like; its renders and its sed run as written and validate, the
+    DryRun Job runs only weights, prep and dryrun, and the helper pod it uses reads the runs claim."""
+    import re
+    import shlex
+    import sys
+    doc = (REPO / "docs" / "CONTAINERS.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Ascend first run"):]
+    section = section[:section.index("\n## ", 5)]
+    steps = re.findall(r"^\*\*(\d)\. ([^*]+)\*\*", section, flags=re.M)
+    assert [int(n) for n, _ in steps] == list(range(1, 9))
+    titles = " ".join(t.lower() for _, t in steps)
+    for word in ("image", "dryrun", "4-card run", "kill", "resume", "evaluate", "bundle", "verify"):
+        assert word in titles
+    bodies = re.split(r"^\*\*\d\. ", section, flags=re.M)[1:]
+    assert all("Success:" in body for body in bodies)
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    assert any("invoke image.build --stack ascend-cann9.0-ms2.9" in l for l in lines)
+    assert any(l.startswith("kubectl -n ml delete pod -l job-name=") for l in lines)          # the kill
+    assert any("python -m jobs.verify /data/runs/stage1-llama3-8b/submission" in l for l in lines)
+    renders = [l for l in lines if l.startswith("python -m jobs.k8s")]
+    assert len(renders) == 1
+    argv = shlex.split(renders[0][len("python -m jobs.k8s"):].replace("$IMAGE", "registry.example.com/t:1"))
+    rendered = tmp_path / Path(argv[argv.index("-o") + 1]).name
+    argv[argv.index("-o") + 1] = str(rendered)
+    done = subprocess.run([sys.executable, "-m", "jobs.k8s", *argv], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    sed = next(l for l in lines if l.startswith("sed 's/value: weights prep"))
+    expression = shlex.split(sed)[1]
+    dry = subprocess.run(["sed", expression, str(rendered)], capture_output=True, text=True, timeout=30)
+    assert dry.returncode == 0
+    docs = [d for d in yaml.safe_load_all(dry.stdout) if d]
+    for d in docs:
+        validate_offline(d)
+    job = next(d for d in docs if d["kind"] == "Job")
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TUNEBOX_STEPS"] == "weights prep dryrun"
+    assert job["spec"]["template"]["spec"]["schedulerName"] == "volcano"      # the MindCluster + Volcano setup
+    assert any(d["kind"] == "PodGroup" for d in docs)
+    reader = yaml.safe_load((REPO / "k8s" / "helpers" / "runs-reader.yaml").read_text())
+    validate_offline(reader)
+    claim = reader["spec"]["volumes"][0]["persistentVolumeClaim"]
+    assert claim["claimName"] == "tunebox-runs" and reader["spec"]["containers"][0]["volumeMounts"][0] == {
+        "name": "runs", "mountPath": "/data", "readOnly": True}
+
+
+@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+def test_manifest_records_a_missing_cann_on_an_ascend_image_only(tmp_path, monkeypatch, caplog):
+    from tunebox import manifest as mf
+    labels = tmp_path / "image.json"
+    monkeypatch.setenv("TUNEBOX_IMAGE_LABELS", str(labels))
+    monkeypatch.setattr(mf, "ASCEND_ROOT", tmp_path / "no-ascend")
+    monkeypatch.setattr(mf, "ascend_info", lambda root=tmp_path / "no-ascend": ascend_info(root))
+    labels.write_text(json.dumps({"tunebox.cann": "9.0.0"}))
+    loud = mf.environment_manifest(include_pip_freeze=False)
+    assert "no set_env.sh was found" in loud["ascend"]["problem"]
+    assert any("no set_env.sh was found" in r.message for r in caplog.records)
+    labels.write_text(json.dumps({"tunebox.cann": "none"}))
+    assert "problem" not in mf.environment_manifest(include_pip_freeze=False)["ascend"]

@@ -15,7 +15,7 @@ import pytest
 import tunebox.manifest as manifest_mod
 from jobs.env import main
 from tunebox.config import RunSpec
-from tunebox.manifest import (ascend_info, container_info, describe_file, environment_manifest,
+from tunebox.manifest import (ascend_info, container_info, describe_file, environment_manifest, file_stamp,
                                 git_state, parse_npu_smi, pip_freeze, write_job_manifest)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +93,22 @@ def test_a_folder_input_lists_each_file_and_a_digest_over_them(tmp_path):
     (folder / "train.mindrecord.db").write_bytes(b"index2")
     assert describe_file(folder)["sha256"] != before
     assert describe_file(tmp_path / "absent")["exists"] is False
+
+
+def test_a_folder_stamp_is_each_files_size_and_time_written_by_hand(tmp_path):
+    """describe_file's stamp of a folder (taken on the walk that hashes it) is file_stamp's: sha256 over
+    "relative path NUL size:mtime_ns" per file, sorted, worked here by hand; a file touched to another
+    time changes it. Mutant: manifest._stamp_of with a fixed time for st_mtime_ns -> fails."""
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "b.bin").write_bytes(b"12345")
+    (folder / "a.json").write_text("{}")
+    os.utime(folder / "a.json", ns=(1_000_000_000, 1_000_000_000))
+    os.utime(folder / "sub" / "b.bin", ns=(2_000_000_000, 2_000_000_000))
+    by_hand = hashlib.sha256(b"a.json\x002:1000000000\nsub/b.bin\x005:2000000000").hexdigest()
+    assert describe_file(folder)["stamp"] == file_stamp(folder) == by_hand
+    os.utime(folder / "a.json", ns=(3_000_000_000, 3_000_000_000))
+    assert describe_file(folder)["stamp"] == file_stamp(folder) != by_hand
 
 
 def test_write_job_manifest_writes_json_and_one_record_line_per_job(tmp_path):

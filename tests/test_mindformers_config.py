@@ -33,17 +33,6 @@ def rendered(recipe: str, tmp_path: Path, *overrides: str) -> tuple[object, dict
     return spec, plan, cfg
 
 
-@pytest.fixture(scope="module")
-def mf_cwd(tmp_path_factory):
-    """MindFormers writes ./output/log at import: import it from a scratch folder."""
-    import os
-
-    previous = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("mf"))
-    yield
-    os.chdir(previous)
-
-
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_renders_a_config_mindformers_loads(recipe, tmp_path, mf_cwd):
     from mindformers import MindFormerConfig

@@ -6,18 +6,17 @@ import datetime as dt
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import (MATH_SAMPLE, REPO, TINY_RECIPE, job_env, planned_checkpoint_steps, read_jsonl, run_job,
-                      strict_by_hand)
+from conftest import (MATH_SAMPLE, REPO, TINY_RECIPE, job_env, kill_session, planned_checkpoint_steps, read_jsonl,
+                      run_job, start_until_lines, strict_by_hand)
 
+from tunebox import layout
 from tunebox.config import load_spec
 from tunebox.training.plan import checkpoint_steps, plan_steps
 
@@ -120,10 +119,10 @@ def test_train_writes_five_evenly_spaced_checkpoints(tiny_run):
     summary = json.loads((train / "summary.json").read_text())
     from tunebox.model.registry import get_model_shape
     assert summary["trainable_params"] == get_model_shape("tiny").lora_params(8, "wq|wv")
-    manifest = json.loads((train / "manifest.json").read_text())
+    manifest = json.loads((train / layout.MANIFEST).read_text())
     assert manifest["job"] == "train" and manifest["spec_hash"]
     # the session's tiny run also serves export and chat tests, which add their own lines after these
-    record = read_jsonl(tiny_run["run_dir"] / "record.jsonl")[:4]
+    record = read_jsonl(tiny_run["run_dir"] / layout.RECORD)[:4]
     assert [r["job"] for r in record] == ["prep", "train", "merge", "evaluate"]
     # every job's line says when it began and ended, in order (run_job marks the start)
     times = [(dt.datetime.fromisoformat(r["started"]), dt.datetime.fromisoformat(r["finished"])) for r in record]
@@ -159,17 +158,10 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_cache, ti
 
     args = setup("killed")
     cmd = [sys.executable, "-m", "jobs.train", "--config", str(TINY_RECIPE)] + sum((["--set", a] for a in args), [])
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(tiny_cache), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     log = tmp_path / "runs" / "killed" / "train" / "loss.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 40:
-            break
-        time.sleep(0.02)
+    proc = start_until_lines(cmd, tmp_path, job_env(tiny_cache), log, 40, timeout=300, poll=0.02)
     assert proc.poll() is None, "train finished before it could be killed; raise max_steps"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_session(proc)
     killed_at = len(read_jsonl(log))
     assert killed_at < 120
     meta = json.loads((tmp_path / "runs" / "killed" / "train" / "checkpoint" / "rank_0" / "meta.json").read_text())

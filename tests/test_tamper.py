@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_RECIPE, read_jsonl, run_job
-from jobs import verify as verify_mod
+from conftest import TINY_RECIPE, copy_submission, read_jsonl, rewrite_sums, run_job, verify_here
 from tunebox.submission import contents
 
 
@@ -41,27 +40,8 @@ def bundle(request, tmp_path_factory) -> dict:
     return {"sub": sub, "steps": steps}
 
 
-def verify_here(sub: Path, capsys) -> tuple[int, str]:
-    """verify's CLI in this process: (exit code, its FAIL lines)."""
-    code = verify_mod.main([str(sub)])
-    out = capsys.readouterr().out
-    return code, "\n".join(l.strip() for l in out.splitlines() if l.strip().startswith("FAIL"))
-
-
-def copy_of(bundle: dict, tmp_path: Path) -> Path:
-    dst = tmp_path / "submission"
-    shutil.copytree(bundle["sub"], dst)
-    return dst
-
-
-def rewrite_sums(sub: Path) -> None:
-    """What someone covering their tracks does: list the edited files' new checksums."""
-    rels = [r for r in contents.files_under(sub) if r != contents.SUMS_FILE]
-    (sub / contents.SUMS_FILE).write_text(contents.format_sha256sums(contents.hash_files(sub, rels)))
-
-
 def test_fresh_bundle_verifies(bundle, tmp_path, capsys):
-    code, fails = verify_here(copy_of(bundle, tmp_path), capsys)
+    code, fails = verify_here(copy_submission(bundle["sub"], tmp_path), capsys)
     assert code == 0 and not fails, fails
 
 
@@ -231,9 +211,10 @@ def figures(sub: Path, steps: list[int]) -> dict:
 
 @pytest.mark.parametrize("case", list(TAMPERING))
 def test_tampering_with_sha256sums_left_as_is_names_the_changed_files(bundle, tmp_path, capsys, case):
-    sub = copy_of(bundle, tmp_path)
+    sub = copy_submission(bundle["sub"], tmp_path)
     changed = TAMPERING[case][0](sub, bundle["steps"])
     code, fails = verify_here(sub, capsys)
+    fails = "\n".join(fails)
     assert code == 1
     for rel in changed:
         assert f"{rel}: sha256 is " in fails and "(changed after bundling)" in fails, f"{case}: {rel} not named:\n{fails}"
@@ -241,12 +222,13 @@ def test_tampering_with_sha256sums_left_as_is_names_the_changed_files(bundle, tm
 
 @pytest.mark.parametrize("case", list(TAMPERING))
 def test_tampering_with_sha256sums_rewritten_is_still_caught(bundle, tmp_path, capsys, case):
-    sub = copy_of(bundle, tmp_path)
+    sub = copy_submission(bundle["sub"], tmp_path)
     tamper, messages = TAMPERING[case]
     known = figures(sub, bundle["steps"])
     tamper(sub, bundle["steps"])
     rewrite_sums(sub)
     code, fails = verify_here(sub, capsys)
+    fails = "\n".join(fails)
     assert code == 1
     assert "SHA256SUMS says" not in fails  # the checksums hold: what catches it is the edit itself
     for message in messages:

@@ -19,8 +19,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from tunebox.io import InputError
+from tunebox.layout import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_DIR = REPO_ROOT / "recipes"
 
 

@@ -7,7 +7,10 @@ docker-compose.yml, images/pipeline.sh and what the jobs actually write against 
 """
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+
+# The source tree (recipes/, k8s/, images/, pyproject.toml): what a checkout, and the image's /app, hold.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The pipeline: weights fills the model cache (skipped when present), then each job reads what the
 # one before it wrote. invoke pipeline, compose and the Kubernetes Job run exactly these, in order.
@@ -26,6 +29,7 @@ TRAIN_SUMMARY = PurePosixPath("train/summary.json")          # train -> bundle
 MERGE_INDEX = PurePosixPath("merge/index.json")              # merge -> evaluate, bundle: the merged checkpoints
 EVALUATE_REPORT = PurePosixPath("evaluate/report.json")      # evaluate -> bundle: figures and the choice
 MANIFEST = "manifest.json"                                   # every job's record, written last
+RECORD = PurePosixPath("record.jsonl")                       # one line per finished job: the run's history
 
 
 def manifest(job: str) -> PurePosixPath:

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tunebox import layout
-from tunebox.config import REPO_ROOT
 from tunebox.io import append_jsonl, atomic_write_json, sha256_file
 
 MANIFEST_SCHEMA = 1
@@ -300,7 +299,7 @@ def container_info(labels_file: Optional[Path] = None) -> Optional[dict]:
             "pod": os.environ.get("HOSTNAME") if "kubernetes" in markers or "kubepods" in markers else None}
 
 
-def git_state(root: Path = REPO_ROOT) -> Optional[dict]:
+def git_state(root: Path = layout.REPO_ROOT) -> Optional[dict]:
     """HEAD commit and whether the work tree differs from it (untracked, not ignored, files
     count: a new source file changes what runs). None when git or the repository is absent."""
     if shutil.which("git") is None:
@@ -332,6 +331,20 @@ def cached_sha256(path: Path) -> str:
     return _HASH_CACHE[key]
 
 
+def _stamp_of(st: os.stat_result) -> str:
+    """One file's line of a stamp: its size and modification time."""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _folder_files(path: Path) -> list[tuple[str, Path, os.stat_result]]:
+    """(relative path, path, stat) of every file under a folder, sorted: one walk, one stat each."""
+    return [(p.relative_to(path).as_posix(), p, p.stat()) for p in sorted(q for q in path.rglob("*") if q.is_file())]
+
+
+def _folder_stamp(files: list[tuple[str, Path, os.stat_result]]) -> str:
+    return hashlib.sha256("\n".join(f"{rel}\0{_stamp_of(st)}" for rel, _, st in files).encode()).hexdigest()
+
+
 def file_stamp(path: str | os.PathLike) -> Optional[str]:
     """Size and modification time of a file, or of every file of a folder, as one string: when it is
     unchanged since a manifest recorded it, the content is taken as unchanged too (finished_job), so a
@@ -340,31 +353,25 @@ def file_stamp(path: str | os.PathLike) -> Optional[str]:
     if not path.exists():
         return None
     if path.is_file():
-        st = path.stat()
-        return f"{st.st_size}:{st.st_mtime_ns}"
-    parts = [f"{p.relative_to(path).as_posix()}\0{p.stat().st_size}:{p.stat().st_mtime_ns}"
-             for p in sorted(q for q in path.rglob("*") if q.is_file())]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        return _stamp_of(path.stat())
+    return _folder_stamp(_folder_files(path))
 
 
 def describe_file(path: str | os.PathLike) -> dict:
     """{path, size, sha256, stamp} of a file; for a folder (a MindRecord set, a model dir) every file's
-    hash plus one digest over the sorted (relative path, hash) list."""
+    hash plus one digest over the sorted (relative path, hash) list, from one walk of the folder."""
     path = Path(path).expanduser().absolute()
     if not path.exists():
         return {"path": str(path), "exists": False, "size": None, "sha256": None}
     if path.is_file():
         return {"path": str(path), "exists": True, "size": path.stat().st_size, "sha256": cached_sha256(path),
                 "stamp": file_stamp(path)}
-    files = {}
-    total = 0
-    for child in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = child.relative_to(path).as_posix()
-        files[rel] = cached_sha256(child)
-        total += child.stat().st_size
+    walked = _folder_files(path)
+    files = {rel: cached_sha256(child) for rel, child, _ in walked}
+    total = sum(st.st_size for _, _, st in walked)
     digest = hashlib.sha256("".join(f"{rel}\0{sha}\n" for rel, sha in files.items()).encode()).hexdigest()
     return {"path": str(path), "exists": True, "size": total, "sha256": digest, "files": files,
-            "stamp": file_stamp(path)}
+            "stamp": _folder_stamp(walked)}
 
 
 # ---- the manifest --------------------------------------------------------------------------
@@ -444,7 +451,7 @@ def write_job_manifest(job_dir: str | os.PathLike, job: str, spec=None,
         shown = manifest_path.resolve().relative_to(run_dir.resolve()).as_posix()
     except ValueError:
         shown = str(manifest_path.resolve())
-    append_jsonl(run_dir / "record.jsonl", {
+    append_jsonl(run_dir / layout.RECORD, {
         "job": job, "status": status, "started": started, "finished": finished,
         "manifest": shown, "spec_hash": manifest["spec_hash"]})
     return manifest_path

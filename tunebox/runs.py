@@ -80,7 +80,7 @@ def run_spec_dict(run_dir: Path) -> Optional[dict]:
 
 def last_finished(run_dir: Path) -> Optional[str]:
     try:
-        lines = [l for l in (run_dir / "record.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
+        lines = [l for l in (run_dir / layout.RECORD).read_text(encoding="utf-8").splitlines() if l.strip()]
     except OSError:
         return None
     for line in reversed(lines):
@@ -177,7 +177,7 @@ def nearest_recipe(spec: dict, recipes_dir: Path = RECIPES_DIR) -> tuple[Optiona
 
 def list_runs(runs_dir: Path) -> list[RunResult]:
     """Every run folder under runs_dir (one with a record.jsonl), oldest first; sweeps/ is not a run."""
-    found = [read_run(d) for d in sorted(Path(runs_dir).iterdir()) if (d / "record.jsonl").is_file()] \
+    found = [read_run(d) for d in sorted(Path(runs_dir).iterdir()) if (d / layout.RECORD).is_file()] \
         if Path(runs_dir).is_dir() else []
     return sorted(found, key=lambda r: (r.finished or "", r.run_id))
 
@@ -243,8 +243,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.compare:
         found = []
         for name in args.compare:
-            d = Path(name) if Path(name).is_dir() and (Path(name) / "record.jsonl").exists() else runs_dir / name
-            if not (d / "record.jsonl").is_file():
+            d = Path(name) if Path(name).is_dir() and (Path(name) / layout.RECORD).exists() else runs_dir / name
+            if not (d / layout.RECORD).is_file():
                 print(f"error: {d}: no such run (no record.jsonl); `invoke runs` lists them", file=sys.stderr)
                 return 2
             found.append(read_run(d))

@@ -13,6 +13,7 @@ from typing import Optional
 from tunebox.data.tokenizer import TextTokenizer
 
 PLACEHOLDER = "{problem}"
+SENTINEL = "\u0000tunebox-user-message\u0000"   # stands for the problem where the prompt is split around it
 TEMPLATES = {"alpaca": "{problem}\n\n### Response:"}
 
 
@@ -34,3 +35,10 @@ def render_prompt(tok: TextTokenizer, problem: str, template: str = "chat", syst
 def spec_prompt(tok: TextTokenizer, problem: str, data) -> str:
     """render_prompt with a run spec's data section (template and system prompt)."""
     return render_prompt(tok, problem, data.template, data.system_prompt)
+
+
+def prompt_parts(tok: TextTokenizer, template: str = "chat", system: Optional[str] = None) -> tuple[str, bool, str]:
+    """The prompt's text before the problem, whether the problem was found in it (a chat template could
+    change it), and the text after: render_prompt around a sentinel, split there."""
+    before, found, after = render_prompt(tok, SENTINEL, template, system).partition(SENTINEL)
+    return before, bool(found), after

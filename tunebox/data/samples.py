@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import numpy as np
 
 from tunebox.io import InputError, JsonlRow, iter_jsonl
-from tunebox.data.prompts import render_prompt
+from tunebox.data.prompts import prompt_parts, render_prompt
 from tunebox.data.tokenizer import TextTokenizer
 
 if TYPE_CHECKING:
@@ -248,9 +248,8 @@ class SampleEncoder:
     def __init__(self, tok: TextTokenizer, seq_length: int, system: Optional[str] = None, template: str = "chat"):
         self.tok, self.system, self.template, self.seq_length = tok, system, template, seq_length
         self.width = seq_length + 1
-        sentinel = "\u0000tunebox-user-message\u0000"
-        before, found, after = self.prompt(sentinel).partition(sentinel)
-        self.segmented = bool(found) and all(self.prompt(p) == before + p + after for p in self.PROBES)
+        before, found, after = prompt_parts(tok, template, system)
+        self.segmented = found and all(self.prompt(p) == before + p + after for p in self.PROBES)
         specials = [t.content for t in tok.tk.get_added_tokens_decoder().values() if t.special and t.content]
         head, self.user_lead = self._split_after_last_special(before, specials)
         self.user_tail, tail = self._split_before_first_special(after, specials)

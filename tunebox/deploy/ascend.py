@@ -1,7 +1,7 @@
 """What an Ascend node looks like from inside a container: the host files a pod or a compose
 service mounts, the device files, the node labels a card generation is selected by, and the
 HCCL settings of a multi-node run. One place: the k8s render (tunebox/deploy/k8s.py) writes these
-into every Ascend pod, and tests/test_cluster_k8s.py checks docker-compose.yml against them.
+into every Ascend pod, and tests/test_k8s.py checks docker-compose.yml against them.
 
 Sources (Huawei's own manifests, Ascend/mindcluster-deploy):
 - host mounts: samples/train/basic-training/without-ranktable/mindspore/*.yaml mount

@@ -24,7 +24,6 @@ a pod; any path that would land elsewhere is refused with the fix.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import os
 import re
 import shutil
@@ -39,13 +38,14 @@ import yaml
 
 from tunebox.deploy import ascend
 from tunebox.model.budget import estimate_disk
-from tunebox.config import REPO_ROOT, RunSpec
+from tunebox.config import RunSpec
+from tunebox.images import image_for_device
 from tunebox.spec_checks import load_checked_spec
 from tunebox.io import InputError
+from tunebox.layout import REPO_ROOT
 
 K8S_DIR = REPO_ROOT / "k8s"
 OVERLAYS_DIR = K8S_DIR / "overlays"
-STACK_FOR_DEVICE = {"CPU": "cpu-ms2.9", "Ascend": "ascend-cann9.0-ms2.9"}
 NPU_RESOURCE = ascend.NPU_RESOURCE
 JOB_NAME = "tunebox"                 # the Job in k8s/base/job.yaml (and the AscendJob of ascend-job)
 CONTAINER_NAME = "pipeline"
@@ -62,25 +62,8 @@ RUNS_MOUNT = PurePosixPath("/data")
 
 # ---- images ----------------------------------------------------------------------------------
 
-def project_version() -> str:
-    """pyproject.toml's version (the source tree), else the installed package's."""
-    pyproject = REPO_ROOT / "pyproject.toml"
-    if pyproject.exists():
-        import tomllib
-        return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
-    try:
-        return importlib.metadata.version("tunebox")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.0.0"
-
-
-def image_tags(stack: str, version: Optional[str] = None) -> list[str]:
-    """The tags `invoke image.build` gives a stack's image: versioned first, then the moving one."""
-    return [f"tunebox:{version or project_version()}-{stack}", f"tunebox:{stack}"]
-
-
 def image_for_spec(spec: RunSpec) -> str:
-    return image_tags(STACK_FOR_DEVICE[spec.train.device])[0]
+    return image_for_device(spec.train.device)
 
 
 # ---- paths inside the container --------------------------------------------------------------
@@ -298,7 +281,8 @@ def ascend_pod_ops(plan: RenderPlan, template_path: str, container: int) -> list
     pod = f"{template_path}/spec"
     ops: list[dict] = [{"op": "add", "path": f"{pod}/nodeSelector", "value": ascend.node_selector(cluster)}]
     for name, value in ascend.hccl_env(cluster):
-        ops.append({"op": "add", "path": f"{pod}/containers/{container}/env/-", "value": {"name": name, "value": value}})
+        ops.append({"op": "add", "path": f"{pod}/containers/{container}/env/-",
+                    "value": {"name": name, "value": value}})
     volumes, mounts = ascend.pod_volumes()
     ops += [{"op": "add", "path": f"{pod}/volumes/-", "value": v} for v in volumes]
     ops += [{"op": "add", "path": f"{pod}/containers/{container}/volumeMounts/-", "value": m} for m in mounts]
@@ -361,7 +345,8 @@ def run_kustomization(plan: RenderPlan, root: Path, namespace: Optional[str] = N
         if on_ascend and not volcano:
             patches.append(_json_patch("Job", JOB_NAME, [
                 {"op": "remove", "path": "/spec/template/spec/schedulerName"},
-                {"op": "remove", "path": f"/spec/template/metadata/annotations/{_ptr('scheduling.k8s.io/group-name')}"}]))
+                {"op": "remove",
+                 "path": f"/spec/template/metadata/annotations/{_ptr('scheduling.k8s.io/group-name')}"}]))
         if on_ascend:
             patches.append(_json_patch("Job", JOB_NAME, ascend_pod_ops(plan, "/spec/template", 0)))
     # The runs claim holds the model cache and every checkpoint: sized from the spec (invoke plan).

@@ -18,7 +18,7 @@ import numpy as np
 from tunebox import layout
 from tunebox.config import DataSection, EvalSection
 from tunebox.contest import scoring
-from tunebox.data.prompts import spec_prompt
+from tunebox.data.prompts import prompt_parts, spec_prompt
 from tunebox.data.tokenizer import TextTokenizer
 from tunebox.io import InputError, atomic_write_json, atomic_write_text, iter_jsonl, sha256_file
 
@@ -100,9 +100,7 @@ def summarize(scored: list[dict]) -> dict:
 
 def template_parts(tok: TextTokenizer, data) -> tuple[str, str]:
     """The prompt template's text before and after the problem (data.template, data.system_prompt)."""
-    sentinel = "\u0000USER\u0000"
-    text = spec_prompt(tok, sentinel, data)
-    before, _, after = text.partition(sentinel)
+    before, _, after = prompt_parts(tok, data.template, data.system_prompt)
     return before, after
 
 

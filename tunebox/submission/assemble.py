@@ -105,7 +105,7 @@ def copy_logs(run_dir: Path, logs: Path) -> list[str]:
         shutil.copy2(src, dst)
         copied.append(rel)
 
-    put(run_dir / "record.jsonl", "record.jsonl")
+    put(run_dir / layout.RECORD, str(layout.RECORD))
     for job, names in contents.LOG_SOURCES.items():
         job_dir = run_dir / job
         if names is None:

@@ -32,22 +32,23 @@ FIXED_FILES = (
     "ALGORITHM.md", "hyperparams.yaml", "code.tar.gz", "results.json", "ENVIRONMENT.md", "environment.json",
     "selfcheck.png",
     "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
-    "logs/record.jsonl",
-    "logs/prep/manifest.json", "logs/prep/stats.json", "logs/prep/heldout.jsonl", "logs/prep/rejects.jsonl",
-    "logs/train/manifest.json", "logs/train/loss.jsonl", "logs/train/loss.csv", "logs/train/summary.json",
+    layout.in_logs(layout.RECORD),
+    layout.in_logs(layout.manifest("prep")), "logs/prep/stats.json", "logs/prep/heldout.jsonl",
+    "logs/prep/rejects.jsonl",
+    layout.in_logs(layout.manifest("train")), "logs/train/loss.jsonl", "logs/train/loss.csv", "logs/train/summary.json",
     layout.in_logs(layout.TRAIN_INDEX),
-    "logs/merge/manifest.json", layout.in_logs(layout.MERGE_INDEX),
-    "logs/evaluate/manifest.json", layout.in_logs(layout.EVALUATE_REPORT), "logs/evaluate/report.md",
+    layout.in_logs(layout.manifest("merge")), layout.in_logs(layout.MERGE_INDEX),
+    layout.in_logs(layout.manifest("evaluate")), layout.in_logs(layout.EVALUATE_REPORT), "logs/evaluate/report.md",
     "logs/train/mindformers.yaml",
 ) + ("mindformers/finetune.yaml", "mindformers/predict.yaml", "mindformers/predict_r1.1.yaml",
    "mindformers/mf_extensions.py", "mindformers/README.md")
 # What is copied from each job's folder into logs/<job>/ (never the MindRecord, LoRA or optimizer
 # state: the submission holds the merged checkpoints, and everything needed to check them).
 LOG_SOURCES = {
-    "prep": ("manifest.json", "stats.json", "heldout.jsonl", "rejects.jsonl", "preview.txt"),
-    "train": ("manifest.json", "loss.jsonl", "loss.csv", "summary.json", "checkpoints/index.json", "mindformers.yaml",
+    "prep": (layout.MANIFEST, "stats.json", "heldout.jsonl", "rejects.jsonl", "preview.txt"),
+    "train": (layout.MANIFEST, "loss.jsonl", "loss.csv", "summary.json", "checkpoints/index.json", "mindformers.yaml",
               "sessions.jsonl", "tensorboard"),   # a folder: MindFormers' TensorBoard events, every file
-    "merge": ("manifest.json", "index.json"),
+    "merge": (layout.MANIFEST, "index.json"),
     "evaluate": None,  # every file: predictions, scores and reports are small, and whatever evaluate adds belongs here
 }
 # Logs copied whole, wherever they are under a job's folder: every msrun worker's and the scheduler's
@@ -387,7 +388,8 @@ def environment_record(manifests: dict[str, dict], requirements: Optional[list[s
         other = m.get("pip_freeze") or []
         if job != "train" and other and set(other) != set(freeze):
             differs[job] = {"only_here": sorted(set(other) - set(freeze)), "only_in_train": sorted(set(freeze) - set(other))}
-    return {"generated_from": [f"logs/{job}/manifest.json" for job in manifests] + ["code.tar.gz: pyproject.toml"],
+    return {"generated_from": [layout.in_logs(layout.manifest(job)) for job in manifests]
+            + ["code.tar.gz: pyproject.toml"],
             "jobs": jobs, "contest_base": dict(rules.CONTEST_STACK),
             "on_top_of_contest_base": on_top_of_contest_base(freeze, requirements or []),
             "pip_freeze": freeze, "pip_freeze_source": "logs/train/manifest.json", "pip_freeze_differs": differs}
