@@ -52,7 +52,7 @@ from tunebox.submission import selfcheck
 from tunebox.chaos import kill_point
 from tunebox.cli import run_job
 from tunebox.config import RunSpec, dump_spec
-from tunebox.io import InputError, atomic_dir, atomic_write_json, atomic_write_text
+from tunebox.io import InputError, atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
 from tunebox.manifest import write_job_manifest
 from tunebox.submission.algorithm import render_algorithm, render_prompt_example
 from tunebox.submission.code_archive import make_code_archive
@@ -72,10 +72,6 @@ def _read_json(path: Path, what: str) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{what} is not valid JSON ({exc.msg}, line {exc.lineno})", path, exc.lineno) from None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
 
 
 def check_spec_matches_run(spec: RunSpec, manifests: dict[str, dict]) -> None:
@@ -216,7 +212,7 @@ def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int, tok) 
     from tunebox.model.mf_config import R11_MODELS, topology
 
     topo = topology(spec)
-    heldout = _read_jsonl(spec.run_dir / layout.PREP_HELDOUT)
+    heldout = read_jsonl(spec.run_dir / layout.PREP_HELDOUT)
     atomic_write_text(folder / "README.md", MF_README.format(
         checkpoint=checkpoint, prompt=ansi_c_quoted(spec_prompt(tok, heldout[0]["prompt"], spec.data)),
         topology=f"this run: {topo.workers} worker(s), data {topo.data_parallel} x model {topo.model_parallel} "
@@ -294,10 +290,10 @@ def training_log_tail(run_dir: Path, lines: int = 40) -> tuple[str, list[str]]:
 
 
 def tokenizer_files(spec: RunSpec) -> tuple[Path, Path]:
-    """The tokenizer.json and tokenizer_config.json the jobs loaded (tunebox.data.samples.load_tokenizer)."""
-    from tunebox.model.weights import ensure_model
+    """The tokenizer.json and tokenizer_config.json the jobs loaded (tunebox.model.weights.load_tokenizer)."""
+    from tunebox.model.weights import tokenizer_file
 
-    tj = spec.resolve(spec.model.tokenizer) or ensure_model(spec.model.name) / "tokenizer.json"
+    tj = tokenizer_file(spec.model.name, spec.resolve(spec.model.tokenizer))
     cfg = tj.with_name("tokenizer_config.json")
     for f in (tj, cfg):
         if not f.is_file():
@@ -309,7 +305,7 @@ def tokenizer_files(spec: RunSpec) -> tuple[Path, Path]:
 # ---- the job -------------------------------------------------------------------------------
 
 def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
-    from tunebox.data.samples import load_tokenizer
+    from tunebox.model.weights import load_tokenizer
 
     started = time.time()
     run_dir = spec.run_dir
@@ -333,13 +329,13 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
             raise InputError(f"{name} was not evaluated: run evaluate with eval.checkpoints: all", f)
 
     out = Path(out) if out else run_dir / contents.SUBMISSION_DIR
-    tok = load_tokenizer(spec)
-    heldout = _read_jsonl(spec.run_dir / layout.PREP_HELDOUT)
+    tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
+    heldout = read_jsonl(spec.run_dir / layout.PREP_HELDOUT)
     if not heldout:
         raise InputError("no held-out rows: data.heldout_rows must be > 0 to evaluate",
                          spec.run_dir / layout.PREP_HELDOUT)
     rejects_file = spec.job_dir("prep") / "rejects.jsonl"
-    rejects = _read_jsonl(rejects_file) if rejects_file.exists() else []
+    rejects = read_jsonl(rejects_file) if rejects_file.exists() else []
 
     with atomic_dir(out) as tmp:
         # checkpoints first: hashing them is the long part, and a mismatch should stop us early

@@ -39,7 +39,7 @@ from tunebox.cli import run_job
 from tunebox.config import RunSpec
 from tunebox.contest.rules import (RETENTION_METRIC, RETENTION_THRESHOLD, SCORE_FORMULAS, choose_checkpoint,
                                    param_figures, retention_verdict, stage_score)
-from tunebox.data.samples import load_tokenizer
+from tunebox.model.weights import load_tokenizer
 from tunebox.evaluation.loop import (ALL_FAMILIES, MCQ_ANSWER_PREFIX, SQUAD_MAX_NEW_TOKENS, HeldoutTask, SquadTask,
                                      evaluate_model, limit_for, load_heldout, load_squad)
 from tunebox.evaluation.runners import MindFormersRunner, NumpyRunner, pick_backend
@@ -164,7 +164,7 @@ def scale_dial(spec: RunSpec, target: dict, scales: list[float], task: HeldoutTa
 def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     """The whole job; `scales` (or eval.scales) adds the LoRA scale dial."""
     scales = parse_scales(spec.eval.scales) if scales is None else scales
-    tok = load_tokenizer(spec)
+    tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     task = load_heldout(spec, tok)
     squad = load_squad(spec, tok)
     shape = get_model_shape(spec.model.name)

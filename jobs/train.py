@@ -95,7 +95,8 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     """Everything the Trainer needs, from the spec and prep's output: the plan, the data files (packed
     when train.packing), the answer capacity and the rendered MindFormers config. With write=False
     nothing is written (a worker of a multi-node run)."""
-    from tunebox.data.samples import load_tokenizer, mindrecord_shards, read_mindrecord
+    from tunebox.data.samples import mindrecord_shards, read_mindrecord
+    from tunebox.model.weights import load_tokenizer
     from tunebox.model.mf_config import render_train_config
     from tunebox.run_checkpoints import base_checkpoint
 
@@ -104,7 +105,7 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     if not data_file.exists():
         raise InputError(f"{data_file} not found: run prep first (invoke prep --config {spec.source_path})")
     ids, labels = read_mindrecord(data_file)
-    pad_id = load_tokenizer(spec).pad_id
+    pad_id = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
     files, packing = mindrecord_shards(data_file), None
     if spec.train.packing:
         from tunebox.data.packing import pack_rows, write_packed_mindrecord

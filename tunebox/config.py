@@ -485,6 +485,7 @@ def _validate_data_policy(spec: RunSpec, bad) -> None:
     """data.answer_format, data.template, data.families / drop_families / balance name real things."""
     from tunebox.data import answers
     from tunebox.data import prompts
+    from tunebox.data.policy import balance_rule
     from tunebox.contest.scoring import MATH_FAMILIES
 
     d = spec.data
@@ -512,15 +513,6 @@ def _validate_data_policy(spec: RunSpec, bad) -> None:
             bad(f"data.balance.{family}: {exc}", "data.balance")
     if d.heldout_file_rows is not None and d.heldout_file_rows < 1:
         bad("data.heldout_file_rows must be >= 1 (or null for every row)", "data.heldout_file_rows")
-
-
-def balance_rule(rule) -> tuple[str, int]:
-    """A data.balance value: an int N -> ("cap", N); "xK" -> ("repeat", K)."""
-    if isinstance(rule, int) and not isinstance(rule, bool) and rule >= 0:
-        return "cap", rule
-    if isinstance(rule, str) and rule.startswith("x") and rule[1:].isdigit() and int(rule[1:]) >= 1:
-        return "repeat", int(rule[1:])
-    raise ValueError(f"{rule!r} is neither a row cap (an integer >= 0) nor a repeat factor like \"x10\"")
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:

@@ -219,29 +219,6 @@ def count_lines(path: Path) -> int:
     return lines + (last != b"\n")
 
 
-def load_tokenizer(spec: Optional[str]):
-    """(TextTokenizer or None, description). spec: a model dir, a tokenizer.json, 'none', or None
-    for the default model's tokenizer when it has been fetched."""
-    from tunebox.data.tokenizer import TextTokenizer
-
-    if spec and spec.lower() == "none":
-        return None, "characters (--tokenizer none)"
-    if spec:
-        path = Path(spec)
-        if path.is_file():
-            return TextTokenizer.load(path.parent, path), f"tokens ({path})"
-        if not (path / "tokenizer.json").exists():
-            raise InputError("no tokenizer.json here; give a model directory or a tokenizer.json file", path)
-        return TextTokenizer.load(path), f"tokens ({path / 'tokenizer.json'})"
-    from tunebox.model.registry import model_dir
-
-    default = model_dir(DEFAULT_TOKENIZER_MODEL)
-    if (default / "tokenizer.json").exists():
-        return TextTokenizer.load(default), f"tokens ({default / 'tokenizer.json'})"
-    return None, (f"characters (no tokenizer given and {default / 'tokenizer.json'} does not exist; "
-                  f"fetch the model or pass --tokenizer)")
-
-
 def _iter_located(files: list[Path]) -> Iterator[tuple[int, Path, JsonlRow | InputError]]:
     for index, path in enumerate(files):
         for item in iter_jsonl(path):
