@@ -43,7 +43,7 @@ from tunebox.model.weights import load_tokenizer
 from tunebox.evaluation.loop import (ALL_FAMILIES, MCQ_ANSWER_PREFIX, SQUAD_MAX_NEW_TOKENS, HeldoutTask, SquadTask,
                                      evaluate_model, limit_for, load_heldout, load_squad)
 from tunebox.evaluation.runners import MindFormersRunner, NumpyRunner, pick_backend
-from tunebox.io import InputError, atomic_write_json, atomic_write_text, sha256_file
+from tunebox.io import InputError, atomic_write_json, atomic_write_text, read_jsonl, sha256_file
 from tunebox.manifest import write_job_manifest
 from tunebox.model.registry import get_model_shape
 from tunebox.data.tokenizer import TextTokenizer
@@ -287,7 +287,7 @@ def write_plots(spec: RunSpec, out: Path, base: Optional[dict], tuned: list[dict
                 made.append("plots/per_family_graded.png")
     loss_file = spec.run_dir / layout.TRAIN_LOSS
     if loss_file.exists():
-        rows = [json.loads(l) for l in loss_file.read_text().splitlines() if l.strip()]
+        rows = read_jsonl(loss_file)
         if rows:
             steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
             window = max(1, len(rows) // 10)

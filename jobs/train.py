@@ -41,7 +41,7 @@ from tunebox import layout
 from tunebox.chaos import kill_point
 from tunebox.cli import job_process_env, run_job
 from tunebox.config import RunSpec
-from tunebox.io import InputError, atomic_write_json, atomic_write_text
+from tunebox.io import InputError, atomic_write_json, atomic_write_text, read_jsonl
 from tunebox.manifest import write_job_manifest
 from tunebox.model.registry import get_model_shape
 
@@ -318,7 +318,7 @@ def training_done(out: Path, plan: dict) -> bool:
     log_file = out / "loss.jsonl"
     if not log_file.exists():
         return False
-    steps = [json.loads(l)["step"] for l in log_file.read_text(encoding="utf-8").splitlines() if l.strip()]
+    steps = [r["step"] for r in read_jsonl(log_file)]
     return bool(steps) and steps[-1] >= plan["total_steps"] and len(lora_files(out, plan)) == len(plan["checkpoint_steps"])
 
 
@@ -363,7 +363,7 @@ def _session_start(out: Path) -> int:
     """The step this session started from (TuneboxLossLog's sessions.jsonl): 0, or where MindFormers'
     resume_training restored the run."""
     path = out / "sessions.jsonl"
-    rows = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()] if path.exists() else []
+    rows = read_jsonl(path) if path.exists() else []
     return rows[-1]["start_step"] if rows else 0
 
 
@@ -390,7 +390,7 @@ def finish(spec: RunSpec, prepared: dict, run_s: float) -> Path:
     trainable, total_params = _param_counts(spec)
     start_step = _session_start(out)
     plan = prepared["plan"]
-    rows = [json.loads(l) for l in (spec.run_dir / layout.TRAIN_LOSS).read_text(encoding="utf-8").splitlines() if l.strip()]
+    rows = read_jsonl(spec.run_dir / layout.TRAIN_LOSS)
     if not rows or rows[-1]["step"] < plan["total_steps"]:
         raise RuntimeError(f"MindFormers stopped at step {rows[-1]['step'] if rows else 0} of {plan['total_steps']}; "
                            f"see {out / 'log'}")
