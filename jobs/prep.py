@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from tunebox.cli import job_process_env, run_job
 from tunebox.config import RunSpec
@@ -36,50 +37,44 @@ from tunebox.model.weights import tokenizer_file
 log = logging.getLogger("tunebox.prep")
 
 
-def generate_rows(spec: RunSpec) -> Path:
-    """data.generate: run jobs.generate (its own process: a job does not import another) into
-    runs/<run_id>/generated/, unless a finished set with the same arguments is there already."""
-    out = spec.training_source()
+def generate_rows(arguments: str, out: Path, spec_path: Optional[str]) -> Path:
+    """data.generate (`arguments`): run jobs.generate (its own process: a job does not import another) into
+    `out` (runs/<run_id>/generated/), unless a finished set with the same arguments is there already."""
     marker = out / "generate.json"
-    args = shlex.split(spec.data.generate)
+    args = shlex.split(arguments)
     if marker.exists() and json.loads(marker.read_text()).get("argv") == args:
         log.info("generated rows already in %s", out)
         return out
-    log.info("generating the training rows: python -m jobs.generate %s --out %s", spec.data.generate, out)
+    log.info("generating the training rows: python -m jobs.generate %s --out %s", arguments, out)
     proc = subprocess.run([sys.executable, "-m", "jobs.generate", *args, "--out", str(out)],
                           capture_output=True, text=True, env=job_process_env(Path(__file__).parent))
     if proc.returncode != 0:
         raise InputError(f"data.generate: jobs.generate failed (exit {proc.returncode}): "
                          f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no message'}",
-                         spec.source_path)
+                         spec_path)
     record = json.loads(marker.read_text())
     record["argv"] = args
     atomic_write_json(marker, record)
     return out
 
 
-def _inputs_for_manifest(spec: RunSpec, files: list[Path]) -> dict:
-    target = spec.training_source()
-    if target.is_dir() or len(files) == 1:
-        return {"train_file": target if target.is_dir() else files[0]}
-    return {f"train_file[{i}]": f for i, f in enumerate(files)}
-
-
 def prep(spec: RunSpec) -> Path:
     started = time.time()
     d = spec.data
-    if d.generate:
-        generate_rows(spec)
-    source = spec.training_source()
-    files = train_files(source, spec.source_path)
+    source, out = spec.training_source(), spec.job_dir("prep")
+    heldout_file = spec.resolve(d.heldout_file)
     tokenizer_json = tokenizer_file(spec.model.name, spec.resolve(spec.model.tokenizer))
-    out = spec.job_dir("prep")
+    if d.generate:
+        generate_rows(d.generate, source, spec.source_path)
+    files = train_files(source, spec.source_path)
     with atomic_dir(out) as tmp:
-        stats, shards = prepare(d, files, tokenizer_json, tmp, source=source,
-                                heldout_file=spec.resolve(d.heldout_file), spec_path=spec.source_path,
-                                started=started)
-    write_job_manifest(out, "prep", spec, inputs=_inputs_for_manifest(spec, files),
-                       outputs={path.name: out / path.name for path in shards}, seeds={"split": d.seed}, extra=stats)
+        stats, shards = prepare(d, files, tokenizer_json, tmp, source=source, heldout_file=heldout_file,
+                                spec_path=spec.source_path, started=started)
+    # the input as named: the folder (generated rows, a directory) or the file, else each file of a glob
+    inputs = ({"train_file": source if source.is_dir() else files[0]} if source.is_dir() or len(files) == 1
+              else {f"train_file[{i}]": f for i, f in enumerate(files)})
+    write_job_manifest(out, "prep", spec, inputs=inputs, outputs={path.name: out / path.name for path in shards},
+                       seeds={"split": d.seed}, extra=stats)
     log.info("prep: %d train rows, %d held out, %d not sampled, removed %s -> %s in %.1f s (%d workers)",
              stats["rows_train"], stats["rows_heldout"], stats["rows_not_sampled"],
              ", ".join(f"{k} {v}" for k, v in stats["removed"].items()) or "nothing", out, time.time() - started,

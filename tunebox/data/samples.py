@@ -9,6 +9,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from tunebox.contest.scoring import extract_choice_letter, mcq_prompt
 from tunebox.io import InputError, JsonlRow, iter_jsonl
 from tunebox.data.prompts import render_prompt
 from tunebox.data.tokenizer import TextTokenizer
@@ -47,8 +48,6 @@ def parse_math_row(row: JsonlRow, path: Path) -> Example:
 
 def parse_mcq_row(row: JsonlRow, path: Path) -> Example:
     """MMLU/CMMLU rows {question, choices[4], answer} or the contest's alpaca rows {instruction, input, output}."""
-    from tunebox.contest.scoring import extract_choice_letter, mcq_prompt  # pure Python, no model imports
-
     value = row.value
     if not isinstance(value, dict):
         raise InputError(f"expected a JSON object, got {type(value).__name__}", path, row.line)
