@@ -5,18 +5,30 @@ on a laptop is exactly what a container or a Kubernetes Job runs.
 """
 from __future__ import annotations
 
+import argparse
+import inspect
+import re
 import shlex
 import subprocess
 import sys
+import time
 
 import invoke
 from invoke import Collection, Task
 
+from jobs import bundle, chat, dryrun, evaluate, export, merge, prep, train, weights
+from tunebox.cli import job_parser
+from tunebox.io import InputError
 from tunebox.layout import PIPELINE
+from tunebox.spec_checks import load_checked_spec
 
 DEFAULT_CONFIG = "recipes/local-smollm2.yaml"
 # The job graph, in order, as compose and the Kubernetes Job run it: declared in tunebox/layout.py.
 PIPELINE_STEPS = PIPELINE
+# The jobs that run through tunebox.cli.run_job and get a task each, made from the job's own parser
+# (tunebox.cli.job_parser + the job's `_args`): their flags, help and defaults are declared there, once.
+_JOB_MODULES = (bundle, chat, dryrun, evaluate, export, merge, prep, train, weights)
+JOB_TASKS = tuple(module.__name__.removeprefix("jobs.") for module in _JOB_MODULES)
 PY = shlex.quote(sys.executable)
 
 
@@ -27,17 +39,19 @@ def task(*args, **kwargs):
     return invoke.task(*args, **kwargs)
 
 
-def _job(c, name: str, config: str, overrides: list[str] | None = None, extra: str = ""):
-    cmd = f"{PY} -m jobs.{name} --config {shlex.quote(config)}"
-    for ov in overrides or []:
-        cmd += f" --set {shlex.quote(ov)}"
-    if extra:
-        cmd += " " + extra
-    print(cmd, flush=True)
+def _run_job(name: str, argv: list[str]) -> None:
+    """`python -m jobs.<name> ARGV` in the foreground; its exit code becomes invoke's."""
+    _run_module(f"jobs.{name}", argv)
+
+
+def _run_module(module: str, argv: list[str]) -> None:
+    """`python -m MODULE ARGV` in the foreground; its exit code becomes invoke's."""
+    cmd = [sys.executable, "-m", module, *argv]
+    print(" ".join([PY] + [shlex.quote(a) for a in cmd[1:]]), flush=True)
     # Not c.run: on Ctrl-C invoke forwards the interrupt through the job's stdin and fails (exit 1) when
     # there is none. The job is in this process group and gets the same SIGINT: wait until it has
     # stopped (after the step in progress, its state resumable) and exit with its code, 130.
-    proc = subprocess.Popen(shlex.split(cmd))
+    proc = subprocess.Popen(cmd)
     while True:
         try:
             code = proc.wait()
@@ -48,101 +62,77 @@ def _job(c, name: str, config: str, overrides: list[str] | None = None, extra: s
         raise invoke.Exit(code=code if code > 0 else 128 - code)  # killed by signal N: 128 + N, as a shell says
 
 
+def _spec_argv(config: str, overrides: list[str] | None) -> list[str]:
+    return ["--config", config] + [a for ov in overrides or [] for a in ("--set", ov)]
+
+
 def _load_spec(config: str, overrides: list[str] | None):
     """The run spec, or the jobs' own answer to a bad one: `error: <file>:<line>: ...` and exit code 2."""
-    from tunebox.config import load_spec
-    from tunebox.io import InputError
-
     try:
-        return load_spec(config, overrides)
+        return load_checked_spec(config, overrides)
     except InputError as exc:
         raise invoke.Exit(f"error: {exc}", code=2) from None
 
 
-_SET_HELP = {"config": "run spec YAML (default: the local SmolLM2 recipe)",
-             "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)"}
+def _job_task(module) -> Task:
+    """The invoke task of a job module: one invoke option per option of `python -m jobs.<name>`, with its help
+    and default, passed through as given (the job parses and checks them: a bad value exits 2)."""
+    name = module.__name__.removeprefix("jobs.")
+    parser = job_parser(name, module.__doc__)
+    if hasattr(module, "_args"):
+        module._args(parser)
+    params, helps, options = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)], {}, {}
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        flag = max(action.option_strings, key=len)            # --config, not -c
+        param = flag.lstrip("-").replace("-", "_")
+        flagged = isinstance(action, argparse._StoreTrueAction)
+        default = False if flagged else DEFAULT_CONFIG if param == "config" else None if param == "set" else ""
+        params.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=default))
+        text = (action.help or "").replace("%(default)s", str(action.default))
+        if action.default not in (None, False, [], "") and "default" not in text:
+            text += f" (default: {action.default})"
+        helps[param] = text
+        options[param] = (flag, flagged)
+    helps["config"] = "run spec YAML, a path or a recipe name (default: the local SmolLM2 recipe)"
+
+    def body(c, **given):
+        argv = []
+        for param, (flag, flagged) in options.items():
+            value = given.get(param)
+            if param == "set":
+                argv += [a for ov in value or [] for a in (flag, ov)]
+            elif flagged:
+                argv += [flag] if value else []
+            elif value not in ("", None):
+                argv += [flag, str(value)]
+        _run_job(name, argv)
+
+    # invoke --list shows the first line: make it the doc's first sentence
+    doc = (module.__doc__ or name).strip()
+    cut = re.search(r"\.(\s|$)", doc)
+    first, rest = (doc[:cut.start() + 1], doc[cut.end():]) if cut else (doc, "")
+    body.__name__ = body.__qualname__ = name
+    body.__doc__ = (" ".join(first.split()) + "\n\n" + rest
+                    + f"\n\nEvery run spec key, with its default: python -m jobs.{name} --help")
+    body.__signature__ = inspect.Signature(params)
+    return Task(body, name=name, help=helps, iterable=["set"], auto_shortflags=False)
 
 
-@task(help=dict(_SET_HELP, refresh="delete the cached model and make it again (after a damaged file was found)"),
-      iterable=["set"])
-def weights(c, config=DEFAULT_CONFIG, set=None, refresh=False):
-    """The base model into the cache: fetch model.source (sha256-checked) and convert, or build; when present, every file is checked against model.json."""
-    _job(c, "weights", config, set, extra="--refresh" if refresh else "")
+_JOB_TASKS = [_job_task(module) for module in _JOB_MODULES]
+_SPEC_HELP = {"config": "run spec YAML (default: the local SmolLM2 recipe)",
+              "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)"}
 
 
-@task(help=_SET_HELP, iterable=["set"])
-def prep(c, config=DEFAULT_CONFIG, set=None):
-    """Raw contest JSONL -> validated, tokenized MindRecord train/held-out split."""
-    _job(c, "prep", config, set)
-
-
-@task(help=_SET_HELP, iterable=["set"])
-def train(c, config=DEFAULT_CONFIG, set=None):
-    """LoRA training with MindFormers (resumes from its last checkpoint); 5 evenly spaced checkpoints."""
-    _job(c, "train", config, set)
-
-
-@task(help=_SET_HELP, iterable=["set"])
+@task(help=_SPEC_HELP, iterable=["set"])
 def mindformers_yaml(c, config=DEFAULT_CONFIG, set=None):
     """Render runs/<id>/train/mindformers.yaml (the MindFormers finetune config train runs) without training.
 
     Needs prep's output (the data files and the answer-only head's size come from it). Run it with stock
     MindFormers: REGISTER_PATH=tunebox/model python run_mindformer.py --config runs/<id>/train/mindformers.yaml
     (README, "MindFormers YAML")."""
-    _job(c, "train", config, set, extra="--render-only")
-
-
-@task(help=dict(_SET_HELP, strategy_only="MindFormers' only_save_strategy: compile, write the strategy files, stop",
-                logs="read rank_<R>.log files from this folder (a recorded DryRun) instead of running"),
-      iterable=["set"])
-def dryrun(c, config=DEFAULT_CONFIG, set=None, strategy_only=False, logs=""):
-    """MindSpore's DryRun before booking cards: each pipeline stage's peak memory vs max_device_memory, and a verdict.
-
-    Runs in the Ascend image or on any host with CANN (a card is optional; not on a CPU-only machine). Needs
-    prep's output and the base model in the cache. docs/CONTAINERS.md, "Ascend first run"."""
-    extra = ("--strategy-only " if strategy_only else "") + (f"--logs {shlex.quote(logs)}" if logs else "")
-    _job(c, "dryrun", config, set, extra=extra.strip())
-
-
-@task(help=_SET_HELP, iterable=["set"])
-def merge(c, config=DEFAULT_CONFIG, set=None):
-    """Each LoRA checkpoint -> a full merged MindFormers checkpoint (W + alpha/r * B A)."""
-    _job(c, "merge", config, set)
-
-
-@task(help=_SET_HELP, iterable=["set"])
-def evaluate(c, config=DEFAULT_CONFIG, set=None):
-    """Greedy generation on the held-out rows; contest accuracy for the base model and every checkpoint."""
-    _job(c, "evaluate", config, set)
-
-
-@task(help=dict(_SET_HELP, out="submission folder (default runs/<run_id>/submission; same filesystem = hard links)"),
-      iterable=["set"])
-def bundle(c, config=DEFAULT_CONFIG, set=None, out=""):
-    """A finished run (same config and --set as its jobs) -> the contest submission folder, checksummed."""
-    _job(c, "bundle", config, set, extra=f"--out {shlex.quote(out)}" if out else "")
-
-
-_STEP_HELP = "training step of the checkpoint (default: the one evaluate chose; 0: the base model)"
-
-
-@task(help=dict(_SET_HELP, format="hf: merged HF safetensors folder; peft: PEFT LoRA adapter", step=_STEP_HELP,
-                out="folder to write (default runs/<run_id>/export/<format>-step-<N>)"), iterable=["set"])
-def export(c, config=DEFAULT_CONFIG, set=None, format="hf", step="", out=""):
-    """One checkpoint of a run for vLLM/MindIE/transformers: merged HF safetensors (hf) or a PEFT adapter (peft)."""
-    extra = f"--format {shlex.quote(format)}" + (f" --step {shlex.quote(str(step))}" if step != "" else "")
-    _job(c, "export", config, set, extra=extra + (f" --out {shlex.quote(out)}" if out else ""))
-
-
-@task(help=dict(_SET_HELP, step=_STEP_HELP, prompt="one question: print its answer and exit (default: one per line)",
-                max_new_tokens="answer length cap (default eval.max_new_tokens)"), iterable=["set"])
-def chat(c, config=DEFAULT_CONFIG, set=None, step="", prompt="", max_new_tokens=0):
-    """Ask a checkpoint questions in the recipe's prompt: numpy decoder on CPU, MindFormers on Ascend."""
-    cmd = f"{PY} -m jobs.chat --config {shlex.quote(config)}" + "".join(f" --set {shlex.quote(o)}" for o in set or [])
-    cmd += f" --step {shlex.quote(str(step))}" if step != "" else ""
-    cmd += f" --prompt {shlex.quote(prompt)}" if prompt else ""
-    cmd += f" --max-new-tokens {int(max_new_tokens)}" if max_new_tokens else ""
-    c.run(cmd, pty=not prompt and sys.stdin.isatty())   # a terminal for the "> " prompt when interactive
+    _run_job("train", _spec_argv(config, set) + ["--render-only"])
 
 
 @task(help={"submission": "the folder bundle wrote, e.g. runs/local-smollm2/submission",
@@ -152,22 +142,55 @@ def chat(c, config=DEFAULT_CONFIG, set=None, step="", prompt="", max_new_tokens=
 def verify(c, submission, rerun=False, image="", tolerance=""):
     """Check a submission: files, checksums, no strays, 5 evenly spaced checkpoints, results vs logs."""
     cmd = f"{PY} -m jobs.verify {shlex.quote(submission)}" + (" --rerun" if rerun else "")
-    cmd += (f" --image {shlex.quote(image)}" if image else "") + (f" --tolerance {float(tolerance)}" if tolerance else "")
+    cmd += f" --image {shlex.quote(image)}" if image else ""
+    cmd += f" --tolerance {float(tolerance)}" if tolerance else ""
     c.run(cmd, pty=False, echo=True)
 
 
-@task(help=_SET_HELP, iterable=["set"])
 def pipeline(c, config=DEFAULT_CONFIG, set=None):
-    """weights -> prep -> train -> merge -> evaluate -> bundle on one run spec; prints the report and where it is."""
-    import time
     spec = _load_spec(config, set)  # fail on a bad spec before any job starts
     started = time.time()
-    for name in PIPELINE_STEPS:
-        _job(c, name, config, set)
+    for name in PIPELINE:
+        _run_job(name, _spec_argv(config, set))
     report = spec.job_dir("evaluate") / "report.md"
     print("\n" + report.read_text(encoding="utf-8"))
     print(f"pipeline finished in {(time.time() - started) / 60:.1f} min; report: {report}; "
           f"submission: {spec.run_dir / 'submission'} (check it with: invoke verify {spec.run_dir / 'submission'})")
+
+
+pipeline.__doc__ = f"{' -> '.join(PIPELINE)} on one run spec (tunebox/layout.py); prints the report and where it is."
+pipeline = task(help=_SPEC_HELP, iterable=["set"])(pipeline)
+
+
+_SWEEP_HELP = {"config": "the recipe every point starts from (default: the local SmolLM2 recipe)",
+               "grid": "spec keys and values, every combination a point: 'lora.rank=8,16 train.lr=5e-4,1e-3'",
+               "seeds": "run each point at these train.seed values, e.g. 0,1,2 (train.seed: LoRA init, dropout, "
+                        "shuffle; data.seed, and so the rows and the held-out set, stays the recipe's)",
+               "name": "runs/sweeps/NAME/ and the runs' id prefix (default: recipe run_id + grid keys)",
+               "set": "override a spec key for every point (repeatable)",
+               "collect": "run nothing: build the table from the run folders there are (e.g. copied off a cluster)"}
+
+
+def _sweep_argv(config, grid, seeds, name, set) -> list[str]:
+    argv = ["--config", config] + (["--grid", grid] if grid else []) + (["--seeds", str(seeds)] if seeds != "" else [])
+    return argv + (["--name", name] if name else []) + [w for o in set or [] for w in ("--set", o)]
+
+
+@task(help=_SWEEP_HELP, iterable=["set"])
+def sweep(c, config=DEFAULT_CONFIG, grid="", seeds="", name="", set=None, collect=False):
+    """A grid of spec settings x seeds, each point an isolated run of the pipeline (skipped when finished; rerun to
+    continue), then runs/sweeps/NAME/results.md, .csv and a plot (tunebox/sweep.py)."""
+    _run_module("tunebox.sweep", _sweep_argv(config, grid, seeds, name, set) + (["--collect"] if collect else []))
+
+
+@task(help={"compare": "two run ids, A,B (or --compare A --compare B): spec difference and results side by side",
+            "runs_dir": "the folder holding the runs (default runs)"}, iterable=["compare"])
+def runs(c, compare=None, runs_dir="runs"):
+    """The runs in runs/: id, recipe, what differs from it, chosen step, score, date (tunebox/runs.py)."""
+    compare = [r for value in compare or [] for r in value.replace(",", " ").split()]
+    if compare and len(compare) != 2:
+        raise invoke.Exit("error: --compare takes two runs: invoke runs --compare A,B", code=2)
+    _run_module("tunebox.runs", ["--runs-dir", runs_dir] + (["--compare", *compare] if compare else []))
 
 
 @task(help={"url": "the file to download (http/https)", "out": "where to put it (with --url)",
@@ -341,9 +364,18 @@ def _render_cmd(config, overlay, image, namespace, set, out):
     return cmd + (f" -o {shlex.quote(out)}" if out else "")
 
 
-@task(name="render", help=_K8S_HELP, iterable=["set"])
-def k8s_render(c, config=DEFAULT_CONFIG, overlay="local-cpu", image="", namespace="", set=None, out=""):
+@task(name="render", help=dict(_K8S_HELP, sweep="render a sweep instead, one Job per point: its grid, as "
+                                                  "`invoke sweep --grid`", seeds="with --sweep: as `invoke sweep`",
+                                name="with --sweep: as `invoke sweep`"), iterable=["set"])
+def k8s_render(c, config=DEFAULT_CONFIG, overlay="local-cpu", image="", namespace="", set=None, out="", sweep="",
+               seeds="", name=""):
     """Render the run's Kubernetes manifests from its spec with kubectl kustomize (k8s/overlays/OVERLAY)."""
+    if sweep or seeds != "":
+        _in_repo(c, f"{PY} -m tunebox.sweep {shlex.join(_sweep_argv(config, sweep, seeds, name, set))} --render "
+                    f"{shlex.quote(overlay)}" + (f" --image {shlex.quote(image)}" if image else "")
+                    + (f" --namespace {shlex.quote(namespace)}" if namespace else "")
+                    + (f" -o {shlex.quote(out)}" if out else ""))
+        return
     _in_repo(c, _render_cmd(config, overlay, image, namespace, set, out))
 
 
@@ -427,6 +459,7 @@ def bench_train(c, config=DEFAULT_CONFIG, steps=12, repeats=1, keep="", packed="
 _NAMESPACED = {id(t) for t in (image_base, image_build, image_lint, image_lock, k8s_render, k8s_apply, compose_up,
                                bench_merge, bench_eval, bench_prep, bench_generate, bench_train, test, test_mutants)}
 ns = Collection(
+    *_JOB_TASKS,
     *[t for t in list(globals().values()) if isinstance(t, Task) and id(t) not in _NAMESPACED],
     Collection("image", image_base, image_build, image_lint, image_lock),
     Collection("k8s", k8s_render, k8s_apply),

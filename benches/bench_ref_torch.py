@@ -61,6 +61,23 @@ def masked_targets(ids: np.ndarray, labels: np.ndarray, pad_id: int) -> np.ndarr
     return targets
 
 
+def batch_tensors(ids: np.ndarray, labels: np.ndarray, pad_id: int):
+    """One step's (inputs, targets) as torch int64 tensors: ids[:, :-1] and masked_targets."""
+    import torch
+
+    return torch.from_numpy(ids[:, :-1].astype(np.int64)), torch.from_numpy(masked_targets(ids, labels, pad_id))
+
+
+def batch_loss(model, inputs, targets):
+    """The training loss: cross-entropy of the logits of `inputs`, the mean over the targets that are
+    not IGNORE (MindFormers' masked mean over counted positions)."""
+    import torch
+
+    logits = model(input_ids=inputs).logits
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                             ignore_index=IGNORE)
+
+
 def build_model(work: Path, plan: dict, spec: dict):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -114,13 +131,10 @@ def train_reference(work: Path, threads: int) -> dict:
     for step, (ids, labels, lr) in enumerate(zip(ids_all, labels_all, lrs)):
         for group in optimizer.param_groups:
             group["lr"] = float(lr)
-        inputs = torch.from_numpy(ids[:, :-1].astype(np.int64))
-        targets = torch.from_numpy(masked_targets(ids, labels, pad_id))
+        inputs, targets = batch_tensors(ids, labels, pad_id)
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        logits = model(input_ids=inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                                 ignore_index=IGNORE)
+        loss = batch_loss(model, inputs, targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], plan["max_grad_norm"])
         optimizer.step()

@@ -39,12 +39,17 @@ job_dir() {
     python - "$@" <<'PY'
 import argparse, sys
 from tunebox.config import load_spec
+from tunebox.io import InputError
 step, argv = sys.argv[1], sys.argv[2:]
 parser = argparse.ArgumentParser()
 parser.add_argument("--config", "-c", required=True)
 parser.add_argument("--set", dest="overrides", action="append", default=[])
 args, _ = parser.parse_known_args(argv)
-print(load_spec(args.config, args.overrides).job_dir(step))
+try:
+    print(load_spec(args.config, args.overrides).job_dir(step))
+except InputError as exc:  # a bad spec or --set: one line, as the jobs say it
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
 PY
 }
 

@@ -74,13 +74,8 @@ def merge(spec: RunSpec, scale: float = 1.0) -> Path:
 
 
 def main(spec: RunSpec, args) -> None:
-    merge(spec, args.scale)
-
-
-def _args(parser) -> None:
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="multiply the LoRA update by this factor (1.0 = as trained)")
+    merge(spec, spec.merge.scale)
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_job("merge", __doc__, main, _args))
+    raise SystemExit(run_job("merge", __doc__, main))

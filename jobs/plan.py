@@ -70,8 +70,8 @@ def resolve(args) -> dict:
     """Merge command line, recipe and stage defaults into one settings dict (with where each came from)."""
     spec = None
     if args.config:
-        from tunebox.config import load_spec
-        spec = load_spec(args.config)
+        from tunebox.spec_checks import load_checked_spec
+        spec = load_checked_spec(args.config)  # its LoRA targets checked against the model, as the jobs do
     model = args.model or (spec.model.name if spec else None)
     stage = args.stage or (spec.stage if spec else None) or MODEL_STAGE.get(model or "", 1)
     defaults = STAGE_DEFAULTS[stage]

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -417,6 +418,9 @@ def finish(spec: RunSpec, prepared: dict, run_s: float) -> Path:
                "this_session_seconds": run_s, "resumed_from_step": start_step,
                "packing": plan.get("packing"), "answer_capacity": prepared["capacity"],
                "tokens_per_s_steady": tokens / max(1e-9, seconds),
+               # this session's peak resident memory: the train process or its largest msrun worker (Linux: KiB)
+               "peak_rss_mb": round(max(resource.getrusage(who).ru_maxrss
+                                        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024, 1),
                "trainer": "mindformers.Trainer", "mindformers_yaml": "mindformers.yaml"}
     atomic_write_json(spec.run_dir / layout.TRAIN_SUMMARY, summary)
     kill_point("train.before-manifest")

@@ -24,9 +24,9 @@ rows and weights; greedy decoding with tunebox.evaluation.decode as evaluate doe
 must match results.json; and, where MindFormers is installed, the `predict` check runs
 mindformers/predict.yaml as a judge would: MindFormers' build_tokenizer and build_network on the file,
 its checkpoint loader (checked strictly), a few greedy tokens for the first held-out prompt from the
-network's forward pass, which must be tunebox's decoder's answer. With --image, the same check (with --rerun) runs inside that Docker image,
-this checkout's jobs/ and tunebox/ mounted read-only, no network; skipped with a message when Docker is
-not reachable.
+network's forward pass, which must be tunebox's decoder's answer. With --image, the same check (with --rerun)
+runs inside that Docker image, this checkout's jobs/ and tunebox/ mounted read-only, no network; skipped
+with a message when Docker is not reachable.
 
 Exit codes: 0 every check holds, 1 a check failed, 2 bad input (no such folder, unknown image).
 """

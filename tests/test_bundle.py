@@ -20,7 +20,7 @@ from conftest import (TINY_RECIPE, cannot_run, docker_engine, docker_image, job_
                       planned_checkpoint_steps, read_jsonl, run_job)
 
 from jobs import verify as verify_mod
-from jobs.bundle import link_or_copy
+from tunebox.submission.assemble import link_or_copy
 from tunebox.submission.code_archive import make_code_archive
 from tunebox.submission import contents
 from tunebox.contest import rules

@@ -18,7 +18,7 @@ from conftest import TINY_RECIPE, run_job
 
 from jobs import verify as verify_mod
 from tunebox.submission import checks
-from jobs.bundle import training_log_tail
+from tunebox.submission.assemble import training_log_tail
 from tunebox.submission import contents
 from tunebox.submission import selfcheck
 from tunebox.config import load_spec

@@ -18,7 +18,8 @@ from invoke.exceptions import ParseError
 from invoke.parser import Parser
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = [REPO / "README.md", REPO / "docker-compose.yml", REPO / "Dockerfile", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "recipes").glob("*.yaml")),
+SOURCES = [REPO / "README.md", REPO / "docker-compose.yml", REPO / "Dockerfile", *sorted((REPO / "docs").glob("*.md")),
+           *sorted((REPO / "recipes").glob("*.yaml")),
            *sorted((REPO / "k8s").rglob("*.yaml")), *sorted((REPO / "k8s").rglob("*.md")),
            *sorted((REPO / "images").rglob("*.md")), *sorted((REPO / "images").rglob("*.sh"))]
 
@@ -93,3 +94,54 @@ def test_a_renamed_flag_fails():
     """The check itself: the old spelling the recipes used must not parse."""
     with pytest.raises(ParseError):
         _parser().parse_argv(to_argv("invoke plan --recipe recipes/stage1-llama3-8b.yaml --rows 90000"))
+
+
+def _job_parser(name: str):
+    import importlib
+
+    from tunebox.cli import job_parser
+
+    module = importlib.import_module(f"jobs.{name}")
+    parser = job_parser(name, module.__doc__)
+    getattr(module, "_args", lambda p: None)(parser)
+    return parser
+
+
+def test_every_job_task_takes_its_jobs_options_with_their_help():
+    """tasks.py declares no job flag by hand: each job's task has exactly the job's options (less -h), each
+    with the job's help, so `invoke <job> --help` explains what `python -m jobs.<job> --help` does. Tried
+    with tasks._job_task skipping store_true options (train --render-only, weights --refresh): this fails."""
+    import tasks
+
+    by_name = {t.name: t for t in tasks.ns.tasks.values()}
+    for name in tasks.JOB_TASKS:
+        parser = _job_parser(name)
+        wanted = {max(a.option_strings, key=len).lstrip("-").replace("-", "_"): a.help for a in parser._actions
+                  if a.option_strings and a.dest != "help"}
+        task = by_name[name]
+        assert set(task.argspec(task.body).parameters) == set(wanted), name
+        for param, text in wanted.items():
+            if param != "config":   # invoke's --config adds its default, the SmolLM2 recipe
+                assert task.help[param].startswith(text.replace("%(default)s", "")[:40]), (name, param)
+
+
+def test_a_job_task_passes_what_it_is_given_through(monkeypatch):
+    """`invoke export --format peft --step 0 --set a=1 --set b=2` runs the job with the same words; flags
+    left out are left out (the job's own defaults apply). Tried with the body passing values that are
+    empty strings (--out ''): this fails."""
+    import tasks
+
+    ran = []
+    monkeypatch.setattr(tasks, "_run_job", lambda name, argv: ran.append((name, argv)))
+    parser = Parser(contexts=Collection.from_module(tasks).to_contexts())
+    for argv in (["export", "--format", "peft", "--step", "0", "--set", "a=1", "--set", "b=2"],
+                 ["train", "--render-only"], ["weights", "--config", "recipes/tiny.yaml"]):
+        (ctx,) = parser.parse_argv(argv)
+        task = tasks.ns.tasks[ctx.name]
+        task.body(None, **{k.replace("-", "_"): v.value for k, v in ctx.args.items()})
+    assert ran == [
+        ("export", ["--config", tasks.DEFAULT_CONFIG, "--set", "a=1", "--set", "b=2", "--format", "peft",
+                    "--step", "0"]),
+        ("train", ["--config", tasks.DEFAULT_CONFIG, "--render-only"]),
+        ("weights", ["--config", "recipes/tiny.yaml"]),
+    ]

@@ -20,8 +20,9 @@ from tunebox.contest import scoring
 from tunebox.config import load_spec
 from tunebox.io import InputError
 from tunebox.model.registry import get_model_shape, llama_config_kwargs
-from tunebox.contest.rules import choose_checkpoint
-from jobs.evaluate import annotate, contest_figures, parse_scales
+from tunebox.contest.rules import choose_checkpoint, param_figures
+from jobs.evaluate import parse_scales
+from tunebox.evaluation.scorecard import annotate, contest_figures
 from tunebox.evaluation.loop import choice_token_plan, load_squad, longest_answers_in_samples
 from tunebox.evaluation.decode import length_groups
 from tunebox.evaluation.runners import choice_letter_logprobs
@@ -39,9 +40,13 @@ def _ckpt(step: int, acc: float, f1: float, em: float) -> dict:
             "squad": {"f1": f1, "em": em}}
 
 
+def _figures(spec) -> dict:
+    return contest_figures(spec.stage, param_figures(get_model_shape(spec.model.name), spec.lora.rank, spec.lora.target_modules))
+
+
 @pytest.fixture
 def llama3_contest():
-    return contest_figures(load_spec(TINY_RECIPE, ["model.name=llama3-8b", "stage=1"]))
+    return _figures(load_spec(TINY_RECIPE, ["model.name=llama3-8b", "stage=1"]))
 
 
 # ---- the choice, on constructed report data -------------------------------------------------------
@@ -93,9 +98,31 @@ def test_without_squad_the_choice_is_by_score_and_says_retention_is_unknown(llam
     assert choice["model"] == "step-000020" and "not measured" in choice["reason"]
 
 
+def test_results_json_carries_evaluates_scorecard(llama3_contest):
+    """bundle's results.json rows (contents.build_results, which verify recomputes too) carry the scorecard
+    evaluate wrote into its report: one function computes both. Mutant tried: build_results scoring at the
+    exact ratio (params["ratio"]) instead of through scorecard() -> the scores differ and this fails."""
+    from tunebox.submission.contents import build_results
+
+    base = {"model": "base", "squad": {"f1": 60.0, "em": 45.0}}
+    tuned = [annotate(_ckpt(s, a, f1, em), base, llama3_contest)
+             for s, a, f1, em in ((10, 0.5, 58.0, 44.0), (20, 0.7, 50.0, 42.0))]
+    report = {"base": base, "checkpoints": tuned, "best_checkpoint": {"model": "step-000010"}}
+    accuracies = {t["model"]: {"n": 8, "accuracy_strict": t["accuracy_strict"],
+                               "accuracy_tolerant": t["accuracy_tolerant"]} for t in tuned}
+    results = build_results(run_id="x", stage=1, fmt="math", model_name="llama3-8b", rank=8, target_modules="wq|wv",
+                            report=report, accuracies=accuracies, code={},
+                            checkpoints=[{"step": 10, "sha256": "a"}, {"step": 20, "sha256": "b"}])
+    for row, t in zip(results["checkpoints"], tuned):
+        assert (row["score"], row["score_tolerant"], row["ratio"]) == (t["score"], t["score_tolerant"], t["ratio"])
+        assert (row["retention_f1"], row["retention_em"], row["passes_retention"]) == \
+            (t["retention"]["f1"], t["retention"]["em"], t["retention"]["passes"])
+    assert results["chosen"]["model"] == choose_checkpoint(tuned)["model"] == "step-000010"
+
+
 def test_stage2_score_weighs_the_ratio_ten_times():
     spec = load_spec(TINY_RECIPE, ["model.name=internlm-7b", "stage=2"])
-    contest = contest_figures(spec)
+    contest = _figures(spec)
     ratio = 32 * (8 * (4096 + 4096) * 2) / 7_321_000_000   # r=8 on wq and wv, both 4096x4096
     assert contest["contest_ratio"] == pytest.approx(ratio, rel=1e-12)
     c = annotate(_ckpt(5, 0.5, 1, 1), {"squad": {"f1": 1, "em": 1}}, contest)
@@ -130,12 +157,13 @@ def test_squad_rows_are_validated_with_file_and_line(tmp_path, tiny_cache):
     bad_file.write_text("\n".join(good[:2] + ['{"context": "c", "question": "q", "answers": []}']) + "\n")
     spec = load_spec(TINY_RECIPE, [f"eval.squad_file={bad_file}", "eval.squad_rows=5"])
     with pytest.raises(InputError) as err:
-        load_squad(spec, tok)
+        load_squad(spec.resolve(spec.eval.squad_file), spec.eval, tok)
     assert f"{bad_file}:3:" in str(err.value) and "answers" in str(err.value)
-    squad = load_squad(load_spec(TINY_RECIPE, [f"eval.squad_file={SQUAD}", "eval.squad_rows=2"]), tok)
+    two = load_spec(TINY_RECIPE, [f"eval.squad_file={SQUAD}", "eval.squad_rows=2"])
+    squad = load_squad(two.resolve(two.eval.squad_file), two.eval, tok)
     assert len(squad.rows) == 2 and squad.prompts[0] == tok.encode(
         scoring.squad_prompt(squad.rows[0]["context"], squad.rows[0]["question"]))
-    assert load_squad(load_spec(TINY_RECIPE, ["eval.squad_rows=0"]), tok) is None
+    assert load_squad(SQUAD, load_spec(TINY_RECIPE, ["eval.squad_rows=0"]).eval, tok) is None
 
 
 # ---- MCQ: letter log-probabilities -----------------------------------------------------------------------
@@ -298,7 +326,8 @@ def test_new_token_limits_come_from_training_answers_only(tiny_run):
     limits = json.loads((tiny_run["run_dir"] / "evaluate" / "limits.json").read_text())
     assert {f: v["longest_answer_tokens"] for f, v in limits["families"].items()} == longest
     # the fallback for a prep that did not record answer_tokens_by_family: count in the samples
-    counted, _ = longest_answers_in_samples(load_spec(TINY_RECIPE, [f"runs_dir={tiny_run['runs']}"]), tok, 1)
+    run = load_spec(TINY_RECIPE, [f"runs_dir={tiny_run['runs']}"])
+    counted, _ = longest_answers_in_samples(run.run_dir, run.data, tok, 1)
     assert counted == longest
     cap = spec.eval.max_new_tokens
     for f, v in limits["families"].items():

@@ -1,9 +1,10 @@
 """The run layout (tunebox/layout.py) is what everything else does: the job order in
-docker-compose.yml, images/pipeline.sh and the Kubernetes manifests, and the hand-over files the
+docker-compose.yml, images/pipeline.sh, the Kubernetes manifests and tasks.py, and the hand-over files the
 real jobs write on the tiny run (a job writing one of them under another name fails
 test_the_jobs_write_the_declared_hand_over_files: tried with prep's stats.json renamed)."""
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path, PurePosixPath
 
@@ -28,13 +29,6 @@ def compose_order(services: dict, profile: str) -> list[str]:
     return order
 
 
-@pytest.mark.parametrize("profile", ["cpu", "ascend"])
-def test_compose_runs_the_declared_pipeline(profile):
-    services = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))["services"]
-    order = compose_order(services, profile)
-    assert [services[name]["command"][2] for name in order] == [f"jobs.{job}" for job in layout.PIPELINE]
-
-
 def steps_values() -> dict[str, str]:
     """Every place that lists the steps for images/pipeline.sh: its default and each manifest's TUNEBOX_STEPS."""
     found = {}
@@ -46,10 +40,31 @@ def steps_values() -> dict[str, str]:
     return found
 
 
-def test_pipeline_script_and_k8s_manifests_run_the_declared_pipeline():
-    values = steps_values()
-    assert len(values) >= 4     # pipeline.sh, k8s/base/job.yaml, the AscendJob's Scheduler and Worker
-    assert values == {where: " ".join(layout.PIPELINE) for where in values}
+def test_every_copy_of_the_job_order_is_the_declared_one():
+    """The job order is declared once, layout.PIPELINE. tasks.py and images/compose_up.py read it; the files
+    that cannot import it (docker-compose.yml's depends_on chains, images/pipeline.sh's default and each
+    Kubernetes manifest's TUNEBOX_STEPS) are held against it here. Tried with the cpu profile's evaluate
+    service running jobs.bundle: this fails."""
+    import tasks
+
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))["services"]
+    found = {f"docker-compose.yml profile {profile}": " ".join(services[name]["command"][2].removeprefix("jobs.")
+                                                              for name in compose_order(services, profile))
+             for profile in ("cpu", "ascend")}
+    found.update(steps_values())
+    assert len(found) >= 6     # compose x 2, pipeline.sh, k8s/base/job.yaml, the AscendJob's Scheduler and Worker
+    assert found == {where: " ".join(layout.PIPELINE) for where in found}
+    assert set(layout.PIPELINE) <= set(tasks.JOB_TASKS), "every pipeline job has its invoke task"
+
+
+def test_config_is_a_leaf():
+    """tunebox/config.py (the schema) imports no other subject of the project, not even inside a function:
+    the checks across subjects are tunebox/spec_checks.py's. Tried with config's old lazy import of
+    tunebox.model.registry put back into _validate: this fails."""
+    tree = ast.parse((REPO / "tunebox" / "config.py").read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert {m for m in imported if m.split(".")[0] == "tunebox"} == {"tunebox.io"}
 
 
 def test_the_jobs_write_the_declared_hand_over_files(tiny_run):

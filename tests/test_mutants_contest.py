@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tunebox.contest import rules
+from tunebox.model.registry import get_model_shape
 
 
 def test_param_ratio_bounds_and_messages():
@@ -30,11 +31,11 @@ def test_contest_ratio_and_its_message():
 def test_param_figures_by_hand():
     # tiny: LoRA r=8 on wq (64x64) and wv (32x64) in 2 layers; 123,200 parameters (tests/test_bundle.py)
     trainable, total = 2 * (8 * (64 + 64) + 8 * (32 + 64)), 123_200
-    assert rules.param_figures("tiny", 8, "wq|wv") == {
+    assert rules.param_figures(get_model_shape("tiny"), 8, "wq|wv") == {
         "trainable_params": trainable, "total_params": total, "ratio": trainable / total,
         "contest_total_params": None, "contest_ratio": None, "ratio_for_score": trainable / total,
         "ratio_basis": "exact parameter count 123,200; the contest has no nominal total for tiny"}
-    llama = rules.param_figures("llama3-8b", 8, "wq|wv")
+    llama = rules.param_figures(get_model_shape("llama3-8b"), 8, "wq|wv")
     assert llama["trainable_params"] == 3_407_872 and llama["contest_total_params"] == 8_030_000_000
     assert llama["contest_ratio"] == llama["ratio_for_score"] == 3_407_872 / 8_030_000_000
     assert llama["ratio"] == 3_407_872 / 8_030_261_248

@@ -18,7 +18,7 @@ from tunebox.data import answers
 from tunebox.contest import mathgen
 from tunebox.data import prompts
 from tunebox.cli import run_job as run_job_inprocess
-from tunebox.config import load_spec
+from tunebox.spec_checks import load_checked_spec as load_spec  # with the checks across subjects
 from tunebox.data.samples import IGNORE, read_mindrecord
 from tunebox.io import InputError
 from tunebox.contest.scoring import math_family
@@ -85,7 +85,7 @@ def test_cot_alpaca_and_family_policy_reach_the_training_samples(tmp_path, tiny_
     # evaluate prompts the held-out rows with the same template
     from tunebox.evaluation.loop import load_heldout
     spec = load_spec(TINY_RECIPE, [f"runs_dir={tmp_path / 'runs'}", "data.template=alpaca"])
-    task = load_heldout(spec, build_byte_tokenizer())
+    task = load_heldout(spec.run_dir, spec.data, spec.eval, build_byte_tokenizer())
     tok = build_byte_tokenizer()
     assert [tok.decode(p, skip_special_tokens=False) for p in task.prompts] == \
         [r["prompt"] + "\n\n### Response:" for r in heldout]

@@ -47,7 +47,7 @@ def test_base_em_of_zero_cannot_pass_or_fail():
 
 
 def test_report_says_cannot_pass_or_fail_not_na():
-    from jobs.evaluate import na
+    from tunebox.evaluation.report import na
 
     verdict = rules.retention_verdict({"f1": 41.0, "em": 0.0}, {"f1": 40.0, "em": 0.0})
     assert na(verdict) == "cannot pass or fail (base 0)"
@@ -55,7 +55,7 @@ def test_report_says_cannot_pass_or_fail_not_na():
 
 
 def test_report_never_shows_a_bare_pass_that_base_zero_decided():
-    from jobs.evaluate import valid_cell
+    from tunebox.evaluation.report import valid_cell
 
     assert valid_cell(rules.retention_verdict({"f1": 41.0, "em": 0.0}, {"f1": 40.0, "em": 0.0})) == \
         "pass on F1; EM cannot pass or fail (base 0)"

@@ -15,9 +15,10 @@ from typing import Callable
 
 from tunebox import layout
 from tunebox.chaos import kill_point
-from tunebox.config import RunSpec, describe, load_spec
+from tunebox.config import RunSpec, describe
 from tunebox.io import InputError, remove_leftovers
 from tunebox.manifest import finished_job, mark_job_started
+from tunebox.spec_checks import load_checked_spec
 
 log = logging.getLogger("tunebox")
 
@@ -87,12 +88,12 @@ def run_job(name: str, summary: str, main: Callable[[RunSpec, argparse.Namespace
     if add_args:
         add_args(parser)
     args = parser.parse_args(argv)
-    # the options besides the spec that differ from their defaults (merge --scale 0.5): recorded in the manifest
+    # the options besides the spec that differ from their defaults (bundle --out): recorded in the manifest
     started = mark_job_started(job_args={k: v for k, v in sorted(vars(args).items())
                                          if k not in ("config", "overrides") and v != parser.get_default(k)})
 
     def body() -> None:  # a job's main reports through its files; its return value is not an exit code
-        spec = load_spec(args.config, args.overrides)
+        spec = load_checked_spec(args.config, args.overrides)
         if skip_finished:
             done, why = finished_job(spec.job_dir(name), spec)
             if done:

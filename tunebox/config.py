@@ -145,9 +145,9 @@ class TrainSection:
     itself: exact (rotary positions are relative), and no compute is spent on padding. batch_size then
     counts packed rows. Pays off when samples are much shorter than seq_length (contest math at 256)."""
     lm_head_on_answers: bool = True
-    """Run the LM head and the loss only at the positions the loss counts (TuneboxLlamaForCausalLM in tunebox/model/mf_extensions.py): the same
-    loss and gradients as MindFormers' forward, without the logits of every prompt and pad position.
-    false: MindFormers' own forward."""
+    """Run the LM head and the loss only at the positions the loss counts (TuneboxLlamaForCausalLM in
+    tunebox/model/mf_extensions.py): the same loss and gradients as MindFormers' forward, without the logits
+    of every prompt and pad position. false: MindFormers' own forward."""
     lr: float = 2e-4
     """Peak learning rate of MindSpore's AdamWeightDecay (no bias correction: the rule of the contest's
     FP32StateAdamWeightDecay, so the contest's and the winners' rates carry over as they are)."""
@@ -189,6 +189,8 @@ class MergeSection:
     on Ascend, the bundle's predict.yaml); RMSNorm weights stay float32, as the network declares them. null:
     train.dtype. A Llama3-8B merged checkpoint is 16 GB in bfloat16 and 32 GB in float32, and the submission
     holds five."""
+    scale: float = field(default=1.0, metadata={"hashed_when_set": True})
+    """Multiply the LoRA update by this factor: W' = W + scale * (alpha/r) * B A (1.0: as trained)."""
 
 
 @dataclass
@@ -296,9 +298,16 @@ class RunSpec:
 
     def spec_hash(self) -> str:
         """What the run computes, not where it writes: runs_dir, cluster (placement, HCCL) and
-        model.source (where the weights were downloaded from) are left out, so the same spec hashes the same on the host, in a container (/runs) and in a pod."""
+        model.source (where the weights were downloaded from) are left out, so the same spec hashes the same
+        on the host, in a container (/runs) and in a pod."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("runs_dir", "cluster")}
         d["model"] = {k: v for k, v in d["model"].items() if k != "source"}   # where from, not what
+        # a key added after runs were recorded counts only when set, so their hashes stay what they were
+        for name in d:
+            section = getattr(self, name)
+            for f in dataclasses.fields(section) if dataclasses.is_dataclass(section) else ():
+                if f.metadata.get("hashed_when_set") and getattr(section, f.name) == f.default:
+                    del d[name][f.name]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -413,13 +422,14 @@ def _build(cls, data: dict, path: str, prefix: str):
     return cls(**kwargs)
 
 
-def _validate(spec: RunSpec, path: str, lines_of) -> None:
+def _validate(spec: RunSpec, where: SpecLines) -> None:
+    """Each section's own checks: what a key may hold, read against the spec alone. Checks against
+    other subjects (the model's layers, the data rules, the contest's families) are tunebox/spec_checks.py's."""
     def bad(msg: str, dotted: str):
-        raise InputError(msg, path, lines_of(dotted))
+        raise where.error(msg, dotted)
 
     if spec.lora.rank <= 0:
         bad("lora.rank must be > 0", "lora.rank")
-    _validate_lora_targets(spec, bad)
     if not 0.0 <= spec.lora.dropout < 1.0:
         bad("lora.dropout must be in [0, 1)", "lora.dropout")
     if spec.data.seq_length < 8:
@@ -455,7 +465,8 @@ def _validate(spec: RunSpec, path: str, lines_of) -> None:
     if spec.train.device == "CPU" and spec.train.dtype != "float32":
         bad("train.dtype must be float32 on CPU (MindSpore's CPU kernels need it)", "train.dtype")
     if not 120 <= spec.cluster.hccl_connect_timeout <= 7200:
-        bad("cluster.hccl_connect_timeout must be in [120, 7200] seconds (CANN's range)", "cluster.hccl_connect_timeout")
+        bad("cluster.hccl_connect_timeout must be in [120, 7200] seconds (CANN's range)",
+            "cluster.hccl_connect_timeout")
     if spec.cluster.prep_timeout <= spec.cluster.hccl_connect_timeout:
         bad(f"cluster.prep_timeout ({spec.cluster.prep_timeout} s) must be longer than cluster.hccl_connect_timeout "
             f"({spec.cluster.hccl_connect_timeout} s): the ranks wait for prep before HCCL starts counting",
@@ -464,46 +475,15 @@ def _validate(spec: RunSpec, path: str, lines_of) -> None:
         bad("cluster.cards_per_node must be >= 1", "cluster.cards_per_node")
     if spec.cluster.disk_gib is not None and spec.cluster.disk_gib < 1:
         bad("cluster.disk_gib must be >= 1 (or null: computed from the spec)", "cluster.disk_gib")
-    _validate_data_policy(spec, bad)
+    _validate_data(spec.data, bad)
     if spec.eval.squad_min_new_tokens < 0:
         bad("eval.squad_min_new_tokens must be >= 0", "eval.squad_min_new_tokens")
     if not all(c.isalnum() or c in "-_." for c in spec.run_id):
         bad("run_id may use letters, digits, '-', '_' and '.' only", "run_id")
 
 
-def _validate_lora_targets(spec: RunSpec, bad) -> None:
-    """lora.target_modules: every alternative must select a layer."""
-    from tunebox.model.registry import lora_targets
-
-    try:
-        lora_targets(spec.lora.target_modules)
-    except ValueError as exc:
-        bad(f"lora.target_modules: {exc}", "lora.target_modules")
-
-
-def _validate_data_policy(spec: RunSpec, bad) -> None:
-    """data.answer_format, data.template, data.families / drop_families / balance name real things."""
-    from tunebox.data import answers
-    from tunebox.data import prompts
-    from tunebox.data.policy import balance_rule
-    from tunebox.contest.scoring import MATH_FAMILIES
-
-    d = spec.data
-    try:
-        answers.check_setting(d.answer_format)
-    except ValueError as exc:
-        bad(f"data.answer_format: {exc}", "data.answer_format")
-    try:
-        prompts.check_template(d.template)
-    except ValueError as exc:
-        bad(f"data.template: {exc}", "data.template")
-    if d.format == "math":
-        for key, names in (("families", d.families or []), ("drop_families", d.drop_families),
-                           ("balance", [k for k in (d.balance or {}) if k != "*"])):
-            unknown = [n for n in names if n not in MATH_FAMILIES]
-            if unknown:
-                bad(f"data.{key}: unknown famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; "
-                    f"known: {', '.join(MATH_FAMILIES)}", f"data.{key}")
+def _validate_data(d: DataSection, bad) -> None:
+    """data.families / drop_families / balance / heldout_file_rows: the data section's own consistency."""
     if d.families is not None and not set(d.families) - set(d.drop_families):
         bad("data.families and data.drop_families leave no family to train on", "data.families")
     for family, rule in (d.balance or {}).items():
@@ -515,8 +495,61 @@ def _validate_data_policy(spec: RunSpec, bad) -> None:
         bad("data.heldout_file_rows must be >= 1 (or null for every row)", "data.heldout_file_rows")
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
-    """Load and validate a run spec. `overrides` are `section.key=value` strings (YAML values)."""
+def balance_rule(rule) -> tuple[str, int]:
+    """A data.balance value: an int N -> ("cap", N); "xK" -> ("repeat", K)."""
+    if isinstance(rule, int) and not isinstance(rule, bool) and rule >= 0:
+        return "cap", rule
+    if isinstance(rule, str) and rule.startswith("x") and rule[1:].isdigit() and int(rule[1:]) >= 1:
+        return "repeat", int(rule[1:])
+    raise ValueError(f"{rule!r} is neither a row cap (an integer >= 0) nor a repeat factor like \"x10\"")
+
+
+@dataclass(frozen=True)
+class SpecLines:
+    """Where each key of a loaded run spec was written, so a check made after loading (tunebox/spec_checks.py)
+    can still name the file and the line of the key it refuses."""
+    path: str
+    data: dict
+
+    def line_of(self, dotted: str) -> Optional[int]:
+        """The line of `dotted` (e.g. lora.target_modules), or of its nearest written parent; None if unwritten."""
+        node, line = self.data, None
+        for k in dotted.split("."):
+            if not isinstance(node, dict) or k not in node:
+                return line
+            line = getattr(node, "lines", {}).get(k, line)
+            node = node[k]
+        return line
+
+    def error(self, message: str, dotted: str) -> InputError:
+        return InputError(message, self.path, self.line_of(dotted))
+
+
+def _apply_override(data: dict, override: str) -> None:
+    """One `--set section.key=value`: the value is read as YAML, as it would be in the spec."""
+    if "=" not in override:
+        raise InputError(f"override {override!r} must look like section.key=value")
+    dotted, raw = override.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise InputError(f"--set {override}: {raw!r} is not a YAML value ({getattr(exc, 'problem', exc)}); "
+                         f"quote it to pass text, e.g. --set '{dotted}=\"{raw}\"'") from None
+    node = data
+    keys = dotted.split(".")
+    for depth, k in enumerate(keys[:-1]):
+        if node.get(k) is None:          # absent, or written empty (`eval:` with nothing under it)
+            node[k] = _LinedDict({}, {}, None)
+        node = node[k]
+        if not isinstance(node, dict):
+            raise InputError(f"--set {override}: '{'.'.join(keys[:depth + 1])}' is a value, not a section")
+    node[keys[-1]] = value
+
+
+def read_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[RunSpec, SpecLines]:
+    """Load a run spec and run each section's own checks; also return where each key was written.
+    `overrides` are `section.key=value` strings (YAML values). Jobs load through
+    tunebox.spec_checks.load_checked_spec, which adds the checks across subjects."""
     path = Path(path)
     if not path.exists():
         candidate = RECIPES_DIR / (path.name if path.suffix else f"{path.name}.yaml")
@@ -532,28 +565,17 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
         raise InputError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path,
                          mark.line + 1 if mark else None) from None
     for ov in overrides or []:
-        if "=" not in ov:
-            raise InputError(f"override {ov!r} must look like section.key=value")
-        dotted, raw = ov.split("=", 1)
-        node = data
-        keys = dotted.split(".")
-        for k in keys[:-1]:
-            node = node.setdefault(k, _LinedDict({}, {}, None))
-        node[keys[-1]] = yaml.safe_load(raw)
+        _apply_override(data, ov)
     spec = _build(RunSpec, data, str(path), "")
     spec.source_path = str(path.resolve())
+    where = SpecLines(str(path), data)
+    _validate(spec, where)
+    return spec, where
 
-    def lines_of(dotted: str):
-        node, line = data, None
-        for k in dotted.split("."):
-            if not isinstance(node, dict) or k not in node:
-                return line
-            line = getattr(node, "lines", {}).get(k, line)
-            node = node[k]
-        return line
 
-    _validate(spec, str(path), lines_of)
-    return spec
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
+    """Load a run spec with each section's own checks (read_spec, without the line map)."""
+    return read_spec(path, overrides)[0]
 
 
 def _to_plain(obj):

@@ -51,7 +51,7 @@ _JOB_STARTED: Optional[float] = None
 
 
 _JOB_ARGS: dict = {}
-"""The job's own command-line options besides the spec (merge --scale, bundle --out): set by run_job,
+"""The job's own command-line options besides the spec (export --step, bundle --out): set by run_job,
 recorded in the manifest, and part of what makes a finished job the same job (finished_job)."""
 
 

@@ -7,9 +7,7 @@ How a single answer is judged (math numbers, SQuAD F1/EM, MCQ letters) is tunebo
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Mapping, Optional
-
-from tunebox.model.registry import get_model_shape
+from typing import Mapping, Optional, Protocol
 
 # The totals the contest divided by: the guide tells teams to divide by "llama3-8B的总参数量
 # （8030 M）", and stage-2 teams divided by 7321000000 for InternLM-7B. Exact counts from the
@@ -55,15 +53,26 @@ def contest_param_ratio(trainable: int, model_name: str) -> float:
     try:
         total = CONTEST_NOMINAL_TOTAL_PARAMS[model_name]
     except KeyError:
-        raise KeyError(f"no contest total for {model_name!r}; known: {', '.join(CONTEST_NOMINAL_TOTAL_PARAMS)}") from None
+        known = ", ".join(CONTEST_NOMINAL_TOTAL_PARAMS)
+        raise KeyError(f"no contest total for {model_name!r}; known: {known}") from None
     return param_ratio(trainable, total)
 
 
-def param_figures(model_name: str, rank: int, target_modules: str) -> dict:
-    """Trainable and total parameters from the registry's exact shapes; the exact ratio, and the
+class CountsParams(Protocol):
+    """What the ratio needs of a model: its name and its exact counts (tunebox/model/registry.py's
+    ModelShape; the contest's rules do not reach up into the model registry)."""
+    name: str
+
+    def lora_params(self, rank: int, target_modules: str) -> int: ...
+
+    def total_params(self) -> int: ...
+
+
+def param_figures(shape: CountsParams, rank: int, target_modules: str) -> dict:
+    """Trainable and total parameters from the model's exact shape; the exact ratio, and the
     contest's (over its nominal total) for the models the contest used. The score uses the
     contest's ratio when there is one, since that is the figure the contest ranked by."""
-    shape = get_model_shape(model_name)
+    model_name = shape.name
     trainable = shape.lora_params(rank, target_modules)
     total = shape.total_params()
     nominal = CONTEST_NOMINAL_TOTAL_PARAMS.get(model_name)
@@ -123,7 +132,8 @@ def _keeps(tuned: float, base: float, threshold: float) -> bool:
     return exact(tuned) >= exact(threshold) * exact(base)
 
 
-def retention_verdict(tuned: Optional[Mapping], base: Optional[Mapping], threshold: float = RETENTION_THRESHOLD) -> dict:
+def retention_verdict(tuned: Optional[Mapping], base: Optional[Mapping],
+                      threshold: float = RETENTION_THRESHOLD) -> dict:
     """The contest's validity rule: tuned F1 >= threshold * base F1 and tuned EM >= threshold * base EM.
 
     Returns {measured, threshold, passes, failed: [metrics below], undecided: [metrics whose base

@@ -512,11 +512,9 @@ def math_accuracy(scores: Iterable[Mapping]) -> dict:
 # --------------------------------------------------------------------------------------------
 
 _N = r"-?\d+(?:\.\d+)?"
+_OPERATORS = {"add": r"\+", "sub": "-", "mul": "[*×]", "div": "[/÷]"}
 _FAMILY_PATTERNS: list[tuple[str, re.Pattern]] = [
-    ("add", re.compile(rf"计算\s*{_N}\s*\+\s*{_N}\s*等于多少")),
-    ("sub", re.compile(rf"计算\s*{_N}\s*-\s*{_N}\s*等于多少")),
-    ("mul", re.compile(rf"计算\s*{_N}\s*[*×]\s*{_N}\s*等于多少")),
-    ("div", re.compile(rf"计算\s*{_N}\s*[/÷]\s*{_N}\s*等于多少")),
+    *((name, re.compile(rf"计算\s*{_N}\s*{op}\s*{_N}\s*等于多少")) for name, op in _OPERATORS.items()),
     ("power", re.compile(rf"计算\s*{_N}\s*的\s*\d+\s*次方")),
     ("sqrt", re.compile(rf"计算\s*{_N}\s*的平方根")),
     ("linear_equation", re.compile(rf"解方程\s*{_N}\s*x\s*\+\s*{_N}\s*=\s*0")),

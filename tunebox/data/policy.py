@@ -10,6 +10,7 @@ from typing import Optional
 
 import numpy as np
 
+from tunebox.config import balance_rule
 from tunebox.contest import mathgen
 from tunebox.contest.scoring import row_family
 from tunebox.data.samples import read_examples
@@ -98,15 +99,6 @@ def sample_training_rows(codes: np.ndarray, status: np.ndarray, names: list[str]
     else:
         sampling["note"] = "sample_rows >= rows available: every row is used"
     return sampling
-
-
-def balance_rule(rule) -> tuple[str, int]:
-    """A data.balance value: an int N -> ("cap", N); "xK" -> ("repeat", K)."""
-    if isinstance(rule, int) and not isinstance(rule, bool) and rule >= 0:
-        return "cap", rule
-    if isinstance(rule, str) and rule.startswith("x") and rule[1:].isdigit() and int(rule[1:]) >= 1:
-        return "repeat", int(rule[1:])
-    raise ValueError(f"{rule!r} is neither a row cap (an integer >= 0) nor a repeat factor like \"x10\"")
 
 
 def balance_training_rows(codes: np.ndarray, status: np.ndarray, names: list[str], balance: Optional[dict],

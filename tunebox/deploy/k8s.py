@@ -39,7 +39,8 @@ import yaml
 
 from tunebox.deploy import ascend
 from tunebox.model.budget import estimate_disk
-from tunebox.config import REPO_ROOT, RunSpec, load_spec
+from tunebox.config import REPO_ROOT, RunSpec
+from tunebox.spec_checks import load_checked_spec
 from tunebox.io import InputError
 
 K8S_DIR = REPO_ROOT / "k8s"
@@ -237,7 +238,7 @@ def plan_render(spec_path: str | Path, overlay: str, image: Optional[str] = None
     """Load the spec the way the pods will (overlay's --set, then ours) and derive the run's shape."""
     shape = overlay_shape(overlay)
     overrides = list(overrides or [])
-    spec = load_spec(spec_path, shape.overrides + overrides)
+    spec = load_checked_spec(spec_path, shape.overrides + overrides)
     check_container_paths(spec)
     where = f"overlay {overlay}"
     if spec.train.device == "Ascend" and not shape.npus_per_pod:
@@ -443,3 +444,53 @@ def _shown(path: Optional[str]) -> str:
 
 def default_output(spec: RunSpec, overlay: str) -> Path:
     return REPO_ROOT / "build" / "k8s" / f"{spec.run_id}.{overlay}.yaml"
+
+
+# ---- sweeps: one Job per point -----------------------------------------------------------------
+
+SWEEP_LABEL = "tunebox.io/sweep"
+PER_RUN_KINDS = WORKLOAD_KINDS + ("ConfigMap", "PodGroup")   # named after each point's run by the render
+
+
+def render_sweep(spec_path: str | Path, overlay: str, point_overrides: list[list[str]], sweep: str,
+                 image: Optional[str] = None, namespace: Optional[str] = None,
+                 overrides: Optional[list[str]] = None) -> tuple[str, list[RenderPlan]]:
+    """The manifests of a sweep (tunebox/sweep.py): each point rendered as its own run (`render`, with the
+    sweep's --set then the point's, its run_id among them), so each is a Job (or AscendJob) of its own with
+    its ConfigMap, its Volcano PodGroup where the overlay uses one (Volcano queues the points as cards free
+    up), and its run folder /data/runs/<run_id> on the shared claims. The claims and the Service appear once;
+    the runs claim holds every point (the sum of their sizes, unless cluster.disk_gib gives the claim's
+    size) and, with more than one point, is ReadWriteMany: points may run at once on different nodes (the
+    weights job's lock serializes filling the shared model cache). Every point's objects carry the label
+    tunebox.io/sweep=<sweep> (kubectl get jobs -l tunebox.io/sweep=NAME)."""
+    docs: list[dict] = []
+    shared: dict[tuple[str, str], dict] = {}
+    plans: list[RenderPlan] = []
+    disk = 0
+    for point in point_overrides:
+        text, plan = render(spec_path, overlay, image, namespace, list(overrides or []) + list(point))
+        if any(p.job_name == plan.job_name for p in plans):
+            raise InputError(f"two sweep points render the same Job name {plan.job_name}; give them run_ids "
+                             f"that differ in their first 33 characters", spec_path)
+        plans.append(plan)
+        disk = plan.spec.cluster.disk_gib or disk + estimate_disk(plan.spec).gib
+        for doc in yaml.safe_load_all(text):
+            if not doc:
+                continue
+            if doc["kind"] in PER_RUN_KINDS:
+                doc["metadata"].setdefault("labels", {})[SWEEP_LABEL] = sweep
+                if doc["kind"] == "Job":
+                    doc["spec"]["template"].setdefault("metadata", {}).setdefault("labels", {})[SWEEP_LABEL] = sweep
+                docs.append(doc)
+            elif (doc["kind"], doc["metadata"]["name"]) not in shared:
+                shared[(doc["kind"], doc["metadata"]["name"])] = doc
+                docs.append(doc)
+    claim = shared.get(("PersistentVolumeClaim", RUNS_CLAIM))
+    if claim is not None:
+        claim["spec"]["resources"]["requests"]["storage"] = f"{disk}Gi"
+        if len(plans) > 1:
+            claim["spec"]["accessModes"] = ["ReadWriteMany"]
+    header = (f"# Rendered by `python -m tunebox.sweep --render {overlay}` from {_shown(plans[0].spec.source_path)}: "
+              f"sweep {sweep}, {len(plans)} point(s) on overlay {overlay}.\n"
+              f"# Jobs: {', '.join(p.job_name for p in plans)}; runs claim {disk}Gi.\n")
+    return header + yaml.safe_dump_all(docs, sort_keys=False), plans

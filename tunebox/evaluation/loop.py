@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from tunebox import layout
-from tunebox.config import RunSpec
+from tunebox.config import DataSection, EvalSection
 from tunebox.contest import scoring
 from tunebox.data.prompts import spec_prompt
 from tunebox.data.tokenizer import TextTokenizer
@@ -99,43 +99,43 @@ def template_parts(tok: TextTokenizer, data) -> tuple[str, str]:
     return before, after
 
 
-def answer_token_limits(spec: RunSpec, tok: TextTokenizer) -> dict:
+def answer_token_limits(run_dir: Path, data: DataSection, cap: int, tok: TextTokenizer) -> dict:
     """Max new tokens per problem family: the longest answer of that family in the training
     samples prep wrote (held-out rows are not among them), plus ANSWER_MARGIN_TOKENS, capped at
-    eval.max_new_tokens. Read from prep's stats.json (answer_tokens_by_family), or counted in
+    `cap` (eval.max_new_tokens). Read from prep's stats.json (answer_tokens_by_family), or counted in
     train.mindrecord when an older prep did not record it. MCQ answers share one limit (every
     answer is 'The right option is X.')."""
     suffix_tokens = len(tok.encode(tok.answer_suffix)) if tok.answer_suffix else 0
-    stats_file = spec.run_dir / layout.PREP_STATS
+    stats_file = run_dir / layout.PREP_STATS
     by_family = json.loads(stats_file.read_text()).get("answer_tokens_by_family") if stats_file.exists() else None
     if by_family:
         # prep counts the closing suffix (<|im_end|>) with the answer; generation stops at it and never counts it
         longest = {f: max(int(v["max"]) - suffix_tokens, 0) for f, v in by_family.items()}
         rows = {f: int(v["rows"]) for f, v in by_family.items()}
         source = str(stats_file)
-        if spec.data.format != "math":
+        if data.format != "math":
             longest, rows = {ALL_FAMILIES: max(longest.values())}, {ALL_FAMILIES: sum(rows.values())}
     else:
-        longest, rows = longest_answers_in_samples(spec, tok, suffix_tokens)
-        source = str(spec.run_dir / layout.PREP_TRAIN_RECORDS)
-    cap = spec.eval.max_new_tokens
+        longest, rows = longest_answers_in_samples(run_dir, data, tok, suffix_tokens)
+        source = str(run_dir / layout.PREP_TRAIN_RECORDS)
     families = {f: {"train_rows": rows[f], "longest_answer_tokens": longest[f],
                     "max_new_tokens": min(cap, longest[f] + ANSWER_MARGIN_TOKENS)} for f in sorted(longest)}
     return {"source": source, "margin": ANSWER_MARGIN_TOKENS, "cap": cap, "families": families,
             "other_families": cap}
 
 
-def longest_answers_in_samples(spec: RunSpec, tok: TextTokenizer, suffix_tokens: int) -> tuple[dict, dict]:
+def longest_answers_in_samples(run_dir: Path, data: DataSection, tok: TextTokenizer,
+                               suffix_tokens: int) -> tuple[dict, dict]:
     """({family: longest answer tokens}, {family: rows}) counted in prep's train.mindrecord, one
     sample at a time: the answer is where the labels are, the family comes from the decoded prompt."""
     import mindspore.dataset as ds
 
     from tunebox.data.samples import IGNORE
 
-    record = spec.run_dir / layout.PREP_TRAIN_RECORDS
+    record = run_dir / layout.PREP_TRAIN_RECORDS
     if not record.exists():
         raise InputError(f"{record} not found: run prep first")
-    before, after = template_parts(tok, spec.data)
+    before, after = template_parts(tok, data)
     longest: dict[str, int] = defaultdict(int)
     rows: dict[str, int] = defaultdict(int)
     samples = ds.MindDataset(str(record), columns_list=["input_ids", "labels"], shuffle=False)
@@ -144,7 +144,7 @@ def longest_answers_in_samples(spec: RunSpec, tok: TextTokenizer, suffix_tokens:
         if answer_at.size == 0:
             continue
         answer_tokens = max(int(answer_at.size) - suffix_tokens, 0)
-        if spec.data.format == "math":
+        if data.format == "math":
             prompt = tok.decode(input_ids[:answer_at[0]].tolist(), skip_special_tokens=False)
             if prompt.startswith(before) and prompt.endswith(after):
                 prompt = prompt[len(before):len(prompt) - len(after)]
@@ -189,32 +189,39 @@ class SquadTask:
     settings: dict = field(default_factory=dict)
 
 
-def load_heldout(spec: RunSpec, tok: TextTokenizer) -> HeldoutTask:
-    heldout_file = spec.run_dir / layout.PREP_HELDOUT
+def load_heldout(run_dir: Path, data: DataSection, eval_section: EvalSection, tok: TextTokenizer) -> HeldoutTask:
+    """prep's held-out rows (the first eval.limit), prompted as in training, with new-token limits per family."""
+    heldout_file = run_dir / layout.PREP_HELDOUT
     if not heldout_file.exists():
         raise InputError(f"{heldout_file} not found: run prep first")
     rows = read_jsonl(heldout_file)
-    if spec.eval.limit:
-        rows = rows[:spec.eval.limit]
+    if eval_section.limit:
+        rows = rows[:eval_section.limit]
     if not rows:
         raise InputError("no held-out rows to evaluate: data.heldout_rows must be > 0", heldout_file)
-    fmt = spec.data.format
-    prompts = [tok.encode(spec_prompt(tok, r["prompt"], spec.data)) for r in rows]
+    plan = choice_token_plan(tok) if data.format == "mcq" else None
+    return heldout_task(rows, data, tok, answer_token_limits(run_dir, data, eval_section.max_new_tokens, tok), plan)
+
+
+def heldout_task(rows: list[dict], data: DataSection, tok: TextTokenizer, limits_info: dict,
+                 choice_plan: Optional[dict] = None) -> HeldoutTask:
+    """The held-out rows as token prompts in the training template, each with its family's new-token limit."""
+    fmt = data.format
+    prompts = [tok.encode(spec_prompt(tok, r["prompt"], data)) for r in rows]
     families = [scoring.row_family(fmt, r["prompt"], r.get("meta")) for r in rows]
-    limits_info = answer_token_limits(spec, tok)
     limits = [limit_for(limits_info, ALL_FAMILIES if fmt != "math" else f) for f in families]
-    plan = choice_token_plan(tok) if fmt == "mcq" else None
-    return HeldoutTask(fmt, rows, prompts, families, limits, limits_info, plan)
+    return HeldoutTask(fmt, rows, prompts, families, limits, limits_info, choice_plan)
 
 
-def load_squad(spec: RunSpec, tok: TextTokenizer) -> Optional[SquadTask]:
-    """The first eval.squad_rows questions of eval.squad_file, as the contest prompted them (the
-    plain `squad_prompt` text, no chat template); None when SQuAD is switched off."""
-    if not spec.eval.squad_file or spec.eval.squad_rows <= 0:
+def load_squad(path: Optional[Path], eval_section: EvalSection, tok: TextTokenizer,
+               spec_file: Optional[str] = None) -> Optional[SquadTask]:
+    """The first eval.squad_rows questions of eval.squad_file (`path`, resolved), as the contest prompted
+    them (the plain `squad_prompt` text, no chat template); None when SQuAD is switched off. A missing
+    file is blamed on `spec_file`, the run spec that names it."""
+    if path is None or eval_section.squad_rows <= 0:
         return None
-    path = spec.resolve(spec.eval.squad_file)
     if not path.is_file():
-        raise InputError(f"eval.squad_file not found: {path}", spec.source_path)
+        raise InputError(f"eval.squad_file not found: {path}", spec_file)
     rows = []
     for row in iter_jsonl(path):
         if isinstance(row, InputError):
@@ -227,18 +234,19 @@ def load_squad(spec: RunSpec, tok: TextTokenizer) -> Optional[SquadTask]:
                 raise InputError(f"field {key!r} must be a non-empty string", path, row.line)
         answers = value.get("answers")
         if not (isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers)):
-            raise InputError("field 'answers' must be a non-empty list of strings (the gold answer texts)", path, row.line)
+            raise InputError("field 'answers' must be a non-empty list of strings (the gold answer texts)",
+                             path, row.line)
         rows.append({"line": row.line, "id": value.get("id"), "context": value["context"],
                      "question": value["question"], "answers": answers})
-        if len(rows) >= spec.eval.squad_rows:
+        if len(rows) >= eval_section.squad_rows:
             break
-    if len(rows) < spec.eval.squad_rows:
+    if len(rows) < eval_section.squad_rows:
         log.warning("%s has %d questions, eval.squad_rows asks for %d: using %d", path, len(rows),
-                    spec.eval.squad_rows, len(rows))
+                    eval_section.squad_rows, len(rows))
     prompts = [tok.encode(scoring.squad_prompt(r["context"], r["question"])) for r in rows]
-    return SquadTask(path, sha256_file(path), rows, prompts, min_new_tokens=spec.eval.squad_min_new_tokens,
+    return SquadTask(path, sha256_file(path), rows, prompts, min_new_tokens=eval_section.squad_min_new_tokens,
                      settings={"rows": len(rows), "max_new_tokens": SQUAD_MAX_NEW_TOKENS,
-                               "min_new_tokens": spec.eval.squad_min_new_tokens})
+                               "min_new_tokens": eval_section.squad_min_new_tokens})
 
 
 def choice_token_plan(tok: TextTokenizer, prefix: str = MCQ_ANSWER_PREFIX,
@@ -268,18 +276,25 @@ def _previous(path: Path, expect: dict) -> Optional[dict]:
     return prev if all(prev.get(k) == v for k, v in expect.items()) else None
 
 
-def run_heldout(runner, task: HeldoutTask, tok: TextTokenizer, mdir: Path, meta: dict) -> dict:
-    t0, cpu0 = time.time(), time.process_time()
-    outputs = runner.generate(task.prompts, task.limits, tok.stop_ids, tok.pad_id, desc=f"{mdir.name}: held-out")
+def answer_heldout(runner, task: HeldoutTask, tok: TextTokenizer, desc: str) -> tuple[list, list[str], list[dict],
+                                                                                     Optional[np.ndarray]]:
+    """Every held-out row answered greedily and scored: (generated ids, answers, verdicts, and for MCQ
+    the letters' log-probabilities when the runner gives them, else None). evaluate and verify's re-run."""
+    outputs = runner.generate(task.prompts, task.limits, tok.stop_ids, tok.pad_id, desc=desc)
     logprobs = None
     if task.choice_plan is not None:
         context = task.choice_plan["context_ids"]
         logprobs = runner.choice_logprobs([p + context for p in task.prompts], task.choice_plan["letter_ids"])
+    answers = [tok.decode(ids) for ids in outputs]
+    return outputs, answers, [score_row(task.fmt, a, r) for a, r in zip(answers, task.rows)], logprobs
+
+
+def run_heldout(runner, task: HeldoutTask, tok: TextTokenizer, mdir: Path, meta: dict) -> dict:
+    t0, cpu0 = time.time(), time.process_time()
+    outputs, answers, verdicts, logprobs = answer_heldout(runner, task, tok, desc=f"{mdir.name}: held-out")
     seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
     scored, lines = [], []
-    for i, (r, ids) in enumerate(zip(task.rows, outputs)):
-        text = tok.decode(ids)
-        verdict = score_row(task.fmt, text, r)
+    for i, (r, ids, text, verdict) in enumerate(zip(task.rows, outputs, answers, verdicts)):
         extra = {}
         if logprobs is not None:
             letter = scoring.CHOICE_LETTERS[int(np.argmax(logprobs[i]))]
@@ -357,7 +372,8 @@ def evaluate_model(name: str, mdir: Path, identity: dict, load: Callable[[], obj
             log.info("%s: %d SQuAD questions", name, len(squad.rows))
             squad_res = run_squad(get_runner(), squad, tok, mdir, {"model": name, "source": str(squad.source),
                                                                    **expect_squad})
-            log.info("%s: SQuAD F1 %.2f, EM %.2f (%.0f s)", name, squad_res["f1"], squad_res["em"], squad_res["seconds"])
+            log.info("%s: SQuAD F1 %.2f, EM %.2f (%.0f s)", name, squad_res["f1"], squad_res["em"],
+                     squad_res["seconds"])
         else:
             log.info("%s: SQuAD already evaluated (%s)", name, mdir / "squad.json")
             if "emf1" not in squad_res:  # evaluated before EmF1Metric was reported: score the same answers
@@ -367,3 +383,24 @@ def evaluate_model(name: str, mdir: Path, identity: dict, load: Callable[[], obj
         result["squad"] = {k: squad_res.get(k) for k in ("n", "f1", "em", "emf1", "seconds", "cpu_seconds",
                                                           "new_tokens")}
     return result
+
+
+def models_to_evaluate(eval_section: EvalSection, merge_index_file: Path,
+                       base_checkpoint: Optional[Path]) -> list[dict]:
+    """The base model (when eval.base; `base_checkpoint` is its file) and the merged checkpoints
+    eval.checkpoints asks for (all, last or none), from merge's index."""
+    models = []
+    if eval_section.base:
+        models.append({"name": "base", "step": 0, "checkpoint": base_checkpoint, "train_loss": None})
+    if eval_section.checkpoints == "none":
+        return models
+    if not merge_index_file.exists():
+        raise InputError(f"{merge_index_file} not found: run merge first")
+    merged = json.loads(merge_index_file.read_text())["checkpoints"]
+    if eval_section.checkpoints == "last":
+        merged = merged[-1:]
+    for e in merged:
+        models.append({"name": f"step-{e['step']:06d}", "step": e["step"], "train_loss": e.get("train_loss"),
+                       "checkpoint": merge_index_file.parent / e["file"], "sha256": e.get("sha256"),
+                       "lora_file": e.get("lora_file"), "merge_scale": e.get("scale", 1.0)})
+    return models

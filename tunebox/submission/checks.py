@@ -7,13 +7,22 @@ import json
 import logging
 import sys
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 from tunebox import layout
+from tunebox.config import load_spec
 from tunebox.contest import rules
+from tunebox.data.prompts import spec_prompt
+from tunebox.data.tokenizer import TextTokenizer
+from tunebox.evaluation.decode import NumpyLlama, greedy_generate
+from tunebox.evaluation.loop import answer_heldout, heldout_task, summarize
+from tunebox.evaluation.runners import NumpyRunner
 from tunebox.io import InputError
-from tunebox.submission import contents
+from tunebox.model.registry import get_model_shape
+from tunebox.submission import contents, selfcheck
+from tunebox.submission.mf_predict import greedy_answer, mindformers_importable
 
 log = logging.getLogger("tunebox.verify")
 
@@ -210,8 +219,6 @@ def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]]
 
 
 def load_bundled_spec(sub: Submission, f: Findings):
-    from tunebox.config import load_spec
-
     p = sub.path("hyperparams.yaml")
     if not p.is_file():
         return None
@@ -291,7 +298,6 @@ def check_worker_logs(sub: Submission, f: Findings, spec) -> None:
 
 
 def check_selfcheck(sub: Submission, f: Findings, results: Optional[dict]) -> None:
-    from tunebox.submission import selfcheck
     import hashlib
 
     path = sub.path(selfcheck.FILE)
@@ -553,12 +559,6 @@ def check_code(sub: Submission, f: Findings, results: Optional[dict]) -> None:
 def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], results: Optional[dict],
                      tolerance: float) -> None:
     """Evaluate every bundled checkpoint again from the folder alone and compare accuracies."""
-    from tunebox.evaluation.loop import score_row, summarize
-    from tunebox.evaluation.runners import NumpyRunner
-    from tunebox.model.registry import get_model_shape
-    from tunebox.data.prompts import spec_prompt
-    from tunebox.data.tokenizer import TextTokenizer
-
     if spec is None or not sub.path("tokenizer/tokenizer.json").is_file():
         f.fail("rerun", "cannot re-run: hyperparams.yaml or tokenizer/ is missing or broken")
         return
@@ -568,7 +568,8 @@ def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], resul
         return
     rows = heldout[:spec.eval.limit] if spec.eval.limit else heldout
     tok = TextTokenizer.load(sub.path("tokenizer"))
-    prompts = [tok.encode(spec_prompt(tok, r["prompt"], spec.data)) for r in rows]
+    # the limits come per checkpoint from its bundled predictions (new_token_limits), no log-probs
+    task = heldout_task(rows, spec.data, tok, {"families": {}, "other_families": spec.eval.max_new_tokens})
     shape = get_model_shape(spec.model.name)
     recorded = {r.get("model"): r for r in (results or {}).get("checkpoints") or [] if isinstance(r, dict)}
     before = len(f.failed("rerun"))
@@ -587,10 +588,9 @@ def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], resul
             f.fail("rerun", f"{name}: the checkpoint does not load as {spec.model.name}: {exc}")
             continue
         # evaluate's own loop: the same runner, batching and verdicts
-        outputs = runner.generate(prompts, limits, tok.stop_ids, tok.pad_id, desc=f"re-run {name}")
+        _, answers, verdicts, _ = answer_heldout(runner, replace(task, limits=limits), tok, desc=f"re-run {name}")
         del runner
-        answers = [tok.decode(o) for o in outputs]
-        acc = summarize([score_row(spec.data.format, a, r) for a, r in zip(answers, rows)])
+        acc = summarize(verdicts)
         want = recorded.get(name) or {}
         for key in ("accuracy_strict", "accuracy_tolerant"):
             if want.get(key) is None or abs(acc[key] - want[key]) > tolerance:
@@ -634,15 +634,9 @@ def check_predict(sub: Submission, f: Findings, spec) -> None:
     """The judge's view: mindformers/predict.yaml built by MindFormers' own builders, its checkpoint loaded
     strictly, answers the first held-out prompt as tunebox's decoder does (tunebox/submission/mf_predict.py).
     Only where MindFormers is installed; a note says so elsewhere."""
-    from tunebox.submission.mf_predict import greedy_answer, mindformers_importable
-
     if not mindformers_importable():
         f.note("predict", "MindFormers is not installed here: mindformers/predict.yaml was not run")
         return
-    from tunebox.data.prompts import spec_prompt
-    from tunebox.data.tokenizer import TextTokenizer
-    from tunebox.evaluation.decode import NumpyLlama, greedy_generate
-    from tunebox.model.registry import get_model_shape
 
     heldout = sub.jsonl("logs/prep/heldout.jsonl")
     if spec is None or not heldout or not sub.path("mindformers/predict.yaml").is_file() \

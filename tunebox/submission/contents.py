@@ -18,7 +18,8 @@ from tqdm import tqdm
 from tunebox.contest import rules
 from tunebox import layout
 from tunebox.contest import scoring
-from tunebox.model.registry import lora_targets
+from tunebox.evaluation.scorecard import contest_figures, scorecard
+from tunebox.model.registry import get_model_shape, lora_targets
 
 SUBMISSION_DIR = "submission"
 NUM_CHECKPOINTS = 5              # the contest asks for five evenly spaced merged checkpoints
@@ -227,9 +228,9 @@ def build_results(*, run_id: str, stage: int, fmt: str, model_name: str, rank: i
                   code: Mapping) -> dict:
     """results.json. `accuracies` maps model name (base, step-N) -> {accuracy_strict,
     accuracy_tolerant, n}; `checkpoints` is [{step, train_loss, sha256}] in step order. SQuAD F1/EM
-    come from evaluate's report; ratio, score, retention and the choice are rules.py's."""
-    params = rules.param_figures(model_name, rank, target_modules)
-    ratio = params["ratio_for_score"]
+    come from evaluate's report; ratio, score and retention are evaluate's scorecard, the choice rules.py's."""
+    params = rules.param_figures(get_model_shape(model_name), rank, target_modules)
+    figures = contest_figures(stage, params)
     by_name = {e.get("model"): e for e in report.get("checkpoints") or []}
     base_squad = squad_fields(report.get("base"))
     rows, candidates = [], []
@@ -238,14 +239,14 @@ def build_results(*, run_id: str, stage: int, fmt: str, model_name: str, rank: i
         acc = accuracies.get(name, {})
         strict, tolerant = acc.get("accuracy_strict"), acc.get("accuracy_tolerant")
         squad = squad_fields(by_name.get(name))
-        verdict = rules.retention_verdict(_squad_pair(squad), _squad_pair(base_squad))
+        card = scorecard(figures, strict, tolerant, _squad_pair(squad), _squad_pair(base_squad))
+        verdict = card["retention"]
         row = {"model": name, "step": ck["step"], "checkpoint": checkpoint_file(ck["step"]),
                "sha256": ck["sha256"], "train_loss": ck.get("train_loss"), "n": acc.get("n"),
                "accuracy_strict": strict, "accuracy_tolerant": tolerant,
                "squad_f1": squad["squad_f1"], "squad_em": squad["squad_em"],
                "retention_f1": verdict["f1"], "retention_em": verdict["em"], "passes_retention": verdict["passes"],
-               "ratio": ratio, "score": rules.stage_score(stage, strict, ratio),
-               "score_tolerant": rules.stage_score(stage, tolerant, ratio)}
+               "ratio": card["ratio"], "score": card["score"], "score_tolerant": card["score_tolerant"]}
         rows.append(row)
         candidates.append({**row, "retention": verdict})
     base = None
