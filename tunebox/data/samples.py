@@ -40,7 +40,8 @@ def _require_text(value: dict, key: str, path: Path, line: int) -> str:
 def parse_math_row(row: JsonlRow, path: Path) -> Example:
     value = row.value
     if not isinstance(value, dict):
-        raise InputError(f"expected a JSON object {{\"problem\", \"solution\"}}, got {type(value).__name__}", path, row.line)
+        raise InputError(f"expected a JSON object {{\"problem\", \"solution\"}}, got {type(value).__name__}",
+                         path, row.line)
     problem = _require_text(value, "problem", path, row.line)
     solution = _require_text(value, "solution", path, row.line)
     return Example(row.line, problem.strip(), solution.strip(), solution.strip(), {})
@@ -132,7 +133,8 @@ def read_mindrecord(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """All samples as two int32 arrays (N, seq_length + 1), in file order (shards in order)."""
     import mindspore.dataset as ds
 
-    data = ds.MindDataset([str(p) for p in mindrecord_shards(path)], columns_list=["input_ids", "labels"], shuffle=False)
+    data = ds.MindDataset([str(p) for p in mindrecord_shards(path)], columns_list=["input_ids", "labels"],
+                          shuffle=False)
     ids, labels = [], []
     for row in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
         ids.append(row[0])
@@ -190,7 +192,8 @@ class SampleEncoder:
     switches to the plain way for good, so the output never depends on the shortcut.
     """
 
-    PROBES = ("1 + 1", "  leading and trailing spaces  ", "\nnew\nlines\n", "计算 3 的平方根？", "<|im_end|> in text", "{{ x }}")
+    PROBES = ("1 + 1", "  leading and trailing spaces  ", "\nnew\nlines\n", "计算 3 的平方根？", "<|im_end|> in text",
+              "{{ x }}")
     CHECK_ROWS = 2
 
     def __init__(self, tok: TextTokenizer, seq_length: int, system: Optional[str] = None, template: str = "chat"):
