@@ -243,9 +243,9 @@ def export_reference_inputs(work: Path, spec: RunSpec, mspec: ModelShape, ids: n
 
     from tunebox.model.checkpoint import load_checkpoint_numpy
     from tunebox.model.weights import mindformers_name_to_hf
-    from jobs.train import plan_steps
+    from tunebox.training.plan import plan_steps
 
-    plan = plan_steps(len(ids), spec)
+    plan = plan_steps(len(ids), spec.train)
     if total_steps > plan["batches_per_epoch"]:
         raise InputError(f"--steps {total_steps} is more than one epoch of the recipe's data "
                          f"({plan['batches_per_epoch']} steps)", spec.source_path)

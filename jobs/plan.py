@@ -19,32 +19,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from typing import Optional
 
 from tunebox.model import budget
 from tunebox.config import LoraSection, ModelSection, RunSpec
 from tunebox.io import InputError
+from tunebox.model.mf_config import topology
 from tunebox.model.registry import get_model_shape, lora_targets
-
-# The contest's own setting per stage, used for whatever the command line and the recipe leave
-# open. Stage 1 is the reference run (90k rows). Stage 2: 27,604 rows offered (nju-websoft's
-# README counts them) and the phase-2 config finetune_internlm_7b_lora_mmlu_64G.yaml as teams
-# copied it: seq_length 2048, batch_size 4 x data_parallel 4 = 16 per step, 4 cards, 10 epochs.
-STAGE_DEFAULTS = {
-    1: {"model": "llama3-8b", "rows": 90_000, "seq": 256, "epochs": 5.0, "batch": 64, "cards": 4},
-    2: {"model": "internlm-7b", "rows": 27_604, "seq": 2048, "epochs": 10.0, "batch": 16, "cards": 4},
-}
-MODEL_STAGE = {"llama3-8b": 1, "internlm-7b": 2}
+from tunebox.spec_checks import load_checked_spec
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.plan", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Exit codes: 0 ok, 2 bad arguments, 1 failure.")
-    p.add_argument("--config", "-c", metavar="SPEC.yaml", help="take model, stage, LoRA, seq_length, batch, epochs and workers from this run spec")
+    p.add_argument("--config", "-c", metavar="SPEC.yaml",
+                   help="take model, stage, LoRA, seq_length, batch, epochs and workers from this run spec")
     p.add_argument("--model", help="registry name (default: the recipe's, else the stage's contest model)")
-    p.add_argument("--stage", type=int, choices=(1, 2), help="which contest score (default: the recipe's, else by model)")
+    p.add_argument("--stage", type=int, choices=(1, 2),
+                   help="which contest score (default: the recipe's, else by model)")
     p.add_argument("--ranks", default=",".join(map(str, budget.CANDIDATE_RANKS)), help="candidate LoRA ranks")
     p.add_argument("--baseline-accuracy", type=float,
                    help="the baseline's accuracy, a fraction (default: the contest's: 0.20 stage 1, 0.40 stage 2)")
@@ -70,11 +63,10 @@ def resolve(args) -> dict:
     """Merge command line, recipe and stage defaults into one settings dict (with where each came from)."""
     spec = None
     if args.config:
-        from tunebox.spec_checks import load_checked_spec
         spec = load_checked_spec(args.config)  # its LoRA targets checked against the model, as the jobs do
     model = args.model or (spec.model.name if spec else None)
-    stage = args.stage or (spec.stage if spec else None) or MODEL_STAGE.get(model or "", 1)
-    defaults = STAGE_DEFAULTS[stage]
+    stage = args.stage or (spec.stage if spec else None) or budget.MODEL_STAGE.get(model or "", 1)
+    defaults = budget.STAGE_DEFAULTS[stage]
     model = model or defaults["model"]
     shape = get_model_shape(model)
     try:
@@ -84,16 +76,8 @@ def resolve(args) -> dict:
     if not ranks or min(ranks) <= 0:
         raise InputError(f"--ranks must be positive integers, got {args.ranks!r}")
 
-    baseline = budget.BASELINES[stage]
-    if args.baseline_accuracy is not None:
-        if not 0 <= args.baseline_accuracy <= 1:
-            raise InputError(f"--baseline-accuracy must be a fraction in [0, 1], got {args.baseline_accuracy}")
-        baseline = replace(baseline, accuracy=args.baseline_accuracy, source="--baseline-accuracy")
-    if args.baseline_rank is not None or args.baseline_targets:
-        baseline = replace(baseline, rank=args.baseline_rank or baseline.rank,
-                           target_modules=args.baseline_targets or baseline.target_modules,
-                           source=baseline.source + "; layout overridden on the command line")
-    lora_targets(baseline.target_modules)   # fail early on a bad regex
+    baseline = budget.stage_baseline(stage, accuracy=args.baseline_accuracy, rank=args.baseline_rank,
+                                     targets=args.baseline_targets)
 
     def pick(name: str, from_spec):
         value = getattr(args, name)
@@ -177,14 +161,9 @@ def render_time(est: budget.TimeEstimate, origins: dict, reference_mfu: float) -
 
 def render_memory(shape, spec, origins: dict, lora_trainable: int) -> str:
     """Per-card memory of the recipe's topology (train.parallel), by part."""
-    from tunebox.model.mf_config import topology
-
     topo = topology(spec)
-    mem = budget.card_memory(shape, seq_length=origins["seq"][0], global_batch=origins["batch"][0],
-                             data_parallel=topo.data_parallel, model_parallel=topo.model_parallel,
-                             pipeline_stage=topo.pipeline_stage, micro_batch_num=topo.micro_batch_num,
-                             dtype=spec.train.dtype, lora_trainable=lora_trainable,
-                             recompute=spec.train.parallel.recompute)
+    mem = budget.topology_card_memory(shape, topo, spec.train, seq_length=origins["seq"][0],
+                                      global_batch=origins["batch"][0], lora_trainable=lora_trainable)
     gib = lambda x: f"{x / 2 ** 30:.1f} GiB"
     return "\n".join([
         "", f"Per-card memory, {spec.train.workers} workers = data_parallel {topo.data_parallel} x model_parallel "
@@ -193,6 +172,7 @@ def render_memory(shape, spec, origins: dict, lora_trainable: int) -> str:
         f"  weights {gib(mem.weights)} + LoRA and AdamW state {gib(mem.lora_state)} + activations "
         f"{gib(mem.activations)} + logits {gib(mem.logits)} = {gib(mem.total)} "
         f"(estimate: budget.card_memory; framework workspace comes on top)"])
+
 
 def render_disk(disk: budget.DiskEstimate) -> str:
     gb = lambda n: f"{n / 1e9:,.1f} GB"  # noqa: E731
@@ -213,30 +193,6 @@ def render_checkpoint_io(io: budget.CheckpointIO) -> str:
         f"  LoRA checkpoints: {io.lora_checkpoints} x {io.lora_checkpoint_bytes / 1e6:,.1f} MB",
         f"  merged checkpoints: {io.merged_checkpoints} x {gb(io.merged_checkpoint_bytes)} ({io.merged_dtype})",
         f"  in all {gb(io.written_bytes)} written"])
-
-
-def compare_with_baseline(s: dict, est: budget.TimeEstimate, args) -> dict:
-    """The recipe next to the contest baseline: LoRA layout, trainable parameters, the ratio the contest
-    computes, its cost in score, and each one's Ascend time (the baseline on the stage's reference workload,
-    the recipe on its own), both from the same time model."""
-    shape, stage, baseline = s["model"], s["stage"], s["baseline"]
-    defaults = STAGE_DEFAULTS[stage]
-    base_trainable = shape.lora_params(baseline.rank, baseline.target_modules)
-    base_workload = budget.Workload(rows=defaults["rows"], seq_length=defaults["seq"], epochs=defaults["epochs"],
-                                    global_batch=defaults["batch"], cards=defaults["cards"])
-    base_est = budget.estimate_time(shape, base_workload, base_trainable, mfu=args.mfu, peak_tflops=args.peak_tflops,
-                                    recompute=not args.no_recompute)
-    rank, targets, _ = s["lora"]
-    rows = []
-    for name, r, t, trainable, e in (("baseline", baseline.rank, baseline.target_modules, base_trainable, base_est),
-                                     ("recipe", rank, targets, est.lora_trainable, est)):
-        ratio = budget.score_ratio(trainable, shape)
-        rows.append({"name": name, "rank": r, "target_modules": t, "trainable": trainable, "ratio": ratio,
-                     "ratio_cost": 0.3 * budget.RATIO_WEIGHT[stage] * ratio, "rows": e.workload.rows,
-                     "seq_length": e.workload.seq_length, "epochs": e.workload.epochs,
-                     "global_batch": e.workload.global_batch, "cards": e.workload.cards,
-                     "wall_hours": e.wall_hours, "time_source": e.source})
-    return {"stage": stage, "model": shape.name, "rows": rows}
 
 
 def render_comparison(cmp: dict) -> str:
@@ -268,7 +224,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    lora=LoraSection(rank=rank, target_modules=targets))
         disk = budget.estimate_disk(run)
         io = budget.checkpoint_io(run, workload.steps)
-        comparison = compare_with_baseline(s, est, args) if s["spec"] is not None else None
+        comparison = None if s["spec"] is None else budget.compare_with_baseline(
+            s["model"], s["stage"], s["baseline"], (rank, targets), est, mfu=args.mfu, peak_tflops=args.peak_tflops,
+            recompute=not args.no_recompute)
     except (InputError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2

@@ -106,13 +106,13 @@ def tiny_bundle(tiny_run, tmp_path_factory) -> dict:
 
 
 def planned_checkpoint_steps(run_dir: Path, recipe: Path = TINY_RECIPE, *overrides: str) -> list[int]:
-    """The checkpoint steps train plans for this run, from prep's row count (jobs.train.plan_steps),
+    """The checkpoint steps train plans for this run, from prep's row count (tunebox.training.plan.plan_steps),
     so no test copies a step number from an earlier run."""
     from tunebox.config import load_spec
-    from jobs.train import plan_steps
+    from tunebox.training.plan import plan_steps
 
     stats = json.loads((Path(run_dir) / "prep" / "stats.json").read_text())
-    return plan_steps(stats["rows_train"], load_spec(recipe, list(overrides)))["checkpoint_steps"]
+    return plan_steps(stats["rows_train"], load_spec(recipe, list(overrides)).train)["checkpoint_steps"]
 
 
 def keeps_90_percent(tuned: float, base: float) -> bool:

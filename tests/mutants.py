@@ -42,14 +42,14 @@ GROUPS: dict[str, dict] = {
                "prebuilt_bundle": True},
     "k8s": {"mutate": ["tunebox/deploy/k8s.py"],
             "tests": ["tests/test_k8s.py", "tests/test_k8s_nodes.py"]},
-    "train": {"mutate": ["jobs/train.py"],
+    "train": {"mutate": ["tunebox/training/plan.py", "tunebox/training/outputs.py"],
               "tests": ["tests/test_train_plan.py"],
               # prep in a subprocess, ~30 s a mutant; answer_capacity's own hand-worked test covers the rule
               "deselect": ["tests/test_train_plan.py::test_packed_rows_fit_the_recorded_answer_capacity"],
-              # train's planning and hashing; the rest of jobs/train.py launches MindFormers (test_spine, slow)
-              "functions": ["jobs.train.x_plan_steps*", "jobs.train.x_checkpoint_steps*",
-                            "jobs.train.x_answer_capacity*", "jobs.train.x_train_hash*",
-                            "jobs.train.x_check_resume*"]},
+              # train's planning, hashing and resume check; the rest launches MindFormers (test_spine, slow)
+              "functions": ["tunebox.training.plan.x_plan_steps*", "tunebox.training.plan.x_checkpoint_steps*",
+                            "tunebox.training.plan.x_answer_capacity*", "tunebox.training.plan.x_train_hash*",
+                            "tunebox.training.outputs.x_check_resume*"]},
 }
 
 SKIP_COPY = {".git", ".mutants", "mutants", "runs", "output", "build", ".pytest_cache", "__pycache__", "kernel_meta",

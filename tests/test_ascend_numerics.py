@@ -15,7 +15,7 @@ from conftest import REPO
 
 from tunebox.config import load_spec
 from tunebox.model.mf_config import dump, render_train_config
-from jobs.train import plan_steps
+from tunebox.training.plan import plan_steps
 
 ASCEND_RECIPES = ["stage1-llama3-8b.yaml", "stage1-llama3-8b-cot.yaml", "stage2-internlm-7b.yaml"]
 TINY_DIMS = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "n_kv_heads": 2, "intermediate_size": 128,
@@ -37,7 +37,7 @@ def mf_cwd(tmp_path_factory):
 
 def rendered(recipe: str, tmp_path: Path, *overrides: str):
     spec = load_spec(REPO / "recipes" / recipe, list(overrides))
-    plan = plan_steps(40 * spec.train.batch_size, spec)
+    plan = plan_steps(40 * spec.train.batch_size, spec.train)
     cfg = render_train_config(spec, data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
                               plan=plan, base_checkpoint=tmp_path / "base.ckpt", answer_capacity=24)
     return spec, plan, cfg

@@ -12,7 +12,7 @@ from conftest import REPO
 
 from tunebox.config import load_spec
 from tunebox.model.mf_config import render_train_config
-from jobs.train import plan_steps
+from tunebox.training.plan import plan_steps
 
 # mindspore-courses/competition, commit c50a755c427b68b52a815122cd5b9a1e2c2bdde6 (the last to change the file),
 # 2024-ascend-innovation-contest/topic2-finetune/first-phase/ALL IN ONE/run_llama3_8b_8k_800T_A2_64G_lora_dis_256.yaml:
@@ -278,7 +278,7 @@ def model_config_value(model_config: dict, key: str):
 
 def test_stage1_recipe_renders_the_contests_baseline_key_by_key(tmp_path, mf_cwd):
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml")
-    plan = plan_steps(CONTEST_ROWS, spec)
+    plan = plan_steps(CONTEST_ROWS, spec.train)
     rendered = render_train_config(spec, data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
                                    plan=plan, base_checkpoint=tmp_path / "base.ckpt")
     ours = flatten(rendered)

@@ -89,7 +89,7 @@ def test_answer_only_loss_equals_the_full_forward(mindformers_env, variant):
     only: same loss, same gradients as MindFormers' forward over every position, LoRA included (its B
     set non-zero). A capacity below the most counted positions of a row must change the loss: that is
     what the train job's answer_capacity guards against."""
-    from jobs.train import answer_capacity
+    from tunebox.training.plan import answer_capacity
 
     ms = mindformers_env[0]
     spec = VARIANTS[variant]

@@ -25,7 +25,7 @@ from tunebox.config import load_spec
 from tunebox.model.dryrun import dryrun_config, parse_size_mb
 from tunebox.model.mf_config import render_train_config
 from jobs.dryrun import RANK_PROGRAM, rank_commands
-from jobs.train import plan_steps
+from tunebox.training.plan import plan_steps
 
 STAGE1 = REPO / "recipes" / "stage1-llama3-8b.yaml"
 PIPELINE = ["train.parallel.model_parallel=2", "train.parallel.pipeline_stage=2", "train.parallel.micro_batch_num=2"]
@@ -67,7 +67,7 @@ def test_the_ranks_run_the_runs_own_config_writing_only_under_dryrun(tmp_path, s
     spec = load_spec(STAGE1, PIPELINE)
     train_dir, out = tmp_path / "run" / "train", tmp_path / "run" / "dryrun" / "output"
     cfg = render_train_config(spec, data_files=[tmp_path / "train.mindrecord"], out_dir=train_dir,
-                              plan=plan_steps(40 * spec.train.batch_size, spec), base_checkpoint=tmp_path / "base.ckpt",
+                              plan=plan_steps(40 * spec.train.batch_size, spec.train), base_checkpoint=tmp_path / "base.ckpt",
                               answer_capacity=24)
     dry = dryrun_config(cfg, out, strategy_only)
     assert str(train_dir) not in yaml.safe_dump(dry)          # nothing lands in the run's train folder

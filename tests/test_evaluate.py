@@ -545,7 +545,7 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
 
     monkeypatch.setattr(mf_llama, "LlamaForCausalLM", StubLlama)
     monkeypatch.setattr(mf, "setup_device", lambda device, mode, **kw: built.update(device=device, mode=mode))
-    monkeypatch.setattr(mf, "load_weights", lambda net, ckpt: built.update(ckpt=ckpt))
+    monkeypatch.setattr(mf, "load_weights", lambda net, ckpt, **kw: built.update(ckpt=ckpt))
     spec = load_spec(TINY_RECIPE, [f"runs_dir={tmp_path}", "train.device=Ascend", f"train.dtype={dtype}",
                                    "eval.batch_size=3"])
     runner = MindFormersRunner(get_model_shape("tiny"), tmp_path / "model.ckpt", spec, seq_length=96)

@@ -17,7 +17,7 @@ from conftest import REPO, TINY_RECIPE
 from tunebox.config import load_spec
 from tunebox.model.mf_config import dump, render_predict_config, render_train_config, topology
 from tunebox.model.registry import get_model_shape, mindformers_target_regex
-from jobs.train import plan_steps
+from tunebox.training.plan import plan_steps
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
 TINY_DIMS = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "n_kv_heads": 2, "intermediate_size": 128,
@@ -27,7 +27,7 @@ TINY_DIMS = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "n_kv_heads": 2
 def rendered(recipe: str, tmp_path: Path, *overrides: str) -> tuple[object, dict, dict]:
     spec = load_spec(REPO / "recipes" / recipe, list(overrides))
     rows = 40 * spec.train.batch_size
-    plan = plan_steps(rows, spec)
+    plan = plan_steps(rows, spec.train)
     cfg = render_train_config(spec, data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
                               plan=plan, base_checkpoint=tmp_path / "base.ckpt", answer_capacity=24)
     return spec, plan, cfg

@@ -226,12 +226,12 @@ def test_resume_snapshots_are_a_handful_per_run(recipe, rows, tmp_path):
     """The rendered CheckpointMonitor saves full resume snapshots (weights + optimizer state, ~16 GB each
     on Llama3-8B) a handful of times a run: 5 to 12, not every 20 steps (351 times over stage 1's 7,030
     steps). The contest's stage-1 config saved every 1,400 of its ~7,030 steps."""
-    from jobs.train import plan_steps
+    from tunebox.training.plan import plan_steps
     from tunebox.config import load_spec
     from tunebox.model.mf_config import render_train_config
 
     spec = load_spec(REPO / "recipes" / recipe)
-    plan = plan_steps(rows, spec)
+    plan = plan_steps(rows, spec.train)
     cfg = render_train_config(spec, data_files=[tmp_path / "t.mindrecord"], out_dir=tmp_path, plan=plan,
                               base_checkpoint=None)
     every = next(c for c in cfg["callbacks"] if c["type"] == "CheckpointMonitor")["save_checkpoint_steps"]
@@ -240,7 +240,7 @@ def test_resume_snapshots_are_a_handful_per_run(recipe, rows, tmp_path):
     fixed = render_train_config(load_spec(REPO / "recipes" / recipe, ["train.save_state_every=3"]),
                                 data_files=[tmp_path / "t.mindrecord"], out_dir=tmp_path,
                                 plan=plan_steps(rows, load_spec(REPO / "recipes" / recipe,
-                                                                ["train.save_state_every=3"])),
+                                                                ["train.save_state_every=3"]).train),
                                 base_checkpoint=None)
     assert next(c for c in fixed["callbacks"] if c["type"] == "CheckpointMonitor")["save_checkpoint_steps"] == 3
 

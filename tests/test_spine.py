@@ -19,7 +19,7 @@ from conftest import (MATH_SAMPLE, REPO, TINY_RECIPE, job_env, planned_checkpoin
                       strict_by_hand)
 
 from tunebox.config import load_spec
-from jobs.train import checkpoint_steps, plan_steps
+from tunebox.training.plan import checkpoint_steps, plan_steps
 
 
 # ---- prep: bad input is named by file and line, or skipped into rejects ------------------------
@@ -98,12 +98,12 @@ def test_schedule_pure_functions():
     assert checkpoint_steps(100, 5) == [20, 40, 60, 80, 100]
     assert checkpoint_steps(7, 5) == [1, 3, 4, 6, 7]
     spec = load_spec(TINY_RECIPE, ["train.batch_size=4", "train.epochs=2"])
-    plan = plan_steps(109, spec)  # MindFormers drops the last partial batch of each epoch: 109 // 4 = 27
+    plan = plan_steps(109, spec.train)  # MindFormers drops the last partial batch of each epoch: 109 // 4 = 27
     assert plan["batches_per_epoch"] == 27 and plan["total_steps"] == 54
     assert plan["checkpoint_steps"] == [11, 22, 32, 43, 54]
-    assert plan_steps(109, load_spec(TINY_RECIPE, ["train.max_steps=13"]))["total_steps"] == 13
+    assert plan_steps(109, load_spec(TINY_RECIPE, ["train.max_steps=13"]).train)["total_steps"] == 13
     with pytest.raises(Exception, match="fewer than one batch"):
-        plan_steps(3, spec)
+        plan_steps(3, spec.train)
 
 
 def test_train_writes_five_evenly_spaced_checkpoints(tiny_run):

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,7 +48,7 @@ def test_a_rerun_waits_for_workers_of_a_killed_run_then_refuses(tmp_path):
     """A worker that still runs holds train/.workers.lock (shared); train waits for it and, past its
     timeout, refuses to start beside it. The worker here is a plain process holding the lock as
     jobs/train_worker.py does, not a trained one."""
-    from jobs.train import WORKERS_LOCK, wait_for_workers
+    from tunebox.training.launch import WORKERS_LOCK, wait_for_workers
 
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_SH); "
@@ -61,3 +62,25 @@ def test_a_rerun_waits_for_workers_of_a_killed_run_then_refuses(tmp_path):
         holder.kill()
         holder.wait()
     wait_for_workers(tmp_path, timeout=3)  # gone: returns at once
+
+
+def test_training_done_reads_the_loss_log_it_is_given_and_every_planned_lora_file(tmp_path):
+    """training_done decides from the loss rows the caller read once (read_loss_log, also what finish
+    writes the index from) and the planned LoRA files. Mutants that fail here: training_done reading
+    loss.jsonl itself again (the empty list below is ignored), and its LoRA-file check dropped."""
+    from tunebox.model.mf_config import CHECKPOINT_PREFIX
+    from tunebox.model.mf_extensions import lora_checkpoint_path
+    from tunebox.training.outputs import read_loss_log, training_done
+
+    plan = {"total_steps": 4, "batches_per_epoch": 3, "checkpoint_steps": [2, 4]}
+    (tmp_path / "loss.jsonl").write_text("".join(f'{{"step": {s}, "loss": 1.0}}\n' for s in range(1, 5)))
+    losses = read_loss_log(tmp_path)
+    assert [r["step"] for r in losses] == [1, 2, 3, 4]
+    assert training_done(tmp_path, plan, losses) is False            # no LoRA file yet
+    for step in plan["checkpoint_steps"]:
+        path = Path(lora_checkpoint_path(str(tmp_path), CHECKPOINT_PREFIX, step, plan["batches_per_epoch"]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    assert training_done(tmp_path, plan, losses) is True
+    assert training_done(tmp_path, plan, []) is False                 # what the caller read decides
+    assert training_done(tmp_path, plan, losses[:3]) is False         # a step short

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY_RECIPE, run_job
-from jobs.train import answer_capacity, check_resume, checkpoint_steps, plan_steps, prepare, train_hash
+from tunebox.training.inputs import prepare
+from tunebox.training.outputs import check_resume
+from tunebox.training.plan import answer_capacity, checkpoint_steps, plan_steps, train_hash
 from tunebox import layout
 from tunebox.config import DataSection, load_spec
 from tunebox.io import InputError
@@ -25,22 +27,22 @@ def test_plan_steps_by_hand():
     # warmup 0.1 * 25 = 2.5, rounded half to even = 2; checkpoints 25*i/5 = 5, 10, 15, 20, 25
     spec = load_spec(TINY_RECIPE, ["train.batch_size=4", "train.epochs=2.5", "train.warmup_ratio=0.1"])
     spec.train.grad_accum = 3  # the spec refuses it outside semi_auto_parallel; the plan still counts it
-    assert plan_steps(120, spec) == {"total_steps": 25, "batches_per_epoch": 10, "warmup_steps": 2,
+    assert plan_steps(120, spec.train) == {"total_steps": 25, "batches_per_epoch": 10, "warmup_steps": 2,
                                      "checkpoint_steps": [5, 10, 15, 20, 25]}
     # 131 rows: 131 // 12 = 10 (the partial batch is dropped); max_steps wins over epochs
     capped = load_spec(TINY_RECIPE, ["train.batch_size=4", "train.max_steps=7", "train.warmup_ratio=0.3"])
     capped.train.grad_accum = 3
-    assert plan_steps(131, capped) == {"total_steps": 7, "batches_per_epoch": 10, "warmup_steps": 2,
+    assert plan_steps(131, capped.train) == {"total_steps": 7, "batches_per_epoch": 10, "warmup_steps": 2,
                                        "checkpoint_steps": [1, 3, 4, 6, 7]}  # 1.4, 2.8, 4.2, 5.6, 7 rounded
 
 
 def test_plan_steps_refuses_too_few_rows_and_steps():
     spec = load_spec(TINY_RECIPE, ["train.batch_size=4"])
     with pytest.raises(InputError, match="fewer than one batch"):
-        plan_steps(3, spec)
+        plan_steps(3, spec.train)
     with pytest.raises(InputError, match="fewer than train.num_checkpoints=5"):
-        plan_steps(19, spec)  # 19 // 4 = 4 steps
-    assert plan_steps(20, spec)["checkpoint_steps"] == [1, 2, 3, 4, 5]
+        plan_steps(19, spec.train)  # 19 // 4 = 4 steps
+    assert plan_steps(20, spec.train)["checkpoint_steps"] == [1, 2, 3, 4, 5]
 
 
 def test_checkpoint_steps_are_evenly_spaced_by_hand():
@@ -93,7 +95,7 @@ def test_answer_capacity_edge_cases_by_hand():
 
 def test_plan_steps_accepts_exactly_one_batch():
     spec = load_spec(TINY_RECIPE, ["train.batch_size=4", "train.max_steps=5"])
-    assert plan_steps(4, spec)["batches_per_epoch"] == 1 and plan_steps(4, spec)["total_steps"] == 5
+    assert plan_steps(4, spec.train)["batches_per_epoch"] == 1 and plan_steps(4, spec.train)["total_steps"] == 5
 
 
 def loss_positions(ids: np.ndarray, labels: np.ndarray, pad_id: int) -> list[int]:
@@ -164,9 +166,9 @@ def test_every_data_key_is_in_the_resume_check():
 def test_resume_refused_after_a_change_that_shapes_the_batches(tmp_path, section, key, value):
     spec = load_spec(TINY_RECIPE)
     out = saved_run(tmp_path, spec)
-    assert check_resume(spec, out) is False  # same settings, no MindFormers checkpoint yet: a fresh start
+    assert check_resume(out, train_hash(spec)) is False  # same settings, no MindFormers checkpoint yet: a fresh start
     with pytest.raises(InputError, match="different training settings"):
-        check_resume(changed(spec, section, key, value), out)
+        check_resume(out, train_hash(changed(spec, section, key, value)))
 
 
 @pytest.mark.parametrize("section,key,value", [("train", "save_state_every", 7), ("train", "master_port", 9000),
@@ -181,4 +183,4 @@ def test_resume_accepted_when_only_bookkeeping_changes(tmp_path, section, key, v
         setattr(getattr(other, section), key, value)
     (out / "checkpoint" / "rank_0").mkdir(parents=True)
     (out / "checkpoint" / "rank_0" / "meta.json").write_text("{}")
-    assert check_resume(other, out) is True
+    assert check_resume(out, train_hash(other)) is True

@@ -9,6 +9,8 @@ import numpy as np
 
 from tunebox.config import RunSpec
 from tunebox.evaluation.decode import PREFILL_TOKEN_BUDGET, NumpyLlama, greedy_generate, length_groups
+from tunebox.model import mf
+from tunebox.model.mf_config import predict_model_kwargs
 from tunebox.model.registry import ModelShape
 
 
@@ -61,16 +63,10 @@ class MindFormersRunner:
     backend = "mindformers"
 
     def __init__(self, shape: ModelShape, ckpt: Path, spec: RunSpec, seq_length: int):
-        from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
-
-        from tunebox.model import mf
-        from tunebox.model.mf_config import predict_model_kwargs
-
         mf.setup_device(spec.train.device, "graph", output_dir=spec.run_dir)
         # the network merge wrote its checkpoints for (mf_config.merged_checkpoint_types): strict loads
         kwargs = predict_model_kwargs(spec, shape, seq_length=seq_length, batch_size=spec.eval.batch_size)
-        self.net = LlamaForCausalLM(LlamaConfig(**kwargs))
-        mf.load_weights(self.net, ckpt)
+        self.net = mf.build_llama(shape, config=kwargs, checkpoint=ckpt)
         self.net.set_train(False)
         self.batch_size = spec.eval.batch_size
 

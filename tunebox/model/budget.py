@@ -35,10 +35,11 @@ When a real step time is known (`measured_step_s`), it replaces the model.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable, Optional
 
 from tunebox.contest.rules import CONTEST_NOMINAL_TOTAL_PARAMS, param_ratio, stage1_score, stage2_score
+from tunebox.io import InputError
 from tunebox.model.registry import ModelShape, get_model_shape, lora_targets
 
 CANDIDATE_RANKS = (1, 2, 4, 8, 16, 32)
@@ -75,6 +76,32 @@ BASELINES = {
                 "MindFormers copy (topic2-finetune/mindformers); accuracy 40%: 'baseline的准确率为40%' "
                 "(topic2-finetune/README.md, 第二阶段). The targets are our reading: see docs/STAGE2.md"),
 }
+
+# The contest's own setting per stage, used for whatever the command line and the recipe leave
+# open (jobs/plan.py). Stage 1 is the reference run (90k rows). Stage 2: 27,604 rows offered
+# (nju-websoft's README counts them) and the phase-2 config finetune_internlm_7b_lora_mmlu_64G.yaml
+# as teams copied it: seq_length 2048, batch_size 4 x data_parallel 4 = 16 per step, 4 cards, 10 epochs.
+STAGE_DEFAULTS = {
+    1: {"model": "llama3-8b", "rows": 90_000, "seq": 256, "epochs": 5.0, "batch": 64, "cards": 4},
+    2: {"model": "internlm-7b", "rows": 27_604, "seq": 2048, "epochs": 10.0, "batch": 16, "cards": 4},
+}
+MODEL_STAGE = {"llama3-8b": 1, "internlm-7b": 2}
+
+
+
+def stage_baseline(stage: int, accuracy: Optional[float] = None, rank: Optional[int] = None,
+                   targets: Optional[str] = None) -> Baseline:
+    """The stage's contest baseline, with the accuracy or the LoRA layout given on the command line."""
+    baseline = BASELINES[stage]
+    if accuracy is not None:
+        if not 0 <= accuracy <= 1:
+            raise InputError(f"--baseline-accuracy must be a fraction in [0, 1], got {accuracy}")
+        baseline = replace(baseline, accuracy=accuracy, source="--baseline-accuracy")
+    if rank is not None or targets:
+        baseline = replace(baseline, rank=rank or baseline.rank, target_modules=targets or baseline.target_modules,
+                           source=baseline.source + "; layout overridden on the command line")
+    lora_targets(baseline.target_modules)   # fail early on a bad regex
+    return baseline
 
 
 # ---- the score side ---------------------------------------------------------------------------
@@ -330,6 +357,31 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+def compare_with_baseline(shape: ModelShape, stage: int, baseline: Baseline, recipe_lora: tuple[int, str],
+                          recipe_time: TimeEstimate, *, mfu: Optional[float], peak_tflops: float,
+                          recompute: bool) -> dict:
+    """The recipe next to the contest baseline: LoRA layout, trainable parameters, the ratio the contest
+    computes, its cost in score, and each one's Ascend time (the baseline on the stage's reference workload,
+    the recipe on its own, `recipe_time`), both from the same time model."""
+    defaults = STAGE_DEFAULTS[stage]
+    base_trainable = shape.lora_params(baseline.rank, baseline.target_modules)
+    base_workload = Workload(rows=defaults["rows"], seq_length=defaults["seq"], epochs=defaults["epochs"],
+                             global_batch=defaults["batch"], cards=defaults["cards"])
+    base_time = estimate_time(shape, base_workload, base_trainable, mfu=mfu, peak_tflops=peak_tflops,
+                              recompute=recompute)
+    rank, targets = recipe_lora
+    rows = []
+    for name, r, t, trainable, e in (("baseline", baseline.rank, baseline.target_modules, base_trainable, base_time),
+                                     ("recipe", rank, targets, recipe_time.lora_trainable, recipe_time)):
+        ratio = score_ratio(trainable, shape)
+        rows.append({"name": name, "rank": r, "target_modules": t, "trainable": trainable, "ratio": ratio,
+                     "ratio_cost": 0.3 * RATIO_WEIGHT[stage] * ratio, "rows": e.workload.rows,
+                     "seq_length": e.workload.seq_length, "epochs": e.workload.epochs,
+                     "global_batch": e.workload.global_batch, "cards": e.workload.cards,
+                     "wall_hours": e.wall_hours, "time_source": e.source})
+    return {"stage": stage, "model": shape.name, "rows": rows}
+
+
 # ---- device memory per card ---------------------------------------------------------------------
 
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -376,6 +428,16 @@ def card_memory(shape: ModelShape, *, seq_length: int, global_batch: int, data_p
     lora_state = lora_trainable / (t * pp) * (BYTES[dtype] * 2 + 8)
     return CardMemory(weights=weights, lora_state=lora_state, activations=activations, logits=logits,
                       micro_batch=b, layers_here=layers)
+
+
+def topology_card_memory(shape: ModelShape, topo, train, *, seq_length: int, global_batch: int,
+                         lora_trainable: int) -> CardMemory:
+    """card_memory on a run's topology (mf_config.topology) in its train section's dtype and recompute."""
+    return card_memory(shape, seq_length=seq_length, global_batch=global_batch, data_parallel=topo.data_parallel,
+                       model_parallel=topo.model_parallel, pipeline_stage=topo.pipeline_stage,
+                       micro_batch_num=topo.micro_batch_num, dtype=train.dtype, lora_trainable=lora_trainable,
+                       recompute=train.parallel.recompute)
+
 
 # ---- disk -------------------------------------------------------------------------------------
 
@@ -443,9 +505,13 @@ class CheckpointIO:
         return {**asdict(self), "written_bytes": self.written_bytes}
 
 
-def checkpoint_io(run, total_steps: int) -> CheckpointIO:
-    from tunebox.model.mf_config import merged_weight_dtype
+def merged_weight_dtype(spec) -> str:
+    """The dtype of the merged checkpoints' weights, which is the predicting network's param_init_type:
+    merge.dtype, else the training dtype (float32 on CPU)."""
+    return spec.merge.dtype or spec.train.dtype
 
+
+def checkpoint_io(run, total_steps: int) -> CheckpointIO:
     shape = get_model_shape(run.model.name)
     every = resume_every(total_steps, run.train.save_state_every)
     merged = merged_weight_dtype(run)
@@ -467,8 +533,6 @@ def estimate_disk(run) -> DiskEstimate:
     params = shape.total_params()
     lora = shape.lora_params(run.lora.rank, run.lora.target_modules)
     n = run.train.num_checkpoints
-    from tunebox.model.mf_config import merged_weight_dtype
-
     merged = merged_weight_dtype(run)
     train_dtype = run.train.dtype if run.train.device != "CPU" else "float32"
     return DiskEstimate({

@@ -40,9 +40,12 @@ from tqdm import tqdm
 
 from tunebox.chaos import kill_point
 from tunebox.io import InputError, atomic_path
-from tunebox.model.mf import LORA_A, LORA_B
 
 log = logging.getLogger("tunebox.checkpoint")
+
+# The names MindFormers' LoRA adapter (mindpet LoRADense) gives its two matrices: <layer>.<name>
+LORA_A = "mindpet_delta_lora_a"
+LORA_B = "mindpet_delta_lora_b"
 
 # MindSpore 2.9 serialization.py: SLICE_SIZE = 512 * 1024 (KB); tensors are written in chunks of
 # 1024 * SLICE_SIZE bytes. Writing the same chunks keeps our files byte-identical to its own.

@@ -15,12 +15,11 @@ from typing import Optional
 
 import numpy as np
 
+from tunebox.model.checkpoint import LORA_A, LORA_B, bfloat16, convert_float_bits, numpy_dtype
+from tunebox.model.mf_config import EXTENSIONS_FILE, resume_settings
 from tunebox.model.registry import ModelShape, llama_config_kwargs, mindformers_target_regex
 
 log = logging.getLogger("tunebox.mf")
-
-LORA_A = "mindpet_delta_lora_a"
-LORA_B = "mindpet_delta_lora_b"
 
 
 def setup_device(device: str = "CPU", mode: str = "graph", seed: Optional[int] = None,
@@ -53,22 +52,56 @@ def quiet_mindformers_console() -> None:
             handler.setLevel(os.environ.get("TUNEBOX_MF_CONSOLE_LEVEL", "WARNING"))
 
 
-def build_llama(shape: ModelShape, *, seq_length: int, batch_size: int = 1, dtype: str = "float32",
-                checkpoint: Optional[Path] = None, strict: bool = True):
-    """A MindFormers LlamaForCausalLM with the registry's shapes, optionally loaded from a checkpoint."""
+def build_llama(shape: ModelShape, *, seq_length: int = 0, batch_size: int = 1, dtype: str = "float32",
+                checkpoint: Optional[Path] = None, strict: bool = True, config: Optional[dict] = None):
+    """A MindFormers LlamaForCausalLM with the registry's shapes, optionally loaded from a checkpoint.
+    config: the LlamaConfig kwargs of a predicting network (mf_config.predict_model_kwargs: incremental
+    decoding), built as it is; without it, the training network of shape, seq_length, batch_size and
+    dtype, which on CPU gets avoid_cpu_broadcast_tables (whose cells a predicting network does not have)."""
     from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
 
     import mindspore as ms
 
-    config = LlamaConfig(**llama_config_kwargs(shape, seq_length=seq_length, batch_size=batch_size, dtype=dtype))
-    net = LlamaForCausalLM(config)
-    if ms.get_context("device_target") == "CPU":
+    predicting = config is not None
+    if not predicting:
+        config = llama_config_kwargs(shape, seq_length=seq_length, batch_size=batch_size, dtype=dtype)
+    net = LlamaForCausalLM(LlamaConfig(**config))
+    if not predicting and ms.get_context("device_target") == "CPU":
         from tunebox.model.mf_extensions import avoid_cpu_broadcast_tables
 
         avoid_cpu_broadcast_tables(net)
     if checkpoint is not None:
         load_weights(net, checkpoint, strict=strict)
     return net
+
+
+def run_mindformers(yaml_path: Path, resume: bool) -> None:
+    """What MindFormers' run_mindformer.py does for run_mode finetune: MindFormerConfig(yaml),
+    build_context, Trainer(args=config).train(), with tunebox's extensions found through REGISTER_PATH."""
+    os.environ["REGISTER_PATH"] = str(EXTENSIONS_FILE.parent)
+    # auto_register copies the module into a cache folder, ./modules unless OM_MODULES_CACHE was set
+    # before MindFormers was imported (it reads it once, into HubConstants): keep it in the run
+    modules = str(Path(yaml_path).parent / "modules")
+    os.environ["OM_MODULES_CACHE"] = modules
+    from mindformers.tools.hub.hub import HubConstants
+
+    HubConstants.OM_MODULES_CACHE = modules
+    os.environ.setdefault("GLOG_v", "3")
+    from mindformers import MindFormerConfig
+    from mindformers.core.context import build_context
+    from mindformers.trainer import Trainer
+
+    quiet_mindformers_console()
+    cfg = MindFormerConfig(str(yaml_path))
+    if cfg.context.device_target == "CPU" and cfg.use_parallel:
+        from tunebox.model.mf_extensions import skip_preload_barrier_on_cpu
+
+        skip_preload_barrier_on_cpu()
+    if resume:
+        for key, value in resume_settings(cfg).items():
+            cfg[key] = value
+    build_context(cfg)
+    Trainer(args=cfg).train()
 
 
 def load_weights(net, checkpoint: Path, strict: bool = True, allow_missing_lora: bool = True) -> None:
@@ -78,8 +111,6 @@ def load_weights(net, checkpoint: Path, strict: bool = True, allow_missing_lora:
     even as merge rounds (checkpoint.convert_float_bits). Any other dtype difference is refused by name:
     merge writes what the predicting network declares (mf_config.merged_checkpoint_types)."""
     import mindspore as ms
-
-    from tunebox.model.checkpoint import convert_float_bits, numpy_dtype, bfloat16
 
     declared = {p.name: p.dtype for p in net.get_parameters()}
     params = ms.load_checkpoint(str(checkpoint))

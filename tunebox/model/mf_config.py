@@ -24,7 +24,7 @@ from typing import Optional
 
 import yaml
 
-from tunebox.model.budget import RESUME_KEPT, resume_every
+from tunebox.model.budget import RESUME_KEPT, merged_weight_dtype, resume_every
 from tunebox.model.registry import (declared_checkpoint_types, get_model_shape, llama_config_kwargs,
                                     mindformers_target_regex)
 
@@ -68,7 +68,7 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
     """MindFormers' finetune config for this run.
 
     data_files: prep's MindRecord (or train's packed one); out_dir: the train job's folder (MindFormers'
-    output_dir: checkpoint/, checkpoint_trainable/, log/); plan: train.plan_steps (total_steps,
+    output_dir: checkpoint/, checkpoint_trainable/, log/); plan: training.plan.plan_steps (total_steps,
     batches_per_epoch, warmup_steps, checkpoint_steps); answer_capacity: the most loss-counted positions in
     any row (0: LM head on every position)."""
     t, lora = spec.train, spec.lora
@@ -172,7 +172,8 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
             {**_registered("TuneboxLossLog"), "path": str(out_dir / "loss.jsonl"), "total_steps": total_steps,
              "steps_per_epoch": steps_per_epoch},
             # full checkpoints (weights + optimizer state) for resume_training, rotated. Last: a full
-            # checkpoint of step s means that step's LoRA file and loss line are written (train.training_done)
+            # checkpoint of step s means that step's LoRA file and loss line are written
+            # (training.outputs.training_done)
             {"type": "CheckpointMonitor", "prefix": CHECKPOINT_PREFIX, "directory": str(out_dir),
              "save_checkpoint_steps": resume_every(total_steps, t.save_state_every), "keep_checkpoint_max": RESUME_KEPT,
              "integrated_save": parallel_mode == 0, "async_save": False},
@@ -208,12 +209,6 @@ def resume_settings(config) -> dict:
         settings["src_strategy_path_or_dir"] = str(
             strategy if config["parallel_config"]["pipeline_stage"] > 1 else strategy / "ckpt_strategy_rank_0.ckpt")
     return settings
-
-
-def merged_weight_dtype(spec) -> str:
-    """The dtype of the merged checkpoints' weights, which is the predicting network's param_init_type:
-    merge.dtype, else the training dtype (float32 on CPU)."""
-    return spec.merge.dtype or spec.train.dtype
 
 
 PAGED_BLOCK_SIZE = 16   # MindFormers' LlamaConfig default block_size

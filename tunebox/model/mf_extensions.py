@@ -18,6 +18,8 @@ and MindFormers (MindFormers refuses a module loaded this way that imports a sib
                              spaced checkpoints), in MindFormers' checkpoint_trainable/ layout.
   TuneboxLossLog             one JSON line per step (loss, lr, seconds) in a file, and a stop at
                              `total_steps` (runs whose length is not a whole number of epochs).
+Two patches for MindSpore's CPU kernels, applied by tunebox's own code, not by MindFormers:
+avoid_cpu_broadcast_tables (a built network) and skip_preload_barrier_on_cpu (the Trainer's preload).
 """
 from __future__ import annotations
 
@@ -175,6 +177,28 @@ def avoid_cpu_broadcast_tables(net) -> int:
     if missing:
         raise RuntimeError(f"avoid_cpu_broadcast_tables found no {missing} cells in the network")
     return sum(seen.values())
+
+
+def skip_preload_barrier_on_cpu() -> None:
+    """MindFormers' preload_ckpt (trainer/utils.py) ends with a communication barrier() whenever a
+    checkpoint is loaded with use_parallel on; MindSpore has no Barrier kernel on CPU, so a
+    data-parallel CPU run could neither start from the base checkpoint nor resume. The preload itself
+    (MindIO, absent here) is kept; only the barrier is skipped, on CPU only: each rank reads its own
+    files, and the first collective of the training step synchronizes the ranks anyway."""
+    import mindformers.trainer.base_trainer as base_trainer
+    from mindformers.trainer import utils
+
+    original = utils.preload_ckpt
+
+    def preload_without_barrier(config):
+        use_parallel = config.use_parallel
+        config.use_parallel = False
+        try:
+            return original(config)
+        finally:
+            config.use_parallel = use_parallel
+
+    base_trainer.preload_ckpt = preload_without_barrier
 
 
 class _SegmentCausalMask(nn.Cell):

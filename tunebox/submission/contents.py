@@ -20,6 +20,7 @@ from tunebox import layout
 from tunebox.contest import scoring
 from tunebox.evaluation.scorecard import contest_figures, scorecard
 from tunebox.model.registry import get_model_shape, lora_targets
+from tunebox.training.plan import checkpoint_steps
 
 SUBMISSION_DIR = "submission"
 NUM_CHECKPOINTS = 5              # the contest asks for five evenly spaced merged checkpoints
@@ -97,8 +98,8 @@ def step_of_dir(name: str) -> Optional[int]:
 
 
 def evenly_spaced_steps(total_steps: int, k: int = NUM_CHECKPOINTS) -> list[int]:
-    """The k steps train plans: total*i/k rounded, i = 1..k (the same rule as jobs/train.py)."""
-    return [int(round(total_steps * i / k)) for i in range(1, k + 1)]
+    """The k steps train plans (tunebox.training.plan.checkpoint_steps), the contest's five by default."""
+    return checkpoint_steps(total_steps, k)
 
 
 # ---- SHA256SUMS -------------------------------------------------------------------------------
