@@ -62,8 +62,8 @@ def prep(spec: RunSpec) -> Path:
     started = time.time()
     d = spec.data
     source, out = spec.training_source(), spec.job_dir("prep")
-    heldout_file = spec.resolve(d.heldout_file)
-    tokenizer_json = tokenizer_file(spec.model.name, spec.resolve(spec.model.tokenizer))
+    heldout_file, own_tokenizer = spec.resolve(d.heldout_file), spec.resolve(spec.model.tokenizer)
+    tokenizer_json = tokenizer_file(spec.model.name, own_tokenizer)
     if d.generate:
         generate_rows(d.generate, source, spec.source_path)
     files = train_files(source, spec.source_path)
