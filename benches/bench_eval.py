@@ -63,11 +63,10 @@ def decoder_comparison(prompts: int, max_new: int, batch_size: int) -> dict:
     """greedy_generate vs generate_no_cache on the same prompts: times, ratio, identical outputs."""
     from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
     from tunebox.model.registry import get_model_shape
-    from tunebox.data.tokenizer import TextTokenizer
-    from tunebox.model.weights import ensure_model
+    from tunebox.model.weights import ensure_model, load_tokenizer
 
     model_dir = ensure_model(MODEL)
-    tok = TextTokenizer.load(model_dir)
+    tok = load_tokenizer(MODEL)
     model = NumpyLlama.from_checkpoint(model_dir / "model.ckpt", get_model_shape(MODEL))
     problems, system = math_prompts(prompts)
     ids = [tok.encode(tok.chat_prompt(p, system)) for p in problems]

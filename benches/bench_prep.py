@@ -120,10 +120,9 @@ def plain_loop(data_dir: Path, out: Path, seq_length: int, system: Optional[str]
     from mindspore.mindrecord import FileWriter
 
     from tunebox.data.samples import SAMPLE_SCHEMA, Example, encode_example
-    from tunebox.data.tokenizer import TextTokenizer
-    from tunebox.model.weights import ensure_model
+    from tunebox.model.weights import load_tokenizer
 
-    tok = TextTokenizer.load(ensure_model("smollm2-135m"))
+    tok = load_tokenizer("smollm2-135m")
     width = seq_length + 1
     ids, labels, rows_in = [], [], 0
     for path in sorted(data_dir.glob("*.jsonl")):

@@ -284,9 +284,10 @@ def run_tunebox(recipe: str, overrides: list[str], spec: RunSpec, log_path: Path
                            f"{'is the padded one' if tokens is not None else 'is the packed one'} "
                            f"({spec.job_dir('train') / 'summary.json'}); check bench_overrides")
     if tokens is None:
-        from tunebox.data.samples import load_tokenizer, read_mindrecord
+        from tunebox.data.samples import read_mindrecord
+        from tunebox.model.weights import load_tokenizer
 
-        pad_id = load_tokenizer(spec).pad_id
+        pad_id = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
         ids, _ = read_mindrecord(spec.job_dir("train") / "packed.mindrecord")
         tokens = [count_tokens(ids[step_rows(i, spec.train.batch_size)], pad_id) for i in range(len(steps))]
     for step, n in zip(steps, tokens):
@@ -493,11 +494,12 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
         prep = run_measured(job_command("prep", recipe, overrides), work / "prep.log")
         _check_ran(prep, "prep")
 
-        from tunebox.data.samples import load_tokenizer, read_mindrecord
+        from tunebox.data.samples import read_mindrecord
+        from tunebox.model.weights import load_tokenizer
         from tunebox.run_checkpoints import base_checkpoint
 
         ids, labels = read_mindrecord(spec.job_dir("prep") / "train.mindrecord")
-        pad_id = load_tokenizer(spec).pad_id
+        pad_id = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
         base_ckpt = base_checkpoint(spec)
         ref_dir = work / "reference"
         expected_tokens, expected_lrs = export_reference_inputs(ref_dir, spec, mspec, ids, labels, total_steps,

@@ -49,13 +49,13 @@ from tunebox import layout
 from tunebox.chaos import kill_point
 from tunebox.cli import run_job
 from tunebox.config import RunSpec, dump_spec
-from tunebox.data.samples import load_tokenizer
-from tunebox.io import InputError, atomic_dir, atomic_write_json, atomic_write_text
+from tunebox.io import InputError, atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
 from tunebox.manifest import write_job_manifest
+from tunebox.model.weights import load_tokenizer
 from tunebox.submission import contents, selfcheck
 from tunebox.submission.algorithm import render_algorithm, render_prompt_example
 from tunebox.submission.assemble import (check_spec_matches_run, copy_logs, link_or_copy, merged_checkpoints,
-                                         read_json, read_jsonl, tokenizer_files, training_log_tail)
+                                         read_json, tokenizer_files, training_log_tail)
 from tunebox.submission.code_archive import make_code_archive
 from tunebox.submission.mindformers_files import write_mindformers_files
 
@@ -86,7 +86,7 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
             raise InputError(f"{name} was not evaluated: run evaluate with eval.checkpoints: all", f)
 
     out = Path(out) if out else run_dir / contents.SUBMISSION_DIR
-    tok = load_tokenizer(spec)
+    tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     heldout = read_jsonl(spec.run_dir / layout.PREP_HELDOUT)
     if not heldout:
         raise InputError("no held-out rows: data.heldout_rows must be > 0 to evaluate",

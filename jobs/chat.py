@@ -22,7 +22,7 @@ from pathlib import Path
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
 from tunebox.data.prompts import spec_prompt
-from tunebox.data.samples import load_tokenizer
+from tunebox.model.weights import load_tokenizer
 from tunebox.data.tokenizer import TextTokenizer
 from tunebox.evaluation.runners import MindFormersRunner, NumpyRunner, pick_backend
 from tunebox.io import InputError
@@ -72,7 +72,7 @@ def chat(spec: RunSpec, step, prompt, max_new_tokens) -> None:
     max_new = max_new_tokens or spec.eval.max_new_tokens
     if max_new < 1:
         raise InputError(f"--max-new-tokens must be >= 1, not {max_new}")
-    tok = load_tokenizer(spec)
+    tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     ck = pick_checkpoint(spec.run_dir, step)
     runner = load_runner(spec, ck, max_new)
     log.info("step %d (%s), %s backend, up to %d new tokens", ck.step, ck.chosen_by, runner.backend, max_new)

@@ -37,7 +37,6 @@ from tunebox.chaos import kill_point
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
 from tunebox.contest.rules import choose_checkpoint, param_figures
-from tunebox.data.samples import load_tokenizer
 from tunebox.evaluation.loop import (SQUAD_MAX_NEW_TOKENS, evaluate_model, load_heldout, load_squad,
                                      models_to_evaluate)
 from tunebox.evaluation.report import write_plots, write_report
@@ -47,6 +46,7 @@ from tunebox.evaluation.scorecard import annotate, contest_figures
 from tunebox.io import InputError, atomic_write_json, sha256_file
 from tunebox.manifest import write_job_manifest
 from tunebox.model.registry import get_model_shape
+from tunebox.model.weights import load_tokenizer
 from tunebox.run_checkpoints import base_checkpoint
 
 log = logging.getLogger("tunebox.evaluate")
@@ -76,7 +76,7 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     scales = parse_scales(spec.eval.scales) if scales is None else scales
     backend = pick_backend(spec)
     shape = get_model_shape(spec.model.name)
-    tok = load_tokenizer(spec)
+    tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     task = load_heldout(spec.run_dir, spec.data, spec.eval, tok)
     squad_file = spec.resolve(spec.eval.squad_file) if spec.eval.squad_file else None
     squad = load_squad(squad_file, spec.eval, tok, spec.source_path)

@@ -22,7 +22,7 @@ from typing import Optional
 
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
-from tunebox.data.samples import load_tokenizer
+from tunebox.model.weights import load_tokenizer
 from tunebox.io import InputError, atomic_dir
 from tunebox.manifest import write_job_manifest
 from tunebox.model.hf_export import (hub_reference, recipe_chat_template, write_hf_model, write_peft_adapter,
@@ -49,7 +49,7 @@ def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Pa
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: choose {' or '.join(FORMATS)}")
     shape = get_model_shape(spec.model.name)
-    tok = load_tokenizer(spec)
+    tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     template = recipe_chat_template(tok, spec.data)
     ck = pick_checkpoint(spec.run_dir, step, need_merged=(fmt == "hf" and step != 0))
     log.info("exporting step %d (%s) as %s", ck.step, ck.chosen_by, fmt)

@@ -11,11 +11,34 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from tunebox.cli import guarded, setup_logging
-from tunebox.data.profile import DEFAULT_TOKENIZER_MODEL, load_tokenizer, profile, write_report
+from tunebox.data.profile import DEFAULT_TOKENIZER_MODEL, profile, write_report
+from tunebox.data.tokenizer import TextTokenizer
+from tunebox.io import InputError
+from tunebox.model.registry import model_dir
 
 log = logging.getLogger("tunebox.profile")
+
+
+def tokenizer_from_arg(arg: Optional[str]) -> tuple[Optional[TextTokenizer], str]:
+    """--tokenizer -> (TextTokenizer or None, the length unit): a model dir, a tokenizer.json, 'none', or None
+    for the default model's tokenizer when it has been fetched (never built here: characters otherwise)."""
+    if arg and arg.lower() == "none":
+        return None, "characters (--tokenizer none)"
+    if arg:
+        path = Path(arg)
+        if path.is_file():
+            return TextTokenizer.load(path.parent, path), f"tokens ({path})"
+        if not (path / "tokenizer.json").exists():
+            raise InputError("no tokenizer.json here; give a model directory or a tokenizer.json file", path)
+        return TextTokenizer.load(path), f"tokens ({path / 'tokenizer.json'})"
+    default = model_dir(DEFAULT_TOKENIZER_MODEL)
+    if (default / "tokenizer.json").exists():
+        return TextTokenizer.load(default), f"tokens ({default / 'tokenizer.json'})"
+    return None, (f"characters (no tokenizer given and {default / 'tokenizer.json'} does not exist; "
+                  f"fetch the model or pass --tokenizer)")
 
 
 # ---- command line -------------------------------------------------------------------------------
@@ -41,7 +64,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out) if args.out else Path("runs") / "profile" / Path(args.file).name.removesuffix(".jsonl")
 
     def body() -> None:
-        tokenizer, unit = load_tokenizer(args.tokenizer)
+        tokenizer, unit = tokenizer_from_arg(args.tokenizer)
         record.update(profile(args.file, tokenizer, unit, max_examples=args.max_examples))
         record["seconds"] = round(time.time() - started, 2)
         write_report(record, out_dir)

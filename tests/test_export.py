@@ -68,9 +68,9 @@ def hf_answers(folder: Path, problems: list[str], max_new_tokens: list[int]) -> 
 
 def tunebox_prompt_ids(spec, problems: list[str]) -> list[list[int]]:
     from tunebox.data.prompts import spec_prompt
-    from tunebox.data.samples import load_tokenizer
+    from tunebox.model.weights import load_tokenizer
 
-    tok = load_tokenizer(spec)
+    tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     return [tok.encode(spec_prompt(tok, p, spec.data)) for p in problems]
 
 
@@ -120,7 +120,7 @@ def test_export_base_and_a_text_template(tiny_run, tmp_path):
     passes: Jinja reads both alike.)"""
     from tunebox.config import load_spec
     from tunebox.data.prompts import spec_prompt
-    from tunebox.data.samples import load_tokenizer
+    from tunebox.model.weights import load_tokenizer
 
     _, transformers, _ = hf_stack()
     template = 'Q "1" {{x}} {% \\ 数学 🙂:\n{problem}\n\nA:'
@@ -132,7 +132,8 @@ def test_export_base_and_a_text_template(tiny_run, tmp_path):
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     problem = "What is {a} + 'b'?\n第二行"
     rendered = tok.apply_chat_template([{"role": "user", "content": problem}], add_generation_prompt=True, tokenize=False)
-    assert rendered == spec_prompt(load_tokenizer(spec), problem, spec.data)
+    ours = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
+    assert rendered == spec_prompt(ours, problem, spec.data)
     assert out.stat().st_mode & 0o777 == 0o755      # a server running as another user can read it
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["num_hidden_layers"] == 2

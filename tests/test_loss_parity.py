@@ -24,9 +24,10 @@ import pytest
 from benches.bench_ref_torch import batch_loss, batch_tensors, build_model
 from benches.bench_train import bench_overrides, export_reference_inputs, run_tunebox
 from tunebox.config import load_spec
-from tunebox.data.samples import load_tokenizer, read_mindrecord
+from tunebox.data.samples import read_mindrecord
 from tunebox.evaluation.decode import NumpyLlama
 from tunebox.model.registry import get_model_shape
+from tunebox.model.weights import load_tokenizer
 from tunebox.run_checkpoints import base_checkpoint
 
 from conftest import TINY_RECIPE, cannot_run, run_job
@@ -63,7 +64,7 @@ def bench_step_one(tmp_path_factory, tiny_cache) -> dict:
         spec = load_spec(TINY_RECIPE, overrides)
         run_job("prep", TINY_RECIPE, tiny_cache, work, *overrides)
         ids, labels = read_mindrecord(spec.job_dir("prep") / "train.mindrecord")
-        pad_id = load_tokenizer(spec).pad_id
+        pad_id = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
         checkpoint = base_checkpoint(spec)
         reference = work / "reference"
         tokens, _ = export_reference_inputs(reference, spec, get_model_shape(spec.model.name), ids, labels,

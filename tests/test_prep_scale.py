@@ -349,13 +349,28 @@ def test_batched_encoder_matches_encode_example_on_the_real_sample(tiny_cache):
 
 
 def test_a_huge_line_is_measured_without_being_read_whole(tmp_path):
-    from tunebox.data.samples import decode_jsonl_line, iter_raw_lines
+    from tunebox.io import decode_jsonl_line, iter_lines
 
     path = tmp_path / "big.jsonl"
     path.write_bytes(SAMPLE_LINES[0] + b'{"problem": "' + b"1" * (3 * ONE_MB) + b'"}\n' + SAMPLE_LINES[1])
-    items = list(iter_raw_lines(path))
+    items = list(iter_lines(path))
     assert [line for line, _ in items] == [1, 2, 3]
     assert items[1][1] == 3 * ONE_MB + len(b'{"problem": ""}\n')
     err = decode_jsonl_line(items[1][1], path, 2)
     assert f"{path}:2: line is {3 * ONE_MB + 16:,} bytes" in str(err)
     assert decode_jsonl_line(items[2][1], path, 3).value == json.loads(SAMPLE_LINES[1])
+
+
+def test_read_jsonl_stops_at_a_bad_line_naming_file_and_line(tmp_path):
+    """The jobs read each other's JSONL files with io.read_jsonl: every value in order, blank lines skipped, and
+    a broken line raises with file:line. Mutant tried: read_jsonl skipping an InputError item (`continue` for
+    `raise item`) -> this test fails."""
+    from tunebox.io import InputError, read_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(SAMPLE_LINES[0] + b"\n" + SAMPLE_LINES[1])
+    assert read_jsonl(path) == [json.loads(SAMPLE_LINES[0]), json.loads(SAMPLE_LINES[1])]
+    path.write_bytes(SAMPLE_LINES[0] + b"\n" + b'{"problem": \n' + SAMPLE_LINES[1])
+    with pytest.raises(InputError) as err:
+        read_jsonl(path)
+    assert str(err.value).startswith(f"{path}:3: broken JSON")

@@ -156,7 +156,7 @@ def test_token_length_percentiles_with_a_tokenizer(tmp_path, point_at):
     # The byte-level tokenizer makes one token per UTF-8 byte, so the expected figures are known.
     build_byte_tokenizer().save(tmp_path / "tok")
     spec = str(tmp_path / "tok") if point_at == "dir" else str(tmp_path / "tok" / "tokenizer.json")
-    tokenizer, unit = prof.load_tokenizer(spec)
+    tokenizer, unit = profile_cli.tokenizer_from_arg(spec)
     assert unit.startswith("tokens")
     lines = real_lines()[:400]
     record = prof.profile(write_rows(tmp_path / "s.jsonl", lines), tokenizer, unit, progress=False)
@@ -173,7 +173,7 @@ def test_token_length_percentiles_with_a_tokenizer(tmp_path, point_at):
 
 def test_character_lengths_when_no_tokenizer(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEBOX_CACHE", str(tmp_path / "empty-cache"))
-    tokenizer, unit = prof.load_tokenizer(None)
+    tokenizer, unit = profile_cli.tokenizer_from_arg(None)
     assert tokenizer is None and unit.startswith("characters") and "does not exist" in unit
 
 

@@ -74,7 +74,7 @@ def test_prep_split_is_deterministic_and_answer_only_loss(tiny_run):
     heldout = read_jsonl(prep / "heldout.jsonl")
     spec = load_spec(TINY_RECIPE)
     assert len(heldout) == spec.data.heldout_rows
-    from jobs.prep import split_heldout
+    from tunebox.data.policy import split_heldout
     a, b = split_heldout(100, 8, 0), split_heldout(100, 8, 0)
     assert (a == b).all() and a.sum() == 8 and not (a == split_heldout(100, 8, 1)).all()
     from tunebox.data.samples import read_mindrecord

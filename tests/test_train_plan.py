@@ -108,7 +108,8 @@ def test_packed_rows_fit_the_recorded_answer_capacity(tmp_path, tiny_cache, monk
     """With train.packing the answer-only head must hold every loss position of a packed row, which
     carries several samples' answers: the capacity comes from the packed rows, not prep's."""
     from tunebox.data.packing import pack_rows
-    from tunebox.data.samples import load_tokenizer, read_mindrecord
+    from tunebox.data.samples import read_mindrecord
+    from tunebox.model.weights import load_tokenizer
 
     common = [f"runs_dir={tmp_path / 'runs'}", "run_id=cap", "data.seq_length=320"]
     run_job("prep", TINY_RECIPE, tiny_cache, tmp_path, *common)
@@ -116,7 +117,7 @@ def test_packed_rows_fit_the_recorded_answer_capacity(tmp_path, tiny_cache, monk
     spec = load_spec(TINY_RECIPE, common + ["train.packing=true"])
     prepared = prepare(spec, write=False)
     ids, labels = read_mindrecord(spec.run_dir / layout.PREP_TRAIN_RECORDS)
-    pad = load_tokenizer(spec).pad_id
+    pad = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
     packed_ids, packed_labels, _, _ = pack_rows(ids, labels, pad)
     need = loss_positions(packed_ids, packed_labels, pad)
     assert prepared["rows"] == len(packed_ids)

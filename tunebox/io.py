@@ -153,27 +153,66 @@ class JsonlRow:
     value: Any         # the decoded JSON value (not checked for shape here)
 
 
-def iter_jsonl(path: str | os.PathLike, max_line_bytes: int = 1 << 20) -> Iterator[JsonlRow | InputError]:
+MAX_LINE_BYTES = 1 << 20
+
+
+def iter_lines(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | int]]:
+    """(line number, raw bytes) for every line; a line over `max_line_bytes` (newline included)
+    comes as its length instead, and is never held in memory whole."""
+    with open(path, "rb") as fh:
+        lineno = 0
+        while raw := fh.readline(max_line_bytes + 1):
+            lineno += 1
+            if len(raw) <= max_line_bytes:
+                yield lineno, raw
+                continue
+            size = len(raw)
+            while not raw.endswith(b"\n"):
+                raw = fh.readline(1 << 20)
+                if not raw:
+                    break
+                size += len(raw)
+            yield lineno, size
+
+
+def decode_jsonl_line(raw: bytes | int, path: str | os.PathLike, lineno: int,
+                      max_line_bytes: int = MAX_LINE_BYTES) -> JsonlRow | InputError | None:
+    """One line of a JSONL file: a JsonlRow, an InputError (file:line) for a line that is not valid
+    UTF-8 JSON, or None for a blank line. `raw` may be the length of an over-long line (iter_lines)."""
+    if isinstance(raw, int) or len(raw) > max_line_bytes:
+        size = raw if isinstance(raw, int) else len(raw)
+        return InputError(f"line is {size:,} bytes, over the {max_line_bytes:,}-byte limit", path, lineno)
+    if not raw.strip():
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return InputError(f"not valid UTF-8 at byte {exc.start} ({exc.reason})", path, lineno)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return InputError(f"broken JSON: {exc.msg} at column {exc.colno}", path, lineno)
+    return JsonlRow(lineno, value)
+
+
+def iter_jsonl(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[JsonlRow | InputError]:
     """Stream a JSONL file, yielding a JsonlRow per line or an InputError for a line that is not
     valid UTF-8 JSON (the caller decides: raise it, or write it to a rejects file). Blank lines
-    are skipped. Never reads the whole file into memory.
+    are skipped. Never reads the whole file, nor a whole over-long line, into memory.
     """
     path = Path(path)
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if len(raw) > max_line_bytes:
-                yield InputError(f"line is {len(raw):,} bytes, over the {max_line_bytes:,}-byte limit", path, lineno)
-                continue
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield InputError(f"not valid UTF-8 at byte {exc.start} ({exc.reason})", path, lineno)
-                continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield InputError(f"broken JSON: {exc.msg} at column {exc.colno}", path, lineno)
-                continue
-            yield JsonlRow(lineno, value)
+    for lineno, raw in iter_lines(path, max_line_bytes):
+        item = decode_jsonl_line(raw, path, lineno, max_line_bytes)
+        if item is not None:
+            yield item
+
+
+def read_jsonl(path: str | os.PathLike) -> list:
+    """Every value of a JSONL file a job wrote (blank lines skipped); a bad line raises its InputError
+    (file:line)."""
+    values = []
+    for item in iter_jsonl(path):
+        if isinstance(item, InputError):
+            raise item
+        values.append(item.value)
+    return values

@@ -542,6 +542,14 @@ def math_family(problem: str) -> str:
     return "other" if _CJK.search(text) else "english_competition"
 
 
+def row_family(fmt: str, prompt: str, meta: Optional[Mapping] = None) -> str:
+    """A row's family, the one name prep, evaluate and the reports group by: math, the problem's
+    (math_family); mcq, its subject (meta["subject"]), else "mcq"."""
+    if fmt == "math":
+        return math_family(prompt)
+    return str((meta or {}).get("subject") or "mcq")
+
+
 # --------------------------------------------------------------------------------------------
 # SQuAD v1.1 F1 / EM (the published definition: Rajpurkar et al. 2016, evaluate-v1.1)
 # --------------------------------------------------------------------------------------------

@@ -219,29 +219,6 @@ def count_lines(path: Path) -> int:
     return lines + (last != b"\n")
 
 
-def load_tokenizer(spec: Optional[str]):
-    """(TextTokenizer or None, description). spec: a model dir, a tokenizer.json, 'none', or None
-    for the default model's tokenizer when it has been fetched."""
-    from tunebox.data.tokenizer import TextTokenizer
-
-    if spec and spec.lower() == "none":
-        return None, "characters (--tokenizer none)"
-    if spec:
-        path = Path(spec)
-        if path.is_file():
-            return TextTokenizer.load(path.parent, path), f"tokens ({path})"
-        if not (path / "tokenizer.json").exists():
-            raise InputError("no tokenizer.json here; give a model directory or a tokenizer.json file", path)
-        return TextTokenizer.load(path), f"tokens ({path / 'tokenizer.json'})"
-    from tunebox.model.registry import model_dir
-
-    default = model_dir(DEFAULT_TOKENIZER_MODEL)
-    if (default / "tokenizer.json").exists():
-        return TextTokenizer.load(default), f"tokens ({default / 'tokenizer.json'})"
-    return None, (f"characters (no tokenizer given and {default / 'tokenizer.json'} does not exist; "
-                  f"fetch the model or pass --tokenizer)")
-
-
 def _iter_located(files: list[Path]) -> Iterator[tuple[int, Path, JsonlRow | InputError]]:
     for index, path in enumerate(files):
         for item in iter_jsonl(path):
@@ -508,7 +485,8 @@ def render_markdown(record: dict) -> str:
     out += ["", f"## Wrong labels: {wl['count']:,}", ""]
     for row in wl["rows"]:
         detail = f"expected `{row['expected']}`" if row["kind"] == "mismatch" else row["reason"]
-        out.append(f"- {where(row)} ({row['family']}, {row['kind']}): `{snippet(row['problem'])}` -> `{snippet(row['label'])}`; {detail}")
+        out.append(f"- {where(row)} ({row['family']}, {row['kind']}): `{snippet(row['problem'])}` -> "
+                   f"`{snippet(row['label'])}`; {detail}")
     if wl["count"] > len(wl["rows"]):
         out.append(f"- ... {wl['count'] - len(wl['rows']):,} more in profile.json's count (examples capped)")
     sections = [
@@ -524,7 +502,8 @@ def render_markdown(record: dict) -> str:
     dup = record["duplicates"]
     near = record["near_duplicates"]
     out += ["", "## Duplicates", "",
-            f"- exact (same problem and solution): {dup['exact']['rows']:,} extra rows in {dup['exact']['groups']:,} groups",
+            f"- exact (same problem and solution): {dup['exact']['rows']:,} extra rows in "
+            f"{dup['exact']['groups']:,} groups",
             f"- same problem, different solution: {dup['same_problem_different_solution']['rows']:,} extra rows in "
             f"{dup['same_problem_different_solution']['groups']:,} groups",
             f"- near (same after normalising whitespace, case, sentence punctuation): "
@@ -533,7 +512,8 @@ def render_markdown(record: dict) -> str:
             f"{near['minhash']['shingle_chars']}-grams, problems of >= {near['minhash']['min_chars']} chars; "
             f"{near['minhash']['checked_rows']:,} rows checked): {near['minhash']['count']:,} rows"
             + (" (sketch full: later rows were checked but not kept)" if near["minhash"]["sketch_full"] else "")]
-    for title, groups in (("exact", dup["exact"]), ("same problem, different solution", dup["same_problem_different_solution"]),
+    for title, groups in (("exact", dup["exact"]),
+                          ("same problem, different solution", dup["same_problem_different_solution"]),
                           ("normalised", near["normalized"])):
         for g in groups["examples"][:10]:
             out.append(f"  - {title}: " + ", ".join(where(r) for r in g["rows"]))

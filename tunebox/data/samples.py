@@ -3,19 +3,16 @@ loss on the answer only, and fixed-length (seq_length + 1) id arrays.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
+from tunebox.contest.scoring import extract_choice_letter, mcq_prompt
 from tunebox.io import InputError, JsonlRow, iter_jsonl
 from tunebox.data.prompts import prompt_parts, render_prompt
 from tunebox.data.tokenizer import TextTokenizer
-
-if TYPE_CHECKING:
-    from tunebox.config import RunSpec
 
 IGNORE = -100
 
@@ -43,7 +40,8 @@ def _require_text(value: dict, key: str, path: Path, line: int) -> str:
 def parse_math_row(row: JsonlRow, path: Path) -> Example:
     value = row.value
     if not isinstance(value, dict):
-        raise InputError(f"expected a JSON object {{\"problem\", \"solution\"}}, got {type(value).__name__}", path, row.line)
+        raise InputError(f"expected a JSON object {{\"problem\", \"solution\"}}, got {type(value).__name__}",
+                         path, row.line)
     problem = _require_text(value, "problem", path, row.line)
     solution = _require_text(value, "solution", path, row.line)
     return Example(row.line, problem.strip(), solution.strip(), solution.strip(), {})
@@ -51,8 +49,6 @@ def parse_math_row(row: JsonlRow, path: Path) -> Example:
 
 def parse_mcq_row(row: JsonlRow, path: Path) -> Example:
     """MMLU/CMMLU rows {question, choices[4], answer} or the contest's alpaca rows {instruction, input, output}."""
-    from tunebox.contest.scoring import extract_choice_letter, mcq_prompt  # pure Python, no model imports
-
     value = row.value
     if not isinstance(value, dict):
         raise InputError(f"expected a JSON object, got {type(value).__name__}", path, row.line)
@@ -125,13 +121,6 @@ def encode_example(tok: TextTokenizer, ex: Example, seq_length: int, system: Opt
     return input_ids, labels, n
 
 
-def load_tokenizer(spec: "RunSpec") -> TextTokenizer:
-    from tunebox.model.weights import ensure_model
-
-    model_dir = ensure_model(spec.model.name)
-    return TextTokenizer.load(model_dir, spec.resolve(spec.model.tokenizer))
-
-
 def mindrecord_shards(path: Path) -> list[Path]:
     """The files of a sample set prep wrote: `path` itself, then `path`-00001, -00002, ... when prep
     split a large set (each file has its own .db index; MindSpore builds an index in memory, so
@@ -144,7 +133,8 @@ def read_mindrecord(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """All samples as two int32 arrays (N, seq_length + 1), in file order (shards in order)."""
     import mindspore.dataset as ds
 
-    data = ds.MindDataset([str(p) for p in mindrecord_shards(path)], columns_list=["input_ids", "labels"], shuffle=False)
+    data = ds.MindDataset([str(p) for p in mindrecord_shards(path)], columns_list=["input_ids", "labels"],
+                          shuffle=False)
     ids, labels = [], []
     for row in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
         ids.append(row[0])
@@ -152,22 +142,21 @@ def read_mindrecord(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(ids), np.stack(labels)
 
 
-# ---- prep at scale: located line reading, input sets, batched encoding, streaming MindRecord ---
+# ---- prep at scale: input sets, batched encoding, streaming MindRecord ---
 
 SAMPLE_SCHEMA = {"input_ids": {"type": "int32", "shape": [-1]}, "labels": {"type": "int32", "shape": [-1]}}
-MAX_LINE_BYTES = 1 << 20
 
 
-def train_files(spec: "RunSpec") -> list[Path]:
-    """data.train_file as a sorted list of files: one file, a directory's *.jsonl (the generator's
-    part-*.jsonl), or a glob such as data/part-*.jsonl (relative to the spec's folder)."""
+def train_files(target: Path, spec_path: Optional[str] = None) -> list[Path]:
+    """The training rows' files (data.train_file, or the generated folder) as a sorted list: one file, a
+    directory's *.jsonl (the generator's part-*.jsonl), or a glob such as data/part-*.jsonl. `spec_path`
+    is the run spec the target came from, named in the error when nothing is found."""
     import glob
 
-    target = spec.training_source()
     if glob.has_magic(str(target)):
         files = sorted(Path(p) for p in glob.glob(str(target)) if Path(p).is_file())
         if not files:
-            raise InputError(f"data.train_file: no file matches the pattern {target}", spec.source_path)
+            raise InputError(f"data.train_file: no file matches the pattern {target}", spec_path)
         return files
     if target.is_dir():
         files = sorted(p for p in target.glob("*.jsonl") if p.is_file())
@@ -175,47 +164,8 @@ def train_files(spec: "RunSpec") -> list[Path]:
             raise InputError("data.train_file is a directory with no *.jsonl file in it", target)
         return files
     if not target.exists():
-        raise InputError(f"data.train_file not found: {target}", spec.source_path)
+        raise InputError(f"data.train_file not found: {target}", spec_path)
     return [target]
-
-
-def iter_raw_lines(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | int]]:
-    """(line number, raw bytes) for every line; a line over `max_line_bytes` (newline included, as
-    iter_jsonl counts) comes as its length instead, and is never held in memory whole."""
-    with open(path, "rb") as fh:
-        lineno = 0
-        while raw := fh.readline(max_line_bytes + 1):
-            lineno += 1
-            if len(raw) <= max_line_bytes:
-                yield lineno, raw
-                continue
-            size = len(raw)
-            while not raw.endswith(b"\n"):
-                raw = fh.readline(1 << 20)
-                if not raw:
-                    break
-                size += len(raw)
-            yield lineno, size
-
-
-def decode_jsonl_line(raw: bytes | int, path: Path, lineno: int,
-                      max_line_bytes: int = MAX_LINE_BYTES) -> Optional[JsonlRow | InputError]:
-    """One line as io.iter_jsonl reads it (same checks, same messages): a JsonlRow, an InputError,
-    or None for a blank line. `raw` may be the length of an over-long line (iter_raw_lines)."""
-    if isinstance(raw, int) or len(raw) > max_line_bytes:
-        size = raw if isinstance(raw, int) else len(raw)
-        return InputError(f"line is {size:,} bytes, over the {max_line_bytes:,}-byte limit", path, lineno)
-    if not raw.strip():
-        return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return InputError(f"not valid UTF-8 at byte {exc.start} ({exc.reason})", path, lineno)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return InputError(f"broken JSON: {exc.msg} at column {exc.colno}", path, lineno)
-    return JsonlRow(lineno, value)
 
 
 # What each bad-row message means, as a short name for counting (stats.json "removed").
@@ -242,7 +192,8 @@ class SampleEncoder:
     switches to the plain way for good, so the output never depends on the shortcut.
     """
 
-    PROBES = ("1 + 1", "  leading and trailing spaces  ", "\nnew\nlines\n", "计算 3 的平方根？", "<|im_end|> in text", "{{ x }}")
+    PROBES = ("1 + 1", "  leading and trailing spaces  ", "\nnew\nlines\n", "计算 3 的平方根？", "<|im_end|> in text",
+              "{{ x }}")
     CHECK_ROWS = 2
 
     def __init__(self, tok: TextTokenizer, seq_length: int, system: Optional[str] = None, template: str = "chat"):

@@ -20,7 +20,7 @@ from tunebox.config import DataSection, EvalSection
 from tunebox.contest import scoring
 from tunebox.data.prompts import prompt_parts, spec_prompt
 from tunebox.data.tokenizer import TextTokenizer
-from tunebox.io import InputError, atomic_write_json, atomic_write_text, iter_jsonl, sha256_file
+from tunebox.io import InputError, atomic_write_json, atomic_write_text, iter_jsonl, read_jsonl, sha256_file
 
 log = logging.getLogger("tunebox.evaluate")
 
@@ -41,17 +41,10 @@ reads the letter distribution right after it."""
 ALL_FAMILIES = "*"
 
 
-def row_family(fmt: str, row: dict) -> str:
-    """math: the problem family from its wording; mcq: the subject."""
-    if fmt == "math":
-        return scoring.math_family(row["prompt"])
-    return (row.get("meta") or {}).get("subject") or "mcq"
-
-
 def score_row(fmt: str, prediction: str, row: dict) -> dict:
     """Verdicts for one answer (scoring.answer_verdict) and its family."""
-    return {**scoring.answer_verdict(fmt, prediction, row["reference"]), "family": row_family(fmt, row),
-            "source": row.get("source", "split")}
+    return {**scoring.answer_verdict(fmt, prediction, row["reference"]),
+            "family": scoring.row_family(fmt, row["prompt"], row.get("meta")), "source": row.get("source", "split")}
 
 
 def _rate(rows: list[dict], key: str) -> float:
@@ -199,7 +192,7 @@ def load_heldout(run_dir: Path, data: DataSection, eval_section: EvalSection, to
     heldout_file = run_dir / layout.PREP_HELDOUT
     if not heldout_file.exists():
         raise InputError(f"{heldout_file} not found: run prep first")
-    rows = [json.loads(l) for l in heldout_file.read_text(encoding="utf-8").splitlines() if l.strip()]
+    rows = read_jsonl(heldout_file)
     if eval_section.limit:
         rows = rows[:eval_section.limit]
     if not rows:
@@ -213,7 +206,7 @@ def heldout_task(rows: list[dict], data: DataSection, tok: TextTokenizer, limits
     """The held-out rows as token prompts in the training template, each with its family's new-token limit."""
     fmt = data.format
     prompts = [tok.encode(spec_prompt(tok, r["prompt"], data)) for r in rows]
-    families = [row_family(fmt, r) for r in rows]
+    families = [scoring.row_family(fmt, r["prompt"], r.get("meta")) for r in rows]
     limits = [limit_for(limits_info, ALL_FAMILIES if fmt != "math" else f) for f in families]
     return HeldoutTask(fmt, rows, prompts, families, limits, limits_info, choice_plan)
 
@@ -382,8 +375,7 @@ def evaluate_model(name: str, mdir: Path, identity: dict, load: Callable[[], obj
         else:
             log.info("%s: SQuAD already evaluated (%s)", name, mdir / "squad.json")
             if "emf1" not in squad_res:  # evaluated before EmF1Metric was reported: score the same answers
-                text = (mdir / "squad_predictions.jsonl").read_text(encoding="utf-8")
-                rows = [json.loads(l) for l in text.splitlines() if l.strip()]
+                rows = read_jsonl(mdir / "squad_predictions.jsonl")
                 squad_res["emf1"] = scoring.squad_scores_emf1([r["answer"] for r in rows], [r["gold"] for r in rows])
                 atomic_write_json(mdir / "squad.json", squad_res)
         result["squad"] = {k: squad_res.get(k) for k in ("n", "f1", "em", "emf1", "seconds", "cpu_seconds",

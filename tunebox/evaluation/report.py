@@ -5,7 +5,6 @@ Rendering only: the figures come in computed (tunebox/evaluation/scorecard.py, t
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +14,7 @@ from tunebox.config import DataSection
 from tunebox.contest.rules import RETENTION_METRIC, RETENTION_THRESHOLD
 from tunebox.evaluation import plots as charts
 from tunebox.evaluation.loop import ALL_FAMILIES, MCQ_ANSWER_PREFIX, HeldoutTask, SquadTask, limit_for
-from tunebox.io import atomic_write_json, atomic_write_text
+from tunebox.io import atomic_write_json, atomic_write_text, read_jsonl
 
 
 def _f(value, fmt: str = ".3f", none: str = "-") -> str:
@@ -85,7 +84,7 @@ def write_plots(out: Path, *, run_id: str, data: DataSection, loss_file: Path, b
                                 xlabel="share within 1%", x_range=(0.0, 1.0))
                 made.append("plots/per_family_graded.png")
     if loss_file.exists():
-        rows = [json.loads(l) for l in loss_file.read_text().splitlines() if l.strip()]
+        rows = read_jsonl(loss_file)
         if rows:
             steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
             window = max(1, len(rows) // 10)

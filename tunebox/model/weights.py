@@ -163,6 +163,20 @@ def ensure_model(name: str, progress: bool = True) -> Path:
     return final
 
 
+def tokenizer_file(name: str, tokenizer_json: Optional[Path] = None) -> Path:
+    """The tokenizer.json a run uses: model.tokenizer (`tokenizer_json`, resolved) when given, else the one
+    converted with the model. Its tokenizer_config.json lies beside it. The model is made ready either way
+    (ensure_model builds it once): the jobs that tokenize go on to use it."""
+    converted = ensure_model(name) / "tokenizer.json"
+    return Path(tokenizer_json) if tokenizer_json else converted
+
+
+def load_tokenizer(name: str, tokenizer_json: Optional[Path] = None) -> TextTokenizer:
+    """The tokenizer every job formats and encodes with: the one tokenizer_file() names."""
+    path = tokenizer_file(name, tokenizer_json)
+    return TextTokenizer.load(path.parent, path)
+
+
 @contextlib.contextmanager
 def _build_lock(final: Path) -> Iterator[None]:
     # atomic_dir removes stale `.name.part-*` dirs on entry; without this lock a second builder

@@ -13,7 +13,7 @@ from typing import Optional
 from tunebox import layout
 from tunebox.config import RunSpec
 from tunebox.io import InputError
-from tunebox.model.weights import ensure_model
+from tunebox.model.weights import tokenizer_file
 from tunebox.submission import contents
 
 log = logging.getLogger("tunebox.bundle")
@@ -31,10 +31,6 @@ def read_json(path: Path, what: str) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{what} is not valid JSON ({exc.msg}, line {exc.lineno})", path, exc.lineno) from None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
 
 
 def check_spec_matches_run(spec: RunSpec, manifests: dict[str, dict]) -> None:
@@ -150,9 +146,9 @@ def training_log_tail(run_dir: Path, lines: int = 40) -> tuple[str, list[str]]:
 
 
 def tokenizer_files(tokenizer: Optional[Path], model_name: str) -> tuple[Path, Path]:
-    """The tokenizer.json and tokenizer_config.json the jobs loaded (tunebox.data.samples.load_tokenizer):
+    """The tokenizer.json and tokenizer_config.json the jobs loaded (tunebox.model.weights.load_tokenizer):
     model.tokenizer (`tokenizer`, resolved) when set, else the converted model's."""
-    tj = tokenizer or ensure_model(model_name) / "tokenizer.json"
+    tj = tokenizer_file(model_name, tokenizer)
     cfg = tj.with_name("tokenizer_config.json")
     for f in (tj, cfg):
         if not f.is_file():

@@ -7,9 +7,10 @@ import logging
 from tunebox import layout
 from tunebox.config import RunSpec
 from tunebox.data.packing import pack_rows, write_packed_mindrecord
-from tunebox.data.samples import load_tokenizer, mindrecord_shards, read_mindrecord
+from tunebox.data.samples import mindrecord_shards, read_mindrecord
 from tunebox.io import InputError, atomic_write_text
 from tunebox.model.mf_config import dump, render_train_config
+from tunebox.model.weights import load_tokenizer
 from tunebox.run_checkpoints import base_checkpoint
 from tunebox.training.plan import answer_capacity, plan_steps
 
@@ -28,7 +29,7 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     if not data_file.exists():
         raise InputError(f"{data_file} not found: run prep first (invoke prep --config {spec.source_path})")
     ids, labels = read_mindrecord(data_file)
-    pad_id = load_tokenizer(spec).pad_id
+    pad_id = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
     files, packing = mindrecord_shards(data_file), None
     if spec.train.packing:
         samples = len(ids)

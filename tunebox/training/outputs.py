@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tunebox import layout
 from tunebox.config import LoraSection, TrainSection
-from tunebox.io import InputError, atomic_write_json, atomic_write_text, iter_jsonl
+from tunebox.io import InputError, atomic_write_json, atomic_write_text, read_jsonl
 from tunebox.model.mf_config import CHECKPOINT_PREFIX
 from tunebox.model.registry import ModelShape
 
@@ -17,14 +17,7 @@ TRAIN_STATE = "train_state.json"   # {"train_hash": ...} of the settings that wr
 
 def read_jsonl_rows(path: Path) -> list[dict]:
     """Every row of one of the callbacks' JSONL files (loss.jsonl, sessions.jsonl); [] when there is none."""
-    if not path.exists():
-        return []
-    rows = []
-    for row in iter_jsonl(path):
-        if isinstance(row, InputError):
-            raise row
-        rows.append(row.value)
-    return rows
+    return read_jsonl(path) if path.exists() else []
 
 
 def read_loss_log(out: Path) -> list[dict]:
