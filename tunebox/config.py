@@ -37,7 +37,8 @@ class ModelSection:
     sha256} (the Hugging Face checkpoint's files; paths relative to the cache's hf/<model>/; relative to the
     spec), or a hub repository at a pinned revision, hf:<org>/<name>@<revision> ($HF_ENDPOINT for a mirror)
     or modelers:<org>/<name>@<revision> (needs openmind_hub); fetched and converted once. Never put a
-    credential here: the job sends the bearer token in $TUNEBOX_WEIGHTS_TOKEN, or in the file $TUNEBOX_WEIGHTS_TOKEN_FILE names (a mounted Secret)."""
+    credential here: the job sends the bearer token in $TUNEBOX_WEIGHTS_TOKEN, or in the file
+    $TUNEBOX_WEIGHTS_TOKEN_FILE names (a mounted Secret)."""
 
 
 @dataclass
