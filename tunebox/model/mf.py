@@ -43,13 +43,40 @@ def setup_device(device: str = "CPU", mode: str = "graph", seed: Optional[int] =
 
 
 def quiet_mindformers_console() -> None:
-    """MindFormers logs INFO to the console by default: quiet its console handler (level from
-    TUNEBOX_MF_CONSOLE_LEVEL, default WARNING), keep its file log (under the run's folder) as it is."""
-    from mindformers.tools.logger import get_logger
+    """Third-party noise goes to the job's log files, not its console, so the console tells the run's story in
+    tunebox's own lines. The level the consoles keep comes from TUNEBOX_MF_CONSOLE_LEVEL (default ERROR):
+      - MindFormers' console handler; its file log (<run>/<job>/log/rank_N/info.log, INFO and up) keeps all;
+      - the config MindFormers pprints to stdout before training (~70 lines): into that file log;
+      - tensorboardX's "Summary name learning-rate vs samples is illegal" (one per logged step): that file log;
+      - mindpet's "[SDK] Start to freeze model" lines: its console handlers (its own file log keeps them)."""
+    from pprint import pformat
 
-    for handler in get_logger().handlers:
+    from mindformers.tools.logger import get_logger
+    from mindformers.trainer import base_trainer
+
+    level = os.environ.get("TUNEBOX_MF_CONSOLE_LEVEL", "ERROR")
+    mf_logger = get_logger()
+    files = [h for h in mf_logger.handlers if isinstance(h, logging.FileHandler)]
+    for handler in mf_logger.handlers:
         if not isinstance(handler, logging.FileHandler):
-            handler.setLevel(os.environ.get("TUNEBOX_MF_CONSOLE_LEVEL", "WARNING"))
+            handler.setLevel(level)
+    tensorboardx = logging.getLogger("tensorboardX")
+    tensorboardx.propagate = False          # not to the root logger's console handler (cli.setup_logging)
+    for handler in files:
+        if handler not in tensorboardx.handlers:
+            tensorboardx.addHandler(handler)
+    if not files:
+        tensorboardx.addHandler(logging.NullHandler())
+    # base_trainer calls pprint(config) by that module-level name; give it one that writes the file log
+    base_trainer.pprint = lambda config, *args, **kwargs: mf_logger.info("MindFormers config:\n%s", pformat(config))
+    try:
+        from mindpet.log import log as mindpet_log
+    except ImportError:
+        return
+    for mx_logger in mindpet_log.logger_list.values():
+        mx_logger.stdout_level = level          # read when it makes its console handler, at its first record
+    for handler in mindpet_log.stream_handler_list.values():
+        handler.setLevel(level)
 
 
 def build_llama(shape: ModelShape, *, seq_length: int = 0, batch_size: int = 1, dtype: str = "float32",

@@ -41,7 +41,8 @@ from tqdm import tqdm
 from tunebox.chaos import kill_point
 from tunebox.io import InputError, atomic_dir, atomic_write_json, sha256_file
 from tunebox.model.checkpoint import CheckpointStreamWriter, bfloat16_bits_to_float32, save_checkpoint_numpy
-from tunebox.model.registry import ModelShape, cache_dir, get_model_shape, model_dir
+from tunebox.model.registry import (INTERNLM_CONTEST_TOKENIZER_CONFIG, ModelShape, cache_dir, get_model_shape,
+                                    model_dir)
 from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
 
 log = logging.getLogger(__name__)
@@ -558,12 +559,14 @@ def _check_complete(seen: set[str], expected: dict, where) -> None:
 
 
 def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, shape: ModelShape,
-                          progress: bool = True) -> Path:
+                          progress: bool = True, origin: Optional[dict] = None) -> Path:
     """HF-layout safetensors (one file or shards + model.safetensors.index.json) -> `out_dir` with
-    a float32 MindFormers model.ckpt and model.json (plus tokenizer.json/tokenizer_config.json
-    copied when hf_dir has them). Every tensor is checked against spec.parameter_shapes() before
+    a float32 MindFormers model.ckpt and model.json, plus the tokenizer: tokenizer.json/tokenizer_config.json
+    copied when hf_dir has them, else converted from a SentencePiece tokenizer.model (InternLM's:
+    tokenizer_from_sentencepiece). Every tensor is checked against spec.parameter_shapes() before
     anything is written, then streamed one at a time. q/k are copied as they are: HF's
-    rotate-half layout is the one MindFormers expects."""
+    rotate-half layout is the one MindFormers expects. `origin` goes into model.json as it is (a hub
+    download's source, resolved revision and every file's sha256: fetch.download_hub_snapshot)."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if not hf_dir.is_dir():
         raise InputError("not a directory", hf_dir)
@@ -594,15 +597,72 @@ def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike,
             for name, entry in tqdm(plan, desc=f"convert {hf_dir.name}", unit="tensor", disable=not progress):
                 writer.add(name, read_safetensors_tensor(entry))
             ckpt_sha = writer.close()
-        copied = [f for f in TOKENIZER_FILES if (hf_dir / f).is_file()]
-        for fname in copied:
-            shutil.copyfile(hf_dir / fname, tmp / fname)
+        tokenizer = _tokenizer_from_hf_dir(hf_dir, tmp, shape)
         sources = {f.name: sha256_file(f) for f in hf_checkpoint_files(hf_dir)}
         _write_model_json(tmp, shape, {"source": f"hf-dir:{hf_dir.resolve()}", "source_sha256": sources,
-                                      "ckpt_sha256": ckpt_sha,
-                                      "tokenizer": "copied from the HF directory" if copied else "absent"},
+                                      "ckpt_sha256": ckpt_sha, "tokenizer": tokenizer, **(origin or {})},
                           time.perf_counter() - started)
     return out_dir
+
+
+def _tokenizer_from_hf_dir(hf_dir: Path, out: Path, shape: ModelShape) -> str:
+    """Put the model's tokenizer files in `out`; returns how, for model.json."""
+    if not (hf_dir / "tokenizer.json").is_file() and (hf_dir / "tokenizer.model").is_file():
+        # the repository's tokenizer_config.json describes its slow tokenizer class, not tunebox's fields
+        tokenizer = tokenizer_from_sentencepiece(hf_dir / "tokenizer.model", shape)
+        _check_special_ids(tokenizer, shape, str(hf_dir / "tokenizer.model"))
+        tokenizer.save(out)
+        return (f"tokenizer.json converted from tokenizer.model (sha256 {sha256_file(hf_dir / 'tokenizer.model')}) "
+                f"with transformers {_version('transformers')} LlamaConverter")
+    copied = [f for f in TOKENIZER_FILES if (hf_dir / f).is_file()]
+    for fname in copied:
+        shutil.copyfile(hf_dir / fname, out / fname)
+    return "copied from the HF directory" if copied else "absent"
+
+
+# tokenizer_config.json for a model whose HF repository ships only a SentencePiece model, and the pieces
+# its chat format needs as single special tokens (docs/STAGE2.md: InternLM's <eoa> 103166, <eoh> 103167).
+SENTENCEPIECE_TOKENIZER_CONFIGS = {"internlm-7b": INTERNLM_CONTEST_TOKENIZER_CONFIG}
+SENTENCEPIECE_SPECIAL_PIECES = {"internlm-7b": ("<eoh>", "<eoa>")}
+
+
+def tokenizer_from_sentencepiece(model_file: Path, shape: ModelShape) -> TextTokenizer:
+    """An HF tokenizer.json built from a SentencePiece tokenizer.model by transformers' LlamaConverter (what
+    LlamaTokenizerFast(from_slow=True) runs: same pieces, byte fallback, the "▁" space), with the chat
+    format's pieces made special so they encode as one id and are never split from text."""
+    # The converter reads the model with protobuf. MindSpore's generated *_pb2 modules load only under
+    # protobuf's pure-Python implementation, which mindspore sets on import when nothing chose one yet;
+    # choose it here too, or a later `import mindspore` in this process fails ("Descriptors cannot be
+    # created directly").
+    os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+    from tokenizers import AddedToken
+    from transformers import LlamaTokenizer
+    from transformers.convert_slow_tokenizer import LlamaConverter
+
+    # no BOS/EOS added by the tokenizer: the chat template writes them (TextTokenizer.encode adds none)
+    slow = LlamaTokenizer(vocab_file=str(model_file), legacy=True, add_bos_token=False, add_eos_token=False)
+    converter = LlamaConverter(slow)
+    spec = converter.proto.normalizer_spec
+    if spec.name != "identity" or spec.remove_extra_whitespaces:
+        # LlamaConverter writes no normalizer but "▁" for spaces, as LLaMA's and InternLM's models have
+        raise InputError(f"the SentencePiece model normalizes text ({spec.name}, remove_extra_whitespaces="
+                         f"{spec.remove_extra_whitespaces}), which the converted tokenizer.json would not do, so "
+                         f"the two would cut text differently; convert it with its own tool instead", model_file)
+    tk = converter.converted()
+    config = dict(SENTENCEPIECE_TOKENIZER_CONFIGS.get(shape.name) or {})
+    if not config:
+        eos = tk.id_to_token(shape.eos_token_id)
+        config = {"bos_token": tk.id_to_token(shape.bos_token_id), "eos_token": eos,
+                  "pad_token": tk.id_to_token(shape.pad_token_id), "stop_tokens": [eos], "answer_suffix": eos}
+    config["model_max_length"] = shape.max_position
+    wanted = [config["bos_token"], config["eos_token"], config["pad_token"], *config.get("stop_tokens", ()),
+              *SENTENCEPIECE_SPECIAL_PIECES.get(shape.name, ())]
+    missing = [t for t in wanted if tk.token_to_id(t) is None]
+    if missing:
+        raise InputError(f"the SentencePiece model has no piece {missing}, which the {shape.name} chat format "
+                         f"needs; wrong tokenizer.model for this --model?", model_file)
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in dict.fromkeys(wanted)])
+    return TextTokenizer(tk, config)
 
 
 def make_random_hf_checkpoint(out_dir: str | os.PathLike, shape: ModelShape, seed: int = 0, shards: int = 2,
