@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunebox.contest import rules
+from tunebox.contest import mathgen, rules
 
 
 def test_param_ratio_bounds_and_messages():
@@ -187,3 +187,183 @@ def test_mcq_language_by_hand():
     assert mcq_language({"question": "\u4dbf"}) == "zh"
     assert mcq_language({"question": "\u3042 (hiragana)", "choices": []}) == "en"   # not CJK ideographs
     assert mcq_language({}) == "en"
+
+
+# ---- tunebox/contest/mathgen.py: each maker's draws and text, with a scripted random source ----------------
+# A generated row's wording and ranges are the contest's (mathgen's docstring); random-seed tests cannot see a
+# range that is one wider or a draw that is swapped, so here every draw is scripted and its bounds recorded.
+
+class ScriptedRng:
+    """Stands in for random.Random: returns the scripted values in order, records each call's bounds."""
+
+    def __init__(self, *values):
+        self.values, self.calls = list(values), []
+
+    def randint(self, lo, hi):
+        self.calls.append(("randint", lo, hi))
+        value = self.values.pop(0)
+        assert lo <= value <= hi, (value, lo, hi)
+        return value
+
+    def choice(self, seq):
+        self.calls.append(("choice", tuple(seq)))
+        value = self.values.pop(0)
+        assert value in seq
+        return value
+
+    def randrange(self, n):
+        self.calls.append(("randrange", n))
+        return self.values.pop(0)
+
+
+CENTS = ("randint", -1_000_000, 1_000_000)
+
+
+@pytest.mark.parametrize("family, op, want", [
+    # 12.50 and -3.25, by hand: the sum keeps two decimals, the product four, the quotient 50/13 to 28 digits
+    ("add", "+", "9.25"), ("sub", "-", "15.75"), ("mul", "*", "-40.6250"),
+    ("div", "/", "-3.846153846153846153846153846"),
+])
+def test_arithmetic_maker_draws_and_writes(family, op, want):
+    """Mutants: _arith_maker's bounds (+-1,000,000 cents), its wording, the operand order."""
+    rng = ScriptedRng(1250, -325)
+    assert mathgen.make(family, rng) == (f"计算 12.50 {op} -3.25 等于多少？", f"12.50 {op} -3.25 = {want}")
+    assert rng.calls == [CENTS, CENTS] and not rng.values
+
+
+def test_division_by_zero_is_drawn_again():
+    """Mutant: _arith_solution's zero-divisor guard dropped or inverted (a 0.00 divisor must be redrawn)."""
+    rng = ScriptedRng(100, 0, 100, 400)
+    assert mathgen.make("div", rng) == ("计算 1.00 / 4.00 等于多少？", "1.00 / 4.00 = 0.25")
+    assert rng.calls == [CENTS] * 4
+    assert mathgen.make("add", ScriptedRng(100, 0)) == ("计算 1.00 + 0.00 等于多少？", "1.00 + 0.00 = 1.00")
+
+
+def test_power_maker_and_its_zero_to_the_zero():
+    """Mutants: make_power's bounds (+-100,000 cents, exponent 0..5) and its 0^0 guard."""
+    rng = ScriptedRng(-150, 3)
+    assert mathgen.make("power", rng) == ("计算 -1.50 的 3 次方？", "-1.50^3 = -3.375000")
+    assert rng.calls == [("randint", -100_000, 100_000), ("randint", 0, 5)]
+    assert mathgen.make("power", ScriptedRng(0, 0)) == ("计算 0.01 的 0 次方？", "0.01^0 = 1")
+    assert mathgen.make("power", ScriptedRng(0, 2))[0] == "计算 0.00 的 2 次方？"
+    assert mathgen.make("power", ScriptedRng(200, 0)) == ("计算 2.00 的 0 次方？", "2.00^0 = 1")
+    assert mathgen.solve("计算 0.00 的 0 次方？") is None
+    assert mathgen.solve("计算 0.00 的 2 次方？") is not None
+    assert mathgen.solve("计算 2.00 的 0 次方？") == "2.00^0 = 1"
+
+
+def test_sqrt_linear_and_function_makers():
+    """Mutants: the bounds and wording of make_sqrt, make_linear_equation, make_function_value."""
+    rng = ScriptedRng(400)
+    assert mathgen.make("sqrt", rng) == ("计算 4.00 的平方根？", "√4.00 = 2.0")
+    assert rng.calls == [("randint", 1, 1_000_000)]
+    rng = ScriptedRng(-1, 4, 6)
+    assert mathgen.make("linear_equation", rng) == ("解方程 -4x + 6 = 0", "方程的解为：1.5")
+    assert rng.calls == [("choice", (-1, 1)), ("randint", 1, 100), ("randint", -100, 100)]
+    assert mathgen.solve("解方程 2x + 1 = 7", "linear_equation") == "方程的解为：3.0"        # (7 - 1) / 2, c on the right kept
+    rng = ScriptedRng(150, 2, 3)
+    assert mathgen.make("function_value", rng) == ("当 x = 1.50 时，求函数 y = 2x^3 的值", "函数的值为：6.750000")
+    assert rng.calls == [("randint", 1, 1000), ("randint", 1, 100), ("randint", 1, 100)]
+    assert mathgen.solve("当 x = 0.00 时，求函数 y = 2x^0 的值") is None
+    assert mathgen.solve("当 x = 0.00 时，求函数 y = 2x^1 的值") == "函数的值为：0"
+    assert mathgen.solve("当 x = 3 时，求函数 y = 2x^0 的值") == "函数的值为：2"
+
+
+def test_word_problem_makers():
+    """Mutants: the bounds and wording of the rectangle, sales, discount and average makers."""
+    rng = ScriptedRng(7, 8)
+    assert mathgen.make("rectangle_area", rng) == ("一个长方形的长为 7 厘米，宽为 8 厘米，请计算其面积。", "面积为 56 平方厘米")
+    assert rng.calls == [("randint", 1, 100)] * 2
+    rng = ScriptedRng(80, 25)
+    assert mathgen.make("sales_growth", rng) == ("去年销售额为 80 万元，今年销售额增加了 25%，请计算今年的销售额。", "100.0")
+    assert rng.calls == [("randint", 1, 100)] * 2
+    rng = ScriptedRng(80, 60)
+    assert mathgen.make("discount", rng) == ("商品原价为 80 元，打折后的价格为 60 元，请计算打折的折扣比例。", "25.0")
+    assert rng.calls == [("randint", 2, 100), ("randint", 1, 79)]
+    assert mathgen.solve("商品原价为 0 元，打折后的价格为 5 元，请计算打折的折扣比例。") is None
+    assert mathgen.solve("商品原价为 8 元，打折后的价格为 6 元，请计算打折的折扣比例。") == "25.0"
+    rng = ScriptedRng(3, 1, 2, 4)
+    assert mathgen.make("average", rng) == ("求以下数据的平均值：[1, 2, 4]", "平均值为 2.3333333333333335")
+    assert rng.calls == [("randint", 3, 10)] + [("randint", 1, 100)] * 3
+
+
+def test_english_makers_by_hand():
+    """Mutants: the English makers' bounds, the lcm's 'two different numbers' shift, each template's text."""
+    rng = ScriptedRng(0, 6, 4)
+    problem, solution = mathgen.make("english_word", rng)
+    assert problem == "What is the least common multiple of $6$ and $4$?"
+    assert solution == ("Since $\\gcd(6, 4) = 2$, we have $\\operatorname{lcm}(6, 4) = "
+                        "\\frac{6 \\cdot 4}{2} = \\boxed{12}$.")
+    assert rng.calls == [("randrange", 7), ("randint", 2, 200), ("randint", 2, 199)]
+    # b drawn equal to or above a moves up one, so the two numbers differ
+    assert mathgen.make("english_word", ScriptedRng(0, 4, 4))[0] == "What is the least common multiple of $4$ and $5$?"
+    assert mathgen.make("english_word", ScriptedRng(0, 4, 3))[0] == "What is the least common multiple of $4$ and $3$?"
+
+    rng = ScriptedRng(1, "chess club", 5, 3)
+    problem, solution = mathgen.make("english_word", rng)
+    assert problem == ("A chess club has 5 members. In how many ways can it choose a president, a vice-president and "
+                       "a treasurer if no member can hold more than one office?")
+    assert solution == ("There are 5 choices for president, then 4 for vice-president and 3 for treasurer, so there "
+                        "are $5 \\times 4 \\times 3 = \\boxed{60}$ ways.")
+    assert rng.calls[1:] == [("choice", mathgen._GROUPS), ("randint", 5, 300), ("randint", 2, 4)]
+    assert mathgen.solve(problem) == solution
+    problem, solution = mathgen.make("english_word", ScriptedRng(1, "club", 6, 2))
+    assert problem == ("A club has 6 members. In how many ways can it choose a president and a secretary if no "
+                       "member can hold more than one office?")
+    assert solution == ("There are 6 choices for president, then 5 for secretary, so there are "
+                        "$6 \\times 5 = \\boxed{30}$ ways.")
+    problem, solution = mathgen.make("english_word", ScriptedRng(1, "choir", 7, 4))
+    assert solution == ("There are 7 choices for president, then 6 for vice-president, 5 for secretary and 4 for "
+                        "treasurer, so there are $7 \\times 6 \\times 5 \\times 4 = \\boxed{840}$ ways.")
+    assert "choose a president, a vice-president, a secretary and a treasurer if" in problem
+
+    rng = ScriptedRng(2, 3, 2)
+    problem, solution = mathgen.make("english_word", rng)
+    assert problem == ("We flip 3 fair coins. What is the probability that exactly 2 of them come up heads? "
+                       "Express your answer as a common fraction.")
+    assert solution == ("There are $2^{3} = 8$ equally likely outcomes, and $\\binom{3}{2} = 3$ of them have exactly "
+                        "2 heads, so the probability is $\\frac{3}{8} = \\boxed{\\dfrac{3}{8}}$.")
+    assert rng.calls[1:] == [("randint", 2, 30), ("randint", 1, 3)]
+
+    rng = ScriptedRng(3, 2, 3, 5)
+    problem, solution = mathgen.make("english_word", rng)
+    assert problem == "What is the sum of the arithmetic sequence $2, 5, 8, \\ldots, 14$?"
+    assert solution == ("The common difference is $3$, so the sequence has $\\frac{14 - 2}{3} + 1 = 5$ terms. "
+                        "Its sum is $\\frac{5 \\cdot (2 + 14)}{2} = \\boxed{40}$.")
+    assert rng.calls[1:] == [("randint", 1, 100), ("randint", 2, 15), ("randint", 5, 60)]
+    assert mathgen.solve(problem) == solution
+
+    # c=2, a=5, x=3, b=0 redrawn, then b=-4: d = (5 - 2) * 3 - 4 = 5
+    rng = ScriptedRng(4, 2, 5, 3, 0, -4)
+    problem, solution = mathgen.make("english_word", rng)
+    assert problem == "Solve for $x$: $5x - 4 = 2x + 5$."
+    assert solution == ("Moving the $x$ terms to the left and the constants to the right gives "
+                        "$3x = 5 - (-4) = 9$, so $x = \\frac{9}{3} = \\boxed{3}$.")
+    assert rng.calls[1:] == [("randint", 1, 14), ("randint", 3, 15), ("randint", -20, 20), ("randint", -50, 50),
+                             ("randint", -50, 50)]
+    assert mathgen.solve(problem) == solution
+    # d = 0 is redrawn too: c=1, a=2, x=1, b=-1 gives d = 0; then b=2 gives d = 3; 'x' alone when a - c = 1
+    problem, solution = mathgen.make("english_word", ScriptedRng(4, 1, 2, 1, -1, 2))
+    assert problem == "Solve for $x$: $2x + 2 = x + 3$."
+    assert solution == ("Moving the $x$ terms to the left and the constants to the right gives "
+                        "$x = 3 - 2 = 1$, so $x = \\frac{1}{1} = \\boxed{1}$.")
+    assert mathgen.solve(problem) == solution
+
+    rng = ScriptedRng(5, 5, 2, "tent")
+    problem, solution = mathgen.make("english_word", rng)
+    # 25% off 40 dollars: 40 * 75 // 100 = 30
+    assert problem == "After a $25\\%$ discount, a tent costs $\\$30$. What was its original price, in dollars?"
+    assert solution == ("If the original price is $x$ dollars, then $\\frac{75}{100}x = 30$, so "
+                        "$x = \\frac{100 \\cdot 30}{75} = \\boxed{40}$.")
+    assert rng.calls[1:] == [("randint", 1, 12), ("randint", 1, 100), ("choice", mathgen._ITEMS)]
+    assert mathgen.solve(problem) == solution
+
+    rng = ScriptedRng(6, 2, 50, 3)
+    problem, solution = mathgen.make("english_word", rng)
+    assert problem == "How many positive integers less than or equal to $50$ are divisible by $2$ or $3$?"
+    assert solution == ("There are $\\lfloor 50/2 \\rfloor = 25$ multiples of $2$ and $\\lfloor 50/3 \\rfloor = 16$ "
+                        "multiples of $3$. The numbers divisible by both are the multiples of "
+                        "$\\operatorname{lcm}(2, 3) = 6$, and there are $\\lfloor 50/6 \\rfloor = 8$ of them. "
+                        "By inclusion-exclusion the count is $25 + 16 - 8 = \\boxed{33}$.")
+    assert rng.calls[1:] == [("randint", 2, 11), ("randint", 50, 5000), ("randint", 3, 12)]
+    assert mathgen.solve(problem) == solution
