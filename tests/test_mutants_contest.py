@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunebox.contest import mathgen, rules
+from tunebox.contest import mathgen, rules, scoring
 
 
 def test_param_ratio_bounds_and_messages():
@@ -367,3 +367,47 @@ def test_english_makers_by_hand():
                         "By inclusion-exclusion the count is $25 + 16 - 8 = \\boxed{33}$.")
     assert rng.calls[1:] == [("randint", 2, 11), ("randint", 50, 5000), ("randint", 3, 12)]
     assert mathgen.solve(problem) == solution
+
+
+# ---- tunebox/contest/scoring.py: what `invoke test.mutants` found unpinned ------------------------------------
+
+def test_answer_verdict_every_field_by_hand():
+    """Mutants: answer_verdict's keys renamed, strict/tolerant/extracted replaced by None, the mcq letter compared
+    with != or never extracted."""
+    # the tuned model's first answer is 7; the next problem it starts writing is cut off (trim_generation)
+    assert scoring.answer_verdict("math", "3 + 4 = 7\n计算 1 + 1 等于多少？ 2", "7") == {
+        "strict": True, "tolerant": True, "extracted": "7", "within_1pct": True, "leading_digits": 1}
+    # 7.0000001 vs 7: off by 1e-7 / 7 < 1e-6, so tolerant only; 7 has one significant digit, and it is right
+    assert scoring.answer_verdict("math", "7.0000001", "7") == {
+        "strict": False, "tolerant": True, "extracted": "7.0000001", "within_1pct": True, "leading_digits": 1}
+    assert scoring.answer_verdict("math", "no idea", "7") == {
+        "strict": False, "tolerant": False, "extracted": "", "within_1pct": False, "leading_digits": 0}
+    assert scoring.answer_verdict("mcq", "The right option is C.", "C") == {
+        "strict": True, "tolerant": True, "extracted": "C", "within_1pct": True, "leading_digits": None}
+    assert scoring.answer_verdict("mcq", "The right option is B.", "C") == {
+        "strict": False, "tolerant": False, "extracted": "B", "within_1pct": False, "leading_digits": None}
+
+
+def test_trim_generation_keeps_leading_space_and_drops_trailing():
+    """Mutants: trim_generation's rstrip -> lstrip, at the cut before a new problem and at the end."""
+    assert scoring.trim_generation(" 3 + 4 = 7  \n计算 2 + 2 等于多少？") == " 3 + 4 = 7"
+    assert scoring.trim_generation(" 7 \n") == " 7"
+
+
+def test_closeness_reads_the_order_of_magnitude():
+    """Mutants: _significant_digits' exponent of a value >= 1 forced to 0 (`and False`) or one short (`- 2`):
+    a prediction ten times too small shares no leading digit with the reference."""
+    assert scoring.closeness("123.4", "1234")["leading_digits"] == 0
+    assert scoring.closeness("0.5", "5")["leading_digits"] == 0
+    assert scoring.closeness("1235", "1234")["leading_digits"] == 3
+
+
+def test_article_a_after_a_sentence_end_and_quotes():
+    """Mutants: _is_article's `or` -> `and` (B before a lower-case word read as an article), its rstrip of quotes
+    dropped (rstrip(None), lstrip), extra characters stripped or counted as a sentence end ('XX...XX'), and the
+    character before the letter read at [+1] or [-2]."""
+    assert scoring.extract_choice_letter("Hmm. B is correct") == "B"
+    # 'A lot' opens a quoted sentence: the article; C is the one option named
+    assert scoring.extract_choice_letter('Note. "A lot of it fits C') == "C"
+    # after 'X' (no sentence end) 'A' is a letter too: A and C, so no single answer
+    assert scoring.extract_choice_letter("Done.X A lot fits C") is None
