@@ -402,6 +402,15 @@ def test_closeness_reads_the_order_of_magnitude():
     assert scoring.closeness("1235", "1234")["leading_digits"] == 3
 
 
+def test_closeness_below_one():
+    """Mutants: _significant_digits' search for the exponent of a value below 1: 10 -> 11 (0.091 x 11 >= 1),
+    `< 1` -> `<= 1` (0.1 read as 0.01), and `value / 10**-e` or `10**+e` (the loop never ends: a timeout)."""
+    assert scoring.closeness("0.0909", "0.091")["leading_digits"] == 1
+    assert scoring.closeness("0.1", "0.15")["leading_digits"] == 1
+    assert scoring.closeness("0.05", "0.5")["leading_digits"] == 0
+    assert scoring.closeness("0.124", "0.123")["leading_digits"] == 2
+
+
 def test_article_a_after_a_sentence_end_and_quotes():
     """Mutants: _is_article's `or` -> `and` (B before a lower-case word read as an article), its rstrip of quotes
     dropped (rstrip(None), lstrip), extra characters stripped or counted as a sentence end ('XX...XX'), and the
