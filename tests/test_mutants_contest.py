@@ -420,3 +420,20 @@ def test_article_a_after_a_sentence_end_and_quotes():
     assert scoring.extract_choice_letter('Note. "A lot of it fits C') == "C"
     # after 'X' (no sentence end) 'A' is a letter too: A and C, so no single answer
     assert scoring.extract_choice_letter("Done.X A lot fits C") is None
+
+
+def test_closeness_edges_every_field():
+    """Mutants: closeness' no-number guard with `and` for `or`, its keys renamed, a zero reference's digit count
+    (`pv != 0`, `pv == 1`), `pv != 0` -> `pv != 1` before the digit count, a Fraction reference counted as a
+    written decimal (`or True`) or given 18 digits instead of 17."""
+    none = {"within_1pct": False, "leading_digits": 0, "relative_error": None}
+    assert scoring.closeness("5", "\\boxed{\\sqrt{3}}") == none
+    assert scoring.closeness("\\boxed{\\sqrt{3}}", "5") == none
+    assert scoring.closeness("no number", "5") == none
+    assert scoring.closeness("0", "0") == {"within_1pct": True, "leading_digits": 1, "relative_error": None}
+    assert scoring.closeness("1", "0") == {"within_1pct": False, "leading_digits": 0, "relative_error": None}
+    assert scoring.closeness("1", "1.5")["leading_digits"] == 1                 # 1.0 against 1.5: the 1
+    # 1/3 is exact, so it has 17 digits to get right: six 3s get six, twenty 3s get all 17
+    assert scoring.closeness("0.333333", "\\frac{1}{3}")["leading_digits"] == 6
+    assert scoring.closeness("0." + "3" * 20, "\\frac{1}{3}")["leading_digits"] == 17
+    assert scoring.closeness("7", "7")["leading_digits"] == 1
