@@ -437,3 +437,22 @@ def test_closeness_edges_every_field():
     assert scoring.closeness("0.333333", "\\frac{1}{3}")["leading_digits"] == 6
     assert scoring.closeness("0." + "3" * 20, "\\frac{1}{3}")["leading_digits"] == 17
     assert scoring.closeness("7", "7")["leading_digits"] == 1
+
+
+def test_shown_precision_boundaries():
+    """Mutants: _within_shown_precision's `pred.shown_exponent is None` -> `is not None` (a fraction prediction),
+    the half unit of 10**e -> 11**e, `<=` -> `<` at exactly half a unit."""
+    # 0.33 prints two decimals: anything within 0.005 that prints more agrees with it
+    assert scoring.numbers_equal("0.335", "0.33", "tolerant")          # exactly half a unit
+    assert scoring.numbers_equal("0.3349", "0.33", "tolerant")
+    assert not scoring.numbers_equal("0.3351", "0.33", "tolerant")
+    assert scoring.numbers_equal("\\frac{1}{3}", "0.33", "tolerant")   # 1/3 - 0.33 = 0.00333...
+    assert not scoring.numbers_equal("\\frac{1}{3}", "0.33", "strict")
+
+
+def test_mcq_reference_output_refuses_two_letters():
+    """Mutants: mcq_reference_output's `or` -> `and` ('AB' is in 'ABCD'), its message replaced by None."""
+    assert scoring.mcq_reference_output(" c ") == "The right option is C."
+    for bad in ("AB", "", "E"):
+        with pytest.raises(ValueError, match=rf"^answer must be one of A/B/C/D, got {bad!r}$"):
+            scoring.mcq_reference_output(bad)
