@@ -456,3 +456,14 @@ def test_mcq_reference_output_refuses_two_letters():
     for bad in ("AB", "", "E"):
         with pytest.raises(ValueError, match=rf"^answer must be one of A/B/C/D, got {bad!r}$"):
             scoring.mcq_reference_output(bad)
+
+
+def test_choice_letter_rules_in_order():
+    """Mutants: extract_choice_letter's article check with `or` for `and` (a lone 'a' answer skipped), `continue`
+    -> `break` (an article 'a' ends the phrase rule), the parenthesized and 'option X' rules removed (m = None);
+    squad_answer_from_generation's split -> rsplit (the last line, not the first)."""
+    assert scoring.extract_choice_letter("the answer is a.") == "A"
+    assert scoring.extract_choice_letter("the answer is a bit unclear, the answer is b") == "B"
+    assert scoring.extract_choice_letter("I pick (D) over B") == "D"
+    assert scoring.extract_choice_letter("I think option c") == "C"
+    assert scoring.squad_answer_from_generation("  Paris \nThe end\nmore") == "Paris"
