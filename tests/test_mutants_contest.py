@@ -467,3 +467,18 @@ def test_choice_letter_rules_in_order():
     assert scoring.extract_choice_letter("I pick (D) over B") == "D"
     assert scoring.extract_choice_letter("I think option c") == "C"
     assert scoring.squad_answer_from_generation("  Paris \nThe end\nmore") == "Paris"
+
+
+def test_squad_scores_refusals_and_percent_readings():
+    """Mutants: squad_scores' three messages replaced or re-cased, its gold-list check with `and` for `or` (a bare
+    string accepted); _readings reading a number without % also as over 100 (`or True`)."""
+    with pytest.raises(ValueError, match=r"^1 predictions for 2 questions; they must pair up$"):
+        scoring.squad_scores(["x"], [["x"], ["y"]])
+    with pytest.raises(ValueError, match=r"^no predictions: SQuAD scores of an empty set are undefined$"):
+        scoring.squad_scores([], [])
+    with pytest.raises(ValueError, match=r"^question 0: gold answers must be a non-empty list of strings, got 'x'$"):
+        scoring.squad_scores(["x"], ["x"])
+    with pytest.raises(ValueError, match=r"^question 1: gold answers must be a non-empty list of strings, got \[\]$"):
+        scoring.squad_scores(["x", "y"], [["x"], []])
+    assert not scoring.numbers_equal("25", "0.25", "tolerant")          # no % sign: 25 is only 25
+    assert scoring.numbers_equal("25%", "0.25", "tolerant")
