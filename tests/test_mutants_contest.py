@@ -482,3 +482,18 @@ def test_squad_scores_refusals_and_percent_readings():
         scoring.squad_scores(["x", "y"], [["x"], []])
     assert not scoring.numbers_equal("25", "0.25", "tolerant")          # no % sign: 25 is only 25
     assert scoring.numbers_equal("25%", "0.25", "tolerant")
+
+
+def test_score_math_non_numeric_and_refusals():
+    """Mutants: score_math's non-numeric comparison with `or` (any boxed text equal, or no answer crashing), its
+    empty pred text 'XXXX', its message cut at 121 characters or replaced; math_accuracy's message."""
+    assert scoring.score_math("", "\\boxed{\\sqrt{3}}") == {"strict": False, "tolerant": False, "pred": "",
+                                                           "ref": "\\sqrt{3}"}
+    assert scoring.score_math("so \\boxed{\\sqrt{2}}", "\\boxed{\\sqrt{3}}")["strict"] is False
+    assert scoring.score_math("so \\boxed{\\sqrt 3}", "\\boxed{\\sqrt{3}}")["strict"] is True
+    assert scoring.score_math("no idea", "7") == {"strict": False, "tolerant": False, "pred": "", "ref": "7"}
+    with pytest.raises(ValueError) as exc:
+        scoring.score_math("7", "x" * 130)
+    assert str(exc.value) == "reference solution has no answer to compare with: '" + "x" * 120 + "'"
+    with pytest.raises(ValueError, match=r"^no scored answers: accuracy of an empty set is undefined$"):
+        scoring.math_accuracy([])
