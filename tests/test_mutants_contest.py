@@ -497,3 +497,12 @@ def test_score_math_non_numeric_and_refusals():
     assert str(exc.value) == "reference solution has no answer to compare with: '" + "x" * 120 + "'"
     with pytest.raises(ValueError, match=r"^no scored answers: accuracy of an empty set is undefined$"):
         scoring.math_accuracy([])
+
+
+def test_latex_answer_text_and_other_family():
+    """Mutants: normalize_latex_answer's space removal ('XX\\s+XX', spaces -> 'XXXX') and trailing punctuation
+    (rstrip(None)); math_family's 'other' renamed or never given (`and False`)."""
+    assert scoring.normalize_latex_answer("\\left( 1, 2 \\right).") == "(1,2)"
+    assert scoring.normalize_latex_answer("\\sqrt 3;") == "\\sqrt{3}"
+    assert scoring.math_family("请解释一下这个问题") == "other"
+    assert scoring.math_family("Explain why.") == "english_competition"
