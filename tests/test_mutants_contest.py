@@ -506,3 +506,11 @@ def test_latex_answer_text_and_other_family():
     assert scoring.normalize_latex_answer("\\sqrt 3;") == "\\sqrt{3}"
     assert scoring.math_family("请解释一下这个问题") == "other"
     assert scoring.math_family("Explain why.") == "english_competition"
+
+
+def test_boxed_fragment_takes_the_last_equals_and_unit_powers():
+    """Mutants: _answer_in_fragment's rsplit('=', 1)[1] as rsplit(None, 1), rsplit('='), split('=', 1) or
+    rsplit('=', 2); its unit-exponent strip lower-case only ('[a-za-z]')."""
+    from decimal import Decimal
+    assert scoring.extract_answer("so \\boxed{a=b=5 cm}").value == Decimal(5)
+    assert scoring.extract_answer("so \\boxed{10 M^2}").value == Decimal(10)
