@@ -514,3 +514,12 @@ def test_boxed_fragment_takes_the_last_equals_and_unit_powers():
     from decimal import Decimal
     assert scoring.extract_answer("so \\boxed{a=b=5 cm}").value == Decimal(5)
     assert scoring.extract_answer("so \\boxed{10 M^2}").value == Decimal(10)
+
+
+def test_numbers_equal_non_numeric_sides_and_mode_message():
+    """Mutants: numbers_equal's no-number guard with `and` for `or` (a non-numeric side reaching Fraction(None)),
+    its mode message replaced by None."""
+    assert not scoring.numbers_equal("\\boxed{\\sqrt{3}}", "5", "tolerant")
+    assert not scoring.numbers_equal("5", "\\boxed{\\sqrt 3}", "tolerant")
+    with pytest.raises(ValueError, match=r"^mode must be 'strict' or 'tolerant', not 'loose'$"):
+        scoring.numbers_equal("5", "5", "loose")
