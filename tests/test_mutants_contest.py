@@ -523,3 +523,24 @@ def test_numbers_equal_non_numeric_sides_and_mode_message():
     assert not scoring.numbers_equal("5", "\\boxed{\\sqrt 3}", "tolerant")
     with pytest.raises(ValueError, match=r"^mode must be 'strict' or 'tolerant', not 'loose'$"):
         scoring.numbers_equal("5", "5", "loose")
+
+
+def test_numbers_given_as_values():
+    """Mutants: _as_answer's bool and non-finite refusals (messages, `or` -> `and`, `==`, `not in`, the inf
+    literals), a float read as Decimal(None) or its binary expansion instead of its repr, an int lost, and the
+    shown exponent of a given Decimal dropped (2.43 then no longer agrees with 2.4 to its shown precision)."""
+    from decimal import Decimal
+    from fractions import Fraction
+    with pytest.raises(TypeError, match=r"^a bool is not a number to compare$"):
+        scoring.numbers_equal(True, "1")
+    for bad, text in ((float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf")):
+        with pytest.raises(ValueError, match=rf"^{text} is not a finite number$"):
+            scoring.numbers_equal(bad, "1")
+    assert scoring.numbers_equal(0.1, "0.1") and scoring.numbers_equal(2.5, "2.5")
+    assert scoring.numbers_equal(2, "2.0") and not scoring.numbers_equal(2, "3")
+    assert scoring.numbers_equal(Fraction(1, 4), "0.25")
+    assert scoring.numbers_equal("2.43", Decimal("2.4"), "tolerant")     # within 0.05 of what 2.4 shows
+    assert scoring.numbers_equal("2.43", 2.4, "tolerant")
+    assert not scoring.numbers_equal("2.43", Decimal("2.4"), "strict")
+    with pytest.raises(TypeError, match=r"^cannot compare a list as a number$"):
+        scoring.numbers_equal([1], "1")
