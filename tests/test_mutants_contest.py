@@ -544,3 +544,16 @@ def test_numbers_given_as_values():
     assert not scoring.numbers_equal("2.43", Decimal("2.4"), "strict")
     with pytest.raises(TypeError, match=r"^cannot compare a list as a number$"):
         scoring.numbers_equal([1], "1")
+
+
+def test_extract_answer_names_its_rule():
+    """Mutants: ExtractedAnswer.from_token's rule=None; _segment_after searching for the sentence end from the
+    start of the text (a marker on a second line finds an empty segment); _CONTINUES_EXPRESSION matched at the
+    segment's start instead of after the number ('x = 5 + 1' then reads 5)."""
+    from decimal import Decimal
+    assert scoring.extract_answer("so \\boxed{5}").rule == "boxed"
+    answer = scoring.extract_answer("First line.\nThe answer is 7")
+    assert (answer.value, answer.rule) == (Decimal(7), "marker")
+    assert scoring.extract_answer("so x = 5").rule == "equals"
+    answer = scoring.extract_answer("x = 5 + 1")           # 5 + 1 is an expression: the last number
+    assert (answer.value, answer.rule) == (Decimal(1), "last_number")
