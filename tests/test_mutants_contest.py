@@ -557,3 +557,13 @@ def test_extract_answer_names_its_rule():
     assert scoring.extract_answer("so x = 5").rule == "equals"
     answer = scoring.extract_answer("x = 5 + 1")           # 5 + 1 is an expression: the last number
     assert (answer.value, answer.rule) == (Decimal(1), "last_number")
+
+
+def test_normalize_math_text_superscripts_latex_thousands_and_text():
+    """Mutants: normalize_math_text's superscript run replaced by None / 'XX^XX' / joined with 'XXXX'; the LaTeX
+    thousands separator '\\,' never matched or replaced by 'XX,XX'; \\text{..}'s content wrapped in 'XX'."""
+    assert scoring.normalize_math_text("x² = 10⁻⁵") == "x^2 = 10^-5"
+    from decimal import Decimal
+    assert scoring.extract_answer("so \\boxed{1\\,234}").value == Decimal(1234)
+    assert scoring.extract_answer("so \\boxed{1\\!234}").value == Decimal(1234)
+    assert scoring.normalize_math_text("5\\text{ cm}") == "5  cm "
