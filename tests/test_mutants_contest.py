@@ -567,3 +567,12 @@ def test_normalize_math_text_superscripts_latex_thousands_and_text():
     assert scoring.extract_answer("so \\boxed{1\\,234}").value == Decimal(1234)
     assert scoring.extract_answer("so \\boxed{1\\!234}").value == Decimal(1234)
     assert scoring.normalize_math_text("5\\text{ cm}") == "5  cm "
+
+
+def test_normalize_math_text_degrees_and_dollars():
+    """Mutants: normalize_math_text's degree marks replaced by 'XXXX' instead of removed; '\\$' and '$' replaced by
+    'XX XX' or never."""
+    assert scoring.normalize_math_text("180°") == "180"
+    assert scoring.normalize_math_text("90^{\\circ}") == "90"
+    assert scoring.normalize_math_text("\\$5") == " 5"
+    assert scoring.normalize_math_text("$5$") == " 5 "
