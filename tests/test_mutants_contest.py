@@ -576,3 +576,10 @@ def test_normalize_math_text_degrees_and_dollars():
     assert scoring.normalize_math_text("90^{\\circ}") == "90"
     assert scoring.normalize_math_text("\\$5") == " 5"
     assert scoring.normalize_math_text("$5$") == " 5 "
+
+
+def test_negative_mixed_number():
+    """Mutants: _token_from_match's mixed-number sign ('XX-XX', value None, +value)."""
+    from fractions import Fraction
+    assert scoring.extract_answer("so \\boxed{-2\\frac{1}{2}}").value == Fraction(-5, 2)
+    assert scoring.extract_answer("so \\boxed{2\\frac{1}{2}}").value == Fraction(5, 2)
