@@ -583,3 +583,11 @@ def test_negative_mixed_number():
     from fractions import Fraction
     assert scoring.extract_answer("so \\boxed{-2\\frac{1}{2}}").value == Fraction(-5, 2)
     assert scoring.extract_answer("so \\boxed{2\\frac{1}{2}}").value == Fraction(5, 2)
+
+
+def test_short_and_whole_fractions():
+    """Mutants: _token_from_match's one-digit \\frac12 groups renamed (fnum1, fden1), `den == 0` -> `den == 1`."""
+    from fractions import Fraction
+    assert scoring.extract_answer("so \\boxed{\\frac12}").value == Fraction(1, 2)
+    assert scoring.extract_answer("so \\boxed{\\frac{3}{1}}").value == 3
+    assert scoring.extract_answer("so \\boxed{\\frac{3}{0}}").value is None
