@@ -591,3 +591,12 @@ def test_short_and_whole_fractions():
     assert scoring.extract_answer("so \\boxed{\\frac12}").value == Fraction(1, 2)
     assert scoring.extract_answer("so \\boxed{\\frac{3}{1}}").value == 3
     assert scoring.extract_answer("so \\boxed{\\frac{3}{0}}").value is None
+
+
+def test_slash_fractions_and_a_trailing_point():
+    """Mutants: _token_from_match's a/b form `den == 0` -> `den == 1`, its sign ('XX-XX', None, +value); a number
+    written '12.' losing its body (None)."""
+    from fractions import Fraction
+    assert scoring.extract_answer("so -3/4").value == Fraction(-3, 4)
+    assert scoring.extract_answer("so 3/1").value == 3
+    assert scoring.extract_answer("it is 12. ").value == 12
