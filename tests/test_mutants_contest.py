@@ -600,3 +600,13 @@ def test_slash_fractions_and_a_trailing_point():
     assert scoring.extract_answer("so -3/4").value == Fraction(-3, 4)
     assert scoring.extract_answer("so 3/1").value == 3
     assert scoring.extract_answer("it is 12. ").value == 12
+
+
+def test_tolerance_boundaries_and_a_trailing_x():
+    """Mutants: numbers_equal's relative tolerance `rv != 0` -> `rv != 1` and `<=` -> `<` (exactly 1e-6 of the
+    reference); closeness' 1% band `<=` -> `<` (exactly 1%); normalize_latex_answer stripping 'X' too."""
+    assert scoring.numbers_equal("1.000001", "1", "tolerant")          # off by exactly 1e-6 x 1
+    assert not scoring.numbers_equal("1.0000011", "1", "tolerant")
+    assert scoring.closeness("101", "100")["within_1pct"] is True      # off by exactly 1%
+    assert scoring.closeness("101.1", "100")["within_1pct"] is False
+    assert scoring.normalize_latex_answer("X") == "X"
