@@ -20,6 +20,7 @@ from jobs import bundle, chat, dryrun, evaluate, export, merge, prep, train, wei
 from tunebox.cli import job_parser
 from tunebox.io import InputError
 from tunebox.layout import PIPELINE
+from tunebox.runlock import RunFolderBusy, hold_run_folder
 from tunebox.spec_checks import load_checked_spec
 
 DEFAULT_CONFIG = "recipes/local-smollm2.yaml"
@@ -150,8 +151,13 @@ def verify(c, submission, rerun=False, image="", tolerance=""):
 def pipeline(c, config=DEFAULT_CONFIG, set=None):
     spec = _load_spec(config, set)  # fail on a bad spec before any job starts
     started = time.time()
-    for name in PIPELINE:
-        _run_job(name, _spec_argv(config, set))
+    try:
+        # held for the whole graph, so no second pipeline slips in between two jobs; the jobs join it
+        with hold_run_folder(spec.run_dir, "pipeline"):
+            for name in PIPELINE:
+                _run_job(name, _spec_argv(config, set))
+    except RunFolderBusy as exc:
+        raise invoke.Exit(f"error: {exc}", code=2) from None
     report = spec.job_dir("evaluate") / "report.md"
     print("\n" + report.read_text(encoding="utf-8"))
     print(f"pipeline finished in {(time.time() - started) / 60:.1f} min; report: {report}; "
@@ -295,12 +301,14 @@ def test(c, fast=False, k=""):
                             "out": "work folder, one copy of the checkout a group (default .mutants/)",
                             "jobs": "mutants tested at once (default 1)",
                             "names": "only these mutants, comma-separated mutmut names or globs",
+                            "tests": "run these test files instead of the group's own, comma-separated",
                             "summarize": "only print the figures of the runs already in the work folder"})
-def test_mutants(c, only="", out="", jobs=1, names="", summarize=False):
+def test_mutants(c, only="", out="", jobs=1, names="", tests="", summarize=False):
     """Mutation testing (mutmut, the `mutants` extra): per module group, the fast tests that cover it
     against every mutant; docs/TESTING.md records the last run. Slow, so not part of `invoke test` or CI."""
     args = [f"--jobs={int(jobs)}"] + ([f"--only={only}"] if only else []) + ([f"--out={out}"] if out else [])
-    args += ([f"--names={names}"] if names else []) + (["--summarize"] if summarize else [])
+    args += ([f"--names={names}"] if names else []) + ([f"--tests={tests}"] if tests else [])
+    args += ["--summarize"] if summarize else []
     c.run(f"{PY} tests/mutants.py " + " ".join(shlex.quote(a) for a in args), pty=False)
 
 
