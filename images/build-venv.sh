@@ -10,7 +10,7 @@
 # own CA). No layer keeps it.
 set -eu
 
-STACK_DIR=/build/stack
+STACK_DIR=${TUNEBOX_BUILD_STACK:-/build/stack}
 STACK_ENV=$STACK_DIR/stack.env
 VENV=/opt/venv
 phase=${1:?usage: build-venv.sh stack|tunebox}

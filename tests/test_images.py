@@ -481,6 +481,28 @@ def test_build_command_carries_the_platforms_and_the_pinned_base(tmp_path, monke
     assert args["BASE_IMAGE"] == "tunebox/debian-bookworm:base"
 
 
+@pytest.mark.parametrize("override, code", [({"BASE_IMAGE": f"{CANN_REF}@{INDEX_DIGEST}"}, 1),
+                                            ({"BASE_IMAGE": "tunebox/debian-bookworm:base"}, 1),
+                                            ({"CANN_VERSION": "8.5.0"}, 2)], ids=["pinned", "offline", "cann"])
+def test_build_venv_lets_the_build_choose_only_the_base(tmp_path, override, code):
+    """build-venv.sh stops (exit 2) when a build arg and stack.env disagree, except BASE_IMAGE, which the
+    build picks (REF@DIGEST or the offline base). Exit 1 here is the stand-in python3.11 after the check.
+    Mutant: the check without `grep -vx BASE_IMAGE`."""
+    stack_dir = tmp_path / "stack"
+    stack_dir.mkdir()
+    shutil.copy(REPO / "images/ascend-cann9.0-ms2.9/stack.env", stack_dir / "stack.env")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3.11").write_text("#!/bin/sh\necho stand-in python3.11 >&2\nexit 1\n")
+    (bin_dir / "python3.11").chmod(0o755)
+    env = dict(stacks.read_env_file(stack_dir / "stack.env"), **override,
+               PATH=f"{bin_dir}:/usr/bin:/bin", TUNEBOX_BUILD_STACK=str(stack_dir))
+    done = subprocess.run(["sh", str(REPO / "images/build-venv.sh"), "stack"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == code, done.stderr
+    assert ("stand-in python3.11" in done.stderr) == (code == 1)
+
+
 def test_nothing_in_the_image_build_names_an_architecture():
     """arm64 (most Ascend hosts) and x86_64 build from the same files: the architecture comes from the
     build platform (`uname -m` in install-cann.sh). Comments may name one. Mutant: install-cann.sh with
