@@ -1,10 +1,10 @@
 """The container images.
 
 Without an engine: the Dockerfile is parsed per stack with that stack's build args and must keep
-the rules (local FROMs, no `# syntax`, non-root final stage, the CA only as the builder's secret); each
-rule is also broken on purpose to show the check catches it; hadolint runs with .hadolint.yaml and
-its rules are broken on purpose too. The build context, the CA scan and
-the compose graph are checked on real files. With a Docker engine (mark `docker`): the built
+the rules (FROM a build arg: local, or a registry image by tag or digest; no `# syntax`, non-root
+final stage, the CA only as the builder's secret); each rule is also broken on purpose to show the
+check catches it; hadolint runs with .hadolint.yaml and its rules are broken on purpose too. The
+build context, the CA scan and the compose graph are checked on real files. With a Docker engine (mark `docker`): the built
 cpu image's labels, image.json, user and stack, and the CA scan against a deliberately leaky image.
 
 The OCI labels say when the image was made and under which licence, the
