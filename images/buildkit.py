@@ -138,7 +138,14 @@ def build_image(stack_name: str, tag: Optional[str] = None, ca_bundle: Optional[
         image_id = iidfile.read_text().strip() if iidfile.exists() else ""
     if code != 0 or not image_id:
         raise BuildFailed(f"build of {stack.name} failed: {docker} build exited with {code} (log above)")
-    image = client.images.get(image_id)
+    try:
+        image = client.images.get(image_id)
+    except Exception as exc:   # docker.errors.ImageNotFound: the SDK is imported lazily
+        if len(platforms) < 2:
+            raise
+        raise BuildFailed(f"built {', '.join(platforms)} as {image_id}, but the engine's image store does not "
+                          f"hold it ({exc}): a multi-platform image needs the containerd image store, or build "
+                          f"one --platform at a time (docs/CONTAINERS.md)") from None
     seconds = time.time() - started
     print(f"image.build: {image.id} {', '.join(tags)} size {image.attrs['Size'] / 1e9:.2f} GB, "
           f"built in {seconds:.0f} s", flush=True)

@@ -503,6 +503,40 @@ def test_build_venv_lets_the_build_choose_only_the_base(tmp_path, override, code
     assert ("stand-in python3.11" in done.stderr) == (code == 1)
 
 
+def test_image_build_cli_runs_buildx_for_two_platforms(tmp_path, monkeypatch, capsys):
+    """`images.build build --platform linux/arm64,linux/amd64` end to end, with a stand-in `docker` (it
+    logs its arguments and writes the iidfile) and a stand-in engine whose image store cannot hold a
+    multi-platform image: the pinned base and the platforms reach the CLI, no local base is asked for,
+    and the store's refusal ends as a BuildFailed (exit 1) that names the fix. Mutants: the CLI not
+    passing --platform on; build_image asking the engine for a registry base."""
+    stack = _ascend_copy(tmp_path, monkeypatch, f"BASE_IMAGE={CANN_REF}\nDIGEST={INDEX_DIGEST}\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        [ "$1 $2" = "buildx version" ] && exit 0
+        echo "$@" > {tmp_path}/build-args.txt
+        cat > /dev/null
+        while [ $# -gt 0 ]; do [ "$1" = --iidfile ] && echo sha256:{"5" * 64} > "$2"; shift; done
+        """))
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    asked = []
+
+    class Store(_Client):
+        def get(self, ref):
+            asked.append(ref)
+            raise LookupError(f"no such image: {ref}")
+    monkeypatch.setattr(buildkit, "docker_client", lambda: Store())
+    code = image_cli.main(["build", "--stack", stack.name, "--no-ca", "--platform", "linux/arm64,linux/amd64"])
+    assert code == 1
+    assert "containerd image store" in capsys.readouterr().err
+    args = (tmp_path / "build-args.txt").read_text().split()
+    assert args[:4] == ["buildx", "build", "--platform", "linux/arm64,linux/amd64"]
+    assert f"BASE_IMAGE={CANN_REF}@{INDEX_DIGEST}" in args and "--secret" not in args
+    assert asked == [f"sha256:{'5' * 64}"]          # the result only; the registry base is BuildKit's to pull
+
+
 def test_nothing_in_the_image_build_names_an_architecture():
     """arm64 (most Ascend hosts) and x86_64 build from the same files: the architecture comes from the
     build platform (`uname -m` in install-cann.sh). Comments may name one. Mutant: install-cann.sh with
