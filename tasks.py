@@ -335,19 +335,32 @@ def image_base(c, suite="bookworm", mirror=""):
 @task(name="build", help={"stack": "images/<stack>/: cpu-ms2.9, ascend-cann9.0-ms2.9, contest-2024",
                           "ca_bundle": "CA bundle pip trusts in the builder (default /etc/ssl/certs/ca-certificates.crt)",
                           "no_ca": "build without a CA bundle", "no_cache": "ignore the layer cache",
-                          "tag": "image tag (default tunebox:VERSION-STACK and tunebox:STACK)"})
-def image_build(c, stack="cpu-ms2.9", ca_bundle="", no_ca=False, no_cache=False, tag=""):
+                          "tag": "image tag (default tunebox:VERSION-STACK and tunebox:STACK)",
+                          "platform": "e.g. linux/arm64,linux/amd64 (docker buildx; default: the engine's own)",
+                          "offline": "air-gapped: FROM the stack's local OFFLINE_BASE_IMAGE, CANN from packages/*.run",
+                          "allow_unpinned": "build FROM a registry base that base.lock has no digest for"})
+def image_build(c, stack="cpu-ms2.9", ca_bundle="", no_ca=False, no_cache=False, tag="", platform="", offline=False,
+                allow_unpinned=False):
     """Build one stack's image (docker CLI with BuildKit, the CA as a build secret), print its id, check no layer holds the CA."""
     cmd = f"{PY} -m images.build build --stack {shlex.quote(stack)}"
     cmd += " --no-ca" if no_ca else (f" --ca-bundle {shlex.quote(ca_bundle)}" if ca_bundle else "")
     cmd += " --no-cache" if no_cache else ""
     cmd += f" --tag {shlex.quote(tag)}" if tag else ""
+    cmd += f" --platform {shlex.quote(platform)}" if platform else ""
+    cmd += " --offline" if offline else ""
+    cmd += " --allow-unpinned" if allow_unpinned else ""
     _in_repo(c, cmd)
+
+
+@task(name="pin", help={"stack": "the stack whose registry base is pinned (on a host that reaches the registry)"})
+def image_pin(c, stack="ascend-cann9.0-ms2.9"):
+    """docker buildx imagetools inspect the stack's BASE_IMAGE -> its digest in images/<stack>/base.lock."""
+    _in_repo(c, f"{PY} -m images.build pin --stack {shlex.quote(stack)}")
 
 
 @task(name="lint", help={"stack": "only this stack (default: all)"})
 def image_lint(c, stack=""):
-    """Check the Dockerfile's rules for every stack (local FROMs, no # syntax, non-root, no CA in the final stage), then hadolint."""
+    """Check the Dockerfile's rules for every stack (FROM a build arg, no # syntax, non-root, no CA in the final stage), then hadolint."""
     _in_repo(c, f"{PY} -m images.build lint" + (f" --stack {shlex.quote(stack)}" if stack else ""))
 
 
@@ -464,12 +477,13 @@ def bench_train(c, config=DEFAULT_CONFIG, steps=12, repeats=1, keep="", packed="
 
 # An explicit namespace replaces invoke's automatic one, so it takes every top-level task defined
 # above (whoever added it) plus the collections. Keep this block at the end of the file.
-_NAMESPACED = {id(t) for t in (image_base, image_build, image_lint, image_lock, k8s_render, k8s_apply, compose_up,
-                               bench_merge, bench_eval, bench_prep, bench_generate, bench_train, test, test_mutants)}
+_NAMESPACED = {id(t) for t in (image_base, image_build, image_lint, image_lock, image_pin, k8s_render, k8s_apply,
+                               compose_up, bench_merge, bench_eval, bench_prep, bench_generate, bench_train, test,
+                               test_mutants)}
 ns = Collection(
     *_JOB_TASKS,
     *[t for t in list(globals().values()) if isinstance(t, Task) and id(t) not in _NAMESPACED],
-    Collection("image", image_base, image_build, image_lint, image_lock),
+    Collection("image", image_base, image_build, image_lint, image_lock, image_pin),
     Collection("k8s", k8s_render, k8s_apply),
     Collection("compose", compose_up),
     Collection("bench", bench_merge, bench_eval, bench_prep, bench_generate, bench_train),
