@@ -153,7 +153,7 @@ def test_report_md_prints_the_intervals_n_and_what_one_row_is_worth(hand_report)
     assert arith.endswith("| 0.00 [0.00, 0.32] | 0.50 [0.22, 0.78] | 0.75 [0.41, 0.93] |")
     note = hand_report["json"]["intervals"]["note"]
     assert note in md
-    assert "one row is 8.3 points of accuracy" in note
+    assert "one row is 8.33 points of accuracy" in note
     assert "step-000020's strict accuracy lies in [0.468, 0.911]" in note
     assert "the intervals of step-000010 overlap it" in note and "base" not in note
 

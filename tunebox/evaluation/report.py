@@ -85,7 +85,7 @@ def noise_sentence(results: list[dict], focus: Optional[str]) -> str:
     if not results:
         return ""
     n = results[0]["n"]
-    head = f"With {n} held-out rows one row is {100 / n:.2g} points of accuracy"
+    head = f"With {n} held-out rows one row is {100 / n:.3g} points of accuracy"
     ref = next((r for r in results if r["model"] == focus), None)
     iv = ((ref or {}).get("intervals") or {}).get("accuracy_strict")
     if iv is None:
