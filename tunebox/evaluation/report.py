@@ -1,5 +1,8 @@
 """evaluate's report: report.json and report.md (every model side by side, the checkpoint the contest
 rule chose and why each other one lost) and the PNG charts beside them (tunebox/evaluation/plots.py draws).
+Every accuracy share carries its Wilson 95% interval and n (tunebox/evaluation/intervals.py), with one
+sentence on what the held-out rows can resolve; a few right and wrong predictions per family of the
+chosen checkpoint show what the figures count.
 
 Rendering only: the figures come in computed (tunebox/evaluation/scorecard.py, tunebox/contest/rules.py).
 """
@@ -158,7 +161,7 @@ def write_plots(out: Path, *, run_id: str, data: DataSection, loss_file: Path, b
         steps = [m["step"] for m in models]
         strict_iv = [share_interval(m["accuracy_strict"], m["n"]) for m in models]
         series = [charts.Series("accuracy (strict)", steps, [m["accuracy_strict"] for m in models],
-                                intervals=[(iv["low"], iv["high"]) for iv in strict_iv]),
+                                intervals=[iv and (iv["low"], iv["high"]) for iv in strict_iv]),
                   charts.Series("accuracy (tolerant)", steps, [m["accuracy_tolerant"] for m in models], dashed=True)]
         if data.format == "math":
             series.append(charts.Series("within 1% (graded)", steps, [m.get("accuracy_within_1pct") for m in models]))
@@ -212,7 +215,7 @@ def write_plots(out: Path, *, run_id: str, data: DataSection, loss_file: Path, b
         pts = sorted(dial["points"], key=lambda p: p["scale"])
         xs = [p["scale"] for p in pts]
         series = [charts.Series("accuracy (strict)", xs, [p["accuracy_strict"] for p in pts],
-                                intervals=[(iv["low"], iv["high"]) for iv in
+                                intervals=[iv and (iv["low"], iv["high"]) for iv in
                                            (share_interval(p["accuracy_strict"], p["n"]) for p in pts)]),
                   charts.Series("accuracy (tolerant)", xs, [p["accuracy_tolerant"] for p in pts], dashed=True)]
         panels = [charts.Panel(series, f"share of the {pts[0]['n']} held-out rows right")]
