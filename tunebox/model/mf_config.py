@@ -223,14 +223,13 @@ def paged_attention_blocks(batch_size: int, seq_length: int, block_size: int = P
     return {"seq_length": per_row * block_size, "block_size": block_size, "num_blocks": batch_size * per_row}
 
 
-def predict_model_kwargs(spec, shape, *, seq_length: int, batch_size: int, use_past: bool = True) -> dict:
+def predict_model_kwargs(shape, dtype: str, *, seq_length: int, batch_size: int, use_past: bool = True) -> dict:
     """LlamaConfig kwargs of the network that predicts with a merged checkpoint (evaluate on Ascend, the
     bundle's predict.yaml): weights and compute in merged_weight_dtype (MindFormers' Linear multiplies with
     its weight cast to the compute dtype, so a bf16 compute dtype would round a float16/float32 merged
     update again: docs/ACCURACY.md), incremental decoding with a paged-attention cache sized for the batch
-    at seq_length."""
+    at seq_length. dtype: merged_weight_dtype's."""
     blocks = paged_attention_blocks(batch_size, seq_length)
-    dtype = merged_weight_dtype(spec)
     kwargs = llama_config_kwargs(shape, seq_length=blocks["seq_length"], batch_size=batch_size,
                                  dtype=dtype, param_dtype=dtype, use_past=use_past)
     return {**kwargs, "block_size": blocks["block_size"], "num_blocks": blocks["num_blocks"]}
@@ -241,7 +240,8 @@ def merged_checkpoint_types(spec) -> dict[str, str]:
     (weights in merged_weight_dtype, RMSNorm weights float32), so the network loads it strictly (MindSpore
     converts dtypes only with strict_load off: mindspore/train/serialization.py _type_convert)."""
     shape = get_model_shape(spec.model.name)
-    return declared_checkpoint_types(shape, predict_model_kwargs(spec, shape, seq_length=1, batch_size=1))
+    dtype = merged_weight_dtype(spec.merge, spec.train)
+    return declared_checkpoint_types(shape, predict_model_kwargs(shape, dtype, seq_length=1, batch_size=1))
 
 
 # The tokenizer class MindFormers 1.9 registers for each model (mindformers/models/llama/: LlamaTokenizer
@@ -269,7 +269,8 @@ def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_
     seq = seq_length or max(spec.data.seq_length, 512)
     t = spec.train
     model_config = {"type": "LlamaConfig",
-                    **predict_model_kwargs(spec, shape, seq_length=seq, batch_size=1, use_past=t.device != "CPU"),
+                    **predict_model_kwargs(shape, merged_weight_dtype(spec.merge, t), seq_length=seq, batch_size=1,
+                                           use_past=t.device != "CPU"),
                     "eos_token_id": [int(i) for i in stop_ids],
                     "checkpoint_name_or_path": "", "do_sample": False, "top_k": 1, "top_p": 1.0,
                     "max_decode_length": seq, "max_new_tokens": max_new_tokens,
@@ -344,7 +345,8 @@ def render_contest_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, 
     seq = seq_length or max(spec.data.seq_length, 512)
     # the contest's stack is Ascend (CANN 8.0.RC1): incremental decoding on, whatever device this run used
     # weights in the merged checkpoints' dtypes, so r1.1 loads them as they are
-    kwargs = predict_model_kwargs(spec, shape, seq_length=seq, batch_size=1, use_past=True)
+    kwargs = predict_model_kwargs(shape, merged_weight_dtype(spec.merge, spec.train), seq_length=seq, batch_size=1,
+                                  use_past=True)
     if config_cls == "InternLMConfig":
         if shape.qkv_has_bias != shape.attn_proj_has_bias:
             raise ValueError(f"{shape.name}: InternLMConfig's has_bias covers q/k/v and o together; this model has "
