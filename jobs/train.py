@@ -52,10 +52,11 @@ WORKER_PROGRAM = Path(__file__).resolve().with_name("train_worker.py")   # what 
 
 
 def train(spec: RunSpec, args=None) -> Path:
-    out, settings = spec.job_dir("train"), train_hash(spec)
+    out = spec.job_dir("train")
     wait_for_workers(out)
-    setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
+    settings = train_hash(spec)
     resume = check_resume(out, settings)
+    setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
     prepared = render(spec)
     plan = prepared["plan"]
     losses = read_loss_log(out) if (out / TRAIN_STATE).exists() else []
@@ -128,11 +129,11 @@ def worker_main(spec: RunSpec, args) -> None:
 
 
 def main(spec: RunSpec, args) -> None:
-    if args.render_only:
-        render(spec)
-        print(spec.job_dir("train") / TRAIN_YAML)
+    if not args.render_only:
+        train(spec, args)
         return
-    train(spec, args)
+    render(spec)   # --render-only: the config (and the packed data) that train would run, and stop
+    print(spec.job_dir("train") / TRAIN_YAML)
 
 
 def _args(parser) -> None:

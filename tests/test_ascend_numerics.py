@@ -161,7 +161,8 @@ def runner_on_cpu(monkeypatch, mspec, ckpt: Path, spec):
 
     real_setup = mf.setup_device
     monkeypatch.setattr(mf, "setup_device", lambda device, mode, **kw: real_setup("CPU", "pynative", **kw))
-    return MindFormersRunner(mspec, ckpt, 32, device=spec.train.device, dtype=merged_weight_dtype(spec.merge, spec.train),
+    return MindFormersRunner(mspec, ckpt, 32, device=spec.train.device,
+                             dtype=merged_weight_dtype(spec.merge, spec.train),
                              batch_size=spec.eval.batch_size, output_dir=spec.run_dir)
 
 

@@ -28,8 +28,9 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     data_file = spec.run_dir / layout.PREP_TRAIN_RECORDS
     if not data_file.exists():
         raise InputError(f"{data_file} not found: run prep first (invoke prep --config {spec.source_path})")
-    ids, labels = read_mindrecord(data_file)
+    base = base_checkpoint(spec)
     pad_id = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
+    ids, labels = read_mindrecord(data_file)
     files, packing = mindrecord_shards(data_file), None
     if spec.train.packing:
         samples = len(ids)
@@ -45,7 +46,6 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     plan = plan_steps(len(ids), spec.train)
     plan["packing"] = packing
     capacity = answer_capacity(ids, labels, pad_id) if spec.train.lm_head_on_answers else 0
-    base = base_checkpoint(spec)
     config = render_train_config(spec, data_files=files, out_dir=out, plan=plan, base_checkpoint=base,
                                  answer_capacity=capacity, seq_length=ids.shape[1] - 1)
     tokens = int((ids != pad_id).sum())
