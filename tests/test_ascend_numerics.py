@@ -16,6 +16,7 @@ from conftest import REPO
 from tunebox.config import load_spec
 from tunebox.model.budget import merged_weight_dtype
 from tunebox.model.mf_config import dump, render_train_config
+from tunebox.model.registry import get_model_shape
 from tunebox.training.plan import plan_steps
 
 ASCEND_RECIPES = ["stage1-llama3-8b.yaml", "stage1-llama3-8b-cot.yaml", "stage2-internlm-7b.yaml"]
@@ -39,7 +40,9 @@ def mf_cwd(tmp_path_factory):
 def rendered(recipe: str, tmp_path: Path, *overrides: str):
     spec = load_spec(REPO / "recipes" / recipe, list(overrides))
     plan = plan_steps(40 * spec.train.batch_size, spec.train)
-    cfg = render_train_config(spec, data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
+    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
+                              seq_length=spec.data.seq_length,
+                              data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
                               plan=plan, base_checkpoint=tmp_path / "base.ckpt", answer_capacity=24)
     return spec, plan, cfg
 

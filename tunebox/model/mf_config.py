@@ -14,7 +14,8 @@ tunebox and registered through MindFormers' `auto_register` (tunebox/model/mf_ex
 The TensorBoard event files (loss, learning rate) are MindFormers' own: its `tensorboard` key.
 To run a rendered file with stock MindFormers: REGISTER_PATH=<folder holding mf_extensions.py>.
 
-The functions here are pure: the spec and facts measured by the caller in, a dict out.
+The functions here are pure: the model's shape, the run spec's sections (or the spec, for the predict
+configs) and facts measured by the caller in, a dict out.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from typing import Optional
 
 import yaml
 
+from tunebox.config import LoraSection, TrainSection
 from tunebox.model.budget import RESUME_KEPT, merged_weight_dtype, resume_every
-from tunebox.model.registry import (declared_checkpoint_types, get_model_shape, llama_config_kwargs,
+from tunebox.model.registry import (ModelShape, declared_checkpoint_types, get_model_shape, llama_config_kwargs,
                                     mindformers_target_regex)
 
 EXTENSIONS_FILE = Path(__file__).with_name("mf_extensions.py")
@@ -47,39 +49,40 @@ class Topology:
     micro_batch_num: int
 
 
-def topology(spec) -> Topology:
-    """The parallel layout of a spec (validated by config.load_spec: the product equals train.workers)."""
-    p = spec.train.parallel
-    dp = p.data_parallel or spec.train.workers // (p.model_parallel * p.pipeline_stage)
-    return Topology(spec.train.workers, dp, p.model_parallel, p.pipeline_stage, p.micro_batch_num)
+def topology(train: TrainSection) -> Topology:
+    """The parallel layout of the train section (validated by config.load_spec: the product equals
+    train.workers)."""
+    p = train.parallel
+    dp = p.data_parallel or train.workers // (p.model_parallel * p.pipeline_stage)
+    return Topology(train.workers, dp, p.model_parallel, p.pipeline_stage, p.micro_batch_num)
 
 
-def uses_extensions(spec) -> bool:
+def uses_extensions(train: TrainSection) -> bool:
     """Whether the model runs tunebox's registered LlamaForCausalLM: only with pure data parallel
     (its in-graph gather has no sharding strategy for model/pipeline parallel)."""
-    topo = topology(spec)
-    return (spec.train.lm_head_on_answers or spec.train.packing) and topo.model_parallel == 1 \
-        and topo.pipeline_stage == 1
+    topo = topology(train)
+    return (train.lm_head_on_answers or train.packing) and topo.model_parallel == 1 and topo.pipeline_stage == 1
 
 
-def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: dict,
-                        base_checkpoint: Optional[Path], answer_capacity: int = 0,
-                        seq_length: Optional[int] = None) -> dict:
-    """MindFormers' finetune config for this run.
+def render_train_config(shape: ModelShape, train: TrainSection, lora: LoraSection, *, seq_length: int,
+                        data_files: list[Path], out_dir: Path, plan: dict, base_checkpoint: Optional[Path],
+                        answer_capacity: int = 0) -> dict:
+    """MindFormers' finetune config for this run: the model's shape, the run spec's train and lora
+    sections, and what the caller measured.
 
-    data_files: prep's MindRecord (or train's packed one); out_dir: the train job's folder (MindFormers'
+    seq_length: the rows' length (prep's data.seq_length, or the packed rows'); data_files: prep's MindRecord
+    (or train's packed one); out_dir: the train job's folder (MindFormers'
     output_dir: checkpoint/, checkpoint_trainable/, log/); plan: training.plan.plan_steps (total_steps,
     batches_per_epoch, warmup_steps, checkpoint_steps); answer_capacity: the most loss-counted positions in
     any row (0: LM head on every position)."""
-    t, lora = spec.train, spec.lora
+    t = train
     total_steps, steps_per_epoch = plan["total_steps"], plan["batches_per_epoch"]
-    shape = get_model_shape(spec.model.name)
-    topo = topology(spec)
-    seq = seq_length or spec.data.seq_length
+    topo = topology(t)
+    seq = seq_length
     cpu = t.device == "CPU"
     per_worker_batch = t.batch_size // topo.data_parallel
     epochs = -(-total_steps // steps_per_epoch)
-    extensions = uses_extensions(spec)
+    extensions = uses_extensions(t)
 
     model_config = {"type": "LlamaConfig",
                     **llama_config_kwargs(shape, seq_length=seq, batch_size=per_worker_batch, dtype=t.dtype),
@@ -141,7 +144,7 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
         "only_save_strategy": False,
         "resume_training": False,
         "run_mode": "finetune",
-        "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": spec.model.name},
+        "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": shape.name},
         "runner_config": {"epochs": epochs, "batch_size": per_worker_batch, "sink_mode": False, "sink_size": 1,
                           "gradient_accumulation_steps": t.grad_accum},
         # MindSpore's AdamWeightDecay (no bias correction): the update rule of the contest's

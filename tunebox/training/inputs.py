@@ -10,6 +10,7 @@ from tunebox.data.packing import pack_rows, write_packed_mindrecord
 from tunebox.data.samples import mindrecord_shards, read_mindrecord
 from tunebox.io import InputError, atomic_write_text
 from tunebox.model.mf_config import dump, render_train_config
+from tunebox.model.registry import get_model_shape
 from tunebox.model.weights import load_tokenizer
 from tunebox.run_checkpoints import base_checkpoint
 from tunebox.training.plan import answer_capacity, plan_steps
@@ -46,8 +47,9 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     plan = plan_steps(len(ids), spec.train)
     plan["packing"] = packing
     capacity = answer_capacity(ids, labels, pad_id) if spec.train.lm_head_on_answers else 0
-    config = render_train_config(spec, data_files=files, out_dir=out, plan=plan, base_checkpoint=base,
-                                 answer_capacity=capacity, seq_length=ids.shape[1] - 1)
+    config = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora, seq_length=ids.shape[1] - 1,
+                                 data_files=files, out_dir=out, plan=plan, base_checkpoint=base,
+                                 answer_capacity=capacity)
     tokens = int((ids != pad_id).sum())
     return {"plan": plan, "config": config, "capacity": capacity, "base_checkpoint": base,
             "data_file": data_file, "rows": len(ids), "tokens_per_row": tokens / max(1, len(ids))}
