@@ -59,6 +59,8 @@ def render(spec: RunSpec) -> dict:
     """prepare() and write the config to train/mindformers.yaml: what train runs, and all that
     --render-only does."""
     prepared = prepare(spec)
-    spec.job_dir("train").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(spec.job_dir("train") / TRAIN_YAML, dump(prepared["config"]))
+    text = dump(prepared["config"])
+    out = spec.job_dir("train")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / TRAIN_YAML, text)
     return prepared
