@@ -26,6 +26,7 @@ from tunebox.model.weights import load_tokenizer
 from tunebox.data.tokenizer import TextTokenizer
 from tunebox.evaluation.runners import MindFormersRunner, NumpyRunner, pick_backend
 from tunebox.io import InputError
+from tunebox.model.budget import merged_weight_dtype
 from tunebox.model.registry import get_model_shape
 from tunebox.run_checkpoints import RunCheckpoint, base_checkpoint, pick_checkpoint
 
@@ -53,13 +54,15 @@ def numpy_model(spec: RunSpec, ck: RunCheckpoint):
 
 
 def load_runner(spec: RunSpec, ck: RunCheckpoint, max_new_tokens: int):
-    backend = pick_backend(spec)
+    backend = pick_backend(spec.eval.backend, spec.train.device)
     if backend == "numpy":
         return NumpyRunner(numpy_model(spec, ck), batch_size=1, progress=False)
     if ck.step != 0 and ck.merged_file is None:
         raise InputError(f"the {backend} backend loads a merged checkpoint: run merge first")
     ckpt = base_checkpoint(spec) if ck.step == 0 else ck.merged_file
-    return MindFormersRunner(get_model_shape(spec.model.name), ckpt, spec, spec.data.seq_length + max_new_tokens)
+    return MindFormersRunner(get_model_shape(spec.model.name), ckpt, spec.data.seq_length + max_new_tokens,
+                             device=spec.train.device, dtype=merged_weight_dtype(spec.merge, spec.train),
+                             batch_size=spec.eval.batch_size, output_dir=spec.run_dir)
 
 
 def answer(runner, tok: TextTokenizer, spec: RunSpec, problem: str, max_new_tokens: int) -> str:

@@ -44,7 +44,7 @@ def rank_commands(spec: RunSpec, yaml_path: Path, output_dir: Path,
     LOCAL_DEFAULT_PATH is the config's output_dir: MindFormers' build_context puts the strategy files
     and its logs under that variable's folder before the Trainer reads output_dir (the train job sets
     it the same way, tunebox.model.mf.setup_device)."""
-    topo = topology(spec)
+    topo = topology(spec.train)
     commands = []
     for stage, rank in enumerate(simulated_ranks(topo.workers, topo.pipeline_stage)):
         env = rank_env(base_env, rank, stage, topo.workers)

@@ -45,6 +45,7 @@ from tunebox.evaluation.scale_dial import scale_dial
 from tunebox.evaluation.scorecard import annotate, contest_figures
 from tunebox.io import InputError, atomic_write_json, sha256_file
 from tunebox.manifest import write_job_manifest
+from tunebox.model.budget import merged_weight_dtype
 from tunebox.model.registry import get_model_shape
 from tunebox.model.weights import load_tokenizer
 from tunebox.run_checkpoints import base_checkpoint
@@ -74,14 +75,21 @@ def parse_scales(text) -> list[float]:
 def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     """The whole job; `scales` (or eval.scales) adds the LoRA scale dial."""
     scales = parse_scales(spec.eval.scales) if scales is None else scales
-    backend = pick_backend(spec)
+    # setup: what this job reads from the run spec, once; below it works with these values
+    ev, data, lora, run_dir, out = spec.eval, spec.data, spec.lora, spec.run_dir, spec.job_dir("evaluate")
+    backend = pick_backend(ev.backend, spec.train.device)
+    base_ckpt = base_checkpoint(spec) if ev.base else None
     shape = get_model_shape(spec.model.name)
+    runner_settings = {"device": spec.train.device, "dtype": merged_weight_dtype(spec.merge, spec.train),
+                       "batch_size": ev.batch_size, "output_dir": run_dir}
     tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
-    task = load_heldout(spec.run_dir, spec.data, spec.eval, tok)
-    squad_file = spec.resolve(spec.eval.squad_file) if spec.eval.squad_file else None
-    squad = load_squad(squad_file, spec.eval, tok, spec.source_path)
-    contest = contest_figures(spec.stage, param_figures(shape, spec.lora.rank, spec.lora.target_modules))
-    out = spec.job_dir("evaluate")
+    squad_file = spec.resolve(ev.squad_file) if ev.squad_file else None
+    merge_index, train_dir, source = run_dir / layout.MERGE_INDEX, spec.job_dir("train"), spec.source_path
+    run_id, model_name, stage = spec.run_id, spec.model.name, spec.stage
+
+    task = load_heldout(run_dir, data, ev, tok)
+    squad = load_squad(squad_file, ev, tok, source)
+    contest = contest_figures(stage, param_figures(shape, lora.rank, lora.target_modules))
     atomic_write_json(out / "limits.json", task.limits_info)
     log.info("max new tokens per family: %s", ", ".join(f"{f} {v['max_new_tokens']}"
                                                        for f, v in task.limits_info["families"].items()))
@@ -90,11 +98,10 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
 
     def loader(ckpt: Path):
         if backend == "numpy":
-            return lambda: NumpyRunner.from_checkpoint(shape, ckpt, spec.eval.batch_size)
-        return lambda: MindFormersRunner(shape, ckpt, spec, seq_for_mf)
+            return lambda: NumpyRunner.from_checkpoint(shape, ckpt, ev.batch_size)
+        return lambda: MindFormersRunner(shape, ckpt, seq_for_mf, **runner_settings)
 
-    merge_index = spec.run_dir / layout.MERGE_INDEX
-    models = models_to_evaluate(spec.eval, merge_index, base_checkpoint(spec) if spec.eval.base else None)
+    models = models_to_evaluate(ev, merge_index, base_ckpt)
     results = []
     for m in models:
         sha = m.get("sha256") or sha256_file(m["checkpoint"])
@@ -112,15 +119,15 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
             raise InputError("the scale dial needs a merged checkpoint: run merge first")
         target = next(m for m in models if m["name"] == target_name)
         log.info("scale dial on %s at scales %s", target_name, ", ".join(f"{s:g}" for s in scales))
-        dial = scale_dial(target, scales, merge_index_file=merge_index, train_dir=spec.job_dir("train"), shape=shape,
-                          lora=spec.lora, batch_size=spec.eval.batch_size, task=task, squad=squad, tok=tok,
+        dial = scale_dial(target, scales, merge_index_file=merge_index, train_dir=train_dir, shape=shape,
+                          lora=lora, batch_size=ev.batch_size, task=task, squad=squad, tok=tok,
                           backend=backend, base=base, contest=contest, out=out)
-    plots = write_plots(out, run_id=spec.run_id, data=spec.data, loss_file=spec.run_dir / layout.TRAIN_LOSS,
+    plots = write_plots(out, run_id=run_id, data=data, loss_file=run_dir / layout.TRAIN_LOSS,
                         base=base, tuned=tuned, choice=choice, dial=dial)
-    report = write_report(out, spec.run_dir / layout.EVALUATE_REPORT, run_id=spec.run_id, model_name=spec.model.name,
-                          data=spec.data, base=base, tuned=tuned, choice=choice, contest=contest, task=task,
+    report = write_report(out, run_dir / layout.EVALUATE_REPORT, run_id=run_id, model_name=model_name,
+                          data=data, base=base, tuned=tuned, choice=choice, contest=contest, task=task,
                           squad=squad, dial=dial, plots=plots)
-    inputs = {"heldout": spec.run_dir / layout.PREP_HELDOUT, "train_samples": spec.run_dir / layout.PREP_TRAIN_RECORDS}
+    inputs = {"heldout": run_dir / layout.PREP_HELDOUT, "train_samples": run_dir / layout.PREP_TRAIN_RECORDS}
     if squad:
         inputs["squad"] = squad.source
     # every model's folder too (predictions, scores): an edited or deleted one makes a rerun evaluate again

@@ -48,7 +48,7 @@ def merge(spec: RunSpec, scale: float = 1.0) -> Path:
     # each tensor in the dtype the predicting network declares for it (weights in merge.dtype, else the
     # training dtype; RMSNorm weights float32): evaluate and stock MindFormers load it strictly
     out_types = merged_checkpoint_types(spec)
-    dtype = merged_weight_dtype(spec)
+    dtype = merged_weight_dtype(spec.merge, spec.train)
     entries = []
     for entry in tqdm(train_index["checkpoints"], desc="merge", unit="ckpt"):
         step = entry["step"]

@@ -161,7 +161,7 @@ def render_time(est: budget.TimeEstimate, origins: dict, reference_mfu: float) -
 
 def render_memory(shape, spec, origins: dict, lora_trainable: int) -> str:
     """Per-card memory of the recipe's topology (train.parallel), by part."""
-    topo = topology(spec)
+    topo = topology(spec.train)
     mem = budget.topology_card_memory(shape, topo, spec.train, seq_length=origins["seq"][0],
                                       global_batch=origins["batch"][0], lora_trainable=lora_trainable)
     gib = lambda x: f"{x / 2 ** 30:.1f} GiB"

@@ -52,41 +52,44 @@ WORKER_PROGRAM = Path(__file__).resolve().with_name("train_worker.py")   # what 
 
 
 def train(spec: RunSpec, args=None) -> Path:
-    out, settings = spec.job_dir("train"), train_hash(spec)
+    out = spec.job_dir("train")
     wait_for_workers(out)
-    setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
+    settings = train_hash(spec)
     resume = check_resume(out, settings)
+    setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
     prepared = render(spec)
     plan = prepared["plan"]
     losses = read_loss_log(out) if (out / TRAIN_STATE).exists() else []
     if training_done(out, plan, losses):
         log.info("train: all %d steps ran and their LoRA checkpoints are written; writing the index, summary "
                  "and manifest only", plan["total_steps"])
-        return finish(spec, prepared, 0.0, losses)
-    if not resume:
-        # a run that died before its first checkpoint; old event files would join the new curves
-        for stale in ("loss.jsonl", "sessions.jsonl", "checkpoints", "tensorboard"):
-            p = out / stale
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    atomic_write_json(out / TRAIN_STATE, {"train_hash": settings})
-    shape = get_model_shape(spec.model.name)
-    trainable, total_params = shape.lora_params(spec.lora.rank, spec.lora.target_modules), shape.total_params()
-    log.info("%s: %s trainable of %s (ratio %.8f); %d steps of %d rows, checkpoints at %s%s",
-             spec.model.name, f"{trainable:,}", f"{total_params:,}", trainable / total_params,
-             plan["total_steps"], spec.train.batch_size, plan["checkpoint_steps"],
-             f"; resuming from {out / 'checkpoint'}" if resume else "")
-    started = time.time()
-    if spec.train.workers > 1 and not in_cluster():
-        job_args = ["--config", args.config] + [a for ov in args.overrides for a in ("--set", ov)]
-        code = launch_msrun(spec.train, WORKER_PROGRAM, job_args, out / "msrun")
-        if code != 0:
-            raise RuntimeError(f"msrun exited with {code}; worker logs in {out / 'msrun'} and {out / 'log'}")
-        if not (spec.run_dir / layout.TRAIN_INDEX).exists():
-            raise RuntimeError(f"the workers ended without writing {spec.run_dir / layout.TRAIN_INDEX}; "
-                               f"see {out / 'msrun'}")
-        return out  # rank 0 wrote the index, summary and manifest
-    run_mindformers(out / TRAIN_YAML, resume)
-    return finish(spec, prepared, time.time() - started, read_loss_log(out))
+        run_s = 0.0
+    else:
+        if not resume:
+            # a run that died before its first checkpoint; old event files would join the new curves
+            for stale in ("loss.jsonl", "sessions.jsonl", "checkpoints", "tensorboard"):
+                p = out / stale
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        atomic_write_json(out / TRAIN_STATE, {"train_hash": settings})
+        shape = get_model_shape(spec.model.name)
+        trainable, total_params = shape.lora_params(spec.lora.rank, spec.lora.target_modules), shape.total_params()
+        log.info("%s: %s trainable of %s (ratio %.8f); %d steps of %d rows, checkpoints at %s%s",
+                 spec.model.name, f"{trainable:,}", f"{total_params:,}", trainable / total_params,
+                 plan["total_steps"], spec.train.batch_size, plan["checkpoint_steps"],
+                 f"; resuming from {out / 'checkpoint'}" if resume else "")
+        started = time.time()
+        if spec.train.workers > 1 and not in_cluster():
+            job_args = ["--config", args.config] + [a for ov in args.overrides for a in ("--set", ov)]
+            code = launch_msrun(spec.train, WORKER_PROGRAM, job_args, out / "msrun")
+            if code != 0:
+                raise RuntimeError(f"msrun exited with {code}; worker logs in {out / 'msrun'} and {out / 'log'}")
+            if not (spec.run_dir / layout.TRAIN_INDEX).exists():
+                raise RuntimeError(f"the workers ended without writing {spec.run_dir / layout.TRAIN_INDEX}; "
+                                   f"see {out / 'msrun'}")
+            return out  # rank 0 wrote the index, summary and manifest
+        run_mindformers(out / TRAIN_YAML, resume)
+        run_s, losses = time.time() - started, read_loss_log(out)
+    return finish(spec, prepared, run_s, losses)
 
 
 def finish(spec: RunSpec, prepared: dict, run_s: float, losses: list[dict]) -> Path:
@@ -128,11 +131,11 @@ def worker_main(spec: RunSpec, args) -> None:
 
 
 def main(spec: RunSpec, args) -> None:
-    if args.render_only:
-        render(spec)
-        print(spec.job_dir("train") / TRAIN_YAML)
+    if not args.render_only:
+        train(spec, args)
         return
-    train(spec, args)
+    render(spec)   # --render-only: the config (and the packed data) that train would run, and stop
+    print(spec.job_dir("train") / TRAIN_YAML)
 
 
 def _args(parser) -> None:

@@ -14,7 +14,9 @@ import pytest
 from conftest import REPO
 
 from tunebox.config import load_spec
+from tunebox.model.budget import merged_weight_dtype
 from tunebox.model.mf_config import dump, render_train_config
+from tunebox.model.registry import get_model_shape
 from tunebox.training.plan import plan_steps
 
 ASCEND_RECIPES = ["stage1-llama3-8b.yaml", "stage1-llama3-8b-cot.yaml", "stage2-internlm-7b.yaml"]
@@ -38,7 +40,9 @@ def mf_cwd(tmp_path_factory):
 def rendered(recipe: str, tmp_path: Path, *overrides: str):
     spec = load_spec(REPO / "recipes" / recipe, list(overrides))
     plan = plan_steps(40 * spec.train.batch_size, spec.train)
-    cfg = render_train_config(spec, data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
+    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
+                              seq_length=spec.data.seq_length,
+                              data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
                               plan=plan, base_checkpoint=tmp_path / "base.ckpt", answer_capacity=24)
     return spec, plan, cfg
 
@@ -160,7 +164,9 @@ def runner_on_cpu(monkeypatch, mspec, ckpt: Path, spec):
 
     real_setup = mf.setup_device
     monkeypatch.setattr(mf, "setup_device", lambda device, mode, **kw: real_setup("CPU", "pynative", **kw))
-    return MindFormersRunner(mspec, ckpt, spec, seq_length=32)
+    return MindFormersRunner(mspec, ckpt, 32, device=spec.train.device,
+                             dtype=merged_weight_dtype(spec.merge, spec.train),
+                             batch_size=spec.eval.batch_size, output_dir=spec.run_dir)
 
 
 def bf16_or_fp16_of(values: np.ndarray, dtype) -> np.ndarray:
@@ -275,7 +281,9 @@ def test_paged_attention_blocks_hold_the_batch_at_the_longest_sequence(seq_lengt
 
     real_setup = mf.setup_device
     monkeypatch.setattr(mf, "setup_device", lambda device, mode, **kw: real_setup("CPU", "pynative", **kw))
-    runner = MindFormersRunner(mspec, base_ckpt, spec, seq_length=seq_length)
+    runner = MindFormersRunner(mspec, base_ckpt, seq_length, device=spec.train.device,
+                               dtype=merged_weight_dtype(spec.merge, spec.train), batch_size=spec.eval.batch_size,
+                               output_dir=spec.run_dir)
     net = runner.net
     assert runner.batch_size == 16
     net._set_block_mgr(runner.batch_size, net.config.seq_length)

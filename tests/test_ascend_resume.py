@@ -20,6 +20,7 @@ from conftest import REPO
 
 from tunebox.config import load_spec
 from tunebox.model.mf_config import dump, render_train_config
+from tunebox.model.registry import get_model_shape
 from tunebox.training.plan import plan_steps
 
 RANKS = 4
@@ -41,7 +42,8 @@ def _resumed_config(tmp_path, monkeypatch, *overrides: str) -> dict:
 
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", list(overrides))
     out = tmp_path / "train"
-    cfg = render_train_config(spec, data_files=[tmp_path / "train.mindrecord"], out_dir=out,
+    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
+                              seq_length=spec.data.seq_length, data_files=[tmp_path / "train.mindrecord"], out_dir=out,
                               plan=plan_steps(40 * spec.train.batch_size, spec.train),
                               base_checkpoint=tmp_path / "base.ckpt", answer_capacity=24)
     out.mkdir(parents=True)
@@ -105,7 +107,9 @@ def test_a_fresh_model_parallel_run_still_slices_the_complete_base(mf_cwd, monke
     """Not resuming: the base is one complete checkpoint, which MindFormers slices for the topology
     (auto_trans_ckpt on; a complete checkpoint needs no source strategy)."""
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml")
-    cfg = render_train_config(spec, data_files=[mf_cwd / "train.mindrecord"], out_dir=mf_cwd / "train",
+    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
+                              seq_length=spec.data.seq_length,
+                              data_files=[mf_cwd / "train.mindrecord"], out_dir=mf_cwd / "train",
                               plan=plan_steps(40 * spec.train.batch_size, spec.train),
                               base_checkpoint=mf_cwd / "base.ckpt", answer_capacity=24)
     assert cfg["auto_trans_ckpt"] is True and cfg["load_checkpoint"].endswith("base.ckpt")

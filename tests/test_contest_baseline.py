@@ -7,6 +7,7 @@ from __future__ import annotations
 from conftest import REPO
 from tunebox.config import load_spec
 from tunebox.model.mf_config import render_train_config
+from tunebox.model.registry import get_model_shape
 from tunebox.training.plan import plan_steps
 
 # mindspore-courses/competition, commit c50a755c427b68b52a815122cd5b9a1e2c2bdde6 (the last to change the file),
@@ -264,7 +265,9 @@ def model_config_value(model_config: dict, key: str):
 def test_stage1_recipe_renders_the_contests_baseline_key_by_key(tmp_path, mf_cwd):
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml")
     plan = plan_steps(CONTEST_ROWS, spec.train)
-    rendered = render_train_config(spec, data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
+    rendered = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
+                                   seq_length=spec.data.seq_length,
+                                   data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
                                    plan=plan, base_checkpoint=tmp_path / "base.ckpt")
     ours = flatten(rendered)
     contest_mc = {k.split(".", 2)[2]: v for k, v in CONTEST_STAGE1.items()

@@ -24,6 +24,7 @@ from conftest import REPO
 from tunebox.config import load_spec
 from tunebox.model.dryrun import dryrun_config, parse_size_mb
 from tunebox.model.mf_config import render_train_config
+from tunebox.model.registry import get_model_shape
 from jobs.dryrun import RANK_PROGRAM, rank_commands
 from tunebox.training.plan import plan_steps
 
@@ -66,7 +67,9 @@ def test_one_simulated_rank_per_pipeline_stage_with_mindformers_variables(tmp_pa
 def test_the_ranks_run_the_runs_own_config_writing_only_under_dryrun(tmp_path, strategy_only):
     spec = load_spec(STAGE1, PIPELINE)
     train_dir, out = tmp_path / "run" / "train", tmp_path / "run" / "dryrun" / "output"
-    cfg = render_train_config(spec, data_files=[tmp_path / "train.mindrecord"], out_dir=train_dir,
+    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
+                              seq_length=spec.data.seq_length,
+                              data_files=[tmp_path / "train.mindrecord"], out_dir=train_dir,
                               plan=plan_steps(40 * spec.train.batch_size, spec.train), base_checkpoint=tmp_path / "base.ckpt",
                               answer_capacity=24)
     dry = dryrun_config(cfg, out, strategy_only)

@@ -20,6 +20,7 @@ from conftest import SHARED_DATA, TINY_RECIPE, keeps_90_percent, read_jsonl, run
 from tunebox.contest import scoring
 from tunebox.config import load_spec
 from tunebox.io import InputError
+from tunebox.model.budget import merged_weight_dtype
 from tunebox.model.registry import get_model_shape, llama_config_kwargs
 from tunebox.contest.rules import choose_checkpoint, param_figures
 from jobs.evaluate import parse_scales
@@ -581,7 +582,9 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     monkeypatch.setattr(mf, "load_weights", lambda net, ckpt, **kw: built.update(ckpt=ckpt))
     spec = load_spec(TINY_RECIPE, [f"runs_dir={tmp_path}", "train.device=Ascend", f"train.dtype={dtype}",
                                    "eval.batch_size=3"])
-    runner = MindFormersRunner(get_model_shape("tiny"), tmp_path / "model.ckpt", spec, seq_length=96)
+    runner = MindFormersRunner(get_model_shape("tiny"), tmp_path / "model.ckpt", 96, device=spec.train.device,
+                               dtype=merged_weight_dtype(spec.merge, spec.train), batch_size=spec.eval.batch_size,
+                               output_dir=spec.run_dir)
     c = built["config"]
     assert (built["device"], built["mode"], built["ckpt"], built["train"]) == ("Ascend", "graph", tmp_path / "model.ckpt",
                                                                                False)

@@ -28,7 +28,9 @@ def rendered(recipe: str, tmp_path: Path, *overrides: str) -> tuple[object, dict
     spec = load_spec(REPO / "recipes" / recipe, list(overrides))
     rows = 40 * spec.train.batch_size
     plan = plan_steps(rows, spec.train)
-    cfg = render_train_config(spec, data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
+    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
+                              seq_length=spec.data.seq_length,
+                              data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
                               plan=plan, base_checkpoint=tmp_path / "base.ckpt", answer_capacity=24)
     return spec, plan, cfg
 
@@ -41,7 +43,7 @@ def test_every_recipe_renders_a_config_mindformers_loads(recipe, tmp_path, mf_cw
     path = tmp_path / "mindformers.yaml"
     path.write_text(dump(cfg), encoding="utf-8")
     mf = MindFormerConfig(str(path))
-    topo = topology(spec)
+    topo = topology(spec.train)
     mspec = get_model_shape(spec.model.name)
     mc = mf.model.model_config
     # the spec, in MindFormers' words

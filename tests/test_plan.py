@@ -229,19 +229,20 @@ def test_resume_snapshots_are_a_handful_per_run(recipe, rows, tmp_path):
     from tunebox.training.plan import plan_steps
     from tunebox.config import load_spec
     from tunebox.model.mf_config import render_train_config
+    from tunebox.model.registry import get_model_shape
 
     spec = load_spec(REPO / "recipes" / recipe)
     plan = plan_steps(rows, spec.train)
-    cfg = render_train_config(spec, data_files=[tmp_path / "t.mindrecord"], out_dir=tmp_path, plan=plan,
-                              base_checkpoint=None)
+    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
+                              seq_length=spec.data.seq_length, data_files=[tmp_path / "t.mindrecord"],
+                              out_dir=tmp_path, plan=plan, base_checkpoint=None)
     every = next(c for c in cfg["callbacks"] if c["type"] == "CheckpointMonitor")["save_checkpoint_steps"]
     assert 5 <= plan["total_steps"] // every <= 12, (plan["total_steps"], every)
     # an explicit train.save_state_every still wins (tests/test_spine.py resumes every 3 steps)
-    fixed = render_train_config(load_spec(REPO / "recipes" / recipe, ["train.save_state_every=3"]),
-                                data_files=[tmp_path / "t.mindrecord"], out_dir=tmp_path,
-                                plan=plan_steps(rows, load_spec(REPO / "recipes" / recipe,
-                                                                ["train.save_state_every=3"]).train),
-                                base_checkpoint=None)
+    every3 = load_spec(REPO / "recipes" / recipe, ["train.save_state_every=3"])
+    fixed = render_train_config(get_model_shape(every3.model.name), every3.train, every3.lora,
+                                seq_length=every3.data.seq_length, data_files=[tmp_path / "t.mindrecord"],
+                                out_dir=tmp_path, plan=plan_steps(rows, every3.train), base_checkpoint=None)
     assert next(c for c in fixed["callbacks"] if c["type"] == "CheckpointMonitor")["save_checkpoint_steps"] == 3
 
 

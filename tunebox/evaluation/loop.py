@@ -91,12 +91,6 @@ def summarize(scored: list[dict]) -> dict:
     return out
 
 
-def template_parts(tok: TextTokenizer, data) -> tuple[str, str]:
-    """The prompt template's text before and after the problem (data.template, data.system_prompt)."""
-    before, _, after = prompt_parts(tok, data.template, data.system_prompt)
-    return before, after
-
-
 def answer_token_limits(run_dir: Path, data: DataSection, cap: int, tok: TextTokenizer) -> dict:
     """Max new tokens per problem family: the longest answer of that family in the training
     samples prep wrote (held-out rows are not among them), plus ANSWER_MARGIN_TOKENS, capped at
@@ -133,7 +127,7 @@ def longest_answers_in_samples(run_dir: Path, data: DataSection, tok: TextTokeni
     record = run_dir / layout.PREP_TRAIN_RECORDS
     if not record.exists():
         raise InputError(f"{record} not found: run prep first")
-    before, after = template_parts(tok, data)
+    before, _, after = prompt_parts(tok, data.template, data.system_prompt)
     longest: dict[str, int] = defaultdict(int)
     rows: dict[str, int] = defaultdict(int)
     samples = ds.MindDataset(str(record), columns_list=["input_ids", "labels"], shuffle=False)

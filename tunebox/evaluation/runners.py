@@ -7,7 +7,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tunebox.config import RunSpec
 from tunebox.evaluation.decode import PREFILL_TOKEN_BUDGET, NumpyLlama, greedy_generate, length_groups
 from tunebox.model import mf
 from tunebox.model.mf_config import predict_model_kwargs
@@ -62,13 +61,16 @@ class MindFormersRunner:
     """MindFormers' generate() with its incremental (KV cache) inference: the Ascend path."""
     backend = "mindformers"
 
-    def __init__(self, shape: ModelShape, ckpt: Path, spec: RunSpec, seq_length: int):
-        mf.setup_device(spec.train.device, "graph", output_dir=spec.run_dir)
+    def __init__(self, shape: ModelShape, ckpt: Path, seq_length: int, *, device: str, dtype: str, batch_size: int,
+                 output_dir: Path):
+        """dtype: the merged checkpoints' (budget.merged_weight_dtype); output_dir: the run's folder, where
+        MindFormers' logs go."""
+        mf.setup_device(device, "graph", output_dir=output_dir)
         # the network merge wrote its checkpoints for (mf_config.merged_checkpoint_types): strict loads
-        kwargs = predict_model_kwargs(spec, shape, seq_length=seq_length, batch_size=spec.eval.batch_size)
+        kwargs = predict_model_kwargs(shape, dtype, seq_length=seq_length, batch_size=batch_size)
         self.net = mf.build_llama(shape, config=kwargs, checkpoint=ckpt)
         self.net.set_train(False)
-        self.batch_size = spec.eval.batch_size
+        self.batch_size = batch_size
 
     def generate(self, prompts, limits, stop_ids, pad_id, desc: str = "generate", min_new_tokens: int = 0):
         out = []
@@ -88,7 +90,8 @@ class MindFormersRunner:
         return None   # only the generated-letter method on this backend
 
 
-def pick_backend(spec: RunSpec) -> str:
-    if spec.eval.backend != "auto":
-        return spec.eval.backend
-    return "numpy" if spec.train.device == "CPU" else "mindformers"
+def pick_backend(backend: str, device: str) -> str:
+    """eval.backend, or for `auto` the one that runs on train.device."""
+    if backend != "auto":
+        return backend
+    return "numpy" if device == "CPU" else "mindformers"

@@ -505,16 +505,16 @@ class CheckpointIO:
         return {**asdict(self), "written_bytes": self.written_bytes}
 
 
-def merged_weight_dtype(spec) -> str:
+def merged_weight_dtype(merge, train) -> str:
     """The dtype of the merged checkpoints' weights, which is the predicting network's param_init_type:
-    merge.dtype, else the training dtype (float32 on CPU)."""
-    return spec.merge.dtype or spec.train.dtype
+    merge.dtype, else the training dtype (float32 on CPU). merge, train: the run spec's sections."""
+    return merge.dtype or train.dtype
 
 
 def checkpoint_io(run, total_steps: int) -> CheckpointIO:
     shape = get_model_shape(run.model.name)
     every = resume_every(total_steps, run.train.save_state_every)
-    merged = merged_weight_dtype(run)
+    merged = merged_weight_dtype(run.merge, run.train)
     return CheckpointIO(total_steps=total_steps, resume_every_steps=every, resume_snapshots=total_steps // every,
                         resume_snapshot_bytes=resume_snapshot_bytes(run), resume_kept=RESUME_KEPT,
                         lora_checkpoints=run.train.num_checkpoints,
@@ -533,7 +533,7 @@ def estimate_disk(run) -> DiskEstimate:
     params = shape.total_params()
     lora = shape.lora_params(run.lora.rank, run.lora.target_modules)
     n = run.train.num_checkpoints
-    merged = merged_weight_dtype(run)
+    merged = merged_weight_dtype(run.merge, run.train)
     train_dtype = run.train.dtype if run.train.device != "CPU" else "float32"
     return DiskEstimate({
         "base_checkpoint_fp32": 4 * params,

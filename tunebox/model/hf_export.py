@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 import numpy as np
 
+from tunebox.data.prompts import prompt_parts
 from tunebox.data.tokenizer import CHATML_TEMPLATE, TextTokenizer
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
 from tunebox.model.checkpoint import CheckpointReader, TensorEntry, lora_pairs, load_checkpoint_numpy
@@ -50,11 +51,9 @@ def recipe_chat_template(tok: TextTokenizer, data) -> str:
     """A Jinja chat template that renders the recipe's prompt around the last user message: the model's
     own template when the recipe uses it unchanged (data.template chat, no system prompt), else the
     recipe's text before and after the problem, as string literals (escaped, so any text is safe)."""
-    from tunebox.evaluation.loop import template_parts
-
     if data.template == "chat" and not data.system_prompt:
         return tok.config.get("chat_template") or CHATML_TEMPLATE
-    before, after = template_parts(tok, data)
+    before, _, after = prompt_parts(tok, data.template, data.system_prompt)
     literal = lambda text: json.dumps(text, ensure_ascii=False)   # noqa: E731  Jinja reads JSON's escapes
     return f"{{{{ {literal(before)} }}}}{{{{ messages[-1]['content'] }}}}{{{{ {literal(after)} }}}}"
 

@@ -14,7 +14,8 @@ tunebox and registered through MindFormers' `auto_register` (tunebox/model/mf_ex
 The TensorBoard event files (loss, learning rate) are MindFormers' own: its `tensorboard` key.
 To run a rendered file with stock MindFormers: REGISTER_PATH=<folder holding mf_extensions.py>.
 
-The functions here are pure: the spec and facts measured by the caller in, a dict out.
+The functions here are pure: the model's shape, the run spec's sections (or the spec, for the predict
+configs) and facts measured by the caller in, a dict out.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from typing import Optional
 
 import yaml
 
+from tunebox.config import LoraSection, TrainSection
 from tunebox.model.budget import RESUME_KEPT, merged_weight_dtype, resume_every
-from tunebox.model.registry import (declared_checkpoint_types, get_model_shape, llama_config_kwargs,
+from tunebox.model.registry import (ModelShape, declared_checkpoint_types, get_model_shape, llama_config_kwargs,
                                     mindformers_target_regex)
 
 EXTENSIONS_FILE = Path(__file__).with_name("mf_extensions.py")
@@ -47,39 +49,40 @@ class Topology:
     micro_batch_num: int
 
 
-def topology(spec) -> Topology:
-    """The parallel layout of a spec (validated by config.load_spec: the product equals train.workers)."""
-    p = spec.train.parallel
-    dp = p.data_parallel or spec.train.workers // (p.model_parallel * p.pipeline_stage)
-    return Topology(spec.train.workers, dp, p.model_parallel, p.pipeline_stage, p.micro_batch_num)
+def topology(train: TrainSection) -> Topology:
+    """The parallel layout of the train section (validated by config.load_spec: the product equals
+    train.workers)."""
+    p = train.parallel
+    dp = p.data_parallel or train.workers // (p.model_parallel * p.pipeline_stage)
+    return Topology(train.workers, dp, p.model_parallel, p.pipeline_stage, p.micro_batch_num)
 
 
-def uses_extensions(spec) -> bool:
+def uses_extensions(train: TrainSection) -> bool:
     """Whether the model runs tunebox's registered LlamaForCausalLM: only with pure data parallel
     (its in-graph gather has no sharding strategy for model/pipeline parallel)."""
-    topo = topology(spec)
-    return (spec.train.lm_head_on_answers or spec.train.packing) and topo.model_parallel == 1 \
-        and topo.pipeline_stage == 1
+    topo = topology(train)
+    return (train.lm_head_on_answers or train.packing) and topo.model_parallel == 1 and topo.pipeline_stage == 1
 
 
-def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: dict,
-                        base_checkpoint: Optional[Path], answer_capacity: int = 0,
-                        seq_length: Optional[int] = None) -> dict:
-    """MindFormers' finetune config for this run.
+def render_train_config(shape: ModelShape, train: TrainSection, lora: LoraSection, *, seq_length: int,
+                        data_files: list[Path], out_dir: Path, plan: dict, base_checkpoint: Optional[Path],
+                        answer_capacity: int = 0) -> dict:
+    """MindFormers' finetune config for this run: the model's shape, the run spec's train and lora
+    sections, and what the caller measured.
 
-    data_files: prep's MindRecord (or train's packed one); out_dir: the train job's folder (MindFormers'
+    seq_length: the rows' length (prep's data.seq_length, or the packed rows'); data_files: prep's MindRecord
+    (or train's packed one); out_dir: the train job's folder (MindFormers'
     output_dir: checkpoint/, checkpoint_trainable/, log/); plan: training.plan.plan_steps (total_steps,
     batches_per_epoch, warmup_steps, checkpoint_steps); answer_capacity: the most loss-counted positions in
     any row (0: LM head on every position)."""
-    t, lora = spec.train, spec.lora
+    t = train
     total_steps, steps_per_epoch = plan["total_steps"], plan["batches_per_epoch"]
-    shape = get_model_shape(spec.model.name)
-    topo = topology(spec)
-    seq = seq_length or spec.data.seq_length
+    topo = topology(t)
+    seq = seq_length
     cpu = t.device == "CPU"
     per_worker_batch = t.batch_size // topo.data_parallel
     epochs = -(-total_steps // steps_per_epoch)
-    extensions = uses_extensions(spec)
+    extensions = uses_extensions(t)
 
     model_config = {"type": "LlamaConfig",
                     **llama_config_kwargs(shape, seq_length=seq, batch_size=per_worker_batch, dtype=t.dtype),
@@ -141,7 +144,7 @@ def render_train_config(spec, *, data_files: list[Path], out_dir: Path, plan: di
         "only_save_strategy": False,
         "resume_training": False,
         "run_mode": "finetune",
-        "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": spec.model.name},
+        "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": shape.name},
         "runner_config": {"epochs": epochs, "batch_size": per_worker_batch, "sink_mode": False, "sink_size": 1,
                           "gradient_accumulation_steps": t.grad_accum},
         # MindSpore's AdamWeightDecay (no bias correction): the update rule of the contest's
@@ -223,14 +226,13 @@ def paged_attention_blocks(batch_size: int, seq_length: int, block_size: int = P
     return {"seq_length": per_row * block_size, "block_size": block_size, "num_blocks": batch_size * per_row}
 
 
-def predict_model_kwargs(spec, shape, *, seq_length: int, batch_size: int, use_past: bool = True) -> dict:
+def predict_model_kwargs(shape, dtype: str, *, seq_length: int, batch_size: int, use_past: bool = True) -> dict:
     """LlamaConfig kwargs of the network that predicts with a merged checkpoint (evaluate on Ascend, the
     bundle's predict.yaml): weights and compute in merged_weight_dtype (MindFormers' Linear multiplies with
     its weight cast to the compute dtype, so a bf16 compute dtype would round a float16/float32 merged
     update again: docs/ACCURACY.md), incremental decoding with a paged-attention cache sized for the batch
-    at seq_length."""
+    at seq_length. dtype: merged_weight_dtype's."""
     blocks = paged_attention_blocks(batch_size, seq_length)
-    dtype = merged_weight_dtype(spec)
     kwargs = llama_config_kwargs(shape, seq_length=blocks["seq_length"], batch_size=batch_size,
                                  dtype=dtype, param_dtype=dtype, use_past=use_past)
     return {**kwargs, "block_size": blocks["block_size"], "num_blocks": blocks["num_blocks"]}
@@ -241,7 +243,8 @@ def merged_checkpoint_types(spec) -> dict[str, str]:
     (weights in merged_weight_dtype, RMSNorm weights float32), so the network loads it strictly (MindSpore
     converts dtypes only with strict_load off: mindspore/train/serialization.py _type_convert)."""
     shape = get_model_shape(spec.model.name)
-    return declared_checkpoint_types(shape, predict_model_kwargs(spec, shape, seq_length=1, batch_size=1))
+    dtype = merged_weight_dtype(spec.merge, spec.train)
+    return declared_checkpoint_types(shape, predict_model_kwargs(shape, dtype, seq_length=1, batch_size=1))
 
 
 # The tokenizer class MindFormers 1.9 registers for each model (mindformers/models/llama/: LlamaTokenizer
@@ -269,7 +272,8 @@ def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_
     seq = seq_length or max(spec.data.seq_length, 512)
     t = spec.train
     model_config = {"type": "LlamaConfig",
-                    **predict_model_kwargs(spec, shape, seq_length=seq, batch_size=1, use_past=t.device != "CPU"),
+                    **predict_model_kwargs(shape, merged_weight_dtype(spec.merge, t), seq_length=seq, batch_size=1,
+                                           use_past=t.device != "CPU"),
                     "eos_token_id": [int(i) for i in stop_ids],
                     "checkpoint_name_or_path": "", "do_sample": False, "top_k": 1, "top_p": 1.0,
                     "max_decode_length": seq, "max_new_tokens": max_new_tokens,
@@ -344,7 +348,8 @@ def render_contest_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, 
     seq = seq_length or max(spec.data.seq_length, 512)
     # the contest's stack is Ascend (CANN 8.0.RC1): incremental decoding on, whatever device this run used
     # weights in the merged checkpoints' dtypes, so r1.1 loads them as they are
-    kwargs = predict_model_kwargs(spec, shape, seq_length=seq, batch_size=1, use_past=True)
+    kwargs = predict_model_kwargs(shape, merged_weight_dtype(spec.merge, spec.train), seq_length=seq, batch_size=1,
+                                  use_past=True)
     if config_cls == "InternLMConfig":
         if shape.qkv_has_bias != shape.attn_proj_has_bias:
             raise ValueError(f"{shape.name}: InternLMConfig's has_bias covers q/k/v and o together; this model has "

@@ -102,7 +102,7 @@ def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int, tok) 
         spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens,
         special_tokens=tok.config, stop_ids=tok.stop_ids), r11_header(spec.model.name)))
     shutil.copy2(EXTENSIONS_FILE, folder / EXTENSIONS_FILE.name)
-    topo = topology(spec)
+    topo = topology(spec.train)
     heldout = read_jsonl(spec.run_dir / layout.PREP_HELDOUT)
     atomic_write_text(folder / "README.md", MF_README.format(
         checkpoint=checkpoint, prompt=ansi_c_quoted(spec_prompt(tok, heldout[0]["prompt"], spec.data)),

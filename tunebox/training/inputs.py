@@ -10,6 +10,7 @@ from tunebox.data.packing import pack_rows, write_packed_mindrecord
 from tunebox.data.samples import mindrecord_shards, read_mindrecord
 from tunebox.io import InputError, atomic_write_text
 from tunebox.model.mf_config import dump, render_train_config
+from tunebox.model.registry import get_model_shape
 from tunebox.model.weights import load_tokenizer
 from tunebox.run_checkpoints import base_checkpoint
 from tunebox.training.plan import answer_capacity, plan_steps
@@ -28,8 +29,9 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     data_file = spec.run_dir / layout.PREP_TRAIN_RECORDS
     if not data_file.exists():
         raise InputError(f"{data_file} not found: run prep first (invoke prep --config {spec.source_path})")
-    ids, labels = read_mindrecord(data_file)
+    base = base_checkpoint(spec)
     pad_id = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
+    ids, labels = read_mindrecord(data_file)
     files, packing = mindrecord_shards(data_file), None
     if spec.train.packing:
         samples = len(ids)
@@ -45,9 +47,9 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
     plan = plan_steps(len(ids), spec.train)
     plan["packing"] = packing
     capacity = answer_capacity(ids, labels, pad_id) if spec.train.lm_head_on_answers else 0
-    base = base_checkpoint(spec)
-    config = render_train_config(spec, data_files=files, out_dir=out, plan=plan, base_checkpoint=base,
-                                 answer_capacity=capacity, seq_length=ids.shape[1] - 1)
+    config = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora, seq_length=ids.shape[1] - 1,
+                                 data_files=files, out_dir=out, plan=plan, base_checkpoint=base,
+                                 answer_capacity=capacity)
     tokens = int((ids != pad_id).sum())
     return {"plan": plan, "config": config, "capacity": capacity, "base_checkpoint": base,
             "data_file": data_file, "rows": len(ids), "tokens_per_row": tokens / max(1, len(ids))}
@@ -57,6 +59,8 @@ def render(spec: RunSpec) -> dict:
     """prepare() and write the config to train/mindformers.yaml: what train runs, and all that
     --render-only does."""
     prepared = prepare(spec)
-    spec.job_dir("train").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(spec.job_dir("train") / TRAIN_YAML, dump(prepared["config"]))
+    text = dump(prepared["config"])
+    out = spec.job_dir("train")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / TRAIN_YAML, text)
     return prepared
