@@ -156,7 +156,7 @@ def render_section(command: str, info: dict, decoder: dict, job: Optional[dict],
         measured_all = j["math_rows"] >= EXTRAPOLATE_TO and j["squad_rows"] >= EXTRAPOLATE_TO
         lines += ["", f"**The evaluate job, base model** (batch {j['batch_size']}; math: new tokens capped per family at "
                   f"the longest training answer + margin: " + ", ".join(f"{f} {v}" for f, v in j["math_limits"].items())
-                  + f"; SQuAD: contest prompt, 20 new tokens):", "",
+                  + "; SQuAD: contest prompt, 20 new tokens):", "",
                   "| set | rows | new tokens | wall s | CPU s | wall s per 500 rows | CPU s per 500 rows |",
                   "|---|---:|---:|---:|---:|---:|---:|",
                   f"| contest math (held out) | {j['math_rows']} | {j['math_new_tokens']} | {j['math_seconds']:.1f} | "

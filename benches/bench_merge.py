@@ -360,7 +360,8 @@ def plan(args, spec, free: int) -> tuple[str, dict[str, int], int]:
     from tunebox.model.registry import with_overrides
     budget = min(args.budget_gb * GB, free - args.keep_free_gb * GB)
     sizes = {name: layers_for(SIZES[name], spec) for name in args.sizes}
-    need = lambda layers, itemsize: 2 * checkpoint_bytes(with_overrides(spec, num_layers=layers), itemsize) + 64 * MiB
+    def need(layers, itemsize):
+        return 2 * checkpoint_bytes(with_overrides(spec, num_layers=layers), itemsize) + 64 * MiB
     biggest = max(sizes.values())
     dtype = args.dtype
     if dtype == "auto":

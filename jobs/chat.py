@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from tunebox.cli import run_job
 from tunebox.config import RunSpec

@@ -210,3 +210,19 @@ def squad_v11(predictions: list[str], golds: list[list[str]]) -> dict:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(l) for l in Path(path).read_text(encoding="utf-8").split("\n") if l.strip()]
+
+
+@pytest.fixture(scope="module")
+def mindformers_env(tmp_path_factory):
+    """MindSpore on CPU in PyNative mode, imported from a scratch dir (mindformers writes ./output/log).
+    Module-scoped: test_decode, test_packing and test_cpu_broadcast_patch each get their own."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("mindformers"))
+    try:
+        import mindspore as ms
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        ms.set_device("CPU")
+        from mindformers import LlamaConfig, LlamaForCausalLM
+        yield ms, LlamaConfig, LlamaForCausalLM
+    finally:
+        os.chdir(previous)

@@ -306,7 +306,8 @@ def test_a_small_lora_update_survives_in_the_stage1_predicting_network(tmp_path,
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", [f"runs_dir={tmp_path / 'runs'}"])
     mspec = tiny_model(spec)
     rng = np.random.default_rng(1)
-    grid = lambda x: bfloat16_bits_to_float32(float32_to_bfloat16_bits(x.astype(np.float32))).reshape(x.shape)
+    def grid(x):
+        return bfloat16_bits_to_float32(float32_to_bfloat16_bits(x.astype(np.float32))).reshape(x.shape)
     base = {name: grid(np.ones(shape) if "norm" in name else rng.normal(0, 0.02, shape))
             for name, shape in mspec.parameter_shapes().items()}
     lora, exact, update = {}, {}, {}

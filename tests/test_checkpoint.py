@@ -42,7 +42,8 @@ def small_slices(ms, monkeypatch):
 
 
 def ms_params(ms, rng) -> list[dict]:
-    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    def f32(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
     return [
         {"name": "w.f32", "data": ms.Tensor(f32(3, 5))},
         {"name": "w.bf16", "data": ms.Tensor(f32(4, 7), ms.bfloat16)},

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
-from test_decode import mindformers_env, random_parameter  # noqa: F401  (fixture)
+from test_decode import random_parameter
 
 TINY = get_model_shape("tiny")
 VARIANTS = {

@@ -1,8 +1,6 @@
 """The numpy decoder against MindFormers itself, and the cached batched path against the naive one."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -38,21 +36,6 @@ def random_parameter(name: str, shape: tuple, rng: np.random.Generator) -> np.nd
 def random_parameters(spec, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {name: random_parameter(name, shape, rng) for name, shape in spec.parameter_shapes().items()}
-
-
-@pytest.fixture(scope="module")
-def mindformers_env(tmp_path_factory):
-    """MindSpore on CPU in PyNative mode, imported from a scratch dir (mindformers writes ./output/log)."""
-    previous = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("mindformers"))
-    try:
-        import mindspore as ms
-        ms.set_context(mode=ms.PYNATIVE_MODE)
-        ms.set_device("CPU")
-        from mindformers import LlamaConfig, LlamaForCausalLM
-        yield ms, LlamaConfig, LlamaForCausalLM
-    finally:
-        os.chdir(previous)
 
 
 def build_mindformers_llama(env, spec, seq_length: int, seed: int):

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 import tunebox.manifest as manifest_mod
 from jobs.env import main

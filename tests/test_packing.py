@@ -7,7 +7,6 @@ import pytest
 
 from tunebox.data.packing import first_fit_decreasing, pack_rows, sample_lengths
 from test_cpu_broadcast_patch import loss_and_grads, tiny_lora_net
-from test_decode import mindformers_env  # noqa: F401  (fixture)
 
 PAD, IGNORE = 0, -100
 

@@ -15,7 +15,6 @@ from conftest import MATH_SAMPLE, TINY_RECIPE
 
 import jobs.prep
 from tunebox.data import answers
-from tunebox.contest import mathgen
 from tunebox.data import prompts
 from tunebox.cli import run_job as run_job_inprocess
 from tunebox.spec_checks import load_checked_spec as load_spec  # with the checks across subjects

@@ -175,8 +175,11 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_cache, ti
     summary = json.loads((tmp_path / "runs" / "killed" / "train" / "summary.json").read_text())
     resumed = summary["resumed_from_step"]
     assert 0 < resumed <= killed_at and resumed % 3 == 0, (resumed, killed_at)  # a save_state_every multiple
-    index = lambda run: json.loads((tmp_path / "runs" / run / "train" / "checkpoints" / "index.json").read_text())
-    last = lambda run: tmp_path / "runs" / run / "train" / index(run)["checkpoints"][-1]["file"]
+    def index(run):
+        return json.loads((tmp_path / "runs" / run / "train" / "checkpoints" / "index.json").read_text())
+
+    def last(run):
+        return tmp_path / "runs" / run / "train" / index(run)["checkpoints"][-1]["file"]
     a = _lora_arrays(last("ref"))
     b = _lora_arrays(last("killed"))
     assert a.keys() == b.keys() and len(a) == 2 * 2 * 2
