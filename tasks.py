@@ -19,12 +19,10 @@ from invoke import Collection, Task
 from jobs import bundle, chat, dryrun, evaluate, export, merge, prep, train, weights
 from tunebox.cli import job_parser
 from tunebox.io import InputError
-from tunebox.layout import PIPELINE
+from tunebox.layout import PIPELINE, REPO_ROOT
 from tunebox.spec_checks import load_checked_spec
 
 DEFAULT_CONFIG = "recipes/local-smollm2.yaml"
-# The job graph, in order, as compose and the Kubernetes Job run it: declared in tunebox/layout.py.
-PIPELINE_STEPS = PIPELINE
 # The jobs that run through tunebox.cli.run_job and get a task each, made from the job's own parser
 # (tunebox.cli.job_parser + the job's `_args`): their flags, help and defaults are declared there, once.
 _JOB_MODULES = (bundle, chat, dryrun, evaluate, export, merge, prep, train, weights)
@@ -284,7 +282,9 @@ def plan(c, config="", model="", stage=0, ranks="", cards=0, rows=0, seq=0, epoc
 @task(help={"fast": "skip the slow tests (real SmolLM2 model, whole pipelines)",
             "k": "only tests matching this pytest -k expression"})
 def test(c, fast=False, k=""):
-    """Run the test suite (everything CI runs; --fast for the quick subset)."""
+    """Lint (ruff check, config in pyproject.toml), then run the test suite (everything CI runs; --fast
+    for the quick subset). A lint finding fails the task before any test runs."""
+    _in_repo(c, f"{PY} -m ruff check .")
     marker = "-m 'not slow'" if fast else ""
     sel = f"-k {shlex.quote(k)}" if k else ""
     c.run(f"{PY} -m pytest {marker} {sel} -q", pty=False)
@@ -308,7 +308,7 @@ def test_mutants(c, only="", out="", jobs=1, names="", summarize=False):
 # Namespaced, so these need an explicit `ns` (end of file). The logic lives in images/build.py,
 # images/compose_up.py and tunebox/deploy/k8s.py; these tasks only build the command.
 
-_REPO_DIR = str(__import__("pathlib").Path(__file__).resolve().parent)
+_REPO_DIR = str(REPO_ROOT)
 
 
 def _in_repo(c, cmd: str):

@@ -33,11 +33,12 @@ import yaml
 
 from conftest import cannot_run, docker_engine, docker_image
 from images import build as image_cli, buildkit, ca_scan, dockerfile, lint as image_lint, stacks
-from images.compose_up import STEPS, compose_services, profile_overrides, service_name
+from images.compose_up import compose_services, profile_overrides, service_name
 from tunebox.config import load_spec
 from tunebox.deploy.k8s import host_data_root
 from tunebox.images import image_tags, project_version
 from tunebox.io import InputError
+from tunebox.layout import PIPELINE
 from tunebox.submission.code_archive import make_code_archive
 
 
@@ -385,11 +386,11 @@ def re_wrap(pem: bytes, width: int) -> bytes:
 @pytest.mark.parametrize("profile", ["cpu", "ascend"])
 def test_compose_runs_the_steps_in_order_on_one_volume(profile):
     services = compose_services()
-    for i, step in enumerate(STEPS):
+    for i, step in enumerate(PIPELINE):
         service = services[service_name(step, profile)]
         assert service["profiles"] == [profile]
         assert service["command"][:5] == ["python", "-m", f"jobs.{step}", "--config", "/app/recipes/run.yaml"]
-        expected = {} if i == 0 else {service_name(STEPS[i - 1], profile): {"condition": "service_completed_successfully"}}
+        expected = {} if i == 0 else {service_name(PIPELINE[i - 1], profile): {"condition": "service_completed_successfully"}}
         assert service.get("depends_on", {}) == expected
         volumes = {v["target"]: v for v in service["volumes"]}
         assert volumes["/data"] == {"type": "volume", "source": "tunebox-data", "target": "/data"}

@@ -232,7 +232,7 @@ def load_bundled_spec(sub: Submission, f: Findings):
         return None
     mine = spec.spec_hash()
     before = len(f.failed("spec"))
-    for job in contents.JOBS:
+    for job in layout.RUN_JOBS:
         m = sub.json(f"logs/{job}/manifest.json")
         if isinstance(m, dict) and m.get("spec_hash") != mine:
             diff = contents.spec_differences(m.get("spec") or {}, spec)
@@ -518,7 +518,7 @@ def _same(a, b) -> bool:
 
 
 def check_environment(sub: Submission, f: Findings) -> None:
-    manifests = {job: sub.json(f"logs/{job}/manifest.json") for job in contents.JOBS}
+    manifests = {job: sub.json(f"logs/{job}/manifest.json") for job in layout.RUN_JOBS}
     if not all(isinstance(m, dict) for m in manifests.values()):
         return
     expected = contents.environment_record(manifests, contents.direct_requirements(sub.path("code.tar.gz")))

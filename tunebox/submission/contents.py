@@ -25,7 +25,6 @@ from tunebox.training.plan import checkpoint_steps
 SUBMISSION_DIR = "submission"
 NUM_CHECKPOINTS = 5              # the contest asks for five evenly spaced merged checkpoints
 SUMS_FILE = "SHA256SUMS"
-JOBS = layout.RUN_JOBS
 
 # Files every submission has, whatever the run (per-checkpoint files come from checkpoint_files()).
 FIXED_FILES = (
