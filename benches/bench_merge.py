@@ -37,7 +37,8 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
+from tunebox.layout import REPO_ROOT
+
 GB = 1e9
 MiB = 1 << 20
 SIZES = {"quarter": 0.25, "half": 0.5, "full": 1.0}
@@ -331,7 +332,7 @@ def check_merged(base: Path, out: Path, lora: dict, spec) -> list[str]:
 
 def child_env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("GLOG_v", "3")
     return env
 
@@ -349,7 +350,7 @@ def baseline_rss() -> int:
     """Peak RSS of a child that imports what the merge imports and does nothing: the part of the
     merge's RSS that is not data."""
     code = "import jobs.checkpoint"
-    measured = run_measured(["-c", code], env=child_env(), cwd=REPO)
+    measured = run_measured(["-c", code], env=child_env(), cwd=REPO_ROOT)
     if measured.returncode != 0:
         raise RuntimeError(measured.stderr[-2000:])
     return measured.max_rss
@@ -529,7 +530,7 @@ def append_to_benchmarks(doc: Path, section: str) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benches.bench_merge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default=str(REPO / "runs" / "bench-merge"),
+    parser.add_argument("--dir", default=str(REPO_ROOT / "runs" / "bench-merge"),
                         help="where the checkpoints go (default runs/bench-merge; the disk being measured)")
     parser.add_argument("--sizes", default="quarter,half,full", help="comma list of quarter, half, full")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
@@ -539,7 +540,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--disk-test-gb", type=float, default=3.0, help="size of the dd-like disk test file")
     parser.add_argument("--sha256-size", default="quarter",
                         help="also time a --sha256 merge at this size ('none': skip)")
-    parser.add_argument("--doc", default=str(REPO / "docs" / "BENCHMARKS.md"), help="append the section here")
+    parser.add_argument("--doc", default=str(REPO_ROOT / "docs" / "BENCHMARKS.md"), help="append the section here")
     parser.add_argument("--no-doc", action="store_true", help="print the section, do not append it")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints (default: deleted)")
     parser.add_argument("--no-progress", action="store_true")

@@ -29,9 +29,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = REPO / "docs" / "BENCHMARKS.md"
-RECIPE = REPO / "recipes" / "local-smollm2.yaml"
+from tunebox.config import load_spec
+from tunebox.data.samples import SAMPLE_SCHEMA, Example, encode_example
+from tunebox.layout import REPO_ROOT
+from tunebox.model.weights import ensure_model, load_tokenizer
+
+BENCHMARKS = REPO_ROOT / "docs" / "BENCHMARKS.md"
+RECIPE = REPO_ROOT / "recipes" / "local-smollm2.yaml"
 HEADER = """# Benchmarks
 
 Every figure here was measured by the command shown with it, on the machine it names, and is
@@ -119,8 +123,6 @@ def plain_loop(data_dir: Path, out: Path, seq_length: int, system: Optional[str]
     import numpy as np
     from mindspore.mindrecord import FileWriter
 
-    from tunebox.data.samples import SAMPLE_SCHEMA, Example, encode_example
-    from tunebox.model.weights import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
     width = seq_length + 1
@@ -146,19 +148,14 @@ def plain_loop(data_dir: Path, out: Path, seq_length: int, system: Optional[str]
 # ---- the benchmarks ---------------------------------------------------------------------------
 
 def bench_prep(rows: int, workers: int, keep: Optional[Path] = None) -> dict:
-    from tunebox.config import load_spec
-    from tunebox.model.weights import ensure_model
-    from jobs.generate import generate
-
     spec = load_spec(RECIPE)
     ensure_model(spec.model.name)     # converted once; not part of any timing
     work = Path(tempfile.mkdtemp(prefix="tunebox-bench-prep-", dir=keep))
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), TUNEBOX_LOG="INFO")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), TUNEBOX_LOG="INFO")
     try:
         data = work / "data"
-        started = time.perf_counter()
-        record = generate(rows, data, seed=0, progress=False)
-        generate_seconds = time.perf_counter() - started
+        record = run_generate(rows, data, seed=0)
+        generate_seconds = record["seconds"]
         input_mb = sum(s["bytes"] for s in record["shards"]) / 1e6
 
         print(f"bench: plain loop over {rows:,} rows ...", file=sys.stderr, flush=True)
@@ -235,15 +232,24 @@ def prep_section(result: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def run_generate(rows: int, out: Path, seed: int = 0, workers: Optional[int] = None) -> dict:
+    """`python -m jobs.generate` (default mix) as its own process, as a person runs it; its generate.json
+    record. The record's `seconds` is the job's own time for the rows, without the interpreter's start."""
+    cmd = [sys.executable, "-m", "jobs.generate", "--rows", str(rows), "--out", str(out), "--seed", str(seed)]
+    cmd += ["--workers", str(workers)] if workers else []
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads((out / "generate.json").read_text(encoding="utf-8"))
+
+
 def time_generate(rows: int, workers: Optional[int] = None, seed: int = 0) -> dict:
     """Time a default-mix generation of `rows` rows into a temporary directory (removed after)."""
-    from jobs.generate import generate
-
     tmp = Path(tempfile.mkdtemp(prefix="tunebox-bench-generate-"))
     try:
-        started = time.perf_counter()
-        record = generate(rows, tmp, seed=seed, workers=workers, progress=False)
-        seconds = time.perf_counter() - started
+        record = run_generate(rows, tmp, seed=seed, workers=workers)
+        seconds = record["seconds"]
         total_bytes = sum(s["bytes"] for s in record["shards"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
