@@ -28,6 +28,10 @@ from pathlib import Path
 from typing import Optional
 
 from tunebox.config import REPO_ROOT, load_spec
+from tunebox.manifest import cpu_info
+from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
+from tunebox.model.registry import get_model_shape
+from tunebox.model.weights import ensure_model, load_tokenizer
 
 BENCHMARKS_FILE = REPO_ROOT / "docs" / "BENCHMARKS.md"
 BENCHMARKS_HEADER = ("# Benchmarks\n\nEvery figure here was measured by the command shown with it, on the machine it "
@@ -38,7 +42,6 @@ EXTRAPOLATE_TO = 500
 
 
 def machine() -> dict:
-    from tunebox.manifest import cpu_info
 
     cpu = cpu_info()
     return {"cpu": cpu["model"], "cores": cpu["usable"] or cpu["count"],
@@ -61,9 +64,6 @@ def math_prompts(n: int) -> tuple[list[str], str]:
 
 def decoder_comparison(prompts: int, max_new: int, batch_size: int) -> dict:
     """greedy_generate vs generate_no_cache on the same prompts: times, ratio, identical outputs."""
-    from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
-    from tunebox.model.registry import get_model_shape
-    from tunebox.model.weights import ensure_model, load_tokenizer
 
     model_dir = ensure_model(MODEL)
     tok = load_tokenizer(MODEL)

@@ -38,6 +38,15 @@ import numpy as np
 from tqdm import tqdm
 
 from tunebox.layout import REPO_ROOT
+from tunebox.model.registry import with_overrides
+from tunebox.model.checkpoint import RECORD_BYTES
+from tunebox.model.checkpoint import float32_to_bfloat16_bits
+from tunebox.model.checkpoint import CheckpointStreamWriter
+from tunebox.model.mf import LORA_A, LORA_B
+from tunebox.model.checkpoint import CheckpointReader
+from tunebox.model.lora import merge_lora_into_base
+from tunebox.model.registry import get_model_shape
+from tunebox.io import sha256_file
 
 GB = 1e9
 MiB = 1 << 20
@@ -226,7 +235,6 @@ def disk_speed(directory: Path, nbytes: int, block: int = 64 * MiB) -> dict:
 
 def layers_for(fraction: float, spec) -> int:
     """Decoder layers whose model has about `fraction` of the full model's parameters."""
-    from tunebox.model.registry import with_overrides
     full = spec.total_params()
     return min(range(1, spec.num_layers + 1),
                key=lambda n: abs(with_overrides(spec, num_layers=n).total_params() - fraction * full))
@@ -234,7 +242,6 @@ def layers_for(fraction: float, spec) -> int:
 
 def checkpoint_bytes(spec, itemsize: int) -> int:
     """The .ckpt size: tensor bytes plus each record's header (name, dims, type: < 200 B)."""
-    from tunebox.model.checkpoint import RECORD_BYTES
     total = 0
     for shape in spec.parameter_shapes().values():
         nbytes = int(np.prod(shape)) * itemsize
@@ -245,7 +252,6 @@ def checkpoint_bytes(spec, itemsize: int) -> int:
 def value_pool(tensor_type: str, nbytes: int = 256 * MiB, seed: int = 0) -> np.ndarray:
     """normal(0, 0.02) values to cut tensors from (drawing 8 billion values would take minutes);
     BFloat16 as its uint16 bit patterns."""
-    from tunebox.model.checkpoint import float32_to_bfloat16_bits
     rng = np.random.default_rng(seed)
     bf16 = tensor_type == "BFloat16"
     count = nbytes // (2 if bf16 else 4)
@@ -269,7 +275,6 @@ def pool_blocks(pool: np.ndarray, count: int, rng, block: int = 32 * MiB) -> Ite
 
 
 def write_synthetic_base(path: Path, spec, pool: np.ndarray, ttype: str, seed: int, progress: bool) -> int:
-    from tunebox.model.checkpoint import CheckpointStreamWriter
     rng = np.random.default_rng(seed)
     shapes = spec.parameter_shapes()
     with CheckpointStreamWriter(path, drop_cache=True) as writer, \
@@ -284,8 +289,6 @@ def write_synthetic_base(path: Path, spec, pool: np.ndarray, ttype: str, seed: i
 
 
 def write_random_lora(path: Path, spec, seed: int) -> dict[str, np.ndarray]:
-    from tunebox.model.checkpoint import CheckpointStreamWriter
-    from tunebox.model.mf import LORA_A, LORA_B
     rng = np.random.default_rng(seed)
     lora = {}
     for i in range(spec.num_layers):
@@ -303,9 +306,6 @@ def write_random_lora(path: Path, spec, seed: int) -> dict[str, np.ndarray]:
 
 def check_merged(base: Path, out: Path, lora: dict, spec) -> list[str]:
     """Exact checks of the first and last adapted weights and one copied tensor, by recomputing."""
-    from tunebox.model.checkpoint import CheckpointReader
-    from tunebox.model.lora import merge_lora_into_base
-    from tunebox.model.mf import LORA_A, LORA_B
     last = spec.num_layers - 1
     checked = []
     with CheckpointReader(base, drop_cache=True) as src, CheckpointReader(out, drop_cache=True) as dst:
@@ -358,7 +358,6 @@ def baseline_rss() -> int:
 
 def plan(args, spec, free: int) -> tuple[str, dict[str, int], int]:
     """(dtype, size name -> layers, bytes the largest size needs) within the disk budget."""
-    from tunebox.model.registry import with_overrides
     budget = min(args.budget_gb * GB, free - args.keep_free_gb * GB)
     sizes = {name: layers_for(SIZES[name], spec) for name in args.sizes}
     def need(layers, itemsize):
@@ -385,7 +384,6 @@ def _fail(code: int, message: str) -> int:
 
 
 def run_bench(args) -> dict:
-    from tunebox.model.registry import get_model_shape, with_overrides
 
     shape = get_model_shape("llama3-8b")
     directory = Path(args.dir).resolve()
@@ -432,7 +430,6 @@ def run_bench(args) -> dict:
                 _drop(fd)
                 os.close(fd)
                 t = time.perf_counter()
-                from tunebox.io import sha256_file
                 if sha256_file(out, chunk=16 * MiB) != hstats["sha256"]:
                     raise AssertionError(f"{out}: sha256 while writing differs from sha256 of the file")
                 run["sha256_file_s"] = time.perf_counter() - t

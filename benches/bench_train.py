@@ -69,6 +69,13 @@ import numpy as np
 from tunebox.config import REPO_ROOT, RunSpec, load_spec
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
 from tunebox.model.registry import ModelShape, get_model_shape, lora_targets
+from tunebox.model.checkpoint import load_checkpoint_numpy
+from tunebox.model.weights import mindformers_name_to_hf
+from tunebox.training.plan import plan_steps
+from tunebox.manifest import cpu_info
+from tunebox.data.samples import read_mindrecord
+from tunebox.model.weights import load_tokenizer
+from tunebox.run_checkpoints import base_checkpoint
 
 BENCHMARKS_FILE = REPO_ROOT / "docs" / "BENCHMARKS.md"
 DEFAULT_RECIPE = "recipes/local-smollm2.yaml"
@@ -241,9 +248,6 @@ def export_reference_inputs(work: Path, spec: RunSpec, mspec: ModelShape, ids: n
     """Write what bench_ref_torch reads (see its docstring); returns the tokens of each step."""
     from safetensors.numpy import save_file
 
-    from tunebox.model.checkpoint import load_checkpoint_numpy
-    from tunebox.model.weights import mindformers_name_to_hf
-    from tunebox.training.plan import plan_steps
 
     plan = plan_steps(len(ids), spec.train)
     if total_steps > plan["batches_per_epoch"]:
@@ -284,8 +288,6 @@ def run_tunebox(recipe: str, overrides: list[str], spec: RunSpec, log_path: Path
                            f"{'is the padded one' if tokens is not None else 'is the packed one'} "
                            f"({spec.job_dir('train') / 'summary.json'}); check bench_overrides")
     if tokens is None:
-        from tunebox.data.samples import read_mindrecord
-        from tunebox.model.weights import load_tokenizer
 
         pad_id = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
         ids, _ = read_mindrecord(spec.job_dir("train") / "packed.mindrecord")
@@ -494,9 +496,6 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
         prep = run_measured(job_command("prep", recipe, overrides), work / "prep.log")
         _check_ran(prep, "prep")
 
-        from tunebox.data.samples import read_mindrecord
-        from tunebox.model.weights import load_tokenizer
-        from tunebox.run_checkpoints import base_checkpoint
 
         ids, labels = read_mindrecord(spec.job_dir("prep") / "train.mindrecord")
         pad_id = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
@@ -553,7 +552,6 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
     uptime_after = uptime_line()
     print(f"uptime after: {uptime_after}", flush=True)
 
-    from tunebox.manifest import cpu_info
 
     flops = step_flops(mspec, spec.train.batch_size, spec.data.seq_length, spec.lora.rank, spec.lora.target_modules)
     tunebox, references = _combine(tunebox_runs), {n: _combine(runs) for n, runs in reference_runs.items()}

@@ -27,6 +27,9 @@ from tunebox.evaluation.runners import MindFormersRunner, NumpyRunner, pick_back
 from tunebox.io import InputError
 from tunebox.model.registry import get_model_shape
 from tunebox.run_checkpoints import RunCheckpoint, base_checkpoint, pick_checkpoint
+from tunebox.evaluation.decode import NumpyLlama
+from tunebox.model.checkpoint import load_checkpoint_numpy
+from tunebox.model.lora import merge_lora_into_base
 
 log = logging.getLogger("tunebox.chat")
 
@@ -36,9 +39,6 @@ STOP_WORDS = ("", "exit", "quit")
 
 def numpy_model(spec: RunSpec, ck: RunCheckpoint):
     """NumpyLlama of the checkpoint, read without MindSpore (load_checkpoint_numpy)."""
-    from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.checkpoint import load_checkpoint_numpy
-    from tunebox.model.lora import merge_lora_into_base
 
     shape = get_model_shape(spec.model.name)
     wanted = shape.parameter_shapes()

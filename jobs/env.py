@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tunebox.io import InputError, atomic_write_json
 from tunebox.manifest import environment_manifest
+from tunebox.config import load_spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = None
         if args.config:
-            from tunebox.config import load_spec
             spec = load_spec(args.config)
         inputs = {}
         for item in args.input:

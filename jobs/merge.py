@@ -24,12 +24,12 @@ from tunebox.io import InputError, atomic_write_json, sha256_file
 from tunebox.manifest import write_job_manifest
 from tunebox.model.checkpoint import merge_streaming
 from tunebox.model.mf_config import merged_checkpoint_types, merged_weight_dtype
+from tunebox.run_checkpoints import base_checkpoint
 
 log = logging.getLogger("tunebox.merge")
 
 
 def merge(spec: RunSpec, scale: float = 1.0) -> Path:
-    from tunebox.run_checkpoints import base_checkpoint
 
     train_dir = spec.job_dir("train")
     index_file = spec.run_dir / layout.TRAIN_INDEX

@@ -16,6 +16,8 @@ import pytest
 from jobs import verify
 from tunebox.images import NoDockerEngine, docker_client
 from tunebox.submission import contents
+from tunebox.config import load_spec
+from tunebox.training.plan import plan_steps
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
@@ -159,8 +161,6 @@ def kill_session(proc: subprocess.Popen) -> None:
 def planned_checkpoint_steps(run_dir: Path, recipe: Path = TINY_RECIPE, *overrides: str) -> list[int]:
     """The checkpoint steps train plans for this run, from prep's row count (tunebox.training.plan.plan_steps),
     so no test copies a step number from an earlier run."""
-    from tunebox.config import load_spec
-    from tunebox.training.plan import plan_steps
 
     stats = json.loads((Path(run_dir) / "prep" / "stats.json").read_text())
     return plan_steps(stats["rows_train"], load_spec(recipe, list(overrides)).train)["checkpoint_steps"]

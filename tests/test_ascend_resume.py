@@ -21,6 +21,7 @@ from conftest import REPO
 from tunebox.config import load_spec
 from tunebox.model.mf_config import dump, render_train_config
 from tunebox.training.plan import plan_steps
+from jobs import train
 
 RANKS = 4
 
@@ -37,7 +38,6 @@ def _resumed_config(tmp_path, monkeypatch, *overrides: str) -> dict:
     import mindformers.core.context
     import mindformers.trainer
 
-    from jobs import train
 
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", list(overrides))
     out = tmp_path / "train"

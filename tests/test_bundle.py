@@ -35,6 +35,8 @@ from tunebox.config import load_spec
 from tunebox.contest import rules
 from tunebox.submission import checks, contents, selfcheck
 from tunebox.submission.code_archive import make_code_archive
+from tunebox.submission.algorithm import describe_rows, describe_template
+from test_tensorboard import assert_events_equal_loss_log
 
 
 # tiny, worked by hand (as in tests/test_evaluate.py): LoRA r=8 on wq (64x64) and wv (32x64) in 2 layers;
@@ -270,7 +272,6 @@ def test_rerun_catches_answers_the_checkpoints_do_not_give(bundled, tmp_path, ca
     results["chosen"].update(model=name, step=step)
     (sub / "results.json").write_text(json.dumps(results, indent=2))
     # ...and selfcheck.png redrawn from the forged results.json (verify ties the picture to that file)
-    from tunebox.submission import selfcheck
     selfcheck.render(sub / selfcheck.FILE, results=results, results_bytes=(sub / "results.json").read_bytes(),
                      rank=8, commit=results["code"]["commit"], code_note="", log_name="-", log_tail=[])
     rewrite_sums(sub)
@@ -632,7 +633,6 @@ def test_algorithm_writes_a_text_template_on_one_line_and_the_packed_fill():
     rows' fill is the packed one, not prep's unpacked padding."""
     from types import SimpleNamespace
 
-    from tunebox.submission.algorithm import describe_rows, describe_template
 
     text = describe_template(SimpleNamespace(template="<|im_start|>user\n{problem}<|im_end|>\n", system_prompt=None))
     assert "\n" not in text and "`<|im_start|>user\\n{problem}<|im_end|>\\n`" in text
@@ -806,7 +806,6 @@ def test_every_worker_log_and_mindformers_log_folder_is_in_the_bundle(bundled_wi
 def test_bundle_carries_the_tensorboard_events_of_the_loss_log(bundled_with_worker_logs):
     """logs/train/tensorboard/ holds train's event files: TensorBoard pointed at the submission shows the
     curves logs/train/loss.jsonl lists."""
-    from test_tensorboard import assert_events_equal_loss_log
 
     train, logs = bundled_with_worker_logs["run_dir"] / "train", bundled_with_worker_logs["sub"] / "logs" / "train"
     events = contents.files_under(train / "tensorboard")

@@ -18,6 +18,7 @@ from tunebox.io import InputError, sha256_file
 from tunebox.model.lora import merge_lora_into_base
 from tunebox.model.registry import get_model_shape, with_overrides
 from tunebox.model.weights import random_parameters
+from benches.bench_merge import run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = get_model_shape("tiny")
@@ -326,7 +327,6 @@ def test_merge_rejects_a_lora_that_does_not_fit_and_writes_nothing(tmp_path):
 def test_merge_memory_does_not_grow_with_the_checkpoint(tmp_path):
     """A ~300 MB float32 base merged in a child process: its peak RSS stays far below the file,
     while a child that loads the same file whole peaks above it (the measure can tell)."""
-    from benches.bench_merge import run_measured
 
     rng = np.random.default_rng(6)
     hidden, layers = 1024, 4

@@ -7,6 +7,7 @@ import pytest
 from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
 from tunebox.io import InputError
 from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
+from tunebox.evaluation import decode
 
 TINY = get_model_shape("tiny")
 
@@ -128,7 +129,6 @@ def test_cached_batches_equal_no_cache_reference(variant):
 def test_batches_keep_within_the_padded_token_budget(monkeypatch):
     """One long prompt gets a batch of its own instead of padding its neighbours to its length; the
     outputs are the same as with one big batch."""
-    from tunebox.evaluation import decode
 
     spec = VARIANTS["gqa-untied"]
     model = NumpyLlama(random_parameters(spec, seed=3), spec)

@@ -26,6 +26,14 @@ from tunebox.evaluation.scorecard import annotate, contest_figures
 from tunebox.evaluation.loop import choice_token_plan, load_squad, longest_answers_in_samples
 from tunebox.evaluation.decode import length_groups
 from tunebox.evaluation.runners import choice_letter_logprobs
+from tunebox.submission.contents import build_results
+from tunebox.data.tokenizer import TextTokenizer
+from tunebox.evaluation.decode import NumpyLlama
+from tunebox.evaluation import plots
+from tunebox.model.weights import ensure_model
+from tunebox.evaluation.runners import MindFormersRunner
+from tunebox.model import mf
+from tunebox.evaluation.loop import score_row, summarize
 
 SQUAD = SHARED_DATA / "squad" / "dev-subset.jsonl"
 MMLU = SHARED_DATA / "mcq" / "mmlu-subset.jsonl"
@@ -102,7 +110,6 @@ def test_results_json_carries_evaluates_scorecard(llama3_contest):
     """bundle's results.json rows (contents.build_results, which verify recomputes too) carry the scorecard
     evaluate wrote into its report: one function computes both. Mutant tried: build_results scoring at the
     exact ratio (params["ratio"]) instead of through scorecard() -> the scores differ and this fails."""
-    from tunebox.submission.contents import build_results
 
     base = {"model": "base", "squad": {"f1": 60.0, "em": 45.0}}
     tuned = [annotate(_ckpt(s, a, f1, em), base, llama3_contest)
@@ -149,7 +156,6 @@ def test_parse_scales():
 
 
 def test_squad_rows_are_validated_with_file_and_line(tmp_path, tiny_cache):
-    from tunebox.data.tokenizer import TextTokenizer
 
     tok = TextTokenizer.load(tiny_cache / "models" / "tiny")
     good = SQUAD.read_text(encoding="utf-8").splitlines()[:3]
@@ -183,9 +189,6 @@ def _reference_logprobs(model, prompts, letter_ids) -> np.ndarray:
 
 
 def test_mcq_logprob_method_on_tiny(tiny_cache):
-    from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.registry import get_model_shape
-    from tunebox.data.tokenizer import TextTokenizer
 
     model_dir = tiny_cache / "models" / "tiny"
     tok = TextTokenizer.load(model_dir)
@@ -309,7 +312,6 @@ def test_tiny_report_has_emf1_retention_beside_the_official_one(tiny_run, tmp_pa
 def test_new_token_limits_come_from_training_answers_only(tiny_run):
     """Recompute the per-family limits from the raw file, skipping held-out and rejected rows,
     with the tokenizer directly (evaluate reads them from prep's stats, or its token arrays)."""
-    from tunebox.data.tokenizer import TextTokenizer
 
     spec = load_spec(TINY_RECIPE)
     prep = tiny_run["run_dir"] / "prep"
@@ -374,7 +376,6 @@ def _has_colour(rgb: np.ndarray, ax, x: float, y: float, colour: str, radius: in
 def test_line_chart_shows_each_point_where_its_value_is_and_gaps_as_gaps(tmp_path):
     """The PNG line_chart writes, read back pixel by pixel: every point of every series has its
     series' colour where matplotlib's axes put that value, and a None leaves no line across it."""
-    from tunebox.evaluation import plots
 
     xs = [0, 1, 2, 3, 4]
     a, b = [0.1, None, 0.5, 0.4, 0.9], [0.8, 0.7, 0.6, 0.3, 0.2]
@@ -402,7 +403,6 @@ def test_line_chart_shows_each_point_where_its_value_is_and_gaps_as_gaps(tmp_pat
 
 
 def test_bar_chart_draws_each_value_as_a_bar_of_that_length(tmp_path):
-    from tunebox.evaluation import plots
 
     cats, series = ["x", "y"], {"m1": [0.2, None], "m2": [1.0, 0.6]}
     kw = dict(title="t", xlabel="v", x_range=(0.0, 1.0))
@@ -454,10 +454,6 @@ def test_scale_dial_ends_are_the_base_model_and_the_merged_checkpoint(tiny_run, 
 
 @pytest.mark.slow
 def test_smollm2_letters_are_single_tokens_and_logprobs_match_unpadded():
-    from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.registry import get_model_shape
-    from tunebox.data.tokenizer import TextTokenizer
-    from tunebox.model.weights import ensure_model
 
     model_dir = ensure_model("smollm2-135m")
     tok = TextTokenizer.load(model_dir)
@@ -496,7 +492,6 @@ class _StubNet:
 
 
 def _stub_runner(net, batch_size: int):
-    from tunebox.evaluation.runners import MindFormersRunner
 
     runner = MindFormersRunner.__new__(MindFormersRunner)   # __init__ builds the real network
     runner.net, runner.batch_size = net, batch_size
@@ -531,8 +526,6 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     parameters (rotary float32 beside bf16), float32 norms and softmax, the fused kernels, and the KV cache."""
     import mindformers.models.llama as mf_llama
 
-    from tunebox.model import mf
-    from tunebox.evaluation.runners import MindFormersRunner
 
     built = {}
 
@@ -563,7 +556,6 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     assert str(cpu.compute_dtype) == "Float32" and not cpu.use_flash_attention and not cpu.fused_rms_norm
     assert cpu.use_rope_slice is True
 def test_summarize_reports_the_graded_measure_per_family_and_per_source():
-    from tunebox.evaluation.loop import score_row, summarize
 
     ref = {"prompt": "计算 3963.85 * -5055.68 等于多少？", "reference": "3963.85 * -5055.68 = -20039957.1680"}
     rows = [score_row("math", "3963.85 * -5055.68 = -20039957.1680", {**ref, "source": "split"}),

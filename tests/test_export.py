@@ -15,6 +15,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_RECIPE, cannot_run, job_env, read_jsonl, run_job
+from tunebox.data.prompts import spec_prompt
+from tunebox.model.weights import load_tokenizer
+from tunebox.config import load_spec
+from tunebox.evaluation.decode import NumpyLlama
+from tunebox.model.registry import get_model_shape
 
 LOCAL = REPO / "recipes" / "local-smollm2.yaml"
 
@@ -67,8 +72,6 @@ def hf_answers(folder: Path, problems: list[str], max_new_tokens: list[int]) -> 
 
 
 def tunebox_prompt_ids(spec, problems: list[str]) -> list[list[int]]:
-    from tunebox.data.prompts import spec_prompt
-    from tunebox.model.weights import load_tokenizer
 
     tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     return [tok.encode(spec_prompt(tok, p, spec.data)) for p in problems]
@@ -89,9 +92,6 @@ def tiny_exports(tiny_run):
 def test_tiny_export_is_the_judged_model(tiny_exports, fmt):
     """Mutants that fail here: lora_alpha written as r (scaling 1 instead of alpha/r; peft); lora_A holding
     B transposed (peft); gate_proj/up_proj swapped on the way to HF names (hf)."""
-    from tunebox.config import load_spec
-    from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.registry import get_model_shape
 
     torch, _, _ = hf_stack()
     run, step = tiny_exports["run"], tiny_exports["step"]
@@ -118,9 +118,6 @@ def test_export_base_and_a_text_template(tiny_run, tmp_path):
     Mutants that fail: the text after the problem dropped; the recipe's text pasted into the Jinja
     template unescaped; the folder left 0700 (mkdtemp's mode). (repr() for the literals instead of JSON
     passes: Jinja reads both alike.)"""
-    from tunebox.config import load_spec
-    from tunebox.data.prompts import spec_prompt
-    from tunebox.model.weights import load_tokenizer
 
     _, transformers, _ = hf_stack()
     template = 'Q "1" {{x}} {% \\ 数学 🙂:\n{problem}\n\nA:'

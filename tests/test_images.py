@@ -40,6 +40,8 @@ from tunebox.images import image_tags, project_version
 from tunebox.io import InputError
 from tunebox.layout import PIPELINE
 from tunebox.submission.code_archive import make_code_archive
+from tunebox.contest.rules import CONTEST_STACK
+from tunebox.model.checkpoint import save_checkpoint_numpy
 
 
 
@@ -117,7 +119,6 @@ def test_contest_stack_is_python39_on_bullseye_without_tunebox():
     assert (args["PYTHON"], args["BASE_IMAGE"], args["INSTALL_TUNEBOX"]) == (
         "python3.9", "tunebox/debian-bullseye:base", "0")
     # the contest's versions, cited in tunebox/contest/rules.py (the winner's init_run.sh, MindFormers v1.1.0's README)
-    from tunebox.contest.rules import CONTEST_STACK
 
     assert (args["MINDSPORE_VERSION"], args["MINDFORMERS_VERSION"], args["CANN_VERSION"]) == (
         CONTEST_STACK["mindspore"], CONTEST_STACK["mindformers"], CONTEST_STACK["cann"]) == ("2.3.0rc2", "1.1.0", "8.0.RC1")
@@ -646,7 +647,6 @@ def fake_submission(folder: Path, names=("model.layers.0.attention.wq.weight", "
 
     import numpy as np
 
-    from tunebox.model.checkpoint import save_checkpoint_numpy
     rng = np.random.default_rng(0)
     for step in (10, 20):
         path = folder / "checkpoints" / f"step-{step:06d}" / "model.ckpt"

@@ -47,6 +47,8 @@ from tunebox.images import project_version
 from tunebox.io import InputError
 from tunebox.manifest import ascend_info
 from tunebox.model.budget import estimate_disk
+from tunebox.deploy.crd_schema import derive
+from tunebox import manifest as mf
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -753,7 +755,6 @@ def test_manifest_reads_the_cann_85_layout(tmp_path):
 
 @pytest.mark.usefixtures("kubectl")   # every test of this part renders
 def test_crd_derivation_reads_openapi_the_way_the_api_server_does():
-    from tunebox.deploy.crd_schema import derive
     crd = {"metadata": {"name": "things.example.com"},
            "spec": {"group": "example.com", "names": {"kind": "Thing"}, "versions": [{"name": "v1", "schema": {
                "openAPIV3Schema": {"type": "object", "properties": {
@@ -899,7 +900,6 @@ def test_the_ascend_first_run_checklist_runs_as_written(tmp_path):
 
 @pytest.mark.usefixtures("kubectl")   # every test of this part renders
 def test_manifest_records_a_missing_cann_on_an_ascend_image_only(tmp_path, monkeypatch, caplog):
-    from tunebox import manifest as mf
     labels = tmp_path / "image.json"
     monkeypatch.setenv("TUNEBOX_IMAGE_LABELS", str(labels))
     monkeypatch.setattr(mf, "ASCEND_ROOT", tmp_path / "no-ascend")

@@ -18,6 +18,12 @@ from tunebox.config import load_spec
 from tunebox.model.mf_config import dump, render_predict_config, render_train_config, topology
 from tunebox.model.registry import get_model_shape, mindformers_target_regex
 from tunebox.training.plan import plan_steps
+from tunebox.io import InputError
+from tunebox.model.registry import with_overrides
+from conftest import run_job
+from test_bundle import rewrite_sums
+import jobs.verify as verify_mod
+from tunebox.model import budget
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
 TINY_DIMS = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "n_kv_heads": 2, "intermediate_size": 128,
@@ -81,7 +87,6 @@ def test_stage1_recipe_states_the_contests_topology(tmp_path):
     (["train.grad_accum=2"], "MindFormers accumulates gradients only in semi_auto_parallel"),
 ])
 def test_impossible_topologies_are_refused_at_load(overrides, message):
-    from tunebox.io import InputError
 
     with pytest.raises(InputError, match=message):
         load_spec(TINY_RECIPE, ["train.workers=2"] + overrides if "train.workers=4" not in overrides else overrides)
@@ -98,7 +103,6 @@ def test_the_rendered_config_builds_the_model_with_its_lora(recipe, tmp_path, mf
     from mindformers.tools.register import MindFormerModuleType, MindFormerRegister
 
     import tunebox.model.mf_extensions  # noqa: F401  (registers the tunebox classes, as auto_register would)
-    from tunebox.model.registry import with_overrides
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device("CPU")
@@ -143,10 +147,7 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
     """The bundle's mindformers/ folder: the config train ran, its run paths made relative; a predict
     config for the chosen checkpoint; the registered classes. verify loads both with MindFormerConfig
     and fails a predict.yaml whose checkpoint is not in the submission."""
-    from conftest import run_job
-    from test_bundle import rewrite_sums
 
-    import jobs.verify as verify_mod
 
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run["run_dir"], runs / "tiny", ignore=shutil.ignore_patterns("submission"))
@@ -177,7 +178,6 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
 def test_card_memory_of_the_contest_topology_worked_by_hand():
     """Llama3-8B, 4 cards model_parallel 4, 64 rows of 256 tokens, bf16, recompute on (the contest's
     setting), against figures worked here from the formula's terms."""
-    from tunebox.model import budget
 
     m = get_model_shape("llama3-8b")
     mem = budget.card_memory(m, seq_length=256, global_batch=64, data_parallel=1, model_parallel=4, pipeline_stage=1,

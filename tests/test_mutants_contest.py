@@ -7,6 +7,8 @@ import pytest
 
 from tunebox.contest import rules
 from tunebox.model.registry import get_model_shape
+from tunebox.contest.scoring import mcq_prompt
+from tunebox.contest.scoring import mcq_language
 
 
 def test_param_ratio_bounds_and_messages():
@@ -153,7 +155,6 @@ EN_PROMPT = ("Here is a question about high school math, the correct answer is o
 
 
 def test_mcq_prompt_to_the_byte():
-    from tunebox.contest.scoring import mcq_prompt
 
     assert mcq_prompt(EN_ROW) == mcq_prompt(EN_ROW, "en") == mcq_prompt(EN_ROW, "contest") == EN_PROMPT
     no_subject = {k: v for k, v in EN_ROW.items() if k != "subject"}
@@ -166,7 +167,6 @@ def test_mcq_prompt_to_the_byte():
 
 
 def test_mcq_prompt_refusals():
-    from tunebox.contest.scoring import mcq_prompt
 
     with pytest.raises(ValueError) as exc:
         mcq_prompt({**EN_ROW, "choices": ["a", "b", "c"]})
@@ -180,7 +180,6 @@ def test_mcq_prompt_refusals():
 
 
 def test_mcq_language_by_hand():
-    from tunebox.contest.scoring import mcq_language
 
     assert mcq_language(EN_ROW) == "en"
     assert mcq_language({"question": "Which?", "choices": ["a", "b", "中", "d"]}) == "zh"   # a choice decides too

@@ -15,6 +15,9 @@ from tunebox.model.registry import get_model_shape
 from tunebox.contest.rules import stage1_score, stage2_score
 
 from conftest import REPO
+from tunebox.training.plan import plan_steps
+from tunebox.config import load_spec
+from tunebox.model.mf_config import render_train_config
 
 LLAMA3 = get_model_shape("llama3-8b")
 INTERNLM = get_model_shape("internlm-7b")
@@ -226,9 +229,6 @@ def test_resume_snapshots_are_a_handful_per_run(recipe, rows, tmp_path):
     """The rendered CheckpointMonitor saves full resume snapshots (weights + optimizer state, ~16 GB each
     on Llama3-8B) a handful of times a run: 5 to 12, not every 20 steps (351 times over stage 1's 7,030
     steps). The contest's stage-1 config saved every 1,400 of its ~7,030 steps."""
-    from tunebox.training.plan import plan_steps
-    from tunebox.config import load_spec
-    from tunebox.model.mf_config import render_train_config
 
     spec = load_spec(REPO / "recipes" / recipe)
     plan = plan_steps(rows, spec.train)

@@ -22,6 +22,8 @@ from tunebox.data.samples import IGNORE, read_mindrecord
 from tunebox.io import InputError
 from tunebox.contest.scoring import math_family
 from tunebox.data.tokenizer import build_byte_tokenizer
+from tunebox.evaluation.loop import load_heldout
+from conftest import REPO
 
 
 def prep_here(tmp_path: Path, cache: Path, monkeypatch, capsys, *overrides: str) -> tuple[int, str, Path]:
@@ -82,7 +84,6 @@ def test_cot_alpaca_and_family_policy_reach_the_training_samples(tmp_path, tiny_
     preview = (out / "preview.txt").read_text()
     assert "[cot]  <- in use" in preview and "[rounded:2]" in preview
     # evaluate prompts the held-out rows with the same template
-    from tunebox.evaluation.loop import load_heldout
     spec = load_spec(TINY_RECIPE, [f"runs_dir={tmp_path / 'runs'}", "data.template=alpaca"])
     task = load_heldout(spec.run_dir, spec.data, spec.eval, build_byte_tokenizer())
     tok = build_byte_tokenizer()
@@ -147,7 +148,6 @@ def test_help_shows_each_new_key_with_its_docstring():
     import subprocess
     import sys
 
-    from conftest import REPO
 
     out = subprocess.run([sys.executable, "-m", "jobs.prep", "--help"], cwd=REPO, capture_output=True, text=True,
                          timeout=120).stdout

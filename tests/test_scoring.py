@@ -19,6 +19,8 @@ from tunebox.contest.scoring import (
     score_math, squad_answer_from_generation,
     squad_exact_match, squad_f1, squad_prompt, squad_scores, trim_generation,
 )
+from tunebox.contest.scoring import closeness
+from tunebox.contest.scoring import answer_verdict
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 MATH_SAMPLE = DATA / "math" / "contest-sample.jsonl"
@@ -389,7 +391,6 @@ def test_trim_generation_stops_at_a_new_problem():
 # ---- graded closeness (issue 14) ----------------------------------------------------------------
 
 def test_closeness_band_and_leading_digits():
-    from tunebox.contest.scoring import closeness
 
     ref = "-6273.69 / -2956.06 = 2.122314837993816093042766385"
     assert closeness("2.12231", ref) == {"within_1pct": True, "leading_digits": 6,
@@ -407,7 +408,6 @@ def test_closeness_band_and_leading_digits():
 
 
 def test_answer_verdict_carries_the_graded_measure():
-    from tunebox.contest.scoring import answer_verdict
 
     v = answer_verdict("math", "3963.85 * -5055.68 = -20039950", "3963.85 * -5055.68 = -20039957.1680")
     assert (v["strict"], v["within_1pct"], v["leading_digits"]) == (False, True, 7)

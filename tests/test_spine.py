@@ -19,6 +19,10 @@ from conftest import (MATH_SAMPLE, REPO, TINY_RECIPE, job_env, kill_session, pla
 from tunebox import layout
 from tunebox.config import load_spec
 from tunebox.training.plan import checkpoint_steps, plan_steps
+from tunebox.data.policy import split_heldout
+from tunebox.data.samples import read_mindrecord
+from tunebox.model.registry import get_model_shape
+from tunebox.model.lora import merge_lora_into_base
 
 
 # ---- prep: bad input is named by file and line, or skipped into rejects ------------------------
@@ -74,10 +78,8 @@ def test_prep_split_is_deterministic_and_answer_only_loss(tiny_run):
     heldout = read_jsonl(prep / "heldout.jsonl")
     spec = load_spec(TINY_RECIPE)
     assert len(heldout) == spec.data.heldout_rows
-    from tunebox.data.policy import split_heldout
     a, b = split_heldout(100, 8, 0), split_heldout(100, 8, 0)
     assert (a == b).all() and a.sum() == 8 and not (a == split_heldout(100, 8, 1)).all()
-    from tunebox.data.samples import read_mindrecord
     ids, labels = read_mindrecord(prep / "train.mindrecord")
     assert ids.shape[1] == spec.data.seq_length + 1 and ids.dtype == np.int32
     # the loss covers the answer only: labels equal ids there, -100 on the prompt and padding
@@ -117,7 +119,6 @@ def test_train_writes_five_evenly_spaced_checkpoints(tiny_run):
     assert all(np.isfinite(r["loss"]) for r in log)
     assert (train / "loss.csv").read_text().startswith("step,epoch,loss")
     summary = json.loads((train / "summary.json").read_text())
-    from tunebox.model.registry import get_model_shape
     assert summary["trainable_params"] == get_model_shape("tiny").lora_params(8, "wq|wv")
     manifest = json.loads((train / layout.MANIFEST).read_text())
     assert manifest["job"] == "train" and manifest["spec_hash"]
@@ -233,7 +234,6 @@ def test_merged_logits_equal_lora_logits(tiny_run, tmp_path):
 
 
 def test_merge_math_on_arrays():
-    from tunebox.model.lora import merge_lora_into_base
     rng = np.random.RandomState(0)
     w = rng.randn(6, 5).astype(np.float32)
     a, b = rng.randn(2, 5).astype(np.float32), rng.randn(6, 2).astype(np.float32)

@@ -20,6 +20,7 @@ from tunebox.io import InputError, JsonlRow
 from tunebox.model.registry import INTERNLM_CONTEST_TOKENIZER_CONFIG, get_model_shape, with_overrides
 from tunebox.contest.scoring import extract_choice_letter, mcq_prompt
 from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
+from tunebox.model import mf
 
 MCQ = SHARED_DATA / "mcq"
 MCQ_FILES = ["mmlu-subset.jsonl", "cmmlu-subset.jsonl", "contest-mcq-sample.jsonl"]
@@ -68,7 +69,6 @@ def ms_cwd(tmp_path_factory):
 
 
 def built_shapes(spec, seq_length: int = 16) -> dict:
-    from tunebox.model import mf
     net = mf.build_llama(spec, seq_length=seq_length)
     return {p.name: tuple(p.shape) for p in net.get_parameters()}
 
@@ -89,7 +89,6 @@ def test_internlm_checkpoint_converts_loads_and_trains_with_lora(tmp_path, ms_cw
     ms = ms_cwd
     from mindspore import nn
 
-    from tunebox.model import mf
     from tunebox.model.mf_extensions import TuneboxTrainOneStepCell
 
     hf = weights.make_random_hf_checkpoint(tmp_path / "hf", TINY_INTERNLM, seed=1, shards=2)

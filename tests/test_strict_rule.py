@@ -12,6 +12,8 @@ import pytest
 from conftest import TINY_RECIPE, read_jsonl, run_job
 from jobs import verify as verify_mod
 from tunebox.submission import contents
+from conftest import keeps_90_percent
+from conftest import squad_v11, strict_by_hand
 
 # tiny, worked by hand (as in tests/test_bundle.py): LoRA r=8 on wq (64x64) and wv (32x64) in 2 layers
 TINY_TRAINABLE = 2 * (8 * (64 + 64) + 8 * (32 + 64))
@@ -91,7 +93,6 @@ def test_a_checkpoint_right_only_under_the_tolerant_rule_is_not_chosen(tiny_run,
 
 def test_the_tests_retention_bar_is_the_contest_rule_by_hand():
     """conftest.keeps_90_percent, which the report tests use instead of 0.9 * base in floats."""
-    from conftest import keeps_90_percent
 
     assert keeps_90_percent(11.7, 13)        # exactly 90%; in floats 11.7 < 0.9 * 13
     assert keeps_90_percent(8.1, 9)          # exactly 90%; in floats 8.1 / 9 < 0.9
@@ -103,7 +104,6 @@ def test_the_tests_retention_bar_is_the_contest_rule_by_hand():
 def test_the_tests_own_scorers_by_hand():
     """conftest.squad_v11 and strict_by_hand, which the report tests use instead of re-scoring with
     tunebox.contest.scoring."""
-    from conftest import squad_v11, strict_by_hand
 
     # "the Eiffel Tower!" == "Eiffel tower" once normalized; "a b c" -> "b c" against "b c d": P 1, R 2/3, F1 0.8
     assert squad_v11(["the Eiffel Tower!", "a b c"], [["Eiffel tower"], ["b c d", "x"]]) == {"f1": 90.0, "em": 50.0}

@@ -17,6 +17,8 @@ import pytest
 
 from conftest import TINY_RECIPE, copy_submission, read_jsonl, rewrite_sums, run_job, verify_here
 from tunebox.submission import contents
+from tunebox.submission.checks import Findings
+from tunebox.submission.checks import Submission
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +242,6 @@ def test_tampering_with_sha256sums_rewritten_is_still_caught(bundle, tmp_path, c
 def test_findings_print_and_filter_exactly():
     import io
 
-    from tunebox.submission.checks import Findings
 
     f = Findings()
     f.ok("files", "all 3 present")
@@ -261,7 +262,6 @@ def test_findings_print_and_filter_exactly():
 
 
 def test_submission_reads_broken_files_as_none_and_says_why(tmp_path):
-    from tunebox.submission.checks import Findings, Submission
 
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "rows.jsonl").write_text('{"a": 1}\n\nnot json\n{"b": 2}\n')

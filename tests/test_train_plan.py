@@ -16,6 +16,9 @@ from tunebox.training.plan import answer_capacity, checkpoint_steps, plan_steps,
 from tunebox import layout
 from tunebox.config import DataSection, load_spec
 from tunebox.io import InputError
+from tunebox.data.packing import pack_rows
+from tunebox.data.samples import read_mindrecord
+from tunebox.model.weights import load_tokenizer
 
 PAD, IGNORE = 0, -100
 
@@ -107,9 +110,6 @@ def loss_positions(ids: np.ndarray, labels: np.ndarray, pad_id: int) -> list[int
 def test_packed_rows_fit_the_recorded_answer_capacity(tmp_path, tiny_cache, monkeypatch):
     """With train.packing the answer-only head must hold every loss position of a packed row, which
     carries several samples' answers: the capacity comes from the packed rows, not prep's."""
-    from tunebox.data.packing import pack_rows
-    from tunebox.data.samples import read_mindrecord
-    from tunebox.model.weights import load_tokenizer
 
     common = [f"runs_dir={tmp_path / 'runs'}", "run_id=cap", "data.seq_length=320"]
     run_job("prep", TINY_RECIPE, tiny_cache, tmp_path, *common)

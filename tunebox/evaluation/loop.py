@@ -21,6 +21,7 @@ from tunebox.contest import scoring
 from tunebox.data.prompts import prompt_parts, spec_prompt
 from tunebox.data.tokenizer import TextTokenizer
 from tunebox.io import InputError, atomic_write_json, atomic_write_text, iter_jsonl, read_jsonl, sha256_file
+from tunebox.data.samples import IGNORE
 
 log = logging.getLogger("tunebox.evaluate")
 
@@ -128,7 +129,6 @@ def longest_answers_in_samples(run_dir: Path, data: DataSection, tok: TextTokeni
     sample at a time: the answer is where the labels are, the family comes from the decoded prompt."""
     import mindspore.dataset as ds
 
-    from tunebox.data.samples import IGNORE
 
     record = run_dir / layout.PREP_TRAIN_RECORDS
     if not record.exists():

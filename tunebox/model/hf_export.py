@@ -23,6 +23,7 @@ from tunebox.io import InputError, atomic_write_json, atomic_write_text
 from tunebox.model.checkpoint import CheckpointReader, TensorEntry, lora_pairs, load_checkpoint_numpy
 from tunebox.model.registry import PEFT_NAMES, ModelShape
 from tunebox.model.weights import mindformers_name_to_hf
+from tunebox.evaluation.loop import template_parts
 
 # Largest safetensors shard: one shard is in memory while it is written.
 MAX_SHARD_BYTES = 2 << 30
@@ -50,7 +51,6 @@ def recipe_chat_template(tok: TextTokenizer, data) -> str:
     """A Jinja chat template that renders the recipe's prompt around the last user message: the model's
     own template when the recipe uses it unchanged (data.template chat, no system prompt), else the
     recipe's text before and after the problem, as string literals (escaped, so any text is safe)."""
-    from tunebox.evaluation.loop import template_parts
 
     if data.template == "chat" and not data.system_prompt:
         return tok.config.get("chat_template") or CHATML_TEMPLATE

@@ -94,7 +94,7 @@ def build_llama(shape: ModelShape, *, seq_length: int = 0, batch_size: int = 1, 
         config = llama_config_kwargs(shape, seq_length=seq_length, batch_size=batch_size, dtype=dtype)
     net = LlamaForCausalLM(LlamaConfig(**config))
     if not predicting and ms.get_context("device_target") == "CPU":
-        from tunebox.model.mf_extensions import avoid_cpu_broadcast_tables
+        from tunebox.model.mf_extensions import avoid_cpu_broadcast_tables  # lazy: imports MindSpore + MindFormers
 
         avoid_cpu_broadcast_tables(net)
     if checkpoint is not None:
@@ -121,7 +121,7 @@ def run_mindformers(yaml_path: Path, resume: bool) -> None:
     quiet_mindformers_console()
     cfg = MindFormerConfig(str(yaml_path))
     if cfg.context.device_target == "CPU" and cfg.use_parallel:
-        from tunebox.model.mf_extensions import skip_preload_barrier_on_cpu
+        from tunebox.model.mf_extensions import skip_preload_barrier_on_cpu  # lazy: imports MindSpore + MindFormers
 
         skip_preload_barrier_on_cpu()
     if resume:

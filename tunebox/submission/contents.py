@@ -21,6 +21,7 @@ from tunebox.contest import scoring
 from tunebox.evaluation.scorecard import contest_figures, scorecard
 from tunebox.model.registry import get_model_shape, lora_targets
 from tunebox.training.plan import checkpoint_steps
+from tunebox.config import RunSpec
 
 SUBMISSION_DIR = "submission"
 NUM_CHECKPOINTS = 5              # the contest asks for five evenly spaced merged checkpoints
@@ -290,7 +291,6 @@ def spec_differences(recorded: Mapping, spec) -> list[str]:
     is where a run lives, not what it is (a run moved to another disk, or mounted at /data/runs in a
     container, is the same run). A key the recorded spec lacks because the schema gained it later is
     no difference while it holds its default: the job ran with that behaviour."""
-    from tunebox.config import RunSpec
 
     defaults = RunSpec().to_dict()
     current = {k: v for k, v in spec.to_dict().items() if k not in LOCATION_KEYS}
