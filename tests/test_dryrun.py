@@ -59,7 +59,7 @@ def test_one_simulated_rank_per_pipeline_stage_with_mindformers_variables(tmp_pa
             "1", str(spec.train.workers), str(rank), str(stage), "1")
         assert env["KEEP"] == "1" and not {"MS_WORKER_NUM", "MS_ROLE", "MS_SCHED_HOST"} & set(env)
         assert env["LOCAL_DEFAULT_PATH"] == str(tmp_path / "output")   # where build_context puts the strategy
-    assert "from jobs.train import run_mindformers" in RANK_PROGRAM and "resume=False" in RANK_PROGRAM
+    assert "from tunebox.model.mf import run_mindformers" in RANK_PROGRAM and "resume=False" in RANK_PROGRAM
 
 
 @pytest.mark.parametrize("strategy_only", [False, True])
