@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Optional
 
 from tunebox.cli import run_job
+from tunebox.fetch import split_hub_source
 from tunebox.config import RunSpec
 from tunebox.model.weights import load_tokenizer
 from tunebox.io import InputError, atomic_dir
 from tunebox.manifest import write_job_manifest
-from tunebox.model.hf_export import (hub_reference, recipe_chat_template, write_hf_model, write_peft_adapter,
+from tunebox.model.hf_export import (recipe_chat_template, write_hf_model, write_peft_adapter,
                                      write_tokenizer)
 from tunebox.model.registry import get_model_shape
 from tunebox.run_checkpoints import base_checkpoint, pick_checkpoint
@@ -67,9 +68,9 @@ def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Pa
     else:
         if ck.step == 0:
             raise InputError("--step 0 is the base model, which has no adapter: export it with --format hf")
-        hub = hub_reference(shape.source) if spec.model.checkpoint is None else None
-        if hub:
-            base_ref, revision = hub
+        hub = split_hub_source(shape.source) if spec.model.checkpoint is None else None
+        if hub is not None and hub.hub == "hf":
+            base_ref, revision = hub.repo, hub.revision
         else:   # tunebox built or converted these weights: the adapter needs exactly them
             base = base_checkpoint(spec)
             base_dir = job_dir / "base-hf"

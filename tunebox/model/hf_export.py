@@ -157,11 +157,3 @@ def write_peft_adapter(out: Path, lora_ckpt: Path, *, rank: int, alpha: float, d
               "inference_mode": True, "modules_to_save": None, "layers_to_transform": None}
     atomic_write_json(out / "adapter_config.json", config)
     return {"tensors": len(tensors), "target_modules": config["target_modules"]}
-
-
-def hub_reference(source: str) -> tuple[str, str | None] | None:
-    """('org/name', revision or None) for a registry source 'hf:org/name[@rev]', else None."""
-    if not source.startswith("hf:"):
-        return None
-    repo, _, revision = source[3:].partition("@")
-    return repo, revision or None
