@@ -234,7 +234,8 @@ def env(c, config="", out=""):
             "lang_mix": "language shares, e.g. zh=0.97,en=0.03", "shard_rows": "rows per part file"})
 def generate(c, rows=100_000, out="runs/data/generated", seed=0, mix="", lang_mix="", shard_rows=100_000):
     """Synthetic contest math rows (every label recomputed exactly as the contest formats it)."""
-    cmd = f"{PY} -m jobs.generate --rows {int(rows)} --out {shlex.quote(out)} --seed {int(seed)} --shard-rows {int(shard_rows)}"
+    cmd = (f"{PY} -m jobs.generate --rows {int(rows)} --out {shlex.quote(out)} --seed {int(seed)} "
+           f"--shard-rows {int(shard_rows)}")
     if mix:
         cmd += f" --mix {shlex.quote(mix)}"
     if lang_mix:
@@ -242,7 +243,8 @@ def generate(c, rows=100_000, out="runs/data/generated", seed=0, mix="", lang_mi
     c.run(cmd, pty=False, echo=True)
 
 
-@task(help={"file": "a JSONL file or a directory of them", "tokenizer": "model dir or tokenizer.json ('none': characters)",
+@task(help={"file": "a JSONL file or a directory of them", "tokenizer": "model dir or tokenizer.json ('none': "
+            "characters)",
             "out": "report directory (default runs/profile/<name>)"})
 def profile(c, file, tokenizer="", out=""):
     """Family mix, lengths, duplicates and wrong labels of a math JSONL file -> profile.json/.md + charts."""
@@ -264,7 +266,8 @@ def profile(c, file, tokenizer="", out=""):
             "baseline_targets": "the baseline's target modules (default: the contest's)", "json": "JSON output"})
 def plan(c, config="", model="", stage=0, ranks="", cards=0, rows=0, seq=0, epochs=0.0, batch=0, mfu=0.0,
          measured_step_s=0.0, baseline_accuracy=-1.0, baseline_rank=0, baseline_targets="", json=False):
-    """Before training: trainable params, ratio and break-even accuracy per LoRA rank/targets; Ascend step and wall time."""
+    """Before training: trainable params, ratio and break-even accuracy per LoRA rank/targets; Ascend step and
+    wall time."""
     args = []
     for flag, value in (("--config", config), ("--model", model), ("--stage", stage), ("--ranks", ranks),
                         ("--cards", cards), ("--rows", rows), ("--seq", seq), ("--epochs", epochs),
@@ -325,11 +328,13 @@ def image_base(c, suite="bookworm", mirror=""):
 
 
 @task(name="build", help={"stack": "images/<stack>/: cpu-ms2.9, ascend-cann9.0-ms2.9, contest-2024",
-                          "ca_bundle": "CA bundle pip trusts in the builder (default /etc/ssl/certs/ca-certificates.crt)",
+                          "ca_bundle": "CA bundle pip trusts in the builder (default "
+                          "/etc/ssl/certs/ca-certificates.crt)",
                           "no_ca": "build without a CA bundle", "no_cache": "ignore the layer cache",
                           "tag": "image tag (default tunebox:VERSION-STACK and tunebox:STACK)"})
 def image_build(c, stack="cpu-ms2.9", ca_bundle="", no_ca=False, no_cache=False, tag=""):
-    """Build one stack's image (docker CLI with BuildKit, the CA as a build secret), print its id, check no layer holds the CA."""
+    """Build one stack's image (docker CLI with BuildKit, the CA as a build secret), print its id, check no layer
+    holds the CA."""
     cmd = f"{PY} -m images.build build --stack {shlex.quote(stack)}"
     cmd += " --no-ca" if no_ca else (f" --ca-bundle {shlex.quote(ca_bundle)}" if ca_bundle else "")
     cmd += " --no-cache" if no_cache else ""
@@ -339,7 +344,8 @@ def image_build(c, stack="cpu-ms2.9", ca_bundle="", no_ca=False, no_cache=False,
 
 @task(name="lint", help={"stack": "only this stack (default: all)"})
 def image_lint(c, stack=""):
-    """Check the Dockerfile's rules for every stack (local FROMs, no # syntax, non-root, no CA in the final stage), then hadolint."""
+    """Check the Dockerfile's rules for every stack (local FROMs, no # syntax, non-root, no CA in the final stage),
+    then hadolint."""
     _in_repo(c, f"{PY} -m images.build lint" + (f" --stack {shlex.quote(stack)}" if stack else ""))
 
 
@@ -408,11 +414,13 @@ def compose_up(c, config="recipes/tiny.yaml", profile="cpu", until="bundle", ima
 
 @task(name="merge", help={"dir": "where the synthetic checkpoints go: the disk measured (default runs/bench-merge)",
                           "sizes": "comma list of quarter, half, full (Llama3-8B shapes)",
-                          "budget_gb": "most disk used at once (default 40)", "no_doc": "do not append to docs/BENCHMARKS.md"})
+                          "budget_gb": "most disk used at once (default 40)", "no_doc": "do not append to "
+                          "docs/BENCHMARKS.md"})
 def bench_merge(c, dir="", sizes="", budget_gb="", no_doc=False):
     """Streamed LoRA merge on Llama3-8B-shaped checkpoints: peak RSS and GB/s vs the disk's own speed."""
     cmd = f"{PY} -m benches.bench_merge" + (f" --dir {shlex.quote(dir)}" if dir else "")
-    cmd += (f" --sizes {shlex.quote(sizes)}" if sizes else "") + (f" --budget-gb {float(budget_gb)}" if budget_gb else "")
+    cmd += (f" --sizes {shlex.quote(sizes)}" if sizes else "") + (f" --budget-gb "
+                                                                  f"{float(budget_gb)}" if budget_gb else "")
     _in_repo(c, cmd + (" --no-doc" if no_doc else ""))
 
 
@@ -422,21 +430,26 @@ def bench_merge(c, dir="", sizes="", budget_gb="", no_doc=False):
                          "squad_rows": "SQuAD questions for the evaluate-job timing (default 100)",
                          "out": "markdown file to append the section to (default docs/BENCHMARKS.md)"})
 def bench_eval(c, prompts=40, max_new=32, math_rows=100, squad_rows=100, out=""):
-    """SmolLM2 evaluation speed: KV-cache batched vs no-cache decoding (identical outputs), and the evaluate job on math + SQuAD."""
+    """SmolLM2 evaluation speed: KV-cache batched vs no-cache decoding (identical outputs), and the evaluate job
+    on math + SQuAD."""
     cmd = (f"{PY} -m benches.bench_eval --prompts {int(prompts)} --max-new {int(max_new)} --math-rows {int(math_rows)}"
            f" --squad-rows {int(squad_rows)}" + (f" --out {shlex.quote(out)}" if out else ""))
     _in_repo(c, cmd)
 
 
-@task(name="prep", help={"rows": "generated contest rows to prepare (default 800000)", "workers": "prep's workers (default 2)",
-                         "keep": "keep the data and outputs under this directory", "no_doc": "do not append to docs/BENCHMARKS.md"})
+@task(name="prep", help={"rows": "generated contest rows to prepare (default 800000)", "workers": "prep's workers "
+                         "(default 2)",
+                         "keep": "keep the data and outputs under this directory", "no_doc": "do not append to "
+                         "docs/BENCHMARKS.md"})
 def bench_prep(c, rows=800_000, workers=2, keep="", no_doc=False):
-    """Prep at contest scale: generated rows -> MindRecord, a plain single-process loop vs jobs.prep (time, CPU, peak RSS)."""
+    """Prep at contest scale: generated rows -> MindRecord, a plain single-process loop vs jobs.prep (time, CPU,
+    peak RSS)."""
     cmd = f"{PY} -m benches.bench_prep prep --rows {int(rows)} --workers {int(workers)}"
     _in_repo(c, cmd + (f" --keep {shlex.quote(keep)}" if keep else "") + (" --no-doc" if no_doc else ""))
 
 
-@task(name="generate", help={"rows": "rows to generate (default 800000)", "no_doc": "do not append to docs/BENCHMARKS.md"})
+@task(name="generate", help={"rows": "rows to generate (default 800000)", "no_doc": "do not append to "
+                             "docs/BENCHMARKS.md"})
 def bench_generate(c, rows=800_000, no_doc=False):
     """jobs.generate speed at contest scale, with one worker and with one per core."""
     _in_repo(c, f"{PY} -m benches.bench_prep generate --rows {int(rows)}" + (" --no-doc" if no_doc else ""))

@@ -314,7 +314,8 @@ def check_merged(base: Path, out: Path, lora: dict, spec) -> list[str]:
         if [(e.name, e.shape, e.tensor_type) for e in src_entries.values()] != \
                 [(e.name, e.shape, e.tensor_type) for e in dst_entries.values()]:
             raise AssertionError(f"{out}: tensors differ from {base}")
-        for prefix in (f"model.layers.0.attention.{LORA_TARGETS[0]}", f"model.layers.{last}.attention.{LORA_TARGETS[-1]}"):
+        for prefix in (f"model.layers.0.attention.{LORA_TARGETS[0]}",
+                       f"model.layers.{last}.attention.{LORA_TARGETS[-1]}"):
             name = prefix + ".weight"
             pair = {k: lora[k] for k in (f"{prefix}.{LORA_A}", f"{prefix}.{LORA_B}")}
             want = merge_lora_into_base({name: src.read(src_entries[name])}, pair, LORA_ALPHA, LORA_RANK)[name]
@@ -406,7 +407,8 @@ def run_bench(args) -> dict:
     runs = []
     for name, layers in sorted(sizes.items(), key=lambda kv: kv[1]):
         model = with_overrides(shape, num_layers=layers)
-        base, lora_path, out = directory / f"base-{name}.ckpt", directory / f"lora-{name}.ckpt", directory / f"merged-{name}.ckpt"
+        base, lora_path = directory / f"base-{name}.ckpt", directory / f"lora-{name}.ckpt"
+        out = directory / f"merged-{name}.ckpt"
         try:
             t = time.perf_counter()
             base_bytes = write_synthetic_base(base, model, pool, ttype, seed=layers, progress=not args.no_progress)
@@ -482,7 +484,8 @@ def markdown(result: dict) -> str:
         f"with copy_file_range + fsync from a cold cache right after its merge: the same bytes through the same "
         f"disk a minute apart, the reference the merge is held to (the disk's speed drifts with the other work).",
         "",
-        "| model | layers | parameters | base .ckpt | merge | read + written | plain copy of the base, right after | merge speed / copy speed | peak RSS (sampled) |",
+        "| model | layers | parameters | base .ckpt | merge | read + written | plain copy of the base, right after | "
+        "merge speed / copy speed | peak RSS (sampled) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:

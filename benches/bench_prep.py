@@ -54,7 +54,8 @@ def load_average() -> float:
 
 def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "unknown")
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 "unknown")
     import psutil
 
     return {"cpu": model, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
@@ -140,9 +141,11 @@ def plain_loop(data_dir: Path, out: Path, seq_length: int, system: Optional[str]
     writer = FileWriter(str(out), shard_num=1, overwrite=True)
     writer.add_schema(SAMPLE_SCHEMA, "plain loop")
     for start in range(0, len(ids), 4096):
-        writer.write_raw_data([{"input_ids": a, "labels": b} for a, b in zip(ids[start:start + 4096], labels[start:start + 4096])])
+        writer.write_raw_data([{"input_ids": a, "labels": b} for a, b in zip(ids[start:start + 4096],
+                                                                             labels[start:start + 4096])])
     writer.commit()
-    return {"rows_in": rows_in, "rows_written": len(ids), "checksum": int(np.sum([a.sum() for a in ids], dtype=np.int64))}
+    return {"rows_in": rows_in, "rows_written": len(ids),
+            "checksum": int(np.sum([a.sum() for a in ids], dtype=np.int64))}
 
 
 # ---- the benchmarks ---------------------------------------------------------------------------
@@ -151,7 +154,8 @@ def bench_prep(rows: int, workers: int, keep: Optional[Path] = None) -> dict:
     spec = load_spec(RECIPE)
     ensure_model(spec.model.name)     # converted once; not part of any timing
     work = Path(tempfile.mkdtemp(prefix="tunebox-bench-prep-", dir=keep))
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), TUNEBOX_LOG="INFO")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TUNEBOX_LOG="INFO")
     try:
         data = work / "data"
         record = run_generate(rows, data, seed=0)
@@ -193,7 +197,8 @@ def _rate(rows: int, seconds: float) -> str:
 def prep_section(result: dict, command: str) -> str:
     m = machine()
     rows = result["rows"]
-    loads = [r[k] for r in (result["plain"], result["prep"], result["prep_cleaning"]) for k in ("load_before", "load_after")]
+    loads = [r[k] for r in (result["plain"], result["prep"], result["prep_cleaning"])
+             for k in ("load_before", "load_after")]
     lines = [
         f"## prep: {rows:,} contest rows -> MindRecord",
         "",
@@ -204,14 +209,17 @@ def prep_section(result: dict, command: str) -> str:
         f"{result['input_mb']} MB, generated in {result['generate_seconds']} s); SmolLM2-135M tokenizer, "
         f"seq_length {result['seq_length']}, the local recipe's system prompt; rows longer than seq_length + 1 skipped",
         "",
-        "| run | rows written | wall s | rows/s (in) | CPU s (all processes) | peak RSS, largest process | peak RSS, all processes |",
+        "| run | rows written | wall s | rows/s (in) | CPU s (all processes) | peak RSS, largest process | peak RSS, "
+        "all processes |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    named = (("plain loop, 1 process (json.loads + tokenize a row at a time, FileWriter.write_raw_data)", result["plain"]),
+    named = (("plain loop, 1 process (json.loads + tokenize a row at a time, FileWriter.write_raw_data)",
+              result["plain"]),
              (f"`jobs.prep`, {result['workers']} workers", result["prep"]),
              (f"`jobs.prep`, {result['workers']} workers, dedupe + bad_labels=drop", result["prep_cleaning"]))
     for name, r in named:
-        lines.append(f"| {name} | {r['rows_written']:,} | {r['seconds']} | {_rate(rows, r['seconds'])} | {r['cpu_seconds']} | "
+        lines.append(f"| {name} | {r['rows_written']:,} | {r['seconds']} | {_rate(rows, r['seconds'])} | "
+                     f"{r['cpu_seconds']} | "
                      f"{r['peak_rss_mb']:,} MB | {r['peak_rss_tree_mb']:,} MB |")
     plain, fast, clean = result["plain"], result["prep"], result["prep_cleaning"]
     met = "met" if fast["seconds"] <= GOAL_SECONDS else "missed"
@@ -223,7 +231,8 @@ def prep_section(result: dict, command: str) -> str:
         f"- goal <= {GOAL_SECONDS} s for {rows:,} rows: **{met}** ({fast['seconds']} s wall; "
         f"{fast['cpu_seconds']} CPU s over {m['cores']} cores is at least {fast['cpu_seconds'] / m['cores']:.0f} s "
         f"on this machine unshared)",
-        f"- prep phases, wall s: {', '.join(f'{k} {v}' for k, v in fast['seconds_by_phase'].items())}; CPU s in the job's "
+        f"- prep phases, wall s: {', '.join(f'{k} {v}' for k, v in fast['seconds_by_phase'].items())}; CPU s in the "
+        "job's "
         f"process {fast['in_job_cpu_seconds']}, in its workers {fast['in_job_cpu_seconds_workers']} "
         "(the workers' share is tokenization: SmolLM2's tokenizer on the prompt and the answer of every row)",
         f"- cleaning removed: {', '.join(f'{k} {v:,}' for k, v in clean['removed'].items()) or 'nothing'}",

@@ -404,7 +404,8 @@ def render_section(r: dict) -> str:
         f"Workload: {w['model']}, LoRA r={w['lora_rank']} alpha={w['lora_alpha']} dropout {w['lora_dropout']} on "
         f"{w['targets']}, batch {w['batch']} x {w['seq_length']} tokens (+1 for the shifted labels), the same "
         f"{w['total_steps']} batches of `{w['data']}` on both sides (prep's rows in order, unshuffled), AdamW with "
-        f"MindFormers' CosineWithWarmUpLR as the train job logged it; tunebox runs MindFormers' Trainer; {w['steps']} measured steps after 1 warm-up step, {w['repeats']} repeat(s)"
+        f"MindFormers' CosineWithWarmUpLR as the train job logged it; tunebox runs MindFormers' Trainer; {w['steps']} "
+        f"measured steps after 1 warm-up step, {w['repeats']} repeat(s)"
         + (" alternating the order" if w["repeats"] > 1 else "") + ". Reference: torch "
         f"{v['torch']}, transformers {v['transformers']} (attention: {v['attn_implementation']}), peft {v['peft']}, "
         "eager, float32.",
@@ -517,7 +518,8 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
             _check_ran(run_measured(job_command("prep", recipe, packed_overrides), work / "prep-packed.log"), "prep")
 
         tunebox_runs, reference_runs, packed_runs = [], {n: [] for n in threads}, []
-        sides = ["tunebox"] + (["tunebox, packed"] if packed else []) + [f"reference with {n} thread(s)" for n in threads]
+        sides = ["tunebox"] + (["tunebox, packed"] if packed else []) + [f"reference with {n} "
+                                                                         "thread(s)" for n in threads]
         for rep in range(repeats):
             for side in (sides if rep % 2 == 0 else sides[::-1]):   # alternate, so drifting load hits all sides
                 print(f"[{rep + 1}/{repeats}] {side}: {total_steps} steps...", flush=True)
@@ -600,7 +602,8 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benches.bench_train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", "-c", metavar="SPEC.yaml", default=DEFAULT_RECIPE, help="run spec both sides train (default: %(default)s)")
+    parser.add_argument("--config", "-c", metavar="SPEC.yaml", default=DEFAULT_RECIPE, help="run spec both sides "
+                        "train (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=12, help="measured steps per side, after 1 warm-up step")
     parser.add_argument("--repeats", type=int, default=1, help="run both sides this many times, alternating the order")
     parser.add_argument("--threads", default="2,1",
@@ -615,7 +618,8 @@ def main(argv=None) -> int:
     parser.add_argument("--packed", default="256x4", metavar="SEQxBATCH",
                         help="also run tunebox with train.packing at this shape (default: %(default)s); 'no' skips it")
     args = parser.parse_args(argv)
-    command = "python -m benches.bench_train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python -m benches.bench_train " + " ".join(shlex.quote(a) for a in given)
     try:
         packed = None
         if args.packed != "no":

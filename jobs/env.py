@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Print this machine's environment manifest as JSON (what every job records "
                     "in runs/<run>/<job>/manifest.json).",
         epilog="exit codes: 0 ok, 2 bad input, 1 failure")
-    parser.add_argument("--config", "-c", metavar="SPEC.yaml", help="a run spec (recipes/*.yaml) whose hash and content to include")
+    parser.add_argument("--config", "-c", metavar="SPEC.yaml", help="a run spec (recipes/*.yaml) whose hash and "
+                        "content to include")
     parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH",
                         help="a file or folder to hash into the manifest (repeatable)")
     parser.add_argument("--no-freeze", action="store_true", help="leave out the full pip freeze")

@@ -60,7 +60,8 @@ def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Pa
     if fmt == "hf":
         ckpt = base_checkpoint(spec) if ck.step == 0 else ck.merged_file
         if ck.merge_scale not in (None, 1.0):
-            log.warning("merge folded the LoRA in at scale %g, not as trained: the export is that model", ck.merge_scale)
+            log.warning("merge folded the LoRA in at scale %g, not as trained: the export is that model",
+                        ck.merge_scale)
         with export_dir(target) as tmp:
             extra.update(write_hf_model(tmp, ckpt, shape, tok, template))
         inputs["checkpoint"] = ckpt

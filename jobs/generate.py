@@ -65,7 +65,8 @@ def parse_weights(text: str, what: str, known: tuple[str, ...]) -> dict[str, flo
     return weights
 
 
-def resolve_mix(mix: Optional[dict[str, float]] = None, lang_mix: Optional[dict[str, float]] = None) -> dict[str, float]:
+def resolve_mix(mix: Optional[dict[str, float]] = None, lang_mix: Optional[dict[str, float]] = None) -> dict[str,
+                                                                                                             float]:
     """Family -> probability. `mix` defaults to the real sample's family mix; `lang_mix`, when
     given, rescales the families of each language so that language gets exactly its share."""
     weights = dict(mix if mix is not None else mathgen.CONTEST_MIX)

@@ -116,7 +116,8 @@ def ensure_weights(spec: RunSpec, progress: bool = True, refresh: bool = False) 
         shutil.rmtree(final)
         verified_stamp_file(final).unlink(missing_ok=True)
     if read_model_info(final) is not None:
-        ensure_model(spec.model.name, progress=progress)   # returns at once (rebuilds tiny/smollm2 after a converter change)
+        ensure_model(spec.model.name,
+                     progress=progress)   # returns at once (rebuilds tiny/smollm2 after a converter change)
         # before any job uses it: every file against model.json's sha256 (hashed once, then size + mtime)
         hashed = verify_model_files(final)
         return {"action": "present", "model_dir": str(final),

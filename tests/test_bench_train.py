@@ -168,7 +168,8 @@ def test_report_adds_the_packed_side_with_its_own_flops():
     assert "same data at 1.50x the reference's tokens/s** (goal >= 1.3x: met), peak RSS 1.62x" in section
     assert "filled rows 34% -> 95% (896 samples in 321 rows)" in section
     sides = result["summary"]["sides"]
-    assert sides["tunebox-packed"]["achieved_gflops"] == pytest.approx(packed_flops["total"] / (600 / 180.0) / 1e9, rel=1e-3)
+    assert sides["tunebox-packed"]["achieved_gflops"] == pytest.approx(packed_flops["total"] / (600 / 180.0) / 1e9,
+                                                                       rel=1e-3)
     assert packed_flops["total"] > result["flops"]["total"]  # longer rows: more attention FLOPs
 
 

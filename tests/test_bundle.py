@@ -313,7 +313,8 @@ def make_model_answer(ev: Path, name: str, math_right: int, squad_right: int) ->
     """The first math_right held-out answers become the references, the first squad_right SQuAD
     answers the gold ones; scores.json and squad.json are rewritten with the figures by hand."""
     preds = read_jsonl(ev / name / "predictions.jsonl")
-    assert len(preds) == 8 and not any(p["strict"] or p["tolerant"] for p in preds), "expected a model that knows nothing"
+    knows_nothing = not any(p["strict"] or p["tolerant"] for p in preds)
+    assert len(preds) == 8 and knows_nothing, "expected a model that knows nothing"
     per_family: dict[str, list[int]] = {}
     for i, p in enumerate(preds):
         right = i < math_right
@@ -606,7 +607,8 @@ def test_code_archive_clean_commit_dirty_tree_and_no_git(tmp_path):
 # ---- reading evaluate's report ------------------------------------------------------------
 
 def test_squad_fields_read_nested_and_flat_report_entries():
-    nested = contents.squad_fields({"squad": {"f1": 55.0, "em": 40.0}, "retention": {"f1": 0.92, "em": 0.905, "passes": True}})
+    nested = contents.squad_fields({"squad": {"f1": 55.0, "em": 40.0}, "retention": {"f1": 0.92, "em": 0.905,
+                                                                                     "passes": True}})
     flat = contents.squad_fields({"squad_f1": 55.0, "squad_em": 40.0, "retention_f1": 0.92, "retention_em": 0.905,
                             "passes_retention": True})
     assert nested == flat == {"squad_f1": 55.0, "squad_em": 40.0, "retention_f1": 0.92, "retention_em": 0.905,

@@ -310,7 +310,8 @@ def test_merge_writes_bfloat16_from_a_float32_base(ms, tmp_path):
 def test_merge_rejects_a_lora_that_does_not_fit_and_writes_nothing(tmp_path):
     rng = np.random.default_rng(5)
     cs.save_checkpoint_numpy(tmp_path / "base.ckpt", dict(random_parameters(TINY, seed=5)))
-    cs.save_checkpoint_numpy(tmp_path / "wrong-model.ckpt", random_lora(with_overrides(TINY, hidden_size=32, num_heads=2), rng))
+    cs.save_checkpoint_numpy(tmp_path / "wrong-model.ckpt", random_lora(with_overrides(TINY, hidden_size=32,
+                                                                                       num_heads=2), rng))
     cs.save_checkpoint_numpy(tmp_path / "deep.ckpt", random_lora(with_overrides(TINY, num_layers=3), rng))
     half = random_lora(TINY, rng)
     del half[f"model.layers.1.attention.wv.{mf.LORA_B}"]

@@ -67,7 +67,8 @@ def test_the_ranks_run_the_runs_own_config_writing_only_under_dryrun(tmp_path, s
     spec = load_spec(STAGE1, PIPELINE)
     train_dir, out = tmp_path / "run" / "train", tmp_path / "run" / "dryrun" / "output"
     cfg = render_train_config(spec, data_files=[tmp_path / "train.mindrecord"], out_dir=train_dir,
-                              plan=plan_steps(40 * spec.train.batch_size, spec.train), base_checkpoint=tmp_path / "base.ckpt",
+                              plan=plan_steps(40 * spec.train.batch_size, spec.train),
+                              base_checkpoint=tmp_path / "base.ckpt",
                               answer_capacity=24)
     dry = dryrun_config(cfg, out, strategy_only)
     assert str(train_dir) not in yaml.safe_dump(dry)          # nothing lands in the run's train folder

@@ -49,7 +49,8 @@ def _ckpt(step: int, acc: float, f1: float, em: float) -> dict:
 
 
 def _figures(spec) -> dict:
-    return contest_figures(spec.stage, param_figures(get_model_shape(spec.model.name), spec.lora.rank, spec.lora.target_modules))
+    return contest_figures(spec.stage, param_figures(get_model_shape(spec.model.name), spec.lora.rank,
+                                                     spec.lora.target_modules))
 
 
 @pytest.fixture
@@ -316,7 +317,8 @@ def test_new_token_limits_come_from_training_answers_only(tiny_run):
     spec = load_spec(TINY_RECIPE)
     prep = tiny_run["run_dir"] / "prep"
     tok = TextTokenizer.load(tiny_run["cache"] / "models" / "tiny")
-    skip = {r["line"] for r in read_jsonl(prep / "heldout.jsonl")} | {r["line"] for r in read_jsonl(prep / "rejects.jsonl")}
+    skip = ({r["line"] for r in read_jsonl(prep / "heldout.jsonl")}
+            | {r["line"] for r in read_jsonl(prep / "rejects.jsonl")})
     longest: dict[str, int] = {}
     source = spec.resolve(spec.data.train_file)
     for line, text in enumerate(source.read_text(encoding="utf-8").splitlines()[:spec.data.max_rows], start=1):
@@ -543,7 +545,8 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
                                    "eval.batch_size=3"])
     runner = MindFormersRunner(get_model_shape("tiny"), tmp_path / "model.ckpt", spec, seq_length=96)
     c = built["config"]
-    assert (built["device"], built["mode"], built["ckpt"], built["train"]) == ("Ascend", "graph", tmp_path / "model.ckpt",
+    assert (built["device"], built["mode"], built["ckpt"], built["train"]) == ("Ascend", "graph",
+                                                                               tmp_path / "model.ckpt",
                                                                                False)
     assert [str(x) for x in (c.compute_dtype, c.param_init_type)] == [ms_name] * 2
     # rotary in float32 beside bf16, in fp16 beside fp16: the contest's stage-1 and stage-2 configs

@@ -121,14 +121,16 @@ def test_export_base_and_a_text_template(tiny_run, tmp_path):
 
     _, transformers, _ = hf_stack()
     template = 'Q "1" {{x}} {% \\ 数学 🙂:\n{problem}\n\nA:'
-    args = (f"runs_dir={tiny_run['runs']}", f"data.template={json.dumps(template, ensure_ascii=False)}")  # --set reads YAML
+    args = (f"runs_dir={tiny_run['runs']}",
+            f"data.template={json.dumps(template, ensure_ascii=False)}")  # --set reads YAML
     out = tmp_path / "base"
     export(TINY_RECIPE, tiny_run["cache"], tiny_run["work"], "--format", "hf", "--step", "0", "--out", str(out),
            overrides=args)
     spec = load_spec(TINY_RECIPE, list(args))
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     problem = "What is {a} + 'b'?\n第二行"
-    rendered = tok.apply_chat_template([{"role": "user", "content": problem}], add_generation_prompt=True, tokenize=False)
+    rendered = tok.apply_chat_template([{"role": "user", "content": problem}], add_generation_prompt=True,
+                                       tokenize=False)
     ours = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     assert rendered == spec_prompt(ours, problem, spec.data)
     assert out.stat().st_mode & 0o777 == 0o755      # a server running as another user can read it
@@ -159,7 +161,8 @@ def test_smollm2_adapter_answers_as_the_decoder(tmp_path):
             "train.lr=2.0e-3"]
     for job in ("prep", "train"):
         run_job(job, LOCAL, cache, tmp_path, *args, timeout=1800)
-    step = json.loads((runs / "local-smollm2" / "train" / "checkpoints" / "index.json").read_text())["checkpoints"][-1]["step"]
+    index = runs / "local-smollm2" / "train" / "checkpoints" / "index.json"
+    step = json.loads(index.read_text())["checkpoints"][-1]["step"]
     export(LOCAL, cache, tmp_path, "--format", "peft", "--step", str(step), overrides=args)
     rows = read_jsonl(REPO.parent / "shared" / "data" / "math" / "contest-sample.jsonl")[:6]
     problems = [" ".join(r["problem"].split()) for r in rows]     # one line each, for chat's stdin

@@ -121,7 +121,8 @@ def test_contest_stack_is_python39_on_bullseye_without_tunebox():
     # the contest's versions, cited in tunebox/contest/rules.py (the winner's init_run.sh, MindFormers v1.1.0's README)
 
     assert (args["MINDSPORE_VERSION"], args["MINDFORMERS_VERSION"], args["CANN_VERSION"]) == (
-        CONTEST_STACK["mindspore"], CONTEST_STACK["mindformers"], CONTEST_STACK["cann"]) == ("2.3.0rc2", "1.1.0", "8.0.RC1")
+        CONTEST_STACK["mindspore"], CONTEST_STACK["mindformers"], CONTEST_STACK["cann"]) == ("2.3.0rc2", "1.1.0",
+                                                                                             "8.0.RC1")
     pins = (REPO / "images/contest-2024/constraints.txt").read_text()
     assert "mindspore==2.3.0rc2" in pins and "mindformers==1.1.0" in pins and "mindpet==1.0.4" in pins
 
@@ -199,13 +200,16 @@ BROKEN = {
     "root user": (lambda t: t.replace("USER ${TUNEBOX_UID}:${TUNEBOX_UID}", "USER root"), "non-root"),
     "no user": (lambda t: t.replace("USER ${TUNEBOX_UID}:${TUNEBOX_UID}\n", ""), "no USER"),
     "CA secret copied into a layer": (lambda t: t.replace("    sh /build/build-venv.sh deps",
-                                                          "    cp /build/ca/ca-certificates.crt /opt/venv/ && sh /build/build-venv.sh deps"),
+                                                          "    cp /build/ca/ca-certificates.crt /opt/venv/ && sh "
+                                                          "/build/build-venv.sh deps"),
                                       "names /build/ca"),
     "CA secret where pip does not look": (lambda t: t.replace("id=ca,target=/build/ca/ca-certificates.crt", "id=ca", 1),
                                           "build-venv.sh reads"),
     "CA secret in the final stage": (lambda t: t.replace("RUN groupadd", "RUN --mount=type=secret,id=ca,target="
-                                                         "/build/ca/ca-certificates.crt groupadd"), "mounts the CA secret"),
-    "CA path in ENV": (lambda t: t.replace("    PYTHONUNBUFFERED=1 \\", "    PIP_CERT=/build/ca/ca.crt \\\n    PYTHONUNBUFFERED=1 \\"),
+                                                         "/build/ca/ca-certificates.crt groupadd"), "mounts the CA "
+                                                         "secret"),
+    "CA path in ENV": (lambda t: t.replace("    PYTHONUNBUFFERED=1 \\", "    PIP_CERT=/build/ca/ca.crt \\\n    "
+                                           "PYTHONUNBUFFERED=1 \\"),
                        "mentions"),
 }
 
@@ -391,7 +395,8 @@ def test_compose_runs_the_steps_in_order_on_one_volume(profile):
         service = services[service_name(step, profile)]
         assert service["profiles"] == [profile]
         assert service["command"][:5] == ["python", "-m", f"jobs.{step}", "--config", "/app/recipes/run.yaml"]
-        expected = {} if i == 0 else {service_name(PIPELINE[i - 1], profile): {"condition": "service_completed_successfully"}}
+        expected = {} if i == 0 else {service_name(PIPELINE[i - 1],
+                                                   profile): {"condition": "service_completed_successfully"}}
         assert service.get("depends_on", {}) == expected
         volumes = {v["target"]: v for v in service["volumes"]}
         assert volumes["/data"] == {"type": "volume", "source": "tunebox-data", "target": "/data"}
@@ -713,7 +718,8 @@ def test_submission_check_runs_on_the_contest_python(tmp_path):
 def test_contest_image_carries_the_submission_check():
     args = stacks.load_stack("contest-2024").build_args
     parsed, problems = image_lint.lint_dockerfile((REPO / "Dockerfile").read_text(),
-                                          stacks.build_args_for(stacks.load_stack("contest-2024"), "t", revision=REVISION))
+                                          stacks.build_args_for(stacks.load_stack("contest-2024"), "t",
+                                                                revision=REVISION))
     assert problems == []
     copies = [i.resolved.split() for i in parsed.final.instructions if i.keyword == "COPY"]
     assert ["images/check_submission.py", "/usr/local/bin/tunebox-check-submission"] in copies

@@ -162,7 +162,8 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
     predict = yaml.safe_load((sub / "mindformers" / "predict.yaml").read_text())
     chosen = json.loads((sub / "results.json").read_text())["chosen"]["model"]
     assert predict["load_checkpoint"] == f"../checkpoints/{chosen}/model.ckpt"
-    assert (sub / "mindformers" / "mf_extensions.py").read_bytes() == (REPO / "tunebox/model/mf_extensions.py").read_bytes()
+    extensions = (REPO / "tunebox/model/mf_extensions.py").read_bytes()
+    assert (sub / "mindformers" / "mf_extensions.py").read_bytes() == extensions
 
     assert verify_mod.main([str(sub)]) == 0
     assert "mindformers" in capsys.readouterr().out

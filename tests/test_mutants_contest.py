@@ -134,7 +134,8 @@ def test_choose_checkpoint_when_retention_is_unknown():
                                  "measured (eval.squad_file), so validity under the contest rule is unknown")
     mixed = rules.choose_checkpoint([cand("a", 1, 0.5, 0.2, True), cand("b", 2, 0.6, 0.3, None),
                                      cand("c", 3, 0.9, 0.3, False)])
-    assert (mixed["model"], mixed["valid"], mixed["rule"]) == ("b", None, "score among checkpoints not failing retention")
+    assert (mixed["model"], mixed["valid"], mixed["rule"]) == ("b", None, "score among checkpoints not failing "
+                                                               "retention")
     assert mixed["reason"] == ("highest stage score (0.6000, strict accuracy 0.300) among the 2 of 3 checkpoints not "
                                "known to fail retention; retention is unknown for b")
     two = rules.choose_checkpoint([cand("a", 1, 0.5, 0.2, True), cand("b", 2, 0.6, 0.3, None),
@@ -160,8 +161,9 @@ def test_mcq_prompt_to_the_byte():
     no_subject = {k: v for k, v in EN_ROW.items() if k != "subject"}
     assert mcq_prompt(no_subject).startswith("Here is a question about general knowledge, the correct")
     zh = {"question": "一加一等于几？", "choices": ["1", "2", "3", "4"], "subject": "math"}
-    assert mcq_prompt(zh) == ("以下是关于math的单项选择题，正确答案是 A/B/C/D 中的一个。请选出正确选项，并以“The right option "
-                              "is”作答。\n问题：一加一等于几？ \nA.1\nB.2\nC.3\nD.4")
+    assert mcq_prompt(zh) == ("以下是关于math的单项选择题，正确答案是 A/B/C/D 中的一个。"
+                              "请选出正确选项，并以“The right option is”作答。\n"
+                              "问题：一加一等于几？ \nA.1\nB.2\nC.3\nD.4")
     assert mcq_prompt(zh, "contest").startswith("Here is a question about math,")  # what the contest sent
     assert mcq_prompt(EN_ROW, "zh").startswith("以下是关于high school math的单项选择题")
 

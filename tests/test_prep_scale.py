@@ -169,7 +169,8 @@ def test_stratified_sampling_keeps_the_family_mix_and_not_the_heldout(tmp_path, 
     full_heldout = (full / "heldout.jsonl").read_bytes()
     runs = {}
     for name in ("a", "b"):
-        code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, *base, "data.sample_rows=200", "data.seed=0")
+        code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, *base, "data.sample_rows=200",
+                                   "data.seed=0")
         assert code == 0, err
         stats = stats_of(out)
         stats.pop("resources")
@@ -201,14 +202,16 @@ def generated(tmp_path_factory) -> Path:
 
 
 def test_sharded_input_as_directory_and_glob(tmp_path, tiny_cache, monkeypatch, capsys, generated):
-    assert sorted(p.name for p in generated.glob("*.jsonl")) == ["part-00000.jsonl", "part-00001.jsonl", "part-00002.jsonl"]
+    assert sorted(p.name for p in generated.glob("*.jsonl")) == ["part-00000.jsonl", "part-00001.jsonl",
+                                                                 "part-00002.jsonl"]
     code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.train_file={generated}",
                                "data.workers=1", "data.seq_length=256")
     assert code == 0, err
     stats = stats_of(out)
     assert stats["rows_read"] == 6000 and len(stats["files"]) == 3
     assert {r["file"] for r in read_jsonl(out / "heldout.jsonl")} <= {str(p) for p in generated.glob("*.jsonl")}
-    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.train_file={generated}/part-0000[12].jsonl",
+    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys,
+                               f"data.train_file={generated}/part-0000[12].jsonl",
                                "data.workers=1", "data.seq_length=256", "data.max_rows=3000")
     assert code == 0, err
     assert stats_of(out)["rows_read"] == 3000 and stats_of(out)["files"][0].endswith("part-00001.jsonl")
@@ -274,7 +277,8 @@ def test_kill9_mid_prep_leaves_the_old_output_or_none_and_a_rerun_succeeds(tmp_p
     cmd = [sys.executable, "-m", "jobs.prep", "--config", str(TINY_RECIPE)] + sum((["--set", a] for a in args), [])
 
     def start_and_kill(kill_group: bool, *extra: str) -> None:
-        proc = subprocess.Popen(cmd + sum((["--set", a] for a in extra), []), cwd=tmp_path, env=job_env(tiny_cache), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd + sum((["--set", a] for a in extra), []), cwd=tmp_path, env=job_env(tiny_cache),
+                                stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         # mid-way: the temporary output exists and the spool (pass 1) is being written
         _wait_for(lambda: any(p.stat().st_size > 0 for p in out.parent.glob(".prep.part-*/.spool.jsonl")), 60, "pass 1")

@@ -306,7 +306,8 @@ def test_squad_on_the_real_dev_subset():
     partial = squad_scores(first_words, golds)
     assert 0 < partial["em"] < 100 and partial["em"] < partial["f1"] < 100
     prompt = squad_prompt(rows[0]["context"], rows[0]["question"])
-    assert prompt.startswith("Read the passage and answer the question below.\n\n### Instruction:\n" + rows[0]["context"])
+    assert prompt.startswith("Read the passage and answer the question below.\n\n### "
+                             "Instruction:\n" + rows[0]["context"])
     assert prompt.endswith(f"### Input:\n{rows[0]['question']}\n\n### Response:")
     assert squad_answer_from_generation("  two men\nQuestion: next") == "two men"
     with pytest.raises(ValueError):

@@ -243,7 +243,8 @@ def test_merge_math_on_arrays():
     np.testing.assert_allclose(out["x.wq.weight"], w + 0.5 * 8 * b @ a, rtol=1e-6)
     assert (out["n.weight"] == 1).all()
     with pytest.raises(ValueError, match="does not match"):
-        merge_lora_into_base({"x.wq.weight": w[:3]}, {"x.wq.mindpet_delta_lora_a": a, "x.wq.mindpet_delta_lora_b": b}, 16, 2)
+        merge_lora_into_base({"x.wq.weight": w[:3]}, {"x.wq.mindpet_delta_lora_a": a, "x.wq.mindpet_delta_lora_b": b},
+                             16, 2)
 
 
 def test_merge_is_resumable(tiny_run):

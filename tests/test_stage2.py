@@ -80,7 +80,8 @@ def test_mindformers_llama_with_biases_builds_internlm_shapes(ms_cwd):
     one_layer = with_overrides(INTERNLM, name="internlm-7b-1layer", num_layers=1, vocab_size=512)
     got, want = built_shapes(one_layer), one_layer.parameter_shapes()
     assert got == want
-    assert {n for n in got if n.endswith(".bias")} == {f"model.layers.0.attention.{w}.bias" for w in ("wq", "wk", "wv", "wo")}
+    assert {n for n in got if n.endswith(".bias")} == {f"model.layers.0.attention.{w}.bias" for w in ("wq", "wk", "wv",
+                                                                                                      "wo")}
     assert got["model.layers.0.attention.wq.bias"] == (4096,)
     assert built_shapes(TINY_INTERNLM) == TINY_INTERNLM.parameter_shapes()
 
@@ -92,7 +93,8 @@ def test_internlm_checkpoint_converts_loads_and_trains_with_lora(tmp_path, ms_cw
     from tunebox.model.mf_extensions import TuneboxTrainOneStepCell
 
     hf = weights.make_random_hf_checkpoint(tmp_path / "hf", TINY_INTERNLM, seed=1, shards=2)
-    assert "model.layers.0.self_attn.o_proj.bias" in json.loads((hf / "model.safetensors.index.json").read_text())["weight_map"]
+    weight_map = json.loads((hf / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "model.layers.0.self_attn.o_proj.bias" in weight_map
     out = weights.convert_hf_checkpoint(hf, tmp_path / "mf", TINY_INTERNLM, progress=False)
 
     seq = 16
@@ -225,7 +227,8 @@ def test_loss_is_on_the_answer_sentence_only():
 
 def test_internlm_contest_chat_format():
     """The text a training sample holds equals the contest's preprocessing output
-    (research/internlm/alpaca_data_preprocess.py): <s><|User|>:{instruction}\\n{input}<eoh>\\n<|Bot|>:{output}<eoa>\\n</s>,
+    (research/internlm/alpaca_data_preprocess.py):
+    <s><|User|>:{instruction}\\n{input}<eoh>\\n<|Bot|>:{output}<eoa>\\n</s>,
     loss on what follows <|Bot|>: (checked on the text with the byte tokenizer; InternLM's own
     tokenizer is not available here)."""
     byte_tk = build_byte_tokenizer().tk

@@ -123,7 +123,8 @@ def test_packed_rows_fit_the_recorded_answer_capacity(tmp_path, tiny_cache, monk
     assert prepared["rows"] == len(packed_ids)
     assert max(need) > max(loss_positions(ids, labels, pad)), "the packed rows must need more than one sample's"
     short = [r for r, n in enumerate(need) if n > prepared["capacity"]]
-    assert not short, f"capacity {prepared['capacity']} < loss positions {[need[r] for r in short][:5]} in rows {short[:5]}"
+    assert not short, (f"capacity {prepared['capacity']} < loss positions {[need[r] for r in short][:5]} "
+                       f"in rows {short[:5]}")
 
 
 # ---- resume: what the saved train_hash must match --------------------------------------------

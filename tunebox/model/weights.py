@@ -338,7 +338,8 @@ def _check_gguf_matches_spec(reader, shape: ModelShape, path: Path) -> None:
     for key, want in expected.items():
         got = _gguf_field(reader, key)
         if got is None or abs(float(got) - float(want)) > 1e-6 * max(1.0, abs(float(want))):
-            raise InputError(f"GGUF {key} = {got}, the {shape.name} shape in tunebox/model/registry.py says {want}", path)
+            raise InputError(f"GGUF {key} = {got}, the {shape.name} shape in tunebox/model/registry.py says {want}",
+                             path)
 
 
 def convert_gguf(gguf_path: Path, ckpt_path: Path, shape: ModelShape, progress: bool = True) -> str:

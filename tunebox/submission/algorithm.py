@@ -104,7 +104,8 @@ def render_algorithm(spec: RunSpec, *, stats: dict, rejects: list[dict],
          f"W·x + (alpha/r)·B·A·dropout(x).", "",
          "| setting | value |", "|---|---|",
          f"| target modules | `{_cell(lora.target_modules)}` (MindFormers regex "
-         f"`{_cell(mindformers_target_regex(lora.target_modules))}`: {', '.join(results['lora_targets'])} in every layer) |",
+         f"`{_cell(mindformers_target_regex(lora.target_modules))}`: {', '.join(results['lora_targets'])} in every "
+         "layer) |",
          f"| rank r | {lora.rank} |", f"| alpha | {lora.alpha} (scale alpha/r = {lora.alpha / lora.rank:g}) |",
          f"| dropout | {lora.dropout} |",
          f"| merge | {merge_rule} per checkpoint, written as a full MindFormers checkpoint |", "",
@@ -131,7 +132,8 @@ def render_algorithm(spec: RunSpec, *, stats: dict, rejects: list[dict],
                                                            if d.max_rows else "") + ".", "",
           "| rows | count | |", "|---|---:|---|",
           f"| read | {stats.get('rows_read', '-')} | |",
-          f"| bad (unreadable or missing fields) | {stats.get('rows_bad', '-')} | policy `data.on_bad_row: {d.on_bad_row}` |",
+          f"| bad (unreadable or missing fields) | {stats.get('rows_bad', '-')} | policy `data.on_bad_row: "
+          f"{d.on_bad_row}` |",
           f"| held out for evaluation | {stats.get('rows_heldout', '-')} | seeded split, `data.seed: {d.seed}` |",
           f"| longer than seq_length + 1 = {d.seq_length + 1} tokens | {stats.get('rows_too_long', '-')} | "
           f"policy `data.on_too_long: {stats.get('too_long_policy', d.on_too_long)}` |",
@@ -148,7 +150,8 @@ def render_algorithm(spec: RunSpec, *, stats: dict, rejects: list[dict],
     # ---- prompt ----
     text, n_prompt, n_answer = prompt_example
     L += ["## Prompt template", "",
-          f"{describe_template(d)}; training answers in data.answer_format `{d.answer_format}` (`tunebox.data.answers`). "
+          f"{describe_template(d)}; training answers in data.answer_format `{d.answer_format}` "
+          "(`tunebox.data.answers`). "
           f"One held-out row as a "
           f"training sample: the first {n_prompt} tokens (through the assistant header) carry no loss; the "
           f"{n_answer} answer tokens after it, end-of-turn marker included, are the only ones trained on. "

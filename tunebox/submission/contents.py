@@ -253,7 +253,8 @@ def build_results(*, run_id: str, stage: int, fmt: str, model_name: str, rank: i
         candidates.append({**row, "retention": verdict})
     base = None
     if "base" in accuracies:
-        base = {"model": "base", **{k: accuracies["base"].get(k) for k in ("n", "accuracy_strict", "accuracy_tolerant")},
+        base = {"model": "base", **{k: accuracies["base"].get(k) for k in ("n", "accuracy_strict",
+                                                                           "accuracy_tolerant")},
                 **base_squad}
     return {"run_id": run_id, "stage": stage, "format": fmt, "model": model_name,
             "score_formula": f"stage {stage}: {rules.SCORE_FORMULAS[stage]}, accuracy = strict (the contest rule)",
@@ -386,7 +387,8 @@ def environment_record(manifests: dict[str, dict], requirements: Optional[list[s
     for job, m in manifests.items():
         other = m.get("pip_freeze") or []
         if job != "train" and other and set(other) != set(freeze):
-            differs[job] = {"only_here": sorted(set(other) - set(freeze)), "only_in_train": sorted(set(freeze) - set(other))}
+            differs[job] = {"only_here": sorted(set(other) - set(freeze)),
+                            "only_in_train": sorted(set(freeze) - set(other))}
     return {"generated_from": [layout.in_logs(layout.manifest(job)) for job in manifests]
             + ["code.tar.gz: pyproject.toml"],
             "jobs": jobs, "contest_base": dict(rules.CONTEST_STACK),
