@@ -37,6 +37,11 @@ def task(*args, **kwargs):
     return invoke.task(*args, **kwargs)
 
 
+def _options(*pairs: tuple[str, str]) -> str:
+    """` FLAG VALUE` (quoted) for each (flag, value) pair whose value is set."""
+    return "".join(f" {flag} {shlex.quote(value)}" for flag, value in pairs if value)
+
+
 def _run_job(name: str, argv: list[str]) -> None:
     """`python -m jobs.<name> ARGV` in the foreground; its exit code becomes invoke's."""
     _run_module(f"jobs.{name}", argv)
@@ -209,24 +214,15 @@ def fetch(c, url="", out="", sha256="", files="", root=""):
             "out": "with --hf-dir: where to write (default: the model's cache dir)"})
 def convert(c, model, hf_dir="", out=""):
     """Make a model's cache dir (model.ckpt + tokenizer + model.json): build tiny/SmolLM2, or convert HF safetensors."""
-    cmd = f"{PY} -m jobs.convert --model {shlex.quote(model)}"
-    if hf_dir:
-        cmd += f" --hf-dir {shlex.quote(hf_dir)}"
-    if out:
-        cmd += f" --out {shlex.quote(out)}"
-    c.run(cmd, pty=False, echo=True)
+    c.run(f"{PY} -m jobs.convert --model {shlex.quote(model)}" + _options(("--hf-dir", hf_dir), ("--out", out)),
+          pty=False, echo=True)
 
 
 @task(help={"config": "also record this run spec's hash and content",
             "out": "write the JSON to this file instead of printing it"})
 def env(c, config="", out=""):
     """This machine's environment manifest as JSON: OS, CPU, NPUs, driver/CANN, packages, git, image."""
-    cmd = f"{PY} -m jobs.env"
-    if config:
-        cmd += f" --config {shlex.quote(config)}"
-    if out:
-        cmd += f" --out {shlex.quote(out)}"
-    c.run(cmd, pty=False)
+    c.run(f"{PY} -m jobs.env" + _options(("--config", config), ("--out", out)), pty=False)
 
 
 @task(help={"rows": "number of rows", "out": "output directory (part-*.jsonl + generate.json)",
@@ -236,11 +232,7 @@ def generate(c, rows=100_000, out="runs/data/generated", seed=0, mix="", lang_mi
     """Synthetic contest math rows (every label recomputed exactly as the contest formats it)."""
     cmd = (f"{PY} -m jobs.generate --rows {int(rows)} --out {shlex.quote(out)} --seed {int(seed)} "
            f"--shard-rows {int(shard_rows)}")
-    if mix:
-        cmd += f" --mix {shlex.quote(mix)}"
-    if lang_mix:
-        cmd += f" --lang-mix {shlex.quote(lang_mix)}"
-    c.run(cmd, pty=False, echo=True)
+    c.run(cmd + _options(("--mix", mix), ("--lang-mix", lang_mix)), pty=False, echo=True)
 
 
 @task(help={"file": "a JSONL file or a directory of them", "tokenizer": "model dir or tokenizer.json ('none': "
@@ -248,12 +240,8 @@ def generate(c, rows=100_000, out="runs/data/generated", seed=0, mix="", lang_mi
             "out": "report directory (default runs/profile/<name>)"})
 def profile(c, file, tokenizer="", out=""):
     """Family mix, lengths, duplicates and wrong labels of a math JSONL file -> profile.json/.md + charts."""
-    cmd = f"{PY} -m jobs.profile {shlex.quote(file)}"
-    if tokenizer:
-        cmd += f" --tokenizer {shlex.quote(tokenizer)}"
-    if out:
-        cmd += f" --out {shlex.quote(out)}"
-    c.run(cmd, pty=False, echo=True)
+    c.run(f"{PY} -m jobs.profile {shlex.quote(file)}" + _options(("--tokenizer", tokenizer), ("--out", out)),
+          pty=False, echo=True)
 
 
 @task(help={"config": "take model, stage, LoRA and workload from this run spec", "model": "registry name",

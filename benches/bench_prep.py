@@ -61,6 +61,12 @@ def machine() -> dict:
     return {"cpu": model, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
 
 
+def machine_line(m: dict, loads: list[float]) -> str:
+    """A section's `- machine:` line: what `machine()` found, today's date, and the load while measuring."""
+    return (f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {dt.date.today().isoformat()}; "
+            + load_note(min(loads), max(loads), m["cores"]))
+
+
 def load_note(before: float, after: float, cores: int) -> str:
     note = f"load average {before:.1f} before, {after:.1f} after (its own processes included), on {cores} cores"
     # Before the run only other work counts; after it the benchmark's own processes (about one per
@@ -203,8 +209,7 @@ def prep_section(result: dict, command: str) -> str:
         f"## prep: {rows:,} contest rows -> MindRecord",
         "",
         f"- command: `{command}`",
-        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {dt.date.today().isoformat()}; "
-        + load_note(min(loads), max(loads), m["cores"]),
+        machine_line(m, loads),
         f"- data: {rows:,} rows from `python -m jobs.generate --rows {rows} --seed 0` ({result['shards']} shards, "
         f"{result['input_mb']} MB, generated in {result['generate_seconds']} s); SmolLM2-135M tokenizer, "
         f"seq_length {result['seq_length']}, the local recipe's system prompt; rows longer than seq_length + 1 skipped",
@@ -284,8 +289,7 @@ def generate_section(result: dict, rows: int) -> str:
         f"## generate: {rows:,} contest math rows",
         "",
         f"- command: `{one['command']}` (with `--workers 1` and `--workers {max(result)}`)",
-        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {dt.date.today().isoformat()}; "
-        + load_note(min(loads), max(loads), m["cores"]),
+        machine_line(m, loads),
         "",
         "| workers | wall s | rows/s | MB written |",
         "|---:|---:|---:|---:|",
