@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Optional
 
 from tunebox.config import REPO_ROOT, load_spec
-from tunebox.manifest import cpu_info
 from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
+from tunebox.manifest import cpu_info
 from tunebox.model.registry import get_model_shape
 from tunebox.model.weights import ensure_model, load_tokenizer
 

@@ -37,16 +37,12 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from tunebox.layout import REPO_ROOT
-from tunebox.model.registry import with_overrides
-from tunebox.model.checkpoint import RECORD_BYTES
-from tunebox.model.checkpoint import float32_to_bfloat16_bits
-from tunebox.model.checkpoint import CheckpointStreamWriter
-from tunebox.model.mf import LORA_A, LORA_B
-from tunebox.model.checkpoint import CheckpointReader
-from tunebox.model.lora import merge_lora_into_base
-from tunebox.model.registry import get_model_shape
 from tunebox.io import sha256_file
+from tunebox.layout import REPO_ROOT
+from tunebox.model.checkpoint import RECORD_BYTES, CheckpointReader, CheckpointStreamWriter, float32_to_bfloat16_bits
+from tunebox.model.lora import merge_lora_into_base
+from tunebox.model.mf import LORA_A, LORA_B
+from tunebox.model.registry import get_model_shape, with_overrides
 
 GB = 1e9
 MiB = 1 << 20

@@ -107,8 +107,8 @@ def build_model(work: Path, plan: dict, spec: dict):
 
 
 def train_reference(work: Path, threads: int) -> dict:
-    import torch
     import peft
+    import torch
     import transformers
 
     torch.set_num_threads(threads)

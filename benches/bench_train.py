@@ -67,15 +67,14 @@ from typing import Optional
 import numpy as np
 
 from tunebox.config import REPO_ROOT, RunSpec, load_spec
-from tunebox.io import InputError, atomic_write_json, atomic_write_text
-from tunebox.model.registry import ModelShape, get_model_shape, lora_targets
-from tunebox.model.checkpoint import load_checkpoint_numpy
-from tunebox.model.weights import mindformers_name_to_hf
-from tunebox.training.plan import plan_steps
-from tunebox.manifest import cpu_info
 from tunebox.data.samples import read_mindrecord
-from tunebox.model.weights import load_tokenizer
+from tunebox.io import InputError, atomic_write_json, atomic_write_text
+from tunebox.manifest import cpu_info
+from tunebox.model.checkpoint import load_checkpoint_numpy
+from tunebox.model.registry import ModelShape, get_model_shape, lora_targets
+from tunebox.model.weights import load_tokenizer, mindformers_name_to_hf
 from tunebox.run_checkpoints import base_checkpoint
+from tunebox.training.plan import plan_steps
 
 BENCHMARKS_FILE = REPO_ROOT / "docs" / "BENCHMARKS.md"
 DEFAULT_RECIPE = "recipes/local-smollm2.yaml"

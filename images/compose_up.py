@@ -28,11 +28,11 @@ from typing import Optional
 
 import yaml
 
-from tunebox.config import load_spec
 from tunebox.cli import guarded
-from tunebox.io import InputError
+from tunebox.config import load_spec
 from tunebox.deploy.k8s import host_data_root
 from tunebox.images import STACK_FOR_DEVICE, NoDockerEngine, docker_client, image_for_device
+from tunebox.io import InputError
 from tunebox.layout import PIPELINE, REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"

@@ -54,8 +54,15 @@ from tunebox.manifest import write_job_manifest
 from tunebox.model.weights import load_tokenizer
 from tunebox.submission import contents, selfcheck
 from tunebox.submission.algorithm import render_algorithm, render_prompt_example
-from tunebox.submission.assemble import (check_spec_matches_run, copy_logs, link_or_copy, merged_checkpoints,
-                                         read_json, tokenizer_files, training_log_tail)
+from tunebox.submission.assemble import (
+    check_spec_matches_run,
+    copy_logs,
+    link_or_copy,
+    merged_checkpoints,
+    read_json,
+    tokenizer_files,
+    training_log_tail,
+)
 from tunebox.submission.code_archive import make_code_archive
 from tunebox.submission.mindformers_files import write_mindformers_files
 

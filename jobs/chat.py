@@ -21,15 +21,15 @@ import sys
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
 from tunebox.data.prompts import spec_prompt
-from tunebox.model.weights import load_tokenizer
 from tunebox.data.tokenizer import TextTokenizer
+from tunebox.evaluation.decode import NumpyLlama
 from tunebox.evaluation.runners import MindFormersRunner, NumpyRunner, pick_backend
 from tunebox.io import InputError
-from tunebox.model.registry import get_model_shape
-from tunebox.run_checkpoints import RunCheckpoint, base_checkpoint, pick_checkpoint
-from tunebox.evaluation.decode import NumpyLlama
 from tunebox.model.checkpoint import load_checkpoint_numpy
 from tunebox.model.lora import merge_lora_into_base
+from tunebox.model.registry import get_model_shape
+from tunebox.model.weights import load_tokenizer
+from tunebox.run_checkpoints import RunCheckpoint, base_checkpoint, pick_checkpoint
 
 log = logging.getLogger("tunebox.chat")
 

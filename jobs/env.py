@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
+from tunebox.config import load_spec
 from tunebox.io import InputError, atomic_write_json
 from tunebox.manifest import environment_manifest
-from tunebox.config import load_spec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Optional
 
 from tunebox.cli import run_job
-from tunebox.fetch import split_hub_source
 from tunebox.config import RunSpec
-from tunebox.model.weights import load_tokenizer
+from tunebox.fetch import split_hub_source
 from tunebox.io import InputError, atomic_dir
 from tunebox.manifest import write_job_manifest
-from tunebox.model.hf_export import (recipe_chat_template, write_hf_model, write_peft_adapter,
-                                     write_tokenizer)
+from tunebox.model.hf_export import recipe_chat_template, write_hf_model, write_peft_adapter, write_tokenizer
 from tunebox.model.registry import get_model_shape
+from tunebox.model.weights import load_tokenizer
 from tunebox.run_checkpoints import base_checkpoint, pick_checkpoint
 
 log = logging.getLogger("tunebox.export")

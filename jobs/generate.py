@@ -32,8 +32,8 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from tunebox.contest import mathgen
 from tunebox.cli import guarded, setup_logging
+from tunebox.contest import mathgen
 from tunebox.io import InputError, atomic_path, atomic_write_json
 
 log = logging.getLogger("tunebox.generate")

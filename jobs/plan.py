@@ -21,9 +21,9 @@ import json
 import sys
 from typing import Optional
 
-from tunebox.model import budget
 from tunebox.config import LoraSection, ModelSection, RunSpec
 from tunebox.io import InputError
+from tunebox.model import budget
 from tunebox.model.mf_config import topology
 from tunebox.model.registry import get_model_shape, lora_targets
 from tunebox.spec_checks import load_checked_spec

@@ -37,12 +37,17 @@ from typing import Optional
 
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
+from tunebox.fetch import download_hub_snapshot, fetch_manifest, parse_hub_source
 from tunebox.io import InputError, atomic_write_json
 from tunebox.manifest import write_job_manifest
-from tunebox.fetch import download_hub_snapshot, fetch_manifest, parse_hub_source
 from tunebox.model.registry import cache_dir, get_model_shape, model_dir
-from tunebox.model.weights import convert_hf_checkpoint
-from tunebox.model.weights import ensure_model, read_model_info, verified_stamp_file, verify_model_files
+from tunebox.model.weights import (
+    convert_hf_checkpoint,
+    ensure_model,
+    read_model_info,
+    verified_stamp_file,
+    verify_model_files,
+)
 
 log = logging.getLogger("tunebox.weights")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from jobs import verify
+from tunebox.config import load_spec
 from tunebox.images import NoDockerEngine, docker_client
 from tunebox.submission import contents
-from tunebox.config import load_spec
 from tunebox.training.plan import plan_steps
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,21 +12,22 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-
-from tunebox.config import load_spec
-from tunebox.model.mf_config import dump, render_train_config
-from tunebox.training.plan import plan_steps
-from tunebox.model.registry import get_model_shape, with_overrides
-from tunebox.model.checkpoint import save_checkpoint_numpy
-from tunebox.model.registry import lora_targets
 from jobs.merge import merge
 from tunebox import layout
+from tunebox.config import load_spec
 from tunebox.evaluation.runners import MindFormersRunner
 from tunebox.model import mf
-from tunebox.model.checkpoint import CheckpointReader, load_checkpoint_numpy
-from tunebox.model.checkpoint import bfloat16
-from tunebox.model.mf_config import render_predict_config
-from tunebox.model.checkpoint import bfloat16_bits_to_float32, float32_to_bfloat16_bits
+from tunebox.model.checkpoint import (
+    CheckpointReader,
+    bfloat16,
+    bfloat16_bits_to_float32,
+    float32_to_bfloat16_bits,
+    load_checkpoint_numpy,
+    save_checkpoint_numpy,
+)
+from tunebox.model.mf_config import dump, render_predict_config, render_train_config
+from tunebox.model.registry import get_model_shape, lora_targets, with_overrides
+from tunebox.training.plan import plan_steps
 
 ASCEND_RECIPES = ["stage1-llama3-8b.yaml", "stage1-llama3-8b-cot.yaml", "stage2-internlm-7b.yaml"]
 TINY_DIMS = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "n_kv_heads": 2, "intermediate_size": 128,
@@ -103,8 +104,8 @@ def test_fp16_training_gets_the_contests_dynamic_loss_scale(recipe, tmp_path, mf
     second-phase teams' finetune_internlm_7b_lora_mmlu_64G.yaml, mindspore-courses/competition commit
     3ad8f5571cd3be6295e48757ae673b5fff7ac819), in bf16 the stage-1 configs' fixed 1.0 (bf16 has fp32's
     exponent range: nothing to scale)."""
-    from mindspore.nn import DynamicLossScaleUpdateCell
     from mindformers.wrapper import build_wrapper
+    from mindspore.nn import DynamicLossScaleUpdateCell
 
     spec, _, cfg = rendered(recipe, tmp_path)
     mf = mindformers_config(cfg, tmp_path)

@@ -17,7 +17,6 @@ import os
 import pytest
 
 from conftest import REPO
-
 from tunebox.config import load_spec
 from tunebox.model.mf import run_mindformers
 from tunebox.model.mf_config import dump, render_train_config

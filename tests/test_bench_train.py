@@ -11,13 +11,19 @@ import numpy as np
 import pytest
 
 from benches.bench_ref_torch import IGNORE, masked_targets
-from benches.bench_train import (GOAL_SPEEDUP, LOSS_TOLERANCE, bench_overrides, count_tokens, render_section,
-                                 step_flops, steady_throughput, summarize)
+from benches.bench_train import (
+    GOAL_SPEEDUP,
+    LOSS_TOLERANCE,
+    bench_overrides,
+    count_tokens,
+    render_section,
+    steady_throughput,
+    step_flops,
+    summarize,
+)
+from conftest import TINY_RECIPE, cannot_run, job_env
 from tunebox.config import load_spec
 from tunebox.model.registry import get_model_shape, with_overrides
-
-from conftest import TINY_RECIPE, cannot_run, job_env
-
 
 # ---- FLOPs -----------------------------------------------------------------------------------
 

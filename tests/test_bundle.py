@@ -25,19 +25,30 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from test_tensorboard import assert_events_equal_loss_log
 
-from conftest import (TINY_RECIPE, cannot_run, copy_submission, docker_engine, docker_image, job_env,
-                      keeps_90_percent, planned_checkpoint_steps, read_jsonl, rewrite_sums, run_job, verify_here)
+from conftest import (
+    TINY_RECIPE,
+    cannot_run,
+    copy_submission,
+    docker_engine,
+    docker_image,
+    job_env,
+    keeps_90_percent,
+    planned_checkpoint_steps,
+    read_jsonl,
+    rewrite_sums,
+    run_job,
+    verify_here,
+)
 from jobs import verify as verify_mod
-from tunebox.submission.assemble import link_or_copy, training_log_tail
 from tunebox import layout
 from tunebox.config import load_spec
 from tunebox.contest import rules
 from tunebox.submission import checks, contents, selfcheck
-from tunebox.submission.code_archive import make_code_archive
 from tunebox.submission.algorithm import describe_rows, describe_template
-from test_tensorboard import assert_events_equal_loss_log
-
+from tunebox.submission.assemble import link_or_copy, training_log_tail
+from tunebox.submission.code_archive import make_code_archive
 
 # tiny, worked by hand (as in tests/test_evaluate.py): LoRA r=8 on wq (64x64) and wv (32x64) in 2 layers;
 # 2 embeddings (384x64), per layer 2 norms + wq, wo (64x64) + wk, wv (32x64) + w1, w2, w3 (128x64), a final norm

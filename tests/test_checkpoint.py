@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benches.bench_merge import run_measured
 from jobs import checkpoint as checkpoint_cli
+from tunebox.io import InputError, sha256_file
 from tunebox.model import checkpoint as cs
 from tunebox.model import mf
-from tunebox.io import InputError, sha256_file
 from tunebox.model.lora import merge_lora_into_base
 from tunebox.model.registry import get_model_shape, with_overrides
 from tunebox.model.weights import random_parameters
-from benches.bench_merge import run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = get_model_shape("tiny")

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_RECIPE, job_env, run_job
+from conftest import REPO, TINY_RECIPE, cannot_run, job_env, run_job
 from tunebox.config import load_spec
-from tunebox.io import InputError
-from conftest import cannot_run
 from tunebox.deploy.k8s import find_kubectl, render
+from tunebox.io import InputError
 
 # The stand-in: drops msrun's options, then runs the script it was given (the image's /app path
 # mapped to this checkout) in a Python whose jobs.train.prepare says when it returned, and stops there.

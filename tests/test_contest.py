@@ -8,10 +8,17 @@ import math
 
 import pytest
 
-from tunebox.contest.rules import (choose_checkpoint, contest_param_ratio, param_ratio, retention, retention_verdict,
-                               stage1_score, stage2_score, stage_score)
+from tunebox.contest.rules import (
+    choose_checkpoint,
+    contest_param_ratio,
+    param_ratio,
+    retention,
+    retention_verdict,
+    stage1_score,
+    stage2_score,
+    stage_score,
+)
 from tunebox.model.registry import get_model_shape
-
 
 # ---------------------------------------------------------------------------------------------
 # Parameter ratio, scores, retention

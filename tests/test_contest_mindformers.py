@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from conftest import REPO
-
 from tunebox.config import load_spec
 from tunebox.model.mf_config import R11_FILE, render_contest_predict_config, render_predict_config
 from tunebox.submission import contents

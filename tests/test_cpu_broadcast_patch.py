@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
 from test_decode import random_parameter
+
 from tunebox.model import mf
+from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
 from tunebox.training.plan import answer_capacity
 
 TINY = get_model_shape("tiny")

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tunebox.evaluation import decode
 from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
 from tunebox.io import InputError
 from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
-from tunebox.evaluation import decode
 
 TINY = get_model_shape("tiny")
 

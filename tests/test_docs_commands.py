@@ -16,6 +16,7 @@ import pytest
 from invoke import Collection
 from invoke.exceptions import ParseError
 from invoke.parser import Parser
+
 import tasks
 from tunebox.cli import job_parser
 

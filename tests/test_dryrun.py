@@ -20,11 +20,10 @@ import pytest
 import yaml
 
 from conftest import REPO
-
+from jobs.dryrun import RANK_PROGRAM, rank_commands
 from tunebox.config import load_spec
 from tunebox.model.dryrun import dryrun_config, parse_size_mb
 from tunebox.model.mf_config import render_train_config
-from jobs.dryrun import RANK_PROGRAM, rank_commands
 from tunebox.training.plan import plan_steps
 
 STAGE1 = REPO / "recipes" / "stage1-llama3-8b.yaml"

@@ -15,25 +15,21 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, TINY_RECIPE, keeps_90_percent, read_jsonl, run_job, squad_v11
-
-from tunebox.contest import scoring
-from tunebox.config import load_spec
-from tunebox.io import InputError
-from tunebox.model.registry import get_model_shape, llama_config_kwargs
-from tunebox.contest.rules import choose_checkpoint, param_figures
 from jobs.evaluate import parse_scales
-from tunebox.evaluation.scorecard import annotate, contest_figures
-from tunebox.evaluation.loop import choice_token_plan, load_squad, longest_answers_in_samples
-from tunebox.evaluation.decode import length_groups
-from tunebox.evaluation.runners import choice_letter_logprobs
-from tunebox.submission.contents import build_results
+from tunebox.config import load_spec
+from tunebox.contest import scoring
+from tunebox.contest.rules import choose_checkpoint, param_figures
 from tunebox.data.tokenizer import TextTokenizer
-from tunebox.evaluation.decode import NumpyLlama
 from tunebox.evaluation import plots
-from tunebox.model.weights import ensure_model
-from tunebox.evaluation.runners import MindFormersRunner
+from tunebox.evaluation.decode import NumpyLlama, length_groups
+from tunebox.evaluation.loop import choice_token_plan, load_squad, longest_answers_in_samples, score_row, summarize
+from tunebox.evaluation.runners import MindFormersRunner, choice_letter_logprobs
+from tunebox.evaluation.scorecard import annotate, contest_figures
+from tunebox.io import InputError
 from tunebox.model import mf
-from tunebox.evaluation.loop import score_row, summarize
+from tunebox.model.registry import get_model_shape, llama_config_kwargs
+from tunebox.model.weights import ensure_model
+from tunebox.submission.contents import build_results
 
 SQUAD = SHARED_DATA / "squad" / "dev-subset.jsonl"
 MMLU = SHARED_DATA / "mcq" / "mmlu-subset.jsonl"

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_RECIPE, cannot_run, job_env, read_jsonl, run_job
-from tunebox.data.prompts import spec_prompt
-from tunebox.model.weights import load_tokenizer
 from tunebox.config import load_spec
+from tunebox.data.prompts import spec_prompt
 from tunebox.evaluation.decode import NumpyLlama
 from tunebox.model.registry import get_model_shape
+from tunebox.model.weights import load_tokenizer
 
 LOCAL = REPO / "recipes" / "local-smollm2.yaml"
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from benches.bench_prep import time_generate
 from jobs import generate as gen
 from tunebox.contest import mathgen
-from tunebox.io import InputError
 from tunebox.contest.scoring import extract_answer_number
-from benches.bench_prep import time_generate
+from tunebox.io import InputError
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math" / "contest-sample.jsonl"
 

@@ -32,18 +32,18 @@ import pytest
 import yaml
 
 from conftest import cannot_run, docker_engine, docker_image
-from images import build as image_cli, buildkit, ca_scan, dockerfile, lint as image_lint, stacks
+from images import build as image_cli
+from images import buildkit, ca_scan, dockerfile, stacks
+from images import lint as image_lint
 from images.compose_up import compose_services, profile_overrides, service_name
 from tunebox.config import load_spec
+from tunebox.contest.rules import CONTEST_STACK
 from tunebox.deploy.k8s import host_data_root
 from tunebox.images import image_tags, project_version
 from tunebox.io import InputError
 from tunebox.layout import PIPELINE
-from tunebox.submission.code_archive import make_code_archive
-from tunebox.contest.rules import CONTEST_STACK
 from tunebox.model.checkpoint import save_checkpoint_numpy
-
-
+from tunebox.submission.code_archive import make_code_archive
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE_TEXT = (REPO / "Dockerfile").read_text(encoding="utf-8")

@@ -39,17 +39,16 @@ import yaml
 from conftest import cannot_run
 from images.compose_up import compose_services
 from tunebox import layout
+from tunebox import manifest as mf
 from tunebox.config import load_spec
 from tunebox.deploy import ascend
+from tunebox.deploy.crd_schema import derive
 from tunebox.deploy.crd_schema import validate as validate_offline
 from tunebox.deploy.k8s import find_kubectl, list_overlays, overlay_shape, plan_render, render, template_paths
 from tunebox.images import project_version
 from tunebox.io import InputError
 from tunebox.manifest import ascend_info
 from tunebox.model.budget import estimate_disk
-from tunebox.deploy.crd_schema import derive
-from tunebox import manifest as mf
-
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny.yaml"

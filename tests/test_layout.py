@@ -11,8 +11,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from tunebox import layout
 import tasks
+from tunebox import layout
 
 REPO = Path(__file__).resolve().parents[1]
 

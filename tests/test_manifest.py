@@ -10,14 +10,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 import tunebox.manifest as manifest_mod
-from jobs.env import main
-from tunebox.config import RunSpec
-from tunebox.manifest import (ascend_info, container_info, describe_file, environment_manifest, file_stamp,
-                                git_state, parse_npu_smi, pip_freeze, write_job_manifest)
 from conftest import cannot_run
-from tunebox.config import load_spec
+from jobs.env import main
+from tunebox.config import RunSpec, load_spec
+from tunebox.manifest import (
+    ascend_info,
+    container_info,
+    describe_file,
+    environment_manifest,
+    file_stamp,
+    git_state,
+    parse_npu_smi,
+    pip_freeze,
+    write_job_manifest,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MATH_SAMPLE = REPO / "../shared/data/math/contest-sample.jsonl"

@@ -11,19 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from conftest import REPO, TINY_RECIPE
-
-from tunebox.config import load_spec
-from tunebox.model.mf_config import dump, render_predict_config, render_train_config, topology
-from tunebox.model.registry import get_model_shape, mindformers_target_regex
-from tunebox.training.plan import plan_steps
-from tunebox.io import InputError
-from tunebox.model.registry import with_overrides
-from conftest import run_job
 from test_bundle import rewrite_sums
+
 import jobs.verify as verify_mod
+from conftest import REPO, TINY_RECIPE, run_job
+from tunebox.config import load_spec
+from tunebox.io import InputError
 from tunebox.model import budget
+from tunebox.model.mf_config import dump, render_predict_config, render_train_config, topology
+from tunebox.model.registry import get_model_shape, mindformers_target_regex, with_overrides
+from tunebox.training.plan import plan_steps
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
 TINY_DIMS = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "n_kv_heads": 2, "intermediate_size": 128,
@@ -203,8 +200,8 @@ def test_the_rendered_optimizer_updates_as_the_contests_adam_weight_decay(tmp_pa
     the first update is lr * 0.1 g / (sqrt(0.001) |g|) = 3.16 lr per element, where a bias-corrected
     AdamW moves lr."""
     import mindspore as ms
-    from mindspore import Parameter, Tensor
     from mindformers.core.optim import build_optim
+    from mindspore import Parameter, Tensor
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device("CPU")

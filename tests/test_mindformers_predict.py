@@ -14,15 +14,15 @@ import shutil
 
 import pytest
 import yaml
+from test_bundle import rewrite_sums
+
+import jobs.verify as verify_mod
 from tunebox.config import load_spec
+from tunebox.data.prompts import spec_prompt
 from tunebox.data.tokenizer import TextTokenizer
 from tunebox.evaluation.decode import NumpyLlama, greedy_generate
 from tunebox.model.registry import get_model_shape
-from tunebox.data.prompts import spec_prompt
 from tunebox.submission.mf_predict import greedy_answer
-from test_bundle import rewrite_sums
-import jobs.verify as verify_mod
-
 
 NEW_TOKENS = 6
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tunebox.contest import rules
+from tunebox.contest.scoring import mcq_language, mcq_prompt
 from tunebox.model.registry import get_model_shape
-from tunebox.contest.scoring import mcq_prompt
-from tunebox.contest.scoring import mcq_language
 
 
 def test_param_ratio_bounds_and_messages():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from tunebox.data.packing import first_fit_decreasing, pack_rows, sample_lengths
 from test_cpu_broadcast_patch import loss_and_grads, tiny_lora_net
-from tunebox.model.registry import get_model_shape
+
 from conftest import TINY_RECIPE, read_jsonl, run_job
+from tunebox.data.packing import first_fit_decreasing, pack_rows, sample_lengths
+from tunebox.model.registry import get_model_shape
 
 PAD, IGNORE = 0, -100
 

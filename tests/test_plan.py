@@ -9,15 +9,14 @@ from dataclasses import replace
 
 import pytest
 
-from jobs import plan as plan_cli
-from tunebox.model import budget
-from tunebox.model.registry import get_model_shape
-from tunebox.contest.rules import stage1_score, stage2_score
-
 from conftest import REPO
-from tunebox.training.plan import plan_steps
+from jobs import plan as plan_cli
 from tunebox.config import load_spec
+from tunebox.contest.rules import stage1_score, stage2_score
+from tunebox.model import budget
 from tunebox.model.mf_config import render_train_config
+from tunebox.model.registry import get_model_shape
+from tunebox.training.plan import plan_steps
 
 LLAMA3 = get_model_shape("llama3-8b")
 INTERNLM = get_model_shape("internlm-7b")

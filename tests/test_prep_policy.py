@@ -11,19 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MATH_SAMPLE, TINY_RECIPE
-
 import jobs.prep
-from tunebox.data import answers
-from tunebox.data import prompts
+from conftest import MATH_SAMPLE, REPO, TINY_RECIPE
 from tunebox.cli import run_job as run_job_inprocess
-from tunebox.spec_checks import load_checked_spec as load_spec  # with the checks across subjects
-from tunebox.data.samples import IGNORE, read_mindrecord
-from tunebox.io import InputError
 from tunebox.contest.scoring import math_family
+from tunebox.data import answers, prompts
+from tunebox.data.samples import IGNORE, read_mindrecord
 from tunebox.data.tokenizer import build_byte_tokenizer
 from tunebox.evaluation.loop import load_heldout
-from conftest import REPO
+from tunebox.io import InputError
+from tunebox.spec_checks import load_checked_spec as load_spec  # with the checks across subjects
 
 
 def prep_here(tmp_path: Path, cache: Path, monkeypatch, capsys, *overrides: str) -> tuple[int, str, Path]:

@@ -16,20 +16,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MATH_SAMPLE, TINY_RECIPE, job_env, read_jsonl, run_job
-
 import jobs.prep
+from conftest import MATH_SAMPLE, TINY_RECIPE, job_env, read_jsonl, run_job
+from jobs.generate import generate
 from tunebox.cli import run_job as run_job_inprocess
 from tunebox.contest import mathgen
-from tunebox.data.samples import read_mindrecord
+from tunebox.data.samples import (
+    SAMPLE_SCHEMA,
+    MindRecordWriter,
+    SampleEncoder,
+    ShardedMindRecordWriter,
+    encode_example,
+    mindrecord_shards,
+    parse_math_row,
+    read_mindrecord,
+)
 from tunebox.data.tokenizer import TextTokenizer
-from jobs.generate import generate
-from tunebox.data.samples import SAMPLE_SCHEMA, MindRecordWriter, ShardedMindRecordWriter, mindrecord_shards
-from tunebox.data.samples import SampleEncoder, encode_example, parse_math_row
-from tunebox.io import JsonlRow
+from tunebox.io import InputError, JsonlRow, decode_jsonl_line, iter_lines  # conftest's read_jsonl is the tests' own
+from tunebox.io import read_jsonl as io_read_jsonl
 from tunebox.model.registry import model_dir
-from tunebox.io import decode_jsonl_line, iter_lines
-from tunebox.io import InputError, read_jsonl as io_read_jsonl  # conftest's read_jsonl is the tests' own
 
 SAMPLE_LINES = MATH_SAMPLE.read_bytes().splitlines(keepends=True)
 ONE_MB = 1 << 20

@@ -14,8 +14,8 @@ from PIL import Image
 
 from jobs import generate as gen
 from jobs import profile as profile_cli
-from tunebox.data import profile as prof
 from tunebox.contest import mathgen
+from tunebox.data import profile as prof
 from tunebox.data.tokenizer import build_byte_tokenizer
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math" / "contest-sample.jsonl"

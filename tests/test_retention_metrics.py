@@ -7,11 +7,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import REPO
-
 from tunebox.config import load_spec
 from tunebox.contest import rules, scoring
-from tunebox.evaluation.report import na
-from tunebox.evaluation.report import valid_cell
+from tunebox.evaluation.report import na, valid_cell
 from tunebox.submission.contents import build_results
 
 # (prediction, gold answers). EmF1Metric scores against the first gold only; it segments with jieba, where

@@ -14,13 +14,26 @@ from pathlib import Path
 import pytest
 
 from tunebox.contest.scoring import (
-    MATH_FAMILIES, extract_answer, extract_answer_number, extract_choice_letter,
-    math_accuracy, math_family, mcq_language, mcq_prompt, mcq_reference_output, numbers_equal,
-    score_math, squad_answer_from_generation,
-    squad_exact_match, squad_f1, squad_prompt, squad_scores, trim_generation,
+    MATH_FAMILIES,
+    answer_verdict,
+    closeness,
+    extract_answer,
+    extract_answer_number,
+    extract_choice_letter,
+    math_accuracy,
+    math_family,
+    mcq_language,
+    mcq_prompt,
+    mcq_reference_output,
+    numbers_equal,
+    score_math,
+    squad_answer_from_generation,
+    squad_exact_match,
+    squad_f1,
+    squad_prompt,
+    squad_scores,
+    trim_generation,
 )
-from tunebox.contest.scoring import closeness
-from tunebox.contest.scoring import answer_verdict
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 MATH_SAMPLE = DATA / "math" / "contest-sample.jsonl"

@@ -13,9 +13,9 @@ import pytest
 from conftest import REPO, keeps_90_percent, read_jsonl, run_job
 from tunebox.config import load_spec
 from tunebox.data.prompts import spec_prompt
+from tunebox.data.tokenizer import TextTokenizer
 from tunebox.evaluation.decode import NumpyLlama
 from tunebox.model.registry import get_model_shape
-from tunebox.data.tokenizer import TextTokenizer
 from tunebox.model.weights import ensure_model
 
 LOCAL = REPO / "recipes" / "local-smollm2.yaml"

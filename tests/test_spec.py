@@ -4,12 +4,11 @@ from pathlib import Path
 import pytest
 
 from jobs.evaluate import parse_scales
-from tunebox.spec_checks import load_checked_spec
-from tunebox.io import InputError
-from tunebox.model.registry import LINEAR_NAMES, lora_targets, mindformers_target_regex
 from tunebox.cli import run_job
 from tunebox.config import load_spec
-
+from tunebox.io import InputError
+from tunebox.model.registry import LINEAR_NAMES, lora_targets, mindformers_target_regex
+from tunebox.spec_checks import load_checked_spec
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
 

@@ -3,7 +3,6 @@ resume, merge equality, the evaluation report."""
 from __future__ import annotations
 
 import datetime as dt
-
 import json
 import os
 import subprocess
@@ -13,17 +12,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import (MATH_SAMPLE, REPO, TINY_RECIPE, job_env, kill_session, planned_checkpoint_steps, read_jsonl,
-                      run_job, start_until_lines, strict_by_hand)
-
+from conftest import (
+    MATH_SAMPLE,
+    REPO,
+    TINY_RECIPE,
+    job_env,
+    kill_session,
+    planned_checkpoint_steps,
+    read_jsonl,
+    run_job,
+    start_until_lines,
+    strict_by_hand,
+)
 from tunebox import layout
 from tunebox.config import load_spec
-from tunebox.training.plan import checkpoint_steps, plan_steps
 from tunebox.data.policy import split_heldout
 from tunebox.data.samples import read_mindrecord
-from tunebox.model.registry import get_model_shape
 from tunebox.model.lora import merge_lora_into_base
-
+from tunebox.model.registry import get_model_shape
+from tunebox.training.plan import checkpoint_steps, plan_steps
 
 # ---- prep: bad input is named by file and line, or skipped into rejects ------------------------
 

@@ -13,14 +13,13 @@ import pytest
 import yaml
 
 from conftest import REPO, SHARED_DATA, run_job
-from tunebox.model import weights
 from tunebox.config import load_spec
-from tunebox.data.samples import IGNORE, encode_example, parse_mcq_row, read_examples, read_mindrecord
-from tunebox.io import InputError, JsonlRow
-from tunebox.model.registry import INTERNLM_CONTEST_TOKENIZER_CONFIG, get_model_shape, with_overrides
 from tunebox.contest.scoring import extract_choice_letter, mcq_prompt
+from tunebox.data.samples import IGNORE, encode_example, parse_mcq_row, read_examples, read_mindrecord
 from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
-from tunebox.model import mf
+from tunebox.io import InputError, JsonlRow
+from tunebox.model import mf, weights
+from tunebox.model.registry import INTERNLM_CONTEST_TOKENIZER_CONFIG, get_model_shape, with_overrides
 
 MCQ = SHARED_DATA / "mcq"
 MCQ_FILES = ["mmlu-subset.jsonl", "cmmlu-subset.jsonl", "contest-mcq-sample.jsonl"]

@@ -9,11 +9,9 @@ import shutil
 
 import pytest
 
-from conftest import TINY_RECIPE, read_jsonl, run_job
+from conftest import TINY_RECIPE, keeps_90_percent, read_jsonl, run_job, squad_v11, strict_by_hand
 from jobs import verify as verify_mod
 from tunebox.submission import contents
-from conftest import keeps_90_percent
-from conftest import squad_v11, strict_by_hand
 
 # tiny, worked by hand (as in tests/test_bundle.py): LoRA r=8 on wq (64x64) and wv (32x64) in 2 layers
 TINY_TRAINABLE = 2 * (8 * (64 + 64) + 8 * (32 + 64))

@@ -28,13 +28,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunebox.config import load_spec
-from tunebox.io import InputError
-from tunebox.sweep import SEED_KEY, collect, parse_grid, plan_sweep
-from tunebox.runs import compare, list_runs, read_run, runs_table
 from conftest import cannot_run
+from tunebox.config import load_spec
 from tunebox.deploy.crd_schema import validate
 from tunebox.deploy.k8s import estimate_disk, find_kubectl, render_sweep
+from tunebox.io import InputError
+from tunebox.runs import compare, list_runs, read_run, runs_table
+from tunebox.sweep import SEED_KEY, collect, parse_grid, plan_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny.yaml"

@@ -17,8 +17,7 @@ import pytest
 
 from conftest import TINY_RECIPE, copy_submission, read_jsonl, rewrite_sums, run_job, verify_here
 from tunebox.submission import contents
-from tunebox.submission.checks import Findings
-from tunebox.submission.checks import Submission
+from tunebox.submission.checks import Findings, Submission
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_RECIPE, job_env, read_jsonl, run_job
-from tunebox.training.launch import WORKERS_LOCK, wait_for_workers
 from tunebox.model.mf_config import CHECKPOINT_PREFIX
+from tunebox.training.launch import WORKERS_LOCK, wait_for_workers
 from tunebox.training.outputs import read_loss_log, training_done
 
 # (overrides, steps): the tiny data has 27 batches an epoch

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from conftest import TINY_RECIPE, run_job
+from tunebox import layout
+from tunebox.config import DataSection, load_spec
+from tunebox.data.packing import pack_rows
+from tunebox.data.samples import read_mindrecord
+from tunebox.io import InputError
+from tunebox.model.weights import load_tokenizer
 from tunebox.training.inputs import prepare
 from tunebox.training.outputs import check_resume
 from tunebox.training.plan import answer_capacity, checkpoint_steps, plan_steps, train_hash
-from tunebox import layout
-from tunebox.config import DataSection, load_spec
-from tunebox.io import InputError
-from tunebox.data.packing import pack_rows
-from tunebox.data.samples import read_mindrecord
-from tunebox.model.weights import load_tokenizer
 
 PAD, IGNORE = 0, -100
 

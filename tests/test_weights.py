@@ -31,21 +31,19 @@ import pytest
 import yaml
 from safetensors.numpy import load_file, save_file
 
-from conftest import TINY_RECIPE, job_env, run_job
+import tasks
+from conftest import TINY_RECIPE, cannot_run, job_env, run_job
 from images.compose_up import compose_services
 from jobs import convert
 from tunebox import layout
+from tunebox.data.samples import read_mindrecord
 from tunebox.data.tokenizer import TextTokenizer
+from tunebox.deploy.k8s import find_kubectl, render
 from tunebox.io import InputError, sha256_file
-from tunebox.model import weights
+from tunebox.model import mf, weights
 from tunebox.model.checkpoint import bfloat16_bits_to_float32, load_checkpoint_numpy
 from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
 from tunebox.model.weights import make_random_hf_checkpoint
-from tunebox.model import mf
-from tunebox.data.samples import read_mindrecord
-from conftest import cannot_run
-from tunebox.deploy.k8s import find_kubectl, render
-import tasks
 
 TINY = get_model_shape("tiny")
 # InternLM's layout (MHA, biases on q/k/v/o) at tiny size.

@@ -41,12 +41,12 @@ from typing import Any, Optional, Sequence
 from tunebox import layout
 from tunebox.cli import guarded, job_process_env, setup_logging
 from tunebox.config import REPO_ROOT, RunSpec, load_spec
+from tunebox.deploy.k8s import render_sweep
 from tunebox.evaluation.intervals import wilson_interval
+from tunebox.evaluation.plots import PALETTE, save
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
 from tunebox.manifest import finished_job
 from tunebox.runs import RunResult, fmt, read_run
-from tunebox.evaluation.plots import PALETTE, save
-from tunebox.deploy.k8s import render_sweep
 
 log = logging.getLogger("tunebox.sweep")
 

@@ -27,8 +27,8 @@ import hashlib
 import os
 import re
 import shutil
-import sysconfig
 import subprocess
+import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -36,13 +36,13 @@ from typing import Optional
 
 import yaml
 
-from tunebox.deploy import ascend
-from tunebox.model.budget import estimate_disk
 from tunebox.config import RunSpec
+from tunebox.deploy import ascend
 from tunebox.images import image_for_device
-from tunebox.spec_checks import load_checked_spec
 from tunebox.io import InputError
 from tunebox.layout import REPO_ROOT
+from tunebox.model.budget import estimate_disk
+from tunebox.spec_checks import load_checked_spec
 
 K8S_DIR = REPO_ROOT / "k8s"
 OVERLAYS_DIR = K8S_DIR / "overlays"

@@ -19,9 +19,9 @@ from tunebox import layout
 from tunebox.config import DataSection, EvalSection
 from tunebox.contest import scoring
 from tunebox.data.prompts import prompt_parts, spec_prompt
+from tunebox.data.samples import IGNORE
 from tunebox.data.tokenizer import TextTokenizer
 from tunebox.io import InputError, atomic_write_json, atomic_write_text, iter_jsonl, read_jsonl, sha256_file
-from tunebox.data.samples import IGNORE
 
 log = logging.getLogger("tunebox.evaluate")
 

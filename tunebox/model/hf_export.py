@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import numpy as np
 
 from tunebox.data.tokenizer import CHATML_TEMPLATE, TextTokenizer
+from tunebox.evaluation.loop import template_parts
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
-from tunebox.model.checkpoint import CheckpointReader, TensorEntry, lora_pairs, load_checkpoint_numpy
+from tunebox.model.checkpoint import CheckpointReader, TensorEntry, load_checkpoint_numpy, lora_pairs
 from tunebox.model.registry import PEFT_NAMES, ModelShape
 from tunebox.model.weights import mindformers_name_to_hf
-from tunebox.evaluation.loop import template_parts
 
 # Largest safetensors shard: one shard is in memory while it is written.
 MAX_SHARD_BYTES = 2 << 30

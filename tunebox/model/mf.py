@@ -85,9 +85,8 @@ def build_llama(shape: ModelShape, *, seq_length: int = 0, batch_size: int = 1, 
     config: the LlamaConfig kwargs of a predicting network (mf_config.predict_model_kwargs: incremental
     decoding), built as it is; without it, the training network of shape, seq_length, batch_size and
     dtype, which on CPU gets avoid_cpu_broadcast_tables (whose cells a predicting network does not have)."""
-    from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
-
     import mindspore as ms
+    from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
 
     predicting = config is not None
     if not predicting:

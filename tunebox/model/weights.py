@@ -39,11 +39,10 @@ import numpy as np
 from tqdm import tqdm
 
 from tunebox.chaos import kill_point
+from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
 from tunebox.io import InputError, atomic_dir, atomic_write_json, sha256_file
 from tunebox.model.checkpoint import CheckpointStreamWriter, bfloat16_bits_to_float32, save_checkpoint_numpy
-from tunebox.model.registry import (INTERNLM_CONTEST_TOKENIZER_CONFIG, ModelShape, cache_dir, get_model_shape,
-                                    model_dir)
-from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
+from tunebox.model.registry import INTERNLM_CONTEST_TOKENIZER_CONFIG, ModelShape, cache_dir, get_model_shape, model_dir
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,12 @@ from typing import Iterable, Mapping, Optional
 
 from tqdm import tqdm
 
-from tunebox.contest import rules
 from tunebox import layout
-from tunebox.contest import scoring
+from tunebox.config import RunSpec
+from tunebox.contest import rules, scoring
 from tunebox.evaluation.scorecard import contest_figures, scorecard
 from tunebox.model.registry import get_model_shape, lora_targets
 from tunebox.training.plan import checkpoint_steps
-from tunebox.config import RunSpec
 
 SUBMISSION_DIR = "submission"
 NUM_CHECKPOINTS = 5              # the contest asks for five evenly spaced merged checkpoints
