@@ -387,6 +387,14 @@ def render_section(r: dict) -> str:
     # The 1-minute load includes the benchmark's own threads (about the core count while a side runs),
     # so only load clearly above that means other work shared the cores.
     busy = max(r["load_seen"]) > r["machine"]["cores"] + 0.5
+    packed_lines = [] if "packed_speedup" not in s else [
+        f"- **Packed: tunebox with train.packing at {w['packed']['seq_length']} x {w['packed']['batch']} gets "
+        f"through the same data at {s['packed_speedup']:.2f}x the reference's tokens/s** (goal >= {GOAL_SPEEDUP}x: "
+        f"{'met' if s['packed_speedup'] >= GOAL_SPEEDUP else 'not met'}), peak RSS {s['packed_memory_ratio']:.2f}x "
+        f"the reference's. Packing filled rows {w['packed']['fill_before']:.0%} -> {w['packed']['fill_after']:.0%} "
+        f"({w['packed']['samples']:,} samples in {w['packed']['rows']:,} rows); a packed step computes "
+        f"{w['packed']['flops'] / 1e9:.1f} GFLOP by the formula below, and its batches are its own (not the "
+        "reference's), so its first-step loss differs."]
     lines = [
         f"## bench.train: tunebox vs PyTorch + PEFT, LoRA training on CPU ({r.get('started', r['date'])})",
         "",
@@ -427,14 +435,7 @@ def render_section(r: dict) -> str:
             f"{n}: {x:.2f}x" for n, x in sorted(s["speedup_by_threads"].items(), reverse=True)) + ")") + ".",
         f"- **peak RSS ratio tunebox / reference: {s['memory_ratio']:.2f}x**; goal <= 1: "
         f"{'met' if s['memory_ratio'] <= 1.0 else 'not met'}.",
-        *([] if "packed_speedup" not in s else [
-            f"- **Packed: tunebox with train.packing at {w['packed']['seq_length']} x {w['packed']['batch']} gets "
-            f"through the same data at {s['packed_speedup']:.2f}x the reference's tokens/s** (goal >= {GOAL_SPEEDUP}x: "
-            f"{'met' if s['packed_speedup'] >= GOAL_SPEEDUP else 'not met'}), peak RSS {s['packed_memory_ratio']:.2f}x "
-            f"the reference's. Packing filled rows {w['packed']['fill_before']:.0%} -> {w['packed']['fill_after']:.0%} "
-            f"({w['packed']['samples']:,} samples in {w['packed']['rows']:,} rows); a packed step computes "
-            f"{w['packed']['flops'] / 1e9:.1f} GFLOP by the formula below, and its batches are its own (not the "
-            "reference's), so its first-step loss differs."]),
+        *packed_lines,
         f"- Loss at step 1 (before any update: LoRA's B starts at zero, so both sides run the base model): "
         f"tunebox {t['first_loss']:.4f}, reference {s['sides'][s['best_reference']]['first_loss']:.4f} "
         f"(difference {s['first_loss_difference']:.1e}"

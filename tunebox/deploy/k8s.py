@@ -308,8 +308,8 @@ def run_kustomization(plan: RenderPlan, root: Path, namespace: Optional[str] = N
         ops = [{"op": "replace", "path": "/spec/replicaSpecs/Worker/replicas", "value": plan.nodes},
                {"op": "replace", "path": "/spec/runPolicy/schedulingPolicy/minAvailable", "value": plan.nodes + 1}]
         for kind in ("requests", "limits"):
-            ops.append({"op": "replace", "value": plan.npus_per_pod, "path":
-                        f"/spec/replicaSpecs/Worker/template/spec/containers/0/resources/{kind}/{_ptr(NPU_RESOURCE)}"})
+            resource = f"/spec/replicaSpecs/Worker/template/spec/containers/0/resources/{kind}/{_ptr(NPU_RESOURCE)}"
+            ops.append({"op": "replace", "value": plan.npus_per_pod, "path": resource})
         for path in template_paths(ASCEND_JOB):
             ops += [{"op": "replace", "path": f"{path}/spec/containers/0/args", "value": plan.args},
                     {"op": "add", "path": f"{path}/spec/containers/0/env/-", "value": image_env}]
