@@ -2,14 +2,18 @@
 #
 #   invoke image.base                         # the local Debian base image (no registry needed)
 #   invoke image.build --stack cpu-ms2.9      # passes images/cpu-ms2.9/stack.env as build args
+#   invoke image.build --stack ascend-cann9.0-ms2.9 --platform linux/arm64,linux/amd64
+#                                             # FROM the official CANN image, by the digest in base.lock
 #
 # Needs BuildKit (RUN --mount=type=secret): Docker >= 23 with buildx, or Debian's docker.io 20.10
 # with DOCKER_BUILDKIT=1; `invoke image.build` picks such a client. No syntax directive on purpose:
-# it makes BuildKit pull its frontend from a registry. Every FROM is a build arg naming a local image
-# or an earlier stage, so nothing is pulled.
+# it makes BuildKit pull its frontend from a registry. Every FROM is a build arg (BASE_IMAGE: a local
+# image `invoke image.base` makes, or a registry image pinned by digest) or an earlier stage.
+# Nothing here names an architecture: the base decides (arm64 Ascend hosts, x86_64 ones).
 #
-# Stages: runtime (OS + Python; compilers only for Ascend stacks, whose CANN compiles operators) -> builder (makes /opt/venv, installs CANN for Ascend
-# stacks) -> final (runtime + the venv + the code, non-root). pip trusts the host's CA bundle,
+# Stages: runtime (OS + Python, unless the base brings its Python; compilers only for Ascend stacks,
+# whose CANN compiles operators) -> builder (makes /opt/venv, installs CANN from .run files unless
+# the base brings it) -> final (runtime + the venv + the code, non-root). pip trusts the host's CA bundle,
 # which only the builder's install steps see, as the BuildKit secret `ca` (`--secret id=ca,src=FILE`):
 # it is mounted for those RUNs and written to no layer. `invoke image.build` scans every layer of the
 # final image for it after every build.
@@ -23,10 +27,12 @@ ARG PYTHON=python3.11
 ARG RUNTIME_PACKAGES=libgomp1
 ENV LANG=C.UTF-8 \
     DEBIAN_FRONTEND=noninteractive
-# The base's sources.list points at the host's Debian mirror over plain HTTP (apt checks
-# signatures), so apt needs no CA here.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ${PYTHON} ${RUNTIME_PACKAGES} \
+# The local base's sources.list points at the host's Debian mirror over plain HTTP (apt checks
+# signatures), so apt needs no CA here. A base that brings ${PYTHON} (the CANN images' own build of
+# it, with CANN's modules) keeps it: a second one from apt would shadow it.
+RUN if command -v "${PYTHON}" >/dev/null; then os_python=""; else os_python="${PYTHON}"; fi \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends ${os_python:+"$os_python"} ${RUNTIME_PACKAGES} \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
 # ---- builder: the venv (and CANN), made with the host's CA bundle ------------------------------
@@ -41,9 +47,13 @@ ARG CANN_VERSION=none
 ARG INSTALL_TUNEBOX=1
 ARG EXTRA_PIP=
 ARG PRUNE=
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ${PYTHON}-venv \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+ARG OFFLINE_BASE_IMAGE=
+# Debian's and Ubuntu's Python keeps venv in a package of its own; a Python built from source has it.
+RUN if [ "$(command -v "${PYTHON}")" = "/usr/bin/${PYTHON}" ]; then \
+        apt-get update \
+     && apt-get install -y --no-install-recommends "${PYTHON}-venv" \
+     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
+    fi
 COPY images/build-venv.sh images/install-cann.sh /build/
 # Only what the install reads (stack.env, the lock, your packages/): editing a README keeps the cache.
 COPY images/${STACK}/stack.env images/${STACK}/constraints.txt /build/stack/

@@ -20,6 +20,7 @@ from jobs import bundle, chat, dryrun, evaluate, export, merge, prep, train, wei
 from tunebox.cli import job_parser
 from tunebox.io import InputError
 from tunebox.layout import PIPELINE, REPO_ROOT
+from tunebox.runlock import RunFolderBusy, hold_run_folder
 from tunebox.spec_checks import load_checked_spec
 
 DEFAULT_CONFIG = "recipes/local-smollm2.yaml"
@@ -153,8 +154,13 @@ def verify(c, submission, rerun=False, image="", tolerance=""):
 def pipeline(c, config=DEFAULT_CONFIG, set=None):
     spec = _load_spec(config, set)  # fail on a bad spec before any job starts
     started = time.time()
-    for name in PIPELINE:
-        _run_job(name, _spec_argv(config, set))
+    try:
+        # held for the whole graph, so no second pipeline slips in between two jobs; the jobs join it
+        with hold_run_folder(spec.run_dir, "pipeline"):
+            for name in PIPELINE:
+                _run_job(name, _spec_argv(config, set))
+    except RunFolderBusy as exc:
+        raise invoke.Exit(f"error: {exc}", code=2) from None
     report = spec.job_dir("evaluate") / "report.md"
     print("\n" + report.read_text(encoding="utf-8"))
     print(f"pipeline finished in {(time.time() - started) / 60:.1f} min; report: {report}; "
@@ -286,12 +292,14 @@ def test(c, fast=False, k=""):
                             "out": "work folder, one copy of the checkout a group (default .mutants/)",
                             "jobs": "mutants tested at once (default 1)",
                             "names": "only these mutants, comma-separated mutmut names or globs",
+                            "tests": "run these test files instead of the group's own, comma-separated",
                             "summarize": "only print the figures of the runs already in the work folder"})
-def test_mutants(c, only="", out="", jobs=1, names="", summarize=False):
+def test_mutants(c, only="", out="", jobs=1, names="", tests="", summarize=False):
     """Mutation testing (mutmut, the `mutants` extra): per module group, the fast tests that cover it
     against every mutant; docs/TESTING.md records the last run. Slow, so not part of `invoke test` or CI."""
     args = [f"--jobs={int(jobs)}"] + ([f"--only={only}"] if only else []) + ([f"--out={out}"] if out else [])
-    args += ([f"--names={names}"] if names else []) + (["--summarize"] if summarize else [])
+    args += ([f"--names={names}"] if names else []) + ([f"--tests={tests}"] if tests else [])
+    args += ["--summarize"] if summarize else []
     c.run(f"{PY} tests/mutants.py " + " ".join(shlex.quote(a) for a in args), pty=False)
 
 
@@ -319,21 +327,34 @@ def image_base(c, suite="bookworm", mirror=""):
                           "ca_bundle": "CA bundle pip trusts in the builder (default "
                           "/etc/ssl/certs/ca-certificates.crt)",
                           "no_ca": "build without a CA bundle", "no_cache": "ignore the layer cache",
-                          "tag": "image tag (default tunebox:VERSION-STACK and tunebox:STACK)"})
-def image_build(c, stack="cpu-ms2.9", ca_bundle="", no_ca=False, no_cache=False, tag=""):
+                          "tag": "image tag (default tunebox:VERSION-STACK and tunebox:STACK)",
+                          "platform": "e.g. linux/arm64,linux/amd64 (docker buildx; default: the engine's own)",
+                          "offline": "air-gapped: FROM the stack's local OFFLINE_BASE_IMAGE, CANN from packages/*.run",
+                          "allow_unpinned": "build FROM a registry base that base.lock has no digest for"})
+def image_build(c, stack="cpu-ms2.9", ca_bundle="", no_ca=False, no_cache=False, tag="", platform="", offline=False,
+                allow_unpinned=False):
     """Build one stack's image (docker CLI with BuildKit, the CA as a build secret), print its id, check no layer
     holds the CA."""
     cmd = f"{PY} -m images.build build --stack {shlex.quote(stack)}"
     cmd += " --no-ca" if no_ca else (f" --ca-bundle {shlex.quote(ca_bundle)}" if ca_bundle else "")
     cmd += " --no-cache" if no_cache else ""
     cmd += f" --tag {shlex.quote(tag)}" if tag else ""
+    cmd += f" --platform {shlex.quote(platform)}" if platform else ""
+    cmd += " --offline" if offline else ""
+    cmd += " --allow-unpinned" if allow_unpinned else ""
     _in_repo(c, cmd)
+
+
+@task(name="pin", help={"stack": "the stack whose registry base is pinned (on a host that reaches the registry)"})
+def image_pin(c, stack="ascend-cann9.0-ms2.9"):
+    """docker buildx imagetools inspect the stack's BASE_IMAGE -> its digest in images/<stack>/base.lock."""
+    _in_repo(c, f"{PY} -m images.build pin --stack {shlex.quote(stack)}")
 
 
 @task(name="lint", help={"stack": "only this stack (default: all)"})
 def image_lint(c, stack=""):
-    """Check the Dockerfile's rules for every stack (local FROMs, no # syntax, non-root, no CA in the final stage),
-    then hadolint."""
+    """Check the Dockerfile's rules for every stack (FROM a build arg, no # syntax, non-root, no CA in the final
+    stage), then hadolint."""
     _in_repo(c, f"{PY} -m images.build lint" + (f" --stack {shlex.quote(stack)}" if stack else ""))
 
 
@@ -457,12 +478,13 @@ def bench_train(c, config=DEFAULT_CONFIG, steps=12, repeats=1, keep="", packed="
 
 # An explicit namespace replaces invoke's automatic one, so it takes every top-level task defined
 # above (whoever added it) plus the collections. Keep this block at the end of the file.
-_NAMESPACED = {id(t) for t in (image_base, image_build, image_lint, image_lock, k8s_render, k8s_apply, compose_up,
-                               bench_merge, bench_eval, bench_prep, bench_generate, bench_train, test, test_mutants)}
+_NAMESPACED = {id(t) for t in (image_base, image_build, image_lint, image_lock, image_pin, k8s_render, k8s_apply,
+                               compose_up, bench_merge, bench_eval, bench_prep, bench_generate, bench_train, test,
+                               test_mutants)}
 ns = Collection(
     *_JOB_TASKS,
     *[t for t in list(globals().values()) if isinstance(t, Task) and id(t) not in _NAMESPACED],
-    Collection("image", image_base, image_build, image_lint, image_lock),
+    Collection("image", image_base, image_build, image_lint, image_lock, image_pin),
     Collection("k8s", k8s_render, k8s_apply),
     Collection("compose", compose_up),
     Collection("bench", bench_merge, bench_eval, bench_prep, bench_generate, bench_train),

@@ -1,5 +1,6 @@
-"""A local Debian base image: no registry is reachable, so every FROM names one of these, made from
-the host's own Debian mirror with debootstrap and `docker import`.
+"""A local Debian base image, for where no registry is reachable (this machine, air-gapped sites: the
+cpu and contest stacks, the Ascend stack's `--offline`), made from the host's own Debian mirror with
+debootstrap and `docker import`.
 
     python -m images.build base [--suite bookworm] [--tag T] [--mirror URL]
 """

@@ -10,7 +10,7 @@
 # own CA). No layer keeps it.
 set -eu
 
-STACK_DIR=/build/stack
+STACK_DIR=${TUNEBOX_BUILD_STACK:-/build/stack}
 STACK_ENV=$STACK_DIR/stack.env
 VENV=/opt/venv
 phase=${1:?usage: build-venv.sh stack|tunebox}
@@ -32,8 +32,10 @@ pip_install() {
 check_build_args() {
     # The labels come from the build args, the install from stack.env: they must agree, or the
     # image would claim versions it does not have.
+    # BASE_IMAGE is the one exception: the build picks it (REF@DIGEST from base.lock, or
+    # OFFLINE_BASE_IMAGE with --offline) and the image's base.name label records which.
     bad=0
-    for key in $(sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' "$STACK_ENV"); do
+    for key in $(sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' "$STACK_ENV" | grep -vx BASE_IMAGE); do
         want=$(env -i sh -c "set -a; . '$STACK_ENV'; printenv $key" || true)
         got=$(printenv "$key" || true)
         if [ "$want" != "$got" ]; then

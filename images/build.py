@@ -2,21 +2,25 @@
 
     python -m images.build base   [--suite bookworm] [--mirror URL]    # local Debian base image
     python -m images.build build  --stack cpu-ms2.9 [--ca-bundle FILE | --no-ca] [--tag T]
+                                  [--platform linux/arm64,linux/amd64] [--offline] [--allow-unpinned]
+    python -m images.build pin    --stack S                            # base.lock: the base's digest
     python -m images.build lint   [--stack S ...]                      # the rules per stack + hadolint
     python -m images.build verify --stack S [--image T]                # the CA is nowhere in the image
     python -m images.build lock   --stack S                            # freeze the image into constraints.txt
 
 Why each piece exists (docs/CONTAINERS.md has the measurements and the platform facts):
-- No registry is reachable, so every FROM is a local image: `base` makes one from the host's own
-  Debian mirror with debootstrap and `docker import`.
-- Outbound TLS goes through a proxy with its own CA, so pip in the builder stage needs the host's
+- Every FROM is the build arg BASE_IMAGE. Where a registry is reachable (the Ascend stack's default)
+  it names an official image, used by the digest `pin` records in images/<stack>/base.lock. Where
+  none is (this machine, air-gapped sites: the cpu stack, `--offline`), it is a local image: `base`
+  makes one from the host's own Debian mirror with debootstrap and `docker import`.
+- Outbound TLS may go through a proxy with its own CA (here it does), so pip in the builder stage needs the host's
   CA bundle. It goes as the BuildKit secret `ca`, which a RUN sees while it runs and no layer keeps;
   the docker SDK cannot pass secrets, hence the CLI. `verify` scans every layer of the image for it.
 - The lint reads the Dockerfile with dockerfile-parse and resolves each stage's ARG/ENV scope the
   way the engine does, so the rules are checked for stacks that cannot be built here (Ascend).
 
 One module per tool: images/base_image.py, buildkit.py, lint.py (with dockerfile.py), ca_scan.py,
-lock.py; images/stacks.py reads the stacks. This file is their command line.
+lock.py, pin.py; images/stacks.py reads the stacks. This file is their command line.
 
 Exit codes: 0 ok, 2 bad input (unknown stack, lint problem, missing file), 1 build or engine failure.
 """
@@ -31,6 +35,7 @@ from images.buildkit import build_image
 from images.ca_scan import find_ca_in_image
 from images.lint import lint_stacks
 from images.lock import write_lock
+from images.pin import write_base_lock
 from images.stacks import DEFAULT_CA_BUNDLE, BuildFailed, list_stacks, load_stack
 from tunebox.cli import guarded
 from tunebox.images import NoDockerEngine, docker_client, image_tags
@@ -60,6 +65,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--ca-bundle", type=Path, default=DEFAULT_CA_BUNDLE, help="the CA bundle pip trusts in the builder")
     p.add_argument("--no-ca", action="store_true", help="build without a CA bundle")
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--platform", default="", help="comma-separated, e.g. linux/arm64,linux/amd64 (docker buildx; "
+                                                  "default: the engine's own)")
+    p.add_argument("--offline", action="store_true", help="build FROM the stack's OFFLINE_BASE_IMAGE (a local "
+                                                          "image) with CANN from packages/*.run: air-gapped sites")
+    p.add_argument("--allow-unpinned", action="store_true", help="build FROM a registry base that base.lock "
+                                                                 "has no digest for (by its tag)")
+    p = sub.add_parser("pin", help="record the registry base's digest in images/STACK/base.lock")
+    p.add_argument("--stack", default="ascend-cann9.0-ms2.9")
     p = sub.add_parser("lint", help="check the Dockerfile's rules for each stack, then hadolint (no engine needed)")
     p.add_argument("--stack", action="append", help="default: every stack")
     p = sub.add_parser("verify", help="scan an image for the CA bundle's certificates")
@@ -75,7 +88,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command == "base":
             make_base_image(args.suite, args.tag, args.mirror)
         elif args.command == "build":
-            build_image(args.stack, args.tag, None if args.no_ca else args.ca_bundle, nocache=args.no_cache)
+            platforms = tuple(p.strip() for p in args.platform.split(",") if p.strip())
+            build_image(args.stack, args.tag, None if args.no_ca else args.ca_bundle, nocache=args.no_cache,
+                        platforms=platforms, offline=args.offline, allow_unpinned=args.allow_unpinned)
+        elif args.command == "pin":
+            write_base_lock(load_stack(args.stack))
         elif args.command == "lint":
             return lint_stacks(args.stack or [])
         elif args.command == "verify":

@@ -1,7 +1,9 @@
-"""Build one stack's image with BuildKit: lint first, the CA bundle as the secret `ca` (a RUN sees it
-while it runs, no layer keeps it), the log streamed, then every layer scanned for the CA.
+"""Build one stack's image with BuildKit: the base resolved (a local image, or a registry image by the
+digest in base.lock), lint, the CA bundle as the secret `ca` (a RUN sees it while it runs, no layer
+keeps it), the log streamed, then every layer scanned for the CA.
 
     python -m images.build build --stack cpu-ms2.9 [--ca-bundle FILE | --no-ca] [--tag T] [--no-cache]
+        [--platform linux/arm64,linux/amd64] [--offline] [--allow-unpinned]
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Optional
 
 from images.ca_scan import find_ca_in_image
 from images.lint import lint_dockerfile
+from images.pin import is_local_image, resolve_base
 from images.stacks import (
     CA_SECRET_ID,
     DEFAULT_CA_BUNDLE,
@@ -48,11 +51,12 @@ def build_context(stack: Stack) -> tempfile.SpooledTemporaryFile:
     return context
 
 
-def buildkit_client() -> tuple[str, dict[str, str]]:
+def buildkit_client(need_buildx: bool = False) -> tuple[str, dict[str, str]]:
     """A docker CLI that builds with BuildKit, and its environment. The docker SDK cannot: BuildKit
     secrets need the CLI's session (docker/docker-py#2230, open since 2019). A CLI with the buildx
     plugin does it; without buildx, a client older than 23.0 does with DOCKER_BUILDKIT=1 (Debian's
-    docker.io 20.10); a newer client without buildx refuses, so the next `docker` on PATH is tried."""
+    docker.io 20.10); a newer client without buildx refuses, so the next `docker` on PATH is tried.
+    need_buildx: only a client with buildx (a multi-platform build, `--platform a,b`)."""
     env = dict(os.environ, DOCKER_BUILDKIT="1")
     seen = []
     for folder in os.environ.get("PATH", "").split(os.pathsep):
@@ -70,55 +74,86 @@ def buildkit_client() -> tuple[str, dict[str, str]]:
             return exe, env
         version = run("version", "--format", "{{.Client.Version}}") or ""
         major = re.match(r"(\d+)\.", version)
-        if major and int(major.group(1)) < 23:
+        if major and not need_buildx and int(major.group(1)) < 23:
             return exe, env
+    if need_buildx:
+        raise InputError(f"--platform needs the docker buildx plugin (tried: {', '.join(seen) or 'none on PATH'}): "
+                         "install docker-buildx (Docker's apt repository) or docker-buildx-plugin")
     raise InputError(f"no docker client here builds with BuildKit (tried: {', '.join(seen) or 'none on PATH'}): "
                      "install the buildx plugin, or Debian's docker.io (20.10, BuildKit built in): "
                      "apt-get install -y docker.io")
 
 
-def build_image(stack_name: str, tag: Optional[str] = None, ca_bundle: Optional[Path] = DEFAULT_CA_BUNDLE,
-                nocache: bool = False, verify: bool = True) -> str:
-    """Lint, build with BuildKit (the CA bundle as the secret `ca`, log streamed), tag, and check no
-    layer of the image holds the CA."""
+def build_command(docker: str, tags: list[str], args: dict[str, str], ca_bundle: Optional[Path],
+                  iidfile: Path, nocache: bool = False, platforms: tuple[str, ...] = ()) -> list[str]:
+    """The CLI command: `docker build` with our tar on stdin (its Dockerfile), `docker buildx build
+    --platform a,b` for named platforms (arm64 Ascend hosts, x86_64 ones)."""
+    cmd = [docker, "buildx", "build", "--platform", ",".join(platforms)] if platforms else [docker, "build"]
+    cmd += ["--progress=plain", "--iidfile", str(iidfile)]
+    for name in tags:
+        cmd += ["--tag", name]
+    for key, value in args.items():
+        cmd += ["--build-arg", f"{key}={value}"]
+    if ca_bundle is not None:
+        cmd += ["--secret", f"id={CA_SECRET_ID},src={ca_bundle.resolve()}"]
+    if nocache:
+        cmd.append("--no-cache")
+    cmd.append("-")   # the context: our tar on stdin
+    return cmd
+
+
+def prepare_build(stack_name: str, tag: Optional[str] = None, offline: bool = False, allow_unpinned: bool = False,
+                  platforms: tuple[str, ...] = ()) -> tuple[Stack, list[str], dict[str, str]]:
+    """The stack, its tags and its build args with BASE_IMAGE resolved (pinned, offline or local), linted."""
     stack = load_stack(stack_name)
     tags = [tag] if tag else image_tags(stack.name)
     args = build_args_for(stack, tags[0])
+    args["BASE_IMAGE"] = resolve_base(stack, offline, allow_unpinned, platforms)
     _, problems = lint_dockerfile(DOCKERFILE.read_text(encoding="utf-8"), args)
     if problems:
         raise InputError("the Dockerfile breaks the image rules:\n  " + "\n  ".join(map(str, problems)), DOCKERFILE)
+    return stack, tags, args
+
+
+def build_image(stack_name: str, tag: Optional[str] = None, ca_bundle: Optional[Path] = DEFAULT_CA_BUNDLE,
+                nocache: bool = False, verify: bool = True, platforms: tuple[str, ...] = (), offline: bool = False,
+                allow_unpinned: bool = False) -> str:
+    """Resolve the base, lint, build with BuildKit (the CA bundle as the secret `ca`, log streamed), tag,
+    and check no layer of the image holds the CA."""
+    stack, tags, args = prepare_build(stack_name, tag, offline, allow_unpinned, platforms)
+    base = args["BASE_IMAGE"]
     if ca_bundle is not None and not ca_bundle.exists():
         raise InputError("CA bundle not found: pass --ca-bundle FILE, or --no-ca where TLS is not intercepted",
                          ca_bundle)
     client = docker_client()
-    try:
-        client.images.get(stack.base_image)
-    except Exception:
-        suite = stack.base_image.split("debian-")[-1].split(":")[0]
-        raise InputError(f"base image {stack.base_image} is not in the engine: run `invoke image.base --suite {suite}`",
-                         stack.folder / "stack.env") from None
-    docker, env = buildkit_client()
+    if is_local_image(base):   # a registry base is pulled by BuildKit; a local one must be here already
+        try:
+            client.images.get(base)
+        except Exception:
+            suite = base.split("debian-")[-1].split(":")[0]
+            raise InputError(f"base image {base} is not in the engine: run `invoke image.base --suite {suite}`",
+                             stack.folder / "stack.env") from None
+    docker, env = buildkit_client(need_buildx=bool(platforms))
 
-    print(f"image.build: {stack.name} -> {', '.join(tags)} (BuildKit, {docker}; CA bundle: "
-          f"{ca_bundle or 'none'})", flush=True)
+    print(f"image.build: {stack.name} -> {', '.join(tags)} FROM {base} (BuildKit, {docker}; "
+          f"{'platforms ' + ','.join(platforms) + '; ' if platforms else ''}CA bundle: {ca_bundle or 'none'})",
+          flush=True)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="tunebox-build-") as tmp:
         iidfile = Path(tmp) / "image-id"
-        cmd = [docker, "build", "--progress=plain", "--iidfile", str(iidfile)]   # the tar's Dockerfile
-        for name in tags:
-            cmd += ["--tag", name]
-        for key, value in args.items():
-            cmd += ["--build-arg", f"{key}={value}"]
-        if ca_bundle is not None:
-            cmd += ["--secret", f"id={CA_SECRET_ID},src={ca_bundle.resolve()}"]
-        if nocache:
-            cmd.append("--no-cache")
-        cmd.append("-")   # the context: our tar on stdin
+        cmd = build_command(docker, tags, args, ca_bundle, iidfile, nocache, platforms)
         code = subprocess.run(cmd, stdin=build_context(stack), env=env).returncode
         image_id = iidfile.read_text().strip() if iidfile.exists() else ""
     if code != 0 or not image_id:
         raise BuildFailed(f"build of {stack.name} failed: {docker} build exited with {code} (log above)")
-    image = client.images.get(image_id)
+    try:
+        image = client.images.get(image_id)
+    except Exception as exc:   # docker.errors.ImageNotFound: the SDK is imported lazily
+        if len(platforms) < 2:
+            raise
+        raise BuildFailed(f"built {', '.join(platforms)} as {image_id}, but the engine's image store does not "
+                          f"hold it ({exc}): a multi-platform image needs the containerd image store, or build "
+                          f"one --platform at a time (docs/CONTAINERS.md)") from None
     seconds = time.time() - started
     print(f"image.build: {image.id} {', '.join(tags)} size {image.attrs['Size'] / 1e9:.2f} GB, "
           f"built in {seconds:.0f} s", flush=True)

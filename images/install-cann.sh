@@ -1,14 +1,17 @@
 #!/bin/sh
-# Runs in the Dockerfile's builder stage only: installs CANN from Huawei's .run files in
-# images/<stack>/packages/ (you download them; they are not redistributable) and stages what the
-# final image needs under /opt/stack-root, which the final stage copies onto /.
+# Runs in the Dockerfile's builder stage only. When the base image brings CANN (the official CANN
+# images, quay.io/ascend/cann:...), that CANN is used: the final stage is built on the same base, so
+# nothing is staged. Otherwise (the offline base, `--offline`) it installs CANN from Huawei's .run
+# files in images/<stack>/packages/ (you download them; they are not redistributable) and stages
+# what the final image needs under /opt/stack-root, which the final stage copies onto /.
+# The architecture is the build platform's (`uname -m`): aarch64 or x86_64, nothing hard-coded.
 #
 # CANN_VERSION=none (the cpu stack): nothing to do but create the empty /opt/stack-root.
 # The NPU driver is not installed here: it lives on the host and is mounted at run time
 # (/usr/local/Ascend/driver), because it must match the kernel module.
 set -eu
 
-STAGE=/opt/stack-root
+STAGE=${TUNEBOX_STACK_ROOT:-/opt/stack-root}
 PACKAGES=/build/stack/packages
 ASCEND_ROOT=${TUNEBOX_ASCEND_ROOT:-/usr/local/Ascend}
 
@@ -29,6 +32,19 @@ mkdir -p "$STAGE"
 
 if [ "${CANN_VERSION:-none}" = none ]; then
     echo "install-cann: CANN_VERSION=none, no CANN in this image"
+    exit 0
+fi
+
+from_base=$(installed_version)
+if [ -n "$from_base" ]; then
+    if [ "$from_base" != "$CANN_VERSION" ]; then
+        echo "install-cann: error: the base image has CANN $from_base, images/$STACK/stack.env says" \
+             "CANN_VERSION=$CANN_VERSION." >&2
+        echo "install-cann: fix: make BASE_IMAGE a CANN $CANN_VERSION image (then invoke image.pin), or" \
+             "set CANN_VERSION=$from_base." >&2
+        exit 2
+    fi
+    echo "install-cann: CANN $from_base comes with the base image; no .run files needed"
     exit 0
 fi
 

@@ -1,5 +1,6 @@
-"""The rules a tunebox Dockerfile keeps (local bases only, the CA secret only in the builder, a
-non-root final stage, every build arg declared), checked per stack without an engine, then hadolint.
+"""The rules a tunebox Dockerfile keeps (every base a build arg: a local image or a registry image
+named by a release tag or digest, the CA secret only in the builder, a non-root final stage, every
+build arg declared), checked per stack without an engine, then hadolint.
 
     python -m images.build lint [--stack S ...]
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from images.dockerfile import ParsedDockerfile, Problem, parse_dockerfile
+from images.pin import is_local_image
 from images.stacks import (
     CA_DIR,
     CA_SECRET_ID,
@@ -50,11 +52,12 @@ def _run_mounts(value: str) -> tuple[list[dict[str, str]], str]:
     return mounts, value.strip()
 
 
-def is_local_image(ref: str) -> bool:
-    """A name this machine's engine can have without a registry: tunebox/... and no registry host."""
-    first = ref.split("/", 1)[0]
-    has_registry = "/" in ref and ("." in first or ":" in first or first == "localhost")
-    return bool(ref) and not has_registry and ref.startswith("tunebox/")
+def _names_a_version(ref: str) -> bool:
+    """REF:TAG (not latest) or REF@sha256:...: a registry base a person can read and pin."""
+    if "@sha256:" in ref:
+        return True
+    tail = ref.rsplit("/", 1)[-1]
+    return ":" in tail and tail.rsplit(":", 1)[1] not in ("", "latest")
 
 
 def lint_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDockerfile, list[Problem]]:
@@ -63,7 +66,7 @@ def lint_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDocker
     if "syntax" in parsed.directives:
         value, line = parsed.directives["syntax"]
         problems.append(Problem(line, f"'# syntax={value}' makes BuildKit pull a frontend image from a "
-                                      f"registry (unreachable here): delete the line"))
+                                      f"registry (unreachable on air-gapped hosts): delete the line"))
     if not parsed.stages:
         return parsed, problems
 
@@ -71,14 +74,14 @@ def lint_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDocker
         if stage.parent is not None:
             pass  # an earlier stage
         elif "$" in stage.base_raw:
-            if not is_local_image(stage.base):
-                problems.append(Problem(stage.from_line, f"FROM {stage.base_raw} resolves to {stage.base!r}, "
-                                                         f"not a local tunebox/ image: set BASE_IMAGE to one "
-                                                         f"`invoke image.base` makes"))
+            if not is_local_image(stage.base) and not _names_a_version(stage.base):
+                problems.append(Problem(stage.from_line, f"FROM {stage.base_raw} resolves to {stage.base!r}, a "
+                                                         f"registry image with no tag or with :latest: name a "
+                                                         f"release tag (image.pin then records its digest)"))
         else:
             problems.append(Problem(stage.from_line, f"FROM {stage.base_raw} is neither an earlier stage nor a "
                                                      f"build arg: the engine would pull it from a registry; "
-                                                     f"use ARG BASE_IMAGE naming a local image"))
+                                                     f"use ARG BASE_IMAGE (stack.env) instead"))
 
     # The CA bundle reaches the build only as the BuildKit secret `ca`: mounted for one RUN, written to
     # no layer. What could still put it into the image: a RUN that names the mount's path (cp, cat),

@@ -129,8 +129,10 @@ def prebuild_bundle(out: Path) -> Path:
     return target
 
 
-def run_group(name: str, out: Path, jobs: int, names: list[str]) -> dict:
+def run_group(name: str, out: Path, jobs: int, names: list[str], tests: list[str] = ()) -> dict:
     group = dict(GROUPS[name])
+    if tests:  # a narrower (or other) test selection than the group's
+        group["tests"] = list(tests)
     if names:  # only these mutants (mutmut's names, globs allowed: tunebox.contest.rules*)
         group["functions"] = names
     tree = out / name / "tree"
@@ -166,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="mutants tested at once (mutmut --max-children)")
     ap.add_argument("--names", default="", help="only these mutants, comma-separated mutmut names or globs "
                                                 "(e.g. 'tunebox.contest.rules*')")
+    ap.add_argument("--tests", default="", help="only these test files, comma-separated, instead of the group's "
+                                                "(e.g. 'tests/test_scoring.py,tests/test_strict_rule.py')")
     ap.add_argument("--summarize", action="store_true", help="only print the figures of the runs already in --out")
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(GROUPS)
@@ -185,7 +189,8 @@ def main(argv=None) -> int:
                 for f, k in r["survivors_by_function"].items():
                     print(f"    {k:4d} survived in {f}")
             continue
-        r = run_group(name, out, args.jobs, [n for n in args.names.split(",") if n])
+        r = run_group(name, out, args.jobs, [n for n in args.names.split(",") if n],
+                      [t for t in args.tests.split(",") if t])
         print(line(name, r) + f" in {r['minutes']} min (mutmut exit {r['exit_code']}; {out / name / 'summary.json'})")
     return 0
 

@@ -1,11 +1,11 @@
 """The container images.
 
 Without an engine: the Dockerfile is parsed per stack with that stack's build args and must keep
-the rules (local FROMs, no `# syntax`, non-root final stage, the CA only as the builder's secret); each
-rule is also broken on purpose to show the check catches it; hadolint runs with .hadolint.yaml and
-its rules are broken on purpose too. The build context, the CA scan and
-the compose graph are checked on real files. With a Docker engine (mark `docker`): the built
-cpu image's labels, image.json, user and stack, and the CA scan against a deliberately leaky image.
+the rules (FROM a build arg: local, or a registry image by tag or digest; no `# syntax`, non-root
+final stage, the CA only as the builder's secret); each rule is also broken on purpose to show the
+check catches it; hadolint runs with .hadolint.yaml and its rules are broken on purpose too. The
+build context, the CA scan and the compose graph are checked on real files. With a Docker engine (mark
+`docker`): the built cpu image's labels, image.json, user and stack, and the CA scan against a deliberately leaky image.
 
 The OCI labels say when the image was made and under which licence, the
 same facts reach /etc/tunebox/image.json, no project file names a development machine's path,
@@ -33,7 +33,7 @@ import yaml
 
 from conftest import cannot_run, docker_engine, docker_image
 from images import build as image_cli
-from images import buildkit, ca_scan, dockerfile, stacks
+from images import buildkit, ca_scan, dockerfile, pin, stacks
 from images import lint as image_lint
 from images.compose_up import compose_services, profile_overrides, service_name
 from tunebox.config import load_spec
@@ -168,7 +168,7 @@ def test_ascend_images_can_compile_operators_at_training_time(name):
     Dependencies"). The compiler must be in the final image, not only the builder."""
     cann = stacks.load_stack(name).build_args.get("CANN_VERSION", "none")
     packages = _final_apt_packages(name)
-    assert "python3" in " ".join(packages)           # the parse found the runtime's install line
+    assert "libgomp1" in packages                    # the parse found the runtime's install line
     if cann == "none":
         assert not {"gcc", "g++"} & packages         # the cpu image stays without compilers
     else:
@@ -227,14 +227,14 @@ def test_hadolint_passes_the_dockerfile():
     assert [str(p) for p in image_lint.hadolint(DOCKERFILE_TEXT)] == []
 
 
-INSTALL = "apt-get install -y --no-install-recommends ${PYTHON} ${RUNTIME_PACKAGES}"
+INSTALL = 'apt-get install -y --no-install-recommends ${os_python:+"$os_python"} ${RUNTIME_PACKAGES}'
+RUNTIME_RUN = 'RUN if command -v "${PYTHON}"'
 HADOLINT_BROKEN = {
     "recommends pulled in": (lambda t: t.replace(INSTALL, INSTALL.replace("--no-install-recommends ", "")), "DL3015"),
     "ADD for a local file": (lambda t: t.replace("COPY images/entrypoint.sh", "ADD images/entrypoint.sh"), "DL3020"),
     # .hadolint.yaml refuses inline ignores: the only place a rule is switched off is that file.
-    "inline ignore": (lambda t: t.replace("RUN apt-get update \\\n && " + INSTALL,
-                                          "# hadolint ignore=DL3015\nRUN apt-get update \\\n && "
-                                          + INSTALL.replace("--no-install-recommends ", "")), "DL3015"),
+    "inline ignore": (lambda t: t.replace(INSTALL, INSTALL.replace("--no-install-recommends ", ""))
+                      .replace(RUNTIME_RUN, "# hadolint ignore=DL3015\n" + RUNTIME_RUN), "DL3015"),
 }
 
 
@@ -256,8 +256,14 @@ def test_image_lint_command_runs_hadolint(tmp_path, monkeypatch, capsys):
     assert "hadolint DL3015" in capsys.readouterr().out
 
 
-def test_lint_catches_a_registry_base_and_unconsumed_build_args():
-    assert any("not a local" in p for p in lint(DOCKERFILE_TEXT, BASE_IMAGE="docker.io/library/debian:bookworm"))
+def test_lint_catches_an_unversioned_registry_base_and_unconsumed_build_args():
+    """A registry base is fine when it names a release tag or a digest (the Ascend stack's official CANN
+    image), not when it floats (no tag, :latest). Mutant: `_names_a_version` returning True always."""
+    cann = "quay.io/ascend/cann:9.0.0-910b-ubuntu22.04-py3.11"
+    assert lint(DOCKERFILE_TEXT, BASE_IMAGE=cann) == []
+    assert lint(DOCKERFILE_TEXT, BASE_IMAGE=f"{cann}@sha256:{'0' * 64}") == []
+    for floating in ("quay.io/ascend/cann", "quay.io/ascend/cann:latest", "localhost:5000/cann"):
+        assert any("no tag or with :latest" in p for p in lint(DOCKERFILE_TEXT, BASE_IMAGE=floating)), floating
     assert any("NOT_AN_ARG" in p and "not declared" in p for p in lint(DOCKERFILE_TEXT, NOT_AN_ARG="x"))
 
 
@@ -354,6 +360,217 @@ def test_build_picks_a_docker_client_that_has_buildkit(tmp_path, monkeypatch):
     assert pick(with_buildx, debian) == str(with_buildx)
     with pytest.raises(InputError, match="docker.io"):
         pick(new_no_buildx)
+
+
+# ---- the base image: official by digest, or the offline local base ------------------------------
+
+CANN_REF = "quay.io/ascend/cann:9.0.0-910b-ubuntu22.04-py3.11"
+# `docker buildx imagetools inspect` text output in the shape of the documented example
+# (docs.docker.com/reference/cli/docker/buildx/imagetools/inspect/) for an index with two platforms and
+# an attestation manifest. The digests are placeholders, NOT the real image's: this machine reaches no
+# registry, so no real output could be recorded.
+INDEX_DIGEST = "sha256:" + "1" * 64
+IMAGETOOLS_SAMPLE = f"""\
+Name:      {CANN_REF}
+MediaType: application/vnd.oci.image.index.v1+json
+Digest:    {INDEX_DIGEST}
+
+Manifests:
+  Name:        {CANN_REF}@sha256:{"2" * 64}
+  MediaType:   application/vnd.oci.image.manifest.v1+json
+  Platform:    linux/amd64
+
+  Name:        {CANN_REF}@sha256:{"3" * 64}
+  MediaType:   application/vnd.oci.image.manifest.v1+json
+  Platform:    linux/arm64
+
+  Name:        {CANN_REF}@sha256:{"4" * 64}
+  MediaType:   application/vnd.oci.image.manifest.v1+json
+  Platform:    unknown/unknown
+  Annotations:
+    vnd.docker.reference.digest: sha256:{"2" * 64}
+    vnd.docker.reference.type:   attestation-manifest
+"""
+
+
+def _ascend_copy(tmp_path: Path, monkeypatch, lock: str = "") -> stacks.Stack:
+    """The Ascend stack's folder copied under a tmp images/ (stacks.IMAGES_DIR points there)."""
+    name = "ascend-cann9.0-ms2.9"
+    images = tmp_path / "images"
+    shutil.copytree(REPO / "images" / name, images / name, ignore=shutil.ignore_patterns("packages"))
+    if lock:
+        (images / name / "base.lock").write_text(lock, encoding="utf-8")
+    monkeypatch.setattr(stacks, "IMAGES_DIR", images)
+    return stacks.load_stack(name)
+
+
+def _stand_in_docker(folder: Path, stdout: str) -> Path:
+    """A `docker` that answers `buildx imagetools inspect REF` with a recorded output and logs its args."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "inspect.txt").write_text(stdout, encoding="utf-8")
+    exe = folder / "docker"
+    exe.write_text(f"#!/bin/sh\necho \"$@\" >> {folder}/calls.txt\n"
+                   f'[ "$1 $2 $3" = "buildx imagetools inspect" ] || exit 1\ncat {folder}/inspect.txt\n')
+    exe.chmod(0o755)
+    return exe
+
+
+def test_pin_records_the_index_digest_and_platforms(tmp_path, monkeypatch, capsys):
+    """`images.build pin` runs `docker buildx imagetools inspect REF` and writes base.lock; the build then
+    uses REF@DIGEST. Mutants: the attestation's `unknown/unknown` counted as a platform; a `Digest:` taken
+    from inside Manifests (the annotation's digest); inspect not given the stack's BASE_IMAGE."""
+    stack = _ascend_copy(tmp_path, monkeypatch)
+    assert pin.parse_imagetools_inspect(IMAGETOOLS_SAMPLE) == (INDEX_DIGEST, ("linux/amd64", "linux/arm64"))
+    docker = _stand_in_docker(tmp_path / "bin", IMAGETOOLS_SAMPLE)
+    monkeypatch.setenv("PATH", f"{docker.parent}{os.pathsep}{os.environ['PATH']}")
+    assert image_cli.main(["pin", "--stack", stack.name]) == 0
+    assert (tmp_path / "bin/calls.txt").read_text().split() == ["buildx", "imagetools", "inspect", CANN_REF]
+    lock = pin.read_base_lock(stack)
+    assert (lock.ref, lock.digest, lock.platforms) == (CANN_REF, INDEX_DIGEST, ("linux/amd64", "linux/arm64"))
+    assert pin.resolve_base(stack) == f"{CANN_REF}@{INDEX_DIGEST}"
+    assert pin.resolve_base(stack, platforms=("linux/arm64/v8", "linux/amd64")) == f"{CANN_REF}@{INDEX_DIGEST}"
+    with pytest.raises(InputError, match="not linux/riscv64"):
+        pin.resolve_base(stack, platforms=("linux/riscv64",))
+    # An answer without an index digest (an error page, a changed format) is a failure, not an empty pin.
+    _stand_in_docker(tmp_path / "bin", "Name: x\nMediaType: text/html\n")
+    assert image_cli.main(["pin", "--stack", stack.name]) == 1
+    assert "no `Digest: sha256:...` line" in capsys.readouterr().err
+    assert pin.read_base_lock(stack).digest == INDEX_DIGEST     # the good pin is kept
+
+
+def test_build_refuses_an_unpinned_registry_base_unless_told(tmp_path, monkeypatch):
+    """The stack's lock rules. Mutants: resolve_base returning the tag when DIGEST is empty; read_base_lock
+    not comparing its BASE_IMAGE with stack.env's; a malformed digest accepted."""
+    # The cpu stack's local base needs no lock and no registry.
+    assert pin.resolve_base(stacks.load_stack("cpu-ms2.9")) == "tunebox/debian-bookworm:base"
+    stack = _ascend_copy(tmp_path, monkeypatch)
+    assert pin.read_base_lock(stack).digest == ""               # as committed: nobody could pin it here
+    with pytest.raises(InputError, match="image.pin --stack ascend-cann9.0-ms2.9"):
+        pin.resolve_base(stack)
+    assert pin.resolve_base(stack, allow_unpinned=True) == CANN_REF
+    assert pin.resolve_base(stack, offline=True) == "tunebox/debian-bookworm:base"
+    good = f"BASE_IMAGE={CANN_REF}\nDIGEST={INDEX_DIGEST}\n"
+    stack = _ascend_copy(tmp_path / "stale", monkeypatch, good.replace("9.0.0-910b", "8.5.0-910b"))
+    with pytest.raises(InputError, match="base.lock pins"):
+        pin.resolve_base(stack)
+    stack = _ascend_copy(tmp_path / "bad", monkeypatch, good.replace(INDEX_DIGEST, "sha256:abc"))
+    with pytest.raises(InputError, match="not sha256:<64 hex digits>"):
+        pin.resolve_base(stack)
+
+
+def test_every_registry_base_has_a_base_lock_naming_it():
+    for name in STACKS:
+        stack = stacks.load_stack(name)
+        if pin.is_local_image(stack.base_image):
+            assert not (stack.folder / pin.BASE_LOCK).exists(), name
+        else:
+            assert pin.read_base_lock(stack) is not None, f"{name}: no base.lock (invoke image.pin --stack {name})"
+        offline = stack.build_args.get("OFFLINE_BASE_IMAGE")
+        assert offline is None or pin.is_local_image(offline), name
+
+
+def test_build_command_carries_the_platforms_and_the_pinned_base(tmp_path, monkeypatch):
+    """Mutants: build_command dropping --platform; prepare_build keeping stack.env's BASE_IMAGE tag."""
+    cpu, tags, args = buildkit.prepare_build("cpu-ms2.9")
+    cmd = buildkit.build_command("docker", tags, args, None, Path("iid"))
+    assert cmd[:2] == ["docker", "build"] and "--platform" not in cmd      # the cpu build as before
+    assert "BASE_IMAGE=tunebox/debian-bookworm:base" in cmd
+    stack = _ascend_copy(tmp_path, monkeypatch, f"BASE_IMAGE={CANN_REF}\nDIGEST={INDEX_DIGEST}\n"
+                                                "PLATFORMS=linux/amd64,linux/arm64\n")
+    platforms = ("linux/arm64", "linux/amd64")
+    _, tags, args = buildkit.prepare_build(stack.name, platforms=platforms)
+    cmd = buildkit.build_command("docker", tags, args, Path("ca.crt"), Path("iid"), platforms=platforms)
+    assert cmd[:5] == ["docker", "buildx", "build", "--platform", "linux/arm64,linux/amd64"]
+    assert f"BASE_IMAGE={CANN_REF}@{INDEX_DIGEST}" in cmd
+    assert "OFFLINE_BASE_IMAGE=tunebox/debian-bookworm:base" in cmd and cmd[-1] == "-"
+    _, _, args = buildkit.prepare_build(stack.name, offline=True)
+    assert args["BASE_IMAGE"] == "tunebox/debian-bookworm:base"
+
+
+@pytest.mark.parametrize("override, code", [({"BASE_IMAGE": f"{CANN_REF}@{INDEX_DIGEST}"}, 1),
+                                            ({"BASE_IMAGE": "tunebox/debian-bookworm:base"}, 1),
+                                            ({"CANN_VERSION": "8.5.0"}, 2)], ids=["pinned", "offline", "cann"])
+def test_build_venv_lets_the_build_choose_only_the_base(tmp_path, override, code):
+    """build-venv.sh stops (exit 2) when a build arg and stack.env disagree, except BASE_IMAGE, which the
+    build picks (REF@DIGEST or the offline base). Exit 1 here is the stand-in python3.11 after the check.
+    Mutant: the check without `grep -vx BASE_IMAGE`."""
+    stack_dir = tmp_path / "stack"
+    stack_dir.mkdir()
+    shutil.copy(REPO / "images/ascend-cann9.0-ms2.9/stack.env", stack_dir / "stack.env")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3.11").write_text("#!/bin/sh\necho stand-in python3.11 >&2\nexit 1\n")
+    (bin_dir / "python3.11").chmod(0o755)
+    env = dict(stacks.read_env_file(stack_dir / "stack.env"), **override,
+               PATH=f"{bin_dir}:/usr/bin:/bin", TUNEBOX_BUILD_STACK=str(stack_dir))
+    done = subprocess.run(["sh", str(REPO / "images/build-venv.sh"), "stack"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == code, done.stderr
+    assert ("stand-in python3.11" in done.stderr) == (code == 1)
+
+
+def test_image_build_cli_runs_buildx_for_two_platforms(tmp_path, monkeypatch, capsys):
+    """`images.build build --platform linux/arm64,linux/amd64` end to end, with a stand-in `docker` (it
+    logs its arguments and writes the iidfile) and a stand-in engine whose image store cannot hold a
+    multi-platform image: the pinned base and the platforms reach the CLI, no local base is asked for,
+    and the store's refusal ends as a BuildFailed (exit 1) that names the fix. Mutants: the CLI not
+    passing --platform on; build_image asking the engine for a registry base."""
+    stack = _ascend_copy(tmp_path, monkeypatch, f"BASE_IMAGE={CANN_REF}\nDIGEST={INDEX_DIGEST}\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        [ "$1 $2" = "buildx version" ] && exit 0
+        echo "$@" > {tmp_path}/build-args.txt
+        cat > /dev/null
+        while [ $# -gt 0 ]; do [ "$1" = --iidfile ] && echo sha256:{"5" * 64} > "$2"; shift; done
+        """))
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    asked = []
+
+    class Store(_Client):
+        def get(self, ref):
+            asked.append(ref)
+            raise LookupError(f"no such image: {ref}")
+    monkeypatch.setattr(buildkit, "docker_client", lambda: Store())
+    code = image_cli.main(["build", "--stack", stack.name, "--no-ca", "--platform", "linux/arm64,linux/amd64"])
+    assert code == 1
+    assert "containerd image store" in capsys.readouterr().err
+    args = (tmp_path / "build-args.txt").read_text().split()
+    assert args[:4] == ["buildx", "build", "--platform", "linux/arm64,linux/amd64"]
+    assert f"BASE_IMAGE={CANN_REF}@{INDEX_DIGEST}" in args and "--secret" not in args
+    assert asked == [f"sha256:{'5' * 64}"]          # the result only; the registry base is BuildKit's to pull
+
+
+def test_nothing_in_the_image_build_names_an_architecture():
+    """arm64 (most Ascend hosts) and x86_64 build from the same files: the architecture comes from the
+    build platform (`uname -m` in install-cann.sh). Comments may name one. Mutant: install-cann.sh with
+    `arch=x86_64`."""
+    import re
+
+    for rel in ("Dockerfile", "images/install-cann.sh", "images/build-venv.sh", "images/entrypoint.sh",
+                "images/pipeline.sh"):
+        code = [ln for ln in (REPO / rel).read_text(encoding="utf-8").splitlines() if not ln.lstrip().startswith("#")]
+        named = [ln for ln in code if re.search(r"x86_64|amd64|aarch64|arm64", ln)]
+        assert named == [], f"{rel}: {named}"
+
+
+@pytest.mark.parametrize("base_has, code, says", [("9.0.0", 0, "comes with the base image"),
+                                                  ("8.5.0", 2, "the base image has CANN 8.5.0")])
+def test_install_cann_uses_the_cann_of_an_official_base(tmp_path, base_has, code, says):
+    """The official CANN image brings CANN: nothing to install, but its version must be the stack's.
+    Mutant: install-cann.sh without the `from_base` block (it then looks for .run files, exit 2)."""
+    info = tmp_path / "Ascend/cann/aarch64-linux/ascend_toolkit_install.info"
+    info.parent.mkdir(parents=True)
+    info.write_text(f"version={base_has}\n", encoding="utf-8")
+    done = subprocess.run(["sh", str(REPO / "images" / "install-cann.sh")], capture_output=True, text=True,
+                          timeout=30, env={"PATH": "/usr/bin:/bin", "CANN_VERSION": "9.0.0",
+                                           "STACK": "ascend-cann9.0-ms2.9",
+                                           "TUNEBOX_ASCEND_ROOT": str(tmp_path / "Ascend"),
+                                           "TUNEBOX_STACK_ROOT": str(tmp_path / "stage")})
+    assert done.returncode == code, done.stderr
+    assert says in done.stdout + done.stderr
 
 
 def test_ca_scan_finds_copies_and_extra_certificates(tmp_path):

@@ -117,3 +117,18 @@ def test_another_hosts_fresh_record_is_refused(tmp_path):
     os.utime(path, (old, old))
     with hold_run_folder(run_dir, "train") as record:
         assert record["host"] == socket.gethostname()
+
+
+def test_a_second_pipeline_is_refused_before_any_job_starts(tmp_path, holder):
+    """`invoke pipeline` holds the run folder for the whole graph, not job by job, so a second pipeline cannot
+    slip in between two jobs of the first. Mutant: the pipeline task without its own lock (only the jobs
+    take one) -> the refused pipeline has already started its first job (its command line is printed)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TUNEBOX_CACHE": str(tmp_path / "cache")}
+    env.pop(RUN_LOCK_ENV, None)
+    proc = subprocess.run(["invoke", "pipeline", "--config", str(TINY_RECIPE),
+                           "--set", f"runs_dir={tmp_path / 'runs'}"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"pid {holder.pid}" in proc.stderr and "in use by pipeline" in proc.stderr
+    assert "-m jobs." not in proc.stdout, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr
