@@ -1,5 +1,6 @@
 """The report's PNG charts, drawn with matplotlib (Agg, headless; no pyplot state): line charts for
-curves over steps or scales, horizontal grouped bars for per-category figures.
+curves over steps or scales (stacked panels with their own y axes when quantities differ, e.g. accuracy
+above SQuAD retention), horizontal grouped bars for per-category figures.
 
 Each chart has a `*_figure` function (the matplotlib Figure, so a test can map data to pixels) and a
 `*_chart` function that writes it to one PNG atomically. `None` values are gaps. One colour per series
@@ -29,6 +30,7 @@ class Series:
     markers: bool = True
     lines: bool = True
     color: Optional[str] = None
+    intervals: Optional[Sequence[Optional[tuple[float, float]]]] = None   # (low, high) per point, drawn as a band
 
 
 @dataclass
@@ -42,15 +44,17 @@ def _nan(values: Sequence[Optional[float]]) -> list[float]:
     return [float("nan") if v is None else float(v) for v in values]
 
 
-def _new_axes(size: tuple[int, int]):
+def _new_axes(size: tuple[int, int], rows: int = 1):
+    """A figure and its `rows` axes (a list, stacked, sharing x)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
-    ax = fig.add_subplot()
-    ax.set_prop_cycle(color=PALETTE)
-    ax.grid(True, color="#DDDDDD")
-    ax.set_axisbelow(True)
-    return fig, ax
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0].tolist()
+    for ax in axes:
+        ax.set_prop_cycle(color=PALETTE)
+        ax.grid(True, color="#DDDDDD")
+        ax.set_axisbelow(True)
+    return fig, axes
 
 
 def save(fig, path: Path) -> Path:
@@ -61,34 +65,76 @@ def save(fig, path: Path) -> Path:
     return Path(path)
 
 
+@dataclass
+class Panel:
+    """One axes of a stacked chart: its series, thresholds, y label and (optional) y range."""
+    series: Sequence[Series]
+    ylabel: str
+    hlines: Sequence[HLine] = ()
+    y_range: Optional[tuple[float, float]] = None
+
+
+def _draw_lines(ax, panel: Panel, x_ticks: Optional[Sequence[float]], first_colour: int = 0) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    xs = [x for s in panel.series for x, y in zip(s.xs, s.ys) if y is not None]
+    ys = [y for s in panel.series for y in s.ys if y is not None]
+    for h in panel.hlines:
+        ax.axhline(h.y, color=h.color, linestyle="--", linewidth=1.5, label=h.label)
+    for i, s in enumerate(panel.series, start=first_colour):
+        colour = s.color or PALETTE[i % len(PALETTE)]
+        ax.plot(list(s.xs), _nan(s.ys), label=s.label, color=colour,
+                linestyle=("--" if s.dashed else "-") if s.lines else "none",
+                marker="o" if s.markers else None, markersize=5, linewidth=2)
+        if s.intervals is not None:
+            spans = [(x, iv) for x, iv in zip(s.xs, s.intervals) if iv is not None]
+            if spans:
+                ax.vlines([x for x, _ in spans], [iv[0] for _, iv in spans], [iv[1] for _, iv in spans],
+                          color=colour, linewidth=6, alpha=0.25, label=f"{s.label}: 95% interval")
+    if panel.y_range:
+        ax.set_ylim(*panel.y_range)
+    elif ys and min(ys + [h.y for h in panel.hlines]) >= 0:
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], 0.0))   # accuracies and losses keep their axis at or above 0
+    if x_ticks is not None:
+        ax.set_xticks(list(x_ticks))
+    elif xs and all(float(x).is_integer() for x in xs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # training steps: no 2.5
+    ax.set_ylabel(panel.ylabel)
+
+
 def line_figure(series: Sequence[Series], *, title: str, xlabel: str, ylabel: str, hlines: Sequence[HLine] = (),
                 y_range: Optional[tuple[float, float]] = None, x_ticks: Optional[Sequence[float]] = None,
                 size: tuple[int, int] = (980, 480)):
     """Lines (with point markers) over a shared x axis; y range from the data unless given."""
-    from matplotlib.ticker import MaxNLocator
+    return panels_figure([Panel(series, ylabel, hlines, y_range)], title=title, xlabel=xlabel, x_ticks=x_ticks,
+                         size=size)
 
-    xs = [x for s in series for x, y in zip(s.xs, s.ys) if y is not None]
-    ys = [y for s in series for y in s.ys if y is not None]
-    if not xs:
+
+def panels_figure(panels: Sequence[Panel], *, title: str, xlabel: str, x_ticks: Optional[Sequence[float]] = None,
+                  size: Optional[tuple[int, int]] = None):
+    """One line chart per panel, stacked and sharing the x axis, each with its own y axis (a fraction of
+    rows right and a ratio to the base model are different quantities); colours run on across panels."""
+    if not any(y is not None for p in panels for s in p.series for y in s.ys):
         raise ValueError(f"{title}: no data points to draw")
-    fig, ax = _new_axes(size)
-    for h in hlines:
-        ax.axhline(h.y, color=h.color, linestyle="--", linewidth=1.5, label=h.label)
-    for i, s in enumerate(series):
-        ax.plot(list(s.xs), _nan(s.ys), label=s.label, color=s.color or PALETTE[i % len(PALETTE)],
-                linestyle=("--" if s.dashed else "-") if s.lines else "none",
-                marker="o" if s.markers else None, markersize=5, linewidth=2)
-    if y_range:
-        ax.set_ylim(*y_range)
-    elif min(ys + [h.y for h in hlines]) >= 0:
-        ax.set_ylim(bottom=max(ax.get_ylim()[0], 0.0))   # accuracies and losses keep their axis at or above 0
-    if x_ticks is not None:
-        ax.set_xticks(list(x_ticks))
-    elif all(float(x).is_integer() for x in xs):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # training steps: no 2.5
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    fig.legend(loc="outside right upper", fontsize="small")
+    fig, axes = _new_axes(size or (980, 480 if len(panels) == 1 else 300 + 240 * len(panels)), rows=len(panels))
+    colour = 0
+    for ax, panel in zip(axes, panels):
+        _draw_lines(ax, panel, x_ticks, colour)
+        colour += len(panel.series)
+    axes[-1].set_xlabel(xlabel)
+    if len(axes) == 1:
+        axes[0].set_title(title)
+        fig.legend(loc="outside right upper", fontsize="small")
+    else:
+        fig.suptitle(title)
+        for ax in axes:                                  # each panel's legend beside it
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     return fig
+
+
+def panels_chart(path: Path, panels: Sequence[Panel], **kwargs) -> Path:
+    """panels_figure(panels, **kwargs) written to `path`."""
+    return save(panels_figure(panels, **kwargs), path)
 
 
 def line_chart(path: Path, series: Sequence[Series], **kwargs) -> Path:
@@ -105,11 +151,11 @@ def bar_figure(categories: Sequence[str], series: dict[str, Sequence[Optional[fl
         raise ValueError(f"{title}: nothing to draw")
     for name in names:
         if len(series[name]) != len(categories):
-            raise ValueError(f"{title}: series {name!r} has {len(series[name])} values for {len(categories)} "
-                             "categories")
+            raise ValueError(f"{title}: series {name!r} has {len(series[name])} values for "
+                             f"{len(categories)} categories")
     bar_h = 0.8 / len(names)
     height = max(110 + (14 * len(names) + 12) * len(categories), 80 + 20 * len(names))   # the legend fits too
-    fig, ax = _new_axes((width, height))
+    fig, (ax,) = _new_axes((width, height))
     ax.grid(False, axis="y")
     for i, name in enumerate(names):
         ys = [c - 0.4 + bar_h * (i + 0.5) for c in range(len(categories))]
