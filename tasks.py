@@ -19,13 +19,11 @@ from invoke import Collection, Task
 from jobs import bundle, chat, dryrun, evaluate, export, merge, prep, train, weights
 from tunebox.cli import job_parser
 from tunebox.io import InputError
-from tunebox.layout import PIPELINE
+from tunebox.layout import PIPELINE, REPO_ROOT
 from tunebox.runlock import RunFolderBusy, hold_run_folder
 from tunebox.spec_checks import load_checked_spec
 
 DEFAULT_CONFIG = "recipes/local-smollm2.yaml"
-# The job graph, in order, as compose and the Kubernetes Job run it: declared in tunebox/layout.py.
-PIPELINE_STEPS = PIPELINE
 # The jobs that run through tunebox.cli.run_job and get a task each, made from the job's own parser
 # (tunebox.cli.job_parser + the job's `_args`): their flags, help and defaults are declared there, once.
 _JOB_MODULES = (bundle, chat, dryrun, evaluate, export, merge, prep, train, weights)
@@ -38,6 +36,11 @@ def task(*args, **kwargs):
     --stage, --stack or --submission in others. Every task takes --config SPEC.yaml for a run spec."""
     kwargs.setdefault("auto_shortflags", False)
     return invoke.task(*args, **kwargs)
+
+
+def _options(*pairs: tuple[str, str]) -> str:
+    """` FLAG VALUE` (quoted) for each (flag, value) pair whose value is set."""
+    return "".join(f" {flag} {shlex.quote(value)}" for flag, value in pairs if value)
 
 
 def _run_job(name: str, argv: list[str]) -> None:
@@ -217,24 +220,15 @@ def fetch(c, url="", out="", sha256="", files="", root=""):
             "out": "with --hf-dir: where to write (default: the model's cache dir)"})
 def convert(c, model, hf_dir="", out=""):
     """Make a model's cache dir (model.ckpt + tokenizer + model.json): build tiny/SmolLM2, or convert HF safetensors."""
-    cmd = f"{PY} -m jobs.convert --model {shlex.quote(model)}"
-    if hf_dir:
-        cmd += f" --hf-dir {shlex.quote(hf_dir)}"
-    if out:
-        cmd += f" --out {shlex.quote(out)}"
-    c.run(cmd, pty=False, echo=True)
+    c.run(f"{PY} -m jobs.convert --model {shlex.quote(model)}" + _options(("--hf-dir", hf_dir), ("--out", out)),
+          pty=False, echo=True)
 
 
 @task(help={"config": "also record this run spec's hash and content",
             "out": "write the JSON to this file instead of printing it"})
 def env(c, config="", out=""):
     """This machine's environment manifest as JSON: OS, CPU, NPUs, driver/CANN, packages, git, image."""
-    cmd = f"{PY} -m jobs.env"
-    if config:
-        cmd += f" --config {shlex.quote(config)}"
-    if out:
-        cmd += f" --out {shlex.quote(out)}"
-    c.run(cmd, pty=False)
+    c.run(f"{PY} -m jobs.env" + _options(("--config", config), ("--out", out)), pty=False)
 
 
 @task(help={"rows": "number of rows", "out": "output directory (part-*.jsonl + generate.json)",
@@ -242,24 +236,18 @@ def env(c, config="", out=""):
             "lang_mix": "language shares, e.g. zh=0.97,en=0.03", "shard_rows": "rows per part file"})
 def generate(c, rows=100_000, out="runs/data/generated", seed=0, mix="", lang_mix="", shard_rows=100_000):
     """Synthetic contest math rows (every label recomputed exactly as the contest formats it)."""
-    cmd = f"{PY} -m jobs.generate --rows {int(rows)} --out {shlex.quote(out)} --seed {int(seed)} --shard-rows {int(shard_rows)}"
-    if mix:
-        cmd += f" --mix {shlex.quote(mix)}"
-    if lang_mix:
-        cmd += f" --lang-mix {shlex.quote(lang_mix)}"
-    c.run(cmd, pty=False, echo=True)
+    cmd = (f"{PY} -m jobs.generate --rows {int(rows)} --out {shlex.quote(out)} --seed {int(seed)} "
+           f"--shard-rows {int(shard_rows)}")
+    c.run(cmd + _options(("--mix", mix), ("--lang-mix", lang_mix)), pty=False, echo=True)
 
 
-@task(help={"file": "a JSONL file or a directory of them", "tokenizer": "model dir or tokenizer.json ('none': characters)",
+@task(help={"file": "a JSONL file or a directory of them", "tokenizer": "model dir or tokenizer.json ('none': "
+            "characters)",
             "out": "report directory (default runs/profile/<name>)"})
 def profile(c, file, tokenizer="", out=""):
     """Family mix, lengths, duplicates and wrong labels of a math JSONL file -> profile.json/.md + charts."""
-    cmd = f"{PY} -m jobs.profile {shlex.quote(file)}"
-    if tokenizer:
-        cmd += f" --tokenizer {shlex.quote(tokenizer)}"
-    if out:
-        cmd += f" --out {shlex.quote(out)}"
-    c.run(cmd, pty=False, echo=True)
+    c.run(f"{PY} -m jobs.profile {shlex.quote(file)}" + _options(("--tokenizer", tokenizer), ("--out", out)),
+          pty=False, echo=True)
 
 
 @task(help={"config": "take model, stage, LoRA and workload from this run spec", "model": "registry name",
@@ -272,7 +260,8 @@ def profile(c, file, tokenizer="", out=""):
             "baseline_targets": "the baseline's target modules (default: the contest's)", "json": "JSON output"})
 def plan(c, config="", model="", stage=0, ranks="", cards=0, rows=0, seq=0, epochs=0.0, batch=0, mfu=0.0,
          measured_step_s=0.0, baseline_accuracy=-1.0, baseline_rank=0, baseline_targets="", json=False):
-    """Before training: trainable params, ratio and break-even accuracy per LoRA rank/targets; Ascend step and wall time."""
+    """Before training: trainable params, ratio and break-even accuracy per LoRA rank/targets; Ascend step and
+    wall time."""
     args = []
     for flag, value in (("--config", config), ("--model", model), ("--stage", stage), ("--ranks", ranks),
                         ("--cards", cards), ("--rows", rows), ("--seq", seq), ("--epochs", epochs),
@@ -290,7 +279,9 @@ def plan(c, config="", model="", stage=0, ranks="", cards=0, rows=0, seq=0, epoc
 @task(help={"fast": "skip the slow tests (real SmolLM2 model, whole pipelines)",
             "k": "only tests matching this pytest -k expression"})
 def test(c, fast=False, k=""):
-    """Run the test suite (everything CI runs; --fast for the quick subset)."""
+    """Lint (ruff check, config in pyproject.toml), then run the test suite (everything CI runs; --fast
+    for the quick subset). A lint finding fails the task before any test runs."""
+    _in_repo(c, f"{PY} -m ruff check .")
     marker = "-m 'not slow'" if fast else ""
     sel = f"-k {shlex.quote(k)}" if k else ""
     c.run(f"{PY} -m pytest {marker} {sel} -q", pty=False)
@@ -316,7 +307,7 @@ def test_mutants(c, only="", out="", jobs=1, names="", tests="", summarize=False
 # Namespaced, so these need an explicit `ns` (end of file). The logic lives in images/build.py,
 # images/compose_up.py and tunebox/deploy/k8s.py; these tasks only build the command.
 
-_REPO_DIR = str(__import__("pathlib").Path(__file__).resolve().parent)
+_REPO_DIR = str(REPO_ROOT)
 
 
 def _in_repo(c, cmd: str):
@@ -333,7 +324,8 @@ def image_base(c, suite="bookworm", mirror=""):
 
 
 @task(name="build", help={"stack": "images/<stack>/: cpu-ms2.9, ascend-cann9.0-ms2.9, contest-2024",
-                          "ca_bundle": "CA bundle pip trusts in the builder (default /etc/ssl/certs/ca-certificates.crt)",
+                          "ca_bundle": "CA bundle pip trusts in the builder (default "
+                          "/etc/ssl/certs/ca-certificates.crt)",
                           "no_ca": "build without a CA bundle", "no_cache": "ignore the layer cache",
                           "tag": "image tag (default tunebox:VERSION-STACK and tunebox:STACK)",
                           "platform": "e.g. linux/arm64,linux/amd64 (docker buildx; default: the engine's own)",
@@ -341,7 +333,8 @@ def image_base(c, suite="bookworm", mirror=""):
                           "allow_unpinned": "build FROM a registry base that base.lock has no digest for"})
 def image_build(c, stack="cpu-ms2.9", ca_bundle="", no_ca=False, no_cache=False, tag="", platform="", offline=False,
                 allow_unpinned=False):
-    """Build one stack's image (docker CLI with BuildKit, the CA as a build secret), print its id, check no layer holds the CA."""
+    """Build one stack's image (docker CLI with BuildKit, the CA as a build secret), print its id, check no layer
+    holds the CA."""
     cmd = f"{PY} -m images.build build --stack {shlex.quote(stack)}"
     cmd += " --no-ca" if no_ca else (f" --ca-bundle {shlex.quote(ca_bundle)}" if ca_bundle else "")
     cmd += " --no-cache" if no_cache else ""
@@ -360,7 +353,8 @@ def image_pin(c, stack="ascend-cann9.0-ms2.9"):
 
 @task(name="lint", help={"stack": "only this stack (default: all)"})
 def image_lint(c, stack=""):
-    """Check the Dockerfile's rules for every stack (FROM a build arg, no # syntax, non-root, no CA in the final stage), then hadolint."""
+    """Check the Dockerfile's rules for every stack (FROM a build arg, no # syntax, non-root, no CA in the final
+    stage), then hadolint."""
     _in_repo(c, f"{PY} -m images.build lint" + (f" --stack {shlex.quote(stack)}" if stack else ""))
 
 
@@ -429,11 +423,13 @@ def compose_up(c, config="recipes/tiny.yaml", profile="cpu", until="bundle", ima
 
 @task(name="merge", help={"dir": "where the synthetic checkpoints go: the disk measured (default runs/bench-merge)",
                           "sizes": "comma list of quarter, half, full (Llama3-8B shapes)",
-                          "budget_gb": "most disk used at once (default 40)", "no_doc": "do not append to docs/BENCHMARKS.md"})
+                          "budget_gb": "most disk used at once (default 40)", "no_doc": "do not append to "
+                          "docs/BENCHMARKS.md"})
 def bench_merge(c, dir="", sizes="", budget_gb="", no_doc=False):
     """Streamed LoRA merge on Llama3-8B-shaped checkpoints: peak RSS and GB/s vs the disk's own speed."""
     cmd = f"{PY} -m benches.bench_merge" + (f" --dir {shlex.quote(dir)}" if dir else "")
-    cmd += (f" --sizes {shlex.quote(sizes)}" if sizes else "") + (f" --budget-gb {float(budget_gb)}" if budget_gb else "")
+    cmd += (f" --sizes {shlex.quote(sizes)}" if sizes else "") + (f" --budget-gb "
+                                                                  f"{float(budget_gb)}" if budget_gb else "")
     _in_repo(c, cmd + (" --no-doc" if no_doc else ""))
 
 
@@ -443,21 +439,26 @@ def bench_merge(c, dir="", sizes="", budget_gb="", no_doc=False):
                          "squad_rows": "SQuAD questions for the evaluate-job timing (default 100)",
                          "out": "markdown file to append the section to (default docs/BENCHMARKS.md)"})
 def bench_eval(c, prompts=40, max_new=32, math_rows=100, squad_rows=100, out=""):
-    """SmolLM2 evaluation speed: KV-cache batched vs no-cache decoding (identical outputs), and the evaluate job on math + SQuAD."""
+    """SmolLM2 evaluation speed: KV-cache batched vs no-cache decoding (identical outputs), and the evaluate job
+    on math + SQuAD."""
     cmd = (f"{PY} -m benches.bench_eval --prompts {int(prompts)} --max-new {int(max_new)} --math-rows {int(math_rows)}"
            f" --squad-rows {int(squad_rows)}" + (f" --out {shlex.quote(out)}" if out else ""))
     _in_repo(c, cmd)
 
 
-@task(name="prep", help={"rows": "generated contest rows to prepare (default 800000)", "workers": "prep's workers (default 2)",
-                         "keep": "keep the data and outputs under this directory", "no_doc": "do not append to docs/BENCHMARKS.md"})
+@task(name="prep", help={"rows": "generated contest rows to prepare (default 800000)", "workers": "prep's workers "
+                         "(default 2)",
+                         "keep": "keep the data and outputs under this directory", "no_doc": "do not append to "
+                         "docs/BENCHMARKS.md"})
 def bench_prep(c, rows=800_000, workers=2, keep="", no_doc=False):
-    """Prep at contest scale: generated rows -> MindRecord, a plain single-process loop vs jobs.prep (time, CPU, peak RSS)."""
+    """Prep at contest scale: generated rows -> MindRecord, a plain single-process loop vs jobs.prep (time, CPU,
+    peak RSS)."""
     cmd = f"{PY} -m benches.bench_prep prep --rows {int(rows)} --workers {int(workers)}"
     _in_repo(c, cmd + (f" --keep {shlex.quote(keep)}" if keep else "") + (" --no-doc" if no_doc else ""))
 
 
-@task(name="generate", help={"rows": "rows to generate (default 800000)", "no_doc": "do not append to docs/BENCHMARKS.md"})
+@task(name="generate", help={"rows": "rows to generate (default 800000)", "no_doc": "do not append to "
+                             "docs/BENCHMARKS.md"})
 def bench_generate(c, rows=800_000, no_doc=False):
     """jobs.generate speed at contest scale, with one worker and with one per core."""
     _in_repo(c, f"{PY} -m benches.bench_prep generate --rows {int(rows)}" + (" --no-doc" if no_doc else ""))

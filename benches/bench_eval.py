@@ -28,6 +28,10 @@ from pathlib import Path
 from typing import Optional
 
 from tunebox.config import REPO_ROOT, load_spec
+from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
+from tunebox.manifest import cpu_info
+from tunebox.model.registry import get_model_shape
+from tunebox.model.weights import ensure_model, load_tokenizer
 
 BENCHMARKS_FILE = REPO_ROOT / "docs" / "BENCHMARKS.md"
 BENCHMARKS_HEADER = ("# Benchmarks\n\nEvery figure here was measured by the command shown with it, on the machine it "
@@ -38,7 +42,6 @@ EXTRAPOLATE_TO = 500
 
 
 def machine() -> dict:
-    from tunebox.manifest import cpu_info
 
     cpu = cpu_info()
     return {"cpu": cpu["model"], "cores": cpu["usable"] or cpu["count"],
@@ -61,9 +64,6 @@ def math_prompts(n: int) -> tuple[list[str], str]:
 
 def decoder_comparison(prompts: int, max_new: int, batch_size: int) -> dict:
     """greedy_generate vs generate_no_cache on the same prompts: times, ratio, identical outputs."""
-    from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
-    from tunebox.model.registry import get_model_shape
-    from tunebox.model.weights import ensure_model, load_tokenizer
 
     model_dir = ensure_model(MODEL)
     tok = load_tokenizer(MODEL)
@@ -95,7 +95,8 @@ def evaluate_job_timing(math_rows: int, squad_rows: int, workdir: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
     def job(name: str) -> float:
-        cmd = [sys.executable, "-m", f"jobs.{name}", "--config", str(RECIPE)] + [a for o in overrides for a in ("--set", o)]
+        cmd = [sys.executable, "-m", f"jobs.{name}", "--config",
+               str(RECIPE)] + [a for o in overrides for a in ("--set", o)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -112,7 +113,8 @@ def evaluate_job_timing(math_rows: int, squad_rows: int, workdir: Path) -> dict:
     preds = [json.loads(l) for l in (base / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
     cut = [p for p in preds if p["new_tokens"] >= p["max_new_tokens"]]
     out = {"math_rows": scores["n"], "math_seconds": scores["seconds"], "math_new_tokens": scores["new_tokens"],
-           "math_cpu_seconds": scores.get("cpu_seconds"), "squad_cpu_seconds": squad.get("cpu_seconds") if squad else 0.0,
+           "math_cpu_seconds": scores.get("cpu_seconds"),
+           "squad_cpu_seconds": squad.get("cpu_seconds") if squad else 0.0,
            "math_limits": {f: v["max_new_tokens"] for f, v in limits["families"].items()},
            "squad_rows": squad["n"] if squad else 0, "squad_seconds": squad["seconds"] if squad else 0.0,
            "squad_new_tokens": squad["new_tokens"] if squad else 0, "job_wall_seconds": round(wall, 1),
@@ -140,7 +142,8 @@ def render_section(command: str, info: dict, decoder: dict, job: Optional[dict],
              f"**Decoder** ({d['prompts']} contest math prompts, {d['prompt_tokens']} prompt tokens, at most "
              f"{d['max_new_tokens']} new tokens, {d['new_tokens']} generated):", "",
              "| decoder | wall s | CPU s |", "|---|---:|---:|",
-             f"| `greedy_generate` (batch {d['batch_size']}, left padding, KV cache) | {d['seconds_cached_batched']:.1f} | "
+             f"| `greedy_generate` (batch {d['batch_size']}, left padding, KV cache) | "
+             f"{d['seconds_cached_batched']:.1f} | "
              f"{d['cpu_seconds_cached_batched']:.1f} |",
              f"| `generate_no_cache` (one prompt at a time, full re-run per token) | {d['seconds_no_cache']:.1f} | "
              f"{d['cpu_seconds_no_cache']:.1f} |",
@@ -154,20 +157,25 @@ def render_section(command: str, info: dict, decoder: dict, job: Optional[dict],
         def cell(v):
             return "-" if v is None else f"{v:.0f}"
         measured_all = j["math_rows"] >= EXTRAPOLATE_TO and j["squad_rows"] >= EXTRAPOLATE_TO
-        lines += ["", f"**The evaluate job, base model** (batch {j['batch_size']}; math: new tokens capped per family at "
+        lines += ["", f"**The evaluate job, base model** (batch {j['batch_size']}; math: new tokens capped per family "
+                  "at "
                   f"the longest training answer + margin: " + ", ".join(f"{f} {v}" for f, v in j["math_limits"].items())
-                  + f"; SQuAD: contest prompt, 20 new tokens):", "",
+                  + "; SQuAD: contest prompt, 20 new tokens):", "",
                   "| set | rows | new tokens | wall s | CPU s | wall s per 500 rows | CPU s per 500 rows |",
                   "|---|---:|---:|---:|---:|---:|---:|",
                   f"| contest math (held out) | {j['math_rows']} | {j['math_new_tokens']} | {j['math_seconds']:.1f} | "
-                  f"{cell(j['math_cpu_seconds'])} | {cell(j['math_seconds_500'])} | {cell(j['math_cpu_seconds_500'])} |",
+                  f"{cell(j['math_cpu_seconds'])} | {cell(j['math_seconds_500'])} | {cell(j['math_cpu_seconds_500'])} "
+                  "|",
                   f"| SQuAD v1.1 dev subset | {j['squad_rows']} | {j['squad_new_tokens']} | {j['squad_seconds']:.1f} | "
-                  f"{cell(j['squad_cpu_seconds'])} | {cell(j['squad_seconds_500'])} | {cell(j['squad_cpu_seconds_500'])} |",
+                  f"{cell(j['squad_cpu_seconds'])} | {cell(j['squad_seconds_500'])} | "
+                  f"{cell(j['squad_cpu_seconds_500'])} |",
                   "", ("500 + 500 rows measured directly." if measured_all else
                        "The per-500-rows columns are the measured figure per row x 500 (linear: the cost is per row at "
                        "a fixed batch size), not a measurement.")
-                  + f" On an idle machine the wall time lies between CPU s / {info['cores']} (every core busy) and CPU s."
-                  + f" {j['math_rows_at_family_limit']} of {j['math_rows']} math answers stopped at their family's limit;"
+                  + f" On an idle machine the wall time lies between CPU s / {info['cores']} (every core busy) and "
+                  "CPU s."
+                  + f" {j['math_rows_at_family_limit']} of {j['math_rows']} math answers stopped at their family's "
+                  "limit;"
                   f" with the single cap of {j['math_cap']} they would have run on for up to"
                   f" {j['math_tokens_saved_by_family_limits']} more tokens."
                   + f" Whole job, including loading the model and tokenizing: {j['job_wall_seconds']:.0f} s wall.",
@@ -185,8 +193,10 @@ def local_recipe_estimate(job: dict, cores: int) -> str:
                  + (squad_rows * job["squad_cpu_seconds"] / job["squad_rows"] if job["squad_rows"] else 0.0))
     total = per_model * models
     return (f"For recipes/local-smollm2.yaml ({models} models x ({math_rows} math + {squad_rows} SQuAD rows)) that is "
-            f"about {total / 60:.1f} CPU minutes, {total / cores / 60:.1f}-{total / 60:.1f} min wall on an idle machine "
-            f"(an upper estimate: tuned checkpoints stop after their short answer, the base model writes on to the limit).")
+            f"about {total / 60:.1f} CPU minutes, {total / cores / 60:.1f}-{total / 60:.1f} min wall on an idle "
+            "machine "
+            "(an upper estimate: tuned checkpoints stop after their short answer, the base model writes on to the "
+            "limit).")
 
 
 def append_section(text: str, path: Path = BENCHMARKS_FILE) -> None:
@@ -219,9 +229,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benches.bench_eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=40, help="prompts for the cached vs no-cache comparison")
-    parser.add_argument("--max-new", type=int, default=32, help="new tokens per prompt in that comparison (default 32: the evaluate job caps math answers at 14-64 per family, 40 on average)")
+    parser.add_argument("--max-new", type=int, default=32, help="new tokens per prompt in that comparison (default "
+                        "32: the evaluate job caps math answers at 14-64 per family, 40 on average)")
     parser.add_argument("--batch-size", type=int, default=20, help="batch of the cached decoder")
-    parser.add_argument("--math-rows", type=int, default=100, help="held-out math rows for the evaluate timing (0: skip that timing)")
+    parser.add_argument("--math-rows", type=int, default=100, help="held-out math rows for the evaluate timing (0: "
+                        "skip that timing)")
     parser.add_argument("--squad-rows", type=int, default=100, help="SQuAD questions for the evaluate timing")
     parser.add_argument("--out", type=Path, default=BENCHMARKS_FILE, help="the markdown file to append to")
     args = parser.parse_args(argv)

@@ -37,7 +37,13 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
+from tunebox.io import sha256_file
+from tunebox.layout import REPO_ROOT
+from tunebox.model.checkpoint import RECORD_BYTES, CheckpointReader, CheckpointStreamWriter, float32_to_bfloat16_bits
+from tunebox.model.lora import merge_lora_into_base
+from tunebox.model.mf import LORA_A, LORA_B
+from tunebox.model.registry import get_model_shape, with_overrides
+
 GB = 1e9
 MiB = 1 << 20
 SIZES = {"quarter": 0.25, "half": 0.5, "full": 1.0}
@@ -225,7 +231,6 @@ def disk_speed(directory: Path, nbytes: int, block: int = 64 * MiB) -> dict:
 
 def layers_for(fraction: float, spec) -> int:
     """Decoder layers whose model has about `fraction` of the full model's parameters."""
-    from tunebox.model.registry import with_overrides
     full = spec.total_params()
     return min(range(1, spec.num_layers + 1),
                key=lambda n: abs(with_overrides(spec, num_layers=n).total_params() - fraction * full))
@@ -233,7 +238,6 @@ def layers_for(fraction: float, spec) -> int:
 
 def checkpoint_bytes(spec, itemsize: int) -> int:
     """The .ckpt size: tensor bytes plus each record's header (name, dims, type: < 200 B)."""
-    from tunebox.model.checkpoint import RECORD_BYTES
     total = 0
     for shape in spec.parameter_shapes().values():
         nbytes = int(np.prod(shape)) * itemsize
@@ -244,7 +248,6 @@ def checkpoint_bytes(spec, itemsize: int) -> int:
 def value_pool(tensor_type: str, nbytes: int = 256 * MiB, seed: int = 0) -> np.ndarray:
     """normal(0, 0.02) values to cut tensors from (drawing 8 billion values would take minutes);
     BFloat16 as its uint16 bit patterns."""
-    from tunebox.model.checkpoint import float32_to_bfloat16_bits
     rng = np.random.default_rng(seed)
     bf16 = tensor_type == "BFloat16"
     count = nbytes // (2 if bf16 else 4)
@@ -268,7 +271,6 @@ def pool_blocks(pool: np.ndarray, count: int, rng, block: int = 32 * MiB) -> Ite
 
 
 def write_synthetic_base(path: Path, spec, pool: np.ndarray, ttype: str, seed: int, progress: bool) -> int:
-    from tunebox.model.checkpoint import CheckpointStreamWriter
     rng = np.random.default_rng(seed)
     shapes = spec.parameter_shapes()
     with CheckpointStreamWriter(path, drop_cache=True) as writer, \
@@ -283,8 +285,6 @@ def write_synthetic_base(path: Path, spec, pool: np.ndarray, ttype: str, seed: i
 
 
 def write_random_lora(path: Path, spec, seed: int) -> dict[str, np.ndarray]:
-    from tunebox.model.checkpoint import CheckpointStreamWriter
-    from tunebox.model.mf import LORA_A, LORA_B
     rng = np.random.default_rng(seed)
     lora = {}
     for i in range(spec.num_layers):
@@ -302,9 +302,6 @@ def write_random_lora(path: Path, spec, seed: int) -> dict[str, np.ndarray]:
 
 def check_merged(base: Path, out: Path, lora: dict, spec) -> list[str]:
     """Exact checks of the first and last adapted weights and one copied tensor, by recomputing."""
-    from tunebox.model.checkpoint import CheckpointReader
-    from tunebox.model.lora import merge_lora_into_base
-    from tunebox.model.mf import LORA_A, LORA_B
     last = spec.num_layers - 1
     checked = []
     with CheckpointReader(base, drop_cache=True) as src, CheckpointReader(out, drop_cache=True) as dst:
@@ -313,7 +310,8 @@ def check_merged(base: Path, out: Path, lora: dict, spec) -> list[str]:
         if [(e.name, e.shape, e.tensor_type) for e in src_entries.values()] != \
                 [(e.name, e.shape, e.tensor_type) for e in dst_entries.values()]:
             raise AssertionError(f"{out}: tensors differ from {base}")
-        for prefix in (f"model.layers.0.attention.{LORA_TARGETS[0]}", f"model.layers.{last}.attention.{LORA_TARGETS[-1]}"):
+        for prefix in (f"model.layers.0.attention.{LORA_TARGETS[0]}",
+                       f"model.layers.{last}.attention.{LORA_TARGETS[-1]}"):
             name = prefix + ".weight"
             pair = {k: lora[k] for k in (f"{prefix}.{LORA_A}", f"{prefix}.{LORA_B}")}
             want = merge_lora_into_base({name: src.read(src_entries[name])}, pair, LORA_ALPHA, LORA_RANK)[name]
@@ -331,7 +329,7 @@ def check_merged(base: Path, out: Path, lora: dict, spec) -> list[str]:
 
 def child_env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("GLOG_v", "3")
     return env
 
@@ -349,7 +347,7 @@ def baseline_rss() -> int:
     """Peak RSS of a child that imports what the merge imports and does nothing: the part of the
     merge's RSS that is not data."""
     code = "import jobs.checkpoint"
-    measured = run_measured(["-c", code], env=child_env(), cwd=REPO)
+    measured = run_measured(["-c", code], env=child_env(), cwd=REPO_ROOT)
     if measured.returncode != 0:
         raise RuntimeError(measured.stderr[-2000:])
     return measured.max_rss
@@ -357,10 +355,10 @@ def baseline_rss() -> int:
 
 def plan(args, spec, free: int) -> tuple[str, dict[str, int], int]:
     """(dtype, size name -> layers, bytes the largest size needs) within the disk budget."""
-    from tunebox.model.registry import with_overrides
     budget = min(args.budget_gb * GB, free - args.keep_free_gb * GB)
     sizes = {name: layers_for(SIZES[name], spec) for name in args.sizes}
-    need = lambda layers, itemsize: 2 * checkpoint_bytes(with_overrides(spec, num_layers=layers), itemsize) + 64 * MiB
+    def need(layers, itemsize):
+        return 2 * checkpoint_bytes(with_overrides(spec, num_layers=layers), itemsize) + 64 * MiB
     biggest = max(sizes.values())
     dtype = args.dtype
     if dtype == "auto":
@@ -383,7 +381,6 @@ def _fail(code: int, message: str) -> int:
 
 
 def run_bench(args) -> dict:
-    from tunebox.model.registry import get_model_shape, with_overrides
 
     shape = get_model_shape("llama3-8b")
     directory = Path(args.dir).resolve()
@@ -406,7 +403,8 @@ def run_bench(args) -> dict:
     runs = []
     for name, layers in sorted(sizes.items(), key=lambda kv: kv[1]):
         model = with_overrides(shape, num_layers=layers)
-        base, lora_path, out = directory / f"base-{name}.ckpt", directory / f"lora-{name}.ckpt", directory / f"merged-{name}.ckpt"
+        base, lora_path = directory / f"base-{name}.ckpt", directory / f"lora-{name}.ckpt"
+        out = directory / f"merged-{name}.ckpt"
         try:
             t = time.perf_counter()
             base_bytes = write_synthetic_base(base, model, pool, ttype, seed=layers, progress=not args.no_progress)
@@ -430,7 +428,6 @@ def run_bench(args) -> dict:
                 _drop(fd)
                 os.close(fd)
                 t = time.perf_counter()
-                from tunebox.io import sha256_file
                 if sha256_file(out, chunk=16 * MiB) != hstats["sha256"]:
                     raise AssertionError(f"{out}: sha256 while writing differs from sha256 of the file")
                 run["sha256_file_s"] = time.perf_counter() - t
@@ -483,7 +480,8 @@ def markdown(result: dict) -> str:
         f"with copy_file_range + fsync from a cold cache right after its merge: the same bytes through the same "
         f"disk a minute apart, the reference the merge is held to (the disk's speed drifts with the other work).",
         "",
-        "| model | layers | parameters | base .ckpt | merge | read + written | plain copy of the base, right after | merge speed / copy speed | peak RSS (sampled) |",
+        "| model | layers | parameters | base .ckpt | merge | read + written | plain copy of the base, right after | "
+        "merge speed / copy speed | peak RSS (sampled) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
@@ -528,7 +526,7 @@ def append_to_benchmarks(doc: Path, section: str) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benches.bench_merge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default=str(REPO / "runs" / "bench-merge"),
+    parser.add_argument("--dir", default=str(REPO_ROOT / "runs" / "bench-merge"),
                         help="where the checkpoints go (default runs/bench-merge; the disk being measured)")
     parser.add_argument("--sizes", default="quarter,half,full", help="comma list of quarter, half, full")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
@@ -538,7 +536,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--disk-test-gb", type=float, default=3.0, help="size of the dd-like disk test file")
     parser.add_argument("--sha256-size", default="quarter",
                         help="also time a --sha256 merge at this size ('none': skip)")
-    parser.add_argument("--doc", default=str(REPO / "docs" / "BENCHMARKS.md"), help="append the section here")
+    parser.add_argument("--doc", default=str(REPO_ROOT / "docs" / "BENCHMARKS.md"), help="append the section here")
     parser.add_argument("--no-doc", action="store_true", help="print the section, do not append it")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints (default: deleted)")
     parser.add_argument("--no-progress", action="store_true")

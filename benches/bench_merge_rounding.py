@@ -24,8 +24,13 @@ import sys
 
 import numpy as np
 
-from tunebox.model.checkpoint import (bfloat16_bits_to_float32, float32_to_bfloat16_bits, fold_lora,
-                                      load_checkpoint_numpy, lora_pairs)
+from tunebox.model.checkpoint import (
+    bfloat16_bits_to_float32,
+    float32_to_bfloat16_bits,
+    fold_lora,
+    load_checkpoint_numpy,
+    lora_pairs,
+)
 
 TYPES = ("BFloat16", "Float16", "Float32")
 

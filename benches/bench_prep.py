@@ -29,9 +29,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = REPO / "docs" / "BENCHMARKS.md"
-RECIPE = REPO / "recipes" / "local-smollm2.yaml"
+from tunebox.config import load_spec
+from tunebox.data.samples import SAMPLE_SCHEMA, Example, encode_example
+from tunebox.layout import REPO_ROOT
+from tunebox.model.weights import ensure_model, load_tokenizer
+
+BENCHMARKS = REPO_ROOT / "docs" / "BENCHMARKS.md"
+RECIPE = REPO_ROOT / "recipes" / "local-smollm2.yaml"
 HEADER = """# Benchmarks
 
 Every figure here was measured by the command shown with it, on the machine it names, and is
@@ -50,10 +54,17 @@ def load_average() -> float:
 
 def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "unknown")
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 "unknown")
     import psutil
 
     return {"cpu": model, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
+
+
+def machine_line(m: dict, loads: list[float]) -> str:
+    """A section's `- machine:` line: what `machine()` found, today's date, and the load while measuring."""
+    return (f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {dt.date.today().isoformat()}; "
+            + load_note(min(loads), max(loads), m["cores"]))
 
 
 def load_note(before: float, after: float, cores: int) -> str:
@@ -119,8 +130,6 @@ def plain_loop(data_dir: Path, out: Path, seq_length: int, system: Optional[str]
     import numpy as np
     from mindspore.mindrecord import FileWriter
 
-    from tunebox.data.samples import SAMPLE_SCHEMA, Example, encode_example
-    from tunebox.model.weights import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
     width = seq_length + 1
@@ -138,27 +147,25 @@ def plain_loop(data_dir: Path, out: Path, seq_length: int, system: Optional[str]
     writer = FileWriter(str(out), shard_num=1, overwrite=True)
     writer.add_schema(SAMPLE_SCHEMA, "plain loop")
     for start in range(0, len(ids), 4096):
-        writer.write_raw_data([{"input_ids": a, "labels": b} for a, b in zip(ids[start:start + 4096], labels[start:start + 4096])])
+        writer.write_raw_data([{"input_ids": a, "labels": b} for a, b in zip(ids[start:start + 4096],
+                                                                             labels[start:start + 4096])])
     writer.commit()
-    return {"rows_in": rows_in, "rows_written": len(ids), "checksum": int(np.sum([a.sum() for a in ids], dtype=np.int64))}
+    return {"rows_in": rows_in, "rows_written": len(ids),
+            "checksum": int(np.sum([a.sum() for a in ids], dtype=np.int64))}
 
 
 # ---- the benchmarks ---------------------------------------------------------------------------
 
 def bench_prep(rows: int, workers: int, keep: Optional[Path] = None) -> dict:
-    from tunebox.config import load_spec
-    from tunebox.model.weights import ensure_model
-    from jobs.generate import generate
-
     spec = load_spec(RECIPE)
     ensure_model(spec.model.name)     # converted once; not part of any timing
     work = Path(tempfile.mkdtemp(prefix="tunebox-bench-prep-", dir=keep))
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), TUNEBOX_LOG="INFO")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TUNEBOX_LOG="INFO")
     try:
         data = work / "data"
-        started = time.perf_counter()
-        record = generate(rows, data, seed=0, progress=False)
-        generate_seconds = time.perf_counter() - started
+        record = run_generate(rows, data, seed=0)
+        generate_seconds = record["seconds"]
         input_mb = sum(s["bytes"] for s in record["shards"]) / 1e6
 
         print(f"bench: plain loop over {rows:,} rows ...", file=sys.stderr, flush=True)
@@ -196,25 +203,28 @@ def _rate(rows: int, seconds: float) -> str:
 def prep_section(result: dict, command: str) -> str:
     m = machine()
     rows = result["rows"]
-    loads = [r[k] for r in (result["plain"], result["prep"], result["prep_cleaning"]) for k in ("load_before", "load_after")]
+    loads = [r[k] for r in (result["plain"], result["prep"], result["prep_cleaning"])
+             for k in ("load_before", "load_after")]
     lines = [
         f"## prep: {rows:,} contest rows -> MindRecord",
         "",
         f"- command: `{command}`",
-        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {dt.date.today().isoformat()}; "
-        + load_note(min(loads), max(loads), m["cores"]),
+        machine_line(m, loads),
         f"- data: {rows:,} rows from `python -m jobs.generate --rows {rows} --seed 0` ({result['shards']} shards, "
         f"{result['input_mb']} MB, generated in {result['generate_seconds']} s); SmolLM2-135M tokenizer, "
         f"seq_length {result['seq_length']}, the local recipe's system prompt; rows longer than seq_length + 1 skipped",
         "",
-        "| run | rows written | wall s | rows/s (in) | CPU s (all processes) | peak RSS, largest process | peak RSS, all processes |",
+        "| run | rows written | wall s | rows/s (in) | CPU s (all processes) | peak RSS, largest process | peak RSS, "
+        "all processes |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    named = (("plain loop, 1 process (json.loads + tokenize a row at a time, FileWriter.write_raw_data)", result["plain"]),
+    named = (("plain loop, 1 process (json.loads + tokenize a row at a time, FileWriter.write_raw_data)",
+              result["plain"]),
              (f"`jobs.prep`, {result['workers']} workers", result["prep"]),
              (f"`jobs.prep`, {result['workers']} workers, dedupe + bad_labels=drop", result["prep_cleaning"]))
     for name, r in named:
-        lines.append(f"| {name} | {r['rows_written']:,} | {r['seconds']} | {_rate(rows, r['seconds'])} | {r['cpu_seconds']} | "
+        lines.append(f"| {name} | {r['rows_written']:,} | {r['seconds']} | {_rate(rows, r['seconds'])} | "
+                     f"{r['cpu_seconds']} | "
                      f"{r['peak_rss_mb']:,} MB | {r['peak_rss_tree_mb']:,} MB |")
     plain, fast, clean = result["plain"], result["prep"], result["prep_cleaning"]
     met = "met" if fast["seconds"] <= GOAL_SECONDS else "missed"
@@ -226,7 +236,8 @@ def prep_section(result: dict, command: str) -> str:
         f"- goal <= {GOAL_SECONDS} s for {rows:,} rows: **{met}** ({fast['seconds']} s wall; "
         f"{fast['cpu_seconds']} CPU s over {m['cores']} cores is at least {fast['cpu_seconds'] / m['cores']:.0f} s "
         f"on this machine unshared)",
-        f"- prep phases, wall s: {', '.join(f'{k} {v}' for k, v in fast['seconds_by_phase'].items())}; CPU s in the job's "
+        f"- prep phases, wall s: {', '.join(f'{k} {v}' for k, v in fast['seconds_by_phase'].items())}; CPU s in the "
+        "job's "
         f"process {fast['in_job_cpu_seconds']}, in its workers {fast['in_job_cpu_seconds_workers']} "
         "(the workers' share is tokenization: SmolLM2's tokenizer on the prompt and the answer of every row)",
         f"- cleaning removed: {', '.join(f'{k} {v:,}' for k, v in clean['removed'].items()) or 'nothing'}",
@@ -235,15 +246,24 @@ def prep_section(result: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def run_generate(rows: int, out: Path, seed: int = 0, workers: Optional[int] = None) -> dict:
+    """`python -m jobs.generate` (default mix) as its own process, as a person runs it; its generate.json
+    record. The record's `seconds` is the job's own time for the rows, without the interpreter's start."""
+    cmd = [sys.executable, "-m", "jobs.generate", "--rows", str(rows), "--out", str(out), "--seed", str(seed)]
+    cmd += ["--workers", str(workers)] if workers else []
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads((out / "generate.json").read_text(encoding="utf-8"))
+
+
 def time_generate(rows: int, workers: Optional[int] = None, seed: int = 0) -> dict:
     """Time a default-mix generation of `rows` rows into a temporary directory (removed after)."""
-    from jobs.generate import generate
-
     tmp = Path(tempfile.mkdtemp(prefix="tunebox-bench-generate-"))
     try:
-        started = time.perf_counter()
-        record = generate(rows, tmp, seed=seed, workers=workers, progress=False)
-        seconds = time.perf_counter() - started
+        record = run_generate(rows, tmp, seed=seed, workers=workers)
+        seconds = record["seconds"]
         total_bytes = sum(s["bytes"] for s in record["shards"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -269,8 +289,7 @@ def generate_section(result: dict, rows: int) -> str:
         f"## generate: {rows:,} contest math rows",
         "",
         f"- command: `{one['command']}` (with `--workers 1` and `--workers {max(result)}`)",
-        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {dt.date.today().isoformat()}; "
-        + load_note(min(loads), max(loads), m["cores"]),
+        machine_line(m, loads),
         "",
         "| workers | wall s | rows/s | MB written |",
         "|---:|---:|---:|---:|",

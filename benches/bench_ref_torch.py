@@ -107,8 +107,8 @@ def build_model(work: Path, plan: dict, spec: dict):
 
 
 def train_reference(work: Path, threads: int) -> dict:
-    import torch
     import peft
+    import torch
     import transformers
 
     torch.set_num_threads(threads)
@@ -174,8 +174,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benches.bench_ref_torch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, help="folder with the inputs bench_train wrote; result.json goes there")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2: this machine's cores)")
-    parser.add_argument("--matmul-peak", action="store_true", help="print this CPU's FP32 torch.mm peak as JSON and exit")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2: this machine's "
+                        "cores)")
+    parser.add_argument("--matmul-peak", action="store_true", help="print this CPU's FP32 torch.mm peak as JSON and "
+                        "exit")
     parser.add_argument("--peak-sizes", default="2048,3072,4096", help="matrix sizes for --matmul-peak")
     args = parser.parse_args(argv)
     if args.matmul_peak:

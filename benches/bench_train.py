@@ -67,8 +67,14 @@ from typing import Optional
 import numpy as np
 
 from tunebox.config import REPO_ROOT, RunSpec, load_spec
+from tunebox.data.samples import read_mindrecord
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
+from tunebox.manifest import cpu_info
+from tunebox.model.checkpoint import load_checkpoint_numpy
 from tunebox.model.registry import ModelShape, get_model_shape, lora_targets
+from tunebox.model.weights import load_tokenizer, mindformers_name_to_hf
+from tunebox.run_checkpoints import base_checkpoint
+from tunebox.training.plan import plan_steps
 
 BENCHMARKS_FILE = REPO_ROOT / "docs" / "BENCHMARKS.md"
 DEFAULT_RECIPE = "recipes/local-smollm2.yaml"
@@ -241,9 +247,6 @@ def export_reference_inputs(work: Path, spec: RunSpec, mspec: ModelShape, ids: n
     """Write what bench_ref_torch reads (see its docstring); returns the tokens of each step."""
     from safetensors.numpy import save_file
 
-    from tunebox.model.checkpoint import load_checkpoint_numpy
-    from tunebox.model.weights import mindformers_name_to_hf
-    from tunebox.training.plan import plan_steps
 
     plan = plan_steps(len(ids), spec.train)
     if total_steps > plan["batches_per_epoch"]:
@@ -284,8 +287,6 @@ def run_tunebox(recipe: str, overrides: list[str], spec: RunSpec, log_path: Path
                            f"{'is the padded one' if tokens is not None else 'is the packed one'} "
                            f"({spec.job_dir('train') / 'summary.json'}); check bench_overrides")
     if tokens is None:
-        from tunebox.data.samples import read_mindrecord
-        from tunebox.model.weights import load_tokenizer
 
         pad_id = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
         ids, _ = read_mindrecord(spec.job_dir("train") / "packed.mindrecord")
@@ -386,6 +387,14 @@ def render_section(r: dict) -> str:
     # The 1-minute load includes the benchmark's own threads (about the core count while a side runs),
     # so only load clearly above that means other work shared the cores.
     busy = max(r["load_seen"]) > r["machine"]["cores"] + 0.5
+    packed_lines = [] if "packed_speedup" not in s else [
+        f"- **Packed: tunebox with train.packing at {w['packed']['seq_length']} x {w['packed']['batch']} gets "
+        f"through the same data at {s['packed_speedup']:.2f}x the reference's tokens/s** (goal >= {GOAL_SPEEDUP}x: "
+        f"{'met' if s['packed_speedup'] >= GOAL_SPEEDUP else 'not met'}), peak RSS {s['packed_memory_ratio']:.2f}x "
+        f"the reference's. Packing filled rows {w['packed']['fill_before']:.0%} -> {w['packed']['fill_after']:.0%} "
+        f"({w['packed']['samples']:,} samples in {w['packed']['rows']:,} rows); a packed step computes "
+        f"{w['packed']['flops'] / 1e9:.1f} GFLOP by the formula below, and its batches are its own (not the "
+        "reference's), so its first-step loss differs."]
     lines = [
         f"## bench.train: tunebox vs PyTorch + PEFT, LoRA training on CPU ({r.get('started', r['date'])})",
         "",
@@ -402,7 +411,8 @@ def render_section(r: dict) -> str:
         f"Workload: {w['model']}, LoRA r={w['lora_rank']} alpha={w['lora_alpha']} dropout {w['lora_dropout']} on "
         f"{w['targets']}, batch {w['batch']} x {w['seq_length']} tokens (+1 for the shifted labels), the same "
         f"{w['total_steps']} batches of `{w['data']}` on both sides (prep's rows in order, unshuffled), AdamW with "
-        f"MindFormers' CosineWithWarmUpLR as the train job logged it; tunebox runs MindFormers' Trainer; {w['steps']} measured steps after 1 warm-up step, {w['repeats']} repeat(s)"
+        f"MindFormers' CosineWithWarmUpLR as the train job logged it; tunebox runs MindFormers' Trainer; {w['steps']} "
+        f"measured steps after 1 warm-up step, {w['repeats']} repeat(s)"
         + (" alternating the order" if w["repeats"] > 1 else "") + ". Reference: torch "
         f"{v['torch']}, transformers {v['transformers']} (attention: {v['attn_implementation']}), peft {v['peft']}, "
         "eager, float32.",
@@ -425,14 +435,7 @@ def render_section(r: dict) -> str:
             f"{n}: {x:.2f}x" for n, x in sorted(s["speedup_by_threads"].items(), reverse=True)) + ")") + ".",
         f"- **peak RSS ratio tunebox / reference: {s['memory_ratio']:.2f}x**; goal <= 1: "
         f"{'met' if s['memory_ratio'] <= 1.0 else 'not met'}.",
-        *([] if "packed_speedup" not in s else [
-            f"- **Packed: tunebox with train.packing at {w['packed']['seq_length']} x {w['packed']['batch']} gets "
-            f"through the same data at {s['packed_speedup']:.2f}x the reference's tokens/s** (goal >= {GOAL_SPEEDUP}x: "
-            f"{'met' if s['packed_speedup'] >= GOAL_SPEEDUP else 'not met'}), peak RSS {s['packed_memory_ratio']:.2f}x "
-            f"the reference's. Packing filled rows {w['packed']['fill_before']:.0%} -> {w['packed']['fill_after']:.0%} "
-            f"({w['packed']['samples']:,} samples in {w['packed']['rows']:,} rows); a packed step computes "
-            f"{w['packed']['flops'] / 1e9:.1f} GFLOP by the formula below, and its batches are its own (not the "
-            "reference's), so its first-step loss differs."]),
+        *packed_lines,
         f"- Loss at step 1 (before any update: LoRA's B starts at zero, so both sides run the base model): "
         f"tunebox {t['first_loss']:.4f}, reference {s['sides'][s['best_reference']]['first_loss']:.4f} "
         f"(difference {s['first_loss_difference']:.1e}"
@@ -494,9 +497,6 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
         prep = run_measured(job_command("prep", recipe, overrides), work / "prep.log")
         _check_ran(prep, "prep")
 
-        from tunebox.data.samples import read_mindrecord
-        from tunebox.model.weights import load_tokenizer
-        from tunebox.run_checkpoints import base_checkpoint
 
         ids, labels = read_mindrecord(spec.job_dir("prep") / "train.mindrecord")
         pad_id = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
@@ -518,7 +518,8 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
             _check_ran(run_measured(job_command("prep", recipe, packed_overrides), work / "prep-packed.log"), "prep")
 
         tunebox_runs, reference_runs, packed_runs = [], {n: [] for n in threads}, []
-        sides = ["tunebox"] + (["tunebox, packed"] if packed else []) + [f"reference with {n} thread(s)" for n in threads]
+        sides = ["tunebox"] + (["tunebox, packed"] if packed else []) + [f"reference with {n} "
+                                                                         "thread(s)" for n in threads]
         for rep in range(repeats):
             for side in (sides if rep % 2 == 0 else sides[::-1]):   # alternate, so drifting load hits all sides
                 print(f"[{rep + 1}/{repeats}] {side}: {total_steps} steps...", flush=True)
@@ -553,7 +554,6 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
     uptime_after = uptime_line()
     print(f"uptime after: {uptime_after}", flush=True)
 
-    from tunebox.manifest import cpu_info
 
     flops = step_flops(mspec, spec.train.batch_size, spec.data.seq_length, spec.lora.rank, spec.lora.target_modules)
     tunebox, references = _combine(tunebox_runs), {n: _combine(runs) for n, runs in reference_runs.items()}
@@ -602,7 +602,8 @@ def bench_train(recipe: str = DEFAULT_RECIPE, steps: int = 12, repeats: int = 1,
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benches.bench_train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", "-c", metavar="SPEC.yaml", default=DEFAULT_RECIPE, help="run spec both sides train (default: %(default)s)")
+    parser.add_argument("--config", "-c", metavar="SPEC.yaml", default=DEFAULT_RECIPE, help="run spec both sides "
+                        "train (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=12, help="measured steps per side, after 1 warm-up step")
     parser.add_argument("--repeats", type=int, default=1, help="run both sides this many times, alternating the order")
     parser.add_argument("--threads", default="2,1",
@@ -617,7 +618,8 @@ def main(argv=None) -> int:
     parser.add_argument("--packed", default="256x4", metavar="SEQxBATCH",
                         help="also run tunebox with train.packing at this shape (default: %(default)s); 'no' skips it")
     args = parser.parse_args(argv)
-    command = "python -m benches.bench_train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python -m benches.bench_train " + " ".join(shlex.quote(a) for a in given)
     try:
         packed = None
         if args.packed != "no":

@@ -18,8 +18,16 @@ from typing import Optional
 from images.ca_scan import find_ca_in_image
 from images.lint import lint_dockerfile
 from images.pin import is_local_image, resolve_base
-from images.stacks import CA_SECRET_ID, DEFAULT_CA_BUNDLE, DOCKERFILE, BuildFailed, Stack, build_args_for, \
-    list_stacks, load_stack
+from images.stacks import (
+    CA_SECRET_ID,
+    DEFAULT_CA_BUNDLE,
+    DOCKERFILE,
+    BuildFailed,
+    Stack,
+    build_args_for,
+    list_stacks,
+    load_stack,
+)
 from tunebox.images import docker_client, image_tags
 from tunebox.io import InputError
 from tunebox.layout import REPO_ROOT

@@ -14,7 +14,6 @@ from typing import Iterable
 
 from images.stacks import CA_DIR
 
-
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.S)
 
 

@@ -28,17 +28,15 @@ from typing import Optional
 
 import yaml
 
-from tunebox.config import load_spec
 from tunebox.cli import guarded
-from tunebox.io import InputError
-from tunebox.layout import PIPELINE
+from tunebox.config import load_spec
 from tunebox.deploy.k8s import host_data_root
 from tunebox.images import STACK_FOR_DEVICE, NoDockerEngine, docker_client, image_for_device
-from tunebox.layout import REPO_ROOT
+from tunebox.io import InputError
+from tunebox.layout import PIPELINE, REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 PROJECT = "tunebox"
-STEPS = PIPELINE  # the job order, declared in tunebox/layout.py
 DEFAULT_RECIPE = "recipes/tiny.yaml"
 
 
@@ -120,14 +118,14 @@ def service_results(client, services: list[str]) -> list[tuple[str, str, Optiona
 
 def compose_up(recipe: str = DEFAULT_RECIPE, profile: str = "cpu", until: str = "bundle",
                image: Optional[str] = None, fresh: bool = False) -> int:
-    if until not in STEPS:
-        raise InputError(f"--until must be one of {', '.join(STEPS)}, got {until!r}")
+    if until not in PIPELINE:
+        raise InputError(f"--until must be one of {', '.join(PIPELINE)}, got {until!r}")
     compose = shutil.which("docker-compose")
     if not compose:
         raise InputError("docker-compose is not installed: apt-get install -y docker-compose")
     client = docker_client()
     env, spec = compose_env(recipe, profile, image, client)
-    steps = STEPS[:STEPS.index(until) + 1]
+    steps = PIPELINE[:PIPELINE.index(until) + 1]
     services = [service_name(s, profile) for s in steps]
     base = [compose, "-f", str(COMPOSE_FILE), "-p", PROJECT, "--profile", profile]
     print(f"compose.up: run {spec.run_id} ({env['TUNEBOX_RECIPE']}), image {env['TUNEBOX_IMAGE']}, "
@@ -170,7 +168,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--config", "-c", metavar="SPEC.yaml", default=os.environ.get("TUNEBOX_RECIPE", DEFAULT_RECIPE),
                         help="run spec YAML")
     parser.add_argument("--profile", default="cpu", choices=["cpu", "ascend"])
-    parser.add_argument("--until", default="bundle", choices=STEPS, help="last step to run (default: bundle)")
+    parser.add_argument("--until", default="bundle", choices=PIPELINE, help="last step to run (default: bundle)")
     parser.add_argument("--image", help="image tag (default: tunebox:VERSION-STACK for the spec's device)")
     parser.add_argument("--fresh", action="store_true",
                         help="delete this run's folder in the data volume first (default: resume what is there)")

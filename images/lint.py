@@ -17,8 +17,16 @@ from typing import Optional
 
 from images.dockerfile import ParsedDockerfile, Problem, parse_dockerfile
 from images.pin import is_local_image
-from images.stacks import CA_DIR, CA_SECRET_ID, CA_SECRET_TARGET, DOCKERFILE, Stack, build_args_for, list_stacks, \
-    load_stack
+from images.stacks import (
+    CA_DIR,
+    CA_SECRET_ID,
+    CA_SECRET_TARGET,
+    DOCKERFILE,
+    Stack,
+    build_args_for,
+    list_stacks,
+    load_stack,
+)
 from tunebox.images import image_tags
 from tunebox.io import InputError
 from tunebox.layout import REPO_ROOT

@@ -63,7 +63,7 @@ wait_for_dns() {
 run_scheduler() {
     # MindSpore's scheduler process: the train entry with MS_ROLE=MS_SCHED, as msrun starts it.
     # Like every rank, it first waits for prep's manifest (Worker 0 runs prep), up to
-    # cluster.prep_timeout / TUNEBOX_PREP_TIMEOUT (jobs/train.py, wait_for_prep).
+    # cluster.prep_timeout / TUNEBOX_PREP_TIMEOUT (tunebox/training/launch.py, wait_for_prep).
     train_dir=$(job_dir train "$@") || return 2
     mkdir -p "$train_dir/msrun"
     log="$train_dir/msrun/scheduler.log"

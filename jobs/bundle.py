@@ -54,8 +54,15 @@ from tunebox.manifest import write_job_manifest
 from tunebox.model.weights import load_tokenizer
 from tunebox.submission import contents, selfcheck
 from tunebox.submission.algorithm import render_algorithm, render_prompt_example
-from tunebox.submission.assemble import (check_spec_matches_run, copy_logs, link_or_copy, merged_checkpoints,
-                                         read_json, tokenizer_files, training_log_tail)
+from tunebox.submission.assemble import (
+    check_spec_matches_run,
+    copy_logs,
+    link_or_copy,
+    merged_checkpoints,
+    read_json,
+    tokenizer_files,
+    training_log_tail,
+)
 from tunebox.submission.code_archive import make_code_archive
 from tunebox.submission.mindformers_files import write_mindformers_files
 
@@ -66,7 +73,7 @@ log = logging.getLogger("tunebox.bundle")
 def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
     started = time.time()
     run_dir = spec.run_dir
-    manifests = {job: read_json(spec.job_dir(job) / layout.MANIFEST, f"{job}'s manifest") for job in contents.JOBS}
+    manifests = {job: read_json(spec.job_dir(job) / layout.MANIFEST, f"{job}'s manifest") for job in layout.RUN_JOBS}
     check_spec_matches_run(spec, manifests)
     if not (run_dir / layout.RECORD).is_file():
         raise InputError(f"{layout.RECORD} not found: is this a run folder?", run_dir / layout.RECORD)
@@ -164,7 +171,7 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it 0700; the submission is for others to read
     write_job_manifest(spec.job_dir("bundle"), "bundle", spec,
-                       inputs={job: spec.job_dir(job) / layout.MANIFEST for job in contents.JOBS},
+                       inputs={job: spec.job_dir(job) / layout.MANIFEST for job in layout.RUN_JOBS},
                        outputs={"SHA256SUMS": out / contents.SUMS_FILE},
                        extra={"submission": str(out), "files": len(rels) + 1, "checkpoints": dict(modes),
                               "chosen": results["chosen"]["model"], "code": code["source"]}, started=started)

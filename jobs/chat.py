@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
 from tunebox.data.prompts import spec_prompt
-from tunebox.model.weights import load_tokenizer
 from tunebox.data.tokenizer import TextTokenizer
+from tunebox.evaluation.decode import NumpyLlama
 from tunebox.evaluation.runners import MindFormersRunner, NumpyRunner, pick_backend
 from tunebox.io import InputError
 from tunebox.model.budget import merged_weight_dtype
+from tunebox.model.checkpoint import load_checkpoint_numpy
+from tunebox.model.lora import merge_lora_into_base
 from tunebox.model.registry import get_model_shape
+from tunebox.model.weights import load_tokenizer
 from tunebox.run_checkpoints import RunCheckpoint, base_checkpoint, pick_checkpoint
 
 log = logging.getLogger("tunebox.chat")
@@ -38,9 +40,6 @@ STOP_WORDS = ("", "exit", "quit")
 
 def numpy_model(spec: RunSpec, ck: RunCheckpoint):
     """NumpyLlama of the checkpoint, read without MindSpore (load_checkpoint_numpy)."""
-    from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.checkpoint import load_checkpoint_numpy
-    from tunebox.model.lora import merge_lora_into_base
 
     shape = get_model_shape(spec.model.name)
     wanted = shape.parameter_shapes()

@@ -32,9 +32,9 @@ from tunebox.model.mf_config import dump, topology
 
 log = logging.getLogger("tunebox.dryrun")
 JOBS_DIR = Path(__file__).resolve().parent
-# Each simulated rank runs the rendered YAML through train's own MindFormers entry (jobs/train.py,
+# Each simulated rank runs the rendered YAML through train's own MindFormers entry (tunebox/model/mf.py,
 # run_mindformers: REGISTER_PATH for tunebox's registered classes, MindFormerConfig, build_context, Trainer).
-RANK_PROGRAM = ("import sys; from pathlib import Path; from jobs.train import run_mindformers; "
+RANK_PROGRAM = ("import sys; from pathlib import Path; from tunebox.model.mf import run_mindformers; "
                 "run_mindformers(Path(sys.argv[1]), resume=False)")
 
 

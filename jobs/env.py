@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from tunebox.config import load_spec
 from tunebox.io import InputError, atomic_write_json
 from tunebox.manifest import environment_manifest
 
@@ -20,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Print this machine's environment manifest as JSON (what every job records "
                     "in runs/<run>/<job>/manifest.json).",
         epilog="exit codes: 0 ok, 2 bad input, 1 failure")
-    parser.add_argument("--config", "-c", metavar="SPEC.yaml", help="a run spec (recipes/*.yaml) whose hash and content to include")
+    parser.add_argument("--config", "-c", metavar="SPEC.yaml", help="a run spec (recipes/*.yaml) whose hash and "
+                        "content to include")
     parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH",
                         help="a file or folder to hash into the manifest (repeatable)")
     parser.add_argument("--no-freeze", action="store_true", help="leave out the full pip freeze")
@@ -29,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = None
         if args.config:
-            from tunebox.config import load_spec
             spec = load_spec(args.config)
         inputs = {}
         for item in args.input:

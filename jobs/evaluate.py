@@ -37,8 +37,7 @@ from tunebox.chaos import kill_point
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
 from tunebox.contest.rules import choose_checkpoint, param_figures
-from tunebox.evaluation.loop import (SQUAD_MAX_NEW_TOKENS, evaluate_model, load_heldout, load_squad,
-                                     models_to_evaluate)
+from tunebox.evaluation.loop import SQUAD_MAX_NEW_TOKENS, evaluate_model, load_heldout, load_squad, models_to_evaluate
 from tunebox.evaluation.report import write_plots, write_report
 from tunebox.evaluation.runners import MindFormersRunner, NumpyRunner, pick_backend
 from tunebox.evaluation.scale_dial import scale_dial

@@ -22,12 +22,12 @@ from typing import Optional
 
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
-from tunebox.model.weights import load_tokenizer
+from tunebox.fetch import split_hub_source
 from tunebox.io import InputError, atomic_dir
 from tunebox.manifest import write_job_manifest
-from tunebox.model.hf_export import (hub_reference, recipe_chat_template, write_hf_model, write_peft_adapter,
-                                     write_tokenizer)
+from tunebox.model.hf_export import recipe_chat_template, write_hf_model, write_peft_adapter, write_tokenizer
 from tunebox.model.registry import get_model_shape
+from tunebox.model.weights import load_tokenizer
 from tunebox.run_checkpoints import base_checkpoint, pick_checkpoint
 
 log = logging.getLogger("tunebox.export")
@@ -59,7 +59,8 @@ def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Pa
     if fmt == "hf":
         ckpt = base_checkpoint(spec) if ck.step == 0 else ck.merged_file
         if ck.merge_scale not in (None, 1.0):
-            log.warning("merge folded the LoRA in at scale %g, not as trained: the export is that model", ck.merge_scale)
+            log.warning("merge folded the LoRA in at scale %g, not as trained: the export is that model",
+                        ck.merge_scale)
         with export_dir(target) as tmp:
             extra.update(write_hf_model(tmp, ckpt, shape, tok, template))
         inputs["checkpoint"] = ckpt
@@ -67,9 +68,9 @@ def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Pa
     else:
         if ck.step == 0:
             raise InputError("--step 0 is the base model, which has no adapter: export it with --format hf")
-        hub = hub_reference(shape.source) if spec.model.checkpoint is None else None
-        if hub:
-            base_ref, revision = hub
+        hub = split_hub_source(shape.source) if spec.model.checkpoint is None else None
+        if hub is not None and hub.hub == "hf":
+            base_ref, revision = hub.repo, hub.revision
         else:   # tunebox built or converted these weights: the adapter needs exactly them
             base = base_checkpoint(spec)
             base_dir = job_dir / "base-hf"

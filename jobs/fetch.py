@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tunebox.fetch import FetchError, fetch_file, fetch_manifest
 from tunebox.cli import guarded, setup_logging
+from tunebox.fetch import FetchError, fetch_file, fetch_manifest
 from tunebox.model.registry import cache_dir
 
 LIST_FORMAT = """\

@@ -32,8 +32,8 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from tunebox.contest import mathgen
 from tunebox.cli import guarded, setup_logging
+from tunebox.contest import mathgen
 from tunebox.io import InputError, atomic_path, atomic_write_json
 
 log = logging.getLogger("tunebox.generate")
@@ -65,7 +65,8 @@ def parse_weights(text: str, what: str, known: tuple[str, ...]) -> dict[str, flo
     return weights
 
 
-def resolve_mix(mix: Optional[dict[str, float]] = None, lang_mix: Optional[dict[str, float]] = None) -> dict[str, float]:
+def resolve_mix(mix: Optional[dict[str, float]] = None, lang_mix: Optional[dict[str, float]] = None) -> dict[str,
+                                                                                                             float]:
     """Family -> probability. `mix` defaults to the real sample's family mix; `lang_mix`, when
     given, rescales the families of each language so that language gets exactly its share."""
     weights = dict(mix if mix is not None else mathgen.CONTEST_MIX)

@@ -56,7 +56,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"render: {out}", file=sys.stderr)
     if args.json:
         print(json.dumps({"job": plan.job_name, "image": plan.image, "pods": plan.nodes, "workers": plan.workers,
-                          "overlay": plan.overlay, "output": args.output or str(default_output(plan.spec, args.overlay))}))
+                          "overlay": plan.overlay, "output": args.output or str(default_output(plan.spec,
+                                                                                               args.overlay))}))
     return 0
 
 

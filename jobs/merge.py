@@ -24,12 +24,12 @@ from tunebox.io import InputError, atomic_write_json, sha256_file
 from tunebox.manifest import write_job_manifest
 from tunebox.model.checkpoint import merge_streaming
 from tunebox.model.mf_config import merged_checkpoint_types, merged_weight_dtype
+from tunebox.run_checkpoints import base_checkpoint
 
 log = logging.getLogger("tunebox.merge")
 
 
 def merge(spec: RunSpec, scale: float = 1.0) -> Path:
-    from tunebox.run_checkpoints import base_checkpoint
 
     train_dir = spec.job_dir("train")
     index_file = spec.run_dir / layout.TRAIN_INDEX
@@ -43,7 +43,8 @@ def merge(spec: RunSpec, scale: float = 1.0) -> Path:
     out = spec.job_dir("merge")
     out.mkdir(parents=True, exist_ok=True)
     out_index_file = spec.run_dir / layout.MERGE_INDEX
-    done = {e["step"]: e for e in json.loads(out_index_file.read_text())["checkpoints"]} if out_index_file.exists() else {}
+    done = ({e["step"]: e for e in json.loads(out_index_file.read_text())["checkpoints"]}
+            if out_index_file.exists() else {})
 
     # each tensor in the dtype the predicting network declares for it (weights in merge.dtype, else the
     # training dtype; RMSNorm weights float32): evaluate and stock MindFormers load it strictly

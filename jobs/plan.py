@@ -21,9 +21,9 @@ import json
 import sys
 from typing import Optional
 
-from tunebox.model import budget
 from tunebox.config import LoraSection, ModelSection, RunSpec
 from tunebox.io import InputError
+from tunebox.model import budget
 from tunebox.model.mf_config import topology
 from tunebox.model.registry import get_model_shape, lora_targets
 from tunebox.spec_checks import load_checked_spec
@@ -164,7 +164,8 @@ def render_memory(shape, spec, origins: dict, lora_trainable: int) -> str:
     topo = topology(spec.train)
     mem = budget.topology_card_memory(shape, topo, spec.train, seq_length=origins["seq"][0],
                                       global_batch=origins["batch"][0], lora_trainable=lora_trainable)
-    gib = lambda x: f"{x / 2 ** 30:.1f} GiB"
+    def gib(x):
+        return f"{x / 2 ** 30:.1f} GiB"
     return "\n".join([
         "", f"Per-card memory, {spec.train.workers} workers = data_parallel {topo.data_parallel} x model_parallel "
             f"{topo.model_parallel} x pipeline_stage {topo.pipeline_stage}, micro-batch {mem.micro_batch}, "

@@ -45,7 +45,8 @@ def tokenizer_from_arg(arg: Optional[str]) -> tuple[Optional[TextTokenizer], str
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs.profile", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Exit codes: 0 ok (findings are reported, not failures), 2 bad input, 1 failure.")
+                                     epilog="Exit codes: 0 ok (findings are reported, not failures), 2 bad input, 1 "
+                                     "failure.")
     parser.add_argument("file", metavar="FILE", help="a JSONL file of {problem, solution} rows, or a directory of them")
     parser.add_argument("--tokenizer", default=None, metavar="DIR_OR_TOKENIZER_JSON",
                         help=f"count tokens with this tokenizer (default: the {DEFAULT_TOKENIZER_MODEL} model's "
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
         return code
     log.info("%s rows, %d families, %d wrong labels, %d bad lines, %d exact duplicates; lengths in %s; "
              "report: %s", f"{record['rows']:,}", len(record["families"]), record["wrong_labels"]["count"],
-             record["bad_lines"]["count"], record["duplicates"]["exact"]["rows"], record["length_unit"], out_dir / "profile.md")
+             record["bad_lines"]["count"], record["duplicates"]["exact"]["rows"], record["length_unit"],
+             out_dir / "profile.md")
     return 0
 
 

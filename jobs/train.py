@@ -41,8 +41,7 @@ from tunebox.model.mf import run_mindformers, setup_device
 from tunebox.model.mf_config import dump
 from tunebox.model.registry import get_model_shape
 from tunebox.training.inputs import PACKED_RECORDS, TRAIN_YAML, prepare, render
-from tunebox.training.launch import (hold_workers_lock, in_cluster, launch_msrun, wait_for_prep,
-                                     wait_for_workers)
+from tunebox.training.launch import hold_workers_lock, in_cluster, launch_msrun, wait_for_prep, wait_for_workers
 from tunebox.training.outputs import TRAIN_STATE, check_resume, read_loss_log, training_done, write_outputs
 from tunebox.training.plan import train_hash
 

@@ -41,13 +41,27 @@ from typing import Optional
 
 import tunebox
 from tunebox import images
-from tunebox.submission import contents
 from tunebox.cli import guarded, setup_logging
 from tunebox.io import InputError
-from tunebox.submission.checks import (Findings, Submission, check_checkpoints, check_checksums, check_code,
-                                       check_environment, check_files, check_logs, check_mindformers,
-                                       check_predict, check_results, check_selfcheck, check_worker_logs,
-                                       load_bundled_spec, planned_steps, rerun_evaluation)
+from tunebox.submission import contents
+from tunebox.submission.checks import (
+    Findings,
+    Submission,
+    check_checkpoints,
+    check_checksums,
+    check_code,
+    check_environment,
+    check_files,
+    check_logs,
+    check_mindformers,
+    check_predict,
+    check_results,
+    check_selfcheck,
+    check_worker_logs,
+    load_bundled_spec,
+    planned_steps,
+    rerun_evaluation,
+)
 
 log = logging.getLogger("tunebox.verify")
 

@@ -37,8 +37,17 @@ from typing import Optional
 
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
+from tunebox.fetch import download_hub_snapshot, fetch_manifest, parse_hub_source
 from tunebox.io import InputError, atomic_write_json
 from tunebox.manifest import write_job_manifest
+from tunebox.model.registry import cache_dir, get_model_shape, model_dir
+from tunebox.model.weights import (
+    convert_hf_checkpoint,
+    ensure_model,
+    read_model_info,
+    verified_stamp_file,
+    verify_model_files,
+)
 
 log = logging.getLogger("tunebox.weights")
 
@@ -76,9 +85,6 @@ def _session(token: Optional[str]):
 
 
 def fetch_and_convert(spec: RunSpec, progress: bool = True) -> Path:
-    from tunebox.fetch import download_hub_snapshot, fetch_manifest, parse_hub_source
-    from tunebox.model.registry import cache_dir, get_model_shape, model_dir
-    from tunebox.model.weights import convert_hf_checkpoint
 
     shape = get_model_shape(spec.model.name)
     hub = parse_hub_source(spec.model.source, spec.source_path)
@@ -99,8 +105,6 @@ def fetch_and_convert(spec: RunSpec, progress: bool = True) -> Path:
 
 
 def ensure_weights(spec: RunSpec, progress: bool = True, refresh: bool = False) -> dict:
-    from tunebox.model.registry import model_dir
-    from tunebox.model.weights import ensure_model, read_model_info, verified_stamp_file, verify_model_files
 
     if spec.model.checkpoint:
         path = spec.resolve(spec.model.checkpoint)
@@ -117,7 +121,8 @@ def ensure_weights(spec: RunSpec, progress: bool = True, refresh: bool = False) 
         shutil.rmtree(final)
         verified_stamp_file(final).unlink(missing_ok=True)
     if read_model_info(final) is not None:
-        ensure_model(spec.model.name, progress=progress)   # returns at once (rebuilds tiny/smollm2 after a converter change)
+        ensure_model(spec.model.name,
+                     progress=progress)   # returns at once (rebuilds tiny/smollm2 after a converter change)
         # before any job uses it: every file against model.json's sha256 (hashed once, then size + mtime)
         hashed = verify_model_files(final)
         return {"action": "present", "model_dir": str(final),
@@ -128,8 +133,6 @@ def ensure_weights(spec: RunSpec, progress: bool = True, refresh: bool = False) 
 
 
 def main(spec: RunSpec, args) -> None:
-    from tunebox.fetch import parse_hub_source
-    from tunebox.model.weights import read_model_info
 
     started = time.time()
     out = spec.job_dir("weights")

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from jobs import verify
+from tunebox.config import load_spec
 from tunebox.images import NoDockerEngine, docker_client
 from tunebox.submission import contents
+from tunebox.training.plan import plan_steps
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
@@ -159,8 +161,6 @@ def kill_session(proc: subprocess.Popen) -> None:
 def planned_checkpoint_steps(run_dir: Path, recipe: Path = TINY_RECIPE, *overrides: str) -> list[int]:
     """The checkpoint steps train plans for this run, from prep's row count (tunebox.training.plan.plan_steps),
     so no test copies a step number from an earlier run."""
-    from tunebox.config import load_spec
-    from tunebox.training.plan import plan_steps
 
     stats = json.loads((Path(run_dir) / "prep" / "stats.json").read_text())
     return plan_steps(stats["rows_train"], load_spec(recipe, list(overrides)).train)["checkpoint_steps"]
@@ -210,3 +210,19 @@ def squad_v11(predictions: list[str], golds: list[list[str]]) -> dict:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(l) for l in Path(path).read_text(encoding="utf-8").split("\n") if l.strip()]
+
+
+@pytest.fixture(scope="module")
+def mindformers_env(tmp_path_factory):
+    """MindSpore on CPU in PyNative mode, imported from a scratch dir (mindformers writes ./output/log).
+    Module-scoped: test_decode, test_packing and test_cpu_broadcast_patch each get their own."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("mindformers"))
+    try:
+        import mindspore as ms
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        ms.set_device("CPU")
+        from mindformers import LlamaConfig, LlamaForCausalLM
+        yield ms, LlamaConfig, LlamaForCausalLM
+    finally:
+        os.chdir(previous)

@@ -9,9 +9,8 @@ from fractions import Fraction
 
 import pytest
 
+from tunebox.contest import mathgen, scoring
 from tunebox.data import answers
-from tunebox.contest import mathgen
-from tunebox.contest import scoring
 
 ROWS_PER_FAMILY = 2000
 _NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?")

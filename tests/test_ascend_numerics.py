@@ -12,11 +12,22 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-
+from jobs.merge import merge
+from tunebox import layout
 from tunebox.config import load_spec
+from tunebox.evaluation.runners import MindFormersRunner
+from tunebox.model import mf
 from tunebox.model.budget import merged_weight_dtype
-from tunebox.model.mf_config import dump, render_train_config
-from tunebox.model.registry import get_model_shape
+from tunebox.model.checkpoint import (
+    CheckpointReader,
+    bfloat16,
+    bfloat16_bits_to_float32,
+    float32_to_bfloat16_bits,
+    load_checkpoint_numpy,
+    save_checkpoint_numpy,
+)
+from tunebox.model.mf_config import dump, render_predict_config, render_train_config
+from tunebox.model.registry import get_model_shape, lora_targets, with_overrides
 from tunebox.training.plan import plan_steps
 
 ASCEND_RECIPES = ["stage1-llama3-8b.yaml", "stage1-llama3-8b-cot.yaml", "stage2-internlm-7b.yaml"]
@@ -96,8 +107,8 @@ def test_fp16_training_gets_the_contests_dynamic_loss_scale(recipe, tmp_path, mf
     second-phase teams' finetune_internlm_7b_lora_mmlu_64G.yaml, mindspore-courses/competition commit
     3ad8f5571cd3be6295e48757ae673b5fff7ac819), in bf16 the stage-1 configs' fixed 1.0 (bf16 has fp32's
     exponent range: nothing to scale)."""
-    from mindspore.nn import DynamicLossScaleUpdateCell
     from mindformers.wrapper import build_wrapper
+    from mindspore.nn import DynamicLossScaleUpdateCell
 
     spec, _, cfg = rendered(recipe, tmp_path)
     mf = mindformers_config(cfg, tmp_path)
@@ -114,7 +125,6 @@ def test_fp16_training_gets_the_contests_dynamic_loss_scale(recipe, tmp_path, mf
 # ---- 1.1: the predicting network loads the base and every merged checkpoint, strictly ----------
 
 def tiny_model(spec):
-    from tunebox.model.registry import get_model_shape, with_overrides
 
     return with_overrides(get_model_shape(spec.model.name), **TINY_DIMS)
 
@@ -122,8 +132,6 @@ def tiny_model(spec):
 def tiny_base_and_lora(mspec, spec, folder: Path) -> tuple[Path, Path]:
     """A float32 base checkpoint (what tunebox's converter writes) and a float32 LoRA checkpoint (what
     MindFormers' trainer saves with pet_config.param_init_type float32) at tiny widths."""
-    from tunebox.model.checkpoint import save_checkpoint_numpy
-    from tunebox.model.registry import lora_targets
 
     rng = np.random.default_rng(0)
     base = {name: (np.ones(shape, np.float32) + rng.normal(0, 0.1, shape).astype(np.float32) if "norm" in name
@@ -145,8 +153,6 @@ def merged_by_the_merge_job(spec, lora_ckpt: Path) -> Path:
     """jobs.merge on a train index naming one LoRA checkpoint: the merged model.ckpt it writes."""
     import json
 
-    from jobs.merge import merge
-    from tunebox import layout
 
     train_dir = spec.job_dir("train")
     (train_dir / "checkpoints").mkdir(parents=True)
@@ -159,8 +165,6 @@ def merged_by_the_merge_job(spec, lora_ckpt: Path) -> Path:
 def runner_on_cpu(monkeypatch, mspec, ckpt: Path, spec):
     """MindFormersRunner as evaluate builds it on Ascend (the spec's dtypes, use_past, its load path),
     with only the device set to CPU: the one thing that cannot run here."""
-    from tunebox.evaluation.runners import MindFormersRunner
-    from tunebox.model import mf
 
     real_setup = mf.setup_device
     monkeypatch.setattr(mf, "setup_device", lambda device, mode, **kw: real_setup("CPU", "pynative", **kw))
@@ -188,7 +192,6 @@ def test_evaluate_loads_the_base_and_the_merged_checkpoint_strictly(recipe, over
     strictly (MindSpore converts dtypes only when strict_load is off). Every merged tensor already has the
     dtype the network declares for that parameter, and every loaded value is the checkpoint's (the base's
     rounded as MindSpore casts)."""
-    from tunebox.model.checkpoint import CheckpointReader, load_checkpoint_numpy
 
     spec = load_spec(REPO / "recipes" / recipe, [f"runs_dir={tmp_path / 'runs'}"])
     mspec = tiny_model(spec)
@@ -221,7 +224,6 @@ def test_evaluate_loads_the_base_and_the_merged_checkpoint_strictly(recipe, over
 def test_the_runner_refuses_a_checkpoint_whose_dtypes_disagree(tmp_path, mf_cwd, monkeypatch):
     """A merged checkpoint with its RMSNorm weights in bf16 (what merge wrote when it cast every float
     tensor to merge.dtype) is refused by name, not converted: the load is strict."""
-    from tunebox.model.checkpoint import load_checkpoint_numpy, save_checkpoint_numpy
 
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", [f"runs_dir={tmp_path / 'runs'}"])
     mspec = tiny_model(spec)
@@ -237,7 +239,6 @@ def test_the_runner_refuses_a_checkpoint_whose_dtypes_disagree(tmp_path, mf_cwd,
 
 
 def bf16_as_numpy(values: np.ndarray) -> np.ndarray:
-    from tunebox.model.checkpoint import bfloat16
 
     return values.astype(np.float32).astype(bfloat16())
 
@@ -250,7 +251,6 @@ def test_the_bundles_predict_yaml_loads_the_merged_checkpoint_strictly(recipe, t
     import mindspore as ms
     from mindformers.models.build_model import build_network
 
-    from tunebox.model.mf_config import render_predict_config
 
     spec = load_spec(REPO / "recipes" / recipe, [f"runs_dir={tmp_path / 'runs'}"])
     base_ckpt, lora_ckpt = tiny_base_and_lora(tiny_model(spec), spec, tmp_path)
@@ -276,8 +276,6 @@ def test_paged_attention_blocks_hold_the_batch_at_the_longest_sequence(seq_lengt
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", [f"runs_dir={tmp_path / 'runs'}"])
     mspec = tiny_model(spec)
     base_ckpt, _ = tiny_base_and_lora(mspec, spec, tmp_path)
-    from tunebox.evaluation.runners import MindFormersRunner
-    from tunebox.model import mf
 
     real_setup = mf.setup_device
     monkeypatch.setattr(mf, "setup_device", lambda device, mode, **kw: real_setup("CPU", "pynative", **kw))
@@ -309,12 +307,12 @@ def test_a_small_lora_update_survives_in_the_stage1_predicting_network(tmp_path,
     (bf16 storage or a bf16 compute dtype leave ~55%: half the entries do not move)."""
     import mindspore as ms
 
-    from tunebox.model.checkpoint import bfloat16_bits_to_float32, float32_to_bfloat16_bits, save_checkpoint_numpy
 
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", [f"runs_dir={tmp_path / 'runs'}"])
     mspec = tiny_model(spec)
     rng = np.random.default_rng(1)
-    grid = lambda x: bfloat16_bits_to_float32(float32_to_bfloat16_bits(x.astype(np.float32))).reshape(x.shape)
+    def grid(x):
+        return bfloat16_bits_to_float32(float32_to_bfloat16_bits(x.astype(np.float32))).reshape(x.shape)
     base = {name: grid(np.ones(shape) if "norm" in name else rng.normal(0, 0.02, shape))
             for name, shape in mspec.parameter_shapes().items()}
     lora, exact, update = {}, {}, {}

@@ -6,7 +6,7 @@ MindFormers 1.9 refuses sliced checkpoints without a source strategy when auto_t
 (mindformers/tools/ckpt_transform/transform_checkpoint.py, TransformCkpt.check_src_checkpoint_and_strategy:
 "`src_strategy` should not be None when `src_checkpoint` is sliced."), and with auto_trans_ckpt off it
 loads rank_N/'s own slice (mindformers/trainer/utils.py, get_load_checkpoint_result ->
-load_distributed_checkpoint). The test runs jobs.train.run_mindformers on the rendered stage-1 YAML with
+load_distributed_checkpoint). The test runs tunebox.model.mf.run_mindformers on the rendered stage-1 YAML with
 MindFormers' Trainer stood in for (no Ascend card, no model parallel on CPU), and hands the config it
 built to those MindFormers functions, on a fake rank_0..3 folder.
 """
@@ -17,8 +17,8 @@ import os
 import pytest
 
 from conftest import REPO
-
 from tunebox.config import load_spec
+from tunebox.model.mf import run_mindformers
 from tunebox.model.mf_config import dump, render_train_config
 from tunebox.model.registry import get_model_shape
 from tunebox.training.plan import plan_steps
@@ -38,7 +38,6 @@ def _resumed_config(tmp_path, monkeypatch, *overrides: str) -> dict:
     import mindformers.core.context
     import mindformers.trainer
 
-    from jobs import train
 
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", list(overrides))
     out = tmp_path / "train"
@@ -70,7 +69,7 @@ def _resumed_config(tmp_path, monkeypatch, *overrides: str) -> dict:
     monkeypatch.setattr(mindformers.trainer, "Trainer", Trainer)
     monkeypatch.setattr(mindformers.core.context, "build_context", lambda cfg: None)
     monkeypatch.setenv("OM_MODULES_CACHE", str(tmp_path / "modules"))
-    train.run_mindformers(out / "mindformers.yaml", resume=True)
+    run_mindformers(out / "mindformers.yaml", resume=True)
     return seen["cfg"]
 
 

@@ -11,13 +11,19 @@ import numpy as np
 import pytest
 
 from benches.bench_ref_torch import IGNORE, masked_targets
-from benches.bench_train import (GOAL_SPEEDUP, LOSS_TOLERANCE, bench_overrides, count_tokens, render_section,
-                                 step_flops, steady_throughput, summarize)
+from benches.bench_train import (
+    GOAL_SPEEDUP,
+    LOSS_TOLERANCE,
+    bench_overrides,
+    count_tokens,
+    render_section,
+    steady_throughput,
+    step_flops,
+    summarize,
+)
+from conftest import TINY_RECIPE, cannot_run, job_env
 from tunebox.config import load_spec
 from tunebox.model.registry import get_model_shape, with_overrides
-
-from conftest import TINY_RECIPE, cannot_run, job_env
-
 
 # ---- FLOPs -----------------------------------------------------------------------------------
 
@@ -168,7 +174,8 @@ def test_report_adds_the_packed_side_with_its_own_flops():
     assert "same data at 1.50x the reference's tokens/s** (goal >= 1.3x: met), peak RSS 1.62x" in section
     assert "filled rows 34% -> 95% (896 samples in 321 rows)" in section
     sides = result["summary"]["sides"]
-    assert sides["tunebox-packed"]["achieved_gflops"] == pytest.approx(packed_flops["total"] / (600 / 180.0) / 1e9, rel=1e-3)
+    assert sides["tunebox-packed"]["achieved_gflops"] == pytest.approx(packed_flops["total"] / (600 / 180.0) / 1e9,
+                                                                       rel=1e-3)
     assert packed_flops["total"] > result["flops"]["total"]  # longer rows: more attention FLOPs
 
 

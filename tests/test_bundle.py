@@ -25,17 +25,30 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from test_tensorboard import assert_events_equal_loss_log
 
-from conftest import (TINY_RECIPE, cannot_run, copy_submission, docker_engine, docker_image, job_env,
-                      keeps_90_percent, planned_checkpoint_steps, read_jsonl, rewrite_sums, run_job, verify_here)
+from conftest import (
+    TINY_RECIPE,
+    cannot_run,
+    copy_submission,
+    docker_engine,
+    docker_image,
+    job_env,
+    keeps_90_percent,
+    planned_checkpoint_steps,
+    read_jsonl,
+    rewrite_sums,
+    run_job,
+    verify_here,
+)
 from jobs import verify as verify_mod
-from tunebox.submission.assemble import link_or_copy, training_log_tail
 from tunebox import layout
 from tunebox.config import load_spec
 from tunebox.contest import rules
 from tunebox.submission import checks, contents, selfcheck
+from tunebox.submission.algorithm import describe_rows, describe_template
+from tunebox.submission.assemble import link_or_copy, training_log_tail
 from tunebox.submission.code_archive import make_code_archive
-
 
 # tiny, worked by hand (as in tests/test_evaluate.py): LoRA r=8 on wq (64x64) and wv (32x64) in 2 layers;
 # 2 embeddings (384x64), per layer 2 norms + wq, wo (64x64) + wk, wv (32x64) + w1, w2, w3 (128x64), a final norm
@@ -270,7 +283,6 @@ def test_rerun_catches_answers_the_checkpoints_do_not_give(bundled, tmp_path, ca
     results["chosen"].update(model=name, step=step)
     (sub / "results.json").write_text(json.dumps(results, indent=2))
     # ...and selfcheck.png redrawn from the forged results.json (verify ties the picture to that file)
-    from tunebox.submission import selfcheck
     selfcheck.render(sub / selfcheck.FILE, results=results, results_bytes=(sub / "results.json").read_bytes(),
                      rank=8, commit=results["code"]["commit"], code_note="", log_name="-", log_tail=[])
     rewrite_sums(sub)
@@ -312,7 +324,8 @@ def make_model_answer(ev: Path, name: str, math_right: int, squad_right: int) ->
     """The first math_right held-out answers become the references, the first squad_right SQuAD
     answers the gold ones; scores.json and squad.json are rewritten with the figures by hand."""
     preds = read_jsonl(ev / name / "predictions.jsonl")
-    assert len(preds) == 8 and not any(p["strict"] or p["tolerant"] for p in preds), "expected a model that knows nothing"
+    knows_nothing = not any(p["strict"] or p["tolerant"] for p in preds)
+    assert len(preds) == 8 and knows_nothing, "expected a model that knows nothing"
     per_family: dict[str, list[int]] = {}
     for i, p in enumerate(preds):
         right = i < math_right
@@ -605,7 +618,8 @@ def test_code_archive_clean_commit_dirty_tree_and_no_git(tmp_path):
 # ---- reading evaluate's report ------------------------------------------------------------
 
 def test_squad_fields_read_nested_and_flat_report_entries():
-    nested = contents.squad_fields({"squad": {"f1": 55.0, "em": 40.0}, "retention": {"f1": 0.92, "em": 0.905, "passes": True}})
+    nested = contents.squad_fields({"squad": {"f1": 55.0, "em": 40.0}, "retention": {"f1": 0.92, "em": 0.905,
+                                                                                     "passes": True}})
     flat = contents.squad_fields({"squad_f1": 55.0, "squad_em": 40.0, "retention_f1": 0.92, "retention_em": 0.905,
                             "passes_retention": True})
     assert nested == flat == {"squad_f1": 55.0, "squad_em": 40.0, "retention_f1": 0.92, "retention_em": 0.905,
@@ -632,7 +646,6 @@ def test_algorithm_writes_a_text_template_on_one_line_and_the_packed_fill():
     rows' fill is the packed one, not prep's unpacked padding."""
     from types import SimpleNamespace
 
-    from tunebox.submission.algorithm import describe_rows, describe_template
 
     text = describe_template(SimpleNamespace(template="<|im_start|>user\n{problem}<|im_end|>\n", system_prompt=None))
     assert "\n" not in text and "`<|im_start|>user\\n{problem}<|im_end|>\\n`" in text
@@ -806,7 +819,6 @@ def test_every_worker_log_and_mindformers_log_folder_is_in_the_bundle(bundled_wi
 def test_bundle_carries_the_tensorboard_events_of_the_loss_log(bundled_with_worker_logs):
     """logs/train/tensorboard/ holds train's event files: TensorBoard pointed at the submission shows the
     curves logs/train/loss.jsonl lists."""
-    from test_tensorboard import assert_events_equal_loss_log
 
     train, logs = bundled_with_worker_logs["run_dir"] / "train", bundled_with_worker_logs["sub"] / "logs" / "train"
     events = contents.files_under(train / "tensorboard")

@@ -187,7 +187,8 @@ def test_kill_anywhere_then_the_same_command_finishes_the_same_run(tmp_path, tin
     ref_sums, got_sums = sums(ref), sums(run_dir)
     events = re.compile(r"^logs/train/tensorboard/rank_0/events\.out\.tfevents\.")  # named by time: one a session
     assert any(events.match(k) for k in got_sums)
-    names = lambda d: {k for k in d if not events.match(k)}
+    def names(d):
+        return {k for k in d if not events.match(k)}
     assert names(got_sums) == names(ref_sums), sorted(names(got_sums) ^ names(ref_sums))
     ckpts = sorted(k for k in ref_sums if k.endswith(".ckpt"))
     assert len(ckpts) == 5

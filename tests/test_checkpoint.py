@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benches.bench_merge import run_measured
 from jobs import checkpoint as checkpoint_cli
+from tunebox.io import InputError, sha256_file
 from tunebox.model import checkpoint as cs
 from tunebox.model import mf
-from tunebox.io import InputError, sha256_file
 from tunebox.model.lora import merge_lora_into_base
 from tunebox.model.registry import get_model_shape, with_overrides
 from tunebox.model.weights import random_parameters
@@ -42,7 +43,8 @@ def small_slices(ms, monkeypatch):
 
 
 def ms_params(ms, rng) -> list[dict]:
-    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    def f32(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
     return [
         {"name": "w.f32", "data": ms.Tensor(f32(3, 5))},
         {"name": "w.bf16", "data": ms.Tensor(f32(4, 7), ms.bfloat16)},
@@ -308,7 +310,8 @@ def test_merge_writes_bfloat16_from_a_float32_base(ms, tmp_path):
 def test_merge_rejects_a_lora_that_does_not_fit_and_writes_nothing(tmp_path):
     rng = np.random.default_rng(5)
     cs.save_checkpoint_numpy(tmp_path / "base.ckpt", dict(random_parameters(TINY, seed=5)))
-    cs.save_checkpoint_numpy(tmp_path / "wrong-model.ckpt", random_lora(with_overrides(TINY, hidden_size=32, num_heads=2), rng))
+    cs.save_checkpoint_numpy(tmp_path / "wrong-model.ckpt", random_lora(with_overrides(TINY, hidden_size=32,
+                                                                                       num_heads=2), rng))
     cs.save_checkpoint_numpy(tmp_path / "deep.ckpt", random_lora(with_overrides(TINY, num_layers=3), rng))
     half = random_lora(TINY, rng)
     del half[f"model.layers.1.attention.wv.{mf.LORA_B}"]
@@ -325,7 +328,6 @@ def test_merge_rejects_a_lora_that_does_not_fit_and_writes_nothing(tmp_path):
 def test_merge_memory_does_not_grow_with_the_checkpoint(tmp_path):
     """A ~300 MB float32 base merged in a child process: its peak RSS stays far below the file,
     while a child that loads the same file whole peaks above it (the measure can tell)."""
-    from benches.bench_merge import run_measured
 
     rng = np.random.default_rng(6)
     hidden, layers = 1024, 4

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_RECIPE, job_env, run_job
+from conftest import REPO, TINY_RECIPE, cannot_run, job_env, run_job
+from tunebox.config import load_spec
+from tunebox.deploy.k8s import find_kubectl, render
+from tunebox.io import InputError
 
 # The stand-in: drops msrun's options, then runs the script it was given (the image's /app path
 # mapped to this checkout) in a Python whose jobs.train.prepare says when it returned, and stops there.
@@ -106,8 +109,6 @@ def test_the_wait_has_its_own_timeout_and_says_what_it_waited_for(tmp_path, tiny
 
 
 def test_prep_timeout_must_outlast_the_hccl_timeout():
-    from tunebox.config import load_spec
-    from tunebox.io import InputError
 
     spec = load_spec(TINY_RECIPE)
     assert spec.cluster.prep_timeout > spec.cluster.hccl_connect_timeout
@@ -119,12 +120,9 @@ def test_prep_timeout_must_outlast_the_hccl_timeout():
                                            ("ascend-job", ["train.workers=16", "train.batch_size=16"])])
 def test_render_refuses_a_prep_wait_shorter_than_the_cluster_timeout(overlay, sets):
     """The overlays give msrun TUNEBOX_CLUSTER_TIMEOUT=3600 s; the prep wait must outlast it."""
-    from conftest import cannot_run
-    from tunebox.deploy.k8s import find_kubectl, render
 
     if find_kubectl() is None:
         cannot_run("kubectl is not installed: it renders the manifests (pip install -e '.[test]')")
-    from tunebox.io import InputError
 
     render(TINY_RECIPE, overlay, overrides=sets)                      # the default, 10800 s, renders
     with pytest.raises(InputError, match=r"cluster\.prep_timeout \(3000 s\) must be longer than .*3600 s"):

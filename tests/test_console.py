@@ -17,7 +17,8 @@ from tests.conftest import TINY_RECIPE, run_job
 
 # tunebox's own: its log lines (cli.setup_logging's format), its tqdm bars ("tokenize: 100%|...| 112/112 [00:06<00:00"),
 # its error lines
-TUNEBOX_LINE = re.compile(r"^(\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) tunebox\b|[\w .-]+: .*\[\d\d:\d\d[<,\]]|error: )")
+TUNEBOX_LINE = re.compile(r"^(\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) tunebox\b|[\w .-]+: "
+                          r".*\[\d\d:\d\d[<,\]]|error: )")
 
 
 @pytest.fixture(scope="module")

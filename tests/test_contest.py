@@ -8,10 +8,17 @@ import math
 
 import pytest
 
-from tunebox.contest.rules import (choose_checkpoint, contest_param_ratio, param_ratio, retention, retention_verdict,
-                               stage1_score, stage2_score, stage_score)
+from tunebox.contest.rules import (
+    choose_checkpoint,
+    contest_param_ratio,
+    param_ratio,
+    retention,
+    retention_verdict,
+    stage1_score,
+    stage2_score,
+    stage_score,
+)
 from tunebox.model.registry import get_model_shape
-
 
 # ---------------------------------------------------------------------------------------------
 # Parameter ratio, scores, retention
@@ -118,7 +125,8 @@ def test_choice_takes_the_best_score_among_retention_passes():
     assert (choice["model"], choice["step"], choice["valid"]) == ("b", 2, True)
     assert choice["rule"] == "score among retention passes" and choice["highest_score"] == "a"
     assert choice["verdicts"] == {
-        "a": "failed retention: F1 40.00 vs base 60.00 = 0.667 < 0.90 (its score 0.9000 is higher than the chosen one's)",
+        "a": "failed retention: F1 40.00 vs base 60.00 = 0.667 < 0.90 (its score 0.9000 is higher than the chosen "
+        "one's)",
         "c": "lower score: 0.5000 < 0.6000 (strict accuracy 0.500 vs 0.600)"}
 
 

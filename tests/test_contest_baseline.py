@@ -170,43 +170,53 @@ ABSENT_DEFAULT = "left to MindSpore's default, which is the contest's value"
 DIFFERENCES = {
     'output_dir': PATHS,
     'load_checkpoint': PATHS,
-    'model.model_config.checkpoint_name_or_path':
+    'model.model_config.checkpoint_name_or_path': (
         "the contest named the base twice; tunebox loads it once, through load_checkpoint (MindFormers loads "
-        "checkpoint_name_or_path at build time, before the LoRA wrapper)",
+        "checkpoint_name_or_path at build time, before the LoRA wrapper)"
+    ),
     'train_dataset.data_loader.dataset_dir': PATHS,
-    'parallel.strategy_ckpt_config.save_file':
-        "tunebox renders the same thing as parallel.strategy_ckpt_save_file, under the run's train folder",
+    'parallel.strategy_ckpt_config.save_file': (
+        "tunebox renders the same thing as parallel.strategy_ckpt_save_file, under the run's train folder"
+    ),
     'parallel.strategy_ckpt_config.only_trainable_params': "MindSpore's default (False) is the contest's value",
-    'only_save_strategy':
+    'only_save_strategy': (
         "True makes MindFormers save the parallel strategy and stop before training (the guide's first "
-        "step); the training run sets it False",
+        "step); the training run sets it False"
+    ),
     'trainer.model_name': "a label (tunebox's registry name); the model comes from model_config",
-    'runner_config.sink_mode':
+    'runner_config.sink_mode': (
         "tunebox's callbacks act on every step (the planned LoRA checkpoints, loss.jsonl, max_steps); data sink "
-        "of 2 steps would hand them every other step",
+        "of 2 steps would hand them every other step"
+    ),
     'runner_config.sink_size': "see runner_config.sink_mode",
-    'optimizer.type':
+    'optimizer.type': (
         "MindFormers 1.9 has no FP32StateAdamWeightDecay; MindSpore's AdamWeightDecay has its update rule "
         "(no bias correction), and the float32 LoRA parameters (pet_config.param_init_type) keep its "
-        "moments in float32, which is what FP32State meant",
-    'lr_schedule.warmup_ratio':
-        "rendered as warmup_steps = round(0.03 x total_steps): the same schedule with the steps known",
+        "moments in float32, which is what FP32State meant"
+    ),
+    'lr_schedule.warmup_ratio': (
+        "rendered as warmup_steps = round(0.03 x total_steps): the same schedule with the steps known"
+    ),
     'lr_schedule.total_steps': "-1 means the dataset's steps; tunebox renders them (epochs x batches per epoch)",
-    'train_dataset.num_parallel_workers':
-        "rows arrive tokenized from prep (MindRecord), so there is no map to parallelise; 1 thread per card",
-    'train_dataset.batch_size':
-        "MindFormers overrides the dataset's batch_size with runner_config.batch_size (64 in both)",
+    'train_dataset.num_parallel_workers': (
+        "rows arrive tokenized from prep (MindRecord), so there is no map to parallelise; 1 thread per card"
+    ),
+    'train_dataset.batch_size': (
+        "MindFormers overrides the dataset's batch_size with runner_config.batch_size (64 in both)"
+    ),
     'parallel.enable_alltoall': ABSENT_DEFAULT + " (False)",
-    'parallel.enable_parallel_optimizer':
+    'parallel.enable_parallel_optimizer': (
         "the parallel optimizer shards optimizer state over the data-parallel ranks; at data_parallel 1 "
-        "there is nothing to shard over, so on or off the run is the same",
+        "there is nothing to shard over, so on or off the run is the same"
+    ),
     'parallel.parallel_optimizer_config.gradient_accumulation_shard': "see parallel.enable_parallel_optimizer",
     'parallel.parallel_optimizer_config.parallel_optimizer_threshold': "see parallel.enable_parallel_optimizer",
     'parallel_config.use_seq_parallel': "LlamaConfig's parallel_config default (False) is the contest's value",
-    'callbacks.CheckpointMointor.type':
+    'callbacks.CheckpointMointor.type': (
         "MindFormers r1.1's spelling; 1.9 registers only CheckpointMonitor, which tunebox renders (prefix "
         "tunebox, directory the train folder, save_checkpoint_steps from the plan: a handful a run, as the "
-        "contest's 1400 of ~7,030 steps)",
+        "contest's 1400 of ~7,030 steps)"
+    ),
     'callbacks.CheckpointMointor.prefix': "see callbacks.CheckpointMointor.type",
     'callbacks.CheckpointMointor.save_checkpoint_steps': "see callbacks.CheckpointMointor.type",
     'callbacks.CheckpointMointor.integrated_save': "see callbacks.CheckpointMointor.type",
@@ -216,12 +226,14 @@ DIFFERENCES = {
     'context.graph_kernel_flags': "read only with enable_graph_kernel, which is off in both",
     'context.save_graphs_path': "read only with save_graphs, which is off in both",
     'context.runtime_num_threads': "host threads of MindSpore's runtime, left to its default: speed, not the result",
-    'context.max_device_memory':
+    'context.max_device_memory': (
         "26GB was the contest's share of a 64 GB card; tunebox leaves MindSpore's default (the card's "
-        "memory less a reserve)",
-    'model.model_config.batch_size':
+        "memory less a reserve)"
+    ),
+    'model.model_config.batch_size': (
         "read by predict only (the contest's comment: 'add for increase predict'); training takes "
-        "runner_config.batch_size",
+        "runner_config.batch_size"
+    ),
     'model.model_config.max_decode_length': PREDICT_ONLY,
     'model.model_config.top_k': PREDICT_ONLY,
     'model.model_config.do_sample': PREDICT_ONLY,

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from conftest import REPO
-
 from tunebox.config import load_spec
 from tunebox.model.mf_config import R11_FILE, render_contest_predict_config, render_predict_config
+from tunebox.submission import contents
 
 R11 = json.loads((REPO / "tunebox/contest/mindformers_r1.1.json").read_text(encoding="utf-8"))
 RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
@@ -173,7 +173,6 @@ CONTEST_ITEMS = ("algorithm", "hyperparameters", "code", "five merged checkpoint
 def test_contest_rules_maps_every_submission_item_to_a_file_and_a_verify_check():
     import re
 
-    from tunebox.submission import contents
 
     text = (REPO / "docs/CONTEST_RULES.md").read_text(encoding="utf-8")
     section = text[text.index("## Submission contents"):text.index("## Which checkpoint")]

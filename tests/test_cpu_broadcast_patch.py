@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_decode import random_parameter
 
+from tunebox.model import mf
 from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
-from test_decode import mindformers_env, random_parameter  # noqa: F401  (fixture)
+from tunebox.training.plan import answer_capacity
 
 TINY = get_model_shape("tiny")
 VARIANTS = {
@@ -28,7 +30,6 @@ def tiny_lora_net(ms, spec, seq: int, batch: int, seed: int, **tunebox):
     a zero path checks nothing), in training mode. Without `tunebox` keys: MindFormers' own
     LlamaForCausalLM (build_llama, CPU patch applied); with them (tunebox_answer_capacity=K,
     tunebox_packing=True): the registered TuneboxLlamaForCausalLM the train job runs."""
-    from tunebox.model import mf
 
     if tunebox:
         from mindformers import LlamaConfig
@@ -89,7 +90,6 @@ def test_answer_only_loss_equals_the_full_forward(mindformers_env, variant):
     only: same loss, same gradients as MindFormers' forward over every position, LoRA included (its B
     set non-zero). A capacity below the most counted positions of a row must change the loss: that is
     what the train job's answer_capacity guards against."""
-    from tunebox.training.plan import answer_capacity
 
     ms = mindformers_env[0]
     spec = VARIANTS[variant]

@@ -1,11 +1,10 @@
 """The numpy decoder against MindFormers itself, and the cached batched path against the naive one."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
+from tunebox.evaluation import decode
 from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
 from tunebox.io import InputError
 from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
@@ -38,21 +37,6 @@ def random_parameter(name: str, shape: tuple, rng: np.random.Generator) -> np.nd
 def random_parameters(spec, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {name: random_parameter(name, shape, rng) for name, shape in spec.parameter_shapes().items()}
-
-
-@pytest.fixture(scope="module")
-def mindformers_env(tmp_path_factory):
-    """MindSpore on CPU in PyNative mode, imported from a scratch dir (mindformers writes ./output/log)."""
-    previous = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("mindformers"))
-    try:
-        import mindspore as ms
-        ms.set_context(mode=ms.PYNATIVE_MODE)
-        ms.set_device("CPU")
-        from mindformers import LlamaConfig, LlamaForCausalLM
-        yield ms, LlamaConfig, LlamaForCausalLM
-    finally:
-        os.chdir(previous)
 
 
 def build_mindformers_llama(env, spec, seq_length: int, seed: int):
@@ -145,7 +129,6 @@ def test_cached_batches_equal_no_cache_reference(variant):
 def test_batches_keep_within_the_padded_token_budget(monkeypatch):
     """One long prompt gets a batch of its own instead of padding its neighbours to its length; the
     outputs are the same as with one big batch."""
-    from tunebox.evaluation import decode
 
     spec = VARIANTS["gqa-untied"]
     model = NumpyLlama(random_parameters(spec, seed=3), spec)

@@ -17,6 +17,9 @@ from invoke import Collection
 from invoke.exceptions import ParseError
 from invoke.parser import Parser
 
+import tasks
+from tunebox.cli import job_parser
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [REPO / "README.md", REPO / "docker-compose.yml", REPO / "Dockerfile", *sorted((REPO / "docs").glob("*.md")),
            *sorted((REPO / "recipes").glob("*.yaml")),
@@ -58,7 +61,6 @@ def to_argv(command: str) -> list[str]:
 
 
 def _parser() -> Parser:
-    import tasks
 
     return Parser(contexts=Collection.from_module(tasks).to_contexts())
 
@@ -99,7 +101,6 @@ def test_a_renamed_flag_fails():
 def _job_parser(name: str):
     import importlib
 
-    from tunebox.cli import job_parser
 
     module = importlib.import_module(f"jobs.{name}")
     parser = job_parser(name, module.__doc__)
@@ -111,7 +112,6 @@ def test_every_job_task_takes_its_jobs_options_with_their_help():
     """tasks.py declares no job flag by hand: each job's task has exactly the job's options (less -h), each
     with the job's help, so `invoke <job> --help` explains what `python -m jobs.<job> --help` does. Tried
     with tasks._job_task skipping store_true options (train --render-only, weights --refresh): this fails."""
-    import tasks
 
     by_name = {t.name: t for t in tasks.ns.tasks.values()}
     for name in tasks.JOB_TASKS:
@@ -129,7 +129,6 @@ def test_a_job_task_passes_what_it_is_given_through(monkeypatch):
     """`invoke export --format peft --step 0 --set a=1 --set b=2` runs the job with the same words; flags
     left out are left out (the job's own defaults apply). Tried with the body passing values that are
     empty strings (--out ''): this fails."""
-    import tasks
 
     ran = []
     monkeypatch.setattr(tasks, "_run_job", lambda name, argv: ran.append((name, argv)))

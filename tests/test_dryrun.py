@@ -20,12 +20,11 @@ import pytest
 import yaml
 
 from conftest import REPO
-
+from jobs.dryrun import RANK_PROGRAM, rank_commands
 from tunebox.config import load_spec
 from tunebox.model.dryrun import dryrun_config, parse_size_mb
 from tunebox.model.mf_config import render_train_config
 from tunebox.model.registry import get_model_shape
-from jobs.dryrun import RANK_PROGRAM, rank_commands
 from tunebox.training.plan import plan_steps
 
 STAGE1 = REPO / "recipes" / "stage1-llama3-8b.yaml"
@@ -60,7 +59,7 @@ def test_one_simulated_rank_per_pipeline_stage_with_mindformers_variables(tmp_pa
             "1", str(spec.train.workers), str(rank), str(stage), "1")
         assert env["KEEP"] == "1" and not {"MS_WORKER_NUM", "MS_ROLE", "MS_SCHED_HOST"} & set(env)
         assert env["LOCAL_DEFAULT_PATH"] == str(tmp_path / "output")   # where build_context puts the strategy
-    assert "from jobs.train import run_mindformers" in RANK_PROGRAM and "resume=False" in RANK_PROGRAM
+    assert "from tunebox.model.mf import run_mindformers" in RANK_PROGRAM and "resume=False" in RANK_PROGRAM
 
 
 @pytest.mark.parametrize("strategy_only", [False, True])
@@ -70,7 +69,8 @@ def test_the_ranks_run_the_runs_own_config_writing_only_under_dryrun(tmp_path, s
     cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
                               seq_length=spec.data.seq_length,
                               data_files=[tmp_path / "train.mindrecord"], out_dir=train_dir,
-                              plan=plan_steps(40 * spec.train.batch_size, spec.train), base_checkpoint=tmp_path / "base.ckpt",
+                              plan=plan_steps(40 * spec.train.batch_size, spec.train),
+                              base_checkpoint=tmp_path / "base.ckpt",
                               answer_capacity=24)
     dry = dryrun_config(cfg, out, strategy_only)
     assert str(train_dir) not in yaml.safe_dump(dry)          # nothing lands in the run's train folder

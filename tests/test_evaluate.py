@@ -16,18 +16,22 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, TINY_RECIPE, keeps_90_percent, read_jsonl, run_job, squad_v11
-
-from tunebox.contest import scoring
+from jobs.evaluate import parse_scales
 from tunebox.config import load_spec
+from tunebox.contest import scoring
+from tunebox.contest.rules import choose_checkpoint, param_figures
+from tunebox.data.tokenizer import TextTokenizer
+from tunebox.evaluation import plots
+from tunebox.evaluation.decode import NumpyLlama, length_groups
+from tunebox.evaluation.loop import choice_token_plan, load_squad, longest_answers_in_samples, score_row, summarize
+from tunebox.evaluation.runners import MindFormersRunner, choice_letter_logprobs
+from tunebox.evaluation.scorecard import annotate, contest_figures
 from tunebox.io import InputError
+from tunebox.model import mf
 from tunebox.model.budget import merged_weight_dtype
 from tunebox.model.registry import get_model_shape, llama_config_kwargs
-from tunebox.contest.rules import choose_checkpoint, param_figures
-from jobs.evaluate import parse_scales
-from tunebox.evaluation.scorecard import annotate, contest_figures
-from tunebox.evaluation.loop import choice_token_plan, load_squad, longest_answers_in_samples
-from tunebox.evaluation.decode import length_groups
-from tunebox.evaluation.runners import choice_letter_logprobs
+from tunebox.model.weights import ensure_model
+from tunebox.submission.contents import build_results
 
 SQUAD = SHARED_DATA / "squad" / "dev-subset.jsonl"
 MMLU = SHARED_DATA / "mcq" / "mmlu-subset.jsonl"
@@ -43,7 +47,8 @@ def _ckpt(step: int, acc: float, f1: float, em: float) -> dict:
 
 
 def _figures(spec) -> dict:
-    return contest_figures(spec.stage, param_figures(get_model_shape(spec.model.name), spec.lora.rank, spec.lora.target_modules))
+    return contest_figures(spec.stage, param_figures(get_model_shape(spec.model.name), spec.lora.rank,
+                                                     spec.lora.target_modules))
 
 
 @pytest.fixture
@@ -104,7 +109,6 @@ def test_results_json_carries_evaluates_scorecard(llama3_contest):
     """bundle's results.json rows (contents.build_results, which verify recomputes too) carry the scorecard
     evaluate wrote into its report: one function computes both. Mutant tried: build_results scoring at the
     exact ratio (params["ratio"]) instead of through scorecard() -> the scores differ and this fails."""
-    from tunebox.submission.contents import build_results
 
     base = {"model": "base", "squad": {"f1": 60.0, "em": 45.0}}
     tuned = [annotate(_ckpt(s, a, f1, em), base, llama3_contest)
@@ -151,7 +155,6 @@ def test_parse_scales():
 
 
 def test_squad_rows_are_validated_with_file_and_line(tmp_path, tiny_cache):
-    from tunebox.data.tokenizer import TextTokenizer
 
     tok = TextTokenizer.load(tiny_cache / "models" / "tiny")
     good = SQUAD.read_text(encoding="utf-8").splitlines()[:3]
@@ -185,9 +188,6 @@ def _reference_logprobs(model, prompts, letter_ids) -> np.ndarray:
 
 
 def test_mcq_logprob_method_on_tiny(tiny_cache):
-    from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.registry import get_model_shape
-    from tunebox.data.tokenizer import TextTokenizer
 
     model_dir = tiny_cache / "models" / "tiny"
     tok = TextTokenizer.load(model_dir)
@@ -220,8 +220,8 @@ def _letter_by_hand(text: str):
     m = re.search(r"[(\[]\s*([A-D])\s*[)\]]", text)
     if m:
         return m.group(1)
-    opening = re.match(r"\s*(?:([B-D])(?:\s*[.:、)]|\s|$)|(A)(?:\s*[.:、)]|\s*$|\s+(?![a-z]))|([a-d])(?:\s*[.:、)]|\s*$))",
-                       text)
+    opening = re.match(r"\s*(?:([B-D])(?:\s*[.:、)]|\s|$)|(A)(?:\s*[.:、)]|\s*$|\s+(?![a-z]))"
+                       r"|([a-d])(?:\s*[.:、)]|\s*$))", text)
     if opening:
         return next(g for g in opening.groups() if g).upper()
     m = re.search(r"\boption\s+([A-D])\b", text, re.I)
@@ -230,7 +230,8 @@ def _letter_by_hand(text: str):
     lone = set()
     for m in re.finditer(r"(?<![A-Za-z'])([A-D])(?![A-Za-z'])", text):
         before = text[:m.start()].rstrip(" \t\"'“‘(")
-        if m.group(1) == "A" and re.match(r"\s+[a-z]", text[m.end():]) and (not before or before[-1] in ".!?:\n。！？："):
+        sentence_start = not before or before[-1] in ".!?:\n。！？："
+        if m.group(1) == "A" and re.match(r"\s+[a-z]", text[m.end():]) and sentence_start:
             continue
         lone.add(m.group(1))
     return lone.pop() if len(lone) == 1 else None
@@ -343,12 +344,12 @@ def test_tiny_report_has_emf1_retention_beside_the_official_one(tiny_run, tmp_pa
 def test_new_token_limits_come_from_training_answers_only(tiny_run):
     """Recompute the per-family limits from the raw file, skipping held-out and rejected rows,
     with the tokenizer directly (evaluate reads them from prep's stats, or its token arrays)."""
-    from tunebox.data.tokenizer import TextTokenizer
 
     spec = load_spec(TINY_RECIPE)
     prep = tiny_run["run_dir"] / "prep"
     tok = TextTokenizer.load(tiny_run["cache"] / "models" / "tiny")
-    skip = {r["line"] for r in read_jsonl(prep / "heldout.jsonl")} | {r["line"] for r in read_jsonl(prep / "rejects.jsonl")}
+    skip = ({r["line"] for r in read_jsonl(prep / "heldout.jsonl")}
+            | {r["line"] for r in read_jsonl(prep / "rejects.jsonl")})
     longest: dict[str, int] = {}
     source = spec.resolve(spec.data.train_file)
     for line, text in enumerate(source.read_text(encoding="utf-8").splitlines()[:spec.data.max_rows], start=1):
@@ -408,7 +409,6 @@ def _has_colour(rgb: np.ndarray, ax, x: float, y: float, colour: str, radius: in
 def test_line_chart_shows_each_point_where_its_value_is_and_gaps_as_gaps(tmp_path):
     """The PNG line_chart writes, read back pixel by pixel: every point of every series has its
     series' colour where matplotlib's axes put that value, and a None leaves no line across it."""
-    from tunebox.evaluation import plots
 
     xs = [0, 1, 2, 3, 4]
     a, b = [0.1, None, 0.5, 0.4, 0.9], [0.8, 0.7, 0.6, 0.3, 0.2]
@@ -436,7 +436,6 @@ def test_line_chart_shows_each_point_where_its_value_is_and_gaps_as_gaps(tmp_pat
 
 
 def test_bar_chart_draws_each_value_as_a_bar_of_that_length(tmp_path):
-    from tunebox.evaluation import plots
 
     cats, series = ["x", "y"], {"m1": [0.2, None], "m2": [1.0, 0.6]}
     kw = dict(title="t", xlabel="v", x_range=(0.0, 1.0))
@@ -488,10 +487,6 @@ def test_scale_dial_ends_are_the_base_model_and_the_merged_checkpoint(tiny_run, 
 
 @pytest.mark.slow
 def test_smollm2_letters_are_single_tokens_and_logprobs_match_unpadded():
-    from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.registry import get_model_shape
-    from tunebox.data.tokenizer import TextTokenizer
-    from tunebox.model.weights import ensure_model
 
     model_dir = ensure_model("smollm2-135m")
     tok = TextTokenizer.load(model_dir)
@@ -530,7 +525,6 @@ class _StubNet:
 
 
 def _stub_runner(net, batch_size: int):
-    from tunebox.evaluation.runners import MindFormersRunner
 
     runner = MindFormersRunner.__new__(MindFormersRunner)   # __init__ builds the real network
     runner.net, runner.batch_size = net, batch_size
@@ -565,8 +559,6 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     parameters (rotary float32 beside bf16), float32 norms and softmax, the fused kernels, and the KV cache."""
     import mindformers.models.llama as mf_llama
 
-    from tunebox.model import mf
-    from tunebox.evaluation.runners import MindFormersRunner
 
     built = {}
 
@@ -586,7 +578,8 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
                                dtype=merged_weight_dtype(spec.merge, spec.train), batch_size=spec.eval.batch_size,
                                output_dir=spec.run_dir)
     c = built["config"]
-    assert (built["device"], built["mode"], built["ckpt"], built["train"]) == ("Ascend", "graph", tmp_path / "model.ckpt",
+    assert (built["device"], built["mode"], built["ckpt"], built["train"]) == ("Ascend", "graph",
+                                                                               tmp_path / "model.ckpt",
                                                                                False)
     assert [str(x) for x in (c.compute_dtype, c.param_init_type)] == [ms_name] * 2
     # rotary in float32 beside bf16, in fp16 beside fp16: the contest's stage-1 and stage-2 configs
@@ -599,7 +592,6 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     assert str(cpu.compute_dtype) == "Float32" and not cpu.use_flash_attention and not cpu.fused_rms_norm
     assert cpu.use_rope_slice is True
 def test_summarize_reports_the_graded_measure_per_family_and_per_source():
-    from tunebox.evaluation.loop import score_row, summarize
 
     ref = {"prompt": "计算 3963.85 * -5055.68 等于多少？", "reference": "3963.85 * -5055.68 = -20039957.1680"}
     rows = [score_row("math", "3963.85 * -5055.68 = -20039957.1680", {**ref, "source": "split"}),

@@ -15,6 +15,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_RECIPE, cannot_run, job_env, read_jsonl, run_job
+from tunebox.config import load_spec
+from tunebox.data.prompts import spec_prompt
+from tunebox.evaluation.decode import NumpyLlama
+from tunebox.model.registry import get_model_shape
+from tunebox.model.weights import load_tokenizer
 
 LOCAL = REPO / "recipes" / "local-smollm2.yaml"
 
@@ -67,8 +72,6 @@ def hf_answers(folder: Path, problems: list[str], max_new_tokens: list[int]) -> 
 
 
 def tunebox_prompt_ids(spec, problems: list[str]) -> list[list[int]]:
-    from tunebox.data.prompts import spec_prompt
-    from tunebox.model.weights import load_tokenizer
 
     tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     return [tok.encode(spec_prompt(tok, p, spec.data)) for p in problems]
@@ -89,9 +92,6 @@ def tiny_exports(tiny_run):
 def test_tiny_export_is_the_judged_model(tiny_exports, fmt):
     """Mutants that fail here: lora_alpha written as r (scaling 1 instead of alpha/r; peft); lora_A holding
     B transposed (peft); gate_proj/up_proj swapped on the way to HF names (hf)."""
-    from tunebox.config import load_spec
-    from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.registry import get_model_shape
 
     torch, _, _ = hf_stack()
     run, step = tiny_exports["run"], tiny_exports["step"]
@@ -118,20 +118,19 @@ def test_export_base_and_a_text_template(tiny_run, tmp_path):
     Mutants that fail: the text after the problem dropped; the recipe's text pasted into the Jinja
     template unescaped; the folder left 0700 (mkdtemp's mode). (repr() for the literals instead of JSON
     passes: Jinja reads both alike.)"""
-    from tunebox.config import load_spec
-    from tunebox.data.prompts import spec_prompt
-    from tunebox.model.weights import load_tokenizer
 
     _, transformers, _ = hf_stack()
     template = 'Q "1" {{x}} {% \\ 数学 🙂:\n{problem}\n\nA:'
-    args = (f"runs_dir={tiny_run['runs']}", f"data.template={json.dumps(template, ensure_ascii=False)}")  # --set reads YAML
+    args = (f"runs_dir={tiny_run['runs']}",
+            f"data.template={json.dumps(template, ensure_ascii=False)}")  # --set reads YAML
     out = tmp_path / "base"
     export(TINY_RECIPE, tiny_run["cache"], tiny_run["work"], "--format", "hf", "--step", "0", "--out", str(out),
            overrides=args)
     spec = load_spec(TINY_RECIPE, list(args))
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     problem = "What is {a} + 'b'?\n第二行"
-    rendered = tok.apply_chat_template([{"role": "user", "content": problem}], add_generation_prompt=True, tokenize=False)
+    rendered = tok.apply_chat_template([{"role": "user", "content": problem}], add_generation_prompt=True,
+                                       tokenize=False)
     ours = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     assert rendered == spec_prompt(ours, problem, spec.data)
     assert out.stat().st_mode & 0o777 == 0o755      # a server running as another user can read it
@@ -162,7 +161,8 @@ def test_smollm2_adapter_answers_as_the_decoder(tmp_path):
             "train.lr=2.0e-3"]
     for job in ("prep", "train"):
         run_job(job, LOCAL, cache, tmp_path, *args, timeout=1800)
-    step = json.loads((runs / "local-smollm2" / "train" / "checkpoints" / "index.json").read_text())["checkpoints"][-1]["step"]
+    index = runs / "local-smollm2" / "train" / "checkpoints" / "index.json"
+    step = json.loads(index.read_text())["checkpoints"][-1]["step"]
     export(LOCAL, cache, tmp_path, "--format", "peft", "--step", str(step), overrides=args)
     rows = read_jsonl(REPO.parent / "shared" / "data" / "math" / "contest-sample.jsonl")[:6]
     problems = [" ".join(r["problem"].split()) for r in rows]     # one line each, for chat's stdin

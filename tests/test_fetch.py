@@ -4,8 +4,8 @@ must never appear under the final name."""
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import random
 import re
 import subprocess
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import tunebox.fetch as fetch_mod
+from jobs.fetch import main as fetch_main
 from tunebox.fetch import ChecksumMismatch, FetchError, fetch_file, fetch_manifest, read_file_list
 from tunebox.io import InputError
-from jobs.fetch import main as fetch_main
 
 REPO = Path(__file__).resolve().parents[1]
 PAYLOAD = random.Random(1234).randbytes(2 * 1024 * 1024 + 12345)  # ~2 MB, not a round size

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from benches.bench_prep import time_generate
 from jobs import generate as gen
 from tunebox.contest import mathgen
-from tunebox.io import InputError
 from tunebox.contest.scoring import extract_answer_number
+from tunebox.io import InputError
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math" / "contest-sample.jsonl"
 
@@ -202,7 +203,6 @@ def test_cli_exit_codes(tmp_path, capsys):
 
 
 def test_bench_generate_reports_figures(tmp_path):
-    from benches.bench_prep import time_generate
 
     started = time.perf_counter()
     figures = time_generate(rows=3000, workers=1, seed=5)

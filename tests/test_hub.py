@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
-import os
 import re
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import pytest
 
 from tests.conftest import MATH_SAMPLE, REPO, TINY_RECIPE, job_env
 from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
-from tunebox.fetch import HubSource, download_hub_snapshot, parse_hub_source
+from tunebox.fetch import HubSource, download_hub_snapshot, parse_hub_source, split_hub_source
 from tunebox.io import InputError
 from tunebox.model.checkpoint import load_checkpoint_numpy
 from tunebox.model.registry import get_model_shape, with_overrides
@@ -169,6 +168,19 @@ def test_a_hub_source_without_a_revision_is_refused(tmp_path):
     with pytest.raises(InputError, match="not hf:<org>/<name>@<revision>"):
         parse_hub_source("hf:no-org@v1")
 
+
+
+def test_an_unpinned_registry_source_splits_for_export_but_is_refused_for_download():
+    """The registry names stage 1's base repository unpinned; `invoke export` only needs the repository for
+    the adapter's base_model_name_or_path, so split_hub_source reads it (revision None), while
+    parse_hub_source, for a download, still refuses it. Mutant tried: split_hub_source refusing a source
+    without a revision (parse_hub_source's check moved into it) -> this test fails."""
+    source = get_model_shape("llama3-8b").source
+    assert split_hub_source(source) == HubSource("hf", "meta-llama/Meta-Llama-3-8B", None)
+    assert split_hub_source("hf:org/name@v2") == HubSource("hf", "org/name", "v2")
+    assert split_hub_source(get_model_shape("tiny").source) is None
+    with pytest.raises(InputError, match="has no revision"):
+        parse_hub_source(source)
 
 def test_modelers_source_goes_through_openmind_hub_at_the_pinned_revision(tmp_path, monkeypatch):
     calls = {}

@@ -4,8 +4,8 @@ Without an engine: the Dockerfile is parsed per stack with that stack's build ar
 the rules (FROM a build arg: local, or a registry image by tag or digest; no `# syntax`, non-root
 final stage, the CA only as the builder's secret); each rule is also broken on purpose to show the
 check catches it; hadolint runs with .hadolint.yaml and its rules are broken on purpose too. The
-build context, the CA scan and the compose graph are checked on real files. With a Docker engine (mark `docker`): the built
-cpu image's labels, image.json, user and stack, and the CA scan against a deliberately leaky image.
+build context, the CA scan and the compose graph are checked on real files. With a Docker engine (mark
+`docker`): the built cpu image's labels, image.json, user and stack, and the CA scan against a deliberately leaky image.
 
 The OCI labels say when the image was made and under which licence, the
 same facts reach /etc/tunebox/image.json, no project file names a development machine's path,
@@ -32,15 +32,18 @@ import pytest
 import yaml
 
 from conftest import cannot_run, docker_engine, docker_image
-from images import build as image_cli, buildkit, ca_scan, dockerfile, lint as image_lint, pin, stacks
-from images.compose_up import STEPS, compose_services, profile_overrides, service_name
+from images import build as image_cli
+from images import buildkit, ca_scan, dockerfile, pin, stacks
+from images import lint as image_lint
+from images.compose_up import compose_services, profile_overrides, service_name
 from tunebox.config import load_spec
+from tunebox.contest.rules import CONTEST_STACK
 from tunebox.deploy.k8s import host_data_root
 from tunebox.images import image_tags, project_version
 from tunebox.io import InputError
+from tunebox.layout import PIPELINE
+from tunebox.model.checkpoint import save_checkpoint_numpy
 from tunebox.submission.code_archive import make_code_archive
-
-
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE_TEXT = (REPO / "Dockerfile").read_text(encoding="utf-8")
@@ -116,10 +119,10 @@ def test_contest_stack_is_python39_on_bullseye_without_tunebox():
     assert (args["PYTHON"], args["BASE_IMAGE"], args["INSTALL_TUNEBOX"]) == (
         "python3.9", "tunebox/debian-bullseye:base", "0")
     # the contest's versions, cited in tunebox/contest/rules.py (the winner's init_run.sh, MindFormers v1.1.0's README)
-    from tunebox.contest.rules import CONTEST_STACK
 
     assert (args["MINDSPORE_VERSION"], args["MINDFORMERS_VERSION"], args["CANN_VERSION"]) == (
-        CONTEST_STACK["mindspore"], CONTEST_STACK["mindformers"], CONTEST_STACK["cann"]) == ("2.3.0rc2", "1.1.0", "8.0.RC1")
+        CONTEST_STACK["mindspore"], CONTEST_STACK["mindformers"], CONTEST_STACK["cann"]) == ("2.3.0rc2", "1.1.0",
+                                                                                             "8.0.RC1")
     pins = (REPO / "images/contest-2024/constraints.txt").read_text()
     assert "mindspore==2.3.0rc2" in pins and "mindformers==1.1.0" in pins and "mindpet==1.0.4" in pins
 
@@ -197,13 +200,16 @@ BROKEN = {
     "root user": (lambda t: t.replace("USER ${TUNEBOX_UID}:${TUNEBOX_UID}", "USER root"), "non-root"),
     "no user": (lambda t: t.replace("USER ${TUNEBOX_UID}:${TUNEBOX_UID}\n", ""), "no USER"),
     "CA secret copied into a layer": (lambda t: t.replace("    sh /build/build-venv.sh deps",
-                                                          "    cp /build/ca/ca-certificates.crt /opt/venv/ && sh /build/build-venv.sh deps"),
+                                                          "    cp /build/ca/ca-certificates.crt /opt/venv/ && sh "
+                                                          "/build/build-venv.sh deps"),
                                       "names /build/ca"),
     "CA secret where pip does not look": (lambda t: t.replace("id=ca,target=/build/ca/ca-certificates.crt", "id=ca", 1),
                                           "build-venv.sh reads"),
     "CA secret in the final stage": (lambda t: t.replace("RUN groupadd", "RUN --mount=type=secret,id=ca,target="
-                                                         "/build/ca/ca-certificates.crt groupadd"), "mounts the CA secret"),
-    "CA path in ENV": (lambda t: t.replace("    PYTHONUNBUFFERED=1 \\", "    PIP_CERT=/build/ca/ca.crt \\\n    PYTHONUNBUFFERED=1 \\"),
+                                                         "/build/ca/ca-certificates.crt groupadd"), "mounts the CA "
+                                                         "secret"),
+    "CA path in ENV": (lambda t: t.replace("    PYTHONUNBUFFERED=1 \\", "    PIP_CERT=/build/ca/ca.crt \\\n    "
+                                           "PYTHONUNBUFFERED=1 \\"),
                        "mentions"),
 }
 
@@ -602,11 +608,12 @@ def re_wrap(pem: bytes, width: int) -> bytes:
 @pytest.mark.parametrize("profile", ["cpu", "ascend"])
 def test_compose_runs_the_steps_in_order_on_one_volume(profile):
     services = compose_services()
-    for i, step in enumerate(STEPS):
+    for i, step in enumerate(PIPELINE):
         service = services[service_name(step, profile)]
         assert service["profiles"] == [profile]
         assert service["command"][:5] == ["python", "-m", f"jobs.{step}", "--config", "/app/recipes/run.yaml"]
-        expected = {} if i == 0 else {service_name(STEPS[i - 1], profile): {"condition": "service_completed_successfully"}}
+        expected = {} if i == 0 else {service_name(PIPELINE[i - 1],
+                                                   profile): {"condition": "service_completed_successfully"}}
         assert service.get("depends_on", {}) == expected
         volumes = {v["target"]: v for v in service["volumes"]}
         assert volumes["/data"] == {"type": "volume", "source": "tunebox-data", "target": "/data"}
@@ -862,7 +869,6 @@ def fake_submission(folder: Path, names=("model.layers.0.attention.wq.weight", "
 
     import numpy as np
 
-    from tunebox.model.checkpoint import save_checkpoint_numpy
     rng = np.random.default_rng(0)
     for step in (10, 20):
         path = folder / "checkpoints" / f"step-{step:06d}" / "model.ckpt"
@@ -929,7 +935,8 @@ def test_submission_check_runs_on_the_contest_python(tmp_path):
 def test_contest_image_carries_the_submission_check():
     args = stacks.load_stack("contest-2024").build_args
     parsed, problems = image_lint.lint_dockerfile((REPO / "Dockerfile").read_text(),
-                                          stacks.build_args_for(stacks.load_stack("contest-2024"), "t", revision=REVISION))
+                                          stacks.build_args_for(stacks.load_stack("contest-2024"), "t",
+                                                                revision=REVISION))
     assert problems == []
     copies = [i.resolved.split() for i in parsed.final.instructions if i.keyword == "COPY"]
     assert ["images/check_submission.py", "/usr/local/bin/tunebox-check-submission"] in copies

@@ -39,15 +39,16 @@ import yaml
 from conftest import cannot_run
 from images.compose_up import compose_services
 from tunebox import layout
+from tunebox import manifest as mf
 from tunebox.config import load_spec
 from tunebox.deploy import ascend
+from tunebox.deploy.crd_schema import derive
 from tunebox.deploy.crd_schema import validate as validate_offline
 from tunebox.deploy.k8s import find_kubectl, list_overlays, overlay_shape, plan_render, render, template_paths
 from tunebox.images import project_version
 from tunebox.io import InputError
 from tunebox.manifest import ascend_info
 from tunebox.model.budget import estimate_disk
-
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny.yaml"
@@ -133,7 +134,8 @@ def test_overlay_renders_valid_manifests_from_the_spec(overlay):
 
     assert container["image"] == f"tunebox:{project_version()}-{STACK[overlay]}"
     assert {"name": "TUNEBOX_IMAGE", "value": container["image"]} in container["env"]
-    assert container["args"][:5] == ["tunebox-pipeline", "--config", "/app/recipes/run.yaml", "--set", "runs_dir=/data/runs"]
+    assert container["args"][:5] == ["tunebox-pipeline", "--config", "/app/recipes/run.yaml", "--set",
+                                     "runs_dir=/data/runs"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     for key in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
@@ -290,11 +292,13 @@ def test_multi_node_pod_0_runs_everything_and_hosts_the_scheduler(tmp_path):
     done, calls = run_pipeline(tmp_path, cluster)
     assert done.returncode == 0, done.stderr
     prep, job_dir, train, merge = calls
-    assert prep.startswith("python -m jobs.prep") and prep.endswith("MS_WORKER_NUM=")   # single-process: no cluster vars
+    assert prep.startswith("python -m "
+                           "jobs.prep") and prep.endswith("MS_WORKER_NUM=")   # single-process: no cluster vars
     assert job_dir.startswith("python - train")
     assert train.startswith("msrun --worker_num=8 --local_worker_num=4 --master_addr=localhost --master_port=8118 "
                             "--node_rank=0 --log_dir=/data/runs/tiny/train/msrun/node-0 --join=True")
-    assert "/app/jobs/train_worker.py --config /app/recipes/run.yaml --set runs_dir=/data/runs --set train.workers=8" in train
+    assert ("/app/jobs/train_worker.py --config /app/recipes/run.yaml --set runs_dir=/data/runs "
+            "--set train.workers=8") in train
     assert merge.startswith("python -m jobs.merge")
 
 
@@ -485,7 +489,8 @@ def test_cpu_pods_get_nothing_of_ascend():
 @pytest.mark.parametrize("profile_service", ["prep-ascend", "train-ascend", "bundle-ascend"])
 def test_compose_ascend_services_use_the_same_host_paths_and_devices(profile_service):
     service = compose_services()[profile_service]
-    binds = [v for v in service["volumes"] if v["type"] == "bind" and v["source"].startswith(("/usr/local", "/etc/asc"))]
+    binds = [v for v in service["volumes"] if v["type"] == "bind" and v["source"].startswith(("/usr/local",
+                                                                                              "/etc/asc"))]
     assert binds == ascend.compose_binds()
     assert service["devices"] == ascend.device_files(4)
     cpu = compose_services()[profile_service.removesuffix("-ascend")]
@@ -594,7 +599,8 @@ def test_indexed_job_is_gang_scheduled_by_volcano():
 @pytest.mark.parametrize("overlay", sorted(SETS))
 def test_runs_claim_is_sized_from_the_spec(overlay):
     docs = docs_of(overlay)
-    claims = {c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"] for c in docs["PersistentVolumeClaim"]}
+    claims = {c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"]
+              for c in docs["PersistentVolumeClaim"]}
     # tiny by hand: 123,200 parameters, 3,584 LoRA; 4P base + 2P source + 5 x 4P merged + 2 x (4P + 12 x LoRA)
     # resume + 5 x 4 x LoRA = 4,346,496 bytes, x 1.2 headroom = 5 MB: the 1 GiB minimum
     assert claims["tunebox-runs"] == "1Gi"
@@ -621,7 +627,8 @@ def test_llama3_8b_disk_holds_base_source_and_five_merged_checkpoints():
     # x 1.2 = 192,906,205,593 bytes = 179.66 GiB, rounded up
     assert est.gib == 180
     claims = docs_of("ascend-4card", spec=REPO / "recipes" / "stage1-llama3-8b.yaml")["PersistentVolumeClaim"]
-    assert {c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"] for c in claims}["tunebox-runs"] == "180Gi"
+    storage = {c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"] for c in claims}
+    assert storage["tunebox-runs"] == "180Gi"
 
 
 @pytest.mark.usefixtures("kubectl")   # every test of this part renders
@@ -753,7 +760,6 @@ def test_manifest_reads_the_cann_85_layout(tmp_path):
 
 @pytest.mark.usefixtures("kubectl")   # every test of this part renders
 def test_crd_derivation_reads_openapi_the_way_the_api_server_does():
-    from tunebox.deploy.crd_schema import derive
     crd = {"metadata": {"name": "things.example.com"},
            "spec": {"group": "example.com", "names": {"kind": "Thing"}, "versions": [{"name": "v1", "schema": {
                "openAPIV3Schema": {"type": "object", "properties": {
@@ -823,7 +829,8 @@ def test_render_only_keeps_the_claims():
 
 
 @pytest.mark.usefixtures("kubectl")   # every test of this part renders
-@pytest.mark.parametrize("heading", ["### Apply: one 4-card job", "### Apply: 2 nodes x 8 cards under the Ascend operator"])
+@pytest.mark.parametrize("heading", ["### Apply: one 4-card job", "### Apply: 2 nodes x 8 cards under the Ascend "
+                                     "operator"])
 def test_the_documented_apply_sequences_render_and_validate(heading, tmp_path):
     """docs/CONTAINERS.md's render commands, run as written (output redirected to tmp_path)."""
     import shlex
@@ -899,7 +906,6 @@ def test_the_ascend_first_run_checklist_runs_as_written(tmp_path):
 
 @pytest.mark.usefixtures("kubectl")   # every test of this part renders
 def test_manifest_records_a_missing_cann_on_an_ascend_image_only(tmp_path, monkeypatch, caplog):
-    from tunebox import manifest as mf
     labels = tmp_path / "image.json"
     monkeypatch.setenv("TUNEBOX_IMAGE_LABELS", str(labels))
     monkeypatch.setattr(mf, "ASCEND_ROOT", tmp_path / "no-ascend")

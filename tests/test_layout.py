@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+import tasks
 from tunebox import layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,6 @@ def test_every_copy_of_the_job_order_is_the_declared_one():
     that cannot import it (docker-compose.yml's depends_on chains, images/pipeline.sh's default and each
     Kubernetes manifest's TUNEBOX_STEPS) are held against it here. Tried with the cpu profile's evaluate
     service running jobs.bundle: this fails."""
-    import tasks
 
     services = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))["services"]
     found = {f"docker-compose.yml profile {profile}": " ".join(services[name]["command"][2].removeprefix("jobs.")

@@ -23,14 +23,13 @@ import pytest
 
 from benches.bench_ref_torch import batch_loss, batch_tensors, build_model
 from benches.bench_train import bench_overrides, export_reference_inputs, run_tunebox
+from conftest import TINY_RECIPE, cannot_run, run_job
 from tunebox.config import load_spec
 from tunebox.data.samples import read_mindrecord
 from tunebox.evaluation.decode import NumpyLlama
 from tunebox.model.registry import get_model_shape
 from tunebox.model.weights import load_tokenizer
 from tunebox.run_checkpoints import base_checkpoint
-
-from conftest import TINY_RECIPE, cannot_run, run_job
 
 TOTAL_STEPS = 2          # bench.train's warm-up step + one measured step (run_tunebox needs both)
 TOLERANCE = 1e-4         # the bar; float32 on both sides agrees to about 1e-5

@@ -10,13 +10,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import tunebox.manifest as manifest_mod
+from conftest import cannot_run
 from jobs.env import main
-from tunebox.config import RunSpec
-from tunebox.manifest import (ascend_info, container_info, describe_file, environment_manifest, file_stamp,
-                                git_state, parse_npu_smi, pip_freeze, write_job_manifest)
+from tunebox.config import RunSpec, load_spec
+from tunebox.manifest import (
+    ascend_info,
+    container_info,
+    describe_file,
+    environment_manifest,
+    file_stamp,
+    git_state,
+    parse_npu_smi,
+    pip_freeze,
+    write_job_manifest,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MATH_SAMPLE = REPO / "../shared/data/math/contest-sample.jsonl"
@@ -146,7 +154,6 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def test_git_commit_and_dirty_flag_in_a_temporary_repository(tmp_path):
-    from conftest import cannot_run
 
     if shutil.which("git") is None:
         cannot_run("needs the git binary")
@@ -265,7 +272,6 @@ def test_cli_prints_json_and_rejects_bad_input(tmp_path, capsys):
 
 
 def test_spec_hash_names_what_runs_not_where():
-    from tunebox.config import load_spec
 
     here = load_spec("recipes/tiny.yaml", ["runs_dir=/tmp/a"])
     assert load_spec("recipes/tiny.yaml", ["runs_dir=/runs"]).spec_hash() == here.spec_hash()

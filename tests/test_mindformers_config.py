@@ -11,12 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_bundle import rewrite_sums
 
-from conftest import REPO, TINY_RECIPE
-
+import jobs.verify as verify_mod
+from conftest import REPO, TINY_RECIPE, run_job
 from tunebox.config import load_spec
+from tunebox.io import InputError
+from tunebox.model import budget
 from tunebox.model.mf_config import dump, render_predict_config, render_train_config, topology
-from tunebox.model.registry import get_model_shape, mindformers_target_regex
+from tunebox.model.registry import get_model_shape, mindformers_target_regex, with_overrides
 from tunebox.training.plan import plan_steps
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
@@ -83,7 +86,6 @@ def test_stage1_recipe_states_the_contests_topology(tmp_path):
     (["train.grad_accum=2"], "MindFormers accumulates gradients only in semi_auto_parallel"),
 ])
 def test_impossible_topologies_are_refused_at_load(overrides, message):
-    from tunebox.io import InputError
 
     with pytest.raises(InputError, match=message):
         load_spec(TINY_RECIPE, ["train.workers=2"] + overrides if "train.workers=4" not in overrides else overrides)
@@ -100,7 +102,6 @@ def test_the_rendered_config_builds_the_model_with_its_lora(recipe, tmp_path, mf
     from mindformers.tools.register import MindFormerModuleType, MindFormerRegister
 
     import tunebox.model.mf_extensions  # noqa: F401  (registers the tunebox classes, as auto_register would)
-    from tunebox.model.registry import with_overrides
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device("CPU")
@@ -145,10 +146,7 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
     """The bundle's mindformers/ folder: the config train ran, its run paths made relative; a predict
     config for the chosen checkpoint; the registered classes. verify loads both with MindFormerConfig
     and fails a predict.yaml whose checkpoint is not in the submission."""
-    from conftest import run_job
-    from test_bundle import rewrite_sums
 
-    import jobs.verify as verify_mod
 
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run["run_dir"], runs / "tiny", ignore=shutil.ignore_patterns("submission"))
@@ -163,7 +161,8 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
     predict = yaml.safe_load((sub / "mindformers" / "predict.yaml").read_text())
     chosen = json.loads((sub / "results.json").read_text())["chosen"]["model"]
     assert predict["load_checkpoint"] == f"../checkpoints/{chosen}/model.ckpt"
-    assert (sub / "mindformers" / "mf_extensions.py").read_bytes() == (REPO / "tunebox/model/mf_extensions.py").read_bytes()
+    extensions = (REPO / "tunebox/model/mf_extensions.py").read_bytes()
+    assert (sub / "mindformers" / "mf_extensions.py").read_bytes() == extensions
 
     assert verify_mod.main([str(sub)]) == 0
     assert "mindformers" in capsys.readouterr().out
@@ -179,7 +178,6 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
 def test_card_memory_of_the_contest_topology_worked_by_hand():
     """Llama3-8B, 4 cards model_parallel 4, 64 rows of 256 tokens, bf16, recompute on (the contest's
     setting), against figures worked here from the formula's terms."""
-    from tunebox.model import budget
 
     m = get_model_shape("llama3-8b")
     mem = budget.card_memory(m, seq_length=256, global_batch=64, data_parallel=1, model_parallel=4, pipeline_stage=1,
@@ -204,8 +202,8 @@ def test_the_rendered_optimizer_updates_as_the_contests_adam_weight_decay(tmp_pa
     the first update is lr * 0.1 g / (sqrt(0.001) |g|) = 3.16 lr per element, where a bias-corrected
     AdamW moves lr."""
     import mindspore as ms
-    from mindspore import Parameter, Tensor
     from mindformers.core.optim import build_optim
+    from mindspore import Parameter, Tensor
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device("CPU")

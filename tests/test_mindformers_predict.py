@@ -14,7 +14,15 @@ import shutil
 
 import pytest
 import yaml
+from test_bundle import rewrite_sums
 
+import jobs.verify as verify_mod
+from tunebox.config import load_spec
+from tunebox.data.prompts import spec_prompt
+from tunebox.data.tokenizer import TextTokenizer
+from tunebox.evaluation.decode import NumpyLlama, greedy_generate
+from tunebox.model.registry import get_model_shape
+from tunebox.submission.mf_predict import greedy_answer
 
 NEW_TOKENS = 6
 
@@ -27,10 +35,6 @@ def judged(tiny_bundle):
 
 def tunebox_answer(sub, checkpoint_rel: str, prompt_ids: list[int]) -> str:
     """tunebox's numpy decoder on the same checkpoint: the expectation."""
-    from tunebox.config import load_spec
-    from tunebox.data.tokenizer import TextTokenizer
-    from tunebox.evaluation.decode import NumpyLlama, greedy_generate
-    from tunebox.model.registry import get_model_shape
 
     spec = load_spec(sub / "hyperparams.yaml")
     tok = TextTokenizer.load(sub / "tokenizer")
@@ -41,9 +45,6 @@ def tunebox_answer(sub, checkpoint_rel: str, prompt_ids: list[int]) -> str:
 
 def heldout_prompt(sub) -> tuple[str, list[int]]:
     """The first held-out row in the training template, as text and as tunebox's token ids."""
-    from tunebox.config import load_spec
-    from tunebox.data.prompts import spec_prompt
-    from tunebox.data.tokenizer import TextTokenizer
 
     spec = load_spec(sub / "hyperparams.yaml")
     tok = TextTokenizer.load(sub / "tokenizer")
@@ -53,7 +54,6 @@ def heldout_prompt(sub) -> tuple[str, list[int]]:
 
 
 def test_bundled_predict_yaml_runs_in_mindformers_and_answers_as_tunebox(judged):
-    from tunebox.submission.mf_predict import greedy_answer
 
     sub = judged["sub"]
     predict = yaml.safe_load((sub / "mindformers/predict.yaml").read_text(encoding="utf-8"))
@@ -73,7 +73,6 @@ def test_predict_check_refuses_a_checkpoint_that_does_not_fit(judged, tmp_path):
     """Strict loading: a checkpoint with a parameter missing is an error, not a silently random weight."""
     import mindspore as ms
 
-    from tunebox.submission.mf_predict import greedy_answer
 
     sub = judged["sub"]
     predict = yaml.safe_load((sub / "mindformers/predict.yaml").read_text(encoding="utf-8"))
@@ -90,7 +89,6 @@ def test_predict_check_refuses_a_checkpoint_of_another_dtype(judged, tmp_path):
     reverse): MindSpore would convert it without a word when loading is not strict; here it is an error."""
     import mindspore as ms
 
-    from tunebox.submission.mf_predict import greedy_answer
 
     sub = judged["sub"]
     predict = yaml.safe_load((sub / "mindformers/predict.yaml").read_text(encoding="utf-8"))
@@ -104,9 +102,7 @@ def test_predict_check_refuses_a_checkpoint_of_another_dtype(judged, tmp_path):
 
 
 def test_verify_rerun_runs_predict_yaml_through_mindformers(judged, tmp_path, capsys):
-    from test_bundle import rewrite_sums
 
-    import jobs.verify as verify_mod
 
     sub = tmp_path / "submission"
     shutil.copytree(judged["sub"], sub)

@@ -9,7 +9,6 @@ import sysconfig
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 
 from conftest import TINY_RECIPE, cannot_run, read_jsonl, run_job

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tunebox.contest import mathgen, rules, scoring
+from tunebox.contest.scoring import mcq_language, mcq_prompt
 from tunebox.model.registry import get_model_shape
 
 
@@ -132,7 +133,8 @@ def test_choose_checkpoint_when_retention_is_unknown():
                                  "measured (eval.squad_file), so validity under the contest rule is unknown")
     mixed = rules.choose_checkpoint([cand("a", 1, 0.5, 0.2, True), cand("b", 2, 0.6, 0.3, None),
                                      cand("c", 3, 0.9, 0.3, False)])
-    assert (mixed["model"], mixed["valid"], mixed["rule"]) == ("b", None, "score among checkpoints not failing retention")
+    assert (mixed["model"], mixed["valid"], mixed["rule"]) == ("b", None, "score among checkpoints not failing "
+                                                               "retention")
     assert mixed["reason"] == ("highest stage score (0.6000, strict accuracy 0.300) among the 2 of 3 checkpoints not "
                                "known to fail retention; retention is unknown for b")
     two = rules.choose_checkpoint([cand("a", 1, 0.5, 0.2, True), cand("b", 2, 0.6, 0.3, None),
@@ -153,20 +155,19 @@ EN_PROMPT = ("Here is a question about high school math, the correct answer is o
 
 
 def test_mcq_prompt_to_the_byte():
-    from tunebox.contest.scoring import mcq_prompt
 
     assert mcq_prompt(EN_ROW) == mcq_prompt(EN_ROW, "en") == mcq_prompt(EN_ROW, "contest") == EN_PROMPT
     no_subject = {k: v for k, v in EN_ROW.items() if k != "subject"}
     assert mcq_prompt(no_subject).startswith("Here is a question about general knowledge, the correct")
     zh = {"question": "一加一等于几？", "choices": ["1", "2", "3", "4"], "subject": "math"}
-    assert mcq_prompt(zh) == ("以下是关于math的单项选择题，正确答案是 A/B/C/D 中的一个。请选出正确选项，并以“The right option "
-                              "is”作答。\n问题：一加一等于几？ \nA.1\nB.2\nC.3\nD.4")
+    assert mcq_prompt(zh) == ("以下是关于math的单项选择题，正确答案是 A/B/C/D 中的一个。"
+                              "请选出正确选项，并以“The right option is”作答。\n"
+                              "问题：一加一等于几？ \nA.1\nB.2\nC.3\nD.4")
     assert mcq_prompt(zh, "contest").startswith("Here is a question about math,")  # what the contest sent
     assert mcq_prompt(EN_ROW, "zh").startswith("以下是关于high school math的单项选择题")
 
 
 def test_mcq_prompt_refusals():
-    from tunebox.contest.scoring import mcq_prompt
 
     with pytest.raises(ValueError) as exc:
         mcq_prompt({**EN_ROW, "choices": ["a", "b", "c"]})
@@ -180,7 +181,6 @@ def test_mcq_prompt_refusals():
 
 
 def test_mcq_language_by_hand():
-    from tunebox.contest.scoring import mcq_language
 
     assert mcq_language(EN_ROW) == "en"
     assert mcq_language({"question": "Which?", "choices": ["a", "b", "中", "d"]}) == "zh"   # a choice decides too
@@ -261,7 +261,8 @@ def test_sqrt_linear_and_function_makers():
     rng = ScriptedRng(-1, 4, 6)
     assert mathgen.make("linear_equation", rng) == ("解方程 -4x + 6 = 0", "方程的解为：1.5")
     assert rng.calls == [("choice", (-1, 1)), ("randint", 1, 100), ("randint", -100, 100)]
-    assert mathgen.solve("解方程 2x + 1 = 7", "linear_equation") == "方程的解为：3.0"        # (7 - 1) / 2, c on the right kept
+    # (7 - 1) / 2, c on the right kept
+    assert mathgen.solve("解方程 2x + 1 = 7", "linear_equation") == "方程的解为：3.0"
     rng = ScriptedRng(150, 2, 3)
     assert mathgen.make("function_value", rng) == ("当 x = 1.50 时，求函数 y = 2x^3 的值", "函数的值为：6.750000")
     assert rng.calls == [("randint", 1, 1000), ("randint", 1, 100), ("randint", 1, 100)]
@@ -273,10 +274,12 @@ def test_sqrt_linear_and_function_makers():
 def test_word_problem_makers():
     """Mutants: the bounds and wording of the rectangle, sales, discount and average makers."""
     rng = ScriptedRng(7, 8)
-    assert mathgen.make("rectangle_area", rng) == ("一个长方形的长为 7 厘米，宽为 8 厘米，请计算其面积。", "面积为 56 平方厘米")
+    assert mathgen.make("rectangle_area", rng) == ("一个长方形的长为 7 厘米，宽为 8 厘米，请计算其面积。",
+                                                   "面积为 56 平方厘米")
     assert rng.calls == [("randint", 1, 100)] * 2
     rng = ScriptedRng(80, 25)
-    assert mathgen.make("sales_growth", rng) == ("去年销售额为 80 万元，今年销售额增加了 25%，请计算今年的销售额。", "100.0")
+    assert mathgen.make("sales_growth", rng) == ("去年销售额为 80 万元，今年销售额增加了 25%，请计算今年的销售额。",
+                                                 "100.0")
     assert rng.calls == [("randint", 1, 100)] * 2
     rng = ScriptedRng(80, 60)
     assert mathgen.make("discount", rng) == ("商品原价为 80 元，打折后的价格为 60 元，请计算打折的折扣比例。", "25.0")

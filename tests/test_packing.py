@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from tunebox.data.packing import first_fit_decreasing, pack_rows, sample_lengths
 from test_cpu_broadcast_patch import loss_and_grads, tiny_lora_net
-from test_decode import mindformers_env  # noqa: F401  (fixture)
+
+from conftest import TINY_RECIPE, read_jsonl, run_job
+from tunebox.data.packing import first_fit_decreasing, pack_rows, sample_lengths
+from tunebox.model.registry import get_model_shape
 
 PAD, IGNORE = 0, -100
 
@@ -57,7 +58,6 @@ def test_packed_batch_trains_like_the_unpacked_samples(mindformers_env, capacity
     """MindFormers' LlamaForCausalLM on the samples one per row, against the registered
     TuneboxLlamaForCausalLM (tunebox_packing, segment ids as the third input) on the packed rows, with
     the full LM head and with the answer-only head: same loss, same gradients."""
-    from tunebox.model.registry import get_model_shape
 
     ms = mindformers_env[0]
     shape = get_model_shape("tiny")
@@ -93,7 +93,6 @@ def test_train_job_packs_in_graph_mode(tmp_path, tiny_cache):
 
     import yaml
 
-    from conftest import TINY_RECIPE, read_jsonl, run_job
 
     common = [f"runs_dir={tmp_path / 'runs'}", "run_id=packed", "data.seq_length=320", "train.max_steps=6"]
     run_job("prep", TINY_RECIPE, tiny_cache, tmp_path, *common)

@@ -9,12 +9,14 @@ from dataclasses import replace
 
 import pytest
 
-from jobs import plan as plan_cli
-from tunebox.model import budget
-from tunebox.model.registry import get_model_shape
-from tunebox.contest.rules import stage1_score, stage2_score
-
 from conftest import REPO
+from jobs import plan as plan_cli
+from tunebox.config import load_spec
+from tunebox.contest.rules import stage1_score, stage2_score
+from tunebox.model import budget
+from tunebox.model.mf_config import render_train_config
+from tunebox.model.registry import get_model_shape
+from tunebox.training.plan import plan_steps
 
 LLAMA3 = get_model_shape("llama3-8b")
 INTERNLM = get_model_shape("internlm-7b")
@@ -41,7 +43,8 @@ def test_llama3_baseline_golden_figures():
 
 def test_target_sets_and_ranks_scale_as_lora_should():
     p = budget.plan_lora(INTERNLM, 2, budget.BASELINES[2])
-    assert {(o.rank, o.targets) for o in p.options} == {(r, t) for r in budget.CANDIDATE_RANKS for t in budget.TARGET_SETS}
+    assert {(o.rank, o.targets) for o in p.options} == {(r,
+                                                         t) for r in budget.CANDIDATE_RANKS for t in budget.TARGET_SETS}
     # InternLM is MHA: q, k, v, o are all 4096 x 4096, so r * (4096 + 4096) each, x 32 layers
     assert option(p, 1, "wq|wv").trainable == 1 * 8192 * 2 * 32 == 524_288
     assert option(p, 1, "wq|wk|wv|wo").trainable == 1 * 8192 * 4 * 32
@@ -78,7 +81,8 @@ def test_break_even_accuracy_by_hand_stage1():
     assert by_hand == pytest.approx(0.2001819, abs=1e-7)
     got = option(p, 16, "wq|wv").break_even
     assert got == pytest.approx(by_hand, abs=1e-15)
-    assert stage1_score(got, 6_815_744 / 8_030_000_000) == pytest.approx(stage1_score(0.20, 3_407_872 / 8_030_000_000), abs=1e-12)
+    assert stage1_score(got, 6_815_744 / 8_030_000_000) == pytest.approx(stage1_score(0.20, 3_407_872 / 8_030_000_000),
+                                                                         abs=1e-12)
 
 
 def test_unknown_baseline_accuracy_gives_the_margin():
@@ -138,8 +142,10 @@ def test_peak_figure_cancels_out_of_calibrated_predictions():
     assert a.mfu != b.mfu
     assert a.wall_seconds == pytest.approx(b.wall_seconds, rel=1e-12)
     # twice the cards, half the time; twice the epochs, twice the time
-    assert budget.estimate_time(INTERNLM, replace(work, cards=8), 8_388_608).wall_seconds == pytest.approx(a.wall_seconds / 2)
-    assert budget.estimate_time(INTERNLM, replace(work, epochs=20), 8_388_608).wall_seconds == pytest.approx(2 * a.wall_seconds)
+    assert budget.estimate_time(INTERNLM, replace(work, cards=8),
+                                8_388_608).wall_seconds == pytest.approx(a.wall_seconds / 2)
+    assert budget.estimate_time(INTERNLM, replace(work, epochs=20),
+                                8_388_608).wall_seconds == pytest.approx(2 * a.wall_seconds)
 
 
 def test_measured_step_time_replaces_the_model():
@@ -226,11 +232,6 @@ def test_resume_snapshots_are_a_handful_per_run(recipe, rows, tmp_path):
     """The rendered CheckpointMonitor saves full resume snapshots (weights + optimizer state, ~16 GB each
     on Llama3-8B) a handful of times a run: 5 to 12, not every 20 steps (351 times over stage 1's 7,030
     steps). The contest's stage-1 config saved every 1,400 of its ~7,030 steps."""
-    from tunebox.training.plan import plan_steps
-    from tunebox.config import load_spec
-    from tunebox.model.mf_config import render_train_config
-    from tunebox.model.registry import get_model_shape
-
     spec = load_spec(REPO / "recipes" / recipe)
     plan = plan_steps(rows, spec.train)
     cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
@@ -250,7 +251,8 @@ def test_plan_prints_the_checkpoint_io_of_stage1(capsys):
     """`invoke plan` on the stage-1 recipe at the contest's 90,000 rows: 7,030 steps (90,000 // 64 = 1,406 a
     epoch x 5), a resume snapshot every 703 steps = 10 snapshots of bf16 weights 8,030,261,248 x 2 B plus
     LoRA state 3,407,872 x 12 B (float32 parameter and two float32 moments) = 16.101 GB each, 161.0 GB
-    written in all, 2 kept on disk; 5 LoRA checkpoints of 3,407,872 x 4 B; 5 merged fp16 checkpoints (the recipe's merge.dtype)."""
+    written in all, 2 kept on disk; 5 LoRA checkpoints of 3,407,872 x 4 B; 5 merged fp16 checkpoints (the
+    recipe's merge.dtype)."""
     assert plan_cli.main(["--config", str(REPO / "recipes" / "stage1-llama3-8b.yaml"), "--rows", "90000"]) == 0
     out = capsys.readouterr().out
     snapshot = 8_030_261_248 * 2 + 3_407_872 * 12

@@ -11,18 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MATH_SAMPLE, TINY_RECIPE
-
 import jobs.prep
-from tunebox.data import answers
-from tunebox.contest import mathgen
-from tunebox.data import prompts
+from conftest import MATH_SAMPLE, REPO, TINY_RECIPE
 from tunebox.cli import run_job as run_job_inprocess
-from tunebox.spec_checks import load_checked_spec as load_spec  # with the checks across subjects
-from tunebox.data.samples import IGNORE, read_mindrecord
-from tunebox.io import InputError
 from tunebox.contest.scoring import math_family
+from tunebox.data import answers, prompts
+from tunebox.data.samples import IGNORE, read_mindrecord
 from tunebox.data.tokenizer import build_byte_tokenizer
+from tunebox.evaluation.loop import load_heldout
+from tunebox.io import InputError
+from tunebox.spec_checks import load_checked_spec as load_spec  # with the checks across subjects
 
 
 def prep_here(tmp_path: Path, cache: Path, monkeypatch, capsys, *overrides: str) -> tuple[int, str, Path]:
@@ -83,7 +81,6 @@ def test_cot_alpaca_and_family_policy_reach_the_training_samples(tmp_path, tiny_
     preview = (out / "preview.txt").read_text()
     assert "[cot]  <- in use" in preview and "[rounded:2]" in preview
     # evaluate prompts the held-out rows with the same template
-    from tunebox.evaluation.loop import load_heldout
     spec = load_spec(TINY_RECIPE, [f"runs_dir={tmp_path / 'runs'}", "data.template=alpaca"])
     task = load_heldout(spec.run_dir, spec.data, spec.eval, build_byte_tokenizer())
     tok = build_byte_tokenizer()
@@ -148,7 +145,6 @@ def test_help_shows_each_new_key_with_its_docstring():
     import subprocess
     import sys
 
-    from conftest import REPO
 
     out = subprocess.run([sys.executable, "-m", "jobs.prep", "--help"], cwd=REPO, capture_output=True, text=True,
                          timeout=120).stdout

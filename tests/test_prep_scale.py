@@ -16,11 +16,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MATH_SAMPLE, TINY_RECIPE, job_env, read_jsonl, run_job
-
 import jobs.prep
+from conftest import MATH_SAMPLE, TINY_RECIPE, job_env, read_jsonl, run_job
+from jobs.generate import generate
 from tunebox.cli import run_job as run_job_inprocess
 from tunebox.contest import mathgen
+from tunebox.data.samples import (
+    SAMPLE_SCHEMA,
+    MindRecordWriter,
+    SampleEncoder,
+    ShardedMindRecordWriter,
+    encode_example,
+    mindrecord_shards,
+    parse_math_row,
+    read_mindrecord,
+)
+from tunebox.data.tokenizer import TextTokenizer
+from tunebox.io import InputError, JsonlRow, decode_jsonl_line, iter_lines  # conftest's read_jsonl is the tests' own
+from tunebox.io import read_jsonl as io_read_jsonl
+from tunebox.model.registry import model_dir
 
 SAMPLE_LINES = MATH_SAMPLE.read_bytes().splitlines(keepends=True)
 ONE_MB = 1 << 20
@@ -120,8 +134,6 @@ def test_bad_labels_drop_and_fix_on_the_real_sample(tmp_path, tiny_cache, monkey
     stats = stats_of(out)
     assert stats["cleaning"]["labels"]["fixed"] == 1 and stats["rows_kept"] == len(lines) - 2
     # the fixed label is what the model is trained on (or evaluated against, if the row is held out)
-    from tunebox.data.samples import read_mindrecord
-    from tunebox.data.tokenizer import TextTokenizer
     tok = TextTokenizer.load(tiny_cache / "models" / "tiny")
     ids, labels = read_mindrecord(out / "train.mindrecord")
     answers = {tok.decode([int(t) for t in row if t != -100], skip_special_tokens=True) for row in labels}
@@ -162,7 +174,8 @@ def test_stratified_sampling_keeps_the_family_mix_and_not_the_heldout(tmp_path, 
     full_heldout = (full / "heldout.jsonl").read_bytes()
     runs = {}
     for name in ("a", "b"):
-        code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, *base, "data.sample_rows=200", "data.seed=0")
+        code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, *base, "data.sample_rows=200",
+                                   "data.seed=0")
         assert code == 0, err
         stats = stats_of(out)
         stats.pop("resources")
@@ -187,7 +200,6 @@ def test_stratified_sampling_keeps_the_family_mix_and_not_the_heldout(tmp_path, 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
-    from jobs.generate import generate
 
     out = tmp_path_factory.mktemp("gen") / "data"
     generate(6000, out, seed=3, shard_rows=2000, workers=1, progress=False)   # 660 KB: prep starts its pool
@@ -195,14 +207,16 @@ def generated(tmp_path_factory) -> Path:
 
 
 def test_sharded_input_as_directory_and_glob(tmp_path, tiny_cache, monkeypatch, capsys, generated):
-    assert sorted(p.name for p in generated.glob("*.jsonl")) == ["part-00000.jsonl", "part-00001.jsonl", "part-00002.jsonl"]
+    assert sorted(p.name for p in generated.glob("*.jsonl")) == ["part-00000.jsonl", "part-00001.jsonl",
+                                                                 "part-00002.jsonl"]
     code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.train_file={generated}",
                                "data.workers=1", "data.seq_length=256")
     assert code == 0, err
     stats = stats_of(out)
     assert stats["rows_read"] == 6000 and len(stats["files"]) == 3
     assert {r["file"] for r in read_jsonl(out / "heldout.jsonl")} <= {str(p) for p in generated.glob("*.jsonl")}
-    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.train_file={generated}/part-0000[12].jsonl",
+    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys,
+                               f"data.train_file={generated}/part-0000[12].jsonl",
                                "data.workers=1", "data.seq_length=256", "data.max_rows=3000")
     assert code == 0, err
     assert stats_of(out)["rows_read"] == 3000 and stats_of(out)["files"][0].endswith("part-00001.jsonl")
@@ -229,7 +243,6 @@ def test_one_or_two_workers_write_the_same_dataset(tmp_path, tiny_cache, generat
         run_job("prep", TINY_RECIPE, tiny_cache, tmp_path, *common, f"data.workers={workers}", f"runs_dir={runs}")
         outs[workers] = runs / "tiny" / "prep"
     assert stats_of(outs[2])["resources"]["workers"] == 2 and stats_of(outs[1])["resources"]["workers"] == 1
-    from tunebox.data.samples import read_mindrecord
     one, two = read_mindrecord(outs[1] / "train.mindrecord"), read_mindrecord(outs[2] / "train.mindrecord")
     assert one[0].shape[0] > 4000 and (one[0] == two[0]).all() and (one[1] == two[1]).all()
     for name in ("heldout.jsonl", "rejects.jsonl", "fixed.jsonl", "preview.txt"):
@@ -269,7 +282,8 @@ def test_kill9_mid_prep_leaves_the_old_output_or_none_and_a_rerun_succeeds(tmp_p
     cmd = [sys.executable, "-m", "jobs.prep", "--config", str(TINY_RECIPE)] + sum((["--set", a] for a in args), [])
 
     def start_and_kill(kill_group: bool, *extra: str) -> None:
-        proc = subprocess.Popen(cmd + sum((["--set", a] for a in extra), []), cwd=tmp_path, env=job_env(tiny_cache), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd + sum((["--set", a] for a in extra), []), cwd=tmp_path, env=job_env(tiny_cache),
+                                stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         # mid-way: the temporary output exists and the spool (pass 1) is being written
         _wait_for(lambda: any(p.stat().st_size > 0 for p in out.parent.glob(".prep.part-*/.spool.jsonl")), 60, "pass 1")
@@ -299,7 +313,6 @@ def test_kill9_mid_prep_leaves_the_old_output_or_none_and_a_rerun_succeeds(tmp_p
 def test_fast_mindrecord_writer_writes_what_filewriter_writes(tmp_path, monkeypatch):
     from mindspore.mindrecord import FileWriter
 
-    from tunebox.data.samples import SAMPLE_SCHEMA, MindRecordWriter, ShardedMindRecordWriter, mindrecord_shards, read_mindrecord
 
     rng = np.random.RandomState(0)
     ids = rng.randint(0, 50_000, (700, 33)).astype(np.int32)
@@ -328,10 +341,6 @@ def test_fast_mindrecord_writer_writes_what_filewriter_writes(tmp_path, monkeypa
 
 
 def test_batched_encoder_matches_encode_example_on_the_real_sample(tiny_cache):
-    from tunebox.data.samples import SampleEncoder, encode_example, parse_math_row
-    from tunebox.io import JsonlRow
-    from tunebox.model.registry import model_dir
-    from tunebox.data.tokenizer import TextTokenizer
 
     examples = [parse_math_row(JsonlRow(i, json.loads(line)), MATH_SAMPLE) for i, line in enumerate(SAMPLE_LINES, 1)]
     tokenizers = [(TextTokenizer.load(tiny_cache / "models" / "tiny"), None)]
@@ -349,7 +358,6 @@ def test_batched_encoder_matches_encode_example_on_the_real_sample(tiny_cache):
 
 
 def test_a_huge_line_is_measured_without_being_read_whole(tmp_path):
-    from tunebox.io import decode_jsonl_line, iter_lines
 
     path = tmp_path / "big.jsonl"
     path.write_bytes(SAMPLE_LINES[0] + b'{"problem": "' + b"1" * (3 * ONE_MB) + b'"}\n' + SAMPLE_LINES[1])
@@ -365,12 +373,10 @@ def test_read_jsonl_stops_at_a_bad_line_naming_file_and_line(tmp_path):
     """The jobs read each other's JSONL files with io.read_jsonl: every value in order, blank lines skipped, and
     a broken line raises with file:line. Mutant tried: read_jsonl skipping an InputError item (`continue` for
     `raise item`) -> this test fails."""
-    from tunebox.io import InputError, read_jsonl
-
     path = tmp_path / "rows.jsonl"
     path.write_bytes(SAMPLE_LINES[0] + b"\n" + SAMPLE_LINES[1])
-    assert read_jsonl(path) == [json.loads(SAMPLE_LINES[0]), json.loads(SAMPLE_LINES[1])]
+    assert io_read_jsonl(path) == [json.loads(SAMPLE_LINES[0]), json.loads(SAMPLE_LINES[1])]
     path.write_bytes(SAMPLE_LINES[0] + b"\n" + b'{"problem": \n' + SAMPLE_LINES[1])
     with pytest.raises(InputError) as err:
-        read_jsonl(path)
+        io_read_jsonl(path)
     assert str(err.value).startswith(f"{path}:3: broken JSON")

@@ -14,8 +14,8 @@ from PIL import Image
 
 from jobs import generate as gen
 from jobs import profile as profile_cli
-from tunebox.data import profile as prof
 from tunebox.contest import mathgen
+from tunebox.data import profile as prof
 from tunebox.data.tokenizer import build_byte_tokenizer
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math" / "contest-sample.jsonl"
@@ -123,12 +123,13 @@ def test_duplicates_and_near_duplicates(tmp_path):
     rows = [
         {"problem": "计算 12.00 * 3.00 等于多少？", "solution": "12.00 * 3.00 = 36.0000"},        # 1
         {"problem": "计算 12.00 * 3.00 等于多少？", "solution": "12.00 * 3.00 = 36.0000"},        # 2 exact dup of 1
-        {"problem": "计算 12.00 * 3.00 等于多少？", "solution": "36"},                            # 3 same problem, new label
+        {"problem": "计算 12.00 * 3.00 等于多少？", "solution": "36"},                   # 3 same problem, new label
         {"problem": "计算  12.00 * 3.00  等于多少?", "solution": "12.00 * 3.00 = 36.0000"},       # 4 near: spaces, ?
         {"problem": "计算 12.00 / 3.00 等于多少？", "solution": "12.00 / 3.00 = 4"},              # 5 different op
         {"problem": long_problem, "solution": "$\\boxed{\\dfrac{12}{35}}$"},                       # 6
         {"problem": long_problem.replace("both are green", "both are of green colour"),
-         "solution": "$\\boxed{\\dfrac{12}{35}}$"},                                               # 7 near (MinHash) of 6
+         "solution": "$\\boxed{\\dfrac{12}{35}}$"},
+         # 7 near (MinHash) of 6
         {"problem": "Compute the number of ordered pairs of integers (a, b) with 1 <= a, b <= 50 such that "
                     "a^2 + b^2 is divisible by 7.", "solution": "$\\boxed{49}$"},                 # 8 unrelated
     ]

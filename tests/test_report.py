@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_RECIPE
-
 from tunebox.config import load_spec
 from tunebox.contest.rules import choose_checkpoint, param_figures
 from tunebox.evaluation import plots as charts

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import REPO
-
 from tunebox.config import load_spec
 from tunebox.contest import rules, scoring
+from tunebox.evaluation.report import na, valid_cell
+from tunebox.submission.contents import build_results
 
 # (prediction, gold answers). EmF1Metric scores against the first gold only; it segments with jieba, where
 # a space is a segment of its own; ASCII "." is not in its punctuation list.
@@ -47,7 +48,6 @@ def test_base_em_of_zero_cannot_pass_or_fail():
 
 
 def test_report_says_cannot_pass_or_fail_not_na():
-    from tunebox.evaluation.report import na
 
     verdict = rules.retention_verdict({"f1": 41.0, "em": 0.0}, {"f1": 40.0, "em": 0.0})
     assert na(verdict) == "cannot pass or fail (base 0)"
@@ -55,7 +55,6 @@ def test_report_says_cannot_pass_or_fail_not_na():
 
 
 def test_report_never_shows_a_bare_pass_that_base_zero_decided():
-    from tunebox.evaluation.report import valid_cell
 
     assert valid_cell(rules.retention_verdict({"f1": 41.0, "em": 0.0}, {"f1": 40.0, "em": 0.0})) == \
         "pass on F1; EM cannot pass or fail (base 0)"
@@ -67,7 +66,6 @@ def test_report_never_shows_a_bare_pass_that_base_zero_decided():
 
 def test_the_checkpoint_choice_names_its_metric():
     assert rules.RETENTION_METRIC.startswith("official SQuAD v1.1")
-    from tunebox.submission.contents import build_results
 
     results = build_results(run_id="r", stage=1, fmt="math", model_name="tiny", rank=8, target_modules="wq|wv",
                             report={}, accuracies={}, checkpoints=[], code={})

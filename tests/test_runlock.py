@@ -126,7 +126,8 @@ def test_a_second_pipeline_is_refused_before_any_job_starts(tmp_path, holder):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TUNEBOX_CACHE": str(tmp_path / "cache")}
     env.pop(RUN_LOCK_ENV, None)
     proc = subprocess.run(["invoke", "pipeline", "--config", str(TINY_RECIPE),
-                           "--set", f"runs_dir={tmp_path / 'runs'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                           "--set", f"runs_dir={tmp_path / 'runs'}"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"pid {holder.pid}" in proc.stderr and "in use by pipeline" in proc.stderr
     assert "-m jobs." not in proc.stdout, proc.stdout[-2000:]

@@ -14,10 +14,25 @@ from pathlib import Path
 import pytest
 
 from tunebox.contest.scoring import (
-    MATH_FAMILIES, extract_answer, extract_answer_number, extract_choice_letter,
-    math_accuracy, math_family, mcq_language, mcq_prompt, mcq_reference_output, numbers_equal,
-    score_math, squad_answer_from_generation,
-    squad_exact_match, squad_f1, squad_prompt, squad_scores, trim_generation,
+    MATH_FAMILIES,
+    answer_verdict,
+    closeness,
+    extract_answer,
+    extract_answer_number,
+    extract_choice_letter,
+    math_accuracy,
+    math_family,
+    mcq_language,
+    mcq_prompt,
+    mcq_reference_output,
+    numbers_equal,
+    score_math,
+    squad_answer_from_generation,
+    squad_exact_match,
+    squad_f1,
+    squad_prompt,
+    squad_scores,
+    trim_generation,
 )
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -304,7 +319,8 @@ def test_squad_on_the_real_dev_subset():
     partial = squad_scores(first_words, golds)
     assert 0 < partial["em"] < 100 and partial["em"] < partial["f1"] < 100
     prompt = squad_prompt(rows[0]["context"], rows[0]["question"])
-    assert prompt.startswith("Read the passage and answer the question below.\n\n### Instruction:\n" + rows[0]["context"])
+    assert prompt.startswith("Read the passage and answer the question below.\n\n### "
+                             "Instruction:\n" + rows[0]["context"])
     assert prompt.endswith(f"### Input:\n{rows[0]['question']}\n\n### Response:")
     assert squad_answer_from_generation("  two men\nQuestion: next") == "two men"
     with pytest.raises(ValueError):
@@ -389,7 +405,6 @@ def test_trim_generation_stops_at_a_new_problem():
 # ---- graded closeness (issue 14) ----------------------------------------------------------------
 
 def test_closeness_band_and_leading_digits():
-    from tunebox.contest.scoring import closeness
 
     ref = "-6273.69 / -2956.06 = 2.122314837993816093042766385"
     assert closeness("2.12231", ref) == {"within_1pct": True, "leading_digits": 6,
@@ -407,7 +422,6 @@ def test_closeness_band_and_leading_digits():
 
 
 def test_answer_verdict_carries_the_graded_measure():
-    from tunebox.contest.scoring import answer_verdict
 
     v = answer_verdict("math", "3963.85 * -5055.68 = -20039950", "3963.85 * -5055.68 = -20039957.1680")
     assert (v["strict"], v["within_1pct"], v["leading_digits"]) == (False, True, 7)

@@ -12,6 +12,11 @@ import pytest
 
 from conftest import REPO, keeps_90_percent, read_jsonl, run_job
 from tunebox.config import load_spec
+from tunebox.data.prompts import spec_prompt
+from tunebox.data.tokenizer import TextTokenizer
+from tunebox.evaluation.decode import NumpyLlama
+from tunebox.model.registry import get_model_shape
+from tunebox.model.weights import ensure_model
 
 LOCAL = REPO / "recipes" / "local-smollm2.yaml"
 # SmolLM2-135M by hand: 30 layers of width 576, 9 heads of 64, 3 KV heads (192), MLP 1536, 49,152
@@ -24,9 +29,6 @@ def heldout_answer_loss(ckpt: Path, spec, tok, rows: list[dict]) -> float:
     """Mean cross-entropy of the reference answers (and the end token) of the held-out rows, given
     prompts (the spec's template, as prep and evaluate render it): a plain float64 log-softmax over
     NumpyLlama's logits, one row at a time."""
-    from tunebox.data.prompts import spec_prompt
-    from tunebox.evaluation.decode import NumpyLlama
-    from tunebox.model.registry import get_model_shape
 
     model = NumpyLlama.from_checkpoint(ckpt, get_model_shape(spec.model.name))
     nll = []
@@ -43,8 +45,6 @@ def heldout_answer_loss(ckpt: Path, spec, tok, rows: list[dict]) -> float:
 def check_training_lowers_the_heldout_loss(run: Path, spec) -> None:
     """On rows training never saw (the same rows for every model, so no batch-to-batch noise): the
     first and the last merged checkpoint are below the base model, and the last below the first."""
-    from tunebox.data.tokenizer import TextTokenizer
-    from tunebox.model.weights import ensure_model
 
     tok = TextTokenizer.load(ensure_model(spec.model.name))
     rows = read_jsonl(run / "prep" / "heldout.jsonl")[:spec.eval.limit]

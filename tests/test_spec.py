@@ -4,10 +4,11 @@ from pathlib import Path
 import pytest
 
 from jobs.evaluate import parse_scales
-from tunebox.spec_checks import load_checked_spec
+from tunebox.cli import run_job
+from tunebox.config import load_spec
 from tunebox.io import InputError
 from tunebox.model.registry import LINEAR_NAMES, lora_targets, mindformers_target_regex
-
+from tunebox.spec_checks import load_checked_spec
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
 
@@ -89,7 +90,6 @@ def test_a_set_value_that_is_not_yaml_says_error_and_exits_2(override, says, cap
     """A bad --set ends as a bad spec does: one `error:` line, exit 2, no traceback. Tried with
     config._apply_override's YAMLError catch removed (a traceback, exit 1): the first two fail; the third
     is the descent into a value (AttributeError before the check)."""
-    from tunebox.cli import run_job
 
     code = run_job("probe", "a job that does nothing", lambda spec, args: None, skip_finished=False,
                    argv=["--config", str(TINY), "--set", override])
@@ -116,7 +116,6 @@ def test_merge_scale_is_a_spec_key_hashed_only_when_set():
 def test_config_alone_leaves_the_checks_across_subjects_to_spec_checks(tmp_path):
     """tunebox.config.load_spec reads the schema and each section's own checks; the model's layer names are
     spec_checks' to know (tried with check_across not calling check_lora_targets: the second half fails)."""
-    from tunebox.config import load_spec
 
     path = write(tmp_path, "lora:\n  target_modules: q_proj\n")
     assert load_spec(path).lora.target_modules == "q_proj"

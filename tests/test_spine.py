@@ -3,7 +3,6 @@ resume, merge equality, the evaluation report."""
 from __future__ import annotations
 
 import datetime as dt
-
 import json
 import os
 import subprocess
@@ -13,13 +12,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import (MATH_SAMPLE, REPO, TINY_RECIPE, job_env, kill_session, planned_checkpoint_steps, read_jsonl,
-                      run_job, start_until_lines, strict_by_hand)
-
+from conftest import (
+    MATH_SAMPLE,
+    REPO,
+    TINY_RECIPE,
+    job_env,
+    kill_session,
+    planned_checkpoint_steps,
+    read_jsonl,
+    run_job,
+    start_until_lines,
+    strict_by_hand,
+)
 from tunebox import layout
 from tunebox.config import load_spec
+from tunebox.data.policy import split_heldout
+from tunebox.data.samples import read_mindrecord
+from tunebox.model.lora import merge_lora_into_base
+from tunebox.model.registry import get_model_shape
 from tunebox.training.plan import checkpoint_steps, plan_steps
-
 
 # ---- prep: bad input is named by file and line, or skipped into rejects ------------------------
 
@@ -74,10 +85,8 @@ def test_prep_split_is_deterministic_and_answer_only_loss(tiny_run):
     heldout = read_jsonl(prep / "heldout.jsonl")
     spec = load_spec(TINY_RECIPE)
     assert len(heldout) == spec.data.heldout_rows
-    from tunebox.data.policy import split_heldout
     a, b = split_heldout(100, 8, 0), split_heldout(100, 8, 0)
     assert (a == b).all() and a.sum() == 8 and not (a == split_heldout(100, 8, 1)).all()
-    from tunebox.data.samples import read_mindrecord
     ids, labels = read_mindrecord(prep / "train.mindrecord")
     assert ids.shape[1] == spec.data.seq_length + 1 and ids.dtype == np.int32
     # the loss covers the answer only: labels equal ids there, -100 on the prompt and padding
@@ -117,7 +126,6 @@ def test_train_writes_five_evenly_spaced_checkpoints(tiny_run):
     assert all(np.isfinite(r["loss"]) for r in log)
     assert (train / "loss.csv").read_text().startswith("step,epoch,loss")
     summary = json.loads((train / "summary.json").read_text())
-    from tunebox.model.registry import get_model_shape
     assert summary["trainable_params"] == get_model_shape("tiny").lora_params(8, "wq|wv")
     manifest = json.loads((train / layout.MANIFEST).read_text())
     assert manifest["job"] == "train" and manifest["spec_hash"]
@@ -175,8 +183,11 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_cache, ti
     summary = json.loads((tmp_path / "runs" / "killed" / "train" / "summary.json").read_text())
     resumed = summary["resumed_from_step"]
     assert 0 < resumed <= killed_at and resumed % 3 == 0, (resumed, killed_at)  # a save_state_every multiple
-    index = lambda run: json.loads((tmp_path / "runs" / run / "train" / "checkpoints" / "index.json").read_text())
-    last = lambda run: tmp_path / "runs" / run / "train" / index(run)["checkpoints"][-1]["file"]
+    def index(run):
+        return json.loads((tmp_path / "runs" / run / "train" / "checkpoints" / "index.json").read_text())
+
+    def last(run):
+        return tmp_path / "runs" / run / "train" / index(run)["checkpoints"][-1]["file"]
     a = _lora_arrays(last("ref"))
     b = _lora_arrays(last("killed"))
     assert a.keys() == b.keys() and len(a) == 2 * 2 * 2
@@ -230,7 +241,6 @@ def test_merged_logits_equal_lora_logits(tiny_run, tmp_path):
 
 
 def test_merge_math_on_arrays():
-    from tunebox.model.lora import merge_lora_into_base
     rng = np.random.RandomState(0)
     w = rng.randn(6, 5).astype(np.float32)
     a, b = rng.randn(2, 5).astype(np.float32), rng.randn(6, 2).astype(np.float32)
@@ -240,7 +250,8 @@ def test_merge_math_on_arrays():
     np.testing.assert_allclose(out["x.wq.weight"], w + 0.5 * 8 * b @ a, rtol=1e-6)
     assert (out["n.weight"] == 1).all()
     with pytest.raises(ValueError, match="does not match"):
-        merge_lora_into_base({"x.wq.weight": w[:3]}, {"x.wq.mindpet_delta_lora_a": a, "x.wq.mindpet_delta_lora_b": b}, 16, 2)
+        merge_lora_into_base({"x.wq.weight": w[:3]}, {"x.wq.mindpet_delta_lora_a": a, "x.wq.mindpet_delta_lora_b": b},
+                             16, 2)
 
 
 def test_merge_is_resumable(tiny_run):

@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from conftest import REPO, SHARED_DATA, run_job
-from tunebox.model import weights
 from tunebox.config import load_spec
-from tunebox.data.samples import IGNORE, encode_example, parse_mcq_row, read_examples, read_mindrecord
-from tunebox.io import InputError, JsonlRow
-from tunebox.model.registry import INTERNLM_CONTEST_TOKENIZER_CONFIG, get_model_shape, with_overrides
 from tunebox.contest.scoring import extract_choice_letter, mcq_prompt
+from tunebox.data.samples import IGNORE, encode_example, parse_mcq_row, read_examples, read_mindrecord
 from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
+from tunebox.io import InputError, JsonlRow
+from tunebox.model import mf, weights
+from tunebox.model.registry import INTERNLM_CONTEST_TOKENIZER_CONFIG, get_model_shape, with_overrides
 
 MCQ = SHARED_DATA / "mcq"
 MCQ_FILES = ["mmlu-subset.jsonl", "cmmlu-subset.jsonl", "contest-mcq-sample.jsonl"]
@@ -68,7 +68,6 @@ def ms_cwd(tmp_path_factory):
 
 
 def built_shapes(spec, seq_length: int = 16) -> dict:
-    from tunebox.model import mf
     net = mf.build_llama(spec, seq_length=seq_length)
     return {p.name: tuple(p.shape) for p in net.get_parameters()}
 
@@ -80,7 +79,8 @@ def test_mindformers_llama_with_biases_builds_internlm_shapes(ms_cwd):
     one_layer = with_overrides(INTERNLM, name="internlm-7b-1layer", num_layers=1, vocab_size=512)
     got, want = built_shapes(one_layer), one_layer.parameter_shapes()
     assert got == want
-    assert {n for n in got if n.endswith(".bias")} == {f"model.layers.0.attention.{w}.bias" for w in ("wq", "wk", "wv", "wo")}
+    assert {n for n in got if n.endswith(".bias")} == {f"model.layers.0.attention.{w}.bias" for w in ("wq", "wk", "wv",
+                                                                                                      "wo")}
     assert got["model.layers.0.attention.wq.bias"] == (4096,)
     assert built_shapes(TINY_INTERNLM) == TINY_INTERNLM.parameter_shapes()
 
@@ -89,11 +89,11 @@ def test_internlm_checkpoint_converts_loads_and_trains_with_lora(tmp_path, ms_cw
     ms = ms_cwd
     from mindspore import nn
 
-    from tunebox.model import mf
     from tunebox.model.mf_extensions import TuneboxTrainOneStepCell
 
     hf = weights.make_random_hf_checkpoint(tmp_path / "hf", TINY_INTERNLM, seed=1, shards=2)
-    assert "model.layers.0.self_attn.o_proj.bias" in json.loads((hf / "model.safetensors.index.json").read_text())["weight_map"]
+    weight_map = json.loads((hf / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "model.layers.0.self_attn.o_proj.bias" in weight_map
     out = weights.convert_hf_checkpoint(hf, tmp_path / "mf", TINY_INTERNLM, progress=False)
 
     seq = 16
@@ -226,7 +226,8 @@ def test_loss_is_on_the_answer_sentence_only():
 
 def test_internlm_contest_chat_format():
     """The text a training sample holds equals the contest's preprocessing output
-    (research/internlm/alpaca_data_preprocess.py): <s><|User|>:{instruction}\\n{input}<eoh>\\n<|Bot|>:{output}<eoa>\\n</s>,
+    (research/internlm/alpaca_data_preprocess.py):
+    <s><|User|>:{instruction}\\n{input}<eoh>\\n<|Bot|>:{output}<eoa>\\n</s>,
     loss on what follows <|Bot|>: (checked on the text with the byte tokenizer; InternLM's own
     tokenizer is not available here)."""
     byte_tk = build_byte_tokenizer().tk

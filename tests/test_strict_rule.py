@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import TINY_RECIPE, read_jsonl, run_job
+from conftest import TINY_RECIPE, keeps_90_percent, read_jsonl, run_job, squad_v11, strict_by_hand
 from jobs import verify as verify_mod
 from tunebox.submission import contents
 
@@ -91,7 +91,6 @@ def test_a_checkpoint_right_only_under_the_tolerant_rule_is_not_chosen(tiny_run,
 
 def test_the_tests_retention_bar_is_the_contest_rule_by_hand():
     """conftest.keeps_90_percent, which the report tests use instead of 0.9 * base in floats."""
-    from conftest import keeps_90_percent
 
     assert keeps_90_percent(11.7, 13)        # exactly 90%; in floats 11.7 < 0.9 * 13
     assert keeps_90_percent(8.1, 9)          # exactly 90%; in floats 8.1 / 9 < 0.9
@@ -103,7 +102,6 @@ def test_the_tests_retention_bar_is_the_contest_rule_by_hand():
 def test_the_tests_own_scorers_by_hand():
     """conftest.squad_v11 and strict_by_hand, which the report tests use instead of re-scoring with
     tunebox.contest.scoring."""
-    from conftest import squad_v11, strict_by_hand
 
     # "the Eiffel Tower!" == "Eiffel tower" once normalized; "a b c" -> "b c" against "b c d": P 1, R 2/3, F1 0.8
     assert squad_v11(["the Eiffel Tower!", "a b c"], [["Eiffel tower"], ["b c d", "x"]]) == {"f1": 90.0, "em": 50.0}

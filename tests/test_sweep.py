@@ -28,8 +28,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import cannot_run
 from tunebox.config import load_spec
+from tunebox.deploy.crd_schema import validate
+from tunebox.deploy.k8s import estimate_disk, find_kubectl, render_sweep
 from tunebox.io import InputError
+from tunebox.runs import compare, list_runs, read_run, runs_table
 from tunebox.sweep import SEED_KEY, collect, parse_grid, plan_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +165,6 @@ def test_table_lists_points_not_finished(tmp_path):
 # ---- invoke runs ----------------------------------------------------------------------------------
 
 def test_runs_lists_the_difference_from_the_nearest_recipe_and_compares_two(tmp_path):
-    from tunebox.runs import compare, list_runs, read_run, runs_table
 
     runs = tmp_path / "runs"
     for run_id, rank, k in (("a", 4, 3), ("b", 16, 5)):
@@ -181,9 +184,6 @@ def test_runs_lists_the_difference_from_the_nearest_recipe_and_compares_two(tmp_
 @pytest.mark.parametrize("overlay,sets", [("local-cpu", []),
                                           ("ascend-4card", ["train.device=Ascend", "train.workers=4"])])
 def test_sweep_render_is_one_job_per_point_and_validates(overlay, sets, tmp_path):
-    from conftest import cannot_run
-    from tunebox.deploy.crd_schema import validate
-    from tunebox.deploy.k8s import estimate_disk, find_kubectl, render_sweep
 
     if find_kubectl() is None:
         cannot_run("kubectl is not installed: it renders the manifests (pip install -e '.[test]')")

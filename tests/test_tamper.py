@@ -17,6 +17,7 @@ import pytest
 
 from conftest import TINY_RECIPE, copy_submission, read_jsonl, rewrite_sums, run_job, verify_here
 from tunebox.submission import contents
+from tunebox.submission.checks import Findings, Submission
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +218,8 @@ def test_tampering_with_sha256sums_left_as_is_names_the_changed_files(bundle, tm
     fails = "\n".join(fails)
     assert code == 1
     for rel in changed:
-        assert f"{rel}: sha256 is " in fails and "(changed after bundling)" in fails, f"{case}: {rel} not named:\n{fails}"
+        named = f"{rel}: sha256 is " in fails and "(changed after bundling)" in fails
+        assert named, f"{case}: {rel} not named:\n{fails}"
 
 
 @pytest.mark.parametrize("case", list(TAMPERING))
@@ -240,7 +242,6 @@ def test_tampering_with_sha256sums_rewritten_is_still_caught(bundle, tmp_path, c
 def test_findings_print_and_filter_exactly():
     import io
 
-    from tunebox.submission.checks import Findings
 
     f = Findings()
     f.ok("files", "all 3 present")
@@ -261,7 +262,6 @@ def test_findings_print_and_filter_exactly():
 
 
 def test_submission_reads_broken_files_as_none_and_says_why(tmp_path):
-    from tunebox.submission.checks import Findings, Submission
 
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "rows.jsonl").write_text('{"a": 1}\n\nnot json\n{"b": 2}\n')

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from conftest import TINY_RECIPE, cannot_run, read_jsonl, run_job
 

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_RECIPE, job_env, read_jsonl, run_job
+from tunebox.model.mf_config import CHECKPOINT_PREFIX
+from tunebox.training.launch import WORKERS_LOCK, wait_for_workers
+from tunebox.training.outputs import read_loss_log, training_done
 
 # (overrides, steps): the tiny data has 27 batches an epoch
 CASES = {"max_steps-mid-epoch": (["train.max_steps=20"], 20), "ends-on-epoch-boundary": (["train.epochs=1"], 27)}
@@ -48,7 +51,6 @@ def test_a_rerun_waits_for_workers_of_a_killed_run_then_refuses(tmp_path):
     """A worker that still runs holds train/.workers.lock (shared); train waits for it and, past its
     timeout, refuses to start beside it. The worker here is a plain process holding the lock as
     jobs/train_worker.py does, not a trained one."""
-    from tunebox.training.launch import WORKERS_LOCK, wait_for_workers
 
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_SH); "
@@ -68,9 +70,7 @@ def test_training_done_reads_the_loss_log_it_is_given_and_every_planned_lora_fil
     """training_done decides from the loss rows the caller read once (read_loss_log, also what finish
     writes the index from) and the planned LoRA files. Mutants that fail here: training_done reading
     loss.jsonl itself again (the empty list below is ignored), and its LoRA-file check dropped."""
-    from tunebox.model.mf_config import CHECKPOINT_PREFIX
     from tunebox.model.mf_extensions import lora_checkpoint_path
-    from tunebox.training.outputs import read_loss_log, training_done
 
     plan = {"total_steps": 4, "batches_per_epoch": 3, "checkpoint_steps": [2, 4]}
     (tmp_path / "loss.jsonl").write_text("".join(f'{{"step": {s}, "loss": 1.0}}\n' for s in range(1, 5)))

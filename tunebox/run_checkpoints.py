@@ -11,11 +11,11 @@ from typing import Optional
 
 from tunebox import layout
 from tunebox.io import InputError
+from tunebox.model.weights import ensure_model
 
 
 def base_checkpoint(spec) -> Path:
     """The run's base model: model.checkpoint, or the registry model's converted checkpoint in the cache."""
-    from tunebox.model.weights import ensure_model
 
     return spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
 

@@ -40,7 +40,7 @@ RUN_LOCK_ENV = "TUNEBOX_RUN_LOCK"
 HEARTBEAT_SECONDS = 30.0
 # A record from another host is trusted while its heartbeat is younger than this.
 STALE_SECONDS = 4 * HEARTBEAT_SECONDS
-# Set in every process of a multi-node MindSpore run (jobs/train.py in_cluster reads the same two).
+# Set in every process of a multi-node MindSpore run (tunebox/training/launch.py's in_cluster reads the same two).
 CLUSTER_VARIABLES = ("MS_WORKER_NUM", "MS_ROLE")
 
 

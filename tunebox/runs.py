@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 from tunebox import layout
 from tunebox.config import RECIPES_DIR, RunSpec, load_spec
-from tunebox.io import InputError
 from tunebox.evaluation.intervals import wilson_interval
+from tunebox.io import InputError
 
 # Keys that say where a run writes, not what it computes: left out of every spec difference.
 WHERE_KEYS = ("run_id", "runs_dir")

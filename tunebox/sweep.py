@@ -41,7 +41,9 @@ from typing import Any, Optional, Sequence
 from tunebox import layout
 from tunebox.cli import guarded, job_process_env, setup_logging
 from tunebox.config import REPO_ROOT, RunSpec, load_spec
+from tunebox.deploy.k8s import render_sweep
 from tunebox.evaluation.intervals import wilson_interval
+from tunebox.evaluation.plots import PALETTE, save
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
 from tunebox.manifest import finished_job
 from tunebox.runs import RunResult, fmt, read_run
@@ -463,7 +465,6 @@ def plot(sweep: Sweep, rows: list[Row], path: Path) -> Optional[Path]:
     proportion with its Wilson 95% interval as a bar."""
     from matplotlib.figure import Figure
 
-    from tunebox.evaluation.plots import PALETTE, save
 
     shown = [r for r in rows if r.runs]
     if not shown:
@@ -550,7 +551,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def render(sweep: Sweep, overlay: str, image: Optional[str], namespace: Optional[str], output: Optional[str]) -> int:
-    from tunebox.deploy.k8s import render_sweep
 
     text, plans = render_sweep(sweep.config, overlay, [p.overrides() for p in sweep.points], sweep.name,
                                image, namespace, sweep.overrides)

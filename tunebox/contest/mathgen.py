@@ -320,7 +320,8 @@ def _en_linear(a: int, b: int, c: int, d: int) -> Optional[tuple[str, str]]:
     x = (d - b) // (a - c)
     return (f"Solve for $x$: ${_linear_side(a, b)} = {_linear_side(c, d)}$.",
             f"Moving the $x$ terms to the left and the constants to the right gives "
-            f"${_times_x(a - c)} = {d} - {b if b >= 0 else f'({b})'} = {d - b}$, so $x = \\frac{{{d - b}}}{{{a - c}}} = \\boxed{{{x}}}$.")
+            f"${_times_x(a - c)} = {d} - {b if b >= 0 else f'({b})'} = {d - b}$, so $x = \\frac{{{d - b}}}{{{a - c}}} "
+            f"= \\boxed{{{x}}}$.")
 
 
 _ITEMS = ("jacket", "bicycle", "lamp", "backpack", "pair of shoes", "tent")
@@ -395,7 +396,8 @@ _EN_SOLVERS: tuple[tuple[re.Pattern, Callable[..., Optional[tuple[str, str]]]], 
      lambda a, sb, b, c, sd, d: _en_linear(int(a or 1), int(b) * (-1 if sb == "-" else 1),
                                           int(c or 1), int(d) * (-1 if sd == "-" else 1))),
     (re.compile(r"After a \$(\d+)\\%\$ discount, a ([a-z ]+) costs \$\\\$(\d+)\$\. .*"), _en_sale),
-    (re.compile(r"How many positive integers less than or equal to \$(\d+)\$ are divisible by \$(\d+)\$ or \$(\d+)\$\?"),
+    (re.compile(r"How many positive integers less than or equal to \$(\d+)\$ are divisible by \$(\d+)\$ or "
+                r"\$(\d+)\$\?"),
      _en_multiples),
 )
 

@@ -167,7 +167,8 @@ def choose_checkpoint(candidates: list[Mapping]) -> dict:
     if not scored:
         return {"model": None, "step": None, "rule": None, "valid": None, "highest_score": None,
                 "reason": "no checkpoint has a score", "verdicts": {}}
-    key = (lambda c: (c["score"], c["step"]))
+    def key(c):
+        return (c["score"], c["step"])
     passes = {c["model"]: (c.get("retention") or {}).get("passes") for c in scored}
     top = max(scored, key=key)
     eligible = [c for c in scored if passes[c["model"]] is not False]

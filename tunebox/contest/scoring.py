@@ -609,7 +609,8 @@ def squad_scores_emf1(predictions: Sequence[str], golds: Sequence[Sequence[str]]
     from mindformers.core.metric.metric import EmF1Metric
 
     if len(predictions) != len(golds) or not predictions:
-        raise ValueError(f"{len(predictions)} predictions for {len(golds)} questions; they must pair up, and not be none")
+        raise ValueError(f"{len(predictions)} predictions for {len(golds)} questions; they must pair up, and not be "
+                         "none")
     metric = EmF1Metric()
     metric.clear()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -664,7 +665,8 @@ def mcq_prompt(row: Mapping, lang: str = "auto") -> str:
     is what the contest sent, Chinese questions included)."""
     choices = row.get("choices")
     if not isinstance(choices, (list, tuple)) or len(choices) != len(CHOICE_LETTERS):
-        raise ValueError(f"row {row.get('id', '?')}: 'choices' must hold {len(CHOICE_LETTERS)} options, got {choices!r}")
+        raise ValueError(f"row {row.get('id', '?')}: 'choices' must hold {len(CHOICE_LETTERS)} options, got "
+                         f"{choices!r}")
     if lang == "auto":
         lang = mcq_language(row)
     elif lang == "contest":
@@ -687,7 +689,8 @@ def mcq_reference_output(answer: str) -> str:
 _L = r"[\(\[]?\s*([A-Da-d])(?![A-Za-z])"
 # In priority order: the first phrase that names a letter decides ("选项A是错的，答案是C" is C).
 _EXPLICIT_CHOICE = [
-    re.compile(r"(?:right|correct|best|final)\s+(?:option|answer|choice)\s*(?:is|would be|should be|:)?\s*:?\s*" + _L, re.I),
+    re.compile(r"(?:right|correct|best|final)\s+(?:option|answer|choice)\s*(?:is|would be|should be|:)?\s*:?\s*" + _L,
+               re.I),
     re.compile(r"(?:正确答案|正确选项|答案)\s*(?:应该是|应为|是|为)?\s*[:：]?\s*" + _L),
     re.compile(r"\banswer\s*(?:is|:)\s*:?\s*" + _L, re.I),
     re.compile(r"(?:应选|选择|选)\s*" + _L),

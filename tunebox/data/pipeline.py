@@ -33,9 +33,19 @@ from tunebox import layout
 from tunebox.chaos import kill_point
 from tunebox.contest.scoring import row_family
 from tunebox.data import answers
-from tunebox.data.policy import (BALANCED_OUT, HELDOUT, NOT_SAMPLED, SNIPPET, TRAIN, FamilyFilter,
-                                 balance_training_rows, label_check, read_heldout_file, sample_training_rows,
-                                 split_heldout)
+from tunebox.data.policy import (
+    BALANCED_OUT,
+    HELDOUT,
+    NOT_SAMPLED,
+    SNIPPET,
+    TRAIN,
+    FamilyFilter,
+    balance_training_rows,
+    label_check,
+    read_heldout_file,
+    sample_training_rows,
+    split_heldout,
+)
 from tunebox.data.samples import IGNORE, PARSERS, SampleEncoder, ShardedMindRecordWriter, bad_row_kind
 from tunebox.data.tokenizer import TextTokenizer
 from tunebox.io import InputError, decode_jsonl_line, iter_jsonl, iter_lines

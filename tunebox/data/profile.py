@@ -29,10 +29,10 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from tunebox.data import answers
 from tunebox.contest import mathgen
-from tunebox.io import InputError, JsonlRow, atomic_path, atomic_write_json, atomic_write_text, iter_jsonl
 from tunebox.contest.scoring import extract_answer_number
+from tunebox.data import answers
+from tunebox.io import InputError, JsonlRow, atomic_path, atomic_write_json, atomic_write_text, iter_jsonl
 
 log = logging.getLogger("tunebox.profile")
 

@@ -10,9 +10,9 @@ from typing import Iterator, Optional
 import numpy as np
 
 from tunebox.contest.scoring import extract_choice_letter, mcq_prompt
-from tunebox.io import InputError, JsonlRow, iter_jsonl
 from tunebox.data.prompts import prompt_parts, render_prompt
 from tunebox.data.tokenizer import TextTokenizer
+from tunebox.io import InputError, JsonlRow, iter_jsonl
 
 IGNORE = -100
 

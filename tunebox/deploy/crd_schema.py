@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 from tunebox.config import REPO_ROOT
 
 SCHEMAS_DIR = REPO_ROOT / "k8s" / "schemas"

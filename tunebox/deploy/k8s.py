@@ -27,8 +27,8 @@ import hashlib
 import os
 import re
 import shutil
-import sysconfig
 import subprocess
+import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -36,13 +36,13 @@ from typing import Optional
 
 import yaml
 
-from tunebox.deploy import ascend
-from tunebox.model.budget import estimate_disk
 from tunebox.config import RunSpec
+from tunebox.deploy import ascend
 from tunebox.images import image_for_device
-from tunebox.spec_checks import load_checked_spec
 from tunebox.io import InputError
 from tunebox.layout import REPO_ROOT
+from tunebox.model.budget import estimate_disk
+from tunebox.spec_checks import load_checked_spec
 
 K8S_DIR = REPO_ROOT / "k8s"
 OVERLAYS_DIR = K8S_DIR / "overlays"
@@ -308,8 +308,8 @@ def run_kustomization(plan: RenderPlan, root: Path, namespace: Optional[str] = N
         ops = [{"op": "replace", "path": "/spec/replicaSpecs/Worker/replicas", "value": plan.nodes},
                {"op": "replace", "path": "/spec/runPolicy/schedulingPolicy/minAvailable", "value": plan.nodes + 1}]
         for kind in ("requests", "limits"):
-            ops.append({"op": "replace", "value": plan.npus_per_pod, "path":
-                        f"/spec/replicaSpecs/Worker/template/spec/containers/0/resources/{kind}/{_ptr(NPU_RESOURCE)}"})
+            resource = f"/spec/replicaSpecs/Worker/template/spec/containers/0/resources/{kind}/{_ptr(NPU_RESOURCE)}"
+            ops.append({"op": "replace", "value": plan.npus_per_pod, "path": resource})
         for path in template_paths(ASCEND_JOB):
             ops += [{"op": "replace", "path": f"{path}/spec/containers/0/args", "value": plan.args},
                     {"op": "add", "path": f"{path}/spec/containers/0/env/-", "value": image_env}]

@@ -19,6 +19,7 @@ from tunebox import layout
 from tunebox.config import DataSection, EvalSection
 from tunebox.contest import scoring
 from tunebox.data.prompts import prompt_parts, spec_prompt
+from tunebox.data.samples import IGNORE
 from tunebox.data.tokenizer import TextTokenizer
 from tunebox.io import InputError, atomic_write_json, atomic_write_text, iter_jsonl, read_jsonl, sha256_file
 
@@ -122,7 +123,6 @@ def longest_answers_in_samples(run_dir: Path, data: DataSection, tok: TextTokeni
     sample at a time: the answer is where the labels are, the family comes from the decoded prompt."""
     import mindspore.dataset as ds
 
-    from tunebox.data.samples import IGNORE
 
     record = run_dir / layout.PREP_TRAIN_RECORDS
     if not record.exists():

@@ -20,7 +20,6 @@ from tunebox.evaluation.intervals import wilson_interval
 from tunebox.evaluation.loop import ALL_FAMILIES, MCQ_ANSWER_PREFIX, HeldoutTask, SquadTask, limit_for
 from tunebox.io import atomic_write_json, atomic_write_text, read_jsonl
 
-
 SHARES = ("accuracy_strict", "accuracy_tolerant", "accuracy_within_1pct", "accuracy_logprob")
 """A summary's accuracy shares (scores.json): each gets a Wilson 95% interval in the report."""
 

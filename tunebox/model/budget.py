@@ -70,7 +70,8 @@ class Baseline:
 BASELINES = {
     1: Baseline(1, "llama3-8b", 8, "wq|wv", 0.20,
                 "LoRA r=8 on .*wq|.*wv: the guide's run_llama3_8b_8k_800T_A2_64G_lora_dis_256.yaml; accuracy 20%: "
-                "'baseline的数学运算准确率为20%' (zhouyifeng888/competition, topic2-finetune/first-phase/_阿巴阿巴/README.md)"),
+                "'baseline的数学运算准确率为20%' "
+                "(zhouyifeng888/competition, topic2-finetune/first-phase/_阿巴阿巴/README.md)"),
     2: Baseline(2, "internlm-7b", 8, "wq|wk|wv|wo", 0.40,
                 "LoRA r=8 on .*wq|.*wk|.*wv|.*wo: research/internlm/finetune_internlm_7b_lora.yaml in the contest's "
                 "MindFormers copy (topic2-finetune/mindformers); accuracy 40%: 'baseline的准确率为40%' "
@@ -216,7 +217,8 @@ class FlopsPerToken:
         return self.forward + self.backward + self.recompute
 
 
-def lora_flops_per_token(shape: ModelShape, seq_length: int, lora_trainable: int, recompute: bool = True) -> FlopsPerToken:
+def lora_flops_per_token(shape: ModelShape, seq_length: int, lora_trainable: int,
+                         recompute: bool = True) -> FlopsPerToken:
     """Training FLOPs per (padded) token of a LoRA run; the formula is in the module docstring."""
     n = matmul_weights(shape)
     attention = 4 * shape.num_layers * seq_length * shape.num_heads * shape.head_dim
@@ -337,7 +339,8 @@ STAGE2_TEAM_REFERENCE = ReferenceRun(
            "finetune_internlm_7b_lora_mmlu_64G.yaml (seq_length 2048, batch_size 2 x data_parallel 8, 10 epochs)")
 
 
-def calibrated_mfu(peak_tflops: float = ASCEND_910B_PEAK_FP16_TFLOPS, reference: ReferenceRun = CONTEST_REFERENCE) -> float:
+def calibrated_mfu(peak_tflops: float = ASCEND_910B_PEAK_FP16_TFLOPS,
+                   reference: ReferenceRun = CONTEST_REFERENCE) -> float:
     """The MFU at which the reference run takes its published time."""
     shape = get_model_shape(reference.model)
     per_token = lora_flops_per_token(shape, reference.workload.seq_length,

@@ -598,7 +598,8 @@ class CheckpointStreamWriter:
             self.fd = -1
 
 def save_checkpoint_numpy(path: str | os.PathLike,
-                          tensors: Union[dict[str, Union[np.ndarray, str]], Iterable[tuple[str, Union[np.ndarray, str]]]],
+                          tensors: Union[dict[str, Union[np.ndarray, str]],
+                                         Iterable[tuple[str, Union[np.ndarray, str]]]],
                           *, sha256: bool = False) -> Optional[str]:
     """Write name -> array (or str) pairs as a checkpoint, atomically, one tensor in memory at a time
     when `tensors` is an iterator: the bytes mindspore.save_checkpoint writes for the same tensors,

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import numpy as np
 
 from tunebox.data.prompts import prompt_parts
 from tunebox.data.tokenizer import CHATML_TEMPLATE, TextTokenizer
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
-from tunebox.model.checkpoint import CheckpointReader, TensorEntry, lora_pairs, load_checkpoint_numpy
+from tunebox.model.checkpoint import CheckpointReader, TensorEntry, load_checkpoint_numpy, lora_pairs
 from tunebox.model.registry import PEFT_NAMES, ModelShape
 from tunebox.model.weights import mindformers_name_to_hf
 
@@ -51,6 +52,7 @@ def recipe_chat_template(tok: TextTokenizer, data) -> str:
     """A Jinja chat template that renders the recipe's prompt around the last user message: the model's
     own template when the recipe uses it unchanged (data.template chat, no system prompt), else the
     recipe's text before and after the problem, as string literals (escaped, so any text is safe)."""
+
     if data.template == "chat" and not data.system_prompt:
         return tok.config.get("chat_template") or CHATML_TEMPLATE
     before, _, after = prompt_parts(tok, data.template, data.system_prompt)
@@ -156,11 +158,3 @@ def write_peft_adapter(out: Path, lora_ckpt: Path, *, rank: int, alpha: float, d
               "inference_mode": True, "modules_to_save": None, "layers_to_transform": None}
     atomic_write_json(out / "adapter_config.json", config)
     return {"tensors": len(tensors), "target_modules": config["target_modules"]}
-
-
-def hub_reference(source: str) -> tuple[str, str | None] | None:
-    """('org/name', revision or None) for a registry source 'hf:org/name[@rev]', else None."""
-    if not source.startswith("hf:"):
-        return None
-    repo, _, revision = source[3:].partition("@")
-    return repo, revision or None

@@ -85,16 +85,15 @@ def build_llama(shape: ModelShape, *, seq_length: int = 0, batch_size: int = 1, 
     config: the LlamaConfig kwargs of a predicting network (mf_config.predict_model_kwargs: incremental
     decoding), built as it is; without it, the training network of shape, seq_length, batch_size and
     dtype, which on CPU gets avoid_cpu_broadcast_tables (whose cells a predicting network does not have)."""
-    from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
-
     import mindspore as ms
+    from mindformers.models.llama import LlamaConfig, LlamaForCausalLM
 
     predicting = config is not None
     if not predicting:
         config = llama_config_kwargs(shape, seq_length=seq_length, batch_size=batch_size, dtype=dtype)
     net = LlamaForCausalLM(LlamaConfig(**config))
     if not predicting and ms.get_context("device_target") == "CPU":
-        from tunebox.model.mf_extensions import avoid_cpu_broadcast_tables
+        from tunebox.model.mf_extensions import avoid_cpu_broadcast_tables  # lazy: imports MindSpore + MindFormers
 
         avoid_cpu_broadcast_tables(net)
     if checkpoint is not None:
@@ -121,7 +120,7 @@ def run_mindformers(yaml_path: Path, resume: bool) -> None:
     quiet_mindformers_console()
     cfg = MindFormerConfig(str(yaml_path))
     if cfg.context.device_target == "CPU" and cfg.use_parallel:
-        from tunebox.model.mf_extensions import skip_preload_barrier_on_cpu
+        from tunebox.model.mf_extensions import skip_preload_barrier_on_cpu  # lazy: imports MindSpore + MindFormers
 
         skip_preload_barrier_on_cpu()
     if resume:

@@ -27,8 +27,13 @@ import yaml
 
 from tunebox.config import LoraSection, TrainSection
 from tunebox.model.budget import RESUME_KEPT, merged_weight_dtype, resume_every
-from tunebox.model.registry import (ModelShape, declared_checkpoint_types, get_model_shape, llama_config_kwargs,
-                                    mindformers_target_regex)
+from tunebox.model.registry import (
+    ModelShape,
+    declared_checkpoint_types,
+    get_model_shape,
+    llama_config_kwargs,
+    mindformers_target_regex,
+)
 
 EXTENSIONS_FILE = Path(__file__).with_name("mf_extensions.py")
 EXTENSIONS_MODULE = EXTENSIONS_FILE.stem

@@ -28,19 +28,17 @@ import os
 import signal
 import time
 
-import numpy as np
-
 import mindspore as ms
+import numpy as np
+from mindformers.models.llama import LlamaForCausalLM
+from mindformers.tools.register import MindFormerModuleType, MindFormerRegister
+from mindformers.wrapper.wrapper import MFTrainOneStepCell
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common import dtype as mstype
 from mindspore.ops import functional as F
 from mindspore.ops import operations as P
 from mindspore.train.callback import Callback
 from mindspore.train.serialization import _get_merged_param_data
-
-from mindformers.models.llama import LlamaForCausalLM
-from mindformers.tools.register import MindFormerModuleType, MindFormerRegister
-from mindformers.wrapper.wrapper import MFTrainOneStepCell
 
 try:  # the IsFinite overflow check MindSpore's 910B path uses
     from mindspore.nn.wrap.loss_scale import _ascend_grad_overflow

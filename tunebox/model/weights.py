@@ -39,11 +39,10 @@ import numpy as np
 from tqdm import tqdm
 
 from tunebox.chaos import kill_point
+from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
 from tunebox.io import InputError, atomic_dir, atomic_write_json, sha256_file
 from tunebox.model.checkpoint import CheckpointStreamWriter, bfloat16_bits_to_float32, save_checkpoint_numpy
-from tunebox.model.registry import (INTERNLM_CONTEST_TOKENIZER_CONFIG, ModelShape, cache_dir, get_model_shape,
-                                    model_dir)
-from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
+from tunebox.model.registry import INTERNLM_CONTEST_TOKENIZER_CONFIG, ModelShape, cache_dir, get_model_shape, model_dir
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +337,8 @@ def _check_gguf_matches_spec(reader, shape: ModelShape, path: Path) -> None:
     for key, want in expected.items():
         got = _gguf_field(reader, key)
         if got is None or abs(float(got) - float(want)) > 1e-6 * max(1.0, abs(float(want))):
-            raise InputError(f"GGUF {key} = {got}, the {shape.name} shape in tunebox/model/registry.py says {want}", path)
+            raise InputError(f"GGUF {key} = {got}, the {shape.name} shape in tunebox/model/registry.py says {want}",
+                             path)
 
 
 def convert_gguf(gguf_path: Path, ckpt_path: Path, shape: ModelShape, progress: bool = True) -> str:

@@ -137,7 +137,8 @@ def check_checksums(sub: Submission, f: Findings) -> dict[str, str]:
         elif rel not in actual:
             f.fail("checksums", f"{rel} is listed in {contents.SUMS_FILE} but missing from the folder")
         elif actual[rel] != sha:
-            f.fail("checksums", f"{rel}: sha256 is {actual[rel]}, {contents.SUMS_FILE} says {sha} (changed after bundling)")
+            f.fail("checksums", f"{rel}: sha256 is {actual[rel]}, {contents.SUMS_FILE} says {sha} (changed after "
+                   "bundling)")
     for rel in on_disk:
         if rel not in listed:
             f.fail("checksums", f"stray file {rel}: not listed in {contents.SUMS_FILE} (added after bundling?)")
@@ -213,7 +214,8 @@ def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]]
             f.fail("checkpoints", f"{rel}: sha256 {sha} is not the file evaluate scored "
                                   f"({scores.get('checkpoint_sha256')}, logs/evaluate/{name}/scores.json)")
     if len(f.failed("checkpoints")) == before:
-        f.ok("checkpoints", f"{len(found)} checkpoints at steps {', '.join(map(str, found))}, evenly spaced as planned; "
+        f.ok("checkpoints", f"{len(found)} checkpoints at steps {', '.join(map(str, found))}, evenly spaced as "
+             "planned; "
                             f"each is the file merge wrote and evaluate scored")
     return found
 
@@ -232,7 +234,7 @@ def load_bundled_spec(sub: Submission, f: Findings):
         return None
     mine = spec.spec_hash()
     before = len(f.failed("spec"))
-    for job in contents.JOBS:
+    for job in layout.RUN_JOBS:
         m = sub.json(f"logs/{job}/manifest.json")
         if isinstance(m, dict) and m.get("spec_hash") != mine:
             diff = contents.spec_differences(m.get("spec") or {}, spec)
@@ -268,7 +270,8 @@ def check_mindformers(sub: Submission, f: Findings) -> None:
         needed = {"load_checkpoint": predict.load_checkpoint,
                   "tokenizer_file": (predict.processor or {}).get("tokenizer", {}).get("tokenizer_file")}
         for key, rel in needed.items():
-            if not rel or not (folder / rel).resolve().is_file() or not (folder / rel).resolve().is_relative_to(sub.root.resolve()):
+            target = (folder / rel).resolve() if rel else None
+            if not rel or not target.is_file() or not target.is_relative_to(sub.root.resolve()):
                 f.fail("mindformers", f"mindformers/predict.yaml: {key} {rel!r} is not a file of this submission")
     finetune = configs.get("finetune.yaml")
     if finetune is not None:
@@ -463,7 +466,8 @@ def check_results(sub: Submission, f: Findings, spec, steps: list[int], actual: 
     squad_files = check_squad(sub, f, got_rows, results.get("base") or {}, names)
     chosen = results.get("chosen") or {}
     if chosen.get("model") != expected["chosen"]["model"]:
-        f.fail("results", f"results.json chooses {chosen.get('model')!r}; by its rule ({expected['chosen'].get('rule')}) "
+        f.fail("results", f"results.json chooses {chosen.get('model')!r}; by its rule "
+               f"({expected['chosen'].get('rule')}) "
                           f"the logs choose {expected['chosen']['model']!r}")
     elif (chosen.get("rule"), chosen.get("valid")) != (expected["chosen"]["rule"], expected["chosen"]["valid"]):
         f.fail("results", f"results.json's choice says rule {chosen.get('rule')!r}, valid {chosen.get('valid')!r}; "
@@ -496,7 +500,8 @@ def check_squad(sub: Submission, f: Findings, rows: dict[str, dict], base_row: d
         for metric in ("f1", "em"):
             got = row.get(f"squad_{metric}")
             if not contents.same_number(got, measured[name][metric], 1e-9):
-                f.fail("results", f"results.json {name} squad_{metric} = {got!r}, {rel} gives {measured[name][metric]!r}")
+                f.fail("results", f"results.json {name} squad_{metric} = {got!r}, {rel} gives "
+                       f"{measured[name][metric]!r}")
     if "base" not in measured:
         return len(measured)
     for name, tuned in measured.items():
@@ -512,20 +517,23 @@ def check_squad(sub: Submission, f: Findings, rows: dict[str, dict], base_row: d
 
 
 def _same(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b,
+                                                                                                                  bool):
         return contents.same_number(a, b)
     return a == b
 
 
 def check_environment(sub: Submission, f: Findings) -> None:
-    manifests = {job: sub.json(f"logs/{job}/manifest.json") for job in contents.JOBS}
+    manifests = {job: sub.json(f"logs/{job}/manifest.json") for job in layout.RUN_JOBS}
     if not all(isinstance(m, dict) for m in manifests.values()):
         return
     expected = contents.environment_record(manifests, contents.direct_requirements(sub.path("code.tar.gz")))
     got = sub.json("environment.json")
     before = len(f.failed("environment"))
     if got is not None and got != json.loads(json.dumps(expected)):
-        diff = contents.dict_differences(got, json.loads(json.dumps(expected))) if isinstance(got, dict) else ["not an object"]
+        diff = contents.dict_differences(got, json.loads(json.dumps(expected))) if isinstance(got,
+                                                                                              dict) else ["not an "
+                                                                                                          "object"]
         f.fail("environment", "environment.json is not what the bundled manifests give: " + "; ".join(diff[:5]))
     md = sub.path("ENVIRONMENT.md")
     if md.is_file() and md.read_text(encoding="utf-8") != contents.render_environment(expected):
@@ -663,6 +671,7 @@ def check_predict(sub: Submission, f: Findings, spec) -> None:
         f.fail("predict", f"MindFormers answers the first held-out prompt {got['text']!r} from predict.yaml, "
                           f"tunebox's decoder {want!r}")
         return
-    f.ok("predict", f"MindFormers built predict.yaml's tokenizer and model, loaded {Path(got['checkpoint']).parent.name} "
+    f.ok("predict", f"MindFormers built predict.yaml's tokenizer and model, loaded "
+         f"{Path(got['checkpoint']).parent.name} "
                     f"strictly and answered the first held-out prompt as tunebox does ({PREDICT_NEW_TOKENS} greedy "
                     f"tokens: {got['text']!r})")

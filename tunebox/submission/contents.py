@@ -15,9 +15,9 @@ from typing import Iterable, Mapping, Optional
 
 from tqdm import tqdm
 
-from tunebox.contest import rules
 from tunebox import layout
-from tunebox.contest import scoring
+from tunebox.config import RunSpec
+from tunebox.contest import rules, scoring
 from tunebox.evaluation.scorecard import contest_figures, scorecard
 from tunebox.model.registry import get_model_shape, lora_targets
 from tunebox.training.plan import checkpoint_steps
@@ -25,7 +25,6 @@ from tunebox.training.plan import checkpoint_steps
 SUBMISSION_DIR = "submission"
 NUM_CHECKPOINTS = 5              # the contest asks for five evenly spaced merged checkpoints
 SUMS_FILE = "SHA256SUMS"
-JOBS = layout.RUN_JOBS
 
 # Files every submission has, whatever the run (per-checkpoint files come from checkpoint_files()).
 FIXED_FILES = (
@@ -253,7 +252,8 @@ def build_results(*, run_id: str, stage: int, fmt: str, model_name: str, rank: i
         candidates.append({**row, "retention": verdict})
     base = None
     if "base" in accuracies:
-        base = {"model": "base", **{k: accuracies["base"].get(k) for k in ("n", "accuracy_strict", "accuracy_tolerant")},
+        base = {"model": "base", **{k: accuracies["base"].get(k) for k in ("n", "accuracy_strict",
+                                                                           "accuracy_tolerant")},
                 **base_squad}
     return {"run_id": run_id, "stage": stage, "format": fmt, "model": model_name,
             "score_formula": f"stage {stage}: {rules.SCORE_FORMULAS[stage]}, accuracy = strict (the contest rule)",
@@ -291,7 +291,6 @@ def spec_differences(recorded: Mapping, spec) -> list[str]:
     is where a run lives, not what it is (a run moved to another disk, or mounted at /data/runs in a
     container, is the same run). A key the recorded spec lacks because the schema gained it later is
     no difference while it holds its default: the job ran with that behaviour."""
-    from tunebox.config import RunSpec
 
     defaults = RunSpec().to_dict()
     current = {k: v for k, v in spec.to_dict().items() if k not in LOCATION_KEYS}
@@ -387,7 +386,8 @@ def environment_record(manifests: dict[str, dict], requirements: Optional[list[s
     for job, m in manifests.items():
         other = m.get("pip_freeze") or []
         if job != "train" and other and set(other) != set(freeze):
-            differs[job] = {"only_here": sorted(set(other) - set(freeze)), "only_in_train": sorted(set(freeze) - set(other))}
+            differs[job] = {"only_here": sorted(set(other) - set(freeze)),
+                            "only_in_train": sorted(set(freeze) - set(other))}
     return {"generated_from": [layout.in_logs(layout.manifest(job)) for job in manifests]
             + ["code.tar.gz: pyproject.toml"],
             "jobs": jobs, "contest_base": dict(rules.CONTEST_STACK),

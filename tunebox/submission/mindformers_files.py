@@ -13,8 +13,17 @@ from tunebox import layout
 from tunebox.config import RunSpec
 from tunebox.data.prompts import spec_prompt
 from tunebox.io import atomic_write_text, read_jsonl
-from tunebox.model.mf_config import (EXTENSIONS_FILE, MF19_HEADER, R11_FILE, R11_MODELS, dump, r11_header,
-                                     render_contest_predict_config, render_predict_config, topology)
+from tunebox.model.mf_config import (
+    EXTENSIONS_FILE,
+    MF19_HEADER,
+    R11_FILE,
+    R11_MODELS,
+    dump,
+    r11_header,
+    render_contest_predict_config,
+    render_predict_config,
+    topology,
+)
 from tunebox.submission import contents
 
 MF_README = """# Running this submission with MindFormers

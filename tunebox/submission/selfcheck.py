@@ -80,10 +80,12 @@ def retention_line(results: dict) -> tuple[str, bool]:
     """(what to say about retention, whether it is a warning)."""
     verdicts = [r.get("passes_retention") for r in results.get("checkpoints", [])]
     if not verdicts or all(v is None for v in verdicts):
-        return ("SQuAD retention NOT measured (eval.squad_file unset): validity under the contest rule is unknown", True)
+        return ("SQuAD retention NOT measured (eval.squad_file unset): validity under the contest rule is unknown",
+                True)
     passing = sum(v is True for v in verdicts)
     return (f"SQuAD retention measured: {passing} of {len(verdicts)} checkpoints pass (F1 and EM >= "
-            f"{rules.RETENTION_THRESHOLD:.0%} of base)" + ("; NONE is valid under the contest rule" if not passing else ""),
+            f"{rules.RETENTION_THRESHOLD:.0%} of base)" + ("; NONE is valid under the contest "
+                                                           "rule" if not passing else ""),
             not passing)
 
 
