@@ -3,6 +3,7 @@
 Each task is thin: it builds a `python -m jobs.<name>` command and runs it, so what invoke does
 on a laptop is exactly what a container or a Kubernetes Job runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,7 +90,7 @@ def _job_task(module) -> Task:
     for action in parser._actions:
         if not action.option_strings or isinstance(action, argparse._HelpAction):
             continue
-        flag = max(action.option_strings, key=len)            # --config, not -c
+        flag = max(action.option_strings, key=len)  # --config, not -c
         param = flag.lstrip("-").replace("-", "_")
         flagged = isinstance(action, argparse._StoreTrueAction)
         default = False if flagged else DEFAULT_CONFIG if param == "config" else None if param == "set" else ""
@@ -116,17 +117,23 @@ def _job_task(module) -> Task:
     # invoke --list shows the first line: make it the doc's first sentence
     doc = (module.__doc__ or name).strip()
     cut = re.search(r"\.(\s|$)", doc)
-    first, rest = (doc[:cut.start() + 1], doc[cut.end():]) if cut else (doc, "")
+    first, rest = (doc[: cut.start() + 1], doc[cut.end() :]) if cut else (doc, "")
     body.__name__ = body.__qualname__ = name
-    body.__doc__ = (" ".join(first.split()) + "\n\n" + rest
-                    + f"\n\nEvery run spec key, with its default: python -m jobs.{name} --help")
+    body.__doc__ = (
+        " ".join(first.split())
+        + "\n\n"
+        + rest
+        + f"\n\nEvery run spec key, with its default: python -m jobs.{name} --help"
+    )
     body.__signature__ = inspect.Signature(params)
     return Task(body, name=name, help=helps, iterable=["set"], auto_shortflags=False)
 
 
 _JOB_TASKS = [_job_task(module) for module in _JOB_MODULES]
-_SPEC_HELP = {"config": "run spec YAML (default: the local SmolLM2 recipe)",
-              "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)"}
+_SPEC_HELP = {
+    "config": "run spec YAML (default: the local SmolLM2 recipe)",
+    "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)",
+}
 
 
 @task(help=_SPEC_HELP, iterable=["set"])
@@ -139,10 +146,14 @@ def mindformers_yaml(c, config=DEFAULT_CONFIG, set=None):
     _run_job("train", _spec_argv(config, set) + ["--render-only"])
 
 
-@task(help={"submission": "the folder bundle wrote, e.g. runs/local-smollm2/submission",
-            "rerun": "also evaluate every checkpoint again from the folder alone",
-            "image": "also run the check (with the re-run) inside this Docker image",
-            "tolerance": "allowed absolute accuracy difference in the re-run (default 0)"})
+@task(
+    help={
+        "submission": "the folder bundle wrote, e.g. runs/local-smollm2/submission",
+        "rerun": "also evaluate every checkpoint again from the folder alone",
+        "image": "also run the check (with the re-run) inside this Docker image",
+        "tolerance": "allowed absolute accuracy difference in the re-run (default 0)",
+    }
+)
 def verify(c, submission, rerun=False, image="", tolerance=""):
     """Check a submission: files, checksums, no strays, 5 evenly spaced checkpoints, results vs logs."""
     cmd = f"{PY} -m jobs.verify {shlex.quote(submission)}" + (" --rerun" if rerun else "")
@@ -163,21 +174,25 @@ def pipeline(c, config=DEFAULT_CONFIG, set=None):
         raise invoke.Exit(f"error: {exc}", code=2) from None
     report = spec.job_dir("evaluate") / "report.md"
     print("\n" + report.read_text(encoding="utf-8"))
-    print(f"pipeline finished in {(time.time() - started) / 60:.1f} min; report: {report}; "
-          f"submission: {spec.run_dir / 'submission'} (check it with: invoke verify {spec.run_dir / 'submission'})")
+    print(
+        f"pipeline finished in {(time.time() - started) / 60:.1f} min; report: {report}; "
+        f"submission: {spec.run_dir / 'submission'} (check it with: invoke verify {spec.run_dir / 'submission'})"
+    )
 
 
 pipeline.__doc__ = f"{' -> '.join(PIPELINE)} on one run spec (tunebox/layout.py); prints the report and where it is."
 pipeline = task(help=_SPEC_HELP, iterable=["set"])(pipeline)
 
 
-_SWEEP_HELP = {"config": "the recipe every point starts from (default: the local SmolLM2 recipe)",
-               "grid": "spec keys and values, every combination a point: 'lora.rank=8,16 train.lr=5e-4,1e-3'",
-               "seeds": "run each point at these train.seed values, e.g. 0,1,2 (train.seed: LoRA init, dropout, "
-                        "shuffle; data.seed, and so the rows and the held-out set, stays the recipe's)",
-               "name": "runs/sweeps/NAME/ and the runs' id prefix (default: recipe run_id + grid keys)",
-               "set": "override a spec key for every point (repeatable)",
-               "collect": "run nothing: build the table from the run folders there are (e.g. copied off a cluster)"}
+_SWEEP_HELP = {
+    "config": "the recipe every point starts from (default: the local SmolLM2 recipe)",
+    "grid": "spec keys and values, every combination a point: 'lora.rank=8,16 train.lr=5e-4,1e-3'",
+    "seeds": "run each point at these train.seed values, e.g. 0,1,2 (train.seed: LoRA init, dropout, "
+    "shuffle; data.seed, and so the rows and the held-out set, stays the recipe's)",
+    "name": "runs/sweeps/NAME/ and the runs' id prefix (default: recipe run_id + grid keys)",
+    "set": "override a spec key for every point (repeatable)",
+    "collect": "run nothing: build the table from the run folders there are (e.g. copied off a cluster)",
+}
 
 
 def _sweep_argv(config, grid, seeds, name, set) -> list[str]:
@@ -192,8 +207,13 @@ def sweep(c, config=DEFAULT_CONFIG, grid="", seeds="", name="", set=None, collec
     _run_module("tunebox.sweep", _sweep_argv(config, grid, seeds, name, set) + (["--collect"] if collect else []))
 
 
-@task(help={"compare": "two run ids, A,B (or --compare A --compare B): spec difference and results side by side",
-            "runs_dir": "the folder holding the runs (default runs)"}, iterable=["compare"])
+@task(
+    help={
+        "compare": "two run ids, A,B (or --compare A --compare B): spec difference and results side by side",
+        "runs_dir": "the folder holding the runs (default runs)",
+    },
+    iterable=["compare"],
+)
 def runs(c, compare=None, runs_dir="runs"):
     """The runs in runs/: id, recipe, what differs from it, chosen step, score, date (tunebox/runs.py)."""
     compare = [r for value in compare or [] for r in value.replace(",", " ").split()]
@@ -202,10 +222,15 @@ def runs(c, compare=None, runs_dir="runs"):
     _run_module("tunebox.runs", ["--runs-dir", runs_dir] + (["--compare", *compare] if compare else []))
 
 
-@task(help={"url": "the file to download (http/https)", "out": "where to put it (with --url)",
-            "sha256": "expected sha256, checked before the file gets its final name",
-            "files": "a YAML/JSON list of {url, path, sha256} to fetch into the cache instead",
-            "root": "folder for the list's relative paths (default: $TUNEBOX_CACHE or ~/.cache/tunebox)"})
+@task(
+    help={
+        "url": "the file to download (http/https)",
+        "out": "where to put it (with --url)",
+        "sha256": "expected sha256, checked before the file gets its final name",
+        "files": "a YAML/JSON list of {url, path, sha256} to fetch into the cache instead",
+        "root": "folder for the list's relative paths (default: $TUNEBOX_CACHE or ~/.cache/tunebox)",
+    }
+)
 def fetch(c, url="", out="", sha256="", files="", root=""):
     """Resumable, sha256-verified download of one file (--url --out) or a list (--files)."""
     args = [url] if url else []
@@ -215,58 +240,123 @@ def fetch(c, url="", out="", sha256="", files="", root=""):
     c.run(f"{PY} -m jobs.fetch " + " ".join(shlex.quote(a) for a in args), pty=False)
 
 
-@task(help={"model": "registry name: tiny, smollm2-135m, llama3-8b, internlm-7b",
-            "hf_dir": "a downloaded Hugging Face checkpoint folder to convert (needed for llama3-8b, internlm-7b)",
-            "out": "with --hf-dir: where to write (default: the model's cache dir)"})
+@task(
+    help={
+        "model": "registry name: tiny, smollm2-135m, llama3-8b, internlm-7b",
+        "hf_dir": "a downloaded Hugging Face checkpoint folder to convert (needed for llama3-8b, internlm-7b)",
+        "out": "with --hf-dir: where to write (default: the model's cache dir)",
+    }
+)
 def convert(c, model, hf_dir="", out=""):
     """Make a model's cache dir (model.ckpt + tokenizer + model.json): build tiny/SmolLM2, or convert HF safetensors."""
-    c.run(f"{PY} -m jobs.convert --model {shlex.quote(model)}" + _options(("--hf-dir", hf_dir), ("--out", out)),
-          pty=False, echo=True)
+    c.run(
+        f"{PY} -m jobs.convert --model {shlex.quote(model)}" + _options(("--hf-dir", hf_dir), ("--out", out)),
+        pty=False,
+        echo=True,
+    )
 
 
-@task(help={"config": "also record this run spec's hash and content",
-            "out": "write the JSON to this file instead of printing it"})
+@task(
+    help={
+        "config": "also record this run spec's hash and content",
+        "out": "write the JSON to this file instead of printing it",
+    }
+)
 def env(c, config="", out=""):
     """This machine's environment manifest as JSON: OS, CPU, NPUs, driver/CANN, packages, git, image."""
     c.run(f"{PY} -m jobs.env" + _options(("--config", config), ("--out", out)), pty=False)
 
 
-@task(help={"rows": "number of rows", "out": "output directory (part-*.jsonl + generate.json)",
-            "seed": "random seed", "mix": "family weights, e.g. add=2,sqrt=1 (default: the real sample's mix)",
-            "lang_mix": "language shares, e.g. zh=0.97,en=0.03", "shard_rows": "rows per part file"})
+@task(
+    help={
+        "rows": "number of rows",
+        "out": "output directory (part-*.jsonl + generate.json)",
+        "seed": "random seed",
+        "mix": "family weights, e.g. add=2,sqrt=1 (default: the real sample's mix)",
+        "lang_mix": "language shares, e.g. zh=0.97,en=0.03",
+        "shard_rows": "rows per part file",
+    }
+)
 def generate(c, rows=100_000, out="runs/data/generated", seed=0, mix="", lang_mix="", shard_rows=100_000):
     """Synthetic contest math rows (every label recomputed exactly as the contest formats it)."""
-    cmd = (f"{PY} -m jobs.generate --rows {int(rows)} --out {shlex.quote(out)} --seed {int(seed)} "
-           f"--shard-rows {int(shard_rows)}")
+    cmd = (
+        f"{PY} -m jobs.generate --rows {int(rows)} --out {shlex.quote(out)} --seed {int(seed)} "
+        f"--shard-rows {int(shard_rows)}"
+    )
     c.run(cmd + _options(("--mix", mix), ("--lang-mix", lang_mix)), pty=False, echo=True)
 
 
-@task(help={"file": "a JSONL file or a directory of them", "tokenizer": "model dir or tokenizer.json ('none': "
-            "characters)",
-            "out": "report directory (default runs/profile/<name>)"})
+@task(
+    help={
+        "file": "a JSONL file or a directory of them",
+        "tokenizer": "model dir or tokenizer.json ('none': characters)",
+        "out": "report directory (default runs/profile/<name>)",
+    }
+)
 def profile(c, file, tokenizer="", out=""):
     """Family mix, lengths, duplicates and wrong labels of a math JSONL file -> profile.json/.md + charts."""
-    c.run(f"{PY} -m jobs.profile {shlex.quote(file)}" + _options(("--tokenizer", tokenizer), ("--out", out)),
-          pty=False, echo=True)
+    c.run(
+        f"{PY} -m jobs.profile {shlex.quote(file)}" + _options(("--tokenizer", tokenizer), ("--out", out)),
+        pty=False,
+        echo=True,
+    )
 
 
-@task(help={"config": "take model, stage, LoRA and workload from this run spec", "model": "registry name",
-            "stage": "1 or 2 (which contest score)", "ranks": "candidate ranks, e.g. 1,2,4,8,16,32",
-            "cards": "NPUs", "rows": "training rows", "seq": "padded sequence length", "epochs": "epochs",
-            "batch": "global batch", "mfu": "assumed MFU, a fraction (default: calibrated on the contest's 6 h run)",
-            "measured_step_s": "a measured step time in seconds, used instead of the model",
-            "baseline_accuracy": "the baseline's accuracy (default: the contest's)",
-            "baseline_rank": "the baseline's LoRA rank (default: the contest's, 8)",
-            "baseline_targets": "the baseline's target modules (default: the contest's)", "json": "JSON output"})
-def plan(c, config="", model="", stage=0, ranks="", cards=0, rows=0, seq=0, epochs=0.0, batch=0, mfu=0.0,
-         measured_step_s=0.0, baseline_accuracy=-1.0, baseline_rank=0, baseline_targets="", json=False):
+@task(
+    help={
+        "config": "take model, stage, LoRA and workload from this run spec",
+        "model": "registry name",
+        "stage": "1 or 2 (which contest score)",
+        "ranks": "candidate ranks, e.g. 1,2,4,8,16,32",
+        "cards": "NPUs",
+        "rows": "training rows",
+        "seq": "padded sequence length",
+        "epochs": "epochs",
+        "batch": "global batch",
+        "mfu": "assumed MFU, a fraction (default: calibrated on the contest's 6 h run)",
+        "measured_step_s": "a measured step time in seconds, used instead of the model",
+        "baseline_accuracy": "the baseline's accuracy (default: the contest's)",
+        "baseline_rank": "the baseline's LoRA rank (default: the contest's, 8)",
+        "baseline_targets": "the baseline's target modules (default: the contest's)",
+        "json": "JSON output",
+    }
+)
+def plan(
+    c,
+    config="",
+    model="",
+    stage=0,
+    ranks="",
+    cards=0,
+    rows=0,
+    seq=0,
+    epochs=0.0,
+    batch=0,
+    mfu=0.0,
+    measured_step_s=0.0,
+    baseline_accuracy=-1.0,
+    baseline_rank=0,
+    baseline_targets="",
+    json=False,
+):
     """Before training: trainable params, ratio and break-even accuracy per LoRA rank/targets; Ascend step and
     wall time."""
     args = []
-    for flag, value in (("--config", config), ("--model", model), ("--stage", stage), ("--ranks", ranks),
-                        ("--cards", cards), ("--rows", rows), ("--seq", seq), ("--epochs", epochs),
-                        ("--batch", batch), ("--mfu", mfu), ("--measured-step-s", measured_step_s),
-                        ("--baseline-rank", baseline_rank), ("--baseline-targets", baseline_targets)):
+    for flag, value in (
+        ("--config", config),
+        ("--model", model),
+        ("--stage", stage),
+        ("--ranks", ranks),
+        ("--cards", cards),
+        ("--rows", rows),
+        ("--seq", seq),
+        ("--epochs", epochs),
+        ("--batch", batch),
+        ("--mfu", mfu),
+        ("--measured-step-s", measured_step_s),
+        ("--baseline-rank", baseline_rank),
+        ("--baseline-targets", baseline_targets),
+    ):
         if value:
             args += [flag, str(value)]
     if baseline_accuracy >= 0:
@@ -276,8 +366,12 @@ def plan(c, config="", model="", stage=0, ranks="", cards=0, rows=0, seq=0, epoc
     c.run(f"{PY} -m jobs.plan " + " ".join(shlex.quote(a) for a in args), pty=False)
 
 
-@task(help={"fast": "skip the slow tests (real SmolLM2 model, whole pipelines)",
-            "k": "only tests matching this pytest -k expression"})
+@task(
+    help={
+        "fast": "skip the slow tests (real SmolLM2 model, whole pipelines)",
+        "k": "only tests matching this pytest -k expression",
+    }
+)
 def test(c, fast=False, k=""):
     """Lint (ruff check, config in pyproject.toml), then run the test suite (everything CI runs; --fast
     for the quick subset). A lint finding fails the task before any test runs."""
@@ -287,13 +381,17 @@ def test(c, fast=False, k=""):
     c.run(f"{PY} -m pytest {marker} {sel} -q", pty=False)
 
 
-@task(name="mutants", help={"only": "comma-separated groups (contest, packing, checkpoint, checks, k8s, train); "
-                                    "default all",
-                            "out": "work folder, one copy of the checkout a group (default .mutants/)",
-                            "jobs": "mutants tested at once (default 1)",
-                            "names": "only these mutants, comma-separated mutmut names or globs",
-                            "tests": "run these test files instead of the group's own, comma-separated",
-                            "summarize": "only print the figures of the runs already in the work folder"})
+@task(
+    name="mutants",
+    help={
+        "only": "comma-separated groups (contest, packing, checkpoint, checks, k8s, train); default all",
+        "out": "work folder, one copy of the checkout a group (default .mutants/)",
+        "jobs": "mutants tested at once (default 1)",
+        "names": "only these mutants, comma-separated mutmut names or globs",
+        "tests": "run these test files instead of the group's own, comma-separated",
+        "summarize": "only print the figures of the runs already in the work folder",
+    },
+)
 def test_mutants(c, only="", out="", jobs=1, names="", tests="", summarize=False):
     """Mutation testing (mutmut, the `mutants` extra): per module group, the fast tests that cover it
     against every mutant; docs/TESTING.md records the last run. Slow, so not part of `invoke test` or CI."""
@@ -315,24 +413,46 @@ def _in_repo(c, cmd: str):
         return c.run(cmd, pty=False, echo=True)
 
 
-@task(name="base", help={"suite": "Debian suite: bookworm (cpu and Ascend stacks) or bullseye (contest-2024)",
-                         "mirror": "Debian mirror (default: the host's, from /etc/apt/sources*)"})
+@task(
+    name="base",
+    help={
+        "suite": "Debian suite: bookworm (cpu and Ascend stacks) or bullseye (contest-2024)",
+        "mirror": "Debian mirror (default: the host's, from /etc/apt/sources*)",
+    },
+)
 def image_base(c, suite="bookworm", mirror=""):
     """debootstrap --variant=minbase SUITE + docker import -> tunebox/debian-SUITE:base (no registry needed)."""
-    _in_repo(c, f"{PY} -m images.build base --suite {shlex.quote(suite)}"
-                + (f" --mirror {shlex.quote(mirror)}" if mirror else ""))
+    _in_repo(
+        c,
+        f"{PY} -m images.build base --suite {shlex.quote(suite)}"
+        + (f" --mirror {shlex.quote(mirror)}" if mirror else ""),
+    )
 
 
-@task(name="build", help={"stack": "images/<stack>/: cpu-ms2.9, ascend-cann9.0-ms2.9, contest-2024",
-                          "ca_bundle": "CA bundle pip trusts in the builder (default "
-                          "/etc/ssl/certs/ca-certificates.crt)",
-                          "no_ca": "build without a CA bundle", "no_cache": "ignore the layer cache",
-                          "tag": "image tag (default tunebox:VERSION-STACK and tunebox:STACK)",
-                          "platform": "e.g. linux/arm64,linux/amd64 (docker buildx; default: the engine's own)",
-                          "offline": "air-gapped: FROM the stack's local OFFLINE_BASE_IMAGE, CANN from packages/*.run",
-                          "allow_unpinned": "build FROM a registry base that base.lock has no digest for"})
-def image_build(c, stack="cpu-ms2.9", ca_bundle="", no_ca=False, no_cache=False, tag="", platform="", offline=False,
-                allow_unpinned=False):
+@task(
+    name="build",
+    help={
+        "stack": "images/<stack>/: cpu-ms2.9, ascend-cann9.0-ms2.9, contest-2024",
+        "ca_bundle": "CA bundle pip trusts in the builder (default /etc/ssl/certs/ca-certificates.crt)",
+        "no_ca": "build without a CA bundle",
+        "no_cache": "ignore the layer cache",
+        "tag": "image tag (default tunebox:VERSION-STACK and tunebox:STACK)",
+        "platform": "e.g. linux/arm64,linux/amd64 (docker buildx; default: the engine's own)",
+        "offline": "air-gapped: FROM the stack's local OFFLINE_BASE_IMAGE, CANN from packages/*.run",
+        "allow_unpinned": "build FROM a registry base that base.lock has no digest for",
+    },
+)
+def image_build(
+    c,
+    stack="cpu-ms2.9",
+    ca_bundle="",
+    no_ca=False,
+    no_cache=False,
+    tag="",
+    platform="",
+    offline=False,
+    allow_unpinned=False,
+):
     """Build one stack's image (docker CLI with BuildKit, the CA as a build secret), print its id, check no layer
     holds the CA."""
     cmd = f"{PY} -m images.build build --stack {shlex.quote(stack)}"
@@ -364,11 +484,14 @@ def image_lock(c, stack="cpu-ms2.9"):
     _in_repo(c, f"{PY} -m images.build lock --stack {shlex.quote(stack)}")
 
 
-_K8S_HELP = {"config": "run spec YAML (the single source: run_id, device, workers)",
-             "overlay": "local-cpu, ascend-4card, multi-node (Indexed Job) or ascend-job (Huawei's AscendJob)",
-             "image": "image reference (default tunebox:VERSION-STACK for the spec's device)",
-             "namespace": "Kubernetes namespace", "set": "extra spec override, also passed to the pods (repeatable)",
-             "out": "output file (default build/k8s/RUN_ID.OVERLAY.yaml)"}
+_K8S_HELP = {
+    "config": "run spec YAML (the single source: run_id, device, workers)",
+    "overlay": "local-cpu, ascend-4card, multi-node (Indexed Job) or ascend-job (Huawei's AscendJob)",
+    "image": "image reference (default tunebox:VERSION-STACK for the spec's device)",
+    "namespace": "Kubernetes namespace",
+    "set": "extra spec override, also passed to the pods (repeatable)",
+    "out": "output file (default build/k8s/RUN_ID.OVERLAY.yaml)",
+}
 
 
 def _render_cmd(config, overlay, image, namespace, set, out):
@@ -379,77 +502,128 @@ def _render_cmd(config, overlay, image, namespace, set, out):
     return cmd + (f" -o {shlex.quote(out)}" if out else "")
 
 
-@task(name="render", help=dict(_K8S_HELP, sweep="render a sweep instead, one Job per point: its grid, as "
-                                                  "`invoke sweep --grid`", seeds="with --sweep: as `invoke sweep`",
-                                name="with --sweep: as `invoke sweep`"), iterable=["set"])
-def k8s_render(c, config=DEFAULT_CONFIG, overlay="local-cpu", image="", namespace="", set=None, out="", sweep="",
-               seeds="", name=""):
+@task(
+    name="render",
+    help=dict(
+        _K8S_HELP,
+        sweep="render a sweep instead, one Job per point: its grid, as `invoke sweep --grid`",
+        seeds="with --sweep: as `invoke sweep`",
+        name="with --sweep: as `invoke sweep`",
+    ),
+    iterable=["set"],
+)
+def k8s_render(
+    c, config=DEFAULT_CONFIG, overlay="local-cpu", image="", namespace="", set=None, out="", sweep="", seeds="", name=""
+):
     """Render the run's Kubernetes manifests from its spec with kubectl kustomize (k8s/overlays/OVERLAY)."""
     if sweep or seeds != "":
-        _in_repo(c, f"{PY} -m tunebox.sweep {shlex.join(_sweep_argv(config, sweep, seeds, name, set))} --render "
-                    f"{shlex.quote(overlay)}" + (f" --image {shlex.quote(image)}" if image else "")
-                    + (f" --namespace {shlex.quote(namespace)}" if namespace else "")
-                    + (f" -o {shlex.quote(out)}" if out else ""))
+        _in_repo(
+            c,
+            f"{PY} -m tunebox.sweep {shlex.join(_sweep_argv(config, sweep, seeds, name, set))} --render "
+            f"{shlex.quote(overlay)}"
+            + (f" --image {shlex.quote(image)}" if image else "")
+            + (f" --namespace {shlex.quote(namespace)}" if namespace else "")
+            + (f" -o {shlex.quote(out)}" if out else ""),
+        )
         return
     _in_repo(c, _render_cmd(config, overlay, image, namespace, set, out))
 
 
-@task(name="apply", help=dict(_K8S_HELP, dry_run="kubectl apply --dry-run=server (the cluster checks, nothing runs)"),
-      iterable=["set"])
+@task(
+    name="apply",
+    help=dict(_K8S_HELP, dry_run="kubectl apply --dry-run=server (the cluster checks, nothing runs)"),
+    iterable=["set"],
+)
 def k8s_apply(c, config=DEFAULT_CONFIG, overlay="local-cpu", image="", namespace="", set=None, out="", dry_run=False):
     """Render, then kubectl apply the run's manifests (the claims, the spec ConfigMap, the Job)."""
     import json as _json
 
-    plan = _json.loads(_in_repo(c, _render_cmd(config, overlay, image, namespace, set, out) + " --json").stdout
-                       .strip().splitlines()[-1])
+    plan = _json.loads(
+        _in_repo(c, _render_cmd(config, overlay, image, namespace, set, out) + " --json")
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     ns_flag = f" -n {shlex.quote(namespace)}" if namespace else ""
-    c.run(f"kubectl apply{ns_flag} -f {shlex.quote(plan['output'])}" + (" --dry-run=server" if dry_run else ""),
-          pty=False, echo=True)
+    c.run(
+        f"kubectl apply{ns_flag} -f {shlex.quote(plan['output'])}" + (" --dry-run=server" if dry_run else ""),
+        pty=False,
+        echo=True,
+    )
     if not dry_run:
-        print(f"follow: kubectl{ns_flag} logs -f job/{plan['job']}    "
-              f"wait: kubectl{ns_flag} wait --for=condition=complete --timeout=24h job/{plan['job']}")
+        print(
+            f"follow: kubectl{ns_flag} logs -f job/{plan['job']}    "
+            f"wait: kubectl{ns_flag} wait --for=condition=complete --timeout=24h job/{plan['job']}"
+        )
 
 
-@task(name="up", help={"config": "run spec YAML (default recipes/tiny.yaml)", "profile": "cpu or ascend",
-                       "until": "last step to run (prep, train, merge, evaluate, bundle)",
-                       "image": "image tag (default tunebox:VERSION-STACK for the spec's device)",
-                       "fresh": "delete this run's folder in the data volume first (default: resume what is there)"})
+@task(
+    name="up",
+    help={
+        "config": "run spec YAML (default recipes/tiny.yaml)",
+        "profile": "cpu or ascend",
+        "until": "last step to run (prep, train, merge, evaluate, bundle)",
+        "image": "image tag (default tunebox:VERSION-STACK for the spec's device)",
+        "fresh": "delete this run's folder in the data volume first (default: resume what is there)",
+    },
+)
 def compose_up(c, config="recipes/tiny.yaml", profile="cpu", until="bundle", image="", fresh=False):
     """docker-compose up the job graph for one spec, then report every service's exit code (exit 0 only if all 0)."""
-    _in_repo(c, f"{PY} -m images.compose_up --config {shlex.quote(config)} --profile {shlex.quote(profile)}"
-                f" --until {shlex.quote(until)}" + (f" --image {shlex.quote(image)}" if image else "")
-                + (" --fresh" if fresh else ""))
+    _in_repo(
+        c,
+        f"{PY} -m images.compose_up --config {shlex.quote(config)} --profile {shlex.quote(profile)}"
+        f" --until {shlex.quote(until)}"
+        + (f" --image {shlex.quote(image)}" if image else "")
+        + (" --fresh" if fresh else ""),
+    )
 
 
-@task(name="merge", help={"dir": "where the synthetic checkpoints go: the disk measured (default runs/bench-merge)",
-                          "sizes": "comma list of quarter, half, full (Llama3-8B shapes)",
-                          "budget_gb": "most disk used at once (default 40)", "no_doc": "do not append to "
-                          "docs/BENCHMARKS.md"})
+@task(
+    name="merge",
+    help={
+        "dir": "where the synthetic checkpoints go: the disk measured (default runs/bench-merge)",
+        "sizes": "comma list of quarter, half, full (Llama3-8B shapes)",
+        "budget_gb": "most disk used at once (default 40)",
+        "no_doc": "do not append to docs/BENCHMARKS.md",
+    },
+)
 def bench_merge(c, dir="", sizes="", budget_gb="", no_doc=False):
     """Streamed LoRA merge on Llama3-8B-shaped checkpoints: peak RSS and GB/s vs the disk's own speed."""
     cmd = f"{PY} -m benches.bench_merge" + (f" --dir {shlex.quote(dir)}" if dir else "")
-    cmd += (f" --sizes {shlex.quote(sizes)}" if sizes else "") + (f" --budget-gb "
-                                                                  f"{float(budget_gb)}" if budget_gb else "")
+    cmd += (f" --sizes {shlex.quote(sizes)}" if sizes else "") + (
+        f" --budget-gb {float(budget_gb)}" if budget_gb else ""
+    )
     _in_repo(c, cmd + (" --no-doc" if no_doc else ""))
 
 
-@task(name="eval", help={"prompts": "prompts for the cached vs no-cache decoder comparison (default 40)",
-                         "max_new": "new tokens per prompt in that comparison (default 32)",
-                         "math_rows": "held-out math rows for the evaluate-job timing (default 100; 0 skips it)",
-                         "squad_rows": "SQuAD questions for the evaluate-job timing (default 100)",
-                         "out": "markdown file to append the section to (default docs/BENCHMARKS.md)"})
+@task(
+    name="eval",
+    help={
+        "prompts": "prompts for the cached vs no-cache decoder comparison (default 40)",
+        "max_new": "new tokens per prompt in that comparison (default 32)",
+        "math_rows": "held-out math rows for the evaluate-job timing (default 100; 0 skips it)",
+        "squad_rows": "SQuAD questions for the evaluate-job timing (default 100)",
+        "out": "markdown file to append the section to (default docs/BENCHMARKS.md)",
+    },
+)
 def bench_eval(c, prompts=40, max_new=32, math_rows=100, squad_rows=100, out=""):
     """SmolLM2 evaluation speed: KV-cache batched vs no-cache decoding (identical outputs), and the evaluate job
     on math + SQuAD."""
-    cmd = (f"{PY} -m benches.bench_eval --prompts {int(prompts)} --max-new {int(max_new)} --math-rows {int(math_rows)}"
-           f" --squad-rows {int(squad_rows)}" + (f" --out {shlex.quote(out)}" if out else ""))
+    cmd = (
+        f"{PY} -m benches.bench_eval --prompts {int(prompts)} --max-new {int(max_new)} --math-rows {int(math_rows)}"
+        f" --squad-rows {int(squad_rows)}" + (f" --out {shlex.quote(out)}" if out else "")
+    )
     _in_repo(c, cmd)
 
 
-@task(name="prep", help={"rows": "generated contest rows to prepare (default 800000)", "workers": "prep's workers "
-                         "(default 2)",
-                         "keep": "keep the data and outputs under this directory", "no_doc": "do not append to "
-                         "docs/BENCHMARKS.md"})
+@task(
+    name="prep",
+    help={
+        "rows": "generated contest rows to prepare (default 800000)",
+        "workers": "prep's workers (default 2)",
+        "keep": "keep the data and outputs under this directory",
+        "no_doc": "do not append to docs/BENCHMARKS.md",
+    },
+)
 def bench_prep(c, rows=800_000, workers=2, keep="", no_doc=False):
     """Prep at contest scale: generated rows -> MindRecord, a plain single-process loop vs jobs.prep (time, CPU,
     peak RSS)."""
@@ -457,30 +631,56 @@ def bench_prep(c, rows=800_000, workers=2, keep="", no_doc=False):
     _in_repo(c, cmd + (f" --keep {shlex.quote(keep)}" if keep else "") + (" --no-doc" if no_doc else ""))
 
 
-@task(name="generate", help={"rows": "rows to generate (default 800000)", "no_doc": "do not append to "
-                             "docs/BENCHMARKS.md"})
+@task(
+    name="generate", help={"rows": "rows to generate (default 800000)", "no_doc": "do not append to docs/BENCHMARKS.md"}
+)
 def bench_generate(c, rows=800_000, no_doc=False):
     """jobs.generate speed at contest scale, with one worker and with one per core."""
     _in_repo(c, f"{PY} -m benches.bench_prep generate --rows {int(rows)}" + (" --no-doc" if no_doc else ""))
 
 
-@task(name="train", help={"config": "run spec both sides train (default: the local SmolLM2 recipe)",
-                          "steps": "measured steps per side, after 1 warm-up step (default 12)",
-                          "repeats": "run both sides this many times, alternating the order (default 1)",
-                          "keep": "work in this folder and keep it (logs, bench_train.json)",
-                          "packed": "also run tunebox with train.packing at SEQxBATCH (default 256x4; 'no' skips it)",
-                          "no_doc": "do not append to docs/BENCHMARKS.md"})
+@task(
+    name="train",
+    help={
+        "config": "run spec both sides train (default: the local SmolLM2 recipe)",
+        "steps": "measured steps per side, after 1 warm-up step (default 12)",
+        "repeats": "run both sides this many times, alternating the order (default 1)",
+        "keep": "work in this folder and keep it (logs, bench_train.json)",
+        "packed": "also run tunebox with train.packing at SEQxBATCH (default 256x4; 'no' skips it)",
+        "no_doc": "do not append to docs/BENCHMARKS.md",
+    },
+)
 def bench_train(c, config=DEFAULT_CONFIG, steps=12, repeats=1, keep="", packed="256x4", no_doc=False):
     """LoRA training speed and memory: tunebox's train job vs PyTorch + transformers + PEFT on the same batches."""
-    cmd = (f"{PY} -m benches.bench_train --config {shlex.quote(config)} --steps {int(steps)} --repeats {int(repeats)}"
-           f" --packed {shlex.quote(packed)}")
+    cmd = (
+        f"{PY} -m benches.bench_train --config {shlex.quote(config)} --steps {int(steps)} --repeats {int(repeats)}"
+        f" --packed {shlex.quote(packed)}"
+    )
     _in_repo(c, cmd + (f" --keep {shlex.quote(keep)}" if keep else "") + (" --no-append" if no_doc else ""))
+
 
 # An explicit namespace replaces invoke's automatic one, so it takes every top-level task defined
 # above (whoever added it) plus the collections. Keep this block at the end of the file.
-_NAMESPACED = {id(t) for t in (image_base, image_build, image_lint, image_lock, image_pin, k8s_render, k8s_apply,
-                               compose_up, bench_merge, bench_eval, bench_prep, bench_generate, bench_train, test,
-                               test_mutants)}
+_NAMESPACED = {
+    id(t)
+    for t in (
+        image_base,
+        image_build,
+        image_lint,
+        image_lock,
+        image_pin,
+        k8s_render,
+        k8s_apply,
+        compose_up,
+        bench_merge,
+        bench_eval,
+        bench_prep,
+        bench_generate,
+        bench_train,
+        test,
+        test_mutants,
+    )
+}
 ns = Collection(
     *_JOB_TASKS,
     *[t for t in list(globals().values()) if isinstance(t, Task) and id(t) not in _NAMESPACED],

@@ -17,6 +17,7 @@ Storage dtype: float32 when the full base and its merge fit the disk budget, els
 Ascend checkpoints use; 2 x 16 GB for 8B). Every big file is deleted at the end.
 Exit codes: 0 ok, 2 not enough disk / bad arguments, 1 failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,16 +53,17 @@ LORA_RANK, LORA_ALPHA, LORA_TARGETS = 8, 16, ("wq", "wv")
 
 # ---- measuring a child process ----------------------------------------------------------------
 
+
 @dataclass
 class Measured:
     returncode: int
     seconds: float
-    max_rss: int                  # bytes: the child's own peak (VmHWM of its process image)
-    sampled_max_rss: int          # bytes: the largest VmRSS seen while sampling every 0.1 s
-    wait4_max_rss: int            # bytes: wait4's ru_maxrss, which also counts the forked parent (see below)
+    max_rss: int  # bytes: the child's own peak (VmHWM of its process image)
+    sampled_max_rss: int  # bytes: the largest VmRSS seen while sampling every 0.1 s
+    wait4_max_rss: int  # bytes: wait4's ru_maxrss, which also counts the forked parent (see below)
     stdout: str
     stderr: str
-    samples: list = field(default_factory=list)    # (seconds since start, rss bytes)
+    samples: list = field(default_factory=list)  # (seconds since start, rss bytes)
 
 
 # Linux keeps the largest RSS a process ever had across exec, including the copy of the parent it
@@ -97,18 +99,21 @@ def _rss(pid: int) -> Optional[int]:
     return None
 
 
-def run_measured(python_args: list[str], env: Optional[dict] = None, cwd=None,
-                 sample_every: float = 0.1) -> Measured:
+def run_measured(python_args: list[str], env: Optional[dict] = None, cwd=None, sample_every: float = 0.1) -> Measured:
     """Run `python -m MODULE ARGS...` or `python -c CODE ARGS...` (python_args starts with -m or -c)
     in a child process and measure its peak RSS."""
     if not python_args or python_args[0] not in ("-m", "-c"):
         raise ValueError("python_args must start with -m MODULE or -c CODE")
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.NamedTemporaryFile("r", suffix=".peak") as peak:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r", suffix=".peak") as peak,
+    ):
         env = dict(os.environ if env is None else env, TUNEBOX_PEAK_RSS_FILE=peak.name)
         started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", _PEAK_WRAPPER, *python_args], stdout=out, stderr=err,
-                                env=env, cwd=cwd)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _PEAK_WRAPPER, *python_args], stdout=out, stderr=err, env=env, cwd=cwd
+        )
         samples: list[tuple[float, int]] = []
         done = threading.Event()
 
@@ -126,17 +131,25 @@ def run_measured(python_args: list[str], env: Optional[dict] = None, cwd=None,
         finally:
             done.set()
             sampler.join()
-        proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here; tell Popen
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; tell Popen
         seconds = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
         reported = peak.read().strip()
-        return Measured(proc.returncode, seconds, int(reported) if reported else -1,
-                        max((r for _, r in samples), default=0), usage.ru_maxrss * 1024,
-                        out.read().decode(errors="replace"), err.read().decode(errors="replace"), samples)
+        return Measured(
+            proc.returncode,
+            seconds,
+            int(reported) if reported else -1,
+            max((r for _, r in samples), default=0),
+            usage.ru_maxrss * 1024,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            samples,
+        )
 
 
 # ---- the machine and its disk -----------------------------------------------------------------
+
 
 def machine_info(directory: Path) -> dict:
     cpu = platform.processor() or "?"
@@ -153,17 +166,28 @@ def machine_info(directory: Path) -> dict:
     usage = shutil.disk_usage(directory)
     device, fstype = "?", "?"
     best = ""
-    with open("/proc/mounts") as fh:       # the longest mount point that contains directory
+    with open("/proc/mounts") as fh:  # the longest mount point that contains directory
         for line in fh:
             dev, mount, fs = line.split()[:3]
             if str(directory.resolve()).startswith(mount.rstrip("/") + "/") or str(directory.resolve()) == mount:
                 if len(mount) > len(best):
                     best, device, fstype = mount, dev, fs
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_total": mem.get("MemTotal"),
-            "ram_available": mem.get("MemAvailable"), "disk_device": device, "disk_fs": fstype,
-            "disk_mount": best, "disk_size": usage.total, "disk_free": usage.free,
-            "kernel": platform.release(), "python": platform.python_version(), "numpy": np.__version__,
-            "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "loadavg_start": os.getloadavg()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_total": mem.get("MemTotal"),
+        "ram_available": mem.get("MemAvailable"),
+        "disk_device": device,
+        "disk_fs": fstype,
+        "disk_mount": best,
+        "disk_size": usage.total,
+        "disk_free": usage.free,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "loadavg_start": os.getloadavg(),
+    }
 
 
 def _drop(fd: int) -> None:
@@ -203,7 +227,7 @@ def disk_speed(directory: Path, nbytes: int, block: int = 64 * MiB) -> dict:
         for _ in range(nbytes // block):
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
         write_s = time.perf_counter() - t
         _drop(fd)
@@ -223,17 +247,27 @@ def disk_speed(directory: Path, nbytes: int, block: int = 64 * MiB) -> dict:
     finally:
         for path in (src, dst):
             path.unlink(missing_ok=True)
-    return {"bytes": nbytes, "write_gbps": nbytes / write_s / GB, "read_gbps": nbytes / read_s / GB,
-            "copy_gbps": nbytes / copy_s / GB, "write_s": write_s, "read_s": read_s, "copy_s": copy_s}
+    return {
+        "bytes": nbytes,
+        "write_gbps": nbytes / write_s / GB,
+        "read_gbps": nbytes / read_s / GB,
+        "copy_gbps": nbytes / copy_s / GB,
+        "write_s": write_s,
+        "read_s": read_s,
+        "copy_s": copy_s,
+    }
 
 
 # ---- synthetic checkpoints --------------------------------------------------------------------
 
+
 def layers_for(fraction: float, spec) -> int:
     """Decoder layers whose model has about `fraction` of the full model's parameters."""
     full = spec.total_params()
-    return min(range(1, spec.num_layers + 1),
-               key=lambda n: abs(with_overrides(spec, num_layers=n).total_params() - fraction * full))
+    return min(
+        range(1, spec.num_layers + 1),
+        key=lambda n: abs(with_overrides(spec, num_layers=n).total_params() - fraction * full),
+    )
 
 
 def checkpoint_bytes(spec, itemsize: int) -> int:
@@ -255,7 +289,7 @@ def value_pool(tensor_type: str, nbytes: int = 256 * MiB, seed: int = 0) -> np.n
     step = 8 * MiB
     for i in range(0, count, step):
         values = rng.standard_normal(min(step, count - i), dtype=np.float32) * np.float32(0.02)
-        pool[i:i + step] = float32_to_bfloat16_bits(values) if bf16 else values
+        pool[i : i + step] = float32_to_bfloat16_bits(values) if bf16 else values
     return pool
 
 
@@ -265,7 +299,7 @@ def pool_blocks(pool: np.ndarray, count: int, rng, block: int = 32 * MiB) -> Ite
     pos = int(rng.integers(0, pool.size))
     while count > 0:
         take = min(per, count, pool.size - pos)
-        yield pool[pos:pos + take]
+        yield pool[pos : pos + take]
         count -= take
         pos = (pos + take) % pool.size
 
@@ -273,9 +307,16 @@ def pool_blocks(pool: np.ndarray, count: int, rng, block: int = 32 * MiB) -> Ite
 def write_synthetic_base(path: Path, spec, pool: np.ndarray, ttype: str, seed: int, progress: bool) -> int:
     rng = np.random.default_rng(seed)
     shapes = spec.parameter_shapes()
-    with CheckpointStreamWriter(path, drop_cache=True) as writer, \
-            tqdm(total=sum(int(np.prod(s)) for s in shapes.values()) * pool.itemsize, unit="B", unit_scale=True,
-                 desc=f"write {path.name}", disable=not progress) as bar:
+    with (
+        CheckpointStreamWriter(path, drop_cache=True) as writer,
+        tqdm(
+            total=sum(int(np.prod(s)) for s in shapes.values()) * pool.itemsize,
+            unit="B",
+            unit_scale=True,
+            desc=f"write {path.name}",
+            disable=not progress,
+        ) as bar,
+    ):
         for name, shape in shapes.items():
             count = int(np.prod(shape))
             writer.add_stream(name, shape, ttype, pool_blocks(pool, count, rng))
@@ -291,8 +332,8 @@ def write_random_lora(path: Path, spec, seed: int) -> dict[str, np.ndarray]:
         for lin in LORA_TARGETS:
             out_dim, in_dim = spec.linear_shapes()[lin]
             prefix = f"model.layers.{i}.attention.{lin}"
-            lora[f"{prefix}.{LORA_A}"] = (rng.standard_normal((LORA_RANK, in_dim), dtype=np.float32) * 0.01)
-            lora[f"{prefix}.{LORA_B}"] = (rng.standard_normal((out_dim, LORA_RANK), dtype=np.float32) * 0.01)
+            lora[f"{prefix}.{LORA_A}"] = rng.standard_normal((LORA_RANK, in_dim), dtype=np.float32) * 0.01
+            lora[f"{prefix}.{LORA_B}"] = rng.standard_normal((out_dim, LORA_RANK), dtype=np.float32) * 0.01
     with CheckpointStreamWriter(path) as writer:
         for name, value in lora.items():
             writer.add(name, value)
@@ -307,11 +348,14 @@ def check_merged(base: Path, out: Path, lora: dict, spec) -> list[str]:
     with CheckpointReader(base, drop_cache=True) as src, CheckpointReader(out, drop_cache=True) as dst:
         src_entries = {e.name: e for e in src.entries()}
         dst_entries = {e.name: e for e in dst.entries()}
-        if [(e.name, e.shape, e.tensor_type) for e in src_entries.values()] != \
-                [(e.name, e.shape, e.tensor_type) for e in dst_entries.values()]:
+        if [(e.name, e.shape, e.tensor_type) for e in src_entries.values()] != [
+            (e.name, e.shape, e.tensor_type) for e in dst_entries.values()
+        ]:
             raise AssertionError(f"{out}: tensors differ from {base}")
-        for prefix in (f"model.layers.0.attention.{LORA_TARGETS[0]}",
-                       f"model.layers.{last}.attention.{LORA_TARGETS[-1]}"):
+        for prefix in (
+            f"model.layers.0.attention.{LORA_TARGETS[0]}",
+            f"model.layers.{last}.attention.{LORA_TARGETS[-1]}",
+        ):
             name = prefix + ".weight"
             pair = {k: lora[k] for k in (f"{prefix}.{LORA_A}", f"{prefix}.{LORA_B}")}
             want = merge_lora_into_base({name: src.read(src_entries[name])}, pair, LORA_ALPHA, LORA_RANK)[name]
@@ -327,6 +371,7 @@ def check_merged(base: Path, out: Path, lora: dict, spec) -> list[str]:
 
 # ---- the bench --------------------------------------------------------------------------------
 
+
 def child_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -335,8 +380,19 @@ def child_env() -> dict:
 
 
 def merge_in_child(base: Path, lora: Path, out: Path, sha256: bool = False) -> tuple[Measured, dict]:
-    cmd = ["-m", "jobs.checkpoint", "merge", str(base), str(lora), str(out),
-           "--alpha", str(LORA_ALPHA), "--rank", str(LORA_RANK), "--no-progress"] + (["--sha256"] if sha256 else [])
+    cmd = [
+        "-m",
+        "jobs.checkpoint",
+        "merge",
+        str(base),
+        str(lora),
+        str(out),
+        "--alpha",
+        str(LORA_ALPHA),
+        "--rank",
+        str(LORA_RANK),
+        "--no-progress",
+    ] + (["--sha256"] if sha256 else [])
     measured = run_measured(cmd, env=child_env(), cwd=base.parent)
     if measured.returncode != 0:
         raise RuntimeError(f"merge exited {measured.returncode}:\n{measured.stderr[-3000:]}")
@@ -357,8 +413,10 @@ def plan(args, spec, free: int) -> tuple[str, dict[str, int], int]:
     """(dtype, size name -> layers, bytes the largest size needs) within the disk budget."""
     budget = min(args.budget_gb * GB, free - args.keep_free_gb * GB)
     sizes = {name: layers_for(SIZES[name], spec) for name in args.sizes}
+
     def need(layers, itemsize):
         return 2 * checkpoint_bytes(with_overrides(spec, num_layers=layers), itemsize) + 64 * MiB
+
     biggest = max(sizes.values())
     dtype = args.dtype
     if dtype == "auto":
@@ -367,9 +425,14 @@ def plan(args, spec, free: int) -> tuple[str, dict[str, int], int]:
     if need(biggest, itemsize) > budget:
         fits = [n for n in range(1, biggest + 1) if need(n, itemsize) <= budget]
         if not fits:
-            raise SystemExit(_fail(2, f"not enough disk in {args.dir}: {free / GB:.1f} GB free, budget "
-                                      f"{budget / GB:.1f} GB (--budget-gb {args.budget_gb}, --keep-free-gb "
-                                      f"{args.keep_free_gb}); one layer needs {need(1, itemsize) / GB:.1f} GB"))
+            raise SystemExit(
+                _fail(
+                    2,
+                    f"not enough disk in {args.dir}: {free / GB:.1f} GB free, budget "
+                    f"{budget / GB:.1f} GB (--budget-gb {args.budget_gb}, --keep-free-gb "
+                    f"{args.keep_free_gb}); one layer needs {need(1, itemsize) / GB:.1f} GB",
+                )
+            )
         print(f"only {max(fits)} of {biggest} layers fit the {budget / GB:.1f} GB budget; the largest run is cut")
         sizes = {name: min(layers, max(fits)) for name, layers in sizes.items()}
     return dtype, sizes, need(max(sizes.values()), itemsize)
@@ -387,14 +450,18 @@ def run_bench(args) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     machine = machine_info(directory)
     dtype_name, sizes, need = plan(args, shape, machine["disk_free"])
-    print(f"{machine['cpu']}, {machine['cores']} cores, {machine['ram_total'] / GB:.1f} GB RAM "
-          f"({machine['ram_available'] / GB:.1f} available), {machine['disk_device']} {machine['disk_fs']} "
-          f"{machine['disk_free'] / GB:.0f} GB free; load average {machine['loadavg_start']}")
+    print(
+        f"{machine['cpu']}, {machine['cores']} cores, {machine['ram_total'] / GB:.1f} GB RAM "
+        f"({machine['ram_available'] / GB:.1f} available), {machine['disk_device']} {machine['disk_fs']} "
+        f"{machine['disk_free'] / GB:.0f} GB free; load average {machine['loadavg_start']}"
+    )
     print(f"plan: {dtype_name}, {sizes} layers; up to {need / GB:.1f} GB on disk at once in {directory}")
 
     disk = disk_speed(directory, int(args.disk_test_gb * GB))
-    print(f"disk: write {disk['write_gbps']:.2f} GB/s, cold read {disk['read_gbps']:.2f} GB/s, "
-          f"cold copy {disk['copy_gbps']:.2f} GB/s ({disk['bytes'] / GB:.1f} GB file)")
+    print(
+        f"disk: write {disk['write_gbps']:.2f} GB/s, cold read {disk['read_gbps']:.2f} GB/s, "
+        f"cold copy {disk['copy_gbps']:.2f} GB/s ({disk['bytes'] / GB:.1f} GB file)"
+    )
     baseline = baseline_rss()
     print(f"baseline RSS (imports only): {baseline / MiB:.0f} MiB")
 
@@ -413,13 +480,25 @@ def run_bench(args) -> dict:
             measured, stats = merge_in_child(base, lora_path, out)
             checked = check_merged(base, out, lora, model)
             out.unlink()
-            copy_s = cold_copy_seconds(base, out)       # the same bytes through the disk, right after
-            run = {"size": name, "layers": layers, "params": model.total_params(), "base_bytes": base_bytes,
-                   "generate_s": gen_s, "merge_wall_s": measured.seconds, "merge_s": stats["seconds"],
-                   "bytes_read": stats["bytes_read"], "bytes_written": stats["bytes_written"],
-                   "merged_tensors": stats["merged"], "tensors": stats["tensors"], "plain_copy_s": copy_s,
-                   "peak_rss": measured.max_rss, "sampled_peak_rss": measured.sampled_max_rss,
-                   "rss_samples": len(measured.samples), "checked": checked}
+            copy_s = cold_copy_seconds(base, out)  # the same bytes through the disk, right after
+            run = {
+                "size": name,
+                "layers": layers,
+                "params": model.total_params(),
+                "base_bytes": base_bytes,
+                "generate_s": gen_s,
+                "merge_wall_s": measured.seconds,
+                "merge_s": stats["seconds"],
+                "bytes_read": stats["bytes_read"],
+                "bytes_written": stats["bytes_written"],
+                "merged_tensors": stats["merged"],
+                "tensors": stats["tensors"],
+                "plain_copy_s": copy_s,
+                "peak_rss": measured.max_rss,
+                "sampled_peak_rss": measured.sampled_max_rss,
+                "rss_samples": len(measured.samples),
+                "checked": checked,
+            }
             if name == args.sha256_size:
                 out.unlink()
                 hashed, hstats = merge_in_child(base, lora_path, out, sha256=True)
@@ -433,19 +512,27 @@ def run_bench(args) -> dict:
                 run["sha256_file_s"] = time.perf_counter() - t
             run["loadavg"] = os.getloadavg()
             runs.append(run)
-            print(f"{name}: {layers} layers, {base_bytes / GB:.2f} GB; merge {stats['seconds']:.1f} s "
-                  f"({(stats['bytes_read'] + stats['bytes_written']) / stats['seconds'] / GB:.2f} GB/s read+written; "
-                  f"plain copy of the file {copy_s:.1f} s), "
-                  f"peak RSS {measured.max_rss / MiB:.0f} MiB; load {run['loadavg'][0]:.1f}")
+            print(
+                f"{name}: {layers} layers, {base_bytes / GB:.2f} GB; merge {stats['seconds']:.1f} s "
+                f"({(stats['bytes_read'] + stats['bytes_written']) / stats['seconds'] / GB:.2f} GB/s read+written; "
+                f"plain copy of the file {copy_s:.1f} s), "
+                f"peak RSS {measured.max_rss / MiB:.0f} MiB; load {run['loadavg'][0]:.1f}"
+            )
         finally:
             if not args.keep:
                 for path in (base, lora_path, out):
                     path.unlink(missing_ok=True)
     machine["loadavg_end"] = os.getloadavg()
     command = " ".join(["python -m benches.bench_merge", *args.argv])
-    return {"command": command if args.argv else "invoke bench.merge  (= python -m benches.bench_merge)",
-            "machine": machine, "dtype": dtype_name, "disk": disk, "baseline_rss": baseline, "runs": runs,
-            "lora": {"rank": LORA_RANK, "alpha": LORA_ALPHA, "targets": "|".join(LORA_TARGETS), "dtype": "float32"}}
+    return {
+        "command": command if args.argv else "invoke bench.merge  (= python -m benches.bench_merge)",
+        "machine": machine,
+        "dtype": dtype_name,
+        "disk": disk,
+        "baseline_rss": baseline,
+        "runs": runs,
+        "lora": {"rank": LORA_RANK, "alpha": LORA_ALPHA, "targets": "|".join(LORA_TARGETS), "dtype": "float32"},
+    }
 
 
 def markdown(result: dict) -> str:
@@ -459,8 +546,11 @@ def markdown(result: dict) -> str:
         f"({m['ram_available'] / GB:.1f} GB available at the start), disk {m['disk_device']} ({m['disk_fs']}, "
         f"{m['disk_size'] / GB:.0f} GB, {m['disk_free'] / GB:.0f} GB free), Linux {m['kernel']}, Python {m['python']}, "
         f"numpy {m['numpy']}. "
-        + ("The machine was shared with other work during the run: " if m["loadavg_start"][0] > 0.5 * m["cores"]
-           else "The machine was quiet at the start: ")
+        + (
+            "The machine was shared with other work during the run: "
+            if m["loadavg_start"][0] > 0.5 * m["cores"]
+            else "The machine was quiet at the start: "
+        )
         + "load average "
         f"{' / '.join(f'{x:.1f}' for x in m['loadavg_start'])} (1/5/15 min) at the start, "
         f"{' / '.join(f'{x:.1f}' for x in m['loadavg_end'])} at the end, on {m['cores']} cores.",
@@ -487,29 +577,37 @@ def markdown(result: dict) -> str:
     for r in result["runs"]:
         traffic = (r["bytes_read"] + r["bytes_written"]) / r["merge_s"] / GB
         copy_rate = r["base_bytes"] / r["plain_copy_s"] / GB
-        lines.append(f"| {r['size']} | {r['layers']} | {r['params'] / 1e9:.2f} B | {r['base_bytes'] / GB:.2f} GB | "
-                     f"{r['merge_s']:.1f} s | {traffic:.2f} GB/s | {r['plain_copy_s']:.1f} s ({copy_rate:.2f} GB/s "
-                     f"copied) | {r['plain_copy_s'] / r['merge_s']:.2f} | "
-                     f"{r['peak_rss'] / MiB:.0f} MiB ({r['sampled_peak_rss'] / MiB:.0f}) |")
+        lines.append(
+            f"| {r['size']} | {r['layers']} | {r['params'] / 1e9:.2f} B | {r['base_bytes'] / GB:.2f} GB | "
+            f"{r['merge_s']:.1f} s | {traffic:.2f} GB/s | {r['plain_copy_s']:.1f} s ({copy_rate:.2f} GB/s "
+            f"copied) | {r['plain_copy_s'] / r['merge_s']:.2f} | "
+            f"{r['peak_rss'] / MiB:.0f} MiB ({r['sampled_peak_rss'] / MiB:.0f}) |"
+        )
     lines.append("")
     if any(r["plain_copy_s"] > r["merge_s"] for r in result["runs"]):
-        lines.append("A ratio above 1 means the merge finished sooner than the plain copy of the same file. Both end "
-                     "with fsync; the likely difference is that the merge hands each 256 MiB it has written to "
-                     "writeback at once (posix_fadvise DONTNEED), while the plain copy leaves its dirty pages to the "
-                     "kernel until the final fsync.")
+        lines.append(
+            "A ratio above 1 means the merge finished sooner than the plain copy of the same file. Both end "
+            "with fsync; the likely difference is that the merge hands each 256 MiB it has written to "
+            "writeback at once (posix_fadvise DONTNEED), while the plain copy leaves its dirty pages to the "
+            "kernel until the final fsync."
+        )
         lines.append("")
     for r in result["runs"]:
         if "sha256_merge_s" in r:
-            lines.append(f"With `--sha256` (hash while writing: every byte passes through the process instead of "
-                         f"copy_file_range), the {r['size']} merge took {r['sha256_merge_s']:.1f} s vs "
-                         f"{r['merge_s']:.1f} s (peak RSS {r['sha256_peak_rss'] / MiB:.0f} MiB); hashing the "
-                         f"finished file afterwards (cold) took {r['sha256_file_s']:.1f} s.")
+            lines.append(
+                f"With `--sha256` (hash while writing: every byte passes through the process instead of "
+                f"copy_file_range), the {r['size']} merge took {r['sha256_merge_s']:.1f} s vs "
+                f"{r['merge_s']:.1f} s (peak RSS {r['sha256_peak_rss'] / MiB:.0f} MiB); hashing the "
+                f"finished file afterwards (cold) took {r['sha256_file_s']:.1f} s."
+            )
             lines.append("")
     rss = [r["peak_rss"] for r in result["runs"]]
     sizes = [r["base_bytes"] for r in result["runs"]]
     if len(rss) > 1:
-        lines.append(f"Peak RSS across sizes: {min(rss) / MiB:.0f}-{max(rss) / MiB:.0f} MiB while the base grew "
-                     f"{max(sizes) / min(sizes):.1f}x ({min(sizes) / GB:.1f} to {max(sizes) / GB:.1f} GB).")
+        lines.append(
+            f"Peak RSS across sizes: {min(rss) / MiB:.0f}-{max(rss) / MiB:.0f} MiB while the base grew "
+            f"{max(sizes) / min(sizes):.1f}x ({min(sizes) / GB:.1f} to {max(sizes) / GB:.1f} GB)."
+        )
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -517,25 +615,37 @@ def markdown(result: dict) -> str:
 def append_to_benchmarks(doc: Path, section: str) -> None:
     if not doc.exists():
         doc.parent.mkdir(parents=True, exist_ok=True)
-        doc.write_text("# Benchmarks\n\nMeasured figures only, each with the command that produced it and the "
-                       "machine it ran on.\n\n", encoding="utf-8")
+        doc.write_text(
+            "# Benchmarks\n\nMeasured figures only, each with the command that produced it and the "
+            "machine it ran on.\n\n",
+            encoding="utf-8",
+        )
     with open(doc, "a", encoding="utf-8") as fh:
         fh.write(("" if doc.read_text(encoding="utf-8").endswith("\n\n") else "\n") + section)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benches.bench_merge", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default=str(REPO_ROOT / "runs" / "bench-merge"),
-                        help="where the checkpoints go (default runs/bench-merge; the disk being measured)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benches.bench_merge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dir",
+        default=str(REPO_ROOT / "runs" / "bench-merge"),
+        help="where the checkpoints go (default runs/bench-merge; the disk being measured)",
+    )
     parser.add_argument("--sizes", default="quarter,half,full", help="comma list of quarter, half, full")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                        help="storage dtype of the base (auto: float32 if it fits the budget)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="storage dtype of the base (auto: float32 if it fits the budget)",
+    )
     parser.add_argument("--budget-gb", type=float, default=40.0, help="most disk the bench may use at once")
     parser.add_argument("--keep-free-gb", type=float, default=10.0, help="leave at least this much free")
     parser.add_argument("--disk-test-gb", type=float, default=3.0, help="size of the dd-like disk test file")
-    parser.add_argument("--sha256-size", default="quarter",
-                        help="also time a --sha256 merge at this size ('none': skip)")
+    parser.add_argument(
+        "--sha256-size", default="quarter", help="also time a --sha256 merge at this size ('none': skip)"
+    )
     parser.add_argument("--doc", default=str(REPO_ROOT / "docs" / "BENCHMARKS.md"), help="append the section here")
     parser.add_argument("--no-doc", action="store_true", help="print the section, do not append it")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints (default: deleted)")

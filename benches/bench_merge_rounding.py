@@ -16,6 +16,7 @@ the stage-1 plan's 7,030 AdamWeightDecay steps (each moves an entry by about lr)
 steps' signs are random (a random walk), up to lr x 7,030 / 2 if they agree (the cosine schedule's mean lr
 is half the peak), and lr x 500 between.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,7 @@ def measure(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], factor: floa
         w = on_bf16_grid(w)
         dw = factor * (b.astype(np.float64) @ a.astype(np.float64))
         exact = w.astype(np.float64) + dw
-        update_sq += float((dw ** 2).sum())
+        update_sq += float((dw**2).sum())
         w_sq += float((w.astype(np.float64) ** 2).sum())
         entries += w.size
         for t in TYPES:
@@ -65,29 +66,46 @@ def measure(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], factor: floa
             sums[t]["err"] += float(((got - exact) ** 2).sum())
             sums[t]["moved"] += float(((got - w) ** 2).sum())
             sums[t]["unmoved"] += int((got == w).sum())
-    norm = update_sq ** 0.5
-    return {"weights": len(pairs), "entries": entries, "update_rms": (update_sq / entries) ** 0.5,
-            "weight_rms": (w_sq / entries) ** 0.5,
-            "by_type": {t: {"error_over_update": s["err"] ** 0.5 / norm, "moved_over_update": s["moved"] ** 0.5 / norm,
-                            "entries_unmoved": s["unmoved"] / entries} for t, s in sums.items()}}
+    norm = update_sq**0.5
+    return {
+        "weights": len(pairs),
+        "entries": entries,
+        "update_rms": (update_sq / entries) ** 0.5,
+        "weight_rms": (w_sq / entries) ** 0.5,
+        "by_type": {
+            t: {
+                "error_over_update": s["err"] ** 0.5 / norm,
+                "moved_over_update": s["moved"] ** 0.5 / norm,
+                "entries_unmoved": s["unmoved"] / entries,
+            }
+            for t, s in sums.items()
+        },
+    }
 
 
 def from_checkpoints(base_path: str, lora_path: str, alpha: float, rank: int) -> dict:
     base, lora = load_checkpoint_numpy(base_path), load_checkpoint_numpy(lora_path)
     pairs = [(base[w], lora[a], lora[b]) for w, (a, b) in lora_pairs(lora, lora_path).items()]
-    return {"source": {"base": base_path, "lora": lora_path, "alpha": alpha, "rank": rank},
-            **measure(pairs, alpha / rank)}
+    return {
+        "source": {"base": base_path, "lora": lora_path, "alpha": alpha, "rank": rank},
+        **measure(pairs, alpha / rank),
+    }
 
 
 def synthetic(seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     lr, steps, rank, alpha = 1e-5, 7030, 8, 16
-    w = {"wq": rng.normal(0, 0.02, (4096, 4096)).astype(np.float32),
-         "wv": rng.normal(0, 0.02, (1024, 4096)).astype(np.float32)}
+    w = {
+        "wq": rng.normal(0, 0.02, (4096, 4096)).astype(np.float32),
+        "wv": rng.normal(0, 0.02, (1024, 4096)).astype(np.float32),
+    }
     a = {k: rng.normal(0, 0.01, (rank, 4096)).astype(np.float32) for k in w}
     out = []
-    for label, b_rms in (("random walk: lr x sqrt(steps)", lr * steps ** 0.5), ("lr x 500", lr * 500),
-                         ("agreeing signs: lr x steps / 2", lr * steps / 2)):
+    for label, b_rms in (
+        ("random walk: lr x sqrt(steps)", lr * steps**0.5),
+        ("lr x 500", lr * 500),
+        ("agreeing signs: lr x steps / 2", lr * steps / 2),
+    ):
         pairs = [(w[k], a[k], rng.normal(0, b_rms, (w[k].shape[0], rank)).astype(np.float32)) for k in w]
         out.append({"case": label, "b_rms": b_rms, **measure(pairs, alpha / rank)})
     return out

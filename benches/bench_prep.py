@@ -14,6 +14,7 @@ Only measured figures are written; the load average before and after each run is
 since a shared machine makes wall times pessimistic (CPU seconds are much less affected).
 Exit codes: 0 ok, 2 bad arguments, 1 failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,14 +49,16 @@ GOAL_SECONDS = 180
 
 # ---- the machine ------------------------------------------------------------------------------
 
+
 def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 "unknown")
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "unknown"
+    )
     import psutil
 
     return {"cpu": model, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
@@ -63,8 +66,10 @@ def machine() -> dict:
 
 def machine_line(m: dict, loads: list[float]) -> str:
     """A section's `- machine:` line: what `machine()` found, today's date, and the load while measuring."""
-    return (f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {dt.date.today().isoformat()}; "
-            + load_note(min(loads), max(loads), m["cores"]))
+    return (
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {dt.date.today().isoformat()}; "
+        + load_note(min(loads), max(loads), m["cores"])
+    )
 
 
 def load_note(before: float, after: float, cores: int) -> str:
@@ -77,6 +82,7 @@ def load_note(before: float, after: float, cores: int) -> str:
 
 
 # ---- running one measured process -------------------------------------------------------------
+
 
 def measure(cmd: list[str], cwd: Path, env: Optional[dict] = None) -> dict:
     """Run cmd; wall seconds, CPU seconds (it and its children, from wait4) and peak RSS: of the
@@ -117,19 +123,25 @@ def measure(cmd: list[str], cwd: Path, env: Optional[dict] = None) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-4000:]}")
-    return {"seconds": round(seconds, 1), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
-            "peak_rss_mb": round(peak["process"] / 2**20), "peak_rss_tree_mb": round(peak["tree"] / 2**20),
-            "load_before": load_before, "load_after": load_average(), "output": output}
+    return {
+        "seconds": round(seconds, 1),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+        "peak_rss_mb": round(peak["process"] / 2**20),
+        "peak_rss_tree_mb": round(peak["tree"] / 2**20),
+        "load_before": load_before,
+        "load_after": load_average(),
+        "output": output,
+    }
 
 
 # ---- the plain loop (run as its own process by `prep`) -----------------------------------------
+
 
 def plain_loop(data_dir: Path, out: Path, seq_length: int, system: Optional[str]) -> dict:
     """What a first prep script does: every line in turn, json.loads, the chat template and the
     tokenizer on that row alone, the samples collected in memory, then FileWriter.write_raw_data."""
     import numpy as np
     from mindspore.mindrecord import FileWriter
-
 
     tok = load_tokenizer("smollm2-135m")
     width = seq_length + 1
@@ -147,21 +159,27 @@ def plain_loop(data_dir: Path, out: Path, seq_length: int, system: Optional[str]
     writer = FileWriter(str(out), shard_num=1, overwrite=True)
     writer.add_schema(SAMPLE_SCHEMA, "plain loop")
     for start in range(0, len(ids), 4096):
-        writer.write_raw_data([{"input_ids": a, "labels": b} for a, b in zip(ids[start:start + 4096],
-                                                                             labels[start:start + 4096])])
+        writer.write_raw_data(
+            [{"input_ids": a, "labels": b} for a, b in zip(ids[start : start + 4096], labels[start : start + 4096])]
+        )
     writer.commit()
-    return {"rows_in": rows_in, "rows_written": len(ids),
-            "checksum": int(np.sum([a.sum() for a in ids], dtype=np.int64))}
+    return {
+        "rows_in": rows_in,
+        "rows_written": len(ids),
+        "checksum": int(np.sum([a.sum() for a in ids], dtype=np.int64)),
+    }
 
 
 # ---- the benchmarks ---------------------------------------------------------------------------
 
+
 def bench_prep(rows: int, workers: int, keep: Optional[Path] = None) -> dict:
     spec = load_spec(RECIPE)
-    ensure_model(spec.model.name)     # converted once; not part of any timing
+    ensure_model(spec.model.name)  # converted once; not part of any timing
     work = Path(tempfile.mkdtemp(prefix="tunebox-bench-prep-", dir=keep))
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TUNEBOX_LOG="INFO")
+    env = dict(
+        os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), TUNEBOX_LOG="INFO"
+    )
     try:
         data = work / "data"
         record = run_generate(rows, data, seed=0)
@@ -169,9 +187,23 @@ def bench_prep(rows: int, workers: int, keep: Optional[Path] = None) -> dict:
         input_mb = sum(s["bytes"] for s in record["shards"]) / 1e6
 
         print(f"bench: plain loop over {rows:,} rows ...", file=sys.stderr, flush=True)
-        plain = measure([sys.executable, "-m", "benches.bench_prep", "plain", "--data", str(data),
-                         "--out", str(work / "plain.mindrecord"), "--seq-length", str(spec.data.seq_length)]
-                        + (["--system", spec.data.system_prompt] if spec.data.system_prompt else []), work, env)
+        plain = measure(
+            [
+                sys.executable,
+                "-m",
+                "benches.bench_prep",
+                "plain",
+                "--data",
+                str(data),
+                "--out",
+                str(work / "plain.mindrecord"),
+                "--seq-length",
+                str(spec.data.seq_length),
+            ]
+            + (["--system", spec.data.system_prompt] if spec.data.system_prompt else []),
+            work,
+            env,
+        )
         plain.update(json.loads(plain.pop("output").strip().splitlines()[-1]))
 
         runs = {}
@@ -183,17 +215,30 @@ def bench_prep(rows: int, workers: int, keep: Optional[Path] = None) -> dict:
             result = measure(cmd, work, env)
             result.pop("output")
             stats = json.loads((work / name / spec.run_id / "prep" / "stats.json").read_text())
-            result.update({"rows_in": stats["rows_read"], "rows_written": stats["rows_train"],
-                           "removed": stats["removed"], "seconds_by_phase": stats["resources"]["seconds_by_phase"],
-                           "in_job_cpu_seconds": stats["resources"]["cpu_seconds"],
-                           "in_job_cpu_seconds_workers": stats["resources"]["cpu_seconds_children"]})
+            result.update(
+                {
+                    "rows_in": stats["rows_read"],
+                    "rows_written": stats["rows_train"],
+                    "removed": stats["removed"],
+                    "seconds_by_phase": stats["resources"]["seconds_by_phase"],
+                    "in_job_cpu_seconds": stats["resources"]["cpu_seconds"],
+                    "in_job_cpu_seconds_workers": stats["resources"]["cpu_seconds_children"],
+                }
+            )
             runs[name] = result
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    return {"rows": rows, "workers": workers, "generate_seconds": round(generate_seconds, 1),
-            "input_mb": round(input_mb, 1), "shards": len(record["shards"]), "seq_length": spec.data.seq_length,
-            "plain": plain, **runs}
+    return {
+        "rows": rows,
+        "workers": workers,
+        "generate_seconds": round(generate_seconds, 1),
+        "input_mb": round(input_mb, 1),
+        "shards": len(record["shards"]),
+        "seq_length": spec.data.seq_length,
+        "plain": plain,
+        **runs,
+    }
 
 
 def _rate(rows: int, seconds: float) -> str:
@@ -203,8 +248,9 @@ def _rate(rows: int, seconds: float) -> str:
 def prep_section(result: dict, command: str) -> str:
     m = machine()
     rows = result["rows"]
-    loads = [r[k] for r in (result["plain"], result["prep"], result["prep_cleaning"])
-             for k in ("load_before", "load_after")]
+    loads = [
+        r[k] for r in (result["plain"], result["prep"], result["prep_cleaning"]) for k in ("load_before", "load_after")
+    ]
     lines = [
         f"## prep: {rows:,} contest rows -> MindRecord",
         "",
@@ -218,14 +264,17 @@ def prep_section(result: dict, command: str) -> str:
         "all processes |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    named = (("plain loop, 1 process (json.loads + tokenize a row at a time, FileWriter.write_raw_data)",
-              result["plain"]),
-             (f"`jobs.prep`, {result['workers']} workers", result["prep"]),
-             (f"`jobs.prep`, {result['workers']} workers, dedupe + bad_labels=drop", result["prep_cleaning"]))
+    named = (
+        ("plain loop, 1 process (json.loads + tokenize a row at a time, FileWriter.write_raw_data)", result["plain"]),
+        (f"`jobs.prep`, {result['workers']} workers", result["prep"]),
+        (f"`jobs.prep`, {result['workers']} workers, dedupe + bad_labels=drop", result["prep_cleaning"]),
+    )
     for name, r in named:
-        lines.append(f"| {name} | {r['rows_written']:,} | {r['seconds']} | {_rate(rows, r['seconds'])} | "
-                     f"{r['cpu_seconds']} | "
-                     f"{r['peak_rss_mb']:,} MB | {r['peak_rss_tree_mb']:,} MB |")
+        lines.append(
+            f"| {name} | {r['rows_written']:,} | {r['seconds']} | {_rate(rows, r['seconds'])} | "
+            f"{r['cpu_seconds']} | "
+            f"{r['peak_rss_mb']:,} MB | {r['peak_rss_tree_mb']:,} MB |"
+        )
     plain, fast, clean = result["plain"], result["prep"], result["prep_cleaning"]
     met = "met" if fast["seconds"] <= GOAL_SECONDS else "missed"
     lines += [
@@ -267,9 +316,15 @@ def time_generate(rows: int, workers: Optional[int] = None, seed: int = 0) -> di
         total_bytes = sum(s["bytes"] for s in record["shards"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_second": round(rows / seconds),
-            "mb_written": round(total_bytes / 1e6, 1), "workers": record["workers"], "cpus": os.cpu_count(),
-            "command": f"python -m jobs.generate --rows {rows} --out DIR --seed {seed}"}
+    return {
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "rows_per_second": round(rows / seconds),
+        "mb_written": round(total_bytes / 1e6, 1),
+        "workers": record["workers"],
+        "cpus": os.cpu_count(),
+        "command": f"python -m jobs.generate --rows {rows} --out DIR --seed {seed}",
+    }
 
 
 def bench_generate(rows: int) -> dict:
@@ -310,8 +365,11 @@ def append_section(text: str, path: Path = BENCHMARKS) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benches.bench_prep", description=__doc__.split("\n\n")[0],
-                                     epilog="Exit codes: 0 ok, 2 bad arguments, 1 failure.")
+    parser = argparse.ArgumentParser(
+        prog="python -m benches.bench_prep",
+        description=__doc__.split("\n\n")[0],
+        epilog="Exit codes: 0 ok, 2 bad arguments, 1 failure.",
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("prep", help="plain loop vs jobs.prep on generated rows")
     p.add_argument("--rows", type=int, default=800_000)

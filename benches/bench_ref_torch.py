@@ -22,6 +22,7 @@ here from the logits of ids[:, :-1] (Hugging Face's own shift would drop the las
 
 Exit codes: 0 ok, 2 bad input (a missing or inconsistent file), 1 failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,15 @@ import numpy as np
 IGNORE = -100
 
 # MindFormers projection names -> the Hugging Face Llama module names PEFT targets.
-HF_PROJECTION = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj",
-                 "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
+HF_PROJECTION = {
+    "wq": "q_proj",
+    "wk": "k_proj",
+    "wv": "v_proj",
+    "wo": "o_proj",
+    "w1": "gate_proj",
+    "w2": "down_proj",
+    "w3": "up_proj",
+}
 
 
 def hf_llama_config(spec: dict):
@@ -44,13 +52,22 @@ def hf_llama_config(spec: dict):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=spec["vocab_size"], hidden_size=spec["hidden_size"],
-        intermediate_size=spec["intermediate_size"], num_hidden_layers=spec["num_layers"],
-        num_attention_heads=spec["num_heads"], num_key_value_heads=spec["n_kv_heads"],
-        max_position_embeddings=spec["max_position"], rms_norm_eps=spec["rms_norm_eps"],
-        rope_theta=spec["rope_theta"], tie_word_embeddings=spec["tie_word_embeddings"],
-        attention_bias=spec["qkv_has_bias"], hidden_act="silu",
-        bos_token_id=spec["bos_token_id"], eos_token_id=spec["eos_token_id"], pad_token_id=spec["pad_token_id"])
+        vocab_size=spec["vocab_size"],
+        hidden_size=spec["hidden_size"],
+        intermediate_size=spec["intermediate_size"],
+        num_hidden_layers=spec["num_layers"],
+        num_attention_heads=spec["num_heads"],
+        num_key_value_heads=spec["n_kv_heads"],
+        max_position_embeddings=spec["max_position"],
+        rms_norm_eps=spec["rms_norm_eps"],
+        rope_theta=spec["rope_theta"],
+        tie_word_embeddings=spec["tie_word_embeddings"],
+        attention_bias=spec["qkv_has_bias"],
+        hidden_act="silu",
+        bos_token_id=spec["bos_token_id"],
+        eos_token_id=spec["eos_token_id"],
+        pad_token_id=spec["pad_token_id"],
+    )
 
 
 def masked_targets(ids: np.ndarray, labels: np.ndarray, pad_id: int) -> np.ndarray:
@@ -74,8 +91,9 @@ def batch_loss(model, inputs, targets):
     import torch
 
     logits = model(input_ids=inputs).logits
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                             ignore_index=IGNORE)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE
+    )
 
 
 def build_model(work: Path, plan: dict, spec: dict):
@@ -92,17 +110,24 @@ def build_model(work: Path, plan: dict, spec: dict):
     # With tied embeddings the checkpoint has no lm_head.weight: it is the embedding matrix.
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
-        raise ValueError(f"{work / 'weights.safetensors'} does not fit the model: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}")
+        raise ValueError(
+            f"{work / 'weights.safetensors'} does not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
     del state
-    lora = LoraConfig(r=plan["lora_rank"], lora_alpha=plan["lora_alpha"], lora_dropout=plan["lora_dropout"],
-                      target_modules=[HF_PROJECTION[p] for p in plan["lora_targets"]], bias="none",
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=plan["lora_rank"],
+        lora_alpha=plan["lora_alpha"],
+        lora_dropout=plan["lora_dropout"],
+        target_modules=[HF_PROJECTION[p] for p in plan["lora_targets"]],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable != plan["expected_trainable"]:
-        raise RuntimeError(f"PEFT made {trainable:,} parameters trainable, the registry predicts "
-                           f"{plan['expected_trainable']:,}")
+        raise RuntimeError(
+            f"PEFT made {trainable:,} parameters trainable, the registry predicts {plan['expected_trainable']:,}"
+        )
     return model, trainable
 
 
@@ -124,8 +149,13 @@ def train_reference(work: Path, threads: int) -> dict:
     model, trainable = build_model(work, plan, spec)
     load_s = time.perf_counter() - t0
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(lrs[0]),
-                                  betas=(0.9, 0.999), eps=1e-8, weight_decay=plan["weight_decay"])
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=float(lrs[0]),
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=plan["weight_decay"],
+    )
     pad_id = plan["pad_id"]
     steps = []
     for step, (ids, labels, lr) in enumerate(zip(ids_all, labels_all, lrs)):
@@ -140,15 +170,25 @@ def train_reference(work: Path, threads: int) -> dict:
         optimizer.step()
         value = float(loss.detach())
         seconds = time.perf_counter() - started
-        tokens = int((ids != pad_id).sum())   # as train.py counts: non-pad ids of the whole row
+        tokens = int((ids != pad_id).sum())  # as train.py counts: non-pad ids of the whole row
         steps.append({"step": step + 1, "loss": value, "tokens": tokens, "seconds": round(seconds, 4)})
-        print(f"reference step {step + 1}/{len(lrs)}: loss {value:.4f}, {seconds:.2f} s, "
-              f"{tokens / seconds:.0f} tokens/s", file=sys.stderr, flush=True)
+        print(
+            f"reference step {step + 1}/{len(lrs)}: loss {value:.4f}, {seconds:.2f} s, {tokens / seconds:.0f} tokens/s",
+            file=sys.stderr,
+            flush=True,
+        )
         if not np.isfinite(value):
             raise RuntimeError(f"reference loss is {value} at step {step + 1}")
-    return {"steps": steps, "load_seconds": round(load_s, 3), "trainable_params": trainable,
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "attn_implementation": model.config._attn_implementation}
+    return {
+        "steps": steps,
+        "load_seconds": round(load_s, 3),
+        "trainable_params": trainable,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "attn_implementation": model.config._attn_implementation,
+    }
 
 
 def torch_matmul_peak(threads: int, sizes=(2048, 3072, 4096), repeats: int = 5) -> dict:
@@ -159,25 +199,34 @@ def torch_matmul_peak(threads: int, sizes=(2048, 3072, 4096), repeats: int = 5) 
     best = {}
     for n in sizes:
         a, b = torch.randn(n, n), torch.randn(n, n)
-        torch.mm(a, b)      # warm-up: thread pool, page faults
+        torch.mm(a, b)  # warm-up: thread pool, page faults
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
             torch.mm(a, b)
             times.append(time.perf_counter() - started)
-        best[n] = 2 * n ** 3 / min(times) / 1e9
-    return {"gflops_by_size": {str(k): round(v, 2) for k, v in best.items()}, "gflops": round(max(best.values()), 2),
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+        best[n] = 2 * n**3 / min(times) / 1e9
+    return {
+        "gflops_by_size": {str(k): round(v, 2) for k, v in best.items()},
+        "gflops": round(max(best.values()), 2),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benches.bench_ref_torch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benches.bench_ref_torch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--work", type=Path, help="folder with the inputs bench_train wrote; result.json goes there")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2: this machine's "
-                        "cores)")
-    parser.add_argument("--matmul-peak", action="store_true", help="print this CPU's FP32 torch.mm peak as JSON and "
-                        "exit")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch.set_num_threads (default 2: this machine's cores)"
+    )
+    parser.add_argument(
+        "--matmul-peak", action="store_true", help="print this CPU's FP32 torch.mm peak as JSON and exit"
+    )
     parser.add_argument("--peak-sizes", default="2048,3072,4096", help="matrix sizes for --matmul-peak")
     args = parser.parse_args(argv)
     if args.matmul_peak:

@@ -4,6 +4,7 @@ debootstrap and `docker import`.
 
     python -m images.build base [--suite bookworm] [--tag T] [--mirror URL]
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,8 +33,10 @@ def host_apt_sources() -> tuple[str, Optional[str]]:
             uris.append(match.group(1))
     main = next((u for u in uris if "security" not in u), None)
     if main is None:
-        raise InputError("no Debian mirror found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list; "
-                         "pass --mirror http://deb.debian.org/debian")
+        raise InputError(
+            "no Debian mirror found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list; "
+            "pass --mirror http://deb.debian.org/debian"
+        )
     security = next((u for u in uris if "security" in u), None)
     return main.rstrip("/"), security.rstrip("/") if security else None
 
@@ -61,16 +64,24 @@ def make_base_image(suite: str = "bookworm", tag: Optional[str] = None, mirror: 
             lines.append(f"deb {security} {suite}-security main")
         (rootfs / "etc/apt/sources.list").write_text("\n".join(lines) + "\n", encoding="utf-8")
         # apt lists and .debs are ~80 MB the image does not need: every Dockerfile runs apt-get update.
-        for pattern in ("var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb",
-                        "var/log/*.log", "var/log/apt/*"):
+        for pattern in (
+            "var/lib/apt/lists/*",
+            "var/cache/apt/*.bin",
+            "var/cache/apt/archives/*.deb",
+            "var/log/*.log",
+            "var/log/apt/*",
+        ):
             for p in rootfs.glob(pattern):
                 if p.is_file() or p.is_symlink():
                     p.unlink()
         tarball = Path(tmp) / "rootfs.tar"
         subprocess.check_call(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", str(tarball), "."])
         created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        changes = ["ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]',
-                   f"LABEL tunebox.base.suite={suite} tunebox.base.mirror={mirror} tunebox.base.created={created}"]
+        changes = [
+            "ENV LANG=C.UTF-8",
+            'CMD ["/bin/bash"]',
+            f"LABEL tunebox.base.suite={suite} tunebox.base.mirror={mirror} tunebox.base.created={created}",
+        ]
         client.api.import_image_from_file(str(tarball), repository=repository, tag=version or "base", changes=changes)
     image = client.images.get(tag)
     print(f"image.base: {tag} {image.short_id} {image.attrs['Size'] / 1e6:.0f} MB in {time.time() - started:.0f} s")

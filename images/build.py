@@ -24,6 +24,7 @@ lock.py, pin.py; images/stacks.py reads the stacks. This file is their command l
 
 Exit codes: 0 ok, 2 bad input (unknown stack, lint problem, missing file), 1 build or engine failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,11 @@ def verify_image(stack_name: str, image: Optional[str], ca_bundle: Path) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m images.build", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m images.build",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("base", help="debootstrap a Debian suite into a local image")
     p.add_argument("--suite", default="bookworm", help="bookworm (cpu, Ascend stacks) or bullseye (contest-2024)")
@@ -65,12 +69,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--ca-bundle", type=Path, default=DEFAULT_CA_BUNDLE, help="the CA bundle pip trusts in the builder")
     p.add_argument("--no-ca", action="store_true", help="build without a CA bundle")
     p.add_argument("--no-cache", action="store_true")
-    p.add_argument("--platform", default="", help="comma-separated, e.g. linux/arm64,linux/amd64 (docker buildx; "
-                                                  "default: the engine's own)")
-    p.add_argument("--offline", action="store_true", help="build FROM the stack's OFFLINE_BASE_IMAGE (a local "
-                                                          "image) with CANN from packages/*.run: air-gapped sites")
-    p.add_argument("--allow-unpinned", action="store_true", help="build FROM a registry base that base.lock "
-                                                                 "has no digest for (by its tag)")
+    p.add_argument(
+        "--platform",
+        default="",
+        help="comma-separated, e.g. linux/arm64,linux/amd64 (docker buildx; default: the engine's own)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="build FROM the stack's OFFLINE_BASE_IMAGE (a local "
+        "image) with CANN from packages/*.run: air-gapped sites",
+    )
+    p.add_argument(
+        "--allow-unpinned",
+        action="store_true",
+        help="build FROM a registry base that base.lock has no digest for (by its tag)",
+    )
     p = sub.add_parser("pin", help="record the registry base's digest in images/STACK/base.lock")
     p.add_argument("--stack", default="ascend-cann9.0-ms2.9")
     p = sub.add_parser("lint", help="check the Dockerfile's rules for each stack, then hadolint (no engine needed)")
@@ -89,8 +103,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             make_base_image(args.suite, args.tag, args.mirror)
         elif args.command == "build":
             platforms = tuple(p.strip() for p in args.platform.split(",") if p.strip())
-            build_image(args.stack, args.tag, None if args.no_ca else args.ca_bundle, nocache=args.no_cache,
-                        platforms=platforms, offline=args.offline, allow_unpinned=args.allow_unpinned)
+            build_image(
+                args.stack,
+                args.tag,
+                None if args.no_ca else args.ca_bundle,
+                nocache=args.no_cache,
+                platforms=platforms,
+                offline=args.offline,
+                allow_unpinned=args.allow_unpinned,
+            )
         elif args.command == "pin":
             write_base_lock(load_stack(args.stack))
         elif args.command == "lint":

@@ -3,6 +3,7 @@ bundle or one of the certificates it adds to the stock trust store.
 
     python -m images.build verify --stack S [--image T] [--ca-bundle FILE]
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,7 @@ def pem_bodies(data: bytes) -> list[bytes]:
     return [re.sub(rb"\s+", b"", m.group(1)) for m in _PEM.finditer(data)]
 
 
-STOCK_CA_DIRS = (Path("/usr/share/ca-certificates"),)   # Debian's packaged (Mozilla) roots
+STOCK_CA_DIRS = (Path("/usr/share/ca-certificates"),)  # Debian's packaged (Mozilla) roots
 
 
 def extra_certificates(ca_bundle: Path) -> list[bytes]:
@@ -35,6 +36,7 @@ def extra_certificates(ca_bundle: Path) -> list[bytes]:
             stock.update(pem_bodies(cert.read_bytes()))
     try:
         import certifi
+
         stock.update(pem_bodies(Path(certifi.where()).read_bytes()))
     except ImportError:
         pass
@@ -92,8 +94,10 @@ def scan_tar_for_ca(tar_stream, ca_bundle: Path) -> list[str]:
                 flat = re.sub(rb"\s+", b"", data)
                 hits = sum(1 for needle in needles if needle in flat)
                 if hits:
-                    findings.append(f"{name}: holds {hits} of the {len(needles)} certificate(s) that "
-                                    f"{ca_bundle} adds to the stock trust store")
+                    findings.append(
+                        f"{name}: holds {hits} of the {len(needles)} certificate(s) that "
+                        f"{ca_bundle} adds to the stock trust store"
+                    )
     return findings
 
 
@@ -103,13 +107,20 @@ def find_ca_in_image(client, image: str, ca_bundle: Path) -> list[str]:
 
     findings = []
     saved = client.images.get(image)
-    with tqdm(total=saved.attrs.get("Size") or None, unit="B", unit_scale=True, desc="verify: scanning the layers",
-              leave=False) as bar:
+    with tqdm(
+        total=saved.attrs.get("Size") or None,
+        unit="B",
+        unit_scale=True,
+        desc="verify: scanning the layers",
+        leave=False,
+    ) as bar:
         reader = io.BufferedReader(_StreamReader(saved.save(chunk_size=1 << 20), bar), buffer_size=1 << 20)
         with tarfile.open(fileobj=reader, mode="r|") as archive:
             for member in archive:
                 if member.isfile() and member.name.endswith("layer.tar"):
                     layer = member.name.split("/")[0][:12]
-                    findings += [f"{finding} (layer {layer})"
-                                 for finding in scan_tar_for_ca(archive.extractfile(member), ca_bundle)]
+                    findings += [
+                        f"{finding} (layer {layer})"
+                        for finding in scan_tar_for_ca(archive.extractfile(member), ca_bundle)
+                    ]
     return findings

@@ -13,6 +13,7 @@ tunebox's jobs (they need Python 3.11) but can tell whether the contest's stack 
 Standard library plus MindSpore only, and Python 3.9 syntax (tests/test_images.py runs it
 under 3.9). Exit codes: 0 ok, 2 problems found or bad input, 1 crash.
 """
+
 import argparse
 import hashlib
 import sys
@@ -64,8 +65,9 @@ def check_checkpoints(folder, files):
             layout = shapes
         elif shapes != layout:
             problems.append("{}: parameter names or shapes differ from {}".format(name, files[0]))
-        print("loaded {}: {} parameters, {:,} values".format(
-            name, len(shapes), sum(int(v.size) for v in params.values())))
+        print(
+            "loaded {}: {} parameters, {:,} values".format(name, len(shapes), sum(int(v.size) for v in params.values()))
+        )
     return problems, ms.__version__
 
 
@@ -77,8 +79,10 @@ def main(argv=None):
     folder = Path(args.submission)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("checkpoints/*/model.ckpt"))
     if not (folder / SUMS).is_file() or not files:
-        print("error: {} is not a submission folder (no {} or no checkpoints/*/model.ckpt)".format(folder, SUMS),
-              file=sys.stderr)
+        print(
+            "error: {} is not a submission folder (no {} or no checkpoints/*/model.ckpt)".format(folder, SUMS),
+            file=sys.stderr,
+        )
         return 2
     problems = check_sums(folder)
     print("python {}".format(sys.version.split()[0]))

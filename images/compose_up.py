@@ -14,6 +14,7 @@ TUNEBOX_IMAGE_ID and TUNEBOX_CA_BUNDLE for the compose file.
 
 Exit codes: 0 every step exited 0; 2 bad input (here, or a job's own exit 2); 1 anything else.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,11 +64,15 @@ def profile_overrides(profile: str, compose_file: Path = COMPOSE_FILE) -> list[s
 def host_ca_bundle() -> str:
     """The CA bundle mounted for downloads from a job (requests/pip in the venv use their own
     certifi otherwise, which does not know an intercepting proxy's CA)."""
-    for candidate in (os.environ.get("TUNEBOX_CA_BUNDLE"), os.environ.get("REQUESTS_CA_BUNDLE"),
-                      "/etc/ssl/certs/ca-certificates.crt"):
+    for candidate in (
+        os.environ.get("TUNEBOX_CA_BUNDLE"),
+        os.environ.get("REQUESTS_CA_BUNDLE"),
+        "/etc/ssl/certs/ca-certificates.crt",
+    ):
         if candidate and Path(candidate).is_file():
             return candidate
     import certifi  # requests' own store: correct wherever TLS is not intercepted
+
     return certifi.where()
 
 
@@ -81,11 +86,17 @@ def compose_env(recipe: str, profile: str, image: Optional[str], client) -> tupl
     try:
         found = client.images.get(image)
     except Exception:
-        raise InputError(f"image {image} is not in the engine: build it with "
-                         f"`invoke image.build --stack {STACK_FOR_DEVICE[spec.train.device]}`") from None
+        raise InputError(
+            f"image {image} is not in the engine: build it with "
+            f"`invoke image.build --stack {STACK_FOR_DEVICE[spec.train.device]}`"
+        ) from None
     env = dict(os.environ)
-    env.update(TUNEBOX_RECIPE=str(Path(spec.source_path).resolve()), TUNEBOX_IMAGE=image,
-               TUNEBOX_IMAGE_ID=found.id, TUNEBOX_CA_BUNDLE=host_ca_bundle())
+    env.update(
+        TUNEBOX_RECIPE=str(Path(spec.source_path).resolve()),
+        TUNEBOX_IMAGE=image,
+        TUNEBOX_IMAGE_ID=found.id,
+        TUNEBOX_CA_BUNDLE=host_ca_bundle(),
+    )
     if data_root is not None:
         env["TUNEBOX_DATA"] = str(data_root)
     return env, spec
@@ -104,8 +115,10 @@ def service_results(client, services: list[str]) -> list[tuple[str, str, Optiona
     """(service, status, exit code, seconds) of each service's container in this project."""
     results = []
     for service in services:
-        containers = client.containers.list(all=True, filters={
-            "label": [f"com.docker.compose.project={PROJECT}", f"com.docker.compose.service={service}"]})
+        containers = client.containers.list(
+            all=True,
+            filters={"label": [f"com.docker.compose.project={PROJECT}", f"com.docker.compose.service={service}"]},
+        )
         if not containers:
             results.append((service, "not started", None, None))
             continue
@@ -116,8 +129,13 @@ def service_results(client, services: list[str]) -> list[tuple[str, str, Optiona
     return results
 
 
-def compose_up(recipe: str = DEFAULT_RECIPE, profile: str = "cpu", until: str = "bundle",
-               image: Optional[str] = None, fresh: bool = False) -> int:
+def compose_up(
+    recipe: str = DEFAULT_RECIPE,
+    profile: str = "cpu",
+    until: str = "bundle",
+    image: Optional[str] = None,
+    fresh: bool = False,
+) -> int:
     if until not in PIPELINE:
         raise InputError(f"--until must be one of {', '.join(PIPELINE)}, got {until!r}")
     compose = shutil.which("docker-compose")
@@ -125,19 +143,31 @@ def compose_up(recipe: str = DEFAULT_RECIPE, profile: str = "cpu", until: str = 
         raise InputError("docker-compose is not installed: apt-get install -y docker-compose")
     client = docker_client()
     env, spec = compose_env(recipe, profile, image, client)
-    steps = PIPELINE[:PIPELINE.index(until) + 1]
+    steps = PIPELINE[: PIPELINE.index(until) + 1]
     services = [service_name(s, profile) for s in steps]
     base = [compose, "-f", str(COMPOSE_FILE), "-p", PROJECT, "--profile", profile]
-    print(f"compose.up: run {spec.run_id} ({env['TUNEBOX_RECIPE']}), image {env['TUNEBOX_IMAGE']}, "
-          f"steps {' -> '.join(steps)}", flush=True)
+    print(
+        f"compose.up: run {spec.run_id} ({env['TUNEBOX_RECIPE']}), image {env['TUNEBOX_IMAGE']}, "
+        f"steps {' -> '.join(steps)}",
+        flush=True,
+    )
     # Containers of an earlier run would be restarted, not recreated, and their old exit codes
     # could be read back: remove them first.
-    subprocess.run(base + ["rm", "--force", "--stop", *services], env=env, cwd=REPO_ROOT,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        base + ["rm", "--force", "--stop", *services],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     if fresh:  # a clean run: this run's folder in the data volume goes first (the model cache stays)
         print(f"compose.up: --fresh: removing /data/runs/{spec.run_id} from the volume tunebox-data", flush=True)
-        client.containers.run(env["TUNEBOX_IMAGE"], entrypoint=["rm", "-rf", f"/data/runs/{spec.run_id}"],
-                              volumes={"tunebox-data": {"bind": "/data", "mode": "rw"}}, remove=True)
+        client.containers.run(
+            env["TUNEBOX_IMAGE"],
+            entrypoint=["rm", "-rf", f"/data/runs/{spec.run_id}"],
+            volumes={"tunebox-data": {"bind": "/data", "mode": "rw"}},
+            remove=True,
+        )
     started = time.time()
     # Every step named, so every step's log is attached; depends_on orders them.
     up = subprocess.run(base + ["up", "--no-color", "--no-build", *services], env=env, cwd=REPO_ROOT)
@@ -147,8 +177,10 @@ def compose_up(recipe: str = DEFAULT_RECIPE, profile: str = "cpu", until: str = 
     print(f"\ncompose.up: {spec.run_id}, {elapsed:.0f} s in all (docker-compose up exited {up.returncode})")
     print(f"  {'service':<18} {'status':<12} {'exit':>4} {'seconds':>8}")
     for service, status, code, seconds in results:
-        print(f"  {service:<18} {status:<12} {'-' if code is None else code:>4} "
-              f"{'-' if seconds is None else f'{seconds:.0f}':>8}")
+        print(
+            f"  {service:<18} {status:<12} {'-' if code is None else code:>4} "
+            f"{'-' if seconds is None else f'{seconds:.0f}':>8}"
+        )
     failed = [(s, c) for s, st, c, _ in results if c != 0]
     try:
         mount = client.volumes.get("tunebox-data").attrs["Mountpoint"]
@@ -158,24 +190,38 @@ def compose_up(recipe: str = DEFAULT_RECIPE, profile: str = "cpu", until: str = 
     if not failed:
         return 0
     first, code = failed[0]
-    print(f"compose.up: {first} {'did not run' if code is None else f'exited {code}'}; "
-          f"its log: docker-compose -p {PROJECT} --profile {profile} logs {first}", file=sys.stderr)
+    print(
+        f"compose.up: {first} {'did not run' if code is None else f'exited {code}'}; "
+        f"its log: docker-compose -p {PROJECT} --profile {profile} logs {first}",
+        file=sys.stderr,
+    )
     return 2 if code == 2 else 1
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m images.compose_up", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", "-c", metavar="SPEC.yaml", default=os.environ.get("TUNEBOX_RECIPE", DEFAULT_RECIPE),
-                        help="run spec YAML")
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="SPEC.yaml",
+        default=os.environ.get("TUNEBOX_RECIPE", DEFAULT_RECIPE),
+        help="run spec YAML",
+    )
     parser.add_argument("--profile", default="cpu", choices=["cpu", "ascend"])
     parser.add_argument("--until", default="bundle", choices=PIPELINE, help="last step to run (default: bundle)")
     parser.add_argument("--image", help="image tag (default: tunebox:VERSION-STACK for the spec's device)")
-    parser.add_argument("--fresh", action="store_true",
-                        help="delete this run's folder in the data volume first (default: resume what is there)")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete this run's folder in the data volume first (default: resume what is there)",
+    )
     args = parser.parse_args(argv)
-    return guarded("compose.up", lambda: compose_up(args.config, args.profile, args.until, args.image, args.fresh),
-                   known=(NoDockerEngine,),
-                   on_interrupt="containers already started keep running; see `docker compose ps`")
+    return guarded(
+        "compose.up",
+        lambda: compose_up(args.config, args.profile, args.until, args.image, args.fresh),
+        known=(NoDockerEngine,),
+        on_interrupt="containers already started keep running; see `docker compose ps`",
+    )
 
 
 if __name__ == "__main__":

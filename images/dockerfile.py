@@ -9,6 +9,7 @@ sees a global ARG only if it declares it again and its own default beats the glo
 context_structure takes the global), a stage built on an earlier stage inherits that stage's ENV
 (it resets ENV at every FROM), and ${VAR:-word} / ${VAR:+word} (it expands only $VAR and ${VAR}).
 """
+
 from __future__ import annotations
 
 import io
@@ -23,10 +24,10 @@ from dockerfile_parse.util import WordSplitter, extract_key_values
 
 @dataclass
 class Instruction:
-    keyword: str          # upper case: FROM, RUN, COPY, ...
-    value: str            # the rest, continuation lines joined
-    line: int             # where it starts (1-based)
-    resolved: str = ""    # value with the stage's ARG/ENV values substituted
+    keyword: str  # upper case: FROM, RUN, COPY, ...
+    value: str  # the rest, continuation lines joined
+    line: int  # where it starts (1-based)
+    resolved: str = ""  # value with the stage's ARG/ENV values substituted
     pairs: list[tuple[str, str]] = field(default_factory=list)  # ENV and LABEL: (key, resolved value)
 
 
@@ -34,13 +35,13 @@ class Instruction:
 class Stage:
     index: int
     name: Optional[str]
-    base_raw: str         # as written: ${BASE_IMAGE}, runtime, ...
-    base: str             # resolved with the build args
+    base_raw: str  # as written: ${BASE_IMAGE}, runtime, ...
+    base: str  # resolved with the build args
     from_line: int
     parent: Optional["Stage"]
     instructions: list[Instruction] = field(default_factory=list)
-    scope: dict[str, str] = field(default_factory=dict)   # ARG and ENV values visible at the end
-    env: dict[str, str] = field(default_factory=dict)     # ENV only: what a child stage inherits
+    scope: dict[str, str] = field(default_factory=dict)  # ARG and ENV values visible at the end
+    env: dict[str, str] = field(default_factory=dict)  # ENV only: what a child stage inherits
 
     def lineage(self) -> list["Stage"]:
         chain, stage = [], self
@@ -88,11 +89,13 @@ _VAR_NAME = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 def _expand_modifiers(value: str, scope: dict[str, str]) -> str:
     """${VAR:-word} -> ${VAR} or word, ${VAR:+word} -> word or nothing; WordSplitter does the rest."""
+
     def repl(match: re.Match) -> str:
         name, op, word = match.groups()
         if op == "-":
             return f"${{{name}}}" if scope.get(name) else word
         return word if scope.get(name) else ""
+
     return _MODIFIER.sub(repl, value)
 
 
@@ -117,7 +120,7 @@ def parse_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDocke
     bases = iter(parser.parent_images)
     problems: list[Problem] = []
     directives: dict[str, tuple[str, int]] = {}
-    for number, item in enumerate(structure):   # directives: comment lines from line 1, no gap
+    for number, item in enumerate(structure):  # directives: comment lines from line 1, no gap
         match = _DIRECTIVE.fullmatch(item["value"]) if item["instruction"] == COMMENT_INSTRUCTION else None
         if not match or item["startline"] != number:
             break
@@ -129,8 +132,9 @@ def parse_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDocke
 
     def key_values(ins: Instruction, scope: dict[str, str]) -> list[tuple[str, str]]:
         try:
-            return extract_key_values(env_replace=True, args={}, envs=scope,
-                                      instruction_value=_expand_modifiers(ins.value, scope))
+            return extract_key_values(
+                env_replace=True, args={}, envs=scope, instruction_value=_expand_modifiers(ins.value, scope)
+            )
         except (ValueError, IndexError) as exc:
             problems.append(Problem(ins.line, f"{ins.keyword} {ins.value}: {exc or 'no key=value'}"))
             return []
@@ -141,12 +145,13 @@ def parse_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDocke
         ins = Instruction(item["instruction"], item["value"].strip(), item["startline"] + 1)
         if ins.keyword == "FROM":
             base_raw, name = image_from(ins.value)
-            if base_raw is None:    # parent_images skips it too
+            if base_raw is None:  # parent_images skips it too
                 problems.append(Problem(ins.line, "FROM names no image"))
                 continue
             for var in sorted({v for v in _VAR_NAME.findall(base_raw) if v not in global_args}):
-                problems.append(Problem(ins.line, f"FROM uses ${{{var}}}, which is not an ARG declared "
-                                                  f"before the first FROM"))
+                problems.append(
+                    Problem(ins.line, f"FROM uses ${{{var}}}, which is not an ARG declared before the first FROM")
+                )
             base = next(bases)
             parent = by_name.get(base.lower())
             stage = Stage(len(stages), name.lower() if name else None, base_raw, base, ins.line, parent)
@@ -173,13 +178,12 @@ def parse_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDocke
                 if key in build_args:
                     stage.scope[key] = build_args[key]
                 elif default is not None:
-                    stage.scope[key] = WordSplitter(_expand_modifiers(default, stage.scope),
-                                                    envs=stage.scope).dequote()
+                    stage.scope[key] = WordSplitter(_expand_modifiers(default, stage.scope), envs=stage.scope).dequote()
                 else:
                     stage.scope[key] = global_args.get(key) or ""
         ins.resolved = substitute(ins.value, stage.scope)
         if ins.keyword in ("ENV", "LABEL"):
-            ins.pairs = key_values(ins, stage.scope)   # every pair sees the scope before this line
+            ins.pairs = key_values(ins, stage.scope)  # every pair sees the scope before this line
         if ins.keyword == "ENV":
             stage.scope.update(ins.pairs)
             stage.env.update(ins.pairs)

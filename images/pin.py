@@ -10,6 +10,7 @@ digest for every platform) and each manifest's `Platform:`. The build uses `REF@
 a registry base without a recorded digest unless told `--allow-unpinned`. Local bases (tunebox/...,
 made by `invoke image.base`) have no registry digest and need no base.lock.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -36,6 +37,7 @@ def is_local_image(ref: str) -> bool:
 @dataclass
 class BaseLock:
     """images/<stack>/base.lock: the reference, its index digest and the platforms that index offers."""
+
     path: Path
     ref: str
     digest: str = ""
@@ -53,14 +55,25 @@ def read_base_lock(stack: Stack) -> Optional[BaseLock]:
     if not path.exists():
         return None
     values = read_env_file(path)
-    lock = BaseLock(path, values.get("BASE_IMAGE", ""), values.get("DIGEST", ""),
-                    tuple(p for p in values.get("PLATFORMS", "").split(",") if p), values.get("INSPECTED", ""))
+    lock = BaseLock(
+        path,
+        values.get("BASE_IMAGE", ""),
+        values.get("DIGEST", ""),
+        tuple(p for p in values.get("PLATFORMS", "").split(",") if p),
+        values.get("INSPECTED", ""),
+    )
     if lock.ref != stack.base_image:
-        raise InputError(f"base.lock pins {lock.ref!r} but stack.env's BASE_IMAGE is {stack.base_image!r}: "
-                         f"run `invoke image.pin --stack {stack.name}` to pin the new base", path)
+        raise InputError(
+            f"base.lock pins {lock.ref!r} but stack.env's BASE_IMAGE is {stack.base_image!r}: "
+            f"run `invoke image.pin --stack {stack.name}` to pin the new base",
+            path,
+        )
     if lock.digest and not _DIGEST.fullmatch(lock.digest):
-        raise InputError(f"DIGEST={lock.digest!r} is not sha256:<64 hex digits>: run "
-                         f"`invoke image.pin --stack {stack.name}` on a host that reaches the registry", path)
+        raise InputError(
+            f"DIGEST={lock.digest!r} is not sha256:<64 hex digits>: run "
+            f"`invoke image.pin --stack {stack.name}` on a host that reaches the registry",
+            path,
+        )
     return lock
 
 
@@ -96,8 +109,10 @@ def inspect_remote(ref: str, docker: str = "docker") -> str:
     except subprocess.TimeoutExpired:
         raise BuildFailed(f"{' '.join(cmd)} took over 300 s: is the registry reachable?") from None
     if done.returncode != 0:
-        raise BuildFailed(f"{' '.join(cmd)} exited with {done.returncode}: {done.stderr.strip()} "
-                          f"(pin needs the buildx plugin and a host that reaches the registry)")
+        raise BuildFailed(
+            f"{' '.join(cmd)} exited with {done.returncode}: {done.stderr.strip()} "
+            f"(pin needs the buildx plugin and a host that reaches the registry)"
+        )
     return done.stdout
 
 
@@ -105,15 +120,19 @@ def write_base_lock(stack: Stack, docker: str = "docker") -> Path:
     """`images.build pin`: inspect the stack's registry base and record its digest in base.lock."""
     ref = stack.base_image
     if is_local_image(ref):
-        raise InputError(f"BASE_IMAGE={ref} is a local image made by `invoke image.base`: it has no registry "
-                         f"digest to pin", stack.folder / "stack.env")
+        raise InputError(
+            f"BASE_IMAGE={ref} is a local image made by `invoke image.base`: it has no registry digest to pin",
+            stack.folder / "stack.env",
+        )
     digest, platforms = parse_imagetools_inspect(inspect_remote(ref, docker))
     path = stack.folder / BASE_LOCK
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    path.write_text(f"# The base image of the {stack.name} stack, pinned by `invoke image.pin --stack {stack.name}`\n"
-                    f"# (docker buildx imagetools inspect). The build uses BASE_IMAGE@DIGEST.\n"
-                    f"BASE_IMAGE={ref}\nDIGEST={digest}\nPLATFORMS={','.join(platforms)}\nINSPECTED={now}\n",
-                    encoding="utf-8")
+    path.write_text(
+        f"# The base image of the {stack.name} stack, pinned by `invoke image.pin --stack {stack.name}`\n"
+        f"# (docker buildx imagetools inspect). The build uses BASE_IMAGE@DIGEST.\n"
+        f"BASE_IMAGE={ref}\nDIGEST={digest}\nPLATFORMS={','.join(platforms)}\nINSPECTED={now}\n",
+        encoding="utf-8",
+    )
     print(f"image.pin: {ref} -> {digest} ({', '.join(platforms) or 'single-platform manifest'})")
     return path
 
@@ -123,15 +142,19 @@ def _platform(name: str) -> str:
     return name[:-3] if name.endswith("arm64/v8") else name
 
 
-def resolve_base(stack: Stack, offline: bool = False, allow_unpinned: bool = False,
-                 platforms: tuple[str, ...] = ()) -> str:
+def resolve_base(
+    stack: Stack, offline: bool = False, allow_unpinned: bool = False, platforms: tuple[str, ...] = ()
+) -> str:
     """The FROM the build uses: the stack's offline base when asked, a local base as it is, a registry
     base as REF@DIGEST from base.lock; without a digest only when allow_unpinned."""
     if offline:
         ref = stack.build_args.get("OFFLINE_BASE_IMAGE", "")
         if not ref:
-            raise InputError("--offline: this stack has no OFFLINE_BASE_IMAGE (a local image `invoke image.base` "
-                             "makes): add one to stack.env", stack.folder / "stack.env")
+            raise InputError(
+                "--offline: this stack has no OFFLINE_BASE_IMAGE (a local image `invoke image.base` "
+                "makes): add one to stack.env",
+                stack.folder / "stack.env",
+            )
         return ref
     ref = stack.base_image
     if is_local_image(ref):
@@ -140,13 +163,17 @@ def resolve_base(stack: Stack, offline: bool = False, allow_unpinned: bool = Fal
     if lock is None or not lock.digest:
         if allow_unpinned:
             return ref
-        raise InputError(f"BASE_IMAGE={ref} comes from a registry and no digest is recorded: run "
-                         f"`invoke image.pin --stack {stack.name}` (on a host that reaches the registry) and "
-                         f"commit base.lock, or build with --allow-unpinned, or --offline for the local base",
-                         stack.folder / BASE_LOCK)
+        raise InputError(
+            f"BASE_IMAGE={ref} comes from a registry and no digest is recorded: run "
+            f"`invoke image.pin --stack {stack.name}` (on a host that reaches the registry) and "
+            f"commit base.lock, or build with --allow-unpinned, or --offline for the local base",
+            stack.folder / BASE_LOCK,
+        )
     offered = {_platform(p) for p in lock.platforms}
     missing = [p for p in platforms if offered and _platform(p) not in offered]
     if missing:
-        raise InputError(f"{ref} offers {', '.join(lock.platforms)}, not {', '.join(missing)}: build for the "
-                         f"platforms it has", lock.path)
+        raise InputError(
+            f"{ref} offers {', '.join(lock.platforms)}, not {', '.join(missing)}: build for the platforms it has",
+            lock.path,
+        )
     return lock.pinned_ref()

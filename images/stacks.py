@@ -1,6 +1,7 @@
 """The pinned stacks in images/<stack>/ (stack.env, constraints.txt) and the build args an image
 of one is built with: what every image tool (build, lint, lock) reads first.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -19,15 +20,14 @@ from tunebox.manifest import git_state
 
 IMAGES_DIR = REPO_ROOT / "images"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-CA_SECRET_ID = "ca"                          # docker build --secret id=ca,src=BUNDLE
-CA_SECRET_TARGET = "/build/ca/ca-certificates.crt"   # where the builder's RUNs see it (build-venv.sh)
+CA_SECRET_ID = "ca"  # docker build --secret id=ca,src=BUNDLE
+CA_SECRET_TARGET = "/build/ca/ca-certificates.crt"  # where the builder's RUNs see it (build-venv.sh)
 CA_DIR = posixpath.dirname(CA_SECRET_TARGET)
 DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 class BuildFailed(Exception):
     """The engine refused or a build step failed. Exit 1."""
-
 
 
 @dataclass
@@ -55,7 +55,7 @@ def read_env_file(path: Path) -> dict[str, str]:
         try:
             words = shlex.split(raw, comments=True)
         except ValueError as exc:
-            raise InputError(f"{key}: {exc} (quote values with spaces: KEY=\"a b\")", path, number) from None
+            raise InputError(f'{key}: {exc} (quote values with spaces: KEY="a b")', path, number) from None
         values[key] = " ".join(words)
     return values
 
@@ -76,8 +76,11 @@ def load_stack(name: str) -> Stack:
         if not args.get(required):
             raise InputError(f"{required} is missing", env_file)
     if not (folder / "constraints.txt").exists():
-        raise InputError("constraints.txt is missing (the stack's lock file; an empty file is allowed "
-                         "before the first `python -m images.build lock`)", folder)
+        raise InputError(
+            "constraints.txt is missing (the stack's lock file; an empty file is allowed "
+            "before the first `python -m images.build lock`)",
+            folder,
+        )
     return Stack(name, folder, args)
 
 
@@ -91,8 +94,12 @@ def git_revision() -> str:
 
 def git_source() -> str:
     try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "config", "--get", "remote.origin.url"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "config", "--get", "remote.origin.url"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
@@ -103,8 +110,13 @@ def git_source() -> str:
 def build_args_for(stack: Stack, image_tag: str, revision: Optional[str] = None) -> dict[str, str]:
     """stack.env plus what the image says about itself (labels, /etc/tunebox/image.json)."""
     args = dict(stack.build_args)
-    args.update(VERSION=project_version(), REVISION=revision or git_revision(), SOURCE=git_source(),
-                IMAGE_TAG=image_tag, LICENSES=project_license(),
-                # RFC 3339, as the OCI annotation asks; late in the Dockerfile, so only the label layers rebuild.
-                CREATED=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"))
+    args.update(
+        VERSION=project_version(),
+        REVISION=revision or git_revision(),
+        SOURCE=git_source(),
+        IMAGE_TAG=image_tag,
+        LICENSES=project_license(),
+        # RFC 3339, as the OCI annotation asks; late in the Dockerfile, so only the label layers rebuild.
+        CREATED=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+    )
     return args

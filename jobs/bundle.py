@@ -35,6 +35,7 @@ The folder is built under a temporary name and renamed into place when complete;
 record goes to runs/<run_id>/bundle/manifest.json and record.jsonl. Check it with
 `python -m jobs.verify runs/<run_id>/submission [--rerun]`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,6 +71,7 @@ log = logging.getLogger("tunebox.bundle")
 
 # ---- the job -------------------------------------------------------------------------------
 
+
 def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
     started = time.time()
     run_dir = spec.run_dir
@@ -96,8 +98,9 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
     tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     heldout = read_jsonl(spec.run_dir / layout.PREP_HELDOUT)
     if not heldout:
-        raise InputError("no held-out rows: data.heldout_rows must be > 0 to evaluate",
-                         spec.run_dir / layout.PREP_HELDOUT)
+        raise InputError(
+            "no held-out rows: data.heldout_rows must be > 0 to evaluate", spec.run_dir / layout.PREP_HELDOUT
+        )
     rejects_file = spec.job_dir("prep") / "rejects.jsonl"
     rejects = read_jsonl(rejects_file) if rejects_file.exists() else []
 
@@ -106,17 +109,22 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         modes = Counter()
         for c in checkpoints:
             modes[link_or_copy(c["path"], tmp / contents.checkpoint_file(c["step"]))] += 1
-        hashes = contents.hash_files(tmp, [contents.checkpoint_file(c["step"]) for c in checkpoints],
-                                     desc="hash checkpoints")
+        hashes = contents.hash_files(
+            tmp, [contents.checkpoint_file(c["step"]) for c in checkpoints], desc="hash checkpoints"
+        )
         for c in checkpoints:
             name = contents.model_dir_name(c["step"])
             actual = hashes[contents.checkpoint_file(c["step"])]
-            recorded = {"merge/index.json": c["sha256"],
-                        f"evaluate/{name}/scores.json": scores[name].get("checkpoint_sha256")}
+            recorded = {
+                "merge/index.json": c["sha256"],
+                f"evaluate/{name}/scores.json": scores[name].get("checkpoint_sha256"),
+            }
             for where, sha in recorded.items():
                 if sha and sha != actual:
-                    raise RuntimeError(f"{c['path']} has sha256 {actual}, {where} recorded {sha}: the checkpoint "
-                                       f"changed after that job ran; run merge and evaluate again")
+                    raise RuntimeError(
+                        f"{c['path']} has sha256 {actual}, {where} recorded {sha}: the checkpoint "
+                        f"changed after that job ran; run merge and evaluate again"
+                    )
             c["sha256"] = actual
         log.info("checkpoints: %s", ", ".join(f"{n} {m}ed" for m, n in modes.items()))
 
@@ -131,38 +139,74 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         atomic_write_text(tmp / "hyperparams.yaml", dump_spec(spec))
         code = make_code_archive(manifests["train"].get("git"), tmp / "code.tar.gz", exclude=(run_dir, out))
 
-        accuracies = {name: {k: s.get(k) for k in ("n", "accuracy_strict", "accuracy_tolerant")}
-                      for name, s in scores.items()}
-        results = contents.build_results(run_id=spec.run_id, stage=spec.stage, fmt=spec.data.format,
-                                   model_name=spec.model.name, rank=spec.lora.rank,
-                                   target_modules=spec.lora.target_modules, report=report, accuracies=accuracies,
-                                   checkpoints=checkpoints, code=code)
+        accuracies = {
+            name: {k: s.get(k) for k in ("n", "accuracy_strict", "accuracy_tolerant")} for name, s in scores.items()
+        }
+        results = contents.build_results(
+            run_id=spec.run_id,
+            stage=spec.stage,
+            fmt=spec.data.format,
+            model_name=spec.model.name,
+            rank=spec.lora.rank,
+            target_modules=spec.lora.target_modules,
+            report=report,
+            accuracies=accuracies,
+            checkpoints=checkpoints,
+            code=code,
+        )
         if summary.get("trainable_params") not in (None, results["trainable_params"]):
-            raise RuntimeError(f"train counted {summary['trainable_params']:,} trainable parameters, the registry "
-                               f"gives {results['trainable_params']:,} for this spec")
+            raise RuntimeError(
+                f"train counted {summary['trainable_params']:,} trainable parameters, the registry "
+                f"gives {results['trainable_params']:,} for this spec"
+            )
         if results["evaluate_best"] != results["chosen"]["model"]:
-            log.warning("evaluate's report recommends %s, the contest rule chooses %s from the same figures (%s): "
-                        "the report is older than this code; run evaluate again", results["evaluate_best"],
-                        results["chosen"]["model"], results["chosen"]["reason"])
+            log.warning(
+                "evaluate's report recommends %s, the contest rule chooses %s from the same figures (%s): "
+                "the report is older than this code; run evaluate again",
+                results["evaluate_best"],
+                results["chosen"]["model"],
+                results["chosen"]["reason"],
+            )
         if results["chosen"]["valid"] is False:
-            log.warning("%s; the submission is bundled for inspection, and predict.yaml names the highest score",
-                        results["chosen"]["reason"])
+            log.warning(
+                "%s; the submission is bundled for inspection, and predict.yaml names the highest score",
+                results["chosen"]["reason"],
+            )
         atomic_write_json(tmp / "results.json", results)
         # predict.yaml names a checkpoint even when none is valid: then the highest score, as the reason says
-        chosen = contents.step_of_dir(results["chosen"]["model"] or results["chosen"]["highest_score"] or "") \
+        chosen = (
+            contents.step_of_dir(results["chosen"]["model"] or results["chosen"]["highest_score"] or "")
             or checkpoints[-1]["step"]
+        )
         write_mindformers_files(spec, tmp / "mindformers", chosen, tok)
         log_name, log_tail = training_log_tail(run_dir)
-        selfcheck.render(tmp / selfcheck.FILE, results=results, results_bytes=(tmp / "results.json").read_bytes(),
-                         rank=spec.lora.rank, commit=code.get("commit"), code_note=code["note"],
-                         log_name=log_name, log_tail=log_tail)
+        selfcheck.render(
+            tmp / selfcheck.FILE,
+            results=results,
+            results_bytes=(tmp / "results.json").read_bytes(),
+            rank=spec.lora.rank,
+            commit=code.get("commit"),
+            code_note=code["note"],
+            log_name=log_name,
+            log_tail=log_tail,
+        )
         env = contents.environment_record(manifests, contents.direct_requirements(tmp / "code.tar.gz"))
         atomic_write_json(tmp / "environment.json", env)
         atomic_write_text(tmp / "ENVIRONMENT.md", contents.render_environment(env))
-        atomic_write_text(tmp / "ALGORITHM.md", render_algorithm(
-            spec, stats=stats, rejects=rejects,
-            prompt_example=render_prompt_example(spec.data, tok, heldout[0]), summary=summary, train_index=train_index,
-            merge_index=merge_index, train_manifest=manifests["train"], results=results))
+        atomic_write_text(
+            tmp / "ALGORITHM.md",
+            render_algorithm(
+                spec,
+                stats=stats,
+                rejects=rejects,
+                prompt_example=render_prompt_example(spec.data, tok, heldout[0]),
+                summary=summary,
+                train_index=train_index,
+                merge_index=merge_index,
+                train_manifest=manifests["train"],
+                results=results,
+            ),
+        )
 
         rels = [r for r in contents.files_under(tmp) if r != contents.SUMS_FILE]
         hashes.update(contents.hash_files(tmp, [r for r in rels if r not in hashes], desc="hash files"))
@@ -170,13 +214,28 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it 0700; the submission is for others to read
-    write_job_manifest(spec.job_dir("bundle"), "bundle", spec,
-                       inputs={job: spec.job_dir(job) / layout.MANIFEST for job in layout.RUN_JOBS},
-                       outputs={"SHA256SUMS": out / contents.SUMS_FILE},
-                       extra={"submission": str(out), "files": len(rels) + 1, "checkpoints": dict(modes),
-                              "chosen": results["chosen"]["model"], "code": code["source"]}, started=started)
-    log.info("submission: %s (%d files; chosen %s: %s)", out, len(rels) + 1, results["chosen"]["model"],
-             results["chosen"]["reason"])
+    write_job_manifest(
+        spec.job_dir("bundle"),
+        "bundle",
+        spec,
+        inputs={job: spec.job_dir(job) / layout.MANIFEST for job in layout.RUN_JOBS},
+        outputs={"SHA256SUMS": out / contents.SUMS_FILE},
+        extra={
+            "submission": str(out),
+            "files": len(rels) + 1,
+            "checkpoints": dict(modes),
+            "chosen": results["chosen"]["model"],
+            "code": code["source"],
+        },
+        started=started,
+    )
+    log.info(
+        "submission: %s (%d files; chosen %s: %s)",
+        out,
+        len(rels) + 1,
+        results["chosen"]["model"],
+        results["chosen"]["reason"],
+    )
     print(out)
     return out
 
@@ -186,9 +245,13 @@ def main(spec: RunSpec, args) -> None:
 
 
 def _args(parser) -> None:
-    parser.add_argument("--out", metavar="DIR", help="where to write the submission folder "
-                                                     "(default runs/<run_id>/submission; keep it on the run's "
-                                                     "filesystem so checkpoints are hard links, not copies)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where to write the submission folder "
+        "(default runs/<run_id>/submission; keep it on the run's "
+        "filesystem so checkpoints are hard links, not copies)",
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ merge has not run), MindFormers' generate() on Ascend (the merged checkpoint).
 Only answers go to stdout (logs go to stderr); an empty line, `exit`, `quit` or end of input stops.
 Writes nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,7 +38,6 @@ log = logging.getLogger("tunebox.chat")
 STOP_WORDS = ("", "exit", "quit")
 
 
-
 def numpy_model(spec: RunSpec, ck: RunCheckpoint):
     """NumpyLlama of the checkpoint, read without MindSpore (load_checkpoint_numpy)."""
 
@@ -59,9 +59,15 @@ def load_runner(spec: RunSpec, ck: RunCheckpoint, max_new_tokens: int):
     if ck.step != 0 and ck.merged_file is None:
         raise InputError(f"the {backend} backend loads a merged checkpoint: run merge first")
     ckpt = base_checkpoint(spec) if ck.step == 0 else ck.merged_file
-    return MindFormersRunner(get_model_shape(spec.model.name), ckpt, spec.data.seq_length + max_new_tokens,
-                             device=spec.train.device, dtype=merged_weight_dtype(spec.merge, spec.train),
-                             batch_size=spec.eval.batch_size, output_dir=spec.run_dir)
+    return MindFormersRunner(
+        get_model_shape(spec.model.name),
+        ckpt,
+        spec.data.seq_length + max_new_tokens,
+        device=spec.train.device,
+        dtype=merged_weight_dtype(spec.merge, spec.train),
+        batch_size=spec.eval.batch_size,
+        output_dir=spec.run_dir,
+    )
 
 
 def answer(runner, tok: TextTokenizer, spec: RunSpec, problem: str, max_new_tokens: int) -> str:
@@ -102,8 +108,12 @@ def main(spec: RunSpec, args) -> None:
 
 
 def _args(parser) -> None:
-    parser.add_argument("--step", type=int, default=None,
-                        help="training step of the checkpoint (default: the one evaluate chose; 0: the base model)")
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="training step of the checkpoint (default: the one evaluate chose; 0: the base model)",
+    )
     parser.add_argument("--prompt", default=None, help="one question: print its answer and exit (default: read stdin)")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="answer length cap (default eval.max_new_tokens)")
 

@@ -4,6 +4,7 @@ into a base checkpoint with memory that does not grow with the model (tunebox/mo
     python -m jobs.checkpoint list FILE.ckpt [--verify-crc]
     python -m jobs.checkpoint merge BASE.ckpt LORA.ckpt OUT.ckpt --alpha A --rank R
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.checkpoint",
         description="MindSpore checkpoints one tensor at a time: list a file's tensors, or merge a LoRA "
-                    "checkpoint into a base checkpoint with memory that does not grow with the model.",
-        epilog="Exit codes: 0 ok, 2 bad input (file and byte offset named), 1 failure.")
+        "checkpoint into a base checkpoint with memory that does not grow with the model.",
+        epilog="Exit codes: 0 ok, 2 bad input (file and byte offset named), 1 failure.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="name, dtype, shape, records and offset of every tensor")
     ls.add_argument("ckpt", type=Path)
@@ -39,8 +41,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     mg.add_argument("--rank", type=int, required=True)
     mg.add_argument("--scale", type=float, default=1.0)
     mg.add_argument("--sha256", action="store_true", help="hash the output while writing it")
-    mg.add_argument("--keep-page-cache", action="store_true",
-                    help="do not drop the files' pages from the page cache as they are done")
+    mg.add_argument(
+        "--keep-page-cache",
+        action="store_true",
+        help="do not drop the files' pages from the page cache as they are done",
+    )
     mg.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     setup_logging()
@@ -50,14 +55,22 @@ def main(argv: Optional[list[str]] = None) -> int:
                 for e in reader.entries():
                     print(f"{e.name}\t{e.tensor_type}\t{list(e.shape)}\t{e.records} record(s)\t@{e.start}")
         else:
-            stats = merge_streaming(args.base, args.lora, args.out, args.alpha, args.rank, args.scale,
-                                    progress=not args.no_progress, sha256=args.sha256,
-                                    drop_cache=not args.keep_page_cache)
+            stats = merge_streaming(
+                args.base,
+                args.lora,
+                args.out,
+                args.alpha,
+                args.rank,
+                args.scale,
+                progress=not args.no_progress,
+                sha256=args.sha256,
+                drop_cache=not args.keep_page_cache,
+            )
             print(json.dumps(stats.to_dict()))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:              # `list ... | head`
+    except BrokenPipeError:  # `list ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:

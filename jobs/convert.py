@@ -3,6 +3,7 @@ convert a Hugging Face safetensors checkpoint (llama3-8b, internlm-7b). `invoke 
 
     python -m jobs.convert --model NAME [--hf-dir DIR [--out DIR]]
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,11 +19,13 @@ from tunebox.model.weights import convert_hf_checkpoint, ensure_model
 def main(argv: Optional[list[str]] = None) -> int:
     """python -m jobs.convert --model NAME [--hf-dir DIR [--out DIR]]"""
     import argparse
+
     parser = argparse.ArgumentParser(
         prog="python -m jobs.convert",
         description="Make a model directory (model.ckpt, tokenizer, model.json) in the cache. Without "
-                    "--hf-dir: build tiny or smollm2-135m (downloaded once). With --hf-dir: convert a "
-                    "Hugging Face safetensors checkpoint for the model (llama3-8b, internlm-7b).")
+        "--hf-dir: build tiny or smollm2-135m (downloaded once). With --hf-dir: convert a "
+        "Hugging Face safetensors checkpoint for the model (llama3-8b, internlm-7b).",
+    )
     parser.add_argument("--model", required=True, help="registry name (tunebox/model/registry.py)")
     parser.add_argument("--hf-dir", type=Path, help="folder with config.json and model*.safetensors")
     parser.add_argument("--out", type=Path, help="where to write (default: the model's cache dir)")
@@ -32,8 +35,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         shape = get_model_shape(args.model)
         if args.hf_dir:
-            path = convert_hf_checkpoint(args.hf_dir, args.out or model_dir(shape.name), shape,
-                                         progress=not args.no_progress)
+            path = convert_hf_checkpoint(
+                args.hf_dir, args.out or model_dir(shape.name), shape, progress=not args.no_progress
+            )
         elif args.out:
             raise InputError("--out goes with --hf-dir; registry models always live in the cache")
         else:
@@ -41,7 +45,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (InputError, KeyError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
-    except Exception as exc:      # network, disk: not the user's input
+    except Exception as exc:  # network, disk: not the user's input
         print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(path)

@@ -4,6 +4,7 @@ against k8s/schemas/ and the Kubernetes schema (tunebox/deploy/crd_schema.py).
     python -m jobs.crd_schema derive CRD.yaml --version v1 -o k8s/schemas/KIND.json
     python -m jobs.crd_schema check build/k8s/RUN.OVERLAY.yaml
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if len(crds) != 1:
             print(f"error: {args.crd}: expected one CustomResourceDefinition, found {len(crds)}", file=sys.stderr)
             return 2
-        Path(args.output).write_text(json.dumps(derive(crds[0], args.version), indent=1, sort_keys=True) + "\n",
-                                     encoding="utf-8")
+        Path(args.output).write_text(
+            json.dumps(derive(crds[0], args.version), indent=1, sort_keys=True) + "\n", encoding="utf-8"
+        )
         return 0
     bad = 0
     for doc in yaml.safe_load_all(Path(args.manifests).read_text(encoding="utf-8")):

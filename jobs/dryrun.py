@@ -15,6 +15,7 @@ Writes runs/<run_id>/dryrun/: mindformers.yaml (what the ranks ran), rank_<R>.lo
 the --render-only step train runs anyway. Exit 0: every stage fits (or, with --strategy-only, every
 strategy file was written); 1: a stage does not fit, or its log has no memory report; 2: bad input.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,12 +35,15 @@ log = logging.getLogger("tunebox.dryrun")
 JOBS_DIR = Path(__file__).resolve().parent
 # Each simulated rank runs the rendered YAML through train's own MindFormers entry (tunebox/model/mf.py,
 # run_mindformers: REGISTER_PATH for tunebox's registered classes, MindFormerConfig, build_context, Trainer).
-RANK_PROGRAM = ("import sys; from pathlib import Path; from tunebox.model.mf import run_mindformers; "
-                "run_mindformers(Path(sys.argv[1]), resume=False)")
+RANK_PROGRAM = (
+    "import sys; from pathlib import Path; from tunebox.model.mf import run_mindformers; "
+    "run_mindformers(Path(sys.argv[1]), resume=False)"
+)
 
 
-def rank_commands(spec: RunSpec, yaml_path: Path, output_dir: Path,
-                  base_env: dict) -> list[tuple[int, int, list[str], dict]]:
+def rank_commands(
+    spec: RunSpec, yaml_path: Path, output_dir: Path, base_env: dict
+) -> list[tuple[int, int, list[str], dict]]:
     """(rank, stage, argv, env) of each simulated rank: the first rank of every pipeline stage.
     LOCAL_DEFAULT_PATH is the config's output_dir: MindFormers' build_context puts the strategy files
     and its logs under that variable's folder before the Trainer reads output_dir (the train job sets
@@ -59,15 +63,19 @@ def render_train_yaml(spec: RunSpec, args) -> dict:
         cmd += ["--set", ov]
     done = subprocess.run(cmd, env=job_process_env(JOBS_DIR), capture_output=True, text=True)
     if done.returncode != 0:
-        raise InputError(f"rendering the MindFormers config failed (exit {done.returncode}): "
-                         f"{done.stderr.strip()[-2000:]}", spec.source_path)
+        raise InputError(
+            f"rendering the MindFormers config failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}",
+            spec.source_path,
+        )
     return yaml.safe_load((spec.job_dir("train") / "mindformers.yaml").read_text(encoding="utf-8"))
 
 
 def main(spec: RunSpec, args) -> None:
     if spec.train.device != "Ascend":
-        raise InputError("dryrun simulates Ascend cards: set train.device: Ascend (MindSpore refuses DryRun on a "
-                         "CPU device)", spec.source_path)
+        raise InputError(
+            "dryrun simulates Ascend cards: set train.device: Ascend (MindSpore refuses DryRun on a CPU device)",
+            spec.source_path,
+        )
     out = spec.run_dir / "dryrun"
     out.mkdir(parents=True, exist_ok=True)
     logs = Path(args.logs) if args.logs else out
@@ -82,10 +90,17 @@ def main(spec: RunSpec, args) -> None:
         running = []
         for rank, stage, argv, env in commands:
             handle = open(out / f"rank_{rank}.log", "w", encoding="utf-8")
-            log.info("rank %d (stage %d): MS_SIMULATION_LEVEL=1 RANK_SIZE=%s RANK_ID=%d, log %s", rank, stage,
-                     env["RANK_SIZE"], rank, handle.name)
-            running.append((rank, subprocess.Popen(argv, env=env, cwd=out, stdout=handle, stderr=subprocess.STDOUT),
-                            handle))
+            log.info(
+                "rank %d (stage %d): MS_SIMULATION_LEVEL=1 RANK_SIZE=%s RANK_ID=%d, log %s",
+                rank,
+                stage,
+                env["RANK_SIZE"],
+                rank,
+                handle.name,
+            )
+            running.append(
+                (rank, subprocess.Popen(argv, env=env, cwd=out, stdout=handle, stderr=subprocess.STDOUT), handle)
+            )
         for rank, proc, handle in running:
             code = proc.wait()
             handle.close()
@@ -95,8 +110,10 @@ def main(spec: RunSpec, args) -> None:
         strategy = out / "output" / "strategy"
         missing = [r for r, *_ in commands if not (strategy / f"ckpt_strategy_rank_{r}.ckpt").exists()]
         for rank, stage, *_ in commands:
-            print(f"rank {rank:>4} (stage {stage}): strategy file "
-                  f"{'MISSING' if rank in missing else strategy / f'ckpt_strategy_rank_{rank}.ckpt'}")
+            print(
+                f"rank {rank:>4} (stage {stage}): strategy file "
+                f"{'MISSING' if rank in missing else strategy / f'ckpt_strategy_rank_{rank}.ckpt'}"
+            )
         report.update(ok=not missing, missing=missing)
         atomic_write_json(out / "report.json", report)
         if missing:
@@ -104,25 +121,47 @@ def main(spec: RunSpec, args) -> None:
         print("VERDICT: the topology compiles; strategy files written.")
         return
     max_memory = ((cfg or {}).get("context") or {}).get("max_device_memory")
-    ranks = [rank_memory(rank, stage, (logs / f"rank_{rank}.log").read_text(encoding="utf-8", errors="replace"),
-                         max_memory) for rank, stage, *_ in commands]
+    ranks = [
+        rank_memory(rank, stage, (logs / f"rank_{rank}.log").read_text(encoding="utf-8", errors="replace"), max_memory)
+        for rank, stage, *_ in commands
+    ]
     for r in ranks:
         print(r.line())
     ok, sentence = verdict(ranks)
     print(sentence)
-    report.update(ok=ok, verdict=sentence, ranks=[{"rank": r.rank, "stage": r.stage, "peak_mb": r.peak_mb,
-                                                   "limit_mb": r.limit_mb, "limit_from": r.limit_from,
-                                                   "fits": r.fits, **r.memory} for r in ranks])
+    report.update(
+        ok=ok,
+        verdict=sentence,
+        ranks=[
+            {
+                "rank": r.rank,
+                "stage": r.stage,
+                "peak_mb": r.peak_mb,
+                "limit_mb": r.limit_mb,
+                "limit_from": r.limit_from,
+                "fits": r.fits,
+                **r.memory,
+            }
+            for r in ranks
+        ],
+    )
     atomic_write_json(out / "report.json", report)
     if not ok:
         raise RuntimeError(sentence)
 
 
 def _args(parser) -> None:
-    parser.add_argument("--strategy-only", action="store_true",
-                        help="MindFormers' only_save_strategy: compile, write each rank's strategy file, stop")
-    parser.add_argument("--logs", default="", metavar="DIR",
-                        help="read rank_<R>.log files from DIR (a recorded DryRun) instead of running")
+    parser.add_argument(
+        "--strategy-only",
+        action="store_true",
+        help="MindFormers' only_save_strategy: compile, write each rank's strategy file, stop",
+    )
+    parser.add_argument(
+        "--logs",
+        default="",
+        metavar="DIR",
+        help="read rank_<R>.log files from DIR (a recorded DryRun) instead of running",
+    )
 
 
 if __name__ == "__main__":

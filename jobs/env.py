@@ -3,6 +3,7 @@
 
     python -m jobs.env [--config recipes/x.yaml] [--input name=path ...] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.env",
         description="Print this machine's environment manifest as JSON (what every job records "
-                    "in runs/<run>/<job>/manifest.json).",
-        epilog="exit codes: 0 ok, 2 bad input, 1 failure")
-    parser.add_argument("--config", "-c", metavar="SPEC.yaml", help="a run spec (recipes/*.yaml) whose hash and "
-                        "content to include")
-    parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH",
-                        help="a file or folder to hash into the manifest (repeatable)")
+        "in runs/<run>/<job>/manifest.json).",
+        epilog="exit codes: 0 ok, 2 bad input, 1 failure",
+    )
+    parser.add_argument(
+        "--config", "-c", metavar="SPEC.yaml", help="a run spec (recipes/*.yaml) whose hash and content to include"
+    )
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a file or folder to hash into the manifest (repeatable)",
+    )
     parser.add_argument("--no-freeze", action="store_true", help="leave out the full pip freeze")
     parser.add_argument("--out", help="write the JSON here (atomically) instead of printing it")
     args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ margin (never above eval.max_new_tokens), and at 20 for SQuAD as the contest did
 Resumable: a model whose scores.json / squad.json match its checkpoint's sha256 and the current
 settings is not evaluated again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,7 +58,7 @@ def parse_scales(text) -> list[float]:
     if not text:
         return []
     scales = []
-    for part in (text if isinstance(text, list) else str(text).split(",")):
+    for part in text if isinstance(text, list) else str(text).split(","):
         part = str(part).strip()
         if not part:
             continue
@@ -79,8 +80,12 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     backend = pick_backend(ev.backend, spec.train.device)
     base_ckpt = base_checkpoint(spec) if ev.base else None
     shape = get_model_shape(spec.model.name)
-    runner_settings = {"device": spec.train.device, "dtype": merged_weight_dtype(spec.merge, spec.train),
-                       "batch_size": ev.batch_size, "output_dir": run_dir}
+    runner_settings = {
+        "device": spec.train.device,
+        "dtype": merged_weight_dtype(spec.merge, spec.train),
+        "batch_size": ev.batch_size,
+        "output_dir": run_dir,
+    }
     tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     squad_file = spec.resolve(ev.squad_file) if ev.squad_file else None
     merge_index, train_dir, source = run_dir / layout.MERGE_INDEX, spec.job_dir("train"), spec.source_path
@@ -90,8 +95,10 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     squad = load_squad(squad_file, ev, tok, source)
     contest = contest_figures(stage, param_figures(shape, lora.rank, lora.target_modules))
     atomic_write_json(out / "limits.json", task.limits_info)
-    log.info("max new tokens per family: %s", ", ".join(f"{f} {v['max_new_tokens']}"
-                                                       for f, v in task.limits_info["families"].items()))
+    log.info(
+        "max new tokens per family: %s",
+        ", ".join(f"{f} {v['max_new_tokens']}" for f, v in task.limits_info["families"].items()),
+    )
     longest_prompt = max(len(p) for p in task.prompts + (squad.prompts if squad else []))
     seq_for_mf = longest_prompt + max(task.limits + [SQUAD_MAX_NEW_TOKENS])
 
@@ -105,8 +112,19 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     for m in models:
         sha = m.get("sha256") or sha256_file(m["checkpoint"])
         info = {"step": m["step"], "train_loss": m["train_loss"], "checkpoint": str(m["checkpoint"])}
-        results.append(evaluate_model(m["name"], out / m["name"], {"checkpoint_sha256": sha}, loader(m["checkpoint"]),
-                                      task, squad, tok, backend, info))
+        results.append(
+            evaluate_model(
+                m["name"],
+                out / m["name"],
+                {"checkpoint_sha256": sha},
+                loader(m["checkpoint"]),
+                task,
+                squad,
+                tok,
+                backend,
+                info,
+            )
+        )
         kill_point("evaluate.between-models")
     base = next((r for r in results if r["model"] == "base"), None)
     tuned = [annotate(r, base, contest) for r in results if r["model"] != "base"]
@@ -118,29 +136,73 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
             raise InputError("the scale dial needs a merged checkpoint: run merge first")
         target = next(m for m in models if m["name"] == target_name)
         log.info("scale dial on %s at scales %s", target_name, ", ".join(f"{s:g}" for s in scales))
-        dial = scale_dial(target, scales, merge_index_file=merge_index, train_dir=train_dir, shape=shape,
-                          lora=lora, batch_size=ev.batch_size, task=task, squad=squad, tok=tok,
-                          backend=backend, base=base, contest=contest, out=out)
-    plots = write_plots(out, run_id=run_id, data=data, loss_file=run_dir / layout.TRAIN_LOSS,
-                        base=base, tuned=tuned, choice=choice, dial=dial)
-    report = write_report(out, run_dir / layout.EVALUATE_REPORT, run_id=run_id, model_name=model_name,
-                          data=data, base=base, tuned=tuned, choice=choice, contest=contest, task=task,
-                          squad=squad, dial=dial, plots=plots)
+        dial = scale_dial(
+            target,
+            scales,
+            merge_index_file=merge_index,
+            train_dir=train_dir,
+            shape=shape,
+            lora=lora,
+            batch_size=ev.batch_size,
+            task=task,
+            squad=squad,
+            tok=tok,
+            backend=backend,
+            base=base,
+            contest=contest,
+            out=out,
+        )
+    plots = write_plots(
+        out,
+        run_id=run_id,
+        data=data,
+        loss_file=run_dir / layout.TRAIN_LOSS,
+        base=base,
+        tuned=tuned,
+        choice=choice,
+        dial=dial,
+    )
+    report = write_report(
+        out,
+        run_dir / layout.EVALUATE_REPORT,
+        run_id=run_id,
+        model_name=model_name,
+        data=data,
+        base=base,
+        tuned=tuned,
+        choice=choice,
+        contest=contest,
+        task=task,
+        squad=squad,
+        dial=dial,
+        plots=plots,
+    )
     inputs = {"heldout": run_dir / layout.PREP_HELDOUT, "train_samples": run_dir / layout.PREP_TRAIN_RECORDS}
     if squad:
         inputs["squad"] = squad.source
     # every model's folder too (predictions, scores): an edited or deleted one makes a rerun evaluate again
     outputs = {"report": report, **{r["model"]: out / r["model"] for r in results}}
-    write_job_manifest(out, "evaluate", spec, inputs=inputs, outputs=outputs,
-                       extra={"backend": backend, "rows": len(task.rows), "squad_rows": len(squad.rows) if squad else 0,
-                              "chosen": choice["model"], "scales": scales})
+    write_job_manifest(
+        out,
+        "evaluate",
+        spec,
+        inputs=inputs,
+        outputs=outputs,
+        extra={
+            "backend": backend,
+            "rows": len(task.rows),
+            "squad_rows": len(squad.rows) if squad else 0,
+            "chosen": choice["model"],
+            "scales": scales,
+        },
+    )
     (log.warning if choice["valid"] is False else log.info)("chosen: %s (%s)", choice["model"], choice["reason"])
     log.info("report: %s", out / "report.md")
     return report
 
 
 def main(spec: RunSpec, args) -> None:
-    evaluate(spec)   # the LoRA scale dial, when eval.scales is set
+    evaluate(spec)  # the LoRA scale dial, when eval.scales is set
 
 
 if __name__ == "__main__":

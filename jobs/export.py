@@ -12,6 +12,7 @@ The checkpoint is evaluate's choice (evaluate/report.json) unless --step N names
 hf only). Outputs, under runs/<run_id>/export/: hf-step-{N}/, peft-step-{N}/, base-hf/, manifest.json.
 Each folder is written under a temporary name and renamed when complete.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,7 +45,6 @@ def export_dir(final: Path):
         yield tmp
 
 
-
 def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Path] = None) -> Path:
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: choose {' or '.join(FORMATS)}")
@@ -59,8 +59,9 @@ def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Pa
     if fmt == "hf":
         ckpt = base_checkpoint(spec) if ck.step == 0 else ck.merged_file
         if ck.merge_scale not in (None, 1.0):
-            log.warning("merge folded the LoRA in at scale %g, not as trained: the export is that model",
-                        ck.merge_scale)
+            log.warning(
+                "merge folded the LoRA in at scale %g, not as trained: the export is that model", ck.merge_scale
+            )
         with export_dir(target) as tmp:
             extra.update(write_hf_model(tmp, ckpt, shape, tok, template))
         inputs["checkpoint"] = ckpt
@@ -71,7 +72,7 @@ def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Pa
         hub = split_hub_source(shape.source) if spec.model.checkpoint is None else None
         if hub is not None and hub.hub == "hf":
             base_ref, revision = hub.repo, hub.revision
-        else:   # tunebox built or converted these weights: the adapter needs exactly them
+        else:  # tunebox built or converted these weights: the adapter needs exactly them
             base = base_checkpoint(spec)
             base_dir = job_dir / "base-hf"
             if not (base_dir / "config.json").is_file():
@@ -80,13 +81,28 @@ def export(spec: RunSpec, fmt: str, step: Optional[int] = None, out: Optional[Pa
             base_ref, revision = str(base_dir.resolve()), None
             inputs["base_checkpoint"] = base
         with export_dir(target) as tmp:
-            extra.update(write_peft_adapter(tmp, ck.lora_file, rank=spec.lora.rank, alpha=spec.lora.alpha,
-                                            dropout=spec.lora.dropout, base_model=base_ref, revision=revision))
+            extra.update(
+                write_peft_adapter(
+                    tmp,
+                    ck.lora_file,
+                    rank=spec.lora.rank,
+                    alpha=spec.lora.alpha,
+                    dropout=spec.lora.dropout,
+                    base_model=base_ref,
+                    revision=revision,
+                )
+            )
             write_tokenizer(tmp, tok, template, shape)
         inputs["lora_checkpoint"] = ck.lora_file
         extra["base_model"] = base_ref
-    write_job_manifest(job_dir, "export", spec, inputs=inputs,
-                       outputs={p.name: p for p in sorted(target.iterdir()) if p.is_file()}, extra=extra)
+    write_job_manifest(
+        job_dir,
+        "export",
+        spec,
+        inputs=inputs,
+        outputs={p.name: p for p in sorted(target.iterdir()) if p.is_file()},
+        extra=extra,
+    )
     print(target)
     return target
 
@@ -96,10 +112,18 @@ def main(spec: RunSpec, args) -> None:
 
 
 def _args(parser) -> None:
-    parser.add_argument("--format", default="hf", choices=FORMATS,
-                        help="hf: merged HF safetensors folder; peft: PEFT LoRA adapter (default hf)")
-    parser.add_argument("--step", type=int, default=None,
-                        help="training step of the checkpoint (default: the one evaluate chose; 0: the base model)")
+    parser.add_argument(
+        "--format",
+        default="hf",
+        choices=FORMATS,
+        help="hf: merged HF safetensors folder; peft: PEFT LoRA adapter (default hf)",
+    )
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="training step of the checkpoint (default: the one evaluate chose; 0: the base model)",
+    )
     parser.add_argument("--out", default="", help="folder to write (default runs/<run_id>/export/<format>-step-<N>)")
 
 

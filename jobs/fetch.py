@@ -7,6 +7,7 @@ Exit codes: 0 done, 2 bad input (arguments, list file, malformed hash), 1 the do
 (network, HTTP error, checksum mismatch). An interrupted download leaves PATH.part behind;
 running the same command again resumes it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,23 +29,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.fetch",
         description="Resumable, sha256-verified downloads (HTTP Range resume, retries with "
-                    "exponential backoff; the final name appears only once the file is complete).",
+        "exponential backoff; the final name appears only once the file is complete).",
         epilog=LIST_FORMAT + "\nexit codes: 0 ok, 2 bad input, 1 download failed",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("url", nargs="?", help="the file to download (http:// or https://)")
     parser.add_argument("--out", help="where to put it (required with URL)")
     parser.add_argument("--sha256", help="expected sha256 (64 hex digits); checked before the rename")
-    parser.add_argument("--list", dest="list_file", metavar="FILE",
-                        help="a YAML/JSON list of {url, path, sha256} to fetch instead of one URL")
-    parser.add_argument("--root", default=None,
-                        help=f"folder for the list's relative paths (default: $TUNEBOX_CACHE or "
-                             f"{cache_dir()})")
-    parser.add_argument("--retries", type=int, default=5,
-                        help="retries after a dropped connection, timeout or 5xx (default: 5)")
-    parser.add_argument("--backoff", type=float, default=1.0,
-                        help="seconds before the first retry, doubled each time (default: 1.0)")
-    parser.add_argument("--timeout", type=float, default=30,
-                        help="seconds to wait for the server to connect or send data (default: 30)")
+    parser.add_argument(
+        "--list",
+        dest="list_file",
+        metavar="FILE",
+        help="a YAML/JSON list of {url, path, sha256} to fetch instead of one URL",
+    )
+    parser.add_argument(
+        "--root", default=None, help=f"folder for the list's relative paths (default: $TUNEBOX_CACHE or {cache_dir()})"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=5, help="retries after a dropped connection, timeout or 5xx (default: 5)"
+    )
+    parser.add_argument(
+        "--backoff", type=float, default=1.0, help="seconds before the first retry, doubled each time (default: 1.0)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=30, help="seconds to wait for the server to connect or send data (default: 30)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return parser
 
@@ -62,14 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: URL needs --out PATH (where to write the file)", file=sys.stderr)
         return 2
     if args.list_file and (args.out or args.sha256):
-        print("error: --out and --sha256 go with a single URL; a list gives them per entry",
-              file=sys.stderr)
+        print("error: --out and --sha256 go with a single URL; a list gives them per entry", file=sys.stderr)
         return 2
     if args.retries < 0 or args.timeout <= 0 or args.backoff < 0:
         print("error: --retries must be >= 0, --timeout > 0 and --backoff >= 0", file=sys.stderr)
         return 2
-    options = dict(retries=args.retries, backoff=args.backoff, timeout=args.timeout,
-                   progress=not args.no_progress)
+    options = dict(retries=args.retries, backoff=args.backoff, timeout=args.timeout, progress=not args.no_progress)
 
     def body() -> None:
         if args.url:
@@ -79,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
 
     # OSError: disk full, permission denied on --out
-    return guarded("fetch", body, known=(FetchError, OSError),
-                   on_interrupt="the .part file is kept; run the same command again to resume")
+    return guarded(
+        "fetch",
+        body,
+        known=(FetchError, OSError),
+        on_interrupt="the .part file is kept; run the same command again to resume",
+    )
 
 
 if __name__ == "__main__":

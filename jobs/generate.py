@@ -13,6 +13,7 @@ complete run.
 
 Exit codes: 0 ok, 2 bad arguments, 1 failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ from tunebox.io import InputError, atomic_path, atomic_write_json
 
 log = logging.getLogger("tunebox.generate")
 
-BLOCK_ROWS = 1000          # rows per independently seeded block (the unit of determinism)
+BLOCK_ROWS = 1000  # rows per independently seeded block (the unit of determinism)
 SHARD_NAME = "part-{:05d}.jsonl"
 
 
@@ -65,8 +66,9 @@ def parse_weights(text: str, what: str, known: tuple[str, ...]) -> dict[str, flo
     return weights
 
 
-def resolve_mix(mix: Optional[dict[str, float]] = None, lang_mix: Optional[dict[str, float]] = None) -> dict[str,
-                                                                                                             float]:
+def resolve_mix(
+    mix: Optional[dict[str, float]] = None, lang_mix: Optional[dict[str, float]] = None
+) -> dict[str, float]:
     """Family -> probability. `mix` defaults to the real sample's family mix; `lang_mix`, when
     given, rescales the families of each language so that language gets exactly its share."""
     weights = dict(mix if mix is not None else mathgen.CONTEST_MIX)
@@ -77,12 +79,15 @@ def resolve_mix(mix: Optional[dict[str, float]] = None, lang_mix: Optional[dict[
             by_lang[mathgen.FAMILIES[name].lang] += w
         for lang, share in lang_mix.items():
             if share > 0 and by_lang.get(lang, 0) == 0:
-                raise InputError(f"--lang-mix asks for {lang}={share} but the family mix has no {lang} family "
-                                 f"(add one to --mix, e.g. {'english_word' if lang == mathgen.EN else 'add'}=1)")
+                raise InputError(
+                    f"--lang-mix asks for {lang}={share} but the family mix has no {lang} family "
+                    f"(add one to --mix, e.g. {'english_word' if lang == mathgen.EN else 'add'}=1)"
+                )
         total_share = sum(lang_mix.values())
-        weights = {name: w / by_lang[mathgen.FAMILIES[name].lang]
-                   * lang_mix.get(mathgen.FAMILIES[name].lang, 0) / total_share
-                   for name, w in weights.items()}
+        weights = {
+            name: w / by_lang[mathgen.FAMILIES[name].lang] * lang_mix.get(mathgen.FAMILIES[name].lang, 0) / total_share
+            for name, w in weights.items()
+        }
         weights = {name: w for name, w in weights.items() if w > 0}
     total = sum(weights.values())
     return {name: w / total for name, w in sorted(weights.items(), key=lambda kv: -kv[1])}
@@ -122,7 +127,7 @@ def iter_rows(seed: int, start: int, stop: int, mix: dict[str, float]):
 def _write_shard(task: tuple) -> dict:
     """Worker: generate rows [start, stop) and write them to one shard file atomically."""
     out_dir, index, seed, start, stop, mix = task
-    encode = json.JSONEncoder(ensure_ascii=False).encode      # the contest files' exact serialisation
+    encode = json.JSONEncoder(ensure_ascii=False).encode  # the contest files' exact serialisation
     counts: Counter = Counter()
     lines = []
     for family, problem, solution in iter_rows(seed, start, stop, mix):
@@ -132,13 +137,26 @@ def _write_shard(task: tuple) -> dict:
     path = Path(out_dir) / SHARD_NAME.format(index)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-    return {"file": path.name, "rows": stop - start, "first_row": start, "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(), "families": dict(counts)}
+    return {
+        "file": path.name,
+        "rows": stop - start,
+        "first_row": start,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "families": dict(counts),
+    }
 
 
-def generate(rows: int, out_dir: str | os.PathLike, seed: int = 0, mix: Optional[dict[str, float]] = None,
-             shard_rows: int = 100_000, workers: Optional[int] = None, args: Optional[dict] = None,
-             progress: bool = True) -> dict:
+def generate(
+    rows: int,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    mix: Optional[dict[str, float]] = None,
+    shard_rows: int = 100_000,
+    workers: Optional[int] = None,
+    args: Optional[dict] = None,
+    progress: bool = True,
+) -> dict:
     """Write `rows` rows as shards under `out_dir`; return (and write) the generate.json record."""
     if rows < 1:
         raise InputError(f"--rows must be >= 1, got {rows}")
@@ -150,8 +168,10 @@ def generate(rows: int, out_dir: str | os.PathLike, seed: int = 0, mix: Optional
         raise InputError("--out must be a directory, and this is a file", out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    tasks = [(str(out_dir), i, seed, start, min(start + shard_rows, rows), mix)
-             for i, start in enumerate(range(0, rows, shard_rows))]
+    tasks = [
+        (str(out_dir), i, seed, start, min(start + shard_rows, rows), mix)
+        for i, start in enumerate(range(0, rows, shard_rows))
+    ]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     shards = []
     with tqdm(total=rows, unit="row", unit_scale=True, desc="generate", disable=not progress) as bar:
@@ -171,7 +191,7 @@ def generate(rows: int, out_dir: str | os.PathLike, seed: int = 0, mix: Optional
                 pool.close()
                 pool.join()
     written = {s["file"] for s in shards}
-    for stale in out_dir.glob("part-*.jsonl"):      # shards of an earlier, larger run
+    for stale in out_dir.glob("part-*.jsonl"):  # shards of an earlier, larger run
         if stale.name not in written:
             stale.unlink()
     families: Counter = Counter()
@@ -181,17 +201,31 @@ def generate(rows: int, out_dir: str | os.PathLike, seed: int = 0, mix: Optional
     for name, n in families.items():
         languages[mathgen.FAMILIES[name].lang] += n
     record = {
-        "rows": rows, "seed": seed, "block_rows": BLOCK_ROWS, "shard_rows": shard_rows, "workers": workers,
-        "mix": mix, "families": dict(families.most_common()), "languages": dict(languages.most_common()),
-        "shards": shards, "seconds": round(time.time() - started, 3), "args": args or {},
+        "rows": rows,
+        "seed": seed,
+        "block_rows": BLOCK_ROWS,
+        "shard_rows": shard_rows,
+        "workers": workers,
+        "mix": mix,
+        "families": dict(families.most_common()),
+        "languages": dict(languages.most_common()),
+        "shards": shards,
+        "seconds": round(time.time() - started, 3),
+        "args": args or {},
     }
     # Families whose template has few distinct problems repeat rows; say so before anyone trains.
-    saturated = {name: {"rows": n, "distinct_problems": mathgen.FAMILIES[name].distinct}
-                 for name, n in families.items()
-                 if mathgen.FAMILIES[name].distinct and n > mathgen.FAMILIES[name].distinct // 10}
+    saturated = {
+        name: {"rows": n, "distinct_problems": mathgen.FAMILIES[name].distinct}
+        for name, n in families.items()
+        if mathgen.FAMILIES[name].distinct and n > mathgen.FAMILIES[name].distinct // 10
+    }
     for name, info in saturated.items():
-        log.warning("%s: %s rows from only %s distinct problems; expect repeated rows (the contest's "
-                    "ranges allow no more)", name, f"{info['rows']:,}", f"{info['distinct_problems']:,}")
+        log.warning(
+            "%s: %s rows from only %s distinct problems; expect repeated rows (the contest's ranges allow no more)",
+            name,
+            f"{info['rows']:,}",
+            f"{info['distinct_problems']:,}",
+        )
     record["small_families"] = saturated
     atomic_write_json(out_dir / "generate.json", record)
     return record
@@ -200,18 +234,30 @@ def generate(rows: int, out_dir: str | os.PathLike, seed: int = 0, mix: Optional
 # ---- command line -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m jobs.generate", description=__doc__.split("\n\n")[0],
+        prog="python -m jobs.generate",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Families: " + ", ".join(mathgen.GENERATABLE) + "\nDefault mix (the real sample's): "
-               + ",".join(f"{k}={v}" for k, v in mathgen.CONTEST_MIX.items())
-               + "\n\nExit codes: 0 ok, 2 bad arguments, 1 failure.")
+        epilog="Families: "
+        + ", ".join(mathgen.GENERATABLE)
+        + "\nDefault mix (the real sample's): "
+        + ",".join(f"{k}={v}" for k, v in mathgen.CONTEST_MIX.items())
+        + "\n\nExit codes: 0 ok, 2 bad arguments, 1 failure.",
+    )
     parser.add_argument("--rows", type=int, required=True, help="number of rows to write")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (part-*.jsonl + generate.json)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--mix", default=None, metavar="FAMILY=WEIGHT,...",
-                        help="family weights (only the families listed are generated); default: the real sample's mix")
-    parser.add_argument("--lang-mix", default=None, metavar="zh=W,en=W",
-                        help="rescale the mix so each language gets this share, e.g. zh=0.97,en=0.03")
+    parser.add_argument(
+        "--mix",
+        default=None,
+        metavar="FAMILY=WEIGHT,...",
+        help="family weights (only the families listed are generated); default: the real sample's mix",
+    )
+    parser.add_argument(
+        "--lang-mix",
+        default=None,
+        metavar="zh=W,en=W",
+        help="rescale the mix so each language gets this share, e.g. zh=0.97,en=0.03",
+    )
     parser.add_argument("--shard-rows", type=int, default=100_000, help="rows per part file (default 100000)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     return parser
@@ -225,14 +271,29 @@ def main(argv=None) -> int:
     def body() -> None:
         mix = parse_weights(args.mix, "mix", mathgen.GENERATABLE) if args.mix else None
         lang_mix = parse_weights(args.lang_mix, "lang-mix", (mathgen.ZH, mathgen.EN)) if args.lang_mix else None
-        record.update(generate(args.rows, args.out, seed=args.seed, mix=resolve_mix(mix, lang_mix),
-                               shard_rows=args.shard_rows, workers=args.workers, args=vars(args)))
+        record.update(
+            generate(
+                args.rows,
+                args.out,
+                seed=args.seed,
+                mix=resolve_mix(mix, lang_mix),
+                shard_rows=args.shard_rows,
+                workers=args.workers,
+                args=vars(args),
+            )
+        )
 
     code = guarded("generate", body, on_interrupt="rerun the same command (it rewrites every shard)")
     if code:
         return code
-    log.info("wrote %s rows in %d shards to %s in %.1f s: %s", f"{record['rows']:,}", len(record["shards"]),
-             args.out, record["seconds"], ", ".join(f"{k} {v}" for k, v in record["families"].items()))
+    log.info(
+        "wrote %s rows in %d shards to %s in %.1f s: %s",
+        f"{record['rows']:,}",
+        len(record["shards"]),
+        args.out,
+        record["seconds"],
+        ", ".join(f"{k} {v}" for k, v in record["families"].items()),
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ Outputs, under runs/<run_id>/merge/:
 
 Resumable: a checkpoint already merged (listed in index.json with a matching sha256) is skipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,14 +38,18 @@ def merge(spec: RunSpec, scale: float = 1.0) -> Path:
         raise InputError(f"{index_file} not found: run train first")
     train_index = json.loads(index_file.read_text())
     if len(train_index["checkpoints"]) < len(train_index["planned"]):
-        log.warning("train has %d of %d planned checkpoints (still running, or stopped early)",
-                    len(train_index["checkpoints"]), len(train_index["planned"]))
+        log.warning(
+            "train has %d of %d planned checkpoints (still running, or stopped early)",
+            len(train_index["checkpoints"]),
+            len(train_index["planned"]),
+        )
     base_ckpt = base_checkpoint(spec)
     out = spec.job_dir("merge")
     out.mkdir(parents=True, exist_ok=True)
     out_index_file = spec.run_dir / layout.MERGE_INDEX
-    done = ({e["step"]: e for e in json.loads(out_index_file.read_text())["checkpoints"]}
-            if out_index_file.exists() else {})
+    done = (
+        {e["step"]: e for e in json.loads(out_index_file.read_text())["checkpoints"]} if out_index_file.exists() else {}
+    )
 
     # each tensor in the dtype the predicting network declares for it (weights in merge.dtype, else the
     # training dtype; RMSNorm weights float32): evaluate and stock MindFormers load it strictly
@@ -55,22 +60,51 @@ def merge(spec: RunSpec, scale: float = 1.0) -> Path:
         step = entry["step"]
         target = out / f"step-{step:06d}" / "model.ckpt"
         prev = done.get(step)
-        if prev and target.exists() and prev.get("scale") == scale and prev.get("dtype") == dtype \
-                and sha256_file(target) == prev["sha256"]:
+        if (
+            prev
+            and target.exists()
+            and prev.get("scale") == scale
+            and prev.get("dtype") == dtype
+            and sha256_file(target) == prev["sha256"]
+        ):
             entries.append(prev)
             continue
         # tensor by tensor: memory stays flat whatever the model size (docs/BENCHMARKS.md, bench.merge)
-        stats = merge_streaming(base_ckpt, train_dir / entry["file"], target, spec.lora.alpha, spec.lora.rank,
-                                scale, progress=False, sha256=True, out_types=out_types)
-        entries.append({"step": step, "epoch": entry["epoch"], "train_loss": entry["loss"], "scale": scale,
-                        "dtype": dtype,
-                        "file": str(target.relative_to(out)), "lora_file": entry["file"],
-                        "sha256": stats.sha256, "bytes": stats.bytes_written})
+        stats = merge_streaming(
+            base_ckpt,
+            train_dir / entry["file"],
+            target,
+            spec.lora.alpha,
+            spec.lora.rank,
+            scale,
+            progress=False,
+            sha256=True,
+            out_types=out_types,
+        )
+        entries.append(
+            {
+                "step": step,
+                "epoch": entry["epoch"],
+                "train_loss": entry["loss"],
+                "scale": scale,
+                "dtype": dtype,
+                "file": str(target.relative_to(out)),
+                "lora_file": entry["file"],
+                "sha256": stats.sha256,
+                "bytes": stats.bytes_written,
+            }
+        )
         atomic_write_json(out_index_file, {"base_checkpoint": str(base_ckpt), "checkpoints": entries})
         log.info("merged step %d -> %s", step, target)
     atomic_write_json(out_index_file, {"base_checkpoint": str(base_ckpt), "checkpoints": entries})
-    write_job_manifest(out, "merge", spec, inputs={"base_checkpoint": base_ckpt, "train_index": index_file},
-                       outputs={"index": out_index_file}, extra={"merged": len(entries), "scale": scale})
+    write_job_manifest(
+        out,
+        "merge",
+        spec,
+        inputs={"base_checkpoint": base_ckpt, "train_index": index_file},
+        outputs={"index": out_index_file},
+        extra={"merged": len(entries), "scale": scale},
+    )
     return out
 
 

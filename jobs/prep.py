@@ -15,6 +15,7 @@ The rules (families, labels, held-out split, sampling, balance) are tunebox/data
 passes that apply them at 800k rows in bounded memory, with data.workers processes and the same output
 whatever their number, are tunebox/data/pipeline.py's.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,12 +47,18 @@ def generate_rows(arguments: str, out: Path, spec_path: Optional[str]) -> Path:
         log.info("generated rows already in %s", out)
         return out
     log.info("generating the training rows: python -m jobs.generate %s --out %s", arguments, out)
-    proc = subprocess.run([sys.executable, "-m", "jobs.generate", *args, "--out", str(out)],
-                          capture_output=True, text=True, env=job_process_env(Path(__file__).parent))
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.generate", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=job_process_env(Path(__file__).parent),
+    )
     if proc.returncode != 0:
-        raise InputError(f"data.generate: jobs.generate failed (exit {proc.returncode}): "
-                         f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no message'}",
-                         spec_path)
+        raise InputError(
+            f"data.generate: jobs.generate failed (exit {proc.returncode}): "
+            f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no message'}",
+            spec_path,
+        )
     record = json.loads(marker.read_text())
     record["argv"] = args
     atomic_write_json(marker, record)
@@ -68,17 +75,41 @@ def prep(spec: RunSpec) -> Path:
         generate_rows(d.generate, source, spec.source_path)
     files = train_files(source, spec.source_path)
     with atomic_dir(out) as tmp:
-        stats, shards = prepare(d, files, tokenizer_json, tmp, source=source, heldout_file=heldout_file,
-                                spec_path=spec.source_path, started=started)
+        stats, shards = prepare(
+            d,
+            files,
+            tokenizer_json,
+            tmp,
+            source=source,
+            heldout_file=heldout_file,
+            spec_path=spec.source_path,
+            started=started,
+        )
     # the input as named: the folder (generated rows, a directory) or the file, else each file of a glob
-    inputs = ({"train_file": source if source.is_dir() else files[0]} if source.is_dir() or len(files) == 1
-              else {f"train_file[{i}]": f for i, f in enumerate(files)})
-    write_job_manifest(out, "prep", spec, inputs=inputs, outputs={path.name: out / path.name for path in shards},
-                       seeds={"split": d.seed}, extra=stats)
-    log.info("prep: %d train rows, %d held out, %d not sampled, removed %s -> %s in %.1f s (%d workers)",
-             stats["rows_train"], stats["rows_heldout"], stats["rows_not_sampled"],
-             ", ".join(f"{k} {v}" for k, v in stats["removed"].items()) or "nothing", out, time.time() - started,
-             stats["resources"]["workers"])
+    inputs = (
+        {"train_file": source if source.is_dir() else files[0]}
+        if source.is_dir() or len(files) == 1
+        else {f"train_file[{i}]": f for i, f in enumerate(files)}
+    )
+    write_job_manifest(
+        out,
+        "prep",
+        spec,
+        inputs=inputs,
+        outputs={path.name: out / path.name for path in shards},
+        seeds={"split": d.seed},
+        extra=stats,
+    )
+    log.info(
+        "prep: %d train rows, %d held out, %d not sampled, removed %s -> %s in %.1f s (%d workers)",
+        stats["rows_train"],
+        stats["rows_heldout"],
+        stats["rows_not_sampled"],
+        ", ".join(f"{k} {v}" for k, v in stats["removed"].items()) or "nothing",
+        out,
+        time.time() - started,
+        stats["resources"]["workers"],
+    )
     return out
 
 

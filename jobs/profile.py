@@ -4,6 +4,7 @@ tunebox/data/profile.py: `python -m jobs.profile FILE [--tokenizer DIR] [--out D
 Writes OUT/profile.json, OUT/profile.md, OUT/family_mix.png and OUT/lengths.png.
 Exit codes: 0 ok (findings are reported, not failures), 2 bad input (no such file), 1 failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,22 +38,31 @@ def tokenizer_from_arg(arg: Optional[str]) -> tuple[Optional[TextTokenizer], str
     default = model_dir(DEFAULT_TOKENIZER_MODEL)
     if (default / "tokenizer.json").exists():
         return TextTokenizer.load(default), f"tokens ({default / 'tokenizer.json'})"
-    return None, (f"characters (no tokenizer given and {default / 'tokenizer.json'} does not exist; "
-                  f"fetch the model or pass --tokenizer)")
+    return None, (
+        f"characters (no tokenizer given and {default / 'tokenizer.json'} does not exist; "
+        f"fetch the model or pass --tokenizer)"
+    )
 
 
 # ---- command line -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jobs.profile", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Exit codes: 0 ok (findings are reported, not failures), 2 bad input, 1 "
-                                     "failure.")
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.profile",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Exit codes: 0 ok (findings are reported, not failures), 2 bad input, 1 failure.",
+    )
     parser.add_argument("file", metavar="FILE", help="a JSONL file of {problem, solution} rows, or a directory of them")
-    parser.add_argument("--tokenizer", default=None, metavar="DIR_OR_TOKENIZER_JSON",
-                        help=f"count tokens with this tokenizer (default: the {DEFAULT_TOKENIZER_MODEL} model's "
-                             "tokenizer if fetched, else characters; 'none' for characters)")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="report directory (default: runs/profile/<file name>)")
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="DIR_OR_TOKENIZER_JSON",
+        help=f"count tokens with this tokenizer (default: the {DEFAULT_TOKENIZER_MODEL} model's "
+        "tokenizer if fetched, else characters; 'none' for characters)",
+    )
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="report directory (default: runs/profile/<file name>)"
+    )
     parser.add_argument("--max-examples", type=int, default=50, help="located examples listed per finding (default 50)")
     return parser
 
@@ -73,10 +83,16 @@ def main(argv=None) -> int:
     code = guarded("profile", body)
     if code:
         return code
-    log.info("%s rows, %d families, %d wrong labels, %d bad lines, %d exact duplicates; lengths in %s; "
-             "report: %s", f"{record['rows']:,}", len(record["families"]), record["wrong_labels"]["count"],
-             record["bad_lines"]["count"], record["duplicates"]["exact"]["rows"], record["length_unit"],
-             out_dir / "profile.md")
+    log.info(
+        "%s rows, %d families, %d wrong labels, %d bad lines, %d exact duplicates; lengths in %s; report: %s",
+        f"{record['rows']:,}",
+        len(record["families"]),
+        record["wrong_labels"]["count"],
+        record["bad_lines"]["count"],
+        record["duplicates"]["exact"]["rows"],
+        record["length_unit"],
+        out_dir / "profile.md",
+    )
     return 0
 
 

@@ -23,6 +23,7 @@ state, the step and the dataset position (MindFormers skips the batches already 
 so the loss log continues as if nothing happened (tests/test_spine.py compares with a run that was
 never interrupted).
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,7 +48,7 @@ from tunebox.training.plan import train_hash
 
 log = logging.getLogger("tunebox.train")
 
-WORKER_PROGRAM = Path(__file__).resolve().with_name("train_worker.py")   # what msrun starts, once per worker
+WORKER_PROGRAM = Path(__file__).resolve().with_name("train_worker.py")  # what msrun starts, once per worker
 
 
 def train(spec: RunSpec, args=None) -> Path:
@@ -60,8 +61,11 @@ def train(spec: RunSpec, args=None) -> Path:
     plan = prepared["plan"]
     losses = read_loss_log(out) if (out / TRAIN_STATE).exists() else []
     if training_done(out, plan, losses):
-        log.info("train: all %d steps ran and their LoRA checkpoints are written; writing the index, summary "
-                 "and manifest only", plan["total_steps"])
+        log.info(
+            "train: all %d steps ran and their LoRA checkpoints are written; writing the index, summary "
+            "and manifest only",
+            plan["total_steps"],
+        )
         run_s = 0.0
     else:
         if not resume:
@@ -72,10 +76,17 @@ def train(spec: RunSpec, args=None) -> Path:
         atomic_write_json(out / TRAIN_STATE, {"train_hash": settings})
         shape = get_model_shape(spec.model.name)
         trainable, total_params = shape.lora_params(spec.lora.rank, spec.lora.target_modules), shape.total_params()
-        log.info("%s: %s trainable of %s (ratio %.8f); %d steps of %d rows, checkpoints at %s%s",
-                 spec.model.name, f"{trainable:,}", f"{total_params:,}", trainable / total_params,
-                 plan["total_steps"], spec.train.batch_size, plan["checkpoint_steps"],
-                 f"; resuming from {out / 'checkpoint'}" if resume else "")
+        log.info(
+            "%s: %s trainable of %s (ratio %.8f); %d steps of %d rows, checkpoints at %s%s",
+            spec.model.name,
+            f"{trainable:,}",
+            f"{total_params:,}",
+            trainable / total_params,
+            plan["total_steps"],
+            spec.train.batch_size,
+            plan["checkpoint_steps"],
+            f"; resuming from {out / 'checkpoint'}" if resume else "",
+        )
         started = time.time()
         if spec.train.workers > 1 and not in_cluster():
             job_args = ["--config", args.config] + [a for ov in args.overrides for a in ("--set", ov)]
@@ -83,8 +94,9 @@ def train(spec: RunSpec, args=None) -> Path:
             if code != 0:
                 raise RuntimeError(f"msrun exited with {code}; worker logs in {out / 'msrun'} and {out / 'log'}")
             if not (spec.run_dir / layout.TRAIN_INDEX).exists():
-                raise RuntimeError(f"the workers ended without writing {spec.run_dir / layout.TRAIN_INDEX}; "
-                                   f"see {out / 'msrun'}")
+                raise RuntimeError(
+                    f"the workers ended without writing {spec.run_dir / layout.TRAIN_INDEX}; see {out / 'msrun'}"
+                )
             return out  # rank 0 wrote the index, summary and manifest
         run_mindformers(out / TRAIN_YAML, resume)
         run_s, losses = time.time() - started, read_loss_log(out)
@@ -94,14 +106,19 @@ def train(spec: RunSpec, args=None) -> Path:
 def finish(spec: RunSpec, prepared: dict, run_s: float, losses: list[dict]) -> Path:
     """After the Trainer: the checkpoint index, loss.csv, summary and manifest (rank 0's files)."""
     out = spec.job_dir("train")
-    summary = write_outputs(spec.run_dir, prepared, losses, get_model_shape(spec.model.name), spec.lora,
-                            spec.train, run_s)
+    summary = write_outputs(
+        spec.run_dir, prepared, losses, get_model_shape(spec.model.name), spec.lora, spec.train, run_s
+    )
     kill_point("train.before-manifest")
-    write_job_manifest(out, "train", spec, inputs={"train.mindrecord": prepared["data_file"],
-                                                   "base_checkpoint": prepared["base_checkpoint"]},
-                       outputs={"checkpoints": spec.run_dir / layout.TRAIN_INDEX,
-                                "mindformers_yaml": out / TRAIN_YAML},
-                       seeds={"train": spec.train.seed}, extra=summary)
+    write_job_manifest(
+        out,
+        "train",
+        spec,
+        inputs={"train.mindrecord": prepared["data_file"], "base_checkpoint": prepared["base_checkpoint"]},
+        outputs={"checkpoints": spec.run_dir / layout.TRAIN_INDEX, "mindformers_yaml": out / TRAIN_YAML},
+        seeds={"train": spec.train.seed},
+        extra=summary,
+    )
     log.info("train: %d LoRA checkpoints in %s", len(summary["checkpoint_steps"]), out / "checkpoint_trainable")
     return out
 
@@ -115,8 +132,10 @@ def worker_main(spec: RunSpec, args) -> None:
     setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
     prepared = prepare(spec, write=False)
     if spec.train.packing and not (out / PACKED_RECORDS).exists():
-        raise InputError(f"{out / PACKED_RECORDS} is missing: with train.packing, render the run first "
-                         f"(python -m jobs.train --config {spec.source_path} --render-only)")
+        raise InputError(
+            f"{out / PACKED_RECORDS} is missing: with train.packing, render the run first "
+            f"(python -m jobs.train --config {spec.source_path} --render-only)"
+        )
     resume = check_resume(out, train_hash(spec))
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="tunebox-worker-") as tmp:  # this rank's copy of the config
@@ -133,14 +152,17 @@ def main(spec: RunSpec, args) -> None:
     if not args.render_only:
         train(spec, args)
         return
-    render(spec)   # --render-only: the config (and the packed data) that train would run, and stop
+    render(spec)  # --render-only: the config (and the packed data) that train would run, and stop
     print(spec.job_dir("train") / TRAIN_YAML)
 
 
 def _args(parser) -> None:
-    parser.add_argument("--render-only", action="store_true",
-                        help="write train/mindformers.yaml (and the packed data with train.packing) and stop: "
-                             "the file stock MindFormers runs; needs prep's output")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="write train/mindformers.yaml (and the packed data with train.packing) and stop: "
+        "the file stock MindFormers runs; needs prep's output",
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ MindFormers config as the train job (jobs/train.py) and runs MindFormers' Traine
 writes the checkpoint index, summary and manifest when the run ends. msrun runs a script file, not
 `-m jobs.train`; the job puts the folder holding jobs/ on PYTHONPATH (tunebox.cli.job_process_env;
 the image sets PYTHONPATH=/app)."""
+
 from jobs.train import __doc__ as _doc
 from jobs.train import worker_main
 from tunebox.cli import run_job

@@ -30,6 +30,7 @@ with a message when Docker is not reachable.
 
 Exit codes: 0 every check holds, 1 a check failed, 2 bad input (no such folder, unknown image).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,6 +66,7 @@ from tunebox.submission.checks import (
 
 log = logging.getLogger("tunebox.verify")
 
+
 def docker_client():
     """A Docker client, or (None, why not)."""
     try:
@@ -83,13 +85,24 @@ def run_in_image(sub: Submission, f: Findings, client, image: str, tolerance: fl
     cmd = ["python", "-m", "jobs.verify", "/submission", "--rerun", "--tolerance", str(tolerance)]
     log.info("running %s in %s", " ".join(cmd), image)
     container = client.containers.run(
-        image, cmd, detach=True, network_disabled=True, working_dir="/tmp",
+        image,
+        cmd,
+        detach=True,
+        network_disabled=True,
+        working_dir="/tmp",
         user=f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None,
-        environment={"PYTHONPATH": "/opt/tunebox-verify", "HOME": "/tmp", "TUNEBOX_CACHE": "/tmp/tunebox-cache",
-                     "TUNEBOX_LOG": "WARNING"},
-        volumes={str(sub.root.resolve()): {"bind": "/submission", "mode": "ro"},
-                 str(jobs_dir): {"bind": "/opt/tunebox-verify/jobs", "mode": "ro"},
-                 str(package_dir): {"bind": "/opt/tunebox-verify/tunebox", "mode": "ro"}})
+        environment={
+            "PYTHONPATH": "/opt/tunebox-verify",
+            "HOME": "/tmp",
+            "TUNEBOX_CACHE": "/tmp/tunebox-cache",
+            "TUNEBOX_LOG": "WARNING",
+        },
+        volumes={
+            str(sub.root.resolve()): {"bind": "/submission", "mode": "ro"},
+            str(jobs_dir): {"bind": "/opt/tunebox-verify/jobs", "mode": "ro"},
+            str(package_dir): {"bind": "/opt/tunebox-verify/tunebox", "mode": "ro"},
+        },
+    )
     try:
         try:
             status = container.wait(timeout=timeout).get("StatusCode")
@@ -112,8 +125,10 @@ def run_in_image(sub: Submission, f: Findings, client, image: str, tolerance: fl
 
 # ---- the command -----------------------------------------------------------------------------
 
-def verify(root: Path, rerun: bool = False, image: Optional[str] = None, tolerance: float = 0.0,
-           image_timeout: float = 3600.0) -> Findings:
+
+def verify(
+    root: Path, rerun: bool = False, image: Optional[str] = None, tolerance: float = 0.0, image_timeout: float = 3600.0
+) -> Findings:
     root = Path(root)
     if not root.is_dir():
         raise InputError("no such submission folder (make one with: python -m jobs.bundle --config SPEC)", root)
@@ -129,8 +144,9 @@ def verify(root: Path, rerun: bool = False, image: Optional[str] = None, toleran
             try:
                 client.images.get(image)
             except docker.errors.ImageNotFound:
-                raise InputError(f"no image {image!r} in the local Docker engine; build it (invoke image.build) "
-                                 f"or pull it first") from None
+                raise InputError(
+                    f"no image {image!r} in the local Docker engine; build it (invoke image.build) or pull it first"
+                ) from None
     sub = Submission(root, f)
     actual = check_checksums(sub, f)
     planned = planned_steps(sub)
@@ -158,19 +174,28 @@ def verify(root: Path, rerun: bool = False, image: Optional[str] = None, toleran
 
 def main(argv: Optional[list[str]] = None) -> int:
     setup_logging()
-    parser = argparse.ArgumentParser(prog="python -m jobs.verify", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.verify",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("submission", help="the folder jobs.bundle wrote (runs/<run_id>/submission)")
     parser.add_argument("--rerun", action="store_true", help="evaluate every checkpoint again from the folder alone")
     parser.add_argument("--image", metavar="IMAGE", help="also run the check (with --rerun) inside this Docker image")
-    parser.add_argument("--tolerance", type=float, default=0.0,
-                        help="allowed absolute accuracy difference in the re-run (default 0: identical)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="allowed absolute accuracy difference in the re-run (default 0: identical)",
+    )
     parser.add_argument("--image-timeout", type=float, default=3600.0, help="seconds allowed for the run in the image")
     args = parser.parse_args(argv)
     found = []
-    code = guarded("verify", lambda: found.append(
-        verify(Path(args.submission), args.rerun, args.image, args.tolerance, args.image_timeout)))
+    code = guarded(
+        "verify",
+        lambda: found.append(verify(Path(args.submission), args.rerun, args.image, args.tolerance, args.image_timeout)),
+    )
     if code:
         return code
     findings = found[0]

@@ -26,6 +26,7 @@ Outputs, under runs/<run_id>/weights/:
   summary.json    model, what was done, the model directory and its model.json's checksums
   manifest.json
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,8 +69,11 @@ def weights_token() -> Optional[str]:
             # The k8s render mounts the Secret as optional: no Secret, no file, no credential.
             log.info("no credential file at $%s; fetching without one", TOKEN_FILE_ENV)
         except OSError as exc:
-            raise InputError(f"${TOKEN_FILE_ENV} names a file that cannot be read ({exc.strerror}); "
-                             f"fix the Secret's mount or unset it", path) from None
+            raise InputError(
+                f"${TOKEN_FILE_ENV} names a file that cannot be read ({exc.strerror}); "
+                f"fix the Secret's mount or unset it",
+                path,
+            ) from None
     return None
 
 
@@ -114,19 +118,25 @@ def ensure_weights(spec: RunSpec, progress: bool = True, refresh: bool = False) 
     final = model_dir(spec.model.name)
     if refresh and final.exists():
         if not spec.model.source and spec.model.name not in ("tiny", "smollm2-135m"):
-            raise InputError(f"--refresh would delete {final}, and nothing here can make it again (no model.source); "
-                             f"convert it again instead: invoke convert --model {spec.model.name} --hf-dir <folder>",
-                             spec.source_path)
+            raise InputError(
+                f"--refresh would delete {final}, and nothing here can make it again (no model.source); "
+                f"convert it again instead: invoke convert --model {spec.model.name} --hf-dir <folder>",
+                spec.source_path,
+            )
         log.info("--refresh: removing %s to make it again", final)
         shutil.rmtree(final)
         verified_stamp_file(final).unlink(missing_ok=True)
     if read_model_info(final) is not None:
-        ensure_model(spec.model.name,
-                     progress=progress)   # returns at once (rebuilds tiny/smollm2 after a converter change)
+        ensure_model(
+            spec.model.name, progress=progress
+        )  # returns at once (rebuilds tiny/smollm2 after a converter change)
         # before any job uses it: every file against model.json's sha256 (hashed once, then size + mtime)
         hashed = verify_model_files(final)
-        return {"action": "present", "model_dir": str(final),
-                "verified": f"hashed {', '.join(hashed)}" if hashed else "unchanged since last verified"}
+        return {
+            "action": "present",
+            "model_dir": str(final),
+            "verified": f"hashed {', '.join(hashed)}" if hashed else "unchanged since last verified",
+        }
     if spec.model.source:
         return {"action": "fetched and converted", "model_dir": str(fetch_and_convert(spec, progress))}
     return {"action": "built", "model_dir": str(ensure_model(spec.model.name, progress=progress))}
@@ -139,23 +149,42 @@ def main(spec: RunSpec, args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result = ensure_weights(spec, progress=not getattr(args, "no_progress", False), refresh=args.refresh)
     info = read_model_info(result["model_dir"]) if "model_dir" in result else None
-    summary = {"model": spec.model.name, **result, "seconds": round(time.time() - started, 1),
-               "files": (info or {}).get("files"), "source": (info or {}).get("source")}
+    summary = {
+        "model": spec.model.name,
+        **result,
+        "seconds": round(time.time() - started, 1),
+        "files": (info or {}).get("files"),
+        "source": (info or {}).get("source"),
+    }
     atomic_write_json(out / "summary.json", summary)
     hub = parse_hub_source(spec.model.source, spec.source_path) if spec.model.source else None
     inputs = {"model.source": spec.resolve(spec.model.source)} if spec.model.source and not hub else None
     # a hub source: the revision it resolved to and every downloaded file's sha256 (from model.json)
     pinned = {k: info[k] for k in ("revision", "source_files") if info and k in info}
-    write_job_manifest(out, "weights", spec, inputs=inputs, outputs={"summary": out / "summary.json"},
-                       started=started, extra={"action": result["action"], **pinned})
-    log.info("weights: %s (%s)%s", result["action"], result.get("model_dir") or result.get("checkpoint"),
-             f"; every file checked against model.json: {result['verified']}" if "verified" in result else "")
+    write_job_manifest(
+        out,
+        "weights",
+        spec,
+        inputs=inputs,
+        outputs={"summary": out / "summary.json"},
+        started=started,
+        extra={"action": result["action"], **pinned},
+    )
+    log.info(
+        "weights: %s (%s)%s",
+        result["action"],
+        result.get("model_dir") or result.get("checkpoint"),
+        f"; every file checked against model.json: {result['verified']}" if "verified" in result else "",
+    )
 
 
 def _args(parser) -> None:
-    parser.add_argument("--refresh", action="store_true",
-                        help="delete the cached model and make it again (build, or fetch and convert): after the "
-                             "check against model.json's sha256 found a damaged file")
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="delete the cached model and make it again (build, or fetch and convert): after the "
+        "check against model.json's sha256 found a damaged file",
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Shared fixtures: a session cache for the tiny model, and one tiny end-to-end run of the job
 graph (prep -> train -> merge -> evaluate) through the same CLI users run."""
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,9 @@ def job_env(cache: Path) -> dict:
     return env
 
 
-def run_job(name: str, recipe: Path, cache: Path, cwd: Path, *overrides: str, check: bool = True,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+def run_job(
+    name: str, recipe: Path, cache: Path, cwd: Path, *overrides: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", f"jobs.{name}", "--config", str(recipe)]
     for ov in overrides:
         cmd += ["--set", ov]
@@ -80,8 +82,13 @@ def tiny_cache(tmp_path_factory) -> Path:
     """A model cache with the tiny model built in it (random weights, byte tokenizer)."""
     cache = tmp_path_factory.mktemp("cache")
     env = job_env(cache)
-    subprocess.run([sys.executable, "-c", "from tunebox.model.weights import ensure_model; ensure_model('tiny')"],
-                   check=True, env=env, cwd=tmp_path_factory.mktemp("w"), capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", "from tunebox.model.weights import ensure_model; ensure_model('tiny')"],
+        check=True,
+        env=env,
+        cwd=tmp_path_factory.mktemp("w"),
+        capture_output=True,
+    )
     return cache
 
 
@@ -104,8 +111,13 @@ def tiny_bundle(tiny_run, tmp_path_factory) -> dict:
     runs = work / "runs"
     shutil.copytree(tiny_run["run_dir"], runs / "tiny", ignore=shutil.ignore_patterns("submission", "mindformers"))
     proc = run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
-    return {"sub": runs / "tiny" / "submission", "work": work, "run_dir": runs / "tiny", "cache": tiny_run["cache"],
-            "stdout": proc.stdout}
+    return {
+        "sub": runs / "tiny" / "submission",
+        "work": work,
+        "run_dir": runs / "tiny",
+        "cache": tiny_run["cache"],
+        "stdout": proc.stdout,
+    }
 
 
 def copy_submission(sub: Path, tmp_path: Path) -> Path:
@@ -137,13 +149,15 @@ def mf_cwd(tmp_path_factory):
     os.chdir(previous)
 
 
-def start_until_lines(cmd: list[str], cwd: Path, env: dict, watched: Path, lines: int, timeout: float,
-                      poll: float = 0.1) -> subprocess.Popen:
+def start_until_lines(
+    cmd: list[str], cwd: Path, env: dict, watched: Path, lines: int, timeout: float, poll: float = 0.1
+) -> subprocess.Popen:
     """Start `cmd` in a session of its own (kill_session kills it and every process it started, as kill -9
     on a terminal would) and return once `watched` holds `lines` lines, the process ended, or `timeout`
     passed; the caller asserts which."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if watched.exists() and len(watched.read_text().splitlines()) >= lines:
@@ -220,9 +234,11 @@ def mindformers_env(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("mindformers"))
     try:
         import mindspore as ms
+
         ms.set_context(mode=ms.PYNATIVE_MODE)
         ms.set_device("CPU")
         from mindformers import LlamaConfig, LlamaForCausalLM
+
         yield ms, LlamaConfig, LlamaForCausalLM
     finally:
         os.chdir(previous)

@@ -11,6 +11,7 @@ pythonpath = ["."]).
 
 --summarize prints the figures of the runs already in OUT (finished or not) without running anything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,40 +28,73 @@ REPO = Path(__file__).resolve().parents[1]
 # group -> the files mutmut mutates, the fast tests that cover them, and (optionally) the functions
 # to mutate in a file that holds more than the group is about.
 GROUPS: dict[str, dict] = {
-    "contest": {"mutate": ["tunebox/contest/*.py"],
-                "tests": ["tests/test_contest.py", "tests/test_scoring.py", "tests/test_answers.py",
-                          "tests/test_generate.py", "tests/test_mutants_contest.py"]},
-    "packing": {"mutate": ["tunebox/data/packing.py", "tunebox/data/answers.py"],
-                "tests": ["tests/test_packing.py", "tests/test_answers.py", "tests/test_mutants_packing.py"],
-                # test_packing's graph-mode training run takes ~20 s a mutant; the other tests cover packing.py
-                "deselect": ["tests/test_packing.py::test_train_job_packs_in_graph_mode"]},
-    "checkpoint": {"mutate": ["tunebox/model/checkpoint.py", "tunebox/model/lora.py"],
-                   "tests": ["tests/test_checkpoint.py", "tests/test_weights.py"]},
-    "checks": {"mutate": ["tunebox/submission/checks.py"],
-               "tests": ["tests/test_tamper.py"],
-               # the tamper tests verify copies of one tiny run's bundle, built once (tests/test_tamper.py)
-               "prebuilt_bundle": True},
-    "k8s": {"mutate": ["tunebox/deploy/k8s.py"],
-            "tests": ["tests/test_k8s.py"]},
-    "train": {"mutate": ["tunebox/training/plan.py", "tunebox/training/outputs.py"],
-              "tests": ["tests/test_train_plan.py"],
-              # prep in a subprocess, ~30 s a mutant; answer_capacity's own hand-worked test covers the rule
-              "deselect": ["tests/test_train_plan.py::test_packed_rows_fit_the_recorded_answer_capacity"],
-              # train's planning, hashing and resume check; the rest launches MindFormers (test_spine, slow)
-              "functions": ["tunebox.training.plan.x_plan_steps*", "tunebox.training.plan.x_checkpoint_steps*",
-                            "tunebox.training.plan.x_answer_capacity*", "tunebox.training.plan.x_train_hash*",
-                            "tunebox.training.outputs.x_check_resume*"]},
+    "contest": {
+        "mutate": ["tunebox/contest/*.py"],
+        "tests": [
+            "tests/test_contest.py",
+            "tests/test_scoring.py",
+            "tests/test_answers.py",
+            "tests/test_generate.py",
+            "tests/test_mutants_contest.py",
+        ],
+    },
+    "packing": {
+        "mutate": ["tunebox/data/packing.py", "tunebox/data/answers.py"],
+        "tests": ["tests/test_packing.py", "tests/test_answers.py", "tests/test_mutants_packing.py"],
+        # test_packing's graph-mode training run takes ~20 s a mutant; the other tests cover packing.py
+        "deselect": ["tests/test_packing.py::test_train_job_packs_in_graph_mode"],
+    },
+    "checkpoint": {
+        "mutate": ["tunebox/model/checkpoint.py", "tunebox/model/lora.py"],
+        "tests": ["tests/test_checkpoint.py", "tests/test_weights.py"],
+    },
+    "checks": {
+        "mutate": ["tunebox/submission/checks.py"],
+        "tests": ["tests/test_tamper.py"],
+        # the tamper tests verify copies of one tiny run's bundle, built once (tests/test_tamper.py)
+        "prebuilt_bundle": True,
+    },
+    "k8s": {"mutate": ["tunebox/deploy/k8s.py"], "tests": ["tests/test_k8s.py"]},
+    "train": {
+        "mutate": ["tunebox/training/plan.py", "tunebox/training/outputs.py"],
+        "tests": ["tests/test_train_plan.py"],
+        # prep in a subprocess, ~30 s a mutant; answer_capacity's own hand-worked test covers the rule
+        "deselect": ["tests/test_train_plan.py::test_packed_rows_fit_the_recorded_answer_capacity"],
+        # train's planning, hashing and resume check; the rest launches MindFormers (test_spine, slow)
+        "functions": [
+            "tunebox.training.plan.x_plan_steps*",
+            "tunebox.training.plan.x_checkpoint_steps*",
+            "tunebox.training.plan.x_answer_capacity*",
+            "tunebox.training.plan.x_train_hash*",
+            "tunebox.training.outputs.x_check_resume*",
+        ],
+    },
 }
 
-SKIP_COPY = {".git", ".mutants", "mutants", "runs", "output", "build", ".pytest_cache", "__pycache__", "kernel_meta",
-             "modules", ".cache"}
+SKIP_COPY = {
+    ".git",
+    ".mutants",
+    "mutants",
+    "runs",
+    "output",
+    "build",
+    ".pytest_cache",
+    "__pycache__",
+    "kernel_meta",
+    "modules",
+    ".cache",
+}
 
 
 def copy_tree(dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
-    shutil.copytree(REPO, dst, ignore=lambda d, names: [n for n in names if n in SKIP_COPY or n.endswith(".egg-info")],
-                    symlinks=True)
+    shutil.copytree(
+        REPO,
+        dst,
+        ignore=lambda d, names: [n for n in names if n in SKIP_COPY or n.endswith(".egg-info")],
+        symlinks=True,
+    )
     shared = REPO.parent / "shared"
     # tests read ../shared/data relative to the checkout; from mutants/ that is tree/shared
     if shared.is_dir():
@@ -70,23 +104,36 @@ def copy_tree(dst: Path) -> None:
 def mutmut_config(group: dict) -> str:
     tests = [t for t in group["tests"] if (REPO / t).is_file()]
     deselect = [a for d in group.get("deselect", []) for a in ("--deselect", d)]
-    top = [p.name for p in REPO.iterdir() if p.name not in SKIP_COPY and p.name not in ("tunebox", "jobs", "tests")
-           and not p.name.endswith(".egg-info")]
-    lines = ["", "[tool.mutmut]",
-             'source_paths = ["tunebox", "jobs"]',
-             f"only_mutate = {json.dumps(group['mutate'])}",
-             f"also_copy = {json.dumps(sorted(top))}",
-             f"pytest_add_cli_args_test_selection = {json.dumps(tests + deselect)}",
-             'pytest_add_cli_args = ["-m", "not slow and not docker", "-p", "no:cacheprovider"]',
-             "use_git_change_detection = false",
-             "timeout_multiplier = 5.0", "timeout_constant = 20.0", ""]
+    top = [
+        p.name
+        for p in REPO.iterdir()
+        if p.name not in SKIP_COPY and p.name not in ("tunebox", "jobs", "tests") and not p.name.endswith(".egg-info")
+    ]
+    lines = [
+        "",
+        "[tool.mutmut]",
+        'source_paths = ["tunebox", "jobs"]',
+        f"only_mutate = {json.dumps(group['mutate'])}",
+        f"also_copy = {json.dumps(sorted(top))}",
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests + deselect)}",
+        'pytest_add_cli_args = ["-m", "not slow and not docker", "-p", "no:cacheprovider"]',
+        "use_git_change_detection = false",
+        "timeout_multiplier = 5.0",
+        "timeout_constant = 20.0",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def summarize(tree: Path, functions: list[str]) -> dict:
     """Counts by status from `mutmut results --all true` (one `name: status` line a mutant)."""
-    proc = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=tree,
-                          capture_output=True, text=True, env=_env())
+    proc = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
     statuses: dict[str, str] = {}
     for line in proc.stdout.splitlines():
         if ":" in line:
@@ -94,6 +141,7 @@ def summarize(tree: Path, functions: list[str]) -> dict:
             statuses[name.strip()] = status.strip()
     if functions:
         import fnmatch
+
         statuses = {n: s for n, s in statuses.items() if any(fnmatch.fnmatch(n, f) for f in functions)}
     counts: dict[str, int] = {}
     for s in statuses.values():
@@ -104,9 +152,14 @@ def summarize(tree: Path, functions: list[str]) -> dict:
         f = n.rsplit("__mutmut_", 1)[0]
         by_function[f] = by_function.get(f, 0) + 1
     tested = sum(v for k, v in counts.items() if k in ("killed", "timeout", "survived"))
-    return {"counts": counts, "mutants": len(statuses), "tested": tested, "survived": survivors,
-            "survivors_by_function": dict(sorted(by_function.items(), key=lambda kv: -kv[1])),
-            "killed": counts.get("killed", 0) + counts.get("timeout", 0)}
+    return {
+        "counts": counts,
+        "mutants": len(statuses),
+        "tested": tested,
+        "survived": survivors,
+        "survivors_by_function": dict(sorted(by_function.items(), key=lambda kv: -kv[1])),
+        "killed": counts.get("killed", 0) + counts.get("timeout", 0),
+    }
 
 
 def _env() -> dict:
@@ -123,9 +176,22 @@ def prebuild_bundle(out: Path) -> Path:
         return target
     env = _env()
     env["PYTHONPATH"] = str(REPO)
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                    "tests/test_tamper.py::test_fresh_bundle_verifies", f"--basetemp={out / 'prebuild-tmp'}"],
-                   cwd=REPO, env={**env, "TUNEBOX_TEST_BUNDLE_SAVE": str(target)}, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_tamper.py::test_fresh_bundle_verifies",
+            f"--basetemp={out / 'prebuild-tmp'}",
+        ],
+        cwd=REPO,
+        env={**env, "TUNEBOX_TEST_BUNDLE_SAVE": str(target)},
+        check=True,
+    )
     return target
 
 
@@ -147,8 +213,13 @@ def run_group(name: str, out: Path, jobs: int, names: list[str], tests: list[str
     with (out / name / "mutmut.log").open("w") as log:
         proc = subprocess.run(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
     result = summarize(tree, group.get("functions", []))
-    result.update(group=name, exit_code=proc.returncode, minutes=round((time.time() - started) / 60, 1),
-                  mutate=group["mutate"], tests=group["tests"])
+    result.update(
+        group=name,
+        exit_code=proc.returncode,
+        minutes=round((time.time() - started) / 60, 1),
+        mutate=group["mutate"],
+        tests=group["tests"],
+    )
     (out / name / "summary.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -156,9 +227,11 @@ def run_group(name: str, out: Path, jobs: int, names: list[str], tests: list[str
 def line(name: str, r: dict) -> str:
     c, tested = r["counts"], r["tested"]
     share = f"{100 * r['killed'] / tested:.1f}%" if tested else "-"
-    return (f"{name}: {r['mutants']} mutants, {tested} tested: {r['killed']} killed ({share}), "
-            f"{len(r['survived'])} survived; {c.get('no tests', 0)} no covering test, "
-            f"{c.get('not checked', 0)} not yet run")
+    return (
+        f"{name}: {r['mutants']} mutants, {tested} tested: {r['killed']} killed ({share}), "
+        f"{len(r['survived'])} survived; {c.get('no tests', 0)} no covering test, "
+        f"{c.get('not checked', 0)} not yet run"
+    )
 
 
 def main(argv=None) -> int:
@@ -166,10 +239,17 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help=f"comma-separated groups (default all: {', '.join(GROUPS)})")
     ap.add_argument("--out", default=str(REPO / ".mutants"), help="work folder (one copy of the checkout a group)")
     ap.add_argument("--jobs", type=int, default=1, help="mutants tested at once (mutmut --max-children)")
-    ap.add_argument("--names", default="", help="only these mutants, comma-separated mutmut names or globs "
-                                                "(e.g. 'tunebox.contest.rules*')")
-    ap.add_argument("--tests", default="", help="only these test files, comma-separated, instead of the group's "
-                                                "(e.g. 'tests/test_scoring.py,tests/test_strict_rule.py')")
+    ap.add_argument(
+        "--names",
+        default="",
+        help="only these mutants, comma-separated mutmut names or globs (e.g. 'tunebox.contest.rules*')",
+    )
+    ap.add_argument(
+        "--tests",
+        default="",
+        help="only these test files, comma-separated, instead of the group's "
+        "(e.g. 'tests/test_scoring.py,tests/test_strict_rule.py')",
+    )
     ap.add_argument("--summarize", action="store_true", help="only print the figures of the runs already in --out")
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(GROUPS)
@@ -189,8 +269,9 @@ def main(argv=None) -> int:
                 for f, k in r["survivors_by_function"].items():
                     print(f"    {k:4d} survived in {f}")
             continue
-        r = run_group(name, out, args.jobs, [n for n in args.names.split(",") if n],
-                      [t for t in args.tests.split(",") if t])
+        r = run_group(
+            name, out, args.jobs, [n for n in args.names.split(",") if n], [t for t in args.tests.split(",") if t]
+        )
         print(line(name, r) + f" in {r['minutes']} min (mutmut exit {r['exit_code']}; {out / name / 'summary.json'})")
     return 0
 

@@ -1,5 +1,6 @@
 """Answer formats (tunebox/data/answers.py): every cot step is exact arithmetic on the problem's operands,
 the final lines are the right values, and the judge reads the final number of every format."""
+
 from __future__ import annotations
 
 import random
@@ -20,7 +21,7 @@ def value_of(expression: str) -> Fraction:
     """An arithmetic expression (+ - * / parentheses, decimals) evaluated exactly with Fractions."""
     code = _NUMBER.sub(lambda m: f"F('{m.group()}')", expression.strip())
     assert re.fullmatch(r"[F()'\d.+\-*/ ]*", code), expression
-    return eval(code, {"F": Fraction})   # noqa: S307 - the test's own generated text, checked above
+    return eval(code, {"F": Fraction})  # noqa: S307 - the test's own generated text, checked above
 
 
 def check_chain(text: str, inexact_last_line: bool) -> list[Fraction]:
@@ -77,7 +78,7 @@ def test_cot_div_is_long_division_to_five_decimals():
         check_chain(text, inexact_last_line=True)
         exact = Fraction(a) / Fraction(b)
         final = Fraction(final_number(text))
-        assert abs(final - exact) <= Fraction(1, 2 * 10 ** 5), (text, float(exact))
+        assert abs(final - exact) <= Fraction(1, 2 * 10**5), (text, float(exact))
         assert final == Fraction(answers.round_half_up(exact, 5))
         steps = [l for l in text.split("\n") if " * " in l]
         # steps: remainder - |b| * (digit x 10^k) with one non-zero digit, places strictly descending, last place 10^-5
@@ -90,7 +91,7 @@ def test_cot_div_is_long_division_to_five_decimals():
         assert places == sorted(places, reverse=True) and len(set(places)) == len(places)
         assert not places or places[-1] >= -5
         truncated = sum(Fraction(l.split(" * ", 1)[1].split(" = ")[0]) for l in steps)
-        assert abs(exact) - truncated < Fraction(1, 10 ** 5) and truncated <= abs(exact)
+        assert abs(exact) - truncated < Fraction(1, 10**5) and truncated <= abs(exact)
 
 
 def test_cot_average_sums_then_divides_and_ends_in_the_contest_value():
@@ -112,8 +113,8 @@ def test_rounded_is_the_exact_value_rounded_half_up(family):
         exact = answers.exact_value(problem, family)
         assert exact is not None, problem
         value = exact[1]
-        if abs(value) >= 10 ** 16 or (value != 0 and answers.round_half_up(value, 2) == 0):
-            assert text == solution      # the documented fallbacks: huge values, values that round to 0
+        if abs(value) >= 10**16 or (value != 0 and answers.round_half_up(value, 2) == 0):
+            assert text == solution  # the documented fallbacks: huge values, values that round to 0
             continue
         assert text.startswith(exact[0] + " = ")
         final = Fraction(final_number(text))
@@ -128,8 +129,23 @@ def test_cot_keeps_families_without_a_decomposition_direct():
             assert answers.render_answer(problem, solution, cot) == solution
 
 
-@pytest.mark.parametrize("family", ["add", "sub", "mul", "div", "average", "sqrt", "power", "linear_equation",
-                                    "function_value", "discount", "sales_growth", "rectangle_area"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "average",
+        "sqrt",
+        "power",
+        "linear_equation",
+        "function_value",
+        "discount",
+        "sales_growth",
+        "rectangle_area",
+    ],
+)
 def test_the_judge_reads_the_final_number_of_every_format(family):
     """scoring.extract_answer (the one judge) reads, in every format, the number the answer ends with;
     and the answer is never further from the truth than its format allows."""
@@ -144,7 +160,7 @@ def test_the_judge_reads_the_final_number_of_every_format(family):
             if (name == "cot" and family in ("mul", "average")) or family in ("add", "sub"):
                 assert verdict["strict"], (name, text, solution)
             reference = abs(scoring.extract_answer(solution).value)
-            if name == "cot" or reference >= Decimal("0.5"):    # 2 decimals are within 1% from 0.5 up
+            if name == "cot" or reference >= Decimal("0.5"):  # 2 decimals are within 1% from 0.5 up
                 assert verdict["within_1pct"], (name, text, solution)
 
 

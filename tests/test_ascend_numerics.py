@@ -3,6 +3,7 @@ finetune YAML loaded with MindFormerConfig and built by MindFormers' build_netwo
 bf16/fp16 dtypes (tiny widths), its wrapper and loss scale built by MindFormers' registry, the
 predicting network built with the recipes' dtypes and loaded strictly, and the stage-1 baseline
 compared key by key with the contest's own YAML."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,14 @@ from tunebox.model.registry import get_model_shape, lora_targets, with_overrides
 from tunebox.training.plan import plan_steps
 
 ASCEND_RECIPES = ["stage1-llama3-8b.yaml", "stage1-llama3-8b-cot.yaml", "stage2-internlm-7b.yaml"]
-TINY_DIMS = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "n_kv_heads": 2, "intermediate_size": 128,
-             "vocab_size": 384}
+TINY_DIMS = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "n_kv_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": 384,
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +58,17 @@ def mf_cwd(tmp_path_factory):
 def rendered(recipe: str, tmp_path: Path, *overrides: str):
     spec = load_spec(REPO / "recipes" / recipe, list(overrides))
     plan = plan_steps(40 * spec.train.batch_size, spec.train)
-    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
-                              seq_length=spec.data.seq_length,
-                              data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
-                              plan=plan, base_checkpoint=tmp_path / "base.ckpt", answer_capacity=24)
+    cfg = render_train_config(
+        get_model_shape(spec.model.name),
+        spec.train,
+        spec.lora,
+        seq_length=spec.data.seq_length,
+        data_files=[tmp_path / "train.mindrecord"],
+        out_dir=tmp_path / "train",
+        plan=plan,
+        base_checkpoint=tmp_path / "base.ckpt",
+        answer_capacity=24,
+    )
     return spec, plan, cfg
 
 
@@ -69,6 +83,7 @@ def mindformers_config(cfg: dict, tmp_path: Path):
 
 # ---- 2.1: LoRA parameters (and so AdamWeightDecay's moments) in float32 ------------------------
 
+
 @pytest.mark.parametrize("recipe", ASCEND_RECIPES)
 def test_lora_parameters_are_float32_in_the_ascend_dtype_network(recipe, tmp_path, mf_cwd):
     """MindFormers' build_network on the rendered model section, in the recipe's bf16/fp16 dtypes (tiny
@@ -79,7 +94,7 @@ def test_lora_parameters_are_float32_in_the_ascend_dtype_network(recipe, tmp_pat
     import tunebox.model.mf_extensions  # noqa: F401  (registers the tunebox classes, as auto_register would)
 
     spec, _, cfg = rendered(recipe, tmp_path)
-    cfg["model"]["arch"].pop("auto_register", None)   # registered by the import above
+    cfg["model"]["arch"].pop("auto_register", None)  # registered by the import above
     mf = mindformers_config(cfg, tmp_path)
     mf.model.model_config.update({**TINY_DIMS, "seq_length": 32, "batch_size": 2})
     net = build_network(mf.model)
@@ -92,13 +107,15 @@ def test_lora_parameters_are_float32_in_the_ascend_dtype_network(recipe, tmp_pat
     # the optimizer MindFormers builds from the rendered section keeps its moments in the parameters' dtype
     from mindformers.core.optim import build_optim
 
-    optimizer = build_optim(dict(cfg["optimizer"]), default_args={"params": net.trainable_params(),
-                                                                  "learning_rate": 1e-5})
+    optimizer = build_optim(
+        dict(cfg["optimizer"]), default_args={"params": net.trainable_params(), "learning_rate": 1e-5}
+    )
     moments = {str(m.dtype) for m in list(optimizer.moments1) + list(optimizer.moments2)}
     assert moments == {"Float32"}, moments
 
 
 # ---- 2.2: stage 2 trains in fp16 with the contest's dynamic loss scale -------------------------
+
 
 @pytest.mark.parametrize("recipe", ASCEND_RECIPES)
 def test_fp16_training_gets_the_contests_dynamic_loss_scale(recipe, tmp_path, mf_cwd):
@@ -124,6 +141,7 @@ def test_fp16_training_gets_the_contests_dynamic_loss_scale(recipe, tmp_path, mf
 
 # ---- 1.1: the predicting network loads the base and every merged checkpoint, strictly ----------
 
+
 def tiny_model(spec):
 
     return with_overrides(get_model_shape(spec.model.name), **TINY_DIMS)
@@ -134,9 +152,14 @@ def tiny_base_and_lora(mspec, spec, folder: Path) -> tuple[Path, Path]:
     MindFormers' trainer saves with pet_config.param_init_type float32) at tiny widths."""
 
     rng = np.random.default_rng(0)
-    base = {name: (np.ones(shape, np.float32) + rng.normal(0, 0.1, shape).astype(np.float32) if "norm" in name
-                   else rng.normal(0, 0.05, shape).astype(np.float32))
-            for name, shape in mspec.parameter_shapes().items()}
+    base = {
+        name: (
+            np.ones(shape, np.float32) + rng.normal(0, 0.1, shape).astype(np.float32)
+            if "norm" in name
+            else rng.normal(0, 0.05, shape).astype(np.float32)
+        )
+        for name, shape in mspec.parameter_shapes().items()
+    }
     lora = {}
     for i in range(mspec.num_layers):
         for name in lora_targets(spec.lora.target_modules):
@@ -153,11 +176,11 @@ def merged_by_the_merge_job(spec, lora_ckpt: Path) -> Path:
     """jobs.merge on a train index naming one LoRA checkpoint: the merged model.ckpt it writes."""
     import json
 
-
     train_dir = spec.job_dir("train")
     (train_dir / "checkpoints").mkdir(parents=True)
-    (spec.run_dir / layout.TRAIN_INDEX).write_text(json.dumps(
-        {"planned": [10], "checkpoints": [{"step": 10, "epoch": 1, "loss": 1.0, "file": str(lora_ckpt)}]}))
+    (spec.run_dir / layout.TRAIN_INDEX).write_text(
+        json.dumps({"planned": [10], "checkpoints": [{"step": 10, "epoch": 1, "loss": 1.0, "file": str(lora_ckpt)}]})
+    )
     out = merge(spec)
     return out / "step-000010" / "model.ckpt"
 
@@ -168,9 +191,15 @@ def runner_on_cpu(monkeypatch, mspec, ckpt: Path, spec):
 
     real_setup = mf.setup_device
     monkeypatch.setattr(mf, "setup_device", lambda device, mode, **kw: real_setup("CPU", "pynative", **kw))
-    return MindFormersRunner(mspec, ckpt, 32, device=spec.train.device,
-                             dtype=merged_weight_dtype(spec.merge, spec.train),
-                             batch_size=spec.eval.batch_size, output_dir=spec.run_dir)
+    return MindFormersRunner(
+        mspec,
+        ckpt,
+        32,
+        device=spec.train.device,
+        dtype=merged_weight_dtype(spec.merge, spec.train),
+        batch_size=spec.eval.batch_size,
+        output_dir=spec.run_dir,
+    )
 
 
 def bf16_or_fp16_of(values: np.ndarray, dtype) -> np.ndarray:
@@ -180,12 +209,17 @@ def bf16_or_fp16_of(values: np.ndarray, dtype) -> np.ndarray:
     return ms.Tensor(values).astype(dtype).astype(ms.float32).asnumpy()
 
 
-@pytest.mark.parametrize("recipe, overrides, want", [
-    ("stage1-llama3-8b.yaml", ["merge.dtype=bfloat16"], "BFloat16"),
-    ("stage1-llama3-8b.yaml", [], "Float16"),
-    ("stage2-internlm-7b.yaml", [], "Float16")])
-def test_evaluate_loads_the_base_and_the_merged_checkpoint_strictly(recipe, overrides, want, tmp_path, mf_cwd,
-                                                                    monkeypatch):
+@pytest.mark.parametrize(
+    "recipe, overrides, want",
+    [
+        ("stage1-llama3-8b.yaml", ["merge.dtype=bfloat16"], "BFloat16"),
+        ("stage1-llama3-8b.yaml", [], "Float16"),
+        ("stage2-internlm-7b.yaml", [], "Float16"),
+    ],
+)
+def test_evaluate_loads_the_base_and_the_merged_checkpoint_strictly(
+    recipe, overrides, want, tmp_path, mf_cwd, monkeypatch
+):
     """The Ascend recipes' predicting network (fp16 weights, or bf16 with merge.dtype bfloat16; float32 RMSNorm
     weights, as MindFormers declares them) built by MindFormersRunner on CPU: the float32 base checkpoint
     and the checkpoint jobs.merge writes both load through the runner's own load path, which loads
@@ -196,8 +230,9 @@ def test_evaluate_loads_the_base_and_the_merged_checkpoint_strictly(recipe, over
     spec = load_spec(REPO / "recipes" / recipe, [f"runs_dir={tmp_path / 'runs'}"])
     mspec = tiny_model(spec)
     base_ckpt, lora_ckpt = tiny_base_and_lora(mspec, spec, tmp_path)
-    spec = load_spec(REPO / "recipes" / recipe,
-                     [f"runs_dir={tmp_path / 'runs'}", f"model.checkpoint={base_ckpt}", *overrides])
+    spec = load_spec(
+        REPO / "recipes" / recipe, [f"runs_dir={tmp_path / 'runs'}", f"model.checkpoint={base_ckpt}", *overrides]
+    )
     merged_ckpt = merged_by_the_merge_job(spec, lora_ckpt)
 
     runner = runner_on_cpu(monkeypatch, mspec, merged_ckpt, spec)
@@ -210,15 +245,17 @@ def test_evaluate_loads_the_base_and_the_merged_checkpoint_strictly(recipe, over
     merged = load_checkpoint_numpy(merged_ckpt)
     for p in runner.net.get_parameters():
         if p.name in merged:
-            np.testing.assert_array_equal(p.astype("float32").asnumpy(), merged[p.name].astype(np.float32),
-                                          err_msg=p.name)
+            np.testing.assert_array_equal(
+                p.astype("float32").asnumpy(), merged[p.name].astype(np.float32), err_msg=p.name
+            )
 
     base_runner = runner_on_cpu(monkeypatch, mspec, base_ckpt, spec)
     base = load_checkpoint_numpy(base_ckpt)
     for p in base_runner.net.get_parameters():
         if p.name in base:
-            np.testing.assert_array_equal(p.astype("float32").asnumpy(), bf16_or_fp16_of(base[p.name], p.dtype),
-                                          err_msg=p.name)
+            np.testing.assert_array_equal(
+                p.astype("float32").asnumpy(), bf16_or_fp16_of(base[p.name], p.dtype), err_msg=p.name
+            )
 
 
 def test_the_runner_refuses_a_checkpoint_whose_dtypes_disagree(tmp_path, mf_cwd, monkeypatch):
@@ -228,8 +265,9 @@ def test_the_runner_refuses_a_checkpoint_whose_dtypes_disagree(tmp_path, mf_cwd,
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", [f"runs_dir={tmp_path / 'runs'}"])
     mspec = tiny_model(spec)
     base_ckpt, lora_ckpt = tiny_base_and_lora(mspec, spec, tmp_path)
-    spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml",
-                     [f"runs_dir={tmp_path / 'runs'}", f"model.checkpoint={base_ckpt}"])
+    spec = load_spec(
+        REPO / "recipes" / "stage1-llama3-8b.yaml", [f"runs_dir={tmp_path / 'runs'}", f"model.checkpoint={base_ckpt}"]
+    )
     tensors = load_checkpoint_numpy(merged_by_the_merge_job(spec, lora_ckpt))
     norm = "model.layers.1.ffn_norm.weight"
     tensors[norm] = bf16_as_numpy(tensors[norm])
@@ -251,13 +289,13 @@ def test_the_bundles_predict_yaml_loads_the_merged_checkpoint_strictly(recipe, t
     import mindspore as ms
     from mindformers.models.build_model import build_network
 
-
     spec = load_spec(REPO / "recipes" / recipe, [f"runs_dir={tmp_path / 'runs'}"])
     base_ckpt, lora_ckpt = tiny_base_and_lora(tiny_model(spec), spec, tmp_path)
     spec = load_spec(REPO / "recipes" / recipe, [f"runs_dir={tmp_path / 'runs'}", f"model.checkpoint={base_ckpt}"])
     merged_ckpt = merged_by_the_merge_job(spec, lora_ckpt)
-    cfg = render_predict_config(spec, checkpoint=str(merged_ckpt), tokenizer_dir="tok", max_new_tokens=8,
-                                special_tokens={}, stop_ids=[2])
+    cfg = render_predict_config(
+        spec, checkpoint=str(merged_ckpt), tokenizer_dir="tok", max_new_tokens=8, special_tokens={}, stop_ids=[2]
+    )
     mf = mindformers_config(cfg, tmp_path)
     mf.model.model_config.update({**TINY_DIMS, "seq_length": 32})
     net = build_network(mf.model)
@@ -266,6 +304,7 @@ def test_the_bundles_predict_yaml_loads_the_merged_checkpoint_strictly(recipe, t
 
 
 # ---- 1.6: paged-attention blocks for the whole batch at the longest sequence -------------------
+
 
 @pytest.mark.parametrize("seq_length", [200, 600, 2100])
 def test_paged_attention_blocks_hold_the_batch_at_the_longest_sequence(seq_length, tmp_path, mf_cwd, monkeypatch):
@@ -279,9 +318,15 @@ def test_paged_attention_blocks_hold_the_batch_at_the_longest_sequence(seq_lengt
 
     real_setup = mf.setup_device
     monkeypatch.setattr(mf, "setup_device", lambda device, mode, **kw: real_setup("CPU", "pynative", **kw))
-    runner = MindFormersRunner(mspec, base_ckpt, seq_length, device=spec.train.device,
-                               dtype=merged_weight_dtype(spec.merge, spec.train), batch_size=spec.eval.batch_size,
-                               output_dir=spec.run_dir)
+    runner = MindFormersRunner(
+        mspec,
+        base_ckpt,
+        seq_length,
+        device=spec.train.device,
+        dtype=merged_weight_dtype(spec.merge, spec.train),
+        batch_size=spec.eval.batch_size,
+        output_dir=spec.run_dir,
+    )
     net = runner.net
     assert runner.batch_size == 16
     net._set_block_mgr(runner.batch_size, net.config.seq_length)
@@ -289,14 +334,15 @@ def test_paged_attention_blocks_hold_the_batch_at_the_longest_sequence(seq_lengt
     # allocation (its pool raises when it runs out) and a cache slot for every one of those tokens
     lengths = np.full(16, seq_length, np.int32)
     tables, slots = net.block_mgr.assemble_pa_full_inputs(seq_length, lengths, [False] * 16)
-    assert tables.shape == (16, net.block_mgr.max_num_blocks_per_seq)           # the width MindFormers declares
+    assert tables.shape == (16, net.block_mgr.max_num_blocks_per_seq)  # the width MindFormers declares
     assert (slots.reshape(16, seq_length) >= 0).all()
-    assert len(set(slots.tolist())) == 16 * seq_length                          # no two tokens share a slot
+    assert len(set(slots.tolist())) == 16 * seq_length  # no two tokens share a slot
     cache = next(p for p in net.get_parameters() if p.name.endswith("key_cache"))
     assert cache.shape[0] == net.config.num_blocks and cache.shape[1] == net.config.block_size
 
 
 # ---- 2.5: the merged update survives in the weight the predicting network multiplies with -------
+
 
 def test_a_small_lora_update_survives_in_the_stage1_predicting_network(tmp_path, mf_cwd, monkeypatch):
     """Stage 1 at lr 1e-5: a LoRA update of ~5e-5 per entry (B after a 7,030-step random walk of lr-sized
@@ -307,14 +353,17 @@ def test_a_small_lora_update_survives_in_the_stage1_predicting_network(tmp_path,
     (bf16 storage or a bf16 compute dtype leave ~55%: half the entries do not move)."""
     import mindspore as ms
 
-
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", [f"runs_dir={tmp_path / 'runs'}"])
     mspec = tiny_model(spec)
     rng = np.random.default_rng(1)
+
     def grid(x):
         return bfloat16_bits_to_float32(float32_to_bfloat16_bits(x.astype(np.float32))).reshape(x.shape)
-    base = {name: grid(np.ones(shape) if "norm" in name else rng.normal(0, 0.02, shape))
-            for name, shape in mspec.parameter_shapes().items()}
+
+    base = {
+        name: grid(np.ones(shape) if "norm" in name else rng.normal(0, 0.02, shape))
+        for name, shape in mspec.parameter_shapes().items()
+    }
     lora, exact, update = {}, {}, {}
     factor = spec.lora.alpha / spec.lora.rank
     for i in range(mspec.num_layers):
@@ -322,14 +371,16 @@ def test_a_small_lora_update_survives_in_the_stage1_predicting_network(tmp_path,
             out, inp = mspec.linear_shapes()[name]
             prefix = f"model.layers.{i}.attention.{name}"
             a = rng.normal(0, 0.01, (spec.lora.rank, inp)).astype(np.float32)
-            b = rng.normal(0, 1e-5 * 7030 ** 0.5, (out, spec.lora.rank)).astype(np.float32)
+            b = rng.normal(0, 1e-5 * 7030**0.5, (out, spec.lora.rank)).astype(np.float32)
             lora[f"{prefix}.mindpet_delta_lora_a"], lora[f"{prefix}.mindpet_delta_lora_b"] = a, b
             update[prefix] = factor * (b.astype(np.float64) @ a.astype(np.float64))
             exact[prefix] = base[f"{prefix}.weight"].astype(np.float64) + update[prefix]
     save_checkpoint_numpy(tmp_path / "base.ckpt", base)
     save_checkpoint_numpy(tmp_path / "lora.ckpt", lora)
-    spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml",
-                     [f"runs_dir={tmp_path / 'runs'}", f"model.checkpoint={tmp_path / 'base.ckpt'}"])
+    spec = load_spec(
+        REPO / "recipes" / "stage1-llama3-8b.yaml",
+        [f"runs_dir={tmp_path / 'runs'}", f"model.checkpoint={tmp_path / 'base.ckpt'}"],
+    )
     runner = runner_on_cpu(monkeypatch, mspec, merged_by_the_merge_job(spec, tmp_path / "lora.ckpt"), spec)
     cells = dict(runner.net.cells_and_names())
     err_sq = upd_sq = 0.0

@@ -10,6 +10,7 @@ load_distributed_checkpoint). The test runs tunebox.model.mf.run_mindformers on 
 MindFormers' Trainer stood in for (no Ascend card, no model parallel on CPU), and hands the config it
 built to those MindFormers functions, on a fake rank_0..3 folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,13 +39,19 @@ def _resumed_config(tmp_path, monkeypatch, *overrides: str) -> dict:
     import mindformers.core.context
     import mindformers.trainer
 
-
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", list(overrides))
     out = tmp_path / "train"
-    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
-                              seq_length=spec.data.seq_length, data_files=[tmp_path / "train.mindrecord"], out_dir=out,
-                              plan=plan_steps(40 * spec.train.batch_size, spec.train),
-                              base_checkpoint=tmp_path / "base.ckpt", answer_capacity=24)
+    cfg = render_train_config(
+        get_model_shape(spec.model.name),
+        spec.train,
+        spec.lora,
+        seq_length=spec.data.seq_length,
+        data_files=[tmp_path / "train.mindrecord"],
+        out_dir=out,
+        plan=plan_steps(40 * spec.train.batch_size, spec.train),
+        base_checkpoint=tmp_path / "base.ckpt",
+        answer_capacity=24,
+    )
     out.mkdir(parents=True)
     (out / "mindformers.yaml").write_text(dump(cfg), encoding="utf-8")
     # What a 4-card run leaves: one slice per rank (CheckpointMonitor's names) and MindFormers'
@@ -59,7 +66,7 @@ def _resumed_config(tmp_path, monkeypatch, *overrides: str) -> dict:
 
     seen = {}
 
-    class Trainer:                      # stands in for MindFormers' Trainer: keeps the config it gets
+    class Trainer:  # stands in for MindFormers' Trainer: keeps the config it gets
         def __init__(self, args):
             seen["cfg"] = args
 
@@ -73,8 +80,10 @@ def _resumed_config(tmp_path, monkeypatch, *overrides: str) -> dict:
     return seen["cfg"]
 
 
-@pytest.mark.parametrize("overrides", [(), ("train.parallel.model_parallel=2", "train.parallel.pipeline_stage=2",
-                                            "train.parallel.micro_batch_num=2")])
+@pytest.mark.parametrize(
+    "overrides",
+    [(), ("train.parallel.model_parallel=2", "train.parallel.pipeline_stage=2", "train.parallel.micro_batch_num=2")],
+)
 def test_resume_under_model_parallel_passes_mindformers_checks(mf_cwd, monkeypatch, overrides):
     from mindformers.tools.ckpt_transform.transform_checkpoint import TransformCkpt
     from mindformers.tools.ckpt_transform.utils import check_rank_folders
@@ -89,9 +98,9 @@ def test_resume_under_model_parallel_passes_mindformers_checks(mf_cwd, monkeypat
     strategy = cfg["src_strategy_path_or_dir"] or None
     TransformCkpt.check_src_checkpoint_and_strategy(load, strategy)
     if "train.parallel.pipeline_stage=2" in overrides:
-        assert os.path.isdir(strategy)          # pipeline: the folder, merged by MindFormers
+        assert os.path.isdir(strategy)  # pipeline: the folder, merged by MindFormers
     else:
-        assert os.path.basename(strategy) == "ckpt_strategy_rank_0.ckpt"   # any rank's file
+        assert os.path.basename(strategy) == "ckpt_strategy_rank_0.ckpt"  # any rank's file
     # Same topology (train_hash refuses another): no transform, each rank loads its own slice,
     # the way get_load_checkpoint_result chooses it with auto_trans_ckpt off.
     assert cfg["auto_trans_ckpt"] is False
@@ -99,17 +108,24 @@ def test_resume_under_model_parallel_passes_mindformers_checks(mf_cwd, monkeypat
     for rank in range(RANKS):
         assert check_rank_folders(load, rank)
         assert get_distribute_checkpoint_path(load, rank) == os.path.join(
-            load, f"rank_{rank}", f"tunebox_rank_{rank}-1_20.ckpt")
+            load, f"rank_{rank}", f"tunebox_rank_{rank}-1_20.ckpt"
+        )
 
 
 def test_a_fresh_model_parallel_run_still_slices_the_complete_base(mf_cwd, monkeypatch):
     """Not resuming: the base is one complete checkpoint, which MindFormers slices for the topology
     (auto_trans_ckpt on; a complete checkpoint needs no source strategy)."""
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml")
-    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
-                              seq_length=spec.data.seq_length,
-                              data_files=[mf_cwd / "train.mindrecord"], out_dir=mf_cwd / "train",
-                              plan=plan_steps(40 * spec.train.batch_size, spec.train),
-                              base_checkpoint=mf_cwd / "base.ckpt", answer_capacity=24)
+    cfg = render_train_config(
+        get_model_shape(spec.model.name),
+        spec.train,
+        spec.lora,
+        seq_length=spec.data.seq_length,
+        data_files=[mf_cwd / "train.mindrecord"],
+        out_dir=mf_cwd / "train",
+        plan=plan_steps(40 * spec.train.batch_size, spec.train),
+        base_checkpoint=mf_cwd / "base.ckpt",
+        answer_capacity=24,
+    )
     assert cfg["auto_trans_ckpt"] is True and cfg["load_checkpoint"].endswith("base.ckpt")
-    assert cfg["resume_training"] is False     # the resume settings apply to resumed runs only
+    assert cfg["resume_training"] is False  # the resume settings apply to resumed runs only

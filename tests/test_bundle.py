@@ -9,6 +9,7 @@ and required and checked by verify; every worker's msrun log and MindFormers' lo
 run travel in logs/train/; and every stage recipe measures retention (the report says so loudly when
 a run does not).
 """
+
 from __future__ import annotations
 
 import errno
@@ -64,8 +65,14 @@ def bundled(tiny_bundle) -> dict:
 
 
 def verify_cli(sub: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.verify", str(sub), *args], capture_output=True, text=True,
-                          cwd=sub.parent, env=job_env(cache), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.verify", str(sub), *args],
+        capture_output=True,
+        text=True,
+        cwd=sub.parent,
+        env=job_env(cache),
+        timeout=300,
+    )
 
 
 def forged_and_failing(sub: Path, capsys) -> str:
@@ -79,9 +86,10 @@ def forged_and_failing(sub: Path, capsys) -> str:
 
 # ---- a fresh bundle ----------------------------------------------------------------------------
 
+
 def test_fresh_bundle_verifies_with_rerun(bundled):
     sub = bundled["sub"]
-    assert bundled["stdout"].strip().splitlines()[-1] == str(sub)   # bundle prints the folder it wrote, last
+    assert bundled["stdout"].strip().splitlines()[-1] == str(sub)  # bundle prints the folder it wrote, last
     proc = verify_cli(sub, bundled["cache"], "--rerun")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     for check in ("checksums", "files", "checkpoints", "spec", "logs", "results", "environment", "code", "rerun"):
@@ -92,8 +100,9 @@ def test_fresh_bundle_verifies_with_rerun(bundled):
     assert sorted(listed) == [r for r in contents.files_under(sub) if r != contents.SUMS_FILE]
     assert set(contents.expected_files(bundled["steps"])) <= set(listed)
     if shutil.which("sha256sum"):  # the coreutils tool reads it as its own output
-        check = subprocess.run(["sha256sum", "--check", "--strict", "--quiet", contents.SUMS_FILE], cwd=sub,
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            ["sha256sum", "--check", "--strict", "--quiet", contents.SUMS_FILE], cwd=sub, capture_output=True, text=True
+        )
         assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -111,8 +120,11 @@ def test_bundle_contents_come_from_the_run(bundled):
     assert results["trainable_params"] == summary["trainable_params"] == TINY_TRAINABLE
     # the rule by hand: the best (score, step) among the checkpoints keeping 90% of the base's F1 and EM
     base = results["base"]
-    keep = [r for r in results["checkpoints"]
-            if keeps_90_percent(r["squad_f1"], base["squad_f1"]) and keeps_90_percent(r["squad_em"], base["squad_em"])]
+    keep = [
+        r
+        for r in results["checkpoints"]
+        if keeps_90_percent(r["squad_f1"], base["squad_f1"]) and keeps_90_percent(r["squad_em"], base["squad_em"])
+    ]
     assert results["chosen"]["model"] == max(keep, key=lambda r: (r["accuracy_strict"], r["step"]))["model"]
     algorithm = (sub / "ALGORITHM.md").read_text()
     stats = json.loads((run / "prep" / "stats.json").read_text())
@@ -144,6 +156,7 @@ def test_link_falls_back_to_copy_across_filesystems(tmp_path, monkeypatch, caplo
 
     def cross_device(a, b):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
+
     monkeypatch.setattr(os, "link", cross_device)
     with caplog.at_level(logging.WARNING, logger="tunebox.bundle"):
         assert link_or_copy(src, tmp_path / "b" / "model.ckpt") == "copy"
@@ -153,16 +166,16 @@ def test_link_falls_back_to_copy_across_filesystems(tmp_path, monkeypatch, caplo
 
 
 def test_bundle_refuses_a_spec_the_run_did_not_use(bundled, tmp_path):
-    runs = tmp_path / "runs"          # a copy: bundle runs in it, and the shared bundle stays as it was
+    runs = tmp_path / "runs"  # a copy: bundle runs in it, and the shared bundle stays as it was
     shutil.copytree(bundled["run_dir"], runs / "tiny", ignore=shutil.ignore_patterns("submission"))
-    proc = run_job("bundle", TINY_RECIPE, bundled["cache"], tmp_path, f"runs_dir={runs}", "lora.alpha=32",
-                   check=False)
+    proc = run_job("bundle", TINY_RECIPE, bundled["cache"], tmp_path, f"runs_dir={runs}", "lora.alpha=32", check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "lora.alpha: 16 != 32" in proc.stderr
 
 
 # ---- tampered copies -------------------------------------------------------------------------
 # The tampered checkpoint is the plan's second, the dropped one its third (both read from the plan).
+
 
 def tampered_step(steps: list[int]) -> int:
     return steps[1]
@@ -208,15 +221,28 @@ def edit_squad_answers(sub: Path, steps: list[int]) -> None:
 
 TAMPERING = {
     "flipped byte": (flip_byte, ["{ckpt}: sha256 is", "SHA256SUMS says", "is not the file merge wrote"]),
-    "missing checkpoint": (drop_checkpoint, ["4 checkpoints", "the contest asks for exactly 5",
-                                             "missing checkpoints/{dropped}/model.ckpt",
-                                             "checkpoints/{dropped}/model.ckpt is listed in SHA256SUMS but missing"]),
+    "missing checkpoint": (
+        drop_checkpoint,
+        [
+            "4 checkpoints",
+            "the contest asks for exactly 5",
+            "missing checkpoints/{dropped}/model.ckpt",
+            "checkpoints/{dropped}/model.ckpt is listed in SHA256SUMS but missing",
+        ],
+    ),
     "stray file": (add_stray, ["stray file logs/notes.txt: not listed in SHA256SUMS"]),
     # {acc} / {f1}: the figures the untouched bundle records for that checkpoint
-    "edited results": (edit_results, ["results.json {name} accuracy_strict = {edited}, the bundled predictions "
-                                      "give(s) {acc}", "results.json: sha256 is"]),
-    "edited SQuAD answers": (edit_squad_answers, ["results.json {name} squad_f1 = {f1}, "
-                                                  "logs/evaluate/{name}/squad_predictions.jsonl gives 100.0"]),
+    "edited results": (
+        edit_results,
+        [
+            "results.json {name} accuracy_strict = {edited}, the bundled predictions give(s) {acc}",
+            "results.json: sha256 is",
+        ],
+    ),
+    "edited SQuAD answers": (
+        edit_squad_answers,
+        ["results.json {name} squad_f1 = {f1}, logs/evaluate/{name}/squad_predictions.jsonl gives 100.0"],
+    ),
 }
 
 
@@ -224,9 +250,17 @@ def expected_messages(messages: list[str], sub: Path, steps: list[int]) -> list[
     name = contents.model_dir_name(tampered_step(steps))
     row = result_row(sub, name)
     edited = EDITED_ACCURACY if row["accuracy_strict"] != EDITED_ACCURACY else 0.125
-    return [m.format(name=name, acc=row["accuracy_strict"], f1=row["squad_f1"], edited=edited,
-                     ckpt=contents.checkpoint_file(tampered_step(steps)), dropped=contents.model_dir_name(steps[2]))
-            for m in messages]
+    return [
+        m.format(
+            name=name,
+            acc=row["accuracy_strict"],
+            f1=row["squad_f1"],
+            edited=edited,
+            ckpt=contents.checkpoint_file(tampered_step(steps)),
+            dropped=contents.model_dir_name(steps[2]),
+        )
+        for m in messages
+    ]
 
 
 @pytest.mark.parametrize("case", list(TAMPERING))
@@ -278,13 +312,25 @@ def test_rerun_catches_answers_the_checkpoints_do_not_give(bundled, tmp_path, ca
     results = json.loads((sub / "results.json").read_text())
     for r in results["checkpoints"]:
         if r["model"] == name:
-            r.update(accuracy_strict=1.0, accuracy_tolerant=1.0,
-                     score=rules.stage1_score(1.0, r["ratio"]), score_tolerant=rules.stage1_score(1.0, r["ratio"]))
+            r.update(
+                accuracy_strict=1.0,
+                accuracy_tolerant=1.0,
+                score=rules.stage1_score(1.0, r["ratio"]),
+                score_tolerant=rules.stage1_score(1.0, r["ratio"]),
+            )
     results["chosen"].update(model=name, step=step)
     (sub / "results.json").write_text(json.dumps(results, indent=2))
     # ...and selfcheck.png redrawn from the forged results.json (verify ties the picture to that file)
-    selfcheck.render(sub / selfcheck.FILE, results=results, results_bytes=(sub / "results.json").read_bytes(),
-                     rank=8, commit=results["code"]["commit"], code_note="", log_name="-", log_tail=[])
+    selfcheck.render(
+        sub / selfcheck.FILE,
+        results=results,
+        results_bytes=(sub / "results.json").read_bytes(),
+        rank=8,
+        commit=results["code"]["commit"],
+        code_note="",
+        log_name="-",
+        log_tail=[],
+    )
     rewrite_sums(sub)
 
     code, fails = verify_here(sub, capsys)
@@ -308,8 +354,8 @@ def test_verify_bad_input_exits_2(tmp_path, capsys):
 # 8 held-out rows, 8 SQuAD questions; "k/8" = k answers set to the reference (math) or to the first
 # gold answer (SQuAD); the other answers stay the model's own, which score 0 (checked).
 #              base   1st   2nd   3rd   4th   5th checkpoint of the plan
-MATH_RIGHT = [0,     2,    4,    7,    3,    1]
-SQUAD_RIGHT = [5,    5,    6,    4,    5,    5]
+MATH_RIGHT = [0, 2, 4, 7, 3, 1]
+SQUAD_RIGHT = [5, 5, 6, 4, 5, 5]
 # base SQuAD: F1 = EM = 5/8 = 62.5, the bar is 0.9 * 62.5 = 56.25. The 3rd checkpoint has 4/8 = 50.0
 # (retention 50 / 62.5 = 0.8): it fails, although its accuracy 7/8 gives the highest score. The
 # others keep 62.5 or 75.0 and pass; among them the 2nd has the best accuracy (4/8) and wins. Score:
@@ -334,9 +380,13 @@ def make_model_answer(ev: Path, name: str, math_right: int, squad_right: int) ->
         per_family.setdefault(p["family"], []).append(int(right))
     _rewrite_jsonl(ev / name / "predictions.jsonl", preds)
     scores = json.loads((ev / name / "scores.json").read_text())
-    scores.update(accuracy_strict=math_right / 8, accuracy_tolerant=math_right / 8,
-                  per_family={f: {"n": len(v), "strict": sum(v) / len(v), "tolerant": sum(v) / len(v)}
-                              for f, v in per_family.items()})
+    scores.update(
+        accuracy_strict=math_right / 8,
+        accuracy_tolerant=math_right / 8,
+        per_family={
+            f: {"n": len(v), "strict": sum(v) / len(v), "tolerant": sum(v) / len(v)} for f, v in per_family.items()
+        },
+    )
     (ev / name / "scores.json").write_text(json.dumps(scores, indent=2))
 
     squad = read_jsonl(ev / name / "squad_predictions.jsonl")
@@ -364,8 +414,14 @@ def edited_run(tiny_run, work: Path, squad_right: list[int]) -> dict:
     # evaluate reused every edited file (it generated nothing again)
     assert {f: f.read_bytes() for f in edited} == edited
     run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={runs}")
-    return {"run": run, "sub": run / "submission", "steps": steps, "names": names, "work": work,
-            "cache": tiny_run["cache"]}
+    return {
+        "run": run,
+        "sub": run / "submission",
+        "steps": steps,
+        "names": names,
+        "work": work,
+        "cache": tiny_run["cache"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -406,8 +462,10 @@ def test_evaluate_report_fails_the_third_and_chooses_the_second(decided):
     assert "among the 4 of 5 checkpoints" in report["best_checkpoint"]["reason"]
     why = report["verdicts"]
     assert set(why) == set(names[1:]) - {second}
-    assert why[third] == ("failed retention: F1 50.00 vs base 62.50 = 0.800 < 0.90; EM 50.00 vs base 62.50 = 0.800 "
-                          f"< 0.90 (its score {_hand_score(7):.4f} is higher than the chosen one's)")
+    assert why[third] == (
+        "failed retention: F1 50.00 vs base 62.50 = 0.800 < 0.90; EM 50.00 vs base 62.50 = 0.800 "
+        f"< 0.90 (its score {_hand_score(7):.4f} is higher than the chosen one's)"
+    )
     for name, right in ((names[1], 2), (names[4], 3), (names[5], 1)):
         assert why[name].startswith(f"lower score: {_hand_score(right):.4f} < {_hand_score(4):.4f}")
     md = (decided["run"] / "evaluate" / "report.md").read_text()
@@ -443,10 +501,14 @@ def test_verify_accepts_the_edited_run_and_catches_a_wrong_choice(decided, tmp_p
     next(r for r in results["checkpoints"] if r["model"] == names[3])["passes_retention"] = True
     (sub / "results.json").write_text(json.dumps(results, indent=2))
     text = forged_and_failing(sub, capsys)
-    assert (f"results.json {names[3]} passes_retention = True; its SQuAD F1/EM (50.00/50.00) against the base's "
-            f"(62.50/62.50) give False") in text
-    assert f"results.json chooses {names[3]!r}; by its rule (score among retention passes) the logs choose " \
-           f"{names[2]!r}" in text
+    assert (
+        f"results.json {names[3]} passes_retention = True; its SQuAD F1/EM (50.00/50.00) against the base's "
+        f"(62.50/62.50) give False"
+    ) in text
+    assert (
+        f"results.json chooses {names[3]!r}; by its rule (score among retention passes) the logs choose "
+        f"{names[2]!r}" in text
+    )
 
 
 # ---- stage 2: a multiple-choice run, bundled and verified --------------------------------------
@@ -454,16 +516,25 @@ def test_verify_accepts_the_edited_run_and_catches_a_wrong_choice(decided, tmp_p
 # then edited as below (the tiny model names no letter on its own), evaluate redoes its report, and
 # bundle writes results.json with stage 2's score. Each answer's letter is read here by hand.
 MMLU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mcq" / "mmlu-subset.jsonl"
-MCQ_SETS = ["data.format=mcq", f"data.train_file={MMLU}", "data.max_rows=40", "data.heldout_rows=6",
-            "data.seq_length=512", "stage=2", "eval.squad_rows=0"]
+MCQ_SETS = [
+    "data.format=mcq",
+    f"data.train_file={MMLU}",
+    "data.max_rows=40",
+    "data.heldout_rows=6",
+    "data.seq_length=512",
+    "stage=2",
+    "eval.squad_rows=0",
+]
 OTHER = {"A": "B", "B": "C", "C": "D", "D": "A"}
 # (answer text, is it the reference letter): the contest reads the first explicit phrase
-MCQ_ANSWERS = [("The right option is {ref}.", True),
-               ("答案是：{ref}", True),
-               ("The right option is {other}.", False),
-               ("({other})", False),
-               ("I am not sure.", False),
-               ("The answer is {other}, not {ref}", False)]
+MCQ_ANSWERS = [
+    ("The right option is {ref}.", True),
+    ("答案是：{ref}", True),
+    ("The right option is {other}.", False),
+    ("({other})", False),
+    ("I am not sure.", False),
+    ("The answer is {other}, not {ref}", False),
+]
 
 
 @pytest.fixture(scope="module")
@@ -521,8 +592,10 @@ def test_verify_rescores_the_mcq_letters(mcq_bundled, tmp_path, capsys):
     preds[1]["answer"] = f"答案是：{OTHER[preds[1]['reference']]}"
     _rewrite_jsonl(f, preds)
     text = forged_and_failing(sub, capsys)
-    assert (f"logs/evaluate/{name}/predictions.jsonl: the recorded verdict differs from the contest rule on "
-            f"line(s) [{preds[1]['line']}]") in text
+    assert (
+        f"logs/evaluate/{name}/predictions.jsonl: the recorded verdict differs from the contest rule on "
+        f"line(s) [{preds[1]['line']}]"
+    ) in text
     assert f"logs/evaluate/{name}/scores.json accuracy_strict = {2 / 6}, its predictions give {1 / 6}" in text
     assert f"results.json {name} accuracy_strict = {2 / 6}, the bundled predictions give(s) {1 / 6}" in text
 
@@ -548,8 +621,13 @@ def test_evaluate_bundle_and_verify_agree_on_the_choice(case, request, tmp_path,
     fixture, pick, rule, valid, top = AGREEMENT[case]
     run = request.getfixturevalue(fixture)
     checkpoints = [contents.model_dir_name(s) for s in run["steps"]]
-    want = {"model": None if pick is None else checkpoints[pick], "step": None if pick is None else run["steps"][pick],
-            "rule": rule, "valid": valid, "highest_score": checkpoints[top]}
+    want = {
+        "model": None if pick is None else checkpoints[pick],
+        "step": None if pick is None else run["steps"][pick],
+        "rule": rule,
+        "valid": valid,
+        "highest_score": checkpoints[top],
+    }
     by_evaluate = json.loads((run["run"] / "evaluate" / "report.json").read_text())["best_checkpoint"]
     by_bundle = json.loads((run["sub"] / "results.json").read_text())["chosen"]
     assert {k: by_evaluate.get(k) for k in want} == want
@@ -570,8 +648,11 @@ def test_evaluate_bundle_and_verify_agree_on_the_choice(case, request, tmp_path,
     (sub / "results.json").write_text(json.dumps(results, indent=2))
     rewrite_sums(sub)
     code, fails = verify_here(sub, capsys)
-    assert code == 1 and f"results.json chooses {other!r}; by its rule ({rule}) the logs choose {want['model']!r}" \
+    assert (
+        code == 1
+        and f"results.json chooses {other!r}; by its rule ({rule}) the logs choose {want['model']!r}"
         in "\n".join(fails)
+    )
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -617,13 +698,19 @@ def test_code_archive_clean_commit_dirty_tree_and_no_git(tmp_path):
 
 # ---- reading evaluate's report ------------------------------------------------------------
 
+
 def test_squad_fields_read_nested_and_flat_report_entries():
-    nested = contents.squad_fields({"squad": {"f1": 55.0, "em": 40.0}, "retention": {"f1": 0.92, "em": 0.905,
-                                                                                     "passes": True}})
-    flat = contents.squad_fields({"squad_f1": 55.0, "squad_em": 40.0, "retention_f1": 0.92, "retention_em": 0.905,
-                            "passes_retention": True})
-    assert nested == flat == {"squad_f1": 55.0, "squad_em": 40.0, "retention_f1": 0.92, "retention_em": 0.905,
-                              "passes_retention": True}
+    nested = contents.squad_fields(
+        {"squad": {"f1": 55.0, "em": 40.0}, "retention": {"f1": 0.92, "em": 0.905, "passes": True}}
+    )
+    flat = contents.squad_fields(
+        {"squad_f1": 55.0, "squad_em": 40.0, "retention_f1": 0.92, "retention_em": 0.905, "passes_retention": True}
+    )
+    assert (
+        nested
+        == flat
+        == {"squad_f1": 55.0, "squad_em": 40.0, "retention_f1": 0.92, "retention_em": 0.905, "passes_retention": True}
+    )
     assert set(contents.squad_fields({}).values()) == {None}
 
 
@@ -646,14 +733,25 @@ def test_algorithm_writes_a_text_template_on_one_line_and_the_packed_fill():
     rows' fill is the packed one, not prep's unpacked padding."""
     from types import SimpleNamespace
 
-
     text = describe_template(SimpleNamespace(template="<|im_start|>user\n{problem}<|im_end|>\n", system_prompt=None))
     assert "\n" not in text and "`<|im_start|>user\\n{problem}<|im_end|>\\n`" in text
     assert "`Be brief.`" in describe_template(SimpleNamespace(template="chat", system_prompt="Be brief."))
-    stats = {"tokens_per_row": {"50": 69, "90": 90, "99": 91, "100": 91}, "answer_tokens_per_row_mean": 33.4,
-             "padding_fraction": 0.711}
-    packed = describe_rows(stats, {"samples": 8000, "rows": 2650, "width": 257, "fill_before": 0.2886,
-                                   "fill_after": 0.8712, "max_samples_per_row": 4})
+    stats = {
+        "tokens_per_row": {"50": 69, "90": 90, "99": 91, "100": 91},
+        "answer_tokens_per_row_mean": 33.4,
+        "padding_fraction": 0.711,
+    }
+    packed = describe_rows(
+        stats,
+        {
+            "samples": 8000,
+            "rows": 2650,
+            "width": 257,
+            "fill_before": 0.2886,
+            "fill_after": 0.8712,
+            "max_samples_per_row": 4,
+        },
+    )
     assert "8,000 rows into 2,650 rows of 257 tokens, 87.1% of them filled" in packed and "71.1" not in packed
     assert "padding 71.1% of the training tensor" in describe_rows(stats, None)
 
@@ -661,11 +759,13 @@ def test_algorithm_writes_a_text_template_on_one_line_and_the_packed_fill():
 # ---- the submission as a judge sees it: selfcheck.png, every worker's log, retention -----------
 
 REPO = Path(__file__).resolve().parents[1]
-WORKER_LOGS = {"msrun/worker_0.log": "step 1 loss 2.5\nworker 0 last line\n",
-               "msrun/worker_1.log": "step 1 loss 2.6\nworker 1 last line\n",
-               "msrun/node-1/worker_2.log": "step 1 loss 2.7\nworker 2 (node 1) last line\n",
-               "msrun/scheduler.log": "Cluster is successfully initialized\n",
-               "output/log/rank_0/info.log": "[INFO] MindFormers rank 0\n"}
+WORKER_LOGS = {
+    "msrun/worker_0.log": "step 1 loss 2.5\nworker 0 last line\n",
+    "msrun/worker_1.log": "step 1 loss 2.6\nworker 1 last line\n",
+    "msrun/node-1/worker_2.log": "step 1 loss 2.7\nworker 2 (node 1) last line\n",
+    "msrun/scheduler.log": "Cluster is successfully initialized\n",
+    "output/log/rank_0/info.log": "[INFO] MindFormers rank 0\n",
+}
 
 
 @pytest.fixture(scope="module")
@@ -690,8 +790,11 @@ def test_selfcheck_png_shows_this_run_and_verify_accepts_it(bundled_with_worker_
         assert im.format == "PNG" and im.width >= selfcheck.WIDTH and im.height > 300
     results = json.loads((sub / "results.json").read_text())
     keys = selfcheck.read_keys(png)
-    assert keys == {"tunebox.run_id": "tiny", "tunebox.commit": results["code"]["commit"] or "",
-                    "tunebox.results_sha256": hashlib.sha256((sub / "results.json").read_bytes()).hexdigest()}
+    assert keys == {
+        "tunebox.run_id": "tiny",
+        "tunebox.commit": results["code"]["commit"] or "",
+        "tunebox.results_sha256": hashlib.sha256((sub / "results.json").read_bytes()).hexdigest(),
+    }
     assert selfcheck.FILE in (sub / contents.SUMS_FILE).read_text()
     code, fails = verify_here(sub, capsys)
     assert (code, fails) == (0, [])
@@ -709,31 +812,69 @@ def expected_table(results: dict) -> list[list[str]]:
     """The self-check table as the picture should show it, written here from results.json's fields (not
     with selfcheck's code): percentages to 0.1, SQuAD to 0.01, retention ratios to 0.001, the chosen
     checkpoint starred."""
-    rows = [["model", "step", "train loss", "acc strict", "acc tolerant", "SQuAD F1", "SQuAD EM",
-             "retention F1/EM", "retention", "score"]]
+    rows = [
+        [
+            "model",
+            "step",
+            "train loss",
+            "acc strict",
+            "acc tolerant",
+            "SQuAD F1",
+            "SQuAD EM",
+            "retention F1/EM",
+            "retention",
+            "score",
+        ]
+    ]
     base = results["base"]
-    rows.append(["base", "-", "-", _pct(base["accuracy_strict"]), _pct(base["accuracy_tolerant"]),
-                 _num(base["squad_f1"], ".2f"), _num(base["squad_em"], ".2f"), "1 / 1", "", "-"])
+    rows.append(
+        [
+            "base",
+            "-",
+            "-",
+            _pct(base["accuracy_strict"]),
+            _pct(base["accuracy_tolerant"]),
+            _num(base["squad_f1"], ".2f"),
+            _num(base["squad_em"], ".2f"),
+            "1 / 1",
+            "",
+            "-",
+        ]
+    )
     for r in results["checkpoints"]:
-        rows.append([r["model"] + (" *" if r["model"] == results["chosen"]["model"] else ""), str(r["step"]),
-                     _num(r["train_loss"], ".4f"), _pct(r["accuracy_strict"]), _pct(r["accuracy_tolerant"]),
-                     _num(r["squad_f1"], ".2f"), _num(r["squad_em"], ".2f"),
-                     f"{_num(r['retention_f1'], '.3f')} / {_num(r['retention_em'], '.3f')}",
-                     {True: "pass", False: "FAIL", None: "not measured"}[r["passes_retention"]], f"{r['score']:.4f}"])
+        rows.append(
+            [
+                r["model"] + (" *" if r["model"] == results["chosen"]["model"] else ""),
+                str(r["step"]),
+                _num(r["train_loss"], ".4f"),
+                _pct(r["accuracy_strict"]),
+                _pct(r["accuracy_tolerant"]),
+                _num(r["squad_f1"], ".2f"),
+                _num(r["squad_em"], ".2f"),
+                f"{_num(r['retention_f1'], '.3f')} / {_num(r['retention_em'], '.3f')}",
+                {True: "pass", False: "FAIL", None: "not measured"}[r["passes_retention"]],
+                f"{r['score']:.4f}",
+            ]
+        )
     return rows
 
 
 def expected_ratio_lines(results: dict) -> list[str]:
     """tiny: LoRA r=8 on wq and wv; the contest has no nominal total for it."""
-    return [f"trainable = LoRA r=8 on wq, wv = {results['trainable_params']:,} parameters",
-            f"exact ratio = {results['trainable_params']:,} / {results['total_params']:,} = {results['ratio']:.9f}"]
+    return [
+        f"trainable = LoRA r=8 on wq, wv = {results['trainable_params']:,} parameters",
+        f"exact ratio = {results['trainable_params']:,} / {results['total_params']:,} = {results['ratio']:.9f}",
+    ]
 
 
 def expected_verdict(results: dict) -> tuple[str, bool]:
     passing = sum(r["passes_retention"] is True for r in results["checkpoints"])
     n = len(results["checkpoints"])
-    return (f"SQuAD retention measured: {passing} of {n} checkpoints pass (F1 and EM >= 90% of base)"
-            + ("; NONE is valid under the contest rule" if not passing else ""), not passing)
+    return (
+        f"SQuAD retention measured: {passing} of {n} checkpoints pass (F1 and EM >= 90% of base)"
+        + ("; NONE is valid under the contest rule" if not passing else ""),
+        not passing,
+    )
 
 
 def test_selfcheck_table_and_ratio_come_from_results(bundled_with_worker_logs):
@@ -756,9 +897,15 @@ def test_selfcheck_png_shows_the_table_ratio_verdict_and_log_tail(bundled_with_w
     sub = bundled_with_worker_logs["sub"]
     results = json.loads((sub / "results.json").read_text())
     name, tail = training_log_tail(bundled_with_worker_logs["run_dir"])
-    assert name == "logs/train/msrun/worker_0.log"     # the first worker's msrun log (WORKER_LOGS above)
-    fig = selfcheck.figure(results=results, rank=8, commit=results["code"]["commit"], code_note=results["code"]["note"],
-                           log_name=name, log_tail=tail)
+    assert name == "logs/train/msrun/worker_0.log"  # the first worker's msrun log (WORKER_LOGS above)
+    fig = selfcheck.figure(
+        results=results,
+        rank=8,
+        commit=results["code"]["commit"],
+        code_note=results["code"]["note"],
+        log_name=name,
+        log_tail=tail,
+    )
     ax = fig.axes[0]
     lines = [t.get_text() for t in ax.texts]
     assert lines[0] == "tunebox self-check: tiny"
@@ -766,7 +913,7 @@ def test_selfcheck_png_shows_the_table_ratio_verdict_and_log_tail(bundled_with_w
     table = expected_table(results)
     assert [[cells[r, c].get_text().get_text() for c in range(len(table[0]))] for r in range(len(table))] == table
     joined = " ".join(lines)
-    for line in expected_ratio_lines(results):                  # wrapped over lines: joined, the same text
+    for line in expected_ratio_lines(results):  # wrapped over lines: joined, the same text
         assert line in joined
     verdict, warn = expected_verdict(results)
     shown = [t for t in ax.texts if t.get_text() and verdict.startswith(t.get_text())]
@@ -793,7 +940,7 @@ def test_verify_refuses_a_selfcheck_of_other_results(bundled_with_worker_logs, t
     sub = copy_submission(bundled_with_worker_logs["sub"], tmp_path)
     other = tmp_path / "other.png"
     Image.new("RGB", (50, 50), "white").save(other)
-    shutil.copyfile(other, sub / selfcheck.FILE)              # a picture, but not bundle's
+    shutil.copyfile(other, sub / selfcheck.FILE)  # a picture, but not bundle's
     rewrite_sums(sub)
     code, fails = verify_here(sub, capsys)
     assert code == 1 and any("not a PNG written by bundle" in f for f in fails)

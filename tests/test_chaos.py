@@ -10,6 +10,7 @@ $TUNEBOX_TEST_KILL_POINT names the point it has reached (tunebox/chaos.py). Trai
 steps with a full checkpoint every 9 steps, so step 27 (the epoch boundary) has one, and dropout is off
 so a resumed run computes the same losses.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,38 +38,60 @@ TOTAL_STEPS = 54  # 2 epochs x 27 batches of 4 (prep keeps 109 rows)
 # undisturbed: it must exit 0 with the uninterrupted run's result. Together they hold every point the
 # issue names. "retrains": the model is trained in more than one session, so values are compared, not bytes.
 SCENARIOS = {
-    "in-weights-prep-train": dict(points=[
-        "weights.building",       # inside weights: the model dir half built (a cache of its own)
-        "prep.writing",           # inside prep: its outputs half written
-        "train.step-3",           # train early: before the first full checkpoint
-        "train.step-13",          # train mid-epoch: the rerun resumes from step 9
-        "train.step-27",          # on the epoch boundary, before its checkpoint: resumes from step 18
-        "train.step-29",          # past the epoch boundary: resumes from the checkpoint of step 27
-        "train.before-manifest",  # after the last step, before train's manifest
-    ], sig="KILL", retrains=True, own_cache=True),
-    "between-jobs-merge-evaluate-bundle": dict(points=[
-        "train.finished",           # between jobs: train done, merge not started
-        "merge.mid-checkpoint",     # merge inside a merged checkpoint
-        "evaluate.between-models",  # evaluate after the base model, before the first checkpoint
-        "bundle.writing",           # bundle: the submission half written
-    ], sig="KILL", retrains=False, own_cache=False),
+    "in-weights-prep-train": dict(
+        points=[
+            "weights.building",  # inside weights: the model dir half built (a cache of its own)
+            "prep.writing",  # inside prep: its outputs half written
+            "train.step-3",  # train early: before the first full checkpoint
+            "train.step-13",  # train mid-epoch: the rerun resumes from step 9
+            "train.step-27",  # on the epoch boundary, before its checkpoint: resumes from step 18
+            "train.step-29",  # past the epoch boundary: resumes from the checkpoint of step 27
+            "train.before-manifest",  # after the last step, before train's manifest
+        ],
+        sig="KILL",
+        retrains=True,
+        own_cache=True,
+    ),
+    "between-jobs-merge-evaluate-bundle": dict(
+        points=[
+            "train.finished",  # between jobs: train done, merge not started
+            "merge.mid-checkpoint",  # merge inside a merged checkpoint
+            "evaluate.between-models",  # evaluate after the base model, before the first checkpoint
+            "bundle.writing",  # bundle: the submission half written
+        ],
+        sig="KILL",
+        retrains=False,
+        own_cache=False,
+    ),
     "ctrl-c-in-train": dict(points=["train.step-13"], sig="INT", retrains=True, own_cache=False),
 }
 HALF_WRITTEN = re.compile(r"(\.tmp$|\.partial\.|^\..*\.part)")
 
 
-def pipeline(runs: Path, cache: Path, cwd: Path, *extra: str, kill_point: str = "", sig: str = "KILL",
-             timeout: float = 900) -> tuple[subprocess.CompletedProcess, float]:
-    cmd = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "pipeline", "--config", str(TINY_RECIPE),
-           "--set", f"runs_dir={runs}"] + sum((["--set", s] for s in RUN + list(extra)), [])
+def pipeline(
+    runs: Path, cache: Path, cwd: Path, *extra: str, kill_point: str = "", sig: str = "KILL", timeout: float = 900
+) -> tuple[subprocess.CompletedProcess, float]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "invoke",
+        "--search-root",
+        str(REPO),
+        "pipeline",
+        "--config",
+        str(TINY_RECIPE),
+        "--set",
+        f"runs_dir={runs}",
+    ] + sum((["--set", s] for s in RUN + list(extra)), [])
     env = job_env(cache)
     env.pop("TUNEBOX_TEST_KILL_POINT", None)
     if kill_point:
         env.update(TUNEBOX_TEST_KILL_POINT=kill_point, TUNEBOX_TEST_KILL_SIGNAL=sig)
     started = time.time()
     # a session of its own: the job kills this whole group (invoke and the job), as kill -9 on a terminal would
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -83,13 +106,16 @@ def merged_arrays(run_dir: Path, cache: Path) -> dict:
     index = json.loads((run_dir / "merge" / "index.json").read_text())
     files = {c["step"]: str(run_dir / "merge" / c["file"]) for c in index["checkpoints"]}
     out = run_dir.parent / f"{run_dir.name}-merged.npz"
-    code = ("import sys, json, numpy as np, mindspore as ms\n"
-            "files = json.loads(sys.argv[1]); arrays = {}\n"
-            "for step, f in files.items():\n"
-            "    for k, v in ms.load_checkpoint(f).items(): arrays[f'{step}/{k}'] = v.asnumpy()\n"
-            "np.savez(sys.argv[2], **arrays)")
-    subprocess.run([sys.executable, "-c", code, json.dumps(files), str(out)], check=True, capture_output=True,
-                   env=job_env(cache))
+    code = (
+        "import sys, json, numpy as np, mindspore as ms\n"
+        "files = json.loads(sys.argv[1]); arrays = {}\n"
+        "for step, f in files.items():\n"
+        "    for k, v in ms.load_checkpoint(f).items(): arrays[f'{step}/{k}'] = v.asnumpy()\n"
+        "np.savez(sys.argv[2], **arrays)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, json.dumps(files), str(out)], check=True, capture_output=True, env=job_env(cache)
+    )
     return dict(np.load(out))
 
 
@@ -98,6 +124,7 @@ VOLATILE = {"seconds", "cpu_seconds", "checkpoint", "plots"}
 
 def report_values(run_dir: Path) -> dict:
     """report.json without timings and paths (they differ between any two runs)."""
+
     def clean(v):
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items() if k not in VOLATILE}
@@ -106,6 +133,7 @@ def report_values(run_dir: Path) -> dict:
         if isinstance(v, str):
             return v.replace(str(run_dir), "RUN")
         return v
+
     return clean(json.loads((run_dir / "evaluate" / "report.json").read_text()))
 
 
@@ -140,8 +168,13 @@ def reference(tmp_path_factory, tiny_cache) -> dict:
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and "weights" not in p.parts}
     again, seconds = pipeline(work / "runs", tiny_cache, work)
     assert again.returncode == 0, again.stdout[-6000:]
-    return {"run_dir": run_dir, "rerun": again, "rerun_seconds": seconds, "before": before,
-            "merged": merged_arrays(run_dir, tiny_cache)}
+    return {
+        "run_dir": run_dir,
+        "rerun": again,
+        "rerun_seconds": seconds,
+        "before": before,
+        "merged": merged_arrays(run_dir, tiny_cache),
+    }
 
 
 def test_rerun_of_a_finished_pipeline_skips_every_job(reference):
@@ -151,14 +184,18 @@ def test_rerun_of_a_finished_pipeline_skips_every_job(reference):
     # how long the skipping takes is a figure, not a test: docs/BENCHMARKS.md, "Rerun of a finished run"
     print(f"rerun of the finished tiny pipeline: {reference['rerun_seconds']:.1f} s")
     run_dir = reference["run_dir"]
-    changed = [str(p) for p, t in reference["before"].items()
-               if not p.exists() or p.stat().st_mtime_ns != t and p.name != layout.RECORD.name]
+    changed = [
+        str(p)
+        for p, t in reference["before"].items()
+        if not p.exists() or p.stat().st_mtime_ns != t and p.name != layout.RECORD.name
+    ]
     assert not changed, f"the rerun rewrote {changed}"
     assert [r["step"] for r in read_jsonl(run_dir / "train" / "loss.jsonl")] == list(range(1, TOTAL_STEPS + 1))
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS), ids=[f"{k}:{'>'.join(v['points'])}:{v['sig']}"
-                                                       for k, v in SCENARIOS.items()])
+@pytest.mark.parametrize(
+    "scenario", list(SCENARIOS), ids=[f"{k}:{'>'.join(v['points'])}:{v['sig']}" for k, v in SCENARIOS.items()]
+)
 def test_kill_anywhere_then_the_same_command_finishes_the_same_run(tmp_path, tiny_cache, reference, scenario):
     points, sig, retrains = SCENARIOS[scenario]["points"], SCENARIOS[scenario]["sig"], SCENARIOS[scenario]["retrains"]
     # weights is killed while it builds the model: that needs a cache without one
@@ -187,8 +224,10 @@ def test_kill_anywhere_then_the_same_command_finishes_the_same_run(tmp_path, tin
     ref_sums, got_sums = sums(ref), sums(run_dir)
     events = re.compile(r"^logs/train/tensorboard/rank_0/events\.out\.tfevents\.")  # named by time: one a session
     assert any(events.match(k) for k in got_sums)
+
     def names(d):
         return {k for k in d if not events.match(k)}
+
     assert names(got_sums) == names(ref_sums), sorted(names(got_sums) ^ names(ref_sums))
     ckpts = sorted(k for k in ref_sums if k.endswith(".ckpt"))
     assert len(ckpts) == 5
@@ -232,8 +271,18 @@ def test_a_killed_launcher_takes_its_msrun_workers_along(tmp_path, tiny_cache):
         port = s.getsockname()[1]
     runs = tmp_path / "runs"
     extra = ["train.workers=2", f"train.master_port={port}"]
-    cmd = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "pipeline", "--config", str(TINY_RECIPE),
-           "--set", f"runs_dir={runs}"] + sum((["--set", s] for s in RUN + extra), [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "invoke",
+        "--search-root",
+        str(REPO),
+        "pipeline",
+        "--config",
+        str(TINY_RECIPE),
+        "--set",
+        f"runs_dir={runs}",
+    ] + sum((["--set", s] for s in RUN + extra), [])
     loss = runs / "tiny" / "train" / "loss.jsonl"
     proc = start_until_lines(cmd, tmp_path, job_env(tiny_cache), loss, 5, timeout=900)
     assert proc.poll() is None, "the pipeline ended before it could be killed"

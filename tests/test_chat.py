@@ -1,6 +1,7 @@
 """invoke chat: a checkpoint's answer to a question, one-shot or one per stdin line, is the answer evaluate
 recorded for the same held-out problem (predictions.jsonl, same step, same new-token cap): the recipe's
 template, the checkpoint evaluate chose by default, the stop tokens, the decoder."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,25 @@ from conftest import TINY_RECIPE, job_env, read_jsonl
 
 
 def chat(tiny_run, *args: str, stdin: str = "", runs: Path | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "jobs.chat", "--config", str(TINY_RECIPE), "--set",
-           f"runs_dir={runs or tiny_run['runs']}", *args]
-    proc = subprocess.run(cmd, cwd=tiny_run["work"], env=job_env(tiny_run["cache"]), input=stdin,
-                          capture_output=True, text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.chat",
+        "--config",
+        str(TINY_RECIPE),
+        "--set",
+        f"runs_dir={runs or tiny_run['runs']}",
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=tiny_run["work"],
+        env=job_env(tiny_run["cache"]),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -36,8 +52,9 @@ def test_one_shot_is_evaluates_answer(tiny_run):
     run = tiny_run["run_dir"]
     step = first_step(run)
     for row in predictions(run, f"step-{step:06d}")[:3]:
-        out = chat(tiny_run, "--step", str(step), "--max-new-tokens", str(row["max_new_tokens"]),
-                   "--prompt", row["prompt"])
+        out = chat(
+            tiny_run, "--step", str(step), "--max-new-tokens", str(row["max_new_tokens"]), "--prompt", row["prompt"]
+        )
         assert out.stdout == row["answer"] + "\n"
 
 
@@ -69,6 +86,14 @@ def test_without_merge_the_lora_is_folded_in_memory(tiny_run, tmp_path):
     shutil.copytree(run, copy, ignore=lambda d, names: ["merge"] if Path(d) == run else [])
     step = first_step(run)
     row = predictions(run, f"step-{step:06d}")[0]
-    out = chat(tiny_run, "--step", str(step), "--max-new-tokens", str(row["max_new_tokens"]), "--prompt", row["prompt"],
-               runs=tmp_path / "runs")
+    out = chat(
+        tiny_run,
+        "--step",
+        str(step),
+        "--max-new-tokens",
+        str(row["max_new_tokens"]),
+        "--prompt",
+        row["prompt"],
+        runs=tmp_path / "runs",
+    )
     assert not (copy / "merge").exists() and out.stdout == row["answer"] + "\n"

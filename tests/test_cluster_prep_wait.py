@@ -7,6 +7,7 @@ The pipeline entry (images/pipeline.sh) runs under the Indexed Job's and under H
 variables; `msrun` is a stand-in that starts the real jobs/train_worker.py as msrun would (one
 worker), stopped right after prepare() returns (no cluster forms here). prep really runs meanwhile.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,10 +47,22 @@ PY
 # Rank 1 of 2 nodes: what the Indexed Job sets (k8s/overlays/multi-node) and what ascend-operator
 # sets (pkg/controllers/v1/env.go, setMindSporeEnv).
 ENVIRONMENTS = {
-    "indexed": {"MS_WORKER_NUM": "8", "MS_SCHED_HOST": "localhost", "MS_SCHED_PORT": "8118",
-                "JOB_COMPLETION_INDEX": "1", "TUNEBOX_LOCAL_WORKERS": "4"},
-    "operator": {"MS_ROLE": "MS_WORKER", "MS_NODE_RANK": "1", "MS_SCHED_HOST": "localhost", "MS_SCHED_PORT": "2222",
-                 "MS_WORKER_NUM": "8", "MS_LOCAL_WORKER": "4", "MS_SERVER_NUM": "0"},
+    "indexed": {
+        "MS_WORKER_NUM": "8",
+        "MS_SCHED_HOST": "localhost",
+        "MS_SCHED_PORT": "8118",
+        "JOB_COMPLETION_INDEX": "1",
+        "TUNEBOX_LOCAL_WORKERS": "4",
+    },
+    "operator": {
+        "MS_ROLE": "MS_WORKER",
+        "MS_NODE_RANK": "1",
+        "MS_SCHED_HOST": "localhost",
+        "MS_SCHED_PORT": "2222",
+        "MS_WORKER_NUM": "8",
+        "MS_LOCAL_WORKER": "4",
+        "MS_SERVER_NUM": "0",
+    },
 }
 
 
@@ -59,13 +72,34 @@ def start_pipeline(tmp_path: Path, cache: Path, cluster: dict, runs: Path, extra
     shim = bin_dir / "msrun"
     shim.write_text(MSRUN, encoding="utf-8")
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
-    env = {**job_env(cache), **cluster, "TUNEBOX_STEPS": "train", "SHIM_LOG": str(tmp_path / "calls.log"),
-           "REPO": str(REPO), "PYTHON": sys.executable, "TUNEBOX_CLUSTER_TIMEOUT": "5",
-           "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin",
-           **(extra_env or {})}
-    return subprocess.Popen(["sh", str(REPO / "images" / "pipeline.sh"), "--config", str(TINY_RECIPE),
-                             "--set", f"runs_dir={runs}", "--set", "train.batch_size=8"],
-                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **job_env(cache),
+        **cluster,
+        "TUNEBOX_STEPS": "train",
+        "SHIM_LOG": str(tmp_path / "calls.log"),
+        "REPO": str(REPO),
+        "PYTHON": sys.executable,
+        "TUNEBOX_CLUSTER_TIMEOUT": "5",
+        "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin",
+        **(extra_env or {}),
+    }
+    return subprocess.Popen(
+        [
+            "sh",
+            str(REPO / "images" / "pipeline.sh"),
+            "--config",
+            str(TINY_RECIPE),
+            "--set",
+            f"runs_dir={runs}",
+            "--set",
+            "train.batch_size=8",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("where", sorted(ENVIRONMENTS))
@@ -84,7 +118,7 @@ def test_a_rank_on_another_node_waits_for_prep_then_prepares(tmp_path, tiny_cach
         assert worker.poll() is None, "the rank ended before prep ran:\n" + "".join(seen)
         assert str(runs / "tiny" / "prep" / "manifest.json") in seen[-1]
         assert not (runs / "tiny" / "prep").exists()
-        time.sleep(6)                                   # beyond TUNEBOX_CLUSTER_TIMEOUT: still waiting
+        time.sleep(6)  # beyond TUNEBOX_CLUSTER_TIMEOUT: still waiting
         assert worker.poll() is None, "".join(seen)
         # prep runs now (the first node's step), while the rank waits
         run_job("prep", TINY_RECIPE, tiny_cache, tmp_path, f"runs_dir={runs}")
@@ -116,14 +150,19 @@ def test_prep_timeout_must_outlast_the_hccl_timeout():
         load_spec(TINY_RECIPE, ["cluster.prep_timeout=600", "cluster.hccl_connect_timeout=1200"])
 
 
-@pytest.mark.parametrize("overlay, sets", [("multi-node", ["train.workers=8", "train.batch_size=8"]),
-                                           ("ascend-job", ["train.workers=16", "train.batch_size=16"])])
+@pytest.mark.parametrize(
+    "overlay, sets",
+    [
+        ("multi-node", ["train.workers=8", "train.batch_size=8"]),
+        ("ascend-job", ["train.workers=16", "train.batch_size=16"]),
+    ],
+)
 def test_render_refuses_a_prep_wait_shorter_than_the_cluster_timeout(overlay, sets):
     """The overlays give msrun TUNEBOX_CLUSTER_TIMEOUT=3600 s; the prep wait must outlast it."""
 
     if find_kubectl() is None:
         cannot_run("kubectl is not installed: it renders the manifests (pip install -e '.[test]')")
 
-    render(TINY_RECIPE, overlay, overrides=sets)                      # the default, 10800 s, renders
+    render(TINY_RECIPE, overlay, overrides=sets)  # the default, 10800 s, renders
     with pytest.raises(InputError, match=r"cluster\.prep_timeout \(3000 s\) must be longer than .*3600 s"):
         render(TINY_RECIPE, overlay, overrides=sets + ["cluster.prep_timeout=3000"])

@@ -7,6 +7,7 @@ start). The same command, without --fresh, must then exit 0: train resumes from 
 in the volume, and the jobs after it run. The submission it leaves passes verify inside the image, and
 loss.jsonl holds every planned step exactly once. A third run skips every job.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,13 +22,18 @@ import pytest
 from conftest import REPO, TINY_RECIPE, cannot_run, docker_engine, docker_image
 
 IMAGE = "tunebox:cpu-ms2.9"
-PROJECT = "tunebox"         # images/compose_up.PROJECT
-RUN_ID = "tiny"             # recipes/tiny.yaml's run_id
+PROJECT = "tunebox"  # images/compose_up.PROJECT
+RUN_ID = "tiny"  # recipes/tiny.yaml's run_id
 
 
 def compose_up(*extra: str, timeout: float = 1800) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "images.compose_up", "--config", str(TINY_RECIPE), *extra],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "images.compose_up", "--config", str(TINY_RECIPE), *extra],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def volume_folder(client) -> Path:
@@ -52,8 +58,12 @@ def loss_steps(run: Path) -> list[int]:
 
 
 def train_container(client):
-    found = client.containers.list(filters={"label": [f"com.docker.compose.project={PROJECT}",
-                                                      "com.docker.compose.service=train"], "status": "running"})
+    found = client.containers.list(
+        filters={
+            "label": [f"com.docker.compose.project={PROJECT}", "com.docker.compose.service=train"],
+            "status": "running",
+        }
+    )
     return found[0] if found else None
 
 
@@ -75,7 +85,7 @@ def test_compose_after_a_killed_train_container_finishes_the_run():
         steps = loss_steps(run) if container else []
         # past the first full checkpoint (the recipe's train.save_state_every: 5), well before the last step
         if container and len(steps) >= 6:
-            container.kill()                 # SIGKILL, from outside
+            container.kill()  # SIGKILL, from outside
             killed_at = steps[-1]
             break
         time.sleep(0.02)
@@ -95,9 +105,13 @@ def test_compose_after_a_killed_train_container_finishes_the_run():
     assert 0 < summary["resumed_from_step"] <= stopped_at, (summary["resumed_from_step"], stopped_at)
     index = json.loads(index_path.read_text())
     steps = loss_steps(run)
-    assert steps == list(range(1, index["total_steps"] + 1)), steps       # no step repeated, skipped or added
-    verify = client.containers.run(IMAGE, command=["python", "-m", "jobs.verify", f"/data/runs/{RUN_ID}/submission"],
-                                   detach=True, volumes={"tunebox-data": {"bind": "/data", "mode": "rw"}})
+    assert steps == list(range(1, index["total_steps"] + 1)), steps  # no step repeated, skipped or added
+    verify = client.containers.run(
+        IMAGE,
+        command=["python", "-m", "jobs.verify", f"/data/runs/{RUN_ID}/submission"],
+        detach=True,
+        volumes={"tunebox-data": {"bind": "/data", "mode": "rw"}},
+    )
     try:
         status = verify.wait(timeout=900)["StatusCode"]
         log = verify.logs().decode("utf-8", "replace")

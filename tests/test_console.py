@@ -7,6 +7,7 @@ Mutants tried (each fails test_train_console_is_tunebox_own_lines):
   - quiet_mindformers_console does not replace base_trainer.pprint (the config dump comes back)
   - TUNEBOX_MF_CONSOLE_LEVEL default back to WARNING (MindFormers' 35 warnings come back)
 """
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,10 @@ from tests.conftest import TINY_RECIPE, run_job
 
 # tunebox's own: its log lines (cli.setup_logging's format), its tqdm bars ("tokenize: 100%|...| 112/112 [00:06<00:00"),
 # its error lines
-TUNEBOX_LINE = re.compile(r"^(\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) tunebox\b|[\w .-]+: "
-                          r".*\[\d\d:\d\d[<,\]]|error: )")
+TUNEBOX_LINE = re.compile(
+    r"^(\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) tunebox\b|[\w .-]+: "
+    r".*\[\d\d:\d\d[<,\]]|error: )"
+)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 stage scores reproduce the contest's published numbers, retention is tuned >= 90% of base on F1 and
 EM (exactly, at the threshold too), and the checkpoint choice: best score among checkpoints that
 do not fail retention, later step on ties, none when every one fails."""
+
 from __future__ import annotations
 
 import math
@@ -24,6 +25,7 @@ from tunebox.model.registry import get_model_shape
 # Parameter ratio, scores, retention
 # ---------------------------------------------------------------------------------------------
 
+
 def test_llama3_lora_ratio_golden():
     shape = get_model_shape("llama3-8b")
     trainable, total = shape.lora_params(8, "wq|wv"), shape.total_params()
@@ -33,8 +35,10 @@ def test_llama3_lora_ratio_golden():
     assert round(contest_param_ratio(trainable, "llama3-8b"), 9) == 0.000424393
 
 
-@pytest.mark.parametrize("rank, published", [(4, 0.000212196), (8, 0.000424393), (12, 0.000636589),
-                                              (16, 0.000848785), (32, 0.00169757), (128, 0.00679028)])
+@pytest.mark.parametrize(
+    "rank, published",
+    [(4, 0.000212196), (8, 0.000424393), (12, 0.000636589), (16, 0.000848785), (32, 0.00169757), (128, 0.00679028)],
+)
 def test_published_stage1_ratios_come_from_the_nominal_total(rank, published):
     trainable = get_model_shape("llama3-8b").lora_params(rank, "wq|wv")
     digits = len(repr(published).split(".")[1])
@@ -47,9 +51,15 @@ def test_internlm_ratio_matches_a_stage2_report():
     assert contest_param_ratio(trainable, "internlm-7b") == pytest.approx(0.000572914082775577, rel=1e-12)
 
 
-@pytest.mark.parametrize("accuracy, ratio, published", [
-    (0.7161, 0.00679028, 0.799232916), (0.6400, 0.000424393, 0.747872682),
-    (0.4554, 0.000848785, 0.618525364), (0.2774, 0.000212196, 0.494116341)])
+@pytest.mark.parametrize(
+    "accuracy, ratio, published",
+    [
+        (0.7161, 0.00679028, 0.799232916),
+        (0.6400, 0.000424393, 0.747872682),
+        (0.4554, 0.000848785, 0.618525364),
+        (0.2774, 0.000212196, 0.494116341),
+    ],
+)
 def test_stage1_score_reproduces_the_published_table(accuracy, ratio, published):
     assert stage1_score(accuracy, ratio) == pytest.approx(published, abs=1e-9)
 
@@ -60,7 +70,7 @@ def test_score_formulas_on_hand_values():
     assert stage2_score(0.5, 0.001) == pytest.approx(0.99 * 0.3 + 0.35)
     assert stage2_score(0.4, 0.01) == pytest.approx(0.9 * 0.3 + 0.28)
     with pytest.raises(ValueError):
-        stage1_score(64, 0.0004)       # accuracy in percent is a caller error
+        stage1_score(64, 0.0004)  # accuracy in percent is a caller error
     with pytest.raises(ValueError):
         param_ratio(10, 0)
 
@@ -69,7 +79,7 @@ def test_retention():
     base = {"f1": 60.0, "em": 44.0}
     assert retention(54.0, 60.0) == pytest.approx(0.9)
     assert retention_verdict({"f1": 54.0, "em": 39.6}, base)["passes"] is True
-    low_em = retention_verdict({"f1": 70.0, "em": 39.5}, base)       # EM below 90% fails alone
+    low_em = retention_verdict({"f1": 70.0, "em": 39.5}, base)  # EM below 90% fails alone
     assert low_em["passes"] is False and low_em["failed"] == ["em"]
     assert low_em["shortfall"] == "EM 39.50 vs base 44.00 = 0.898 < 0.90"
     half = retention_verdict({"f1": 30.0, "em": 44.0}, base, threshold=0.5)
@@ -92,11 +102,11 @@ def test_retention_at_exactly_90_percent_passes_however_floats_round(tuned, base
 
 def test_retention_edges_base_zero_and_unmeasured():
     at_threshold = retention_verdict({"f1": 54.0, "em": 36.0}, {"f1": 60.0, "em": 40.0})
-    assert at_threshold["passes"] and not at_threshold["failed"]        # exactly 90% keeps validity
+    assert at_threshold["passes"] and not at_threshold["failed"]  # exactly 90% keeps validity
     below = retention_verdict({"f1": 53.9, "em": 36.0}, {"f1": 60.0, "em": 40.0})
     assert not below["passes"] and below["failed"] == ["f1"]
     zero_base = retention_verdict({"f1": 0.0, "em": 0.0}, {"f1": 0.0, "em": 0.0})
-    assert zero_base["passes"] is True and zero_base["f1"] is None      # 0 >= 0.9 * 0: the rule holds
+    assert zero_base["passes"] is True and zero_base["f1"] is None  # 0 >= 0.9 * 0: the rule holds
     for tuned, base in ((None, {"f1": 1.0, "em": 1.0}), ({"f1": 1.0, "em": 1.0}, None)):
         unknown = retention_verdict(tuned, base)
         assert unknown["passes"] is None and unknown["measured"] is False
@@ -112,11 +122,17 @@ def test_stage_score_picks_the_stage_formula_and_passes_missing_accuracy_through
 
 # ---- the choice ----------------------------------------------------------------------------------
 
+
 def _cand(model: str, step: int, acc: float, passes) -> dict:
     # the score is the accuracy here: the choice only orders scores, it never computes one
     shortfall = "" if passes is not False else "F1 40.00 vs base 60.00 = 0.667 < 0.90"
-    return {"model": model, "step": step, "score": acc, "accuracy_strict": acc,
-            "retention": {"passes": passes, "shortfall": shortfall}}
+    return {
+        "model": model,
+        "step": step,
+        "score": acc,
+        "accuracy_strict": acc,
+        "retention": {"passes": passes, "shortfall": shortfall},
+    }
 
 
 def test_choice_takes_the_best_score_among_retention_passes():
@@ -127,7 +143,8 @@ def test_choice_takes_the_best_score_among_retention_passes():
     assert choice["verdicts"] == {
         "a": "failed retention: F1 40.00 vs base 60.00 = 0.667 < 0.90 (its score 0.9000 is higher than the chosen "
         "one's)",
-        "c": "lower score: 0.5000 < 0.6000 (strict accuracy 0.500 vs 0.600)"}
+        "c": "lower score: 0.5000 < 0.6000 (strict accuracy 0.500 vs 0.600)",
+    }
 
 
 def test_choice_when_none_passes_is_none_and_says_so():

@@ -4,6 +4,7 @@ and accepts, read from r1.1's source (tunebox/contest/mindformers_r1.1.json, wri
 `python -m tunebox.contest.mindformers_names` from mindspore-lab/mindformers at the commit it records).
 The checks here are the test's own: class names against r1.1's registry, config keys against the config
 class's __init__ parameters and the keys r1.1's PretrainedConfig/GenerationConfig take, no auto_register."""
+
 from __future__ import annotations
 
 import json
@@ -35,29 +36,43 @@ def r11_problems(cfg: dict) -> list[str]:
         elif isinstance(node, list):
             for i, v in enumerate(node):
                 walk(v, f"{where}[{i}]")
+
     walk(cfg, "")
     model_config, tokenizer = cfg["model"]["model_config"], cfg["processor"]["tokenizer"]
-    for kind, where, name in (("MODELS", "model.arch", cfg["model"]["arch"]["type"]),
-                              ("CONFIG", "model.model_config", model_config["type"]),
-                              ("TOKENIZER", "processor.tokenizer", tokenizer["type"]),
-                              ("PROCESSOR", "processor", cfg["processor"].get("type")),
-                              ("TRAINER", "trainer", cfg["trainer"]["type"])):
+    for kind, where, name in (
+        ("MODELS", "model.arch", cfg["model"]["arch"]["type"]),
+        ("CONFIG", "model.model_config", model_config["type"]),
+        ("TOKENIZER", "processor.tokenizer", tokenizer["type"]),
+        ("PROCESSOR", "processor", cfg["processor"].get("type")),
+        ("TRAINER", "trainer", cfg["trainer"]["type"]),
+    ):
         if name not in reg.get(kind, {}):
             out.append(f"{where}.type {name}: not a registered r1.1 {kind} class")
     accepted = set(params.get(model_config["type"], [])) | set(R11["config_kwargs"])
-    out += [f"model.model_config.{k}: not a parameter of r1.1's {model_config['type']}"
-            for k in model_config if k != "type" and k not in accepted]
+    out += [
+        f"model.model_config.{k}: not a parameter of r1.1's {model_config['type']}"
+        for k in model_config
+        if k != "type" and k not in accepted
+    ]
     accepted = set(params.get(tokenizer["type"], [])) | set(R11["special_tokens"])
-    out += [f"processor.tokenizer.{k}: not a parameter of r1.1's {tokenizer['type']}"
-            for k in tokenizer if k != "type" and k not in accepted]
+    out += [
+        f"processor.tokenizer.{k}: not a parameter of r1.1's {tokenizer['type']}"
+        for k in tokenizer
+        if k != "type" and k not in accepted
+    ]
     return out
 
 
 def contest_config(recipe: str) -> tuple[object, dict]:
     spec = load_spec(REPO / "recipes" / recipe)
-    return spec, render_contest_predict_config(spec, checkpoint="../checkpoints/step-000100/model.ckpt",
-                                               tokenizer_dir="../tokenizer", max_new_tokens=20,
-                                               special_tokens=TOKENS, stop_ids=[2, 4])
+    return spec, render_contest_predict_config(
+        spec,
+        checkpoint="../checkpoints/step-000100/model.ckpt",
+        tokenizer_dir="../tokenizer",
+        max_new_tokens=20,
+        special_tokens=TOKENS,
+        stop_ids=[2, 4],
+    )
 
 
 def test_the_names_come_from_r11_at_a_recorded_commit():
@@ -70,9 +85,18 @@ def test_the_names_come_from_r11_at_a_recorded_commit():
 def test_the_checker_catches_what_r11_lacks():
     """The MindFormers 1.9 file of stage 2 is what a judge on r1.1 must not get: the checker says why."""
     spec = load_spec(REPO / "recipes" / "stage2-internlm-7b.yaml")
-    problems = "\n".join(r11_problems(render_predict_config(
-        spec, checkpoint="x.ckpt", tokenizer_dir="../tokenizer", max_new_tokens=20, special_tokens=TOKENS,
-        stop_ids=[2])))
+    problems = "\n".join(
+        r11_problems(
+            render_predict_config(
+                spec,
+                checkpoint="x.ckpt",
+                tokenizer_dir="../tokenizer",
+                max_new_tokens=20,
+                special_tokens=TOKENS,
+                stop_ids=[2],
+            )
+        )
+    )
     assert "model.model_config.attn_proj_has_bias: not a parameter of r1.1's LlamaConfig" in problems
     assert "model.model_config.tie_word_embeddings" in problems
 
@@ -90,7 +114,7 @@ def test_stage2_predicts_with_the_contest_teams_internlm_classes():
     assert cfg["model"]["arch"]["type"] == "InternLMForCausalLM"
     assert cfg["model"]["model_config"]["type"] == "InternLMConfig"
     assert cfg["processor"]["tokenizer"]["type"] == "InternLMTokenizer"
-    assert cfg["model"]["model_config"]["has_bias"] is True     # wq/wk/wv/wo biases kept, not dropped
+    assert cfg["model"]["model_config"]["has_bias"] is True  # wq/wk/wv/wo biases kept, not dropped
 
 
 def test_stage1_predicts_with_the_contest_teams_llama3_classes():
@@ -106,8 +130,10 @@ def tiny_submission(tiny_bundle):
 
 def test_bundle_carries_both_and_each_says_which_mindformers(tiny_submission):
     folder = tiny_submission / "mindformers"
-    firsts = {name: (folder / name).read_text(encoding="utf-8").splitlines()[0]
-              for name in ("finetune.yaml", "predict.yaml", R11_FILE)}
+    firsts = {
+        name: (folder / name).read_text(encoding="utf-8").splitlines()[0]
+        for name in ("finetune.yaml", "predict.yaml", R11_FILE)
+    }
     assert firsts["finetune.yaml"].startswith("# MindFormers 1.9.0")
     assert firsts["predict.yaml"].startswith("# MindFormers 1.9.0")
     assert firsts[R11_FILE].startswith("# MindFormers r1.1 (v1.1.0)")
@@ -129,8 +155,11 @@ def test_mindformers_readme_launches_4_cards_and_predicts_with_the_training_prom
     assert "| predict_r1.1.yaml | r1.1 (v1.1.0), the contest's | 2.3.0rc2 |" in readme
     assert "| finetune.yaml | 1.9.0" in readme and "| predict.yaml | 1.9.0" in readme
     assert "model_parallel: 4" in readme
-    assert re.search(r"bash \$MF/scripts/msrun_launcher\.sh \\\n\s+\"\$MF/run_mindformer\.py --config finetune\.yaml "
-                     r"--run_mode finetune\" 4\n", readme), readme
+    assert re.search(
+        r"bash \$MF/scripts/msrun_launcher\.sh \\\n\s+\"\$MF/run_mindformer\.py --config finetune\.yaml "
+        r"--run_mode finetune\" 4\n",
+        readme,
+    ), readme
     m = re.search(r"--predict_data \$'((?:[^'\\]|\\.)*)'", readme)
     assert m, readme
     shown = re.sub(r"\\(.)", lambda e: {"n": "\n"}.get(e.group(1), e.group(1)), m.group(1))
@@ -138,8 +167,11 @@ def test_mindformers_readme_launches_4_cards_and_predicts_with_the_training_prom
     row = json.loads((tiny_submission / "logs/prep/heldout.jsonl").read_text(encoding="utf-8").splitlines()[0])
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
     want = env.from_string(config["chat_template"]).render(
-        messages=[{"role": "user", "content": row["prompt"]}], add_generation_prompt=True,
-        bos_token=config["bos_token"], eos_token=config["eos_token"])
+        messages=[{"role": "user", "content": row["prompt"]}],
+        add_generation_prompt=True,
+        bos_token=config["bos_token"],
+        eos_token=config["eos_token"],
+    )
     assert shown == want
 
 
@@ -166,16 +198,25 @@ def test_environment_lists_what_the_run_installs_on_top_of_the_contests_base(tin
 
 # The contest's list of what a submission carries (docs/CONTEST_RULES.md, "Submission contents": the README's
 # stage-2 item 6 and the guide's §1.5.7), written here, not read from the table under test.
-CONTEST_ITEMS = ("algorithm", "hyperparameters", "code", "five merged checkpoints", "training log", "retention log",
-                 "accuracy", "ratio", "self-check screenshots (log, accuracy, ratio)", "environment")
+CONTEST_ITEMS = (
+    "algorithm",
+    "hyperparameters",
+    "code",
+    "five merged checkpoints",
+    "training log",
+    "retention log",
+    "accuracy",
+    "ratio",
+    "self-check screenshots (log, accuracy, ratio)",
+    "environment",
+)
 
 
 def test_contest_rules_maps_every_submission_item_to_a_file_and_a_verify_check():
     import re
 
-
     text = (REPO / "docs/CONTEST_RULES.md").read_text(encoding="utf-8")
-    section = text[text.index("## Submission contents"):text.index("## Which checkpoint")]
+    section = text[text.index("## Submission contents") : text.index("## Which checkpoint")]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

@@ -1,6 +1,7 @@
 """tunebox's registered MindFormers model (tunebox/model/mf_extensions.py) changes how MindFormers' Llama
 computes, never what: the CPU broadcast patch and the answer-only LM head give the stock network's loss
 and every gradient, with prompt/pad labels (-100) in the batch."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,9 @@ from tunebox.training.plan import answer_capacity
 TINY = get_model_shape("tiny")
 VARIANTS = {
     "gqa-untied": TINY,
-    "internlm-biases-tied": with_overrides(TINY, n_kv_heads=TINY.num_heads, qkv_has_bias=True,
-                                           attn_proj_has_bias=True, tie_word_embeddings=True),
+    "internlm-biases-tied": with_overrides(
+        TINY, n_kv_heads=TINY.num_heads, qkv_has_bias=True, attn_proj_has_bias=True, tie_word_embeddings=True
+    ),
 }
 
 
@@ -36,8 +38,9 @@ def tiny_lora_net(ms, spec, seq: int, batch: int, seed: int, **tunebox):
 
         from tunebox.model.mf_extensions import TuneboxLlamaForCausalLM
 
-        net = TuneboxLlamaForCausalLM(LlamaConfig(**llama_config_kwargs(spec, seq_length=seq, batch_size=batch),
-                                                  **tunebox))
+        net = TuneboxLlamaForCausalLM(
+            LlamaConfig(**llama_config_kwargs(spec, seq_length=seq, batch_size=batch), **tunebox)
+        )
     else:
         net = mf.build_llama(spec, seq_length=seq, batch_size=batch)
     weights = np.random.default_rng(seed)
@@ -100,13 +103,16 @@ def test_answer_only_loss_equals_the_full_forward(mindformers_env, variant):
     labels = ids.copy()
     labels[:, :6] = -100
     labels[1, 10:] = -100
-    labels[2, 8] = -100        # a hole inside an answer: not counted
+    labels[2, 8] = -100  # a hole inside an answer: not counted
     counted = ((ids[:, :-1] != 0) & (labels[:, 1:] >= 0)).sum(axis=1)
     assert answer_capacity(ids, labels, 0) == min(-(-int(counted.max()) // 8) * 8, seq)
     results = {}
-    for name, keys in (("stock", {}), ("answer_only", {"tunebox_answer_capacity": int(counted.max()) + 2}),
-                       ("full_head", {"tunebox_answer_capacity": 0}),
-                       ("too_small", {"tunebox_answer_capacity": int(counted.max()) - 2})):
+    for name, keys in (
+        ("stock", {}),
+        ("answer_only", {"tunebox_answer_capacity": int(counted.max()) + 2}),
+        ("full_head", {"tunebox_answer_capacity": 0}),
+        ("too_small", {"tunebox_answer_capacity": int(counted.max()) - 2}),
+    ):
         net = tiny_lora_net(ms, spec, seq, batch, seed=2, **keys)
         results[name] = loss_and_grads(ms, net, net.trainable_params(), ids, labels)
     loss0, grads0 = results["stock"]

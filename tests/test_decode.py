@@ -1,4 +1,5 @@
 """The numpy decoder against MindFormers itself, and the cached batched path against the naive one."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,10 +16,17 @@ TINY = get_model_shape("tiny")
 VARIANTS = {
     "gqa-untied": TINY,
     "mha-tied-theta": with_overrides(TINY, n_kv_heads=TINY.num_heads, tie_word_embeddings=True, rope_theta=500000.0),
-    "internlm-biases-tied": with_overrides(TINY, n_kv_heads=TINY.num_heads, qkv_has_bias=True,
-                                           attn_proj_has_bias=True, tie_word_embeddings=True, rms_norm_eps=1e-6),
-    "internlm-biases-untied": with_overrides(TINY, n_kv_heads=TINY.num_heads, qkv_has_bias=True,
-                                             attn_proj_has_bias=True, tie_word_embeddings=False),
+    "internlm-biases-tied": with_overrides(
+        TINY,
+        n_kv_heads=TINY.num_heads,
+        qkv_has_bias=True,
+        attn_proj_has_bias=True,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+    ),
+    "internlm-biases-untied": with_overrides(
+        TINY, n_kv_heads=TINY.num_heads, qkv_has_bias=True, attn_proj_has_bias=True, tie_word_embeddings=False
+    ),
 }
 
 
@@ -102,27 +110,37 @@ def test_cached_batches_equal_no_cache_reference(variant):
     reference = generate_no_cache(model, prompts, max_new, stop_ids=[], progress=False)
     assert all(len(out) == max_new for out in reference)
     assert len({tuple(out) for out in reference}) > 1, "all rows decode alike: the comparison proves little"
-    cached = greedy_generate(model, prompts, max_new, stop_ids=[], pad_id=spec.pad_token_id,
-                             batch_size=3, progress=False)
+    cached = greedy_generate(
+        model, prompts, max_new, stop_ids=[], pad_id=spec.pad_token_id, batch_size=3, progress=False
+    )
     assert cached == reference
 
     # A stop token some rows produce mid-way and others never: those rows end early (stop
     # token not returned) while the rest of their batch decodes on.
     def truncated(outputs, stop):
-        return [out[:out.index(stop)] if stop in out else out for out in outputs]
+        return [out[: out.index(stop)] if stop in out else out for out in outputs]
 
-    stop = next(t for out in reference for t in out[1:]
-                if any(0 < len(o) < max_new for o in truncated(reference, t))
-                and any(len(o) == max_new for o in truncated(reference, t)))
+    stop = next(
+        t
+        for out in reference
+        for t in out[1:]
+        if any(0 < len(o) < max_new for o in truncated(reference, t))
+        and any(len(o) == max_new for o in truncated(reference, t))
+    )
     expected = truncated(reference, stop)
     assert generate_no_cache(model, prompts, max_new, stop_ids=[stop], progress=False) == expected
-    assert greedy_generate(model, prompts, max_new, stop_ids=[stop], pad_id=spec.pad_token_id,
-                           batch_size=4, progress=False) == expected
+    assert (
+        greedy_generate(
+            model, prompts, max_new, stop_ids=[stop], pad_id=spec.pad_token_id, batch_size=4, progress=False
+        )
+        == expected
+    )
 
     # Per-prompt limits, including none at all.
     limits = [0, 4, 10, 1, 7, 2, 10, 3]
-    per_prompt = greedy_generate(model, prompts, limits, stop_ids=[], pad_id=spec.pad_token_id,
-                                 batch_size=16, progress=False)
+    per_prompt = greedy_generate(
+        model, prompts, limits, stop_ids=[], pad_id=spec.pad_token_id, batch_size=16, progress=False
+    )
     assert per_prompt == [out[:m] for out, m in zip(reference, limits)]
 
 
@@ -135,14 +153,17 @@ def test_batches_keep_within_the_padded_token_budget(monkeypatch):
     rng = np.random.default_rng(7)
     lengths = [3, 40, 5, 4, 6, 2]
     prompts = [rng.integers(0, spec.vocab_size, size=n).tolist() for n in lengths]
-    whole = greedy_generate(model, prompts, 5, stop_ids=[], pad_id=spec.pad_token_id, batch_size=16,
-                            token_budget=10_000, progress=False)
+    whole = greedy_generate(
+        model, prompts, 5, stop_ids=[], pad_id=spec.pad_token_id, batch_size=16, token_budget=10_000, progress=False
+    )
     seen = []
     real = decode._generate_batch
-    monkeypatch.setattr(decode, "_generate_batch",
-                        lambda m, batch, *a: seen.append([len(p) for p in batch]) or real(m, batch, *a))
-    split = greedy_generate(model, prompts, 5, stop_ids=[], pad_id=spec.pad_token_id, batch_size=4,
-                            token_budget=24, progress=False)
+    monkeypatch.setattr(
+        decode, "_generate_batch", lambda m, batch, *a: seen.append([len(p) for p in batch]) or real(m, batch, *a)
+    )
+    split = greedy_generate(
+        model, prompts, 5, stop_ids=[], pad_id=spec.pad_token_id, batch_size=4, token_budget=24, progress=False
+    )
     assert split == whole
     assert seen == [[2, 3, 4, 5], [6], [40]]
 
@@ -165,11 +186,12 @@ def test_min_new_tokens_holds_back_the_stop_token():
     rng = np.random.default_rng(5)
     prompts = [rng.integers(0, spec.vocab_size, size=n).tolist() for n in (4, 9, 13)]
     free = greedy_generate(model, prompts, 6, stop_ids=[], pad_id=spec.pad_token_id, batch_size=3, progress=False)
-    stop = free[1][0]                       # row 1 would stop at once
+    stop = free[1][0]  # row 1 would stop at once
     plain = greedy_generate(model, prompts, 6, stop_ids=[stop], pad_id=spec.pad_token_id, batch_size=3, progress=False)
     assert plain[1] == []
-    held = greedy_generate(model, prompts, 6, stop_ids=[stop], pad_id=spec.pad_token_id, batch_size=3,
-                           progress=False, min_new_tokens=1)
+    held = greedy_generate(
+        model, prompts, 6, stop_ids=[stop], pad_id=spec.pad_token_id, batch_size=3, progress=False, min_new_tokens=1
+    )
     assert len(held[1]) >= 1 and held[1][0] != stop
     # rows that never met the stop token early are unchanged
     for i in (0, 2):

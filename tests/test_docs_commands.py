@@ -6,6 +6,7 @@ Commands are taken from fenced code blocks (lines starting `invoke ` or `$ invok
 code spans that start with `invoke `, and from YAML/shell comment lines (`#   invoke ...`). Placeholders
 are filled before parsing: `[--x]` (optional) keeps `--x`, `<...>`, `{...}` and `...` become a value.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,10 +22,17 @@ import tasks
 from tunebox.cli import job_parser
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = [REPO / "README.md", REPO / "docker-compose.yml", REPO / "Dockerfile", *sorted((REPO / "docs").glob("*.md")),
-           *sorted((REPO / "recipes").glob("*.yaml")),
-           *sorted((REPO / "k8s").rglob("*.yaml")), *sorted((REPO / "k8s").rglob("*.md")),
-           *sorted((REPO / "images").rglob("*.md")), *sorted((REPO / "images").rglob("*.sh"))]
+SOURCES = [
+    REPO / "README.md",
+    REPO / "docker-compose.yml",
+    REPO / "Dockerfile",
+    *sorted((REPO / "docs").glob("*.md")),
+    *sorted((REPO / "recipes").glob("*.yaml")),
+    *sorted((REPO / "k8s").rglob("*.yaml")),
+    *sorted((REPO / "k8s").rglob("*.md")),
+    *sorted((REPO / "images").rglob("*.md")),
+    *sorted((REPO / "images").rglob("*.sh")),
+]
 
 _INLINE = re.compile(r"`(invoke [^`]+)`")
 _COMMENT = re.compile(r"^\s*#\s*(invoke\s.*)$")
@@ -55,8 +63,8 @@ def to_argv(command: str) -> list[str]:
     """The command as argv without `invoke`: chained commands (&&, ;, |) cut, comments dropped,
     placeholders filled (see the module docstring)."""
     command = re.split(r"\s+(?:&&|;|\|\|)\s+|\s+#|\s{2,}\(", command)[0]
-    command = re.sub(r"\[(--?[^\]]+)\]", r"\1", command)          # [--rerun] -> --rerun
-    command = re.sub(r"<[^>]*>|\{[^}]*\}|\.\.\.", "X", command)   # <dir>, {stack}, ... -> a value
+    command = re.sub(r"\[(--?[^\]]+)\]", r"\1", command)  # [--rerun] -> --rerun
+    command = re.sub(r"<[^>]*>|\{[^}]*\}|\.\.\.", "X", command)  # <dir>, {stack}, ... -> a value
     return shlex.split(command)[1:]
 
 
@@ -101,7 +109,6 @@ def test_a_renamed_flag_fails():
 def _job_parser(name: str):
     import importlib
 
-
     module = importlib.import_module(f"jobs.{name}")
     parser = job_parser(name, module.__doc__)
     getattr(module, "_args", lambda p: None)(parser)
@@ -116,12 +123,15 @@ def test_every_job_task_takes_its_jobs_options_with_their_help():
     by_name = {t.name: t for t in tasks.ns.tasks.values()}
     for name in tasks.JOB_TASKS:
         parser = _job_parser(name)
-        wanted = {max(a.option_strings, key=len).lstrip("-").replace("-", "_"): a.help for a in parser._actions
-                  if a.option_strings and a.dest != "help"}
+        wanted = {
+            max(a.option_strings, key=len).lstrip("-").replace("-", "_"): a.help
+            for a in parser._actions
+            if a.option_strings and a.dest != "help"
+        }
         task = by_name[name]
         assert set(task.argspec(task.body).parameters) == set(wanted), name
         for param, text in wanted.items():
-            if param != "config":   # invoke's --config adds its default, the SmolLM2 recipe
+            if param != "config":  # invoke's --config adds its default, the SmolLM2 recipe
                 assert task.help[param].startswith(text.replace("%(default)s", "")[:40]), (name, param)
 
 
@@ -133,14 +143,19 @@ def test_a_job_task_passes_what_it_is_given_through(monkeypatch):
     ran = []
     monkeypatch.setattr(tasks, "_run_job", lambda name, argv: ran.append((name, argv)))
     parser = Parser(contexts=Collection.from_module(tasks).to_contexts())
-    for argv in (["export", "--format", "peft", "--step", "0", "--set", "a=1", "--set", "b=2"],
-                 ["train", "--render-only"], ["weights", "--config", "recipes/tiny.yaml"]):
+    for argv in (
+        ["export", "--format", "peft", "--step", "0", "--set", "a=1", "--set", "b=2"],
+        ["train", "--render-only"],
+        ["weights", "--config", "recipes/tiny.yaml"],
+    ):
         (ctx,) = parser.parse_argv(argv)
         task = tasks.ns.tasks[ctx.name]
         task.body(None, **{k.replace("-", "_"): v.value for k, v in ctx.args.items()})
     assert ran == [
-        ("export", ["--config", tasks.DEFAULT_CONFIG, "--set", "a=1", "--set", "b=2", "--format", "peft",
-                    "--step", "0"]),
+        (
+            "export",
+            ["--config", tasks.DEFAULT_CONFIG, "--set", "a=1", "--set", "b=2", "--format", "peft", "--step", "0"],
+        ),
         ("train", ["--config", tasks.DEFAULT_CONFIG, "--render-only"]),
         ("weights", ["--config", "recipes/tiny.yaml"]),
     ]

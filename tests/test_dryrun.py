@@ -11,6 +11,7 @@ ascend_dynamic_mem_adapter.cc, as in mindspore-ai/mindspore_test at 3c4161bbb214
 "\\nDevice MOC memory size: ...M" and so on). The record's prefix follows MindSpore's log format
 (level, module, pid, time, [file:line] function); its exact values are made up.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -32,21 +33,36 @@ PIPELINE = ["train.parallel.model_parallel=2", "train.parallel.pipeline_stage=2"
 
 
 def record(used: int, actual: int, ms: int = 59392, device: str = "MOC") -> str:
-    return ("[WARNING] ME(3051:281473223573536,MainProcess):2026-12-01-10:31:02.118.000 [mindformers/trainer/"
-            "base_trainer.py:1212] some earlier warning\n"
-            "[INFO] DEVICE(3051,ffff8a1c3120,python):2026-12-01-10:41:07.123.456 [mindspore/ccsrc/plugin/device/"
-            "ascend/hal/device/ascend_memory_adapter.cc:171] DeInitialize] Memory statistics:\n"
-            f"Device {device} memory size: 62432M\n"
-            f"MindSpore Used memory size: {ms}M\n"
-            "MindSpore memory base address: 0\n"
-            f"Used peak memory usage (without fragments): {used}M\n"
-            f"Actual peak memory usage (with fragments): {actual}M\n")
+    return (
+        "[WARNING] ME(3051:281473223573536,MainProcess):2026-12-01-10:31:02.118.000 [mindformers/trainer/"
+        "base_trainer.py:1212] some earlier warning\n"
+        "[INFO] DEVICE(3051,ffff8a1c3120,python):2026-12-01-10:41:07.123.456 [mindspore/ccsrc/plugin/device/"
+        "ascend/hal/device/ascend_memory_adapter.cc:171] DeInitialize] Memory statistics:\n"
+        f"Device {device} memory size: 62432M\n"
+        f"MindSpore Used memory size: {ms}M\n"
+        "MindSpore memory base address: 0\n"
+        f"Used peak memory usage (without fragments): {used}M\n"
+        f"Actual peak memory usage (with fragments): {actual}M\n"
+    )
 
 
-@pytest.mark.parametrize("sets, ranks", [([], [0]), (PIPELINE, [0, 2]),
-                                         (["train.workers=8", "train.batch_size=64", "train.parallel.model_parallel=2",
-                                           "train.parallel.pipeline_stage=4", "train.parallel.micro_batch_num=4"],
-                                          [0, 2, 4, 6])])
+@pytest.mark.parametrize(
+    "sets, ranks",
+    [
+        ([], [0]),
+        (PIPELINE, [0, 2]),
+        (
+            [
+                "train.workers=8",
+                "train.batch_size=64",
+                "train.parallel.model_parallel=2",
+                "train.parallel.pipeline_stage=4",
+                "train.parallel.micro_batch_num=4",
+            ],
+            [0, 2, 4, 6],
+        ),
+    ],
+)
 def test_one_simulated_rank_per_pipeline_stage_with_mindformers_variables(tmp_path, sets, ranks):
     spec = load_spec(STAGE1, sets)
     base = {"PATH": "/usr/bin", "MS_WORKER_NUM": "8", "MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "x", "KEEP": "1"}
@@ -56,9 +72,14 @@ def test_one_simulated_rank_per_pipeline_stage_with_mindformers_variables(tmp_pa
         assert stage_of == stage
         assert argv == [sys.executable, "-c", RANK_PROGRAM, str(tmp_path / "mindformers.yaml")]
         assert (env["MS_SIMULATION_LEVEL"], env["RANK_SIZE"], env["RANK_ID"], env["DEVICE_ID"], env["GLOG_v"]) == (
-            "1", str(spec.train.workers), str(rank), str(stage), "1")
+            "1",
+            str(spec.train.workers),
+            str(rank),
+            str(stage),
+            "1",
+        )
         assert env["KEEP"] == "1" and not {"MS_WORKER_NUM", "MS_ROLE", "MS_SCHED_HOST"} & set(env)
-        assert env["LOCAL_DEFAULT_PATH"] == str(tmp_path / "output")   # where build_context puts the strategy
+        assert env["LOCAL_DEFAULT_PATH"] == str(tmp_path / "output")  # where build_context puts the strategy
     assert "from tunebox.model.mf import run_mindformers" in RANK_PROGRAM and "resume=False" in RANK_PROGRAM
 
 
@@ -66,14 +87,19 @@ def test_one_simulated_rank_per_pipeline_stage_with_mindformers_variables(tmp_pa
 def test_the_ranks_run_the_runs_own_config_writing_only_under_dryrun(tmp_path, strategy_only):
     spec = load_spec(STAGE1, PIPELINE)
     train_dir, out = tmp_path / "run" / "train", tmp_path / "run" / "dryrun" / "output"
-    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
-                              seq_length=spec.data.seq_length,
-                              data_files=[tmp_path / "train.mindrecord"], out_dir=train_dir,
-                              plan=plan_steps(40 * spec.train.batch_size, spec.train),
-                              base_checkpoint=tmp_path / "base.ckpt",
-                              answer_capacity=24)
+    cfg = render_train_config(
+        get_model_shape(spec.model.name),
+        spec.train,
+        spec.lora,
+        seq_length=spec.data.seq_length,
+        data_files=[tmp_path / "train.mindrecord"],
+        out_dir=train_dir,
+        plan=plan_steps(40 * spec.train.batch_size, spec.train),
+        base_checkpoint=tmp_path / "base.ckpt",
+        answer_capacity=24,
+    )
     dry = dryrun_config(cfg, out, strategy_only)
-    assert str(train_dir) not in yaml.safe_dump(dry)          # nothing lands in the run's train folder
+    assert str(train_dir) not in yaml.safe_dump(dry)  # nothing lands in the run's train folder
     assert dry["output_dir"] == str(out)
     assert dry["parallel"]["strategy_ckpt_save_file"] == str(out / "strategy" / "ckpt_strategy.ckpt")
     assert dry["only_save_strategy"] is strategy_only
@@ -82,7 +108,7 @@ def test_the_ranks_run_the_runs_own_config_writing_only_under_dryrun(tmp_path, s
     # the topology and the model are the run's own
     for key in ("parallel_config", "model", "runner_config", "recompute_config", "context"):
         assert dry[key] == cfg[key]
-    assert cfg["output_dir"] == str(train_dir)                # the rendered config is left as it was
+    assert cfg["output_dir"] == str(train_dir)  # the rendered config is left as it was
 
 
 def test_max_device_memory_is_read_as_mindspore_does():
@@ -100,8 +126,17 @@ def run_on_logs(tmp_path, logs: dict[int, str], max_device_memory=None):
         dry = runs / "stage1-llama3-8b" / "dryrun"
         dry.mkdir(parents=True)
         (dry / "mindformers.yaml").write_text(yaml.safe_dump({"context": {"max_device_memory": max_device_memory}}))
-    cmd = [sys.executable, "-m", "jobs.dryrun", "--config", str(STAGE1), "--set", f"runs_dir={runs}",
-           "--logs", str(logdir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.dryrun",
+        "--config",
+        str(STAGE1),
+        "--set",
+        f"runs_dir={runs}",
+        "--logs",
+        str(logdir),
+    ]
     for ov in PIPELINE:
         cmd += ["--set", ov]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -116,11 +151,21 @@ def test_a_recorded_dryrun_that_fits(tmp_path):
     assert lines[1].startswith("rank    2 (stage 1): peak 43,210 MB") and "headroom 16,182 MB" in lines[1]
     assert lines[2].startswith("VERDICT: FITS") and "10,518 MB" in lines[2]
     import json
+
     report = json.loads((tmp_path / "runs" / "stage1-llama3-8b" / "dryrun" / "report.json").read_text())
     assert report["ok"] is True and [r["rank"] for r in report["ranks"]] == [0, 2]
-    assert report["ranks"][1] == {"rank": 2, "stage": 1, "peak_mb": 43210, "limit_mb": 59392, "fits": True,
-                                  "limit_from": "what MindSpore took: its default", "device_mb": 62432,
-                                  "mindspore_mb": 59392, "used_peak_mb": 41000, "actual_peak_mb": 43210}
+    assert report["ranks"][1] == {
+        "rank": 2,
+        "stage": 1,
+        "peak_mb": 43210,
+        "limit_mb": 59392,
+        "fits": True,
+        "limit_from": "what MindSpore took: its default",
+        "device_mb": 62432,
+        "mindspore_mb": 59392,
+        "used_peak_mb": 41000,
+        "actual_peak_mb": 43210,
+    }
 
 
 def test_a_recorded_dryrun_over_the_limit_is_refused_on_the_worse_peak(tmp_path):
@@ -146,8 +191,21 @@ def test_an_older_hbm_log_reads_too_and_a_log_without_report_fails(tmp_path):
 
 
 def test_dryrun_refuses_a_cpu_spec():
-    done = subprocess.run([sys.executable, "-m", "jobs.dryrun", "--config", str(REPO / "recipes" / "tiny.yaml"),
-                           "--logs", "/nonexistent"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.dryrun",
+            "--config",
+            str(REPO / "recipes" / "tiny.yaml"),
+            "--logs",
+            "/nonexistent",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "train.device: Ascend" in done.stderr
 
 
@@ -156,8 +214,18 @@ def test_strategy_only_checks_each_stages_strategy_file(tmp_path):
     strategy = runs / "stage1-llama3-8b" / "dryrun" / "output" / "strategy"
     strategy.mkdir(parents=True)
     (strategy / "ckpt_strategy_rank_0.ckpt").write_bytes(b"s")
-    cmd = [sys.executable, "-m", "jobs.dryrun", "--config", str(STAGE1), "--set", f"runs_dir={runs}",
-           "--strategy-only", "--logs", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.dryrun",
+        "--config",
+        str(STAGE1),
+        "--set",
+        f"runs_dir={runs}",
+        "--strategy-only",
+        "--logs",
+        str(tmp_path),
+    ]
     for ov in PIPELINE:
         cmd += ["--set", ov]
     missing = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -5,6 +5,7 @@ new-token limits from the training answers, the LoRA scale dial, and the report'
 The checkpoint choice is tested on constructed report data with hand-computed scores (including a
 highest-accuracy checkpoint that fails retention and must lose) and on the tiny end-to-end run.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,13 +43,19 @@ LLAMA3_CONTEST_RATIO = 32 * (8 * (4096 + 4096) + 8 * (4096 + 1024)) / 8_030_000_
 
 
 def _ckpt(step: int, acc: float, f1: float, em: float) -> dict:
-    return {"model": f"step-{step:06d}", "step": step, "accuracy_strict": acc, "accuracy_tolerant": acc,
-            "squad": {"f1": f1, "em": em}}
+    return {
+        "model": f"step-{step:06d}",
+        "step": step,
+        "accuracy_strict": acc,
+        "accuracy_tolerant": acc,
+        "squad": {"f1": f1, "em": em},
+    }
 
 
 def _figures(spec) -> dict:
-    return contest_figures(spec.stage, param_figures(get_model_shape(spec.model.name), spec.lora.rank,
-                                                     spec.lora.target_modules))
+    return contest_figures(
+        spec.stage, param_figures(get_model_shape(spec.model.name), spec.lora.rank, spec.lora.target_modules)
+    )
 
 
 @pytest.fixture
@@ -58,13 +65,16 @@ def llama3_contest():
 
 # ---- the choice, on constructed report data -------------------------------------------------------
 
+
 def test_highest_accuracy_fails_retention_and_loses(llama3_contest):
     base = {"model": "base", "squad": {"f1": 60.0, "em": 45.0}}
-    cps = [_ckpt(10, 0.50, 58.0, 44.0),    # keeps 0.967 / 0.978
-           _ckpt(20, 0.62, 55.0, 41.0),    # keeps 0.917 / 0.911: valid, the winner
-           _ckpt(30, 0.70, 50.0, 42.0),    # best accuracy, but F1 keeps only 0.833
-           _ckpt(40, 0.66, 54.5, 40.0),    # EM keeps 0.889
-           _ckpt(50, 0.55, 60.0, 45.0)]
+    cps = [
+        _ckpt(10, 0.50, 58.0, 44.0),  # keeps 0.967 / 0.978
+        _ckpt(20, 0.62, 55.0, 41.0),  # keeps 0.917 / 0.911: valid, the winner
+        _ckpt(30, 0.70, 50.0, 42.0),  # best accuracy, but F1 keeps only 0.833
+        _ckpt(40, 0.66, 54.5, 40.0),  # EM keeps 0.889
+        _ckpt(50, 0.55, 60.0, 45.0),
+    ]
     for c in cps:
         annotate(c, base, llama3_contest)
     assert llama3_contest["ratio_for_score"] == pytest.approx(LLAMA3_CONTEST_RATIO, rel=1e-12)
@@ -98,8 +108,10 @@ def test_ties_go_to_the_later_step_and_no_valid_checkpoint_means_no_choice(llama
 
 
 def test_without_squad_the_choice_is_by_score_and_says_retention_is_unknown(llama3_contest):
-    cps = [annotate({k: v for k, v in _ckpt(s, a, 0, 0).items() if k != "squad"}, None, llama3_contest)
-           for s, a in ((10, 0.4), (20, 0.7), (30, 0.6))]
+    cps = [
+        annotate({k: v for k, v in _ckpt(s, a, 0, 0).items() if k != "squad"}, None, llama3_contest)
+        for s, a in ((10, 0.4), (20, 0.7), (30, 0.6))
+    ]
     assert all(c["retention"]["passes"] is None for c in cps)
     choice = choose_checkpoint(cps)
     assert choice["model"] == "step-000020" and "not measured" in choice["reason"]
@@ -111,31 +123,48 @@ def test_results_json_carries_evaluates_scorecard(llama3_contest):
     exact ratio (params["ratio"]) instead of through scorecard() -> the scores differ and this fails."""
 
     base = {"model": "base", "squad": {"f1": 60.0, "em": 45.0}}
-    tuned = [annotate(_ckpt(s, a, f1, em), base, llama3_contest)
-             for s, a, f1, em in ((10, 0.5, 58.0, 44.0), (20, 0.7, 50.0, 42.0))]
+    tuned = [
+        annotate(_ckpt(s, a, f1, em), base, llama3_contest)
+        for s, a, f1, em in ((10, 0.5, 58.0, 44.0), (20, 0.7, 50.0, 42.0))
+    ]
     report = {"base": base, "checkpoints": tuned, "best_checkpoint": {"model": "step-000010"}}
-    accuracies = {t["model"]: {"n": 8, "accuracy_strict": t["accuracy_strict"],
-                               "accuracy_tolerant": t["accuracy_tolerant"]} for t in tuned}
-    results = build_results(run_id="x", stage=1, fmt="math", model_name="llama3-8b", rank=8, target_modules="wq|wv",
-                            report=report, accuracies=accuracies, code={},
-                            checkpoints=[{"step": 10, "sha256": "a"}, {"step": 20, "sha256": "b"}])
+    accuracies = {
+        t["model"]: {"n": 8, "accuracy_strict": t["accuracy_strict"], "accuracy_tolerant": t["accuracy_tolerant"]}
+        for t in tuned
+    }
+    results = build_results(
+        run_id="x",
+        stage=1,
+        fmt="math",
+        model_name="llama3-8b",
+        rank=8,
+        target_modules="wq|wv",
+        report=report,
+        accuracies=accuracies,
+        code={},
+        checkpoints=[{"step": 10, "sha256": "a"}, {"step": 20, "sha256": "b"}],
+    )
     for row, t in zip(results["checkpoints"], tuned):
         assert (row["score"], row["score_tolerant"], row["ratio"]) == (t["score"], t["score_tolerant"], t["ratio"])
-        assert (row["retention_f1"], row["retention_em"], row["passes_retention"]) == \
-            (t["retention"]["f1"], t["retention"]["em"], t["retention"]["passes"])
+        assert (row["retention_f1"], row["retention_em"], row["passes_retention"]) == (
+            t["retention"]["f1"],
+            t["retention"]["em"],
+            t["retention"]["passes"],
+        )
     assert results["chosen"]["model"] == choose_checkpoint(tuned)["model"] == "step-000010"
 
 
 def test_stage2_score_weighs_the_ratio_ten_times():
     spec = load_spec(TINY_RECIPE, ["model.name=internlm-7b", "stage=2"])
     contest = _figures(spec)
-    ratio = 32 * (8 * (4096 + 4096) * 2) / 7_321_000_000   # r=8 on wq and wv, both 4096x4096
+    ratio = 32 * (8 * (4096 + 4096) * 2) / 7_321_000_000  # r=8 on wq and wv, both 4096x4096
     assert contest["contest_ratio"] == pytest.approx(ratio, rel=1e-12)
     c = annotate(_ckpt(5, 0.5, 1, 1), {"squad": {"f1": 1, "em": 1}}, contest)
     assert c["score"] == pytest.approx((1 - 10 * ratio) * 0.3 + 0.5 * 0.7, abs=1e-12)
 
 
 # ---- small pieces --------------------------------------------------------------------------------------
+
 
 def test_length_groups_respect_rows_and_padded_token_budget():
     lengths = [50, 10, 400, 30, 20, 2000, 60]
@@ -144,8 +173,8 @@ def test_length_groups_respect_rows_and_padded_token_budget():
     for g in groups:
         assert len(g) <= 3
         assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 200
-    assert [lengths[i] for i in groups[0]] == [10, 20, 30]              # shortest first
-    assert [5] in groups                                                # too long for the budget: alone
+    assert [lengths[i] for i in groups[0]] == [10, 20, 30]  # shortest first
+    assert [5] in groups  # too long for the budget: alone
 
 
 def test_parse_scales():
@@ -167,11 +196,13 @@ def test_squad_rows_are_validated_with_file_and_line(tmp_path, tiny_cache):
     two = load_spec(TINY_RECIPE, [f"eval.squad_file={SQUAD}", "eval.squad_rows=2"])
     squad = load_squad(two.resolve(two.eval.squad_file), two.eval, tok)
     assert len(squad.rows) == 2 and squad.prompts[0] == tok.encode(
-        scoring.squad_prompt(squad.rows[0]["context"], squad.rows[0]["question"]))
+        scoring.squad_prompt(squad.rows[0]["context"], squad.rows[0]["question"])
+    )
     assert load_squad(SQUAD, load_spec(TINY_RECIPE, ["eval.squad_rows=0"]).eval, tok) is None
 
 
 # ---- MCQ: letter log-probabilities -----------------------------------------------------------------------
+
 
 def _mcq_prompts(tok, n: int) -> list[list[int]]:
     rows = [json.loads(l) for l in MMLU.read_text(encoding="utf-8").splitlines()[:n]]
@@ -210,18 +241,24 @@ def _letter_by_hand(text: str):
     plainly: an explicit phrase, a parenthesized letter, a letter opening the text, 'option X', else the one
     stand-alone capital A-D (an article 'A' before a lower-case word at a sentence start does not count)."""
     text = "".join(chr(ord(ch) - 0xFEE0) if 0xFF01 <= ord(ch) <= 0xFF5E else ch for ch in text or "")
-    for phrase in (r"(?:right|correct|best|final)\s+(?:option|answer|choice)\s*(?:is|would be|should be|:)?\s*:?\s*",
-                   r"(?:正确答案|正确选项|答案)\s*(?:应该是|应为|是|为)?\s*[:：]?\s*", r"\banswer\s*(?:is|:)\s*:?\s*",
-                   r"(?:应选|选择|选)\s*"):
+    for phrase in (
+        r"(?:right|correct|best|final)\s+(?:option|answer|choice)\s*(?:is|would be|should be|:)?\s*:?\s*",
+        r"(?:正确答案|正确选项|答案)\s*(?:应该是|应为|是|为)?\s*[:：]?\s*",
+        r"\banswer\s*(?:is|:)\s*:?\s*",
+        r"(?:应选|选择|选)\s*",
+    ):
         for m in re.finditer(phrase + r"[(\[]?\s*([A-Da-d])(?![A-Za-z])", text, re.I):
-            if m.group(1) == "a" and re.match(r"\s+[a-z]", text[m.end(1):]):
+            if m.group(1) == "a" and re.match(r"\s+[a-z]", text[m.end(1) :]):
                 continue
             return m.group(1).upper()
     m = re.search(r"[(\[]\s*([A-D])\s*[)\]]", text)
     if m:
         return m.group(1)
-    opening = re.match(r"\s*(?:([B-D])(?:\s*[.:、)]|\s|$)|(A)(?:\s*[.:、)]|\s*$|\s+(?![a-z]))"
-                       r"|([a-d])(?:\s*[.:、)]|\s*$))", text)
+    opening = re.match(
+        r"\s*(?:([B-D])(?:\s*[.:、)]|\s|$)|(A)(?:\s*[.:、)]|\s*$|\s+(?![a-z]))"
+        r"|([a-d])(?:\s*[.:、)]|\s*$))",
+        text,
+    )
     if opening:
         return next(g for g in opening.groups() if g).upper()
     m = re.search(r"\boption\s+([A-D])\b", text, re.I)
@@ -229,9 +266,9 @@ def _letter_by_hand(text: str):
         return m.group(1).upper()
     lone = set()
     for m in re.finditer(r"(?<![A-Za-z'])([A-D])(?![A-Za-z'])", text):
-        before = text[:m.start()].rstrip(" \t\"'“‘(")
+        before = text[: m.start()].rstrip(" \t\"'“‘(")
         sentence_start = not before or before[-1] in ".!?:\n。！？："
-        if m.group(1) == "A" and re.match(r"\s+[a-z]", text[m.end():]) and sentence_start:
+        if m.group(1) == "A" and re.match(r"\s+[a-z]", text[m.end() :]) and sentence_start:
             continue
         lone.add(m.group(1))
     return lone.pop() if len(lone) == 1 else None
@@ -241,8 +278,16 @@ def test_mcq_evaluation_reports_both_methods(tiny_run, tmp_path):
     """prep an MCQ file, reuse the tiny run's trained and merged checkpoints (the model does not
     care which data it was trained on), and evaluate: both accuracies, per row and overall."""
     runs = tmp_path / "runs"
-    sets = [f"runs_dir={runs}", "data.format=mcq", f"data.train_file={MMLU}", "data.max_rows=40",
-            "data.heldout_rows=6", "data.seq_length=512", "stage=2", "eval.squad_rows=0"]
+    sets = [
+        f"runs_dir={runs}",
+        "data.format=mcq",
+        f"data.train_file={MMLU}",
+        "data.max_rows=40",
+        "data.heldout_rows=6",
+        "data.seq_length=512",
+        "stage=2",
+        "eval.squad_rows=0",
+    ]
     run_job("prep", TINY_RECIPE, tiny_run["cache"], tmp_path, *sets)
     for job in ("train", "merge"):
         shutil.copytree(tiny_run["run_dir"] / job, runs / "tiny" / job)
@@ -266,6 +311,7 @@ def test_mcq_evaluation_reports_both_methods(tiny_run, tmp_path):
 
 
 # ---- the tiny end-to-end run ---------------------------------------------------------------------------------
+
 
 def test_tiny_report_has_squad_retention_ratio_score_and_choice(tiny_run):
     ev = tiny_run["run_dir"] / "evaluate"
@@ -348,11 +394,12 @@ def test_new_token_limits_come_from_training_answers_only(tiny_run):
     spec = load_spec(TINY_RECIPE)
     prep = tiny_run["run_dir"] / "prep"
     tok = TextTokenizer.load(tiny_run["cache"] / "models" / "tiny")
-    skip = ({r["line"] for r in read_jsonl(prep / "heldout.jsonl")}
-            | {r["line"] for r in read_jsonl(prep / "rejects.jsonl")})
+    skip = {r["line"] for r in read_jsonl(prep / "heldout.jsonl")} | {
+        r["line"] for r in read_jsonl(prep / "rejects.jsonl")
+    }
     longest: dict[str, int] = {}
     source = spec.resolve(spec.data.train_file)
-    for line, text in enumerate(source.read_text(encoding="utf-8").splitlines()[:spec.data.max_rows], start=1):
+    for line, text in enumerate(source.read_text(encoding="utf-8").splitlines()[: spec.data.max_rows], start=1):
         if line in skip:
             continue
         row = json.loads(text)
@@ -401,7 +448,7 @@ def _has_colour(rgb: np.ndarray, ax, x: float, y: float, colour: str, radius: in
 
     px, py = ax.transData.transform((x, y))
     row, col = int(round(rgb.shape[0] - py)), int(round(px))
-    patch = rgb[row - radius:row + radius + 1, col - radius:col + radius + 1].reshape(-1, 3).astype(int)
+    patch = rgb[row - radius : row + radius + 1, col - radius : col + radius + 1].reshape(-1, 3).astype(int)
     want = np.array([round(255 * c) for c in to_rgb(colour)])
     return bool((np.abs(patch - want).max(axis=1) <= 12).any())
 
@@ -415,7 +462,7 @@ def test_line_chart_shows_each_point_where_its_value_is_and_gaps_as_gaps(tmp_pat
     series = [plots.Series("a", xs, a), plots.Series("b", xs, b, dashed=True)]
     kw = dict(title="t", xlabel="x", ylabel="y", hlines=[plots.HLine(0.95, "threshold")])
     rgb = _png_rgb(plots.line_chart(tmp_path / "l.png", series, **kw))
-    fig = plots.line_figure(series, **kw)           # the same figure, to map data to pixels
+    fig = plots.line_figure(series, **kw)  # the same figure, to map data to pixels
     fig.draw_without_rendering()
     ax = fig.axes[0]
     assert rgb.shape[:2] == (round(fig.bbox.height), round(fig.bbox.width))
@@ -424,13 +471,16 @@ def test_line_chart_shows_each_point_where_its_value_is_and_gaps_as_gaps(tmp_pat
         for x, y in zip(xs, ys):
             if y is not None:
                 assert _has_colour(rgb, ax, x, y, colour), (x, y, colour)
-    assert not _has_colour(rgb, ax, 0.5, 0.2, colours[0], radius=3)    # a: no line from x=0 into the gap
-    assert not _has_colour(rgb, ax, 1.0, 0.3, colours[0], radius=3)    # ...nor across it to x=2
-    assert _has_colour(rgb, ax, 3.5, 0.65, colours[0])                 # but between 3 and 4, a line
-    assert any(_has_colour(rgb, ax, x, 0.95, "#999999") for x in np.linspace(1.5, 2.5, 11))   # the dashed threshold
-    steps = plots.line_figure([plots.Series("loss", list(range(1, 11)), [1.0] * 10)], title="t", xlabel="x",
-                              ylabel="y").axes[0].get_xticks()
-    assert all(float(t).is_integer() for t in steps)                    # training steps: no 2.5
+    assert not _has_colour(rgb, ax, 0.5, 0.2, colours[0], radius=3)  # a: no line from x=0 into the gap
+    assert not _has_colour(rgb, ax, 1.0, 0.3, colours[0], radius=3)  # ...nor across it to x=2
+    assert _has_colour(rgb, ax, 3.5, 0.65, colours[0])  # but between 3 and 4, a line
+    assert any(_has_colour(rgb, ax, x, 0.95, "#999999") for x in np.linspace(1.5, 2.5, 11))  # the dashed threshold
+    steps = (
+        plots.line_figure([plots.Series("loss", list(range(1, 11)), [1.0] * 10)], title="t", xlabel="x", ylabel="y")
+        .axes[0]
+        .get_xticks()
+    )
+    assert all(float(t).is_integer() for t in steps)  # training steps: no 2.5
     with pytest.raises(ValueError, match="no data"):
         plots.line_chart(tmp_path / "d.png", [plots.Series("a", [0], [None])], title="t", xlabel="x", ylabel="y")
 
@@ -460,8 +510,9 @@ def test_bar_chart_draws_each_value_as_a_bar_of_that_length(tmp_path):
 def test_scale_dial_ends_are_the_base_model_and_the_merged_checkpoint(tiny_run, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run["run_dir"], runs / "tiny")
-    bad = run_job("evaluate", TINY_RECIPE, tiny_run["cache"], tmp_path, f"runs_dir={runs}", "eval.scales=0,x",
-                  check=False)
+    bad = run_job(
+        "evaluate", TINY_RECIPE, tiny_run["cache"], tmp_path, f"runs_dir={runs}", "eval.scales=0,x", check=False
+    )
     assert bad.returncode == 2 and "'x' is not a number" in bad.stderr
     run_job("evaluate", TINY_RECIPE, tiny_run["cache"], tmp_path, f"runs_dir={runs}", "eval.scales=0,1")
     ev = runs / "tiny" / "evaluate"
@@ -476,8 +527,9 @@ def test_scale_dial_ends_are_the_base_model_and_the_merged_checkpoint(tiny_run, 
     for scale, same_as in ((0, "base"), (1, chosen)):
         d = ev / "scale-dial" / f"scale-{scale}"
         assert answers(d, "predictions.jsonl", "answer") == answers(ev / same_as, "predictions.jsonl", "answer")
-        assert answers(d, "squad_predictions.jsonl", "generated") == answers(ev / same_as, "squad_predictions.jsonl",
-                                                                            "generated")
+        assert answers(d, "squad_predictions.jsonl", "generated") == answers(
+            ev / same_as, "squad_predictions.jsonl", "generated"
+        )
     # the merged checkpoint really differs from the base model, so the two ends are not trivially equal
     assert answers(ev / "base", "predictions.jsonl", "answer") != answers(ev / chosen, "predictions.jsonl", "answer")
     assert "plots/scale_dial.png" in report["plots"] and "LoRA scale dial" in (ev / "report.md").read_text()
@@ -485,13 +537,14 @@ def test_scale_dial_ends_are_the_base_model_and_the_merged_checkpoint(tiny_run, 
 
 # ---- SmolLM2 (slow) ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_smollm2_letters_are_single_tokens_and_logprobs_match_unpadded():
 
     model_dir = ensure_model("smollm2-135m")
     tok = TextTokenizer.load(model_dir)
     plan = choice_token_plan(tok)
-    assert plan["context_ids"] == tok.encode("The right option is")       # nothing shared: ' A' is one token
+    assert plan["context_ids"] == tok.encode("The right option is")  # nothing shared: ' A' is one token
     assert plan["letter_tokens"] == [" A", " B", " C", " D"]
     assert [tok.encode(f" {L}") for L in "ABCD"] == [[i] for i in plan["letter_ids"]]
     model = NumpyLlama.from_checkpoint(model_dir / "model.ckpt", get_model_shape("smollm2-135m"))
@@ -505,14 +558,22 @@ def test_smollm2_letters_are_single_tokens_and_logprobs_match_unpadded():
 # network. It answers as MindFormers' text generator does (mindformers/generation/text_generator.py):
 # each row is the prompt followed by the new tokens, the end token included, rows of different lengths.
 
+
 class _StubNet:
     def __init__(self, scripts: dict[tuple, list[int]]):
         self.scripts, self.calls = scripts, []
 
     def generate(self, input_ids, max_new_tokens, do_sample, eos_token_id, pad_token_id, min_new_tokens=None):
-        self.calls.append({"rows": len(input_ids), "max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                           "eos_token_id": eos_token_id, "pad_token_id": pad_token_id,
-                           **({"min_new_tokens": min_new_tokens} if min_new_tokens else {})})
+        self.calls.append(
+            {
+                "rows": len(input_ids),
+                "max_new_tokens": max_new_tokens,
+                "do_sample": do_sample,
+                "eos_token_id": eos_token_id,
+                "pad_token_id": pad_token_id,
+                **({"min_new_tokens": min_new_tokens} if min_new_tokens else {}),
+            }
+        )
         out = []
         for prompt in input_ids:
             new = []
@@ -526,30 +587,34 @@ class _StubNet:
 
 def _stub_runner(net, batch_size: int):
 
-    runner = MindFormersRunner.__new__(MindFormersRunner)   # __init__ builds the real network
+    runner = MindFormersRunner.__new__(MindFormersRunner)  # __init__ builds the real network
     runner.net, runner.batch_size = net, batch_size
     return runner
 
 
 def test_mindformers_runner_strips_prompts_stops_and_limits_per_row():
     EOS, IM_END, PAD = 2, 7, 0
-    prompts = [[5, 2, 6],            # a stop id inside the prompt must not cut anything
-               [9, 9, 9, 9, 9],
-               [4, 7],
-               [8]]
-    scripts = {(5, 2, 6): [10, 11, 12, 13, 14, 15, 16],      # never stops: its limit (4) cuts it
-               (9, 9, 9, 9, 9): [20, 21, IM_END, 22, 23],    # the second stop id ends it
-               (4, 7): [30, EOS, 31],                         # stops before its limit
-               (8,): [40, 41, 42]}                            # limit 1
+    prompts = [
+        [5, 2, 6],  # a stop id inside the prompt must not cut anything
+        [9, 9, 9, 9, 9],
+        [4, 7],
+        [8],
+    ]
+    scripts = {
+        (5, 2, 6): [10, 11, 12, 13, 14, 15, 16],  # never stops: its limit (4) cuts it
+        (9, 9, 9, 9, 9): [20, 21, IM_END, 22, 23],  # the second stop id ends it
+        (4, 7): [30, EOS, 31],  # stops before its limit
+        (8,): [40, 41, 42],
+    }  # limit 1
     limits = [4, 10, 6, 1]
     net = _StubNet(scripts)
     got = _stub_runner(net, batch_size=2).generate(prompts, limits, [EOS, IM_END], PAD)
     assert got == [[10, 11, 12, 13], [20, 21], [30], [40]]
     # greedy, both stop ids, the pad id, one call per batch asking for the batch's longest limit
-    assert net.calls == [{"rows": 2, "max_new_tokens": 10, "do_sample": False, "eos_token_id": [EOS, IM_END],
-                          "pad_token_id": PAD},
-                         {"rows": 2, "max_new_tokens": 6, "do_sample": False, "eos_token_id": [EOS, IM_END],
-                          "pad_token_id": PAD}]
+    assert net.calls == [
+        {"rows": 2, "max_new_tokens": 10, "do_sample": False, "eos_token_id": [EOS, IM_END], "pad_token_id": PAD},
+        {"rows": 2, "max_new_tokens": 6, "do_sample": False, "eos_token_id": [EOS, IM_END], "pad_token_id": PAD},
+    ]
     assert all(isinstance(t, int) for row in got for t in row)
 
 
@@ -558,7 +623,6 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     """train.device Ascend + a half dtype: MindFormers' LlamaConfig gets that dtype for compute,
     parameters (rotary float32 beside bf16), float32 norms and softmax, the fused kernels, and the KV cache."""
     import mindformers.models.llama as mf_llama
-
 
     built = {}
 
@@ -572,15 +636,25 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     monkeypatch.setattr(mf_llama, "LlamaForCausalLM", StubLlama)
     monkeypatch.setattr(mf, "setup_device", lambda device, mode, **kw: built.update(device=device, mode=mode))
     monkeypatch.setattr(mf, "load_weights", lambda net, ckpt, **kw: built.update(ckpt=ckpt))
-    spec = load_spec(TINY_RECIPE, [f"runs_dir={tmp_path}", "train.device=Ascend", f"train.dtype={dtype}",
-                                   "eval.batch_size=3"])
-    runner = MindFormersRunner(get_model_shape("tiny"), tmp_path / "model.ckpt", 96, device=spec.train.device,
-                               dtype=merged_weight_dtype(spec.merge, spec.train), batch_size=spec.eval.batch_size,
-                               output_dir=spec.run_dir)
+    spec = load_spec(
+        TINY_RECIPE, [f"runs_dir={tmp_path}", "train.device=Ascend", f"train.dtype={dtype}", "eval.batch_size=3"]
+    )
+    runner = MindFormersRunner(
+        get_model_shape("tiny"),
+        tmp_path / "model.ckpt",
+        96,
+        device=spec.train.device,
+        dtype=merged_weight_dtype(spec.merge, spec.train),
+        batch_size=spec.eval.batch_size,
+        output_dir=spec.run_dir,
+    )
     c = built["config"]
-    assert (built["device"], built["mode"], built["ckpt"], built["train"]) == ("Ascend", "graph",
-                                                                               tmp_path / "model.ckpt",
-                                                                               False)
+    assert (built["device"], built["mode"], built["ckpt"], built["train"]) == (
+        "Ascend",
+        "graph",
+        tmp_path / "model.ckpt",
+        False,
+    )
     assert [str(x) for x in (c.compute_dtype, c.param_init_type)] == [ms_name] * 2
     # rotary in float32 beside bf16, in fp16 beside fp16: the contest's stage-1 and stage-2 configs
     assert str(c.rotary_dtype) == {"float16": "Float16", "bfloat16": "Float32"}[dtype]
@@ -591,13 +665,17 @@ def test_mindformers_runner_builds_the_ascend_config(monkeypatch, tmp_path, dtyp
     cpu = mf_llama.LlamaConfig(**llama_config_kwargs(get_model_shape("tiny"), seq_length=96))
     assert str(cpu.compute_dtype) == "Float32" and not cpu.use_flash_attention and not cpu.fused_rms_norm
     assert cpu.use_rope_slice is True
+
+
 def test_summarize_reports_the_graded_measure_per_family_and_per_source():
 
     ref = {"prompt": "计算 3963.85 * -5055.68 等于多少？", "reference": "3963.85 * -5055.68 = -20039957.1680"}
-    rows = [score_row("math", "3963.85 * -5055.68 = -20039957.1680", {**ref, "source": "split"}),
-            score_row("math", "3963.85 * -5055.68 = -20100000", {**ref, "source": "file"}),
-            score_row("math", "3963.85 * -5055.68 = -30000000", {**ref, "source": "file"}),
-            score_row("math", "nothing", {**ref, "source": "file"})]
+    rows = [
+        score_row("math", "3963.85 * -5055.68 = -20039957.1680", {**ref, "source": "split"}),
+        score_row("math", "3963.85 * -5055.68 = -20100000", {**ref, "source": "file"}),
+        score_row("math", "3963.85 * -5055.68 = -30000000", {**ref, "source": "file"}),
+        score_row("math", "nothing", {**ref, "source": "file"}),
+    ]
     s = summarize(rows)
     assert (s["accuracy_strict"], s["accuracy_within_1pct"]) == (0.25, 0.5)
     assert s["leading_digits_mean"] == (12 + 2 + 0 + 0) / 4

@@ -3,6 +3,7 @@ the model tunebox trained and judged. For the tiny run: the prompt ids, every po
 numpy decoder's forward on the merged checkpoint, to 1e-4 where the LoRA moves them by ~1) and the greedy
 answers evaluate wrote; for SmolLM2 (slow): a short real run's adapter answers contest prompts as the
 numpy decoder does."""
+
 from __future__ import annotations
 
 import json
@@ -61,13 +62,15 @@ def hf_answers(folder: Path, problems: list[str], max_new_tokens: list[int]) -> 
     model, tok = load_hf(folder)
     ids, answers = [], []
     for problem, limit in zip(problems, max_new_tokens):
-        prompt = tok.apply_chat_template([{"role": "user", "content": problem}], add_generation_prompt=True,
-                                         return_tensors="pt")
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": problem}], add_generation_prompt=True, return_tensors="pt"
+        )
         with torch.no_grad():
-            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=limit,
-                                 do_sample=False)
+            out = model.generate(
+                input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=limit, do_sample=False
+            )
         ids.append(prompt[0].tolist())
-        answers.append(tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True))
+        answers.append(tok.decode(out[0, prompt.shape[1] :], skip_special_tokens=True))
     return ids, answers
 
 
@@ -84,8 +87,13 @@ def tiny_exports(tiny_run):
     chosen = json.loads((run / "evaluate" / "report.json").read_text())["best_checkpoint"]["step"]
     for fmt in ("hf", "peft"):
         export(TINY_RECIPE, tiny_run["cache"], tiny_run["work"], "--format", fmt, overrides=args)
-    return {"run": run, "step": chosen, "args": args,
-            "hf": run / "export" / f"hf-step-{chosen:06d}", "peft": run / "export" / f"peft-step-{chosen:06d}"}
+    return {
+        "run": run,
+        "step": chosen,
+        "args": args,
+        "hf": run / "export" / f"hf-step-{chosen:06d}",
+        "peft": run / "export" / f"peft-step-{chosen:06d}",
+    }
 
 
 @pytest.mark.parametrize("fmt", ["hf", "peft"])
@@ -121,30 +129,45 @@ def test_export_base_and_a_text_template(tiny_run, tmp_path):
 
     _, transformers, _ = hf_stack()
     template = 'Q "1" {{x}} {% \\ 数学 🙂:\n{problem}\n\nA:'
-    args = (f"runs_dir={tiny_run['runs']}",
-            f"data.template={json.dumps(template, ensure_ascii=False)}")  # --set reads YAML
+    args = (
+        f"runs_dir={tiny_run['runs']}",
+        f"data.template={json.dumps(template, ensure_ascii=False)}",
+    )  # --set reads YAML
     out = tmp_path / "base"
-    export(TINY_RECIPE, tiny_run["cache"], tiny_run["work"], "--format", "hf", "--step", "0", "--out", str(out),
-           overrides=args)
+    export(
+        TINY_RECIPE,
+        tiny_run["cache"],
+        tiny_run["work"],
+        "--format",
+        "hf",
+        "--step",
+        "0",
+        "--out",
+        str(out),
+        overrides=args,
+    )
     spec = load_spec(TINY_RECIPE, list(args))
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     problem = "What is {a} + 'b'?\n第二行"
-    rendered = tok.apply_chat_template([{"role": "user", "content": problem}], add_generation_prompt=True,
-                                       tokenize=False)
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": problem}], add_generation_prompt=True, tokenize=False
+    )
     ours = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     assert rendered == spec_prompt(ours, problem, spec.data)
-    assert out.stat().st_mode & 0o777 == 0o755      # a server running as another user can read it
+    assert out.stat().st_mode & 0o777 == 0o755  # a server running as another user can read it
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["num_hidden_layers"] == 2
 
 
 def test_export_refuses_what_is_not_there(tiny_run):
     args = (f"runs_dir={tiny_run['runs']}",)
-    bad = export(TINY_RECIPE, tiny_run["cache"], tiny_run["work"], "--format", "hf", "--step", "999",
-                 overrides=args, check=False)
+    bad = export(
+        TINY_RECIPE, tiny_run["cache"], tiny_run["work"], "--format", "hf", "--step", "999", overrides=args, check=False
+    )
     assert bad.returncode == 2 and "no LoRA checkpoint at step 999" in bad.stderr and "index.json" in bad.stderr
-    base = export(TINY_RECIPE, tiny_run["cache"], tiny_run["work"], "--format", "peft", "--step", "0",
-                  overrides=args, check=False)
+    base = export(
+        TINY_RECIPE, tiny_run["cache"], tiny_run["work"], "--format", "peft", "--step", "0", overrides=args, check=False
+    )
     assert base.returncode == 2 and "--format hf" in base.stderr
 
 
@@ -156,20 +179,42 @@ def test_smollm2_adapter_answers_as_the_decoder(tmp_path):
     hf_stack()
     cache = Path(os.environ.get("TUNEBOX_CACHE") or os.path.expanduser("~/.cache/tunebox"))
     runs = tmp_path / "runs"
-    args = [f"runs_dir={runs}", "data.generate=--rows 600 --mix add=1,sub=1,mul=1,div=1 --seed 14",
-            "data.sample_rows=400", "data.heldout_rows=8", "data.heldout_file_rows=8", "train.max_steps=5",
-            "train.lr=2.0e-3"]
+    args = [
+        f"runs_dir={runs}",
+        "data.generate=--rows 600 --mix add=1,sub=1,mul=1,div=1 --seed 14",
+        "data.sample_rows=400",
+        "data.heldout_rows=8",
+        "data.heldout_file_rows=8",
+        "train.max_steps=5",
+        "train.lr=2.0e-3",
+    ]
     for job in ("prep", "train"):
         run_job(job, LOCAL, cache, tmp_path, *args, timeout=1800)
     index = runs / "local-smollm2" / "train" / "checkpoints" / "index.json"
     step = json.loads(index.read_text())["checkpoints"][-1]["step"]
     export(LOCAL, cache, tmp_path, "--format", "peft", "--step", str(step), overrides=args)
     rows = read_jsonl(REPO.parent / "shared" / "data" / "math" / "contest-sample.jsonl")[:6]
-    problems = [" ".join(r["problem"].split()) for r in rows]     # one line each, for chat's stdin
+    problems = [" ".join(r["problem"].split()) for r in rows]  # one line each, for chat's stdin
     _, answers = hf_answers(runs / "local-smollm2" / "export" / f"peft-step-{step:06d}", problems, [24] * len(problems))
-    chat = subprocess.run([sys.executable, "-m", "jobs.chat", "--config", str(LOCAL), "--step", str(step),
-                           "--max-new-tokens", "24", *sum((["--set", a] for a in args), [])],
-                          input="".join(p + "\n" for p in problems), cwd=tmp_path,
-                          env=job_env(cache), capture_output=True, text=True, timeout=900)
+    chat = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.chat",
+            "--config",
+            str(LOCAL),
+            "--step",
+            str(step),
+            "--max-new-tokens",
+            "24",
+            *sum((["--set", a] for a in args), []),
+        ],
+        input="".join(p + "\n" for p in problems),
+        cwd=tmp_path,
+        env=job_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert chat.returncode == 0, chat.stderr[-3000:]
     assert chat.stdout == "".join(a + "\n" for a in answers)

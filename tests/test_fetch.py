@@ -1,6 +1,7 @@
 """tunebox.fetch against a real HTTP server on 127.0.0.1 that can drop connections mid-body,
 ignore Range, or answer 503: the download must still end with the right bytes, and a half file
 must never appear under the final name."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,10 +34,10 @@ class FlakyFileServer:
     def __init__(self, files: dict[str, bytes]):
         self.files = files
         self.honor_range = True
-        self.drop_after_bytes = None     # cut the body after this many bytes ...
-        self.drop_first_requests = 0     # ... on this many requests
-        self.fail_first_requests = 0     # answer 503 to this many requests first
-        self.log: list[dict] = []        # one entry per request: path, range, status, body bytes sent
+        self.drop_after_bytes = None  # cut the body after this many bytes ...
+        self.drop_first_requests = 0  # ... on this many requests
+        self.fail_first_requests = 0  # answer 503 to this many requests first
+        self.log: list[dict] = []  # one entry per request: path, range, status, body bytes sent
         self.lock = threading.Lock()
         server = self
 
@@ -51,8 +52,7 @@ class FlakyFileServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -98,7 +98,7 @@ class FlakyFileServer:
         h.send_header("Accept-Ranges", "bytes" if self.honor_range else "none")
         h.end_headers()
         if self.drop_after_bytes is not None and index < self.drop_first_requests:
-            body = body[:self.drop_after_bytes]
+            body = body[: self.drop_after_bytes]
             h.close_connection = True  # the socket closes with the body short of Content-Length
         h.wfile.write(body)
         h.wfile.flush()
@@ -193,8 +193,7 @@ def test_part_file_left_by_a_crash_is_resumed(server, tmp_path):
     fetch_file(server.base_url + "/model.bin", dest, PAYLOAD_SHA, **quick())
 
     assert dest.read_bytes() == PAYLOAD
-    assert [(e["range"], e["status"], e["sent"]) for e in server.log] == \
-        [(f"bytes={half}-", 206, len(PAYLOAD) - half)]
+    assert [(e["range"], e["status"], e["sent"]) for e in server.log] == [(f"bytes={half}-", 206, len(PAYLOAD) - half)]
 
 
 def test_complete_part_file_is_finished_by_a_416(server, tmp_path):
@@ -260,7 +259,8 @@ def test_fetch_manifest_fetches_every_entry_under_the_root(server, tmp_path):
         f"    path: shards/a.txt\n"
         f"    sha256: {hashlib.sha256(a).hexdigest()}\n"
         f"  - url: {server.base_url}/b.txt\n"
-        f"    path: shards/b.txt\n")
+        f"    path: shards/b.txt\n"
+    )
     root = tmp_path / "cache"
 
     paths = fetch_manifest(listing, root=root, **quick())
@@ -277,15 +277,21 @@ def test_fetch_manifest_defaults_to_the_cache_dir_and_reads_json(server, tmp_pat
     assert (tmp_path / "tbcache/x/b.txt").read_bytes() == server.files["/b.txt"]
 
 
-@pytest.mark.parametrize("body, line, words", [
-    ("- url: http://127.0.0.1:1/a\n  path: a\n- url: http://127.0.0.1:1/b\n  path: b\n  sha256: beef\n",
-     3, "64 hex"),
-    ("- url: http://127.0.0.1:1/a\n  path: ../../etc/passwd\n", 1, "climbs out"),
-    ("- url: ftp://127.0.0.1/a\n  path: a\n", 1, "http"),
-    ("- url: http://127.0.0.1:1/a\n", 1, "missing 'path'"),
-    ("- url: http://127.0.0.1:1/a\n  path: a\n  sha: x\n", 1, "unknown key"),
-    ("url: http://127.0.0.1:1/a\n", 1, "must be a list"),
-])
+@pytest.mark.parametrize(
+    "body, line, words",
+    [
+        (
+            "- url: http://127.0.0.1:1/a\n  path: a\n- url: http://127.0.0.1:1/b\n  path: b\n  sha256: beef\n",
+            3,
+            "64 hex",
+        ),
+        ("- url: http://127.0.0.1:1/a\n  path: ../../etc/passwd\n", 1, "climbs out"),
+        ("- url: ftp://127.0.0.1/a\n  path: a\n", 1, "http"),
+        ("- url: http://127.0.0.1:1/a\n", 1, "missing 'path'"),
+        ("- url: http://127.0.0.1:1/a\n  path: a\n  sha: x\n", 1, "unknown key"),
+        ("url: http://127.0.0.1:1/a\n", 1, "must be a list"),
+    ],
+)
 def test_bad_file_lists_name_the_line(tmp_path, body, line, words):
     listing = tmp_path / "files.yaml"
     listing.write_text(body)
@@ -307,7 +313,7 @@ def test_cli_exit_codes(server, tmp_path, capsys):
     good = hashlib.sha256(server.files["/a.txt"]).hexdigest()
     assert fetch_main([url, "--out", str(out), "--sha256", good, "--no-progress", "--backoff", "0"]) == 0
     assert out.read_bytes() == server.files["/a.txt"]
-    assert fetch_main([url]) == 2                                        # no --out
+    assert fetch_main([url]) == 2  # no --out
     assert fetch_main([url, "--out", str(tmp_path / "c"), "--sha256", "nothex"]) == 2
     assert fetch_main(["--list", str(tmp_path / "nope.yaml")]) == 2
     assert fetch_main([server.base_url + "/missing", "--out", str(tmp_path / "m"), "--no-progress"]) == 1
@@ -319,10 +325,14 @@ def test_cli_exit_codes(server, tmp_path, capsys):
 def test_cli_runs_as_a_module(server, tmp_path):
     listing = tmp_path / "files.yaml"
     listing.write_text(f"- url: {server.base_url}/b.txt\n  path: b.txt\n")
-    done = subprocess.run([sys.executable, "-m", "jobs.fetch", "--list", str(listing), "--root",
-                           str(tmp_path / "root"), "--no-progress"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "NO_PROXY": "127.0.0.1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.fetch", "--list", str(listing), "--root", str(tmp_path / "root"), "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NO_PROXY": "127.0.0.1"},
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "root/b.txt").read_bytes() == server.files["/b.txt"]
     assert done.stdout.strip() == str(tmp_path / "root/b.txt")

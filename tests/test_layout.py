@@ -2,6 +2,7 @@
 docker-compose.yml, images/pipeline.sh, the Kubernetes manifests and tasks.py, and the hand-over files the
 real jobs write on the tiny run (a job writing one of them under another name fails
 test_the_jobs_write_the_declared_hand_over_files: tried with prep's stats.json renamed)."""
+
 from __future__ import annotations
 
 import ast
@@ -48,11 +49,14 @@ def test_every_copy_of_the_job_order_is_the_declared_one():
     service running jobs.bundle: this fails."""
 
     services = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))["services"]
-    found = {f"docker-compose.yml profile {profile}": " ".join(services[name]["command"][2].removeprefix("jobs.")
-                                                              for name in compose_order(services, profile))
-             for profile in ("cpu", "ascend")}
+    found = {
+        f"docker-compose.yml profile {profile}": " ".join(
+            services[name]["command"][2].removeprefix("jobs.") for name in compose_order(services, profile)
+        )
+        for profile in ("cpu", "ascend")
+    }
     found.update(steps_values())
-    assert len(found) >= 6     # compose x 2, pipeline.sh, k8s/base/job.yaml, the AscendJob's Scheduler and Worker
+    assert len(found) >= 6  # compose x 2, pipeline.sh, k8s/base/job.yaml, the AscendJob's Scheduler and Worker
     assert found == {where: " ".join(layout.PIPELINE) for where in found}
     assert set(layout.PIPELINE) <= set(tasks.JOB_TASKS), "every pipeline job has its invoke task"
 
@@ -68,8 +72,11 @@ def test_config_is_a_leaf():
     assert {m for m in imported if m.split(".")[0] == "tunebox"} <= {"tunebox.io", "tunebox.layout"}
     for leaf in ("io.py", "layout.py"):  # and those two import nothing of the project
         leaf_tree = ast.parse((REPO / "tunebox" / leaf).read_text(encoding="utf-8"))
-        assert not [n.module for n in ast.walk(leaf_tree) if isinstance(n, ast.ImportFrom)
-                    and (n.module or "").startswith("tunebox")], leaf
+        assert not [
+            n.module
+            for n in ast.walk(leaf_tree)
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("tunebox")
+        ], leaf
 
 
 def test_the_jobs_write_the_declared_hand_over_files(tiny_run):

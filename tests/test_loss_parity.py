@@ -14,6 +14,7 @@ Mutants tried (each fails a test here):
   - bench_ref_torch.batch_loss as the mean of per-row means (the mean "over the batch", not over the counted
     tokens): test_reference_side_loss_is_the_numpy_loss fails (5.96414 vs 5.96297).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,9 @@ from tunebox.model.registry import get_model_shape
 from tunebox.model.weights import load_tokenizer
 from tunebox.run_checkpoints import base_checkpoint
 
-TOTAL_STEPS = 2          # bench.train's warm-up step + one measured step (run_tunebox needs both)
-TOLERANCE = 1e-4         # the issue's bar; float32 on both sides agrees to about 1e-5
-IGNORE = -100            # the labels' "not counted" value, as prep writes it
+TOTAL_STEPS = 2  # bench.train's warm-up step + one measured step (run_tunebox needs both)
+TOLERANCE = 1e-4  # the issue's bar; float32 on both sides agrees to about 1e-5
+IGNORE = -100  # the labels' "not counted" value, as prep writes it
 # local-smollm2 packs; the bench's padded side must still read prep's rows as the reference does
 RECIPE_PACKS = ["train.packing=true"]
 
@@ -44,7 +45,7 @@ def numpy_step_loss(model: NumpyLlama, ids: np.ndarray, labels: np.ndarray, pad_
     padding. Returns (loss, counted positions)."""
     inputs, targets = ids[:, :-1].astype(np.int64), labels[:, 1:].astype(np.int64)
     counted = (inputs != pad_id) & (targets != IGNORE)
-    logits = model.logits(inputs).astype(np.float64)             # causal attention over the whole row
+    logits = model.logits(inputs).astype(np.float64)  # causal attention over the whole row
     top = logits.max(axis=-1, keepdims=True)
     log_z = top[..., 0] + np.log(np.exp(logits - top).sum(axis=-1))
     picked = np.take_along_axis(logits, np.where(counted, targets, 0)[..., None], axis=-1)[..., 0]
@@ -56,7 +57,7 @@ def bench_step_one(tmp_path_factory, tiny_cache) -> dict:
     """bench.train's padded tunebox side on the tiny recipe told to pack: prep, the reference's inputs
     (export_reference_inputs: batches.npz, weights.safetensors), the train job through run_tunebox."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNEBOX_CACHE", str(tiny_cache))    # the train job (a child) and base_checkpoint here
+        mp.setenv("TUNEBOX_CACHE", str(tiny_cache))  # the train job (a child) and base_checkpoint here
         work = tmp_path_factory.mktemp("parity")
         base = load_spec(TINY_RECIPE, RECIPE_PACKS)
         overrides = RECIPE_PACKS + bench_overrides(base, work / "runs", TOTAL_STEPS)
@@ -66,14 +67,21 @@ def bench_step_one(tmp_path_factory, tiny_cache) -> dict:
         pad_id = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
         checkpoint = base_checkpoint(spec)
         reference = work / "reference"
-        tokens, _ = export_reference_inputs(reference, spec, get_model_shape(spec.model.name), ids, labels,
-                                            TOTAL_STEPS, pad_id, checkpoint)
+        tokens, _ = export_reference_inputs(
+            reference, spec, get_model_shape(spec.model.name), ids, labels, TOTAL_STEPS, pad_id, checkpoint
+        )
         run = run_tunebox(str(TINY_RECIPE), overrides, spec, work / "train.log", tokens)
     batches = np.load(reference / "batches.npz")
     model = NumpyLlama.from_checkpoint(checkpoint, get_model_shape(spec.model.name))
     loss, counted = numpy_step_loss(model, batches["ids"][0], batches["labels"][0], pad_id)
-    return {"reference": reference, "pad_id": pad_id, "batches": batches, "tunebox": run["steps"][0]["loss"],
-            "numpy": loss, "counted": counted}
+    return {
+        "reference": reference,
+        "pad_id": pad_id,
+        "batches": batches,
+        "tunebox": run["steps"][0]["loss"],
+        "numpy": loss,
+        "counted": counted,
+    }
 
 
 def test_tunebox_side_loss_is_the_numpy_loss(bench_step_one):
@@ -93,9 +101,8 @@ def test_reference_side_loss_is_the_numpy_loss(bench_step_one):
     work = s["reference"]
     plan = json.loads((work / "plan.json").read_text())
     model, _ = build_model(work, plan, json.loads((work / "model.json").read_text()))
-    model.train()                                   # as the reference's first step: LoRA dropout on, B = 0
+    model.train()  # as the reference's first step: LoRA dropout on, B = 0
     with torch.no_grad():
-        loss = float(batch_loss(model, *batch_tensors(s["batches"]["ids"][0], s["batches"]["labels"][0],
-                                                      s["pad_id"])))
+        loss = float(batch_loss(model, *batch_tensors(s["batches"]["ids"][0], s["batches"]["labels"][0], s["pad_id"])))
     assert abs(loss - s["numpy"]) < TOLERANCE, (loss, s["numpy"])
     assert abs(loss - s["tunebox"]) < TOLERANCE, (loss, s["tunebox"])

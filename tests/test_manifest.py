@@ -1,5 +1,6 @@
 """tunebox.manifest: the environment manifest and the run record, on this machine, a temporary
 git repository, and a fake Ascend install tree (the one thing that cannot exist here)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,26 @@ MATH_SAMPLE = REPO / "../shared/data/math/contest-sample.jsonl"
 SQUAD_SAMPLE = REPO / "../shared/data/squad/dev-subset.jsonl"
 
 EXPECTED_KEYS = {
-    "schema", "created_utc", "hostname", "user", "os", "kernel", "cpu", "memory", "npu", "ascend",
-    "python", "packages", "pip_freeze", "container", "git", "spec_hash", "spec", "inputs", "seeds"}
+    "schema",
+    "created_utc",
+    "hostname",
+    "user",
+    "os",
+    "kernel",
+    "cpu",
+    "memory",
+    "npu",
+    "ascend",
+    "python",
+    "packages",
+    "pip_freeze",
+    "container",
+    "git",
+    "spec_hash",
+    "spec",
+    "inputs",
+    "seeds",
+}
 
 
 def test_manifest_has_every_key_and_the_right_input_hashes():
@@ -65,10 +84,13 @@ def test_package_versions_agree_with_pip_freeze():
 
 def test_building_a_manifest_does_not_import_mindspore():
     # In a fresh interpreter: importing mindspore takes seconds and ~1 GB just to read a version.
-    probe = ("import sys, tunebox.manifest as m; m.environment_manifest(include_pip_freeze=False); "
-             "print(sorted(k for k in ('mindspore', 'mindformers') if k in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, check=True)
+    probe = (
+        "import sys, tunebox.manifest as m; m.environment_manifest(include_pip_freeze=False); "
+        "print(sorted(k for k in ('mindspore', 'mindformers') if k in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
     assert done.stdout.strip() == "[]"
 
 
@@ -126,10 +148,25 @@ def test_write_job_manifest_writes_json_and_one_record_line_per_job(tmp_path):
     prep_out.parent.mkdir(parents=True)
     prep_out.write_bytes(b"records")
 
-    p1 = write_job_manifest(spec.job_dir("prep"), "prep", spec, {"train": MATH_SAMPLE},
-                            {"mindrecord": prep_out}, {"data": 0}, {"rows": 3}, started=1_700_000_000.0)
-    p2 = write_job_manifest(spec.job_dir("train"), "train", spec, {"mindrecord": prep_out}, {},
-                            {"train": 0}, {"status": "failed", "error": "boom"})
+    p1 = write_job_manifest(
+        spec.job_dir("prep"),
+        "prep",
+        spec,
+        {"train": MATH_SAMPLE},
+        {"mindrecord": prep_out},
+        {"data": 0},
+        {"rows": 3},
+        started=1_700_000_000.0,
+    )
+    p2 = write_job_manifest(
+        spec.job_dir("train"),
+        "train",
+        spec,
+        {"mindrecord": prep_out},
+        {},
+        {"train": 0},
+        {"status": "failed", "error": "boom"},
+    )
 
     lines = [json.loads(line) for line in (run_dir / "record.jsonl").read_text().splitlines()]
     assert [(r["job"], r["status"]) for r in lines] == [("prep", "ok"), ("train", "failed")]
@@ -149,8 +186,13 @@ def test_write_job_manifest_writes_json_and_one_record_line_per_job(tmp_path):
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
-                          cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def test_git_commit_and_dirty_flag_in_a_temporary_repository(tmp_path):
@@ -173,12 +215,12 @@ def test_git_commit_and_dirty_flag_in_a_temporary_repository(tmp_path):
 
     (repo / "runs").mkdir()
     (repo / "runs" / "out.json").write_text("{}")
-    assert git_state(repo)["dirty"] is False   # ignored outputs do not count
+    assert git_state(repo)["dirty"] is False  # ignored outputs do not count
     (repo / "a.py").write_text("x = 2\n")
     assert git_state(repo)["dirty"] is True
     _git(repo, "checkout", "-q", "a.py")
     (repo / "new.py").write_text("")
-    assert git_state(repo)["dirty"] is True   # an untracked source file changes what runs
+    assert git_state(repo)["dirty"] is True  # an untracked source file changes what runs
 
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -190,11 +232,13 @@ def test_ascend_versions_are_read_from_an_install_tree(tmp_path):
     assert ascend_info(tmp_path)["cann_version"] is None
     (tmp_path / "driver").mkdir()
     (tmp_path / "driver" / "version.info").write_text(
-        "Version=24.1.rc2\nascendhal_version=7.35.19\naicpu_version=1.0\n")
+        "Version=24.1.rc2\nascendhal_version=7.35.19\naicpu_version=1.0\n"
+    )
     arch = tmp_path / "ascend-toolkit" / "latest" / "x86_64-linux"
     arch.mkdir(parents=True)
     (arch / "ascend_toolkit_install.info").write_text(
-        "package_name=Ascend-cann-toolkit\nversion=8.0.RC2\ninnerversion=V100R001C18SPC001B226\narch=x86_64\n")
+        "package_name=Ascend-cann-toolkit\nversion=8.0.RC2\ninnerversion=V100R001C18SPC001B226\narch=x86_64\n"
+    )
     info = ascend_info(tmp_path)
     assert info["driver_version"] == "24.1.rc2"
     assert info["cann_version"] == "8.0.RC2"
@@ -202,8 +246,8 @@ def test_ascend_versions_are_read_from_an_install_tree(tmp_path):
 
     (arch / "ascend_toolkit_install.info").unlink()
     (tmp_path / "ascend-toolkit" / "latest" / "version.cfg").write_text(
-        "# version: 1.0\nruntime_running_version=[8.0.RC3:8.0.RC3]\n"
-        "toolkit_installed_version=[8.0.RC3:8.0.RC3]\n")
+        "# version: 1.0\nruntime_running_version=[8.0.RC3:8.0.RC3]\ntoolkit_installed_version=[8.0.RC3:8.0.RC3]\n"
+    )
     assert ascend_info(tmp_path)["cann_version"] == "8.0.RC3"
 
 
@@ -231,8 +275,13 @@ NPU_SMI_910B = """\
 def test_npu_smi_table_is_parsed(tmp_path, monkeypatch):
     parsed = parse_npu_smi(NPU_SMI_910B)
     assert parsed["version"] == "23.0.6" and parsed["count"] == 2
-    assert parsed["devices"][0] == {"id": 0, "name": "910B3", "health": "OK",
-                                    "bus_id": "0000:C1:00.0", "hbm_total_mb": 65536}
+    assert parsed["devices"][0] == {
+        "id": 0,
+        "name": "910B3",
+        "health": "OK",
+        "bus_id": "0000:C1:00.0",
+        "hbm_total_mb": 65536,
+    }
     assert parsed["devices"][1]["health"] == "Warning"
 
     # A stand-in npu-smi on PATH, as on an Ascend host: npu_info runs it and keeps the raw table.

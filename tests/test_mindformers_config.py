@@ -2,6 +2,7 @@
 with MindFormers' own MindFormerConfig, says what the spec says in MindFormers' keys, and builds the
 model with its LoRA (at tiny dimensions where the real ones do not fit in a test); the submission
 carries finetune/predict YAMLs that verify checks."""
+
 from __future__ import annotations
 
 import json
@@ -23,18 +24,31 @@ from tunebox.model.registry import get_model_shape, mindformers_target_regex, wi
 from tunebox.training.plan import plan_steps
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
-TINY_DIMS = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "n_kv_heads": 2, "intermediate_size": 128,
-             "vocab_size": 384}
+TINY_DIMS = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "n_kv_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": 384,
+}
 
 
 def rendered(recipe: str, tmp_path: Path, *overrides: str) -> tuple[object, dict, dict]:
     spec = load_spec(REPO / "recipes" / recipe, list(overrides))
     rows = 40 * spec.train.batch_size
     plan = plan_steps(rows, spec.train)
-    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
-                              seq_length=spec.data.seq_length,
-                              data_files=[tmp_path / "train.mindrecord"], out_dir=tmp_path / "train",
-                              plan=plan, base_checkpoint=tmp_path / "base.ckpt", answer_capacity=24)
+    cfg = render_train_config(
+        get_model_shape(spec.model.name),
+        spec.train,
+        spec.lora,
+        seq_length=spec.data.seq_length,
+        data_files=[tmp_path / "train.mindrecord"],
+        out_dir=tmp_path / "train",
+        plan=plan,
+        base_checkpoint=tmp_path / "base.ckpt",
+        answer_capacity=24,
+    )
     return spec, plan, cfg
 
 
@@ -79,12 +93,17 @@ def test_stage1_recipe_states_the_contests_topology(tmp_path):
     assert dp["parallel"]["parallel_mode"] == 0 and dp["model"]["arch"]["type"] == "TuneboxLlamaForCausalLM"
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["train.parallel.model_parallel=2"], "MindSpore's CPU backend runs data parallel only"),
-    (["train.workers=4", "train.parallel.model_parallel=3", "train.device=Ascend", "train.dtype=bfloat16"],
-     "must equal train.workers"),
-    (["train.grad_accum=2"], "MindFormers accumulates gradients only in semi_auto_parallel"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.parallel.model_parallel=2"], "MindSpore's CPU backend runs data parallel only"),
+        (
+            ["train.workers=4", "train.parallel.model_parallel=3", "train.device=Ascend", "train.dtype=bfloat16"],
+            "must equal train.workers",
+        ),
+        (["train.grad_accum=2"], "MindFormers accumulates gradients only in semi_auto_parallel"),
+    ],
+)
 def test_impossible_topologies_are_refused_at_load(overrides, message):
 
     with pytest.raises(InputError, match=message):
@@ -113,9 +132,20 @@ def test_the_rendered_config_builds_the_model_with_its_lora(recipe, tmp_path, mf
     if mspec.total_params() > 200_000_000:
         mc.update(TINY_DIMS)
         mspec = with_overrides(mspec, **TINY_DIMS)
-    mc.update({"compute_dtype": "float32", "param_init_type": "float32", "rotary_dtype": "float32",
-               "use_flash_attention": False, "fused_rms_norm": False, "use_rope_slice": True, "seq_length": 32,
-               "batch_size": 2, "tunebox_answer_capacity": 0, "tunebox_packing": False})
+    mc.update(
+        {
+            "compute_dtype": "float32",
+            "param_init_type": "float32",
+            "rotary_dtype": "float32",
+            "use_flash_attention": False,
+            "fused_rms_norm": False,
+            "use_rope_slice": True,
+            "seq_length": 32,
+            "batch_size": 2,
+            "tunebox_answer_capacity": 0,
+            "tunebox_packing": False,
+        }
+    )
     arch = MindFormerRegister.get_cls(MindFormerModuleType.MODELS, cfg["model"]["arch"]["type"])
     net = arch(config=LlamaConfig(**mc))
     pet_type = pet.pop("pet_type")
@@ -129,9 +159,14 @@ def test_predict_config_names_the_checkpoint_and_tokenizer(tmp_path, mf_cwd):
     from mindformers import MindFormerConfig
 
     spec = load_spec(TINY_RECIPE)
-    cfg = render_predict_config(spec, checkpoint="../checkpoints/step-000027/model.ckpt", tokenizer_dir="../tokenizer",
-                                max_new_tokens=24, special_tokens={"bos_token": "<s>", "eos_token": "</s>"},
-                                stop_ids=[2, 4])
+    cfg = render_predict_config(
+        spec,
+        checkpoint="../checkpoints/step-000027/model.ckpt",
+        tokenizer_dir="../tokenizer",
+        max_new_tokens=24,
+        special_tokens={"bos_token": "<s>", "eos_token": "</s>"},
+        stop_ids=[2, 4],
+    )
     path = tmp_path / "predict.yaml"
     path.write_text(dump(cfg), encoding="utf-8")
     mf = MindFormerConfig(str(path))
@@ -147,7 +182,6 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
     config for the chosen checkpoint; the registered classes. verify loads both with MindFormerConfig
     and fails a predict.yaml whose checkpoint is not in the submission."""
 
-
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run["run_dir"], runs / "tiny", ignore=shutil.ignore_patterns("submission"))
     run_job("bundle", TINY_RECIPE, tiny_run["cache"], tmp_path, f"runs_dir={runs}")
@@ -157,7 +191,7 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
     finetune, as_run = yaml.safe_load(text), yaml.safe_load((runs / "tiny" / "train" / "mindformers.yaml").read_text())
     assert finetune["model"] == as_run["model"] and finetune["parallel_config"] == as_run["parallel_config"]
     assert finetune["load_checkpoint"] == "../base/model.ckpt"
-    assert finetune["tensorboard"]["tensorboard_dir"] == "./output/tensorboard"    # MindFormers adds rank_<r>/
+    assert finetune["tensorboard"]["tensorboard_dir"] == "./output/tensorboard"  # MindFormers adds rank_<r>/
     predict = yaml.safe_load((sub / "mindformers" / "predict.yaml").read_text())
     chosen = json.loads((sub / "results.json").read_text())["chosen"]["model"]
     assert predict["load_checkpoint"] == f"../checkpoints/{chosen}/model.ckpt"
@@ -180,18 +214,38 @@ def test_card_memory_of_the_contest_topology_worked_by_hand():
     setting), against figures worked here from the formula's terms."""
 
     m = get_model_shape("llama3-8b")
-    mem = budget.card_memory(m, seq_length=256, global_batch=64, data_parallel=1, model_parallel=4, pipeline_stage=1,
-                             micro_batch_num=1, dtype="bfloat16", lora_trainable=3_407_872, recompute=True)
+    mem = budget.card_memory(
+        m,
+        seq_length=256,
+        global_batch=64,
+        data_parallel=1,
+        model_parallel=4,
+        pipeline_stage=1,
+        micro_batch_num=1,
+        dtype="bfloat16",
+        lora_trainable=3_407_872,
+        recompute=True,
+    )
     s, b, h = 256, 64, 4096
     assert mem.micro_batch == 64 and mem.layers_here == 32
     assert mem.weights == 8_030_261_248 * 2 / 4
-    full_layer = s * b * h * (10 + 24 / 4 + 5 * 32 * 256 / (4096 * 4))          # 1.2448e9 bytes
+    full_layer = s * b * h * (10 + 24 / 4 + 5 * 32 * 256 / (4096 * 4))  # 1.2448e9 bytes
     assert mem.activations == pytest.approx(32 * 2 * s * b * h + full_layer)
     assert mem.logits == 2 * 4 * s * b * 128256
     assert mem.lora_state == pytest.approx(3_407_872 / 4 * 12)
     # data parallel instead: each card holds the whole model and a quarter of the batch
-    dp = budget.card_memory(m, seq_length=256, global_batch=64, data_parallel=4, model_parallel=1, pipeline_stage=1,
-                            micro_batch_num=1, dtype="bfloat16", lora_trainable=3_407_872, recompute=True)
+    dp = budget.card_memory(
+        m,
+        seq_length=256,
+        global_batch=64,
+        data_parallel=4,
+        model_parallel=1,
+        pipeline_stage=1,
+        micro_batch_num=1,
+        dtype="bfloat16",
+        lora_trainable=3_407_872,
+        recompute=True,
+    )
     assert dp.weights == 4 * mem.weights and dp.micro_batch == 16 and dp.logits == mem.logits / 4
 
 
@@ -211,12 +265,15 @@ def test_the_rendered_optimizer_updates_as_the_contests_adam_weight_decay(tmp_pa
     opt_cfg = dict(cfg["optimizer"])
     lr = 1e-3
     w0 = np.array([0.5, -0.25, 1.0, 0.0], np.float32)
-    grads = [np.array([0.2, -0.4, 1e-3, 3.0], np.float32), np.array([-0.1, -0.4, 2e-3, 1.0], np.float32),
-             np.array([0.3, 0.1, -1e-3, -2.0], np.float32)]
+    grads = [
+        np.array([0.2, -0.4, 1e-3, 3.0], np.float32),
+        np.array([-0.1, -0.4, 2e-3, 1.0], np.float32),
+        np.array([0.3, 0.1, -1e-3, -2.0], np.float32),
+    ]
     param = Parameter(Tensor(w0), name="lora_a")
     optimizer = build_optim(opt_cfg, default_args={"params": [param], "learning_rate": lr})
 
-    b1, b2, eps = 0.9, 0.999, 1e-8   # the contest's rule, by hand (weight_decay 0 in the recipe)
+    b1, b2, eps = 0.9, 0.999, 1e-8  # the contest's rule, by hand (weight_decay 0 in the recipe)
     w, m, v = w0.astype(np.float64), np.zeros(4), np.zeros(4)
     for step, g in enumerate(grads, 1):
         optimizer((Tensor(g),))

@@ -7,6 +7,7 @@ against the file, and answers one held-out prompt greedily: the network's forwar
 last prompt position, a few tokens (MindFormers 1.9's generate() stops on CPU with "The kernel ArgMaxExt
 unregistered"). The text must equal what tunebox's own numpy decoder answers for that prompt.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,7 +74,6 @@ def test_predict_check_refuses_a_checkpoint_that_does_not_fit(judged, tmp_path):
     """Strict loading: a checkpoint with a parameter missing is an error, not a silently random weight."""
     import mindspore as ms
 
-
     sub = judged["sub"]
     predict = yaml.safe_load((sub / "mindformers/predict.yaml").read_text(encoding="utf-8"))
     params = ms.load_checkpoint(str((sub / "mindformers" / predict["load_checkpoint"]).resolve()))
@@ -89,20 +89,23 @@ def test_predict_check_refuses_a_checkpoint_of_another_dtype(judged, tmp_path):
     reverse): MindSpore would convert it without a word when loading is not strict; here it is an error."""
     import mindspore as ms
 
-
     sub = judged["sub"]
     predict = yaml.safe_load((sub / "mindformers/predict.yaml").read_text(encoding="utf-8"))
     params = ms.load_checkpoint(str((sub / "mindformers" / predict["load_checkpoint"]).resolve()))
     halved = next(n for n in params if "w2.weight" in n)
-    ms.save_checkpoint([{"name": n, "data": ms.Tensor(p.asnumpy().astype("float16")) if n == halved else p}
-                        for n, p in params.items()], str(tmp_path / "half.ckpt"))
+    ms.save_checkpoint(
+        [
+            {"name": n, "data": ms.Tensor(p.asnumpy().astype("float16")) if n == halved else p}
+            for n, p in params.items()
+        ],
+        str(tmp_path / "half.ckpt"),
+    )
     text, _ = heldout_prompt(sub)
     with pytest.raises(ValueError, match=halved.replace(".", r"\.") + ": network Float32"):
         greedy_answer(sub / "mindformers", text, NEW_TOKENS, checkpoint=str(tmp_path / "half.ckpt"))
 
 
 def test_verify_rerun_runs_predict_yaml_through_mindformers(judged, tmp_path, capsys):
-
 
     sub = tmp_path / "submission"
     shutil.copytree(judged["sub"], sub)

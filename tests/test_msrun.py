@@ -1,5 +1,6 @@
 """Data-parallel training through msrun on the CPU: 2 workers, MindFormers' Trainer in each, the
 dataset sharded by rank, the gradients averaged across ranks."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,18 @@ def test_two_msrun_workers_train_one_model(tmp_path, tiny_cache, tiny_run, monke
     runs = tmp_path / "runs"
     (runs / "w2").mkdir(parents=True)
     os.symlink(tiny_run["run_dir"] / "prep", runs / "w2" / "prep")
-    run_job("train", TINY_RECIPE, tiny_cache, tmp_path, "train.max_steps=8", "lora.dropout=0.0",
-            f"runs_dir={runs}", "run_id=w2", "train.workers=2", "train.master_port=8391")
+    run_job(
+        "train",
+        TINY_RECIPE,
+        tiny_cache,
+        tmp_path,
+        "train.max_steps=8",
+        "lora.dropout=0.0",
+        f"runs_dir={runs}",
+        "run_id=w2",
+        "train.workers=2",
+        "train.master_port=8391",
+    )
     out = runs / "w2" / "train"
     cfg = yaml.safe_load((out / "mindformers.yaml").read_text())
     assert cfg["use_parallel"] is True and cfg["parallel_config"]["data_parallel"] == 2

@@ -1,6 +1,7 @@
 """tunebox/contest/rules.py to the letter: the boundaries, the error messages and every field of
 the retention verdict and the checkpoint choice, worked out by hand. Written against the mutants
 that survived `invoke test.mutants` (docs/TESTING.md): each assert pins one of them."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,9 +34,14 @@ def test_param_figures_by_hand():
     # tiny: LoRA r=8 on wq (64x64) and wv (32x64) in 2 layers; 123,200 parameters (tests/test_bundle.py)
     trainable, total = 2 * (8 * (64 + 64) + 8 * (32 + 64)), 123_200
     assert rules.param_figures(get_model_shape("tiny"), 8, "wq|wv") == {
-        "trainable_params": trainable, "total_params": total, "ratio": trainable / total,
-        "contest_total_params": None, "contest_ratio": None, "ratio_for_score": trainable / total,
-        "ratio_basis": "exact parameter count 123,200; the contest has no nominal total for tiny"}
+        "trainable_params": trainable,
+        "total_params": total,
+        "ratio": trainable / total,
+        "contest_total_params": None,
+        "contest_ratio": None,
+        "ratio_for_score": trainable / total,
+        "ratio_basis": "exact parameter count 123,200; the contest has no nominal total for tiny",
+    }
     llama = rules.param_figures(get_model_shape("llama3-8b"), 8, "wq|wv")
     assert llama["trainable_params"] == 3_407_872 and llama["contest_total_params"] == 8_030_000_000
     assert llama["contest_ratio"] == llama["ratio_for_score"] == 3_407_872 / 8_030_000_000
@@ -74,15 +80,38 @@ def test_retention_by_hand():
 
 def test_retention_verdict_every_field():
     assert rules.retention_verdict(None, {"f1": 1, "em": 1}) == {
-        "measured": False, "threshold": 0.9, "passes": None, "failed": [], "undecided": [], "f1": None, "em": None,
-        "shortfall": ""}
+        "measured": False,
+        "threshold": 0.9,
+        "passes": None,
+        "failed": [],
+        "undecided": [],
+        "f1": None,
+        "em": None,
+        "shortfall": "",
+    }
     assert rules.retention_verdict({"f1": 1, "em": 1}, None)["passes"] is None
     ok = rules.retention_verdict({"f1": 45.0, "em": 18.0}, {"f1": 50.0, "em": 20.0})
-    assert ok == {"measured": True, "threshold": 0.9, "passes": True, "failed": [], "undecided": [], "f1": 0.9,
-                  "em": 0.9, "shortfall": ""}
+    assert ok == {
+        "measured": True,
+        "threshold": 0.9,
+        "passes": True,
+        "failed": [],
+        "undecided": [],
+        "f1": 0.9,
+        "em": 0.9,
+        "shortfall": "",
+    }
     bad = rules.retention_verdict({"f1": 44.0, "em": 20.0}, {"f1": 50.0, "em": 0.0})
-    assert bad == {"measured": True, "threshold": 0.9, "passes": False, "failed": ["f1"], "undecided": ["em"],
-                   "f1": 0.88, "em": None, "shortfall": "F1 44.00 vs base 50.00 = 0.880 < 0.90"}
+    assert bad == {
+        "measured": True,
+        "threshold": 0.9,
+        "passes": False,
+        "failed": ["f1"],
+        "undecided": ["em"],
+        "f1": 0.88,
+        "em": None,
+        "shortfall": "F1 44.00 vs base 50.00 = 0.880 < 0.90",
+    }
     both = rules.retention_verdict({"f1": 1.0, "em": 0.0}, {"f1": 2.0, "em": 1.0})
     assert both["failed"] == ["f1", "em"] and both["undecided"] == []
     assert both["shortfall"] == "F1 1.00 vs base 2.00 = 0.500 < 0.90; EM 0.00 vs base 1.00 = 0.000 < 0.90"
@@ -90,57 +119,106 @@ def test_retention_verdict_every_field():
 
 
 def cand(model, step, score, acc, passes, shortfall="F1 1.00 vs base 2.00 = 0.500 < 0.90"):
-    return {"model": model, "step": step, "score": score, "accuracy_strict": acc,
-            "retention": {"passes": passes, "shortfall": shortfall if passes is False else ""}}
+    return {
+        "model": model,
+        "step": step,
+        "score": score,
+        "accuracy_strict": acc,
+        "retention": {"passes": passes, "shortfall": shortfall if passes is False else ""},
+    }
 
 
 def test_choose_checkpoint_nothing_scored():
-    assert rules.choose_checkpoint([]) == rules.choose_checkpoint([cand("a", 1, None, None, True)]) == {
-        "model": None, "step": None, "rule": None, "valid": None, "highest_score": None,
-        "reason": "no checkpoint has a score", "verdicts": {}}
+    assert (
+        rules.choose_checkpoint([])
+        == rules.choose_checkpoint([cand("a", 1, None, None, True)])
+        == {
+            "model": None,
+            "step": None,
+            "rule": None,
+            "valid": None,
+            "highest_score": None,
+            "reason": "no checkpoint has a score",
+            "verdicts": {},
+        }
+    )
 
 
 def test_choose_checkpoint_among_retention_passes():
-    got = rules.choose_checkpoint([cand("a", 1, 0.5, 0.2, True), cand("b", 2, 0.6, 0.3, True),
-                                   cand("c", 3, 0.7, 0.4, False), cand("d", 4, 0.6, 0.3, True),
-                                   cand("e", 5, 0.2, 0.0, False)])
+    got = rules.choose_checkpoint(
+        [
+            cand("a", 1, 0.5, 0.2, True),
+            cand("b", 2, 0.6, 0.3, True),
+            cand("c", 3, 0.7, 0.4, False),
+            cand("d", 4, 0.6, 0.3, True),
+            cand("e", 5, 0.2, 0.0, False),
+        ]
+    )
     assert got == {
-        "model": "d", "step": 4, "rule": "score among retention passes", "valid": True, "highest_score": "c",
+        "model": "d",
+        "step": 4,
+        "rule": "score among retention passes",
+        "valid": True,
+        "highest_score": "c",
         "reason": "highest stage score (0.6000, strict accuracy 0.300) among the 3 of 5 checkpoints keeping >= 90% "
-                  "of the base model's SQuAD F1 and EM",
-        "verdicts": {"a": "lower score: 0.5000 < 0.6000 (strict accuracy 0.200 vs 0.300)",
-                     "b": "same score 0.6000; ties go to the later step (4 > 2)",
-                     "c": "failed retention: F1 1.00 vs base 2.00 = 0.500 < 0.90 (its score 0.7000 is higher than "
-                          "the chosen one's)",
-                     "e": "failed retention: F1 1.00 vs base 2.00 = 0.500 < 0.90"}}
+        "of the base model's SQuAD F1 and EM",
+        "verdicts": {
+            "a": "lower score: 0.5000 < 0.6000 (strict accuracy 0.200 vs 0.300)",
+            "b": "same score 0.6000; ties go to the later step (4 > 2)",
+            "c": "failed retention: F1 1.00 vs base 2.00 = 0.500 < 0.90 (its score 0.7000 is higher than "
+            "the chosen one's)",
+            "e": "failed retention: F1 1.00 vs base 2.00 = 0.500 < 0.90",
+        },
+    }
 
 
 def test_choose_checkpoint_when_none_passes():
     got = rules.choose_checkpoint([cand("a", 1, 0.5, 0.2, False), cand("b", 2, 0.7, 0.4, False)])
     assert got == {
-        "model": None, "step": None, "rule": "none passes retention", "valid": False, "highest_score": "b",
+        "model": None,
+        "step": None,
+        "rule": "none passes retention",
+        "valid": False,
+        "highest_score": "b",
         "reason": "NO VALID CHECKPOINT: none of the 2 keeps 90% of the base model's SQuAD F1 and EM, so none is "
-                  "valid under the contest rule and none is chosen (highest score: b, 0.7000)",
-        "verdicts": {"a": "failed retention: F1 1.00 vs base 2.00 = 0.500 < 0.90",
-                     "b": "failed retention: F1 1.00 vs base 2.00 = 0.500 < 0.90"}}
+        "valid under the contest rule and none is chosen (highest score: b, 0.7000)",
+        "verdicts": {
+            "a": "failed retention: F1 1.00 vs base 2.00 = 0.500 < 0.90",
+            "b": "failed retention: F1 1.00 vs base 2.00 = 0.500 < 0.90",
+        },
+    }
 
 
 def test_choose_checkpoint_when_retention_is_unknown():
     unknown = rules.choose_checkpoint([cand("a", 1, 0.5, 0.2, None), cand("b", 2, 0.4, 0.1, None)])
-    assert (unknown["model"], unknown["step"], unknown["valid"], unknown["rule"]) == ("a", 1, None,
-                                                                                    "score (retention not measured)")
-    assert unknown["reason"] == ("highest stage score (0.5000, strict accuracy 0.200); SQuAD retention was not "
-                                 "measured (eval.squad_file), so validity under the contest rule is unknown")
-    mixed = rules.choose_checkpoint([cand("a", 1, 0.5, 0.2, True), cand("b", 2, 0.6, 0.3, None),
-                                     cand("c", 3, 0.9, 0.3, False)])
-    assert (mixed["model"], mixed["valid"], mixed["rule"]) == ("b", None, "score among checkpoints not failing "
-                                                               "retention")
-    assert mixed["reason"] == ("highest stage score (0.6000, strict accuracy 0.300) among the 2 of 3 checkpoints not "
-                               "known to fail retention; retention is unknown for b")
-    two = rules.choose_checkpoint([cand("a", 1, 0.5, 0.2, True), cand("b", 2, 0.6, 0.3, None),
-                                   cand("c", 3, 0.4, 0.1, None)])
-    assert two["reason"].endswith("among the 3 of 3 checkpoints not known to fail retention; retention is unknown "
-                                  "for b, c")
+    assert (unknown["model"], unknown["step"], unknown["valid"], unknown["rule"]) == (
+        "a",
+        1,
+        None,
+        "score (retention not measured)",
+    )
+    assert unknown["reason"] == (
+        "highest stage score (0.5000, strict accuracy 0.200); SQuAD retention was not "
+        "measured (eval.squad_file), so validity under the contest rule is unknown"
+    )
+    mixed = rules.choose_checkpoint(
+        [cand("a", 1, 0.5, 0.2, True), cand("b", 2, 0.6, 0.3, None), cand("c", 3, 0.9, 0.3, False)]
+    )
+    assert (mixed["model"], mixed["valid"], mixed["rule"]) == (
+        "b",
+        None,
+        "score among checkpoints not failing retention",
+    )
+    assert mixed["reason"] == (
+        "highest stage score (0.6000, strict accuracy 0.300) among the 2 of 3 checkpoints not "
+        "known to fail retention; retention is unknown for b"
+    )
+    two = rules.choose_checkpoint(
+        [cand("a", 1, 0.5, 0.2, True), cand("b", 2, 0.6, 0.3, None), cand("c", 3, 0.4, 0.1, None)]
+    )
+    assert two["reason"].endswith(
+        "among the 3 of 3 checkpoints not known to fail retention; retention is unknown for b, c"
+    )
     partly = rules.choose_checkpoint([cand("a", 1, 0.7, 0.2, True), cand("b", 2, 0.6, 0.3, None)])
     assert (partly["model"], partly["valid"]) == ("a", True)
     assert partly["reason"].endswith("retention is unknown for b")
@@ -149,9 +227,11 @@ def test_choose_checkpoint_when_retention_is_unknown():
 # ---- the MCQ prompt (scoring.py), to the byte ---------------------------------------------------
 
 EN_ROW = {"id": "q1", "question": " What is 2+2? ", "choices": ["3", "4", "5", "6"], "subject": "high_school_math"}
-EN_PROMPT = ("Here is a question about high school math, the correct answer is one of the options A/B/C/D. "
-             "Please select the correct option and answer the question with 'The right option is'.\n"
-             "Question: What is 2+2? \nA.3\nB.4\nC.5\nD.6")
+EN_PROMPT = (
+    "Here is a question about high school math, the correct answer is one of the options A/B/C/D. "
+    "Please select the correct option and answer the question with 'The right option is'.\n"
+    "Question: What is 2+2? \nA.3\nB.4\nC.5\nD.6"
+)
 
 
 def test_mcq_prompt_to_the_byte():
@@ -160,9 +240,11 @@ def test_mcq_prompt_to_the_byte():
     no_subject = {k: v for k, v in EN_ROW.items() if k != "subject"}
     assert mcq_prompt(no_subject).startswith("Here is a question about general knowledge, the correct")
     zh = {"question": "一加一等于几？", "choices": ["1", "2", "3", "4"], "subject": "math"}
-    assert mcq_prompt(zh) == ("以下是关于math的单项选择题，正确答案是 A/B/C/D 中的一个。"
-                              "请选出正确选项，并以“The right option is”作答。\n"
-                              "问题：一加一等于几？ \nA.1\nB.2\nC.3\nD.4")
+    assert mcq_prompt(zh) == (
+        "以下是关于math的单项选择题，正确答案是 A/B/C/D 中的一个。"
+        "请选出正确选项，并以“The right option is”作答。\n"
+        "问题：一加一等于几？ \nA.1\nB.2\nC.3\nD.4"
+    )
     assert mcq_prompt(zh, "contest").startswith("Here is a question about math,")  # what the contest sent
     assert mcq_prompt(EN_ROW, "zh").startswith("以下是关于high school math的单项选择题")
 
@@ -183,16 +265,17 @@ def test_mcq_prompt_refusals():
 def test_mcq_language_by_hand():
 
     assert mcq_language(EN_ROW) == "en"
-    assert mcq_language({"question": "Which?", "choices": ["a", "b", "中", "d"]}) == "zh"   # a choice decides too
+    assert mcq_language({"question": "Which?", "choices": ["a", "b", "中", "d"]}) == "zh"  # a choice decides too
     assert mcq_language({"choices": ["\u3400"]}) == "zh" and mcq_language({"question": "\u9fff"}) == "zh"
     assert mcq_language({"question": "\u4dbf"}) == "zh"
-    assert mcq_language({"question": "\u3042 (hiragana)", "choices": []}) == "en"   # not CJK ideographs
+    assert mcq_language({"question": "\u3042 (hiragana)", "choices": []}) == "en"  # not CJK ideographs
     assert mcq_language({}) == "en"
 
 
 # ---- tunebox/contest/mathgen.py: each maker's draws and text, with a scripted random source ----------------
 # A generated row's wording and ranges are the contest's (mathgen's docstring); random-seed tests cannot see a
 # range that is one wider or a draw that is swapped, so here every draw is scripted and its bounds recorded.
+
 
 class ScriptedRng:
     """Stands in for random.Random: returns the scripted values in order, records each call's bounds."""
@@ -220,11 +303,16 @@ class ScriptedRng:
 CENTS = ("randint", -1_000_000, 1_000_000)
 
 
-@pytest.mark.parametrize("family, op, want", [
-    # 12.50 and -3.25, by hand: the sum keeps two decimals, the product four, the quotient 50/13 to 28 digits
-    ("add", "+", "9.25"), ("sub", "-", "15.75"), ("mul", "*", "-40.6250"),
-    ("div", "/", "-3.846153846153846153846153846"),
-])
+@pytest.mark.parametrize(
+    "family, op, want",
+    [
+        # 12.50 and -3.25, by hand: the sum keeps two decimals, the product four, the quotient 50/13 to 28 digits
+        ("add", "+", "9.25"),
+        ("sub", "-", "15.75"),
+        ("mul", "*", "-40.6250"),
+        ("div", "/", "-3.846153846153846153846153846"),
+    ],
+)
 def test_arithmetic_maker_draws_and_writes(family, op, want):
     """Mutants: _arith_maker's bounds (+-1,000,000 cents), its wording, the operand order."""
     rng = ScriptedRng(1250, -325)
@@ -274,12 +362,16 @@ def test_sqrt_linear_and_function_makers():
 def test_word_problem_makers():
     """Mutants: the bounds and wording of the rectangle, sales, discount and average makers."""
     rng = ScriptedRng(7, 8)
-    assert mathgen.make("rectangle_area", rng) == ("一个长方形的长为 7 厘米，宽为 8 厘米，请计算其面积。",
-                                                   "面积为 56 平方厘米")
+    assert mathgen.make("rectangle_area", rng) == (
+        "一个长方形的长为 7 厘米，宽为 8 厘米，请计算其面积。",
+        "面积为 56 平方厘米",
+    )
     assert rng.calls == [("randint", 1, 100)] * 2
     rng = ScriptedRng(80, 25)
-    assert mathgen.make("sales_growth", rng) == ("去年销售额为 80 万元，今年销售额增加了 25%，请计算今年的销售额。",
-                                                 "100.0")
+    assert mathgen.make("sales_growth", rng) == (
+        "去年销售额为 80 万元，今年销售额增加了 25%，请计算今年的销售额。",
+        "100.0",
+    )
     assert rng.calls == [("randint", 1, 100)] * 2
     rng = ScriptedRng(80, 60)
     assert mathgen.make("discount", rng) == ("商品原价为 80 元，打折后的价格为 60 元，请计算打折的折扣比例。", "25.0")
@@ -296,8 +388,9 @@ def test_english_makers_by_hand():
     rng = ScriptedRng(0, 6, 4)
     problem, solution = mathgen.make("english_word", rng)
     assert problem == "What is the least common multiple of $6$ and $4$?"
-    assert solution == ("Since $\\gcd(6, 4) = 2$, we have $\\operatorname{lcm}(6, 4) = "
-                        "\\frac{6 \\cdot 4}{2} = \\boxed{12}$.")
+    assert solution == (
+        "Since $\\gcd(6, 4) = 2$, we have $\\operatorname{lcm}(6, 4) = \\frac{6 \\cdot 4}{2} = \\boxed{12}$."
+    )
     assert rng.calls == [("randrange", 7), ("randint", 2, 200), ("randint", 2, 199)]
     # b drawn equal to or above a moves up one, so the two numbers differ
     assert mathgen.make("english_word", ScriptedRng(0, 4, 4))[0] == "What is the least common multiple of $4$ and $5$?"
@@ -305,35 +398,50 @@ def test_english_makers_by_hand():
 
     rng = ScriptedRng(1, "chess club", 5, 3)
     problem, solution = mathgen.make("english_word", rng)
-    assert problem == ("A chess club has 5 members. In how many ways can it choose a president, a vice-president and "
-                       "a treasurer if no member can hold more than one office?")
-    assert solution == ("There are 5 choices for president, then 4 for vice-president and 3 for treasurer, so there "
-                        "are $5 \\times 4 \\times 3 = \\boxed{60}$ ways.")
+    assert problem == (
+        "A chess club has 5 members. In how many ways can it choose a president, a vice-president and "
+        "a treasurer if no member can hold more than one office?"
+    )
+    assert solution == (
+        "There are 5 choices for president, then 4 for vice-president and 3 for treasurer, so there "
+        "are $5 \\times 4 \\times 3 = \\boxed{60}$ ways."
+    )
     assert rng.calls[1:] == [("choice", mathgen._GROUPS), ("randint", 5, 300), ("randint", 2, 4)]
     assert mathgen.solve(problem) == solution
     problem, solution = mathgen.make("english_word", ScriptedRng(1, "club", 6, 2))
-    assert problem == ("A club has 6 members. In how many ways can it choose a president and a secretary if no "
-                       "member can hold more than one office?")
-    assert solution == ("There are 6 choices for president, then 5 for secretary, so there are "
-                        "$6 \\times 5 = \\boxed{30}$ ways.")
+    assert problem == (
+        "A club has 6 members. In how many ways can it choose a president and a secretary if no "
+        "member can hold more than one office?"
+    )
+    assert solution == (
+        "There are 6 choices for president, then 5 for secretary, so there are $6 \\times 5 = \\boxed{30}$ ways."
+    )
     problem, solution = mathgen.make("english_word", ScriptedRng(1, "choir", 7, 4))
-    assert solution == ("There are 7 choices for president, then 6 for vice-president, 5 for secretary and 4 for "
-                        "treasurer, so there are $7 \\times 6 \\times 5 \\times 4 = \\boxed{840}$ ways.")
+    assert solution == (
+        "There are 7 choices for president, then 6 for vice-president, 5 for secretary and 4 for "
+        "treasurer, so there are $7 \\times 6 \\times 5 \\times 4 = \\boxed{840}$ ways."
+    )
     assert "choose a president, a vice-president, a secretary and a treasurer if" in problem
 
     rng = ScriptedRng(2, 3, 2)
     problem, solution = mathgen.make("english_word", rng)
-    assert problem == ("We flip 3 fair coins. What is the probability that exactly 2 of them come up heads? "
-                       "Express your answer as a common fraction.")
-    assert solution == ("There are $2^{3} = 8$ equally likely outcomes, and $\\binom{3}{2} = 3$ of them have exactly "
-                        "2 heads, so the probability is $\\frac{3}{8} = \\boxed{\\dfrac{3}{8}}$.")
+    assert problem == (
+        "We flip 3 fair coins. What is the probability that exactly 2 of them come up heads? "
+        "Express your answer as a common fraction."
+    )
+    assert solution == (
+        "There are $2^{3} = 8$ equally likely outcomes, and $\\binom{3}{2} = 3$ of them have exactly "
+        "2 heads, so the probability is $\\frac{3}{8} = \\boxed{\\dfrac{3}{8}}$."
+    )
     assert rng.calls[1:] == [("randint", 2, 30), ("randint", 1, 3)]
 
     rng = ScriptedRng(3, 2, 3, 5)
     problem, solution = mathgen.make("english_word", rng)
     assert problem == "What is the sum of the arithmetic sequence $2, 5, 8, \\ldots, 14$?"
-    assert solution == ("The common difference is $3$, so the sequence has $\\frac{14 - 2}{3} + 1 = 5$ terms. "
-                        "Its sum is $\\frac{5 \\cdot (2 + 14)}{2} = \\boxed{40}$.")
+    assert solution == (
+        "The common difference is $3$, so the sequence has $\\frac{14 - 2}{3} + 1 = 5$ terms. "
+        "Its sum is $\\frac{5 \\cdot (2 + 14)}{2} = \\boxed{40}$."
+    )
     assert rng.calls[1:] == [("randint", 1, 100), ("randint", 2, 15), ("randint", 5, 60)]
     assert mathgen.solve(problem) == solution
 
@@ -341,55 +449,94 @@ def test_english_makers_by_hand():
     rng = ScriptedRng(4, 2, 5, 3, 0, -4)
     problem, solution = mathgen.make("english_word", rng)
     assert problem == "Solve for $x$: $5x - 4 = 2x + 5$."
-    assert solution == ("Moving the $x$ terms to the left and the constants to the right gives "
-                        "$3x = 5 - (-4) = 9$, so $x = \\frac{9}{3} = \\boxed{3}$.")
-    assert rng.calls[1:] == [("randint", 1, 14), ("randint", 3, 15), ("randint", -20, 20), ("randint", -50, 50),
-                             ("randint", -50, 50)]
+    assert solution == (
+        "Moving the $x$ terms to the left and the constants to the right gives "
+        "$3x = 5 - (-4) = 9$, so $x = \\frac{9}{3} = \\boxed{3}$."
+    )
+    assert rng.calls[1:] == [
+        ("randint", 1, 14),
+        ("randint", 3, 15),
+        ("randint", -20, 20),
+        ("randint", -50, 50),
+        ("randint", -50, 50),
+    ]
     assert mathgen.solve(problem) == solution
     # d = 0 is redrawn too: c=1, a=2, x=1, b=-1 gives d = 0; then b=2 gives d = 3; 'x' alone when a - c = 1
     problem, solution = mathgen.make("english_word", ScriptedRng(4, 1, 2, 1, -1, 2))
     assert problem == "Solve for $x$: $2x + 2 = x + 3$."
-    assert solution == ("Moving the $x$ terms to the left and the constants to the right gives "
-                        "$x = 3 - 2 = 1$, so $x = \\frac{1}{1} = \\boxed{1}$.")
+    assert solution == (
+        "Moving the $x$ terms to the left and the constants to the right gives "
+        "$x = 3 - 2 = 1$, so $x = \\frac{1}{1} = \\boxed{1}$."
+    )
     assert mathgen.solve(problem) == solution
 
     rng = ScriptedRng(5, 5, 2, "tent")
     problem, solution = mathgen.make("english_word", rng)
     # 25% off 40 dollars: 40 * 75 // 100 = 30
     assert problem == "After a $25\\%$ discount, a tent costs $\\$30$. What was its original price, in dollars?"
-    assert solution == ("If the original price is $x$ dollars, then $\\frac{75}{100}x = 30$, so "
-                        "$x = \\frac{100 \\cdot 30}{75} = \\boxed{40}$.")
+    assert solution == (
+        "If the original price is $x$ dollars, then $\\frac{75}{100}x = 30$, so "
+        "$x = \\frac{100 \\cdot 30}{75} = \\boxed{40}$."
+    )
     assert rng.calls[1:] == [("randint", 1, 12), ("randint", 1, 100), ("choice", mathgen._ITEMS)]
     assert mathgen.solve(problem) == solution
 
     rng = ScriptedRng(6, 2, 50, 3)
     problem, solution = mathgen.make("english_word", rng)
     assert problem == "How many positive integers less than or equal to $50$ are divisible by $2$ or $3$?"
-    assert solution == ("There are $\\lfloor 50/2 \\rfloor = 25$ multiples of $2$ and $\\lfloor 50/3 \\rfloor = 16$ "
-                        "multiples of $3$. The numbers divisible by both are the multiples of "
-                        "$\\operatorname{lcm}(2, 3) = 6$, and there are $\\lfloor 50/6 \\rfloor = 8$ of them. "
-                        "By inclusion-exclusion the count is $25 + 16 - 8 = \\boxed{33}$.")
+    assert solution == (
+        "There are $\\lfloor 50/2 \\rfloor = 25$ multiples of $2$ and $\\lfloor 50/3 \\rfloor = 16$ "
+        "multiples of $3$. The numbers divisible by both are the multiples of "
+        "$\\operatorname{lcm}(2, 3) = 6$, and there are $\\lfloor 50/6 \\rfloor = 8$ of them. "
+        "By inclusion-exclusion the count is $25 + 16 - 8 = \\boxed{33}$."
+    )
     assert rng.calls[1:] == [("randint", 2, 11), ("randint", 50, 5000), ("randint", 3, 12)]
     assert mathgen.solve(problem) == solution
 
 
 # ---- tunebox/contest/scoring.py: what `invoke test.mutants` found unpinned ------------------------------------
 
+
 def test_answer_verdict_every_field_by_hand():
     """Mutants: answer_verdict's keys renamed, strict/tolerant/extracted replaced by None, the mcq letter compared
     with != or never extracted."""
     # the tuned model's first answer is 7; the next problem it starts writing is cut off (trim_generation)
     assert scoring.answer_verdict("math", "3 + 4 = 7\n计算 1 + 1 等于多少？ 2", "7") == {
-        "strict": True, "tolerant": True, "extracted": "7", "within_1pct": True, "leading_digits": 1}
+        "strict": True,
+        "tolerant": True,
+        "extracted": "7",
+        "within_1pct": True,
+        "leading_digits": 1,
+    }
     # 7.0000001 vs 7: off by 1e-7 / 7 < 1e-6, so tolerant only; 7 has one significant digit, and it is right
     assert scoring.answer_verdict("math", "7.0000001", "7") == {
-        "strict": False, "tolerant": True, "extracted": "7.0000001", "within_1pct": True, "leading_digits": 1}
+        "strict": False,
+        "tolerant": True,
+        "extracted": "7.0000001",
+        "within_1pct": True,
+        "leading_digits": 1,
+    }
     assert scoring.answer_verdict("math", "no idea", "7") == {
-        "strict": False, "tolerant": False, "extracted": "", "within_1pct": False, "leading_digits": 0}
+        "strict": False,
+        "tolerant": False,
+        "extracted": "",
+        "within_1pct": False,
+        "leading_digits": 0,
+    }
     assert scoring.answer_verdict("mcq", "The right option is C.", "C") == {
-        "strict": True, "tolerant": True, "extracted": "C", "within_1pct": True, "leading_digits": None}
+        "strict": True,
+        "tolerant": True,
+        "extracted": "C",
+        "within_1pct": True,
+        "leading_digits": None,
+    }
     assert scoring.answer_verdict("mcq", "The right option is B.", "C") == {
-        "strict": False, "tolerant": False, "extracted": "B", "within_1pct": False, "leading_digits": None}
+        "strict": False,
+        "tolerant": False,
+        "extracted": "B",
+        "within_1pct": False,
+        "leading_digits": None,
+    }
 
 
 def test_trim_generation_keeps_leading_space_and_drops_trailing():
@@ -436,7 +583,7 @@ def test_closeness_edges_every_field():
     assert scoring.closeness("no number", "5") == none
     assert scoring.closeness("0", "0") == {"within_1pct": True, "leading_digits": 1, "relative_error": None}
     assert scoring.closeness("1", "0") == {"within_1pct": False, "leading_digits": 0, "relative_error": None}
-    assert scoring.closeness("1", "1.5")["leading_digits"] == 1                 # 1.0 against 1.5: the 1
+    assert scoring.closeness("1", "1.5")["leading_digits"] == 1  # 1.0 against 1.5: the 1
     # 1/3 is exact, so it has 17 digits to get right: six 3s get six, twenty 3s get all 17
     assert scoring.closeness("0.333333", "\\frac{1}{3}")["leading_digits"] == 6
     assert scoring.closeness("0." + "3" * 20, "\\frac{1}{3}")["leading_digits"] == 17
@@ -447,10 +594,10 @@ def test_shown_precision_boundaries():
     """Mutants: _within_shown_precision's `pred.shown_exponent is None` -> `is not None` (a fraction prediction),
     the half unit of 10**e -> 11**e, `<=` -> `<` at exactly half a unit."""
     # 0.33 prints two decimals: anything within 0.005 that prints more agrees with it
-    assert scoring.numbers_equal("0.335", "0.33", "tolerant")          # exactly half a unit
+    assert scoring.numbers_equal("0.335", "0.33", "tolerant")  # exactly half a unit
     assert scoring.numbers_equal("0.3349", "0.33", "tolerant")
     assert not scoring.numbers_equal("0.3351", "0.33", "tolerant")
-    assert scoring.numbers_equal("\\frac{1}{3}", "0.33", "tolerant")   # 1/3 - 0.33 = 0.00333...
+    assert scoring.numbers_equal("\\frac{1}{3}", "0.33", "tolerant")  # 1/3 - 0.33 = 0.00333...
     assert not scoring.numbers_equal("\\frac{1}{3}", "0.33", "strict")
 
 
@@ -484,15 +631,19 @@ def test_squad_scores_refusals_and_percent_readings():
         scoring.squad_scores(["x"], ["x"])
     with pytest.raises(ValueError, match=r"^question 1: gold answers must be a non-empty list of strings, got \[\]$"):
         scoring.squad_scores(["x", "y"], [["x"], []])
-    assert not scoring.numbers_equal("25", "0.25", "tolerant")          # no % sign: 25 is only 25
+    assert not scoring.numbers_equal("25", "0.25", "tolerant")  # no % sign: 25 is only 25
     assert scoring.numbers_equal("25%", "0.25", "tolerant")
 
 
 def test_score_math_non_numeric_and_refusals():
     """Mutants: score_math's non-numeric comparison with `or` (any boxed text equal, or no answer crashing), its
     empty pred text 'XXXX', its message cut at 121 characters or replaced; math_accuracy's message."""
-    assert scoring.score_math("", "\\boxed{\\sqrt{3}}") == {"strict": False, "tolerant": False, "pred": "",
-                                                           "ref": "\\sqrt{3}"}
+    assert scoring.score_math("", "\\boxed{\\sqrt{3}}") == {
+        "strict": False,
+        "tolerant": False,
+        "pred": "",
+        "ref": "\\sqrt{3}",
+    }
     assert scoring.score_math("so \\boxed{\\sqrt{2}}", "\\boxed{\\sqrt{3}}")["strict"] is False
     assert scoring.score_math("so \\boxed{\\sqrt 3}", "\\boxed{\\sqrt{3}}")["strict"] is True
     assert scoring.score_math("no idea", "7") == {"strict": False, "tolerant": False, "pred": "", "ref": "7"}
@@ -516,6 +667,7 @@ def test_boxed_fragment_takes_the_last_equals_and_unit_powers():
     """Mutants: _answer_in_fragment's rsplit('=', 1)[1] as rsplit(None, 1), rsplit('='), split('=', 1) or
     rsplit('=', 2); its unit-exponent strip lower-case only ('[a-za-z]')."""
     from decimal import Decimal
+
     assert scoring.extract_answer("so \\boxed{a=b=5 cm}").value == Decimal(5)
     assert scoring.extract_answer("so \\boxed{10 M^2}").value == Decimal(10)
 
@@ -535,6 +687,7 @@ def test_numbers_given_as_values():
     shown exponent of a given Decimal dropped (2.43 then no longer agrees with 2.4 to its shown precision)."""
     from decimal import Decimal
     from fractions import Fraction
+
     with pytest.raises(TypeError, match=r"^a bool is not a number to compare$"):
         scoring.numbers_equal(True, "1")
     for bad, text in ((float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf")):
@@ -543,7 +696,7 @@ def test_numbers_given_as_values():
     assert scoring.numbers_equal(0.1, "0.1") and scoring.numbers_equal(2.5, "2.5")
     assert scoring.numbers_equal(2, "2.0") and not scoring.numbers_equal(2, "3")
     assert scoring.numbers_equal(Fraction(1, 4), "0.25")
-    assert scoring.numbers_equal("2.43", Decimal("2.4"), "tolerant")     # within 0.05 of what 2.4 shows
+    assert scoring.numbers_equal("2.43", Decimal("2.4"), "tolerant")  # within 0.05 of what 2.4 shows
     assert scoring.numbers_equal("2.43", 2.4, "tolerant")
     assert not scoring.numbers_equal("2.43", Decimal("2.4"), "strict")
     with pytest.raises(TypeError, match=r"^cannot compare a list as a number$"):
@@ -555,11 +708,12 @@ def test_extract_answer_names_its_rule():
     start of the text (a marker on a second line finds an empty segment); _CONTINUES_EXPRESSION matched at the
     segment's start instead of after the number ('x = 5 + 1' then reads 5)."""
     from decimal import Decimal
+
     assert scoring.extract_answer("so \\boxed{5}").rule == "boxed"
     answer = scoring.extract_answer("First line.\nThe answer is 7")
     assert (answer.value, answer.rule) == (Decimal(7), "marker")
     assert scoring.extract_answer("so x = 5").rule == "equals"
-    answer = scoring.extract_answer("x = 5 + 1")           # 5 + 1 is an expression: the last number
+    answer = scoring.extract_answer("x = 5 + 1")  # 5 + 1 is an expression: the last number
     assert (answer.value, answer.rule) == (Decimal(1), "last_number")
 
 
@@ -568,6 +722,7 @@ def test_normalize_math_text_superscripts_latex_thousands_and_text():
     thousands separator '\\,' never matched or replaced by 'XX,XX'; \\text{..}'s content wrapped in 'XX'."""
     assert scoring.normalize_math_text("x² = 10⁻⁵") == "x^2 = 10^-5"
     from decimal import Decimal
+
     assert scoring.extract_answer("so \\boxed{1\\,234}").value == Decimal(1234)
     assert scoring.extract_answer("so \\boxed{1\\!234}").value == Decimal(1234)
     assert scoring.normalize_math_text("5\\text{ cm}") == "5  cm "
@@ -585,6 +740,7 @@ def test_normalize_math_text_degrees_and_dollars():
 def test_negative_mixed_number():
     """Mutants: _token_from_match's mixed-number sign ('XX-XX', value None, +value)."""
     from fractions import Fraction
+
     assert scoring.extract_answer("so \\boxed{-2\\frac{1}{2}}").value == Fraction(-5, 2)
     assert scoring.extract_answer("so \\boxed{2\\frac{1}{2}}").value == Fraction(5, 2)
 
@@ -592,6 +748,7 @@ def test_negative_mixed_number():
 def test_short_and_whole_fractions():
     """Mutants: _token_from_match's one-digit \\frac12 groups renamed (fnum1, fden1), `den == 0` -> `den == 1`."""
     from fractions import Fraction
+
     assert scoring.extract_answer("so \\boxed{\\frac12}").value == Fraction(1, 2)
     assert scoring.extract_answer("so \\boxed{\\frac{3}{1}}").value == 3
     assert scoring.extract_answer("so \\boxed{\\frac{3}{0}}").value is None
@@ -601,6 +758,7 @@ def test_slash_fractions_and_a_trailing_point():
     """Mutants: _token_from_match's a/b form `den == 0` -> `den == 1`, its sign ('XX-XX', None, +value); a number
     written '12.' losing its body (None)."""
     from fractions import Fraction
+
     assert scoring.extract_answer("so -3/4").value == Fraction(-3, 4)
     assert scoring.extract_answer("so 3/1").value == 3
     assert scoring.extract_answer("it is 12. ").value == 12
@@ -609,8 +767,8 @@ def test_slash_fractions_and_a_trailing_point():
 def test_tolerance_boundaries_and_a_trailing_x():
     """Mutants: numbers_equal's relative tolerance `rv != 0` -> `rv != 1` and `<=` -> `<` (exactly 1e-6 of the
     reference); closeness' 1% band `<=` -> `<` (exactly 1%); normalize_latex_answer stripping 'X' too."""
-    assert scoring.numbers_equal("1.000001", "1", "tolerant")          # off by exactly 1e-6 x 1
+    assert scoring.numbers_equal("1.000001", "1", "tolerant")  # off by exactly 1e-6 x 1
     assert not scoring.numbers_equal("1.0000011", "1", "tolerant")
-    assert scoring.closeness("101", "100")["within_1pct"] is True      # off by exactly 1%
+    assert scoring.closeness("101", "100")["within_1pct"] is True  # off by exactly 1%
     assert scoring.closeness("101.1", "100")["within_1pct"] is False
     assert scoring.normalize_latex_answer("X") == "X"

@@ -1,6 +1,7 @@
 """tunebox/data/packing.py against hand-worked rows and an independent best-fit packer: the lengths,
 the bins (best fit, ties to the bin that reached its room first), the packed rows, segment ids and
 stats, and the MindRecord round trip."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,7 @@ PAD, IGNORE = 0, -100
 
 def test_sample_lengths_by_hand():
     ids = np.array([[5, 6, 7, 0, 0], [0, 0, 0, 0, 0], [4, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
-    labels = np.array([[IGNORE, 6, 7, IGNORE, IGNORE], [IGNORE] * 5, [IGNORE, IGNORE, 0, IGNORE, IGNORE],
-                       [IGNORE] * 5])
+    labels = np.array([[IGNORE, 6, 7, IGNORE, IGNORE], [IGNORE] * 5, [IGNORE, IGNORE, 0, IGNORE, IGNORE], [IGNORE] * 5])
     # row 2: its last id is at 0, but a label (0 counts: >= 0) at position 2 -> length 3
     assert sample_lengths(ids, labels, PAD).tolist() == [3, 0, 3, 5]
 
@@ -68,15 +68,23 @@ def test_pack_rows_by_hand():
     # three samples of 3, 2 and 4 tokens in rows of 5: the 4 opens a bin (room 1), the 3 another (room 2),
     # the 2 fits only the second; rows in order of their first sample: [0, 1] full, [2] + one pad
     ids = np.array([[7, 8, 9, 0, 0], [5, 6, 0, 0, 0], [1, 2, 3, 4, 0]], dtype=np.int32)
-    labels = np.array([[IGNORE, 8, 9, IGNORE, IGNORE], [IGNORE, 6, IGNORE, IGNORE, IGNORE],
-                       [IGNORE, IGNORE, 3, 4, IGNORE]], dtype=np.int32)
+    labels = np.array(
+        [[IGNORE, 8, 9, IGNORE, IGNORE], [IGNORE, 6, IGNORE, IGNORE, IGNORE], [IGNORE, IGNORE, 3, 4, IGNORE]],
+        dtype=np.int32,
+    )
     pids, plabels, segs, stats = pack_rows(ids, labels, PAD)
     assert pids.tolist() == [[7, 8, 9, 5, 6], [1, 2, 3, 4, 0]]
     assert plabels.tolist() == [[IGNORE, 8, 9, IGNORE, 6], [IGNORE, IGNORE, 3, 4, IGNORE]]
     assert segs.tolist() == [[1, 1, 1, 2, 2], [1, 1, 1, 1, 0]]
     assert pids.dtype == np.int32 and plabels.dtype == np.int32 and segs.dtype == np.int32
-    assert stats == {"samples": 3, "rows": 2, "width": 5, "fill_before": 0.6, "fill_after": 0.9,
-                     "max_samples_per_row": 2}
+    assert stats == {
+        "samples": 3,
+        "rows": 2,
+        "width": 5,
+        "fill_before": 0.6,
+        "fill_after": 0.9,
+        "max_samples_per_row": 2,
+    }
 
 
 def test_pack_rows_keeps_the_pad_id_and_rounds_the_fill():

@@ -1,6 +1,7 @@
 """CI=true has no way to skip: every test that cannot run here goes through conftest.cannot_run,
 which fails under CI. A plain pytest skip (a skip mark, a skip call, an import-or-skip) would pass
 CI silently."""
+
 from __future__ import annotations
 
 import re
@@ -8,8 +9,9 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 # split so this file does not match itself
-PLAIN_SKIP = re.compile("|".join([r"pytest\.sk" + r"ip\(", r"mark\.sk" + r"ip(if)?\b", "import" + "orskip",
-                                    r"unittest\.sk" + r"ip"]))
+PLAIN_SKIP = re.compile(
+    "|".join([r"pytest\.sk" + r"ip\(", r"mark\.sk" + r"ip(if)?\b", "import" + "orskip", r"unittest\.sk" + r"ip"])
+)
 
 
 def test_no_test_skips_without_cannot_run():

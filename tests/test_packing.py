@@ -1,5 +1,6 @@
 """Sample packing: the bin packer keeps every sample whole and once, and a packed batch trains
 exactly as the same samples unpacked (same loss, same gradients) under the segment mask."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,9 +37,9 @@ def test_every_sample_lands_whole_and_once():
             where = np.flatnonzero(segs[row] == k)
             assert len(where) and (np.diff(where) == 1).all(), "a sample is split"
             piece = pids[row, where]
-            match = [i for i in range(500) if lengths[i] == len(piece) and (ids[i, :len(piece)] == piece).all()]
+            match = [i for i in range(500) if lengths[i] == len(piece) and (ids[i, : len(piece)] == piece).all()]
             assert match, "a packed piece is no input sample"
-            np.testing.assert_array_equal(plabels[row, where], labels[match[0], :len(piece)])
+            np.testing.assert_array_equal(plabels[row, where], labels[match[0], : len(piece)])
             seen.append(match[0])
         assert (pids[row, segs[row] == 0] == PAD).all() and (plabels[row, segs[row] == 0] == IGNORE).all()
     assert sorted(seen) == list(range(500))
@@ -69,8 +70,9 @@ def test_packed_batch_trains_like_the_unpacked_samples(mindformers_env, capacity
 
     unpacked = tiny_lora_net(ms, shape, width - 1, len(ids), seed=1)
     loss_u, grads_u = loss_and_grads(ms, unpacked, unpacked.trainable_params(), ids, labels)
-    packed = tiny_lora_net(ms, shape, width - 1, len(pids), seed=1, tunebox_packing=True,
-                           tunebox_answer_capacity=capacity)
+    packed = tiny_lora_net(
+        ms, shape, width - 1, len(pids), seed=1, tunebox_packing=True, tunebox_answer_capacity=capacity
+    )
     loss_p, grads_p = loss_and_grads(ms, packed, packed.trainable_params(), pids, plabels, segs)
     assert np.isfinite(loss_u) and loss_u > 1.0
     assert abs(loss_p - loss_u) < 1e-5 * loss_u, (loss_p, loss_u)
@@ -79,8 +81,9 @@ def test_packed_batch_trains_like_the_unpacked_samples(mindformers_env, capacity
         scale = np.abs(grads_u[name]).max()
         assert scale > 0 and np.abs(grads_p[name] - grads_u[name]).max() < 1e-4 * scale, name
     # the negative control: the same packed rows under one causal mask (every segment id 1) see each other
-    leaky = tiny_lora_net(ms, shape, width - 1, len(pids), seed=1, tunebox_packing=True,
-                          tunebox_answer_capacity=capacity)
+    leaky = tiny_lora_net(
+        ms, shape, width - 1, len(pids), seed=1, tunebox_packing=True, tunebox_answer_capacity=capacity
+    )
     loss_leak, _ = loss_and_grads(ms, leaky, leaky.trainable_params(), pids, plabels, (segs > 0).astype(np.int32))
     assert abs(loss_leak - loss_u) > 1e-4 * loss_u
 
@@ -92,7 +95,6 @@ def test_train_job_packs_in_graph_mode(tmp_path, tiny_cache):
     import json
 
     import yaml
-
 
     common = [f"runs_dir={tmp_path / 'runs'}", "run_id=packed", "data.seq_length=320", "train.max_steps=6"]
     run_job("prep", TINY_RECIPE, tiny_cache, tmp_path, *common)

@@ -1,5 +1,6 @@
 """`invoke plan`: LoRA budgets against the contest's baselines and the Ascend time model, checked
 against arithmetic written out by hand here (not against the code's own output)."""
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,9 @@ def test_llama3_baseline_golden_figures():
     assert base.trainable == 106_496 * 32 == 3_407_872
     assert p.total_exact == 8_030_261_248
     assert base.ratio_exact == pytest.approx(3_407_872 / 8_030_261_248, abs=0)
-    assert round(base.ratio_contest, 9) == 0.000424393          # the contest's published figure
+    assert round(base.ratio_contest, 9) == 0.000424393  # the contest's published figure
     assert base.is_baseline and sum(o.is_baseline for o in p.options) == 1
-    assert base.break_even == pytest.approx(0.20, abs=1e-15)      # the baseline ties itself
+    assert base.break_even == pytest.approx(0.20, abs=1e-15)  # the baseline ties itself
     # the published stage-1 ratios of other teams' layouts: r=4, 16, 32 on wq|wv
     assert [round(option(p, r, "wq|wv").ratio_contest, 9) for r in (4, 16)] == [0.000212196, 0.000848785]
     assert round(option(p, 32, "wq|wv").ratio_contest, 8) == 0.00169757
@@ -43,8 +44,9 @@ def test_llama3_baseline_golden_figures():
 
 def test_target_sets_and_ranks_scale_as_lora_should():
     p = budget.plan_lora(INTERNLM, 2, budget.BASELINES[2])
-    assert {(o.rank, o.targets) for o in p.options} == {(r,
-                                                         t) for r in budget.CANDIDATE_RANKS for t in budget.TARGET_SETS}
+    assert {(o.rank, o.targets) for o in p.options} == {
+        (r, t) for r in budget.CANDIDATE_RANKS for t in budget.TARGET_SETS
+    }
     # InternLM is MHA: q, k, v, o are all 4096 x 4096, so r * (4096 + 4096) each, x 32 layers
     assert option(p, 1, "wq|wv").trainable == 1 * 8192 * 2 * 32 == 524_288
     assert option(p, 1, "wq|wk|wv|wo").trainable == 1 * 8192 * 4 * 32
@@ -81,8 +83,9 @@ def test_break_even_accuracy_by_hand_stage1():
     assert by_hand == pytest.approx(0.2001819, abs=1e-7)
     got = option(p, 16, "wq|wv").break_even
     assert got == pytest.approx(by_hand, abs=1e-15)
-    assert stage1_score(got, 6_815_744 / 8_030_000_000) == pytest.approx(stage1_score(0.20, 3_407_872 / 8_030_000_000),
-                                                                         abs=1e-12)
+    assert stage1_score(got, 6_815_744 / 8_030_000_000) == pytest.approx(
+        stage1_score(0.20, 3_407_872 / 8_030_000_000), abs=1e-12
+    )
 
 
 def test_unknown_baseline_accuracy_gives_the_margin():
@@ -107,7 +110,7 @@ def test_flops_per_token_by_hand_for_the_reference_setting():
     n = 32 * per_layer + 128256 * 4096
     assert n == 8_030_261_248 - 128256 * 4096 - 65 * 4096 == 7_504_658_432
     assert budget.matmul_weights(LLAMA3) == n
-    attention = 4 * 32 * 256 * 4096           # q.k and p.v, 2 FLOPs per multiply-add, per layer
+    attention = 4 * 32 * 256 * 4096  # q.k and p.v, 2 FLOPs per multiply-add, per layer
     lora = 3_407_872
     forward = 2 * n + 2 * lora + attention
     backward = 2 * n + 4 * lora + 2 * attention
@@ -124,7 +127,7 @@ def test_calibration_reproduces_the_contest_six_hours():
     mfu = budget.calibrated_mfu()
     # by hand: 45,592,084,480 FLOP/token x 115,179,520 tokens / (6 h x 4 cards x 320e12)
     assert mfu == pytest.approx(45_592_084_480 * 115_179_520 / (6 * 3600 * 4 * 320e12), rel=1e-12)
-    assert 0.05 < mfu < 0.6          # a plausible utilisation, not a unit mistake
+    assert 0.05 < mfu < 0.6  # a plausible utilisation, not a unit mistake
     # a prediction for another workload, by hand: 45,000 rows, 2 epochs, batch 64 on 8 cards is
     # (45,000 // 64) x 2 = 1,406 steps, 1,406 / 7,030 = 1/5 of the reference's tokens on twice the cards:
     # 6 h x 1/5 x 4/8 = 0.6 h, 0.6 x 3600 / 1,406 s a step
@@ -142,10 +145,12 @@ def test_peak_figure_cancels_out_of_calibrated_predictions():
     assert a.mfu != b.mfu
     assert a.wall_seconds == pytest.approx(b.wall_seconds, rel=1e-12)
     # twice the cards, half the time; twice the epochs, twice the time
-    assert budget.estimate_time(INTERNLM, replace(work, cards=8),
-                                8_388_608).wall_seconds == pytest.approx(a.wall_seconds / 2)
-    assert budget.estimate_time(INTERNLM, replace(work, epochs=20),
-                                8_388_608).wall_seconds == pytest.approx(2 * a.wall_seconds)
+    assert budget.estimate_time(INTERNLM, replace(work, cards=8), 8_388_608).wall_seconds == pytest.approx(
+        a.wall_seconds / 2
+    )
+    assert budget.estimate_time(INTERNLM, replace(work, epochs=20), 8_388_608).wall_seconds == pytest.approx(
+        2 * a.wall_seconds
+    )
 
 
 def test_measured_step_time_replaces_the_model():
@@ -171,31 +176,59 @@ def test_cli_prints_both_tables(capsys):
     assert plan_cli.main(["--model", "llama3-8b", "--ranks", "8,16"]) == 0
     out = capsys.readouterr().out
     assert "3,407,872" in out and "8,030,261,248" in out and "<- baseline" in out
-    assert "wall 6.00 h" in out                       # the stage-1 defaults are the reference run
+    assert "wall 6.00 h" in out  # the stage-1 defaults are the reference run
     assert "rows 90000 (stage 1 contest setting)" in out
 
 
 def test_cli_takes_values_from_a_recipe_and_the_command_line(capsys):
-    assert plan_cli.main(["--config", str(REPO / "recipes" / "stage2-internlm-7b.yaml"), "--rows", "27604",
-                          "--json"]) == 0
+    assert (
+        plan_cli.main(["--config", str(REPO / "recipes" / "stage2-internlm-7b.yaml"), "--rows", "27604", "--json"]) == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["inputs"]["seq"] == {"value": 2048, "from": "recipe"}
     assert data["inputs"]["rows"] == {"value": 27604, "from": "command line"}
     assert data["lora"]["stage"] == 2 and data["lora"]["model"] == "internlm-7b"
-    assert data["time"]["lora_trainable"] == 8_388_608      # the recipe's r=8 on wq|wk|wv|wo
+    assert data["time"]["lora_trainable"] == 8_388_608  # the recipe's r=8 on wq|wk|wv|wo
 
 
-@pytest.mark.parametrize("argv", [["--model", "nope"], ["--ranks", "a,b"], ["--ranks", "0"],
-                                  ["--baseline-accuracy", "40"], ["--mfu", "20"], ["--rows", "3"],
-                                  ["--config", "no-such-recipe.yaml"], ["--baseline-targets", "wz"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--model", "nope"],
+        ["--ranks", "a,b"],
+        ["--ranks", "0"],
+        ["--baseline-accuracy", "40"],
+        ["--mfu", "20"],
+        ["--rows", "3"],
+        ["--config", "no-such-recipe.yaml"],
+        ["--baseline-targets", "wz"],
+    ],
+)
 def test_cli_bad_input_exits_2(argv, capsys):
     assert plan_cli.main(argv) == 2
     assert capsys.readouterr().err.startswith("error: ")
 
 
 def test_invoke_plan_task():
-    proc = subprocess.run([sys.executable, "-m", "invoke", "plan", "--model", "internlm-7b", "--ranks", "8",
-                           "--measured-step-s", "4", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "plan",
+            "--model",
+            "internlm-7b",
+            "--ranks",
+            "8",
+            "--measured-step-s",
+            "4",
+            "--json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["time"]["source"] == "measured" and data["time"]["step_seconds"] == 4.0
@@ -226,24 +259,46 @@ def test_winner_recipe_plans_its_published_ratio_next_to_the_baseline(capsys):
 
 # ---- checkpoint I/O: resume snapshots derived from the plan ------------------------------------
 
-@pytest.mark.parametrize("recipe, rows", [("stage1-llama3-8b.yaml", 90_000), ("stage1-llama3-8b-cot.yaml", 40_960),
-                                          ("stage2-internlm-7b.yaml", 27_604), ("local-smollm2.yaml", 8_000)])
+
+@pytest.mark.parametrize(
+    "recipe, rows",
+    [
+        ("stage1-llama3-8b.yaml", 90_000),
+        ("stage1-llama3-8b-cot.yaml", 40_960),
+        ("stage2-internlm-7b.yaml", 27_604),
+        ("local-smollm2.yaml", 8_000),
+    ],
+)
 def test_resume_snapshots_are_a_handful_per_run(recipe, rows, tmp_path):
     """The rendered CheckpointMonitor saves full resume snapshots (weights + optimizer state, ~16 GB each
     on Llama3-8B) a handful of times a run: 5 to 12, not every 20 steps (351 times over stage 1's 7,030
     steps). The contest's stage-1 config saved every 1,400 of its ~7,030 steps."""
     spec = load_spec(REPO / "recipes" / recipe)
     plan = plan_steps(rows, spec.train)
-    cfg = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora,
-                              seq_length=spec.data.seq_length, data_files=[tmp_path / "t.mindrecord"],
-                              out_dir=tmp_path, plan=plan, base_checkpoint=None)
+    cfg = render_train_config(
+        get_model_shape(spec.model.name),
+        spec.train,
+        spec.lora,
+        seq_length=spec.data.seq_length,
+        data_files=[tmp_path / "t.mindrecord"],
+        out_dir=tmp_path,
+        plan=plan,
+        base_checkpoint=None,
+    )
     every = next(c for c in cfg["callbacks"] if c["type"] == "CheckpointMonitor")["save_checkpoint_steps"]
     assert 5 <= plan["total_steps"] // every <= 12, (plan["total_steps"], every)
     # an explicit train.save_state_every still wins (tests/test_spine.py resumes every 3 steps)
     every3 = load_spec(REPO / "recipes" / recipe, ["train.save_state_every=3"])
-    fixed = render_train_config(get_model_shape(every3.model.name), every3.train, every3.lora,
-                                seq_length=every3.data.seq_length, data_files=[tmp_path / "t.mindrecord"],
-                                out_dir=tmp_path, plan=plan_steps(rows, every3.train), base_checkpoint=None)
+    fixed = render_train_config(
+        get_model_shape(every3.model.name),
+        every3.train,
+        every3.lora,
+        seq_length=every3.data.seq_length,
+        data_files=[tmp_path / "t.mindrecord"],
+        out_dir=tmp_path,
+        plan=plan_steps(rows, every3.train),
+        base_checkpoint=None,
+    )
     assert next(c for c in fixed["callbacks"] if c["type"] == "CheckpointMonitor")["save_checkpoint_steps"] == 3
 
 
@@ -263,8 +318,23 @@ def test_plan_prints_the_checkpoint_io_of_stage1(capsys):
     assert f"LoRA checkpoints: 5 x {3_407_872 * 4 / 1e6:,.1f} MB" in out
     assert f"merged checkpoints: 5 x {8_030_261_248 * 2 / 1e9:,.1f} GB (float16)" in out
 
-    data = json.loads(subprocess.run([sys.executable, "-m", "jobs.plan", "--config",
-                                      str(REPO / "recipes" / "stage1-llama3-8b.yaml"), "--rows", "90000", "--json"],
-                                     capture_output=True, text=True, cwd=REPO, check=True).stdout)
+    data = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jobs.plan",
+                "--config",
+                str(REPO / "recipes" / "stage1-llama3-8b.yaml"),
+                "--rows",
+                "90000",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=True,
+        ).stdout
+    )
     io = data["checkpoint_io"]
     assert (io["resume_every_steps"], io["resume_snapshots"], io["resume_snapshot_bytes"]) == (703, 10, snapshot)

@@ -1,6 +1,7 @@
 """Issue 14's data features in prep: answer formats in the training samples, family keep/drop lists,
 per-family caps and oversampling with stats before and after, a second held-out file never trained on,
 and the prompt template that prep and evaluate share."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,18 @@ from tunebox.spec_checks import load_checked_spec as load_spec  # with the check
 def prep_here(tmp_path: Path, cache: Path, monkeypatch, capsys, *overrides: str) -> tuple[int, str, Path]:
     monkeypatch.setenv("TUNEBOX_CACHE", str(cache))
     monkeypatch.chdir(tmp_path)
-    args = ["--config", str(TINY_RECIPE), "--set", f"runs_dir={tmp_path / 'runs'}", "--set", "data.max_rows=400",
-            "--set", "data.seq_length=600", "--set", "data.heldout_rows=20"]
+    args = [
+        "--config",
+        str(TINY_RECIPE),
+        "--set",
+        f"runs_dir={tmp_path / 'runs'}",
+        "--set",
+        "data.max_rows=400",
+        "--set",
+        "data.seq_length=600",
+        "--set",
+        "data.heldout_rows=20",
+    ]
     for ov in overrides:
         args += ["--set", ov]
     capsys.readouterr()
@@ -42,15 +53,27 @@ def trained_samples(out: Path) -> list[tuple[str, str]]:
     rows = []
     for a, b in zip(ids, labels):
         at = np.flatnonzero(b != IGNORE)
-        rows.append((tok.decode(a[:at[0]].tolist(), skip_special_tokens=False),
-                     tok.decode(b[at].tolist(), skip_special_tokens=False)))
+        rows.append(
+            (
+                tok.decode(a[: at[0]].tolist(), skip_special_tokens=False),
+                tok.decode(b[at].tolist(), skip_special_tokens=False),
+            )
+        )
     return rows
 
 
 def test_cot_alpaca_and_family_policy_reach_the_training_samples(tmp_path, tiny_cache, monkeypatch, capsys):
-    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, "data.answer_format={mul: cot, div: cot}",
-                               "data.template=alpaca", "data.families=[add, sub, mul, div, power]",
-                               "data.drop_families=[power]", 'data.balance={add: 5, div: "x2"}')
+    code, err, out = prep_here(
+        tmp_path,
+        tiny_cache,
+        monkeypatch,
+        capsys,
+        "data.answer_format={mul: cot, div: cot}",
+        "data.template=alpaca",
+        "data.families=[add, sub, mul, div, power]",
+        "data.drop_families=[power]",
+        'data.balance={add: 5, div: "x2"}',
+    )
     assert code == 0, err
     stats = json.loads((out / "stats.json").read_text())
     policy = stats["family_policy"]
@@ -63,18 +86,21 @@ def test_cot_alpaca_and_family_policy_reach_the_training_samples(tmp_path, tiny_
     samples = trained_samples(out)
     assert len(samples) == stats["rows_train"] == sum(r["train"] for r in rows.values()) - stats["rows_too_long"]
     by_family = Counter()
-    source = {json.loads(l)["problem"].strip(): json.loads(l)["solution"].strip()
-              for l in MATH_SAMPLE.read_text(encoding="utf-8").splitlines() if l.strip()}
+    source = {
+        json.loads(l)["problem"].strip(): json.loads(l)["solution"].strip()
+        for l in MATH_SAMPLE.read_text(encoding="utf-8").splitlines()
+        if l.strip()
+    }
     for prompt, answer in samples:
         assert prompt.endswith("\n\n### Response:") and "<|im_start|>" not in prompt
-        problem = prompt[:-len("\n\n### Response:")]
+        problem = prompt[: -len("\n\n### Response:")]
         family = math_family(problem)
         by_family[family] += 1
         answer = answer.removesuffix("<|im_end|>")
         fmt = answers.parse_format("cot" if family in ("mul", "div") else "direct")
         assert answer == answers.render_answer(problem, source[problem], fmt, family)
         if family in ("mul", "div"):
-            assert "\n" in answer      # a chain, not the one-line label
+            assert "\n" in answer  # a chain, not the one-line label
     assert by_family["div"] == rows["div"]["train"] and by_family["add"] == 5
     heldout = [json.loads(l) for l in (out / "heldout.jsonl").read_text().splitlines()]
     assert {math_family(r["prompt"]) for r in heldout} <= {"add", "sub", "mul", "div"}
@@ -84,15 +110,23 @@ def test_cot_alpaca_and_family_policy_reach_the_training_samples(tmp_path, tiny_
     spec = load_spec(TINY_RECIPE, [f"runs_dir={tmp_path / 'runs'}", "data.template=alpaca"])
     task = load_heldout(spec.run_dir, spec.data, spec.eval, build_byte_tokenizer())
     tok = build_byte_tokenizer()
-    assert [tok.decode(p, skip_special_tokens=False) for p in task.prompts] == \
-        [r["prompt"] + "\n\n### Response:" for r in heldout]
+    assert [tok.decode(p, skip_special_tokens=False) for p in task.prompts] == [
+        r["prompt"] + "\n\n### Response:" for r in heldout
+    ]
     # new-token limits follow the longest cot answer of the family (longer than any direct label)
     assert task.limits_info["families"]["mul"]["longest_answer_tokens"] > 60
 
 
 def test_heldout_file_rows_are_evaluated_and_never_trained_on(tmp_path, tiny_cache, monkeypatch, capsys):
-    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.heldout_file={MATH_SAMPLE}",
-                               "data.heldout_file_rows=30", "data.families=[add, sub]")
+    code, err, out = prep_here(
+        tmp_path,
+        tiny_cache,
+        monkeypatch,
+        capsys,
+        f"data.heldout_file={MATH_SAMPLE}",
+        "data.heldout_file_rows=30",
+        "data.families=[add, sub]",
+    )
     assert code == 0, err
     heldout = [json.loads(l) for l in (out / "heldout.jsonl").read_text().splitlines()]
     from_file = [r for r in heldout if r["source"] == "file"]
@@ -112,10 +146,13 @@ def test_prompt_templates_and_spec_errors(tmp_path):
     assert prompts.render_prompt(tok, "1 + 1", "chat", "sys") == tok.chat_prompt("1 + 1", "sys")
     with pytest.raises(ValueError, match="problem"):
         prompts.check_template("no placeholder")
-    for override, words in (("data.template=plain", "data.template"), ("data.answer_format=cots", "answer_format"),
-                            ("data.families=[add, pow]", "unknown family 'pow'"),
-                            ('data.balance={add: "3x"}', "repeat factor"),
-                            ("data.families=[add]", None)):
+    for override, words in (
+        ("data.template=plain", "data.template"),
+        ("data.answer_format=cots", "answer_format"),
+        ("data.families=[add, pow]", "unknown family 'pow'"),
+        ('data.balance={add: "3x"}', "repeat factor"),
+        ("data.families=[add]", None),
+    ):
         if words is None:
             with pytest.raises(InputError, match="no family"):
                 load_spec(TINY_RECIPE, [override, "data.drop_families=[add]"])
@@ -128,28 +165,49 @@ def test_prompt_templates_and_spec_errors(tmp_path):
 
 def test_data_generate_writes_the_rows_once_under_the_run(tmp_path, tiny_cache, monkeypatch, capsys):
     gen = "--rows 300 --mix add=1,mul=1 --seed 5 --workers 1"
-    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.generate={gen}",
-                               "data.max_rows=null", f"data.heldout_file={MATH_SAMPLE}", "data.families=[add, mul]")
+    code, err, out = prep_here(
+        tmp_path,
+        tiny_cache,
+        monkeypatch,
+        capsys,
+        f"data.generate={gen}",
+        "data.max_rows=null",
+        f"data.heldout_file={MATH_SAMPLE}",
+        "data.families=[add, mul]",
+    )
     assert code == 0, err
     generated = tmp_path / "runs" / "tiny" / "generated"
     stats = json.loads((out / "stats.json").read_text())
     assert stats["source"] == str(generated) and stats["rows_kept"] == 300
     assert set(stats["families"]) == {"add", "mul"}
     stamp = (generated / "generate.json").stat().st_mtime_ns
-    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.generate={gen}",
-                               "data.max_rows=null", f"data.heldout_file={MATH_SAMPLE}", "data.families=[add, mul]")
-    assert code == 0 and (generated / "generate.json").stat().st_mtime_ns == stamp     # not generated again
+    code, err, out = prep_here(
+        tmp_path,
+        tiny_cache,
+        monkeypatch,
+        capsys,
+        f"data.generate={gen}",
+        "data.max_rows=null",
+        f"data.heldout_file={MATH_SAMPLE}",
+        "data.families=[add, mul]",
+    )
+    assert code == 0 and (generated / "generate.json").stat().st_mtime_ns == stamp  # not generated again
 
 
 def test_help_shows_each_new_key_with_its_docstring():
     import subprocess
     import sys
 
-
-    out = subprocess.run([sys.executable, "-m", "jobs.prep", "--help"], cwd=REPO, capture_output=True, text=True,
-                         timeout=120).stdout
-    for key, words in (("data.answer_format", "Goat-style"), ("data.template", "alpaca"),
-                       ("data.balance", "oversampling"), ("data.heldout_file", "reported separately"),
-                       ("data.generate", "jobs.generate"), ("eval.squad_min_new_tokens", "min_new_tokens")):
+    out = subprocess.run(
+        [sys.executable, "-m", "jobs.prep", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    ).stdout
+    for key, words in (
+        ("data.answer_format", "Goat-style"),
+        ("data.template", "alpaca"),
+        ("data.balance", "oversampling"),
+        ("data.heldout_file", "reported separately"),
+        ("data.generate", "jobs.generate"),
+        ("eval.squad_min_new_tokens", "min_new_tokens"),
+    ):
         block = re.split(r"\n  (?=\S)", out.split(f"  {key} ", 1)[1], maxsplit=1)[0]
         assert words in " ".join(block.split()), (key, block)

@@ -2,6 +2,7 @@
 cleaning (dedupe, bad labels dropped or fixed, stratified sampling) on the real sample, sharded
 input from the generator, the same output with 1 or 2 workers, kill -9 leaves nothing that looks
 complete, and the fast MindRecord writer writes exactly what MindSpore's own writer writes."""
+
 from __future__ import annotations
 
 import json
@@ -70,6 +71,7 @@ def stats_of(out: Path) -> dict:
 
 # ---- bad rows -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", list(BAD_ROWS))
 def test_a_bad_row_stops_prep_naming_file_and_line(tmp_path, tiny_cache, monkeypatch, capsys, kind):
     data = tmp_path / "data.jsonl"
@@ -84,11 +86,18 @@ def test_skip_puts_every_kind_of_bad_row_in_rejects_with_its_reason(tmp_path, ti
     data = tmp_path / "data.jsonl"
     good = SAMPLE_LINES[:40]
     data.write_bytes(b"".join(good[:5]) + b"".join(row for row, _ in BAD_ROWS.values()) + b"\n" + b"".join(good[5:]))
-    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.train_file={data}",
-                               "data.on_bad_row=skip", "data.heldout_rows=4")
+    code, err, out = prep_here(
+        tmp_path,
+        tiny_cache,
+        monkeypatch,
+        capsys,
+        f"data.train_file={data}",
+        "data.on_bad_row=skip",
+        "data.heldout_rows=4",
+    )
     assert code == 0, err
     bad = [r for r in read_jsonl(out / "rejects.jsonl") if r["kind"] != "too_long"]
-    assert [r["line"] for r in bad] == list(range(6, 6 + len(BAD_ROWS)))       # the blank line after them is no row
+    assert [r["line"] for r in bad] == list(range(6, 6 + len(BAD_ROWS)))  # the blank line after them is no row
     for r, (kind, (_, message)) in zip(bad, BAD_ROWS.items()):
         assert r["kind"] == kind and message in r["reason"] and r["file"] == str(data)
     stats = stats_of(out)
@@ -98,6 +107,7 @@ def test_skip_puts_every_kind_of_bad_row_in_rejects_with_its_reason(tmp_path, ti
 
 
 # ---- cleaning on the real sample --------------------------------------------------------------
+
 
 def _corrupt_label(line: bytes) -> tuple[bytes, str]:
     row = json.loads(line)
@@ -154,8 +164,9 @@ def test_dedupe_keeps_the_first_and_lists_the_rest(tmp_path, tiny_cache, monkeyp
     repeats = SAMPLE_LINES[100:130]
     padded = json.loads(repeats[0])
     padded["problem"] = "  " + padded["problem"] + " "
-    data.write_bytes(b"".join(SAMPLE_LINES) + json.dumps(padded, ensure_ascii=False).encode() + b"\n"
-                     + b"".join(repeats[1:]))
+    data.write_bytes(
+        b"".join(SAMPLE_LINES) + json.dumps(padded, ensure_ascii=False).encode() + b"\n" + b"".join(repeats[1:])
+    )
     code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.train_file={data}", "data.dedupe=true")
     assert code == 0, err
     dupes = [r for r in read_jsonl(out / "rejects.jsonl") if r["kind"] == "duplicate"]
@@ -174,8 +185,9 @@ def test_stratified_sampling_keeps_the_family_mix_and_not_the_heldout(tmp_path, 
     full_heldout = (full / "heldout.jsonl").read_bytes()
     runs = {}
     for name in ("a", "b"):
-        code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, *base, "data.sample_rows=200",
-                                   "data.seed=0")
+        code, err, out = prep_here(
+            tmp_path, tiny_cache, monkeypatch, capsys, *base, "data.sample_rows=200", "data.seed=0"
+        )
         assert code == 0, err
         stats = stats_of(out)
         stats.pop("resources")
@@ -198,26 +210,44 @@ def test_stratified_sampling_keeps_the_family_mix_and_not_the_heldout(tmp_path, 
 
 # ---- sharded input, workers, kill -9 ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("gen") / "data"
-    generate(6000, out, seed=3, shard_rows=2000, workers=1, progress=False)   # 660 KB: prep starts its pool
+    generate(6000, out, seed=3, shard_rows=2000, workers=1, progress=False)  # 660 KB: prep starts its pool
     return out
 
 
 def test_sharded_input_as_directory_and_glob(tmp_path, tiny_cache, monkeypatch, capsys, generated):
-    assert sorted(p.name for p in generated.glob("*.jsonl")) == ["part-00000.jsonl", "part-00001.jsonl",
-                                                                 "part-00002.jsonl"]
-    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"data.train_file={generated}",
-                               "data.workers=1", "data.seq_length=256")
+    assert sorted(p.name for p in generated.glob("*.jsonl")) == [
+        "part-00000.jsonl",
+        "part-00001.jsonl",
+        "part-00002.jsonl",
+    ]
+    code, err, out = prep_here(
+        tmp_path,
+        tiny_cache,
+        monkeypatch,
+        capsys,
+        f"data.train_file={generated}",
+        "data.workers=1",
+        "data.seq_length=256",
+    )
     assert code == 0, err
     stats = stats_of(out)
     assert stats["rows_read"] == 6000 and len(stats["files"]) == 3
     assert {r["file"] for r in read_jsonl(out / "heldout.jsonl")} <= {str(p) for p in generated.glob("*.jsonl")}
-    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys,
-                               f"data.train_file={generated}/part-0000[12].jsonl",
-                               "data.workers=1", "data.seq_length=256", "data.max_rows=3000")
+    code, err, out = prep_here(
+        tmp_path,
+        tiny_cache,
+        monkeypatch,
+        capsys,
+        f"data.train_file={generated}/part-0000[12].jsonl",
+        "data.workers=1",
+        "data.seq_length=256",
+        "data.max_rows=3000",
+    )
     assert code == 0, err
     assert stats_of(out)["rows_read"] == 3000 and stats_of(out)["files"][0].endswith("part-00001.jsonl")
     # a bad row in the second shard is named by that shard's path and line
@@ -235,8 +265,15 @@ def test_sharded_input_as_directory_and_glob(tmp_path, tiny_cache, monkeypatch, 
 
 
 def test_one_or_two_workers_write_the_same_dataset(tmp_path, tiny_cache, generated):
-    common = [f"data.train_file={generated}", "data.seq_length=200", "data.dedupe=true", "data.bad_labels=fix",
-              "data.sample_rows=4500", "data.heldout_rows=50", "data.max_rows=null"]
+    common = [
+        f"data.train_file={generated}",
+        "data.seq_length=200",
+        "data.dedupe=true",
+        "data.bad_labels=fix",
+        "data.sample_rows=4500",
+        "data.heldout_rows=50",
+        "data.max_rows=null",
+    ]
     outs = {}
     for workers in (1, 2):
         runs = tmp_path / f"w{workers}"
@@ -277,14 +314,24 @@ def _alive(pid: int) -> bool:
 def test_kill9_mid_prep_leaves_the_old_output_or_none_and_a_rerun_succeeds(tmp_path, tiny_cache, generated):
     runs = tmp_path / "runs"
     out = runs / "tiny" / "prep"
-    args = [f"data.train_file={generated}", "data.seq_length=200", "data.workers=2", "data.max_rows=null",
-            f"runs_dir={runs}"]
+    args = [
+        f"data.train_file={generated}",
+        "data.seq_length=200",
+        "data.workers=2",
+        "data.max_rows=null",
+        f"runs_dir={runs}",
+    ]
     cmd = [sys.executable, "-m", "jobs.prep", "--config", str(TINY_RECIPE)] + sum((["--set", a] for a in args), [])
 
     def start_and_kill(kill_group: bool, *extra: str) -> None:
-        proc = subprocess.Popen(cmd + sum((["--set", a] for a in extra), []), cwd=tmp_path, env=job_env(tiny_cache),
-                                stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd + sum((["--set", a] for a in extra), []),
+            cwd=tmp_path,
+            env=job_env(tiny_cache),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         # mid-way: the temporary output exists and the spool (pass 1) is being written
         _wait_for(lambda: any(p.stat().st_size > 0 for p in out.parent.glob(".prep.part-*/.spool.jsonl")), 60, "pass 1")
         workers = _children(proc.pid)
@@ -304,15 +351,16 @@ def test_kill9_mid_prep_leaves_the_old_output_or_none_and_a_rerun_succeeds(tmp_p
     # the same spec would be skipped now (its manifest matches): a spec that prep's output does not
     # depend on makes it run again, over a complete output
     start_and_kill(False, "eval.batch_size=4")
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == complete, \
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == complete, (
         "a killed rerun leaves the previous complete output untouched"
+    )
 
 
 # ---- the pieces ---------------------------------------------------------------------------------
 
+
 def test_fast_mindrecord_writer_writes_what_filewriter_writes(tmp_path, monkeypatch):
     from mindspore.mindrecord import FileWriter
-
 
     rng = np.random.RandomState(0)
     ids = rng.randint(0, 50_000, (700, 33)).astype(np.int32)
@@ -331,10 +379,13 @@ def test_fast_mindrecord_writer_writes_what_filewriter_writes(tmp_path, monkeypa
 
     sharded = ShardedMindRecordWriter(tmp_path / "train.mindrecord", rows_per_file=250)
     for start in range(0, 700, 90):
-        sharded.write(ids[start:start + 90], labels[start:start + 90])
+        sharded.write(ids[start : start + 90], labels[start : start + 90])
     files = sharded.commit()
-    assert [(p.name, n) for p, n in files] == [("train.mindrecord", 250), ("train.mindrecord-00001", 250),
-                                               ("train.mindrecord-00002", 200)]
+    assert [(p.name, n) for p, n in files] == [
+        ("train.mindrecord", 250),
+        ("train.mindrecord-00001", 250),
+        ("train.mindrecord-00002", 200),
+    ]
     assert mindrecord_shards(tmp_path / "train.mindrecord") == [p for p, _ in files]
     got_ids, got_labels = read_mindrecord(tmp_path / "train.mindrecord")
     assert (got_ids == ids).all() and (got_labels == labels).all()
@@ -344,7 +395,7 @@ def test_batched_encoder_matches_encode_example_on_the_real_sample(tiny_cache):
 
     examples = [parse_math_row(JsonlRow(i, json.loads(line)), MATH_SAMPLE) for i, line in enumerate(SAMPLE_LINES, 1)]
     tokenizers = [(TextTokenizer.load(tiny_cache / "models" / "tiny"), None)]
-    if (model_dir("smollm2-135m") / "tokenizer.json").exists():      # the real BPE tokenizer, when converted here
+    if (model_dir("smollm2-135m") / "tokenizer.json").exists():  # the real BPE tokenizer, when converted here
         tokenizers.append((TextTokenizer.load(model_dir("smollm2-135m")), "You are a careful math assistant."))
     for tok, system in tokenizers:
         encoder = SampleEncoder(tok, 128, system)

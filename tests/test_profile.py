@@ -1,5 +1,6 @@
 """The data profiler (jobs.profile) on the real contest sample and on small files made to hold
 each kind of finding: families, wrong labels by line, bad lines, duplicates, token lengths, charts."""
+
 from __future__ import annotations
 
 import io
@@ -28,8 +29,9 @@ def real_lines() -> list[str]:
 
 
 def write_rows(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
-                    encoding="utf-8")
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows), encoding="utf-8"
+    )
     return path
 
 
@@ -42,10 +44,14 @@ def real_profile():
 # (which the profiler uses): a few words of each Chinese template; English text is a competition row.
 NUM = r"-?\d+(?:\.\d+)?"
 FAMILY_PATTERNS = {
-    "add": rf"计算 {NUM} \+ {NUM} 等于多少？", "sub": rf"计算 {NUM} - {NUM} 等于多少？",
-    "mul": rf"计算 {NUM} \* {NUM} 等于多少？", "div": rf"计算 {NUM} / {NUM} 等于多少？",
-    "power": rf"计算 {NUM} 的 \d+ 次方？", "sqrt": rf"计算 {NUM} 的平方根？",
-    "average": r"求以下数据的平均值：\[.*\]", "linear_equation": rf"解方程 {NUM}x \+ {NUM} = 0",
+    "add": rf"计算 {NUM} \+ {NUM} 等于多少？",
+    "sub": rf"计算 {NUM} - {NUM} 等于多少？",
+    "mul": rf"计算 {NUM} \* {NUM} 等于多少？",
+    "div": rf"计算 {NUM} / {NUM} 等于多少？",
+    "power": rf"计算 {NUM} 的 \d+ 次方？",
+    "sqrt": rf"计算 {NUM} 的平方根？",
+    "average": r"求以下数据的平均值：\[.*\]",
+    "linear_equation": rf"解方程 {NUM}x \+ {NUM} = 0",
     "function_value": rf"当 x = {NUM} 时，求函数 y = \d+x\^\d+ 的值",
     "discount": r"商品原价为 \d+ 元，打折后的价格为 \d+ 元，请计算打折的折扣比例。",
     "rectangle_area": r"一个长方形的长为 \d+ 厘米，宽为 \d+ 厘米，请计算其面积。",
@@ -67,8 +73,10 @@ def test_real_sample_families_and_wrong_labels(real_profile):
     assert sum(expected.values()) == len(real_lines()) == 971 and len(expected) == 13
     assert {name: fam["count"] for name, fam in real_profile["families"].items()} == dict(expected)
     assert real_profile["rows"] == len(real_lines()) and real_profile["bad_lines"]["count"] == 0
-    assert real_profile["languages"] == {"zh": sum(v for k, v in expected.items() if k != "english_competition"),
-                                         "en": expected["english_competition"]}
+    assert real_profile["languages"] == {
+        "zh": sum(v for k, v in expected.items() if k != "english_competition"),
+        "en": expected["english_competition"],
+    }
     wrong = real_profile["wrong_labels"]
     assert {row["line"]: row["label"] for row in wrong["rows"]} == WRONG_REAL_LABELS
     assert wrong["count"] == len(WRONG_REAL_LABELS)
@@ -83,7 +91,7 @@ def test_real_sample_families_and_wrong_labels(real_profile):
 
 def test_a_changed_label_is_reported_with_its_line_and_the_right_answer(tmp_path):
     lines = real_lines()[:30]
-    row = json.loads(lines[2])                    # "计算 -3828.45 - 756.08 等于多少？"
+    row = json.loads(lines[2])  # "计算 -3828.45 - 756.08 等于多少？"
     assert row["solution"] == "-3828.45 - 756.08 = -4584.53"
     lines[2] = json.dumps({"problem": row["problem"], "solution": "-3828.45 - 756.08 = -4584.63"}, ensure_ascii=False)
     record = prof.profile(write_rows(tmp_path / "x.jsonl", lines), progress=False)
@@ -96,14 +104,14 @@ def test_bad_lines_are_reported_with_line_numbers_not_crashes(tmp_path):
     good = {"problem": "计算 1.00 + 2.00 等于多少？", "solution": "1.00 + 2.00 = 3.00"}
     path = tmp_path / "bad.jsonl"
     with open(path, "wb") as fh:
-        fh.write(json.dumps(good, ensure_ascii=False).encode() + b"\n")         # 1 ok
-        fh.write(b'{"problem": "broken\n')                                       # 2 broken JSON
-        fh.write(b'{"problem": "\xff\xfe", "solution": "1"}\n')                 # 3 invalid UTF-8
-        fh.write(b"\n")                                                          # 4 blank: skipped
-        fh.write(b'["problem", "solution"]\n')                                  # 5 not an object
-        fh.write(b'{"problem": "x"}\n')                                          # 6 no solution
-        fh.write(b'{"problem": "x", "solution": 5}\n')                           # 7 not a string
-        fh.write(json.dumps(good, ensure_ascii=False).encode() + b"\n")         # 8 ok (an exact duplicate)
+        fh.write(json.dumps(good, ensure_ascii=False).encode() + b"\n")  # 1 ok
+        fh.write(b'{"problem": "broken\n')  # 2 broken JSON
+        fh.write(b'{"problem": "\xff\xfe", "solution": "1"}\n')  # 3 invalid UTF-8
+        fh.write(b"\n")  # 4 blank: skipped
+        fh.write(b'["problem", "solution"]\n')  # 5 not an object
+        fh.write(b'{"problem": "x"}\n')  # 6 no solution
+        fh.write(b'{"problem": "x", "solution": 5}\n')  # 7 not a string
+        fh.write(json.dumps(good, ensure_ascii=False).encode() + b"\n")  # 8 ok (an exact duplicate)
     record = prof.profile(path, progress=False)
     errors = {row["line"]: row["error"] for row in record["bad_lines"]["rows"]}
     assert sorted(errors) == [2, 3, 5, 6, 7]
@@ -118,25 +126,33 @@ def test_bad_lines_are_reported_with_line_numbers_not_crashes(tmp_path):
 
 
 def test_duplicates_and_near_duplicates(tmp_path):
-    long_problem = ("A bag holds 5 red marbles, 7 blue marbles and 9 green marbles. Two marbles are drawn one "
-                    "after the other without replacement. What is the probability that both are green?")
+    long_problem = (
+        "A bag holds 5 red marbles, 7 blue marbles and 9 green marbles. Two marbles are drawn one "
+        "after the other without replacement. What is the probability that both are green?"
+    )
     rows = [
-        {"problem": "计算 12.00 * 3.00 等于多少？", "solution": "12.00 * 3.00 = 36.0000"},        # 1
-        {"problem": "计算 12.00 * 3.00 等于多少？", "solution": "12.00 * 3.00 = 36.0000"},        # 2 exact dup of 1
-        {"problem": "计算 12.00 * 3.00 等于多少？", "solution": "36"},                   # 3 same problem, new label
-        {"problem": "计算  12.00 * 3.00  等于多少?", "solution": "12.00 * 3.00 = 36.0000"},       # 4 near: spaces, ?
-        {"problem": "计算 12.00 / 3.00 等于多少？", "solution": "12.00 / 3.00 = 4"},              # 5 different op
-        {"problem": long_problem, "solution": "$\\boxed{\\dfrac{12}{35}}$"},                       # 6
-        {"problem": long_problem.replace("both are green", "both are of green colour"),
-         "solution": "$\\boxed{\\dfrac{12}{35}}$"},
-         # 7 near (MinHash) of 6
-        {"problem": "Compute the number of ordered pairs of integers (a, b) with 1 <= a, b <= 50 such that "
-                    "a^2 + b^2 is divisible by 7.", "solution": "$\\boxed{49}$"},                 # 8 unrelated
+        {"problem": "计算 12.00 * 3.00 等于多少？", "solution": "12.00 * 3.00 = 36.0000"},  # 1
+        {"problem": "计算 12.00 * 3.00 等于多少？", "solution": "12.00 * 3.00 = 36.0000"},  # 2 exact dup of 1
+        {"problem": "计算 12.00 * 3.00 等于多少？", "solution": "36"},  # 3 same problem, new label
+        {"problem": "计算  12.00 * 3.00  等于多少?", "solution": "12.00 * 3.00 = 36.0000"},  # 4 near: spaces, ?
+        {"problem": "计算 12.00 / 3.00 等于多少？", "solution": "12.00 / 3.00 = 4"},  # 5 different op
+        {"problem": long_problem, "solution": "$\\boxed{\\dfrac{12}{35}}$"},  # 6
+        {
+            "problem": long_problem.replace("both are green", "both are of green colour"),
+            "solution": "$\\boxed{\\dfrac{12}{35}}$",
+        },
+        # 7 near (MinHash) of 6
+        {
+            "problem": "Compute the number of ordered pairs of integers (a, b) with 1 <= a, b <= 50 such that "
+            "a^2 + b^2 is divisible by 7.",
+            "solution": "$\\boxed{49}$",
+        },  # 8 unrelated
     ]
     record = prof.profile(write_rows(tmp_path / "d.jsonl", rows), progress=False)
     assert record["duplicates"]["exact"]["examples"] == [{"size": 2, "rows": [{"line": 1}, {"line": 2}]}]
     assert record["duplicates"]["same_problem_different_solution"]["examples"] == [
-        {"size": 3, "rows": [{"line": 1}, {"line": 2}, {"line": 3}]}]
+        {"size": 3, "rows": [{"line": 1}, {"line": 2}, {"line": 3}]}
+    ]
     normalized = record["near_duplicates"]["normalized"]["examples"]
     assert len(normalized) == 1 and {"line": 4} in normalized[0]["rows"] and {"line": 5} not in normalized[0]["rows"]
     minhash = record["near_duplicates"]["minhash"]["rows"]
@@ -216,7 +232,7 @@ def test_profile_of_a_generated_directory(tmp_path):
     assert {name: fam["count"] for name, fam in record["families"].items()} == record_gen["families"]
     assert record["wrong_labels"]["count"] == 0 and record["bad_lines"]["count"] == 0
     assert record["unparsable_solutions"]["count"] == 0
-    for group in record["duplicates"]["exact"]["examples"]:           # multi-file locations name the file
+    for group in record["duplicates"]["exact"]["examples"]:  # multi-file locations name the file
         assert all(Path(loc["file"]).name.startswith("part-") for loc in group["rows"])
 
 

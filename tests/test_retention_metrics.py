@@ -2,6 +2,7 @@
 metric.py) next to the official SQuAD v1.1 script, on 2,067 questions for the Ascend recipes, and a base
 EM of 0 said to be undecidable rather than passed. Expected figures are worked by hand from each
 metric's definition (docs/CONTEST_RULES.md, "How the contest measured")."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,13 +37,13 @@ def test_emf1_is_mindformers_metric_not_the_official_script(tmp_path, monkeypatc
     assert got["f1"] == pytest.approx(EMF1_F1, abs=1e-9) and got["em"] == 0.0
     official = scoring.squad_scores(predictions, golds)
     assert official["f1"] == pytest.approx(OFFICIAL_F1, abs=1e-9) and official["em"] == pytest.approx(200 / 3)
-    assert predictions == [p for p, _ in CASES]   # EmF1Metric edits its input list; ours is left alone
+    assert predictions == [p for p, _ in CASES]  # EmF1Metric edits its input list; ours is left alone
 
 
 def test_base_em_of_zero_cannot_pass_or_fail():
     verdict = rules.retention_verdict({"f1": 30.0, "em": 0.0}, {"f1": 40.0, "em": 0.0})
     assert verdict["undecided"] == ["em"]
-    assert verdict["failed"] == ["f1"]            # F1 still decides: 30 < 0.9 * 40
+    assert verdict["failed"] == ["f1"]  # F1 still decides: 30 < 0.9 * 40
     decided = rules.retention_verdict({"f1": 40.0, "em": 5.0}, {"f1": 40.0, "em": 5.0})
     assert decided["undecided"] == [] and decided["passes"] is True
 
@@ -56,10 +57,14 @@ def test_report_says_cannot_pass_or_fail_not_na():
 
 def test_report_never_shows_a_bare_pass_that_base_zero_decided():
 
-    assert valid_cell(rules.retention_verdict({"f1": 41.0, "em": 0.0}, {"f1": 40.0, "em": 0.0})) == \
-        "pass on F1; EM cannot pass or fail (base 0)"
-    assert valid_cell(rules.retention_verdict({"f1": 0.0, "em": 0.0}, {"f1": 0.0, "em": 0.0})) == \
-        "cannot pass or fail (base 0)"
+    assert (
+        valid_cell(rules.retention_verdict({"f1": 41.0, "em": 0.0}, {"f1": 40.0, "em": 0.0}))
+        == "pass on F1; EM cannot pass or fail (base 0)"
+    )
+    assert (
+        valid_cell(rules.retention_verdict({"f1": 0.0, "em": 0.0}, {"f1": 0.0, "em": 0.0}))
+        == "cannot pass or fail (base 0)"
+    )
     assert valid_cell(rules.retention_verdict({"f1": 41.0, "em": 9.0}, {"f1": 40.0, "em": 10.0})) == "pass"
     assert valid_cell(rules.retention_verdict({"f1": 30.0, "em": 0.0}, {"f1": 40.0, "em": 0.0})) == "**fail**"
 
@@ -67,13 +72,22 @@ def test_report_never_shows_a_bare_pass_that_base_zero_decided():
 def test_the_checkpoint_choice_names_its_metric():
     assert rules.RETENTION_METRIC.startswith("official SQuAD v1.1")
 
-    results = build_results(run_id="r", stage=1, fmt="math", model_name="tiny", rank=8, target_modules="wq|wv",
-                            report={}, accuracies={}, checkpoints=[], code={})
+    results = build_results(
+        run_id="r",
+        stage=1,
+        fmt="math",
+        model_name="tiny",
+        rank=8,
+        target_modules="wq|wv",
+        report={},
+        accuracies={},
+        checkpoints=[],
+        code={},
+    )
     assert results["retention_metric"] == rules.RETENTION_METRIC
 
 
-ASCEND_RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml")
-                        if load_spec(p).train.device == "Ascend")
+ASCEND_RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml") if load_spec(p).train.device == "Ascend")
 
 
 @pytest.mark.parametrize("recipe", ASCEND_RECIPES)

@@ -7,6 +7,7 @@ Mutants tried (each fails the test named):
   - the token check for the holder's children removed             -> test_the_holders_children_join_its_lock
   - the fresh-heartbeat check for another host's record removed   -> test_another_hosts_fresh_record_is_refused
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,7 @@ with hold_run_folder(sys.argv[1], "pipeline"):
 def start_holder(run_dir):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(RUN_LOCK_ENV, None)
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -54,9 +54,14 @@ def test_a_second_job_is_refused_naming_the_holder(tmp_path, holder):
     holder's host, pid and since-when, and the job does not start."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "TUNEBOX_CACHE": str(tmp_path / "cache")}
     env.pop(RUN_LOCK_ENV, None)
-    proc = subprocess.run([sys.executable, "-m", "jobs.weights", "--config", str(TINY_RECIPE),
-                           "--set", f"runs_dir={tmp_path / 'runs'}"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.weights", "--config", str(TINY_RECIPE), "--set", f"runs_dir={tmp_path / 'runs'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     record = read_holder(tmp_path / "runs" / "tiny")
     assert record["pid"] == holder.pid
@@ -76,28 +81,39 @@ def test_a_lock_left_by_kill_9_is_taken_over(tmp_path, holder, caplog):
     dead = holder.pid
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=30)
-    assert read_holder(run_dir)["pid"] == dead          # the record is still there
+    assert read_holder(run_dir)["pid"] == dead  # the record is still there
     with caplog.at_level("WARNING", logger="tunebox.runlock"):
         with hold_run_folder(run_dir, "train") as record:
             assert record["pid"] == os.getpid()
             assert read_holder(run_dir)["pid"] == os.getpid()
     assert f"pid {dead}" in caplog.text and "no longer running" in caplog.text
-    assert read_holder(run_dir) is None                 # released: no holder left
+    assert read_holder(run_dir) is None  # released: no holder left
     assert RUN_LOCK_ENV not in os.environ
 
 
 def test_the_holders_children_join_its_lock(tmp_path):
     """msrun's workers and a pipeline's jobs inherit the holder's token and run; a stranger is refused."""
     run_dir = tmp_path / "runs" / "tiny"
-    probe = ("import sys\nfrom tunebox.runlock import hold_run_folder\n"
-             "with hold_run_folder(sys.argv[1], 'train'):\n    print('joined')\n")
+    probe = (
+        "import sys\nfrom tunebox.runlock import hold_run_folder\n"
+        "with hold_run_folder(sys.argv[1], 'train'):\n    print('joined')\n"
+    )
     with hold_run_folder(run_dir, "pipeline"):
-        child = subprocess.run([sys.executable, "-c", probe, str(run_dir)], env={**os.environ, "PYTHONPATH": str(REPO)},
-                               capture_output=True, text=True, timeout=120)
+        child = subprocess.run(
+            [sys.executable, "-c", probe, str(run_dir)],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         stranger_env = {k: v for k, v in os.environ.items() if k != RUN_LOCK_ENV}
-        stranger = subprocess.run([sys.executable, "-c", probe, str(run_dir)],
-                                  env={**stranger_env, "PYTHONPATH": str(REPO)},
-                                  capture_output=True, text=True, timeout=120)
+        stranger = subprocess.run(
+            [sys.executable, "-c", probe, str(run_dir)],
+            env={**stranger_env, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert child.returncode == 0 and "joined" in child.stdout, child.stderr[-2000:]
     assert stranger.returncode != 0 and "RunFolderBusy" in stranger.stderr, stranger.stderr[-2000:]
 
@@ -108,8 +124,9 @@ def test_another_hosts_fresh_record_is_refused(tmp_path):
     run_dir = tmp_path / "runs" / "tiny"
     run_dir.parent.mkdir(parents=True)
     path = lock_file(run_dir)
-    path.write_text(json.dumps({"host": "other-node", "pid": 1, "job": "train", "since": "2026-01-01T00:00:00",
-                                "token": "x"}))
+    path.write_text(
+        json.dumps({"host": "other-node", "pid": 1, "job": "train", "since": "2026-01-01T00:00:00", "token": "x"})
+    )
     with pytest.raises(RunFolderBusy, match="host other-node, pid 1"):
         with hold_run_folder(run_dir, "train"):
             pass
@@ -125,9 +142,14 @@ def test_a_second_pipeline_is_refused_before_any_job_starts(tmp_path, holder):
     take one) -> the refused pipeline has already started its first job (its command line is printed)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "TUNEBOX_CACHE": str(tmp_path / "cache")}
     env.pop(RUN_LOCK_ENV, None)
-    proc = subprocess.run(["invoke", "pipeline", "--config", str(TINY_RECIPE),
-                           "--set", f"runs_dir={tmp_path / 'runs'}"], cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=300)
+    proc = subprocess.run(
+        ["invoke", "pipeline", "--config", str(TINY_RECIPE), "--set", f"runs_dir={tmp_path / 'runs'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"pid {holder.pid}" in proc.stderr and "in use by pipeline" in proc.stderr
     assert "-m jobs." not in proc.stdout, proc.stdout[-2000:]

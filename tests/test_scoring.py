@@ -2,6 +2,7 @@
 prints, hand-made model outputs score right and wrong as they should, SQuAD F1/EM match
 hand-computed values, and every contest MCQ reference yields its letter. The ratio, scores and
 retention are tests/test_contest.py."""
+
 from __future__ import annotations
 
 import json
@@ -81,7 +82,7 @@ def boxed_content(solution: str) -> str:
     while depth:
         depth += {"{": 1, "}": -1}.get(solution[i], 0)
         i += 1
-    return solution[start:i - 1]
+    return solution[start : i - 1]
 
 
 def expected_competition_answer(content: str):
@@ -148,14 +149,14 @@ def exact_value(problem: str, family: str):
         return nums[0].sqrt()
     if family == "linear_equation":
         return -nums[1] / nums[0]
-    if family == "function_value":   # 当 x = v 时，求函数 y = ax^n 的值
+    if family == "function_value":  # 当 x = v 时，求函数 y = ax^n 的值
         x, a, n = nums[0], nums[1], int(nums[2])
-        return a * x ** n
+        return a * x**n
     if family == "rectangle_area":
         return nums[0] * nums[1]
     if family == "average":
         return sum(nums) / len(nums)
-    if family == "discount":          # (原价 - 折后) / 原价, in percent
+    if family == "discount":  # (原价 - 折后) / 原价, in percent
         return (nums[0] - nums[1]) / nums[0] * 100
     if family == "sales_growth":
         return nums[0] * (1 + nums[1] / 100)
@@ -206,31 +207,31 @@ MODEL_OUTPUTS = [
     ("-3828.45 - 756.08 = -4584.53", "-3828.45 - 756.08 = -4584.53", True, True),
     ("计算 -3828.45 - 756.08 等于多少？\n-3828.45 - 756.08 = -4584.53", "-3828.45 - 756.08 = -4584.53", True, True),
     ("-3828.45 - 756.08 = -4584.54", "-3828.45 - 756.08 = -4584.53", False, False),
-    ("结果是 −4584.53。", "-3828.45 - 756.08 = -4584.53", True, True),                 # unicode minus
-    ("方程的解为：－１５", "方程的解为：-15.0", True, True),                              # full-width
+    ("结果是 −4584.53。", "-3828.45 - 756.08 = -4584.53", True, True),  # unicode minus
+    ("方程的解为：－１５", "方程的解为：-15.0", True, True),  # full-width
     ("解：x = -(-45)/(-3) = -15，所以方程的解为 -15。", "方程的解为：-15.0", True, True),
     ("方程的解为：-15.5", "方程的解为：-15.0", False, False),
-    ("方程的解为 -15。验证：-3 × (-15) + (-45) = 0", "方程的解为：-15.0", True, True),   # marker beats a later '='
+    ("方程的解为 -15。验证：-3 × (-15) + (-45) = 0", "方程的解为：-15.0", True, True),  # marker beats a later '='
     ("The answer is 8, since 2 + 6 = 8 and 8 - 0 = 8.", "\\boxed{8}", True, True),
     ("答案：9195.58 + 8947.04 = 18142.62", "9195.58 + 8947.04 = 18142.62", True, True),
     ("面积为 348 平方厘米", "面积为 348 平方厘米", True, True),
     ("面积是348.0平方厘米。", "面积为 348 平方厘米", True, True),
     ("面积为 348.4 平方厘米", "面积为 348 平方厘米", False, False),
-    ("The answer is 1,234.5 dollars.", "1234.5", True, True),                          # thousands
+    ("The answer is 1,234.5 dollars.", "1234.5", True, True),  # thousands
     ("函数的值为：2.142161321654221440260136972 × 10^68", "函数的值为：2.142161321654221440260136972E+68", True, True),
     ("y ≈ 2.1421613e68", "函数的值为：2.142161321654221440260136972E+68", False, True),
     ("y ≈ 2.14e68", "函数的值为：2.142161321654221440260136972E+68", False, False),
     ("√5636.97 ≈ 75.0797576", "√5636.97 = 75.07975759151064280958687335", False, True),
     ("√5636.97 ≈ 75.08", "√5636.97 = 75.07975759151064280958687335", False, False),
     ("So the probability is $\\boxed{\\dfrac{1}{16}}$.", "... = $\\boxed{\\dfrac{1}{16}}$.", True, True),
-    ("The probability is 0.0625", "... = $\\boxed{\\dfrac{1}{16}}$.", True, True),    # 1/16 exactly
+    ("The probability is 0.0625", "... = $\\boxed{\\dfrac{1}{16}}$.", True, True),  # 1/16 exactly
     ("The probability is 1/16.", "... = $\\boxed{\\dfrac{1}{16}}$.", True, True),
     ("The probability is 0.06", "... = $\\boxed{\\dfrac{1}{16}}$.", False, False),
     ("\\boxed{180^\\circ} is the sum", "so $\\angle J + \\angle H = \\boxed{180^\\circ}$.", True, True),
     ("the minimum value is $\\boxed{\\sqrt3}$", "the minimum value is $\\boxed{\\sqrt{3}}.$", True, True),
     ("the minimum value is 1.732", "the minimum value is $\\boxed{\\sqrt{3}}.$", False, False),
-    ("折扣比例为 -462.5%", "-462.5", True, True),                                       # written number
-    ("打折比例是 25%", "0.25", False, True),                                             # percent reading
+    ("折扣比例为 -462.5%", "-462.5", True, True),  # written number
+    ("打折比例是 25%", "0.25", False, True),  # percent reading
     ("今年的销售额为 99.5 万元", "99.5", True, True),
     ("我不知道", "99.5", False, False),
     ("", "99.5", False, False),
@@ -253,7 +254,7 @@ def test_numbers_equal_rules():
     # Shown precision: more digits that round to the printed reference count in tolerant mode.
     assert numbers_equal("2.44", "\\boxed{2.4}", "tolerant") and not numbers_equal("2.44", "\\boxed{2.4}")
     assert not numbers_equal("2.46", "\\boxed{2.4}", "tolerant")
-    assert not numbers_equal("2.4", "\\boxed{2.44}", "tolerant")   # fewer digits than the reference
+    assert not numbers_equal("2.4", "\\boxed{2.44}", "tolerant")  # fewer digits than the reference
     # An integral float printed as X.0 is an exact integer, not a one-decimal rounding.
     assert not numbers_equal("135.04", "135.0", "tolerant")
     assert not numbers_equal("0.04", "方程的解为：0.0", "tolerant")
@@ -269,7 +270,7 @@ def test_number_forms():
         "x = 2\\frac{1}{2}": Fraction(5, 2),
         "x = -\\frac{19}{7}": Fraction(-19, 7),
         "1{,}234{,}567": Decimal(1234567),
-        "数据为 100，200，300": Decimal(300),          # a Chinese-comma list is not 100,200,300
+        "数据为 100，200，300": Decimal(300),  # a Chinese-comma list is not 100,200,300
         "about 3.0 \\times 10^{-5} m": Decimal("3.0E-5"),
         "1.5E-3": Decimal("0.0015"),
         "百分之二十五 or 百分之25": Decimal(25),
@@ -287,6 +288,7 @@ def test_number_forms():
 # SQuAD
 # ---------------------------------------------------------------------------------------------
 
+
 def test_squad_normalization_and_exact_match():
     assert squad_exact_match("the Eiffel Tower", "Eiffel Tower")
     assert squad_exact_match("Denver Broncos.", "denver broncos")
@@ -303,8 +305,9 @@ def test_squad_f1_by_hand():
     assert squad_f1("cat", "dog") == 0.0
     assert squad_f1("", "dog") == 0.0
     # max over golds, then mean over questions: q1 EM via 2nd gold; q2 F1 2/3, EM 0
-    scores = squad_scores(["two men", "the big red Eiffel Tower in Paris"],
-                          [["two", "two men"], ["Eiffel Tower, Paris", "Paris"]])
+    scores = squad_scores(
+        ["two men", "the big red Eiffel Tower in Paris"], [["two", "two men"], ["Eiffel Tower, Paris", "Paris"]]
+    )
     assert scores["em"] == pytest.approx(50.0)
     assert scores["f1"] == pytest.approx((100 + 200 / 3) / 2)
 
@@ -319,8 +322,9 @@ def test_squad_on_the_real_dev_subset():
     partial = squad_scores(first_words, golds)
     assert 0 < partial["em"] < 100 and partial["em"] < partial["f1"] < 100
     prompt = squad_prompt(rows[0]["context"], rows[0]["question"])
-    assert prompt.startswith("Read the passage and answer the question below.\n\n### "
-                             "Instruction:\n" + rows[0]["context"])
+    assert prompt.startswith(
+        "Read the passage and answer the question below.\n\n### Instruction:\n" + rows[0]["context"]
+    )
     assert prompt.endswith(f"### Input:\n{rows[0]['question']}\n\n### Response:")
     assert squad_answer_from_generation("  two men\nQuestion: next") == "two men"
     with pytest.raises(ValueError):
@@ -333,18 +337,22 @@ def test_squad_on_the_real_dev_subset():
 # Multiple choice
 # ---------------------------------------------------------------------------------------------
 
+
 def test_every_contest_reference_output_yields_its_letter():
     rows = read_jsonl(MCQ_DIR / "contest-mcq-sample.jsonl")
     assert len(rows) == 2000
-    wrong = [(row["id"], row["reference_output"]) for row in rows
-             if extract_choice_letter(row["reference_output"]) != row["answer"]]
+    wrong = [
+        (row["id"], row["reference_output"])
+        for row in rows
+        if extract_choice_letter(row["reference_output"]) != row["answer"]
+    ]
     assert wrong == []
 
 
 def test_contest_prompt_is_reproduced():
     rows = read_jsonl(MCQ_DIR / "contest-mcq-sample.jsonl")
 
-    def squash(text: str) -> str:   # the sample's question/choice fields were stripped
+    def squash(text: str) -> str:  # the sample's question/choice fields were stripped
         return "".join(text.split())
 
     assert [row["id"] for row in rows if squash(mcq_prompt(row, "contest")) != squash(row["prompt"])] == []
@@ -369,32 +377,37 @@ def test_subset_prompts_round_trip(name):
     assert share > 0.9
 
 
-@pytest.mark.parametrize("text, letter", [
-    ("The right option is B.", "B"),
-    ("the right option is c", "C"),
-    ("答案是：C", "C"),
-    ("正确答案为（Ｃ）", "C"),
-    ("选项A是错的，答案是D", "D"),
-    ("(D)", "D"),
-    ("B. Secondary research.", "B"),
-    ("b", "B"),
-    ("D because the others are wrong", "D"),
-    ("A couple brings their son to therapy; the correct answer is C.", "C"),
-    ("A couple brings their son to therapy.", None),
-    ("The correct answer is a bit unclear.", None),
-    ("I would pick option C here", "C"),
-    ("Both A and B are wrong", None),
-    ("The right option is A because", "A"),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "text, letter",
+    [
+        ("The right option is B.", "B"),
+        ("the right option is c", "C"),
+        ("答案是：C", "C"),
+        ("正确答案为（Ｃ）", "C"),
+        ("选项A是错的，答案是D", "D"),
+        ("(D)", "D"),
+        ("B. Secondary research.", "B"),
+        ("b", "B"),
+        ("D because the others are wrong", "D"),
+        ("A couple brings their son to therapy; the correct answer is C.", "C"),
+        ("A couple brings their son to therapy.", None),
+        ("The correct answer is a bit unclear.", None),
+        ("I would pick option C here", "C"),
+        ("Both A and B are wrong", None),
+        ("The right option is A because", "A"),
+        ("", None),
+    ],
+)
 def test_choice_letter_extraction(text, letter):
     assert extract_choice_letter(text) == letter
 
 
 def test_trim_generation_stops_at_a_new_problem():
-    runaway = ("计算 -3828.45 - 756.08 等于多少？\n-3828.45 - 756.08 = -4584.53\n"
-               "计算 9195.58 + 8947.04 等于多少？\n9195.58 + 8947.04 = 18142.62")
-    assert score_math(runaway, "-3828.45 - 756.08 = -4584.53")["strict"] is False   # last '=' is the next problem
+    runaway = (
+        "计算 -3828.45 - 756.08 等于多少？\n-3828.45 - 756.08 = -4584.53\n"
+        "计算 9195.58 + 8947.04 等于多少？\n9195.58 + 8947.04 = 18142.62"
+    )
+    assert score_math(runaway, "-3828.45 - 756.08 = -4584.53")["strict"] is False  # last '=' is the next problem
     trimmed = trim_generation(runaway)
     assert trimmed == "计算 -3828.45 - 756.08 等于多少？\n-3828.45 - 756.08 = -4584.53"
     assert score_math(trimmed, "-3828.45 - 756.08 = -4584.53")["strict"] is True
@@ -404,17 +417,21 @@ def test_trim_generation_stops_at_a_new_problem():
 
 # ---- graded closeness (issue 14) ----------------------------------------------------------------
 
+
 def test_closeness_band_and_leading_digits():
 
     ref = "-6273.69 / -2956.06 = 2.122314837993816093042766385"
-    assert closeness("2.12231", ref) == {"within_1pct": True, "leading_digits": 6,
-                                         "relative_error": pytest.approx(2.28e-6, rel=1e-2)}
-    assert closeness("2.2", ref)["within_1pct"] is False          # 3.7% off
+    assert closeness("2.12231", ref) == {
+        "within_1pct": True,
+        "leading_digits": 6,
+        "relative_error": pytest.approx(2.28e-6, rel=1e-2),
+    }
+    assert closeness("2.2", ref)["within_1pct"] is False  # 3.7% off
     # the band's edge: 1% of 2.1223148... is 0.0212231..., so 2.1011 is in and 2.1010 out
     assert closeness("2.1011", ref)["within_1pct"] is True and closeness("2.1010", ref)["within_1pct"] is False
     assert closeness("14931.08", "= 14931.08")["leading_digits"] == 7
     assert closeness("14900", "= 14931.08")["leading_digits"] == 3
-    assert closeness("9.99", "= 10.0")["leading_digits"] == 0       # another order of magnitude
+    assert closeness("9.99", "= 10.0")["leading_digits"] == 0  # another order of magnitude
     assert closeness("-5", "= 5") == {"within_1pct": False, "leading_digits": 0, "relative_error": 2.0}
     assert closeness("0.003124", "= 0.003125")["leading_digits"] == 3
     assert closeness(None, "= 5")["within_1pct"] is False

@@ -1,6 +1,7 @@
 """The real embedded model through the whole job graph, shortened: the same code paths as
 `invoke pipeline`, on the real contest rows, in a few minutes. The one run where the base model
 answers SQuAD questions, so retention can bite: its verdicts and the choice are re-derived by hand."""
+
 from __future__ import annotations
 
 import json
@@ -47,11 +48,13 @@ def check_training_lowers_the_heldout_loss(run: Path, spec) -> None:
     first and the last merged checkpoint are below the base model, and the last below the first."""
 
     tok = TextTokenizer.load(ensure_model(spec.model.name))
-    rows = read_jsonl(run / "prep" / "heldout.jsonl")[:spec.eval.limit]
+    rows = read_jsonl(run / "prep" / "heldout.jsonl")[: spec.eval.limit]
     index = json.loads((run / "merge" / "index.json").read_text())
     base = heldout_answer_loss(Path(index["base_checkpoint"]), spec, tok, rows)
-    first, last = (heldout_answer_loss(run / "merge" / e["file"], spec, tok, rows)
-                   for e in (index["checkpoints"][0], index["checkpoints"][-1]))
+    first, last = (
+        heldout_answer_loss(run / "merge" / e["file"], spec, tok, rows)
+        for e in (index["checkpoints"][0], index["checkpoints"][-1])
+    )
     assert last < first < base and last < 0.95 * base, (base, first, last)
 
 

@@ -1,4 +1,5 @@
 """Run spec loading: list-valued keys, LoRA targets checked at load with the valid names listed."""
+
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,15 @@ def test_target_modules_as_a_list_is_the_same_as_the_regex(tmp_path):
     assert mindformers_target_regex(as_set.lora.target_modules) == ".*w1|.*w3"
 
 
-@pytest.mark.parametrize("targets, named, peft_hint", [
-    ("q_proj|v_proj", "'q_proj', 'v_proj'", "q_proj -> wq, v_proj -> wv"),
-    ("q_proj|wv", "'q_proj'", "q_proj -> wq"),           # one good alternative does not hide a bad one
-    ("[gate_proj, w2]", "'gate_proj'", "gate_proj -> w1"),
-    ("wz", "'wz'", None),
-])
+@pytest.mark.parametrize(
+    "targets, named, peft_hint",
+    [
+        ("q_proj|v_proj", "'q_proj', 'v_proj'", "q_proj -> wq, v_proj -> wv"),
+        ("q_proj|wv", "'q_proj'", "q_proj -> wq"),  # one good alternative does not hide a bad one
+        ("[gate_proj, w2]", "'gate_proj'", "gate_proj -> w1"),
+        ("wz", "'wz'", None),
+    ],
+)
 def test_bad_targets_fail_at_load_naming_line_and_layers(tmp_path, targets, named, peft_hint):
     path = write(tmp_path, "lora:\n  rank: 8\n  target_modules: " + targets + "\n")
     with pytest.raises(InputError) as err:
@@ -57,11 +61,14 @@ def test_eval_scales_accept_a_list_or_the_comma_text(tmp_path):
         load_checked_spec(write(tmp_path, ""), ["eval.scales={a: 1}"])
 
 
-@pytest.mark.parametrize("override, suggested", [
-    ("train.max_step=3", "max_steps"),            # the old prefix rule offered 'max_grad_norm'
-    ("lora.rnak=4", "rank"),
-    ("data.seq_lenght=64", "seq_length"),
-])
+@pytest.mark.parametrize(
+    "override, suggested",
+    [
+        ("train.max_step=3", "max_steps"),  # the old prefix rule offered 'max_grad_norm'
+        ("lora.rnak=4", "rank"),
+        ("data.seq_lenght=64", "seq_length"),
+    ],
+)
 def test_unknown_key_suggests_the_closest_key(tmp_path, override, suggested):
     with pytest.raises(InputError, match=rf"did you mean '{suggested}'\?"):
         load_checked_spec(write(tmp_path, ""), [override])
@@ -74,25 +81,38 @@ def test_invoke_with_a_missing_spec_says_error_and_exits_2(tmp_path):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "invoke", "pipeline", "--config", str(tmp_path / "nope.yaml")],
-                          cwd=repo, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "pipeline", "--config", str(tmp_path / "nope.yaml")],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert f"error: {tmp_path / 'nope.yaml'}: no such run spec" in proc.stderr
 
 
-@pytest.mark.parametrize("override, says", [
-    ("train.lr=[", "--set train.lr=[: '[' is not a YAML value"),
-    ("data.families={add", "--set data.families={add: '{add' is not a YAML value"),
-    ("train.lr.x=1", "--set train.lr.x=1: 'train.lr' is a value, not a section"),
-])
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("train.lr=[", "--set train.lr=[: '[' is not a YAML value"),
+        ("data.families={add", "--set data.families={add: '{add' is not a YAML value"),
+        ("train.lr.x=1", "--set train.lr.x=1: 'train.lr' is a value, not a section"),
+    ],
+)
 def test_a_set_value_that_is_not_yaml_says_error_and_exits_2(override, says, capsys):
     """A bad --set ends as a bad spec does: one `error:` line, exit 2, no traceback. Tried with
     config._apply_override's YAMLError catch removed (a traceback, exit 1): the first two fail; the third
     is the descent into a value (AttributeError before the check)."""
 
-    code = run_job("probe", "a job that does nothing", lambda spec, args: None, skip_finished=False,
-                   argv=["--config", str(TINY), "--set", override])
+    code = run_job(
+        "probe",
+        "a job that does nothing",
+        lambda spec, args: None,
+        skip_finished=False,
+        argv=["--config", str(TINY), "--set", override],
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"error: {says}" in err and "Traceback" not in err
 

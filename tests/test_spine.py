@@ -1,5 +1,6 @@
 """The job graph end to end on the tiny model: prep input checks, the 5 checkpoints, kill -9 and
 resume, merge equality, the evaluation report."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -40,14 +41,14 @@ BAD_ROWS = {
     "must be a string": b'{"problem": 5, "solution": "5"}\n',
     "is empty": b'{"problem": "   ", "solution": "2"}\n',
     "not valid UTF-8": b'{"problem": "\xff\xfe", "solution": "2"}\n',
-    "expected a JSON object": b'[1, 2]\n',
+    "expected a JSON object": b"[1, 2]\n",
 }
 
 
 def _write_data(path: Path, bad: bytes, good_rows: int = 40) -> int:
     good = MATH_SAMPLE.read_bytes().splitlines(keepends=True)[:good_rows]
     bad_line = 11
-    path.write_bytes(b"".join(good[:bad_line - 1]) + bad + b"".join(good[bad_line - 1:]))
+    path.write_bytes(b"".join(good[: bad_line - 1]) + bad + b"".join(good[bad_line - 1 :]))
     return bad_line
 
 
@@ -55,8 +56,17 @@ def _write_data(path: Path, bad: bytes, good_rows: int = 40) -> int:
 def test_prep_bad_row_names_file_and_line(tmp_path, tiny_cache, reason):
     data = tmp_path / "data.jsonl"
     line = _write_data(data, BAD_ROWS[reason])
-    proc = run_job("prep", TINY_RECIPE, tiny_cache, tmp_path, f"data.train_file={data}", "data.max_rows=null",
-                   "data.heldout_rows=4", f"runs_dir={tmp_path / 'runs'}", check=False)
+    proc = run_job(
+        "prep",
+        TINY_RECIPE,
+        tiny_cache,
+        tmp_path,
+        f"data.train_file={data}",
+        "data.max_rows=null",
+        "data.heldout_rows=4",
+        f"runs_dir={tmp_path / 'runs'}",
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{data}:{line}:" in proc.stderr and reason in proc.stderr
     assert not (tmp_path / "runs" / "tiny" / "prep").exists(), "a failed prep must not leave an output dir"
@@ -66,8 +76,17 @@ def test_prep_skip_writes_rejects_with_reasons(tmp_path, tiny_cache):
     data = tmp_path / "data.jsonl"
     good = MATH_SAMPLE.read_bytes().splitlines(keepends=True)[:40]
     data.write_bytes(b"".join(good[:5]) + b"".join(BAD_ROWS.values()) + b"".join(good[5:]))
-    run_job("prep", TINY_RECIPE, tiny_cache, tmp_path, f"data.train_file={data}", "data.max_rows=null",
-            "data.heldout_rows=4", "data.on_bad_row=skip", f"runs_dir={tmp_path / 'runs'}")
+    run_job(
+        "prep",
+        TINY_RECIPE,
+        tiny_cache,
+        tmp_path,
+        f"data.train_file={data}",
+        "data.max_rows=null",
+        "data.heldout_rows=4",
+        "data.on_bad_row=skip",
+        f"runs_dir={tmp_path / 'runs'}",
+    )
     out = tmp_path / "runs" / "tiny" / "prep"
     rejects = read_jsonl(out / "rejects.jsonl")
     bad = [r for r in rejects if not r["reason"].startswith("too long")]
@@ -100,6 +119,7 @@ def test_prep_split_is_deterministic_and_answer_only_loss(tiny_run):
 
 
 # ---- train: schedule, checkpoints, resume ---------------------------------------------------
+
 
 def test_schedule_pure_functions():
     assert checkpoint_steps(27, 5) == [5, 11, 16, 22, 27]
@@ -139,8 +159,10 @@ def test_train_writes_five_evenly_spaced_checkpoints(tiny_run):
 
 
 def _lora_arrays(path: Path) -> dict:
-    code = ("import sys, json, numpy as np, mindspore as ms; d = ms.load_checkpoint(sys.argv[1]);"
-            "np.savez(sys.argv[2], **{k: v.asnumpy() for k, v in d.items()})")
+    code = (
+        "import sys, json, numpy as np, mindspore as ms; d = ms.load_checkpoint(sys.argv[1]);"
+        "np.savez(sys.argv[2], **{k: v.asnumpy() for k, v in d.items()})"
+    )
     out = path.with_suffix(".npz")
     subprocess.run([sys.executable, "-c", code, str(path), str(out)], check=True, capture_output=True)
     return dict(np.load(out))
@@ -183,11 +205,13 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_cache, ti
     summary = json.loads((tmp_path / "runs" / "killed" / "train" / "summary.json").read_text())
     resumed = summary["resumed_from_step"]
     assert 0 < resumed <= killed_at and resumed % 3 == 0, (resumed, killed_at)  # a save_state_every multiple
+
     def index(run):
         return json.loads((tmp_path / "runs" / run / "train" / "checkpoints" / "index.json").read_text())
 
     def last(run):
         return tmp_path / "runs" / run / "train" / index(run)["checkpoints"][-1]["file"]
+
     a = _lora_arrays(last("ref"))
     b = _lora_arrays(last("killed"))
     assert a.keys() == b.keys() and len(a) == 2 * 2 * 2
@@ -200,8 +224,9 @@ def test_resume_refuses_changed_settings(tmp_path, tiny_cache, tiny_run):
     (runs / "tiny").mkdir(parents=True)
     os.symlink(tiny_run["run_dir"] / "prep", runs / "tiny" / "prep")
     run_job("train", TINY_RECIPE, tiny_cache, tmp_path, f"runs_dir={runs}", "train.max_steps=6")
-    proc = run_job("train", TINY_RECIPE, tiny_cache, tmp_path, f"runs_dir={runs}", "train.max_steps=6",
-                   "lora.rank=4", check=False)
+    proc = run_job(
+        "train", TINY_RECIPE, tiny_cache, tmp_path, f"runs_dir={runs}", "train.max_steps=6", "lora.rank=4", check=False
+    )
     assert proc.returncode == 2 and "different training settings" in proc.stderr
 
 
@@ -231,9 +256,20 @@ def test_merged_logits_equal_lora_logits(tiny_run, tmp_path):
     run = tiny_run["run_dir"]
     index = json.loads((run / "merge" / "index.json").read_text())
     last = index["checkpoints"][-1]
-    proc = subprocess.run([sys.executable, "-c", MERGE_CHECK, index["base_checkpoint"],
-                           str(run / "train" / last["lora_file"]), str(run / "merge" / last["file"])],
-                          capture_output=True, text=True, cwd=tmp_path, env=job_env(tiny_run["cache"]))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MERGE_CHECK,
+            index["base_checkpoint"],
+            str(run / "train" / last["lora_file"]),
+            str(run / "merge" / last["file"]),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=job_env(tiny_run["cache"]),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     diffs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert diffs["lora_vs_merged"] < 1e-4
@@ -244,14 +280,19 @@ def test_merge_math_on_arrays():
     rng = np.random.RandomState(0)
     w = rng.randn(6, 5).astype(np.float32)
     a, b = rng.randn(2, 5).astype(np.float32), rng.randn(6, 2).astype(np.float32)
-    out = merge_lora_into_base({"x.wq.weight": w, "n.weight": np.ones(3, np.float32)},
-                               {"x.wq.mindpet_delta_lora_a": a, "x.wq.mindpet_delta_lora_b": b}, alpha=16, rank=2,
-                               scale=0.5)
+    out = merge_lora_into_base(
+        {"x.wq.weight": w, "n.weight": np.ones(3, np.float32)},
+        {"x.wq.mindpet_delta_lora_a": a, "x.wq.mindpet_delta_lora_b": b},
+        alpha=16,
+        rank=2,
+        scale=0.5,
+    )
     np.testing.assert_allclose(out["x.wq.weight"], w + 0.5 * 8 * b @ a, rtol=1e-6)
     assert (out["n.weight"] == 1).all()
     with pytest.raises(ValueError, match="does not match"):
-        merge_lora_into_base({"x.wq.weight": w[:3]}, {"x.wq.mindpet_delta_lora_a": a, "x.wq.mindpet_delta_lora_b": b},
-                             16, 2)
+        merge_lora_into_base(
+            {"x.wq.weight": w[:3]}, {"x.wq.mindpet_delta_lora_a": a, "x.wq.mindpet_delta_lora_b": b}, 16, 2
+        )
 
 
 def test_merge_is_resumable(tiny_run):
@@ -264,6 +305,7 @@ def test_merge_is_resumable(tiny_run):
 
 
 # ---- evaluate -------------------------------------------------------------------------------
+
 
 def test_evaluate_report_has_base_and_every_checkpoint(tiny_run):
     ev = tiny_run["run_dir"] / "evaluate"
@@ -285,10 +327,20 @@ def test_job_help_and_bad_spec(tmp_path):
     assert out.returncode == 0 and "lora.rank" in out.stdout and "Exit codes" in out.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("run_id: x\ntrain:\n  batch_size: 8\n  lr: fast\n")
-    proc = subprocess.run([sys.executable, "-m", "jobs.prep", "--config", str(bad)], capture_output=True, text=True,
-                          cwd=tmp_path, env=job_env(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.prep", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=job_env(tmp_path),
+    )
     assert proc.returncode == 2 and f"{bad}:4:" in proc.stderr and "train.lr" in proc.stderr
     bad.write_text("run_id: x\nlora:\n  rnak: 8\n")
-    proc = subprocess.run([sys.executable, "-m", "jobs.prep", "--config", str(bad)], capture_output=True, text=True,
-                          cwd=tmp_path, env=job_env(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.prep", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=job_env(tmp_path),
+    )
     assert proc.returncode == 2 and f"{bad}:3:" in proc.stderr and "rank" in proc.stderr

@@ -1,6 +1,7 @@
 """Stage 2 as a recipe: InternLM-7B in MindFormers terms (shapes, conversion, LoRA training with
 biases), the multiple-choice data (all rows of the three shared files, every kind of bad row),
 the loss on the answer sentence, the contest's InternLM chat format, and the recipes."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ MCQ_FILES = ["mmlu-subset.jsonl", "cmmlu-subset.jsonl", "contest-mcq-sample.json
 INTERNLM = get_model_shape("internlm-7b")
 TINY = get_model_shape("tiny")
 # InternLM's layout at tiny size: multi-head attention (kv heads = heads), biases on q, k, v and o.
-TINY_INTERNLM = with_overrides(TINY, name="tiny-internlm", n_kv_heads=TINY.num_heads,
-                               qkv_has_bias=True, attn_proj_has_bias=True, rms_norm_eps=1e-6)
+TINY_INTERNLM = with_overrides(
+    TINY, name="tiny-internlm", n_kv_heads=TINY.num_heads, qkv_has_bias=True, attn_proj_has_bias=True, rms_norm_eps=1e-6
+)
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 
 
@@ -38,15 +40,16 @@ def read_rows(name: str) -> list[dict]:
 
 # ---- InternLM-7B: parameters ---------------------------------------------------------------
 
+
 def test_internlm_7b_parameter_count_by_hand():
     h, f, v, layers = 4096, 11008, 103168, 32
-    embedding = lm_head = v * h                         # 422,576,128 each (not tied)
-    attention = 4 * h * h + 4 * h                       # wq wk wv wo (MHA: all h x h) + their biases
-    mlp = 3 * h * f                                     # w1, w2, w3
-    norms = 2 * h                                       # attention_norm, ffn_norm
-    per_layer = attention + mlp + norms                 # 67,125,248 + 135,266,304 + 8,192
+    embedding = lm_head = v * h  # 422,576,128 each (not tied)
+    attention = 4 * h * h + 4 * h  # wq wk wv wo (MHA: all h x h) + their biases
+    mlp = 3 * h * f  # w1, w2, w3
+    norms = 2 * h  # attention_norm, ffn_norm
+    per_layer = attention + mlp + norms  # 67,125,248 + 135,266,304 + 8,192
     assert per_layer == 202_399_744
-    total = embedding + lm_head + layers * per_layer + h    # + the final norm
+    total = embedding + lm_head + layers * per_layer + h  # + the final norm
     assert total == 7_321_948_160
     assert INTERNLM.total_params() == total
     # the contest divided by 7,321,000,000 (docs/CONTEST_RULES.md); r=8 on wq|wv: 8 * 8192 * 2 * 32
@@ -59,6 +62,7 @@ def ms_cwd(tmp_path_factory):
     old = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("mindformers_cwd"))
     import mindspore as ms
+
     old_mode = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device("CPU")
@@ -79,8 +83,9 @@ def test_mindformers_llama_with_biases_builds_internlm_shapes(ms_cwd):
     one_layer = with_overrides(INTERNLM, name="internlm-7b-1layer", num_layers=1, vocab_size=512)
     got, want = built_shapes(one_layer), one_layer.parameter_shapes()
     assert got == want
-    assert {n for n in got if n.endswith(".bias")} == {f"model.layers.0.attention.{w}.bias" for w in ("wq", "wk", "wv",
-                                                                                                      "wo")}
+    assert {n for n in got if n.endswith(".bias")} == {
+        f"model.layers.0.attention.{w}.bias" for w in ("wq", "wk", "wv", "wo")
+    }
     assert got["model.layers.0.attention.wq.bias"] == (4096,)
     assert built_shapes(TINY_INTERNLM) == TINY_INTERNLM.parameter_shapes()
 
@@ -125,12 +130,13 @@ def test_internlm_checkpoint_converts_loads_and_trains_with_lora(tmp_path, ms_cw
     assert not any(bool(o[1].asnumpy()) for o in outputs), "the CPU overflow check flagged finite gradients"
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     after = {name: p.asnumpy() for name, p in by_name.items()}
-    for name, value in biases_before.items():           # frozen: only the LoRA matrices move
+    for name, value in biases_before.items():  # frozen: only the LoRA matrices move
         np.testing.assert_array_equal(after[name], value)
     assert any(np.abs(after[n]).max() > 0 for n in after if mf.LORA_B in n)
 
 
 # ---- multiple-choice data --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", MCQ_FILES)
 def test_every_row_of_the_shared_mcq_files_parses(name):
@@ -155,7 +161,7 @@ def test_contest_template_reproduces_the_contest_prompts():
         # the contest sent its English instruction for every row; the originals differ from ours
         # only in whitespace around questions and options ("Question:  What", "D. Http")
         assert "".join(mcq_prompt(row, "contest").split()) == "".join(row["prompt"].split())
-    assert sum(bool(CJK.search(r["question"])) for r in rows) > 500     # both languages are present
+    assert sum(bool(CJK.search(r["question"])) for r in rows) > 500  # both languages are present
 
 
 def test_alpaca_rows_parse_to_the_same_examples(tmp_path):
@@ -165,19 +171,28 @@ def test_alpaca_rows_parse_to_the_same_examples(tmp_path):
     with open(path, "w", encoding="utf-8") as fh:
         for row in rows:
             instruction, inp = row["prompt"].split("\n", 1)
-            fh.write(json.dumps({"instruction": instruction, "input": inp, "output": row["reference_output"]},
-                                ensure_ascii=False) + "\n")
+            fh.write(
+                json.dumps(
+                    {"instruction": instruction, "input": inp, "output": row["reference_output"]}, ensure_ascii=False
+                )
+                + "\n"
+            )
     examples = list(read_examples(path, "mcq"))
     assert len(examples) == len(rows)
     for row, ex in zip(rows, examples):
-        assert ex.prompt == row["prompt"]                       # exactly what the contest trained on
+        assert ex.prompt == row["prompt"]  # exactly what the contest trained on
         assert ex.reference == row["answer"]
-        assert ex.answer == row["reference_output"]             # "The right option is X."
+        assert ex.answer == row["reference_output"]  # "The right option is X."
 
 
-GOOD_ROWS = [{"question": "2 + 2 =", "choices": ["3", "4", "5", "6"], "answer": "B"},
-             {"instruction": "Pick one.", "input": "Question: sky? \nA.blue\nB.red\nC.green\nD.black",
-              "output": "The right option is A."}]
+GOOD_ROWS = [
+    {"question": "2 + 2 =", "choices": ["3", "4", "5", "6"], "answer": "B"},
+    {
+        "instruction": "Pick one.",
+        "input": "Question: sky? \nA.blue\nB.red\nC.green\nD.black",
+        "output": "The right option is A.",
+    },
+]
 BAD_ROWS = [
     ("[1, 2]", "expected a JSON object, got list"),
     ('{"question": "q", "choices": ["a", "b", "c"], "answer": "A"}', "field 'choices' must be a list of 4 strings"),
@@ -210,6 +225,7 @@ def test_bad_mcq_rows_are_located(bad, message, tmp_path):
 
 # ---- the loss on the answer sentence ---------------------------------------------------------
 
+
 def supervised_text(tok: TextTokenizer, labels: np.ndarray) -> str:
     return tok.decode([int(t) for t in labels if t != IGNORE], skip_special_tokens=False)
 
@@ -231,10 +247,10 @@ def test_internlm_contest_chat_format():
     loss on what follows <|Bot|>: (checked on the text with the byte tokenizer; InternLM's own
     tokenizer is not available here)."""
     byte_tk = build_byte_tokenizer().tk
-    byte_tk.add_special_tokens(["<unk>", "<eoh>", "<eoa>"])      # single tokens, as in InternLM's vocabulary
+    byte_tk.add_special_tokens(["<unk>", "<eoh>", "<eoa>"])  # single tokens, as in InternLM's vocabulary
     tok = TextTokenizer(byte_tk, INTERNLM_CONTEST_TOKENIZER_CONFIG)
     assert tok.stop_ids == [tok.token_id("</s>"), tok.token_id("<eoa>")]
-    assert tok.pad_id == tok.token_id("<unk>") != tok.eos_id      # </s> ends every sample: never the pad
+    assert tok.pad_id == tok.token_id("<unk>") != tok.eos_id  # </s> ends every sample: never the pad
     row = read_rows("contest-mcq-sample.jsonl")[3]
     instruction, inp = row["prompt"].split("\n", 1)
     contest_text = f"<s><|User|>:{instruction}\n{inp}<eoh>\n<|Bot|>:{row['reference_output']}<eoa>\n</s>"
@@ -247,10 +263,23 @@ def test_internlm_contest_chat_format():
 
 def test_prep_writes_answer_only_labels_for_mcq(tiny_cache, tmp_path):
     recipe = tmp_path / "mcq.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "run_id": "mcq", "stage": 2, "model": {"name": "tiny"},
-        "data": {"train_file": str(MCQ / "contest-mcq-sample.jsonl"), "format": "mcq", "max_rows": 60,
-                 "heldout_rows": 10, "seq_length": 1024, "on_too_long": "skip"}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "run_id": "mcq",
+                "stage": 2,
+                "model": {"name": "tiny"},
+                "data": {
+                    "train_file": str(MCQ / "contest-mcq-sample.jsonl"),
+                    "format": "mcq",
+                    "max_rows": 60,
+                    "heldout_rows": 10,
+                    "seq_length": 1024,
+                    "on_too_long": "skip",
+                },
+            }
+        )
+    )
     run_job("prep", recipe, tiny_cache, tmp_path, f"runs_dir={tmp_path / 'runs'}")
     prep = tmp_path / "runs" / "mcq" / "prep"
     ids, labels = read_mindrecord(prep / "train.mindrecord")
@@ -265,21 +294,29 @@ def test_prep_writes_answer_only_labels_for_mcq(tiny_cache, tmp_path):
     assert stats["rows_train"] == len(ids) == len(train_answers) and stats["rows_too_long"] == len(rejected)
     texts = [supervised_text(tok, row) for row in labels]
     assert all(re.fullmatch(r"The right option is [ABCD]\.<\|im_end\|>", t) for t in texts), texts[:3]
-    assert [t[len("The right option is ")] for t in texts] == train_answers     # in source order
+    assert [t[len("The right option is ")] for t in texts] == train_answers  # in source order
 
 
 def test_prep_stops_at_a_bad_mcq_row_with_its_line(tiny_cache, tmp_path):
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in GOOD_ROWS * 3) + BAD_ROWS[3][0] + "\n", encoding="utf-8")
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text(yaml.safe_dump({"run_id": "bad", "model": {"name": "tiny"},
-                                      "data": {"train_file": str(data), "format": "mcq", "heldout_rows": 1}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "run_id": "bad",
+                "model": {"name": "tiny"},
+                "data": {"train_file": str(data), "format": "mcq", "heldout_rows": 1},
+            }
+        )
+    )
     proc = run_job("prep", recipe, tiny_cache, tmp_path, f"runs_dir={tmp_path / 'runs'}", check=False)
     assert proc.returncode == 2
     assert f"{data}:7: field 'answer' must be one of A, B, C, D" in proc.stderr
 
 
 # ---- the recipes -----------------------------------------------------------------------------
+
 
 def test_stage2_recipe_is_the_contest_setting_on_ascend():
     spec = load_spec(REPO / "recipes" / "stage2-internlm-7b.yaml")

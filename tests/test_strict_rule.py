@@ -1,6 +1,7 @@
 """The contest scores with the strict rule; our tolerant reading is reported beside it and never
 decides. A constructed run where one checkpoint is right only under the tolerant rule and another is
 strictly right on half the rows, carried through evaluate (score, choice), bundle and verify."""
+
 from __future__ import annotations
 
 import json
@@ -92,8 +93,8 @@ def test_a_checkpoint_right_only_under_the_tolerant_rule_is_not_chosen(tiny_run,
 def test_the_tests_retention_bar_is_the_contest_rule_by_hand():
     """conftest.keeps_90_percent, which the report tests use instead of 0.9 * base in floats."""
 
-    assert keeps_90_percent(11.7, 13)        # exactly 90%; in floats 11.7 < 0.9 * 13
-    assert keeps_90_percent(8.1, 9)          # exactly 90%; in floats 8.1 / 9 < 0.9
+    assert keeps_90_percent(11.7, 13)  # exactly 90%; in floats 11.7 < 0.9 * 13
+    assert keeps_90_percent(8.1, 9)  # exactly 90%; in floats 8.1 / 9 < 0.9
     assert keeps_90_percent(56.25, 62.5) and not keeps_90_percent(56.24, 62.5)
     assert keeps_90_percent(0.0, 0.0) and keeps_90_percent(3.0, 0.0)
     assert not keeps_90_percent(0.0, 0.01)

@@ -14,6 +14,7 @@ Mutants these tests were run against (each fails at least one test; tunebox rest
 - render_sweep keeps the runs claim ReadWriteOnce / drops the sweep label           -> test_sweep_render_*
 - point_finished always False (finished points run again)                          -> test_sweep_end_to_end_*
 """
+
 from __future__ import annotations
 
 import json
@@ -44,15 +45,17 @@ Z = 1.959963984540054
 def wilson_by_hand(k: int, n: int) -> tuple[float, float]:
     """The Wilson interval in its closed form (Newcombe 1998, eq. for method 3), not tunebox's."""
     root = Z * math.sqrt(Z * Z + 4 * k * (n - k) / n)
-    return (max(0.0, (2 * k + Z * Z - root) / (2 * (n + Z * Z))),
-            min(1.0, (2 * k + Z * Z + root) / (2 * (n + Z * Z))))
+    return (max(0.0, (2 * k + Z * Z - root) / (2 * (n + Z * Z))), min(1.0, (2 * k + Z * Z + root) / (2 * (n + Z * Z))))
 
 
 # ---- the plan -----------------------------------------------------------------------------------
 
+
 def test_grid_values_split_outside_brackets():
     assert parse_grid("lora.rank=8,16 lora.target_modules=[wq,wv],wq|wk|wv") == [
-        ("lora.rank", ["8", "16"]), ("lora.target_modules", ["[wq,wv]", "wq|wk|wv"])]
+        ("lora.rank", ["8", "16"]),
+        ("lora.target_modules", ["[wq,wv]", "wq|wk|wv"]),
+    ]
     with pytest.raises(InputError, match="section.key=value1,value2"):
         parse_grid("lora.rank")
     with pytest.raises(InputError, match="run_id"):
@@ -60,8 +63,9 @@ def test_grid_values_split_outside_brackets():
 
 
 def test_points_are_isolated_runs_with_the_seed_in_train_seed(tmp_path):
-    sweep = plan_sweep(str(TINY), "lora.rank=4,8 train.lr=5e-4,1e-3", "0,1", "demo",
-                       [f"runs_dir={tmp_path}", "eval.squad_rows=2"])
+    sweep = plan_sweep(
+        str(TINY), "lora.rank=4,8 train.lr=5e-4,1e-3", "0,1", "demo", [f"runs_dir={tmp_path}", "eval.squad_rows=2"]
+    )
     assert len(sweep.points) == 8 and len({p.run_id for p in sweep.points}) == 8
     point = sweep.points[-1]
     assert point.run_id == "demo-rank8-lr1e-3-s1"
@@ -77,36 +81,80 @@ def test_bad_grid_key_fails_at_once_with_the_set_message(tmp_path):
     with pytest.raises(InputError) as grid_error:
         plan_sweep(str(TINY), "lora.rank=4,8 lora.rnk=4,8", "", "bad", [f"runs_dir={tmp_path}"])
     assert str(grid_error.value) == str(set_error.value) and "did you mean 'rank'" in str(set_error.value)
-    out = subprocess.run([sys.executable, "-m", "tunebox.sweep", "--config", str(TINY), "--grid", "lora.rnk=4,8",
-                          "--set", f"runs_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunebox.sweep",
+            "--config",
+            str(TINY),
+            "--grid",
+            "lora.rnk=4,8",
+            "--set",
+            f"runs_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and str(set_error.value) in out.stderr
     assert not any(tmp_path.iterdir())  # nothing ran, nothing written
 
 
 # ---- the table from fabricated run folders --------------------------------------------------------
 
-def fake_run(runs: Path, run_id: str, rank: int, seed: int, k_strict: int, k_within: int, n: int, score,
-             f1: float, step: int, step_seconds: list[float], rss: float, k_split=None) -> None:
+
+def fake_run(
+    runs: Path,
+    run_id: str,
+    rank: int,
+    seed: int,
+    k_strict: int,
+    k_within: int,
+    n: int,
+    score,
+    f1: float,
+    step: int,
+    step_seconds: list[float],
+    rss: float,
+    k_split=None,
+) -> None:
     """A run folder as evaluate/train leave it, with the figures the test chose."""
     run = runs / run_id
     (run / "evaluate").mkdir(parents=True)
     (run / "train").mkdir()
     chosen = score is not None
-    entry = {"model": f"step-{step:06d}", "step": step, "n": n, "accuracy_strict": k_strict / n,
-             "accuracy_within_1pct": k_within / n, "squad": {"n": 8, "f1": f1, "em": 0.0},
-             "retention": {"measured": True, "passes": chosen}, "score": score if chosen else 0.77}
+    entry = {
+        "model": f"step-{step:06d}",
+        "step": step,
+        "n": n,
+        "accuracy_strict": k_strict / n,
+        "accuracy_within_1pct": k_within / n,
+        "squad": {"n": 8, "f1": f1, "em": 0.0},
+        "retention": {"measured": True, "passes": chosen},
+        "score": score if chosen else 0.77,
+    }
     if k_split is not None:
-        entry["per_source"] = {"split": {"n": 10, "accuracy_strict": 0.0, "accuracy_within_1pct": k_split / 10},
-                               "file": {"n": n - 10, "accuracy_strict": 0.0,
-                                        "accuracy_within_1pct": (k_within - k_split) / (n - 10)}}
+        entry["per_source"] = {
+            "split": {"n": 10, "accuracy_strict": 0.0, "accuracy_within_1pct": k_split / 10},
+            "file": {"n": n - 10, "accuracy_strict": 0.0, "accuracy_within_1pct": (k_within - k_split) / (n - 10)},
+        }
     other = dict(entry, model="step-000001", step=1, score=0.01, accuracy_strict=0.0)
-    report = {"checkpoints": [other, entry], "contest": {"ratio": 0.001 * rank},
-              "best_checkpoint": {"model": entry["model"] if chosen else None, "step": step if chosen else None,
-                                  "valid": chosen, "highest_score": entry["model"]}}
+    report = {
+        "checkpoints": [other, entry],
+        "contest": {"ratio": 0.001 * rank},
+        "best_checkpoint": {
+            "model": entry["model"] if chosen else None,
+            "step": step if chosen else None,
+            "valid": chosen,
+            "highest_score": entry["model"],
+        },
+    }
     (run / "evaluate" / "report.json").write_text(json.dumps(report))
     (run / "train" / "summary.json").write_text(json.dumps({"peak_rss_mb": rss}))
-    (run / "train" / "loss.jsonl").write_text("".join(json.dumps({"step": i + 1, "loss": 1.0, "seconds": s}) + "\n"
-                                                      for i, s in enumerate(step_seconds)))
+    (run / "train" / "loss.jsonl").write_text(
+        "".join(json.dumps({"step": i + 1, "loss": 1.0, "seconds": s}) + "\n" for i, s in enumerate(step_seconds))
+    )
     (run / "record.jsonl").write_text(json.dumps({"job": "evaluate", "finished": f"2026-12-05T0{seed}:00:00"}) + "\n")
 
 
@@ -136,7 +184,7 @@ def test_table_aggregates_seeds_pools_counts_and_sorts_by_score(tmp_path):
     assert float(second["within_1pct_ci_low"]) == pytest.approx(wilson_by_hand(24, 80)[0], abs=1e-12)
     assert float(second["squad_f1_mean"]) == 11.0 and float(second["squad_f1_min"]) == 10.0
     assert float(second["score_mean"]) == pytest.approx(0.40) and second["chosen_steps"] == "200 250"
-    assert float(second["train_minutes_mean"]) == pytest.approx(2.5)   # (120 s + 180 s) / 2 / 60
+    assert float(second["train_minutes_mean"]) == pytest.approx(2.5)  # (120 s + 180 s) / 2 / 60
     assert float(second["peak_rss_mb_max"]) == 950.0 and float(second["trainable_ratio"]) == pytest.approx(0.004)
     assert (second["retention_pass"], second["retention_fail"]) == ("2", "0")
     # rank 8: the invalid seed scores 0 and fails retention; its figures are its highest-scoring checkpoint's
@@ -164,6 +212,7 @@ def test_table_lists_points_not_finished(tmp_path):
 
 # ---- invoke runs ----------------------------------------------------------------------------------
 
+
 def test_runs_lists_the_difference_from_the_nearest_recipe_and_compares_two(tmp_path):
 
     runs = tmp_path / "runs"
@@ -181,15 +230,18 @@ def test_runs_lists_the_difference_from_the_nearest_recipe_and_compares_two(tmp_
 
 # ---- the cluster render ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overlay,sets", [("local-cpu", []),
-                                          ("ascend-4card", ["train.device=Ascend", "train.workers=4"])])
+
+@pytest.mark.parametrize(
+    "overlay,sets", [("local-cpu", []), ("ascend-4card", ["train.device=Ascend", "train.workers=4"])]
+)
 def test_sweep_render_is_one_job_per_point_and_validates(overlay, sets, tmp_path):
 
     if find_kubectl() is None:
         cannot_run("kubectl is not installed: it renders the manifests (pip install -e '.[test]')")
     sweep = plan_sweep(str(TINY), "lora.rank=4,8", "0,1", "r", sets)
-    text, plans = render_sweep(sweep.config, overlay, [p.overrides() for p in sweep.points], "r",
-                               overrides=sweep.overrides)
+    text, plans = render_sweep(
+        sweep.config, overlay, [p.overrides() for p in sweep.points], "r", overrides=sweep.overrides
+    )
     docs = [d for d in yaml.safe_load_all(text) if d]
     for doc in docs:
         validate(doc)
@@ -206,7 +258,7 @@ def test_sweep_render_is_one_job_per_point_and_validates(overlay, sets, tmp_path
     each = estimate_disk(sweep.point_spec(sweep.points[0])).gib
     assert claims[0]["spec"]["resources"]["requests"]["storage"] == f"{4 * each}Gi"
     groups = [d for d in docs if d["kind"] == "PodGroup"]
-    if overlay == "ascend-4card":   # Volcano queues each point's pod through its own PodGroup
+    if overlay == "ascend-4card":  # Volcano queues each point's pod through its own PodGroup
         assert sorted(g["metadata"]["name"] for g in groups) == sorted(j["metadata"]["name"] for j in jobs)
         for job in jobs:
             annotations = job["spec"]["template"]["metadata"]["annotations"]
@@ -216,6 +268,7 @@ def test_sweep_render_is_one_job_per_point_and_validates(overlay, sets, tmp_path
 
 
 # ---- the real thing: a 2x2 sweep on the tiny recipe, killed and resumed --------------------------
+
 
 def _count(path: Path, key: str) -> tuple[int, int]:
     rows = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
@@ -228,12 +281,28 @@ def test_sweep_end_to_end_killed_and_resumed_matches_the_reports(tmp_path):
     point on 2 busy cores. SIGKILL to the whole sweep once the first point has finished and the second is
     in its pipeline; the same command then skips the first point and finishes the rest."""
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "tunebox.sweep", "--config", str(TINY), "--grid", "lora.rank=4,8", "--seeds", "0,1",
-           "--name", "e2e", "--set", f"runs_dir={runs}", "--set", "eval.squad_rows=2", "--set", "data.max_rows=60"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunebox.sweep",
+        "--config",
+        str(TINY),
+        "--grid",
+        "lora.rank=4,8",
+        "--seeds",
+        "0,1",
+        "--name",
+        "e2e",
+        "--set",
+        f"runs_dir={runs}",
+        "--set",
+        "eval.squad_rows=2",
+        "--set",
+        "data.max_rows=60",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     first, second = runs / "e2e-rank4-s0", runs / "e2e-rank4-s1"
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
     try:
         while not (second / "train").is_dir():
@@ -247,7 +316,7 @@ def test_sweep_end_to_end_killed_and_resumed_matches_the_reports(tmp_path):
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "point 1/4 e2e-rank4-s0 (lora.rank=4, train.seed=0): skipped" in out.stderr
-    assert (first / "record.jsonl").read_text() == first_record        # no job of the finished point ran again
+    assert (first / "record.jsonl").read_text() == first_record  # no job of the finished point ran again
 
     header, *lines = (runs / "sweeps" / "e2e" / "results.csv").read_text().splitlines()
     table = {row["lora.rank"]: row for row in (dict(zip(header.split(","), l.split(","))) for l in lines)}

@@ -5,6 +5,7 @@ match (verify still names the edit, from what the file contradicts).
 Set TUNEBOX_TEST_BUNDLE to a folder a previous session saved (TUNEBOX_TEST_BUNDLE_SAVE, as
 tests/mutants.py does) to verify copies of that bundle instead of building one: mutation testing
 runs these tests once a mutant."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def bundle(request, tmp_path_factory) -> dict:
     else:
         tiny_run = request.getfixturevalue("tiny_run")
         work = tmp_path_factory.mktemp("tamper")
-        shutil.copytree(tiny_run["run_dir"], work / "runs" / "tiny",
-                        ignore=shutil.ignore_patterns("mindformers", "submission"))
+        shutil.copytree(
+            tiny_run["run_dir"], work / "runs" / "tiny", ignore=shutil.ignore_patterns("mindformers", "submission")
+        )
         run_job("bundle", TINY_RECIPE, tiny_run["cache"], work, f"runs_dir={work / 'runs'}")
         target = os.environ.get("TUNEBOX_TEST_BUNDLE_SAVE")
         if target:
@@ -47,6 +49,7 @@ def test_fresh_bundle_verifies(bundle, tmp_path, capsys):
 
 
 # ---- the edits: each returns the files it changed ----------------------------------------------
+
 
 def edit_jsonl(path: Path, change) -> None:
     rows = read_jsonl(path)
@@ -144,8 +147,10 @@ def checkpoint_evaluate_did_not_score(sub: Path, steps: list[int]) -> list[str]:
     a, b = (sub / contents.checkpoint_file(s) for s in steps[:2])
     b.write_bytes(a.read_bytes())
     sha = hashlib.sha256(b.read_bytes()).hexdigest()
-    edit_json(sub / "logs/merge/index.json",
-              lambda m: next(e for e in m["checkpoints"] if e["step"] == steps[1]).update(sha256=sha))
+    edit_json(
+        sub / "logs/merge/index.json",
+        lambda m: next(e for e in m["checkpoints"] if e["step"] == steps[1]).update(sha256=sha),
+    )
     return [contents.checkpoint_file(steps[1]), "logs/merge/index.json"]
 
 
@@ -167,30 +172,52 @@ def ckpt(step: int) -> str:
 # what verify must say once SHA256SUMS is rewritten to match; {s0}, {s1}: the first two planned steps,
 # {m1}: the second checkpoint's folder name, {plan}: the plan as bundled, {total}: its total steps
 TAMPERING = {
-    "loss between checkpoints": (loss_between_checkpoints, [
-        "logs/train/loss.jsonl and loss.csv disagree at 1 step(s), first step 2: loss 1.25 against '{csv2}'"]),
-    "loss at a checkpoint": (loss_at_a_checkpoint, [
-        "logs/train/loss.jsonl step {s1} loss 1.25, logs/train/checkpoints/index.json records {loss1!r}",
-        "logs/train/loss.jsonl step {s1} loss 1.25, logs/merge/index.json records {loss1!r}"]),
-    "held-out reference": (heldout_reference, [
-        "logs/evaluate/base/predictions.jsonl: the prompt or reference of line(s) [{line0}] differs from "
-        "logs/prep/heldout.jsonl",
-        "logs/evaluate/{m1}/predictions.jsonl: the prompt or reference of line(s) [{line0}] differs"]),
+    "loss between checkpoints": (
+        loss_between_checkpoints,
+        ["logs/train/loss.jsonl and loss.csv disagree at 1 step(s), first step 2: loss 1.25 against '{csv2}'"],
+    ),
+    "loss at a checkpoint": (
+        loss_at_a_checkpoint,
+        [
+            "logs/train/loss.jsonl step {s1} loss 1.25, logs/train/checkpoints/index.json records {loss1!r}",
+            "logs/train/loss.jsonl step {s1} loss 1.25, logs/merge/index.json records {loss1!r}",
+        ],
+    ),
+    "held-out reference": (
+        heldout_reference,
+        [
+            "logs/evaluate/base/predictions.jsonl: the prompt or reference of line(s) [{line0}] differs from "
+            "logs/prep/heldout.jsonl",
+            "logs/evaluate/{m1}/predictions.jsonl: the prompt or reference of line(s) [{line0}] differs",
+        ],
+    ),
     "environment.json": (environment_json, ["environment.json is not what the bundled manifests give"]),
     "ENVIRONMENT.md": (environment_md, ["ENVIRONMENT.md is not what the bundled manifests give (edited by hand?)"]),
     "code.tar.gz not an archive": (code_not_an_archive, ["code.tar.gz is not a readable tar.gz archive"]),
     "code.tar.gz without jobs/train.py": (code_without_train, ["code.tar.gz has no jobs/train.py"]),
-    "code.tar.gz escaping its folder": (code_escaping_its_folder,
-                                        ["code.tar.gz has paths outside its folder: ['../outside.py']"]),
-    "hyperparams.yaml": (hyperparams_not_what_ran, [
-        "is not the spec train ran with", "lora.alpha", "(manifest != hyperparams.yaml)"]),
-    "checkpoint evaluate did not score": (checkpoint_evaluate_did_not_score, [
-        "{ckpt1}: sha256 {sha0} is not the file evaluate scored ({sha1}, logs/evaluate/{m1}/scores.json)"]),
-    "predictions off prep's list": (predictions_off_the_list, [
-        "logs/evaluate/{m1}/predictions.jsonl answers rows [99999, ", "the held-out rows are [{line0}, "]),
-    "unevenly spaced plan": (uneven_plan, [
-        "planned steps {uneven} are not evenly spaced over {total} steps (expected {plan})",
-        "checkpoint steps {plan} differ from the planned steps {uneven}"]),
+    "code.tar.gz escaping its folder": (
+        code_escaping_its_folder,
+        ["code.tar.gz has paths outside its folder: ['../outside.py']"],
+    ),
+    "hyperparams.yaml": (
+        hyperparams_not_what_ran,
+        ["is not the spec train ran with", "lora.alpha", "(manifest != hyperparams.yaml)"],
+    ),
+    "checkpoint evaluate did not score": (
+        checkpoint_evaluate_did_not_score,
+        ["{ckpt1}: sha256 {sha0} is not the file evaluate scored ({sha1}, logs/evaluate/{m1}/scores.json)"],
+    ),
+    "predictions off prep's list": (
+        predictions_off_the_list,
+        ["logs/evaluate/{m1}/predictions.jsonl answers rows [99999, ", "the held-out rows are [{line0}, "],
+    ),
+    "unevenly spaced plan": (
+        uneven_plan,
+        [
+            "planned steps {uneven} are not evenly spaced over {total} steps (expected {plan})",
+            "checkpoint steps {plan} differ from the planned steps {uneven}",
+        ],
+    ),
 }
 
 
@@ -202,12 +229,20 @@ def figures(sub: Path, steps: list[int]) -> dict:
     index = json.loads((sub / "logs/train/checkpoints/index.json").read_text())
     uneven = list(steps)
     uneven[1] -= 1
-    return {"s0": steps[0], "s1": steps[1], "m1": contents.model_dir_name(steps[1]), "plan": steps,
-            "uneven": uneven, "total": index["total_steps"], "loss1": loss[steps[1] - 1]["loss"],
-            "csv2": (sub / "logs/train/loss.csv").read_text().splitlines()[2].split(",")[2],
-            "line0": read_jsonl(sub / "logs/prep/heldout.jsonl")[0]["line"], "ckpt1": ckpt(steps[1]),
-            "sha0": hashlib.sha256((sub / ckpt(steps[0])).read_bytes()).hexdigest(),
-            "sha1": hashlib.sha256((sub / ckpt(steps[1])).read_bytes()).hexdigest()}
+    return {
+        "s0": steps[0],
+        "s1": steps[1],
+        "m1": contents.model_dir_name(steps[1]),
+        "plan": steps,
+        "uneven": uneven,
+        "total": index["total_steps"],
+        "loss1": loss[steps[1] - 1]["loss"],
+        "csv2": (sub / "logs/train/loss.csv").read_text().splitlines()[2].split(",")[2],
+        "line0": read_jsonl(sub / "logs/prep/heldout.jsonl")[0]["line"],
+        "ckpt1": ckpt(steps[1]),
+        "sha0": hashlib.sha256((sub / ckpt(steps[0])).read_bytes()).hexdigest(),
+        "sha1": hashlib.sha256((sub / ckpt(steps[1])).read_bytes()).hexdigest(),
+    }
 
 
 @pytest.mark.parametrize("case", list(TAMPERING))
@@ -239,9 +274,9 @@ def test_tampering_with_sha256sums_rewritten_is_still_caught(bundle, tmp_path, c
 
 # ---- the findings and the folder reader, without a bundle ---------------------------------------
 
+
 def test_findings_print_and_filter_exactly():
     import io
-
 
     f = Findings()
     f.ok("files", "all 3 present")
@@ -256,7 +291,8 @@ def test_findings_print_and_filter_exactly():
         "  FAIL  checksums   a.json: changed",
         "  note  results     no valid checkpoint",
         " " * 20 + "| | inner line",
-        "  FAIL  logs        loss.jsonl covers 2 of 3 steps"]
+        "  FAIL  logs        loss.jsonl covers 2 of 3 steps",
+    ]
     assert f.failed() == ["a.json: changed", "loss.jsonl covers 2 of 3 steps"]
     assert f.failed("logs") == ["loss.jsonl covers 2 of 3 steps"] and f.failed("files") == []
 

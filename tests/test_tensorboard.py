@@ -1,6 +1,7 @@
 """TensorBoard beside loss.jsonl: the train job renders MindFormers' own `tensorboard` key, so its
 MFLossMonitor writes loss and learning rate per step into runs/<id>/train/tensorboard/rank_0/. Read
 back with TensorBoard's own reader, the curves must be loss.jsonl's, step by step."""
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ def scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     except ImportError:
         cannot_run("tensorboard is not installed (pip install -e '.[test]')")
-    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})   # 0: keep every point
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})  # 0: keep every point
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
@@ -32,8 +33,7 @@ def assert_events_equal_loss_log(train: Path) -> None:
     assert [s for s, _ in got["learning-rate"]] == steps
     # event files hold float32: loss.jsonl's float64 of the same float32 must round back exactly
     np.testing.assert_array_equal(np.float32([v for _, v in got["loss"]]), np.float32([r["loss"] for r in log]))
-    np.testing.assert_array_equal(np.float32([v for _, v in got["learning-rate"]]),
-                                  np.float32([r["lr"] for r in log]))
+    np.testing.assert_array_equal(np.float32([v for _, v in got["learning-rate"]]), np.float32([r["lr"] for r in log]))
 
 
 def test_tensorboard_events_are_the_loss_log(tiny_run):

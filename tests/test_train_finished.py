@@ -2,6 +2,7 @@
 writes the index and manifest without training again, whether the run ends mid-epoch (train.max_steps)
 or exactly on an epoch boundary (resuming there made MindSpore refuse `epoch == initial_epoch`; resuming
 mid-epoch trained a step past max_steps). And a finished train is skipped."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def test_killed_after_the_last_step_the_rerun_trains_nothing_more(tmp_path, tiny
     args = [f"runs_dir={runs}", "train.save_state_every=5"] + overrides
     cmd = [sys.executable, "-m", "jobs.train", "--config", str(TINY_RECIPE)] + sum((["--set", a] for a in args), [])
     env = dict(job_env(tiny_cache), TUNEBOX_TEST_KILL_POINT="train.before-manifest")
-    killed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, start_new_session=True,
-                            timeout=900)
+    killed = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, start_new_session=True, timeout=900
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     train = runs / "tiny" / "train"
     assert not (train / "manifest.json").exists()
@@ -52,10 +54,19 @@ def test_a_rerun_waits_for_workers_of_a_killed_run_then_refuses(tmp_path):
     timeout, refuses to start beside it. The worker here is a plain process holding the lock as
     jobs/train_worker.py does, not a trained one."""
 
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_SH); "
-        "print('held', flush=True); time.sleep(60)"), str(tmp_path / WORKERS_LOCK)],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_SH); "
+                "print('held', flush=True); time.sleep(60)"
+            ),
+            str(tmp_path / WORKERS_LOCK),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RuntimeError, match="still hold"):
@@ -76,11 +87,11 @@ def test_training_done_reads_the_loss_log_it_is_given_and_every_planned_lora_fil
     (tmp_path / "loss.jsonl").write_text("".join(f'{{"step": {s}, "loss": 1.0}}\n' for s in range(1, 5)))
     losses = read_loss_log(tmp_path)
     assert [r["step"] for r in losses] == [1, 2, 3, 4]
-    assert training_done(tmp_path, plan, losses) is False            # no LoRA file yet
+    assert training_done(tmp_path, plan, losses) is False  # no LoRA file yet
     for step in plan["checkpoint_steps"]:
         path = Path(lora_checkpoint_path(str(tmp_path), CHECKPOINT_PREFIX, step, plan["batches_per_epoch"]))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
     assert training_done(tmp_path, plan, losses) is True
-    assert training_done(tmp_path, plan, []) is False                 # what the caller read decides
-    assert training_done(tmp_path, plan, losses[:3]) is False         # a step short
+    assert training_done(tmp_path, plan, []) is False  # what the caller read decides
+    assert training_done(tmp_path, plan, losses[:3]) is False  # a step short

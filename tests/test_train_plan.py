@@ -1,5 +1,6 @@
 """train's planning and hashing against values worked out by hand: the step plan, the evenly spaced
 checkpoints, the answer capacity (packed rows included), and what a resume must match."""
+
 from __future__ import annotations
 
 import copy
@@ -25,18 +26,27 @@ PAD, IGNORE = 0, -100
 
 # ---- the plan ---------------------------------------------------------------------------------
 
+
 def test_plan_steps_by_hand():
     # 120 rows, batch 4, grad_accum 3: 10 optimizer steps an epoch; 2.5 epochs = 25 steps;
     # warmup 0.1 * 25 = 2.5, rounded half to even = 2; checkpoints 25*i/5 = 5, 10, 15, 20, 25
     spec = load_spec(TINY_RECIPE, ["train.batch_size=4", "train.epochs=2.5", "train.warmup_ratio=0.1"])
     spec.train.grad_accum = 3  # the spec refuses it outside semi_auto_parallel; the plan still counts it
-    assert plan_steps(120, spec.train) == {"total_steps": 25, "batches_per_epoch": 10, "warmup_steps": 2,
-                                     "checkpoint_steps": [5, 10, 15, 20, 25]}
+    assert plan_steps(120, spec.train) == {
+        "total_steps": 25,
+        "batches_per_epoch": 10,
+        "warmup_steps": 2,
+        "checkpoint_steps": [5, 10, 15, 20, 25],
+    }
     # 131 rows: 131 // 12 = 10 (the partial batch is dropped); max_steps wins over epochs
     capped = load_spec(TINY_RECIPE, ["train.batch_size=4", "train.max_steps=7", "train.warmup_ratio=0.3"])
     capped.train.grad_accum = 3
-    assert plan_steps(131, capped.train) == {"total_steps": 7, "batches_per_epoch": 10, "warmup_steps": 2,
-                                       "checkpoint_steps": [1, 3, 4, 6, 7]}  # 1.4, 2.8, 4.2, 5.6, 7 rounded
+    assert plan_steps(131, capped.train) == {
+        "total_steps": 7,
+        "batches_per_epoch": 10,
+        "warmup_steps": 2,
+        "checkpoint_steps": [1, 3, 4, 6, 7],
+    }  # 1.4, 2.8, 4.2, 5.6, 7 rounded
 
 
 def test_plan_steps_refuses_too_few_rows_and_steps():
@@ -56,6 +66,7 @@ def test_checkpoint_steps_are_evenly_spaced_by_hand():
 
 
 # ---- the answer capacity ----------------------------------------------------------------------
+
 
 def row(ids: list[int], labels: list[int], width: int) -> tuple[list[int], list[int]]:
     return ids + [PAD] * (width - len(ids)), labels + [IGNORE] * (width - len(labels))
@@ -87,7 +98,7 @@ def test_answer_capacity_edge_cases_by_hand():
     r1 = row([4, 5, 3, 6, 7, 8, 9], [IGNORE, 5, 0, 6, 7, 8, 9], width)
     r2 = row([3, 4, 5, 6], [IGNORE, 4, 5, 6], width)
     ids, labels = np.array([r0[0], r1[0], r2[0]]), np.array([r0[1], r1[1], r2[1]])
-    assert answer_capacity(ids[:1], labels[:1], PAD) == 8   # 0 counted: still one block
+    assert answer_capacity(ids[:1], labels[:1], PAD) == 8  # 0 counted: still one block
     assert answer_capacity(ids, labels, PAD) == 8
     assert answer_capacity(ids[1:2], labels[1:2], PAD) == 8  # 6 counted, the 0 label among them
     r1b = row([4, 5, 3, 6, 7, 8, 9, 9, 9, 9], [IGNORE, 5, 0, 6, 7, 8, 9, 9, 9, 9], width)
@@ -103,8 +114,10 @@ def test_plan_steps_accepts_exactly_one_batch():
 
 def loss_positions(ids: np.ndarray, labels: np.ndarray, pad_id: int) -> list[int]:
     """MindFormers' rule, one position at a time: input token t is not padding and label t+1 is kept."""
-    return [sum(1 for t in range(ids.shape[1] - 1) if ids[r, t] != pad_id and labels[r, t + 1] != IGNORE)
-            for r in range(ids.shape[0])]
+    return [
+        sum(1 for t in range(ids.shape[1] - 1) if ids[r, t] != pad_id and labels[r, t + 1] != IGNORE)
+        for r in range(ids.shape[0])
+    ]
 
 
 def test_packed_rows_fit_the_recorded_answer_capacity(tmp_path, tiny_cache, monkeypatch):
@@ -123,25 +136,51 @@ def test_packed_rows_fit_the_recorded_answer_capacity(tmp_path, tiny_cache, monk
     assert prepared["rows"] == len(packed_ids)
     assert max(need) > max(loss_positions(ids, labels, pad)), "the packed rows must need more than one sample's"
     short = [r for r, n in enumerate(need) if n > prepared["capacity"]]
-    assert not short, (f"capacity {prepared['capacity']} < loss positions {[need[r] for r in short][:5]} "
-                       f"in rows {short[:5]}")
+    assert not short, (
+        f"capacity {prepared['capacity']} < loss positions {[need[r] for r in short][:5]} in rows {short[:5]}"
+    )
 
 
 # ---- resume: what the saved train_hash must match --------------------------------------------
 
 # a different, valid value for every data.* key: a new key fails the coverage assert below until it is added
 DATA_CHANGES = {
-    "train_file": "../../shared/data/math/other.jsonl", "format": "mcq", "heldout_rows": 9, "seq_length": 192,
-    "seed": 1, "on_bad_row": "skip", "on_too_long": "truncate", "max_rows": 121, "system_prompt": "Be brief.",
-    "dedupe": True, "bad_labels": "drop", "sample_rows": 50, "workers": 1, "template": "alpaca",
-    "answer_format": "cot", "families": ["add"], "drop_families": ["power"], "balance": {"add": 10},
-    "generate": "--rows 100", "heldout_file": "held.jsonl", "heldout_file_rows": 5,
+    "train_file": "../../shared/data/math/other.jsonl",
+    "format": "mcq",
+    "heldout_rows": 9,
+    "seq_length": 192,
+    "seed": 1,
+    "on_bad_row": "skip",
+    "on_too_long": "truncate",
+    "max_rows": 121,
+    "system_prompt": "Be brief.",
+    "dedupe": True,
+    "bad_labels": "drop",
+    "sample_rows": 50,
+    "workers": 1,
+    "template": "alpaca",
+    "answer_format": "cot",
+    "families": ["add"],
+    "drop_families": ["power"],
+    "balance": {"add": 10},
+    "generate": "--rows 100",
+    "heldout_file": "held.jsonl",
+    "heldout_file_rows": 5,
 }
 # other inputs that shape the batches (or what they train)
-OTHER_CHANGES = [("train", "epochs", 2.0), ("train", "batch_size", 2), ("train", "grad_accum", 2),
-                 ("train", "packing", True), ("train", "max_steps", 11), ("train", "seed", 1),
-                 ("train", "shuffle", False), ("train", "workers", 2), ("model", "name", "smollm2-135m"),
-                 ("model", "tokenizer", "other-tokenizer"), ("lora", "rank", 4)]
+OTHER_CHANGES = [
+    ("train", "epochs", 2.0),
+    ("train", "batch_size", 2),
+    ("train", "grad_accum", 2),
+    ("train", "packing", True),
+    ("train", "max_steps", 11),
+    ("train", "seed", 1),
+    ("train", "shuffle", False),
+    ("train", "workers", 2),
+    ("model", "name", "smollm2-135m"),
+    ("model", "tokenizer", "other-tokenizer"),
+    ("lora", "rank", 4),
+]
 
 
 def changed(spec, section: str, key: str, value):
@@ -162,8 +201,11 @@ def test_every_data_key_is_in_the_resume_check():
     assert set(DATA_CHANGES) == {f.name for f in dataclasses.fields(DataSection)}
 
 
-@pytest.mark.parametrize("section,key,value", [("data", k, v) for k, v in DATA_CHANGES.items()] + OTHER_CHANGES,
-                         ids=lambda x: x if isinstance(x, str) else None)
+@pytest.mark.parametrize(
+    "section,key,value",
+    [("data", k, v) for k, v in DATA_CHANGES.items()] + OTHER_CHANGES,
+    ids=lambda x: x if isinstance(x, str) else None,
+)
 def test_resume_refused_after_a_change_that_shapes_the_batches(tmp_path, section, key, value):
     spec = load_spec(TINY_RECIPE)
     out = saved_run(tmp_path, spec)
@@ -172,8 +214,10 @@ def test_resume_refused_after_a_change_that_shapes_the_batches(tmp_path, section
         check_resume(out, train_hash(changed(spec, section, key, value)))
 
 
-@pytest.mark.parametrize("section,key,value", [("train", "save_state_every", 7), ("train", "master_port", 9000),
-                                               ("eval", "limit", 3), ("runs_dir", None, None)])
+@pytest.mark.parametrize(
+    "section,key,value",
+    [("train", "save_state_every", 7), ("train", "master_port", 9000), ("eval", "limit", 3), ("runs_dir", None, None)],
+)
 def test_resume_accepted_when_only_bookkeeping_changes(tmp_path, section, key, value):
     spec = load_spec(TINY_RECIPE)
     out = saved_run(tmp_path, spec)

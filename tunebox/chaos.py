@@ -6,6 +6,7 @@ Nothing happens unless $TUNEBOX_TEST_KILL_POINT equals the point's name; never s
 $TUNEBOX_TEST_KILL_SIGNAL picks the signal (KILL by default; INT is Ctrl-C). The train callbacks carry
 a copy (tunebox/model/mf_extensions.py, _test_kill_point): that module is loaded on its own.
 """
+
 from __future__ import annotations
 
 import os

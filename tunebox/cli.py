@@ -3,6 +3,7 @@
 Exit codes mean something: 0 ok, 2 bad input (a spec or data error naming file and line),
 1 failure (a bug or the machine), 130 interrupted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,12 @@ log = logging.getLogger("tunebox")
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=os.environ.get("TUNEBOX_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=os.environ.get("TUNEBOX_LOG", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
 
 
 def job_process_env(jobs_dir) -> dict:
@@ -43,14 +47,24 @@ def job_process_env(jobs_dir) -> dict:
 
 def job_parser(name: str, summary: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=f"python -m jobs.{name}", description=summary,
+        prog=f"python -m jobs.{name}",
+        description=summary,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run spec keys (YAML sections; override any with --set section.key=value):\n" + describe()
-               + "\n\nExit codes: 0 ok, 2 bad input (file and line named), 1 failure, 130 interrupted.")
-    parser.add_argument("--config", "-c", required=True, metavar="SPEC.yaml",
-                        help="run spec (a path, or a recipe name from recipes/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec value, e.g. --set train.max_steps=10 (repeatable)")
+        epilog="Run spec keys (YAML sections; override any with --set section.key=value):\n"
+        + describe()
+        + "\n\nExit codes: 0 ok, 2 bad input (file and line named), 1 failure, 130 interrupted.",
+    )
+    parser.add_argument(
+        "--config", "-c", required=True, metavar="SPEC.yaml", help="run spec (a path, or a recipe name from recipes/)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value, e.g. --set train.max_steps=10 (repeatable)",
+    )
     return parser
 
 
@@ -78,9 +92,14 @@ def guarded(name: str, body: Callable[[], object], known: tuple = (), on_interru
     return 0 if result is None else int(result)
 
 
-def run_job(name: str, summary: str, main: Callable[[RunSpec, argparse.Namespace], object],
-            add_args: Callable[[argparse.ArgumentParser], None] | None = None, argv=None,
-            skip_finished: bool = True) -> int:
+def run_job(
+    name: str,
+    summary: str,
+    main: Callable[[RunSpec, argparse.Namespace], object],
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv=None,
+    skip_finished: bool = True,
+) -> int:
     """Parse arguments, load the spec, skip the job when it has finished already (manifest.finished_job:
     the one rule for every job), else remove what an interrupted run left half-written in the job's folder
     and run `main`; turn what happened into an exit code. skip_finished=False for a process that must not
@@ -91,10 +110,15 @@ def run_job(name: str, summary: str, main: Callable[[RunSpec, argparse.Namespace
         add_args(parser)
     args = parser.parse_args(argv)
     # the options besides the spec that differ from their defaults (bundle --out): recorded in the manifest
-    started = mark_job_started(job_args={k: v for k, v in sorted(vars(args).items())
-                                         if k not in ("config", "overrides") and v != parser.get_default(k)})
+    started = mark_job_started(
+        job_args={
+            k: v
+            for k, v in sorted(vars(args).items())
+            if k not in ("config", "overrides") and v != parser.get_default(k)
+        }
+    )
 
-    run_lock = contextlib.ExitStack()   # one job at a time per run folder (tunebox/runlock.py)
+    run_lock = contextlib.ExitStack()  # one job at a time per run folder (tunebox/runlock.py)
 
     def body() -> None:  # a job's main reports through its files; its return value is not an exit code
         spec = load_checked_spec(args.config, args.overrides)

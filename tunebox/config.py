@@ -4,6 +4,7 @@ A run spec (recipes/*.yaml) is the single source for a run: invoke, docker compo
 read the same file. Every default is visible in the dataclasses below; `describe()` turns them
 into the `--help` text of each job.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -119,6 +120,7 @@ class LoraSection:
 @dataclass
 class ParallelSection:
     """How train.workers split the model and the data, in MindFormers' parallel_config terms."""
+
     data_parallel: Optional[int] = None
     """Replicas that each see a share of every batch; default: train.workers / (model_parallel x pipeline_stage)."""
     model_parallel: int = 1
@@ -225,6 +227,7 @@ class EvalSection:
 class ClusterSection:
     """Where an Ascend run is placed and how its nodes talk (k8s render, compose); none of it changes
     what the run computes, so it is left out of the spec hash. Sources: tunebox/deploy/ascend.py."""
+
     card: Literal["910", "910b"] = "910b"
     """Card generation: pod label ring-controller.atlas ascend-910 / ascend-910b (Huawei's scheduler
     and device plugin select on it) and the default accelerator-type node selector."""
@@ -303,7 +306,7 @@ class RunSpec:
         model.source (where the weights were downloaded from) are left out, so the same spec hashes the same
         on the host, in a container (/runs) and in a pod."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("runs_dir", "cluster")}
-        d["model"] = {k: v for k, v in d["model"].items() if k != "source"}   # where from, not what
+        d["model"] = {k: v for k, v in d["model"].items() if k != "source"}  # where from, not what
         # a key added after runs were recorded counts only when set, so their hashes stay what they were
         for name in d:
             section = getattr(self, name)
@@ -314,6 +317,7 @@ class RunSpec:
 
 
 # ---- loading with line numbers -------------------------------------------------------------
+
 
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that remembers the line of every mapping key."""
@@ -356,7 +360,7 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices and isinstance(value, int) and str(value) in choices:
-            return True, str(value)      # `card: 910` in YAML is an int; the choice is the string "910"
+            return True, str(value)  # `card: 910` in YAML is an int; the choice is the string "910"
         return value in choices, value
     if tp is bool:
         return isinstance(value, bool), value
@@ -391,8 +395,9 @@ def _type_name(tp: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        return (" or ".join(_type_name(a) for a in args if a is not type(None))
-                + (" (or null)" if type(None) in args else ""))
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + (
+            " (or null)" if type(None) in args else ""
+        )
     if tp is Alternation:
         return "str or list of str"
     return getattr(tp, "__name__", str(tp))
@@ -427,6 +432,7 @@ def _build(cls, data: dict, path: str, prefix: str):
 def _validate(spec: RunSpec, where: SpecLines) -> None:
     """Each section's own checks: what a key may hold, read against the spec alone. Checks against
     other subjects (the model's layers, the data rules, the contest's families) are tunebox/spec_checks.py's."""
+
     def bad(msg: str, dotted: str):
         raise where.error(msg, dotted)
 
@@ -450,29 +456,41 @@ def _validate(spec: RunSpec, where: SpecLines) -> None:
     split = par.model_parallel * par.pipeline_stage
     dp = par.data_parallel if par.data_parallel is not None else spec.train.workers // split
     if dp < 1 or dp * split != spec.train.workers:
-        bad(f"train.parallel: data_parallel ({dp}) x model_parallel ({par.model_parallel}) x pipeline_stage "
-            f"({par.pipeline_stage}) must equal train.workers ({spec.train.workers})", "train.parallel")
+        bad(
+            f"train.parallel: data_parallel ({dp}) x model_parallel ({par.model_parallel}) x pipeline_stage "
+            f"({par.pipeline_stage}) must equal train.workers ({spec.train.workers})",
+            "train.parallel",
+        )
     if spec.train.batch_size % dp:
-        bad(f"train.batch_size ({spec.train.batch_size}) must be a multiple of data_parallel ({dp})",
-            "train.batch_size")
+        bad(
+            f"train.batch_size ({spec.train.batch_size}) must be a multiple of data_parallel ({dp})", "train.batch_size"
+        )
     if spec.train.grad_accum > 1 and split == 1:
-        bad("train.grad_accum > 1: MindFormers accumulates gradients only in semi_auto_parallel (model_parallel or "
+        bad(
+            "train.grad_accum > 1: MindFormers accumulates gradients only in semi_auto_parallel (model_parallel or "
             "pipeline_stage > 1) and silently resets it to 1 otherwise; raise train.batch_size instead",
-            "train.grad_accum")
+            "train.grad_accum",
+        )
     if spec.train.device == "CPU" and split > 1:
-        bad("train.parallel: MindSpore's CPU backend runs data parallel only; model_parallel and pipeline_stage "
-            "need train.device: Ascend", "train.parallel")
+        bad(
+            "train.parallel: MindSpore's CPU backend runs data parallel only; model_parallel and pipeline_stage "
+            "need train.device: Ascend",
+            "train.parallel",
+        )
     if spec.train.num_checkpoints < 1:
         bad("train.num_checkpoints must be >= 1", "train.num_checkpoints")
     if spec.train.device == "CPU" and spec.train.dtype != "float32":
         bad("train.dtype must be float32 on CPU (MindSpore's CPU kernels need it)", "train.dtype")
     if not 120 <= spec.cluster.hccl_connect_timeout <= 7200:
-        bad("cluster.hccl_connect_timeout must be in [120, 7200] seconds (CANN's range)",
-            "cluster.hccl_connect_timeout")
+        bad(
+            "cluster.hccl_connect_timeout must be in [120, 7200] seconds (CANN's range)", "cluster.hccl_connect_timeout"
+        )
     if spec.cluster.prep_timeout <= spec.cluster.hccl_connect_timeout:
-        bad(f"cluster.prep_timeout ({spec.cluster.prep_timeout} s) must be longer than cluster.hccl_connect_timeout "
+        bad(
+            f"cluster.prep_timeout ({spec.cluster.prep_timeout} s) must be longer than cluster.hccl_connect_timeout "
             f"({spec.cluster.hccl_connect_timeout} s): the ranks wait for prep before HCCL starts counting",
-            "cluster.prep_timeout")
+            "cluster.prep_timeout",
+        )
     if spec.cluster.cards_per_node < 1:
         bad("cluster.cards_per_node must be >= 1", "cluster.cards_per_node")
     if spec.cluster.disk_gib is not None and spec.cluster.disk_gib < 1:
@@ -503,13 +521,14 @@ def balance_rule(rule) -> tuple[str, int]:
         return "cap", rule
     if isinstance(rule, str) and rule.startswith("x") and rule[1:].isdigit() and int(rule[1:]) >= 1:
         return "repeat", int(rule[1:])
-    raise ValueError(f"{rule!r} is neither a row cap (an integer >= 0) nor a repeat factor like \"x10\"")
+    raise ValueError(f'{rule!r} is neither a row cap (an integer >= 0) nor a repeat factor like "x10"')
 
 
 @dataclass(frozen=True)
 class SpecLines:
     """Where each key of a loaded run spec was written, so a check made after loading (tunebox/spec_checks.py)
     can still name the file and the line of the key it refuses."""
+
     path: str
     data: dict
 
@@ -535,16 +554,18 @@ def _apply_override(data: dict, override: str) -> None:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise InputError(f"--set {override}: {raw!r} is not a YAML value ({getattr(exc, 'problem', exc)}); "
-                         f"quote it to pass text, e.g. --set '{dotted}=\"{raw}\"'") from None
+        raise InputError(
+            f"--set {override}: {raw!r} is not a YAML value ({getattr(exc, 'problem', exc)}); "
+            f"quote it to pass text, e.g. --set '{dotted}=\"{raw}\"'"
+        ) from None
     node = data
     keys = dotted.split(".")
     for depth, k in enumerate(keys[:-1]):
-        if node.get(k) is None:          # absent, or written empty (`eval:` with nothing under it)
+        if node.get(k) is None:  # absent, or written empty (`eval:` with nothing under it)
             node[k] = _LinedDict({}, {}, None)
         node = node[k]
         if not isinstance(node, dict):
-            raise InputError(f"--set {override}: '{'.'.join(keys[:depth + 1])}' is a value, not a section")
+            raise InputError(f"--set {override}: '{'.'.join(keys[: depth + 1])}' is a value, not a section")
     node[keys[-1]] = value
 
 
@@ -564,8 +585,9 @@ def read_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Run
         data = yaml.load(text, Loader=_LineLoader) or _LinedDict({}, {}, 1)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise InputError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path,
-                         mark.line + 1 if mark else None) from None
+        raise InputError(
+            f"not valid YAML: {getattr(exc, 'problem', exc)}", path, mark.line + 1 if mark else None
+        ) from None
     for ov in overrides or []:
         _apply_override(data, ov)
     spec = _build(RunSpec, data, str(path), "")
@@ -582,8 +604,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
 
 def _to_plain(obj):
     if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not f.metadata.get("internal")}
+        return {
+            f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("internal")
+        }
     return obj
 
 
@@ -604,8 +627,13 @@ def field_docs(cls) -> dict[str, str]:
     body = tree.body[0].body
     docs = {}
     for node, after in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
             docs[node.target.id] = " ".join(after.value.value.split())
     return docs
 

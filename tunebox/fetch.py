@@ -7,6 +7,7 @@ was given); a half file only ever exists as `.part`.
 
 TLS: requests reads REQUESTS_CA_BUNDLE (and proxies from HTTPS_PROXY) by itself; nothing to do here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,8 @@ class ChecksumMismatch(FetchError):
         self.url, self.expected, self.actual = url, expected, actual
         super().__init__(
             f"sha256 mismatch for {url}: expected {expected}, got {actual}. The partial file was "
-            f"deleted; check the hash in your list (or the URL: a mirror may serve another revision).")
+            f"deleted; check the hash in your list (or the URL: a mirror may serve another revision)."
+        )
 
 
 class _Retryable(Exception):
@@ -51,6 +53,7 @@ class _Retryable(Exception):
 class _RunningHash:
     """sha256 of the first `nbytes` of the .part file, kept up to date while bytes arrive so a
     fresh download is not read twice. Rebuilt from disk when the file and the hash disagree."""
+
     hasher: "hashlib._Hash"
     nbytes: int
 
@@ -71,7 +74,7 @@ def _normalise_sha256(sha256: Optional[str], url: str) -> Optional[str]:
         return None
     value = sha256.strip().lower()
     if value.startswith("sha256:"):
-        value = value[len("sha256:"):]
+        value = value[len("sha256:") :]
     if not SHA256_RE.match(value):
         raise InputError(f"sha256 for {url} must be 64 hex digits, got {sha256!r}")
     return value
@@ -98,9 +101,16 @@ def _content_range_total(header: Optional[str]) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def fetch_file(url: str, dest: str | os.PathLike, sha256: Optional[str] = None, retries: int = 5,
-               backoff: float = 1.0, timeout: float = 30, progress: bool = True,
-               session: Optional[requests.Session] = None) -> Path:
+def fetch_file(
+    url: str,
+    dest: str | os.PathLike,
+    sha256: Optional[str] = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 30,
+    progress: bool = True,
+    session: Optional[requests.Session] = None,
+) -> Path:
     """Download `url` to `dest`, resuming `<dest>.part` if a previous attempt left one.
 
     retries: attempts after the first one that may fail with a dropped connection, a timeout, a 5xx
@@ -125,8 +135,9 @@ def fetch_file(url: str, dest: str | os.PathLike, sha256: Optional[str] = None, 
     own_session = session is None
     session = session or requests.Session()
     running: Optional[_RunningHash] = None
-    bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-               disable=not progress, leave=True)
+    bar = tqdm(
+        total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name, disable=not progress, leave=True
+    )
     try:
         failures = 0
         while True:
@@ -134,18 +145,18 @@ def fetch_file(url: str, dest: str | os.PathLike, sha256: Optional[str] = None, 
             if running is None or running.nbytes != offset:
                 running = _RunningHash.of_file_prefix(part, offset) if expected else None
             try:
-                running = _download_attempt(session, url, part, offset, running, expected is not None,
-                                            timeout, bar)
+                running = _download_attempt(session, url, part, offset, running, expected is not None, timeout, bar)
                 break
             except _Retryable as exc:
                 failures += 1
                 if failures > retries:
-                    raise FetchError(f"could not download {url} after {retries + 1} attempts; last "
-                                     f"error: {exc}. {part} is kept: run the same command again to "
-                                     f"resume it.") from None
+                    raise FetchError(
+                        f"could not download {url} after {retries + 1} attempts; last "
+                        f"error: {exc}. {part} is kept: run the same command again to "
+                        f"resume it."
+                    ) from None
                 wait = backoff * 2 ** (failures - 1)
-                log.warning("download of %s interrupted (%s); retry %d/%d in %.1f s", url, exc,
-                            failures, retries, wait)
+                log.warning("download of %s interrupted (%s); retry %d/%d in %.1f s", url, exc, failures, retries, wait)
                 time.sleep(wait)
     finally:
         bar.close()
@@ -153,8 +164,7 @@ def fetch_file(url: str, dest: str | os.PathLike, sha256: Optional[str] = None, 
             session.close()
 
     if expected is not None:
-        actual = running.hasher.hexdigest() if running and running.nbytes == part.stat().st_size \
-            else sha256_file(part)
+        actual = running.hasher.hexdigest() if running and running.nbytes == part.stat().st_size else sha256_file(part)
         if actual != expected:
             part.unlink(missing_ok=True)
             raise ChecksumMismatch(url, expected, actual)
@@ -175,9 +185,16 @@ def _restart_bar(bar: tqdm, total: Optional[int], resumed_at: int) -> None:
     bar.refresh()
 
 
-def _download_attempt(session: requests.Session, url: str, part: Path, offset: int,
-                      running: Optional[_RunningHash], hashing: bool, timeout: float,
-                      bar: tqdm) -> Optional[_RunningHash]:
+def _download_attempt(
+    session: requests.Session,
+    url: str,
+    part: Path,
+    offset: int,
+    running: Optional[_RunningHash],
+    hashing: bool,
+    timeout: float,
+    bar: tqdm,
+) -> Optional[_RunningHash]:
     """One GET; appends to (or restarts) `part`. Returns the running hash of the whole .part.
     Raises _Retryable for failures worth another attempt and FetchError for the others."""
     # identity: with gzip, Content-Length and Range count compressed bytes, not the file's.
@@ -201,15 +218,19 @@ def _download_attempt(session: requests.Session, url: str, part: Path, offset: i
                 # the rename): nothing left to fetch.
                 _restart_bar(bar, total, offset)
                 return running
-            log.warning("server says %s is %s bytes but %s has %s; starting over", url,
-                        total if total is not None else "an unknown number of", part, f"{offset:,}")
+            log.warning(
+                "server says %s is %s bytes but %s has %s; starting over",
+                url,
+                total if total is not None else "an unknown number of",
+                part,
+                f"{offset:,}",
+            )
             part.unlink(missing_ok=True)
             raise _Retryable("the partial file did not match the server's file")
         if status >= 500 or status in (408, 429):
             raise _Retryable(f"HTTP {status} {resp.reason}")
         if status >= 400:
-            raise FetchError(f"{url}: HTTP {status} {resp.reason}; check the URL (and a token if the "
-                             f"file is gated)")
+            raise FetchError(f"{url}: HTTP {status} {resp.reason}; check the URL (and a token if the file is gated)")
         if status not in (200, 206):
             raise FetchError(f"{url}: unexpected HTTP {status} {resp.reason}")
 
@@ -238,8 +259,7 @@ def _download_attempt(session: requests.Session, url: str, part: Path, offset: i
                         running.hasher.update(block)
                         running.nbytes += len(block)
                     bar.update(len(block))
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as exc:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 raise _Retryable(f"connection lost after {received:,} bytes ({type(exc).__name__})") from None
             finally:
                 fh.flush()
@@ -249,6 +269,7 @@ def _download_attempt(session: requests.Session, url: str, part: Path, offset: i
 
 
 # ---- many files ----------------------------------------------------------------------------
+
 
 @dataclass
 class FileEntry:
@@ -271,14 +292,14 @@ def read_file_list(list_file: str | os.PathLike) -> list[FileEntry]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise InputError(f"not valid YAML/JSON: {getattr(exc, 'problem', exc)}", list_file,
-                         mark.line + 1 if mark else None) from None
+        raise InputError(
+            f"not valid YAML/JSON: {getattr(exc, 'problem', exc)}", list_file, mark.line + 1 if mark else None
+        ) from None
     if isinstance(data, dict) and "files" in data:
         data = data["files"]
         root = next(v for k, v in root.value if k.value == "files")
     if not isinstance(data, list):
-        raise InputError("must be a list of {url, path, sha256} entries (or a mapping with 'files:')",
-                         list_file, 1)
+        raise InputError("must be a list of {url, path, sha256} entries (or a mapping with 'files:')", list_file, 1)
     nodes = root.value
     entries = []
     for item, node in zip(data, nodes):
@@ -287,8 +308,7 @@ def read_file_list(list_file: str | os.PathLike) -> list[FileEntry]:
             raise InputError("each entry must be a mapping with url, path and sha256", list_file, line)
         unknown = set(item) - {"url", "path", "sha256"}
         if unknown:
-            raise InputError(f"unknown key(s) {sorted(unknown)}; an entry has url, path, sha256",
-                             list_file, line)
+            raise InputError(f"unknown key(s) {sorted(unknown)}; an entry has url, path, sha256", list_file, line)
         for key in ("url", "path"):
             if not isinstance(item.get(key), str) or not item[key]:
                 raise InputError(f"entry is missing '{key}'", list_file, line)
@@ -301,9 +321,15 @@ def read_file_list(list_file: str | os.PathLike) -> list[FileEntry]:
     return entries
 
 
-def fetch_manifest(list_file: str | os.PathLike, root: Optional[str | os.PathLike] = None,
-                   retries: int = 5, backoff: float = 1.0, timeout: float = 30, progress: bool = True,
-                   session: Optional[requests.Session] = None) -> list[Path]:
+def fetch_manifest(
+    list_file: str | os.PathLike,
+    root: Optional[str | os.PathLike] = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 30,
+    progress: bool = True,
+    session: Optional[requests.Session] = None,
+) -> list[Path]:
     """Fetch every file of a list into `root` (default: tunebox.model.registry.cache_dir()).
 
     Relative `path`s land under root and may not climb out of it; absolute paths are used as they
@@ -318,8 +344,7 @@ def fetch_manifest(list_file: str | os.PathLike, root: Optional[str | os.PathLik
         if not target.is_absolute():
             target = (root / target).resolve()
             if not target.is_relative_to(root.resolve()):
-                raise InputError(f"path {entry.path!r} climbs out of the cache folder {root}",
-                                 list_file, entry.line)
+                raise InputError(f"path {entry.path!r} climbs out of the cache folder {root}", list_file, entry.line)
         targets.append(target)
     own_session = session is None
     session = session or requests.Session()
@@ -327,19 +352,30 @@ def fetch_manifest(list_file: str | os.PathLike, root: Optional[str | os.PathLik
         done = []
         for i, (entry, target) in enumerate(zip(entries, targets), start=1):
             log.info("[%d/%d] %s -> %s", i, len(entries), entry.url, target)
-            done.append(fetch_file(entry.url, target, entry.sha256, retries=retries, backoff=backoff,
-                                   timeout=timeout, progress=progress, session=session))
+            done.append(
+                fetch_file(
+                    entry.url,
+                    target,
+                    entry.sha256,
+                    retries=retries,
+                    backoff=backoff,
+                    timeout=timeout,
+                    progress=progress,
+                    session=session,
+                )
+            )
         return done
     finally:
         if own_session:
             session.close()
 
 
-
 # ---- a model hub's repository at a pinned revision ---------------------------------------------
 
-HUBS = {"hf": "Hugging Face (huggingface_hub; $HF_ENDPOINT names a mirror)",
-        "modelers": "Modelers (openmind_hub; $OPENMIND_HUB_ENDPOINT names another endpoint)"}
+HUBS = {
+    "hf": "Hugging Face (huggingface_hub; $HF_ENDPOINT names a mirror)",
+    "modelers": "Modelers (openmind_hub; $OPENMIND_HUB_ENDPOINT names another endpoint)",
+}
 # What a conversion reads: config, weights (and their index), tokenizer files. Not *.bin, *.gguf, *.onnx.
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model"]
 _HUB_SOURCE_RE = re.compile(r"^(?P<hub>[a-z]+):(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
@@ -349,6 +385,7 @@ _HUB_SOURCE_RE = re.compile(r"^(?P<hub>[a-z]+):(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-
 class HubSource:
     """`hf:<repo>@<revision>` or `modelers:<repo>@<revision>` from a spec's model.source (the revision is
     None only from split_hub_source, for a registry entry that names the repository unpinned)."""
+
     hub: str
     repo: str
     revision: Optional[str]
@@ -374,8 +411,11 @@ def parse_hub_source(source: str, where: Optional[str | os.PathLike] = None) -> 
     since the revision is what makes the run repeatable."""
     hub = split_hub_source(source, where)
     if hub is not None and not hub.revision:
-        raise InputError(f"model.source {source!r} has no revision: pin one, e.g. {source}@<commit sha or tag> "
-                         f"(a branch such as @main is resolved to its commit, which the manifest records)", where)
+        raise InputError(
+            f"model.source {source!r} has no revision: pin one, e.g. {source}@<commit sha or tag> "
+            f"(a branch such as @main is resolved to its commit, which the manifest records)",
+            where,
+        )
     return hub
 
 
@@ -384,8 +424,9 @@ def hub_token() -> Optional[str]:
     return os.environ.get("HF_TOKEN") or None
 
 
-def download_hub_snapshot(source: HubSource, dest: str | os.PathLike, token: Optional[str] = None,
-                          progress: bool = True) -> dict:
+def download_hub_snapshot(
+    source: HubSource, dest: str | os.PathLike, token: Optional[str] = None, progress: bool = True
+) -> dict:
     """Download the repository's conversion files (HUB_FILE_PATTERNS) at `source.revision` into `dest`.
     Returns {"source", "revision" (the commit the revision resolved to), "dir", "files": {name: {bytes, sha256}}}.
     Files already in `dest` at the same revision are not downloaded again (the hub clients check them)."""
@@ -410,22 +451,32 @@ def _hf_snapshot(source: HubSource, dest: Path, token: Optional[str], progress: 
 
     # huggingface_hub reads HF_ENDPOINT once, at import; read it here so a mirror set later counts too
     endpoint = os.environ.get("HF_ENDPOINT") or None
-    token = token or hub_token() or False            # False: not the token file in ~/.cache/huggingface
+    token = token or hub_token() or False  # False: not the token file in ~/.cache/huggingface
     (enable_progress_bars if progress else disable_progress_bars)()
     try:
         commit = HfApi(endpoint=endpoint, token=token).model_info(source.repo, revision=source.revision).sha
-        snapshot_download(source.repo, revision=commit, local_dir=dest, allow_patterns=HUB_FILE_PATTERNS,
-                          token=token, endpoint=endpoint)
+        snapshot_download(
+            source.repo,
+            revision=commit,
+            local_dir=dest,
+            allow_patterns=HUB_FILE_PATTERNS,
+            token=token,
+            endpoint=endpoint,
+        )
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         said = f"{source} from {endpoint or 'huggingface.co'}: {str(exc).splitlines()[0]}"
-        if status in (401, 403, 404):     # the spec names a repository or revision we cannot have
-            raise InputError(f"{said}; check model.source's repository and revision (a gated repository needs "
-                             f"$TUNEBOX_WEIGHTS_TOKEN or $HF_TOKEN)") from None
+        if status in (401, 403, 404):  # the spec names a repository or revision we cannot have
+            raise InputError(
+                f"{said}; check model.source's repository and revision (a gated repository needs "
+                f"$TUNEBOX_WEIGHTS_TOKEN or $HF_TOKEN)"
+            ) from None
         raise FetchError(f"{said}; check the network, the proxy or $HF_ENDPOINT (a mirror)") from None
-    except OSError as exc:      # requests' connection errors are OSErrors
-        raise FetchError(f"{source} from {endpoint or 'huggingface.co'}: {exc}; check the network, the proxy "
-                         f"or $HF_ENDPOINT (a mirror)") from None
+    except OSError as exc:  # requests' connection errors are OSErrors
+        raise FetchError(
+            f"{source} from {endpoint or 'huggingface.co'}: {exc}; check the network, the proxy "
+            f"or $HF_ENDPOINT (a mirror)"
+        ) from None
     return commit
 
 
@@ -433,13 +484,21 @@ def _modelers_snapshot(source: HubSource, dest: Path, token: Optional[str], prog
     try:
         import openmind_hub
     except ImportError:
-        raise InputError(f"model.source {source} needs openmind_hub, which is not installed: `pip install "
-                         f"openmind_hub==1.3.0` (it pins requests==2.32.2, so install it in its own "
-                         f"environment or accept that pin); or download the repository yourself and "
-                         f"`invoke convert --model <name> --hf-dir <folder>`") from None
+        raise InputError(
+            f"model.source {source} needs openmind_hub, which is not installed: `pip install "
+            f"openmind_hub==1.3.0` (it pins requests==2.32.2, so install it in its own "
+            f"environment or accept that pin); or download the repository yourself and "
+            f"`invoke convert --model <name> --hf-dir <folder>`"
+        ) from None
     endpoint = os.environ.get("OPENMIND_HUB_ENDPOINT") or None
     commit = getattr(openmind_hub.model_info(source.repo, revision=source.revision, token=token), "sha", None)
-    openmind_hub.snapshot_download(source.repo, revision=commit or source.revision, local_dir=str(dest),
-                                   local_dir_use_symlinks=False, allow_patterns=HUB_FILE_PATTERNS, token=token,
-                                   endpoint=endpoint)
+    openmind_hub.snapshot_download(
+        source.repo,
+        revision=commit or source.revision,
+        local_dir=str(dest),
+        local_dir_use_symlinks=False,
+        allow_patterns=HUB_FILE_PATTERNS,
+        token=token,
+        endpoint=endpoint,
+    )
     return commit or source.revision

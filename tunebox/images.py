@@ -4,6 +4,7 @@ One home for the names that images/ (build, lock, compose), tunebox/deploy/k8s.p
 share: the stack a device needs, the tags `invoke image.build` gives it, the version and license
 its labels carry, and a client of the local engine.
 """
+
 from __future__ import annotations
 
 import importlib.metadata

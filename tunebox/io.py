@@ -3,6 +3,7 @@
 Atomic means: write to a temporary name in the same directory, fsync, then rename. A crash leaves
 either the old file or the new one under the final name, never half of one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -114,8 +115,11 @@ def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.rglob("*")
-             if (p.name.startswith(".") and ".part" in p.name) or p.name.endswith((".partial.ckpt", ".tmp"))]
+    found = [
+        p
+        for p in folder.rglob("*")
+        if (p.name.startswith(".") and ".part" in p.name) or p.name.endswith((".partial.ckpt", ".tmp"))
+    ]
     removed = []
     for p in sorted(found, key=lambda q: len(q.parts)):
         if not p.exists() and not p.is_symlink():
@@ -149,8 +153,8 @@ def sha256_bytes(data: bytes) -> str:
 
 @dataclass
 class JsonlRow:
-    line: int          # 1-based line number in the file
-    value: Any         # the decoded JSON value (not checked for shape here)
+    line: int  # 1-based line number in the file
+    value: Any  # the decoded JSON value (not checked for shape here)
 
 
 MAX_LINE_BYTES = 1 << 20
@@ -175,8 +179,9 @@ def iter_lines(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) ->
             yield lineno, size
 
 
-def decode_jsonl_line(raw: bytes | int, path: str | os.PathLike, lineno: int,
-                      max_line_bytes: int = MAX_LINE_BYTES) -> JsonlRow | InputError | None:
+def decode_jsonl_line(
+    raw: bytes | int, path: str | os.PathLike, lineno: int, max_line_bytes: int = MAX_LINE_BYTES
+) -> JsonlRow | InputError | None:
     """One line of a JSONL file: a JsonlRow, an InputError (file:line) for a line that is not valid
     UTF-8 JSON, or None for a blank line. `raw` may be the length of an over-long line (iter_lines)."""
     if isinstance(raw, int) or len(raw) > max_line_bytes:

@@ -5,6 +5,7 @@ relative paths under logs/, so verify reads them there.
 tasks.py, images/compose_up.py, bundle and verify read these names; tests/test_layout.py checks
 docker-compose.yml, images/pipeline.sh and what the jobs actually write against them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
@@ -20,16 +21,16 @@ PIPELINE = ("weights", "prep", "train", "merge", "evaluate", "bundle")
 RUN_JOBS = ("prep", "train", "merge", "evaluate")
 
 # What one job hands the next (relative to the run folder).
-PREP_HELDOUT = PurePosixPath("prep/heldout.jsonl")          # prep -> evaluate, bundle
+PREP_HELDOUT = PurePosixPath("prep/heldout.jsonl")  # prep -> evaluate, bundle
 PREP_TRAIN_RECORDS = PurePosixPath("prep/train.mindrecord")  # prep -> train
-PREP_STATS = PurePosixPath("prep/stats.json")                # prep -> evaluate (answer lengths), bundle
+PREP_STATS = PurePosixPath("prep/stats.json")  # prep -> evaluate (answer lengths), bundle
 TRAIN_INDEX = PurePosixPath("train/checkpoints/index.json")  # train -> merge, bundle: the LoRA checkpoints
-TRAIN_LOSS = PurePosixPath("train/loss.jsonl")               # train -> evaluate (the loss plot), bundle
-TRAIN_SUMMARY = PurePosixPath("train/summary.json")          # train -> bundle
-MERGE_INDEX = PurePosixPath("merge/index.json")              # merge -> evaluate, bundle: the merged checkpoints
-EVALUATE_REPORT = PurePosixPath("evaluate/report.json")      # evaluate -> bundle: figures and the choice
-MANIFEST = "manifest.json"                                   # every job's record, written last
-RECORD = PurePosixPath("record.jsonl")                       # one line per finished job: the run's history
+TRAIN_LOSS = PurePosixPath("train/loss.jsonl")  # train -> evaluate (the loss plot), bundle
+TRAIN_SUMMARY = PurePosixPath("train/summary.json")  # train -> bundle
+MERGE_INDEX = PurePosixPath("merge/index.json")  # merge -> evaluate, bundle: the merged checkpoints
+EVALUATE_REPORT = PurePosixPath("evaluate/report.json")  # evaluate -> bundle: figures and the choice
+MANIFEST = "manifest.json"  # every job's record, written last
+RECORD = PurePosixPath("record.jsonl")  # one line per finished job: the run's history
 
 
 def manifest(job: str) -> PurePosixPath:

@@ -10,6 +10,7 @@ cannot be found is null rather than an error: a manifest must never be the reaso
 
     python -m jobs.env [--config recipes/x.yaml] [--input name=path ...]
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -107,11 +108,17 @@ def _key_values(text: Optional[str]) -> dict[str, str]:
 
 # ---- machine -------------------------------------------------------------------------------
 
+
 def os_info() -> dict:
     release = _key_values(_read_text(Path("/etc/os-release")))
-    return {"platform": platform.platform(), "system": platform.system(), "machine": platform.machine(),
-            "name": release.get("PRETTY_NAME") or release.get("NAME"), "id": release.get("ID"),
-            "version_id": release.get("VERSION_ID")}
+    return {
+        "platform": platform.platform(),
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "name": release.get("PRETTY_NAME") or release.get("NAME"),
+        "id": release.get("ID"),
+        "version_id": release.get("VERSION_ID"),
+    }
 
 
 def kernel_info() -> dict:
@@ -150,8 +157,11 @@ def memory_info() -> dict:
         m = re.match(r"^(\w+):\s+(\d+)\s*kB", line)
         if m:
             meminfo[m.group(1)] = int(m.group(2)) * 1024
-    return {"total_bytes": meminfo.get("MemTotal"), "available_bytes": meminfo.get("MemAvailable"),
-            "cgroup_limit_bytes": _cgroup_memory_limit()}
+    return {
+        "total_bytes": meminfo.get("MemTotal"),
+        "available_bytes": meminfo.get("MemAvailable"),
+        "cgroup_limit_bytes": _cgroup_memory_limit(),
+    }
 
 
 def parse_npu_smi(text: str) -> dict:
@@ -202,8 +212,11 @@ def ascend_info(root: Path = ASCEND_ROOT) -> dict:
     cann_version, cann_file = None, None
     candidates = []
     for home in (root / "cann", root / "ascend-toolkit" / "latest"):
-        candidates += sorted(glob.glob(str(home / "*" / "ascend_toolkit_install.info"))) + \
-            [str(home / "version.cfg")] + sorted(glob.glob(str(home / "*" / "version.cfg")))
+        candidates += (
+            sorted(glob.glob(str(home / "*" / "ascend_toolkit_install.info")))
+            + [str(home / "version.cfg")]
+            + sorted(glob.glob(str(home / "*" / "version.cfg")))
+        )
     for candidate in candidates:
         values = _key_values(_read_text(Path(candidate)))
         # install.info says version=8.0.RC2; version.cfg has toolkit_installed_version=[...:8.0.RC2]
@@ -218,19 +231,27 @@ def ascend_info(root: Path = ASCEND_ROOT) -> dict:
         if found:
             cann_version, cann_file = found, candidate
             break
-    return {"driver_version": driver.get("Version") or driver.get("version"),
-            "driver_file": str(driver_file) if driver else None,
-            "cann_version": cann_version, "cann_file": cann_file,
-            "set_env": next((str(f) for f in (root / "cann" / "set_env.sh", root / "ascend-toolkit" / "set_env.sh")
-                             if f.exists()), None),
-            "toolkit_home": os.environ.get("ASCEND_TOOLKIT_HOME") or os.environ.get("ASCEND_HOME_PATH")}
+    return {
+        "driver_version": driver.get("Version") or driver.get("version"),
+        "driver_file": str(driver_file) if driver else None,
+        "cann_version": cann_version,
+        "cann_file": cann_file,
+        "set_env": next(
+            (str(f) for f in (root / "cann" / "set_env.sh", root / "ascend-toolkit" / "set_env.sh") if f.exists()), None
+        ),
+        "toolkit_home": os.environ.get("ASCEND_TOOLKIT_HOME") or os.environ.get("ASCEND_HOME_PATH"),
+    }
 
 
 # ---- software ------------------------------------------------------------------------------
 
+
 def python_info() -> dict:
-    return {"version": platform.python_version(), "implementation": platform.python_implementation(),
-            "executable": sys.executable}
+    return {
+        "version": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "executable": sys.executable,
+    }
 
 
 def package_versions(names=KEY_PACKAGES) -> dict[str, Optional[str]]:
@@ -266,9 +287,8 @@ def code_revision(git: Optional[dict], labels: Optional[dict]) -> Optional[dict]
     revision = (labels or {}).get(REVISION_LABEL) if isinstance(labels, dict) else None
     if not revision or revision in ("unknown", "uncommitted", "lint"):
         return git
-    commit, dirty = (revision[:-len("-dirty")], True) if revision.endswith("-dirty") else (revision, False)
-    return {"root": None, "commit": commit, "dirty": dirty, "branch": None,
-            "source": f"image label {REVISION_LABEL}"}
+    commit, dirty = (revision[: -len("-dirty")], True) if revision.endswith("-dirty") else (revision, False)
+    return {"root": None, "commit": commit, "dirty": dirty, "branch": None, "source": f"image label {REVISION_LABEL}"}
 
 
 def container_info(labels_file: Optional[Path] = None) -> Optional[dict]:
@@ -295,8 +315,13 @@ def container_info(labels_file: Optional[Path] = None) -> Optional[dict]:
     image, image_id = os.environ.get("TUNEBOX_IMAGE"), os.environ.get("TUNEBOX_IMAGE_ID")
     if not markers and not (image or image_id or labels):
         return None
-    return {"runtime": markers, "image": image, "image_id": image_id, "labels": labels,
-            "pod": os.environ.get("HOSTNAME") if "kubernetes" in markers or "kubepods" in markers else None}
+    return {
+        "runtime": markers,
+        "image": image,
+        "image_id": image_id,
+        "labels": labels,
+        "pod": os.environ.get("HOSTNAME") if "kubernetes" in markers or "kubepods" in markers else None,
+    }
 
 
 def git_state(root: Path = layout.REPO_ROOT) -> Optional[dict]:
@@ -309,11 +334,13 @@ def git_state(root: Path = layout.REPO_ROOT) -> Optional[dict]:
         return None
     commit = _run(["git", "-C", str(root), "rev-parse", "HEAD"])  # None before the first commit
     status = _run(["git", "-C", str(root), "status", "--porcelain"])
-    return {"root": inside.strip(), "commit": commit.strip() if commit else None,
-            "dirty": bool(status.strip()) if status is not None else None,
-            # symbolic-ref also answers before the first commit; None on a detached HEAD.
-            "branch": (_run(["git", "-C", str(root), "symbolic-ref", "--short", "-q", "HEAD"]) or "").strip()
-                      or None}
+    return {
+        "root": inside.strip(),
+        "commit": commit.strip() if commit else None,
+        "dirty": bool(status.strip()) if status is not None else None,
+        # symbolic-ref also answers before the first commit; None on a detached HEAD.
+        "branch": (_run(["git", "-C", str(root), "symbolic-ref", "--short", "-q", "HEAD"]) or "").strip() or None,
+    }
 
 
 # ---- inputs --------------------------------------------------------------------------------
@@ -364,20 +391,37 @@ def describe_file(path: str | os.PathLike) -> dict:
     if not path.exists():
         return {"path": str(path), "exists": False, "size": None, "sha256": None}
     if path.is_file():
-        return {"path": str(path), "exists": True, "size": path.stat().st_size, "sha256": cached_sha256(path),
-                "stamp": file_stamp(path)}
+        return {
+            "path": str(path),
+            "exists": True,
+            "size": path.stat().st_size,
+            "sha256": cached_sha256(path),
+            "stamp": file_stamp(path),
+        }
     walked = _folder_files(path)
     files = {rel: cached_sha256(child) for rel, child, _ in walked}
     total = sum(st.st_size for _, _, st in walked)
     digest = hashlib.sha256("".join(f"{rel}\0{sha}\n" for rel, sha in files.items()).encode()).hexdigest()
-    return {"path": str(path), "exists": True, "size": total, "sha256": digest, "files": files,
-            "stamp": _folder_stamp(walked)}
+    return {
+        "path": str(path),
+        "exists": True,
+        "size": total,
+        "sha256": digest,
+        "files": files,
+        "stamp": _folder_stamp(walked),
+    }
 
 
 # ---- the manifest --------------------------------------------------------------------------
 
-def environment_manifest(spec=None, inputs: Optional[dict[str, str | os.PathLike]] = None,
-                         seeds: Optional[dict] = None, *, include_pip_freeze: bool = True) -> dict:
+
+def environment_manifest(
+    spec=None,
+    inputs: Optional[dict[str, str | os.PathLike]] = None,
+    seeds: Optional[dict] = None,
+    *,
+    include_pip_freeze: bool = True,
+) -> dict:
     """Everything needed to say what ran where. `spec` is a RunSpec (or None)."""
     inputs = inputs or {}
     container = container_info()
@@ -385,8 +429,10 @@ def environment_manifest(spec=None, inputs: Optional[dict[str, str | os.PathLike
     labels = (container or {}).get("labels") or {}
     if isinstance(labels, dict) and labels.get("tunebox.cann") not in (None, "none") and not ascend["set_env"]:
         # An Ascend image whose CANN environment was not found: say it where the run is recorded.
-        ascend["problem"] = (f"this image was built with CANN {labels['tunebox.cann']} but no set_env.sh was found "
-                             f"(cann/ or ascend-toolkit/ under {ASCEND_ROOT}); Ascend jobs will fail")
+        ascend["problem"] = (
+            f"this image was built with CANN {labels['tunebox.cann']} but no set_env.sh was found "
+            f"(cann/ or ascend-toolkit/ under {ASCEND_ROOT}); Ascend jobs will fail"
+        )
         logging.getLogger("tunebox.manifest").warning("%s", ascend["problem"])
     return {
         "schema": MANIFEST_SCHEMA,
@@ -418,11 +464,19 @@ def _user() -> Optional[str]:
         return str(os.getuid()) if hasattr(os, "getuid") else None
 
 
-def write_job_manifest(job_dir: str | os.PathLike, job: str, spec=None,
-                       inputs: Optional[dict[str, str | os.PathLike]] = None,
-                       outputs: Optional[dict[str, str | os.PathLike]] = None,
-                       seeds: Optional[dict] = None, extra: Optional[dict] = None, *,
-                       status: Optional[str] = None, started: Any = None, finished: Any = None) -> Path:
+def write_job_manifest(
+    job_dir: str | os.PathLike,
+    job: str,
+    spec=None,
+    inputs: Optional[dict[str, str | os.PathLike]] = None,
+    outputs: Optional[dict[str, str | os.PathLike]] = None,
+    seeds: Optional[dict] = None,
+    extra: Optional[dict] = None,
+    *,
+    status: Optional[str] = None,
+    started: Any = None,
+    finished: Any = None,
+) -> Path:
     """Write `job_dir/manifest.json` and append the job's line to `<run_dir>/record.jsonl`.
 
     status/started/finished may come as keywords or inside `extra` (keywords win); started and
@@ -438,12 +492,18 @@ def write_job_manifest(job_dir: str | os.PathLike, job: str, spec=None,
     finished = _as_utc_iso(finished if finished is not None else from_extra["finished"]) or utc_now()
 
     manifest = environment_manifest(spec, inputs, seeds)
-    manifest.update({
-        "job": job, "status": status, "started": started, "finished": finished, "job_args": _JOB_ARGS,
-        "run_dir": str(job_dir.parent.absolute()),   # finished_job reads a moved or copied run's own files
-        "outputs": {name: describe_file(path) for name, path in (outputs or {}).items()},
-        "extra": extra,
-    })
+    manifest.update(
+        {
+            "job": job,
+            "status": status,
+            "started": started,
+            "finished": finished,
+            "job_args": _JOB_ARGS,
+            "run_dir": str(job_dir.parent.absolute()),  # finished_job reads a moved or copied run's own files
+            "outputs": {name: describe_file(path) for name, path in (outputs or {}).items()},
+            "extra": extra,
+        }
+    )
     manifest_path = atomic_write_json(job_dir / layout.MANIFEST, manifest)
 
     run_dir = job_dir.parent
@@ -451,13 +511,22 @@ def write_job_manifest(job_dir: str | os.PathLike, job: str, spec=None,
         shown = manifest_path.resolve().relative_to(run_dir.resolve()).as_posix()
     except ValueError:
         shown = str(manifest_path.resolve())
-    append_jsonl(run_dir / layout.RECORD, {
-        "job": job, "status": status, "started": started, "finished": finished,
-        "manifest": shown, "spec_hash": manifest["spec_hash"]})
+    append_jsonl(
+        run_dir / layout.RECORD,
+        {
+            "job": job,
+            "status": status,
+            "started": started,
+            "finished": finished,
+            "manifest": shown,
+            "spec_hash": manifest["spec_hash"],
+        },
+    )
     return manifest_path
 
 
 # ---- has this job finished? ---------------------------------------------------------------
+
 
 def _still_the_same(recorded: dict, path: Path) -> bool:
     """Whether a file (or folder) a manifest described, now at `path`, is still there with the same

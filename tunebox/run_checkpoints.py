@@ -2,6 +2,7 @@
 (report.json's best_checkpoint, the contest rule in contest/rules.py). export and chat read it here,
 from the files train, merge and evaluate left (tunebox/layout.py), so the two cannot disagree.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,11 @@ def base_checkpoint(spec) -> Path:
 
 @dataclass(frozen=True)
 class RunCheckpoint:
-    step: int                      # 0 = the base model (no LoRA)
-    lora_file: Optional[Path]      # train's LoRA-only checkpoint (None for the base model)
-    merged_file: Optional[Path]    # merge's full checkpoint (None when merge has not written it)
-    merge_scale: Optional[float]   # the LoRA scale merge folded in (1.0 = as trained)
-    chosen_by: str                 # why this one: "--step N" or evaluate's reason
+    step: int  # 0 = the base model (no LoRA)
+    lora_file: Optional[Path]  # train's LoRA-only checkpoint (None for the base model)
+    merged_file: Optional[Path]  # merge's full checkpoint (None when merge has not written it)
+    merge_scale: Optional[float]  # the LoRA scale merge folded in (1.0 = as trained)
+    chosen_by: str  # why this one: "--step N" or evaluate's reason
 
 
 def _read_json(path: Path, missing: str) -> dict:
@@ -44,8 +45,10 @@ def chosen_step(run_dir: Path) -> tuple[int, str]:
     report = _read_json(report_file, "run evaluate first, or name a checkpoint with --step N")
     best = report.get("best_checkpoint") or {}
     if best.get("step") is None:
-        raise InputError(f"evaluate chose no checkpoint ({best.get('reason', 'no reason given')}); "
-                         f"name one with --step N", report_file)
+        raise InputError(
+            f"evaluate chose no checkpoint ({best.get('reason', 'no reason given')}); name one with --step N",
+            report_file,
+        )
     return int(best["step"]), f"evaluate's choice: {best.get('reason', '')}".rstrip(": ")
 
 
@@ -63,8 +66,11 @@ def pick_checkpoint(run_dir: Path, step: Optional[int] = None, need_merged: bool
     train_index = _read_json(train_index_file, "run train first")
     by_step = {int(e["step"]): e for e in train_index.get("checkpoints", [])}
     if step not in by_step:
-        raise InputError(f"no LoRA checkpoint at step {step}; the run has steps "
-                         f"{', '.join(map(str, sorted(by_step))) or 'none'} (and 0, the base model)", train_index_file)
+        raise InputError(
+            f"no LoRA checkpoint at step {step}; the run has steps "
+            f"{', '.join(map(str, sorted(by_step))) or 'none'} (and 0, the base model)",
+            train_index_file,
+        )
     lora_file = (run_dir / layout.TRAIN_INDEX).parents[1] / by_step[step]["file"]
     merged_file, scale = None, None
     merge_index_file = run_dir / layout.MERGE_INDEX

@@ -18,6 +18,7 @@ one in the record joins instead of being refused. The pods of a multi-node run (
 variables set: the Indexed Job or ascend-operator) are one run spread over nodes by their scheduler,
 which owns them: they take no lock.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +64,10 @@ def read_holder(run_dir: str | os.PathLike) -> Optional[dict]:
 
 
 def describe_holder(holder: dict) -> str:
-    return (f"{holder.get('job', 'a job')} (host {holder.get('host')}, pid {holder.get('pid')}, "
-            f"since {holder.get('since')})")
+    return (
+        f"{holder.get('job', 'a job')} (host {holder.get('host')}, pid {holder.get('pid')}, "
+        f"since {holder.get('since')})"
+    )
 
 
 @contextlib.contextmanager
@@ -75,7 +78,7 @@ def hold_run_folder(run_dir: str | os.PathLike, job: str) -> Iterator[dict]:
     inherited = os.environ.get(RUN_LOCK_ENV)
     holder = read_holder(run_dir)
     if inherited and holder and holder.get("token") == inherited:
-        yield holder                 # a child of the holder (msrun worker, a pipeline's job)
+        yield holder  # a child of the holder (msrun worker, a pipeline's job)
         return
     if any(name in os.environ for name in CLUSTER_VARIABLES):
         log.debug("%s: one pod of a multi-node run; its scheduler owns the run folder, no lock taken", job)
@@ -91,13 +94,24 @@ def hold_run_folder(run_dir: str | os.PathLike, job: str) -> Iterator[dict]:
             raise RunFolderBusy(_busy_message(read_holder(run_dir), job), path) from None
         previous = read_holder(run_dir)
         if previous and previous.get("host") != socket.gethostname() and _fresh(path):
-            raise RunFolderBusy(_busy_message(previous, job) + f" (its heartbeat is under {STALE_SECONDS:.0f} s "
-                                f"old; if that host is gone, delete the lock file)", path)
+            raise RunFolderBusy(
+                _busy_message(previous, job) + f" (its heartbeat is under {STALE_SECONDS:.0f} s "
+                f"old; if that host is gone, delete the lock file)",
+                path,
+            )
         if previous:
-            log.warning("%s: taking over the run folder's lock left by %s, which is no longer running",
-                        job, describe_holder(previous))
-        holder = {"host": socket.gethostname(), "pid": os.getpid(), "job": job,
-                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": uuid.uuid4().hex}
+            log.warning(
+                "%s: taking over the run folder's lock left by %s, which is no longer running",
+                job,
+                describe_holder(previous),
+            )
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "job": job,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "token": uuid.uuid4().hex,
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder, indent=1) + "\n").encode(), 0)
         os.fsync(fd)
@@ -115,13 +129,15 @@ def hold_run_folder(run_dir: str | os.PathLike, job: str) -> Iterator[dict]:
             # file no one else sees. An empty record is no holder.
             os.ftruncate(fd, 0)
     finally:
-        os.close(fd)            # drops the flock
+        os.close(fd)  # drops the flock
 
 
 def _busy_message(holder: Optional[dict], job: str) -> str:
     who = describe_holder(holder) if holder else "another process (its record is not written yet)"
-    return (f"{job}: the run folder is in use by {who}. Wait for it to finish, or run with another "
-            f"run_id (--set run_id=...)")
+    return (
+        f"{job}: the run folder is in use by {who}. Wait for it to finish, or run with another "
+        f"run_id (--set run_id=...)"
+    )
 
 
 def _fresh(path: Path) -> bool:

@@ -6,6 +6,7 @@ its results table from the same reading, so a figure is read one way everywhere.
 
     python -m tunebox.runs [--runs-dir runs] [--compare A B]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,21 +30,22 @@ WHERE_KEYS = ("run_id", "runs_dir")
 @dataclass
 class RunResult:
     """One run's figures: the chosen checkpoint's (or, when none is valid, the highest-scoring one's)."""
+
     run_id: str
     run_dir: Path
-    spec: Optional[dict]              # the spec the last job ran, from its manifest
-    finished: Optional[str]           # the last record line's time
-    evaluated: bool                   # evaluate/report.json exists
-    model: Optional[str] = None       # the checkpoint the figures are of (step-000250)
-    chosen: bool = False              # evaluate chose it (False: no checkpoint kept retention)
+    spec: Optional[dict]  # the spec the last job ran, from its manifest
+    finished: Optional[str]  # the last record line's time
+    evaluated: bool  # evaluate/report.json exists
+    model: Optional[str] = None  # the checkpoint the figures are of (step-000250)
+    chosen: bool = False  # evaluate chose it (False: no checkpoint kept retention)
     chosen_step: Optional[int] = None
-    n: Optional[int] = None           # held-out rows
-    strict_k: Optional[int] = None    # rows right by the contest rule
-    within_k: Optional[int] = None    # rows within 1% (math)
+    n: Optional[int] = None  # held-out rows
+    strict_k: Optional[int] = None  # rows right by the contest rule
+    within_k: Optional[int] = None  # rows within 1% (math)
     squad_f1: Optional[float] = None
     retention: Optional[bool] = None  # True pass, False fail, None not measured
-    score: Optional[float] = None     # the stage score of the chosen checkpoint; None when none is valid
-    ratio: Optional[float] = None     # trainable / total parameters (exact)
+    score: Optional[float] = None  # the stage score of the chosen checkpoint; None when none is valid
+    ratio: Optional[float] = None  # trainable / total parameters (exact)
     train_minutes: Optional[float] = None
     peak_rss_mb: Optional[float] = None
     per_source: Optional[dict] = None  # {source: {n, strict_k, within_k}} when two held-out sets
@@ -98,8 +100,9 @@ def training_cost(run_dir: Path) -> tuple[Optional[float], Optional[float]]:
     process and its workers, in the session that finished the training)."""
     minutes = None
     try:
-        rows = [json.loads(l) for l in (run_dir / layout.TRAIN_LOSS).read_text(encoding="utf-8").splitlines()
-                if l.strip()]
+        rows = [
+            json.loads(l) for l in (run_dir / layout.TRAIN_LOSS).read_text(encoding="utf-8").splitlines() if l.strip()
+        ]
         minutes = sum(float(r["seconds"]) for r in rows) / 60 if rows else None
     except (OSError, ValueError, KeyError):
         pass
@@ -131,13 +134,19 @@ def read_run(run_dir: Path) -> RunResult:
     result.retention = False if not result.chosen else (entry.get("retention") or {}).get("passes")
     result.score = entry.get("score") if result.chosen else None
     if entry.get("per_source"):
-        result.per_source = {src: {"n": ps["n"], "strict_k": _count(ps["accuracy_strict"], ps["n"]),
-                                   "within_k": _count(ps.get("accuracy_within_1pct"), ps["n"])}
-                             for src, ps in entry["per_source"].items()}
+        result.per_source = {
+            src: {
+                "n": ps["n"],
+                "strict_k": _count(ps["accuracy_strict"], ps["n"]),
+                "within_k": _count(ps.get("accuracy_within_1pct"), ps["n"]),
+            }
+            for src, ps in entry["per_source"].items()
+        }
     return result
 
 
 # ---- spec differences ------------------------------------------------------------------------
+
 
 def flatten(d: dict, cls=RunSpec, prefix: str = "") -> dict[str, Any]:
     """{"lora": {"rank": 8}} -> {"lora.rank": 8}: the spec's sections opened, values (a dict-valued
@@ -156,8 +165,9 @@ def flatten(d: dict, cls=RunSpec, prefix: str = "") -> dict[str, Any]:
 def spec_difference(a: dict, b: dict) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> (a's value, b's value) where two specs differ; where a run writes is left out."""
     fa, fb = flatten(a), flatten(b)
-    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb))
-            if k not in WHERE_KEYS and fa.get(k) != fb.get(k)}
+    return {
+        k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if k not in WHERE_KEYS and fa.get(k) != fb.get(k)
+    }
 
 
 def nearest_recipe(spec: dict, recipes_dir: Path = RECIPES_DIR) -> tuple[Optional[str], dict]:
@@ -177,12 +187,16 @@ def nearest_recipe(spec: dict, recipes_dir: Path = RECIPES_DIR) -> tuple[Optiona
 
 def list_runs(runs_dir: Path) -> list[RunResult]:
     """Every run folder under runs_dir (one with a record.jsonl), oldest first; sweeps/ is not a run."""
-    found = [read_run(d) for d in sorted(Path(runs_dir).iterdir()) if (d / layout.RECORD).is_file()] \
-        if Path(runs_dir).is_dir() else []
+    found = (
+        [read_run(d) for d in sorted(Path(runs_dir).iterdir()) if (d / layout.RECORD).is_file()]
+        if Path(runs_dir).is_dir()
+        else []
+    )
     return sorted(found, key=lambda r: (r.finished or "", r.run_id))
 
 
 # ---- printing --------------------------------------------------------------------------------
+
 
 def fmt(value, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
@@ -194,14 +208,17 @@ def short_value(v) -> str:
 
 
 def runs_table(runs: list[RunResult], recipes_dir: Path = RECIPES_DIR) -> str:
-    lines = ["| run | recipe (nearest) | differs from the recipe | chosen step | score | finished |",
-             "|---|---|---|---:|---:|---|"]
+    lines = [
+        "| run | recipe (nearest) | differs from the recipe | chosen step | score | finished |",
+        "|---|---|---|---:|---:|---|",
+    ]
     for r in runs:
         recipe, diff = nearest_recipe(r.spec, recipes_dir) if r.spec else (None, {})
         differs = ", ".join(f"{k}={short_value(b)}" for k, (_, b) in diff.items()) or "-"
         step = r.chosen_step if r.chosen else ("none valid" if r.evaluated else "-")
-        lines.append(f"| {r.run_id} | {recipe or '-'} | {differs} | {step} | {fmt(r.score, '.4f')} | "
-                     f"{r.finished or '-'} |")
+        lines.append(
+            f"| {r.run_id} | {recipe or '-'} | {differs} | {step} | {fmt(r.score, '.4f')} | {r.finished or '-'} |"
+        )
     return "\n".join(lines)
 
 
@@ -218,17 +235,19 @@ def compare(a: RunResult, b: RunResult) -> str:
     lines = [f"## Spec: {a.run_id} vs {b.run_id}", "", f"| key | {a.run_id} | {b.run_id} |", "|---|---|---|"]
     diff = spec_difference(a.spec or {}, b.spec or {})
     lines += [f"| {k} | {short_value(x)} | {short_value(y)} |" for k, (x, y) in diff.items()] or ["| (none) | | |"]
-    rows = [("checkpoint", lambda r: r.model or "-"),
-            ("chosen (keeps retention)", lambda r: {True: "yes", False: "no"}[r.chosen] if r.evaluated else "-"),
-            ("strict accuracy", lambda r: proportion_cell(r.strict_k, r.n)),
-            ("within 1%", lambda r: proportion_cell(r.within_k, r.n)),
-            ("SQuAD F1", lambda r: fmt(r.squad_f1, ".2f")),
-            ("retention", lambda r: {True: "pass", False: "fail", None: "not measured"}[r.retention]),
-            ("stage score", lambda r: fmt(r.score, ".4f")),
-            ("trainable ratio", lambda r: fmt(r.ratio, ".6f")),
-            ("training minutes", lambda r: fmt(r.train_minutes, ".1f")),
-            ("peak RSS (MB)", lambda r: fmt(r.peak_rss_mb, ".0f")),
-            ("finished", lambda r: r.finished or "-")]
+    rows = [
+        ("checkpoint", lambda r: r.model or "-"),
+        ("chosen (keeps retention)", lambda r: {True: "yes", False: "no"}[r.chosen] if r.evaluated else "-"),
+        ("strict accuracy", lambda r: proportion_cell(r.strict_k, r.n)),
+        ("within 1%", lambda r: proportion_cell(r.within_k, r.n)),
+        ("SQuAD F1", lambda r: fmt(r.squad_f1, ".2f")),
+        ("retention", lambda r: {True: "pass", False: "fail", None: "not measured"}[r.retention]),
+        ("stage score", lambda r: fmt(r.score, ".4f")),
+        ("trainable ratio", lambda r: fmt(r.ratio, ".6f")),
+        ("training minutes", lambda r: fmt(r.train_minutes, ".1f")),
+        ("peak RSS (MB)", lambda r: fmt(r.peak_rss_mb, ".0f")),
+        ("finished", lambda r: r.finished or "-"),
+    ]
     lines += ["", f"## Results: {a.run_id} vs {b.run_id}", "", f"| | {a.run_id} | {b.run_id} |", "|---|---|---|"]
     lines += [f"| {label} | {get(a)} | {get(b)} |" for label, get in rows]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ both, so the spec stays a leaf that everything may read.
 Jobs load their spec through `load_checked_spec` (tunebox/cli.py run_job); an error still names the
 YAML file and the line of the offending key.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,12 +38,18 @@ def check_data_rules(d: DataSection, where: SpecLines) -> None:
         raise where.error(f"data.template: {exc}", "data.template") from None
     if d.format != "math":
         return
-    for key, names in (("families", d.families or []), ("drop_families", d.drop_families),
-                       ("balance", [k for k in (d.balance or {}) if k != "*"])):
+    for key, names in (
+        ("families", d.families or []),
+        ("drop_families", d.drop_families),
+        ("balance", [k for k in (d.balance or {}) if k != "*"]),
+    ):
         unknown = [n for n in names if n not in MATH_FAMILIES]
         if unknown:
-            raise where.error(f"data.{key}: unknown famil{'y' if len(unknown) == 1 else 'ies'} "
-                              f"{', '.join(map(repr, unknown))}; known: {', '.join(MATH_FAMILIES)}", f"data.{key}")
+            raise where.error(
+                f"data.{key}: unknown famil{'y' if len(unknown) == 1 else 'ies'} "
+                f"{', '.join(map(repr, unknown))}; known: {', '.join(MATH_FAMILIES)}",
+                f"data.{key}",
+            )
 
 
 def check_across(spec: RunSpec, where: SpecLines) -> None:

@@ -20,6 +20,7 @@ its seeds aggregated, built from each run's evaluate/report.json (tunebox/runs.p
 builds it from the run folders alone, e.g. after a cluster sweep (`--render`, tunebox/deploy/k8s.py
 render_sweep) once the run folders are copied off the claim.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,10 +55,11 @@ SEED_KEY = "train.seed"
 """The spec key --seeds sets (see the module docstring for why not data.seed)."""
 RESERVED_KEYS = ("run_id", "runs_dir")
 """Keys a grid may not vary: the sweep names each point's run, and all its runs share one runs folder."""
-SWEEPS_DIR = "sweeps"   # runs/sweeps/<name>/: the plan and the table
+SWEEPS_DIR = "sweeps"  # runs/sweeps/<name>/: the plan and the table
 
 
 # ---- the plan --------------------------------------------------------------------------------
+
 
 def split_values(text: str) -> list[str]:
     """'8,16' -> ['8', '16']; commas inside [...] or {...} stay ('[wq,wv],[wq,wk,wv]' -> two lists)."""
@@ -84,8 +86,10 @@ def parse_grid(text: str) -> list[tuple[str, list[str]]]:
         key, sep, raw = token.partition("=")
         values = [v.strip() for v in split_values(raw)] if sep else []
         if not key or not sep or not values or any(v == "" for v in values):
-            raise InputError(f"grid entry {token!r} must look like section.key=value1,value2 "
-                             f"(e.g. --grid 'lora.rank=8,16 train.lr=5e-4,1e-3')")
+            raise InputError(
+                f"grid entry {token!r} must look like section.key=value1,value2 "
+                f"(e.g. --grid 'lora.rank=8,16 train.lr=5e-4,1e-3')"
+            )
         if key in RESERVED_KEYS:
             raise InputError(f"grid key {key!r}: the sweep sets it for every point; vary what the run computes")
         if key in (k for k, _ in grid):
@@ -123,14 +127,17 @@ def short_keys(keys: Sequence[str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Point:
-    values: tuple[tuple[str, str], ...]   # (key, value) in grid order, values as given
+    values: tuple[tuple[str, str], ...]  # (key, value) in grid order, values as given
     seed: Optional[int]
     run_id: str
 
     def overrides(self) -> list[str]:
         """This point's --set values (after the sweep's own --set)."""
-        return ([f"{k}={v}" for k, v in self.values] + ([f"{SEED_KEY}={self.seed}"] if self.seed is not None else [])
-                + [f"run_id={self.run_id}"])
+        return (
+            [f"{k}={v}" for k, v in self.values]
+            + ([f"{SEED_KEY}={self.seed}"] if self.seed is not None else [])
+            + [f"run_id={self.run_id}"]
+        )
 
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.values) or "the recipe"
@@ -142,8 +149,8 @@ class Sweep:
     name: str
     grid: list[tuple[str, list[str]]]
     seeds: list[int]
-    overrides: list[str]                  # --set, applied to every point before its own values
-    recipe: RunSpec                       # the recipe with --set: runs_dir, the recipe's run_id and seed
+    overrides: list[str]  # --set, applied to every point before its own values
+    recipe: RunSpec  # the recipe with --set: runs_dir, the recipe's run_id and seed
     points: list[Point] = field(default_factory=list)
 
     @property
@@ -171,8 +178,9 @@ class Sweep:
         return cmd + f" --name {shlex.quote(self.name)}"
 
 
-def plan_sweep(config: str, grid_text: str, seeds_text="", name: str = "",
-               overrides: Optional[list[str]] = None) -> Sweep:
+def plan_sweep(
+    config: str, grid_text: str, seeds_text="", name: str = "", overrides: Optional[list[str]] = None
+) -> Sweep:
     """Every point of the grid x seeds, each point's spec loaded (and so checked) before anything runs."""
     overrides = list(overrides or [])
     recipe = load_spec(config, overrides)
@@ -201,20 +209,32 @@ def plan_sweep(config: str, grid_text: str, seeds_text="", name: str = "",
             ids[run_id] = (combo, seed)
             sweep.points.append(Point(tuple(combo), seed, run_id))
     for point in sweep.points:
-        sweep.point_spec(point)   # a bad key or value: InputError with --set's own message, before any job
+        sweep.point_spec(point)  # a bad key or value: InputError with --set's own message, before any job
     return sweep
 
 
 def write_plan(sweep: Sweep) -> Path:
     """runs/sweeps/<name>/sweep.json: the command and every point's run_id and --set values."""
-    return atomic_write_json(sweep.out_dir / "sweep.json", {
-        "name": sweep.name, "config": sweep.config, "command": sweep.command(), "grid": dict(sweep.grid),
-        "seeds": sweep.seeds, "seed_key": SEED_KEY, "set": sweep.overrides,
-        "points": [{"run_id": p.run_id, "values": dict(p.values), "seed": p.seed, "set": p.overrides()}
-                   for p in sweep.points]})
+    return atomic_write_json(
+        sweep.out_dir / "sweep.json",
+        {
+            "name": sweep.name,
+            "config": sweep.config,
+            "command": sweep.command(),
+            "grid": dict(sweep.grid),
+            "seeds": sweep.seeds,
+            "seed_key": SEED_KEY,
+            "set": sweep.overrides,
+            "points": [
+                {"run_id": p.run_id, "values": dict(p.values), "seed": p.seed, "set": p.overrides()}
+                for p in sweep.points
+            ],
+        },
+    )
 
 
 # ---- running ---------------------------------------------------------------------------------
+
 
 def point_finished(spec: RunSpec) -> tuple[bool, str]:
     """Whether every job of the point's pipeline has finished (weights fills the shared cache and is
@@ -238,7 +258,7 @@ def run_job_process(job: str, config: str, overrides: list[str]) -> int:
     while True:
         try:
             return proc.wait()
-        except KeyboardInterrupt:   # the job got the same SIGINT: wait for it to stop resumably
+        except KeyboardInterrupt:  # the job got the same SIGINT: wait for it to stop resumably
             continue
 
 
@@ -252,7 +272,8 @@ def run_sweep(sweep: Sweep) -> int:
         spec = sweep.point_spec(point)
         done, why = point_finished(spec)
         head = f"point {i}/{len(sweep.points)} {point.run_id} ({point.label()}" + (
-            f", {SEED_KEY}={point.seed})" if point.seed is not None else ")")
+            f", {SEED_KEY}={point.seed})" if point.seed is not None else ")"
+        )
         if done:
             log.info("%s: skipped: %s", head, why)
             continue
@@ -267,8 +288,9 @@ def run_sweep(sweep: Sweep) -> int:
                 failed.append(f"{point.run_id} ({job}, exit {code})")
                 break
     table = collect(sweep)
-    log.info("sweep %s: %d points in %.1f min; table: %s", sweep.name, len(sweep.points),
-             (time.time() - started) / 60, table)
+    log.info(
+        "sweep %s: %d points in %.1f min; table: %s", sweep.name, len(sweep.points), (time.time() - started) / 60, table
+    )
     if failed:
         log.error("failed points (rerun the same command after fixing them): %s", "; ".join(failed))
         return 1
@@ -276,6 +298,7 @@ def run_sweep(sweep: Sweep) -> int:
 
 
 # ---- the table -------------------------------------------------------------------------------
+
 
 def _spread(values: list[Optional[float]]) -> Optional[tuple[float, float, float]]:
     """(mean, min, max) of the values that exist."""
@@ -299,24 +322,29 @@ def pooled(ks: list[Optional[int]], ns: list[Optional[int]]) -> Optional[dict]:
 @dataclass
 class Row:
     """One grid point: its values and its seeds' runs, aggregated."""
+
     values: tuple[tuple[str, str], ...]
     runs: list[RunResult]
-    missing: list[str]                                   # run ids without a report yet
+    missing: list[str]  # run ids without a report yet
 
     def figures(self) -> dict[str, Any]:
         done = self.runs
         scores = [r.score if r.score is not None else 0.0 for r in done]  # no valid checkpoint: scored 0
         return {
-            "strict": _spread([r.strict for r in done]), "within": _spread([r.within for r in done]),
+            "strict": _spread([r.strict for r in done]),
+            "within": _spread([r.within for r in done]),
             "strict_pooled": pooled([r.strict_k for r in done], [r.n for r in done]),
             "within_pooled": pooled([r.within_k for r in done], [r.n for r in done]),
             "squad_f1": _spread([r.squad_f1 for r in done]),
             "retention_pass": sum(1 for r in done if r.retention is True),
             "retention_fail": sum(1 for r in done if r.retention is False),
             "steps": [r.chosen_step if r.chosen else None for r in done],
-            "score": _spread(scores) if done else None, "invalid": sum(1 for r in done if not r.chosen),
-            "ratio": _spread([r.ratio for r in done]), "minutes": _spread([r.train_minutes for r in done]),
-            "rss": max((r.peak_rss_mb for r in done if r.peak_rss_mb is not None), default=None)}
+            "score": _spread(scores) if done else None,
+            "invalid": sum(1 for r in done if not r.chosen),
+            "ratio": _spread([r.ratio for r in done]),
+            "minutes": _spread([r.train_minutes for r in done]),
+            "rss": max((r.peak_rss_mb for r in done if r.peak_rss_mb is not None), default=None),
+        }
 
     def sort_key(self):
         f = self.figures()
@@ -359,39 +387,60 @@ def _retention_cell(f, runs: int) -> str:
 
 def markdown(sweep: Sweep, rows: list[Row], plot: Optional[str]) -> str:
     keys = sweep.keys
-    seeds = f"{len(sweep.seeds)} seeds ({SEED_KEY} = {', '.join(map(str, sweep.seeds))})" if sweep.seeds else \
-        f"one run per point ({SEED_KEY} = {sweep.recipe.train.seed}, the recipe's)"
-    lines = [f"# Sweep {sweep.name}", "", "```bash", sweep.command(), "```", "",
-             f"Recipe `{sweep.config}`; {len(rows)} grid point(s) x {seeds}; each run's figures are those of the "
-             f"checkpoint its evaluate chose (evaluate/report.json). Rows sorted by the contest's stage score "
-             f"(mean over seeds; a run with no checkpoint keeping retention scores 0). mean (min-max) over seeds; "
-             f"95% CI: Wilson score interval of the seeds pooled (successes and held-out rows summed over the "
-             f"seeds; every seed answers the same rows, so it shows how precisely these answers fix the mean, and "
-             f"the min-max shows the seed noise). Training minutes: the optimizer steps' own time "
-             f"(train/loss.jsonl); peak RSS: the train job's (train/summary.json), the largest over seeds.", "",
-             "| " + " | ".join(keys) + (" | " if keys else "") + "runs | strict acc | 95% CI (k/n) | within 1% | "
-             "95% CI (k/n) | SQuAD F1 | retention | chosen step | stage score | trainable ratio | train min | "
-             "peak RSS MB |",
-             "|" + "---|" * len(keys) + "---:|---:|---|---:|---|---:|:---:|---|---:|---:|---:|---:|"]
+    seeds = (
+        f"{len(sweep.seeds)} seeds ({SEED_KEY} = {', '.join(map(str, sweep.seeds))})"
+        if sweep.seeds
+        else f"one run per point ({SEED_KEY} = {sweep.recipe.train.seed}, the recipe's)"
+    )
+    lines = [
+        f"# Sweep {sweep.name}",
+        "",
+        "```bash",
+        sweep.command(),
+        "```",
+        "",
+        f"Recipe `{sweep.config}`; {len(rows)} grid point(s) x {seeds}; each run's figures are those of the "
+        f"checkpoint its evaluate chose (evaluate/report.json). Rows sorted by the contest's stage score "
+        f"(mean over seeds; a run with no checkpoint keeping retention scores 0). mean (min-max) over seeds; "
+        f"95% CI: Wilson score interval of the seeds pooled (successes and held-out rows summed over the "
+        f"seeds; every seed answers the same rows, so it shows how precisely these answers fix the mean, and "
+        f"the min-max shows the seed noise). Training minutes: the optimizer steps' own time "
+        f"(train/loss.jsonl); peak RSS: the train job's (train/summary.json), the largest over seeds.",
+        "",
+        "| " + " | ".join(keys) + (" | " if keys else "") + "runs | strict acc | 95% CI (k/n) | within 1% | "
+        "95% CI (k/n) | SQuAD F1 | retention | chosen step | stage score | trainable ratio | train min | "
+        "peak RSS MB |",
+        "|" + "---|" * len(keys) + "---:|---:|---|---:|---|---:|:---:|---|---:|---:|---:|---:|",
+    ]
     for row in rows:
         f = row.figures()
         values = dict(row.values)
         steps = ", ".join("none" if s is None else str(s) for s in f["steps"]) or "-"
-        score = _spread_cell(f["score"], ".4f") + (f" ({f['invalid']} without a valid checkpoint)"
-                                                   if f["invalid"] else "")
-        lines.append("| " + " | ".join(str(values[k]).replace("|", "\\|") for k in keys) + (" | " if keys else "")
-                     + f"{len(row.runs)}" + (f" of {len(row.runs) + len(row.missing)}" if row.missing else "")
-                     + f" | {_spread_cell(f['strict'])} | {_pooled_cell(f['strict_pooled'])} | "
-                     f"{_spread_cell(f['within'])} | {_pooled_cell(f['within_pooled'])} | "
-                     f"{_spread_cell(f['squad_f1'], '.2f')} | {_retention_cell(f, len(row.runs))} | {steps} | "
-                     f"{score} | {_spread_cell(f['ratio'], '.6f')} | {_spread_cell(f['minutes'], '.1f')} | "
-                     f"{fmt(f['rss'], '.0f')} |")
+        score = _spread_cell(f["score"], ".4f") + (
+            f" ({f['invalid']} without a valid checkpoint)" if f["invalid"] else ""
+        )
+        lines.append(
+            "| "
+            + " | ".join(str(values[k]).replace("|", "\\|") for k in keys)
+            + (" | " if keys else "")
+            + f"{len(row.runs)}"
+            + (f" of {len(row.runs) + len(row.missing)}" if row.missing else "")
+            + f" | {_spread_cell(f['strict'])} | {_pooled_cell(f['strict_pooled'])} | "
+            f"{_spread_cell(f['within'])} | {_pooled_cell(f['within_pooled'])} | "
+            f"{_spread_cell(f['squad_f1'], '.2f')} | {_retention_cell(f, len(row.runs))} | {steps} | "
+            f"{score} | {_spread_cell(f['ratio'], '.6f')} | {_spread_cell(f['minutes'], '.1f')} | "
+            f"{fmt(f['rss'], '.0f')} |"
+        )
     sources = sorted({s for row in rows for r in row.runs for s in (r.per_source or {})})
     if sources:
-        lines += ["", "Per held-out source (split: held out of the training rows; file: data.heldout_file), "
-                      "within 1%, mean (min-max) over seeds and the pooled 95% CI:", "",
-                  "| " + " | ".join(keys) + (" | " if keys else "") + " | ".join(sources) + " |",
-                  "|" + "---|" * len(keys) + "---|" * len(sources)]
+        lines += [
+            "",
+            "Per held-out source (split: held out of the training rows; file: data.heldout_file), "
+            "within 1%, mean (min-max) over seeds and the pooled 95% CI:",
+            "",
+            "| " + " | ".join(keys) + (" | " if keys else "") + " | ".join(sources) + " |",
+            "|" + "---|" * len(keys) + "---|" * len(sources),
+        ]
         for row in rows:
             cells = []
             for s in sources:
@@ -399,8 +448,13 @@ def markdown(sweep: Sweep, rows: list[Row], plot: Optional[str]) -> str:
                 rates = _spread([g["within_k"] / g["n"] for g in got if g["within_k"] is not None and g["n"]])
                 both = pooled([g["within_k"] for g in got], [g["n"] for g in got])
                 cells.append(f"{_spread_cell(rates)}; {_pooled_cell(both)}")
-            lines.append("| " + " | ".join(str(dict(row.values)[k]).replace("|", "\\|") for k in keys)
-                         + (" | " if keys else "") + " | ".join(cells) + " |")
+            lines.append(
+                "| "
+                + " | ".join(str(dict(row.values)[k]).replace("|", "\\|") for k in keys)
+                + (" | " if keys else "")
+                + " | ".join(cells)
+                + " |"
+            )
     missing = [m for row in rows for m in row.missing]
     if missing:
         lines += ["", f"Not finished (no evaluate/report.json yet): {', '.join(missing)}."]
@@ -410,12 +464,40 @@ def markdown(sweep: Sweep, rows: list[Row], plot: Optional[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-RESULT_COLUMNS = ["runs", "missing", "strict_mean", "strict_min", "strict_max", "strict_k", "strict_n",
-                  "strict_ci_low", "strict_ci_high", "within_1pct_mean", "within_1pct_min", "within_1pct_max",
-                  "within_1pct_k", "within_1pct_n", "within_1pct_ci_low", "within_1pct_ci_high", "squad_f1_mean",
-                  "squad_f1_min", "squad_f1_max", "retention_pass", "retention_fail", "chosen_steps", "score_mean",
-                  "score_min", "score_max", "no_valid_checkpoint", "trainable_ratio", "train_minutes_mean",
-                  "train_minutes_min", "train_minutes_max", "peak_rss_mb_max", "run_ids"]
+RESULT_COLUMNS = [
+    "runs",
+    "missing",
+    "strict_mean",
+    "strict_min",
+    "strict_max",
+    "strict_k",
+    "strict_n",
+    "strict_ci_low",
+    "strict_ci_high",
+    "within_1pct_mean",
+    "within_1pct_min",
+    "within_1pct_max",
+    "within_1pct_k",
+    "within_1pct_n",
+    "within_1pct_ci_low",
+    "within_1pct_ci_high",
+    "squad_f1_mean",
+    "squad_f1_min",
+    "squad_f1_max",
+    "retention_pass",
+    "retention_fail",
+    "chosen_steps",
+    "score_mean",
+    "score_min",
+    "score_max",
+    "no_valid_checkpoint",
+    "trainable_ratio",
+    "train_minutes_mean",
+    "train_minutes_min",
+    "train_minutes_max",
+    "peak_rss_mb_max",
+    "run_ids",
+]
 
 
 def _csv_text(header: list[str], rows: list[list]) -> str:
@@ -437,12 +519,20 @@ def results_csv(sweep: Sweep, rows: list[Row]) -> str:
         def pk(p):
             return [p["k"], p["n"], p["low"], p["high"]] if p else [None] * 4
 
-        out.append([dict(row.values)[k] for k in sweep.keys] + [len(row.runs), len(row.missing)]
-                   + s3(f["strict"]) + pk(f["strict_pooled"]) + s3(f["within"]) + pk(f["within_pooled"])
-                   + s3(f["squad_f1"]) + [f["retention_pass"], f["retention_fail"],
-                                          " ".join("none" if s is None else str(s) for s in f["steps"])]
-                   + s3(f["score"]) + [f["invalid"], f["ratio"][0] if f["ratio"] else None]
-                   + s3(f["minutes"]) + [f["rss"], " ".join(r.run_id for r in row.runs)])
+        out.append(
+            [dict(row.values)[k] for k in sweep.keys]
+            + [len(row.runs), len(row.missing)]
+            + s3(f["strict"])
+            + pk(f["strict_pooled"])
+            + s3(f["within"])
+            + pk(f["within_pooled"])
+            + s3(f["squad_f1"])
+            + [f["retention_pass"], f["retention_fail"], " ".join("none" if s is None else str(s) for s in f["steps"])]
+            + s3(f["score"])
+            + [f["invalid"], f["ratio"][0] if f["ratio"] else None]
+            + s3(f["minutes"])
+            + [f["rss"], " ".join(r.run_id for r in row.runs)]
+        )
     return _csv_text(sweep.keys + RESULT_COLUMNS, out)
 
 
@@ -452,19 +542,53 @@ def runs_csv(sweep: Sweep, runs: dict[str, RunResult]) -> str:
         r = runs.get(point.run_id)
         if r is None or not r.evaluated:
             continue
-        out.append([point.run_id] + [v for _, v in point.values]
-                   + [point.seed, r.model, r.chosen, r.chosen_step, r.n, r.strict_k, r.within_k, r.squad_f1,
-                      r.retention, r.score, r.ratio, r.train_minutes, r.peak_rss_mb, r.finished])
-    return _csv_text(["run_id"] + sweep.keys + ["seed", "checkpoint", "chosen", "chosen_step", "n", "strict_k",
-                                                 "within_1pct_k", "squad_f1", "retention_pass", "score", "ratio",
-                                                 "train_minutes", "peak_rss_mb", "finished"], out)
+        out.append(
+            [point.run_id]
+            + [v for _, v in point.values]
+            + [
+                point.seed,
+                r.model,
+                r.chosen,
+                r.chosen_step,
+                r.n,
+                r.strict_k,
+                r.within_k,
+                r.squad_f1,
+                r.retention,
+                r.score,
+                r.ratio,
+                r.train_minutes,
+                r.peak_rss_mb,
+                r.finished,
+            ]
+        )
+    return _csv_text(
+        ["run_id"]
+        + sweep.keys
+        + [
+            "seed",
+            "checkpoint",
+            "chosen",
+            "chosen_step",
+            "n",
+            "strict_k",
+            "within_1pct_k",
+            "squad_f1",
+            "retention_pass",
+            "score",
+            "ratio",
+            "train_minutes",
+            "peak_rss_mb",
+            "finished",
+        ],
+        out,
+    )
 
 
 def plot(sweep: Sweep, rows: list[Row], path: Path) -> Optional[Path]:
     """Per point (best first): each seed's strict accuracy and share within 1% as dots, the pooled
     proportion with its Wilson 95% interval as a bar."""
     from matplotlib.figure import Figure
-
 
     shown = [r for r in rows if r.runs]
     if not shown:
@@ -473,8 +597,9 @@ def plot(sweep: Sweep, rows: list[Row], path: Path) -> Optional[Path]:
     ax = fig.add_subplot()
     ax.grid(True, axis="y", color="#DDDDDD")
     ax.set_axisbelow(True)
-    for j, (what, pooled_key, attr) in enumerate((("strict accuracy", "strict_pooled", "strict"),
-                                                  ("within 1%", "within_pooled", "within"))):
+    for j, (what, pooled_key, attr) in enumerate(
+        (("strict accuracy", "strict_pooled", "strict"), ("within 1%", "within_pooled", "within"))
+    ):
         offset = -0.15 if j == 0 else 0.15
         for i, row in enumerate(shown):
             p = row.figures()[pooled_key]
@@ -482,10 +607,18 @@ def plot(sweep: Sweep, rows: list[Row], path: Path) -> Optional[Path]:
             ys = [getattr(r, attr) for r in row.runs if getattr(r, attr) is not None]
             ax.scatter([x] * len(ys), ys, s=14, color=PALETTE[j], alpha=0.6)
             if p:
-                ax.errorbar([x], [p["rate"]], yerr=[[p["rate"] - p["low"]], [p["high"] - p["rate"]]], fmt="o",
-                            color=PALETTE[j], capsize=4, label=f"{what}: pooled, Wilson 95%" if i == 0 else None)
-    ax.set_xticks(range(len(shown)), ["\n".join(f"{k}={v}" for k, v in row.values) or "recipe" for row in shown],
-                  fontsize=8)
+                ax.errorbar(
+                    [x],
+                    [p["rate"]],
+                    yerr=[[p["rate"] - p["low"]], [p["high"] - p["rate"]]],
+                    fmt="o",
+                    color=PALETTE[j],
+                    capsize=4,
+                    label=f"{what}: pooled, Wilson 95%" if i == 0 else None,
+                )
+    ax.set_xticks(
+        range(len(shown)), ["\n".join(f"{k}={v}" for k, v in row.values) or "recipe" for row in shown], fontsize=8
+    )
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction of held-out rows")
     ax.set_title(f"sweep {sweep.name}: dots = seeds, bars = pooled Wilson 95% (best score left)")
@@ -509,27 +642,51 @@ def collect(sweep: Sweep) -> Path:
 
 # ---- the command -------------------------------------------------------------------------------
 
+
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tunebox.sweep", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = argparse.ArgumentParser(
+        prog="python -m tunebox.sweep",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     parser.add_argument("--config", "-c", required=True, metavar="SPEC.yaml", help="the recipe every point starts from")
-    parser.add_argument("--grid", default="", metavar="'KEY=V1,V2 KEY=V1,V2'",
-                        help="spec keys and their values; every combination is a point")
-    parser.add_argument("--seeds", default="", metavar="S1,S2",
-                        help=f"run every point at each of these {SEED_KEY} values (not data.seed: the rows and the "
-                             f"held-out set stay the same); default: the recipe's {SEED_KEY}, once")
-    parser.add_argument("--name", default="", help="the sweep's name: runs/sweeps/NAME/ and its runs' id prefix "
-                                                   "(default: the recipe's run_id and the grid keys)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec value for every point (repeatable)")
-    parser.add_argument("--collect", action="store_true",
-                        help="run nothing: build the table from the run folders there are")
+    parser.add_argument(
+        "--grid",
+        default="",
+        metavar="'KEY=V1,V2 KEY=V1,V2'",
+        help="spec keys and their values; every combination is a point",
+    )
+    parser.add_argument(
+        "--seeds",
+        default="",
+        metavar="S1,S2",
+        help=f"run every point at each of these {SEED_KEY} values (not data.seed: the rows and the "
+        f"held-out set stay the same); default: the recipe's {SEED_KEY}, once",
+    )
+    parser.add_argument(
+        "--name",
+        default="",
+        help="the sweep's name: runs/sweeps/NAME/ and its runs' id prefix "
+        "(default: the recipe's run_id and the grid keys)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value for every point (repeatable)",
+    )
+    parser.add_argument(
+        "--collect", action="store_true", help="run nothing: build the table from the run folders there are"
+    )
     parser.add_argument("--render", metavar="OVERLAY", help="run nothing: render one Kubernetes Job per point")
     parser.add_argument("--image", help="with --render: image reference")
     parser.add_argument("--namespace", help="with --render: Kubernetes namespace")
-    parser.add_argument("-o", "--output",
-                        help="with --render: file to write (default build/k8s/sweep-NAME.OVERLAY.yaml)")
+    parser.add_argument(
+        "-o", "--output", help="with --render: file to write (default build/k8s/sweep-NAME.OVERLAY.yaml)"
+    )
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -552,15 +709,18 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def render(sweep: Sweep, overlay: str, image: Optional[str], namespace: Optional[str], output: Optional[str]) -> int:
 
-    text, plans = render_sweep(sweep.config, overlay, [p.overrides() for p in sweep.points], sweep.name,
-                               image, namespace, sweep.overrides)
+    text, plans = render_sweep(
+        sweep.config, overlay, [p.overrides() for p in sweep.points], sweep.name, image, namespace, sweep.overrides
+    )
     out = Path(output) if output else REPO_ROOT / "build" / "k8s" / f"sweep-{sweep.name}.{overlay}.yaml"
     atomic_write_text(out, text)
     write_plan(sweep)
     jobs = " ".join(p.job_name for p in plans)
-    print(f"render: {out} ({len(plans)} Jobs: {jobs})\napply: kubectl apply -f {out}\n"
-          f"then copy the run folders off the claim (k8s/helpers/runs-reader.yaml) into "
-          f"{sweep.recipe.runs_dir}/ and build the table: {sweep.command()} --collect")
+    print(
+        f"render: {out} ({len(plans)} Jobs: {jobs})\napply: kubectl apply -f {out}\n"
+        f"then copy the run folders off the claim (k8s/helpers/runs-reader.yaml) into "
+        f"{sweep.recipe.runs_dir}/ and build the table: {sweep.command()} --collect"
+    )
     return 0
 
 

@@ -35,6 +35,7 @@ Labels that are wrong although they follow the contest's formula: `label_sanity_
 (discount rows whose "discounted" price is above the original price, which the contest labels
 with a negative discount, e.g. line 10: 16 -> 90 yuan labelled -462.5).
 """
+
 from __future__ import annotations
 
 import math
@@ -58,8 +59,8 @@ ZH, EN = "zh", "en"
 class Family:
     name: str
     lang: str
-    make: Optional[Callable[[random.Random], tuple[str, str]]]   # None: cannot be generated
-    solve: Optional[Callable[[str], Optional[str]]]               # None: not computable
+    make: Optional[Callable[[random.Random], tuple[str, str]]]  # None: cannot be generated
+    solve: Optional[Callable[[str], Optional[str]]]  # None: not computable
     # How many different problems `make` can write, when few enough to matter: the contest's
     # ranges give rectangle_area 100 x 100 problems, so 14,000 generated rows must repeat some.
     distinct: Optional[int] = None
@@ -74,8 +75,12 @@ def _cents(rng: random.Random, lo: int, hi: int) -> str:
 
 # ---- arithmetic: 计算 a OP b 等于多少？ ---------------------------------------------------------
 _ARITH_RE = re.compile(r"计算 (-?\d+(?:\.\d+)?) ([-+*/]) (-?\d+(?:\.\d+)?) 等于多少？")
-_ARITH_OPS = {"+": CONTEST_DECIMAL.add, "-": CONTEST_DECIMAL.subtract,
-              "*": CONTEST_DECIMAL.multiply, "/": CONTEST_DECIMAL.divide}
+_ARITH_OPS = {
+    "+": CONTEST_DECIMAL.add,
+    "-": CONTEST_DECIMAL.subtract,
+    "*": CONTEST_DECIMAL.multiply,
+    "/": CONTEST_DECIMAL.divide,
+}
 
 
 def _arith_solution(a: str, op: str, b: str) -> Optional[str]:
@@ -91,6 +96,7 @@ def _arith_maker(op: str):
             solution = _arith_solution(a, op, b)
             if solution is not None:
                 return f"计算 {a} {op} {b} 等于多少？", solution
+
     return make
 
 
@@ -100,6 +106,7 @@ def _arith_solver(op: str):
         if not m or m.group(2) != op:
             return None
         return _arith_solution(m.group(1), op, m.group(3))
+
     return solve
 
 
@@ -113,14 +120,14 @@ def _power_solution(a: str, n: str) -> str:
 
 def make_power(rng: random.Random) -> tuple[str, str]:
     a, n = _cents(rng, -100_000, 100_000), str(rng.randint(0, 5))
-    if n == "0" and a == "0.00":        # 0^0 has no value
+    if n == "0" and a == "0.00":  # 0^0 has no value
         a = "0.01"
     return f"计算 {a} 的 {n} 次方？", _power_solution(a, n)
 
 
 def solve_power(problem: str) -> Optional[str]:
     m = _POWER_RE.fullmatch(problem)
-    if not m or (Decimal(m.group(1)) == 0 and int(m.group(2)) == 0):   # 0^0 is undefined in decimal
+    if not m or (Decimal(m.group(1)) == 0 and int(m.group(2)) == 0):  # 0^0 is undefined in decimal
         return None
     return _power_solution(m.group(1), m.group(2))
 
@@ -258,14 +265,19 @@ def _lcm(a: int, b: int) -> int:
 
 def _en_lcm(a: int, b: int) -> tuple[str, str]:
     g = math.gcd(a, b)
-    return (f"What is the least common multiple of ${a}$ and ${b}$?",
-            f"Since $\\gcd({a}, {b}) = {g}$, we have $\\operatorname{{lcm}}({a}, {b}) = "
-            f"\\frac{{{a} \\cdot {b}}}{{{g}}} = \\boxed{{{_lcm(a, b)}}}$.")
+    return (
+        f"What is the least common multiple of ${a}$ and ${b}$?",
+        f"Since $\\gcd({a}, {b}) = {g}$, we have $\\operatorname{{lcm}}({a}, {b}) = "
+        f"\\frac{{{a} \\cdot {b}}}{{{g}}} = \\boxed{{{_lcm(a, b)}}}$.",
+    )
 
 
 _GROUPS = ("club", "chess club", "book club", "student council", "robotics team", "choir")
-_OFFICES = {2: ("president", "secretary"), 3: ("president", "vice-president", "treasurer"),
-            4: ("president", "vice-president", "secretary", "treasurer")}
+_OFFICES = {
+    2: ("president", "secretary"),
+    3: ("president", "vice-president", "treasurer"),
+    4: ("president", "vice-president", "secretary", "treasurer"),
+}
 
 
 _TIMES = " \\times "
@@ -283,27 +295,33 @@ def _en_officers(group: str, n: int, k: int) -> Optional[tuple[str, str]]:
     factors = list(range(n, n - k, -1))
     rest = [f"{f} for {office}" for f, office in zip(factors[1:], offices[1:])]
     choices = rest[0] if len(rest) == 1 else ", ".join(rest[:-1]) + " and " + rest[-1]
-    return (f"A {group} has {n} members. In how many ways can it choose {_spoken_list(offices)} if no member "
-            f"can hold more than one office?",
-            f"There are {n} choices for {offices[0]}, then {choices}, so there are "
-            f"${_TIMES.join(map(str, factors))} = \\boxed{{{math.prod(factors)}}}$ ways.")
+    return (
+        f"A {group} has {n} members. In how many ways can it choose {_spoken_list(offices)} if no member "
+        f"can hold more than one office?",
+        f"There are {n} choices for {offices[0]}, then {choices}, so there are "
+        f"${_TIMES.join(map(str, factors))} = \\boxed{{{math.prod(factors)}}}$ ways.",
+    )
 
 
 def _en_coins(n: int, k: int) -> tuple[str, str]:
-    ways, outcomes = math.comb(n, k), 2 ** n
+    ways, outcomes = math.comb(n, k), 2**n
     p = Fraction(ways, outcomes)
-    return (f"We flip {n} fair coins. What is the probability that exactly {k} of them come up heads? "
-            f"Express your answer as a common fraction.",
-            f"There are $2^{{{n}}} = {outcomes}$ equally likely outcomes, and $\\binom{{{n}}}{{{k}}} = {ways}$ of "
-            f"them have exactly {k} heads, so the probability is "
-            f"$\\frac{{{ways}}}{{{outcomes}}} = \\boxed{{\\dfrac{{{p.numerator}}}{{{p.denominator}}}}}$.")
+    return (
+        f"We flip {n} fair coins. What is the probability that exactly {k} of them come up heads? "
+        f"Express your answer as a common fraction.",
+        f"There are $2^{{{n}}} = {outcomes}$ equally likely outcomes, and $\\binom{{{n}}}{{{k}}} = {ways}$ of "
+        f"them have exactly {k} heads, so the probability is "
+        f"$\\frac{{{ways}}}{{{outcomes}}} = \\boxed{{\\dfrac{{{p.numerator}}}{{{p.denominator}}}}}$.",
+    )
 
 
 def _en_series(a: int, d: int, n: int) -> tuple[str, str]:
     last = a + (n - 1) * d
-    return (f"What is the sum of the arithmetic sequence ${a}, {a + d}, {a + 2 * d}, \\ldots, {last}$?",
-            f"The common difference is ${d}$, so the sequence has $\\frac{{{last} - {a}}}{{{d}}} + 1 = {n}$ terms. "
-            f"Its sum is $\\frac{{{n} \\cdot ({a} + {last})}}{{2}} = \\boxed{{{n * (a + last) // 2}}}$.")
+    return (
+        f"What is the sum of the arithmetic sequence ${a}, {a + d}, {a + 2 * d}, \\ldots, {last}$?",
+        f"The common difference is ${d}$, so the sequence has $\\frac{{{last} - {a}}}{{{d}}} + 1 = {n}$ terms. "
+        f"Its sum is $\\frac{{{n} \\cdot ({a} + {last})}}{{2}} = \\boxed{{{n * (a + last) // 2}}}$.",
+    )
 
 
 def _times_x(coef: int) -> str:
@@ -318,10 +336,12 @@ def _en_linear(a: int, b: int, c: int, d: int) -> Optional[tuple[str, str]]:
     if a <= c or (d - b) % (a - c):
         return None
     x = (d - b) // (a - c)
-    return (f"Solve for $x$: ${_linear_side(a, b)} = {_linear_side(c, d)}$.",
-            f"Moving the $x$ terms to the left and the constants to the right gives "
-            f"${_times_x(a - c)} = {d} - {b if b >= 0 else f'({b})'} = {d - b}$, so $x = \\frac{{{d - b}}}{{{a - c}}} "
-            f"= \\boxed{{{x}}}$.")
+    return (
+        f"Solve for $x$: ${_linear_side(a, b)} = {_linear_side(c, d)}$.",
+        f"Moving the $x$ terms to the left and the constants to the right gives "
+        f"${_times_x(a - c)} = {d} - {b if b >= 0 else f'({b})'} = {d - b}$, so $x = \\frac{{{d - b}}}{{{a - c}}} "
+        f"= \\boxed{{{x}}}$.",
+    )
 
 
 _ITEMS = ("jacket", "bicycle", "lamp", "backpack", "pair of shoes", "tent")
@@ -331,19 +351,23 @@ def _en_sale(percent: int, item: str, price: int) -> Optional[tuple[str, str]]:
     kept = 100 - percent
     if item not in _ITEMS or not 0 < kept < 100 or (100 * price) % kept:
         return None
-    return (f"After a ${percent}\\%$ discount, a {item} costs $\\${price}$. What was its original price, in dollars?",
-            f"If the original price is $x$ dollars, then $\\frac{{{kept}}}{{100}}x = {price}$, so "
-            f"$x = \\frac{{100 \\cdot {price}}}{{{kept}}} = \\boxed{{{100 * price // kept}}}$.")
+    return (
+        f"After a ${percent}\\%$ discount, a {item} costs $\\${price}$. What was its original price, in dollars?",
+        f"If the original price is $x$ dollars, then $\\frac{{{kept}}}{{100}}x = {price}$, so "
+        f"$x = \\frac{{100 \\cdot {price}}}{{{kept}}} = \\boxed{{{100 * price // kept}}}$.",
+    )
 
 
 def _en_multiples(n: int, a: int, b: int) -> tuple[str, str]:
     lcm = _lcm(a, b)
     na, nb, both = n // a, n // b, n // lcm
-    return (f"How many positive integers less than or equal to ${n}$ are divisible by ${a}$ or ${b}$?",
-            f"There are $\\lfloor {n}/{a} \\rfloor = {na}$ multiples of ${a}$ and $\\lfloor {n}/{b} \\rfloor = {nb}$ "
-            f"multiples of ${b}$. The numbers divisible by both are the multiples of "
-            f"$\\operatorname{{lcm}}({a}, {b}) = {lcm}$, and there are $\\lfloor {n}/{lcm} \\rfloor = {both}$ of them. "
-            f"By inclusion-exclusion the count is ${na} + {nb} - {both} = \\boxed{{{na + nb - both}}}$.")
+    return (
+        f"How many positive integers less than or equal to ${n}$ are divisible by ${a}$ or ${b}$?",
+        f"There are $\\lfloor {n}/{a} \\rfloor = {na}$ multiples of ${a}$ and $\\lfloor {n}/{b} \\rfloor = {nb}$ "
+        f"multiples of ${b}$. The numbers divisible by both are the multiples of "
+        f"$\\operatorname{{lcm}}({a}, {b}) = {lcm}$, and there are $\\lfloor {n}/{lcm} \\rfloor = {both}$ of them. "
+        f"By inclusion-exclusion the count is ${na} + {nb} - {both} = \\boxed{{{na + nb - both}}}$.",
+    )
 
 
 def _make_en_linear(rng: random.Random) -> tuple[str, str]:
@@ -359,14 +383,14 @@ def _make_en_linear(rng: random.Random) -> tuple[str, str]:
 
 def _make_en_sale(rng: random.Random) -> tuple[str, str]:
     percent = 5 * rng.randint(1, 12)
-    original = 20 * rng.randint(1, 100)          # a multiple of 20: every 5% step leaves whole dollars
+    original = 20 * rng.randint(1, 100)  # a multiple of 20: every 5% step leaves whole dollars
     return _en_sale(percent, rng.choice(_ITEMS), original * (100 - percent) // 100)
 
 
 def _make_en_lcm(rng: random.Random) -> tuple[str, str]:
     a = rng.randint(2, 200)
     b = rng.randint(2, 199)
-    return _en_lcm(a, b + (b >= a))          # two different numbers
+    return _en_lcm(a, b + (b >= a))  # two different numbers
 
 
 def _make_en_multiples(rng: random.Random) -> tuple[str, str]:
@@ -386,19 +410,32 @@ _EN_MAKERS = (
 
 _EN_SOLVERS: tuple[tuple[re.Pattern, Callable[..., Optional[tuple[str, str]]]], ...] = (
     (re.compile(r"What is the least common multiple of \$(\d+)\$ and \$(\d+)\$\?"), _en_lcm),
-    (re.compile(r"A ([a-z ]+) has (\d+) members\. In how many ways can it choose (.*) if no member can hold more "
-                r"than one office\?"),
-     lambda group, n, offices: _en_officers(group, n, offices.count(" a ") + 1)),
+    (
+        re.compile(
+            r"A ([a-z ]+) has (\d+) members\. In how many ways can it choose (.*) if no member can hold more "
+            r"than one office\?"
+        ),
+        lambda group, n, offices: _en_officers(group, n, offices.count(" a ") + 1),
+    ),
     (re.compile(r"We flip (\d+) fair coins\. What is the probability that exactly (\d+) of them .*"), _en_coins),
-    (re.compile(r"What is the sum of the arithmetic sequence \$(-?\d+), (-?\d+), (-?\d+), \\ldots, (-?\d+)\$\?"),
-     lambda a, second, third, last: _en_series_checked(a, second, third, last)),
-    (re.compile(r"Solve for \$x\$: \$(\d*)x ([-+]) (\d+) = (\d*)x ([-+]) (\d+)\$\."),
-     lambda a, sb, b, c, sd, d: _en_linear(int(a or 1), int(b) * (-1 if sb == "-" else 1),
-                                          int(c or 1), int(d) * (-1 if sd == "-" else 1))),
+    (
+        re.compile(r"What is the sum of the arithmetic sequence \$(-?\d+), (-?\d+), (-?\d+), \\ldots, (-?\d+)\$\?"),
+        lambda a, second, third, last: _en_series_checked(a, second, third, last),
+    ),
+    (
+        re.compile(r"Solve for \$x\$: \$(\d*)x ([-+]) (\d+) = (\d*)x ([-+]) (\d+)\$\."),
+        lambda a, sb, b, c, sd, d: _en_linear(
+            int(a or 1), int(b) * (-1 if sb == "-" else 1), int(c or 1), int(d) * (-1 if sd == "-" else 1)
+        ),
+    ),
     (re.compile(r"After a \$(\d+)\\%\$ discount, a ([a-z ]+) costs \$\\\$(\d+)\$\. .*"), _en_sale),
-    (re.compile(r"How many positive integers less than or equal to \$(\d+)\$ are divisible by \$(\d+)\$ or "
-                r"\$(\d+)\$\?"),
-     _en_multiples),
+    (
+        re.compile(
+            r"How many positive integers less than or equal to \$(\d+)\$ are divisible by \$(\d+)\$ or "
+            r"\$(\d+)\$\?"
+        ),
+        _en_multiples,
+    ),
 )
 
 
@@ -422,7 +459,7 @@ def _match_english_word(problem: str) -> Optional[tuple[str, str]]:
                 row = build(*args)
             except (ValueError, ZeroDivisionError):
                 return None
-            return row if row and row[0] == problem else None   # only our exact wording
+            return row if row and row[0] == problem else None  # only our exact wording
     return None
 
 
@@ -432,33 +469,46 @@ def solve_english_word(problem: str) -> Optional[str]:
 
 
 # ---- the registry ---------------------------------------------------------------------------------
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("add", ZH, _arith_maker("+"), _arith_solver("+")),
-    Family("sub", ZH, _arith_maker("-"), _arith_solver("-")),
-    Family("mul", ZH, _arith_maker("*"), _arith_solver("*")),
-    Family("div", ZH, _arith_maker("/"), _arith_solver("/")),
-    Family("power", ZH, make_power, solve_power, distinct=200_001 * 6 - 1),
-    Family("sqrt", ZH, make_sqrt, solve_sqrt, distinct=1_000_000),
-    Family("linear_equation", ZH, make_linear_equation, solve_linear_equation, distinct=200 * 201),
-    Family("function_value", ZH, make_function_value, solve_function_value),
-    Family("rectangle_area", ZH, make_rectangle_area, solve_rectangle_area, distinct=100 * 100),
-    Family("sales_growth", ZH, make_sales_growth, solve_sales_growth, distinct=100 * 100),
-    Family("discount", ZH, make_discount, solve_discount, distinct=99 * 100 // 2),
-    Family("average", ZH, make_average, solve_average),
-    Family("english_word", EN, make_english_word, solve_english_word),
-    # The real English rows (MATH-style competition problems): recognised, not generated or solved.
-    Family("english_competition", EN, None, None),
-    Family("other", ZH, None, None),
-)}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("add", ZH, _arith_maker("+"), _arith_solver("+")),
+        Family("sub", ZH, _arith_maker("-"), _arith_solver("-")),
+        Family("mul", ZH, _arith_maker("*"), _arith_solver("*")),
+        Family("div", ZH, _arith_maker("/"), _arith_solver("/")),
+        Family("power", ZH, make_power, solve_power, distinct=200_001 * 6 - 1),
+        Family("sqrt", ZH, make_sqrt, solve_sqrt, distinct=1_000_000),
+        Family("linear_equation", ZH, make_linear_equation, solve_linear_equation, distinct=200 * 201),
+        Family("function_value", ZH, make_function_value, solve_function_value),
+        Family("rectangle_area", ZH, make_rectangle_area, solve_rectangle_area, distinct=100 * 100),
+        Family("sales_growth", ZH, make_sales_growth, solve_sales_growth, distinct=100 * 100),
+        Family("discount", ZH, make_discount, solve_discount, distinct=99 * 100 // 2),
+        Family("average", ZH, make_average, solve_average),
+        Family("english_word", EN, make_english_word, solve_english_word),
+        # The real English rows (MATH-style competition problems): recognised, not generated or solved.
+        Family("english_competition", EN, None, None),
+        Family("other", ZH, None, None),
+    )
+}
 
 GENERATABLE = tuple(name for name, f in FAMILIES.items() if f.make is not None)
 
 # The family mix of the 971 real rows (tests check it against the profiler's counts on the sample).
 # The sample's English competition share goes to english_word, our generatable English family.
 CONTEST_MIX: dict[str, int] = {
-    "sub": 167, "add": 161, "div": 151, "mul": 149, "power": 80, "sqrt": 70,
-    "linear_equation": 60, "function_value": 38, "average": 34, "rectangle_area": 17,
-    "sales_growth": 12, "discount": 10, "english_word": 22,
+    "sub": 167,
+    "add": 161,
+    "div": 151,
+    "mul": 149,
+    "power": 80,
+    "sqrt": 70,
+    "linear_equation": 60,
+    "function_value": 38,
+    "average": 34,
+    "rectangle_area": 17,
+    "sales_growth": 12,
+    "discount": 10,
+    "english_word": 22,
 }
 
 _CJK_RE = re.compile(r"[\u3400-\u9fff\uff00-\uffef]")
@@ -499,8 +549,9 @@ def label_sanity_issue(problem: str, solution: str, family: Optional[str] = None
     if name == "discount":
         m = _DISCOUNT_RE.fullmatch(problem.strip())
         if m and int(m.group(2)) > int(m.group(1)):
-            return (f"price rises from {m.group(1)} to {m.group(2)} yuan: not a discount, "
-                    f"yet labelled as one ({solution})")
+            return (
+                f"price rises from {m.group(1)} to {m.group(2)} yuan: not a discount, yet labelled as one ({solution})"
+            )
     return None
 
 

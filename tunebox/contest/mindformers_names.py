@@ -16,6 +16,7 @@ Read from the source at that commit (never imported):
   special_tokens  PreTrainedTokenizerBase.SPECIAL_TOKENS_ATTRIBUTES (models/tokenization_utils_base.py)
   has_auto_register  whether MindFormerRegister has an auto_register method (tools/register/register.py)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ def _git(git_dir: str, *args: str) -> str:
 
 def _module_type(decorator: ast.expr) -> str | None:
     """'TOKENIZER' for @MindFormerRegister.register(MindFormerModuleType.TOKENIZER, ...)."""
-    if not (isinstance(decorator, ast.Call) and isinstance(decorator.func, ast.Attribute)
-            and decorator.func.attr == "register"):
+    if not (
+        isinstance(decorator, ast.Call)
+        and isinstance(decorator.func, ast.Attribute)
+        and decorator.func.attr == "register"
+    ):
         return None
     args = list(decorator.args) + [k.value for k in decorator.keywords if k.arg == "module_type"]
     for a in args:
@@ -59,17 +63,26 @@ def _kwargs_pops(tree: ast.AST, function: str = "__init__") -> set[str]:
     for fn in ast.walk(tree):
         if isinstance(fn, ast.FunctionDef) and fn.name == function:
             for n in ast.walk(fn):
-                if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "pop"
-                        and isinstance(n.func.value, ast.Name) and n.func.value.id == "kwargs"
-                        and n.args and isinstance(n.args[0], ast.Constant)):
+                if (
+                    isinstance(n, ast.Call)
+                    and isinstance(n.func, ast.Attribute)
+                    and n.func.attr == "pop"
+                    and isinstance(n.func.value, ast.Name)
+                    and n.func.value.id == "kwargs"
+                    and n.args
+                    and isinstance(n.args[0], ast.Constant)
+                ):
                     out.add(n.args[0].value)
     return out
 
 
 def read_names(git_dir: str, ref: str) -> dict:
     commit = _git(git_dir, "rev-parse", f"{ref}^{{commit}}").strip()
-    files = [f for f in _git(git_dir, "ls-tree", "-r", "--name-only", commit).splitlines()
-             if f.endswith(".py") and f.split("/")[0] in ("mindformers", "research")]
+    files = [
+        f
+        for f in _git(git_dir, "ls-tree", "-r", "--name-only", commit).splitlines()
+        if f.endswith(".py") and f.split("/")[0] in ("mindformers", "research")
+    ]
     registered: dict[str, dict[str, str]] = {}
     init_params: dict[str, list[str]] = {}
     for path in files:
@@ -90,16 +103,21 @@ def read_names(git_dir: str, ref: str) -> dict:
         config_kwargs |= _kwargs_pops(ast.parse(_git(git_dir, "show", f"{commit}:{path}")))
     special = []
     for n in ast.walk(ast.parse(_git(git_dir, "show", f"{commit}:{TOKENIZER_BASE}"))):
-        if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "SPECIAL_TOKENS_ATTRIBUTES"
-                                             for t in n.targets):
+        if isinstance(n, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "SPECIAL_TOKENS_ATTRIBUTES" for t in n.targets
+        ):
             special = [e.value for e in n.value.elts]
     register_src = _git(git_dir, "show", f"{commit}:{REGISTER_FILE}")
-    return {"ref": ref, "commit": commit,
-            "read_from": "github.com/mindspore-lab/mindformers, mindformers/ and research/ at that commit",
-            "registered": {k: dict(sorted(v.items())) for k, v in sorted(registered.items())},
-            "init_params": dict(sorted(init_params.items())),
-            "config_kwargs": sorted(config_kwargs), "special_tokens": special,
-            "has_auto_register": "def auto_register" in register_src}
+    return {
+        "ref": ref,
+        "commit": commit,
+        "read_from": "github.com/mindspore-lab/mindformers, mindformers/ and research/ at that commit",
+        "registered": {k: dict(sorted(v.items())) for k, v in sorted(registered.items())},
+        "init_params": dict(sorted(init_params.items())),
+        "config_kwargs": sorted(config_kwargs),
+        "special_tokens": special,
+        "has_auto_register": "def auto_register" in register_src,
+    }
 
 
 def main(argv=None) -> int:

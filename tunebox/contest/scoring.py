@@ -6,6 +6,7 @@ explains the rules as we read them.
 Math answers are compared as exact numbers (Decimal for written decimals, Fraction for
 fractions), never as floats, so "0.0" equals "0" and a 28-digit reference keeps all its digits.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,20 @@ Number = Union[Decimal, Fraction]
 # Text normalization shared by the math and multiple-choice extractors
 # --------------------------------------------------------------------------------------------
 
-_SUPERSCRIPTS = {"⁰": "0", "¹": "1", "²": "2", "³": "3", "⁴": "4", "⁵": "5", "⁶": "6", "⁷": "7",
-                 "⁸": "8", "⁹": "9", "⁻": "-", "⁺": "+"}
+_SUPERSCRIPTS = {
+    "⁰": "0",
+    "¹": "1",
+    "²": "2",
+    "³": "3",
+    "⁴": "4",
+    "⁵": "5",
+    "⁶": "6",
+    "⁷": "7",
+    "⁸": "8",
+    "⁹": "9",
+    "⁻": "-",
+    "⁺": "+",
+}
 _SUPERSCRIPT_RUN = re.compile("[" + "".join(_SUPERSCRIPTS) + "]+")
 _MINUS_SIGNS = str.maketrans({"\u2212": "-", "\ufe63": "-", "\u2796": "-", "\u2010": "-", "\u2011": "-"})
 
@@ -80,7 +93,8 @@ def normalize_math_text(text: str) -> str:
 # The sign must touch the digits: in "3 - 5" the minus is an operator, in "- -2728.62" the
 # second one is a sign. (?<![\w.]) is ASCII-only on purpose: Chinese text glued to a number
 # ("答案是5") must not hide it, but "x2" or "CO2" is not a number.
-_NUMBER = re.compile(r"""
+_NUMBER = re.compile(
+    r"""
     (?<![A-Za-z0-9_.])
     (?:
         (?P<msign>-?)(?P<mint>\d+)\s*\\frac\s*\{\s*(?P<mnum>\d+)\s*\}\s*\{\s*(?P<mden>\d+)\s*\}   # 2\frac{1}{2}
@@ -93,7 +107,9 @@ _NUMBER = re.compile(r"""
         (?:\s*(?:\\times|\\cdot|×|\*|·)\s*10\s*\^\s*\{?\s*(?P<exp10>[-+]?\d+)\s*\}?)?    # 1.2 \times 10^{5}
         (?P<pct>\s*%)?
     )
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 
 
 @dataclass(frozen=True)
@@ -101,8 +117,8 @@ class NumberToken:
     value: Number
     start: int
     end: int
-    text: str           # the text as matched (after normalize_math_text)
-    is_percent: bool    # written with a % sign; value is the written number (25% -> 25)
+    text: str  # the text as matched (after normalize_math_text)
+    is_percent: bool  # written with a % sign; value is the written number (25% -> 25)
 
     @property
     def shown_exponent(self) -> Optional[int]:
@@ -155,8 +171,7 @@ def _token_from_match(m: re.Match) -> Optional[NumberToken]:
             value = Decimal(f"{g['sign']}{body}E{exp}") if exp else Decimal(g["sign"] + body)
     except (InvalidOperation, ValueError, ZeroDivisionError):
         return None
-    return NumberToken(value=value, start=m.start(), end=m.end(), text=m.group().strip(),
-                       is_percent=bool(g.get("pct")))
+    return NumberToken(value=value, start=m.start(), end=m.end(), text=m.group().strip(), is_percent=bool(g.get("pct")))
 
 
 def find_numbers(text: str, normalized: bool = False) -> list[NumberToken]:
@@ -176,30 +191,37 @@ def find_numbers(text: str, normalized: bool = False) -> list[NumberToken]:
 # Finding the answer in a solution or a model's output
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ExtractedAnswer:
-    value: Optional[Number]   # None when the answer is not a single number (\boxed{\sqrt{3}}, a tuple)
-    text: str                 # the number as written, or the normalized non-numeric answer
-    rule: str                 # which rule found it: boxed | marker | equals | last_number
+    value: Optional[Number]  # None when the answer is not a single number (\boxed{\sqrt{3}}, a tuple)
+    text: str  # the number as written, or the normalized non-numeric answer
+    rule: str  # which rule found it: boxed | marker | equals | last_number
     is_percent: bool = False
     shown_exponent: Optional[int] = None
 
     @classmethod
     def from_token(cls, token: NumberToken, rule: str) -> "ExtractedAnswer":
-        return cls(value=token.value, text=token.text, rule=rule, is_percent=token.is_percent,
-                   shown_exponent=token.shown_exponent)
+        return cls(
+            value=token.value,
+            text=token.text,
+            rule=rule,
+            is_percent=token.is_percent,
+            shown_exponent=token.shown_exponent,
+        )
 
 
 # Words after which the answer follows. Longest first so 方程的解为 wins over 解为.
 _ANSWER_MARKERS = re.compile(
     r"方程的解为|函数的值为|平均值为|面积为|最终答案|答案是|答案为|正确答案|答案|结果是|结果为|解为|值为|等于|答"
-    r"|final answer(?: is)?|the answer is|answer is|answer\s*:|result is", re.IGNORECASE)
+    r"|final answer(?: is)?|the answer is|answer is|answer\s*:|result is",
+    re.IGNORECASE,
+)
 # Where a statement ends: a newline, a Chinese full stop or semicolon, or ". " (a decimal point
 # is never followed by a space).
 _SENTENCE_END = re.compile(r"\n|。|;|\.\s|\.$")
 # After a number, these mean it is the start of an expression, not the value: 2 \cdot 5, 17x.
-_CONTINUES_EXPRESSION = re.compile(
-    r"\s*(?:[-+*/×÷^]|\\times|\\cdot|\\div)\s*[\d(\\.]|[A-Za-z](?![A-Za-z])")
+_CONTINUES_EXPRESSION = re.compile(r"\s*(?:[-+*/×÷^]|\\times|\\cdot|\\div)\s*[\d(\\.]|[A-Za-z](?![A-Za-z])")
 
 
 def _balanced_braces(text: str, open_at: int) -> Optional[str]:
@@ -211,7 +233,7 @@ def _balanced_braces(text: str, open_at: int) -> Optional[str]:
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[open_at + 1:i]
+                return text[open_at + 1 : i]
     return None
 
 
@@ -242,7 +264,7 @@ def _answer_in_fragment(fragment: str) -> Optional[NumberToken]:
     tokens = find_numbers(fragment, normalized=True)
     if len(tokens) != 1:
         return None
-    rest = (fragment[:tokens[0].start] + fragment[tokens[0].end:]).strip()
+    rest = (fragment[: tokens[0].start] + fragment[tokens[0].end :]).strip()
     # What is left may be units or words, never another operator or LaTeX command.
     if re.search(r"[\\^_{}()\[\]=<>|]|[-+*/]", rest):
         return None
@@ -257,7 +279,7 @@ def _value_after(segment: str, require_clean_end: bool) -> Optional[NumberToken]
         return None
     first = tokens[0]
     if require_clean_end:
-        if segment[:first.start].strip():
+        if segment[: first.start].strip():
             return None
         if _CONTINUES_EXPRESSION.match(segment, first.end):
             return None
@@ -266,7 +288,7 @@ def _value_after(segment: str, require_clean_end: bool) -> Optional[NumberToken]
 
 def _segment_after(text: str, pos: int) -> str:
     end = _SENTENCE_END.search(text, pos)
-    return text[pos:end.start() if end else len(text)]
+    return text[pos : end.start() if end else len(text)]
 
 
 def extract_answer(text: str) -> Optional[ExtractedAnswer]:
@@ -346,13 +368,14 @@ def _as_answer(x: _Comparable) -> Optional[ExtractedAnswer]:
     if isinstance(x, float):
         if x != x or x in (float("inf"), float("-inf")):
             raise ValueError(f"{x} is not a finite number")
-        x = Decimal(repr(x))      # the shortest repr, which is what a person reads
+        x = Decimal(repr(x))  # the shortest repr, which is what a person reads
     if isinstance(x, int):
         x = Decimal(x)
     if isinstance(x, Decimal):
         exponent = x.as_tuple().exponent
-        return ExtractedAnswer(value=x, text=str(x), rule="value",
-                               shown_exponent=int(exponent) if isinstance(exponent, int) else None)
+        return ExtractedAnswer(
+            value=x, text=str(x), rule="value", shown_exponent=int(exponent) if isinstance(exponent, int) else None
+        )
     if isinstance(x, Fraction):
         return ExtractedAnswer(value=x, text=str(x), rule="value")
     raise TypeError(f"cannot compare a {type(x).__name__} as a number")
@@ -412,8 +435,10 @@ def numbers_equal(pred: _Comparable, ref: _Comparable, mode: str = "strict") -> 
 
 
 _END_MARKERS = re.compile(r"<\|eot_id\|>|<\|end_of_text\|>|<\|im_end\|>|<\|endoftext\|>|</s>|<eoa>")
-_NEW_PROBLEM_LINE = re.compile(r"^\s*(?:计算\s*-?\d|解方程|当\s*x\s*=|一个长方形|求以下数据|商品原价|去年销售额"
-                               r"|Question:|问题：|Problem:|### (?:Instruction|Input))")
+_NEW_PROBLEM_LINE = re.compile(
+    r"^\s*(?:计算\s*-?\d|解方程|当\s*x\s*=|一个长方形|求以下数据|商品原价|去年销售额"
+    r"|Question:|问题：|Problem:|### (?:Instruction|Input))"
+)
 
 
 def trim_generation(text: str) -> str:
@@ -423,7 +448,7 @@ def trim_generation(text: str) -> str:
     and the rule "last = v" would read the wrong line). A leading echo of the problem is kept."""
     end = _END_MARKERS.search(text)
     if end:
-        text = text[:end.start()]
+        text = text[: end.start()]
     lines = text.split("\n")
     seen_answer = False
     for i, line in enumerate(lines):
@@ -450,8 +475,12 @@ def score_math(prediction_text: str, reference_solution: str) -> dict:
     if ref.value is None:
         same = pred is not None and pred.value is None and pred.text == ref.text
         return {"strict": same, "tolerant": same, "pred": pred_text, "ref": ref.text}
-    return {"strict": numbers_equal(pred, ref, "strict"), "tolerant": numbers_equal(pred, ref, "tolerant"),
-            "pred": pred_text, "ref": ref.text}
+    return {
+        "strict": numbers_equal(pred, ref, "strict"),
+        "tolerant": numbers_equal(pred, ref, "tolerant"),
+        "pred": pred_text,
+        "ref": ref.text,
+    }
 
 
 GRADED_RELATIVE_ERROR = Fraction(1, 100)
@@ -486,8 +515,11 @@ def closeness(pred: _Comparable, ref: _Comparable) -> dict:
     error = abs(pv - rv) / abs(rv)
     digits = 0
     if pv != 0 and (pv < 0) == (rv < 0):
-        ref_digits = len(str(r.value).lstrip("-").replace(".", "").lstrip("0").split("E")[0].split("e")[0]) \
-            if isinstance(r.value, Decimal) else 17
+        ref_digits = (
+            len(str(r.value).lstrip("-").replace(".", "").lstrip("0").split("E")[0].split("e")[0])
+            if isinstance(r.value, Decimal)
+            else 17
+        )
         ref_digits = max(ref_digits, 1)
         pe, ps = _significant_digits(pv, ref_digits)
         re_, rs = _significant_digits(rv, ref_digits)
@@ -503,8 +535,11 @@ def math_accuracy(scores: Iterable[Mapping]) -> dict:
     if not scores:
         raise ValueError("no scored answers: accuracy of an empty set is undefined")
     n = len(scores)
-    return {"strict": sum(bool(s["strict"]) for s in scores) / n,
-            "tolerant": sum(bool(s["tolerant"]) for s in scores) / n, "n": n}
+    return {
+        "strict": sum(bool(s["strict"]) for s in scores) / n,
+        "tolerant": sum(bool(s["tolerant"]) for s in scores) / n,
+        "n": n,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -609,8 +644,9 @@ def squad_scores_emf1(predictions: Sequence[str], golds: Sequence[Sequence[str]]
     from mindformers.core.metric.metric import EmF1Metric
 
     if len(predictions) != len(golds) or not predictions:
-        raise ValueError(f"{len(predictions)} predictions for {len(golds)} questions; they must pair up, and not be "
-                         "none")
+        raise ValueError(
+            f"{len(predictions)} predictions for {len(golds)} questions; they must pair up, and not be none"
+        )
     metric = EmF1Metric()
     metric.clear()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -619,8 +655,10 @@ def squad_scores_emf1(predictions: Sequence[str], golds: Sequence[Sequence[str]]
     return {"f1": float(result["F1"]), "em": float(result["Em"])}
 
 
-SQUAD_PROMPT = ("Read the passage and answer the question below.\n\n### Instruction:\n{context}\n\n"
-                "### Input:\n{question}\n\n### Response:")
+SQUAD_PROMPT = (
+    "Read the passage and answer the question below.\n\n### Instruction:\n{context}\n\n"
+    "### Input:\n{question}\n\n### Response:"
+)
 
 
 def squad_prompt(context: str, question: str) -> str:
@@ -641,14 +679,18 @@ def squad_answer_from_generation(generated: str) -> str:
 MCQ_TEMPLATES = {
     # Byte-for-byte the contest's instruction (contest-mcq-sample.jsonl `prompt`), note the space
     # before the newline after the question.
-    "en": ("Here is a question about {subject}, the correct answer is one of the options A/B/C/D. "
-           "Please select the correct option and answer the question with 'The right option is'.\n"
-           "Question: {question} \n{options}"),
+    "en": (
+        "Here is a question about {subject}, the correct answer is one of the options A/B/C/D. "
+        "Please select the correct option and answer the question with 'The right option is'.\n"
+        "Question: {question} \n{options}"
+    ),
     # The same request in Chinese; the answer format stays "The right option is X." so one
     # training target and one extractor serve both languages.
-    "zh": ("以下是关于{subject}的单项选择题，正确答案是 A/B/C/D 中的一个。"
-           "请选出正确选项，并以“The right option is”作答。\n"
-           "问题：{question} \n{options}"),
+    "zh": (
+        "以下是关于{subject}的单项选择题，正确答案是 A/B/C/D 中的一个。"
+        "请选出正确选项，并以“The right option is”作答。\n"
+        "问题：{question} \n{options}"
+    ),
 }
 CHOICE_LETTERS = "ABCD"
 
@@ -665,8 +707,9 @@ def mcq_prompt(row: Mapping, lang: str = "auto") -> str:
     is what the contest sent, Chinese questions included)."""
     choices = row.get("choices")
     if not isinstance(choices, (list, tuple)) or len(choices) != len(CHOICE_LETTERS):
-        raise ValueError(f"row {row.get('id', '?')}: 'choices' must hold {len(CHOICE_LETTERS)} options, got "
-                         f"{choices!r}")
+        raise ValueError(
+            f"row {row.get('id', '?')}: 'choices' must hold {len(CHOICE_LETTERS)} options, got {choices!r}"
+        )
     if lang == "auto":
         lang = mcq_language(row)
     elif lang == "contest":
@@ -689,15 +732,18 @@ def mcq_reference_output(answer: str) -> str:
 _L = r"[\(\[]?\s*([A-Da-d])(?![A-Za-z])"
 # In priority order: the first phrase that names a letter decides ("选项A是错的，答案是C" is C).
 _EXPLICIT_CHOICE = [
-    re.compile(r"(?:right|correct|best|final)\s+(?:option|answer|choice)\s*(?:is|would be|should be|:)?\s*:?\s*" + _L,
-               re.I),
+    re.compile(
+        r"(?:right|correct|best|final)\s+(?:option|answer|choice)\s*(?:is|would be|should be|:)?\s*:?\s*" + _L, re.I
+    ),
     re.compile(r"(?:正确答案|正确选项|答案)\s*(?:应该是|应为|是|为)?\s*[:：]?\s*" + _L),
     re.compile(r"\banswer\s*(?:is|:)\s*:?\s*" + _L, re.I),
     re.compile(r"(?:应选|选择|选)\s*" + _L),
 ]
 _PARENTHESIZED = re.compile(r"[\(\[]\s*([A-D])\s*[\)\]]")
-_LEADING = re.compile(r"^\s*(?:([B-D])(?:\s*[.:、)]|\s|$)|(A)(?:\s*[.:、)]|\s*$|\s+(?![a-z]))"
-                      r"|([a-d])(?:\s*[.:、)]|\s*$))")
+_LEADING = re.compile(
+    r"^\s*(?:([B-D])(?:\s*[.:、)]|\s|$)|(A)(?:\s*[.:、)]|\s*$|\s+(?![a-z]))"
+    r"|([a-d])(?:\s*[.:、)]|\s*$))"
+)
 _OPTION_WORD = re.compile(r"\boption\s+([A-D])\b", re.I)
 _LONE_LETTER = re.compile(r"(?<![A-Za-z'])([A-D])(?![A-Za-z'])")
 
@@ -709,7 +755,7 @@ def _is_article(text: str, letter_end: int, letter: str) -> bool:
         return False
     if letter == "a":
         return True
-    before = text[:letter_end - 1].rstrip(" \t\"'“‘(")
+    before = text[: letter_end - 1].rstrip(" \t\"'“‘(")
     return before == "" or before[-1] in ".!?:\n。！？："
 
 
@@ -761,8 +807,18 @@ def answer_verdict(fmt: str, answer: str, reference: str) -> dict:
         trimmed = trim_generation(answer)
         s = score_math(trimmed, reference)
         graded = closeness(trimmed, reference) if s["pred"] else closeness(None, reference)
-        return {"strict": bool(s["strict"]), "tolerant": bool(s["tolerant"]), "extracted": s.get("pred"),
-                "within_1pct": graded["within_1pct"], "leading_digits": graded["leading_digits"]}
+        return {
+            "strict": bool(s["strict"]),
+            "tolerant": bool(s["tolerant"]),
+            "extracted": s.get("pred"),
+            "within_1pct": graded["within_1pct"],
+            "leading_digits": graded["leading_digits"],
+        }
     letter = extract_choice_letter(answer)
-    return {"strict": letter == reference, "tolerant": letter == reference, "extracted": letter,
-            "within_1pct": letter == reference, "leading_digits": None}
+    return {
+        "strict": letter == reference,
+        "tolerant": letter == reference,
+        "extracted": letter,
+        "within_1pct": letter == reference,
+        "leading_digits": None,
+    }

@@ -17,6 +17,7 @@ Decimal/Fraction arithmetic), never copied from the row's solution, and the last
 rounded answer ends in "= <number>", the number scoring.extract_answer reads. Families the
 templates cannot compute (English competition problems) are always direct.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,8 @@ _ROUNDED_LIMIT = Decimal(10) ** 16
 
 @dataclass(frozen=True)
 class AnswerFormat:
-    kind: str               # direct | cot | rounded
-    digits: int = 0         # decimals, for rounded
+    kind: str  # direct | cot | rounded
+    digits: int = 0  # decimals, for rounded
 
     def __str__(self) -> str:
         return f"rounded:{self.digits}" if self.kind == "rounded" else self.kind
@@ -65,8 +66,10 @@ def check_setting(setting: FormatSetting) -> None:
         return
     for family, text in setting.items():
         if family != ANY_FAMILY and family not in mathgen.FAMILIES:
-            raise ValueError(f"answer format for unknown family {family!r}; families: "
-                             f"{', '.join(mathgen.FAMILIES)} or {ANY_FAMILY!r} for the rest")
+            raise ValueError(
+                f"answer format for unknown family {family!r}; families: "
+                f"{', '.join(mathgen.FAMILIES)} or {ANY_FAMILY!r} for the rest"
+            )
         parse_format(text)
 
 
@@ -81,6 +84,7 @@ def format_for(setting: FormatSetting, family: str) -> AnswerFormat:
 
 # ---- numbers as the answers write them ------------------------------------------------------
 
+
 def plain(value: Union[Decimal, Fraction, int]) -> str:
     """A Decimal/int without exponent or trailing fractional zeros: 8E+3 -> 8000, 0.40 -> 0.4."""
     value = Decimal(value) if isinstance(value, int) else value
@@ -92,7 +96,7 @@ def plain(value: Union[Decimal, Fraction, int]) -> str:
 
 def round_half_up(value: Fraction, digits: int) -> Decimal:
     """`value` rounded half away from zero to `digits` decimals, exactly (no float, no 28-digit context)."""
-    scale = 10 ** digits
+    scale = 10**digits
     magnitude = abs(value) * scale
     n = magnitude.numerator // magnitude.denominator
     if 2 * (magnitude - n) >= 1:
@@ -112,6 +116,7 @@ def _abs_text(text: str) -> str:
 
 
 # ---- the decompositions -------------------------------------------------------------------------
+
 
 def _place_values(text: str) -> list[Decimal]:
     """The non-zero digits of a non-negative decimal string as place values: 8656.40 -> 8000, 600, 50, 6, 0.4."""
@@ -160,14 +165,14 @@ def cot_div(a: str, b: str) -> str:
     while divisor.scaleb(place + 1) <= dividend:
         place += 1
     with localcontext() as ctx:
-        ctx.prec = 80          # every product and difference here is exact at this precision
+        ctx.prec = 80  # every product and difference here is exact at this precision
         while remainder != 0 and place >= -DIV_DECIMALS:
             digit = int(remainder / divisor.scaleb(place))
             if digit:
                 step = Decimal(digit).scaleb(place)
                 product = divisor * step
                 new = remainder - product
-                shown = x if remainder is dividend else plain(remainder)     # the dividend as the problem writes it
+                shown = x if remainder is dividend else plain(remainder)  # the dividend as the problem writes it
                 lines.append(f"{shown} - {y} * {plain(step)} = {shown} - {plain(product)} = {plain(new)}")
                 remainder = new
             place -= 1
@@ -248,7 +253,7 @@ def render_answer(problem: str, solution: str, fmt: AnswerFormat, family: Option
     if fmt.kind == "cot":
         if family not in COT_FAMILIES:
             return solution
-        contest = mathgen.solve(problem, family)      # the contest's own formatting of the exact result
+        contest = mathgen.solve(problem, family)  # the contest's own formatting of the exact result
         if contest is None:
             return solution
         if family == "average":
@@ -269,5 +274,7 @@ def render_answer(problem: str, solution: str, fmt: AnswerFormat, family: Option
 
 def examples(problem: str, solution: str, family: Optional[str] = None) -> dict[str, str]:
     """One row in each format (direct, cot, rounded:2), for previews."""
-    return {str(f): render_answer(problem, solution, f, family)
-            for f in (DIRECT, AnswerFormat("cot"), AnswerFormat("rounded", 2))}
+    return {
+        str(f): render_answer(problem, solution, f, family)
+        for f in (DIRECT, AnswerFormat("cot"), AnswerFormat("rounded", 2))
+    }

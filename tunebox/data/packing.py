@@ -15,6 +15,7 @@ loss and gradients of a packed batch against the same samples unpacked.
 Labels need nothing special: each sample's prompt tokens carry IGNORE, so the prediction made at
 the last token of one sample, whose target is the first token of the next, never counts.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -79,15 +80,19 @@ def pack_rows(ids: np.ndarray, labels: np.ndarray, pad_id: int) -> tuple[np.ndar
         at = 0
         for k, i in enumerate(members, start=1):
             m = int(lengths[i])
-            out_ids[row, at:at + m] = ids[i, :m]
-            out_labels[row, at:at + m] = labels[i, :m]
-            segments[row, at:at + m] = k
+            out_ids[row, at : at + m] = ids[i, :m]
+            out_labels[row, at : at + m] = labels[i, :m]
+            segments[row, at : at + m] = k
             at += m
     used = int(lengths.sum())
-    stats = {"samples": n, "rows": len(bins), "width": width,
-             "fill_before": round(used / max(1, n * width), 4),
-             "fill_after": round(used / max(1, len(bins) * width), 4),
-             "max_samples_per_row": max((len(b) for b in bins), default=0)}
+    stats = {
+        "samples": n,
+        "rows": len(bins),
+        "width": width,
+        "fill_before": round(used / max(1, n * width), 4),
+        "fill_after": round(used / max(1, len(bins) * width), 4),
+        "max_samples_per_row": max((len(b) for b in bins), default=0),
+    }
     return out_ids, out_labels, segments, stats
 
 
@@ -98,11 +103,17 @@ def write_packed_mindrecord(path, ids: np.ndarray, labels: np.ndarray, segments:
     from mindspore.mindrecord import FileWriter
 
     writer = FileWriter(str(path), shard_num=1, overwrite=True)
-    writer.add_schema({name: {"type": "int32", "shape": [-1]} for name in ("input_ids", "labels", "segment_ids")},
-                      "tunebox packed samples")
+    writer.add_schema(
+        {name: {"type": "int32", "shape": [-1]} for name in ("input_ids", "labels", "segment_ids")},
+        "tunebox packed samples",
+    )
     for start in range(0, len(ids), 4096):
-        writer.write_raw_data([{"input_ids": a.astype(np.int32), "labels": b.astype(np.int32),
-                                "segment_ids": c.astype(np.int32)}
-                               for a, b, c in zip(ids[start:start + 4096], labels[start:start + 4096],
-                                                  segments[start:start + 4096])])
+        writer.write_raw_data(
+            [
+                {"input_ids": a.astype(np.int32), "labels": b.astype(np.int32), "segment_ids": c.astype(np.int32)}
+                for a, b, c in zip(
+                    ids[start : start + 4096], labels[start : start + 4096], segments[start : start + 4096]
+                )
+            ]
+        )
     writer.commit()

@@ -2,6 +2,7 @@
 labels stand (data.bad_labels), which rows are held out (data.heldout_rows, data.heldout_file), which are
 trained on (data.sample_rows) and how often (data.balance). tunebox/data/pipeline.py applies them at scale.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,12 +20,13 @@ from tunebox.io import InputError
 # What became of a kept row (one byte per row, in source order).
 TRAIN, HELDOUT, NOT_SAMPLED, BALANCED_OUT = 0, 1, 2, 3
 
-SNIPPET = 80                  # characters of a problem or label quoted in a reason
+SNIPPET = 80  # characters of a problem or label quoted in a reason
 
 
 @dataclass(frozen=True)
 class FamilyFilter:
     """data.families (kept, None for all) and data.drop_families: which math families are read at all."""
+
     keep: Optional[frozenset] = None
     drop: frozenset = frozenset()
 
@@ -73,20 +75,24 @@ def stratified_sample(families: np.ndarray, names: list[str], k: int, seed: int)
     quota = counts * k / counts.sum()
     take = np.floor(quota).astype(np.int64)
     order = sorted(range(len(names)), key=lambda f: (-(quota[f] - take[f]), names[f]))
-    for f in order[:k - int(take.sum())]:
+    for f in order[: k - int(take.sum())]:
         take[f] += 1
     rng = np.random.RandomState(seed)
     mask = np.zeros(len(families), dtype=bool)
     for f in sorted(range(len(names)), key=lambda f: names[f]):
         rows = np.flatnonzero(families == f)
-        mask[rows[rng.permutation(len(rows))[:take[f]]]] = True
-    report = {names[f]: {"available": int(counts[f]), "sampled": int(take[f])}
-              for f in sorted(range(len(names)), key=lambda f: names[f]) if counts[f]}
+        mask[rows[rng.permutation(len(rows))[: take[f]]]] = True
+    report = {
+        names[f]: {"available": int(counts[f]), "sampled": int(take[f])}
+        for f in sorted(range(len(names)), key=lambda f: names[f])
+        if counts[f]
+    }
     return mask, report
 
 
-def sample_training_rows(codes: np.ndarray, status: np.ndarray, names: list[str], sample_rows: Optional[int],
-                         seed: int) -> Optional[dict]:
+def sample_training_rows(
+    codes: np.ndarray, status: np.ndarray, names: list[str], sample_rows: Optional[int], seed: int
+) -> Optional[dict]:
     """data.sample_rows on the rows not held out: the rest become NOT_SAMPLED (in place). Returns
     what stats.json records under "sampling" (None when every row is used)."""
     if sample_rows is None:
@@ -101,8 +107,9 @@ def sample_training_rows(codes: np.ndarray, status: np.ndarray, names: list[str]
     return sampling
 
 
-def balance_training_rows(codes: np.ndarray, status: np.ndarray, names: list[str], balance: Optional[dict],
-                          seed: int) -> tuple[Optional[np.ndarray], dict]:
+def balance_training_rows(
+    codes: np.ndarray, status: np.ndarray, names: list[str], balance: Optional[dict], seed: int
+) -> tuple[Optional[np.ndarray], dict]:
     """data.balance on the training rows: caps (a seeded choice; the rest become BALANCED_OUT, in place)
     and repeat factors. Returns (repeats per ordinal or None, {family: rule applied})."""
     if not balance:
@@ -135,10 +142,18 @@ def read_heldout_file(data, path: Path, spec_path: Optional[str] = None) -> list
     for ex in read_examples(path, data.format):
         if data.format == "math" and families.leaves_out(row_family("math", ex.prompt)):
             continue
-        rows.append({"file": str(path), "line": ex.line, "prompt": ex.prompt, "reference": ex.reference,
-                     "meta": ex.meta, "source": "file"})
+        rows.append(
+            {
+                "file": str(path),
+                "line": ex.line,
+                "prompt": ex.prompt,
+                "reference": ex.reference,
+                "meta": ex.meta,
+                "source": "file",
+            }
+        )
     if data.heldout_file_rows is not None and data.heldout_file_rows < len(rows):
-        chosen = np.sort(np.random.RandomState(data.seed).permutation(len(rows))[:data.heldout_file_rows])
+        chosen = np.sort(np.random.RandomState(data.seed).permutation(len(rows))[: data.heldout_file_rows])
         rows = [rows[i] for i in chosen]
     if not rows:
         raise InputError("data.heldout_file has no row of the families data.families keeps", path)

@@ -12,6 +12,7 @@ follows the contest formula for a question that has no such answer, are listed b
 Writes OUT/profile.json, OUT/profile.md, OUT/family_mix.png and OUT/lengths.png.
 Memory stays small: length histograms, 32 bytes per row for duplicate hashes, a capped sketch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,7 @@ MINHASH_BANDS = 16
 MINHASH_THRESHOLD = 0.8
 MINHASH_MIN_CHARS = 64
 MINHASH_SHINGLE = 5
-MINHASH_MAX_SKETCH_ROWS = 50_000     # representatives kept; about 1.5 KB each
+MINHASH_MAX_SKETCH_ROWS = 50_000  # representatives kept; about 1.5 KB each
 _PRIME = (1 << 31) - 1
 
 
@@ -90,7 +91,7 @@ class MinHashSketch:
 
     def signature(self, text: str) -> np.ndarray:
         k = MINHASH_SHINGLE
-        grams = {text[i:i + k] for i in range(max(len(text) - k + 1, 1))}
+        grams = {text[i : i + k] for i in range(max(len(text) - k + 1, 1))}
         h = np.fromiter((zlib.crc32(g.encode("utf-8")) for g in grams), dtype=np.uint64, count=len(grams))
         # (a*h + b) mod p with h, a, b < p = 2^31 - 1: every product stays below 2^62.
         h %= np.uint64(_PRIME)
@@ -101,7 +102,7 @@ class MinHashSketch:
         the most similar candidate at or above the threshold, else keep it as a representative."""
         self.checked += 1
         sig = self.signature(text)
-        keys = [sig[i * self.rows_per_band:(i + 1) * self.rows_per_band].tobytes() for i in range(MINHASH_BANDS)]
+        keys = [sig[i * self.rows_per_band : (i + 1) * self.rows_per_band].tobytes() for i in range(MINHASH_BANDS)]
         best: Optional[tuple[int, float]] = None
         seen = set()
         for band, key in zip(self.bands, keys):
@@ -138,7 +139,7 @@ class LengthHistogram:
         top = int(lengths.max())
         if top >= self.counts.size:
             grown = np.zeros(max(top + 1, 2 * self.counts.size), dtype=np.int64)
-            grown[:self.counts.size] = self.counts
+            grown[: self.counts.size] = self.counts
             self.counts = grown
         self.counts += np.bincount(lengths, minlength=self.counts.size)
 
@@ -147,7 +148,7 @@ class LengthHistogram:
             self.counts, other_counts = other.counts.copy(), self.counts
         else:
             other_counts = other.counts
-        self.counts[:other_counts.size] += other_counts
+        self.counts[: other_counts.size] += other_counts
 
     @property
     def n(self) -> int:
@@ -228,7 +229,7 @@ def _iter_located(files: list[Path]) -> Iterator[tuple[int, Path, JsonlRow | Inp
 def _row_text(value) -> tuple[Optional[str], Optional[str], str]:
     """(problem, solution, error): error is '' when the row has the contest's shape."""
     if not isinstance(value, dict):
-        return None, None, f"expected a JSON object {{\"problem\", \"solution\"}}, got {type(value).__name__}"
+        return None, None, f'expected a JSON object {{"problem", "solution"}}, got {type(value).__name__}'
     for key in ("problem", "solution"):
         if key not in value:
             return None, None, f"missing field {key!r} (fields present: {', '.join(map(str, value)) or 'none'})"
@@ -237,8 +238,13 @@ def _row_text(value) -> tuple[Optional[str], Optional[str], str]:
     return value["problem"], value["solution"], ""
 
 
-def profile(path: str | os.PathLike, tokenizer=None, length_unit: str = "characters", max_examples: int = 50,
-            progress: bool = True) -> dict:
+def profile(
+    path: str | os.PathLike,
+    tokenizer=None,
+    length_unit: str = "characters",
+    max_examples: int = 50,
+    progress: bool = True,
+) -> dict:
     """Profile a JSONL file (or a directory of them); return the profile.json record."""
     files = input_files(Path(path))
     multi = len(files) > 1
@@ -254,7 +260,7 @@ def profile(path: str | os.PathLike, tokenizer=None, length_unit: str = "charact
     rows = 0
     batch: list[tuple[str, int, str, str, str]] = []
 
-    first_rows: dict[str, tuple[str, str]] = {}     # per family: its first row, shown in every answer format
+    first_rows: dict[str, tuple[str, str]] = {}  # per family: its first row, shown in every answer format
 
     def location(file_index: int, line: int) -> dict:
         return {"file": files_by_index[file_index], "line": line} if multi else {"line": line}
@@ -306,14 +312,16 @@ def profile(path: str | os.PathLike, tokenizer=None, length_unit: str = "charact
             stats.computable += 1
             if expected != solution.strip():
                 stats.wrong_labels += 1
-                wrong_labels.add(**where, family=name, kind="mismatch", problem=problem, label=solution,
-                                 expected=expected)
+                wrong_labels.add(
+                    **where, family=name, kind="mismatch", problem=problem, label=solution, expected=expected
+                )
             else:
                 issue = mathgen.label_sanity_issue(problem, solution, name)
                 if issue:
                     stats.wrong_labels += 1
-                    wrong_labels.add(**where, family=name, kind="ill_posed", problem=problem, label=solution,
-                                     reason=issue)
+                    wrong_labels.add(
+                        **where, family=name, kind="ill_posed", problem=problem, label=solution, reason=issue
+                    )
         elif mathgen.FAMILIES.get(name) is not None and mathgen.FAMILIES[name].solve is not None:
             off_template.add(**where, family=name, problem=problem[:200])
         # A label equal to mathgen's output is in a template format whose answers the scorer is
@@ -343,10 +351,12 @@ def profile(path: str | os.PathLike, tokenizer=None, length_unit: str = "charact
     bar.close()
 
     groups = _duplicate_groups(pair_hashes, where_keys, files_by_index, multi, max_examples)
-    problem_groups = _duplicate_groups(problem_hashes, where_keys, files_by_index, multi, max_examples,
-                                       exclude=pair_hashes)
-    normalized_groups = _duplicate_groups(norm_hashes, where_keys, files_by_index, multi, max_examples,
-                                          exclude=problem_hashes)
+    problem_groups = _duplicate_groups(
+        problem_hashes, where_keys, files_by_index, multi, max_examples, exclude=pair_hashes
+    )
+    normalized_groups = _duplicate_groups(
+        norm_hashes, where_keys, files_by_index, multi, max_examples, exclude=problem_hashes
+    )
 
     overall = {f: LengthHistogram() for f in FIELDS}
     for stats in families.values():
@@ -361,16 +371,19 @@ def profile(path: str | os.PathLike, tokenizer=None, length_unit: str = "charact
         "rows": rows,
         "length_unit": length_unit,
         "languages": dict(languages.most_common()),
-        "families": {name: {
-            "count": families[name].count,
-            "share": round(families[name].count / rows, 6) if rows else 0.0,
-            "languages": dict(families[name].languages),
-            "lengths": {f: families[name].lengths[f].summary() for f in FIELDS},
-            "computable": families[name].computable,
-            "wrong_labels": families[name].wrong_labels,
-            "unparsable_solutions": families[name].unparsable,
-            "near_duplicates_minhash": families[name].near_duplicates,
-        } for name in order},
+        "families": {
+            name: {
+                "count": families[name].count,
+                "share": round(families[name].count / rows, 6) if rows else 0.0,
+                "languages": dict(families[name].languages),
+                "lengths": {f: families[name].lengths[f].summary() for f in FIELDS},
+                "computable": families[name].computable,
+                "wrong_labels": families[name].wrong_labels,
+                "unparsable_solutions": families[name].unparsable,
+                "near_duplicates_minhash": families[name].near_duplicates,
+            }
+            for name in order
+        },
         "lengths": {f: overall[f].summary() for f in FIELDS},
         "answer_formats": answer_format_examples(first_rows, order, tokenizer),
         "length_histogram": {f: _coarse_histogram(overall[f]) for f in FIELDS},
@@ -384,17 +397,24 @@ def profile(path: str | os.PathLike, tokenizer=None, length_unit: str = "charact
         },
         "near_duplicates": {
             "normalized": normalized_groups,
-            "minhash": {**near_minhash.to_dict(), "checked_rows": sketch.checked,
-                        "representatives": len(sketch.signatures), "sketch_full": sketch.full,
-                        "permutations": MINHASH_PERMUTATIONS, "bands": MINHASH_BANDS,
-                        "threshold": MINHASH_THRESHOLD, "shingle_chars": MINHASH_SHINGLE,
-                        "min_chars": MINHASH_MIN_CHARS},
+            "minhash": {
+                **near_minhash.to_dict(),
+                "checked_rows": sketch.checked,
+                "representatives": len(sketch.signatures),
+                "sketch_full": sketch.full,
+                "permutations": MINHASH_PERMUTATIONS,
+                "bands": MINHASH_BANDS,
+                "threshold": MINHASH_THRESHOLD,
+                "shingle_chars": MINHASH_SHINGLE,
+                "min_chars": MINHASH_MIN_CHARS,
+            },
         },
     }
 
 
-def _duplicate_groups(hashes: array, where_keys: array, files: list[str], multi: bool, limit: int,
-                      exclude: Optional[array] = None) -> dict:
+def _duplicate_groups(
+    hashes: array, where_keys: array, files: list[str], multi: bool, limit: int, exclude: Optional[array] = None
+) -> dict:
     """Rows sharing a hash, as groups of locations (first occurrence first). With `exclude`, a group
     counts only if its rows differ in that other hash (e.g. same problem, different solution)."""
     if not hashes:
@@ -410,7 +430,7 @@ def _duplicate_groups(hashes: array, where_keys: array, files: list[str], multi:
     n_groups = 0
     examples = []
     for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-        members = order[start:start + size]
+        members = order[start : start + size]
         if other is not None and np.unique(other[members]).size < 2:
             continue
         n_groups += 1
@@ -457,22 +477,31 @@ def answer_format_examples(first_rows: dict, order: list[str], tokenizer=None) -
 def render_markdown(record: dict) -> str:
     unit = record["length_unit"]
     short_unit = "tokens" if unit.startswith("tokens") else "chars"
-    out = [f"# Profile of {', '.join(record['input']) if len(record['input']) < 4 else record['input'][0] + ' ...'}",
-           "", f"{record['rows']:,} rows; lengths in {unit}.",
-           f"Languages: {', '.join(f'{k} {v:,}' for k, v in record['languages'].items())}.", "",
-           "![family mix](family_mix.png)", "![lengths](lengths.png)", "",
-           f"| family | rows | share | lang | problem p50/p90/p99/max ({short_unit}) | solution p50/p90/p99/max "
-           f"| checked | wrong labels | no number | near-dup |",
-           "|---|---:|---:|---|---|---|---:|---:|---:|---:|"]
+    out = [
+        f"# Profile of {', '.join(record['input']) if len(record['input']) < 4 else record['input'][0] + ' ...'}",
+        "",
+        f"{record['rows']:,} rows; lengths in {unit}.",
+        f"Languages: {', '.join(f'{k} {v:,}' for k, v in record['languages'].items())}.",
+        "",
+        "![family mix](family_mix.png)",
+        "![lengths](lengths.png)",
+        "",
+        f"| family | rows | share | lang | problem p50/p90/p99/max ({short_unit}) | solution p50/p90/p99/max "
+        f"| checked | wrong labels | no number | near-dup |",
+        "|---|---:|---:|---|---|---|---:|---:|---:|---:|",
+    ]
     for name, fam in record["families"].items():
         lens = fam["lengths"]
 
         def pct(f):
             s = lens[f]
             return f"{s['p50']}/{s['p90']}/{s['p99']}/{s['max']}" if s else "-"
-        out.append(f"| {name} | {fam['count']:,} | {100 * fam['share']:.2f}% | "
-                   f"{', '.join(fam['languages'])} | {pct('problem')} | {pct('solution')} | {fam['computable']:,} | "
-                   f"{fam['wrong_labels']:,} | {fam['unparsable_solutions']:,} | {fam['near_duplicates_minhash']:,} |")
+
+        out.append(
+            f"| {name} | {fam['count']:,} | {100 * fam['share']:.2f}% | "
+            f"{', '.join(fam['languages'])} | {pct('problem')} | {pct('solution')} | {fam['computable']:,} | "
+            f"{fam['wrong_labels']:,} | {fam['unparsable_solutions']:,} | {fam['near_duplicates_minhash']:,} |"
+        )
 
     def where(row):
         return f"{row['file']}:{row['line']}" if "file" in row else f"line {row['line']}"
@@ -485,15 +514,23 @@ def render_markdown(record: dict) -> str:
     out += ["", f"## Wrong labels: {wl['count']:,}", ""]
     for row in wl["rows"]:
         detail = f"expected `{row['expected']}`" if row["kind"] == "mismatch" else row["reason"]
-        out.append(f"- {where(row)} ({row['family']}, {row['kind']}): `{snippet(row['problem'])}` -> "
-                   f"`{snippet(row['label'])}`; {detail}")
+        out.append(
+            f"- {where(row)} ({row['family']}, {row['kind']}): `{snippet(row['problem'])}` -> "
+            f"`{snippet(row['label'])}`; {detail}"
+        )
     if wl["count"] > len(wl["rows"]):
         out.append(f"- ... {wl['count'] - len(wl['rows']):,} more in profile.json's count (examples capped)")
     sections = [
-        ("Off-template rows of a computable family (not checked)", record["off_template"],
-         lambda r: f"- {where(r)} ({r['family']}): `{snippet(r['problem'])}`"),
-        ("Solutions whose answer is not one number (the scorer compares them as text)", record["unparsable_solutions"],
-         lambda r: f"- {where(r)} ({r['family']}): `{snippet(r['solution'])}`"),
+        (
+            "Off-template rows of a computable family (not checked)",
+            record["off_template"],
+            lambda r: f"- {where(r)} ({r['family']}): `{snippet(r['problem'])}`",
+        ),
+        (
+            "Solutions whose answer is not one number (the scorer compares them as text)",
+            record["unparsable_solutions"],
+            lambda r: f"- {where(r)} ({r['family']}): `{snippet(r['solution'])}`",
+        ),
         ("Bad lines (skipped)", record["bad_lines"], lambda r: f"- {where(r)}: {r['error']}"),
     ]
     for title, findings, fmt in sections:
@@ -501,20 +538,26 @@ def render_markdown(record: dict) -> str:
         out += [fmt(r) for r in findings["rows"]]
     dup = record["duplicates"]
     near = record["near_duplicates"]
-    out += ["", "## Duplicates", "",
-            f"- exact (same problem and solution): {dup['exact']['rows']:,} extra rows in "
-            f"{dup['exact']['groups']:,} groups",
-            f"- same problem, different solution: {dup['same_problem_different_solution']['rows']:,} extra rows in "
-            f"{dup['same_problem_different_solution']['groups']:,} groups",
-            f"- near (same after normalising whitespace, case, sentence punctuation): "
-            f"{near['normalized']['rows']:,} extra rows in {near['normalized']['groups']:,} groups",
-            f"- near (MinHash, estimated Jaccard >= {near['minhash']['threshold']} on character "
-            f"{near['minhash']['shingle_chars']}-grams, problems of >= {near['minhash']['min_chars']} chars; "
-            f"{near['minhash']['checked_rows']:,} rows checked): {near['minhash']['count']:,} rows"
-            + (" (sketch full: later rows were checked but not kept)" if near["minhash"]["sketch_full"] else "")]
-    for title, groups in (("exact", dup["exact"]),
-                          ("same problem, different solution", dup["same_problem_different_solution"]),
-                          ("normalised", near["normalized"])):
+    out += [
+        "",
+        "## Duplicates",
+        "",
+        f"- exact (same problem and solution): {dup['exact']['rows']:,} extra rows in "
+        f"{dup['exact']['groups']:,} groups",
+        f"- same problem, different solution: {dup['same_problem_different_solution']['rows']:,} extra rows in "
+        f"{dup['same_problem_different_solution']['groups']:,} groups",
+        f"- near (same after normalising whitespace, case, sentence punctuation): "
+        f"{near['normalized']['rows']:,} extra rows in {near['normalized']['groups']:,} groups",
+        f"- near (MinHash, estimated Jaccard >= {near['minhash']['threshold']} on character "
+        f"{near['minhash']['shingle_chars']}-grams, problems of >= {near['minhash']['min_chars']} chars; "
+        f"{near['minhash']['checked_rows']:,} rows checked): {near['minhash']['count']:,} rows"
+        + (" (sketch full: later rows were checked but not kept)" if near["minhash"]["sketch_full"] else ""),
+    ]
+    for title, groups in (
+        ("exact", dup["exact"]),
+        ("same problem, different solution", dup["same_problem_different_solution"]),
+        ("normalised", near["normalized"]),
+    ):
         for g in groups["examples"][:10]:
             out.append(f"  - {title}: " + ", ".join(where(r) for r in g["rows"]))
     for r in near["minhash"]["rows"][:10]:
@@ -537,12 +580,16 @@ def family_mix_figure(record: dict):
     fams = list(record["families"].items())
     fig = Figure(figsize=(9, 0.9 + 0.26 * max(len(fams), 1)), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    bars = ax.barh([name for name, _ in fams], [fam["count"] for _, fam in fams],
-                   color=["#E69F00" if "english" in name else "#0072B2" for name, _ in fams])
-    ax.bar_label(bars, labels=[f"{fam['count']:,} ({100 * fam['share']:.1f}%)" for _, fam in fams], padding=4,
-                 fontsize="small")
-    ax.invert_yaxis()                         # the first family on top
-    ax.margins(x=0.18)                        # room for the labels past the longest bar
+    bars = ax.barh(
+        [name for name, _ in fams],
+        [fam["count"] for _, fam in fams],
+        color=["#E69F00" if "english" in name else "#0072B2" for name, _ in fams],
+    )
+    ax.bar_label(
+        bars, labels=[f"{fam['count']:,} ({100 * fam['share']:.1f}%)" for _, fam in fams], padding=4, fontsize="small"
+    )
+    ax.invert_yaxis()  # the first family on top
+    ax.margins(x=0.18)  # room for the labels past the longest bar
     ax.set(title=f"Family mix: {record['rows']:,} rows", xlabel="rows")
     ax.tick_params(axis="y", labelsize="small")
     return fig
@@ -561,11 +608,17 @@ def lengths_figure(record: dict):
             continue
         ax.stairs(hist["counts"], hist["edges"], fill=True, color="#0072B2")
         for q, colour in (("p50", "#009E73"), ("p90", "#E69F00"), ("p99", "#D55E00")):
-            ax.axvline(min(max(stats[q], hist["edges"][0]), hist["edges"][-1]), color=colour, linewidth=1,
-                       label=f"{q} {stats[q]}")
+            ax.axvline(
+                min(max(stats[q], hist["edges"][0]), hist["edges"][-1]),
+                color=colour,
+                linewidth=1,
+                label=f"{q} {stats[q]}",
+            )
         ax.legend(fontsize="x-small")
-        ax.set_xlabel(f"max {stats['max']}" + (f"; {hist['overflow']:,} longer rows not shown" if hist["overflow"]
-                                                else ""), fontsize="small")
+        ax.set_xlabel(
+            f"max {stats['max']}" + (f"; {hist['overflow']:,} longer rows not shown" if hist["overflow"] else ""),
+            fontsize="small",
+        )
         ax.set_ylabel("rows", fontsize="small")
     return fig
 

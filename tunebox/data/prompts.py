@@ -6,6 +6,7 @@ call, so training and judging cannot disagree on what the model sees.
   text     any string holding {problem}: the problem is put there verbatim (str.replace, not
            str.format, so braces in a LaTeX problem stay as they are)
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -13,7 +14,7 @@ from typing import Optional
 from tunebox.data.tokenizer import TextTokenizer
 
 PLACEHOLDER = "{problem}"
-SENTINEL = "\u0000tunebox-user-message\u0000"   # stands for the problem where the prompt is split around it
+SENTINEL = "\u0000tunebox-user-message\u0000"  # stands for the problem where the prompt is split around it
 TEMPLATES = {"alpaca": "{problem}\n\n### Response:"}
 
 

@@ -1,6 +1,7 @@
 """Turning raw rows into training samples: validation with located errors, the chat format,
 loss on the answer only, and fixed-length (seq_length + 1) id arrays.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,10 +20,10 @@ IGNORE = -100
 
 @dataclass
 class Example:
-    line: int              # 1-based line in the source file
-    prompt: str            # what the user asks (before the chat template)
-    answer: str            # the reference answer text the model learns to write
-    reference: str         # what evaluation compares against (the solution / the letter)
+    line: int  # 1-based line in the source file
+    prompt: str  # what the user asks (before the chat template)
+    answer: str  # the reference answer text the model learns to write
+    reference: str  # what evaluation compares against (the solution / the letter)
     meta: dict
 
 
@@ -40,8 +41,9 @@ def _require_text(value: dict, key: str, path: Path, line: int) -> str:
 def parse_math_row(row: JsonlRow, path: Path) -> Example:
     value = row.value
     if not isinstance(value, dict):
-        raise InputError(f"expected a JSON object {{\"problem\", \"solution\"}}, got {type(value).__name__}",
-                         path, row.line)
+        raise InputError(
+            f'expected a JSON object {{"problem", "solution"}}, got {type(value).__name__}', path, row.line
+        )
     problem = _require_text(value, "problem", path, row.line)
     solution = _require_text(value, "solution", path, row.line)
     return Example(row.line, problem.strip(), solution.strip(), solution.strip(), {})
@@ -80,8 +82,9 @@ def parse_mcq_row(row: JsonlRow, path: Path) -> Example:
 PARSERS = {"math": parse_math_row, "mcq": parse_mcq_row}
 
 
-def read_examples(path: Path, fmt: str, on_bad_row: str = "error", rejects: Optional[list] = None,
-                  max_rows: Optional[int] = None) -> Iterator[Example]:
+def read_examples(
+    path: Path, fmt: str, on_bad_row: str = "error", rejects: Optional[list] = None, max_rows: Optional[int] = None
+) -> Iterator[Example]:
     """Stream examples from a JSONL file. A bad row raises InputError (file:line), or with
     on_bad_row='skip' is appended to `rejects` as {line, reason} and reading goes on."""
     parse = PARSERS[fmt]
@@ -103,8 +106,9 @@ def read_examples(path: Path, fmt: str, on_bad_row: str = "error", rejects: Opti
             return
 
 
-def encode_example(tok: TextTokenizer, ex: Example, seq_length: int, system: Optional[str] = None,
-                   template: str = "chat"):
+def encode_example(
+    tok: TextTokenizer, ex: Example, seq_length: int, system: Optional[str] = None, template: str = "chat"
+):
     """ids and labels of length seq_length + 1 (pad-filled), labels IGNORE on prompt and padding.
     Returns (input_ids, labels, n_tokens) where n_tokens is the unpadded length (may exceed the limit)."""
     prompt_ids = tok.encode(render_prompt(tok, ex.prompt, template, system))
@@ -115,9 +119,9 @@ def encode_example(tok: TextTokenizer, ex: Example, seq_length: int, system: Opt
     input_ids = np.full(width, tok.pad_id, dtype=np.int32)
     labels = np.full(width, IGNORE, dtype=np.int32)
     ids = ids[:width]
-    input_ids[:len(ids)] = ids
+    input_ids[: len(ids)] = ids
     start = min(len(prompt_ids), width)
-    labels[start:len(ids)] = ids[start:]
+    labels[start : len(ids)] = ids[start:]
     return input_ids, labels, n
 
 
@@ -133,8 +137,9 @@ def read_mindrecord(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """All samples as two int32 arrays (N, seq_length + 1), in file order (shards in order)."""
     import mindspore.dataset as ds
 
-    data = ds.MindDataset([str(p) for p in mindrecord_shards(path)], columns_list=["input_ids", "labels"],
-                          shuffle=False)
+    data = ds.MindDataset(
+        [str(p) for p in mindrecord_shards(path)], columns_list=["input_ids", "labels"], shuffle=False
+    )
     ids, labels = [], []
     for row in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
         ids.append(row[0])
@@ -169,9 +174,15 @@ def train_files(target: Path, spec_path: Optional[str] = None) -> list[Path]:
 
 
 # What each bad-row message means, as a short name for counting (stats.json "removed").
-_BAD_ROW_KINDS = (("over the", "line_too_long"), ("not valid UTF-8", "invalid_utf8"), ("broken JSON", "broken_json"),
-                  ("missing field", "missing_field"), ("must be a string", "not_a_string"), ("is empty", "empty_field"),
-                  ("expected a JSON object", "not_an_object"))
+_BAD_ROW_KINDS = (
+    ("over the", "line_too_long"),
+    ("not valid UTF-8", "invalid_utf8"),
+    ("broken JSON", "broken_json"),
+    ("missing field", "missing_field"),
+    ("must be a string", "not_a_string"),
+    ("is empty", "empty_field"),
+    ("expected a JSON object", "not_an_object"),
+)
 
 
 def bad_row_kind(message: str) -> str:
@@ -192,8 +203,14 @@ class SampleEncoder:
     switches to the plain way for good, so the output never depends on the shortcut.
     """
 
-    PROBES = ("1 + 1", "  leading and trailing spaces  ", "\nnew\nlines\n", "计算 3 的平方根？", "<|im_end|> in text",
-              "{{ x }}")
+    PROBES = (
+        "1 + 1",
+        "  leading and trailing spaces  ",
+        "\nnew\nlines\n",
+        "计算 3 的平方根？",
+        "<|im_end|> in text",
+        "{{ x }}",
+    )
     CHECK_ROWS = 2
 
     def __init__(self, tok: TextTokenizer, seq_length: int, system: Optional[str] = None, template: str = "chat"):
@@ -224,8 +241,10 @@ class SampleEncoder:
     def _token_lists(self, prompts: list[str], answers: list[str]) -> tuple[list[list[int]], list[list[int]]]:
         tok = self.tok
         if not self.segmented:
-            return (tok.encode_batch([self.prompt(p) for p in prompts]),
-                    tok.encode_batch([a + tok.answer_suffix for a in answers]))
+            return (
+                tok.encode_batch([self.prompt(p) for p in prompts]),
+                tok.encode_batch([a + tok.answer_suffix for a in answers]),
+            )
         lead, tail = self.user_lead, self.user_tail
         middles = tok.encode_batch([lead + p + tail for p in prompts])
         answer_parts = tok.encode_batch([a + self.answer_lead for a in answers])
@@ -237,8 +256,9 @@ class SampleEncoder:
         prompt_ids, answer_ids = self._token_lists(prompts, answers)
         if self.segmented:
             for i in range(min(self.CHECK_ROWS, len(prompts))):
-                if prompt_ids[i] + answer_ids[i] != (self.tok.encode(self.prompt(prompts[i]))
-                                                     + self.tok.encode(answers[i] + self.tok.answer_suffix)):
+                if prompt_ids[i] + answer_ids[i] != (
+                    self.tok.encode(self.prompt(prompts[i])) + self.tok.encode(answers[i] + self.tok.answer_suffix)
+                ):
                     self.segmented = False
                     return self.encode(prompts, answers)
         n, width = len(prompts), self.width
@@ -250,9 +270,9 @@ class SampleEncoder:
             ids = p + a
             lengths[i] = len(ids)
             ids = ids[:width]
-            input_ids[i, :len(ids)] = ids
+            input_ids[i, : len(ids)] = ids
             start = min(len(p), width)
-            labels[i, start:len(ids)] = ids[start:]
+            labels[i, start : len(ids)] = ids[start:]
             answer_tokens[i] = len(ids) - start
         return input_ids, labels, lengths, answer_tokens
 
@@ -301,9 +321,15 @@ class MindRecordWriter:
         if self._fast and self._c_writer is None:
             self._fast = self._open_fast()
         if not self._fast:
-            self.writer.write_raw_data([{"input_ids": np.ascontiguousarray(a, dtype=np.int32),
-                                         "labels": np.ascontiguousarray(b, dtype=np.int32)}
-                                        for a, b in zip(input_ids, labels)])
+            self.writer.write_raw_data(
+                [
+                    {
+                        "input_ids": np.ascontiguousarray(a, dtype=np.int32),
+                        "labels": np.ascontiguousarray(b, dtype=np.int32),
+                    }
+                    for a, b in zip(input_ids, labels)
+                ]
+            )
             self.rows += n
             return
         columns = {"input_ids": np.asarray(input_ids, dtype=np.int32), "labels": np.asarray(labels, dtype=np.int32)}
@@ -315,7 +341,7 @@ class MindRecordWriter:
             packed[f"n{i}"] = columns[name].shape[1] * 4
             packed[f"v{i}"] = columns[name]
         buf, size = packed.tobytes(), packed.dtype.itemsize
-        blobs = [buf[k * size:(k + 1) * size] for k in range(n)]
+        blobs = [buf[k * size : (k + 1) * size] for k in range(n)]
         from mindspore import _c_mindrecord as ms_c  # the status enum the Python wrapper checks too
 
         if self._c_writer.write_raw_data({}, blobs, True, False) != ms_c.MSRStatus.SUCCESS:
@@ -333,7 +359,7 @@ class ShardedMindRecordWriter:
 
     def __init__(self, path: Path, rows_per_file: int = 100_000):
         self.path, self.rows_per_file = Path(path), rows_per_file
-        self.files: list[tuple[Path, int]] = []      # committed: (file, rows)
+        self.files: list[tuple[Path, int]] = []  # committed: (file, rows)
         self.current: Optional[MindRecordWriter] = None
         self.rows = 0
 
@@ -346,7 +372,7 @@ class ShardedMindRecordWriter:
             if self.current is None:
                 self.current = MindRecordWriter(self._shard_path(len(self.files)))
             take = min(len(input_ids) - start, self.rows_per_file - self.current.rows)
-            self.current.write(input_ids[start:start + take], labels[start:start + take])
+            self.current.write(input_ids[start : start + take], labels[start : start + take])
             start += take
             self.rows += take
             if self.current.rows >= self.rows_per_file:

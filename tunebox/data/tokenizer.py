@@ -4,6 +4,7 @@
 A model directory in the cache holds both next to `model.ckpt`; prep, train and evaluate load
 them through `TextTokenizer.load(model_dir)` so that every job formats prompts the same way.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,8 @@ class TextTokenizer:
         self.tk = tokenizer
         self.config = config
         self._template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
-            config.get("chat_template") or CHATML_TEMPLATE)
+            config.get("chat_template") or CHATML_TEMPLATE
+        )
 
     @classmethod
     def load(cls, model_dir: str | Path, tokenizer_json: Optional[str | Path] = None) -> "TextTokenizer":
@@ -89,9 +91,12 @@ class TextTokenizer:
     def chat_prompt(self, user: str, system: Optional[str] = None) -> str:
         """The text the model sees before its answer (generation prompt included)."""
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        return self._template.render(messages=messages, add_generation_prompt=True,
-                                     bos_token=self.config.get("bos_token", ""),
-                                     eos_token=self.config.get("eos_token", ""))
+        return self._template.render(
+            messages=messages,
+            add_generation_prompt=True,
+            bos_token=self.config.get("bos_token", ""),
+            eos_token=self.config.get("eos_token", ""),
+        )
 
     @property
     def answer_suffix(self) -> str:
@@ -113,6 +118,12 @@ def build_byte_tokenizer(vocab_size: int = 384) -> TextTokenizer:
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tk.decoder = decoders.ByteLevel()
     tk.add_special_tokens(specials)
-    config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "chat_template": CHATML_TEMPLATE,
-              "stop_tokens": ["<|im_end|>"], "answer_suffix": "<|im_end|>"}
+    config = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "chat_template": CHATML_TEMPLATE,
+        "stop_tokens": ["<|im_end|>"],
+        "answer_suffix": "<|im_end|>",
+    }
     return TextTokenizer(tk, config)

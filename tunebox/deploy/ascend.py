@@ -18,19 +18,20 @@ Sources (Huawei's own manifests, Ascend/mindcluster-deploy):
 - HCCL: CANN's environment variable reference (hiascend.com, "HCCL_CONNECT_TIMEOUT": integer in
   [120, 7200], default 120 s; HCCL_BUFFSIZE: MB per communicator buffer, default 200).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-NPU_RESOURCE = "huawei.com/Ascend910"      # the device plugin's resource name for 910 and 910B alike
+NPU_RESOURCE = "huawei.com/Ascend910"  # the device plugin's resource name for 910 and 910B alike
 
 
 @dataclass(frozen=True)
 class HostPath:
-    name: str               # the volume name in Kubernetes
-    path: str               # the same path on the host and in the container
-    kind: str               # hostPath type: File or Directory
+    name: str  # the volume name in Kubernetes
+    path: str  # the same path on the host and in the container
+    kind: str  # hostPath type: File or Directory
 
 
 # The host's NPU driver and tools, mounted read only at the same path. Change them here only.
@@ -51,8 +52,8 @@ def device_files(cards: int) -> list[str]:
 
 @dataclass(frozen=True)
 class CardGeneration:
-    ring_controller: str    # label `ring-controller.atlas` on the job and its pods
-    accelerator_type: str   # node label `accelerator-type` of the usual 8-card node
+    ring_controller: str  # label `ring-controller.atlas` on the job and its pods
+    accelerator_type: str  # node label `accelerator-type` of the usual 8-card node
 
 
 CARD_GENERATIONS = {
@@ -72,8 +73,7 @@ def pod_labels(cluster) -> dict[str, str]:
 
 def hccl_env(cluster) -> list[tuple[str, str]]:
     """The HCCL variables every Ascend pod gets (unset ones are left to CANN's defaults)."""
-    env = [("HCCL_CONNECT_TIMEOUT", str(cluster.hccl_connect_timeout)),
-           ("HCCL_BUFFSIZE", str(cluster.hccl_buffsize))]
+    env = [("HCCL_CONNECT_TIMEOUT", str(cluster.hccl_connect_timeout)), ("HCCL_BUFFSIZE", str(cluster.hccl_buffsize))]
     if cluster.hccl_exec_timeout is not None:
         env.append(("HCCL_EXEC_TIMEOUT", str(cluster.hccl_exec_timeout)))
     if cluster.hccl_socket_ifname:

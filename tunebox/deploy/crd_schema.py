@@ -11,6 +11,7 @@ keeps any field; every other object refuses fields it does not declare (the serv
 them silently, so a misspelt field would do nothing on the cluster: here it is an error).
 Descriptions are dropped to keep the files small.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ from tunebox.config import REPO_ROOT
 
 SCHEMAS_DIR = REPO_ROOT / "k8s" / "schemas"
 K8S_VERSIONS = ("1.28", "1.33")
-_DROP = {"description", "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-map-type",
-         "x-kubernetes-embedded-resource", "x-kubernetes-validations"}
+_DROP = {
+    "description",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type",
+    "x-kubernetes-embedded-resource",
+    "x-kubernetes-validations",
+}
 
 
 def openapi_to_jsonschema(node: Any) -> Any:
@@ -80,12 +87,16 @@ def validate(doc: dict, versions=K8S_VERSIONS) -> None:
     api_version, kind = doc.get("apiVersion", ""), doc.get("kind", "")
     if is_builtin(api_version):
         import kubernetes_validate
+
         for version in versions:
             kubernetes_validate.validate(doc, version, strict=True)
         return
     path = schema_file(api_version, kind)
     if not path.exists():
-        raise ValueError(f"no schema for {api_version} {kind} (expected {path}); derive it from the CRD: "
-                         f"python -m jobs.crd_schema derive CRD.yaml --version V -o {path}")
+        raise ValueError(
+            f"no schema for {api_version} {kind} (expected {path}); derive it from the CRD: "
+            f"python -m jobs.crd_schema derive CRD.yaml --version V -o {path}"
+        )
     import jsonschema
+
     jsonschema.validate(doc, json.loads(path.read_text(encoding="utf-8")))

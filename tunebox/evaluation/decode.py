@@ -22,6 +22,7 @@ that legitimately contains the pad id (SmolLM2 uses eos as pad) is attended to n
 token per step against a preallocated KV cache). `generate_no_cache` is the slow reference the
 tests and the benchmark compare it with.
 """
+
 from __future__ import annotations
 
 import time
@@ -54,14 +55,15 @@ class LayerWeights:
     2-core box against a C-contiguous [in, out] copy, this layout was as fast for prefill and
     10-40% faster for the 16-row decode steps (each output is a dot product over a contiguous row).
     """
-    attention_norm: np.ndarray      # [hidden]
-    wqkv: np.ndarray                # [hidden, hidden + 2 * kv_dim]
+
+    attention_norm: np.ndarray  # [hidden]
+    wqkv: np.ndarray  # [hidden, hidden + 2 * kv_dim]
     qkv_bias: Optional[np.ndarray]  # [hidden + 2 * kv_dim]
-    wo: np.ndarray                  # [hidden, hidden]
-    wo_bias: Optional[np.ndarray]   # [hidden]
-    ffn_norm: np.ndarray            # [hidden]
-    w13: np.ndarray                 # [hidden, 2 * intermediate]: gate (w1) then up (w3)
-    w2: np.ndarray                  # [intermediate, hidden]
+    wo: np.ndarray  # [hidden, hidden]
+    wo_bias: Optional[np.ndarray]  # [hidden]
+    ffn_norm: np.ndarray  # [hidden]
+    w13: np.ndarray  # [hidden, 2 * intermediate]: gate (w1) then up (w3)
+    w2: np.ndarray  # [intermediate, hidden]
 
 
 class KVCache:
@@ -118,8 +120,9 @@ def silu(x: np.ndarray) -> np.ndarray:
 class NumpyLlama:
     """A MindFormers LlamaForCausalLM in float32 numpy, built from its parameters by name."""
 
-    def __init__(self, params: dict[str, np.ndarray], shape: ModelShape, *, source: str = "parameters",
-                 _consume: bool = False):
+    def __init__(
+        self, params: dict[str, np.ndarray], shape: ModelShape, *, source: str = "parameters", _consume: bool = False
+    ):
         self.spec = shape
         self.num_layers = shape.num_layers
         self.hidden = shape.hidden_size
@@ -129,8 +132,9 @@ class NumpyLlama:
         self.kv_dim = shape.kv_dim
         self.eps = shape.rms_norm_eps
         if shape.num_heads % shape.n_kv_heads:
-            raise ValueError(f"{shape.name}: num_heads {shape.num_heads} is not a multiple of n_kv_heads "
-                             f"{shape.n_kv_heads}")
+            raise ValueError(
+                f"{shape.name}: num_heads {shape.num_heads} is not a multiple of n_kv_heads {shape.n_kv_heads}"
+            )
         self.group = shape.num_heads // shape.n_kv_heads
         self._check_parameters(params, source)
         take = params.pop if _consume else params.__getitem__
@@ -142,21 +146,27 @@ class NumpyLlama:
         self.layers: list[LayerWeights] = []
         for i in range(shape.num_layers):
             p = f"model.layers.{i}."
-            wqkv = np.concatenate([f32(p + "attention.wq.weight"), f32(p + "attention.wk.weight"),
-                                   f32(p + "attention.wv.weight")], axis=0)
+            wqkv = np.concatenate(
+                [f32(p + "attention.wq.weight"), f32(p + "attention.wk.weight"), f32(p + "attention.wv.weight")], axis=0
+            )
             qkv_bias = None
             if shape.qkv_has_bias:
-                qkv_bias = np.concatenate([f32(p + "attention.wq.bias"), f32(p + "attention.wk.bias"),
-                                           f32(p + "attention.wv.bias")])
+                qkv_bias = np.concatenate(
+                    [f32(p + "attention.wq.bias"), f32(p + "attention.wk.bias"), f32(p + "attention.wv.bias")]
+                )
             w13 = np.concatenate([f32(p + "feed_forward.w1.weight"), f32(p + "feed_forward.w3.weight")], axis=0)
-            self.layers.append(LayerWeights(
-                attention_norm=f32(p + "attention_norm.weight"),
-                wqkv=_matmul_ready(wqkv), qkv_bias=qkv_bias,
-                wo=_matmul_ready(f32(p + "attention.wo.weight")),
-                wo_bias=f32(p + "attention.wo.bias") if shape.attn_proj_has_bias else None,
-                ffn_norm=f32(p + "ffn_norm.weight"),
-                w13=_matmul_ready(w13),
-                w2=_matmul_ready(f32(p + "feed_forward.w2.weight"))))
+            self.layers.append(
+                LayerWeights(
+                    attention_norm=f32(p + "attention_norm.weight"),
+                    wqkv=_matmul_ready(wqkv),
+                    qkv_bias=qkv_bias,
+                    wo=_matmul_ready(f32(p + "attention.wo.weight")),
+                    wo_bias=f32(p + "attention.wo.bias") if shape.attn_proj_has_bias else None,
+                    ffn_norm=f32(p + "ffn_norm.weight"),
+                    w13=_matmul_ready(w13),
+                    w2=_matmul_ready(f32(p + "feed_forward.w2.weight")),
+                )
+            )
         self.norm_out = f32("model.norm_out.weight")
         # Tied: the embedding itself, no second copy of the largest matrix of a small model.
         self.lm_head = self.embedding.T if shape.tie_word_embeddings else _matmul_ready(f32("lm_head.weight"))
@@ -167,13 +177,19 @@ class NumpyLlama:
         missing = [n for n in expected if n not in params]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise InputError(f"missing {len(missing)} parameter(s) of model {self.spec.name!r}: {shown}; "
-                             f"is this a full (merged) checkpoint of that model?", source)
+            raise InputError(
+                f"missing {len(missing)} parameter(s) of model {self.spec.name!r}: {shown}; "
+                f"is this a full (merged) checkpoint of that model?",
+                source,
+            )
         for name, shape in expected.items():
             got = tuple(np.shape(params[name]))
             if got != shape:
-                raise InputError(f"parameter {name} has shape {got}, model {self.spec.name!r} expects {shape}; "
-                                 f"check that the checkpoint belongs to this model", source)
+                raise InputError(
+                    f"parameter {name} has shape {got}, model {self.spec.name!r} expects {shape}; "
+                    f"check that the checkpoint belongs to this model",
+                    source,
+                )
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], shape: ModelShape) -> "NumpyLlama":
@@ -206,8 +222,15 @@ class NumpyLlama:
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         return KVCache(self.num_layers, batch, self.kv_heads, capacity, self.head_dim)
 
-    def forward(self, token_ids: np.ndarray, positions: np.ndarray, key_valid: np.ndarray,
-                cache: Optional[KVCache] = None, cache_start: int = 0, last_only: bool = False) -> np.ndarray:
+    def forward(
+        self,
+        token_ids: np.ndarray,
+        positions: np.ndarray,
+        key_valid: np.ndarray,
+        cache: Optional[KVCache] = None,
+        cache_start: int = 0,
+        last_only: bool = False,
+    ) -> np.ndarray:
         """Logits [B, T, vocab] (or [B, vocab] with last_only) for tokens [B, T] at `positions`.
 
         key_valid [B, S] says which key columns may be attended (False for left padding), where
@@ -222,21 +245,21 @@ class NumpyLlama:
             raise ValueError("cache_start > 0 needs a cache holding the earlier columns")
         if cache is not None and total > cache.capacity:
             raise ValueError(f"{total} columns exceed the cache capacity {cache.capacity}")
-        cos, sin = self.rope(positions)                       # [B, T, head_dim]
+        cos, sin = self.rope(positions)  # [B, T, head_dim]
         cos_q, sin_q = cos[:, None, None], sin[:, None, None]  # against [B, kv, group, T, d]
-        cos_k, sin_k = cos[:, None], sin[:, None]              # against [B, kv, T, d]
+        cos_k, sin_k = cos[:, None], sin[:, None]  # against [B, kv, T, d]
         causal = np.arange(total)[None, :] <= (cache_start + np.arange(steps))[:, None]  # [T, S]
         mask = np.where(causal[None] & key_valid[:, None, :], np.float32(0), MASKED_SCORE)  # [B, T, S]
 
-        h = self.embedding[token_ids]                          # [B, T, hidden]
+        h = self.embedding[token_ids]  # [B, T, hidden]
         for index, layer in enumerate(self.layers):
             x = rms_norm(h, layer.attention_norm, self.eps)
             qkv = x @ layer.wqkv
             if layer.qkv_bias is not None:
                 qkv += layer.qkv_bias
-            q = qkv[..., :self.hidden].reshape(batch, steps, self.kv_heads, self.group, self.head_dim)
-            k = qkv[..., self.hidden:self.hidden + self.kv_dim].reshape(batch, steps, self.kv_heads, self.head_dim)
-            v = qkv[..., self.hidden + self.kv_dim:].reshape(batch, steps, self.kv_heads, self.head_dim)
+            q = qkv[..., : self.hidden].reshape(batch, steps, self.kv_heads, self.group, self.head_dim)
+            k = qkv[..., self.hidden : self.hidden + self.kv_dim].reshape(batch, steps, self.kv_heads, self.head_dim)
+            v = qkv[..., self.hidden + self.kv_dim :].reshape(batch, steps, self.kv_heads, self.head_dim)
             q = apply_rope(q.transpose(0, 2, 3, 1, 4), cos_q, sin_q)
             k = apply_rope(k.transpose(0, 2, 1, 3), cos_k, sin_k)
             v = v.transpose(0, 2, 1, 3)
@@ -245,7 +268,7 @@ class NumpyLlama:
                 cache.values[index][:, :, cache_start:total] = v
                 k = cache.keys[index][:, :, :total]
                 v = cache.values[index][:, :, :total]
-            context = self._attention(q, k, v, mask)          # [B, T, hidden]
+            context = self._attention(q, k, v, mask)  # [B, T, hidden]
             out = context @ layer.wo
             if layer.wo_bias is not None:
                 out += layer.wo_bias
@@ -298,11 +321,14 @@ class NumpyLlama:
                 raise ValueError(f"prompt {row} is empty; every prompt needs at least one token")
             low, high = min(prompt), max(prompt)
             if low < 0 or high >= vocab:
-                raise ValueError(f"prompt {row} has token id {low if low < 0 else high} outside the "
-                                 f"vocabulary [0, {vocab}) of model {self.spec.name!r}")
+                raise ValueError(
+                    f"prompt {row} has token id {low if low < 0 else high} outside the "
+                    f"vocabulary [0, {vocab}) of model {self.spec.name!r}"
+                )
 
 
 # -- generation ---------------------------------------------------------------------------
+
 
 def _limits(max_new_tokens: Union[int, Sequence[int]], count: int) -> list[int]:
     if isinstance(max_new_tokens, (int, np.integer)):
@@ -316,8 +342,9 @@ def _limits(max_new_tokens: Union[int, Sequence[int]], count: int) -> list[int]:
     return limits
 
 
-def _generate_batch(model: NumpyLlama, prompts: list[list[int]], limits: list[int], stop: set[int],
-                    pad_id: int, min_new_tokens: int = 0) -> list[list[int]]:
+def _generate_batch(
+    model: NumpyLlama, prompts: list[list[int]], limits: list[int], stop: set[int], pad_id: int, min_new_tokens: int = 0
+) -> list[list[int]]:
     """One left-padded batch: prefill once, then one token per step from the KV cache. A row cannot
     stop (its stop tokens are masked) before it has min_new_tokens tokens."""
     batch = len(prompts)
@@ -328,14 +355,14 @@ def _generate_batch(model: NumpyLlama, prompts: list[list[int]], limits: list[in
     pads = width - lengths
     tokens = np.full((batch, width), pad_id, np.int64)
     for row, prompt in enumerate(prompts):
-        tokens[row, pads[row]:] = prompt
+        tokens[row, pads[row] :] = prompt
     positions = np.maximum(np.arange(width)[None, :] - pads[:, None], 0)  # 0 at each row's first real token
     key_valid = np.arange(capacity)[None, :] >= pads[:, None]
 
     cache = model.new_cache(batch, capacity)
     logits = model.forward(tokens, positions, key_valid[:, :width], cache=cache, cache_start=0, last_only=True)
     outputs: list[list[int]] = [[] for _ in range(batch)]
-    live = np.arange(batch)     # original row of each cache row still decoding
+    live = np.arange(batch)  # original row of each cache row still decoding
     column = width
     stop_list = np.array(sorted(stop), dtype=np.int64)
     while True:
@@ -360,8 +387,14 @@ def _generate_batch(model: NumpyLlama, prompts: list[list[int]], limits: list[in
             cache.keep_rows(keep_idx)
             live, next_ids, key_valid = live[keep_idx], next_ids[keep_idx], key_valid[keep_idx]
         step_positions = (lengths[live] + column - width)[:, None]
-        logits = model.forward(next_ids[:, None], step_positions, key_valid[:, :column + 1],
-                               cache=cache, cache_start=column, last_only=True)
+        logits = model.forward(
+            next_ids[:, None],
+            step_positions,
+            key_valid[:, : column + 1],
+            cache=cache,
+            cache_start=column,
+            last_only=True,
+        )
         column += 1
 
 
@@ -385,10 +418,18 @@ def length_groups(lengths: Sequence[int], max_rows: int, token_budget: int) -> l
     return groups
 
 
-def greedy_generate(model: NumpyLlama, prompts: Sequence[Sequence[int]],
-                    max_new_tokens: Union[int, Sequence[int]], stop_ids: Sequence[int], pad_id: int,
-                    batch_size: int = 16, progress: bool = True, min_new_tokens: int = 0,
-                    token_budget: int = PREFILL_TOKEN_BUDGET, desc: str = "greedy decode") -> list[list[int]]:
+def greedy_generate(
+    model: NumpyLlama,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: Union[int, Sequence[int]],
+    stop_ids: Sequence[int],
+    pad_id: int,
+    batch_size: int = 16,
+    progress: bool = True,
+    min_new_tokens: int = 0,
+    token_budget: int = PREFILL_TOKEN_BUDGET,
+    desc: str = "greedy decode",
+) -> list[list[int]]:
     """Greedy continuation of each prompt: the new tokens only, the stop token excluded, in the
     caller's order. max_new_tokens is one limit for all or one per prompt; no row stops before
     min_new_tokens tokens (as MindFormers' and HF's min_new_tokens). Prompts of similar length
@@ -407,8 +448,9 @@ def greedy_generate(model: NumpyLlama, prompts: Sequence[Sequence[int]],
         bar.update(len(prompts) - len(todo))
         for group in length_groups([len(prompts[i]) for i in todo], batch_size, token_budget):
             chunk = [todo[g] for g in group]
-            outputs = _generate_batch(model, [prompts[i] for i in chunk], [limits[i] for i in chunk], stop, pad_id,
-                                      min_new_tokens)
+            outputs = _generate_batch(
+                model, [prompts[i] for i in chunk], [limits[i] for i in chunk], stop, pad_id, min_new_tokens
+            )
             for i, out in zip(chunk, outputs):
                 results[i] = out
                 produced += len(out)
@@ -417,17 +459,22 @@ def greedy_generate(model: NumpyLlama, prompts: Sequence[Sequence[int]],
     return results
 
 
-def generate_no_cache(model: NumpyLlama, prompts: Sequence[Sequence[int]],
-                      max_new_tokens: Union[int, Sequence[int]], stop_ids: Sequence[int],
-                      progress: bool = True) -> list[list[int]]:
+def generate_no_cache(
+    model: NumpyLlama,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: Union[int, Sequence[int]],
+    stop_ids: Sequence[int],
+    progress: bool = True,
+) -> list[list[int]]:
     """The reference: one prompt at a time, the whole sequence re-run for every new token."""
     prompts = [list(map(int, p)) for p in prompts]
     limits = _limits(max_new_tokens, len(prompts))
     model.check_token_ids(prompts)
     stop = set(int(s) for s in stop_ids)
     results = []
-    for prompt, limit in tqdm(list(zip(prompts, limits)), unit="prompt", desc="greedy decode (no cache)",
-                              disable=not progress):
+    for prompt, limit in tqdm(
+        list(zip(prompts, limits)), unit="prompt", desc="greedy decode (no cache)", disable=not progress
+    ):
         sequence, out = list(prompt), []
         while len(out) < limit:
             ids = np.asarray([sequence], dtype=np.int64)

@@ -4,6 +4,7 @@ Wilson's score interval (Wilson 1927, "Probable inference, the law of succession
 inference", JASA 22:209-212): unlike the normal approximation it stays inside [0, 1] and does not
 collapse to a point at 0 or n successes, which matters for held-out sets of 40-200 rows.
 """
+
 from __future__ import annotations
 
 import math

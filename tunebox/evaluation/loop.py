@@ -2,6 +2,7 @@
 per-family new-token limits, one model's answers generated and scored (the contest's strict rule, the
 tolerant one and the graded closeness, per family and per source), and the files that record them
 (predictions.jsonl, scores.json, squad_predictions.jsonl, squad.json), reused when nothing changed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,11 @@ ALL_FAMILIES = "*"
 
 def score_row(fmt: str, prediction: str, row: dict) -> dict:
     """Verdicts for one answer (scoring.answer_verdict) and its family."""
-    return {**scoring.answer_verdict(fmt, prediction, row["reference"]),
-            "family": scoring.row_family(fmt, row["prompt"], row.get("meta")), "source": row.get("source", "split")}
+    return {
+        **scoring.answer_verdict(fmt, prediction, row["reference"]),
+        "family": scoring.row_family(fmt, row["prompt"], row.get("meta")),
+        "source": row.get("source", "split"),
+    }
 
 
 def _rate(rows: list[dict], key: str) -> float:
@@ -61,10 +65,17 @@ def _by_family(rows: list[dict], with_logprob: bool) -> dict:
     fam: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         fam[r["family"]].append(r)
-    return {f: {"n": len(rs), "strict": _rate(rs, "strict"), "tolerant": _rate(rs, "tolerant"),
-                "within_1pct": _rate(rs, "within_1pct"), "leading_digits": _mean_digits(rs),
-                **({"logprob": _rate(rs, "logprob")} if with_logprob else {})}
-            for f, rs in sorted(fam.items())}
+    return {
+        f: {
+            "n": len(rs),
+            "strict": _rate(rs, "strict"),
+            "tolerant": _rate(rs, "tolerant"),
+            "within_1pct": _rate(rs, "within_1pct"),
+            "leading_digits": _mean_digits(rs),
+            **({"logprob": _rate(rs, "logprob")} if with_logprob else {}),
+        }
+        for f, rs in sorted(fam.items())
+    }
 
 
 def summarize(scored: list[dict]) -> dict:
@@ -74,19 +85,27 @@ def summarize(scored: list[dict]) -> dict:
     log-prob verdicts (`logprob` per row) also accuracy_logprob."""
     n = len(scored)
     with_logprob = n > 0 and all("logprob" in r for r in scored)
-    out = {"n": n, "accuracy_strict": _rate(scored, "strict"), "accuracy_tolerant": _rate(scored, "tolerant"),
-           "accuracy_within_1pct": _rate(scored, "within_1pct"), "leading_digits_mean": _mean_digits(scored),
-           "per_family": _by_family(scored, with_logprob)}
+    out = {
+        "n": n,
+        "accuracy_strict": _rate(scored, "strict"),
+        "accuracy_tolerant": _rate(scored, "tolerant"),
+        "accuracy_within_1pct": _rate(scored, "within_1pct"),
+        "leading_digits_mean": _mean_digits(scored),
+        "per_family": _by_family(scored, with_logprob),
+    }
     sources = sorted({r.get("source", "split") for r in scored})
     if len(sources) > 1:
         out["per_source"] = {}
         for src in sources:
             rows = [r for r in scored if r.get("source", "split") == src]
-            out["per_source"][src] = {"n": len(rows), "accuracy_strict": _rate(rows, "strict"),
-                                      "accuracy_tolerant": _rate(rows, "tolerant"),
-                                      "accuracy_within_1pct": _rate(rows, "within_1pct"),
-                                      "leading_digits_mean": _mean_digits(rows),
-                                      "per_family": _by_family(rows, with_logprob)}
+            out["per_source"][src] = {
+                "n": len(rows),
+                "accuracy_strict": _rate(rows, "strict"),
+                "accuracy_tolerant": _rate(rows, "tolerant"),
+                "accuracy_within_1pct": _rate(rows, "within_1pct"),
+                "leading_digits_mean": _mean_digits(rows),
+                "per_family": _by_family(rows, with_logprob),
+            }
     if with_logprob:
         out["accuracy_logprob"] = _rate(scored, "logprob")
     return out
@@ -111,18 +130,23 @@ def answer_token_limits(run_dir: Path, data: DataSection, cap: int, tok: TextTok
     else:
         longest, rows = longest_answers_in_samples(run_dir, data, tok, suffix_tokens)
         source = str(run_dir / layout.PREP_TRAIN_RECORDS)
-    families = {f: {"train_rows": rows[f], "longest_answer_tokens": longest[f],
-                    "max_new_tokens": min(cap, longest[f] + ANSWER_MARGIN_TOKENS)} for f in sorted(longest)}
-    return {"source": source, "margin": ANSWER_MARGIN_TOKENS, "cap": cap, "families": families,
-            "other_families": cap}
+    families = {
+        f: {
+            "train_rows": rows[f],
+            "longest_answer_tokens": longest[f],
+            "max_new_tokens": min(cap, longest[f] + ANSWER_MARGIN_TOKENS),
+        }
+        for f in sorted(longest)
+    }
+    return {"source": source, "margin": ANSWER_MARGIN_TOKENS, "cap": cap, "families": families, "other_families": cap}
 
 
-def longest_answers_in_samples(run_dir: Path, data: DataSection, tok: TextTokenizer,
-                               suffix_tokens: int) -> tuple[dict, dict]:
+def longest_answers_in_samples(
+    run_dir: Path, data: DataSection, tok: TextTokenizer, suffix_tokens: int
+) -> tuple[dict, dict]:
     """({family: longest answer tokens}, {family: rows}) counted in prep's train.mindrecord, one
     sample at a time: the answer is where the labels are, the family comes from the decoded prompt."""
     import mindspore.dataset as ds
-
 
     record = run_dir / layout.PREP_TRAIN_RECORDS
     if not record.exists():
@@ -137,9 +161,9 @@ def longest_answers_in_samples(run_dir: Path, data: DataSection, tok: TextTokeni
             continue
         answer_tokens = max(int(answer_at.size) - suffix_tokens, 0)
         if data.format == "math":
-            prompt = tok.decode(input_ids[:answer_at[0]].tolist(), skip_special_tokens=False)
+            prompt = tok.decode(input_ids[: answer_at[0]].tolist(), skip_special_tokens=False)
             if prompt.startswith(before) and prompt.endswith(after):
-                prompt = prompt[len(before):len(prompt) - len(after)]
+                prompt = prompt[len(before) : len(prompt) - len(after)]
             family = scoring.math_family(prompt)
         else:
             family = ALL_FAMILIES
@@ -161,7 +185,7 @@ class HeldoutTask:
     families: list[str]
     limits: list[int]
     limits_info: dict
-    choice_plan: Optional[dict] = None     # MCQ: token ids of the letters (choice_token_plan)
+    choice_plan: Optional[dict] = None  # MCQ: token ids of the letters (choice_token_plan)
 
     @property
     def settings_sha(self) -> str:
@@ -188,15 +212,16 @@ def load_heldout(run_dir: Path, data: DataSection, eval_section: EvalSection, to
         raise InputError(f"{heldout_file} not found: run prep first")
     rows = read_jsonl(heldout_file)
     if eval_section.limit:
-        rows = rows[:eval_section.limit]
+        rows = rows[: eval_section.limit]
     if not rows:
         raise InputError("no held-out rows to evaluate: data.heldout_rows must be > 0", heldout_file)
     plan = choice_token_plan(tok) if data.format == "mcq" else None
     return heldout_task(rows, data, tok, answer_token_limits(run_dir, data, eval_section.max_new_tokens, tok), plan)
 
 
-def heldout_task(rows: list[dict], data: DataSection, tok: TextTokenizer, limits_info: dict,
-                 choice_plan: Optional[dict] = None) -> HeldoutTask:
+def heldout_task(
+    rows: list[dict], data: DataSection, tok: TextTokenizer, limits_info: dict, choice_plan: Optional[dict] = None
+) -> HeldoutTask:
     """The held-out rows as token prompts in the training template, each with its family's new-token limit."""
     fmt = data.format
     prompts = [tok.encode(spec_prompt(tok, r["prompt"], data)) for r in rows]
@@ -205,8 +230,9 @@ def heldout_task(rows: list[dict], data: DataSection, tok: TextTokenizer, limits
     return HeldoutTask(fmt, rows, prompts, families, limits, limits_info, choice_plan)
 
 
-def load_squad(path: Optional[Path], eval_section: EvalSection, tok: TextTokenizer,
-               spec_file: Optional[str] = None) -> Optional[SquadTask]:
+def load_squad(
+    path: Optional[Path], eval_section: EvalSection, tok: TextTokenizer, spec_file: Optional[str] = None
+) -> Optional[SquadTask]:
     """The first eval.squad_rows questions of eval.squad_file (`path`, resolved), as the contest prompted
     them (the plain `squad_prompt` text, no chat template); None when SQuAD is switched off. A missing
     file is blamed on `spec_file`, the run spec that names it."""
@@ -226,23 +252,46 @@ def load_squad(path: Optional[Path], eval_section: EvalSection, tok: TextTokeniz
                 raise InputError(f"field {key!r} must be a non-empty string", path, row.line)
         answers = value.get("answers")
         if not (isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers)):
-            raise InputError("field 'answers' must be a non-empty list of strings (the gold answer texts)",
-                             path, row.line)
-        rows.append({"line": row.line, "id": value.get("id"), "context": value["context"],
-                     "question": value["question"], "answers": answers})
+            raise InputError(
+                "field 'answers' must be a non-empty list of strings (the gold answer texts)", path, row.line
+            )
+        rows.append(
+            {
+                "line": row.line,
+                "id": value.get("id"),
+                "context": value["context"],
+                "question": value["question"],
+                "answers": answers,
+            }
+        )
         if len(rows) >= eval_section.squad_rows:
             break
     if len(rows) < eval_section.squad_rows:
-        log.warning("%s has %d questions, eval.squad_rows asks for %d: using %d", path, len(rows),
-                    eval_section.squad_rows, len(rows))
+        log.warning(
+            "%s has %d questions, eval.squad_rows asks for %d: using %d",
+            path,
+            len(rows),
+            eval_section.squad_rows,
+            len(rows),
+        )
     prompts = [tok.encode(scoring.squad_prompt(r["context"], r["question"])) for r in rows]
-    return SquadTask(path, sha256_file(path), rows, prompts, min_new_tokens=eval_section.squad_min_new_tokens,
-                     settings={"rows": len(rows), "max_new_tokens": SQUAD_MAX_NEW_TOKENS,
-                               "min_new_tokens": eval_section.squad_min_new_tokens})
+    return SquadTask(
+        path,
+        sha256_file(path),
+        rows,
+        prompts,
+        min_new_tokens=eval_section.squad_min_new_tokens,
+        settings={
+            "rows": len(rows),
+            "max_new_tokens": SQUAD_MAX_NEW_TOKENS,
+            "min_new_tokens": eval_section.squad_min_new_tokens,
+        },
+    )
 
 
-def choice_token_plan(tok: TextTokenizer, prefix: str = MCQ_ANSWER_PREFIX,
-                      letters: str = scoring.CHOICE_LETTERS) -> dict:
+def choice_token_plan(
+    tok: TextTokenizer, prefix: str = MCQ_ANSWER_PREFIX, letters: str = scoring.CHOICE_LETTERS
+) -> dict:
     """Which tokens to compare. Training answers are encoded as one string ('The right option is
     C.'), so the context is encode(prefix) plus whatever the four ' X' continuations share (a
     space token, for a byte-level tokenizer), and each letter is the one token after that."""
@@ -250,15 +299,21 @@ def choice_token_plan(tok: TextTokenizer, prefix: str = MCQ_ANSWER_PREFIX,
     tails = []
     for letter in letters:
         full = tok.encode(f"{prefix} {letter}")
-        if full[:len(base)] != base:
-            raise ValueError(f"the tokenizer encodes {prefix!r} differently when followed by ' {letter}'; "
-                             f"the letter position is ambiguous")
-        tails.append(full[len(base):])
+        if full[: len(base)] != base:
+            raise ValueError(
+                f"the tokenizer encodes {prefix!r} differently when followed by ' {letter}'; "
+                f"the letter position is ambiguous"
+            )
+        tails.append(full[len(base) :])
     shared = tails[0][:-1]
     if any(t[:-1] != shared for t in tails) or len({t[-1] for t in tails}) != len(letters):
         raise ValueError(f"the letters {letters} do not differ in exactly their last token after {prefix!r}: {tails}")
-    return {"prefix": prefix, "context_ids": base + shared, "letter_ids": [t[-1] for t in tails],
-            "letter_tokens": [tok.decode([t[-1]], skip_special_tokens=False) for t in tails]}
+    return {
+        "prefix": prefix,
+        "context_ids": base + shared,
+        "letter_ids": [t[-1] for t in tails],
+        "letter_tokens": [tok.decode([t[-1]], skip_special_tokens=False) for t in tails],
+    }
 
 
 def _previous(path: Path, expect: dict) -> Optional[dict]:
@@ -268,8 +323,9 @@ def _previous(path: Path, expect: dict) -> Optional[dict]:
     return prev if all(prev.get(k) == v for k, v in expect.items()) else None
 
 
-def answer_heldout(runner, task: HeldoutTask, tok: TextTokenizer, desc: str) -> tuple[list, list[str], list[dict],
-                                                                                     Optional[np.ndarray]]:
+def answer_heldout(
+    runner, task: HeldoutTask, tok: TextTokenizer, desc: str
+) -> tuple[list, list[str], list[dict], Optional[np.ndarray]]:
     """Every held-out row answered greedily and scored: (generated ids, answers, verdicts, and for MCQ
     the letters' log-probabilities when the runner gives them, else None). evaluate and verify's re-run."""
     outputs = runner.generate(task.prompts, task.limits, tok.stop_ids, tok.pad_id, desc=desc)
@@ -291,15 +347,34 @@ def run_heldout(runner, task: HeldoutTask, tok: TextTokenizer, mdir: Path, meta:
         if logprobs is not None:
             letter = scoring.CHOICE_LETTERS[int(np.argmax(logprobs[i]))]
             verdict["logprob"] = letter == r["reference"]
-            extra = {"logprob_letter": letter,
-                     "letter_logprobs": {L: round(float(v), 4) for L, v in zip(scoring.CHOICE_LETTERS, logprobs[i])}}
+            extra = {
+                "logprob_letter": letter,
+                "letter_logprobs": {L: round(float(v), 4) for L, v in zip(scoring.CHOICE_LETTERS, logprobs[i])},
+            }
         scored.append(verdict)
-        lines.append(json.dumps({"line": r["line"], "prompt": r["prompt"], "answer": text, "reference": r["reference"],
-                                 **verdict, **extra, "new_tokens": len(ids), "max_new_tokens": task.limits[i]},
-                                ensure_ascii=False))
+        lines.append(
+            json.dumps(
+                {
+                    "line": r["line"],
+                    "prompt": r["prompt"],
+                    "answer": text,
+                    "reference": r["reference"],
+                    **verdict,
+                    **extra,
+                    "new_tokens": len(ids),
+                    "max_new_tokens": task.limits[i],
+                },
+                ensure_ascii=False,
+            )
+        )
     atomic_write_text(mdir / "predictions.jsonl", "\n".join(lines) + "\n")
-    summary = {**meta, "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2),
-               "new_tokens": sum(len(o) for o in outputs), **summarize(scored)}
+    summary = {
+        **meta,
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 2),
+        "new_tokens": sum(len(o) for o in outputs),
+        **summarize(scored),
+    }
     if task.choice_plan is not None and logprobs is None:
         summary["accuracy_logprob"] = None
         summary["logprob_note"] = f"not available on the {runner.backend} backend"
@@ -309,8 +384,14 @@ def run_heldout(runner, task: HeldoutTask, tok: TextTokenizer, mdir: Path, meta:
 
 def run_squad(runner, squad: SquadTask, tok: TextTokenizer, mdir: Path, meta: dict) -> dict:
     t0, cpu0 = time.time(), time.process_time()
-    outputs = runner.generate(squad.prompts, [squad.max_new_tokens] * len(squad.prompts), tok.stop_ids, tok.pad_id,
-                              desc=f"{mdir.name}: SQuAD", min_new_tokens=squad.min_new_tokens)
+    outputs = runner.generate(
+        squad.prompts,
+        [squad.max_new_tokens] * len(squad.prompts),
+        tok.stop_ids,
+        tok.pad_id,
+        desc=f"{mdir.name}: SQuAD",
+        min_new_tokens=squad.min_new_tokens,
+    )
     seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
     answers, lines = [], []
     for r, ids in zip(squad.rows, outputs):
@@ -318,22 +399,50 @@ def run_squad(runner, squad: SquadTask, tok: TextTokenizer, mdir: Path, meta: di
         answer = scoring.squad_answer_from_generation(generated)
         one = scoring.squad_scores([answer], [r["answers"]])
         answers.append(answer)
-        lines.append(json.dumps({"line": r["line"], "id": r["id"], "question": r["question"], "generated": generated,
-                                 "answer": answer, "gold": r["answers"], "f1": round(one["f1"], 4),
-                                 "em": one["em"] == 100.0}, ensure_ascii=False))
+        lines.append(
+            json.dumps(
+                {
+                    "line": r["line"],
+                    "id": r["id"],
+                    "question": r["question"],
+                    "generated": generated,
+                    "answer": answer,
+                    "gold": r["answers"],
+                    "f1": round(one["f1"], 4),
+                    "em": one["em"] == 100.0,
+                },
+                ensure_ascii=False,
+            )
+        )
     atomic_write_text(mdir / "squad_predictions.jsonl", "\n".join(lines) + "\n")
     totals = scoring.squad_scores(answers, [r["answers"] for r in squad.rows])
     # the contest's metric on the same answers, reported beside the official one (rules.RETENTION_METRIC decides)
     emf1 = scoring.squad_scores_emf1(answers, [r["answers"] for r in squad.rows])
-    summary = {**meta, "n": len(squad.rows), "f1": totals["f1"], "em": totals["em"], "emf1": emf1,
-               "seconds": round(seconds, 2),
-               "cpu_seconds": round(cpu_seconds, 2), "new_tokens": sum(len(o) for o in outputs)}
+    summary = {
+        **meta,
+        "n": len(squad.rows),
+        "f1": totals["f1"],
+        "em": totals["em"],
+        "emf1": emf1,
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 2),
+        "new_tokens": sum(len(o) for o in outputs),
+    }
     atomic_write_json(mdir / "squad.json", summary)
     return summary
 
 
-def evaluate_model(name: str, mdir: Path, identity: dict, load: Callable[[], object], task: HeldoutTask,
-                   squad: Optional[SquadTask], tok: TextTokenizer, backend: str, info: dict) -> dict:
+def evaluate_model(
+    name: str,
+    mdir: Path,
+    identity: dict,
+    load: Callable[[], object],
+    task: HeldoutTask,
+    squad: Optional[SquadTask],
+    tok: TextTokenizer,
+    backend: str,
+    info: dict,
+) -> dict:
     """scores.json (+ squad.json) for one model, reusing what matches `identity` and the settings;
     `load` builds the runner only if something has to be computed."""
     runner = None
@@ -347,13 +456,24 @@ def evaluate_model(name: str, mdir: Path, identity: dict, load: Callable[[], obj
     expect = {**identity, "backend": backend, "n": len(task.rows), "settings_sha": task.settings_sha}
     scores = _previous(mdir / "scores.json", expect)
     if scores is None:
-        log.info("%s: %d held-out rows, up to %d new tokens each, with the %s backend", name, len(task.rows),
-                 max(task.limits), backend)
+        log.info(
+            "%s: %d held-out rows, up to %d new tokens each, with the %s backend",
+            name,
+            len(task.rows),
+            max(task.limits),
+            backend,
+        )
         scores = run_heldout(get_runner(), task, tok, mdir, {"model": name, **info, **expect})
-        log.info("%s: accuracy %.3f strict, %.3f tolerant%s (%.0f s)", name, scores["accuracy_strict"],
-                 scores["accuracy_tolerant"],
-                 f", {scores['accuracy_logprob']:.3f} by letter log-prob" if scores.get("accuracy_logprob") is not None
-                 else "", scores["seconds"])
+        log.info(
+            "%s: accuracy %.3f strict, %.3f tolerant%s (%.0f s)",
+            name,
+            scores["accuracy_strict"],
+            scores["accuracy_tolerant"],
+            f", {scores['accuracy_logprob']:.3f} by letter log-prob"
+            if scores.get("accuracy_logprob") is not None
+            else "",
+            scores["seconds"],
+        )
     else:
         log.info("%s: held-out rows already evaluated (%s)", name, mdir / "scores.json")
     result = dict(scores)
@@ -362,23 +482,27 @@ def evaluate_model(name: str, mdir: Path, identity: dict, load: Callable[[], obj
         squad_res = _previous(mdir / "squad.json", expect_squad)
         if squad_res is None:
             log.info("%s: %d SQuAD questions", name, len(squad.rows))
-            squad_res = run_squad(get_runner(), squad, tok, mdir, {"model": name, "source": str(squad.source),
-                                                                   **expect_squad})
-            log.info("%s: SQuAD F1 %.2f, EM %.2f (%.0f s)", name, squad_res["f1"], squad_res["em"],
-                     squad_res["seconds"])
+            squad_res = run_squad(
+                get_runner(), squad, tok, mdir, {"model": name, "source": str(squad.source), **expect_squad}
+            )
+            log.info(
+                "%s: SQuAD F1 %.2f, EM %.2f (%.0f s)", name, squad_res["f1"], squad_res["em"], squad_res["seconds"]
+            )
         else:
             log.info("%s: SQuAD already evaluated (%s)", name, mdir / "squad.json")
             if "emf1" not in squad_res:  # evaluated before EmF1Metric was reported: score the same answers
                 rows = read_jsonl(mdir / "squad_predictions.jsonl")
                 squad_res["emf1"] = scoring.squad_scores_emf1([r["answer"] for r in rows], [r["gold"] for r in rows])
                 atomic_write_json(mdir / "squad.json", squad_res)
-        result["squad"] = {k: squad_res.get(k) for k in ("n", "f1", "em", "emf1", "seconds", "cpu_seconds",
-                                                          "new_tokens")}
+        result["squad"] = {
+            k: squad_res.get(k) for k in ("n", "f1", "em", "emf1", "seconds", "cpu_seconds", "new_tokens")
+        }
     return result
 
 
-def models_to_evaluate(eval_section: EvalSection, merge_index_file: Path,
-                       base_checkpoint: Optional[Path]) -> list[dict]:
+def models_to_evaluate(
+    eval_section: EvalSection, merge_index_file: Path, base_checkpoint: Optional[Path]
+) -> list[dict]:
     """The base model (when eval.base; `base_checkpoint` is its file) and the merged checkpoints
     eval.checkpoints asks for (all, last or none), from merge's index."""
     models = []
@@ -392,7 +516,15 @@ def models_to_evaluate(eval_section: EvalSection, merge_index_file: Path,
     if eval_section.checkpoints == "last":
         merged = merged[-1:]
     for e in merged:
-        models.append({"name": f"step-{e['step']:06d}", "step": e["step"], "train_loss": e.get("train_loss"),
-                       "checkpoint": merge_index_file.parent / e["file"], "sha256": e.get("sha256"),
-                       "lora_file": e.get("lora_file"), "merge_scale": e.get("scale", 1.0)})
+        models.append(
+            {
+                "name": f"step-{e['step']:06d}",
+                "step": e["step"],
+                "train_loss": e.get("train_loss"),
+                "checkpoint": merge_index_file.parent / e["file"],
+                "sha256": e.get("sha256"),
+                "lora_file": e.get("lora_file"),
+                "merge_scale": e.get("scale", 1.0),
+            }
+        )
     return models

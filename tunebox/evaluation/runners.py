@@ -1,5 +1,6 @@
 """Generation backends for evaluation: tunebox's numpy decoder (CPU) and MindFormers' generate() (Ascend),
 one interface: generate(prompts, limits, stop_ids, pad_id) and choice_logprobs(prompts, letter_ids)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,9 @@ from tunebox.model.mf_config import predict_model_kwargs
 from tunebox.model.registry import ModelShape
 
 
-def choice_letter_logprobs(model, prompts: Sequence[Sequence[int]], letter_ids: Sequence[int],
-                           batch_size: int = 16) -> np.ndarray:
+def choice_letter_logprobs(
+    model, prompts: Sequence[Sequence[int]], letter_ids: Sequence[int], batch_size: int = 16
+) -> np.ndarray:
     """log p(letter token | prompt) at the position after each prompt: [N, len(letter_ids)].
     One forward pass per batch (left padding, similar lengths together), no generation."""
     out = np.empty((len(prompts), len(letter_ids)), np.float64)
@@ -25,7 +27,7 @@ def choice_letter_logprobs(model, prompts: Sequence[Sequence[int]], letter_ids: 
         pads = width - lengths
         tokens = np.zeros((len(chunk), width), np.int64)
         for row, i in enumerate(chunk):
-            tokens[row, pads[row]:] = prompts[i]
+            tokens[row, pads[row] :] = prompts[i]
         positions = np.maximum(np.arange(width)[None, :] - pads[:, None], 0)
         key_valid = np.arange(width)[None, :] >= pads[:, None]
         logits = model.forward(tokens, positions, key_valid, last_only=True).astype(np.float64)
@@ -37,6 +39,7 @@ def choice_letter_logprobs(model, prompts: Sequence[Sequence[int]], letter_ids: 
 
 class NumpyRunner:
     """tunebox's numpy decoder: batched greedy generation with a KV cache, and plain forward passes."""
+
     backend = "numpy"
 
     def __init__(self, model, batch_size: int, progress: bool = True):
@@ -48,10 +51,26 @@ class NumpyRunner:
     def from_checkpoint(cls, shape: ModelShape, ckpt: Path, batch_size: int) -> "NumpyRunner":
         return cls(NumpyLlama.from_checkpoint(ckpt, shape), batch_size)
 
-    def generate(self, prompts: list[list[int]], limits: Sequence[int], stop_ids: list[int], pad_id: int,
-                 desc: str = "generate", min_new_tokens: int = 0) -> list[list[int]]:
-        return greedy_generate(self.model, prompts, list(limits), stop_ids, pad_id, batch_size=self.batch_size,
-                               min_new_tokens=min_new_tokens, desc=desc, progress=self.progress)
+    def generate(
+        self,
+        prompts: list[list[int]],
+        limits: Sequence[int],
+        stop_ids: list[int],
+        pad_id: int,
+        desc: str = "generate",
+        min_new_tokens: int = 0,
+    ) -> list[list[int]]:
+        return greedy_generate(
+            self.model,
+            prompts,
+            list(limits),
+            stop_ids,
+            pad_id,
+            batch_size=self.batch_size,
+            min_new_tokens=min_new_tokens,
+            desc=desc,
+            progress=self.progress,
+        )
 
     def choice_logprobs(self, prompts: list[list[int]], letter_ids: Sequence[int]) -> Optional[np.ndarray]:
         return choice_letter_logprobs(self.model, prompts, letter_ids, self.batch_size)
@@ -59,10 +78,20 @@ class NumpyRunner:
 
 class MindFormersRunner:
     """MindFormers' generate() with its incremental (KV cache) inference: the Ascend path."""
+
     backend = "mindformers"
 
-    def __init__(self, shape: ModelShape, ckpt: Path, seq_length: int, *, device: str, dtype: str, batch_size: int,
-                 output_dir: Path):
+    def __init__(
+        self,
+        shape: ModelShape,
+        ckpt: Path,
+        seq_length: int,
+        *,
+        device: str,
+        dtype: str,
+        batch_size: int,
+        output_dir: Path,
+    ):
         """dtype: the merged checkpoints' (budget.merged_weight_dtype); output_dir: the run's folder, where
         MindFormers' logs go."""
         mf.setup_device(device, "graph", output_dir=output_dir)
@@ -75,19 +104,24 @@ class MindFormersRunner:
     def generate(self, prompts, limits, stop_ids, pad_id, desc: str = "generate", min_new_tokens: int = 0):
         out = []
         for lo in range(0, len(prompts), self.batch_size):
-            chunk, chunk_limits = prompts[lo:lo + self.batch_size], list(limits[lo:lo + self.batch_size])
+            chunk, chunk_limits = prompts[lo : lo + self.batch_size], list(limits[lo : lo + self.batch_size])
             # greedy: a shorter limit gives a prefix of the longer one, so cut each row afterwards
-            res = self.net.generate(chunk, max_new_tokens=max(chunk_limits), do_sample=False,
-                                    eos_token_id=stop_ids, pad_token_id=pad_id,
-                                    min_new_tokens=min_new_tokens or None)
+            res = self.net.generate(
+                chunk,
+                max_new_tokens=max(chunk_limits),
+                do_sample=False,
+                eos_token_id=stop_ids,
+                pad_token_id=pad_id,
+                min_new_tokens=min_new_tokens or None,
+            )
             for p, r, limit in zip(chunk, res, chunk_limits):
-                new = list(np.asarray(r)[len(p):])
+                new = list(np.asarray(r)[len(p) :])
                 cut = next((i for i, t in enumerate(new) if t in stop_ids), len(new))
-                out.append([int(t) for t in new[:min(cut, limit)]])
+                out.append([int(t) for t in new[: min(cut, limit)]])
         return out
 
     def choice_logprobs(self, prompts, letter_ids) -> Optional[np.ndarray]:
-        return None   # only the generated-letter method on this backend
+        return None  # only the generated-letter method on this backend
 
 
 def pick_backend(backend: str, device: str) -> str:

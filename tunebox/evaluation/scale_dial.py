@@ -1,6 +1,7 @@
 """The LoRA scale dial: one merged checkpoint's trained LoRA evaluated at W + s * (alpha / r) * B A for
 several scales s, each merged into the base weights in memory (the numpy backend), nothing written
 but each scale's predictions and scores under evaluate/scale-dial/scale-<s>/."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,23 @@ def merged_in_memory(shape: ModelShape, lora: LoraSection, base_arrays: dict, lo
     return NumpyLlama(merged, shape, source=f"in-memory merge at scale {scale:g}")
 
 
-def scale_dial(target: dict, scales: list[float], *, merge_index_file: Path, train_dir: Path, shape: ModelShape,
-               lora: LoraSection, batch_size: int, task: HeldoutTask, squad: Optional[SquadTask],
-               tok: TextTokenizer, backend: str, base: Optional[dict], contest: dict, out: Path) -> dict:
+def scale_dial(
+    target: dict,
+    scales: list[float],
+    *,
+    merge_index_file: Path,
+    train_dir: Path,
+    shape: ModelShape,
+    lora: LoraSection,
+    batch_size: int,
+    task: HeldoutTask,
+    squad: Optional[SquadTask],
+    tok: TextTokenizer,
+    backend: str,
+    base: Optional[dict],
+    contest: dict,
+    out: Path,
+) -> dict:
     """Evaluate `target` (a merged checkpoint's models_to_evaluate entry) at each LoRA scale,
     merging the trained LoRA into the base weights in memory."""
     if backend != "numpy":
@@ -46,14 +61,21 @@ def scale_dial(target: dict, scales: list[float], *, merge_index_file: Path, tra
                 arrays["base"] = load_checkpoint_numpy(base_ckpt)
                 arrays["lora"] = load_checkpoint_numpy(lora_file)
             return NumpyRunner(merged_in_memory(shape, lora, arrays["base"], arrays["lora"], scale), batch_size)
+
         return build
 
     points = []
     for scale in scales:
         name = f"scale-{scale:g}"
         identity = {"checkpoint_sha256": f"lora {lora_sha} x {scale!r} + base {base_sha}"}
-        info = {"step": target["step"], "train_loss": target["train_loss"], "scale": scale, "of": target["name"],
-                "lora_file": str(lora_file), "checkpoint": str(base_ckpt)}
+        info = {
+            "step": target["step"],
+            "train_loss": target["train_loss"],
+            "scale": scale,
+            "of": target["name"],
+            "lora_file": str(lora_file),
+            "checkpoint": str(base_ckpt),
+        }
         entry = evaluate_model(name, out / "scale-dial" / name, identity, load(scale), task, squad, tok, backend, info)
         points.append(annotate(entry, base, contest))
     return {"checkpoint": target["name"], "step": target["step"], "lora_file": str(lora_file), "points": points}

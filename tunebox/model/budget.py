@@ -32,6 +32,7 @@ communication, padding); predictions for other settings assume that mix stays si
 the MFU is solved from a wall time, the peak figure cancels out of every prediction made with it.
 When a real step time is known (`measured_step_s`), it replaces the model.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,7 @@ from tunebox.model.registry import ModelShape, get_model_shape, lora_targets
 CANDIDATE_RANKS = (1, 2, 4, 8, 16, 32)
 TARGET_SETS = {"wq|wv": "wq|wv", "wq|wk|wv|wo": "wq|wk|wv|wo", "all linear": "wq|wk|wv|wo|w1|w2|w3"}
 
-RATIO_WEIGHT = {1: 1.0, 2: 10.0}       # k in the score formula of each stage
+RATIO_WEIGHT = {1: 1.0, 2: 10.0}  # k in the score formula of each stage
 SCORE_FUNCTIONS = {1: stage1_score, 2: stage2_score}
 
 # Ascend 910B (the Atlas 800T A2 cards the contest ran on), dense FP16, per card. Huawei publishes
@@ -59,6 +60,7 @@ ASCEND_910B_PEAK_FP16_TFLOPS = 320.0
 @dataclass(frozen=True)
 class Baseline:
     """The contest configuration a candidate has to beat, and where we read it."""
+
     stage: int
     model: str
     rank: int
@@ -68,14 +70,26 @@ class Baseline:
 
 
 BASELINES = {
-    1: Baseline(1, "llama3-8b", 8, "wq|wv", 0.20,
-                "LoRA r=8 on .*wq|.*wv: the guide's run_llama3_8b_8k_800T_A2_64G_lora_dis_256.yaml; accuracy 20%: "
-                "'baseline的数学运算准确率为20%' "
-                "(zhouyifeng888/competition, topic2-finetune/first-phase/_阿巴阿巴/README.md)"),
-    2: Baseline(2, "internlm-7b", 8, "wq|wk|wv|wo", 0.40,
-                "LoRA r=8 on .*wq|.*wk|.*wv|.*wo: research/internlm/finetune_internlm_7b_lora.yaml in the contest's "
-                "MindFormers copy (topic2-finetune/mindformers); accuracy 40%: 'baseline的准确率为40%' "
-                "(topic2-finetune/README.md, 第二阶段). The targets are our reading: see docs/STAGE2.md"),
+    1: Baseline(
+        1,
+        "llama3-8b",
+        8,
+        "wq|wv",
+        0.20,
+        "LoRA r=8 on .*wq|.*wv: the guide's run_llama3_8b_8k_800T_A2_64G_lora_dis_256.yaml; accuracy 20%: "
+        "'baseline的数学运算准确率为20%' "
+        "(zhouyifeng888/competition, topic2-finetune/first-phase/_阿巴阿巴/README.md)",
+    ),
+    2: Baseline(
+        2,
+        "internlm-7b",
+        8,
+        "wq|wk|wv|wo",
+        0.40,
+        "LoRA r=8 on .*wq|.*wk|.*wv|.*wo: research/internlm/finetune_internlm_7b_lora.yaml in the contest's "
+        "MindFormers copy (topic2-finetune/mindformers); accuracy 40%: 'baseline的准确率为40%' "
+        "(topic2-finetune/README.md, 第二阶段). The targets are our reading: see docs/STAGE2.md",
+    ),
 }
 
 # The contest's own setting per stage, used for whatever the command line and the recipe leave
@@ -89,9 +103,9 @@ STAGE_DEFAULTS = {
 MODEL_STAGE = {"llama3-8b": 1, "internlm-7b": 2}
 
 
-
-def stage_baseline(stage: int, accuracy: Optional[float] = None, rank: Optional[int] = None,
-                   targets: Optional[str] = None) -> Baseline:
+def stage_baseline(
+    stage: int, accuracy: Optional[float] = None, rank: Optional[int] = None, targets: Optional[str] = None
+) -> Baseline:
     """The stage's contest baseline, with the accuracy or the LoRA layout given on the command line."""
     baseline = BASELINES[stage]
     if accuracy is not None:
@@ -99,13 +113,18 @@ def stage_baseline(stage: int, accuracy: Optional[float] = None, rank: Optional[
             raise InputError(f"--baseline-accuracy must be a fraction in [0, 1], got {accuracy}")
         baseline = replace(baseline, accuracy=accuracy, source="--baseline-accuracy")
     if rank is not None or targets:
-        baseline = replace(baseline, rank=rank or baseline.rank, target_modules=targets or baseline.target_modules,
-                           source=baseline.source + "; layout overridden on the command line")
-    lora_targets(baseline.target_modules)   # fail early on a bad regex
+        baseline = replace(
+            baseline,
+            rank=rank or baseline.rank,
+            target_modules=targets or baseline.target_modules,
+            source=baseline.source + "; layout overridden on the command line",
+        )
+    lora_targets(baseline.target_modules)  # fail early on a bad regex
     return baseline
 
 
 # ---- the score side ---------------------------------------------------------------------------
+
 
 def score_ratio(trainable: int, shape: ModelShape) -> float:
     """The ratio the contest would compute: over its nominal total when it published one for this
@@ -125,14 +144,14 @@ def break_even_accuracy(stage: int, ratio: float, baseline_ratio: float, baselin
 @dataclass(frozen=True)
 class LoraOption:
     rank: int
-    targets: str                 # the set's name ("wq|wv", "all linear", ...)
-    target_modules: str          # the regex alternatives
+    targets: str  # the set's name ("wq|wv", "all linear", ...)
+    target_modules: str  # the regex alternatives
     trainable: int
-    ratio_exact: float           # over the exact total from the architecture
-    ratio_contest: Optional[float]   # over the contest's nominal total (None: no contest total)
-    ratio_penalty: float         # what the ratio costs in score: 0.3 * k * ratio (contest ratio when known)
-    break_even: float            # accuracy needed to match the baseline's score (or the margin, see
-                                 # LoraPlan.baseline_accuracy)
+    ratio_exact: float  # over the exact total from the architecture
+    ratio_contest: Optional[float]  # over the contest's nominal total (None: no contest total)
+    ratio_penalty: float  # what the ratio costs in score: 0.3 * k * ratio (contest ratio when known)
+    break_even: float  # accuracy needed to match the baseline's score (or the margin, see
+    # LoraPlan.baseline_accuracy)
     is_baseline: bool
 
     def to_dict(self) -> dict:
@@ -147,7 +166,7 @@ class LoraPlan:
     total_contest: Optional[int]
     baseline: Baseline
     baseline_trainable: int
-    baseline_ratio: float        # as the score uses it
+    baseline_ratio: float  # as the score uses it
     baseline_score: Optional[float]
     options: list[LoraOption]
 
@@ -162,8 +181,13 @@ class LoraPlan:
         return d
 
 
-def plan_lora(shape: ModelShape, stage: int, baseline: Baseline, ranks: Iterable[int] = CANDIDATE_RANKS,
-              target_sets: Optional[dict[str, str]] = None) -> LoraPlan:
+def plan_lora(
+    shape: ModelShape,
+    stage: int,
+    baseline: Baseline,
+    ranks: Iterable[int] = CANDIDATE_RANKS,
+    target_sets: Optional[dict[str, str]] = None,
+) -> LoraPlan:
     """Every (rank, target set) candidate with its trainable count, ratios and break-even accuracy
     against `baseline` (the baseline's LoRA layout is applied to `spec`, so a plan for another
     model compares like with like)."""
@@ -184,20 +208,35 @@ def plan_lora(shape: ModelShape, stage: int, baseline: Baseline, ranks: Iterable
                 raise ValueError(f"LoRA rank must be positive, got {rank}")
             trainable = shape.lora_params(rank, regex)
             ratio = score_ratio(trainable, shape)
-            options.append(LoraOption(
-                rank=rank, targets=targets, target_modules=regex, trainable=trainable,
-                ratio_exact=param_ratio(trainable, total),
-                ratio_contest=param_ratio(trainable, contest_total) if contest_total else None,
-                ratio_penalty=0.3 * RATIO_WEIGHT[stage] * ratio,
-                break_even=break_even_accuracy(stage, ratio, base_ratio, a_b),
-                is_baseline=rank == baseline.rank and chosen == base_targets))
-    score = (SCORE_FUNCTIONS[stage](baseline.accuracy, base_ratio) if baseline.accuracy is not None else None)
-    return LoraPlan(model=shape.name, stage=stage, total_exact=total, total_contest=contest_total,
-                    baseline=baseline, baseline_trainable=base_trainable, baseline_ratio=base_ratio,
-                    baseline_score=score, options=options)
+            options.append(
+                LoraOption(
+                    rank=rank,
+                    targets=targets,
+                    target_modules=regex,
+                    trainable=trainable,
+                    ratio_exact=param_ratio(trainable, total),
+                    ratio_contest=param_ratio(trainable, contest_total) if contest_total else None,
+                    ratio_penalty=0.3 * RATIO_WEIGHT[stage] * ratio,
+                    break_even=break_even_accuracy(stage, ratio, base_ratio, a_b),
+                    is_baseline=rank == baseline.rank and chosen == base_targets,
+                )
+            )
+    score = SCORE_FUNCTIONS[stage](baseline.accuracy, base_ratio) if baseline.accuracy is not None else None
+    return LoraPlan(
+        model=shape.name,
+        stage=stage,
+        total_exact=total,
+        total_contest=contest_total,
+        baseline=baseline,
+        baseline_trainable=base_trainable,
+        baseline_ratio=base_ratio,
+        baseline_score=score,
+        options=options,
+    )
 
 
 # ---- the time side ----------------------------------------------------------------------------
+
 
 def matmul_weights(shape: ModelShape) -> int:
     """Weights that take part in a matmul for every token: all projections of every layer plus the
@@ -217,8 +256,9 @@ class FlopsPerToken:
         return self.forward + self.backward + self.recompute
 
 
-def lora_flops_per_token(shape: ModelShape, seq_length: int, lora_trainable: int,
-                         recompute: bool = True) -> FlopsPerToken:
+def lora_flops_per_token(
+    shape: ModelShape, seq_length: int, lora_trainable: int, recompute: bool = True
+) -> FlopsPerToken:
     """Training FLOPs per (padded) token of a LoRA run; the formula is in the module docstring."""
     n = matmul_weights(shape)
     attention = 4 * shape.num_layers * seq_length * shape.num_heads * shape.head_dim
@@ -264,10 +304,10 @@ class TimeEstimate:
     step_flops: float
     total_flops: float
     peak_tflops: float
-    mfu: float                   # assumed (model) or implied by the measured step time
+    mfu: float  # assumed (model) or implied by the measured step time
     step_seconds: float
     wall_seconds: float
-    source: str                  # "model" or "measured"
+    source: str  # "model" or "measured"
 
     @property
     def wall_hours(self) -> float:
@@ -279,9 +319,16 @@ class TimeEstimate:
         return d
 
 
-def estimate_time(shape: ModelShape, workload: Workload, lora_trainable: int, *, mfu: Optional[float] = None,
-                  peak_tflops: float = ASCEND_910B_PEAK_FP16_TFLOPS, recompute: bool = True,
-                  measured_step_s: Optional[float] = None) -> TimeEstimate:
+def estimate_time(
+    shape: ModelShape,
+    workload: Workload,
+    lora_trainable: int,
+    *,
+    mfu: Optional[float] = None,
+    peak_tflops: float = ASCEND_910B_PEAK_FP16_TFLOPS,
+    recompute: bool = True,
+    measured_step_s: Optional[float] = None,
+) -> TimeEstimate:
     """Step and wall time of a LoRA run. With measured_step_s the wall time is steps x that, and
     the MFU reported is the one it implies; otherwise step time comes from FLOPs / (cards x peak x
     MFU), MFU defaulting to the calibrated one (calibrated_mfu())."""
@@ -300,15 +347,26 @@ def estimate_time(shape: ModelShape, workload: Workload, lora_trainable: int, *,
         if not 0 < mfu <= 1:
             raise ValueError(f"MFU must be in (0, 1], got {mfu} (pass 0.2, not 20)")
         step_s, source = step_flops / (capacity * mfu), "model"
-    return TimeEstimate(model=shape.name, workload=workload, lora_trainable=lora_trainable, recompute=recompute,
-                        flops_per_token=per_token, step_flops=step_flops, total_flops=step_flops * workload.steps,
-                        peak_tflops=peak_tflops, mfu=mfu, step_seconds=step_s,
-                        wall_seconds=step_s * workload.steps, source=source)
+    return TimeEstimate(
+        model=shape.name,
+        workload=workload,
+        lora_trainable=lora_trainable,
+        recompute=recompute,
+        flops_per_token=per_token,
+        step_flops=step_flops,
+        total_flops=step_flops * workload.steps,
+        peak_tflops=peak_tflops,
+        mfu=mfu,
+        step_seconds=step_s,
+        wall_seconds=step_s * workload.steps,
+        source=source,
+    )
 
 
 @dataclass(frozen=True)
 class ReferenceRun:
     """A published wall time for a known setting: what the MFU is calibrated on."""
+
     model: str
     rank: int
     target_modules: str
@@ -319,12 +377,16 @@ class ReferenceRun:
 
 
 CONTEST_REFERENCE = ReferenceRun(
-    model="llama3-8b", rank=8, target_modules="wq|wv",
-    workload=Workload(rows=90_000, seq_length=256, epochs=5, global_batch=64, cards=4), hours=6.0,
+    model="llama3-8b",
+    rank=8,
+    target_modules="wq|wv",
+    workload=Workload(rows=90_000, seq_length=256, epochs=5, global_batch=64, cards=4),
+    hours=6.0,
     recompute=True,
     source="'9万条数据集在4卡的LoRA微调下的运行时长为6个小时（seq_len为256，batch_size为64，微调5个epochs）' "
-           "(zhouyifeng888/competition, 2024-ascend-innovation-contest/topic2-finetune/README.md); the stage-1 "
-           "config it ran (run_llama3_8b_8k_800T_A2_64G_lora_dis_256.yaml): model_parallel 4, recompute True, bf16")
+    "(zhouyifeng888/competition, 2024-ascend-innovation-contest/topic2-finetune/README.md); the stage-1 "
+    "config it ran (run_llama3_8b_8k_800T_A2_64G_lora_dis_256.yaml): model_parallel 4, recompute True, bf16",
+)
 
 
 # A second published timing, for stage 2: team 重生之我在大海摸鲸鱼 reports "epoch 为10，batch_size 为2，
@@ -332,20 +394,28 @@ CONTEST_REFERENCE = ReferenceRun(
 # data_parallel 8 in its finetune_internlm_7b_lora_mmlu_64G.yaml. It also added zero-shot rows of
 # unknown number to the 27,604 offered, so the MFU this implies is a lower bound.
 STAGE2_TEAM_REFERENCE = ReferenceRun(
-    model="internlm-7b", rank=8, target_modules="wk|wo",
-    workload=Workload(rows=27_604, seq_length=2048, epochs=10, global_batch=16, cards=8), hours=9.0,
+    model="internlm-7b",
+    rank=8,
+    target_modules="wk|wo",
+    workload=Workload(rows=27_604, seq_length=2048, epochs=10, global_batch=16, cards=8),
+    hours=9.0,
     recompute=True,
     source="second-phase/重生之我在大海摸鲸鱼/README.md ('时长约为9小时左右') and its "
-           "finetune_internlm_7b_lora_mmlu_64G.yaml (seq_length 2048, batch_size 2 x data_parallel 8, 10 epochs)")
+    "finetune_internlm_7b_lora_mmlu_64G.yaml (seq_length 2048, batch_size 2 x data_parallel 8, 10 epochs)",
+)
 
 
-def calibrated_mfu(peak_tflops: float = ASCEND_910B_PEAK_FP16_TFLOPS,
-                   reference: ReferenceRun = CONTEST_REFERENCE) -> float:
+def calibrated_mfu(
+    peak_tflops: float = ASCEND_910B_PEAK_FP16_TFLOPS, reference: ReferenceRun = CONTEST_REFERENCE
+) -> float:
     """The MFU at which the reference run takes its published time."""
     shape = get_model_shape(reference.model)
-    per_token = lora_flops_per_token(shape, reference.workload.seq_length,
-                                     shape.lora_params(reference.rank, reference.target_modules),
-                                     reference.recompute).total
+    per_token = lora_flops_per_token(
+        shape,
+        reference.workload.seq_length,
+        shape.lora_params(reference.rank, reference.target_modules),
+        reference.recompute,
+    ).total
     flops = per_token * reference.workload.tokens
     return flops / (reference.hours * 3600.0 * reference.workload.cards * peak_tflops * 1e12)
 
@@ -360,28 +430,56 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
-def compare_with_baseline(shape: ModelShape, stage: int, baseline: Baseline, recipe_lora: tuple[int, str],
-                          recipe_time: TimeEstimate, *, mfu: Optional[float], peak_tflops: float,
-                          recompute: bool) -> dict:
+def compare_with_baseline(
+    shape: ModelShape,
+    stage: int,
+    baseline: Baseline,
+    recipe_lora: tuple[int, str],
+    recipe_time: TimeEstimate,
+    *,
+    mfu: Optional[float],
+    peak_tflops: float,
+    recompute: bool,
+) -> dict:
     """The recipe next to the contest baseline: LoRA layout, trainable parameters, the ratio the contest
     computes, its cost in score, and each one's Ascend time (the baseline on the stage's reference workload,
     the recipe on its own, `recipe_time`), both from the same time model."""
     defaults = STAGE_DEFAULTS[stage]
     base_trainable = shape.lora_params(baseline.rank, baseline.target_modules)
-    base_workload = Workload(rows=defaults["rows"], seq_length=defaults["seq"], epochs=defaults["epochs"],
-                             global_batch=defaults["batch"], cards=defaults["cards"])
-    base_time = estimate_time(shape, base_workload, base_trainable, mfu=mfu, peak_tflops=peak_tflops,
-                              recompute=recompute)
+    base_workload = Workload(
+        rows=defaults["rows"],
+        seq_length=defaults["seq"],
+        epochs=defaults["epochs"],
+        global_batch=defaults["batch"],
+        cards=defaults["cards"],
+    )
+    base_time = estimate_time(
+        shape, base_workload, base_trainable, mfu=mfu, peak_tflops=peak_tflops, recompute=recompute
+    )
     rank, targets = recipe_lora
     rows = []
-    for name, r, t, trainable, e in (("baseline", baseline.rank, baseline.target_modules, base_trainable, base_time),
-                                     ("recipe", rank, targets, recipe_time.lora_trainable, recipe_time)):
+    for name, r, t, trainable, e in (
+        ("baseline", baseline.rank, baseline.target_modules, base_trainable, base_time),
+        ("recipe", rank, targets, recipe_time.lora_trainable, recipe_time),
+    ):
         ratio = score_ratio(trainable, shape)
-        rows.append({"name": name, "rank": r, "target_modules": t, "trainable": trainable, "ratio": ratio,
-                     "ratio_cost": 0.3 * RATIO_WEIGHT[stage] * ratio, "rows": e.workload.rows,
-                     "seq_length": e.workload.seq_length, "epochs": e.workload.epochs,
-                     "global_batch": e.workload.global_batch, "cards": e.workload.cards,
-                     "wall_hours": e.wall_hours, "time_source": e.source})
+        rows.append(
+            {
+                "name": name,
+                "rank": r,
+                "target_modules": t,
+                "trainable": trainable,
+                "ratio": ratio,
+                "ratio_cost": 0.3 * RATIO_WEIGHT[stage] * ratio,
+                "rows": e.workload.rows,
+                "seq_length": e.workload.seq_length,
+                "epochs": e.workload.epochs,
+                "global_batch": e.workload.global_batch,
+                "cards": e.workload.cards,
+                "wall_hours": e.wall_hours,
+                "time_source": e.source,
+            }
+        )
     return {"stage": stage, "model": shape.name, "rows": rows}
 
 
@@ -393,10 +491,11 @@ BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 @dataclass(frozen=True)
 class CardMemory:
     """An estimate of one card's training memory (bytes), by part."""
-    weights: float          # the frozen base, split over model_parallel x pipeline_stage
-    lora_state: float       # LoRA weights, their gradients and AdamW's two float32 moments
-    activations: float      # what the backward keeps (the layer inputs with recompute) + one layer's full set
-    logits: float           # the LM head's float32 output and its gradient, per micro-batch
+
+    weights: float  # the frozen base, split over model_parallel x pipeline_stage
+    lora_state: float  # LoRA weights, their gradients and AdamW's two float32 moments
+    activations: float  # what the backward keeps (the layer inputs with recompute) + one layer's full set
+    logits: float  # the LM head's float32 output and its gradient, per micro-batch
     micro_batch: int
     layers_here: int
 
@@ -408,9 +507,19 @@ class CardMemory:
         return {**asdict(self), "total": self.total}
 
 
-def card_memory(shape: ModelShape, *, seq_length: int, global_batch: int, data_parallel: int, model_parallel: int,
-                pipeline_stage: int, micro_batch_num: int, dtype: str, lora_trainable: int,
-                recompute: bool) -> CardMemory:
+def card_memory(
+    shape: ModelShape,
+    *,
+    seq_length: int,
+    global_batch: int,
+    data_parallel: int,
+    model_parallel: int,
+    pipeline_stage: int,
+    micro_batch_num: int,
+    dtype: str,
+    lora_trainable: int,
+    recompute: bool,
+) -> CardMemory:
     """Per-card memory of a LoRA step. Activations per layer follow Korthikanti et al. 2022, "Reducing
     Activation Recomputation in Large Transformer Models" (arXiv 2205.05198), eq. 2 with tensor parallel t
     and no sequence parallel: s b h (10 + 24/t + 5 a s / (h t)) bytes (16-bit activations); with full
@@ -424,29 +533,46 @@ def card_memory(shape: ModelShape, *, seq_length: int, global_batch: int, data_p
     layers = -(-shape.num_layers // pp)
     per_layer_full = s * b * h * (10 + 24 / t + 5 * a * s / (h * t))
     kept = 2 * s * b * h if recompute else per_layer_full
-    in_flight = min(pp, micro_batch_num) if pp > 1 else 1      # 1F1B: up to pp micro-batches in flight
+    in_flight = min(pp, micro_batch_num) if pp > 1 else 1  # 1F1B: up to pp micro-batches in flight
     activations = (layers * kept * in_flight) + (per_layer_full if recompute else 0)
-    logits = 2 * 4 * s * b * v                                 # the last stage holds them (the worst card)
+    logits = 2 * 4 * s * b * v  # the last stage holds them (the worst card)
     weights = shape.total_params() * BYTES[dtype] / (t * pp)
     lora_state = lora_trainable / (t * pp) * (BYTES[dtype] * 2 + 8)
-    return CardMemory(weights=weights, lora_state=lora_state, activations=activations, logits=logits,
-                      micro_batch=b, layers_here=layers)
+    return CardMemory(
+        weights=weights,
+        lora_state=lora_state,
+        activations=activations,
+        logits=logits,
+        micro_batch=b,
+        layers_here=layers,
+    )
 
 
-def topology_card_memory(shape: ModelShape, topo, train, *, seq_length: int, global_batch: int,
-                         lora_trainable: int) -> CardMemory:
+def topology_card_memory(
+    shape: ModelShape, topo, train, *, seq_length: int, global_batch: int, lora_trainable: int
+) -> CardMemory:
     """card_memory on a run's topology (mf_config.topology) in its train section's dtype and recompute."""
-    return card_memory(shape, seq_length=seq_length, global_batch=global_batch, data_parallel=topo.data_parallel,
-                       model_parallel=topo.model_parallel, pipeline_stage=topo.pipeline_stage,
-                       micro_batch_num=topo.micro_batch_num, dtype=train.dtype, lora_trainable=lora_trainable,
-                       recompute=train.parallel.recompute)
+    return card_memory(
+        shape,
+        seq_length=seq_length,
+        global_batch=global_batch,
+        data_parallel=topo.data_parallel,
+        model_parallel=topo.model_parallel,
+        pipeline_stage=topo.pipeline_stage,
+        micro_batch_num=topo.micro_batch_num,
+        dtype=train.dtype,
+        lora_trainable=lora_trainable,
+        recompute=train.parallel.recompute,
+    )
 
 
 # ---- disk -------------------------------------------------------------------------------------
 
+
 @dataclass
 class DiskEstimate:
     """What a run keeps on the runs volume (runs/ and the model cache), in bytes."""
+
     items: dict[str, int]
     headroom: float = 0.2
 
@@ -465,8 +591,8 @@ class DiskEstimate:
 
 # ---- checkpoint I/O --------------------------------------------------------------------------
 
-RESUME_SNAPSHOTS = 10   # full resume snapshots a run saves when train.save_state_every is not set
-RESUME_KEPT = 2         # the newest ones MindFormers' CheckpointMonitor keeps (keep_checkpoint_max)
+RESUME_SNAPSHOTS = 10  # full resume snapshots a run saves when train.save_state_every is not set
+RESUME_KEPT = 2  # the newest ones MindFormers' CheckpointMonitor keeps (keep_checkpoint_max)
 
 
 def resume_every(total_steps: int, configured: Optional[int] = None) -> int:
@@ -488,6 +614,7 @@ def resume_snapshot_bytes(run) -> int:
 @dataclass
 class CheckpointIO:
     """What a run writes as checkpoints, in bytes."""
+
     total_steps: int
     resume_every_steps: int
     resume_snapshots: int
@@ -501,8 +628,11 @@ class CheckpointIO:
 
     @property
     def written_bytes(self) -> int:
-        return (self.resume_snapshots * self.resume_snapshot_bytes + self.lora_checkpoints * self.lora_checkpoint_bytes
-                + self.merged_checkpoints * self.merged_checkpoint_bytes)
+        return (
+            self.resume_snapshots * self.resume_snapshot_bytes
+            + self.lora_checkpoints * self.lora_checkpoint_bytes
+            + self.merged_checkpoints * self.merged_checkpoint_bytes
+        )
 
     def to_dict(self) -> dict:
         return {**asdict(self), "written_bytes": self.written_bytes}
@@ -518,12 +648,18 @@ def checkpoint_io(run, total_steps: int) -> CheckpointIO:
     shape = get_model_shape(run.model.name)
     every = resume_every(total_steps, run.train.save_state_every)
     merged = merged_weight_dtype(run.merge, run.train)
-    return CheckpointIO(total_steps=total_steps, resume_every_steps=every, resume_snapshots=total_steps // every,
-                        resume_snapshot_bytes=resume_snapshot_bytes(run), resume_kept=RESUME_KEPT,
-                        lora_checkpoints=run.train.num_checkpoints,
-                        lora_checkpoint_bytes=4 * shape.lora_params(run.lora.rank, run.lora.target_modules),
-                        merged_checkpoints=run.train.num_checkpoints,
-                        merged_checkpoint_bytes=BYTES[merged] * shape.total_params(), merged_dtype=merged)
+    return CheckpointIO(
+        total_steps=total_steps,
+        resume_every_steps=every,
+        resume_snapshots=total_steps // every,
+        resume_snapshot_bytes=resume_snapshot_bytes(run),
+        resume_kept=RESUME_KEPT,
+        lora_checkpoints=run.train.num_checkpoints,
+        lora_checkpoint_bytes=4 * shape.lora_params(run.lora.rank, run.lora.target_modules),
+        merged_checkpoints=run.train.num_checkpoints,
+        merged_checkpoint_bytes=BYTES[merged] * shape.total_params(),
+        merged_dtype=merged,
+    )
 
 
 def estimate_disk(run) -> DiskEstimate:
@@ -538,10 +674,12 @@ def estimate_disk(run) -> DiskEstimate:
     n = run.train.num_checkpoints
     merged = merged_weight_dtype(run.merge, run.train)
     train_dtype = run.train.dtype if run.train.device != "CPU" else "float32"
-    return DiskEstimate({
-        "base_checkpoint_fp32": 4 * params,
-        "hf_source_bf16": 2 * params,
-        f"merged_checkpoints_{merged}": n * BYTES[merged] * params,
-        f"resume_checkpoints_{train_dtype}": RESUME_KEPT * resume_snapshot_bytes(run),
-        "lora_checkpoints": n * 4 * lora,
-    })
+    return DiskEstimate(
+        {
+            "base_checkpoint_fp32": 4 * params,
+            "hf_source_bf16": 2 * params,
+            f"merged_checkpoints_{merged}": n * BYTES[merged] * params,
+            f"resume_checkpoints_{train_dtype}": RESUME_KEPT * resume_snapshot_bytes(run),
+            "lora_checkpoints": n * 4 * lora,
+        }
+    )

@@ -23,6 +23,7 @@ The merge copies tensors without an adapter verbatim with copy_file_range (the b
 this process) and materializes only the adapted weights; bfloat16 ones are converted here, bit for
 bit as MindSpore's numpy bfloat16 rounds, so the merge never loads MindSpore.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,16 +57,24 @@ CRC_FOOTER_BYTES = len(CRC_MAGIC) + 10
 CACHE_WINDOW = 256 * 1024 * 1024
 COPY_BLOCK = 16 * 1024 * 1024
 _HEADER_WINDOW = 64 * 1024
-_FOLD_SLICE = 1 << 20        # elements converted at a time in fold_lora
+_FOLD_SLICE = 1 << 20  # elements converted at a time in fold_lora
 _U64 = (1 << 64) - 1
 
 # MindSpore's tensor_type strings (serialization.tensor_to_ms_type) -> numpy. BFloat16 is added on
 # first use: MindSpore's numpy bfloat16 lives in its C extension (~350 MB of shared libraries).
 _NUMPY_TYPES: dict[str, np.dtype] = {
-    "Int8": np.dtype(np.int8), "UInt8": np.dtype(np.uint8), "Int16": np.dtype(np.int16),
-    "UInt16": np.dtype(np.uint16), "Int32": np.dtype(np.int32), "UInt32": np.dtype(np.uint32),
-    "Int64": np.dtype(np.int64), "UInt64": np.dtype(np.uint64), "Float16": np.dtype(np.float16),
-    "Float32": np.dtype(np.float32), "Float64": np.dtype(np.float64), "Bool": np.dtype(np.bool_),
+    "Int8": np.dtype(np.int8),
+    "UInt8": np.dtype(np.uint8),
+    "Int16": np.dtype(np.int16),
+    "UInt16": np.dtype(np.uint16),
+    "Int32": np.dtype(np.int32),
+    "UInt32": np.dtype(np.uint32),
+    "Int64": np.dtype(np.int64),
+    "UInt64": np.dtype(np.uint64),
+    "Float16": np.dtype(np.float16),
+    "Float32": np.dtype(np.float32),
+    "Float64": np.dtype(np.float64),
+    "Bool": np.dtype(np.bool_),
 }
 STRING_TYPE = "str"
 FLOAT_TYPES = ("Float16", "BFloat16", "Float32", "Float64")
@@ -74,6 +83,7 @@ FLOAT_TYPES = ("Float16", "BFloat16", "Float32", "Float64")
 def bfloat16() -> np.dtype:
     """MindSpore's numpy bfloat16 (what Tensor.asnumpy() returns for a bfloat16 tensor)."""
     from mindspore._c_expression.np_dtypes import bfloat16 as bf16
+
     return np.dtype(bf16)
 
 
@@ -83,8 +93,10 @@ def numpy_dtype(tensor_type: str) -> np.dtype:
     try:
         return _NUMPY_TYPES[tensor_type]
     except KeyError:
-        raise ValueError(f"tensor type {tensor_type!r} is not supported "
-                         f"(supported: {', '.join([*_NUMPY_TYPES, 'BFloat16', STRING_TYPE])})") from None
+        raise ValueError(
+            f"tensor type {tensor_type!r} is not supported "
+            f"(supported: {', '.join([*_NUMPY_TYPES, 'BFloat16', STRING_TYPE])})"
+        ) from None
 
 
 def itemsize(tensor_type: str) -> int:
@@ -131,10 +143,11 @@ class CheckpointFormatError(InputError):
 class TensorEntry:
     """Where one tensor lives in a checkpoint: its records' content ranges, and the byte range of
     the records themselves (start..end) for verbatim copies."""
+
     name: str
     shape: tuple[int, ...]
     tensor_type: str
-    chunks: tuple[tuple[int, int], ...]     # (offset, length) of each record's tensor_content
+    chunks: tuple[tuple[int, int], ...]  # (offset, length) of each record's tensor_content
     start: int
     end: int
 
@@ -149,8 +162,9 @@ class TensorEntry:
 
 # ---- protobuf wire format --------------------------------------------------------------------
 
+
 def encode_varint(value: int) -> bytes:
-    value &= _U64   # int64 fields encode negatives as their 64-bit two's complement
+    value &= _U64  # int64 fields encode negatives as their 64-bit two's complement
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -163,10 +177,22 @@ def record_header(name: str, dims: Iterable[int], tensor_type: str, content_byte
     """The bytes of one serialized `Checkpoint{value: [Value{tag, tensor{dims, tensor_type,
     tensor_content}}]}` up to the content, in protobuf's field order (what SerializeToString writes)."""
     tag, ttype = name.encode("utf-8"), tensor_type.encode("utf-8")
-    tensor_head = (b"".join(b"\x08" + encode_varint(d) for d in dims)
-                   + b"\x12" + encode_varint(len(ttype)) + ttype + b"\x1a" + encode_varint(content_bytes))
-    value_head = (b"\x0a" + encode_varint(len(tag)) + tag
-                  + b"\x12" + encode_varint(len(tensor_head) + content_bytes) + tensor_head)
+    tensor_head = (
+        b"".join(b"\x08" + encode_varint(d) for d in dims)
+        + b"\x12"
+        + encode_varint(len(ttype))
+        + ttype
+        + b"\x1a"
+        + encode_varint(content_bytes)
+    )
+    value_head = (
+        b"\x0a"
+        + encode_varint(len(tag))
+        + tag
+        + b"\x12"
+        + encode_varint(len(tensor_head) + content_bytes)
+        + tensor_head
+    )
     return b"\x0a" + encode_varint(len(value_head) + content_bytes) + value_head
 
 
@@ -182,8 +208,10 @@ class _Headers:
         # Reported at the start of the record being read: that is where a good copy differs.
         return CheckpointFormatError(
             f"truncated: {what} needs bytes up to {need_end:,} but the checkpoint data ends at {self.end:,}; "
-            f"the file is incomplete (interrupted write or copy?) — write or download it again", self.path,
-            self.record_start)
+            f"the file is incomplete (interrupted write or copy?) — write or download it again",
+            self.path,
+            self.record_start,
+        )
 
     def read(self, pos: int, n: int, what: str) -> bytes:
         if pos + n > self.end:
@@ -194,7 +222,7 @@ class _Headers:
             if len(self._buf) < n:
                 raise self.truncated(pos, pos + n, what + " (file shrank while reading)")
         i = pos - self._base
-        return self._buf[i:i + n]
+        return self._buf[i : i + n]
 
     def varint(self, pos: int, what: str) -> tuple[int, int]:
         """(value, position after it)."""
@@ -234,6 +262,7 @@ def _signed64(value: int) -> int:
 
 # ---- reading --------------------------------------------------------------------------------
 
+
 class CheckpointReader:
     """A MindSpore checkpoint as a sequence of tensors, read one at a time.
 
@@ -253,9 +282,9 @@ class CheckpointReader:
         self.data_end = self.size
         if self.size >= CRC_FOOTER_BYTES:
             tail = os.pread(self.fd, CRC_FOOTER_BYTES, self.size - CRC_FOOTER_BYTES)
-            if tail[:len(CRC_MAGIC)] == CRC_MAGIC:     # the test load_checkpoint makes, too
+            if tail[: len(CRC_MAGIC)] == CRC_MAGIC:  # the test load_checkpoint makes, too
                 self.data_end = self.size - CRC_FOOTER_BYTES
-                self.crc = int.from_bytes(tail[len(CRC_MAGIC):], "big")
+                self.crc = int.from_bytes(tail[len(CRC_MAGIC) :], "big")
         if verify_crc:
             self.verify_crc()
 
@@ -282,8 +311,10 @@ class CheckpointReader:
             crc = zlib.crc32(block, crc)
             pos += len(block)
         if crc != self.crc:
-            raise InputError(f"crc32 mismatch: the footer says {self.crc:#010x}, the data gives {crc:#010x}; "
-                             f"the file is damaged", self.path)
+            raise InputError(
+                f"crc32 mismatch: the footer says {self.crc:#010x}, the data gives {crc:#010x}; the file is damaged",
+                self.path,
+            )
 
     def _records(self) -> Iterator[tuple[str, tuple[int, ...], str, int, int, int, int]]:
         """(name, dims, tensor_type, content offset, content length, record start, record end)."""
@@ -295,7 +326,10 @@ class CheckpointReader:
             if key != 0x0A:
                 raise CheckpointFormatError(
                     f"expected a Checkpoint.value record (0x0a), found byte {key:#04x}: not a plain MindSpore "
-                    f"checkpoint (encrypted with enc_key, safetensors, or damaged)", self.path, pos)
+                    f"checkpoint (encrypted with enc_key, safetensors, or damaged)",
+                    self.path,
+                    pos,
+                )
             length, pos = headers.varint(pos + 1, f"the length of record {index}")
             end = pos + length
             if end > self.data_end:
@@ -304,25 +338,28 @@ class CheckpointReader:
             name, dims, ttype, content = None, [], None, None
             while pos < end:
                 field, pos = headers.varint(pos, f"record {index}")
-                if field == 0x0A:                                   # tag
+                if field == 0x0A:  # tag
                     n, pos = headers.varint(pos, f"record {index} tag")
                     name = headers.read(pos, n, f"record {index} tag").decode("utf-8")
                     pos += n
-                elif field == 0x12:                                 # tensor
+                elif field == 0x12:  # tensor
                     n, pos = headers.varint(pos, f"record {index} tensor")
                     dims, ttype, content = self._tensor(headers, pos, pos + n, f"record {index} ({name!r})")
                     pos += n
                 elif field == 0x1A:
-                    raise CheckpointFormatError(f"record {index} ({name!r}) is a MapParameter (maptensor), "
-                                                f"which tunebox does not read", self.path, start)
+                    raise CheckpointFormatError(
+                        f"record {index} ({name!r}) is a MapParameter (maptensor), which tunebox does not read",
+                        self.path,
+                        start,
+                    )
                 else:
                     pos = headers.skip_field(pos, field & 7, end, f"record {index}")
             if pos != end:
-                raise CheckpointFormatError(f"record {index} ({name!r}) overruns its length {length}",
-                                            self.path, start)
+                raise CheckpointFormatError(f"record {index} ({name!r}) overruns its length {length}", self.path, start)
             if name is None or ttype is None:
-                raise CheckpointFormatError(f"record {index} has no {'tag' if name is None else 'tensor'}",
-                                            self.path, start)
+                raise CheckpointFormatError(
+                    f"record {index} has no {'tag' if name is None else 'tensor'}", self.path, start
+                )
             yield name, tuple(dims), ttype, content[0], content[1], start, end
             pos, index = end, index + 1
 
@@ -338,20 +375,20 @@ class CheckpointReader:
         dims, ttype, content = [], None, None
         while pos < end:
             field, pos = headers.varint(pos, what)
-            if field == 0x08:                                       # dims, one varint each (proto2)
+            if field == 0x08:  # dims, one varint each (proto2)
                 d, pos = headers.varint(pos, what)
                 dims.append(_signed64(d))
-            elif field == 0x0A:                                     # dims, packed (other writers)
+            elif field == 0x0A:  # dims, packed (other writers)
                 n, pos = headers.varint(pos, what)
                 stop = pos + n
                 while pos < stop:
                     d, pos = headers.varint(pos, what)
                     dims.append(_signed64(d))
-            elif field == 0x12:                                     # tensor_type
+            elif field == 0x12:  # tensor_type
                 n, pos = headers.varint(pos, what)
                 ttype = headers.read(pos, n, what).decode("utf-8")
                 pos += n
-            elif field == 0x1A:                                     # tensor_content: skipped here
+            elif field == 0x1A:  # tensor_content: skipped here
                 n, pos = headers.varint(pos, what)
                 content = (pos, n)
                 pos += n
@@ -367,14 +404,16 @@ class CheckpointReader:
 
         def finish(g) -> TensorEntry:
             name, dims, ttype, chunks, start, end = g
-            shape = () if list(dims) == [0] else dims     # load_checkpoint: dims [0] means a scalar
+            shape = () if list(dims) == [0] else dims  # load_checkpoint: dims [0] means a scalar
             entry = TensorEntry(name, shape, ttype, tuple(chunks), start, end)
             if ttype != STRING_TYPE:
                 want = int(np.prod(shape, dtype=np.int64)) * itemsize(ttype)
                 if entry.nbytes != want:
                     raise CheckpointFormatError(
-                        f"tensor {name!r} {ttype}{list(shape)} needs {want:,} bytes, its records hold "
-                        f"{entry.nbytes:,}", self.path, start)
+                        f"tensor {name!r} {ttype}{list(shape)} needs {want:,} bytes, its records hold {entry.nbytes:,}",
+                        self.path,
+                        start,
+                    )
             return entry
 
         for name, dims, ttype, offset, length, start, end in self._records():
@@ -382,7 +421,9 @@ class CheckpointReader:
                 if (group[1], group[2]) != (dims, ttype):
                     raise CheckpointFormatError(
                         f"records of {name!r} disagree: {group[2]}{list(group[1])} then {ttype}{list(dims)}",
-                        self.path, start)
+                        self.path,
+                        start,
+                    )
                 group[3].append((offset, length))
                 group[5] = end
                 continue
@@ -397,10 +438,11 @@ class CheckpointReader:
         for offset, length in entry.chunks:
             done = 0
             while done < length:
-                n = os.preadv(self.fd, [buffer[pos + done:pos + length]], offset + done)
+                n = os.preadv(self.fd, [buffer[pos + done : pos + length]], offset + done)
                 if n <= 0:
-                    raise CheckpointFormatError(f"truncated: tensor {entry.name!r} ends early (file shrank)",
-                                                self.path, offset + done)
+                    raise CheckpointFormatError(
+                        f"truncated: tensor {entry.name!r} ends early (file shrank)", self.path, offset + done
+                    )
                 done += n
             pos += length
 
@@ -439,16 +481,23 @@ def load_checkpoint_numpy(path: str | os.PathLike) -> dict[str, Union[np.ndarray
     return dict(iter_checkpoint(path))
 
 
-
 # ---- writing --------------------------------------------------------------------------------
+
 
 class CheckpointStreamWriter:
     """Write a MindSpore checkpoint tensor by tensor, in the records save_checkpoint writes (the
     same bytes for the same tensors). Tensors can come whole (`add`), as a stream of byte blocks
     (`add_stream`, for data generated in pieces), or as a verbatim copy from a reader (`copy`)."""
 
-    def __init__(self, path: str | os.PathLike, *, sha256: bool = False, drop_cache: bool = False,
-                 record_bytes: int = RECORD_BYTES, copy_file_range: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        sha256: bool = False,
+        drop_cache: bool = False,
+        record_bytes: int = RECORD_BYTES,
+        copy_file_range: bool = True,
+    ):
         self.path = Path(path)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.hash = hashlib.sha256() if sha256 else None
@@ -458,7 +507,7 @@ class CheckpointStreamWriter:
         self.bytes_written = 0
         self.names: list[str] = []
         self._seen: set[str] = set()
-        self._window_start = 0       # first byte not yet handed to writeback (drop_cache)
+        self._window_start = 0  # first byte not yet handed to writeback (drop_cache)
         self._pending_drop: Optional[tuple[int, int]] = None
         self._broken: Optional[str] = None
 
@@ -503,7 +552,7 @@ class CheckpointStreamWriter:
             return
         array = np.asarray(value)
         if not array.flags.c_contiguous:
-            array = array.copy(order="C")      # (np.ascontiguousarray would make a scalar 1-d)
+            array = array.copy(order="C")  # (np.ascontiguousarray would make a scalar 1-d)
         raw = array.reshape(-1).view(np.uint8)
         self.add_stream(name, array.shape, tensor_type_of(array.dtype), [raw])
 
@@ -530,11 +579,14 @@ class CheckpointStreamWriter:
             raise
 
     def _stream_records(self, name: str, shape: tuple[int, ...], tensor_type: str, nbytes: int, blocks) -> None:
-        in_record = 0          # content bytes still owed to the current record
+        in_record = 0  # content bytes still owed to the current record
         written = 0
         for block in blocks:
-            view = memoryview(block).cast("B") if not isinstance(block, np.ndarray) else \
-                memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
+            view = (
+                memoryview(block).cast("B")
+                if not isinstance(block, np.ndarray)
+                else memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
+            )
             while view:
                 if in_record == 0:
                     if written >= nbytes:
@@ -543,12 +595,12 @@ class CheckpointStreamWriter:
                     self._write(record_header(name, shape, tensor_type, in_record))
                 take = view[:in_record]
                 self._write(take)
-                view = view[len(take):]
+                view = view[len(take) :]
                 in_record -= len(take)
                 written += len(take)
         if written != nbytes or in_record:
             raise ValueError(f"{name}: got {written:,} bytes for {tensor_type}{list(shape)}, which needs {nbytes:,}")
-        if nbytes == 0:        # save_checkpoint writes no record at all then, and the tensor is lost
+        if nbytes == 0:  # save_checkpoint writes no record at all then, and the tensor is lost
             self._write(record_header(name, shape, tensor_type, 0))
 
     def copy(self, reader: CheckpointReader, entry: TensorEntry) -> None:
@@ -565,13 +617,13 @@ class CheckpointStreamWriter:
                     self.bytes_written += n
                     self._cache_hygiene()
                 return
-            except OSError as exc:     # another filesystem, or a kernel without it: copy by hand
+            except OSError as exc:  # another filesystem, or a kernel without it: copy by hand
                 log.info("copy_file_range unavailable (%s); copying through memory", exc)
                 self.use_copy_file_range = False
         buffer = bytearray(min(COPY_BLOCK, end - pos) or 1)
         view = memoryview(buffer)
         while pos < end:
-            n = os.preadv(reader.fd, [view[:min(len(view), end - pos)]], pos)
+            n = os.preadv(reader.fd, [view[: min(len(view), end - pos)]], pos)
             if n <= 0:
                 raise CheckpointFormatError(f"truncated: tensor {entry.name!r} ends early", reader.path, pos)
             self._write(view[:n])
@@ -597,10 +649,13 @@ class CheckpointStreamWriter:
             os.close(self.fd)
             self.fd = -1
 
-def save_checkpoint_numpy(path: str | os.PathLike,
-                          tensors: Union[dict[str, Union[np.ndarray, str]],
-                                         Iterable[tuple[str, Union[np.ndarray, str]]]],
-                          *, sha256: bool = False) -> Optional[str]:
+
+def save_checkpoint_numpy(
+    path: str | os.PathLike,
+    tensors: Union[dict[str, Union[np.ndarray, str]], Iterable[tuple[str, Union[np.ndarray, str]]]],
+    *,
+    sha256: bool = False,
+) -> Optional[str]:
     """Write name -> array (or str) pairs as a checkpoint, atomically, one tensor in memory at a time
     when `tensors` is an iterator: the bytes mindspore.save_checkpoint writes for the same tensors,
     without MindSpore. Returns the file's sha256 when asked."""
@@ -613,12 +668,13 @@ def save_checkpoint_numpy(path: str | os.PathLike,
 
 # ---- the merge ------------------------------------------------------------------------------
 
+
 @dataclass
 class MergeStats:
     out: str
     tensors: int
     merged: int
-    bytes_read: int            # base tensor records read or copied
+    bytes_read: int  # base tensor records read or copied
     bytes_written: int
     seconds: float
     sha256: Optional[str]
@@ -627,8 +683,9 @@ class MergeStats:
         return asdict(self)
 
 
-def fold_lora(weight: np.ndarray, tensor_type: str, shape: tuple[int, ...], a: np.ndarray, b: np.ndarray,
-              factor: float) -> np.ndarray:
+def fold_lora(
+    weight: np.ndarray, tensor_type: str, shape: tuple[int, ...], a: np.ndarray, b: np.ndarray, factor: float
+) -> np.ndarray:
     """W + factor * B @ A from W's raw bytes (flat uint8), returned in W's type (BFloat16 as its
     uint16 bits): float32 product, scaled, added to W in float32, cast back, done in place so W and
     one float32 buffer are all it holds. The one place the fold is computed: merge_streaming and
@@ -640,13 +697,13 @@ def fold_lora(weight: np.ndarray, tensor_type: str, shape: tuple[int, ...], a: n
         flat += weight.view(np.float32)
         return update
     # Other types convert in slices: the temporaries stay small next to W and the float32 update.
-    bf16 = tensor_type == "BFloat16"                    # converted here, without MindSpore's C extension
+    bf16 = tensor_type == "BFloat16"  # converted here, without MindSpore's C extension
     w = weight.view(np.uint16 if bf16 else numpy_dtype(tensor_type))
     merged = np.empty(flat.size, dtype=w.dtype)
     for i in range(0, flat.size, _FOLD_SLICE):
-        part = flat[i:i + _FOLD_SLICE]
-        part += bfloat16_bits_to_float32(w[i:i + _FOLD_SLICE]) if bf16 else w[i:i + _FOLD_SLICE].astype(np.float32)
-        merged[i:i + _FOLD_SLICE] = float32_to_bfloat16_bits(part) if bf16 else part.astype(w.dtype)
+        part = flat[i : i + _FOLD_SLICE]
+        part += bfloat16_bits_to_float32(w[i : i + _FOLD_SLICE]) if bf16 else w[i : i + _FOLD_SLICE].astype(np.float32)
+        merged[i : i + _FOLD_SLICE] = float32_to_bfloat16_bits(part) if bf16 else part.astype(w.dtype)
     return merged.reshape(shape)
 
 
@@ -656,9 +713,9 @@ def convert_float_bits(values: np.ndarray, from_type: str, to_type: str) -> np.n
     src = values.reshape(-1).view(np.uint16 if from_type == "BFloat16" else numpy_dtype(from_type))
     out = np.empty(src.size, dtype=np.uint16 if to_type == "BFloat16" else numpy_dtype(to_type))
     for i in range(0, src.size, _FOLD_SLICE):
-        part = src[i:i + _FOLD_SLICE]
+        part = src[i : i + _FOLD_SLICE]
         part = bfloat16_bits_to_float32(part) if from_type == "BFloat16" else part.astype(np.float32)
-        out[i:i + _FOLD_SLICE] = float32_to_bfloat16_bits(part) if to_type == "BFloat16" else part.astype(out.dtype)
+        out[i : i + _FOLD_SLICE] = float32_to_bfloat16_bits(part) if to_type == "BFloat16" else part.astype(out.dtype)
     return out
 
 
@@ -678,10 +735,21 @@ def lora_pairs(lora: dict, where) -> dict[str, tuple[str, str]]:
     return pairs
 
 
-def merge_streaming(base_ckpt: str | os.PathLike, lora_ckpt: str | os.PathLike, out_ckpt: str | os.PathLike,
-                    alpha: float, rank: int, scale: float = 1.0, progress: bool = True, *,
-                    sha256: bool = False, drop_cache: bool = True, copy_file_range: bool = True,
-                    out_type: Optional[str] = None, out_types: Optional[dict[str, str]] = None) -> MergeStats:
+def merge_streaming(
+    base_ckpt: str | os.PathLike,
+    lora_ckpt: str | os.PathLike,
+    out_ckpt: str | os.PathLike,
+    alpha: float,
+    rank: int,
+    scale: float = 1.0,
+    progress: bool = True,
+    *,
+    sha256: bool = False,
+    drop_cache: bool = True,
+    copy_file_range: bool = True,
+    out_type: Optional[str] = None,
+    out_types: Optional[dict[str, str]] = None,
+) -> MergeStats:
     """out = base with W + scale * (alpha / r) * B @ A folded into every adapted weight, written
     tensor by tensor (atomically: the final name appears only when the file is complete).
 
@@ -703,37 +771,56 @@ def merge_streaming(base_ckpt: str | os.PathLike, lora_ckpt: str | os.PathLike, 
     lora = load_checkpoint_numpy(lora_ckpt)
     pairs = lora_pairs(lora, lora_ckpt)
     with CheckpointReader(base_ckpt, drop_cache=drop_cache) as reader:
-        entries = list(reader.entries())          # headers only: checks everything before writing
+        entries = list(reader.entries())  # headers only: checks everything before writing
         by_name: dict[str, TensorEntry] = {}
         for entry in entries:
             if entry.name in by_name:
-                raise InputError(f"tensor {entry.name!r} appears twice (bytes {by_name[entry.name].start:,} "
-                                 f"and {entry.start:,})", base_ckpt)
+                raise InputError(
+                    f"tensor {entry.name!r} appears twice (bytes {by_name[entry.name].start:,} and {entry.start:,})",
+                    base_ckpt,
+                )
             by_name[entry.name] = entry
         for wname, (a_key, b_key) in pairs.items():
             if wname not in by_name:
-                raise InputError(f"{lora_ckpt} adapts {wname}, which this base checkpoint does not have "
-                                 f"(LoRA trained on another model?)", base_ckpt)
+                raise InputError(
+                    f"{lora_ckpt} adapts {wname}, which this base checkpoint does not have "
+                    f"(LoRA trained on another model?)",
+                    base_ckpt,
+                )
             entry, a, b = by_name[wname], lora[a_key], lora[b_key]
             if entry.tensor_type not in FLOAT_TYPES:
                 raise InputError(f"{wname} is {entry.tensor_type}; LoRA merges need a float weight", base_ckpt)
             if a.ndim != 2 or b.ndim != 2 or (b.shape[0], a.shape[1]) != entry.shape or b.shape[1] != a.shape[0]:
-                raise InputError(f"{wname} is {list(entry.shape)} but its LoRA B{list(b.shape)} @ A{list(a.shape)} "
-                                 f"does not make that shape", lora_ckpt)
+                raise InputError(
+                    f"{wname} is {list(entry.shape)} but its LoRA B{list(b.shape)} @ A{list(a.shape)} "
+                    f"does not make that shape",
+                    lora_ckpt,
+                )
         total = sum(e.end - e.start for e in entries)
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"merge {base_ckpt.name}",
-                   disable=not progress)
+        bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"merge {base_ckpt.name}",
+            disable=not progress,
+        )
         with atomic_path(out_ckpt) as tmp, bar:
-            writer = CheckpointStreamWriter(tmp, sha256=sha256, drop_cache=drop_cache,
-                                            copy_file_range=copy_file_range)
+            writer = CheckpointStreamWriter(tmp, sha256=sha256, drop_cache=drop_cache, copy_file_range=copy_file_range)
             with writer:
                 for entry in entries:
                     wanted = (out_types or {}).get(entry.name, out_type)
                     target = wanted if wanted and entry.tensor_type in FLOAT_TYPES else entry.tensor_type
                     if entry.name in pairs:
                         a_key, b_key = pairs[entry.name]
-                        merged = fold_lora(reader.read_raw(entry), entry.tensor_type, entry.shape,
-                                           lora[a_key], lora[b_key], scale * alpha / rank)
+                        merged = fold_lora(
+                            reader.read_raw(entry),
+                            entry.tensor_type,
+                            entry.shape,
+                            lora[a_key],
+                            lora[b_key],
+                            scale * alpha / rank,
+                        )
                         if target != entry.tensor_type:
                             merged = convert_float_bits(merged, entry.tensor_type, target)
                         writer.add_stream(entry.name, entry.shape, target, [merged.reshape(-1).view(np.uint8)])
@@ -750,10 +837,23 @@ def merge_streaming(base_ckpt: str | os.PathLike, lora_ckpt: str | os.PathLike, 
                         kill_point("merge.mid-checkpoint")
                 digest = writer.close()
                 written = writer.bytes_written
-    stats = MergeStats(out=str(out_ckpt), tensors=len(entries), merged=len(pairs), bytes_read=total,
-                       bytes_written=written, seconds=round(time.perf_counter() - started, 3), sha256=digest)
-    log.info("merged %d of %d tensors into %s: %.2f GB in %.1f s", stats.merged, stats.tensors, out_ckpt,
-             written / 1e9, stats.seconds)
+    stats = MergeStats(
+        out=str(out_ckpt),
+        tensors=len(entries),
+        merged=len(pairs),
+        bytes_read=total,
+        bytes_written=written,
+        seconds=round(time.perf_counter() - started, 3),
+        sha256=digest,
+    )
+    log.info(
+        "merged %d of %d tensors into %s: %.2f GB in %.1f s",
+        stats.merged,
+        stats.tensors,
+        out_ckpt,
+        written / 1e9,
+        stats.seconds,
+    )
     return stats
 
 

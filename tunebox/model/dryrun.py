@@ -21,6 +21,7 @@ and stops (MindFormers' transform_and_load_checkpoint).
 
 Pure functions: the caller (jobs/dryrun.py) runs the processes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,9 +31,18 @@ from pathlib import Path
 from typing import Optional
 
 # The cluster variables of a real run: a simulated rank must not try to join a cluster.
-CLUSTER_VARIABLES = ("MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_ROLE", "MS_NODE_RANK",
-                     "MS_LOCAL_WORKER", "MS_SERVER_NUM", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH")
-DRYRUN_STEPS = 2          # MindFormers' docs: "just run through a few steps"
+CLUSTER_VARIABLES = (
+    "MS_WORKER_NUM",
+    "MS_SCHED_HOST",
+    "MS_SCHED_PORT",
+    "MS_ROLE",
+    "MS_NODE_RANK",
+    "MS_LOCAL_WORKER",
+    "MS_SERVER_NUM",
+    "RANK_TABLE_FILE",
+    "MINDSPORE_HCCL_CONFIG_PATH",
+)
+DRYRUN_STEPS = 2  # MindFormers' docs: "just run through a few steps"
 
 _MEMORY = {
     "device_mb": re.compile(r"Device (?:MOC|HBM) memory size: (\d+)M"),
@@ -52,8 +62,15 @@ def simulated_ranks(workers: int, pipeline_stage: int) -> list[int]:
 def rank_env(base: dict, rank: int, stage: int, workers: int) -> dict:
     """The environment of one simulated rank, as MindFormers' dry_run.sh sets it."""
     env = {k: v for k, v in base.items() if k not in CLUSTER_VARIABLES}
-    env.update({"MS_SIMULATION_LEVEL": "1", "RANK_SIZE": str(workers), "RANK_ID": str(rank),
-                "DEVICE_ID": str(stage), "GLOG_v": "1"})
+    env.update(
+        {
+            "MS_SIMULATION_LEVEL": "1",
+            "RANK_SIZE": str(workers),
+            "RANK_ID": str(rank),
+            "DEVICE_ID": str(stage),
+            "GLOG_v": "1",
+        }
+    )
     return env
 
 
@@ -63,7 +80,7 @@ def _moved(value, old: str, new: str):
     if isinstance(value, list):
         return [_moved(v, old, new) for v in value]
     if isinstance(value, str) and (value == old or value.startswith(old + "/")):
-        return new + value[len(old):]
+        return new + value[len(old) :]
     return value
 
 
@@ -72,10 +89,17 @@ def dryrun_config(train_config: dict, out_dir: Path, strategy_only: bool) -> dic
     stays untouched), no base checkpoint (weights are initialised instead: same memory, and nothing
     to read or slice), a few steps, and with `strategy_only` MindFormers' only_save_strategy."""
     cfg = _moved(copy.deepcopy(train_config), str(train_config["output_dir"]), str(out_dir))
-    cfg.update({"load_checkpoint": "", "auto_trans_ckpt": False, "src_strategy_path_or_dir": "",
-                "resume_training": False, "only_save_strategy": bool(strategy_only)})
+    cfg.update(
+        {
+            "load_checkpoint": "",
+            "auto_trans_ckpt": False,
+            "src_strategy_path_or_dir": "",
+            "resume_training": False,
+            "only_save_strategy": bool(strategy_only),
+        }
+    )
     for callback in cfg.get("callbacks", []):
-        if "total_steps" in callback:               # TuneboxLossLog stops the run there
+        if "total_steps" in callback:  # TuneboxLossLog stops the run there
             callback["total_steps"] = DRYRUN_STEPS
     return cfg
 
@@ -103,7 +127,7 @@ def parse_memory(log_text: str) -> dict[str, int]:
 class RankMemory:
     rank: int
     stage: int
-    peak_mb: Optional[int]          # the larger of the used and actual peaks
+    peak_mb: Optional[int]  # the larger of the used and actual peaks
     limit_mb: Optional[int]
     limit_from: str
     memory: dict
@@ -116,14 +140,18 @@ class RankMemory:
         head = f"rank {self.rank:>4} (stage {self.stage})"
         if self.peak_mb is None:
             return f"{head}: NO MEMORY REPORT in its log (compile failed, or GLOG_v was not 1)"
-        peaks = (f"peak {self.peak_mb:,} MB (used {self.memory.get('used_peak_mb', '?'):,} / actual "
-                 f"{self.memory.get('actual_peak_mb', '?'):,})")
+        peaks = (
+            f"peak {self.peak_mb:,} MB (used {self.memory.get('used_peak_mb', '?'):,} / actual "
+            f"{self.memory.get('actual_peak_mb', '?'):,})"
+        )
         if self.limit_mb is None:
             return f"{head}: {peaks}; no limit known"
         margin = self.limit_mb - self.peak_mb
         word = "fits" if margin >= 0 else "DOES NOT FIT"
-        return (f"{head}: {peaks} vs max_device_memory {self.limit_mb:,} MB ({self.limit_from}): {word}, "
-                f"{'headroom' if margin >= 0 else 'over by'} {abs(margin):,} MB")
+        return (
+            f"{head}: {peaks} vs max_device_memory {self.limit_mb:,} MB ({self.limit_from}): {word}, "
+            f"{'headroom' if margin >= 0 else 'over by'} {abs(margin):,} MB"
+        )
 
 
 def rank_memory(rank: int, stage: int, log_text: str, max_device_memory=None) -> RankMemory:
@@ -141,7 +169,11 @@ def verdict(ranks: list[RankMemory]) -> tuple[bool, str]:
     if not ranks:
         return False, "VERDICT: nothing was simulated"
     if not bad:
-        return True, (f"VERDICT: FITS. Every pipeline stage's peak is within max_device_memory "
-                      f"(smallest headroom {min(r.limit_mb - r.peak_mb for r in ranks):,} MB): book the cards.")
-    return False, (f"VERDICT: DOES NOT FIT on rank(s) {', '.join(str(r.rank) for r in bad)}: lower the per-card "
-                   f"batch or seq_length, turn on recompute, or split the model further, then run the DryRun again.")
+        return True, (
+            f"VERDICT: FITS. Every pipeline stage's peak is within max_device_memory "
+            f"(smallest headroom {min(r.limit_mb - r.peak_mb for r in ranks):,} MB): book the cards."
+        )
+    return False, (
+        f"VERDICT: DOES NOT FIT on rank(s) {', '.join(str(r.rank) for r in bad)}: lower the per-card "
+        f"batch or seq_length, turn on recompute, or split the model further, then run the DryRun again."
+    )

@@ -12,6 +12,7 @@ is written as LlamaForCausalLM with attention_bias, which plain transformers loa
 The chat template in tokenizer_config.json renders the recipe's prompt (data.template, data.system_prompt),
 so `apply_chat_template` gives the model exactly the text it was tuned and judged on.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,16 +37,29 @@ def hf_llama_config(mspec: ModelShape, torch_dtype: str) -> dict:
     """config.json of the HF LlamaForCausalLM with the registry's figures."""
     if mspec.qkv_has_bias != mspec.attn_proj_has_bias:
         raise InputError(f"{mspec.name}: biases on q/k/v but not on o (or the reverse) have no HF Llama equivalent")
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-            "hidden_size": mspec.hidden_size, "intermediate_size": mspec.intermediate_size,
-            "num_hidden_layers": mspec.num_layers, "num_attention_heads": mspec.num_heads,
-            "num_key_value_heads": mspec.n_kv_heads, "head_dim": mspec.head_dim, "vocab_size": mspec.vocab_size,
-            "max_position_embeddings": mspec.max_position, "rms_norm_eps": mspec.rms_norm_eps,
-            "rope_theta": mspec.rope_theta, "rope_scaling": None, "hidden_act": "silu",
-            "attention_bias": mspec.qkv_has_bias, "mlp_bias": False,
-            "tie_word_embeddings": mspec.tie_word_embeddings,
-            "bos_token_id": mspec.bos_token_id, "eos_token_id": mspec.eos_token_id,
-            "pad_token_id": mspec.pad_token_id, "torch_dtype": torch_dtype}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": mspec.hidden_size,
+        "intermediate_size": mspec.intermediate_size,
+        "num_hidden_layers": mspec.num_layers,
+        "num_attention_heads": mspec.num_heads,
+        "num_key_value_heads": mspec.n_kv_heads,
+        "head_dim": mspec.head_dim,
+        "vocab_size": mspec.vocab_size,
+        "max_position_embeddings": mspec.max_position,
+        "rms_norm_eps": mspec.rms_norm_eps,
+        "rope_theta": mspec.rope_theta,
+        "rope_scaling": None,
+        "hidden_act": "silu",
+        "attention_bias": mspec.qkv_has_bias,
+        "mlp_bias": False,
+        "tie_word_embeddings": mspec.tie_word_embeddings,
+        "bos_token_id": mspec.bos_token_id,
+        "eos_token_id": mspec.eos_token_id,
+        "pad_token_id": mspec.pad_token_id,
+        "torch_dtype": torch_dtype,
+    }
 
 
 def recipe_chat_template(tok: TextTokenizer, data) -> str:
@@ -56,7 +70,7 @@ def recipe_chat_template(tok: TextTokenizer, data) -> str:
     if data.template == "chat" and not data.system_prompt:
         return tok.config.get("chat_template") or CHATML_TEMPLATE
     before, _, after = prompt_parts(tok, data.template, data.system_prompt)
-    literal = lambda text: json.dumps(text, ensure_ascii=False)   # noqa: E731  Jinja reads JSON's escapes
+    literal = lambda text: json.dumps(text, ensure_ascii=False)  # noqa: E731  Jinja reads JSON's escapes
     return f"{{{{ {literal(before)} }}}}{{{{ messages[-1]['content'] }}}}{{{{ {literal(after)} }}}}"
 
 
@@ -64,15 +78,27 @@ def write_tokenizer(out: Path, tok: TextTokenizer, chat_template: str, mspec: Mo
     """tokenizer.json (as the jobs use it), an HF tokenizer_config.json and generation_config.json
     (every stop token of the template as eos, so generate() stops where the jobs stop)."""
     atomic_write_text(out / "tokenizer.json", tok.tk.to_str())
-    atomic_write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": tok.config.get("bos_token"), "eos_token": tok.config.get("eos_token"),
-        "pad_token": tok.config.get("pad_token") or tok.config.get("eos_token"),
-        "model_max_length": tok.config.get("model_max_length", mspec.max_position),
-        "clean_up_tokenization_spaces": False, "chat_template": chat_template})
-    atomic_write_json(out / "generation_config.json", {
-        "bos_token_id": mspec.bos_token_id, "eos_token_id": list(tok.stop_ids), "pad_token_id": tok.pad_id,
-        "do_sample": False})
+    atomic_write_json(
+        out / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": tok.config.get("bos_token"),
+            "eos_token": tok.config.get("eos_token"),
+            "pad_token": tok.config.get("pad_token") or tok.config.get("eos_token"),
+            "model_max_length": tok.config.get("model_max_length", mspec.max_position),
+            "clean_up_tokenization_spaces": False,
+            "chat_template": chat_template,
+        },
+    )
+    atomic_write_json(
+        out / "generation_config.json",
+        {
+            "bos_token_id": mspec.bos_token_id,
+            "eos_token_id": list(tok.stop_ids),
+            "pad_token_id": tok.pad_id,
+            "do_sample": False,
+        },
+    )
     return ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]
 
 
@@ -88,8 +114,14 @@ def _shards(entries: list[TensorEntry], max_bytes: int) -> list[list[TensorEntry
     return shards
 
 
-def write_hf_model(out: Path, ckpt: Path, mspec: ModelShape, tok: TextTokenizer, chat_template: str,
-                   max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
+def write_hf_model(
+    out: Path,
+    ckpt: Path,
+    mspec: ModelShape,
+    tok: TextTokenizer,
+    chat_template: str,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> dict:
     """A full MindFormers checkpoint -> an HF Llama folder in `out`, an empty folder the caller renames
     into place when complete (io.atomic_dir)."""
     from safetensors.numpy import save_file
@@ -99,8 +131,11 @@ def write_hf_model(out: Path, ckpt: Path, mspec: ModelShape, tok: TextTokenizer,
         entries = [e for e in reader.entries() if e.name in expected]
         missing = [n for n in expected if n not in {e.name for e in entries}]
         if missing:
-            raise InputError(f"missing {len(missing)} parameter(s) of {mspec.name}, e.g. {missing[0]}; "
-                             f"is this a full (merged) checkpoint?", ckpt)
+            raise InputError(
+                f"missing {len(missing)} parameter(s) of {mspec.name}, e.g. {missing[0]}; "
+                f"is this a full (merged) checkpoint?",
+                ckpt,
+            )
         for e in entries:
             if tuple(e.shape) != tuple(expected[e.name]):
                 raise InputError(f"{e.name} has shape {list(e.shape)}, {mspec.name} has {list(expected[e.name])}", ckpt)
@@ -116,8 +151,10 @@ def write_hf_model(out: Path, ckpt: Path, mspec: ModelShape, tok: TextTokenizer,
             save_file(tensors, str(out / fname), metadata={"format": "pt"})
             weight_map.update({name: fname for name in tensors})
     if len(shards) > 1:
-        atomic_write_json(out / "model.safetensors.index.json",
-                          {"metadata": {"total_size": sum(e.nbytes for e in entries)}, "weight_map": weight_map})
+        atomic_write_json(
+            out / "model.safetensors.index.json",
+            {"metadata": {"total_size": sum(e.nbytes for e in entries)}, "weight_map": weight_map},
+        )
     atomic_write_json(out / "config.json", hf_llama_config(mspec, torch_dtype))
     write_tokenizer(out, tok, chat_template, mspec)
     return {"torch_dtype": torch_dtype, "tensors": len(entries), "shards": len(shards)}
@@ -132,8 +169,9 @@ def peft_module(mf_weight_name: str) -> str:
     return module
 
 
-def write_peft_adapter(out: Path, lora_ckpt: Path, *, rank: int, alpha: float, dropout: float,
-                       base_model: str, revision: str | None = None) -> dict:
+def write_peft_adapter(
+    out: Path, lora_ckpt: Path, *, rank: int, alpha: float, dropout: float, base_model: str, revision: str | None = None
+) -> dict:
     """A LoRA-only MindFormers checkpoint -> adapter_model.safetensors + adapter_config.json in `out`.
     mindpet's LoRADense computes W x + (alpha / r) B (A x) with A [r, in] and B [out, r], which is
     PEFT's LoRA with lora_A.weight = A, lora_B.weight = B and scaling lora_alpha / r."""
@@ -151,10 +189,23 @@ def write_peft_adapter(out: Path, lora_ckpt: Path, *, rank: int, alpha: float, d
         tensors[f"{stem}.lora_B.weight"] = np.ascontiguousarray(b)
         modules.add(peft_module(weight))
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
-              "revision": revision, "r": rank, "lora_alpha": alpha, "lora_dropout": dropout,
-              "target_modules": sorted(modules, key=list(PEFT_NAMES).index), "bias": "none",
-              "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "init_lora_weights": True,
-              "inference_mode": True, "modules_to_save": None, "layers_to_transform": None}
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "revision": revision,
+        "r": rank,
+        "lora_alpha": alpha,
+        "lora_dropout": dropout,
+        "target_modules": sorted(modules, key=list(PEFT_NAMES).index),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+    }
     atomic_write_json(out / "adapter_config.json", config)
     return {"tensors": len(tensors), "target_modules": config["target_modules"]}

@@ -6,6 +6,7 @@ MindFormers' LoRA layer (mindpet LoRADense) computes y = W x + (alpha / r) * B (
 the adapter into the weight gives W' = W + (alpha / r) * B @ A; `scale` multiplies that update
 (0 = the base model, 1 = as trained).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,9 @@ import numpy as np
 from tunebox.model.checkpoint import fold_lora, lora_pairs, tensor_type_of
 
 
-def merge_lora_into_base(base: dict[str, np.ndarray], lora: dict[str, np.ndarray], alpha: float, rank: int,
-                         scale: float = 1.0) -> dict[str, np.ndarray]:
+def merge_lora_into_base(
+    base: dict[str, np.ndarray], lora: dict[str, np.ndarray], alpha: float, rank: int, scale: float = 1.0
+) -> dict[str, np.ndarray]:
     """A new state dict: base weights with every LoRA pair folded in (float32 arithmetic, cast back to
     each weight's dtype). Tensors without an adapter are shared with `base`, not copied."""
     merged = dict(base)

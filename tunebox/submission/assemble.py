@@ -1,6 +1,7 @@
 """What bundle reads from a finished run and how it puts the run's files into the submission folder:
 the jobs' JSON records, the check that every job ran with the spec given, the planned checkpoints each
 merged, hard links for the weights, logs/ mirroring the run, the training log's tail, the tokenizer files."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,12 @@ from tunebox.submission import contents
 
 log = logging.getLogger("tunebox.bundle")
 
-MAX_LOG_FILE_BYTES = 200 << 20     # logs/ copies evaluate's whole folder: predictions, not weights
+MAX_LOG_FILE_BYTES = 200 << 20  # logs/ copies evaluate's whole folder: predictions, not weights
 WEIGHT_SUFFIXES = {".ckpt", ".safetensors", ".npy", ".npz", ".bin", ".gguf"}
 
 
 # ---- reading the run -------------------------------------------------------------------------
+
 
 def read_json(path: Path, what: str) -> dict:
     if not path.exists():
@@ -43,28 +45,38 @@ def check_spec_matches_run(spec: RunSpec, manifests: dict[str, dict]) -> None:
             continue
         diff = contents.spec_differences(manifest.get("spec") or {}, spec)
         if diff:
-            problems.append(f"{job} ran with spec {manifest.get('spec_hash')} (this one is {mine}): "
-                            + "; ".join(diff[:6]) + " (as run != given)")
+            problems.append(
+                f"{job} ran with spec {manifest.get('spec_hash')} (this one is {mine}): "
+                + "; ".join(diff[:6])
+                + " (as run != given)"
+            )
         else:
             log.info("%s's spec hash differs only by keys added to the schema since, at their defaults", job)
     if problems:
-        raise InputError("the run was made with a different spec than the one given to bundle; pass the same "
-                         "--config and --set options as the jobs had:\n  " + "\n  ".join(problems),
-                         spec.source_path)
+        raise InputError(
+            "the run was made with a different spec than the one given to bundle; pass the same "
+            "--config and --set options as the jobs had:\n  " + "\n  ".join(problems),
+            spec.source_path,
+        )
 
 
 def merged_checkpoints(run_dir: Path, train_index: dict, merge_index: dict) -> list[dict]:
     """The planned checkpoints, each merged: [{step, train_loss, path, sha256}] in step order."""
     planned = train_index.get("planned") or []
     if len(planned) != contents.NUM_CHECKPOINTS:
-        raise InputError(f"train planned {len(planned)} checkpoints; the contest asks for {contents.NUM_CHECKPOINTS} "
-                         f"evenly spaced ones (train.num_checkpoints: {contents.NUM_CHECKPOINTS})",
-                         run_dir / layout.TRAIN_INDEX)
+        raise InputError(
+            f"train planned {len(planned)} checkpoints; the contest asks for {contents.NUM_CHECKPOINTS} "
+            f"evenly spaced ones (train.num_checkpoints: {contents.NUM_CHECKPOINTS})",
+            run_dir / layout.TRAIN_INDEX,
+        )
     merged = {e["step"]: e for e in merge_index.get("checkpoints", [])}
     missing = [s for s in planned if s not in merged]
     if missing:
-        raise InputError(f"merge has no checkpoint for step(s) {missing} of the planned {planned}: "
-                         f"finish train, then run merge again", run_dir / layout.MERGE_INDEX)
+        raise InputError(
+            f"merge has no checkpoint for step(s) {missing} of the planned {planned}: "
+            f"finish train, then run merge again",
+            run_dir / layout.MERGE_INDEX,
+        )
     out = []
     for step in planned:
         e = merged[step]
@@ -77,6 +89,7 @@ def merged_checkpoints(run_dir: Path, train_index: dict, merge_index: dict) -> l
 
 # ---- putting files in place ------------------------------------------------------------------
 
+
 def link_or_copy(src: Path, dst: Path) -> str:
     """Hard-link src at dst ('link'); across filesystems (or where links are refused) copy it
     ('copy') and say so in the log. Never both."""
@@ -85,8 +98,13 @@ def link_or_copy(src: Path, dst: Path) -> str:
         os.link(src, dst)
         return "link"
     except OSError as exc:
-        log.warning("cannot hard-link %s -> %s (%s); copying it instead (%.1f MB)", src, dst, exc.strerror or exc,
-                    src.stat().st_size / 1e6)
+        log.warning(
+            "cannot hard-link %s -> %s (%s); copying it instead (%.1f MB)",
+            src,
+            dst,
+            exc.strerror or exc,
+            src.stat().st_size / 1e6,
+        )
         shutil.copy2(src, dst)
         return "copy"
 
@@ -110,8 +128,9 @@ def copy_logs(run_dir: Path, logs: Path) -> list[str]:
                 if Path(rel).name.startswith("."):
                     continue
                 if path.suffix in WEIGHT_SUFFIXES or path.stat().st_size > MAX_LOG_FILE_BYTES:
-                    log.warning("logs/: left out %s/%s (%.1f MB; weights are not logs)", job, rel,
-                                path.stat().st_size / 1e6)
+                    log.warning(
+                        "logs/: left out %s/%s (%.1f MB; weights are not logs)", job, rel, path.stat().st_size / 1e6
+                    )
                     continue
                 put(path, f"{job}/{rel}")
             continue
@@ -152,6 +171,7 @@ def tokenizer_files(tokenizer: Optional[Path], model_name: str) -> tuple[Path, P
     cfg = tj.with_name("tokenizer_config.json")
     for f in (tj, cfg):
         if not f.is_file():
-            raise InputError("tokenizer file not found (convert the model again: invoke convert --model "
-                             f"{model_name})", f)
+            raise InputError(
+                f"tokenizer file not found (convert the model again: invoke convert --model {model_name})", f
+            )
     return tj, cfg

@@ -1,6 +1,7 @@
 """What verify checks in a submission folder, one function a check (files, checksums, checkpoints,
 spec, logs, MindFormers files, results, SQuAD, environment, code, self-check picture), and the re-run of
 the evaluation from the folder alone; `python -m jobs.verify` runs them all and prints the findings."""
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,15 @@ MERGE_INDEX = layout.in_logs(layout.MERGE_INDEX)
 EVALUATE_REPORT = layout.in_logs(layout.EVALUATE_REPORT)
 
 FILE_PURPOSE = {
-    "ALGORITHM.md": "the method report", "hyperparams.yaml": "the run spec", "code.tar.gz": "the code",
-    "results.json": "the results", "ENVIRONMENT.md": "the environment report",
-    "environment.json": "the environment record", "tokenizer/tokenizer.json": "the tokenizer",
-    "logs/prep/heldout.jsonl": "the held-out rows", TRAIN_INDEX: "train's checkpoint plan",
+    "ALGORITHM.md": "the method report",
+    "hyperparams.yaml": "the run spec",
+    "code.tar.gz": "the code",
+    "results.json": "the results",
+    "ENVIRONMENT.md": "the environment report",
+    "environment.json": "the environment record",
+    "tokenizer/tokenizer.json": "the tokenizer",
+    "logs/prep/heldout.jsonl": "the held-out rows",
+    TRAIN_INDEX: "train's checkpoint plan",
     "selfcheck.png": "the self-check picture: results, ratio and training log (the contest asks for one)",
 }
 
@@ -115,6 +121,7 @@ class Submission:
 
 # ---- the checks ------------------------------------------------------------------------------
 
+
 def check_checksums(sub: Submission, f: Findings) -> dict[str, str]:
     """SHA256SUMS against the folder: every listed file present and matching, nothing unlisted.
     Returns the actual sha256 of every file on disk (reused by the other checks)."""
@@ -137,8 +144,9 @@ def check_checksums(sub: Submission, f: Findings) -> dict[str, str]:
         elif rel not in actual:
             f.fail("checksums", f"{rel} is listed in {contents.SUMS_FILE} but missing from the folder")
         elif actual[rel] != sha:
-            f.fail("checksums", f"{rel}: sha256 is {actual[rel]}, {contents.SUMS_FILE} says {sha} (changed after "
-                   "bundling)")
+            f.fail(
+                "checksums", f"{rel}: sha256 is {actual[rel]}, {contents.SUMS_FILE} says {sha} (changed after bundling)"
+            )
     for rel in on_disk:
         if rel not in listed:
             f.fail("checksums", f"stray file {rel}: not listed in {contents.SUMS_FILE} (added after bundling?)")
@@ -182,8 +190,11 @@ def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]]
                 f.fail("checkpoints", f"checkpoints/{child.name}/model.ckpt is missing")
     found.sort()
     if len(found) != contents.NUM_CHECKPOINTS:
-        f.fail("checkpoints", f"{len(found)} checkpoints ({', '.join(map(str, found)) or 'none'}); the contest asks "
-                              f"for exactly {contents.NUM_CHECKPOINTS}")
+        f.fail(
+            "checkpoints",
+            f"{len(found)} checkpoints ({', '.join(map(str, found)) or 'none'}); the contest asks "
+            f"for exactly {contents.NUM_CHECKPOINTS}",
+        )
     index = sub.json(TRAIN_INDEX)
     if planned is None:
         f.fail("checkpoints", f"{TRAIN_INDEX} has no 'planned' steps to check the checkpoints against")
@@ -192,11 +203,13 @@ def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]]
         if len(planned) != contents.NUM_CHECKPOINTS:
             f.fail("checkpoints", f"train planned {len(planned)} checkpoints, not {contents.NUM_CHECKPOINTS}")
         elif isinstance(total, int) and planned != contents.evenly_spaced_steps(total, len(planned)):
-            f.fail("checkpoints", f"planned steps {planned} are not evenly spaced over {total} steps "
-                                  f"(expected {contents.evenly_spaced_steps(total, len(planned))})")
+            f.fail(
+                "checkpoints",
+                f"planned steps {planned} are not evenly spaced over {total} steps "
+                f"(expected {contents.evenly_spaced_steps(total, len(planned))})",
+            )
         if found != planned:
-            f.fail("checkpoints", f"checkpoint steps {found} differ from the planned steps {planned} "
-                                  f"({TRAIN_INDEX})")
+            f.fail("checkpoints", f"checkpoint steps {found} differ from the planned steps {planned} ({TRAIN_INDEX})")
     merged = {e.get("step"): e for e in (sub.json(MERGE_INDEX) or {}).get("checkpoints", [])}
     for step in found:
         rel = contents.checkpoint_file(step)
@@ -211,12 +224,18 @@ def check_checkpoints(sub: Submission, f: Findings, planned: Optional[list[int]]
             f.fail("checkpoints", f"{rel}: sha256 {sha} is not the file merge wrote ({m.get('sha256')})")
         scores = sub.json(f"logs/evaluate/{name}/scores.json")
         if isinstance(scores, dict) and scores.get("checkpoint_sha256") != sha:
-            f.fail("checkpoints", f"{rel}: sha256 {sha} is not the file evaluate scored "
-                                  f"({scores.get('checkpoint_sha256')}, logs/evaluate/{name}/scores.json)")
+            f.fail(
+                "checkpoints",
+                f"{rel}: sha256 {sha} is not the file evaluate scored "
+                f"({scores.get('checkpoint_sha256')}, logs/evaluate/{name}/scores.json)",
+            )
     if len(f.failed("checkpoints")) == before:
-        f.ok("checkpoints", f"{len(found)} checkpoints at steps {', '.join(map(str, found))}, evenly spaced as "
-             "planned; "
-                            f"each is the file merge wrote and evaluate scored")
+        f.ok(
+            "checkpoints",
+            f"{len(found)} checkpoints at steps {', '.join(map(str, found))}, evenly spaced as "
+            "planned; "
+            f"each is the file merge wrote and evaluate scored",
+        )
     return found
 
 
@@ -239,11 +258,17 @@ def load_bundled_spec(sub: Submission, f: Findings):
         if isinstance(m, dict) and m.get("spec_hash") != mine:
             diff = contents.spec_differences(m.get("spec") or {}, spec)
             if diff:
-                f.fail("spec", f"hyperparams.yaml (spec {mine}) is not the spec {job} ran with "
-                               f"({m.get('spec_hash')}): " + "; ".join(diff[:5]) + " (manifest != hyperparams.yaml)")
+                f.fail(
+                    "spec",
+                    f"hyperparams.yaml (spec {mine}) is not the spec {job} ran with "
+                    f"({m.get('spec_hash')}): " + "; ".join(diff[:5]) + " (manifest != hyperparams.yaml)",
+                )
     if len(f.failed("spec")) == before:
-        f.ok("spec", f"hyperparams.yaml is the spec every job recorded (hash {mine}; keys added to the schema "
-                     f"since a job ran count when at their defaults)")
+        f.ok(
+            "spec",
+            f"hyperparams.yaml is the spec every job recorded (hash {mine}; keys added to the schema "
+            f"since a job ran count when at their defaults)",
+        )
     return spec
 
 
@@ -267,8 +292,10 @@ def check_mindformers(sub: Submission, f: Findings) -> None:
             f.fail("mindformers", f"mindformers/{name} does not load with MindFormerConfig: {exc}")
     predict = configs.get("predict.yaml")
     if predict is not None:
-        needed = {"load_checkpoint": predict.load_checkpoint,
-                  "tokenizer_file": (predict.processor or {}).get("tokenizer", {}).get("tokenizer_file")}
+        needed = {
+            "load_checkpoint": predict.load_checkpoint,
+            "tokenizer_file": (predict.processor or {}).get("tokenizer", {}).get("tokenizer_file"),
+        }
         for key, rel in needed.items():
             target = (folder / rel).resolve() if rel else None
             if not rel or not target.is_file() or not target.is_relative_to(sub.root.resolve()):
@@ -276,17 +303,27 @@ def check_mindformers(sub: Submission, f: Findings) -> None:
     finetune = configs.get("finetune.yaml")
     if finetune is not None:
         module = folder / "mf_extensions.py"
-        defined = {n.name for n in ast.walk(ast.parse(module.read_text(encoding="utf-8")))
-                   if isinstance(n, ast.ClassDef)} if module.is_file() else set()
+        defined = (
+            {n.name for n in ast.walk(ast.parse(module.read_text(encoding="utf-8"))) if isinstance(n, ast.ClassDef)}
+            if module.is_file()
+            else set()
+        )
         nodes = [finetune.model.arch, finetune.runner_wrapper] + list(finetune.callbacks or [])
         for node in nodes:
             ref = (node or {}).get("auto_register")
             if ref and ref.split(".")[-1] not in defined:
-                f.fail("mindformers", f"mindformers/finetune.yaml registers {ref}, which mindformers/mf_extensions.py "
-                                      f"does not define")
+                f.fail(
+                    "mindformers",
+                    f"mindformers/finetune.yaml registers {ref}, which mindformers/mf_extensions.py does not define",
+                )
     if not f.failed("mindformers"):
-        f.ok("mindformers", "finetune.yaml and predict.yaml load with MindFormerConfig; predict.yaml's checkpoint and "
-                            "tokenizer and finetune.yaml's registered classes are in the folder")
+        f.ok(
+            "mindformers",
+            "finetune.yaml and predict.yaml load with MindFormerConfig; predict.yaml's checkpoint and "
+            "tokenizer and finetune.yaml's registered classes are in the folder",
+        )
+
+
 def check_worker_logs(sub: Submission, f: Findings, spec) -> None:
     """A data-parallel run leaves one msrun log per worker; the submission must hold every one."""
     workers = getattr(getattr(spec, "train", None), "workers", 1) or 1
@@ -294,8 +331,11 @@ def check_worker_logs(sub: Submission, f: Findings, spec) -> None:
         return
     found = sorted(p.relative_to(sub.root).as_posix() for p in sub.path("logs/train").rglob("worker_*.log"))
     if len(found) < workers:
-        f.fail("logs", f"train ran {workers} workers but logs/train/ holds {len(found)} worker log(s) "
-                       f"({', '.join(found[:4]) or 'none'}): every worker's msrun log belongs in the submission")
+        f.fail(
+            "logs",
+            f"train ran {workers} workers but logs/train/ holds {len(found)} worker log(s) "
+            f"({', '.join(found[:4]) or 'none'}): every worker's msrun log belongs in the submission",
+        )
     else:
         f.ok("logs", f"logs/train/ holds the msrun logs of all {workers} workers")
 
@@ -305,17 +345,22 @@ def check_selfcheck(sub: Submission, f: Findings, results: Optional[dict]) -> No
 
     path = sub.path(selfcheck.FILE)
     if not path.is_file():
-        return                                   # check_files names it
+        return  # check_files names it
     keys = selfcheck.read_keys(path)
     if not keys:
-        f.fail("selfcheck", f"{selfcheck.FILE} is not a PNG written by bundle (no run id, commit and results "
-                            f"checksum in it)")
+        f.fail(
+            "selfcheck",
+            f"{selfcheck.FILE} is not a PNG written by bundle (no run id, commit and results checksum in it)",
+        )
         return
     results_file = sub.path("results.json")
-    want = {"tunebox.run_id": (results or {}).get("run_id"),
-            "tunebox.commit": ((results or {}).get("code") or {}).get("commit") or "",
-            "tunebox.results_sha256": hashlib.sha256(results_file.read_bytes()).hexdigest()
-            if results_file.is_file() else None}
+    want = {
+        "tunebox.run_id": (results or {}).get("run_id"),
+        "tunebox.commit": ((results or {}).get("code") or {}).get("commit") or "",
+        "tunebox.results_sha256": hashlib.sha256(results_file.read_bytes()).hexdigest()
+        if results_file.is_file()
+        else None,
+    }
     bad = [f"{k} = {keys.get(k)!r}, the folder gives {v!r}" for k, v in want.items() if keys.get(k) != v]
     if bad:
         f.fail("selfcheck", f"{selfcheck.FILE} shows another run or other results: " + "; ".join(bad))
@@ -333,8 +378,12 @@ def check_logs(sub: Submission, f: Findings) -> None:
     if steps != list(range(1, total + 1)):
         gaps = sorted(set(range(1, total + 1)) - set(steps))
         extra = len(steps) - len(set(steps))
-        f.fail("logs", f"logs/train/loss.jsonl covers {len(set(steps))} of {total} steps"
-                       + (f"; missing {gaps[:10]}" if gaps else "") + (f"; {extra} repeated" if extra else ""))
+        f.fail(
+            "logs",
+            f"logs/train/loss.jsonl covers {len(set(steps))} of {total} steps"
+            + (f"; missing {gaps[:10]}" if gaps else "")
+            + (f"; {extra} repeated" if extra else ""),
+        )
     else:
         f.ok("logs", f"training log has one line for each of the {total} steps")
     check_loss_values(sub, f, loss, index)
@@ -359,16 +408,28 @@ def check_loss_values(sub: Submission, f: Findings, loss: list[dict], index: dic
                 cells = line.split(",")
                 if len(cells) == len(header) and cells[s_col].isdigit():
                     csv_loss[int(cells[s_col])] = cells[l_col]
-            differ = [s for s in sorted(set(at) | set(csv_loss))
-                      if not isinstance(at.get(s), (int, float)) or f"{at[s]:.6f}" != csv_loss.get(s)]
+            differ = [
+                s
+                for s in sorted(set(at) | set(csv_loss))
+                if not isinstance(at.get(s), (int, float)) or f"{at[s]:.6f}" != csv_loss.get(s)
+            ]
             if differ:
                 s = differ[0]
-                f.fail("logs", f"logs/train/loss.jsonl and loss.csv disagree at {len(differ)} step(s), first step {s}: "
-                               f"loss {at.get(s)!r} against {csv_loss.get(s)!r}")
-    recorded = [("logs/train/checkpoints/index.json", e.get("step"), e.get("loss"))
-                for e in index.get("checkpoints") or [] if isinstance(e, dict)]
-    recorded += [(MERGE_INDEX, e.get("step"), e.get("train_loss"))
-                 for e in (sub.json(MERGE_INDEX) or {}).get("checkpoints") or [] if isinstance(e, dict)]
+                f.fail(
+                    "logs",
+                    f"logs/train/loss.jsonl and loss.csv disagree at {len(differ)} step(s), first step {s}: "
+                    f"loss {at.get(s)!r} against {csv_loss.get(s)!r}",
+                )
+    recorded = [
+        ("logs/train/checkpoints/index.json", e.get("step"), e.get("loss"))
+        for e in index.get("checkpoints") or []
+        if isinstance(e, dict)
+    ]
+    recorded += [
+        (MERGE_INDEX, e.get("step"), e.get("train_loss"))
+        for e in (sub.json(MERGE_INDEX) or {}).get("checkpoints") or []
+        if isinstance(e, dict)
+    ]
     for where, step, value in recorded:
         if at.get(step) != value:
             f.fail("logs", f"logs/train/loss.jsonl step {step} loss {at.get(step)!r}, {where} records {value!r}")
@@ -393,24 +454,37 @@ def recompute_accuracies(sub: Submission, f: Findings, spec, names: list[str]) -
             continue
         out[name] = acc
         if [r.get("line") for r in rows] != expected_lines:
-            f.fail("results", f"{rel} answers rows {[r.get('line') for r in rows][:8]}..., the held-out rows are "
-                              f"{expected_lines[:8]}... (logs/prep/heldout.jsonl)")
+            f.fail(
+                "results",
+                f"{rel} answers rows {[r.get('line') for r in rows][:8]}..., the held-out rows are "
+                f"{expected_lines[:8]}... (logs/prep/heldout.jsonl)",
+            )
         held = {r.get("line"): r for r in heldout}
-        changed = [r.get("line") for r in rows if r.get("line") in held
-                   and (r.get("prompt"), r.get("reference")) != (held[r.get("line")].get("prompt"),
-                                                                  held[r.get("line")].get("reference"))]
+        changed = [
+            r.get("line")
+            for r in rows
+            if r.get("line") in held
+            and (r.get("prompt"), r.get("reference"))
+            != (held[r.get("line")].get("prompt"), held[r.get("line")].get("reference"))
+        ]
         if changed:
-            f.fail("results", f"{rel}: the prompt or reference of line(s) {changed[:10]} differs from "
-                              f"logs/prep/heldout.jsonl")
+            f.fail(
+                "results",
+                f"{rel}: the prompt or reference of line(s) {changed[:10]} differs from logs/prep/heldout.jsonl",
+            )
         if acc["disagree"]:
-            f.fail("results", f"{rel}: the recorded verdict differs from the contest rule on line(s) "
-                              f"{acc['disagree'][:10]}")
+            f.fail(
+                "results",
+                f"{rel}: the recorded verdict differs from the contest rule on line(s) {acc['disagree'][:10]}",
+            )
         scores = sub.json(f"logs/evaluate/{name}/scores.json")
         if isinstance(scores, dict):
             for key in ("accuracy_strict", "accuracy_tolerant", "n"):
                 if not contents.same_number(scores.get(key), acc[key]):
-                    f.fail("results", f"logs/evaluate/{name}/scores.json {key} = {scores.get(key)}, its predictions "
-                                      f"give {acc[key]}")
+                    f.fail(
+                        "results",
+                        f"logs/evaluate/{name}/scores.json {key} = {scores.get(key)}, its predictions give {acc[key]}",
+                    )
     return out
 
 
@@ -426,37 +500,73 @@ def check_results(sub: Submission, f: Findings, spec, steps: list[int], actual: 
     names = [n for n in names if sub.path(f"logs/evaluate/{n}/predictions.jsonl").is_file()]
     accuracies = recompute_accuracies(sub, f, spec, names)
     merged = {e.get("step"): e for e in (sub.json(MERGE_INDEX) or {}).get("checkpoints", [])}
-    checkpoints = [{"step": s, "train_loss": (merged.get(s) or {}).get("train_loss"),
-                    "sha256": actual.get(contents.checkpoint_file(s))} for s in steps]
+    checkpoints = [
+        {
+            "step": s,
+            "train_loss": (merged.get(s) or {}).get("train_loss"),
+            "sha256": actual.get(contents.checkpoint_file(s)),
+        }
+        for s in steps
+    ]
     try:
-        expected = contents.build_results(run_id=spec.run_id, stage=spec.stage, fmt=spec.data.format,
-                                    model_name=spec.model.name, rank=spec.lora.rank,
-                                    target_modules=spec.lora.target_modules, report=report, accuracies=accuracies,
-                                    checkpoints=checkpoints, code=results.get("code") or {})
+        expected = contents.build_results(
+            run_id=spec.run_id,
+            stage=spec.stage,
+            fmt=spec.data.format,
+            model_name=spec.model.name,
+            rank=spec.lora.rank,
+            target_modules=spec.lora.target_modules,
+            report=report,
+            accuracies=accuracies,
+            checkpoints=checkpoints,
+            code=results.get("code") or {},
+        )
     except (KeyError, ValueError) as exc:
         f.fail("results", f"cannot recompute the results from hyperparams.yaml and the logs: {exc}")
         return results
 
-    sources = {"accuracy_strict": "the bundled predictions", "accuracy_tolerant": "the bundled predictions",
-               "n": "the bundled predictions", "ratio": "hyperparams.yaml", "score": "accuracy and ratio",
-               "score_tolerant": "accuracy and ratio", "sha256": "the checkpoint file",
-               "train_loss": MERGE_INDEX, "checkpoint": "the layout", "step": "the checkpoint folders"}
-    for key in ("run_id", "stage", "format", "model", "trainable_params", "total_params", "ratio",
-                "contest_total_params", "contest_ratio", "ratio_for_score"):
+    sources = {
+        "accuracy_strict": "the bundled predictions",
+        "accuracy_tolerant": "the bundled predictions",
+        "n": "the bundled predictions",
+        "ratio": "hyperparams.yaml",
+        "score": "accuracy and ratio",
+        "score_tolerant": "accuracy and ratio",
+        "sha256": "the checkpoint file",
+        "train_loss": MERGE_INDEX,
+        "checkpoint": "the layout",
+        "step": "the checkpoint folders",
+    }
+    for key in (
+        "run_id",
+        "stage",
+        "format",
+        "model",
+        "trainable_params",
+        "total_params",
+        "ratio",
+        "contest_total_params",
+        "contest_ratio",
+        "ratio_for_score",
+    ):
         if not _same(results.get(key), expected[key]):
             f.fail("results", f"results.json {key} = {results.get(key)!r}, hyperparams.yaml gives {expected[key]!r}")
     got_rows = {r.get("model"): r for r in results.get("checkpoints") or [] if isinstance(r, dict)}
     if sorted(got_rows) != sorted(r["model"] for r in expected["checkpoints"]):
-        f.fail("results", f"results.json lists checkpoints {sorted(got_rows)}, the folder has "
-                          f"{[r['model'] for r in expected['checkpoints']]}")
+        f.fail(
+            "results",
+            f"results.json lists checkpoints {sorted(got_rows)}, the folder has "
+            f"{[r['model'] for r in expected['checkpoints']]}",
+        )
     for row in expected["checkpoints"]:
         got = got_rows.get(row["model"])
         if got is None:
             continue
         for key, want in row.items():
             if not _same(got.get(key), want):
-                src = sources.get(key, EVALUATE_REPORT if key.startswith(("squad", "retention", "passes"))
-                                  else "the logs")
+                src = sources.get(
+                    key, EVALUATE_REPORT if key.startswith(("squad", "retention", "passes")) else "the logs"
+                )
                 f.fail("results", f"results.json {row['model']} {key} = {got.get(key)!r}, {src} give(s) {want!r}")
     if expected["base"] is not None:
         got_base = results.get("base") or {}
@@ -466,17 +576,26 @@ def check_results(sub: Submission, f: Findings, spec, steps: list[int], actual: 
     squad_files = check_squad(sub, f, got_rows, results.get("base") or {}, names)
     chosen = results.get("chosen") or {}
     if chosen.get("model") != expected["chosen"]["model"]:
-        f.fail("results", f"results.json chooses {chosen.get('model')!r}; by its rule "
-               f"({expected['chosen'].get('rule')}) "
-                          f"the logs choose {expected['chosen']['model']!r}")
+        f.fail(
+            "results",
+            f"results.json chooses {chosen.get('model')!r}; by its rule "
+            f"({expected['chosen'].get('rule')}) "
+            f"the logs choose {expected['chosen']['model']!r}",
+        )
     elif (chosen.get("rule"), chosen.get("valid")) != (expected["chosen"]["rule"], expected["chosen"]["valid"]):
-        f.fail("results", f"results.json's choice says rule {chosen.get('rule')!r}, valid {chosen.get('valid')!r}; "
-                          f"the logs give rule {expected['chosen']['rule']!r}, valid {expected['chosen']['valid']!r}")
+        f.fail(
+            "results",
+            f"results.json's choice says rule {chosen.get('rule')!r}, valid {chosen.get('valid')!r}; "
+            f"the logs give rule {expected['chosen']['rule']!r}, valid {expected['chosen']['valid']!r}",
+        )
     if len(f.failed("results")) == before:
         c = expected["chosen"]
-        f.ok("results", f"results.json matches the logs (accuracies re-scored from {len(accuracies)} prediction "
-                        f"files, SQuAD from {squad_files}, ratio {expected['ratio_for_score']:.8g} from "
-                        f"hyperparams.yaml); chosen {c['model'] or 'none'} ({c['rule']}; valid: {c['valid']})")
+        f.ok(
+            "results",
+            f"results.json matches the logs (accuracies re-scored from {len(accuracies)} prediction "
+            f"files, SQuAD from {squad_files}, ratio {expected['ratio_for_score']:.8g} from "
+            f"hyperparams.yaml); chosen {c['model'] or 'none'} ({c['rule']}; valid: {c['valid']})",
+        )
         if c["valid"] is False:
             f.note("results", c["reason"])
     return results
@@ -500,8 +619,9 @@ def check_squad(sub: Submission, f: Findings, rows: dict[str, dict], base_row: d
         for metric in ("f1", "em"):
             got = row.get(f"squad_{metric}")
             if not contents.same_number(got, measured[name][metric], 1e-9):
-                f.fail("results", f"results.json {name} squad_{metric} = {got!r}, {rel} gives "
-                       f"{measured[name][metric]!r}")
+                f.fail(
+                    "results", f"results.json {name} squad_{metric} = {got!r}, {rel} gives {measured[name][metric]!r}"
+                )
     if "base" not in measured:
         return len(measured)
     for name, tuned in measured.items():
@@ -510,15 +630,22 @@ def check_squad(sub: Submission, f: Findings, rows: dict[str, dict], base_row: d
         want = rules.retention_verdict(tuned, measured["base"])["passes"]
         got = (rows.get(name) or {}).get("passes_retention")
         if got is not want:
-            f.fail("results", f"results.json {name} passes_retention = {got!r}; its SQuAD F1/EM "
-                              f"({tuned['f1']:.2f}/{tuned['em']:.2f}) against the base's ({measured['base']['f1']:.2f}/"
-                              f"{measured['base']['em']:.2f}) give {want}")
+            f.fail(
+                "results",
+                f"results.json {name} passes_retention = {got!r}; its SQuAD F1/EM "
+                f"({tuned['f1']:.2f}/{tuned['em']:.2f}) against the base's ({measured['base']['f1']:.2f}/"
+                f"{measured['base']['em']:.2f}) give {want}",
+            )
     return len(measured)
 
 
 def _same(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b,
-                                                                                                                  bool):
+    if (
+        isinstance(a, (int, float))
+        and isinstance(b, (int, float))
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return contents.same_number(a, b)
     return a == b
 
@@ -531,9 +658,11 @@ def check_environment(sub: Submission, f: Findings) -> None:
     got = sub.json("environment.json")
     before = len(f.failed("environment"))
     if got is not None and got != json.loads(json.dumps(expected)):
-        diff = contents.dict_differences(got, json.loads(json.dumps(expected))) if isinstance(got,
-                                                                                              dict) else ["not an "
-                                                                                                          "object"]
+        diff = (
+            contents.dict_differences(got, json.loads(json.dumps(expected)))
+            if isinstance(got, dict)
+            else ["not an object"]
+        )
         f.fail("environment", "environment.json is not what the bundled manifests give: " + "; ".join(diff[:5]))
     md = sub.path("ENVIRONMENT.md")
     if md.is_file() and md.read_text(encoding="utf-8") != contents.render_environment(expected):
@@ -564,8 +693,10 @@ def check_code(sub: Submission, f: Findings, results: Optional[dict]) -> None:
 
 # ---- re-running the evaluation ---------------------------------------------------------------
 
-def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], results: Optional[dict],
-                     tolerance: float) -> None:
+
+def rerun_evaluation(
+    sub: Submission, f: Findings, spec, steps: list[int], results: Optional[dict], tolerance: float
+) -> None:
     """Evaluate every bundled checkpoint again from the folder alone and compare accuracies."""
     if spec is None or not sub.path("tokenizer/tokenizer.json").is_file():
         f.fail("rerun", "cannot re-run: hyperparams.yaml or tokenizer/ is missing or broken")
@@ -574,7 +705,7 @@ def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], resul
     if not heldout:
         f.fail("rerun", "cannot re-run: logs/prep/heldout.jsonl is missing or empty")
         return
-    rows = heldout[:spec.eval.limit] if spec.eval.limit else heldout
+    rows = heldout[: spec.eval.limit] if spec.eval.limit else heldout
     tok = TextTokenizer.load(sub.path("tokenizer"))
     # the limits come per checkpoint from its bundled predictions (new_token_limits), no log-probs
     task = heldout_task(rows, spec.data, tok, {"families": {}, "other_families": spec.eval.max_new_tokens})
@@ -602,20 +733,31 @@ def rerun_evaluation(sub: Submission, f: Findings, spec, steps: list[int], resul
         want = recorded.get(name) or {}
         for key in ("accuracy_strict", "accuracy_tolerant"):
             if want.get(key) is None or abs(acc[key] - want[key]) > tolerance:
-                f.fail("rerun", f"{name}: re-run {key} {acc[key]:.4f}, results.json says {want.get(key)} "
-                                f"(tolerance {tolerance})")
+                f.fail(
+                    "rerun",
+                    f"{name}: re-run {key} {acc[key]:.4f}, results.json says {want.get(key)} (tolerance {tolerance})",
+                )
         bundled = sub.jsonl(f"logs/evaluate/{name}/predictions.jsonl") or []
         differ = sum(1 for a, b in zip(answers, bundled) if a != b.get("answer"))
         scores = sub.json(f"logs/evaluate/{name}/scores.json") or {}
         if differ:
             backend = scores.get("backend")
-            f.note("rerun", f"{name}: {differ} of {len(rows)} answers differ in text from the bundled predictions"
-                            + (f" (evaluate used the {backend} backend, the re-run the numpy decoder)"
-                               if backend and backend != "numpy" else ""))
+            f.note(
+                "rerun",
+                f"{name}: {differ} of {len(rows)} answers differ in text from the bundled predictions"
+                + (
+                    f" (evaluate used the {backend} backend, the re-run the numpy decoder)"
+                    if backend and backend != "numpy"
+                    else ""
+                ),
+            )
         log.info("re-run %s: strict %.4f tolerant %.4f", name, acc["accuracy_strict"], acc["accuracy_tolerant"])
     if len(f.failed("rerun")) == before:
-        f.ok("rerun", f"re-evaluated {len(steps)} checkpoints on {len(rows)} held-out rows from the folder alone: "
-                      f"accuracies match results.json")
+        f.ok(
+            "rerun",
+            f"re-evaluated {len(steps)} checkpoints on {len(rows)} held-out rows from the folder alone: "
+            f"accuracies match results.json",
+        )
 
 
 def new_token_limits(sub: Submission, f: Findings, name: str, n_rows: int, cap: int) -> Optional[list[int]]:
@@ -627,15 +769,18 @@ def new_token_limits(sub: Submission, f: Findings, name: str, n_rows: int, cap: 
         return [cap] * n_rows
     bad = [r.get("line") for r, v in zip(preds, recorded) if not isinstance(v, int) or not 0 < v <= cap]
     if bad:
-        f.fail("rerun", f"{name}: predictions.jsonl records max_new_tokens outside 1..eval.max_new_tokens ({cap}) "
-                        f"on line(s) {bad[:10]}")
+        f.fail(
+            "rerun",
+            f"{name}: predictions.jsonl records max_new_tokens outside 1..eval.max_new_tokens ({cap}) "
+            f"on line(s) {bad[:10]}",
+        )
         return None
     return recorded
 
 
 # ---- predict.yaml, run by MindFormers ----------------------------------------------------------
 
-PREDICT_NEW_TOKENS = 6   # a few greedy tokens: enough to show the same network, cheap without a KV cache
+PREDICT_NEW_TOKENS = 6  # a few greedy tokens: enough to show the same network, cheap without a KV cache
 
 
 def check_predict(sub: Submission, f: Findings, spec) -> None:
@@ -647,10 +792,17 @@ def check_predict(sub: Submission, f: Findings, spec) -> None:
         return
 
     heldout = sub.jsonl("logs/prep/heldout.jsonl")
-    if spec is None or not heldout or not sub.path("mindformers/predict.yaml").is_file() \
-            or not sub.path("tokenizer/tokenizer.json").is_file():
-        f.fail("predict", "cannot run mindformers/predict.yaml: hyperparams.yaml, the held-out rows, the tokenizer "
-                          "or predict.yaml is missing or broken")
+    if (
+        spec is None
+        or not heldout
+        or not sub.path("mindformers/predict.yaml").is_file()
+        or not sub.path("tokenizer/tokenizer.json").is_file()
+    ):
+        f.fail(
+            "predict",
+            "cannot run mindformers/predict.yaml: hyperparams.yaml, the held-out rows, the tokenizer "
+            "or predict.yaml is missing or broken",
+        )
         return
     tok = TextTokenizer.load(sub.path("tokenizer"))
     text = spec_prompt(tok, heldout[0]["prompt"], spec.data)
@@ -658,20 +810,30 @@ def check_predict(sub: Submission, f: Findings, spec) -> None:
     try:
         got = greedy_answer(sub.path("mindformers"), text, PREDICT_NEW_TOKENS)
     except Exception as exc:  # MindFormers is the judge here, whatever it raises
-        f.fail("predict", f"mindformers/predict.yaml does not run in MindFormers: {type(exc).__name__}: "
-                          f"{str(exc)[:400]}")
+        f.fail(
+            "predict", f"mindformers/predict.yaml does not run in MindFormers: {type(exc).__name__}: {str(exc)[:400]}"
+        )
         return
     if got["prompt_ids"] != ids:
-        f.fail("predict", f"mindformers/predict.yaml's tokenizer encodes the first held-out prompt as "
-                          f"{got['prompt_ids'][:12]}..., tunebox as {ids[:12]}... (the training ids)")
+        f.fail(
+            "predict",
+            f"mindformers/predict.yaml's tokenizer encodes the first held-out prompt as "
+            f"{got['prompt_ids'][:12]}..., tunebox as {ids[:12]}... (the training ids)",
+        )
         return
     model = NumpyLlama.from_checkpoint(got["checkpoint"], get_model_shape(spec.model.name))
     want = tok.decode(greedy_generate(model, [ids], PREDICT_NEW_TOKENS, tok.stop_ids, tok.pad_id, progress=False)[0])
     if got["text"] != want:
-        f.fail("predict", f"MindFormers answers the first held-out prompt {got['text']!r} from predict.yaml, "
-                          f"tunebox's decoder {want!r}")
+        f.fail(
+            "predict",
+            f"MindFormers answers the first held-out prompt {got['text']!r} from predict.yaml, "
+            f"tunebox's decoder {want!r}",
+        )
         return
-    f.ok("predict", f"MindFormers built predict.yaml's tokenizer and model, loaded "
-         f"{Path(got['checkpoint']).parent.name} "
-                    f"strictly and answered the first held-out prompt as tunebox does ({PREDICT_NEW_TOKENS} greedy "
-                    f"tokens: {got['text']!r})")
+    f.ok(
+        "predict",
+        f"MindFormers built predict.yaml's tokenizer and model, loaded "
+        f"{Path(got['checkpoint']).parent.name} "
+        f"strictly and answered the first held-out prompt as tunebox does ({PREDICT_NEW_TOKENS} greedy "
+        f"tokens: {got['text']!r})",
+    )

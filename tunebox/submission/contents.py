@@ -5,6 +5,7 @@ results.json, whose ratio, scores, retention verdicts and choice come from tuneb
 Both sides build results.json with build_results, so "consistent" means the bundle's numbers are
 what the contest's rules give from the bundled logs, not what some other copy of the rules would give.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,30 +24,57 @@ from tunebox.model.registry import get_model_shape, lora_targets
 from tunebox.training.plan import checkpoint_steps
 
 SUBMISSION_DIR = "submission"
-NUM_CHECKPOINTS = 5              # the contest asks for five evenly spaced merged checkpoints
+NUM_CHECKPOINTS = 5  # the contest asks for five evenly spaced merged checkpoints
 SUMS_FILE = "SHA256SUMS"
 
 # Files every submission has, whatever the run (per-checkpoint files come from checkpoint_files()).
 FIXED_FILES = (
-    "ALGORITHM.md", "hyperparams.yaml", "code.tar.gz", "results.json", "ENVIRONMENT.md", "environment.json",
+    "ALGORITHM.md",
+    "hyperparams.yaml",
+    "code.tar.gz",
+    "results.json",
+    "ENVIRONMENT.md",
+    "environment.json",
     "selfcheck.png",
-    "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
     layout.in_logs(layout.RECORD),
-    layout.in_logs(layout.manifest("prep")), "logs/prep/stats.json", "logs/prep/heldout.jsonl",
+    layout.in_logs(layout.manifest("prep")),
+    "logs/prep/stats.json",
+    "logs/prep/heldout.jsonl",
     "logs/prep/rejects.jsonl",
-    layout.in_logs(layout.manifest("train")), "logs/train/loss.jsonl", "logs/train/loss.csv", "logs/train/summary.json",
+    layout.in_logs(layout.manifest("train")),
+    "logs/train/loss.jsonl",
+    "logs/train/loss.csv",
+    "logs/train/summary.json",
     layout.in_logs(layout.TRAIN_INDEX),
-    layout.in_logs(layout.manifest("merge")), layout.in_logs(layout.MERGE_INDEX),
-    layout.in_logs(layout.manifest("evaluate")), layout.in_logs(layout.EVALUATE_REPORT), "logs/evaluate/report.md",
+    layout.in_logs(layout.manifest("merge")),
+    layout.in_logs(layout.MERGE_INDEX),
+    layout.in_logs(layout.manifest("evaluate")),
+    layout.in_logs(layout.EVALUATE_REPORT),
+    "logs/evaluate/report.md",
     "logs/train/mindformers.yaml",
-) + ("mindformers/finetune.yaml", "mindformers/predict.yaml", "mindformers/predict_r1.1.yaml",
-   "mindformers/mf_extensions.py", "mindformers/README.md")
+) + (
+    "mindformers/finetune.yaml",
+    "mindformers/predict.yaml",
+    "mindformers/predict_r1.1.yaml",
+    "mindformers/mf_extensions.py",
+    "mindformers/README.md",
+)
 # What is copied from each job's folder into logs/<job>/ (never the MindRecord, LoRA or optimizer
 # state: the submission holds the merged checkpoints, and everything needed to check them).
 LOG_SOURCES = {
     "prep": (layout.MANIFEST, "stats.json", "heldout.jsonl", "rejects.jsonl", "preview.txt"),
-    "train": (layout.MANIFEST, "loss.jsonl", "loss.csv", "summary.json", "checkpoints/index.json", "mindformers.yaml",
-              "sessions.jsonl", "tensorboard"),   # a folder: MindFormers' TensorBoard events, every file
+    "train": (
+        layout.MANIFEST,
+        "loss.jsonl",
+        "loss.csv",
+        "summary.json",
+        "checkpoints/index.json",
+        "mindformers.yaml",
+        "sessions.jsonl",
+        "tensorboard",
+    ),  # a folder: MindFormers' TensorBoard events, every file
     "merge": (layout.MANIFEST, "index.json"),
     "evaluate": None,  # every file: predictions, scores and reports are small, and whatever evaluate adds belongs here
 }
@@ -64,6 +92,7 @@ def training_log_candidates(train_dir: Path) -> list[Path]:
         name = p.as_posix()
         first = "worker_0." in name or "rank_0" in name
         return (not first, "scheduler" in name, "error" in p.name, "msrun" not in name, name)
+
     return sorted(found, key=rank)
 
 
@@ -104,6 +133,7 @@ def evenly_spaced_steps(total_steps: int, k: int = NUM_CHECKPOINTS) -> list[int]
 
 # ---- SHA256SUMS -------------------------------------------------------------------------------
 
+
 def sha256_with_progress(path: Path, bar: Optional[tqdm] = None, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -118,8 +148,7 @@ def hash_files(root: Path, rel_paths: list[str], desc: str = "sha256") -> dict[s
     """sha256 of each file, with one byte-counting progress bar (checkpoints can be tens of GB)."""
     total = sum((root / rel).stat().st_size for rel in rel_paths)
     out = {}
-    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False,
-              disable=total < (64 << 20)) as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False, disable=total < (64 << 20)) as bar:
         for rel in rel_paths:
             out[rel] = sha256_with_progress(root / rel, bar)
     return out
@@ -166,6 +195,7 @@ def parse_sha256sums(text: str) -> tuple[dict[str, str], list[str]]:
 
 # ---- accuracy from predictions ---------------------------------------------------------------
 
+
 def rescore(fmt: str, answer: str, reference: str) -> tuple[bool, bool]:
     """(strict, tolerant) for one generated answer, by evaluate's rule (scoring.answer_verdict)."""
     v = scoring.answer_verdict(fmt, answer, reference)
@@ -184,11 +214,16 @@ def accuracy_from_predictions(rows: list[dict], fmt: str) -> dict:
         if "strict" in r and (bool(r["strict"]), bool(r.get("tolerant", r["strict"]))) != (s, t):
             disagree.append(r.get("line"))
     n = len(rows)
-    return {"n": n, "accuracy_strict": strict / n if n else None, "accuracy_tolerant": tolerant / n if n else None,
-            "disagree": disagree}
+    return {
+        "n": n,
+        "accuracy_strict": strict / n if n else None,
+        "accuracy_tolerant": tolerant / n if n else None,
+        "disagree": disagree,
+    }
 
 
 # ---- SQuAD / retention, read from an evaluate report entry -----------------------------------
+
 
 def _number(value) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
@@ -202,11 +237,13 @@ def squad_fields(entry: Optional[Mapping]) -> dict:
     squad = entry.get("squad") if isinstance(entry.get("squad"), Mapping) else {}
     ret = entry.get("retention") if isinstance(entry.get("retention"), Mapping) else {}
     passes = ret.get("passes", entry.get("passes_retention"))
-    return {"squad_f1": _number(squad.get("f1", entry.get("squad_f1"))),
-            "squad_em": _number(squad.get("em", entry.get("squad_em"))),
-            "retention_f1": _number(ret.get("f1", entry.get("retention_f1"))),
-            "retention_em": _number(ret.get("em", entry.get("retention_em"))),
-            "passes_retention": passes if isinstance(passes, bool) else None}
+    return {
+        "squad_f1": _number(squad.get("f1", entry.get("squad_f1"))),
+        "squad_em": _number(squad.get("em", entry.get("squad_em"))),
+        "retention_f1": _number(ret.get("f1", entry.get("retention_f1"))),
+        "retention_em": _number(ret.get("em", entry.get("retention_em"))),
+        "passes_retention": passes if isinstance(passes, bool) else None,
+    }
 
 
 def squad_from_predictions(rows: list[dict]) -> dict:
@@ -224,9 +261,20 @@ def evaluate_best(report: Mapping) -> Optional[str]:
 
 # ---- results -------------------------------------------------------------------------------
 
-def build_results(*, run_id: str, stage: int, fmt: str, model_name: str, rank: int, target_modules: str,
-                  report: Mapping, accuracies: Mapping[str, Mapping], checkpoints: list[dict],
-                  code: Mapping) -> dict:
+
+def build_results(
+    *,
+    run_id: str,
+    stage: int,
+    fmt: str,
+    model_name: str,
+    rank: int,
+    target_modules: str,
+    report: Mapping,
+    accuracies: Mapping[str, Mapping],
+    checkpoints: list[dict],
+    code: Mapping,
+) -> dict:
     """results.json. `accuracies` maps model name (base, step-N) -> {accuracy_strict,
     accuracy_tolerant, n}; `checkpoints` is [{step, train_loss, sha256}] in step order. SQuAD F1/EM
     come from evaluate's report; ratio, score and retention are evaluate's scorecard, the choice rules.py's."""
@@ -242,24 +290,48 @@ def build_results(*, run_id: str, stage: int, fmt: str, model_name: str, rank: i
         squad = squad_fields(by_name.get(name))
         card = scorecard(figures, strict, tolerant, _squad_pair(squad), _squad_pair(base_squad))
         verdict = card["retention"]
-        row = {"model": name, "step": ck["step"], "checkpoint": checkpoint_file(ck["step"]),
-               "sha256": ck["sha256"], "train_loss": ck.get("train_loss"), "n": acc.get("n"),
-               "accuracy_strict": strict, "accuracy_tolerant": tolerant,
-               "squad_f1": squad["squad_f1"], "squad_em": squad["squad_em"],
-               "retention_f1": verdict["f1"], "retention_em": verdict["em"], "passes_retention": verdict["passes"],
-               "ratio": card["ratio"], "score": card["score"], "score_tolerant": card["score_tolerant"]}
+        row = {
+            "model": name,
+            "step": ck["step"],
+            "checkpoint": checkpoint_file(ck["step"]),
+            "sha256": ck["sha256"],
+            "train_loss": ck.get("train_loss"),
+            "n": acc.get("n"),
+            "accuracy_strict": strict,
+            "accuracy_tolerant": tolerant,
+            "squad_f1": squad["squad_f1"],
+            "squad_em": squad["squad_em"],
+            "retention_f1": verdict["f1"],
+            "retention_em": verdict["em"],
+            "passes_retention": verdict["passes"],
+            "ratio": card["ratio"],
+            "score": card["score"],
+            "score_tolerant": card["score_tolerant"],
+        }
         rows.append(row)
         candidates.append({**row, "retention": verdict})
     base = None
     if "base" in accuracies:
-        base = {"model": "base", **{k: accuracies["base"].get(k) for k in ("n", "accuracy_strict",
-                                                                           "accuracy_tolerant")},
-                **base_squad}
-    return {"run_id": run_id, "stage": stage, "format": fmt, "model": model_name,
-            "score_formula": f"stage {stage}: {rules.SCORE_FORMULAS[stage]}, accuracy = strict (the contest rule)",
-            **params, "lora_targets": sorted(lora_targets(target_modules)), "base": base, "checkpoints": rows,
-            "chosen": rules.choose_checkpoint(candidates), "retention_metric": rules.RETENTION_METRIC,
-            "evaluate_best": evaluate_best(report), "code": dict(code)}
+        base = {
+            "model": "base",
+            **{k: accuracies["base"].get(k) for k in ("n", "accuracy_strict", "accuracy_tolerant")},
+            **base_squad,
+        }
+    return {
+        "run_id": run_id,
+        "stage": stage,
+        "format": fmt,
+        "model": model_name,
+        "score_formula": f"stage {stage}: {rules.SCORE_FORMULAS[stage]}, accuracy = strict (the contest rule)",
+        **params,
+        "lora_targets": sorted(lora_targets(target_modules)),
+        "base": base,
+        "checkpoints": rows,
+        "chosen": rules.choose_checkpoint(candidates),
+        "retention_metric": rules.RETENTION_METRIC,
+        "evaluate_best": evaluate_best(report),
+        "code": dict(code),
+    }
 
 
 def _squad_pair(fields: Mapping) -> Optional[dict]:
@@ -323,22 +395,30 @@ def dict_differences(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
 
 # ---- ENVIRONMENT.md / environment.json -------------------------------------------------------
 
+
 def environment_of(manifest: dict) -> dict:
     """The parts of a job manifest that say what it ran on."""
     npu = manifest.get("npu") or None
     container = manifest.get("container") or None
     return {
-        "hostname": manifest.get("hostname"), "finished": manifest.get("finished"),
-        "os": (manifest.get("os") or {}).get("name"), "platform": (manifest.get("os") or {}).get("platform"),
+        "hostname": manifest.get("hostname"),
+        "finished": manifest.get("finished"),
+        "os": (manifest.get("os") or {}).get("name"),
+        "platform": (manifest.get("os") or {}).get("platform"),
         "kernel": (manifest.get("kernel") or {}).get("release"),
-        "cpu": manifest.get("cpu"), "memory_total_bytes": (manifest.get("memory") or {}).get("total_bytes"),
+        "cpu": manifest.get("cpu"),
+        "memory_total_bytes": (manifest.get("memory") or {}).get("total_bytes"),
         "npu": {k: v for k, v in npu.items() if k != "raw"} if isinstance(npu, dict) else None,
         "driver_version": (manifest.get("ascend") or {}).get("driver_version"),
         "cann_version": (manifest.get("ascend") or {}).get("cann_version"),
         "python": (manifest.get("python") or {}).get("version"),
         "packages": manifest.get("packages") or {},
-        "container": ({k: container.get(k) for k in ("runtime", "image", "image_id", "pod")} | (
-            {"labels": container["labels"]} if container.get("labels") else {})) if container else None,
+        "container": (
+            {k: container.get(k) for k in ("runtime", "image", "image_id", "pod")}
+            | ({"labels": container["labels"]} if container.get("labels") else {})
+        )
+        if container
+        else None,
         "git": manifest.get("git"),
     }
 
@@ -350,13 +430,17 @@ def direct_requirements(code_archive: Path) -> list[str]:
 
     try:
         with tarfile.open(code_archive) as tar:
-            member = next((m for m in tar.getmembers() if m.name.split("/")[-1] == "pyproject.toml"
-                           and m.name.count("/") <= 1), None)
+            member = next(
+                (m for m in tar.getmembers() if m.name.split("/")[-1] == "pyproject.toml" and m.name.count("/") <= 1),
+                None,
+            )
             data = tomllib.loads(tar.extractfile(member).read().decode("utf-8")) if member else {}
     except (OSError, tarfile.TarError, tomllib.TOMLDecodeError):
         return []
-    return [re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].strip().lower()
-            for d in data.get("project", {}).get("dependencies", [])]
+    return [
+        re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].strip().lower()
+        for d in data.get("project", {}).get("dependencies", [])
+    ]
 
 
 def _canonical(name: str) -> str:
@@ -372,10 +456,15 @@ def on_top_of_contest_base(freeze: list[str], requirements: list[str]) -> list[d
         if "==" in line:
             name, version = line.split("==", 1)
             installed[_canonical(name)] = version.strip()
-    rows = [{"package": p, "contest_base": rules.CONTEST_STACK[p], "this_run": installed.get(p)}
-            for p in ("mindspore", "mindformers", "mindpet")]
-    rows += [{"package": p, "contest_base": None, "this_run": installed.get(_canonical(p))}
-             for p in requirements if _canonical(p) not in ("mindspore", "mindformers", "mindpet")]
+    rows = [
+        {"package": p, "contest_base": rules.CONTEST_STACK[p], "this_run": installed.get(p)}
+        for p in ("mindspore", "mindformers", "mindpet")
+    ]
+    rows += [
+        {"package": p, "contest_base": None, "this_run": installed.get(_canonical(p))}
+        for p in requirements
+        if _canonical(p) not in ("mindspore", "mindformers", "mindpet")
+    ]
     return rows
 
 
@@ -386,13 +475,19 @@ def environment_record(manifests: dict[str, dict], requirements: Optional[list[s
     for job, m in manifests.items():
         other = m.get("pip_freeze") or []
         if job != "train" and other and set(other) != set(freeze):
-            differs[job] = {"only_here": sorted(set(other) - set(freeze)),
-                            "only_in_train": sorted(set(freeze) - set(other))}
-    return {"generated_from": [layout.in_logs(layout.manifest(job)) for job in manifests]
-            + ["code.tar.gz: pyproject.toml"],
-            "jobs": jobs, "contest_base": dict(rules.CONTEST_STACK),
-            "on_top_of_contest_base": on_top_of_contest_base(freeze, requirements or []),
-            "pip_freeze": freeze, "pip_freeze_source": "logs/train/manifest.json", "pip_freeze_differs": differs}
+            differs[job] = {
+                "only_here": sorted(set(other) - set(freeze)),
+                "only_in_train": sorted(set(freeze) - set(other)),
+            }
+    return {
+        "generated_from": [layout.in_logs(layout.manifest(job)) for job in manifests] + ["code.tar.gz: pyproject.toml"],
+        "jobs": jobs,
+        "contest_base": dict(rules.CONTEST_STACK),
+        "on_top_of_contest_base": on_top_of_contest_base(freeze, requirements or []),
+        "pip_freeze": freeze,
+        "pip_freeze_source": "logs/train/manifest.json",
+        "pip_freeze_differs": differs,
+    }
 
 
 def render_environment(env: dict) -> str:
@@ -400,15 +495,23 @@ def render_environment(env: dict) -> str:
     names = list(jobs)
 
     def row(label: str, get) -> str:
-        return f"| {label} | " + " | ".join(str(get(jobs[j]) if get(jobs[j]) not in (None, "", {}) else "-")
-                                           .replace("|", "/") for j in names) + " |"
+        return (
+            f"| {label} | "
+            + " | ".join(
+                str(get(jobs[j]) if get(jobs[j]) not in (None, "", {}) else "-").replace("|", "/") for j in names
+            )
+            + " |"
+        )
 
     def npu(e):
         n = e["npu"]
         if not n:
             return "none found (no npu-smi)"
-        return f"{n.get('count')} × " + ", ".join(sorted({d.get('name', '?') for d in n.get('devices', [])})) + \
-            (f" (npu-smi {n['version']})" if n.get("version") else "")
+        return (
+            f"{n.get('count')} × "
+            + ", ".join(sorted({d.get("name", "?") for d in n.get("devices", [])}))
+            + (f" (npu-smi {n['version']})" if n.get("version") else "")
+        )
 
     def image(e):
         c = e["container"]
@@ -421,39 +524,70 @@ def render_environment(env: dict) -> str:
         b = e["memory_total_bytes"]
         return f"{b / 2**30:.1f} GiB" if b else None
 
-    L = ["# Environment", "",
-         "Generated by `python -m jobs.bundle` from each job's `manifest.json` (`logs/<job>/manifest.json`); "
-         "`environment.json` holds the same record.", "",
-         "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
-         row("host", lambda e: e["hostname"]), row("finished (UTC)", lambda e: e["finished"]),
-         row("OS", lambda e: e["os"]), row("kernel", lambda e: e["kernel"]),
-         row("CPU", lambda e: f"{e['cpu'].get('model')} ({e['cpu'].get('usable')} of {e['cpu'].get('count')} usable)"
-             if e["cpu"] else None),
-         row("memory", mem), row("NPU", npu),
-         row("Ascend driver", lambda e: e["driver_version"]), row("CANN", lambda e: e["cann_version"]),
-         row("Python", lambda e: e["python"])]
+    L = [
+        "# Environment",
+        "",
+        "Generated by `python -m jobs.bundle` from each job's `manifest.json` (`logs/<job>/manifest.json`); "
+        "`environment.json` holds the same record.",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        row("host", lambda e: e["hostname"]),
+        row("finished (UTC)", lambda e: e["finished"]),
+        row("OS", lambda e: e["os"]),
+        row("kernel", lambda e: e["kernel"]),
+        row(
+            "CPU",
+            lambda e: (
+                f"{e['cpu'].get('model')} ({e['cpu'].get('usable')} of {e['cpu'].get('count')} usable)"
+                if e["cpu"]
+                else None
+            ),
+        ),
+        row("memory", mem),
+        row("NPU", npu),
+        row("Ascend driver", lambda e: e["driver_version"]),
+        row("CANN", lambda e: e["cann_version"]),
+        row("Python", lambda e: e["python"]),
+    ]
     packages = sorted({p for e in jobs.values() for p in e["packages"]})
     L += [row(p, lambda e, p=p: e["packages"].get(p)) for p in packages]
-    L += [row("image", image),
-          row("git commit", lambda e: ((e["git"] or {}).get("commit") or "")[:12] + (" (dirty)" if (e["git"] or {})
-                                                                                     .get("dirty") else "")), ""]
+    L += [
+        row("image", image),
+        row(
+            "git commit",
+            lambda e: (
+                ((e["git"] or {}).get("commit") or "")[:12] + (" (dirty)" if (e["git"] or {}).get("dirty") else "")
+            ),
+        ),
+        "",
+    ]
     base = env.get("contest_base") or {}
-    L += ["## Installed on top of the contest's base environment", "",
-          f"The contest's base environment: Python {base.get('python')}, CANN {base.get('cann')}, MindSpore "
-          f"{base.get('mindspore')}, MindFormers {base.get('mindformers')} (r1.1) with MindPet {base.get('mindpet')} "
-          f"(tunebox/contest/rules.py, CONTEST_STACK, with its sources). On top of it this run needs the packages "
-          f"below: the first rows replace the contest's own, the others are tunebox's direct dependencies "
-          f"(pyproject.toml in code.tar.gz), at the versions the train job ran with.", "",
-          "| package | contest base | this run |", "|---|---|---|"]
-    L += [f"| {r['package']} | {r['contest_base'] or '-'} | {r['this_run'] or 'not installed'} |"
-          for r in env.get("on_top_of_contest_base") or []]
+    L += [
+        "## Installed on top of the contest's base environment",
+        "",
+        f"The contest's base environment: Python {base.get('python')}, CANN {base.get('cann')}, MindSpore "
+        f"{base.get('mindspore')}, MindFormers {base.get('mindformers')} (r1.1) with MindPet {base.get('mindpet')} "
+        f"(tunebox/contest/rules.py, CONTEST_STACK, with its sources). On top of it this run needs the packages "
+        f"below: the first rows replace the contest's own, the others are tunebox's direct dependencies "
+        f"(pyproject.toml in code.tar.gz), at the versions the train job ran with.",
+        "",
+        "| package | contest base | this run |",
+        "|---|---|---|",
+    ]
+    L += [
+        f"| {r['package']} | {r['contest_base'] or '-'} | {r['this_run'] or 'not installed'} |"
+        for r in env.get("on_top_of_contest_base") or []
+    ]
     L += [""]
     freeze = env["pip_freeze"]
     L += [f"## pip freeze (train job, {len(freeze)} packages)", ""]
     if env["pip_freeze_differs"]:
         for job, d in env["pip_freeze_differs"].items():
-            L.append(f"- {job} ran with a different set: only there {', '.join(d['only_here']) or '-'}; "
-                     f"only in train {', '.join(d['only_in_train']) or '-'}")
+            L.append(
+                f"- {job} ran with a different set: only there {', '.join(d['only_here']) or '-'}; "
+                f"only in train {', '.join(d['only_in_train']) or '-'}"
+            )
         L.append("")
     else:
         L += ["Every job's manifest lists the same packages." if freeze else "No pip freeze was recorded.", ""]

@@ -11,6 +11,7 @@ generation_config.eos_token_id, from the YAML's model_config.eos_token_id).
 Paths in the YAML are relative to the mindformers/ folder (its README runs MindFormers from there);
 they are resolved against that folder here, so nothing is written into the submission.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,10 @@ def load_strictly(config, network, checkpoint: Path) -> None:
     missing = sorted(set(have) - set(stored))
     extra = sorted(set(stored) - set(have))
     if missing or extra:
-        raise ValueError(f"{checkpoint} does not fit the network predict.yaml builds: missing from the file "
-                         f"{missing[:5]}, not in the network {extra[:5]}")
+        raise ValueError(
+            f"{checkpoint} does not fit the network predict.yaml builds: missing from the file "
+            f"{missing[:5]}, not in the network {extra[:5]}"
+        )
     wrong = []
     for name, param in have.items():
         value = stored[name]
@@ -60,8 +63,10 @@ def load_strictly(config, network, checkpoint: Path) -> None:
         elif not np.array_equal(param.asnumpy(), value.asnumpy()):
             wrong.append(f"{name}: not loaded")
     if wrong:
-        raise ValueError(f"{checkpoint}: {len(wrong)} parameter(s) differ from the network predict.yaml builds: "
-                         + "; ".join(wrong[:5]))
+        raise ValueError(
+            f"{checkpoint}: {len(wrong)} parameter(s) differ from the network predict.yaml builds: "
+            + "; ".join(wrong[:5])
+        )
 
 
 def greedy_answer(mf_dir: Path, prompt: str, max_new_tokens: int, checkpoint: Optional[str] = None) -> dict:
@@ -99,7 +104,7 @@ def greedy_answer(mf_dir: Path, prompt: str, max_new_tokens: int, checkpoint: Op
     new = []
     while len(new) < max_new_tokens and len(ids) < seq:
         row = np.full((1, seq), pad, np.int32)
-        row[0, :len(ids)] = ids
+        row[0, : len(ids)] = ids
         logits = network(ms.Tensor(row))
         logits = (logits[0] if isinstance(logits, tuple) else logits).asnumpy()
         logits = logits.reshape(-1, seq, logits.shape[-1]) if logits.ndim == 2 else logits
@@ -108,5 +113,9 @@ def greedy_answer(mf_dir: Path, prompt: str, max_new_tokens: int, checkpoint: Op
             break
         new.append(token)
         ids.append(token)
-    return {"prompt_ids": prompt_ids, "new_ids": new, "checkpoint": str(ckpt),
-            "text": tokenizer.decode(new, skip_special_tokens=True)}
+    return {
+        "prompt_ids": prompt_ids,
+        "new_ids": new,
+        "checkpoint": str(ckpt),
+        "text": tokenizer.decode(new, skip_special_tokens=True),
+    }

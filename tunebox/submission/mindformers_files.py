@@ -1,6 +1,7 @@
 """The submission's mindformers/ folder: what a judge with MindFormers needs to fine-tune and predict
 from the folder alone (finetune.yaml as run with its paths made relative, predict.yaml for MindFormers 1.9,
 predict_r1.1.yaml for the contest's r1.1, the registered extension classes and a README of commands)."""
+
 from __future__ import annotations
 
 import json
@@ -104,17 +105,44 @@ def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int, tok) 
     as_run = yaml.safe_load((spec.job_dir("train") / "mindformers.yaml").read_text(encoding="utf-8"))
     atomic_write_text(folder / "finetune.yaml", dump(portable_finetune_config(as_run, spec.run_dir), MF19_HEADER))
     checkpoint = f"../{contents.checkpoint_file(chosen_step)}"
-    atomic_write_text(folder / "predict.yaml", dump(render_predict_config(
-        spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens,
-        special_tokens=tok.config, stop_ids=tok.stop_ids), MF19_HEADER))
-    atomic_write_text(folder / R11_FILE, dump(render_contest_predict_config(
-        spec, checkpoint=checkpoint, tokenizer_dir="../tokenizer", max_new_tokens=spec.eval.max_new_tokens,
-        special_tokens=tok.config, stop_ids=tok.stop_ids), r11_header(spec.model.name)))
+    atomic_write_text(
+        folder / "predict.yaml",
+        dump(
+            render_predict_config(
+                spec,
+                checkpoint=checkpoint,
+                tokenizer_dir="../tokenizer",
+                max_new_tokens=spec.eval.max_new_tokens,
+                special_tokens=tok.config,
+                stop_ids=tok.stop_ids,
+            ),
+            MF19_HEADER,
+        ),
+    )
+    atomic_write_text(
+        folder / R11_FILE,
+        dump(
+            render_contest_predict_config(
+                spec,
+                checkpoint=checkpoint,
+                tokenizer_dir="../tokenizer",
+                max_new_tokens=spec.eval.max_new_tokens,
+                special_tokens=tok.config,
+                stop_ids=tok.stop_ids,
+            ),
+            r11_header(spec.model.name),
+        ),
+    )
     shutil.copy2(EXTENSIONS_FILE, folder / EXTENSIONS_FILE.name)
     topo = topology(spec.train)
     heldout = read_jsonl(spec.run_dir / layout.PREP_HELDOUT)
-    atomic_write_text(folder / "README.md", MF_README.format(
-        checkpoint=checkpoint, prompt=ansi_c_quoted(spec_prompt(tok, heldout[0]["prompt"], spec.data)),
-        topology=f"this run: {topo.workers} worker(s), data {topo.data_parallel} x model {topo.model_parallel} "
-                 f"x pipeline {topo.pipeline_stage}",
-        r11_runner=R11_MODELS[spec.model.name][4]))
+    atomic_write_text(
+        folder / "README.md",
+        MF_README.format(
+            checkpoint=checkpoint,
+            prompt=ansi_c_quoted(spec_prompt(tok, heldout[0]["prompt"], spec.data)),
+            topology=f"this run: {topo.workers} worker(s), data {topo.data_parallel} x model {topo.model_parallel} "
+            f"x pipeline {topo.pipeline_stage}",
+            r11_runner=R11_MODELS[spec.model.name][4],
+        ),
+    )

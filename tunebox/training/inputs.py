@@ -1,5 +1,6 @@
 """What MindFormers' Trainer is handed for a run: prep's rows (packed into train/packed.mindrecord when
 train.packing), the plan, the answer-only LM head's size and the rendered MindFormers config."""
+
 from __future__ import annotations
 
 import logging
@@ -17,7 +18,7 @@ from tunebox.training.plan import answer_capacity, plan_steps
 
 log = logging.getLogger("tunebox.train")
 
-TRAIN_YAML = "mindformers.yaml"   # under train/: the MindFormers config that runs (stock MindFormers runs it too)
+TRAIN_YAML = "mindformers.yaml"  # under train/: the MindFormers config that runs (stock MindFormers runs it too)
 PACKED_RECORDS = "packed.mindrecord"
 
 
@@ -41,18 +42,39 @@ def prepare(spec: RunSpec, write: bool = True) -> dict:
             out.mkdir(parents=True, exist_ok=True)
             write_packed_mindrecord(packed, ids, labels, segments)
         files = [packed]
-        log.info("packing: %s samples into %s rows of %d tokens (filled %.0f%% -> %.0f%%, up to %d a row)",
-                 f"{samples:,}", f"{len(ids):,}", ids.shape[1], 100 * packing["fill_before"],
-                 100 * packing["fill_after"], packing["max_samples_per_row"])
+        log.info(
+            "packing: %s samples into %s rows of %d tokens (filled %.0f%% -> %.0f%%, up to %d a row)",
+            f"{samples:,}",
+            f"{len(ids):,}",
+            ids.shape[1],
+            100 * packing["fill_before"],
+            100 * packing["fill_after"],
+            packing["max_samples_per_row"],
+        )
     plan = plan_steps(len(ids), spec.train)
     plan["packing"] = packing
     capacity = answer_capacity(ids, labels, pad_id) if spec.train.lm_head_on_answers else 0
-    config = render_train_config(get_model_shape(spec.model.name), spec.train, spec.lora, seq_length=ids.shape[1] - 1,
-                                 data_files=files, out_dir=out, plan=plan, base_checkpoint=base,
-                                 answer_capacity=capacity)
+    config = render_train_config(
+        get_model_shape(spec.model.name),
+        spec.train,
+        spec.lora,
+        seq_length=ids.shape[1] - 1,
+        data_files=files,
+        out_dir=out,
+        plan=plan,
+        base_checkpoint=base,
+        answer_capacity=capacity,
+    )
     tokens = int((ids != pad_id).sum())
-    return {"plan": plan, "config": config, "capacity": capacity, "base_checkpoint": base,
-            "data_file": data_file, "rows": len(ids), "tokens_per_row": tokens / max(1, len(ids))}
+    return {
+        "plan": plan,
+        "config": config,
+        "capacity": capacity,
+        "base_checkpoint": base,
+        "data_file": data_file,
+        "rows": len(ids),
+        "tokens_per_row": tokens / max(1, len(ids)),
+    }
 
 
 def render(spec: RunSpec) -> dict:

@@ -1,6 +1,7 @@
 """Starting a training run's workers and keeping them in step: msrun with train.workers local workers,
 the workers' lock (a rerun never trains beside the workers of a killed run), and a cluster rank's
 wait for prep's output."""
+
 from __future__ import annotations
 
 import fcntl
@@ -30,8 +31,16 @@ def launch_msrun(train: TrainSection, worker: Path, job_args: list[str], log_dir
     env = job_process_env(worker.parent)
     # msrun starts workers with the bare `python` on PATH: make it this interpreter.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    cmd = [msrun, f"--worker_num={train.workers}", f"--local_worker_num={train.workers}",
-           f"--master_port={train.master_port}", f"--log_dir={log_dir}", "--join=True", str(worker), *job_args]
+    cmd = [
+        msrun,
+        f"--worker_num={train.workers}",
+        f"--local_worker_num={train.workers}",
+        f"--master_port={train.master_port}",
+        f"--log_dir={log_dir}",
+        "--join=True",
+        str(worker),
+        *job_args,
+    ]
     log.info("launching %d workers: %s", train.workers, " ".join(cmd))
     return subprocess.call(cmd, env=env)
 
@@ -79,8 +88,10 @@ def wait_for_workers(out: Path, timeout: float = 120.0) -> None:
                 return
             except BlockingIOError:
                 if time.time() > deadline:
-                    raise RuntimeError(f"workers of an earlier run still hold {out / WORKERS_LOCK} after "
-                                       f"{timeout:.0f} s; stop them (fuser -v {out / WORKERS_LOCK}) and run again")
+                    raise RuntimeError(
+                        f"workers of an earlier run still hold {out / WORKERS_LOCK} after "
+                        f"{timeout:.0f} s; stop them (fuser -v {out / WORKERS_LOCK}) and run again"
+                    )
                 log.info("waiting for the workers of an earlier run to stop (%s)", out / WORKERS_LOCK)
                 time.sleep(2)
 
@@ -94,9 +105,11 @@ def wait_for_prep(manifest: Path, timeout: float, poll_s: float = 2.0) -> None:
     while not manifest.exists():
         waited = time.monotonic() - started
         if waited >= timeout:
-            raise RuntimeError(f"prep did not finish within {timeout:g} s: no {manifest}. The first node runs weights "
-                               f"and prep (see its log); raise cluster.prep_timeout or TUNEBOX_PREP_TIMEOUT when "
-                               f"the base model's download takes longer")
+            raise RuntimeError(
+                f"prep did not finish within {timeout:g} s: no {manifest}. The first node runs weights "
+                f"and prep (see its log); raise cluster.prep_timeout or TUNEBOX_PREP_TIMEOUT when "
+                f"the base model's download takes longer"
+            )
         if last_said is None or time.monotonic() - last_said >= 60:
             print(f"train: rank waiting for prep ({manifest}), {waited:.0f} of {timeout:g} s", flush=True)
             last_said = time.monotonic()

@@ -1,5 +1,6 @@
 """What a training run leaves in train/, read back and summed up: whether it can resume, whether it
 already ran every planned step, and the checkpoint index, loss.csv and summary written after it."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from tunebox.io import InputError, atomic_write_json, atomic_write_text, read_js
 from tunebox.model.mf_config import CHECKPOINT_PREFIX
 from tunebox.model.registry import ModelShape
 
-TRAIN_STATE = "train_state.json"   # {"train_hash": ...} of the settings that wrote this folder
+TRAIN_STATE = "train_state.json"  # {"train_hash": ...} of the settings that wrote this folder
 
 
 def read_jsonl_rows(path: Path) -> list[dict]:
@@ -51,8 +52,10 @@ def lora_files(out: Path, plan: dict, rank: int = 0) -> dict[int, Path]:
     (named by the callback that writes them)."""
     from tunebox.model.mf_extensions import lora_checkpoint_path
 
-    paths = {step: Path(lora_checkpoint_path(str(out), CHECKPOINT_PREFIX, step, plan["batches_per_epoch"], rank))
-             for step in plan["checkpoint_steps"]}
+    paths = {
+        step: Path(lora_checkpoint_path(str(out), CHECKPOINT_PREFIX, step, plan["batches_per_epoch"], rank))
+        for step in plan["checkpoint_steps"]
+    }
     return {step: f for step, f in paths.items() if f.exists()}
 
 
@@ -62,47 +65,83 @@ def training_done(out: Path, plan: dict, losses: list[dict]) -> bool:
     then its loss line, then the full checkpoint). Checked before looking for a resume point: resuming
     from the final step would train past it (a step past max_steps) or fail (MindSpore refuses
     initial_epoch == epoch when the final step ends an epoch)."""
-    return bool(losses) and losses[-1]["step"] >= plan["total_steps"] \
+    return (
+        bool(losses)
+        and losses[-1]["step"] >= plan["total_steps"]
         and len(lora_files(out, plan)) == len(plan["checkpoint_steps"])
+    )
 
 
-def write_outputs(run_dir: Path, prepared: dict, losses: list[dict], shape: ModelShape, lora: LoraSection,
-                  train: TrainSection, run_s: float) -> dict:
+def write_outputs(
+    run_dir: Path,
+    prepared: dict,
+    losses: list[dict],
+    shape: ModelShape,
+    lora: LoraSection,
+    train: TrainSection,
+    run_s: float,
+) -> dict:
     """After the Trainer: the checkpoint index, loss.csv and summary (rank 0's files) from the loss log
     (`losses`, read_loss_log); returns the summary."""
     out = run_dir / "train"
     plan = prepared["plan"]
     if not losses or losses[-1]["step"] < plan["total_steps"]:
-        raise RuntimeError(f"MindFormers stopped at step {losses[-1]['step'] if losses else 0} of "
-                           f"{plan['total_steps']}; see {out / 'log'}")
+        raise RuntimeError(
+            f"MindFormers stopped at step {losses[-1]['step'] if losses else 0} of "
+            f"{plan['total_steps']}; see {out / 'log'}"
+        )
     loss_at = {r["step"]: r for r in losses}
     found = lora_files(out, plan)
     missing = [s for s in plan["checkpoint_steps"] if s not in found]
     if missing:
         raise RuntimeError(f"the LoRA checkpoints of steps {missing} are missing under {out / 'checkpoint_trainable'}")
-    index = [{"step": s, "epoch": round(s / plan["batches_per_epoch"], 4), "loss": loss_at[s]["loss"],
-              "file": str(found[s].relative_to(out))} for s in plan["checkpoint_steps"]]
-    atomic_write_json(run_dir / layout.TRAIN_INDEX, {"checkpoints": index, "total_steps": plan["total_steps"],
-                                                     "planned": plan["checkpoint_steps"],
-                                                     "files_relative_to": "train"})
+    index = [
+        {
+            "step": s,
+            "epoch": round(s / plan["batches_per_epoch"], 4),
+            "loss": loss_at[s]["loss"],
+            "file": str(found[s].relative_to(out)),
+        }
+        for s in plan["checkpoint_steps"]
+    ]
+    atomic_write_json(
+        run_dir / layout.TRAIN_INDEX,
+        {
+            "checkpoints": index,
+            "total_steps": plan["total_steps"],
+            "planned": plan["checkpoint_steps"],
+            "files_relative_to": "train",
+        },
+    )
     csv = "step,epoch,loss,lr,seconds\n" + "".join(
-        f"{r['step']},{r['epoch']},{r['loss']:.6f},{(r['lr'] or 0):.6e},{r['seconds']}\n" for r in losses)
+        f"{r['step']},{r['epoch']},{r['loss']:.6f},{(r['lr'] or 0):.6e},{r['seconds']}\n" for r in losses
+    )
     atomic_write_text(out / "loss.csv", csv)
     start_step = session_start(out)
     steady = [r for r in losses if r["step"] > start_step + 1] or losses
     seconds = sum(r["seconds"] for r in steady)
     tokens = prepared["tokens_per_row"] * train.batch_size * len(steady)
     trainable, total_params = shape.lora_params(lora.rank, lora.target_modules), shape.total_params()
-    summary = {"steps": plan["total_steps"], "checkpoint_steps": plan["checkpoint_steps"],
-               "trainable_params": trainable, "total_params": total_params, "ratio": trainable / total_params,
-               "first_loss": losses[0]["loss"], "last_loss": losses[-1]["loss"],
-               "first_step_seconds_incl_compile": losses[0]["seconds"] if start_step == 0 else None,
-               "this_session_seconds": run_s, "resumed_from_step": start_step,
-               "packing": plan.get("packing"), "answer_capacity": prepared["capacity"],
-               "tokens_per_s_steady": tokens / max(1e-9, seconds),
-               # this session's peak resident memory: the train process or its largest msrun worker (Linux: KiB)
-               "peak_rss_mb": round(max(resource.getrusage(who).ru_maxrss
-                                        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024, 1),
-               "trainer": "mindformers.Trainer", "mindformers_yaml": "mindformers.yaml"}
+    summary = {
+        "steps": plan["total_steps"],
+        "checkpoint_steps": plan["checkpoint_steps"],
+        "trainable_params": trainable,
+        "total_params": total_params,
+        "ratio": trainable / total_params,
+        "first_loss": losses[0]["loss"],
+        "last_loss": losses[-1]["loss"],
+        "first_step_seconds_incl_compile": losses[0]["seconds"] if start_step == 0 else None,
+        "this_session_seconds": run_s,
+        "resumed_from_step": start_step,
+        "packing": plan.get("packing"),
+        "answer_capacity": prepared["capacity"],
+        "tokens_per_s_steady": tokens / max(1e-9, seconds),
+        # this session's peak resident memory: the train process or its largest msrun worker (Linux: KiB)
+        "peak_rss_mb": round(
+            max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024, 1
+        ),
+        "trainer": "mindformers.Trainer",
+        "mindformers_yaml": "mindformers.yaml",
+    }
     atomic_write_json(run_dir / layout.TRAIN_SUMMARY, summary)
     return summary

@@ -1,6 +1,7 @@
 """The plan of a training run: pure functions of the train settings and the data, decided before
 MindFormers starts (the optimizer steps, the evenly spaced checkpoint steps, the answer-only LM head's
 size) and what a resumed run must share with the one it resumes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,11 +21,16 @@ def plan_steps(n_rows: int, train: TrainSection) -> dict:
     batches_per_epoch = n_rows // (train.batch_size * train.grad_accum)
     total = train.max_steps if train.max_steps is not None else int(train.epochs * batches_per_epoch)
     if total < train.num_checkpoints:
-        raise InputError(f"only {total} optimizer steps: fewer than train.num_checkpoints={train.num_checkpoints}; "
-                         f"raise train.epochs or lower train.batch_size / train.grad_accum")
-    return {"total_steps": total, "batches_per_epoch": batches_per_epoch,
-            "warmup_steps": int(round(train.warmup_ratio * total)),
-            "checkpoint_steps": checkpoint_steps(total, train.num_checkpoints)}
+        raise InputError(
+            f"only {total} optimizer steps: fewer than train.num_checkpoints={train.num_checkpoints}; "
+            f"raise train.epochs or lower train.batch_size / train.grad_accum"
+        )
+    return {
+        "total_steps": total,
+        "batches_per_epoch": batches_per_epoch,
+        "warmup_steps": int(round(train.warmup_ratio * total)),
+        "checkpoint_steps": checkpoint_steps(total, train.num_checkpoints),
+    }
 
 
 def checkpoint_steps(total: int, k: int) -> list[int]:
