@@ -21,7 +21,7 @@ import time
 import pytest
 
 from tests.conftest import REPO, TINY_RECIPE
-from tunebox.runlock import RUN_LOCK_ENV, RunFolderBusy, hold_run_folder, lock_file, read_holder
+from tunebox.runlock import RUN_LOCK_ENV, RunFolderBusy, boot_id, hold_run_folder, lock_file, read_holder
 
 HOLDER = """
 import sys, time
@@ -154,3 +154,25 @@ def test_a_second_pipeline_is_refused_before_any_job_starts(tmp_path, holder):
     assert f"pid {holder.pid}" in proc.stderr and "in use by pipeline" in proc.stderr
     assert "-m jobs." not in proc.stdout, proc.stdout[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_killed_containers_fresh_record_on_this_machine_is_taken_over(tmp_path):
+    """docker compose gives each container its own hostname, on one kernel: a train container killed a second
+    ago leaves a record with another hostname and a fresh heartbeat, and the rerun's first container must take it
+    over (nobody holds the flock), not wait two minutes. Found by test_compose_rerun. Mutant: the cross-host rule
+    keyed on the hostname instead of the boot id -> refused here."""
+    run_dir = tmp_path / "runs" / "tiny"
+    run_dir.parent.mkdir(parents=True)
+    path = lock_file(run_dir)
+    record = {
+        "host": "a1b2c3d4e5f6",
+        "boot_id": boot_id(),
+        "pid": 1,
+        "job": "train",
+        "since": "2026-01-01T00:00:00",
+        "token": "x",
+    }
+    path.write_text(json.dumps(record))
+    assert boot_id(), "this test needs /proc/sys/kernel/random/boot_id"
+    with hold_run_folder(run_dir, "weights") as held:
+        assert held["host"] == socket.gethostname() and held["boot_id"] == boot_id()

@@ -8,9 +8,11 @@ pid, job and since when.
 Liveness comes from the kernel, not from the file's content: the holder keeps an fcntl.flock on the
 file, which the kernel drops when the holder dies, kill -9 included. A lock file nobody holds is
 therefore a leftover: the next job takes it over and says whose it was. The holder also touches the
-file every HEARTBEAT_SECONDS; when the record names another host whose heartbeat is fresh, the lock
-is refused even if our flock succeeded, since a volume shared between nodes may not carry flocks
-across hosts.
+file every HEARTBEAT_SECONDS; when the record comes from another kernel (another boot id: another
+node on a shared volume) and its heartbeat is fresh, the lock is refused even if our flock succeeded,
+since a volume shared between nodes may not carry flocks across them. Containers and pods on one
+machine share its kernel: for them the flock decides, whatever their hostnames (docker compose's
+containers each have their own).
 
 The processes of one run share the lock: the holder exports a token (RUN_LOCK_ENV) that its
 children inherit (msrun's workers, the jobs a pipeline starts), and a process whose token is the
@@ -93,7 +95,9 @@ def hold_run_folder(run_dir: str | os.PathLike, job: str) -> Iterator[dict]:
         except BlockingIOError:
             raise RunFolderBusy(_busy_message(read_holder(run_dir), job), path) from None
         previous = read_holder(run_dir)
-        if previous and previous.get("host") != socket.gethostname() and _fresh(path):
+        # Another kernel (another node on a shared volume) may hold it without our flock seeing it; on this
+        # kernel (this host's containers and pods share it: the same boot id) the flock is the whole truth.
+        if previous and previous.get("boot_id") != boot_id() and _fresh(path):
             raise RunFolderBusy(
                 _busy_message(previous, job) + f" (its heartbeat is under {STALE_SECONDS:.0f} s "
                 f"old; if that host is gone, delete the lock file)",
@@ -107,6 +111,7 @@ def hold_run_folder(run_dir: str | os.PathLike, job: str) -> Iterator[dict]:
             )
         holder = {
             "host": socket.gethostname(),
+            "boot_id": boot_id(),
             "pid": os.getpid(),
             "job": job,
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -138,6 +143,15 @@ def _busy_message(holder: Optional[dict], job: str) -> str:
         f"{job}: the run folder is in use by {who}. Wait for it to finish, or run with another "
         f"run_id (--set run_id=...)"
     )
+
+
+def boot_id() -> str:
+    """This kernel's boot id: the same in every container and pod on one machine, so it says whether a holder
+    shares our kernel (and so our flocks) whatever its hostname. Empty where /proc does not have it."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
 
 
 def _fresh(path: Path) -> bool:
