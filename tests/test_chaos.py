@@ -181,7 +181,7 @@ def test_rerun_of_a_finished_pipeline_skips_every_job(reference):
     out = reference["rerun"].stdout
     for job in ("prep", "train", "merge", "evaluate", "bundle"):
         assert re.search(rf"{job}: skipped: finished at ", out), f"{job} was not skipped:\n{out[-4000:]}"
-    # how long the skipping takes is a figure, not a test: docs/BENCHMARKS.md, "Rerun of a finished run"
+    # how long the skipping takes is a figure for a quiet machine (docs/BENCHMARKS.md), not a test bound
     print(f"rerun of the finished tiny pipeline: {reference['rerun_seconds']:.1f} s")
     run_dir = reference["run_dir"]
     changed = [
