@@ -300,7 +300,9 @@ def test_sweep_end_to_end_killed_and_resumed_matches_the_reports(tmp_path):
         "--set",
         "data.max_rows=60",
     ]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # INFO whatever the caller's level (.ci/run exports TUNEBOX_LOG=WARNING): the test reads the sweep's
+    # "skipped" lines
+    env = dict(os.environ, PYTHONPATH=str(REPO), TUNEBOX_LOG="INFO")
     first, second = runs / "e2e-rank4-s0", runs / "e2e-rank4-s1"
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
