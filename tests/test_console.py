@@ -10,7 +10,10 @@ Mutants tried (each fails test_train_console_is_tunebox_own_lines):
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -49,3 +52,16 @@ def test_the_noise_is_in_the_jobs_log_file(consoles):
     info = (consoles["run_dir"] / "train" / "log" / "rank_0" / "info.log").read_text(encoding="utf-8")
     assert "Summary name learning-rate vs samples is illegal" in info
     assert "MindFormers config:" in info and "'runner_config'" in info
+
+
+def test_a_library_logger_at_debug_does_not_reach_the_console():
+    """jieba sets its logger to DEBUG on import, and its records propagated to our console handler (found counting a
+    fresh tiny pipeline's console). Mutant: setup_logging without the handler's level -> 'noise' is printed."""
+    program = (
+        "import logging\nfrom tunebox.cli import setup_logging\nsetup_logging()\n"
+        "lib = logging.getLogger('somelib')\nlib.setLevel(logging.DEBUG)\nlib.debug('noise')\nlib.info('kept')\n"
+    )
+    env = {**os.environ, "TUNEBOX_LOG": "INFO"}
+    proc = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "kept" in proc.stderr and "noise" not in proc.stderr, proc.stderr

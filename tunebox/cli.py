@@ -27,12 +27,14 @@ log = logging.getLogger("tunebox")
 
 
 def setup_logging() -> None:
+    level = os.environ.get("TUNEBOX_LOG", "INFO")
     logging.basicConfig(
-        level=os.environ.get("TUNEBOX_LOG", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
     )
+    # The console handler filters too: a library that sets its own logger to DEBUG (jieba does, on import) would
+    # otherwise print its DEBUG records here, since only the logger's own level is checked before propagation.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
 
 
 def job_process_env(jobs_dir) -> dict:
