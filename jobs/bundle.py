@@ -142,13 +142,8 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
         accuracies = {
             name: {k: s.get(k) for k in ("n", "accuracy_strict", "accuracy_tolerant")} for name, s in scores.items()
         }
-        results = contents.build_results(
-            run_id=spec.run_id,
-            stage=spec.stage,
-            fmt=spec.data.format,
-            model_name=spec.model.name,
-            rank=spec.lora.rank,
-            target_modules=spec.lora.target_modules,
+        results = contents.build_results_for(
+            spec,
             report=report,
             accuracies=accuracies,
             checkpoints=checkpoints,

@@ -509,13 +509,8 @@ def check_results(sub: Submission, f: Findings, spec, steps: list[int], actual: 
         for s in steps
     ]
     try:
-        expected = contents.build_results(
-            run_id=spec.run_id,
-            stage=spec.stage,
-            fmt=spec.data.format,
-            model_name=spec.model.name,
-            rank=spec.lora.rank,
-            target_modules=spec.lora.target_modules,
+        expected = contents.build_results_for(
+            spec,
             report=report,
             accuracies=accuracies,
             checkpoints=checkpoints,

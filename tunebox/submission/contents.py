@@ -262,6 +262,25 @@ def evaluate_best(report: Mapping) -> Optional[str]:
 # ---- results -------------------------------------------------------------------------------
 
 
+def build_results_for(
+    spec, *, report: Mapping, accuracies: Mapping[str, Mapping], checkpoints: list[dict], code: Mapping
+) -> dict:
+    """build_results with the run's own settings read from its spec: what bundle writes and what verify recomputes
+    from the bundled hyperparams.yaml, so that the two cannot read different keys."""
+    return build_results(
+        run_id=spec.run_id,
+        stage=spec.stage,
+        fmt=spec.data.format,
+        model_name=spec.model.name,
+        rank=spec.lora.rank,
+        target_modules=spec.lora.target_modules,
+        report=report,
+        accuracies=accuracies,
+        checkpoints=checkpoints,
+        code=code,
+    )
+
+
 def build_results(
     *,
     run_id: str,
