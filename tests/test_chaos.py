@@ -68,21 +68,16 @@ SCENARIOS = {
 HALF_WRITTEN = re.compile(r"(\.tmp$|\.partial\.|^\..*\.part)")
 
 
+def pipeline_cmd(runs: Path, *extra: str) -> list[str]:
+    """`invoke pipeline` on the tiny recipe in `runs`, with the file's RUN settings and `extra` as --set."""
+    cmd = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "pipeline", "--config", str(TINY_RECIPE)]
+    return cmd + [w for setting in [f"runs_dir={runs}", *RUN, *extra] for w in ("--set", setting)]
+
+
 def pipeline(
     runs: Path, cache: Path, cwd: Path, *extra: str, kill_point: str = "", sig: str = "KILL", timeout: float = 900
 ) -> tuple[subprocess.CompletedProcess, float]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "invoke",
-        "--search-root",
-        str(REPO),
-        "pipeline",
-        "--config",
-        str(TINY_RECIPE),
-        "--set",
-        f"runs_dir={runs}",
-    ] + sum((["--set", s] for s in RUN + list(extra)), [])
+    cmd = pipeline_cmd(runs, *extra)
     env = job_env(cache)
     env.pop("TUNEBOX_TEST_KILL_POINT", None)
     if kill_point:
@@ -271,18 +266,7 @@ def test_a_killed_launcher_takes_its_msrun_workers_along(tmp_path, tiny_cache):
         port = s.getsockname()[1]
     runs = tmp_path / "runs"
     extra = ["train.workers=2", f"train.master_port={port}"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "invoke",
-        "--search-root",
-        str(REPO),
-        "pipeline",
-        "--config",
-        str(TINY_RECIPE),
-        "--set",
-        f"runs_dir={runs}",
-    ] + sum((["--set", s] for s in RUN + extra), [])
+    cmd = pipeline_cmd(runs, *extra)
     loss = runs / "tiny" / "train" / "loss.jsonl"
     proc = start_until_lines(cmd, tmp_path, job_env(tiny_cache), loss, 5, timeout=900)
     assert proc.poll() is None, "the pipeline ended before it could be killed"
