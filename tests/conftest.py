@@ -17,6 +17,8 @@ import pytest
 from jobs import verify
 from tunebox.config import load_spec
 from tunebox.images import NoDockerEngine, docker_client
+from tunebox.model.mf_config import render_train_config
+from tunebox.model.registry import get_model_shape
 from tunebox.submission import contents
 from tunebox.training.plan import plan_steps
 
@@ -242,3 +244,22 @@ def mindformers_env(tmp_path_factory):
         yield ms, LlamaConfig, LlamaForCausalLM
     finally:
         os.chdir(previous)
+
+
+def rendered(recipe, tmp_path: Path, *overrides: str, out_dir: Path | None = None) -> tuple[object, dict, dict]:
+    """(spec, plan, MindFormers train config) of a recipe (a name in recipes/ or a path) as train renders it, for
+    40 batches of rows, an answer-only head of 24 and stand-in data and base checkpoint paths under tmp_path."""
+    spec = load_spec(REPO / "recipes" / recipe, list(overrides))
+    plan = plan_steps(40 * spec.train.batch_size, spec.train)
+    cfg = render_train_config(
+        get_model_shape(spec.model.name),
+        spec.train,
+        spec.lora,
+        seq_length=spec.data.seq_length,
+        data_files=[tmp_path / "train.mindrecord"],
+        out_dir=out_dir or tmp_path / "train",
+        plan=plan,
+        base_checkpoint=tmp_path / "base.ckpt",
+        answer_capacity=24,
+    )
+    return spec, plan, cfg

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, rendered
 from jobs.merge import merge
 from tunebox import layout
 from tunebox.config import load_spec
@@ -27,9 +27,8 @@ from tunebox.model.checkpoint import (
     load_checkpoint_numpy,
     save_checkpoint_numpy,
 )
-from tunebox.model.mf_config import dump, render_predict_config, render_train_config
+from tunebox.model.mf_config import dump, render_predict_config
 from tunebox.model.registry import get_model_shape, lora_targets, with_overrides
-from tunebox.training.plan import plan_steps
 
 ASCEND_RECIPES = ["stage1-llama3-8b.yaml", "stage1-llama3-8b-cot.yaml", "stage2-internlm-7b.yaml"]
 TINY_DIMS = {
@@ -53,23 +52,6 @@ def mf_cwd(tmp_path_factory):
     ms.set_device("CPU")
     yield ms
     os.chdir(previous)
-
-
-def rendered(recipe: str, tmp_path: Path, *overrides: str):
-    spec = load_spec(REPO / "recipes" / recipe, list(overrides))
-    plan = plan_steps(40 * spec.train.batch_size, spec.train)
-    cfg = render_train_config(
-        get_model_shape(spec.model.name),
-        spec.train,
-        spec.lora,
-        seq_length=spec.data.seq_length,
-        data_files=[tmp_path / "train.mindrecord"],
-        out_dir=tmp_path / "train",
-        plan=plan,
-        base_checkpoint=tmp_path / "base.ckpt",
-        answer_capacity=24,
-    )
-    return spec, plan, cfg
 
 
 def mindformers_config(cfg: dict, tmp_path: Path):

@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, rendered
 from tunebox.config import load_spec
 from tunebox.model.mf import run_mindformers
 from tunebox.model.mf_config import dump, render_train_config
@@ -39,19 +39,8 @@ def _resumed_config(tmp_path, monkeypatch, *overrides: str) -> dict:
     import mindformers.core.context
     import mindformers.trainer
 
-    spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", list(overrides))
+    spec, _, cfg = rendered("stage1-llama3-8b.yaml", tmp_path, *overrides)
     out = tmp_path / "train"
-    cfg = render_train_config(
-        get_model_shape(spec.model.name),
-        spec.train,
-        spec.lora,
-        seq_length=spec.data.seq_length,
-        data_files=[tmp_path / "train.mindrecord"],
-        out_dir=out,
-        plan=plan_steps(40 * spec.train.batch_size, spec.train),
-        base_checkpoint=tmp_path / "base.ckpt",
-        answer_capacity=24,
-    )
     out.mkdir(parents=True)
     (out / "mindformers.yaml").write_text(dump(cfg), encoding="utf-8")
     # What a 4-card run leaves: one slice per rank (CheckpointMonitor's names) and MindFormers'

@@ -20,13 +20,10 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, rendered
 from jobs.dryrun import RANK_PROGRAM, rank_commands
 from tunebox.config import load_spec
 from tunebox.model.dryrun import dryrun_config, parse_size_mb
-from tunebox.model.mf_config import render_train_config
-from tunebox.model.registry import get_model_shape
-from tunebox.training.plan import plan_steps
 
 STAGE1 = REPO / "recipes" / "stage1-llama3-8b.yaml"
 PIPELINE = ["train.parallel.model_parallel=2", "train.parallel.pipeline_stage=2", "train.parallel.micro_batch_num=2"]
@@ -85,19 +82,8 @@ def test_one_simulated_rank_per_pipeline_stage_with_mindformers_variables(tmp_pa
 
 @pytest.mark.parametrize("strategy_only", [False, True])
 def test_the_ranks_run_the_runs_own_config_writing_only_under_dryrun(tmp_path, strategy_only):
-    spec = load_spec(STAGE1, PIPELINE)
     train_dir, out = tmp_path / "run" / "train", tmp_path / "run" / "dryrun" / "output"
-    cfg = render_train_config(
-        get_model_shape(spec.model.name),
-        spec.train,
-        spec.lora,
-        seq_length=spec.data.seq_length,
-        data_files=[tmp_path / "train.mindrecord"],
-        out_dir=train_dir,
-        plan=plan_steps(40 * spec.train.batch_size, spec.train),
-        base_checkpoint=tmp_path / "base.ckpt",
-        answer_capacity=24,
-    )
+    spec, _, cfg = rendered(STAGE1, tmp_path, *PIPELINE, out_dir=train_dir)
     dry = dryrun_config(cfg, out, strategy_only)
     assert str(train_dir) not in yaml.safe_dump(dry)  # nothing lands in the run's train folder
     assert dry["output_dir"] == str(out)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +14,12 @@ import yaml
 from test_bundle import rewrite_sums
 
 import jobs.verify as verify_mod
-from conftest import REPO, TINY_RECIPE, run_job
+from conftest import REPO, TINY_RECIPE, rendered, run_job
 from tunebox.config import load_spec
 from tunebox.io import InputError
 from tunebox.model import budget
-from tunebox.model.mf_config import dump, render_predict_config, render_train_config, topology
+from tunebox.model.mf_config import dump, render_predict_config, topology
 from tunebox.model.registry import get_model_shape, mindformers_target_regex, with_overrides
-from tunebox.training.plan import plan_steps
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
 TINY_DIMS = {
@@ -32,24 +30,6 @@ TINY_DIMS = {
     "intermediate_size": 128,
     "vocab_size": 384,
 }
-
-
-def rendered(recipe: str, tmp_path: Path, *overrides: str) -> tuple[object, dict, dict]:
-    spec = load_spec(REPO / "recipes" / recipe, list(overrides))
-    rows = 40 * spec.train.batch_size
-    plan = plan_steps(rows, spec.train)
-    cfg = render_train_config(
-        get_model_shape(spec.model.name),
-        spec.train,
-        spec.lora,
-        seq_length=spec.data.seq_length,
-        data_files=[tmp_path / "train.mindrecord"],
-        out_dir=tmp_path / "train",
-        plan=plan,
-        base_checkpoint=tmp_path / "base.ckpt",
-        answer_capacity=24,
-    )
-    return spec, plan, cfg
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
