@@ -17,7 +17,24 @@ import time
 import invoke
 from invoke import Collection, Task
 
-from jobs import bundle, chat, dryrun, evaluate, export, merge, prep, train, weights
+from jobs import (
+    bundle,
+    chat,
+    convert,
+    dryrun,
+    env,
+    evaluate,
+    export,
+    fetch,
+    generate,
+    merge,
+    plan,
+    prep,
+    profile,
+    train,
+    verify,
+    weights,
+)
 from tunebox.cli import job_parser
 from tunebox.io import InputError
 from tunebox.layout import PIPELINE, REPO_ROOT
@@ -25,10 +42,13 @@ from tunebox.runlock import RunFolderBusy, hold_run_folder
 from tunebox.spec_checks import load_checked_spec
 
 DEFAULT_CONFIG = "recipes/local-smollm2.yaml"
-# The jobs that run through tunebox.cli.run_job and get a task each, made from the job's own parser
-# (tunebox.cli.job_parser + the job's `_args`): their flags, help and defaults are declared there, once.
+# Every program in jobs/ a person runs gets a task, made from the program's own parser: its flags, help and
+# defaults are declared there, once. The jobs run through tunebox.cli.run_job (tunebox.cli.job_parser + the
+# job's `_args`); the tools, which need no run spec, each build theirs in `build_parser()`.
 _JOB_MODULES = (bundle, chat, dryrun, evaluate, export, merge, prep, train, weights)
+_TOOL_MODULES = (convert, env, fetch, generate, plan, profile, verify)
 JOB_TASKS = tuple(module.__name__.removeprefix("jobs.") for module in _JOB_MODULES)
+TOOL_TASKS = tuple(module.__name__.removeprefix("jobs.") for module in _TOOL_MODULES)
 PY = shlex.quote(sys.executable)
 
 
@@ -39,20 +59,16 @@ def task(*args, **kwargs):
     return invoke.task(*args, **kwargs)
 
 
-def _options(*pairs: tuple[str, str]) -> str:
-    """` FLAG VALUE` (quoted) for each (flag, value) pair whose value is set."""
-    return "".join(f" {flag} {shlex.quote(value)}" for flag, value in pairs if value)
-
-
-def _run_job(name: str, argv: list[str]) -> None:
+def _run_job(name: str, argv: list[str], echo=None) -> None:
     """`python -m jobs.<name> ARGV` in the foreground; its exit code becomes invoke's."""
-    _run_module(f"jobs.{name}", argv)
+    _run_module(f"jobs.{name}", argv, echo)
 
 
-def _run_module(module: str, argv: list[str]) -> None:
-    """`python -m MODULE ARGV` in the foreground; its exit code becomes invoke's."""
+def _run_module(module: str, argv: list[str], echo=None) -> None:
+    """`python -m MODULE ARGV` in the foreground, the command line printed first (to `echo`, default stdout);
+    its exit code becomes invoke's."""
     cmd = [sys.executable, "-m", module, *argv]
-    print(" ".join([PY] + [shlex.quote(a) for a in cmd[1:]]), flush=True)
+    print(" ".join([PY] + [shlex.quote(a) for a in cmd[1:]]), file=echo or sys.stdout, flush=True)
     # Not c.run: on Ctrl-C invoke forwards the interrupt through the job's stdin and fails (exit 1) when
     # there is none. The job is in this process group and gets the same SIGINT: wait until it has
     # stopped (after the step in progress, its state resumable) and exit with its code, 130.
@@ -79,57 +95,81 @@ def _load_spec(config: str, overrides: list[str] | None):
         raise invoke.Exit(f"error: {exc}", code=2) from None
 
 
-def _job_task(module) -> Task:
-    """The invoke task of a job module: one invoke option per option of `python -m jobs.<name>`, with its help
-    and default, passed through as given (the job parses and checks them: a bad value exits 2)."""
+def program_parser(module) -> argparse.ArgumentParser:
+    """The parser `python -m jobs.<name>` reads its arguments with: a tool's `build_parser()`; for a job,
+    tunebox.cli.job_parser with the job's own `_args`."""
+    if module in _TOOL_MODULES:
+        return module.build_parser()
+    parser = job_parser(module.__name__.removeprefix("jobs."), module.__doc__)
+    getattr(module, "_args", lambda p: None)(parser)
+    return parser
+
+
+def _program_task(module) -> Task:
+    """The invoke task of a program in jobs/: one invoke option per option of `python -m jobs.<name>`, with its
+    help and default, passed through as given (the program parses and checks them: a bad value exits 2).
+    A required argument (a tool's FILE, convert's --model) is a required invoke argument; an optional
+    positional one (fetch's URL) an option named after it (--url); a repeatable option an iterable one."""
     name = module.__name__.removeprefix("jobs.")
-    parser = job_parser(name, module.__doc__)
-    if hasattr(module, "_args"):
-        module._args(parser)
+    tool = module in _TOOL_MODULES
     params, helps, options = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)], {}, {}
-    for action in parser._actions:
-        if not action.option_strings or isinstance(action, argparse._HelpAction):
+    for action in program_parser(module)._actions:
+        if isinstance(action, argparse._HelpAction):
             continue
-        flag = max(action.option_strings, key=len)  # --config, not -c
-        param = flag.lstrip("-").replace("-", "_")
-        flagged = isinstance(action, argparse._StoreTrueAction)
-        default = False if flagged else DEFAULT_CONFIG if param == "config" else None if param == "set" else ""
+        flag = max(action.option_strings, key=len) if action.option_strings else None  # --config, not -c
+        param = flag.lstrip("-").replace("-", "_") if flag else action.dest
+        kind = (
+            "switch"
+            if isinstance(action, argparse._StoreTrueAction)
+            else "repeat"
+            if isinstance(action, argparse._AppendAction)
+            else "value"
+        )
+        if kind == "switch":
+            default = False
+        elif kind == "repeat":
+            default = None
+        elif param == "config" and action.required:
+            default = DEFAULT_CONFIG
+        elif action.required or (flag is None and action.nargs is None):
+            default = inspect.Parameter.empty  # invoke asks for it, as the program does
+        else:
+            default = ""  # left out unless given: the program's own default applies
         params.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=default))
         text = (action.help or "").replace("%(default)s", str(action.default))
         if action.default not in (None, False, [], "") and "default" not in text:
             text += f" (default: {action.default})"
         helps[param] = text
-        options[param] = (flag, flagged)
-    helps["config"] = "run spec YAML, a path or a recipe name (default: the local SmolLM2 recipe)"
+        options[param] = (flag, kind)
+        if param == "config" and action.required:
+            helps[param] = "run spec YAML, a path or a recipe name (default: the local SmolLM2 recipe)"
 
     def body(c, **given):
         argv = []
-        for param, (flag, flagged) in options.items():
+        for param, (flag, kind) in options.items():
             value = given.get(param)
-            if param == "set":
-                argv += [a for ov in value or [] for a in (flag, ov)]
-            elif flagged:
+            if kind == "repeat":
+                argv += [a for v in value or [] for a in (flag, v)]
+            elif kind == "switch":
                 argv += [flag] if value else []
             elif value not in ("", None):
-                argv += [flag, str(value)]
-        _run_job(name, argv)
+                argv += [flag, str(value)] if flag else [str(value)]
+        # a tool's output is often the data (env's JSON, fetch's paths): the command line goes to stderr
+        _run_job(name, argv, echo=sys.stderr if tool else sys.stdout)
 
     # invoke --list shows the first line: make it the doc's first sentence
     doc = (module.__doc__ or name).strip()
     cut = re.search(r"\.(\s|$)", doc)
     first, rest = (doc[: cut.start() + 1], doc[cut.end() :]) if cut else (doc, "")
+    more = "Every option" if tool else "Every run spec key, with its default"
     body.__name__ = body.__qualname__ = name
-    body.__doc__ = (
-        " ".join(first.split())
-        + "\n\n"
-        + rest
-        + f"\n\nEvery run spec key, with its default: python -m jobs.{name} --help"
-    )
+    body.__doc__ = " ".join(first.split()) + "\n\n" + rest + f"\n\n{more}: python -m jobs.{name} --help"
     body.__signature__ = inspect.Signature(params)
-    return Task(body, name=name, help=helps, iterable=["set"], auto_shortflags=False)
+    iterable = [param for param, (_, kind) in options.items() if kind == "repeat"]
+    return Task(body, name=name, help=helps, iterable=iterable, auto_shortflags=False)
 
 
-_JOB_TASKS = [_job_task(module) for module in _JOB_MODULES]
+_PROGRAM_TASKS = [_program_task(module) for module in _JOB_MODULES + _TOOL_MODULES]
 _SPEC_HELP = {
     "config": "run spec YAML (default: the local SmolLM2 recipe)",
     "set": "override a spec key, e.g. --set train.max_steps=10 (repeatable)",
@@ -144,22 +184,6 @@ def mindformers_yaml(c, config=DEFAULT_CONFIG, set=None):
     MindFormers: REGISTER_PATH=tunebox/model python run_mindformer.py --config runs/<id>/train/mindformers.yaml
     (README, "MindFormers YAML")."""
     _run_job("train", _spec_argv(config, set) + ["--render-only"])
-
-
-@task(
-    help={
-        "submission": "the folder bundle wrote, e.g. runs/local-smollm2/submission",
-        "rerun": "also evaluate every checkpoint again from the folder alone",
-        "image": "also run the check (with the re-run) inside this Docker image",
-        "tolerance": "allowed absolute accuracy difference in the re-run (default 0)",
-    }
-)
-def verify(c, submission, rerun=False, image="", tolerance=""):
-    """Check a submission: files, checksums, no strays, 5 evenly spaced checkpoints, results vs logs."""
-    cmd = f"{PY} -m jobs.verify {shlex.quote(submission)}" + (" --rerun" if rerun else "")
-    cmd += f" --image {shlex.quote(image)}" if image else ""
-    cmd += f" --tolerance {float(tolerance)}" if tolerance else ""
-    c.run(cmd, pty=False, echo=True)
 
 
 def pipeline(c, config=DEFAULT_CONFIG, set=None):
@@ -220,150 +244,6 @@ def runs(c, compare=None, runs_dir="runs"):
     if compare and len(compare) != 2:
         raise invoke.Exit("error: --compare takes two runs: invoke runs --compare A,B", code=2)
     _run_module("tunebox.runs", ["--runs-dir", runs_dir] + (["--compare", *compare] if compare else []))
-
-
-@task(
-    help={
-        "url": "the file to download (http/https)",
-        "out": "where to put it (with --url)",
-        "sha256": "expected sha256, checked before the file gets its final name",
-        "files": "a YAML/JSON list of {url, path, sha256} to fetch into the cache instead",
-        "root": "folder for the list's relative paths (default: $TUNEBOX_CACHE or ~/.cache/tunebox)",
-    }
-)
-def fetch(c, url="", out="", sha256="", files="", root=""):
-    """Resumable, sha256-verified download of one file (--url --out) or a list (--files)."""
-    args = [url] if url else []
-    for flag, value in (("--out", out), ("--sha256", sha256), ("--list", files), ("--root", root)):
-        if value:
-            args += [flag, value]
-    c.run(f"{PY} -m jobs.fetch " + " ".join(shlex.quote(a) for a in args), pty=False)
-
-
-@task(
-    help={
-        "model": "registry name: tiny, smollm2-135m, llama3-8b, internlm-7b",
-        "hf_dir": "a downloaded Hugging Face checkpoint folder to convert (needed for llama3-8b, internlm-7b)",
-        "out": "with --hf-dir: where to write (default: the model's cache dir)",
-    }
-)
-def convert(c, model, hf_dir="", out=""):
-    """Make a model's cache dir (model.ckpt + tokenizer + model.json): build tiny/SmolLM2, or convert HF safetensors."""
-    c.run(
-        f"{PY} -m jobs.convert --model {shlex.quote(model)}" + _options(("--hf-dir", hf_dir), ("--out", out)),
-        pty=False,
-        echo=True,
-    )
-
-
-@task(
-    help={
-        "config": "also record this run spec's hash and content",
-        "out": "write the JSON to this file instead of printing it",
-    }
-)
-def env(c, config="", out=""):
-    """This machine's environment manifest as JSON: OS, CPU, NPUs, driver/CANN, packages, git, image."""
-    c.run(f"{PY} -m jobs.env" + _options(("--config", config), ("--out", out)), pty=False)
-
-
-@task(
-    help={
-        "rows": "number of rows",
-        "out": "output directory (part-*.jsonl + generate.json)",
-        "seed": "random seed",
-        "mix": "family weights, e.g. add=2,sqrt=1 (default: the real sample's mix)",
-        "lang_mix": "language shares, e.g. zh=0.97,en=0.03",
-        "shard_rows": "rows per part file",
-    }
-)
-def generate(c, rows=100_000, out="runs/data/generated", seed=0, mix="", lang_mix="", shard_rows=100_000):
-    """Synthetic contest math rows (every label recomputed exactly as the contest formats it)."""
-    cmd = (
-        f"{PY} -m jobs.generate --rows {int(rows)} --out {shlex.quote(out)} --seed {int(seed)} "
-        f"--shard-rows {int(shard_rows)}"
-    )
-    c.run(cmd + _options(("--mix", mix), ("--lang-mix", lang_mix)), pty=False, echo=True)
-
-
-@task(
-    help={
-        "file": "a JSONL file or a directory of them",
-        "tokenizer": "model dir or tokenizer.json ('none': characters)",
-        "out": "report directory (default runs/profile/<name>)",
-    }
-)
-def profile(c, file, tokenizer="", out=""):
-    """Family mix, lengths, duplicates and wrong labels of a math JSONL file -> profile.json/.md + charts."""
-    c.run(
-        f"{PY} -m jobs.profile {shlex.quote(file)}" + _options(("--tokenizer", tokenizer), ("--out", out)),
-        pty=False,
-        echo=True,
-    )
-
-
-@task(
-    help={
-        "config": "take model, stage, LoRA and workload from this run spec",
-        "model": "registry name",
-        "stage": "1 or 2 (which contest score)",
-        "ranks": "candidate ranks, e.g. 1,2,4,8,16,32",
-        "cards": "NPUs",
-        "rows": "training rows",
-        "seq": "padded sequence length",
-        "epochs": "epochs",
-        "batch": "global batch",
-        "mfu": "assumed MFU, a fraction (default: calibrated on the contest's 6 h run)",
-        "measured_step_s": "a measured step time in seconds, used instead of the model",
-        "baseline_accuracy": "the baseline's accuracy (default: the contest's)",
-        "baseline_rank": "the baseline's LoRA rank (default: the contest's, 8)",
-        "baseline_targets": "the baseline's target modules (default: the contest's)",
-        "json": "JSON output",
-    }
-)
-def plan(
-    c,
-    config="",
-    model="",
-    stage=0,
-    ranks="",
-    cards=0,
-    rows=0,
-    seq=0,
-    epochs=0.0,
-    batch=0,
-    mfu=0.0,
-    measured_step_s=0.0,
-    baseline_accuracy=-1.0,
-    baseline_rank=0,
-    baseline_targets="",
-    json=False,
-):
-    """Before training: trainable params, ratio and break-even accuracy per LoRA rank/targets; Ascend step and
-    wall time."""
-    args = []
-    for flag, value in (
-        ("--config", config),
-        ("--model", model),
-        ("--stage", stage),
-        ("--ranks", ranks),
-        ("--cards", cards),
-        ("--rows", rows),
-        ("--seq", seq),
-        ("--epochs", epochs),
-        ("--batch", batch),
-        ("--mfu", mfu),
-        ("--measured-step-s", measured_step_s),
-        ("--baseline-rank", baseline_rank),
-        ("--baseline-targets", baseline_targets),
-    ):
-        if value:
-            args += [flag, str(value)]
-    if baseline_accuracy >= 0:
-        args += ["--baseline-accuracy", str(baseline_accuracy)]
-    if json:
-        args.append("--json")
-    c.run(f"{PY} -m jobs.plan " + " ".join(shlex.quote(a) for a in args), pty=False)
 
 
 @task(
@@ -682,7 +562,7 @@ _NAMESPACED = {
     )
 }
 ns = Collection(
-    *_JOB_TASKS,
+    *_PROGRAM_TASKS,
     *[t for t in list(globals().values()) if isinstance(t, Task) and id(t) not in _NAMESPACED],
     Collection("image", image_base, image_build, image_lint, image_lock, image_pin),
     Collection("k8s", k8s_render, k8s_apply),

@@ -6,6 +6,7 @@ convert a Hugging Face safetensors checkpoint (llama3-8b, internlm-7b). `invoke 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,10 +17,7 @@ from tunebox.model.registry import get_model_shape, model_dir
 from tunebox.model.weights import convert_hf_checkpoint, ensure_model
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """python -m jobs.convert --model NAME [--hf-dir DIR [--out DIR]]"""
-    import argparse
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.convert",
         description="Make a model directory (model.ckpt, tokenizer, model.json) in the cache. Without "
@@ -30,6 +28,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--hf-dir", type=Path, help="folder with config.json and model*.safetensors")
     parser.add_argument("--out", type=Path, help="where to write (default: the model's cache dir)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """python -m jobs.convert --model NAME [--hf-dir DIR [--out DIR]]"""
+    parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
     try:

@@ -16,7 +16,7 @@ from tunebox.io import InputError, atomic_write_json
 from tunebox.manifest import environment_manifest
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.env",
         description="Print this machine's environment manifest as JSON (what every job records "
@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-freeze", action="store_true", help="leave out the full pip freeze")
     parser.add_argument("--out", help="write the JSON here (atomically) instead of printing it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         spec = None

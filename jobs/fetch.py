@@ -1,4 +1,4 @@
-"""Download one file, or every file of a list, resumably and verified.
+"""fetch: download one file (URL --out) or every file of a list (--list), resumably and sha256-verified.
 
     python -m jobs.fetch URL --out PATH [--sha256 HEX]
     python -m jobs.fetch --list files.yaml [--root DIR]
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sha256", help="expected sha256 (64 hex digits); checked before the rename")
     parser.add_argument(
         "--list",
+        "--files",
         dest="list_file",
         metavar="FILE",
         help="a YAML/JSON list of {url, path, sha256} to fetch instead of one URL",

@@ -1,4 +1,6 @@
-"""Synthetic contest math data: `python -m jobs.generate --rows N --out DIR`.
+"""generate: synthetic contest math rows, every label computed exactly as the contest formats it.
+
+    python -m jobs.generate --rows N --out DIR
 
 Writes DIR/part-00000.jsonl, part-00001.jsonl, ... ({"problem", "solution"} a line, serialised
 exactly like the contest's files) and DIR/generate.json (seed, arguments, rows per family and
@@ -243,8 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         + ",".join(f"{k}={v}" for k, v in mathgen.CONTEST_MIX.items())
         + "\n\nExit codes: 0 ok, 2 bad arguments, 1 failure.",
     )
-    parser.add_argument("--rows", type=int, required=True, help="number of rows to write")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (part-*.jsonl + generate.json)")
+    parser.add_argument("--rows", type=int, default=100_000, help="number of rows to write (default 100000)")
+    parser.add_argument(
+        "--out",
+        default="runs/data/generated",
+        metavar="DIR",
+        help="output directory (part-*.jsonl + generate.json; default runs/data/generated)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--mix",

@@ -1,5 +1,7 @@
 """profile: what is in a math JSONL file (families, lengths, duplicates, wrong labels), analysed by
-tunebox/data/profile.py: `python -m jobs.profile FILE [--tokenizer DIR] [--out DIR]`.
+tunebox/data/profile.py.
+
+    python -m jobs.profile FILE [--tokenizer DIR] [--out DIR]
 
 Writes OUT/profile.json, OUT/profile.md, OUT/family_mix.png and OUT/lengths.png.
 Exit codes: 0 ok (findings are reported, not failures), 2 bad input (no such file), 1 failure.

@@ -172,8 +172,7 @@ def verify(
     return f
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    setup_logging()
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.verify",
         description=__doc__.split("\n\n")[0],
@@ -190,6 +189,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="allowed absolute accuracy difference in the re-run (default 0: identical)",
     )
     parser.add_argument("--image-timeout", type=float, default=3600.0, help="seconds allowed for the run in the image")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    setup_logging()
+    parser = build_parser()
     args = parser.parse_args(argv)
     found = []
     code = guarded(

@@ -141,7 +141,7 @@ def test_a_job_task_passes_what_it_is_given_through(monkeypatch):
     empty strings (--out ''): this fails."""
 
     ran = []
-    monkeypatch.setattr(tasks, "_run_job", lambda name, argv: ran.append((name, argv)))
+    monkeypatch.setattr(tasks, "_run_job", lambda name, argv, echo=None: ran.append((name, argv)))
     parser = Parser(contexts=Collection.from_module(tasks).to_contexts())
     for argv in (
         ["export", "--format", "peft", "--step", "0", "--set", "a=1", "--set", "b=2"],
@@ -159,3 +159,79 @@ def test_a_job_task_passes_what_it_is_given_through(monkeypatch):
         ("train", ["--config", tasks.DEFAULT_CONFIG, "--render-only"]),
         ("weights", ["--config", "recipes/tiny.yaml"]),
     ]
+
+
+def _tool_parser(name: str):
+    import importlib
+
+    return importlib.import_module(f"jobs.{name}").build_parser()
+
+
+def test_every_tool_task_takes_its_tools_arguments_with_their_help():
+    """The tools (convert, env, fetch, generate, plan, profile, verify) declare their arguments once, in their
+    build_parser(): each tool's task has exactly those (positional ones by name: verify's submission, profile's
+    file, fetch's url), each with the tool's help. Tried with tasks._program_task skipping positional
+    arguments, as the job tasks' first version did: this fails (verify has no submission)."""
+
+    by_name = {t.name: t for t in tasks.ns.tasks.values()}
+    assert set(tasks.TOOL_TASKS) == {"convert", "env", "fetch", "generate", "plan", "profile", "verify"}
+    for name in tasks.TOOL_TASKS:
+        wanted = {
+            (max(a.option_strings, key=len).lstrip("-").replace("-", "_") if a.option_strings else a.dest): a.help
+            for a in _tool_parser(name)._actions
+            if a.dest != "help"
+        }
+        task = by_name[name]
+        assert set(task.argspec(task.body).parameters) == set(wanted), name
+        for param, text in wanted.items():
+            assert task.help[param].startswith(text.replace("%(default)s", "")[:40]), (name, param)
+
+
+def test_a_tool_task_passes_what_it_is_given_through_and_the_tool_accepts_it(monkeypatch):
+    """`invoke verify DIR --rerun`, `invoke fetch --url U --out P`, `invoke fetch --files L`, `invoke env --input
+    a=b --input c=d`, `invoke generate --rows N`, `invoke plan` run the tool with words its own parser accepts:
+    positional arguments in place, flags left out when not given (the tool's defaults apply). Tried with the
+    body passing a positional argument as a flag (--submission DIR): this fails."""
+
+    ran = []
+    monkeypatch.setattr(tasks, "_run_job", lambda name, argv, echo=None: ran.append((name, argv)))
+    parser = Parser(contexts=Collection.from_module(tasks).to_contexts())
+    cases = {
+        ("verify", "runs/x/submission", "--rerun", "--tolerance", "0.01"): [
+            "runs/x/submission",
+            "--rerun",
+            "--tolerance",
+            "0.01",
+        ],
+        ("fetch", "--url", "https://h/f", "--out", "f"): ["https://h/f", "--out", "f"],
+        ("fetch", "--files", "list.yaml"): ["--files", "list.yaml"],
+        ("env", "--input", "a=b", "--input", "c=d"): ["--input", "a=b", "--input", "c=d"],
+        ("generate", "--rows", "800000"): ["--rows", "800000"],
+        ("convert", "--model", "tiny"): ["--model", "tiny"],
+        ("profile", "data.jsonl", "--tokenizer", "none"): ["data.jsonl", "--tokenizer", "none"],
+        ("plan",): [],
+    }
+    for argv, expected in cases.items():
+        ran.clear()
+        (ctx,) = parser.parse_argv(list(argv))
+        task = tasks.ns.tasks[ctx.name]
+        task.body(None, **{k.replace("-", "_"): v.value for k, v in ctx.args.items()})
+        assert ran == [(argv[0], expected)], argv
+        _tool_parser(argv[0]).parse_args(expected)  # the tool takes them (argparse exits 2 if not)
+
+
+def test_a_tool_task_echoes_its_command_to_stderr(monkeypatch, capsys):
+    """`invoke env > env.json` and `invoke plan --json | jq` keep stdout for the tool's own output: the command
+    line invoke prints goes to stderr. Tried with the echo on stdout for every task: this fails."""
+
+    class Done:
+        def __init__(self, cmd):
+            self.cmd = cmd
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(tasks.subprocess, "Popen", Done)
+    tasks.ns.tasks["env"].body(None, config="", input=None, no_freeze=True, out="")
+    captured = capsys.readouterr()
+    assert captured.out == "" and "-m jobs.env --no-freeze" in captured.err
