@@ -1,6 +1,6 @@
-"""The contest math templates (tunebox.contest.mathgen) and the generator (jobs.generate), on the real
-contest sample: every computable real label is rebuilt byte for byte from its problem, generated
-rows solve back to their own labels, and generation is deterministic per seed."""
+"""The contest math templates (tunebox.contest.mathgen) and the generator (tunebox.data.synthetic, run by
+jobs.generate), on the real contest sample: every computable real label is rebuilt byte for byte from its
+problem, generated rows solve back to their own labels, and generation is deterministic per seed."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from benches.bench_prep import time_generate
 from jobs import generate as gen
 from tunebox.contest import mathgen
 from tunebox.contest.scoring import extract_answer_number
+from tunebox.data import synthetic
 from tunebox.io import InputError
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math" / "contest-sample.jsonl"
@@ -152,9 +153,9 @@ def test_solve_rejects_off_template_and_degenerate_problems():
 
 # ---- the generator --------------------------------------------------------------------------
 def test_generation_is_deterministic_per_seed_whatever_the_sharding(tmp_path):
-    one = gen.generate(2500, tmp_path / "a", seed=7, shard_rows=1000, workers=1, progress=False)
-    two = gen.generate(2500, tmp_path / "b", seed=7, shard_rows=700, workers=2, progress=False)
-    gen.generate(2500, tmp_path / "c", seed=8, shard_rows=2500, workers=1, progress=False)
+    one = synthetic.generate(2500, tmp_path / "a", seed=7, shard_rows=1000, workers=1, progress=False)
+    two = synthetic.generate(2500, tmp_path / "b", seed=7, shard_rows=700, workers=2, progress=False)
+    synthetic.generate(2500, tmp_path / "c", seed=8, shard_rows=2500, workers=1, progress=False)
     lines_a, lines_b, lines_c = (read_shards(tmp_path / d) for d in "abc")
     assert len(lines_a) == 2500 and lines_a == lines_b
     assert lines_a != lines_c
@@ -171,30 +172,30 @@ def test_generation_is_deterministic_per_seed_whatever_the_sharding(tmp_path):
 
 
 def test_a_smaller_rerun_leaves_no_stale_shards(tmp_path):
-    gen.generate(300, tmp_path, seed=1, shard_rows=100, workers=1, progress=False)
+    synthetic.generate(300, tmp_path, seed=1, shard_rows=100, workers=1, progress=False)
     assert len(list(tmp_path.glob("part-*.jsonl"))) == 3
-    gen.generate(50, tmp_path, seed=1, shard_rows=100, workers=1, progress=False)
+    synthetic.generate(50, tmp_path, seed=1, shard_rows=100, workers=1, progress=False)
     assert [p.name for p in tmp_path.glob("part-*.jsonl")] == ["part-00000.jsonl"]
     assert len(read_shards(tmp_path)) == 50
     assert not list(tmp_path.glob(".*part*"))  # no temporary files left behind
 
 
 def test_mix_and_language_mix():
-    mix = gen.resolve_mix(
-        gen.parse_weights("add=3,sqrt=1,english_word=1", "mix", mathgen.GENERATABLE),
-        gen.parse_weights("zh=0.9,en=0.1", "lang-mix", ("zh", "en")),
+    mix = synthetic.resolve_mix(
+        synthetic.parse_weights("add=3,sqrt=1,english_word=1", "mix", mathgen.GENERATABLE),
+        synthetic.parse_weights("zh=0.9,en=0.1", "lang-mix", ("zh", "en")),
     )
     assert mix["add"] == pytest.approx(0.675) and mix["sqrt"] == pytest.approx(0.225)
     assert mix["english_word"] == pytest.approx(0.1)
-    default = gen.resolve_mix()
+    default = synthetic.resolve_mix()
     assert default["sub"] == pytest.approx(167 / 971)
     with pytest.raises(InputError, match="no en family"):
-        gen.resolve_mix({"add": 1.0}, {"en": 1.0})
+        synthetic.resolve_mix({"add": 1.0}, {"en": 1.0})
     with pytest.raises(InputError, match="unknown name 'english_competition'"):
-        gen.parse_weights("english_competition=1", "mix", mathgen.GENERATABLE)
+        synthetic.parse_weights("english_competition=1", "mix", mathgen.GENERATABLE)
     with pytest.raises(InputError, match="not NAME=WEIGHT"):
-        gen.parse_weights("add", "mix", mathgen.GENERATABLE)
-    rows = list(gen.iter_rows(3, 0, 3000, gen.resolve_mix({"add": 1.0, "sqrt": 3.0})))
+        synthetic.parse_weights("add", "mix", mathgen.GENERATABLE)
+    rows = list(synthetic.iter_rows(3, 0, 3000, synthetic.resolve_mix({"add": 1.0, "sqrt": 3.0})))
     counts = Counter(family for family, _, _ in rows)
     assert set(counts) == {"add", "sqrt"} and 0.2 < counts["add"] / 3000 < 0.3
 
@@ -238,7 +239,7 @@ def test_bench_generate_reports_figures(tmp_path):
     lo, hi = 3000 / (figures["seconds"] + 0.005), 3000 / max(figures["seconds"] - 0.005, 1e-9)
     assert lo - 0.5 <= figures["rows_per_second"] <= hi + 0.5
     # the bytes: the same rows (same seed) written again here, measured on disk
-    gen.generate(3000, tmp_path / "again", seed=5, workers=1, progress=False)
+    synthetic.generate(3000, tmp_path / "again", seed=5, workers=1, progress=False)
     on_disk = sum(f.stat().st_size for f in (tmp_path / "again").glob("part-*.jsonl"))
     assert figures["mb_written"] == round(on_disk / 1e6, 1) and on_disk > 100_000
     assert figures["command"] == "python -m jobs.generate --rows 3000 --out DIR --seed 5"

@@ -19,7 +19,6 @@ import pytest
 
 import jobs.prep
 from conftest import MATH_SAMPLE, TINY_RECIPE, job_env, read_jsonl, run_job
-from jobs.generate import generate
 from tunebox.cli import run_job as run_job_inprocess
 from tunebox.contest import mathgen
 from tunebox.data.samples import (
@@ -32,6 +31,7 @@ from tunebox.data.samples import (
     parse_math_row,
     read_mindrecord,
 )
+from tunebox.data.synthetic import generate
 from tunebox.data.tokenizer import TextTokenizer
 from tunebox.io import InputError, JsonlRow, decode_jsonl_line, iter_lines  # conftest's read_jsonl is the tests' own
 from tunebox.io import read_jsonl as io_read_jsonl

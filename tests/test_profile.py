@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs import generate as gen
 from jobs import profile as profile_cli
 from tunebox.contest import mathgen
 from tunebox.data import profile as prof
+from tunebox.data import synthetic
 from tunebox.data.tokenizer import build_byte_tokenizer
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math" / "contest-sample.jsonl"
@@ -226,7 +226,7 @@ def test_report_files_and_charts(tmp_path, real_profile):
 
 
 def test_profile_of_a_generated_directory(tmp_path):
-    record_gen = gen.generate(1500, tmp_path / "data", seed=2, shard_rows=600, workers=1, progress=False)
+    record_gen = synthetic.generate(1500, tmp_path / "data", seed=2, shard_rows=600, workers=1, progress=False)
     record = prof.profile(tmp_path / "data", progress=False)
     assert record["rows"] == 1500 and len(record["input"]) == 3
     assert {name: fam["count"] for name, fam in record["families"].items()} == record_gen["families"]
