@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tunebox.cli import guarded, setup_logging
+from tunebox.cli import guarded, setup_logging, tool_parser
 from tunebox.fetch import FetchError, fetch_file, fetch_manifest
 from tunebox.model.registry import cache_dir
 
@@ -26,12 +26,11 @@ list file format (YAML or JSON), relative paths land under --root:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.fetch",
-        description="Resumable, sha256-verified downloads (HTTP Range resume, retries with "
+    parser = tool_parser(
+        "fetch",
+        "Resumable, sha256-verified downloads (HTTP Range resume, retries with "
         "exponential backoff; the final name appears only once the file is complete).",
-        epilog=LIST_FORMAT + "\nexit codes: 0 ok, 2 bad input, 1 download failed",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        LIST_FORMAT + "\nexit codes: 0 ok, 2 bad input, 1 download failed",
     )
     parser.add_argument("url", nargs="?", help="the file to download (http:// or https://)")
     parser.add_argument("--out", help="where to put it (required with URL)")

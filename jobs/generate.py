@@ -22,7 +22,7 @@ import argparse
 import logging
 import sys
 
-from tunebox.cli import guarded, setup_logging
+from tunebox.cli import guarded, setup_logging, tool_parser
 from tunebox.contest import mathgen
 from tunebox.data.synthetic import generate, parse_weights, resolve_mix
 
@@ -30,11 +30,10 @@ log = logging.getLogger("tunebox.generate")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.generate",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Families: "
+    parser = tool_parser(
+        "generate",
+        __doc__.split("\n\n")[0],
+        "Families: "
         + ", ".join(mathgen.GENERATABLE)
         + "\nDefault mix (the real sample's): "
         + ",".join(f"{k}={v}" for k, v in mathgen.CONTEST_MIX.items())

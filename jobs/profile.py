@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from tunebox.cli import guarded, setup_logging
+from tunebox.cli import guarded, setup_logging, tool_parser
 from tunebox.data.profile import DEFAULT_TOKENIZER_MODEL, profile, write_report
 from tunebox.data.tokenizer import TextTokenizer
 from tunebox.io import InputError
@@ -48,11 +48,10 @@ def tokenizer_from_arg(arg: Optional[str]) -> tuple[Optional[TextTokenizer], str
 
 # ---- command line -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.profile",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Exit codes: 0 ok (findings are reported, not failures), 2 bad input, 1 failure.",
+    parser = tool_parser(
+        "profile",
+        __doc__.split("\n\n")[0],
+        "Exit codes: 0 ok (findings are reported, not failures), 2 bad input, 1 failure.",
     )
     parser.add_argument("file", metavar="FILE", help="a JSONL file of {problem, solution} rows, or a directory of them")
     parser.add_argument(

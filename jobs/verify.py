@@ -42,7 +42,7 @@ from typing import Optional
 
 import tunebox
 from tunebox import images
-from tunebox.cli import guarded, setup_logging
+from tunebox.cli import guarded, setup_logging, tool_parser
 from tunebox.io import InputError
 from tunebox.submission import contents
 from tunebox.submission.checks import (
@@ -173,12 +173,7 @@ def verify(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.verify",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    parser = tool_parser("verify", __doc__.split("\n\n")[0], __doc__.split("\n\n", 1)[1])
     parser.add_argument("submission", help="the folder jobs.bundle wrote (runs/<run_id>/submission)")
     parser.add_argument("--rerun", action="store_true", help="evaluate every checkpoint again from the folder alone")
     parser.add_argument("--image", metavar="IMAGE", help="also run the check (with --rerun) inside this Docker image")

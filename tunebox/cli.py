@@ -70,6 +70,17 @@ def job_parser(name: str, summary: str) -> argparse.ArgumentParser:
     return parser
 
 
+def tool_parser(name: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """The parser of a tool in jobs/ that takes no run spec (`python -m jobs.<name> ...`: fetch, plan, profile,
+    ...): description and epilog printed with their line breaks."""
+    return argparse.ArgumentParser(
+        prog=f"python -m jobs.{name}",
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def guarded(name: str, body: Callable[[], object], known: tuple = (), on_interrupt: str = "") -> int:
     """Run `body` and turn what happened into the exit code every tunebox command uses: 0 ok (or the
     int `body` returns), 2 bad input (InputError: its message names file and line), 1 failure (an
