@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -50,18 +48,17 @@ from tunebox import layout
 from tunebox.chaos import kill_point
 from tunebox.cli import run_job
 from tunebox.config import RunSpec, dump_spec
-from tunebox.io import InputError, atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
+from tunebox.io import atomic_dir, atomic_write_json, atomic_write_text
 from tunebox.manifest import write_job_manifest
 from tunebox.model.weights import load_tokenizer
 from tunebox.submission import contents, selfcheck
 from tunebox.submission.algorithm import render_algorithm, render_prompt_example
 from tunebox.submission.assemble import (
-    check_spec_matches_run,
+    check_results,
     copy_logs,
-    link_or_copy,
-    merged_checkpoints,
-    read_json,
-    tokenizer_files,
+    copy_tokenizer,
+    place_checkpoints,
+    read_finished_run,
     training_log_tail,
 )
 from tunebox.submission.code_archive import make_code_archive
@@ -75,98 +72,31 @@ log = logging.getLogger("tunebox.bundle")
 def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
     started = time.time()
     run_dir = spec.run_dir
-    manifests = {job: read_json(spec.job_dir(job) / layout.MANIFEST, f"{job}'s manifest") for job in layout.RUN_JOBS}
-    check_spec_matches_run(spec, manifests)
-    if not (run_dir / layout.RECORD).is_file():
-        raise InputError(f"{layout.RECORD} not found: is this a run folder?", run_dir / layout.RECORD)
-    train_index = read_json(spec.run_dir / layout.TRAIN_INDEX, "train's checkpoint index")
-    merge_index = read_json(spec.run_dir / layout.MERGE_INDEX, "merge's index")
-    report = read_json(spec.run_dir / layout.EVALUATE_REPORT, "evaluate's report")
-    summary = read_json(spec.run_dir / layout.TRAIN_SUMMARY, "train's summary")
-    stats = read_json(spec.run_dir / layout.PREP_STATS, "prep's stats")
-    checkpoints = merged_checkpoints(run_dir, train_index, merge_index)
-
-    scores = {}
-    for name in ["base"] + [contents.model_dir_name(c["step"]) for c in checkpoints]:
-        f = spec.job_dir("evaluate") / name / "scores.json"
-        if f.exists():
-            scores[name] = read_json(f, f"evaluate's scores of {name}")
-        elif name != "base":
-            raise InputError(f"{name} was not evaluated: run evaluate with eval.checkpoints: all", f)
-
+    run = read_finished_run(spec)
+    checkpoints, scores = run.checkpoints, run.scores
     out = Path(out) if out else run_dir / contents.SUBMISSION_DIR
     tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
-    heldout = read_jsonl(spec.run_dir / layout.PREP_HELDOUT)
-    if not heldout:
-        raise InputError(
-            "no held-out rows: data.heldout_rows must be > 0 to evaluate", spec.run_dir / layout.PREP_HELDOUT
-        )
-    rejects_file = spec.job_dir("prep") / "rejects.jsonl"
-    rejects = read_jsonl(rejects_file) if rejects_file.exists() else []
 
     with atomic_dir(out) as tmp:
         # checkpoints first: hashing them is the long part, and a mismatch should stop us early
-        modes = Counter()
-        for c in checkpoints:
-            modes[link_or_copy(c["path"], tmp / contents.checkpoint_file(c["step"]))] += 1
-        hashes = contents.hash_files(
-            tmp, [contents.checkpoint_file(c["step"]) for c in checkpoints], desc="hash checkpoints"
-        )
-        for c in checkpoints:
-            name = contents.model_dir_name(c["step"])
-            actual = hashes[contents.checkpoint_file(c["step"])]
-            recorded = {
-                "merge/index.json": c["sha256"],
-                f"evaluate/{name}/scores.json": scores[name].get("checkpoint_sha256"),
-            }
-            for where, sha in recorded.items():
-                if sha and sha != actual:
-                    raise RuntimeError(
-                        f"{c['path']} has sha256 {actual}, {where} recorded {sha}: the checkpoint "
-                        f"changed after that job ran; run merge and evaluate again"
-                    )
-            c["sha256"] = actual
-        log.info("checkpoints: %s", ", ".join(f"{n} {m}ed" for m, n in modes.items()))
-
+        modes, hashes = place_checkpoints(tmp, checkpoints, scores)
         copy_logs(run_dir, tmp / "logs")
         kill_point("bundle.writing")
-        tj, cfg = tokenizer_files(spec.resolve(spec.model.tokenizer), spec.model.name)
-        (tmp / "tokenizer").mkdir()
-        shutil.copy2(tj, tmp / "tokenizer" / "tokenizer.json")
-        shutil.copy2(cfg, tmp / "tokenizer" / "tokenizer_config.json")
-        if tj.with_name("tokenizer.model").is_file():  # the sentencepiece/tiktoken file r1.1's tokenizers read
-            shutil.copy2(tj.with_name("tokenizer.model"), tmp / "tokenizer" / "tokenizer.model")
+        copy_tokenizer(spec.resolve(spec.model.tokenizer), spec.model.name, tmp / "tokenizer")
         atomic_write_text(tmp / "hyperparams.yaml", dump_spec(spec))
-        code = make_code_archive(manifests["train"].get("git"), tmp / "code.tar.gz", exclude=(run_dir, out))
+        code = make_code_archive(run.manifests["train"].get("git"), tmp / "code.tar.gz", exclude=(run_dir, out))
 
         accuracies = {
             name: {k: s.get(k) for k in ("n", "accuracy_strict", "accuracy_tolerant")} for name, s in scores.items()
         }
         results = contents.build_results_for(
             spec,
-            report=report,
+            report=run.report,
             accuracies=accuracies,
             checkpoints=checkpoints,
             code=code,
         )
-        if summary.get("trainable_params") not in (None, results["trainable_params"]):
-            raise RuntimeError(
-                f"train counted {summary['trainable_params']:,} trainable parameters, the registry "
-                f"gives {results['trainable_params']:,} for this spec"
-            )
-        if results["evaluate_best"] != results["chosen"]["model"]:
-            log.warning(
-                "evaluate's report recommends %s, the contest rule chooses %s from the same figures (%s): "
-                "the report is older than this code; run evaluate again",
-                results["evaluate_best"],
-                results["chosen"]["model"],
-                results["chosen"]["reason"],
-            )
-        if results["chosen"]["valid"] is False:
-            log.warning(
-                "%s; the submission is bundled for inspection, and predict.yaml names the highest score",
-                results["chosen"]["reason"],
-            )
+        check_results(results, run.summary)
         atomic_write_json(tmp / "results.json", results)
         # predict.yaml names a checkpoint even when none is valid: then the highest score, as the reason says
         chosen = (
@@ -185,20 +115,20 @@ def bundle(spec: RunSpec, out: Optional[Path] = None) -> Path:
             log_name=log_name,
             log_tail=log_tail,
         )
-        env = contents.environment_record(manifests, contents.direct_requirements(tmp / "code.tar.gz"))
+        env = contents.environment_record(run.manifests, contents.direct_requirements(tmp / "code.tar.gz"))
         atomic_write_json(tmp / "environment.json", env)
         atomic_write_text(tmp / "ENVIRONMENT.md", contents.render_environment(env))
         atomic_write_text(
             tmp / "ALGORITHM.md",
             render_algorithm(
                 spec,
-                stats=stats,
-                rejects=rejects,
-                prompt_example=render_prompt_example(spec.data, tok, heldout[0]),
-                summary=summary,
-                train_index=train_index,
-                merge_index=merge_index,
-                train_manifest=manifests["train"],
+                stats=run.stats,
+                rejects=run.rejects,
+                prompt_example=render_prompt_example(spec.data, tok, run.heldout[0]),
+                summary=run.summary,
+                train_index=run.train_index,
+                merge_index=run.merge_index,
+                train_manifest=run.manifests["train"],
                 results=results,
             ),
         )

@@ -8,12 +8,14 @@ import json
 import logging
 import os
 import shutil
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from tunebox import layout
 from tunebox.config import RunSpec
-from tunebox.io import InputError
+from tunebox.io import InputError, read_jsonl
 from tunebox.model.weights import tokenizer_file
 from tunebox.submission import contents
 
@@ -87,6 +89,78 @@ def merged_checkpoints(run_dir: Path, train_index: dict, merge_index: dict) -> l
     return out
 
 
+@dataclass
+class FinishedRun:
+    """What bundle reads from a finished run: every job's record, the five merged checkpoints and their scores."""
+
+    manifests: dict[str, dict]  # job -> its manifest.json
+    train_index: dict
+    merge_index: dict
+    report: dict  # evaluate's
+    summary: dict  # train's
+    stats: dict  # prep's
+    checkpoints: list[dict]  # merged_checkpoints
+    scores: dict[str, dict]  # "base" and each checkpoint's model dir -> evaluate's scores.json
+    heldout: list[dict]  # prep's held-out rows
+    rejects: list[dict]  # prep's rejected rows (none when it kept no file)
+
+
+def read_finished_run(spec: RunSpec) -> FinishedRun:
+    """Every record bundle needs, each checked: the jobs ran with this spec, each checkpoint was merged and
+    evaluated, prep held rows out. A missing or broken one stops it (InputError naming the file and the fix)."""
+    run_dir = spec.run_dir
+    manifests = {job: read_json(spec.job_dir(job) / layout.MANIFEST, f"{job}'s manifest") for job in layout.RUN_JOBS}
+    check_spec_matches_run(spec, manifests)
+    if not (run_dir / layout.RECORD).is_file():
+        raise InputError(f"{layout.RECORD} not found: is this a run folder?", run_dir / layout.RECORD)
+    train_index = read_json(run_dir / layout.TRAIN_INDEX, "train's checkpoint index")
+    merge_index = read_json(run_dir / layout.MERGE_INDEX, "merge's index")
+    report = read_json(run_dir / layout.EVALUATE_REPORT, "evaluate's report")
+    summary = read_json(run_dir / layout.TRAIN_SUMMARY, "train's summary")
+    stats = read_json(run_dir / layout.PREP_STATS, "prep's stats")
+    checkpoints = merged_checkpoints(run_dir, train_index, merge_index)
+
+    scores = {}
+    for name in ["base"] + [contents.model_dir_name(c["step"]) for c in checkpoints]:
+        f = spec.job_dir("evaluate") / name / "scores.json"
+        if f.exists():
+            scores[name] = read_json(f, f"evaluate's scores of {name}")
+        elif name != "base":
+            raise InputError(f"{name} was not evaluated: run evaluate with eval.checkpoints: all", f)
+
+    heldout = read_jsonl(run_dir / layout.PREP_HELDOUT)
+    if not heldout:
+        raise InputError("no held-out rows: data.heldout_rows must be > 0 to evaluate", run_dir / layout.PREP_HELDOUT)
+    rejects_file = spec.job_dir("prep") / "rejects.jsonl"
+    rejects = read_jsonl(rejects_file) if rejects_file.exists() else []
+    return FinishedRun(
+        manifests, train_index, merge_index, report, summary, stats, checkpoints, scores, heldout, rejects
+    )
+
+
+def check_results(results: dict, summary: dict) -> None:
+    """results.json against the run: train's count of trainable parameters must be the registry's (else stop);
+    evaluate's recommendation should be the contest rule's choice, and the choice valid (else say so)."""
+    if summary.get("trainable_params") not in (None, results["trainable_params"]):
+        raise RuntimeError(
+            f"train counted {summary['trainable_params']:,} trainable parameters, the registry "
+            f"gives {results['trainable_params']:,} for this spec"
+        )
+    if results["evaluate_best"] != results["chosen"]["model"]:
+        log.warning(
+            "evaluate's report recommends %s, the contest rule chooses %s from the same figures (%s): "
+            "the report is older than this code; run evaluate again",
+            results["evaluate_best"],
+            results["chosen"]["model"],
+            results["chosen"]["reason"],
+        )
+    if results["chosen"]["valid"] is False:
+        log.warning(
+            "%s; the submission is bundled for inspection, and predict.yaml names the highest score",
+            results["chosen"]["reason"],
+        )
+
+
 # ---- putting files in place ------------------------------------------------------------------
 
 
@@ -107,6 +181,35 @@ def link_or_copy(src: Path, dst: Path) -> str:
         )
         shutil.copy2(src, dst)
         return "copy"
+
+
+def place_checkpoints(folder: Path, checkpoints: list[dict], scores: dict[str, dict]) -> tuple[Counter, dict]:
+    """Each merged checkpoint at checkpoints/step-N/model.ckpt under `folder` (hard links, else copies), hashed
+    and checked against the sha256 merge and evaluate recorded (a mismatch stops it: the file changed after
+    those jobs ran); each checkpoint's "sha256" becomes the hash of the file placed. Returns (how many were
+    linked and copied, {relative path: sha256})."""
+    modes = Counter()
+    for c in checkpoints:
+        modes[link_or_copy(c["path"], folder / contents.checkpoint_file(c["step"]))] += 1
+    hashes = contents.hash_files(
+        folder, [contents.checkpoint_file(c["step"]) for c in checkpoints], desc="hash checkpoints"
+    )
+    for c in checkpoints:
+        name = contents.model_dir_name(c["step"])
+        actual = hashes[contents.checkpoint_file(c["step"])]
+        recorded = {
+            "merge/index.json": c["sha256"],
+            f"evaluate/{name}/scores.json": scores[name].get("checkpoint_sha256"),
+        }
+        for where, sha in recorded.items():
+            if sha and sha != actual:
+                raise RuntimeError(
+                    f"{c['path']} has sha256 {actual}, {where} recorded {sha}: the checkpoint "
+                    f"changed after that job ran; run merge and evaluate again"
+                )
+        c["sha256"] = actual
+    log.info("checkpoints: %s", ", ".join(f"{n} {m}ed" for m, n in modes.items()))
+    return modes, hashes
 
 
 def copy_logs(run_dir: Path, logs: Path) -> list[str]:
@@ -175,3 +278,14 @@ def tokenizer_files(tokenizer: Optional[Path], model_name: str) -> tuple[Path, P
                 f"tokenizer file not found (convert the model again: invoke convert --model {model_name})", f
             )
     return tj, cfg
+
+
+def copy_tokenizer(tokenizer: Optional[Path], model_name: str, folder: Path) -> None:
+    """The tokenizer the jobs loaded (tokenizer_files) into `folder`: tokenizer.json, tokenizer_config.json and,
+    when there is one, the sentencepiece/tiktoken tokenizer.model r1.1's tokenizers read."""
+    tj, cfg = tokenizer_files(tokenizer, model_name)
+    folder.mkdir()
+    shutil.copy2(tj, folder / "tokenizer.json")
+    shutil.copy2(cfg, folder / "tokenizer_config.json")
+    if tj.with_name("tokenizer.model").is_file():
+        shutil.copy2(tj.with_name("tokenizer.model"), folder / "tokenizer.model")
