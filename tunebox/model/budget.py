@@ -176,9 +176,7 @@ class LoraPlan:
         return self.baseline.accuracy is None
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["break_even_is_margin"] = self.break_even_is_margin
-        return d
+        return {**asdict(self), "break_even_is_margin": self.break_even_is_margin}
 
 
 def plan_lora(
@@ -314,9 +312,8 @@ class TimeEstimate:
         return self.wall_seconds / 3600.0
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["steps"], d["tokens"], d["wall_hours"] = self.workload.steps, self.workload.tokens, self.wall_hours
-        return d
+        steps, tokens = self.workload.steps, self.workload.tokens
+        return {**asdict(self), "steps": steps, "tokens": tokens, "wall_hours": self.wall_hours}
 
 
 def estimate_time(
@@ -552,17 +549,10 @@ def topology_card_memory(
     shape: ModelShape, topo, train, *, seq_length: int, global_batch: int, lora_trainable: int
 ) -> CardMemory:
     """card_memory on a run's topology (mf_config.topology) in its train section's dtype and recompute."""
+    split = {k: getattr(topo, k) for k in ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num")}
+    train_side = {"dtype": train.dtype, "recompute": train.parallel.recompute}
     return card_memory(
-        shape,
-        seq_length=seq_length,
-        global_batch=global_batch,
-        data_parallel=topo.data_parallel,
-        model_parallel=topo.model_parallel,
-        pipeline_stage=topo.pipeline_stage,
-        micro_batch_num=topo.micro_batch_num,
-        dtype=train.dtype,
-        lora_trainable=lora_trainable,
-        recompute=train.parallel.recompute,
+        shape, seq_length=seq_length, global_batch=global_batch, lora_trainable=lora_trainable, **split, **train_side
     )
 
 

