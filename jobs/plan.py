@@ -139,35 +139,20 @@ def main(argv: Optional[list[str]] = None) -> int:
             cards=origins["cards"][0],
         )
         rank, targets, _ = s["lora"]
-        est = budget.estimate_time(
-            s["model"],
-            workload,
-            s["model"].lora_params(rank, targets),
-            mfu=args.mfu,
-            peak_tflops=args.peak_tflops,
-            recompute=not args.no_recompute,
-            measured_step_s=args.measured_step_s,
-        )
+        # the Ascend time model, as the command line sets it: the recipe's run and the baseline's alike
+        time_model = dict(mfu=args.mfu, peak_tflops=args.peak_tflops, recompute=not args.no_recompute)
+        trainable = s["model"].lora_params(rank, targets)
+        est = budget.estimate_time(s["model"], workload, trainable, measured_step_s=args.measured_step_s, **time_model)
         reference_mfu = budget.calibrated_mfu(args.peak_tflops)
         run = s["spec"] or RunSpec(
             model=ModelSection(name=s["model"].name), lora=LoraSection(rank=rank, target_modules=targets)
         )
         disk = budget.estimate_disk(run)
         io = budget.checkpoint_io(run, workload.steps)
-        comparison = (
-            None
-            if s["spec"] is None
-            else budget.compare_with_baseline(
-                s["model"],
-                s["stage"],
-                s["baseline"],
-                (rank, targets),
-                est,
-                mfu=args.mfu,
-                peak_tflops=args.peak_tflops,
-                recompute=not args.no_recompute,
-            )
-        )
+        comparison = None
+        if s["spec"] is not None:
+            lora = (rank, targets)
+            comparison = budget.compare_with_baseline(s["model"], s["stage"], s["baseline"], lora, est, **time_model)
     except (InputError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
@@ -194,7 +179,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(render_lora_table(plan, (rank, targets) if s["lora"][2] == "recipe" else None))
     print(render_time(est, origins, reference_mfu))
     if s["spec"] is not None:
-        print(render_memory(s["model"], s["spec"], origins, s["model"].lora_params(rank, targets)))
+        print(render_memory(s["model"], s["spec"], origins, trainable))
     print(render_disk(disk))
     print(render_checkpoint_io(io))
     if comparison is not None:
