@@ -56,9 +56,10 @@ class LayerWeights:
     """One decoder layer, ready for `x @ W` (q/k/v and w1/w3 fused into one matmul each).
 
     Each W is the transposed view of a C-contiguous [out, in] matrix, i.e. Fortran-ordered
-    [in, out]: numpy hands it to BLAS with the transpose flag, no copy per call. Measured on the
-    2-core box against a C-contiguous [in, out] copy, this layout was as fast for prefill and
-    10-40% faster for the 16-row decode steps (each output is a dot product over a contiguous row).
+    [in, out]: numpy hands it to BLAS with the transpose flag, no copy per call. It was chosen when
+    decode steps ran one gemv per batch row (each output a dot product over a contiguous row); since
+    hidden_states runs one 2-D gemm per weight, whether a C-ordered [in, out] copy is faster is open:
+    measure it on a quiet machine (benches/bench_eval.py) before changing it.
     """
 
     attention_norm: np.ndarray  # [hidden]
