@@ -478,19 +478,22 @@ def bench_merge(c, dir="", sizes="", budget_gb="", no_doc=False):
 @task(
     name="eval",
     help={
-        "prompts": "prompts for the cached vs no-cache decoder comparison (default 40)",
+        "prompts": "contest prompts for the decoder comparison, tunebox vs transformers generate (default 100)",
         "max_new": "new tokens per prompt in that comparison (default 32)",
+        "batch_size": "tunebox's decoder batch in that comparison (default 20; transformers' stays 20)",
+        "repeats": "decoder runs per side, alternating which goes first (default 1)",
         "math_rows": "held-out math rows for the evaluate-job timing (default 100; 0 skips it)",
         "squad_rows": "SQuAD questions for the evaluate-job timing (default 100)",
         "out": "markdown file to append the section to (default docs/BENCHMARKS.md)",
     },
 )
-def bench_eval(c, prompts=40, max_new=32, math_rows=100, squad_rows=100, out=""):
-    """SmolLM2 evaluation speed: KV-cache batched vs no-cache decoding (identical outputs), and the evaluate job
-    on math + SQuAD."""
+def bench_eval(c, prompts=100, max_new=32, batch_size=20, repeats=1, math_rows=100, squad_rows=100, out=""):
+    """SmolLM2 evaluation speed: tunebox's numpy decoder vs transformers' generate (same ids, identical outputs),
+    and the evaluate job on math + SQuAD at its own batch."""
     cmd = (
-        f"{PY} -m benches.bench_eval --prompts {int(prompts)} --max-new {int(max_new)} --math-rows {int(math_rows)}"
-        f" --squad-rows {int(squad_rows)}" + (f" --out {shlex.quote(out)}" if out else "")
+        f"{PY} -m benches.bench_eval --prompts {int(prompts)} --max-new {int(max_new)} --batch-size {int(batch_size)}"
+        f" --repeats {int(repeats)} --math-rows {int(math_rows)} --squad-rows {int(squad_rows)}"
+        + (f" --out {shlex.quote(out)}" if out else "")
     )
     _in_repo(c, cmd)
 

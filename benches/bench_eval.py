@@ -1,22 +1,29 @@
 """bench_eval: how fast evaluation runs on the real SmolLM2-135M, appended to docs/BENCHMARKS.md.
 
 Two measurements, one run:
-  1. the decoder: the same prompts through `greedy_generate` (batched, left padding, KV cache)
-     and `generate_no_cache` (one prompt at a time, the whole sequence re-run per token); the
-     outputs must be identical token for token, and the section gives both times and the ratio;
+  1. the decoder: the same prompt ids through `greedy_generate` (batched, left padding, KV cache)
+     and Hugging Face transformers' `generate` (greedy, left padding, the same weights, the same
+     length-sorted batches), timed in the same process, alternating which goes first when repeated;
+     the outputs must be identical token for token; `--no-cache` adds `generate_no_cache` (one prompt
+     at a time, the whole sequence re-run per token) as a third side;
   2. the evaluate job itself, base model only: `python -m jobs.evaluate` on a run whose prep
      held out MATH_ROWS contest math rows, plus SQUAD_ROWS SQuAD questions, timed from its own
      scores.json / squad.json, and extrapolated linearly to 500 + 500 (generation cost is per
      row at a fixed batch size) when fewer rows were measured.
 
-    python -m benches.bench_eval [--prompts 40] [--max-new 32] [--math-rows 100] [--squad-rows 100]
+    python -m benches.bench_eval [--prompts 100] [--max-new 32] [--batch-size 20] [--hf-batch-size 20]
+                                 [--repeats 1] [--no-cache] [--math-rows 100] [--squad-rows 100]
 
-Exit codes: 0 ok, 1 the two decoders disagree or something failed.
+`uptime` is printed and recorded before and after: on a shared machine read the ratio as a direction.
+The HF side needs the bench extra (torch, transformers).
+
+Exit codes: 0 ok, 1 the decoders disagree or something failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -28,11 +35,21 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
+from benches.bench_ref_torch import hf_llama_config
 from tunebox.config import REPO_ROOT, load_spec
-from tunebox.evaluation.decode import NumpyLlama, generate_no_cache, greedy_generate
+from tunebox.evaluation.decode import (
+    PREFILL_TOKEN_BUDGET,
+    NumpyLlama,
+    generate_no_cache,
+    greedy_generate,
+    length_groups,
+)
 from tunebox.manifest import cpu_info
-from tunebox.model.registry import get_model_shape
-from tunebox.model.weights import ensure_model, load_tokenizer
+from tunebox.model.checkpoint import load_checkpoint_numpy
+from tunebox.model.registry import ModelShape, get_model_shape
+from tunebox.model.weights import ensure_model, load_tokenizer, mindformers_name_to_hf
 
 BENCHMARKS_FILE = REPO_ROOT / "docs" / "BENCHMARKS.md"
 BENCHMARKS_HEADER = (
@@ -68,34 +85,130 @@ def math_prompts(n: int) -> tuple[list[str], str]:
     return rows, spec.data.system_prompt
 
 
-def decoder_comparison(prompts: int, max_new: int, batch_size: int) -> dict:
-    """greedy_generate vs generate_no_cache on the same prompts: times, ratio, identical outputs."""
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def hf_model_of(params: dict, shape: ModelShape, source: str = "parameters"):
+    """transformers' LlamaForCausalLM with these MindFormers-named parameters (mapped to HF's names), eval
+    mode, float32: the same model the numpy decoder runs. Entries that are not arrays are skipped."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    config = hf_llama_config(dataclasses.asdict(shape))
+    model = LlamaForCausalLM(config)
+    state = {
+        mindformers_name_to_hf(k): torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+        for k, v in params.items()
+        if isinstance(v, np.ndarray)
+    }
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{source} does not fit transformers' Llama: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
+    return model.eval()  # tied: lm_head.weight is embed_tokens.weight itself, loaded with it
+
+
+def hf_generate(
+    model, prompts: list[list[int]], max_new: int, stop_ids: list[int], pad_id: int, batch_size: int
+) -> list[list[int]]:
+    """transformers' greedy generate on the same length-sorted batches as greedy_generate (left padding with an
+    attention mask); each row's new tokens up to its first stop token, which is dropped (as greedy_generate)."""
+    import torch
+
+    out: list[list[int]] = [[] for _ in prompts]
+    for group in length_groups([len(p) for p in prompts], batch_size, PREFILL_TOKEN_BUDGET):
+        width = max(len(prompts[i]) for i in group)
+        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, i in enumerate(group):
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        with torch.inference_mode():
+            res = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=list(stop_ids),
+                pad_token_id=pad_id,
+            )
+        for row, i in enumerate(group):
+            new = res[row, width:].tolist()
+            cut = next((k for k, t in enumerate(new) if t in stop_ids), len(new))
+            out[i] = new[:cut]
+    return out
+
+
+def timed(fn):
+    """(fn(), wall s, CPU s of this process)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - t0, time.process_time() - c0
+
+
+def decoder_comparison(
+    prompts: int, max_new: int, batch_size: int, hf_batch_size: int = 20, repeats: int = 1, no_cache: bool = False
+) -> dict:
+    """greedy_generate vs transformers' generate (and generate_no_cache) on the same prompt ids, in this process,
+    alternating which side goes first: times per repeat, their best and the ratio, identical outputs."""
+    import torch
 
     model_dir = ensure_model(MODEL)
     tok = load_tokenizer(MODEL)
-    model = NumpyLlama.from_checkpoint(model_dir / "model.ckpt", get_model_shape(MODEL))
+    shape = get_model_shape(MODEL)
+    model = NumpyLlama.from_checkpoint(model_dir / "model.ckpt", shape)
+    hf = hf_model_of(load_checkpoint_numpy(model_dir / "model.ckpt"), shape, str(model_dir / "model.ckpt"))
     problems, system = math_prompts(prompts)
     ids = [tok.encode(tok.chat_prompt(p, system)) for p in problems]
-    t0, c0 = time.perf_counter(), time.process_time()
-    cached = greedy_generate(model, ids, max_new, tok.stop_ids, tok.pad_id, batch_size=batch_size)
-    t_cached, c_cached = time.perf_counter() - t0, time.process_time() - c0
-    t0, c0 = time.perf_counter(), time.process_time()
-    reference = generate_no_cache(model, ids, max_new, tok.stop_ids)
-    t_reference, c_reference = time.perf_counter() - t0, time.process_time() - c0
-    differ = [i for i, (a, b) in enumerate(zip(cached, reference)) if a != b]
+    sides = {
+        "tunebox": lambda: greedy_generate(
+            model, ids, max_new, tok.stop_ids, tok.pad_id, batch_size=batch_size, progress=False
+        ),
+        "hf": lambda: hf_generate(hf, ids, max_new, tok.stop_ids, tok.pad_id, hf_batch_size),
+    }
+    times: dict[str, list] = {name: [] for name in sides}
+    outputs: dict[str, list] = {}
+    before = uptime()
+    print(f"uptime before: {before}", flush=True)
+    for r in range(repeats):
+        for name in list(sides) if r % 2 == 0 else list(sides)[::-1]:
+            outputs[name], wall, cpu = timed(sides[name])
+            times[name].append({"wall": round(wall, 2), "cpu": round(cpu, 2)})
+            print(f"repeat {r + 1}/{repeats} {name}: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
+    if no_cache:
+        outputs["no_cache"], wall, cpu = timed(lambda: generate_no_cache(model, ids, max_new, tok.stop_ids))
+        times["no_cache"] = [{"wall": round(wall, 2), "cpu": round(cpu, 2)}]
+    after = uptime()
+    print(f"uptime after: {after}", flush=True)
+    best = {name: min(t["wall"] for t in runs) for name, runs in times.items()}
+    best_cpu = {name: min(t["cpu"] for t in runs) for name, runs in times.items()}
+    differ = {
+        name: [i for i, (a, b) in enumerate(zip(outputs["tunebox"], outputs[name])) if a != b]
+        for name in outputs
+        if name != "tunebox"
+    }
     return {
         "prompts": len(ids),
         "prompt_tokens": sum(map(len, ids)),
         "max_new_tokens": max_new,
         "batch_size": batch_size,
-        "new_tokens": sum(map(len, cached)),
-        "seconds_cached_batched": round(t_cached, 2),
-        "seconds_no_cache": round(t_reference, 2),
-        "cpu_seconds_cached_batched": round(c_cached, 2),
-        "cpu_seconds_no_cache": round(c_reference, 2),
-        "speedup": round(t_reference / t_cached, 2) if t_cached else None,
-        "speedup_cpu": round(c_reference / c_cached, 2) if c_cached else None,
-        "identical": not differ,
+        "hf_batch_size": hf_batch_size,
+        "repeats": repeats,
+        "torch_threads": torch.get_num_threads(),
+        "new_tokens": sum(map(len, outputs["tunebox"])),
+        "uptime_before": before,
+        "uptime_after": after,
+        "times": times,
+        "best_wall": best,
+        "best_cpu": best_cpu,
+        "speedup_vs_hf": round(best["hf"] / best["tunebox"], 2) if best["tunebox"] else None,
+        "speedup_vs_hf_cpu": round(best_cpu["hf"] / best_cpu["tunebox"], 2) if best_cpu["tunebox"] else None,
+        "speedup_vs_no_cache": round(best["no_cache"] / best["tunebox"], 2) if no_cache and best["tunebox"] else None,
+        "identical": not any(differ.values()),
         "differing_prompts": differ,
     }
 
@@ -159,39 +272,49 @@ def evaluate_job_timing(math_rows: int, squad_rows: int, workdir: Path) -> dict:
 
 def render_section(command: str, info: dict, decoder: dict, job: Optional[dict], started: str) -> str:
     d = decoder
-    # The 1-minute figure decays slowly: a benchmark that ended a minute ago still shows ~1 on 2 cores.
-    busy = info["load_average_1m"] > info["cores"]
+    labels = {
+        "tunebox": f"tunebox `greedy_generate` (batch {d['batch_size']}, left padding, KV cache, numpy)",
+        "hf": f"transformers `generate` (batch {d['hf_batch_size']}, left padding, greedy, torch "
+        f"{d['torch_threads']} threads)",
+        "no_cache": "`generate_no_cache` (one prompt at a time, full re-run per token)",
+    }
     lines = [
         f"## Evaluation speed on SmolLM2-135M ({started[:10]})",
         "",
         f"- command: `{command}`",
-        f"- machine: {info['cpu']}, {info['cores']} cores; load average {info['load_average_1m']} at the start"
+        f"- machine: {info['cpu']}, {info['cores']} cores; `uptime` before: `{d['uptime_before']}`; after: "
+        f"`{d['uptime_after']}`"
         + (
-            " (other work shared the cores: wall-clock figures are pessimistic; CPU seconds, all threads of "
-            "this process, are the steadier measure)"
-            if busy
+            " (load above the core count: other work shared the cores, read the ratios as a direction only)"
+            if info["load_average_1m"] > info["cores"]
             else ""
         ),
         f"- date: {started}",
         "",
-        f"**Decoder** ({d['prompts']} contest math prompts, {d['prompt_tokens']} prompt tokens, at most "
-        f"{d['max_new_tokens']} new tokens, {d['new_tokens']} generated):",
+        f"**Decoder** ({d['prompts']} contest math prompts, {d['prompt_tokens']} prompt tokens, the same ids on "
+        f"every side, at most {d['max_new_tokens']} new tokens, {d['new_tokens']} generated; {d['repeats']} "
+        "repeat(s) alternating which side goes first, best of them):",
         "",
-        "| decoder | wall s | CPU s |",
-        "|---|---:|---:|",
-        f"| `greedy_generate` (batch {d['batch_size']}, left padding, KV cache) | "
-        f"{d['seconds_cached_batched']:.1f} | "
-        f"{d['cpu_seconds_cached_batched']:.1f} |",
-        f"| `generate_no_cache` (one prompt at a time, full re-run per token) | {d['seconds_no_cache']:.1f} | "
-        f"{d['cpu_seconds_no_cache']:.1f} |",
+        "| decoder | wall s (best) | CPU s (best) | every repeat, wall s |",
+        "|---|---:|---:|---|",
+    ]
+    for name, runs in d["times"].items():
+        lines.append(
+            f"| {labels[name]} | {d['best_wall'][name]:.1f} | {d['best_cpu'][name]:.1f} | "
+            + ", ".join(f"{t['wall']:.1f}" for t in runs)
+            + " |"
+        )
+    verdict = (
+        "identical token for token on every prompt."
+        if d["identical"]
+        else "DIFFER: " + "; ".join(f"{k} on prompts {v}" for k, v in d["differing_prompts"].items() if v) + "."
+    )
+    lines += [
         "",
-        f"Ratio: the cached batched decoder is **{d['speedup']:.1f}x** faster by wall clock "
-        f"({d['speedup_cpu']:.1f}x by CPU time); outputs "
-        + (
-            "identical token for token on every prompt."
-            if d["identical"]
-            else f"DIFFER on prompts {d['differing_prompts']}."
-        ),
+        f"Ratio: tunebox is **{d['speedup_vs_hf']:.2f}x** transformers' generate by wall clock "
+        f"({d['speedup_vs_hf_cpu']:.2f}x by CPU time)"
+        + (f", {d['speedup_vs_no_cache']:.1f}x the no-cache decoder" if d.get("speedup_vs_no_cache") else "")
+        + f"; outputs {verdict}",
     ]
     if job:
         j = job
@@ -263,9 +386,12 @@ def append_section(text: str, path: Path = BENCHMARKS_FILE) -> None:
 
 
 def bench_eval(
-    prompts: int = 40,
+    prompts: int = 100,
     max_new: int = 32,
     batch_size: int = 20,
+    hf_batch_size: int = 20,
+    repeats: int = 1,
+    no_cache: bool = False,
     math_rows: int = 100,
     squad_rows: int = 100,
     out: Path = BENCHMARKS_FILE,
@@ -274,17 +400,17 @@ def bench_eval(
     """Run both measurements, append the section to `out`, return the figures."""
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     info = machine()
-    decoder = decoder_comparison(prompts, max_new, batch_size)
+    decoder = decoder_comparison(prompts, max_new, batch_size, hf_batch_size, repeats, no_cache)
     print(
-        f"decoder: cached {decoder['seconds_cached_batched']} s, no cache {decoder['seconds_no_cache']} s, "
-        f"x{decoder['speedup']}, identical={decoder['identical']}",
+        f"decoder: best wall s {decoder['best_wall']}, tunebox x{decoder['speedup_vs_hf']} of transformers' "
+        f"generate, identical={decoder['identical']}",
         flush=True,
     )
     job = None
     if math_rows > 0:
         with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
             job = evaluate_job_timing(math_rows, squad_rows, Path(tmp))
-        print(f"evaluate: {job}", flush=True)
+        print(f"evaluate (its own batch, eval.batch_size = {job['batch_size']}): {job}", flush=True)
     command = command or ("python -m benches.bench_eval " + shlex.join(sys.argv[1:])).strip()
     append_section(render_section(command, info, decoder, job, started), out)
     return {"machine": info, "decoder": decoder, "evaluate": job}
@@ -294,7 +420,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benches.bench_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--prompts", type=int, default=40, help="prompts for the cached vs no-cache comparison")
+    parser.add_argument("--prompts", type=int, default=100, help="contest prompts for the decoder comparison")
     parser.add_argument(
         "--max-new",
         type=int,
@@ -302,14 +428,27 @@ def main(argv=None) -> int:
         help="new tokens per prompt in that comparison (default "
         "32: the evaluate job caps math answers at 14-64 per family, 40 on average)",
     )
-    parser.add_argument("--batch-size", type=int, default=20, help="batch of the cached decoder")
+    parser.add_argument("--batch-size", type=int, default=20, help="tunebox's batch (greedy_generate)")
+    parser.add_argument("--hf-batch-size", type=int, default=20, help="transformers generate's batch")
+    parser.add_argument("--repeats", type=int, default=1, help="decoder runs per side, alternating the order")
+    parser.add_argument("--no-cache", action="store_true", help="also time generate_no_cache (slow)")
     parser.add_argument(
         "--math-rows", type=int, default=100, help="held-out math rows for the evaluate timing (0: skip that timing)"
     )
     parser.add_argument("--squad-rows", type=int, default=100, help="SQuAD questions for the evaluate timing")
     parser.add_argument("--out", type=Path, default=BENCHMARKS_FILE, help="the markdown file to append to")
     args = parser.parse_args(argv)
-    figures = bench_eval(args.prompts, args.max_new, args.batch_size, args.math_rows, args.squad_rows, args.out)
+    figures = bench_eval(
+        args.prompts,
+        args.max_new,
+        args.batch_size,
+        args.hf_batch_size,
+        args.repeats,
+        args.no_cache,
+        args.math_rows,
+        args.squad_rows,
+        args.out,
+    )
     return 0 if figures["decoder"]["identical"] else 1
 
 

@@ -197,3 +197,53 @@ def test_min_new_tokens_holds_back_the_stop_token():
     for i in (0, 2):
         if stop not in free[i][:1]:
             assert held[i] == plain[i]
+
+
+def test_greedy_tokens_is_the_argmax_of_the_logits_chunk_by_chunk(monkeypatch):
+    """The fused LM-head argmax picks what np.argmax over the whole logits row picks: ties between chunks go
+    to the lower id, banned ids are never chosen in banned rows only.
+    Mutants: `value >= best` when merging chunks (a tie goes to the later chunk); banned ids not offset by the
+    chunk start (`- lo` dropped); the ban applied to every row."""
+    spec = VARIANTS["gqa-untied"]
+    model = NumpyLlama(random_parameters(spec, seed=3), spec)
+    chunk = 50
+    monkeypatch.setattr(decode, "LM_HEAD_CHUNK", chunk)
+    rng = np.random.default_rng(2)
+    h = rng.standard_normal((6, spec.hidden_size)).astype(np.float32)
+    logits = decode.rms_norm(h, model.norm_out, model.eps) @ model.lm_head
+    np.testing.assert_array_equal(model.greedy_tokens(h), logits.argmax(axis=1))
+
+    # Exact ties across chunks: ids 60 and 160 (chunks 1 and 3) hold the same column v, ids 75 and 120 the
+    # same column w; rows 0-2 point along v, rows 3-5 along w, so each row's maximum appears twice.
+    head = np.array(model.lm_head)
+    v, w = (rng.standard_normal(spec.hidden_size).astype(np.float32) * 4 for _ in range(2))
+    head[:, [60, 160]] = v[:, None]
+    head[:, [75, 120]] = w[:, None]
+    model.lm_head = head
+    h = np.concatenate([np.tile(v / model.norm_out, (3, 1)), np.tile(w / model.norm_out, (3, 1))])
+    h += 0.01 * rng.standard_normal(h.shape).astype(np.float32)
+    tied = decode.rms_norm(h, model.norm_out, model.eps) @ head
+    expected = tied.argmax(axis=1)
+    assert expected.tolist() == [60, 60, 60, 75, 75, 75], "the ties are not each row's maximum"
+    assert np.all(tied[:3, 60] == tied[:3, 160]) and np.all(tied[3:, 75] == tied[3:, 120])
+    np.testing.assert_array_equal(model.greedy_tokens(h), expected)
+
+    # Banned: rows 1 and 4 may not pick 60, 160, 75, 120; the other rows still may.
+    banned_ids = np.array([60, 75, 120, 160])
+    masked = tied.copy()
+    masked[np.ix_([1, 4], banned_ids)] = -np.inf
+    got = model.greedy_tokens(h, (np.array([1, 4]), banned_ids))
+    np.testing.assert_array_equal(got, masked.argmax(axis=1))
+    assert got[0] == 60 and got[3] == 75 and got[1] not in banned_ids and got[4] not in banned_ids
+
+
+def test_silu_gate_is_silu_times_up_without_overflow_warnings():
+    """silu(g) * up, also where exp(-g) overflows (g < -88: the limit -0, no warning, no NaN).
+    Mutants: the errstate guard removed (a RuntimeWarning, an error here); `+ 1` before the exp."""
+    gate = np.array([[-100.0, -3.0, -0.5, 0.0, 0.5, 3.0, 100.0]], np.float32)
+    up = np.array([[2.0, -1.5, 0.25, 7.0, 3.0, -2.0, 0.5]], np.float32)
+    expected = gate.astype(np.float64) / (1.0 + np.exp(-gate.astype(np.float64))) * up
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        got = decode.silu_gate(gate, up)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-30)

@@ -19,8 +19,9 @@ One deliberate difference: MindFormers masks every key column whose token equals
 that legitimately contains the pad id (SmolLM2 uses eos as pad) is attended to normally.
 
 `greedy_generate` is the fast path (sorted-length batches, left padding, one prefill, then one
-token per step against a preallocated KV cache). `generate_no_cache` is the slow reference the
-tests and the benchmark compare it with.
+token per step against a preallocated KV cache, the next token picked by `greedy_tokens`, the LM
+head's argmax without the logits). `generate_no_cache` is the slow reference (whole logits, plain
+argmax) the tests and the benchmark compare it with.
 """
 
 from __future__ import annotations
@@ -45,15 +46,20 @@ MASKED_SCORE = np.float32(-1e9)
 # are split into row groups so the [rows, heads, T, S] score array stays within it.
 ATTENTION_SCORE_BYTES = 256 << 20
 
+# Vocabulary columns per block of the LM head in greedy_tokens: a [batch, chunk] float32 block stays
+# in cache while its argmax is taken, instead of a [batch, vocab] logits array per step.
+LM_HEAD_CHUNK = 8192
+
 
 @dataclass
 class LayerWeights:
     """One decoder layer, ready for `x @ W` (q/k/v and w1/w3 fused into one matmul each).
 
     Each W is the transposed view of a C-contiguous [out, in] matrix, i.e. Fortran-ordered
-    [in, out]: numpy hands it to BLAS with the transpose flag, no copy per call. Measured on the
-    2-core box against a C-contiguous [in, out] copy, this layout was as fast for prefill and
-    10-40% faster for the 16-row decode steps (each output is a dot product over a contiguous row).
+    [in, out]: numpy hands it to BLAS with the transpose flag, no copy per call. It was chosen when
+    decode steps ran one gemv per batch row (each output a dot product over a contiguous row); since
+    hidden_states runs one 2-D gemm per weight, whether a C-ordered [in, out] copy is faster is open:
+    measure it on a quiet machine (benches/bench_eval.py) before changing it.
     """
 
     attention_norm: np.ndarray  # [hidden]
@@ -112,9 +118,15 @@ def _matmul_ready(weight_out_in: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight_out_in).T
 
 
-def silu(x: np.ndarray) -> np.ndarray:
+def silu_gate(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up = gate / (1 + exp(-gate)) * up, computed in one new array."""
+    out = np.negative(gate)
     with np.errstate(over="ignore"):  # exp(-x) -> inf for x < -88 gives the right limit, -0
-        return x / (1.0 + np.exp(-x))
+        np.exp(out, out=out)
+    out += np.float32(1.0)
+    np.divide(gate, out, out=out)
+    out *= up
+    return out
 
 
 class NumpyLlama:
@@ -222,7 +234,13 @@ class NumpyLlama:
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         return KVCache(self.num_layers, batch, self.kv_heads, capacity, self.head_dim)
 
-    def forward(
+    def forward(self, *inputs, **options) -> np.ndarray:
+        """Logits [B, T, vocab] (or [B, vocab] with last_only): the LM head on hidden_states(*inputs,
+        **options), whose arguments these are."""
+        h = self.hidden_states(*inputs, **options)
+        return self._flat_matmul(rms_norm(h, self.norm_out, self.eps), self.lm_head)
+
+    def hidden_states(
         self,
         token_ids: np.ndarray,
         positions: np.ndarray,
@@ -231,13 +249,19 @@ class NumpyLlama:
         cache_start: int = 0,
         last_only: bool = False,
     ) -> np.ndarray:
-        """Logits [B, T, vocab] (or [B, vocab] with last_only) for tokens [B, T] at `positions`.
+        """The last layer's output before the final norm: [B, T, hidden], or [B, hidden] with
+        last_only, for tokens [B, T] at `positions`.
 
         key_valid [B, S] says which key columns may be attended (False for left padding), where
         S = cache_start + T with a cache (columns before cache_start are already in it) and
         S = T without one. Causality is added here.
+
+        Every weight matmul runs on the rows flattened to [B * T, in]: one BLAS gemm per weight.
+        On a [B, T, in] operand numpy calls BLAS once per batch row instead, which at T = 1 (a
+        decode step) reads each weight matrix B times.
         """
         batch, steps = token_ids.shape
+        rows = batch * steps
         total = cache_start + steps
         if key_valid.shape != (batch, total):
             raise ValueError(f"key_valid has shape {key_valid.shape}, expected {(batch, total)}")
@@ -251,15 +275,15 @@ class NumpyLlama:
         causal = np.arange(total)[None, :] <= (cache_start + np.arange(steps))[:, None]  # [T, S]
         mask = np.where(causal[None] & key_valid[:, None, :], np.float32(0), MASKED_SCORE)  # [B, T, S]
 
-        h = self.embedding[token_ids]  # [B, T, hidden]
+        h = self.embedding[token_ids.reshape(rows)]  # [B * T, hidden], a copy: updated in place below
+        hidden, kv_dim = self.hidden, self.kv_dim
         for index, layer in enumerate(self.layers):
-            x = rms_norm(h, layer.attention_norm, self.eps)
-            qkv = x @ layer.wqkv
+            qkv = rms_norm(h, layer.attention_norm, self.eps) @ layer.wqkv
             if layer.qkv_bias is not None:
                 qkv += layer.qkv_bias
-            q = qkv[..., : self.hidden].reshape(batch, steps, self.kv_heads, self.group, self.head_dim)
-            k = qkv[..., self.hidden : self.hidden + self.kv_dim].reshape(batch, steps, self.kv_heads, self.head_dim)
-            v = qkv[..., self.hidden + self.kv_dim :].reshape(batch, steps, self.kv_heads, self.head_dim)
+            q = qkv[:, :hidden].reshape(batch, steps, self.kv_heads, self.group, self.head_dim)
+            k = qkv[:, hidden : hidden + kv_dim].reshape(batch, steps, self.kv_heads, self.head_dim)
+            v = qkv[:, hidden + kv_dim :].reshape(batch, steps, self.kv_heads, self.head_dim)
             q = apply_rope(q.transpose(0, 2, 3, 1, 4), cos_q, sin_q)
             k = apply_rope(k.transpose(0, 2, 1, 3), cos_k, sin_k)
             v = v.transpose(0, 2, 1, 3)
@@ -269,17 +293,44 @@ class NumpyLlama:
                 k = cache.keys[index][:, :, :total]
                 v = cache.values[index][:, :, :total]
             context = self._attention(q, k, v, mask)  # [B, T, hidden]
-            out = context @ layer.wo
+            out = context.reshape(rows, hidden) @ layer.wo
             if layer.wo_bias is not None:
                 out += layer.wo_bias
-            h = h + out
-            x = rms_norm(h, layer.ffn_norm, self.eps)
-            gate_up = x @ layer.w13
+            h += out
+            gate_up = rms_norm(h, layer.ffn_norm, self.eps) @ layer.w13
             inter = gate_up.shape[-1] // 2
-            h = h + (silu(gate_up[..., :inter]) * gate_up[..., inter:]) @ layer.w2
-        if last_only:
-            h = h[:, -1]
-        return rms_norm(h, self.norm_out, self.eps) @ self.lm_head
+            h += silu_gate(gate_up[:, :inter], gate_up[:, inter:]) @ layer.w2
+        h = h.reshape(batch, steps, hidden)
+        return h[:, -1] if last_only else h
+
+    @staticmethod
+    def _flat_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """x [..., in] @ weight as one 2-D gemm (see hidden_states)."""
+        return (x.reshape(-1, x.shape[-1]) @ weight).reshape(*x.shape[:-1], weight.shape[-1])
+
+    def greedy_tokens(self, h: np.ndarray, banned: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
+        """argmax(lm_head(rms_norm(h))) per row of h [B, hidden] without the [B, vocab] logits: the LM
+        head runs on LM_HEAD_CHUNK vocabulary columns at a time and keeps each row's best so far.
+        Ties go to the lowest id, as np.argmax over the whole row. banned = (rows, ids): those ids
+        cannot be chosen in those rows (min_new_tokens holding back the stop tokens)."""
+        x = rms_norm(h, self.norm_out, self.eps)
+        batch, vocab = x.shape[0], self.lm_head.shape[1]
+        best = np.full(batch, -np.inf, np.float32)
+        best_id = np.zeros(batch, np.int64)
+        every_row = np.arange(batch)
+        for lo in range(0, vocab, LM_HEAD_CHUNK):
+            block = x @ self.lm_head[:, lo : lo + LM_HEAD_CHUNK]  # [B, chunk]
+            if banned is not None:
+                rows, ids = banned
+                inside = ids[(ids >= lo) & (ids < lo + block.shape[1])] - lo
+                if rows.size and inside.size:
+                    block[np.ix_(rows, inside)] = -np.inf
+            top = block.argmax(axis=1)
+            value = block[every_row, top]
+            better = value > best  # strict: an equal value in a later chunk has a higher id
+            best[better] = value[better]
+            best_id[better] = top[better] + lo
+        return best_id
 
     def _attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """q [B, kv, group, T, d]; k, v [B, kv, S, d]; mask [B, T, S] additive -> [B, T, hidden]."""
@@ -330,16 +381,26 @@ class NumpyLlama:
 # -- generation ---------------------------------------------------------------------------
 
 
-def _limits(max_new_tokens: Union[int, Sequence[int]], count: int) -> list[int]:
+Prompts = Sequence[Sequence[int]]
+NewTokenLimits = Union[int, Sequence[int]]
+"""One limit for every prompt, or one per prompt."""
+
+
+def _request(
+    model: NumpyLlama, prompts: Prompts, max_new_tokens: NewTokenLimits, stop_ids: Sequence[int]
+) -> tuple[list[list[int]], list[int], set[int]]:
+    """The prompts as int lists (checked against the vocabulary), one limit per prompt, the stop set."""
+    prompts = [list(map(int, p)) for p in prompts]
     if isinstance(max_new_tokens, (int, np.integer)):
-        limits = [int(max_new_tokens)] * count
+        limits = [int(max_new_tokens)] * len(prompts)
     else:
         limits = [int(m) for m in max_new_tokens]
-        if len(limits) != count:
-            raise ValueError(f"max_new_tokens has {len(limits)} entries for {count} prompts")
+        if len(limits) != len(prompts):
+            raise ValueError(f"max_new_tokens has {len(limits)} entries for {len(prompts)} prompts")
     if any(m < 0 for m in limits):
         raise ValueError("max_new_tokens must be >= 0")
-    return limits
+    model.check_token_ids(prompts)
+    return prompts, limits, set(int(s) for s in stop_ids)
 
 
 def _generate_batch(
@@ -360,18 +421,17 @@ def _generate_batch(
     key_valid = np.arange(capacity)[None, :] >= pads[:, None]
 
     cache = model.new_cache(batch, capacity)
-    logits = model.forward(tokens, positions, key_valid[:, :width], cache=cache, cache_start=0, last_only=True)
+    h = model.hidden_states(tokens, positions, key_valid[:, :width], cache=cache, cache_start=0, last_only=True)
     outputs: list[list[int]] = [[] for _ in range(batch)]
     live = np.arange(batch)  # original row of each cache row still decoding
     column = width
     stop_list = np.array(sorted(stop), dtype=np.int64)
     while True:
+        banned = None
         if min_new_tokens > 0 and stop_list.size:
-            early = np.array([len(outputs[row]) < min_new_tokens for row in live])
-            if early.any():
-                logits = logits.copy()
-                logits[np.ix_(np.flatnonzero(early), stop_list)] = -np.inf
-        next_ids = logits.argmax(axis=-1)
+            early = np.flatnonzero([len(outputs[row]) < min_new_tokens for row in live])
+            banned = (early, stop_list) if early.size else None
+        next_ids = model.greedy_tokens(h, banned)
         keep = []
         for j, row in enumerate(live):
             token = int(next_ids[j])
@@ -387,7 +447,7 @@ def _generate_batch(
             cache.keep_rows(keep_idx)
             live, next_ids, key_valid = live[keep_idx], next_ids[keep_idx], key_valid[keep_idx]
         step_positions = (lengths[live] + column - width)[:, None]
-        logits = model.forward(
+        h = model.hidden_states(
             next_ids[:, None],
             step_positions,
             key_valid[:, : column + 1],
@@ -420,8 +480,8 @@ def length_groups(lengths: Sequence[int], max_rows: int, token_budget: int) -> l
 
 def greedy_generate(
     model: NumpyLlama,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: Union[int, Sequence[int]],
+    prompts: Prompts,
+    max_new_tokens: NewTokenLimits,
     stop_ids: Sequence[int],
     pad_id: int,
     batch_size: int = 16,
@@ -435,12 +495,9 @@ def greedy_generate(
     min_new_tokens tokens (as MindFormers' and HF's min_new_tokens). Prompts of similar length
     share a batch of at most batch_size rows and token_budget padded prompt tokens, so one long
     prompt (a SQuAD passage) does not pad a whole batch to its length."""
-    prompts = [list(map(int, p)) for p in prompts]
-    limits = _limits(max_new_tokens, len(prompts))
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    model.check_token_ids(prompts)
-    stop = set(int(s) for s in stop_ids)
+    prompts, limits, stop = _request(model, prompts, max_new_tokens, stop_ids)
     results: list[list[int]] = [[] for _ in prompts]
     todo = [i for i in range(len(prompts)) if limits[i] > 0]
     started, produced = time.perf_counter(), 0
@@ -460,17 +517,10 @@ def greedy_generate(
 
 
 def generate_no_cache(
-    model: NumpyLlama,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: Union[int, Sequence[int]],
-    stop_ids: Sequence[int],
-    progress: bool = True,
+    model: NumpyLlama, prompts: Prompts, max_new_tokens: NewTokenLimits, stop_ids: Sequence[int], progress: bool = True
 ) -> list[list[int]]:
     """The reference: one prompt at a time, the whole sequence re-run for every new token."""
-    prompts = [list(map(int, p)) for p in prompts]
-    limits = _limits(max_new_tokens, len(prompts))
-    model.check_token_ids(prompts)
-    stop = set(int(s) for s in stop_ids)
+    prompts, limits, stop = _request(model, prompts, max_new_tokens, stop_ids)
     results = []
     for prompt, limit in tqdm(
         list(zip(prompts, limits)), unit="prompt", desc="greedy decode (no cache)", disable=not progress
