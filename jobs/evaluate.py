@@ -40,7 +40,7 @@ from tunebox.config import RunSpec
 from tunebox.contest.rules import choose_checkpoint, param_figures
 from tunebox.evaluation.loop import SQUAD_MAX_NEW_TOKENS, evaluate_model, load_heldout, load_squad, models_to_evaluate
 from tunebox.evaluation.report import write_plots, write_report
-from tunebox.evaluation.runners import MindFormersRunner, NumpyRunner, pick_backend
+from tunebox.evaluation.runners import pick_backend, runner_loader
 from tunebox.evaluation.scale_dial import scale_dial
 from tunebox.evaluation.scorecard import annotate, contest_figures
 from tunebox.io import InputError, atomic_write_json, sha256_file
@@ -93,21 +93,16 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
 
     task = load_heldout(run_dir, data, ev, tok)
     squad = load_squad(squad_file, ev, tok, source)
-    contest = contest_figures(stage, param_figures(shape, lora.rank, lora.target_modules))
     atomic_write_json(out / "limits.json", task.limits_info)
     log.info(
         "max new tokens per family: %s",
         ", ".join(f"{f} {v['max_new_tokens']}" for f, v in task.limits_info["families"].items()),
     )
+    models = models_to_evaluate(ev, merge_index, base_ckpt)
     longest_prompt = max(len(p) for p in task.prompts + (squad.prompts if squad else []))
     seq_for_mf = longest_prompt + max(task.limits + [SQUAD_MAX_NEW_TOKENS])
+    loader = runner_loader(backend, shape, seq_for_mf, **runner_settings)
 
-    def loader(ckpt: Path):
-        if backend == "numpy":
-            return lambda: NumpyRunner.from_checkpoint(shape, ckpt, ev.batch_size)
-        return lambda: MindFormersRunner(shape, ckpt, seq_for_mf, **runner_settings)
-
-    models = models_to_evaluate(ev, merge_index, base_ckpt)
     results = []
     for m in models:
         sha = m.get("sha256") or sha256_file(m["checkpoint"])
@@ -127,6 +122,7 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
         )
         kill_point("evaluate.between-models")
     base = next((r for r in results if r["model"] == "base"), None)
+    contest = contest_figures(stage, param_figures(shape, lora.rank, lora.target_modules))
     tuned = [annotate(r, base, contest) for r in results if r["model"] != "base"]
     choice = choose_checkpoint(tuned)
     dial = None
@@ -152,30 +148,12 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
             contest=contest,
             out=out,
         )
-    plots = write_plots(
-        out,
-        run_id=run_id,
-        data=data,
-        loss_file=run_dir / layout.TRAIN_LOSS,
-        base=base,
-        tuned=tuned,
-        choice=choice,
-        dial=dial,
-    )
+    # what the charts and the report both show
+    shown = {"run_id": run_id, "data": data, "base": base, "tuned": tuned, "choice": choice, "dial": dial}
+    plots = write_plots(out, loss_file=run_dir / layout.TRAIN_LOSS, **shown)
+    report_file = run_dir / layout.EVALUATE_REPORT
     report = write_report(
-        out,
-        run_dir / layout.EVALUATE_REPORT,
-        run_id=run_id,
-        model_name=model_name,
-        data=data,
-        base=base,
-        tuned=tuned,
-        choice=choice,
-        contest=contest,
-        task=task,
-        squad=squad,
-        dial=dial,
-        plots=plots,
+        out, report_file, model_name=model_name, contest=contest, task=task, squad=squad, plots=plots, **shown
     )
     inputs = {"heldout": run_dir / layout.PREP_HELDOUT, "train_samples": run_dir / layout.PREP_TRAIN_RECORDS}
     if squad:

@@ -36,12 +36,14 @@ from tunebox import layout
 from tunebox.chaos import kill_point
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
-from tunebox.io import InputError, atomic_write_json
+from tunebox.io import InputError, atomic_write_json, atomic_write_text
 from tunebox.manifest import write_job_manifest
 from tunebox.model.mf import run_mindformers, setup_device
 from tunebox.model.mf_config import dump
 from tunebox.model.registry import get_model_shape
-from tunebox.training.inputs import PACKED_RECORDS, TRAIN_YAML, prepare, render
+from tunebox.model.weights import load_tokenizer
+from tunebox.run_checkpoints import base_checkpoint
+from tunebox.training.inputs import PACKED_RECORDS, TRAIN_YAML, prepare
 from tunebox.training.launch import hold_workers_lock, in_cluster, launch_msrun, wait_for_prep, wait_for_workers
 from tunebox.training.outputs import TRAIN_STATE, check_resume, read_loss_log, training_done, write_outputs
 from tunebox.training.plan import train_hash
@@ -51,13 +53,40 @@ log = logging.getLogger("tunebox.train")
 WORKER_PROGRAM = Path(__file__).resolve().with_name("train_worker.py")  # what msrun starts, once per worker
 
 
-def train(spec: RunSpec, args=None) -> Path:
+def setup(spec: RunSpec, starting: bool) -> tuple[dict, str, bool]:
+    """What train reads from the run spec, once: prep's rows, the base checkpoint, the model's shape, the
+    tokenizer's pad id and the train and LoRA sections (prepare()'s arguments); the settings' hash, and
+    whether it resumes. `starting` (a run that trains in this process, not --render-only nor a worker) first
+    waits until no worker of a killed run is alive and checks that train/ holds this run, and sets the
+    device up."""
     out = spec.job_dir("train")
-    wait_for_workers(out)
-    settings = train_hash(spec)
-    resume = check_resume(out, settings)
-    setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
-    prepared = render(spec)
+    settings, resume = train_hash(spec.model, spec.data, spec.lora, spec.train), False
+    if starting:
+        wait_for_workers(out)
+        resume = check_resume(out, settings)
+    data_file = spec.run_dir / layout.PREP_TRAIN_RECORDS
+    if not data_file.exists():
+        raise InputError(f"{data_file} not found: run prep first (invoke prep --config {spec.source_path})")
+    base = base_checkpoint(spec)
+    if starting:
+        setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
+    shape = get_model_shape(spec.model.name)
+    tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
+    inputs = {"data_file": data_file, "out": out, "shape": shape, "pad_id": tok.pad_id, "base": base}
+    return {**inputs, "train": spec.train, "lora": spec.lora}, settings, resume
+
+
+def main(spec: RunSpec, args) -> Path:
+    """The job: prepare the run (with --render-only, write its MindFormers config and stop), train through
+    MindFormers (here, or under msrun with train.workers), then write the index, summary and manifest."""
+    inputs, settings, resume = setup(spec, starting=not args.render_only)
+    out = inputs["out"]
+    prepared = prepare(**inputs)
+    config_text = dump(prepared["config"])  # the file stock MindFormers runs too
+    atomic_write_text(out / TRAIN_YAML, config_text)
+    if args.render_only:  # the config (and the packed data) that train would run, and stop
+        print(out / TRAIN_YAML)
+        return out
     plan = prepared["plan"]
     losses = read_loss_log(out) if (out / TRAIN_STATE).exists() else []
     if training_done(out, plan, losses):
@@ -74,14 +103,12 @@ def train(spec: RunSpec, args=None) -> Path:
                 p = out / stale
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         atomic_write_json(out / TRAIN_STATE, {"train_hash": settings})
-        shape = get_model_shape(spec.model.name)
-        trainable, total_params = shape.lora_params(spec.lora.rank, spec.lora.target_modules), shape.total_params()
         log.info(
             "%s: %s trainable of %s (ratio %.8f); %d steps of %d rows, checkpoints at %s%s",
             spec.model.name,
-            f"{trainable:,}",
-            f"{total_params:,}",
-            trainable / total_params,
+            f"{prepared['trainable_params']:,}",
+            f"{prepared['total_params']:,}",
+            prepared["trainable_params"] / prepared["total_params"],
             plan["total_steps"],
             spec.train.batch_size,
             plan["checkpoint_steps"],
@@ -106,9 +133,7 @@ def train(spec: RunSpec, args=None) -> Path:
 def finish(spec: RunSpec, prepared: dict, run_s: float, losses: list[dict]) -> Path:
     """After the Trainer: the checkpoint index, loss.csv, summary and manifest (rank 0's files)."""
     out = spec.job_dir("train")
-    summary = write_outputs(
-        spec.run_dir, prepared, losses, get_model_shape(spec.model.name), spec.lora, spec.train, run_s
-    )
+    summary = write_outputs(spec.run_dir, prepared, losses, spec.train, run_s)
     kill_point("train.before-manifest")
     write_job_manifest(
         out,
@@ -130,13 +155,14 @@ def worker_main(spec: RunSpec, args) -> None:
     wait_for_prep(spec.run_dir / layout.manifest("prep"), spec.cluster.prep_timeout)
     lock = hold_workers_lock(out)  # noqa: F841 (held until the process ends)
     setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
-    prepared = prepare(spec, write=False)
+    inputs, settings, _ = setup(spec, starting=False)
+    prepared = prepare(**inputs, write=False)
     if spec.train.packing and not (out / PACKED_RECORDS).exists():
         raise InputError(
             f"{out / PACKED_RECORDS} is missing: with train.packing, render the run first "
             f"(python -m jobs.train --config {spec.source_path} --render-only)"
         )
-    resume = check_resume(out, train_hash(spec))
+    resume = check_resume(out, settings)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="tunebox-worker-") as tmp:  # this rank's copy of the config
         path = Path(tmp) / TRAIN_YAML
@@ -146,14 +172,6 @@ def worker_main(spec: RunSpec, args) -> None:
 
     if get_rank() == 0:
         finish(spec, prepared, time.time() - started, read_loss_log(out))
-
-
-def main(spec: RunSpec, args) -> None:
-    if not args.render_only:
-        train(spec, args)
-        return
-    render(spec)  # --render-only: the config (and the packed data) that train would run, and stop
-    print(spec.job_dir("train") / TRAIN_YAML)
 
 
 def _args(parser) -> None:

@@ -34,9 +34,9 @@ exec "$PYTHON" - "$script" "$@" <<'PY'
 import os, runpy, sys
 import jobs.train as train
 real = train.prepare
-def prepare(spec, *args, **kwargs):
-    found = real(spec, *args, **kwargs)
-    print(f"PREPARED rows={found['rows']} workers={spec.train.workers}", flush=True)
+def prepare(*args, **kwargs):
+    found = real(*args, **kwargs)
+    print(f"PREPARED rows={found['rows']} workers={kwargs['train'].workers}", flush=True)
     os._exit(0)
 train.prepare = prepare
 sys.argv = sys.argv[1:]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 
 import numpy as np
 import pytest
 
 from conftest import TINY_RECIPE, run_job
+from jobs.train import setup
 from tunebox import layout
 from tunebox.config import DataSection, load_spec
 from tunebox.data.packing import pack_rows
@@ -128,7 +130,7 @@ def test_packed_rows_fit_the_recorded_answer_capacity(tmp_path, tiny_cache, monk
     run_job("prep", TINY_RECIPE, tiny_cache, tmp_path, *common)
     monkeypatch.setenv("TUNEBOX_CACHE", str(tiny_cache))
     spec = load_spec(TINY_RECIPE, common + ["train.packing=true"])
-    prepared = prepare(spec, write=False)
+    prepared = prepare(**setup(spec, starting=False)[0], write=False)
     ids, labels = read_mindrecord(spec.run_dir / layout.PREP_TRAIN_RECORDS)
     pad = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
     packed_ids, packed_labels, _, _ = pack_rows(ids, labels, pad)
@@ -190,10 +192,25 @@ def changed(spec, section: str, key: str, value):
     return other
 
 
+def settings_hash(spec) -> str:
+    return train_hash(spec.model, spec.data, spec.lora, spec.train)
+
+
+@pytest.mark.parametrize("overrides", [[], ["train.parallel.data_parallel=2", "train.workers=2"]])
+def test_train_hash_is_the_one_runs_saved(overrides):
+    """The hash of the sections is the one train_state.json holds since it was taken of spec.to_dict():
+    a run started before keeps resuming. Mutant: json.dumps's default=str for the nested train.parallel."""
+    d = load_spec(TINY_RECIPE, overrides).to_dict()
+    keep = {k: d[k] for k in ("model", "data", "lora")}
+    keep["train"] = {k: v for k, v in d["train"].items() if k not in ("save_state_every", "master_port")}
+    expected = hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+    assert settings_hash(load_spec(TINY_RECIPE, overrides)) == expected
+
+
 def saved_run(tmp_path, spec):
     out = tmp_path / "train"
     out.mkdir()
-    (out / "train_state.json").write_text(json.dumps({"train_hash": train_hash(spec)}))
+    (out / "train_state.json").write_text(json.dumps({"train_hash": settings_hash(spec)}))
     return out
 
 
@@ -209,9 +226,10 @@ def test_every_data_key_is_in_the_resume_check():
 def test_resume_refused_after_a_change_that_shapes_the_batches(tmp_path, section, key, value):
     spec = load_spec(TINY_RECIPE)
     out = saved_run(tmp_path, spec)
-    assert check_resume(out, train_hash(spec)) is False  # same settings, no MindFormers checkpoint yet: a fresh start
+    # same settings, no MindFormers checkpoint yet: a fresh start
+    assert check_resume(out, settings_hash(spec)) is False
     with pytest.raises(InputError, match="different training settings"):
-        check_resume(out, train_hash(changed(spec, section, key, value)))
+        check_resume(out, settings_hash(changed(spec, section, key, value)))
 
 
 @pytest.mark.parametrize(
@@ -228,4 +246,4 @@ def test_resume_accepted_when_only_bookkeeping_changes(tmp_path, section, key, v
         setattr(getattr(other, section), key, value)
     (out / "checkpoint" / "rank_0").mkdir(parents=True)
     (out / "checkpoint" / "rank_0" / "meta.json").write_text("{}")
-    assert check_resume(out, train_hash(other)) is True
+    assert check_resume(out, settings_hash(other)) is True

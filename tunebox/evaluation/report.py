@@ -165,6 +165,27 @@ def na(retention: dict) -> str:
     return "cannot pass or fail (base 0)" if retention.get("measured") else "-"
 
 
+def family_table(
+    title: str, results: list[dict], families: list[str], share: str, caps: Optional[dict] = None
+) -> list[str]:
+    """report.md's table of one share (a per_family key) by family and model, under `## title`; `caps` (the
+    max new tokens by family) adds that column."""
+    cap_head, cap_rule = (" max new |", "---:|") if caps is not None else ("", "")
+    lines = [
+        "",
+        f"## {title}",
+        "",
+        f"| family | n |{cap_head} " + " | ".join(r["model"] for r in results) + " |",
+        "|---|---:|" + cap_rule + "---:|" * len(results),
+    ]
+    for f in families:
+        n = next(r["per_family"][f]["n"] for r in results if f in r["per_family"])
+        cells = [share_cell(r["per_family"][f], share, ".2f") if f in r["per_family"] else "-" for r in results]
+        cap = f" {caps[f]} |" if caps is not None else ""
+        lines.append(f"| {f} | {n} |{cap} " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_plots(
     out: Path,
     *,
@@ -224,25 +245,27 @@ def write_plots(
         families = sorted({f for m in models for f in m["per_family"]})
         if families:
             counts = {f: next(m["per_family"][f]["n"] for m in models if f in m["per_family"]) for f in families}
-            charts.bar_chart(
-                pdir / "per_family.png",
-                [f"{f} (n={counts[f]})" for f in families],
-                {m["model"]: [m["per_family"].get(f, {}).get("strict") for f in families] for m in models},
-                title="strict accuracy per family",
-                xlabel="strict accuracy",
-                x_range=(0.0, 1.0),
-            )
-            made.append("plots/per_family.png")
+            # (file, share, title, x label): strict accuracy, and for math the graded share within 1% too
+            bars = [("per_family.png", "strict", "strict accuracy per family", "strict accuracy")]
             if data.format == "math":
+                bars.append(
+                    (
+                        "per_family_graded.png",
+                        "within_1pct",
+                        "share within 1% of the reference, per family (graded)",
+                        "share within 1%",
+                    )
+                )
+            for name, share, title, xlabel in bars:
                 charts.bar_chart(
-                    pdir / "per_family_graded.png",
+                    pdir / name,
                     [f"{f} (n={counts[f]})" for f in families],
-                    {m["model"]: [m["per_family"].get(f, {}).get("within_1pct") for f in families] for m in models},
-                    title="share within 1% of the reference, per family (graded)",
-                    xlabel="share within 1%",
+                    {m["model"]: [m["per_family"].get(f, {}).get(share) for f in families] for m in models},
+                    title=title,
+                    xlabel=xlabel,
                     x_range=(0.0, 1.0),
                 )
-                made.append("plots/per_family_graded.png")
+                made.append(f"plots/{name}")
     if loss_file.exists():
         rows = read_jsonl(loss_file)
         if rows:
@@ -527,31 +550,9 @@ def write_report(
             lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     families = sorted({f for r in results for f in r["per_family"]})
     if not mcq:
-        lines += [
-            "",
-            "## Per family (graded: share within 1% of the reference)",
-            "",
-            "| family | n | " + " | ".join(r["model"] for r in results) + " |",
-            "|---|---:|" + "---:|" * len(results),
-        ]
-        for f in families:
-            n = next(r["per_family"][f]["n"] for r in results if f in r["per_family"])
-            cells = [
-                share_cell(r["per_family"][f], "within_1pct", ".2f") if f in r["per_family"] else "-" for r in results
-            ]
-            lines.append(f"| {f} | {n} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Per family (strict accuracy)",
-        "",
-        "| family | n | max new | " + " | ".join(r["model"] for r in results) + " |",
-        "|---|---:|---:|" + "---:|" * len(results),
-    ]
-    for f in families:
-        n = next(r["per_family"][f]["n"] for r in results if f in r["per_family"])
-        cells = [share_cell(r["per_family"][f], "strict", ".2f") if f in r["per_family"] else "-" for r in results]
-        cap = limit_for(task.limits_info, f if task.fmt == "math" else ALL_FAMILIES)
-        lines.append(f"| {f} | {n} | {cap} | " + " | ".join(cells) + " |")
+        lines += family_table("Per family (graded: share within 1% of the reference)", results, families, "within_1pct")
+    caps = {f: limit_for(task.limits_info, f if task.fmt == "math" else ALL_FAMILIES) for f in families}
+    lines += family_table("Per family (strict accuracy)", results, families, "strict", caps)
     if examples:
         lines += [
             "",

@@ -4,7 +4,7 @@ one interface: generate(prompts, limits, stop_ids, pad_id) and choice_logprobs(p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -129,3 +129,20 @@ def pick_backend(backend: str, device: str) -> str:
     if backend != "auto":
         return backend
     return "numpy" if device == "CPU" else "mindformers"
+
+
+def runner_loader(
+    backend: str, shape: ModelShape, seq_length: int, *, device: str, dtype: str, batch_size: int, output_dir: Path
+) -> Callable[[Path], Callable[[], object]]:
+    """For a checkpoint, what builds its runner on `backend` (pick_backend's), called only when a model has
+    something to compute (loop.evaluate_model). seq_length: MindFormers' static sequence (the longest prompt
+    plus the most new tokens); the rest as MindFormersRunner takes them."""
+
+    def loader(ckpt: Path) -> Callable[[], object]:
+        if backend == "numpy":
+            return lambda: NumpyRunner.from_checkpoint(shape, ckpt, batch_size)
+        return lambda: MindFormersRunner(
+            shape, ckpt, seq_length, device=device, dtype=dtype, batch_size=batch_size, output_dir=output_dir
+        )
+
+    return loader

@@ -20,9 +20,15 @@ from tunebox.model.lora import merge_lora_into_base
 from tunebox.model.registry import ModelShape
 
 
-def merged_in_memory(shape: ModelShape, lora: LoraSection, base_arrays: dict, lora_arrays: dict, scale: float):
-    """The NumpyLlama of W + scale * (alpha / r) * B A, without writing a checkpoint."""
-    merged = merge_lora_into_base(base_arrays, lora_arrays, lora.alpha, lora.rank, scale)
+def merged_in_memory(
+    shape: ModelShape, lora: LoraSection, base_ckpt: Path, lora_file: Path, scale: float, arrays: dict
+) -> NumpyLlama:
+    """The NumpyLlama of W + scale * (alpha / r) * B A, without writing a checkpoint. `arrays` keeps the
+    two checkpoints' arrays between scales: each file is read once."""
+    if not arrays:
+        arrays["base"] = load_checkpoint_numpy(base_ckpt)
+        arrays["lora"] = load_checkpoint_numpy(lora_file)
+    merged = merge_lora_into_base(arrays["base"], arrays["lora"], lora.alpha, lora.rank, scale)
     return NumpyLlama(merged, shape, source=f"in-memory merge at scale {scale:g}")
 
 
@@ -52,18 +58,12 @@ def scale_dial(
     if not target.get("lora_file"):
         raise InputError(f"merge/index.json names no LoRA file for {target['name']}: run merge again")
     lora_file = train_dir / target["lora_file"]
-    lora_sha, base_sha = sha256_file(lora_file), sha256_file(base_ckpt)
     arrays: dict = {}
 
     def load(scale):
-        def build():
-            if not arrays:
-                arrays["base"] = load_checkpoint_numpy(base_ckpt)
-                arrays["lora"] = load_checkpoint_numpy(lora_file)
-            return NumpyRunner(merged_in_memory(shape, lora, arrays["base"], arrays["lora"], scale), batch_size)
+        return lambda: NumpyRunner(merged_in_memory(shape, lora, base_ckpt, lora_file, scale, arrays), batch_size)
 
-        return build
-
+    lora_sha, base_sha = sha256_file(lora_file), sha256_file(base_ckpt)
     points = []
     for scale in scales:
         name = f"scale-{scale:g}"

@@ -8,10 +8,9 @@ import resource
 from pathlib import Path
 
 from tunebox import layout
-from tunebox.config import LoraSection, TrainSection
+from tunebox.config import TrainSection
 from tunebox.io import InputError, atomic_write_json, atomic_write_text, read_jsonl
 from tunebox.model.mf_config import CHECKPOINT_PREFIX
-from tunebox.model.registry import ModelShape
 
 TRAIN_STATE = "train_state.json"  # {"train_hash": ...} of the settings that wrote this folder
 
@@ -76,13 +75,11 @@ def write_outputs(
     run_dir: Path,
     prepared: dict,
     losses: list[dict],
-    shape: ModelShape,
-    lora: LoraSection,
     train: TrainSection,
     run_s: float,
 ) -> dict:
     """After the Trainer: the checkpoint index, loss.csv and summary (rank 0's files) from the loss log
-    (`losses`, read_loss_log); returns the summary."""
+    (`losses`, read_loss_log) and what inputs.prepare() found (`prepared`); returns the summary."""
     out = run_dir / "train"
     plan = prepared["plan"]
     if not losses or losses[-1]["step"] < plan["total_steps"]:
@@ -121,7 +118,7 @@ def write_outputs(
     steady = [r for r in losses if r["step"] > start_step + 1] or losses
     seconds = sum(r["seconds"] for r in steady)
     tokens = prepared["tokens_per_row"] * train.batch_size * len(steady)
-    trainable, total_params = shape.lora_params(lora.rank, lora.target_modules), shape.total_params()
+    trainable, total_params = prepared["trainable_params"], prepared["total_params"]
     summary = {
         "steps": plan["total_steps"],
         "checkpoint_steps": plan["checkpoint_steps"],

@@ -4,12 +4,13 @@ size) and what a resumed run must share with the one it resumes."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
 import numpy as np
 
-from tunebox.config import RunSpec, TrainSection
+from tunebox.config import DataSection, LoraSection, ModelSection, TrainSection
 from tunebox.io import InputError
 
 
@@ -48,9 +49,13 @@ def answer_capacity(ids: np.ndarray, labels: np.ndarray, pad_id: int) -> int:
     return min(-(-max(most, 1) // 8) * 8, ids.shape[1] - 1)
 
 
-def train_hash(spec: RunSpec) -> str:
+def _settings(section) -> dict:
+    """A section's settings by name; a nested section (train.parallel) goes through json.dumps's default."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+
+def train_hash(model: ModelSection, data: DataSection, lora: LoraSection, train: TrainSection) -> str:
     """What must match for a resume to be valid: model, data, LoRA and train settings (not eval)."""
-    d = spec.to_dict()
-    keep = {k: d[k] for k in ("model", "data", "lora")}
-    keep["train"] = {k: v for k, v in d["train"].items() if k not in ("save_state_every", "master_port")}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+    keep = {"model": _settings(model), "data": _settings(data), "lora": _settings(lora)}
+    keep["train"] = {k: v for k, v in _settings(train).items() if k not in ("save_state_every", "master_port")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=_settings).encode()).hexdigest()[:16]
