@@ -96,12 +96,23 @@ def tiny_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_cache) -> dict:
-    """prep -> train -> merge -> evaluate on the tiny recipe, once per test session."""
+    """prep -> train -> merge -> evaluate on the tiny recipe, once per test session; consoles: each job's
+    stdout + stderr, and in_cwd: what they left in their working folder besides runs/ (test_console reads both)."""
     work = tmp_path_factory.mktemp("tinyrun")
     runs = work / "runs"
+    consoles = {}
     for job in ("prep", "train", "merge", "evaluate"):
-        run_job(job, TINY_RECIPE, tiny_cache, work, f"runs_dir={runs}")
-    return {"run_dir": runs / "tiny", "cache": tiny_cache, "work": work, "runs": runs}
+        proc = run_job(job, TINY_RECIPE, tiny_cache, work, f"runs_dir={runs}")
+        consoles[job] = proc.stdout + proc.stderr
+    in_cwd = sorted(p.name for p in work.iterdir() if p != runs)
+    return {
+        "run_dir": runs / "tiny",
+        "cache": tiny_cache,
+        "work": work,
+        "runs": runs,
+        "consoles": consoles,
+        "in_cwd": in_cwd,
+    }
 
 
 @pytest.fixture(scope="session")

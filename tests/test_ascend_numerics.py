@@ -27,7 +27,7 @@ from tunebox.model.checkpoint import (
     load_checkpoint_numpy,
     save_checkpoint_numpy,
 )
-from tunebox.model.mf_config import dump, render_predict_config
+from tunebox.model.mf_config import PredictRequest, dump, render_predict_config
 from tunebox.model.registry import get_model_shape, lora_targets, with_overrides
 
 ASCEND_RECIPES = ["stage1-llama3-8b.yaml", "stage1-llama3-8b-cot.yaml", "stage2-internlm-7b.yaml"]
@@ -275,9 +275,8 @@ def test_the_bundles_predict_yaml_loads_the_merged_checkpoint_strictly(recipe, t
     base_ckpt, lora_ckpt = tiny_base_and_lora(tiny_model(spec), spec, tmp_path)
     spec = load_spec(REPO / "recipes" / recipe, [f"runs_dir={tmp_path / 'runs'}", f"model.checkpoint={base_ckpt}"])
     merged_ckpt = merged_by_the_merge_job(spec, lora_ckpt)
-    cfg = render_predict_config(
-        spec, checkpoint=str(merged_ckpt), tokenizer_dir="tok", max_new_tokens=8, special_tokens={}, stop_ids=[2]
-    )
+    request = PredictRequest(str(merged_ckpt), tokenizer_dir="tok", max_new_tokens=8, special_tokens={}, stop_ids=[2])
+    cfg = render_predict_config(spec, request)
     mf = mindformers_config(cfg, tmp_path)
     mf.model.model_config.update({**TINY_DIMS, "seq_length": 32})
     net = build_network(mf.model)

@@ -14,7 +14,7 @@ import yaml
 
 from conftest import REPO
 from tunebox.config import load_spec
-from tunebox.model.mf_config import R11_FILE, render_contest_predict_config, render_predict_config
+from tunebox.model.mf_config import R11_FILE, PredictRequest, render_contest_predict_config, render_predict_config
 from tunebox.submission import contents
 
 R11 = json.loads((REPO / "tunebox/contest/mindformers_r1.1.json").read_text(encoding="utf-8"))
@@ -67,11 +67,13 @@ def contest_config(recipe: str) -> tuple[object, dict]:
     spec = load_spec(REPO / "recipes" / recipe)
     return spec, render_contest_predict_config(
         spec,
-        checkpoint="../checkpoints/step-000100/model.ckpt",
-        tokenizer_dir="../tokenizer",
-        max_new_tokens=20,
-        special_tokens=TOKENS,
-        stop_ids=[2, 4],
+        PredictRequest(
+            checkpoint="../checkpoints/step-000100/model.ckpt",
+            tokenizer_dir="../tokenizer",
+            max_new_tokens=20,
+            special_tokens=TOKENS,
+            stop_ids=[2, 4],
+        ),
     )
 
 
@@ -89,11 +91,13 @@ def test_the_checker_catches_what_r11_lacks():
         r11_problems(
             render_predict_config(
                 spec,
-                checkpoint="x.ckpt",
-                tokenizer_dir="../tokenizer",
-                max_new_tokens=20,
-                special_tokens=TOKENS,
-                stop_ids=[2],
+                PredictRequest(
+                    checkpoint="x.ckpt",
+                    tokenizer_dir="../tokenizer",
+                    max_new_tokens=20,
+                    special_tokens=TOKENS,
+                    stop_ids=[2],
+                ),
             )
         )
     )

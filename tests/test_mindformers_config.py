@@ -18,7 +18,7 @@ from conftest import REPO, TINY_RECIPE, rendered, run_job
 from tunebox.config import load_spec
 from tunebox.io import InputError
 from tunebox.model import budget
-from tunebox.model.mf_config import dump, render_predict_config, topology
+from tunebox.model.mf_config import PredictRequest, dump, render_predict_config, topology
 from tunebox.model.registry import get_model_shape, mindformers_target_regex, with_overrides
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
@@ -141,11 +141,13 @@ def test_predict_config_names_the_checkpoint_and_tokenizer(tmp_path, mf_cwd):
     spec = load_spec(TINY_RECIPE)
     cfg = render_predict_config(
         spec,
-        checkpoint="../checkpoints/step-000027/model.ckpt",
-        tokenizer_dir="../tokenizer",
-        max_new_tokens=24,
-        special_tokens={"bos_token": "<s>", "eos_token": "</s>"},
-        stop_ids=[2, 4],
+        PredictRequest(
+            checkpoint="../checkpoints/step-000027/model.ckpt",
+            tokenizer_dir="../tokenizer",
+            max_new_tokens=24,
+            special_tokens={"bos_token": "<s>", "eos_token": "</s>"},
+            stop_ids=[2, 4],
+        ),
     )
     path = tmp_path / "predict.yaml"
     path.write_text(dump(cfg), encoding="utf-8")

@@ -18,23 +18,13 @@ from typing import Callable
 from tunebox import layout
 from tunebox.chaos import kill_point
 from tunebox.config import RunSpec, describe
+from tunebox.console import log_to_job_folder, setup_logging
 from tunebox.io import InputError, remove_leftovers
 from tunebox.manifest import finished_job, mark_job_started
 from tunebox.runlock import hold_run_folder
 from tunebox.spec_checks import load_checked_spec
 
 log = logging.getLogger("tunebox")
-
-
-def setup_logging() -> None:
-    level = os.environ.get("TUNEBOX_LOG", "INFO")
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-    )
-    # The console handler filters too: a library that sets its own logger to DEBUG (jieba does, on import) would
-    # otherwise print its DEBUG records here, since only the logger's own level is checked before propagation.
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(level)
 
 
 def job_process_env(jobs_dir) -> dict:
@@ -135,6 +125,7 @@ def run_job(
 
     def body() -> None:  # a job's main reports through its files; its return value is not an exit code
         spec = load_checked_spec(args.config, args.overrides)
+        log_to_job_folder(spec.job_dir(name))  # libraries' lines to <run>/<job>/log/, not the console
         run_lock.enter_context(hold_run_folder(spec.run_dir, name))
         if skip_finished:
             done, why = finished_job(spec.job_dir(name), spec)

@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from tunebox.console import lib_console_level
 from tunebox.model.checkpoint import LORA_A, LORA_B, bfloat16, convert_float_bits, numpy_dtype
 from tunebox.model.mf_config import EXTENSIONS_FILE, resume_settings
 from tunebox.model.registry import ModelShape, llama_config_kwargs, mindformers_target_regex
@@ -50,7 +51,7 @@ def setup_device(
 
 def quiet_mindformers_console() -> None:
     """Third-party noise goes to the job's log files, not its console, so the console tells the run's story in
-    tunebox's own lines. The level the consoles keep comes from TUNEBOX_MF_CONSOLE_LEVEL (default ERROR):
+    tunebox's own lines. The level the consoles keep is tunebox.console.lib_console_level (default ERROR):
       - MindFormers' console handler; its file log (<run>/<job>/log/rank_N/info.log, INFO and up) keeps all;
       - the config MindFormers pprints to stdout before training (~70 lines): into that file log;
       - tensorboardX's "Summary name learning-rate vs samples is illegal" (one per logged step): that file log;
@@ -60,7 +61,7 @@ def quiet_mindformers_console() -> None:
     from mindformers.tools.logger import get_logger
     from mindformers.trainer import base_trainer
 
-    level = os.environ.get("TUNEBOX_MF_CONSOLE_LEVEL", "ERROR")
+    level = logging.getLevelName(lib_console_level())
     mf_logger = get_logger()
     files = [h for h in mf_logger.handlers if isinstance(h, logging.FileHandler)]
     for handler in mf_logger.handlers:

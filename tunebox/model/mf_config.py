@@ -355,33 +355,24 @@ MF19_HEADER = (
 )
 
 
-def render_predict_config(
-    spec,
-    *,
-    checkpoint: str,
-    tokenizer_dir: str,
-    max_new_tokens: int,
-    special_tokens: dict,
-    stop_ids: list[int],
-    seq_length: Optional[int] = None,
-) -> dict:
-    """MindFormers 1.9's predict config for a merged (plain LlamaForCausalLM) checkpoint, with the
-    tokenizer class MindFormers registers for this model (MF19_TOKENIZER) on the bundled tokenizer.json:
-    greedy, the spec's device and dtype, stopping at the template's end-of-turn ids (stop_ids) as
-    tunebox's decoder does. special_tokens: tokenizer_config.json's bos/eos/pad/unk token strings.
+@dataclass(frozen=True)
+class PredictRequest:
+    """What a predict config is written for, whichever MindFormers reads it: the checkpoint and the folder of
+    the tokenizer files as the config names them (relative to the config in a submission), the new tokens to
+    generate, tokenizer_config.json's bos/eos/pad/unk token strings, the template's end-of-turn ids, and the
+    sequence length (default: the spec's, at least 512)."""
 
-    No BOS is added by the tokenizer (add_bos_token False): the prompt text carries it where the
-    model's template wants one (InternLM's), exactly as prep and evaluate encode it. Incremental
-    decoding (use_past) off CPU only: MindSpore's CPU rotary kernel takes fp16/bf16 only under use_past."""
-    shape = get_model_shape(spec.model.name)
-    seq = seq_length or max(spec.data.seq_length, 512)
-    t = spec.train
-    model_config = {
-        "type": "LlamaConfig",
-        **predict_model_kwargs(
-            shape, merged_weight_dtype(spec.merge, t), seq_length=seq, batch_size=1, use_past=t.device != "CPU"
-        ),
-        "eos_token_id": [int(i) for i in stop_ids],
+    checkpoint: str
+    tokenizer_dir: str
+    max_new_tokens: int
+    special_tokens: dict
+    stop_ids: list[int]
+    seq_length: Optional[int] = None
+
+
+def _greedy(seq: int, max_new_tokens: int) -> dict:
+    """A predict config's generation keys (model_config): greedy, up to max_new_tokens within seq tokens."""
+    return {
         "checkpoint_name_or_path": "",
         "do_sample": False,
         "top_k": 1,
@@ -390,6 +381,10 @@ def render_predict_config(
         "max_new_tokens": max_new_tokens,
         "repetition_penalty": 1.0,
     }
+
+
+def _predict_run(checkpoint: str, model_name: str) -> dict:
+    """A predict config's first keys: one process, the checkpoint as it is (no transform)."""
     return {
         "seed": 0,
         "output_dir": "./output",
@@ -397,7 +392,32 @@ def render_predict_config(
         "auto_trans_ckpt": False,
         "run_mode": "predict",
         "use_parallel": False,
-        "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": spec.model.name},
+        "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": model_name},
+    }
+
+
+def render_predict_config(spec, request: PredictRequest) -> dict:
+    """MindFormers 1.9's predict config for a merged (plain LlamaForCausalLM) checkpoint, with the
+    tokenizer class MindFormers registers for this model (MF19_TOKENIZER) on the bundled tokenizer.json:
+    greedy, the spec's device and dtype, stopping at the template's end-of-turn ids (request.stop_ids) as
+    tunebox's decoder does.
+
+    No BOS is added by the tokenizer (add_bos_token False): the prompt text carries it where the
+    model's template wants one (InternLM's), exactly as prep and evaluate encode it. Incremental
+    decoding (use_past) off CPU only: MindSpore's CPU rotary kernel takes fp16/bf16 only under use_past."""
+    shape = get_model_shape(spec.model.name)
+    seq = request.seq_length or max(spec.data.seq_length, 512)
+    t = spec.train
+    model_config = {
+        "type": "LlamaConfig",
+        **predict_model_kwargs(
+            shape, merged_weight_dtype(spec.merge, t), seq_length=seq, batch_size=1, use_past=t.device != "CPU"
+        ),
+        "eos_token_id": [int(i) for i in request.stop_ids],
+        **_greedy(seq, request.max_new_tokens),
+    }
+    return {
+        **_predict_run(request.checkpoint, spec.model.name),
         "context": {"mode": 0, "device_target": t.device, "max_call_depth": 10000},
         "parallel_config": {"data_parallel": 1, "model_parallel": 1, "pipeline_stage": 1},
         "model": {"model_config": model_config, "arch": {"type": "LlamaForCausalLM"}},
@@ -406,8 +426,8 @@ def render_predict_config(
             "tokenizer": {
                 "type": MF19_TOKENIZER[spec.model.name],
                 "vocab_file": None,
-                "tokenizer_file": f"{tokenizer_dir}/tokenizer.json",
-                **{k: special_tokens.get(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
+                "tokenizer_file": f"{request.tokenizer_dir}/tokenizer.json",
+                **{k: request.special_tokens.get(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
                 "add_bos_token": False,
                 "add_eos_token": False,
             },
@@ -481,23 +501,14 @@ def r11_header(model_name: str) -> str:
     return text
 
 
-def render_contest_predict_config(
-    spec,
-    *,
-    checkpoint: str,
-    tokenizer_dir: str,
-    max_new_tokens: int,
-    special_tokens: dict,
-    stop_ids: list[int],
-    seq_length: Optional[int] = None,
-) -> dict:
+def render_contest_predict_config(spec, request: PredictRequest) -> dict:
     """A predict config for the contest's MindFormers r1.1, with the classes the contest's teams used
     (R11_MODELS). Refuses what r1.1 would silently get wrong: a bias on the attention output under
     LlamaConfig, InternLM projections with and without bias mixed. A tied LM head (SmolLM2) has no r1.1
     key either; r11_header says so for such a model."""
     shape = get_model_shape(spec.model.name)
     config_cls, arch, tokenizer_cls, (file_key, file_name), _ = R11_MODELS[spec.model.name]
-    seq = seq_length or max(spec.data.seq_length, 512)
+    seq = request.seq_length or max(spec.data.seq_length, 512)
     # the contest's stack is Ascend (CANN 8.0.RC1): incremental decoding on, whatever device this run used
     # weights in the merged checkpoints' dtypes, so r1.1 loads them as they are
     kwargs = predict_model_kwargs(
@@ -519,30 +530,19 @@ def render_contest_predict_config(
     model_config = {
         "type": config_cls,
         **kwargs,
-        "eos_token_id": int(stop_ids[-1]),
-        "checkpoint_name_or_path": "",
-        "do_sample": False,
-        "top_k": 1,
-        "top_p": 1.0,
-        "max_decode_length": seq,
-        "max_new_tokens": max_new_tokens,
-        "repetition_penalty": 1.0,
+        "eos_token_id": int(request.stop_ids[-1]),
+        **_greedy(seq, request.max_new_tokens),
     }
+    special_tokens = request.special_tokens
     tokenizer = {
         "type": tokenizer_cls,
-        file_key: f"{tokenizer_dir}/{file_name}",
+        file_key: f"{request.tokenizer_dir}/{file_name}",
         **{k: special_tokens[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if special_tokens.get(k)},
         "add_bos_token": False,
         "add_eos_token": False,
     }
     return {
-        "seed": 0,
-        "output_dir": "./output",
-        "load_checkpoint": checkpoint,
-        "auto_trans_ckpt": False,
-        "run_mode": "predict",
-        "use_parallel": False,
-        "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": spec.model.name},
+        **_predict_run(request.checkpoint, spec.model.name),
         "context": {"mode": 0, "device_target": "Ascend", "max_call_depth": 10000, "device_id": 0},
         "parallel_config": {"data_parallel": 1, "model_parallel": 1, "pipeline_stage": 1},
         "model": {"model_config": model_config, "arch": {"type": arch}},

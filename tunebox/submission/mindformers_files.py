@@ -19,6 +19,7 @@ from tunebox.model.mf_config import (
     MF19_HEADER,
     R11_FILE,
     R11_MODELS,
+    PredictRequest,
     dump,
     r11_header,
     render_contest_predict_config,
@@ -104,25 +105,24 @@ def write_mindformers_files(spec: RunSpec, folder: Path, chosen_step: int, tok) 
     folder.mkdir()
     as_run = yaml.safe_load((spec.job_dir("train") / "mindformers.yaml").read_text(encoding="utf-8"))
     atomic_write_text(folder / "finetune.yaml", dump(portable_finetune_config(as_run, spec.run_dir), MF19_HEADER))
-    checkpoint = f"../{contents.checkpoint_file(chosen_step)}"
-    # the same prediction for both MindFormers versions: the chosen checkpoint, the bundled tokenizer
-    predict = dict(
-        checkpoint=checkpoint,
+    request = PredictRequest(
+        checkpoint=f"../{contents.checkpoint_file(chosen_step)}",
         tokenizer_dir="../tokenizer",
         max_new_tokens=spec.eval.max_new_tokens,
         special_tokens=tok.config,
         stop_ids=tok.stop_ids,
     )
-    atomic_write_text(folder / "predict.yaml", dump(render_predict_config(spec, **predict), MF19_HEADER))
-    r11 = render_contest_predict_config(spec, **predict)
-    atomic_write_text(folder / R11_FILE, dump(r11, r11_header(spec.model.name)))
+    atomic_write_text(folder / "predict.yaml", dump(render_predict_config(spec, request), MF19_HEADER))
+    atomic_write_text(
+        folder / R11_FILE, dump(render_contest_predict_config(spec, request), r11_header(spec.model.name))
+    )
     shutil.copy2(EXTENSIONS_FILE, folder / EXTENSIONS_FILE.name)
     topo = topology(spec.train)
     heldout = read_jsonl(spec.run_dir / layout.PREP_HELDOUT)
     atomic_write_text(
         folder / "README.md",
         MF_README.format(
-            checkpoint=checkpoint,
+            checkpoint=request.checkpoint,
             prompt=ansi_c_quoted(spec_prompt(tok, heldout[0]["prompt"], spec.data)),
             topology=f"this run: {topo.workers} worker(s), data {topo.data_parallel} x model {topo.model_parallel} "
             f"x pipeline {topo.pipeline_stage}",
