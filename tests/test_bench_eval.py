@@ -8,16 +8,19 @@ import pytest
 from test_decode import VARIANTS, random_parameters
 
 from benches.bench_eval import hf_generate, hf_model_of
+from conftest import cannot_run
 from tunebox.evaluation.decode import NumpyLlama, greedy_generate
-
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
 
 
 @pytest.mark.parametrize("variant", ["gqa-untied", "mha-tied-theta"])
 def test_hf_generate_matches_greedy_generate_token_for_token(variant):
     """Left-padded, length-sorted batches of unequal prompts, a stop token some rows meet and others do not.
     Mutants: right padding in hf_generate; the stop token kept in the output."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        cannot_run(f"{exc}: pip install -e '.[test]' brings torch (CPU) and transformers")
     spec = VARIANTS[variant]
     params = random_parameters(spec, seed=4)
     model = NumpyLlama(params, spec)
