@@ -16,6 +16,7 @@ from typing import Optional
 
 import yaml
 
+from tunebox.cli import add_spec_overrides
 from tunebox.deploy.k8s import default_output, list_overlays, render
 from tunebox.io import InputError, atomic_write_text
 
@@ -30,14 +31,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--overlay", default="local-cpu", help=f"one of: {', '.join(list_overlays())}")
     parser.add_argument("--image", help="image reference (default: tunebox:VERSION-STACK for the spec's device)")
     parser.add_argument("--namespace", help="put every object in this namespace")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra spec override, passed to the pods as --set too (repeatable)",
-    )
+    add_spec_overrides(parser, "extra spec override, passed to the pods as --set too (repeatable)")
     parser.add_argument("-o", "--output", help="file to write ('-' for stdout; default build/k8s/RUN.OVERLAY.yaml)")
     parser.add_argument("--json", action="store_true", help="print the plan (job, image, pods) as JSON on stdout")
     parser.add_argument(

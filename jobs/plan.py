@@ -140,9 +140,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
         rank, targets, _ = s["lora"]
         # the Ascend time model, as the command line sets it: the recipe's run and the baseline's alike
-        time_model = dict(mfu=args.mfu, peak_tflops=args.peak_tflops, recompute=not args.no_recompute)
+        time_model = budget.TimeModel(mfu=args.mfu, peak_tflops=args.peak_tflops, recompute=not args.no_recompute)
         trainable = s["model"].lora_params(rank, targets)
-        est = budget.estimate_time(s["model"], workload, trainable, measured_step_s=args.measured_step_s, **time_model)
+        est = budget.estimate_time(s["model"], workload, trainable, time_model, measured_step_s=args.measured_step_s)
         reference_mfu = budget.calibrated_mfu(args.peak_tflops)
         run = s["spec"] or RunSpec(
             model=ModelSection(name=s["model"].name), lora=LoraSection(rank=rank, target_modules=targets)
@@ -152,7 +152,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         comparison = None
         if s["spec"] is not None:
             lora = (rank, targets)
-            comparison = budget.compare_with_baseline(s["model"], s["stage"], s["baseline"], lora, est, **time_model)
+            comparison = budget.compare_with_baseline(s["model"], s["stage"], s["baseline"], lora, est, time_model)
     except (InputError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2

@@ -140,8 +140,8 @@ def test_calibration_reproduces_the_contest_six_hours():
 
 def test_peak_figure_cancels_out_of_calibrated_predictions():
     work = budget.Workload(rows=27_604, seq_length=2048, epochs=10, global_batch=16, cards=4)
-    a = budget.estimate_time(INTERNLM, work, 8_388_608, peak_tflops=320.0)
-    b = budget.estimate_time(INTERNLM, work, 8_388_608, peak_tflops=256.0)
+    a = budget.estimate_time(INTERNLM, work, 8_388_608, budget.TimeModel(peak_tflops=320.0))
+    b = budget.estimate_time(INTERNLM, work, 8_388_608, budget.TimeModel(peak_tflops=256.0))
     assert a.mfu != b.mfu
     assert a.wall_seconds == pytest.approx(b.wall_seconds, rel=1e-12)
     # twice the cards, half the time; twice the epochs, twice the time
@@ -161,10 +161,18 @@ def test_measured_step_time_replaces_the_model():
     assert est.mfu == pytest.approx(45_592_084_480 * 64 * 256 / (4 * 320e12 * 2.5), rel=1e-12)
 
 
-@pytest.mark.parametrize("kwargs", [dict(mfu=20), dict(mfu=0), dict(measured_step_s=0), dict(peak_tflops=-1)])
-def test_impossible_time_inputs_are_refused(kwargs):
+@pytest.mark.parametrize(
+    "time_model, measured",
+    [
+        (budget.TimeModel(mfu=20), None),
+        (budget.TimeModel(mfu=0), None),
+        (budget.TimeModel(), 0),
+        (budget.TimeModel(peak_tflops=-1), None),
+    ],
+)
+def test_impossible_time_inputs_are_refused(time_model, measured):
     with pytest.raises(ValueError):
-        budget.estimate_time(LLAMA3, budget.CONTEST_REFERENCE.workload, 1, **kwargs)
+        budget.estimate_time(LLAMA3, budget.CONTEST_REFERENCE.workload, 1, time_model, measured_step_s=measured)
 
 
 def test_workload_needs_a_whole_batch():

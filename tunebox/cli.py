@@ -49,15 +49,13 @@ def job_parser(name: str, summary: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", "-c", required=True, metavar="SPEC.yaml", help="run spec (a path, or a recipe name from recipes/)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec value, e.g. --set train.max_steps=10 (repeatable)",
-    )
+    add_spec_overrides(parser, "override a spec value, e.g. --set train.max_steps=10 (repeatable)")
     return parser
+
+
+def add_spec_overrides(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--set KEY=VALUE` (repeatable, into args.overrides): how every tool that loads a run spec overrides it."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def tool_parser(name: str, description: str, epilog: str) -> argparse.ArgumentParser:

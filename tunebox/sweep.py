@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tunebox import layout
-from tunebox.cli import guarded, job_process_env, setup_logging
+from tunebox.cli import add_spec_overrides, guarded, job_process_env, setup_logging
 from tunebox.config import REPO_ROOT, RunSpec, load_spec
 from tunebox.deploy.k8s import render_sweep
 from tunebox.evaluation.intervals import wilson_interval
@@ -670,14 +670,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="the sweep's name: runs/sweeps/NAME/ and its runs' id prefix "
         "(default: the recipe's run_id and the grid keys)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec value for every point (repeatable)",
-    )
+    add_spec_overrides(parser, "override a spec value for every point (repeatable)")
     parser.add_argument(
         "--collect", action="store_true", help="run nothing: build the table from the run folders there are"
     )

@@ -293,6 +293,16 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class TimeModel:
+    """How a run's Ascend time is modelled: the card's peak, the model FLOPs utilisation (None: the one
+    calibrated on the contest's reference run, calibrated_mfu()), and whether activations are recomputed."""
+
+    mfu: Optional[float] = None
+    peak_tflops: float = ASCEND_910B_PEAK_FP16_TFLOPS
+    recompute: bool = True
+
+
+@dataclass(frozen=True)
 class TimeEstimate:
     model: str
     workload: Workload
@@ -320,15 +330,14 @@ def estimate_time(
     shape: ModelShape,
     workload: Workload,
     lora_trainable: int,
+    time_model: TimeModel = TimeModel(),
     *,
-    mfu: Optional[float] = None,
-    peak_tflops: float = ASCEND_910B_PEAK_FP16_TFLOPS,
-    recompute: bool = True,
     measured_step_s: Optional[float] = None,
 ) -> TimeEstimate:
     """Step and wall time of a LoRA run. With measured_step_s the wall time is steps x that, and
     the MFU reported is the one it implies; otherwise step time comes from FLOPs / (cards x peak x
     MFU), MFU defaulting to the calibrated one (calibrated_mfu())."""
+    mfu, peak_tflops, recompute = time_model.mfu, time_model.peak_tflops, time_model.recompute
     if peak_tflops <= 0:
         raise ValueError(f"peak TFLOPS must be positive, got {peak_tflops}")
     per_token = lora_flops_per_token(shape, workload.seq_length, lora_trainable, recompute).total
@@ -433,10 +442,7 @@ def compare_with_baseline(
     baseline: Baseline,
     recipe_lora: tuple[int, str],
     recipe_time: TimeEstimate,
-    *,
-    mfu: Optional[float],
-    peak_tflops: float,
-    recompute: bool,
+    time_model: TimeModel,
 ) -> dict:
     """The recipe next to the contest baseline: LoRA layout, trainable parameters, the ratio the contest
     computes, its cost in score, and each one's Ascend time (the baseline on the stage's reference workload,
@@ -450,9 +456,7 @@ def compare_with_baseline(
         global_batch=defaults["batch"],
         cards=defaults["cards"],
     )
-    base_time = estimate_time(
-        shape, base_workload, base_trainable, mfu=mfu, peak_tflops=peak_tflops, recompute=recompute
-    )
+    base_time = estimate_time(shape, base_workload, base_trainable, time_model)
     rank, targets = recipe_lora
     rows = []
     for name, r, t, trainable, e in (
