@@ -209,6 +209,11 @@ DIFFERENCES = {
         "MindFormers overrides the dataset's batch_size with runner_config.batch_size (64 in both)"
     ),
     "parallel.enable_alltoall": ABSENT_DEFAULT + " (False)",
+    "parallel.full_batch": (
+        "MindFormers 1.9 deprecates full_batch for parallel.dataset_strategy, which tunebox renders as "
+        "full_batch (each rank reads the whole batch, as full_batch True did; test_mindformers_keys checks the "
+        "context is the same); full_batch is null so 1.9's template does not fill in True and the warning"
+    ),
     "parallel.enable_parallel_optimizer": (
         "the parallel optimizer shards optimizer state over the data-parallel ranks; at data_parallel 1 "
         "there is nothing to shard over, so on or off the run is the same"

@@ -167,11 +167,18 @@ def render_train_config(
         "parallel_mode": parallel_mode,
         "gradients_mean": parallel_mode == 0,
         "enable_parallel_optimizer": False,
-        "full_batch": parallel_mode != 0,
+        # MindFormers 1.9 deprecates full_batch for dataset_strategy, and its config template fills in
+        # full_batch: True when the key is absent (tools/register/template.py MsParallelConfig), which
+        # brings the warning back (trainer/base_trainer.py _set_full_batch_with_strategy): null is "not set".
+        # The dataset strategy is MindFormers' default for a MindDataset, "full_batch", which the Trainer
+        # applies before it reads the context (_train_dataset_preprocess), as full_batch True/False did.
+        "full_batch": None,
     }
     if parallel_mode != 0:
         parallel.update(
             {
+                # each rank reads the whole batch; the model's sharding splits it (semi_auto_parallel)
+                "dataset_strategy": "full_batch",
                 "search_mode": "sharding_propagation",
                 "strategy_ckpt_save_file": str(out_dir / "strategy" / "ckpt_strategy.ckpt"),
             }
@@ -274,6 +281,11 @@ def render_train_config(
         # grad-norm per step into <tensorboard_dir>/rank_<r>/events.out.tfevents.*, beside loss.jsonl.
         # Keys as in https://www.mindspore.cn/mindformers/docs/en/r1.5.0/function/monitor.html
         "tensorboard": {"tensorboard_dir": str(out_dir / "tensorboard"), "tensorboard_queue_size": 10},
+        # No global-norm health check, as before. MindFormers 1.9's template gives monitor_config the
+        # deprecated global_norm_spike_threshold 3.0 (tools/register/template.py MonitorConfig), for which
+        # the Trainer warns (trainer/trainer.py _convert_quick_resume_training_config); null leaves it
+        # unset. Its wrapper reads it only with use_skip_data_by_global_norm, which is off.
+        "monitor_config": {"global_norm_spike_threshold": None},
         "context": context,
         "model": {"model_config": model_config, "arch": arch},
         "runner_wrapper": wrapper,
