@@ -1188,3 +1188,254 @@ def test_predict_cannot_run_without_its_inputs(tmp_path, monkeypatch):
         "note",
         "MindFormers is not installed here: mindformers/predict.yaml was not run",
     )
+
+
+def test_squad_retention_verdict_must_be_a_bool(tmp_path):
+    """passes_retention 1 is not the verdict True (results.json holds a JSON boolean). Mutant: `got is not want`
+    turned into `got != want` (1 == True)."""
+    write_jsonl(tmp_path, "logs/evaluate/base/squad_predictions.jsonl", squad_rows(2, 0))
+    write_jsonl(tmp_path, "logs/evaluate/step-000004/squad_predictions.jsonl", squad_rows(2, 0))
+    rows = {"step-000004": {"squad_f1": 100.0, "squad_em": 100.0, "passes_retention": 1}}
+    assert run_squad(tmp_path, rows, {"squad_f1": 100.0, "squad_em": 100.0}, ["base", "step-000004"])[1] == [
+        (
+            "FAIL",
+            "results.json step-000004 passes_retention = 1; its SQuAD F1/EM (100.00/100.00) against the "
+            "base's (100.00/100.00) give True",
+        )
+    ]
+
+
+# ---- results.json against the logs --------------------------------------------------------------
+
+# The "tiny" model (tunebox/model/registry.py: vocab 384, dim 64, 2 layers, 4 heads, 2 KV heads, ffn 128) with
+# LoRA rank 2 on wq and wv, worked out by hand:
+#   trainable: per layer wq 2*64 + 64*2 = 256, wv (out 2 KV heads * 16 = 32) 2*64 + 32*2 = 192; 2 layers: 896
+#   total: embedding and output 384*64 each = 49152; per layer wq 4096 + wk 2048 + wv 2048 + wo 4096
+#          + w1, w2, w3 3*8192 + two norms 128 = 36992, two layers 73984; final norm 64: 123200
+#   ratio 896/123200 = 0.00727272...; stage 1 score (1 - ratio) * 0.3 + accuracy * 0.7
+RATIO = 896 / 123200
+TINY_SPEC = SimpleNamespace(
+    run_id="tiny",
+    stage=1,
+    data=SimpleNamespace(format="math"),
+    model=SimpleNamespace(name="tiny"),
+    lora=SimpleNamespace(rank=2, target_modules="wq|wv"),
+    eval=SimpleNamespace(limit=0),
+)
+
+
+def hand_row(step: int, strict: float, loss: float) -> dict:
+    return {
+        "model": f"step-{step:06d}",
+        "step": step,
+        "checkpoint": ckpt(step),
+        "sha256": fake_sha(step),
+        "train_loss": loss,
+        "n": 3,
+        "accuracy_strict": strict,
+        "accuracy_tolerant": strict,
+        "squad_f1": None,
+        "squad_em": None,
+        "retention_f1": None,
+        "retention_em": None,
+        "passes_retention": None,
+        "ratio": RATIO,
+        "score": (1 - RATIO) * 0.3 + strict * 0.7,
+        "score_tolerant": (1 - RATIO) * 0.3 + strict * 0.7,
+    }
+
+
+def results_folder(root: Path) -> dict:
+    """Base 1 of 3 right, step 2 two of 3, step 4 all three; no SQuAD. The choice: the highest score (step 4),
+    retention not measured. Returns results.json as written (to edit)."""
+    write_jsonl(root, "logs/prep/heldout.jsonl", HELDOUT)
+    answers = {"base": ["2", "41", "8"], "step-000002": ["2", "42", "8"], "step-000004": ["2", "42", "9"]}
+    for name, said in answers.items():
+        write_jsonl(
+            root,
+            f"logs/evaluate/{name}/predictions.jsonl",
+            [{**row, "answer": a} for row, a in zip(HELDOUT, said)],
+        )
+    write(root, "logs/evaluate/report.json", {})
+    write(root, MERGE, {"checkpoints": [{"step": 2, "train_loss": 2.5}, {"step": 4, "train_loss": 3.0}]})
+    results = {
+        "run_id": "tiny",
+        "stage": 1,
+        "format": "math",
+        "model": "tiny",
+        "trainable_params": 896,
+        "total_params": 123200,
+        "ratio": RATIO,
+        "contest_total_params": None,
+        "contest_ratio": None,
+        "ratio_for_score": RATIO,
+        "base": {
+            "model": "base",
+            "n": 3,
+            "accuracy_strict": 1 / 3,
+            "accuracy_tolerant": 1 / 3,
+            "squad_f1": None,
+            "squad_em": None,
+            "retention_f1": None,
+            "retention_em": None,
+            "passes_retention": None,
+        },
+        "checkpoints": [hand_row(2, 2 / 3, 2.5), hand_row(4, 1.0, 3.0)],
+        "chosen": {"model": "step-000004", "rule": "score (retention not measured)", "valid": None},
+        "code": {},
+    }
+    write(root, "results.json", results)
+    return results
+
+
+def run_results(root: Path, spec=TINY_SPEC, steps=(2, 4)):
+    sub, f = fresh(root)
+    actual = {ckpt(s): fake_sha(s) for s in steps}
+    got = checks.check_results(sub, f, spec, list(steps), actual)
+    return got, lines(f, "results")
+
+
+def test_results_match_the_logs(tmp_path):
+    """Mutants: the ok line's figures (prediction files, SQuAD files, ratio, choice) or words changed; the
+    results not returned; the ok line given under a failure."""
+    results = results_folder(tmp_path)
+    got, found = run_results(tmp_path)
+    assert got == results
+    assert found == [
+        (
+            "ok",
+            "results.json matches the logs (accuracies re-scored from 3 prediction files, SQuAD from 0, ratio "
+            "0.0072727273 from hyperparams.yaml); chosen step-000004 (score (retention not measured); valid: None)",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "key, was",
+    [
+        ("run_id", "'tiny'"),
+        ("stage", "1"),
+        ("format", "'math'"),
+        ("model", "'tiny'"),
+        ("trainable_params", "896"),
+        ("total_params", "123200"),
+        ("ratio", repr(RATIO)),
+        ("contest_total_params", "None"),
+        ("contest_ratio", "None"),
+        ("ratio_for_score", repr(RATIO)),
+    ],
+)
+def test_results_run_figures_edited(tmp_path, key, was):
+    """Each figure of the run set to 7. Mutants: a key left out of (or misspelt in) the list compared; the
+    comparison inverted; the message changed."""
+    results = results_folder(tmp_path)
+    results[key] = 7
+    write(tmp_path, "results.json", results)
+    assert run_results(tmp_path)[1] == [("FAIL", f"results.json {key} = 7, hyperparams.yaml gives {was}")]
+
+
+ROW_SOURCES = {
+    "accuracy_strict": "the bundled predictions",
+    "accuracy_tolerant": "the bundled predictions",
+    "n": "the bundled predictions",
+    "ratio": "hyperparams.yaml",
+    "score": "accuracy and ratio",
+    "score_tolerant": "accuracy and ratio",
+    "sha256": "the checkpoint file",
+    "train_loss": "logs/merge/index.json",
+    "checkpoint": "the layout",
+    "step": "the checkpoint folders",
+    "squad_f1": "logs/evaluate/report.json",
+    "squad_em": "logs/evaluate/report.json",
+    "retention_f1": "logs/evaluate/report.json",
+    "retention_em": "logs/evaluate/report.json",
+    "passes_retention": "logs/evaluate/report.json",
+}
+
+
+@pytest.mark.parametrize("key", list(ROW_SOURCES))
+def test_results_checkpoint_row_edited(tmp_path, key):
+    """Each figure of step 2's row set to 'x'; the message names where the right figure comes from. Mutants:
+    a source's name changed; the squad/retention/passes prefixes of the report's figures changed; the
+    comparison inverted."""
+    results = results_folder(tmp_path)
+    want = results["checkpoints"][0][key]
+    results["checkpoints"][0][key] = "x"
+    write(tmp_path, "results.json", results)
+    message = f"results.json step-000002 {key} = 'x', {ROW_SOURCES[key]} give(s) {want!r}"
+    assert run_results(tmp_path)[1] == [("FAIL", message)]
+
+
+def test_results_checkpoint_rows_missing_or_extra(tmp_path):
+    """Mutants: the rows' names compared unsorted or not at all; non-object rows kept; a missing row checked."""
+    results = results_folder(tmp_path)
+    results["checkpoints"] = [results["checkpoints"][1], "junk"]
+    write(tmp_path, "results.json", results)
+    assert run_results(tmp_path)[1] == [
+        ("FAIL", "results.json lists checkpoints ['step-000004'], the folder has ['step-000002', 'step-000004']")
+    ]
+    results["checkpoints"] = [hand_row(4, 1.0, 3.0), hand_row(2, 2 / 3, 2.5)]
+    write(tmp_path, "results.json", results)
+    assert run_results(tmp_path)[1][0][0] == "ok"
+
+
+def test_results_base_edited(tmp_path):
+    """Mutants: the base not compared, compared inverted, or `or {}` dropped (a missing base crashes)."""
+    results = results_folder(tmp_path)
+    results["base"]["accuracy_strict"] = 0.5
+    write(tmp_path, "results.json", results)
+    assert run_results(tmp_path)[1] == [("FAIL", f"results.json base accuracy_strict = 0.5, the logs give {1 / 3!r}")]
+    results["base"] = None
+    write(tmp_path, "results.json", results)
+    assert run_results(tmp_path)[1][0] == ("FAIL", "results.json base model = None, the logs give 'base'")
+
+
+def test_results_choice_edited(tmp_path):
+    """Mutants: the chosen model compared inverted or not at all; `elif` made `if`; the rule/valid pair
+    compared partly; the messages changed."""
+    results = results_folder(tmp_path)
+    results["chosen"]["model"] = "step-000002"
+    write(tmp_path, "results.json", results)
+    assert run_results(tmp_path)[1] == [
+        (
+            "FAIL",
+            "results.json chooses 'step-000002'; by its rule (score (retention not measured)) the logs choose "
+            "'step-000004'",
+        )
+    ]
+    for key, value in (("rule", "best"), ("valid", True)):
+        results = results_folder(tmp_path)
+        results["chosen"][key] = value
+        write(tmp_path, "results.json", results)
+        rule, valid = ("'best'", "None") if key == "rule" else ("'score (retention not measured)'", "True")
+        assert run_results(tmp_path)[1] == [
+            (
+                "FAIL",
+                f"results.json's choice says rule {rule}, valid {valid}; the logs give rule "
+                "'score (retention not measured)', valid None",
+            )
+        ]
+
+
+def test_results_cannot_be_recomputed(tmp_path):
+    """A spec whose model the registry does not know. Mutants: the error not caught, the message changed, or
+    the results not returned."""
+    results = results_folder(tmp_path)
+    spec = SimpleNamespace(**{**vars(TINY_SPEC), "model": SimpleNamespace(name="no-such-model")})
+    got, found = run_results(tmp_path, spec=spec)
+    assert got == results and len(found) == 1
+    assert found[0][1].startswith("cannot recompute the results from hyperparams.yaml and the logs: ")
+    assert "no-such-model" in found[0][1]
+
+
+def test_results_without_report_or_predictions(tmp_path):
+    """No evaluate report: nothing is compared. A checkpoint without predictions is not re-scored (its
+    accuracy is then None). Mutants: the report's isinstance test dropped; the names' file test inverted."""
+    results = results_folder(tmp_path)
+    (tmp_path / "logs/evaluate/report.json").unlink()
+    assert run_results(tmp_path) == (results, [])
+    results_folder(tmp_path)
+    (tmp_path / "logs/evaluate/step-000002/predictions.jsonl").unlink()
+    found = run_results(tmp_path)[1]
+    assert ("FAIL", "results.json step-000002 n = 3, the bundled predictions give(s) None") in found
+    assert found[-1][0] == "FAIL"
