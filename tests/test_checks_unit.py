@@ -457,12 +457,13 @@ def test_plan_without_total_is_not_checked_for_spacing(tmp_path):
 
 def test_checkpoints_not_what_merge_wrote_or_evaluate_scored(tmp_path):
     """Mutants: merge's sha compared with `==`; the scores' sha check dropped or inverted; the messages'
-    shas swapped; a step whose sha is unknown (no file) checked anyway."""
+    shas swapped; a step whose sha is unknown (no file) checked anyway, or ending the loop (`continue` ->
+    `break`)."""
     actual = checkpoint_folder(tmp_path)
     write(tmp_path, MERGE, {"checkpoints": [{"step": s, "sha256": fake_sha(s) if s != 4 else "m" * 64} for s in STEPS]})
     write(tmp_path, "logs/evaluate/step-000008/scores.json", {"checkpoint_sha256": "e" * 64})
-    del actual[ckpt(10)]
-    write(tmp_path, "logs/evaluate/step-000010/scores.json", {"checkpoint_sha256": "x" * 64})
+    del actual[ckpt(2)]  # the first step's file has no sha: it is skipped, the others are still checked
+    write(tmp_path, "logs/evaluate/step-000002/scores.json", {"checkpoint_sha256": "x" * 64})
     assert run_checkpoints(tmp_path, actual)[1] == [
         ("FAIL", f"checkpoints/step-000004/model.ckpt: sha256 {fake_sha(4)} is not the file merge wrote ({'m' * 64})"),
         (
@@ -1403,6 +1404,11 @@ def test_results_choice_edited(tmp_path):
             "'step-000004'",
         )
     ]
+    results["chosen"]["rule"] = "best"  # a wrong model is the one finding, whatever its rule says
+    write(tmp_path, "results.json", results)
+    assert [m for _, m in run_results(tmp_path)[1]] == [
+        "results.json chooses 'step-000002'; by its rule (score (retention not measured)) the logs choose 'step-000004'"
+    ]
     for key, value in (("rule", "best"), ("valid", True)):
         results = results_folder(tmp_path)
         results["chosen"][key] = value
@@ -1439,3 +1445,97 @@ def test_results_without_report_or_predictions(tmp_path):
     found = run_results(tmp_path)[1]
     assert ("FAIL", "results.json step-000002 n = 3, the bundled predictions give(s) None") in found
     assert found[-1][0] == "FAIL"
+
+
+# ---- hyperparams.yaml against the jobs' manifests ------------------------------------------------
+
+HYPERPARAMS = "run_id: tiny\nmodel:\n  name: tiny\n"
+
+
+def spec_folder(root: Path, recorded: dict, spec_hash: str = "0" * 16) -> None:
+    """hyperparams.yaml, and every job's manifest recording `recorded` under a hash that is not the file's
+    (so that the recorded spec itself is compared)."""
+    write(root, "hyperparams.yaml", HYPERPARAMS)
+    for job in ("prep", "train", "merge", "evaluate"):
+        write(root, f"logs/{job}/manifest.json", {"spec_hash": spec_hash, "spec": recorded})
+
+
+def run_spec(root: Path):
+    sub, f = fresh(root)
+    spec = checks.load_bundled_spec(sub, f)
+    return spec, lines(f, "spec")
+
+
+def test_spec_every_job_recorded(tmp_path):
+    """The manifests record only what hyperparams.yaml sets (keys at their defaults count as the same) and
+    another runs_dir (where a run lives is not what it is). Mutants: the spec not returned; the ok line's
+    hash or words changed; the differences' emptiness test inverted."""
+    spec_folder(tmp_path, {"run_id": "tiny", "runs_dir": "/elsewhere", "model": {"name": "tiny"}})
+    spec, found = run_spec(tmp_path)
+    assert spec.run_id == "tiny" and spec.model.name == "tiny"
+    ((kind, message),) = found
+    head = "hyperparams.yaml is the spec every job recorded (hash "
+    tail = "; keys added to the schema since a job ran count when at their defaults)"
+    hash_ = message[len(head) : -len(tail)]
+    assert kind == "ok" and message.startswith(head) and message.endswith(tail)
+    assert len(hash_) == 16 and all(c in "0123456789abcdef" for c in hash_) and hash_ != "0" * 16
+
+
+def test_spec_not_what_a_job_ran(tmp_path):
+    """train recorded lora.alpha 99 (the file leaves it at its default, 16), and six differences for merge.
+    Mutants: the hash comparison inverted; the differences cut at four or six; the message changed."""
+    spec_folder(tmp_path, {"run_id": "tiny", "model": {"name": "tiny"}})
+    write(
+        tmp_path,
+        "logs/train/manifest.json",
+        {"spec_hash": "1" * 16, "spec": {"run_id": "tiny", "model": {"name": "tiny"}, "lora": {"alpha": 99}}},
+    )
+    six = {"run_id": "a", "stage": 9, "model": {"name": "b"}, "lora": {"alpha": 1, "rank": 1, "dropout": 0.5}}
+    write(tmp_path, "logs/merge/manifest.json", {"spec_hash": "2" * 16, "spec": six})
+    _, found = run_spec(tmp_path)
+    mine = found[0][1].split("(spec ")[1][:16]
+    assert found[0] == (
+        "FAIL",
+        f"hyperparams.yaml (spec {mine}) is not the spec train ran with ({'1' * 16}): lora.alpha: 99 != 16 "
+        "(manifest != hyperparams.yaml)",
+    )
+    assert found[1] == (
+        "FAIL",
+        f"hyperparams.yaml (spec {mine}) is not the spec merge ran with ({'2' * 16}): lora.alpha: 1 != 16; "
+        "lora.dropout: 0.5 != 0.05; lora.rank: 1 != 8; model.name: 'b' != 'tiny'; run_id: 'a' != 'tiny' "
+        "(manifest != hyperparams.yaml)",
+    )
+    assert len(found) == 2
+
+
+def test_spec_with_the_files_hash_is_not_compared(tmp_path):
+    """A manifest whose hash is the file's is not compared further; a manifest that is not an object is
+    skipped. Mutant: `!=` turned into `==` on the hash; the isinstance test dropped."""
+    write(tmp_path, "hyperparams.yaml", HYPERPARAMS)
+    sub, f = fresh(tmp_path)
+    mine = checks.load_bundled_spec(sub, f).spec_hash()
+    spec_folder(tmp_path, {"run_id": "other"}, spec_hash=mine)
+    write(tmp_path, "logs/prep/manifest.json", [1])
+    assert run_spec(tmp_path)[1][0][0] == "ok"
+
+
+def test_spec_missing_or_broken(tmp_path, monkeypatch):
+    """Mutants: the missing file reported here (check_files names it); the messages changed; None not returned."""
+    assert run_spec(tmp_path) == (None, [])
+    write(tmp_path, "hyperparams.yaml", "run_id: tiny\nlora:\n  rank: -1\n")
+    assert run_spec(tmp_path) == (
+        None,
+        [
+            (
+                "FAIL",
+                f"hyperparams.yaml does not load as a run spec: {tmp_path / 'hyperparams.yaml'}:3: "
+                "lora.rank must be > 0",
+            )
+        ],
+    )
+
+    def broken(path):
+        raise ValueError("bad value")
+
+    monkeypatch.setattr(checks, "load_spec", broken)
+    assert run_spec(tmp_path) == (None, [("FAIL", "hyperparams.yaml: bad value")])
