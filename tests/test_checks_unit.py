@@ -1539,3 +1539,104 @@ def test_spec_missing_or_broken(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checks, "load_spec", broken)
     assert run_spec(tmp_path) == (None, [("FAIL", "hyperparams.yaml: bad value")])
+
+
+# ---- survivors of the first mutmut pass (2026-12-05), each a test --------------------------------
+
+
+def test_bytes_that_are_not_utf8_are_read_as_replacement_characters(listed_folder):
+    """SHA256SUMS and loss.csv with a byte that is not UTF-8: a finding, not a crash. Mutants (mutmut
+    x_check_checksums_33, _35, _38, _39; x_check_loss_values_15, _17, _20, _21): `errors="replace"` dropped,
+    made None or an unknown handler's name."""
+    with (listed_folder / SUMS).open("ab") as fh:
+        fh.write(b"\xff\n")
+    sub, f = fresh(listed_folder)
+    checks.check_checksums(sub, f)
+    assert f.failed("checksums") == ["SHA256SUMS:3: not '<64 hex digits>  <path>': '\ufffd'"]
+    root = listed_folder / "log"
+    log_folder(root, [1, 2, 3], 3, CSV3)
+    (root / "logs/train/loss.csv").write_bytes(CSV3.encode() + b"\xff,1\n")
+    assert run_logs(root)[1][0] == "ok"
+
+
+def test_a_skipped_name_does_not_end_the_loop(tmp_path):
+    """The first name has no predictions (or a row without its answer, or SQuAD rows without gold); the
+    next is still checked. Mutants (x_recompute_accuracies_18, _30; x_check_squad_15): `continue` -> `break`."""
+    predictions_folder(tmp_path, names=("step-000004",), scores={"accuracy_strict": 1.0})
+    out, got = run_accuracies(tmp_path, names=("base", "step-000004"))
+    assert list(out) == ["step-000004"] and got[0][1].startswith("logs/evaluate/step-000004/scores.json")
+    write_jsonl(tmp_path, "logs/evaluate/base/predictions.jsonl", [{"line": 3}])
+    out, got = run_accuracies(tmp_path, names=("base", "step-000004"))
+    assert list(out) == ["step-000004"] and len(got) == 4
+    write_jsonl(tmp_path, "logs/evaluate/base/squad_predictions.jsonl", [{"answer": "Paris"}])
+    write_jsonl(tmp_path, "logs/evaluate/step-000004/squad_predictions.jsonl", squad_rows(1, 0))
+    n, got = run_squad(tmp_path, {}, {}, ["base", "step-000004"])
+    assert n == 1 and len(got) == 3
+
+
+def test_long_lists_are_cut(tmp_path):
+    """Twelve held-out rows, every prediction for other lines, every verdict recorded wrong, every prompt
+    changed: the messages show the first 8 lines (rows) and the first 10 (prompts, verdicts, limits).
+    Mutants (x_recompute_accuracies_45, _46, _85, _96; x_new_token_limits_33): the cuts moved by one."""
+    held = [{"line": i, "prompt": f"{i}+0?", "reference": str(i)} for i in range(12)]
+    write_jsonl(tmp_path, "logs/prep/heldout.jsonl", held)
+    preds = [{"line": i, "prompt": "?", "reference": str(i), "answer": str(i), "strict": False} for i in range(1, 13)]
+    write_jsonl(tmp_path, "logs/evaluate/base/predictions.jsonl", preds)
+    got = [m for _, m in run_accuracies(tmp_path)[1]]
+    assert got == [
+        "logs/evaluate/base/predictions.jsonl answers rows [1, 2, 3, 4, 5, 6, 7, 8]..., the held-out rows are "
+        "[0, 1, 2, 3, 4, 5, 6, 7]... (logs/prep/heldout.jsonl)",
+        "logs/evaluate/base/predictions.jsonl: the prompt or reference of line(s) [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] "
+        "differs from logs/prep/heldout.jsonl",
+        "logs/evaluate/base/predictions.jsonl: the recorded verdict differs from the contest rule on line(s) "
+        "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]",
+    ]
+    sub = limits_folder(tmp_path / "limits", [0] * 12)
+    assert checks.new_token_limits(sub, sub.findings, "step-000002", 12, 8) is None
+    assert sub.findings.failed("rerun")[0].endswith("on line(s) [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]")
+
+
+def test_plan_given_without_an_index(tmp_path):
+    """planned given, no index file: the total is None, not read from None. Mutant (x_check_checkpoints_67):
+    `isinstance(index, dict) or True`."""
+    actual = checkpoint_folder(tmp_path)
+    (tmp_path / INDEX).unlink()
+    assert run_checkpoints(tmp_path, actual, planned=STEPS)[1][0][0] == "ok"
+
+
+def test_code_ok_under_another_checks_failure(tmp_path):
+    """Mutant (x_check_code_51): the code check's ok line withheld for another check's failure."""
+    archive(tmp_path / "code.tar.gz", ["jobs/train.py"])
+    sub, f = fresh(tmp_path)
+    f.fail("files", "missing ALGORITHM.md")
+    checks.check_code(sub, f, None)
+    assert lines(f, "code") == [("ok", "code.tar.gz holds 1 entries; source not recorded")]
+
+
+def test_environment_generated_from_the_manifests_and_the_code(tmp_path):
+    """environment.json and ENVIRONMENT.md as bundle writes them (the input made with contents.py's
+    environment_record and render_environment, from manifests and a code.tar.gz whose pyproject.toml depends
+    on pyyaml): ok; the separator of the differences is '; '. Mutants (x_check_environment_7, _9, _12, _13,
+    _23, _45): code.tar.gz's requirements dropped or read from another file; the comparison made with None;
+    the joiner changed."""
+    from tunebox.submission import contents
+
+    manifests_folder(tmp_path)
+    pyproject = b'[project]\nname = "tunebox"\ndependencies = ["pyyaml>=6"]\n'
+    with tarfile.open(tmp_path / "code.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("tunebox/pyproject.toml")
+        info.size = len(pyproject)
+        tar.addfile(info, io.BytesIO(pyproject))
+    manifests = {j: json.loads((tmp_path / f"logs/{j}/manifest.json").read_text()) for j in checks.layout.RUN_JOBS}
+    record = contents.environment_record(manifests, ["pyyaml"])
+    write(tmp_path, "environment.json", record)
+    write(tmp_path, "ENVIRONMENT.md", contents.render_environment(record))
+    sub, f = fresh(tmp_path)
+    checks.check_environment(sub, f)
+    assert lines(f, "environment") == [
+        ("ok", "environment.json and ENVIRONMENT.md are generated from the jobs' manifests")
+    ]
+    write(tmp_path, "environment.json", {"x": 1})
+    sub, f = fresh(tmp_path)
+    checks.check_environment(sub, f)
+    assert "}; generated_from: None != [" in f.failed("environment")[0]
