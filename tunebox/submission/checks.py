@@ -126,6 +126,7 @@ def check_checksums(sub: Submission, f: Findings) -> dict[str, str]:
     """SHA256SUMS against the folder: every listed file present and matching, nothing unlisted.
     Returns the actual sha256 of every file on disk (reused by the other checks)."""
     on_disk = [r for r in contents.files_under(sub.root) if r != contents.SUMS_FILE]
+    before = len(f.failed("checksums"))
     for rel in on_disk:
         if sub.path(rel).is_symlink():
             f.fail("checksums", f"{rel} is a symbolic link; a submission holds the files themselves")
@@ -137,7 +138,6 @@ def check_checksums(sub: Submission, f: Findings) -> dict[str, str]:
     listed, problems = contents.parse_sha256sums(sums_file.read_text(encoding="utf-8", errors="replace"))
     for p in problems:
         f.fail("checksums", p)
-    before = len(f.failed("checksums"))
     for rel, sha in listed.items():
         if rel == contents.SUMS_FILE:
             f.fail("checksums", f"{contents.SUMS_FILE} lists itself; it must list every other file")
