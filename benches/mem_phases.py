@@ -102,7 +102,8 @@ def install(probe: Probe) -> None:
 
     probe.mark("import mindspore")
     import mindformers
-    from mindformers.trainer import base_trainer, utils as trainer_utils
+    from mindformers.trainer import base_trainer
+    from mindformers.trainer import utils as trainer_utils
     from mindspore.common import api
     from mindspore.train import Model
     from mindspore.train.callback import Callback
@@ -150,8 +151,9 @@ def install(probe: Probe) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benches.mem_phases", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benches.mem_phases", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the marks")
     parser.add_argument("--yaml", type=Path, help="run MindFormers' Trainer on this rendered config only")
     parser.add_argument("--every", type=float, default=0.05, help="sampling period, seconds")

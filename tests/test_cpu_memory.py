@@ -13,8 +13,8 @@ from __future__ import annotations
 import types
 
 import numpy as np
-from conftest import cannot_run
 
+from conftest import cannot_run
 from tunebox.model.mf import cpu_memory_context
 
 
