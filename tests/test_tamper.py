@@ -18,7 +18,6 @@ import pytest
 
 from conftest import TINY_RECIPE, copy_submission, read_jsonl, rewrite_sums, run_job, verify_here
 from tunebox.submission import contents
-from tunebox.submission.checks import Findings, Submission
 
 
 @pytest.fixture(scope="module")
@@ -270,45 +269,3 @@ def test_tampering_with_sha256sums_rewritten_is_still_caught(bundle, tmp_path, c
     assert "SHA256SUMS says" not in fails  # the checksums hold: what catches it is the edit itself
     for message in messages:
         assert message.format(**known) in fails, f"{case}: expected {message.format(**known)!r} among:\n{fails}"
-
-
-# ---- the findings and the folder reader, without a bundle ---------------------------------------
-
-
-def test_findings_print_and_filter_exactly():
-    import io
-
-    f = Findings()
-    f.ok("files", "all 3 present")
-    f.fail("checksums", "a.json: changed")
-    f.note("results", "no valid checkpoint")
-    f.detail("image", "| inner line")
-    f.fail("logs", "loss.jsonl covers 2 of 3 steps")
-    out = io.StringIO()
-    f.print(out)
-    assert out.getvalue().splitlines() == [
-        "  ok    files       all 3 present",
-        "  FAIL  checksums   a.json: changed",
-        "  note  results     no valid checkpoint",
-        " " * 20 + "| | inner line",
-        "  FAIL  logs        loss.jsonl covers 2 of 3 steps",
-    ]
-    assert f.failed() == ["a.json: changed", "loss.jsonl covers 2 of 3 steps"]
-    assert f.failed("logs") == ["loss.jsonl covers 2 of 3 steps"] and f.failed("files") == []
-
-
-def test_submission_reads_broken_files_as_none_and_says_why(tmp_path):
-
-    (tmp_path / "bad.json").write_text("{not json")
-    (tmp_path / "rows.jsonl").write_text('{"a": 1}\n\nnot json\n{"b": 2}\n')
-    f = Findings()
-    sub = Submission(tmp_path, f)
-    assert sub.json("bad.json") is None and sub.json("missing.json") is None
-    assert sub.jsonl("rows.jsonl") == [{"a": 1}, {"b": 2}] and sub.jsonl("missing.jsonl") is None
-    assert sub.json("bad.json") is None and len(f.failed()) == 2  # read once: the failure is not repeated
-    assert f.failed()[0].startswith("bad.json is not valid JSON (")
-    assert f.failed()[1].startswith("rows.jsonl:3: not valid JSON (")
-    assert f.failed("files") == f.failed()  # both under the files check
-    # bytes that are not UTF-8 are a broken line, not a crash
-    (tmp_path / "bytes.jsonl").write_bytes(b'{"a": 1}\n\xff\xfe\n')
-    assert sub.jsonl("bytes.jsonl") == [{"a": 1}] and f.failed()[2].startswith("bytes.jsonl:2: not valid JSON (")
