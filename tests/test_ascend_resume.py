@@ -17,12 +17,9 @@ import os
 
 import pytest
 
-from conftest import REPO, rendered
-from tunebox.config import load_spec
+from conftest import rendered
 from tunebox.model.mf import run_mindformers
-from tunebox.model.mf_config import dump, render_train_config
-from tunebox.model.registry import get_model_shape
-from tunebox.training.plan import plan_steps
+from tunebox.model.mf_config import dump
 
 RANKS = 4
 
@@ -104,17 +101,6 @@ def test_resume_under_model_parallel_passes_mindformers_checks(mf_cwd, monkeypat
 def test_a_fresh_model_parallel_run_still_slices_the_complete_base(mf_cwd, monkeypatch):
     """Not resuming: the base is one complete checkpoint, which MindFormers slices for the topology
     (auto_trans_ckpt on; a complete checkpoint needs no source strategy)."""
-    spec = load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml")
-    cfg = render_train_config(
-        get_model_shape(spec.model.name),
-        spec.train,
-        spec.lora,
-        seq_length=spec.data.seq_length,
-        data_files=[mf_cwd / "train.mindrecord"],
-        out_dir=mf_cwd / "train",
-        plan=plan_steps(40 * spec.train.batch_size, spec.train),
-        base_checkpoint=mf_cwd / "base.ckpt",
-        answer_capacity=24,
-    )
+    _, _, cfg = rendered("stage1-llama3-8b.yaml", mf_cwd)
     assert cfg["auto_trans_ckpt"] is True and cfg["load_checkpoint"].endswith("base.ckpt")
     assert cfg["resume_training"] is False  # the resume settings apply to resumed runs only
