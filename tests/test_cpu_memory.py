@@ -1,9 +1,10 @@
 """The two CPU memory settings of the train job (docs/CPU_MEMORY.md, 2026-12-05): MindSpore's
-memory_optimize_level O1 on CPU (mf.cpu_memory_context) and giving glibc's free heap pages back after the
+memory_optimize_level O1 on CPU (in the rendered mindformers.yaml) and giving glibc's free heap pages back after the
 checkpoint load and after the first (compiling) step (mf_extensions.release_freed_heap, called by
 TuneboxLossLog). Neither changes a number; the train job's losses are covered by the spine tests.
 
-Mutants tried: cpu_memory_context returning {} always -> test_cpu_memory_context fails;
+Mutants tried: render_train_config without its CPU memory_optimize_level -> test_cpu_memory_optimize_level
+fails;
 release_freed_heap returning True without calling malloc_trim -> test_release_freed_heap_lowers_rss fails;
 TuneboxLossLog.on_train_step_end without its release_freed_heap call -> test_loss_log_trims_after_load_and_compile
 fails."""
@@ -14,14 +15,14 @@ import types
 
 import numpy as np
 
-from conftest import cannot_run
-from tunebox.model.mf import cpu_memory_context
+from conftest import cannot_run, rendered
 
 
-def test_cpu_memory_context():
-    assert cpu_memory_context({"device_target": "CPU", "mode": 0}) == {"memory_optimize_level": "O1"}
-    assert cpu_memory_context({"device_target": "CPU", "memory_optimize_level": "O0"}) == {}  # the config's own
-    assert cpu_memory_context({"device_target": "Ascend"}) == {}
+def test_cpu_memory_optimize_level(tmp_path):
+    """The CPU recipes render O1; the Ascend ones keep O0 (the contest's setting)."""
+    for recipe in ("tiny.yaml", "local-smollm2.yaml"):
+        assert rendered(recipe, tmp_path)[2]["context"]["memory_optimize_level"] == "O1", recipe
+    assert rendered("stage1-llama3-8b.yaml", tmp_path)[2]["context"]["memory_optimize_level"] == "O0"
 
 
 def _rss() -> int:

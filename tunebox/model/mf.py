@@ -141,19 +141,8 @@ def run_mindformers(yaml_path: Path, resume: bool) -> None:
     if resume:
         for key, value in resume_settings(cfg).items():
             cfg[key] = value
-    cfg.context.update(cpu_memory_context(cfg.context))
     build_context(cfg)
     Trainer(args=cfg).train()
-
-
-def cpu_memory_context(context) -> dict:
-    """Context settings that lower a CPU train step's memory without changing a number: MindSpore's
-    memory_optimize_level O1 (its static memory-reuse plan for the graph) holds the padded SmolLM2 bench
-    step at 5.7 GiB instead of 6.6 GiB (docs/CPU_MEMORY.md, 2026-12-05; bit-identical losses). Only on CPU
-    and only when the config does not choose a level itself."""
-    if context.get("device_target") != "CPU" or context.get("memory_optimize_level") is not None:
-        return {}
-    return {"memory_optimize_level": "O1"}
 
 
 def load_weights(net, checkpoint: Path, strict: bool = True, allow_missing_lora: bool = True) -> None:
