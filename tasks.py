@@ -35,7 +35,7 @@ from jobs import (
     verify,
     weights,
 )
-from tunebox.cli import job_parser
+from tunebox.cli import job_parser, spec_argv
 from tunebox.io import InputError
 from tunebox.layout import PIPELINE, REPO_ROOT
 from tunebox.runlock import RunFolderBusy, hold_run_folder
@@ -81,10 +81,6 @@ def _run_module(module: str, argv: list[str], echo=None) -> None:
             continue
     if code != 0:
         raise invoke.Exit(code=code if code > 0 else 128 - code)  # killed by signal N: 128 + N, as a shell says
-
-
-def _spec_argv(config: str, overrides: list[str] | None) -> list[str]:
-    return ["--config", config] + [a for ov in overrides or [] for a in ("--set", ov)]
 
 
 def _load_spec(config: str, overrides: list[str] | None):
@@ -183,7 +179,7 @@ def mindformers_yaml(c, config=DEFAULT_CONFIG, set=None):
     Needs prep's output (the data files and the answer-only head's size come from it). Run it with stock
     MindFormers: REGISTER_PATH=tunebox/model python run_mindformer.py --config runs/<id>/train/mindformers.yaml
     (README, "MindFormers YAML")."""
-    _run_job("train", _spec_argv(config, set) + ["--render-only"])
+    _run_job("train", spec_argv(config, set) + ["--render-only"])
 
 
 def pipeline(c, config=DEFAULT_CONFIG, set=None):
@@ -193,7 +189,7 @@ def pipeline(c, config=DEFAULT_CONFIG, set=None):
         # held for the whole graph, so no second pipeline slips in between two jobs; the jobs join it
         with hold_run_folder(spec.run_dir, "pipeline"):
             for name in PIPELINE:
-                _run_job(name, _spec_argv(config, set))
+                _run_job(name, spec_argv(config, set))
     except RunFolderBusy as exc:
         raise invoke.Exit(f"error: {exc}", code=2) from None
     report = spec.job_dir("evaluate") / "report.md"

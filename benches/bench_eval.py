@@ -38,6 +38,7 @@ from typing import Optional
 import numpy as np
 
 from benches.bench_ref_torch import hf_llama_config
+from tunebox.cli import job_command
 from tunebox.config import REPO_ROOT, load_spec
 from tunebox.evaluation.decode import (
     PREFILL_TOKEN_BUDGET,
@@ -228,9 +229,7 @@ def evaluate_job_timing(math_rows: int, squad_rows: int, workdir: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
     def job(name: str) -> float:
-        cmd = [sys.executable, "-m", f"jobs.{name}", "--config", str(RECIPE)] + [
-            a for o in overrides for a in ("--set", o)
-        ]
+        cmd = job_command(name, RECIPE, overrides)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from tunebox.cli import job_command
 from tunebox.config import load_spec
 from tunebox.data.samples import SAMPLE_SCHEMA, Example, encode_example
 from tunebox.layout import REPO_ROOT
@@ -209,9 +210,8 @@ def bench_prep(rows: int, workers: int, keep: Optional[Path] = None) -> dict:
         runs = {}
         for name, extra in (("prep", []), ("prep_cleaning", ["data.dedupe=true", "data.bad_labels=drop"])):
             print(f"bench: {name} over {rows:,} rows ...", file=sys.stderr, flush=True)
-            cmd = [sys.executable, "-m", "jobs.prep", "--config", str(RECIPE)]
-            for ov in [f"data.train_file={data}", f"runs_dir={work / name}", f"data.workers={workers}"] + extra:
-                cmd += ["--set", ov]
+            sets = [f"data.train_file={data}", f"runs_dir={work / name}", f"data.workers={workers}"] + extra
+            cmd = job_command("prep", RECIPE, sets)
             result = measure(cmd, work, env)
             result.pop("output")
             stats = json.loads((work / name / spec.run_id / "prep" / "stats.json").read_text())

@@ -67,6 +67,7 @@ from typing import Optional
 
 import numpy as np
 
+from tunebox.cli import job_command
 from tunebox.config import REPO_ROOT, RunSpec, load_spec
 from tunebox.data.samples import read_mindrecord
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
@@ -255,13 +256,6 @@ def bench_overrides(spec: RunSpec, runs_dir: Path, total_steps: int) -> list[str
     if spec.train.num_checkpoints > total_steps:
         sets.append(f"train.num_checkpoints={total_steps}")
     return sets
-
-
-def job_command(name: str, recipe: str, overrides: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", f"jobs.{name}", "--config", recipe]
-    for ov in overrides:
-        cmd += ["--set", ov]
-    return cmd
 
 
 def export_reference_inputs(

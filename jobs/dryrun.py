@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from tunebox.cli import job_process_env, run_job
+from tunebox.cli import job_command, job_process_env, run_job
 from tunebox.config import RunSpec
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
 from tunebox.model.dryrun import dryrun_config, rank_env, rank_memory, simulated_ranks, verdict
@@ -58,9 +58,7 @@ def rank_commands(
 
 
 def render_train_yaml(spec: RunSpec, args) -> dict:
-    cmd = [sys.executable, "-m", "jobs.train", "--config", args.config, "--render-only"]
-    for ov in args.overrides:
-        cmd += ["--set", ov]
+    cmd = job_command("train", args.config, args.overrides, "--render-only")
     done = subprocess.run(cmd, env=job_process_env(JOBS_DIR), capture_output=True, text=True)
     if done.returncode != 0:
         raise InputError(

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tunebox import layout
 from tunebox.chaos import kill_point
-from tunebox.cli import run_job
+from tunebox.cli import run_job, spec_argv
 from tunebox.config import RunSpec
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
 from tunebox.manifest import write_job_manifest
@@ -116,8 +116,7 @@ def main(spec: RunSpec, args) -> Path:
         )
         started = time.time()
         if spec.train.workers > 1 and not in_cluster():
-            job_args = ["--config", args.config] + [a for ov in args.overrides for a in ("--set", ov)]
-            code = launch_msrun(spec.train, WORKER_PROGRAM, job_args, out / "msrun")
+            code = launch_msrun(spec.train, WORKER_PROGRAM, spec_argv(args.config, args.overrides), out / "msrun")
             if code != 0:
                 raise RuntimeError(f"msrun exited with {code}; worker logs in {out / 'msrun'} and {out / 'log'}")
             if not (spec.run_dir / layout.TRAIN_INDEX).exists():

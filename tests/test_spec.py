@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from jobs.evaluate import parse_scales
-from tunebox.cli import run_job
+from tunebox.cli import job_command, job_parser, run_job, spec_argv
 from tunebox.config import load_spec
 from tunebox.io import InputError
 from tunebox.model.registry import LINEAR_NAMES, lora_targets, mindformers_target_regex
@@ -141,3 +141,14 @@ def test_config_alone_leaves_the_checks_across_subjects_to_spec_checks(tmp_path)
     assert load_spec(path).lora.target_modules == "q_proj"
     with pytest.raises(InputError, match=rf"^{path}:5: lora.target_modules: "):
         load_checked_spec(path)
+
+
+def test_spec_argv_is_what_a_jobs_parser_reads_back():
+    """msrun's workers, the sweep's points, dryrun's render and the benches start jobs with spec_argv /
+    job_command. Mutants: the overrides dropped; --set's words swapped; the config left out."""
+    overrides = ["train.max_steps=3", "runs_dir=runs/a b"]
+    args = job_parser("train", "").parse_args(spec_argv("recipes/tiny.yaml", overrides))
+    assert (args.config, args.overrides) == ("recipes/tiny.yaml", overrides)
+    cmd = job_command("train", "recipes/tiny.yaml", overrides, "--render-only")
+    assert cmd[1:3] == ["-m", "jobs.train"] and cmd[-1] == "--render-only"
+    assert job_parser("train", "").parse_known_args(cmd[3:])[0].overrides == overrides

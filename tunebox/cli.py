@@ -58,6 +58,16 @@ def add_spec_overrides(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def spec_argv(config, overrides) -> list[str]:
+    """A run spec and its overrides as a job's command line takes them back: `--config C --set KEY=VALUE ...`."""
+    return ["--config", str(config)] + [a for ov in overrides or [] for a in ("--set", ov)]
+
+
+def job_command(name: str, config, overrides, *extra: str) -> list[str]:
+    """`python -m jobs.<name> --config C --set ... [extra]` with this interpreter."""
+    return [sys.executable, "-m", f"jobs.{name}", *spec_argv(config, overrides), *extra]
+
+
 def tool_parser(name: str, description: str, epilog: str) -> argparse.ArgumentParser:
     """The parser of a tool in jobs/ that takes no run spec (`python -m jobs.<name> ...`: fetch, plan, profile,
     ...): description and epilog printed with their line breaks."""

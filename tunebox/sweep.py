@@ -33,14 +33,13 @@ import shlex
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tunebox import layout
-from tunebox.cli import add_spec_overrides, guarded, job_process_env, setup_logging
+from tunebox.cli import add_spec_overrides, guarded, job_command, job_process_env, setup_logging
 from tunebox.config import REPO_ROOT, RunSpec, load_spec
 from tunebox.deploy.k8s import render_sweep
 from tunebox.evaluation.intervals import wilson_interval
@@ -250,9 +249,7 @@ def point_finished(spec: RunSpec) -> tuple[bool, str]:
 
 def run_job_process(job: str, config: str, overrides: list[str]) -> int:
     """`python -m jobs.<job> --config C --set ...` in this process group (Ctrl-C reaches it too); its exit code."""
-    cmd = [sys.executable, "-m", f"jobs.{job}", "--config", config]
-    for ov in overrides:
-        cmd += ["--set", ov]
+    cmd = job_command(job, config, overrides)
     log.info("%s", " ".join(shlex.quote(c) for c in cmd))
     proc = subprocess.Popen(cmd, env=job_process_env(REPO_ROOT / "jobs"))
     while True:
