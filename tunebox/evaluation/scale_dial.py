@@ -4,6 +4,7 @@ but each scale's predictions and scores under evaluate/scale-dial/scale-<s>/."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Optional
@@ -21,14 +22,10 @@ from tunebox.model.registry import ModelShape
 
 
 def merged_in_memory(
-    shape: ModelShape, lora: LoraSection, base_ckpt: Path, lora_file: Path, scale: float, arrays: dict
+    shape: ModelShape, lora: LoraSection, base_arrays: dict, lora_arrays: dict, scale: float
 ) -> NumpyLlama:
-    """The NumpyLlama of W + scale * (alpha / r) * B A, without writing a checkpoint. `arrays` keeps the
-    two checkpoints' arrays between scales: each file is read once."""
-    if not arrays:
-        arrays["base"] = load_checkpoint_numpy(base_ckpt)
-        arrays["lora"] = load_checkpoint_numpy(lora_file)
-    merged = merge_lora_into_base(arrays["base"], arrays["lora"], lora.alpha, lora.rank, scale)
+    """The NumpyLlama of W + scale * (alpha / r) * B A, without writing a checkpoint."""
+    merged = merge_lora_into_base(base_arrays, lora_arrays, lora.alpha, lora.rank, scale)
     return NumpyLlama(merged, shape, source=f"in-memory merge at scale {scale:g}")
 
 
@@ -58,10 +55,13 @@ def scale_dial(
     if not target.get("lora_file"):
         raise InputError(f"merge/index.json names no LoRA file for {target['name']}: run merge again")
     lora_file = train_dir / target["lora_file"]
-    arrays: dict = {}
+
+    @functools.cache
+    def arrays() -> tuple[dict, dict]:  # read once, on the first scale that has something to compute
+        return load_checkpoint_numpy(base_ckpt), load_checkpoint_numpy(lora_file)
 
     def load(scale):
-        return lambda: NumpyRunner(merged_in_memory(shape, lora, base_ckpt, lora_file, scale, arrays), batch_size)
+        return lambda: NumpyRunner(merged_in_memory(shape, lora, *arrays(), scale), batch_size)
 
     lora_sha, base_sha = sha256_file(lora_file), sha256_file(base_ckpt)
     points = []
