@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tunebox import layout
 from tunebox.chaos import kill_point
-from tunebox.cli import run_job, spec_argv
+from tunebox.cli import run_job, spec_argv, switch
 from tunebox.config import RunSpec
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
 from tunebox.manifest import write_job_manifest
@@ -173,14 +173,11 @@ def worker_main(spec: RunSpec, args) -> None:
         finish(spec, prepared, time.time() - started, read_loss_log(out))
 
 
-def _args(parser) -> None:
-    parser.add_argument(
-        "--render-only",
-        action="store_true",
-        help="write train/mindformers.yaml (and the packed data with train.packing) and stop: "
-        "the file stock MindFormers runs; needs prep's output",
-    )
-
+RENDER_ONLY = (
+    "write train/mindformers.yaml (and the packed data with train.packing) and stop: the file stock MindFormers "
+    "runs; needs prep's output"
+)
+_args = switch("--render-only", RENDER_ONLY)  # also what tasks.py makes the invoke task from
 
 if __name__ == "__main__":
     raise SystemExit(run_job("train", __doc__, main, _args))

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from tunebox.cli import run_job
+from tunebox.cli import run_job, switch
 from tunebox.config import RunSpec
 from tunebox.fetch import download_hub_snapshot, fetch_manifest, parse_hub_source
 from tunebox.io import InputError, atomic_write_json
@@ -178,14 +178,12 @@ def main(spec: RunSpec, args) -> None:
     )
 
 
-def _args(parser) -> None:
-    parser.add_argument(
-        "--refresh",
-        action="store_true",
-        help="delete the cached model and make it again (build, or fetch and convert): after the "
-        "check against model.json's sha256 found a damaged file",
-    )
-
+REFRESH = (
+    "delete the cached model and make it again (build, or fetch and convert): after the check against model.json's "
+    "sha256 found a damaged file"
+)
+_args = switch("--refresh", REFRESH)  # also what tasks.py makes the invoke task from
 
 if __name__ == "__main__":
-    raise SystemExit(run_job("weights", __doc__, main, _args, skip_finished=False))  # it checks the cache every time
+    # skip_finished=False: it checks the cache every time
+    raise SystemExit(run_job("weights", __doc__, main, _args, skip_finished=False))

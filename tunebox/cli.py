@@ -58,6 +58,12 @@ def add_spec_overrides(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def switch(option: str, help: str) -> Callable[[argparse.ArgumentParser], None]:
+    """run_job's add_args for a job whose one option of its own is an on/off switch (train --render-only,
+    weights --refresh)."""
+    return lambda parser: parser.add_argument(option, action="store_true", help=help)
+
+
 def spec_argv(config, overrides) -> list[str]:
     """A run spec and its overrides as a job's command line takes them back: `--config C --set KEY=VALUE ...`."""
     return ["--config", str(config)] + [a for ov in overrides or [] for a in ("--set", ov)]

@@ -348,22 +348,12 @@ def fetch_manifest(
         targets.append(target)
     own_session = session is None
     session = session or requests.Session()
+    options = {"retries": retries, "backoff": backoff, "timeout": timeout, "progress": progress, "session": session}
     try:
         done = []
         for i, (entry, target) in enumerate(zip(entries, targets), start=1):
             log.info("[%d/%d] %s -> %s", i, len(entries), entry.url, target)
-            done.append(
-                fetch_file(
-                    entry.url,
-                    target,
-                    entry.sha256,
-                    retries=retries,
-                    backoff=backoff,
-                    timeout=timeout,
-                    progress=progress,
-                    session=session,
-                )
-            )
+            done.append(fetch_file(entry.url, target, entry.sha256, **options))
         return done
     finally:
         if own_session:

@@ -186,10 +186,7 @@ _BAD_ROW_KINDS = (
 
 
 def bad_row_kind(message: str) -> str:
-    for marker, kind in _BAD_ROW_KINDS:
-        if marker in message:
-            return kind
-    return "invalid_row"
+    return next((kind for marker, kind in _BAD_ROW_KINDS if marker in message), "invalid_row")
 
 
 class SampleEncoder:

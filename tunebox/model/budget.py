@@ -141,8 +141,18 @@ def break_even_accuracy(stage: int, ratio: float, baseline_ratio: float, baselin
     return baseline_accuracy + (0.3 * k / 0.7) * (ratio - baseline_ratio)
 
 
+class Record:
+    """to_dict for the dataclasses below: their fields (dataclasses.asdict) and then the derived properties
+    DERIVED names, in that order, as plan.json and the reports read them."""
+
+    DERIVED: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), **{name: getattr(self, name) for name in self.DERIVED}}
+
+
 @dataclass(frozen=True)
-class LoraOption:
+class LoraOption(Record):
     rank: int
     targets: str  # the set's name ("wq|wv", "all linear", ...)
     target_modules: str  # the regex alternatives
@@ -154,12 +164,9 @@ class LoraOption:
     # LoraPlan.baseline_accuracy)
     is_baseline: bool
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class LoraPlan:
+class LoraPlan(Record):
     model: str
     stage: int
     total_exact: int
@@ -169,14 +176,12 @@ class LoraPlan:
     baseline_ratio: float  # as the score uses it
     baseline_score: Optional[float]
     options: list[LoraOption]
+    DERIVED = ("break_even_is_margin",)
 
     @property
     def break_even_is_margin(self) -> bool:
         """True when the baseline accuracy is unknown: break_even is then a - a_b, not a."""
         return self.baseline.accuracy is None
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "break_even_is_margin": self.break_even_is_margin}
 
 
 def plan_lora(
@@ -220,17 +225,8 @@ def plan_lora(
                 )
             )
     score = SCORE_FUNCTIONS[stage](baseline.accuracy, base_ratio) if baseline.accuracy is not None else None
-    return LoraPlan(
-        model=shape.name,
-        stage=stage,
-        total_exact=total,
-        total_contest=contest_total,
-        baseline=baseline,
-        baseline_trainable=base_trainable,
-        baseline_ratio=base_ratio,
-        baseline_score=score,
-        options=options,
-    )
+    # LoraPlan's fields in their order: model, stage, the totals, the baseline and its figures, the options
+    return LoraPlan(shape.name, stage, total, contest_total, baseline, base_trainable, base_ratio, score, options)
 
 
 # ---- the time side ----------------------------------------------------------------------------
@@ -303,7 +299,7 @@ class TimeModel:
 
 
 @dataclass(frozen=True)
-class TimeEstimate:
+class TimeEstimate(Record):
     model: str
     workload: Workload
     lora_trainable: int
@@ -316,14 +312,19 @@ class TimeEstimate:
     step_seconds: float
     wall_seconds: float
     source: str  # "model" or "measured"
+    DERIVED = ("steps", "tokens", "wall_hours")
+
+    @property
+    def steps(self) -> int:
+        return self.workload.steps
+
+    @property
+    def tokens(self) -> int:
+        return self.workload.tokens
 
     @property
     def wall_hours(self) -> float:
         return self.wall_seconds / 3600.0
-
-    def to_dict(self) -> dict:
-        steps, tokens = self.workload.steps, self.workload.tokens
-        return {**asdict(self), "steps": steps, "tokens": tokens, "wall_hours": self.wall_hours}
 
 
 def estimate_time(
@@ -399,13 +400,12 @@ CONTEST_REFERENCE = ReferenceRun(
 # 8卡训练，时长约为9小时左右" (second-phase/重生之我在大海摸鲸鱼/README.md), with seq_length 2048 and
 # data_parallel 8 in its finetune_internlm_7b_lora_mmlu_64G.yaml. It also added zero-shot rows of
 # unknown number to the 27,604 offered, so the MFU this implies is a lower bound.
-STAGE2_TEAM_REFERENCE = ReferenceRun(
+STAGE2_TEAM_REFERENCE = replace(  # rank 8 and recompute as in the contest's stage-1 run
+    CONTEST_REFERENCE,
     model="internlm-7b",
-    rank=8,
     target_modules="wk|wo",
     workload=Workload(rows=27_604, seq_length=2048, epochs=10, global_batch=16, cards=8),
     hours=9.0,
-    recompute=True,
     source="second-phase/重生之我在大海摸鲸鱼/README.md ('时长约为9小时左右') and its "
     "finetune_internlm_7b_lora_mmlu_64G.yaml (seq_length 2048, batch_size 2 x data_parallel 8, 10 epochs)",
 )
@@ -490,7 +490,7 @@ BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass(frozen=True)
-class CardMemory:
+class CardMemory(Record):
     """An estimate of one card's training memory (bytes), by part."""
 
     weights: float  # the frozen base, split over model_parallel x pipeline_stage
@@ -503,9 +503,6 @@ class CardMemory:
     @property
     def total(self) -> float:
         return self.weights + self.lora_state + self.activations + self.logits
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "total": self.total}
 
 
 def card_memory(
