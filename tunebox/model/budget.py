@@ -225,8 +225,17 @@ def plan_lora(
                 )
             )
     score = SCORE_FUNCTIONS[stage](baseline.accuracy, base_ratio) if baseline.accuracy is not None else None
-    # LoraPlan's fields in their order: model, stage, the totals, the baseline and its figures, the options
-    return LoraPlan(shape.name, stage, total, contest_total, baseline, base_trainable, base_ratio, score, options)
+    return LoraPlan(
+        model=shape.name,
+        stage=stage,
+        total_exact=total,
+        total_contest=contest_total,
+        baseline=baseline,
+        baseline_trainable=base_trainable,
+        baseline_ratio=base_ratio,
+        baseline_score=score,
+        options=options,
+    )
 
 
 # ---- the time side ----------------------------------------------------------------------------
@@ -400,12 +409,13 @@ CONTEST_REFERENCE = ReferenceRun(
 # 8卡训练，时长约为9小时左右" (second-phase/重生之我在大海摸鲸鱼/README.md), with seq_length 2048 and
 # data_parallel 8 in its finetune_internlm_7b_lora_mmlu_64G.yaml. It also added zero-shot rows of
 # unknown number to the 27,604 offered, so the MFU this implies is a lower bound.
-STAGE2_TEAM_REFERENCE = replace(  # rank 8 and recompute as in the contest's stage-1 run
-    CONTEST_REFERENCE,
+STAGE2_TEAM_REFERENCE = ReferenceRun(
     model="internlm-7b",
+    rank=8,
     target_modules="wk|wo",
     workload=Workload(rows=27_604, seq_length=2048, epochs=10, global_batch=16, cards=8),
     hours=9.0,
+    recompute=True,
     source="second-phase/重生之我在大海摸鲸鱼/README.md ('时长约为9小时左右') and its "
     "finetune_internlm_7b_lora_mmlu_64G.yaml (seq_length 2048, batch_size 2 x data_parallel 8, 10 epochs)",
 )
