@@ -8,8 +8,9 @@ best of 5; torch on the same cores: 230-306). tunebox's numpy work (the CPU deco
 merge, the scale dial) is matmul-bound, so the slip cost evaluate 4x against transformers' generate.
 
 OpenBLAS reads OPENBLAS_CORETYPE once, when the library loads, so `pin_openblas_core` must run before
-anything imports numpy in the process: jobs/__init__.py, benches/__init__.py and tests/conftest.py call
-it first; child processes inherit the variable. A value the user set is kept."""
+anything imports numpy in the process: tunebox/__init__.py calls it, and jobs/__init__.py and
+benches/__init__.py import tunebox first (tests/conftest.py imports jobs first); child processes inherit the
+variable. A value the user set is kept."""
 
 from __future__ import annotations
 
@@ -29,15 +30,16 @@ CORE_BY_FLAGS = (
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The first processor's flags in /proc/cpuinfo (empty where there is none)."""
+    """The first processor's flags in /proc/cpuinfo (empty where there is none). Reads up to that line only:
+    every process that imports tunebox runs this, and the file has a block per core."""
     try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+        with cpuinfo.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return frozenset(value.split())
     except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
+        pass
     return frozenset()
 
 
