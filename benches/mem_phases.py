@@ -115,6 +115,8 @@ def install(probe: Probe) -> None:
     wrap(probe, base_trainer.BaseTrainer, "create_train_dataset", "build dataset")
     wrap(probe, base_trainer.BaseTrainer, "create_optimizer_scheduler", "build optimizer")
     wrap(probe, base_trainer, "transform_and_load_checkpoint", "load checkpoint (transform_and_load)")
+    wrap(probe, base_trainer, "load_checkpoint", "load checkpoint (1.9's checkpoint section)")
+    wrap(probe, base_trainer.BaseTrainer, "create_optimizer_scheduler_without_param_init", "build optimizer (no init)")
     wrap(probe, trainer_utils, "load_checkpoint", "ms.load_checkpoint (file -> dict)")
     wrap(probe, trainer_utils, "load_param_into_net", "load_param_into_net")
     wrap(probe, api._CellGraphExecutor, "compile", "graph compile")

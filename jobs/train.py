@@ -9,7 +9,7 @@ train.workers processes (train_worker.py), or on a cluster whose operator starts
 Outputs, under runs/<run_id>/train/ (MindFormers' layout, output_dir = this folder):
   mindformers.yaml                 the MindFormers config that ran (hand it to stock MindFormers)
   checkpoint_trainable/rank_0/     the LoRA matrices at the train.num_checkpoints planned steps
-  checkpoint/rank_0/               full checkpoints (weights + optimizer state) for resume_training
+  checkpoint/iteration_*/          full checkpoints (weights + optimizer state) to resume from
   checkpoints/index.json           the planned checkpoints: global step, epoch, loss, file
   log/                             MindFormers' own logs (every rank), msrun/ the workers' consoles
   loss.jsonl, loss.csv             one line per optimizer step (loss, lr, seconds)
@@ -18,7 +18,7 @@ Outputs, under runs/<run_id>/train/ (MindFormers' layout, output_dir = this fold
   summary.json, manifest.json
 
 Killed (even with kill -9) and started again with the same command, it resumes through MindFormers'
-resume_training from the last full checkpoint (every train.save_state_every steps): the optimizer
+checkpoint section from the last full checkpoint (every train.save_state_every steps): the optimizer
 state, the step and the dataset position (MindFormers skips the batches already seen) come back,
 so the loss log continues as if nothing happened (tests/test_spine.py compares with a run that was
 never interrupted).

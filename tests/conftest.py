@@ -270,7 +270,7 @@ def rendered(recipe, tmp_path: Path, *overrides: str, out_dir: Path | None = Non
         data_files=[tmp_path / "train.mindrecord"],
         out_dir=out_dir or tmp_path / "train",
         plan=plan,
-        base_checkpoint=tmp_path / "base.ckpt",
+        base_checkpoint=tmp_path / "base",  # stands in for the safetensors folder train makes of the .ckpt
         answer_capacity=24,
     )
     return spec, plan, cfg

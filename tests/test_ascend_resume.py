@@ -1,18 +1,19 @@
-"""Resume under model parallel (issue 22, 1.4): a Job retry of the 4-card stage-1 run restarts train
-with MindFormers' resume_training from the per-rank full checkpoints CheckpointMonitor wrote
-(train/checkpoint/rank_0..3/). Under model_parallel 4 those are slices, not complete checkpoints.
+"""Resume under model parallel (issue 22, 1.4; MindFormers 1.9's checkpoint format since issue 26): a Job
+retry of the 4-card stage-1 run restarts train from the newest full checkpoint CheckpointMonitor wrote:
+train/checkpoint/iteration_%08d/, each rank's shard of the weights and optimizer state, common.json, and
+latest_checkpointed_iteration.txt naming the folder (mindformers/checkpoint/checkpoint.py save_checkpoint).
 
-MindFormers 1.9 refuses sliced checkpoints without a source strategy when auto_trans_ckpt is on
-(mindformers/tools/ckpt_transform/transform_checkpoint.py, TransformCkpt.check_src_checkpoint_and_strategy:
-"`src_strategy` should not be None when `src_checkpoint` is sliced."), and with auto_trans_ckpt off it
-loads rank_N/'s own slice (mindformers/trainer/utils.py, get_load_checkpoint_result ->
-load_distributed_checkpoint). The test runs tunebox.model.mf.run_mindformers on the rendered stage-1 YAML with
-MindFormers' Trainer stood in for (no Ascend card, no model parallel on CPU), and hands the config it
-built to those MindFormers functions, on a fake rank_0..3 folder.
+On resume MindFormers 1.9 loads `checkpoint.load_path` through get_checkpoint_path (the tracker's iteration
+folder) and reshards it from the shards' own metadata (load_checkpoint -> ReshardLoader), with the optimizer
+unless `no_load_optim`; no strategy file and no auto_trans_ckpt. The test runs tunebox.model.mf.run_mindformers
+on the rendered stage-1 YAML with MindFormers' Trainer stood in for (no Ascend card, no model parallel on CPU),
+and hands the config it built to MindFormers' own checkpoint rules (convert_checkpoint_config, which the Trainer
+calls first) and loader path functions, on a fake 4-rank save.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -22,6 +23,7 @@ from tunebox.model.mf import run_mindformers
 from tunebox.model.mf_config import dump
 
 RANKS = 4
+ITERATION = 20  # the save a retry resumes from
 
 
 @pytest.fixture
@@ -40,15 +42,14 @@ def _resumed_config(tmp_path, monkeypatch, *overrides: str) -> dict:
     out = tmp_path / "train"
     out.mkdir(parents=True)
     (out / "mindformers.yaml").write_text(dump(cfg), encoding="utf-8")
-    # What a 4-card run leaves: one slice per rank (CheckpointMonitor's names) and MindFormers'
-    # per-rank strategy files (mindformers/utils/file_utils.py, set_strategy_save_path).
+    # What a 4-card save leaves (mindformers/checkpoint/utils.py get_checkpoint_name, get_checkpoint_iter_dir)
+    folder = out / "checkpoint" / f"iteration_{ITERATION:08d}"
+    folder.mkdir(parents=True)
     for rank in range(RANKS):
-        folder = out / "checkpoint" / f"rank_{rank}"
-        folder.mkdir(parents=True)
-        (folder / f"tunebox_rank_{rank}-1_20.ckpt").write_bytes(b"slice")
-        (folder / "meta.json").write_text("{}", encoding="utf-8")
-        (out / "strategy").mkdir(exist_ok=True)
-        (out / "strategy" / f"ckpt_strategy_rank_{rank}.ckpt").write_bytes(b"strategy")
+        for kind in ("model", "opt"):
+            (folder / f"tunebox-{kind}-{rank:07d}-{RANKS:07d}.safetensors").write_bytes(b"shard")
+    (folder / "common.json").write_text(json.dumps({"global_step": ITERATION, "global_batch_size": 64}))
+    (out / "checkpoint" / "latest_checkpointed_iteration.txt").write_text(str(ITERATION))
 
     seen = {}
 
@@ -71,36 +72,31 @@ def _resumed_config(tmp_path, monkeypatch, *overrides: str) -> dict:
     [(), ("train.parallel.model_parallel=2", "train.parallel.pipeline_stage=2", "train.parallel.micro_batch_num=2")],
 )
 def test_resume_under_model_parallel_passes_mindformers_checks(mf_cwd, monkeypatch, overrides):
-    from mindformers.tools.ckpt_transform.transform_checkpoint import TransformCkpt
-    from mindformers.tools.ckpt_transform.utils import check_rank_folders
-    from mindformers.trainer.utils import check_path_include_total_ckpt, get_distribute_checkpoint_path
+    """Mutants: resume_settings not applied by run_mindformers; no_load_optim left true (weights back, the
+    optimizer state and step lost); load_path the base folder, or a save_path subfolder."""
+    from mindformers.checkpoint.checkpoint import CommonInfo, get_checkpoint_path
+    from mindformers.trainer.utils import convert_checkpoint_config
 
     cfg = _resumed_config(mf_cwd, monkeypatch, *overrides)
-    load = cfg["load_checkpoint"]
-    assert cfg["resume_training"] is True and cfg["parallel"]["parallel_mode"] == 1
-    assert sorted(os.listdir(load)) == [f"rank_{r}" for r in range(RANKS)]
-    # MindFormers' check before a transform (auto_trans_ckpt on): sliced needs a strategy. With the
-    # strategy handed over, a user may also turn auto_trans_ckpt on (another card count) and pass.
-    strategy = cfg["src_strategy_path_or_dir"] or None
-    TransformCkpt.check_src_checkpoint_and_strategy(load, strategy)
-    if "train.parallel.pipeline_stage=2" in overrides:
-        assert os.path.isdir(strategy)  # pipeline: the folder, merged by MindFormers
-    else:
-        assert os.path.basename(strategy) == "ckpt_strategy_rank_0.ckpt"  # any rank's file
-    # Same topology (train_hash refuses another): no transform, each rank loads its own slice,
-    # the way get_load_checkpoint_result chooses it with auto_trans_ckpt off.
-    assert cfg["auto_trans_ckpt"] is False
-    assert not check_path_include_total_ckpt(load)
-    for rank in range(RANKS):
-        assert check_rank_folders(load, rank)
-        assert get_distribute_checkpoint_path(load, rank) == os.path.join(
-            load, f"rank_{rank}", f"tunebox_rank_{rank}-1_20.ckpt"
-        )
+    assert cfg.parallel.parallel_mode == 1
+    convert_checkpoint_config(cfg)  # MindFormers' rules for the section; raises on a legacy conflict
+    assert cfg.use_legacy_format is False
+    assert cfg.checkpoint.no_load_optim is False  # the optimizer state and the step come back
+    loaded = get_checkpoint_path(cfg.checkpoint.load_path)  # what load_checkpoint reads, as MindFormers finds it
+    assert loaded == str(mf_cwd / "train" / "checkpoint" / f"iteration_{ITERATION:08d}")
+    assert CommonInfo.load_common(os.path.join(loaded, "common.json")).global_step == ITERATION
+    assert cfg.checkpoint.save_path == cfg.checkpoint.load_path  # the run goes on saving where it resumed from
+    assert not cfg.get("auto_trans_ckpt") and not cfg.get("src_strategy_path_or_dir")
 
 
-def test_a_fresh_model_parallel_run_still_slices_the_complete_base(mf_cwd, monkeypatch):
-    """Not resuming: the base is one complete checkpoint, which MindFormers slices for the topology
-    (auto_trans_ckpt on; a complete checkpoint needs no source strategy)."""
-    _, _, cfg = rendered("stage1-llama3-8b.yaml", mf_cwd)
-    assert cfg["auto_trans_ckpt"] is True and cfg["load_checkpoint"].endswith("base.ckpt")
-    assert cfg["resume_training"] is False  # the resume settings apply to resumed runs only
+def test_a_fresh_model_parallel_run_loads_the_base_without_its_optimizer(mf_cwd, monkeypatch):
+    """Not resuming: the base is the safetensors folder, weights only (MindFormers reshards the complete
+    tensors for the topology on load); the resume settings apply to resumed runs only."""
+    from mindformers.tools.register import MindFormerConfig
+    from mindformers.trainer.utils import convert_checkpoint_config
+
+    _, _, rendered_cfg = rendered("stage1-llama3-8b.yaml", mf_cwd)
+    cfg = MindFormerConfig(**rendered_cfg)
+    convert_checkpoint_config(cfg)
+    assert cfg.checkpoint.load_path == str(mf_cwd / "base") and cfg.checkpoint.no_load_optim is True
+    assert cfg.checkpoint.save_path == str(mf_cwd / "train" / "checkpoint")

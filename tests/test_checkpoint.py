@@ -501,3 +501,54 @@ def test_tensor_over_512_mib_is_split_like_mindspore_splits_it(ms, tmp_path):
     assert theirs.shape == ours.shape and np.array_equal(theirs, ours) and np.array_equal(ours[-1], block)
     np.testing.assert_array_equal(loaded["after"].asnumpy(), [1, 2])
     path.unlink()
+
+
+def test_safetensors_copy_is_what_mindspore_loads_from_the_ckpt(ms, small_slices, tmp_path):
+    """write_safetensors: MindSpore's own safetensors loader gives back every tensor of the .ckpt (records
+    joined, every dtype, bfloat16 included) bit for bit, and MindFormers 1.9's metadata reader (what
+    checkpoint.load_path goes through) sees each name, shape and dtype; the data starts 8-byte aligned, as
+    the safetensors library writes it. Mutants: data offsets not advanced; BF16 written as F16; no padding."""
+    ckpt, out = tmp_path / "base.ckpt", tmp_path / "st" / "tunebox-base.safetensors"
+    ms.save_checkpoint(ms_params(ms, np.random.default_rng(3)), str(ckpt))
+    assert cs.write_safetensors(ckpt, out) == len(ms_params(ms, np.random.default_rng(3)))
+    assert int.from_bytes(out.read_bytes()[:8], "little") % 8 == 0
+    got = {k: v.asnumpy() for k, v in ms.load_checkpoint(str(out), format="safetensors").items()}
+    want = ms_load(ms, ckpt)
+    assert sorted(got) == sorted(want)
+    assert_same_tensors({k: got[k] for k in want}, want)
+    from mindformers.checkpoint.metadata import generate_default_metadata_from_checkpoint
+
+    metas, _ = generate_default_metadata_from_checkpoint(str(out.parent))
+    assert {name: tuple(m[0].global_shape) for name, m in metas.items()} == {k: v.shape for k, v in want.items()}
+
+
+def test_a_string_entry_has_no_safetensors_dtype(ms, tmp_path):
+    ckpt = tmp_path / "with_str.ckpt"
+    ms.save_checkpoint(ms_params(ms, np.random.default_rng(0))[:1], str(ckpt), append_dict={"note": "x"})
+    with pytest.raises(InputError, match="'note' is str, which safetensors cannot hold"):
+        cs.write_safetensors(ckpt, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_the_base_folder_is_made_once_and_not_taken_for_a_hugging_face_one(ms, tmp_path, monkeypatch):
+    """ensure_safetensors_base: one folder a checkpoint (path, size, mtime), written once; a replaced file
+    gets a new one; its file is not named model.safetensors, which MindFormers would load as Hugging
+    Face weights (is_hf_checkpoint). Mutants: the key without mtime; BASE_SAFETENSORS = model.safetensors."""
+    from mindformers.checkpoint.utils import is_hf_checkpoint
+
+    from tunebox.model.weights import BASE_SAFETENSORS, ensure_safetensors_base
+
+    monkeypatch.setenv("TUNEBOX_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "model.ckpt"
+    ms.save_checkpoint(ms_params(ms, np.random.default_rng(0)), str(ckpt))
+    first = ensure_safetensors_base(ckpt, progress=False)
+    written = (first / BASE_SAFETENSORS).stat().st_mtime_ns
+    assert ensure_safetensors_base(ckpt, progress=False) == first
+    assert (first / BASE_SAFETENSORS).stat().st_mtime_ns == written
+    assert not is_hf_checkpoint(str(first))
+    ms.save_checkpoint(ms_params(ms, np.random.default_rng(1)), str(ckpt))
+    os.utime(ckpt, ns=(written + 10**9, written + 10**9))
+    second = ensure_safetensors_base(ckpt, progress=False)
+    assert second != first and sorted(p.name for p in second.iterdir()) == [BASE_SAFETENSORS]
+    got = ms.load_checkpoint(str(second / BASE_SAFETENSORS), format="safetensors")["w.f32"].asnumpy()
+    assert got.tobytes() == ms_load(ms, ckpt)["w.f32"].tobytes()

@@ -173,7 +173,14 @@ ABSENT_DEFAULT = "left to MindSpore's default, which is the contest's value"
 # Every contest key whose rendered value differs (or is not rendered), and why.
 DIFFERENCES = {
     "output_dir": PATHS,
-    "load_checkpoint": PATHS,
+    "load_checkpoint": (
+        "MindFormers 1.9's checkpoint format: the base is checkpoint.load_path (the run's own path, a safetensors "
+        "copy of the .ckpt); 1.9 warns that load_checkpoint is deprecated"
+    ),
+    "resume_training": "MindFormers 1.9's checkpoint format: checkpoint.no_load_optim (true unless resuming)",
+    "src_strategy_path_or_dir": (
+        "MindFormers 1.9's checkpoint format reshards from the checkpoint's own metadata, without strategy files"
+    ),
     "model.model_config.checkpoint_name_or_path": (
         "the contest named the base twice; tunebox loads it once, through load_checkpoint (MindFormers loads "
         "checkpoint_name_or_path at build time, before the LoRA wrapper)"
@@ -185,7 +192,8 @@ DIFFERENCES = {
     "parallel.strategy_ckpt_config.only_trainable_params": "MindSpore's default (False) is the contest's value",
     "only_save_strategy": (
         "True makes MindFormers save the parallel strategy and stop before training (the guide's first "
-        "step); the training run sets it False"
+        "step); the training run leaves it out (MindFormers 1.9 refuses it with a checkpoint section), and "
+        "`invoke dryrun --strategy-only` renders it, in the legacy checkpoint keys"
     ),
     "trainer.model_name": "a label (tunebox's registry name); the model comes from model_config",
     "runner_config.sink_mode": (
@@ -222,9 +230,9 @@ DIFFERENCES = {
     "parallel.parallel_optimizer_config.parallel_optimizer_threshold": "see parallel.enable_parallel_optimizer",
     "parallel_config.use_seq_parallel": "LlamaConfig's parallel_config default (False) is the contest's value",
     "callbacks.CheckpointMointor.type": (
-        "MindFormers r1.1's spelling; 1.9 registers only CheckpointMonitor, which tunebox renders (prefix "
-        "tunebox, directory the train folder, save_checkpoint_steps from the plan: a handful a run, as the "
-        "contest's 1400 of ~7,030 steps)"
+        "MindFormers r1.1's spelling; 1.9 registers only CheckpointMonitor, which tunebox renders, its settings "
+        "in 1.9's checkpoint section (prefix tunebox, save_path the train folder's checkpoint/, "
+        "save_interleaved_steps from the plan: a handful a run, as the contest's 1400 of ~7,030 steps)"
     ),
     "callbacks.CheckpointMointor.prefix": "see callbacks.CheckpointMointor.type",
     "callbacks.CheckpointMointor.save_checkpoint_steps": "see callbacks.CheckpointMointor.type",

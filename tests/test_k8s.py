@@ -689,8 +689,9 @@ def test_runs_claim_is_sized_from_the_spec(overlay):
     claims = {
         c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"] for c in docs["PersistentVolumeClaim"]
     }
-    # tiny by hand: 123,200 parameters, 3,584 LoRA; 4P base + 2P source + 5 x 4P merged + 2 x (4P + 12 x LoRA)
-    # resume + 5 x 4 x LoRA = 4,346,496 bytes, x 1.2 headroom = 5 MB: the 1 GiB minimum
+    # tiny by hand: 123,200 parameters, 3,584 LoRA; 4P base + 4P its safetensors copy + 2P source + 5 x 4P
+    # merged + 2 x (4P + 12 x LoRA) resume + 5 x 4 x LoRA = 4,839,296 bytes, x 1.2 headroom = 6 MB: the 1 GiB
+    # minimum
     assert claims["tunebox-runs"] == "1Gi"
     assert claims["tunebox-data"] == "5Gi"
     fixed = docs_of(overlay, ["cluster.disk_gib=321"])
@@ -707,17 +708,18 @@ def test_llama3_8b_disk_holds_base_source_and_five_merged_checkpoints():
     assert est.items["base_checkpoint_fp32"] == 4 * params
     assert est.items["merged_checkpoints_float16"] == 5 * 2 * params  # the recipe's merge.dtype
     assert est.items["hf_source_bf16"] == 2 * params
+    assert est.items["base_safetensors_fp32"] == 4 * params  # the base again, for MindFormers 1.9's loader
     lora = 3_407_872  # r8 on wq|wv
     assert est.items["resume_checkpoints_bfloat16"] == 2 * (2 * params + 3 * 4 * lora)  # MindFormers keeps 2
     fp32 = estimate_disk(load_spec(REPO / "recipes" / "stage1-llama3-8b.yaml", ["merge.dtype=float32"]))
     assert fp32.items["merged_checkpoints_float32"] == 5 * 4 * params
     assert est.gib > 100  # the old fixed claim could not hold it
-    # by hand: 4P + 2P + 10P + 2 x (2P + 12 x LoRA) + 5 x 4 x LoRA = 20P + 44 LoRA = 160,755,171,328 bytes;
-    # x 1.2 = 192,906,205,593 bytes = 179.66 GiB, rounded up
-    assert est.gib == 180
+    # by hand: 4P + 4P + 2P + 10P + 2 x (2P + 12 x LoRA) + 5 x 4 x LoRA = 24P + 44 LoRA = 192,876,216,320
+    # bytes; x 1.2 = 231,451,459,584 bytes = 215.56 GiB, rounded up
+    assert est.gib == 216
     claims = docs_of("ascend-4card", spec=REPO / "recipes" / "stage1-llama3-8b.yaml")["PersistentVolumeClaim"]
     storage = {c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"] for c in claims}
-    assert storage["tunebox-runs"] == "180Gi"
+    assert storage["tunebox-runs"] == "216Gi"
 
 
 @pytest.mark.usefixtures("kubectl")  # every test of this part renders

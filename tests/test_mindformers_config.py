@@ -20,6 +20,7 @@ from tunebox.io import InputError
 from tunebox.model import budget
 from tunebox.model.mf_config import PredictRequest, dump, render_predict_config, topology
 from tunebox.model.registry import get_model_shape, mindformers_target_regex, with_overrides
+from tunebox.submission.mindformers_files import portable_finetune_config
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
 TINY_DIMS = {
@@ -172,7 +173,13 @@ def test_submission_carries_mindformers_files_that_verify_checks(tiny_run, tmp_p
     assert str(runs) not in text and str(tiny_run["run_dir"]) not in text
     finetune, as_run = yaml.safe_load(text), yaml.safe_load((runs / "tiny" / "train" / "mindformers.yaml").read_text())
     assert finetune["model"] == as_run["model"] and finetune["parallel_config"] == as_run["parallel_config"]
-    assert finetune["load_checkpoint"] == "../base/model.ckpt"
+    assert (finetune["checkpoint"]["load_path"], finetune["checkpoint"]["save_path"]) == (
+        "../base",
+        "./output/checkpoint",
+    )
+    assert {k: v for k, v in finetune["checkpoint"].items() if "path" not in k} == {
+        k: v for k, v in as_run["checkpoint"].items() if "path" not in k
+    }
     assert finetune["tensorboard"]["tensorboard_dir"] == "./output/tensorboard"  # MindFormers adds rank_<r>/
     predict = yaml.safe_load((sub / "mindformers" / "predict.yaml").read_text())
     chosen = json.loads((sub / "results.json").read_text())["chosen"]["model"]
@@ -265,3 +272,16 @@ def test_the_rendered_optimizer_updates_as_the_contests_adam_weight_decay(tmp_pa
         np.testing.assert_allclose(param.asnumpy(), w, rtol=1e-5, atol=1e-7, err_msg=f"step {step}")
         if step == 1:  # the size the contest's rule gives the first step: 0.1 / sqrt(0.001) = 3.16 x lr
             np.testing.assert_allclose(np.abs(param.asnumpy() - w0), lr * 0.1 / np.sqrt(0.001), rtol=1e-3)
+
+
+@pytest.mark.parametrize("overrides, base", [((), "../base"), (("train.workers=2",), "../base/model.ckpt")])
+def test_the_portable_finetune_config_names_the_base_in_the_keys_it_was_rendered_in(tmp_path, overrides, base):
+    """finetune.yaml's base, by role: the safetensors folder in MindFormers 1.9's checkpoint section, the .ckpt
+    in the legacy keys a data-parallel run keeps; no path of the run is left. Mutants: the section's
+    load_path kept; load_checkpoint written for the section; save_path kept (the run's folder)."""
+    run_dir = tmp_path / "runs" / "tiny"
+    _, _, cfg = rendered("tiny.yaml", tmp_path, *overrides, out_dir=run_dir / "train")
+    portable = portable_finetune_config(cfg, run_dir)
+    got = portable["checkpoint"]["load_path"] if "checkpoint" in portable else portable["load_checkpoint"]
+    assert got == base and str(tmp_path) not in json.dumps(portable)
+    assert ("load_checkpoint" in portable) is ("checkpoint" not in portable)

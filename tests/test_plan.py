@@ -15,6 +15,7 @@ from jobs import plan as plan_cli
 from tunebox.config import load_spec
 from tunebox.contest.rules import stage1_score, stage2_score
 from tunebox.model import budget
+from tunebox.model.budget import RESUME_KEPT
 from tunebox.model.mf_config import render_train_config
 from tunebox.model.registry import get_model_shape
 from tunebox.training.plan import plan_steps
@@ -268,6 +269,14 @@ def test_winner_recipe_plans_its_published_ratio_next_to_the_baseline(capsys):
 # ---- checkpoint I/O: resume snapshots derived from the plan ------------------------------------
 
 
+def saved_every(cfg: dict, key: str = "save_interleaved_steps", legacy: str = "save_checkpoint_steps") -> int:
+    """A CheckpointMonitor setting, from MindFormers 1.9's checkpoint section or the legacy callback keys
+    (data-parallel workers: mf_config.checkpoint_section_loads)."""
+    if "checkpoint" in cfg:
+        return cfg["checkpoint"][key]
+    return next(c for c in cfg["callbacks"] if c["type"] == "CheckpointMonitor")[legacy]
+
+
 @pytest.mark.parametrize(
     "recipe, rows",
     [
@@ -278,7 +287,7 @@ def test_winner_recipe_plans_its_published_ratio_next_to_the_baseline(capsys):
     ],
 )
 def test_resume_snapshots_are_a_handful_per_run(recipe, rows, tmp_path):
-    """The rendered CheckpointMonitor saves full resume snapshots (weights + optimizer state, ~16 GB each
+    """MindFormers' CheckpointMonitor saves full resume snapshots (weights + optimizer state, ~16 GB each
     on Llama3-8B) a handful of times a run: 5 to 12, not every 20 steps (351 times over stage 1's 7,030
     steps). The contest's stage-1 config saved every 1,400 of its ~7,030 steps."""
     spec = load_spec(REPO / "recipes" / recipe)
@@ -293,8 +302,10 @@ def test_resume_snapshots_are_a_handful_per_run(recipe, rows, tmp_path):
         plan=plan,
         base_checkpoint=None,
     )
-    every = next(c for c in cfg["callbacks"] if c["type"] == "CheckpointMonitor")["save_checkpoint_steps"]
+    every = saved_every(cfg)
     assert 5 <= plan["total_steps"] // every <= 12, (plan["total_steps"], every)
+    # the disk estimate's kept snapshots (budget.RESUME_KEPT) are the ones MindFormers keeps. Mutant: save_max + 1
+    assert saved_every(cfg, "save_max", "keep_checkpoint_max") == RESUME_KEPT == 2
     # an explicit train.save_state_every still wins (tests/test_spine.py resumes every 3 steps)
     every3 = load_spec(REPO / "recipes" / recipe, ["train.save_state_every=3"])
     fixed = render_train_config(
@@ -307,7 +318,7 @@ def test_resume_snapshots_are_a_handful_per_run(recipe, rows, tmp_path):
         plan=plan_steps(rows, every3.train),
         base_checkpoint=None,
     )
-    assert next(c for c in fixed["callbacks"] if c["type"] == "CheckpointMonitor")["save_checkpoint_steps"] == 3
+    assert saved_every(fixed) == 3
 
 
 def test_plan_prints_the_checkpoint_io_of_stage1(capsys):

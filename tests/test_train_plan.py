@@ -20,7 +20,7 @@ from tunebox.data.samples import read_mindrecord
 from tunebox.io import InputError
 from tunebox.model.weights import load_tokenizer
 from tunebox.training.inputs import prepare
-from tunebox.training.outputs import check_resume
+from tunebox.training.outputs import check_resume, resume_point
 from tunebox.training.plan import answer_capacity, checkpoint_steps, plan_steps, train_hash
 
 PAD, IGNORE = 0, -100
@@ -244,6 +244,46 @@ def test_resume_accepted_when_only_bookkeeping_changes(tmp_path, section, key, v
         other.runs_dir = str(tmp_path / "elsewhere")
     else:
         setattr(getattr(other, section), key, value)
-    (out / "checkpoint" / "rank_0").mkdir(parents=True)
-    (out / "checkpoint" / "rank_0" / "meta.json").write_text("{}")
+    save(out, 10)
     assert check_resume(out, settings_hash(other)) is True
+
+
+def save(out, iteration: int, tracked: bool = True) -> None:
+    """What one save of MindFormers 1.9's checkpoint format leaves (mindformers/checkpoint/checkpoint.py
+    save_checkpoint): iteration_%08d/ with the rank's files and common.json, then the tracker."""
+    folder = out / "checkpoint" / f"iteration_{iteration:08d}"
+    folder.mkdir(parents=True)
+    (folder / "tunebox-model-0000000-0000001.safetensors").write_bytes(b"x")
+    (folder / "common.json").write_text(json.dumps({"global_step": iteration}))
+    if tracked:
+        (out / "checkpoint" / "latest_checkpointed_iteration.txt").write_text(str(iteration))
+
+
+def test_resume_point_is_the_trackers_whole_folder(tmp_path):
+    """The tracker names the folder; a folder without common.json, or a tracker naming none, is no resume
+    point. Mutants: the tracker not read (newest folder taken), common.json not required, the folder
+    named without the 8-digit padding."""
+    out = tmp_path / "train"
+    assert resume_point(out) is None
+    save(out, 5)
+    save(out, 10, tracked=False)  # a save a kill cut short: its files, no tracker update
+    assert resume_point(out) == out / "checkpoint" / "iteration_00000005"
+    (out / "checkpoint" / "iteration_00000005" / "common.json").unlink()
+    assert resume_point(out) is None
+    (out / "checkpoint" / "latest_checkpointed_iteration.txt").write_text("12\n")
+    assert resume_point(out) is None
+
+
+def test_a_resume_keeps_only_the_folder_it_resumes_from(tmp_path):
+    """MindFormers rotates (save_max) only its own session's saves: before a resume every other iteration
+    folder goes, the cut-short one included. Mutants: no pruning; the resumed folder pruned too."""
+    spec = load_spec(TINY_RECIPE)
+    out = saved_run(tmp_path, spec)
+    for it in (5, 10):
+        save(out, it)
+    save(out, 15, tracked=False)
+    assert check_resume(out, settings_hash(spec)) is True
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
+        "iteration_00000010",
+        "latest_checkpointed_iteration.txt",
+    ]

@@ -664,7 +664,8 @@ def checkpoint_io(run, total_steps: int) -> CheckpointIO:
 
 
 def estimate_disk(run) -> DiskEstimate:
-    """The disk a run spec needs: the converted base (float32, tunebox/model/weights.py), the Hugging Face
+    """The disk a run spec needs: the converted base (float32, tunebox/model/weights.py) and its safetensors
+    copy for MindFormers 1.9's checkpoint.load_path, the Hugging Face
     source it was converted from (bf16 safetensors, kept in the cache so a rebuild needs no download),
     one full merged checkpoint per saved step (merge.dtype, default the training dtype), MindFormers'
     full resume checkpoints (weights in the training dtype + LoRA state; the train job keeps the last
@@ -678,6 +679,7 @@ def estimate_disk(run) -> DiskEstimate:
     return DiskEstimate(
         {
             "base_checkpoint_fp32": 4 * params,
+            "base_safetensors_fp32": 4 * params,  # the copy MindFormers 1.9 loads (weights.ensure_safetensors_base)
             "hf_source_bf16": 2 * params,
             f"merged_checkpoints_{merged}": n * BYTES[merged] * params,
             f"resume_checkpoints_{train_dtype}": RESUME_KEPT * resume_snapshot_bytes(run),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import time
@@ -648,6 +649,48 @@ class CheckpointStreamWriter:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+# MindSpore's tensor_type -> safetensors' dtype (the safetensors format, safetensors/src/tensor.rs Dtype)
+SAFETENSORS_DTYPES = {
+    "Bool": "BOOL",
+    "UInt8": "U8",
+    "Int8": "I8",
+    "Int16": "I16",
+    "UInt16": "U16",
+    "Float16": "F16",
+    "BFloat16": "BF16",
+    "Int32": "I32",
+    "UInt32": "U32",
+    "Float32": "F32",
+    "Float64": "F64",
+    "Int64": "I64",
+    "UInt64": "U64",
+}
+
+
+def write_safetensors(ckpt: str | os.PathLike, out_file: str | os.PathLike, progress: bool = False) -> int:
+    """A MindSpore .ckpt -> one .safetensors file with the same names, shapes, dtypes and bytes, one tensor
+    at a time (the memory of the largest tensor, not of the model). The header carries MindSpore's
+    `{"format": "ms"}` metadata, as mindspore.save_checkpoint(format="safetensors") writes it. String
+    entries have no safetensors dtype and are refused. Returns the number of tensors."""
+    with CheckpointReader(ckpt) as reader:
+        entries = list(reader.entries())
+        header: dict = {"__metadata__": {"format": "ms"}}
+        offset = 0
+        for e in entries:
+            dtype = SAFETENSORS_DTYPES.get(e.tensor_type)
+            if dtype is None:
+                raise InputError(f"tensor {e.name!r} is {e.tensor_type}, which safetensors cannot hold", ckpt)
+            header[e.name] = {"dtype": dtype, "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
+            offset += e.nbytes
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        with atomic_path(out_file) as tmp, open(tmp, "wb") as fh:
+            fh.write(len(text).to_bytes(8, "little") + text)
+            for e in tqdm(entries, desc="base as safetensors", unit="tensor", disable=not progress):
+                fh.write(memoryview(reader.read_raw(e)))
+    return len(entries)
 
 
 def save_checkpoint_numpy(

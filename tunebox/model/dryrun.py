@@ -24,11 +24,12 @@ Pure functions: the caller (jobs/dryrun.py) runs the processes.
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from tunebox.model.mf_config import legacy_checkpoint_config
 
 # The cluster variables of a real run: a simulated rank must not try to join a cluster.
 CLUSTER_VARIABLES = (
@@ -88,7 +89,7 @@ def dryrun_config(train_config: dict, out_dir: Path, strategy_only: bool) -> dic
     """The run's finetune config for the DryRun: every output under `out_dir` (the run's train folder
     stays untouched), no base checkpoint (weights are initialised instead: same memory, and nothing
     to read or slice), a few steps, and with `strategy_only` MindFormers' only_save_strategy."""
-    cfg = _moved(copy.deepcopy(train_config), str(train_config["output_dir"]), str(out_dir))
+    cfg = legacy_checkpoint_config(_moved(train_config, str(train_config["output_dir"]), str(out_dir)))
     cfg.update(
         {
             "load_checkpoint": "",

@@ -139,8 +139,10 @@ def run_mindformers(yaml_path: Path, resume: bool) -> None:
 
         skip_preload_barrier_on_cpu()
     if resume:
+        # attribute-style: convert_checkpoint_config reads the section as a MindFormerConfig
+        section = cfg.checkpoint if cfg.get("checkpoint") else cfg
         for key, value in resume_settings(cfg).items():
-            cfg[key] = value
+            setattr(section, key, value)
     build_context(cfg)
     Trainer(args=cfg).train()
 

@@ -2,11 +2,12 @@
 train job, or stock MindFormers on a judge's machine), and the predict YAML for a merged checkpoint.
 
 Key names follow MindFormers' own Llama configs (research/llama3/finetune_llama3_8b_*.yaml and the
-contest's run_llama3_8b_8k_800T_A2_64G_lora_dis_256.yaml): seed, output_dir, load_checkpoint,
-resume_training, run_mode, trainer, runner_config, optimizer, lr_schedule, train_dataset(+_task),
+contest's run_llama3_8b_8k_800T_A2_64G_lora_dis_256.yaml) where 1.9 kept them: seed, output_dir,
+load_ckpt_format, run_mode, trainer, runner_config, optimizer, lr_schedule, train_dataset(+_task),
 use_parallel, parallel, parallel_config, recompute_config, callbacks, context, model
-(model_config with pet_config, arch), runner_wrapper. What is not MindFormers' own is named for
-tunebox and registered through MindFormers' `auto_register` (tunebox/model/mf_extensions.py):
+(model_config with pet_config, arch), runner_wrapper; the checkpoint keys in 1.9's `checkpoint:` section
+(checkpoint_section_loads says when). What is not MindFormers' own is named for tunebox and registered
+through MindFormers' `auto_register` (tunebox/model/mf_extensions.py):
   - runner_wrapper TuneboxTrainOneStepCell on CPU only (MindFormers' MFTrainOneStepCell elsewhere);
   - model arch TuneboxLlamaForCausalLM when the answer-only LM head or packing is on (keys
     tunebox_answer_capacity / tunebox_packing in model_config);
@@ -20,6 +21,7 @@ configs) and facts measured by the caller in, a dict out.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -196,14 +198,12 @@ def render_train_config(
         # together with mf_extensions.release_freed_heap, losses unchanged (docs/CPU_MEMORY.md, 2026-12-05)
         context["memory_optimize_level"] = "O1"
 
-    return {
+    config = {
         "seed": t.seed,
         "output_dir": str(out_dir),
-        "load_checkpoint": str(base_checkpoint) if base_checkpoint else "",
-        "src_strategy_path_or_dir": "",
-        "auto_trans_ckpt": topo.workers > 1 and parallel_mode != 0,
-        "only_save_strategy": False,
-        "resume_training": False,
+        # MindFormers 1.9's checkpoint format (the `checkpoint:` section below): safetensors in, and
+        # iteration_N/ folders out, resharded on load from their metadata (no strategy files)
+        "load_ckpt_format": "safetensors",
         "run_mode": "finetune",
         "trainer": {"type": "CausalLanguageModelingTrainer", "model_name": shape.name},
         "runner_config": {
@@ -268,19 +268,28 @@ def render_train_config(
                 "total_steps": total_steps,
                 "steps_per_epoch": steps_per_epoch,
             },
-            # full checkpoints (weights + optimizer state) for resume_training, rotated. Last: a full
-            # checkpoint of step s means that step's LoRA file and loss line are written
-            # (training.outputs.training_done)
-            {
-                "type": "CheckpointMonitor",
-                "prefix": CHECKPOINT_PREFIX,
-                "directory": str(out_dir),
-                "save_checkpoint_steps": resume_every(total_steps, t.save_state_every),
-                "keep_checkpoint_max": RESUME_KEPT,
-                "integrated_save": parallel_mode == 0,
-                "async_save": False,
-            },
+            # full checkpoints (weights + optimizer state) to resume from, as the `checkpoint:` section
+            # says. Last: a full checkpoint of step s means that step's LoRA file and loss line are
+            # written (training.outputs.training_done)
+            {"type": "CheckpointMonitor", "integrated_save": parallel_mode == 0},
         ],
+        # MindFormers 1.9's current checkpoint keys (mindformers/trainer/utils.py convert_checkpoint_config):
+        # every one set, or it falls back to a deprecated key's default and warns. The base loads from a
+        # safetensors folder (model.weights.ensure_safetensors_base); a resume swaps load_path for
+        # save_path and loads the optimizer too (resume_settings).
+        "checkpoint": {
+            "load_path": str(base_checkpoint) if base_checkpoint else "",
+            "no_load_optim": True,
+            "load_balanced": False,
+            "reshard_worker_num": 1,
+            "save_path": str(out_dir / "checkpoint"),
+            "save_max": RESUME_KEPT,
+            "save_interleaved_steps": resume_every(total_steps, t.save_state_every),
+            "no_save_optim": False,
+            "save_remove_redundancy": False,
+            "async_save": False,
+            "prefix": CHECKPOINT_PREFIX,
+        },
         # MindFormers' own TensorBoard writer (tensorboardX): MFLossMonitor writes loss, learning-rate and
         # grad-norm per step into <tensorboard_dir>/rank_<r>/events.out.tfevents.*, beside loss.jsonl.
         # Keys as in https://www.mindspore.cn/mindformers/docs/en/r1.5.0/function/monitor.html
@@ -294,30 +303,64 @@ def render_train_config(
         "model": {"model_config": model_config, "arch": arch},
         "runner_wrapper": wrapper,
     }
+    return config if checkpoint_section_loads(t) else legacy_checkpoint_config(config)
+
+
+def checkpoint_section_loads(train: TrainSection) -> bool:
+    """Whether MindFormers 1.9 loads this run in its current checkpoint format (the `checkpoint:` section): on
+    one worker, or under semi_auto_parallel. Across data-parallel workers (parallel_mode 0) its loader asks
+    MindSpore for the network's sharding, which only an auto-parallel compile records, and gets None
+    (mindformers/checkpoint/sharded_tensor.py get_cur_sharded_tensor: a TypeError on the tiny run with two
+    msrun workers), so those runs keep the legacy keys (legacy_checkpoint_config), and their base the .ckpt."""
+    topo = topology(train)
+    return topo.workers == 1 or topo.model_parallel > 1 or topo.pipeline_stage > 1
 
 
 def resume_settings(config) -> dict:
-    """The keys that turn a rendered finetune config into the resume of its own run, from the full
-    checkpoints CheckpointMonitor wrote under output_dir/checkpoint/rank_N/ (`config`: the rendered
-    dict or MindFormers' MindFormerConfig of it).
+    """The `checkpoint:` keys that turn a rendered finetune config into the resume of its own run (`config`:
+    the rendered dict or MindFormers' MindFormerConfig of it): load the newest full checkpoint under
+    save_path (MindFormers reads latest_checkpointed_iteration.txt), the optimizer state and the step
+    with it. MindFormers 1.9 reshards it from the checkpoint's own metadata on any topology
+    (mindformers/checkpoint/checkpoint.py load_checkpoint, ReshardLoader), so no strategy file is
+    handed over; a resume keeps the topology all the same (train_hash refuses a change). In the legacy keys
+    (data-parallel workers, checkpoint_section_loads): resume_training from CheckpointMonitor's
+    output_dir/checkpoint/rank_N/ (its meta.json names the last one), each rank its own full copy."""
+    if not config.get("checkpoint"):
+        return {"resume_training": True, "load_checkpoint": str(Path(config["output_dir"]) / "checkpoint")}
+    return {"load_path": str(config["checkpoint"]["save_path"]), "no_load_optim": False}
 
-    Under model or pipeline parallel those are per-rank slices. MindFormers refuses to transform
-    sliced checkpoints without their strategy (tools/ckpt_transform/transform_checkpoint.py,
-    check_src_checkpoint_and_strategy). A resume keeps the topology (train_hash refuses a change), so
-    it transforms nothing: auto_trans_ckpt off, and each rank loads its own rank_N slice
-    (trainer/utils.py, get_load_checkpoint_result -> load_distributed_checkpoint). The source strategy
-    is handed over all the same (the folder MindFormers writes ckpt_strategy_rank_N.ckpt to; with a
-    pipeline the folder, which MindFormers merges, else any rank's file, as TransformCkpt's docstring
-    asks), so the resume config still passes if a user turns auto_trans_ckpt on to change the card count."""
-    out = Path(config["output_dir"])
-    settings = {"resume_training": True, "load_checkpoint": str(out / "checkpoint")}
-    if config["parallel"]["parallel_mode"] != 0:
-        strategy = out / "strategy"
-        settings["auto_trans_ckpt"] = False
-        settings["src_strategy_path_or_dir"] = str(
-            strategy if config["parallel_config"]["pipeline_stage"] > 1 else strategy / "ckpt_strategy_rank_0.ckpt"
-        )
-    return settings
+
+def legacy_checkpoint_config(config: dict) -> dict:
+    """The rendered config in MindFormers' legacy checkpoint keys (no `checkpoint:` section, the
+    CheckpointMonitor's own keys), for what the current format refuses or cannot load: only_save_strategy
+    (the dry run), data-parallel workers (checkpoint_section_loads). The same saves; the base as
+    `load_checkpoint` (a .ckpt, or a folder of them)."""
+    cfg = copy.deepcopy(config)
+    if "checkpoint" not in cfg:  # rendered in them already
+        return cfg
+    ckpt = cfg.pop("checkpoint")
+    cfg.pop("load_ckpt_format", None)
+    cfg.update(
+        {
+            "load_checkpoint": ckpt["load_path"],
+            "src_strategy_path_or_dir": "",
+            "auto_trans_ckpt": False,
+            "only_save_strategy": False,
+            "resume_training": False,
+        }
+    )
+    for callback in cfg["callbacks"]:
+        if callback["type"] == "CheckpointMonitor":
+            callback.update(
+                {
+                    "prefix": ckpt["prefix"],
+                    "directory": str(Path(ckpt["save_path"]).parent),
+                    "save_checkpoint_steps": ckpt["save_interleaved_steps"],
+                    "keep_checkpoint_max": ckpt["save_max"],
+                    "async_save": ckpt["async_save"],
+                }
+            )
+    return cfg
 
 
 PAGED_BLOCK_SIZE = 16  # MindFormers' LlamaConfig default block_size

@@ -383,7 +383,7 @@ class TuneboxLoraCheckpoints(Callback):
     parallel the slices are gathered first, so every file holds whole LoRA matrices that merge can fold
     into the base without a strategy file (not run here: this CPU has no model parallel). Written to a
     temporary name and renamed, so a file that exists is whole. MindFormers' own CheckpointMonitor keeps
-    the full checkpoints for resume_training; it rotates them, and these must never be rotated away."""
+    the full checkpoints to resume from; it rotates them, and these must never be rotated away."""
 
     def __init__(self, directory: str, planned_steps=(), steps_per_epoch: int = 1, prefix: str = "tunebox"):
         super().__init__()

@@ -42,7 +42,12 @@ from tqdm import tqdm
 from tunebox.chaos import kill_point
 from tunebox.data.tokenizer import TextTokenizer, build_byte_tokenizer
 from tunebox.io import InputError, atomic_dir, atomic_write_json, sha256_file
-from tunebox.model.checkpoint import CheckpointStreamWriter, bfloat16_bits_to_float32, save_checkpoint_numpy
+from tunebox.model.checkpoint import (
+    CheckpointStreamWriter,
+    bfloat16_bits_to_float32,
+    save_checkpoint_numpy,
+    write_safetensors,
+)
 from tunebox.model.registry import INTERNLM_CONTEST_TOKENIZER_CONFIG, ModelShape, cache_dir, get_model_shape, model_dir
 
 log = logging.getLogger(__name__)
@@ -198,6 +203,42 @@ def _build_lock(final: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# The base model's file in the folder MindFormers 1.9 loads it from (checkpoint.load_path). Not
+# "model.safetensors": that name makes MindFormers take the folder for a Hugging Face checkpoint
+# (mindformers/checkpoint/utils.py is_hf_checkpoint), whose loader needs an mcore network.
+BASE_SAFETENSORS = "tunebox-base.safetensors"
+
+
+def safetensors_base_dir(ckpt: Path) -> Path:
+    """The cache folder that holds `ckpt` (a MindSpore .ckpt) as safetensors: named by the file's path,
+    size and modification time, so a rebuilt or replaced checkpoint gets a new folder."""
+    ckpt = Path(ckpt).resolve()
+    st = ckpt.stat()
+    key = hashlib.sha256(f"{ckpt}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "safetensors" / f"{ckpt.stem}-{key}"
+
+
+def ensure_safetensors_base(ckpt: Path, progress: bool = True) -> Path:
+    """The folder MindFormers 1.9's `checkpoint.load_path` loads the base model from: `ckpt` written once
+    as safetensors (write_safetensors, one tensor at a time) into safetensors_base_dir, under a lock so
+    the ranks of one run and concurrent runs convert it once. For an 8B model this is a second 16 GB
+    copy of the base (docs/CONTAINERS.md)."""
+    if not Path(ckpt).is_file():
+        raise InputError("base checkpoint not found", ckpt)
+    final = safetensors_base_dir(ckpt)
+    if (final / BASE_SAFETENSORS).is_file():
+        return final
+    with _build_lock(final):
+        if (final / BASE_SAFETENSORS).is_file():  # another process wrote it while we waited
+            return final
+        started = time.perf_counter()
+        with atomic_dir(final) as tmp:
+            count = write_safetensors(ckpt, tmp / BASE_SAFETENSORS, progress=progress)
+        seconds = time.perf_counter() - started
+        log.info("base checkpoint as safetensors (%d tensors) in %s, %.1fs", count, final, seconds)
+    return final
 
 
 def _write_model_json(directory: Path, shape: ModelShape, provenance: dict, seconds: float) -> None:

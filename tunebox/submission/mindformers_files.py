@@ -39,8 +39,11 @@ Which MindFormers each file is for (each file says so on its first line):
 | predict_r1.1.yaml | r1.1 (v1.1.0), the contest's | 2.3.0rc2 |
 
 finetune.yaml is the MindFormers config the training ran (runs/<id>/train/mindformers.yaml), with
-its machine paths made relative to this folder's parent: point `load_checkpoint` at the base model's
-MindFormers checkpoint and `train_dataset.data_loader.dataset_dir` at the MindRecord before running it.
+its machine paths made relative to this folder's parent: point `checkpoint.load_path` at a folder holding
+the base model as safetensors (MindFormers 1.9's checkpoint format; a .ckpt becomes one with
+`mindspore.ckpt_to_safetensors`, and the file must not be named model.safetensors, which MindFormers takes
+for Hugging Face weights; a run trained on data-parallel workers has the legacy `load_checkpoint` instead, the
+.ckpt itself) and `train_dataset.data_loader.dataset_dir` at the MindRecord before running it.
 The classes it names with `auto_register` are in mf_extensions.py, found through REGISTER_PATH
 (MindFormers 1.9; r1.1 has no auto_register).
 
@@ -80,7 +83,10 @@ def portable_finetune_config(config: dict, run_dir: Path) -> dict:
     submission's mindformers/ folder (../run/...), the base checkpoint and data named by role."""
     cfg = json.loads(json.dumps(config))
     cfg["output_dir"] = "./output"
-    cfg["load_checkpoint"] = "../base/model.ckpt"
+    if "checkpoint" in cfg:  # MindFormers 1.9's checkpoint format: the base as a safetensors folder
+        cfg["checkpoint"].update({"load_path": "../base", "save_path": "./output/checkpoint"})
+    else:  # the legacy keys (a run on data-parallel workers: mf_config.checkpoint_section_loads)
+        cfg["load_checkpoint"] = "../base/model.ckpt"
     loader = cfg["train_dataset"]["data_loader"]
     loader.pop("dataset_files", None)
     loader["dataset_dir"] = "../data/train.mindrecord"

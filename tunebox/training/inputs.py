@@ -10,8 +10,9 @@ from pathlib import Path
 from tunebox.config import LoraSection, TrainSection
 from tunebox.data.packing import pack_rows, write_packed_mindrecord
 from tunebox.data.samples import mindrecord_shards, read_mindrecord
-from tunebox.model.mf_config import render_train_config
+from tunebox.model.mf_config import checkpoint_section_loads, render_train_config
 from tunebox.model.registry import ModelShape
+from tunebox.model.weights import ensure_safetensors_base
 from tunebox.training.plan import answer_capacity, plan_steps
 
 log = logging.getLogger("tunebox.train")
@@ -32,8 +33,9 @@ def prepare(
 ) -> dict:
     """Everything the Trainer needs, from prep's rows (`data_file`) and the run's settings: the plan, the
     data files (packed into `out` when train.packing), the answer capacity and the rendered MindFormers
-    config, which starts from the base checkpoint `base`. With write=False nothing is written (a worker of
-    a multi-node run)."""
+    config, which starts from the base checkpoint `base` (a .ckpt; MindFormers loads it from a safetensors
+    copy in the cache, made once). With write=False nothing under `out` is written (a worker of a multi-node
+    run)."""
     ids, labels = read_mindrecord(data_file)
     files, packing = mindrecord_shards(data_file), None
     if train.packing:
@@ -65,7 +67,8 @@ def prepare(
         data_files=files,
         out_dir=out,
         plan=plan,
-        base_checkpoint=base,
+        # what MindFormers 1.9's checkpoint.load_path loads, or the legacy load_checkpoint
+        base_checkpoint=ensure_safetensors_base(base) if checkpoint_section_loads(train) else base,
         answer_capacity=capacity,
     )
     tokens = int((ids != pad_id).sum())

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 from pathlib import Path
+from typing import Optional
 
 from tunebox import layout
 from tunebox.config import TrainSection
@@ -32,18 +34,43 @@ def session_start(out: Path) -> int:
     return rows[-1]["start_step"] if rows else 0
 
 
-def resume_point(out: Path, rank: int = 0) -> bool:
-    """Whether MindFormers left a full checkpoint to resume from (its meta.json names the last one)."""
-    return (out / "checkpoint" / f"rank_{rank}" / "meta.json").exists()
+# What MindFormers 1.9's checkpoint format leaves under checkpoint.save_path (mindformers/checkpoint/utils.py):
+# one iteration_%08d/ folder per save (every rank's files, common.json), and a tracker naming the newest
+# whole one, written after its files
+TRACKER = "latest_checkpointed_iteration.txt"
+
+
+def resume_point(out: Path) -> Optional[Path]:
+    """The full checkpoint MindFormers resumes from: the iteration folder its tracker names, when both
+    are there; in the legacy keys (data-parallel workers), rank 0's folder when its meta.json names the
+    last save (None: nothing to resume from)."""
+    legacy = out / "checkpoint" / "rank_0"
+    if (legacy / "meta.json").is_file():
+        return legacy
+    tracker = out / "checkpoint" / TRACKER
+    try:
+        iteration = int(tracker.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+    folder = out / "checkpoint" / f"iteration_{iteration:08d}"
+    return folder if (folder / "common.json").is_file() else None
 
 
 def check_resume(out: Path, settings_hash: str) -> bool:
     """True when a previous run of the same settings (plan.train_hash) left a checkpoint to resume from;
-    InputError when the folder holds a run with other settings."""
+    InputError when the folder holds a run with other settings. Before a resume, the other iteration
+    folders go: MindFormers rotates (save_max) only the saves of its own session, and a folder a kill
+    cut short is never the tracker's."""
     state = out / TRAIN_STATE
     if state.exists() and json.loads(state.read_text())["train_hash"] != settings_hash:
         raise InputError(f"{out} holds a run with different training settings; use a new run_id or delete it")
-    return resume_point(out)
+    point = resume_point(out)
+    if point is None:
+        return False
+    for stale in point.parent.glob("iteration_*"):
+        if stale != point:
+            shutil.rmtree(stale, ignore_errors=True)
+    return True
 
 
 def lora_files(out: Path, plan: dict, rank: int = 0) -> dict[int, Path]:
