@@ -122,7 +122,8 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
         )
         kill_point("evaluate.between-models")
     base = next((r for r in results if r["model"] == "base"), None)
-    contest = contest_figures(stage, param_figures(shape, lora.rank, lora.target_modules))
+    params = param_figures(shape, lora.rank, lora.target_modules)
+    contest = contest_figures(stage, params)
     tuned = [annotate(r, base, contest) for r in results if r["model"] != "base"]
     choice = choose_checkpoint(tuned)
     dial = None

@@ -33,19 +33,18 @@ import time
 from pathlib import Path
 
 from tunebox import layout
-from tunebox.chaos import kill_point
 from tunebox.cli import run_job, spec_argv, switch
 from tunebox.config import RunSpec
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
-from tunebox.manifest import write_job_manifest
 from tunebox.model.mf import run_mindformers, setup_device
 from tunebox.model.mf_config import dump
 from tunebox.model.registry import get_model_shape
 from tunebox.model.weights import load_tokenizer
 from tunebox.run_checkpoints import base_checkpoint
+from tunebox.training.finish import finish
 from tunebox.training.inputs import PACKED_RECORDS, TRAIN_YAML, prepare
-from tunebox.training.launch import hold_workers_lock, in_cluster, launch_msrun, wait_for_prep, wait_for_workers
-from tunebox.training.outputs import TRAIN_STATE, check_resume, read_loss_log, training_done, write_outputs
+from tunebox.training.launch import hold_workers_lock, in_cluster, run_workers, wait_for_prep, wait_for_workers
+from tunebox.training.outputs import TRAIN_STATE, check_resume, read_loss_log, training_done
 from tunebox.training.plan import train_hash
 
 log = logging.getLogger("tunebox.train")
@@ -115,36 +114,14 @@ def main(spec: RunSpec, args) -> Path:
             f"; resuming from {out / 'checkpoint'}" if resume else "",
         )
         started = time.time()
-        if spec.train.workers > 1 and not in_cluster():
-            code = launch_msrun(spec.train, WORKER_PROGRAM, spec_argv(args.config, args.overrides), out / "msrun")
-            if code != 0:
-                raise RuntimeError(f"msrun exited with {code}; worker logs in {out / 'msrun'} and {out / 'log'}")
-            if not (spec.run_dir / layout.TRAIN_INDEX).exists():
-                raise RuntimeError(
-                    f"the workers ended without writing {spec.run_dir / layout.TRAIN_INDEX}; see {out / 'msrun'}"
-                )
-            return out  # rank 0 wrote the index, summary and manifest
-        run_mindformers(out / TRAIN_YAML, resume)
+        if spec.train.workers <= 1 or in_cluster():  # this process trains
+            run_mindformers(out / TRAIN_YAML, resume)
+        else:  # msrun's workers train, and rank 0 writes the index, summary and manifest
+            argv = spec_argv(args.config, args.overrides)
+            run_workers(spec.train, WORKER_PROGRAM, argv, out, spec.run_dir / layout.TRAIN_INDEX)
+            return out
         run_s, losses = time.time() - started, read_loss_log(out)
     return finish(spec, prepared, run_s, losses)
-
-
-def finish(spec: RunSpec, prepared: dict, run_s: float, losses: list[dict]) -> Path:
-    """After the Trainer: the checkpoint index, loss.csv, summary and manifest (rank 0's files)."""
-    out = spec.job_dir("train")
-    summary = write_outputs(spec.run_dir, prepared, losses, spec.train, run_s)
-    kill_point("train.before-manifest")
-    write_job_manifest(
-        out,
-        "train",
-        spec,
-        inputs={"train.mindrecord": prepared["data_file"], "base_checkpoint": prepared["base_checkpoint"]},
-        outputs={"checkpoints": spec.run_dir / layout.TRAIN_INDEX, "mindformers_yaml": out / TRAIN_YAML},
-        seeds={"train": spec.train.seed},
-        extra=summary,
-    )
-    log.info("train: %d LoRA checkpoints in %s", len(summary["checkpoint_steps"]), out / "checkpoint_trainable")
-    return out
 
 
 def worker_main(spec: RunSpec, args) -> None:

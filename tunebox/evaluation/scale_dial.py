@@ -56,12 +56,12 @@ def scale_dial(
         raise InputError(f"merge/index.json names no LoRA file for {target['name']}: run merge again")
     lora_file = train_dir / target["lora_file"]
 
+    def load(scale):  # the runner of one scale, built only when that scale has something to compute
+        return lambda: NumpyRunner(merged_in_memory(shape, lora, *arrays(), scale), batch_size)
+
     @functools.cache
     def arrays() -> tuple[dict, dict]:  # read once, on the first scale that has something to compute
         return load_checkpoint_numpy(base_ckpt), load_checkpoint_numpy(lora_file)
-
-    def load(scale):
-        return lambda: NumpyRunner(merged_in_memory(shape, lora, *arrays(), scale), batch_size)
 
     lora_sha, base_sha = sha256_file(lora_file), sha256_file(base_ckpt)
     points = []

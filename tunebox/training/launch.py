@@ -45,6 +45,17 @@ def launch_msrun(train: TrainSection, worker: Path, job_args: list[str], log_dir
     return subprocess.call(cmd, env=env)
 
 
+def run_workers(train: TrainSection, worker: Path, job_args: list[str], out: Path, index_file: Path) -> None:
+    """Train under msrun with train.workers local workers (launch_msrun, its logs in out/msrun); rank 0
+    writes the run's index (`index_file`), summary and manifest, and a run that ends without the index
+    is an error."""
+    code = launch_msrun(train, worker, job_args, out / "msrun")
+    if code != 0:
+        raise RuntimeError(f"msrun exited with {code}; worker logs in {out / 'msrun'} and {out / 'log'}")
+    if not index_file.exists():
+        raise RuntimeError(f"the workers ended without writing {index_file}; see {out / 'msrun'}")
+
+
 def in_cluster() -> bool:
     """Whether a cluster operator started this process as one rank (it sets MindSpore's MS_* variables)."""
     return "MS_WORKER_NUM" in os.environ or "MS_ROLE" in os.environ
