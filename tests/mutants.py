@@ -67,6 +67,7 @@ GROUPS: dict[str, dict] = {
             "tunebox.training.plan.x_answer_capacity*",
             "tunebox.training.plan.x_train_hash*",
             "tunebox.training.outputs.x_check_resume*",
+            "tunebox.training.outputs.x_resume_point*",
         ],
     },
 }

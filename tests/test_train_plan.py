@@ -274,6 +274,19 @@ def test_resume_point_is_the_trackers_whole_folder(tmp_path):
     assert resume_point(out) is None
 
 
+def test_data_parallel_workers_resume_from_the_legacy_folder(tmp_path):
+    """Data-parallel workers keep MindFormers' legacy keys (mf_config.checkpoint_section_loads): their resume
+    point is rank 0's CheckpointMonitor folder once its meta.json names a save, ahead of any tracker.
+    Mutants (mutmut x_resume_point 4-10): the folder's or the file's name changed."""
+    out = tmp_path / "train"
+    legacy = out / "checkpoint" / "rank_0"
+    legacy.mkdir(parents=True)
+    (legacy / "tunebox_rank_0-1_3.ckpt").write_bytes(b"x")
+    assert resume_point(out) is None  # no meta.json yet: the first save is not done
+    (legacy / "meta.json").write_text(json.dumps({"last_ckpt_file": "tunebox_rank_0-1_3.ckpt"}))
+    assert resume_point(out) == legacy
+
+
 def test_a_resume_keeps_only_the_folder_it_resumes_from(tmp_path):
     """MindFormers rotates (save_max) only its own session's saves: before a resume every other iteration
     folder goes, the cut-short one included. Mutants: no pruning; the resumed folder pruned too."""
