@@ -223,8 +223,8 @@ def safetensors_base_dir(ckpt: Path) -> Path:
 def ensure_safetensors_base(ckpt: Path, progress: bool = True) -> Path:
     """The folder MindFormers 1.9's `checkpoint.load_path` loads the base model from: `ckpt` written once
     as safetensors (write_safetensors, one tensor at a time) into safetensors_base_dir, under a lock so
-    the ranks of one run and concurrent runs convert it once. For an 8B model this is a second 16 GB
-    copy of the base (docs/CONTAINERS.md)."""
+    the ranks of one run and concurrent runs convert it once. For Llama3-8B (converted to float32) this is a
+    second 32 GB copy of the base (budget.estimate_disk counts it; docs/CONTAINERS.md)."""
     if not Path(ckpt).is_file():
         raise InputError("base checkpoint not found", ckpt)
     final = safetensors_base_dir(ckpt)
