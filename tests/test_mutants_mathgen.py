@@ -21,6 +21,16 @@ def test_solvers_return_none_for_text_that_is_not_theirs():
     assert mathgen.solve("What is 2 + 2?", "english_word") is None
 
 
+def test_arithmetic_solver_refuses_another_operator():
+    """The "+" solver given a subtraction, or text that is no arithmetic problem: None. Mutant:
+    tunebox.contest.mathgen.x__arith_solver__mutmut_3 (`not m or ...` -> `not m and ...`: the sum of a
+    subtraction's operands; an AttributeError on no match). _arith_solver runs when FAMILIES is built, at
+    import: mutmut cannot switch it on; `tests/mutants.py --fresh` can."""
+    assert mathgen.solve("计算 1.00 - 2.00 等于多少？", "add") is None
+    assert mathgen.solve("计算 1.00 - 2.00 等于多少？", "sub") == "1.00 - 2.00 = -1.00"
+    assert mathgen.solve("计算 abc 等于多少？", "add") is None
+
+
 def test_officers_guard():
     """An unknown group, five offices, fewer members than offices: None; exactly as many members as offices:
     3 x 2 x 1 = 6 ways. Mutants: x__en_officers__mutmut_1 (`or` -> `and` before `n < k`: a KeyError for five

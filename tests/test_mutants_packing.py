@@ -97,6 +97,34 @@ def test_pack_rows_keeps_the_pad_id_and_rounds_the_fill():
     assert stats["max_samples_per_row"] == 3
 
 
+def test_pack_rows_one_token_and_no_rows():
+    """One row one token wide, holding one token: 1 of 1 position used before and after (1.0, not 0.5); no
+    rows at all: no row out, max_samples_per_row 0. Mutants: tunebox.data.packing.x_pack_rows__mutmut_73, _87
+    (`max(1, ...)` -> `max(2, ...)` in fill_before / fill_after), _93 (`default=0` -> `default=None`), _95
+    (the default dropped: max() of nothing raises)."""
+    _, _, segs, stats = pack_rows(np.array([[7]], dtype=np.int32), np.array([[IGNORE]], dtype=np.int32), PAD)
+    assert segs.tolist() == [[1]]
+    assert stats == {
+        "samples": 1,
+        "rows": 1,
+        "width": 1,
+        "fill_before": 1.0,
+        "fill_after": 1.0,
+        "max_samples_per_row": 1,
+    }
+    empty = np.zeros((0, 4), dtype=np.int32)
+    pids, _, _, stats = pack_rows(empty, empty, PAD)
+    assert pids.shape == (0, 4)
+    assert stats == {
+        "samples": 0,
+        "rows": 0,
+        "width": 4,
+        "fill_before": 0.0,
+        "fill_after": 0.0,
+        "max_samples_per_row": 0,
+    }
+
+
 def test_packed_mindrecord_round_trip(tmp_path):
     from mindspore.mindrecord import FileReader
 
