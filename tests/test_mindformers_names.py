@@ -178,3 +178,25 @@ def test_a_failing_git_call_raises(tmp_path):
     """Mutant: x__git__mutmut_* with check=False (a bad ref would read as an empty commit)."""
     with pytest.raises(subprocess.CalledProcessError):
         mindformers_names.read_names(str(tmp_path / "no.git"), "v1.1.0")
+
+
+def test_main_help_and_required_out(mindformers_git, monkeypatch, capsys):
+    """--help shows the module's first paragraph and what --git-dir wants; --out is required. Mutants:
+    x_main__mutmut_2-_5 (the description), _8, _11, _15, _16 (--git-dir's help), _26, _28, _31 (--out not
+    required). The write's encoding (_35, _37, _51) is equivalent: json.dumps writes ASCII only."""
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exc:
+        mindformers_names.main(["--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        "What a MindFormers release registers and accepts, read from its source: the facts a contest-flavoured "
+        "YAML is checked against where that MindFormers cannot be installed (r1.1 needs MindSpore 2.3.0, which "
+        "PyPI does not serve)." in out
+    )
+    assert "--git-dir GIT_DIR a clone (bare is fine) of mindspore-lab/mindformers" in out
+    assert "Read from the source" not in out  # the first paragraph only
+    with pytest.raises(SystemExit) as exc:
+        mindformers_names.main(["--git-dir", mindformers_git["git_dir"]])
+    assert exc.value.code == 2
+    assert "the following arguments are required: --out" in capsys.readouterr().err

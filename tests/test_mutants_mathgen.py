@@ -132,3 +132,17 @@ def test_make_names_the_generatable_families():
         "family 'english_competition' cannot be generated; generatable: add, sub, mul, div, power, sqrt, "
         "linear_equation, function_value, rectangle_area, sales_growth, discount, average, english_word"
     )
+
+
+def test_row_family_by_format():
+    """math: the problem's family from its wording; mcq: meta's subject, else "mcq" (no meta, no subject, an
+    empty one). Mutants: tunebox.contest.scoring.x_row_family__mutmut_* (no fast test called it before)."""
+    from tunebox.contest.scoring import row_family
+
+    assert row_family("math", "计算 1.00 + 2.00 等于多少？") == "add"
+    assert row_family("math", "计算 4.00 的平方根？", {"subject": "algebra"}) == "sqrt"
+    assert row_family("mcq", "Which?", {"subject": "biology"}) == "biology"
+    assert row_family("mcq", "Which?", {"subject": 7}) == "7"
+    assert row_family("mcq", "Which?") == "mcq"
+    assert row_family("mcq", "Which?", {"subject": ""}) == "mcq"
+    assert row_family("mcq", "Which?", {"topic": "x"}) == "mcq"

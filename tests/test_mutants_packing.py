@@ -19,6 +19,13 @@ def test_sample_lengths_by_hand():
     assert sample_lengths(ids, labels, PAD).tolist() == [3, 0, 3, 5]
 
 
+def test_sample_lengths_are_int64():
+    """Mutant: tunebox.data.packing.x_sample_lengths__mutmut_8 (`.astype(np.int64)` -> `.astype(None)`: float64
+    lengths)."""
+    got = sample_lengths(np.array([[5, 0]]), np.array([[IGNORE, IGNORE]]), PAD)
+    assert got.dtype == np.int64 and got.tolist() == [1]
+
+
 def reference_best_fit(lengths: list[int], width: int) -> list[list[int]]:
     """Best fit decreasing, written plainly: longest first (ties by index); each sample into the open bin
     with the least room that still fits (ties: the bin that came to that room first), else a new bin.
