@@ -349,8 +349,9 @@ def test_rerun_without_recorded_limits_uses_the_cap(tmp_path, weights):
 
 def test_rerun_missing_broken_and_unlimited_checkpoints(tmp_path, weights):
     """step 2 has no checkpoint file, step 4's does not load, step 6's predictions record a limit of 9 > the cap
-    3: each named once, the others still evaluated (step 8 matches), no ok line. Mutants: `continue` turned
-    into `break`; the file test inverted; the load error's message changed; a None limit list evaluated."""
+    3: each named once, the others still evaluated (step 8, recorded 1.0 strict, gives 0.5). Mutants:
+    x_rerun_evaluation__mutmut_86 and the other `continue`s turned into `break`; the file test inverted; the load
+    error's message changed; a None limit list evaluated."""
     root = rerun_folder(tmp_path, weights, {4: b"not a checkpoint", 6: "four", 8: "four"})
     (root / "logs/evaluate/step-000002").mkdir(parents=True)
     write_jsonl(
@@ -359,7 +360,7 @@ def test_rerun_missing_broken_and_unlimited_checkpoints(tmp_path, weights):
         [{**r, "answer": "4", "max_new_tokens": 9} for r in HELDOUT],
     )
     sub, f = fresh(root)
-    checks.rerun_evaluation(sub, f, spec(), [2, 4, 6, 8], recorded(step_000008=(0.5, 0.5)), 0.0)
+    checks.rerun_evaluation(sub, f, spec(), [2, 4, 6, 8], recorded(step_000008=(1.0, 0.5)), 0.0)
     got = lines(f, "rerun")
     assert got[0] == ("FAIL", "step-000002: no checkpoint to evaluate")
     assert got[1][0] == "FAIL" and got[1][1].startswith("step-000004: the checkpoint does not load as tiny: ")
@@ -368,7 +369,8 @@ def test_rerun_missing_broken_and_unlimited_checkpoints(tmp_path, weights):
             "FAIL",
             "step-000006: predictions.jsonl records max_new_tokens outside 1..eval.max_new_tokens (3) on "
             "line(s) [1, 2, 3, 4]",
-        )
+        ),
+        ("FAIL", "step-000008: re-run accuracy_strict 0.5000, results.json says 1.0 (tolerance 0.0)"),
     ]
 
 
@@ -505,3 +507,50 @@ def test_predict_that_mindformers_cannot_run(tmp_path, monkeypatch, weights):
     checks.check_predict(sub, f, spec())
     message = "mindformers/predict.yaml does not run in MindFormers: KeyError: '" + "x" * 399
     assert f.lines == [("FAIL", "predict", message)]
+
+
+def test_predict_needs_a_spec(tmp_path, monkeypatch, weights):
+    """Every input there but hyperparams.yaml: it cannot run. Mutant: x_check_predict__mutmut_17 (`spec is None
+    or not heldout` -> `and`: spec.data read from None)."""
+    calls = mindformers_says(monkeypatch, weights)
+    sub, f = fresh(predict_folder(tmp_path, weights))
+    checks.check_predict(sub, f, None)
+    assert calls == [] and f.lines == [
+        (
+            "FAIL",
+            "predict",
+            "cannot run mindformers/predict.yaml: hyperparams.yaml, the held-out rows, the tokenizer or predict.yaml "
+            "is missing or broken",
+        )
+    ]
+
+
+def test_predict_prompt_in_the_chat_template(tmp_path, monkeypatch, weights):
+    """data.template "chat": the prompt given to MindFormers is the byte tokenizer's ChatML turn (its
+    tokenizer_config's template, no system prompt), written out here. Mutant: x_check_predict__mutmut_44
+    (spec_prompt given None for the tokenizer: only a chat template reads it)."""
+    calls = mindformers_says(monkeypatch, weights)
+    chat = spec()
+    chat.data.template = "chat"
+    sub, f = fresh(predict_folder(tmp_path, weights))
+    checks.check_predict(sub, f, chat)
+    assert calls == [(tmp_path / "mindformers", "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n", 6)]
+
+
+# "Question: 2+2?\nAnswer:" by hand as above (u 89, e 73, s 87, t 88, i 77, o 83, n 82, w 91, r 86): 22 ids
+LONG_TEMPLATE = "Question: {problem}\nAnswer:"
+LONG_IDS = [53, 89, 73, 87, 88, 77, 83, 82, 30, 225, 22, 15, 22, 35, 203, 37, 82, 87, 91, 73, 86, 30]
+
+
+def test_predict_prompt_ids_shown_twelve_each(tmp_path, monkeypatch, weights):
+    """A 22-id prompt and MindFormers' 23 ids (a BOS first): twelve of each shown. Mutants:
+    x_check_predict__mutmut_85, _86 (thirteen shown)."""
+    mindformers_says(monkeypatch, weights, ids=[1] + LONG_IDS)
+    long = spec()
+    long.data.template = LONG_TEMPLATE
+    sub, f = fresh(predict_folder(tmp_path, weights))
+    checks.check_predict(sub, f, long)
+    assert f.failed("predict") == [
+        "mindformers/predict.yaml's tokenizer encodes the first held-out prompt as "
+        f"{[1] + LONG_IDS[:11]}..., tunebox as {LONG_IDS[:12]}... (the training ids)"
+    ]
