@@ -145,7 +145,12 @@ def test_mindformers_sets_its_log_folder_only_when_unset(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_DEFAULT_PATH", str(tmp_path / "mine"))
     checks.check_mindformers(sub, f)
     assert os.environ["LOCAL_DEFAULT_PATH"] == str(tmp_path / "mine")
-    assert f.lines == [("ok", "mindformers", OK_MINDFORMERS[1])] * 2
+    # no TMPDIR: /tmp (x_check_mindformers__mutmut_21, _22: another default)
+    monkeypatch.delenv("LOCAL_DEFAULT_PATH")
+    monkeypatch.delenv("TMPDIR")
+    checks.check_mindformers(sub, f)
+    assert os.environ["LOCAL_DEFAULT_PATH"] == str(Path("/tmp") / "tunebox-verify")
+    assert f.lines == [("ok", "mindformers", OK_MINDFORMERS[1])] * 3
 
 
 def test_mindformers_yaml_that_does_not_load(tmp_path, mf_scratch):
@@ -206,6 +211,20 @@ def test_finetune_registers_classes_the_folder_does_not_define(tmp_path, mf_scra
     )
     assert lines(f, "mindformers") == [("FAIL", message.format(model)), ("FAIL", message.format(wrapper))]
     assert lines(g, "mindformers") == [("FAIL", message.format(r)) for r in (model, wrapper, callback)]
+
+
+def test_registered_class_named_by_its_last_part(tmp_path, mf_scratch):
+    """auto_register "pkg.mf_extensions.TuneboxLlamaForCausalLM": the class is its last dotted part; a failure
+    of another check before does not keep the ok line away. Mutants: x_check_mindformers__mutmut_105
+    (`split(".")[-1]` -> `[+1]`: "mf_extensions"), _115 (`f.failed("mindformers")` -> `f.failed(None)`: any
+    check's failure)."""
+    finetune = FINETUNE.replace(
+        "auto_register: mf_extensions.TuneboxLlama", "auto_register: pkg.mf_extensions.TuneboxLlama"
+    )
+    sub, f = fresh(mindformers_folder(tmp_path / "sub", finetune=finetune))
+    f.fail("files", "an earlier finding")
+    checks.check_mindformers(sub, f)
+    assert lines(f, "mindformers") == [OK_MINDFORMERS]
 
 
 def test_finetune_without_wrapper_or_callbacks(tmp_path, mf_scratch):
@@ -274,13 +293,22 @@ def recorded(**accuracies) -> dict:
     }
 
 
-def test_rerun_that_matches(tmp_path, weights):
+def test_rerun_that_matches(tmp_path, weights, caplog, capsys):
     """Both checkpoints give what results.json records, the answers are the bundled ones: one ok line with the
     counts. Mutants: x_rerun_evaluation__mutmut_* reading another checkpoint, other rows, other limits
     (replace(task, limits=None)), another model or batch; the ok line's counts or text changed."""
     root = rerun_folder(tmp_path, weights, {2: "four", 4: "seven"})
     sub, f = fresh(root)
+    caplog.set_level("INFO", logger="tunebox.verify")
     checks.rerun_evaluation(sub, f, spec(), [2, 4], recorded(step_000002=(0.5, 0.5), step_000004=(0.25, 0.25)), 0.0)
+    # the log line and the progress bar's label a person watching verify --rerun reads. Mutants:
+    # x_rerun_evaluation__mutmut_171-_180 (the log line), _105 (the bar's label dropped)
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.name == "tunebox.verify"] == [
+        ("tunebox.verify", "INFO", "re-run step-000002: strict 0.5000 tolerant 0.5000"),
+        ("tunebox.verify", "INFO", "re-run step-000004: strict 0.2500 tolerant 0.2500"),
+    ]
+    err = capsys.readouterr().err
+    assert "re-run step-000002: 100%" in err and "re-run step-000004: 100%" in err
     assert f.lines == [
         (
             "ok",
@@ -448,7 +476,7 @@ def test_predict_not_run_without_mindformers(tmp_path, monkeypatch):
     assert f.lines == [("note", "predict", "MindFormers is not installed here: mindformers/predict.yaml was not run")]
 
 
-def test_predict_that_agrees(tmp_path, monkeypatch, weights):
+def test_predict_that_agrees(tmp_path, monkeypatch, weights, capsys):
     """MindFormers encodes the first held-out prompt in the training template as tunebox does and answers
     "444444", as tunebox's decoder does from the same checkpoint (6 tokens of "4"). Mutants:
     x_check_predict__mutmut_* passing another folder, prompt or token count to MindFormers, decoding another
@@ -456,6 +484,7 @@ def test_predict_that_agrees(tmp_path, monkeypatch, weights):
     calls = mindformers_says(monkeypatch, weights)
     sub, f = fresh(predict_folder(tmp_path, weights))
     checks.check_predict(sub, f, spec())
+    assert capsys.readouterr().err == ""  # no progress bar for six tokens (mutants _108, _109: progress shown)
     assert calls == [(tmp_path / "mindformers", PROMPT, 6)]
     assert f.lines == [
         (
