@@ -113,7 +113,8 @@ def git(repo: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def mindformers_git(tmp_path_factory) -> dict:
-    """A repository with the files above tagged v1.1.0, then a commit dropping auto_register (HEAD)."""
+    """A repository with the files above tagged v1.1.0, then a commit dropping auto_register and the special
+    tokens (HEAD)."""
     repo = tmp_path_factory.mktemp("mindformers")
     git(repo, "init", "-q", "-b", "master")
     for rel, text in FILES.items():
@@ -124,11 +125,12 @@ def mindformers_git(tmp_path_factory) -> dict:
     git(repo, "tag", "v1.1.0")
     tagged = git(repo, "rev-parse", "HEAD").strip()
     (repo / "mindformers/tools/register/register.py").write_text("class MindFormerRegister:\n    pass\n")
-    git(repo, "commit", "-q", "-am", "no auto_register")
+    (repo / "mindformers/models/tokenization_utils_base.py").write_text("class PreTrainedTokenizerBase:\n    pass\n")
+    git(repo, "commit", "-q", "-am", "no auto_register, no special tokens")
     return {"git_dir": str(repo / ".git"), "tagged": tagged, "head": git(repo, "rev-parse", "HEAD").strip()}
 
 
-def expected(ref: str, commit: str, auto_register: bool) -> dict:
+def expected(ref: str, commit: str, tagged: bool) -> dict:
     return {
         "ref": ref,
         "commit": commit,
@@ -147,8 +149,8 @@ def expected(ref: str, commit: str, auto_register: bool) -> dict:
             "LlamaTokenizer": ["vocab_file", "unk_token"],
         },
         "config_kwargs": ["do_sample", "max_length", "return_dict"],
-        "special_tokens": ["bos_token", "eos_token", "pad_token"],
-        "has_auto_register": auto_register,
+        "special_tokens": ["bos_token", "eos_token", "pad_token"] if tagged else [],
+        "has_auto_register": tagged,
     }
 
 
@@ -156,7 +158,8 @@ def test_read_names_at_a_tag_and_at_head(mindformers_git):
     """Mutants: tunebox.contest.mindformers_names.x_read_names__mutmut_* (the file filter, the registration
     skip, the CONFIG/TOKENIZER parameter rule, the keys, auto_register), x__module_type__mutmut_* (each
     clause of the decorator test, the module_type keyword), x__init_params__mutmut_* (posonly + args +
-    kwonly, self dropped), x__kwargs_pops__mutmut_* (each clause of the pop test), x__git__mutmut_*."""
+    kwonly, self dropped), x__kwargs_pops__mutmut_* (each clause of the pop test), x__git__mutmut_*;
+    x_read_names__mutmut_88 (no SPECIAL_TOKENS_ATTRIBUTES: None instead of [])."""
     g = mindformers_git
     assert mindformers_names.read_names(g["git_dir"], "v1.1.0") == expected("v1.1.0", g["tagged"], True)
     assert mindformers_names.read_names(g["git_dir"], "HEAD") == expected("HEAD", g["head"], False)
