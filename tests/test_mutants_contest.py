@@ -813,3 +813,18 @@ def test_a_decimal_infinity_given_directly():
 
     got = scoring._as_answer(Decimal("Infinity"))
     assert (got.value, got.rule, got.shown_exponent) == (Decimal("Infinity"), "value", None)
+
+
+def test_fullwidth_forms_at_the_ends_of_the_block():
+    """U+FF01 (！) and U+FF5E (～), the first and last full-width forms, become "!" and "~"; U+FF5F (｟), just past
+    the block, stays; the ideographic space becomes one space; the full-width comma ", ". Mutants:
+    tunebox.contest.scoring.x__fullwidth_to_ascii__mutmut_9, _10 (the block starting at U+FF02), _11, _12 (ending
+    at U+FF5D or U+FF5F), _18, _19, _20 (the ideographic space)."""
+    assert scoring._fullwidth_to_ascii("\uff01\uff5e\uff5f\u3000\uff0c") == "!~\uff5f , "
+
+
+def test_a_marker_value_after_words():
+    """ "答案是 about 5": after a marker the first number counts even with words before it (rule "marker", not
+    "last_number"). Mutant: x_extract_answer__mutmut_65 (require_clean_end=True there)."""
+    got = scoring.extract_answer("答案是 about 5")
+    assert (str(got.value), got.rule) == ("5", "marker")
