@@ -51,6 +51,13 @@ GROUPS: dict[str, dict] = {
     "checkpoint": {
         "mutate": ["tunebox/model/checkpoint.py", "tunebox/model/lora.py"],
         "tests": ["tests/test_checkpoint.py", "tests/test_weights.py"],
+        # these import the checkpoint module in a subprocess, which inherits mutmut's MUTANT_UNDER_TEST=stats and
+        # fails there (no mutmut config in its working directory), so mutmut's first pass stops; they count nothing.
+        # Several of test_weights' tests start jobs in subprocesses too: not sorted out yet (docs/TESTING.md)
+        "deselect": [
+            "tests/test_checkpoint.py::test_bfloat16_merge_does_not_load_mindspore",
+            "tests/test_checkpoint.py::test_merge_memory_does_not_grow_with_the_checkpoint",
+        ],
     },
     "checks": {
         "mutate": ["tunebox/submission/checks.py"],
