@@ -13,6 +13,7 @@ tests/test_bundle.py runs the real one on a trained bundle."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -259,8 +260,6 @@ LIMITS = [1, 2, 1, 1]
 def rerun_folder(root: Path, weights: dict, checkpoints: dict, results=None, answers=None, backend=None) -> Path:
     """checkpoints: step -> "four" / "seven" / bytes; answers: step -> the bundled answers (default: the
     checkpoint's own)."""
-    import shutil
-
     shutil.copytree(weights["tokenizer"], root / "tokenizer")
     write_jsonl(root, "logs/prep/heldout.jsonl", HELDOUT)
     own = {"four": ["4", "44", "4", "4"], "seven": ["7", "77", "7", "7"]}
@@ -444,8 +443,6 @@ PROMPT_IDS = [53, 30, 225, 22, 15, 22, 35, 203, 37, 30]
 
 
 def predict_folder(root: Path, weights: dict) -> Path:
-    import shutil
-
     shutil.copytree(weights["tokenizer"], root / "tokenizer")
     write_jsonl(root, "logs/prep/heldout.jsonl", HELDOUT)
     write(root, "mindformers/predict.yaml", "load_checkpoint: x\n")
