@@ -127,8 +127,8 @@ def mf_scratch(tmp_path, monkeypatch):
 
 def test_mindformers_folder_that_holds(tmp_path, mf_scratch):
     """Both YAMLs load, both files are there, every auto_register class (nested ones too) is defined; a
-    callback without auto_register is left alone. Mutants: x_check_mindformers__mutmut_* that read another
-    key, another YAML or another folder, or drop `(node or {})`, `.split(".")[-1]`, the callbacks."""
+    callback without auto_register is left alone. Mutants: tunebox.submission.checks.x_check_mindformers__mutmut_3
+    (another folder), _26 (another YAML name), _106 (`split(".")[-2]`), and the others that read another key."""
     sub, f = fresh(mindformers_folder(tmp_path / "sub"))
     checks.check_mindformers(sub, f)
     assert f.lines == [("ok", "mindformers", OK_MINDFORMERS[1])]
@@ -136,7 +136,7 @@ def test_mindformers_folder_that_holds(tmp_path, mf_scratch):
 
 def test_mindformers_sets_its_log_folder_only_when_unset(tmp_path, monkeypatch):
     """LOCAL_DEFAULT_PATH defaults to $TMPDIR/tunebox-verify. Mutants: the variable's name, TMPDIR's name or
-    the folder's name changed; setdefault turned into a plain assignment (a set value overwritten)."""
+    the folder's name changed (x_check_mindformers__mutmut_10, _19, _20, _23, _24); the value dropped (_7, _12)."""
     monkeypatch.chdir(tmp_path)
     sub, f = fresh(mindformers_folder(tmp_path / "sub"))
     monkeypatch.delenv("LOCAL_DEFAULT_PATH", raising=False)
@@ -156,8 +156,8 @@ def test_mindformers_sets_its_log_folder_only_when_unset(tmp_path, monkeypatch):
 
 def test_mindformers_yaml_that_does_not_load(tmp_path, mf_scratch):
     """finetune.yaml not YAML, predict.yaml missing: each named with MindFormers' reason, no ok line, and
-    neither YAML's later checks run on what did not load. Mutants: the message changed; the loop over the
-    two names narrowed; `predict is not None` or `finetune is not None` inverted; the ok line kept."""
+    neither YAML's later checks run on what did not load. Mutants: x_check_mindformers__mutmut_38 (the check's
+    name changed), the message changed; `predict is not None` or `finetune is not None` inverted; the ok line kept."""
     root = mindformers_folder(tmp_path / "sub", finetune="model: [1\n")
     (root / "mindformers/predict.yaml").unlink()
     sub, f = fresh(root)
@@ -173,8 +173,8 @@ def test_mindformers_yaml_that_does_not_load(tmp_path, mf_scratch):
 
 def test_predict_yaml_files_outside_the_submission(tmp_path, mf_scratch):
     """load_checkpoint names a file outside the submission, tokenizer_file a folder: both named with the key
-    and the value as written. Mutants: `or` turned into `and` in the file test; is_relative_to dropped or
-    made against another root; the key or value in the message changed."""
+    and the value as written. Mutants: x_check_mindformers__mutmut_64 (`or` turned into `and` before
+    is_relative_to), _68 (is_relative_to inverted), _69 (made against None); the key or value in the message."""
     write(tmp_path, "outside.ckpt", b"weights")
     root = mindformers_folder(tmp_path / "sub", checkpoint="../../outside.ckpt", tokenizer="../tokenizer")
     sub, f = fresh(root)
@@ -187,7 +187,8 @@ def test_predict_yaml_files_outside_the_submission(tmp_path, mf_scratch):
 
 def test_predict_yaml_without_processor_or_checkpoint(tmp_path, mf_scratch):
     """No processor section and an empty load_checkpoint: both keys named with None / ''. Mutants:
-    `(predict.processor or {})` or `.get("tokenizer", {})` dropped (an AttributeError); `not rel` dropped."""
+    `(predict.processor or {})` or `.get("tokenizer", {})` dropped (x_check_mindformers__mutmut_52: an
+    AttributeError); `not rel` inverted (_66)."""
     root = mindformers_folder(tmp_path / "sub")
     write(root, "mindformers/predict.yaml", "load_checkpoint: ''\nmodel:\n  model_config:\n    type: LlamaConfig\n")
     sub, f = fresh(root)
@@ -200,8 +201,8 @@ def test_predict_yaml_without_processor_or_checkpoint(tmp_path, mf_scratch):
 
 def test_finetune_registers_classes_the_folder_does_not_define(tmp_path, mf_scratch):
     """mf_extensions.py defines only TuneboxCallback: the model's and the wrapper's classes are named; with no
-    mf_extensions.py at all, all three. Mutants: the defined names taken from the wrong nodes; the module's
-    absence not read as "defines nothing"; `not in defined` inverted; the message changed."""
+    mf_extensions.py at all, all three. Mutants: x_check_mindformers__mutmut_107 (`not in defined` inverted),
+    _102 (`ref and` -> `ref or`), the defined names taken from the wrong nodes; the message changed."""
     sub, f = fresh(mindformers_folder(tmp_path / "a", extensions="class TuneboxCallback:\n    pass\n"))
     checks.check_mindformers(sub, f)
     sub, g = fresh(mindformers_folder(tmp_path / "b", extensions=None))
@@ -230,7 +231,7 @@ def test_registered_class_named_by_its_last_part(tmp_path, mf_scratch):
 
 def test_finetune_without_wrapper_or_callbacks(tmp_path, mf_scratch):
     """runner_wrapper and callbacks absent (None in MindFormerConfig): nothing to check there. Mutants:
-    `(node or {})` dropped; `finetune.callbacks or []` dropped (a TypeError)."""
+    x_check_mindformers__mutmut_94 (the lists subtracted: a TypeError), `(node or {})` or `callbacks or []` dropped."""
     finetune = FINETUNE.split("runner_wrapper:")[0]
     sub, f = fresh(mindformers_folder(tmp_path / "sub", finetune=finetune, extensions="class Other:\n    pass\n"))
     checks.check_mindformers(sub, f)
@@ -319,8 +320,9 @@ def test_rerun_that_matches(tmp_path, weights, caplog, capsys):
 
 def test_rerun_that_differs_from_results(tmp_path, weights):
     """results.json says 1.0 strict for the always-4 checkpoint (it gives 0.5) and nothing for the always-7
-    one: each key named with both figures. Mutants: `want.get(key) is None or` dropped or turned into `and`;
-    `abs(...)` dropped (a lower record passes); the keys' loop narrowed; the message changed; the ok line
+    one: each key named with both figures. Mutants: x_rerun_evaluation__mutmut_123 (`want.get(key) is None or`
+    turned into `and`), _125 (`is not None`); `abs(...)` dropped (a lower record passes); the keys' loop
+    narrowed; the message changed; the ok line
     kept after a failure."""
     root = rerun_folder(tmp_path, weights, {2: "four", 4: "seven"})
     sub, f = fresh(root)
@@ -334,8 +336,8 @@ def test_rerun_that_differs_from_results(tmp_path, weights):
 
 def test_rerun_tolerance_is_inclusive(tmp_path, weights):
     """0.5 against a record of 0.25 (strict) and 0.75 (tolerant), tolerance 0.25 (all exact in binary): within
-    it, both ways; 0.2 is not. Mutants: `>` turned into `>=`; `acc - want` turned into `acc + want`; the
-    tolerance not passed on."""
+    it, both ways; 0.2 is not. Mutants: x_rerun_evaluation__mutmut_128 (`>` turned into `>=`), _127 (`acc - want`
+    turned into `acc + want`), _126."""
     root = rerun_folder(tmp_path, weights, {2: "four"})
     sub, f = fresh(root)
     checks.rerun_evaluation(sub, f, spec(), [2], recorded(step_000002=(0.25, 0.75)), 0.25)
@@ -350,7 +352,7 @@ def test_rerun_tolerance_is_inclusive(tmp_path, weights):
 def test_rerun_limit_takes_the_first_rows(tmp_path, weights):
     """eval.limit 2: the first two rows; the 4 recorded limits do not pair with 2 rows, so both get the cap (2):
     "44" twice, the second right: 0.5 (all four rows would give 0.25), and the ok line counts 2 rows. Mutants:
-    `rows = heldout[: limit]` turned into another slice or the limit ignored."""
+    x_rerun_evaluation__mutmut_29 (the limit ignored), _30, and other slices."""
     root = rerun_folder(tmp_path, weights, {2: "four"})
     sub, f = fresh(root)
     checks.rerun_evaluation(sub, f, spec(limit=2, max_new_tokens=2), [2], recorded(step_000002=(0.5, 0.5)), 0.0)
@@ -366,7 +368,7 @@ def test_rerun_limit_takes_the_first_rows(tmp_path, weights):
 
 def test_rerun_without_recorded_limits_uses_the_cap(tmp_path, weights):
     """No max_new_tokens in the predictions: every row gets eval.max_new_tokens (2): "44" four times, only
-    the second row right: 0.25. Mutants: the cap passed as another figure; the task's own limits ignored."""
+    the second row right: 0.25. Mutants: x_rerun_evaluation__mutmut_79 (the cap passed as None), _78, _83."""
     root = rerun_folder(tmp_path, weights, {2: "four"})
     write_jsonl(root, "logs/evaluate/step-000002/predictions.jsonl", [{**r, "answer": "44"} for r in HELDOUT])
     sub, f = fresh(root)
@@ -402,8 +404,9 @@ def test_rerun_missing_broken_and_unlimited_checkpoints(tmp_path, weights):
 
 
 def test_rerun_counts_only_its_own_failures(tmp_path, weights):
-    """A failure from an earlier check under "rerun" does not keep the ok line away. Mutant: `before` taken as
-    0 (or the comparison turned into `!=`)."""
+    """A failure from an earlier check under "rerun" does not keep the ok line away. Mutants:
+    x_rerun_evaluation__mutmut_185 (`==` turned
+    into `!=`), `before` taken as 0."""
     root = rerun_folder(tmp_path, weights, {2: "four"})
     sub, f = fresh(root)
     f.fail("rerun", "earlier")
@@ -420,8 +423,8 @@ MINDSPORE_TAIL = " (evaluate used the mindspore backend, the re-run the numpy de
 )
 def test_rerun_notes_answers_that_differ_in_text(tmp_path, weights, backend, tail):
     """The bundled answers of rows 1 and 3 differ from the re-run's ("4.0", "5"): a note with the count and, for
-    a backend other than numpy, which; the accuracies still match. Mutants: `a != b.get("answer")` inverted;
-    the count or the row total changed; the backend test inverted or its text changed."""
+    a backend other than numpy, which; the accuracies still match. Mutants: x_rerun_evaluation__mutmut_146 (`a !=
+    b.get("answer")` inverted), _141 (each difference counted twice), _148; the backend test inverted or its text."""
     root = rerun_folder(tmp_path, weights, {2: "four"}, answers={2: ["4.0", "44", "5", "4"]}, backend=backend)
     sub, f = fresh(root)
     checks.rerun_evaluation(sub, f, spec(), [2], recorded(step_000002=(0.5, 0.5)), 0.0)
@@ -466,7 +469,7 @@ def mindformers_says(monkeypatch, weights, text="444444", ids=None, error=None) 
 
 
 def test_predict_not_run_without_mindformers(tmp_path, monkeypatch):
-    """Mutants: the importable test inverted; the note's text changed."""
+    """Mutants: tunebox.submission.checks.x_check_predict__mutmut_1 (the importable test inverted); the note's text."""
     monkeypatch.setattr(checks, "mindformers_importable", lambda: False)
     sub, f = fresh(tmp_path)
     checks.check_predict(sub, f, spec())
@@ -477,7 +480,7 @@ def test_predict_that_agrees(tmp_path, monkeypatch, weights, capsys):
     """MindFormers encodes the first held-out prompt in the training template as tunebox does and answers
     "444444", as tunebox's decoder does from the same checkpoint (6 tokens of "4"). Mutants:
     x_check_predict__mutmut_* passing another folder, prompt or token count to MindFormers, decoding another
-    number of tokens, another row, or changing the ok line."""
+    number of tokens, another row, or changing the ok line: _58 (no token count), _62 (another folder), _54, _94."""
     calls = mindformers_says(monkeypatch, weights)
     sub, f = fresh(predict_folder(tmp_path, weights))
     checks.check_predict(sub, f, spec())
@@ -494,8 +497,8 @@ def test_predict_that_agrees(tmp_path, monkeypatch, weights, capsys):
 
 
 def test_predict_answer_that_differs(tmp_path, monkeypatch, weights):
-    """MindFormers says "7": named with both answers. Mutants: `!=` inverted; the message changed; the return
-    after it dropped (an ok line too)."""
+    """MindFormers says "7": named with both answers. Mutants: x_check_predict__mutmut_113 (`!=` inverted); the
+    message changed; the return after it dropped (an ok line too)."""
     mindformers_says(monkeypatch, weights, text="7")
     sub, f = fresh(predict_folder(tmp_path, weights))
     checks.check_predict(sub, f, spec())
@@ -509,8 +512,8 @@ def test_predict_answer_that_differs(tmp_path, monkeypatch, weights):
 
 
 def test_predict_prompt_ids_that_differ(tmp_path, monkeypatch, weights):
-    """MindFormers' tokenizer puts a BOS (1) first: named with the first 12 ids of each. Mutants: the
-    comparison inverted; the slices changed; the return dropped."""
+    """MindFormers' tokenizer puts a BOS (1) first: named with the first 12 ids of each. Mutants:
+    x_check_predict__mutmut_76 (the comparison inverted); the return dropped."""
     mindformers_says(monkeypatch, weights, ids=[1] + PROMPT_IDS)
     sub, f = fresh(predict_folder(tmp_path, weights))
     checks.check_predict(sub, f, spec())
@@ -526,8 +529,8 @@ def test_predict_prompt_ids_that_differ(tmp_path, monkeypatch, weights):
 
 
 def test_predict_that_mindformers_cannot_run(tmp_path, monkeypatch, weights):
-    """Whatever MindFormers raises is named with its type and the first 400 characters. Mutants: the type
-    name or the cut changed; the return dropped."""
+    """Whatever MindFormers raises is named with its type and the first 400 characters. Mutants:
+    x_check_predict__mutmut_73 (401 characters); the type name changed; the return dropped."""
     mindformers_says(monkeypatch, weights, error=KeyError("x" * 500))
     sub, f = fresh(predict_folder(tmp_path, weights))
     checks.check_predict(sub, f, spec())

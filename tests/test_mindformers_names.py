@@ -178,7 +178,8 @@ def test_main_writes_the_json_at_the_default_ref(mindformers_git, tmp_path):
 
 
 def test_a_failing_git_call_raises(tmp_path):
-    """Mutant: x__git__mutmut_* with check=False (a bad ref would read as an empty commit)."""
+    """Mutants: tunebox.contest.mindformers_names.x__git__mutmut_2, _6, _13 (check=None, omitted, False: a bad
+    git directory would read as an empty commit)."""
     with pytest.raises(subprocess.CalledProcessError):
         mindformers_names.read_names(str(tmp_path / "no.git"), "v1.1.0")
 
