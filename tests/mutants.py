@@ -36,6 +36,10 @@ GROUPS: dict[str, dict] = {
             "tests/test_answers.py",
             "tests/test_generate.py",
             "tests/test_mutants_contest.py",
+            "tests/test_mutants_mathgen.py",
+            "tests/test_mindformers_names.py",
+            # squad_scores_emf1: MindFormers' EmF1Metric, in process
+            "tests/test_retention_metrics.py",
         ],
     },
     "packing": {
@@ -47,12 +51,21 @@ GROUPS: dict[str, dict] = {
     "checkpoint": {
         "mutate": ["tunebox/model/checkpoint.py", "tunebox/model/lora.py"],
         "tests": ["tests/test_checkpoint.py", "tests/test_weights.py"],
+        # these import the checkpoint module in a subprocess, which inherits mutmut's MUTANT_UNDER_TEST=stats and
+        # fails there (no mutmut config in its working directory), so mutmut's first pass stops; they count nothing.
+        # Several of test_weights' tests start jobs in subprocesses too: not sorted out yet (docs/TESTING.md)
+        "deselect": [
+            "tests/test_checkpoint.py::test_bfloat16_merge_does_not_load_mindspore",
+            "tests/test_checkpoint.py::test_merge_memory_does_not_grow_with_the_checkpoint",
+        ],
     },
     "checks": {
         "mutate": ["tunebox/submission/checks.py"],
         # each check on small folders written by hand, in process (~3 s for all); test_tamper, which verifies
         # copies of a trained tiny run's bundle, took ~50 s a mutant and is left to the ordinary suite
-        "tests": ["tests/test_checks_unit.py"],
+        # test_checks_model: check_mindformers (MindFormers' loader), rerun_evaluation and check_predict on
+        # checkpoints built in the test, in process (~10 s for all)
+        "tests": ["tests/test_checks_unit.py", "tests/test_checks_model.py"],
     },
     "k8s": {"mutate": ["tunebox/deploy/k8s.py"], "tests": ["tests/test_k8s.py"]},
     "train": {
@@ -225,6 +238,34 @@ def run_group(name: str, out: Path, jobs: int, names: list[str], tests: list[str
     return result
 
 
+def run_fresh(name: str, out: Path, names: list[str], tests: list[str] = ()) -> dict:
+    """Each of `names` (exact mutmut names) in a pytest process of its own, MUTANT_UNDER_TEST set before
+    the import. For mutants of code that runs at import time (a factory such as mathgen's _arith_maker, called
+    when the module builds its FAMILIES table): mutmut forks every mutant from a process that imported the
+    module already, so such a mutant is never active and mutmut reports it as survived. Uses the tree of the
+    group's last run (OUT/<group>/tree/mutants); writes OUT/<group>/fresh.json, {name: killed|survived}."""
+    group = GROUPS[name]
+    tree = out / name / "tree" / "mutants"
+    if not tree.is_dir():
+        raise SystemExit(f"no mutmut tree in {tree}: run the group first (without --fresh)")
+    selection = list(tests) or [t for t in group["tests"] if (tree / t).is_file()]
+    deselect = [a for d in group.get("deselect", []) for a in ("--deselect", d)]
+    result = {}
+    for mutant in names:
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow and not docker"]
+        proc = subprocess.run(
+            cmd + selection + deselect,
+            cwd=tree,
+            env={**_env(), "MUTANT_UNDER_TEST": mutant},
+            capture_output=True,
+            text=True,
+        )
+        result[mutant] = "survived" if proc.returncode == 0 else "killed"
+        print(f"{mutant}: {result[mutant]}", flush=True)
+    (out / name / "fresh.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def line(name: str, r: dict) -> str:
     c, tested = r["counts"], r["tested"]
     share = f"{100 * r['killed'] / tested:.1f}%" if tested else "-"
@@ -252,6 +293,12 @@ def main(argv=None) -> int:
         "(e.g. 'tests/test_scoring.py,tests/test_strict_rule.py')",
     )
     ap.add_argument("--summarize", action="store_true", help="only print the figures of the runs already in --out")
+    ap.add_argument(
+        "--fresh",
+        action="store_true",
+        help="run each --names mutant (exact names) in a fresh pytest process, in the group's last tree: for "
+        "code that runs at import time, which mutmut cannot switch on",
+    )
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(GROUPS)
     unknown = [n for n in names if n not in GROUPS]
@@ -261,6 +308,12 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
+        if args.fresh:
+            names_ = [n for n in args.names.split(",") if n]
+            r = run_fresh(name, out, names_, [t for t in args.tests.split(",") if t])
+            killed = sum(v == "killed" for v in r.values())
+            print(f"{name}: {len(r)} mutants in fresh processes, {killed} killed, {len(r) - killed} survived")
+            continue
         if args.summarize:
             tree = out / name / "tree"
             if tree.is_dir():

@@ -1640,3 +1640,127 @@ def test_environment_generated_from_the_manifests_and_the_code(tmp_path):
     sub, f = fresh(tmp_path)
     checks.check_environment(sub, f)
     assert "}; generated_from: None != [" in f.failed("environment")[0]
+
+
+# ---- survivors of the second checks run (2026-12-05/06, with test_checks_model), each a test -------------
+
+
+def test_results_not_checked_without_results_json(tmp_path):
+    """A report and a spec but no results.json: nothing to check, None returned. Mutant:
+    tunebox.submission.checks.x_check_results__mutmut_8 (the first `or` turned into `and`: results.get on
+    None)."""
+    write(tmp_path, "logs/evaluate/report.json", {})
+    sub, f = fresh(tmp_path)
+    assert checks.check_results(sub, f, TINY_SPEC, [2], {}) is None and f.lines == []
+
+
+def test_results_carry_the_accuracy_findings(tmp_path):
+    """base's scores.json says 1.0 strict, its predictions give 1/3: the finding comes through check_results.
+    Mutant: x_check_results__mutmut_37 (recompute_accuracies given None for the findings: a crash)."""
+    results_folder(tmp_path)
+    write(tmp_path, "logs/evaluate/base/scores.json", {"accuracy_strict": 1.0, "accuracy_tolerant": 1 / 3, "n": 3})
+    assert run_results(tmp_path)[1] == [
+        ("FAIL", f"logs/evaluate/base/scores.json accuracy_strict = 1.0, its predictions give {1 / 3}")
+    ]
+
+
+def test_results_with_a_merge_index_without_checkpoints(tmp_path):
+    """merge's index holds no "checkpoints" list: every train_loss is then None, and results.json's 2.5 and 3.0
+    are named. Mutants: x_check_results__mutmut_49, _51 (`.get("checkpoints", [])` without the default: a
+    TypeError)."""
+    results_folder(tmp_path)
+    write(tmp_path, MERGE, {})
+    assert run_results(tmp_path)[1] == [
+        ("FAIL", "results.json step-000002 train_loss = 2.5, logs/merge/index.json give(s) None"),
+        ("FAIL", "results.json step-000004 train_loss = 3.0, logs/merge/index.json give(s) None"),
+    ]
+
+
+def test_results_code_that_is_not_an_object(tmp_path):
+    """results.json's "code" is a string: the results cannot be rebuilt (dict() of it fails), which is said.
+    Mutants: x_check_results__mutmut_81 (`or {}` -> `and {}`), _82, _83, _84 (another key read: {} used)."""
+    results = results_folder(tmp_path)
+    results["code"] = "abc"
+    write(tmp_path, "results.json", results)
+    assert run_results(tmp_path)[1] == [
+        (
+            "FAIL",
+            "cannot recompute the results from hyperparams.yaml and the logs: dictionary update sequence element "
+            "#0 has length 1; 2 is required",
+        )
+    ]
+
+
+def test_results_rows_checked_after_a_missing_one(tmp_path):
+    """results.json lacks step 2's row and has step 4's with a wrong accuracy: both are named (the missing row
+    does not end the loop). Mutant: x_check_results__mutmut_196 (`continue` -> `break`)."""
+    results = results_folder(tmp_path)
+    results["checkpoints"] = [hand_row(4, 0.5, 3.0)]
+    write(tmp_path, "results.json", results)
+    found = run_results(tmp_path)[1]
+    assert found[0] == (
+        "FAIL",
+        "results.json lists checkpoints ['step-000004'], the folder has ['step-000002', 'step-000004']",
+    )
+    assert ("FAIL", "results.json step-000004 accuracy_strict = 0.5, the bundled predictions give(s) 1.0") in found
+
+
+SQUAD_RIGHT = [{"answer": "Denver", "gold": ["Denver"]}, {"answer": "Paris", "gold": ["Paris"]}]
+SQUAD_HALF = [{"answer": "Denver", "gold": ["Denver"]}, {"answer": "Rome", "gold": ["Paris"]}]
+
+
+def squad_results_folder(root: Path) -> dict:
+    """results_folder with SQuAD measured: the base answers both questions (F1 = EM = 100), steps 2 and 4 one of
+    two (50, 50): each keeps 50/100 = 0.5 < 0.9 of the base, so neither is valid and none is chosen."""
+    results = results_folder(root)
+    for name, rows in (("base", SQUAD_RIGHT), ("step-000002", SQUAD_HALF), ("step-000004", SQUAD_HALF)):
+        write_jsonl(root, f"logs/evaluate/{name}/squad_predictions.jsonl", rows)
+    half = {"squad": {"f1": 50.0, "em": 50.0}}
+    write(
+        root,
+        "logs/evaluate/report.json",
+        {"base": {"squad": {"f1": 100.0, "em": 100.0}}, "checkpoints": [{"model": m, **half} for m in STEPS_2_4]},
+    )
+    results["base"].update(squad_f1=100.0, squad_em=100.0)
+    for row in results["checkpoints"]:
+        row.update(squad_f1=50.0, squad_em=50.0, retention_f1=0.5, retention_em=0.5, passes_retention=False)
+    results["chosen"] = {"model": None, "rule": "none passes retention", "valid": False}
+    write(root, "results.json", results)
+    return results
+
+
+STEPS_2_4 = ("step-000002", "step-000004")
+# step 4's score: (1 - 896/123200) * 0.3 + 1.0 * 0.7 = 0.99781818...
+NO_VALID = (
+    "NO VALID CHECKPOINT: none of the 2 keeps 90% of the base model's SQuAD F1 and EM, so none is valid under the "
+    "contest rule and none is chosen (highest score: step-000004, 0.9978)"
+)
+
+
+def test_results_with_squad_and_no_valid_checkpoint(tmp_path):
+    """SQuAD re-scored from 3 files; no checkpoint keeps retention: the ok line says "chosen none" and a note gives
+    the reason. Mutants: x_check_results__mutmut_254, _255 (check_squad given None rows or base row: a crash),
+    _262-_265 (the base row read as {}: its SQuAD figures named as missing), _347, _348 ('none' written
+    otherwise), _356 (`valid is False` -> `is True`), _357-_364 (the note's check or text changed)."""
+    squad_results_folder(tmp_path)
+    assert run_results(tmp_path)[1] == [
+        (
+            "ok",
+            "results.json matches the logs (accuracies re-scored from 3 prediction files, SQuAD from 3, ratio "
+            "0.0072727273 from hyperparams.yaml); chosen none (none passes retention; valid: False)",
+        ),
+        ("note", NO_VALID),
+    ]
+
+
+def test_results_carry_the_squad_findings(tmp_path):
+    """results.json's base SQuAD F1 edited to 90: named by check_results (against the report) and by check_squad
+    (against the bundled predictions). Mutant: x_check_results__mutmut_253 (check_squad given None for the
+    findings: a crash)."""
+    results = squad_results_folder(tmp_path)
+    results["base"]["squad_f1"] = 90.0
+    write(tmp_path, "results.json", results)
+    assert run_results(tmp_path)[1] == [
+        ("FAIL", "results.json base squad_f1 = 90.0, the logs give 100.0"),
+        ("FAIL", "results.json base squad_f1 = 90.0, logs/evaluate/base/squad_predictions.jsonl gives 100.0"),
+    ]

@@ -772,3 +772,59 @@ def test_tolerance_boundaries_and_a_trailing_x():
     assert scoring.closeness("101", "100")["within_1pct"] is True  # off by exactly 1%
     assert scoring.closeness("101.1", "100")["within_1pct"] is False
     assert scoring.normalize_latex_answer("X") == "X"
+
+
+# ---- survivors of the i24m contest runs (2026-12-05/06), scoring.py's answer rules -------------------------
+
+
+def test_extract_answer_edges():
+    """Each value by the rules in extract_answer's docstring. Mutants:
+    tunebox.contest.scoring.x_extract_answer__mutmut_1 (None text: `or` -> `and` reads None.strip()), _19, _24,
+    _25 (a non-numeric boxed answer's rule), _36 ("X" added to the stripped marker punctuation: "X5" is no number,
+    the lookbehind refuses a letter before a digit), _41 (require_clean_end=None: "= 7 \\cdot 1" taken as 7), _44
+    (split on spaces: "apples" after "= 5"), _47, _48, _50 (the first or middle "=" of "a = 1 + 1 = 2")."""
+    from decimal import Decimal
+
+    assert scoring.extract_answer(None) is None
+    boxed = scoring.extract_answer(r"\boxed{\sqrt{3}}")
+    assert (boxed.value, boxed.rule) == (None, "boxed")
+    assert scoring.extract_answer("The answer is X5") is None
+    # '= v' wins only when v is a plain value: 7 \cdot 1 is not, so the marker's first number
+    third = scoring.extract_answer(r"答案：3 + 4 = 7 \cdot 1")
+    assert (third.value, third.rule) == (Decimal(3), "marker")
+    assert scoring.extract_answer("答案：2 + 3 = 5 apples").value == Decimal(5)
+    last = scoring.extract_answer("答案：a = 1 + 1 = 2")
+    assert (last.value, last.rule) == (Decimal(2), "marker")
+
+
+def test_find_numbers_normalizes_unless_told():
+    """U+2212 minus is a sign once normalized. Mutants: x_find_numbers__mutmut_1 (normalized=True by default),
+    _2 (`not normalized` inverted), _3, _4 (the text dropped)."""
+    from decimal import Decimal
+
+    assert [t.value for t in scoring.find_numbers("\u22125")] == [Decimal(-5)]
+    assert [t.value for t in scoring.find_numbers("\u22125", normalized=True)] == [Decimal(5)]
+
+
+def test_a_decimal_infinity_given_directly():
+    """An infinite Decimal has no shown exponent (its exponent is 'F', not an int). Mutant:
+    x__as_answer__mutmut_35 (`isinstance(exponent, int) or True`: int('F') raises)."""
+    from decimal import Decimal
+
+    got = scoring._as_answer(Decimal("Infinity"))
+    assert (got.value, got.rule, got.shown_exponent) == (Decimal("Infinity"), "value", None)
+
+
+def test_fullwidth_forms_at_the_ends_of_the_block():
+    """U+FF01 (！) and U+FF5E (～), the first and last full-width forms, become "!" and "~"; U+FF5F (｟), just past
+    the block, stays; the ideographic space becomes one space; the full-width comma ", ". Mutants:
+    tunebox.contest.scoring.x__fullwidth_to_ascii__mutmut_9, _10 (the block starting at U+FF02), _11, _12 (ending
+    at U+FF5D or U+FF5F), _18, _19, _20 (the ideographic space)."""
+    assert scoring._fullwidth_to_ascii("\uff01\uff5e\uff5f\u3000\uff0c") == "!~\uff5f , "
+
+
+def test_a_marker_value_after_words():
+    """ "答案是 about 5": after a marker the first number counts even with words before it (rule "marker", not
+    "last_number"). Mutant: x_extract_answer__mutmut_65 (require_clean_end=True there)."""
+    got = scoring.extract_answer("答案是 about 5")
+    assert (str(got.value), got.rule) == ("5", "marker")

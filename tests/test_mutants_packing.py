@@ -19,6 +19,13 @@ def test_sample_lengths_by_hand():
     assert sample_lengths(ids, labels, PAD).tolist() == [3, 0, 3, 5]
 
 
+def test_sample_lengths_are_int64():
+    """Mutant: tunebox.data.packing.x_sample_lengths__mutmut_8 (`.astype(np.int64)` -> `.astype(None)`: float64
+    lengths)."""
+    got = sample_lengths(np.array([[5, 0]]), np.array([[IGNORE, IGNORE]]), PAD)
+    assert got.dtype == np.int64 and got.tolist() == [1]
+
+
 def reference_best_fit(lengths: list[int], width: int) -> list[list[int]]:
     """Best fit decreasing, written plainly: longest first (ties by index); each sample into the open bin
     with the least room that still fits (ties: the bin that came to that room first), else a new bin.
@@ -95,6 +102,34 @@ def test_pack_rows_keeps_the_pad_id_and_rounds_the_fill():
     assert (plabels == IGNORE).all() and segs.tolist() == [[1, 1, 2, 3, 3, 3, 0]]
     assert stats["fill_before"] == round(6 / 21, 4) == 0.2857 and stats["fill_after"] == round(6 / 7, 4) == 0.8571
     assert stats["max_samples_per_row"] == 3
+
+
+def test_pack_rows_one_token_and_no_rows():
+    """One row one token wide, holding one token: 1 of 1 position used before and after (1.0, not 0.5); no
+    rows at all: no row out, max_samples_per_row 0. Mutants: tunebox.data.packing.x_pack_rows__mutmut_73, _87
+    (`max(1, ...)` -> `max(2, ...)` in fill_before / fill_after), _93 (`default=0` -> `default=None`), _95
+    (the default dropped: max() of nothing raises)."""
+    _, _, segs, stats = pack_rows(np.array([[7]], dtype=np.int32), np.array([[IGNORE]], dtype=np.int32), PAD)
+    assert segs.tolist() == [[1]]
+    assert stats == {
+        "samples": 1,
+        "rows": 1,
+        "width": 1,
+        "fill_before": 1.0,
+        "fill_after": 1.0,
+        "max_samples_per_row": 1,
+    }
+    empty = np.zeros((0, 4), dtype=np.int32)
+    pids, _, _, stats = pack_rows(empty, empty, PAD)
+    assert pids.shape == (0, 4)
+    assert stats == {
+        "samples": 0,
+        "rows": 0,
+        "width": 4,
+        "fill_before": 0.0,
+        "fill_after": 0.0,
+        "max_samples_per_row": 0,
+    }
 
 
 def test_packed_mindrecord_round_trip(tmp_path):

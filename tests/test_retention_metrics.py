@@ -40,6 +40,17 @@ def test_emf1_is_mindformers_metric_not_the_official_script(tmp_path, monkeypatc
     assert predictions == [p for p, _ in CASES]  # EmF1Metric edits its input list; ours is left alone
 
 
+@pytest.mark.parametrize("predictions, golds", [(["a"], [["a"], ["b"]]), ([], [])])
+def test_emf1_refuses_predictions_that_do_not_pair_up(tmp_path, monkeypatch, predictions, golds):
+    """One prediction for two questions, or none at all. Mutants: tunebox.contest.scoring.x_squad_scores_emf1__mutmut_1
+    (`or` -> `and`: the unpaired lists scored), _4 (the message dropped)."""
+    monkeypatch.setenv("LOCAL_DEFAULT_PATH", str(tmp_path))
+    n, m = len(predictions), len(golds)
+    with pytest.raises(ValueError) as exc:
+        scoring.squad_scores_emf1(predictions, golds)
+    assert str(exc.value) == f"{n} predictions for {m} questions; they must pair up, and not be none"
+
+
 def test_base_em_of_zero_cannot_pass_or_fail():
     verdict = rules.retention_verdict({"f1": 30.0, "em": 0.0}, {"f1": 40.0, "em": 0.0})
     assert verdict["undecided"] == ["em"]
