@@ -235,3 +235,25 @@ def test_a_tool_task_echoes_its_command_to_stderr(monkeypatch, capsys):
     tasks.ns.tasks["env"].body(None, config="", input=None, no_freeze=True, out="")
     captured = capsys.readouterr()
     assert captured.out == "" and "-m jobs.env --no-freeze" in captured.err
+
+
+def test_invoke_test_mutants_has_every_option_of_the_tool():
+    """`invoke test.mutants` hands its options to tests/mutants.py: each option of the tool is a parameter of the
+    task (with help) and reaches the command. Mutant: the task without --fresh."""
+    import inspect
+    import re
+    import subprocess
+    import sys
+
+    from invoke import MockContext
+
+    help_text = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "mutants.py"), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    tool = set(re.findall(r"^  --([a-z][a-z-]*)", help_text, flags=re.M)) - {"help"}  # the options' own lines
+    task = tasks.test_mutants
+    params = set(inspect.signature(task.body).parameters) - {"c"}
+    assert tool == {p.replace("_", "-") for p in params} and tool <= set(task.help)
+    ctx = MockContext(run={re.compile(".*"): ""})
+    task(ctx, fresh=True, names="tunebox.contest.mathgen.x_make__mutmut_1")
+    assert "--fresh" in ctx.run.call_args[0][0].split()
