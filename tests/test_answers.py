@@ -293,3 +293,53 @@ def test_examples_keys_and_the_family_given():
     }
     assert answers.examples("计算 1.25 * 1.00 等于多少？", "x", "mul")["rounded:2"] == "1.25 * 1.00 = 1.25"
     assert answers.examples(problem, solution, "add")["cot"] == solution
+
+
+def test_cot_mul_single_digit_multipliers_and_a_zero_multiplicand():
+    """Kills x_cot_mul__mutmut_24, _57, _59 (0 x ... decomposed or given a partial product), _60 (1.00 x 5 left
+    without its partial product) and _63 (1.5 / 0.2 for 1.5 x 0.2)."""
+    assert answers.cot_mul("0.00", "1.25", "0") == "0.00 * 1.25 = 0"
+    assert answers.cot_mul("0.00", "5", "0") == "0.00 * 5 = 0"
+    assert answers.cot_mul("1.00", "5", "5") == "1.00 * 5 = 5\n1.00 * 5 = 5"
+    assert answers.cot_mul("1.5", "0.2", "0.3") == "1.5 * 0.2 = 0.3\n1.5 * 0.2 = 0.3"
+
+
+def test_parse_format_bounds_and_message():
+    """Kills x_parse_format__mutmut_20 (rounded:12 refused) and _31 (no message)."""
+    assert answers.parse_format("rounded:12") == answers.AnswerFormat("rounded", 12)
+    with pytest.raises(ValueError, match=r"answer format 'rounded:13': expected direct, cot or rounded:N"):
+        answers.parse_format("rounded:13")
+
+
+def test_plain_numbers():
+    """Kills x_plain__mutmut_2, _4 (an int not made a Decimal) and _7 (zero written 'XX0XX')."""
+    assert answers.plain(8000) == "8000"
+    assert answers.plain(-12) == "-12"
+    assert answers.plain(Decimal("8E+3")) == "8000"
+    assert answers.plain(Decimal("0.40")) == "0.4"
+    assert answers.plain(Decimal("0.00")) == "0"
+
+
+def test_round_half_up_at_exactly_one_half():
+    """0.125 -> 0.13 and -0.125 -> -0.13 (half away from zero). Kills x_round_half_up__mutmut_12 (`>`)."""
+    assert str(answers.round_half_up(Fraction(1, 8), 2)) == "0.13"
+    assert str(answers.round_half_up(Fraction(-1, 8), 2)) == "-0.13"
+    assert str(answers.round_half_up(Fraction(3, 8), 2)) == "0.38"
+
+
+def test_rounded_limits_exactly_at_the_edges():
+    """10^16 exactly is left direct, 0 exactly is written. Kills x_render_answer__mutmut_76 (`> 10^16`) and _79
+    (`value != 1`: a value of 0 left direct)."""
+    fmt = answers.parse_format("rounded:2")
+    huge = "一个长方形的长为 100000000 厘米，宽为 100000000 厘米，请计算其面积。"
+    assert answers.render_answer(huge, "S", fmt, "rectangle_area") == "S"
+    below = "一个长方形的长为 99999999 厘米，宽为 100000000 厘米，请计算其面积。"
+    assert answers.render_answer(below, "S", fmt, "rectangle_area") == "99999999 * 100000000 = 9999999900000000"
+    assert answers.render_answer("计算 1.50 - 1.50 等于多少？", "S", fmt, "sub") == "1.50 - 1.50 = 0"
+
+
+def test_cot_uses_the_family_given():
+    """A multiplication given as 'div' has no contest solution as a division: its answer stays. Kills
+    x_render_answer__mutmut_14, _16 (the contest's solution looked up by the text's own family)."""
+    cot = answers.parse_format("cot")
+    assert answers.render_answer("计算 1.5 * 2.5 等于多少？", "S", cot, "div") == "S"
