@@ -306,6 +306,18 @@ def test_sweep_render_passes_image_namespace_and_sets_to_every_point_and_labels_
     assert head[1].endswith(f"runs claim {claims[0]['spec']['resources']['requests']['storage']}.")
 
 
+def test_a_one_point_sweep_keeps_the_runs_claim_read_write_once():
+    """One point runs on one node: the runs claim stays as the overlay has it (ReadWriteOnce on local-cpu), and the
+    header names the one Job. Kills x_render_sweep__mutmut_101 (`len(plans) >= 1`) and _114 (the header reading
+    the second point's spec)."""
+    if find_kubectl() is None:
+        cannot_run("kubectl is not installed: it renders the manifests (pip install -e '.[test]')")
+    text, plans = render_sweep(TINY, "local-cpu", [["run_id=pa"]], "s")
+    assert text.split("\n")[1].startswith("# Jobs: tunebox-pa; runs claim ")
+    claims = [d for d in yaml.safe_load_all(text) if d and d["metadata"]["name"] == "tunebox-runs"]
+    assert [c["spec"]["accessModes"] for c in claims] == [["ReadWriteOnce"]]
+
+
 def test_sweep_render_refuses_two_points_with_one_job_name():
     """Kills x_render_sweep__mutmut_23-_26 (the refusal's message or its file dropped)."""
     if find_kubectl() is None:
