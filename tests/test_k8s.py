@@ -45,7 +45,15 @@ from tunebox.config import load_spec
 from tunebox.deploy import ascend
 from tunebox.deploy.crd_schema import derive
 from tunebox.deploy.crd_schema import validate as validate_offline
-from tunebox.deploy.k8s import find_kubectl, list_overlays, overlay_shape, plan_render, render, template_paths
+from tunebox.deploy.k8s import (
+    _split_image,
+    find_kubectl,
+    list_overlays,
+    overlay_shape,
+    plan_render,
+    render,
+    template_paths,
+)
 from tunebox.images import project_version
 from tunebox.io import InputError
 from tunebox.manifest import ascend_info
@@ -184,6 +192,16 @@ def test_spec_decides_pods_and_cpu_request():
     job, _, container = pod_of(rendered("multi-node", ["train.workers=12", "train.batch_size=12"]))
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
     assert {"name": "MS_WORKER_NUM", "value": "12"} in container["env"]
+
+
+def test_an_image_without_a_tag_keeps_its_registry_port():
+    """A colon followed by a '/' is a registry's port, not a tag. Kills tunebox.deploy.k8s.x__split_image__mutmut_5
+    (`not sep and "/" in tag`: registry.example.com:5000/tunebox split into the name registry.example.com and the tag
+    5000/tunebox). No kubectl needed."""
+    assert _split_image("registry.example.com:5000/tunebox") == ("registry.example.com:5000/tunebox", None)
+    assert _split_image("registry.example.com:5000/tunebox:1.2") == ("registry.example.com:5000/tunebox", "1.2")
+    assert _split_image("tunebox:0.1.0-cpu-ms2.9") == ("tunebox", "0.1.0-cpu-ms2.9")
+    assert _split_image("tunebox") == ("tunebox", None)
 
 
 @pytest.mark.usefixtures("kubectl")

@@ -267,6 +267,69 @@ def test_sweep_render_is_one_job_per_point_and_validates(overlay, sets, tmp_path
         assert not groups
 
 
+def test_sweep_render_passes_image_namespace_and_sets_to_every_point_and_labels_the_pods():
+    """Two points (pa, pb) with an image, a namespace and a sweep-wide --set. Kills tunebox.deploy.k8s's
+    x_render_sweep__mutmut_9 (the image dropped), _10 (the namespace dropped), _19 (the sweep's --set dropped),
+    _50-_53 (the pod template's sweep label missing or None), the header's mutants and, with two points,
+    `len(plans) > 2` for the runs claim's access mode."""
+    if find_kubectl() is None:
+        cannot_run("kubectl is not installed: it renders the manifests (pip install -e '.[test]')")
+    image = "registry.example.com:5000/team/tunebox:9.9-custom"
+    text, plans = render_sweep(
+        TINY,
+        "local-cpu",
+        [["run_id=pa"], ["run_id=pb"]],
+        "s",
+        image=image,
+        namespace="ml",
+        overrides=["train.epochs=2"],
+    )
+    head = text.split("\n")[:2]
+    assert (
+        head[0] == "# Rendered by `python -m tunebox.sweep --render local-cpu` from recipes/tiny.yaml: sweep s, "
+        "2 point(s) on overlay local-cpu."
+    )
+    assert head[1].startswith("# Jobs: tunebox-pa, tunebox-pb; runs claim ") and head[1].endswith("Gi.")
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    assert all(d["metadata"].get("namespace") == "ml" for d in docs)
+    jobs = [d for d in docs if d["kind"] == "Job"]
+    assert [j["metadata"]["name"] for j in jobs] == ["tunebox-pa", "tunebox-pb"]
+    for job, run_id in zip(jobs, ("pa", "pb")):
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"] == image
+        assert container["args"].index("train.epochs=2") < container["args"].index(f"run_id={run_id}")
+        assert job["spec"]["template"]["metadata"]["labels"]["tunebox.io/sweep"] == "s"
+    config_maps = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert len(config_maps) == 2 and all(c["metadata"]["labels"]["tunebox.io/sweep"] == "s" for c in config_maps)
+    claims = [d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "tunebox-runs"]
+    assert claims[0]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert head[1].endswith(f"runs claim {claims[0]['spec']['resources']['requests']['storage']}.")
+
+
+def test_a_one_point_sweep_keeps_the_runs_claim_read_write_once():
+    """One point runs on one node: the runs claim stays as the overlay has it (ReadWriteOnce on local-cpu), and the
+    header names the one Job. Kills x_render_sweep__mutmut_101 (`len(plans) >= 1`) and _114 (the header reading
+    the second point's spec)."""
+    if find_kubectl() is None:
+        cannot_run("kubectl is not installed: it renders the manifests (pip install -e '.[test]')")
+    text, plans = render_sweep(TINY, "local-cpu", [["run_id=pa"]], "s")
+    assert text.split("\n")[1].startswith("# Jobs: tunebox-pa; runs claim ")
+    claims = [d for d in yaml.safe_load_all(text) if d and d["metadata"]["name"] == "tunebox-runs"]
+    assert [c["spec"]["accessModes"] for c in claims] == [["ReadWriteOnce"]]
+
+
+def test_sweep_render_refuses_two_points_with_one_job_name():
+    """Kills x_render_sweep__mutmut_23-_26 (the refusal's message or its file dropped)."""
+    if find_kubectl() is None:
+        cannot_run("kubectl is not installed: it renders the manifests (pip install -e '.[test]')")
+    with pytest.raises(InputError) as err:
+        render_sweep(TINY, "local-cpu", [["run_id=pa"], ["run_id=pa"]], "s")
+    assert str(err.value) == (
+        f"{TINY}: two sweep points render the same Job name tunebox-pa; give them run_ids that differ in their "
+        "first 33 characters"
+    )
+
+
 # ---- the real thing: a 2x2 sweep on the tiny recipe, killed and resumed --------------------------
 
 
