@@ -72,7 +72,7 @@ def _resumed_config(tmp_path, monkeypatch, *overrides: str) -> dict:
     [(), ("train.parallel.model_parallel=2", "train.parallel.pipeline_stage=2", "train.parallel.micro_batch_num=2")],
 )
 def test_resume_under_model_parallel_passes_mindformers_checks(mf_cwd, monkeypatch, overrides):
-    """Mutants: resume_settings not applied by run_mindformers; no_load_optim left true (weights back, the
+    """Mutants: apply_resume_settings not called by run_mindformers; no_load_optim left true (weights back, the
     optimizer state and step lost); load_path the base folder, or a save_path subfolder."""
     from mindformers.checkpoint.checkpoint import CommonInfo, get_checkpoint_path
     from mindformers.trainer.utils import convert_checkpoint_config
@@ -100,3 +100,26 @@ def test_a_fresh_model_parallel_run_loads_the_base_without_its_optimizer(mf_cwd,
     convert_checkpoint_config(cfg)
     assert cfg.checkpoint.load_path == str(mf_cwd / "base") and cfg.checkpoint.no_load_optim is True
     assert cfg.checkpoint.save_path == str(mf_cwd / "train" / "checkpoint")
+
+
+def test_data_parallel_workers_resume_in_the_legacy_keys(mf_cwd):
+    """Data-parallel workers keep the legacy keys (checkpoint_section_loads): the resume is resume_training from
+    output_dir/checkpoint, which MindFormers' own convert_checkpoint_config turns into loading the optimizer
+    too (no_load_optim = not resume_training) and leaves in the legacy format. Mutants: resume_training left
+    False; load_checkpoint left the base; the section's branch taken for a legacy config."""
+    from mindformers.tools.register import MindFormerConfig
+    from mindformers.trainer.utils import convert_checkpoint_config
+
+    from tunebox.model.mf_config import apply_resume_settings
+
+    _, _, rendered_cfg = rendered("tiny.yaml", mf_cwd, "train.workers=2")
+    saves = mf_cwd / "train" / "checkpoint" / "rank_0"  # what CheckpointMonitor leaves in the legacy keys
+    saves.mkdir(parents=True)
+    (saves / "meta.json").write_text("{}", encoding="utf-8")
+    (mf_cwd / "train" / "mindformers.yaml").write_text(dump(rendered_cfg), encoding="utf-8")
+    cfg = MindFormerConfig(str(mf_cwd / "train" / "mindformers.yaml"))  # with 1.9's template, as run_mindformers
+    apply_resume_settings(cfg)
+    assert cfg.resume_training is True and cfg.load_checkpoint == str(mf_cwd / "train" / "checkpoint")
+    convert_checkpoint_config(cfg)
+    assert cfg.use_legacy_format is True and cfg.checkpoint.no_load_optim is False
+    assert cfg.checkpoint.load_path == str(mf_cwd / "train" / "checkpoint")

@@ -90,15 +90,7 @@ def dryrun_config(train_config: dict, out_dir: Path, strategy_only: bool) -> dic
     stays untouched), no base checkpoint (weights are initialised instead: same memory, and nothing
     to read or slice), a few steps, and with `strategy_only` MindFormers' only_save_strategy."""
     cfg = legacy_checkpoint_config(_moved(train_config, str(train_config["output_dir"]), str(out_dir)))
-    cfg.update(
-        {
-            "load_checkpoint": "",
-            "auto_trans_ckpt": False,
-            "src_strategy_path_or_dir": "",
-            "resume_training": False,
-            "only_save_strategy": bool(strategy_only),
-        }
-    )
+    cfg.update({"load_checkpoint": "", "only_save_strategy": bool(strategy_only)})
     for callback in cfg.get("callbacks", []):
         if "total_steps" in callback:  # TuneboxLossLog stops the run there
             callback["total_steps"] = DRYRUN_STEPS

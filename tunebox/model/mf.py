@@ -18,7 +18,7 @@ import numpy as np
 
 from tunebox.console import lib_console_level
 from tunebox.model.checkpoint import LORA_A, LORA_B, bfloat16, convert_float_bits, numpy_dtype
-from tunebox.model.mf_config import EXTENSIONS_FILE, resume_settings
+from tunebox.model.mf_config import EXTENSIONS_FILE, apply_resume_settings
 from tunebox.model.registry import ModelShape, llama_config_kwargs, mindformers_target_regex
 
 log = logging.getLogger("tunebox.mf")
@@ -139,10 +139,7 @@ def run_mindformers(yaml_path: Path, resume: bool) -> None:
 
         skip_preload_barrier_on_cpu()
     if resume:
-        # attribute-style: convert_checkpoint_config reads the section as a MindFormerConfig
-        section = cfg.checkpoint if cfg.get("checkpoint") else cfg
-        for key, value in resume_settings(cfg).items():
-            setattr(section, key, value)
+        apply_resume_settings(cfg)
     build_context(cfg)
     Trainer(args=cfg).train()
 

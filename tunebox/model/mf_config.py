@@ -276,7 +276,7 @@ def render_train_config(
         # MindFormers 1.9's current checkpoint keys (mindformers/trainer/utils.py convert_checkpoint_config):
         # every one set, or it falls back to a deprecated key's default and warns. The base loads from a
         # safetensors folder (model.weights.ensure_safetensors_base); a resume swaps load_path for
-        # save_path and loads the optimizer too (resume_settings).
+        # save_path and loads the optimizer too (apply_resume_settings).
         "checkpoint": {
             "load_path": str(base_checkpoint) if base_checkpoint else "",
             "no_load_optim": True,
@@ -316,18 +316,21 @@ def checkpoint_section_loads(train: TrainSection) -> bool:
     return topo.workers == 1 or topo.model_parallel > 1 or topo.pipeline_stage > 1
 
 
-def resume_settings(config) -> dict:
-    """The `checkpoint:` keys that turn a rendered finetune config into the resume of its own run (`config`:
-    the rendered dict or MindFormers' MindFormerConfig of it): load the newest full checkpoint under
+def apply_resume_settings(config) -> None:
+    """Turn a rendered finetune config (MindFormers' MindFormerConfig of it, changed in place) into the resume
+    of its own run. In the `checkpoint:` section: load the newest full checkpoint under
     save_path (MindFormers reads latest_checkpointed_iteration.txt), the optimizer state and the step
     with it. MindFormers 1.9 reshards it from the checkpoint's own metadata on any topology
     (mindformers/checkpoint/checkpoint.py load_checkpoint, ReshardLoader), so no strategy file is
     handed over; a resume keeps the topology all the same (train_hash refuses a change). In the legacy keys
     (data-parallel workers, checkpoint_section_loads): resume_training from CheckpointMonitor's
     output_dir/checkpoint/rank_N/ (its meta.json names the last one), each rank its own full copy."""
-    if not config.get("checkpoint"):
-        return {"resume_training": True, "load_checkpoint": str(Path(config["output_dir"]) / "checkpoint")}
-    return {"load_path": str(config["checkpoint"]["save_path"]), "no_load_optim": False}
+    if config.get("checkpoint"):  # attributes: convert_checkpoint_config reads the section as a MindFormerConfig
+        config.checkpoint.load_path = str(config.checkpoint.save_path)
+        config.checkpoint.no_load_optim = False
+    else:
+        config.resume_training = True
+        config.load_checkpoint = str(Path(config.output_dir) / "checkpoint")
 
 
 def legacy_checkpoint_config(config: dict) -> dict:

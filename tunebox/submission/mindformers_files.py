@@ -41,9 +41,10 @@ Which MindFormers each file is for (each file says so on its first line):
 finetune.yaml is the MindFormers config the training ran (runs/<id>/train/mindformers.yaml), with
 its machine paths made relative to this folder's parent: point `checkpoint.load_path` at a folder holding
 the base model as safetensors (MindFormers 1.9's checkpoint format; a .ckpt becomes one with
-`mindspore.ckpt_to_safetensors`, and the file must not be named model.safetensors, which MindFormers takes
-for Hugging Face weights; a run trained on data-parallel workers has the legacy `load_checkpoint` instead, the
-.ckpt itself) and `train_dataset.data_loader.dataset_dir` at the MindRecord before running it.
+`mindspore.ckpt_to_safetensors`, which names model.ckpt's copy model.safetensors: rename it, since MindFormers
+takes a folder holding model.safetensors for Hugging Face weights; a run trained on data-parallel workers has
+the legacy `load_checkpoint` instead, the .ckpt itself) and `train_dataset.data_loader.dataset_dir` at the
+MindRecord before running it.
 The classes it names with `auto_register` are in mf_extensions.py, found through REGISTER_PATH
 (MindFormers 1.9; r1.1 has no auto_register).
 
