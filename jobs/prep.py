@@ -33,7 +33,7 @@ from tunebox.data.pipeline import prepare
 from tunebox.data.samples import train_files
 from tunebox.io import InputError, atomic_dir, atomic_write_json
 from tunebox.manifest import write_job_manifest
-from tunebox.model.weights import tokenizer_file
+from tunebox.model.weights import check_pad_id, tokenizer_file
 
 log = logging.getLogger("tunebox.prep")
 
@@ -71,6 +71,7 @@ def prep(spec: RunSpec) -> Path:
     source, out = spec.training_source(), spec.job_dir("prep")
     heldout_file, own_tokenizer = spec.resolve(d.heldout_file), spec.resolve(spec.model.tokenizer)
     tokenizer_json = tokenizer_file(spec.model.name, own_tokenizer)
+    check_pad_id(spec.model.name, tokenizer_json)  # train packs, and MindFormers masks, by the model's pad id
     if d.generate:
         generate_rows(d.generate, source, spec.source_path)
     files = train_files(source, spec.source_path)

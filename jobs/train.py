@@ -37,14 +37,10 @@ from tunebox.cli import run_job, spec_argv, switch
 from tunebox.config import RunSpec
 from tunebox.io import InputError, atomic_write_json, atomic_write_text
 from tunebox.model.mf import run_mindformers, setup_device
-from tunebox.model.mf_config import dump
-from tunebox.model.registry import get_model_shape
-from tunebox.model.weights import load_tokenizer
-from tunebox.run_checkpoints import base_checkpoint
 from tunebox.training.finish import finish
 from tunebox.training.inputs import PACKED_RECORDS, TRAIN_YAML, prepare
 from tunebox.training.launch import hold_workers_lock, in_cluster, run_workers, wait_for_prep, wait_for_workers
-from tunebox.training.outputs import TRAIN_STATE, check_resume, read_loss_log, training_done
+from tunebox.training.outputs import TRAIN_STATE, check_resume, read_loss_log
 from tunebox.training.plan import train_hash
 
 log = logging.getLogger("tunebox.train")
@@ -53,11 +49,10 @@ WORKER_PROGRAM = Path(__file__).resolve().with_name("train_worker.py")  # what m
 
 
 def setup(spec: RunSpec, starting: bool) -> tuple[dict, str, bool]:
-    """What train reads from the run spec, once: prep's rows, the base checkpoint, the model's shape, the
-    tokenizer's pad id and the train and LoRA sections (prepare()'s arguments); the settings' hash, and
-    whether it resumes. `starting` (a run that trains in this process, not --render-only nor a worker) first
-    waits until no worker of a killed run is alive and checks that train/ holds this run, and sets the
-    device up."""
+    """What train reads from the run spec, once: where prep's rows are, the model's name and the train and
+    LoRA sections (prepare()'s arguments, with the base checkpoint model.checkpoint names); the settings'
+    hash, and whether it resumes. `starting` (a run that trains in this process, not --render-only nor a
+    worker) first waits until no worker of a killed run is alive and checks that train/ holds this run."""
     out = spec.job_dir("train")
     settings, resume = train_hash(spec.model, spec.data, spec.lora, spec.train), False
     if starting:
@@ -66,12 +61,7 @@ def setup(spec: RunSpec, starting: bool) -> tuple[dict, str, bool]:
     data_file = spec.run_dir / layout.PREP_TRAIN_RECORDS
     if not data_file.exists():
         raise InputError(f"{data_file} not found: run prep first (invoke prep --config {spec.source_path})")
-    base = base_checkpoint(spec)
-    if starting:
-        setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
-    shape = get_model_shape(spec.model.name)
-    tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
-    inputs = {"data_file": data_file, "out": out, "shape": shape, "pad_id": tok.pad_id, "base": base}
+    inputs = {"data_file": data_file, "out": out, "model": spec.model.name}
     return {**inputs, "train": spec.train, "lora": spec.lora}, settings, resume
 
 
@@ -80,15 +70,13 @@ def main(spec: RunSpec, args) -> Path:
     MindFormers (here, or under msrun with train.workers), then write the index, summary and manifest."""
     inputs, settings, resume = setup(spec, starting=not args.render_only)
     out = inputs["out"]
-    prepared = prepare(**inputs)
-    config_text = dump(prepared["config"])  # the file stock MindFormers runs too
-    atomic_write_text(out / TRAIN_YAML, config_text)
+    prepared = prepare(**inputs, own_checkpoint=spec.resolve(spec.model.checkpoint))
+    atomic_write_text(out / TRAIN_YAML, prepared["yaml"])  # after everything it names is there
     if args.render_only:  # the config (and the packed data) that train would run, and stop
         print(out / TRAIN_YAML)
         return out
-    plan = prepared["plan"]
-    losses = read_loss_log(out) if (out / TRAIN_STATE).exists() else []
-    if training_done(out, plan, losses):
+    plan, losses = prepared["plan"], prepared["losses"]
+    if prepared["done"]:
         log.info(
             "train: all %d steps ran and their LoRA checkpoints are written; writing the index, summary "
             "and manifest only",
@@ -115,6 +103,7 @@ def main(spec: RunSpec, args) -> Path:
         )
         started = time.time()
         if spec.train.workers <= 1 or in_cluster():  # this process trains
+            setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
             run_mindformers(out / TRAIN_YAML, resume)
         else:  # msrun's workers train, and rank 0 writes the index, summary and manifest
             argv = spec_argv(args.config, args.overrides)
@@ -132,7 +121,7 @@ def worker_main(spec: RunSpec, args) -> None:
     lock = hold_workers_lock(out)  # noqa: F841 (held until the process ends)
     setup_device(spec.train.device, spec.train.mode, seed=spec.train.seed, log_root=out)
     inputs, settings, _ = setup(spec, starting=False)
-    prepared = prepare(**inputs, write=False)
+    prepared = prepare(**inputs, own_checkpoint=spec.resolve(spec.model.checkpoint), write=False)
     if spec.train.packing and not (out / PACKED_RECORDS).exists():
         raise InputError(
             f"{out / PACKED_RECORDS} is missing: with train.packing, render the run first "
@@ -142,7 +131,7 @@ def worker_main(spec: RunSpec, args) -> None:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="tunebox-worker-") as tmp:  # this rank's copy of the config
         path = Path(tmp) / TRAIN_YAML
-        path.write_text(dump(prepared["config"]), encoding="utf-8")
+        path.write_text(prepared["yaml"], encoding="utf-8")
         run_mindformers(path, resume)
     from mindspore.communication import get_rank
 

@@ -211,3 +211,26 @@ def test_help_shows_each_new_key_with_its_docstring():
     ):
         block = re.split(r"\n  (?=\S)", out.split(f"  {key} ", 1)[1], maxsplit=1)[0]
         assert words in " ".join(block.split()), (key, block)
+
+
+def test_a_tokenizer_that_pads_with_another_id_than_the_model_is_refused(tmp_path, tiny_cache, monkeypatch, capsys):
+    """prep pads the rows with the tokenizer's pad; train packs them and MindFormers masks them by the model's
+    pad_token_id (the tiny registry model's is 0). A model.tokenizer whose tokenizer_config.json names another
+    pad token stops prep before it writes a row, naming that file. The tiny tokenizer's own copy passes.
+    Mutants: prep without check_pad_id; check_pad_id comparing with `==` (refuses the good one)."""
+    own = tmp_path / "own-tokenizer"
+    own.mkdir()
+    (own / "tokenizer.json").write_bytes((tiny_cache / "models" / "tiny" / "tokenizer.json").read_bytes())
+    config = dict(build_byte_tokenizer().config)
+    assert config["pad_token"] == "<pad>"  # the byte tokenizer's first special token: id 0, the model's pad
+    (own / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    code, err, out = prep_here(tmp_path, tiny_cache, monkeypatch, capsys, f"model.tokenizer={own / 'tokenizer.json'}")
+    assert code == 0, err
+    config["pad_token"] = config["eos_token"]  # a common choice, and not the model's pad
+    (own / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    code, err, _ = prep_here(
+        tmp_path, tiny_cache, monkeypatch, capsys, f"model.tokenizer={own / 'tokenizer.json'}", "run_id=other"
+    )
+    assert code == 2, err
+    assert str(own / "tokenizer_config.json") in err and "pad_token_id is 0" in err
+    assert not (tmp_path / "runs" / "other" / "prep").exists()

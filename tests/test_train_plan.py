@@ -18,7 +18,7 @@ from tunebox.config import DataSection, load_spec
 from tunebox.data.packing import pack_rows
 from tunebox.data.samples import read_mindrecord
 from tunebox.io import InputError
-from tunebox.model.weights import load_tokenizer
+from tunebox.model.weights import ModelNotAvailable, base_checkpoint_file, load_tokenizer
 from tunebox.training.inputs import prepare
 from tunebox.training.outputs import check_resume, resume_point
 from tunebox.training.plan import answer_capacity, checkpoint_steps, plan_steps, train_hash
@@ -130,7 +130,9 @@ def test_packed_rows_fit_the_recorded_answer_capacity(tmp_path, tiny_cache, monk
     run_job("prep", TINY_RECIPE, tiny_cache, tmp_path, *common)
     monkeypatch.setenv("TUNEBOX_CACHE", str(tiny_cache))
     spec = load_spec(TINY_RECIPE, common + ["train.packing=true"])
-    prepared = prepare(**setup(spec, starting=False)[0], write=False)
+    prepared = prepare(
+        **setup(spec, starting=False)[0], own_checkpoint=spec.resolve(spec.model.checkpoint), write=False
+    )
     ids, labels = read_mindrecord(spec.run_dir / layout.PREP_TRAIN_RECORDS)
     pad = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer)).pad_id
     packed_ids, packed_labels, _, _ = pack_rows(ids, labels, pad)
@@ -141,6 +143,21 @@ def test_packed_rows_fit_the_recorded_answer_capacity(tmp_path, tiny_cache, monk
     assert not short, (
         f"capacity {prepared['capacity']} < loss positions {[need[r] for r in short][:5]} in rows {short[:5]}"
     )
+
+
+def test_train_reads_the_base_model_prep_made_and_never_builds_it(tmp_path, monkeypatch):
+    """train's base checkpoint (base_checkpoint_file): model.checkpoint as given, else the registry model prep
+    left in the cache. A cache without it is an InputError that says to run prep, and nothing is built there
+    (building belongs to prep and the weights job; in a cluster, to no training rank).
+    Mutants: ensure_model(name) in place of the check (builds the folder); the check left out (returns a
+    path that does not exist)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TUNEBOX_CACHE", str(cache))
+    own = tmp_path / "mine.ckpt"
+    assert base_checkpoint_file("tiny", own) == own
+    with pytest.raises(ModelNotAvailable, match="run prep first"):
+        base_checkpoint_file("tiny")
+    assert not (cache / "models" / "tiny").exists()
 
 
 # ---- resume: what the saved train_hash must match --------------------------------------------

@@ -12,13 +12,16 @@ from typing import Optional
 
 from tunebox import layout
 from tunebox.io import InputError
-from tunebox.model.weights import ensure_model
+from tunebox.model.weights import base_checkpoint_file, ensure_model
 
 
 def base_checkpoint(spec) -> Path:
-    """The run's base model: model.checkpoint, or the registry model's converted checkpoint in the cache."""
-
-    return spec.resolve(spec.model.checkpoint) or ensure_model(spec.model.name) / "model.ckpt"
+    """The run's base model: model.checkpoint, or the registry model's converted checkpoint in the cache
+    (built or converted first when it is not there yet)."""
+    own = spec.resolve(spec.model.checkpoint)
+    if not own:
+        ensure_model(spec.model.name)
+    return base_checkpoint_file(spec.model.name, own)
 
 
 @dataclass(frozen=True)

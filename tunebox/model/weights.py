@@ -178,6 +178,19 @@ def ensure_model(name: str, progress: bool = True) -> Path:
     return final
 
 
+def base_checkpoint_file(name: str, own: Optional[Path] = None) -> Path:
+    """The base model's checkpoint: `own` (model.checkpoint, resolved) when given, else the registry model's
+    converted one in `model_dir(name)`, which ensure_model made (prep does, through tokenizer_file); never
+    built here, so a job that runs after prep reads it as prep left it."""
+    if own:
+        return Path(own)
+    if not (model_dir(name) / "model.json").is_file():  # written last: the folder is complete
+        raise ModelNotAvailable(
+            f"{name} is not in the model cache: run prep first (it builds or converts the model once)", model_dir(name)
+        )
+    return model_dir(name) / "model.ckpt"
+
+
 def tokenizer_file(name: str, tokenizer_json: Optional[Path] = None) -> Path:
     """The tokenizer.json a run uses: model.tokenizer (`tokenizer_json`, resolved) when given, else the one
     converted with the model. Its tokenizer_config.json lies beside it. The model is made ready either way
@@ -190,6 +203,20 @@ def load_tokenizer(name: str, tokenizer_json: Optional[Path] = None) -> TextToke
     """The tokenizer every job formats and encodes with: the one tokenizer_file() names."""
     path = tokenizer_file(name, tokenizer_json)
     return TextTokenizer.load(path.parent, path)
+
+
+def check_pad_id(name: str, tokenizer_json: Path) -> None:
+    """The tokenizer must pad with the model's pad_token_id: prep pads the rows with the tokenizer's pad,
+    train packs them and MindFormers masks the positions by the model's (registry.ModelShape.pad_token_id).
+    Converted tokenizers are made so; a tokenizer of one's own (model.tokenizer) is checked here."""
+    tok, pad = TextTokenizer.load(Path(tokenizer_json).parent, tokenizer_json), get_model_shape(name).pad_token_id
+    if tok.pad_id != pad:
+        raise InputError(
+            f"the tokenizer pads with id {tok.pad_id} ({tok.config.get('pad_token') or tok.config.get('eos_token')!r}) "
+            f"but {name}'s pad_token_id is {pad}, which MindFormers masks: set pad_token in tokenizer_config.json "
+            f"to the token with id {pad} ({tok.tk.id_to_token(pad)!r})",
+            Path(tokenizer_json).with_name("tokenizer_config.json"),
+        )
 
 
 @contextlib.contextmanager

@@ -109,13 +109,13 @@ def write_outputs(
     (`losses`, read_loss_log) and what inputs.prepare() found (`prepared`); returns the summary."""
     out = run_dir / "train"
     plan = prepared["plan"]
+    found, start_step = lora_files(out, plan), session_start(out)
     if not losses or losses[-1]["step"] < plan["total_steps"]:
         raise RuntimeError(
             f"MindFormers stopped at step {losses[-1]['step'] if losses else 0} of "
             f"{plan['total_steps']}; see {out / 'log'}"
         )
     loss_at = {r["step"]: r for r in losses}
-    found = lora_files(out, plan)
     missing = [s for s in plan["checkpoint_steps"] if s not in found]
     if missing:
         raise RuntimeError(f"the LoRA checkpoints of steps {missing} are missing under {out / 'checkpoint_trainable'}")
@@ -141,7 +141,6 @@ def write_outputs(
         f"{r['step']},{r['epoch']},{r['loss']:.6f},{(r['lr'] or 0):.6e},{r['seconds']}\n" for r in losses
     )
     atomic_write_text(out / "loss.csv", csv)
-    start_step = session_start(out)
     steady = [r for r in losses if r["step"] > start_step + 1] or losses
     seconds = sum(r["seconds"] for r in steady)
     tokens = prepared["tokens_per_row"] * train.batch_size * len(steady)
