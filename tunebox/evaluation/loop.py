@@ -1,7 +1,8 @@
 """The evaluation loop, once for evaluate and verify: the held-out and SQuAD sets as token prompts with
 per-family new-token limits, one model's answers generated and scored (the contest's strict rule, the
 tolerant one and the graded closeness, per family and per source), and the files that record them
-(predictions.jsonl, scores.json, squad_predictions.jsonl, squad.json), reused when nothing changed."""
+(predictions.jsonl, scores.json, squad_predictions.jsonl, squad.json), reused when nothing changed.
+evaluate's first two phases are load_questions and, over models_to_evaluate, evaluate_models."""
 
 from __future__ import annotations
 
