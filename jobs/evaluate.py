@@ -38,7 +38,7 @@ from tunebox.contest.rules import param_figures
 from tunebox.evaluation.loop import evaluate_models, load_questions, longest_sequence, models_to_evaluate
 from tunebox.evaluation.report import write_plots, write_report
 from tunebox.evaluation.runners import pick_backend, runner_loader
-from tunebox.evaluation.scale_dial import parse_scales, scale_dial
+from tunebox.evaluation.scale_dial import dial_target, parse_scales, scale_dial
 from tunebox.evaluation.scorecard import contest_figures, judge
 from tunebox.manifest import write_job_manifest
 from tunebox.model.budget import merged_weight_dtype
@@ -81,10 +81,9 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     base, tuned, choice = judge(results, contest)
     dial = None
     if scales:
+        target = dial_target(models, tuned, choice)
         dial = scale_dial(
-            models,
-            tuned,
-            choice,
+            target,
             scales,
             merge_index_file=merge_index,
             train_dir=spec.job_dir("train"),

@@ -62,9 +62,7 @@ def dial_target(models: list[dict], tuned: list[dict], choice: dict) -> dict:
 
 
 def scale_dial(
-    models: list[dict],
-    tuned: list[dict],
-    choice: dict,
+    target: dict,
     scales: list[float],
     *,
     merge_index_file: Path,
@@ -80,9 +78,8 @@ def scale_dial(
     contest: dict,
     out: Path,
 ) -> dict:
-    """Evaluate the checkpoint dial_target picks among `models` (models_to_evaluate's; `tuned` and `choice` as
-    scorecard.judge gives them) at each LoRA scale, merging the trained LoRA into the base weights in memory."""
-    target = dial_target(models, tuned, choice)
+    """Evaluate `target` (dial_target's: a merged checkpoint's models_to_evaluate entry) at each LoRA scale,
+    merging the trained LoRA into the base weights in memory."""
     log.info("scale dial on %s at scales %s", target["name"], ", ".join(f"{s:g}" for s in scales))
     if backend != "numpy":
         raise InputError(f"the LoRA scale dial merges in memory for the numpy backend; eval.backend is {backend}")
