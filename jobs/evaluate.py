@@ -31,19 +31,15 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from tunebox import layout
-from tunebox.chaos import kill_point
 from tunebox.cli import run_job
 from tunebox.config import RunSpec
-from tunebox.contest.rules import choose_checkpoint, param_figures
-from tunebox.evaluation.loop import SQUAD_MAX_NEW_TOKENS, evaluate_model, load_heldout, load_squad, models_to_evaluate
+from tunebox.contest.rules import param_figures
+from tunebox.evaluation.loop import evaluate_models, load_questions, longest_sequence, models_to_evaluate
 from tunebox.evaluation.report import write_plots, write_report
 from tunebox.evaluation.runners import pick_backend, runner_loader
-from tunebox.evaluation.scale_dial import scale_dial
-from tunebox.evaluation.scorecard import annotate, contest_figures
-from tunebox.io import InputError, atomic_write_json, sha256_file
+from tunebox.evaluation.scale_dial import dial_target, parse_scales, scale_dial
+from tunebox.evaluation.scorecard import contest_figures, judge
 from tunebox.manifest import write_job_manifest
 from tunebox.model.budget import merged_weight_dtype
 from tunebox.model.registry import get_model_shape
@@ -53,30 +49,13 @@ from tunebox.run_checkpoints import base_checkpoint
 log = logging.getLogger("tunebox.evaluate")
 
 
-def parse_scales(text) -> list[float]:
-    """'0.25,0.5,1' or [0.25, 0.5, 1] -> [0.25, 0.5, 1.0]; empty/None -> []."""
-    if not text:
-        return []
-    scales = []
-    for part in text if isinstance(text, list) else str(text).split(","):
-        part = str(part).strip()
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise InputError(f"LoRA scale {part!r} is not a number; give scales like 0.25,0.5,1.0") from None
-        if not np.isfinite(value):
-            raise InputError(f"LoRA scale {part!r} must be finite")
-        scales.append(value)
-    return scales
-
-
 def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     """The whole job; `scales` (or eval.scales) adds the LoRA scale dial."""
     scales = parse_scales(spec.eval.scales) if scales is None else scales
     # setup: what this job reads from the run spec, once; below it works with these values
-    ev, data, lora, run_dir, out = spec.eval, spec.data, spec.lora, spec.run_dir, spec.job_dir("evaluate")
+    ev, data, lora = spec.eval, spec.data, spec.lora
+    run_dir, out = spec.run_dir, spec.job_dir("evaluate")
+    merge_index = run_dir / layout.MERGE_INDEX
     backend = pick_backend(ev.backend, spec.train.device)
     base_ckpt = base_checkpoint(spec) if ev.base else None
     shape = get_model_shape(spec.model.name)
@@ -88,56 +67,26 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
     }
     tok = load_tokenizer(spec.model.name, spec.resolve(spec.model.tokenizer))
     squad_file = spec.resolve(ev.squad_file) if ev.squad_file else None
-    merge_index, train_dir, source = run_dir / layout.MERGE_INDEX, spec.job_dir("train"), spec.source_path
-    run_id, model_name, stage = spec.run_id, spec.model.name, spec.stage
-
-    task = load_heldout(run_dir, data, ev, tok)
-    squad = load_squad(squad_file, ev, tok, source)
-    atomic_write_json(out / "limits.json", task.limits_info)
-    log.info(
-        "max new tokens per family: %s",
-        ", ".join(f"{f} {v['max_new_tokens']}" for f, v in task.limits_info["families"].items()),
-    )
-    models = models_to_evaluate(ev, merge_index, base_ckpt)
-    longest_prompt = max(len(p) for p in task.prompts + (squad.prompts if squad else []))
-    seq_for_mf = longest_prompt + max(task.limits + [SQUAD_MAX_NEW_TOKENS])
-    loader = runner_loader(backend, shape, seq_for_mf, **runner_settings)
-
-    results = []
-    for m in models:
-        sha = m.get("sha256") or sha256_file(m["checkpoint"])
-        info = {"step": m["step"], "train_loss": m["train_loss"], "checkpoint": str(m["checkpoint"])}
-        results.append(
-            evaluate_model(
-                m["name"],
-                out / m["name"],
-                {"checkpoint_sha256": sha},
-                loader(m["checkpoint"]),
-                task,
-                squad,
-                tok,
-                backend,
-                info,
-            )
-        )
-        kill_point("evaluate.between-models")
-    base = next((r for r in results if r["model"] == "base"), None)
     params = param_figures(shape, lora.rank, lora.target_modules)
-    contest = contest_figures(stage, params)
-    tuned = [annotate(r, base, contest) for r in results if r["model"] != "base"]
-    choice = choose_checkpoint(tuned)
+    contest = contest_figures(spec.stage, params)
+
+    # 1. the questions every model answers
+    task, squad = load_questions(run_dir, data, ev, tok, squad_file, spec.source_path, out)
+    # 2. the base model and the merged checkpoints answer them
+    models = models_to_evaluate(ev, merge_index, base_ckpt)
+    seq_length = longest_sequence(task, squad)  # MindFormers' static sequence
+    loader = runner_loader(backend, shape, seq_length, **runner_settings)
+    results = evaluate_models(models, loader, task, squad, tok, backend, out)
+    # 3. the contest's scorecards and choice; the LoRA scale dial on the chosen checkpoint
+    base, tuned, choice = judge(results, contest)
     dial = None
     if scales:
-        target_name = choice["model"] or (tuned[-1]["model"] if tuned else None)
-        if target_name is None:
-            raise InputError("the scale dial needs a merged checkpoint: run merge first")
-        target = next(m for m in models if m["name"] == target_name)
-        log.info("scale dial on %s at scales %s", target_name, ", ".join(f"{s:g}" for s in scales))
+        target = dial_target(models, tuned, choice)
         dial = scale_dial(
             target,
             scales,
             merge_index_file=merge_index,
-            train_dir=train_dir,
+            train_dir=spec.job_dir("train"),
             shape=shape,
             lora=lora,
             batch_size=ev.batch_size,
@@ -149,13 +98,14 @@ def evaluate(spec: RunSpec, scales: Optional[list[float]] = None) -> Path:
             contest=contest,
             out=out,
         )
-    # what the charts and the report both show
-    shown = {"run_id": run_id, "data": data, "base": base, "tuned": tuned, "choice": choice, "dial": dial}
+    # 4. the report: what the charts and the tables both show
+    shown = {"run_id": spec.run_id, "data": data, "base": base, "tuned": tuned, "choice": choice, "dial": dial}
     plots = write_plots(out, loss_file=run_dir / layout.TRAIN_LOSS, **shown)
     report_file = run_dir / layout.EVALUATE_REPORT
     report = write_report(
-        out, report_file, model_name=model_name, contest=contest, task=task, squad=squad, plots=plots, **shown
+        out, report_file, model_name=spec.model.name, contest=contest, task=task, squad=squad, plots=plots, **shown
     )
+    # 5. the manifest
     inputs = {"heldout": run_dir / layout.PREP_HELDOUT, "train_samples": run_dir / layout.PREP_TRAIN_RECORDS}
     if squad:
         inputs["squad"] = squad.source

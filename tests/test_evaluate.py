@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, TINY_RECIPE, keeps_90_percent, read_jsonl, run_job, squad_v11
-from jobs.evaluate import parse_scales
 from tunebox.config import load_spec
 from tunebox.contest import scoring
 from tunebox.contest.rules import choose_checkpoint, param_figures
@@ -26,6 +25,7 @@ from tunebox.evaluation import plots
 from tunebox.evaluation.decode import NumpyLlama, length_groups
 from tunebox.evaluation.loop import choice_token_plan, load_squad, longest_answers_in_samples, score_row, summarize
 from tunebox.evaluation.runners import MindFormersRunner, choice_letter_logprobs
+from tunebox.evaluation.scale_dial import parse_scales
 from tunebox.evaluation.scorecard import annotate, contest_figures
 from tunebox.io import InputError
 from tunebox.model import mf

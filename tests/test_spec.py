@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.evaluate import parse_scales
 from tunebox.cli import job_command, job_parser, run_job, spec_argv
 from tunebox.config import load_spec
+from tunebox.evaluation.scale_dial import parse_scales
 from tunebox.io import InputError
 from tunebox.model.registry import LINEAR_NAMES, lora_targets, mindformers_target_regex
 from tunebox.spec_checks import load_checked_spec

@@ -1,7 +1,8 @@
 """The evaluation loop, once for evaluate and verify: the held-out and SQuAD sets as token prompts with
 per-family new-token limits, one model's answers generated and scored (the contest's strict rule, the
 tolerant one and the graded closeness, per family and per source), and the files that record them
-(predictions.jsonl, scores.json, squad_predictions.jsonl, squad.json), reused when nothing changed."""
+(predictions.jsonl, scores.json, squad_predictions.jsonl, squad.json), reused when nothing changed.
+evaluate's first two phases are load_questions and, over models_to_evaluate, evaluate_models."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from tunebox import layout
+from tunebox.chaos import kill_point
 from tunebox.config import DataSection, EvalSection
 from tunebox.contest import scoring
 from tunebox.data.prompts import prompt_parts, spec_prompt
@@ -289,6 +291,33 @@ def load_squad(
     )
 
 
+def load_questions(
+    run_dir: Path,
+    data: DataSection,
+    eval_section: EvalSection,
+    tok: TextTokenizer,
+    squad_file: Optional[Path],
+    spec_file: Optional[str],
+    out: Path,
+) -> tuple[HeldoutTask, Optional[SquadTask]]:
+    """What every model answers: the held-out rows (load_heldout) and the SQuAD questions (load_squad), with
+    the new-token limits per family written to out/limits.json."""
+    task = load_heldout(run_dir, data, eval_section, tok)
+    squad = load_squad(squad_file, eval_section, tok, spec_file)
+    atomic_write_json(out / "limits.json", task.limits_info)
+    log.info(
+        "max new tokens per family: %s",
+        ", ".join(f"{f} {v['max_new_tokens']}" for f, v in task.limits_info["families"].items()),
+    )
+    return task, squad
+
+
+def longest_sequence(task: HeldoutTask, squad: Optional[SquadTask]) -> int:
+    """The longest prompt plus the most new tokens: MindFormers' static sequence length for these questions."""
+    longest_prompt = max(len(p) for p in task.prompts + (squad.prompts if squad else []))
+    return longest_prompt + max(task.limits + [SQUAD_MAX_NEW_TOKENS])
+
+
 def choice_token_plan(
     tok: TextTokenizer, prefix: str = MCQ_ANSWER_PREFIX, letters: str = scoring.CHOICE_LETTERS
 ) -> dict:
@@ -453,8 +482,12 @@ def evaluate_model(
             runner = load()
         return runner
 
+    # what this model's folder already holds for these settings
     expect = {**identity, "backend": backend, "n": len(task.rows), "settings_sha": task.settings_sha}
     scores = _previous(mdir / "scores.json", expect)
+    if squad is not None:
+        expect_squad = {**identity, "backend": backend, "source_sha256": squad.source_sha256, **squad.settings}
+        squad_res = _previous(mdir / "squad.json", expect_squad)
     if scores is None:
         log.info(
             "%s: %d held-out rows, up to %d new tokens each, with the %s backend",
@@ -478,8 +511,6 @@ def evaluate_model(
         log.info("%s: held-out rows already evaluated (%s)", name, mdir / "scores.json")
     result = dict(scores)
     if squad is not None:
-        expect_squad = {**identity, "backend": backend, "source_sha256": squad.source_sha256, **squad.settings}
-        squad_res = _previous(mdir / "squad.json", expect_squad)
         if squad_res is None:
             log.info("%s: %d SQuAD questions", name, len(squad.rows))
             squad_res = run_squad(
@@ -504,27 +535,51 @@ def models_to_evaluate(
     eval_section: EvalSection, merge_index_file: Path, base_checkpoint: Optional[Path]
 ) -> list[dict]:
     """The base model (when eval.base; `base_checkpoint` is its file) and the merged checkpoints
-    eval.checkpoints asks for (all, last or none), from merge's index."""
+    eval.checkpoints asks for (all, last or none), from merge's index; each with its file's sha256 (merge's
+    index has the merged ones'), what a model's earlier scores must match to be reused."""
     models = []
     if eval_section.base:
         models.append({"name": "base", "step": 0, "checkpoint": base_checkpoint, "train_loss": None})
-    if eval_section.checkpoints == "none":
-        return models
-    if not merge_index_file.exists():
-        raise InputError(f"{merge_index_file} not found: run merge first")
-    merged = json.loads(merge_index_file.read_text())["checkpoints"]
-    if eval_section.checkpoints == "last":
-        merged = merged[-1:]
-    for e in merged:
-        models.append(
-            {
-                "name": f"step-{e['step']:06d}",
-                "step": e["step"],
-                "train_loss": e.get("train_loss"),
-                "checkpoint": merge_index_file.parent / e["file"],
-                "sha256": e.get("sha256"),
-                "lora_file": e.get("lora_file"),
-                "merge_scale": e.get("scale", 1.0),
-            }
-        )
+    if eval_section.checkpoints != "none":
+        if not merge_index_file.exists():
+            raise InputError(f"{merge_index_file} not found: run merge first")
+        merged = json.loads(merge_index_file.read_text())["checkpoints"]
+        if eval_section.checkpoints == "last":
+            merged = merged[-1:]
+        for e in merged:
+            models.append(
+                {
+                    "name": f"step-{e['step']:06d}",
+                    "step": e["step"],
+                    "train_loss": e.get("train_loss"),
+                    "checkpoint": merge_index_file.parent / e["file"],
+                    "sha256": e.get("sha256"),
+                    "lora_file": e.get("lora_file"),
+                    "merge_scale": e.get("scale", 1.0),
+                }
+            )
+    for m in models:
+        m["sha256"] = m.get("sha256") or sha256_file(m["checkpoint"])
     return models
+
+
+def evaluate_models(
+    models: list[dict],
+    load: Callable[[Path], Callable[[], object]],
+    task: HeldoutTask,
+    squad: Optional[SquadTask],
+    tok: TextTokenizer,
+    backend: str,
+    out: Path,
+) -> list[dict]:
+    """Every model of models_to_evaluate in turn, each into out/<name>/ (evaluate_model); `load` is
+    runners.runner_loader's. What one model wrote stays valid when the job is stopped before the next."""
+    results = []
+    for m in models:
+        identity = {"checkpoint_sha256": m["sha256"]}
+        info = {"step": m["step"], "train_loss": m["train_loss"], "checkpoint": str(m["checkpoint"])}
+        results.append(
+            evaluate_model(m["name"], out / m["name"], identity, load(m["checkpoint"]), task, squad, tok, backend, info)
+        )
+        kill_point("evaluate.between-models")
+    return results

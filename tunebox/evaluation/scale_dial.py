@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 from tunebox.config import LoraSection
 from tunebox.data.tokenizer import TextTokenizer
@@ -20,6 +23,27 @@ from tunebox.model.checkpoint import load_checkpoint_numpy
 from tunebox.model.lora import merge_lora_into_base
 from tunebox.model.registry import ModelShape
 
+log = logging.getLogger("tunebox.evaluate")
+
+
+def parse_scales(text) -> list[float]:
+    """'0.25,0.5,1' or [0.25, 0.5, 1] -> [0.25, 0.5, 1.0]; empty/None -> []."""
+    if not text:
+        return []
+    scales = []
+    for part in text if isinstance(text, list) else str(text).split(","):
+        part = str(part).strip()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise InputError(f"LoRA scale {part!r} is not a number; give scales like 0.25,0.5,1.0") from None
+        if not np.isfinite(value):
+            raise InputError(f"LoRA scale {part!r} must be finite")
+        scales.append(value)
+    return scales
+
 
 def merged_in_memory(
     shape: ModelShape, lora: LoraSection, base_arrays: dict, lora_arrays: dict, scale: float
@@ -27,6 +51,14 @@ def merged_in_memory(
     """The NumpyLlama of W + scale * (alpha / r) * B A, without writing a checkpoint."""
     merged = merge_lora_into_base(base_arrays, lora_arrays, lora.alpha, lora.rank, scale)
     return NumpyLlama(merged, shape, source=f"in-memory merge at scale {scale:g}")
+
+
+def dial_target(models: list[dict], tuned: list[dict], choice: dict) -> dict:
+    """The checkpoint the dial turns: the contest's choice, else the last tuned one (models_to_evaluate's entry)."""
+    name = choice["model"] or (tuned[-1]["model"] if tuned else None)
+    if name is None:
+        raise InputError("the scale dial needs a merged checkpoint: run merge first")
+    return next(m for m in models if m["name"] == name)
 
 
 def scale_dial(
@@ -46,8 +78,9 @@ def scale_dial(
     contest: dict,
     out: Path,
 ) -> dict:
-    """Evaluate `target` (a merged checkpoint's models_to_evaluate entry) at each LoRA scale,
+    """Evaluate `target` (dial_target's: a merged checkpoint's models_to_evaluate entry) at each LoRA scale,
     merging the trained LoRA into the base weights in memory."""
+    log.info("scale dial on %s at scales %s", target["name"], ", ".join(f"{s:g}" for s in scales))
     if backend != "numpy":
         raise InputError(f"the LoRA scale dial merges in memory for the numpy backend; eval.backend is {backend}")
     merge_index = json.loads(merge_index_file.read_text())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from tunebox.contest.rules import RETENTION_THRESHOLD, SCORE_FORMULAS, retention_verdict, stage_score
+from tunebox.contest.rules import RETENTION_THRESHOLD, SCORE_FORMULAS, choose_checkpoint, retention_verdict, stage_score
 
 
 def contest_figures(stage: int, params: Mapping) -> dict:
@@ -51,3 +51,10 @@ def annotate(entry: dict, base: Optional[dict], figures: Mapping) -> dict:
     entry.update(card)
     entry["score_exact_ratio"] = stage_score(figures["stage"], entry["accuracy_strict"], figures["ratio"])
     return entry
+
+
+def judge(results: list[dict], figures: Mapping) -> tuple[Optional[dict], list[dict], dict]:
+    """(the base model's summary, every tuned model's with its scorecard, the contest's choice among them)."""
+    base = next((r for r in results if r["model"] == "base"), None)
+    tuned = [annotate(r, base, figures) for r in results if r["model"] != "base"]
+    return base, tuned, choose_checkpoint(tuned)
