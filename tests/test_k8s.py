@@ -43,12 +43,18 @@ from tunebox import layout
 from tunebox import manifest as mf
 from tunebox.config import load_spec
 from tunebox.deploy import ascend
+from tunebox.deploy import k8s as k8s_module
 from tunebox.deploy.crd_schema import derive
 from tunebox.deploy.crd_schema import validate as validate_offline
 from tunebox.deploy.k8s import (
+    OverlayShape,
+    _shown,
     _split_image,
+    default_output,
     find_kubectl,
+    host_data_root,
     list_overlays,
+    main_container,
     overlay_shape,
     plan_render,
     render,
@@ -1111,3 +1117,284 @@ def test_manifest_records_a_missing_cann_on_an_ascend_image_only(tmp_path, monke
     assert any("no set_env.sh was found" in r.message for r in caplog.records)
     labels.write_text(json.dumps({"tunebox.cann": "none"}))
     assert "problem" not in mf.environment_manifest(include_pip_freeze=False)["ascend"]
+
+
+# ---- what the render reads and decides, value by value (issue 24's mutation runs) ----------------
+# Each expected value below is read by hand from k8s/base/job.yaml and k8s/overlays/*: the args, env and NPU
+# limits of the container that runs tunebox-pipeline, and the refusal texts written out in full.
+
+BASE_ARGS = ["tunebox-pipeline", "--config", "/app/recipes/run.yaml", "--set", "runs_dir=/data/runs"]
+BASE_ENV = {
+    "TUNEBOX_STEPS": "weights prep train merge evaluate bundle",
+    "TUNEBOX_CACHE": "/data/cache",
+    "TUNEBOX_WEIGHTS_TOKEN_FILE": "/run/secrets/tunebox/weights-token",
+}
+SHAPES = {
+    "local-cpu": OverlayShape(["runs_dir=/data/runs"], 0, False, BASE_ARGS, "Job", BASE_ENV),
+    "ascend-4card": OverlayShape(
+        ["runs_dir=/data/runs", "train.device=Ascend", "train.workers=4"],
+        4,
+        False,
+        BASE_ARGS + ["--set", "train.device=Ascend", "--set", "train.workers=4"],
+        "Job",
+        BASE_ENV,
+    ),
+    # JOB_NAME (a valueFrom) is not a plain value
+    "multi-node": OverlayShape(
+        ["runs_dir=/data/runs", "train.device=Ascend"],
+        4,
+        True,
+        BASE_ARGS + ["--set", "train.device=Ascend"],
+        "Job",
+        {
+            **BASE_ENV,
+            "MS_SCHED_HOST": "$(JOB_NAME)-0.tunebox-workers",
+            "MS_SCHED_PORT": "8118",
+            "MS_WORKER_NUM": "8",
+            "TUNEBOX_LOCAL_WORKERS": "4",
+            "TUNEBOX_CLUSTER_TIMEOUT": "3600",
+        },
+    ),
+    # the Worker's container (the Scheduler's has no TUNEBOX_WEIGHTS_TOKEN_FILE and no NPU)
+    "ascend-job": OverlayShape(
+        ["runs_dir=/data/runs", "train.device=Ascend"],
+        8,
+        False,
+        BASE_ARGS + ["--set", "train.device=Ascend"],
+        "AscendJob",
+        {**BASE_ENV, "TUNEBOX_CLUSTER_TIMEOUT": "3600"},
+    ),
+}
+
+
+@pytest.mark.usefixtures("kubectl")
+@pytest.mark.parametrize("overlay", sorted(SHAPES))
+def test_overlay_shape_reads_the_pipeline_containers_args_cards_and_env(overlay):
+    """Kills tunebox.deploy.k8s.x_overlay_shape's mutants that read another key, list or default (e.g. `_54`-`_67`,
+    the env read wrongly or not at all, `_73` env None, `_85` a default of 1 card), checked field by field."""
+    assert overlay_shape(overlay) == SHAPES[overlay]
+
+
+def write_overlay(root: Path, name: str, *docs: dict) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    files = []
+    for i, doc in enumerate(docs):
+        (folder / f"r{i}.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+        files.append(f"r{i}.yaml")
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump({"resources": files}), encoding="utf-8")
+    return folder
+
+
+def bare_job(name: str, container: dict) -> dict:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
+    }
+
+
+@pytest.mark.usefixtures("kubectl")
+def test_overlay_shape_of_a_bare_job_and_of_overlays_without_exactly_one_job(tmp_path, monkeypatch):
+    """An overlay of one bare Job (no args, env or resources) has the empty shape; none or two Jobs, and an unknown
+    overlay, are refused naming the overlay's folder. Kills tunebox.deploy.k8s.x_overlay_shape__mutmut_7`-`_12`
+    (the unknown overlay's message or folder), `_19`, `_21`-`_24` (the count's check, message and folder), `_31`,
+    `_33`, `_60`, `_62` (a missing `args` or `env` read as None)."""
+    monkeypatch.setattr(k8s_module, "OVERLAYS_DIR", tmp_path)
+    write_overlay(tmp_path, "bare", bare_job("tunebox", {"name": "pipeline", "image": "tunebox"}))
+    assert overlay_shape("bare") == OverlayShape([], 0, False, [], "Job", {})
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}}
+    none = write_overlay(tmp_path, "none", config_map)
+    two = write_overlay(
+        tmp_path,
+        "two",
+        bare_job("one", {"name": "pipeline", "image": "tunebox"}),
+        bare_job("two", {"name": "pipeline", "image": "tunebox"}),
+    )
+    for folder, count in ((none, 0), (two, 2)):
+        with pytest.raises(InputError) as info:
+            overlay_shape(folder.name)
+        assert info.value.message == f"expected one Job or AscendJob in the overlay, found {count}"
+        assert info.value.path == str(folder)
+    with pytest.raises(InputError) as info:
+        overlay_shape("nope")
+    assert info.value.message == "unknown overlay 'nope'; known: bare, none, two"
+    assert info.value.path == str(tmp_path / "nope")
+
+
+def test_main_container_is_found_by_name_in_the_pods_that_hold_the_cards():
+    """The Job's `pipeline` container, the AscendJob Worker's `ascend` one, wherever they are in the list; a
+    workload without it is refused by name. Kills tunebox.deploy.k8s.x_main_container's mutants (the name or the pod
+    chosen the other way, `_32` `!=`, `_33`-`_35` the message). No kubectl needed."""
+    side = {"name": "sidecar", "image": "busybox"}
+    job = bare_job("tunebox", side)
+    job["spec"]["template"]["spec"]["containers"].append({"name": "pipeline", "image": "tunebox"})
+    assert main_container(job) == (1, {"name": "pipeline", "image": "tunebox"})
+
+    def replica(*containers):
+        return {"replicas": 1, "template": {"spec": {"containers": list(containers)}}}
+
+    ascend_job = {
+        "apiVersion": "mindxdl.gitee.com/v1",
+        "kind": "AscendJob",
+        "metadata": {"name": "tunebox"},
+        "spec": {
+            "replicaSpecs": {
+                "Scheduler": replica({"name": "ascend", "image": "scheduler"}),
+                "Worker": replica(side, {"name": "pipeline", "image": "x"}, {"name": "ascend", "image": "worker"}),
+            }
+        },
+    }
+    assert main_container(ascend_job) == (2, {"name": "ascend", "image": "worker"})
+    with pytest.raises(InputError) as info:
+        main_container(bare_job("tunebox", side))
+    assert info.value.message == "the Job has no container named 'pipeline'"
+    del ascend_job["spec"]["replicaSpecs"]["Worker"]["template"]["spec"]["containers"][2]
+    with pytest.raises(InputError) as info:
+        main_container(ascend_job)
+    assert info.value.message == "the AscendJob has no container named 'ascend'"
+
+
+REFUSALS = [
+    (
+        "local-cpu",
+        ["train.device=Ascend", "train.dtype=bfloat16"],
+        "the spec trains on Ascend but overlay local-cpu requests no huawei.com/Ascend910: use --overlay ascend-4card "
+        "or multi-node",
+    ),
+    (
+        "ascend-4card",
+        ["train.device=CPU"],
+        "overlay ascend-4card requests NPUs but the spec trains on CPU: set train.device: Ascend or use --overlay "
+        "local-cpu",
+    ),
+    # 20 = 2 x 8 + 4: the nearest multiple of 8 below; 4 < 8: one node of 8
+    (
+        "ascend-job",
+        ["train.workers=20", "train.batch_size=20"],
+        "overlay ascend-job runs cluster.cards_per_node=8 workers per node, so train.workers must be a multiple of 8; "
+        "the spec has 20. Fix: --set train.workers=16 or set cluster.cards_per_node",
+    ),
+    (
+        "ascend-job",
+        ["train.workers=4", "train.batch_size=4"],
+        "overlay ascend-job runs cluster.cards_per_node=8 workers per node, so train.workers must be a multiple of 8; "
+        "the spec has 4. Fix: --set train.workers=8 or set cluster.cards_per_node",
+    ),
+    (
+        "multi-node",
+        ["train.workers=6", "train.batch_size=6"],
+        "overlay multi-node runs 4 workers per node, so train.workers must be nodes x 4 with at least 2 nodes "
+        "(8, 12, ...); the spec has 6. Fix: train.workers: 8 in the spec (or --set train.workers=8)",
+    ),
+    (
+        "ascend-4card",
+        ["train.workers=8", "train.batch_size=8"],
+        "overlay ascend-4card gives the pod 4 cards but train.workers is 8",
+    ),
+    # the overlays' TUNEBOX_CLUSTER_TIMEOUT is 3600 s; equal is not longer
+    (
+        "multi-node",
+        ["train.workers=8", "train.batch_size=8", "cluster.prep_timeout=3600"],
+        "cluster.prep_timeout (3600 s) must be longer than overlay multi-node's TUNEBOX_CLUSTER_TIMEOUT (3600 s): "
+        "every rank waits for prep first. Fix: --set cluster.prep_timeout=7200",
+    ),
+    (
+        "ascend-job",
+        ["train.workers=16", "train.batch_size=16", "cluster.prep_timeout=3000"],
+        "cluster.prep_timeout (3000 s) must be longer than overlay ascend-job's TUNEBOX_CLUSTER_TIMEOUT (3600 s): "
+        "every rank waits for prep first. Fix: --set cluster.prep_timeout=7200",
+    ),
+]
+
+
+@pytest.mark.usefixtures("kubectl")
+@pytest.mark.parametrize("overlay, sets, message", REFUSALS)
+def test_plan_render_refusals_say_the_whole_fix_and_name_the_spec(overlay, sets, message):
+    """Every refusal of plan_render, its text in full and the spec file it names. Kills
+    tunebox.deploy.k8s.x_plan_render's message and path mutants (`_20`-`_23`, `_28`-`_31`, `_37`-`_46`,
+    `_55`-`_58`, `_63`-`_66`, `_71`-`_74`, `_89`-`_94`), `_52` (`<= 2 * per_node`), `_88` (`<` for `<=`) and the
+    ones that lose the overlay's TUNEBOX_CLUSTER_TIMEOUT (`_75`-`_83`)."""
+    with pytest.raises(InputError) as info:
+        plan_render(TINY, overlay, overrides=sets)
+    assert info.value.message == message
+    assert info.value.path == str(TINY)
+
+
+@pytest.mark.usefixtures("kubectl")
+def test_plan_render_shapes_the_run_from_the_overlay_and_the_spec():
+    """The whole RenderPlan of a one-node and a two-node run: the overlay's args then each --set, the pods, the
+    cards a pod, and the prep timeout checked only across nodes. Kills tunebox.deploy.k8s.x_plan_render__mutmut_33
+    (one node counted as 2), `_86` (`nodes >= 1`: a one-node AscendJob with prep_timeout 3000 refused), `_87`
+    (`nodes > 2`: two nodes not checked) and `_97`-`_100` (the --set arguments)."""
+    sets = ["train.workers=8", "train.batch_size=8", "cluster.prep_timeout=3000", "cluster.cards_per_node=8"]
+    plan = plan_render(TINY, "ascend-job", overrides=sets)
+    ascend_args = BASE_ARGS + ["--set", "train.device=Ascend"] + [a for s in sets for a in ("--set", s)]
+    version = project_version()
+    assert (plan.overlay, plan.image, plan.job_name, plan.nodes, plan.workers, plan.args) == (
+        "ascend-job",
+        f"tunebox:{version}-ascend-cann9.0-ms2.9",
+        "tunebox-tiny",
+        1,
+        8,
+        ascend_args,
+    )
+    assert (plan.kind, plan.npus_per_pod, plan.indexed, plan.spec.train.workers) == ("AscendJob", 8, False, 8)
+    plan = plan_render(TINY, "local-cpu", image="registry.example.com/t:1", overrides=["train.workers=2"])
+    assert (plan.image, plan.nodes, plan.workers, plan.args, plan.kind, plan.npus_per_pod, plan.indexed) == (
+        "registry.example.com/t:1",
+        1,
+        2,
+        BASE_ARGS + ["--set", "train.workers=2"],
+        "Job",
+        0,
+        False,
+    )
+    plan = plan_render(TINY, "multi-node", overrides=["train.workers=8", "train.batch_size=8"])
+    assert (plan.nodes, plan.workers, plan.kind, plan.npus_per_pod, plan.indexed) == (2, 8, "Job", 4, True)
+
+
+@pytest.mark.usefixtures("kubectl")
+def test_render_header_names_the_spec_its_hash_and_the_shape(tmp_path):
+    """The two comment lines above the manifests, in full; a spec outside the repository is shown by its own path.
+    Kills tunebox.deploy.k8s.x_render__mutmut_52 and `_53` (the header) and x__shown's mutants."""
+    text, _ = render(TINY, "multi-node", overrides=["train.workers=8", "train.batch_size=8"])
+    spec_hash = load_spec(
+        TINY, ["runs_dir=/data/runs", "train.device=Ascend", "train.workers=8", "train.batch_size=8"]
+    ).spec_hash()
+    assert text.startswith(
+        f"# Rendered by `python -m jobs.k8s` from recipes/tiny.yaml (spec hash {spec_hash}) on overlay multi-node.\n"
+        f"# Job tunebox-tiny, image tunebox:{project_version()}-ascend-cann9.0-ms2.9, 2 pod(s), train.workers=8, "
+        "train.device=Ascend.\n"
+    )
+    elsewhere = tmp_path / "tiny.yaml"
+    elsewhere.write_text(
+        TINY.read_text(encoding="utf-8").replace("../../shared/data/", "/shared/data/"), encoding="utf-8"
+    )
+    text, _ = render(elsewhere, "local-cpu")
+    assert text.startswith(f"# Rendered by `python -m jobs.k8s` from {elsewhere} (spec hash ")
+    assert _shown(None) == "?" and _shown("") == "?"
+
+
+def test_default_output_and_the_host_data_root():
+    """Where `python -m jobs.k8s` writes without -o, and the host folder docker compose mounts at /shared/data: the
+    tiny recipe's data is ../../shared/data/... from recipes/. Kills tunebox.deploy.k8s.x_default_output's mutants
+    and x_host_data_root's (no test covered them). No kubectl needed."""
+    spec = load_spec(TINY)
+    assert default_output(spec, "local-cpu") == layout.REPO_ROOT / "build" / "k8s" / "tiny.local-cpu.yaml"
+    assert host_data_root(spec) == (REPO / "recipes" / ".." / ".." / "shared" / "data").resolve()
+
+
+def test_host_data_root_skips_a_file_on_the_runs_volume(tmp_path):
+    """A train file under /data (the runs volume) comes first; the data root is the held-out SQuAD file's. Kills
+    tunebox.deploy.k8s.x_host_data_root__mutmut_2 (`or`: /data/... is not under /shared/data) and `_3`."""
+    spec_file = tmp_path / "a" / "b" / "tiny.yaml"
+    spec_file.parent.mkdir(parents=True)
+    spec_file.write_text(
+        TINY.read_text(encoding="utf-8").replace("../../shared/data/math/contest-sample.jsonl", "/data/train.jsonl"),
+        encoding="utf-8",
+    )
+    spec = load_spec(spec_file)
+    assert spec.data.train_file == "/data/train.jsonl"
+    assert host_data_root(spec) == (tmp_path / "shared" / "data").resolve()
