@@ -1333,7 +1333,8 @@ def test_plan_render_shapes_the_run_from_the_overlay_and_the_spec():
     """The whole RenderPlan of a one-node and a two-node run: the overlay's args then each --set, the pods, the
     cards a pod, and the prep timeout checked only across nodes. Kills tunebox.deploy.k8s.x_plan_render__mutmut_33
     (one node counted as 2), `_86` (`nodes >= 1`: a one-node AscendJob with prep_timeout 3000 refused), `_87`
-    (`nodes > 2`: two nodes not checked) and `_97`-`_100` (the --set arguments)."""
+    (`nodes > 2`: two nodes not checked), `_97`-`_100` (the --set arguments) and `_48`, `_68` (`workers / per_pod`:
+    2.0 nodes, which a test comparing with == 2 lets through, and the API server refuses for an integer field)."""
     sets = ["train.workers=8", "train.batch_size=8", "cluster.prep_timeout=3000", "cluster.cards_per_node=8"]
     plan = plan_render(TINY, "ascend-job", overrides=sets)
     ascend_args = BASE_ARGS + ["--set", "train.device=Ascend"] + [a for s in sets for a in ("--set", s)]
@@ -1359,6 +1360,9 @@ def test_plan_render_shapes_the_run_from_the_overlay_and_the_spec():
     )
     plan = plan_render(TINY, "multi-node", overrides=["train.workers=8", "train.batch_size=8"])
     assert (plan.nodes, plan.workers, plan.kind, plan.npus_per_pod, plan.indexed) == (2, 8, "Job", 4, True)
+    assert type(plan.nodes) is int  # completions and parallelism: 2, never 2.0
+    plan = plan_render(TINY, "ascend-job", overrides=["train.workers=16", "train.batch_size=16"])
+    assert (plan.nodes, type(plan.nodes)) == (2, int)  # the Worker replicas
 
 
 @pytest.mark.usefixtures("kubectl")
