@@ -1526,3 +1526,14 @@ def test_a_long_run_id_is_cut_to_a_label_and_hashed_into_the_job_name():
         assert job["metadata"]["name"] == f"tunebox-{run_id[:33]}-{_h6(run_id)}"
         labelled = [job, docs["ConfigMap"][0], *pods(docs).values()]
         assert [d["metadata"]["labels"]["tunebox.io/run-id"] for d in labelled] == [run_id[:63]] * len(labelled)
+
+
+def test_an_absolute_path_that_climbs_out_of_a_mount_is_refused():
+    """/data/../etc/x.ckpt starts with /data but a pod opens /etc/x.ckpt, outside every mount: refused like any other
+    path outside them. Found by tunebox.deploy.k8s.x_container_paths__mutmut_17 and `_21` (an absolute path resolved
+    like a relative one), which survived: the code took the absolute path as written. No kubectl needed."""
+    spec = load_spec(TINY, ["model.checkpoint=/data/../etc/x.ckpt"])
+    with pytest.raises(InputError, match=r"^.*: model\.checkpoint would be /etc/x\.ckpt inside the container, outside"):
+        check_container_paths(spec)
+    spec = load_spec(TINY, ["model.checkpoint=/shared/data/../data/base.ckpt"])
+    assert container_paths(spec)["model.checkpoint"][1] == PurePosixPath("/shared/data/base.ckpt")
