@@ -1537,3 +1537,18 @@ def test_an_absolute_path_that_climbs_out_of_a_mount_is_refused():
         check_container_paths(spec)
     spec = load_spec(TINY, ["model.checkpoint=/shared/data/../data/base.ckpt"])
     assert container_paths(spec)["model.checkpoint"][1] == PurePosixPath("/shared/data/base.ckpt")
+
+
+def test_a_pinned_kubectl_that_cannot_run_is_passed_over(tmp_path, monkeypatch):
+    """A kubectl file in the scripts folder without its execute bit is not used; the one on PATH is. Kills
+    tunebox.deploy.k8s.x_find_kubectl__mutmut_12 (`is_file() or access(X_OK)`)."""
+    import sysconfig
+
+    scripts, elsewhere = tmp_path / "scripts", tmp_path / "path"
+    for d, mode in ((scripts, 0o644), (elsewhere, 0o755)):
+        d.mkdir()
+        (d / "kubectl").write_text("#!/bin/sh\n")
+        (d / "kubectl").chmod(mode)
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, *a, **k: str(scripts) if name == "scripts" else None)
+    monkeypatch.setenv("PATH", str(elsewhere))
+    assert find_kubectl() == str(elsewhere / "kubectl")
