@@ -1552,3 +1552,19 @@ def test_a_pinned_kubectl_that_cannot_run_is_passed_over(tmp_path, monkeypatch):
     monkeypatch.setattr(sysconfig, "get_path", lambda name, *a, **k: str(scripts) if name == "scripts" else None)
     monkeypatch.setenv("PATH", str(elsewhere))
     assert find_kubectl() == str(elsewhere / "kubectl")
+
+
+@pytest.mark.usefixtures("kubectl")
+@pytest.mark.parametrize("overlay", sorted(SETS))
+def test_each_runs_configmap_carries_the_runs_name(overlay):
+    """The spec's ConfigMap is per run: tunebox-spec, the run's suffix (-tiny), then kustomize's content hash, and
+    every pod mounts that one; the shared claims keep their names. Two sweep points of one spec file would otherwise
+    share one ConfigMap. Kills tunebox.deploy.k8s.x_run_kustomization__mutmut_334, `_335`, `_336` (the ConfigMap's kind
+    misspelt in the suffix transformer's fieldSpecs)."""
+    docs = docs_of(overlay)
+    (config_map,) = docs["ConfigMap"]
+    name = config_map["metadata"]["name"]
+    assert name.startswith("tunebox-spec-tiny-") and len(name) == len("tunebox-spec-tiny-") + 10
+    for template in pods(docs).values():
+        assert {v["configMap"]["name"] for v in template["spec"]["volumes"] if "configMap" in v} == {name}
+    assert sorted(c["metadata"]["name"] for c in docs["PersistentVolumeClaim"]) == ["tunebox-data", "tunebox-runs"]
