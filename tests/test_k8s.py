@@ -1204,7 +1204,7 @@ def bare_job(name: str, container: dict) -> dict:
 @pytest.mark.usefixtures("kubectl")
 def test_overlay_shape_of_a_bare_job_and_of_overlays_without_exactly_one_job(tmp_path, monkeypatch):
     """An overlay of one bare Job (no args, env or resources) has the empty shape; none or two Jobs, and an unknown
-    overlay, are refused naming the overlay's folder. Kills tunebox.deploy.k8s.x_overlay_shape__mutmut_7`-`_12`
+    overlay, are refused naming the overlay's folder. Kills `tunebox.deploy.k8s.x_overlay_shape__mutmut_7`-`_12`
     (the unknown overlay's message or folder), `_19`, `_21`-`_24` (the count's check, message and folder), `_31`,
     `_33`, `_60`, `_62` (a missing `args` or `env` read as None)."""
     monkeypatch.setattr(k8s_module, "OVERLAYS_DIR", tmp_path)
@@ -1479,7 +1479,7 @@ def test_container_paths_name_each_file_and_where_the_pod_sees_it():
 
 
 def test_a_file_outside_the_mounts_is_refused_with_the_fix():
-    """Kills tunebox.deploy.k8s.x_check_container_paths__mutmut_7`-`_10` (the message and the spec it names).
+    """Kills `tunebox.deploy.k8s.x_check_container_paths__mutmut_7`-`_10` (the message and the spec it names).
     No kubectl needed."""
     spec = load_spec(TINY, ["model.tokenizer=../tok.json"])
     with pytest.raises(InputError) as info:
@@ -1498,7 +1498,7 @@ def test_a_file_outside_the_mounts_is_refused_with_the_fix():
 @pytest.mark.usefixtures("kubectl")
 def test_kustomize_text_says_what_failed(tmp_path, monkeypatch):
     """kubectl's own error, named with the folder; no kubectl at all: how to get it. Kills
-    tunebox.deploy.k8s.x_kustomize_text__mutmut_2`-`_7` and `_25`-`_28`."""
+    `tunebox.deploy.k8s.x_kustomize_text__mutmut_2`-`_7` and `_25`-`_28`."""
     with pytest.raises(InputError) as info:
         kustomize_text(tmp_path)
     assert info.value.message.startswith("kubectl kustomize failed: error: unable to find one of 'kustomization.yaml'")
