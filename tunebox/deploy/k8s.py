@@ -94,7 +94,8 @@ def container_paths(spec: RunSpec) -> dict[str, tuple[Optional[Path], PurePosixP
     ):
         if not value:
             continue
-        inside = PurePosixPath(value) if value.startswith("/") else _posix_resolve(SPEC_IN_CONTAINER.parent, value)
+        # an absolute value replaces the base; either way '..' is resolved, so /data/../etc is not under /data
+        inside = _posix_resolve(SPEC_IN_CONTAINER.parent, value)
         found[dotted] = (spec.resolve(value), inside)
     return found
 
