@@ -6,6 +6,8 @@ load_checkpoint, its numpy bfloat16, zlib's crc32, numpy's own casts. All in pro
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import zlib
 
@@ -169,3 +171,100 @@ def test_bfloat16_bits_come_back_as_uint16():
     bits = cs.float32_to_bfloat16_bits(np.float32([1.0, -2.5, np.nan]))
     assert bits.dtype == np.uint16
     assert bits.tolist() == [0x3F80, 0xC020, 0x7FC0]  # 1.0 = 0x3f800000, -2.5 = 0xc0200000, NaN -> 0x7fc0
+
+
+# ---- the writer's verbatim copy ----------------------------------------------------------------
+
+
+@pytest.fixture
+def bounded_io(monkeypatch):
+    """os.copy_file_range and os.preadv, counted, failing after 1,000 calls: a mutant whose copy loop never
+    ends (pos = n) would otherwise fill the disk before mutmut's timeout (one did: 48 GB in a minute)."""
+    calls = {"copy_file_range": 0, "preadv": 0}
+
+    def bounded(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            if calls[name] > 1000:
+                raise AssertionError(f"os.{name} called over 1,000 times: a copy loop that does not end")
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "copy_file_range", bounded("copy_file_range", os.copy_file_range))
+    monkeypatch.setattr(os, "preadv", bounded("preadv", os.preadv))
+    return calls
+
+
+@pytest.mark.parametrize("copy_file_range", [True, False])
+def test_copied_records_are_the_source_bytes(ms, tmp_path, monkeypatch, bounded_io, copy_file_range):
+    """Records a (bytes 0-28) and b (28-60) copied verbatim, through copy_file_range or, in 20-byte blocks,
+    through memory: the same 60 bytes, and bytes_written counts them. Mutants: CheckpointStreamWriter.copy__mutmut_9,
+    _10 (copy_file_range's arguments garbled: it fails and the copy falls back to memory), _22 (pos = n: never
+    ends), _24, _25 (bytes_written = n, -= n), _57 (end + pos: a block reads into the next record), _67 (pos = n)."""
+    monkeypatch.setattr(cs, "COPY_BLOCK", 20)
+    path, data = ab_file(ms, tmp_path)
+    with cs.CheckpointReader(path) as reader:
+        entries = list(reader.entries())
+        assert [(e.start, e.end) for e in entries] == [(0, B_START), (B_START, B_END)]
+        with cs.CheckpointStreamWriter(tmp_path / "out.ckpt", copy_file_range=copy_file_range) as writer:
+            for entry in entries:
+                writer.copy(reader, entry)
+            assert writer.bytes_written == B_END
+            assert writer.use_copy_file_range is copy_file_range  # it did not fall back
+            writer.close()
+    assert (tmp_path / "out.ckpt").read_bytes() == data
+    assert bounded_io["copy_file_range" if copy_file_range else "preadv"] > 0
+
+
+def test_a_copy_through_memory_takes_a_last_block_of_one_byte(ms, tmp_path, monkeypatch, bounded_io):
+    """Record b is 32 bytes: blocks of 31 and 1. Mutant: copy__mutmut_59 (n <= 1 taken for the end of file)."""
+    monkeypatch.setattr(cs, "COPY_BLOCK", 31)
+    path, data = ab_file(ms, tmp_path)
+    with cs.CheckpointReader(path) as reader:
+        b = list(reader.entries())[1]
+        with cs.CheckpointStreamWriter(tmp_path / "out.ckpt", copy_file_range=False) as writer:
+            writer.copy(reader, b)
+            writer.close()
+    assert (tmp_path / "out.ckpt").read_bytes() == data[B_START:]
+
+
+@pytest.mark.parametrize("copy_file_range", [True, False])
+def test_a_copy_from_a_file_cut_after_its_scan_names_the_tensor_and_byte(ms, tmp_path, bounded_io, copy_file_range):
+    """The base is cut at byte 48 (inside b's content) after its headers were read: the copy stops there with the
+    tensor's name and the byte. Mutants: copy__mutmut_15 (n == 1: copy_file_range's 0 at the end is not seen, the
+    loop never ends), _16 to _21, _58 (n < 0: preadv's 0 is not seen), _60 to _65 (message, path or byte
+    dropped)."""
+    path, _ = ab_file(ms, tmp_path)
+    with cs.CheckpointReader(path) as reader:
+        b = list(reader.entries())[1]
+        os.truncate(path, B_CONTENT)
+        with cs.CheckpointStreamWriter(tmp_path / "out.ckpt", copy_file_range=copy_file_range) as writer:
+            with pytest.raises(cs.CheckpointFormatError) as err:
+                writer.copy(reader, b)
+    assert str(err.value) == f"{path}: at byte {B_CONTENT}: truncated: tensor 'b' ends early"
+    assert err.value.offset == B_CONTENT
+
+
+def test_copy_falls_back_to_memory_once_and_says_why(ms, tmp_path, monkeypatch, caplog):
+    """copy_file_range refused (another filesystem: EXDEV): the first copy logs why and goes through memory, and
+    so does every later one without asking again. Mutants: copy__mutmut_26 to _31 (the log line), _33 (the
+    fallback not remembered: copy_file_range tried again for every tensor)."""
+    tried = []
+
+    def refuse(*args):
+        tried.append(args)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    path, data = ab_file(ms, tmp_path)
+    with caplog.at_level(logging.INFO, logger="tunebox.checkpoint"), cs.CheckpointReader(path) as reader:
+        with cs.CheckpointStreamWriter(tmp_path / "out.ckpt") as writer:
+            for entry in reader.entries():
+                writer.copy(reader, entry)
+            writer.close()
+    assert (tmp_path / "out.ckpt").read_bytes() == data
+    assert len(tried) == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "tunebox.checkpoint"] == [
+        "copy_file_range unavailable ([Errno 18] Invalid cross-device link); copying through memory"
+    ]
