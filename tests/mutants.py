@@ -67,6 +67,12 @@ GROUPS: dict[str, dict] = {
             # the tiny_run fixture: prep, train, merge and evaluate in subprocesses (~45 s)
             "tests/test_weights.py::test_mindformers_loss_is_cross_entropy_on_the_answer_tokens",
         ],
+        # merge_streaming__mutmut_175 calls kill_point(None), which matches an unset TUNEBOX_TEST_KILL_POINT and
+        # SIGKILLs the process group: mutmut itself. A value no kill point has keeps the group alive (the mutant is
+        # killed by test_mutants_checkpoint's recorder). A copy loop that never ends (copy__mutmut_22) wrote 48 GB
+        # in a minute: no file of the run may pass 2 GB (the process gets SIGXFSZ, the test fails).
+        "env": {"TUNEBOX_TEST_KILL_POINT": "mutmut-no-such-point"},
+        "max_file_bytes": 2 << 30,
     },
     "checks": {
         "mutate": ["tunebox/submission/checks.py"],
@@ -234,13 +240,15 @@ def run_group(name: str, out: Path, jobs: int, names: list[str], tests: list[str
     copy_tree(tree)
     with (tree / "pyproject.toml").open("a") as fh:
         fh.write(mutmut_config(group))
-    env = _env()
+    env = {**_env(), **group.get("env", {})}
     if group.get("prebuilt_bundle"):
         env["TUNEBOX_TEST_BUNDLE"] = str(prebuild_bundle(out))
     started = time.time()
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *group.get("functions", [])]
     with (out / name / "mutmut.log").open("w") as log:
-        proc = subprocess.run(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_file_size_limit(group)
+        )
     result = summarize(tree, group.get("functions", []))
     result.update(
         group=name,
@@ -251,6 +259,20 @@ def run_group(name: str, out: Path, jobs: int, names: list[str], tests: list[str
     )
     (out / name / "summary.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _file_size_limit(group: dict):
+    """preexec_fn: RLIMIT_FSIZE for the group's mutmut (and every child), when the group sets max_file_bytes."""
+    limit = group.get("max_file_bytes")
+    if not limit:
+        return None
+
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
 
 
 def run_fresh(name: str, out: Path, names: list[str], tests: list[str] = ()) -> dict:
@@ -271,7 +293,7 @@ def run_fresh(name: str, out: Path, names: list[str], tests: list[str] = ()) -> 
         proc = subprocess.run(
             cmd + selection + deselect,
             cwd=tree,
-            env={**_env(), "MUTANT_UNDER_TEST": mutant},
+            env={**_env(), **group.get("env", {}), "MUTANT_UNDER_TEST": mutant},
             capture_output=True,
             text=True,
         )
