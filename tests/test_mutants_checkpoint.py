@@ -506,7 +506,8 @@ def test_unknown_fields_of_every_wire_type_are_skipped_as_protobuf_skips_them(ms
     """A record written by hand with fields MindSpore's proto does not define, of each wire type (varint, 64-bit,
     length-delimited, 32-bit), in the Value and in the TensorProto: protobuf (MindSpore's load_checkpoint) skips
     them, and so must the reader. A start-group field (wire type 3) is refused with its byte. Mutants:
-    _Headers.skip_field__mutmut_1 to _29 (no test before: nothing wrote unknown fields)."""
+    _Headers.skip_field__mutmut_1 to _29 (no test before: nothing wrote unknown fields); _4 and _20 (what=None)
+    by an unknown field whose varint, or whose length, runs on for 10 bytes."""
     tensor = (
         b"\x08\x02"  # dims: 2
         + b"\x20\x96\x01"  # field 4, varint 150
@@ -539,3 +540,9 @@ def test_unknown_fields_of_every_wire_type_are_skipped_as_protobuf_skips_them(ms
         cs.load_checkpoint_numpy(bad)
     assert str(err.value) == f"{bad}: at byte 6: unexpected protobuf wire type 3 in record 0"
     assert err.value.offset == 6
+    for key in (b"\x48", b"\x62"):  # field 9 as a varint, field 12 length-delimited: 10 bytes with the top bit set
+        endless = b"\x0a\x01x" + key + b"\xff" * 10 + bytes([0x12, len(tensor)]) + tensor
+        bad.write_bytes(b"\x0a" + bytes([len(endless)]) + endless)
+        with pytest.raises(cs.CheckpointFormatError) as err:
+            cs.load_checkpoint_numpy(bad)
+        assert str(err.value) == f"{bad}: at byte 6: malformed varint in record 0", key
