@@ -546,3 +546,37 @@ def test_unknown_fields_of_every_wire_type_are_skipped_as_protobuf_skips_them(ms
         with pytest.raises(cs.CheckpointFormatError) as err:
             cs.load_checkpoint_numpy(bad)
         assert str(err.value) == f"{bad}: at byte 6: malformed varint in record 0", key
+
+
+# ---- safetensors -----------------------------------------------------------------------------
+
+
+def test_safetensors_file_byte_by_byte(ms, tmp_path, capsys):
+    """a [2] and b [3] float32 as safetensors, written out by hand: 8 bytes of header length (144, little-endian),
+    the header in compact JSON with MindSpore's {"format": "ms"} metadata, padded with 5 spaces to a multiple of 8,
+    then the 20 data bytes; no bar unless asked, then one counting tensors. Mutants: write_safetensors__mutmut_1
+    (progress on by default), _8 to _11 (the metadata), _35, _37 (JSON with spaces), _66 to _68, _70 to _77 (the
+    bar)."""
+    path, _ = ab_file(ms, tmp_path)
+    header = (
+        b'{"__metadata__":{"format":"ms"},'
+        b'"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+        b'"b":{"dtype":"F32","shape":[3],"data_offsets":[8,20]}}     '
+    )
+    data = AB["a"].tobytes() + AB["b"].tobytes()
+    capsys.readouterr()
+    assert cs.write_safetensors(path, tmp_path / "ab.safetensors") == 2
+    assert capsys.readouterr().err == ""
+    assert (tmp_path / "ab.safetensors").read_bytes() == (144).to_bytes(8, "little") + header + data
+    cs.write_safetensors(path, tmp_path / "ab2.safetensors", progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert bar.startswith("base as safetensors: 100%") and "| 2/2 [" in bar and bar.endswith("tensor/s]"), bar
+
+
+def test_a_string_entry_is_refused_with_the_file_named(ms, tmp_path):
+    """Mutants: write_safetensors__mutmut_18, _20 (the file dropped from the message)."""
+    ckpt = tmp_path / "with_str.ckpt"
+    ms.save_checkpoint([{"name": "a", "data": ms.Tensor(AB["a"])}], str(ckpt), append_dict={"note": "x"})
+    with pytest.raises(InputError) as err:
+        cs.write_safetensors(ckpt, tmp_path / "out.safetensors")
+    assert str(err.value) == f"{ckpt}: tensor 'note' is str, which safetensors cannot hold"
