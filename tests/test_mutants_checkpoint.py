@@ -1,0 +1,582 @@
+"""Tests written for the mutants of tunebox/model/checkpoint.py and lora.py that the group's other tests let
+survive (tests/mutants.py, group "checkpoint"; docs/TESTING.md). Each names its mutants (mutmut's names,
+`tunebox.model.checkpoint.` left out). Expected values are worked out by hand (record layouts counted byte by
+byte in the comments) or come from an independent implementation: MindSpore's save_checkpoint and
+load_checkpoint, its numpy bfloat16, zlib's crc32, numpy's own casts. All in process, fast."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from tunebox.io import InputError
+from tunebox.model import checkpoint as cs
+from tunebox.model.lora import merge_lora_into_base
+
+
+@pytest.fixture(scope="module")
+def ms(tmp_path_factory):
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ms_cwd"))  # MindSpore may leave files in its working folder
+    import mindspore
+
+    yield mindspore
+    os.chdir(old)
+
+
+def ms_save(ms, path, tensors: dict, **kwargs) -> None:
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in tensors.items()], str(path), **kwargs)
+
+
+# Two float32 tensors, a = [2] and b = [3], as save_checkpoint writes them. Counted by hand:
+# record a: 0a 1a | 0a 01 'a' | 12 15 | 08 02 | 12 07 'Float32' | 1a 08 | 8 content bytes = 2 + 26 = 28 bytes
+# record b: 0a 1e | 0a 01 'b' | 12 19 | 08 03 | 12 07 'Float32' | 1a 0c | 12 content bytes = 2 + 30 = 32 bytes
+AB = {"a": np.float32([1, 2]), "b": np.float32([3, 4, 5])}
+B_START, B_END, B_CONTENT = 28, 60, 48
+
+
+def ab_file(ms, tmp_path, name="ab.ckpt"):
+    path = tmp_path / name
+    ms_save(ms, path, AB)
+    data = path.read_bytes()
+    assert len(data) == B_END and data[B_START : B_START + 5] == b"\x0a\x1e\x0a\x01b"  # the layout above
+    return path, data
+
+
+def truncated_message(path, start: int, record: str, need: int, ends: int) -> str:
+    return (
+        f"{path}: at byte {start:,}: truncated: {record} needs bytes up to {need:,} but the checkpoint data ends at "
+        f"{ends:,}; the file is incomplete (interrupted write or copy?) — write or download it again"
+    )
+
+
+# ---- reading: truncated files ----------------------------------------------------------------
+
+
+def test_a_record_cut_in_its_content_is_named_with_its_tag(ms, tmp_path):
+    """The whole message, record index and tag included. Mutants: _Headers.truncated__mutmut_1 (message None:
+    the old test's "truncated" matched its own folder name); _peek_name__mutmut_12, _13 (the tag not looked for)."""
+    _, data = ab_file(ms, tmp_path)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(data[:B_CONTENT])
+    with pytest.raises(cs.CheckpointFormatError) as err:
+        cs.load_checkpoint_numpy(cut)
+    assert str(err.value) == truncated_message(cut, B_START, "record 1 ('b')", B_END, B_CONTENT)
+    assert err.value.offset == B_START
+
+
+def test_a_record_cut_in_its_tag_is_named_by_index(ms, tmp_path):
+    """Cut after the tag's field byte: the tag cannot be read, the record is named by its index alone, and the
+    error is about the record, not the tag. Mutant: _peek_name__mutmut_3 (only UnicodeDecodeError suppressed:
+    the tag's own truncation error escapes)."""
+    _, data = ab_file(ms, tmp_path)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(data[: B_START + 3])
+    with pytest.raises(cs.CheckpointFormatError) as err:
+        cs.load_checkpoint_numpy(cut)
+    assert str(err.value) == truncated_message(cut, B_START, "record 1", B_END, B_START + 3)
+
+
+def test_a_cut_record_whose_tag_is_not_utf8_is_named_by_index(ms, tmp_path):
+    """Mutants: _peek_name__mutmut_2 (suppress(InputError, None): TypeError), _4 (UnicodeDecodeError not
+    suppressed)."""
+    _, data = ab_file(ms, tmp_path)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(data[: B_START + 4] + b"\xff" + data[B_START + 5 : B_CONTENT])
+    with pytest.raises(cs.CheckpointFormatError) as err:
+        cs.load_checkpoint_numpy(cut)
+    assert str(err.value) == truncated_message(cut, B_START, "record 1", B_END, B_CONTENT)
+
+
+def test_a_long_tag_cut_while_the_file_shrinks_still_gives_the_truncation_error(ms, tmp_path):
+    """A 70,000-character tag lies beyond the 64 KiB header window, so _peek_name reads it from the file; the
+    file shrinks under the reader (data_end was taken at open), so that read fails with an InputError that
+    _peek_name swallows. Mutant: _peek_name__mutmut_24 (what=None: `None + " (file shrank ...)"` raises
+    TypeError)."""
+    name = "n" * 70_000
+    path = tmp_path / "long.ckpt"
+    ms_save(ms, path, {name: np.float32([1, 2, 3, 4])})
+    size = path.stat().st_size
+    os.truncate(path, size - 8)  # inside the content: the record's end lies past the data
+    with cs.CheckpointReader(path) as reader:
+        os.truncate(path, 1000)  # inside the tag
+        with pytest.raises(cs.CheckpointFormatError) as err:
+            list(reader.entries())
+    # record: 0a + 3-byte varint; the value's own fields follow, so the record ends at the old size
+    assert str(err.value) == truncated_message(path, 0, "record 0", size, size - 8)
+
+
+# ---- reading: the crc footer -----------------------------------------------------------------
+
+
+def test_verify_crc_without_a_footer_names_the_file(ms, tmp_path):
+    """Mutants: CheckpointReader.verify_crc__mutmut_2 to _8 (the message or the path dropped or changed)."""
+    path, _ = ab_file(ms, tmp_path)
+    with pytest.raises(InputError) as err:
+        cs.CheckpointReader(path, verify_crc=True)
+    assert str(err.value) == f"{path}: has no crc footer (it was saved without crc_check=True)"
+
+
+def test_verify_crc_reads_the_data_in_blocks(ms, tmp_path, monkeypatch):
+    """COPY_BLOCK made 64 bytes: a 60-byte data part is read in one block, a longer one in several; the crc is
+    carried from block to block and stops at the footer. Mutants: verify_crc__mutmut_24 (data_end + pos: the
+    last block runs into the footer), _38 (crc32 of each block alone), _39 (pos = len(block): never ends)."""
+    monkeypatch.setattr(cs, "COPY_BLOCK", 64)
+    path = tmp_path / "crc.ckpt"
+    ms_save(ms, path, {"x": np.arange(100, dtype=np.float32), **AB}, crc_check=True)
+    data = path.read_bytes()
+    assert data[-17:-10] == b"crc_num" and int.from_bytes(data[-10:], "big") == zlib.crc32(data[:-17])
+    with cs.CheckpointReader(path, verify_crc=True) as reader:
+        assert reader.crc == zlib.crc32(data[:-17])
+
+
+def test_verify_crc_of_a_file_that_shrank_names_the_byte(ms, tmp_path, monkeypatch):
+    """Mutants: verify_crc__mutmut_26 to _33 (the message, path or offset dropped or changed)."""
+    monkeypatch.setattr(cs, "COPY_BLOCK", 64)
+    path = tmp_path / "crc.ckpt"
+    ms_save(ms, path, {"x": np.arange(100, dtype=np.float32)}, crc_check=True)
+    with cs.CheckpointReader(path) as reader:
+        os.truncate(path, 100)  # blocks 0..64 and 64..100, then nothing
+        with pytest.raises(cs.CheckpointFormatError) as err:
+            reader.verify_crc()
+    assert str(err.value) == f"{path}: at byte 100: file shrank while checking its crc"
+    assert err.value.offset == 100
+
+
+def test_a_crc_mismatch_names_the_file_and_both_values(ms, tmp_path):
+    """The footer changed, the data not: the message gives the footer's value and zlib's crc32 of the data.
+    Mutants: verify_crc__mutmut_43, _45 (the path dropped)."""
+    path = tmp_path / "crc.ckpt"
+    ms_save(ms, path, AB, crc_check=True)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    said, real = int.from_bytes(data[-10:], "big"), zlib.crc32(bytes(data[:-17]))
+    with pytest.raises(InputError) as err:
+        cs.CheckpointReader(path, verify_crc=True)
+    assert str(err.value) == (
+        f"{path}: crc32 mismatch: the footer says {said:#010x}, the data gives {real:#010x}; the file is damaged"
+    )
+
+
+# ---- bfloat16 and float conversions ------------------------------------------------------------
+
+
+def test_bfloat16_bits_come_back_as_uint16():
+    """Mutant: float32_to_bfloat16_bits__mutmut_4 (astype(None): the same numbers as float64)."""
+    bits = cs.float32_to_bfloat16_bits(np.float32([1.0, -2.5, np.nan]))
+    assert bits.dtype == np.uint16
+    assert bits.tolist() == [0x3F80, 0xC020, 0x7FC0]  # 1.0 = 0x3f800000, -2.5 = 0xc0200000, NaN -> 0x7fc0
+
+
+# ---- the writer's verbatim copy ----------------------------------------------------------------
+
+
+@pytest.fixture
+def bounded_io(monkeypatch):
+    """os.copy_file_range and os.preadv, counted, failing after 1,000 calls: a mutant whose copy loop never
+    ends (pos = n) would otherwise fill the disk before mutmut's timeout (one did: 48 GB in a minute)."""
+    calls = {"copy_file_range": 0, "preadv": 0}
+
+    def bounded(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            if calls[name] > 1000:
+                raise AssertionError(f"os.{name} called over 1,000 times: a copy loop that does not end")
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "copy_file_range", bounded("copy_file_range", os.copy_file_range))
+    monkeypatch.setattr(os, "preadv", bounded("preadv", os.preadv))
+    return calls
+
+
+@pytest.mark.parametrize("copy_file_range", [True, False])
+def test_copied_records_are_the_source_bytes(ms, tmp_path, monkeypatch, bounded_io, copy_file_range):
+    """Records a (bytes 0-28) and b (28-60) copied verbatim, through copy_file_range or, in 20-byte blocks,
+    through memory: the same 60 bytes, and bytes_written counts them. Mutants: CheckpointStreamWriter.copy__mutmut_9,
+    _10 (copy_file_range's arguments garbled: it fails and the copy falls back to memory), _22 (pos = n: never
+    ends), _24, _25 (bytes_written = n, -= n), _57 (end + pos: a block reads into the next record), _67 (pos = n)."""
+    monkeypatch.setattr(cs, "COPY_BLOCK", 20)
+    path, data = ab_file(ms, tmp_path)
+    with cs.CheckpointReader(path) as reader:
+        entries = list(reader.entries())
+        assert [(e.start, e.end) for e in entries] == [(0, B_START), (B_START, B_END)]
+        with cs.CheckpointStreamWriter(tmp_path / "out.ckpt", copy_file_range=copy_file_range) as writer:
+            for entry in entries:
+                writer.copy(reader, entry)
+            assert writer.bytes_written == B_END
+            assert writer.use_copy_file_range is copy_file_range  # it did not fall back
+            writer.close()
+    assert (tmp_path / "out.ckpt").read_bytes() == data
+    assert bounded_io["copy_file_range" if copy_file_range else "preadv"] > 0
+
+
+def test_a_copy_through_memory_takes_a_last_block_of_one_byte(ms, tmp_path, monkeypatch, bounded_io):
+    """Record b is 32 bytes: blocks of 31 and 1. Mutant: copy__mutmut_59 (n <= 1 taken for the end of file)."""
+    monkeypatch.setattr(cs, "COPY_BLOCK", 31)
+    path, data = ab_file(ms, tmp_path)
+    with cs.CheckpointReader(path) as reader:
+        b = list(reader.entries())[1]
+        with cs.CheckpointStreamWriter(tmp_path / "out.ckpt", copy_file_range=False) as writer:
+            writer.copy(reader, b)
+            writer.close()
+    assert (tmp_path / "out.ckpt").read_bytes() == data[B_START:]
+
+
+@pytest.mark.parametrize("copy_file_range", [True, False])
+def test_a_copy_from_a_file_cut_after_its_scan_names_the_tensor_and_byte(ms, tmp_path, bounded_io, copy_file_range):
+    """The base is cut at byte 48 (inside b's content) after its headers were read: the copy stops there with the
+    tensor's name and the byte. Mutants: copy__mutmut_15 (n == 1: copy_file_range's 0 at the end is not seen, the
+    loop never ends), _16 to _21, _58 (n < 0: preadv's 0 is not seen), _60 to _65 (message, path or byte
+    dropped)."""
+    path, _ = ab_file(ms, tmp_path)
+    with cs.CheckpointReader(path) as reader:
+        b = list(reader.entries())[1]
+        os.truncate(path, B_CONTENT)
+        with cs.CheckpointStreamWriter(tmp_path / "out.ckpt", copy_file_range=copy_file_range) as writer:
+            with pytest.raises(cs.CheckpointFormatError) as err:
+                writer.copy(reader, b)
+    assert str(err.value) == f"{path}: at byte {B_CONTENT}: truncated: tensor 'b' ends early"
+    assert err.value.offset == B_CONTENT
+
+
+def test_copy_falls_back_to_memory_once_and_says_why(ms, tmp_path, monkeypatch, caplog):
+    """copy_file_range refused (another filesystem: EXDEV): the first copy logs why and goes through memory, and
+    so does every later one without asking again. Mutants: copy__mutmut_26 to _31 (the log line), _33 (the
+    fallback not remembered: copy_file_range tried again for every tensor)."""
+    tried = []
+
+    def refuse(*args):
+        tried.append(args)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    path, data = ab_file(ms, tmp_path)
+    with caplog.at_level(logging.INFO, logger="tunebox.checkpoint"), cs.CheckpointReader(path) as reader:
+        with cs.CheckpointStreamWriter(tmp_path / "out.ckpt") as writer:
+            for entry in reader.entries():
+                writer.copy(reader, entry)
+            writer.close()
+    assert (tmp_path / "out.ckpt").read_bytes() == data
+    assert len(tried) == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "tunebox.checkpoint"] == [
+        "copy_file_range unavailable ([Errno 18] Invalid cross-device link); copying through memory"
+    ]
+
+
+# ---- the merge -------------------------------------------------------------------------------
+
+LA, LB = "l.mindpet_delta_lora_a", "l.mindpet_delta_lora_b"
+# W + (alpha / r) * B @ A with alpha 2, r 1, by hand: B @ A = [[1, 0], [2, 0]], so W' = [[3, 2], [7, 4]]
+W = np.float32([[1, 2], [3, 4]])
+LORA = {LA: np.float32([[1, 0]]), LB: np.float32([[1], [2]])}
+MERGED = np.float32([[3, 2], [7, 4]])
+BASE = {
+    "emb": np.arange(300, dtype=np.float32),  # 1,200 bytes: the bar's total passes 1,000 and is scaled
+    "l.weight": W,
+    "norm": np.float32([0.5, 0.25]),
+    "step": np.int32([7]),
+}
+
+
+def merge_files(ms, tmp_path, base=None, lora=None):
+    ms_save(ms, tmp_path / "base.ckpt", BASE if base is None else base)
+    ms_save(ms, tmp_path / "lora.ckpt", LORA if lora is None else lora)
+    return tmp_path / "base.ckpt", tmp_path / "lora.ckpt"
+
+
+def test_merge_with_its_defaults(ms, tmp_path, monkeypatch, capsys, caplog):
+    """merge_streaming with only its required arguments: scale 1, a progress bar over the base's bytes, no
+    sha256, pages dropped, tensors copied with copy_file_range; the kill point once, after the middle tensor; the
+    stats and the log line. Mutants: merge_streaming__mutmut_1 to _5 (the defaults), _24, _26, _92, _96 (the
+    reader's or the writer's drop_cache lost), _93 (copy_file_range=None), _67, _69, _71 to _73, _75 to _79, _81 to
+    _85, _87, _170, _171 (the bar: total, unit, scaling, label, shown, advanced), _172, _174 to _177 (the kill
+    point: where and its name), _181, _184 to _186, _195, _197 to _201 (the stats), _202 to _217 (the log line);
+    _drop_pages__mutmut_1, _5, _6 (posix_fadvise never called); MergeStats.to_dict__mutmut_1."""
+    base, lora = merge_files(ms, tmp_path)
+    fadvise, copies, kills = [], [], []
+    real_copy = os.copy_file_range
+
+    def copy_file_range(*args):
+        copies.append(args)
+        return real_copy(*args)
+
+    def kill_point(name):  # what the part file holds when the kill point is reached
+        (part,) = tmp_path.glob(".out.ckpt.*")
+        with cs.CheckpointReader(part) as partial:
+            kills.append((name, [e.name for e in partial.entries()]))
+
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: fadvise.append((offset, length)))
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr(cs, "kill_point", kill_point)
+    out = tmp_path / "out.ckpt"
+    started = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="tunebox.checkpoint"):
+        stats = cs.merge_streaming(base, lora, out, 2, 1)
+    elapsed = time.perf_counter() - started
+
+    got = ms_load(ms, out)
+    np.testing.assert_array_equal(got["l.weight"], MERGED)
+    for name in ("emb", "norm", "step"):
+        assert got[name].tobytes() == BASE[name].tobytes() and got[name].dtype == BASE[name].dtype
+    size = base.stat().st_size
+    assert stats.to_dict() == {
+        "out": str(out),
+        "tensors": 4,
+        "merged": 1,
+        "bytes_read": size,  # the base has no crc footer: every byte is a record
+        "bytes_written": out.stat().st_size,
+        "seconds": stats.seconds,
+        "sha256": None,
+    }
+    assert isinstance(stats.seconds, float) and 0 <= stats.seconds <= elapsed
+    assert stats.seconds == round(stats.seconds, 3)
+    assert out.stat().st_size == size  # float32 in, float32 out: the same record sizes
+    assert kills == [("merge.mid-checkpoint", ["emb", "l.weight", "norm"])]  # entries[4 // 2] is "norm"
+    assert copies  # emb, norm and step went through copy_file_range
+    # the reader drops each tensor's records once read or copied (their lengths add up to the file), the writer
+    # its whole file at close
+    assert sorted(fadvise)[0] == (0, 0) and sum(length for _, length in fadvise) == size and len(fadvise) == 5
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    # tqdm: "merge base.ckpt: 100%|...| 1.30k/1.30k [00:00<00:00, 251kB/s]", bytes in units of 1,024
+    assert bar.startswith("merge base.ckpt: 100%") and f"| {size / 1024:.2f}k/{size / 1024:.2f}k [" in bar, bar
+    assert bar.endswith("B/s]"), bar
+    assert [r.getMessage() for r in caplog.records if r.name == "tunebox.checkpoint"] == [
+        f"merged 1 of 4 tensors into {out}: 0.00 GB in {stats.seconds:.1f} s"
+    ]
+
+
+def test_merge_without_copy_file_range_or_a_bar(ms, tmp_path, monkeypatch, capsys):
+    """Mutants: merge_streaming__mutmut_97 (the writer built without copy_file_range=: its default, True), _82
+    (the bar without disable=: shown with progress=False)."""
+
+    def refuse(*args):
+        raise AssertionError("copy_file_range called")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    base, lora = merge_files(ms, tmp_path)
+    capsys.readouterr()
+    cs.merge_streaming(base, lora, tmp_path / "out.ckpt", 2, 1, progress=False, copy_file_range=False)
+    assert capsys.readouterr().err == ""
+    np.testing.assert_array_equal(ms_load(ms, tmp_path / "out.ckpt")["l.weight"], MERGED)
+
+
+def test_merge_writes_a_tensor_in_the_type_out_types_names(ms, tmp_path):
+    """out_types names emb only: emb comes out as MindSpore's bfloat16 of its values, the rest as they were.
+    Mutant: merge_streaming__mutmut_99 (out_types looked up under None)."""
+    base, lora = merge_files(ms, tmp_path)
+    cs.merge_streaming(base, lora, tmp_path / "out.ckpt", 2, 1, progress=False, out_types={"emb": "BFloat16"})
+    got = ms_load(ms, tmp_path / "out.ckpt")
+    assert got["emb"].tobytes() == BASE["emb"].astype(cs.bfloat16()).tobytes()
+    assert got["norm"].dtype == np.float32 and got["l.weight"].dtype == np.float32
+
+
+def merge_error(ms, tmp_path, base=None, lora=None) -> str:
+    base_path, lora_path = merge_files(ms, tmp_path, base, lora)
+    with pytest.raises(InputError) as err:
+        cs.merge_streaming(base_path, lora_path, tmp_path / "out.ckpt", 2, 1, progress=False)
+    assert not (tmp_path / "out.ckpt").exists()
+    return str(err.value)
+
+
+def test_merge_refusals_name_the_file(ms, tmp_path):
+    """Each refusal's whole text, the file it is about first. Mutants: merge_streaming__mutmut_20 (lora_pairs told
+    no file), _38, _40 (a weight the base lacks: no file), _43 to _46 (an integer weight), _49 (`and` for `or`: a
+    3-d A passes), _61, _63 (the shape refusal: no file)."""
+    base, lora = tmp_path / "base.ckpt", tmp_path / "lora.ckpt"
+    assert merge_error(ms, tmp_path, lora={LA: LORA[LA]}) == f"{lora}: {LA} has no matching {LB}"
+    other = {"m.mindpet_delta_lora_a": LORA[LA], "m.mindpet_delta_lora_b": LORA[LB]}
+    assert merge_error(ms, tmp_path, lora=other) == (
+        f"{base}: {lora} adapts m.weight, which this base checkpoint does not have (LoRA trained on another model?)"
+    )
+    assert merge_error(ms, tmp_path, base={**BASE, "l.weight": np.int32([[1, 2], [3, 4]])}) == (
+        f"{base}: l.weight is Int32; LoRA merges need a float weight"
+    )
+    three_d = {LA: np.float32([[[1], [0]]]), LB: LORA[LB]}  # A [1, 2, 1]: a[1] = 2 and b[1] = a[0] = 1 all the same
+    assert merge_error(ms, tmp_path, lora=three_d) == (
+        f"{lora}: l.weight is [2, 2] but its LoRA B[2, 1] @ A[1, 2, 1] does not make that shape"
+    )
+
+
+def test_a_base_holding_a_tensor_twice_is_refused(ms, tmp_path):
+    """Records a, b, a (the two layouts counted above, a written again at byte 60). Mutants: merge_streaming__
+    mutmut_31 to _34 (the message or the file dropped)."""
+    _, data = ab_file(ms, tmp_path)
+    base = tmp_path / "twice.ckpt"
+    base.write_bytes(data + data[:B_START])
+    ms_save(ms, tmp_path / "lora.ckpt", LORA)
+    with pytest.raises(InputError) as err:
+        cs.merge_streaming(base, tmp_path / "lora.ckpt", tmp_path / "out.ckpt", 2, 1, progress=False)
+    assert str(err.value) == f"{base}: tensor 'a' appears twice (bytes 0 and 60)"
+
+
+def test_lora_pairs_refusals(tmp_path):
+    """Mutants: lora_pairs__mutmut_11, _13 (A without B: no file), _18 (a B without its A not looked for), _22 to
+    _26 (B without A: message or file), _28 to _31 (no pairs at all)."""
+    where = tmp_path / "lora.ckpt"
+    cases = [
+        ({LA: 1}, f"{LA} has no matching {LB}"),
+        ({**LORA, "m.mindpet_delta_lora_b": 1}, "m.mindpet_delta_lora_b has no matching m.mindpet_delta_lora_a"),
+        ({"l.weight": 1}, "no LoRA matrices (names ending in mindpet_delta_lora_a / mindpet_delta_lora_b)"),
+    ]
+    for lora, message in cases:
+        with pytest.raises(InputError) as err:
+            cs.lora_pairs(lora, where)
+        assert str(err.value) == f"{where}: {message}"
+    assert cs.lora_pairs(LORA, where) == {"l.weight": (LA, LB)}
+
+
+def test_a_bfloat16_merge_never_asks_for_mindspores_bfloat16(ms, tmp_path, monkeypatch):
+    """fold_lora converts bfloat16 itself (the merge must not load MindSpore: test_checkpoint's subprocess test,
+    which mutmut cannot run). Expected: MindSpore's bfloat16 of the float32 sum, W and B @ A exact in bfloat16.
+    Mutants: fold_lora__mutmut_26, _28 to _30 (bf16 not recognized: numpy_dtype("BFloat16") loads MindSpore)."""
+    bf16 = cs.bfloat16()
+    w_bits = W.astype(bf16).view(np.uint16)
+    monkeypatch.setattr(cs, "bfloat16", lambda: (_ for _ in ()).throw(AssertionError("MindSpore's bfloat16 asked")))
+    out = cs.fold_lora(w_bits.reshape(-1).view(np.uint8), "BFloat16", (2, 2), LORA[LA], LORA[LB], 2.0)
+    assert out.dtype == np.uint16 and out.shape == (2, 2)
+    assert out.tobytes() == MERGED.astype(bf16).tobytes()
+
+
+def test_fold_lora_in_float16_over_several_slices(monkeypatch):
+    """_FOLD_SLICE made 3: a 2 x 4 float16 weight is folded in slices of 3, 3 and 2. Expected: numpy's float16 of
+    W + 2 * B @ A, worked out above (W' for the first two columns, the last two unchanged). Mutants:
+    fold_lora__mutmut_44, _45 (the slices start at flat.size, or stop after one slice's worth)."""
+    monkeypatch.setattr(cs, "_FOLD_SLICE", 3)
+    w = np.float16([[1, 2, 9, 10], [3, 4, 11, 12]])
+    a = np.float32([[1, 0, 0, 0]])
+    out = cs.fold_lora(w.reshape(-1).view(np.uint8), "Float16", (2, 4), a, LORA[LB], 2.0)
+    assert out.dtype == np.float16
+    assert out.tolist() == [[3, 2, 9, 10], [7, 4, 11, 12]]
+
+
+def test_in_memory_merge_by_hand():
+    """merge_lora_into_base: the default scale is 1; its refusals' whole text. Mutants: lora.merge_lora_into_base__
+    mutmut_1 (scale 2), _8 (message), _10, _11 (B[2, 1] with A[2, 2] taken for a match), _12 (a 3-d A taken),
+    _23 to _26 (message)."""
+    merged = merge_lora_into_base({"l.weight": W, "norm": BASE["norm"]}, LORA, alpha=2, rank=1)
+    np.testing.assert_array_equal(merged["l.weight"], MERGED)
+    assert merged["norm"] is BASE["norm"]
+    with pytest.raises(ValueError) as err:
+        merge_lora_into_base({"norm": BASE["norm"]}, LORA, 2, 1)
+    assert str(err.value) == "LoRA targets l.weight, which the base checkpoint does not have"
+    for a, shape in ((np.float32([[1, 0], [0, 1]]), "[2, 2]"), (np.float32([[[1], [0]]]), "[1, 2, 1]")):
+        with pytest.raises(ValueError) as err:
+            merge_lora_into_base({"l.weight": W}, {LA: a, LB: LORA[LB]}, 2, 1)
+        assert str(err.value) == f"l.weight: LoRA B[2, 1] @ A{shape} does not match weight [2, 2]"
+
+
+def ms_load(ms, path) -> dict:
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
+
+
+def test_convert_float_bits_between_every_pair_of_float_types():
+    """BFloat16 bits in and out (uint16), float16 and float32 through numpy's casts; expected: MindSpore's numpy
+    bfloat16 and numpy's astype. Mutants: convert_float_bits__mutmut_6, _9 to _11 (BFloat16 input not read as
+    bits), _19, _24 (the output array's type), _35, _37, _39 to _41 (BFloat16 input not widened), _46 (every
+    output rounded to bfloat16)."""
+    bf16 = cs.bfloat16()
+    values = np.float32([1.0, -2.5, 3.140625, 60000.0, 1e-3, -0.0])
+    kinds = {
+        "Float32": values,
+        "Float16": values.astype(np.float16),
+        "BFloat16": values.astype(bf16),
+    }
+    for src, array in kinds.items():
+        raw = array.reshape(-1).view(np.uint8)
+        for dst, dtype in (("Float32", np.float32), ("Float16", np.float16), ("BFloat16", bf16)):
+            got = cs.convert_float_bits(raw, src, dst)
+            want = array.astype(np.float32).astype(dtype)  # bfloat16 and float16 widen to float32 exactly
+            assert got.dtype == (np.uint16 if dst == "BFloat16" else dtype), (src, dst)
+            assert got.tobytes() == want.tobytes(), (src, dst)
+
+
+# ---- unknown protobuf fields -------------------------------------------------------------------
+
+
+def test_unknown_fields_of_every_wire_type_are_skipped_as_protobuf_skips_them(ms, tmp_path):
+    """A record written by hand with fields MindSpore's proto does not define, of each wire type (varint, 64-bit,
+    length-delimited, 32-bit), in the Value and in the TensorProto: protobuf (MindSpore's load_checkpoint) skips
+    them, and so must the reader. A start-group field (wire type 3) is refused with its byte. Mutants:
+    _Headers.skip_field__mutmut_1 to _29 (no test before: nothing wrote unknown fields); _4 and _20 (what=None)
+    by an unknown field whose varint, or whose length, runs on for 10 bytes."""
+    tensor = (
+        b"\x08\x02"  # dims: 2
+        + b"\x20\x96\x01"  # field 4, varint 150
+        + b"\x12\x07Float32"
+        + b"\x29\x00\x01\x02\x03\x04\x05\x06\x07"  # field 5, 64-bit
+        + b"\x35\x01\x02\x03\x04"  # field 6, 32-bit
+        + b"\x3a\x03abc"  # field 7, length-delimited
+        + b"\x1a\x08\x00\x00\xc0\x3f\x00\x00\x00\xc0"  # content: float32 1.5 and -2, little-endian
+    )
+    value = (
+        b"\x0a\x01x"
+        + b"\x48\x96\x01"  # field 9, varint
+        + b"\x51\x00\x00\x00\x00\x00\x00\x00\x00"  # field 10, 64-bit
+        + b"\x5d\x00\x00\x00\x00"  # field 11, 32-bit
+        + b"\x62\x02hi"  # field 12, length-delimited
+        + bytes([0x12, len(tensor)])
+        + tensor
+    )
+    path = tmp_path / "unknown.ckpt"
+    path.write_bytes(b"\x0a" + bytes([len(value)]) + value)
+    theirs = ms.load_checkpoint(str(path))["x"].asnumpy()
+    ours = cs.load_checkpoint_numpy(path)["x"]
+    assert theirs.tolist() == [1.5, -2.0]
+    assert ours.dtype == np.float32 and ours.tolist() == [1.5, -2.0]
+
+    group = b"\x0a\x01x\x6b" + b"\x12" + bytes([len(tensor)]) + tensor  # field 13, wire type 3: its key is byte 5
+    bad = tmp_path / "group.ckpt"
+    bad.write_bytes(b"\x0a" + bytes([len(group)]) + group)
+    with pytest.raises(cs.CheckpointFormatError) as err:
+        cs.load_checkpoint_numpy(bad)
+    assert str(err.value) == f"{bad}: at byte 6: unexpected protobuf wire type 3 in record 0"
+    assert err.value.offset == 6
+    for key in (b"\x48", b"\x62"):  # field 9 as a varint, field 12 length-delimited: 10 bytes with the top bit set
+        endless = b"\x0a\x01x" + key + b"\xff" * 10 + bytes([0x12, len(tensor)]) + tensor
+        bad.write_bytes(b"\x0a" + bytes([len(endless)]) + endless)
+        with pytest.raises(cs.CheckpointFormatError) as err:
+            cs.load_checkpoint_numpy(bad)
+        assert str(err.value) == f"{bad}: at byte 6: malformed varint in record 0", key
+
+
+# ---- safetensors -----------------------------------------------------------------------------
+
+
+def test_safetensors_file_byte_by_byte(ms, tmp_path, capsys):
+    """a [2] and b [3] float32 as safetensors, written out by hand: 8 bytes of header length (144, little-endian),
+    the header in compact JSON with MindSpore's {"format": "ms"} metadata, padded with 5 spaces to a multiple of 8,
+    then the 20 data bytes; no bar unless asked, then one counting tensors. Mutants: write_safetensors__mutmut_1
+    (progress on by default), _8 to _11 (the metadata), _35, _37 (JSON with spaces), _66 to _68, _70 to _77 (the
+    bar)."""
+    path, _ = ab_file(ms, tmp_path)
+    header = (
+        b'{"__metadata__":{"format":"ms"},'
+        b'"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+        b'"b":{"dtype":"F32","shape":[3],"data_offsets":[8,20]}}     '
+    )
+    data = AB["a"].tobytes() + AB["b"].tobytes()
+    capsys.readouterr()
+    assert cs.write_safetensors(path, tmp_path / "ab.safetensors") == 2
+    assert capsys.readouterr().err == ""
+    assert (tmp_path / "ab.safetensors").read_bytes() == (144).to_bytes(8, "little") + header + data
+    cs.write_safetensors(path, tmp_path / "ab2.safetensors", progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert bar.startswith("base as safetensors: 100%") and "| 2/2 [" in bar and bar.endswith("tensor/s]"), bar
+
+
+def test_a_string_entry_is_refused_with_the_file_named(ms, tmp_path):
+    """Mutants: write_safetensors__mutmut_18, _20 (the file dropped from the message)."""
+    ckpt = tmp_path / "with_str.ckpt"
+    ms.save_checkpoint([{"name": "a", "data": ms.Tensor(AB["a"])}], str(ckpt), append_dict={"note": "x"})
+    with pytest.raises(InputError) as err:
+        cs.write_safetensors(ckpt, tmp_path / "out.safetensors")
+    assert str(err.value) == f"{ckpt}: tensor 'note' is str, which safetensors cannot hold"
