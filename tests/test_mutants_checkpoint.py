@@ -580,3 +580,39 @@ def test_a_string_entry_is_refused_with_the_file_named(ms, tmp_path):
     with pytest.raises(InputError) as err:
         cs.write_safetensors(ckpt, tmp_path / "out.safetensors")
     assert str(err.value) == f"{ckpt}: tensor 'note' is str, which safetensors cannot hold"
+
+
+# ---- tensor types and dims (runs 40 on) ------------------------------------------------------
+
+
+def test_an_unknown_tensor_type_is_refused_with_every_supported_one(tmp_path):
+    """The whole message, the supported types in _NUMPY_TYPES' order then BFloat16 and str. Mutants:
+    numpy_dtype__mutmut_5 to _10 (the message None, the list None, joined by "XX, XX", BFloat16 misspelt)."""
+    with pytest.raises(ValueError) as err:
+        cs.numpy_dtype("Complex64")
+    assert str(err.value) == (
+        "tensor type 'Complex64' is not supported (supported: Int8, UInt8, Int16, UInt16, Int32, UInt32, Int64, "
+        "UInt64, Float16, Float32, Float64, Bool, BFloat16, str)"
+    )
+
+
+@pytest.mark.parametrize(
+    "varint, dim",
+    [
+        (b"\xff" * 9 + b"\x01", -1),  # 2^64 - 1: all 64 bits set
+        (b"\x80" * 9 + b"\x01", -(1 << 63)),  # 2^63: only the top bit
+        (b"\xff" * 8 + b"\x7f", (1 << 63) - 1),  # 63 bits set: the largest positive int64
+    ],
+)
+def test_a_dim_is_read_as_a_signed_64_bit_integer(tmp_path, varint, dim):
+    """TensorProto's dims are int64 (MindSpore's checkpoint.proto): a varint of 2^63 or more is negative. One
+    float32 record, its dim written by hand, and no shape fits its 4 bytes: the error shows the dim as read.
+    Expected: int64 by hand (2^64 - 1 is -1, 2^63 is -2^63) and the bytes it needs, dim * 4, in Python ints.
+    Mutants: _signed64__mutmut_1 to _10 (never or always made negative, by + or by 2^65, from > or from 2^64)."""
+    tensor = b"\x08" + varint + b"\x12\x07Float32" + b"\x1a\x04\x00\x00\x80\x3f"  # content: float32 1.0
+    value = b"\x0a\x01x" + b"\x12" + bytes([len(tensor)]) + tensor
+    path = tmp_path / "dim.ckpt"
+    path.write_bytes(b"\x0a" + bytes([len(value)]) + value)
+    with pytest.raises(cs.CheckpointFormatError) as err:
+        cs.load_checkpoint_numpy(path)
+    assert str(err.value) == f"{path}: at byte 0: tensor 'x' Float32[{dim}] needs {dim * 4:,} bytes, its records hold 4"
