@@ -616,3 +616,79 @@ def test_a_dim_is_read_as_a_signed_64_bit_integer(tmp_path, varint, dim):
     with pytest.raises(cs.CheckpointFormatError) as err:
         cs.load_checkpoint_numpy(path)
     assert str(err.value) == f"{path}: at byte 0: tensor 'x' Float32[{dim}] needs {dim * 4:,} bytes, its records hold 4"
+
+
+# ---- closing, and the writer's page-cache windows -----------------------------------------------
+
+
+def test_a_reader_closed_twice_stays_closed(ms, tmp_path):
+    """close() then close() again, and the `with` block's own close after an explicit one: no error, and the
+    descriptor is marked closed (negative). Mutants: CheckpointReader.close__mutmut_4 (fd None: the second close
+    compares None with 0), _5 (fd +1: a later close would close the process's stdout)."""
+    path, _ = ab_file(ms, tmp_path)
+    with cs.CheckpointReader(path) as reader:
+        assert [e.name for e in reader.entries()] == ["a", "b"]
+        reader.close()
+        assert reader.fd < 0
+        reader.close()
+        assert reader.fd < 0
+    assert reader.fd < 0
+
+
+def test_the_writer_hands_its_pages_to_the_kernel_window_by_window(ms, tmp_path, monkeypatch):
+    """drop_cache with CACHE_WINDOW made 20 bytes, tensors a and b added: the writer writes a's 20-byte record
+    header (layout above), a's 8 content bytes, b's 20-byte header, b's 12 bytes. Worked out by hand: after 20
+    bytes a window [0, 20) is due: DONTNEED on it (writeback starts); at 48 the next, [20, 48): the pending [0, 20)
+    again (now clean, dropped), then [20, 48); the last 12 bytes stay under a window; close: (0, 0), the whole
+    file; every call on the writer's descriptor. The file is save_checkpoint's. Mutants:
+    CheckpointStreamWriter._cache_hygiene__mutmut_4 (a window due only past 20 bytes), _5 to _7, _10 to _12 (the
+    calls' arguments: no descriptor, or none at all), _9 (the window's length counted from 0), _13."""
+    calls = []
+    monkeypatch.setattr(cs, "CACHE_WINDOW", 20)
+    monkeypatch.setattr(os, "posix_fadvise", lambda *args: calls.append(args))
+    out = tmp_path / "out.ckpt"
+    with cs.CheckpointStreamWriter(out, drop_cache=True) as writer:
+        writer.add("a", AB["a"])
+        writer.add("b", AB["b"])
+        fd = writer.fd
+        writer.close()
+    dontneed = os.POSIX_FADV_DONTNEED
+    assert calls == [(fd, 0, 20, dontneed), (fd, 0, 20, dontneed), (fd, 20, 28, dontneed), (fd, 0, 0, dontneed)]
+    ms_save(ms, tmp_path / "theirs.ckpt", AB)
+    assert out.read_bytes() == (tmp_path / "theirs.ckpt").read_bytes()
+
+
+def test_a_writer_left_by_an_exception_closes_its_file(tmp_path):
+    """A `with` block ended by an error, close() never called: __exit__ closes the descriptor (fstat on it then
+    fails with EBADF) and marks it closed. Mutants: CheckpointStreamWriter.__exit____mutmut_3 (os.close(None)),
+    _4 (fd None), _5 (fd +1: a later close() would fsync and close stdout)."""
+    with pytest.raises(RuntimeError, match="stop"):
+        with cs.CheckpointStreamWriter(tmp_path / "out.ckpt") as writer:
+            writer.add("a", AB["a"])
+            fd = writer.fd
+            raise RuntimeError("stop")
+    assert writer.fd < 0
+    with pytest.raises(OSError) as err:
+        os.fstat(fd)
+    assert err.value.errno == errno.EBADF
+
+
+def test_a_tensor_added_twice_is_refused_and_the_names_kept(tmp_path):
+    """Mutants: CheckpointStreamWriter._begin__mutmut_2 (message None), _3 (None recorded as seen: a repeated name
+    passes), _4 (None listed in place of the name)."""
+    path = tmp_path / "out.ckpt"
+    with cs.CheckpointStreamWriter(path) as writer:
+        writer.add("a", AB["a"])
+        writer.add("b", AB["b"])
+        with pytest.raises(ValueError) as err:
+            writer.add("a", AB["b"])
+        assert str(err.value) == f"{path}: tensor a written twice"
+        assert writer.names == ["a", "b"]
+
+
+def test_bfloat16_itemsize_without_mindspore(monkeypatch):
+    """itemsize knows BFloat16 is 2 bytes without MindSpore's numpy bfloat16 (a merge must not load MindSpore).
+    Mutants: itemsize__mutmut_1, _5 to _7 (BFloat16 not recognized: numpy_dtype asks for MindSpore's type)."""
+    monkeypatch.setattr(cs, "bfloat16", lambda: (_ for _ in ()).throw(AssertionError("MindSpore's bfloat16 asked")))
+    assert cs.itemsize("BFloat16") == 2
+    assert cs.itemsize("Float16") == 2 and cs.itemsize("Float64") == 8
