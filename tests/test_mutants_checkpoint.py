@@ -692,3 +692,53 @@ def test_bfloat16_itemsize_without_mindspore(monkeypatch):
     monkeypatch.setattr(cs, "bfloat16", lambda: (_ for _ in ()).throw(AssertionError("MindSpore's bfloat16 asked")))
     assert cs.itemsize("BFloat16") == 2
     assert cs.itemsize("Float16") == 2 and cs.itemsize("Float64") == 8
+
+
+# ---- reading a tensor's bytes ------------------------------------------------------------------
+
+
+def test_a_tensor_whose_file_shrank_after_the_scan_names_the_tensor_and_byte(ms, tmp_path, bounded_io):
+    """The file cut at byte 52, 4 bytes into b's 12 content bytes (48-60), after the scan: the read gets those 4,
+    then nothing, and stops with the tensor's name and byte 52. Mutants: CheckpointReader.read_into__mutmut_16
+    (n < 0: preadv's 0 not seen, the loop never ends: bounded_io stops it), _15 (the second read at 48 - 4),
+    _18 to _24 (message, path or byte dropped or wrong)."""
+    path, _ = ab_file(ms, tmp_path)
+    with cs.CheckpointReader(path) as reader:
+        b = list(reader.entries())[1]
+        assert b.chunks == ((B_CONTENT, 12),)
+        os.truncate(path, B_CONTENT + 4)
+        with pytest.raises(cs.CheckpointFormatError) as err:
+            reader.read(b)
+    assert str(err.value) == f"{path}: at byte {B_CONTENT + 4}: truncated: tensor 'b' ends early (file shrank)"
+    assert err.value.offset == B_CONTENT + 4
+
+
+def test_short_reads_over_several_records_and_a_one_byte_tensor(ms, tmp_path, monkeypatch):
+    """A float32 [5] tensor in records of 8, 8 and 4 content bytes, read with os.preadv giving at most 3 bytes a
+    call (reads may return short), and a uint8 [1] tensor (a read of 1 byte). Expected: MindSpore's
+    load_checkpoint of the same file. Mutants: CheckpointReader.read_into__mutmut_13 (the buffer slice from
+    pos - done: wrong once a later record's read comes back short), _17 (n <= 1 taken for the end of file)."""
+    path = tmp_path / "slices.ckpt"
+    values = np.float32([1.5, -2, 3.25, 4, -5.5])
+    with cs.CheckpointStreamWriter(path, record_bytes=8) as writer:
+        writer.add("v", values)
+        writer.add("u", np.uint8([7]))
+        writer.close()
+    theirs = ms_load(ms, path)
+    assert theirs["v"].tolist() == values.tolist() and theirs["u"].tolist() == [7]
+    real = os.preadv
+    sizes = []
+
+    def short_preadv(fd, buffers, offset):
+        (buf,) = buffers
+        sizes.append(len(buf))
+        return real(fd, [buf[:3]], offset)
+
+    monkeypatch.setattr(os, "preadv", short_preadv)
+    with cs.CheckpointReader(path) as reader:
+        v, u = list(reader.entries())
+        assert [n for _, n in v.chunks] == [8, 8, 4]
+        got_v, got_u = reader.read(v), reader.read(u)
+    assert got_v.dtype == np.float32 and got_v.tolist() == values.tolist()
+    assert got_u.dtype == np.uint8 and got_u.tolist() == [7]
+    assert sizes == [8, 5, 2, 8, 5, 2, 4, 1, 1]  # each record's bytes in calls of 3, 3, 2 (4: 3, 1); u's one byte
