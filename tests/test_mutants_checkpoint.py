@@ -742,3 +742,16 @@ def test_short_reads_over_several_records_and_a_one_byte_tensor(ms, tmp_path, mo
     assert got_v.dtype == np.float32 and got_v.tolist() == values.tolist()
     assert got_u.dtype == np.uint8 and got_u.tolist() == [7]
     assert sizes == [8, 5, 2, 8, 5, 2, 4, 1, 1]  # each record's bytes in calls of 3, 3, 2 (4: 3, 1); u's one byte
+
+
+def test_a_transposed_array_is_written_in_c_order(ms, tmp_path):
+    """A 2 x 3 float32 array's transpose (not C-contiguous) added to the writer: the file is the one MindSpore's
+    save_checkpoint writes for the same array. Mutant: CheckpointStreamWriter.add__mutmut_21 (copied with order
+    "XXCXX": numpy refuses it)."""
+    t = np.arange(6, dtype=np.float32).reshape(2, 3).T
+    assert not t.flags.c_contiguous
+    with cs.CheckpointStreamWriter(tmp_path / "ours.ckpt") as writer:
+        writer.add("t", t)
+        writer.close()
+    ms_save(ms, tmp_path / "theirs.ckpt", {"t": t})
+    assert (tmp_path / "ours.ckpt").read_bytes() == (tmp_path / "theirs.ckpt").read_bytes()
