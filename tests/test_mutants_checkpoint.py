@@ -674,16 +674,20 @@ def test_a_writer_left_by_an_exception_closes_its_file(tmp_path):
 
 
 def test_a_tensor_added_twice_is_refused_and_the_names_kept(tmp_path):
-    """Mutants: CheckpointStreamWriter._begin__mutmut_2 (message None), _3 (None recorded as seen: a repeated name
-    passes), _4 (None listed in place of the name)."""
+    """An array or a str value (as append_dict's strings are saved) under a name already written is refused; the
+    names are kept in order. Mutants: CheckpointStreamWriter._begin__mutmut_2 (message None), _3 (None recorded as
+    seen: a repeated name passes), _4 (None listed in place of the name); CheckpointStreamWriter.add__mutmut_3 (a
+    str value registered as None)."""
     path = tmp_path / "out.ckpt"
     with cs.CheckpointStreamWriter(path) as writer:
         writer.add("a", AB["a"])
         writer.add("b", AB["b"])
-        with pytest.raises(ValueError) as err:
-            writer.add("a", AB["b"])
-        assert str(err.value) == f"{path}: tensor a written twice"
-        assert writer.names == ["a", "b"]
+        writer.add("note", "x")
+        for name, value in (("a", AB["b"]), ("note", "y"), ("b", "z")):
+            with pytest.raises(ValueError) as err:
+                writer.add(name, value)
+            assert str(err.value) == f"{path}: tensor {name} written twice"
+        assert writer.names == ["a", "b", "note"]
 
 
 def test_bfloat16_itemsize_without_mindspore(monkeypatch):
