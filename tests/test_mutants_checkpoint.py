@@ -337,7 +337,8 @@ def test_merge_with_its_defaults(ms, tmp_path, monkeypatch, capsys, caplog):
         "seconds": stats.seconds,
         "sha256": None,
     }
-    assert isinstance(stats.seconds, float) and 0 <= stats.seconds <= elapsed
+    # rounded to the millisecond: up to 0.0005 s over the time measured around the call (0.0038 s gave 0.004)
+    assert isinstance(stats.seconds, float) and 0 <= stats.seconds <= elapsed + 0.0005
     assert stats.seconds == round(stats.seconds, 3)
     assert out.stat().st_size == size  # float32 in, float32 out: the same record sizes
     assert kills == [("merge.mid-checkpoint", ["emb", "l.weight", "norm"])]  # entries[4 // 2] is "norm"
