@@ -89,8 +89,7 @@ def prepare(
         "plan": plan,
         "losses": losses,
         "done": done,
-        "config": config,
-        "yaml": dump(config),  # the file stock MindFormers runs too (the job writes it as TRAIN_YAML)
+        "yaml": dump(config),  # the rendered config, the file stock MindFormers runs too (written as TRAIN_YAML)
         "capacity": capacity,
         "base_checkpoint": base,
         "data_file": data_file,
