@@ -267,14 +267,15 @@ def test(c, fast=False, k=""):
         "tests": "run these test files instead of the group's own, comma-separated",
         "summarize": "only print the figures of the runs already in the work folder",
         "fresh": "run each --names mutant in a fresh pytest process (code that runs at import time)",
+        "timeout": "with --fresh: seconds of wall clock a mutant may run before it is stopped (default 600)",
     },
 )
-def test_mutants(c, only="", out="", jobs=1, names="", tests="", summarize=False, fresh=False):
+def test_mutants(c, only="", out="", jobs=1, names="", tests="", summarize=False, fresh=False, timeout=600):
     """Mutation testing (mutmut, the `mutants` extra): per module group, the fast tests that cover it
     against every mutant; docs/TESTING.md records the last run. Slow, so not part of `invoke test` or CI."""
     args = [f"--jobs={int(jobs)}"] + ([f"--only={only}"] if only else []) + ([f"--out={out}"] if out else [])
     args += ([f"--names={names}"] if names else []) + ([f"--tests={tests}"] if tests else [])
-    args += (["--summarize"] if summarize else []) + (["--fresh"] if fresh else [])
+    args += (["--summarize"] if summarize else []) + (["--fresh", f"--timeout={float(timeout)}"] if fresh else [])
     c.run(f"{PY} tests/mutants.py " + " ".join(shlex.quote(a) for a in args), pty=False)
 
 

@@ -73,6 +73,11 @@ GROUPS: dict[str, dict] = {
         # in a minute: no file of the run may pass 2 GB (the process gets SIGXFSZ, the test fails).
         "env": {"TUNEBOX_TEST_KILL_POINT": "mutmut-no-such-point"},
         "max_file_bytes": 2 << 30,
+        # Forked from mutmut's main process, which ran MindSpore during its first pass, a mutant whose tests run a
+        # MindSpore network (test_weights' forward) waits for ever on a lock of a runtime thread the fork did not
+        # copy (futex, no CPU, so mutmut's CPU-time limit never fires). mutmut's fork server forks each mutant from
+        # a process that has imported the tests but run nothing.
+        "isolation": "forkserver",
     },
     "checks": {
         "mutate": ["tunebox/submission/checks.py"],
@@ -155,6 +160,7 @@ def mutmut_config(group: dict) -> str:
         "use_git_change_detection = false",
         "timeout_multiplier = 5.0",
         "timeout_constant = 20.0",
+        f'process_isolation = "{group.get("isolation", "fork")}"',
         "",
     ]
     return "\n".join(lines)
@@ -275,12 +281,15 @@ def _file_size_limit(group: dict):
     return apply
 
 
-def run_fresh(name: str, out: Path, names: list[str], tests: list[str] = ()) -> dict:
+def run_fresh(name: str, out: Path, names: list[str], tests: list[str] = (), timeout: float = 600) -> dict:
     """Each of `names` (exact mutmut names) in a pytest process of its own, MUTANT_UNDER_TEST set before
     the import. For mutants of code that runs at import time (a factory such as mathgen's _arith_maker, called
     when the module builds its FAMILIES table): mutmut forks every mutant from a process that imported the
     module already, so such a mutant is never active and mutmut reports it as survived. Uses the tree of the
-    group's last run (OUT/<group>/tree/mutants); writes OUT/<group>/fresh.json, {name: killed|survived}."""
+    group's last run (OUT/<group>/tree/mutants); writes OUT/<group>/fresh.json, {name: killed|survived|timeout}.
+    A mutant still running after `timeout` seconds of wall clock (a loop that never ends, or a wait that never
+    returns) is stopped with its process group and reported as "timeout": for the reader to look at, since a wait
+    on a lock is no test failing."""
     group = GROUPS[name]
     tree = out / name / "tree" / "mutants"
     if not tree.is_dir():
@@ -290,14 +299,22 @@ def run_fresh(name: str, out: Path, names: list[str], tests: list[str] = ()) -> 
     result = {}
     for mutant in names:
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow and not docker"]
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             cmd + selection + deselect,
             cwd=tree,
             env={**_env(), **group.get("env", {}), "MUTANT_UNDER_TEST": mutant},
-            capture_output=True,
-            text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_file_size_limit(group),
         )
-        result[mutant] = "survived" if proc.returncode == 0 else "killed"
+        try:
+            code = proc.wait(timeout=timeout)
+            result[mutant] = "survived" if code == 0 else "killed"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            result[mutant] = "timeout"
         print(f"{mutant}: {result[mutant]}", flush=True)
     (out / name / "fresh.json").write_text(json.dumps(result, indent=1))
     return result
@@ -336,6 +353,12 @@ def main(argv=None) -> int:
         help="run each --names mutant (exact names) in a fresh pytest process, in the group's last tree: for "
         "code that runs at import time, which mutmut cannot switch on",
     )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=600,
+        help="with --fresh: seconds of wall clock a mutant may run before it is stopped (reported as timeout)",
+    )
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(GROUPS)
     unknown = [n for n in names if n not in GROUPS]
@@ -347,9 +370,12 @@ def main(argv=None) -> int:
     for name in names:
         if args.fresh:
             names_ = [n for n in args.names.split(",") if n]
-            r = run_fresh(name, out, names_, [t for t in args.tests.split(",") if t])
-            killed = sum(v == "killed" for v in r.values())
-            print(f"{name}: {len(r)} mutants in fresh processes, {killed} killed, {len(r) - killed} survived")
+            r = run_fresh(name, out, names_, [t for t in args.tests.split(",") if t], args.timeout)
+            n = {k: sum(v == k for v in r.values()) for k in ("killed", "survived", "timeout")}
+            print(
+                f"{name}: {len(r)} mutants in fresh processes, {n['killed']} killed, {n['survived']} survived, "
+                f"{n['timeout']} stopped after --timeout seconds"
+            )
             continue
         if args.summarize:
             tree = out / name / "tree"
