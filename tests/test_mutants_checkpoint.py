@@ -112,6 +112,143 @@ def test_a_long_tag_cut_while_the_file_shrinks_still_gives_the_truncation_error(
     assert str(err.value) == truncated_message(path, 0, "record 0", size, size - 8)
 
 
+# ---- reading: _records and entries, record by record (session i24r1) ---------------------------
+
+# A record after MindSpore's record a (bytes 0-28 of ab_file), written by hand, and what the reader says of it:
+# the whole message (the file, the byte, the text). Record 1 starts at byte 28; its length varint at 29, its
+# fields at 30. A's tensor (its TensorProto, 21 = 0x15 bytes): 08 02 | 12 07 'Float32' | 1a 08 | 8 content bytes.
+A_TENSOR = b"\x08\x02" + b"\x12\x07Float32" + b"\x1a\x08" + b"\x00\x00\xc0\x3f\x00\x00\x00\xc0"  # 1.5, -2
+INCOMPLETE = "the file is incomplete (interrupted write or copy?) — write or download it again"
+CHECKPOINT_TEXT = "not a plain MindSpore checkpoint (encrypted with enc_key, safetensors, or damaged)"
+MALFORMED_RECORDS = {
+    # 'P' (a zip file's first byte: what torch.save writes) where the key 0a belongs
+    "not-a-record": (
+        b"PK\x03\x04",
+        28,
+        f"expected a Checkpoint.value record (0x0a), found byte 0x50: {CHECKPOINT_TEXT}",
+    ),
+    # the key and nothing else: the length varint would be byte 29, the file has 29 bytes
+    "length-cut": (
+        b"\x0a",
+        28,
+        "truncated: the length of record 1 needs bytes up to 30 but the checkpoint data ends at 29; " + INCOMPLETE,
+    ),
+    # length 10 | ten bytes with the top bit set where the first field's key belongs (byte 30)
+    "field-key": (b"\x0a\x0a" + b"\xff" * 10, 30, "malformed varint in record 1"),
+    # length 11 | 0a (the tag) at 30 | its length: ten bytes with the top bit set, from byte 31
+    "tag-length": (b"\x0a\x0b\x0a" + b"\xff" * 10, 31, "malformed varint in record 1 tag"),
+    # length 3 (ends at 33) | 0a 05 at 30-31: a 5-byte tag from byte 32, to 37
+    "tag-cut": (
+        b"\x0a\x03\x0a\x05x",
+        28,
+        "truncated: record 1 tag needs bytes up to 37 but the checkpoint data ends at 33; " + INCOMPLETE,
+    ),
+    # length 14 | 0a 01 'x' at 30-32 | 12 (the tensor) at 33 | its length: ten bytes with the top bit set, from 34
+    "tensor-length": (b"\x0a\x0e\x0a\x01x\x12" + b"\xff" * 10, 34, "malformed varint in record 1 tensor"),
+    # length 16 | 0a 01 'x' | 12 0b | 08 02 | 12 07 'Float32': a TensorProto without content, ends at 46
+    "no-content": (b"\x0a\x10\x0a\x01x\x12\x0b\x08\x02\x12\x07Float32", 46, "record 1 ('x'): malformed TensorProto"),
+    # 0a 01 'x' | 12 15 | a's tensor: a 26-byte value, the record says 25 (19): the tensor runs to 56, the record to 55
+    "overrun": (b"\x0a\x19\x0a\x01x\x12\x15" + A_TENSOR, 28, "record 1 ('x') overruns its length 25"),
+    # length 5 | 0a 01 'm' | 1a 00: Value's field 3, a MapTensorProto (empty)
+    "maptensor": (
+        b"\x0a\x05\x0a\x01m\x1a\x00",
+        28,
+        "record 1 ('m') is a MapParameter (maptensor), which tunebox does not read",
+    ),
+    "tag-only": (b"\x0a\x03\x0a\x01x", 28, "record 1 has no tensor"),  # length 3 | 0a 01 'x'
+    "tensor-only": (b"\x0a\x17\x12\x15" + A_TENSOR, 28, "record 1 has no tag"),  # length 2 + 21 = 23 | 12 15 | tensor
+    "empty": (b"\x0a\x00", 28, "record 1 has no tag"),  # a Value with no field at all
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_RECORDS)
+def test_each_malformed_record_is_refused_with_its_file_byte_and_reason(ms, tmp_path, case):
+    """Every error _records raises, on a record 1 written by hand after MindSpore's record a: the whole message
+    and the offset. Mutants: _records__mutmut_24 (not-a-record: the file dropped); _31 (length-cut), _59
+    (field-key), _66 (tag-length), _73 (tag-cut), _85 (tensor-length), _92 (no-content): what=None, the record not
+    named; _101 (maptensor: field 27 looked for, the map skipped as an unknown field), _102 to _107 (its message,
+    file or byte dropped); _120 to _125 (overrun: message, file or byte dropped); _126 (`and`: a record with a tag
+    and no tensor, or the reverse, let through); _129 to _134 (has no tag/tensor: message, file or byte dropped),
+    _135 to _141 (which one is missing misnamed or misspelt)."""
+    record, offset, message = MALFORMED_RECORDS[case]
+    _, data = ab_file(ms, tmp_path)
+    path = tmp_path / f"{case}.ckpt"
+    path.write_bytes(data[:B_START] + record)
+    with pytest.raises(cs.CheckpointFormatError) as err:
+        cs.load_checkpoint_numpy(path)
+    assert str(err.value) == f"{path}: at byte {offset}: {message}"
+    assert err.value.offset == offset
+
+
+def test_a_record_key_beyond_the_header_window_of_a_file_that_shrank(ms, tmp_path):
+    """Record 1's key lies past the 64 KiB header window the reader filled at record 0, and the file was cut at
+    record 1 after the reader opened it: reading that key fails with the record named. Mutant: _records__mutmut_16
+    (what=None: `None + " (file shrank ...)"` raises TypeError)."""
+    path = tmp_path / "big.ckpt"
+    ms_save(ms, path, {"big": np.zeros(17000, dtype=np.float32), "b": AB["b"]})
+    data = path.read_bytes()
+    # Counted by hand: varint 17000 = e8 84 01, 68000 content bytes = a0 93 04, the tensor 4 + 9 + 4 + 68000 = 68017
+    # = b1 93 04, the value 5 + 4 + 68017 = 68026 = ba 93 04, so record big is 4 + 68026 = 68030 bytes; b's 32 follow
+    head = b"\x0a\xba\x93\x04\x0a\x03big\x12\xb1\x93\x04\x08\xe8\x84\x01\x12\x07Float32\x1a\xa0\x93\x04"
+    assert data[:30] == head and data[68030:68035] == b"\x0a\x1e\x0a\x01b" and len(data) == 68062
+    with cs.CheckpointReader(path) as reader:
+        os.truncate(path, 68030)
+        with pytest.raises(cs.CheckpointFormatError) as err:
+            list(reader.entries())
+    assert str(err.value) == truncated_message(path, 68030, "record 1 (file shrank while reading)", 68031, 68062)
+
+
+# Tensor a (float32 [2]) in two records of 4 content bytes each, as save_checkpoint writes a tensor over 512 MiB:
+# 0a 16 | 0a 01 'a' | 12 11 | 08 02 | 12 07 'Float32' | 1a 04 | 4 bytes = 2 + 22 = 24 bytes, the content at 20
+A_FIRST = b"\x0a\x16\x0a\x01a\x12\x11\x08\x02\x12\x07Float32\x1a\x04" + np.float32([1]).tobytes()
+A_SECOND = b"\x0a\x16\x0a\x01a\x12\x11\x08\x02\x12\x07Float32\x1a\x04" + np.float32([2]).tobytes()
+
+
+def test_a_tensor_in_two_records_is_one_entry_spanning_both(ms, tmp_path):
+    """a in records 0-24 and 24-48, then MindSpore's record b (48-80): one entry for a, from the first record's
+    start to the second's end, read as MindSpore's load_checkpoint joins them. Mutant: entries__mutmut_59 (the
+    entry's end not moved to its last record's)."""
+    _, data = ab_file(ms, tmp_path)
+    path = tmp_path / "split.ckpt"
+    path.write_bytes(A_FIRST + A_SECOND + data[B_START:])
+    theirs = ms_load(ms, path)
+    assert theirs["a"].tolist() == [1, 2] and theirs["b"].tolist() == AB["b"].tolist()
+    with cs.CheckpointReader(path) as reader:
+        a, b = list(reader.entries())
+        assert a == cs.TensorEntry("a", (2,), "Float32", ((20, 4), (44, 4)), 0, 48)
+        assert b == cs.TensorEntry("b", (3,), "Float32", ((68, 12),), 48, 80)
+        assert reader.read(a).tolist() == [1, 2] and reader.read(b).tolist() == AB["b"].tolist()
+
+
+def test_records_of_one_tensor_that_disagree_are_refused(tmp_path):
+    """a's second record says Float16 [4] (the same 24-byte layout: 'Float16' is 7 letters, 4 one varint byte).
+    Mutants: entries__mutmut_47 to _52 (message, file or byte dropped), _53 to _56 (the types and dims shown:
+    the chunks for the type, None, the type's letters for the dims)."""
+    second = A_SECOND.replace(b"\x08\x02\x12\x07Float32", b"\x08\x04\x12\x07Float16")
+    assert len(second) == 24
+    path = tmp_path / "disagree.ckpt"
+    path.write_bytes(A_FIRST + second)
+    with pytest.raises(cs.CheckpointFormatError) as err:
+        cs.load_checkpoint_numpy(path)
+    assert str(err.value) == f"{path}: at byte 24: records of 'a' disagree: Float32[2] then Float16[4]"
+    assert err.value.offset == 24
+
+
+def test_dims_zero_is_a_scalar_as_mindspore_reads_it(ms, tmp_path):
+    """A float32 record with dims [0] and 4 content bytes (MindSpore 2.9 writes a scalar with no dims, strings and
+    older files with [0]): load_checkpoint gives a scalar, and so must the reader. Mutant: entries__mutmut_4 (dims
+    [0] kept: shape (0,) needs 0 bytes, the record holds 4)."""
+    # 0a 16 | 0a 01 's' | 12 11 | 08 00 | 12 07 'Float32' | 1a 04 | 2.5 as float32 = 2 + 22 = 24 bytes
+    path = tmp_path / "scalar.ckpt"
+    path.write_bytes(b"\x0a\x16\x0a\x01s\x12\x11\x08\x00\x12\x07Float32\x1a\x04" + np.float32(2.5).tobytes())
+    theirs = ms_load(ms, path)["s"]
+    assert theirs.shape == () and theirs.tolist() == 2.5
+    with cs.CheckpointReader(path) as reader:
+        (entry,) = reader.entries()
+        got = reader.read(entry)
+    assert entry.shape == () and got.dtype == np.float32 and got.shape == () and got.tolist() == 2.5
+
+
 # ---- reading: the crc footer -----------------------------------------------------------------
 
 
