@@ -312,6 +312,202 @@ def test_bfloat16_bits_come_back_as_uint16():
     assert bits.tolist() == [0x3F80, 0xC020, 0x7FC0]  # 1.0 = 0x3f800000, -2.5 = 0xc0200000, NaN -> 0x7fc0
 
 
+# ---- writing: add_stream and _stream_records (session i24w) -------------------------------------
+
+
+@pytest.fixture
+def bounded_writes(monkeypatch):
+    """CheckpointStreamWriter._write counted, failing after 1,000 calls (every test here makes far fewer): a mutant
+    whose record loop never ends would otherwise spin until mutmut's timeout (an empty slice of the block written again
+    and again: CheckpointStreamWriter._stream_records__mutmut_19, _20) or write until the disk is full (a header of a
+    record with no bytes written again and again: _21)."""
+    real = cs.CheckpointStreamWriter._write
+    sizes = []
+
+    def write(self, data):
+        sizes.append(memoryview(data).nbytes)
+        if len(sizes) > 1000:
+            raise AssertionError("_write called over 1,000 times: a record loop that does not end")
+        return real(self, data)
+
+    monkeypatch.setattr(cs.CheckpointStreamWriter, "_write", write)
+    return sizes
+
+
+def ms_record(name: str, dims, tensor_type: str, content: bytes) -> bytes:
+    """One record as MindSpore serializes it (its own checkpoint_pb2, as save_checkpoint uses it), for record sizes
+    save_checkpoint cannot be made to cut."""
+    from mindspore.train.checkpoint_pb2 import Checkpoint
+
+    checkpoint = Checkpoint()
+    value = checkpoint.value.add()
+    value.tag = name
+    value.tensor.dims.extend(dims)
+    value.tensor.tensor_type = tensor_type
+    value.tensor.tensor_content = content
+    return checkpoint.SerializeToString()
+
+
+@pytest.mark.parametrize("tensor_type", ["Float32", "Float16", "BFloat16", "Int64"])
+def test_blocks_of_every_kind_and_size_make_the_records_save_checkpoint_writes(
+    ms, tmp_path, monkeypatch, bounded_writes, tensor_type
+):
+    """A 2,640-byte tensor streamed in blocks of every kind add_stream takes: an array of the tensor's own type
+    (MindSpore's numpy bfloat16 has no buffer format, so it cannot go through memoryview), an empty bytes, bytes across
+    the first record boundary (1,024), a uint8 array in Fortran order (not C-contiguous) across the second (2,048), a
+    2-d uint8 array, a memoryview. MindSpore's SLICE_SIZE made 1 (1 KiB records) and the writer's record_bytes 1,024:
+    the file is save_checkpoint's (records of 1,024, 1,024 and 592 bytes) and load_checkpoint gives the tensor back.
+    Mutants: CheckpointStreamWriter._stream_records__mutmut_6 (every block through numpy: b"" becomes one byte), _7
+    (every block through memoryview: the Fortran-order block is refused), _12 (the two ways swapped), _15
+    (reshape(None): a 2-d block sliced by rows), _19, _20 (no record ever opened: bounded_writes stops them)."""
+    from mindspore.train import serialization
+
+    monkeypatch.setattr(serialization, "SLICE_SIZE", 1)
+    rng = np.random.default_rng(24)
+    itemsize = 8 if tensor_type == "Int64" else 4 if tensor_type == "Float32" else 2
+    values = rng.standard_normal((2640 // (33 * itemsize), 33)).astype(np.float32)
+    typed = {
+        "Float32": values,
+        "Float16": values.astype(np.float16),
+        "BFloat16": ms.Tensor(values, ms.bfloat16).asnumpy(),
+        "Int64": (values * 1e6).astype(np.int64),
+    }[tensor_type]
+    raw = typed.reshape(-1).view(np.uint8)
+    assert raw.size == 2640 and typed.dtype.itemsize == itemsize
+    blocks = [
+        typed.reshape(-1)[: 1016 // itemsize],  # bytes 0-1016
+        b"",
+        bytes(raw[1016:1030]),
+        np.asfortranarray(raw[1030:1630].reshape(20, 30)),
+        raw[1630:2630].reshape(10, 100),
+        memoryview(bytearray(raw[2630:])),  # the last 10 bytes
+    ]
+    assert not blocks[3].flags.c_contiguous
+    assert b"".join(np.ascontiguousarray(b).tobytes() if isinstance(b, np.ndarray) else bytes(b) for b in blocks) == (
+        raw.tobytes()
+    )
+    ours = tmp_path / "ours.ckpt"
+    with cs.CheckpointStreamWriter(ours, record_bytes=1024) as writer:
+        writer.add_stream("t", typed.shape, tensor_type, blocks)
+        writer.add("after", AB["a"])
+        writer.close()
+    ms_save(ms, tmp_path / "theirs.ckpt", {"t": typed, "after": AB["a"]})
+    assert ours.read_bytes() == (tmp_path / "theirs.ckpt").read_bytes()
+    back = ms.load_checkpoint(str(ours))
+    assert str(back["t"].dtype) == tensor_type and back["t"].shape == typed.shape
+    assert back["t"].asnumpy().tobytes() == raw.tobytes()
+
+
+def test_a_tensor_with_no_elements_is_one_record_with_no_content(ms, tmp_path, bounded_writes):
+    """A Float32 [2, 0] tensor from no blocks, then a: save_checkpoint writes no record for it (the tensor is lost), the
+    writer one whose content is empty. Counted by hand:
+    0a 14 | 0a 01 'e' | 12 0f | 08 02 08 00 | 12 07 'Float32' | 1a 00 = 2 + 20 = 22 bytes;
+    a's record is save_checkpoint's. load_checkpoint gives e back as a float32 [2, 0]. Mutants:
+    CheckpointStreamWriter._stream_records__mutmut_51 (the record written for one-byte tensors instead), _52 to _61 (its
+    header None, or its name, dims, type or content size dropped or wrong)."""
+    ours = tmp_path / "ours.ckpt"
+    with cs.CheckpointStreamWriter(ours) as writer:
+        writer.add_stream("e", (2, 0), "Float32", [])
+        writer.add("a", AB["a"])
+        writer.close()
+    ms_save(ms, tmp_path / "a.ckpt", {"a": AB["a"]})
+    e = b"\x0a\x14\x0a\x01e\x12\x0f\x08\x02\x08\x00\x12\x07Float32\x1a\x00"
+    assert ours.read_bytes() == e + (tmp_path / "a.ckpt").read_bytes()
+    back = ms_load(ms, ours)
+    assert list(back) == ["e", "a"]
+    assert back["e"].dtype == np.float32 and back["e"].shape == (2, 0)
+    assert back["a"].tolist() == [1, 2]
+
+
+def test_a_stream_that_ends_short_is_refused_in_full_and_undone(ms, tmp_path, bounded_writes):
+    """x is a float32 [4] (16 bytes) in records of 8. No blocks at all, then 8 bytes (a whole record, nothing owed to
+    it): both refused with the whole message, the file cut back to a's record; x then written whole under the same name.
+    Expected: MindSpore's serializer for each record, load_checkpoint for the values. Mutants:
+    CheckpointStreamWriter._stream_records__mutmut_46 (`and in_record`: a stream ending on a record boundary passes for
+    whole), CheckpointStreamWriter.add_stream__mutmut_24 (the failed name left as seen: the retry is refused as written
+    twice)."""
+    path = tmp_path / "out.ckpt"
+    x = np.float32([1.5, -2, 3.25, 4])
+    raw = x.view(np.uint8)
+    with cs.CheckpointStreamWriter(path, record_bytes=8) as writer:
+        writer.add("a", AB["a"])
+        for blocks, got in (([], 0), ([raw[:8]], 8)):
+            with pytest.raises(ValueError) as err:
+                writer.add_stream("x", (4,), "Float32", blocks)
+            assert str(err.value) == f"x: got {got:,} bytes for Float32[4], which needs 16"
+            assert writer.bytes_written == 28 and os.fstat(writer.fd).st_size == 28  # a's record (counted above)
+            assert writer.names == ["a"]
+        writer.add_stream("x", (4,), "Float32", [raw[:8], raw[8:]])
+        writer.close()
+    a = ms_record("a", [2], "Float32", AB["a"].tobytes())
+    x_records = ms_record("x", [4], "Float32", raw[:8].tobytes()) + ms_record("x", [4], "Float32", raw[8:].tobytes())
+    assert path.read_bytes() == a + x_records
+    assert ms_load(ms, path)["x"].tolist() == x.tolist()
+
+
+def test_a_stream_with_bytes_to_spare_is_refused_in_full_and_undone(ms, tmp_path, bounded_writes):
+    """y is a float32 [2] (8 bytes) in records of 4. One byte more, in a block of its own (after a record was filled:
+    nothing owed) or at the end of the last block: refused with the whole message, the file cut back to empty; then y
+    whole from blocks of 3, 2 and 3 bytes (the first two records straddled). Expected: MindSpore's serializer for the
+    two records, load_checkpoint for the values. Mutants: CheckpointStreamWriter._stream_records__mutmut_21 (`written >
+    nbytes`: an endless run of headers for records of no bytes; bounded_writes stops it), _19, _20."""
+    path = tmp_path / "out.ckpt"
+    y = np.float32([1.5, -2])
+    raw = y.view(np.uint8)
+    with cs.CheckpointStreamWriter(path, record_bytes=4) as writer:
+        for blocks in ([raw[:2], raw[2:5], raw[5:], b"\x00"], [raw[:3], raw[3:].tobytes() + b"\x00"]):
+            with pytest.raises(ValueError) as err:
+                writer.add_stream("y", (2,), "Float32", blocks)
+            assert str(err.value) == "y: more than 8 bytes for Float32[2]"
+            assert writer.bytes_written == 0 and os.fstat(writer.fd).st_size == 0
+        writer.add_stream("y", (2,), "Float32", [raw[:3], raw[3:5], raw[5:]])
+        writer.close()
+    assert path.read_bytes() == ms_record("y", [2], "Float32", raw[:4].tobytes()) + ms_record(
+        "y", [2], "Float32", raw[4:].tobytes()
+    )
+    assert ms_load(ms, path)["y"].tolist() == y.tolist()
+
+
+def test_a_failed_stream_leaves_a_hashing_writer_writing_but_without_a_digest(ms, tmp_path, bounded_writes):
+    """sha256=True, a, then x fails after its first block was hashed: b is still written (unhashed), and close() refuses
+    a digest with the whole message. The file is save_checkpoint's for a and b. Mutants:
+    CheckpointStreamWriter.add_stream__mutmut_26 (the hash set to "": writing b calls "".update), _27 (no reason kept:
+    close() returns None as if no digest had been asked for)."""
+    path = tmp_path / "out.ckpt"
+    writer = cs.CheckpointStreamWriter(path, sha256=True)
+    with writer:
+        writer.add("a", AB["a"])
+        with pytest.raises(ValueError, match="needs 16"):
+            writer.add_stream("x", (4,), "Float32", [b"12345678"])
+        writer.add("b", AB["b"])
+        with pytest.raises(RuntimeError) as err:
+            writer.close()
+    assert str(err.value) == f"{path}: no sha256: add_stream('x') failed after hashing part of it"
+    ms_save(ms, tmp_path / "theirs.ckpt", AB)
+    assert path.read_bytes() == (tmp_path / "theirs.ckpt").read_bytes()
+
+
+def test_a_failed_stream_under_drop_cache_moves_the_window_back(ms, tmp_path, monkeypatch, bounded_writes):
+    """drop_cache, CACHE_WINDOW made 20 bytes: a (20-byte header, 8 bytes), x (20-byte header, 8 of its 16 bytes, then
+    refused), b (20-byte header, 12 bytes). Worked out by hand: at 20 the window [0, 20) is due; at 48 (x's header) the
+    pending [0, 20) again, then [20, 48); x fails, the file is cut back to 28, the next window starts there and nothing
+    is pending; at 48 (b's header) [28, 48) alone; close: (0, 0). The file is save_checkpoint's. Mutant:
+    CheckpointStreamWriter.add_stream__mutmut_39 (the window start set to None: the next write fails on None)."""
+    calls = []
+    monkeypatch.setattr(cs, "CACHE_WINDOW", 20)
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: calls.append((offset, length)))
+    path = tmp_path / "out.ckpt"
+    with cs.CheckpointStreamWriter(path, drop_cache=True) as writer:
+        writer.add("a", AB["a"])
+        with pytest.raises(ValueError, match="needs 16"):
+            writer.add_stream("x", (4,), "Float32", [b"12345678"])
+        writer.add("b", AB["b"])
+        writer.close()
+    assert calls == [(0, 20), (0, 20), (20, 28), (28, 20), (0, 0)]
+    ms_save(ms, tmp_path / "theirs.ckpt", AB)
+    assert path.read_bytes() == (tmp_path / "theirs.ckpt").read_bytes()
+
+
 # ---- the writer's verbatim copy ----------------------------------------------------------------
 
 
