@@ -1096,3 +1096,48 @@ def test_a_transposed_array_is_written_in_c_order(ms, tmp_path):
         writer.close()
     ms_save(ms, tmp_path / "theirs.ckpt", {"t": t})
     assert (tmp_path / "ours.ckpt").read_bytes() == (tmp_path / "theirs.ckpt").read_bytes()
+
+
+# ---- sizes a checkpoint cannot hold (found by add_stream's mutants, session i24w) --------------------------------
+
+
+def test_a_1d_tensor_with_no_elements_is_refused_before_anything_is_written(ms, tmp_path):
+    """A 1-d tensor of no elements has dims [0], which load_checkpoint reads as a scalar (and our reader then refuses
+    as a scalar of 0 bytes); save_checkpoint drops such a tensor without a word. The writer refuses it, naming it, and
+    the file holds what came before. Broken variant: the code before the fix wrote the record (no error here)."""
+    path = tmp_path / "w.ckpt"
+    with cs.CheckpointStreamWriter(path) as writer:
+        writer.add("a", AB["a"])
+        for call in (lambda: writer.add("e", np.zeros(0, np.float32)), lambda: writer.add_stream("e", [0], "Int8", [])):
+            with pytest.raises(ValueError) as err:
+                call()
+            assert str(err.value) == "e: a checkpoint cannot hold a 1-d tensor with no elements (dims [0] is a scalar)"
+        writer.add("b", AB["b"])
+    loaded = ms.load_checkpoint(str(path))
+    assert sorted(loaded) == ["a", "b"] and path.stat().st_size == B_END  # records a and b only, as counted above
+    with cs.CheckpointReader(path) as reader:  # and our own reader reads the file through
+        assert [e.name for e in reader.entries()] == ["a", "b"]
+
+
+def test_a_shape_whose_size_leaves_int64_is_refused_by_the_writer_and_the_reader(ms, tmp_path):
+    """[2**32, 2**32] Float32 is 2**66 bytes, 0 in int64 arithmetic: the writer took it with no block and wrote an
+    empty record, which the reader took back as a tensor of 2**64 elements. Both now count in Python integers.
+    Broken variants: `np.prod(shape, dtype=np.int64)` in add_stream (no error, an empty record) or in entries (the
+    hand-made record accepted)."""
+    path = tmp_path / "w.ckpt"
+    with cs.CheckpointStreamWriter(path) as writer:
+        for shape, need in (([2**32, 2**32], "73,786,976,294,838,206,464"), ([-1, 4], "-16")):
+            with pytest.raises(ValueError) as err:
+                writer.add_stream("z", shape, "Float32", [])
+            assert str(err.value) == f"z: Float32{shape} needs {need} bytes: a checkpoint's sizes are int64"
+        assert writer.names == []
+    assert path.stat().st_size == 0
+    # The same record made by MindSpore's own protobuf classes: dims 2**32 and 2**32, Float32, no content.
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(ms_record("z", [2**32, 2**32], "Float32", b""))
+    with cs.CheckpointReader(bad) as reader, pytest.raises(cs.CheckpointFormatError) as err:
+        list(reader.entries())
+    assert str(err.value) == (
+        f"{bad}: at byte 0: tensor 'z' Float32[4294967296, 4294967296] needs 73,786,976,294,838,206,464 bytes, "
+        "its records hold 0"
+    )

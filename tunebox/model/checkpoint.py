@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 import zlib
@@ -408,7 +409,7 @@ class CheckpointReader:
             shape = () if list(dims) == [0] else dims  # load_checkpoint: dims [0] means a scalar
             entry = TensorEntry(name, shape, ttype, tuple(chunks), start, end)
             if ttype != STRING_TYPE:
-                want = int(np.prod(shape, dtype=np.int64)) * itemsize(ttype)
+                want = math.prod(shape) * itemsize(ttype)  # exact: dims whose product leaves int64 never match
                 if entry.nbytes != want:
                     raise CheckpointFormatError(
                         f"tensor {name!r} {ttype}{list(shape)} needs {want:,} bytes, its records hold {entry.nbytes:,}",
@@ -560,7 +561,13 @@ class CheckpointStreamWriter:
     def add_stream(self, name: str, shape: Iterable[int], tensor_type: str, blocks: Iterable) -> None:
         """A tensor whose bytes (C order) arrive as blocks; the total must match shape and type."""
         shape = tuple(int(d) for d in shape)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize(tensor_type)
+        nbytes = math.prod(shape) * itemsize(tensor_type)  # Python ints: a count past int64 is refused, not wrapped
+        if min(shape, default=0) < 0 or nbytes >= 1 << 63:
+            raise ValueError(
+                f"{name}: {tensor_type}{list(shape)} needs {nbytes:,} bytes: a checkpoint's sizes are int64"
+            )
+        if shape == (0,):  # load_checkpoint reads dims [0] as a scalar; save_checkpoint drops an empty tensor
+            raise ValueError(f"{name}: a checkpoint cannot hold a 1-d tensor with no elements (dims [0] is a scalar)")
         self._begin(name)
         start = self.bytes_written
         try:
