@@ -1126,7 +1126,11 @@ def test_a_shape_whose_size_leaves_int64_is_refused_by_the_writer_and_the_reader
     hand-made record accepted)."""
     path = tmp_path / "w.ckpt"
     with cs.CheckpointStreamWriter(path) as writer:
-        for shape, need in (([2**32, 2**32], "73,786,976,294,838,206,464"), ([-1, 4], "-16")):
+        # 2**63 bytes exactly: the first size past int64 (run 46's `add_stream__mutmut_16`, `_18`, `_19`: `>` for `>=`,
+        # 2 << 63, 1 << 64)
+        cases = [([2**32, 2**32], "73,786,976,294,838,206,464"), ([-1, 4], "-16")]
+        cases.append(([2**61], "9,223,372,036,854,775,808"))
+        for shape, need in cases:
             with pytest.raises(ValueError) as err:
                 writer.add_stream("z", shape, "Float32", [])
             assert str(err.value) == f"z: Float32{shape} needs {need} bytes: a checkpoint's sizes are int64"
