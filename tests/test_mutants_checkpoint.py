@@ -1098,6 +1098,272 @@ def test_a_transposed_array_is_written_in_c_order(ms, tmp_path):
     assert (tmp_path / "ours.ckpt").read_bytes() == (tmp_path / "theirs.ckpt").read_bytes()
 
 
+# ---- reading: TensorProto fields, varints, the header window (session i24r2) ----------------------
+
+
+@pytest.fixture
+def bounded_varints(monkeypatch):
+    """_Headers.varint counted, failing after 10,000 calls: a mutant that walks back over fields it has read
+    parses them again for ever, from the header window, without a system call to bound (a few hundred varints
+    are read here at most)."""
+    real, calls = cs._Headers.varint, [0]
+
+    def varint(self, pos, what):
+        calls[0] += 1
+        if calls[0] > 10_000:
+            raise AssertionError("_Headers.varint called over 10,000 times: a header loop that does not end")
+        return real(self, pos, what)
+
+    monkeypatch.setattr(cs._Headers, "varint", varint)
+
+
+def x_record(tensor: bytes) -> bytes:
+    """One record by hand: 0a L | 0a 01 'x' (the tag) | 12 M | the TensorProto's bytes, which start at byte 7
+    (L and M one byte each: both under 128)."""
+    value = b"\x0a\x01x" + b"\x12" + bytes([len(tensor)]) + tensor
+    assert len(value) < 128
+    return b"\x0a" + bytes([len(value)]) + value
+
+
+def test_a_missing_checkpoint_is_named(tmp_path):
+    """Mutants: CheckpointReader.__init____mutmut_6 to _11 (the message or the file dropped or changed)."""
+    path = tmp_path / "missing.ckpt"
+    with pytest.raises(InputError) as err:
+        cs.CheckpointReader(path)
+    assert str(err.value) == f"{path}: no such checkpoint file"
+
+
+def test_a_crc_footer_alone_is_an_empty_checkpoint(ms, tmp_path, bounded_varints):
+    """save_checkpoint of no tensors with crc_check writes the 17-byte footer and nothing else: b"crc_num" and the
+    crc32 of no bytes (0, zlib's), 10 bytes big-endian. A file of exactly the footer's size is a footer. 16 bytes
+    (shorter than a footer) and 17 bytes whose magic differs ("crc_nul") are data, refused at their first byte
+    (0x63, "c"). Mutant: CheckpointReader.__init____mutmut_22 (a footer only in files longer than 17 bytes)."""
+    path = tmp_path / "empty.ckpt"
+    ms.save_checkpoint([], str(path), crc_check=True)
+    assert path.read_bytes() == b"crc_num" + bytes(10) and zlib.crc32(b"") == 0
+    with cs.CheckpointReader(path, verify_crc=True) as reader:
+        assert (reader.crc, reader.data_end) == (0, 0)
+        assert list(reader.entries()) == []
+    for data in (b"crc_num" + bytes(9), b"crc_nul" + bytes(10)):
+        path.write_bytes(data)
+        with cs.CheckpointReader(path) as reader:
+            assert (reader.crc, reader.data_end) == (None, len(data))
+            with pytest.raises(cs.CheckpointFormatError) as err:
+                list(reader.entries())
+        expected = f"{path}: at byte 0: expected a Checkpoint.value record (0x0a), found byte 0x63"
+        assert str(err.value).startswith(expected)
+
+
+def test_packed_dims_are_read_as_protobuf_reads_them(ms, tmp_path, bounded_varints):
+    """TensorProto.dims packed (field 1 as one length-delimited field, 0x0a, as proto3 writers and other tools
+    write it; MindSpore writes one 0x08 varint per dim): dims [3, 130], 130 a two-byte varint. A uint8 [3, 130]
+    record by hand, counted:
+        0a 9e 03 (record: 414 = 1 + 2 + 411 bytes)  | 0a 01 'x' | 12 95 03 (tensor: 405 bytes)
+        0a 03 03 82 01 (dims packed: 3 bytes, 3 and 130 = 0x82 0x01) | 12 05 'UInt8' | 1a 86 03 (390 bytes) | content
+    (411 = 0x19b: 9b 03; 405 = 0x195: 95 03; 390 = 0x186: 86 03). Expected: MindSpore's load_checkpoint. Mutants:
+    CheckpointReader._tensor__mutmut_18 (packed dims not recognized: skipped, the shape lost), _19, _20, _22, _23
+    (the length not read), _24, _25 (where the packed dims stop), _26 (one varint past them, the next key taken for
+    a dim), _27, _28, _30 to _33 (a dim not read or not kept)."""
+    content = (np.arange(390) % 256).astype(np.uint8).tobytes()
+    tensor = b"\x0a\x03\x03\x82\x01" + b"\x12\x05UInt8" + b"\x1a\x86\x03" + content
+    value = b"\x0a\x01x" + b"\x12\x95\x03" + tensor
+    assert (len(tensor), len(value)) == (405, 411)
+    path = tmp_path / "packed.ckpt"
+    path.write_bytes(b"\x0a\x9b\x03" + value)
+    theirs = ms.load_checkpoint(str(path))["x"].asnumpy()
+    assert theirs.shape == (3, 130) and theirs.dtype == np.uint8
+    with cs.CheckpointReader(path) as reader:
+        (entry,) = reader.entries()
+        assert (entry.name, entry.shape, entry.tensor_type, entry.chunks) == ("x", (3, 130), "UInt8", ((24, 390),))
+        ours = reader.read(entry)
+    assert ours.dtype == np.uint8 and ours.tobytes() == theirs.tobytes() == content
+
+
+def test_a_record_length_a_varint_ending_early_would_loop_on(ms, tmp_path, bounded_varints):
+    """Float32 [33] as save_checkpoint writes it: 0a 98 01 (152) | 0a 01 'v' | 12 92 01 (146) | 08 21 | 12 07
+    'Float32' | 1a 84 01 (132) | content, 155 bytes. The record's length is a two-byte varint divisible by 8: a
+    varint that ended 2 bytes early would be read again as a field key of wire type 0 (152 = field 19 << 3),
+    skipped as a varint to where it started, for ever (bounded_varints stops it). Expected: MindSpore's
+    load_checkpoint. Mutant: _Headers.varint__mutmut_26 (pos + i - 1)."""
+    path = tmp_path / "v.ckpt"
+    ms_save(ms, path, {"v": np.arange(33, dtype=np.float32)})
+    data = path.read_bytes()
+    assert len(data) == 155 and data[:10] == bytes.fromhex("0a 98 01 0a 01 76 12 92 01 08")
+    assert ms_load(ms, path)["v"].tolist() == list(range(33))
+    got = cs.load_checkpoint_numpy(path)["v"]
+    assert got.dtype == np.float32 and got.tolist() == list(range(33))
+
+
+def test_a_type_name_as_long_as_the_dims_before_it(ms, tmp_path, bounded_varints):
+    """Int8 [2] as save_checkpoint writes it: 0a 11 | 0a 01 'i' | 12 0c | 08 02 | 12 04 'Int8' | 1a 02 | 01 fe. A
+    reader that stepped back the type's 4 bytes after it would land on the dims' 08 and read the dims and the
+    type again, for ever (bounded_varints stops it). Expected: MindSpore's load_checkpoint. Mutant:
+    CheckpointReader._tensor__mutmut_52 (pos -= n after the tensor_type)."""
+    path = tmp_path / "i8.ckpt"
+    ms_save(ms, path, {"i": np.int8([1, -2])})
+    assert path.read_bytes() == bytes.fromhex("0a 11 0a 01 69 12 0c 08 02 12 04 49 6e 74 38 1a 02 01 fe")
+    assert ms_load(ms, path)["i"].tolist() == [1, -2]
+    got = cs.load_checkpoint_numpy(path)["i"]
+    assert got.dtype == np.int8 and got.tolist() == [1, -2]
+
+
+# The varints of a TensorProto, each made malformed (10 bytes with the top bit set) in turn: the bytes before the
+# bad varint (the TensorProto starts at byte 7 of x_record), and the mutant that loses the record's name there.
+MALFORMED_VARINTS = [
+    (b"", "_tensor__mutmut_5"),  # a field's key
+    (b"\x08", "_tensor__mutmut_12"),  # a dim
+    (b"\x0a", "_tensor__mutmut_21"),  # the packed dims' length
+    (b"\x0a\x0a", "_tensor__mutmut_29"),  # a packed dim (10 bytes of them)
+    (b"\x12", "_tensor__mutmut_38"),  # tensor_type's length
+    (b"\x1a", "_tensor__mutmut_57"),  # tensor_content's length
+    (b"\x20", "_tensor__mutmut_67"),  # an unknown varint field (4), skipped by skip_field
+]
+
+
+@pytest.mark.parametrize("before, mutant", MALFORMED_VARINTS, ids=[m for _, m in MALFORMED_VARINTS])
+def test_a_malformed_varint_in_a_tensor_names_the_record_and_byte(tmp_path, bounded_varints, before, mutant):
+    """The whole message: the file, the varint's first byte (7 + the bytes before it) and the record with its
+    tag. Mutants: CheckpointReader._tensor__mutmut_5, _12, _21, _29, _38, _57, _67 (what=None: "in None")."""
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(x_record(before + b"\xff" * 10))
+    with pytest.raises(cs.CheckpointFormatError) as err:
+        cs.load_checkpoint_numpy(path)
+    at = 7 + len(before)
+    assert str(err.value) == f"{path}: at byte {at}: malformed varint in record 0 ('x')", mutant
+    assert err.value.offset == at
+
+
+def test_a_start_group_field_in_a_tensor_names_the_record(tmp_path, bounded_varints):
+    """Field 4 with wire type 3 (0x23) in the TensorProto: refused at the byte after its key, 8. Mutant:
+    CheckpointReader._tensor__mutmut_67 (skip_field told what=None)."""
+    path = tmp_path / "group.ckpt"
+    path.write_bytes(x_record(b"\x23\x00"))
+    with pytest.raises(cs.CheckpointFormatError) as err:
+        cs.load_checkpoint_numpy(path)
+    assert str(err.value) == f"{path}: at byte 8: unexpected protobuf wire type 3 in record 0 ('x')"
+
+
+# float32 [1.5, -2], little-endian
+CONTENT_2F = b"\x00\x00\xc0\x3f\x00\x00\x00\xc0"
+MALFORMED_TENSORS = [
+    # no content: 08 02 | 12 07 'Float32' (bytes 7-17): the fields end at 18
+    (x_record(b"\x08\x02\x12\x07Float32"), 18),
+    # no tensor_type: 08 02 | 1a 08 | 8 bytes (7-18): they end at 19
+    (x_record(b"\x08\x02\x1a\x08" + CONTENT_2F), 19),
+    # the content runs past the TensorProto: 21 bytes of fields (7-27) under a length of 20 (12 14), so its end is
+    # byte 27 and the content ends at 28; the record (0a 1a: 26 bytes) holds all 21
+    (b"\x0a\x1a\x0a\x01x\x12\x14" + b"\x08\x02\x12\x07Float32\x1a\x08" + CONTENT_2F, 28),
+]
+
+
+@pytest.mark.parametrize("data, at", MALFORMED_TENSORS, ids=["no-content", "no-type", "overrun"])
+def test_a_malformed_tensor_proto_names_the_record_and_byte(tmp_path, bounded_varints, data, at):
+    """Where the TensorProto's fields stopped. Mutants: CheckpointReader._tensor__mutmut_74 (a TensorProto without
+    content, or without a type, taken), _75 (one without a type, or whose fields overrun its length, taken), _79
+    to _84 (the message, file or byte dropped: None, or a call that fails)."""
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(data)
+    with pytest.raises(cs.CheckpointFormatError) as err:
+        cs.load_checkpoint_numpy(path)
+    assert str(err.value) == f"{path}: at byte {at}: record 0 ('x'): malformed TensorProto"
+    assert err.value.offset == at
+
+
+def test_a_tensor_type_cut_by_the_end_of_the_file(tmp_path, bounded_varints):
+    """0a 0a | 0a 01 'x' | 12 05 | 12 07 'Flo': 12 bytes, the record complete by its length, but the type's 7
+    bytes start at byte 9 and would end at 16. Mutants: CheckpointReader._tensor__mutmut_45 (the read told
+    what=None); _Headers.read__mutmut_1 (pos - n: the end not checked, the short read then taken for a file that
+    shrank), _5 (what=None), _9 (needs bytes up to 9 - 7)."""
+    path = tmp_path / "cut.ckpt"
+    path.write_bytes(b"\x0a\x0a\x0a\x01x\x12\x05\x12\x07Flo")
+    with pytest.raises(cs.CheckpointFormatError) as err:
+        cs.load_checkpoint_numpy(path)
+    assert str(err.value) == truncated_message(path, 0, "record 0 ('x')", 16, 12)
+
+
+def test_a_file_ending_in_a_record_key_or_inside_a_length(ms, tmp_path, bounded_varints):
+    """Records a and b (bytes 0-60, counted at the top) and then a third record's key, 0a, alone (61 bytes): its
+    length's varint, at 61, needs byte 61. Then 0a ff ff (63 bytes): the varint's two bytes both say "more", so
+    it needs byte 63 too. Either way the record at 60 is named. Mutants: _Headers.varint__mutmut_4 (what=None),
+    _15 (2 bytes asked for at the end: up to 63); _Headers.read__mutmut_1, _5, _9 (as above); _Headers.varint__
+    mutmut_35 to _39 (the cut varint's error: needs None, what None, or a call that fails), _40 to _42 (needs bytes
+    up to 62, 60 or 65)."""
+    _, data = ab_file(ms, tmp_path)
+    path = tmp_path / "cut.ckpt"
+    for tail, need in ((b"\x0a", 62), (b"\x0a\xff\xff", 64)):
+        path.write_bytes(data + tail)
+        with pytest.raises(cs.CheckpointFormatError) as err:
+            cs.load_checkpoint_numpy(path)
+        assert str(err.value) == truncated_message(path, B_END, "the length of record 2", need, B_END + len(tail))
+        assert err.value.offset == B_END
+
+
+# a: float32 [20000] (80,000 bytes), b: float32 [1], as save_checkpoint writes them; counted by hand:
+# record a: 0a 98 f1 04 (80,024) | 0a 01 'a' | 12 91 f1 04 (80,017) | 08 a0 9c 01 (20,000) | 12 07 'Float32' |
+#           1a 80 f1 04 (80,000) | content at 28: 28 + 80,000 = 80,028 bytes
+# record b: 0a 16 | 0a 01 'b' | 12 11 | 08 01 | 12 07 'Float32' | 1a 04 (the 04 at 80,047) | content 80,048-80,052
+BIG = {"a": np.arange(20000, dtype=np.float32), "b": np.float32([7])}
+BIG_B, BIG_END = 80_028, 80_052
+
+
+def big_file(ms, tmp_path, **kwargs):
+    path = tmp_path / "big.ckpt"
+    ms_save(ms, path, BIG, **kwargs)
+    data = path.read_bytes()
+    assert data[:4] == b"\x0a\x98\xf1\x04" and data[BIG_B : BIG_B + 5] == b"\x0a\x16\x0a\x01b"
+    assert data[BIG_END - 6 : BIG_END - 4] == b"\x1a\x04"
+    return path
+
+
+def test_the_scan_reads_headers_in_windows_that_stop_at_the_data(ms, tmp_path, monkeypatch, bounded_varints):
+    """A checkpoint with a crc footer: a's headers lie in the first 64 KiB window (one pread of 65,536 at 0), a's
+    content is never read, b's 24 bytes are one window of its own (80,028 up to the data's end, not into the
+    footer), read once: the last varint (b's content length, 5 bytes to the end) is served from it. Before
+    them __init__ reads the 17-byte footer. Mutants: _Headers.read__mutmut_14 (a read ending at the window's end
+    read again), _15 (every read a miss), _32 (a window of end + pos: past the data into the footer)."""
+    path = big_file(ms, tmp_path, crc_check=True)
+    assert path.stat().st_size == BIG_END + 17
+    calls, real = [], os.pread
+
+    def pread(fd, n, offset):
+        calls.append((n, offset))
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    with cs.CheckpointReader(path) as reader:
+        a, b = reader.entries()
+    assert (a.chunks, a.start, a.end) == (((28, 80_000),), 0, BIG_B)
+    assert (b.chunks, b.start, b.end) == (((BIG_END - 4, 4),), BIG_B, BIG_END)
+    assert calls == [(17, BIG_END), (65_536, 0), (24, BIG_B)]
+
+
+def test_a_file_that_shrinks_during_the_scan_names_the_record(ms, tmp_path, bounded_varints):
+    """The file cut at 80,028 (b's start) after the reader opened it (the data's end was taken then, 80,052): a's
+    headers come from the first window, b's key is past it and the read finds nothing. Mutants:
+    _Headers.read__mutmut_36 (what=None), _40 (needs bytes up to 80,028 - 1), _42, _43 (the text changed)."""
+    path = big_file(ms, tmp_path)
+    with cs.CheckpointReader(path) as reader:
+        os.truncate(path, BIG_B)
+        with pytest.raises(cs.CheckpointFormatError) as err:
+            list(reader.entries())
+    assert str(err.value) == truncated_message(path, BIG_B, "record 1 (file shrank while reading)", BIG_B + 1, BIG_END)
+    assert err.value.offset == BIG_B
+
+
+def test_a_tag_longer_than_the_header_window(ms, tmp_path, bounded_varints):
+    """A 70,000-character tag starts at byte 8 and ends past the first 64 KiB window: it is read on its own, a
+    read of exactly its 70,000 bytes. Expected: the name and values given to MindSpore's save_checkpoint (its
+    load_checkpoint refuses names of 1,024 characters or more). Mutant: _Headers.read__mutmut_33 (a read that
+    gets exactly the bytes asked for taken for a file that shrank)."""
+    name = "n" * 70_000
+    path = tmp_path / "long.ckpt"
+    ms_save(ms, path, {name: np.float32([1.5, -2])})
+    assert path.read_bytes()[4:8] == b"\x0a\xf0\xa2\x04"  # the tag's key and its length 70,000 = 0x11170
+    ours = cs.load_checkpoint_numpy(path)
+    assert list(ours) == [name]
+    assert ours[name].dtype == np.float32 and ours[name].tolist() == [1.5, -2.0]
+
+
 # ---- sizes a checkpoint cannot hold (found by add_stream's mutants, session i24w) --------------------------------
 
 
