@@ -315,23 +315,31 @@ def test_bfloat16_bits_come_back_as_uint16():
 # ---- writing: add_stream and _stream_records (session i24w) -------------------------------------
 
 
+def bounded(real, limit: int, calls: list, name: str, loop: str):
+    """`real`, each call's arguments appended to `calls`, failing once there are more than `limit` of them: a mutant
+    whose `loop` never ends then stops its test at once instead of running until mutmut's timeout (or, writing,
+    until the disk is full)."""
+
+    def call(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > limit:
+            raise AssertionError(f"{name} called over {limit:,} times: a {loop} loop that does not end")
+        return real(*args, **kwargs)
+
+    return call
+
+
 @pytest.fixture
 def bounded_writes(monkeypatch):
     """CheckpointStreamWriter._write counted, failing after 1,000 calls (every test here makes far fewer): a mutant
     whose record loop never ends would otherwise spin until mutmut's timeout (an empty slice of the block written again
     and again: CheckpointStreamWriter._stream_records__mutmut_19, _20) or write until the disk is full (a header of a
     record with no bytes written again and again: _21)."""
-    real = cs.CheckpointStreamWriter._write
-    sizes = []
-
-    def write(self, data):
-        sizes.append(memoryview(data).nbytes)
-        if len(sizes) > 1000:
-            raise AssertionError("_write called over 1,000 times: a record loop that does not end")
-        return real(self, data)
-
-    monkeypatch.setattr(cs.CheckpointStreamWriter, "_write", write)
-    return sizes
+    calls = []
+    monkeypatch.setattr(
+        cs.CheckpointStreamWriter, "_write", bounded(cs.CheckpointStreamWriter._write, 1000, calls, "_write", "record")
+    )
+    return calls
 
 
 def ms_record(name: str, dims, tensor_type: str, content: bytes) -> bytes:
@@ -515,19 +523,9 @@ def test_a_failed_stream_under_drop_cache_moves_the_window_back(ms, tmp_path, mo
 def bounded_io(monkeypatch):
     """os.copy_file_range and os.preadv, counted, failing after 1,000 calls: a mutant whose copy loop never
     ends (pos = n) would otherwise fill the disk before mutmut's timeout (one did: 48 GB in a minute)."""
-    calls = {"copy_file_range": 0, "preadv": 0}
-
-    def bounded(name, real):
-        def call(*args, **kwargs):
-            calls[name] += 1
-            if calls[name] > 1000:
-                raise AssertionError(f"os.{name} called over 1,000 times: a copy loop that does not end")
-            return real(*args, **kwargs)
-
-        return call
-
-    monkeypatch.setattr(os, "copy_file_range", bounded("copy_file_range", os.copy_file_range))
-    monkeypatch.setattr(os, "preadv", bounded("preadv", os.preadv))
+    calls = {"copy_file_range": [], "preadv": []}
+    for name in calls:
+        monkeypatch.setattr(os, name, bounded(getattr(os, name), 1000, calls[name], f"os.{name}", "copy"))
     return calls
 
 
@@ -549,7 +547,7 @@ def test_copied_records_are_the_source_bytes(ms, tmp_path, monkeypatch, bounded_
             assert writer.use_copy_file_range is copy_file_range  # it did not fall back
             writer.close()
     assert (tmp_path / "out.ckpt").read_bytes() == data
-    assert bounded_io["copy_file_range" if copy_file_range else "preadv"] > 0
+    assert len(bounded_io["copy_file_range" if copy_file_range else "preadv"]) > 0
 
 
 def test_a_copy_through_memory_takes_a_last_block_of_one_byte(ms, tmp_path, monkeypatch, bounded_io):
@@ -1106,15 +1104,7 @@ def bounded_varints(monkeypatch):
     """_Headers.varint counted, failing after 10,000 calls: a mutant that walks back over fields it has read
     parses them again for ever, from the header window, without a system call to bound (a few hundred varints
     are read here at most)."""
-    real, calls = cs._Headers.varint, [0]
-
-    def varint(self, pos, what):
-        calls[0] += 1
-        if calls[0] > 10_000:
-            raise AssertionError("_Headers.varint called over 10,000 times: a header loop that does not end")
-        return real(self, pos, what)
-
-    monkeypatch.setattr(cs._Headers, "varint", varint)
+    monkeypatch.setattr(cs._Headers, "varint", bounded(cs._Headers.varint, 10_000, [], "_Headers.varint", "header"))
 
 
 def x_record(tensor: bytes) -> bytes:
