@@ -27,6 +27,7 @@ import pytest
 
 from conftest import REPO, TINY_RECIPE, job_env, kill_session, read_jsonl, start_until_lines
 from tunebox import layout
+from tunebox.training.outputs import resume_point
 
 pytestmark = pytest.mark.slow
 
@@ -258,7 +259,10 @@ def _processes_naming(text: str) -> list[str]:
 def test_a_killed_launcher_takes_its_msrun_workers_along(tmp_path, tiny_cache):
     """train.workers=2: msrun gives each worker a session of its own. kill -9 on the pipeline's process
     group must stop the workers too (they trained on and wrote train's manifest with nothing watching),
-    and the same command then finishes the run."""
+    and the same command then finishes the run. The kill waits for a checkpoint to resume from, so the rerun
+    always resumes the data-parallel workers through MindFormers' get_resume_checkpoint_by_meta, whose barrier
+    has no MindSpore kernel on CPU. Broken variant: the code before mf_extensions.cpu_barrier, which skipped only
+    preload_ckpt's barrier (the rerun's workers fail with "Unsupported op [Barrier] on CPU")."""
     import socket
 
     with socket.socket() as s:
@@ -269,6 +273,10 @@ def test_a_killed_launcher_takes_its_msrun_workers_along(tmp_path, tiny_cache):
     cmd = pipeline_cmd(runs, *extra)
     loss = runs / "tiny" / "train" / "loss.jsonl"
     proc = start_until_lines(cmd, tmp_path, job_env(tiny_cache), loss, 5, timeout=900)
+    deadline = time.time() + 300
+    while resume_point(runs / "tiny" / "train") is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert resume_point(runs / "tiny" / "train") is not None, "no checkpoint to resume from before the kill"
     assert proc.poll() is None, "the pipeline ended before it could be killed"
     assert _processes_naming("train_worker.py"), "no msrun worker was running"
     kill_session(proc)

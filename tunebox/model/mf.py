@@ -135,9 +135,9 @@ def run_mindformers(yaml_path: Path, resume: bool) -> None:
     quiet_mindformers_console()
     cfg = MindFormerConfig(str(yaml_path))
     if cfg.context.device_target == "CPU" and cfg.use_parallel:
-        from tunebox.model.mf_extensions import skip_preload_barrier_on_cpu  # lazy: imports MindSpore + MindFormers
+        from tunebox.model.mf_extensions import cpu_barrier  # lazy: imports MindSpore + MindFormers
 
-        skip_preload_barrier_on_cpu()
+        cpu_barrier()
     if resume:
         apply_resume_settings(cfg)
     build_context(cfg)

@@ -19,7 +19,7 @@ and MindFormers (MindFormers refuses a module loaded this way that imports a sib
   TuneboxLossLog             one JSON line per step (loss, lr, seconds) in a file, and a stop at
                              `total_steps` (runs whose length is not a whole number of epochs).
 Two patches for MindSpore's CPU kernels, applied by tunebox's own code, not by MindFormers:
-avoid_cpu_broadcast_tables (a built network) and skip_preload_barrier_on_cpu (the Trainer's preload).
+avoid_cpu_broadcast_tables (a built network) and cpu_barrier (MindFormers' barriers between ranks).
 """
 
 from __future__ import annotations
@@ -192,26 +192,27 @@ def avoid_cpu_broadcast_tables(net) -> int:
     return sum(seen.values())
 
 
-def skip_preload_barrier_on_cpu() -> None:
-    """MindFormers' preload_ckpt (trainer/utils.py) ends with a communication barrier() whenever a
-    checkpoint is loaded with use_parallel on; MindSpore has no Barrier kernel on CPU, so a
-    data-parallel CPU run could neither start from the base checkpoint nor resume. The preload itself
-    (MindIO, absent here) is kept; only the barrier is skipped, on CPU only: each rank reads its own
-    files, and the first collective of the training step synchronizes the ranks anyway."""
-    import mindformers.trainer.base_trainer as base_trainer
-    from mindformers.trainer import utils
+def cpu_barrier() -> None:
+    """MindSpore 2.9 has no Barrier kernel on CPU, and MindFormers synchronizes its ranks with
+    mindspore.communication.comm_func.barrier: after preload_ckpt (trainer/utils.py) whenever a checkpoint is
+    loaded with use_parallel on, and in barrier_world (utils/parallel_utils.py), which a data-parallel resume
+    takes in get_resume_checkpoint_by_meta (rank 0 reads the meta.json files and records the checkpoint, the
+    others read the record after the barrier) and its saves and loads take too. On CPU each of them becomes an
+    AllReduce of one number (AllReduce has a CPU kernel: data-parallel training sums its gradients with it),
+    which, as a barrier, returns on no rank before every rank of the group has called it."""
+    import mindformers.core.callback.callback as callback
+    import mindformers.trainer.utils as trainer_utils
+    import mindformers.utils.load_checkpoint_utils as load_checkpoint_utils
+    import mindformers.version_control as version_control
+    import mindspore as ms
+    from mindspore.communication import GlobalComm, comm_func
 
-    original = utils.preload_ckpt
+    def barrier(group=GlobalComm.WORLD_COMM_GROUP):
+        ms.ops.AllReduce(group=group)(ms.Tensor([1.0], ms.float32)).asnumpy()  # asnumpy: wait for the sum
 
-    def preload_without_barrier(config):
-        use_parallel = config.use_parallel
-        config.use_parallel = False
-        try:
-            return original(config)
-        finally:
-            config.use_parallel = use_parallel
-
-    base_trainer.preload_ckpt = preload_without_barrier
+    comm_func.barrier = barrier  # barrier_world calls it through the module
+    for module in (trainer_utils, callback, load_checkpoint_utils, version_control):  # imported by name there
+        module.barrier = barrier
 
 
 class _SegmentCausalMask(nn.Cell):
