@@ -207,7 +207,8 @@ def cpu_barrier() -> None:
     import mindspore as ms
     from mindspore.communication import GlobalComm, comm_func
 
-    def barrier(group=GlobalComm.WORLD_COMM_GROUP):
+    def barrier(group=None):  # the world group as init() named it (on CPU mccl_world_group), read at the call
+        group = group or GlobalComm.WORLD_COMM_GROUP
         ms.ops.AllReduce(group=group)(ms.Tensor([1.0], ms.float32)).asnumpy()  # asnumpy: wait for the sum
 
     comm_func.barrier = barrier  # barrier_world calls it through the module
